@@ -1,0 +1,1 @@
+"""Ray execution: long-lived trial actors, the actor pool backend, local and remote clusters."""

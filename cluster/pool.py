@@ -1,0 +1,117 @@
+"""The actor-pool backend: one long-lived actor per slot, ``ray.wait`` over every call.
+
+Calls to one actor run in order, so a stop followed by the next trial's start can be sent
+back to back: the slot is reused without waiting for the stop to finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from cluster.actor import TrialActor
+from orchestrator.backend import Assignment, Backend, Report
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial (one actor) holds: CPUs, GPUs (fractional allowed), custom resources."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    custom: Mapping[str, float] = field(default_factory=dict)
+
+    def actor_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus}
+        if self.custom:
+            opts["resources"] = dict(self.custom)
+        return opts
+
+
+@dataclass
+class _Call:
+    kind: str  # "run" or "stop"
+    trial_id: int
+    slot: int
+    actor: Any
+
+
+class RayBackend(Backend):
+    def __init__(self, task_ref: str, storage_uri: str, sweep: str, slots: int, resources: Resources,
+                 worker_options: Mapping[str, Any]):
+        self._make = lambda: TrialActor.options(**resources.actor_options(), max_concurrency=1).remote(
+            task_ref, storage_uri, sweep, dict(worker_options))
+        self.actors = [self._make() for _ in range(slots)]
+        self.idle = list(range(slots))
+        self.slot_of: dict[int, int] = {}
+        self.calls: dict[Any, _Call] = {}
+        self.deaths = 0
+
+    def wait_ready(self) -> list[str]:
+        """Block until every actor has loaded its task and data; returns their node names."""
+        return ray.get([a.ready.remote() for a in self.actors])
+
+    @property
+    def free_slots(self) -> int:
+        return len(self.idle)
+
+    def _call(self, kind: str, trial_id: int, slot: int, ref: Any) -> None:
+        self.calls[ref] = _Call(kind, trial_id, slot, self.actors[slot])
+
+    def start(self, assignment: Assignment) -> None:
+        slot = self.idle.pop()
+        self.slot_of[assignment.trial_id] = slot
+        self._call("run", assignment.trial_id, slot, self.actors[slot].start.remote(assignment))
+
+    def advance(self, trial_id: int, until_epoch: int) -> None:
+        slot = self.slot_of[trial_id]
+        self._call("run", trial_id, slot, self.actors[slot].advance.remote(trial_id, until_epoch))
+
+    def stop(self, trial_id: int, status: str, reason: str) -> None:
+        slot = self.slot_of.pop(trial_id)
+        self._call("stop", trial_id, slot, self.actors[slot].stop.remote(trial_id, status, reason))
+        self.idle.append(slot)
+
+    def poll(self, timeout: float | None = None) -> list[Report]:
+        if not self.calls:
+            return []
+        ready, _ = ray.wait(list(self.calls), num_returns=1, timeout=timeout)
+        if ready:  # take everything else that is already done as well
+            ready, _ = ray.wait(list(self.calls), num_returns=len(self.calls), timeout=0)
+        reports: list[Report] = []
+        for ref in ready:
+            call = self.calls.pop(ref)
+            try:
+                report: Report = ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                reports.extend(self._on_actor_failure(call, f"{type(exc).__name__}: {exc}"))
+                continue
+            if call.kind == "stop":
+                continue  # the controller closed this trial when it decided to stop it
+            if report.ended and self.slot_of.get(call.trial_id) == call.slot:
+                del self.slot_of[call.trial_id]
+                self.idle.append(call.slot)
+            reports.append(report)
+        return reports
+
+    def _on_actor_failure(self, call: _Call, error: str) -> list[Report]:
+        """Replace a dead actor once, however many of its calls fail; its trial is lost."""
+        if self.actors[call.slot] is not call.actor:
+            return []
+        self.deaths += 1
+        self.actors[call.slot] = self._make()
+        lost = [tid for tid, slot in self.slot_of.items() if slot == call.slot]
+        for tid in lost:
+            del self.slot_of[tid]
+        if call.slot not in self.idle:
+            self.idle.append(call.slot)
+        return [Report(tid, lost=True, error=error) for tid in lost]
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []

@@ -1,0 +1,177 @@
+"""The Python API: ``run_sweep`` to run one, ``load`` to read one back from Parquet."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+from orchestrator import schema
+from orchestrator.controller import Controller, ControllerOptions
+from orchestrator.errors import ConfigError, StorageError
+from orchestrator.pruning import make_pruner
+from orchestrator.settings import RunSettings, read_toml
+from orchestrator.space import SearchSpace
+from orchestrator.stages import Stage, default_plan, parse_plan
+from orchestrator.storage import Storage, check_name
+from orchestrator.sweeplog import SweepLog
+from orchestrator.task import Task, load_task
+
+__version__ = "0.1.0"
+
+
+@dataclass
+class SweepResult:
+    name: str
+    path: str  # the sweep directory (local path or URI)
+    best_trial_id: int | None
+    best_score: float | None
+    best_config: dict[str, Any] | None
+    counts: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+    aborted: str | None = None
+
+    def tables(self) -> SweepTables:
+        return load(self.path)
+
+
+def build_settings(task: Task, config_file: str | None, overrides: Mapping[str, Any]) -> tuple[RunSettings, SearchSpace]:
+    """Task defaults, then the TOML file, then explicit overrides; the space with TOML ranges applied."""
+    settings = RunSettings().merged(task.settings)
+    space = task.space
+    if config_file:
+        run_part, space_part = read_toml(config_file)
+        settings = settings.merged(run_part)
+        space = space.with_overrides(space_part)
+    return settings.merged(overrides).validate(), space
+
+
+def plan_for(settings: RunSettings) -> list[Stage]:
+    if settings.plan:
+        return parse_plan(settings.plan)
+    return default_plan(settings.trials, settings.epochs, settings.stages)
+
+
+def controller_for(space: SearchSpace, settings: RunSettings) -> Controller:
+    def pruner_for(stage: Stage) -> Any:
+        options: dict[str, Any] = {"max_epochs": stage.epochs, "max_loss_ratio": settings.max_loss_ratio}
+        if stage.epochs == 1 or settings.pruner == "none":
+            return make_pruner("none", **options)
+        if settings.pruner == "asha":
+            options.update(grace_epochs=min(settings.grace_epochs, stage.epochs), reduction_factor=settings.reduction_factor)
+        elif settings.pruner == "median":
+            options.update(grace_epochs=min(settings.grace_epochs, stage.epochs))
+        return make_pruner(settings.pruner, **options)
+
+    options = ControllerOptions(seed=settings.seed, sampler=settings.sampler, top_fraction=settings.top_fraction,
+                                max_retries=settings.max_retries, fail_fast=settings.fail_fast)
+    return Controller(space, plan_for(settings), pruner_for, options)
+
+
+def default_name(task: Task) -> str:
+    return f"{task.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_storage(settings: RunSettings, task: Task) -> tuple[Storage, Storage, str]:
+    """The sweep's directory, refusing to overwrite an existing sweep unless asked."""
+    name = check_name("sweep", settings.name or default_name(task))
+    root = Storage.from_uri(settings.storage)
+    root.check_writable()
+    sweep = root.child(name)
+    if sweep.exists(schema.SWEEP_PATH):
+        if not settings.overwrite:
+            raise StorageError(f"sweep {sweep.uri!r} already exists (pass --overwrite to replace it, or another --name)")
+        for table in ("sweep", "stages", "trials", "metrics", "checkpoints", "weights", "events", "predictions", "ensembles"):
+            sweep.delete_dir(table)
+    return root, sweep, name
+
+
+def run_sweep(task: str | Task, *, config_file: str | None = None, on_tick: Callable[[Controller], None] | None = None,
+              **overrides: Any) -> SweepResult:
+    """Run a sweep of ``task`` (a path or ``module:attr``) with settings as keyword arguments."""
+    if isinstance(task, str):
+        task = load_task(task)
+    settings, space = build_settings(task, config_file, overrides)
+    controller = controller_for(space, settings)
+    root, sweep, name = prepare_storage(settings, task)
+    log = SweepLog(sweep, space)
+    log.write_sweep_row({"name": name, "task": task.ref, "seed": settings.seed,
+                         "settings": schema.json_dumps(asdict(settings)), "space": schema.json_dumps(space.to_dict()),
+                         "caviar_version": __version__, "created": schema.now_ms()})
+    from cluster.runner import execute  # Ray loads here, never at import time
+
+    execute(task, settings, root, name, controller, log, on_tick=on_tick)
+    warnings = controller.final_edge_warnings()
+    log.flush(controller, force=True)
+    log.compact_events()
+    best = controller.best()
+    counts: dict[str, int] = {}
+    for trial in controller.trials.values():
+        counts[trial.status] = counts.get(trial.status, 0) + 1
+    return SweepResult(name, sweep.uri, best.trial_id if best else None,
+                       best.best_score if best and math.isfinite(best.best_score) else None,
+                       dict(best.config) if best else None, counts, warnings, controller.abort_reason)
+
+
+@dataclass
+class SweepTables:
+    """A finished (or running) sweep's tables, as pyarrow Tables."""
+
+    path: str
+    sweep: pa.Table
+    trials: pa.Table
+    metrics: pa.Table  # effective rows: one per (trial, epoch), latest attempt
+    checkpoints: pa.Table
+    events: pa.Table
+    stages: pa.Table
+
+    def to_pandas(self, table: str) -> Any:
+        return getattr(self, table).to_pandas()
+
+    def top(self, k: int = 10) -> pa.Table:
+        """The ``k`` trials with the best score: the latest stage first (it trained longest)."""
+        finished = self.trials.filter(pa.compute.is_valid(self.trials["best_score"]))
+        ordered = finished.sort_by([("stage", "descending"), ("best_score", "descending")])
+        return ordered.slice(0, k)
+
+
+def open_sweep(path: str) -> Storage:
+    storage = Storage.from_uri(path)
+    if not storage.exists(schema.SWEEP_PATH):
+        raise StorageError(f"{path!r} is not a caviar sweep directory (no {schema.SWEEP_PATH})")
+    return storage
+
+
+def load(path: str) -> SweepTables:
+    """Read a sweep directory (local or URI) back; no Ray, no torch."""
+    storage = open_sweep(path)
+    metrics = schema.read_dir(storage, "metrics", schema.METRICS)
+    assert metrics is not None
+    trials = storage.read_table(schema.TRIALS_PATH) if storage.exists(schema.TRIALS_PATH) else pa.table({})
+    return SweepTables(
+        path=path,
+        sweep=storage.read_table(schema.SWEEP_PATH),
+        trials=trials,
+        metrics=schema.effective_metrics(metrics),
+        checkpoints=schema.read_dir(storage, "checkpoints", schema.CHECKPOINTS),
+        events=schema.read_dir(storage, "events", schema.EVENTS).sort_by("seq"),
+        stages=schema.read_dir(storage, "stages", schema.STAGES),
+    )
+
+
+def parse_resources(items: list[str]) -> dict[str, float]:
+    """``["accelerator_type_a100=1", ...]`` to a dict, naming a bad item."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise ConfigError(f"setting 'resources': expected NAME=AMOUNT, got {item!r}")
+    return out

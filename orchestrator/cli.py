@@ -1,0 +1,128 @@
+"""The ``caviar`` command. Every error caviar knows about is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.errors import CaviarError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="caviar: hyperparameter sweeps of PyTorch models on Ray. Sample, prune, narrow, ensemble.",
+)
+
+TaskArg = Annotated[str, typer.Argument(help="Task file (examples/digits_mlp.py) or module:attr.")]
+SweepArg = Annotated[str, typer.Argument(help="Sweep directory (STORAGE/NAME), local path or URI.")]
+
+
+def fail(message: str) -> None:
+    typer.echo(f"caviar: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    task: TaskArg,
+    trials: Annotated[int | None, typer.Option(help="Total trials over all stages.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epoch budget of the last (longest) stage.")] = None,
+    plan: Annotated[str | None, typer.Option(help="Explicit stages, TRIALSxEPOCHS each: '64x1,24x5,8x20'.")] = None,
+    stages: Annotated[int | None, typer.Option(help="Stages in the derived plan; 1 = plain random search.")] = None,
+    slots: Annotated[int | None, typer.Option(help="Trials trained at once (default: cluster CPUs / cpus-per-trial).")] = None,
+    storage: Annotated[str | None, typer.Option(help="Where sweeps live: a path or pyarrow.fs URI.")] = None,
+    name: Annotated[str | None, typer.Option(help="Sweep name (default: TASK-DATE-TIME).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sweep seed: same seed, same configs in the same order.")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="TOML file with [run] settings and [space] ranges.")] = None,
+    pruner: Annotated[str | None, typer.Option(help="asha, median or none.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="random, sobol or lhs.")] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs each trial holds.")] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs each trial holds; 0.25 packs four on a GPU.")] = None,
+    resource: Annotated[list[str] | None, typer.Option(help="Custom Ray resource per trial, NAME=AMOUNT; repeatable.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://HOST:10001 (default: start Ray here).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep of the same name.")] = False,
+    ensemble: Annotated[bool, typer.Option(help="Build ensembles when the sweep ends.")] = True,
+    plain: Annotated[bool, typer.Option(help="Log lines instead of the live view.")] = False,
+) -> None:
+    """Run a sweep: sample, train on Ray actors, prune, narrow, and write everything to Parquet."""
+    from orchestrator.api import parse_resources, run_sweep
+    from orchestrator.progress import Progress
+
+    overrides: dict[str, Any] = dict(trials=trials, epochs=epochs, plan=plan, stages=stages, slots=slots,
+                                     storage=storage, name=name, seed=seed, pruner=pruner, sampler=sampler,
+                                     cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
+                                     address=address, overwrite=overwrite or None, ensemble=ensemble)
+    if resource:
+        overrides["resources"] = parse_resources(resource)
+    with Progress(force_plain=plain) as progress:
+        result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
+    from orchestrator.api import load
+
+    print_top(load(result.path), 5)
+    for warning in result.warnings:
+        typer.secho(f"warning: {warning}: the next sweep should look beyond it", fg="yellow", err=True)
+    if result.aborted:
+        fail(f"sweep stopped early: {result.aborted}")
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
+    typer.echo(f"\n{counts}. Results (Parquet): {result.path}")
+
+
+@app.command()
+def status(sweep: SweepArg) -> None:
+    """Trials by status and stage, read from the sweep's Parquet tables only."""
+    from orchestrator.api import load
+
+    tables = load(sweep)
+    trials = tables.trials.to_pylist()
+    by_stage: dict[int, dict[str, int]] = {}
+    for t in trials:
+        counts = by_stage.setdefault(t["stage"], {})
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    row = tables.sweep.to_pylist()[0]
+    typer.echo(f"sweep {row['name']} (task {row['task']}, seed {row['seed']})")
+    for stage, counts in sorted(by_stage.items()):
+        text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        typer.echo(f"  stage {stage + 1}: {text}")
+    typer.echo(f"  {tables.metrics.num_rows} epochs recorded, {tables.checkpoints.num_rows} checkpoints kept")
+
+
+@app.command()
+def top(sweep: SweepArg, k: Annotated[int, typer.Option("-k", help="How many trials.")] = 10) -> None:
+    """The best trials with their configs (later stages first: they trained longest)."""
+    from orchestrator.api import load
+
+    if k < 1:
+        fail("option '-k': expected a positive integer")
+    print_top(load(sweep), k)
+
+
+def print_top(tables: Any, k: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    best = tables.top(k).to_pylist()
+    table = Table(title=f"top {len(best)} trials")
+    for column in ("trial", "stage", "status", "epochs", "best score", "val loss", "config"):
+        table.add_column(column)
+    for t in best:
+        config = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+                           for key, value in (t["config"] or {}).items())
+        table.add_row(str(t["trial_id"]), str(t["stage"] + 1), t["status"], str(t["epochs_run"]),
+                      f"{t['best_score']:.4f}", f"{t['best_val_loss']:.4f}" if t["best_val_loss"] is not None else "-",
+                      config)
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except CaviarError as exc:
+        typer.echo(f"caviar: error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""The sweep state machine: a pure function of the reports it has seen.
+
+It samples each stage's trials, turns every report into a decision (continue to an
+epoch, or stop with a reason), narrows the ranges between stages, and records every
+decision as an event. It touches no backend and no storage: the driver carries values
+between it, the executor and the tables, so it runs as well on replayed curves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.backend import Assignment, Report
+from orchestrator.narrowing import edge_warnings, narrow_space
+from orchestrator.pruning import Observation, Pruner
+from orchestrator.sampler import sample_configs, trial_seed
+from orchestrator.schema import now_ms
+from orchestrator.space import SearchSpace
+from orchestrator.stages import Stage
+
+ENDED = ("completed", "pruned", "failed")
+
+
+@dataclass
+class TrialState:
+    trial_id: int
+    stage: int
+    config: dict[str, Any]
+    seed: int
+    max_epochs: int
+    status: str = "pending"
+    reason: str | None = None
+    attempt: int = 0
+    epochs_run: int = 0
+    best_score: float = -math.inf
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    best_val_accuracy: float | None = None
+    train_seconds: float = 0.0
+    started: int | None = None
+    finished: int | None = None
+    node: str | None = None
+    error: str | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        row = dict(vars(self))
+        if not math.isfinite(row["best_score"]):
+            row["best_score"] = None
+        return row
+
+
+@dataclass(frozen=True)
+class Decision:
+    stop: bool
+    until_epoch: int = 0
+    reason: str | None = None
+
+
+@dataclass
+class ControllerOptions:
+    seed: int = 0
+    sampler: str = "random"
+    top_fraction: float = 0.25
+    max_retries: int = 2  # a trial whose executor dies is retried this many times
+    fail_fast: int = 5  # stop when this many trials fail before any succeeds
+    narrow: bool = True
+
+
+@dataclass
+class Controller:
+    space: SearchSpace
+    plan: Sequence[Stage]
+    make_pruner: Callable[[Stage], Pruner]
+    options: ControllerOptions = field(default_factory=ControllerOptions)
+
+    def __post_init__(self) -> None:
+        self.trials: dict[int, TrialState] = {}
+        self.pending: deque[int] = deque()
+        self.stage_spaces: list[SearchSpace] = []
+        self.events: list[dict[str, Any]] = []  # drained by the writer
+        self.stage = -1
+        self.pruner: Pruner | None = None
+        self.abort_reason: str | None = None
+        self._next_id = 0
+        self._begin_stage(0, self.space)
+
+    # -- stages ---------------------------------------------------------------------------
+    def _begin_stage(self, index: int, space: SearchSpace) -> None:
+        self.stage = index
+        stage = self.plan[index]
+        self.stage_spaces.append(space)
+        self.pruner = self.make_pruner(stage)
+        configs = sample_configs(space, stage.trials, seed=self.options.seed, stage=index, kind=self.options.sampler)
+        first = self._next_id
+        for config in configs:
+            tid = self._next_id
+            self._next_id += 1
+            self.trials[tid] = TrialState(tid, index, config, trial_seed(self.options.seed, tid), stage.epochs)
+            self.pending.append(tid)
+        self.event("stage_started", stage=index, detail={"trials": stage.trials, "epochs": stage.epochs,
+                                                         "first_trial_id": first, "space": space.to_dict()})
+
+    def _maybe_next_stage(self) -> None:
+        if self.pending or self.running or self.stage + 1 >= len(self.plan) or self.abort_reason:
+            return
+        space = self.stage_spaces[-1]
+        results = self.stage_results(self.stage)
+        if self.options.narrow and results:
+            narrowed = narrow_space(space, results, top_fraction=self.options.top_fraction)
+            for notice in narrowed.edges:
+                kind = "range_extended" if notice.extended else "edge_at_hard_limit"
+                self.event(kind, stage=self.stage + 1, reason=f"{notice.param} best at {notice.side} edge",
+                           detail=notice_detail(notice))
+            self.event("range_narrowed", stage=self.stage + 1, detail={"space": narrowed.space.to_dict()})
+            space = narrowed.space
+        self._begin_stage(self.stage + 1, space)
+
+    def stage_results(self, stage: int) -> list[tuple[dict[str, Any], float]]:
+        """(config, best score) of the stage's finished trials; completed ones rank first."""
+        ended = [t for t in self.trials.values() if t.stage == stage and t.status in ("completed", "pruned")
+                 and math.isfinite(t.best_score)]
+        completed = [t for t in ended if t.status == "completed"]
+        chosen = completed if len(completed) >= 3 else ended
+        return [(t.config, t.best_score) for t in chosen]
+
+    # -- dispatch -------------------------------------------------------------------------
+    @property
+    def running(self) -> list[int]:
+        return [t.trial_id for t in self.trials.values() if t.status == "running"]
+
+    @property
+    def finished(self) -> bool:
+        if self.abort_reason:
+            return not self.running
+        return not self.pending and not self.running and self.stage + 1 >= len(self.plan)
+
+    def next_assignment(self) -> Assignment | None:
+        if not self.pending or self.abort_reason:
+            return None
+        trial = self.trials[self.pending.popleft()]
+        resume = trial.status == "pending" and trial.attempt > 0
+        trial.status, trial.started = "running", trial.started or now_ms()
+        if not resume:
+            self.event("trial_started", trial.trial_id, detail={"config": trial.config, "seed": trial.seed})
+        assert self.pruner is not None
+        until = min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
+        return Assignment(trial.trial_id, trial.stage, trial.config, trial.seed, trial.max_epochs, until,
+                          trial.attempt, resume)
+
+    # -- reports --------------------------------------------------------------------------
+    def on_report(self, report: Report) -> Decision | None:
+        """Digest a report; a decision for a trial still running, ``None`` when it has ended."""
+        trial = self.trials[report.trial_id]
+        if report.node:
+            trial.node = report.node
+        reason = None
+        for row in report.rows:
+            reason = self._observe(trial, row) or reason
+        if report.lost:
+            return self._retry(trial, report.error or "executor lost")
+        if report.ended:
+            self._end(trial, report.status or "completed", report.reason, report.error)
+            return None
+        if reason is not None:
+            return Decision(stop=True, reason=reason)
+        if trial.epochs_run >= trial.max_epochs:
+            return Decision(stop=True, reason="max_epochs")
+        assert self.pruner is not None
+        return Decision(stop=False, until_epoch=min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs))
+
+    def on_stopped(self, trial_id: int, reason: str | None) -> None:
+        """The driver told the executor to stop the trial: record the end now."""
+        trial = self.trials[trial_id]
+        self._end(trial, "completed" if reason == "max_epochs" else "pruned", reason, None)
+
+    def _observe(self, trial: TrialState, row: Mapping[str, Any]) -> str | None:
+        epoch = int(row["epoch"])
+        if epoch <= trial.epochs_run:  # a retried attempt re-running epochs we have already judged
+            return None
+        trial.epochs_run = epoch
+        trial.train_seconds += float(row.get("epoch_seconds") or 0.0)
+        score = float(row["score"]) if row.get("score") is not None else math.nan
+        if math.isfinite(score) and score > trial.best_score:
+            trial.best_score, trial.best_epoch = score, epoch
+            trial.best_val_loss, trial.best_val_accuracy = row.get("val_loss"), row.get("val_accuracy")
+        assert self.pruner is not None
+        return self.pruner.observe(Observation(
+            trial_id=trial.trial_id, epoch=epoch, score=score,
+            train_loss=float(row.get("train_loss", math.nan)), val_loss=float(row.get("val_loss", math.nan)),
+            val_accuracy=row.get("val_accuracy"), num_classes=row.get("num_classes"),
+        ))
+
+    def _retry(self, trial: TrialState, error: str) -> None:
+        if trial.attempt >= self.options.max_retries:
+            self._end(trial, "failed", "executor_lost", error)
+            return None
+        trial.attempt += 1
+        trial.status = "pending"
+        self.pending.appendleft(trial.trial_id)
+        self.event("trial_retried", trial.trial_id, reason="executor_lost",
+                   detail={"attempt": trial.attempt, "from_epoch": trial.epochs_run, "error": error})
+        return None
+
+    def _end(self, trial: TrialState, status: str, reason: str | None, error: str | None) -> None:
+        trial.status, trial.reason, trial.error, trial.finished = status, reason, error, now_ms()
+        self.event(f"trial_{status}", trial.trial_id, reason=reason,
+                   detail={"epochs": trial.epochs_run, "best_score": trial.best_score if math.isfinite(trial.best_score) else None})
+        if self.pruner is not None:
+            self.pruner.forget(trial.trial_id)
+        self._check_failures()
+        self._maybe_next_stage()
+
+    def _check_failures(self) -> None:
+        statuses = Counter(t.status for t in self.trials.values())
+        if statuses["failed"] >= self.options.fail_fast and statuses["completed"] + statuses["pruned"] == 0:
+            errors = Counter((t.error or "").strip().splitlines()[-1] if t.error else (t.reason or "?")
+                             for t in self.trials.values() if t.status == "failed")
+            common, count = errors.most_common(1)[0]
+            self.abort_reason = f"the first {statuses['failed']} trials all failed; most common error ({count}x): {common}"
+            self.event("sweep_aborted", reason="failures", detail={"message": self.abort_reason})
+
+    # -- results ---------------------------------------------------------------------------
+    def best(self) -> TrialState | None:
+        done = [t for t in self.trials.values() if math.isfinite(t.best_score)]
+        # The last stage trains longest: prefer its trials, then the best score.
+        return max(done, key=lambda t: (t.stage, t.best_score), default=None)
+
+    def final_edge_warnings(self) -> list[str]:
+        best = self.best()
+        if best is None:
+            return []
+        notices = edge_warnings(self.stage_spaces[best.stage], best.config)
+        out = []
+        for n in notices:
+            message = f"best {n.param} = {best.config[n.param]!r} sits at the {n.side} edge of its range"
+            out.append(message)
+            self.event("edge_warning", best.trial_id, reason=message, detail=notice_detail(n))
+        return out
+
+    def event(self, kind: str, trial_id: int | None = None, *, stage: int | None = None, reason: str | None = None,
+              detail: Mapping[str, Any] | None = None) -> None:
+        if stage is None:
+            stage = self.trials[trial_id].stage if trial_id is not None else self.stage
+        self.events.append({"time": now_ms(), "kind": kind, "trial_id": trial_id, "stage": stage,
+                            "reason": reason, "detail": dict(detail or {})})
+
+
+def notice_detail(notice: Any) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(notice).items()} if hasattr(notice, "__dict__") \
+        else {"notice": repr(notice)}

@@ -1,0 +1,239 @@
+"""The Parquet contract: every table's schema and where its files live. All writes come here.
+
+Layout under ``<storage>/<sweep>/``::
+
+    sweep/sweep.parquet               one row: how the sweep was started (resume reads it)
+    stages/stage-000.parquet          one row per stage: its plan and ranges
+    trials/trials.parquet             one row per trial, rewritten atomically as trials change
+    metrics/trial-000012.parquet      one row per (trial, attempt, epoch); parts while running
+    checkpoints/trial-000012.parquet  the checkpoint index of one trial
+    weights/trial-000012/...          safetensors files the index points to
+    events/part-....parquet           every decision the master takes, append-only
+
+Rows are never updated in place. Metrics rows are keyed by ``(trial_id, attempt, epoch)``;
+for each ``(trial_id, epoch)`` the row of the highest attempt counts (a retried trial
+re-runs epochs after its checkpoint, and those rows supersede the lost attempt's).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orchestrator.storage import Storage
+
+TIMESTAMP = pa.timestamp("ms", tz="UTC")
+
+METRICS = pa.schema(
+    [
+        ("trial_id", pa.int32()),
+        ("attempt", pa.int16()),
+        ("epoch", pa.int32()),
+        ("stage", pa.int16()),
+        ("train_loss", pa.float64()),
+        ("train_accuracy", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("val_accuracy", pa.float64()),
+        ("score", pa.float64()),  # the sweep's objective, higher is better
+        ("ema_val_loss", pa.float64()),
+        ("ema_val_accuracy", pa.float64()),
+        ("lr", pa.float64()),
+        ("grad_norm", pa.float64()),
+        ("update_ratio", pa.float64()),  # ||lr * update|| / ||w||: ~1e-3 is healthy
+        ("epoch_seconds", pa.float64()),
+        ("samples_per_second", pa.float64()),
+        ("time", TIMESTAMP),
+    ]
+)
+
+CHECKPOINTS = pa.schema(
+    [
+        ("trial_id", pa.int32()),
+        ("attempt", pa.int16()),
+        ("epoch", pa.int32()),
+        ("weights", pa.string()),  # "raw" or "ema"
+        ("kept_as", pa.string()),  # "best", "last", "best,last", "top"
+        ("path", pa.string()),  # relative to the sweep directory
+        ("score", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("val_accuracy", pa.float64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("time", TIMESTAMP),
+    ]
+)
+
+EVENTS = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("time", TIMESTAMP),
+        ("kind", pa.string()),
+        ("trial_id", pa.int32()),
+        ("stage", pa.int16()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),  # JSON
+    ]
+)
+
+STAGES = pa.schema(
+    [
+        ("stage", pa.int16()),
+        ("trials", pa.int32()),
+        ("epochs", pa.int32()),
+        ("space", pa.string()),  # JSON: parameter -> distribution as plain data
+        ("first_trial_id", pa.int32()),
+        ("time", TIMESTAMP),
+    ]
+)
+
+SWEEP = pa.schema(
+    [
+        ("name", pa.string()),
+        ("task", pa.string()),
+        ("seed", pa.int64()),
+        ("settings", pa.string()),  # JSON of every run option
+        ("space", pa.string()),  # JSON of the initial space
+        ("caviar_version", pa.string()),
+        ("created", TIMESTAMP),
+    ]
+)
+
+TRIAL_STATUSES = ("pending", "running", "completed", "pruned", "failed")
+
+_TRIAL_FIELDS = [
+    ("trial_id", pa.int32()),
+    ("stage", pa.int16()),
+    ("status", pa.string()),
+    ("reason", pa.string()),
+    ("seed", pa.int64()),
+    ("attempt", pa.int16()),
+    ("epochs_run", pa.int32()),
+    ("max_epochs", pa.int32()),
+    ("best_score", pa.float64()),
+    ("best_epoch", pa.int32()),
+    ("best_val_loss", pa.float64()),
+    ("best_val_accuracy", pa.float64()),
+    ("train_seconds", pa.float64()),
+    ("started", TIMESTAMP),
+    ("finished", TIMESTAMP),
+    ("node", pa.string()),
+    ("error", pa.string()),
+]
+
+
+def arrow_type_of(value: Any) -> pa.DataType:
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, int):
+        return pa.int64()
+    if isinstance(value, float):
+        return pa.float64()
+    return pa.string()
+
+
+def config_type(space_values: Mapping[str, Sequence[Any]]) -> pa.StructType:
+    """The typed ``config`` struct: one field per hyperparameter, typed from its possible values."""
+    fields = []
+    for name, values in space_values.items():
+        types = {arrow_type_of(v) for v in values if v is not None} or {pa.string()}
+        if types <= {pa.int64(), pa.float64()} and len(types) > 1:
+            types = {pa.float64()}
+        fields.append((name, types.pop() if len(types) == 1 else pa.string()))
+    return pa.struct(fields)
+
+
+def trials_schema(config: pa.StructType) -> pa.Schema:
+    return pa.schema(_TRIAL_FIELDS[:3] + [("config", config)] + _TRIAL_FIELDS[3:])
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _clean(value: Any) -> Any:
+    """NaN stays NaN for floats; numpy scalars become Python values."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) to a table with exactly ``schema``; missing fields are null."""
+    rows = list(rows)
+    columns = {f.name: [_clean(r.get(f.name)) for r in rows] for f in schema}
+    return pa.table({name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names}, schema=schema)
+
+
+def json_dumps(value: Any) -> str:
+    def default(o: Any) -> Any:
+        if hasattr(o, "item"):
+            return o.item()
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    return json.dumps(value, default=default, sort_keys=True, allow_nan=True)
+
+
+def finite_or_none(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+# -- file locations --------------------------------------------------------------------
+
+
+def metrics_part_path(trial_id: int, attempt: int, part: int) -> str:
+    return f"metrics/trial-{trial_id:06d}.a{attempt}.p{part:04d}.parquet"
+
+
+def metrics_path(trial_id: int) -> str:
+    return f"metrics/trial-{trial_id:06d}.parquet"
+
+
+def checkpoint_index_path(trial_id: int) -> str:
+    return f"checkpoints/trial-{trial_id:06d}.parquet"
+
+
+def weights_path(trial_id: int, attempt: int, epoch: int, weights: str) -> str:
+    return f"weights/trial-{trial_id:06d}/a{attempt}-e{epoch:04d}-{weights}.safetensors"
+
+
+TRIALS_PATH = "trials/trials.parquet"
+SWEEP_PATH = "sweep/sweep.parquet"
+
+
+def stage_path(stage: int) -> str:
+    return f"stages/stage-{stage:03d}.parquet"
+
+
+def events_part_path(first_seq: int) -> str:
+    return f"events/part-{first_seq:09d}.parquet"
+
+
+# -- reading tables --------------------------------------------------------------------
+
+
+def read_dir(storage: Storage, rel_dir: str, schema: pa.Schema | None = None) -> pa.Table | None:
+    """Concatenate every Parquet file under ``rel_dir``; ``None`` when there are none."""
+    files = storage.list_files(rel_dir)
+    if not files:
+        return None if schema is None else schema.empty_table()
+    tables = [storage.read_table(f) for f in files]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def effective_metrics(table: pa.Table) -> pa.Table:
+    """One row per (trial, epoch): the highest attempt's row, deduplicating parts and compactions."""
+    if table.num_rows == 0:
+        return table
+    order = pc.sort_indices(table, [("trial_id", "ascending"), ("epoch", "ascending"), ("attempt", "descending")])
+    table = table.take(order)
+    trial = table["trial_id"].to_numpy()
+    epoch = table["epoch"].to_numpy()
+    import numpy as np
+
+    keep = np.ones(len(trial), dtype=bool)
+    keep[1:] = (trial[1:] != trial[:-1]) | (epoch[1:] != epoch[:-1])
+    return table.filter(pa.array(keep))

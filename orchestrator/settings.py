@@ -1,0 +1,109 @@
+"""Run settings: one dataclass, filled from task defaults, then a TOML file, then the CLI/API.
+
+Every field is checked here, and a bad value is refused with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from orchestrator.errors import ConfigError
+
+PRUNERS = ("asha", "median", "none")
+
+
+@dataclass
+class RunSettings:
+    trials: int = 24
+    epochs: int = 10
+    plan: str | None = None  # "64x1,24x5,8x20"; None: derived from trials and epochs
+    stages: int | None = None  # number of stages for the derived plan; 1 = plain random search
+    slots: int | None = None  # parallel trials; None: as many as the cluster's CPUs allow
+    seed: int = 0
+    sampler: str = "random"
+    pruner: str = "asha"
+    grace_epochs: int = 1
+    reduction_factor: int = 3
+    max_loss_ratio: float = 4.0
+    top_fraction: float = 0.25
+    storage: str = "caviar-runs"
+    name: str | None = None
+    overwrite: bool = False
+    address: str | None = None  # None: start Ray on this machine
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    device: str = "auto"
+    keep_best: int = 1
+    checkpoint_seconds: float = 30.0
+    max_retries: int = 2
+    fail_fast: int = 5
+    ensemble: bool = True
+    dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"
+
+    def validate(self) -> RunSettings:
+        positive_ints = ("trials", "epochs", "grace_epochs", "keep_best")
+        for name in positive_ints:
+            _check(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 1, "a positive integer")
+        for name in ("slots", "stages"):
+            value = getattr(self, name)
+            _check(name, value is None or (isinstance(value, int) and value >= 1), "a positive integer")
+        _check("reduction_factor", isinstance(self.reduction_factor, int) and self.reduction_factor >= 2, "an integer >= 2")
+        _check("seed", isinstance(self.seed, int) and self.seed >= 0, "a non-negative integer")
+        _check("pruner", self.pruner in PRUNERS, f"one of {', '.join(PRUNERS)}")
+        _check("sampler", self.sampler in ("random", "sobol", "lhs"), "one of random, sobol, lhs")
+        _check("cpus_per_trial", _num(self.cpus_per_trial) and self.cpus_per_trial > 0, "a number > 0")
+        _check("gpus_per_trial", _num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "a number >= 0")
+        _check("max_loss_ratio", _num(self.max_loss_ratio) and self.max_loss_ratio > 1, "a number > 1")
+        _check("top_fraction", _num(self.top_fraction) and 0 < self.top_fraction <= 1, "a number in (0, 1]")
+        _check("checkpoint_seconds", _num(self.checkpoint_seconds) and self.checkpoint_seconds >= 0, "a number >= 0")
+        _check("max_retries", isinstance(self.max_retries, int) and self.max_retries >= 0, "an integer >= 0")
+        _check("fail_fast", isinstance(self.fail_fast, int) and self.fail_fast >= 1, "a positive integer")
+        _check("device", self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "auto, cpu or cuda[:N]")
+        _check("storage", bool(self.storage), "a path or URI")
+        for key, value in self.resources.items():
+            _check(f"resources.{key}", _num(value) and value > 0, "a number > 0")
+        if self.plan is not None:
+            from orchestrator.stages import parse_plan
+
+            parse_plan(self.plan)
+        return self
+
+    def merged(self, overrides: Mapping[str, Any]) -> RunSettings:
+        """A copy with ``overrides`` applied; unknown fields are refused by name. ``None`` keeps the value."""
+        known = {f.name for f in fields(self)}
+        for key in overrides:
+            if key not in known:
+                raise ConfigError(f"setting '{key}': unknown (known: {', '.join(sorted(known))})")
+        data = asdict(self)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return RunSettings(**data)
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(name: str, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"setting '{name}': expected {expected}")
+
+
+def read_toml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(run settings, space overrides)`` from a TOML file with ``[run]`` and ``[space]`` tables."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config {path!r}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path!r}: not valid TOML ({exc})") from None
+    unknown = set(data) - {"run", "space"}
+    if unknown:
+        raise ConfigError(f"config {path!r}: unknown table(s) {', '.join(sorted(unknown))} (use [run] and [space])")
+    return dict(data.get("run", {})), dict(data.get("space", {}))

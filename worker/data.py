@@ -1,0 +1,86 @@
+"""Data: the task's splits as tensors, standardised with training-split statistics only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from orchestrator.errors import TaskError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Splits:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    def to(self, device: torch.device) -> Splits:
+        if device.type == "cpu":
+            return self
+        moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        return Splits(**moved)
+
+
+def _as_tensor(value: Any, what: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise TaskError(f"load_data: {what} must be a numpy array or tensor, got {type(value).__name__}")
+
+
+def _materialise(split: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(X, y) pairs pass through; a map-style torch Dataset is stacked into memory."""
+    if isinstance(split, (tuple, list)) and len(split) == 2:
+        return _as_tensor(split[0], f"{what} X"), _as_tensor(split[1], f"{what} y")
+    if isinstance(split, torch.utils.data.Dataset):
+        items = [split[i] for i in range(len(split))]  # type: ignore[arg-type]
+        xs = torch.stack([_as_tensor(x, f"{what} X") if not isinstance(x, torch.Tensor) else x for x, _ in items])
+        ys = torch.as_tensor([int(y) for _, y in items])
+        return xs, ys
+    raise TaskError(f"load_data: the {what} split must be (X, y) or a torch Dataset, got {type(split).__name__}")
+
+
+def prepare(raw: Any, *, normalize: bool = True) -> Splits:
+    """Check and convert ``load_data()``'s result; standardise features with train statistics."""
+    if isinstance(raw, Mapping):
+        missing = [s for s in SPLITS if s not in raw]
+        if missing:
+            raise TaskError(f"load_data: result lacks split(s) {', '.join(missing)}")
+        parts = [raw[s] for s in SPLITS]
+    elif isinstance(raw, (tuple, list)) and len(raw) == 3:
+        parts = list(raw)
+    else:
+        raise TaskError("load_data: return (train, val, test) or a dict with keys train, val, test")
+    tensors = [_materialise(p, s) for p, s in zip(parts, SPLITS)]
+    for (x, y), name in zip(tensors, SPLITS):
+        if len(x) != len(y):
+            raise TaskError(f"load_data: {name} has {len(x)} inputs but {len(y)} labels")
+        if len(x) == 0:
+            raise TaskError(f"load_data: {name} split is empty")
+    (xtr, ytr), (xva, yva), (xte, yte) = [(x.float(), y.long()) for x, y in tensors]
+    if normalize:
+        # Statistics from the training split only; applying them to val/test is the point.
+        mean = xtr.mean(dim=0, keepdim=True)
+        std = xtr.std(dim=0, keepdim=True).clamp_min(1e-6)
+        xtr, xva, xte = (xtr - mean) / std, (xva - mean) / std, (xte - mean) / std
+    num_classes = int(max(ytr.max(), yva.max(), yte.max()).item()) + 1
+    return Splits(xtr.contiguous(), ytr, xva.contiguous(), yva, xte.contiguous(), yte, num_classes)
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled mini-batches in the trial's own order (its generator is seeded per trial)."""
+    order = torch.randperm(len(x), generator=generator).to(x.device)
+    for start in range(0, len(x), batch_size):
+        index = order[start : start + batch_size]
+        yield x[index], y[index]

@@ -1,0 +1,154 @@
+"""What one trial writes: buffered metric rows, kept checkpoints, and its resume state.
+
+Writes are batched: metric rows and checkpoints reach storage every ``checkpoint_seconds``
+and when the trial ends, never once per epoch (small files are the enemy of object
+stores). The best weights are held in memory until then. Order on every persist: metric
+rows first, then weight files, then the index, then deletions, so the index never points
+at a missing file and a resume never starts past its recorded rows.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from orchestrator import schema
+from orchestrator.storage import Storage, sha256
+from worker.trainer import TrialRun
+
+RESUME_FILE = "resume.pt"
+
+
+@dataclass
+class Kept:
+    epoch: int
+    score: float
+    val_loss: float
+    val_accuracy: float
+    states: dict[str, dict[str, torch.Tensor]]  # "raw"/"ema" -> state dict
+    kept_as: set[str] = field(default_factory=set)
+
+
+def resume_path(trial_id: int) -> str:
+    return f"weights/trial-{trial_id:06d}/{RESUME_FILE}"
+
+
+def load_resume_state(storage: Storage, trial_id: int) -> dict[str, Any] | None:
+    """The last persisted training state, loaded without running code (``weights_only``)."""
+    rel = resume_path(trial_id)
+    if not storage.exists(rel):
+        return None
+    return torch.load(io.BytesIO(storage.read_bytes(rel)), weights_only=True, map_location="cpu")
+
+
+class TrialRecorder:
+    def __init__(self, storage: Storage, trial_id: int, attempt: int, *, keep_best: int = 1, keep_last: bool = True,
+                 checkpoint_seconds: float = 30.0):
+        self.storage, self.trial_id, self.attempt = storage, trial_id, attempt
+        self.keep_best, self.keep_last, self.checkpoint_seconds = keep_best, keep_last, checkpoint_seconds
+        self.pending_rows: list[dict[str, Any]] = []
+        self.rows_by_epoch: dict[int, dict[str, Any]] = {}
+        self.best: list[Kept] = []
+        self.written: dict[tuple[int, str], dict[str, Any]] = {}  # (epoch, weights) -> index row
+        self.parts = 0
+        self.last_persist = time.monotonic()
+
+    def record(self, run: TrialRun, row: dict[str, Any]) -> None:
+        row = {**row, "time": schema.now_ms()}
+        self.pending_rows.append(row)
+        self.rows_by_epoch[row["epoch"]] = row
+        score = row["score"]
+        if score == score and (len(self.best) < self.keep_best or score > self.best[-1].score):  # NaN never kept
+            self.best.append(self._snapshot(run, row))
+            self.best.sort(key=lambda k: (-k.score, k.epoch))
+            del self.best[self.keep_best :]
+        if time.monotonic() - self.last_persist >= self.checkpoint_seconds:
+            self.persist(run, final=False)
+
+    def _snapshot(self, run: TrialRun, row: dict[str, Any]) -> Kept:
+        states = {"raw": run.weights_state("raw")}
+        if run.ema is not None:
+            states["ema"] = run.weights_state("ema")
+        return Kept(row["epoch"], row["score"], row["val_loss"], row["val_accuracy"], states)
+
+    def persist(self, run: TrialRun, *, final: bool) -> list[dict[str, Any]]:
+        """Flush rows and checkpoints; returns the checkpoint index rows now on storage."""
+        self.flush_rows()
+        wanted: dict[tuple[int, str], tuple[Kept | None, set[str]]] = {}
+        for kept in self.best:
+            for kind in kept.states:
+                wanted[(kept.epoch, kind)] = (kept, {"best"})
+        last_row = self.rows_by_epoch.get(run.epoch) if self.keep_last else None
+        if last_row is not None:
+            kinds = ["raw"] + (["ema"] if run.ema is not None else [])
+            fresh = [k for k in kinds if (run.epoch, k) not in wanted and (run.epoch, k) not in self.written]
+            last = self._snapshot(run, last_row) if fresh else None
+            for kind in kinds:
+                kept, tags = wanted.get((run.epoch, kind), (last, set()))
+                wanted[(run.epoch, kind)] = (kept, tags | {"last"})
+        index = []
+        for (epoch, kind), (kept, tags) in sorted(wanted.items()):
+            row = self.written.get((epoch, kind))
+            if row is None:
+                assert kept is not None
+                row = self._write_weights(kept, kind)
+            row = {**row, "kept_as": ",".join(sorted(tags))}
+            self.written[(epoch, kind)] = row
+            index.append(row)
+        self.storage.write_table(schema.checkpoint_index_path(self.trial_id), schema.to_table(index, schema.CHECKPOINTS))
+        for key in [k for k in self.written if k not in wanted]:
+            self.storage.delete(self.written.pop(key)["path"])
+        if final:
+            self.storage.delete(resume_path(self.trial_id))
+        else:
+            buf = io.BytesIO()
+            torch.save({**run.resume_state(), "attempt": self.attempt}, buf)
+            self.storage.write_bytes(resume_path(self.trial_id), buf.getvalue())
+        self.last_persist = time.monotonic()
+        return index
+
+    def _write_weights(self, kept: Kept, kind: str) -> dict[str, Any]:
+        data = safetensors.torch.save(kept.states[kind], metadata={"trial_id": str(self.trial_id), "epoch": str(kept.epoch)})
+        rel = schema.weights_path(self.trial_id, self.attempt, kept.epoch, kind)
+        self.storage.write_bytes(rel, data)
+        return {
+            "trial_id": self.trial_id, "attempt": self.attempt, "epoch": kept.epoch, "weights": kind,
+            "path": rel, "score": kept.score, "val_loss": kept.val_loss, "val_accuracy": kept.val_accuracy,
+            "bytes": len(data), "sha256": sha256(data), "time": schema.now_ms(),
+        }
+
+    def flush_rows(self) -> None:
+        if not self.pending_rows:
+            return
+        rel = schema.metrics_part_path(self.trial_id, self.attempt, self.parts)
+        self.storage.write_table(rel, schema.to_table(self.pending_rows, schema.METRICS))
+        self.parts += 1
+        self.pending_rows = []
+
+    def finish(self, run: TrialRun) -> list[dict[str, Any]]:
+        """Final persist, then compact this trial's metric parts (every attempt) into one file."""
+        index = self.persist(run, final=True)
+        compact_metrics(self.storage, self.trial_id)
+        return index
+
+
+def compact_metrics(storage: Storage, trial_id: int) -> None:
+    """Fold ``trial-N.a*.p*.parquet`` parts (and any earlier compaction) into ``trial-N.parquet``."""
+    prefix = f"metrics/trial-{trial_id:06d}."
+    parts = [f for f in storage.list_files("metrics") if f.startswith(prefix)]
+    target = schema.metrics_path(trial_id)
+    if not parts or parts == [target]:
+        return
+    import pyarrow as pa
+
+    table = pa.concat_tables([storage.read_table(f) for f in ([target] if target in parts else []) +
+                              [p for p in parts if p != target]])
+    storage.write_table(target, table.sort_by([("attempt", "ascending"), ("epoch", "ascending")]))
+    for part in parts:
+        if part != target:
+            storage.delete(part)

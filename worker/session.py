@@ -1,0 +1,102 @@
+"""A worker's life: load the task and data once, then train trial after trial on request.
+
+Everything here is plain Python and torch; ``cluster.actor`` wraps it in a Ray actor, and
+tests drive it directly. Errors in user code end the trial as ``failed`` with its
+traceback; the worker itself lives on.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from orchestrator.backend import Assignment, Report
+from orchestrator.pruning import divergence_reason
+from orchestrator.storage import Storage
+from orchestrator.task import Task, load_task
+from worker.data import Splits, prepare
+from worker.recorder import TrialRecorder, load_resume_state
+from worker.trainer import TrialRun, TrialSpec, pick_device
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    device: str = "auto"
+    keep_best: int = 1
+    keep_last: bool = True
+    checkpoint_seconds: float = 30.0
+    max_loss_ratio: float = 4.0
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkerOptions:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+class WorkerSession:
+    def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any] | None = None):
+        self.options = WorkerOptions.from_dict(options or {})
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)
+        self.task: Task = load_task(task_ref)
+        self.device = pick_device(self.options.device)
+        self.splits: Splits = prepare(self.task.get("load_data")(), normalize=self.task.normalize).to(self.device)
+        self.storage = Storage.from_uri(storage_uri).child(sweep)
+        self.runs: dict[int, tuple[TrialRun, TrialRecorder]] = {}
+        self.node = socket.gethostname()
+
+    def start(self, assignment: Assignment) -> Report:
+        a = assignment
+        try:
+            spec = TrialSpec(a.trial_id, a.stage, dict(a.config), a.seed, a.max_epochs, a.attempt)
+            run = TrialRun(self.task, self.splits, spec, self.device)
+            if a.resume:
+                state = load_resume_state(self.storage, a.trial_id)
+                if state is not None:
+                    run.load_resume_state(state)
+            o = self.options
+            recorder = TrialRecorder(self.storage, a.trial_id, a.attempt, keep_best=o.keep_best,
+                                     keep_last=o.keep_last, checkpoint_seconds=o.checkpoint_seconds)
+        except Exception:
+            return Report(a.trial_id, ended=True, status="failed", reason="error", error=traceback.format_exc(), node=self.node)
+        self.runs[a.trial_id] = (run, recorder)
+        return self.advance(a.trial_id, a.until_epoch)
+
+    def advance(self, trial_id: int, until_epoch: int) -> Report:
+        run, recorder = self.runs[trial_id]
+        rows: list[dict[str, Any]] = []
+        try:
+            while run.epoch < min(until_epoch, run.spec.max_epochs):
+                row = run.train_epoch()
+                row["num_classes"] = self.splits.num_classes
+                recorder.record(run, {k: v for k, v in row.items() if k != "num_classes"})
+                rows.append(row)
+                reason = divergence_reason([r["train_loss"] for r in recorder.rows_by_epoch.values()],
+                                           max_ratio=self.options.max_loss_ratio)
+                if reason or not math.isfinite(row["val_loss"]):
+                    return self._end(trial_id, rows, "pruned", reason or "diverged")
+        except Exception:
+            return self._end(trial_id, rows, "failed", "error", traceback.format_exc())
+        if run.epoch >= run.spec.max_epochs:
+            return self._end(trial_id, rows, "completed", "max_epochs")
+        return Report(trial_id, rows, node=self.node)
+
+    def stop(self, trial_id: int, status: str, reason: str) -> Report:
+        if trial_id not in self.runs:
+            return Report(trial_id, ended=True, status=status, reason=reason, node=self.node)
+        return self._end(trial_id, [], status, reason)
+
+    def _end(self, trial_id: int, rows: list[dict[str, Any]], status: str, reason: str, error: str | None = None) -> Report:
+        run, recorder = self.runs.pop(trial_id)
+        try:
+            recorder.finish(run)
+        except Exception:
+            if error is None:
+                status, reason, error = "failed", "storage", traceback.format_exc()
+        return Report(trial_id, rows, ended=True, status=status, reason=reason, error=error, node=self.node)

@@ -1,0 +1,190 @@
+"""One trial's training, an epoch at a time: schedule, train, evaluate, record, checkpoint.
+
+The actor (``cluster/``) keeps a :class:`TrialRun` alive between calls, so the master can
+decide after any epoch whether the trial goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from orchestrator.errors import TaskError
+from orchestrator.task import Task
+from worker.data import Splits, batches
+from worker.ema import EmaWeights
+from worker.optim import build_optimizer, build_schedule, step_schedule
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    trial_id: int
+    stage: int
+    config: Mapping[str, Any]
+    seed: int
+    max_epochs: int
+    attempt: int = 0
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, batch_size: int = 4096) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and the logits on one split, in eval mode (dropout off, BN frozen)."""
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    loss = float(loss_fn(logits, y))
+    accuracy = float((logits.argmax(dim=1) == y).float().mean())
+    return loss, accuracy, logits
+
+
+def _flat_norm(tensors: list[torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))) if tensors else 0.0
+
+
+class TrialRun:
+    """A model, its optimizer, schedule, EMA and data order: everything one trial carries."""
+
+    def __init__(self, task: Task, splits: Splits, spec: TrialSpec, device: torch.device):
+        self.task, self.splits, self.spec, self.device = task, splits, spec, device
+        config = dict(spec.config)
+        torch.manual_seed(spec.seed)
+        try:
+            self.model = task.get("build_model")(config).to(device)
+        except Exception as exc:
+            raise TaskError(f"build_model raised {type(exc).__name__}: {exc}") from exc
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        custom_opt = task.get("build_optimizer")
+        self.optimizer = custom_opt(config, params) if custom_opt else build_optimizer(config, params)
+        self.scheduler = build_schedule(config, self.optimizer, spec.max_epochs)
+        self.loss_fn = task.get("loss_fn") or F.cross_entropy
+        self.batch_size = int(config.get("batch_size", 64))
+        self.grad_clip = float(config.get("grad_clip", math.inf))
+        self.generator = torch.Generator().manual_seed(spec.seed)
+        ema_decay = config.get("ema_decay")
+        self.ema = EmaWeights(self.model, float(ema_decay)) if ema_decay else None
+        self.epoch = 0
+
+    # -- one epoch -----------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        custom = self.task.get("train_epoch")
+        if custom:
+            stats = dict(custom(self.model, self.optimizer, self._batches(), dict(self.spec.config)))
+        else:
+            stats = self._standard_epoch()
+        s = self.splits
+        val_loss, val_acc, _ = evaluate(self.model, s.x_val, s.y_val, self.loss_fn)
+        step_schedule(self.scheduler, val_loss if math.isfinite(val_loss) else math.inf)
+        self.epoch += 1
+        row: dict[str, Any] = {
+            "trial_id": self.spec.trial_id,
+            "attempt": self.spec.attempt,
+            "epoch": self.epoch,
+            "stage": self.spec.stage,
+            "train_loss": stats.get("train_loss", math.nan),
+            "train_accuracy": stats.get("train_accuracy"),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "score": val_acc if self.task.metric == "accuracy" else -val_loss,
+            "lr": lr,
+            "grad_norm": stats.get("grad_norm"),
+            "update_ratio": stats.get("update_ratio"),
+        }
+        if self.ema is not None:
+            row["ema_val_loss"], row["ema_val_accuracy"], _ = evaluate(self.ema.module, s.x_val, s.y_val, self.loss_fn)
+        seconds = time.perf_counter() - started
+        row["epoch_seconds"] = seconds
+        row["samples_per_second"] = len(s.x_train) / seconds if seconds > 0 else None
+        return row
+
+    def _batches(self) -> Any:
+        return batches(self.splits.x_train, self.splits.y_train, self.batch_size, self.generator)
+
+    def _standard_epoch(self) -> dict[str, float]:
+        model, opt = self.model, self.optimizer
+        model.train()
+        total_loss = total_correct = total_seen = 0.0
+        grad_norm_sum, steps = 0.0, 0
+        update_ratio = math.nan
+        n_batches = math.ceil(len(self.splits.x_train) / self.batch_size)
+        params = [p for p in model.parameters() if p.requires_grad]
+        for i, (xb, yb) in enumerate(self._batches()):
+            logits = model(xb)
+            loss = self.loss_fn(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm_sum += float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
+            steps += 1
+            last = i == n_batches - 1
+            before = [p.detach().clone() for p in params] if last else None
+            opt.step()
+            if before is not None:  # the notes' health signal: ||update|| / ||w||, ~1e-3
+                update_ratio = _flat_norm([p.detach() - b for p, b in zip(params, before)]) / max(_flat_norm(before), 1e-12)
+            if self.ema is not None:
+                self.ema.update(model)
+            n = len(yb)
+            total_loss += loss.item() * n
+            total_correct += float((logits.argmax(dim=1) == yb).sum())
+            total_seen += n
+            if not math.isfinite(total_loss):
+                break  # no point finishing an epoch that has already blown up
+        return {
+            "train_loss": total_loss / max(total_seen, 1),
+            "train_accuracy": total_correct / max(total_seen, 1),
+            "grad_norm": grad_norm_sum / max(steps, 1),
+            "update_ratio": update_ratio,
+        }
+
+    # -- predictions and state -----------------------------------------------------------
+    def predictions(self, state: Mapping[str, torch.Tensor], weights: str = "raw") -> dict[str, torch.Tensor]:
+        """Class probabilities on validation and test for a stored state (for ensembles)."""
+        module = self.ema.module if weights == "ema" and self.ema is not None else self.model
+        saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        module.load_state_dict(state)
+        s = self.splits
+        out = {}
+        for split, x, y in (("val", s.x_val, s.y_val), ("test", s.x_test, s.y_test)):
+            _, _, logits = evaluate(module, x, y, self.loss_fn)
+            out[split] = torch.softmax(logits.float(), dim=1).cpu()
+        module.load_state_dict(saved)
+        return out
+
+    def weights_state(self, weights: str = "raw") -> dict[str, torch.Tensor]:
+        module = self.ema.module if weights == "ema" and self.ema is not None else self.model
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+    def resume_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: loadable with ``torch.load(weights_only=True)``."""
+        return {
+            "epoch": self.epoch,
+            "model": self.weights_state("raw"),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_resume_state(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch = int(state["epoch"])
