@@ -1,0 +1,328 @@
+"""Pruning: stop trials that explode, do not learn, or fall behind their peers.
+
+A pruner sees one :class:`Observation` per (trial, epoch) and answers with a stop reason
+(a short token) or ``None`` to continue. It keeps only plain data derived from what it
+observed and uses no randomness, so replaying the stored metric rows in the same order
+rebuilds the same state and gives the same decisions (that is how a sweep resumes).
+
+Reasons: ``"diverged"``, ``"not_learning"``, ``"asha_rung_<epoch>"``, ``"median_epoch_<epoch>"``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import inspect
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import ConfigError
+
+NEVER = 2**31 - 1  # "no decision epoch ahead" when a pruner has no max_epochs
+DIVERGED = "diverged"
+NOT_LEARNING = "not_learning"
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One finished epoch of one trial, as the controller reads it from a metrics row.
+
+    ``score`` is oriented so that higher is better (accuracy, or ``-loss``).
+    """
+
+    trial_id: int
+    epoch: int  # 1-based: epochs completed
+    score: float
+    train_loss: float
+    val_loss: float
+    val_accuracy: float | None = None
+    num_classes: int | None = None
+
+
+# -- pure rules -----------------------------------------------------------------------------
+
+
+def divergence_reason(losses: Sequence[float], max_ratio: float = 4.0, min_epochs: int = 2) -> str | None:
+    """``"diverged"`` if the last loss is NaN/inf, or (from ``min_epochs`` losses on) above ``max_ratio`` x the first.
+
+    The worker calls this after every epoch too, so it stays tiny and dependency-free.
+    """
+    if not losses:
+        return None
+    first, last = losses[0], losses[-1]
+    if not math.isfinite(last):
+        return DIVERGED
+    if len(losses) >= min_epochs and first > 0 and last > max_ratio * first:
+        return DIVERGED
+    return None
+
+
+def not_learning_reason(obs: Observation, margin: float = 0.02) -> str | None:
+    """``"not_learning"`` when a classifier is still at chance: accuracy <= 1/C + margin, else val loss >= ln C.
+
+    Without a class count (regression, unknown task) nothing can be said, so ``None``.
+    """
+    c = obs.num_classes
+    if c is None or c < 2:
+        return None
+    acc = obs.val_accuracy
+    if acc is not None and math.isfinite(acc):
+        return NOT_LEARNING if acc <= 1.0 / c + margin else None
+    return NOT_LEARNING if obs.val_loss >= math.log(c) else None
+
+
+def asha_rungs(grace_epochs: int, reduction_factor: int, max_epochs: int) -> list[int]:
+    """Rung epochs ``grace * eta**k`` below ``max_epochs`` (a trial at max_epochs ends anyway)."""
+    rungs, epoch = [], grace_epochs
+    while epoch < max_epochs:
+        rungs.append(epoch)
+        epoch *= reduction_factor
+    return rungs
+
+
+def asha_keep(sorted_scores: Sequence[float], score: float, reduction_factor: int) -> bool:
+    """Whether ``score`` survives a rung whose recorded scores (ascending, itself included) are given.
+
+    With ``n`` scores: keep when ``n < eta`` (too few to judge, as in the ASHA paper);
+    otherwise keep iff the trial's rank is within the top ``floor(n / eta)``, where
+    rank = 1 + the number of scores strictly greater (ties count in the trial's favour).
+    """
+    n = len(sorted_scores)
+    if n < reduction_factor:
+        return True
+    greater = n - bisect.bisect_right(sorted_scores, score)
+    return greater + 1 <= n // reduction_factor
+
+
+def sorted_median(values: Sequence[float]) -> float:
+    """Median of an ascending, non-empty sequence (mean of the two middle values when even)."""
+    n = len(values)
+    mid = n // 2
+    return values[mid] if n % 2 else 0.5 * (values[mid - 1] + values[mid])
+
+
+# -- pruners --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Trial:
+    """What a pruner remembers of one trial: enough for divergence and running averages."""
+
+    first_loss: float
+    last_epoch: int = 0
+    count: int = 0  # epochs recorded
+    total: float = 0.0  # sum of recorded scores
+    best: float = -math.inf
+    stopped: str | None = None
+
+
+class Pruner(ABC):
+    """Turns observations into stop reasons. Subclasses implement :meth:`_decide` only.
+
+    Shared behaviour: divergence is checked on every observation (NaN/inf score or losses,
+    or a train loss above ``max_loss_ratio`` x its first value); an epoch reported twice
+    (a retried attempt) is recorded once; once a trial was stopped, later observations of it
+    repeat the reason and change nothing; no decision is taken at or after ``max_epochs``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_epochs: int | None = None,
+        grace_epochs: int = 1,
+        check_not_learning: bool = False,
+        not_learning_margin: float = 0.02,
+        max_loss_ratio: float = 4.0,
+    ):
+        _positive_int("max_epochs", NEVER if max_epochs is None else max_epochs)
+        _positive_int("grace_epochs", grace_epochs)
+        if not (math.isfinite(not_learning_margin) and 0.0 <= not_learning_margin < 1.0):
+            raise ConfigError(f"pruner.not_learning_margin: must lie in [0, 1), got {not_learning_margin!r}")
+        if not (max_loss_ratio > 1.0):
+            raise ConfigError(f"pruner.max_loss_ratio: must be above 1, got {max_loss_ratio!r}")
+        self.max_epochs = NEVER if max_epochs is None else max_epochs
+        self.grace_epochs = grace_epochs
+        self.check_not_learning = bool(check_not_learning)
+        self.not_learning_margin = float(not_learning_margin)
+        self.max_loss_ratio = float(max_loss_ratio)
+        self._trials: dict[int, _Trial] = {}
+
+    def observe(self, obs: Observation) -> str | None:
+        """Record one epoch's result; a stop reason, or ``None`` to continue."""
+        trial = self._trials.get(obs.trial_id)
+        if trial is None:
+            trial = self._trials[obs.trial_id] = _Trial(first_loss=obs.train_loss)
+        if trial.stopped is not None:
+            return trial.stopped
+        reason = self._health(obs, trial)
+        if reason is None and obs.epoch > trial.last_epoch:
+            trial.last_epoch = obs.epoch
+            trial.count += 1
+            trial.total += obs.score
+            trial.best = max(trial.best, obs.score)
+            if obs.epoch < self.max_epochs:
+                reason = self._decide(obs, trial)
+        trial.stopped = reason
+        return reason
+
+    @abstractmethod
+    def next_decision_epoch(self, epoch: int) -> int:
+        """Smallest epoch after ``epoch`` at which a non-divergence stop may come (``max_epochs`` if none)."""
+
+    def forget(self, trial_id: int) -> None:
+        """Drop a finished trial's own state; what it contributed to rungs or medians stays."""
+        self._trials.pop(trial_id, None)
+
+    @abstractmethod
+    def _decide(self, obs: Observation, trial: _Trial) -> str | None:
+        """The pruner's own rule, called once per new, healthy epoch below ``max_epochs``."""
+
+    def _health(self, obs: Observation, trial: _Trial) -> str | None:
+        if not (math.isfinite(obs.score) and math.isfinite(obs.val_loss)):
+            return DIVERGED
+        return divergence_reason((trial.first_loss, obs.train_loss), self.max_loss_ratio)
+
+    def _not_learning(self, obs: Observation) -> str | None:
+        if self.check_not_learning and obs.epoch == self.grace_epochs:
+            return not_learning_reason(obs, self.not_learning_margin)
+        return None
+
+
+class NoPruner(Pruner):
+    """Never prunes on results: only trials that diverge are stopped."""
+
+    def __init__(self, *, max_epochs: int | None = None, max_loss_ratio: float = 4.0):
+        super().__init__(max_epochs=max_epochs, max_loss_ratio=max_loss_ratio)
+
+    def next_decision_epoch(self, epoch: int) -> int:
+        return self.max_epochs
+
+    def _decide(self, obs: Observation, trial: _Trial) -> str | None:
+        return None
+
+
+class ASHAPruner(Pruner):
+    """Asynchronous successive halving, stopping variant (Li et al. 2020; Ray Tune, Syne Tune).
+
+    Rungs sit at ``grace_epochs * reduction_factor**k < max_epochs``. At a rung, the trial's
+    score at that epoch joins the rung's sorted scores, then :func:`asha_keep` decides:
+    fewer than ``eta`` scores -> continue; else continue iff within the top ``floor(n/eta)``.
+    The not-learning check runs at the first rung. ``observe`` costs O(log n) compares plus
+    one list insertion per rung reached.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_epochs: int,
+        grace_epochs: int = 1,
+        reduction_factor: int = 3,
+        check_not_learning: bool = True,
+        not_learning_margin: float = 0.02,
+        max_loss_ratio: float = 4.0,
+    ):
+        super().__init__(
+            max_epochs=max_epochs,
+            grace_epochs=grace_epochs,
+            check_not_learning=check_not_learning,
+            not_learning_margin=not_learning_margin,
+            max_loss_ratio=max_loss_ratio,
+        )
+        if isinstance(reduction_factor, bool) or not isinstance(reduction_factor, int) or reduction_factor < 2:
+            raise ConfigError(f"pruner.reduction_factor: must be an integer >= 2, got {reduction_factor!r}")
+        self.reduction_factor = reduction_factor
+        self.rungs = asha_rungs(grace_epochs, reduction_factor, max_epochs)
+        self._rung_of = {epoch: i for i, epoch in enumerate(self.rungs)}
+        self._scores: list[list[float]] = [[] for _ in self.rungs]  # ascending, per rung
+
+    def next_decision_epoch(self, epoch: int) -> int:
+        i = bisect.bisect_right(self.rungs, epoch)
+        return self.rungs[i] if i < len(self.rungs) else self.max_epochs
+
+    def rung_scores(self, epoch: int) -> list[float]:
+        """The scores recorded at a rung so far, ascending (a copy, for reports and tests)."""
+        i = self._rung_of.get(epoch)
+        return [] if i is None else list(self._scores[i])
+
+    def _decide(self, obs: Observation, trial: _Trial) -> str | None:
+        i = self._rung_of.get(obs.epoch)
+        if i is None:
+            return None
+        scores = self._scores[i]
+        bisect.insort(scores, obs.score)
+        reason = self._not_learning(obs) if i == 0 else None
+        if reason is None and not asha_keep(scores, obs.score, self.reduction_factor):
+            reason = f"asha_rung_{obs.epoch}"
+        return reason
+
+
+class MedianStoppingPruner(Pruner):
+    """Median stopping rule (Golovin et al. 2017, Google Vizier).
+
+    At every epoch ``s >= grace_epochs`` a trial stops if its best score so far is strictly
+    below the median of the running averages (mean score over epochs 1..s) of the other
+    trials that reached epoch ``s``, once at least ``min_trials`` such trials exist. Vizier
+    compares with completed trials; in a stage all trials start together, so, like Ray
+    Tune, "other trials that reported epoch s" stands in for completed ones.
+    """
+
+    def __init__(
+        self,
+        *,
+        grace_epochs: int = 1,
+        min_trials: int = 5,
+        max_epochs: int | None = None,
+        check_not_learning: bool = True,
+        not_learning_margin: float = 0.02,
+        max_loss_ratio: float = 4.0,
+    ):
+        super().__init__(
+            max_epochs=max_epochs,
+            grace_epochs=grace_epochs,
+            check_not_learning=check_not_learning,
+            not_learning_margin=not_learning_margin,
+            max_loss_ratio=max_loss_ratio,
+        )
+        _positive_int("min_trials", min_trials)
+        self.min_trials = min_trials
+        self._averages: dict[int, list[float]] = {}  # epoch -> running averages, ascending
+
+    def next_decision_epoch(self, epoch: int) -> int:
+        nxt = max(epoch + 1, self.grace_epochs)
+        return nxt if nxt < self.max_epochs else self.max_epochs
+
+    def _decide(self, obs: Observation, trial: _Trial) -> str | None:
+        if obs.epoch < self.grace_epochs:
+            return None
+        others = self._averages.setdefault(obs.epoch, [])
+        median = sorted_median(others) if len(others) >= self.min_trials else None
+        bisect.insort(others, trial.total / trial.count)
+        reason = self._not_learning(obs)
+        if reason is None and median is not None and trial.best < median:
+            reason = f"median_epoch_{obs.epoch}"
+        return reason
+
+
+PRUNERS: dict[str, type[Pruner]] = {"asha": ASHAPruner, "median": MedianStoppingPruner, "none": NoPruner}
+
+
+def make_pruner(name: str, **options: Any) -> Pruner:
+    """Build a pruner by name (``asha``, ``median``, ``none``); bad names and options raise ConfigError."""
+    cls = PRUNERS.get(name)
+    if cls is None:
+        raise ConfigError(f"pruner: unknown pruner {name!r} (one of {', '.join(PRUNERS)})")
+    params = inspect.signature(cls).parameters
+    for key in options:
+        if key not in params:
+            raise ConfigError(f"pruner.{key}: not an option of the {name} pruner (options: {', '.join(params)})")
+    for key, p in params.items():
+        if p.default is inspect.Parameter.empty and key not in options:
+            raise ConfigError(f"pruner.{key}: required by the {name} pruner")
+    return cls(**options)
+
+
+def _positive_int(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"pruner.{field}: must be a positive integer, got {value!r}")

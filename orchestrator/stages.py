@@ -1,0 +1,117 @@
+"""Stage plans for coarse-to-fine search: many short trials first, then fewer, longer ones.
+
+A plan is written ``"64x1,24x5,8x20"``: 64 trials of 1 epoch, then 24 of 5 epochs in
+ranges narrowed around the best, then 8 of 20 epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import ConfigError
+
+_STAGE = re.compile(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: how many trials, each trained for at most how many epochs."""
+
+    trials: int
+    epochs: int
+
+    def __post_init__(self) -> None:
+        _positive_int("stage.trials", self.trials)
+        _positive_int("stage.epochs", self.epochs)
+
+    def __str__(self) -> str:
+        return f"{self.trials}x{self.epochs}"
+
+
+def parse_plan(text: str) -> list[Stage]:
+    """``"64x1,24x5,8x20"`` -> stages; anything else raises ConfigError naming ``plan``."""
+    if not str(text).strip():
+        raise ConfigError("plan: empty; write stages as TRIALSxEPOCHS, like '64x1,24x5,8x20'")
+    plan = []
+    for i, piece in enumerate(str(text).split(","), start=1):
+        match = _STAGE.fullmatch(piece)
+        if match is None:
+            raise ConfigError(f"plan: stage {i} {piece.strip()!r} is not TRIALSxEPOCHS (like '64x1,24x5,8x20')")
+        try:
+            plan.append(Stage(int(match[1]), int(match[2])))
+        except ConfigError as exc:
+            raise ConfigError(f"plan: stage {i} {piece.strip()!r}: {exc}") from None
+    return plan
+
+
+def plan_to_str(plan: Sequence[Stage]) -> str:
+    """The inverse of :func:`parse_plan`."""
+    return ",".join(str(stage) for stage in plan)
+
+
+def default_plan(trials: int, epochs: int, stages: int | None = None) -> list[Stage]:
+    """A coarse-to-fine plan that spends exactly ``trials`` trials and ends at ``epochs`` epochs.
+
+    Rule: one stage when ``trials < 8`` or ``epochs == 1`` (nothing to refine); otherwise 2
+    stages below 24 trials and 3 from 24 on (never more stages than epochs). Trials: the
+    first stage takes 2/3, each later stage a third of the one before (weights ..., 9, 3, 1
+    for the later stages), rounded by largest remainder, at least 1 each. Epochs: the first
+    stage runs ``max(1, epochs // 20)``, the last ``epochs``, the ones between grow
+    geometrically (rounded up). So ``default_plan(96, 20)`` is ``64x1,24x5,8x20``.
+    """
+    _positive_int("trials", trials)
+    _positive_int("epochs", epochs)
+    if stages is None:
+        stages = 1 if trials < 8 or epochs == 1 else (2 if trials < 24 else 3)
+        stages = min(stages, epochs)
+    else:
+        _positive_int("stages", stages)
+        if stages > trials:
+            raise ConfigError(f"stages: {stages} stages need at least {stages} trials, got {trials}")
+        if stages > epochs:
+            raise ConfigError(f"stages: {stages} stages need at least {stages} epochs to grow, got {epochs}")
+    if stages == 1:
+        return [Stage(trials, epochs)]
+    later = [3**k for k in range(stages - 2, -1, -1)]
+    counts = _split(trials, [2 * sum(later), *later])
+    return [Stage(n, e) for n, e in zip(counts, _epoch_levels(epochs, stages), strict=True)]
+
+
+def stage_budget_epochs(plan: Sequence[Stage]) -> int:
+    """Trial-epochs the plan costs without pruning (an upper bound on the work)."""
+    return sum(stage.trials * stage.epochs for stage in plan)
+
+
+def _epoch_levels(epochs: int, stages: int) -> list[int]:
+    """Strictly increasing epochs from ``max(1, epochs // 20)`` to ``epochs``, geometric in between."""
+    first = max(1, epochs // 20)
+    levels = [math.ceil(first * (epochs / first) ** (i / (stages - 1)) - 1e-9) for i in range(stages)]
+    levels[0], levels[-1] = first, epochs
+    for i in range(1, stages):
+        levels[i] = max(levels[i], levels[i - 1] + 1)
+    for i in range(stages - 2, -1, -1):
+        levels[i] = min(levels[i], levels[i + 1] - 1)
+    return levels
+
+
+def _split(total: int, weights: Sequence[int]) -> list[int]:
+    """``total`` split by ``weights`` (largest remainder, ties to earlier), each part at least 1."""
+    raw = [total * w / sum(weights) for w in weights]
+    parts = [math.floor(r) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: (parts[i] - raw[i], i))
+    for i in order[: total - sum(parts)]:
+        parts[i] += 1
+    for i, part in enumerate(parts):
+        if part == 0:
+            parts[i] = 1
+            parts[max(range(len(parts)), key=parts.__getitem__)] -= 1
+    return parts
+
+
+def _positive_int(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{field}: must be a positive integer, got {value!r}")

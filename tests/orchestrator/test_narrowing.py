@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.narrowing import edge_warnings, narrow_choice, narrow_space, top_results
+from orchestrator.space import (
+    SearchSpace,
+    choice,
+    dropout,
+    lograndint,
+    loguniform,
+    one_minus_loguniform,
+    randint,
+    uniform,
+)
+
+
+def results_for(
+    name: str, ranked_values: Sequence[Any], worse: Sequence[Any] = (), **fixed: Any
+) -> list[tuple[dict, float]]:
+    """Results whose scores rank ``ranked_values`` best first, then ``worse`` below them all."""
+    out = [({name: v, **fixed}, 100.0 - i) for i, v in enumerate(ranked_values)]
+    out += [({name: v, **fixed}, -100.0 - i) for i, v in enumerate(worse)]
+    return out
+
+
+def test_top_results_take_the_fraction_with_a_floor_and_skip_non_finite():
+    res = [({"x": i}, float(i)) for i in range(20)] + [({"x": 99}, math.nan), ({"x": 98}, math.inf)]
+    assert [c["x"] for c, _ in top_results(res, 0.25, 3)] == [19, 18, 17, 16, 15]
+    assert [c["x"] for c, _ in top_results(res[:6], 0.25, 3)] == [5, 4, 3]
+
+
+def test_loguniform_box_is_built_in_log10():
+    space = SearchSpace({"lr": loguniform(1e-6, 1.0)})  # scale [-6, 0], width 6
+    res = results_for("lr", [1e-3, 1e-4, 1e-2], worse=[1e-6, 1.0, 0.5, 2e-6, 0.3])
+    out = narrow_space(space, res)  # 8 results -> top max(3, 2) = 3
+    lr = out.space["lr"]
+    # box [-4, -2] plus 0.15 * 6 on each side, in log10 (a linear box would be [1e-4 - 0.15, 1e-2 + 0.15])
+    assert math.log10(lr.low) == pytest.approx(-4.9)
+    assert math.log10(lr.high) == pytest.approx(-1.1)
+    assert out.edges == []
+
+
+def test_beta_box_is_built_in_minus_log10_one_minus_beta():
+    space = SearchSpace({"beta": one_minus_loguniform(0.9, 0.9999)})  # scale [1, 4], width 3
+    res = results_for("beta", [0.995, 0.99, 0.999], worse=[0.9, 0.9999, 0.91])
+    beta = narrow_space(space, res).space["beta"]
+    assert -math.log10(1 - beta.low) == pytest.approx(2 - 0.45)
+    assert -math.log10(1 - beta.high) == pytest.approx(3 + 0.45)
+
+
+def test_box_never_wider_than_the_old_range_and_keeps_a_minimum_width():
+    space = SearchSpace({"x": uniform(0.0, 1.0)})
+    res = results_for("x", [0.5, 0.5, 0.5], worse=[0.0, 1.0])
+    x = narrow_space(space, res, margin=0.0).space["x"]
+    assert (x.low, x.high) == pytest.approx((0.475, 0.525))
+    x = narrow_space(space, results_for("x", [0.3, 0.5, 0.55]), margin=0.5).space["x"]
+    assert (x.low, x.high) == (0.0, 1.0)
+
+
+def test_best_at_a_soft_edge_extends_beyond_it():
+    space = SearchSpace({"lr": loguniform(1e-4, 1e-1)})  # scale [-4, -1], width 3
+    res = results_for("lr", [0.1, 0.05, 0.03], worse=[1e-4, 1e-3])
+    out = narrow_space(space, res)
+    lr = out.space["lr"]
+    assert math.log10(lr.high) == pytest.approx(-1 + 1.5)  # extended by half the old width
+    assert math.log10(lr.low) == pytest.approx(math.log10(0.03) - 0.45)  # the other side narrows
+    [notice] = out.edges
+    assert (notice.param, notice.side, notice.extended, notice.hard_limit) == ("lr", "high", True, False)
+    assert notice.old_range == (1e-4, 1e-1)
+    assert notice.new_range == (lr.low, lr.high)
+    assert "upper edge" in notice.message()
+
+
+def test_dropout_never_crosses_its_hard_limit():
+    space = SearchSpace({"p": dropout(0.0, 0.9)})
+    out = narrow_space(space, results_for("p", [0.9, 0.85, 0.8], worse=[0.0, 0.1]))
+    assert out.space["p"].high == pytest.approx(0.999)  # would be 1.35 without the limit
+    [notice] = out.edges
+    assert notice.extended and notice.hard_limit
+    # already at the limit: stays there, and says so
+    space = SearchSpace({"p": dropout(0.0, 0.999)})
+    out = narrow_space(space, results_for("p", [0.999, 0.9, 0.8], worse=[0.0, 0.1]))
+    assert out.space["p"].high == 0.999
+    [notice] = out.edges
+    assert (notice.extended, notice.hard_limit) == (False, True)
+    # the lower limit 0 as well
+    out = narrow_space(space, results_for("p", [0.0, 0.05, 0.1], worse=[0.9, 0.5]))
+    assert out.space["p"].low == 0.0
+    assert [(n.side, n.extended, n.hard_limit) for n in out.edges] == [("low", False, True)]
+
+
+def test_beta_stays_inside_zero_one():
+    space = SearchSpace({"beta": one_minus_loguniform(0.9, 0.999)})  # scale [1, 3]
+    out = narrow_space(space, results_for("beta", [0.9, 0.92, 0.95], worse=[0.999, 0.99]))
+    beta = out.space["beta"]
+    assert 0.0 < beta.low < 1e-5  # extended to a hair above the open limit 0, not to 0
+    assert [(n.side, n.extended, n.hard_limit) for n in out.edges] == [("low", True, True)]
+    # extending upward approaches 1 but never reaches it
+    out = narrow_space(space, results_for("beta", [0.999, 0.998, 0.997], worse=[0.9, 0.95]))
+    assert out.space["beta"].high == pytest.approx(0.9999)
+    assert out.space["beta"].high < 1.0
+    assert [(n.side, n.extended, n.hard_limit) for n in out.edges] == [("high", True, False)]
+
+
+def test_integers_stay_at_or_above_one():
+    space = SearchSpace({"layers": randint(1, 8)})
+    out = narrow_space(space, results_for("layers", [1, 2, 1], worse=[8, 7]))
+    assert (out.space["layers"].low, out.edges[0].hard_limit, out.edges[0].extended) == (1, True, False)
+    space = SearchSpace({"layers": randint(3, 8)})  # scale width 6: extension 3 would reach 0
+    out = narrow_space(space, results_for("layers", [3, 4, 3], worse=[8, 7]))
+    layers = out.space["layers"]
+    assert layers.low == 1 and isinstance(layers.low, int)
+    assert [(n.side, n.extended, n.hard_limit) for n in out.edges] == [("low", True, True)]
+    space = SearchSpace({"hidden": lograndint(1, 64)})
+    out = narrow_space(space, results_for("hidden", [1, 2, 3], worse=[64, 30]))
+    assert out.space["hidden"].low == 1
+    assert out.edges[0].hard_limit
+
+
+def test_integer_box_does_not_grow_past_the_old_range():
+    space = SearchSpace({"layers": randint(1, 8)})
+    out = narrow_space(space, results_for("layers", [4, 5, 7], worse=[1, 8]))
+    layers = out.space["layers"]
+    assert 1 <= layers.low <= 4 and 7 <= layers.high <= 8
+    assert out.edges == []
+
+
+def test_choice_keeps_top_options_and_untried_ones_in_original_order():
+    space = SearchSpace({"act": choice(["relu", "tanh", "gelu", "silu"])})
+    res = [({"act": "gelu"}, 10.0 - i) for i in range(3)]  # the top 3
+    res += [({"act": "relu"}, -float(i)) for i in range(5)]  # tried 5 times, never in the top
+    res += [({"act": "tanh"}, -50.0)]  # tried once: too few to judge
+    out = narrow_space(space, res)  # 9 results -> top 3, all gelu
+    assert out.space["act"].options == ("tanh", "gelu", "silu")
+    assert narrow_space(space, res, choice_floor=0).space["act"].options == ("gelu",)
+
+
+def test_narrow_choice_never_empties():
+    dist = choice(["a", "b"])
+    assert narrow_choice(dist, ["a", "b"] * 5, [], floor=0).options == ("a",)
+
+
+def test_fixed_params_and_small_result_sets():
+    space = SearchSpace({"lr": loguniform(1e-5, 1.0), "batch": 64, "opt": "adam"})
+    res = [({"lr": 1e-3, "batch": 64, "opt": "adam"}, 1.0), ({"lr": 1e-2, "batch": 64, "opt": "adam"}, 0.5)]
+    out = narrow_space(space, res)  # fewer than min_top: unchanged
+    assert out.space is space and out.edges == []
+    res += [({"lr": 3e-3, "batch": 64, "opt": "adam"}, 0.7)]
+    out = narrow_space(space, res)
+    assert out.space.fixed == {"batch": 64, "opt": "adam"}
+    assert list(out.space) == ["lr", "batch", "opt"]
+
+
+def test_narrowing_is_deterministic():
+    space = SearchSpace({"lr": loguniform(1e-6, 1.0), "p": dropout(), "act": choice(["a", "b", "c"])})
+    res = [({"lr": 10 ** (-i / 3), "p": (i % 5) / 10, "act": "abc"[i % 3]}, float((i * 37) % 11)) for i in range(18)]
+    first, second = narrow_space(space, res), narrow_space(space, list(res))
+    assert repr(first.space) == repr(second.space) and first.edges == second.edges
+
+
+def test_edge_warnings():
+    space = SearchSpace({"lr": loguniform(1e-5, 1e-1), "p": dropout(0.0, 0.5), "n": randint(1, 8), "opt": "sgd"})
+    notices = edge_warnings(space, {"lr": 0.1, "p": 0.0, "n": 4, "opt": "sgd"})
+    assert [(n.param, n.side, n.hard_limit, n.extended) for n in notices] == [
+        ("lr", "high", False, False),
+        ("p", "low", True, False),
+    ]
+    assert "upper edge" in notices[0].message()
+    assert edge_warnings(space, {"lr": 1e-3, "p": 0.25, "n": 4, "opt": "sgd"}) == []
+    # within 5% of the log width counts as the edge: width 4 decades -> 0.2 decade
+    assert [n.side for n in edge_warnings(space, {"lr": 10**-4.85, "p": 0.25, "n": 4})] == ["low"]
+
+
+@pytest.mark.parametrize("options, field", [({"top_fraction": 0.0}, "top_fraction"), ({"min_top": 0}, "min_top")])
+def test_bad_options_name_the_field(options, field):
+    with pytest.raises(ConfigError, match=f"^{field}:"):
+        narrow_space(SearchSpace({"x": uniform(0, 1)}), [], **options)
