@@ -1,0 +1,401 @@
+"""Ensembles chosen on validation predictions, measured on test only afterwards.
+
+The course notes: averaging a few models (the top-k of a sweep, checkpoints of one run, EMA
+weights) buys a couple of percent for free. Selection sees only a ``ValPool`` (keys,
+validation probabilities, validation labels), so test data cannot steer a choice; test
+metrics are attached by ``with_test_metrics`` once the members are fixed.
+
+Rankings are lower-is-better tuples: ``metric="accuracy"`` ranks by accuracy, then log loss;
+``metric="log_loss"`` by log loss, then accuracy; remaining ties go to key order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import numpy as np
+
+from orchestrator.errors import ConfigError
+
+METRICS = ("accuracy", "log_loss")
+WEIGHTS = ("raw", "ema")
+_SUM_TOL = 1e-2  # catches logits and log-probs; float16 rows sum to 1 within ~1e-3
+_CHUNK_BYTES = 1 << 26  # greedy by accuracy: at most ~64 MiB of candidate mixtures at once
+
+
+@dataclass(frozen=True, order=True)
+class CandidateKey:
+    """One stored prediction set: a trial's checkpoint at an epoch, with raw or EMA weights."""
+
+    trial_id: int
+    epoch: int
+    weights: str = "raw"
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHTS:
+            raise ConfigError(f"weights: {self.weights!r} is not one of {', '.join(WEIGHTS)}")
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """Class probabilities of one candidate on validation and (optionally) test."""
+
+    key: CandidateKey
+    val_probs: np.ndarray  # (n_val, C)
+    test_probs: np.ndarray | None = None  # (n_test, C)
+
+    def __post_init__(self) -> None:
+        if np.ndim(self.val_probs) != 2:
+            raise ConfigError(f"val_probs: {self.key} must be (n_val, classes), got {np.shape(self.val_probs)}")
+        if self.test_probs is not None and (
+            np.ndim(self.test_probs) != 2 or np.shape(self.test_probs)[1] != np.shape(self.val_probs)[1]
+        ):
+            raise ConfigError(f"test_probs: {self.key} has shape {np.shape(self.test_probs)}, classes must match val")
+
+
+@dataclass(frozen=True)
+class Member:
+    key: CandidateKey
+    weight: float
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """Members with weights summing to 1; test metrics stay None until ``with_test_metrics``."""
+
+    method: str
+    members: tuple[Member, ...]
+    val_accuracy: float
+    val_log_loss: float
+    test_accuracy: float | None = None
+    test_log_loss: float | None = None
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of rows whose most probable class is the label."""
+    return float(np.mean(np.argmax(probs, axis=-1) == np.asarray(y)))
+
+
+def log_loss(probs: np.ndarray, y: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean negative log probability of the true class, clipped at ``eps`` so one zero is finite."""
+    y = np.asarray(y)
+    return float(_nll(np.asarray(probs, dtype=np.float64)[np.arange(len(y)), y], eps))
+
+
+def _nll(true_probs: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    return -np.log(np.clip(true_probs, eps, 1.0)).mean(axis=-1)
+
+
+def average(probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Weighted mean of probability arrays, in float64 so float16 inputs lose no mass."""
+    w = np.asarray(weights, dtype=np.float64)
+    if len(probs) == 0 or w.shape != (len(probs),):
+        raise ConfigError(f"weights: need one weight per array, got {w.shape[0] if w.ndim else 0} for {len(probs)}")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ConfigError("weights: must be non-negative with a positive sum")
+    out = np.zeros(np.shape(probs[0]), dtype=np.float64)
+    for wi, p in zip(w / w.sum(), probs, strict=True):
+        if np.shape(p) != out.shape:
+            raise ConfigError(f"probs: shapes differ, {np.shape(p)} vs {out.shape}")
+        out += wi * np.asarray(p, dtype=np.float64)
+    return out
+
+
+# -- checks -----------------------------------------------------------------------------
+
+
+def _check_rows(name: str, probs: np.ndarray) -> None:
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise ConfigError(f"{name}: probabilities must be finite and non-negative")
+    sums = probs.sum(axis=-1, dtype=np.float64)
+    if np.abs(sums - 1).max(initial=0) > _SUM_TOL:
+        raise ConfigError(
+            f"{name}: rows must sum to 1 (got up to {np.abs(sums - 1).max():.3g} off); pass softmax outputs"
+        )
+
+
+def _check_labels(name: str, y: np.ndarray, n: int, classes: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise ConfigError(f"{name}: expected {n} integer labels, got shape {y.shape} of {y.dtype}")
+    if n and (y.min() < 0 or y.max() >= classes):
+        raise ConfigError(f"{name}: labels must lie in [0, {classes})")
+    return y.astype(np.int64)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ConfigError(f"metric: {metric!r} is not one of {', '.join(METRICS)}")
+
+
+def _check_positive(name: str, value: int, low: int = 1) -> None:
+    if value < low:
+        raise ConfigError(f"{name}: must be >= {low}, got {value}")
+
+
+# -- the validation-only view -------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ValPool:
+    """What selection may see: keys (sorted), validation probabilities (M, n, C), labels."""
+
+    keys: tuple[CandidateKey, ...]
+    probs: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.probs.ndim != 3 or len(self.keys) != self.probs.shape[0] or not self.keys:
+            raise ConfigError(f"val_probs: need one (n_val, classes) array per key, got {self.probs.shape}")
+        if len(set(self.keys)) != len(self.keys):
+            raise ConfigError("cands: duplicate candidate keys")
+        _check_rows("val_probs", self.probs)
+        _check_labels("y_val", self.labels, self.probs.shape[1], self.probs.shape[2])
+
+    @classmethod
+    def of(cls, cands: Sequence[Candidate], y_val: np.ndarray) -> ValPool:
+        """Stack the validation side of ``cands``; their test arrays are left behind."""
+        if len(cands) == 0:
+            raise ConfigError("cands: empty candidate list")
+        ordered = sorted(cands, key=lambda c: c.key)
+        shape = np.shape(ordered[0].val_probs)
+        probs = np.empty((len(ordered), *shape), dtype=np.float32)
+        for i, c in enumerate(ordered):
+            if np.shape(c.val_probs) != shape:
+                raise ConfigError(f"val_probs: {c.key} has shape {np.shape(c.val_probs)}, expected {shape}")
+            probs[i] = c.val_probs
+        y = _check_labels("y_val", y_val, shape[0], shape[1])
+        return cls(tuple(c.key for c in ordered), probs, y)
+
+    @cached_property
+    def true_probs(self) -> np.ndarray:
+        """(M, n) probability each candidate gives the true class: all that log loss needs."""
+        return self.probs[:, np.arange(len(self.labels)), self.labels].astype(np.float64)
+
+    @cached_property
+    def single_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(accuracy, log loss) of each candidate alone."""
+        return (np.argmax(self.probs, axis=-1) == self.labels).mean(axis=-1), _nll(self.true_probs)
+
+
+CandsOrPool = Sequence[Candidate] | ValPool  # a ready pool saves re-stacking when building several ensembles
+
+
+def _as_pool(cands: CandsOrPool, y_val: np.ndarray | None) -> ValPool:
+    if isinstance(cands, ValPool):
+        if y_val is not None:
+            raise ConfigError("y_val: the pool already holds the validation labels")
+        return cands
+    if y_val is None:
+        raise ConfigError("y_val: required with a candidate list")
+    return ValPool.of(cands, y_val)
+
+
+def _order(acc: np.ndarray, ll: np.ndarray, metric: str) -> np.ndarray:
+    """Indices best first; exact ties go to the lower index, which is key order in a pool."""
+    _check_metric(metric)
+    primary, secondary = (-acc, ll) if metric == "accuracy" else (ll, -acc)
+    return np.lexsort((np.arange(len(primary)), secondary, primary))
+
+
+def _rank(acc: float, ll: float, metric: str) -> tuple[float, float]:
+    return (-acc, ll) if metric == "accuracy" else (ll, -acc)
+
+
+def _ensemble(method: str, pool: ValPool, idx: Sequence[int], counts: Sequence[float]) -> Ensemble:
+    total = float(np.sum(counts))
+    members = sorted(
+        (Member(pool.keys[i], float(c) / total) for i, c in zip(idx, counts, strict=True)),
+        key=lambda m: (-m.weight, m.key),
+    )
+    probs = average([pool.probs[i] for i in idx], counts)
+    return Ensemble(method, tuple(members), accuracy(probs, pool.labels), log_loss(probs, pool.labels))
+
+
+# -- selection: validation only -------------------------------------------------------------
+
+
+def best_single(cands: CandsOrPool, y_val: np.ndarray | None = None, *, metric: str = "accuracy") -> Ensemble:
+    """The one best candidate: the baseline every ensemble has to beat."""
+    pool = _as_pool(cands, y_val)
+    return _ensemble("single", pool, [int(_order(*pool.single_scores, metric)[0])], [1])
+
+
+def _top_k(pool: ValPool, k: int, metric: str, weights: str | None, method: str) -> Ensemble:
+    _check_positive("k", k)
+    best_per_trial: dict[int, int] = {}
+    for i in _order(*pool.single_scores, metric):  # best first: a trial's first hit is its best
+        key = pool.keys[i]
+        if weights is None or key.weights == weights:
+            best_per_trial.setdefault(key.trial_id, int(i))
+    chosen = list(best_per_trial.values())[:k]  # insertion order is the trials' rank
+    if not chosen:
+        raise ConfigError(f"cands: no candidates with {weights} weights")
+    return _ensemble(method, pool, chosen, [1] * len(chosen))
+
+
+def top_k(cands: CandsOrPool, y_val: np.ndarray | None = None, k: int = 5, *, metric: str = "accuracy") -> Ensemble:
+    """Equal-weight average of the ``k`` best trials, each by its best checkpoint (raw or EMA)."""
+    return _top_k(_as_pool(cands, y_val), k, metric, None, "top_k")
+
+
+def ema_ensemble(
+    cands: CandsOrPool, y_val: np.ndarray | None = None, k: int = 5, *, metric: str = "accuracy"
+) -> Ensemble:
+    """Like ``top_k`` but over EMA weights only (best EMA checkpoint per trial)."""
+    return _top_k(_as_pool(cands, y_val), k, metric, "ema", "ema")
+
+
+def checkpoint_ensemble(
+    cands: CandsOrPool,
+    y_val: np.ndarray | None = None,
+    trial_id: int | None = None,
+    n: int = 5,
+    which: str = "best",
+    *,
+    metric: str = "accuracy",
+) -> Ensemble:
+    """Equal-weight average of ``n`` raw checkpoints of one trial (default: the best raw one's).
+
+    ``which="best"`` takes the n best by the validation metric, ``"last"`` the n latest epochs.
+    """
+    pool = _as_pool(cands, y_val)
+    _check_positive("n", n)
+    if which not in ("best", "last"):
+        raise ConfigError(f"which: {which!r} is not one of best, last")
+    acc, ll = pool.single_scores
+    raw = [i for i, key in enumerate(pool.keys) if key.weights == "raw"]
+    if trial_id is None and raw:
+        trial_id = pool.keys[raw[int(_order(acc[raw], ll[raw], metric)[0])]].trial_id
+    idx = [i for i in raw if pool.keys[i].trial_id == trial_id]
+    if not idx:
+        raise ConfigError(f"trial_id: no raw checkpoints for trial {trial_id}")
+    if which == "last":
+        chosen = idx[::-1][:n]  # keys are sorted, so idx runs by epoch
+    else:
+        chosen = [idx[j] for j in _order(acc[idx], ll[idx], metric)[:n]]
+    return _ensemble("checkpoints", pool, chosen, [1] * len(chosen))
+
+
+def _mixture_accuracy(probs: np.ndarray, total: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Accuracy of ``total + probs[m]`` for every m, in chunks so memory stays bounded."""
+    m, n, c = probs.shape
+    size = max(1, _CHUNK_BYTES // (8 * n * c))
+    out = np.empty(m)
+    for s in range(0, m, size):
+        out[s : s + size] = (np.argmax(total + probs[s : s + size], axis=-1) == labels).mean(axis=-1)
+    return out
+
+
+def greedy_selection(
+    cands: CandsOrPool,
+    y_val: np.ndarray | None = None,
+    steps: int = 40,
+    init_size: int = 5,
+    metric: str = "log_loss",
+) -> Ensemble:
+    """Caruana et al. (2004) forward selection with replacement, from a sorted initialisation.
+
+    Start from the ``init_size`` best candidates, then ``steps`` times add the candidate
+    (repeats allowed) that gives the best ensemble; return the best step seen, not the last,
+    since late additions can overfit. Weights are counts / total. By log loss only the
+    true-class probabilities are needed, so a step costs O(M * n); by accuracy it is O(M * n * C).
+    """
+    pool = _as_pool(cands, y_val)
+    _check_metric(metric)
+    _check_positive("steps", steps, 0)
+    _check_positive("init_size", init_size)
+    y, rows = pool.labels, np.arange(len(pool.labels))
+    init = _order(*pool.single_scores, metric)[:init_size]
+    counts = np.zeros(len(pool.keys), dtype=np.int64)
+    counts[init] = 1
+    total = pool.probs[init].sum(axis=0, dtype=np.float64)  # running sum of the members' probabilities
+    t = int(counts.sum())
+    best, best_counts = _rank(accuracy(total, y), log_loss(total / t, y), metric), counts.copy()
+    for _ in range(steps):
+        ll = _nll((total[rows, y] + pool.true_probs) / (t + 1))
+        # By log loss (continuous) ties are vanishingly rare: skip the O(M n C) accuracy tie-break.
+        acc = _mixture_accuracy(pool.probs, total, y) if metric == "accuracy" else np.zeros_like(ll)
+        i = int(_order(acc, ll, metric)[0])
+        counts[i] += 1
+        total += pool.probs[i]
+        t += 1
+        rank = _rank(accuracy(total, y), log_loss(total / t, y), metric)
+        if rank < best:
+            best, best_counts = rank, counts.copy()
+    idx = np.flatnonzero(best_counts)
+    return _ensemble("greedy", pool, idx.tolist(), best_counts[idx].tolist())
+
+
+# -- test metrics: only after the members are fixed -------------------------------------------
+
+
+def evaluate(members: Sequence[Member], cands: Sequence[Candidate], y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, log loss) of the weighted members on the candidates' test predictions."""
+    by_key = {c.key: c for c in cands}
+    arrays = []
+    for m in members:
+        if m.key not in by_key:
+            raise ConfigError(f"members: {m.key} is not among the candidates")
+        p = by_key[m.key].test_probs
+        if p is None:
+            raise ConfigError(f"test_probs: missing for {m.key}")
+        _check_rows("test_probs", np.asarray(p))
+        arrays.append(p)
+    probs = average(arrays, [m.weight for m in members])
+    y = _check_labels("y_test", y, probs.shape[0], probs.shape[1])
+    return accuracy(probs, y), log_loss(probs, y)
+
+
+def with_test_metrics(ensemble: Ensemble, cands: Sequence[Candidate], y_test: np.ndarray) -> Ensemble:
+    """A copy of ``ensemble`` with test metrics filled in; the members are not touched."""
+    acc, ll = evaluate(ensemble.members, cands, y_test)
+    return replace(ensemble, test_accuracy=acc, test_log_loss=ll)
+
+
+def build_all(
+    cands: Sequence[Candidate],
+    y_val: np.ndarray,
+    y_test: np.ndarray | None = None,
+    k: int = 5,
+    *,
+    metric: str = "accuracy",
+    n_checkpoints: int = 5,
+    which: str = "best",
+    greedy_steps: int = 40,
+    init_size: int = 5,
+    greedy_metric: str = "log_loss",
+) -> list[Ensemble]:
+    """Single best, top-k, checkpoints of the best trial, EMA (if any), greedy: chosen on val.
+
+    Selection gets only the ``ValPool``; test metrics are attached afterwards, and stay None
+    for an ensemble with a member that has no test predictions.
+    """
+    pool = ValPool.of(cands, y_val)
+    built = [best_single(pool, metric=metric), top_k(pool, k=k, metric=metric)]
+    weights = {key.weights for key in pool.keys}
+    if "raw" in weights:
+        built.append(checkpoint_ensemble(pool, n=n_checkpoints, which=which, metric=metric))
+    if "ema" in weights:
+        built.append(ema_ensemble(pool, k=k, metric=metric))
+    built.append(greedy_selection(pool, steps=greedy_steps, init_size=init_size, metric=greedy_metric))
+    if y_test is None:
+        return built
+    has_test = {c.key for c in cands if c.test_probs is not None}
+    return [with_test_metrics(e, cands, y_test) if all(m.key in has_test for m in e.members) else e for e in built]
+
+
+def choose_best(ensembles: Sequence[Ensemble], metric: str = "accuracy") -> Ensemble:
+    """The ensemble to report, by validation only (default accuracy, then log loss).
+
+    Exact ties go to the earlier one, which in ``build_all`` order is the simpler ensemble.
+    """
+    _check_metric(metric)
+    if not ensembles:
+        raise ConfigError("ensembles: empty list")
+    return min(ensembles, key=lambda e: _rank(e.val_accuracy, e.val_log_loss, metric))
