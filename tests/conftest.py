@@ -1,0 +1,35 @@
+"""Shared fixtures: one real local Ray instance per test session, tiny data, temp storage."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+DIGITS_TASK = os.path.join(EXAMPLES, "digits_mlp.py")
+TINY_TASK = os.path.join(ROOT, "tests", "tasks", "tiny_task.py")
+
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray, started once: every Ray test in the session shares it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", configure_logging=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def storage_dir(tmp_path):
+    path = tmp_path / "runs"
+    path.mkdir()
+    return str(path)

@@ -1,0 +1,86 @@
+"""The Parquet contract: round trips, atomic writes, effective metric rows, other readers."""
+
+from __future__ import annotations
+
+import os
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from orchestrator import schema
+from orchestrator.errors import StorageError
+from orchestrator.storage import Storage, check_name
+
+
+def metric_row(trial, epoch, attempt=0, loss=1.0):
+    return {"trial_id": trial, "attempt": attempt, "epoch": epoch, "stage": 0, "train_loss": loss,
+            "val_loss": loss, "val_accuracy": 0.5, "score": 0.5, "time": schema.now_ms()}
+
+
+def test_metrics_round_trip_keeps_schema(tmp_path):
+    storage = Storage.from_uri(str(tmp_path))
+    rows = [metric_row(1, e) for e in (1, 2, 3)]
+    storage.write_table(schema.metrics_path(1), schema.to_table(rows, schema.METRICS))
+    table = schema.read_dir(storage, "metrics", schema.METRICS)
+    assert table.schema == schema.METRICS
+    assert table.column("epoch").to_pylist() == [1, 2, 3]
+    assert table.column("ema_val_loss").null_count == 3  # absent fields are null, not missing columns
+
+
+def test_trials_config_columns_are_typed():
+    config_type = schema.config_type({"lr": [0.1], "layers": [1, 2], "act": ["relu"], "bn": [True, False],
+                                      "mixed": [1, 0.5]})
+    types = {f.name: f.type for f in config_type}
+    assert types == {"lr": pa.float64(), "layers": pa.int64(), "act": pa.string(), "bn": pa.bool_(),
+                     "mixed": pa.float64()}
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
+    storage = Storage.from_uri(str(tmp_path))
+    storage.write_bytes("a/b.bin", b"first")
+    storage.write_bytes("a/b.bin", b"second")
+    assert storage.read_bytes("a/b.bin") == b"second"
+    assert os.listdir(tmp_path / "a") == ["b.bin"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    storage = Storage.from_uri(str(tmp_path))
+    storage.write_table("t/x.parquet", schema.to_table([metric_row(1, 1)], schema.METRICS))
+
+    class ExplodingTable:
+        """Serialisation fails half way: the visible file must stay the old one."""
+
+    with pytest.raises(Exception):
+        storage.write_table("t/x.parquet", ExplodingTable())  # type: ignore[arg-type]
+    assert storage.read_table("t/x.parquet").num_rows == 1
+    assert [f for f in os.listdir(tmp_path / "t")] == ["x.parquet"]
+
+
+def test_effective_metrics_keep_the_latest_attempt_per_epoch():
+    rows = [metric_row(1, 1, 0, 1.0), metric_row(1, 2, 0, 0.9), metric_row(1, 2, 1, 0.8), metric_row(1, 3, 1, 0.7),
+            metric_row(2, 1, 0, 2.0), metric_row(2, 1, 0, 2.0)]  # a part and its compaction seen together
+    table = schema.effective_metrics(schema.to_table(rows, schema.METRICS))
+    got = sorted(zip(table["trial_id"].to_pylist(), table["epoch"].to_pylist(), table["attempt"].to_pylist()))
+    assert got == [(1, 1, 0), (1, 2, 1), (1, 3, 1), (2, 1, 0)]
+
+
+def test_duckdb_reads_the_tables(tmp_path):
+    storage = Storage.from_uri(str(tmp_path))
+    for trial in range(3):
+        storage.write_table(schema.metrics_path(trial), schema.to_table([metric_row(trial, 1)], schema.METRICS))
+    count = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/metrics/*.parquet')").fetchall()[0][0]
+    assert count == 3
+
+
+def test_corrupt_parquet_is_named(tmp_path):
+    storage = Storage.from_uri(str(tmp_path))
+    storage.write_bytes("metrics/trial-000001.parquet", b"PAR1 this is not parquet")
+    with pytest.raises(StorageError, match="trial-000001.parquet: not a readable Parquet file"):
+        schema.read_dir(storage, "metrics", schema.METRICS)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "x" * 200, "a..b"])
+def test_names_cannot_escape_the_storage_root(name):
+    with pytest.raises(StorageError, match="sweep name"):
+        check_name("sweep", name)

@@ -1,0 +1,140 @@
+"""Search spaces: sampling scales, unit-interval round trips, and one-line errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from orchestrator.errors import SpaceError
+from orchestrator.sampler import sample_configs, trial_seed
+from orchestrator.space import (
+    SearchSpace,
+    choice,
+    dropout,
+    lograndint,
+    loguniform,
+    one_minus_loguniform,
+    randint,
+    uniform,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def draws(dist, n=20000):
+    space = SearchSpace({"p": dist})
+    return [c["p"] for c in sample_configs(space, n, seed=1)]
+
+
+def test_loguniform_is_even_per_decade():
+    values = np.log10(draws(loguniform(1e-6, 10.0)))
+    counts, _ = np.histogram(values, bins=7, range=(-6, 1))
+    assert counts.min() > 0.9 * len(values) / 7  # each decade gets its share
+    assert values.min() >= -6 and values.max() <= 1
+
+
+def test_one_minus_loguniform_is_even_in_averaging_window():
+    betas = np.array(draws(one_minus_loguniform(0.9, 0.999)))
+    window = -np.log10(1 - betas)  # 1 for 0.9, 2 for 0.99, 3 for 0.999
+    below_099 = np.mean(betas < 0.99)
+    assert 0.47 < below_099 < 0.53  # half the samples between 0.9 and 0.99, half between 0.99 and 0.999
+    assert window.min() >= 1 - 1e-9 and window.max() <= 3 + 1e-9
+
+
+def test_uniform_and_integers_are_linear():
+    values = np.array(draws(uniform(0.0, 1.0)))
+    assert abs(values.mean() - 0.5) < 0.02
+    layers = np.array(draws(randint(1, 4)))
+    assert set(layers) == {1, 2, 3, 4}
+    assert np.all(np.abs(np.bincount(layers)[1:] / len(layers) - 0.25) < 0.02)
+
+
+def test_lograndint_favours_small_values_evenly_in_log():
+    units = np.array(draws(lograndint(1, 1000)))
+    assert units.min() >= 1 and units.max() <= 1000
+    # Each integer owns [v - 0.5, v + 0.5] in log10: P(v <= 10) = (log10 10.5 - log10 0.5) / (log10 1000.5 - log10 0.5)
+    expected = (math.log10(10.5) - math.log10(0.5)) / (math.log10(1000.5) - math.log10(0.5))
+    assert abs(np.mean(units <= 10) - expected) < 0.02
+
+
+@pytest.mark.parametrize(
+    "dist, value",
+    [(loguniform(1e-4, 1.0), 3e-3), (one_minus_loguniform(0.9, 0.999), 0.99), (uniform(-1, 1), 0.25),
+     (randint(2, 9), 5), (lograndint(16, 256), 64), (choice(["a", "b", "c"]), "b")],
+)
+def test_round_trip_through_unit_interval(dist, value):
+    dist = SearchSpace({"p": dist})["p"]
+    u = dist.to_unit(value)
+    assert 0.0 <= u <= 1.0
+    back = dist.from_unit(u)
+    assert back == value if not isinstance(value, float) else math.isclose(back, value, rel_tol=1e-9)
+
+
+def test_unit_mapping_is_monotonic_in_beta():
+    dist = SearchSpace({"b": one_minus_loguniform(0.9, 0.999)})["b"]
+    assert dist.from_unit(0.0) == pytest.approx(0.9)
+    assert dist.from_unit(0.5) == pytest.approx(0.99)
+    assert dist.from_unit(1.0) == pytest.approx(0.999)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"lr": loguniform(1.0, 0.1)}, "parameter 'lr': low"),
+        ({"lr": loguniform(0.0, 0.1)}, "parameter 'lr': log range must be positive"),
+        ({"beta": one_minus_loguniform(0.9, 1.0)}, "parameter 'beta': beta range must lie inside (0, 1)"),
+        ({"act": choice([])}, "parameter 'act': choice needs at least one option"),
+        ({"layers": randint(3, 3)}, "parameter 'layers': low"),
+        ({"p": dropout(0.2, 1.5)}, "parameter 'p': range"),
+        ({"units": lograndint(0, 10)}, "parameter 'units'"),
+    ],
+)
+def test_invalid_definitions_name_the_parameter(params, message):
+    with pytest.raises(SpaceError) as err:
+        SearchSpace(params)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_overrides_from_toml_data():
+    space = SearchSpace({"lr": loguniform(1e-4, 1.0), "hidden": 64, "act": choice(["relu", "tanh"])})
+    new = space.with_overrides({"lr": {"dist": "loguniform", "low": 1e-3, "high": 1e-2}, "hidden": 128})
+    assert new["lr"].low == 1e-3 and new["hidden"] == 128
+    with pytest.raises(SpaceError, match="parameter 'depth': not in the search space"):
+        space.with_overrides({"depth": 3})
+    with pytest.raises(SpaceError, match="parameter 'lr': unknown dist 'logarithmic'"):
+        space.with_overrides({"lr": {"dist": "logarithmic", "low": 1, "high": 2}})
+    with pytest.raises(SpaceError, match="parameter 'lr': log range must be positive"):
+        space.with_overrides({"lr": {"dist": "loguniform", "low": -1, "high": 2}})
+
+
+def test_to_dict_round_trips_through_parse():
+    space = SearchSpace({"lr": loguniform(1e-4, 1.0), "b": one_minus_loguniform(0.9, 0.99), "n": randint(1, 3),
+                         "d": dropout(0.0, 0.5), "c": choice([16, 32]), "fixed": "x"})
+    again = SearchSpace({}).__class__({k: v for k, v in space.items()}).with_overrides(space.to_dict())
+    assert again.to_dict() == space.to_dict()
+
+
+def test_sampling_is_reproducible_and_trial_seeds_differ():
+    space = SearchSpace({"lr": loguniform(1e-4, 1.0), "act": choice(["relu", "tanh"]), "n": randint(1, 5)})
+    a = sample_configs(space, 10, seed=7)
+    b = sample_configs(space, 10, seed=7)
+    c = sample_configs(space, 10, seed=8)
+    assert a == b and a != c
+    assert sample_configs(space, 10, seed=7, stage=1) != a
+    seeds = {trial_seed(7, i) for i in range(1000)}
+    assert len(seeds) == 1000
+    for kind in ("sobol", "lhs"):
+        assert sample_configs(space, 8, seed=7, kind=kind) == sample_configs(space, 8, seed=7, kind=kind)
+
+
+def test_narrowed_bounds_stay_inside_hard_limits():
+    beta = SearchSpace({"b": one_minus_loguniform(0.9, 0.99)})["b"]
+    wider = beta.with_scale_bounds(0.0, 10.0)
+    assert 0.0 <= wider.low < wider.high < 1.0
+    d = SearchSpace({"d": dropout(0.1, 0.5)})["d"].with_scale_bounds(-1.0, 2.0)
+    assert d.low == 0.0 and d.high < 1.0
+    n = SearchSpace({"n": randint(2, 4)})["n"].with_scale_bounds(-5, 3.2)
+    assert n.low == 1 and isinstance(n.high, int)

@@ -1,0 +1,31 @@
+"""A tiny, fast task for tests: 3-class blobs, a small MLP, a few hyperparameters."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from orchestrator.space import choice, loguniform, randint
+
+space = {
+    "lr": loguniform(1e-3, 1e-1),
+    "optimizer": choice(["adam", "momentum"]),
+    "hidden": randint(4, 16),
+    "batch_size": 32,
+    "ema_decay": 0.9,
+}
+
+settings = {"trials": 4, "epochs": 2}
+
+
+def load_data():
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0, 0, 0], [3, 3, 0, 0], [0, 3, 3, 0]], dtype=np.float32)
+    y = rng.integers(0, 3, size=300)
+    x = centers[y] + rng.normal(size=(300, 4)).astype(np.float32)
+    return (x[:180], y[:180]), (x[180:240], y[180:240]), (x[240:], y[240:])
+
+
+def build_model(config):
+    h = int(config["hidden"])
+    return nn.Sequential(nn.Linear(4, h), nn.ReLU(), nn.Linear(h, 3))

@@ -1,0 +1,98 @@
+"""The training loop, recorder and worker session on a tiny task: real torch, real files."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import safetensors.torch
+import torch
+
+from orchestrator.backend import Assignment
+from orchestrator.storage import Storage, sha256
+from orchestrator.task import load_task
+from tests.conftest import TINY_TASK
+from worker.data import prepare
+from worker.recorder import TrialRecorder, load_resume_state
+from worker.session import WorkerSession
+from worker.trainer import TrialRun, TrialSpec
+
+CONFIG = {"lr": 0.03, "optimizer": "adam", "hidden": 8, "batch_size": 32, "ema_decay": 0.9}
+
+
+def make_run(config=CONFIG, epochs=5, seed=3):
+    task = load_task(TINY_TASK)
+    splits = prepare(task.get("load_data")())
+    return TrialRun(task, splits, TrialSpec(0, 0, config, seed, epochs), torch.device("cpu"))
+
+
+def test_a_tiny_model_learns_and_records_every_number():
+    run = make_run()
+    rows = [run.train_epoch() for _ in range(5)]
+    assert rows[-1]["val_accuracy"] > 0.8 > rows[0]["val_accuracy"] - 0.5
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "grad_norm", "update_ratio",
+                "epoch_seconds", "samples_per_second", "ema_val_loss", "ema_val_accuracy"):
+        assert rows[-1][key] is not None and math.isfinite(rows[-1][key]), key
+    assert 1e-6 < rows[-1]["update_ratio"] < 1.0
+
+
+def test_training_statistics_come_from_the_training_split_only():
+    task = load_task(TINY_TASK)
+    splits = prepare(task.get("load_data")())
+    assert torch.allclose(splits.x_train.mean(0), torch.zeros(4), atol=1e-5)
+    assert not torch.allclose(splits.x_val.mean(0), torch.zeros(4), atol=1e-3)
+
+
+def test_resume_state_continues_exactly():
+    straight = make_run()
+    expected = [straight.train_epoch()["val_loss"] for _ in range(4)]
+    first = make_run()
+    first.train_epoch()
+    first.train_epoch()
+    buf = io.BytesIO()
+    torch.save(first.resume_state(), buf)
+    second = make_run()
+    second.load_resume_state(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    resumed = [second.train_epoch()["val_loss"] for _ in range(2)]
+    assert resumed == expected[2:]
+
+
+def test_recorder_keeps_best_and_last_with_checksums(tmp_path):
+    storage = Storage.from_uri(str(tmp_path))
+    run = make_run()
+    recorder = TrialRecorder(storage, 0, 0, keep_best=1, checkpoint_seconds=0.0)
+    for _ in range(3):
+        recorder.record(run, run.train_epoch())
+    assert load_resume_state(storage, 0)["epoch"] == 3
+    index = recorder.finish(run)
+    assert load_resume_state(storage, 0) is None  # a finished trial needs no resume state
+    kinds = {(r["weights"], r["kept_as"]) for r in index}
+    assert ("raw", "last") in kinds or ("raw", "best,last") in kinds
+    for row in index:
+        data = storage.read_bytes(row["path"])
+        assert sha256(data) == row["sha256"] and len(data) == row["bytes"]
+        state = safetensors.torch.load(data)
+        fresh = load_task(TINY_TASK).get("build_model")(CONFIG)
+        fresh.load_state_dict(state)
+    metrics = storage.list_files("metrics")
+    assert metrics == ["metrics/trial-000000.parquet"]  # parts compacted into one file
+    assert storage.read_table(metrics[0]).num_rows == 3
+
+
+def test_session_reports_user_errors_as_failed_trials(tmp_path):
+    session = WorkerSession(TINY_TASK, str(tmp_path), "s")
+    bad = Assignment(1, 0, {**CONFIG, "optimizer": "nope"}, 1, 2, 2)
+    report = session.start(bad)
+    assert report.ended and report.status == "failed" and "optimizer: unknown 'nope'" in report.error
+    good = session.start(Assignment(2, 0, CONFIG, 1, 2, 1))
+    assert not good.ended and [r["epoch"] for r in good.rows] == [1]
+    done = session.advance(2, 2)
+    assert done.ended and done.status == "completed"
+
+
+def test_session_stops_a_diverging_trial_at_once(tmp_path):
+    session = WorkerSession(TINY_TASK, str(tmp_path), "s")
+    report = session.start(Assignment(3, 0, {**CONFIG, "lr": 1e6, "optimizer": "sgd"}, 1, 10, 10))
+    assert report.ended and report.status == "pruned" and report.reason == "diverged"
+    assert len(report.rows) <= 2
