@@ -111,7 +111,11 @@ class RayBackend(Backend):
             self.idle.append(call.slot)
         return [Report(tid, lost=True, error=error) for tid in lost]
 
-    def close(self) -> None:
+    def close(self, drain_seconds: float = 600.0) -> None:
+        """Let queued calls (a stop persists the trial's rows and checkpoints) finish, then end the actors."""
+        if self.calls:
+            ray.wait(list(self.calls), num_returns=len(self.calls), timeout=drain_seconds)
+            self.calls.clear()
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []

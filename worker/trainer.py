@@ -83,7 +83,9 @@ class TrialRun:
         lr = float(self.optimizer.param_groups[0]["lr"])
         custom = self.task.get("train_epoch")
         if custom:
-            stats = dict(custom(self.model, self.optimizer, self._batches(), dict(self.spec.config)))
+            stats = dict(custom(self.model, self.optimizer, self._batches(), dict(self.spec.config)) or {})
+            if "train_loss" not in stats:
+                raise TaskError("train_epoch must return a dict with 'train_loss' (the epoch's mean training loss)")
         else:
             stats = self._standard_epoch()
         s = self.splits

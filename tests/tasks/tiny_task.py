@@ -8,7 +8,7 @@ from torch import nn
 from orchestrator.space import choice, loguniform, randint
 
 space = {
-    "lr": loguniform(1e-3, 1e-1),
+    "lr": loguniform(1e-2, 3e-1),
     "optimizer": choice(["adam", "momentum"]),
     "hidden": randint(4, 16),
     "batch_size": 32,
