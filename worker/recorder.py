@@ -132,6 +132,11 @@ class TrialRecorder:
 
     def finish(self, run: TrialRun) -> list[dict[str, Any]]:
         """Final persist, then compact this trial's metric parts (every attempt) into one file."""
+        if self.parts == 0 and self.attempt == 0:
+            # Nothing flushed yet: the rows go straight to the final file, no part to compact.
+            self.storage.write_table(schema.metrics_path(self.trial_id), schema.to_table(self.pending_rows, schema.METRICS))
+            self.pending_rows = []
+            return self.persist(run, final=True)
         index = self.persist(run, final=True)
         compact_metrics(self.storage, self.trial_id)
         return index
