@@ -1,0 +1,104 @@
+"""The HTML report of a real (tiny) sweep: every plot present, PNG export, and a look in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.api import run_sweep
+from orchestrator.cli import app
+from orchestrator.report import axis_value, build_report, stage_range, write_report
+from orchestrator.space import one_minus_loguniform
+from orchestrator.storage import Storage
+from tests.conftest import TINY_TASK
+
+PLOTS = {"fig-hyperparameters", "fig-importance", "fig-learning-curves", "fig-gap", "fig-update-ratio",
+         "fig-activations"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_session, tmp_path_factory):
+    storage = str(tmp_path_factory.mktemp("runs"))
+    return run_sweep(TINY_TASK, plan="8x1,4x3", slots=2, storage=storage, name="tiny-report", seed=3,
+                     pruner="asha", ensemble=False)
+
+
+@pytest.fixture(scope="module")
+def built(sweep):
+    return build_report(sweep.path)
+
+
+def test_every_plot_is_embedded_and_exported(built, tmp_path):
+    assert {f.id for f in built.figures} == PLOTS
+    assert built.skipped == {"fig-ensembles": "no ensembles table"}
+    page = built.html
+    images = re.findall(r"<img id='img-(fig-[a-z-]+)'[^>]*src='data:image/png;base64,", page)
+    assert sorted(images) == sorted(PLOTS)
+    assert "http://" not in page and "https://" not in page  # self-contained: nothing to fetch
+    paths = write_report(built, str(tmp_path / "out" / "report.html"), str(tmp_path / "png"))
+    assert (tmp_path / "out" / "report.html").read_text() == page
+    pngs = sorted(p.name for p in (tmp_path / "png").iterdir())
+    assert pngs == sorted(f"{p.removeprefix('fig-')}.png" for p in PLOTS) and len(paths) == 1 + len(PLOTS)
+    assert all((tmp_path / "png" / name).read_bytes().startswith(PNG_MAGIC) for name in pngs)
+
+
+def test_the_ensembles_table_is_drawn_when_present(sweep, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep.path, copy)
+    # The columns of the ensembles table (orchestrator.schema.ENSEMBLES) the plot reads.
+    table = pa.table({"name": ["single", "top_3", "greedy", "ema_5"], "method": ["single", "top_k", "greedy", "ema"],
+                      "size": pa.array([1, 3, 4, 5], pa.int32()), "chosen": [False, False, True, False],
+                      "val_accuracy": [0.91, 0.93, 0.94, 0.92], "val_log_loss": [0.31, 0.26, 0.21, 0.28],
+                      "test_accuracy": [0.90, 0.92, 0.93, 0.91], "test_log_loss": [0.30, 0.25, 0.22, None]})
+    Storage.from_uri(str(copy)).write_table("ensembles/ensembles.parquet", table)
+    report = build_report(str(copy))
+    assert "fig-ensembles" in {f.id for f in report.figures} and "fig-ensembles" not in report.skipped
+
+
+def test_betas_are_drawn_on_a_one_minus_beta_axis():
+    beta = one_minus_loguniform(0.9, 0.999)
+    assert axis_value(beta, 0.99) == pytest.approx(0.01)
+    assert stage_range({"dist": "one_minus_loguniform", "low": 0.9, "high": 0.999}) == pytest.approx((0.001, 0.1))
+    assert stage_range({"dist": "choice", "options": [1, 2]}) is None
+
+
+def test_the_cli_writes_the_page_and_pngs(sweep, tmp_path):
+    result = CliRunner().invoke(app, ["report", sweep.path, "--out", str(tmp_path / "r.html"),
+                                      "--png-dir", str(tmp_path / "png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r.html").stat().st_size > 10_000 and len(list((tmp_path / "png").iterdir())) == len(PLOTS)
+    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert missing.exit_code != 0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install -y chromium)")
+def test_headless_chromium_loads_every_plot(built, tmp_path):
+    # The page plus a probe script: once loaded, it records how many images decoded in the browser.
+    probe = ("<script>addEventListener('load',()=>{const i=[...document.images];document.body.dataset.loaded="
+             "i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length})</script></body>")
+    page = tmp_path / "report.html"
+    page.write_text(built.html.replace("</body>", probe))
+    base = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*base, "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert f'data-loaded="{len(PLOTS)}/{len(PLOTS)}"' in dom.stdout, dom.stderr[-2000:]
+    shot = tmp_path / "shot.png"
+    subprocess.run([*base, "--window-size=1280,3000", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == (1280, 3000)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 500  # plots, not a blank or error page
+        white = max(count for count, rgb in colours if rgb == (255, 255, 255))
+        assert white < 0.9 * 1280 * 3000

@@ -1,0 +1,182 @@
+"""Preflight checks on a correct model (passes) and deliberately broken ones (each must fail)."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.space import SearchSpace, choice, dropout, loguniform, randint
+from orchestrator.task import Task
+from tests.conftest import TINY_TASK
+from worker.preflight import (
+    FAIL,
+    PASS,
+    error_level,
+    gradient_check,
+    preflight_config,
+    run_preflight,
+)
+
+
+def blobs(n: int = 90, seed: int = 0):
+    """Three separable 4-d blobs: tiny, and any working MLP learns them."""
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0, 0, 0, 0], [4, 4, 0, 0], [0, 4, 4, 0]], dtype=np.float32)
+    y = rng.integers(0, 3, size=n)
+    x = centers[y] + rng.normal(size=(n, 4)).astype(np.float32)
+    return (x, y), (x[:30], y[:30]), (x[:30], y[:30])
+
+
+def mlp(config) -> nn.Module:
+    h = int(config["hidden"])
+    layers = [nn.Linear(4, h), nn.Tanh()]
+    if config.get("dropout", 0) > 0:
+        layers.append(nn.Dropout(config["dropout"]))
+    return nn.Sequential(*layers, nn.Linear(h, 3))
+
+
+SPACE = SearchSpace({"lr": loguniform(1e-3, 1e-1), "hidden": randint(12, 20), "dropout": dropout(0.1, 0.5)})
+
+
+def make_task(build_model=mlp, loss_fn=None) -> Task:
+    namespace = SimpleNamespace(space=SPACE, load_data=blobs, build_model=build_model, loss_fn=loss_fn)
+    return Task("test-task", namespace, SPACE)
+
+
+def by_name(report):
+    return {c.name: c for c in report.checks}
+
+
+def test_a_correct_model_passes_every_check():
+    report = run_preflight(make_task(), dims_per_tensor=6)
+    assert report.passed, report.checks
+    checks = by_name(report)
+    assert [c.status for c in report.checks] == [PASS] * 4
+    assert abs(float(checks["initial loss"].value) - math.log(3)) < 0.5 * math.log(3)
+    # Every parameter tensor is checked, and a smooth (tanh) model in float64 is far below 1e-4.
+    assert [t.name for t in report.tensors] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert all(t.dims >= 3 and t.max_rel_error < 1e-6 for t in report.tensors)
+    assert report.config["dropout"] == 0.0  # regularisation off
+
+
+def test_wrong_loss_scaling_fails_the_initial_loss():
+    report = run_preflight(make_task(loss_fn=lambda logits, y: 10 * F.cross_entropy(logits, y)), dims_per_tensor=3)
+    checks = by_name(report)
+    assert checks["initial loss"].status == FAIL
+    assert float(checks["initial loss"].value) > 5 * math.log(3)
+    assert not report.passed
+
+
+class BrokenSquare(torch.autograd.Function):
+    """x ** 2 whose backward forgets the factor 2: the kind of bug a gradient check exists for."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * x
+
+
+class SquareNet(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.first, self.last = nn.Linear(4, hidden), nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        return self.last(BrokenSquare.apply(self.first(x)) * 0.1)
+
+
+def test_a_broken_custom_layer_fails_the_gradient_check():
+    report = run_preflight(make_task(build_model=lambda c: SquareNet(int(c["hidden"]))), dims_per_tensor=6)
+    checks = by_name(report)
+    assert checks["gradient check"].status == FAIL
+    levels = {t.name: t.level for t in report.tensors}
+    # Below the broken layer the gradient is off by 2x; the last layer's own gradient is right.
+    assert levels["first.weight"] == "wrong" and levels["first.bias"] == "wrong"
+    assert levels["last.weight"] in ("good", "ok")
+    assert "first.weight" in checks["gradient check"].detail
+
+
+class FrozenNet(nn.Module):
+    """Its only trainable parameter shifts every logit equally, which softmax ignores: it cannot learn."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 3))
+        self.shift = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return self.body(x).detach() + self.shift
+
+
+def test_a_model_that_cannot_learn_fails_to_overfit():
+    report = run_preflight(make_task(build_model=lambda c: FrozenNet(int(c["hidden"]))), overfit_steps=150,
+                           dims_per_tensor=3)
+    checks = by_name(report)
+    assert checks["overfit tiny subset"].status == FAIL
+    assert checks["gradient check"].status == FAIL  # detach() hides real gradients from backward
+    assert not report.passed
+
+
+def test_a_model_that_raises_is_a_failed_row_not_a_crash():
+    def explode(logits, y):
+        raise RuntimeError("shape mismatch")
+
+    report = run_preflight(make_task(loss_fn=explode), dims_per_tensor=2)
+    assert all(c.status == FAIL and "shape mismatch" in c.detail for c in report.checks)
+
+
+def test_relu_kinks_crossed_by_the_finite_difference_are_noted_not_failed():
+    x = torch.tensor([[1.0, 2.0, -1.0, 0.5], [0.3, -0.2, 0.1, 1.0]], dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 3))
+    with torch.no_grad():  # put example 0's pre-activation exactly on the kink
+        model[0].bias.fill_(-float(model[0].weight.double() @ x[0]))
+    tensors = {t.name: t for t in gradient_check(model, x, y, F.cross_entropy, dims_per_tensor=4)}
+    assert tensors["0.bias"].kinks == 1
+    assert tensors["0.bias"].level != "wrong"
+
+
+def test_error_levels_follow_the_course_notes():
+    assert [error_level(e) for e in (0.5, 1e-3, 1e-5, 1e-9)] == ["wrong", "suspicious", "ok", "good"]
+
+
+def test_the_config_is_the_midpoint_with_regularisation_off():
+    space = SearchSpace({"lr": loguniform(1e-4, 1.0), "layers": randint(1, 3), "act": choice(["relu", "tanh", "elu"]),
+                         "dropout": dropout(0.1, 0.5), "weight_decay": loguniform(1e-6, 1e-2), "batch_size": 32})
+    config = preflight_config(space)
+    assert math.isclose(config["lr"], 1e-2) and config["layers"] == 2 and config["act"] == "tanh"
+    assert config["dropout"] == 0.0 and config["weight_decay"] == 0.0 and config["batch_size"] == 32
+    assert preflight_config(space, how="sample", seed=1) == preflight_config(space, how="sample", seed=1)
+
+
+def test_the_cli_prints_a_table_and_exits_non_zero_on_failure(tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["check", TINY_TASK, "--dims", "3"])
+    assert ok.exit_code == 0, ok.output
+    assert "initial loss" in ok.output and "gradient check" in ok.output and "PASS" in ok.output
+    broken = tmp_path / "scaled_loss.py"
+    broken.write_text(open(TINY_TASK).read() + textwrap.dedent("""
+
+        import torch.nn.functional as F
+
+
+        def loss_fn(logits, y):
+            return 10 * F.cross_entropy(logits, y)
+    """))
+    bad = runner.invoke(app, ["check", str(broken), "--dims", "3", "--steps", "50"])
+    assert bad.exit_code == 1, bad.output
+    assert "FAIL" in bad.output

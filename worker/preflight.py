@@ -1,0 +1,396 @@
+"""Preflight: the course notes' sanity checks, run on a task before a sweep spends cluster hours.
+
+1. The initial loss, regularisation off, is close to ``ln C`` (softmax over C classes with
+   small initial logits predicts roughly uniform probabilities).
+2. Raising the L2 strength raises the loss (the regularisation term is part of the loss).
+3. The model overfits a tiny subset (20 examples) to near-zero loss, regularisation off.
+4. Gradient check: analytic gradients against centred differences in float64, dropout off
+   and the seed fixed, on a random sample of dimensions of every parameter tensor, scored
+   by relative error with the notes' thresholds (> 1e-2 wrong, 1e-4..1e-2 suspicious,
+   < 1e-7 good). Dimensions whose finite difference crosses a ReLU-like kink are noted and
+   left out of the verdict: there the numeric gradient is not the derivative.
+
+The checks run on one config: the midpoint of every searched range in its sampling scale
+(``from_unit(0.5)``: the geometric middle of a log range, the middle option of a choice),
+or a seeded random sample, with every regularisation knob (``dropout*``, ``weight_decay``,
+``l2*``) set to 0. Models are always in training mode with every dropout module switched
+off, so batch norm uses batch statistics as it does in training.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from orchestrator.errors import TaskError
+from orchestrator.space import Distribution, SearchSpace
+from orchestrator.task import Task
+from worker.data import Splits, prepare
+
+# Relative-error bands from the course notes (gradient check).
+WRONG, SUSPICIOUS, GOOD = 1e-2, 1e-4, 1e-7
+# Both gradients below this are zero to float64 precision (a dead unit, an unused weight):
+# centred differences carry ~1e-10 of round-off, which would read as a 100% relative error.
+ZERO_GRADIENT = 1e-9
+STEP = 1e-5  # the notes' h; in float64 round-off (~eps/h) and truncation (~h^2) both stay near 1e-10
+L2_STRENGTHS = (0.0, 1e-3, 1e-2, 1e-1)
+NEAR_ZERO_LOSS = 0.05
+INITIAL_LOSS_TOLERANCE = 0.5  # |loss - ln C| <= 0.5 * ln C: He-initialised logits add ~sigma^2/2 to ln C
+PASS, WARN, FAIL = "pass", "warn", "fail"
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str  # pass / warn / fail
+    value: str  # what was measured
+    expected: str  # what a healthy model shows
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status != FAIL
+
+
+@dataclass
+class TensorCheck:
+    """Gradient check of one parameter tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dims: int  # dimensions checked
+    max_rel_error: float  # over dimensions without a kink
+    kinks: int  # dimensions whose finite difference crossed a kink
+    zeros: int  # dimensions where both gradients are zero
+    level: str  # good / ok / suspicious / wrong
+
+
+@dataclass
+class PreflightReport:
+    config: dict[str, Any]
+    num_classes: int
+    checks: list[CheckResult] = field(default_factory=list)
+    tensors: list[TensorCheck] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+# -- the config ------------------------------------------------------------------------------
+
+REGULARISATION_PREFIXES = ("dropout", "weight_decay", "l2")
+
+
+def is_regulariser(name: str) -> bool:
+    return name.lower().startswith(REGULARISATION_PREFIXES)
+
+
+def preflight_config(space: SearchSpace, *, how: str = "midpoint", seed: int = 0) -> dict[str, Any]:
+    """One config of ``space`` (its midpoint or a seeded sample) with regularisation off."""
+    if how not in ("midpoint", "sample"):
+        raise TaskError(f"preflight config: 'how' must be midpoint or sample, got {how!r}")
+    rng = np.random.default_rng(seed)
+    config = {}
+    for name, value in space.items():
+        if isinstance(value, Distribution):
+            value = value.from_unit(0.5 if how == "midpoint" else rng.random())
+        config[name] = value
+    return regularisation_off(config)
+
+
+def regularisation_off(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (0.0 if is_regulariser(k) and isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+            for k, v in config.items()}
+
+
+# -- building models -----------------------------------------------------------------------
+
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def dropout_off(model: nn.Module) -> nn.Module:
+    """Training mode (batch norm on batch statistics) with every dropout module inert."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, _DROPOUTS):
+            module.eval()
+    return model
+
+
+def model_builder(task: Task, config: Mapping[str, Any], seed: int, device: torch.device) -> Callable[[], nn.Module]:
+    build = task.get("build_model")
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(seed)
+        try:
+            model = build(dict(config))
+        except Exception as exc:
+            raise TaskError(f"build_model raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(model, nn.Module):
+            raise TaskError(f"build_model must return a torch.nn.Module, got {type(model).__name__}")
+        return dropout_off(model.to(device))
+
+    return fresh
+
+
+def l2_term(model: nn.Module) -> torch.Tensor:
+    """0.5 * sum of squared weights (tensors of 2+ dims: biases and norm scales are not decayed)."""
+    weights = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    if not weights:
+        return torch.zeros((), dtype=torch.float64)
+    return 0.5 * sum(p.double().pow(2).sum() for p in weights)
+
+
+# -- the checks ----------------------------------------------------------------------------
+
+
+def check_initial_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, num_classes: int,
+                       *, tolerance: float = INITIAL_LOSS_TOLERANCE, expected: float | None = None) -> CheckResult:
+    target = math.log(num_classes) if expected is None else expected
+    with torch.no_grad():
+        loss = float(loss_fn(model(x), y))
+    off = abs(loss - target) / max(abs(target), 1e-12)
+    ok = math.isfinite(loss) and off <= tolerance
+    what = f"ln {num_classes} = {target:.4f}" if expected is None else f"{target:.4f}"
+    return CheckResult("initial loss", PASS if ok else FAIL, f"{loss:.4f}", f"{what} (±{tolerance:.0%})",
+                       "" if ok else f"off by {off:.0%}: check the loss scaling and the last layer's initialisation")
+
+
+def check_regularisation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any,
+                         strengths: tuple[float, ...] = L2_STRENGTHS) -> CheckResult:
+    with torch.no_grad():
+        data_loss = float(loss_fn(model(x), y))
+        penalty = float(l2_term(model))
+    losses = [data_loss + s * penalty for s in strengths]
+    rising = all(b > a for a, b in zip(losses, losses[1:])) and all(map(math.isfinite, losses))
+    value = " < ".join(f"{v:.4f}" for v in losses) if rising else ", ".join(f"{v:.4f}" for v in losses)
+    detail = "" if rising else ("no weight tensor reaches the loss" if penalty == 0 else "loss does not rise with L2")
+    return CheckResult("L2 raises the loss", PASS if rising else FAIL, value,
+                       f"rising over L2 strength {', '.join(f'{s:g}' for s in strengths)}", detail)
+
+
+def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, *, steps: int = 500,
+                  lr: float = 1e-2, near_zero: float = NEAR_ZERO_LOSS) -> CheckResult:
+    """Adam on ``x`` (one full batch) until the loss is near zero and every example is right."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    expected = f"loss < {near_zero:g}, 100% accuracy on {len(x)} examples"
+    if not params:
+        return CheckResult("overfit tiny subset", FAIL, "-", expected, "the model has no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=lr)
+    loss_value, accuracy, taken = math.nan, 0.0, 0
+    for taken in range(1, steps + 1):  # noqa: B007 (the count is reported)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        loss_value = float(loss.detach())
+        accuracy = float((logits.argmax(dim=1) == y).float().mean())
+        if loss_value < near_zero and accuracy == 1.0:
+            break
+        if not loss.requires_grad:
+            return CheckResult("overfit tiny subset", FAIL, f"{loss_value:.4f}", expected,
+                               "the loss does not depend on any parameter (detached output?)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if not math.isfinite(loss_value):
+            break
+    ok = loss_value < near_zero and accuracy == 1.0
+    value = f"{loss_value:.4f} ({accuracy:.0%} right, {taken} steps)"
+    return CheckResult("overfit tiny subset", PASS if ok else FAIL, value, expected,
+                       "" if ok else "cannot fit 20 examples: the model or its loss cannot learn")
+
+
+def error_level(error: float) -> str:
+    if error > WRONG:
+        return "wrong"
+    if error > SUSPICIOUS:
+        return "suspicious"
+    return "good" if error <= GOOD else "ok"
+
+
+# ReLU-like modules and the inputs where their derivative jumps.
+def _kinks_of(module: nn.Module) -> tuple[float, ...] | None:
+    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.RReLU)):
+        return (0.0,)
+    if isinstance(module, nn.ReLU6):
+        return (0.0, 6.0)
+    if isinstance(module, nn.Hardtanh):
+        return (float(module.min_val), float(module.max_val))
+    if isinstance(module, (nn.Hardswish, nn.Hardsigmoid)):
+        return (-3.0, 3.0)
+    if isinstance(module, (nn.Softshrink, nn.Hardshrink)):
+        return (-float(module.lambd), float(module.lambd))
+    return None
+
+
+class KinkWatch:
+    """Records which side of each kink every ReLU-like input sits on, per forward pass."""
+
+    def __init__(self, model: nn.Module):
+        self.regions: list[torch.Tensor] = []
+        self.handles = []
+        for module in model.modules():
+            kinks = _kinks_of(module)
+            if kinks is not None:
+                self.handles.append(module.register_forward_hook(self._hook(kinks)))
+
+    def _hook(self, kinks: tuple[float, ...]) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            x = inputs[0].detach()
+            self.regions.append(sum((x > k).to(torch.int8) for k in kinks))
+
+        return hook
+
+    def take(self) -> list[torch.Tensor]:
+        out, self.regions = self.regions, []
+        return out
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _crossed(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) != len(b) or any(not torch.equal(p, q) for p, q in zip(a, b))
+
+
+def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, *, dims_per_tensor: int = 10,
+                   seed: int = 0, step: float = STEP) -> list[TensorCheck]:
+    """Analytic vs centred-difference gradients on a float64 copy of ``model``, tensor by tensor."""
+    model = dropout_off(copy.deepcopy(model).double())
+    x = x.double() if x.is_floating_point() else x
+    watch = KinkWatch(model)
+
+    def loss_at() -> torch.Tensor:
+        torch.manual_seed(seed)  # any randomness left in the forward pass repeats exactly
+        return loss_fn(model(x), y)
+
+    try:
+        model.zero_grad(set_to_none=True)
+        loss = loss_at()
+        if loss.requires_grad:
+            loss.backward()
+        watch.take()
+        rng = np.random.default_rng(seed)
+        results = []
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            analytic = param.grad.detach().clone() if param.grad is not None else torch.zeros_like(param)
+            count = min(dims_per_tensor, param.numel())
+            picks = rng.choice(param.numel(), size=count, replace=False)
+            errors, kinks, zeros = [], 0, 0
+            for flat in picks:
+                index = tuple(int(i) for i in np.unravel_index(int(flat), tuple(param.shape)))
+                with torch.no_grad():
+                    original = float(param[index])
+                    param[index] = original + step
+                    plus = float(loss_at())
+                    plus_regions = watch.take()
+                    param[index] = original - step
+                    minus = float(loss_at())
+                    minus_regions = watch.take()
+                    param[index] = original
+                numeric = (plus - minus) / (2 * step)
+                a = float(analytic[index])
+                if _crossed(plus_regions, minus_regions):
+                    kinks += 1
+                    continue
+                scale = max(abs(a), abs(numeric))
+                if scale < ZERO_GRADIENT:
+                    zeros += 1
+                    errors.append(0.0)
+                    continue
+                errors.append(abs(a - numeric) / scale if math.isfinite(scale) else math.inf)
+            worst = max(errors, default=0.0)
+            results.append(TensorCheck(name, tuple(param.shape), count, worst, kinks, zeros, error_level(worst)))
+        return results
+    finally:
+        watch.close()
+
+
+def summarise_gradients(tensors: list[TensorCheck]) -> CheckResult:
+    expected = f"rel. error: good < {GOOD:g}, warn > {SUSPICIOUS:g}, fail > {WRONG:g}"
+    if not tensors:
+        return CheckResult("gradient check", FAIL, "-", expected, "the model has no trainable parameters")
+    worst = max(tensors, key=lambda t: t.max_rel_error)
+    dims = sum(t.dims for t in tensors)
+    kinks = sum(t.kinks for t in tensors)
+    status = FAIL if worst.level == "wrong" else WARN if worst.level == "suspicious" else PASS
+    value = f"max {worst.max_rel_error:.1e}, {worst.level} ({worst.name}) over {dims} dims in {len(tensors)} tensors"
+    notes = []
+    if status == FAIL:
+        bad = [t.name for t in tensors if t.level == "wrong"]
+        notes.append(f"wrong gradient in {', '.join(bad)}")
+    elif status == WARN:
+        notes.append(f"{worst.name} between {SUSPICIOUS:g} and {WRONG:g}: suspicious")
+    if kinks:
+        notes.append(f"{kinks} dims crossed a ReLU kink (skipped)")
+    return CheckResult("gradient check", status, value, expected, "; ".join(notes))
+
+
+# -- all together ----------------------------------------------------------------------------
+
+
+def run_preflight(task: Task, splits: Splits | None = None, *, config: Mapping[str, Any] | None = None,
+                  how: str = "midpoint", seed: int = 0, device: str = "cpu", overfit_examples: int = 20,
+                  overfit_steps: int = 500, grad_examples: int = 4, dims_per_tensor: int = 10,
+                  tolerance: float = INITIAL_LOSS_TOLERANCE, expected_loss: float | None = None) -> PreflightReport:
+    """Every check on one config of ``task``; each failure is a row, never an exception."""
+    if splits is None:
+        splits = prepare(task.get("load_data")(), normalize=task.normalize)
+    threads = torch.get_num_threads()
+    # Every tensor here is tiny (4 to 1024 examples): one thread beats several that spin-wait on each
+    # other (float64 batch norm on 4 examples: 0.14 ms on one thread, 11 ms on two on a busy machine).
+    torch.set_num_threads(1)
+    try:
+        return _run_checks(task, splits, config=config, how=how, seed=seed, device=device,
+                           overfit_examples=overfit_examples, overfit_steps=overfit_steps, grad_examples=grad_examples,
+                           dims_per_tensor=dims_per_tensor, tolerance=tolerance, expected_loss=expected_loss)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None, how: str, seed: int, device: str,
+                overfit_examples: int, overfit_steps: int, grad_examples: int, dims_per_tensor: int,
+                tolerance: float, expected_loss: float | None) -> PreflightReport:
+    config = regularisation_off(config) if config is not None else preflight_config(task.space, how=how, seed=seed)
+    dev = torch.device(device)
+    fresh = model_builder(task, config, seed, dev)
+    loss_fn = task.get("loss_fn") or F.cross_entropy
+    x, y = splits.x_train.to(dev), splits.y_train.to(dev)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(dev)
+    report = PreflightReport(dict(config), splits.num_classes)
+    sample = order[:1024]  # the initial loss is an average: a thousand examples pin it down
+    tiny, few = order[:overfit_examples], order[:grad_examples]
+    report.checks.append(guarded("initial loss", lambda: check_initial_loss(
+        fresh(), x[sample], y[sample], loss_fn, splits.num_classes, tolerance=tolerance, expected=expected_loss)))
+    report.checks.append(guarded("L2 raises the loss", lambda: check_regularisation(
+        fresh(), x[sample], y[sample], loss_fn)))
+    report.checks.append(guarded("overfit tiny subset", lambda: check_overfit(
+        fresh(), x[tiny], y[tiny], loss_fn, steps=overfit_steps)))
+
+    def gradients() -> CheckResult:
+        report.tensors = gradient_check(fresh(), x[few], y[few], loss_fn, dims_per_tensor=dims_per_tensor, seed=seed)
+        return summarise_gradients(report.tensors)
+
+    report.checks.append(guarded("gradient check", gradients))
+    return report
+
+
+def guarded(name: str, check: Callable[[], CheckResult]) -> CheckResult:
+    """A check whose model or loss raises is a failed row naming the error; a bad task file is not."""
+    try:
+        return check()
+    except TaskError:
+        raise
+    except Exception as exc:  # user code: report it, keep checking the rest
+        return CheckResult(name, FAIL, "error", "-", f"{type(exc).__name__}: {exc}")
