@@ -20,6 +20,8 @@ class TrialActor:
         from worker.session import WorkerSession  # torch loads here, in the actor, once
 
         self.session = WorkerSession(task_ref, storage_uri, sweep, options)
+        # The Ray node id, not the hostname: one machine can host several Ray nodes, and ids match `ray list nodes`.
+        self.session.node = ray.get_runtime_context().get_node_id()
 
     def ready(self) -> str:
         return self.session.node

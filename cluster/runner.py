@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 
+from cluster.jobs import ClusterError
 from cluster.pool import RayBackend, Resources
+from orchestrator import schema
 from orchestrator.controller import Controller
 from orchestrator.driver import drive
-from orchestrator.errors import ConfigError
+from orchestrator.errors import CaviarError, ConfigError
 from orchestrator.settings import RunSettings
 from orchestrator.storage import Storage
 from orchestrator.sweeplog import SweepLog
@@ -28,12 +32,30 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
         return
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}}
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
+        check_reachable(address)
+        try:
+            ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, TimeoutError) as exc:
+            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise ClusterError(f"Ray cluster {address!r}: cannot connect ({reason})") from None
         return
     if dashboard_host not in ("127.0.0.1", "localhost"):
         log.warning("the Ray dashboard will listen on %s: anyone who reaches it can run code on this machine", dashboard_host)
     ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host, runtime_env=env,
              log_to_driver=True, logging_level=logging.WARNING, configure_logging=False)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, on a ``host:port`` nobody listens on (ray.init would retry for minutes)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except ValueError:
+        raise ClusterError(f"Ray cluster {address!r}: expected auto, HOST:PORT or ray://HOST:PORT") from None
+    except OSError as exc:
+        raise ClusterError(f"Ray cluster {address!r}: cannot connect ({exc.strerror or exc})") from None
 
 
 def slots_for(settings: RunSettings) -> int:
@@ -48,14 +70,48 @@ def slots_for(settings: RunSettings) -> int:
     return slots
 
 
+def check_storage_reach(root: Storage, settings: RunSettings) -> None:
+    """Refuse, before any trial starts, a local storage path on a multi-node cluster that is not declared shared.
+
+    Workers on every node write their rows and checkpoints straight to the storage; a path that
+    only the head node has would scatter a sweep over the nodes' disks.
+    """
+    if not isinstance(root.fs, pafs.LocalFileSystem) or settings.shared_storage:
+        return
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if nodes > 1:
+        raise ConfigError(f"setting 'storage': {settings.storage!r} is a local path but the Ray cluster has {nodes} "
+                          "nodes; use a URI every node reaches (s3://, gs://, hdfs://) or, if the path is a shared "
+                          "mount (NFS) on every node, pass --shared-storage")
+
+
+def actor_device(settings: RunSettings) -> str:
+    """``auto`` means CUDA only for actors that hold a GPU share.
+
+    Ray narrows CUDA_VISIBLE_DEVICES to an actor's assigned GPUs (so ``cuda`` is cuda:0, its
+    own GPU), but leaves it unset for actors with no GPU: those would all land on GPU 0 unaccounted.
+    """
+    if settings.device == "auto" and not settings.gpus_per_trial:
+        if ray.cluster_resources().get("GPU"):
+            log.warning("the cluster has GPUs but gpus_per_trial is 0: trials train on CPU "
+                        "(pass --gpus-per-trial, e.g. 0.25 to pack four trials on a GPU)")
+        return "cpu"
+    return settings.device
+
+
 def execute(task: Task, settings: RunSettings, root: Storage, name: str, controller: Controller, sweep_log: SweepLog,
             on_tick: Callable[[Controller], None] | None = None) -> None:
-    connect(settings.address, dashboard=settings.dashboard, dashboard_host=settings.dashboard_host)
+    try:
+        connect(settings.address, dashboard=settings.dashboard, dashboard_host=settings.dashboard_host)
+        check_storage_reach(root, settings)
+    except CaviarError:
+        sweep_log.storage.delete(schema.SWEEP_PATH)  # nothing ran: the corrected re-run needs no --overwrite
+        raise
     slots = slots_for(settings)
     worker_options: dict[str, Any] = {
-        "device": settings.device, "keep_best": settings.keep_best,
+        "device": actor_device(settings), "precision": settings.precision, "keep_best": settings.keep_best,
         "checkpoint_seconds": settings.checkpoint_seconds, "max_loss_ratio": settings.max_loss_ratio,
-        "threads": max(1, int(settings.cpus_per_trial)),
+        "threads": max(1, int(settings.cpus_per_trial)), "prediction_dtype": settings.prediction_dtype,
     }
     backend = RayBackend(task.ref, root.uri, name, slots,
                          Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources), worker_options)

@@ -22,8 +22,12 @@ __all__ = [
 
 
 def __getattr__(name: str):  # the API pulls in pyarrow; keep `import orchestrator` light
-    if name in ("run_sweep", "load", "load_ensemble"):
+    if name in ("run_sweep", "load"):
         from orchestrator import api
 
         return getattr(api, name)
+    if name == "load_ensemble":  # torch loads here, only when asked for
+        from worker.ensemble_model import load_ensemble
+
+        return load_ensemble
     raise AttributeError(name)

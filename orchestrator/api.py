@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -17,7 +17,7 @@ from orchestrator.pruning import make_pruner
 from orchestrator.settings import RunSettings, read_toml
 from orchestrator.space import SearchSpace
 from orchestrator.stages import Stage, default_plan, parse_plan
-from orchestrator.storage import Storage, check_name
+from orchestrator.storage import Storage, check_name, redact_uri
 from orchestrator.sweeplog import SweepLog
 from orchestrator.task import Task, load_task
 
@@ -34,6 +34,7 @@ class SweepResult:
     counts: dict[str, int]
     warnings: list[str] = field(default_factory=list)
     aborted: str | None = None
+    ensemble: Any = None  # the ensemble chosen on validation (ensemble_run.EnsembleRecord); None if not built
 
     def tables(self) -> SweepTables:
         return load(self.path)
@@ -84,8 +85,10 @@ def prepare_storage(settings: RunSettings, task: Task) -> tuple[Storage, Storage
     sweep = root.child(name)
     if sweep.exists(schema.SWEEP_PATH):
         if not settings.overwrite:
-            raise StorageError(f"sweep {sweep.uri!r} already exists (pass --overwrite to replace it, or another --name)")
-        for table in ("sweep", "stages", "trials", "metrics", "checkpoints", "weights", "events", "predictions", "ensembles"):
+            raise StorageError(f"sweep {redact_uri(sweep.uri)!r} already exists "
+                               "(pass --overwrite to replace it, or another --name)")
+        for table in ("sweep", "stages", "trials", "metrics", "checkpoints", "weights", "events", "predictions", "ensembles",
+                      "diagnostics"):
             sweep.delete_dir(table)
     return root, sweep, name
 
@@ -100,7 +103,9 @@ def run_sweep(task: str | Task, *, config_file: str | None = None, on_tick: Call
     root, sweep, name = prepare_storage(settings, task)
     log = SweepLog(sweep, space)
     log.write_sweep_row({"name": name, "task": task.ref, "seed": settings.seed,
-                         "settings": schema.json_dumps(asdict(settings)), "space": schema.json_dumps(space.to_dict()),
+                         # credentials in a storage URI (secret_key=...) never land in caviar's own files
+                         "settings": schema.json_dumps({**asdict(settings), "storage": redact_uri(settings.storage)}),
+                         "space": schema.json_dumps(space.to_dict()),
                          "caviar_version": __version__, "created": schema.now_ms()})
     from cluster.runner import execute  # Ray loads here, never at import time
 
@@ -108,13 +113,19 @@ def run_sweep(task: str | Task, *, config_file: str | None = None, on_tick: Call
     warnings = controller.final_edge_warnings()
     log.flush(controller, force=True)
     log.compact_events()
+    ensemble = None
+    if settings.ensemble:  # from stored predictions; a failure is a logged warning, never a lost sweep
+        from orchestrator.ensemble_run import after_sweep
+
+        ensemble = after_sweep(sweep, task, device=settings.device)
     best = controller.best()
     counts: dict[str, int] = {}
     for trial in controller.trials.values():
         counts[trial.status] = counts.get(trial.status, 0) + 1
     return SweepResult(name, sweep.uri, best.trial_id if best else None,
                        best.best_score if best and math.isfinite(best.best_score) else None,
-                       dict(best.config) if best else None, counts, warnings, controller.abort_reason)
+                       dict(best.config) if best else None, counts, warnings, controller.abort_reason,
+                       ensemble=ensemble)
 
 
 @dataclass

@@ -42,6 +42,8 @@ def run(
     gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs each trial holds; 0.25 packs four on a GPU.")] = None,
     resource: Annotated[list[str] | None, typer.Option(help="Custom Ray resource per trial, NAME=AMOUNT; repeatable.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (autocast; fp16 scales the loss).")] = None,
+    shared_storage: Annotated[bool, typer.Option(help="A local --storage path is a mount every node shares.")] = False,
     address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://HOST:10001 (default: start Ray here).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep of the same name.")] = False,
     ensemble: Annotated[bool, typer.Option(help="Build ensembles when the sweep ends.")] = True,
@@ -54,7 +56,8 @@ def run(
     overrides: dict[str, Any] = dict(trials=trials, epochs=epochs, plan=plan, stages=stages, slots=slots,
                                      storage=storage, name=name, seed=seed, pruner=pruner, sampler=sampler,
                                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
-                                     address=address, overwrite=overwrite or None, ensemble=ensemble)
+                                     address=address, overwrite=overwrite or None, ensemble=ensemble,
+                                     precision=precision, shared_storage=shared_storage or None)
     if resource:
         overrides["resources"] = parse_resources(resource)
     with Progress(force_plain=plain) as progress:
@@ -67,7 +70,9 @@ def run(
     if result.aborted:
         fail(f"sweep stopped early: {result.aborted}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
-    typer.echo(f"\n{counts}. Results (Parquet): {result.path}")
+    from orchestrator.storage import redact_uri
+
+    typer.echo(f"\n{counts}. Results (Parquet): {redact_uri(result.path)}")
 
 
 @app.command()
@@ -124,5 +129,10 @@ def main() -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
-    main()
+# Command modules register their verbs on `app` when imported; one line each.
+import orchestrator.cli_check  # noqa: E402,F401
+import orchestrator.cli_report  # noqa: E402,F401
+
+if __name__ == "__main__": __import__("orchestrator.cli", fromlist=["main"]).main()  # noqa: E701 (python -m: every verb)
+import orchestrator.cli_cluster  # noqa: E402,F401
+import orchestrator.cli_ensemble  # noqa: E402,F401

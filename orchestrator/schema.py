@@ -6,8 +6,12 @@ Layout under ``<storage>/<sweep>/``::
     stages/stage-000.parquet          one row per stage: its plan and ranges
     trials/trials.parquet             one row per trial, rewritten atomically as trials change
     metrics/trial-000012.parquet      one row per (trial, attempt, epoch); parts while running
+    diagnostics/trial-000012.parquet  one row per (trial, attempt, epoch, parameter or layer); parts likewise
     checkpoints/trial-000012.parquet  the checkpoint index of one trial
     weights/trial-000012/...          safetensors files the index points to
+    predictions/trial-000012.parquet  class probabilities of every kept checkpoint on val and test (ensembles)
+    dataset/dataset.parquet           one row: val/test labels and the input standardisation, per sweep
+    ensembles/ensembles.parquet       one row per ensemble built; soup weights under ensembles/weights/
     events/part-....parquet           every decision the master takes, append-only
 
 Rows are never updated in place. Metrics rows are keyed by ``(trial_id, attempt, epoch)``;
@@ -78,6 +82,88 @@ EVENTS = pa.schema(
         ("stage", pa.int16()),
         ("reason", pa.string()),
         ("detail", pa.string()),  # JSON
+    ]
+)
+
+DIAGNOSTICS = pa.schema(
+    [
+        ("trial_id", pa.int32()),
+        ("attempt", pa.int16()),
+        ("epoch", pa.int32()),
+        ("stage", pa.int16()),
+        ("kind", pa.string()),  # "parameter" (a trainable tensor) or "activation" (a leaf module's output)
+        ("layer", pa.string()),  # parameter name ("0.weight") or module name ("1")
+        ("module", pa.string()),  # the module's class: Linear, ReLU, BatchNorm1d
+        ("numel", pa.int64()),  # elements of the tensor (activations: per example)
+        ("mean", pa.float64()),
+        ("std", pa.float64()),
+        ("zero_fraction", pa.float64()),  # activations: share of exact zeros on the probe batch
+        ("dead_fraction", pa.float64()),  # activations: units zero on every probe example (dead ReLUs)
+        ("weight_norm", pa.float64()),  # parameters, at the epoch's first optimizer step
+        ("grad_norm", pa.float64()),
+        ("update_ratio", pa.float64()),  # ||dw|| / ||w|| of that step: ~1e-3 is healthy
+        ("hist_edges", pa.list_(pa.float64())),  # kept every few epochs only, else null
+        ("hist_counts", pa.list_(pa.int64())),
+        ("time", TIMESTAMP),
+    ]
+)
+
+PREDICTION_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+
+
+def predictions_schema(num_classes: int, dtype: str = "float16") -> pa.Schema:
+    """One row per (checkpoint, split, example): its class probabilities as a fixed-size list.
+
+    Written by the worker when a trial ends, for every kept checkpoint (raw and EMA), so
+    ensembles are built from numbers on disk without running a model. float16 by default:
+    probabilities lose ~1e-3 relative, far below what separates two ensembles.
+    """
+    return pa.schema(
+        [
+            ("trial_id", pa.int32()),
+            ("attempt", pa.int16()),
+            ("epoch", pa.int32()),
+            ("weights", pa.string()),  # "raw" or "ema"
+            ("split", pa.string()),  # "val" or "test"
+            ("row", pa.int32()),  # index of the example within its split
+            ("probs", pa.list_(PREDICTION_DTYPES[dtype], num_classes)),
+        ]
+    )
+
+
+DATASET = pa.schema(
+    [
+        ("num_classes", pa.int32()),
+        ("y_val", pa.list_(pa.int32())),
+        ("y_test", pa.list_(pa.int32())),
+        ("input_shape", pa.list_(pa.int32())),  # one example's shape, e.g. [64] or [3, 32, 32]
+        ("mean", pa.list_(pa.float32())),  # train-split standardisation, flattened; null when the task opts out
+        ("std", pa.list_(pa.float32())),
+        ("time", TIMESTAMP),
+    ]
+)
+
+ENSEMBLE_MEMBER = pa.struct(
+    [("trial_id", pa.int32()), ("epoch", pa.int32()), ("weights", pa.string()), ("weight", pa.float64())]
+)
+
+ENSEMBLES = pa.schema(
+    [
+        ("ensemble_id", pa.int32()),
+        ("name", pa.string()),  # what load_ensemble(name=...) takes; "best" is the row with chosen = true
+        ("method", pa.string()),  # single, single_ema, top_k, checkpoints, ema, greedy, soup
+        ("members", pa.list_(ENSEMBLE_MEMBER)),  # weights sum to 1
+        ("size", pa.int32()),  # distinct members
+        ("selection_metric", pa.string()),  # "accuracy" or "log_loss", on validation
+        ("val_accuracy", pa.float64()),
+        ("val_log_loss", pa.float64()),
+        ("test_accuracy", pa.float64()),  # computed once, after selection
+        ("test_log_loss", pa.float64()),
+        ("chosen", pa.bool_()),  # best on validation among the rows of this build
+        ("weights_path", pa.string()),  # soups: the averaged weights (safetensors); else null
+        ("weights_sha256", pa.string()),
+        ("detail", pa.string()),  # JSON: what the builder tried (a soup's accepted ingredients, ...)
+        ("created", TIMESTAMP),
     ]
 )
 
@@ -192,12 +278,32 @@ def metrics_path(trial_id: int) -> str:
     return f"metrics/trial-{trial_id:06d}.parquet"
 
 
+def diagnostics_part_path(trial_id: int, attempt: int, part: int) -> str:
+    return f"diagnostics/trial-{trial_id:06d}.a{attempt}.p{part:04d}.parquet"
+
+
+def diagnostics_path(trial_id: int) -> str:
+    return f"diagnostics/trial-{trial_id:06d}.parquet"
+
+
 def checkpoint_index_path(trial_id: int) -> str:
     return f"checkpoints/trial-{trial_id:06d}.parquet"
 
 
 def weights_path(trial_id: int, attempt: int, epoch: int, weights: str) -> str:
     return f"weights/trial-{trial_id:06d}/a{attempt}-e{epoch:04d}-{weights}.safetensors"
+
+
+def predictions_path(trial_id: int) -> str:
+    return f"predictions/trial-{trial_id:06d}.parquet"
+
+
+DATASET_PATH = "dataset/dataset.parquet"
+ENSEMBLES_PATH = "ensembles/ensembles.parquet"
+
+
+def ensemble_weights_path(name: str) -> str:
+    return f"ensembles/weights/{name}.safetensors"
 
 
 TRIALS_PATH = "trials/trials.parquet"

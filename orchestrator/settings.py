@@ -14,6 +14,7 @@ from typing import Any
 from orchestrator.errors import ConfigError
 
 PRUNERS = ("asha", "median", "none")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -31,6 +32,7 @@ class RunSettings:
     max_loss_ratio: float = 4.0
     top_fraction: float = 0.25
     storage: str = "caviar-runs"
+    shared_storage: bool = False  # a local storage path that every node mounts (NFS); needed on multi-node clusters
     name: str | None = None
     overwrite: bool = False
     address: str | None = None  # None: start Ray on this machine
@@ -38,11 +40,13 @@ class RunSettings:
     gpus_per_trial: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)
     device: str = "auto"
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 adds a grad scaler)
     keep_best: int = 1
     checkpoint_seconds: float = 30.0
     max_retries: int = 2
     fail_fast: int = 5
     ensemble: bool = True
+    prediction_dtype: str = "float16"  # val/test probabilities stored per kept checkpoint: float16 or float32
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
 
@@ -66,6 +70,8 @@ class RunSettings:
         _check("fail_fast", isinstance(self.fail_fast, int) and self.fail_fast >= 1, "a positive integer")
         _check("device", self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "auto, cpu or cuda[:N]")
         _check("storage", bool(self.storage), "a path or URI")
+        _check("prediction_dtype", self.prediction_dtype in ("float16", "float32"), "float16 or float32")
+        _check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
         for key, value in self.resources.items():
             _check(f"resources.{key}", _num(value) and value > 0, "a number > 0")
         if self.plan is not None:

@@ -28,6 +28,13 @@ T = TypeVar("T")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError)
+_URI_SECRETS = re.compile(r"((?:[?&])(?:secret_key|access_key|session_token)=)[^&]*", re.IGNORECASE)
+_URI_PASSWORD = re.compile(r"(://[^/:@]+:)[^/@]*@")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with credentials (``secret_key=``, ``user:password@``) masked: safe to print, log or store."""
+    return _URI_PASSWORD.sub(r"\1***@", _URI_SECRETS.sub(r"\1***", uri))
 
 
 def check_name(kind: str, name: str) -> str:
@@ -71,7 +78,7 @@ class Storage:
 
                 fs, root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
-            raise StorageError(f"storage {uri!r}: {exc}") from None
+            raise StorageError(f"storage {redact_uri(uri)!r}: {exc}") from None
         return cls(fs, root, uri)
 
     def child(self, name: str) -> Storage:
@@ -165,7 +172,7 @@ class Storage:
             self.write_bytes(probe, b"ok")
             self.delete(probe)
         except (StorageError, OSError) as exc:
-            raise StorageError(f"storage {self.uri!r} is not writable: {exc}") from None
+            raise StorageError(f"storage {redact_uri(self.uri)!r} is not writable: {exc}") from None
 
 
 def sha256(data: bytes) -> str:

@@ -23,6 +23,10 @@ class Splits:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    # Train-split standardisation, (1, *input_shape); None when the task opts out. Stored per sweep so a
+    # loaded ensemble applies the same transform to raw inputs.
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Splits:
         if device.type == "cpu":
@@ -69,13 +73,14 @@ def prepare(raw: Any, *, normalize: bool = True) -> Splits:
         if len(x) == 0:
             raise TaskError(f"load_data: {name} split is empty")
     (xtr, ytr), (xva, yva), (xte, yte) = [(x.float(), y.long()) for x, y in tensors]
+    mean = std = None
     if normalize:
         # Statistics from the training split only; applying them to val/test is the point.
         mean = xtr.mean(dim=0, keepdim=True)
         std = xtr.std(dim=0, keepdim=True).clamp_min(1e-6)
         xtr, xva, xte = (xtr - mean) / std, (xva - mean) / std, (xte - mean) / std
     num_classes = int(max(ytr.max(), yva.max(), yte.max()).item()) + 1
-    return Splits(xtr.contiguous(), ytr, xva.contiguous(), yva, xte.contiguous(), yte, num_classes)
+    return Splits(xtr.contiguous(), ytr, xva.contiguous(), yva, xte.contiguous(), yte, num_classes, mean, std)
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

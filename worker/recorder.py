@@ -19,6 +19,8 @@ import torch
 
 from orchestrator import schema
 from orchestrator.storage import Storage, sha256
+from worker.diagnostics import compact_diagnostics
+from worker.predictions import check_dtype, write_predictions
 from worker.trainer import TrialRun
 
 RESUME_FILE = "resume.pt"
@@ -48,19 +50,24 @@ def load_resume_state(storage: Storage, trial_id: int) -> dict[str, Any] | None:
 
 class TrialRecorder:
     def __init__(self, storage: Storage, trial_id: int, attempt: int, *, keep_best: int = 1, keep_last: bool = True,
-                 checkpoint_seconds: float = 30.0):
+                 checkpoint_seconds: float = 30.0, prediction_dtype: str = "float16"):
         self.storage, self.trial_id, self.attempt = storage, trial_id, attempt
+        self.prediction_dtype = check_dtype(prediction_dtype)  # probabilities stored for ensembles
         self.keep_best, self.keep_last, self.checkpoint_seconds = keep_best, keep_last, checkpoint_seconds
         self.pending_rows: list[dict[str, Any]] = []
         self.rows_by_epoch: dict[int, dict[str, Any]] = {}
         self.best: list[Kept] = []
         self.written: dict[tuple[int, str], dict[str, Any]] = {}  # (epoch, weights) -> index row
         self.parts = 0
+        self.pending_diagnostics: list[dict[str, Any]] = []  # per-layer rows, written alongside the metrics
+        self.diagnostic_parts = 0
         self.last_persist = time.monotonic()
 
     def record(self, run: TrialRun, row: dict[str, Any]) -> None:
         row = {**row, "time": schema.now_ms()}
         self.pending_rows.append(row)
+        if run.diagnostics is not None:
+            self.pending_diagnostics += [{**d, "time": row["time"]} for d in run.diagnostics.take()]
         self.rows_by_epoch[row["epoch"]] = row
         score = row["score"]
         if score == score and (len(self.best) < self.keep_best or score > self.best[-1].score):  # NaN never kept
@@ -79,6 +86,7 @@ class TrialRecorder:
     def persist(self, run: TrialRun, *, final: bool) -> list[dict[str, Any]]:
         """Flush rows and checkpoints; returns the checkpoint index rows now on storage."""
         self.flush_rows()
+        self.flush_diagnostics(final=final)
         wanted: dict[tuple[int, str], tuple[Kept | None, set[str]]] = {}
         for kept in self.best:
             for kind in kept.states:
@@ -112,6 +120,22 @@ class TrialRecorder:
         self.last_persist = time.monotonic()
         return index
 
+    def flush_diagnostics(self, *, final: bool) -> None:
+        """Diagnostic rows as a part; at the end, folded into one file per trial (straight there if no part)."""
+        if final and self.diagnostic_parts == 0 and self.attempt == 0:
+            if self.pending_diagnostics:
+                rel = schema.diagnostics_path(self.trial_id)
+                self.storage.write_table(rel, schema.to_table(self.pending_diagnostics, schema.DIAGNOSTICS))
+            self.pending_diagnostics = []
+            return
+        if self.pending_diagnostics:
+            rel = schema.diagnostics_part_path(self.trial_id, self.attempt, self.diagnostic_parts)
+            self.storage.write_table(rel, schema.to_table(self.pending_diagnostics, schema.DIAGNOSTICS))
+            self.diagnostic_parts += 1
+            self.pending_diagnostics = []
+        if final:
+            compact_diagnostics(self.storage, self.trial_id)
+
     def _write_weights(self, kept: Kept, kind: str) -> dict[str, Any]:
         data = safetensors.torch.save(kept.states[kind], metadata={"trial_id": str(self.trial_id), "epoch": str(kept.epoch)})
         rel = schema.weights_path(self.trial_id, self.attempt, kept.epoch, kind)
@@ -131,15 +155,25 @@ class TrialRecorder:
         self.pending_rows = []
 
     def finish(self, run: TrialRun) -> list[dict[str, Any]]:
-        """Final persist, then compact this trial's metric parts (every attempt) into one file."""
+        """Final persist, compact this trial's metric parts (every attempt) into one file, store predictions."""
         if self.parts == 0 and self.attempt == 0:
             # Nothing flushed yet: the rows go straight to the final file, no part to compact.
             self.storage.write_table(schema.metrics_path(self.trial_id), schema.to_table(self.pending_rows, schema.METRICS))
             self.pending_rows = []
-            return self.persist(run, final=True)
-        index = self.persist(run, final=True)
-        compact_metrics(self.storage, self.trial_id)
+            index = self.persist(run, final=True)
+        else:
+            index = self.persist(run, final=True)
+            compact_metrics(self.storage, self.trial_id)
+        self.write_predictions(run, index)
         return index
+
+    def write_predictions(self, run: TrialRun, index: list[dict[str, Any]]) -> None:
+        """Val/test probabilities of every kept checkpoint, for ensembles built later without a model."""
+        states = {(kept.epoch, kind): state for kept in self.best for kind, state in kept.states.items()}
+        for row in index:  # the rest is the last epoch: the run's weights right now
+            if (row["epoch"], row["weights"]) not in states:
+                states[(row["epoch"], row["weights"])] = run.weights_state(row["weights"])
+        write_predictions(self.storage, run, index, states, self.prediction_dtype)
 
 
 def compact_metrics(storage: Storage, trial_id: int) -> None:

@@ -33,6 +33,8 @@ class WorkerOptions:
     checkpoint_seconds: float = 30.0
     max_loss_ratio: float = 4.0
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    prediction_dtype: str = "float16"  # stored val/test probabilities for ensembles: float16 or float32
+    precision: str = "fp32"  # fp32, bf16 or fp16
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerOptions:
@@ -65,14 +67,15 @@ class WorkerSession:
         a = assignment
         try:
             spec = TrialSpec(a.trial_id, a.stage, dict(a.config), a.seed, a.max_epochs, a.attempt)
-            run = TrialRun(self.task, self.splits, spec, self.device)
+            run = TrialRun(self.task, self.splits, spec, self.device, self.options.precision)
             if a.resume:
                 state = load_resume_state(self.storage, a.trial_id)
                 if state is not None:
                     run.load_resume_state(state)
             o = self.options
             recorder = TrialRecorder(self.storage, a.trial_id, a.attempt, keep_best=o.keep_best,
-                                     keep_last=o.keep_last, checkpoint_seconds=o.checkpoint_seconds)
+                                     keep_last=o.keep_last, checkpoint_seconds=o.checkpoint_seconds,
+                                     prediction_dtype=o.prediction_dtype)
         except Exception:
             return Report(a.trial_id, ended=True, status="failed", reason="error", error=traceback.format_exc(), node=self.node)
         self.runs[a.trial_id] = (run, recorder)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from orchestrator.errors import TaskError
 from orchestrator.task import Task
 from worker.data import Splits, batches
+from worker.diagnostics import Diagnostics, DiagnosticsOptions
 from worker.ema import EmaWeights
 from worker.optim import build_optimizer, build_schedule, step_schedule
 
@@ -57,7 +58,7 @@ def _flat_norm(tensors: list[torch.Tensor]) -> float:
 class TrialRun:
     """A model, its optimizer, schedule, EMA and data order: everything one trial carries."""
 
-    def __init__(self, task: Task, splits: Splits, spec: TrialSpec, device: torch.device):
+    def __init__(self, task: Task, splits: Splits, spec: TrialSpec, device: torch.device, precision: str = "fp32"):
         self.task, self.splits, self.spec, self.device = task, splits, spec, device
         config = dict(spec.config)
         torch.manual_seed(spec.seed)
@@ -75,6 +76,13 @@ class TrialRun:
         self.generator = torch.Generator().manual_seed(spec.seed)
         ema_decay = config.get("ema_decay")
         self.ema = EmaWeights(self.model, float(ema_decay)) if ema_decay else None
+        # Mixed precision: the forward pass autocasts to bf16/fp16; fp16's narrow range also needs a loss scaler.
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        diagnostics = DiagnosticsOptions.from_task(task.get("diagnostics"))
+        ids = {"trial_id": spec.trial_id, "attempt": spec.attempt, "stage": spec.stage}
+        self.diagnostics = Diagnostics(self.model, self.optimizer, splits.x_train, ids, spec.max_epochs,
+                                       diagnostics) if diagnostics else None
         self.epoch = 0
 
     # -- one epoch -----------------------------------------------------------------------
@@ -92,6 +100,8 @@ class TrialRun:
         val_loss, val_acc, _ = evaluate(self.model, s.x_val, s.y_val, self.loss_fn)
         step_schedule(self.scheduler, val_loss if math.isfinite(val_loss) else math.inf)
         self.epoch += 1
+        if self.diagnostics is not None:  # per-layer rows; the recorder takes them with this epoch's metrics
+            self.diagnostics.epoch_end(self.epoch)
         row: dict[str, Any] = {
             "trial_id": self.spec.trial_id,
             "attempt": self.spec.attempt,
@@ -125,15 +135,18 @@ class TrialRun:
         n_batches = math.ceil(len(self.splits.x_train) / self.batch_size)
         params = [p for p in model.parameters() if p.requires_grad]
         for i, (xb, yb) in enumerate(self._batches()):
-            logits = model(xb)
-            loss = self.loss_fn(logits, yb)
+            with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                logits = model(xb)
+                loss = self.loss_fn(logits, yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(opt)  # clip and measure the true gradients, not the scaled ones
             grad_norm_sum += float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
             steps += 1
             last = i == n_batches - 1
             before = [p.detach().clone() for p in params] if last else None
-            opt.step()
+            self.scaler.step(opt)  # skips the step when fp16 gradients overflowed
+            self.scaler.update()
             if before is not None:  # the notes' health signal: ||update|| / ||w||, ~1e-3
                 update_ratio = _flat_norm([p.detach() - b for p, b in zip(params, before)]) / max(_flat_norm(before), 1e-12)
             if self.ema is not None:

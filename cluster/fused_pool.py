@@ -1,0 +1,193 @@
+"""The fused backend: trials trained as fused arrays on long-lived actors, behind the Backend interface.
+
+The driver does not change: it starts, advances and stops trials one at a time. This backend
+queues those calls and, at the next ``poll``, sends each idle actor one
+:meth:`worker.fused_session.FusedSession.run` call that carries all of them, so the members of
+an array move together and a stop compacts the array before it trains again. A slot here is
+one member: an actor holds up to ``array_size`` trials. New trials go to the actor whose
+trials share their shape key (``orchestrator.fusing.shape_key``), so freed members are
+refilled with trials of the same shape; the actor then fits them into its arrays.
+
+One call per actor in flight: decisions made while it runs wait for it to return (it returns
+as soon as one of its trials is due for a decision, at most an epoch later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from cluster.pool import Resources
+from orchestrator.backend import Assignment, Backend, Report
+from orchestrator.fusing import PER_MEMBER, Key, shape_key
+
+
+@ray.remote
+class FusedActor:
+    def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any]):
+        from worker.fused_session import FusedSession  # torch loads here, in the actor, once
+
+        self.session = FusedSession(task_ref, storage_uri, sweep, options)
+
+    def ready(self) -> str:
+        return self.session.node
+
+    def run(self, starts: list[Assignment], targets: dict[int, int], stops: list[tuple[int, str, str]]
+            ) -> tuple[list[Report], bool]:
+        reports = self.session.run(starts, targets, stops)
+        return reports, bool(self.session.waiting)
+
+    def probe(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return self.session.probe(config)
+
+    def set_array_size(self, size: int) -> None:
+        self.session.array_size = size
+
+
+@dataclass
+class _Slot:
+    """One actor and what the master has decided for its trials since its last call."""
+
+    actor: Any
+    members: set[int] = field(default_factory=set)
+    starts: list[Assignment] = field(default_factory=list)
+    targets: dict[int, int] = field(default_factory=dict)
+    stops: list[tuple[int, str, str]] = field(default_factory=list)
+    waiting: bool = False  # its trials have epochs left before their targets
+    in_flight: Any = None
+    stopping: set[int] = field(default_factory=set)  # stops carried by the call in flight
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.starts or self.targets or self.stops or self.waiting)
+
+
+class FusedBackend(Backend):
+    def __init__(self, task_ref: str, storage_uri: str, sweep: str, actors: int, resources: Resources,
+                 worker_options: Mapping[str, Any], array_size: int = 32, engine: str = "auto",
+                 per_member: Iterable[str] = PER_MEMBER):
+        if array_size < 1:
+            raise ValueError(f"array_size must be at least 1, got {array_size}")
+        options = {**worker_options, "array_size": array_size, "engine": engine}
+        self._make = lambda: FusedActor.options(**resources.actor_options(), max_concurrency=1).remote(
+            task_ref, storage_uri, sweep, options)
+        self.slots = [_Slot(self._make()) for _ in range(actors)]
+        self.array_size = array_size
+        self.per_member = frozenset(per_member)
+        self.slot_of: dict[int, int] = {}
+        self.key_of: dict[int, Key] = {}
+        self.queued: list[Assignment] = []
+        self.deaths = 0
+
+    def wait_ready(self) -> list[str]:
+        return ray.get([s.actor.ready.remote() for s in self.slots])
+
+    def probe(self, config: Mapping[str, Any], adopt: bool = True) -> dict[str, Any]:
+        """Ask one actor which array size trains ``config``'s shape fastest; adopt it before any trial starts."""
+        result: dict[str, Any] = ray.get(self.slots[0].actor.probe.remote(dict(config)))
+        if adopt and not self.slot_of and not self.queued:
+            self.array_size = int(result["array_size"])
+            ray.get([s.actor.set_array_size.remote(self.array_size) for s in self.slots])
+        return result
+
+    @property
+    def free_slots(self) -> int:
+        return len(self.slots) * self.array_size - len(self.slot_of) - len(self.queued)
+
+    def start(self, assignment: Assignment) -> None:
+        self.queued.append(assignment)
+
+    def advance(self, trial_id: int, until_epoch: int) -> None:
+        self.slots[self.slot_of[trial_id]].targets[trial_id] = until_epoch
+
+    def stop(self, trial_id: int, status: str, reason: str) -> None:
+        slot = self.slots[self.slot_of.pop(trial_id)]
+        slot.members.discard(trial_id)
+        slot.targets.pop(trial_id, None)
+        slot.stops.append((trial_id, status, reason))
+        self.key_of.pop(trial_id, None)
+
+    # -- placing and sending -----------------------------------------------------------------
+    def _place(self) -> None:
+        """Each queued trial to the actor with room that already trains its shape, else the emptiest one."""
+        for a in self.queued:
+            key = shape_key(a.config, self.per_member)
+            rooms = [(i, self.array_size - len(s.members)) for i, s in enumerate(self.slots)]
+            open_slots = [(i, room) for i, room in rooms if room > 0]
+            assert open_slots, "free_slots let in more trials than the actors hold"
+            same = [(i, room) for i, room in open_slots
+                    if any(self.key_of.get(t) == key for t in self.slots[i].members)]
+            index = max(same or open_slots, key=lambda ir: ir[1])[0]
+            slot = self.slots[index]
+            slot.members.add(a.trial_id)
+            slot.starts.append(a)
+            self.slot_of[a.trial_id], self.key_of[a.trial_id] = index, key
+        self.queued = []
+
+    def _dispatch(self) -> None:
+        for slot in self.slots:
+            if slot.in_flight is None and slot.has_work:
+                slot.in_flight = slot.actor.run.remote(slot.starts, slot.targets, slot.stops)
+                slot.stopping = {tid for tid, _, _ in slot.stops}
+                slot.starts, slot.targets, slot.stops, slot.waiting = [], {}, [], False
+
+    def poll(self, timeout: float | None = None) -> list[Report]:
+        self._place()
+        self._dispatch()
+        refs = {s.in_flight: i for i, s in enumerate(self.slots) if s.in_flight is not None}
+        if not refs:
+            return []
+        ready, _ = ray.wait(list(refs), num_returns=1, timeout=timeout)
+        if ready:  # take everything else that is already done as well
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        reports: list[Report] = []
+        for ref in ready:
+            index = refs[ref]
+            slot = self.slots[index]
+            slot.in_flight = None
+            try:
+                got, slot.waiting = ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                reports += self._on_actor_failure(index, f"{type(exc).__name__}: {exc}")
+                continue
+            for report in got:
+                if report.trial_id in slot.stopping:
+                    continue  # the controller closed this trial when it decided to stop it
+                if report.ended and self.slot_of.get(report.trial_id) == index:
+                    del self.slot_of[report.trial_id]
+                    self.key_of.pop(report.trial_id, None)
+                    slot.members.discard(report.trial_id)
+                reports.append(report)
+        return reports
+
+    def _on_actor_failure(self, index: int, error: str) -> list[Report]:
+        """Replace the dead actor; every trial it held is lost (the controller retries from checkpoints)."""
+        self.deaths += 1
+        slot = self.slots[index]
+        ray.kill(slot.actor)  # after a task error the actor lives on, holding its resources
+        lost = sorted(slot.members)
+        for tid in lost:
+            self.slot_of.pop(tid, None)
+            self.key_of.pop(tid, None)
+        self.slots[index] = _Slot(self._make())
+        return [Report(tid, lost=True, error=error) for tid in lost]
+
+    def close(self, drain_seconds: float = 600.0) -> None:
+        """Send queued stops (a stop persists the trial's rows and checkpoints), let calls finish, end the actors."""
+        self.queued = []
+        for slot in self.slots:
+            slot.starts, slot.targets, slot.waiting = [], {}, False
+        for _ in range(2):  # the calls in flight, then the stops queued behind them
+            refs = [s.in_flight for s in self.slots if s.in_flight is not None]
+            if refs:
+                ray.wait(refs, num_returns=len(refs), timeout=drain_seconds)
+            for slot in self.slots:
+                slot.in_flight = None
+            self._dispatch()
+        for slot in self.slots:
+            ray.kill(slot.actor)
+        self.slots = []

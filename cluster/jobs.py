@@ -1,0 +1,226 @@
+"""Ray jobs: ship a sweep to a cluster through Ray's Job Submission API, then follow it.
+
+A submitted sweep is ``python -m orchestrator.cli run TASK --address auto --plain ...`` run
+by the cluster as a Ray job: the master runs on the head node, its actors wherever Ray
+places them. What travels with the job (its runtime environment):
+
+- ``working_dir``: the task file's folder (or the current directory for a ``module:attr``
+  task), without ``.venv``, ``caviar-runs``, ``.git`` and caches;
+- ``pip``: the ``requirements.txt`` in that folder, if there is one (Ray installs it in a
+  per-job virtualenv that still sees the image's packages);
+- ``py_modules``: caviar's own packages (``orchestrator``, ``worker``, ``cluster``) from
+  this machine.
+
+Why ship caviar's source instead of trusting the cluster's copy: the master and every
+worker then run exactly the code that planned the submission: no version skew between a
+laptop and an image, and a development checkout works as is. Caviar's dependencies
+(torch, pyarrow, typer, ...) must be on the cluster: the configs in ``cluster/configs``
+install ``caviar-sweep``, which brings them (installing torch per job would take minutes).
+``ship_caviar=False`` runs the cluster's installed caviar instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from orchestrator.errors import CaviarError, ConfigError
+from orchestrator.storage import redact_uri
+
+CAVIAR_PACKAGES = ("orchestrator", "worker", "cluster")
+EXCLUDES = [".venv", "venv", "caviar-runs", ".git", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
+            ".mypy_cache", ".ipynb_checkpoints"]
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class ClusterError(CaviarError):
+    """A Ray cluster that cannot be reached, or that refused a request; the message names its address."""
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Everything one submission sends: built without contacting the cluster, so it can be checked first."""
+
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    name: str  # the sweep's name
+    results: str  # where the sweep's tables will land, credentials masked
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def normalize_address(address: str | None) -> str:
+    """The Job API's URL: ``http://HEAD:8265``; a bare ``HEAD:8265`` gets ``http://``."""
+    address = (address or os.environ.get("RAY_API_SERVER_ADDRESS") or "").strip()
+    if not address:
+        raise ConfigError("option '--address': give the cluster's dashboard (Job API), e.g. http://HEAD:8265")
+    if address.startswith("ray://"):
+        raise ConfigError(f"option '--address': {address!r} is a Ray Client address; submit to the dashboard, "
+                          "e.g. http://HEAD:8265 (or drive the sweep from here: `caviar run --address ray://...`)")
+    return address if "://" in address else f"http://{address}"
+
+
+def is_local_path(storage: str) -> bool:
+    return "://" not in storage or storage.startswith("file://")
+
+
+def _split_task(task: str, working_dir: str | None) -> tuple[str, str]:
+    """``(working_dir, task as the job names it)``: a task file travels with its folder."""
+    target, sep, attr = task.partition(":")
+    if target.endswith(".py") or os.sep in target:
+        path = os.path.abspath(target)
+        if not os.path.isfile(path):
+            raise ConfigError(f"task {task!r}: no such file")
+        folder = os.path.abspath(working_dir) if working_dir else os.path.dirname(path)
+        rel = os.path.relpath(path, folder)
+        if rel.startswith(".."):
+            raise ConfigError(f"task {task!r}: not inside the working directory {folder!r} that travels with the job")
+        return folder, rel + sep + attr
+    folder = os.path.abspath(working_dir or os.getcwd())  # a module:attr task is imported from the working dir
+    return folder, task
+
+
+def _requirements(folder: str) -> list[str]:
+    path = os.path.join(folder, "requirements.txt")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        lines = [line.split("#", 1)[0].strip() for line in f]
+    return [line for line in lines if line]
+
+
+def _caviar_modules() -> list[str]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [os.path.join(root, package) for package in CAVIAR_PACKAGES]
+
+
+def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequence[str] = (),
+             config: str | None = None, working_dir: str | None = None, ship_caviar: bool = True) -> JobPlan:
+    """The entrypoint and runtime environment of a sweep job; refuses what could only fail on the cluster."""
+    folder, job_task = _split_task(task, working_dir)
+    if is_local_path(storage) and not os.path.isabs(storage.removeprefix("file://")):
+        raise ConfigError(f"option '--storage': {storage!r} is relative, but a job runs in a temporary folder on the "
+                          "cluster: give an absolute path that every node mounts, or a URI (s3://, gs://, hdfs://)")
+    stem = os.path.splitext(os.path.basename(job_task.split(":")[-1] if ":" in job_task else job_task))[0]
+    name = name or f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    args = ["python", "-u", "-m", "orchestrator.cli", "run", job_task, "--address", "auto", "--plain",
+            "--storage", storage, "--name", name]
+    if config:
+        rel = os.path.relpath(os.path.abspath(config), folder)
+        if not os.path.isfile(config) or rel.startswith(".."):
+            raise ConfigError(f"option '--config': {config!r} must be a file inside {folder!r} (it travels along)")
+        args += ["--config", rel]
+    args += list(run_args)
+    runtime_env: dict[str, Any] = {"working_dir": folder, "excludes": list(EXCLUDES)}
+    requirements = _requirements(folder)
+    if requirements:
+        runtime_env["pip"] = requirements
+    if ship_caviar:
+        runtime_env["py_modules"] = _caviar_modules()
+    results = redact_uri(f"{storage.rstrip('/')}/{name}" if "?" not in storage else _child_uri(storage, name))
+    return JobPlan(shlex.join(args), runtime_env, name, results, {"caviar_sweep": name, "caviar_results": results})
+
+
+def _child_uri(uri: str, name: str) -> str:
+    base, _, query = uri.partition("?")
+    return f"{base.rstrip('/')}/{name}?{query}"
+
+
+# -- talking to the cluster --------------------------------------------------------------
+def _enable_token_auth() -> None:
+    """Send the Ray auth token when one is configured, as ``ray.init`` does when it joins a cluster."""
+    try:
+        from ray._private.authentication import authentication_token_setup as setup
+    except ImportError:  # a Ray without token authentication
+        return
+    quiet = logging.getLogger(setup.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # Ray's "token authentication is enabled" notice would precede every command
+    try:
+        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+class Jobs:
+    """The Job API of one cluster; every failure becomes one :class:`ClusterError` line naming the address."""
+
+    def __init__(self, address: str | None):
+        self.address = normalize_address(address)
+        _enable_token_auth()
+        from ray.job_submission import JobSubmissionClient
+
+        try:
+            self.client = JobSubmissionClient(self.address)
+        except Exception as exc:
+            raise ClusterError(f"Ray cluster {self.address}: cannot reach its Job API ({_first_line(exc)})") from None
+
+    def _call(self, what: str, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except Exception as exc:
+            raise ClusterError(f"Ray cluster {self.address}: {what} failed ({_first_line(exc)})") from None
+
+    def alive_nodes(self) -> int | None:
+        """How many nodes are alive now, or None when the cluster does not say (the master checks again)."""
+        try:
+            from ray.util.state import list_nodes
+
+            nodes = list_nodes(address=self.address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+        except Exception:
+            return None
+        return len(nodes)
+
+    def submit(self, plan: JobPlan) -> str:
+        return self._call("submitting the job", lambda: self.client.submit_job(
+            entrypoint=plan.entrypoint, runtime_env=plan.runtime_env, metadata=plan.metadata))
+
+    def list(self) -> list[Any]:
+        jobs = self._call("listing jobs", self.client.list_jobs)
+        return sorted(jobs, key=lambda job: job.start_time or 0, reverse=True)
+
+    def info(self, job_id: str) -> Any:
+        return self._call(f"looking up job {job_id!r}", lambda: self.client.get_job_info(job_id))
+
+    def status(self, job_id: str) -> str:
+        return str(self._call(f"looking up job {job_id!r}", lambda: self.client.get_job_status(job_id)))
+
+    def logs(self, job_id: str) -> str:
+        return self._call(f"reading the logs of job {job_id!r}", lambda: self.client.get_job_logs(job_id))
+
+    def stop(self, job_id: str) -> bool:
+        return bool(self._call(f"stopping job {job_id!r}", lambda: self.client.stop_job(job_id)))
+
+    def follow(self, job_id: str, write: Callable[[str], None], poll_seconds: float = 1.0) -> str:
+        """Stream the job's logs to ``write`` until it ends; returns its final status."""
+        self.status(job_id)  # an unknown id fails here, with one line, not inside the log stream
+
+        async def tail() -> None:
+            async for chunk in self.client.tail_job_logs(job_id):
+                write(chunk)
+
+        self._call(f"following the logs of job {job_id!r}", lambda: asyncio.run(tail()))
+        status = self.status(job_id)
+        while status not in TERMINAL:  # the stream closes as the driver exits; the status follows shortly
+            time.sleep(poll_seconds)
+            status = self.status(job_id)
+        return status
+
+    def wait(self, job_id: str, timeout: float, poll_seconds: float = 1.0) -> str:
+        deadline = time.monotonic() + timeout
+        status = self.status(job_id)
+        while status not in TERMINAL and time.monotonic() < deadline:
+            time.sleep(poll_seconds)
+            status = self.status(job_id)
+        return status

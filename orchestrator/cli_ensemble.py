@@ -1,0 +1,72 @@
+"""``caviar ensemble SWEEP_DIR``: build a finished sweep's ensembles and compare them with the best single model."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.cli import SweepArg, app, fail
+
+
+@app.command()
+def ensemble(
+    sweep: SweepArg,
+    method: Annotated[list[str] | None, typer.Option(
+        "--method", "-m", help="single_ema, top_k, checkpoints, ema, greedy or soup; repeatable (default: all).",
+    )] = None,
+    k: Annotated[int, typer.Option("-k", help="Members of the top-k and EMA ensembles.")] = 5,
+    metric: Annotated[str, typer.Option(help="Validation metric that selects: accuracy or log_loss.")] = "accuracy",
+    device: Annotated[str, typer.Option(help="Where the soup is evaluated: auto, cpu or cuda.")] = "auto",
+    task: Annotated[str | None, typer.Option(help="Task file, if it moved since the sweep ran (soup only).")] = None,
+) -> None:
+    """Ensembles from stored predictions, chosen on validation; test measured after. Writes ensembles/."""
+    from orchestrator.api import open_sweep
+    from orchestrator.ensemble_run import build_and_write, check_methods
+
+    if k < 1:
+        fail("option '-k': expected a positive integer")
+    methods = check_methods([m for item in method or [] for m in item.split(",") if m])
+    storage = open_sweep(sweep)
+    soup = None
+    if "soup" in methods:
+        from orchestrator import schema
+        from orchestrator.task import load_task
+        from worker.soup import soup_builder  # torch loads here, only for a soup
+
+        task_ref = task or storage.read_table(schema.SWEEP_PATH).to_pylist()[0]["task"]
+        soup = soup_builder(storage, load_task(task_ref), device=device)
+    records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup)
+    print_ensembles(records)
+
+
+def relative_error_cut(single_accuracy: float | None, accuracy: float | None) -> float | None:
+    """How much of the single model's test error an ensemble removes (0.15 = 15% fewer errors)."""
+    if single_accuracy is None or accuracy is None or single_accuracy >= 1.0:
+        return None
+    return 1.0 - (1.0 - accuracy) / (1.0 - single_accuracy)
+
+
+def print_ensembles(records: Sequence[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    single = next((r for r in records if r.method == "single"), None)
+    base = single.test_accuracy if single else None
+    table = Table(title="ensembles (chosen on validation; * = best, what load_ensemble(name='best') returns)")
+    for column in ("name", "size", "val acc", "val log-loss", "test acc", "test log-loss", "test error cut"):
+        table.add_column(column)
+
+    def num(x: float | None, fmt: str = ".4f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    for r in records:
+        name = ("* " if r.chosen else "  ") + r.name
+        table.add_row(name, str(r.size), num(r.val_accuracy), num(r.val_log_loss), num(r.test_accuracy),
+                      num(r.test_log_loss), num(relative_error_cut(base, r.test_accuracy), "+.1%"))
+    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+    soup = next((r for r in records if r.method == "soup"), None)
+    if soup is not None and soup.detail.get("note"):
+        typer.echo(f"soup: {soup.detail['note']}")

@@ -1,0 +1,97 @@
+"""Which trials can be trained together as one fused array: pure functions of their configs.
+
+A fused array (``worker.fused.FusedArray``) gives every member its own learning rate,
+optimizer constants, weight decay, schedule, EMA decay, init draw, dropout rate and seed;
+everything else in a config may change the model's shape (layers, width, activation,
+batch norm), the batch size or the optimizer's kind, and must agree within an array. The
+master does not know which of a task's hyperparameters are which, so it is conservative:
+every parameter not in :data:`PER_MEMBER` is part of the key. A task can widen the set
+(``fuse_per_member = {"label_smoothing"}``) when its model ignores a parameter's value.
+
+Random search rarely draws two equal shapes (width alone has hundreds of values), so
+:func:`share_shapes` makes arrays possible on purpose: each block of ``k`` trials takes the
+shape of its first trial and keeps its own values for everything else. Every parameter's
+marginal distribution is unchanged; only trials in one block share a shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from orchestrator.errors import ConfigError
+
+# Hyperparameters a fused array takes per member (see worker/fused.py).
+PER_MEMBER = frozenset({
+    "lr", "momentum", "beta1", "beta2", "eps", "rho", "weight_decay", "schedule", "decay_rate", "step_epochs",
+    "patience", "ema_decay", "init", "grad_clip", "dropout",
+})
+# Per member as a rate, but a rate of zero removes the Dropout layer: zero and non-zero differ in shape.
+LAYER_IF_NONZERO = frozenset({"dropout"})
+
+Key = tuple[tuple[str, str], ...]
+
+
+def shape_key(config: Mapping[str, Any], per_member: Iterable[str] = PER_MEMBER) -> Key:
+    """What must agree for two configs to share an array (values as ``repr``, so any value is hashable)."""
+    free = set(per_member)
+    key = []
+    for name in sorted(config):
+        if name in LAYER_IF_NONZERO and name in free:
+            key.append((name, "on" if _nonzero(config[name]) else "off"))
+        elif name not in free:
+            key.append((name, repr(config[name])))
+    return tuple(key)
+
+
+def _nonzero(value: Any) -> bool:
+    try:
+        return float(value) != 0.0
+    except (TypeError, ValueError):
+        return bool(value)
+
+
+def group_trials(configs: Mapping[int, Mapping[str, Any]], max_size: int,
+                 per_member: Iterable[str] = PER_MEMBER) -> list[list[int]]:
+    """Trial ids in arrays of at most ``max_size`` with equal keys; trial order kept within and across groups.
+
+    A group of one is a trial to run on its own.
+    """
+    if max_size < 1:
+        raise ConfigError(f"fuse: array size must be at least 1, got {max_size}")
+    free = frozenset(per_member)
+    by_key: dict[Key, list[int]] = {}
+    for tid, config in configs.items():
+        by_key.setdefault(shape_key(config, free), []).append(tid)
+    groups = [ids[i : i + max_size] for ids in by_key.values() for i in range(0, len(ids), max_size)]
+    return sorted(groups, key=lambda g: g[0])
+
+
+def share_shapes(configs: Sequence[Mapping[str, Any]], k: int, per_member: Iterable[str] = PER_MEMBER,
+                 shape_params: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Copies of ``configs`` in which each block of ``k`` takes its first config's shape-defining values.
+
+    ``shape_params`` names them explicitly; by default they are every parameter outside ``per_member``.
+    A per-member rate that also switches a layer on (dropout) follows the block's first config
+    only when the two disagree about zero.
+    """
+    if k < 1:
+        raise ConfigError(f"fuse: array size must be at least 1, got {k}")
+    free = frozenset(per_member)
+    out = []
+    for start in range(0, len(configs), k):
+        leader = configs[start]
+        shared = set(shape_params) if shape_params is not None else {n for n in leader if n not in free}
+        for config in configs[start : start + k]:
+            copy = dict(config)
+            copy.update({n: leader[n] for n in shared if n in leader})
+            for n in LAYER_IF_NONZERO & free:
+                if n in copy and n in leader and _nonzero(copy[n]) != _nonzero(leader[n]):
+                    copy[n] = leader[n]
+            out.append(copy)
+    return out
+
+
+def mean_array_size(groups: Sequence[Sequence[int]]) -> float:
+    """Trials per array: 1.0 means nothing fuses and the sweep should run unfused."""
+    return sum(len(g) for g in groups) / len(groups) if groups else 0.0

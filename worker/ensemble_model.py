@@ -1,0 +1,142 @@
+"""``load_ensemble``: a finished sweep's ensemble as one torch module, from Parquet and safetensors alone.
+
+Each member is rebuilt with the task's ``build_model(config)`` (the config from the trials
+table) and gets its weights from the safetensors file the checkpoint index points to,
+after the file's sha256 matches the index. No Ray, no pickle. The module takes raw
+inputs: it applies the train-split standardisation the workers used (stored once per sweep
+in ``dataset/dataset.parquet``), so ``model(x_raw)`` sees what the members saw in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from orchestrator import schema
+from orchestrator.ensemble_run import EnsembleRecord, pick, read_dataset, read_ensembles
+from orchestrator.ensembles import CandidateKey
+from orchestrator.errors import StorageError, TaskError
+from orchestrator.storage import Storage, sha256
+from orchestrator.task import Task, load_task
+from worker.trainer import pick_device
+
+
+def read_verified(storage: Storage, rel: str, expected_sha256: str | None) -> bytes:
+    """The file's bytes, refused (naming the file) when they are not what the index recorded."""
+    data = storage.read_bytes(rel)
+    if expected_sha256 and sha256(data) != expected_sha256:
+        raise StorageError(f"{storage.path(rel)}: sha256 mismatch (the index records {expected_sha256[:16]}..., "
+                           f"the file has {sha256(data)[:16]}...); it changed after it was written")
+    return data
+
+
+def load_state(storage: Storage, rel: str, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load(read_verified(storage, rel, expected_sha256))
+
+
+class SweepModels:
+    """A sweep's trial configs and checkpoint index: builds members and loads their weights."""
+
+    def __init__(self, storage: Storage, task: Task | str | None = None):
+        self.storage = storage
+        if not storage.exists(schema.SWEEP_PATH):
+            raise StorageError(f"{storage.uri!r} is not a caviar sweep directory (no {schema.SWEEP_PATH})")
+        if task is None or isinstance(task, str):
+            task = load_task(task or storage.read_table(schema.SWEEP_PATH).to_pylist()[0]["task"])
+        self.task = task
+        trials = storage.read_table(schema.TRIALS_PATH).to_pylist()
+        self.configs: dict[int, dict[str, Any]] = {t["trial_id"]: dict(t["config"] or {}) for t in trials}
+        index = schema.read_dir(storage, "checkpoints", schema.CHECKPOINTS)
+        assert index is not None
+        self.checkpoints: dict[CandidateKey, dict[str, Any]] = {}
+        for row in sorted(index.to_pylist(), key=lambda r: r["attempt"]):  # the latest attempt wins
+            self.checkpoints[CandidateKey(row["trial_id"], row["epoch"], row["weights"])] = row
+
+    def build(self, trial_id: int) -> nn.Module:
+        if trial_id not in self.configs:
+            raise StorageError(f"{self.storage.path(schema.TRIALS_PATH)}: no trial {trial_id}")
+        try:
+            return self.task.get("build_model")(dict(self.configs[trial_id]))
+        except Exception as exc:
+            raise TaskError(f"build_model raised {type(exc).__name__} for trial {trial_id}: {exc}") from exc
+
+    def state(self, key: CandidateKey) -> dict[str, torch.Tensor]:
+        row = self.checkpoints.get(key)
+        if row is None:
+            raise StorageError(f"{self.storage.path('checkpoints')}: no checkpoint for trial {key.trial_id}, "
+                               f"epoch {key.epoch}, {key.weights} weights")
+        return load_state(self.storage, row["path"], row["sha256"])
+
+    def model(self, key: CandidateKey) -> nn.Module:
+        model = self.build(key.trial_id)
+        model.load_state_dict(self.state(key))
+        return model.eval()
+
+
+class EnsembleModel(nn.Module):
+    """Weighted average of its members' class probabilities, on raw (unstandardised) inputs.
+
+    ``forward`` returns probabilities (rows sum to 1), not logits; ``predict`` the classes.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float], mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None, record: EnsembleRecord | None = None):
+        super().__init__()
+        if len(members) != len(weights) or not members:
+            raise ValueError(f"need one weight per member, got {len(weights)} for {len(members)}")
+        self.members = nn.ModuleList(members)
+        w = torch.as_tensor(list(weights), dtype=torch.float32)
+        self.register_buffer("weights", w / w.sum())
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.record = record  # the ensembles-table row it came from (method, metrics, members)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x).to(self.weights.device, torch.float32)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std  # the workers' transform: train-split statistics
+        probs = None
+        for weight, member in zip(self.weights, self.members):
+            p = weight * torch.softmax(member(x).float(), dim=1)
+            probs = p if probs is None else probs + p
+        assert probs is not None
+        return probs
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> torch.Tensor:
+        """Most probable class per row, in batches, without gradients."""
+        x = torch.as_tensor(x)
+        return torch.cat([self(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+
+
+def _stat(values: np.ndarray | None) -> torch.Tensor | None:
+    return None if values is None else torch.from_numpy(np.ascontiguousarray(values)).unsqueeze(0)
+
+
+def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | torch.device = "cpu",
+                  task: Task | str | None = None) -> EnsembleModel:
+    """The ensemble ``name`` of a sweep (``best``: the one chosen on validation) as an eval-mode module.
+
+    ``sweep`` is the sweep directory, a local path or a ``pyarrow.fs`` URI. ``task`` overrides
+    the task file recorded in the sweep (when it has moved). Weights load with safetensors
+    after their sha256 matches the checkpoint index; a mismatch raises ``StorageError``.
+    """
+    storage = sweep if isinstance(sweep, Storage) else Storage.from_uri(sweep)
+    record = pick(read_ensembles(storage), name)
+    models = SweepModels(storage, task)
+    dataset = read_dataset(storage)
+    if record.weights_path:  # a soup: one model with averaged weights, built like its first ingredient
+        model = models.build(record.members[0].key.trial_id)
+        model.load_state_dict(load_state(storage, record.weights_path, record.weights_sha256))
+        members, weights = [model], [1.0]
+    else:
+        members = [models.model(m.key) for m in record.members]
+        weights = [m.weight for m in record.members]
+    module = EnsembleModel(members, weights, _stat(dataset.mean), _stat(dataset.std), record)
+    return module.to(pick_device(str(device)) if isinstance(device, str) else device).eval()

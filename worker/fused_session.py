@@ -1,0 +1,203 @@
+"""A worker that trains its trials as fused arrays: many assignments per call, one Report per trial.
+
+It is a :class:`~worker.session.WorkerSession` (same task, data, storage and options, loaded
+once) whose trials live in :class:`~worker.fused.FusedArray` s. One call, :meth:`FusedSession.run`,
+carries everything the master has decided since the last one (stops, new trials, new target
+epochs) and trains until at least one trial reaches its target or ends, so the master hears
+about each trial as soon as a decision is due. Trials waiting for a decision stay in their
+array at no cost; a stopped trial is persisted and compacted out; a new trial joins an array
+that fits it (or starts one). Trials that cannot be fused (a task with its own
+``train_epoch`` or ``build_optimizer``) run as plain :class:`~worker.trainer.TrialRun` s.
+
+Extra options (besides :class:`~worker.session.WorkerOptions`): ``array_size`` (most trials in
+one array, default 32) and ``engine`` (``auto``, ``bmm`` or ``vmap``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from orchestrator.backend import Assignment, Report
+from orchestrator.pruning import divergence_reason
+from worker.data import Splits
+from worker.fused import FusedArray, FusedMember, NotFusable
+from worker.recorder import TrialRecorder, load_resume_state
+from worker.session import WorkerSession
+from worker.trainer import TrialSpec
+
+Stop = tuple[int, str, str]  # (trial_id, status, reason)
+
+
+class FusedSession(WorkerSession):
+    def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any] | None = None):
+        super().__init__(task_ref, storage_uri, sweep, options)
+        extra = dict(options or {})
+        self.array_size = int(extra.get("array_size", 32))
+        self.engine = str(extra.get("engine", "auto"))
+        self.arrays: list[FusedArray] = []
+        self.array_of: dict[int, FusedArray] = {}
+        self.recorders: dict[int, TrialRecorder] = {}
+        self.targets: dict[int, int] = {}
+        self.unreported: dict[int, list[dict[str, Any]]] = {}
+
+    # -- the one call ----------------------------------------------------------------------
+    def run(self, starts: Sequence[Assignment] = (), targets: Mapping[int, int] | None = None,
+            stops: Sequence[Stop] = ()) -> list[Report]:
+        """Apply the master's decisions, then train until some trial is due for the next one."""
+        reports = [self.stop(tid, status, reason) for tid, status, reason in stops]
+        for tid, until in (targets or {}).items():
+            if tid in self.array_of:
+                self.targets[tid] = until
+            elif tid in self.runs:
+                reports.append(self.advance(tid, until))  # a plain trial: trained as WorkerSession does
+        for assignment in starts:
+            report = self._start(assignment)
+            if report is not None:
+                reports.append(report)
+        return reports + self._train_until_due()
+
+    @property
+    def waiting(self) -> list[int]:
+        """Trials with epochs left before their target (the caller should call ``run`` again)."""
+        return [tid for tid, until in self.targets.items() if self._behind(tid, until)]
+
+    def _behind(self, tid: int, until: int) -> bool:
+        member = self.array_of[tid].member(tid)
+        return member.epoch < min(until, member.spec.max_epochs)
+
+    # -- joining and leaving ---------------------------------------------------------------
+    def _start(self, a: Assignment) -> Report | None:
+        try:
+            if getattr(self.options, "precision", "fp32") != "fp32":
+                raise NotFusable("precision: fused arrays train in fp32")
+            spec = TrialSpec(a.trial_id, a.stage, dict(a.config), a.seed, a.max_epochs, a.attempt)
+            resume = load_resume_state(self.storage, a.trial_id) if a.resume else None
+            array = self._join(spec, {a.trial_id: resume} if resume is not None else None)
+        except NotFusable:
+            return self.start(a)  # WorkerSession's plain trial
+        except Exception:
+            return Report(a.trial_id, ended=True, status="failed", reason="error", error=traceback.format_exc(),
+                          node=self.node)
+        self.recorders[a.trial_id] = self._recorder(a)
+        self.array_of[a.trial_id] = array
+        self.targets[a.trial_id] = a.until_epoch
+        self.unreported[a.trial_id] = []
+        return None
+
+    def _recorder(self, a: Assignment) -> TrialRecorder:
+        o = self.options
+        extra = {"prediction_dtype": o.prediction_dtype} if hasattr(o, "prediction_dtype") else {}
+        return TrialRecorder(self.storage, a.trial_id, a.attempt, keep_best=o.keep_best, keep_last=o.keep_last,
+                             checkpoint_seconds=o.checkpoint_seconds, **extra)
+
+    def _join(self, spec: TrialSpec, resume: Mapping[int, Mapping[str, Any]] | None) -> FusedArray:
+        """The first array with room whose shape, batch size and optimizer fit; else a new array."""
+        for array in self.arrays:
+            if len(array) >= self.array_size:
+                continue
+            try:
+                array.add([spec], resume)
+                return array
+            except NotFusable:
+                continue
+        array = FusedArray(self.task, self.splits, [spec], self.device, engine=self.engine, resume_states=resume)
+        self.arrays.append(array)
+        return array
+
+    def stop(self, trial_id: int, status: str, reason: str) -> Report:
+        if trial_id in self.array_of:
+            return self._end_member(trial_id, status, reason)
+        return super().stop(trial_id, status, reason)
+
+    def _end_member(self, tid: int, status: str, reason: str, error: str | None = None) -> Report:
+        array = self.array_of.pop(tid)
+        recorder = self.recorders.pop(tid)
+        rows = self.unreported.pop(tid, [])
+        self.targets.pop(tid, None)
+        try:
+            recorder.finish(FusedMember(array, tid))
+        except Exception:
+            if error is None:
+                status, reason, error = "failed", "storage", traceback.format_exc()
+        array.drop([tid])  # compaction: it stops costing compute now
+        if not len(array):
+            self.arrays.remove(array)
+        return Report(tid, rows, ended=True, status=status, reason=reason, error=error, node=self.node)
+
+    # -- training ---------------------------------------------------------------------------
+    def _train_until_due(self) -> list[Report]:
+        while True:
+            due = {tid for tid, until in self.targets.items() if self._behind(tid, until)}
+            if not due:
+                return []
+            reports: list[Report] = []
+            for array in list(self.arrays):
+                ids = [tid for tid in array.trial_ids if tid in due]
+                if ids:
+                    reports += self._epoch(array, ids)
+            if reports:
+                return reports
+
+    def _epoch(self, array: FusedArray, ids: list[int]) -> list[Report]:
+        try:
+            rows = array.train_epoch(ids)
+        except Exception:  # a user model that fails fails every member that ran it
+            error = traceback.format_exc()
+            return [self._end_member(tid, "failed", "error", error) for tid in ids]
+        reports = []
+        for row in rows:
+            tid = row["trial_id"]
+            recorder = self.recorders[tid]
+            recorder.record(FusedMember(array, tid), row)  # type: ignore[arg-type]
+            self.unreported[tid].append({**row, "num_classes": self.splits.num_classes})
+            reason = divergence_reason([r["train_loss"] for r in recorder.rows_by_epoch.values()],
+                                       max_ratio=self.options.max_loss_ratio)
+            member = array.member(tid)
+            if reason or not math.isfinite(row["val_loss"]):
+                reports.append(self._end_member(tid, "pruned", reason or "diverged"))
+            elif member.epoch >= member.spec.max_epochs:
+                reports.append(self._end_member(tid, "completed", "max_epochs"))
+            elif member.epoch >= self.targets[tid]:
+                reports.append(Report(tid, self.unreported[tid], node=self.node))
+                self.unreported[tid] = []
+        return reports
+
+    # -- choosing K ---------------------------------------------------------------------------
+    def probe(self, config: Mapping[str, Any], sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), steps: int = 8,
+              keep: float = 0.9) -> dict[str, Any]:
+        """Trials per hour at each array size for ``config``'s shape; the smallest size within ``keep`` of the best.
+
+        Times ``steps`` training batches per size on a slice of the training data; on a GPU it stops
+        growing once free memory would not hold twice the array's peak use.
+        """
+        batch = int(config.get("batch_size", 64))
+        s = self.splits
+        n = min(len(s.x_train), batch * steps)
+        small = Splits(s.x_train[:n], s.y_train[:n], s.x_val[:batch], s.y_val[:batch], s.x_test[:1], s.y_test[:1],
+                       s.num_classes)
+        rates: dict[int, float] = {}
+        for k in sizes:
+            specs = [TrialSpec(-1 - i, 0, dict(config), 10_000 + i, 2) for i in range(k)]
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            array = FusedArray(self.task, small, specs, self.device, engine=self.engine)
+            array.train_epoch()  # first-use costs
+            started = time.perf_counter()
+            array.train_epoch()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            rates[k] = k / max(time.perf_counter() - started, 1e-9)
+            del array
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                if free < 2 * torch.cuda.max_memory_allocated(self.device):
+                    break
+        best = max(rates.values())
+        chosen = min(k for k, r in rates.items() if r >= keep * best)
+        return {"array_size": chosen, "trials_per_second": rates}

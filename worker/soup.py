@@ -1,0 +1,172 @@
+"""Greedy weight-space soup (Wortsman et al. 2022) over a sweep's stored checkpoints.
+
+Start from the best candidate on validation; go down the ranking and add a checkpoint that
+shares its architecture (same state-dict names, shapes and dtypes, same module classes)
+only if the averaged weights score better on validation. After each averaging the
+batch-norm statistics are recomputed with one pass over the training split
+(``torch.optim.swa_utils.update_bn``): averaged running statistics do not describe the
+averaged weights. Test metrics are computed once, for the final soup.
+
+Soups of independently trained models usually land in a worse basin than either model;
+checkpoints and EMA weights of one run often average well. Either way the result is
+recorded with what was tried (``detail``), so a soup that did not help says so.
+
+Runs in a plain process (the CLI, or the driver at the end of ``run_sweep``): it loads the
+task and its data once, builds models from the configs in the trials table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from orchestrator import ensembles, schema
+from orchestrator.ensemble_run import SoupBuilder, SoupResult, rank, read_dataset
+from orchestrator.ensembles import CandidateKey, Member
+from orchestrator.errors import TaskError
+from orchestrator.storage import Storage, sha256
+from orchestrator.task import Task
+from worker.data import Splits, prepare
+from worker.ensemble_model import SweepModels
+from worker.trainer import evaluate, pick_device
+
+BN_BATCH = 512
+
+
+def architecture(model: nn.Module) -> tuple[Any, ...]:
+    """What must match for two state dicts to be averaged into one working model."""
+    shapes = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items())
+    return shapes, tuple(type(m).__name__ for m in model.modules())
+
+
+def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Uniform mean of floating-point tensors; integer buffers (``num_batches_tracked``) from the first."""
+    out = {}
+    for name, first in states[0].items():
+        if first.is_floating_point():
+            out[name] = torch.stack([s[name].float() for s in states]).mean(dim=0).to(first.dtype)
+        else:
+            out[name] = first.clone()
+    return out
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def recompute_bn(model: nn.Module, x_train: torch.Tensor, batch_size: int = BN_BATCH) -> bool:
+    """Batch-norm statistics from one pass over the training inputs (equal-weight mean over batches).
+
+    Returns whether there was any batch norm to recompute.
+    """
+    if not has_batch_norm(model):
+        return False
+    torch.optim.swa_utils.update_bn([x_train[i : i + batch_size] for i in range(0, len(x_train), batch_size)], model)
+    return True
+
+
+class Soup:
+    """Everything one greedy soup needs: the sweep's models, the task's data on a device."""
+
+    MAX_EXAMINED = 256  # candidates whose architecture is compared with the best one's
+
+    def __init__(self, storage: Storage, task: Task, device: str = "auto", max_ingredients: int = 16):
+        self.storage, self.max_ingredients = storage, max_ingredients
+        self.models = SweepModels(storage, task)
+        self.device = pick_device(device)
+        self.splits = self._load_splits(storage, task)
+        self.loss_fn = task.get("loss_fn") or nn.functional.cross_entropy
+        self._arch: dict[int, tuple[Any, ...]] = {}
+
+    def _load_splits(self, storage: Storage, task: Task) -> Splits:
+        splits = prepare(task.get("load_data")(), normalize=task.normalize)
+        stored = read_dataset(storage)
+        if not (np.array_equal(splits.y_val.numpy(), stored.y_val)
+                and np.array_equal(splits.y_test.numpy(), stored.y_test)):
+            raise TaskError("load_data: its val/test labels differ from the ones the sweep stored; a soup needs the "
+                            "sweep's data")
+        return splits.to(self.device)
+
+    def arch_of(self, trial_id: int) -> tuple[Any, ...]:
+        # Built on CPU: the meta device would skip the allocation but pulls in seconds of torch imports.
+        if trial_id not in self._arch:
+            self._arch[trial_id] = architecture(self.models.build(trial_id))
+        return self._arch[trial_id]
+
+    def peers(self, ranked: Sequence[CandidateKey]) -> list[CandidateKey]:
+        """Stored checkpoints that share the best one's architecture, best first, at most ``max_ingredients - 1``."""
+        arch, out = self.arch_of(ranked[0].trial_id), []
+        for key in ranked[1 : self.MAX_EXAMINED]:
+            if len(out) >= self.max_ingredients - 1:
+                break
+            if key in self.models.checkpoints and self.arch_of(key.trial_id) == arch:
+                out.append(key)
+        return out
+
+    def score(self, model: nn.Module, state: dict[str, torch.Tensor], *, fresh_bn: bool,
+              split: str = "val") -> tuple[float, float, dict[str, torch.Tensor]]:
+        """(accuracy, log loss, the state evaluated): BN statistics recomputed first if asked."""
+        model.load_state_dict(state)
+        if fresh_bn and recompute_bn(model, self.splits.x_train):
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        x, y = (self.splits.x_val, self.splits.y_val) if split == "val" else (self.splits.x_test, self.splits.y_test)
+        _, _, logits = evaluate(model, x, y, self.loss_fn)
+        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        labels = y.cpu().numpy()
+        return ensembles.accuracy(probs, labels), ensembles.log_loss(probs, labels), state
+
+    def build(self, ranked: Sequence[CandidateKey], metric: str = "accuracy") -> SoupResult | None:
+        """Greedy soup around the best candidate; ``ranked`` is best first on validation."""
+        if not ranked:
+            return None
+        base, peers = ranked[0], self.peers(ranked)
+        model = self.models.build(base.trial_id).to(self.device)
+        states = [self.models.state(base)]
+        acc, ll, soup_state = self.score(model, states[0], fresh_bn=False)  # its own statistics are right
+        tried: list[dict[str, Any]] = [{**_key(base), "val_accuracy": acc, "val_log_loss": ll, "accepted": True}]
+        for key in peers:
+            candidate = states + [self.models.state(key)]
+            c_acc, c_ll, c_state = self.score(model, average_states(candidate), fresh_bn=True)
+            accepted = rank(c_acc, c_ll, metric) < rank(acc, ll, metric)
+            tried.append({**_key(key), "val_accuracy": c_acc, "val_log_loss": c_ll, "accepted": accepted})
+            if accepted:
+                states, acc, ll, soup_state = candidate, c_acc, c_ll, c_state
+        test_acc, test_ll, _ = self.score(model, soup_state, fresh_bn=False, split="test")
+        data = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in soup_state.items()})
+        rel = schema.ensemble_weights_path("soup")
+        self.storage.write_bytes(rel, data)
+        accepted_keys = [base] + [k for k, t in zip(peers, tried[1:]) if t["accepted"]]
+        detail = {
+            "base": _key(base), "peers_with_same_architecture": len(peers), "tried": tried,
+            "accepted": len(accepted_keys), "helped": len(accepted_keys) > 1,
+            "bn_recomputed": has_batch_norm(model) and len(accepted_keys) > 1,
+            "note": _note(len(peers), len(accepted_keys)),
+        }
+        members = tuple(Member(k, 1.0 / len(accepted_keys)) for k in accepted_keys)
+        return SoupResult(members, acc, ll, test_acc, test_ll, rel, sha256(data), detail)
+
+
+def _key(key: CandidateKey) -> dict[str, Any]:
+    return {"trial_id": key.trial_id, "epoch": key.epoch, "weights": key.weights}
+
+
+def _note(peers: int, accepted: int) -> str:
+    if peers == 0:
+        return "no other checkpoint shares the best candidate's architecture: the soup is that candidate"
+    if accepted == 1:
+        return f"none of {peers} same-architecture checkpoints improved validation when averaged in"
+    return f"{accepted - 1} of {peers} same-architecture checkpoints improved validation when averaged in"
+
+
+def soup_builder(storage: Storage, task: Task, device: str = "auto", max_ingredients: int = 16) -> SoupBuilder:
+    """A builder for ``ensemble_run.build``; the task's data loads only if a soup is asked for."""
+
+    def build(ranked: Sequence[CandidateKey], metric: str) -> SoupResult | None:
+        return Soup(storage, task, device, max_ingredients).build(ranked, metric)
+
+    return build
