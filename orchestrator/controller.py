@@ -85,6 +85,7 @@ class Controller:
         self.stage = -1
         self.pruner: Pruner | None = None
         self.abort_reason: str | None = None
+        self._any_success = False
         self._next_id = 0
         self._begin_stage(0, self.space)
 
@@ -215,7 +216,12 @@ class Controller:
         self._maybe_next_stage()
 
     def _check_failures(self) -> None:
+        if self._any_success:
+            return  # fail-fast only fires before the first success: no need to count again
         statuses = Counter(t.status for t in self.trials.values())
+        if statuses["completed"] + statuses["pruned"] > 0:
+            self._any_success = True
+            return
         if statuses["failed"] >= self.options.fail_fast and statuses["completed"] + statuses["pruned"] == 0:
             errors = Counter((t.error or "").strip().splitlines()[-1] if t.error else (t.reason or "?")
                              for t in self.trials.values() if t.status == "failed")
