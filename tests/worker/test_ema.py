@@ -1,0 +1,96 @@
+"""EMA weights: a hand computation over a few steps (warm-up included), batch-norm buffers, state round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from worker.ema import EmaWeights, ema_decay_at
+
+
+def bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def float_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
+    model.train()  # a forward in train mode moves the BN running statistics too
+    x = torch.randn(8, 3, generator=gen) * 2 + 1
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def test_decay_warms_up_then_holds():
+    assert ema_decay_at(0, 0.99) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert ema_decay_at(1, 0.99) == pytest.approx(2 / 11)
+    assert ema_decay_at(10_000, 0.99) == 0.99
+    assert ema_decay_at(0, 0.99, warmup=False) == 0.99
+
+
+def test_ema_equals_a_hand_computation_with_warmup_and_bn_buffers():
+    model, decay = bn_model(), 0.9
+    ema = EmaWeights(model, decay)
+    expected = float_tensors(model)  # the EMA starts as a copy of the model
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(5):
+        train_step(model, opt, gen)
+        d = min(decay, (1 + step) / (10 + step))  # warm-up: 0.1, 0.18, 0.25, 0.31, 0.36
+        now = float_tensors(model)
+        expected = {k: d * expected[k] + (1 - d) * now[k] for k in expected}
+        ema.update(model)
+    got = ema.module.state_dict()
+    for name, value in expected.items():  # weights, biases and BN running mean/var alike
+        assert torch.allclose(got[name], value, atol=1e-6), name
+    assert "1.running_mean" in expected and "1.running_var" in expected
+    # Integer buffers are copied, not averaged: the EMA model has seen as many batches.
+    assert int(got["1.num_batches_tracked"]) == int(model.state_dict()["1.num_batches_tracked"]) == 5
+    assert ema.step == 5
+
+
+def test_without_warmup_a_short_run_stays_near_the_initial_weights():
+    model = bn_model()
+    initial = float_tensors(model)
+    warm, cold = EmaWeights(model, 0.999), EmaWeights(model, 0.999, warmup=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        train_step(model, opt, gen)
+        warm.update(model)
+        cold.update(model)
+    final = float_tensors(model)
+    name = "0.weight"
+    moved = (final[name] - initial[name]).norm()
+    assert (cold.module.state_dict()[name] - initial[name]).norm() < 0.01 * moved
+    assert (warm.module.state_dict()[name] - final[name]).norm() < 0.5 * moved
+
+
+def test_ema_module_is_frozen_in_eval_mode_and_its_state_loads_into_the_plain_model():
+    model = bn_model()
+    ema = EmaWeights(model, 0.95)
+    assert not ema.module.training
+    assert all(not p.requires_grad for p in ema.module.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        train_step(model, opt, gen)
+        ema.update(model)
+    plain = bn_model()
+    plain.load_state_dict(ema.module.state_dict())  # same keys: a checkpoint of EMA weights is a plain model
+    again = EmaWeights(bn_model(), 0.95)
+    again.load_state_dict(ema.state_dict())
+    assert again.step == 3
+    for k, v in ema.module.state_dict().items():
+        assert torch.equal(again.module.state_dict()[k], v)
+
+
+def test_decay_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="ema_decay"):
+        EmaWeights(bn_model(), 1.0)
