@@ -22,8 +22,8 @@ Two engines run the stacked forward pass:
 - ``vmap``: any other module, through ``torch.func.functional_call`` under ``vmap``
   (``randomness="different"``); dropout rates must then agree, as they are part of the module.
 
-On this 2-core CPU, ``bmm`` trained 32 digits MLPs about twice as fast as ``vmap`` (docs/FUSED.md),
-so it is chosen whenever the model allows.
+On this 2-core CPU, ``bmm`` trained 32 digits MLPs about 1.3x faster than ``vmap``
+(``benchmarks/fused_digits.py``), so it is chosen whenever the model allows.
 """
 
 from __future__ import annotations
@@ -115,9 +115,11 @@ class SequentialEngine:
 
     def __init__(self, template: nn.Sequential):
         self.ops: list[tuple[str, str, Any]] = []
+        self.transposed: set[str] = set()  # weights stored as [in, out]: bmm then needs no copy per step
         for name, m in template.named_children():
             if isinstance(m, nn.Linear):
                 self.ops.append(("linear", name, m.bias is not None))
+                self.transposed.add(f"{name}.weight")
             elif isinstance(m, nn.Dropout):
                 self.ops.append(("dropout", name, None))
             elif isinstance(m, nn.BatchNorm1d):
@@ -132,12 +134,11 @@ class SequentialEngine:
         h = x
         for kind, name, extra in self.ops:
             if kind == "linear":
-                w = p[f"{name}.weight"]
+                w = p[f"{name}.weight"]  # [K, in, out]
                 shape = h.shape
                 flat = h.reshape(shape[0], -1, shape[-1])
-                flat = torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), flat, w.transpose(1, 2)) if extra \
-                    else torch.bmm(flat, w.transpose(1, 2))
-                h = flat.reshape(*shape[:-1], w.shape[1])
+                flat = torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), flat, w) if extra else torch.bmm(flat, w)
+                h = flat.reshape(*shape[:-1], w.shape[2])
             elif kind == "act":
                 h = extra(h)
             elif kind == "dropout" and training:
@@ -275,7 +276,7 @@ class FusedArray:
         self.batch_size: int | None = None
         self.signature: str | None = None
         self.engine: SequentialEngine | VmapEngine | None = None
-        self.layout: list[tuple[str, torch.Size, int]] = []  # (param name, shape, numel), in row order
+        self.layout: list[Column] = []  # where each trainable parameter lives in a member's row
         self.keys: list[str] = []  # the plain model's state-dict keys, in order
         self.last_epoch_seconds = 0.0
         self._plain: nn.Module | None = None
@@ -353,17 +354,22 @@ class FusedArray:
                 raise NotFusable("engine: bmm needs an nn.Sequential of Linear/activation/Dropout/BatchNorm1d/Flatten")
             self.engine = SequentialEngine(model) if use_bmm else VmapEngine(model)  # type: ignore[arg-type]
             self.signature = structure_signature(model, per_member_dropout=use_bmm)
-            self.layout = [(n, p.shape, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
+            transposed = getattr(self.engine, "transposed", set())
+            self.layout, offset = [], 0
+            for n, p in model.named_parameters():
+                if p.requires_grad:
+                    self.layout.append(Column(n, p.shape, offset, p.numel(), n in transposed))
+                    offset += p.numel()
             self.keys = list(model.state_dict().keys())
             return
         if structure_signature(model, per_member_dropout=self.engine.name == "bmm") != self.signature:
             raise NotFusable(f"model: trial {trial_id} builds a model of another structure than the array's")
 
     def _stack_models(self, models: list[nn.Module], members: list[Member]) -> Stack:
-        trainable = [n for n, _, _ in self.layout]
+        trainable = {c.name for c in self.layout}
         with torch.no_grad():
-            flat = torch.stack([torch.cat([dict(m.named_parameters())[n].detach().reshape(-1) for n in trainable])
-                                for m in models]) if trainable else torch.zeros(len(models), 0, device=self.device)
+            flat = torch.stack([self._row(dict(m.named_parameters())) for m in models]) if trainable \
+                else torch.zeros(len(models), 0, device=self.device)
             buffers = {k: torch.stack([m.state_dict()[k].detach() for m in models]) for k in self.keys
                        if k not in trainable}
             rates = {name: torch.tensor([m.dropout[name] for m in members], device=self.device)
@@ -459,14 +465,14 @@ class FusedArray:
             grad = st.flat.grad
             assert grad is not None
             with torch.no_grad():
-                norms = _member_norms(grad, self.layout)
+                norms = _member_norms(grad, self.sizes)
                 if clipping:
                     grad.mul_(torch.clamp(clip / (norms + 1e-6), max=1.0).unsqueeze(1))
                 before = st.flat.detach().clone() if i == n_batches - 1 else None
                 self._step(st, grad, hyper)
                 if before is not None:  # the notes' health signal: ||update|| / ||w||, ~1e-3
-                    ratio = _member_norms(st.flat.detach() - before, self.layout) / \
-                        _member_norms(before, self.layout).clamp_min(1e-12)
+                    ratio = _member_norms(st.flat.detach() - before, self.sizes) / \
+                        _member_norms(before, self.sizes).clamp_min(1e-12)
                     update_ratio = torch.where(live, ratio.double(), update_ratio)
                 self._update_ema(st)
                 n = yb.shape[1]
@@ -498,8 +504,16 @@ class FusedArray:
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         k = flat.shape[0]
-        pieces = flat.split([n for _, _, n in self.layout], dim=1)
-        return {name: piece.view(k, *shape) for (name, shape, _), piece in zip(self.layout, pieces)}
+        pieces = flat.split(self.sizes, dim=1)
+        return {c.name: piece.view(k, *c.stored_shape) for c, piece in zip(self.layout, pieces)}
+
+    @property
+    def sizes(self) -> list[int]:
+        return [c.numel for c in self.layout]
+
+    def _row(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """A plain state's trainable tensors as one flat row."""
+        return torch.cat([c.to_row(tensors[c.name].detach()) for c in self.layout])
 
     def _forward(self, flat: torch.Tensor, buffers: Mapping[str, torch.Tensor], rates: Mapping[str, torch.Tensor],
                  x: torch.Tensor, training: bool) -> torch.Tensor:
@@ -595,10 +609,9 @@ class FusedArray:
         use_ema = weights == "ema" and self.members[i].ema_decay is not None
         flat = (self.stack.ema if use_ema else self.stack.flat.detach())[i]
         buffers = self.stack.ema_buffers if use_ema else self.stack.buffers
-        params = dict(zip([n for n, _, _ in self.layout], flat.split([n for _, _, n in self.layout])))
-        shapes = {n: s for n, s, _ in self.layout}
-        return {key: (params[key].view(shapes[key]) if key in params else buffers[key][i]).to("cpu", copy=True)
-                .contiguous() for key in self.keys}
+        params = {c.name: c.from_row(flat) for c in self.layout}
+        return {key: (params[key] if key in params else buffers[key][i]).to("cpu", copy=True).contiguous()
+                for key in self.keys}
 
     def plain_model(self) -> nn.Module:
         """One un-stacked model of the array's structure (weights to be loaded), built once."""
@@ -625,8 +638,8 @@ class FusedArray:
         assert st is not None
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         if m.steps > 0 or self.kind == "adagrad":  # torch creates state at the first step (adagrad: at once)
-            for j, (_, shape, offset, n) in enumerate(_spans(self.layout)):
-                entry = {name: t[i, offset : offset + n].view(shape).to("cpu", copy=True) for name, t in st.opt.items()}
+            for j, c in enumerate(self.layout):
+                entry = {name: c.from_row(t[i]).to("cpu", copy=True).contiguous() for name, t in st.opt.items()}
                 if self.kind in _COUNTS_STEPS:
                     entry["step"] = torch.tensor(float(m.steps))
                 if entry:
@@ -646,33 +659,47 @@ class FusedArray:
         member.epoch = int(state["epoch"])
         per_param = {int(k): v for k, v in saved["state"].items()}
         with torch.no_grad():
-            for j, (_, _, offset, n) in enumerate(_spans(self.layout)):
+            for j, c in enumerate(self.layout):
                 entry = per_param.get(j, {})
                 if "step" in entry:
                     member.steps = int(float(entry["step"]))
                 for name, t in new.opt.items():
                     if name in entry:
-                        t[row, offset : offset + n] = entry[name].reshape(-1).to(t)
+                        t[row, c.offset : c.offset + c.numel] = c.to_row(entry[name]).to(t)
             if state.get("ema") and member.ema_decay:
                 member.ema_steps = int(state["ema"]["step"])
                 weights = state["ema"]["weights"]
-                new.ema[row] = torch.cat([weights[n].reshape(-1) for n, _, _ in self.layout]).to(new.ema)
+                new.ema[row] = self._row(weights).to(new.ema)
                 for k, t in new.ema_buffers.items():
                     t[row] = weights[k].to(t)
 
 
-def _spans(layout: list[tuple[str, torch.Size, int]]) -> list[tuple[str, torch.Size, int, int]]:
-    """(name, shape, offset, numel) of each parameter's columns in the flat rows."""
-    out, at = [], 0
-    for name, shape, n in layout:
-        out.append((name, shape, at, n))
-        at += n
-    return out
+@dataclass(frozen=True)
+class Column:
+    """Where one trainable parameter lives in a member's flat row."""
+
+    name: str
+    shape: torch.Size  # as in the plain model
+    offset: int
+    numel: int
+    transposed: bool  # stored as its transpose (the bmm engine's Linear weights)
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        return (self.shape[1], self.shape[0]) if self.transposed else tuple(self.shape)
+
+    def to_row(self, t: torch.Tensor) -> torch.Tensor:
+        return (t.t() if self.transposed else t).reshape(-1)
+
+    def from_row(self, row: torch.Tensor) -> torch.Tensor:
+        """This parameter, plain-shaped, out of a whole row."""
+        t = row[self.offset : self.offset + self.numel].view(self.stored_shape)
+        return t.t() if self.transposed else t
 
 
-def _member_norms(flat: torch.Tensor, layout: list[tuple[str, torch.Size, int]]) -> torch.Tensor:
+def _member_norms(flat: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """clip_grad_norm_'s total norm per member: the norm of the per-parameter norms."""
-    pieces = flat.split([n for _, _, n in layout], dim=1)
+    pieces = flat.split(sizes, dim=1)
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p, dim=1) for p in pieces], dim=1), dim=1)
 
 

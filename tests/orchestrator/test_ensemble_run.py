@@ -1,0 +1,219 @@
+"""Predictions and ensembles tables: synthetic predictions through real Parquet files, no torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from orchestrator import schema
+from orchestrator.ensemble_run import (
+    METHODS,
+    Dataset,
+    EnsembleRecord,
+    SoupResult,
+    build,
+    build_and_write,
+    check_methods,
+    pick,
+    read_dataset,
+    read_ensembles,
+    read_predictions,
+)
+from orchestrator.ensembles import CandidateKey, Member
+from orchestrator.errors import ConfigError, StorageError
+from orchestrator.storage import Storage
+
+C, N_VAL, N_TEST = 3, 60, 40
+
+
+def labels(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, C, n)
+
+
+Y_VAL, Y_TEST = labels(0, N_VAL), labels(1, N_TEST)
+
+
+def noisy_probs(y: np.ndarray, skill: float, seed: int) -> np.ndarray:
+    """Probabilities that put ``skill`` extra mass on the true class, plus noise."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(len(y), C))
+    logits[np.arange(len(y)), y] += skill
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def pred_table(trial: int, epoch: int, weights: str, val: np.ndarray, test: np.ndarray, *, attempt: int = 0,
+               dtype: str = "float16") -> pa.Table:
+    out = schema.predictions_schema(C, dtype)
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+    parts = []
+    for split, probs in (("val", val), ("test", test)):
+        n = len(probs)
+        flat = pa.array(probs.astype(np_dtype).reshape(-1), type=out.field("probs").type.value_type)
+        parts.append(pa.table({
+            "trial_id": pa.array([trial] * n, pa.int32()), "attempt": pa.array([attempt] * n, pa.int16()),
+            "epoch": pa.array([epoch] * n, pa.int32()), "weights": [weights] * n, "split": [split] * n,
+            "row": pa.array(np.arange(n), pa.int32()), "probs": pa.FixedSizeListArray.from_arrays(flat, C),
+        }, schema=out))
+    return pa.concat_tables(parts)
+
+
+def write_dataset(storage: Storage) -> None:
+    row = {"num_classes": C, "y_val": Y_VAL.tolist(), "y_test": Y_TEST.tolist(), "input_shape": [2],
+           "mean": [0.5, -1.0], "std": [2.0, 1.0], "time": schema.now_ms()}
+    storage.write_table(schema.DATASET_PATH, schema.to_table([row], schema.DATASET))
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Storage:
+    """Four trials, raw and EMA weights at two epochs each, of rising skill."""
+    storage = Storage.from_uri(str(tmp_path / "sweep"))
+    write_dataset(storage)
+    for trial in range(4):
+        tables = []
+        for epoch in (1, 2):
+            for i, weights in enumerate(("raw", "ema")):
+                seed = 100 * trial + 10 * epoch + i
+                skill = 0.5 + 0.4 * trial + 0.2 * epoch
+                tables.append(pred_table(trial, epoch, weights, noisy_probs(Y_VAL, skill, seed),
+                                         noisy_probs(Y_TEST, skill, seed + 1)))
+        storage.write_table(schema.predictions_path(trial), pa.concat_tables(tables))
+    return storage
+
+
+def test_predictions_round_trip_into_candidates(sweep):
+    stored = read_predictions(sweep)
+    assert not stored.dropped
+    assert len(stored.candidates) == 16
+    c = next(c for c in stored.candidates if c.key == CandidateKey(2, 1, "ema"))
+    assert c.val_probs.shape == (N_VAL, C) and c.test_probs.shape == (N_TEST, C)
+    expected = noisy_probs(Y_VAL, 0.5 + 0.8 + 0.2, 211).astype(np.float16)
+    assert np.array_equal(c.val_probs, expected)  # rows back in their order, values exact in float16
+    dataset = read_dataset(sweep)
+    assert dataset.input_shape == (2,) and dataset.mean.tolist() == [0.5, -1.0] and dataset.num_classes == C
+
+
+def test_float32_predictions_are_read_too(tmp_path):
+    storage = Storage.from_uri(str(tmp_path))
+    write_dataset(storage)
+    val, test = noisy_probs(Y_VAL, 1.0, 1), noisy_probs(Y_TEST, 1.0, 2)
+    storage.write_table(schema.predictions_path(0), pred_table(0, 1, "raw", val, test, dtype="float32"))
+    (c,) = read_predictions(storage).candidates
+    assert c.val_probs.dtype == np.float32 and np.allclose(c.val_probs, val, atol=1e-7)
+
+
+def test_latest_attempt_wins_and_bad_candidates_are_dropped_by_name(tmp_path):
+    storage = Storage.from_uri(str(tmp_path))
+    write_dataset(storage)
+    good_val, good_test = noisy_probs(Y_VAL, 2.0, 1), noisy_probs(Y_TEST, 2.0, 2)
+    old = pred_table(0, 1, "raw", noisy_probs(Y_VAL, 0.0, 3), noisy_probs(Y_TEST, 0.0, 4), attempt=0)
+    new = pred_table(0, 1, "raw", good_val, good_test, attempt=1)
+    nan = good_val.copy()
+    nan[0] = np.nan
+    broken = pred_table(1, 1, "raw", nan, good_test)
+    short = pred_table(2, 1, "raw", good_val[:10], good_test)
+    storage.write_table(schema.predictions_path(0), pa.concat_tables([old, new]))
+    storage.write_table(schema.predictions_path(1), broken)
+    storage.write_table(schema.predictions_path(2), short)
+    stored = read_predictions(storage)
+    assert [c.key for c in stored.candidates] == [CandidateKey(0, 1, "raw")]
+    assert np.allclose(stored.candidates[0].val_probs, good_val, atol=1e-3)
+    reasons = dict(stored.dropped)
+    assert "not finite" in reasons[CandidateKey(1, 1, "raw")]
+    assert "10 rows, expected 60" in reasons[CandidateKey(2, 1, "raw")]
+
+
+def test_build_writes_every_method_and_flags_the_best_on_validation(sweep):
+    records = build_and_write(sweep, k=3)
+    assert [r.method for r in records] == ["single", "single_ema", "top_k", "checkpoints", "ema", "greedy"]
+    assert sum(r.chosen for r in records) == 1
+    chosen = next(r for r in records if r.chosen)
+    assert chosen.val_accuracy == max(r.val_accuracy for r in records)
+    for r in records:
+        assert r.test_accuracy is not None and r.test_log_loss is not None
+        assert sum(m.weight for m in r.members) == pytest.approx(1.0)
+        assert r.size == len(r.members)
+    assert {m.key.weights for m in next(r for r in records if r.method == "ema").members} == {"ema"}
+    assert len(next(r for r in records if r.method == "top_k").members) == 3
+    table = sweep.read_table(schema.ENSEMBLES_PATH)
+    assert table.schema == schema.ENSEMBLES
+    again = read_ensembles(sweep)
+    assert again == records  # the Parquet row round-trips to the same record
+    assert pick(again, "best") == chosen and pick(again, "top_k").method == "top_k"
+    assert pick(again, "2").ensemble_id == 2
+
+
+def test_test_data_never_steers_selection(sweep):
+    """Scrambling every test prediction changes test metrics, never the members or the choice."""
+    stored = read_predictions(sweep)
+    dataset = read_dataset(sweep)
+    before = build(stored.candidates, dataset)
+    rng = np.random.default_rng(9)
+    scrambled = [type(c)(c.key, c.val_probs, rng.dirichlet(np.ones(C), N_TEST)) for c in stored.candidates]
+    after = build(scrambled, dataset)
+    assert [(r.method, r.members, r.chosen, r.val_accuracy) for r in before] == \
+           [(r.method, r.members, r.chosen, r.val_accuracy) for r in after]
+    assert [r.test_accuracy for r in before] != [r.test_accuracy for r in after]
+
+
+def test_methods_filter_keeps_the_single_baseline(sweep):
+    records = build_and_write(sweep, methods=["greedy"])
+    assert [r.method for r in records] == ["single", "greedy"]
+    assert check_methods(None) == METHODS
+    with pytest.raises(ConfigError, match="option 'method': bogus unknown"):
+        check_methods(["bogus"])
+    with pytest.raises(ConfigError, match="option 'metric'"):
+        build_and_write(sweep, metric="f1")
+
+
+def soup_result(helped: bool, val_accuracy: float) -> SoupResult:
+    members = (Member(CandidateKey(3, 2, "raw"), 0.5), Member(CandidateKey(3, 2, "ema"), 0.5))
+    return SoupResult(members, val_accuracy, 0.01, 0.5, 1.0, schema.ensemble_weights_path("soup"), "ab" * 32,
+                      {"helped": helped, "note": "test"})
+
+
+def test_a_soup_is_recorded_and_chosen_only_when_it_helped(sweep):
+    seen = {}
+
+    def soup(ranked, metric):
+        seen["ranked"], seen["metric"] = list(ranked), metric
+        return soup_result(helped=False, val_accuracy=1.0)
+
+    records = build_and_write(sweep, soup=soup)
+    row = records[-1]
+    assert row.method == "soup" and row.weights_path == "ensembles/weights/soup.safetensors"
+    assert not row.chosen  # it did not help: the single best candidate stands for it
+    assert len(seen["ranked"]) == 16 and seen["metric"] == "accuracy"
+    single = next(r for r in records if r.method == "single")
+    assert seen["ranked"][0] == single.members[0].key  # ranked best first on validation
+    records = build_and_write(sweep, soup=lambda ranked, metric: soup_result(helped=True, val_accuracy=1.0))
+    assert records[-1].chosen and pick(read_ensembles(sweep), "best").method == "soup"
+
+
+def test_missing_tables_and_names_are_named(tmp_path, sweep):
+    empty = Storage.from_uri(str(tmp_path / "empty"))
+    with pytest.raises(StorageError, match="dataset.parquet: no such file"):
+        read_dataset(empty)
+    write_dataset(empty)
+    with pytest.raises(StorageError, match="no stored predictions"):
+        read_predictions(empty)
+    with pytest.raises(StorageError, match="ensembles.parquet: no such file"):
+        read_ensembles(sweep)
+    build_and_write(sweep, methods=["top_k"])
+    with pytest.raises(ConfigError, match="ensemble 'greedy': no such ensemble .*best, single, top_k"):
+        pick(read_ensembles(sweep), "greedy")
+
+
+def test_record_row_matches_the_schema():
+    record = EnsembleRecord(0, "top_k", "top_k", (Member(CandidateKey(1, 2, "ema"), 1.0),), "accuracy", 0.9, 0.3,
+                            None, None, created=schema.now_ms())
+    table = schema.to_table([record.as_row()], schema.ENSEMBLES)
+    assert table.to_pylist()[0]["members"] == [{"trial_id": 1, "epoch": 2, "weights": "ema", "weight": 1.0}]
+    assert EnsembleRecord.from_row(table.to_pylist()[0]) == record
+
+
+def test_empty_candidates_are_refused():
+    dataset = Dataset(C, Y_VAL, Y_TEST, (2,), None, None)
+    with pytest.raises(ConfigError, match="no usable candidates"):
+        build([], dataset)

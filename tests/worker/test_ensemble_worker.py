@@ -1,0 +1,185 @@
+"""The worker side of ensembles, without Ray: stored predictions, the greedy soup, ``load_ensemble``.
+
+A small sweep directory is made by a real ``WorkerSession`` (the code a Ray actor runs)
+plus the two tables the master would write (sweep row, trials), then read back.
+"""
+
+from __future__ import annotations
+
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+from orchestrator import schema
+from orchestrator.backend import Assignment
+from orchestrator.ensemble_run import after_sweep, build_and_write, read_dataset, read_ensembles, read_predictions
+from orchestrator.errors import ConfigError, StorageError
+from orchestrator.storage import Storage, sha256
+from orchestrator.task import Task, load_task
+from tests.conftest import DIGITS_TASK, TINY_TASK
+from worker.data import prepare
+from worker.ensemble_model import load_ensemble
+from worker.recorder import TrialRecorder
+from worker.session import WorkerSession
+from worker.soup import average_states, recompute_bn, soup_builder
+from worker.trainer import TrialRun, TrialSpec
+
+TINY = {"lr": 0.03, "optimizer": "adam", "hidden": 8, "batch_size": 32, "ema_decay": 0.9}
+DIGITS = {"lr": 3e-3, "optimizer": "adam", "layers": 1, "hidden": 32, "activation": "relu", "batch_norm": True,
+          "dropout": 0.0, "init": "he", "batch_size": 64, "ema_decay": 0.95}
+
+
+def write_master_tables(storage: Storage, task_path: str, configs: dict[int, dict]) -> None:
+    """The sweep row and trials table, as the master writes them."""
+    row = {"name": "s", "task": task_path, "seed": 0, "settings": "{}", "space": "{}", "caviar_version": "test"}
+    storage.write_table(schema.SWEEP_PATH, schema.to_table([row], schema.SWEEP))
+    first = next(iter(configs.values()))
+    trials_schema = schema.trials_schema(schema.config_type({k: [v] for k, v in first.items()}))
+    rows = [{"trial_id": t, "stage": 0, "status": "completed", "config": c} for t, c in configs.items()]
+    storage.write_table(schema.TRIALS_PATH, schema.to_table(rows, trials_schema))
+
+
+def make_sweep(tmp_path, task_path: str, configs: dict[int, dict], epochs: int, **options) -> Storage:
+    session = WorkerSession(task_path, str(tmp_path), "s", {"device": "cpu", **options})
+    for trial_id, config in configs.items():
+        report = session.start(Assignment(trial_id, 0, config, 10 + trial_id, epochs, epochs))
+        assert report.ended and report.status == "completed", report.error
+    storage = Storage.from_uri(str(tmp_path)).child("s")
+    write_master_tables(storage, task_path, configs)
+    return storage
+
+
+def test_finish_stores_probabilities_of_every_kept_checkpoint(tmp_path):
+    task = load_task(TINY_TASK)
+    splits = prepare(task.get("load_data")())
+    run = TrialRun(task, splits, TrialSpec(7, 0, TINY, 1, 4), torch.device("cpu"))
+    storage = Storage.from_uri(str(tmp_path))
+    recorder = TrialRecorder(storage, 7, 0, keep_best=2, prediction_dtype="float32")
+    for _ in range(4):
+        recorder.record(run, run.train_epoch())
+    last_state = run.weights_state("ema")
+    index = recorder.finish(run)
+    table = storage.read_table(schema.predictions_path(7))
+    assert table.schema == schema.predictions_schema(3, "float32")
+    kept = {(r["epoch"], r["weights"]) for r in index}
+    assert {"raw", "ema"} == {w for _, w in kept} and len(kept) >= 4  # best 2 and last, raw and EMA
+    n_val, n_test = len(splits.y_val), len(splits.y_test)
+    assert table.num_rows == len(kept) * (n_val + n_test)
+    stored = read_predictions(storage)
+    assert {(c.key.epoch, c.key.weights) for c in stored.candidates} == kept
+    last = next(c for c in stored.candidates if c.key.epoch == 4 and c.key.weights == "ema")
+    expected = run.predictions(last_state, "ema")
+    assert np.allclose(last.val_probs, expected["val"].numpy(), atol=1e-6)
+    assert np.allclose(last.test_probs, expected["test"].numpy(), atol=1e-6)
+    dataset = read_dataset(storage)
+    assert np.array_equal(dataset.y_val, splits.y_val.numpy()) and dataset.input_shape == (4,)
+    assert np.allclose(dataset.mean, splits.mean.numpy()[0]) and np.allclose(dataset.std, splits.std.numpy()[0])
+
+
+def test_float16_by_default_and_diverged_checkpoints_are_left_out(tmp_path):
+    task = load_task(TINY_TASK)
+    run = TrialRun(task, prepare(task.get("load_data")()), TrialSpec(1, 0, TINY, 1, 3), torch.device("cpu"))
+    storage = Storage.from_uri(str(tmp_path))
+    recorder = TrialRecorder(storage, 1, 0, keep_best=1)
+    for _ in range(2):
+        recorder.record(run, run.train_epoch())
+    with torch.no_grad():  # the last epoch blew up: its weights, and so its probabilities, are NaN
+        for p in list(run.model.parameters()) + list(run.ema.module.parameters()):
+            p.fill_(float("nan"))
+    recorder.rows_by_epoch[3] = {**recorder.rows_by_epoch[2], "epoch": 3, "score": float("nan")}
+    run.epoch = 3
+    recorder.finish(run)
+    table = storage.read_table(schema.predictions_path(1))
+    assert table.schema.field("probs").type.value_type == "halffloat"
+    assert set(table["epoch"].to_pylist()) == {recorder.best[0].epoch}  # the NaN last epoch is not there
+    with pytest.raises(ConfigError, match="prediction_dtype"):
+        TrialRecorder(storage, 2, 0, prediction_dtype="int8")
+
+
+def test_average_states_and_bn_recomputed_from_training_inputs():
+    a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(5)}
+    b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
+    avg = average_states([a, b])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and int(avg["n"]) == 5
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    x = torch.randn(1024, 3) * 3 + 2
+    assert recompute_bn(model, x, batch_size=512)
+    with torch.no_grad():
+        h = model[0](x)
+    bn = model[1]
+    assert torch.allclose(bn.running_mean, h.mean(0), atol=1e-5)  # two equal batches: the mean of batch means
+    batch_vars = torch.stack([h[:512].var(0), h[512:].var(0)]).mean(0)
+    assert torch.allclose(bn.running_var, batch_vars, atol=1e-4)
+    assert model.training  # the mode it had before
+    assert not recompute_bn(nn.Linear(3, 2), x)
+
+
+@pytest.fixture(scope="module")
+def digits_sweep(tmp_path_factory):
+    """Three digits trials, two of one architecture (with batch norm), one of another."""
+    configs = {0: DIGITS, 1: {**DIGITS, "lr": 1e-2}, 2: {**DIGITS, "hidden": 48}}
+    return make_sweep(tmp_path_factory.mktemp("runs"), DIGITS_TASK, configs, epochs=2, keep_best=2)
+
+
+def test_soup_averages_only_same_architecture_checkpoints_and_is_loadable(digits_sweep):
+    task = load_task(DIGITS_TASK)
+    records = build_and_write(digits_sweep, soup=soup_builder(digits_sweep, task, device="cpu"))
+    soup = next(r for r in records if r.method == "soup")
+    detail = soup.detail
+    base = detail["base"]
+    arch_trials = {0, 1} if base["trial_id"] in (0, 1) else {2}
+    assert {t["trial_id"] for t in detail["tried"]} <= arch_trials  # never mixes shapes
+    assert len(detail["tried"]) == 1 + detail["peers_with_same_architecture"]
+    assert detail["accepted"] == soup.size == sum(t["accepted"] for t in detail["tried"])
+    assert detail["helped"] == (soup.size > 1) and detail["bn_recomputed"] == (soup.size > 1)
+    assert sum(m.weight for m in soup.members) == pytest.approx(1.0)
+    data = digits_sweep.read_bytes(soup.weights_path)
+    assert sha256(data) == soup.weights_sha256
+    assert set(safetensors.torch.load(data)) >= {"1.running_mean", "1.running_var"}
+    x_test, y_test = task.get("load_data")()["test"]
+    model = load_ensemble(digits_sweep, "soup")
+    assert model.record.method == "soup" and len(model.members) == 1
+    assert (model.predict(x_test).numpy() == y_test).mean() == pytest.approx(soup.test_accuracy)
+
+
+def test_loaded_ensemble_matches_its_row_and_refuses_a_changed_file(digits_sweep, tmp_path):
+    records = build_and_write(digits_sweep, methods=["top_k", "greedy"])
+    x_test, y_test = load_task(DIGITS_TASK).get("load_data")()["test"]
+    for record in records:
+        model = load_ensemble(digits_sweep.uri, record.name)
+        probs = model(torch.as_tensor(x_test))
+        assert torch.allclose(probs.sum(1), torch.ones(len(x_test)), atol=1e-5)
+        # float16 storage: an argmax may flip on a near-tie, at most one test example here
+        assert abs((probs.argmax(1).numpy() == y_test).mean() - record.test_accuracy) <= 1 / len(y_test) + 1e-12
+    best = load_ensemble(digits_sweep.uri)
+    assert best.record.chosen
+    # Change one member's weights file (in a copy): the sha256 in the checkpoint index no longer matches.
+    copy = Storage.from_uri(str(shutil.copytree(digits_sweep.root, tmp_path / "copy")))
+    member = best.record.members[0].key
+    index = copy.read_table(schema.checkpoint_index_path(member.trial_id)).to_pylist()
+    path = next(r["path"] for r in index if (r["epoch"], r["weights"]) == (member.epoch, member.weights))
+    state = safetensors.torch.load(copy.read_bytes(path))
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    copy.write_bytes(path, safetensors.torch.save(state))
+    with pytest.raises(StorageError, match=f"{path}: sha256 mismatch"):
+        load_ensemble(copy.uri)
+
+
+def test_after_sweep_survives_a_failing_soup(digits_sweep, caplog):
+    digits = load_task(DIGITS_TASK)
+
+    def broken_load_data():
+        raise RuntimeError("data moved")
+
+    task = Task(digits.ref, SimpleNamespace(build_model=digits.get("build_model"), load_data=broken_load_data),
+                digits.space)
+    chosen = after_sweep(digits_sweep, task, device="cpu")
+    assert chosen is not None and chosen.chosen
+    assert "soup" not in {r.method for r in read_ensembles(digits_sweep)}
+    assert "soup not built: RuntimeError: data moved" in caplog.text

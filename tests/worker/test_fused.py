@@ -1,0 +1,263 @@
+"""Fused trial arrays against trials trained alone: same seeds, same rows, same checkpoints."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import safetensors.torch
+import torch
+
+from orchestrator import schema
+from orchestrator.task import load_task
+from tests.conftest import DIGITS_TASK, TINY_TASK
+from worker.data import prepare
+from worker.fused import FusedArray, FusedMember, NotFusable, _dropout
+from worker.trainer import TrialRun, TrialSpec
+
+CPU = torch.device("cpu")
+SHAPE = {"layers": 2, "hidden": 16, "activation": "tanh", "batch_norm": False, "dropout": 0.0, "init": "he",
+         "batch_size": 64}
+# Per-member hyperparameters: one array holds every schedule and different lr, betas, eps, decay, EMA.
+MEMBERS = [
+    {"lr": 0.01, "schedule": "constant", "weight_decay": 1e-4, "beta1": 0.9, "beta2": 0.999, "momentum": 0.9,
+     "eps": 1e-8, "rho": 0.99, "ema_decay": 0.99},
+    {"lr": 0.003, "schedule": "step", "decay_rate": 0.5, "step_epochs": 1, "weight_decay": 0.0, "beta1": 0.8,
+     "beta2": 0.99, "momentum": 0.5, "eps": 1e-6, "rho": 0.9},
+    {"lr": 0.02, "schedule": "exponential", "decay_rate": 0.7, "weight_decay": 1e-3, "beta1": 0.95, "beta2": 0.995,
+     "momentum": 0.99, "eps": 1e-7, "rho": 0.95, "ema_decay": 0.9, "init": "xavier"},
+    {"lr": 0.005, "schedule": "inverse_time", "decay_rate": 0.3, "weight_decay": 1e-5, "beta1": 0.9, "beta2": 0.9999,
+     "momentum": 0.8, "eps": 1e-8, "rho": 0.999, "ema_decay": 0.95},
+    {"lr": 0.008, "schedule": "plateau", "decay_rate": 0.5, "patience": 0, "weight_decay": 0.0, "beta1": 0.9,
+     "beta2": 0.999, "momentum": 0.9, "eps": 1e-8, "rho": 0.99},
+    {"lr": 0.01, "schedule": "cosine", "weight_decay": 1e-4, "beta1": 0.85, "beta2": 0.999, "momentum": 0.7,
+     "eps": 1e-8, "rho": 0.99, "ema_decay": 0.99, "grad_clip": 0.5},
+]
+COMPARED = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "score", "lr", "grad_norm", "update_ratio",
+            "ema_val_loss", "ema_val_accuracy")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    # One thread: on a busy 2-core machine every multi-threaded tiny op can wait a time slice for its partner.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    task = load_task(DIGITS_TASK)
+    yield task, prepare(task.get("load_data")(), normalize=task.normalize)
+    torch.set_num_threads(threads)
+
+
+def specs_for(optimizer: str, epochs: int = 3, **shape) -> list[TrialSpec]:
+    return [TrialSpec(i, 0, {**SHAPE, **shape, **m, "optimizer": optimizer}, 1000 + 7 * i, epochs)
+            for i, m in enumerate(MEMBERS)]
+
+
+def alone(task, splits, spec: TrialSpec, epochs: int) -> tuple[TrialRun, list[dict]]:
+    run = TrialRun(task, splits, spec, CPU)
+    return run, [run.train_epoch() for _ in range(epochs)]
+
+
+def assert_same_rows(expected: list[dict], got: list[dict], rel: float = 1e-4) -> None:
+    assert len(expected) == len(got)
+    for a, b in zip(expected, got):
+        assert set(a) == set(b)
+        ids = ("trial_id", "epoch", "stage", "attempt")
+        assert [a[k] for k in ids] == [b[k] for k in ids]
+        for key in COMPARED:
+            if key not in a:
+                continue
+            x, y = a[key], b[key]
+            assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=rel, abs_tol=1e-6), (key, a, b)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"])
+def test_a_member_trains_exactly_as_it_would_alone_even_when_a_neighbour_is_pruned(digits, optimizer):
+    task, splits = digits
+    specs = specs_for(optimizer)
+    array = FusedArray(task, splits, specs, CPU)
+    rows: dict[int, list[dict]] = {s.trial_id: [] for s in specs}
+    for epoch in range(3):
+        for row in array.train_epoch():
+            rows[row["trial_id"]].append(row)
+        if epoch == 0:
+            array.drop([1])  # pruned after its first epoch: the others carry on unchanged
+    assert array.trial_ids == [0, 2, 3, 4, 5] and len(rows[1]) == 1
+    for spec in specs:
+        run, expected = alone(task, splits, spec, len(rows[spec.trial_id]))
+        assert_same_rows(expected, rows[spec.trial_id])
+        if spec.trial_id != 1:
+            plain = array.state_dict(spec.trial_id)  # rounding drifts a little faster in weights than in metrics
+            for key, value in run.weights_state().items():
+                assert torch.allclose(plain[key], value, rtol=1e-3, atol=1e-5), key
+
+
+def test_a_checkpoint_loads_into_the_plain_model_and_predicts_the_same(digits):
+    task, splits = digits
+    specs = specs_for("adam", batch_norm=True, dropout=0.2)
+    array = FusedArray(task, splits, specs, CPU)
+    array.train_epoch()
+    array.train_epoch()
+    fused = {w: array.logits(t, b, splits.x_test) for w, t, b in
+             (("raw", array.stack.flat, array.stack.buffers), ("ema", array.stack.ema, array.stack.ema_buffers))}
+    for i, spec in enumerate(specs):
+        for weights in ("raw", "ema") if spec.config.get("ema_decay") else ("raw",):
+            model = task.get("build_model")(dict(spec.config))
+            model.load_state_dict(array.state_dict(spec.trial_id, weights))  # strict: every key, every shape
+            model.eval()
+            with torch.no_grad():
+                assert torch.allclose(model(splits.x_test), fused[weights][i], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["bmm", "vmap"])
+def test_batch_norm_statistics_are_kept_per_member(digits, engine):
+    task, splits = digits
+    specs = specs_for("momentum", batch_norm=True)[:3]
+    array = FusedArray(task, splits, specs, CPU, engine=engine)
+    assert array.engine.name == engine
+    rows = [array.train_epoch(), array.train_epoch()]
+    for i, spec in enumerate(specs):
+        run, expected = alone(task, splits, spec, 2)
+        assert_same_rows(expected, [r[i] for r in rows])
+        state = array.state_dict(spec.trial_id)
+        for key, value in run.weights_state().items():  # running mean/var and num_batches_tracked included
+            assert torch.allclose(state[key].double(), value.double(), rtol=1e-4, atol=1e-6), key
+
+
+def test_resume_states_cross_between_fused_and_plain(digits):
+    task, splits = digits
+    specs = specs_for("adam", epochs=4)[:2]
+    array = FusedArray(task, splits, specs, CPU)
+    array.train_epoch()
+    array.train_epoch()
+    buffer = io.BytesIO()
+    torch.save(FusedMember(array, 0).resume_state(), buffer)  # as the recorder stores it
+    state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    plain = TrialRun(task, splits, specs[0], CPU)
+    plain.load_resume_state(state)  # a fused trial resumes unfused (e.g. retried on another worker)
+    from_fused = [plain.train_epoch() for _ in range(2)]
+    continued = [array.train_epoch()[0] for _ in range(2)]
+    assert_same_rows(from_fused, continued)
+
+    run, _ = alone(task, splits, specs[1], 2)
+    resumed = FusedArray(task, splits, [specs[1]], CPU, resume_states={1: run.resume_state()})
+    assert resumed.member(1).epoch == 2
+    assert_same_rows([run.train_epoch() for _ in range(2)], [resumed.train_epoch()[0] for _ in range(2)])
+
+
+def test_a_diverging_member_ends_its_epoch_as_trialrun_does_and_spares_its_neighbours(digits):
+    task, splits = digits
+    specs = specs_for("sgd", activation="relu")[:3]
+    specs[1] = TrialSpec(1, 0, {**specs[1].config, "lr": 1e3, "schedule": "constant"}, specs[1].seed, 3)
+    array = FusedArray(task, splits, specs, CPU)
+    rows = [array.train_epoch(), array.train_epoch()]
+    assert math.isnan(rows[0][1]["train_loss"]) and math.isnan(rows[0][1]["update_ratio"])  # stopped mid-epoch
+    for i, spec in enumerate(specs):
+        _, expected = alone(task, splits, spec, 2)
+        assert_same_rows(expected, [r[i] for r in rows])
+
+
+def test_members_can_wait_while_others_train_and_new_trials_can_join(digits):
+    task, splits = digits
+    specs = specs_for("nesterov")
+    array = FusedArray(task, splits, specs[:3], CPU)
+    array.train_epoch()
+    waiting = array.state_dict(0)
+    array.train_epoch([1, 2])  # trial 0 waits for a decision: it costs nothing and does not move
+    assert array.member(0).epoch == 1 and array.member(1).epoch == 2
+    assert all(torch.equal(waiting[k], v) for k, v in array.state_dict(0).items())
+    array.add(specs[3:5])  # refill freed slots with new trials at epoch 0
+    late = {s.trial_id: [] for s in specs[:5]}
+    for _ in range(2):
+        for row in array.train_epoch():
+            late[row["trial_id"]].append(row)
+    for spec in specs[3:5]:
+        _, expected = alone(task, splits, spec, 2)
+        assert_same_rows(expected, late[spec.trial_id])
+    _, expected = alone(task, splits, specs[0], 3)
+    assert_same_rows(expected[1:], late[0])
+
+
+def test_trials_that_cannot_share_an_array_are_refused_by_name(digits):
+    task, splits = digits
+    base = specs_for("adam")[0]
+
+    def spec(**change):
+        return TrialSpec(9, 0, {**base.config, **change}, 5, 3)
+
+    for change, field in (({"batch_size": 32}, "batch_size"), ({"optimizer": "sgd"}, "optimizer"),
+                          ({"hidden": 17}, "model"), ({"activation": "relu"}, "model")):
+        array = FusedArray(task, splits, [base], CPU)
+        with pytest.raises(NotFusable, match=f"^{field}"):
+            array.add([spec(**change)])
+        assert array.trial_ids == [0]  # a refused trial leaves the array as it was
+    tiny = load_task(TINY_TASK)
+    tiny.namespace = type("WithHook", (), {**vars(tiny.namespace), "train_epoch": lambda *a: {"train_loss": 0.0}})
+    with pytest.raises(NotFusable, match="train_epoch"):
+        FusedArray(tiny, prepare(tiny.get("load_data")()), [TrialSpec(0, 0, {"hidden": 4, "lr": 0.1}, 0, 1)], CPU)
+
+
+def test_each_member_drops_out_at_its_own_rate(digits):
+    torch.manual_seed(0)
+    h = torch.ones(2, 500, 40)
+    out = _dropout(h, torch.tensor([0.0, 0.5]))
+    assert torch.equal(out[0], h[0])
+    dropped = float((out[1] == 0).float().mean())
+    assert 0.45 < dropped < 0.55 and set(out[1].unique().tolist()) == {0.0, 2.0}
+    task, splits = digits
+    specs = [TrialSpec(i, 0, {**s.config, "dropout": rate}, s.seed, 2)
+             for i, (s, rate) in enumerate(zip(specs_for("adam"), (0.1, 0.3, 0.5)))]
+    array = FusedArray(task, splits, specs, CPU)  # Dropout layers in every model, a different rate in each
+    assert array.stack.rates and all(r.tolist() == pytest.approx([0.1, 0.3, 0.5]) for r in array.stack.rates.values())
+    assert all(math.isfinite(r["val_loss"]) for r in array.train_epoch())
+    with pytest.raises(NotFusable, match="^model"):
+        FusedArray(task, splits, specs, CPU, engine="vmap")  # one module per array: one rate
+
+
+def test_a_fused_session_reports_each_trial_and_leaves_plain_checkpoints(digits, tmp_path):
+    from orchestrator.backend import Assignment
+    from orchestrator.storage import Storage
+    from worker.fused_session import FusedSession
+
+    task, splits = digits
+    session = FusedSession(DIGITS_TASK, str(tmp_path), "s", {"checkpoint_seconds": 3600, "array_size": 3,
+                                                             "threads": 1})
+    specs = specs_for("adam")[:4] + [TrialSpec(4, 0, {**specs_for("adam")[4].config, "hidden": 8}, 77, 3)]
+    starts = [Assignment(s.trial_id, 0, s.config, s.seed, s.max_epochs, 1) for s in specs]
+    first = session.run(starts=starts)
+    assert sorted(r.trial_id for r in first) == [0, 1, 2, 3, 4] and not any(r.ended for r in first)
+    assert sorted(len(a) for a in session.arrays) == [1, 1, 3]  # full array, its overflow, another shape
+    assert all([row["epoch"] for row in r.rows] == [1] for r in first)
+
+    second = session.run(stops=[(1, "pruned", "rung")], targets={0: 2, 2: 3, 3: 3, 4: 3})
+    assert {r.trial_id: (r.ended, r.status) for r in second} == {1: (True, "pruned"), 0: (False, None)}
+    assert sorted(session.waiting) == [2, 3, 4]  # due later: the caller calls again
+    third = session.run()
+    assert {r.trial_id: r.status for r in third} == {2: "completed", 3: "completed", 4: "completed"}
+    assert [len(a) for a in session.arrays] == [1]  # compacted: only trial 0 is left
+    last = session.run(targets={0: 3})
+    assert [(r.trial_id, r.status, [row["epoch"] for row in r.rows]) for r in last] == [(0, "completed", [3])]
+    assert not session.arrays
+
+    _, expected = alone(task, splits, specs[2], 3)
+    got = [r for r in first + second + third if r.trial_id == 2]
+    assert_same_rows(expected, [{k: v for k, v in row.items() if k != "num_classes"} for r in got for row in r.rows])
+    storage = Storage.from_uri(str(tmp_path)).child("s")
+    for spec in specs:
+        metrics = storage.read_table(schema.metrics_path(spec.trial_id))
+        assert metrics.num_rows == (1 if spec.trial_id == 1 else 3)
+        index = storage.read_table(schema.checkpoint_index_path(spec.trial_id)).to_pylist()
+        assert {r["weights"] for r in index} == ({"raw", "ema"} if spec.config.get("ema_decay") else {"raw"})
+        for row in index:  # every kept checkpoint is a plain state dict
+            model = task.get("build_model")(dict(spec.config))
+            model.load_state_dict(safetensors.torch.load(storage.read_bytes(row["path"])))
+        assert storage.exists(schema.predictions_path(spec.trial_id))  # for ensembles, as plain trials leave
+
+
+def test_the_probe_measures_each_array_size_and_picks_one(digits, tmp_path):
+    from worker.fused_session import FusedSession
+
+    session = FusedSession(DIGITS_TASK, str(tmp_path), "s", {"threads": 1})
+    result = session.probe(specs_for("adam")[0].config, sizes=(1, 4), steps=2)
+    assert set(result["trials_per_second"]) == {1, 4} and result["array_size"] in (1, 4)
+    assert all(rate > 0 for rate in result["trials_per_second"].values())
