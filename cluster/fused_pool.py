@@ -14,6 +14,7 @@ as soon as one of its trials is due for a decision, at most an epoch later).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,9 +114,17 @@ class FusedBackend(Backend):
 
     # -- placing and sending -----------------------------------------------------------------
     def _place(self) -> None:
-        """Each queued trial to the actor with room that already trains its shape, else the emptiest one."""
+        """Each queued trial to the actor with room that already trains its shape, else the emptiest one.
+
+        Trials of one shape are placed together, the most numerous shape first, so they share actors.
+        """
+        keys = {a.trial_id: shape_key(a.config, self.per_member) for a in self.queued}
+        count = Counter(keys.values())
+        first = {}
         for a in self.queued:
-            key = shape_key(a.config, self.per_member)
+            first.setdefault(keys[a.trial_id], len(first))
+        for a in sorted(self.queued, key=lambda a: (-count[keys[a.trial_id]], first[keys[a.trial_id]])):
+            key = keys[a.trial_id]
             rooms = [(i, self.array_size - len(s.members)) for i, s in enumerate(self.slots)]
             open_slots = [(i, room) for i, room in rooms if room > 0]
             assert open_slots, "free_slots let in more trials than the actors hold"

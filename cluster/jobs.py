@@ -123,13 +123,14 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
         runtime_env["pip"] = requirements
     if ship_caviar:
         runtime_env["py_modules"] = _caviar_modules()
-    results = redact_uri(f"{storage.rstrip('/')}/{name}" if "?" not in storage else _child_uri(storage, name))
+    results = redact_uri(_child_uri(storage, name))
     return JobPlan(shlex.join(args), runtime_env, name, results, {"caviar_sweep": name, "caviar_results": results})
 
 
 def _child_uri(uri: str, name: str) -> str:
-    base, _, query = uri.partition("?")
-    return f"{base.rstrip('/')}/{name}?{query}"
+    """As ``Storage.child`` names it: ``s3://b/p?q`` -> ``s3://b/p/name?q``."""
+    base, sep, query = uri.partition("?")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
 
 
 # -- talking to the cluster --------------------------------------------------------------

@@ -71,18 +71,28 @@ def slots_for(settings: RunSettings) -> int:
 
 
 def check_storage_reach(root: Storage, settings: RunSettings) -> None:
-    """Refuse, before any trial starts, a local storage path on a multi-node cluster that is not declared shared.
+    """Refuse, before any trial starts, a local storage path that some trial's node may not have.
 
-    Workers on every node write their rows and checkpoints straight to the storage; a path that
-    only the head node has would scatter a sweep over the nodes' disks.
+    Workers write their rows and checkpoints straight to the storage, so a path only one node
+    has would scatter the sweep over the nodes' disks. A local path is fine on a one-node
+    cluster that fits a trial; on more nodes, or on a head that fits none (its trials go to
+    nodes the autoscaler adds), it must be declared a shared mount.
     """
     if not isinstance(root.fs, pafs.LocalFileSystem) or settings.shared_storage:
         return
-    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-    if nodes > 1:
-        raise ConfigError(f"setting 'storage': {settings.storage!r} is a local path but the Ray cluster has {nodes} "
-                          "nodes; use a URI every node reaches (s3://, gs://, hdfs://) or, if the path is a shared "
-                          "mount (NFS) on every node, pass --shared-storage")
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    if len(alive) == 1 and _fits(alive[0].get("Resources", {}), settings):
+        return
+    where = (f"the Ray cluster has {len(alive)} nodes" if len(alive) > 1
+             else "this Ray node cannot fit a trial, so trials will run on nodes added later")
+    raise ConfigError(f"setting 'storage': {settings.storage!r} is a local path but {where}; use a URI every "
+                      "node reaches (s3://, gs://, hdfs://) or, if the path is a shared mount (NFS) on every node, "
+                      "pass --shared-storage")
+
+
+def _fits(resources: dict[str, float], settings: RunSettings) -> bool:
+    wanted = {"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial, **settings.resources}
+    return all(resources.get(name, 0.0) >= amount for name, amount in wanted.items() if amount)
 
 
 def actor_device(settings: RunSettings) -> str:

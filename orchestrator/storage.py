@@ -82,7 +82,8 @@ class Storage:
         return cls(fs, root, uri)
 
     def child(self, name: str) -> Storage:
-        return Storage(self.fs, self.path(name), f"{self.uri.rstrip('/')}/{name}")
+        base, sep, query = self.uri.partition("?")  # s3://b/p?endpoint_override=...: the name goes before the query
+        return Storage(self.fs, self.path(name), f"{base.rstrip('/')}/{name}{sep}{query}")
 
     def path(self, rel: str) -> str:
         return posixpath.join(self.root, rel) if rel else self.root

@@ -1,0 +1,58 @@
+"""A real two-node Ray cluster (``ray start`` processes on this machine) shared by the cluster tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.cluster.raycluster import VENV_BIN, LocalRayCluster, cluster_env
+from tests.conftest import ROOT, TINY_TASK
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """Two nodes with one CPU each: two one-CPU trials can only run on different nodes.
+
+    Token auth is off (``RAY_AUTH_MODE=disabled`` in :func:`cluster_env`) so the tests do not
+    depend on whether this machine has a ``~/.ray/auth_token``.
+    """
+    cluster = LocalRayCluster(nodes=2, cpus_per_node=1).start()
+    yield cluster
+    cluster.stop()
+    assert not cluster.own_processes(), "processes of the test cluster outlived it"
+    import ray
+
+    if ray.is_initialized():  # the session's in-process Ray must not have been touched
+        assert ray.cluster_resources().get("CPU", 0) > 0
+
+
+@pytest.fixture(scope="session")
+def submitted_sweep(ray_cluster, tmp_path_factory):
+    """One tiny sweep submitted as a Ray job to the two-node cluster, with (tmp, so shared) local storage.
+
+    ``(job id, sweep directory, submit's stdout)``; the job has not necessarily finished.
+    """
+    storage = tmp_path_factory.mktemp("submitted")
+    submitted = caviar("submit", TINY_TASK, "--address", ray_cluster.dashboard, "--storage", str(storage),
+                       "--name", "submitted", "--trials", "4", "--epochs", "2", "--shared-storage")
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    match = re.search(r"submitted job (\S+)", submitted.stdout)
+    assert match, submitted.stdout
+    return match.group(1), str(storage / "submitted"), submitted.stdout
+
+
+def caviar(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The ``caviar`` command in a subprocess: the test process never calls ``ray.init`` for these clusters."""
+    return subprocess.run([os.path.join(VENV_BIN, "caviar"), *args], env=cluster_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The single ``caviar: error: ...`` line a refused command prints (exit code 2)."""
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("caviar: error: "), result.stderr
+    return lines[0]

@@ -1,0 +1,137 @@
+"""A real Ray cluster on this machine, made of ``ray start --block`` processes, for tests.
+
+Each node is its own ``ray start`` in a new process group with its own ports and a private
+``--temp-dir``, so it never meets the in-process Ray of the ``ray_session`` fixture (nor
+other test runs on the machine), and stopping it touches only its own processes: never
+``ray stop``, which ends every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+VENV_BIN = os.path.dirname(sys.executable)
+RAY = os.path.join(VENV_BIN, "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cluster_env() -> dict[str, str]:
+    """The environment for cluster processes and CLI calls: this venv's python first, no inherited Ray address."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["RAY_AUTH_MODE"] = "disabled"  # the same answer whether or not this machine has ~/.ray/auth_token
+    return env
+
+
+@dataclass
+class LocalRayCluster:
+    nodes: int = 2
+    cpus_per_node: int = 1
+    temp_dir: str = ""
+    gcs_port: int = 0
+    dashboard_port: int = 0
+    client_port: int = 0
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://127.0.0.1:{self.client_port}"
+
+    def start(self, timeout: float = 180.0) -> LocalRayCluster:
+        # Short temp dir: Ray's socket paths live under it and Unix sockets allow ~107 characters.
+        self.temp_dir = tempfile.mkdtemp(prefix="cvr", dir="/tmp")
+        self.gcs_port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
+        common = ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus_per_node}", "--num-gpus=0",
+                  f"--temp-dir={self.temp_dir}", f"--dashboard-agent-listen-port={free_port()}",
+                  "--object-store-memory=100000000", "--disable-usage-stats"]
+        self._spawn("head", [RAY, "start", "--head", f"--port={self.gcs_port}", "--include-dashboard=true",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                             f"--ray-client-server-port={self.client_port}", *common])
+        self._wait(lambda: self.alive_nodes() >= 1, timeout, "the head node")
+        for i in range(1, self.nodes):
+            worker = [a for a in common if not a.startswith("--dashboard-agent-listen-port")]
+            self._spawn(f"node{i}", [RAY, "start", f"--address={self.gcs_address}",
+                                     f"--dashboard-agent-listen-port={free_port()}", *worker])
+        self._wait(lambda: self.alive_nodes() >= self.nodes, timeout, f"{self.nodes} nodes")
+        return self
+
+    def _spawn(self, name: str, cmd: list[str]) -> None:
+        log = open(os.path.join(self.temp_dir, f"{name}.log"), "w")
+        self.processes.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=cluster_env(),
+                                               start_new_session=True))
+
+    def _wait(self, ready, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dead = [p for p in self.processes if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"ray start exited with {dead[0].returncode}: {self.log_tail()}")
+            if ready():
+                return
+            time.sleep(1.0)
+        raise TimeoutError(f"{what} did not come up in {timeout:.0f} s: {self.log_tail()}")
+
+    def alive_nodes(self) -> int:
+        from cluster.jobs import Jobs  # the Job/State API over HTTP: no ray.init in the test process
+
+        try:
+            return Jobs(self.dashboard).alive_nodes() or 0
+        except Exception:
+            return 0
+
+    def log_tail(self) -> str:
+        tails = []
+        for name in sorted(os.listdir(self.temp_dir)):
+            if name.endswith(".log"):
+                with open(os.path.join(self.temp_dir, name), errors="replace") as f:
+                    tails.append(f"[{name}] " + f.read()[-1500:])
+        return "\n".join(tails)
+
+    def own_processes(self) -> list[str]:
+        """Command lines of processes still running from this cluster (they all name its temp dir)."""
+        out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if self.temp_dir and self.temp_dir in line]
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM each ``ray start --block`` (it drains and stops its node's processes), SIGKILL what is left."""
+        for p in reversed(self.processes):  # worker nodes first, the head last
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+        deadline = time.monotonic() + 20
+        while self.own_processes() and time.monotonic() < deadline:
+            time.sleep(0.5)  # workers notice their raylet is gone and exit on their own
+        self.processes.clear()
+        leftover = self.own_processes()
+        for line in leftover:  # only ever our own: the line names our private temp dir
+            try:
+                os.kill(int(line.split()[0]), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -1,0 +1,64 @@
+"""A two-node Ray cluster on one machine: trials spread over the nodes, results in one shared storage.
+
+Both nodes have one CPU and a trial holds one, so two trials at once can only run on two
+nodes. The trials table's ``node`` column is the Ray node id of the actor that trained it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cluster.jobs import Jobs
+from orchestrator import schema
+from orchestrator.api import load
+from tests.cluster.conftest import caviar, one_error_line
+from tests.conftest import TINY_TASK
+
+pytestmark = pytest.mark.timeout(420)
+
+
+def test_trials_run_on_more_than_one_node_and_all_results_land_in_shared_storage(ray_cluster, submitted_sweep):
+    job_id, sweep_dir, _ = submitted_sweep
+    assert Jobs(ray_cluster.dashboard).wait(job_id, timeout=300) == "SUCCEEDED"
+
+    from ray.util.state import list_nodes
+
+    node_ids = {n.node_id for n in list_nodes(address=ray_cluster.dashboard, filters=[("state", "=", "ALIVE")])}
+    tables = load(sweep_dir)
+    trials = tables.trials.to_pylist()
+    used = {t["node"] for t in trials}
+    assert len(used) >= 2 and used <= node_ids, (used, node_ids)
+
+    trained = {t["trial_id"] for t in trials}
+    assert {r["trial_id"] for r in tables.metrics.to_pylist()} == trained  # every trial's epochs, from both nodes
+    for row in tables.checkpoints.to_pylist():  # and every kept checkpoint's weights, in the one storage
+        assert os.path.isfile(os.path.join(sweep_dir, row["path"])), row["path"]
+    assert {r["trial_id"] for r in tables.checkpoints.to_pylist()} == trained
+
+
+def test_local_storage_is_refused_up_front_on_a_multi_node_cluster(ray_cluster, tmp_path):
+    """`caviar run` as a master joining the cluster (by its GCS address): refused before any trial starts."""
+    refused = caviar("run", TINY_TASK, "--address", ray_cluster.gcs_address, "--storage", str(tmp_path),
+                     "--name", "local", "--plain")
+    line = one_error_line(refused)
+    assert "'storage'" in line and "2 nodes" in line and "--shared-storage" in line
+    # Nothing ran, and no sweep was left behind: the corrected command needs no --overwrite.
+    assert not os.path.exists(os.path.join(tmp_path, "local", schema.SWEEP_PATH))
+
+
+def test_local_storage_on_one_node_is_fine_unless_trials_must_go_elsewhere(ray_session, tmp_path):
+    """One node that fits a trial may keep a local path; one that fits none (autoscaling) may not."""
+    from cluster.runner import check_storage_reach
+    from orchestrator.errors import ConfigError
+    from orchestrator.settings import RunSettings
+    from orchestrator.storage import Storage
+
+    local = Storage.from_uri(str(tmp_path))
+    check_storage_reach(local, RunSettings(storage=str(tmp_path)))
+    elsewhere = RunSettings(storage=str(tmp_path), resources={"accelerator_type_h100": 1})
+    with pytest.raises(ConfigError, match="'storage'.*cannot fit a trial"):
+        check_storage_reach(local, elsewhere)
+    check_storage_reach(local, RunSettings(storage=str(tmp_path), resources={"accelerator_type_h100": 1},
+                                           shared_storage=True))
