@@ -24,8 +24,8 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 TASK = os.path.join(ROOT, "examples", "digits_mlp.py")
-COLUMNS = ["case", "runner", "engine", "k", "epochs", "threads", "repeat", "wall_s", "trials_per_hour", "speedup",
-           "same_to_1e-4", "median_rel_diff"]
+COLUMNS = ["case", "runner", "engine", "k", "epochs", "threads", "repeat", "wall_s", "cpu_s", "trials_per_hour",
+           "speedup", "cpu_speedup", "same_to_1e-4", "median_rel_diff"]
 # Shape-defining values shared by the array; everything else is sampled per trial.
 CASES = {
     "mlp-2x64": {"layers": 2, "hidden": 64, "activation": "relu", "batch_norm": False, "dropout": 0.0,
@@ -48,31 +48,32 @@ def make_configs(shape: dict[str, Any], k: int, seed: int = 0) -> list[dict[str,
     return configs
 
 
-def run_unfused(task: Any, splits: Any, specs: list[Any]) -> tuple[float, dict[int, list[dict[str, Any]]]]:
+def run_unfused(task: Any, splits: Any, specs: list[Any]) -> tuple[float, float, dict[int, list[dict[str, Any]]]]:
     import torch
 
     from worker.trainer import TrialRun
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     rows = {}
     for spec in specs:
         run = TrialRun(task, splits, spec, torch.device("cpu"))
         rows[spec.trial_id] = [run.train_epoch() for _ in range(spec.max_epochs)]
-    return time.perf_counter() - started, rows
+    return time.perf_counter() - started, time.process_time() - cpu, rows
 
 
-def run_fused(task: Any, splits: Any, specs: list[Any], engine: str) -> tuple[float, dict[int, list[dict[str, Any]]]]:
+def run_fused(task: Any, splits: Any, specs: list[Any], engine: str
+              ) -> tuple[float, float, dict[int, list[dict[str, Any]]]]:
     import torch
 
     from worker.fused import FusedArray
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     array = FusedArray(task, splits, specs, torch.device("cpu"), engine=engine)
     rows: dict[int, list[dict[str, Any]]] = {s.trial_id: [] for s in specs}
     for _ in range(specs[0].max_epochs):
         for row in array.train_epoch():
             rows[row["trial_id"]].append(row)
-    return time.perf_counter() - started, rows
+    return time.perf_counter() - started, time.process_time() - cpu, rows
 
 
 def agreement(a: dict[int, list[dict[str, Any]]], b: dict[int, list[dict[str, Any]]]) -> tuple[str, float]:
@@ -106,25 +107,29 @@ def bench(case: str, k: int, epochs: int, repeats: int, threads: int) -> list[di
     out = []
     run_fused(task, splits, specs[:2], "bmm")  # first-use costs (allocator, kernels) paid outside the timings
     for repeat in range(repeats):
-        unfused_s, unfused_rows = run_unfused(task, splits, specs)
-        results: list[tuple[str, str, float, tuple[str, float] | None]] = [("one after another", "-", unfused_s, None)]
+        unfused_s, unfused_cpu, unfused_rows = run_unfused(task, splits, specs)
+        results: list[tuple[str, str, float, float, tuple[str, float] | None]] = [
+            ("one after another", "-", unfused_s, unfused_cpu, None)]
         for engine in ("bmm", "vmap"):
             try:
-                seconds, rows = run_fused(task, splits, specs, engine)
+                seconds, cpu, rows = run_fused(task, splits, specs, engine)
             except NotFusable:  # vmap keeps one dropout rate per array
                 continue
-            results.append((f"fused array (K={k})", engine, seconds, agreement(unfused_rows, rows) if exact else None))
-        for runner, engine, seconds, agree in results:
+            results.append((f"fused array (K={k})", engine, seconds, cpu,
+                            agreement(unfused_rows, rows) if exact else None))
+        for runner, engine, seconds, cpu, agree in results:
             out.append({"case": case, "runner": runner, "engine": engine, "k": k, "epochs": epochs, "threads": threads,
-                        "repeat": repeat, "wall_s": round(seconds, 3), "trials_per_hour": round(k / seconds * 3600),
-                        "speedup": round(unfused_s / seconds, 2), "same_to_1e-4": agree[0] if agree else None,
+                        "repeat": repeat, "wall_s": round(seconds, 3), "cpu_s": round(cpu, 3),
+                        "trials_per_hour": round(k / seconds * 3600), "speedup": round(unfused_s / seconds, 2),
+                        "cpu_speedup": round(unfused_cpu / cpu, 2), "same_to_1e-4": agree[0] if agree else None,
                         "median_rel_diff": agree[1] if agree else None})
             print(out[-1], flush=True)
     return out
 
 
 def summary(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| case | runner | engine | threads | median trials/hour | median speedup |", "|---|---|---|---|---|---|"]
+    lines = ["| case | runner | engine | threads | median trials/hour | median speedup | median CPU-time speedup |",
+             "|---|---|---|---|---|---|---|"]
     def key(r: dict[str, Any]) -> tuple[str, str, str, int]:
         return r["case"], r["runner"], r["engine"], r["threads"]
 
@@ -132,7 +137,8 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
         sel = [r for r in rows if key(r) == (case, runner, engine, threads)]
         lines.append(f"| {case} | {runner} | {engine} | {threads} | "
                      f"{statistics.median(r['trials_per_hour'] for r in sel):.0f} | "
-                     f"{statistics.median(r['speedup'] for r in sel):.2f} |")
+                     f"{statistics.median(r['speedup'] for r in sel):.2f} | "
+                     f"{statistics.median(r['cpu_speedup'] for r in sel):.2f} |")
     return lines
 
 
@@ -152,16 +158,24 @@ def main(argv: list[str] | None = None) -> str:
     if args.tiny:
         args.k, args.epochs, args.repeats, args.threads = 4, 1, 1, [1]
     cases = ["mlp-2x64"] if args.tiny else list(CASES)
+    load_before = os.getloadavg()[0]
     rows = [r for case in cases for t in args.threads for r in bench(case, args.k, args.epochs, args.repeats, t)]
+    load = f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     os.makedirs(args.out, exist_ok=True)
     name = "fused_digits-tiny" if args.tiny else "fused_digits"
     pq.write_table(pa.Table.from_pylist(rows), os.path.join(args.out, f"{name}.parquet"))
     command = "python benchmarks/fused_digits.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = (f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__}; command: {command.strip()}")
+            f"torch {torch.__version__}; {load}; command: {command.strip()}")
     table = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     table += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in COLUMNS) + " |" for r in rows]
-    text = "\n".join([meta, "", *summary(rows), "", "Every run:", "", *table, ""])
+    notes = ["", " ".join([
+        "Runs are interleaved (unfused, bmm, vmap) and repeated; the speedup of each repeat is against the unfused",
+        "run just before it. The CPU-time speedup (process time, one thread) is the steadier number on a shared",
+        "machine; trials per hour are wall-clock. vmap is absent where members have different dropout rates (one",
+        "rate per module). same_to_1e-4: trials whose every val_loss equals the unfused run's to 1e-4; the others",
+        "are unstable (large learning rates), and moving the unfused run's inputs by one ulp changes them as much."])]
+    text = "\n".join([meta, "", *summary(rows), *notes, "", "Every run:", "", *table, ""])
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(text)
     print(text)
