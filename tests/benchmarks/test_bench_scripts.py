@@ -1,0 +1,76 @@
+"""Each benchmark script's tiny mode runs end to end and writes its table with the expected columns.
+
+Subprocesses, because the scripts start their own Ray (they must not share the session instance).
+No timing is asserted: these only prove the scripts work.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # benchmarks/ is a folder of scripts, not an installed package
+
+
+def run_script(script: str, out: str, *extra: str) -> None:
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--tiny", "--out", out, *extra],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def check_table(out: str, name: str, columns: list[str], tools: set[str], key: str) -> None:
+    table = pq.read_table(os.path.join(out, f"{name}.parquet"))
+    assert table.column_names == columns
+    assert set(table[key].to_pylist()) >= tools
+    meta = table.schema.metadata
+    assert {b"machine", b"versions", b"date", b"command"} <= set(meta)
+    text = open(os.path.join(out, f"{name}.md")).read()
+    assert "| " + " | ".join(columns) + " |" in text and "command: python benchmarks/" in text
+
+
+def test_scale_tiny(tmp_path):
+    from benchmarks.scale import COLUMNS
+
+    run_script("scale.py", str(tmp_path))
+    table = pq.read_table(tmp_path / "scale-tiny.parquet")
+    assert table.column_names == COLUMNS
+    cases = table["case"].to_pylist()
+    assert any(c.startswith("master") for c in cases) and any("DuckDB" in c for c in cases)
+
+
+@pytest.mark.timeout(300)
+def test_overhead_tiny_caviar_and_reused_tune(tmp_path):
+    from benchmarks.overhead import COLUMNS
+
+    run_script("overhead.py", str(tmp_path), "--tools", "caviar,tune-reuse", "--trials", "2")
+    check_table(str(tmp_path), "overhead-tiny", COLUMNS, {"caviar", "tune-reuse"}, "tool")
+
+
+@pytest.mark.timeout(300)
+def test_real_sweep_tiny_caviar_and_optuna(tmp_path):
+    from benchmarks.real_sweep import COLUMNS
+
+    run_script("real_sweep.py", str(tmp_path), "--tools", "caviar,optuna", "--trials", "2")
+    check_table(str(tmp_path), "real_sweep-tiny", COLUMNS, {"caviar", "optuna"}, "tool")
+
+
+def test_space_converters_cover_the_digits_space():
+    pytest.importorskip("optuna")
+    pytest.importorskip("ray.tune")
+    import optuna
+
+    from benchmarks.real_sweep import decode, suggest_optuna, to_tune
+    from orchestrator.task import load_task
+
+    space = load_task(os.path.join(ROOT, "examples", "digits_mlp.py")).space
+    assert set(to_tune(space)) == set(space)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+    config = suggest_optuna(trial, space)
+    assert 0.8 <= config["momentum"] <= 0.999 and 0.99 <= config["beta2"] <= 0.9999
+    assert decode({"momentum": 2.0}, space.replace(**{k: 0 for k in space if k != "momentum"}))["momentum"] == \
+        pytest.approx(0.99)

@@ -1,0 +1,23 @@
+"""`caviar run --address ray://HOST:PORT`: the master runs here and drives an existing cluster over Ray Client."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.api import load
+from tests.cluster.conftest import caviar
+from tests.conftest import TINY_TASK
+
+pytestmark = pytest.mark.timeout(420)
+
+
+def test_run_drives_a_remote_cluster_through_ray_client(ray_cluster, tmp_path):
+    done = caviar("run", TINY_TASK, "--address", ray_cluster.client_address, "--storage", str(tmp_path),
+                  "--name", "client", "--trials", "3", "--epochs", "2", "--stages", "1", "--pruner", "none",
+                  "--shared-storage", "--plain", "--no-ensemble")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    tables = load(str(tmp_path / "client"))
+    trials = tables.trials.to_pylist()
+    assert [t["status"] for t in trials] == ["completed"] * 3
+    assert all(t["node"] for t in trials)  # trained by the cluster's actors, which report their node
+    assert tables.metrics.num_rows == 3 * 2
