@@ -29,9 +29,16 @@ class Splits:
     std: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Splits:
+        """The whole data set on ``device``, once per actor, so epochs copy nothing.
+
+        From pinned host memory the copies are asynchronous (pageable memory would make each a
+        blocking staging copy); the stream orders them before the first kernel that reads them.
+        """
         if device.type == "cpu":
             return self
-        moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        pin = device.type == "cuda"
+        moved = {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) if isinstance(v, torch.Tensor) else v
+                 for k, v in vars(self).items()}
         return Splits(**moved)
 
 
