@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from orchestrator.api import run_sweep
 from orchestrator.cli import app
-from orchestrator.report import axis_value, build_report, stage_range, write_report
+from orchestrator.report import build_report, write_report
+from orchestrator.report_figures import axis_value, stage_range
 from orchestrator.space import one_minus_loguniform
 from orchestrator.storage import Storage
 from tests.conftest import TINY_TASK
