@@ -15,6 +15,9 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from cluster.actor import TrialActor
 from orchestrator.backend import Assignment, Backend, Report
+from orchestrator.errors import CaviarError
+
+MAX_REPLACEMENTS = 3  # deaths in a row of one slot's actors before the slot is given up
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Resources:
 
 @dataclass
 class _Call:
-    kind: str  # "run" or "stop"
+    kind: str  # "run", "stop", or "ready" (a replacement actor has loaded its task: its slot can take a trial)
     trial_id: int
     slot: int
     actor: Any
@@ -50,6 +53,8 @@ class RayBackend(Backend):
         self.slot_of: dict[int, int] = {}
         self.calls: dict[Any, _Call] = {}
         self.deaths = 0
+        self.failures = [0] * slots  # deaths in a row per slot, reset when its replacement is ready
+        self.last_error = ""
 
     def wait_ready(self) -> list[str]:
         """Block until every actor has loaded its task and data; returns their node names."""
@@ -78,6 +83,9 @@ class RayBackend(Backend):
 
     def poll(self, timeout: float | None = None) -> list[Report]:
         if not self.calls:
+            if not self.idle and not self.slot_of:  # every slot given up: nothing will ever report again
+                raise CaviarError(f"every trial actor died {MAX_REPLACEMENTS + 1} times in a row; the last: "
+                                  f"{self.last_error.splitlines()[0]}")
             return []
         ready, _ = ray.wait(list(self.calls), num_returns=1, timeout=timeout)
         if ready:  # take everything else that is already done as well
@@ -90,6 +98,11 @@ class RayBackend(Backend):
             except (RayActorError, RayTaskError) as exc:
                 reports.extend(self._on_actor_failure(call, f"{type(exc).__name__}: {exc}"))
                 continue
+            if call.kind == "ready":
+                if self.actors[call.slot] is call.actor:
+                    self.failures[call.slot] = 0
+                    self.idle.append(call.slot)
+                continue
             if call.kind == "stop":
                 continue  # the controller closed this trial when it decided to stop it
             if report.ended and self.slot_of.get(call.trial_id) == call.slot:
@@ -99,23 +112,34 @@ class RayBackend(Backend):
         return reports
 
     def _on_actor_failure(self, call: _Call, error: str) -> list[Report]:
-        """Replace a dead actor once, however many of its calls fail; its trial is lost."""
+        """Replace a dead actor once, however many of its calls fail; its trial is lost.
+
+        The slot takes a trial again only when the replacement is ready: after a node is lost
+        the cluster may have no room for it (it waits for the autoscaler, or forever), and a
+        trial queued on it would wait as long instead of running on the actors left.
+        """
         if self.actors[call.slot] is not call.actor:
             return []
         self.deaths += 1
-        self.actors[call.slot] = self._make()
+        self.failures[call.slot] += 1
+        self.last_error = error
+        ray.kill(call.actor)  # "unavailable" may still be alive somewhere: free what it holds
         lost = [tid for tid, slot in self.slot_of.items() if slot == call.slot]
         for tid in lost:
             del self.slot_of[tid]
-        if call.slot not in self.idle:
-            self.idle.append(call.slot)
+        if call.slot in self.idle:
+            self.idle.remove(call.slot)
+        if self.failures[call.slot] <= MAX_REPLACEMENTS:  # an actor that cannot even start is not retried forever
+            self.actors[call.slot] = self._make()
+            self.calls[self.actors[call.slot].ready.remote()] = _Call("ready", -1, call.slot, self.actors[call.slot])
         return [Report(tid, lost=True, error=error) for tid in lost]
 
     def close(self, drain_seconds: float = 600.0) -> None:
         """Let queued calls (a stop persists the trial's rows and checkpoints) finish, then end the actors."""
-        if self.calls:
-            ray.wait(list(self.calls), num_returns=len(self.calls), timeout=drain_seconds)
-            self.calls.clear()
+        pending = [ref for ref, call in self.calls.items() if call.kind != "ready"]  # a replacement may never start
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=drain_seconds)
+        self.calls.clear()
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []

@@ -8,8 +8,8 @@ from orchestrator.space import (
     SearchSpace,
     choice,
     dropout,
-    loguniform,
     lograndint,
+    loguniform,
     one_minus_loguniform,
     randint,
     uniform,
@@ -17,12 +17,12 @@ from orchestrator.space import (
 
 __all__ = [
     "SearchSpace", "choice", "dropout", "load", "loguniform", "lograndint", "one_minus_loguniform",
-    "randint", "run_sweep", "uniform",
+    "randint", "resume_sweep", "run_sweep", "uniform",
 ]
 
 
 def __getattr__(name: str):  # the API pulls in pyarrow; keep `import orchestrator` light
-    if name in ("run_sweep", "load"):
+    if name in ("run_sweep", "resume_sweep", "load"):
         from orchestrator import api
 
         return getattr(api, name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import posixpath
 import random
 import re
@@ -28,6 +29,7 @@ T = TypeVar("T")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError)
+PERMANENT_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError)
 _URI_SECRETS = re.compile(r"((?:[?&])(?:secret_key|access_key|session_token)=)[^&]*", re.IGNORECASE)
 _URI_PASSWORD = re.compile(r"(://[^/:@]+:)[^/@]*@")
 
@@ -44,13 +46,24 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
-def with_retries(action: Callable[[], T], *, what: str, attempts: int = 4, base_delay: float = 0.2) -> T:
+def io_attempts() -> int:
+    """Tries per storage operation: ``CAVIAR_IO_ATTEMPTS`` (default 4). Object-store SDKs also retry inside each."""
+    value = os.environ.get("CAVIAR_IO_ATTEMPTS", "4")
+    if not value.isdigit() or int(value) < 1:
+        raise StorageError(f"CAVIAR_IO_ATTEMPTS={value!r}: expected a positive integer")
+    return int(value)
+
+
+def with_retries(action: Callable[[], T], *, what: str, attempts: int | None = None, base_delay: float = 0.2) -> T:
     """Run ``action``, retrying transient I/O errors with jittered exponential backoff."""
+    attempts = attempts or io_attempts()
     for attempt in range(attempts):
         try:
             return action()
         except FileNotFoundError:
             raise
+        except PERMANENT_ERRORS as exc:  # retrying cannot help: say so at once
+            raise StorageError(f"{what}: {exc}") from None
         except TRANSIENT_ERRORS as exc:
             if attempt == attempts - 1:
                 raise StorageError(f"{what}: {exc}") from None
@@ -74,8 +87,6 @@ class Storage:
             if "://" in uri:
                 fs, root = pafs.FileSystem.from_uri(uri)
             else:
-                import os
-
                 fs, root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
             raise StorageError(f"storage {redact_uri(uri)!r}: {exc}") from None
@@ -86,6 +97,8 @@ class Storage:
         return Storage(self.fs, self.path(name), f"{base.rstrip('/')}/{name}{sep}{query}")
 
     def path(self, rel: str) -> str:
+        if rel.startswith("/") or ".." in rel.split("/"):  # e.g. a tampered index row: never leave the root
+            raise StorageError(f"{self.root}: {rel!r} points outside it (absolute or '..')")
         return posixpath.join(self.root, rel) if rel else self.root
 
     # -- writes ------------------------------------------------------------------------
@@ -114,7 +127,7 @@ class Storage:
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd")
+        pq.write_table(table, sink, compression="zstd", write_page_checksum=True)  # a flipped bit fails the read
         self.write_bytes(rel, sink.getvalue())
 
     # -- reads -------------------------------------------------------------------------
@@ -133,8 +146,8 @@ class Storage:
     def read_table(self, rel: str) -> pa.Table:
         data = self.read_bytes(rel)
         try:
-            return pq.read_table(io.BytesIO(data))
-        except (pa.ArrowInvalid, OSError) as exc:
+            return pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+        except Exception as exc:  # damaged bytes fail in many ways (ArrowInvalid, OSError, UnicodeDecodeError...)
             raise StorageError(f"{self.path(rel)}: not a readable Parquet file ({exc})") from None
 
     def list_files(self, rel_dir: str, suffix: str = ".parquet") -> list[str]:

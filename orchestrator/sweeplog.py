@@ -45,6 +45,13 @@ class SweepLog:
     def write_sweep_row(self, row: Mapping[str, Any]) -> None:
         self.storage.write_table(schema.SWEEP_PATH, schema.to_table([row], schema.SWEEP))
 
+    def continue_after(self, stages: Sequence[Any], events: Sequence[Mapping[str, Any]],
+                       event_parts: Sequence[str]) -> None:
+        """Resume: the stored stages stay as written, and events go on after the stored ones."""
+        self.stages_written = len(stages)
+        self.seq = max((int(e["seq"]) for e in events), default=-1) + 1
+        self.event_parts = list(event_parts)
+
     def flush(self, controller: Controller, *, force: bool = False) -> None:
         """Write what changed, at most every ``flush_seconds`` unless forced."""
         if not force and time.monotonic() - self.last_flush < self.flush_seconds:
@@ -60,7 +67,7 @@ class SweepLog:
             stage = controller.plan[index]
             first = min(t.trial_id for t in controller.trials.values() if t.stage == index)
             row = {"stage": index, "trials": stage.trials, "epochs": stage.epochs,
-                   "space": schema.json_dumps(controller.stage_spaces[index].to_dict()),
+                   "space": schema.json_dumps(controller.stage_spaces[index].to_dict(), sort_keys=False),
                    "first_trial_id": first, "time": schema.now_ms()}
             self.storage.write_table(schema.stage_path(index), schema.to_table([row], schema.STAGES))
         self.stages_written = len(controller.stage_spaces)

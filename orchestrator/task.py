@@ -85,6 +85,8 @@ def resolve_ref(ref: str) -> tuple[str, Any]:
         namespace: Any = _load_file(path)
         canonical = path
     else:
+        if os.getcwd() not in sys.path:  # as for `python -m`, and as workers see it (their PYTHONPATH has it)
+            sys.path.append(os.getcwd())
         try:
             namespace = importlib.import_module(target)
         except ImportError as exc:

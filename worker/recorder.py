@@ -63,6 +63,31 @@ class TrialRecorder:
         self.diagnostic_parts = 0
         self.last_persist = time.monotonic()
 
+    def adopt(self, resume_epoch: int) -> None:
+        """A resumed attempt takes over the checkpoints its trial already kept, so none is lost from the index.
+
+        Best checkpoints up to the resume epoch stay kept (their weights read back, checksum checked);
+        the rest (a lost attempt's "last", epochs it will re-run) are superseded, deleted at the next persist.
+        """
+        rel = schema.checkpoint_index_path(self.trial_id)
+        if not self.storage.exists(rel):
+            return
+        by_epoch: dict[int, list[dict[str, Any]]] = {}
+        for row in self.storage.read_table(rel).to_pylist():
+            key = (row["epoch"], row["weights"])
+            data = self.storage.read_bytes(row["path"]) if self.storage.exists(row["path"]) else None
+            if data is None or sha256(data) != row["sha256"]:
+                continue  # missing or damaged: never adopted, so never deleted either
+            self.written[key] = {k: v for k, v in row.items() if k != "kept_as"}
+            if "best" in row["kept_as"].split(",") and row["epoch"] <= resume_epoch:
+                by_epoch.setdefault(row["epoch"], []).append({**row, "state": safetensors.torch.load(data)})
+        for epoch, rows in by_epoch.items():
+            first = rows[0]
+            states = {r["weights"]: r["state"] for r in rows}
+            self.best.append(Kept(epoch, first["score"], first["val_loss"], first["val_accuracy"], states))
+        self.best.sort(key=lambda k: (-k.score, k.epoch))
+        del self.best[self.keep_best :]
+
     def record(self, run: TrialRun, row: dict[str, Any]) -> None:
         row = {**row, "time": schema.now_ms()}
         self.pending_rows.append(row)

@@ -76,6 +76,8 @@ class WorkerSession:
             recorder = TrialRecorder(self.storage, a.trial_id, a.attempt, keep_best=o.keep_best,
                                      keep_last=o.keep_last, checkpoint_seconds=o.checkpoint_seconds,
                                      prediction_dtype=o.prediction_dtype)
+            if a.resume:  # the checkpoints earlier attempts kept stay in the index
+                recorder.adopt(run.epoch)
         except Exception:
             return Report(a.trial_id, ended=True, status="failed", reason="error", error=traceback.format_exc(), node=self.node)
         self.runs[a.trial_id] = (run, recorder)

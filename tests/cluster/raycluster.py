@@ -28,6 +28,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])  # the field after the state letter
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def ancestors(pid: int) -> list[int]:
+    out = []
+    while (pid := parent_of(pid)) not in (None, 0):
+        out.append(pid)
+    return out
+
+
+def all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
 def cluster_env() -> dict[str, str]:
     """The environment for cluster processes and CLI calls: this venv's python first, no inherited Ray address."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
@@ -41,6 +60,7 @@ def cluster_env() -> dict[str, str]:
 class LocalRayCluster:
     nodes: int = 2
     cpus_per_node: int = 1
+    head_cpus: int | None = None  # None: as every node; 0: a head that only coordinates (trials go to the others)
     temp_dir: str = ""
     gcs_port: int = 0
     dashboard_port: int = 0
@@ -60,21 +80,30 @@ class LocalRayCluster:
         return f"ray://127.0.0.1:{self.client_port}"
 
     def start(self, timeout: float = 180.0) -> LocalRayCluster:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()  # a node that failed to come up must not leave the others running
+            raise
+
+    def _start(self, timeout: float) -> LocalRayCluster:
         # Short temp dir: Ray's socket paths live under it and Unix sockets allow ~107 characters.
         self.temp_dir = tempfile.mkdtemp(prefix="cvr", dir="/tmp")
         self.gcs_port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
         common = ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus_per_node}", "--num-gpus=0",
                   f"--temp-dir={self.temp_dir}", f"--dashboard-agent-listen-port={free_port()}",
                   "--object-store-memory=100000000", "--disable-usage-stats"]
+        head_cpus = self.cpus_per_node if self.head_cpus is None else self.head_cpus
         self._spawn("head", [RAY, "start", "--head", f"--port={self.gcs_port}", "--include-dashboard=true",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-                             f"--ray-client-server-port={self.client_port}", *common])
+                             f"--ray-client-server-port={self.client_port}", f"--num-cpus={head_cpus}",
+                             *(a for a in common if not a.startswith("--num-cpus"))])
         self._wait(lambda: self.alive_nodes() >= 1, timeout, "the head node")
-        for i in range(1, self.nodes):
+        for i in range(1, self.nodes):  # one at a time: a raylet gets 30 s to register, and a busy machine is slow
             worker = [a for a in common if not a.startswith("--dashboard-agent-listen-port")]
             self._spawn(f"node{i}", [RAY, "start", f"--address={self.gcs_address}",
                                      f"--dashboard-agent-listen-port={free_port()}", *worker])
-        self._wait(lambda: self.alive_nodes() >= self.nodes, timeout, f"{self.nodes} nodes")
+            self._wait(lambda n=i + 1: self.alive_nodes() >= n, timeout, f"{i + 1} nodes")
         return self
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
@@ -113,6 +142,24 @@ class LocalRayCluster:
         """Command lines of processes still running from this cluster (they all name its temp dir)."""
         out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
         return [line for line in out.splitlines() if self.temp_dir and self.temp_dir in line]
+
+    def node_of(self, pid: int) -> int | None:
+        """The index (0 = head) of the node whose ``ray start`` process ``pid`` descends from; None if none."""
+        starts = {p.pid: i for i, p in enumerate(self.processes)}
+        return next((starts[a] for a in ancestors(pid) if a in starts), None)
+
+    def kill_node(self, index: int) -> None:
+        """Pull worker node ``index`` out as a machine failure would: SIGKILL its ``ray start`` and all it started."""
+        assert index > 0, "the head holds the cluster together: kill a worker node"
+        process = self.processes[index]
+        started = [pid for pid in all_pids() if process.pid in ancestors(pid)]
+        os.killpg(process.pid, signal.SIGKILL)
+        for pid in started:  # by id, only descendants of this node's own `ray start`
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        process.wait(10)
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM each ``ray start --block`` (it drains and stops its node's processes), SIGKILL what is left."""

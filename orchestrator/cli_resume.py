@@ -1,0 +1,40 @@
+"""``caviar resume SWEEP_DIR``: continue a sweep whose master died, from its Parquet tables alone."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.cli import SweepArg, app, fail, print_top
+
+
+@app.command()
+def resume(
+    sweep: SweepArg,
+    slots: Annotated[int | None, typer.Option(help="Trials trained at once (default: as started).")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster: auto or ray://HOST:10001 (default: start Ray here).")
+    ] = None,
+    ensemble: Annotated[
+        bool | None, typer.Option(help="Build ensembles when the sweep ends (default: as started).")
+    ] = None,
+    plain: Annotated[bool, typer.Option(help="Log lines instead of the live view.")] = False,
+) -> None:
+    """Continue an interrupted sweep: finished trials kept, interrupted ones resumed from their checkpoints."""
+    from orchestrator.api import load, resume_sweep
+    from orchestrator.progress import Progress
+    from orchestrator.storage import redact_uri
+
+    overrides: dict[str, Any] = {
+        k: v for k, v in dict(slots=slots, address=address, ensemble=ensemble).items() if v is not None
+    }
+    with Progress(force_plain=plain) as progress:
+        result = resume_sweep(sweep, on_tick=progress, **overrides)
+    print_top(load(result.path), 5)
+    for warning in result.warnings:
+        typer.secho(f"warning: {warning}: the next sweep should look beyond it", fg="yellow", err=True)
+    if result.aborted:
+        fail(f"sweep stopped early: {result.aborted}")
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
+    typer.echo(f"\n{counts}. Results (Parquet): {redact_uri(result.path)}")

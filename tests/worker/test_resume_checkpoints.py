@@ -1,0 +1,47 @@
+"""A resumed attempt keeps the checkpoints its trial kept before the crash: real torch, real files."""
+
+from __future__ import annotations
+
+import torch
+
+from orchestrator import schema
+from orchestrator.storage import Storage
+from orchestrator.task import load_task
+from tests.conftest import TINY_TASK
+from worker.data import prepare
+from worker.recorder import TrialRecorder, load_resume_state
+from worker.trainer import TrialRun, TrialSpec
+
+CONFIG = {"lr": 0.03, "optimizer": "adam", "hidden": 8, "batch_size": 32, "ema_decay": 0.9}
+
+
+def make_run(attempt: int) -> TrialRun:
+    task = load_task(TINY_TASK)
+    return TrialRun(task, prepare(task.get("load_data")()), TrialSpec(0, 0, CONFIG, 3, 3, attempt), torch.device("cpu"))
+
+
+def record(recorder: TrialRecorder, run: TrialRun, score: float) -> None:
+    recorder.record(run, {**run.train_epoch(), "score": score})
+
+
+def test_a_resumed_attempt_keeps_the_best_checkpoint_of_the_lost_one(tmp_path):
+    storage = Storage.from_uri(str(tmp_path))
+    lost_run = make_run(0)
+    lost = TrialRecorder(storage, 0, 0, keep_best=1, checkpoint_seconds=0.0)
+    record(lost, lost_run, 0.9)  # epoch 1: the trial's best
+    record(lost, lost_run, 0.5)  # epoch 2: persisted as "last"; then the worker dies
+    stale_last = schema.weights_path(0, 0, 2, "raw")
+    assert storage.exists(stale_last)
+
+    run = make_run(1)
+    run.load_resume_state(load_resume_state(storage, 0))
+    recorder = TrialRecorder(storage, 0, 1, keep_best=1, checkpoint_seconds=0.0)
+    recorder.adopt(run.epoch)
+    record(recorder, run, 0.6)  # epoch 3, better than epoch 2 but not than epoch 1
+    index = recorder.finish(run)
+
+    kept = {(r["epoch"], r["weights"]): (r["attempt"], r["kept_as"]) for r in index}
+    assert kept == {(1, "raw"): (0, "best"), (1, "ema"): (0, "best"), (3, "raw"): (1, "last"), (3, "ema"): (1, "last")}
+    assert not storage.exists(stale_last)  # the lost attempt's superseded "last" is cleaned up
+    predictions = storage.read_table(schema.predictions_path(0))
+    assert set(predictions["epoch"].to_pylist()) == {1, 3}  # ensembles can still use the best epoch
