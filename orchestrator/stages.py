@@ -1,7 +1,11 @@
 """Stage plans for coarse-to-fine search: many short trials first, then fewer, longer ones.
 
 A plan is written ``"64x1,24x5,8x20"``: 64 trials of 1 epoch, then 24 of 5 epochs in
-ranges narrowed around the best, then 8 of 20 epochs.
+ranges narrowed around the best, then 8 of 20 epochs. Each later stage trains the best
+configs of the stage before again, for longer (:func:`promotion_count`), and fills its
+other trials with fresh samples from the narrowed ranges: a short run tells a config that
+learns from one that does not, but is a poor judge among the good ones, so the good ones
+get the longer run.
 """
 
 from __future__ import annotations
@@ -19,17 +23,22 @@ _STAGE = re.compile(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*")
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: how many trials, each trained for at most how many epochs."""
+    """One stage: how many trials, each trained for at most how many epochs.
+
+    A ``reseed`` stage samples nothing: it trains the best config so far once per trial, each
+    with its own seed (the notes' "same model, different initializations" ensemble).
+    """
 
     trials: int
     epochs: int
+    reseed: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("stage.trials", self.trials)
         _positive_int("stage.epochs", self.epochs)
 
     def __str__(self) -> str:
-        return f"{self.trials}x{self.epochs}"
+        return f"{self.trials}x{self.epochs}" + (" (seeds)" if self.reseed else "")
 
 
 def parse_plan(text: str) -> list[Stage]:
@@ -84,6 +93,54 @@ def default_plan(trials: int, epochs: int, stages: int | None = None) -> list[St
 def stage_budget_epochs(plan: Sequence[Stage]) -> int:
     """Trial-epochs the plan costs without pruning (an upper bound on the work)."""
     return sum(stage.trials * stage.epochs for stage in plan)
+
+
+def default_plan_for_budget(budget_epochs: int, epochs: int, stages: int | None = None) -> list[Stage]:
+    """The :func:`default_plan` with the most trials whose cost (:func:`stage_budget_epochs`) fits the budget.
+
+    So a staged sweep can be given the epochs a plain random search of ``budget_epochs //
+    epochs`` trials would spend. Costs are not monotone in the trial count (the number of
+    stages jumps at 8 and 24 trials), so every count up to the budget is tried: O(budget).
+    """
+    _positive_int("budget_epochs", budget_epochs)
+    _positive_int("epochs", epochs)
+    best: list[Stage] | None = None
+    for trials in range(1, budget_epochs + 1):
+        try:
+            plan = default_plan(trials, epochs, stages)
+        except ConfigError:  # too few trials for the stages asked
+            continue
+        if stage_budget_epochs(plan) <= budget_epochs:
+            best = plan
+    if best is None:
+        raise ConfigError(f"budget_epochs: {budget_epochs} epochs cannot pay for one trial of {epochs} epochs")
+    return best
+
+
+def stage_grace_epochs(plan: Sequence[Stage], grace_epochs: int) -> list[int]:
+    """Each stage's grace period for a pruner: no shorter than the epochs of the stage before.
+
+    A later stage's trials were chosen on what the earlier stage saw after its epochs; cutting
+    them on a shorter horizon than that would throw away slow starters the plan meant to give
+    a longer run. Capped at each stage's own epochs.
+    """
+    _positive_int("grace_epochs", grace_epochs)
+    graces, previous = [], 0
+    for stage in plan:
+        graces.append(min(max(grace_epochs, previous), stage.epochs))
+        previous = stage.epochs
+    return graces
+
+
+def promotion_count(stage_trials: int, candidates: int, fraction: float = 0.5) -> int:
+    """How many of the earlier stage's best configs a stage of ``stage_trials`` trains again.
+
+    At most ``fraction`` of the stage (rounded down; the rest are fresh samples that explore the
+    narrowed, possibly extended, ranges), and never more than the ``candidates`` on offer.
+    """
+    if not (isinstance(fraction, (int, float)) and 0.0 <= fraction <= 1.0):
+        raise ConfigError(f"promote_fraction: must lie in [0, 1], got {fraction!r}")
+    return max(0, min(candidates, math.floor(stage_trials * fraction + 1e-9)))
 
 
 def _epoch_levels(epochs: int, stages: int) -> list[int]:

@@ -8,8 +8,8 @@ from orchestrator.controller import Controller, ControllerOptions
 from orchestrator.driver import drive
 from orchestrator.pruning import make_pruner
 from orchestrator.simulate import SimulatedBackend
-from orchestrator.space import SearchSpace, choice, loguniform, one_minus_loguniform
-from orchestrator.stages import parse_plan
+from orchestrator.space import SearchSpace, choice, loguniform, one_minus_loguniform, uniform
+from orchestrator.stages import default_plan_for_budget, parse_plan, plan_to_str
 
 
 def peak(log_lr_opt: float, width: float = 1.0):
@@ -87,3 +87,94 @@ def test_replay_is_deterministic():
     b, _ = run(space, "20x1,10x3", peak(-3.0), seed=4)
     assert [t.as_row() | {"started": 0, "finished": 0} for t in a.trials.values()] == \
            [t.as_row() | {"started": 0, "finished": 0} for t in b.trials.values()]
+
+
+def test_later_stages_retrain_the_best_configs_of_the_stage_before():
+    space = SearchSpace({"lr": loguniform(1e-6, 10.0), "act": choice(["relu", "tanh"])})
+    controller, _ = run(space, "20x1,10x3", peak(-2.0, 0.7), seed=3)
+    first = sorted((t for t in controller.trials.values() if t.stage == 0), key=lambda t: -t.best_score)
+    second = [t for t in controller.trials.values() if t.stage == 1]
+    # top 25% of 20 = 5 candidates, at most half of the 10 trials: the 5 best, best first, after the fresh ones
+    assert [t.config for t in second[5:]] == [t.config for t in first[:5]]
+    assert all(t.config not in [f.config for f in first] for t in second[:5])
+    started = [e for e in controller.events if e["kind"] == "stage_started"]
+    assert [e["detail"]["promoted"] for e in started] == [0, 5]
+
+
+def test_promotion_off_samples_every_trial_afresh():
+    space = SearchSpace({"lr": loguniform(1e-6, 10.0)})
+    plan = parse_plan("20x1,10x3")
+    controller = Controller(space, plan, lambda s: make_pruner("none", max_epochs=s.epochs),
+                            ControllerOptions(seed=3, promote_fraction=0.0))
+    drive(controller, SimulatedBackend(peak(-2.0), 4))
+    first = [t.config for t in controller.trials.values() if t.stage == 0]
+    assert not any(t.config in first for t in controller.trials.values() if t.stage == 1)
+
+
+def test_fresh_trials_keep_their_ids_and_configs_when_a_stage_is_sampled_again():
+    """A resume re-begins stored stages without the earlier results: the fresh trials must come out the same."""
+    space = SearchSpace({"lr": loguniform(1e-6, 10.0), "act": choice(["relu", "tanh"])})
+    controller, _ = run(space, "20x1,10x3", peak(-2.0, 0.7), seed=5)
+    before = {tid: dict(t.config) for tid, t in controller.trials.items()}
+    controller.reopen(controller.stage_spaces)
+    fresh = [tid for tid, t in controller.trials.items() if t.stage == 1][:5]
+    assert all(controller.trials[tid].config == before[tid] for tid in before if tid < 20 or tid in fresh)
+
+
+def _interaction_quality(config):
+    """Each optimizer has its own best learning rate: a box over the marginal ranges holds bad pairs."""
+    best_log_lr = {"sgd": -0.7, "adam": -2.5, "rmsprop": -2.7, "adagrad": -1.2}[config["opt"]]
+    d = (math.log10(config["lr"]) - best_log_lr) / 0.6
+    return 0.1 + 0.88 * math.exp(-0.5 * d * d) - 0.02 * abs(config["x0"] - 0.5)
+
+
+def test_staged_search_with_promotion_beats_random_search_at_the_same_epoch_budget():
+    space = SearchSpace({"lr": loguniform(1e-4, 1.0), "opt": choice(["sgd", "adam", "rmsprop", "adagrad"]),
+                         **{f"x{i}": uniform(0.0, 1.0) for i in range(6)}})
+    staged = plan_to_str(default_plan_for_budget(16 * 12, 12))
+
+    def mean_best_quality(plan, promote_fraction):
+        qualities = []
+        for seed in range(12):
+            controller = Controller(space, parse_plan(plan), lambda s: make_pruner("none", max_epochs=s.epochs),
+                                    ControllerOptions(seed=seed, promote_fraction=promote_fraction))
+            backend = SimulatedBackend(_interaction_quality, 2, noise=0.01, seed=seed, rate=0.3)
+            drive(controller, backend)
+            assert backend.epochs_trained == 16 * 12  # the same budget, all spent (no pruner)
+            qualities.append(_interaction_quality(controller.best().config))
+        return sum(qualities) / len(qualities)
+
+    random, promoted = mean_best_quality("16x12", 0.5), mean_best_quality(staged, 0.5)
+    fresh = mean_best_quality(staged, 0.0)
+    assert promoted > random + 0.01
+    assert promoted > fresh + 0.05  # narrowed ranges alone lose: the last stage resamples bad pairs
+
+
+def test_seed_copies_retrain_the_best_config_with_new_seeds_through_the_real_plan():
+    from orchestrator.api import controller_for
+    from orchestrator.settings import RunSettings
+
+    space = SearchSpace({"lr": loguniform(1e-4, 1.0)})
+    settings = RunSettings(plan="12x1,4x4", seed_copies=3, pruner="asha", seed=2).validate()
+    controller = controller_for(space, settings)
+    assert [str(s) for s in controller.plan] == ["12x1", "4x4", "3x4 (seeds)"]
+    drive(controller, SimulatedBackend(peak(-2.0), 4))
+    last_stage = [t for t in controller.trials.values() if t.stage == 1]
+    best_before = max(last_stage, key=lambda t: t.best_score)
+    copies = [t for t in controller.trials.values() if t.stage == 2]
+    assert len(copies) == 3 and all(t.config == best_before.config for t in copies)
+    assert len({t.seed for t in copies} | {best_before.seed}) == 4  # every copy has its own seed
+    assert all(t.status == "completed" and t.epochs_run == 4 for t in copies)  # never pruned: all are kept
+    reseed = [e for e in controller.events if e["kind"] == "reseed"]
+    assert reseed and reseed[0]["detail"]["config_of_trial"] == best_before.trial_id
+
+
+def test_seed_copies_are_skipped_when_nothing_finished():
+    from orchestrator.api import controller_for
+    from orchestrator.settings import RunSettings
+
+    space = SearchSpace({"lr": loguniform(1e-4, 1.0)})
+    controller = controller_for(space, RunSettings(plan="4x2", seed_copies=2, pruner="none").validate())
+    drive(controller, SimulatedBackend(peak(-2.0), 2, diverges=lambda config: True))
+    assert controller.finished and {t.stage for t in controller.trials.values()} == {0}
+    assert any(e["kind"] == "reseed_skipped" for e in controller.events)

@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.stages import Stage, default_plan, parse_plan, plan_to_str, stage_budget_epochs
+from orchestrator.stages import (
+    Stage,
+    default_plan,
+    default_plan_for_budget,
+    parse_plan,
+    plan_to_str,
+    promotion_count,
+    stage_budget_epochs,
+    stage_grace_epochs,
+)
 
 
 def test_parse_and_print_round_trip():
@@ -99,3 +109,104 @@ def test_default_plan_errors(args, field):
 def test_stage_budget_epochs():
     assert stage_budget_epochs(parse_plan("64x1,24x5,8x20")) == 64 + 120 + 160
     assert stage_budget_epochs([]) == 0
+
+
+@pytest.mark.parametrize(
+    "budget, epochs, expected",
+    [
+        (192, 12, "48x1,18x4,6x12"),  # what 16 random trials x 12 epochs cost
+        (24, 3, "9x1,5x3"),
+        (12, 2, "6x1,3x2"),
+        (12, 3, "4x3"),  # 7 trials are too few to stage, and 8 staged ones cost 14
+        (12, 12, "1x12"),
+        (5, 1, "5x1"),
+    ],
+)
+def test_default_plan_for_budget(budget, epochs, expected):
+    assert plan_to_str(default_plan_for_budget(budget, epochs)) == expected
+
+
+@pytest.mark.parametrize("budget", [1, 7, 12, 13, 40, 100, 192, 333])
+@pytest.mark.parametrize("epochs", [1, 2, 5, 12])
+def test_default_plan_for_budget_is_the_largest_default_plan_that_fits(budget, epochs):
+    if budget < epochs:
+        with pytest.raises(ConfigError, match="^budget_epochs:"):
+            default_plan_for_budget(budget, epochs)
+        return
+    plan = default_plan_for_budget(budget, epochs)
+    trials = sum(s.trials for s in plan)
+    assert plan == default_plan(trials, epochs) and plan[-1].epochs == epochs
+    assert stage_budget_epochs(plan) <= budget
+    assert all(stage_budget_epochs(default_plan(more, epochs)) > budget for more in range(trials + 1, budget + 1))
+
+
+def test_default_plan_for_budget_errors():
+    with pytest.raises(ConfigError, match="^budget_epochs:"):
+        default_plan_for_budget(0, 5)
+    with pytest.raises(ConfigError, match="^epochs:"):
+        default_plan_for_budget(10, 0)
+
+
+@pytest.mark.parametrize(
+    "plan, grace, expected",
+    [
+        ("64x1,24x5,8x20", 1, [1, 1, 5]),  # the 20-epoch stage prunes from epoch 5 on, not 1
+        ("64x1,24x5,8x20", 3, [1, 3, 5]),
+        ("64x1,24x5,8x20", 8, [1, 5, 8]),
+        ("30x1,30x1,30x1", 1, [1, 1, 1]),
+        ("10x5,5x3", 2, [2, 3]),  # capped at the stage's own epochs
+        ("10x9", 2, [2]),
+    ],
+)
+def test_stage_grace_epochs(plan, grace, expected):
+    assert stage_grace_epochs(parse_plan(plan), grace) == expected
+
+
+def test_stage_grace_epochs_error():
+    with pytest.raises(ConfigError, match="^grace_epochs:"):
+        stage_grace_epochs(parse_plan("4x2"), 0)
+
+
+@pytest.mark.parametrize(
+    "stage_trials, candidates, fraction, expected",
+    [
+        (18, 12, 0.5, 9),  # half the stage
+        (6, 5, 0.5, 3),
+        (7, 5, 0.5, 3),  # rounded down: at least half stays fresh
+        (10, 2, 0.5, 2),  # never more than the candidates
+        (10, 5, 0.0, 0),  # off: every trial a fresh sample
+        (10, 12, 1.0, 10),
+        (1, 3, 0.5, 0),
+    ],
+)
+def test_promotion_count(stage_trials, candidates, fraction, expected):
+    assert promotion_count(stage_trials, candidates, fraction) == expected
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, "half", None])
+def test_promotion_count_refuses_a_bad_fraction(fraction):
+    with pytest.raises(ConfigError, match="^promote_fraction:"):
+        promotion_count(10, 5, fraction)
+
+
+def test_controller_for_gives_later_stages_the_earlier_stage_grace():
+    from orchestrator.api import controller_for
+    from orchestrator.pruning import ASHAPruner, NoPruner
+    from orchestrator.settings import RunSettings
+    from orchestrator.space import SearchSpace, loguniform
+
+    space = SearchSpace({"lr": loguniform(1e-4, 1.0)})
+    controller = controller_for(space, RunSettings(plan="20x1,10x4,5x12", pruner="asha").validate())
+    first, second, last = (controller.make_pruner(stage) for stage in controller.plan)
+    assert isinstance(first, NoPruner)
+    assert isinstance(second, ASHAPruner) and second.rungs == [1, 3]
+    assert isinstance(last, ASHAPruner) and last.rungs == [4]  # not 1, 3, 9: stage 2 already judged 4 epochs
+    assert controller.options.promote_fraction == 0.5
+
+
+@pytest.mark.parametrize("value", [-0.5, 1.5, "half", True, math.nan])
+def test_promote_fraction_setting_is_checked(value):
+    from orchestrator.settings import RunSettings
+
+    with pytest.raises(ConfigError, match="^setting 'promote_fraction'"):
+        RunSettings(promote_fraction=value).validate()
