@@ -9,6 +9,7 @@ its best validation epoch (caviar: its kept best checkpoint).
     python benchmarks/real_sweep.py                 # 32 trials x up to 10 epochs
     python benchmarks/real_sweep.py --tiny          # 4 trials x 2 epochs (CI)
     python benchmarks/real_sweep.py --tools caviar,optuna --trials 8 --epochs 3
+    python benchmarks/real_sweep.py --tools caviar,caviar-unfused   # caviar with fuse=off beside its default
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ from orchestrator.space import (  # noqa: E402
 )
 
 TASK = os.path.join(ROOT, "examples", "digits_mlp.py")
-TOOLS = ("caviar", "tune", "optuna")
+TOOLS = ("caviar", "caviar-unfused", "tune", "optuna")
+DEFAULT_TOOLS = ("caviar", "tune", "optuna")
 SLOTS = 2
 COLUMNS = ["tool", "trials", "max_epochs", "epochs_trained", "wall_s", "ratio_vs_caviar", "compute_s", "busy_fraction",
-           "best_val_accuracy", "test_accuracy_best", "ensemble_test_accuracy", "train_wall_s", "ray_start_s",
-           "process_s"]
+           "best_val_accuracy", "test_accuracy_best", "ensemble_test_accuracy", "startup_s", "train_phase_s",
+           "train_busy_fraction", "after_s", "ray_start_s", "process_s"]
 
 
 # -- one search space, three spellings ------------------------------------------------------
@@ -135,7 +137,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
     for _ in range(int(config["__max_epochs"])):
         row = run.train_epoch()
         tune.report({"val_accuracy": row["val_accuracy"], "epoch_seconds": row["epoch_seconds"],
-                     "test_accuracy": test_accuracy(run)})
+                     "epoch_end": time.time(), "test_accuracy": test_accuracy(run)})
 
 
 def load_space() -> SearchSpace:
@@ -156,22 +158,38 @@ def init_ray() -> float:
     return time.perf_counter() - started
 
 
-def run_caviar(trials: int, epochs: int, storage: str) -> dict[str, Any]:
-    from orchestrator.api import load, run_sweep
+def phases(started: float, finished: float, epochs: list[tuple[float, float]]) -> dict[str, Any]:
+    """Where the wall time went, from (epoch end, epoch seconds) wall-clock pairs: before the first epoch began
+    (worker start-up), from there to the last epoch's end (training), and after it (final writes, ensembles)."""
+    if not epochs:
+        return {}
+    first = min(end - seconds for end, seconds in epochs)
+    last = max(end for end, _ in epochs)
+    compute = sum(seconds for _, seconds in epochs)
+    return {"startup_s": first - started, "train_phase_s": last - first, "after_s": finished - last,
+            "train_busy_fraction": compute / ((last - first) * SLOTS) if last > first else None}
 
-    ticks: list[float] = []
-    started = time.perf_counter()
-    result = run_sweep(TASK, trials=trials, epochs=epochs, storage=storage, name="digits", overwrite=True, slots=SLOTS,
-                       on_tick=lambda _: ticks.append(time.perf_counter()))
+
+def run_caviar(trials: int, epochs: int, storage: str, **settings: Any) -> dict[str, Any]:
+    from orchestrator.api import load, run_sweep
+    from orchestrator.task import load_task
+
+    task = load_task(TASK)  # the driver's import of the task module, before the clock as for Tune and Optuna
+    started, wall_started = time.perf_counter(), time.time()
+    result = run_sweep(task, trials=trials, epochs=epochs, storage=storage, name="digits", overwrite=True, slots=SLOTS,
+                       **settings)
     wall = time.perf_counter() - started
     tables = load(result.path)
     metrics = tables.metrics
-    # The last tick is the driver's last loop: what follows is flushing and the ensemble step.
-    out = {"wall_s": wall, "train_wall_s": (ticks[-1] - started) if ticks else None,
+    ends = [t.timestamp() for t in metrics["time"].to_pylist()]  # stamped as each epoch is recorded
+    epoch_times = list(zip(ends, metrics["epoch_seconds"].to_pylist()))
+    out = {"wall_s": wall, **phases(wall_started, wall_started + wall, epoch_times),
            "compute_s": float(sum(metrics["epoch_seconds"].to_pylist())),
            "epochs_trained": metrics.num_rows, "best_val_accuracy": max(metrics["val_accuracy"].to_pylist()),
            "test_accuracy_best": caviar_best_test_accuracy(result, tables), "trials": len(tables.trials)}
     out["ensemble_test_accuracy"] = caviar_ensemble_test_accuracy(result)
+    fused = [e for e in tables.events.to_pylist() if e["kind"] == "fusing_on"]
+    out["backend"] = f"fused arrays ({fused[0]['reason']})" if fused else "one trial per actor"
     return out
 
 
@@ -219,13 +237,15 @@ def run_tune(trials: int, epochs: int, storage: str) -> dict[str, Any]:
                                     scheduler=ASHAScheduler(max_t=epochs, grace_period=1, reduction_factor=3)),
         run_config=tune.RunConfig(storage_path=storage, name="digits", verbose=0),
     )
-    started = time.perf_counter()
+    started, wall_started = time.perf_counter(), time.time()
     grid = tuner.fit()
     wall = time.perf_counter() - started
     frames = [r.metrics_dataframe for r in grid if r.metrics_dataframe is not None and len(r.metrics_dataframe)]
     best_frame = max(frames, key=lambda f: f["val_accuracy"].max())
     at_best = best_frame.loc[best_frame["val_accuracy"].idxmax()]
-    return {"wall_s": wall, "compute_s": float(sum(f["epoch_seconds"].sum() for f in frames)),
+    epoch_times = [(float(e), float(s)) for f in frames for e, s in zip(f["epoch_end"], f["epoch_seconds"])]
+    return {"wall_s": wall, **phases(wall_started, wall_started + wall, epoch_times),
+            "compute_s": float(sum(f["epoch_seconds"].sum() for f in frames)),
             "epochs_trained": int(sum(len(f) for f in frames)), "best_val_accuracy": float(at_best["val_accuracy"]),
             "test_accuracy_best": float(at_best["test_accuracy"]), "trials": len(frames)}
 
@@ -237,6 +257,7 @@ def run_optuna(trials: int, epochs: int) -> dict[str, Any]:
     space = load_space()
     lock = threading.Lock()
     totals = {"compute_s": 0.0, "epochs_trained": 0}
+    epoch_times: list[tuple[float, float]] = []
 
     def objective(trial: Any) -> float:
         run = trial_run(suggest_optuna(trial, space), epochs, seed=trial.number)
@@ -246,6 +267,7 @@ def run_optuna(trials: int, epochs: int) -> dict[str, Any]:
             with lock:
                 totals["compute_s"] += row["epoch_seconds"]
                 totals["epochs_trained"] += 1
+                epoch_times.append((time.time(), row["epoch_seconds"]))
             if row["val_accuracy"] > best:
                 best, best_test = row["val_accuracy"], test_accuracy(run)
                 trial.set_user_attr("test_accuracy", best_test)
@@ -259,21 +281,24 @@ def run_optuna(trials: int, epochs: int) -> dict[str, Any]:
     trial_run({k: v for k, v in space.fixed.items()} | {"lr": 0.01, "optimizer": "sgd", "layers": 1, "hidden": 16,
               "activation": "relu", "batch_norm": False, "dropout": 0.0, "init": "he", "batch_size": 64,
               "schedule": "constant"}, 1)  # load task and data before the clock, as the actors do
-    started = time.perf_counter()
+    started, wall_started = time.perf_counter(), time.time()
     study.optimize(objective, n_trials=trials, n_jobs=SLOTS)
     wall = time.perf_counter() - started
     done = [t for t in study.trials if t.user_attrs.get("test_accuracy") is not None]
     # A pruned trial's intermediate values count too: best validation accuracy over everything trained.
     best = max(done, key=lambda t: max(t.intermediate_values.values()))
-    return {"wall_s": wall, **totals, "best_val_accuracy": max(best.intermediate_values.values()),
+    return {"wall_s": wall, **totals, **phases(wall_started, wall_started + wall, epoch_times),
+            "best_val_accuracy": max(best.intermediate_values.values()),
             "test_accuracy_best": best.user_attrs["test_accuracy"], "trials": len(study.trials)}
 
 
 def child(tool: str, trials: int, epochs: int) -> None:
-    ray_start = init_ray() if tool in ("caviar", "tune") else None
+    ray_start = init_ray() if tool != "optuna" else None
     with tempfile.TemporaryDirectory() as storage:
         if tool == "caviar":
             result = run_caviar(trials, epochs, storage)
+        elif tool == "caviar-unfused":
+            result = run_caviar(trials, epochs, storage, fuse="off")
         elif tool == "tune":
             result = run_tune(trials, epochs, storage)
         else:
@@ -284,7 +309,8 @@ def child(tool: str, trials: int, epochs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {', '.join(TOOLS)}")
+    parser.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
+                        help=f"comma-separated subset of {', '.join(TOOLS)}")
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--out", default=None)
@@ -299,9 +325,12 @@ def main() -> None:
         parser.error(f"--tools: unknown {', '.join(sorted(unknown))} (known: {', '.join(TOOLS)})")
     trials = args.trials or (4 if args.tiny else 32)
     epochs = args.epochs or (2 if args.tiny else 10)
-    rows, base = [], None
+    rows, base, extra = [], None, []
     for tool in tools:
+        load_before = os.getloadavg()[0]
         result = run_child([os.path.abspath(__file__), "--child", tool, str(trials), str(epochs)])
+        extra.append(f"{tool}: 1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+                     + (f"; backend: {result['backend']}" if result.get("backend") else ""))
         row = {"tool": tool, "max_epochs": epochs, **result,
                "busy_fraction": result["compute_s"] / (result["wall_s"] * SLOTS)}
         base = row["wall_s"] if tool == "caviar" else base
@@ -313,7 +342,12 @@ def main() -> None:
         f"{SLOTS} slots for every tool; Ray tools share one ray.init(num_cpus={SLOTS}); Optuna: n_jobs={SLOTS} threads",
         "caviar: run_sweep defaults (coarse-to-fine stages + ASHA); Ray Tune: ASHAScheduler(grace 1, rf 3);"
         " Optuna: RandomSampler + SuccessiveHalvingPruner(min_resource 1, rf 3)",
-        "wall_s excludes Ray start and interpreter start (see ray_start_s, process_s)",
+        "wall_s excludes Ray start and interpreter start (see ray_start_s, process_s) and the driver's import of the"
+        " task module; Optuna's task and data are loaded before the clock",
+        "startup_s: until the first epoch began (workers start, import torch, load data); train_phase_s: first epoch's"
+        " start to last epoch's end; train_busy_fraction: compute_s / (train_phase_s x slots); after_s: from the last"
+        " epoch's end to the tool's return (final writes, caviar's ensembles)",
+        *extra,
     ], **kwargs)
 
 

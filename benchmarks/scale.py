@@ -55,35 +55,22 @@ class EveryEpoch(NoPruner):
 
 
 class CountingController(Controller):
-    fixed = False  # True: the what-if row with the proposed fix of _check_failures (see FixedController)
-
     def __post_init__(self) -> None:
         self.decisions = 0
-        self._succeeded = False
         super().__post_init__()
-
-    def _check_failures(self) -> None:
-        # What-if for the proposed fix: once any trial has succeeded, fail-fast can never trigger, so skip the
-        # O(trials) Counter the shipped controller rebuilds at every trial end (O(trials^2) per sweep).
-        if self.fixed:
-            if self._succeeded:
-                return
-            self._succeeded = any(t.status in ("completed", "pruned") for t in self.trials.values())
-        super()._check_failures()
 
     def on_report(self, report: Any) -> Any:
         self.decisions += 1
         return super().on_report(report)
 
 
-def run_master(trials: int, epochs: int, pruner: str, slots: int, profile: bool, fixed: bool = False) -> dict[str, Any]:
+def run_master(trials: int, epochs: int, pruner: str, slots: int, profile: bool) -> dict[str, Any]:
     def pruner_for(stage: Any) -> Any:
         if pruner == "every-epoch":
             return EveryEpoch(max_epochs=stage.epochs)
         return make_pruner(pruner, max_epochs=stage.epochs)
 
-    cls = type("FixedController", (CountingController,), {"fixed": True}) if fixed else CountingController
-    controller = cls(SPACE, parse_plan(f"{trials}x{epochs}"), pruner_for, ControllerOptions(seed=0))
+    controller = CountingController(SPACE, parse_plan(f"{trials}x{epochs}"), pruner_for, ControllerOptions(seed=0))
     backend = SimulatedBackend(quality, slots, noise=0.01)
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
@@ -99,8 +86,7 @@ def run_master(trials: int, epochs: int, pruner: str, slots: int, profile: bool,
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
     rows = backend.epochs_trained
-    what = " (what-if: fail-fast check fixed)" if fixed else ""
-    return {"case": f"master, {pruner} pruner, {slots} slots{what}", "trials": trials, "reports": controller.decisions,
+    return {"case": f"master, {pruner} pruner, {slots} slots", "trials": trials, "reports": controller.decisions,
             "rows": rows, "seconds": seconds, "decisions_per_s": controller.decisions / seconds,
             "rows_per_s": rows / seconds, "peak_mb": peak / 2**20, "memory": "process max RSS"}
 
@@ -159,8 +145,6 @@ def main() -> None:
     trials, epochs, rows, files = (200, 5, 20_000, 20) if args.tiny else (10_000, 20, 1_000_000, 1_000)
     results = [run_master(trials, epochs, "every-epoch", 64, args.profile),
                run_master(trials, epochs, "asha", 64, args.profile),
-               run_master(trials, epochs, "every-epoch", 64, False, fixed=True),
-               run_master(trials, epochs, "asha", 64, False, fixed=True),
                *run_read(rows, files)]
     kwargs = {"out_dir": args.out} if args.out else {}
     write_table("scale-tiny" if args.tiny else "scale", results, COLUMNS,

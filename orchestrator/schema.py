@@ -151,7 +151,7 @@ ENSEMBLES = pa.schema(
     [
         ("ensemble_id", pa.int32()),
         ("name", pa.string()),  # what load_ensemble(name=...) takes; "best" is the row with chosen = true
-        ("method", pa.string()),  # single, single_ema, top_k, checkpoints, ema, greedy, soup
+        ("method", pa.string()),  # single, single_ema, top_k, checkpoints, ema, seeds, greedy, soup
         ("members", pa.list_(ENSEMBLE_MEMBER)),  # weights sum to 1
         ("size", pa.int32()),  # distinct members
         ("selection_metric", pa.string()),  # "accuracy" or "log_loss", on validation
@@ -254,13 +254,15 @@ def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.table({name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names}, schema=schema)
 
 
-def json_dumps(value: Any) -> str:
+def json_dumps(value: Any, *, sort_keys: bool = True) -> str:
+    """JSON for a string column; ``sort_keys=False`` where order is meaning (a space's parameter order fixes sampling)."""
+
     def default(o: Any) -> Any:
         if hasattr(o, "item"):
             return o.item()
         raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
-    return json.dumps(value, default=default, sort_keys=True, allow_nan=True)
+    return json.dumps(value, default=default, sort_keys=sort_keys, allow_nan=True)
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -322,24 +324,41 @@ def events_part_path(first_seq: int) -> str:
 
 
 def read_dir(storage: Storage, rel_dir: str, schema: pa.Schema | None = None) -> pa.Table | None:
-    """Concatenate every Parquet file under ``rel_dir``; ``None`` when there are none."""
+    """Every Parquet file under ``rel_dir`` as one table; ``None`` when there are none.
+
+    One dataset scan over the listed files (hidden temp files are never listed) reads them in
+    parallel and in name order. With ``schema``, files lacking a column read it as nulls;
+    without, the files' schemas are unified. A file that cannot be read is named.
+    """
+    import pyarrow.dataset as pads  # half a second to import: only readers pay it
+
     files = storage.list_files(rel_dir)
     if not files:
         return None if schema is None else schema.empty_table()
-    tables = [storage.read_table(f) for f in files]
-    return pa.concat_tables(tables, promote_options="default")
+    try:
+        verified = pads.ParquetFileFormat(  # a flipped bit in a page fails the read, as in Storage.read_table
+            default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
+        factory = pads.FileSystemDatasetFactory(storage.fs, [storage.path(f) for f in files], verified,
+                                                pads.FileSystemFactoryOptions())
+        return factory.finish(schema or factory.inspect()).to_table()
+    except Exception:  # damaged bytes fail in many ways (ArrowInvalid, OSError, UnicodeDecodeError...)
+        # Name the culprit (a corrupt file, or one a compaction removed meanwhile) the way a single read does.
+        tables = [storage.read_table(f) for f in storage.list_files(rel_dir)]
+        return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
 def effective_metrics(table: pa.Table) -> pa.Table:
     """One row per (trial, epoch): the highest attempt's row, deduplicating parts and compactions."""
     if table.num_rows == 0:
         return table
-    order = pc.sort_indices(table, [("trial_id", "ascending"), ("epoch", "ascending"), ("attempt", "descending")])
-    table = table.take(order)
-    trial = table["trial_id"].to_numpy()
-    epoch = table["epoch"].to_numpy()
     import numpy as np
 
+    trial, epoch = table["trial_id"].to_numpy(), table["epoch"].to_numpy()
+    if bool(np.all((trial[1:] > trial[:-1]) | ((trial[1:] == trial[:-1]) & (epoch[1:] > epoch[:-1])))):
+        return table  # already one row per (trial, epoch) in order: the usual case, one file per ended trial
+    order = pc.sort_indices(table, [("trial_id", "ascending"), ("epoch", "ascending"), ("attempt", "descending")])
+    table = table.take(order)
+    trial, epoch = table["trial_id"].to_numpy(), table["epoch"].to_numpy()
     keep = np.ones(len(trial), dtype=bool)
     keep[1:] = (trial[1:] != trial[:-1]) | (epoch[1:] != epoch[:-1])
     return table.filter(pa.array(keep))

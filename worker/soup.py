@@ -17,7 +17,7 @@ task and its data once, builds models from the configs in the trials table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,16 +75,17 @@ class Soup:
 
     MAX_EXAMINED = 256  # candidates whose architecture is compared with the best one's
 
-    def __init__(self, storage: Storage, task: Task, device: str = "auto", max_ingredients: int = 16):
+    def __init__(self, storage: Storage, task: Task, device: str = "auto", max_ingredients: int = 16,
+                 load_data: Callable[[], Any] | None = None):
         self.storage, self.max_ingredients = storage, max_ingredients
         self.models = SweepModels(storage, task)
         self.device = pick_device(device)
-        self.splits = self._load_splits(storage, task)
+        self.splits = self._load_splits(storage, task, load_data or task.get("load_data"))
         self.loss_fn = task.get("loss_fn") or nn.functional.cross_entropy
         self._arch: dict[int, tuple[Any, ...]] = {}
 
-    def _load_splits(self, storage: Storage, task: Task) -> Splits:
-        splits = prepare(task.get("load_data")(), normalize=task.normalize)
+    def _load_splits(self, storage: Storage, task: Task, load_data: Callable[[], Any]) -> Splits:
+        splits = prepare(load_data(), normalize=task.normalize)
         stored = read_dataset(storage)
         if not (np.array_equal(splits.y_val.numpy(), stored.y_val)
                 and np.array_equal(splits.y_test.numpy(), stored.y_test)):
@@ -163,10 +164,12 @@ def _note(peers: int, accepted: int) -> str:
     return f"{accepted - 1} of {peers} same-architecture checkpoints improved validation when averaged in"
 
 
-def soup_builder(storage: Storage, task: Task, device: str = "auto", max_ingredients: int = 16) -> SoupBuilder:
-    """A builder for ``ensemble_run.build``; the task's data loads only if a soup is asked for."""
+def soup_builder(storage: Storage, task: Task, device: str = "auto", max_ingredients: int = 16,
+                 load_data: Callable[[], Any] | None = None) -> SoupBuilder:
+    """A builder for ``ensemble_run.build``; the task's data loads (``load_data``, else the task's) only if a soup
+    is asked for."""
 
     def build(ranked: Sequence[CandidateKey], metric: str) -> SoupResult | None:
-        return Soup(storage, task, device, max_ingredients).build(ranked, metric)
+        return Soup(storage, task, device, max_ingredients, load_data).build(ranked, metric)
 
     return build

@@ -6,11 +6,15 @@ import os
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 
 from orchestrator import schema
 from orchestrator.errors import StorageError
+from orchestrator.sampler import sample_configs
+from orchestrator.space import SearchSpace, choice, one_minus_loguniform
 from orchestrator.storage import Storage, check_name
+from orchestrator.sweeplog import possible_values
 
 
 def metric_row(trial, epoch, attempt=0, loss=1.0):
@@ -84,3 +88,37 @@ def test_corrupt_parquet_is_named(tmp_path):
 def test_names_cannot_escape_the_storage_root(name):
     with pytest.raises(StorageError, match="sweep name"):
         check_name("sweep", name)
+
+
+def test_read_dir_scans_every_file_in_name_order_and_skips_temp_files(tmp_path):
+    storage = Storage.from_uri(str(tmp_path))
+    for trial in (2, 0, 1):
+        rows = [metric_row(trial, e) for e in (1, 2)]
+        storage.write_table(schema.metrics_path(trial), schema.to_table(rows, schema.METRICS))
+    (tmp_path / "metrics" / ".trial-000003.parquet.tmp-1234").write_bytes(b"half a file")
+    table = schema.read_dir(storage, "metrics", schema.METRICS)
+    assert list(zip(table["trial_id"].to_pylist(), table["epoch"].to_pylist())) == [
+        (0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)]
+    assert schema.effective_metrics(table).num_rows == 6
+
+
+def test_read_dir_without_schema_unifies_the_files(tmp_path):
+    storage = Storage.from_uri(str(tmp_path))
+    storage.write_table("x/a.parquet", pa.table({"k": [1], "a": ["one"]}))
+    storage.write_table("x/b.parquet", pa.table({"k": [2], "b": [2.5]}))
+    table = schema.read_dir(storage, "x")
+    assert sorted(table.column_names) == ["a", "b", "k"]
+    assert table.sort_by("k").to_pylist() == [{"k": 1, "a": "one", "b": None}, {"k": 2, "a": None, "b": 2.5}]
+
+
+def test_inactive_conditional_parameters_are_null_in_the_typed_config(tmp_path):
+    space = SearchSpace({"optimizer": choice(["sgd", "momentum"]),
+                         "momentum": one_minus_loguniform(0.8, 0.999, when={"optimizer": ["momentum"]})})
+    trials = schema.trials_schema(schema.config_type(possible_values(space)))
+    configs = sample_configs(space, 12, seed=0)
+    table = schema.to_table([{"trial_id": i, "stage": 0, "config": c} for i, c in enumerate(configs)], trials)
+    assert table.schema.field("config").type.field("momentum").type == pa.float64()
+    pq_path = str(tmp_path / "t.parquet")
+    pa.parquet.write_table(table, pq_path)
+    back = pa.parquet.read_table(pq_path).column("config").to_pylist()
+    assert back == configs and {c["optimizer"] for c in back if c["momentum"] is None} == {"sgd"}
