@@ -15,15 +15,16 @@ as soon as one of its trials is due for a decision, at most an epoch later).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from cluster.pool import Resources
+from cluster.pool import MAX_REPLACEMENTS, Resources
 from orchestrator.backend import Assignment, Backend, Report
+from orchestrator.errors import CaviarError
 from orchestrator.fusing import PER_MEMBER, Key, shape_key
 
 
@@ -42,8 +43,8 @@ class FusedActor:
         reports = self.session.run(starts, targets, stops)
         return reports, bool(self.session.waiting)
 
-    def probe(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        return self.session.probe(config)
+    def probe(self, config: Mapping[str, Any], sizes: list[int]) -> dict[str, Any]:
+        return self.session.probe(config, sizes)
 
     def set_array_size(self, size: int) -> None:
         self.session.array_size = size
@@ -54,6 +55,10 @@ class _Slot:
     """One actor and what the master has decided for its trials since its last call."""
 
     actor: Any
+    # A replacement takes trials only once it has loaded its task: after a node is lost the
+    # cluster may have no room for it, and trials queued on it would wait for as long.
+    readying: Any = None  # its ready() call, while in flight
+    failures: int = 0  # its actors' deaths in a row
     members: set[int] = field(default_factory=set)
     starts: list[Assignment] = field(default_factory=list)
     targets: dict[int, int] = field(default_factory=dict)
@@ -61,6 +66,10 @@ class _Slot:
     waiting: bool = False  # its trials have epochs left before their targets
     in_flight: Any = None
     stopping: set[int] = field(default_factory=set)  # stops carried by the call in flight
+
+    @property
+    def ready(self) -> bool:
+        return self.readying is None and self.failures <= MAX_REPLACEMENTS
 
     @property
     def has_work(self) -> bool:
@@ -83,21 +92,28 @@ class FusedBackend(Backend):
         self.key_of: dict[int, Key] = {}
         self.queued: list[Assignment] = []
         self.deaths = 0
+        self.last_error = ""
 
     def wait_ready(self) -> list[str]:
         return ray.get([s.actor.ready.remote() for s in self.slots])
 
-    def probe(self, config: Mapping[str, Any], adopt: bool = True) -> dict[str, Any]:
-        """Ask one actor which array size trains ``config``'s shape fastest; adopt it before any trial starts."""
-        result: dict[str, Any] = ray.get(self.slots[0].actor.probe.remote(dict(config)))
-        if adopt and not self.slot_of and not self.queued:
-            self.array_size = int(result["array_size"])
-            ray.get([s.actor.set_array_size.remote(self.array_size) for s in self.slots])
+    def probe(self, config: Mapping[str, Any], sizes: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> dict[str, Any]:
+        """Ask one actor whether ``config``'s model fuses there and how fast each array size trains (on its device)."""
+        result: dict[str, Any] = ray.get(self.slots[0].actor.probe.remote(dict(config), list(sizes)))
         return result
+
+    def set_array_size(self, size: int) -> None:
+        """Adopt an array size: before any trial starts."""
+        if self.slot_of or self.queued:
+            raise RuntimeError("the array size is set before the first trial starts")
+        if size < 1:
+            raise ValueError(f"array_size must be at least 1, got {size}")
+        self.array_size = size
+        ray.get([s.actor.set_array_size.remote(size) for s in self.slots])
 
     @property
     def free_slots(self) -> int:
-        return len(self.slots) * self.array_size - len(self.slot_of) - len(self.queued)
+        return sum(self.array_size for s in self.slots if s.ready) - len(self.slot_of) - len(self.queued)
 
     def start(self, assignment: Assignment) -> None:
         self.queued.append(assignment)
@@ -123,11 +139,14 @@ class FusedBackend(Backend):
         first = {}
         for a in self.queued:
             first.setdefault(keys[a.trial_id], len(first))
+        waiting = []
         for a in sorted(self.queued, key=lambda a: (-count[keys[a.trial_id]], first[keys[a.trial_id]])):
             key = keys[a.trial_id]
-            rooms = [(i, self.array_size - len(s.members)) for i, s in enumerate(self.slots)]
+            rooms = [(i, self.array_size - len(s.members)) for i, s in enumerate(self.slots) if s.ready]
             open_slots = [(i, room) for i, room in rooms if room > 0]
-            assert open_slots, "free_slots let in more trials than the actors hold"
+            if not open_slots:  # an actor died after this trial was let in: it waits for a replacement
+                waiting.append(a)
+                continue
             same = [(i, room) for i, room in open_slots
                     if any(self.key_of.get(t) == key for t in self.slots[i].members)]
             index = max(same or open_slots, key=lambda ir: ir[1])[0]
@@ -135,7 +154,7 @@ class FusedBackend(Backend):
             slot.members.add(a.trial_id)
             slot.starts.append(a)
             self.slot_of[a.trial_id], self.key_of[a.trial_id] = index, key
-        self.queued = []
+        self.queued = waiting
 
     def _dispatch(self) -> None:
         for slot in self.slots:
@@ -148,7 +167,11 @@ class FusedBackend(Backend):
         self._place()
         self._dispatch()
         refs = {s.in_flight: i for i, s in enumerate(self.slots) if s.in_flight is not None}
+        refs.update({s.readying: i for i, s in enumerate(self.slots) if s.readying is not None})
         if not refs:
+            if not any(s.ready for s in self.slots):  # every slot given up: nothing will ever report again
+                raise CaviarError(f"every fused trial actor died {MAX_REPLACEMENTS + 1} times in a row; the last: "
+                                  f"{self.last_error.splitlines()[0] if self.last_error else 'unknown'}")
             return []
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=timeout)
         if ready:  # take everything else that is already done as well
@@ -157,6 +180,13 @@ class FusedBackend(Backend):
         for ref in ready:
             index = refs[ref]
             slot = self.slots[index]
+            if slot.readying is not None and ref == slot.readying:
+                try:
+                    ray.get(ref)
+                    slot.readying, slot.failures = None, 0
+                except (RayActorError, RayTaskError) as exc:
+                    reports += self._on_actor_failure(index, f"{type(exc).__name__}: {exc}")
+                continue
             slot.in_flight = None
             try:
                 got, slot.waiting = ray.get(ref)
@@ -176,13 +206,20 @@ class FusedBackend(Backend):
     def _on_actor_failure(self, index: int, error: str) -> list[Report]:
         """Replace the dead actor; every trial it held is lost (the controller retries from checkpoints)."""
         self.deaths += 1
+        self.last_error = error
         slot = self.slots[index]
         ray.kill(slot.actor)  # after a task error the actor lives on, holding its resources
         lost = sorted(slot.members)
         for tid in lost:
             self.slot_of.pop(tid, None)
             self.key_of.pop(tid, None)
-        self.slots[index] = _Slot(self._make())
+        if slot.failures + 1 > MAX_REPLACEMENTS:  # an actor that cannot even start is not retried forever
+            self.slots[index] = _Slot(slot.actor, failures=slot.failures + 1)  # given up: never ready again
+        else:
+            replacement = _Slot(self._make(), failures=slot.failures + 1)
+            replacement.actor.set_array_size.remote(self.array_size)  # the probe's K, not the first guess
+            replacement.readying = replacement.actor.ready.remote()
+            self.slots[index] = replacement
         return [Report(tid, lost=True, error=error) for tid in lost]
 
     def close(self, drain_seconds: float = 600.0) -> None:

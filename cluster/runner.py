@@ -11,12 +11,13 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray
 
+from cluster.fused_setup import choose_backend
 from cluster.jobs import ClusterError
-from cluster.pool import RayBackend, Resources
 from orchestrator import schema
 from orchestrator.controller import Controller
 from orchestrator.driver import drive
 from orchestrator.errors import CaviarError, ConfigError
+from orchestrator.exposure import exposure_warnings
 from orchestrator.settings import RunSettings
 from orchestrator.storage import Storage
 from orchestrator.sweeplog import SweepLog
@@ -27,9 +28,11 @@ log = logging.getLogger("caviar")
 
 def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str = "127.0.0.1",
             num_cpus: int | None = None) -> None:
-    """Join ``address`` (``auto``, ``ray://host:10001``), or start Ray here, listening on loopback only."""
+    """Join ``address`` (``auto``, ``ray://host:10001``), or start Ray here (a dashboard only on request)."""
     if ray.is_initialized():
         return
+    for warning in exposure_warnings(address, dashboard, dashboard_host):
+        log.warning("warning: %s", warning)
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}}
     if address:
         check_reachable(address)
@@ -39,8 +42,6 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
             reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
             raise ClusterError(f"Ray cluster {address!r}: cannot connect ({reason})") from None
         return
-    if dashboard_host not in ("127.0.0.1", "localhost"):
-        log.warning("the Ray dashboard will listen on %s: anyone who reaches it can run code on this machine", dashboard_host)
     ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host, runtime_env=env,
              log_to_driver=True, logging_level=logging.WARNING, configure_logging=False)
 
@@ -110,12 +111,13 @@ def actor_device(settings: RunSettings) -> str:
 
 
 def execute(task: Task, settings: RunSettings, root: Storage, name: str, controller: Controller, sweep_log: SweepLog,
-            on_tick: Callable[[Controller], None] | None = None) -> None:
+            on_tick: Callable[[Controller], None] | None = None, resuming: bool = False) -> None:
     try:
         connect(settings.address, dashboard=settings.dashboard, dashboard_host=settings.dashboard_host)
         check_storage_reach(root, settings)
     except CaviarError:
-        sweep_log.storage.delete(schema.SWEEP_PATH)  # nothing ran: the corrected re-run needs no --overwrite
+        if not resuming:  # a new sweep: nothing ran, so the corrected re-run needs no --overwrite
+            sweep_log.storage.delete(schema.SWEEP_PATH)
         raise
     slots = slots_for(settings)
     worker_options: dict[str, Any] = {
@@ -123,8 +125,12 @@ def execute(task: Task, settings: RunSettings, root: Storage, name: str, control
         "checkpoint_seconds": settings.checkpoint_seconds, "max_loss_ratio": settings.max_loss_ratio,
         "threads": max(1, int(settings.cpus_per_trial)), "prediction_dtype": settings.prediction_dtype,
     }
-    backend = RayBackend(task.ref, root.uri, name, slots,
-                         Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources), worker_options)
+    try:  # fused arrays when the model allows (cluster/fused_setup.py), else one trial per actor
+        backend = choose_backend(task, settings, root.uri, name, controller, slots, worker_options)
+    except CaviarError:
+        if not resuming:  # refused before any trial: the corrected re-run needs no --overwrite
+            sweep_log.storage.delete(schema.SWEEP_PATH)
+        raise
     try:
         drive(controller, backend, sweep_log, on_tick=on_tick)
     finally:

@@ -16,6 +16,7 @@ marginal distribution is unchanged; only trials in one block share a shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -95,3 +96,67 @@ def share_shapes(configs: Sequence[Mapping[str, Any]], k: int, per_member: Itera
 def mean_array_size(groups: Sequence[Sequence[int]]) -> float:
     """Trials per array: 1.0 means nothing fuses and the sweep should run unfused."""
     return sum(len(g) for g in groups) / len(groups) if groups else 0.0
+
+
+# -- deciding whether and how wide to fuse (the runner measures, these decide) -------------------
+FUSE_MODES = ("auto", "off", "on")
+AUTO_BLOCK = 32  # most trials sharing one shape when the array size is "auto" (the probe picks K up to it)
+TASK_HOOKS_THAT_BLOCK = ("train_epoch", "build_optimizer")
+
+
+def fuse_blocker(task_hooks: Iterable[str], precision: str) -> str | None:
+    """Why a task's trials cannot share arrays, known before any model is built; ``None`` when they may."""
+    for hook in TASK_HOOKS_THAT_BLOCK:
+        if hook in set(task_hooks):
+            return f"the task defines {hook}: its trials train one at a time"
+    if precision != "fp32":
+        return f"precision {precision}: fused arrays train in fp32"
+    return None
+
+
+def useful_array_size(stage_trials: Iterable[int], workers: int) -> int:
+    """The widest array that can keep every worker busy: the largest stage split over the workers."""
+    largest = max(stage_trials, default=1)
+    return max(1, math.ceil(largest / max(workers, 1)))
+
+
+def block_size(stage_trials: int, workers: int, array_size: int) -> int:
+    """Trials per shared shape in one stage: at most ``array_size``, and small enough to reach every worker."""
+    return max(1, min(array_size, math.ceil(stage_trials / max(workers, 1))))
+
+
+def probe_sizes(limit: int, largest: int = 64) -> list[int]:
+    """Array sizes to time: powers of two up to ``limit`` (at most ``largest``), and ``limit`` itself."""
+    top = max(1, min(limit, largest))
+    sizes = [1 << i for i in range(top.bit_length()) if 1 << i <= top]
+    return sizes + ([top] if sizes[-1] != top else [])
+
+
+def choose_array_size(rates: Mapping[int, float], *, keep: float = 0.9, limit: int | None = None,
+                      peak_bytes: Mapping[int, float] | None = None, free_bytes: float | None = None,
+                      headroom: float = 2.0, smallest: int = 1) -> int:
+    """The smallest K past which throughput stops improving, among the sizes that fit.
+
+    ``rates`` is trials per second measured at each size K. A size fits when it is at most ``limit``
+    (wider arrays would leave workers idle) and, where memory was measured, when ``headroom`` times
+    its peak use fits in ``free_bytes``. Of those, the smallest K within ``keep`` of the best rate
+    wins: past it, a wider array buys (almost) nothing but coarser shape sharing. ``smallest`` is a
+    floor on the answer (2 when fusing was asked for explicitly).
+    """
+    if not rates:
+        raise ConfigError("fuse: the array-size probe measured nothing")
+    if not 0 < keep <= 1:
+        raise ConfigError(f"fuse: keep must lie in (0, 1], got {keep}")
+
+    def fits(k: int) -> bool:
+        if limit is not None and k > limit:
+            return False
+        if peak_bytes is not None and free_bytes is not None and k in peak_bytes:
+            return headroom * peak_bytes[k] <= free_bytes
+        return True
+
+    usable = {k: r for k, r in rates.items() if fits(k) and k >= smallest and math.isfinite(r)}
+    if not usable:
+        return max(smallest, min(rates))
+    best = max(usable.values())
+    return min(k for k, r in usable.items() if r >= keep * best)

@@ -42,8 +42,20 @@ from torch import nn
 from orchestrator.errors import CaviarError, TaskError
 from orchestrator.task import Task
 from worker.data import Splits
+from worker.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
 from worker.ema import ema_decay_at
-from worker.optim import build_optimizer, build_schedule, step_schedule
+from worker.fused_diagnostics import (
+    Captured,
+    MemberDiagnostics,
+    Norms,
+    capture_plain,
+    first_step_norms,
+    owner_types,
+    probe_batch,
+    record_epoch,
+    stack_captures,
+)
+from worker.optim import build_optimizer, build_schedule, setting, step_schedule
 from worker.trainer import TrialSpec, evaluate
 
 ENGINES = ("auto", "bmm", "vmap")
@@ -130,7 +142,8 @@ class SequentialEngine:
                 self.ops.append(("act", name, copy.deepcopy(m)))
 
     def forward(self, p: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], x: torch.Tensor, training: bool,
-                rates: Mapping[str, torch.Tensor]) -> torch.Tensor:
+                rates: Mapping[str, torch.Tensor], capture: Captured | None = None) -> torch.Tensor:
+        """The stacked forward pass; ``capture`` collects each layer's output as diagnostics name it."""
         h = x
         for kind, name, extra in self.ops:
             if kind == "linear":
@@ -147,6 +160,8 @@ class SequentialEngine:
                 h = _batch_norm(h, p, b, name, extra, training)
             elif kind == "flatten":
                 h = h.flatten(2)
+            if capture is not None and kind in ("linear", "bn", "act") and not isinstance(extra, SKIPPED_MODULES):
+                capture.append((name, {"linear": "Linear", "bn": "BatchNorm1d"}.get(kind, type(extra).__name__), h))
         return h
 
 
@@ -208,6 +223,7 @@ class Member:
     epoch: int = 0
     steps: int = 0  # optimizer steps taken (Adam's bias correction counts these)
     ema_steps: int = 0
+    diagnostics: MemberDiagnostics | None = None  # per-layer rows, as a plain trial writes them
 
     @property
     def trial_id(self) -> int:
@@ -262,7 +278,8 @@ class FusedArray:
     """K trials trained as one model, an epoch at a time; members can leave (and join) between epochs."""
 
     def __init__(self, task: Task, splits: Splits, specs: Sequence[TrialSpec], device: torch.device,
-                 engine: str = "auto", resume_states: Mapping[int, Mapping[str, Any]] | None = None):
+                 engine: str = "auto", resume_states: Mapping[int, Mapping[str, Any]] | None = None,
+                 diagnostics: bool = True):
         if engine not in ENGINES:
             raise NotFusable(f"engine: unknown {engine!r} (one of {', '.join(ENGINES)})")
         for hook in ("train_epoch", "build_optimizer"):
@@ -280,6 +297,10 @@ class FusedArray:
         self.keys: list[str] = []  # the plain model's state-dict keys, in order
         self.last_epoch_seconds = 0.0
         self._plain: nn.Module | None = None
+        self.diagnostics_options = DiagnosticsOptions.from_task(task.get("diagnostics")) if diagnostics else None
+        self._first_step: list[Norms] = []  # this epoch's first-step norms per member, for diagnostics
+        self._probe_x: torch.Tensor | None = None
+        self._probe_failed = False  # as a plain trial: a model the probe cannot run loses only its activation rows
         if specs:
             self.add(specs, resume_states)
 
@@ -330,8 +351,14 @@ class FusedArray:
             if ema_decay and not 0.0 < float(ema_decay) < 1.0:
                 raise ValueError(f"ema_decay must lie in (0, 1), got {ema_decay}")
             members.append(Member(spec, opt, scheduler, torch.Generator().manual_seed(spec.seed),
-                                  float(ema_decay) if ema_decay else None, float(config.get("grad_clip", math.inf)),
+                                  float(ema_decay) if ema_decay else None,
+                                  float(setting(config, "grad_clip", math.inf)),
                                   {n: float(m.p) for n, m in model.named_modules() if isinstance(m, nn.Dropout)}))
+            if self._plain is None:  # one plain model of the structure: predictions and diagnostics load into it
+                self._plain = copy.deepcopy(model).eval()
+            if self.diagnostics_options is not None:
+                ids = {"trial_id": spec.trial_id, "attempt": spec.attempt, "stage": spec.stage}
+                members[-1].diagnostics = MemberDiagnostics(ids, spec.max_epochs, self.diagnostics_options)
             state = (resume_states or {}).get(spec.trial_id)
             if state is not None:
                 model.load_state_dict(state["model"])
@@ -420,13 +447,15 @@ class FusedArray:
         ema_loss = ema_acc = None
         if any(m.ema_decay for m in self.members):
             ema_loss, ema_acc = self._evaluate(st.ema, st.ema_buffers, s.x_val, s.y_val)
+        for i, m in enumerate(self.members):
+            step_schedule(m.scheduler, val_loss[i] if math.isfinite(val_loss[i]) else math.inf)
+            m.epoch += 1
+        self._diagnose()
         seconds = time.perf_counter() - started
         self.last_epoch_seconds = seconds
         share = seconds / len(self.members)  # each member's share of the array's time
         rows = []
         for i, m in enumerate(self.members):
-            step_schedule(m.scheduler, val_loss[i] if math.isfinite(val_loss[i]) else math.inf)
-            m.epoch += 1
             row: dict[str, Any] = {
                 "trial_id": m.spec.trial_id, "attempt": m.spec.attempt, "epoch": m.epoch, "stage": m.spec.stage,
                 "train_loss": stats["train_loss"][i], "train_accuracy": stats["train_accuracy"][i],
@@ -440,6 +469,38 @@ class FusedArray:
             row["samples_per_second"] = len(s.x_train) / share if share > 0 else None
             rows.append(row)
         return rows
+
+    def _diagnose(self) -> None:
+        """Every member's per-layer rows for the epoch just trained (worker/fused_diagnostics.py)."""
+        if self.diagnostics_options is None or self.stack is None:
+            return
+        st, k = self.stack, len(self.members)
+        flat = st.flat.detach()
+        if self._probe_x is None:
+            self._probe_x = probe_batch(self.splits.x_train, self.diagnostics_options)
+        x = self._probe_x
+
+        def capture() -> Captured:
+            if self._probe_failed:
+                return []
+            try:
+                if isinstance(self.engine, SequentialEngine):
+                    out: Captured = []
+                    self.engine.forward(self._views(flat), st.buffers, x.expand(k, *x.shape), False, st.rates, out)
+                    return out
+                model = self.plain_model()
+                per_member = []
+                for i in range(k):
+                    model.load_state_dict(self._member_state(i))
+                    per_member.append(capture_plain(model, x))
+                return stack_captures(per_member)
+            except Exception:  # diagnostics never end a trial
+                self._probe_failed = True
+                return []
+
+        members = [(m.diagnostics, m.epoch) for m in self.members if m.diagnostics is not None]
+        record_epoch(members, self._views(flat), owner_types(self.plain_model()), self._first_step, capture)
+        self._first_step = []
 
     def _standard_epoch(self, lrs: list[float]) -> dict[str, list[float]]:
         assert self.stack is not None and self.batch_size is not None
@@ -468,8 +529,14 @@ class FusedArray:
                 norms = _member_norms(grad, self.sizes)
                 if clipping:
                     grad.mul_(torch.clamp(clip / (norms + 1e-6), max=1.0).unsqueeze(1))
-                before = st.flat.detach().clone() if i == n_batches - 1 else None
+                watch = i == 0 and any(m.diagnostics is not None for m in self.members)
+                before = st.flat.detach().clone() if i == n_batches - 1 or watch else None
                 self._step(st, grad, hyper)
+                if watch:  # the first step of the epoch, as UpdateProbe measures it on a plain trial
+                    self._first_step = first_step_norms([c.name for c in self.layout], self.sizes, before, grad,
+                                                        st.flat.detach())
+                if i != n_batches - 1:
+                    before = None
                 if before is not None:  # the notes' health signal: ||update|| / ||w||, ~1e-3
                     ratio = _member_norms(st.flat.detach() - before, self.sizes) / \
                         _member_norms(before, self.sizes).clamp_min(1e-12)
@@ -604,14 +671,17 @@ class FusedArray:
     # -- one member as a plain model --------------------------------------------------------------
     def state_dict(self, trial_id: int, weights: str = "raw") -> dict[str, torch.Tensor]:
         """The member's weights as the plain model's state dict (loads into ``build_model(config)``)."""
-        i = self.index(trial_id)
+        return {k: v.to("cpu", copy=True).contiguous() for k, v in self._member_state(self.index(trial_id),
+                                                                                       weights).items()}
+
+    def _member_state(self, i: int, weights: str = "raw") -> dict[str, torch.Tensor]:
+        """Row ``i``'s plain state dict as views on the device (no copy)."""
         assert self.stack is not None
         use_ema = weights == "ema" and self.members[i].ema_decay is not None
         flat = (self.stack.ema if use_ema else self.stack.flat.detach())[i]
         buffers = self.stack.ema_buffers if use_ema else self.stack.buffers
         params = {c.name: c.from_row(flat) for c in self.layout}
-        return {key: (params[key] if key in params else buffers[key][i]).to("cpu", copy=True).contiguous()
-                for key in self.keys}
+        return {key: params[key] if key in params else buffers[key][i] for key in self.keys}
 
     def plain_model(self) -> nn.Module:
         """One un-stacked model of the array's structure (weights to be loaded), built once."""
@@ -742,7 +812,9 @@ class FusedMember:
         """Not None when the trial keeps EMA weights (all the recorder asks)."""
         return self.array.member(self.trial_id).ema_decay
 
-    diagnostics = None  # per-layer diagnostics are measured on plain trials only (docs/FUSED.md)
+    @property
+    def diagnostics(self) -> MemberDiagnostics | None:
+        return self.array.member(self.trial_id).diagnostics
 
     @property
     def splits(self) -> Splits:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from orchestrator.backend import Assignment, Report
+from orchestrator.fusing import choose_array_size
 from orchestrator.pruning import divergence_reason
 from worker.data import Splits
 from worker.fused import FusedArray, FusedMember, NotFusable
@@ -168,36 +169,95 @@ class FusedSession(WorkerSession):
                 self.unreported[tid] = []
         return reports
 
-    # -- choosing K ---------------------------------------------------------------------------
+    # -- whether, and how wide ---------------------------------------------------------------
     def probe(self, config: Mapping[str, Any], sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), steps: int = 8,
-              keep: float = 0.9) -> dict[str, Any]:
-        """Trials per hour at each array size for ``config``'s shape; the smallest size within ``keep`` of the best.
+              keep: float = 0.9, repeats: int = 2) -> dict[str, Any]:
+        """Can ``config``'s model train as an array here, and how many trials per second at each size?
 
-        Times ``steps`` training batches per size on a slice of the training data; on a GPU it stops
-        growing once free memory would not hold twice the array's peak use.
+        First trains a two-member array for a short epoch: an error there is the reason it cannot
+        (``error``, naming the layer where it can). Then times ``steps`` training batches per size
+        (best of ``repeats``); on a GPU also each size's peak memory and the free memory. The choice
+        itself is ``orchestrator.fusing.choose_array_size`` on these numbers (``array_size``).
         """
         batch = int(config.get("batch_size", 64))
         s = self.splits
         n = min(len(s.x_train), batch * steps)
         small = Splits(s.x_train[:n], s.y_train[:n], s.x_val[:batch], s.y_val[:batch], s.x_test[:1], s.y_test[:1],
                        s.num_classes)
-        rates: dict[int, float] = {}
+        out: dict[str, Any] = {"error": None, "engine": None, "trials_per_second": {}, "peak_bytes": None,
+                               "free_bytes": None, "array_size": 1, "device": str(self.device)}
+        if getattr(self.options, "precision", "fp32") != "fp32":
+            out["error"] = "precision: fused arrays train in fp32"
+            return out
+        out["error"], out["engine"] = fusability(self.task, small, config, self.device, self.engine)
+        if out["error"]:
+            return out
+        cuda = self.device.type == "cuda"
+        rates, peaks = out["trials_per_second"], {}
         for k in sizes:
             specs = [TrialSpec(-1 - i, 0, dict(config), 10_000 + i, 2) for i in range(k)]
-            if self.device.type == "cuda":
+            if cuda:
                 torch.cuda.reset_peak_memory_stats(self.device)
-            array = FusedArray(self.task, small, specs, self.device, engine=self.engine)
-            array.train_epoch()  # first-use costs
-            started = time.perf_counter()
-            array.train_epoch()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            rates[k] = k / max(time.perf_counter() - started, 1e-9)
+            with torch.random.fork_rng(devices=[self.device] if cuda else []):
+                array = FusedArray(self.task, small, specs, self.device, engine=self.engine, diagnostics=False)
+                array.train_epoch()  # first-use costs
+                best = math.inf
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    array.train_epoch()
+                    if cuda:
+                        torch.cuda.synchronize(self.device)
+                    best = min(best, time.perf_counter() - started)
+            rates[k] = k / max(best, 1e-9)
             del array
-            if self.device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(self.device)
-                if free < 2 * torch.cuda.max_memory_allocated(self.device):
+            if cuda:
+                peaks[k] = float(torch.cuda.max_memory_allocated(self.device))
+                out["free_bytes"] = float(torch.cuda.mem_get_info(self.device)[0])
+                if out["free_bytes"] < 2 * peaks[k]:
                     break
-        best = max(rates.values())
-        chosen = min(k for k, r in rates.items() if r >= keep * best)
-        return {"array_size": chosen, "trials_per_second": rates}
+        out["peak_bytes"] = peaks or None
+        if rates:
+            out["array_size"] = choose_array_size(rates, keep=keep, peak_bytes=out["peak_bytes"],
+                                                  free_bytes=out["free_bytes"])
+        return out
+
+
+def fusability(task: Any, splits: Splits, config: Mapping[str, Any], device: torch.device,
+               engine: str = "auto") -> tuple[str | None, str | None]:
+    """``(why not, engine)``: train two members of ``config`` for an epoch; the first error is the reason."""
+    specs = [TrialSpec(-1 - i, 0, dict(config), 20_000 + i, 1) for i in range(2)]
+    array = None
+    entered: list[str] = []
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            array = FusedArray(task, splits, specs, device, engine=engine, diagnostics=False)
+            with _track_layers(array, entered):
+                array.train_epoch()
+        return None, array.engine.name if array.engine is not None else None
+    except Exception as exc:
+        where = f"layer {entered[-1]}: " if entered else ""
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"{where}{type(exc).__name__}: {detail}" if not isinstance(exc, NotFusable) else detail, None
+
+
+class _track_layers:
+    """Keeps the names of modules entered and not yet left (vmap engine), so a failure names its layer."""
+
+    def __init__(self, array: FusedArray, entered: list[str]):
+        self.array, self.entered, self.handles = array, entered, []
+
+    def __enter__(self) -> _track_layers:
+        base = getattr(self.array.engine, "base", None)
+        if base is not None:
+            for name, module in base.named_modules():
+                if name:
+                    label = f"{name} ({type(module).__name__})"
+                    self.handles.append(module.register_forward_pre_hook(
+                        lambda *_, n=label: self.entered.append(n)))
+                    self.handles.append(module.register_forward_hook(
+                        lambda *_, n=label: self.entered.remove(n) if n in self.entered else None))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self.handles:
+            handle.remove()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from cluster.fused_pool import FusedBackend
 from cluster.pool import Resources
 from orchestrator import schema
@@ -40,3 +42,51 @@ def test_a_sweep_runs_as_arrays_with_pruning_under_the_unchanged_driver(ray_sess
         metrics = storage.read_table(schema.metrics_path(t.trial_id))
         assert metrics.column("epoch").to_pylist() == list(range(1, t.epochs_run + 1))
         assert storage.exists(schema.checkpoint_index_path(t.trial_id))
+
+
+def test_a_killed_array_actor_loses_its_members_to_retries_and_the_sweep_finishes(ray_session, storage_dir):
+    """SIGKILL one fused actor while its array trains: its members are retried on a replacement actor.
+
+    With no pruner an array trains to the end in one call, so the kill lands mid-call.
+    """
+    import os
+    import signal
+
+    space = SearchSpace({"lr": loguniform(1e-2, 3e-1), "optimizer": "adam", "hidden": 8, "batch_size": 32})
+    settings = RunSettings(plan="6x6", pruner="none", seed=5, storage=storage_dir, name="killed").validate()
+    controller = controller_for(space, settings)
+    backend = FusedBackend(TINY_TASK, storage_dir, "killed", 2, Resources(cpus=1), OPTIONS, array_size=3)
+    killed: list[int] = []
+
+    def kill_one_actor(c) -> None:
+        if killed:
+            return
+        training = actor_processes("ray::FusedActor.run")  # Ray titles a worker by the method it runs
+        if training:
+            os.kill(training[0], signal.SIGKILL)
+            killed.append(training[0])
+
+    try:
+        drive(controller, backend, on_tick=kill_one_actor, poll_timeout=0.2)
+    finally:
+        backend.close()
+    assert killed and backend.deaths == 1
+    trials = list(controller.trials.values())
+    assert all(t.status == "completed" and t.epochs_run == 6 for t in trials)
+    assert any(t.attempt >= 1 for t in trials)  # the killed array's members were retried
+    storage = Storage.from_uri(storage_dir).child("killed")
+    metrics = schema.effective_metrics(schema.read_dir(storage, "metrics", schema.METRICS)).to_pylist()
+    assert sorted((r["trial_id"], r["epoch"]) for r in metrics) == [(t, e) for t in range(6) for e in range(1, 7)]
+
+
+def actor_processes(title: str) -> list[int]:
+    """Pids of this machine's processes whose title (Ray's setproctitle) starts with ``title``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if entry.isdigit() and f.read().startswith(title.encode()):
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids

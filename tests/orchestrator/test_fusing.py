@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.api import controller_for
+from orchestrator.backend import Report
 from orchestrator.errors import ConfigError
-from orchestrator.fusing import group_trials, mean_array_size, shape_key, share_shapes
+from orchestrator.fusing import (
+    block_size,
+    choose_array_size,
+    fuse_blocker,
+    group_trials,
+    mean_array_size,
+    probe_sizes,
+    shape_key,
+    share_shapes,
+    useful_array_size,
+)
 from orchestrator.sampler import sample_configs
+from orchestrator.settings import RunSettings
 from orchestrator.task import load_task
 from tests.conftest import DIGITS_TASK
 
@@ -61,3 +74,83 @@ def test_share_shapes_keeps_dropout_rates_but_not_a_disagreement_about_zero():
     assert [c["dropout"] for c in shared] == [0.3, 0.1, 0.3]
     explicit = share_shapes([{**BASE, "hidden": 8}, {**BASE, "hidden": 9, "batch_size": 7}], 2, shape_params=["hidden"])
     assert [c["hidden"] for c in explicit] == [8, 8] and explicit[1]["batch_size"] == 7
+
+
+# -- the decision: whether to fuse and how wide (pure numbers in, a number out) -------------------
+def test_k_is_the_smallest_size_past_which_throughput_stops_improving():
+    rates = {1: 30.0, 2: 55.0, 4: 95.0, 8: 150.0, 16: 190.0, 32: 200.0, 64: 205.0}
+    assert choose_array_size(rates) == 16  # 190 is within 90% of the best (205); 8 is not
+    assert choose_array_size(rates, keep=1.0) == 64
+    assert choose_array_size({1: 50.0, 2: 48.0, 4: 40.0}) == 1  # arrays buy nothing: the runner then runs plain
+    assert choose_array_size({1: 50.0, 2: 48.0, 4: 40.0}, smallest=2) == 2  # fuse = "on": at least a pair
+
+
+def test_k_is_capped_by_the_work_per_worker_and_by_memory():
+    rates = {1: 30.0, 2: 55.0, 4: 95.0, 8: 150.0, 16: 190.0, 32: 200.0}
+    assert choose_array_size(rates, limit=8) == 8  # a stage of 16 trials on 2 workers: wider leaves one idle
+    peaks = {1: 1e9, 2: 2e9, 4: 4e9, 8: 8e9, 16: 16e9, 32: 32e9}
+    assert choose_array_size(rates, peak_bytes=peaks, free_bytes=20e9) == 8  # 16 needs 2 x 16 GB
+    assert choose_array_size(rates, peak_bytes=peaks, free_bytes=0.5e9) == 1  # nothing fits: the smallest size
+    with pytest.raises(ConfigError, match="^fuse"):
+        choose_array_size({})
+
+
+def test_sizes_to_probe_and_block_sizes_follow_the_plan_and_the_workers():
+    assert probe_sizes(32) == [1, 2, 4, 8, 16, 32]
+    assert probe_sizes(12) == [1, 2, 4, 8, 12]
+    assert probe_sizes(500) == [1, 2, 4, 8, 16, 32, 64]
+    assert useful_array_size([64, 24, 8], workers=2) == 32
+    assert useful_array_size([5], workers=2) == 3
+    assert block_size(64, workers=2, array_size=32) == 32
+    assert block_size(8, workers=2, array_size=32) == 4  # a small late stage still reaches both workers
+    assert block_size(100, workers=2, array_size=32) == 32
+
+
+def test_what_blocks_fusing_before_any_model_is_built():
+    assert fuse_blocker([], "fp32") is None
+    assert "train_epoch" in fuse_blocker(["train_epoch"], "fp32")
+    assert "bf16" in fuse_blocker([], "bf16")
+
+
+def test_a_fusing_controller_shares_shapes_in_blocks_in_every_stage():
+    space = load_task(DIGITS_TASK).space
+    settings = RunSettings(plan="8x1,12x2", seed=3).validate()
+    plain = controller_for(space, settings)
+    fused = controller_for(space, settings)
+    fused.fuse(4, workers=2)
+    before = [plain.trials[t].config for t in range(8)]
+    after = [fused.trials[t].config for t in range(8)]
+    assert [c["lr"] for c in before] == [c["lr"] for c in after]  # per-member draws untouched
+    assert len({shape_key(c) for c in after}) == 2 and len({shape_key(c) for c in before}) == 8
+    for tid in range(8):  # finish stage 0: stage 1's fresh samples share shapes in blocks too
+        fused.next_assignment()
+        fused.on_report(Report(tid, [{"epoch": 1, "score": 0.1 * tid, "train_loss": 1.0, "val_loss": 1.0}],
+                               ended=True, status="completed"))
+    stage1 = [t.config for t in fused.trials.values() if t.stage == 1]
+    fresh = stage1[: len(stage1) - sum(1 for c in stage1 if c in after)]  # promoted configs come last
+    block = block_size(len(fresh), 2, 4)
+    assert block >= 2 and all(len({shape_key(c) for c in fresh[i : i + block]}) == 1
+                              for i in range(0, len(fresh), block))
+    assert len({shape_key(c) for c in fresh}) == -(-len(fresh) // block)
+
+
+def test_fuse_and_array_size_settings_are_checked_by_name():
+    assert RunSettings().fuse == "off" and RunSettings().array_size == "auto"
+    RunSettings(fuse="off", array_size=32).validate()
+    with pytest.raises(ConfigError, match="^setting 'fuse': expected one of auto, off, on$"):
+        RunSettings(fuse="yes").validate()
+    for bad in (0, -3, "many", True, 2.5):
+        with pytest.raises(ConfigError, match="^setting 'array_size'"):
+            RunSettings(array_size=bad).validate()
+
+
+def test_shared_shapes_keep_conditional_hyperparameters_consistent_with_the_shared_optimizer():
+    """A block takes its leader's optimizer: each member's momentum or betas follow that optimizer, not its own draw."""
+    space = load_task(DIGITS_TASK).space
+    settings = RunSettings(plan="8x1,12x2", seed=3).validate()
+    fused = controller_for(space, settings)
+    fused.fuse(4, workers=2)
+    users = {"momentum": {"momentum", "nesterov"}, "beta1": {"adam", "adamw"}, "rho": {"rmsprop"}}
+    for trial in fused.trials.values():
+        for name, optimizers in users.items():
+            assert (trial.config[name] is not None) == (trial.config["optimizer"] in optimizers), trial.config

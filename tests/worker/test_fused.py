@@ -261,3 +261,43 @@ def test_the_probe_measures_each_array_size_and_picks_one(digits, tmp_path):
     result = session.probe(specs_for("adam")[0].config, sizes=(1, 4), steps=2)
     assert set(result["trials_per_second"]) == {1, 4} and result["array_size"] in (1, 4)
     assert all(rate > 0 for rate in result["trials_per_second"].values())
+
+
+def test_a_member_writes_the_diagnostic_rows_its_plain_twin_writes(digits):
+    """Per-layer diagnostics: same rows, same keys, same numbers (histograms included) as the trial alone."""
+    task, splits = digits
+    specs = specs_for("adam", epochs=2)
+    array = FusedArray(task, splits, specs, CPU)
+    fused = []
+    for _ in range(2):
+        array.train_epoch()
+        fused += FusedMember(array, 2).diagnostics.take()
+    run, _ = alone(task, splits, specs[2], 2)
+    plain = run.diagnostics.take()
+    assert [(r["kind"], r["layer"], r["module"], r["epoch"]) for r in fused] == \
+        [(r["kind"], r["layer"], r["module"], r["epoch"]) for r in plain]
+    for a, b in zip(fused, plain):
+        assert a.keys() == b.keys()
+        for key, value in b.items():
+            if isinstance(value, float):
+                assert math.isclose(a[key], value, rel_tol=1e-4, abs_tol=1e-7), (b["layer"], key, a[key], value)
+            elif key == "hist_counts":
+                assert sum(abs(x - y) for x, y in zip(a[key], value)) <= 2, (b["layer"], a[key], value)
+            elif key != "hist_edges":
+                assert a[key] == value, (b["layer"], key)
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_members_with_inactive_hyperparameters_train_as_they_would_alone(digits, optimizer):
+    """Conditional hyperparameters arrive as None where inactive (adam's betas in a momentum trial, and so on)."""
+    task, splits = digits
+    unused = ("beta1", "beta2", "eps", "rho") if optimizer == "momentum" else ("momentum", "rho")
+    specs = [TrialSpec(i, 0, {**SHAPE, **m, **dict.fromkeys(unused), "grad_clip": None, "optimizer": optimizer},
+                       1000 + 7 * i, 2) for i, m in enumerate(MEMBERS[:3])]
+    array = FusedArray(task, splits, specs, CPU)
+    rows: dict[int, list[dict]] = {s.trial_id: [] for s in specs}
+    for _ in range(2):
+        for row in array.train_epoch():
+            rows[row["trial_id"]].append(row)
+    for spec in specs:
+        assert_same_rows(alone(task, splits, spec, 2)[1], rows[spec.trial_id])
