@@ -16,14 +16,18 @@ from orchestrator.space import choice, dropout, lograndint, loguniform, one_minu
 space = {
     "lr": loguniform(1e-4, 1.0),
     "optimizer": choice(["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]),
-    "momentum": one_minus_loguniform(0.8, 0.999),  # SGD momentum beta
-    "beta1": one_minus_loguniform(0.8, 0.99),
-    "beta2": one_minus_loguniform(0.99, 0.9999),
-    "eps": loguniform(1e-8, 1e-5),
-    "rho": one_minus_loguniform(0.9, 0.999),  # RMSprop averaging
+    # Each optimizer's own hyperparameters: None (inactive) in trials of the other optimizers.
+    "momentum": one_minus_loguniform(0.8, 0.999, when={"optimizer": ["momentum", "nesterov"]}),  # SGD momentum beta
+    "beta1": one_minus_loguniform(0.8, 0.99, when={"optimizer": ["adam", "adamw"]}),
+    "beta2": one_minus_loguniform(0.99, 0.9999, when={"optimizer": ["adam", "adamw"]}),
+    "eps": loguniform(1e-8, 1e-5, when={"optimizer": ["adagrad", "rmsprop", "adam", "adamw"]}),
+    "rho": one_minus_loguniform(0.9, 0.999, when={"optimizer": ["rmsprop"]}),  # RMSprop averaging
     "weight_decay": loguniform(1e-6, 1e-2),
     "schedule": choice(["constant", "step", "exponential", "inverse_time", "plateau"]),
-    "decay_rate": loguniform(0.1, 0.95),
+    # a factor in (0, 1), so narrowing never stretches it to 1; a constant schedule has none
+    "decay_rate": one_minus_loguniform(
+        0.1, 0.95, when={"schedule": ["step", "exponential", "inverse_time", "plateau"]}
+    ),
     "layers": randint(1, 3),
     "hidden": lograndint(16, 256),
     "activation": choice(["relu", "tanh", "leaky_relu"]),

@@ -76,6 +76,10 @@ def narrow_space(
     Choices keep the options seen among the top trials, plus any tried fewer than
     ``choice_floor`` times overall (too few to judge). Fewer than ``min_top`` finished
     trials: the space is returned unchanged.
+
+    Each parameter looks only at the top trials in which it was active (value not ``None``;
+    conditional parameters): with fewer than ``min_top`` of those it keeps its range, because
+    a box or an edge drawn from one or two trials (or from values the trials ignored) means nothing.
     """
     if not 0.0 < top_fraction <= 1.0:
         raise ConfigError(f"top_fraction: must lie in (0, 1], got {top_fraction!r}")
@@ -84,17 +88,18 @@ def narrow_space(
     top = top_results(results, top_fraction, min_top)
     if len(top) < min_top:
         return NarrowResult(space, [])
-    best = top[0][0]
     new: dict[str, Any] = {}
     edges: list[EdgeNotice] = []
     for name, dist in space.searched.items():
+        active_top = [c for c, _ in top if c.get(name) is not None]  # best first, like top
+        if len(active_top) < min_top:
+            continue
+        best = active_top[0]
         if isinstance(dist, Choice):
-            tried, best_options = [c.get(name) for c, _ in results], [c.get(name) for c, _ in top]
-            new[name] = narrow_choice(dist, tried, best_options, choice_floor)
+            tried = [c.get(name) for c, _ in results if c.get(name) is not None]
+            new[name] = narrow_choice(dist, tried, [c[name] for c in active_top], choice_floor)
             continue
-        xs = [dist.to_scale(c[name]) for c, _ in top if c.get(name) is not None]
-        if not xs or best.get(name) is None:
-            continue
+        xs = [dist.to_scale(c[name]) for c in active_top]
         a, b = _box(dist, min(xs), max(xs), margin, min_width)
         lo, hi = _value_edges(dist)
         width = dist.scale_high - dist.scale_low

@@ -116,6 +116,8 @@ def importance(data: SweepData, *, min_trials: int = 6, seed: int = 0) -> tuple[
     stage, trials = max(by_stage.items(), key=lambda kv: (len(kv[1]), -kv[0]))
     if len(trials) < min_trials:
         return None
+    # An inactive conditional parameter (None) is NaN: the forest learns a separate branch for it, and its
+    # partial dependence below averages over the trials where it was active only.
     x = np.array([[_unit(dist, t["config"].get(name)) for name, dist in params.items()] for t in trials])
     y = np.array([t["best_score"] for t in trials])
     if np.ptp(y) == 0:
@@ -126,11 +128,15 @@ def importance(data: SweepData, *, min_trials: int = 6, seed: int = 0) -> tuple[
     total = float(np.var(forest.predict(x)))
     out = {}
     for i, (name, dist) in enumerate(params.items()):
+        active = x[~np.isnan(x[:, i])]
+        if len(active) < 2:
+            out[name] = 0.0
+            continue
         grid = (np.array([dist.to_unit(o) for o in dist.options]) if isinstance(dist, Choice)
-                else np.linspace(np.nanmin(x[:, i]), np.nanmax(x[:, i]), 16))
+                else np.linspace(active[:, i].min(), active[:, i].max(), 16))
         curve = []
         for g in grid:  # partial dependence: the parameter fixed, the others as observed
-            probe = x.copy()
+            probe = active.copy()
             probe[:, i] = g
             curve.append(forest.predict(probe).mean())
         out[name] = float(np.var(curve)) / total if total > 0 else 0.0
@@ -138,6 +144,8 @@ def importance(data: SweepData, *, min_trials: int = 6, seed: int = 0) -> tuple[
 
 
 def _unit(dist: Distribution, value: Any) -> float:
+    if value is None:  # inactive in this trial
+        return math.nan
     try:
         return float(dist.to_unit(value))
     except (ValueError, TypeError):  # a choice value the initial space does not list

@@ -102,7 +102,7 @@ def plot_hyperparameters(data: SweepData, order: Sequence[str] = ()) -> Figure |
         dots: dict[bool, list[tuple[float, float, Any]]] = {True: [], False: []}  # completed? -> (x, y, colour)
         for t in data.trials:
             value, y = (t.get("config") or {}).get(name), data.value(t)
-            if value is None or y is None:
+            if value is None or y is None:  # None: inactive in this trial, nothing to plot
                 continue
             if categorical:
                 x = options.index(value) + _jitter(t["trial_id"]) if value in options else math.nan
@@ -143,6 +143,8 @@ def plot_hyperparameters(data: SweepData, order: Sequence[str] = ()) -> Figure |
         ax.set_xlabel(label + (" (log)" if isinstance(dist, LOG_DISTS) else ""))
         ax.set_ylabel(data.metric_name)
         title = name + ("  (best at an edge!)" if name in edge_params else "")
+        if dist.when:  # conditional: dots are the trials where it was active; the others had no value (None)
+            title += "\n" + "; ".join(f"only when {p} in {', '.join(map(str, v))}" for p, v in dist.when)
         ax.set_title(title, color="#b00020" if name in edge_params else "black", fontsize=11)
         ax.grid(alpha=0.25)
     for ax in axes[len(params):]:

@@ -32,10 +32,15 @@ def unit_points(kind: str, count: int, dims: int, seed: int, stage: int) -> np.n
     return engine.random(count)
 
 
-def sample_configs(space: SearchSpace, count: int, *, seed: int, stage: int = 0, kind: str = "random") -> list[dict[str, Any]]:
-    """The configs of one stage, in trial order. Same arguments, same configs."""
+def sample_configs(space: SearchSpace, count: int, *, seed: int, stage: int = 0, kind: str = "random",
+                   keep_inactive: bool = False) -> list[dict[str, Any]]:
+    """The configs of one stage, in trial order. Same arguments, same configs.
+
+    Inactive conditional parameters are ``None`` unless ``keep_inactive`` (their draws are kept for a caller
+    that changes parents first, then applies ``space.deactivate``).
+    """
     points = unit_points(kind, count, len(space.searched), seed, stage)
-    return [space.from_unit(p) for p in points]
+    return [space.from_unit(p, deactivate=not keep_inactive) for p in points]
 
 
 def trial_seed(sweep_seed: int, trial_id: int) -> int:

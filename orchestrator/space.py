@@ -4,6 +4,11 @@ Every distribution has a *sampling scale* (linear, log10, or log10 of ``1 - beta
 pair of bounds ``scale_low < scale_high`` in that scale. Sampling draws ``u ~ U[0, 1)``
 and maps it linearly into the scale; narrowing and edge extension (coarse to fine) work
 on the scale bounds, so "zoom around the best learning rates" is a box in log10(lr).
+
+A distribution may carry a condition (``when={"optimizer": ["momentum", "nesterov"]}``): it is
+active only when every named parameter is active and takes one of the listed values. Inactive
+parameters are still sampled (the unit cube keeps its dimensions, so seeds stay reproducible)
+and then set to ``None`` in the config.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.conditions import Condition, condition_order, normalize_condition
 from orchestrator.errors import SpaceError
 
 _INF = math.inf
@@ -29,6 +35,11 @@ class Distribution:
     name: str = ""
     limits: tuple[float, float] = (-_INF, _INF)
     kind: str = field(default="float", init=False)
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (parameter, allowed values) pairs, all must hold
+
+    @property
+    def condition(self) -> dict[str, tuple[Any, ...]]:
+        return dict(self.when)
 
     # -- scale: subclasses override these two for log-like scales ---------------------
     def to_scale(self, value: float) -> float:
@@ -260,33 +271,34 @@ class Choice(Distribution):
 # -- constructors users write in task files ------------------------------------------------
 
 
-def uniform(low: float, high: float, *, limits: tuple[float, float] = (-_INF, _INF)) -> Uniform:
-    return Uniform(float(low), float(high), limits=(float(limits[0]), float(limits[1])))
+def uniform(low: float, high: float, *, limits: tuple[float, float] = (-_INF, _INF), when: Condition = None) -> Uniform:
+    return Uniform(float(low), float(high), limits=(float(limits[0]), float(limits[1])), when=normalize_condition(when))
 
 
-def loguniform(low: float, high: float) -> LogUniform:
-    return LogUniform(float(low), float(high))
+def loguniform(low: float, high: float, *, when: Condition = None) -> LogUniform:
+    return LogUniform(float(low), float(high), when=normalize_condition(when))
 
 
-def one_minus_loguniform(low: float, high: float) -> OneMinusLogUniform:
-    return OneMinusLogUniform(float(low), float(high))
+def one_minus_loguniform(low: float, high: float, *, when: Condition = None) -> OneMinusLogUniform:
+    return OneMinusLogUniform(float(low), float(high), when=normalize_condition(when))
 
 
-def randint(low: int, high: int, *, limits: tuple[float, float] = (1, _INF)) -> RandInt:
-    return RandInt(low, high, limits=(float(limits[0]), float(limits[1])))
+def randint(low: int, high: int, *, limits: tuple[float, float] = (1, _INF), when: Condition = None) -> RandInt:
+    return RandInt(low, high, limits=(float(limits[0]), float(limits[1])), when=normalize_condition(when))
 
 
-def lograndint(low: int, high: int) -> LogRandInt:
-    return LogRandInt(low, high)
+def lograndint(low: int, high: int, *, when: Condition = None) -> LogRandInt:
+    return LogRandInt(low, high, when=normalize_condition(when))
 
 
-def choice(options: Sequence[Any]) -> Choice:
-    return Choice(options=tuple(options))
+def choice(options: Sequence[Any], *, when: Condition = None) -> Choice:
+    return Choice(options=tuple(options), when=normalize_condition(when))
 
 
-def dropout(low: float = 0.0, high: float = 0.5) -> Uniform:
+def dropout(low: float = 0.0, high: float = 0.5, *, when: Condition = None) -> Uniform:
     """Dropout rate: linear, never leaves [0, 1)."""
-    return uniform(low, high, limits=(0.0, 0.999))
+    return uniform(low, high, limits=(0.0, 0.999), when=when)
+
 
 
 _CONSTRUCTORS = {
@@ -314,6 +326,7 @@ class SearchSpace(Mapping[str, Any]):
             elif not isinstance(value, (int, float, str, bool)) and value is not None:
                 raise SpaceError(f"parameter '{name}': expected a distribution or a fixed scalar, got {type(value).__name__}")
             self._params[name] = value
+        self._order = condition_order(self._params)
 
     def __getitem__(self, name: str) -> Any:
         return self._params[name]
@@ -325,7 +338,7 @@ class SearchSpace(Mapping[str, Any]):
         return len(self._params)
 
     def __repr__(self) -> str:
-        body = ", ".join(f"{k}={v.describe() if isinstance(v, Distribution) else repr(v)}" for k, v in self.items())
+        body = ", ".join(f"{k}={_describe(v)}" for k, v in self.items())
         return f"SearchSpace({body})"
 
     @property
@@ -336,23 +349,51 @@ class SearchSpace(Mapping[str, Any]):
     def fixed(self) -> dict[str, Any]:
         return {k: v for k, v in self._params.items() if not isinstance(v, Distribution)}
 
-    def from_unit(self, point: Sequence[float]) -> dict[str, Any]:
+    def from_unit(self, point: Sequence[float], *, deactivate: bool = True) -> dict[str, Any]:
         """Map one point of the unit cube (one coordinate per searched parameter) to a config."""
         searched = self.searched
         if len(point) != len(searched):
             raise SpaceError(f"point has {len(point)} coordinates, space searches {len(searched)} parameters")
         values = {name: dist.from_unit(u) for (name, dist), u in zip(searched.items(), point)}
-        return {name: values.get(name, value) for name, value in self._params.items()}
+        config = {name: values.get(name, value) for name, value in self._params.items()}
+        return self.deactivate(config) if deactivate else config
+
+    def deactivate(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``config`` with every parameter whose condition fails set to ``None`` (parents decided first)."""
+        out = dict(config)
+        for name in self._order:
+            dist = self._params[name]
+            if not all(out.get(parent) is not None and out[parent] in values for parent, values in dist.when):
+                out[name] = None
+        return out
+
+    @property
+    def conditional(self) -> dict[str, dict[str, tuple[Any, ...]]]:
+        """Conditions by parameter, for parameters that have one."""
+        return {k: v.condition for k, v in self.searched.items() if v.when}
 
     def to_unit(self, config: Mapping[str, Any]) -> list[float]:
-        return [dist.to_unit(config[name]) for name, dist in self.searched.items()]
+        """Unit coordinates of a config; an inactive (``None``) parameter maps to NaN."""
+        return [math.nan if config[name] is None else dist.to_unit(config[name])
+                for name, dist in self.searched.items()]
 
     def replace(self, **params: Any) -> SearchSpace:
         """A new space with some parameters replaced; unknown names are refused."""
         for name in params:
             if name not in self._params:
                 raise SpaceError(f"parameter '{name}': not in the search space (known: {', '.join(self._params)})")
-        return SearchSpace({**self._params, **params})
+        merged = {**self._params, **params}
+        for name, value in merged.items():  # a narrowed parent choice narrows the conditions naming it
+            if isinstance(value, Distribution) and value.when:
+                merged[name] = replace(value, when=tuple(
+                    (parent, self._trimmed(parent, values, merged.get(parent))) for parent, values in value.when))
+        return SearchSpace(merged)
+
+    def _trimmed(self, parent: str, values: tuple[Any, ...], new_parent: Any) -> tuple[Any, ...]:
+        old_parent = self._params.get(parent)
+        if not (isinstance(old_parent, Choice) and isinstance(new_parent, Choice)):
+            return values
+        return tuple(v for v in values if v in new_parent.options or v not in old_parent.options)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SearchSpace:
         """Apply TOML-style overrides: ``{"lr": {"dist": "loguniform", "low": 1e-4, "high": 1}, "hidden": 64}``."""
@@ -363,17 +404,31 @@ class SearchSpace(Mapping[str, Any]):
         return {name: param_to_dict(value) for name, value in self._params.items()}
 
 
+def _describe(value: Any) -> str:
+    if not isinstance(value, Distribution):
+        return repr(value)
+    when = " and ".join(f"{parent} in {list(values)!r}" for parent, values in value.when)
+    return value.describe() + (f" when {when}" if when else "")
+
+
 def param_to_dict(value: Any) -> Any:
     if not isinstance(value, Distribution):
         return value
     kind = {Uniform: "uniform", LogUniform: "loguniform", OneMinusLogUniform: "one_minus_loguniform",
             RandInt: "randint", LogRandInt: "lograndint", Choice: "choice"}[type(value)]
     if isinstance(value, Choice):
-        return {"dist": kind, "options": list(value.options)}
+        return _with_when({"dist": kind, "options": list(value.options)}, value)
     out: dict[str, Any] = {"dist": kind, "low": value.low, "high": value.high}
     if isinstance(value, (Uniform, RandInt)) and not isinstance(value, LogRandInt):
         out["limits"] = list(value.limits)
+    return _with_when(out, value)
+
+
+def _with_when(out: dict[str, Any], dist: Distribution) -> dict[str, Any]:
+    if dist.when:
+        out["when"] = {parent: list(values) for parent, values in dist.when}
     return out
+
 
 
 def parse_param(name: str, spec: Any) -> Any:
@@ -386,12 +441,13 @@ def parse_param(name: str, spec: Any) -> Any:
     kind = spec.pop("dist", None)
     if kind not in _CONSTRUCTORS:
         raise SpaceError(f"parameter '{name}': unknown dist {kind!r} (one of {', '.join(_CONSTRUCTORS)})")
-    if "limits" in spec:
-        spec["limits"] = tuple(float(x) for x in spec["limits"])
     try:
-        dist = _CONSTRUCTORS[kind](**spec)
-    except TypeError as exc:
+        if "limits" in spec:
+            spec["limits"] = tuple(float(x) for x in spec["limits"])
+        dist = replace(_CONSTRUCTORS[kind](**spec), name=name)
+        dist.validate()
+    except SpaceError:
+        raise
+    except (TypeError, ValueError, IndexError) as exc:  # a missing field, or "x" where a number belongs
         raise SpaceError(f"parameter '{name}': bad fields for {kind}: {exc}") from None
-    dist = replace(dist, name=name)
-    dist.validate()
     return dist

@@ -3,7 +3,8 @@
 Config keys (all optional except ``lr``): ``optimizer`` (sgd, momentum, nesterov, adagrad,
 rmsprop, adam, adamw), ``momentum`` (beta for SGD momentum), ``beta1``, ``beta2``, ``eps``,
 ``rho`` (RMSprop decay), ``weight_decay`` (L2), ``schedule`` (constant, step, exponential,
-inverse_time, plateau, cosine), ``decay_rate``, ``step_epochs``.
+inverse_time, plateau, cosine), ``decay_rate``, ``step_epochs``. A key whose value is ``None``
+(a conditional hyperparameter inactive in this trial) counts as absent: the default applies.
 """
 
 from __future__ import annotations
@@ -19,13 +20,19 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adam
 SCHEDULES = ("constant", "step", "exponential", "inverse_time", "plateau", "cosine")
 
 
+def setting(config: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``config[key]``, or ``default`` where the key is missing or ``None`` (inactive)."""
+    value = config.get(key)
+    return default if value is None else value
+
+
 def build_optimizer(config: Mapping[str, Any], params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    name = str(config.get("optimizer", "adam"))
-    lr = float(config["lr"]) if "lr" in config else 1e-3
-    wd = float(config.get("weight_decay", 0.0))
-    momentum = float(config.get("momentum", 0.9))
-    betas = (float(config.get("beta1", 0.9)), float(config.get("beta2", 0.999)))
-    eps = float(config.get("eps", 1e-8))
+    name = str(setting(config, "optimizer", "adam"))
+    lr = float(setting(config, "lr", 1e-3))
+    wd = float(setting(config, "weight_decay", 0.0))
+    momentum = float(setting(config, "momentum", 0.9))
+    betas = (float(setting(config, "beta1", 0.9)), float(setting(config, "beta2", 0.999)))
+    eps = float(setting(config, "eps", 1e-8))
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=wd)
     if name in ("momentum", "nesterov"):
@@ -33,7 +40,7 @@ def build_optimizer(config: Mapping[str, Any], params: Iterable[torch.nn.Paramet
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, weight_decay=wd, eps=eps)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=float(config.get("rho", 0.99)), eps=eps, weight_decay=wd)
+        return torch.optim.RMSprop(params, lr=lr, alpha=float(setting(config, "rho", 0.99)), eps=eps, weight_decay=wd)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=wd)
     if name == "adamw":
@@ -43,19 +50,19 @@ def build_optimizer(config: Mapping[str, Any], params: Iterable[torch.nn.Paramet
 
 def build_schedule(config: Mapping[str, Any], optimizer: torch.optim.Optimizer, epochs: int) -> Any:
     """A per-epoch scheduler (``step()`` once an epoch; ``plateau`` takes the validation loss)."""
-    name = str(config.get("schedule", "constant"))
-    rate = float(config.get("decay_rate", 0.5))
+    name = str(setting(config, "schedule", "constant"))
+    rate = float(setting(config, "decay_rate", 0.5))
     sched = torch.optim.lr_scheduler
     if name == "constant":
         return sched.LambdaLR(optimizer, lambda epoch: 1.0)
     if name == "step":
-        return sched.StepLR(optimizer, step_size=int(config.get("step_epochs", max(1, epochs // 3))), gamma=rate)
+        return sched.StepLR(optimizer, step_size=int(setting(config, "step_epochs", max(1, epochs // 3))), gamma=rate)
     if name == "exponential":
         return sched.ExponentialLR(optimizer, gamma=rate)
     if name == "inverse_time":  # lr0 / (1 + k t), the notes' 1/t decay
         return sched.LambdaLR(optimizer, lambda epoch: 1.0 / (1.0 + rate * epoch))
     if name == "plateau":
-        return sched.ReduceLROnPlateau(optimizer, factor=rate, patience=int(config.get("patience", 2)))
+        return sched.ReduceLROnPlateau(optimizer, factor=rate, patience=int(setting(config, "patience", 2)))
     if name == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
     raise ConfigError(f"schedule: unknown {name!r} (one of {', '.join(SCHEDULES)})")

@@ -104,7 +104,7 @@ def preflight_config(space: SearchSpace, *, how: str = "midpoint", seed: int = 0
         if isinstance(value, Distribution):
             value = value.from_unit(0.5 if how == "midpoint" else rng.random())
         config[name] = value
-    return regularisation_off(config)
+    return regularisation_off(space.deactivate(config))  # inactive conditional parameters: None, as in a trial
 
 
 def regularisation_off(config: Mapping[str, Any]) -> dict[str, Any]:

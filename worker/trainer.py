@@ -20,7 +20,7 @@ from orchestrator.task import Task
 from worker.data import Splits, batches
 from worker.diagnostics import Diagnostics, DiagnosticsOptions
 from worker.ema import EmaWeights
-from worker.optim import build_optimizer, build_schedule, step_schedule
+from worker.optim import build_optimizer, build_schedule, setting, step_schedule
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,8 @@ class TrialRun:
         self.optimizer = custom_opt(config, params) if custom_opt else build_optimizer(config, params)
         self.scheduler = build_schedule(config, self.optimizer, spec.max_epochs)
         self.loss_fn = task.get("loss_fn") or F.cross_entropy
-        self.batch_size = int(config.get("batch_size", 64))
-        self.grad_clip = float(config.get("grad_clip", math.inf))
+        self.batch_size = int(setting(config, "batch_size", 64))
+        self.grad_clip = float(setting(config, "grad_clip", math.inf))
         self.generator = torch.Generator().manual_seed(spec.seed)
         ema_decay = config.get("ema_decay")
         self.ema = EmaWeights(self.model, float(ema_decay)) if ema_decay else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -10,13 +11,14 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from orchestrator import schema
 from orchestrator.api import run_sweep
 from orchestrator.cli import app
 from orchestrator.report import build_report, write_report
 from orchestrator.report_figures import axis_value, stage_range
 from orchestrator.space import one_minus_loguniform
 from orchestrator.storage import Storage
-from tests.conftest import TINY_TASK
+from tests.conftest import DIGITS_TASK, TINY_TASK
 
 PLOTS = {"fig-hyperparameters", "fig-importance", "fig-learning-curves", "fig-gap", "fig-update-ratio",
          "fig-activations"}
@@ -103,3 +105,23 @@ def test_headless_chromium_loads_every_plot(built, tmp_path):
         assert colours is not None and len(colours) > 500  # plots, not a blank or error page
         white = max(count for count, rgb in colours if rgb == (255, 255, 255))
         assert white < 0.9 * 1280 * 3000
+
+
+def test_a_digits_sweep_stores_inactive_hyperparameters_as_null_and_reports(ray_session, tmp_path):
+    """examples/digits_mlp.py declares each optimizer's own hyperparameters conditional on the optimizer."""
+    result = run_sweep(DIGITS_TASK, plan="8x1,4x2", slots=2, storage=str(tmp_path / "runs"), name="digits-cond",
+                       seed=5, ensemble=False)
+    sweep = Storage.from_uri(result.path)
+    trials = sweep.read_table(schema.TRIALS_PATH).to_pylist()
+    assert len(trials) == 12
+    users = {"momentum": {"momentum", "nesterov"}, "beta1": {"adam", "adamw"}, "beta2": {"adam", "adamw"},
+             "eps": {"adagrad", "rmsprop", "adam", "adamw"}, "rho": {"rmsprop"}}
+    for t in trials:
+        for name, optimizers in users.items():
+            assert (t["config"][name] is not None) == (t["config"]["optimizer"] in optimizers), (name, t["config"])
+    assert any(t["config"]["momentum"] is None for t in trials)
+    stored = json.loads(sweep.read_table(schema.stage_path(1)).to_pylist()[0]["space"])
+    assert stored["momentum"]["when"]["optimizer"] <= ["momentum", "nesterov"]
+    out = CliRunner().invoke(app, ["report", result.path, "--out", str(tmp_path / "r.html")])
+    assert out.exit_code == 0, out.output
+    assert "fig-hyperparameters" in (tmp_path / "r.html").read_text()

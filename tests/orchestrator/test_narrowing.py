@@ -181,3 +181,67 @@ def test_edge_warnings():
 def test_bad_options_name_the_field(options, field):
     with pytest.raises(ConfigError, match=f"^{field}:"):
         narrow_space(SearchSpace({"x": uniform(0, 1)}), [], **options)
+
+
+# -- conditional parameters -------------------------------------------------------------------
+
+
+def _conditional_space() -> SearchSpace:
+    return SearchSpace(
+        {
+            "optimizer": choice(["sgd", "momentum", "adagrad", "adam"]),
+            "momentum": one_minus_loguniform(0.8, 0.999, when={"optimizer": ["momentum"]}),
+            "beta1": one_minus_loguniform(0.8, 0.99, when={"optimizer": ["adam"]}),
+            "lr": loguniform(1e-4, 1.0),
+        }
+    )
+
+
+def test_inactive_parameter_keeps_its_range_and_raises_no_edge_notice():
+    space = _conditional_space()
+    # The best trials all use adagrad: beta1 and momentum were never active among them.
+    top = [({"optimizer": "adagrad", "momentum": None, "beta1": None, "lr": 10 ** (-2 - 0.1 * i)}, 100.0 - i)
+           for i in range(4)]
+    worse = [({"optimizer": "adam", "momentum": None, "beta1": 0.9899, "lr": 1e-3}, -i) for i in range(3)]
+    worse += [({"optimizer": "momentum", "momentum": 0.8001, "beta1": None, "lr": 1e-3}, -10.0 - i) for i in range(3)]
+    out = narrow_space(space, top + worse, top_fraction=0.3, min_top=3)
+    for name in ("momentum", "beta1"):
+        assert (out.space[name].low, out.space[name].high) == (space[name].low, space[name].high)
+    assert {e.param for e in out.edges} <= {"lr"}
+    assert out.space["lr"] != space["lr"]  # the unconditional parameter still narrows
+    # adam and momentum: tried 3 times each, never in the top: dropped, and the conditions follow
+    assert out.space["optimizer"].options == ("sgd", "adagrad")  # sgd: never tried, kept
+    assert out.space["momentum"].condition == {"optimizer": ()}
+    assert out.space.to_dict()["beta1"]["when"] == {"optimizer": []}
+
+
+def test_conditional_parameter_narrows_on_its_active_top_trials_only():
+    space = _conditional_space()
+    # The top 8: four momentum trials (momentum near 0.95) and four adam trials (momentum inactive).
+    rows = []
+    for i, m in enumerate([0.95, 0.96, 0.94, 0.955]):
+        rows.append(({"optimizer": "momentum", "momentum": m, "beta1": None, "lr": 1e-2}, 100.0 - 2 * i))
+        rows.append(({"optimizer": "adam", "momentum": None, "beta1": 0.9, "lr": 1e-2}, 99.0 - 2 * i))
+    rows += [({"optimizer": "sgd", "momentum": None, "beta1": None, "lr": 1e-2}, -float(i)) for i in range(24)]
+    out = narrow_space(space, rows, top_fraction=0.25, min_top=3)
+    narrowed = out.space["momentum"]
+    assert space["momentum"].low < narrowed.low < 0.94 and 0.96 < narrowed.high < space["momentum"].high
+    assert not [e for e in out.edges if e.param == "momentum"]
+    assert narrowed.condition == {"optimizer": ("momentum",)}
+
+
+def test_too_few_active_top_trials_keep_the_range_even_at_an_edge():
+    space = _conditional_space()
+    # One momentum trial in the top 4, at the upper edge: one trial is too few to extend the range.
+    rows = [({"optimizer": "momentum", "momentum": 0.999, "beta1": None, "lr": 1e-2}, 100.0)]
+    rows += [({"optimizer": "sgd", "momentum": None, "beta1": None, "lr": 1e-2}, 99.0 - i) for i in range(3)]
+    rows += [({"optimizer": "momentum", "momentum": 0.9, "beta1": None, "lr": 1e-2}, -float(i)) for i in range(12)]
+    out = narrow_space(space, rows, top_fraction=0.25, min_top=3)
+    assert out.space["momentum"] == space["momentum"]
+    assert not [e for e in out.edges if e.param == "momentum"]
+
+
+def test_edge_warnings_skip_inactive_parameters():
+    space = _conditional_space()
+    best = {"optimizer": "adagrad", "momentum": None, "beta1": None, "lr": 0.5}
+    assert {n.param for n in edge_warnings(space, best)} <= {"lr"}

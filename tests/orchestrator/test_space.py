@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from orchestrator.space import (
     lograndint,
     loguniform,
     one_minus_loguniform,
+    parse_param,
     randint,
     uniform,
 )
@@ -138,3 +140,97 @@ def test_narrowed_bounds_stay_inside_hard_limits():
     assert d.low == 0.0 and d.high < 1.0
     n = SearchSpace({"n": randint(2, 4)})["n"].with_scale_bounds(-5, 3.2)
     assert n.low == 1 and isinstance(n.high, int)
+
+
+# -- conditional parameters -------------------------------------------------------------------
+
+
+def _optimizer_space() -> SearchSpace:
+    return SearchSpace(
+        {
+            "optimizer": choice(["sgd", "momentum", "adam"]),
+            "momentum": one_minus_loguniform(0.8, 0.999, when={"optimizer": ["momentum"]}),
+            "beta1": one_minus_loguniform(0.8, 0.99, when={"optimizer": ["adam"]}),
+            "schedule": choice(["constant", "step"], when={"optimizer": ["momentum", "adam"]}),
+            "decay_rate": uniform(0.1, 0.9, when={"schedule": "step"}),  # a chain: schedule is conditional too
+            "fixed": 3,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"m": uniform(0, 1, when={"opt": ["a"]})}, "parameter 'm': condition names unknown parameter 'opt'"),
+        ({"opt": choice(["a", "b"]), "m": uniform(0, 1, when={"opt": ["a", "c"]})},
+         "parameter 'm': condition values ['c'] are not options of 'opt'"),
+        ({"x": uniform(0, 1), "m": uniform(0, 1, when={"x": [0.5]})},
+         "parameter 'm': condition on 'x' needs a choice or a fixed value"),
+        ({"a": choice([1, 2], when={"b": [1]}), "b": choice([1, 2], when={"a": [2]})},
+         "parameter 'a': conditions form a cycle (a -> b -> a)"),
+        ({"a": choice([1, 2], when={"a": [1]})}, "parameter 'a': conditions form a cycle (a -> a)"),
+    ],
+)
+def test_bad_conditions_name_the_parameter(params, message):
+    with pytest.raises(SpaceError) as err:
+        SearchSpace(params)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_inactive_parameters_are_none_and_chains_follow_their_parent():
+    configs = sample_configs(_optimizer_space(), 200, seed=3)
+    for c in configs:
+        assert (c["momentum"] is not None) == (c["optimizer"] == "momentum")
+        assert (c["beta1"] is not None) == (c["optimizer"] == "adam")
+        assert (c["schedule"] is not None) == (c["optimizer"] != "sgd")
+        assert (c["decay_rate"] is not None) == (c["schedule"] == "step")
+        assert c["fixed"] == 3
+    assert {c["optimizer"] for c in configs} == {"sgd", "momentum", "adam"}
+    assert any(c["decay_rate"] is not None for c in configs)
+
+
+def test_conditions_do_not_change_the_values_of_active_parameters():
+    """Same seed, same numbers: a condition only blanks values, it never shifts the unit cube."""
+    plain = SearchSpace({k: replace(v, when=()) if hasattr(v, "when") else v for k, v in _optimizer_space().items()})
+    for kind in ("random", "sobol"):
+        for a, b in zip(sample_configs(plain, 32, seed=5, kind=kind), sample_configs(_optimizer_space(), 32, seed=5,
+                                                                                   kind=kind)):
+            assert all(b[k] is None or b[k] == a[k] for k in a)
+
+
+def test_conditions_round_trip_through_to_dict_and_toml_overrides():
+    space = _optimizer_space()
+    data = space.to_dict()
+    assert data["momentum"]["when"] == {"optimizer": ["momentum"]}
+    assert data["decay_rate"]["when"] == {"schedule": ["step"]}
+    assert "when" not in data["optimizer"]
+    again = SearchSpace({name: parse_param(name, spec) for name, spec in data.items()})
+    assert again.to_dict() == data
+    assert sample_configs(again, 16, seed=1) == sample_configs(space, 16, seed=1)
+    # TOML: a `when` key on an override; a single value needs no list
+    new = space.with_overrides({"beta1": {"dist": "one_minus_loguniform", "low": 0.85, "high": 0.95,
+                                          "when": {"optimizer": "adam"}}})
+    assert new["beta1"].condition == {"optimizer": ("adam",)} and new["beta1"].low == 0.85
+    with pytest.raises(SpaceError, match="parameter 'beta1': condition values \\['adamw'\\]"):
+        space.with_overrides({"beta1": {"dist": "uniform", "low": 0.1, "high": 0.9, "when": {"optimizer": ["adamw"]}}})
+    with pytest.raises(SpaceError, match="parameter 'beta1': bad fields for uniform: when"):
+        space.with_overrides({"beta1": {"dist": "uniform", "low": 0.1, "high": 0.9, "when": ["adam"]}})
+
+
+def test_narrowing_a_parent_choice_trims_the_conditions_naming_it():
+    space = _optimizer_space()
+    narrowed = space.with_overrides({"optimizer": {"dist": "choice", "options": ["sgd", "adam"]}})
+    assert narrowed["momentum"].condition == {"optimizer": ()}  # never active now, and still a valid space
+    assert narrowed["schedule"].condition == {"optimizer": ("adam",)}
+    assert all(c["momentum"] is None for c in sample_configs(narrowed, 20, seed=1))
+    assert SearchSpace({k: parse_param(k, v) for k, v in narrowed.to_dict().items()}).to_dict() == narrowed.to_dict()
+    fixed = space.with_overrides({"optimizer": "momentum"})  # a fixed parent works too
+    assert all(c["momentum"] is not None and c["beta1"] is None for c in sample_configs(fixed, 10, seed=1))
+
+
+def test_to_unit_maps_inactive_parameters_to_nan():
+    space = _optimizer_space()
+    config = sample_configs(space, 1, seed=2)[0]
+    units = dict(zip(space.searched, space.to_unit(config)))
+    assert all(math.isnan(u) == (config[k] is None) for k, u in units.items())

@@ -96,3 +96,15 @@ def test_session_stops_a_diverging_trial_at_once(tmp_path):
     report = session.start(Assignment(3, 0, {**CONFIG, "lr": 1e6, "optimizer": "sgd"}, 1, 10, 10))
     assert report.ended and report.status == "pruned" and report.reason == "diverged"
     assert len(report.rows) <= 2
+
+
+def test_inactive_hyperparameters_fall_back_to_the_optimizer_defaults():
+    """A conditional hyperparameter inactive in a trial arrives as None: the run equals one without the key."""
+    inactive = {"momentum": None, "beta1": None, "beta2": None, "eps": None, "rho": None, "decay_rate": None,
+                "grad_clip": None, "step_epochs": None}
+    for optimizer in ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"):
+        base = {**CONFIG, "optimizer": optimizer, "schedule": "step"}
+        with_none, without = make_run({**base, **inactive}, epochs=2), make_run(base, epochs=2)
+        assert with_none.optimizer.param_groups[0] == without.optimizer.param_groups[0] | {
+            "params": with_none.optimizer.param_groups[0]["params"]}
+        assert with_none.train_epoch()["train_loss"] == without.train_epoch()["train_loss"]
