@@ -10,8 +10,8 @@ long) and a plain random search (every trial trains the full epochs). The digits
 has 360 examples (one error = 0.28 points), and a sweep's trials depend on which finishes
 first, so several seeds are run and a rerun of one seed can differ.
 
-    python benchmarks/ensembles_digits.py               # 3 seeds x (staged 32 trials, random 16 trials), 12 epochs
-    python benchmarks/ensembles_digits.py --tiny        # one 4-trial, 2-epoch sweep (CI)
+    python benchmarks/ensembles_digits.py         # 3 seeds x (staged 48 trials + 4 seed copies, random 16), 12 epochs
+    python benchmarks/ensembles_digits.py --tiny  # one 4-trial, 2-epoch sweep + 1 seed copy (CI)
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ from benchmarks.common import write_table  # noqa: E402
 TASK = os.path.join(ROOT, "examples", "digits_mlp.py")
 COLUMNS = ["case", "seed", "method", "size", "chosen", "val_accuracy", "test_accuracy", "test_errors",
            "test_error_cut", "test_log_loss", "sweep_s", "ensemble_s"]
-METHODS = ("single", "single_ema", "top_k", "checkpoints", "ema", "greedy", "soup")
+METHODS = ("single", "single_ema", "top_k", "checkpoints", "ema", "seeds", "greedy", "soup")
 # case -> run_sweep settings; "staged" is what `caviar run` does by default (plan derived from trials and epochs)
-CASES = {"staged": {"trials": 32, "epochs": 12, "stages": None}, "random": {"trials": 16, "epochs": 12, "stages": 1}}
-TINY = {"staged": {"trials": 4, "epochs": 2, "stages": None}}
+# staged: the default plan for 48 trials, then 4 seed copies of the best config (the `seeds` ensemble)
+CASES = {"staged": {"trials": 48, "epochs": 12, "stages": None, "seed_copies": 4},
+         "random": {"trials": 16, "epochs": 12, "stages": 1}}
+TINY = {"staged": {"trials": 4, "epochs": 2, "stages": None, "seed_copies": 1}}
 
 
 def error_cut(single: float, accuracy: float) -> float | None:
@@ -117,6 +119,7 @@ def main() -> None:
             rows += mine
             summaries += summary(case, mine)
     notes = [*(f"{case}: {s['trials']} trials, {s['epochs']} epochs, {s['stages'] or 'derived'} stage(s)"
+               + (f", then {s['seed_copies']} seed copies of the best config" if s.get("seed_copies") else "")
                for case, s in cases.items()),
              f"{args.slots} slots, keep_best {args.keep_best} (+ last, raw and EMA), k {args.k}; test split "
              f"{args.n_test} examples (one error = {100 / args.n_test:.2f} points)",

@@ -13,10 +13,11 @@ import pyarrow as pa
 from orchestrator import schema
 from orchestrator.controller import Controller, ControllerOptions
 from orchestrator.errors import ConfigError, StorageError
+from orchestrator.prefetch import DataPrefetch, chain_ticks
 from orchestrator.pruning import make_pruner
 from orchestrator.settings import RunSettings, read_toml
 from orchestrator.space import SearchSpace
-from orchestrator.stages import Stage, default_plan, parse_plan
+from orchestrator.stages import Stage, default_plan, parse_plan, stage_grace_epochs
 from orchestrator.storage import Storage, check_name, redact_uri
 from orchestrator.sweeplog import SweepLog
 from orchestrator.task import Task, load_task
@@ -52,25 +53,34 @@ def build_settings(task: Task, config_file: str | None, overrides: Mapping[str, 
 
 
 def plan_for(settings: RunSettings) -> list[Stage]:
-    if settings.plan:
-        return parse_plan(settings.plan)
-    return default_plan(settings.trials, settings.epochs, settings.stages)
+    plan = parse_plan(settings.plan) if settings.plan else default_plan(settings.trials, settings.epochs,
+                                                                         settings.stages)
+    if settings.seed_copies:  # the best config again, from new seeds, as long as the last stage trained
+        plan.append(Stage(settings.seed_copies, plan[-1].epochs, reseed=True))
+    return plan
 
 
 def controller_for(space: SearchSpace, settings: RunSettings) -> Controller:
+    plan = plan_for(settings)
+    graces = stage_grace_epochs(plan, settings.grace_epochs)  # later stages never prune before the earlier one's epochs
+
     def pruner_for(stage: Stage) -> Any:
         options: dict[str, Any] = {"max_epochs": stage.epochs, "max_loss_ratio": settings.max_loss_ratio}
-        if stage.epochs == 1 or settings.pruner == "none":
+        if stage.epochs == 1 or settings.pruner == "none" or stage.reseed:  # seed copies are all kept
             return make_pruner("none", **options)
+        # the controller hands over the plan's own Stage objects
+        fallback = min(settings.grace_epochs, stage.epochs)
+        grace = next((g for s, g in zip(plan, graces, strict=True) if s is stage), fallback)
         if settings.pruner == "asha":
-            options.update(grace_epochs=min(settings.grace_epochs, stage.epochs), reduction_factor=settings.reduction_factor)
+            options.update(grace_epochs=grace, reduction_factor=settings.reduction_factor)
         elif settings.pruner == "median":
-            options.update(grace_epochs=min(settings.grace_epochs, stage.epochs))
+            options.update(grace_epochs=grace)
         return make_pruner(settings.pruner, **options)
 
     options = ControllerOptions(seed=settings.seed, sampler=settings.sampler, top_fraction=settings.top_fraction,
-                                max_retries=settings.max_retries, fail_fast=settings.fail_fast)
-    return Controller(space, plan_for(settings), pruner_for, options)
+                                max_retries=settings.max_retries, fail_fast=settings.fail_fast,
+                                promote_fraction=settings.promote_fraction)
+    return Controller(space, plan, pruner_for, options)
 
 
 def default_name(task: Task) -> str:
@@ -105,11 +115,19 @@ def run_sweep(task: str | Task, *, config_file: str | None = None, on_tick: Call
     log.write_sweep_row({"name": name, "task": task.ref, "seed": settings.seed,
                          # credentials in a storage URI (secret_key=...) never land in caviar's own files
                          "settings": schema.json_dumps({**asdict(settings), "storage": redact_uri(settings.storage)}),
-                         "space": schema.json_dumps(space.to_dict()),
+                         "space": schema.json_dumps(space.to_dict(), sort_keys=False),  # order fixes sampling
                          "caviar_version": __version__, "created": schema.now_ms()})
     from cluster.runner import execute  # Ray loads here, never at import time
 
-    execute(task, settings, root, name, controller, log, on_tick=on_tick)
+    # The soup at the end needs the data here: load it while the trials train, not after them.
+    prefetch = DataPrefetch(task) if settings.ensemble else None
+    execute(task, settings, root, name, controller, log, on_tick=chain_ticks(prefetch and prefetch.on_tick, on_tick))
+    return finish_sweep(task, settings, sweep, name, controller, log, prefetch=prefetch)
+
+
+def finish_sweep(task: Task, settings: RunSettings, sweep: Storage, name: str, controller: Controller,
+                 log: SweepLog, prefetch: DataPrefetch | None = None) -> SweepResult:
+    """After the trials: edge warnings, the last writes, ensembles; the result (shared by run and resume)."""
     warnings = controller.final_edge_warnings()
     log.flush(controller, force=True)
     log.compact_events()
@@ -117,7 +135,7 @@ def run_sweep(task: str | Task, *, config_file: str | None = None, on_tick: Call
     if settings.ensemble:  # from stored predictions; a failure is a logged warning, never a lost sweep
         from orchestrator.ensemble_run import after_sweep
 
-        ensemble = after_sweep(sweep, task, device=settings.device)
+        ensemble = after_sweep(sweep, task, device=settings.device, load_data=prefetch and prefetch.result)
     best = controller.best()
     counts: dict[str, int] = {}
     for trial in controller.trials.values():
@@ -126,6 +144,13 @@ def run_sweep(task: str | Task, *, config_file: str | None = None, on_tick: Call
                        best.best_score if best and math.isfinite(best.best_score) else None,
                        dict(best.config) if best else None, counts, warnings, controller.abort_reason,
                        ensemble=ensemble)
+
+
+def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, **overrides: Any) -> SweepResult:
+    """Continue an interrupted sweep from its Parquet tables (see :mod:`orchestrator.resume`)."""
+    from orchestrator.resume import resume_sweep as resume
+
+    return resume(path, on_tick=on_tick, **overrides)
 
 
 @dataclass

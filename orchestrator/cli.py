@@ -48,6 +48,12 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep of the same name.")] = False,
     ensemble: Annotated[bool, typer.Option(help="Build ensembles when the sweep ends.")] = True,
     plain: Annotated[bool, typer.Option(help="Log lines instead of the live view.")] = False,
+    dashboard: Annotated[bool, typer.Option(help="Start Ray's dashboard with a local Ray.")] = False,
+    dashboard_host: Annotated[str | None, typer.Option(help="Where it listens (default: 127.0.0.1).")] = None,
+    fuse: Annotated[str | None, typer.Option(help="Train same-shape trials as one batched model: auto, on or off.")] = None,
+    array_size: Annotated[str | None, typer.Option(help="Trials per fused array: auto (probe) or an integer.")] = None,
+    seed_copies: Annotated[int | None, typer.Option(
+        help="After the last stage, train the best config N more times from new seeds (a seed ensemble).")] = None,
 ) -> None:
     """Run a sweep: sample, train on Ray actors, prune, narrow, and write everything to Parquet."""
     from orchestrator.api import parse_resources, run_sweep
@@ -57,7 +63,9 @@ def run(
                                      storage=storage, name=name, seed=seed, pruner=pruner, sampler=sampler,
                                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
                                      address=address, overwrite=overwrite or None, ensemble=ensemble,
-                                     precision=precision, shared_storage=shared_storage or None)
+                                     precision=precision, shared_storage=shared_storage or None, fuse=fuse,
+                                     dashboard=dashboard or None, dashboard_host=dashboard_host, seed_copies=seed_copies,
+                                     array_size=int(array_size) if array_size and array_size.isdigit() else array_size)
     if resource:
         overrides["resources"] = parse_resources(resource)
     with Progress(force_plain=plain) as progress:
@@ -122,11 +130,26 @@ def print_top(tables: Any, k: int) -> None:
 
 
 def main() -> None:
+    usage_error = typer.BadParameter.__mro__[1]  # click's UsageError, whether typer vendors click or not
     try:
-        app()
+        code = app(standalone_mode=False)  # click's usage errors come here, to be printed as one line
     except CaviarError as exc:
         typer.echo(f"caviar: error: {exc}", err=True)
         sys.exit(2)
+    except usage_error as exc:  # a bad option value, an unknown option or verb, a missing argument
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `caviar` alone: the help, as before
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)
+            sys.exit(exc.exit_code)
+        command = exc.ctx.command_path if exc.ctx else "caviar"
+        message = " ".join(exc.format_message().split())
+        typer.echo(f"caviar: error: {message} (see '{command} --help')", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 # Command modules register their verbs on `app` when imported; one line each.
@@ -136,3 +159,4 @@ import orchestrator.cli_report  # noqa: E402,F401
 if __name__ == "__main__": __import__("orchestrator.cli", fromlist=["main"]).main()  # noqa: E701 (python -m: every verb)
 import orchestrator.cli_cluster  # noqa: E402,F401
 import orchestrator.cli_ensemble  # noqa: E402,F401
+import orchestrator.cli_resume  # noqa: E402,F401

@@ -55,6 +55,7 @@ def submit(
     resource: Annotated[list[str] | None, typer.Option(help="Custom Ray resource per trial, NAME=AMOUNT.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16.")] = None,
+    seed_copies: Annotated[int | None, typer.Option(help="Train the best config N more times from new seeds.")] = None,
     shared_storage: Annotated[bool, typer.Option(help="A local --storage path is a mount every node shares.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep of the same name.")] = False,
     ensemble: Annotated[bool, typer.Option(help="Build ensembles when the sweep ends.")] = True,
@@ -71,7 +72,7 @@ def submit(
     assert storage is not None
     options = dict(trials=trials, epochs=epochs, plan=plan, stages=stages, slots=slots, seed=seed, pruner=pruner,
                    sampler=sampler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
-                   precision=precision, shared_storage=shared_storage, overwrite=overwrite)
+                   precision=precision, shared_storage=shared_storage, overwrite=overwrite, seed_copies=seed_copies)
     args = run_args(options, resource) + ([] if ensemble else ["--no-ensemble"])
     job_plan = plan_job(task, storage=storage, name=name, run_args=args, config=config, working_dir=working_dir,
                         ship_caviar=ship_caviar)

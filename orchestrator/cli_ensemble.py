@@ -15,7 +15,7 @@ from orchestrator.cli import SweepArg, app, fail
 def ensemble(
     sweep: SweepArg,
     method: Annotated[list[str] | None, typer.Option(
-        "--method", "-m", help="single_ema, top_k, checkpoints, ema, greedy or soup; repeatable (default: all).",
+        "--method", "-m", help="single_ema, top_k, checkpoints, ema, seeds, greedy or soup; repeatable (default: all).",
     )] = None,
     k: Annotated[int, typer.Option("-k", help="Members of the top-k and EMA ensembles.")] = 5,
     metric: Annotated[str, typer.Option(help="Validation metric that selects: accuracy or log_loss.")] = "accuracy",

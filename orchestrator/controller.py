@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.backend import Assignment, Report
-from orchestrator.narrowing import edge_warnings, narrow_space
+from orchestrator.fusing import PER_MEMBER, block_size, share_shapes
+from orchestrator.narrowing import edge_warnings, narrow_space, top_results
 from orchestrator.pruning import Observation, Pruner
 from orchestrator.sampler import sample_configs, trial_seed
 from orchestrator.schema import now_ms
 from orchestrator.space import SearchSpace
-from orchestrator.stages import Stage
+from orchestrator.stages import Stage, promotion_count
 
 ENDED = ("completed", "pruned", "failed")
 
@@ -68,6 +69,11 @@ class ControllerOptions:
     max_retries: int = 2  # a trial whose executor dies is retried this many times
     fail_fast: int = 5  # stop when this many trials fail before any succeeds
     narrow: bool = True
+    promote_fraction: float = 0.5  # share of a later stage given to the best configs of the stage before
+    # > 1: each stage's trials share model shapes in blocks, to train as fused arrays (set by Controller.fuse)
+    fuse_array_size: int = 0
+    fuse_workers: int = 1
+    fuse_per_member: frozenset[str] = PER_MEMBER
 
 
 @dataclass
@@ -90,12 +96,19 @@ class Controller:
         self._begin_stage(0, self.space)
 
     # -- stages ---------------------------------------------------------------------------
-    def _begin_stage(self, index: int, space: SearchSpace) -> None:
+    def _begin_stage(self, index: int, space: SearchSpace, promoted: Sequence[dict[str, Any]] = ()) -> None:
         self.stage = index
         stage = self.plan[index]
         self.stage_spaces.append(space)
         self.pruner = self.make_pruner(stage)
-        configs = sample_configs(space, stage.trials, seed=self.options.seed, stage=index, kind=self.options.sampler)
+        fresh = stage.trials - len(promoted)  # fresh samples first: the same ids and configs when a resume re-samples
+        # Conditions apply after shapes are shared: a block's shared optimizer decides which of each member's
+        # own draws (momentum, betas) are active, so the draws are kept until then.
+        sampled = sample_configs(space, fresh, seed=self.options.seed, stage=index, kind=self.options.sampler,
+                                 keep_inactive=True)
+        self._full_samples = dict(zip(range(self._next_id, self._next_id + fresh), sampled))
+        configs = [space.deactivate(c) for c in (self._shared_shapes(sampled, fresh) if fresh else [])]
+        configs += [dict(c) for c in promoted]
         first = self._next_id
         for config in configs:
             tid = self._next_id
@@ -103,12 +116,35 @@ class Controller:
             self.trials[tid] = TrialState(tid, index, config, trial_seed(self.options.seed, tid), stage.epochs)
             self.pending.append(tid)
         self.event("stage_started", stage=index, detail={"trials": stage.trials, "epochs": stage.epochs,
-                                                         "first_trial_id": first, "space": space.to_dict()})
+                                                         "first_trial_id": first, "space": space.to_dict(),
+                                                         "promoted": len(promoted)})
+
+    def _shared_shapes(self, configs: list[dict[str, Any]], stage_trials: int) -> list[dict[str, Any]]:
+        o = self.options
+        if o.fuse_array_size <= 1:
+            return configs
+        return share_shapes(configs, block_size(stage_trials, o.fuse_workers, o.fuse_array_size), o.fuse_per_member)
+
+    def fuse(self, array_size: int, workers: int, per_member: frozenset[str] = PER_MEMBER) -> None:
+        """Share model shapes in blocks from now on; this stage too, if none of its trials has started."""
+        self.options.fuse_array_size, self.options.fuse_workers = array_size, workers
+        self.options.fuse_per_member = frozenset(per_member)
+        if any(t.status != "pending" or t.attempt for t in self.trials.values() if t.stage == self.stage):
+            return
+        ids = [tid for tid in self.pending if self.trials[tid].stage == self.stage]
+        drawn = [self._full_samples.get(t, self.trials[t].config) for t in ids]
+        for tid, before, config in zip(ids, drawn, self._shared_shapes(drawn, len(ids))):
+            # A promoted config the block left alone keeps exactly what it trained with.
+            fresh_or_changed = tid in self._full_samples or config != before
+            self.trials[tid].config = self.stage_spaces[-1].deactivate(config) if fresh_or_changed else config
 
     def _maybe_next_stage(self) -> None:
-        if self.pending or self.running or self.stage + 1 >= len(self.plan) or self.abort_reason:
+        if self.pending or self.stage + 1 >= len(self.plan) or self.abort_reason or self.any_running:
             return
         space = self.stage_spaces[-1]
+        if self.plan[self.stage + 1].reseed:
+            self._begin_reseed(space)
+            return
         results = self.stage_results(self.stage)
         if self.options.narrow and results:
             narrowed = narrow_space(space, results, top_fraction=self.options.top_fraction)
@@ -118,7 +154,22 @@ class Controller:
                            detail=notice_detail(notice))
             self.event("range_narrowed", stage=self.stage + 1, detail={"space": narrowed.space.to_dict()})
             space = narrowed.space
-        self._begin_stage(self.stage + 1, space)
+        self._begin_stage(self.stage + 1, space, self._promoted(results, self.plan[self.stage + 1].trials))
+
+    def _begin_reseed(self, space: SearchSpace) -> None:
+        """The best config so far, once per trial of the stage; each trial's id gives it a new seed."""
+        best, stage = self.best(), self.plan[self.stage + 1]
+        if best is None:  # nothing finished to copy: the sweep ends here
+            self.event("reseed_skipped", stage=self.stage + 1, reason="no trial finished with a score")
+            self.plan = list(self.plan[: self.stage + 1])
+            return
+        self.event("reseed", stage=self.stage + 1, detail={"config_of_trial": best.trial_id, "copies": stage.trials})
+        self._begin_stage(self.stage + 1, space, [dict(best.config)] * stage.trials)
+
+    def _promoted(self, results: Sequence[tuple[dict[str, Any], float]], stage_trials: int) -> list[dict[str, Any]]:
+        """The best configs of the stage just ended, trained again in the next one (the narrowing's top trials)."""
+        top = top_results(results, self.options.top_fraction, min_top=3)
+        return [config for config, _ in top[:promotion_count(stage_trials, len(top), self.options.promote_fraction)]]
 
     def stage_results(self, stage: int) -> list[tuple[dict[str, Any], float]]:
         """(config, best score) of the stage's finished trials; completed ones rank first."""
@@ -134,10 +185,15 @@ class Controller:
         return [t.trial_id for t in self.trials.values() if t.status == "running"]
 
     @property
+    def any_running(self) -> bool:
+        # Newest first: running trials are mostly the latest ids, so the scan stops early (the driver asks every loop).
+        return any(t.status == "running" for t in reversed(self.trials.values()))
+
+    @property
     def finished(self) -> bool:
         if self.abort_reason:
-            return not self.running
-        return not self.pending and not self.running and self.stage + 1 >= len(self.plan)
+            return not self.any_running
+        return not self.pending and self.stage + 1 >= len(self.plan) and not self.any_running
 
     def next_assignment(self) -> Assignment | None:
         if not self.pending or self.abort_reason:
@@ -178,6 +234,30 @@ class Controller:
         trial = self.trials[trial_id]
         self._end(trial, "completed" if reason == "max_epochs" else "pruned", reason, None)
 
+    # -- resume: orchestrator.resume rebuilds a controller from the tables with these three ---------
+    def reopen(self, stage_spaces: Sequence[SearchSpace]) -> None:
+        """Begin the stored stages again with their stored ranges: same seed and plan, same trial ids and configs.
+
+        The events this emits were written the first time, so they are dropped, and nothing is
+        queued: the caller queues what the tables say is left.
+        """
+        self.trials.clear()
+        self.stage_spaces = []
+        self._next_id = 0
+        for index, space in enumerate(stage_spaces):
+            self._begin_stage(index, space)
+        self.events.clear()
+        self.pending.clear()
+
+    def replay(self, trial_id: int, row: Mapping[str, Any]) -> str | None:
+        """Digest a stored metrics row as if it had just been reported: the trial's progress and the pruner."""
+        return self._observe(self.trials[trial_id], row)
+
+    def settle(self) -> None:
+        """After a rebuild: apply fail-fast, and begin the next stage when the current one has ended."""
+        self._check_failures()
+        self._maybe_next_stage()
+
     def _observe(self, trial: TrialState, row: Mapping[str, Any]) -> str | None:
         epoch = int(row["epoch"])
         if epoch <= trial.epochs_run:  # a retried attempt re-running epochs we have already judged
@@ -189,11 +269,7 @@ class Controller:
             trial.best_score, trial.best_epoch = score, epoch
             trial.best_val_loss, trial.best_val_accuracy = row.get("val_loss"), row.get("val_accuracy")
         assert self.pruner is not None
-        return self.pruner.observe(Observation(
-            trial_id=trial.trial_id, epoch=epoch, score=score,
-            train_loss=float(row.get("train_loss", math.nan)), val_loss=float(row.get("val_loss", math.nan)),
-            val_accuracy=row.get("val_accuracy"), num_classes=row.get("num_classes"),
-        ))
+        return self.pruner.observe(observation_of(trial.trial_id, row))
 
     def _retry(self, trial: TrialState, error: str) -> None:
         if trial.attempt >= self.options.max_retries:
@@ -253,6 +329,17 @@ class Controller:
             stage = self.trials[trial_id].stage if trial_id is not None else self.stage
         self.events.append({"time": now_ms(), "kind": kind, "trial_id": trial_id, "stage": stage,
                             "reason": reason, "detail": dict(detail or {})})
+
+
+def observation_of(trial_id: int, row: Mapping[str, Any]) -> Observation:
+    """A metrics row (reported, or read back from the tables on resume) as the pruner sees it."""
+    def number(key: str) -> float:
+        value = row.get(key)
+        return math.nan if value is None else float(value)
+
+    return Observation(trial_id=trial_id, epoch=int(row["epoch"]), score=number("score"),
+                       train_loss=number("train_loss"), val_loss=number("val_loss"),
+                       val_accuracy=row.get("val_accuracy"), num_classes=row.get("num_classes"))
 
 
 def notice_detail(notice: Any) -> dict[str, Any]:

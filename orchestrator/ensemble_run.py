@@ -27,7 +27,7 @@ from orchestrator.storage import Storage
 
 log = logging.getLogger("caviar")
 
-METHODS = ("single", "single_ema", "top_k", "checkpoints", "ema", "greedy", "soup")
+METHODS = ("single", "single_ema", "top_k", "checkpoints", "ema", "seeds", "greedy", "soup")
 SELECTION_METRICS = ("accuracy", "log_loss")
 
 
@@ -225,11 +225,12 @@ def _single_ema(cands: Sequence[Candidate], y_val: np.ndarray, metric: str) -> E
 
 def build(cands: Sequence[Candidate], dataset: Dataset, *, methods: Sequence[str] | None = None, k: int = 5,
           metric: str = "accuracy", n_checkpoints: int = 5, greedy_steps: int = 40,
-          soup: SoupBuilder | None = None) -> list[EnsembleRecord]:
+          soup: SoupBuilder | None = None, seed_groups: Sequence[Sequence[int]] = ()) -> list[EnsembleRecord]:
     """Every requested ensemble, chosen on validation; test metrics attached after; the best flagged.
 
     ``single`` (the best single candidate) is always built: it is the baseline the table
-    compares with. A soup comes from ``soup`` when given and requested.
+    compares with. A soup comes from ``soup`` when given and requested; a seed ensemble
+    when ``seed_groups`` (trials sharing one config) has a group of two or more.
     """
     wanted = check_methods(methods)
     if metric not in SELECTION_METRICS:
@@ -237,7 +238,7 @@ def build(cands: Sequence[Candidate], dataset: Dataset, *, methods: Sequence[str
     if not cands:
         raise ConfigError("predictions: no usable candidates (every stored prediction was dropped)")
     built = ensembles.build_all(cands, dataset.y_val, None, k, metric=metric, n_checkpoints=n_checkpoints,
-                                greedy_steps=greedy_steps)
+                                greedy_steps=greedy_steps, seed_groups=seed_groups)
     single_ema = _single_ema(cands, dataset.y_val, metric)
     if single_ema is not None:
         built.insert(1, single_ema)
@@ -299,21 +300,26 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
     stored = read_predictions(storage, dataset)
     for key, reason in stored.dropped:
         log.warning("ensembles: left out %s (%s)", key, reason)
-    records = build(stored.candidates, dataset, methods=methods, k=k, metric=metric, soup=soup)
+    trials = storage.read_table(schema.TRIALS_PATH).select(["trial_id", "max_epochs", "config"]).to_pylist() \
+        if storage.exists(schema.TRIALS_PATH) else []
+    records = build(stored.candidates, dataset, methods=methods, k=k, metric=metric, soup=soup,
+                    seed_groups=ensembles.same_config_groups(trials))
     write_ensembles(storage, records)
     return records
 
 
-def after_sweep(storage: Storage, task: Any, device: str = "auto") -> EnsembleRecord | None:
+def after_sweep(storage: Storage, task: Any, device: str = "auto",
+                load_data: Callable[[], Any] | None = None) -> EnsembleRecord | None:
     """What ``run_sweep`` calls at its end: every method, the soup included; the chosen row.
 
     A sweep whose trials stored no usable predictions (all failed, a regression task) gets a
     warning, not an error: its trials are still there to read. So does a soup that fails.
+    ``load_data`` stands in for the task's own (a load that ran during the sweep).
     """
     metric = "accuracy" if getattr(task, "metric", "accuracy") == "accuracy" else "log_loss"
     from worker.soup import soup_builder  # torch, loaded only when a soup is built
 
-    build_soup = soup_builder(storage, task, device=device)
+    build_soup = soup_builder(storage, task, device=device, load_data=load_data)
 
     def guarded_soup(ranked: Sequence[CandidateKey], metric: str) -> SoupResult | None:
         try:  # the soup runs user code (load_data, build_model) in this process: its failure costs only the soup

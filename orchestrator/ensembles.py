@@ -1,9 +1,10 @@
 """Ensembles chosen on validation predictions, measured on test only afterwards.
 
 The course notes: averaging a few models (the top-k of a sweep, checkpoints of one run, EMA
-weights) buys a couple of percent for free. Selection sees only a ``ValPool`` (keys,
-validation probabilities, validation labels), so test data cannot steer a choice; test
-metrics are attached by ``with_test_metrics`` once the members are fixed.
+weights, one config trained from several seeds) buys a couple of percent for free.
+Selection sees only a ``ValPool`` (keys, validation probabilities, validation labels), so
+test data cannot steer a choice; test metrics are attached by ``with_test_metrics`` once
+the members are fixed.
 
 Rankings are lower-is-better tuples: ``metric="accuracy"`` ranks by accuracy, then log loss;
 ``metric="log_loss"`` by log loss, then accuracy; remaining ties go to key order.
@@ -11,9 +12,11 @@ Rankings are lower-is-better tuples: ``metric="accuracy"`` ranks by accuracy, th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -244,6 +247,41 @@ def top_k(cands: CandsOrPool, y_val: np.ndarray | None = None, k: int = 5, *, me
     return _top_k(_as_pool(cands, y_val), k, metric, None, "top_k")
 
 
+def seed_ensemble(
+    cands: CandsOrPool, y_val: np.ndarray | None = None, groups: Sequence[Sequence[int]] = (), *,
+    metric: str = "accuracy",
+) -> Ensemble | None:
+    """The notes' "same model, different initializations": one config trained with several seeds.
+
+    ``groups`` are trial ids that share a config (see :func:`same_config_groups`); each
+    member is its trial's best checkpoint, equally weighted. Of several groups, the best on
+    validation. None when no group has two trials with predictions.
+    """
+    pool = _as_pool(cands, y_val)
+    best_of_trial: dict[int, int] = {}
+    for i in _order(*pool.single_scores, metric):  # best first: a trial's first hit is its best
+        best_of_trial.setdefault(pool.keys[i].trial_id, int(i))
+    built = []
+    for group in groups:
+        chosen = [best_of_trial[t] for t in group if t in best_of_trial]
+        if len(chosen) >= 2:
+            built.append(_ensemble("seeds", pool, chosen, [1] * len(chosen)))
+    return min(built, key=lambda e: _rank(e.val_accuracy, e.val_log_loss, metric), default=None)
+
+
+def same_config_groups(trials: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+    """Trial ids grouped by identical config and epoch budget, groups of two or more only.
+
+    The budget (``max_epochs``, when given) keeps apart a config that a later stage retrained
+    for longer: only copies trained alike are seeds of one model.
+    """
+    groups: dict[str, list[int]] = {}
+    for t in trials:
+        key = json.dumps([t.get("max_epochs"), t["config"]], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(int(t["trial_id"]))
+    return [sorted(ids) for ids in groups.values() if len(ids) >= 2]
+
+
 def ema_ensemble(
     cands: CandsOrPool, y_val: np.ndarray | None = None, k: int = 5, *, metric: str = "accuracy"
 ) -> Ensemble:
@@ -370,6 +408,7 @@ def build_all(
     greedy_steps: int = 40,
     init_size: int = 5,
     greedy_metric: str = "log_loss",
+    seed_groups: Sequence[Sequence[int]] = (),
 ) -> list[Ensemble]:
     """Single best, top-k, checkpoints of the best trial, EMA (if any), greedy: chosen on val.
 
@@ -383,6 +422,9 @@ def build_all(
         built.append(checkpoint_ensemble(pool, n=n_checkpoints, which=which, metric=metric))
     if "ema" in weights:
         built.append(ema_ensemble(pool, k=k, metric=metric))
+    seeds = seed_ensemble(pool, groups=seed_groups, metric=metric)
+    if seeds is not None:
+        built.append(seeds)
     built.append(greedy_selection(pool, steps=greedy_steps, init_size=init_size, metric=greedy_metric))
     if y_test is None:
         return built

@@ -31,6 +31,8 @@ class RunSettings:
     reduction_factor: int = 3
     max_loss_ratio: float = 4.0
     top_fraction: float = 0.25
+    seed_copies: int = 0  # after the last stage, train the best config this many more times with new seeds
+    promote_fraction: float = 0.5  # share of each later stage that retrains the best configs of the one before
     storage: str = "caviar-runs"
     shared_storage: bool = False  # a local storage path that every node mounts (NFS); needed on multi-node clusters
     name: str | None = None
@@ -49,6 +51,10 @@ class RunSettings:
     prediction_dtype: str = "float16"  # val/test probabilities stored per kept checkpoint: float16 or float32
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
+    # Train same-shape trials as fused arrays: off (default), auto (when the model allows), on. Fusing shares
+    # shape-defining values in blocks of trials, so a stage explores fewer shapes: throughput for diversity.
+    fuse: str = "off"
+    array_size: int | str = "auto"  # K, trials per fused array; auto: the smallest K past which throughput stops rising
 
     def validate(self) -> RunSettings:
         positive_ints = ("trials", "epochs", "grace_epochs", "keep_best")
@@ -65,6 +71,10 @@ class RunSettings:
         _check("gpus_per_trial", _num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "a number >= 0")
         _check("max_loss_ratio", _num(self.max_loss_ratio) and self.max_loss_ratio > 1, "a number > 1")
         _check("top_fraction", _num(self.top_fraction) and 0 < self.top_fraction <= 1, "a number in (0, 1]")
+        _check("seed_copies", isinstance(self.seed_copies, int) and not isinstance(self.seed_copies, bool)
+               and 0 <= self.seed_copies <= 1000, "an integer from 0 to 1000")
+        _check("promote_fraction", _num(self.promote_fraction) and 0 <= self.promote_fraction <= 1,
+               "a number in [0, 1]")
         _check("checkpoint_seconds", _num(self.checkpoint_seconds) and self.checkpoint_seconds >= 0, "a number >= 0")
         _check("max_retries", isinstance(self.max_retries, int) and self.max_retries >= 0, "an integer >= 0")
         _check("fail_fast", isinstance(self.fail_fast, int) and self.fail_fast >= 1, "a positive integer")
@@ -72,6 +82,9 @@ class RunSettings:
         _check("storage", bool(self.storage), "a path or URI")
         _check("prediction_dtype", self.prediction_dtype in ("float16", "float32"), "float16 or float32")
         _check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
+        _check("fuse", self.fuse in ("auto", "off", "on"), "one of auto, off, on")
+        _check("array_size", self.array_size == "auto" or (isinstance(self.array_size, int) and not isinstance(
+            self.array_size, bool) and self.array_size >= 1), "auto or a positive integer")
         for key, value in self.resources.items():
             _check(f"resources.{key}", _num(value) and value > 0, "a number > 0")
         if self.plan is not None:

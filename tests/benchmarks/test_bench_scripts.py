@@ -74,3 +74,13 @@ def test_space_converters_cover_the_digits_space():
     assert 0.8 <= config["momentum"] <= 0.999 and 0.99 <= config["beta2"] <= 0.9999
     assert decode({"momentum": 2.0}, space.replace(**{k: 0 for k in space if k != "momentum"}))["momentum"] == \
         pytest.approx(0.99)
+
+
+def test_ensembles_tiny(tmp_path):
+    from benchmarks.ensembles_digits import COLUMNS
+
+    run_script("ensembles_digits.py", str(tmp_path))
+    table = pq.read_table(tmp_path / "ensembles_digits-tiny.parquet")
+    assert table.column_names == COLUMNS
+    methods = set(table["method"].to_pylist())
+    assert {"single", "top_k", "seeds", "greedy"} <= methods

@@ -24,8 +24,9 @@ from tests.conftest import DIGITS_TASK, ROOT
 def sweep(ray_session, tmp_path_factory):
     storage = str(tmp_path_factory.mktemp("runs"))
     # float32 predictions: the table's test accuracy and a live forward pass then agree to the example.
-    return run_sweep(DIGITS_TASK, plan="4x2", slots=2, storage=storage, name="digits-ens", seed=11, pruner="none",
-                     keep_best=2, prediction_dtype="float32")
+    # Two seed copies of the best config: the seed ensemble too.
+    return run_sweep(DIGITS_TASK, plan="4x2", seed_copies=2, slots=2, storage=storage, name="digits-ens", seed=11,
+                     pruner="none", keep_best=2, prediction_dtype="float32")
 
 
 def test_run_sweep_builds_every_ensemble_from_stored_predictions(sweep):
@@ -43,7 +44,11 @@ def test_run_sweep_builds_every_ensemble_from_stored_predictions(sweep):
     index = schema.read_dir(storage, "checkpoints", schema.CHECKPOINTS)
     dataset = storage.read_table(schema.DATASET_PATH).to_pylist()[0]
     rows_per_checkpoint = len(dataset["y_val"]) + len(dataset["y_test"])
-    for trial_id in range(4):
+    seeds = next(r for r in records if r.method == "seeds")
+    trials = {t["trial_id"]: t for t in storage.read_table(schema.TRIALS_PATH).to_pylist()}
+    assert {m.key.trial_id for m in seeds.members} >= {4, 5}  # the copies, with the trial they copy
+    assert len({json.dumps(trials[m.key.trial_id]["config"], sort_keys=True) for m in seeds.members}) == 1
+    for trial_id in range(6):
         table = storage.read_table(schema.predictions_path(trial_id))
         kept = index.filter(pc.equal(index["trial_id"], trial_id)).num_rows
         assert table.num_rows == kept * rows_per_checkpoint
@@ -95,4 +100,4 @@ def test_cli_ensemble_builds_the_asked_methods_and_prints_the_table(sweep, tmp_p
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "caviar: error: option 'method': bogus unknown "
-        "(known: single, single_ema, top_k, checkpoints, ema, greedy, soup)"]
+        "(known: single, single_ema, top_k, checkpoints, ema, seeds, greedy, soup)"]

@@ -22,6 +22,8 @@ from orchestrator.ensembles import (
     evaluate,
     greedy_selection,
     log_loss,
+    same_config_groups,
+    seed_ensemble,
     top_k,
     with_test_metrics,
 )
@@ -290,3 +292,27 @@ def test_invalid_inputs_raise_config_errors() -> None:
     with pytest.raises(ConfigError, match="y_val"):
         best_single(ValPool.of(cands, y), y)
     assert issubclass(ConfigError, ValueError) and issubclass(ConfigError, CaviarError)
+
+
+def test_seed_ensemble_averages_each_seeds_best_checkpoint_of_the_best_group() -> None:
+    y = np.zeros(10, dtype=int)
+    # trials 0-2 share a config (three seeds), 3-4 share another, 5 is alone
+    table = {(0, 0): 0.5, (0, 1): 0.8, (1, 0): 0.7, (2, 0): 0.6, (2, 1): 0.4, (3, 0): 0.3, (4, 0): 0.4, (5, 0): 1.0}
+    cands = []
+    for (t, e), acc in table.items():
+        right = np.arange(10) < round(acc * 10)
+        cands.append(Candidate(CandidateKey(t, e), rows(np.where(right, 0.8, 0.1), y, 3, np.where(right, 0.1, 0.8))))
+    trials = [{"trial_id": t, "config": config} for t, config in
+              [(0, {"lr": 0.1, "opt": "adam"}), (1, {"opt": "adam", "lr": 0.1}), (2, {"lr": 0.1, "opt": "adam"}),
+               (3, {"lr": 0.3, "opt": "sgd"}), (4, {"lr": 0.3, "opt": "sgd"}), (5, {"lr": 0.2, "opt": "sgd"})]]
+    groups = same_config_groups(trials)
+    assert sorted(groups) == [[0, 1, 2], [3, 4]]  # key order in a config does not matter; singles are left out
+    longer = [{**t, "max_epochs": 12 if t["trial_id"] == 4 else 4} for t in trials]
+    assert sorted(same_config_groups(longer)) == [[0, 1, 2]]  # trial 4 retrained the config for longer
+    ens = seed_ensemble(cands, y, groups)
+    assert ens is not None and ens.method == "seeds"
+    assert [m.key for m in ens.members] == [CandidateKey(0, 1), CandidateKey(1, 0), CandidateKey(2, 0)]
+    assert sum(m.weight for m in ens.members) == pytest.approx(1.0)
+    assert seed_ensemble(cands, y, [[5], [0, 99]]) is None  # no group with two trials that have predictions
+    assert "seeds" in [e.method for e in build_all(cands, y, seed_groups=groups)]
+    assert "seeds" not in [e.method for e in build_all(cands, y)]
