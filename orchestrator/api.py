@@ -41,7 +41,9 @@ class SweepResult:
         return load(self.path)
 
 
-def build_settings(task: Task, config_file: str | None, overrides: Mapping[str, Any]) -> tuple[RunSettings, SearchSpace]:
+def build_settings(
+    task: Task, config_file: str | None, overrides: Mapping[str, Any]
+) -> tuple[RunSettings, SearchSpace]:
     """Task defaults, then the TOML file, then explicit overrides; the space with TOML ranges applied."""
     settings = RunSettings().merged(task.settings)
     space = task.space
@@ -53,8 +55,9 @@ def build_settings(task: Task, config_file: str | None, overrides: Mapping[str, 
 
 
 def plan_for(settings: RunSettings) -> list[Stage]:
-    plan = parse_plan(settings.plan) if settings.plan else default_plan(settings.trials, settings.epochs,
-                                                                         settings.stages)
+    plan = (
+        parse_plan(settings.plan) if settings.plan else default_plan(settings.trials, settings.epochs, settings.stages)
+    )
     if settings.seed_copies:  # the best config again, from new seeds, as long as the last stage trained
         plan.append(Stage(settings.seed_copies, plan[-1].epochs, reseed=True))
     return plan
@@ -77,9 +80,14 @@ def controller_for(space: SearchSpace, settings: RunSettings) -> Controller:
             options.update(grace_epochs=grace)
         return make_pruner(settings.pruner, **options)
 
-    options = ControllerOptions(seed=settings.seed, sampler=settings.sampler, top_fraction=settings.top_fraction,
-                                max_retries=settings.max_retries, fail_fast=settings.fail_fast,
-                                promote_fraction=settings.promote_fraction)
+    options = ControllerOptions(
+        seed=settings.seed,
+        sampler=settings.sampler,
+        top_fraction=settings.top_fraction,
+        max_retries=settings.max_retries,
+        fail_fast=settings.fail_fast,
+        promote_fraction=settings.promote_fraction,
+    )
     return Controller(space, plan, pruner_for, options)
 
 
@@ -95,16 +103,32 @@ def prepare_storage(settings: RunSettings, task: Task) -> tuple[Storage, Storage
     sweep = root.child(name)
     if sweep.exists(schema.SWEEP_PATH):
         if not settings.overwrite:
-            raise StorageError(f"sweep {redact_uri(sweep.uri)!r} already exists "
-                               "(pass --overwrite to replace it, or another --name)")
-        for table in ("sweep", "stages", "trials", "metrics", "checkpoints", "weights", "events", "predictions", "ensembles",
-                      "diagnostics"):
+            raise StorageError(
+                f"sweep {redact_uri(sweep.uri)!r} already exists (pass --overwrite to replace it, or another --name)"
+            )
+        for table in (
+            "sweep",
+            "stages",
+            "trials",
+            "metrics",
+            "checkpoints",
+            "weights",
+            "events",
+            "predictions",
+            "ensembles",
+            "diagnostics",
+        ):
             sweep.delete_dir(table)
     return root, sweep, name
 
 
-def run_sweep(task: str | Task, *, config_file: str | None = None, on_tick: Callable[[Controller], None] | None = None,
-              **overrides: Any) -> SweepResult:
+def run_sweep(
+    task: str | Task,
+    *,
+    config_file: str | None = None,
+    on_tick: Callable[[Controller], None] | None = None,
+    **overrides: Any,
+) -> SweepResult:
     """Run a sweep of ``task`` (a path or ``module:attr``) with settings as keyword arguments."""
     if isinstance(task, str):
         task = load_task(task)
@@ -112,11 +136,18 @@ def run_sweep(task: str | Task, *, config_file: str | None = None, on_tick: Call
     controller = controller_for(space, settings)
     root, sweep, name = prepare_storage(settings, task)
     log = SweepLog(sweep, space)
-    log.write_sweep_row({"name": name, "task": task.ref, "seed": settings.seed,
-                         # credentials in a storage URI (secret_key=...) never land in caviar's own files
-                         "settings": schema.json_dumps({**asdict(settings), "storage": redact_uri(settings.storage)}),
-                         "space": schema.json_dumps(space.to_dict(), sort_keys=False),  # order fixes sampling
-                         "caviar_version": __version__, "created": schema.now_ms()})
+    log.write_sweep_row(
+        {
+            "name": name,
+            "task": task.ref,
+            "seed": settings.seed,
+            # credentials in a storage URI (secret_key=...) never land in caviar's own files
+            "settings": schema.json_dumps({**asdict(settings), "storage": redact_uri(settings.storage)}),
+            "space": schema.json_dumps(space.to_dict(), sort_keys=False),  # order fixes sampling
+            "caviar_version": __version__,
+            "created": schema.now_ms(),
+        }
+    )
     from cluster.runner import execute  # Ray loads here, never at import time
 
     # The soup at the end needs the data here: load it while the trials train, not after them.
@@ -125,8 +156,15 @@ def run_sweep(task: str | Task, *, config_file: str | None = None, on_tick: Call
     return finish_sweep(task, settings, sweep, name, controller, log, prefetch=prefetch)
 
 
-def finish_sweep(task: Task, settings: RunSettings, sweep: Storage, name: str, controller: Controller,
-                 log: SweepLog, prefetch: DataPrefetch | None = None) -> SweepResult:
+def finish_sweep(
+    task: Task,
+    settings: RunSettings,
+    sweep: Storage,
+    name: str,
+    controller: Controller,
+    log: SweepLog,
+    prefetch: DataPrefetch | None = None,
+) -> SweepResult:
     """After the trials: edge warnings, the last writes, ensembles; the result (shared by run and resume)."""
     warnings = controller.final_edge_warnings()
     log.flush(controller, force=True)
@@ -140,10 +178,17 @@ def finish_sweep(task: Task, settings: RunSettings, sweep: Storage, name: str, c
     counts: dict[str, int] = {}
     for trial in controller.trials.values():
         counts[trial.status] = counts.get(trial.status, 0) + 1
-    return SweepResult(name, sweep.uri, best.trial_id if best else None,
-                       best.best_score if best and math.isfinite(best.best_score) else None,
-                       dict(best.config) if best else None, counts, warnings, controller.abort_reason,
-                       ensemble=ensemble)
+    return SweepResult(
+        name,
+        sweep.uri,
+        best.trial_id if best else None,
+        best.best_score if best and math.isfinite(best.best_score) else None,
+        dict(best.config) if best else None,
+        counts,
+        warnings,
+        controller.abort_reason,
+        ensemble=ensemble,
+    )
 
 
 def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, **overrides: Any) -> SweepResult:

@@ -31,41 +31,73 @@ def run(
     epochs: Annotated[int | None, typer.Option(help="Epoch budget of the last (longest) stage.")] = None,
     plan: Annotated[str | None, typer.Option(help="Explicit stages, TRIALSxEPOCHS each: '64x1,24x5,8x20'.")] = None,
     stages: Annotated[int | None, typer.Option(help="Stages in the derived plan; 1 = plain random search.")] = None,
-    slots: Annotated[int | None, typer.Option(help="Trials trained at once (default: cluster CPUs / cpus-per-trial).")] = None,
+    slots: Annotated[
+        int | None, typer.Option(help="Trials trained at once (default: cluster CPUs / cpus-per-trial).")
+    ] = None,
     storage: Annotated[str | None, typer.Option(help="Where sweeps live: a path or pyarrow.fs URI.")] = None,
     name: Annotated[str | None, typer.Option(help="Sweep name (default: TASK-DATE-TIME).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sweep seed: same seed, same configs in the same order.")] = None,
-    config: Annotated[str | None, typer.Option("--config", help="TOML file with [run] settings and [space] ranges.")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", help="TOML file with [run] settings and [space] ranges.")
+    ] = None,
     pruner: Annotated[str | None, typer.Option(help="asha, median or none.")] = None,
     sampler: Annotated[str | None, typer.Option(help="random, sobol or lhs.")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs each trial holds.")] = None,
-    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs each trial holds; 0.25 packs four on a GPU.")] = None,
-    resource: Annotated[list[str] | None, typer.Option(help="Custom Ray resource per trial, NAME=AMOUNT; repeatable.")] = None,
+    gpus_per_trial: Annotated[
+        float | None, typer.Option(help="GPUs each trial holds; 0.25 packs four on a GPU.")
+    ] = None,
+    resource: Annotated[
+        list[str] | None, typer.Option(help="Custom Ray resource per trial, NAME=AMOUNT; repeatable.")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (autocast; fp16 scales the loss).")] = None,
     shared_storage: Annotated[bool, typer.Option(help="A local --storage path is a mount every node shares.")] = False,
-    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://HOST:10001 (default: start Ray here).")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster: auto or ray://HOST:10001 (default: start Ray here).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep of the same name.")] = False,
     ensemble: Annotated[bool, typer.Option(help="Build ensembles when the sweep ends.")] = True,
     plain: Annotated[bool, typer.Option(help="Log lines instead of the live view.")] = False,
     dashboard: Annotated[bool, typer.Option(help="Start Ray's dashboard with a local Ray.")] = False,
     dashboard_host: Annotated[str | None, typer.Option(help="Where it listens (default: 127.0.0.1).")] = None,
-    fuse: Annotated[str | None, typer.Option(help="Train same-shape trials as one batched model: auto, on or off.")] = None,
+    fuse: Annotated[
+        str | None, typer.Option(help="Train same-shape trials as one batched model: auto, on or off.")
+    ] = None,
     array_size: Annotated[str | None, typer.Option(help="Trials per fused array: auto (probe) or an integer.")] = None,
-    seed_copies: Annotated[int | None, typer.Option(
-        help="After the last stage, train the best config N more times from new seeds (a seed ensemble).")] = None,
+    seed_copies: Annotated[
+        int | None,
+        typer.Option(help="After the last stage, train the best config N more times from new seeds (a seed ensemble)."),
+    ] = None,
 ) -> None:
     """Run a sweep: sample, train on Ray actors, prune, narrow, and write everything to Parquet."""
     from orchestrator.api import parse_resources, run_sweep
     from orchestrator.progress import Progress
 
-    overrides: dict[str, Any] = dict(trials=trials, epochs=epochs, plan=plan, stages=stages, slots=slots,
-                                     storage=storage, name=name, seed=seed, pruner=pruner, sampler=sampler,
-                                     cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
-                                     address=address, overwrite=overwrite or None, ensemble=ensemble,
-                                     precision=precision, shared_storage=shared_storage or None, fuse=fuse,
-                                     dashboard=dashboard or None, dashboard_host=dashboard_host, seed_copies=seed_copies,
-                                     array_size=int(array_size) if array_size and array_size.isdigit() else array_size)
+    overrides: dict[str, Any] = dict(
+        trials=trials,
+        epochs=epochs,
+        plan=plan,
+        stages=stages,
+        slots=slots,
+        storage=storage,
+        name=name,
+        seed=seed,
+        pruner=pruner,
+        sampler=sampler,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        device=device,
+        address=address,
+        overwrite=overwrite or None,
+        ensemble=ensemble,
+        precision=precision,
+        shared_storage=shared_storage or None,
+        fuse=fuse,
+        dashboard=dashboard or None,
+        dashboard_host=dashboard_host,
+        seed_copies=seed_copies,
+        array_size=int(array_size) if array_size and array_size.isdigit() else array_size,
+    )
     if resource:
         overrides["resources"] = parse_resources(resource)
     with Progress(force_plain=plain) as progress:
@@ -121,11 +153,19 @@ def print_top(tables: Any, k: int) -> None:
     for column in ("trial", "stage", "status", "epochs", "best score", "val loss", "config"):
         table.add_column(column)
     for t in best:
-        config = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
-                           for key, value in (t["config"] or {}).items())
-        table.add_row(str(t["trial_id"]), str(t["stage"] + 1), t["status"], str(t["epochs_run"]),
-                      f"{t['best_score']:.4f}", f"{t['best_val_loss']:.4f}" if t["best_val_loss"] is not None else "-",
-                      config)
+        config = ", ".join(
+            f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+            for key, value in (t["config"] or {}).items()
+        )
+        table.add_row(
+            str(t["trial_id"]),
+            str(t["stage"] + 1),
+            t["status"],
+            str(t["epochs_run"]),
+            f"{t['best_score']:.4f}",
+            f"{t['best_val_loss']:.4f}" if t["best_val_loss"] is not None else "-",
+            config,
+        )
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 
@@ -156,7 +196,8 @@ def main() -> None:
 import orchestrator.cli_check  # noqa: E402,F401
 import orchestrator.cli_report  # noqa: E402,F401
 
-if __name__ == "__main__": __import__("orchestrator.cli", fromlist=["main"]).main()  # noqa: E701 (python -m: every verb)
+if __name__ == "__main__":
+    __import__("orchestrator.cli", fromlist=["main"]).main()  # noqa: E701 (python -m: every verb)
 import orchestrator.cli_cluster  # noqa: E402,F401
 import orchestrator.cli_ensemble  # noqa: E402,F401
 import orchestrator.cli_resume  # noqa: E402,F401

@@ -104,8 +104,9 @@ class Controller:
         fresh = stage.trials - len(promoted)  # fresh samples first: the same ids and configs when a resume re-samples
         # Conditions apply after shapes are shared: a block's shared optimizer decides which of each member's
         # own draws (momentum, betas) are active, so the draws are kept until then.
-        sampled = sample_configs(space, fresh, seed=self.options.seed, stage=index, kind=self.options.sampler,
-                                 keep_inactive=True)
+        sampled = sample_configs(
+            space, fresh, seed=self.options.seed, stage=index, kind=self.options.sampler, keep_inactive=True
+        )
         self._full_samples = dict(zip(range(self._next_id, self._next_id + fresh), sampled))
         configs = [space.deactivate(c) for c in (self._shared_shapes(sampled, fresh) if fresh else [])]
         configs += [dict(c) for c in promoted]
@@ -115,9 +116,17 @@ class Controller:
             self._next_id += 1
             self.trials[tid] = TrialState(tid, index, config, trial_seed(self.options.seed, tid), stage.epochs)
             self.pending.append(tid)
-        self.event("stage_started", stage=index, detail={"trials": stage.trials, "epochs": stage.epochs,
-                                                         "first_trial_id": first, "space": space.to_dict(),
-                                                         "promoted": len(promoted)})
+        self.event(
+            "stage_started",
+            stage=index,
+            detail={
+                "trials": stage.trials,
+                "epochs": stage.epochs,
+                "first_trial_id": first,
+                "space": space.to_dict(),
+                "promoted": len(promoted),
+            },
+        )
 
     def _shared_shapes(self, configs: list[dict[str, Any]], stage_trials: int) -> list[dict[str, Any]]:
         o = self.options
@@ -150,8 +159,12 @@ class Controller:
             narrowed = narrow_space(space, results, top_fraction=self.options.top_fraction)
             for notice in narrowed.edges:
                 kind = "range_extended" if notice.extended else "edge_at_hard_limit"
-                self.event(kind, stage=self.stage + 1, reason=f"{notice.param} best at {notice.side} edge",
-                           detail=notice_detail(notice))
+                self.event(
+                    kind,
+                    stage=self.stage + 1,
+                    reason=f"{notice.param} best at {notice.side} edge",
+                    detail=notice_detail(notice),
+                )
             self.event("range_narrowed", stage=self.stage + 1, detail={"space": narrowed.space.to_dict()})
             space = narrowed.space
         self._begin_stage(self.stage + 1, space, self._promoted(results, self.plan[self.stage + 1].trials))
@@ -169,12 +182,15 @@ class Controller:
     def _promoted(self, results: Sequence[tuple[dict[str, Any], float]], stage_trials: int) -> list[dict[str, Any]]:
         """The best configs of the stage just ended, trained again in the next one (the narrowing's top trials)."""
         top = top_results(results, self.options.top_fraction, min_top=3)
-        return [config for config, _ in top[:promotion_count(stage_trials, len(top), self.options.promote_fraction)]]
+        return [config for config, _ in top[: promotion_count(stage_trials, len(top), self.options.promote_fraction)]]
 
     def stage_results(self, stage: int) -> list[tuple[dict[str, Any], float]]:
         """(config, best score) of the stage's finished trials; completed ones rank first."""
-        ended = [t for t in self.trials.values() if t.stage == stage and t.status in ("completed", "pruned")
-                 and math.isfinite(t.best_score)]
+        ended = [
+            t
+            for t in self.trials.values()
+            if t.stage == stage and t.status in ("completed", "pruned") and math.isfinite(t.best_score)
+        ]
         completed = [t for t in ended if t.status == "completed"]
         chosen = completed if len(completed) >= 3 else ended
         return [(t.config, t.best_score) for t in chosen]
@@ -205,8 +221,9 @@ class Controller:
             self.event("trial_started", trial.trial_id, detail={"config": trial.config, "seed": trial.seed})
         assert self.pruner is not None
         until = min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
-        return Assignment(trial.trial_id, trial.stage, trial.config, trial.seed, trial.max_epochs, until,
-                          trial.attempt, resume)
+        return Assignment(
+            trial.trial_id, trial.stage, trial.config, trial.seed, trial.max_epochs, until, trial.attempt, resume
+        )
 
     # -- reports --------------------------------------------------------------------------
     def on_report(self, report: Report) -> Decision | None:
@@ -227,7 +244,9 @@ class Controller:
         if trial.epochs_run >= trial.max_epochs:
             return Decision(stop=True, reason="max_epochs")
         assert self.pruner is not None
-        return Decision(stop=False, until_epoch=min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs))
+        return Decision(
+            stop=False, until_epoch=min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
+        )
 
     def on_stopped(self, trial_id: int, reason: str | None) -> None:
         """The driver told the executor to stop the trial: record the end now."""
@@ -278,14 +297,25 @@ class Controller:
         trial.attempt += 1
         trial.status = "pending"
         self.pending.appendleft(trial.trial_id)
-        self.event("trial_retried", trial.trial_id, reason="executor_lost",
-                   detail={"attempt": trial.attempt, "from_epoch": trial.epochs_run, "error": error})
+        self.event(
+            "trial_retried",
+            trial.trial_id,
+            reason="executor_lost",
+            detail={"attempt": trial.attempt, "from_epoch": trial.epochs_run, "error": error},
+        )
         return None
 
     def _end(self, trial: TrialState, status: str, reason: str | None, error: str | None) -> None:
         trial.status, trial.reason, trial.error, trial.finished = status, reason, error, now_ms()
-        self.event(f"trial_{status}", trial.trial_id, reason=reason,
-                   detail={"epochs": trial.epochs_run, "best_score": trial.best_score if math.isfinite(trial.best_score) else None})
+        self.event(
+            f"trial_{status}",
+            trial.trial_id,
+            reason=reason,
+            detail={
+                "epochs": trial.epochs_run,
+                "best_score": trial.best_score if math.isfinite(trial.best_score) else None,
+            },
+        )
         if self.pruner is not None:
             self.pruner.forget(trial.trial_id)
         self._check_failures()
@@ -299,10 +329,15 @@ class Controller:
             self._any_success = True
             return
         if statuses["failed"] >= self.options.fail_fast and statuses["completed"] + statuses["pruned"] == 0:
-            errors = Counter((t.error or "").strip().splitlines()[-1] if t.error else (t.reason or "?")
-                             for t in self.trials.values() if t.status == "failed")
+            errors = Counter(
+                (t.error or "").strip().splitlines()[-1] if t.error else (t.reason or "?")
+                for t in self.trials.values()
+                if t.status == "failed"
+            )
             common, count = errors.most_common(1)[0]
-            self.abort_reason = f"the first {statuses['failed']} trials all failed; most common error ({count}x): {common}"
+            self.abort_reason = (
+                f"the first {statuses['failed']} trials all failed; most common error ({count}x): {common}"
+            )
             self.event("sweep_aborted", reason="failures", detail={"message": self.abort_reason})
 
     # -- results ---------------------------------------------------------------------------
@@ -323,25 +358,50 @@ class Controller:
             self.event("edge_warning", best.trial_id, reason=message, detail=notice_detail(n))
         return out
 
-    def event(self, kind: str, trial_id: int | None = None, *, stage: int | None = None, reason: str | None = None,
-              detail: Mapping[str, Any] | None = None) -> None:
+    def event(
+        self,
+        kind: str,
+        trial_id: int | None = None,
+        *,
+        stage: int | None = None,
+        reason: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
         if stage is None:
             stage = self.trials[trial_id].stage if trial_id is not None else self.stage
-        self.events.append({"time": now_ms(), "kind": kind, "trial_id": trial_id, "stage": stage,
-                            "reason": reason, "detail": dict(detail or {})})
+        self.events.append(
+            {
+                "time": now_ms(),
+                "kind": kind,
+                "trial_id": trial_id,
+                "stage": stage,
+                "reason": reason,
+                "detail": dict(detail or {}),
+            }
+        )
 
 
 def observation_of(trial_id: int, row: Mapping[str, Any]) -> Observation:
     """A metrics row (reported, or read back from the tables on resume) as the pruner sees it."""
+
     def number(key: str) -> float:
         value = row.get(key)
         return math.nan if value is None else float(value)
 
-    return Observation(trial_id=trial_id, epoch=int(row["epoch"]), score=number("score"),
-                       train_loss=number("train_loss"), val_loss=number("val_loss"),
-                       val_accuracy=row.get("val_accuracy"), num_classes=row.get("num_classes"))
+    return Observation(
+        trial_id=trial_id,
+        epoch=int(row["epoch"]),
+        score=number("score"),
+        train_loss=number("train_loss"),
+        val_loss=number("val_loss"),
+        val_accuracy=row.get("val_accuracy"),
+        num_classes=row.get("num_classes"),
+    )
 
 
 def notice_detail(notice: Any) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(notice).items()} if hasattr(notice, "__dict__") \
+    return (
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(notice).items()}
+        if hasattr(notice, "__dict__")
         else {"notice": repr(notice)}
+    )

@@ -251,11 +251,16 @@ def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     """Rows (dicts) to a table with exactly ``schema``; missing fields are null."""
     rows = list(rows)
     columns = {f.name: [_clean(r.get(f.name)) for r in rows] for f in schema}
-    return pa.table({name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names}, schema=schema)
+    return pa.table(
+        {name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names}, schema=schema
+    )
 
 
 def json_dumps(value: Any, *, sort_keys: bool = True) -> str:
-    """JSON for a string column; ``sort_keys=False`` where order is meaning (a space's parameter order fixes sampling)."""
+    """JSON for a string column; ``sort_keys=False`` where order is meaning.
+
+    A space's parameter order fixes which sampled number goes to which parameter.
+    """
 
     def default(o: Any) -> Any:
         if hasattr(o, "item"):
@@ -337,9 +342,11 @@ def read_dir(storage: Storage, rel_dir: str, schema: pa.Schema | None = None) ->
         return None if schema is None else schema.empty_table()
     try:
         verified = pads.ParquetFileFormat(  # a flipped bit in a page fails the read, as in Storage.read_table
-            default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
-        factory = pads.FileSystemDatasetFactory(storage.fs, [storage.path(f) for f in files], verified,
-                                                pads.FileSystemFactoryOptions())
+            default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True)
+        )
+        factory = pads.FileSystemDatasetFactory(
+            storage.fs, [storage.path(f) for f in files], verified, pads.FileSystemFactoryOptions()
+        )
         return factory.finish(schema or factory.inspect()).to_table()
     except Exception:  # damaged bytes fail in many ways (ArrowInvalid, OSError, UnicodeDecodeError...)
         # Name the culprit (a corrupt file, or one a compaction removed meanwhile) the way a single read does.

@@ -63,7 +63,9 @@ class RunSettings:
         for name in ("slots", "stages"):
             value = getattr(self, name)
             _check(name, value is None or (isinstance(value, int) and value >= 1), "a positive integer")
-        _check("reduction_factor", isinstance(self.reduction_factor, int) and self.reduction_factor >= 2, "an integer >= 2")
+        _check(
+            "reduction_factor", isinstance(self.reduction_factor, int) and self.reduction_factor >= 2, "an integer >= 2"
+        )
         _check("seed", isinstance(self.seed, int) and self.seed >= 0, "a non-negative integer")
         _check("pruner", self.pruner in PRUNERS, f"one of {', '.join(PRUNERS)}")
         _check("sampler", self.sampler in ("random", "sobol", "lhs"), "one of random, sobol, lhs")
@@ -71,20 +73,34 @@ class RunSettings:
         _check("gpus_per_trial", _num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "a number >= 0")
         _check("max_loss_ratio", _num(self.max_loss_ratio) and self.max_loss_ratio > 1, "a number > 1")
         _check("top_fraction", _num(self.top_fraction) and 0 < self.top_fraction <= 1, "a number in (0, 1]")
-        _check("seed_copies", isinstance(self.seed_copies, int) and not isinstance(self.seed_copies, bool)
-               and 0 <= self.seed_copies <= 1000, "an integer from 0 to 1000")
-        _check("promote_fraction", _num(self.promote_fraction) and 0 <= self.promote_fraction <= 1,
-               "a number in [0, 1]")
+        _check(
+            "seed_copies",
+            isinstance(self.seed_copies, int)
+            and not isinstance(self.seed_copies, bool)
+            and 0 <= self.seed_copies <= 1000,
+            "an integer from 0 to 1000",
+        )
+        _check(
+            "promote_fraction", _num(self.promote_fraction) and 0 <= self.promote_fraction <= 1, "a number in [0, 1]"
+        )
         _check("checkpoint_seconds", _num(self.checkpoint_seconds) and self.checkpoint_seconds >= 0, "a number >= 0")
         _check("max_retries", isinstance(self.max_retries, int) and self.max_retries >= 0, "an integer >= 0")
         _check("fail_fast", isinstance(self.fail_fast, int) and self.fail_fast >= 1, "a positive integer")
-        _check("device", self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "auto, cpu or cuda[:N]")
+        _check(
+            "device",
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            "auto, cpu or cuda[:N]",
+        )
         _check("storage", bool(self.storage), "a path or URI")
         _check("prediction_dtype", self.prediction_dtype in ("float16", "float32"), "float16 or float32")
         _check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
         _check("fuse", self.fuse in ("auto", "off", "on"), "one of auto, off, on")
-        _check("array_size", self.array_size == "auto" or (isinstance(self.array_size, int) and not isinstance(
-            self.array_size, bool) and self.array_size >= 1), "auto or a positive integer")
+        _check(
+            "array_size",
+            self.array_size == "auto"
+            or (isinstance(self.array_size, int) and not isinstance(self.array_size, bool) and self.array_size >= 1),
+            "auto or a positive integer",
+        )
         for key, value in self.resources.items():
             _check(f"resources.{key}", _num(value) and value > 0, "a number > 0")
         if self.plan is not None:

@@ -131,9 +131,7 @@ class LogUniform(Distribution):
 
     def validate(self) -> None:
         if self.low <= 0 or self.high <= 0:
-            raise SpaceError(
-                f"parameter '{self.name}': log range must be positive, got [{self.low}, {self.high}]"
-            )
+            raise SpaceError(f"parameter '{self.name}': log range must be positive, got [{self.low}, {self.high}]")
         super().validate()
 
     @property
@@ -262,7 +260,9 @@ class Choice(Distribution):
             raise SpaceError(f"parameter '{self.name}': choice options must be distinct")
         types = {type(o) for o in self.options}
         if len(types) > 1 and not types <= {int, float}:
-            raise SpaceError(f"parameter '{self.name}': choice options must share one type, got {sorted(t.__name__ for t in types)}")
+            raise SpaceError(
+                f"parameter '{self.name}': choice options must share one type, got {sorted(t.__name__ for t in types)}"
+            )
 
     def describe(self) -> str:
         return f"choice({list(self.options)!r})"
@@ -300,7 +300,6 @@ def dropout(low: float = 0.0, high: float = 0.5, *, when: Condition = None) -> U
     return uniform(low, high, limits=(0.0, 0.999), when=when)
 
 
-
 _CONSTRUCTORS = {
     "uniform": uniform,
     "loguniform": loguniform,
@@ -324,7 +323,9 @@ class SearchSpace(Mapping[str, Any]):
                 value = replace(value, name=name)
                 value.validate()
             elif not isinstance(value, (int, float, str, bool)) and value is not None:
-                raise SpaceError(f"parameter '{name}': expected a distribution or a fixed scalar, got {type(value).__name__}")
+                raise SpaceError(
+                    f"parameter '{name}': expected a distribution or a fixed scalar, got {type(value).__name__}"
+                )
             self._params[name] = value
         self._order = condition_order(self._params)
 
@@ -374,8 +375,9 @@ class SearchSpace(Mapping[str, Any]):
 
     def to_unit(self, config: Mapping[str, Any]) -> list[float]:
         """Unit coordinates of a config; an inactive (``None``) parameter maps to NaN."""
-        return [math.nan if config[name] is None else dist.to_unit(config[name])
-                for name, dist in self.searched.items()]
+        return [
+            math.nan if config[name] is None else dist.to_unit(config[name]) for name, dist in self.searched.items()
+        ]
 
     def replace(self, **params: Any) -> SearchSpace:
         """A new space with some parameters replaced; unknown names are refused."""
@@ -385,8 +387,12 @@ class SearchSpace(Mapping[str, Any]):
         merged = {**self._params, **params}
         for name, value in merged.items():  # a narrowed parent choice narrows the conditions naming it
             if isinstance(value, Distribution) and value.when:
-                merged[name] = replace(value, when=tuple(
-                    (parent, self._trimmed(parent, values, merged.get(parent))) for parent, values in value.when))
+                merged[name] = replace(
+                    value,
+                    when=tuple(
+                        (parent, self._trimmed(parent, values, merged.get(parent))) for parent, values in value.when
+                    ),
+                )
         return SearchSpace(merged)
 
     def _trimmed(self, parent: str, values: tuple[Any, ...], new_parent: Any) -> tuple[Any, ...]:
@@ -414,8 +420,14 @@ def _describe(value: Any) -> str:
 def param_to_dict(value: Any) -> Any:
     if not isinstance(value, Distribution):
         return value
-    kind = {Uniform: "uniform", LogUniform: "loguniform", OneMinusLogUniform: "one_minus_loguniform",
-            RandInt: "randint", LogRandInt: "lograndint", Choice: "choice"}[type(value)]
+    kind = {
+        Uniform: "uniform",
+        LogUniform: "loguniform",
+        OneMinusLogUniform: "one_minus_loguniform",
+        RandInt: "randint",
+        LogRandInt: "lograndint",
+        Choice: "choice",
+    }[type(value)]
     if isinstance(value, Choice):
         return _with_when({"dist": kind, "options": list(value.options)}, value)
     out: dict[str, Any] = {"dist": kind, "low": value.low, "high": value.high}
@@ -430,12 +442,13 @@ def _with_when(out: dict[str, Any], dist: Distribution) -> dict[str, Any]:
     return out
 
 
-
 def parse_param(name: str, spec: Any) -> Any:
     """Build a parameter from plain data (TOML): a scalar is fixed; a table names its ``dist``."""
     if not isinstance(spec, Mapping):
         if isinstance(spec, (list, tuple)):
-            raise SpaceError(f"parameter '{name}': write a table like {{ dist = \"choice\", options = [...] }}, not a bare list")
+            raise SpaceError(
+                f"parameter '{name}': write a table like {{ dist = \"choice\", options = [...] }}, not a bare list"
+            )
         return spec
     spec = dict(spec)
     kind = spec.pop("dist", None)

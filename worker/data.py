@@ -37,8 +37,10 @@ class Splits:
         if device.type == "cpu":
             return self
         pin = device.type == "cuda"
-        moved = {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) if isinstance(v, torch.Tensor) else v
-                 for k, v in vars(self).items()}
+        moved = {
+            k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) if isinstance(v, torch.Tensor) else v
+            for k, v in vars(self).items()
+        }
         return Splits(**moved)
 
 
@@ -90,7 +92,9 @@ def prepare(raw: Any, *, normalize: bool = True) -> Splits:
     return Splits(xtr.contiguous(), ytr, xva.contiguous(), yva, xte.contiguous(), yte, num_classes, mean, std)
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled mini-batches in the trial's own order (its generator is seeded per trial)."""
     order = torch.randperm(len(x), generator=generator).to(x.device)
     for start in range(0, len(x), batch_size):

@@ -53,7 +53,10 @@ class EmaWeights:
         return list(module.named_parameters()) + list(module.named_buffers())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "weights": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}}
+        return {
+            "step": self.step,
+            "weights": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])

@@ -49,8 +49,17 @@ def load_resume_state(storage: Storage, trial_id: int) -> dict[str, Any] | None:
 
 
 class TrialRecorder:
-    def __init__(self, storage: Storage, trial_id: int, attempt: int, *, keep_best: int = 1, keep_last: bool = True,
-                 checkpoint_seconds: float = 30.0, prediction_dtype: str = "float16"):
+    def __init__(
+        self,
+        storage: Storage,
+        trial_id: int,
+        attempt: int,
+        *,
+        keep_best: int = 1,
+        keep_last: bool = True,
+        checkpoint_seconds: float = 30.0,
+        prediction_dtype: str = "float16",
+    ):
         self.storage, self.trial_id, self.attempt = storage, trial_id, attempt
         self.prediction_dtype = check_dtype(prediction_dtype)  # probabilities stored for ensembles
         self.keep_best, self.keep_last, self.checkpoint_seconds = keep_best, keep_last, checkpoint_seconds
@@ -133,7 +142,9 @@ class TrialRecorder:
             row = {**row, "kept_as": ",".join(sorted(tags))}
             self.written[(epoch, kind)] = row
             index.append(row)
-        self.storage.write_table(schema.checkpoint_index_path(self.trial_id), schema.to_table(index, schema.CHECKPOINTS))
+        self.storage.write_table(
+            schema.checkpoint_index_path(self.trial_id), schema.to_table(index, schema.CHECKPOINTS)
+        )
         for key in [k for k in self.written if k not in wanted]:
             self.storage.delete(self.written.pop(key)["path"])
         if final:
@@ -162,13 +173,23 @@ class TrialRecorder:
             compact_diagnostics(self.storage, self.trial_id)
 
     def _write_weights(self, kept: Kept, kind: str) -> dict[str, Any]:
-        data = safetensors.torch.save(kept.states[kind], metadata={"trial_id": str(self.trial_id), "epoch": str(kept.epoch)})
+        data = safetensors.torch.save(
+            kept.states[kind], metadata={"trial_id": str(self.trial_id), "epoch": str(kept.epoch)}
+        )
         rel = schema.weights_path(self.trial_id, self.attempt, kept.epoch, kind)
         self.storage.write_bytes(rel, data)
         return {
-            "trial_id": self.trial_id, "attempt": self.attempt, "epoch": kept.epoch, "weights": kind,
-            "path": rel, "score": kept.score, "val_loss": kept.val_loss, "val_accuracy": kept.val_accuracy,
-            "bytes": len(data), "sha256": sha256(data), "time": schema.now_ms(),
+            "trial_id": self.trial_id,
+            "attempt": self.attempt,
+            "epoch": kept.epoch,
+            "weights": kind,
+            "path": rel,
+            "score": kept.score,
+            "val_loss": kept.val_loss,
+            "val_accuracy": kept.val_accuracy,
+            "bytes": len(data),
+            "sha256": sha256(data),
+            "time": schema.now_ms(),
         }
 
     def flush_rows(self) -> None:
@@ -183,7 +204,9 @@ class TrialRecorder:
         """Final persist, compact this trial's metric parts (every attempt) into one file, store predictions."""
         if self.parts == 0 and self.attempt == 0:
             # Nothing flushed yet: the rows go straight to the final file, no part to compact.
-            self.storage.write_table(schema.metrics_path(self.trial_id), schema.to_table(self.pending_rows, schema.METRICS))
+            self.storage.write_table(
+                schema.metrics_path(self.trial_id), schema.to_table(self.pending_rows, schema.METRICS)
+            )
             self.pending_rows = []
             index = self.persist(run, final=True)
         else:
@@ -210,8 +233,9 @@ def compact_metrics(storage: Storage, trial_id: int) -> None:
         return
     import pyarrow as pa
 
-    table = pa.concat_tables([storage.read_table(f) for f in ([target] if target in parts else []) +
-                              [p for p in parts if p != target]])
+    table = pa.concat_tables(
+        [storage.read_table(f) for f in ([target] if target in parts else []) + [p for p in parts if p != target]]
+    )
     storage.write_table(target, table.sort_by([("attempt", "ascending"), ("epoch", "ascending")]))
     for part in parts:
         if part != target:

@@ -73,13 +73,21 @@ class WorkerSession:
                 if state is not None:
                     run.load_resume_state(state)
             o = self.options
-            recorder = TrialRecorder(self.storage, a.trial_id, a.attempt, keep_best=o.keep_best,
-                                     keep_last=o.keep_last, checkpoint_seconds=o.checkpoint_seconds,
-                                     prediction_dtype=o.prediction_dtype)
+            recorder = TrialRecorder(
+                self.storage,
+                a.trial_id,
+                a.attempt,
+                keep_best=o.keep_best,
+                keep_last=o.keep_last,
+                checkpoint_seconds=o.checkpoint_seconds,
+                prediction_dtype=o.prediction_dtype,
+            )
             if a.resume:  # the checkpoints earlier attempts kept stay in the index
                 recorder.adopt(run.epoch)
         except Exception:
-            return Report(a.trial_id, ended=True, status="failed", reason="error", error=traceback.format_exc(), node=self.node)
+            return Report(
+                a.trial_id, ended=True, status="failed", reason="error", error=traceback.format_exc(), node=self.node
+            )
         self.runs[a.trial_id] = (run, recorder)
         return self.advance(a.trial_id, a.until_epoch)
 
@@ -92,8 +100,9 @@ class WorkerSession:
                 row["num_classes"] = self.splits.num_classes
                 recorder.record(run, {k: v for k, v in row.items() if k != "num_classes"})
                 rows.append(row)
-                reason = divergence_reason([r["train_loss"] for r in recorder.rows_by_epoch.values()],
-                                           max_ratio=self.options.max_loss_ratio)
+                reason = divergence_reason(
+                    [r["train_loss"] for r in recorder.rows_by_epoch.values()], max_ratio=self.options.max_loss_ratio
+                )
                 if reason or not math.isfinite(row["val_loss"]):
                     return self._end(trial_id, rows, "pruned", reason or "diverged")
         except Exception:
@@ -107,7 +116,9 @@ class WorkerSession:
             return Report(trial_id, ended=True, status=status, reason=reason, node=self.node)
         return self._end(trial_id, [], status, reason)
 
-    def _end(self, trial_id: int, rows: list[dict[str, Any]], status: str, reason: str, error: str | None = None) -> Report:
+    def _end(
+        self, trial_id: int, rows: list[dict[str, Any]], status: str, reason: str, error: str | None = None
+    ) -> Report:
         run, recorder = self.runs.pop(trial_id)
         try:
             recorder.finish(run)

@@ -40,7 +40,9 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, batch_size: int = 4096) -> tuple[float, float, torch.Tensor]:
+def evaluate(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, batch_size: int = 4096
+) -> tuple[float, float, torch.Tensor]:
     """Mean loss, accuracy and the logits on one split, in eval mode (dropout off, BN frozen)."""
     was_training = model.training
     model.eval()
@@ -52,7 +54,9 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
 
 
 def _flat_norm(tensors: list[torch.Tensor]) -> float:
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))) if tensors else 0.0
+    return (
+        float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))) if tensors else 0.0
+    )
 
 
 class TrialRun:
@@ -81,8 +85,11 @@ class TrialRun:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         diagnostics = DiagnosticsOptions.from_task(task.get("diagnostics"))
         ids = {"trial_id": spec.trial_id, "attempt": spec.attempt, "stage": spec.stage}
-        self.diagnostics = Diagnostics(self.model, self.optimizer, splits.x_train, ids, spec.max_epochs,
-                                       diagnostics) if diagnostics else None
+        self.diagnostics = (
+            Diagnostics(self.model, self.optimizer, splits.x_train, ids, spec.max_epochs, diagnostics)
+            if diagnostics
+            else None
+        )
         self.epoch = 0
 
     # -- one epoch -----------------------------------------------------------------------
@@ -148,7 +155,9 @@ class TrialRun:
             self.scaler.step(opt)  # skips the step when fp16 gradients overflowed
             self.scaler.update()
             if before is not None:  # the notes' health signal: ||update|| / ||w||, ~1e-3
-                update_ratio = _flat_norm([p.detach() - b for p, b in zip(params, before)]) / max(_flat_norm(before), 1e-12)
+                update_ratio = _flat_norm([p.detach() - b for p, b in zip(params, before)]) / max(
+                    _flat_norm(before), 1e-12
+                )
             if self.ema is not None:
                 self.ema.update(model)
             n = len(yb)

@@ -16,8 +16,9 @@ from tests.conftest import DIGITS_TASK, ROOT, TINY_TASK
 @pytest.fixture(scope="module")
 def digits_sweep(ray_session, tmp_path_factory):
     storage = str(tmp_path_factory.mktemp("runs"))
-    result = run_sweep(DIGITS_TASK, plan="6x1,3x3", slots=2, storage=storage, name="digits", seed=5,
-                       pruner="asha", ensemble=False)
+    result = run_sweep(
+        DIGITS_TASK, plan="6x1,3x3", slots=2, storage=storage, name="digits", seed=5, pruner="asha", ensemble=False
+    )
     return result
 
 
@@ -53,8 +54,10 @@ def test_config_columns_are_typed_and_seeds_distinct(digits_sweep):
 
 def test_duckdb_reads_the_sweep_directory(digits_sweep):
     path = digits_sweep.path
-    sql = (f"select t.trial_id, count(*) as epochs from read_parquet('{path}/metrics/*.parquet') m "
-           f"join read_parquet('{path}/trials/*.parquet') t using (trial_id) group by t.trial_id")
+    sql = (
+        f"select t.trial_id, count(*) as epochs from read_parquet('{path}/metrics/*.parquet') m "
+        f"join read_parquet('{path}/trials/*.parquet') t using (trial_id) group by t.trial_id"
+    )
     assert len(duckdb.sql(sql).fetchall()) == 9
     nodes = duckdb.sql(f"select distinct node from read_parquet('{path}/trials/*.parquet')").fetchall()
     assert nodes and nodes[0][0]
@@ -70,8 +73,17 @@ def test_same_seed_same_configs(digits_sweep, tmp_path):
 def test_huge_learning_rate_is_stopped_as_diverged_within_one_epoch(ray_session, tmp_path):
     config = tmp_path / "huge.toml"
     config.write_text('[space]\nlr = 1e6\noptimizer = "sgd"\n')
-    result = run_sweep(TINY_TASK, config_file=str(config), trials=2, epochs=6, stages=1, slots=2,
-                       storage=str(tmp_path), name="huge", ensemble=False)
+    result = run_sweep(
+        TINY_TASK,
+        config_file=str(config),
+        trials=2,
+        epochs=6,
+        stages=1,
+        slots=2,
+        storage=str(tmp_path),
+        name="huge",
+        ensemble=False,
+    )
     tables = load(result.path)
     for trial in tables.trials.to_pylist():
         assert trial["status"] == "pruned" and trial["reason"] == "diverged"
@@ -83,19 +95,47 @@ def test_huge_learning_rate_is_stopped_as_diverged_within_one_epoch(ray_session,
 def test_cli_run_status_and_top(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT}
     cli = [os.path.join(os.path.dirname(sys.executable), "caviar")]  # the installed console script
-    run = subprocess.run([*cli, "run", TINY_TASK, "--trials", "2", "--epochs", "2", "--stages", "1", "--slots", "2",
-                          "--storage", str(tmp_path), "--name", "cli", "--plain", "--no-ensemble"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [
+            *cli,
+            "run",
+            TINY_TASK,
+            "--trials",
+            "2",
+            "--epochs",
+            "2",
+            "--stages",
+            "1",
+            "--slots",
+            "2",
+            "--storage",
+            str(tmp_path),
+            "--name",
+            "cli",
+            "--plain",
+            "--no-ensemble",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert f"Results (Parquet): {tmp_path}/cli" in run.stdout
     status = subprocess.run([*cli, "status", f"{tmp_path}/cli"], capture_output=True, text=True, env=env)
     assert status.returncode == 0
     stage_line = next(line for line in status.stdout.splitlines() if "stage 1:" in line)
     assert sum(int(part.split()[0]) for part in stage_line.split(":")[1].split(",")) == 2
-    assert load(f"{tmp_path}/cli").metrics.num_rows == sum(t["epochs_run"] for t in load(f"{tmp_path}/cli").trials.to_pylist())
+    assert load(f"{tmp_path}/cli").metrics.num_rows == sum(
+        t["epochs_run"] for t in load(f"{tmp_path}/cli").trials.to_pylist()
+    )
     top = subprocess.run([*cli, "top", f"{tmp_path}/cli", "-k", "1"], capture_output=True, text=True, env=env)
     assert top.returncode == 0 and "top 1 trials" in top.stdout
-    again = subprocess.run([*cli, "run", TINY_TASK, "--storage", str(tmp_path), "--name", "cli", "--plain"],
-                           capture_output=True, text=True, env=env)
+    again = subprocess.run(
+        [*cli, "run", TINY_TASK, "--storage", str(tmp_path), "--name", "cli", "--plain"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert again.returncode == 2
     assert again.stderr.strip().count("\n") == 0 and "already exists" in again.stderr
