@@ -102,7 +102,13 @@ def run(
         overrides["resources"] = parse_resources(resource)
     with Progress(force_plain=plain) as progress:
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
+    print_result(result)
+
+
+def print_result(result: Any) -> None:
+    """A finished sweep's top trials, edge warnings and where its tables are; exit 2 if it stopped early."""
     from orchestrator.api import load
+    from orchestrator.storage import redact_uri
 
     print_top(load(result.path), 5)
     for warning in result.warnings:
@@ -110,8 +116,6 @@ def run(
     if result.aborted:
         fail(f"sweep stopped early: {result.aborted}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
-    from orchestrator.storage import redact_uri
-
     typer.echo(f"\n{counts}. Results (Parquet): {redact_uri(result.path)}")
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli import SweepArg, app, fail, print_top
+from orchestrator.cli import SweepArg, app, print_result
 
 
 @app.command()
@@ -22,19 +22,12 @@ def resume(
     plain: Annotated[bool, typer.Option(help="Log lines instead of the live view.")] = False,
 ) -> None:
     """Continue an interrupted sweep: finished trials kept, interrupted ones resumed from their checkpoints."""
-    from orchestrator.api import load, resume_sweep
+    from orchestrator.api import resume_sweep
     from orchestrator.progress import Progress
-    from orchestrator.storage import redact_uri
 
     overrides: dict[str, Any] = {
         k: v for k, v in dict(slots=slots, address=address, ensemble=ensemble).items() if v is not None
     }
     with Progress(force_plain=plain) as progress:
         result = resume_sweep(sweep, on_tick=progress, **overrides)
-    print_top(load(result.path), 5)
-    for warning in result.warnings:
-        typer.secho(f"warning: {warning}: the next sweep should look beyond it", fg="yellow", err=True)
-    if result.aborted:
-        fail(f"sweep stopped early: {result.aborted}")
-    counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
-    typer.echo(f"\n{counts}. Results (Parquet): {redact_uri(result.path)}")
+    print_result(result)

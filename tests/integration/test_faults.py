@@ -20,6 +20,7 @@ import pytest
 from orchestrator import schema
 from orchestrator.api import load, run_sweep
 from orchestrator.storage import Storage
+from tests.cluster.raycluster import ancestors
 from tests.conftest import ROOT
 
 SLOW_TASK = os.path.join(ROOT, "tests", "tasks", "slow_task.py")
@@ -105,21 +106,6 @@ def test_worker_killed_mid_trial_is_retried_from_its_checkpoint_on_a_new_actor(r
     raw = raw_metrics(result.path).filter(pc.equal(raw_metrics(result.path)["trial_id"], victim["trial_id"]))
     assert (1, 1) not in list(zip(raw["epoch"].to_pylist(), raw["attempt"].to_pylist(), strict=True))
     assert victim["trial_id"] in tables.checkpoints["trial_id"].to_pylist()
-
-
-def parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])  # the field after the state letter
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-        return None
-
-
-def ancestors(pid: int) -> list[int]:
-    out = []
-    while (pid := parent_of(pid)) not in (None, 0):
-        out.append(pid)
-    return out
 
 
 def descendants(pid: int) -> list[int]:
