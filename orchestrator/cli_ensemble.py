@@ -18,7 +18,8 @@ def ensemble(
         "--method", "-m", help="single_ema, top_k, checkpoints, ema, seeds, greedy or soup; repeatable (default: all).",
     )] = None,
     k: Annotated[int, typer.Option("-k", help="Members of the top-k and EMA ensembles.")] = 5,
-    metric: Annotated[str, typer.Option(help="Validation metric that selects: accuracy or log_loss.")] = "accuracy",
+    metric: Annotated[str, typer.Option(help="Validation metric the builders rank by (or log_loss).")] = "accuracy",
+    choose_by: Annotated[str, typer.Option(help="Validation metric that picks the best ensemble.")] = "log_loss",
     device: Annotated[str, typer.Option(help="Where the soup is evaluated: auto, cpu or cuda.")] = "auto",
     task: Annotated[str | None, typer.Option(help="Task file, if it moved since the sweep ran (soup only).")] = None,
 ) -> None:
@@ -38,7 +39,7 @@ def ensemble(
 
         task_ref = task or storage.read_table(schema.SWEEP_PATH).to_pylist()[0]["task"]
         soup = soup_builder(storage, load_task(task_ref), device=device)
-    records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup)
+    records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup, choose_by=choose_by)
     print_ensembles(records)
 
 

@@ -129,7 +129,7 @@ def test_build_writes_every_method_and_flags_the_best_on_validation(sweep):
     assert [r.method for r in records] == ["single", "single_ema", "top_k", "checkpoints", "ema", "greedy"]
     assert sum(r.chosen for r in records) == 1
     chosen = next(r for r in records if r.chosen)
-    assert chosen.val_accuracy == max(r.val_accuracy for r in records)
+    assert chosen.val_log_loss == min(r.val_log_loss for r in records)  # chosen by validation log loss
     for r in records:
         assert r.test_accuracy is not None and r.test_log_loss is not None
         assert sum(m.weight for m in r.members) == pytest.approx(1.0)
@@ -142,6 +142,8 @@ def test_build_writes_every_method_and_flags_the_best_on_validation(sweep):
     assert again == records  # the Parquet row round-trips to the same record
     assert pick(again, "best") == chosen and pick(again, "top_k").method == "top_k"
     assert pick(again, "2").ensemble_id == 2
+    by_accuracy = build_and_write(sweep, k=3, choose_by="accuracy")
+    assert next(r for r in by_accuracy if r.chosen).val_accuracy == max(r.val_accuracy for r in by_accuracy)
 
 
 def test_test_data_never_steers_selection(sweep):
