@@ -6,6 +6,7 @@ in BENCHMARKS.md can be traced back to the run that produced it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -94,3 +95,24 @@ def run_child(argv: Sequence[str], timeout: float = 3600) -> dict[str, Any]:
 def emit(result: Mapping[str, Any]) -> None:
     """The child's answer: one JSON line on stdout."""
     print(json.dumps(dict(result)), flush=True)
+
+
+def peer_parser(doc: str, tools: Sequence[str], default_tools: Sequence[str], child_meta: tuple[str, str, str]
+                ) -> argparse.ArgumentParser:
+    """The options every peer benchmark takes: --tiny, --tools, --out, and the hidden --child re-entry."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--tools", default=",".join(default_tools),
+                        help=f"comma-separated subset of {', '.join(tools)}")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--child", nargs=3, metavar=child_meta, help=argparse.SUPPRESS)
+    return parser
+
+
+def chosen_tools(parser: argparse.ArgumentParser, text: str, tools: Sequence[str]) -> list[str]:
+    """``--tools`` as a list, refusing names it does not know."""
+    chosen = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = set(chosen) - set(tools)
+    if unknown:
+        parser.error(f"--tools: unknown {', '.join(sorted(unknown))} (known: {', '.join(tools)})")
+    return chosen

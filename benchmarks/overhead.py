@@ -12,7 +12,6 @@ in its own interpreter with the same ``ray.init``; ``wall_s`` is the run itself 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import ROOT, emit, run_child, write_table  # noqa: E402
+from benchmarks.common import ROOT, chosen_tools, emit, peer_parser, run_child, write_table  # noqa: E402
 
 TASK = os.path.join(ROOT, "benchmarks", "tasks", "trivial.py")
 TOOLS = ("caviar", "tune", "tune-reuse")
@@ -107,20 +106,13 @@ def child(tool: str, trials: int, reports: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {', '.join(TOOLS)}")
+    parser = peer_parser(__doc__, TOOLS, TOOLS, ("TOOL", "TRIALS", "REPORTS"))
     parser.add_argument("--trials", type=int, default=None, help="trials of the one-report case")
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--child", nargs=3, metavar=("TOOL", "TRIALS", "REPORTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], int(args.child[1]), int(args.child[2]))
         return
-    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    unknown = set(tools) - set(TOOLS)
-    if unknown:
-        parser.error(f"--tools: unknown {', '.join(sorted(unknown))} (known: {', '.join(TOOLS)})")
+    tools = chosen_tools(parser, args.tools, TOOLS)
     n = args.trials or (4 if args.tiny else 64)
     long_trials, long_reports = (2, 5) if args.tiny else (8, 100)
     cases = [("trivial trials, 1 report", n, 1), (f"long trials, {long_reports} reports", long_trials, long_reports)]

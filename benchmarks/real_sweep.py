@@ -14,7 +14,6 @@ its best validation epoch (caviar: its kept best checkpoint).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import ROOT, emit, run_child, write_table  # noqa: E402
+from benchmarks.common import ROOT, chosen_tools, emit, peer_parser, run_child, write_table  # noqa: E402
 from orchestrator.space import (  # noqa: E402
     Choice,
     Distribution,
@@ -307,22 +306,14 @@ def child(tool: str, trials: int, epochs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
-                        help=f"comma-separated subset of {', '.join(TOOLS)}")
+    parser = peer_parser(__doc__, TOOLS, DEFAULT_TOOLS, ("TOOL", "TRIALS", "EPOCHS"))
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--child", nargs=3, metavar=("TOOL", "TRIALS", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], int(args.child[1]), int(args.child[2]))
         return
-    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    unknown = set(tools) - set(TOOLS)
-    if unknown:
-        parser.error(f"--tools: unknown {', '.join(sorted(unknown))} (known: {', '.join(TOOLS)})")
+    tools = chosen_tools(parser, args.tools, TOOLS)
     trials = args.trials or (4 if args.tiny else 32)
     epochs = args.epochs or (2 if args.tiny else 10)
     rows, base, extra = [], None, []
