@@ -30,7 +30,7 @@ from orchestrator.fusing import (
     useful_array_size,
 )
 from orchestrator.settings import RunSettings
-from orchestrator.task import Task
+from orchestrator.task import Task, unfusable_reason
 
 log = logging.getLogger("caviar")
 
@@ -63,6 +63,7 @@ def choose_backend(
     cap = fixed or AUTO_BLOCK
     limit = min(useful_array_size([stage.trials for stage in controller.plan], slots), cap)
     blocker = fuse_blocker([h for h in TASK_HOOKS_THAT_BLOCK if task.get(h)], settings.precision)
+    blocker = blocker or unfusable_reason(task)  # other kinds, metrics, objectives: the plain path only
     if blocker is None and limit < 2:
         blocker = (
             "array_size 1: one trial per array"

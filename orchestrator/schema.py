@@ -33,6 +33,9 @@ import pyarrow.compute as pc
 from orchestrator.storage import Storage
 
 TIMESTAMP = pa.timestamp("ms", tz="UTC")
+# Named metrics beyond the fixed columns ("val_mse", "val_r2", a task's own "val_f1"; "test_*" in the checkpoint
+# index): a map column, which DuckDB, pandas and Polars read natively (``metrics['val_mse']`` in DuckDB).
+NAMED_METRICS = pa.map_(pa.string(), pa.float64())
 
 METRICS = pa.schema(
     [
@@ -53,6 +56,7 @@ METRICS = pa.schema(
         ("epoch_seconds", pa.float64()),
         ("samples_per_second", pa.float64()),
         ("time", TIMESTAMP),
+        ("metrics", NAMED_METRICS),  # every other validation metric of the epoch, by column name
     ]
 )
 
@@ -70,6 +74,7 @@ CHECKPOINTS = pa.schema(
         ("bytes", pa.int64()),
         ("sha256", pa.string()),
         ("time", TIMESTAMP),
+        ("metrics", NAMED_METRICS),  # val_* and test_* of this checkpoint, written when the trial ends
     ]
 )
 

@@ -14,6 +14,13 @@ Optional: ``loss_fn(logits, y)`` (default cross-entropy), ``metric`` ("accuracy"
 ``build_optimizer(config, params)``, ``normalize`` (default True: standardise inputs with
 training-split statistics), ``settings`` (default run options, e.g. ``{"trials": 32}``).
 
+What the targets are (``kind``) and what the sweep optimises: ``kind`` ("classification":
+integer class indices or class probabilities of shape (N, C); "regression": float targets of
+any trailing shape; "custom": ``loss_fn`` and ``metrics`` only), inferred from integer targets
+and declared otherwise; ``metrics(outputs, targets) -> dict[str, float]`` over a whole split;
+``objective`` (a reported column such as ``"val_mse"``) and ``mode`` ("min" or "max");
+``standardize_targets`` (regression: train on standardised targets, report original units).
+
 The reference string is all that travels to workers: each actor loads the task once.
 """
 
@@ -34,6 +41,8 @@ from orchestrator.space import SearchSpace
 REQUIRED = ("space", "load_data", "build_model")
 OPTIONAL_CALLABLES = ("loss_fn", "train_epoch", "build_optimizer")
 METRICS = ("accuracy", "loss")
+KINDS = ("classification", "regression", "custom")
+MODES = ("min", "max")
 
 
 @dataclass
@@ -44,6 +53,10 @@ class Task:
     metric: str = "accuracy"
     normalize: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None  # declared kind; None: inferred from the targets (worker.kinds)
+    objective: str | None = None  # a reported column ("val_mse"); None: the kind's default
+    mode: str | None = None  # "min" or "max"; None: the objective's natural direction
+    standardize_targets: bool = False
 
     def get(self, name: str) -> Any:
         return getattr(self.namespace, name, None)
@@ -121,4 +134,42 @@ def load_task(ref: str) -> Task:
     if metric not in METRICS:
         raise TaskError(f"task {ref!r}: metric must be one of {METRICS}, got {metric!r}")
     settings = dict(getattr(ns, "settings", {}) or {})
-    return Task(canonical, ns, space, metric, bool(getattr(ns, "normalize", True)), settings)
+    kind, objective, mode = _contract_fields(ref, ns)
+    return Task(canonical, ns, space, metric, bool(getattr(ns, "normalize", True)), settings, kind, objective, mode,
+                bool(getattr(ns, "standardize_targets", False)))
+
+
+def _contract_fields(ref: str, ns: Any) -> tuple[str | None, str | None, str | None]:
+    """``kind``, ``objective`` and ``mode`` as declared, checked for what can be known without data."""
+    kind = getattr(ns, "kind", None)
+    if kind is not None and kind not in KINDS:
+        raise TaskError(f"task {ref!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    metrics = getattr(ns, "metrics", None)
+    if metrics is not None and not callable(metrics):
+        raise TaskError(f"task {ref!r}: metrics must be callable (outputs, targets) -> dict, "
+                        f"got {type(metrics).__name__}")
+    if kind == "custom":
+        lacking = [name for name in ("loss_fn", "metrics") if getattr(ns, name, None) is None]
+        if lacking:
+            raise TaskError(f"task {ref!r}: kind = \"custom\" needs {' and '.join(lacking)}")
+    objective = getattr(ns, "objective", None)
+    if objective is not None and (not isinstance(objective, str) or not objective.startswith("val_")):
+        raise TaskError(f"task {ref!r}: objective must name a validation column such as \"val_mse\", got {objective!r}")
+    mode = getattr(ns, "mode", None)
+    if mode is not None and mode not in MODES:
+        raise TaskError(f"task {ref!r}: mode must be \"min\" or \"max\", got {mode!r}")
+    return kind, objective, mode
+
+
+def unfusable_reason(task: Task) -> str | None:
+    """Why fused arrays cannot train this task's contract, known from the task alone; ``None`` when they may.
+
+    Fused arrays (worker/fused.py) score class-index classification on accuracy or loss; other
+    kinds, a task's own metrics and objectives train on the plain path, so no number is wrong.
+    """
+    if task.kind not in (None, "classification"):
+        return f"kind {task.kind!r}: fused arrays train class-index classification only"
+    for name in ("metrics", "objective", "mode", "standardize_targets"):
+        if getattr(task, name, None) or task.get(name):
+            return f"the task defines {name}: fused arrays score on accuracy or loss only"
+    return None

@@ -1,4 +1,7 @@
-"""Data: the task's splits as tensors, standardised with training-split statistics only."""
+"""Data: the task's splits as tensors, inputs standardised with training-split statistics only.
+
+Targets keep their dtype and shape; ``worker.kinds`` decides what they are and refuses what does not fit.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import numpy as np
 import torch
 
 from orchestrator.errors import TaskError
+from worker.kinds import TargetKind, resolve_kind
 
 SPLITS = ("train", "val", "test")
 
@@ -22,11 +26,12 @@ class Splits:
     y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    num_classes: int
+    num_classes: int | None  # classification only
     # Train-split standardisation, (1, *input_shape); None when the task opts out. Stored per sweep so a
     # loaded ensemble applies the same transform to raw inputs.
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
+    target_kind: TargetKind = TargetKind("classification")
 
     def to(self, device: torch.device) -> Splits:
         """The whole data set on ``device``, once per actor, so epochs copy nothing.
@@ -59,13 +64,16 @@ def _materialise(split: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(split, torch.utils.data.Dataset):
         items = [split[i] for i in range(len(split))]  # type: ignore[arg-type]
         xs = torch.stack([_as_tensor(x, f"{what} X") if not isinstance(x, torch.Tensor) else x for x, _ in items])
-        ys = torch.as_tensor([int(y) for _, y in items])
+        ys = torch.stack([torch.as_tensor(y) for _, y in items])  # dtype and shape as the Dataset gives them
         return xs, ys
     raise TaskError(f"load_data: the {what} split must be (X, y) or a torch Dataset, got {type(split).__name__}")
 
 
-def prepare(raw: Any, *, normalize: bool = True) -> Splits:
-    """Check and convert ``load_data()``'s result; standardise features with train statistics."""
+def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standardize_targets: bool = False) -> Splits:
+    """Check and convert ``load_data()``'s result; standardise features with train statistics.
+
+    ``kind`` is the task's declared kind (None: inferred); targets that do not fit it are refused.
+    """
     if isinstance(raw, Mapping):
         missing = [s for s in SPLITS if s not in raw]
         if missing:
@@ -81,15 +89,28 @@ def prepare(raw: Any, *, normalize: bool = True) -> Splits:
             raise TaskError(f"load_data: {name} has {len(x)} inputs but {len(y)} labels")
         if len(x) == 0:
             raise TaskError(f"load_data: {name} split is empty")
-    (xtr, ytr), (xva, yva), (xte, yte) = [(x.float(), y.long()) for x, y in tensors]
+    (xtr, ytr), (xva, yva), (xte, yte) = [(x.float(), y) for x, y in tensors]
+    target_kind = resolve_kind(kind, {"train": ytr, "val": yva, "test": yte}, standardize=standardize_targets)
     mean = std = None
     if normalize:
         # Statistics from the training split only; applying them to val/test is the point.
         mean = xtr.mean(dim=0, keepdim=True)
         std = xtr.std(dim=0, keepdim=True).clamp_min(1e-6)
         xtr, xva, xte = (xtr - mean) / std, (xva - mean) / std, (xte - mean) / std
-    num_classes = int(max(ytr.max(), yva.max(), yte.max()).item()) + 1
-    return Splits(xtr.contiguous(), ytr, xva.contiguous(), yva, xte.contiguous(), yte, num_classes, mean, std)
+    return Splits(xtr.contiguous(), ytr, xva.contiguous(), yva, xte.contiguous(), yte, target_kind.num_classes, mean,
+                  std, target_kind)
+
+
+def prepare_task_data(task: Any) -> Splits:
+    """``load_data()`` of a loaded task, checked against its declared (or inferred) kind."""
+    try:
+        raw = task.get("load_data")()
+    except TaskError:
+        raise
+    except Exception as exc:
+        raise TaskError(f"load_data raised {type(exc).__name__}: {exc}") from exc
+    return prepare(raw, normalize=task.normalize, kind=getattr(task, "kind", None),
+                   standardize_targets=getattr(task, "standardize_targets", False))
 
 
 def batches(

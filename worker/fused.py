@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orchestrator.errors import CaviarError, TaskError
-from orchestrator.task import Task
+from orchestrator.task import Task, unfusable_reason
 from worker.data import Splits
 from worker.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
 from worker.ema import ema_decay_at
@@ -55,8 +55,9 @@ from worker.fused_diagnostics import (
     record_epoch,
     stack_captures,
 )
+from worker.kinds import TargetKind, loss_function
 from worker.optim import build_optimizer, build_schedule, setting, step_schedule
-from worker.trainer import TrialSpec, evaluate
+from worker.trainer import TrialSpec, evaluate_split, natural_outputs
 
 ENGINES = ("auto", "bmm", "vmap")
 # torch.optim state tensors, per optimizer kind, in the names torch's state_dict uses.
@@ -285,6 +286,9 @@ class FusedArray:
         for hook in ("train_epoch", "build_optimizer"):
             if task.get(hook):
                 raise NotFusable(f"task defines {hook}: its trials train one at a time")
+        contract = contract_blocker(task, splits.target_kind)
+        if contract:
+            raise NotFusable(contract)
         self.task, self.splits, self.device, self.requested_engine = task, splits, device, engine
         self.loss_fn = task.get("loss_fn")
         self.members: list[Member] = []
@@ -692,13 +696,18 @@ class FusedArray:
 
     def predictions(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Class probabilities on validation and test for a member's stored state (as TrialRun.predictions)."""
+        return {split: out for split, (out, _) in self.checkpoint_results(state).items()}
+
+    def checkpoint_results(self, state: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
+        """Per split: natural outputs and metrics of a member's stored state (as TrialRun.checkpoint_results)."""
         model = self.plain_model()
         model.load_state_dict(state)
-        s, loss_fn = self.splits, self.loss_fn or F.cross_entropy
+        s, kind = self.splits, self.splits.target_kind
+        loss_fn = loss_function(self.task, kind)
         out = {}
         for split, x, y in (("val", s.x_val, s.y_val), ("test", s.x_test, s.y_test)):
-            _, _, logits = evaluate(model, x, y, loss_fn)
-            out[split] = torch.softmax(logits.float(), dim=1).cpu()
+            values, outputs = evaluate_split(self.task, kind, loss_fn, model, x, y, split)
+            out[split] = (natural_outputs(kind, outputs).cpu(), values)
         return out
 
     def resume_state(self, trial_id: int) -> dict[str, Any]:
@@ -826,8 +835,20 @@ class FusedMember:
     def predictions(self, state: Mapping[str, torch.Tensor], weights: str = "raw") -> dict[str, torch.Tensor]:
         return self.array.predictions(state)
 
+    def checkpoint_results(self, state: Mapping[str, torch.Tensor],
+                           weights: str = "raw") -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
+        return self.array.checkpoint_results(state)
+
     def resume_state(self) -> dict[str, Any]:
         return self.array.resume_state(self.trial_id)
+
+
+def contract_blocker(task: Task, kind: TargetKind) -> str | None:
+    """Why fused arrays cannot train this task's contract (see ``orchestrator.task.unfusable_reason``)."""
+    if not kind.hard_classes:
+        return f"{kind.kind} targets ({'soft labels' if kind.soft else kind.kind}): fused arrays train " \
+               "class-index classification only"
+    return unfusable_reason(task)
 
 
 def fuse_key(config: Mapping[str, Any]) -> tuple[str, int]:
@@ -835,4 +856,4 @@ def fuse_key(config: Mapping[str, Any]) -> tuple[str, int]:
     return optimizer_kind(config), int(config.get("batch_size", 64))
 
 
-__all__ = ["FusedArray", "FusedMember", "NotFusable", "Stack", "fuse_key", "structure_signature"]
+__all__ = ["FusedArray", "FusedMember", "NotFusable", "Stack", "contract_blocker", "fuse_key", "structure_signature"]

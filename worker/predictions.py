@@ -87,25 +87,30 @@ def predictions_table(rows: Sequence[tuple[Mapping[str, Any], Mapping[str, torch
     return pa.Table.from_arrays(arrays, schema=out_schema)
 
 
+CheckpointResults = Mapping[str, tuple[torch.Tensor, Mapping[str, float]]]  # split -> (natural outputs, metrics)
+
+
 def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[str, Any]],
-                      states: Mapping[tuple[int, str], Mapping[str, torch.Tensor]], dtype: str = "float16") -> int:
-    """Probabilities of each checkpoint in ``index`` (state from ``states``) on val and test; returns rows written.
+                      results: Mapping[tuple[int, str], CheckpointResults], dtype: str = "float16") -> int:
+    """Probabilities of each checkpoint in ``index`` (outputs from ``results``) on val and test; returns rows written.
 
     Checkpoints whose probabilities are not finite (a diverged last epoch) are left out: no
-    ensemble could use them. A model whose outputs are not one score per class (a regression
-    task) gets no predictions at all.
+    ensemble could use them. Only classification with class-index targets stores predictions
+    for now (the ensemble builders score against integer labels); other kinds get none.
     """
     check_dtype(dtype)
     num_classes = run.splits.num_classes
+    rel = schema.predictions_path(run.spec.trial_id)
+    if not run.splits.target_kind.hard_classes or num_classes is None:
+        storage.delete(rel)
+        return 0
     rows = []
     for index_row in index:
-        state = states[(index_row["epoch"], index_row["weights"])]
-        by_split = run.predictions(state, index_row["weights"])
+        by_split = {split: out for split, (out, _) in results[(index_row["epoch"], index_row["weights"])].items()}
         if any(p.ndim != 2 or p.shape[1] != num_classes for p in by_split.values()):
             return 0
         if all(bool(torch.isfinite(p).all()) for p in by_split.values()):
             rows.append((index_row, by_split))
-    rel = schema.predictions_path(run.spec.trial_id)
     if not rows:
         storage.delete(rel)  # a retried trial's earlier file would describe checkpoints that are gone
         return 0

@@ -33,7 +33,7 @@ from torch import nn
 from orchestrator.errors import TaskError
 from orchestrator.space import Distribution, SearchSpace
 from orchestrator.task import Task
-from worker.data import Splits, prepare
+from worker.data import Splits, prepare_task_data
 
 # Relative-error bands from the course notes (gradient check).
 WRONG, SUSPICIOUS, GOOD = 1e-2, 1e-4, 1e-7
@@ -346,7 +346,7 @@ def run_preflight(task: Task, splits: Splits | None = None, *, config: Mapping[s
                   tolerance: float = INITIAL_LOSS_TOLERANCE, expected_loss: float | None = None) -> PreflightReport:
     """Every check on one config of ``task``; each failure is a row, never an exception."""
     if splits is None:
-        splits = prepare(task.get("load_data")(), normalize=task.normalize)
+        splits = prepare_task_data(task)
     threads = torch.get_num_threads()
     # Every tensor here is tiny (4 to 1024 examples): one thread beats several that spin-wait on each
     # other (float64 batch norm on 4 examples: 0.14 ms on one thread, 11 ms on two on a busy machine).

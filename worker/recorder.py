@@ -212,16 +212,22 @@ class TrialRecorder:
         else:
             index = self.persist(run, final=True)
             compact_metrics(self.storage, self.trial_id)
-        self.write_predictions(run, index)
-        return index
+        return self.write_predictions(run, index)
 
-    def write_predictions(self, run: TrialRun, index: list[dict[str, Any]]) -> None:
-        """Val/test probabilities of every kept checkpoint, for ensembles built later without a model."""
+    def write_predictions(self, run: TrialRun, index: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every kept checkpoint run once on val and test: its metrics into the index, its outputs for ensembles."""
         states = {(kept.epoch, kind): state for kept in self.best for kind, state in kept.states.items()}
         for row in index:  # the rest is the last epoch: the run's weights right now
             if (row["epoch"], row["weights"]) not in states:
                 states[(row["epoch"], row["weights"])] = run.weights_state(row["weights"])
-        write_predictions(self.storage, run, index, states, self.prediction_dtype)
+        results = {(row["epoch"], row["weights"]): run.checkpoint_results(states[(row["epoch"], row["weights"])],
+                                                                           row["weights"]) for row in index}
+        index = [{**row, "metrics": {k: v for _, values in results[(row["epoch"], row["weights"])].values()
+                                     for k, v in values.items()}} for row in index]
+        rel = schema.checkpoint_index_path(self.trial_id)
+        self.storage.write_table(rel, schema.to_table(index, schema.CHECKPOINTS))
+        write_predictions(self.storage, run, index, results, self.prediction_dtype)
+        return index
 
 
 def compact_metrics(storage: Storage, trial_id: int) -> None:

@@ -20,7 +20,7 @@ from orchestrator.backend import Assignment, Report
 from orchestrator.pruning import divergence_reason
 from orchestrator.storage import Storage
 from orchestrator.task import Task, load_task
-from worker.data import Splits, prepare
+from worker.data import Splits, prepare_task_data
 from worker.recorder import TrialRecorder, load_resume_state
 from worker.trainer import TrialRun, TrialSpec, pick_device
 
@@ -57,7 +57,7 @@ class WorkerSession:
             torch.set_num_threads(self.options.threads)
         self.task: Task = load_task(task_ref)
         self.device = pick_device(self.options.device)
-        self.splits: Splits = prepare(self.task.get("load_data")(), normalize=self.task.normalize).to(self.device)
+        self.splits: Splits = prepare_task_data(self.task).to(self.device)
         self.storage = Storage.from_uri(storage_uri).child(sweep)
         self.runs: dict[int, tuple[TrialRun, TrialRecorder]] = {}
         self.node = socket.gethostname()

@@ -85,7 +85,8 @@ class Soup:
         self._arch: dict[int, tuple[Any, ...]] = {}
 
     def _load_splits(self, storage: Storage, task: Task, load_data: Callable[[], Any]) -> Splits:
-        splits = prepare(load_data(), normalize=task.normalize)
+        splits = prepare(load_data(), normalize=task.normalize, kind=task.kind,
+                         standardize_targets=task.standardize_targets)
         stored = read_dataset(storage)
         if not (np.array_equal(splits.y_val.numpy(), stored.y_val)
                 and np.array_equal(splits.y_test.numpy(), stored.y_test)):

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from orchestrator.errors import TaskError
 from orchestrator.task import Task
 from worker.data import Splits, batches
 from worker.diagnostics import Diagnostics, DiagnosticsOptions
 from worker.ema import EmaWeights
+from worker.kinds import TargetKind, loss_function, objective_and_mode, score_of, split_metrics
 from worker.optim import build_optimizer, build_schedule, setting, step_schedule
 
 
@@ -53,6 +53,38 @@ def evaluate(
     return loss, accuracy, logits
 
 
+@torch.no_grad()
+def model_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """The model's outputs on a whole split, in eval mode (dropout off, BN on running statistics)."""
+    was_training = model.training
+    model.eval()
+    outputs = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return outputs
+
+
+def natural_outputs(kind: TargetKind, outputs: torch.Tensor) -> torch.Tensor:
+    """What a prediction means for the kind: class probabilities, or values in the targets' original units."""
+    if kind.kind == "classification":
+        return torch.softmax(outputs.float(), dim=1)
+    return kind.to_original(outputs)
+
+
+@torch.no_grad()
+def evaluate_split(task: Task, kind: TargetKind, loss_fn: Any, model: torch.nn.Module, x: torch.Tensor,
+                   y: torch.Tensor, split: str) -> tuple[dict[str, float], torch.Tensor]:
+    """``{split}_loss`` and every metric of one split, in the targets' original units; and the raw outputs.
+
+    For regression trained on standardised targets the outputs are mapped back first, so the loss
+    and metrics are the numbers a user recomputes from the original targets.
+    """
+    outputs = model_outputs(model, x)
+    reported = kind.to_original(outputs) if kind.kind == "regression" else outputs
+    values = {f"{split}_loss": float(loss_fn(reported, y))}
+    values.update(split_metrics(task, kind, reported, y, split))
+    return values, outputs
+
+
 def _flat_norm(tensors: list[torch.Tensor]) -> float:
     return (
         float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))) if tensors else 0.0
@@ -74,7 +106,10 @@ class TrialRun:
         custom_opt = task.get("build_optimizer")
         self.optimizer = custom_opt(config, params) if custom_opt else build_optimizer(config, params)
         self.scheduler = build_schedule(config, self.optimizer, spec.max_epochs)
-        self.loss_fn = task.get("loss_fn") or F.cross_entropy
+        self.kind = splits.target_kind
+        self.loss_fn = loss_function(task, self.kind)
+        self.objective, self.mode = objective_and_mode(task, self.kind)
+        self.train_targets = self.kind.to_training(splits.y_train)  # standardised when the task asks for it
         self.batch_size = int(setting(config, "batch_size", 64))
         self.grad_clip = float(setting(config, "grad_clip", math.inf))
         self.generator = torch.Generator().manual_seed(spec.seed)
@@ -104,7 +139,8 @@ class TrialRun:
         else:
             stats = self._standard_epoch()
         s = self.splits
-        val_loss, val_acc, _ = evaluate(self.model, s.x_val, s.y_val, self.loss_fn)
+        val, _ = evaluate_split(self.task, self.kind, self.loss_fn, self.model, s.x_val, s.y_val, "val")
+        val_loss = val["val_loss"]
         step_schedule(self.scheduler, val_loss if math.isfinite(val_loss) else math.inf)
         self.epoch += 1
         if self.diagnostics is not None:  # per-layer rows; the recorder takes them with this epoch's metrics
@@ -117,21 +153,23 @@ class TrialRun:
             "train_loss": stats.get("train_loss", math.nan),
             "train_accuracy": stats.get("train_accuracy"),
             "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "score": val_acc if self.task.metric == "accuracy" else -val_loss,
+            "val_accuracy": val.get("val_accuracy"),
+            "metrics": {k: v for k, v in val.items() if k not in ("val_loss", "val_accuracy")},
             "lr": lr,
             "grad_norm": stats.get("grad_norm"),
             "update_ratio": stats.get("update_ratio"),
         }
+        row["score"] = score_of(row, self.objective, self.mode)
         if self.ema is not None:
-            row["ema_val_loss"], row["ema_val_accuracy"], _ = evaluate(self.ema.module, s.x_val, s.y_val, self.loss_fn)
+            ema, _ = evaluate_split(self.task, self.kind, self.loss_fn, self.ema.module, s.x_val, s.y_val, "val")
+            row["ema_val_loss"], row["ema_val_accuracy"] = ema["val_loss"], ema.get("val_accuracy")
         seconds = time.perf_counter() - started
         row["epoch_seconds"] = seconds
         row["samples_per_second"] = len(s.x_train) / seconds if seconds > 0 else None
         return row
 
     def _batches(self) -> Any:
-        return batches(self.splits.x_train, self.splits.y_train, self.batch_size, self.generator)
+        return batches(self.splits.x_train, self.train_targets, self.batch_size, self.generator)
 
     def _standard_epoch(self) -> dict[str, float]:
         model, opt = self.model, self.optimizer
@@ -162,29 +200,38 @@ class TrialRun:
                 self.ema.update(model)
             n = len(yb)
             total_loss += loss.item() * n
-            total_correct += float((logits.argmax(dim=1) == yb).sum())
+            if self.kind.kind == "classification":
+                labels = yb.argmax(dim=1) if self.kind.soft else yb
+                total_correct += float((logits.argmax(dim=1) == labels).sum())
             total_seen += n
             if not math.isfinite(total_loss):
                 break  # no point finishing an epoch that has already blown up
         return {
             "train_loss": total_loss / max(total_seen, 1),
-            "train_accuracy": total_correct / max(total_seen, 1),
+            "train_accuracy": total_correct / max(total_seen, 1) if self.kind.kind == "classification" else None,
             "grad_norm": grad_norm_sum / max(steps, 1),
             "update_ratio": update_ratio,
         }
 
     # -- predictions and state -----------------------------------------------------------
     def predictions(self, state: Mapping[str, torch.Tensor], weights: str = "raw") -> dict[str, torch.Tensor]:
-        """Class probabilities on validation and test for a stored state (for ensembles)."""
+        """The kind's natural outputs on validation and test for a stored state (for ensembles)."""
+        return {split: out for split, (out, _) in self.checkpoint_results(state, weights).items()}
+
+    def checkpoint_results(self, state: Mapping[str, torch.Tensor],
+                           weights: str = "raw") -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
+        """Per split (val, test): natural outputs on CPU, and the loss and metrics, for a stored state."""
         module = self.ema.module if weights == "ema" and self.ema is not None else self.model
         saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
         module.load_state_dict(state)
         s = self.splits
         out = {}
-        for split, x, y in (("val", s.x_val, s.y_val), ("test", s.x_test, s.y_test)):
-            _, _, logits = evaluate(module, x, y, self.loss_fn)
-            out[split] = torch.softmax(logits.float(), dim=1).cpu()
-        module.load_state_dict(saved)
+        try:
+            for split, x, y in (("val", s.x_val, s.y_val), ("test", s.x_test, s.y_test)):
+                values, outputs = evaluate_split(self.task, self.kind, self.loss_fn, module, x, y, split)
+                out[split] = (natural_outputs(self.kind, outputs).cpu(), values)
+        finally:
+            module.load_state_dict(saved)
         return out
 
     def weights_state(self, weights: str = "raw") -> dict[str, torch.Tensor]:

@@ -1,0 +1,288 @@
+"""What a task's targets are, and what follows from that: the default loss, the built-in metrics, the score.
+
+Three kinds (``orchestrator.task.KINDS``):
+
+- ``classification``: integer class indices of shape (N,), or class probabilities (soft labels)
+  of shape (N, C) whose rows sum to 1. Loss: cross-entropy (against the probabilities for soft
+  labels); metrics: accuracy and log loss.
+- ``regression``: float targets of any trailing shape. Loss: mean squared error; metrics: MSE,
+  MAE and R² in the targets' original units (when ``standardize_targets`` trains on
+  standardised targets, every reported number is mapped back first).
+- ``custom``: the task's ``loss_fn`` and ``metrics`` only; targets pass through untouched.
+
+Targets keep their dtype and shape: nothing is cast or truncated. Integer targets mean
+classification; float targets must be declared, because integer-valued floats are as often a
+regression target (a count, a price) as a class index. A split whose targets do not fit its
+kind is refused with one line naming the split and the offending value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from orchestrator.errors import TaskError
+
+SOFT_LABEL_TOLERANCE = 1e-3  # |row sum - 1| allowed for probability targets (float16 data rounds)
+
+
+@dataclass(frozen=True)
+class TargetKind:
+    """The resolved kind of a task's targets, with what the loss and metrics need to know."""
+
+    kind: str  # classification / regression / custom
+    num_classes: int | None = None  # classification only
+    soft: bool = False  # classification with probability targets (N, C)
+    # Regression with standardize_targets: train-split statistics, shape (1, *target_shape); None otherwise.
+    target_mean: torch.Tensor | None = None
+    target_std: torch.Tensor | None = None
+
+    @property
+    def hard_classes(self) -> bool:
+        return self.kind == "classification" and not self.soft
+
+    def default_objective(self, metric: str = "accuracy") -> tuple[str, str]:
+        """(objective column, mode) when the task declares none; ``metric`` is the older task field."""
+        if self.kind == "classification":
+            return ("val_accuracy", "max") if metric == "accuracy" else ("val_loss", "min")
+        if self.kind == "regression":
+            return "val_mse", "min"
+        return "val_loss", "min"
+
+    def to_original(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Regression outputs in the targets' original units (undoes target standardisation)."""
+        if self.target_mean is None or self.target_std is None:
+            return outputs
+        mean, std = self.target_mean.to(outputs.device), self.target_std.to(outputs.device)
+        return outputs * std + mean
+
+    def to_training(self, targets: torch.Tensor) -> torch.Tensor:
+        """Regression targets in the units the model trains on."""
+        if self.target_mean is None or self.target_std is None:
+            return targets
+        return (targets - self.target_mean.to(targets.device)) / self.target_std.to(targets.device)
+
+
+def _value(t: torch.Tensor) -> str:
+    return f"{float(t):g}"
+
+
+def _first_non_integer(y: torch.Tensor) -> torch.Tensor | None:
+    bad = y[y != torch.round(y)]
+    return bad[0] if len(bad) else None
+
+
+def _check_finite(y: torch.Tensor, split: str) -> None:
+    if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+        bad = _value(y[~torch.isfinite(y)][0])
+        raise TaskError(f"load_data: {split} targets contain {bad}; every target must be finite")
+
+
+def _float_refusal(y: torch.Tensor, split: str) -> TaskError:
+    sample = _first_non_integer(y)
+    value = _value(sample if sample is not None else y.reshape(-1)[0])
+    soft = ' (or kind = "classification" for class probabilities of shape (N, C))' if y.ndim == 2 else ""
+    return TaskError(f'load_data: {split} targets are floats ({value}); declare kind = "regression"{soft} '
+                     "or give integer class indices")
+
+
+def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, standardize: bool = False) -> TargetKind:
+    """The kind of ``targets`` (split -> tensor), declared or inferred; refuses targets that do not fit it."""
+    for split, y in targets.items():
+        if not isinstance(y, torch.Tensor):
+            raise TaskError(f"load_data: {split} targets must be a numpy array or tensor, got {type(y).__name__}")
+        if y.dtype == torch.bool:
+            raise TaskError(f"load_data: {split} targets are booleans; give integer class indices (0/1) or floats "
+                            f'with kind = "regression"')
+        if y.is_complex():
+            raise TaskError(f'load_data: {split} targets are complex numbers; declare kind = "custom" and a loss_fn')
+        _check_finite(y, split)
+    if declared == "custom":
+        return TargetKind("custom")
+    if declared == "regression":
+        return _regression(targets, standardize)
+    if declared is None:
+        for split, y in targets.items():
+            if y.is_floating_point():
+                raise _float_refusal(y, split)
+    return _classification(targets)
+
+
+def _classification(targets: Mapping[str, torch.Tensor]) -> TargetKind:
+    soft_splits = [s for s, y in targets.items() if y.is_floating_point() and y.ndim == 2]
+    if soft_splits and len(soft_splits) != len(targets):
+        hard = next(s for s in targets if s not in soft_splits)
+        raise TaskError(f"load_data: {soft_splits[0]} targets are class probabilities but {hard} targets are not; "
+                        "give every split the same form")
+    if soft_splits:
+        widths = {s: y.shape[1] for s, y in targets.items()}
+        if len(set(widths.values())) > 1:
+            raise TaskError(f"load_data: probability targets differ in width across splits ({widths})")
+        for split, y in targets.items():
+            if bool((y < 0).any()) or bool((y > 1).any()):
+                bad = y[(y < 0) | (y > 1)][0]
+                raise TaskError(f"load_data: {split} targets are not probabilities ({_value(bad)}); "
+                                'declare kind = "regression" for other float targets')
+            sums = y.sum(dim=1)
+            off = (sums - 1).abs() > SOFT_LABEL_TOLERANCE
+            if bool(off.any()):
+                raise TaskError(f"load_data: {split} probability targets must sum to 1 per row "
+                                f"(row {int(off.nonzero()[0])} sums to {_value(sums[off][0])})")
+        return TargetKind("classification", num_classes=int(next(iter(widths.values()))), soft=True)
+    top = -1
+    for split, y in targets.items():
+        if y.ndim != 1:
+            raise TaskError(f"load_data: {split} targets have shape {tuple(y.shape)}; classification needs class "
+                            'indices of shape (N,) or probabilities of shape (N, C), else declare kind = "regression"')
+        if y.is_floating_point():
+            sample = _first_non_integer(y)
+            if sample is not None:
+                raise _float_refusal(y, split)
+            raise TaskError(f"load_data: {split} targets are integer-valued floats ({_value(y[0])}); "
+                            "give integer class indices (an integer dtype) for classification")
+        if len(y) and int(y.min()) < 0:
+            raise TaskError(f"load_data: {split} targets include class {int(y.min())}; class indices start at 0")
+        if len(y):
+            top = max(top, int(y.max()))
+    return TargetKind("classification", num_classes=top + 1)
+
+
+def _regression(targets: Mapping[str, torch.Tensor], standardize: bool) -> TargetKind:
+    shapes = {s: tuple(y.shape[1:]) for s, y in targets.items()}
+    if len(set(shapes.values())) > 1:
+        raise TaskError(f"load_data: regression targets differ in shape across splits ({shapes})")
+    for split, y in targets.items():
+        if not y.is_floating_point():
+            raise TaskError(f"load_data: {split} targets are integers ({y.dtype}) but kind = \"regression\"; "
+                            "give float targets (e.g. y.astype('float32')) or leave kind to be inferred")
+    if not standardize:
+        return TargetKind("regression")
+    y = targets["train"].double()
+    mean = y.mean(dim=0, keepdim=True)
+    std = y.std(dim=0, keepdim=True).clamp_min(1e-12) if len(y) > 1 else torch.ones_like(mean)
+    dtype = targets["train"].dtype
+    return TargetKind("regression", target_mean=mean.to(dtype), target_std=std.to(dtype))
+
+
+# -- losses and metrics ------------------------------------------------------------------------
+
+
+def match_targets(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Regression outputs shaped as the targets: (N, 1) for targets (N,) is the usual case.
+
+    Broadcasting (N, 1) against (N,) would silently compare every output with every target;
+    a model whose outputs cannot be the targets' shape is refused instead.
+    """
+    if outputs.shape == targets.shape:
+        return outputs
+    if outputs.shape[0] == targets.shape[0] and outputs.numel() == targets.numel():
+        return outputs.reshape(targets.shape)
+    raise TaskError(f"model outputs have shape {tuple(outputs.shape)} but the targets {tuple(targets.shape)}; "
+                    "a regression model predicts one value per target")
+
+
+def default_loss(kind: TargetKind) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if kind.kind == "regression":
+
+        def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return F.mse_loss(match_targets(outputs, targets).float(), targets.float())
+
+        return mse
+    # cross_entropy takes class indices or, for soft labels, class probabilities (soft-target cross-entropy)
+    return F.cross_entropy
+
+
+def loss_function(task: Any, kind: TargetKind) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The task's ``loss_fn`` or the kind's default."""
+    return task.get("loss_fn") or default_loss(kind)
+
+
+def builtin_metrics(kind: TargetKind, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """The kind's metrics over a whole split; ``outputs`` and ``targets`` in the targets' original units."""
+    if kind.kind == "classification":
+        logits = outputs.float()
+        log_probs = torch.log_softmax(logits, dim=1)
+        if kind.soft:
+            log_loss = float(-(targets.float() * log_probs).sum(dim=1).mean())
+            accuracy = float((logits.argmax(dim=1) == targets.argmax(dim=1)).float().mean())
+        else:
+            log_loss = float(F.nll_loss(log_probs, targets))
+            accuracy = float((logits.argmax(dim=1) == targets).float().mean())
+        return {"accuracy": accuracy, "log_loss": log_loss}
+    if kind.kind == "regression":
+        out = match_targets(outputs, targets).double()
+        y = targets.double()
+        err = out - y
+        mse = float((err**2).mean())
+        variance = float(((y - y.mean(dim=0, keepdim=True)) ** 2).mean())
+        return {"mse": mse, "mae": float(err.abs().mean()), "r2": 1.0 - mse / variance if variance > 0 else math.nan}
+    return {}
+
+
+def user_metrics(task: Any, outputs: torch.Tensor, targets: torch.Tensor, split: str) -> dict[str, float]:
+    """The task's ``metrics(outputs, targets)``, checked: a dict of names to finite-or-NaN floats."""
+    fn = task.get("metrics")
+    if fn is None:
+        return {}
+    try:
+        result = fn(outputs, targets)
+    except Exception as exc:
+        raise TaskError(f"metrics raised {type(exc).__name__} on the {split} split: {exc}") from exc
+    if not isinstance(result, Mapping):
+        raise TaskError(f"metrics must return a dict of name -> float, got {type(result).__name__}")
+    out = {}
+    for name, value in result.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise TaskError(f"metrics: name {name!r} must be an identifier such as 'f1'")
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError):
+            raise TaskError(f"metrics: {name!r} must be a number, got {type(value).__name__}") from None
+    return out
+
+
+def split_metrics(task: Any, kind: TargetKind, outputs: torch.Tensor, targets: torch.Tensor,
+                  split: str) -> dict[str, float]:
+    """Every metric of one split, named ``<split>_<metric>`` (``val_mse``, ``val_f1``); outputs in original units."""
+    values = builtin_metrics(kind, outputs, targets)
+    values.update(user_metrics(task, outputs, targets, split))
+    return {f"{split}_{name}": value for name, value in values.items()}
+
+
+def score_of(row: Mapping[str, Any], objective: str, mode: str) -> float:
+    """The row's higher-is-better score: the objective's value, negated when it is minimised."""
+    value = row.get(objective)
+    if value is None:
+        value = (row.get("metrics") or {}).get(objective)
+    if value is None:
+        raise TaskError(f"objective {objective!r} is not a reported column "
+                        f"(reported: {', '.join(sorted(reported_columns(row)))})")
+    value = float(value)
+    return value if mode == "max" else -value
+
+
+def reported_columns(row: Mapping[str, Any]) -> list[str]:
+    names = [k for k, v in row.items() if k.startswith("val_") and isinstance(v, (int, float)) and v is not None]
+    return names + list((row.get("metrics") or {}).keys())
+
+
+def objective_and_mode(task: Any, kind: TargetKind) -> tuple[str, str]:
+    """The task's ``objective`` and ``mode``, each defaulting to the kind's."""
+    default_objective, default_mode = kind.default_objective(getattr(task, "metric", "accuracy"))
+    objective = getattr(task, "objective", None) or default_objective
+    mode = getattr(task, "mode", None)
+    if mode is None:
+        mode = default_mode if objective == default_objective else natural_mode(objective)
+    return objective, mode
+
+
+def natural_mode(objective: str) -> str:
+    """Accuracy-like columns are maximised; losses and errors minimised (a custom metric should declare mode)."""
+    name = objective.removeprefix("val_")
+    return "max" if name in ("accuracy", "r2") or name.endswith(("accuracy", "auc", "f1", "precision", "recall")) \
+        else "min"

@@ -1,0 +1,96 @@
+"""Check a task end to end on the master, before Ray starts: a bad task fails in seconds with one line.
+
+``validate_task`` loads the data once, resolves the targets' kind (refusing targets that do not
+fit it), builds one model on a sampled config, and runs one forward pass and the loss on one
+training batch, then the objective on the validation split. Every failure is a
+:class:`~orchestrator.errors.TaskError` whose message is one line naming the piece at fault.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from orchestrator.errors import TaskError
+from orchestrator.space import Distribution
+from orchestrator.task import Task
+from worker.data import Splits, prepare_task_data
+from worker.kinds import loss_function, match_targets, objective_and_mode, score_of
+from worker.optim import setting
+from worker.trainer import evaluate_split
+
+
+def sampled_config(task: Task, seed: int = 0) -> dict[str, Any]:
+    """One seeded sample of the task's space, inactive conditional parameters as a trial sees them."""
+    rng = np.random.default_rng(seed)
+    config = {name: (value.from_unit(rng.random()) if isinstance(value, Distribution) else value)
+              for name, value in task.space.items()}
+    return task.space.deactivate(config)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def validate_task(task: Task, config: Mapping[str, Any] | None = None) -> Splits:
+    """Raise :class:`TaskError` (one line) unless the task can train and report its objective; return its splits.
+
+    ``config``: the hyperparameters to build the model with (default: one seeded sample of the space).
+    """
+    splits = prepare_task_data(task)
+    kind = splits.target_kind
+    config = dict(config) if config is not None else sampled_config(task)
+    torch.manual_seed(0)
+    try:
+        model = task.get("build_model")(dict(config))
+    except Exception as exc:
+        raise TaskError(f"build_model raised {type(exc).__name__}: {_one_line(exc)}") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise TaskError(f"build_model must return a torch.nn.Module, got {type(model).__name__}")
+    loss_fn = loss_function(task, kind)
+    batch = int(setting(config, "batch_size", 64))
+    xb, yb = splits.x_train[:batch], kind.to_training(splits.y_train[:batch])
+    try:
+        outputs = model(xb)
+    except Exception as exc:
+        raise TaskError(f"the model's forward pass raised {type(exc).__name__} on a training batch of shape "
+                        f"{tuple(xb.shape)}: {_one_line(exc)}") from exc
+    if not isinstance(outputs, torch.Tensor):
+        raise TaskError(f"the model must return a tensor, got {type(outputs).__name__}")
+    _check_outputs(kind, outputs, yb, task)
+    try:
+        loss = loss_fn(outputs, yb)
+    except TaskError:
+        raise
+    except Exception as exc:
+        raise TaskError(f"loss_fn raised {type(exc).__name__} on one batch (outputs {tuple(outputs.shape)}, targets "
+                        f"{tuple(yb.shape)}): {_one_line(exc)}") from exc
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise TaskError("loss_fn must return a scalar tensor (the batch's mean loss)")
+    if not math.isfinite(float(loss.detach())):
+        raise TaskError(f"loss_fn gives {float(loss.detach())} on the first batch of an untrained model")
+    values, _ = evaluate_split(task, kind, loss_fn, model, splits.x_val, splits.y_val, "val")
+    objective, mode = objective_and_mode(task, kind)
+    row: dict[str, Any] = {"val_loss": values["val_loss"], "val_accuracy": values.get("val_accuracy"),
+                           "metrics": {k: v for k, v in values.items() if k not in ("val_loss", "val_accuracy")}}
+    score_of({k: v for k, v in row.items() if v is not None}, objective, mode)  # names the reported columns if absent
+    return splits
+
+
+def _check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> None:
+    if kind.kind == "classification":
+        if outputs.ndim != 2:
+            raise TaskError(f"the model outputs shape {tuple(outputs.shape)}; classification needs one score per "
+                            f"class, shape (batch, {kind.num_classes})")
+        if outputs.shape[1] < (kind.num_classes or 0):
+            raise TaskError(f"the model outputs {outputs.shape[1]} scores per example but the targets have "
+                            f"{kind.num_classes} classes")
+        if kind.soft and outputs.shape[1] != kind.num_classes:
+            raise TaskError(f"the model outputs {outputs.shape[1]} scores per example but the probability targets "
+                            f"have {kind.num_classes} columns")
+    elif kind.kind == "regression" and task.get("loss_fn") is None:
+        match_targets(outputs, targets)
