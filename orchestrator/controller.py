@@ -286,7 +286,11 @@ class Controller:
         score = float(row["score"]) if row.get("score") is not None else math.nan
         if math.isfinite(score) and score > trial.best_score:
             trial.best_score, trial.best_epoch = score, epoch
-            trial.best_val_loss, trial.best_val_accuracy = row.get("val_loss"), row.get("val_accuracy")
+            trial.best_val_accuracy = row.get("val_accuracy")
+        val_loss = row.get("val_loss")  # the lowest validation loss, whatever the objective
+        if val_loss is not None and math.isfinite(val_loss) and (trial.best_val_loss is None
+                                                                 or val_loss < trial.best_val_loss):
+            trial.best_val_loss = val_loss
         assert self.pruner is not None
         return self.pruner.observe(observation_of(trial.trial_id, row))
 
@@ -396,6 +400,7 @@ def observation_of(trial_id: int, row: Mapping[str, Any]) -> Observation:
         val_loss=number("val_loss"),
         val_accuracy=row.get("val_accuracy"),
         num_classes=row.get("num_classes"),
+        baseline_val_loss=row.get("baseline_val_loss"),
     )
 
 

@@ -39,6 +39,8 @@ class Observation:
     val_loss: float
     val_accuracy: float | None = None
     num_classes: int | None = None
+    # Regression: the validation loss of always predicting the training mean (the "chance" of a regressor).
+    baseline_val_loss: float | None = None
 
 
 # -- pure rules -----------------------------------------------------------------------------
@@ -62,9 +64,15 @@ def divergence_reason(losses: Sequence[float], max_ratio: float = 4.0, min_epoch
 def not_learning_reason(obs: Observation, margin: float = 0.02) -> str | None:
     """``"not_learning"`` when a classifier is still at chance: accuracy <= 1/C + margin, else val loss >= ln C.
 
-    Without a class count (regression, unknown task) nothing can be said, so ``None``.
+    A regressor is at chance when its validation loss is no lower than ``(1 - margin)`` times the
+    loss of predicting the training mean (``baseline_val_loss``). Without either (a custom task)
+    nothing can be said, so ``None``.
     """
     c = obs.num_classes
+    baseline = obs.baseline_val_loss
+    if c is None and baseline is not None and math.isfinite(baseline) and baseline > 0:
+        # A regressor no better than the training mean: R^2 (for MSE) at most ``margin``.
+        return NOT_LEARNING if not obs.val_loss < (1.0 - margin) * baseline else None
     if c is None or c < 2:
         return None
     acc = obs.val_accuracy

@@ -286,3 +286,11 @@ def natural_mode(objective: str) -> str:
     name = objective.removeprefix("val_")
     return "max" if name in ("accuracy", "r2") or name.endswith(("accuracy", "auc", "f1", "precision", "recall")) \
         else "min"
+
+
+def baseline_val_loss(task: Any, kind: TargetKind, y_train: torch.Tensor, y_val: torch.Tensor) -> float | None:
+    """Regression's "chance": the validation MSE of always predicting the training mean (default loss only)."""
+    if kind.kind != "regression" or task.get("loss_fn") is not None:
+        return None
+    guess = y_train.double().mean(dim=0, keepdim=True).expand_as(y_val)
+    return float(F.mse_loss(guess, y_val.double()))

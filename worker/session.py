@@ -21,6 +21,7 @@ from orchestrator.pruning import divergence_reason
 from orchestrator.storage import Storage
 from orchestrator.task import Task, load_task
 from worker.data import Splits, prepare_task_data
+from worker.kinds import baseline_val_loss
 from worker.recorder import TrialRecorder, load_resume_state
 from worker.trainer import TrialRun, TrialSpec, pick_device
 
@@ -58,6 +59,8 @@ class WorkerSession:
         self.task: Task = load_task(task_ref)
         self.device = pick_device(self.options.device)
         self.splits: Splits = prepare_task_data(self.task).to(self.device)
+        s = self.splits
+        self.baseline_val_loss = baseline_val_loss(self.task, s.target_kind, s.y_train, s.y_val)
         self.storage = Storage.from_uri(storage_uri).child(sweep)
         self.runs: dict[int, tuple[TrialRun, TrialRecorder]] = {}
         self.node = socket.gethostname()
@@ -98,7 +101,8 @@ class WorkerSession:
             while run.epoch < min(until_epoch, run.spec.max_epochs):
                 row = run.train_epoch()
                 row["num_classes"] = self.splits.num_classes
-                recorder.record(run, {k: v for k, v in row.items() if k != "num_classes"})
+                row["baseline_val_loss"] = self.baseline_val_loss  # for the pruner's not-learning rule, not stored
+                recorder.record(run, {k: v for k, v in row.items() if k not in ("num_classes", "baseline_val_loss")})
                 rows.append(row)
                 reason = divergence_reason(
                     [r["train_loss"] for r in recorder.rows_by_epoch.values()], max_ratio=self.options.max_loss_ratio
