@@ -62,7 +62,7 @@ def print_report(report: Any, *, verbose: bool = False) -> None:
     console = Console()
     shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in report.config.items())
     console.print(f"config (regularisation off): {shown}")
-    table = Table(title=f"preflight: {report.num_classes} classes")
+    table = Table(title=f"preflight: {report.title}")
     for column in ("check", "result", "measured", "expected", "note"):
         table.add_column(column)
     for c in report.checks:

@@ -190,7 +190,9 @@ def default_loss(kind: TargetKind) -> Callable[[torch.Tensor, torch.Tensor], tor
     if kind.kind == "regression":
 
         def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            return F.mse_loss(match_targets(outputs, targets).float(), targets.float())
+            out = match_targets(outputs, targets)
+            out = out if out.is_floating_point() else out.float()
+            return F.mse_loss(out, targets.to(out.dtype))  # in the model's precision (float64 in the gradient check)
 
         return mse
     # cross_entropy takes class indices or, for soft labels, class probabilities (soft-target cross-entropy)

@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from orchestrator.errors import TaskError
 from orchestrator.space import Distribution, SearchSpace
 from orchestrator.task import Task
 from worker.data import Splits, prepare_task_data
+from worker.kinds import TargetKind, loss_function
 
 # Relative-error bands from the course notes (gradient check).
 WRONG, SUSPICIOUS, GOOD = 1e-2, 1e-4, 1e-7
@@ -76,13 +76,21 @@ class TensorCheck:
 @dataclass
 class PreflightReport:
     config: dict[str, Any]
-    num_classes: int
+    num_classes: int | None
     checks: list[CheckResult] = field(default_factory=list)
     tensors: list[TensorCheck] = field(default_factory=list)
+    kind: str = "classification"
+    soft: bool = False
 
     @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
+
+    @property
+    def title(self) -> str:
+        if self.kind == "classification":
+            return f"{self.num_classes} classes" + (" (probability targets)" if self.soft else "")
+        return self.kind
 
 
 # -- the config ------------------------------------------------------------------------------
@@ -153,15 +161,29 @@ def l2_term(model: nn.Module) -> torch.Tensor:
 # -- the checks ----------------------------------------------------------------------------
 
 
-def check_initial_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, num_classes: int,
-                       *, tolerance: float = INITIAL_LOSS_TOLERANCE, expected: float | None = None) -> CheckResult:
-    target = math.log(num_classes) if expected is None else expected
+def check_initial_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, num_classes: int | None,
+                       *, tolerance: float = INITIAL_LOSS_TOLERANCE, expected: float | None = None,
+                       kind: TargetKind | None = None) -> CheckResult:
+    """Classification: ``ln C`` (near-uniform softmax). Regression with the MSE: ``mean(y^2)`` = variance +
+    mean^2 of the targets (an untrained model predicts near 0), a warning when off. Custom: only ``expected``."""
+    kind = kind or TargetKind("classification", num_classes=num_classes)
     with torch.no_grad():
         loss = float(loss_fn(model(x), y))
+    if expected is not None:
+        target, what, miss = expected, f"{expected:.4f}", FAIL
+    elif kind.kind == "classification":
+        target = math.log(kind.num_classes or 1)
+        what, miss = f"ln {kind.num_classes} = {target:.4f}", FAIL
+    elif kind.kind == "regression":
+        target = float(y.double().pow(2).mean())
+        what, miss = f"variance + mean² of the targets = {target:.4f}", WARN
+    else:
+        return CheckResult("initial loss", WARN if not math.isfinite(loss) else PASS, f"{loss:.4f}", "-",
+                           "custom kind: pass --expected-loss to judge the initial loss")
     off = abs(loss - target) / max(abs(target), 1e-12)
     ok = math.isfinite(loss) and off <= tolerance
-    what = f"ln {num_classes} = {target:.4f}" if expected is None else f"{target:.4f}"
-    return CheckResult("initial loss", PASS if ok else FAIL, f"{loss:.4f}", f"{what} (±{tolerance:.0%})",
+    return CheckResult("initial loss", PASS if ok else (FAIL if not math.isfinite(loss) else miss), f"{loss:.4f}",
+                       f"{what} (±{tolerance:.0%})",
                        "" if ok else f"off by {off:.0%}: check the loss scaling and the last layer's initialisation")
 
 
@@ -179,10 +201,23 @@ def check_regularisation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, los
 
 
 def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, *, steps: int = 500,
-                  lr: float = 1e-2, near_zero: float = NEAR_ZERO_LOSS) -> CheckResult:
-    """Adam on ``x`` (one full batch) until the loss is near zero and every example is right."""
+                  lr: float = 1e-2, near_zero: float = NEAR_ZERO_LOSS, kind: TargetKind | None = None) -> CheckResult:
+    """Adam on ``x`` (one full batch) until the loss is near its floor (and, for class indices, every example right).
+
+    The floor and scale follow the kind: class indices, loss < ``near_zero`` and 100% right; soft labels,
+    loss within ``near_zero`` of the targets' entropy (the least cross-entropy possible); regression, loss
+    below ``near_zero`` x mean(y^2); custom, below ``near_zero`` x the first loss. Judged by loss alone but
+    for class indices.
+    """
+    kind = kind or TargetKind("classification")
     params = [p for p in model.parameters() if p.requires_grad]
-    expected = f"loss < {near_zero:g}, 100% accuracy on {len(x)} examples"
+    floor, scale, by_accuracy = 0.0, 1.0, kind.hard_classes
+    if kind.kind == "classification" and kind.soft:
+        floor = float(-(y * torch.log(y.clamp_min(1e-12))).sum(dim=1).mean())
+    elif kind.kind == "regression":
+        scale = float(y.double().pow(2).mean())
+    expected = (f"loss < {near_zero:g}, 100% accuracy on {len(x)} examples" if by_accuracy
+                else f"loss < {floor + near_zero * scale:.4g} on {len(x)} examples")
     if not params:
         return CheckResult("overfit tiny subset", FAIL, "-", expected, "the model has no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -191,8 +226,10 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
         logits = model(x)
         loss = loss_fn(logits, y)
         loss_value = float(loss.detach())
-        accuracy = float((logits.argmax(dim=1) == y).float().mean())
-        if loss_value < near_zero and accuracy == 1.0:
+        if kind.kind == "custom" and taken == 1:
+            scale = abs(loss_value) if math.isfinite(loss_value) and loss_value != 0 else 1.0
+        accuracy = float((logits.argmax(dim=1) == y).float().mean()) if by_accuracy else 1.0
+        if loss_value - floor < near_zero * scale and accuracy == 1.0:
             break
         if not loss.requires_grad:
             return CheckResult("overfit tiny subset", FAIL, f"{loss_value:.4f}", expected,
@@ -202,8 +239,9 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
         optimizer.step()
         if not math.isfinite(loss_value):
             break
-    ok = loss_value < near_zero and accuracy == 1.0
-    value = f"{loss_value:.4f} ({accuracy:.0%} right, {taken} steps)"
+    ok = loss_value - floor < near_zero * scale and accuracy == 1.0
+    value = f"{loss_value:.4f} ({accuracy:.0%} right, {taken} steps)" if by_accuracy else \
+        f"{loss_value:.4g} ({taken} steps)"
     return CheckResult("overfit tiny subset", PASS if ok else FAIL, value, expected,
                        "" if ok else "cannot fit 20 examples: the model or its loss cannot learn")
 
@@ -365,18 +403,20 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
     config = regularisation_off(config) if config is not None else preflight_config(task.space, how=how, seed=seed)
     dev = torch.device(device)
     fresh = model_builder(task, config, seed, dev)
-    loss_fn = task.get("loss_fn") or F.cross_entropy
-    x, y = splits.x_train.to(dev), splits.y_train.to(dev)
+    kind = splits.target_kind
+    loss_fn = loss_function(task, kind)
+    x, y = splits.x_train.to(dev), kind.to_training(splits.y_train).to(dev)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(dev)
-    report = PreflightReport(dict(config), splits.num_classes)
+    report = PreflightReport(dict(config), splits.num_classes, kind=kind.kind, soft=kind.soft)
     sample = order[:1024]  # the initial loss is an average: a thousand examples pin it down
     tiny, few = order[:overfit_examples], order[:grad_examples]
     report.checks.append(guarded("initial loss", lambda: check_initial_loss(
-        fresh(), x[sample], y[sample], loss_fn, splits.num_classes, tolerance=tolerance, expected=expected_loss)))
+        fresh(), x[sample], y[sample], loss_fn, splits.num_classes, tolerance=tolerance, expected=expected_loss,
+        kind=kind)))
     report.checks.append(guarded("L2 raises the loss", lambda: check_regularisation(
         fresh(), x[sample], y[sample], loss_fn)))
     report.checks.append(guarded("overfit tiny subset", lambda: check_overfit(
-        fresh(), x[tiny], y[tiny], loss_fn, steps=overfit_steps)))
+        fresh(), x[tiny], y[tiny], loss_fn, steps=overfit_steps, kind=kind)))
 
     def gradients() -> CheckResult:
         report.tensors = gradient_check(fresh(), x[few], y[few], loss_fn, dims_per_tensor=dims_per_tensor, seed=seed)

@@ -1,0 +1,157 @@
+"""Task kinds: targets are never cast; targets that do not fit their kind are refused with one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from orchestrator.errors import TaskError
+from orchestrator.pruning import NOT_LEARNING, Observation, not_learning_reason
+from orchestrator.task import load_task, unfusable_reason
+from tests.conftest import ROOT, TINY_TASK
+from worker.data import prepare, prepare_task_data
+from worker.fused import FusedArray, NotFusable
+from worker.kinds import builtin_metrics, objective_and_mode, resolve_kind
+from worker.preflight import run_preflight
+from worker.trainer import TrialSpec
+from worker.validate import validate_task
+
+TASKS = os.path.join(ROOT, "tests", "tasks")
+
+
+def splits_of(y_train, y_val, y_test):
+    return {"train": torch.as_tensor(y_train), "val": torch.as_tensor(y_val), "test": torch.as_tensor(y_test)}
+
+
+def refusal(declared, y_train, y_val, y_test) -> str:
+    with pytest.raises(TaskError) as info:
+        resolve_kind(declared, splits_of(y_train, y_val, y_test))
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_float_targets_are_refused_unless_declared_naming_split_and_value():
+    message = refusal(None, [0, 1, 2], [0.0, 0.1, 1.0], [1, 0, 2])
+    assert message == ('load_data: val targets are floats (0.1); declare kind = "regression" '
+                       "or give integer class indices")
+    # Integer-valued floats (a count, a price) are as likely regression as classes: declared, never guessed.
+    assert "train targets are floats (151)" in refusal(None, [151.0, 75.0], [1], [2])
+    assert "integer-valued floats" in refusal("classification", [1.0, 2.0], [1.0], [0.0])
+
+
+def test_each_kind_refuses_what_does_not_fit_it():
+    assert "test targets are integers" in refusal("regression", [0.5], [1.5], [2])
+    assert "include class -1" in refusal(None, [0, 1], [0, -1], [1])
+    assert "booleans" in refusal(None, [True, False], [True], [False])
+    assert "contain nan" in refusal("regression", [0.5, float("nan")], [1.5], [2.0])
+    assert "must sum to 1 per row (row 1 sums to 0.5)" in refusal(
+        "classification", [[0.5, 0.5], [0.25, 0.25]], [[1.0, 0.0]], [[0.0, 1.0]])
+    assert "not probabilities (1.5)" in refusal("classification", [[1.5, -0.5]], [[1.0, 0.0]], [[0.0, 1.0]])
+    assert "shape (2, 2)" in refusal(None, [[0, 1], [1, 0]], [0], [1])
+
+
+def test_targets_keep_dtype_and_shape():
+    x = np.zeros((4, 2), np.float32)
+    y = np.array([[0.5, 1.5], [2.5, 3.5], [0.25, 0.75], [9.0, 1.0]], np.float64)
+    s = prepare(((x, y), (x, y), (x, y)), kind="regression")
+    assert s.y_train.dtype == torch.float64 and s.y_val.shape == (4, 2) and torch.equal(s.y_val, torch.from_numpy(y))
+    assert s.num_classes is None and s.target_kind.kind == "regression"
+    soft = np.array([[0.1, 0.9]] * 4, np.float32)
+    s = prepare(((x, soft), (x, soft), (x, soft)), kind="classification")
+    assert s.target_kind.soft and s.num_classes == 2 and s.y_val.dtype == torch.float32
+    s = prepare(((x, np.array([0, 2, 1, 0])),) * 3)
+    assert s.target_kind.kind == "classification" and s.num_classes == 3 and s.y_val.dtype == torch.int64
+
+
+def test_builtin_metrics_per_kind():
+    regression = resolve_kind("regression", splits_of([1.0, 3.0], [1.0, 3.0], [0.0]))
+    values = builtin_metrics(regression, torch.tensor([[2.0], [2.0]]), torch.tensor([1.0, 3.0]))
+    assert values == {"mse": 1.0, "mae": 1.0, "r2": 0.0}
+    soft = resolve_kind("classification", splits_of([[0.2, 0.8]], [[0.2, 0.8]], [[0.5, 0.5]]))
+    logits = torch.tensor([[0.0, 0.0]])
+    assert builtin_metrics(soft, logits, torch.tensor([[0.2, 0.8]]))["log_loss"] == pytest.approx(np.log(2))
+    assert objective_and_mode(load_task(os.path.join(TASKS, "custom_metric_task.py")), soft) == ("val_brier", "min")
+    assert objective_and_mode(load_task(os.path.join(TASKS, "regression_task.py")), regression) == ("val_mse", "min")
+
+
+def write_task(tmp_path, body: str) -> str:
+    path = tmp_path / f"task{len(list(tmp_path.iterdir()))}.py"  # a new file each: tasks load once per path
+    path.write_text(textwrap.dedent("""
+        import numpy as np
+        from torch import nn
+        from orchestrator.space import loguniform
+        space = {"lr": loguniform(1e-3, 1e-1)}
+        def build_model(config):
+            return nn.Linear(3, 2)
+    """) + textwrap.dedent(body))
+    return str(path)
+
+
+FLOAT_TARGETS = textwrap.dedent("""
+    def load_data():
+        x = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+        y = np.linspace(0, 1, 30).astype(np.float32)
+        return (x[:10], y[:10]), (x[10:20], y[10:20]), (x[20:], y[20:])
+""")
+
+
+def test_validate_task_refuses_in_one_line(tmp_path):
+    with pytest.raises(TaskError, match=r"^load_data: train targets are floats \(0\.0344828"):
+        validate_task(load_task(write_task(tmp_path, FLOAT_TARGETS)))
+    # Declared regression, but the model predicts 2 numbers for 1 target: refused before any trial.
+    with pytest.raises(TaskError, match=r"model outputs have shape \(10, 2\) but the targets \(10,\)"):
+        validate_task(load_task(write_task(tmp_path, FLOAT_TARGETS + 'kind = "regression"\n')))
+    with pytest.raises(TaskError, match="objective 'val_f1' is not a reported column"):
+        validate_task(load_task(write_task(tmp_path, FLOAT_TARGETS + 'kind = "regression"\nobjective = "val_f1"\n'
+                                           "def build_model(config):\n    return nn.Linear(3, 1)\n")))
+    with pytest.raises(TaskError, match='kind = "custom" needs loss_fn and metrics'):
+        load_task(write_task(tmp_path, FLOAT_TARGETS + 'kind = "custom"\n'))
+    assert validate_task(load_task(TINY_TASK)).num_classes == 3
+
+
+def test_caviar_check_refuses_bad_targets_with_one_line(tmp_path):
+    task = write_task(tmp_path, FLOAT_TARGETS)
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "check", task], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "train targets are floats (0.0344828" in lines[0]
+
+
+def test_preflight_judges_each_kind_by_its_own_loss():
+    report = run_preflight(load_task(os.path.join(TASKS, "regression_task.py")), overfit_steps=300, dims_per_tensor=4)
+    assert report.kind == "regression" and report.title == "regression"
+    initial = next(c for c in report.checks if c.name == "initial loss")
+    assert "variance + mean" in initial.expected
+    overfit = next(c for c in report.checks if c.name == "overfit tiny subset")
+    assert "accuracy" not in overfit.expected and "right" not in overfit.value
+    assert next(c for c in report.checks if c.name == "gradient check").status == "pass"
+    soft = run_preflight(load_task(os.path.join(TASKS, "soft_label_task.py")), overfit_steps=300, dims_per_tensor=4)
+    assert soft.passed and soft.title == "3 classes (probability targets)"
+
+
+def test_fused_arrays_refuse_other_kinds_and_objectives():
+    assert "kind 'regression'" in unfusable_reason(load_task(os.path.join(TASKS, "regression_task.py")))
+    assert "defines metrics" in unfusable_reason(load_task(os.path.join(TASKS, "custom_metric_task.py")))
+    assert unfusable_reason(load_task(TINY_TASK)) is None
+    task = load_task(os.path.join(TASKS, "soft_label_task.py"))
+    task.kind = None  # even when the master could not know, the worker's array refuses soft labels
+    spec = TrialSpec(0, 0, {"lr": 0.01, "batch_size": 32, "optimizer": "adam"}, 0, 1)
+    with pytest.raises(NotFusable, match="soft labels"):
+        FusedArray(task, prepare_task_data(load_task(os.path.join(TASKS, "soft_label_task.py"))), [spec],
+                   torch.device("cpu"))
+
+
+def test_not_learning_for_a_regressor_is_no_better_than_the_training_mean():
+    at_mean = Observation(0, 1, score=-10.0, train_loss=10.0, val_loss=10.0, baseline_val_loss=10.0)
+    assert not_learning_reason(at_mean) == NOT_LEARNING
+    learned = Observation(0, 1, score=-5.0, train_loss=5.0, val_loss=5.0, baseline_val_loss=10.0)
+    assert not_learning_reason(learned) is None
+    assert not_learning_reason(Observation(0, 1, score=-5.0, train_loss=5.0, val_loss=5.0)) is None  # custom
