@@ -36,6 +36,7 @@ import pyarrow as pa
 from orchestrator import schema
 from orchestrator.controller import ENDED, Controller, observation_of
 from orchestrator.errors import ConfigError, StorageError
+from orchestrator.lease import Lease
 from orchestrator.settings import RunSettings
 from orchestrator.space import SearchSpace, parse_param
 from orchestrator.storage import Storage
@@ -349,7 +350,7 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     task = load_task(record.sweep["task"])
     rebuilt = rebuild_controller(record)
     controller = rebuilt.controller
-    log = SweepLog(storage, record.space)
+    log = SweepLog(storage, record.space, lease=Lease.take_over(storage))
     log.continue_after(record.stages, record.events, record.event_parts)
     log.flush(controller, force=True)  # the resume is on disk before any trial runs again
     if not controller.finished:
