@@ -117,6 +117,15 @@ def print_result(result: Any) -> None:
         fail(f"sweep stopped early: {result.aborted}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
     typer.echo(f"\n{counts}. Results (Parquet): {redact_uri(result.path)}")
+    print_failures(load(result.path).trials.to_pylist())
+
+
+def print_failures(trials: list[dict[str, Any]]) -> None:
+    """The most common errors of failed trials, with counts and trial ids (orchestrator/failures.py)."""
+    from orchestrator.failures import error_summary
+
+    for line in error_summary(trials):
+        typer.secho(line, fg="red")
 
 
 @app.command()
@@ -136,6 +145,7 @@ def status(sweep: SweepArg) -> None:
         text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         typer.echo(f"  stage {stage + 1}: {text}")
     typer.echo(f"  {tables.metrics.num_rows} epochs recorded, {tables.checkpoints.num_rows} checkpoints kept")
+    print_failures(trials)
 
 
 @app.command()
