@@ -14,6 +14,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from cluster.actor import TrialActor, WorkerStartError
+from orchestrator import interrupt
 from orchestrator.backend import Assignment, Backend, Report
 from orchestrator.errors import CaviarError
 
@@ -150,6 +151,8 @@ class RayBackend(Backend):
 
     def close(self, drain_seconds: float = 600.0) -> None:
         """Let queued calls (a stop persists the trial's rows and checkpoints) finish, then end the actors."""
+        if interrupt.requested():  # Ctrl-C or SIGTERM: in-flight epochs are not waited for; resume uses checkpoints
+            drain_seconds = 0.0
         pending = [ref for ref, call in self.calls.items() if call.kind != "ready"]  # a replacement may never start
         if pending:
             ray.wait(pending, num_returns=len(pending), timeout=drain_seconds)

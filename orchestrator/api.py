@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from orchestrator import schema
+from orchestrator import interrupt, schema
 from orchestrator.controller import Controller, ControllerOptions
 from orchestrator.errors import CaviarError, ConfigError, StorageError
 from orchestrator.lease import LEASE_PATH, Lease
@@ -155,6 +155,18 @@ def run_sweep(
 
     validate_contract(task, [t.config for t in controller.trials.values()])
     log = SweepLog(sweep, space, lease=claim_sweep(sweep, settings.overwrite))
+    with interrupt.stop_on_signals():
+        try:
+            run_claimed(task, settings, space, root, sweep, name, controller, log, on_tick)
+        except interrupt.SweepInterrupted as stop:  # Ctrl-C or SIGTERM: a resumable sweep, said so
+            interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri))
+            raise
+    return finish_sweep(task, settings, sweep, name, controller, log, prefetch=log.prefetch)
+
+
+def run_claimed(task: Task, settings: RunSettings, space: SearchSpace, root: Storage, sweep: Storage, name: str,
+                controller: Controller, log: SweepLog, on_tick: Callable[[Controller], None] | None) -> None:
+    """The sweep row, then the trials on Ray; a refusal before any trial ran removes the folder."""
     try:
         log.write_sweep_row(
             {
@@ -171,14 +183,13 @@ def run_sweep(
         from cluster.runner import execute  # Ray loads here, never at import time
 
         # The soup at the end needs the data here: load it while the trials train, not after them.
-        prefetch = DataPrefetch(task) if settings.ensemble else None
+        prefetch = log.prefetch = DataPrefetch(task) if settings.ensemble else None
         execute(
             task, settings, root, name, controller, log, on_tick=chain_ticks(prefetch and prefetch.on_tick, on_tick)
         )
     except CaviarError:
         forget_refused_sweep(sweep, controller)
         raise
-    return finish_sweep(task, settings, sweep, name, controller, log, prefetch=prefetch)
 
 
 def finish_sweep(

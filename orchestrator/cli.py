@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -100,9 +102,24 @@ def run(
     )
     if resource:
         overrides["resources"] = parse_resources(resource)
-    with Progress(force_plain=plain) as progress:
+    with exit_on_interrupt(), Progress(force_plain=plain) as progress:
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
     print_result(result)
+
+
+@contextmanager
+def exit_on_interrupt() -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a sweep: one line saying how to go on, exit 130 (orchestrator/interrupt.py)."""
+    from orchestrator.interrupt import EXIT_CODE, SweepInterrupted, print_hint
+
+    try:
+        yield
+    except SweepInterrupted as stop:
+        if stop.path:
+            print_hint(stop.path)
+        else:
+            typer.echo("interrupted before the sweep began: nothing was written", err=True)
+        raise typer.Exit(EXIT_CODE) from None
 
 
 def print_result(result: Any) -> None:

@@ -38,6 +38,7 @@ class SweepLog:
                  lease: Lease | None = None):
         self.storage = storage
         self.lease = lease  # renewed as the log flushes: the sweep's writer is alive
+        self.prefetch: Any = None  # the soup's data, loading while the sweep trains (orchestrator.prefetch)
         self.trials_schema = schema.trials_schema(schema.config_type(possible_values(space)))
         self.flush_seconds = flush_seconds
         self.seq = 0
