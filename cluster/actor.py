@@ -14,23 +14,40 @@ import ray
 from orchestrator.backend import Assignment, Report
 
 
+class WorkerStartError(Exception):
+    """The worker could not load the task or its data; the message names the user's exception and line."""
+
+
 @ray.remote
 class TrialActor:
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any]):
+        from worker.contract import describe
         from worker.session import WorkerSession  # torch loads here, in the actor, once
 
-        self.session = WorkerSession(task_ref, storage_uri, sweep, options)
+        # A failing start is kept, not raised: Ray would only report "the actor died" and print the
+        # traceback to the driver; each call raises it instead, as an exception the master can read.
+        self.start_error: str | None = None
+        try:
+            self.session = WorkerSession(task_ref, storage_uri, sweep, options)
+        except Exception as exc:
+            self.start_error = describe(exc)
+            return
         # The Ray node id, not the hostname: one machine can host several Ray nodes, and ids match `ray list nodes`.
         self.session.node = ray.get_runtime_context().get_node_id()
 
+    def _live(self) -> Any:
+        if self.start_error is not None:
+            raise WorkerStartError(self.start_error)
+        return self.session
+
     def ready(self) -> str:
-        return self.session.node
+        return self._live().node
 
     def start(self, assignment: Assignment) -> Report:
-        return self.session.start(assignment)
+        return self._live().start(assignment)
 
     def advance(self, trial_id: int, until_epoch: int) -> Report:
-        return self.session.advance(trial_id, until_epoch)
+        return self._live().advance(trial_id, until_epoch)
 
     def stop(self, trial_id: int, status: str, reason: str) -> Report:
-        return self.session.stop(trial_id, status, reason)
+        return self._live().stop(trial_id, status, reason)

@@ -23,6 +23,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from cluster.pool import MAX_REPLACEMENTS, Resources
+from orchestrator import interrupt
 from orchestrator.backend import Assignment, Backend, Report
 from orchestrator.errors import CaviarError
 from orchestrator.fusing import PER_MEMBER, Key, shape_key
@@ -224,6 +225,8 @@ class FusedBackend(Backend):
 
     def close(self, drain_seconds: float = 600.0) -> None:
         """Send queued stops (a stop persists the trial's rows and checkpoints), let calls finish, end the actors."""
+        if interrupt.requested():  # Ctrl-C or SIGTERM: in-flight epochs are not waited for; resume uses checkpoints
+            drain_seconds = 0.0
         self.queued = []
         for slot in self.slots:
             slot.starts, slot.targets, slot.waiting = [], {}, False

@@ -13,7 +13,8 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from cluster.actor import TrialActor
+from cluster.actor import TrialActor, WorkerStartError
+from orchestrator import interrupt
 from orchestrator.backend import Assignment, Backend, Report
 from orchestrator.errors import CaviarError
 
@@ -41,6 +42,17 @@ class _Call:
     trial_id: int
     slot: int
     actor: Any
+
+
+START_FAILED = "the worker could not start: "
+
+
+def failure_text(exc: Exception) -> str:
+    """What a failed actor call says: the user's exception when the worker could not start, else Ray's error."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, WorkerStartError):
+        return f"{START_FAILED}{cause}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class RayBackend(Backend):
@@ -84,6 +96,9 @@ class RayBackend(Backend):
     def poll(self, timeout: float | None = None) -> list[Report]:
         if not self.calls:
             if not self.idle and not self.slot_of:  # every slot given up: nothing will ever report again
+                if self.last_error.startswith(START_FAILED):
+                    raise CaviarError(f"no trial actor could start ({MAX_REPLACEMENTS + 1} tries per slot): "
+                                      f"{self.last_error.removeprefix(START_FAILED)}")
                 raise CaviarError(f"every trial actor died {MAX_REPLACEMENTS + 1} times in a row; the last: "
                                   f"{self.last_error.splitlines()[0]}")
             return []
@@ -96,7 +111,7 @@ class RayBackend(Backend):
             try:
                 report: Report = ray.get(ref)
             except (RayActorError, RayTaskError) as exc:
-                reports.extend(self._on_actor_failure(call, f"{type(exc).__name__}: {exc}"))
+                reports.extend(self._on_actor_failure(call, failure_text(exc)))
                 continue
             if call.kind == "ready":
                 if self.actors[call.slot] is call.actor:
@@ -136,6 +151,8 @@ class RayBackend(Backend):
 
     def close(self, drain_seconds: float = 600.0) -> None:
         """Let queued calls (a stop persists the trial's rows and checkpoints) finish, then end the actors."""
+        if interrupt.requested():  # Ctrl-C or SIGTERM: in-flight epochs are not waited for; resume uses checkpoints
+            drain_seconds = 0.0
         pending = [ref for ref, call in self.calls.items() if call.kind != "ready"]  # a replacement may never start
         if pending:
             ray.wait(pending, num_returns=len(pending), timeout=drain_seconds)

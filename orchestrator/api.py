@@ -10,9 +10,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from orchestrator import schema
+from orchestrator import interrupt, schema
 from orchestrator.controller import Controller, ControllerOptions
-from orchestrator.errors import ConfigError, StorageError
+from orchestrator.errors import CaviarError, ConfigError, StorageError
+from orchestrator.lease import LEASE_PATH, Lease
 from orchestrator.prefetch import DataPrefetch, chain_ticks
 from orchestrator.pruning import make_pruner
 from orchestrator.settings import RunSettings, read_toml
@@ -96,16 +97,22 @@ def default_name(task: Task) -> str:
 
 
 def prepare_storage(settings: RunSettings, task: Task) -> tuple[Storage, Storage, str]:
-    """The sweep's directory, refusing to overwrite an existing sweep unless asked."""
-    name = check_name("sweep", settings.name or default_name(task))
+    """The sweep's directory, checked (name, writable, not taken) but not yet written."""
+    name = check_name("sweep", settings.name if settings.name is not None else default_name(task))
     root = Storage.from_uri(settings.storage)
     root.check_writable()
     sweep = root.child(name)
-    if sweep.exists(schema.SWEEP_PATH):
-        if not settings.overwrite:
-            raise StorageError(
-                f"sweep {redact_uri(sweep.uri)!r} already exists (pass --overwrite to replace it, or another --name)"
-            )
+    if not settings.overwrite and (sweep.exists(schema.SWEEP_PATH) or sweep.exists(LEASE_PATH)):
+        raise StorageError(
+            f"sweep {redact_uri(sweep.uri)!r} already exists (pass --overwrite to replace it, or another --name)"
+        )
+    return root, sweep, name
+
+
+def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:
+    """Take the sweep's folder for this run alone (exclusive create); on --overwrite clear it first."""
+    if overwrite and (sweep.exists(schema.SWEEP_PATH) or sweep.exists(LEASE_PATH)):
+        Lease.take_over(sweep)  # refuses while another master still writes it
         for table in (
             "sweep",
             "stages",
@@ -119,7 +126,16 @@ def prepare_storage(settings: RunSettings, task: Task) -> tuple[Storage, Storage
             "diagnostics",
         ):
             sweep.delete_dir(table)
-    return root, sweep, name
+        sweep.delete(LEASE_PATH)
+    return Lease.create(sweep)
+
+
+def forget_refused_sweep(sweep: Storage, controller: Controller) -> None:
+    """A start refused before any trial ran leaves nothing behind: the same name works again."""
+    if all(t.status == "pending" and t.attempt == 0 for t in controller.trials.values()) or not sweep.list_files(
+        "metrics"
+    ):
+        sweep.delete_dir("")
 
 
 def run_sweep(
@@ -135,25 +151,45 @@ def run_sweep(
     settings, space = build_settings(task, config_file, overrides)
     controller = controller_for(space, settings)
     root, sweep, name = prepare_storage(settings, task)
-    log = SweepLog(sweep, space)
-    log.write_sweep_row(
-        {
-            "name": name,
-            "task": task.ref,
-            "seed": settings.seed,
-            # credentials in a storage URI (secret_key=...) never land in caviar's own files
-            "settings": schema.json_dumps({**asdict(settings), "storage": redact_uri(settings.storage)}),
-            "space": schema.json_dumps(space.to_dict(), sort_keys=False),  # order fixes sampling
-            "caviar_version": __version__,
-            "created": schema.now_ms(),
-        }
-    )
-    from cluster.runner import execute  # Ray loads here, never at import time
+    from worker.contract import validate_contract  # torch loads here: the task is checked before Ray starts
 
-    # The soup at the end needs the data here: load it while the trials train, not after them.
-    prefetch = DataPrefetch(task) if settings.ensemble else None
-    execute(task, settings, root, name, controller, log, on_tick=chain_ticks(prefetch and prefetch.on_tick, on_tick))
-    return finish_sweep(task, settings, sweep, name, controller, log, prefetch=prefetch)
+    validate_contract(task, [t.config for t in controller.trials.values()])
+    log = SweepLog(sweep, space, lease=claim_sweep(sweep, settings.overwrite))
+    with interrupt.stop_on_signals():
+        try:
+            run_claimed(task, settings, space, root, sweep, name, controller, log, on_tick)
+        except interrupt.SweepInterrupted as stop:  # Ctrl-C or SIGTERM: a resumable sweep, said so
+            interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri))
+            raise
+    return finish_sweep(task, settings, sweep, name, controller, log, prefetch=log.prefetch)
+
+
+def run_claimed(task: Task, settings: RunSettings, space: SearchSpace, root: Storage, sweep: Storage, name: str,
+                controller: Controller, log: SweepLog, on_tick: Callable[[Controller], None] | None) -> None:
+    """The sweep row, then the trials on Ray; a refusal before any trial ran removes the folder."""
+    try:
+        log.write_sweep_row(
+            {
+                "name": name,
+                "task": task.ref,
+                "seed": settings.seed,
+                # credentials in a storage URI (secret_key=...) never land in caviar's own files
+                "settings": schema.json_dumps({**asdict(settings), "storage": redact_uri(settings.storage)}),
+                "space": schema.json_dumps(space.to_dict(), sort_keys=False),  # order fixes sampling
+                "caviar_version": __version__,
+                "created": schema.now_ms(),
+            }
+        )
+        from cluster.runner import execute  # Ray loads here, never at import time
+
+        # The soup at the end needs the data here: load it while the trials train, not after them.
+        prefetch = log.prefetch = DataPrefetch(task) if settings.ensemble else None
+        execute(
+            task, settings, root, name, controller, log, on_tick=chain_ticks(prefetch and prefetch.on_tick, on_tick)
+        )
+    except CaviarError:
+        forget_refused_sweep(sweep, controller)
+        raise
 
 
 def finish_sweep(
@@ -174,6 +210,8 @@ def finish_sweep(
         from orchestrator.ensemble_run import after_sweep
 
         ensemble = after_sweep(sweep, task, device=settings.device, load_data=prefetch and prefetch.result)
+    if log.lease is not None:
+        log.lease.release()  # the sweep is whole: a later resume may take it at once
     best = controller.best()
     counts: dict[str, int] = {}
     for trial in controller.trials.values():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -100,9 +102,24 @@ def run(
     )
     if resource:
         overrides["resources"] = parse_resources(resource)
-    with Progress(force_plain=plain) as progress:
+    with exit_on_interrupt(), Progress(force_plain=plain) as progress:
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
     print_result(result)
+
+
+@contextmanager
+def exit_on_interrupt() -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a sweep: one line saying how to go on, exit 130 (orchestrator/interrupt.py)."""
+    from orchestrator.interrupt import EXIT_CODE, SweepInterrupted, print_hint
+
+    try:
+        yield
+    except SweepInterrupted as stop:
+        if stop.path:
+            print_hint(stop.path)
+        else:
+            typer.echo("interrupted before the sweep began: nothing was written", err=True)
+        raise typer.Exit(EXIT_CODE) from None
 
 
 def print_result(result: Any) -> None:
@@ -117,6 +134,15 @@ def print_result(result: Any) -> None:
         fail(f"sweep stopped early: {result.aborted}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
     typer.echo(f"\n{counts}. Results (Parquet): {redact_uri(result.path)}")
+    print_failures(load(result.path).trials.to_pylist())
+
+
+def print_failures(trials: list[dict[str, Any]]) -> None:
+    """The most common errors of failed trials, with counts and trial ids (orchestrator/failures.py)."""
+    from orchestrator.failures import error_summary
+
+    for line in error_summary(trials):
+        typer.secho(line, fg="red")
 
 
 @app.command()
@@ -136,6 +162,7 @@ def status(sweep: SweepArg) -> None:
         text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         typer.echo(f"  stage {stage + 1}: {text}")
     typer.echo(f"  {tables.metrics.num_rows} epochs recorded, {tables.checkpoints.num_rows} checkpoints kept")
+    print_failures(trials)
 
 
 @app.command()

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli import SweepArg, app, print_result
+from orchestrator.cli import SweepArg, app, exit_on_interrupt, print_result
 
 
 @app.command()
@@ -28,6 +28,6 @@ def resume(
     overrides: dict[str, Any] = {
         k: v for k, v in dict(slots=slots, address=address, ensemble=ensemble).items() if v is not None
     }
-    with Progress(force_plain=plain) as progress:
+    with exit_on_interrupt(), Progress(force_plain=plain) as progress:
         result = resume_sweep(sweep, on_tick=progress, **overrides)
     print_result(result)

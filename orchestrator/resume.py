@@ -33,12 +33,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from orchestrator import schema
+from orchestrator import interrupt, schema
 from orchestrator.controller import ENDED, Controller, observation_of
 from orchestrator.errors import ConfigError, StorageError
+from orchestrator.lease import Lease
 from orchestrator.settings import RunSettings
 from orchestrator.space import SearchSpace, parse_param
-from orchestrator.storage import Storage
+from orchestrator.storage import Storage, redact_uri
 
 # What may change when a sweep resumes: where and how wide it runs, never what it searches.
 RESUMABLE_SETTINGS = frozenset(
@@ -194,7 +195,9 @@ def _restore_stage(controller: Controller, record: SweepRecord, resumed: dict[in
     interrupted = {
         tid
         for tid in unfinished
-        if controller.trials[tid].status == "running" or tid in record.last_attempt or controller.trials[tid].attempt
+        if controller.trials[tid].status in ("running", "interrupted")
+        or tid in record.last_attempt
+        or controller.trials[tid].attempt
     }
     for tid in interrupted:  # progress comes back from the persisted rows, not from the (throttled) trials table
         trial = controller.trials[tid]
@@ -349,11 +352,17 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     task = load_task(record.sweep["task"])
     rebuilt = rebuild_controller(record)
     controller = rebuilt.controller
-    log = SweepLog(storage, record.space)
+    log = SweepLog(storage, record.space, lease=Lease.take_over(storage))
     log.continue_after(record.stages, record.events, record.event_parts)
     log.flush(controller, force=True)  # the resume is on disk before any trial runs again
     if not controller.finished:
         from cluster.runner import execute  # Ray loads here, never at import time
 
-        execute(task, settings, Storage.from_uri(root_uri), name, controller, log, on_tick=on_tick, resuming=True)
+        with interrupt.stop_on_signals():
+            try:
+                execute(task, settings, Storage.from_uri(root_uri), name, controller, log, on_tick=on_tick,
+                        resuming=True)
+            except interrupt.SweepInterrupted as stop:
+                interrupt.write_interrupted(stop, controller, log, redact_uri(storage.uri))
+                raise
     return finish_sweep(task, settings, storage, name, controller, log)

@@ -125,6 +125,32 @@ class Storage:
 
         with_retries(write, what=f"writing {target}")
 
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Write ``rel`` only if no file is there; False when one is (another writer got there first).
+
+        On a local (or NFS v3+) file system ``O_CREAT | O_EXCL`` makes the check and the create one
+        step. pyarrow's object-store file systems have no conditional PUT, so there it is
+        check-then-write followed by a read-back: of two writers racing inside the same
+        read-after-write window both could pass; :mod:`orchestrator.lease` narrows that with the
+        read-back of its owner id (docs/RELIABILITY.md).
+        """
+        target = self.path(rel)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            os.makedirs(posixpath.dirname(target), exist_ok=True)
+            try:
+                fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                raise StorageError(f"writing {target}: {exc}") from None
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            return True
+        if self.exists(rel):
+            return False
+        self.write_bytes(rel, data)
+        return True
+
     def write_table(self, rel: str, table: pa.Table) -> None:
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd", write_page_checksum=True)  # a flipped bit fails the read

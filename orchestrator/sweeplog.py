@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from orchestrator import schema
 from orchestrator.controller import Controller
+from orchestrator.lease import Lease
 from orchestrator.space import Choice, Distribution, SearchSpace
 from orchestrator.storage import Storage
 
@@ -33,8 +34,11 @@ def possible_values(space: SearchSpace) -> dict[str, list[Any]]:
 
 
 class SweepLog:
-    def __init__(self, storage: Storage, space: SearchSpace, *, flush_seconds: float = 2.0):
+    def __init__(self, storage: Storage, space: SearchSpace, *, flush_seconds: float = 2.0,
+                 lease: Lease | None = None):
         self.storage = storage
+        self.lease = lease  # renewed as the log flushes: the sweep's writer is alive
+        self.prefetch: Any = None  # the soup's data, loading while the sweep trains (orchestrator.prefetch)
         self.trials_schema = schema.trials_schema(schema.config_type(possible_values(space)))
         self.flush_seconds = flush_seconds
         self.seq = 0
@@ -61,6 +65,8 @@ class SweepLog:
         rows = [t.as_row() for t in controller.trials.values()]
         self.storage.write_table(schema.TRIALS_PATH, schema.to_table(rows, self.trials_schema))
         self.last_flush = time.monotonic()
+        if self.lease is not None:
+            self.lease.beat()
 
     def _write_stages(self, controller: Controller) -> None:
         for index in range(self.stages_written, len(controller.stage_spaces)):

@@ -228,3 +228,51 @@ def test_master_killed_mid_sweep_resumes_to_the_tables_of_an_uninterrupted_run(r
         assert (ours["trial_id"], ours["epoch"]) == (theirs["trial_id"], theirs["epoch"])
         if ours["trial_id"] not in interrupted:
             assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_stop_signal_ends_the_run_in_seconds_marks_trials_interrupted_and_resume_finishes(tmp_path, signum):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM (to the master, as
+    `caviar stop` and schedulers do) while a trial sits in a 60-second epoch: the master does not wait
+    for that epoch; it writes the trials table, names the resume command and exits 130."""
+    storage = str(tmp_path / "runs")
+    config, folder = pause_config(tmp_path, epoch=2)
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    run = [*CAVIAR, "run", SLOW_TASK, "--trials", "3", "--epochs", "3", "--stages", "1", "--slots", "2", "--seed",
+           "5", "--storage", storage, "--name", "stopped", "--no-ensemble", "--plain", "--config", config]
+    proc = subprocess.Popen(run, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while paused_trial(folder) is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert paused_trial(folder) is not None, proc.stderr.read()[-3000:] if proc.poll() is not None else ""
+        sent = time.monotonic()
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            kill_master(proc)
+    sweep = os.path.join(storage, "stopped")
+    print(f"{signal.Signals(signum).name}: exited {took:.1f} s after the signal")
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == f"interrupted: caviar resume {sweep}"
+    assert took < 60  # the paused epoch lasts 60 s: the master did not wait for it
+    trials = load(sweep).trials.to_pylist()
+    paused_lr = paused_trial(folder)[1]
+    [victim] = [t for t in trials if t["config"]["lr"] == paused_lr]
+    assert victim["status"] == "interrupted" and victim["reason"] == "interrupted"
+    assert "running" not in {t["status"] for t in trials}
+    assert "sweep_interrupted" in load(sweep).events["kind"].to_pylist()
+
+    done = subprocess.run([*CAVIAR, "resume", sweep, "--plain"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = load(sweep).trials.to_pylist()
+    assert [(t["status"], t["epochs_run"]) for t in trials] == [("completed", 3)] * 3
+    victim = next(t for t in trials if t["trial_id"] == victim["trial_id"])
+    assert victim["attempt"] >= 1  # it went on from its checkpoint as a new attempt

@@ -63,11 +63,38 @@ def test_a_raising_model_factory_fails_its_trial_with_the_traceback_and_the_swee
             assert t["status"] == "completed" and t["error"] is None
 
 
-def test_when_the_first_trials_all_fail_the_sweep_stops_naming_the_most_common_error(
-    ray_session, broken_task, tmp_path
-):
+# tiny_task whose training loop raises: the contract check (one forward pass and loss) passes, every trial fails.
+FAILING_LOOP_TASK = f"""
+import sys
+sys.path.insert(0, {ROOT + "/tests/tasks"!r})
+from tiny_task import build_model, load_data, space  # noqa: F401
+
+
+def train_epoch(model, optimizer, batches, config):
+    raise ValueError(f"no layer of width {{config['hidden']}} in this zoo")
+"""
+
+# tiny_task whose data loads in the master (the contract check passes) but in no worker.
+WORKERS_CANNOT_LOAD_TASK = f"""
+import os
+import sys
+sys.path.insert(0, {ROOT + "/tests/tasks"!r})
+import tiny_task
+from tiny_task import build_model, space  # noqa: F401
+
+
+def load_data():
+    if os.environ.get("CAVIAR_TEST_MASTER_PID") != str(os.getpid()):
+        raise OSError("the data lives on the master's disk only")
+    return tiny_task.load_data()
+"""
+
+
+def test_when_the_first_trials_all_fail_the_sweep_stops_naming_the_most_common_error(ray_session, tmp_path):
+    task = tmp_path / "failing_loop.py"
+    task.write_text(FAILING_LOOP_TASK)
     result = run_sweep(
-        broken_task,
+        str(task),
         trials=8,
         epochs=1,
         stages=1,
@@ -86,3 +113,51 @@ def test_when_the_first_trials_all_fail_the_sweep_stops_naming_the_most_common_e
     assert statuses.count("failed") >= 3 and "completed" not in statuses
     assert "pending" in statuses  # it stopped before trying them all
     assert "sweep_aborted" in tables.events["kind"].to_pylist()
+
+
+def test_partial_failures_are_summarised_by_error_with_counts_and_trial_ids(ray_session, broken_task, tmp_path):
+    """The run summary and `caviar status` name the most common error, its count and the trials."""
+    import subprocess
+    import sys
+
+    from orchestrator.failures import error_summary
+
+    config = tmp_path / "half.toml"
+    config.write_text("[space]\nbroken_from = 10\n")
+    result = run_sweep(broken_task, config_file=str(config), trials=6, epochs=1, stages=1, slots=2, seed=1,
+                       fail_fast=6, storage=str(tmp_path / "runs"), name="half", ensemble=False)
+    trials = load(result.path).trials.to_pylist()
+    failed = sorted(t["trial_id"] for t in trials if t["status"] == "failed")
+    lines = error_summary(trials)
+    errors = [line for line in lines if " failed: " in line]
+    assert errors and lines[-1].startswith("(each failed trial's traceback")
+    # each line: the count, the error with the task file's line, the trial ids
+    for line in errors:
+        count, rest = line.split(" failed: ", 1)
+        ids = {int(i) for i in rest.rsplit("(trial", 1)[1].strip("s )").split(", ")}
+        assert "ValueError: no layer of width" in rest and "(broken_task.py:" in rest, line
+        assert len(ids) == int(count) and ids <= set(failed), line
+    assert sum(int(line.split()[0]) for line in errors) == len(failed)  # three widths at most: every one shown
+    caviar = [sys.executable, "-m", "orchestrator.cli"]
+    status = subprocess.run([*caviar, "status", result.path], capture_output=True, text=True, check=True)
+    assert all(line in status.stdout for line in lines)
+
+
+def test_workers_that_cannot_start_end_the_sweep_naming_the_users_exception(ray_session, tmp_path, monkeypatch):
+    import pytest
+
+    from orchestrator.errors import CaviarError
+
+    task = tmp_path / "workers_cannot_load.py"
+    task.write_text(WORKERS_CANNOT_LOAD_TASK)
+    monkeypatch.setenv("CAVIAR_TEST_MASTER_PID", str(__import__("os").getpid()))  # Ray's workers started earlier
+    with pytest.raises(CaviarError) as error:
+        run_sweep(str(task), trials=2, epochs=1, stages=1, slots=2, storage=str(tmp_path / "runs"), name="w",
+                  ensemble=False)
+    message = str(error.value)
+    assert message.startswith("no trial actor could start (4 tries per slot): ")
+    assert message.endswith("load_data raised OSError: the data lives on the master's disk only "
+                            "(workers_cannot_load.py:11)") or "OSError: the data lives on the master's disk only (" \
+        "workers_cannot_load.py:11)" in message, message
+    assert "\n" not in message and "ActorDiedError" not in message
+    assert not (tmp_path / "runs" / "w").exists()  # nothing ran: the name is free again

@@ -1,0 +1,85 @@
+"""Ctrl-C and SIGTERM: stop within seconds, write what is known, tell the user how to go on.
+
+While a sweep runs, the first SIGINT or SIGTERM (how ``caviar stop`` and batch schedulers end
+a job) raises :class:`SweepInterrupted` in the master's main thread; the backend then kills
+its actors without waiting for in-flight epochs (a resume continues from their
+checkpoints), the master marks running trials ``interrupted``, writes the tables and
+exits 130. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+EXIT_CODE = 130  # 128 + SIGINT, what shells report for Ctrl-C
+_state = {"requested": False}
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep was stopped by a signal; ``path`` is the sweep to resume (set once the tables are written)."""
+
+    def __init__(self, signum: int, path: str = ""):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.path = path
+
+
+def requested() -> bool:
+    """Whether a stop signal arrived: the backend's close then skips draining in-flight calls."""
+    return _state["requested"]
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    if _state["requested"]:  # the second signal: no more writes, no more waiting
+        os.write(2, b"caviar: interrupted again: exiting now\n")
+        os._exit(EXIT_CODE)
+    _state["requested"] = True
+    raise SweepInterrupted(signum)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise :class:`SweepInterrupted` (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    _state["requested"] = False
+    for signum in previous:
+        signal.signal(signum, _handler)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def mark_interrupted(controller: Any) -> list[int]:
+    """Running trials become ``interrupted`` (a resume continues them from their checkpoints)."""
+    stopped = [tid for tid, t in controller.trials.items() if t.status == "running"]
+    for tid in stopped:
+        controller.trials[tid].status = "interrupted"
+        controller.trials[tid].reason = "interrupted"
+    controller.event("sweep_interrupted", detail={"trials": stopped})
+    return stopped
+
+
+def write_interrupted(stop: SweepInterrupted, controller: Any, log: Any, path: str) -> None:
+    """The master's last writes after a stop signal: running trials marked, tables flushed, the lease let go."""
+    mark_interrupted(controller)
+    log.flush(controller, force=True)
+    if log.lease is not None:
+        log.lease.release()
+    stop.path = path
+
+
+def print_hint(path: str) -> None:
+    sys.stderr.write(f"interrupted: caviar resume {path}\n")
+    sys.stderr.flush()

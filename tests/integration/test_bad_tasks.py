@@ -1,0 +1,172 @@
+"""Bad tasks are refused by the master before Ray starts: one line, exit 2, no sweep folder, no Ray.
+
+Each case is a variant of tests/tasks/tiny_task.py run through the real ``caviar run`` command
+in its own process, with ``RAY_TMPDIR`` pointing at a folder that must still not exist
+afterwards (a Ray start would create it). The time each took is printed (``-s``), never asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import ROOT
+
+CAVIAR = os.path.join(os.path.dirname(sys.executable), "caviar")
+HEADER = f"""
+import sys
+import numpy as np
+from torch import nn
+sys.path.insert(0, {ROOT + "/tests/tasks"!r})
+import tiny_task
+from tiny_task import space  # noqa: F401
+"""
+TINY_DATA = "\ndef load_data():\n    return tiny_task.load_data()\n"
+TINY_MODEL = "\ndef build_model(config):\n    return tiny_task.build_model(config)\n"
+
+
+@dataclass(frozen=True)
+class BadTask:
+    id: str
+    source: str
+    error: str  # the whole stderr line after "caviar: error: task '<path>': "
+
+
+CASES = [
+    BadTask(
+        "wrong_keys",
+        TINY_MODEL + "\ndef load_data():\n    tr, va, te = tiny_task.load_data()\n"
+        "    return {'training': tr, 'validation': va, 'test': te}\n",
+        "load_data: result lacks split(s) train, val",
+    ),
+    BadTask(
+        "missing_split",
+        TINY_MODEL + "\ndef load_data():\n    tr, va, te = tiny_task.load_data()\n"
+        "    return {'train': tr, 'test': te}\n",
+        "load_data: result lacks split(s) val",
+    ),
+    BadTask(
+        "two_splits",
+        TINY_MODEL + "\ndef load_data():\n    return tiny_task.load_data()[:2]\n",
+        "load_data: return (train, val, test) or a dict with keys train, val, test",
+    ),
+    BadTask(
+        "load_data_raises",
+        TINY_MODEL + "\ndef load_data():\n    raise FileNotFoundError('/data/blobs.npz')\n",
+        "load_data raised FileNotFoundError: /data/blobs.npz (bad_task.py:{raise_line})",
+    ),
+    BadTask(
+        "fractional_targets",
+        TINY_MODEL + "\ndef load_data():\n    (x, y), va, te = tiny_task.load_data()\n"
+        "    return (x, y / 2.0), va, te\n",
+        "load_data: train labels must be class indices 0..C-1, got fractional values (e.g. 0.5)",
+    ),
+    BadTask(
+        "negative_targets",
+        TINY_MODEL + "\ndef load_data():\n    tr, (x, y), te = tiny_task.load_data()\n    return tr, (x, y - 1), te\n",
+        "load_data: val labels must be class indices 0..C-1, got -1",
+    ),
+    BadTask(
+        "build_model_raises",
+        TINY_DATA + "\ndef build_model(config):\n    raise ValueError('no such layer')\n",
+        "build_model raised ValueError: no such layer (bad_task.py:{raise_line})"
+        " (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
+        "build_model_returns_none",
+        TINY_DATA + "\ndef build_model(config):\n    return None\n",
+        "build_model raised AttributeError: 'NoneType' object has no attribute 'to' (trainer.py:…)"
+        " (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
+        "too_few_outputs",
+        TINY_DATA + "\ndef build_model(config):\n    return nn.Linear(4, 2)\n",
+        "the model's forward pass or loss_fn: the model outputs 2 columns but the labels hold 3 classes (0..2)"
+        " (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
+        "wrong_input_width",
+        TINY_DATA + "\ndef build_model(config):\n    return nn.Linear(5, 3)\n",
+        "the model's forward pass or loss_fn raised RuntimeError: mat1 and mat2 shapes cannot be multiplied"
+        " (32x4 and 5x3) (…) (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
+        "loss_raises",
+        TINY_DATA + TINY_MODEL + "\ndef loss_fn(logits, y):\n    raise KeyError('weights')\n",
+        "the model's forward pass or loss_fn raised KeyError: 'weights' (bad_task.py:{raise_line})"
+        " (on each of the sweep's first 4 configs)",
+    ),
+]
+
+
+def matches(expected: str, line: str) -> bool:
+    """``…`` in ``expected`` stands for any text."""
+    import re
+
+    return re.fullmatch(".*".join(re.escape(p) for p in expected.split("…")), line) is not None
+
+
+def write_task(folder, case: BadTask) -> tuple[str, str]:
+    """The task file, and the error line expected from it."""
+    folder.mkdir(exist_ok=True)
+    task = folder / "bad_task.py"
+    source = HEADER + case.source
+    task.write_text(source)
+    raise_line = next((i for i, line in enumerate(source.splitlines(), 1) if "raise " in line), 0)
+    return str(task), f"caviar: error: task {str(task)!r}: {case.error.replace('{raise_line}', str(raise_line))}"
+
+
+def caviar_main(argv: list[str], capsys) -> tuple[int, list[str]]:
+    """The real ``caviar`` entry point (orchestrator.cli.main) in this process: exit code and stderr lines."""
+    from orchestrator.cli import main
+
+    old = sys.argv
+    sys.argv = ["caviar", *argv]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    finally:
+        sys.argv = old
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_each_bad_task_is_one_line_exit_2_and_no_folder(tmp_path, capsys):
+    """The task is refused before the sweep folder is claimed, so before Ray could start (execute comes after)."""
+    for case in CASES:
+        folder = tmp_path / case.id
+        task, expected = write_task(folder, case)
+        start = time.monotonic()
+        code, lines = caviar_main(["run", task, "--storage", str(folder / "runs"), "--name", "s", "--plain"], capsys)
+        with capsys.disabled():
+            print(f"{case.id}: refused in {time.monotonic() - start:.2f} s")
+        assert code == 2, (case.id, lines)
+        assert len(lines) == 1, (case.id, lines)
+        assert matches(expected, lines[0]), (case.id, lines[0], expected)
+        assert not (folder / "runs" / "s").exists(), case.id  # no sweep folder: the same name works again
+
+
+def test_a_bad_task_starts_no_ray_and_the_corrected_one_runs_under_the_same_name(ray_session, tmp_path):
+    """A real ``caviar run`` process; RAY_TMPDIR must not appear (a Ray start would create it)."""
+    [case] = [c for c in CASES if c.id == "missing_split"]
+    folder = tmp_path / case.id
+    task, expected = write_task(folder, case)
+    env = {**os.environ, "RAY_TMPDIR": str(folder / "ray"), "RAY_ADDRESS": "local"}
+    out = subprocess.run(
+        [CAVIAR, "run", task, "--storage", str(folder / "runs"), "--name", "s", "--plain"],
+        capture_output=True, text=True, env=env, cwd=folder, timeout=300,
+    )
+    assert (out.returncode, out.stderr.strip().splitlines()) == (2, [expected])
+    assert not (folder / "runs" / "s").exists() and not (folder / "ray").exists()
+
+    from orchestrator.api import run_sweep
+
+    with open(task, "w") as f:
+        f.write(HEADER + TINY_DATA + TINY_MODEL)
+    result = run_sweep(task, storage=str(folder / "runs"), name="s", trials=2, epochs=1, stages=1,
+                       slots=2, ensemble=False)
+    assert result.counts == {"completed": 2}
