@@ -22,6 +22,7 @@ from orchestrator.settings import RunSettings
 from orchestrator.storage import Storage
 from orchestrator.sweeplog import SweepLog
 from orchestrator.task import Task
+from orchestrator.task_source import TASK_DIR
 
 log = logging.getLogger("caviar")
 
@@ -110,6 +111,12 @@ def actor_device(settings: RunSettings) -> str:
     return settings.device
 
 
+def forget_new_sweep(sweep: Storage) -> None:
+    """A start refused before any trial leaves nothing behind: the sweep row and the task copy go."""
+    sweep.delete(schema.SWEEP_PATH)
+    sweep.delete_dir(TASK_DIR)
+
+
 def execute(task: Task, settings: RunSettings, root: Storage, name: str, controller: Controller, sweep_log: SweepLog,
             on_tick: Callable[[Controller], None] | None = None, resuming: bool = False) -> None:
     try:
@@ -117,7 +124,7 @@ def execute(task: Task, settings: RunSettings, root: Storage, name: str, control
         check_storage_reach(root, settings)
     except CaviarError:
         if not resuming:  # a new sweep: nothing ran, so the corrected re-run needs no --overwrite
-            sweep_log.storage.delete(schema.SWEEP_PATH)
+            forget_new_sweep(sweep_log.storage)
         raise
     slots = slots_for(settings)
     worker_options: dict[str, Any] = {
@@ -129,7 +136,7 @@ def execute(task: Task, settings: RunSettings, root: Storage, name: str, control
         backend = choose_backend(task, settings, root.uri, name, controller, slots, worker_options)
     except CaviarError:
         if not resuming:  # refused before any trial: the corrected re-run needs no --overwrite
-            sweep_log.storage.delete(schema.SWEEP_PATH)
+            forget_new_sweep(sweep_log.storage)
         raise
     try:
         drive(controller, backend, sweep_log, on_tick=on_tick)

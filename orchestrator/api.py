@@ -21,6 +21,7 @@ from orchestrator.stages import Stage, default_plan, parse_plan, stage_grace_epo
 from orchestrator.storage import Storage, check_name, redact_uri
 from orchestrator.sweeplog import SweepLog
 from orchestrator.task import Task, load_task
+from orchestrator.task_source import portable_ref, store_task_source
 
 __version__ = "0.1.0"
 
@@ -117,6 +118,7 @@ def prepare_storage(settings: RunSettings, task: Task) -> tuple[Storage, Storage
             "predictions",
             "ensembles",
             "diagnostics",
+            "task",
         ):
             sweep.delete_dir(table)
     return root, sweep, name
@@ -136,10 +138,11 @@ def run_sweep(
     controller = controller_for(space, settings)
     root, sweep, name = prepare_storage(settings, task)
     log = SweepLog(sweep, space)
+    store_task_source(sweep, task, config_file)  # the sweep carries its task (orchestrator/task_source.py)
     log.write_sweep_row(
         {
             "name": name,
-            "task": task.ref,
+            "task": portable_ref(task.ref),  # never a machine's (or a job's temporary) path
             "seed": settings.seed,
             # credentials in a storage URI (secret_key=...) never land in caviar's own files
             "settings": schema.json_dumps({**asdict(settings), "storage": redact_uri(settings.storage)}),
@@ -191,11 +194,15 @@ def finish_sweep(
     )
 
 
-def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, **overrides: Any) -> SweepResult:
-    """Continue an interrupted sweep from its Parquet tables (see :mod:`orchestrator.resume`)."""
+def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, task: str | Task | None = None,
+                 trust_task_code: bool = False, **overrides: Any) -> SweepResult:
+    """Continue an interrupted sweep from its Parquet tables (see :mod:`orchestrator.resume`).
+
+    Its task code runs again: pass ``task`` (your task file) or ``trust_task_code=True`` (the copy in the sweep).
+    """
     from orchestrator.resume import resume_sweep as resume
 
-    return resume(path, on_tick=on_tick, **overrides)
+    return resume(path, on_tick=on_tick, task=task, trust_task_code=trust_task_code, **overrides)
 
 
 @dataclass

@@ -244,14 +244,14 @@ CASES = [
     ),
     Case(
         "ensemble_soup_checksum_mismatch",
-        ("ensemble", "{sweep}", "--method", "soup"),
+        ("ensemble", "{sweep}", "--method", "soup", "--trust-task-code"),
         E + "{sweep}/weights/trial-….safetensors: sha256 mismatch (the index records …..., the file has …...); "
         "it changed after it was written",
         corrupt=flip_every_weights_file,
     ),
     Case(
         "ensemble_index_points_outside",
-        ("ensemble", "{sweep}", "--method", "soup"),
+        ("ensemble", "{sweep}", "--method", "soup", "--trust-task-code"),
         E + "{sweep}: '../../outside.safetensors' points outside it (absolute or '..')",
         corrupt=point_the_index_outside,
     ),
