@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 import ray
 
 from cluster.fused_setup import choose_backend
-from cluster.jobs import ClusterError
+from cluster.jobs import ClusterError, enable_token_auth
 from orchestrator import schema
 from orchestrator.controller import Controller
 from orchestrator.driver import drive
@@ -29,22 +29,43 @@ log = logging.getLogger("caviar")
 
 def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str = "127.0.0.1",
             num_cpus: int | None = None) -> None:
-    """Join ``address`` (``auto``, ``ray://host:10001``), or start Ray here (a dashboard only on request)."""
+    """Join ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:10001``), or start a private Ray here (no address)."""
     if ray.is_initialized():
         return
     for warning in exposure_warnings(address, dashboard, dashboard_host):
         log.warning("warning: %s", warning)
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}}
-    if address:
-        check_reachable(address)
-        try:
-            ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, TimeoutError) as exc:
-            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-            raise ClusterError(f"Ray cluster {address!r}: cannot connect ({reason})") from None
+    if not address:
+        start_private_ray(env, dashboard=dashboard, dashboard_host=dashboard_host, num_cpus=num_cpus)
         return
-    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host, runtime_env=env,
-             log_to_driver=True, logging_level=logging.WARNING, configure_logging=False)
+    check_reachable(address)
+    enable_token_auth()  # Ray Client and HOST:PORT send the token only in token mode: as submit/jobs/logs/stop do
+    try:
+        ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise ClusterError(f"Ray cluster {address!r}: cannot connect ({reason}){auth_hint(reason)}") from None
+
+
+def start_private_ray(runtime_env: dict[str, Any], *, dashboard: bool = False, dashboard_host: str = "127.0.0.1",
+                      num_cpus: int | None = None) -> None:
+    """A new Ray for this sweep alone, never one found on the machine.
+
+    Without an address ``ray.init`` would join the cluster named by ``RAY_ADDRESS`` or by
+    ``/tmp/ray/ray_current_cluster`` (a ``ray start --head`` someone left running) and put the
+    sweep's trials on it; ``address="local"`` always starts a fresh one.
+    """
+    log.warning("caviar: starting a private Ray on this machine (pass --address auto to join a running cluster)")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
+             runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING, configure_logging=False)
+
+
+def auth_hint(reason: str) -> str:
+    """What to do when the cluster asked for a token this process did not send (or sent a wrong one)."""
+    if "uthenticat" not in reason and "uthoriz" not in reason and "timeout" not in reason.lower():
+        return ""
+    return ("; if the cluster uses token authentication, give this machine the head's token: copy the head's "
+            "~/.ray/auth_token here, or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH (see docs/CLUSTER.md)")
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

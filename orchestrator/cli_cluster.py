@@ -62,6 +62,8 @@ def submit(
     working_dir: Annotated[str | None, typer.Option(help="Folder shipped with the job (default: the task's).")] = None,
     ship_caviar: Annotated[bool, typer.Option(help="Ship this caviar's source (else the cluster's runs).")] = True,
     follow: Annotated[bool, typer.Option(help="Stream the job's logs until it ends.")] = False,
+    python: Annotated[str | None, typer.Option(
+        help="Interpreter on the head that runs the master (default: the Python that runs Ray there).")] = None,
 ) -> None:
     """Submit a sweep to a Ray cluster as a Ray job; prints the job id and where the results will land."""
     from cluster.jobs import Jobs, is_local_path, plan_job
@@ -75,7 +77,7 @@ def submit(
                    precision=precision, shared_storage=shared_storage, overwrite=overwrite, seed_copies=seed_copies)
     args = run_args(options, resource) + ([] if ensemble else ["--no-ensemble"])
     job_plan = plan_job(task, storage=storage, name=name, run_args=args, config=config, working_dir=working_dir,
-                        ship_caviar=ship_caviar)
+                        ship_caviar=ship_caviar, python=python)
     jobs = Jobs(address)
     if is_local_path(storage) and not shared_storage:
         nodes = jobs.alive_nodes()

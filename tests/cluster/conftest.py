@@ -16,8 +16,8 @@ from tests.conftest import ROOT, TINY_TASK
 def ray_cluster():
     """Two nodes with one CPU each: two one-CPU trials can only run on different nodes.
 
-    Token auth is off (``RAY_AUTH_MODE=disabled`` in :func:`cluster_env`) so the tests do not
-    depend on whether this machine has a ``~/.ray/auth_token``.
+    Token auth is on, with a token of the test run's own (:func:`cluster_env`), whether or not
+    this machine has a ``~/.ray/auth_token``.
     """
     cluster = LocalRayCluster(nodes=2, cpus_per_node=1).start()
     yield cluster
@@ -44,9 +44,10 @@ def submitted_sweep(ray_cluster, tmp_path_factory):
     return match.group(1), str(storage / "submitted"), submitted.stdout
 
 
-def caviar(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def caviar(*args: str, timeout: float = 300, cwd: str = ROOT, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
     """The ``caviar`` command in a subprocess: the test process never calls ``ray.init`` for these clusters."""
-    return subprocess.run([os.path.join(VENV_BIN, "caviar"), *args], env=cluster_env(), cwd=ROOT,
+    return subprocess.run([os.path.join(VENV_BIN, "caviar"), *args], env={**cluster_env(), **(env or {})}, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 
