@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +65,16 @@ def normalize_address(address: str | None) -> str:
         raise ConfigError(f"option '--address': {address!r} is a Ray Client address; submit to the dashboard, "
                           "e.g. http://HEAD:8265 (or drive the sweep from here: `caviar run --address ray://...`)")
     return address if "://" in address else f"http://{address}"
+
+
+# Credentials inside URIs in free text (a job's log echoes its entrypoint): values end at '&', space or quote.
+_TEXT_SECRETS = re.compile(r"((?:[?&])(?:secret_key|access_key|session_token)=)[^&\s'\"]*", re.IGNORECASE)
+_TEXT_PASSWORD = re.compile(r"(://[^/:@\s'\"]+:)[^/@\s'\"]*@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URI credential masked, as :func:`redact_uri` masks one URI: safe to print."""
+    return _TEXT_PASSWORD.sub(r"\1***@", _TEXT_SECRETS.sub(r"\1***", text))
 
 
 def is_local_path(storage: str) -> bool:

@@ -119,13 +119,13 @@ def jobs(address: AddressOpt = None) -> None:
 def logs(job: JobArg, address: AddressOpt = None,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False) -> None:
     """A job's output (the sweep's log lines); --follow streams it and exits non-zero if the job failed."""
-    from cluster.jobs import Jobs
+    from cluster.jobs import Jobs, redact_text
 
     client = Jobs(address)
     if follow:
         _follow(client, job)
         return
-    typer.echo(client.logs(job), nl=False)
+    typer.echo(redact_text(client.logs(job)), nl=False)  # the log echoes the entrypoint, storage URI included
 
 
 @app.command()
@@ -136,14 +136,20 @@ def stop(job: JobArg, address: AddressOpt = None) -> None:
     client = Jobs(address)
     if client.stop(job):
         typer.echo(f"stopping job {job}")
+        results = (client.info(job).metadata or {}).get("caviar_results")
+        if results:  # masked: the user puts their credentials back, or lets the environment supply them
+            typer.echo(f"resume it from anywhere that reaches the storage: caviar resume {results} "
+                       "--trust-task-code (add --address auto on the head to train on the cluster)")
     else:
         typer.echo(f"job {job} had already ended ({client.status(job)})")
 
 
 def _follow(client: Any, job_id: str) -> None:
-    status = client.follow(job_id, lambda chunk: typer.echo(chunk, nl=False))
+    from cluster.jobs import redact_text
+
+    status = client.follow(job_id, lambda chunk: typer.echo(redact_text(chunk), nl=False))
     if status != "SUCCEEDED":
-        message = client.info(job_id).message or ""
+        message = redact_text(client.info(job_id).message or "")
         typer.echo(f"caviar: job {job_id} ended {status}: {message.strip().splitlines()[-1] if message else ''}",
                    err=True)
         raise typer.Exit(1)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.cluster.raycluster import VENV_BIN, LocalRayCluster, cluster_env
+from tests.cluster.raycluster import VENV_BIN, LocalRayCluster, cluster_env, free_port
 from tests.conftest import ROOT, TINY_TASK
 
 
@@ -57,3 +57,24 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("caviar: error: "), result.stderr
     return lines[0]
+
+
+ACCESS_KEY = "CAVIARTESTKEY"
+SECRET = "caviar-test-secret-5f3a"
+BUCKET = "caviar-sweeps"
+
+
+@pytest.fixture
+def s3_server():
+    """A moto S3 server on loopback with one bucket: ``(port, boto3 client)``."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
+    boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[test]')")
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=ACCESS_KEY,
+                          aws_secret_access_key=SECRET)
+    client.create_bucket(Bucket=BUCKET)
+    yield port, client
+    server.stop()

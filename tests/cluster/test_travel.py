@@ -1,8 +1,9 @@
 """A sweep that travels: submitted, stopped, resumed and loaded from elsewhere, on the two-node cluster with token auth.
 
-The task file is a copy in a project folder of its own; after the job it is deleted, and
-everything after (resume, ensembles, loading) runs from another working directory using
-only what the sweep folder holds.
+The sweep lives on S3 (a moto server on loopback, credentials in the URI). The task file is
+a copy in a project folder of its own; after the job it is deleted, and everything after
+(resume, ensembles, loading) runs from another working directory using only what the sweep
+folder on S3 holds.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import time
 import pytest
 
 from orchestrator.api import load
-from tests.cluster.conftest import caviar
+from orchestrator.storage import Storage
+from tests.cluster.conftest import ACCESS_KEY, BUCKET, SECRET, caviar
 from tests.cluster.raycluster import cluster_env
 from tests.conftest import ROOT, TINY_TASK
 
@@ -32,18 +34,21 @@ def running_trial_recorded(sweep_dir: str) -> bool:
         return False
 
 
-def test_submit_stop_resume_elsewhere_then_load_after_the_task_file_is_gone(ray_cluster, tmp_path):
-    project, elsewhere, storage = tmp_path / "project", tmp_path / "elsewhere", tmp_path / "runs"
+def test_submit_stop_resume_elsewhere_then_load_after_the_task_file_is_gone(ray_cluster, s3_server, tmp_path):
+    port, _ = s3_server
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     for folder in (project, elsewhere):
         folder.mkdir()
     task = shutil.copy(TINY_TASK, project / "travel_task.py")
     env = {"CAVIAR_CACHE": str(tmp_path / "cache")}
-    submitted = caviar("submit", str(task), "--address", ray_cluster.dashboard, "--storage", str(storage),
+    query = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    storage = f"s3://{ACCESS_KEY}:{SECRET}@{BUCKET}/team{query}"
+    submitted = caviar("submit", str(task), "--address", ray_cluster.dashboard, "--storage", storage,
                        "--name", "travel", "--trials", "6", "--epochs", "40", "--stages", "1", "--pruner", "none",
-                       "--shared-storage", env=env)
+                       env=env)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
-    sweep = str(storage / "travel")
+    sweep = f"s3://{ACCESS_KEY}:{SECRET}@{BUCKET}/team/travel{query}"
     deadline = time.monotonic() + 240
     while not running_trial_recorded(sweep) and time.monotonic() < deadline:
         time.sleep(1)
@@ -51,11 +56,13 @@ def test_submit_stop_resume_elsewhere_then_load_after_the_task_file_is_gone(ray_
     stopped = caviar("stop", job_id, "--address", ray_cluster.dashboard)
     assert stopped.returncode == 0, stopped.stderr
     assert ray_cluster.jobs().wait(job_id, timeout=120) == "STOPPED"
+    logs = caviar("logs", job_id, "--address", ray_cluster.dashboard)
+    assert f"{ACCESS_KEY}:***@{BUCKET}" in logs.stdout and SECRET not in logs.stdout + logs.stderr
 
     # The sweep names its task portably and holds a copy; the job's temporary path is nowhere.
     row = load(sweep).sweep.to_pylist()[0]
     assert row["task"] == "travel_task.py"
-    manifest = json.loads((storage / "travel" / "task" / "manifest.json").read_text())
+    manifest = json.loads(Storage.from_uri(sweep).read_bytes("task/manifest.json"))
     assert manifest["source"] == "task/travel_task.py" and len(manifest["sha256"]) == 64
     os.remove(task)
 
