@@ -62,6 +62,8 @@ def submit(
     working_dir: Annotated[str | None, typer.Option(help="Folder shipped with the job (default: the task's).")] = None,
     ship_caviar: Annotated[bool, typer.Option(help="Ship this caviar's source (else the cluster's runs).")] = True,
     follow: Annotated[bool, typer.Option(help="Stream the job's logs until it ends.")] = False,
+    wait_for_cluster_seconds: Annotated[float | None, typer.Option(
+        help="How long the sweep waits for a node (autoscaler) to fit a trial (default 600).")] = None,
     python: Annotated[str | None, typer.Option(
         help="Interpreter on the head that runs the master (default: the Python that runs Ray there).")] = None,
 ) -> None:
@@ -74,7 +76,8 @@ def submit(
     assert storage is not None
     options = dict(trials=trials, epochs=epochs, plan=plan, stages=stages, slots=slots, seed=seed, pruner=pruner,
                    sampler=sampler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
-                   precision=precision, shared_storage=shared_storage, overwrite=overwrite, seed_copies=seed_copies)
+                   precision=precision, shared_storage=shared_storage, overwrite=overwrite, seed_copies=seed_copies,
+                   wait_for_cluster_seconds=wait_for_cluster_seconds)
     args = run_args(options, resource) + ([] if ensemble else ["--no-ensemble"])
     job_plan = plan_job(task, storage=storage, name=name, run_args=args, config=config, working_dir=working_dir,
                         ship_caviar=ship_caviar, python=python)
