@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -66,6 +67,16 @@ def normalize_address(address: str | None) -> str:
     return address if "://" in address else f"http://{address}"
 
 
+# Credentials inside URIs in free text (a job's log echoes its entrypoint): values end at '&', space or quote.
+_TEXT_SECRETS = re.compile(r"((?:[?&])(?:secret_key|access_key|session_token)=)[^&\s'\"]*", re.IGNORECASE)
+_TEXT_PASSWORD = re.compile(r"(://[^/:@\s'\"]+:)[^/@\s'\"]*@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URI credential masked, as :func:`redact_uri` masks one URI: safe to print."""
+    return _TEXT_PASSWORD.sub(r"\1***@", _TEXT_SECRETS.sub(r"\1***", text))
+
+
 def is_local_path(storage: str) -> bool:
     return "://" not in storage or storage.startswith("file://")
 
@@ -100,8 +111,35 @@ def _caviar_modules() -> list[str]:
     return [os.path.join(root, package) for package in CAVIAR_PACKAGES]
 
 
+# The Python that runs Ray on the head: the job's shell is a child of Ray's job supervisor, a Ray
+# worker started by that Python, whose memory map names the ray package it loaded; its install
+# prefix gives the interpreter (a venv, conda or the image's). Without Linux's /proc: `python`.
+RAY_PYTHON = (
+    'caviar_prefix=$(sed -n "s#^.* \\(/[^ ]*\\)/lib/python[0-9.]*/[a-z]*-packages/ray/_raylet[^/]*\\.so\\$#\\1#p" '
+    '/proc/$PPID/maps 2>/dev/null | head -n 1); PY=python; '
+    'for candidate in "$caviar_prefix/bin/python" "$caviar_prefix/bin/python3"; do '
+    '[ -n "$caviar_prefix" ] && [ -x "$candidate" ] && PY=$candidate && break; done'
+)
+MASTER_MODULES = "typer, pyarrow, ray"  # what the master imports before any trial starts
+
+
+def entrypoint(args: Sequence[str], python: str | None = None) -> str:
+    """The job's shell command: pick the interpreter, check it can run caviar, then run ``args`` with it.
+
+    ``python``: an explicit interpreter on the head (``--python``); else the one that runs Ray there.
+    A wrong interpreter ends the job at once with one line naming it and the fixes, not 7 s later
+    with a ModuleNotFoundError.
+    """
+    choose = f"PY={shlex.quote(python)}" if python else RAY_PYTHON
+    refuse = ('echo "caviar: error: the head\'s Python $PY cannot import caviar\'s dependencies '
+              f'({MASTER_MODULES}): pass --python PATH (an interpreter on the head that has them), start Ray from '
+              'that environment, or install caviar-sweep in the image" >&2; exit 2')
+    return f'{choose}; "$PY" -c "import {MASTER_MODULES}" 2>/dev/null || {{ {refuse}; }}; exec "$PY" {shlex.join(args)}'
+
+
 def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequence[str] = (),
-             config: str | None = None, working_dir: str | None = None, ship_caviar: bool = True) -> JobPlan:
+             config: str | None = None, working_dir: str | None = None, ship_caviar: bool = True,
+             python: str | None = None) -> JobPlan:
     """The entrypoint and runtime environment of a sweep job; refuses what could only fail on the cluster."""
     folder, job_task = _split_task(task, working_dir)
     if is_local_path(storage) and not os.path.isabs(storage.removeprefix("file://")):
@@ -109,7 +147,7 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
                           "cluster: give an absolute path that every node mounts, or a URI (s3://, gs://, hdfs://)")
     stem = os.path.splitext(os.path.basename(job_task.split(":")[-1] if ":" in job_task else job_task))[0]
     name = name or f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    args = ["python", "-u", "-m", "orchestrator.cli", "run", job_task, "--address", "auto", "--plain",
+    args = ["-u", "-m", "orchestrator.cli", "run", job_task, "--address", "auto", "--plain",
             "--storage", storage, "--name", name]
     if config:
         rel = os.path.relpath(os.path.abspath(config), folder)
@@ -124,7 +162,8 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
     if ship_caviar:
         runtime_env["py_modules"] = _caviar_modules()
     results = redact_uri(_child_uri(storage, name))
-    return JobPlan(shlex.join(args), runtime_env, name, results, {"caviar_sweep": name, "caviar_results": results})
+    metadata = {"caviar_sweep": name, "caviar_results": results}
+    return JobPlan(entrypoint(args, python), runtime_env, name, results, metadata)
 
 
 def _child_uri(uri: str, name: str) -> str:
@@ -134,7 +173,7 @@ def _child_uri(uri: str, name: str) -> str:
 
 
 # -- talking to the cluster --------------------------------------------------------------
-def _enable_token_auth() -> None:
+def enable_token_auth() -> None:
     """Send the Ray auth token when one is configured, as ``ray.init`` does when it joins a cluster."""
     try:
         from ray._private.authentication import authentication_token_setup as setup
@@ -157,13 +196,15 @@ def _first_line(exc: BaseException) -> str:
 class Jobs:
     """The Job API of one cluster; every failure becomes one :class:`ClusterError` line naming the address."""
 
-    def __init__(self, address: str | None):
+    def __init__(self, address: str | None, headers: dict[str, str] | None = None):
+        """``headers``: e.g. ``{"Authorization": "Bearer TOKEN"}`` to send a token other than this machine's."""
         self.address = normalize_address(address)
-        _enable_token_auth()
+        self.headers = headers
+        enable_token_auth()
         from ray.job_submission import JobSubmissionClient
 
         try:
-            self.client = JobSubmissionClient(self.address)
+            self.client = JobSubmissionClient(self.address, headers=headers)
         except Exception as exc:
             raise ClusterError(f"Ray cluster {self.address}: cannot reach its Job API ({_first_line(exc)})") from None
 
@@ -176,9 +217,12 @@ class Jobs:
     def alive_nodes(self) -> int | None:
         """How many nodes are alive now, or None when the cluster does not say (the master checks again)."""
         try:
-            from ray.util.state import list_nodes
+            from ray.util.state.api import StateApiClient
+            from ray.util.state.common import ListApiOptions, StateResource
 
-            nodes = list_nodes(address=self.address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+            client = StateApiClient(address=self.address, headers=self.headers)
+            nodes = client.list(StateResource.NODES, options=ListApiOptions(filters=[("state", "=", "ALIVE")]),
+                                raise_on_missing_output=False)
         except Exception:
             return None
         return len(nodes)

@@ -6,6 +6,7 @@ back to back: the slot is reused without waiting for the stop to finish.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from cluster.actor import TrialActor, WorkerStartError
 from orchestrator import interrupt
 from orchestrator.backend import Assignment, Backend, Report
 from orchestrator.errors import CaviarError
+
+log = logging.getLogger("caviar")
 
 MAX_REPLACEMENTS = 3  # deaths in a row of one slot's actors before the slot is given up
 
@@ -67,10 +70,14 @@ class RayBackend(Backend):
         self.deaths = 0
         self.failures = [0] * slots  # deaths in a row per slot, reset when its replacement is ready
         self.last_error = ""
+        self.node_of_slot: list[str | None] = [None] * slots  # the Ray node id each slot's actor reported
+        self.attempt_of: dict[int, int] = {}
 
     def wait_ready(self) -> list[str]:
         """Block until every actor has loaded its task and data; returns their node names."""
-        return ray.get([a.ready.remote() for a in self.actors])
+        nodes = ray.get([a.ready.remote() for a in self.actors])
+        self.node_of_slot = list(nodes)
+        return nodes
 
     @property
     def free_slots(self) -> int:
@@ -82,6 +89,7 @@ class RayBackend(Backend):
     def start(self, assignment: Assignment) -> None:
         slot = self.idle.pop()
         self.slot_of[assignment.trial_id] = slot
+        self.attempt_of[assignment.trial_id] = assignment.attempt
         self._call("run", assignment.trial_id, slot, self.actors[slot].start.remote(assignment))
 
     def advance(self, trial_id: int, until_epoch: int) -> None:
@@ -115,6 +123,7 @@ class RayBackend(Backend):
                 continue
             if call.kind == "ready":
                 if self.actors[call.slot] is call.actor:
+                    self.node_of_slot[call.slot] = str(report)
                     self.failures[call.slot] = 0
                     self.idle.append(call.slot)
                 continue
@@ -144,6 +153,11 @@ class RayBackend(Backend):
             del self.slot_of[tid]
         if call.slot in self.idle:
             self.idle.remove(call.slot)
+        if lost:  # one line a user can act on, among Ray's own noise about the dead node
+            moved = ", ".join(f"{tid} (attempt {self.attempt_of.get(tid, 0)} -> {self.attempt_of.get(tid, 0) + 1})"
+                              for tid in lost)
+            log.warning("caviar: lost the trial actor on node %s (%s); trial %s goes back to the queue",
+                        self.node_of_slot[call.slot] or "?", error.splitlines()[0][:160], moved)
         if self.failures[call.slot] <= MAX_REPLACEMENTS:  # an actor that cannot even start is not retried forever
             self.actors[call.slot] = self._make()
             self.calls[self.actors[call.slot].ready.remote()] = _Call("ready", -1, call.slot, self.actors[call.slot])

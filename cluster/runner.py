@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pyarrow.fs as pafs
 import ray
 
+from cluster.capacity import any_fits, describe, fits, per_trial, plan_slots
 from cluster.fused_setup import choose_backend
-from cluster.jobs import ClusterError
+from cluster.jobs import ClusterError, enable_token_auth
 from orchestrator import schema
 from orchestrator.controller import Controller
 from orchestrator.driver import drive
@@ -22,28 +24,50 @@ from orchestrator.settings import RunSettings
 from orchestrator.storage import Storage
 from orchestrator.sweeplog import SweepLog
 from orchestrator.task import Task
+from orchestrator.task_source import TASK_DIR
 
 log = logging.getLogger("caviar")
 
 
 def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str = "127.0.0.1",
             num_cpus: int | None = None) -> None:
-    """Join ``address`` (``auto``, ``ray://host:10001``), or start Ray here (a dashboard only on request)."""
+    """Join ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:10001``), or start a private Ray here (no address)."""
     if ray.is_initialized():
         return
     for warning in exposure_warnings(address, dashboard, dashboard_host):
         log.warning("warning: %s", warning)
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}}
-    if address:
-        check_reachable(address)
-        try:
-            ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, TimeoutError) as exc:
-            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-            raise ClusterError(f"Ray cluster {address!r}: cannot connect ({reason})") from None
+    if not address:
+        start_private_ray(env, dashboard=dashboard, dashboard_host=dashboard_host, num_cpus=num_cpus)
         return
-    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host, runtime_env=env,
-             log_to_driver=True, logging_level=logging.WARNING, configure_logging=False)
+    check_reachable(address)
+    enable_token_auth()  # Ray Client and HOST:PORT send the token only in token mode: as submit/jobs/logs/stop do
+    try:
+        ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise ClusterError(f"Ray cluster {address!r}: cannot connect ({reason}){auth_hint(reason)}") from None
+
+
+def start_private_ray(runtime_env: dict[str, Any], *, dashboard: bool = False, dashboard_host: str = "127.0.0.1",
+                      num_cpus: int | None = None) -> None:
+    """A new Ray for this sweep alone, never one found on the machine.
+
+    Without an address ``ray.init`` would join the cluster named by ``RAY_ADDRESS`` or by
+    ``/tmp/ray/ray_current_cluster`` (a ``ray start --head`` someone left running) and put the
+    sweep's trials on it; ``address="local"`` always starts a fresh one.
+    """
+    log.warning("caviar: starting a private Ray on this machine (pass --address auto to join a running cluster)")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
+             runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING, configure_logging=False)
+
+
+def auth_hint(reason: str) -> str:
+    """What to do when the cluster asked for a token this process did not send (or sent a wrong one)."""
+    if "uthenticat" not in reason and "uthoriz" not in reason and "timeout" not in reason.lower():
+        return ""
+    return ("; if the cluster uses token authentication, give this machine the head's token: copy the head's "
+            "~/.ray/auth_token here, or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH (see docs/CLUSTER.md)")
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -60,15 +84,69 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def slots_for(settings: RunSettings) -> int:
-    if settings.slots:
-        return settings.slots
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    slots = int(cpus // settings.cpus_per_trial)
-    if settings.gpus_per_trial:
-        slots = min(slots, int(ray.cluster_resources().get("GPU", 0.0) // settings.gpus_per_trial))
+    """``--slots``, else what the cluster fits: now, or at its autoscaler's maximum if that is larger."""
+    slots = plan_slots(settings, ray.cluster_resources(), autoscaler_max_resources())
     if slots < 1:
-        raise ConfigError("setting 'slots': the cluster cannot fit one trial with the requested resources")
+        raise ConfigError(f"setting 'slots': the cluster cannot fit one trial ({describe(per_trial(settings))})")
     return slots
+
+
+def autoscaler_max_resources() -> dict[str, float] | None:
+    """The most the autoscaler may provide (its config's node types times their max workers); None without one."""
+    try:
+        from ray._private.state import state
+
+        return state.get_max_resources_from_cluster_config()
+    except Exception:  # a Ray without it, or a cluster with no autoscaler config: size from what exists
+        return None
+
+
+def alive_node_resources() -> list[dict[str, float]]:
+    return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+
+
+def wait_for_room(settings: RunSettings, *, can_grow: bool, poll_seconds: float = 5.0,
+                  say_every: float = 30.0) -> None:
+    """Return once some node fits a trial; on a cluster that may grow, wait up to ``wait_for_cluster_seconds``.
+
+    Right after ``ray up`` an autoscaling cluster has only its head (``CPU: 0`` in the configs):
+    the workers come when the sweep's actors ask for them, minutes later.
+    """
+    wanted = per_trial(settings)
+    if any_fits(alive_node_resources(), wanted):
+        return
+    limit = settings.wait_for_cluster_seconds
+    if not can_grow or limit <= 0:
+        raise ConfigError(f"setting 'slots': no node of the cluster can fit one trial ({describe(wanted)})")
+    request_resources(bundles=[wanted])  # no actor exists yet to ask for it: ask the autoscaler (if any) now
+    try:
+        _wait(wanted, limit, poll_seconds, say_every)
+    finally:
+        request_resources(bundles=[])  # from here on the sweep's actors ask for what they need
+
+
+def _wait(wanted: dict[str, float], limit: float, poll_seconds: float, say_every: float) -> None:
+    start = time.monotonic()
+    said = -say_every
+    while not any_fits(alive_node_resources(), wanted):
+        waited = time.monotonic() - start
+        if waited >= limit:
+            raise ConfigError(f"setting 'wait_for_cluster_seconds': no node fit one trial ({describe(wanted)}) in "
+                              f"{limit:g} s; check the autoscaler (`ray status`) or ask for less per trial")
+        if waited - said >= say_every:
+            log.warning("caviar: waiting for the cluster to fit one trial (%s): %.0f s of %g s; an autoscaler may "
+                        "be adding nodes (setting wait_for_cluster_seconds)", describe(wanted), waited, limit)
+            said = waited
+        time.sleep(poll_seconds)
+
+
+def request_resources(bundles: list[dict[str, float]]) -> None:
+    try:
+        from ray.autoscaler.sdk import request_resources as ask
+
+        ask(bundles=bundles)
+    except Exception:  # no autoscaler: nothing to ask, the wait still applies
+        pass
 
 
 def check_storage_reach(root: Storage, settings: RunSettings) -> None:
@@ -82,18 +160,13 @@ def check_storage_reach(root: Storage, settings: RunSettings) -> None:
     if not isinstance(root.fs, pafs.LocalFileSystem) or settings.shared_storage:
         return
     alive = [node for node in ray.nodes() if node.get("Alive")]
-    if len(alive) == 1 and _fits(alive[0].get("Resources", {}), settings):
+    if len(alive) == 1 and fits(alive[0].get("Resources", {}), per_trial(settings)):
         return
     where = (f"the Ray cluster has {len(alive)} nodes" if len(alive) > 1
              else "this Ray node cannot fit a trial, so trials will run on nodes added later")
     raise ConfigError(f"setting 'storage': {settings.storage!r} is a local path but {where}; use a URI every "
                       "node reaches (s3://, gs://, hdfs://) or, if the path is a shared mount (NFS) on every node, "
                       "pass --shared-storage")
-
-
-def _fits(resources: dict[str, float], settings: RunSettings) -> bool:
-    wanted = {"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial, **settings.resources}
-    return all(resources.get(name, 0.0) >= amount for name, amount in wanted.items() if amount)
 
 
 def actor_device(settings: RunSettings) -> str:
@@ -110,16 +183,28 @@ def actor_device(settings: RunSettings) -> str:
     return settings.device
 
 
+def forget_new_sweep(sweep: Storage) -> None:
+    """A start refused before any trial leaves nothing behind: the sweep row and the task copy go."""
+    sweep.delete(schema.SWEEP_PATH)
+    sweep.delete_dir(TASK_DIR)
+
+
 def execute(task: Task, settings: RunSettings, root: Storage, name: str, controller: Controller, sweep_log: SweepLog,
             on_tick: Callable[[Controller], None] | None = None, resuming: bool = False) -> None:
     try:
         connect(settings.address, dashboard=settings.dashboard, dashboard_host=settings.dashboard_host)
         check_storage_reach(root, settings)
+        wait_for_room(settings, can_grow=bool(settings.address))  # a Ray started here never grows
     except CaviarError:
         if not resuming:  # a new sweep: nothing ran, so the corrected re-run needs no --overwrite
-            sweep_log.storage.delete(schema.SWEEP_PATH)
+            forget_new_sweep(sweep_log.storage)
         raise
-    slots = slots_for(settings)
+    try:
+        slots = slots_for(settings)
+    except CaviarError:
+        if not resuming:
+            forget_new_sweep(sweep_log.storage)
+        raise
     worker_options: dict[str, Any] = {
         "device": actor_device(settings), "precision": settings.precision, "keep_best": settings.keep_best,
         "checkpoint_seconds": settings.checkpoint_seconds, "max_loss_ratio": settings.max_loss_ratio,
@@ -129,7 +214,7 @@ def execute(task: Task, settings: RunSettings, root: Storage, name: str, control
         backend = choose_backend(task, settings, root.uri, name, controller, slots, worker_options)
     except CaviarError:
         if not resuming:  # refused before any trial: the corrected re-run needs no --overwrite
-            sweep_log.storage.delete(schema.SWEEP_PATH)
+            forget_new_sweep(sweep_log.storage)
         raise
     try:
         drive(controller, backend, sweep_log, on_tick=on_tick)

@@ -22,6 +22,7 @@ from orchestrator.stages import Stage, default_plan, parse_plan, stage_grace_epo
 from orchestrator.storage import Storage, check_name, redact_uri
 from orchestrator.sweeplog import SweepLog
 from orchestrator.task import Task, load_task
+from orchestrator.task_source import portable_ref, store_task_source
 
 __version__ = "0.1.0"
 
@@ -124,6 +125,7 @@ def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:
             "predictions",
             "ensembles",
             "diagnostics",
+            "task",
         ):
             sweep.delete_dir(table)
         sweep.delete(LEASE_PATH)
@@ -157,7 +159,7 @@ def run_sweep(
     log = SweepLog(sweep, space, lease=claim_sweep(sweep, settings.overwrite))
     with interrupt.stop_on_signals():
         try:
-            run_claimed(task, settings, space, root, sweep, name, controller, log, on_tick)
+            run_claimed(task, settings, space, root, sweep, name, controller, log, on_tick, config_file)
         except interrupt.SweepInterrupted as stop:  # Ctrl-C or SIGTERM: a resumable sweep, said so
             interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri))
             raise
@@ -165,13 +167,15 @@ def run_sweep(
 
 
 def run_claimed(task: Task, settings: RunSettings, space: SearchSpace, root: Storage, sweep: Storage, name: str,
-                controller: Controller, log: SweepLog, on_tick: Callable[[Controller], None] | None) -> None:
+                controller: Controller, log: SweepLog, on_tick: Callable[[Controller], None] | None,
+                config_file: str | None = None) -> None:
     """The sweep row, then the trials on Ray; a refusal before any trial ran removes the folder."""
     try:
+        store_task_source(sweep, task, config_file)  # the sweep carries its task (orchestrator/task_source.py)
         log.write_sweep_row(
             {
                 "name": name,
-                "task": task.ref,
+                "task": portable_ref(task.ref),  # never a machine's (or a job's temporary) path
                 "seed": settings.seed,
                 # credentials in a storage URI (secret_key=...) never land in caviar's own files
                 "settings": schema.json_dumps({**asdict(settings), "storage": redact_uri(settings.storage)}),
@@ -229,11 +233,15 @@ def finish_sweep(
     )
 
 
-def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, **overrides: Any) -> SweepResult:
-    """Continue an interrupted sweep from its Parquet tables (see :mod:`orchestrator.resume`)."""
+def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, task: str | Task | None = None,
+                 trust_task_code: bool = False, **overrides: Any) -> SweepResult:
+    """Continue an interrupted sweep from its Parquet tables (see :mod:`orchestrator.resume`).
+
+    Its task code runs again: pass ``task`` (your task file) or ``trust_task_code=True`` (the copy in the sweep).
+    """
     from orchestrator.resume import resume_sweep as resume
 
-    return resume(path, on_tick=on_tick, **overrides)
+    return resume(path, on_tick=on_tick, task=task, trust_task_code=trust_task_code, **overrides)
 
 
 @dataclass

@@ -70,6 +70,9 @@ def run(
         int | None,
         typer.Option(help="After the last stage, train the best config N more times from new seeds (a seed ensemble)."),
     ] = None,
+    wait_for_cluster_seconds: Annotated[
+        float | None, typer.Option(help="With --address: how long to wait for a node to fit a trial (default 600).")
+    ] = None,
 ) -> None:
     """Run a sweep: sample, train on Ray actors, prune, narrow, and write everything to Parquet."""
     from orchestrator.api import parse_resources, run_sweep
@@ -98,6 +101,7 @@ def run(
         dashboard=dashboard or None,
         dashboard_host=dashboard_host,
         seed_copies=seed_copies,
+        wait_for_cluster_seconds=wait_for_cluster_seconds,
         array_size=int(array_size) if array_size and array_size.isdigit() else array_size,
     )
     if resource:

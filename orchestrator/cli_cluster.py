@@ -62,6 +62,10 @@ def submit(
     working_dir: Annotated[str | None, typer.Option(help="Folder shipped with the job (default: the task's).")] = None,
     ship_caviar: Annotated[bool, typer.Option(help="Ship this caviar's source (else the cluster's runs).")] = True,
     follow: Annotated[bool, typer.Option(help="Stream the job's logs until it ends.")] = False,
+    wait_for_cluster_seconds: Annotated[float | None, typer.Option(
+        help="How long the sweep waits for a node (autoscaler) to fit a trial (default 600).")] = None,
+    python: Annotated[str | None, typer.Option(
+        help="Interpreter on the head that runs the master (default: the Python that runs Ray there).")] = None,
 ) -> None:
     """Submit a sweep to a Ray cluster as a Ray job; prints the job id and where the results will land."""
     from cluster.jobs import Jobs, is_local_path, plan_job
@@ -72,10 +76,11 @@ def submit(
     assert storage is not None
     options = dict(trials=trials, epochs=epochs, plan=plan, stages=stages, slots=slots, seed=seed, pruner=pruner,
                    sampler=sampler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
-                   precision=precision, shared_storage=shared_storage, overwrite=overwrite, seed_copies=seed_copies)
+                   precision=precision, shared_storage=shared_storage, overwrite=overwrite, seed_copies=seed_copies,
+                   wait_for_cluster_seconds=wait_for_cluster_seconds)
     args = run_args(options, resource) + ([] if ensemble else ["--no-ensemble"])
     job_plan = plan_job(task, storage=storage, name=name, run_args=args, config=config, working_dir=working_dir,
-                        ship_caviar=ship_caviar)
+                        ship_caviar=ship_caviar, python=python)
     jobs = Jobs(address)
     if is_local_path(storage) and not shared_storage:
         nodes = jobs.alive_nodes()
@@ -117,13 +122,13 @@ def jobs(address: AddressOpt = None) -> None:
 def logs(job: JobArg, address: AddressOpt = None,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False) -> None:
     """A job's output (the sweep's log lines); --follow streams it and exits non-zero if the job failed."""
-    from cluster.jobs import Jobs
+    from cluster.jobs import Jobs, redact_text
 
     client = Jobs(address)
     if follow:
         _follow(client, job)
         return
-    typer.echo(client.logs(job), nl=False)
+    typer.echo(redact_text(client.logs(job)), nl=False)  # the log echoes the entrypoint, storage URI included
 
 
 @app.command()
@@ -134,14 +139,20 @@ def stop(job: JobArg, address: AddressOpt = None) -> None:
     client = Jobs(address)
     if client.stop(job):
         typer.echo(f"stopping job {job}")
+        results = (client.info(job).metadata or {}).get("caviar_results")
+        if results:  # masked: the user puts their credentials back, or lets the environment supply them
+            typer.echo(f"resume it from anywhere that reaches the storage: caviar resume {results} "
+                       "--trust-task-code (add --address auto on the head to train on the cluster)")
     else:
         typer.echo(f"job {job} had already ended ({client.status(job)})")
 
 
 def _follow(client: Any, job_id: str) -> None:
-    status = client.follow(job_id, lambda chunk: typer.echo(chunk, nl=False))
+    from cluster.jobs import redact_text
+
+    status = client.follow(job_id, lambda chunk: typer.echo(redact_text(chunk), nl=False))
     if status != "SUCCEEDED":
-        message = client.info(job_id).message or ""
+        message = redact_text(client.info(job_id).message or "")
         typer.echo(f"caviar: job {job_id} ended {status}: {message.strip().splitlines()[-1] if message else ''}",
                    err=True)
         raise typer.Exit(1)

@@ -21,7 +21,9 @@ def ensemble(
     metric: Annotated[str, typer.Option(help="Validation metric the builders rank by (or log_loss).")] = "accuracy",
     choose_by: Annotated[str, typer.Option(help="Validation metric that picks the best ensemble.")] = "log_loss",
     device: Annotated[str, typer.Option(help="Where the soup is evaluated: auto, cpu or cuda.")] = "auto",
-    task: Annotated[str | None, typer.Option(help="Task file, if it moved since the sweep ran (soup only).")] = None,
+    task: Annotated[str | None, typer.Option(help="Your task file, to build the soup's models (soup only).")] = None,
+    trust_task_code: Annotated[bool, typer.Option(
+        help="Run the task copy stored in the sweep (soup only; checked against its sha256).")] = False,
 ) -> None:
     """Ensembles from stored predictions, chosen on validation; test measured after. Writes ensembles/."""
     from orchestrator.api import open_sweep
@@ -33,12 +35,11 @@ def ensemble(
     storage = open_sweep(sweep)
     soup = None
     if "soup" in methods:
-        from orchestrator import schema
-        from orchestrator.task import load_task
+        from orchestrator.task_source import sweep_task
         from worker.soup import soup_builder  # torch loads here, only for a soup
 
-        task_ref = task or storage.read_table(schema.SWEEP_PATH).to_pylist()[0]["task"]
-        soup = soup_builder(storage, load_task(task_ref), device=device)
+        chosen = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to build a soup")
+        soup = soup_builder(storage, chosen, device=device)
     records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup, choose_by=choose_by)
     print_ensembles(records)
 

@@ -20,6 +20,9 @@ def resume(
         bool | None, typer.Option(help="Build ensembles when the sweep ends (default: as started).")
     ] = None,
     plain: Annotated[bool, typer.Option(help="Log lines instead of the live view.")] = False,
+    task: Annotated[str | None, typer.Option(help="Your task file (or module:attr) to train with.")] = None,
+    trust_task_code: Annotated[bool, typer.Option(
+        help="Run the task copy stored in the sweep (checked against its sha256).")] = False,
 ) -> None:
     """Continue an interrupted sweep: finished trials kept, interrupted ones resumed from their checkpoints."""
     from orchestrator.api import resume_sweep
@@ -29,5 +32,5 @@ def resume(
         k: v for k, v in dict(slots=slots, address=address, ensemble=ensemble).items() if v is not None
     }
     with exit_on_interrupt(), Progress(force_plain=plain) as progress:
-        result = resume_sweep(sweep, on_tick=progress, **overrides)
+        result = resume_sweep(sweep, on_tick=progress, task=task, trust_task_code=trust_task_code, **overrides)
     print_result(result)

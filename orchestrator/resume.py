@@ -336,20 +336,22 @@ def resume_settings(
     return settings.validate(), root_uri, name
 
 
-def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, **overrides: Any) -> Any:
+def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, task: Any = None,
+                 trust_task_code: bool = False, **overrides: Any) -> Any:
     """Continue the sweep at ``path`` (a sweep directory or URI) from its tables; returns a ``SweepResult``.
 
     Only execution settings (slots, address, resources, device, ...) may be overridden.
     Run it only when the sweep's master is gone: two masters on one sweep overwrite each other.
+    ``task`` / ``trust_task_code`` choose the code that runs (:func:`orchestrator.task_source.sweep_task`).
     """
     from orchestrator.api import finish_sweep
     from orchestrator.sweeplog import SweepLog
-    from orchestrator.task import load_task
+    from orchestrator.task_source import sweep_task
 
     storage = Storage.from_uri(path)
     record = read_record(storage)
     settings, root_uri, name = resume_settings(record, storage, overrides)
-    task = load_task(record.sweep["task"])
+    task = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to resume")
     rebuilt = rebuild_controller(record)
     controller = rebuilt.controller
     log = SweepLog(storage, record.space, lease=Lease.take_over(storage))

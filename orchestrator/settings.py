@@ -55,6 +55,7 @@ class RunSettings:
     # shape-defining values in blocks of trials, so a stage explores fewer shapes: throughput for diversity.
     fuse: str = "off"
     array_size: int | str = "auto"  # K, trials per fused array; auto: the smallest K past which throughput stops rising
+    wait_for_cluster_seconds: float = 600.0  # on a cluster, how long to wait for a node (autoscaler) to fit a trial
 
     def validate(self) -> RunSettings:
         positive_ints = ("trials", "epochs", "grace_epochs", "keep_best")
@@ -101,6 +102,8 @@ class RunSettings:
             or (isinstance(self.array_size, int) and not isinstance(self.array_size, bool) and self.array_size >= 1),
             "auto or a positive integer",
         )
+        _check("wait_for_cluster_seconds", _num(self.wait_for_cluster_seconds) and self.wait_for_cluster_seconds >= 0,
+               "a number >= 0")
         for key, value in self.resources.items():
             _check(f"resources.{key}", _num(value) and value > 0, "a number > 0")
         if self.plan is not None:

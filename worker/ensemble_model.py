@@ -22,7 +22,8 @@ from orchestrator.ensemble_run import EnsembleRecord, pick, read_dataset, read_e
 from orchestrator.ensembles import CandidateKey
 from orchestrator.errors import StorageError, TaskError
 from orchestrator.storage import Storage, sha256
-from orchestrator.task import Task, load_task
+from orchestrator.task import Task
+from orchestrator.task_source import sweep_task
 from worker.trainer import pick_device
 
 
@@ -42,13 +43,11 @@ def load_state(storage: Storage, rel: str, expected_sha256: str | None) -> dict[
 class SweepModels:
     """A sweep's trial configs and checkpoint index: builds members and loads their weights."""
 
-    def __init__(self, storage: Storage, task: Task | str | None = None):
+    def __init__(self, storage: Storage, task: Task | str | None = None, trust_task_code: bool = False):
         self.storage = storage
         if not storage.exists(schema.SWEEP_PATH):
             raise StorageError(f"{storage.uri!r} is not a caviar sweep directory (no {schema.SWEEP_PATH})")
-        if task is None or isinstance(task, str):
-            task = load_task(task or storage.read_table(schema.SWEEP_PATH).to_pylist()[0]["task"])
-        self.task = task
+        self.task = sweep_task(storage, task, trust_task_code=trust_task_code)
         trials = storage.read_table(schema.TRIALS_PATH).to_pylist()
         self.configs: dict[int, dict[str, Any]] = {t["trial_id"]: dict(t["config"] or {}) for t in trials}
         index = schema.read_dir(storage, "checkpoints", schema.CHECKPOINTS)
@@ -120,16 +119,18 @@ def _stat(values: np.ndarray | None) -> torch.Tensor | None:
 
 
 def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | torch.device = "cpu",
-                  task: Task | str | None = None) -> EnsembleModel:
+                  task: Task | str | None = None, trust_task_code: bool = False) -> EnsembleModel:
     """The ensemble ``name`` of a sweep (``best``: the one chosen on validation) as an eval-mode module.
 
-    ``sweep`` is the sweep directory, a local path or a ``pyarrow.fs`` URI. ``task`` overrides
-    the task file recorded in the sweep (when it has moved). Weights load with safetensors
+    ``sweep`` is the sweep directory, a local path or a ``pyarrow.fs`` URI. Members are built by
+    task code, which runs only as the caller chooses: ``task`` (their own task file or ``Task``),
+    or ``trust_task_code=True`` for the copy stored in the sweep (refused if its sha256 changed).
+    Weights load with safetensors
     after their sha256 matches the checkpoint index; a mismatch raises ``StorageError``.
     """
     storage = sweep if isinstance(sweep, Storage) else Storage.from_uri(sweep)
     record = pick(read_ensembles(storage), name)
-    models = SweepModels(storage, task)
+    models = SweepModels(storage, task, trust_task_code)
     dataset = read_dataset(storage)
     if record.weights_path:  # a soup: one model with averaged weights, built like its first ingredient
         model = models.build(record.members[0].key.trial_id)

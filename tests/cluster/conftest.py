@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.cluster.raycluster import VENV_BIN, LocalRayCluster, cluster_env
+from tests.cluster.raycluster import VENV_BIN, LocalRayCluster, cluster_env, free_port
 from tests.conftest import ROOT, TINY_TASK
 
 
@@ -16,8 +16,8 @@ from tests.conftest import ROOT, TINY_TASK
 def ray_cluster():
     """Two nodes with one CPU each: two one-CPU trials can only run on different nodes.
 
-    Token auth is off (``RAY_AUTH_MODE=disabled`` in :func:`cluster_env`) so the tests do not
-    depend on whether this machine has a ``~/.ray/auth_token``.
+    Token auth is on, with a token of the test run's own (:func:`cluster_env`), whether or not
+    this machine has a ``~/.ray/auth_token``.
     """
     cluster = LocalRayCluster(nodes=2, cpus_per_node=1).start()
     yield cluster
@@ -44,9 +44,10 @@ def submitted_sweep(ray_cluster, tmp_path_factory):
     return match.group(1), str(storage / "submitted"), submitted.stdout
 
 
-def caviar(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def caviar(*args: str, timeout: float = 300, cwd: str = ROOT, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
     """The ``caviar`` command in a subprocess: the test process never calls ``ray.init`` for these clusters."""
-    return subprocess.run([os.path.join(VENV_BIN, "caviar"), *args], env=cluster_env(), cwd=ROOT,
+    return subprocess.run([os.path.join(VENV_BIN, "caviar"), *args], env={**cluster_env(), **(env or {})}, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -56,3 +57,24 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("caviar: error: "), result.stderr
     return lines[0]
+
+
+ACCESS_KEY = "CAVIARTESTKEY"
+SECRET = "caviar-test-secret-5f3a"
+BUCKET = "caviar-sweeps"
+
+
+@pytest.fixture
+def s3_server():
+    """A moto S3 server on loopback with one bucket: ``(port, boto3 client)``."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
+    boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[test]')")
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=ACCESS_KEY,
+                          aws_secret_access_key=SECRET)
+    client.create_bucket(Bucket=BUCKET)
+    yield port, client
+    server.stop()

@@ -9,6 +9,7 @@ other test runs on the machine), and stopping it touches only its own processes:
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -47,12 +48,38 @@ def all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
+_TOKEN_FILE: list[str] = []
+
+
+def auth_token_file() -> str:
+    """This test run's own Ray auth token (a private file, made once): never this machine's ~/.ray/auth_token."""
+    if not _TOKEN_FILE:
+        folder = tempfile.mkdtemp(prefix="cvr-token")
+        path = os.path.join(folder, "auth_token")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(secrets.token_hex(32))
+        _TOKEN_FILE.append(path)
+    return _TOKEN_FILE[0]
+
+
+def auth_headers() -> dict[str, str]:
+    """What a client of the test cluster sends over HTTP: the token as a bearer header."""
+    with open(auth_token_file()) as f:
+        return {"Authorization": f"Bearer {f.read().strip()}"}
+
+
 def cluster_env() -> dict[str, str]:
-    """The environment for cluster processes and CLI calls: this venv's python first, no inherited Ray address."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    """The environment for cluster processes and CLI calls: this venv's python first, no inherited Ray address.
+
+    Token authentication is on, as Ray 2.60 defaults once a token exists: every node and every
+    client (the CLI, the job's master, Ray Client) reads this run's token from ``RAY_AUTH_TOKEN_PATH``.
+    """
+    drop = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env["RAY_AUTH_MODE"] = "disabled"  # the same answer whether or not this machine has ~/.ray/auth_token
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN_PATH"] = auth_token_file()
     return env
 
 
@@ -122,13 +149,26 @@ class LocalRayCluster:
             time.sleep(1.0)
         raise TimeoutError(f"{what} did not come up in {timeout:.0f} s: {self.log_tail()}")
 
-    def alive_nodes(self) -> int:
-        from cluster.jobs import Jobs  # the Job/State API over HTTP: no ray.init in the test process
+    def jobs(self):
+        """The cluster's Job API, with this run's token: over HTTP, no ray.init in the test process."""
+        from cluster.jobs import Jobs
 
+        return Jobs(self.dashboard, headers=auth_headers())
+
+    def alive_nodes(self) -> int:
         try:
-            return Jobs(self.dashboard).alive_nodes() or 0
+            return self.jobs().alive_nodes() or 0
         except Exception:
             return 0
+
+    def node_ids(self) -> set[str]:
+        """Ids of the cluster's live nodes, as trials record them in the ``node`` column."""
+        from ray.util.state.api import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
+
+        client = StateApiClient(address=self.dashboard, headers=auth_headers())
+        nodes = client.list(StateResource.NODES, options=ListApiOptions(), raise_on_missing_output=False)
+        return {node.node_id for node in nodes}
 
     def log_tail(self) -> str:
         tails = []

@@ -63,7 +63,7 @@ def test_each_config_parses_and_names_the_pinned_ray(name):
 
 
 def test_the_image_is_built_on_the_pinned_ray():
-    base = re.search(r"^FROM rayproject/ray:([\d.]+)-", read("Dockerfile"), re.M)
+    base = re.search(r"^ARG BASE=rayproject/ray:([\d.]+)-", read("Dockerfile"), re.M)
     assert base and base.group(1) == ray.__version__
 
 
@@ -91,3 +91,19 @@ def test_no_config_exposes_the_dashboard_outside_the_head():
     assert aws["available_node_types"]["head"]["resources"] == {"CPU": 0}  # the master's node trains nothing
     for name in ("kuberay-raycluster.yaml", "kuberay-rayjob.yaml"):
         assert "type: LoadBalancer" not in read(name) and "NodePort" not in read(name)
+
+
+def test_the_launcher_config_passes_rays_own_schema_and_gives_gpu_workers_the_gpu_image():
+    """What `ray up` checks first (ray/autoscaler/ray-schema.json, through Ray's validate_config); no cloud needed."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    aws = yaml.safe_load(read("aws.yaml"))
+    validate_config(prepare_config(aws))  # as `ray up` does: the provider's defaults filled in, then the schema
+    gpu = aws["available_node_types"]["gpu_worker"]
+    assert gpu["docker"]["worker_image"].endswith("-gpu") and not aws["docker"]["image"].endswith("-gpu")
+    assert gpu["resources"]["GPU"] >= 1 and gpu["max_workers"] >= 1  # what slots are sized from
+    assert "BASE=rayproject/ray:" + ray.__version__ + "-py311-gpu" in read("Dockerfile")
+    broken = {**aws, "available_node_types": {**aws["available_node_types"],
+                                              "gpu_worker": {**gpu, "docker": {"image": "x"}}}}
+    with pytest.raises(Exception, match="image"):  # the schema really is checked: a misplaced key fails
+        validate_config(prepare_config(broken))

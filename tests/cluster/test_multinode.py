@@ -10,7 +10,6 @@ import os
 
 import pytest
 
-from cluster.jobs import Jobs
 from orchestrator import schema
 from orchestrator.api import load
 from tests.cluster.conftest import caviar, one_error_line
@@ -21,11 +20,9 @@ pytestmark = pytest.mark.timeout(420)
 
 def test_trials_run_on_more_than_one_node_and_all_results_land_in_shared_storage(ray_cluster, submitted_sweep):
     job_id, sweep_dir, _ = submitted_sweep
-    assert Jobs(ray_cluster.dashboard).wait(job_id, timeout=300) == "SUCCEEDED"
+    assert ray_cluster.jobs().wait(job_id, timeout=300) == "SUCCEEDED"
 
-    from ray.util.state import list_nodes
-
-    node_ids = {n.node_id for n in list_nodes(address=ray_cluster.dashboard, filters=[("state", "=", "ALIVE")])}
+    node_ids = ray_cluster.node_ids()
     tables = load(sweep_dir)
     trials = tables.trials.to_pylist()
     used = {t["node"] for t in trials}

@@ -20,7 +20,7 @@ import pytest
 from orchestrator import schema
 from orchestrator.api import load
 from orchestrator.storage import Storage
-from tests.cluster.raycluster import VENV_BIN, LocalRayCluster, cluster_env
+from tests.cluster.raycluster import VENV_BIN, LocalRayCluster, auth_headers, cluster_env
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(600)
@@ -123,14 +123,20 @@ def test_a_node_killed_mid_sweep_loses_no_trial_and_duplicates_no_row(three_node
     # (Ray declares a node dead only after missed health checks, possibly after the sweep has ended.)
     dead = wait_for_dead_node(three_nodes.dashboard)
     assert victim["node"] != dead and dead not in {t["node"] for t in trials}
+    # One caviar line says what happened, among Ray's own noise: the node, the trial moved, its attempts.
+    said = [line for line in log_path.read_text().splitlines() if line.startswith("caviar: lost the trial actor")]
+    assert len(said) == 1 and dead in said[0], said
+    assert f"trial {victim['trial_id']} (attempt 0 -> 1) goes back to the queue" in said[0]
 
 
 def wait_for_dead_node(dashboard: str, timeout: float = 180.0) -> str:
-    from ray.util.state import list_nodes
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
 
+    client = StateApiClient(address=dashboard, headers=auth_headers())  # the cluster runs with token auth
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        nodes = list_nodes(address=dashboard, limit=100, raise_on_missing_output=False)
+        nodes = client.list(StateResource.NODES, options=ListApiOptions(limit=100), raise_on_missing_output=False)
         dead = [n.node_id for n in nodes if n.state == "DEAD"]
         if dead:
             assert len(dead) == 1 and len(nodes) == 3, nodes

@@ -15,28 +15,8 @@ import pytest
 
 from orchestrator.api import load, run_sweep
 from orchestrator.storage import Storage
-from tests.cluster.raycluster import free_port
+from tests.cluster.conftest import ACCESS_KEY, BUCKET, SECRET
 from tests.conftest import TINY_TASK
-
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
-boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[test]')")
-
-ACCESS_KEY = "CAVIARTESTKEY"
-SECRET = "caviar-test-secret-5f3a"
-BUCKET = "caviar-sweeps"
-
-
-@pytest.fixture
-def s3_server():
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=ACCESS_KEY,
-                          aws_secret_access_key=SECRET)
-    client.create_bucket(Bucket=BUCKET)
-    yield port, client
-    server.stop()
 
 
 @pytest.mark.timeout(300)
@@ -65,3 +45,6 @@ def test_sweep_writes_to_s3_and_reads_back_over_s3(ray_session, s3_server):
     sweep = Storage.from_uri(result.path)
     for rel in sweep.list_files(""):
         assert SECRET not in str(pq.read_table(sweep.fs.open_input_file(sweep.path(rel))).to_pylist()), rel
+    for rel in sweep.list_files("task", suffix=""):  # the task copy and its manifest, on S3 with the tables
+        assert SECRET not in sweep.read_bytes(rel).decode(), rel
+    assert sweep.exists("task/tiny_task.py") and sweep.exists("task/manifest.json")

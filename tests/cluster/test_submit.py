@@ -7,15 +7,19 @@ joins that cluster (it may hold the session's own in-process Ray).
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from cluster.jobs import ClusterError, Jobs, plan_job
+from cluster.jobs import ClusterError, Jobs, entrypoint, plan_job
 from orchestrator.api import load
 from orchestrator.cli_cluster import run_args
 from orchestrator.errors import ConfigError
 from tests.cluster.conftest import caviar, one_error_line
+from tests.cluster.raycluster import VENV_BIN
 from tests.conftest import TINY_TASK
 
 pytestmark = pytest.mark.timeout(420)
@@ -54,7 +58,7 @@ def test_stop_ends_a_running_job(ray_cluster, tmp_path):
     job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
     stopped = caviar("stop", job_id, "--address", ray_cluster.dashboard)
     assert stopped.returncode == 0 and f"stopping job {job_id}" in stopped.stdout, stopped.stderr
-    assert Jobs(ray_cluster.dashboard).wait(job_id, timeout=120) == "STOPPED"
+    assert ray_cluster.jobs().wait(job_id, timeout=120) == "STOPPED"
 
 
 def test_refusals_are_one_line_naming_what_is_wrong(ray_cluster, tmp_path):
@@ -63,7 +67,7 @@ def test_refusals_are_one_line_naming_what_is_wrong(ray_cluster, tmp_path):
     unreachable = one_error_line(caviar("jobs", "--address", "http://127.0.0.1:9"))
     assert "http://127.0.0.1:9" in unreachable
     with pytest.raises(ClusterError, match=re.escape(ray_cluster.dashboard) + ".*raysubmit_nosuchjob"):
-        Jobs(ray_cluster.dashboard).status("raysubmit_nosuchjob")
+        ray_cluster.jobs().status("raysubmit_nosuchjob")
     with pytest.raises(ConfigError, match="'--storage'.*relative"):
         plan_job(TINY_TASK, storage="runs")
     with pytest.raises(ConfigError, match="'precision'"):
@@ -82,10 +86,32 @@ def test_plan_ships_the_task_folder_requirements_and_caviar(tmp_path):
     assert env["working_dir"] == str(tmp_path) and ".venv" in env["excludes"] and "caviar-runs" in env["excludes"]
     assert env["pip"] == ["scikit-learn>=1.3"]
     assert sorted(p.rsplit("/", 1)[-1] for p in env["py_modules"]) == ["cluster", "orchestrator", "worker"]
-    assert plan.entrypoint.startswith("python -u -m orchestrator.cli run task.py --address auto --plain")
+    assert '"$PY" -u -m orchestrator.cli run task.py --address auto --plain' in plan.entrypoint
     assert plan.entrypoint.endswith("--name n --trials 8")
     assert plan.results == "s3://AK:***@b/sweeps/n?endpoint_override=h:9000"
     assert "SECRET" not in json.dumps(plan.metadata)
     with pytest.raises(ConfigError, match="--config"):
         plan_job(str(task), storage="/shared", config=TINY_TASK)
     assert "py_modules" not in plan_job(str(task), storage="/shared", ship_caviar=False).runtime_env
+
+
+def run_entrypoint(command: str, parent_loads_ray: bool) -> subprocess.CompletedProcess:
+    """Run a job's entrypoint as Ray's job supervisor does: ``sh -c`` from a Python process, PATH without the venv."""
+    prelude = "import ray._raylet\n" if parent_loads_ray else ""
+    code = prelude + "import subprocess, sys\nr = subprocess.run(['sh', '-c', sys.argv[1]])\nsys.exit(r.returncode)"
+    return subprocess.run([sys.executable, "-c", code, command], env={"PATH": "/usr/bin:/bin"}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_job_runs_the_python_that_runs_ray_or_says_which_python_cannot(tmp_path):
+    """The master runs under the interpreter of the Ray on the head, even when its venv is not on PATH."""
+    shown = run_entrypoint(entrypoint(["-c", "import sys; print(sys.executable)"]), parent_loads_ray=True)
+    assert shown.returncode == 0, shown.stderr
+    assert os.path.realpath(shown.stdout.strip()) == os.path.realpath(os.path.join(VENV_BIN, "python"))
+    bare = tmp_path / "python"  # an interpreter without caviar's dependencies
+    bare.write_text("#!/bin/sh\nexit 1\n")
+    bare.chmod(0o755)
+    refused = run_entrypoint(entrypoint(["-c", "print('ran')"], python=str(bare)), parent_loads_ray=False)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and "ran" not in refused.stdout and len(lines) == 1
+    assert lines[0].startswith(f"caviar: error: the head's Python {bare} cannot import") and "--python PATH" in lines[0]

@@ -66,7 +66,7 @@ def test_load_ensemble_in_a_fresh_process_matches_the_table(sweep):
         f"x, y = load_task({DIGITS_TASK!r}).get('load_data')()['test']\n"
         "out = {}\n"
         f"for name in {names!r}:\n"
-        f"    model = load_ensemble({sweep.path!r}, name, device='cpu')\n"
+        f"    model = load_ensemble({sweep.path!r}, name, device='cpu', trust_task_code=True)\n"
         "    out[name] = [float((model.predict(x).numpy() == y).mean()), len(y), model.record.name]\n"
         "out['ray_loaded'] = 'ray' in sys.modules\n"
         "print(json.dumps(out))\n"

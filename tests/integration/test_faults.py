@@ -173,7 +173,8 @@ def test_master_killed_mid_sweep_resumes_to_the_tables_of_an_uninterrupted_run(r
     paused_lr = paused_trial(folder)[1]
 
     done = subprocess.run(
-        [*CAVIAR, "resume", sweep, "--plain"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [*CAVIAR, "resume", sweep, "--plain", "--trust-task-code"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = load(sweep)

@@ -143,7 +143,7 @@ def test_soup_averages_only_same_architecture_checkpoints_and_is_loadable(digits
     assert sha256(data) == soup.weights_sha256
     assert set(safetensors.torch.load(data)) >= {"1.running_mean", "1.running_var"}
     x_test, y_test = task.get("load_data")()["test"]
-    model = load_ensemble(digits_sweep, "soup")
+    model = load_ensemble(digits_sweep, "soup", task=DIGITS_TASK)
     assert model.record.method == "soup" and len(model.members) == 1
     assert (model.predict(x_test).numpy() == y_test).mean() == pytest.approx(soup.test_accuracy)
 
@@ -152,12 +152,12 @@ def test_loaded_ensemble_matches_its_row_and_refuses_a_changed_file(digits_sweep
     records = build_and_write(digits_sweep, methods=["top_k", "greedy"])
     x_test, y_test = load_task(DIGITS_TASK).get("load_data")()["test"]
     for record in records:
-        model = load_ensemble(digits_sweep.uri, record.name)
+        model = load_ensemble(digits_sweep.uri, record.name, task=DIGITS_TASK)
         probs = model(torch.as_tensor(x_test))
         assert torch.allclose(probs.sum(1), torch.ones(len(x_test)), atol=1e-5)
         # float16 storage: an argmax may flip on a near-tie, at most one test example here
         assert abs((probs.argmax(1).numpy() == y_test).mean() - record.test_accuracy) <= 1 / len(y_test) + 1e-12
-    best = load_ensemble(digits_sweep.uri)
+    best = load_ensemble(digits_sweep.uri, task=DIGITS_TASK)
     assert best.record.chosen
     # Change one member's weights file (in a copy): the sha256 in the checkpoint index no longer matches.
     copy = Storage.from_uri(str(shutil.copytree(digits_sweep.root, tmp_path / "copy")))
@@ -168,7 +168,7 @@ def test_loaded_ensemble_matches_its_row_and_refuses_a_changed_file(digits_sweep
     state = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
     copy.write_bytes(path, safetensors.torch.save(state))
     with pytest.raises(StorageError, match=f"{path}: sha256 mismatch"):
-        load_ensemble(copy.uri)
+        load_ensemble(copy.uri, task=DIGITS_TASK)
 
 
 def test_after_sweep_survives_a_failing_soup(digits_sweep, caplog):

@@ -1,0 +1,49 @@
+"""Slots and waiting on an autoscaling cluster: the pure sizing rules on plain dicts, the wait on a real Ray."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from cluster.capacity import any_fits, per_trial, plan_slots, slot_count
+from orchestrator.errors import ConfigError
+from orchestrator.settings import RunSettings
+
+
+def test_per_trial_lists_only_what_a_trial_holds():
+    assert per_trial(RunSettings()) == {"CPU": 1.0}
+    assert per_trial(RunSettings(cpus_per_trial=2, gpus_per_trial=0.25, resources={"accelerator_type:A10G": 0.01})) \
+        == {"CPU": 2.0, "GPU": 0.25, "accelerator_type:A10G": 0.01}
+
+
+def test_slots_come_from_the_autoscalers_maximum_not_the_first_second():
+    gpu = RunSettings(gpus_per_trial=0.25)
+    head_only = {"CPU": 0.0}  # right after `ray up`: the head trains nothing and no worker exists yet
+    four_g5 = {"CPU": 16.0, "GPU": 4.0}  # aws.yaml: up to four g5.xlarge workers (4 vCPUs, 1 GPU each)
+    assert plan_slots(gpu, head_only, four_g5) == 16
+    assert plan_slots(gpu, head_only, None) == 0  # no autoscaler: only what exists counts
+    assert plan_slots(gpu, {"CPU": 32.0, "GPU": 8.0}, four_g5) == 32  # more now than the config says: use it
+    assert plan_slots(RunSettings(slots=3, gpus_per_trial=1), head_only, None) == 3  # --slots decides
+    assert slot_count({"CPU": 2.0, "GPU": 0.5}, {"CPU": 7.0, "GPU": 4.0}) == 3  # the scarcest resource
+    assert slot_count({"CPU": 0.1}, {"CPU": 0.3}) == 3  # no float shortfall (0.3 / 0.1 = 2.9999...)
+
+
+def test_a_trial_fits_only_a_node_that_has_all_it_holds():
+    wanted = per_trial(RunSettings(gpus_per_trial=1, cpus_per_trial=2))
+    assert not any_fits([{"CPU": 0.0}, {"CPU": 8.0}], wanted)
+    assert any_fits([{"CPU": 0.0}, {"CPU": 4.0, "GPU": 1.0}], wanted)
+
+
+def test_a_cluster_that_never_fits_a_trial_is_waited_for_with_a_line_then_refused(ray_session, caplog):
+    from cluster.runner import wait_for_room
+
+    settings = RunSettings(resources={"caviar_test_never_there": 1}, wait_for_cluster_seconds=1.5)
+    with caplog.at_level(logging.WARNING, logger="caviar"):
+        with pytest.raises(ConfigError, match=r"setting 'wait_for_cluster_seconds': no node fit one trial "
+                                              r"\(CPU=1, caviar_test_never_there=1\) in 1.5 s"):
+            wait_for_room(settings, can_grow=True, poll_seconds=0.2)
+    assert [r.getMessage() for r in caplog.records if "waiting for the cluster" in r.getMessage()]
+    with pytest.raises(ConfigError, match="'slots': no node of the cluster can fit one trial"):
+        wait_for_room(settings, can_grow=False)  # a Ray started here never grows: refused at once
+    wait_for_room(RunSettings(), can_grow=True)  # the session's Ray fits a one-CPU trial: no wait

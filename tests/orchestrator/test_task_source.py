@@ -1,0 +1,129 @@
+"""A sweep carries its task; its code runs only when the caller chooses it. Real files, no Ray, no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from orchestrator import schema
+from orchestrator.errors import StorageError, TaskError
+from orchestrator.storage import Storage
+from orchestrator.task import load_task
+from orchestrator.task_source import MANIFEST_PATH, portable_ref, read_manifest, store_task_source, sweep_task
+
+TASK_SOURCE = """
+space = {"lr": 0.1}
+metric = "loss"
+def load_data():
+    return None
+def build_model(config):
+    return None
+"""
+
+
+def malicious_source(marker) -> str:
+    """A task that does harm on import: here it only leaves a marker file behind."""
+    return f"open({str(marker)!r}, 'w').write('ran')\n" + TASK_SOURCE
+
+
+def write_sweep_row(sweep: Storage, task: str) -> None:
+    row = {"name": "s", "task": task, "seed": 0, "settings": "{}", "space": "{}", "caviar_version": "test"}
+    sweep.write_table(schema.SWEEP_PATH, schema.to_table([row], schema.SWEEP))
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """A sweep whose task file (and config) were copied in; then the original file is deleted."""
+    source = tmp_path / "work" / "regression_task.py"
+    source.parent.mkdir()
+    source.write_text(TASK_SOURCE)
+    config = tmp_path / "work" / "sweep.toml"
+    config.write_text("[run]\ntrials = 4\n")
+    sweep = Storage.from_uri(str(tmp_path / "runs")).child("s")
+    manifest = store_task_source(sweep, load_task(str(source)), str(config))
+    write_sweep_row(sweep, portable_ref(str(source)))
+    source.unlink()
+    return sweep, manifest
+
+
+def test_the_sweep_keeps_a_copy_with_its_sha256_and_a_portable_reference(stored):
+    sweep, manifest = stored
+    assert manifest.ref == "regression_task.py" and manifest.kind == "file"
+    assert sweep.read_bytes("task/regression_task.py").decode() == TASK_SOURCE
+    assert sweep.read_bytes("task/config.toml") == b"[run]\ntrials = 4\n"
+    assert read_manifest(sweep) == manifest and len(manifest.sha256) == 64 and len(manifest.config_sha256) == 64
+    assert portable_ref("/tmp/ray/session_1/runtime_resources/_ray_pkg_ab/digits_mlp.py:task") == "digits_mlp.py:task"
+    assert portable_ref("mypkg.tasks:digits") == "mypkg.tasks:digits"
+
+
+def test_the_stored_copy_runs_only_on_opt_in_from_any_working_directory(stored, tmp_path, monkeypatch):
+    sweep, _ = stored
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("CAVIAR_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(TaskError) as refused:
+        sweep_task(sweep)
+    message = str(refused.value)
+    assert "\n" not in message and "task/regression_task.py" in message
+    assert "--task" in message and "task=" in message and "--trust-task-code" in message
+    assert "trust_task_code=True" in message
+    task = sweep_task(sweep, trust_task_code=True)
+    assert task.metric == "loss" and task.ref.startswith(str(tmp_path / "cache"))
+    assert os.path.basename(task.ref) == "regression_task.py"
+
+
+def test_a_malicious_task_in_a_sweep_folder_never_runs_without_opt_in(tmp_path, monkeypatch):
+    """A sweep someone handed over, its task pointed at a file inside it: refused, the file never imported."""
+    marker = tmp_path / "marker"
+    sweep = Storage.from_uri(str(tmp_path / "runs")).child("s")
+    evil = tmp_path / "evil.py"
+    evil.write_text(malicious_source(marker))
+    sweep.write_bytes("task/evil.py", evil.read_bytes())
+    manifest = {"ref": "evil.py", "kind": "file", "source": "task/evil.py",
+                "sha256": __import__("hashlib").sha256(evil.read_bytes()).hexdigest()}
+    sweep.write_bytes(MANIFEST_PATH, json.dumps(manifest).encode())
+    write_sweep_row(sweep, os.path.join(sweep.root, "task", "evil.py"))
+    monkeypatch.chdir(sweep.root)  # even standing in the sweep folder, nothing resolves against it
+    with pytest.raises(TaskError, match="--trust-task-code"):
+        sweep_task(sweep, purpose="to resume")
+    sweep.delete(MANIFEST_PATH)  # a sweep without a manifest: only the table's reference is left
+    with pytest.raises(TaskError, match="--trust-task-code"):
+        sweep_task(sweep)
+    write_sweep_row(sweep, "task/evil.py")
+    with pytest.raises(TaskError, match="relative path, which never resolves against this working directory"):
+        sweep_task(sweep, trust_task_code=True)
+    assert not marker.exists()
+
+
+def test_a_changed_copy_or_a_manifest_pointing_outside_is_refused_even_when_trusted(stored, tmp_path, monkeypatch):
+    sweep, manifest = stored
+    monkeypatch.setenv("CAVIAR_CACHE", str(tmp_path / "cache"))
+    marker = tmp_path / "marker"
+    sweep.write_bytes("task/regression_task.py", malicious_source(marker).encode())
+    with pytest.raises(StorageError, match=r"task/regression_task.py: sha256 mismatch .*refusing to run"):
+        sweep_task(sweep, trust_task_code=True)
+    (tmp_path / "outside.py").write_text(malicious_source(marker))
+    for source in ("../../outside.py", str(tmp_path / "outside.py"), "weights/x.py"):
+        sweep.write_bytes(MANIFEST_PATH, json.dumps({**manifest.__dict__, "source": source}).encode())
+        with pytest.raises(StorageError):
+            sweep_task(sweep, trust_task_code=True)
+    assert not marker.exists()
+
+
+def test_a_module_task_is_recorded_by_name_and_imported_only_on_opt_in(tmp_path, monkeypatch):
+    package = tmp_path / "pkgs"
+    package.mkdir()
+    (package / "my_tasks.py").write_text("class regression:\n" + "\n".join("    " + line for line in
+                                                                         TASK_SOURCE.strip().splitlines()) + "\n")
+    monkeypatch.syspath_prepend(str(package))
+    sweep = Storage.from_uri(str(tmp_path / "runs")).child("s")
+    manifest = store_task_source(sweep, load_task("my_tasks:regression"))
+    write_sweep_row(sweep, manifest.ref)
+    assert (manifest.kind, manifest.ref, manifest.source) == ("module", "my_tasks:regression", None)
+    with pytest.raises(TaskError, match="module my_tasks:regression, not copied into the sweep"):
+        sweep_task(sweep)
+    assert sweep_task(sweep, trust_task_code=True).metric == "loss"
+    assert sweep_task(sweep, "my_tasks:regression").metric == "loss"  # the caller's own choice
