@@ -119,6 +119,7 @@ def prepare_storage(settings: RunSettings, task: Task) -> tuple[Storage, Storage
             "diagnostics",
         ):
             sweep.delete_dir(table)
+        sweep.delete("report.html")  # the old sweep's report would describe tables that are gone
     return root, sweep, name
 
 
