@@ -151,12 +151,12 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
     typer.echo(f"sweep {row['name']} (task {row['task']}, seed {row['seed']})")
     for stage, counts in sorted(by_stage.items()):
         text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        typer.echo(f"  stage {stage + 1}: {text}")
+        typer.echo(f"  stage {stage}: {text}")
     typer.echo(f"  {tables.metrics.num_rows} epochs recorded, {tables.checkpoints.num_rows} checkpoints kept")
     best = tables.top(1).to_pylist()
     if best:
         t = best[0]
-        typer.echo(f"  best: trial {t['trial_id']} (stage {t['stage'] + 1}) score {t['best_score']:.4f}: "
+        typer.echo(f"  best: trial {t['trial_id']} (stage {t['stage']}) score {t['best_score']:.4f}: "
                    f"{format_config(t['config'])}")
 
 
@@ -189,7 +189,7 @@ def print_top(tables: Any, k: int) -> None:
         config = format_config(t["config"])  # active parameters only: no momentum=None
         table.add_row(
             str(t["trial_id"]),
-            str(t["stage"] + 1),
+            str(t["stage"]),
             t["status"],
             str(t["epochs_run"]),
             f"{t['best_score']:.4f}",

@@ -221,8 +221,8 @@ class Controller:
             self.event("trial_started", trial.trial_id, detail={"config": trial.config, "seed": trial.seed})
         assert self.pruner is not None
         until = min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
-        return Assignment(
-            trial.trial_id, trial.stage, trial.config, trial.seed, trial.max_epochs, until, trial.attempt, resume
+        return Assignment(  # the stage as the tables number it: workers write it into their rows
+            trial.trial_id, trial.stage + 1, trial.config, trial.seed, trial.max_epochs, until, trial.attempt, resume
         )
 
     # -- reports --------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def collect_warnings(data: SweepData) -> list[str]:
     out = []
     for e in data.events:
         if e["kind"] in EDGE_KINDS:
-            where = f"stage {e['stage'] + 1}: " if e["stage"] is not None else ""
+            where = f"stage {e['stage']}: " if e["stage"] is not None else ""
             text = e["reason"] or json.loads(e["detail"] or "{}").get("message") or e["kind"]
             out.append(f"{where}{text} ({e['kind'].replace('_', ' ')})")
     best = data.best()
