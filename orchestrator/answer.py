@@ -41,6 +41,14 @@ def describe_members(members: Sequence[Any], limit: int = 6) -> str:
     return ", ".join(parts)
 
 
+EDGE_EVENTS = ("range_extended", "edge_at_hard_limit", "edge_not_extended")
+
+
+def edge_lines(events: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per range moved past (or held at) an edge: stage, trial, value, old and new range."""
+    return [f"edge: {e['reason']}" for e in events if e["kind"] in EDGE_EVENTS and e["reason"]]
+
+
 def ensemble_lines(sweep_uri: str) -> list[str]:
     """The answer block: chosen ensemble, its scores next to the best single model's, the load line."""
     from orchestrator.ensemble_run import read_ensembles

@@ -87,6 +87,7 @@ def controller_for(space: SearchSpace, settings: RunSettings) -> Controller:
         max_retries=settings.max_retries,
         fail_fast=settings.fail_fast,
         promote_fraction=settings.promote_fraction,
+        extend_edges=settings.extend_edges,
     )
     return Controller(space, plan, pruner_for, options)
 

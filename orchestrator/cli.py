@@ -109,12 +109,15 @@ def run(
 def print_result(result: Any, *, report: bool = True) -> None:
     """The answer: top trials, edge warnings, the chosen ensemble against the best single model, how to load
     it, where the tables and the report are; exit 2 if it stopped early. The one place a run's end is printed."""
-    from orchestrator.answer import ensemble_lines
+    from orchestrator.answer import edge_lines, ensemble_lines
     from orchestrator.api import load
     from orchestrator.cli_report import write_sweep_report
     from orchestrator.storage import redact_uri
 
-    print_top(load(result.path), 5)
+    tables = load(result.path)
+    print_top(tables, 5)
+    for line in edge_lines(tables.events.to_pylist()):
+        typer.echo(line)
     for warning in result.warnings:
         typer.secho(f"warning: {warning}: the next sweep should look beyond it", fg="yellow", err=True)
     if result.aborted:
