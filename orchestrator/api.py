@@ -89,6 +89,7 @@ def controller_for(space: SearchSpace, settings: RunSettings) -> Controller:
         max_retries=settings.max_retries,
         fail_fast=settings.fail_fast,
         promote_fraction=settings.promote_fraction,
+        extend_edges=settings.extend_edges,
     )
     return Controller(space, plan, pruner_for, options)
 
@@ -129,6 +130,7 @@ def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:
         ):
             sweep.delete_dir(table)
         sweep.delete(LEASE_PATH)
+        sweep.delete("report.html")  # the old sweep's report would describe tables that are gone
     return Lease.create(sweep)
 
 

@@ -18,7 +18,7 @@ class Assignment:
     """Train ``trial_id`` from its current epoch up to ``until_epoch`` (or to a stop)."""
 
     trial_id: int
-    stage: int
+    stage: int  # as the tables number it: 1 is the first stage
     config: Mapping[str, Any]
     seed: int
     max_epochs: int

@@ -60,6 +60,7 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep of the same name.")] = False,
     ensemble: Annotated[bool, typer.Option(help="Build ensembles when the sweep ends.")] = True,
     plain: Annotated[bool, typer.Option(help="Log lines instead of the live view.")] = False,
+    report: Annotated[bool, typer.Option(help="Write SWEEP/report.html (plots) when the sweep ends.")] = True,
     dashboard: Annotated[bool, typer.Option(help="Start Ray's dashboard with a local Ray.")] = False,
     dashboard_host: Annotated[str | None, typer.Option(help="Where it listens (default: 127.0.0.1).")] = None,
     fuse: Annotated[
@@ -108,7 +109,7 @@ def run(
         overrides["resources"] = parse_resources(resource)
     with exit_on_interrupt(), Progress(force_plain=plain) as progress:
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
-    print_result(result)
+    print_result(result, report=report)
 
 
 @contextmanager
@@ -126,19 +127,36 @@ def exit_on_interrupt() -> Iterator[None]:
         raise typer.Exit(EXIT_CODE) from None
 
 
-def print_result(result: Any) -> None:
-    """A finished sweep's top trials, edge warnings and where its tables are; exit 2 if it stopped early."""
+def print_result(result: Any, *, report: bool = True) -> None:
+    """The answer: top trials, edge warnings, the chosen ensemble against the best single model, how to load
+    it, where the tables and the report are; exit 2 if it stopped early. The one place a run's end is printed."""
+    from orchestrator.answer import edge_lines, ensemble_lines
     from orchestrator.api import load
+    from orchestrator.cli_report import write_sweep_report
     from orchestrator.storage import redact_uri
 
-    print_top(load(result.path), 5)
+    tables = load(result.path)
+    print_top(tables, 5)
+    for line in edge_lines(tables.events.to_pylist()):
+        typer.echo(line)
     for warning in result.warnings:
         typer.secho(f"warning: {warning}: the next sweep should look beyond it", fg="yellow", err=True)
+    print_failures(tables.trials.to_pylist())
     if result.aborted:
         fail(f"sweep stopped early: {result.aborted}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
     typer.echo(f"\n{counts}. Results (Parquet): {redact_uri(result.path)}")
-    print_failures(load(result.path).trials.to_pylist())
+    for line in ensemble_lines(result.path):
+        typer.echo(line)
+    if report:
+        written = write_sweep_report(result.path)
+        if written:
+            typer.echo(f"Report: {written}")
+
+
+StorageOption = Annotated[
+    str | None, typer.Option(help="Storage folder the sweep name is relative to (caviar ls STORAGE lists them).")
+]
 
 
 def print_failures(trials: list[dict[str, Any]]) -> None:
@@ -150,11 +168,13 @@ def print_failures(trials: list[dict[str, Any]]) -> None:
 
 
 @app.command()
-def status(sweep: SweepArg) -> None:
+def status(sweep: SweepArg, storage: StorageOption = None) -> None:
     """Trials by status and stage, read from the sweep's Parquet tables only."""
+    from orchestrator.answer import format_config
     from orchestrator.api import load
+    from orchestrator.sweeps import resolve_sweep
 
-    tables = load(sweep)
+    tables = load(resolve_sweep(sweep, storage))
     trials = tables.trials.to_pylist()
     by_stage: dict[int, dict[str, int]] = {}
     for t in trials:
@@ -164,37 +184,46 @@ def status(sweep: SweepArg) -> None:
     typer.echo(f"sweep {row['name']} (task {row['task']}, seed {row['seed']})")
     for stage, counts in sorted(by_stage.items()):
         text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        typer.echo(f"  stage {stage + 1}: {text}")
+        typer.echo(f"  stage {stage}: {text}")
     typer.echo(f"  {tables.metrics.num_rows} epochs recorded, {tables.checkpoints.num_rows} checkpoints kept")
+    best = tables.top(1).to_pylist()
+    if best:
+        t = best[0]
+        typer.echo(f"  best: trial {t['trial_id']} (stage {t['stage']}) score {t['best_score']:.4f}: "
+                   f"{format_config(t['config'])}")
     print_failures(trials)
 
 
 @app.command()
-def top(sweep: SweepArg, k: Annotated[int, typer.Option("-k", help="How many trials.")] = 10) -> None:
+def top(
+    sweep: SweepArg,
+    k: Annotated[int, typer.Option("-k", help="How many trials.")] = 10,
+    storage: StorageOption = None,
+) -> None:
     """The best trials with their configs (later stages first: they trained longest)."""
     from orchestrator.api import load
+    from orchestrator.sweeps import resolve_sweep
 
     if k < 1:
         fail("option '-k': expected a positive integer")
-    print_top(load(sweep), k)
+    print_top(load(resolve_sweep(sweep, storage)), k)
 
 
 def print_top(tables: Any, k: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from orchestrator.answer import format_config
+
     best = tables.top(k).to_pylist()
     table = Table(title=f"top {len(best)} trials")
     for column in ("trial", "stage", "status", "epochs", "best score", "val loss", "config"):
         table.add_column(column)
     for t in best:
-        config = ", ".join(
-            f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
-            for key, value in (t["config"] or {}).items()
-        )
+        config = format_config(t["config"])  # active parameters only: no momentum=None
         table.add_row(
             str(t["trial_id"]),
-            str(t["stage"] + 1),
+            str(t["stage"]),
             t["status"],
             str(t["epochs_run"]),
             f"{t['best_score']:.4f}",

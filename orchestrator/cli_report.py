@@ -1,4 +1,4 @@
-"""``caviar report SWEEP_DIR``: a self-contained HTML page of plots about a sweep (and PNGs on request)."""
+"""Reading a sweep back: ``caviar report`` (a self-contained HTML page of plots) and ``caviar ls`` (the sweeps)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli import SweepArg, app
+from orchestrator.cli import StorageOption, SweepArg, app, fail
+
+REPORT_FILE = "report.html"  # beside the table folders of a sweep, never inside one
+
 
 
 @app.command()
@@ -15,11 +18,13 @@ def report(
     out: Annotated[str | None, typer.Option(help="The HTML file to write (default: SWEEP_NAME-report.html here).")]
     = None,
     png_dir: Annotated[str | None, typer.Option(help="Also write each plot as a PNG into this folder.")] = None,
+    storage: StorageOption = None,
 ) -> None:
     """Plots of a sweep in one HTML file: hyperparameters, learning curves, gap, update ratios, importance."""
     from orchestrator.report import build_report, write_report
+    from orchestrator.sweeps import resolve_sweep
 
-    built = build_report(sweep)
+    built = build_report(resolve_sweep(sweep, storage))
     name = sweep.rstrip("/").rsplit("/", 1)[-1] or "sweep"
     paths = write_report(built, out or f"{name}-report.html", png_dir)
     for warning in built.warnings:
@@ -27,3 +32,49 @@ def report(
     typer.echo(f"{len(built.figures)} plots -> {paths[0]}")
     if png_dir:
         typer.echo(f"PNGs: {len(paths) - 1} files in {png_dir}")
+
+
+def write_sweep_report(sweep_uri: str) -> str | None:
+    """The report written into the sweep folder at the end of a run; where it is (None, with a warning, if not).
+
+    A report that cannot be drawn costs only the report: the sweep's tables are already complete.
+    """
+    from orchestrator.report import build_report
+    from orchestrator.storage import Storage, redact_uri
+
+    try:
+        built = build_report(sweep_uri)
+        Storage.from_uri(sweep_uri).write_bytes(REPORT_FILE, built.html.encode("utf-8"))
+    except Exception as exc:  # matplotlib missing, a plot that fails on odd data, a read-only store...
+        typer.secho(f"warning: report not written: {type(exc).__name__}: {exc}", fg="yellow", err=True)
+        return None
+    base = redact_uri(sweep_uri).partition("?")[0].rstrip("/")
+    return f"{base}/{REPORT_FILE}"
+
+
+@app.command("ls")
+def list_command(
+    storage: Annotated[str, typer.Argument(help="Storage folder (a path or pyarrow.fs URI) whose sweeps to list.")],
+) -> None:
+    """The sweeps in a storage folder: name, task, started, state, trials, best score, chosen ensemble."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator.sweeps import list_sweeps
+
+    rows = list_sweeps(storage)
+    if not rows:
+        fail(f"storage {storage!r}: no sweeps in it")
+    table = Table(title=f"{len(rows)} sweeps in {storage}")
+    for column in ("name", "task", "started (UTC)", "state", "trials", "best score", "chosen ensemble"):
+        table.add_column(column)
+    for r in rows:
+        started = r["started"].strftime("%Y-%m-%d %H:%M") if r["started"] is not None else "-"
+        ensemble = r["ensemble"] or "-"
+        if r["ensemble_test_accuracy"] is not None:
+            ensemble += f" (test accuracy {r['ensemble_test_accuracy']:.4f})"
+        best = f"{r['best_score']:.4f}" if r["best_score"] is not None else "-"
+        table.add_row(r["name"], r["task"] or "-", started, r["state"], str(r["trials"]), best, ensemble)
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)

@@ -69,6 +69,7 @@ class ControllerOptions:
     max_retries: int = 2  # a trial whose executor dies is retried this many times
     fail_fast: int = 5  # stop when this many trials fail before any succeeds
     narrow: bool = True
+    extend_edges: bool = True  # False: a best value on an edge keeps that edge instead of moving past it
     promote_fraction: float = 0.5  # share of a later stage given to the best configs of the stage before
     # > 1: each stage's trials share model shapes in blocks, to train as fused arrays (set by Controller.fuse)
     fuse_array_size: int = 0
@@ -156,15 +157,12 @@ class Controller:
             return
         results = self.stage_results(self.stage)
         if self.options.narrow and results:
-            narrowed = narrow_space(space, results, top_fraction=self.options.top_fraction)
+            no_extension = {} if self.options.extend_edges else {"extend": 0.0}
+            narrowed = narrow_space(space, results, top_fraction=self.options.top_fraction, **no_extension)
             for notice in narrowed.edges:
-                kind = "range_extended" if notice.extended else "edge_at_hard_limit"
-                self.event(
-                    kind,
-                    stage=self.stage + 1,
-                    reason=f"{notice.param} best at {notice.side} edge",
-                    detail=notice_detail(notice),
-                )
+                kind, trial_id, message = edge_event(self, notice)
+                # The stage whose best trial sat on the edge; its trial; the value, old and new range.
+                self.event(kind, trial_id, stage=self.stage, reason=message, detail=notice_detail(notice))
             self.event("range_narrowed", stage=self.stage + 1, detail={"space": narrowed.space.to_dict()})
             space = narrowed.space
         self._begin_stage(self.stage + 1, space, self._promoted(results, self.plan[self.stage + 1].trials))
@@ -221,8 +219,8 @@ class Controller:
             self.event("trial_started", trial.trial_id, detail={"config": trial.config, "seed": trial.seed})
         assert self.pruner is not None
         until = min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
-        return Assignment(
-            trial.trial_id, trial.stage, trial.config, trial.seed, trial.max_epochs, until, trial.attempt, resume
+        return Assignment(  # the stage as the tables number it: workers write it into their rows
+            trial.trial_id, trial.stage + 1, trial.config, trial.seed, trial.max_epochs, until, trial.attempt, resume
         )
 
     # -- reports --------------------------------------------------------------------------
@@ -354,10 +352,14 @@ class Controller:
         best = self.best()
         if best is None:
             return []
-        notices = edge_warnings(self.stage_spaces[best.stage], best.config)
+        space = self.stage_spaces[best.stage]
+        notices = edge_warnings(space, best.config)
         out = []
         for n in notices:
-            message = f"best {n.param} = {best.config[n.param]!r} sits at the {n.side} edge of its range"
+            dist = space[n.param]
+            message = (f"stage {best.stage + 1}'s best trial {best.trial_id}: {n.param} = {_g(best.config[n.param])} "
+                       f"sits at the {n.side} edge of [{_g(dist.low)}, {_g(dist.high)}]"
+                       + (" (a hard limit)" if n.hard_limit else ""))
             out.append(message)
             self.event("edge_warning", best.trial_id, reason=message, detail=notice_detail(n))
         return out
@@ -402,6 +404,29 @@ def observation_of(trial_id: int, row: Mapping[str, Any]) -> Observation:
         num_classes=row.get("num_classes"),
         baseline_val_loss=row.get("baseline_val_loss"),
     )
+
+
+def _g(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def edge_event(controller: Controller, notice: Any) -> tuple[str, int | None, str]:
+    """(event kind, the trial whose value sat on the edge, one line naming stage, value, old and new range)."""
+    stage = controller.stage
+    trials = [t for t in controller.trials.values() if t.stage == stage and math.isfinite(t.best_score)
+              and t.config.get(notice.param) == notice.value]
+    trial = max(trials, key=lambda t: t.best_score, default=None)
+    (lo, hi), (new_lo, new_hi) = notice.old_range, notice.new_range
+    moved = new_lo < lo if notice.side == "low" else new_hi > hi
+    trial_id = trial.trial_id if trial else None
+    who = f"stage {stage + 1}'s best trial" + (f" {trial_id}" if trial else "")
+    where = f"{who}: {notice.param} = {_g(notice.value)} at the {notice.side} edge of [{_g(lo)}, {_g(hi)}]"
+    after = f"stage {stage + 2} samples [{_g(new_lo)}, {_g(new_hi)}]"
+    if moved:
+        return "range_extended", trial_id, f"{where}: {after}"
+    if notice.hard_limit:
+        return "edge_at_hard_limit", trial_id, f"{where}, a hard limit: {after}"
+    return "edge_not_extended", trial_id, f"{where}: not extended (extend_edges = false): {after}"
 
 
 def notice_detail(notice: Any) -> dict[str, Any]:

@@ -81,7 +81,7 @@ def render_html(data: SweepData, figures: Sequence[Figure], skipped: Mapping[str
              f"{len(data.stage_spaces)} stages &middot; {status}</p>"]
     if best is not None:
         config = ", ".join(f"{esc(k)}={esc(_fmt(v))}" for k, v in (best.get("config") or {}).items())
-        parts.append(f"<p>Best trial <b>{best['trial_id']}</b> (stage {best['stage'] + 1}, epoch "
+        parts.append(f"<p>Best trial <b>{best['trial_id']}</b> (stage {best['stage']}, epoch "
                      f"{best['best_epoch']}): {esc(data.metric_name)} <b>{_fmt(data.value(best))}</b> &middot; "
                      f"{config}</p>")
     parts.append("<h2 id='warnings'>Warnings</h2>")
@@ -112,7 +112,7 @@ def top_table(data: SweepData, k: int = 10) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in ["trial", "stage", "status", "epochs", data.metric_name, *names])
     body = []
     for t in rows:
-        cells = [t["trial_id"], t["stage"] + 1, t["status"] + (f" ({t['reason']})" if t["status"] == "pruned" else ""),
+        cells = [t["trial_id"], t["stage"], t["status"] + (f" ({t['reason']})" if t["status"] == "pruned" else ""),
                  t["epochs_run"], _fmt(data.value(t)), *[_fmt((t.get("config") or {}).get(n)) for n in names]]
         body.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
     return f"<h2>Top {len(rows)} trials</h2><table><tr>{head}</tr>{''.join(body)}</table>"

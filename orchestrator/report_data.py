@@ -19,7 +19,7 @@ from orchestrator.storage import Storage
 
 HEALTHY_UPDATE_RATIO = 1e-3
 UPDATE_RATIO_BAND = (1e-4, 1e-2)  # a best trial more than 10x away from 1e-3 earns a warning
-EDGE_KINDS = ("edge_warning", "range_extended", "edge_at_hard_limit", "sweep_aborted")
+EDGE_KINDS = ("edge_warning", "range_extended", "edge_at_hard_limit", "edge_not_extended", "sweep_aborted")
 
 
 @dataclass
@@ -159,8 +159,9 @@ def collect_warnings(data: SweepData) -> list[str]:
     out = []
     for e in data.events:
         if e["kind"] in EDGE_KINDS:
-            where = f"stage {e['stage'] + 1}: " if e["stage"] is not None else ""
             text = e["reason"] or json.loads(e["detail"] or "{}").get("message") or e["kind"]
+            named = e["stage"] is None or text.startswith(f"stage {e['stage']}")  # edge lines name their stage
+            where = "" if named else f"stage {e['stage']}: "
             out.append(f"{where}{text} ({e['kind'].replace('_', ' ')})")
     best = data.best()
     if best is None:

@@ -109,7 +109,7 @@ def plot_hyperparameters(data: SweepData, order: Sequence[str] = ()) -> Figure |
             else:
                 x = axis_value(dist, value)
             done = t["status"] == "completed"
-            dots[done].append((x, y, colors[t["stage"] % len(colors)] if done else PRUNED_GREY))
+            dots[done].append((x, y, colors[(t["stage"] - 1) % len(colors)] if done else PRUNED_GREY))
         for done, points in dots.items():  # one collection each: thousands of trials stay fast
             if points:
                 xs, ys, cs = zip(*points)
@@ -192,7 +192,7 @@ def _lines(ax: Any, data: SweepData, column: Any, *, log: bool = False) -> Count
             ends.append(points[-1])
         segs, cols = by_status[live]
         segs.append(points)
-        cols.append(colors[t["stage"] % len(colors)] if live else PRUNED_GREY)
+        cols.append(colors[(t["stage"] - 1) % len(colors)] if live else PRUNED_GREY)
     for live, (segs, cols) in by_status.items():
         if segs:
             ax.add_collection(LineCollection(segs, colors=cols, linewidths=1.6 if live else 1.0,
@@ -354,7 +354,7 @@ def plot_importance(data: SweepData, result: tuple[dict[str, float], int] | None
     ax.set_xlim(0, max(1.0, max(scores.values()) * 1.05))
     ax.grid(axis="x", alpha=0.25)
     n = sum(1 for t in data.trials if t["stage"] == stage and t.get("best_score") is not None)
-    caption = (f"fANOVA-style importance from stage {stage + 1} ({n} trials): a random forest maps each config (in "
+    caption = (f"fANOVA-style importance from stage {stage} ({n} trials): a random forest maps each config (in "
                "its sampling scale) to its best score; a parameter's bar is the variance of its partial-dependence "
                "curve over the variance of all predictions. Tune the long bars first; the rest of 1 is interaction.")
     if n < 2 * len(names):

@@ -132,6 +132,9 @@ def read_record(storage: Storage) -> SweepRecord:
     if len(sweep) != 1:
         raise StorageError(f"{storage.path(schema.SWEEP_PATH)}: expected one row, found {len(sweep)}")
     stages = sorted(_rows(schema.read_dir(storage, "stages", schema.STAGES)), key=lambda r: r["stage"])
+    # Tables number stages from 1; sweeps written before that numbered them from 0.
+    base = schema.FIRST_STAGE if not stages or stages[0]["stage"] != 0 else 0
+    stages = [{**row, "stage": row["stage"] - base, "file_stage": row["stage"]} for row in stages]
     trials = _rows(storage.read_table(schema.TRIALS_PATH)) if storage.exists(schema.TRIALS_PATH) else []
     raw = schema.read_dir(storage, "metrics", schema.METRICS)
     last_attempt: dict[int, int] = {}
@@ -156,7 +159,7 @@ def rebuild_controller(
 
     settings, space = record.settings, record.space
     controller = make_controller(space, settings)
-    spaces = [space_from_json(row["space"], schema.stage_path(row["stage"])) for row in record.stages] or [space]
+    spaces = [space_from_json(row["space"], schema.stage_path(row["file_stage"])) for row in record.stages] or [space]
     _check_stages(record.stages, controller)
     _share_shapes_as_before(controller, record.events)
     controller.reopen(spaces)
@@ -233,11 +236,13 @@ def _check_stages(stages: list[dict[str, Any]], controller: Controller) -> None:
     for row in stages:
         index = row["stage"]
         if index >= len(controller.plan):
-            raise StorageError(f"{schema.stage_path(index)}: stage {index + 1} is beyond the stored plan")
+            raise StorageError(
+                f"{schema.stage_path(schema.stage_number(index))}: stage {index + 1} is beyond the stored plan"
+            )
         planned = controller.plan[index]
         if (row["trials"], row["epochs"]) != (planned.trials, planned.epochs):
             raise StorageError(
-                f"{schema.stage_path(index)}: {row['trials']}x{row['epochs']} does not match the "
+                f"{schema.stage_path(schema.stage_number(index))}: {row['trials']}x{row['epochs']} does not match the "
                 f"stored plan's stage {index + 1} ({planned})"
             )
     if [row["stage"] for row in stages] != list(range(len(stages))):

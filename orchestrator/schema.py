@@ -3,7 +3,7 @@
 Layout under ``<storage>/<sweep>/``::
 
     sweep/sweep.parquet               one row: how the sweep was started (resume reads it)
-    stages/stage-000.parquet          one row per stage: its plan and ranges
+    stages/stage-001.parquet          one row per stage: its plan and ranges (stages, like epochs, count from 1)
     trials/trials.parquet             one row per trial, rewritten atomically as trials change
     metrics/trial-000012.parquet      one row per (trial, attempt, epoch); parts while running
     diagnostics/trial-000012.parquet  one row per (trial, attempt, epoch, parameter or layer); parts likewise
@@ -322,8 +322,24 @@ TRIALS_PATH = "trials/trials.parquet"
 SWEEP_PATH = "sweep/sweep.parquet"
 
 
-def stage_path(stage: int) -> str:
-    return f"stages/stage-{stage:03d}.parquet"
+# One numbering: the tables, the CLI, the live view and the report all call the first stage "stage 1".
+# The controller counts stages from 0 internally; rows convert here, where they are written and read.
+FIRST_STAGE = 1
+
+
+def stage_number(index: int) -> int:
+    """The ``stage`` value the tables hold for the controller's stage ``index``."""
+    return index + FIRST_STAGE
+
+
+def stage_index(number: int) -> int:
+    """The controller's stage index for a table's ``stage`` value."""
+    return number - FIRST_STAGE
+
+
+def stage_path(number: int) -> str:
+    """The stage's file, by its number as the tables show it (``stages/stage-001.parquet`` is stage 1)."""
+    return f"stages/stage-{number:03d}.parquet"
 
 
 def events_part_path(first_seq: int) -> str:

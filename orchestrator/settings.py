@@ -33,6 +33,9 @@ class RunSettings:
     top_fraction: float = 0.25
     seed_copies: int = 0  # after the last stage, train the best config this many more times with new seeds
     promote_fraction: float = 0.5  # share of each later stage that retrains the best configs of the one before
+    # A best value on the edge of its range moves the next stage's range past that edge (never past `limits=`).
+    # False: every stage stays inside the declared ranges.
+    extend_edges: bool = True
     storage: str = "caviar-runs"
     shared_storage: bool = False  # a local storage path that every node mounts (NFS); needed on multi-node clusters
     name: str | None = None
@@ -87,6 +90,7 @@ class RunSettings:
         _check("checkpoint_seconds", _num(self.checkpoint_seconds) and self.checkpoint_seconds >= 0, "a number >= 0")
         _check("max_retries", isinstance(self.max_retries, int) and self.max_retries >= 0, "an integer >= 0")
         _check("fail_fast", isinstance(self.fail_fast, int) and self.fail_fast >= 1, "a positive integer")
+        _check("extend_edges", isinstance(self.extend_edges, bool), "true or false")
         _check(
             "device",
             self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),

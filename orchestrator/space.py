@@ -187,9 +187,12 @@ class RandInt(Distribution):
 
     def _rebuilt(self, low: float, high: float) -> Distribution:
         lo_i, hi_i = math.ceil(low - 1e-9), math.floor(high + 1e-9)
-        lo_i = max(lo_i, int(self.limits[0]) if math.isfinite(self.limits[0]) else lo_i)
-        if hi_i <= lo_i:  # keep at least two integers so the range stays a range
+        lo_i = max(lo_i, math.ceil(self.limits[0]) if math.isfinite(self.limits[0]) else lo_i)
+        hi_i = min(hi_i, math.floor(self.limits[1]) if math.isfinite(self.limits[1]) else hi_i)
+        if hi_i <= lo_i:  # keep at least two integers so the range stays a range...
             hi_i = lo_i + 1
+            if hi_i > self.high and lo_i - 1 >= max(self.low, self.limits[0]):
+                lo_i, hi_i = lo_i - 1, lo_i  # ...on the inside: narrowing never quietly steps past the range
         return replace(self, low=lo_i, high=hi_i)
 
     def with_scale_bounds(self, scale_low: float, scale_high: float) -> Distribution:
@@ -271,33 +274,64 @@ class Choice(Distribution):
 # -- constructors users write in task files ------------------------------------------------
 
 
-def uniform(low: float, high: float, *, limits: tuple[float, float] = (-_INF, _INF), when: Condition = None) -> Uniform:
-    return Uniform(float(low), float(high), limits=(float(limits[0]), float(limits[1])), when=normalize_condition(when))
+# ``limits=(lo, hi)``: hard bounds no stage ever samples outside. Coarse to fine may move a range past
+# its declared ``[low, high]`` when the best value sits on an edge (``extend_edges``, on by default),
+# but never past its limits. ``limits=(low, high)`` makes the declared range itself hard. Each
+# distribution's natural domain (lr > 0, 0 < beta < 1, integers >= 1) always applies as well.
+Limits = tuple[float, float] | None
 
 
-def loguniform(low: float, high: float, *, when: Condition = None) -> LogUniform:
-    return LogUniform(float(low), float(high), when=normalize_condition(when))
+def _limits(name: str, limits: Limits, natural: tuple[float, float],
+            default: tuple[float, float] | None = None) -> tuple[float, float]:
+    """User limits, inside the distribution's natural domain; refused with one line when they are not a range.
+
+    ``default`` stands in when no limits are given (integers: 1 and up, for counts of layers or units).
+    """
+    if limits is None:
+        return default or natural
+    try:
+        lo, hi = (float(x) for x in limits)
+    except (TypeError, ValueError):
+        raise SpaceError(f"{name}: limits must be two numbers (low, high), got {limits!r}") from None
+    if math.isnan(lo) or math.isnan(hi) or lo >= hi:
+        raise SpaceError(f"{name}: limits ({lo:g}, {hi:g}) must be a range with low below high")
+    return (max(lo, natural[0]), min(hi, natural[1]))
 
 
-def one_minus_loguniform(low: float, high: float, *, when: Condition = None) -> OneMinusLogUniform:
-    return OneMinusLogUniform(float(low), float(high), when=normalize_condition(when))
+def uniform(low: float, high: float, *, limits: Limits = None, when: Condition = None) -> Uniform:
+    return Uniform(float(low), float(high), limits=_limits("uniform", limits, (-_INF, _INF)),
+                   when=normalize_condition(when))
 
 
-def randint(low: int, high: int, *, limits: tuple[float, float] = (1, _INF), when: Condition = None) -> RandInt:
-    return RandInt(low, high, limits=(float(limits[0]), float(limits[1])), when=normalize_condition(when))
+def loguniform(low: float, high: float, *, limits: Limits = None, when: Condition = None) -> LogUniform:
+    return LogUniform(float(low), float(high), limits=_limits("loguniform", limits, (0.0, _INF)),
+                      when=normalize_condition(when))
 
 
-def lograndint(low: int, high: int, *, when: Condition = None) -> LogRandInt:
-    return LogRandInt(low, high, when=normalize_condition(when))
+def one_minus_loguniform(low: float, high: float, *, limits: Limits = None,
+                         when: Condition = None) -> OneMinusLogUniform:
+    return OneMinusLogUniform(float(low), float(high), limits=_limits("one_minus_loguniform", limits, (0.0, 1.0)),
+                              when=normalize_condition(when))
+
+
+def randint(low: int, high: int, *, limits: Limits = None, when: Condition = None) -> RandInt:
+    return RandInt(low, high, limits=_limits("randint", limits, (-_INF, _INF), (1.0, _INF)),
+                   when=normalize_condition(when))
+
+
+def lograndint(low: int, high: int, *, limits: Limits = None, when: Condition = None) -> LogRandInt:
+    return LogRandInt(low, high, limits=_limits("lograndint", limits, (1.0, _INF)), when=normalize_condition(when))
 
 
 def choice(options: Sequence[Any], *, when: Condition = None) -> Choice:
+    """Options are never extended: a choice samples only what it lists (narrowing may drop some)."""
     return Choice(options=tuple(options), when=normalize_condition(when))
 
 
-def dropout(low: float = 0.0, high: float = 0.5, *, when: Condition = None) -> Uniform:
+def dropout(low: float = 0.0, high: float = 0.5, *, limits: Limits = None, when: Condition = None) -> Uniform:
     """Dropout rate: linear, never leaves [0, 1)."""
-    return uniform(low, high, limits=(0.0, 0.999), when=when)
+    return Uniform(float(low), float(high), limits=_limits("dropout", limits, (0.0, 0.999)),
+                   when=normalize_condition(when))
 
 
 _CONSTRUCTORS = {
@@ -431,8 +465,9 @@ def param_to_dict(value: Any) -> Any:
     if isinstance(value, Choice):
         return _with_when({"dist": kind, "options": list(value.options)}, value)
     out: dict[str, Any] = {"dist": kind, "low": value.low, "high": value.high}
-    if isinstance(value, (Uniform, RandInt)) and not isinstance(value, LogRandInt):
-        out["limits"] = list(value.limits)
+    natural = type(value).__dataclass_fields__["limits"].default
+    if (isinstance(value, (Uniform, RandInt)) and not isinstance(value, LogRandInt)) or value.limits != natural:
+        out["limits"] = list(value.limits)  # log kinds: only limits the user set (older sweeps read the same)
     return _with_when(out, value)
 
 

@@ -62,7 +62,7 @@ class SweepLog:
             return
         self._write_stages(controller)
         self._write_events(controller)
-        rows = [t.as_row() for t in controller.trials.values()]
+        rows = [{**t.as_row(), "stage": schema.stage_number(t.stage)} for t in controller.trials.values()]
         self.storage.write_table(schema.TRIALS_PATH, schema.to_table(rows, self.trials_schema))
         self.last_flush = time.monotonic()
         if self.lease is not None:
@@ -72,10 +72,10 @@ class SweepLog:
         for index in range(self.stages_written, len(controller.stage_spaces)):
             stage = controller.plan[index]
             first = min(t.trial_id for t in controller.trials.values() if t.stage == index)
-            row = {"stage": index, "trials": stage.trials, "epochs": stage.epochs,
+            row = {"stage": schema.stage_number(index), "trials": stage.trials, "epochs": stage.epochs,
                    "space": schema.json_dumps(controller.stage_spaces[index].to_dict(), sort_keys=False),
                    "first_trial_id": first, "time": schema.now_ms()}
-            self.storage.write_table(schema.stage_path(index), schema.to_table([row], schema.STAGES))
+            self.storage.write_table(schema.stage_path(row["stage"]), schema.to_table([row], schema.STAGES))
         self.stages_written = len(controller.stage_spaces)
 
     def _write_events(self, controller: Controller) -> None:
@@ -83,7 +83,8 @@ class SweepLog:
             return
         rows = []
         for event in controller.events:
-            rows.append({**event, "seq": self.seq, "detail": schema.json_dumps(event["detail"])})
+            stage = None if event["stage"] is None else schema.stage_number(event["stage"])
+            rows.append({**event, "seq": self.seq, "stage": stage, "detail": schema.json_dumps(event["detail"])})
             self.seq += 1
         path = schema.events_part_path(rows[0]["seq"])
         self.storage.write_table(path, schema.to_table(rows, schema.EVENTS))

@@ -216,7 +216,7 @@ def test_master_killed_mid_sweep_resumes_to_the_tables_of_an_uninterrupted_run(r
         )  # DEBUG
     for e in resumed.events.to_pylist():  # DEBUG
         print("DEBUG ev", e["kind"], e["trial_id"], e["stage"], e["reason"], (e["detail"] or "")[:150])  # DEBUG
-    assert victim["stage"] == 1 and victim["attempt"] >= 1
+    assert victim["stage"] == 2 and victim["attempt"] >= 1
     rows = [r for r in resumed.metrics.to_pylist() if r["trial_id"] == victim["trial_id"]]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[0]["attempt"] == 0 and rows[2]["attempt"] >= 1
     kinds = resumed.events["kind"].to_pylist()

@@ -115,7 +115,7 @@ def test_a_sweep_over_the_whole_space_shares_shapes_in_blocks_and_prunes(ray_ses
     tables = load(result.path)
     trials = tables.trials.to_pylist()
     assert len(trials) == 12 and not [t for t in trials if t["status"] == "failed"]
-    first = [t for t in trials if t["stage"] == 0]
+    first = [t for t in trials if t["stage"] == 1]
     assert len({shape_key(t["config"]) for t in first}) == 2  # blocks of 4 share a shape, keep their own lr etc.
     assert len({t["config"]["lr"] for t in first}) == 8
     by_trial: dict[int, list[int]] = {}

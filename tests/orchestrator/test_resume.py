@@ -222,7 +222,7 @@ def test_tables_that_contradict_the_plan_are_named(tmp_path):
     storage = crashed(tmp_path, settings, crash_at=16)
     record = read_record(storage)
     record.stages[1]["trials"] = 5
-    with pytest.raises(StorageError, match=r"stage-001.parquet: 5x4 does not match"):
+    with pytest.raises(StorageError, match=r"stage-002.parquet: 5x4 does not match"):
         rebuild_controller(record)
     record = read_record(storage)
     record.trials.append({**record.trials[-1], "trial_id": 99})

@@ -1,0 +1,123 @@
+"""Bounds the user can trust: hard ``limits=`` on every distribution, ``extend_edges`` on or off,
+and every extension an event naming the stage, the trial, the value and the old and new range."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from orchestrator.controller import Controller, ControllerOptions
+from orchestrator.driver import drive
+from orchestrator.errors import SpaceError
+from orchestrator.pruning import make_pruner
+from orchestrator.settings import RunSettings
+from orchestrator.simulate import SimulatedBackend
+from orchestrator.space import (
+    SearchSpace,
+    dropout,
+    lograndint,
+    loguniform,
+    one_minus_loguniform,
+    param_to_dict,
+    parse_param,
+    randint,
+    uniform,
+)
+from orchestrator.stages import parse_plan
+
+PLAN = "30x1,30x1,30x1,20x2"
+
+
+def sweep(space, quality, **options):
+    controller = Controller(space, parse_plan(PLAN), lambda s: make_pruner("none", max_epochs=s.epochs),
+                            ControllerOptions(seed=1, **options))
+    drive(controller, SimulatedBackend(quality, 4))
+    return controller
+
+
+def sampled(controller, name):
+    return [t.config[name] for t in controller.trials.values() if t.config.get(name) is not None]
+
+
+def higher_is_better(name, scale=lambda v: v):
+    """Quality rises with the parameter: the best value always sits on the upper edge."""
+    def quality(config):
+        return 0.3 + 0.6 / (1 + math.exp(-scale(config[name])))
+    return quality
+
+
+# Three kinds of parameter, each pushed against its upper edge: a log-scale rate, an integer, a linear one.
+CASES = [
+    ("lr", lambda lim: loguniform(1e-4, 1e-2, limits=lim), (1e-4, 2e-2), lambda v: 3 * math.log10(v) + 6),
+    ("layers", lambda lim: randint(1, 3, limits=lim), (1, 4), lambda v: 2 * v - 3),
+    ("units", lambda lim: lograndint(8, 32, limits=lim), (8, 40), lambda v: math.log2(v) - 4),
+    ("shift", lambda lim: uniform(-1.0, 1.0, limits=lim), (-1.0, 1.5), lambda v: 4 * v),
+]
+
+
+@pytest.mark.parametrize("name,make,limits,scale", CASES, ids=[c[0] for c in CASES])
+def test_limits_are_never_crossed_and_extensions_stop_there(name, make, limits, scale):
+    controller = sweep(SearchSpace({name: make(limits)}), higher_is_better(name, scale))
+    values = sampled(controller, name)
+    assert min(values) >= limits[0] and max(values) <= limits[1]
+    assert max(values) > make(None).high  # extension did go past the declared range, up to the limit
+    kinds = [e["kind"] for e in controller.events]
+    assert "range_extended" in kinds
+
+
+@pytest.mark.parametrize("name,make,limits,scale", CASES, ids=[c[0] for c in CASES])
+def test_extension_off_keeps_every_stage_inside_the_declared_range(name, make, limits, scale):
+    declared = make(None)
+    controller = sweep(SearchSpace({name: declared}), higher_is_better(name, scale), extend_edges=False)
+    values = sampled(controller, name)
+    assert min(values) >= declared.low and max(values) <= declared.high
+    kinds = [e["kind"] for e in controller.events]
+    assert "range_extended" not in kinds and "edge_not_extended" in kinds
+
+
+def test_an_extension_event_names_stage_trial_value_and_both_ranges():
+    controller = sweep(SearchSpace({"lr": loguniform(1e-4, 1e-2)}), higher_is_better("lr", lambda v: 3 * math.log10(v)))
+    event = next(e for e in controller.events if e["kind"] == "range_extended")
+    judged = event["stage"]  # the stage whose best trial sat on the edge (0-based inside the controller)
+    trial = controller.trials[event["trial_id"]]
+    assert trial.stage == judged
+    stage_best = max((t for t in controller.trials.values() if t.stage == judged), key=lambda t: t.best_score)
+    assert trial.best_score == stage_best.best_score  # the stage's best trial, not a later stage's
+    old, new = controller.stage_spaces[judged]["lr"], controller.stage_spaces[judged + 1]["lr"]
+    reason = event["reason"]
+    assert reason.startswith(f"stage {judged + 1}'s best trial {trial.trial_id}: lr = {trial.config['lr']:.4g}")
+    assert f"[{old.low:.4g}, {old.high:.4g}]" in reason and f"stage {judged + 2} samples" in reason
+    assert f"{new.high:.4g}]" in reason and new.high > old.high
+
+
+def test_every_distribution_takes_limits_and_round_trips_them():
+    for dist in (uniform(0, 1, limits=(-1, 2)), loguniform(1e-3, 1e-1, limits=(1e-5, 1.0)),
+                 one_minus_loguniform(0.9, 0.99, limits=(0.5, 0.999)), randint(2, 4, limits=(1, 8)),
+                 lograndint(16, 64, limits=(8, 256)), dropout(0.1, 0.3, limits=(0.0, 0.5))):
+        again = parse_param("p", param_to_dict(dist))
+        assert again.limits == dist.limits and (again.low, again.high) == (dist.low, dist.high)
+    # the natural domain always holds: a log range never reaches 0, a beta never 1
+    assert loguniform(1e-3, 1e-1, limits=(-5, 10)).limits == (0.0, 10.0)
+    assert one_minus_loguniform(0.9, 0.99, limits=(0, 2)).limits == (0.0, 1.0)
+
+
+def test_bad_limits_are_one_line_naming_the_parameter():
+    with pytest.raises(SpaceError, match="limits .* must be a range"):
+        loguniform(1e-3, 1e-1, limits=(1.0, 1e-5))
+    with pytest.raises(SpaceError, match="parameter 'lr': range .* leaves its limits"):
+        SearchSpace({"lr": loguniform(1e-3, 1e-1, limits=(1e-2, 1.0))})
+    with pytest.raises(SpaceError, match="limits must be two numbers"):
+        randint(1, 3, limits="wide")
+    with pytest.raises(SpaceError, match="parameter 'lr'"):  # TOML
+        SearchSpace({"lr": 0.1}).with_overrides({"lr": {"dist": "loguniform", "low": 1e-3, "high": 1e-1,
+                                                         "limits": [1e-2, 1.0]}})
+
+
+def test_extend_edges_is_a_checked_setting():
+    assert RunSettings().extend_edges is True
+    assert RunSettings().merged({"extend_edges": False}).validate().extend_edges is False
+    from orchestrator.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="setting 'extend_edges': expected true or false"):
+        RunSettings().merged({"extend_edges": "no"}).validate()
