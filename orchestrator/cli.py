@@ -43,7 +43,7 @@ def run(
         str | None, typer.Option("--config", help="TOML file with [run] settings and [space] ranges.")
     ] = None,
     pruner: Annotated[str | None, typer.Option(help="asha, median or none.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="random, sobol or lhs.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="random, sobol, lhs or tpe.")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs each trial holds.")] = None,
     gpus_per_trial: Annotated[
         float | None, typer.Option(help="GPUs each trial holds; 0.25 packs four on a GPU.")

@@ -18,7 +18,7 @@ from orchestrator.backend import Assignment, Report
 from orchestrator.fusing import PER_MEMBER, block_size, share_shapes
 from orchestrator.narrowing import edge_warnings, narrow_space, top_results
 from orchestrator.pruning import Observation, Pruner
-from orchestrator.sampler import sample_configs, trial_seed
+from orchestrator.sampler import stage_configs, trial_seed
 from orchestrator.schema import now_ms
 from orchestrator.space import SearchSpace
 from orchestrator.stages import Stage, promotion_count
@@ -105,8 +105,9 @@ class Controller:
         fresh = stage.trials - len(promoted)  # fresh samples first: the same ids and configs when a resume re-samples
         # Conditions apply after shapes are shared: a block's shared optimizer decides which of each member's
         # own draws (momentum, betas) are active, so the draws are kept until then.
-        sampled = sample_configs(
-            space, fresh, seed=self.options.seed, stage=index, kind=self.options.sampler, keep_inactive=True
+        sampled, drawn_by = stage_configs(
+            space, fresh, seed=self.options.seed, stage=index, kind=self.options.sampler,
+            history=self.scored_history(index), keep_inactive=True,
         )
         self._full_samples = dict(zip(range(self._next_id, self._next_id + fresh), sampled))
         configs = [space.deactivate(c) for c in (self._shared_shapes(sampled, fresh) if fresh else [])]
@@ -126,8 +127,17 @@ class Controller:
                 "first_trial_id": first,
                 "space": space.to_dict(),
                 "promoted": len(promoted),
+                "sampler": drawn_by,  # how the fresh trials were drawn ("tpe": density ratio on finished trials)
             },
         )
+
+    def scored_history(self, before_stage: int) -> list[tuple[dict[str, Any], float, int]]:
+        """(config, best score, stage) of every trial of the earlier stages that ended with a score, by trial id."""
+        return [
+            (t.config, t.best_score, t.stage)
+            for t in sorted(self.trials.values(), key=lambda t: t.trial_id)
+            if t.stage < before_stage and t.status in ("completed", "pruned") and math.isfinite(t.best_score)
+        ]
 
     def _shared_shapes(self, configs: list[dict[str, Any]], stage_trials: int) -> list[dict[str, Any]]:
         o = self.options

@@ -1,20 +1,23 @@
 """Samplers: pure functions from (space, seed, stage, count) to configs, so a stage is reproducible.
 
-Random search is the default (the course notes: random beats grid because the important
-parameters get more distinct values). Sobol and Latin hypercube cover the unit cube more
-evenly for small stages.
+Random search is the first stage's sampler (the course notes: random beats grid because the
+important parameters get more distinct values). Sobol and Latin hypercube cover the unit cube more
+evenly for small stages. ``tpe`` samples the first stage at random and each later stage by a
+density ratio on the trials already finished (:mod:`orchestrator.tpe`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from orchestrator.errors import ConfigError
 from orchestrator.space import SearchSpace
+from orchestrator.tpe import Scored, tpe_unit_points
 
-SAMPLERS = ("random", "sobol", "lhs")
+SAMPLERS = ("random", "sobol", "lhs", "tpe")
 
 
 def unit_points(kind: str, count: int, dims: int, seed: int, stage: int) -> np.ndarray:
@@ -23,7 +26,7 @@ def unit_points(kind: str, count: int, dims: int, seed: int, stage: int) -> np.n
         raise ConfigError(f"sampler: unknown kind {kind!r} (one of {', '.join(SAMPLERS)})")
     if dims == 0:
         return np.zeros((count, 0))
-    if kind == "random":
+    if kind in ("random", "tpe"):  # tpe: random where it has no finished trials to model
         return np.random.default_rng([seed, stage]).random((count, dims))
     from scipy.stats import qmc  # only where asked: scipy is slow to import
 
@@ -41,6 +44,21 @@ def sample_configs(space: SearchSpace, count: int, *, seed: int, stage: int = 0,
     """
     points = unit_points(kind, count, len(space.searched), seed, stage)
     return [space.from_unit(p, deactivate=not keep_inactive) for p in points]
+
+
+def stage_configs(space: SearchSpace, count: int, *, seed: int, stage: int, kind: str = "random",
+                  history: Sequence[Scored] = (), keep_inactive: bool = False) -> tuple[list[dict[str, Any]], str]:
+    """The configs of one stage and how they were drawn (``"random"``, ``"tpe"``, ...).
+
+    ``history``: (config, score, stage) of the trials finished before this stage, in trial order; only
+    ``kind="tpe"`` reads it, and falls back to random points while too few trials are good.
+    """
+    if kind == "tpe" and stage > 0 and count > 0:
+        points = tpe_unit_points(space, history, count, seed=seed, stage=stage)
+        if points is not None:
+            return [space.from_unit(p, deactivate=not keep_inactive) for p in points], "tpe"
+    return sample_configs(space, count, seed=seed, stage=stage, kind=kind, keep_inactive=keep_inactive), (
+        "random" if kind == "tpe" else kind)
 
 
 def trial_seed(sweep_seed: int, trial_id: int) -> int:

@@ -25,7 +25,7 @@ class RunSettings:
     stages: int | None = None  # number of stages for the derived plan; 1 = plain random search
     slots: int | None = None  # parallel trials; None: as many as the cluster's CPUs allow
     seed: int = 0
-    sampler: str = "random"
+    sampler: str = "tpe"  # random first stage, then a density ratio on finished trials (orchestrator/tpe.py)
     pruner: str = "asha"
     grace_epochs: int = 1
     reduction_factor: int = 3
@@ -72,7 +72,7 @@ class RunSettings:
         )
         _check("seed", isinstance(self.seed, int) and self.seed >= 0, "a non-negative integer")
         _check("pruner", self.pruner in PRUNERS, f"one of {', '.join(PRUNERS)}")
-        _check("sampler", self.sampler in ("random", "sobol", "lhs"), "one of random, sobol, lhs")
+        _check("sampler", self.sampler in ("random", "sobol", "lhs", "tpe"), "one of random, sobol, lhs, tpe")
         _check("cpus_per_trial", _num(self.cpus_per_trial) and self.cpus_per_trial > 0, "a number > 0")
         _check("gpus_per_trial", _num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "a number >= 0")
         _check("max_loss_ratio", _num(self.max_loss_ratio) and self.max_loss_ratio > 1, "a number > 1")

@@ -1,7 +1,8 @@
 """Stage plans for coarse-to-fine search: many short trials first, then fewer, longer ones.
 
 A plan is written ``"64x1,24x5,8x20"``: 64 trials of 1 epoch, then 24 of 5 epochs in
-ranges narrowed around the best, then 8 of 20 epochs. Each later stage trains the best
+ranges narrowed around the best, then 8 of 20 epochs (:func:`default_plan` derives one from
+the trials and epochs a user gives). Each later stage trains the best
 configs of the stage before again, for longer (:func:`promotion_count`), and fills its
 other trials with fresh samples from the narrowed ranges: a short run tells a config that
 learns from one that does not, but is a poor judge among the good ones, so the good ones
@@ -67,10 +68,16 @@ def default_plan(trials: int, epochs: int, stages: int | None = None) -> list[St
 
     Rule: one stage when ``trials < 8`` or ``epochs == 1`` (nothing to refine); otherwise 2
     stages below 24 trials and 3 from 24 on (never more stages than epochs). Trials: the
-    first stage takes 2/3, each later stage a third of the one before (weights ..., 9, 3, 1
-    for the later stages), rounded by largest remainder, at least 1 each. Epochs: the first
-    stage runs ``max(1, epochs // 20)``, the last ``epochs``, the ones between grow
-    geometrically (rounded up). So ``default_plan(96, 20)`` is ``64x1,24x5,8x20``.
+    first stage (random search) takes half, the later stages share the other half equally,
+    rounded by largest remainder, at least 1 each. Epochs: the first stage runs
+    ``max(1, epochs // 20)``, the last ``epochs``, the ones between grow geometrically
+    (rounded up). So ``default_plan(32, 10)`` is ``16x1,8x4,8x10``.
+
+    Why equal later stages: a last stage of a few trials (the plan once cut each stage to a
+    third of the one before: ``21x1,8x4,3x10``) trained about a fifth of the epochs the
+    settings allow and handed back a worse model than ASHA or Optuna given the same trials
+    and epochs (``benchmarks/quality.py``). The pruner inside each stage still stops the
+    later stages' laggards early, so the sweep spends no more epochs than those peers.
     """
     _positive_int("trials", trials)
     _positive_int("epochs", epochs)
@@ -85,8 +92,7 @@ def default_plan(trials: int, epochs: int, stages: int | None = None) -> list[St
             raise ConfigError(f"stages: {stages} stages need at least {stages} epochs to grow, got {epochs}")
     if stages == 1:
         return [Stage(trials, epochs)]
-    later = [3**k for k in range(stages - 2, -1, -1)]
-    counts = _split(trials, [2 * sum(later), *later])
+    counts = _split(trials, [stages - 1] + [1] * (stages - 1))
     return [Stage(n, e) for n, e in zip(counts, _epoch_levels(epochs, stages), strict=True)]
 
 

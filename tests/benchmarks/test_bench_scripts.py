@@ -84,3 +84,34 @@ def test_ensembles_tiny(tmp_path):
     assert table.column_names == COLUMNS
     methods = set(table["method"].to_pylist())
     assert {"single", "top_k", "seeds", "greedy"} <= methods
+
+
+@pytest.mark.timeout(300)
+def test_quality_tiny_caviar_and_optuna_tpe_both_modes(tmp_path):
+    pytest.importorskip("optuna")
+    from benchmarks.quality import COLUMNS
+
+    run_script("quality.py", str(tmp_path))
+    check_table(str(tmp_path), "quality-tiny", COLUMNS, {"caviar", "optuna-tpe"}, "tool")
+    rows = pq.read_table(tmp_path / "quality-tiny.parquet").to_pylist()
+    assert {r["mode"] for r in rows} == {"settings", "epochs"}
+    for row in rows:
+        assert 0.0 <= row["answer_test_accuracy"] <= 1.0 and row["epochs_trained"] >= 1
+    text = open(tmp_path / "quality-tiny.md").read()
+    assert "same settings: caviar's answer" in text and "same epochs: caviar's best single model" in text
+
+
+def test_quality_tasks_load_with_their_own_shapes():
+    from benchmarks.quality import TASKS
+    from orchestrator.sampler import sample_configs
+    from orchestrator.task import load_task
+
+    for name in ("digits_cnn", "breast_cancer"):
+        task = load_task(TASKS[name])
+        data = task.get("load_data")()
+        x = data["train"][0]
+        model = task.get("build_model")(sample_configs(task.space, 1, seed=0)[0])
+        import torch
+
+        out = model(torch.as_tensor(x[:5]))
+        assert out.shape == (5, len(set(data["train"][1].tolist())))

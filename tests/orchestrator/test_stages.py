@@ -57,16 +57,17 @@ def test_stage_validation(trials, epochs, field):
 @pytest.mark.parametrize(
     "trials, epochs, expected",
     [
-        (96, 20, "64x1,24x5,8x20"),
-        (100, 50, "67x2,25x10,8x50"),
-        (1000, 100, "667x5,250x23,83x100"),
-        (24, 20, "16x1,6x5,2x20"),
-        (23, 20, "15x1,8x20"),
-        (10, 10, "7x1,3x10"),
-        (30, 2, "20x1,10x2"),  # only two epoch levels exist
+        (96, 20, "48x1,24x5,24x20"),
+        (100, 50, "50x2,25x10,25x50"),
+        (1000, 100, "500x5,250x23,250x100"),
+        (24, 20, "12x1,6x5,6x20"),
+        (23, 20, "12x1,11x20"),
+        (10, 10, "5x1,5x10"),
+        (30, 2, "15x1,15x2"),  # only two epoch levels exist
         (7, 20, "7x20"),  # too few trials to refine
         (96, 1, "96x1"),  # one epoch: nothing to refine
         (1, 1, "1x1"),
+        (32, 10, "16x1,8x4,8x10"),  # the quality benchmark's settings
     ],
 )
 def test_default_plan_shapes(trials, epochs, expected):
@@ -84,7 +85,7 @@ def test_default_plan_invariants(trials, epochs):
 
 
 def test_default_plan_with_explicit_stages():
-    assert plan_to_str(default_plan(96, 20, stages=2)) == "64x1,32x20"
+    assert plan_to_str(default_plan(96, 20, stages=2)) == "48x1,48x20"
     assert plan_to_str(default_plan(96, 20, stages=1)) == "96x20"
     plan = default_plan(96, 20, stages=4)
     assert len(plan) == 4 and sum(s.trials for s in plan) == 96 and plan[-1].epochs == 20
@@ -114,9 +115,9 @@ def test_stage_budget_epochs():
 @pytest.mark.parametrize(
     "budget, epochs, expected",
     [
-        (192, 12, "48x1,18x4,6x12"),  # what 16 random trials x 12 epochs cost
-        (24, 3, "9x1,5x3"),
-        (12, 2, "6x1,3x2"),
+        (192, 12, "21x1,11x4,10x12"),  # what 16 random trials x 12 epochs cost
+        (24, 3, "6x1,6x3"),
+        (12, 2, "4x1,4x2"),
         (12, 3, "4x3"),  # 7 trials are too few to stage, and 8 staged ones cost 14
         (12, 12, "1x12"),
         (5, 1, "5x1"),

@@ -1,0 +1,206 @@
+"""Search quality: the model each tool hands back, caviar's defaults against Optuna (TPE, random) and Ray Tune.
+
+Three tasks (the digits MLP of examples/, a digits CNN and a breast cancer MLP from benchmarks/tasks/),
+several seeds each, every tool training through worker.trainer.TrialRun (an epoch is the same work
+everywhere) with 2 parallel slots. Two comparisons:
+
+- ``settings``: the same user-facing settings for every tool, ``--trials`` trials of at most
+  ``--epochs`` epochs. caviar: ``run_sweep`` defaults (coarse-to-fine stages + ASHA, ensembles);
+  Optuna TPE and Optuna random: SuccessiveHalvingPruner(min_resource 1, reduction factor 3);
+  Ray Tune: random search + ASHAScheduler(grace 1, reduction factor 3).
+- ``epochs``: the same total epochs: Optuna TPE (+ successive halving) keeps starting trials until it
+  has trained as many epochs as caviar's sweep of the same seed did.
+
+Per run: the test accuracy of the tool's final answer (peers: the best trial's weights at its best
+validation epoch; caviar: the chosen ensemble, and its best single model's kept best checkpoint),
+epochs trained and wall seconds. The summary rows give mean and standard deviation over seeds.
+
+    python benchmarks/quality.py                     # 3 tasks x 5 seeds, 32 trials x 10 epochs, all tools
+    python benchmarks/quality.py --seeds 0,1,2 --tasks digits_mlp --tools caviar,optuna-tpe
+    python benchmarks/quality.py --caviar '{"promote_fraction": 0.25}'   # caviar with other settings
+    python benchmarks/quality.py --tiny              # 1 task, 1 seed, 4 trials x 2 epochs, caviar + Optuna TPE (CI)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import (  # noqa: E402
+    DIGITS_MLP,
+    ROOT,
+    SLOTS,
+    chosen_tools,
+    emit,
+    init_ray,
+    peer_parser,
+    run_caviar,
+    run_child,
+    run_optuna,
+    run_tune,
+    write_table,
+)
+
+TASKS = {
+    "digits_mlp": DIGITS_MLP,
+    "digits_cnn": os.path.join(ROOT, "benchmarks", "tasks", "digits_cnn.py"),
+    "breast_cancer": os.path.join(ROOT, "benchmarks", "tasks", "breast_cancer_mlp.py"),
+}
+TOOLS = ("caviar", "optuna-tpe", "optuna-random", "tune")
+COLUMNS = ["task", "mode", "tool", "seed", "trials", "max_epochs", "epochs_trained", "wall_s", "wall_ratio",
+           "answer_test_accuracy", "answer_test_sd", "best_test_accuracy", "best_test_sd", "ensemble_test_accuracy",
+           "best_val_accuracy", "plan"]
+
+
+def child(tool: str, task: str, seed: int, trials: int, epochs: int, extra: dict[str, Any]) -> None:
+    """One tool, one task, one seed, in its own interpreter; prints one JSON line."""
+    path = TASKS[task]
+    ray_start = init_ray() if tool in ("caviar", "tune") else None
+    with tempfile.TemporaryDirectory() as storage:
+        if tool == "caviar":
+            result = run_caviar(trials, epochs, storage, path, seed=seed, **extra.get("caviar", {}))
+        elif tool == "tune":
+            result = run_tune(trials, epochs, storage, path, seed=seed)
+        else:
+            result = run_optuna(trials, epochs, path, seed=seed, sampler=tool.split("-")[1],
+                                budget_epochs=extra.get("budget_epochs"))
+    emit({**result, "ray_start_s": ray_start})
+
+
+def one_run(tool: str, task: str, seed: int, mode: str, trials: int, epochs: int, extra: dict[str, Any]
+            ) -> dict[str, Any]:
+    argv = [os.path.abspath(__file__), "--child", tool, task, str(seed), str(trials), str(epochs), json.dumps(extra)]
+    result = run_child(argv)
+    best = result.get("test_accuracy_best")
+    ensemble = result.get("ensemble_test_accuracy")
+    row = {"task": task, "mode": mode, "tool": tool, "seed": str(seed), "max_epochs": epochs, **result,
+           "best_test_accuracy": best, "answer_test_accuracy": ensemble if ensemble is not None else best}
+    print(f"{task} {mode} {tool} seed {seed}: answer {row['answer_test_accuracy']}, "
+          f"{row['epochs_trained']} epochs, {row['wall_s']:.1f} s", flush=True)
+    return row
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean over seeds per (task, mode, tool); sd over seeds; wall_ratio: mean of per-seed ratios to caviar."""
+    caviar_wall = {(r["task"], r["seed"]): r["wall_s"] for r in rows if r["tool"] == "caviar"}
+    for r in rows:
+        base = caviar_wall.get((r["task"], r["seed"]))
+        r["wall_ratio"] = r["wall_s"] / base if base else None
+    out = []
+    for key in dict.fromkeys((r["task"], r["mode"], r["tool"]) for r in rows):
+        group = [r for r in rows if (r["task"], r["mode"], r["tool"]) == key]
+
+        def mean(name: str, group: list[dict[str, Any]] = group) -> float | None:
+            values = [r[name] for r in group if r.get(name) is not None]
+            return statistics.mean(values) if values else None
+
+        def sd(name: str, group: list[dict[str, Any]] = group) -> float | None:
+            values = [r[name] for r in group if r.get(name) is not None]
+            return statistics.stdev(values) if len(values) > 1 else None
+
+        out.append({"task": key[0], "mode": key[1], "tool": key[2], "seed": f"mean of {len(group)}",
+                    "plan": group[0].get("plan"), "max_epochs": group[0]["max_epochs"],
+                    "answer_test_sd": sd("answer_test_accuracy"), "best_test_sd": sd("best_test_accuracy"),
+                    **{name: mean(name) for name in ("trials", "epochs_trained", "wall_s", "wall_ratio",
+                                                     "answer_test_accuracy", "best_test_accuracy",
+                                                     "ensemble_test_accuracy", "best_val_accuracy")}})
+    return out
+
+
+def verdicts(summary: Sequence[dict[str, Any]]) -> list[str]:
+    """The issue's goals, checked on the means: one line per task and comparison."""
+    lines = []
+    for task in dict.fromkeys(s["task"] for s in summary):
+        at = {s["tool"]: s for s in summary if s["task"] == task and s["mode"] == "settings"}
+        caviar = at.get("caviar")
+        peers = [s for tool, s in at.items() if tool != "caviar" and s["answer_test_accuracy"] is not None]
+        if caviar and peers:
+            top = max(peers, key=lambda s: s["answer_test_accuracy"])
+            beats = all(caviar["answer_test_accuracy"] > p["answer_test_accuracy"] for p in peers)
+            lines.append(f"{task}, same settings: caviar's answer {caviar['answer_test_accuracy']:.4f} "
+                         f"{'beats' if beats else 'does not beat'} every peer (best peer {top['tool']} "
+                         f"{top['answer_test_accuracy']:.4f}); epochs {caviar['epochs_trained']:.0f} vs "
+                         f"{top['epochs_trained']:.0f} for {top['tool']}")
+        same = {s["tool"]: s for s in summary if s["task"] == task and s["mode"] == "epochs"}
+        if caviar and "optuna-tpe" in same:
+            tpe = same["optuna-tpe"]
+            ok = caviar["best_test_accuracy"] >= tpe["best_test_accuracy"]
+            lines.append(f"{task}, same epochs: caviar's best single model {caviar['best_test_accuracy']:.4f} "
+                         f"{'>=' if ok else '<'} Optuna TPE's {tpe['best_test_accuracy']:.4f} "
+                         f"({tpe['epochs_trained']:.0f} epochs vs caviar's {caviar['epochs_trained']:.0f})")
+    return lines
+
+
+def main() -> None:
+    parser = peer_parser(__doc__, TOOLS, TOOLS, ("TOOL", "TASK", "SEED", "TRIALS", "EPOCHS", "EXTRA"))
+    parser.add_argument("--tasks", default=None, help=f"comma-separated subset of {', '.join(TASKS)}")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2,3,4; tiny: 0)")
+    parser.add_argument("--trials", type=int, default=None, help="default 32 (tiny: 4)")
+    parser.add_argument("--epochs", type=int, default=None, help="default 10 (tiny: 2)")
+    parser.add_argument("--modes", default="settings,epochs", help="settings, epochs or both")
+    parser.add_argument("--caviar", default="{}", help="JSON of run_sweep settings on top of caviar's defaults")
+    parser.add_argument("--name", default=None, help="result file name (default quality, tiny: quality-tiny)")
+    args = parser.parse_args()
+    if args.child:
+        tool, task, seed, trials, epochs, extra = args.child
+        child(tool, task, int(seed), int(trials), int(epochs), json.loads(extra))
+        return
+    tools = chosen_tools(parser, "caviar,optuna-tpe" if args.tiny and args.tools == ",".join(TOOLS) else args.tools,
+                         TOOLS)
+    tasks = [t.strip() for t in (args.tasks or ("breast_cancer" if args.tiny else ",".join(TASKS))).split(",")]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        parser.error(f"--tasks: unknown {', '.join(unknown)} (known: {', '.join(TASKS)})")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if set(modes) - {"settings", "epochs"} or not modes:
+        parser.error("--modes: settings, epochs, or both")
+    try:
+        caviar_settings = json.loads(args.caviar)
+    except ValueError as exc:
+        parser.error(f"--caviar: not JSON ({exc})")
+    seeds = [int(s) for s in (args.seeds or ("0" if args.tiny else "0,1,2,3,4")).split(",")]
+    trials = args.trials or (4 if args.tiny else 32)
+    epochs = args.epochs or (2 if args.tiny else 10)
+    rows: list[dict[str, Any]] = []
+    loads = []
+    for task in tasks:
+        for seed in seeds:  # seeds outer, tools inner: slow drift of the shared machine's load hits every tool alike
+            loads.append(os.getloadavg()[0])
+            caviar_row = None
+            for tool in tools:
+                extra = {"caviar": caviar_settings} if tool == "caviar" else {}
+                if tool == "caviar" or "settings" in modes:
+                    row = one_run(tool, task, seed, "settings", trials, epochs, extra)
+                    caviar_row = row if tool == "caviar" else caviar_row
+                    rows.append(row)
+            if "epochs" in modes and caviar_row is not None and "optuna-tpe" in tools:
+                budget = {"budget_epochs": int(caviar_row["epochs_trained"])}
+                rows.append(one_run("optuna-tpe", task, seed, "epochs", trials, epochs, budget))
+    loads.append(os.getloadavg()[0])
+    summary = summarise(rows)
+    notes = [
+        f"{SLOTS} slots for every tool; Optuna: n_jobs={SLOTS} threads; each run in its own interpreter",
+        f"settings: {trials} trials x at most {epochs} epochs for every tool; caviar: run_sweep defaults"
+        + (f" with {json.dumps(caviar_settings)}" if caviar_settings else "")
+        + "; Optuna: SuccessiveHalvingPruner(min_resource 1, rf 3); Ray Tune: ASHAScheduler(grace 1, rf 3)",
+        "epochs: Optuna TPE + successive halving starts trials until it has trained caviar's epochs (same seed)",
+        "answer_test_accuracy: caviar's chosen ensemble (its best single model where no ensemble was built); a peer's"
+        " best trial at its best validation epoch. best_test_accuracy: the best single model. *_sd: sd over seeds",
+        "wall_ratio: per-seed wall time over caviar's, averaged; the machine is shared, so only ratios mean much",
+        f"1-minute load average during the run: min {min(loads):.1f}, max {max(loads):.1f}",
+        *verdicts(summary),
+    ]
+    kwargs = {"out_dir": args.out} if args.out else {}
+    write_table(args.name or ("quality-tiny" if args.tiny else "quality"), summary + rows, COLUMNS, notes=notes,
+                **kwargs)
+
+
+if __name__ == "__main__":
+    main()
