@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from orchestrator.api import load, run_sweep
-from orchestrator.ensemble_run import CandidateKey
+from orchestrator.ensemble_run import CandidateKey, read_ensembles
 from orchestrator.storage import Storage
 from orchestrator.task import load_task
 from tests.conftest import ROOT
@@ -77,13 +77,14 @@ def test_regression_table_numbers_equal_a_recomputation_in_original_units(ray_se
     assert trials[best]["best_val_loss"] == pytest.approx(min(losses))
     # The chosen ensemble averages outputs, is chosen on validation MSE, and loads as a module that
     # predicts in the targets' original units from raw inputs.
-    rows = tables.ensembles.to_pylist()
-    chosen = next(r for r in rows if r["chosen"])
-    assert chosen["val_mse"] == min(r["val_mse"] for r in rows) and chosen["selection_metric"] == "mse"
+    rows = read_ensembles(Storage.from_uri(result.path))
+    assert {r.method for r in rows} >= {"single", "top_k", "greedy"}
+    chosen = next(r for r in rows if r.chosen)
+    assert chosen.val_mse == min(r.val_mse for r in rows) and chosen.selection_metric == "mse"
     ensemble = load_ensemble(result.path)
     predicted = ensemble.predict(torch.from_numpy(x_test)).numpy()
     assert predicted.shape == y_test.shape
-    assert chosen["test_mse"] == pytest.approx(float(np.mean((predicted - y_test.astype(np.float64)) ** 2)), rel=1e-4)
+    assert chosen.test_mse == pytest.approx(float(np.mean((predicted - y_test.astype(np.float64)) ** 2)), rel=1e-4)
 
 
 def test_soft_labels_give_the_soft_target_cross_entropy(ray_session, storage_dir):
