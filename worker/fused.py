@@ -286,7 +286,7 @@ class FusedArray:
         for hook in ("train_epoch", "build_optimizer"):
             if task.get(hook):
                 raise NotFusable(f"task defines {hook}: its trials train one at a time")
-        contract = contract_blocker(task, splits.target_kind)
+        contract = contract_blocker(task, splits.target_kind, streamed=splits.streams is not None)
         if contract:
             raise NotFusable(contract)
         self.task, self.splits, self.device, self.requested_engine = task, splits, device, engine
@@ -846,8 +846,10 @@ class FusedMember:
         return self.array.resume_state(self.trial_id)
 
 
-def contract_blocker(task: Task, kind: TargetKind) -> str | None:
+def contract_blocker(task: Task, kind: TargetKind, streamed: bool = False) -> str | None:
     """Why fused arrays cannot train this task's contract (see ``orchestrator.task.unfusable_reason``)."""
+    if streamed:
+        return "the data streams from torch Datasets: fused arrays train on data held in memory"
     if not kind.hard_classes:
         return f"{kind.kind} targets ({'soft labels' if kind.soft else kind.kind}): fused arrays train " \
                "class-index classification only"

@@ -44,7 +44,7 @@ def dataset_row(splits: Splits) -> dict[str, Any]:
     kind = splits.target_kind
     row = {
         "num_classes": splits.num_classes,
-        "input_shape": list(splits.x_val.shape[1:]),
+        "input_shape": list(splits.input_shape),
         "mean": _flat(splits.mean),
         "std": _flat(splits.std),
         "time": schema.now_ms(),
