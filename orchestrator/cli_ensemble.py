@@ -56,6 +56,9 @@ def print_ensembles(records: Sequence[Any]) -> None:
     from rich.table import Table
 
     single = next((r for r in records if r.method == "single"), None)
+    if any(getattr(r, "val_mse", None) is not None for r in records):
+        print_regression_ensembles(records, single)
+        return
     base = single.test_accuracy if single else None
     table = Table(title="ensembles (chosen on validation; * = best, what load_ensemble(name='best') returns)")
     for column in ("name", "size", "val acc", "val log-loss", "test acc", "test log-loss", "test error cut"):
@@ -72,3 +75,19 @@ def print_ensembles(records: Sequence[Any]) -> None:
     soup = next((r for r in records if r.method == "soup"), None)
     if soup is not None and soup.detail.get("note"):
         typer.echo(f"soup: {soup.detail['note']}")
+
+
+def print_regression_ensembles(records: Sequence[Any], single: Any) -> None:
+    """Regression ensembles: validation and test MSE in the targets' units, and the test MSE cut."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="ensembles (chosen on validation MSE; * = best, what load_ensemble(name='best') returns)")
+    for column in ("name", "size", "val MSE", "test MSE", "test MSE cut"):
+        table.add_column(column)
+    base = single.test_mse if single else None
+    for r in records:
+        cut = "-" if not base or r.test_mse is None else format(1.0 - r.test_mse / base, "+.1%")
+        table.add_row(("* " if r.chosen else "  ") + r.name, str(r.size), format(r.val_mse, ".6g"),
+                      "-" if r.test_mse is None else format(r.test_mse, ".6g"), cut)
+    Console(width=160 if not sys.stdout.isatty() else None).print(table)

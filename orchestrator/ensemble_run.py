@@ -41,6 +41,12 @@ class Dataset:
     input_shape: tuple[int, ...]
     mean: np.ndarray | None  # (*input_shape), float32; None when the task does not standardise
     std: np.ndarray | None
+    kind: str = "classification"
+    # Regression: targets as (n, d) float64 arrays in y_val / y_test, one target's shape, and the target
+    # standardisation a loaded model undoes (None when the task trains on the original units).
+    target_shape: tuple[int, ...] = ()
+    target_mean: np.ndarray | None = None
+    target_std: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ class EnsembleRecord:
     weights_sha256: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     created: int = 0
+    val_mse: float | None = None  # regression ensembles, in the targets' original units
+    test_mse: float | None = None
 
     @property
     def size(self) -> int:
@@ -100,6 +108,7 @@ class EnsembleRecord:
             "test_accuracy": self.test_accuracy, "test_log_loss": self.test_log_loss, "chosen": self.chosen,
             "weights_path": self.weights_path, "weights_sha256": self.weights_sha256,
             "detail": schema.json_dumps(self.detail), "created": self.created,
+            "val_mse": self.val_mse, "test_mse": self.test_mse,
         }
 
     @classmethod
@@ -109,7 +118,7 @@ class EnsembleRecord:
         return cls(row["ensemble_id"], row["name"], row["method"], members, row["selection_metric"],
                    row["val_accuracy"], row["val_log_loss"], row["test_accuracy"], row["test_log_loss"],
                    bool(row["chosen"]), row["weights_path"], row["weights_sha256"], json.loads(row["detail"] or "{}"),
-                   _ms(row["created"]))
+                   _ms(row["created"]), row.get("val_mse"), row.get("test_mse"))
 
 
 def _ms(value: Any) -> int:
@@ -130,6 +139,19 @@ def read_dataset(storage: Storage) -> Dataset:
     def stat(values: list[float] | None) -> np.ndarray | None:
         return None if values is None else np.asarray(values, dtype=np.float32).reshape(shape)
 
+    if row.get("kind") == "regression":
+        target_shape = tuple(row["target_shape"] or ())
+        width = max(1, int(np.prod(target_shape)))
+
+        def values(v: list[float]) -> np.ndarray:
+            return np.asarray(v, dtype=np.float64).reshape(-1, width)
+
+        def target_stat(v: list[float] | None) -> np.ndarray | None:
+            return None if v is None else np.asarray(v, dtype=np.float64).reshape(target_shape)
+
+        return Dataset(0, values(row["y_val_values"]), values(row["y_test_values"]), shape, stat(row["mean"]),
+                       stat(row["std"]), "regression", target_shape, target_stat(row["target_mean"]),
+                       target_stat(row["target_std"]))
     return Dataset(int(row["num_classes"]), np.asarray(row["y_val"], dtype=np.int64),
                    np.asarray(row["y_test"], dtype=np.int64), shape, stat(row["mean"]), stat(row["std"]))
 
@@ -304,6 +326,12 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
                     soup: SoupBuilder | None = None, choose_by: str = "log_loss") -> list[EnsembleRecord]:
     """Read predictions, build, write the ``ensembles`` table; returns its rows."""
     dataset = read_dataset(storage)
+    if dataset.kind == "regression":  # averaged outputs chosen on validation MSE (orchestrator/regression_ensembles.py)
+        from orchestrator.regression_ensembles import build_regression, read_regression
+
+        records = build_regression(read_regression(storage, dataset), dataset, k=k)
+        write_ensembles(storage, records)
+        return records
     stored = read_predictions(storage, dataset)
     for key, reason in stored.dropped:
         log.warning("ensembles: left out %s (%s)", key, reason)

@@ -116,7 +116,7 @@ DIAGNOSTICS = pa.schema(
 PREDICTION_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
 
-def predictions_schema(num_classes: int, dtype: str = "float16") -> pa.Schema:
+def predictions_schema(num_classes: int, dtype: str = "float16", column: str = "probs") -> pa.Schema:
     """One row per (checkpoint, split, example): its class probabilities as a fixed-size list.
 
     Written by the worker when a trial ends, for every kept checkpoint (raw and EMA), so
@@ -131,7 +131,8 @@ def predictions_schema(num_classes: int, dtype: str = "float16") -> pa.Schema:
             ("weights", pa.string()),  # "raw" or "ema"
             ("split", pa.string()),  # "val" or "test"
             ("row", pa.int32()),  # index of the example within its split
-            ("probs", pa.list_(PREDICTION_DTYPES[dtype], num_classes)),
+            # class probabilities; for regression ("values") the outputs in original units, flattened
+            (column, pa.list_(PREDICTION_DTYPES[dtype], num_classes)),
         ]
     )
 
@@ -145,6 +146,12 @@ DATASET = pa.schema(
         ("mean", pa.list_(pa.float32())),  # train-split standardisation, flattened; null when the task opts out
         ("std", pa.list_(pa.float32())),
         ("time", TIMESTAMP),
+        ("kind", pa.string()),  # classification or regression (null: classification, as before kinds)
+        ("y_val_values", pa.list_(pa.float64())),  # regression: val targets, flattened (y_val is for class indices)
+        ("y_test_values", pa.list_(pa.float64())),
+        ("target_shape", pa.list_(pa.int32())),  # regression: one target's shape, [] for a scalar
+        ("target_mean", pa.list_(pa.float64())),  # standardize_targets: train statistics a loaded model undoes
+        ("target_std", pa.list_(pa.float64())),
     ]
 )
 
@@ -169,6 +176,8 @@ ENSEMBLES = pa.schema(
         ("weights_sha256", pa.string()),
         ("detail", pa.string()),  # JSON: what the builder tried (a soup's accepted ingredients, ...)
         ("created", TIMESTAMP),
+        ("val_mse", pa.float64()),  # regression ensembles (original units); null for classification
+        ("test_mse", pa.float64()),
     ]
 )
 

@@ -51,7 +51,7 @@ class RunSettings:
     max_retries: int = 2
     fail_fast: int = 5
     ensemble: bool = True
-    prediction_dtype: str = "float16"  # val/test probabilities stored per kept checkpoint: float16 or float32
+    prediction_dtype: str = "float16"  # val/test probabilities stored per kept checkpoint: float16, float32 or none
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
     # Train same-shape trials as fused arrays: off (default), auto (when the model allows), on. Fusing shares
@@ -97,7 +97,8 @@ class RunSettings:
             "auto, cpu or cuda[:N]",
         )
         _check("storage", bool(self.storage), "a path or URI")
-        _check("prediction_dtype", self.prediction_dtype in ("float16", "float32"), "float16 or float32")
+        _check("prediction_dtype", self.prediction_dtype in ("float16", "float32", "none"),
+               "float16, float32 or none")
         _check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
         _check("fuse", self.fuse in ("auto", "off", "on"), "one of auto, off, on")
         _check(

@@ -14,17 +14,19 @@ import torch
 
 from orchestrator.errors import TaskError
 from worker.kinds import TargetKind, resolve_kind
+from worker.streams import Stream, is_stream, scan
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class Splits:
-    x_train: torch.Tensor
+    # Inputs are None when the data streams (``streams``): only the targets are held in memory.
+    x_train: torch.Tensor | None
     y_train: torch.Tensor
-    x_val: torch.Tensor
+    x_val: torch.Tensor | None
     y_val: torch.Tensor
-    x_test: torch.Tensor
+    x_test: torch.Tensor | None
     y_test: torch.Tensor
     num_classes: int | None  # classification only
     # Train-split standardisation, (1, *input_shape); None when the task opts out. Stored per sweep so a
@@ -32,6 +34,43 @@ class Splits:
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
     target_kind: TargetKind = TargetKind("classification")
+    streams: dict[str, Stream] | None = None  # torch Datasets read through DataLoaders (worker/streams.py)
+
+    @property
+    def n_train(self) -> int:
+        return self.streams["train"].length if self.streams else len(self.y_train)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        if self.streams:
+            return self.streams["val"].input_shape
+        assert self.x_val is not None
+        return tuple(self.x_val.shape[1:])
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """A streamed batch as the in-memory path holds its inputs: float, standardised with train statistics."""
+        x = x.float()
+        if self.mean is None or self.std is None:
+            return x
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def sample_inputs(self, n: int, device: torch.device | None = None) -> torch.Tensor:
+        """Training inputs for probes and checks: all of them in memory, else the first ``n``, standardised."""
+        if self.x_train is not None:
+            return self.x_train
+        assert self.streams is not None
+        got: list[torch.Tensor] = []
+        for x, _ in self.streams["train"].loader(min(n, 256), shuffle=False):
+            got.append(x)
+            if sum(len(g) for g in got) >= n:
+                break
+        x = torch.cat(got)[:n]
+        return self.normalise(x.to(device) if device is not None else x)
+
+    def sample(self, n: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` training examples (inputs standardised, targets as given)."""
+        x = self.sample_inputs(n, device)[:n]
+        return x, self.y_train[: len(x)].to(x.device)
 
     def to(self, device: torch.device) -> Splits:
         """The whole data set on ``device``, once per actor, so epochs copy nothing.
@@ -39,6 +78,9 @@ class Splits:
         From pinned host memory the copies are asynchronous (pageable memory would make each a
         blocking staging copy); the stream orders them before the first kernel that reads them.
         """
+        if self.streams:  # batches are copied per step instead: pinned, non-blocking
+            for stream in self.streams.values():
+                stream.pin_memory = device.type == "cuda"
         if device.type == "cpu":
             return self
         pin = device.type == "cuda"
@@ -58,18 +100,14 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
 
 
 def _materialise(split: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(X, y) pairs pass through; a map-style torch Dataset is stacked into memory."""
+    """(X, y) pairs as tensors (torch Datasets stream instead: ``_prepare_streams``)."""
     if isinstance(split, (tuple, list)) and len(split) == 2:
         return _as_tensor(split[0], f"{what} X"), _as_tensor(split[1], f"{what} y")
-    if isinstance(split, torch.utils.data.Dataset):
-        items = [split[i] for i in range(len(split))]  # type: ignore[arg-type]
-        xs = torch.stack([_as_tensor(x, f"{what} X") if not isinstance(x, torch.Tensor) else x for x, _ in items])
-        ys = torch.stack([torch.as_tensor(y) for _, y in items])  # dtype and shape as the Dataset gives them
-        return xs, ys
     raise TaskError(f"load_data: the {what} split must be (X, y) or a torch Dataset, got {type(split).__name__}")
 
 
-def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standardize_targets: bool = False) -> Splits:
+def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standardize_targets: bool = False,
+            num_workers: int = 0) -> Splits:
     """Check and convert ``load_data()``'s result; standardise features with train statistics.
 
     ``kind`` is the task's declared kind (None: inferred); targets that do not fit it are refused.
@@ -83,6 +121,9 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
         parts = list(raw)
     else:
         raise TaskError("load_data: return (train, val, test) or a dict with keys train, val, test")
+    if any(is_stream(p) for p in parts):
+        return _prepare_streams(parts, normalize=normalize, kind=kind, standardize_targets=standardize_targets,
+                                num_workers=num_workers)
     tensors = [_materialise(p, s) for p, s in zip(parts, SPLITS)]
     for (x, y), name in zip(tensors, SPLITS):
         if len(x) != len(y):
@@ -101,6 +142,22 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
                   std, target_kind)
 
 
+def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, standardize_targets: bool,
+                     num_workers: int) -> Splits:
+    """Datasets stay Datasets: one pass per split for its targets (train: and input statistics)."""
+    streams = {}
+    for part, name in zip(parts, SPLITS):
+        if not is_stream(part):
+            x, y = _materialise(part, name)  # an (X, y) pair next to Datasets streams the same way
+            part = torch.utils.data.TensorDataset(x, y)
+        streams[name] = Stream(part, name, num_workers=num_workers)
+    y_train, mean, std = scan(streams["train"], statistics=normalize)
+    y_val, _, _ = scan(streams["val"], statistics=False)
+    y_test, _, _ = scan(streams["test"], statistics=False)
+    target_kind = resolve_kind(kind, {"train": y_train, "val": y_val, "test": y_test}, standardize=standardize_targets)
+    return Splits(None, y_train, None, y_val, None, y_test, target_kind.num_classes, mean, std, target_kind, streams)
+
+
 def prepare_task_data(task: Any) -> Splits:
     """``load_data()`` of a loaded task, checked against its declared (or inferred) kind."""
     try:
@@ -110,7 +167,8 @@ def prepare_task_data(task: Any) -> Splits:
     except Exception as exc:
         raise TaskError(f"load_data raised {type(exc).__name__}: {exc}") from exc
     return prepare(raw, normalize=task.normalize, kind=getattr(task, "kind", None),
-                   standardize_targets=getattr(task, "standardize_targets", False))
+                   standardize_targets=getattr(task, "standardize_targets", False),
+                   num_workers=int(task.get("num_workers") or 0))
 
 
 def batches(

@@ -81,11 +81,19 @@ class EnsembleModel(nn.Module):
     """Weighted average of its members' class probabilities, on raw (unstandardised) inputs.
 
     ``forward`` returns probabilities (rows sum to 1), not logits; ``predict`` the classes.
+    For a regression sweep it averages the members' outputs and returns them in the targets'
+    original units (undoing ``standardize_targets``), shaped ``(n, *target_shape)``.
     """
 
     def __init__(self, members: Sequence[nn.Module], weights: Sequence[float], mean: torch.Tensor | None = None,
-                 std: torch.Tensor | None = None, record: EnsembleRecord | None = None):
+                 std: torch.Tensor | None = None, record: EnsembleRecord | None = None,
+                 target_shape: tuple[int, ...] | None = None, target_mean: torch.Tensor | None = None,
+                 target_std: torch.Tensor | None = None):
         super().__init__()
+        # Regression when target_shape is set: outputs averaged, then mapped to the targets' original units.
+        self.target_shape = target_shape
+        self.register_buffer("target_mean", target_mean)
+        self.register_buffer("target_std", target_std)
         if len(members) != len(weights) or not members:
             raise ValueError(f"need one weight per member, got {len(weights)} for {len(members)}")
         self.members = nn.ModuleList(members)
@@ -100,6 +108,8 @@ class EnsembleModel(nn.Module):
         x = torch.as_tensor(x).to(self.weights.device, torch.float32)
         if self.mean is not None:
             x = (x - self.mean) / self.std  # the workers' transform: train-split statistics
+        if self.target_shape is not None:
+            return self._regression(x)
         probs = None
         for weight, member in zip(self.weights, self.members):
             p = weight * torch.softmax(member(x).float(), dim=1)
@@ -107,10 +117,24 @@ class EnsembleModel(nn.Module):
         assert probs is not None
         return probs
 
+    def _regression(self, x: torch.Tensor) -> torch.Tensor:
+        """The weighted mean of the members' outputs, shaped as one target per row, in original units."""
+        assert self.target_shape is not None
+        total = None
+        for weight, member in zip(self.weights, self.members):
+            out = weight * member(x).double().reshape(len(x), *self.target_shape)
+            total = out if total is None else total + out
+        assert total is not None
+        if self.target_mean is not None and self.target_std is not None:
+            total = total * self.target_std + self.target_mean  # the workers trained on standardised targets
+        return total
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> torch.Tensor:
-        """Most probable class per row, in batches, without gradients."""
+        """Most probable class per row (regression: the predicted values), in batches, without gradients."""
         x = torch.as_tensor(x)
+        if self.target_shape is not None:
+            return torch.cat([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
         return torch.cat([self(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
 
 
@@ -139,5 +163,13 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
     else:
         members = [models.model(m.key) for m in record.members]
         weights = [m.weight for m in record.members]
-    module = EnsembleModel(members, weights, _stat(dataset.mean), _stat(dataset.std), record)
+    regression = dataset.kind == "regression"
+
+    def target_stat(v: np.ndarray | None) -> torch.Tensor | None:
+        return None if v is None else torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))
+
+    module = EnsembleModel(members, weights, _stat(dataset.mean), _stat(dataset.std), record,
+                           dataset.target_shape if regression else None,
+                           target_stat(dataset.target_mean) if regression else None,
+                           target_stat(dataset.target_std) if regression else None)
     return module.to(pick_device(str(device)) if isinstance(device, str) else device).eval()

@@ -286,7 +286,7 @@ class FusedArray:
         for hook in ("train_epoch", "build_optimizer"):
             if task.get(hook):
                 raise NotFusable(f"task defines {hook}: its trials train one at a time")
-        contract = contract_blocker(task, splits.target_kind)
+        contract = contract_blocker(task, splits.target_kind, streamed=splits.streams is not None)
         if contract:
             raise NotFusable(contract)
         self.task, self.splits, self.device, self.requested_engine = task, splits, device, engine
@@ -447,10 +447,10 @@ class FusedArray:
         lrs = [float(m.group["lr"]) for m in self.members]
         stats = self._standard_epoch(lrs)
         s, st = self.splits, self.stack
-        val_loss, val_acc = self._evaluate(st.flat, st.buffers, s.x_val, s.y_val)
+        val_loss, val_acc, val_log_loss = self._evaluate(st.flat, st.buffers, s.x_val, s.y_val)
         ema_loss = ema_acc = None
         if any(m.ema_decay for m in self.members):
-            ema_loss, ema_acc = self._evaluate(st.ema, st.ema_buffers, s.x_val, s.y_val)
+            ema_loss, ema_acc, _ = self._evaluate(st.ema, st.ema_buffers, s.x_val, s.y_val)
         for i, m in enumerate(self.members):
             step_schedule(m.scheduler, val_loss[i] if math.isfinite(val_loss[i]) else math.inf)
             m.epoch += 1
@@ -463,7 +463,7 @@ class FusedArray:
             row: dict[str, Any] = {
                 "trial_id": m.spec.trial_id, "attempt": m.spec.attempt, "epoch": m.epoch, "stage": m.spec.stage,
                 "train_loss": stats["train_loss"][i], "train_accuracy": stats["train_accuracy"][i],
-                "val_loss": val_loss[i], "val_accuracy": val_acc[i],
+                "val_loss": val_loss[i], "val_accuracy": val_acc[i], "metrics": {"val_log_loss": val_log_loss[i]},
                 "score": val_acc[i] if self.task.metric == "accuracy" else -val_loss[i],
                 "lr": lrs[i], "grad_norm": stats["grad_norm"][i], "update_ratio": stats["update_ratio"][i],
             }
@@ -655,11 +655,14 @@ class FusedArray:
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
     def _evaluate(self, flat: torch.Tensor, buffers: Mapping[str, torch.Tensor], x: torch.Tensor,
-                  y: torch.Tensor) -> tuple[list[float], list[float]]:
+                  y: torch.Tensor) -> tuple[list[float], list[float], list[float]]:
+        """Per member: the loss, the accuracy and the log loss (the plain path's val_log_loss) on one split."""
         logits = self.logits(flat, buffers, x)
         losses = self._losses(logits, y.expand(logits.shape[0], -1))
         acc = (logits.argmax(dim=-1) == y).float().mean(dim=1)
-        return losses.tolist(), acc.tolist()
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        log_loss = -log_probs.gather(-1, y.expand(logits.shape[0], -1).unsqueeze(-1)).squeeze(-1).mean(dim=1)
+        return losses.tolist(), acc.tolist(), log_loss.tolist()
 
     @torch.no_grad()
     def logits(self, flat: torch.Tensor, buffers: Mapping[str, torch.Tensor], x: torch.Tensor,
@@ -843,8 +846,10 @@ class FusedMember:
         return self.array.resume_state(self.trial_id)
 
 
-def contract_blocker(task: Task, kind: TargetKind) -> str | None:
+def contract_blocker(task: Task, kind: TargetKind, streamed: bool = False) -> str | None:
     """Why fused arrays cannot train this task's contract (see ``orchestrator.task.unfusable_reason``)."""
+    if streamed:
+        return "the data streams from torch Datasets: fused arrays train on data held in memory"
     if not kind.hard_classes:
         return f"{kind.kind} targets ({'soft labels' if kind.soft else kind.kind}): fused arrays train " \
                "class-index classification only"

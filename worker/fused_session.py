@@ -27,7 +27,7 @@ from orchestrator.backend import Assignment, Report
 from orchestrator.fusing import choose_array_size
 from orchestrator.pruning import divergence_reason
 from worker.data import Splits
-from worker.fused import FusedArray, FusedMember, NotFusable
+from worker.fused import FusedArray, FusedMember, NotFusable, contract_blocker
 from worker.recorder import TrialRecorder, load_resume_state
 from worker.session import WorkerSession
 from worker.trainer import TrialSpec
@@ -181,11 +181,15 @@ class FusedSession(WorkerSession):
         """
         batch = int(config.get("batch_size", 64))
         s = self.splits
-        n = min(len(s.x_train), batch * steps)
-        small = Splits(s.x_train[:n], s.y_train[:n], s.x_val[:batch], s.y_val[:batch], s.x_test[:1], s.y_test[:1],
-                       s.num_classes)
         out: dict[str, Any] = {"error": None, "engine": None, "trials_per_second": {}, "peak_bytes": None,
                                "free_bytes": None, "array_size": 1, "device": str(self.device)}
+        out["error"] = contract_blocker(self.task, s.target_kind, streamed=s.streams is not None)
+        if out["error"]:  # another kind, a task's own metrics, streamed data: the plain path, a fusing_off reason
+            return out
+        assert s.x_train is not None and s.x_val is not None and s.x_test is not None
+        n = min(len(s.x_train), batch * steps)
+        small = Splits(s.x_train[:n], s.y_train[:n], s.x_val[:batch], s.y_val[:batch], s.x_test[:1], s.y_test[:1],
+                       s.num_classes, target_kind=s.target_kind)
         if getattr(self.options, "precision", "fp32") != "fp32":
             out["error"] = "precision: fused arrays train in fp32"
             return out

@@ -29,26 +29,32 @@ _dataset_written: set[str] = set()  # storage URIs this process has written data
 
 
 def check_dtype(dtype: str) -> str:
-    if dtype not in schema.PREDICTION_DTYPES:
-        known = ", ".join(schema.PREDICTION_DTYPES)
+    """float16 or float32; ``none`` stores no predictions (very large validation sets: no ensembles then)."""
+    if dtype not in schema.PREDICTION_DTYPES and dtype != "none":
+        known = ", ".join([*schema.PREDICTION_DTYPES, "none"])
         raise ConfigError(f"setting 'prediction_dtype': expected one of {known}, got {dtype!r}")
     return dtype
 
 
 def _flat(t: torch.Tensor | None) -> list[float] | None:
-    return None if t is None else t.detach().float().cpu().reshape(-1).tolist()
+    return None if t is None else t.detach().cpu().reshape(-1).tolist()
 
 
 def dataset_row(splits: Splits) -> dict[str, Any]:
-    return {
+    kind = splits.target_kind
+    row = {
         "num_classes": splits.num_classes,
-        "y_val": splits.y_val.cpu().tolist(),
-        "y_test": splits.y_test.cpu().tolist(),
-        "input_shape": list(splits.x_val.shape[1:]),
+        "input_shape": list(splits.input_shape),
         "mean": _flat(splits.mean),
         "std": _flat(splits.std),
         "time": schema.now_ms(),
+        "kind": kind.kind,
     }
+    if kind.hard_classes:
+        return {**row, "y_val": splits.y_val.cpu().tolist(), "y_test": splits.y_test.cpu().tolist()}
+    return {**row, "y_val_values": _flat(splits.y_val.double()), "y_test_values": _flat(splits.y_test.double()),
+            "target_shape": list(splits.y_val.shape[1:]), "target_mean": _flat(kind.target_mean),
+            "target_std": _flat(kind.target_std)}
 
 
 def write_dataset(storage: Storage, splits: Splits) -> None:
@@ -60,14 +66,14 @@ def write_dataset(storage: Storage, splits: Splits) -> None:
 
 
 def predictions_table(rows: Sequence[tuple[Mapping[str, Any], Mapping[str, torch.Tensor]]], num_classes: int,
-                      dtype: str) -> pa.Table:
+                      dtype: str, column: str = "probs") -> pa.Table:
     """``(index row, {"val": probs, "test": probs})`` pairs to one table in the predictions schema."""
-    out_schema = schema.predictions_schema(num_classes, dtype)
+    out_schema = schema.predictions_schema(num_classes, dtype, column)
     np_dtype = np.float16 if dtype == "float16" else np.float32
     columns: dict[str, list[np.ndarray]] = {name: [] for name in out_schema.names}
     for index_row, by_split in rows:
         for split in ("val", "test"):
-            probs = by_split[split].numpy()
+            probs = by_split[split].reshape(len(by_split[split]), -1).numpy()
             n = len(probs)
             columns["trial_id"].append(np.full(n, index_row["trial_id"], np.int32))
             columns["attempt"].append(np.full(n, index_row["attempt"], np.int16))
@@ -75,11 +81,11 @@ def predictions_table(rows: Sequence[tuple[Mapping[str, Any], Mapping[str, torch
             columns["weights"].append(np.full(n, index_row["weights"], object))
             columns["split"].append(np.full(n, split, object))
             columns["row"].append(np.arange(n, dtype=np.int32))
-            columns["probs"].append(probs.astype(np_dtype).reshape(-1))
+            columns[column].append(probs.astype(np_dtype).reshape(-1))
     arrays = []
     for field in out_schema:
         values = np.concatenate(columns[field.name]) if columns[field.name] else np.array([])
-        if field.name == "probs":
+        if field.name == column:
             flat = pa.array(values.astype(np_dtype), type=field.type.value_type)
             arrays.append(pa.FixedSizeListArray.from_arrays(flat, num_classes))
         else:
@@ -92,22 +98,25 @@ CheckpointResults = Mapping[str, tuple[torch.Tensor, Mapping[str, float]]]  # sp
 
 def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[str, Any]],
                       results: Mapping[tuple[int, str], CheckpointResults], dtype: str = "float16") -> int:
-    """Probabilities of each checkpoint in ``index`` (outputs from ``results``) on val and test; returns rows written.
+    """The natural outputs of each checkpoint in ``index`` on val and test; returns rows written.
 
-    Checkpoints whose probabilities are not finite (a diverged last epoch) are left out: no
-    ensemble could use them. Only classification with class-index targets stores predictions
-    for now (the ensemble builders score against integer labels); other kinds get none.
+    Class probabilities for classification with class indices; regression values in the targets'
+    original units, always float32 (float16 keeps ~3 digits: 150.3 would read back as 150.25).
+    Checkpoints whose outputs are not finite (a diverged last epoch) are left out: no ensemble
+    could use them. Soft-label and custom tasks store none yet (their ensembles would need their
+    own scoring); ``dtype = "none"`` turns storage off for every kind.
     """
-    check_dtype(dtype)
-    num_classes = run.splits.num_classes
     rel = schema.predictions_path(run.spec.trial_id)
-    if not run.splits.target_kind.hard_classes or num_classes is None:
+    kind = run.splits.target_kind
+    if dtype == "none" or not (kind.hard_classes or kind.kind == "regression"):
         storage.delete(rel)
         return 0
+    check_dtype(dtype)
+    width = run.splits.num_classes if kind.hard_classes else max(1, int(np.prod(run.splits.y_val.shape[1:])))
     rows = []
     for index_row in index:
         by_split = {split: out for split, (out, _) in results[(index_row["epoch"], index_row["weights"])].items()}
-        if any(p.ndim != 2 or p.shape[1] != num_classes for p in by_split.values()):
+        if kind.hard_classes and any(p.ndim != 2 or p.shape[1] != width for p in by_split.values()):
             return 0
         if all(bool(torch.isfinite(p).all()) for p in by_split.values()):
             rows.append((index_row, by_split))
@@ -115,6 +124,9 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
         storage.delete(rel)  # a retried trial's earlier file would describe checkpoints that are gone
         return 0
     write_dataset(storage, run.splits)
-    table = predictions_table(rows, num_classes, dtype)
+    if kind.hard_classes:
+        table = predictions_table(rows, width, dtype)
+    else:
+        table = predictions_table(rows, width, "float32", column="values")
     storage.write_table(rel, table)
     return table.num_rows

@@ -405,7 +405,8 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
     fresh = model_builder(task, config, seed, dev)
     kind = splits.target_kind
     loss_fn = loss_function(task, kind)
-    x, y = splits.x_train.to(dev), kind.to_training(splits.y_train).to(dev)
+    x, y = splits.sample(1024) if splits.streams else (splits.x_train, splits.y_train)  # streamed: the first 1024
+    x, y = x.to(dev), kind.to_training(y).to(dev)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(dev)
     report = PreflightReport(dict(config), splits.num_classes, kind=kind.kind, soft=kind.soft)
     sample = order[:1024]  # the initial loss is an average: a thousand examples pin it down

@@ -21,6 +21,7 @@ from worker.diagnostics import Diagnostics, DiagnosticsOptions
 from worker.ema import EmaWeights
 from worker.kinds import TargetKind, loss_function, objective_and_mode, score_of, split_metrics
 from worker.optim import build_optimizer, build_schedule, setting, step_schedule
+from worker.streams import Stream
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,20 @@ def evaluate(
 
 
 @torch.no_grad()
-def model_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """The model's outputs on a whole split, in eval mode (dropout off, BN on running statistics)."""
+def model_outputs(model: torch.nn.Module, x: torch.Tensor | Stream, batch_size: int = 4096,
+                  splits: Splits | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """The model's outputs on a whole split, in eval mode (dropout off, BN on running statistics).
+
+    ``x`` is the split's inputs in memory, or its :class:`Stream` (read in order, batch by batch,
+    standardised as ``splits`` says): only the outputs are kept.
+    """
     was_training = model.training
     model.eval()
-    outputs = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    if isinstance(x, Stream):
+        assert splits is not None
+        outputs = torch.cat([model(splits.normalise(xb.to(device, non_blocking=True))) for xb, _ in x.eval_batches()])
+    else:
+        outputs = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return outputs
 
@@ -71,14 +81,14 @@ def natural_outputs(kind: TargetKind, outputs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_split(task: Task, kind: TargetKind, loss_fn: Any, model: torch.nn.Module, x: torch.Tensor,
-                   y: torch.Tensor, split: str) -> tuple[dict[str, float], torch.Tensor]:
+def evaluate_split(task: Task, kind: TargetKind, loss_fn: Any, model: torch.nn.Module, x: torch.Tensor | Stream,
+                   y: torch.Tensor, split: str, splits: Splits | None = None) -> tuple[dict[str, float], torch.Tensor]:
     """``{split}_loss`` and every metric of one split, in the targets' original units; and the raw outputs.
 
     For regression trained on standardised targets the outputs are mapped back first, so the loss
     and metrics are the numbers a user recomputes from the original targets.
     """
-    outputs = model_outputs(model, x)
+    outputs = model_outputs(model, x, splits=splits, device=y.device)
     reported = kind.to_original(outputs) if kind.kind == "regression" else outputs
     values = {f"{split}_loss": float(loss_fn(reported, y))}
     values.update(split_metrics(task, kind, reported, y, split))
@@ -113,6 +123,7 @@ class TrialRun:
         self.batch_size = int(setting(config, "batch_size", 64))
         self.grad_clip = float(setting(config, "grad_clip", math.inf))
         self.generator = torch.Generator().manual_seed(spec.seed)
+        self.train_loader: Any = None  # streamed data: made on first use, kept for the trial
         ema_decay = config.get("ema_decay")
         self.ema = EmaWeights(self.model, float(ema_decay)) if ema_decay else None
         # Mixed precision: the forward pass autocasts to bf16/fp16; fp16's narrow range also needs a loss scaler.
@@ -121,7 +132,8 @@ class TrialRun:
         diagnostics = DiagnosticsOptions.from_task(task.get("diagnostics"))
         ids = {"trial_id": spec.trial_id, "attempt": spec.attempt, "stage": spec.stage}
         self.diagnostics = (
-            Diagnostics(self.model, self.optimizer, splits.x_train, ids, spec.max_epochs, diagnostics)
+            Diagnostics(self.model, self.optimizer, splits.sample_inputs(diagnostics.probe_size, device), ids,
+                        spec.max_epochs, diagnostics)
             if diagnostics
             else None
         )
@@ -139,7 +151,7 @@ class TrialRun:
         else:
             stats = self._standard_epoch()
         s = self.splits
-        val, _ = evaluate_split(self.task, self.kind, self.loss_fn, self.model, s.x_val, s.y_val, "val")
+        val, _ = evaluate_split(self.task, self.kind, self.loss_fn, self.model, self.inputs("val"), s.y_val, "val", s)
         val_loss = val["val_loss"]
         step_schedule(self.scheduler, val_loss if math.isfinite(val_loss) else math.inf)
         self.epoch += 1
@@ -161,15 +173,37 @@ class TrialRun:
         }
         row["score"] = score_of(row, self.objective, self.mode)
         if self.ema is not None:
-            ema, _ = evaluate_split(self.task, self.kind, self.loss_fn, self.ema.module, s.x_val, s.y_val, "val")
+            ema, _ = evaluate_split(self.task, self.kind, self.loss_fn, self.ema.module, self.inputs("val"), s.y_val,
+                                    "val", s)
             row["ema_val_loss"], row["ema_val_accuracy"] = ema["val_loss"], ema.get("val_accuracy")
         seconds = time.perf_counter() - started
         row["epoch_seconds"] = seconds
-        row["samples_per_second"] = len(s.x_train) / seconds if seconds > 0 else None
+        row["samples_per_second"] = s.n_train / seconds if seconds > 0 else None
         return row
 
+    def inputs(self, split: str) -> torch.Tensor | Stream:
+        s = self.splits
+        if s.streams:
+            return s.streams[split]
+        x = {"train": s.x_train, "val": s.x_val, "test": s.x_test}[split]
+        assert x is not None
+        return x
+
     def _batches(self) -> Any:
+        if self.splits.streams:
+            return self._streamed_batches()
+        assert self.splits.x_train is not None
         return batches(self.splits.x_train, self.train_targets, self.batch_size, self.generator)
+
+    def _streamed_batches(self) -> Any:
+        """The training Dataset through this trial's DataLoader (its workers persist across epochs)."""
+        if self.train_loader is None:
+            assert self.splits.streams is not None
+            self.train_loader = self.splits.streams["train"].loader(self.batch_size, shuffle=True,
+                                                                    generator=self.generator)
+        s, kind, device = self.splits, self.kind, self.device
+        for xb, yb in self.train_loader:
+            yield s.normalise(xb.to(device, non_blocking=True)), kind.to_training(yb.to(device, non_blocking=True))
 
     def _standard_epoch(self) -> dict[str, float]:
         model, opt = self.model, self.optimizer
@@ -177,7 +211,7 @@ class TrialRun:
         total_loss = total_correct = total_seen = 0.0
         grad_norm_sum, steps = 0.0, 0
         update_ratio = math.nan
-        n_batches = math.ceil(len(self.splits.x_train) / self.batch_size)
+        n_batches = math.ceil(self.splits.n_train / self.batch_size)
         params = [p for p in model.parameters() if p.requires_grad]
         for i, (xb, yb) in enumerate(self._batches()):
             with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
@@ -227,8 +261,9 @@ class TrialRun:
         s = self.splits
         out = {}
         try:
-            for split, x, y in (("val", s.x_val, s.y_val), ("test", s.x_test, s.y_test)):
-                values, outputs = evaluate_split(self.task, self.kind, self.loss_fn, module, x, y, split)
+            for split, y in (("val", s.y_val), ("test", s.y_test)):
+                values, outputs = evaluate_split(self.task, self.kind, self.loss_fn, module, self.inputs(split), y,
+                                                 split, s)
                 out[split] = (natural_outputs(self.kind, outputs).cpu(), values)
         finally:
             module.load_state_dict(saved)

@@ -53,7 +53,8 @@ def validate_task(task: Task, config: Mapping[str, Any] | None = None) -> Splits
         raise TaskError(f"build_model must return a torch.nn.Module, got {type(model).__name__}")
     loss_fn = loss_function(task, kind)
     batch = int(setting(config, "batch_size", 64))
-    xb, yb = splits.x_train[:batch], kind.to_training(splits.y_train[:batch])
+    xb, yb = splits.sample(batch)
+    yb = kind.to_training(yb)
     try:
         outputs = model(xb)
     except Exception as exc:
@@ -73,7 +74,9 @@ def validate_task(task: Task, config: Mapping[str, Any] | None = None) -> Splits
         raise TaskError("loss_fn must return a scalar tensor (the batch's mean loss)")
     if not math.isfinite(float(loss.detach())):
         raise TaskError(f"loss_fn gives {float(loss.detach())} on the first batch of an untrained model")
-    values, _ = evaluate_split(task, kind, loss_fn, model, splits.x_val, splits.y_val, "val")
+    x_val = splits.streams["val"] if splits.streams else splits.x_val
+    assert x_val is not None
+    values, _ = evaluate_split(task, kind, loss_fn, model, x_val, splits.y_val, "val", splits)
     objective, mode = objective_and_mode(task, kind)
     row: dict[str, Any] = {"val_loss": values["val_loss"], "val_accuracy": values.get("val_accuracy"),
                            "metrics": {k: v for k, v in values.items() if k not in ("val_loss", "val_accuracy")}}

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from orchestrator.api import load, run_sweep
-from orchestrator.ensemble_run import CandidateKey
+from orchestrator.ensemble_run import CandidateKey, read_ensembles
 from orchestrator.storage import Storage
 from orchestrator.task import load_task
 from tests.conftest import ROOT
-from worker.ensemble_model import SweepModels
+from worker.ensemble_model import SweepModels, load_ensemble
 
 TASKS = os.path.join(ROOT, "tests", "tasks")
 
@@ -46,7 +46,7 @@ def metric_map(row: dict) -> dict[str, float]:
 
 
 def test_regression_table_numbers_equal_a_recomputation_in_original_units(ray_session, storage_dir):
-    result = sweep("regression_task.py", storage_dir)
+    result = sweep("regression_task.py", storage_dir, ensemble=True)
     tables = load(result.path)
     assert result.counts.get("failed", 0) == 0
     best = result.best_trial_id
@@ -75,6 +75,16 @@ def test_regression_table_numbers_equal_a_recomputation_in_original_units(ray_se
     trials = {t["trial_id"]: t for t in tables.trials.to_pylist()}
     losses = [r["val_loss"] for r in tables.metrics.to_pylist() if r["trial_id"] == best]
     assert trials[best]["best_val_loss"] == pytest.approx(min(losses))
+    # The chosen ensemble averages outputs, is chosen on validation MSE, and loads as a module that
+    # predicts in the targets' original units from raw inputs.
+    rows = read_ensembles(Storage.from_uri(result.path))
+    assert {r.method for r in rows} >= {"single", "top_k", "greedy"}
+    chosen = next(r for r in rows if r.chosen)
+    assert chosen.val_mse == min(r.val_mse for r in rows) and chosen.selection_metric == "mse"
+    ensemble = load_ensemble(result.path)
+    predicted = ensemble.predict(torch.from_numpy(x_test)).numpy()
+    assert predicted.shape == y_test.shape
+    assert chosen.test_mse == pytest.approx(float(np.mean((predicted - y_test.astype(np.float64)) ** 2)), rel=1e-4)
 
 
 def test_soft_labels_give_the_soft_target_cross_entropy(ray_session, storage_dir):

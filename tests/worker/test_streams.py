@@ -1,0 +1,79 @@
+"""Streamed Datasets: read through DataLoaders per trial, never stacked into memory."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from orchestrator.task import load_task
+from tests.conftest import ROOT
+from worker.data import prepare_task_data
+from worker.trainer import TrialRun, TrialSpec
+
+STREAMED = os.path.join(ROOT, "tests", "tasks", "streamed_task.py")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one torch thread beats several spin-waiting on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_streamed_dataset_is_read_per_epoch_and_never_stacked():
+    task = load_task(STREAMED)
+    reads, sizes = task.get("READS"), task.get("SIZES")
+    splits = prepare_task_data(task)
+    # One pass per split at load: the targets and the training statistics, nothing else kept.
+    assert reads == sizes
+    assert splits.x_train is None and splits.x_val is None and splits.x_test is None
+    assert splits.n_train == sizes["train"] and splits.y_val.dtype == torch.int64 and splits.num_classes == 3
+    assert splits.mean is not None and splits.mean.shape == (1, 6)
+    spec = TrialSpec(0, 0, {"lr": 0.02, "batch_size": 50, "optimizer": "adam"}, 7, 2)
+    run = TrialRun(task, splits, spec, torch.device("cpu"))
+    probe = dict(reads)
+    for _ in range(2):
+        before = dict(reads)
+        row = run.train_epoch()
+        # Each epoch reads every training item once (in batches of 50) and validation once.
+        assert reads["train"] - before["train"] == sizes["train"]
+        assert reads["val"] - before["val"] == sizes["val"]
+        assert reads["test"] == before["test"]
+    assert row["val_accuracy"] > 0.8 and math.isfinite(row["val_loss"])
+    assert reads["train"] - probe["train"] == 2 * sizes["train"]
+
+
+def test_streamed_and_in_memory_data_give_the_same_numbers():
+    """The same examples without augmentation, streamed or as tensors: the same standardisation and metrics."""
+    task = load_task(STREAMED)
+    blobs = task.get("Blobs")
+    streamed = prepare_task_data(task)
+    pairs = []
+    for split in ("train", "val", "test"):
+        data = blobs(split, False)
+        xs, ys = zip(*(data[i] for i in range(len(data))))
+        pairs.append((torch.stack(xs), torch.tensor(ys)))
+    from worker.data import prepare
+
+    in_memory = prepare(tuple(pairs))
+    assert torch.allclose(streamed.mean, in_memory.mean, atol=0.02)  # train items are augmented by N(0, 0.1)
+    assert torch.allclose(streamed.std, in_memory.std, rtol=0.02)
+    assert torch.equal(streamed.y_val, in_memory.y_val)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_workers_persist_and_read_each_item_once(workers):
+    task = load_task(STREAMED)
+    splits = prepare_task_data(task)
+    train = splits.streams["train"]
+    train.num_workers = workers
+    loader = train.loader(100, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert loader.persistent_workers == (workers > 0)
+    seen = torch.cat([y for _, y in loader])
+    assert len(seen) == splits.n_train
+    assert torch.equal(seen.sort().values, splits.y_train.sort().values)
