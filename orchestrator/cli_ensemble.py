@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator.cli import SweepArg, app, fail
+from orchestrator.errors import CaviarError
 
 
 @app.command()
@@ -39,7 +40,13 @@ def ensemble(
 
         task_ref = task or storage.read_table(schema.SWEEP_PATH).to_pylist()[0]["task"]
         soup = soup_builder(storage, load_task(task_ref), device=device)
-    records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup, choose_by=choose_by)
+    try:
+        records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup, choose_by=choose_by)
+    except CaviarError:
+        raise
+    except Exception as exc:  # the user's model code, torch: one line naming it, as every CLI error
+        message = (" ".join(str(exc).split()) or "(no message)")[:500]
+        fail(f"building ensembles of {sweep}: {type(exc).__name__}: {message}")
     print_ensembles(records)
 
 

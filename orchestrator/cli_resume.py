@@ -30,4 +30,6 @@ def resume(
     }
     with exit_on_interrupt(), Progress(force_plain=plain) as progress:
         result = resume_sweep(sweep, on_tick=progress, **overrides)
+    if result.note:
+        typer.echo(result.note)
     print_result(result)
