@@ -38,6 +38,7 @@ class SweepResult:
     warnings: list[str] = field(default_factory=list)
     aborted: str | None = None
     ensemble: Any = None  # the ensemble chosen on validation (ensemble_run.EnsembleRecord); None if not built
+    note: str | None = None  # e.g. a resume that found the sweep finished and changed nothing
 
     def tables(self) -> SweepTables:
         return load(self.path)
@@ -277,17 +278,22 @@ def open_sweep(path: str) -> Storage:
 
 def load(path: str) -> SweepTables:
     """Read a sweep directory (local or URI) back; no Ray, no torch."""
+    from orchestrator.resume import read_events  # each event once, even after a compaction cut short
+
     storage = open_sweep(path)
     metrics = schema.read_dir(storage, "metrics", schema.METRICS)
     assert metrics is not None
-    trials = storage.read_table(schema.TRIALS_PATH) if storage.exists(schema.TRIALS_PATH) else pa.table({})
+    if not storage.exists(schema.TRIALS_PATH):  # one line naming it, never an empty table to trip over
+        raise StorageError(f"{storage.path(schema.TRIALS_PATH)}: no such file (the sweep has not written its "
+                           "trials table yet, or it was deleted)")
+    trials = storage.read_table(schema.TRIALS_PATH)
     return SweepTables(
         path=path,
         sweep=storage.read_table(schema.SWEEP_PATH),
         trials=trials,
         metrics=schema.effective_metrics(metrics),
         checkpoints=schema.read_dir(storage, "checkpoints", schema.CHECKPOINTS),
-        events=schema.read_dir(storage, "events", schema.EVENTS).sort_by("seq"),
+        events=read_events(storage),
         stages=schema.read_dir(storage, "stages", schema.STAGES),
     )
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator.cli import SweepArg, app, fail
+from orchestrator.errors import CaviarError
 
 
 @app.command()
@@ -40,7 +41,13 @@ def ensemble(
 
         chosen = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to build a soup")
         soup = soup_builder(storage, chosen, device=device)
-    records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup, choose_by=choose_by)
+    try:
+        records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup, choose_by=choose_by)
+    except CaviarError:
+        raise
+    except Exception as exc:  # the user's model code, torch: one line naming it, as every CLI error
+        message = (" ".join(str(exc).split()) or "(no message)")[:500]
+        fail(f"building ensembles of {sweep}: {type(exc).__name__}: {message}")
     print_ensembles(records)
 
 

@@ -33,4 +33,6 @@ def resume(
     }
     with exit_on_interrupt(), Progress(force_plain=plain) as progress:
         result = resume_sweep(sweep, on_tick=progress, task=task, trust_task_code=trust_task_code, **overrides)
+    if result.note:
+        typer.echo(result.note)
     print_result(result)

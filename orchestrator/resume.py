@@ -135,19 +135,37 @@ def read_record(storage: Storage) -> SweepRecord:
     # Tables number stages from 1; sweeps written before that numbered them from 0.
     base = schema.FIRST_STAGE if not stages or stages[0]["stage"] != 0 else 0
     stages = [{**row, "stage": row["stage"] - base, "file_stage": row["stage"]} for row in stages]
-    trials = _rows(storage.read_table(schema.TRIALS_PATH)) if storage.exists(schema.TRIALS_PATH) else []
     raw = schema.read_dir(storage, "metrics", schema.METRICS)
+    if storage.exists(schema.TRIALS_PATH):
+        trials = _rows(storage.read_table(schema.TRIALS_PATH))
+    elif stages:  # every flush writes the trials table before stage rows: this table was lost
+        raise StorageError(f"{storage.path(schema.TRIALS_PATH)}: no such file (the sweep's trials table is "
+                           "missing; nothing was written)")
+    else:  # the master died in its first flush: trials start again (those with stored epochs resume)
+        trials = []
     last_attempt: dict[int, int] = {}
     for tid, attempt in zip(raw["trial_id"].to_pylist(), raw["attempt"].to_pylist(), strict=True):
         last_attempt[tid] = max(attempt, last_attempt.get(tid, -1))
     event_parts = storage.list_files("events")
-    events = _rows(schema.read_dir(storage, "events", schema.EVENTS).sort_by("seq"))
+    events = _rows(read_events(storage))
     num_classes = None
     if storage.exists(schema.DATASET_PATH):
         num_classes = storage.read_table(schema.DATASET_PATH)["num_classes"][0].as_py()
     return SweepRecord(
         sweep[0], stages, trials, _rows(schema.effective_metrics(raw)), last_attempt, events, event_parts, num_classes
     )
+
+
+def read_events(storage: Storage) -> pa.Table:
+    """The events log in order, each event once (a compaction cut short leaves its parts beside the compacted file)."""
+    table = schema.read_dir(storage, "events", schema.EVENTS).sort_by("seq")
+    if table.num_rows == 0:
+        return table
+    import numpy as np
+
+    seqs = table["seq"].to_numpy()
+    keep = np.concatenate([[True], seqs[1:] != seqs[:-1]])
+    return table.filter(pa.array(keep))
 
 
 def rebuild_controller(
@@ -163,15 +181,10 @@ def rebuild_controller(
     _check_stages(record.stages, controller)
     _share_shapes_as_before(controller, record.events)
     controller.reopen(spaces)
-    for row in record.trials:
-        trial = controller.trials.get(row["trial_id"])
-        if trial is None:
-            raise StorageError(f"{schema.TRIALS_PATH}: trial {row['trial_id']} belongs to no stored stage")
-        trial.config = dict(row["config"])  # the stored config wins (a fused sweep shares shapes within blocks)
-        for name in _PROGRESS_FIELDS:
-            setattr(trial, name, row[name])
-        if trial.best_score is None:
-            trial.best_score = -math.inf
+    # Rows of a stage the trials table holds but whose stage row was not written yet (the master died
+    # between the two writes) are taken up when the stage begins again below.
+    waiting_rows = _apply_rows(controller, record.trials)
+    _check_earlier_stages_ended(controller)
 
     controller.abort_reason = _abort_reason(record.events)
     resumed: dict[int, int] = {}
@@ -182,13 +195,46 @@ def rebuild_controller(
     # stored rows are taken up in turn.
     while controller.stage not in restored:
         restored.add(controller.stage)
+        waiting_rows = _apply_rows(controller, waiting_rows)
         _restore_stage(controller, record, resumed, closed)
         controller.settle()
+    if waiting_rows:
+        raise StorageError(f"{schema.TRIALS_PATH}: trial {waiting_rows[0]['trial_id']} belongs to no stored stage "
+                           "(nor to the one they lead to)")
     controller.event(
         "sweep_resumed",
         detail={"resumed": sorted(resumed), "closed": closed, "from_epochs": {str(k): v for k, v in resumed.items()}},
     )
     return Rebuilt(controller, resumed, closed)
+
+
+def _apply_rows(controller: Controller, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored trial rows onto the controller's trials; returns the rows of trials it does not have yet."""
+    waiting = []
+    for row in rows:
+        trial = controller.trials.get(row["trial_id"])
+        if trial is None:
+            waiting.append(row)
+            continue
+        if trial.stage != row["stage"]:
+            raise StorageError(f"{schema.TRIALS_PATH}: trial {row['trial_id']} is in stage {row['stage'] + 1} "
+                               f"but the stored plan puts it in stage {trial.stage + 1}")
+        trial.config = dict(row["config"])  # the stored config wins (a fused sweep shares shapes within blocks)
+        for name in _PROGRESS_FIELDS:
+            setattr(trial, name, row[name])
+        if trial.best_score is None:
+            trial.best_score = -math.inf
+    return waiting
+
+
+def _check_earlier_stages_ended(controller: Controller) -> None:
+    """A stage begins only when the one before has ended; tables saying otherwise cannot be finished."""
+    for trial in controller.trials.values():
+        if trial.stage < controller.stage and trial.status not in ENDED:
+            raise StorageError(
+                f"{schema.TRIALS_PATH}: trial {trial.trial_id} of stage {trial.stage + 1} is '{trial.status}' "
+                f"but stage {controller.stage + 1} has begun; the tables contradict each other"
+            )
 
 
 def _restore_stage(controller: Controller, record: SweepRecord, resumed: dict[int, int], closed: list[int]) -> None:
@@ -359,6 +405,8 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     task = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to resume")
     rebuilt = rebuild_controller(record)
     controller = rebuilt.controller
+    if _nothing_to_do(record, rebuilt, storage, settings):  # a finished sweep: resume writes nothing
+        return _as_found(controller, storage, name)
     log = SweepLog(storage, record.space, lease=Lease.take_over(storage))
     log.continue_after(record.stages, record.events, record.event_parts)
     log.flush(controller, force=True)  # the resume is on disk before any trial runs again
@@ -373,3 +421,32 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
                 interrupt.write_interrupted(stop, controller, log, redact_uri(storage.uri))
                 raise
     return finish_sweep(task, settings, storage, name, controller, log)
+
+
+def _nothing_to_do(record: SweepRecord, rebuilt: Rebuilt, storage: Storage, settings: RunSettings) -> bool:
+    controller = rebuilt.controller
+    stored = {row["trial_id"]: row["status"] for row in record.trials}
+    unchanged = stored == {tid: t.status for tid, t in controller.trials.items()}
+    ensembles_done = not settings.ensemble or bool(controller.abort_reason) or storage.exists(schema.ENSEMBLES_PATH)
+    return controller.finished and unchanged and not rebuilt.resumed and not rebuilt.closed and ensembles_done
+
+
+def _as_found(controller: Controller, storage: Storage, name: str) -> Any:
+    """The result of a finished sweep, read back, with a note saying resume changed nothing."""
+    from orchestrator.api import SweepResult
+
+    best = controller.best()
+    counts: dict[str, int] = {}
+    for trial in controller.trials.values():
+        counts[trial.status] = counts.get(trial.status, 0) + 1
+    return SweepResult(
+        name,
+        storage.uri,
+        best.trial_id if best else None,
+        best.best_score if best and math.isfinite(best.best_score) else None,
+        dict(best.config) if best else None,
+        counts,
+        [],
+        controller.abort_reason,
+        note=f"sweep {redact_uri(storage.uri)} has finished: nothing to resume, nothing written",
+    )

@@ -7,6 +7,7 @@ the end. Everything goes through :mod:`orchestrator.schema`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +19,8 @@ from orchestrator.controller import Controller
 from orchestrator.lease import Lease
 from orchestrator.space import Choice, Distribution, SearchSpace
 from orchestrator.storage import Storage
+
+FAULT_EXIT_CODE = 97  # the process a fault test ends after a chosen write
 
 
 def possible_values(space: SearchSpace) -> dict[str, list[Any]]:
@@ -38,6 +41,10 @@ class SweepLog:
                  lease: Lease | None = None):
         self.storage = storage
         self.lease = lease  # renewed as the log flushes: the sweep's writer is alive
+        self.writes = 0
+        fault = os.environ.get("CAVIAR_FAULT_AFTER_WRITE", "")
+        self.fault_after_write = int(fault) if fault.isdigit() else 0
+        self.on_fault = self._die
         self.prefetch: Any = None  # the soup's data, loading while the sweep trains (orchestrator.prefetch)
         self.trials_schema = schema.trials_schema(schema.config_type(possible_values(space)))
         self.flush_seconds = flush_seconds
@@ -47,7 +54,18 @@ class SweepLog:
         self.stages_written = 0
 
     def write_sweep_row(self, row: Mapping[str, Any]) -> None:
-        self.storage.write_table(schema.SWEEP_PATH, schema.to_table([row], schema.SWEEP))
+        self._write(schema.SWEEP_PATH, schema.to_table([row], schema.SWEEP))
+
+    def _write(self, rel: str, table: pa.Table) -> None:
+        """Every master write; a test can end the process after the n-th (``CAVIAR_FAULT_AFTER_WRITE=n``)."""
+        self.storage.write_table(rel, table)
+        self.writes += 1
+        if self.writes == self.fault_after_write:
+            self.on_fault()
+
+    @staticmethod
+    def _die() -> None:
+        os._exit(FAULT_EXIT_CODE)  # as a SIGKILL would: no cleanup, no further write
 
     def continue_after(self, stages: Sequence[Any], events: Sequence[Mapping[str, Any]],
                        event_parts: Sequence[str]) -> None:
@@ -60,10 +78,14 @@ class SweepLog:
         """Write what changed, at most every ``flush_seconds`` unless forced."""
         if not force and time.monotonic() - self.last_flush < self.flush_seconds:
             return
-        self._write_stages(controller)
+        # Events, then trials, then stage rows: a master killed between any two writes leaves tables a
+        # resume can finish from. A stage row is never ahead of the trials table (a stage whose trials
+        # the table holds but whose row is missing is begun again, the same way, from the stage before);
+        # events are never behind it (a resume never loses the reason a trial ended).
         self._write_events(controller)
         rows = [{**t.as_row(), "stage": schema.stage_number(t.stage)} for t in controller.trials.values()]
-        self.storage.write_table(schema.TRIALS_PATH, schema.to_table(rows, self.trials_schema))
+        self._write(schema.TRIALS_PATH, schema.to_table(rows, self.trials_schema))
+        self._write_stages(controller)
         self.last_flush = time.monotonic()
         if self.lease is not None:
             self.lease.beat()
@@ -75,7 +97,7 @@ class SweepLog:
             row = {"stage": schema.stage_number(index), "trials": stage.trials, "epochs": stage.epochs,
                    "space": schema.json_dumps(controller.stage_spaces[index].to_dict(), sort_keys=False),
                    "first_trial_id": first, "time": schema.now_ms()}
-            self.storage.write_table(schema.stage_path(row["stage"]), schema.to_table([row], schema.STAGES))
+            self._write(schema.stage_path(row["stage"]), schema.to_table([row], schema.STAGES))
         self.stages_written = len(controller.stage_spaces)
 
     def _write_events(self, controller: Controller) -> None:
@@ -87,7 +109,7 @@ class SweepLog:
             rows.append({**event, "seq": self.seq, "stage": stage, "detail": schema.json_dumps(event["detail"])})
             self.seq += 1
         path = schema.events_part_path(rows[0]["seq"])
-        self.storage.write_table(path, schema.to_table(rows, schema.EVENTS))
+        self._write(path, schema.to_table(rows, schema.EVENTS))
         self.event_parts.append(path)
         controller.events.clear()
 
@@ -96,7 +118,7 @@ class SweepLog:
             return
         table = pa.concat_tables([self.storage.read_table(p) for p in self.event_parts])
         target = schema.events_part_path(0)
-        self.storage.write_table(target, table)
+        self._write(target, table)
         for part in self.event_parts:
             if part != target:
                 self.storage.delete(part)

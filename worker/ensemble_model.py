@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 from torch import nn
 
@@ -24,6 +23,7 @@ from orchestrator.errors import StorageError, TaskError
 from orchestrator.storage import Storage, sha256
 from orchestrator.task import Task
 from orchestrator.task_source import sweep_task
+from worker.recorder import load_safetensors
 from worker.trainer import pick_device
 
 
@@ -37,7 +37,8 @@ def read_verified(storage: Storage, rel: str, expected_sha256: str | None) -> by
 
 
 def load_state(storage: Storage, rel: str, expected_sha256: str | None) -> dict[str, torch.Tensor]:
-    return safetensors.torch.load(read_verified(storage, rel, expected_sha256))
+    return load_safetensors(read_verified(storage, rel, expected_sha256), storage.path(rel))
+
 
 
 class SweepModels:

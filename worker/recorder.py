@@ -18,6 +18,7 @@ import safetensors.torch
 import torch
 
 from orchestrator import schema
+from orchestrator.errors import StorageError
 from orchestrator.storage import Storage, sha256
 from worker.diagnostics import compact_diagnostics
 from worker.predictions import check_dtype, write_predictions
@@ -40,12 +41,26 @@ def resume_path(trial_id: int) -> str:
     return f"weights/trial-{trial_id:06d}/{RESUME_FILE}"
 
 
+def load_safetensors(data: bytes, where: str) -> dict[str, torch.Tensor]:
+    """Tensors from safetensors bytes; anything else (even with a matching index hash) is refused naming the file."""
+    try:
+        return safetensors.torch.load(data)
+    except Exception as exc:  # SafetensorError, ValueError...: the bytes are not a safetensors file
+        raise StorageError(f"{where}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+
+
 def load_resume_state(storage: Storage, trial_id: int) -> dict[str, Any] | None:
     """The last persisted training state, loaded without running code (``weights_only``)."""
     rel = resume_path(trial_id)
     if not storage.exists(rel):
         return None
-    return torch.load(io.BytesIO(storage.read_bytes(rel)), weights_only=True, map_location="cpu")
+    try:
+        return torch.load(io.BytesIO(storage.read_bytes(rel)), weights_only=True, map_location="cpu")
+    except StorageError:
+        raise
+    except Exception as exc:  # a pickle weights_only refuses, or damaged bytes: name the file, never run it
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StorageError(f"{storage.path(rel)}: not a resume state caviar can load safely ({reason})") from None
 
 
 class TrialRecorder:
@@ -89,7 +104,8 @@ class TrialRecorder:
                 continue  # missing or damaged: never adopted, so never deleted either
             self.written[key] = {k: v for k, v in row.items() if k != "kept_as"}
             if "best" in row["kept_as"].split(",") and row["epoch"] <= resume_epoch:
-                by_epoch.setdefault(row["epoch"], []).append({**row, "state": safetensors.torch.load(data)})
+                state = load_safetensors(data, self.storage.path(row["path"]))
+                by_epoch.setdefault(row["epoch"], []).append({**row, "state": state})
         for epoch, rows in by_epoch.items():
             first = rows[0]
             states = {r["weights"]: r["state"] for r in rows}

@@ -88,6 +88,21 @@ def flip_every_weights_file(sweep: Path) -> None:
         flip_byte(path, path.stat().st_size - 1)
 
 
+def delete_trials_table(sweep: Path) -> None:
+    (sweep / "trials" / "trials.parquet").unlink()
+
+
+def weights_that_are_not_safetensors(sweep: Path) -> None:
+    """Every weights file replaced by other bytes, the index's sha256 patched to match: only the format is wrong."""
+    fake = b"\xff" * 64
+    for path in (sweep / "checkpoints").glob("*.parquet"):
+        index = pq.read_table(path)
+        for rel in index["path"].to_pylist():
+            (sweep / rel).write_bytes(fake)
+        digest = pa.array([hashlib.sha256(fake).hexdigest()] * index.num_rows)
+        pq.write_table(index.set_column(index.schema.get_field_index("sha256"), "sha256", digest), path)
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -218,7 +233,42 @@ CASES = [
         (*RUN, "--name", "/tmp/escaped"),
         E + "sweep name '/tmp/escaped': use letters, digits, '_', '-', '.' (no '/', no '..', 1-128 chars)",
     ),
+    Case(
+        "name_empty",
+        (*RUN, "--name", ""),
+        E + "sweep name '': use letters, digits, '_', '-', '.' (no '/', no '..', 1-128 chars)",
+    ),
     # damaged sweeps
+    Case(
+        "status_no_trials_table",
+        ("status", "{sweep}"),
+        E + "{sweep}/trials/trials.parquet: no such file (…)",
+        corrupt=delete_trials_table,
+    ),
+    Case(
+        "top_no_trials_table",
+        ("top", "{sweep}"),
+        E + "{sweep}/trials/trials.parquet: no such file (…)",
+        corrupt=delete_trials_table,
+    ),
+    Case(
+        "report_no_trials_table",
+        ("report", "{sweep}", "--out", "{work}/report.html"),
+        E + "{sweep}/trials/trials.parquet: no such file (…)",
+        corrupt=delete_trials_table,
+    ),
+    Case(
+        "resume_no_trials_table",
+        ("resume", "{sweep}", "--plain"),
+        E + "{sweep}/trials/trials.parquet: no such file (the sweep's trials table is missing; nothing was written)",
+        corrupt=delete_trials_table,
+    ),
+    Case(
+        "ensemble_weights_not_safetensors",
+        ("ensemble", "{sweep}", "--method", "soup"),
+        E + "{sweep}/weights/trial-….safetensors: not a readable safetensors file (…)",
+        corrupt=weights_that_are_not_safetensors,
+    ),
     Case(
         "status_not_a_sweep",
         ("status", "{runs}/nosuch"),
@@ -347,3 +397,29 @@ def test_load_ensemble_refuses_weights_whose_sha256_changed(finished_sweep, tmp_
     with pytest.raises(StorageError, match=rf"^{re.escape(str(sweep))}/\S+\.safetensors: sha256 mismatch"):
         load_ensemble(str(sweep), trust_task_code=True)
     assert snapshot(sweep) == before
+
+
+def test_resume_of_a_finished_sweep_changes_nothing_and_says_so(finished_sweep, tmp_path):
+    sweep = tmp_path / "done"
+    shutil.copytree(finished_sweep, sweep)
+    before = snapshot(sweep)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([CAVIAR, "resume", str(sweep), "--plain"], capture_output=True, text=True, env=env,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"sweep {sweep} has finished: nothing to resume, nothing written" in proc.stdout
+    assert snapshot(sweep) == before
+
+
+def test_a_pickled_resume_state_is_refused_naming_its_path(tmp_path):
+    import torch
+
+    from orchestrator.storage import Storage
+    from worker.recorder import load_resume_state, resume_path
+
+    storage = Storage.from_uri(str(tmp_path / "sweep"))
+    storage.write_bytes(resume_path(3), b"")
+    target = tmp_path / "sweep" / resume_path(3)
+    torch.save({"model": object()}, target)  # arbitrary pickled objects: weights_only refuses them
+    with pytest.raises(StorageError, match=rf"^{re.escape(str(target))}: not a resume state caviar can load safely"):
+        load_resume_state(storage, 3)
