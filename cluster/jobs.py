@@ -39,6 +39,7 @@ CAVIAR_PACKAGES = ("orchestrator", "worker", "cluster")
 EXCLUDES = [".venv", "venv", "caviar-runs", ".git", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
             ".mypy_cache", ".ipynb_checkpoints"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+STOP_GRACE_SECONDS = 30
 
 
 class ClusterError(CaviarError):
@@ -155,7 +156,10 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
             raise ConfigError(f"option '--config': {config!r} must be a file inside {folder!r} (it travels along)")
         args += ["--config", rel]
     args += list(run_args)
-    runtime_env: dict[str, Any] = {"working_dir": folder, "excludes": list(EXCLUDES)}
+    runtime_env: dict[str, Any] = {"working_dir": folder, "excludes": list(EXCLUDES),
+                                   # `caviar stop` sends SIGTERM; the master gets this long to write its
+                                   # tables before Ray's SIGKILL (Ray's default is 3 s)
+                                   "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_SECONDS)}}
     requirements = _requirements(folder)
     if requirements:
         runtime_env["pip"] = requirements

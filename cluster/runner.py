@@ -42,9 +42,11 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
         return
     check_reachable(address)
     enable_token_auth()  # Ray Client and HOST:PORT send the token only in token mode: as submit/jobs/logs/stop do
+    from ray.exceptions import AuthenticationError
+
     try:
         ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+    except (ConnectionError, RuntimeError, TimeoutError, AuthenticationError) as exc:
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise ClusterError(f"Ray cluster {address!r}: cannot connect ({reason}){auth_hint(reason)}") from None
 

@@ -35,6 +35,10 @@ def ensemble(
     methods = check_methods([m for item in method or [] for m in item.split(",") if m])
     storage = open_sweep(sweep)
     soup = None
+    if "soup" in methods and not method and not (task or trust_task_code):  # all methods by default: the rest
+        typer.echo("caviar: soup left out: it builds models with task code; pass --task FILE or --trust-task-code "
+                   "to include it", err=True)
+        methods = tuple(m for m in methods if m != "soup")
     if "soup" in methods:
         from orchestrator.task_source import sweep_task
         from worker.soup import soup_builder  # torch loads here, only for a soup

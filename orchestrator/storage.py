@@ -181,10 +181,12 @@ class Storage:
         selector = pafs.FileSelector(self.path(rel_dir), recursive=True, allow_not_found=True)
         infos = with_retries(lambda: self.fs.get_file_info(selector), what=f"listing {self.path(rel_dir)}")
         out = []
+        prefix = self.root + "/"  # by string: relpath would consult the working directory, which may be gone
         for info in infos:
             base = posixpath.basename(info.path)
             if info.type == pafs.FileType.File and base.endswith(suffix) and not base.startswith((".", "_")):
-                out.append(posixpath.relpath(info.path, self.root))
+                out.append(info.path[len(prefix):] if info.path.startswith(prefix)
+                           else posixpath.relpath(info.path, self.root))
         return sorted(out)
 
     def exists(self, rel: str) -> bool:

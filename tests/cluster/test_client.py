@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.api import load
-from tests.cluster.conftest import caviar
+from tests.cluster.conftest import caviar, one_error_line
 from tests.conftest import TINY_TASK
 
 pytestmark = pytest.mark.timeout(420)
@@ -21,3 +21,12 @@ def test_run_drives_a_remote_cluster_through_ray_client(ray_cluster, tmp_path):
     assert [t["status"] for t in trials] == ["completed"] * 3
     assert all(t["node"] for t in trials)  # trained by the cluster's actors, which report their node
     assert tables.metrics.num_rows == 3 * 2
+
+
+def test_a_wrong_token_is_one_line_saying_how_to_get_the_heads(ray_cluster, tmp_path):
+    """The cluster runs with token auth: a client holding another token is refused, and told what to do."""
+    refused = caviar("run", TINY_TASK, "--address", ray_cluster.gcs_address, "--storage", str(tmp_path),
+                     "--name", "wrong-token", "--shared-storage", "--plain", env={"RAY_AUTH_TOKEN": "not-the-token"})
+    line = one_error_line(refused)
+    assert ray_cluster.gcs_address in line and "~/.ray/auth_token" in line and "RAY_AUTH_TOKEN" in line
+    assert not (tmp_path / "wrong-token" / "sweep").exists()  # refused before the sweep was kept

@@ -85,6 +85,7 @@ def test_plan_ships_the_task_folder_requirements_and_caviar(tmp_path):
     env = plan.runtime_env
     assert env["working_dir"] == str(tmp_path) and ".venv" in env["excludes"] and "caviar-runs" in env["excludes"]
     assert env["pip"] == ["scikit-learn>=1.3"]
+    assert int(env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"]) >= 10  # time to write the tables after `caviar stop`
     assert sorted(p.rsplit("/", 1)[-1] for p in env["py_modules"]) == ["cluster", "orchestrator", "worker"]
     assert '"$PY" -u -m orchestrator.cli run task.py --address auto --plain' in plan.entrypoint
     assert plan.entrypoint.endswith("--name n --trials 8")

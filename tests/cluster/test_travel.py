@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -27,9 +26,29 @@ from tests.conftest import ROOT, TINY_TASK
 pytestmark = pytest.mark.timeout(600)
 
 
+SLOW_EPOCHS = """
+
+import time
+
+import torch.nn.functional as F
+
+
+def train_epoch(model, optimizer, batches, config):  # slow epochs: the job is still training when it is stopped
+    total, seen = 0.0, 0
+    for xb, yb in batches:
+        loss = F.cross_entropy(model(xb), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, seen = total + loss.item() * len(yb), seen + len(yb)
+    time.sleep(0.3)
+    return {"train_loss": total / max(seen, 1)}
+"""
+
+
 def running_trial_recorded(sweep_dir: str) -> bool:
     try:
-        return any(t["status"] == "running" and t["epochs_run"] >= 1 for t in load(sweep_dir).trials.to_pylist())
+        return any(t["status"] == "running" for t in load(sweep_dir).trials.to_pylist())
     except Exception:  # not written yet
         return False
 
@@ -39,12 +58,14 @@ def test_submit_stop_resume_elsewhere_then_load_after_the_task_file_is_gone(ray_
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     for folder in (project, elsewhere):
         folder.mkdir()
-    task = shutil.copy(TINY_TASK, project / "travel_task.py")
+    task = project / "travel_task.py"  # one file, as the tiny task with slow epochs
+    with open(TINY_TASK) as f:
+        task.write_text(f.read() + SLOW_EPOCHS)
     env = {"CAVIAR_CACHE": str(tmp_path / "cache")}
     query = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
     storage = f"s3://{ACCESS_KEY}:{SECRET}@{BUCKET}/team{query}"
     submitted = caviar("submit", str(task), "--address", ray_cluster.dashboard, "--storage", storage,
-                       "--name", "travel", "--trials", "6", "--epochs", "40", "--stages", "1", "--pruner", "none",
+                       "--name", "travel", "--trials", "4", "--epochs", "20", "--stages", "1", "--pruner", "none",
                        env=env)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
@@ -72,8 +93,13 @@ def test_submit_stop_resume_elsewhere_then_load_after_the_task_file_is_gone(ray_
                      "--no-ensemble", cwd=str(elsewhere), env=env, timeout=420)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     trials = load(sweep).trials.to_pylist()
-    assert [t["status"] for t in trials] == ["completed"] * 6 and all(t["epochs_run"] == 40 for t in trials)
+    assert [t["status"] for t in trials] == ["completed"] * 4 and all(t["epochs_run"] == 20 for t in trials)
     assert {t["node"] for t in trials} <= ray_cluster.node_ids()  # resumed on the cluster, not here
+
+    page = elsewhere / "travel.html"
+    reported = caviar("report", sweep, "--out", str(page), cwd=str(elsewhere), env=env)
+    assert reported.returncode == 0 and page.is_file(), reported.stderr[-3000:]
+    assert SECRET not in page.read_text() + reported.stdout + reported.stderr
 
     built = caviar("ensemble", sweep, "-m", "top_k", "--method", "soup", "--trust-task-code", "--device", "cpu",
                    cwd=str(elsewhere), env=env)

@@ -101,3 +101,15 @@ def test_cli_ensemble_builds_the_asked_methods_and_prints_the_table(sweep, tmp_p
     assert bad.stderr.strip().splitlines() == [
         "caviar: error: option 'method': bogus unknown "
         "(known: single, single_ema, top_k, checkpoints, ema, seeds, greedy, soup)"]
+
+
+def test_cli_ensemble_by_default_builds_what_runs_no_task_code(sweep, tmp_path):
+    """Every method by default, but the soup (it builds models with the task's code) only on request."""
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep.path, copy)
+    cli = [os.path.join(os.path.dirname(sys.executable), "caviar")]
+    done = subprocess.run([*cli, "ensemble", str(copy)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "soup left out" in done.stderr and "--trust-task-code" in done.stderr
+    methods = {r.method for r in read_ensembles(Storage.from_uri(str(copy)))}
+    assert "soup" not in methods and {"single", "top_k", "greedy"} <= methods
