@@ -247,6 +247,9 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     return resume(path, on_tick=on_tick, task=task, trust_task_code=trust_task_code, **overrides)
 
 
+TABLE_NAMES = ("sweep", "trials", "metrics", "checkpoints", "events", "stages")
+
+
 @dataclass
 class SweepTables:
     """A finished (or running) sweep's tables, as pyarrow Tables."""
@@ -260,6 +263,14 @@ class SweepTables:
     stages: pa.Table
 
     def to_pandas(self, table: str) -> Any:
+        """``table`` ("trials", "metrics", ...) as a pandas DataFrame (pandas is a dependency of caviar)."""
+        if table not in TABLE_NAMES:
+            raise ConfigError(f"table {table!r}: unknown (one of {', '.join(TABLE_NAMES)})")
+        try:
+            import pandas  # noqa: F401
+        except ImportError:  # an install that left it out: say so in one line, with the way round it
+            raise ConfigError(f"to_pandas({table!r}) needs pandas: pip install pandas "
+                              f"(or use the pyarrow table: tables.{table})") from None
         return getattr(self, table).to_pandas()
 
     def top(self, k: int = 10) -> pa.Table:

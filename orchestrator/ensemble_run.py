@@ -304,6 +304,9 @@ def ranked_keys(cands: Sequence[Candidate], y_val: np.ndarray, metric: str) -> l
 
 def write_ensembles(storage: Storage, records: Sequence[EnsembleRecord]) -> None:
     storage.write_table(schema.ENSEMBLES_PATH, schema.to_table([r.as_row() for r in records], schema.ENSEMBLES))
+    legacy = schema.LEGACY_ENSEMBLE_WEIGHTS_DIR
+    if not any((r.weights_path or "").startswith(legacy + "/") for r in records):
+        storage.delete_dir(legacy)  # an older sweep rebuilt: its ensembles/ folder becomes a plain table again
 
 
 def read_ensembles(storage: Storage) -> list[EnsembleRecord]:

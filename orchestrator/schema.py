@@ -8,10 +8,10 @@ Layout under ``<storage>/<sweep>/``::
     metrics/trial-000012.parquet      one row per (trial, attempt, epoch); parts while running
     diagnostics/trial-000012.parquet  one row per (trial, attempt, epoch, parameter or layer); parts likewise
     checkpoints/trial-000012.parquet  the checkpoint index of one trial
-    weights/trial-000012/...          safetensors files the index points to
+    weights/trial-000012/...          safetensors files the index points to (not a table: no Parquet)
     predictions/trial-000012.parquet  class probabilities of every kept checkpoint on val and test (ensembles)
     dataset/dataset.parquet           one row: val/test labels and the input standardisation, per sweep
-    ensembles/ensembles.parquet       one row per ensemble built; soup weights under ensembles/weights/
+    ensembles/ensembles.parquet       one row per ensemble built; soup weights under weights/ensembles/
     events/part-....parquet           every decision the master takes, append-only
 
 Rows are never updated in place. Metrics rows are keyed by ``(trial_id, attempt, epoch)``;
@@ -324,7 +324,12 @@ ENSEMBLES_PATH = "ensembles/ensembles.parquet"
 
 
 def ensemble_weights_path(name: str) -> str:
-    return f"ensembles/weights/{name}.safetensors"
+    """Outside ``ensembles/``: every table folder holds Parquet only, so any reader takes the folder as is.
+    (Sweeps written before kept soups under ``ensembles/weights/``; their rows still point there.)"""
+    return f"weights/ensembles/{name}.safetensors"
+
+
+LEGACY_ENSEMBLE_WEIGHTS_DIR = "ensembles/weights"
 
 
 TRIALS_PATH = "trials/trials.parquet"

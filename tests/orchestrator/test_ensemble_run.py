@@ -184,7 +184,7 @@ def test_a_soup_is_recorded_and_chosen_only_when_it_helped(sweep):
 
     records = build_and_write(sweep, soup=soup)
     row = records[-1]
-    assert row.method == "soup" and row.weights_path == "ensembles/weights/soup.safetensors"
+    assert row.method == "soup" and row.weights_path == "weights/ensembles/soup.safetensors"
     assert not row.chosen  # it did not help: the single best candidate stands for it
     assert len(seen["ranked"]) == 16 and seen["metric"] == "accuracy"
     single = next(r for r in records if r.method == "single")
