@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default 10 (tiny: 2)")
     parser.add_argument("--modes", default="settings,epochs", help="settings, epochs or both")
     parser.add_argument("--caviar", default="{}", help="JSON of run_sweep settings on top of caviar's defaults")
+    parser.add_argument("--tune-seeds", default=None,
+                        help="run Ray Tune (slow to schedule) only on these seeds (default: every seed)")
     parser.add_argument("--name", default=None, help="result file name (default quality, tiny: quality-tiny)")
     args = parser.parse_args()
     if args.child:
@@ -175,6 +177,8 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
             caviar_row = None
             for tool in tools:
+                if tool == "tune" and args.tune_seeds is not None and str(seed) not in args.tune_seeds.split(","):
+                    continue
                 extra = {"caviar": caviar_settings} if tool == "caviar" else {}
                 if tool == "caviar" or "settings" in modes:
                     row = one_run(tool, task, seed, "settings", trials, epochs, extra)
@@ -183,7 +187,12 @@ def main() -> None:
             if "epochs" in modes and caviar_row is not None and "optuna-tpe" in tools:
                 budget = {"budget_epochs": int(caviar_row["epochs_trained"])}
                 rows.append(one_run("optuna-tpe", task, seed, "epochs", trials, epochs, budget))
-    loads.append(os.getloadavg()[0])
+            loads.append(os.getloadavg()[0])
+            report(args, rows, loads, trials, epochs, caviar_settings)  # after every seed: a stopped run keeps its rows
+
+
+def report(args: Any, rows: list[dict[str, Any]], loads: list[float], trials: int, epochs: int,
+           caviar_settings: dict[str, Any]) -> None:
     summary = summarise(rows)
     notes = [
         f"{SLOTS} slots for every tool; Optuna: n_jobs={SLOTS} threads; each run in its own interpreter",
@@ -191,6 +200,7 @@ def main() -> None:
         + (f" with {json.dumps(caviar_settings)}" if caviar_settings else "")
         + "; Optuna: SuccessiveHalvingPruner(min_resource 1, rf 3); Ray Tune: ASHAScheduler(grace 1, rf 3)",
         "epochs: Optuna TPE + successive halving starts trials until it has trained caviar's epochs (same seed)",
+        *([f"Ray Tune on seeds {args.tune_seeds} only"] if args.tune_seeds is not None else []),
         "answer_test_accuracy: caviar's chosen ensemble (its best single model where no ensemble was built); a peer's"
         " best trial at its best validation epoch. best_test_accuracy: the best single model. *_sd: sd over seeds",
         "wall_ratio: per-seed wall time over caviar's, averaged; the machine is shared, so only ratios mean much",

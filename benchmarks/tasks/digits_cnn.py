@@ -19,10 +19,10 @@ space = {
     "weight_decay": loguniform(1e-6, 1e-2),
     "schedule": choice(["constant", "exponential"]),
     "decay_rate": one_minus_loguniform(0.1, 0.95, when={"schedule": ["exponential"]}),
-    "channels": lograndint(4, 32),
+    "channels": lograndint(4, 24),
     "hidden": lograndint(16, 128),
     "dropout": dropout(0.0, 0.5),
-    "batch_size": lograndint(16, 256),
+    "batch_size": lograndint(32, 256),
 }
 
 settings = {"trials": 24, "epochs": 10}

@@ -115,3 +115,24 @@ def test_quality_tasks_load_with_their_own_shapes():
 
         out = model(torch.as_tensor(x[:5]))
         assert out.shape == (5, len(set(data["train"][1].tolist())))
+
+
+def test_quality_summary_and_verdicts_on_plain_rows():
+    from benchmarks.quality import summarise, verdicts
+
+    def row(tool, mode, seed, answer, best, epochs, wall):
+        return {"task": "t", "mode": mode, "tool": tool, "seed": str(seed), "max_epochs": 10, "trials": 32,
+                "epochs_trained": epochs, "wall_s": wall, "answer_test_accuracy": answer, "best_test_accuracy": best}
+
+    rows = [row("caviar", "settings", 0, 0.98, 0.97, 90, 10.0), row("caviar", "settings", 1, 0.96, 0.95, 80, 20.0),
+            row("optuna-tpe", "settings", 0, 0.97, 0.97, 120, 5.0),
+            row("optuna-tpe", "settings", 1, 0.95, 0.95, 100, 5.0),
+            row("optuna-tpe", "epochs", 0, 0.975, 0.975, 90, 4.0), row("optuna-tpe", "epochs", 1, 0.94, 0.94, 80, 4.0)]
+    summary = {(s["mode"], s["tool"]): s for s in summarise(rows)}
+    caviar = summary["settings", "caviar"]
+    assert caviar["answer_test_accuracy"] == pytest.approx(0.97) and caviar["epochs_trained"] == 85
+    assert caviar["answer_test_sd"] == pytest.approx(0.0141421, rel=1e-4)
+    assert summary["settings", "optuna-tpe"]["wall_ratio"] == pytest.approx((0.5 + 0.25) / 2)
+    lines = verdicts(list(summary.values()))
+    assert lines[0].startswith("t, same settings: caviar's answer 0.9700 beats every peer (best peer optuna-tpe 0.96")
+    assert "same epochs: caviar's best single model 0.9600 >= Optuna TPE's 0.9575" in lines[1]
