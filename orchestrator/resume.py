@@ -137,7 +137,7 @@ def read_record(storage: Storage) -> SweepRecord:
     stages = [{**row, "stage": row["stage"] - base, "file_stage": row["stage"]} for row in stages]
     raw = schema.read_dir(storage, "metrics", schema.METRICS)
     if storage.exists(schema.TRIALS_PATH):
-        trials = _rows(storage.read_table(schema.TRIALS_PATH))
+        trials = [{**row, "stage": row["stage"] - base} for row in _rows(storage.read_table(schema.TRIALS_PATH))]
     elif stages:  # every flush writes the trials table before stage rows: this table was lost
         raise StorageError(f"{storage.path(schema.TRIALS_PATH)}: no such file (the sweep's trials table is "
                            "missing; nothing was written)")
