@@ -332,7 +332,7 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
     if dataset.kind == "regression":  # averaged outputs chosen on validation MSE (orchestrator/regression_ensembles.py)
         from orchestrator.regression_ensembles import build_regression, read_regression
 
-        records = build_regression(read_regression(storage, dataset), dataset, k=k)
+        records = build_regression(read_regression(storage, dataset), dataset, k=k, methods=check_methods(methods))
         write_ensembles(storage, records)
         return records
     stored = read_predictions(storage, dataset)

@@ -99,8 +99,11 @@ def greedy_counts(cands: Sequence[RegressionCandidate], y_val: np.ndarray, steps
     return best_counts
 
 
+REGRESSION_METHODS = ("single", "single_ema", "top_k", "greedy")
+
+
 def build_regression(cands: Sequence[RegressionCandidate], dataset: object, *, k: int = 5,
-                     greedy_steps: int = 40) -> list:
+                     greedy_steps: int = 40, methods: Sequence[str] = REGRESSION_METHODS) -> list:
     """Every regression ensemble, chosen on validation MSE; test MSE attached; the best flagged ``chosen``."""
     if not cands:
         raise ConfigError("predictions: no usable candidates (every stored prediction was dropped)")
@@ -121,5 +124,7 @@ def build_regression(cands: Sequence[RegressionCandidate], dataset: object, *, k
     if len(cands) > 1:
         records.append(_record(len(records), "greedy", greedy_counts(cands, y_val, greedy_steps), cands, y_val, y_test,
                                now))
+    records = [replace(r, ensemble_id=i) for i, r in enumerate(r for r in records if r.method in methods  # type: ignore
+                                                                  or r.method == "single")]
     best = min(records, key=lambda r: r.val_mse)  # type: ignore[attr-defined]
     return [replace(r, chosen=r is best) for r in records]  # type: ignore[type-var]

@@ -64,7 +64,9 @@ def read_sweep(path: str) -> SweepData:
     for row in sorted(metrics, key=lambda r: (r["trial_id"], r["epoch"])):
         curves[row["trial_id"]].append(row)
     scored = [r for r in metrics if r["score"] is not None and r["val_accuracy"] is not None]
-    accuracy = not scored or all(abs(r["score"] - r["val_accuracy"]) < 1e-9 for r in scored)
+    # Scored on accuracy when the score is the accuracy; a regression (no accuracy at all) is scored on a loss.
+    no_accuracy = bool(metrics) and all(r["val_accuracy"] is None for r in metrics)
+    accuracy = not no_accuracy and (not scored or all(abs(r["score"] - r["val_accuracy"]) < 1e-9 for r in scored))
     return SweepData(
         name=sweep["name"], task=sweep["task"], accuracy=accuracy, space=space,
         stage_spaces=[json.loads(s["space"]) for s in stages], trials=tables.trials.to_pylist(), curves=dict(curves),

@@ -8,6 +8,7 @@ training batch, then the objective on the validation split. Every failure is a
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,8 @@ from worker.kinds import loss_function, match_targets, objective_and_mode, score
 from worker.optim import setting
 from worker.trainer import evaluate_split
 
+log = logging.getLogger("caviar")
+
 
 def sampled_config(task: Task, seed: int = 0) -> dict[str, Any]:
     """One seeded sample of the task's space, inactive conditional parameters as a trial sees them."""
@@ -36,10 +39,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def validate_task(task: Task, config: Mapping[str, Any] | None = None) -> Splits:
+def validate_task(task: Task, config: Mapping[str, Any] | None = None, settings: Any = None) -> Splits:
     """Raise :class:`TaskError` (one line) unless the task can train and report its objective; return its splits.
 
     ``config``: the hyperparameters to build the model with (default: one seeded sample of the space).
+    ``settings`` (a ``RunSettings``, optional): also log one warning line when the predictions stored
+    for ensembles would be large (see :func:`prediction_bytes`).
     """
     splits = prepare_task_data(task)
     kind = splits.target_kind
@@ -81,7 +86,35 @@ def validate_task(task: Task, config: Mapping[str, Any] | None = None) -> Splits
     row: dict[str, Any] = {"val_loss": values["val_loss"], "val_accuracy": values.get("val_accuracy"),
                            "metrics": {k: v for k, v in values.items() if k not in ("val_loss", "val_accuracy")}}
     score_of({k: v for k, v in row.items() if v is not None}, objective, mode)  # names the reported columns if absent
+    if settings is not None:
+        warn_if_large(splits, settings, ema=bool(config.get("ema_decay")))
     return splits
+
+
+PREDICTIONS_WARN_BYTES = 2 * 1024**3
+
+
+def prediction_bytes(splits: Splits, trials: int, checkpoints_per_trial: int, dtype: str = "float16") -> int:
+    """The predictions a sweep stores for ensembles: every kept checkpoint's val + test outputs."""
+    kind = splits.target_kind
+    if dtype == "none" or not (kind.hard_classes or kind.kind == "regression"):
+        return 0
+    width = splits.num_classes if kind.hard_classes else max(1, int(np.prod(splits.y_val.shape[1:])))
+    per_value = 4 if dtype == "float32" or kind.kind == "regression" else 2
+    rows = len(splits.y_val) + len(splits.y_test)
+    return int(trials * checkpoints_per_trial * rows * (int(width or 1) * per_value + 20))  # + ids per row
+
+
+def warn_if_large(splits: Splits, settings: Any, *, ema: bool) -> int:
+    """One warning line before the sweep when stored predictions would pass ``PREDICTIONS_WARN_BYTES``."""
+    dtype = getattr(settings, "prediction_dtype", "float16")
+    kept = (int(getattr(settings, "keep_best", 1)) + 1) * (2 if ema else 1)  # best + last, raw (+ EMA)
+    size = prediction_bytes(splits, int(getattr(settings, "trials", 1)), kept, dtype)
+    if size > PREDICTIONS_WARN_BYTES:
+        log.warning("predictions for ensembles will take about %.1f GiB (%d val + %d test rows per checkpoint); "
+                    "set prediction_dtype = \"none\" to store none", size / 1024**3, len(splits.y_val),
+                    len(splits.y_test))
+    return size
 
 
 def _check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> None:

@@ -155,3 +155,17 @@ def test_not_learning_for_a_regressor_is_no_better_than_the_training_mean():
     learned = Observation(0, 1, score=-5.0, train_loss=5.0, val_loss=5.0, baseline_val_loss=10.0)
     assert not_learning_reason(learned) is None
     assert not_learning_reason(Observation(0, 1, score=-5.0, train_loss=5.0, val_loss=5.0)) is None  # custom
+
+
+def test_prediction_storage_is_estimated_and_warned_about_in_one_line(caplog):
+    from types import SimpleNamespace
+
+    from worker.validate import PREDICTIONS_WARN_BYTES, prediction_bytes, warn_if_large
+
+    splits = prepare_task_data(load_task(TINY_TASK))  # 60 val + 60 test rows, 3 classes
+    assert prediction_bytes(splits, 10, 2, "float16") == 10 * 2 * 120 * (3 * 2 + 20)
+    assert prediction_bytes(splits, 10, 2, "none") == 0
+    huge = SimpleNamespace(trials=PREDICTIONS_WARN_BYTES, keep_best=1, prediction_dtype="float16")
+    with caplog.at_level("WARNING", logger="caviar"):
+        warn_if_large(splits, huge, ema=False)
+    assert len(caplog.records) == 1 and 'prediction_dtype = "none"' in caplog.records[0].getMessage()
