@@ -302,3 +302,32 @@ def test_two_runs_of_one_name_at_once_one_claims_it_the_other_gets_one_line(tmp_
                                                         "run (process ")
     assert len(won[0]) == 1 and won[0][0].startswith(f"caviar: error: Ray cluster '{address}': cannot connect")
     assert not sweep.exists()  # the winner's refused start removed what it had written
+
+
+def test_a_real_master_killed_between_the_trials_table_and_its_stage_row_resumes(tmp_path):
+    """`CAVIAR_FAULT_AFTER_WRITE=3`: the master writes the sweep row, the first events and the first trials
+    table, then `os._exit`s before the stage row. `caviar resume` begins the stage again from the table
+    and finishes it (tests/orchestrator/test_resume_faults.py covers every boundary, in-process)."""
+    storage = tmp_path / "runs"
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    run = [*CAVIAR, "run", os.path.join(ROOT, "tests", "tasks", "tiny_task.py"), "--trials", "3", "--epochs", "1",
+           "--stages", "1", "--slots", "2", "--seed", "2", "--storage", str(storage), "--name", "cut", "--no-ensemble",
+           "--plain"]
+    with open(tmp_path / "killed.log", "w") as log:  # a file, not a pipe: Ray's children may hold it open
+        killed = subprocess.Popen(run, cwd=ROOT, env={**env, "CAVIAR_FAULT_AFTER_WRITE": "3"}, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        killed.wait(timeout=300)
+    err = (tmp_path / "killed.log").read_text()
+    try:
+        os.killpg(killed.pid, signal.SIGKILL)  # what the dead master's Ray left in its group, as a SIGKILL would
+    except ProcessLookupError:
+        pass
+    assert killed.returncode == 97, err[-3000:]  # sweeplog.FAULT_EXIT_CODE
+    sweep = storage / "cut"
+    assert (sweep / "trials" / "trials.parquet").exists() and not (sweep / "stages").exists()
+    done = subprocess.run([*CAVIAR, "resume", str(sweep), "--plain"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tables = load(str(sweep))
+    assert [(t["status"], t["epochs_run"]) for t in tables.trials.to_pylist()] == [("completed", 1)] * 3
+    assert tables.stages.num_rows == 1
