@@ -163,9 +163,8 @@ def run_sweep(
     with interrupt.stop_on_signals():
         try:
             run_claimed(task, settings, space, root, sweep, name, controller, log, on_tick, config_file)
-        except interrupt.SweepInterrupted as stop:  # Ctrl-C or SIGTERM: a resumable sweep, said so
-            interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri))
-            raise
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a resumable sweep, said so
+            raise interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri)) from None
     return finish_sweep(task, settings, sweep, name, controller, log, prefetch=log.prefetch)
 
 
@@ -191,9 +190,8 @@ def run_claimed(task: Task, settings: RunSettings, space: SearchSpace, root: Sto
 
         # The soup at the end needs the data here: load it while the trials train, not after them.
         prefetch = log.prefetch = DataPrefetch(task) if settings.ensemble else None
-        execute(
-            task, settings, root, name, controller, log, on_tick=chain_ticks(prefetch and prefetch.on_tick, on_tick)
-        )
+        ticks = chain_ticks(prefetch and prefetch.on_tick, on_tick, interrupt.keep_handlers)
+        execute(task, settings, root, name, controller, log, on_tick=ticks)
     except CaviarError:
         forget_refused_sweep(sweep, controller)
         raise

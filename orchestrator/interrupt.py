@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 EXIT_CODE = 130  # 128 + SIGINT, what shells report for Ctrl-C
-_state = {"requested": False}
+_state: dict[str, Any] = {"requested": False, "active": False, "signum": 0}
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -40,7 +40,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if _state["requested"]:  # the second signal: no more writes, no more waiting
         os.write(2, b"caviar: interrupted again: exiting now\n")
         os._exit(EXIT_CODE)
-    _state["requested"] = True
+    _state["requested"], _state["signum"] = True, signum
     raise SweepInterrupted(signum)
 
 
@@ -52,13 +52,27 @@ def stop_on_signals() -> Iterator[None]:
         return
     previous: dict[int, Any] = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     _state["requested"] = False
+    _state["active"] = True
     for signum in previous:
         signal.signal(signum, _handler)
     try:
         yield
     finally:
+        _state["active"] = False
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def keep_handlers(controller: Any = None) -> None:
+    """Put the handlers back where another took them over (``ray.init`` installs its own SIGTERM handler).
+
+    Called on every tick of the master loop; a no-op outside :func:`stop_on_signals`.
+    """
+    if not _state["active"] or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not _handler:
+            signal.signal(signum, _handler)
 
 
 def mark_interrupted(controller: Any) -> list[int]:
@@ -71,13 +85,20 @@ def mark_interrupted(controller: Any) -> list[int]:
     return stopped
 
 
-def write_interrupted(stop: SweepInterrupted, controller: Any, log: Any, path: str) -> None:
-    """The master's last writes after a stop signal: running trials marked, tables flushed, the lease let go."""
+def write_interrupted(stop: KeyboardInterrupt, controller: Any, log: Any, path: str) -> SweepInterrupted:
+    """The master's last writes after a stop signal: running trials marked, tables flushed, the lease let go.
+
+    ``stop`` may be a plain KeyboardInterrupt: Ray's compiled calls (``ray.wait``) re-raise the
+    exception a signal handler raised inside them as a new one. Returns the exception to raise.
+    """
+    if not isinstance(stop, SweepInterrupted):
+        stop = SweepInterrupted(_state["signum"] or signal.SIGINT)
     mark_interrupted(controller)
     log.flush(controller, force=True)
     if log.lease is not None:
         log.lease.release()
     stop.path = path
+    return stop
 
 
 def print_hint(path: str) -> None:

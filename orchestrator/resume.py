@@ -37,6 +37,7 @@ from orchestrator import interrupt, schema
 from orchestrator.controller import ENDED, Controller, observation_of
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.lease import Lease
+from orchestrator.prefetch import chain_ticks
 from orchestrator.settings import RunSettings
 from orchestrator.space import SearchSpace, parse_param
 from orchestrator.storage import Storage, redact_uri
@@ -415,11 +416,10 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
 
         with interrupt.stop_on_signals():
             try:
-                execute(task, settings, Storage.from_uri(root_uri), name, controller, log, on_tick=on_tick,
-                        resuming=True)
-            except interrupt.SweepInterrupted as stop:
-                interrupt.write_interrupted(stop, controller, log, redact_uri(storage.uri))
-                raise
+                execute(task, settings, Storage.from_uri(root_uri), name, controller, log,
+                        on_tick=chain_ticks(on_tick, interrupt.keep_handlers), resuming=True)
+            except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: written, and said how to go on
+                raise interrupt.write_interrupted(stop, controller, log, redact_uri(storage.uri)) from None
     return finish_sweep(task, settings, storage, name, controller, log)
 
 

@@ -261,7 +261,7 @@ def test_a_stop_signal_ends_the_run_in_seconds_marks_trials_interrupted_and_resu
     sweep = os.path.join(storage, "stopped")
     print(f"{signal.Signals(signum).name}: exited {took:.1f} s after the signal")
     assert proc.returncode == 130, err[-3000:]
-    assert err.strip().splitlines()[-1] == f"interrupted: caviar resume {sweep}"
+    assert err.strip().splitlines()[-1] == f"interrupted: caviar resume {sweep}", err[-3000:]
     assert took < 60  # the paused epoch lasts 60 s: the master did not wait for it
     trials = load(sweep).trials.to_pylist()
     paused_lr = paused_trial(folder)[1]
@@ -277,3 +277,58 @@ def test_a_stop_signal_ends_the_run_in_seconds_marks_trials_interrupted_and_resu
     assert [(t["status"], t["epochs_run"]) for t in trials] == [("completed", 3)] * 3
     victim = next(t for t in trials if t["trial_id"] == victim["trial_id"])
     assert victim["attempt"] >= 1  # it went on from its checkpoint as a new attempt
+
+
+def test_two_runs_of_one_name_at_once_one_claims_it_the_other_gets_one_line(tmp_path):
+    """Both pass the 'already exists' check inside a 3-second window (injected before the claim); the
+    exclusive create lets exactly one through. The winner then fails to reach its (closed) Ray address,
+    so neither starts Ray and the test stays fast; its refused start leaves no folder."""
+    from tests.cluster.raycluster import free_port
+
+    storage = tmp_path / "runs"
+    env = {**os.environ, "CAVIAR_FAULT_DELAY_CLAIM": "3"}
+    env.pop("RAY_ADDRESS", None)
+    address = f"127.0.0.1:{free_port()}"
+    run = [*CAVIAR, "run", os.path.join(ROOT, "tests", "tasks", "tiny_task.py"), "--storage", str(storage),
+           "--name", "same", "--address", address, "--plain"]
+    procs = [subprocess.Popen(run, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=300), p.stderr.read().strip().splitlines()) for p in procs)
+    lost = [lines for code, lines in outcomes if any("is taken by another caviar run" in line for line in lines)]
+    won = [lines for code, lines in outcomes if any("cannot connect" in line for line in lines)]
+    assert [code for code, _ in outcomes] == [2, 2], outcomes
+    assert len(lost) == 1 and len(won) == 1, outcomes
+    sweep = storage / "same"
+    assert len(lost[0]) == 1 and lost[0][0].startswith(f"caviar: error: sweep '{sweep}' is taken by another caviar "
+                                                        "run (process ")
+    assert len(won[0]) == 1 and won[0][0].startswith(f"caviar: error: Ray cluster '{address}': cannot connect")
+    assert not sweep.exists()  # the winner's refused start removed what it had written
+
+
+def test_a_real_master_killed_between_the_trials_table_and_its_stage_row_resumes(tmp_path):
+    """`CAVIAR_FAULT_AFTER_WRITE=3`: the master writes the sweep row, the first events and the first trials
+    table, then `os._exit`s before the stage row. `caviar resume` begins the stage again from the table
+    and finishes it (tests/orchestrator/test_resume_faults.py covers every boundary, in-process)."""
+    storage = tmp_path / "runs"
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    run = [*CAVIAR, "run", os.path.join(ROOT, "tests", "tasks", "tiny_task.py"), "--trials", "3", "--epochs", "1",
+           "--stages", "1", "--slots", "2", "--seed", "2", "--storage", str(storage), "--name", "cut", "--no-ensemble",
+           "--plain"]
+    with open(tmp_path / "killed.log", "w") as log:  # a file, not a pipe: Ray's children may hold it open
+        killed = subprocess.Popen(run, cwd=ROOT, env={**env, "CAVIAR_FAULT_AFTER_WRITE": "3"}, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        killed.wait(timeout=300)
+    err = (tmp_path / "killed.log").read_text()
+    try:
+        os.killpg(killed.pid, signal.SIGKILL)  # what the dead master's Ray left in its group, as a SIGKILL would
+    except ProcessLookupError:
+        pass
+    assert killed.returncode == 97, err[-3000:]  # sweeplog.FAULT_EXIT_CODE
+    sweep = storage / "cut"
+    assert (sweep / "trials" / "trials.parquet").exists() and not (sweep / "stages").exists()
+    done = subprocess.run([*CAVIAR, "resume", str(sweep), "--plain"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tables = load(str(sweep))
+    assert [(t["status"], t["epochs_run"]) for t in tables.trials.to_pylist()] == [("completed", 1)] * 3
+    assert tables.stages.num_rows == 1
