@@ -66,7 +66,10 @@ def start_private_ray(runtime_env: dict[str, Any], *, dashboard: bool = False, d
 
 def auth_hint(reason: str) -> str:
     """What to do when the cluster asked for a token this process did not send (or sent a wrong one)."""
-    if "uthenticat" not in reason and "uthoriz" not in reason and "timeout" not in reason.lower():
+    # The port answered (check_reachable), so a refusal now is most often a missing or wrong token;
+    # Ray says so only in its own log lines ("InvalidAuthToken"), not in the exception.
+    signs = ("authenticat", "authoriz", "token", "timeout", "failed to connect", "initialization failure")
+    if not any(sign in reason.lower() for sign in signs):
         return ""
     return ("; if the cluster uses token authentication, give this machine the head's token: copy the head's "
             "~/.ray/auth_token here, or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH (see docs/CLUSTER.md)")
