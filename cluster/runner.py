@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import socket
 import time
 from collections.abc import Callable
@@ -191,6 +192,7 @@ def actor_device(settings: RunSettings) -> str:
 def forget_new_sweep(sweep: Storage) -> None:
     """A start refused before any trial leaves nothing behind: the sweep row and the task copy go."""
     sweep.delete(schema.SWEEP_PATH)
+    sweep.delete_dir(posixpath.dirname(schema.SWEEP_PATH))
     sweep.delete_dir(TASK_DIR)
 
 
