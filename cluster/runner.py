@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import socket
 import time
 from collections.abc import Callable
@@ -66,7 +67,10 @@ def start_private_ray(runtime_env: dict[str, Any], *, dashboard: bool = False, d
 
 def auth_hint(reason: str) -> str:
     """What to do when the cluster asked for a token this process did not send (or sent a wrong one)."""
-    if "uthenticat" not in reason and "uthoriz" not in reason and "timeout" not in reason.lower():
+    # The port answered (check_reachable), so a refusal now is most often a missing or wrong token;
+    # Ray says so only in its own log lines ("InvalidAuthToken"), not in the exception.
+    signs = ("authenticat", "authoriz", "token", "timeout", "failed to connect", "initialization failure")
+    if not any(sign in reason.lower() for sign in signs):
         return ""
     return ("; if the cluster uses token authentication, give this machine the head's token: copy the head's "
             "~/.ray/auth_token here, or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH (see docs/CLUSTER.md)")
@@ -188,6 +192,7 @@ def actor_device(settings: RunSettings) -> str:
 def forget_new_sweep(sweep: Storage) -> None:
     """A start refused before any trial leaves nothing behind: the sweep row and the task copy go."""
     sweep.delete(schema.SWEEP_PATH)
+    sweep.delete_dir(posixpath.dirname(schema.SWEEP_PATH))
     sweep.delete_dir(TASK_DIR)
 
 

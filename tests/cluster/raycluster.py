@@ -128,9 +128,17 @@ class LocalRayCluster:
         self._wait(lambda: self.alive_nodes() >= 1, timeout, "the head node")
         for i in range(1, self.nodes):  # one at a time: a raylet gets 30 s to register, and a busy machine is slow
             worker = [a for a in common if not a.startswith("--dashboard-agent-listen-port")]
-            self._spawn(f"node{i}", [RAY, "start", f"--address={self.gcs_address}",
-                                     f"--dashboard-agent-listen-port={free_port()}", *worker])
-            self._wait(lambda n=i + 1: self.alive_nodes() >= n, timeout, f"{i + 1} nodes")
+            for attempt in range(3):  # Ray gives a joining raylet a fixed 30 s: on a loaded machine, try again
+                self._spawn(f"node{i}", [RAY, "start", f"--address={self.gcs_address}",
+                                         f"--dashboard-agent-listen-port={free_port()}", *worker])
+                try:
+                    self._wait(lambda n=i + 1: self.alive_nodes() >= n, timeout, f"{i + 1} nodes")
+                    break
+                except RuntimeError:
+                    failed = self.processes.pop()
+                    if attempt == 2 or failed.poll() is None:
+                        self.processes.append(failed)
+                        raise
         return self
 
     def _spawn(self, name: str, cmd: list[str]) -> None:

@@ -47,3 +47,16 @@ def test_a_cluster_that_never_fits_a_trial_is_waited_for_with_a_line_then_refuse
     with pytest.raises(ConfigError, match="'slots': no node of the cluster can fit one trial"):
         wait_for_room(settings, can_grow=False)  # a Ray started here never grows: refused at once
     wait_for_room(RunSettings(), can_grow=True)  # the session's Ray fits a one-CPU trial: no wait
+
+
+def test_a_start_refused_for_room_leaves_nothing_behind(ray_session, tmp_path):
+    """No node fits a trial on a Ray that cannot grow: one line, and the same command can run again later."""
+    from orchestrator.api import run_sweep
+    from tests.conftest import TINY_TASK
+
+    for _ in range(2):  # the second time is not refused as "already exists"
+        with pytest.raises(ConfigError, match="no node of the cluster can fit one trial"):
+            run_sweep(TINY_TASK, storage=str(tmp_path), name="no-room", resources={"caviar_test_never_there": 1},
+                      shared_storage=True)
+    left = sorted(p.name for p in (tmp_path / "no-room").iterdir()) if (tmp_path / "no-room").exists() else []
+    assert left == [], left
