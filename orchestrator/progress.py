@@ -242,17 +242,25 @@ class Progress:
         head.add_row("running", str(s.counts.get("running", 0)), "completed", str(s.counts.get("completed", 0)))
         head.add_row("pruned", str(s.counts.get("pruned", 0)), "failed", str(s.counts.get("failed", 0)))
         head.add_row("epochs/s", "-" if rate is None else f"{rate:.2f}", "time left", self._eta_text(s))
-        head.add_row("best", self._best_text(s).removeprefix("best "), "", "")
-        rows = Table(expand=False, show_edge=False, pad_edge=False)
-        for name, width in (("trial", 5), ("stage", 5), ("epoch", 7), ("score", 7), ("hyperparameters", 40)):
-            rows.add_column(name, min_width=width, no_wrap=True)
+        if s.best is None:
+            head.add_row("best score", "-", "", "")
+            head.add_row("best config", "", "", "")
+        else:
+            score, trial, stage, params = s.best
+            head.add_row("best score", f"{score:.4f}", "trial", f"{trial} (stage {stage})")
+            head.add_row("best config", params, "", "")
+        width = min(self.console.width if self.console is not None else 120, 120)  # one width, first to last frame
+        rows = Table(expand=True, show_edge=False, pad_edge=False)
+        for name, min_width in (("trial", 5), ("stage", 5), ("epoch", 7), ("score", 7)):
+            rows.add_column(name, min_width=min_width, no_wrap=True)
+        rows.add_column("hyperparameters", no_wrap=True, overflow="ellipsis", ratio=1)
         for r in s.running:
             rows.add_row(str(r.trial_id), str(r.stage), f"{r.epoch}/{r.budget}",
                          "-" if r.score is None else f"{r.score:.4f}", r.params)
         for _ in range(max(self.most_running - len(s.running), 0)):  # a stable height: no jumping frames
             rows.add_row("", "", "", "", "")
         title = "caviar sweep" + (": done" if self.finished else "")
-        return Panel(Group(head, rows), title=title, expand=False)
+        return Panel(Group(head, rows), title=title, width=width)
 
 
 def _duration(seconds: float) -> str:
