@@ -118,6 +118,8 @@ def plot_hyperparameters(data: SweepData, order: Sequence[str] = ()) -> Figure |
             bv = best["config"][name]
             bx = options.index(bv) if categorical and bv in options else axis_value(dist, bv)
             ax.scatter([bx], [data.value(best)], s=160, marker="*", color="#d62728", zorder=4, label="best")
+        if data.accuracy:
+            ax.set_ylim(0.0, 1.02)  # every panel from 0, so panels compare at a glance
         if not categorical:
             _room_for_stage_bars(ax, len(data.stage_spaces))
             for stage, spec in enumerate(data.stage_spaces):
@@ -235,6 +237,8 @@ def plot_learning_curves(data: SweepData) -> Figure | None:
     left, right = fig.subplots(1, 2)
     key = "val_accuracy" if data.accuracy else "val_loss"
     reasons = _lines(left, data, lambda r: r[key])
+    if data.accuracy:
+        left.set_ylim(0.0, 1.02)  # accuracy reads from 0: a zoomed axis makes small gains look large
     left.set_ylabel(data.metric_name)
     left.set_title(f"{data.metric_name} per epoch")
     _status_legend(left, data, reasons)
