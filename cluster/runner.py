@@ -218,7 +218,9 @@ def execute(task: Task, settings: RunSettings, root: Storage, name: str, control
         "threads": max(1, int(settings.cpus_per_trial)), "prediction_dtype": settings.prediction_dtype,
     }
     try:  # fused arrays when the model allows (cluster/fused_setup.py), else one trial per actor
-        backend = choose_backend(task, settings, root.uri, name, controller, slots, worker_options)
+        # A relative local path means our folder: workers run elsewhere (their own cwd), so they get it absolute.
+        where = root.uri if "://" in root.uri else root.root
+        backend = choose_backend(task, settings, where, name, controller, slots, worker_options)
     except CaviarError:
         if not resuming:  # refused before any trial: the corrected re-run needs no --overwrite
             forget_new_sweep(sweep_log.storage)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -107,7 +109,11 @@ def run(
     )
     if resource:
         overrides["resources"] = parse_resources(resource)
-    with exit_on_interrupt(), Progress(force_plain=plain) as progress:
+    from orchestrator.progress import quiet_ray, starting_line
+
+    ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log")
+    with exit_on_interrupt(), Progress(force_plain=plain, starting=starting_line(address, slots, ray_log)) as progress:
+        quiet_ray(ray_log)  # after the first line: importing Ray takes a second or two
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
     print_result(result, report=report)
 

@@ -15,8 +15,11 @@ STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 @app.command()
 def check(
     task: TaskArg,
-    config: Annotated[str, typer.Option(help="Config to check: 'midpoint' of every range, 'sample', or a JSON object.")]
-    = "midpoint",
+    config: Annotated[str | None, typer.Option(
+        help="TOML file with [run] and [space], as for 'caviar run --config': its ranges are the ones checked.")]
+    = None,
+    params: Annotated[str, typer.Option(
+        help="Config to check: 'midpoint' of every range, 'sample', or a JSON object of values.")] = "midpoint",
     seed: Annotated[int, typer.Option(help="Seed of the model, the sample and the examples.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     examples: Annotated[int, typer.Option(help="Examples in the overfitting subset.")] = 20,
@@ -34,20 +37,29 @@ def check(
         fail("options '--examples', '--steps' and '--dims' must be positive")
     if tolerance <= 0:
         fail("option '--tolerance': expected a positive number")
+    if config is not None and (config in ("midpoint", "sample") or config.lstrip().startswith("{")):
+        params, config = config, None  # the old meaning of --config, still understood
     loaded = load_task(task)
+    if config is not None:  # the same TOML `caviar run --config` takes: its [space] ranges, its [run] checked too
+        from dataclasses import replace
+
+        from orchestrator.api import build_settings
+
+        _settings, space = build_settings(loaded, config, {})
+        loaded = replace(loaded, space=space)
     chosen: dict[str, Any] | None = None
-    if config not in ("midpoint", "sample"):
+    if params not in ("midpoint", "sample"):
         try:
-            chosen = json.loads(config)
+            chosen = json.loads(params)
         except json.JSONDecodeError:
             chosen = None
         if not isinstance(chosen, dict):
-            fail(f"option '--config': expected midpoint, sample or a JSON object, got {config!r}")
+            fail(f"option '--params': expected midpoint, sample or a JSON object, got {params!r}")
         chosen = {**loaded.space.fixed, **chosen}
         missing = [k for k in loaded.space.searched if k not in chosen]
         if missing:
-            fail(f"option '--config': missing {', '.join(missing)}")
-    report = run_preflight(loaded, config=chosen, how="sample" if config == "sample" else "midpoint", seed=seed,
+            fail(f"option '--params': missing {', '.join(missing)}")
+    report = run_preflight(loaded, config=chosen, how="sample" if params == "sample" else "midpoint", seed=seed,
                            device=device, overfit_examples=examples, overfit_steps=steps, dims_per_tensor=dims,
                            tolerance=tolerance, expected_loss=expected_loss)
     print_report(report, verbose=verbose)

@@ -89,6 +89,9 @@ class Controller:
         self.pending: deque[int] = deque()
         self.stage_spaces: list[SearchSpace] = []
         self.events: list[dict[str, Any]] = []  # drained by the writer
+        # The same events, never drained, numbered from 1: whoever watches the sweep (the live view) reads on.
+        self.event_feed: deque[tuple[int, dict[str, Any]]] = deque(maxlen=10_000)
+        self.events_emitted = 0
         self.stage = -1
         self.pruner: Pruner | None = None
         self.abort_reason: str | None = None
@@ -274,6 +277,7 @@ class Controller:
         for index, space in enumerate(stage_spaces):
             self._begin_stage(index, space)
         self.events.clear()
+        self.event_feed.clear()
         self.pending.clear()
 
     def replay(self, trial_id: int, row: Mapping[str, Any]) -> str | None:
@@ -395,6 +399,8 @@ class Controller:
                 "detail": dict(detail or {}),
             }
         )
+        self.events_emitted += 1
+        self.event_feed.append((self.events_emitted, self.events[-1]))
 
 
 def observation_of(trial_id: int, row: Mapping[str, Any]) -> Observation:

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.answer import active_config
 from orchestrator.report_data import SweepData, collect_warnings, importance, read_sweep
 from orchestrator.report_figures import (
     Figure,
@@ -80,7 +81,7 @@ def render_html(data: SweepData, figures: Sequence[Figure], skipped: Mapping[str
              f"<p class='meta'>task {esc(data.task)} &middot; {len(data.trials)} trials in "
              f"{len(data.stage_spaces)} stages &middot; {status}</p>"]
     if best is not None:
-        config = ", ".join(f"{esc(k)}={esc(_fmt(v))}" for k, v in (best.get("config") or {}).items())
+        config = ", ".join(f"{esc(k)}={esc(_fmt(v))}" for k, v in active_config(best.get("config")).items())
         parts.append(f"<p>Best trial <b>{best['trial_id']}</b> (stage {best['stage']}, epoch "
                      f"{best['best_epoch']}): {esc(data.metric_name)} <b>{_fmt(data.value(best))}</b> &middot; "
                      f"{config}</p>")

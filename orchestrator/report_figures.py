@@ -118,6 +118,8 @@ def plot_hyperparameters(data: SweepData, order: Sequence[str] = ()) -> Figure |
             bv = best["config"][name]
             bx = options.index(bv) if categorical and bv in options else axis_value(dist, bv)
             ax.scatter([bx], [data.value(best)], s=160, marker="*", color="#d62728", zorder=4, label="best")
+        if data.accuracy:
+            ax.set_ylim(0.0, 1.02)  # every panel from 0, so panels compare at a glance
         if not categorical:
             _room_for_stage_bars(ax, len(data.stage_spaces))
             for stage, spec in enumerate(data.stage_spaces):
@@ -235,6 +237,8 @@ def plot_learning_curves(data: SweepData) -> Figure | None:
     left, right = fig.subplots(1, 2)
     key = "val_accuracy" if data.accuracy else "val_loss"
     reasons = _lines(left, data, lambda r: r[key])
+    if data.accuracy:
+        left.set_ylim(0.0, 1.02)  # accuracy reads from 0: a zoomed axis makes small gains look large
     left.set_ylabel(data.metric_name)
     left.set_title(f"{data.metric_name} per epoch")
     _status_legend(left, data, reasons)
@@ -332,13 +336,42 @@ def plot_activations(data: SweepData) -> Figure | None:
         ax.stairs(last["hist_counts"], last["hist_edges"], fill=True, alpha=0.5, label=f"epoch {last['epoch']}")
         if last is not first:
             ax.stairs(first["hist_counts"], first["hist_edges"], color="black", lw=1, label=f"epoch {first['epoch']}")
-        ax.set_title(layer, fontsize=10)
+        low, high, hidden = central_range([first, last])
+        ax.set_xlim(low, high)  # the bulk of the values, not the few outliers that set the bin range
+        ax.set_title(layer + (f"\n{hidden:.1%} of values beyond the axis" if hidden > 0 else ""), fontsize=9)
         ax.set_yticks([])
         ax.legend(fontsize=7)
     caption = (f"Best trial {best['trial_id']}, measured on a fixed probe batch at the end of each epoch. Activations "
                "that collapse to zero or saturate point at the initialisation or the learning rate.")
     return Figure("fig-activations", "Activations of the best trial", caption, png_bytes(fig))
 
+
+
+def central_range(hists: Sequence[Mapping[str, Any]], mass: float = 0.99) -> tuple[float, float, float]:
+    """(low, high, share of values outside) of an axis that covers ``mass`` of each histogram's values.
+
+    A histogram's bins span min to max, so one outlier at 20 stretches an axis whose values sit within 3.
+    """
+    parsed = []
+    for h in hists:
+        counts, edges = np.asarray(h["hist_counts"], float), np.asarray(h["hist_edges"], float)
+        if counts.sum() > 0 and len(edges) == len(counts) + 1:
+            parsed.append((counts, edges))
+    if not parsed:
+        return 0.0, 1.0, 0.0
+    lows, highs = [], []
+    tail = (1.0 - mass) / 2
+    for counts, edges in parsed:
+        cum = np.cumsum(counts) / counts.sum()
+        lows.append(edges[int(np.searchsorted(cum, tail, side="right"))])
+        highs.append(edges[min(int(np.searchsorted(cum, 1.0 - tail, side="left")) + 1, len(edges) - 1)])
+    low, high = min(lows), max(highs)
+    if high <= low:
+        high = low + 1e-12
+    outside = sum(c[(e[1:] <= low) | (e[:-1] >= high)].sum() for c, e in parsed)
+    total = sum(c.sum() for c, _ in parsed)
+    pad = 0.03 * (high - low)
+    return low - pad, high + pad, float(outside / total)
 
 
 def plot_importance(data: SweepData, result: tuple[dict[str, float], int] | None) -> tuple[Figure | None, str]:
@@ -388,7 +421,16 @@ def plot_ensembles(data: SweepData) -> Figure | None:
         ax.grid(axis="x", alpha=0.25)
         finite = [r[c] for r in rows for c in cols if r[c] is not None]
         if finite and "accuracy" in cols[0]:
-            ax.set_xlim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.02))
+            start = max(0.0, min(finite) - 0.05)
+            ax.set_xlim(start, min(1.0, max(finite) + 0.02))
+            if start > 0:  # zoomed in to show the differences: say so where the reader looks
+                ax.set_xlabel(f"accuracy: the axis starts at {start:.3f}, not 0", color="#b35900")
+                ax.spines["left"].set_linestyle((0, (4, 3)))
+        for j, col in enumerate(cols):  # the numbers themselves, at the end of each bar
+            for i, r in enumerate(rows):
+                if r[col] is not None:
+                    ax.annotate(f"{r[col]:.4f}", (r[col], i + j * height), xytext=(2, 0), textcoords="offset points",
+                                va="center", fontsize=6)
     caption = ("Ensembles from the ensembles table: members (in brackets) chosen on validation predictions, test "
                "measured afterwards; * marks the one chosen on validation.")
     return Figure("fig-ensembles", "Ensembles", caption, png_bytes(fig))

@@ -1,0 +1,38 @@
+"""Report axes a reader can trust: histograms fit their data, not the outliers that set the bin range."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from orchestrator.report_figures import central_range
+
+
+def hist(values, bins=64):
+    counts, edges = np.histogram(values, bins=bins)
+    return {"hist_counts": counts.tolist(), "hist_edges": edges.tolist()}
+
+
+def test_a_few_outliers_do_not_stretch_the_axis_and_are_counted():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(size=10_000), [20.0, -20.0, 19.0]])
+    low, high, hidden = central_range([hist(values)])
+    assert -4.5 < low < -2.0 and 2.0 < high < 4.5  # within +-3 where the values are, not +-20
+    assert 0 < hidden < 0.01
+
+
+def test_two_histograms_share_one_axis_that_covers_both():
+    rng = np.random.default_rng(1)
+    first, last = rng.normal(0, 1, 5000), rng.normal(5, 0.5, 5000)
+    low, high, _ = central_range([hist(first), hist(last)])
+    assert low < -2 and high > 6
+
+
+def test_skewed_relu_outputs_keep_zero_on_the_axis():
+    rng = np.random.default_rng(2)
+    relu = np.maximum(rng.normal(size=5000), 0)
+    low, high, hidden = central_range([hist(relu)])
+    assert low <= 0 < high and hidden < 0.02
+
+
+def test_empty_histograms_give_a_plain_axis():
+    assert central_range([{"hist_counts": [], "hist_edges": []}]) == (0.0, 1.0, 0.0)
