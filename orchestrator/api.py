@@ -158,7 +158,7 @@ def run_sweep(
     root, sweep, name = prepare_storage(settings, task)
     from worker.contract import validate_contract  # torch loads here: the task is checked before Ray starts
 
-    validate_contract(task, [t.config for t in controller.trials.values()])
+    validate_contract(task, [t.config for t in controller.trials.values()], settings)
     log = SweepLog(sweep, space, lease=claim_sweep(sweep, settings.overwrite))
     with interrupt.stop_on_signals():
         try:

@@ -5,12 +5,12 @@ same way; found in the actors, that costs a Ray start, a pool of actors dying on
 another and a screen of tracebacks. Here the master (which has already imported the task)
 runs the pieces once:
 
-1. ``load_data()``: the three splits, as :func:`worker.data.prepare` accepts them;
+1. ``load_data()``: the three splits, their targets checked against the task's kind;
 2. ``build_model`` (with the optimizer and schedule a trial builds) on the first configs the
    sweep will train, until one builds: a factory that raises only for some configs fails
    those trials later (their errors are summarised), one that raises for all is refused;
-3. one forward pass and the loss on one training batch, and one forward pass on validation
-   inputs: the output must have a row per example and a column per class.
+3. one forward pass and the loss on one training batch, and the objective on the validation
+   split (worker/validate.py, shared with `caviar check`).
 
 Every failure is a :class:`~orchestrator.errors.TaskError` naming the piece, the exception
 and the line of the task file that raised it.
@@ -23,13 +23,13 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from orchestrator.errors import TaskError
 from orchestrator.task import Task
-from worker.data import SPLITS, Splits, prepare
+from worker.data import Splits, prepare_task_data
 from worker.trainer import TrialRun, TrialSpec
+from worker.validate import check_config, warn_if_large
 
 CONFIGS_TRIED = 4  # build_model on at most this many configs before the task is refused
 _OWN_DIRS = tuple(
@@ -63,84 +63,20 @@ def _refuse(task: Task, piece: str, exc: BaseException) -> TaskError:
 
 
 def load_splits(task: Task) -> Splits:
+    """``load_data()`` once, its targets checked against the task's kind (worker/kinds.py)."""
     try:
-        raw = task.get("load_data")()
+        return prepare_task_data(task)
     except Exception as exc:
         raise _refuse(task, "load_data", exc) from exc
-    try:
-        _check_labels(raw)
-        return prepare(raw, normalize=task.normalize)
-    except Exception as exc:
-        raise _refuse(task, "load_data", exc) from exc
-
-
-def _check_labels(raw: Any) -> None:
-    """Class labels must be whole numbers from 0: casting 0.5 or -1 to a class index would train on nonsense."""
-    if isinstance(raw, Mapping):
-        parts = [(name, raw.get(name)) for name in SPLITS]
-    elif isinstance(raw, (tuple, list)) and len(raw) == 3:
-        parts = list(zip(SPLITS, raw))
-    else:
-        return  # prepare() names the shape problem
-    for name, split in parts:
-        if not (isinstance(split, (tuple, list)) and len(split) == 2):
-            continue  # a Dataset, or a shape prepare() refuses
-        y = split[1]
-        if isinstance(y, np.ndarray) and y.dtype.kind in "biuf":
-            values = torch.from_numpy(np.ascontiguousarray(y))
-        elif isinstance(y, torch.Tensor):
-            values = y
-        else:
-            continue  # prepare() names a type it cannot use
-        if values.dim() != 1:
-            raise TaskError(f"load_data: {name} labels must be one class index per example, got shape "
-                            f"{tuple(values.shape)}")
-        if values.numel() == 0:
-            continue
-        if values.is_floating_point() and not bool(torch.all(values == values.round())):
-            raise TaskError(f"load_data: {name} labels must be class indices 0..C-1, got fractional values "
-                            f"(e.g. {float(values[values != values.round()][0])})")
-        if values.dtype == torch.bool:
-            continue
-        if float(values.min()) < 0:
-            raise TaskError(f"load_data: {name} labels must be class indices 0..C-1, got {float(values.min()):g}")
 
 
 def _try_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> None:
-    """Build a trial's model, optimizer and schedule; one forward pass, loss and backward; raise on failure."""
-    spec = TrialSpec(0, 0, dict(config), 0, 1)
-    run = TrialRun(task, splits, spec, torch.device("cpu"))
-    batch = max(1, min(run.batch_size, len(splits.x_train)))
-    x, y = splits.x_train[:batch], splits.y_train[:batch]
-    logits = run.model(x)
-    _check_output("training", logits, len(x), splits.num_classes)
-    loss = run.loss_fn(logits, y)
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise TaskError(f"loss_fn must return one number (a scalar tensor), got {_shape_of(loss)}")
-    loss.backward()
-    run.model.eval()
-    with torch.no_grad():
-        _check_output("validation", run.model(splits.x_val[:batch]), min(batch, len(splits.x_val)), splits.num_classes)
+    """Build a trial's model, optimizer and schedule; one forward pass, loss and the objective; raise on failure."""
+    TrialRun(task, splits, TrialSpec(0, 0, dict(config), 0, 1), torch.device("cpu"))
+    check_config(task, splits, config)
 
 
-def _shape_of(value: Any) -> str:
-    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def _check_output(split: str, logits: Any, rows: int, num_classes: int) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != rows:
-        raise TaskError(
-            f"the model's output on a {split} batch of {rows} examples must be ({rows}, classes), "
-            f"got {_shape_of(logits)}"
-        )
-    if logits.shape[1] < num_classes:
-        raise TaskError(
-            f"the model outputs {logits.shape[1]} columns but the labels hold {num_classes} classes "
-            f"(0..{num_classes - 1})"
-        )
-
-
-def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]]) -> Splits:
+def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings: Any = None) -> Splits:
     """Refuse, with one line, a task whose data, model or loss cannot train; returns the prepared splits."""
     splits = load_splits(task)
     threads = torch.get_num_threads()
@@ -150,6 +86,8 @@ def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]]) -> Split
         for config in list(configs)[:CONFIGS_TRIED]:
             try:
                 _try_config(task, splits, config)
+                if settings is not None:  # one line when the predictions stored for ensembles would be large
+                    warn_if_large(splits, settings, ema=bool(config.get("ema_decay")))
                 return splits
             except Exception as exc:  # user code: try the next config, report the first failure
                 first = first or exc

@@ -47,8 +47,16 @@ def validate_task(task: Task, config: Mapping[str, Any] | None = None, settings:
     for ensembles would be large (see :func:`prediction_bytes`).
     """
     splits = prepare_task_data(task)
-    kind = splits.target_kind
     config = dict(config) if config is not None else sampled_config(task)
+    check_config(task, splits, config)
+    if settings is not None:
+        warn_if_large(splits, settings, ema=bool(config.get("ema_decay")))
+    return splits
+
+
+def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> None:
+    """One model built from ``config``; one forward pass and the loss on a training batch; the objective on val."""
+    kind = splits.target_kind
     torch.manual_seed(0)
     try:
         model = task.get("build_model")(dict(config))
@@ -86,9 +94,6 @@ def validate_task(task: Task, config: Mapping[str, Any] | None = None, settings:
     row: dict[str, Any] = {"val_loss": values["val_loss"], "val_accuracy": values.get("val_accuracy"),
                            "metrics": {k: v for k, v in values.items() if k not in ("val_loss", "val_accuracy")}}
     score_of({k: v for k, v in row.items() if v is not None}, objective, mode)  # names the reported columns if absent
-    if settings is not None:
-        warn_if_large(splits, settings, ema=bool(config.get("ema_decay")))
-    return splits
 
 
 PREDICTIONS_WARN_BYTES = 2 * 1024**3
