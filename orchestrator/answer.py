@@ -32,6 +32,13 @@ def error_change(single_accuracy: float | None, accuracy: float | None) -> float
     return (1.0 - accuracy) / (1.0 - single_accuracy) - 1.0
 
 
+def mse_change(single_mse: float | None, mse: float | None) -> float | None:
+    """Relative change of the test MSE against the best single model's."""
+    if single_mse is None or mse is None or single_mse <= 0.0:
+        return None
+    return mse / single_mse - 1.0
+
+
 def describe_members(members: Sequence[Any], limit: int = 6) -> str:
     """``trial 12 epoch 20, trial 7 epoch 18 (EMA), ...``: 1-based trials and epochs as in the tables."""
     parts = [f"trial {m.key.trial_id} epoch {m.key.epoch}" + (" (EMA)" if m.key.weights == "ema" else "")
@@ -49,7 +56,7 @@ def edge_lines(events: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"edge: {e['reason']}" for e in events if e["kind"] in EDGE_EVENTS and e["reason"]]
 
 
-def ensemble_lines(sweep_uri: str) -> list[str]:
+def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
     """The answer block: chosen ensemble, its scores next to the best single model's, the load line."""
     from orchestrator.ensemble_run import read_ensembles
 
@@ -68,19 +75,27 @@ def ensemble_lines(sweep_uri: str) -> list[str]:
     lines = [f"Chosen ensemble: {chosen.name} ({chosen.method}, {chosen.size} member"
              f"{'s' if chosen.size != 1 else ''}: {describe_members(chosen.members)}); chosen on validation, "
              "test measured once after"]
-    header = f"  {'':<22} {'val accuracy':>12} {'val log loss':>12} {'test accuracy':>13} {'test log loss':>13}"
-    lines.append(header)
     rows = [(f"{chosen.name} (chosen)", chosen)]
     if single is not None and single is not chosen:
         rows.append(("best single model", single))
-    for label, r in rows:
-        lines.append(f"  {label:<22} {num(r.val_accuracy):>12} {num(r.val_log_loss):>12} "
-                     f"{num(r.test_accuracy):>13} {num(r.test_log_loss):>13}")
-    change = error_change(single.test_accuracy if single else None, chosen.test_accuracy)
+    regression = chosen.val_mse is not None
+    if regression:  # in the targets' original units
+        lines.append(f"  {'':<22} {'val MSE':>12} {'test MSE':>12}")
+        lines += [f"  {label:<22} {num(r.val_mse):>12} {num(r.test_mse):>12}" for label, r in rows]
+        change = mse_change(single.test_mse if single else None, chosen.test_mse)
+        what = "test MSE"
+    else:
+        lines.append(f"  {'':<22} {'val accuracy':>12} {'val log loss':>12} {'test accuracy':>13} "
+                     f"{'test log loss':>13}")
+        lines += [f"  {label:<22} {num(r.val_accuracy):>12} {num(r.val_log_loss):>12} "
+                  f"{num(r.test_accuracy):>13} {num(r.test_log_loss):>13}" for label, r in rows]
+        change = error_change(single.test_accuracy if single else None, chosen.test_accuracy)
+        what = "test error"
     if change is not None and single is not chosen:
-        lines.append(f"  test error {change:+.1%} relative to the best single model")
+        lines.append(f"  {what} {change:+.1%} relative to the best single model")
     elif single is chosen:
         lines.append("  the best single model won: no ensemble beat it on validation")
+    code = f'task="{task_ref}"' if task_ref else "trust_task_code=True"  # the code that builds it: named, never implied
     lines.append(f'Load it: from orchestrator import load_ensemble; model = load_ensemble('
-                 f'"{redact_uri(sweep_uri)}", name="best")')
+                 f'"{redact_uri(sweep_uri)}", name="best", {code})')
     return lines

@@ -115,7 +115,7 @@ def run(
     with exit_on_interrupt(), Progress(force_plain=plain, starting=starting_line(address, slots, ray_log)) as progress:
         quiet_ray(ray_log)  # after the first line: importing Ray takes a second or two
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
-    print_result(result, report=report)
+    print_result(result, report=report, task_ref=task_file_ref(task))
 
 
 @contextmanager
@@ -133,7 +133,7 @@ def exit_on_interrupt() -> Iterator[None]:
         raise typer.Exit(EXIT_CODE) from None
 
 
-def print_result(result: Any, *, report: bool = True) -> None:
+def print_result(result: Any, *, report: bool = True, task_ref: str | None = None) -> None:
     """The answer: top trials, edge warnings, the chosen ensemble against the best single model, how to load
     it, where the tables and the report are; exit 2 if it stopped early. The one place a run's end is printed."""
     from orchestrator.answer import edge_lines, ensemble_lines
@@ -152,12 +152,20 @@ def print_result(result: Any, *, report: bool = True) -> None:
         fail(f"sweep stopped early: {result.aborted}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
     typer.echo(f"\n{counts}. Results (Parquet): {redact_uri(result.path)}")
-    for line in ensemble_lines(result.path):
+    for line in ensemble_lines(result.path, task_ref):
         typer.echo(line)
     if report:
         written = write_sweep_report(result.path)
         if written:
             typer.echo(f"Report: {written}")
+
+
+def task_file_ref(task: str | None) -> str | None:
+    """The task as a load line should name it: a file as an absolute path, a module as given."""
+    if not task:
+        return None
+    target, sep, attr = task.partition(":")
+    return os.path.abspath(target) + sep + attr if target.endswith(".py") else task
 
 
 StorageOption = Annotated[

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli import SweepArg, app, exit_on_interrupt, print_result
+from orchestrator.cli import SweepArg, app, exit_on_interrupt, print_result, task_file_ref
 
 
 @app.command()
@@ -35,4 +35,4 @@ def resume(
         result = resume_sweep(sweep, on_tick=progress, task=task, trust_task_code=trust_task_code, **overrides)
     if result.note:
         typer.echo(result.note)
-    print_result(result)
+    print_result(result, task_ref=task_file_ref(task))
