@@ -124,3 +124,17 @@ def test_custom_metric_with_mode_min_is_the_score(ray_session, storage_dir):
     stage0 = sorted((t for t in trials if t["stage"] == 0), key=lambda t: best_brier[t["trial_id"]])
     promoted = [t["config"] for t in trials if t["stage"] == 1 and t["config"] in [s["config"] for s in stage0]]
     assert promoted == [stage0[0]["config"]]  # one promotion (half of 2 trials): the lowest Brier score
+
+
+def test_a_streamed_sweep_trains_plain_and_says_why_it_did_not_fuse(ray_session, storage_dir):
+    result = sweep("streamed_task.py", storage_dir, plan="2x1", slots=1, fuse="auto", ensemble=True)
+    tables = load(result.path)
+    assert result.counts == {"completed": 2}
+    reasons = [e["reason"] for e in tables.events.to_pylist() if e["kind"] == "fusing_off"]
+    assert reasons and "streams from torch Datasets" in reasons[0]
+    # Classification ensembles work on streamed data: the dataset row knows the inputs' shape and statistics.
+    ensemble = load_ensemble(result.path)
+    task = load_task(os.path.join(TASKS, "streamed_task.py"))
+    x, labels = zip(*(task.get("Blobs")("test", False)[i] for i in range(50)))
+    assert ensemble(torch.stack(x)).shape == (50, 3)
+    assert float((ensemble.predict(torch.stack(x)) == torch.tensor(labels)).float().mean()) > 0.7
