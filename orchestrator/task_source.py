@@ -161,4 +161,10 @@ def sweep_task(sweep: Storage, task: Task | str | None = None, *, trust_task_cod
                         f"{purpose}: {TRUST_HINT}")
     path = materialize(sweep, manifest)
     attr = manifest.ref.partition(":")[2]
-    return load_task(path + (f":{attr}" if attr else ""))
+    try:
+        return load_task(path + (f":{attr}" if attr else ""))
+    except TaskError as exc:
+        if not isinstance(exc.__cause__, ImportError):
+            raise
+        raise TaskError(f"{exc}; only the task file is stored in the sweep, not the modules beside it: "
+                        f"pass your own task (--task FILE / task=...)") from None

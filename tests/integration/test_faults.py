@@ -173,7 +173,7 @@ def test_master_killed_mid_sweep_resumes_to_the_tables_of_an_uninterrupted_run(r
     paused_lr = paused_trial(folder)[1]
 
     done = subprocess.run(
-        [*CAVIAR, "resume", sweep, "--plain", "--trust-task-code"],
+        [*CAVIAR, "resume", sweep, "--plain", "--task", SLOW_TASK],  # it imports its sibling tiny_task
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]

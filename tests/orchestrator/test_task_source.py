@@ -127,3 +127,19 @@ def test_a_module_task_is_recorded_by_name_and_imported_only_on_opt_in(tmp_path,
         sweep_task(sweep)
     assert sweep_task(sweep, trust_task_code=True).metric == "loss"
     assert sweep_task(sweep, "my_tasks:regression").metric == "loss"  # the caller's own choice
+
+
+def test_a_stored_task_that_imports_its_neighbours_says_to_pass_the_task(tmp_path, monkeypatch):
+    """Only the task file travels: a sibling import fails with a line saying what to do instead."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "helpers.py").write_text("LR = 0.1\n")
+    (work / "uses_helpers.py").write_text("from helpers import LR  # noqa\n" + TASK_SOURCE)
+    sweep = Storage.from_uri(str(tmp_path / "runs")).child("s")
+    store_task_source(sweep, load_task(str(work / "uses_helpers.py")))
+    write_sweep_row(sweep, "uses_helpers.py")
+    monkeypatch.setenv("CAVIAR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p != str(work)])
+    monkeypatch.delitem(__import__("sys").modules, "helpers", raising=False)
+    with pytest.raises(TaskError, match="only the task file is stored in the sweep.*--task FILE"):
+        sweep_task(sweep, trust_task_code=True)
