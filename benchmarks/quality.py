@@ -123,7 +123,8 @@ def verdicts(summary: Sequence[dict[str, Any]]) -> list[str]:
         peers = [s for tool, s in at.items() if tool != "caviar" and s["answer_test_accuracy"] is not None]
         if caviar and peers:
             top = max(peers, key=lambda s: s["answer_test_accuracy"])
-            beats = all(caviar["answer_test_accuracy"] > p["answer_test_accuracy"] for p in peers)
+            # rounded: torch's float32 accuracies and caviar's float64 ones differ in the 8th digit for equal counts
+            beats = all(round(caviar["answer_test_accuracy"], 6) > round(p["answer_test_accuracy"], 6) for p in peers)
             lines.append(f"{task}, same settings: caviar's answer {caviar['answer_test_accuracy']:.4f} "
                          f"{'beats' if beats else 'does not beat'} every peer (best peer {top['tool']} "
                          f"{top['answer_test_accuracy']:.4f}); epochs {caviar['epochs_trained']:.0f} vs "
@@ -131,7 +132,7 @@ def verdicts(summary: Sequence[dict[str, Any]]) -> list[str]:
         same = {s["tool"]: s for s in summary if s["task"] == task and s["mode"] == "epochs"}
         if caviar and "optuna-tpe" in same:
             tpe = same["optuna-tpe"]
-            ok = caviar["best_test_accuracy"] >= tpe["best_test_accuracy"]
+            ok = round(caviar["best_test_accuracy"], 6) >= round(tpe["best_test_accuracy"], 6)
             lines.append(f"{task}, same epochs: caviar's best single model {caviar['best_test_accuracy']:.4f} "
                          f"{'>=' if ok else '<'} Optuna TPE's {tpe['best_test_accuracy']:.4f} "
                          f"({tpe['epochs_trained']:.0f} epochs vs caviar's {caviar['epochs_trained']:.0f})")
