@@ -77,7 +77,7 @@ def default_plan(trials: int, epochs: int, stages: int | None = None) -> list[St
     third of the one before: ``21x1,8x4,3x10``) trained about a fifth of the epochs the
     settings allow and handed back a worse model than ASHA or Optuna given the same trials
     and epochs (``benchmarks/quality.py``). The pruner inside each stage still stops the
-    later stages' laggards early, so the sweep spends no more epochs than those peers.
+    later stages' laggards early, so the sweep spends about as many epochs as those peers.
     """
     _positive_int("trials", trials)
     _positive_int("epochs", epochs)
