@@ -112,6 +112,8 @@ class RayBackend(Backend):
                     self.failures[call.slot] = 0
                     self.idle.append(call.slot)
                 continue
+            if getattr(report, "node", None):  # the first actors report their node with their first trial
+                self.node_of_slot[call.slot] = report.node
             if call.kind == "stop":
                 continue  # the controller closed this trial when it decided to stop it
             if report.ended and self.slot_of.get(call.trial_id) == call.slot:
