@@ -58,6 +58,17 @@ def failure_text(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def node_of(actor: Any) -> str:
+    """The node a (dead) actor was placed on, from Ray's state API; ``?`` when Ray cannot say in seconds."""
+    try:
+        from ray.util.state import get_actor
+
+        state = get_actor(actor._actor_id.hex(), timeout=5)
+        return str(state.node_id) if state and state.node_id else "?"
+    except Exception:
+        return "?"
+
+
 class RayBackend(Backend):
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, slots: int, resources: Resources,
                  worker_options: Mapping[str, Any]):
@@ -127,6 +138,8 @@ class RayBackend(Backend):
                     self.failures[call.slot] = 0
                     self.idle.append(call.slot)
                 continue
+            if getattr(report, "node", None):  # the first actors report their node with their first trial
+                self.node_of_slot[call.slot] = report.node
             if call.kind == "stop":
                 continue  # the controller closed this trial when it decided to stop it
             if report.ended and self.slot_of.get(call.trial_id) == call.slot:
@@ -157,7 +170,7 @@ class RayBackend(Backend):
             moved = ", ".join(f"{tid} (attempt {self.attempt_of.get(tid, 0)} -> {self.attempt_of.get(tid, 0) + 1})"
                               for tid in lost)
             log.warning("caviar: lost the trial actor on node %s (%s); trial %s goes back to the queue",
-                        self.node_of_slot[call.slot] or "?", error.splitlines()[0][:160], moved)
+                        self.node_of_slot[call.slot] or node_of(call.actor), error.splitlines()[0][:160], moved)
         if self.failures[call.slot] <= MAX_REPLACEMENTS:  # an actor that cannot even start is not retried forever
             self.actors[call.slot] = self._make()
             self.calls[self.actors[call.slot].ready.remote()] = _Call("ready", -1, call.slot, self.actors[call.slot])
