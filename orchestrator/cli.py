@@ -112,14 +112,14 @@ def run(
     from orchestrator.progress import quiet_ray, starting_line
 
     ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log")
-    with exit_on_interrupt(), Progress(force_plain=plain, starting=starting_line(address, slots, ray_log)) as progress:
+    with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain, starting=starting_line(address, slots, ray_log)) as progress:
         quiet_ray(ray_log)  # after the first line: importing Ray takes a second or two
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
     print_result(result, report=report, task_ref=task_file_ref(task))
 
 
 @contextmanager
-def exit_on_interrupt() -> Iterator[None]:
+def exit_on_interrupt(task_ref: str | None = None) -> Iterator[None]:
     """Ctrl-C or SIGTERM during a sweep: one line saying how to go on, exit 130 (orchestrator/interrupt.py)."""
     from orchestrator.interrupt import EXIT_CODE, SweepInterrupted, print_hint
 
@@ -127,7 +127,7 @@ def exit_on_interrupt() -> Iterator[None]:
         yield
     except SweepInterrupted as stop:
         if stop.path:
-            print_hint(stop.path)
+            print_hint(stop.path, task_ref)
         else:
             typer.echo("interrupted before the sweep began: nothing was written", err=True)
         raise typer.Exit(EXIT_CODE) from None

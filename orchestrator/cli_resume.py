@@ -31,7 +31,7 @@ def resume(
     overrides: dict[str, Any] = {
         k: v for k, v in dict(slots=slots, address=address, ensemble=ensemble).items() if v is not None
     }
-    with exit_on_interrupt(), Progress(force_plain=plain) as progress:
+    with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain) as progress:
         result = resume_sweep(sweep, on_tick=progress, task=task, trust_task_code=trust_task_code, **overrides)
     if result.note:
         typer.echo(result.note)

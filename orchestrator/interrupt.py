@@ -101,6 +101,8 @@ def write_interrupted(stop: KeyboardInterrupt, controller: Any, log: Any, path: 
     return stop
 
 
-def print_hint(path: str) -> None:
-    sys.stderr.write(f"interrupted: caviar resume {path}\n")
+def print_hint(path: str, task_ref: str | None = None) -> None:
+    """The command that continues the sweep, naming the task code it runs (resume never picks one itself)."""
+    code = f"--task {task_ref}" if task_ref else "--trust-task-code"
+    sys.stderr.write(f"interrupted: caviar resume {path} {code}\n")
     sys.stderr.flush()
