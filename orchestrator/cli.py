@@ -112,7 +112,8 @@ def run(
     from orchestrator.progress import quiet_ray, starting_line
 
     ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log")
-    with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain, starting=starting_line(address, slots, ray_log)) as progress:
+    starting = starting_line(address, slots, ray_log)
+    with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain, starting=starting) as progress:
         quiet_ray(ray_log)  # after the first line: importing Ray takes a second or two
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
     print_result(result, report=report, task_ref=task_file_ref(task))
