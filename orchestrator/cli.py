@@ -113,10 +113,11 @@ def run(
 
     ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log")
     starting = starting_line(address, slots, ray_log)
-    with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain, starting=starting) as progress:
+    task_ref = task_file_ref(task)  # before the run: a job's working directory may not outlive it
+    with exit_on_interrupt(task_ref), Progress(force_plain=plain, starting=starting) as progress:
         quiet_ray(ray_log)  # after the first line: importing Ray takes a second or two
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
-    print_result(result, report=report, task_ref=task_file_ref(task))
+    print_result(result, report=report, task_ref=task_ref)
 
 
 @contextmanager
@@ -166,7 +167,12 @@ def task_file_ref(task: str | None) -> str | None:
     if not task:
         return None
     target, sep, attr = task.partition(":")
-    return os.path.abspath(target) + sep + attr if target.endswith(".py") else task
+    if not target.endswith(".py") or os.path.isabs(target):
+        return task
+    try:
+        return os.path.abspath(target) + sep + attr
+    except OSError:  # a job's working directory can be gone by the end of its run
+        return task
 
 
 StorageOption = Annotated[

@@ -403,11 +403,11 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     storage = Storage.from_uri(path)
     record = read_record(storage)
     settings, root_uri, name = resume_settings(record, storage, overrides)
-    task = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to resume")
     rebuilt = rebuild_controller(record)
     controller = rebuilt.controller
-    if _nothing_to_do(record, rebuilt, storage, settings):  # a finished sweep: resume writes nothing
+    if _nothing_to_do(record, rebuilt, storage, settings):  # a finished sweep: resume writes and runs nothing
         return _as_found(controller, storage, name)
+    task = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to resume")
     log = SweepLog(storage, record.space, lease=Lease.take_over(storage))
     log.continue_after(record.stages, record.events, record.event_parts)
     log.flush(controller, force=True)  # the resume is on disk before any trial runs again

@@ -35,7 +35,7 @@ CONFIGS_TRIED = 4  # build_model on at most this many configs before the task is
 _OWN_DIRS = tuple(
     os.path.dirname(os.path.abspath(__import__(name).__file__)) + os.sep
     for name in ("worker", "orchestrator", "torch", "numpy")
-)
+) + (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster") + os.sep,)  # not imported
 
 
 def where_raised(exc: BaseException) -> str:
@@ -48,8 +48,14 @@ def where_raised(exc: BaseException) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """``ValueError: message (task.py:12)``: the exception in one line, with where it was raised."""
+    """``ValueError: message (task.py:12)``: the exception in one line, with where it was raised.
+
+    caviar's own ``TaskError`` already names the piece and the user's exception it wraps: its words are
+    kept, and the line is where the wrapped exception was raised.
+    """
     message = " ".join(str(exc).split()) or "(no message)"
+    if isinstance(exc, TaskError):
+        return f"{message} ({where_raised(exc.__cause__ or exc)})"
     return f"{type(exc).__name__}: {message} ({where_raised(exc)})"
 
 

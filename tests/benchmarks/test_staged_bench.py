@@ -35,7 +35,7 @@ def test_tiny_staged_vs_random_writes_markdown_and_parquet(tmp_path):
     rows = table.to_pylist()
     per_seed = {r["arm"]: r for r in rows if r["seed"] == "0"}
     assert set(per_seed) == {"random", "staged_asha"}
-    assert per_seed["random"]["plan"] == "6x2" and per_seed["staged_asha"]["plan"] == "6x1,3x2"
+    assert per_seed["random"]["plan"] == "6x2" and per_seed["staged_asha"]["plan"] == "4x1,4x2"
     budget = 6 * 2
     assert per_seed["random"]["epochs_trained"] == budget and per_seed["random"]["epochs_ratio"] == 1.0
     assert 0 < per_seed["staged_asha"]["epochs_trained"] <= budget  # the same budget, never more

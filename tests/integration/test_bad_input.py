@@ -265,7 +265,7 @@ CASES = [
     ),
     Case(
         "ensemble_weights_not_safetensors",
-        ("ensemble", "{sweep}", "--method", "soup"),
+        ("ensemble", "{sweep}", "--method", "soup", "--trust-task-code"),
         E + "{sweep}/weights/trial-….safetensors: not a readable safetensors file (…)",
         corrupt=weights_that_are_not_safetensors,
     ),

@@ -64,12 +64,12 @@ CASES = [
         "fractional_targets",
         TINY_MODEL + "\ndef load_data():\n    (x, y), va, te = tiny_task.load_data()\n"
         "    return (x, y / 2.0), va, te\n",
-        "load_data: train labels must be class indices 0..C-1, got fractional values (e.g. 0.5)",
+        'load_data: train targets are floats (0.5); declare kind = "regression" or give integer class indices',
     ),
     BadTask(
         "negative_targets",
         TINY_MODEL + "\ndef load_data():\n    tr, (x, y), te = tiny_task.load_data()\n    return tr, (x, y - 1), te\n",
-        "load_data: val labels must be class indices 0..C-1, got -1",
+        "load_data: val targets include class -1; class indices start at 0",
     ),
     BadTask(
         "build_model_raises",
@@ -86,7 +86,7 @@ CASES = [
     BadTask(
         "too_few_outputs",
         TINY_DATA + "\ndef build_model(config):\n    return nn.Linear(4, 2)\n",
-        "the model's forward pass or loss_fn: the model outputs 2 columns but the labels hold 3 classes (0..2)"
+        "the model's forward pass or loss_fn: the model outputs 2 scores per example but the targets have 3 classes"
         " (on each of the sweep's first 4 configs)",
     ),
     BadTask(

@@ -257,7 +257,8 @@ def test_a_stop_signal_ends_the_run_in_seconds_marks_trials_interrupted_and_resu
     assert "running" not in {t["status"] for t in trials}
     assert "sweep_interrupted" in load(sweep).events["kind"].to_pylist()
 
-    done = subprocess.run([*CAVIAR, "resume", sweep, "--plain"], cwd=ROOT, env=env, capture_output=True, text=True,
+    done = subprocess.run([*CAVIAR, "resume", sweep, "--plain", "--task", SLOW_TASK], cwd=ROOT, env=env,
+                          capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = load(sweep).trials.to_pylist()
@@ -313,7 +314,8 @@ def test_a_real_master_killed_between_the_trials_table_and_its_stage_row_resumes
     assert killed.returncode == 97, err[-3000:]  # sweeplog.FAULT_EXIT_CODE
     sweep = storage / "cut"
     assert (sweep / "trials" / "trials.parquet").exists() and not (sweep / "stages").exists()
-    done = subprocess.run([*CAVIAR, "resume", str(sweep), "--plain"], cwd=ROOT, env=env, capture_output=True,
+    done = subprocess.run([*CAVIAR, "resume", str(sweep), "--plain", "--trust-task-code"], cwd=ROOT, env=env,
+                          capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     tables = load(str(sweep))

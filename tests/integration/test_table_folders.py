@@ -32,7 +32,9 @@ def sweep_dir(request, ray_session, tmp_path_factory):
 
 
 def table_folders(path: str) -> list[str]:
-    return [name for name in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, name)) and name != "weights"]
+    # weights/ holds safetensors; task/ the task's source copy and its manifest (orchestrator/task_source.py)
+    return [name for name in sorted(os.listdir(path))
+            if os.path.isdir(os.path.join(path, name)) and name not in ("weights", "task")]
 
 
 def test_every_folder_but_weights_is_a_known_table_of_parquet_files_only(sweep_dir):
@@ -71,5 +73,5 @@ def test_the_tables_agree_with_the_api_and_the_soup_still_loads(sweep_dir):
     if len(soup):  # a soup that accepted a second ingredient wrote its weights, outside the table folder
         assert soup.iloc[0]["weights_path"].startswith("weights/ensembles/")
         assert os.path.exists(os.path.join(path, soup.iloc[0]["weights_path"]))
-        model = load_ensemble(path, name="soup")
+        model = load_ensemble(path, name="soup", task=TINY_TASK)
         assert model.record.method == "soup"

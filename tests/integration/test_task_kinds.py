@@ -52,7 +52,8 @@ def test_regression_table_numbers_equal_a_recomputation_in_original_units(ray_se
     best = result.best_trial_id
     ckpt = best_checkpoint(tables, best)
     task = load_task(os.path.join(TASKS, "regression_task.py"))
-    model = SweepModels(Storage.from_uri(result.path)).model(CandidateKey(best, ckpt["epoch"], "raw"))
+    models = SweepModels(Storage.from_uri(result.path), trust_task_code=True)
+    model = models.model(CandidateKey(best, ckpt["epoch"], "raw"))
     _, (x_val, y_val), (x_test, y_test) = task.get("load_data")()
     recorded = metric_map(ckpt)
     (x_train, y_train), _, _ = task.get("load_data")()
@@ -81,7 +82,7 @@ def test_regression_table_numbers_equal_a_recomputation_in_original_units(ray_se
     assert {r.method for r in rows} >= {"single", "top_k", "greedy"}
     chosen = next(r for r in rows if r.chosen)
     assert chosen.val_mse == min(r.val_mse for r in rows) and chosen.selection_metric == "mse"
-    ensemble = load_ensemble(result.path)
+    ensemble = load_ensemble(result.path, trust_task_code=True)  # the sweep's own copy of the test task
     predicted = ensemble.predict(torch.from_numpy(x_test)).numpy()
     assert predicted.shape == y_test.shape
     assert chosen.test_mse == pytest.approx(float(np.mean((predicted - y_test.astype(np.float64)) ** 2)), rel=1e-4)
@@ -93,7 +94,7 @@ def test_soft_labels_give_the_soft_target_cross_entropy(ray_session, storage_dir
     assert result.counts.get("failed", 0) == 0
     task = load_task(os.path.join(TASKS, "soft_label_task.py"))
     _, (x_val, y_val), _ = task.get("load_data")()
-    models = SweepModels(Storage.from_uri(result.path))
+    models = SweepModels(Storage.from_uri(result.path), trust_task_code=True)
     for trial_id in {r["trial_id"] for r in tables.metrics.to_pylist()}:
         ckpt = best_checkpoint(tables, trial_id)
         model = models.model(CandidateKey(trial_id, ckpt["epoch"], "raw"))
@@ -121,8 +122,9 @@ def test_custom_metric_with_mode_min_is_the_score(ray_session, storage_dir):
     assert result.best_score == pytest.approx(-min(best_brier.values()))
     # Promotion to stage 2 followed the objective: the promoted configs are stage 1's lowest Brier scores.
     trials = tables.trials.to_pylist()
-    stage0 = sorted((t for t in trials if t["stage"] == 0), key=lambda t: best_brier[t["trial_id"]])
-    promoted = [t["config"] for t in trials if t["stage"] == 1 and t["config"] in [s["config"] for s in stage0]]
+    # tables number stages from 1
+    stage0 = sorted((t for t in trials if t["stage"] == 1), key=lambda t: best_brier[t["trial_id"]])
+    promoted = [t["config"] for t in trials if t["stage"] == 2 and t["config"] in [s["config"] for s in stage0]]
     assert promoted == [stage0[0]["config"]]  # one promotion (half of 2 trials): the lowest Brier score
 
 
@@ -133,7 +135,7 @@ def test_a_streamed_sweep_trains_plain_and_says_why_it_did_not_fuse(ray_session,
     reasons = [e["reason"] for e in tables.events.to_pylist() if e["kind"] == "fusing_off"]
     assert reasons and "streams from torch Datasets" in reasons[0]
     # Classification ensembles work on streamed data: the dataset row knows the inputs' shape and statistics.
-    ensemble = load_ensemble(result.path)
+    ensemble = load_ensemble(result.path, trust_task_code=True)  # the sweep's own copy of the test task
     task = load_task(os.path.join(TASKS, "streamed_task.py"))
     x, labels = zip(*(task.get("Blobs")("test", False)[i] for i in range(50)))
     assert ensemble(torch.stack(x)).shape == (50, 3)

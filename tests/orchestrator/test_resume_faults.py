@@ -80,7 +80,7 @@ def test_a_master_killed_after_any_write_resumes_to_the_uninterrupted_result(tmp
     whole_storage = Storage.from_uri(str(tmp_path / "whole"))
     writes = run_until_write(whole_storage, settings, 0)
     whole = rebuild_controller(read_record(whole_storage)).controller
-    assert whole.finished and writes > 20
+    assert whole.finished and writes > 10  # many write boundaries to cut at
     for n in range(2, writes + 1):
         storage = Storage.from_uri(str(tmp_path / f"killed-{n}"))
         run_until_write(storage, settings, n)
