@@ -217,20 +217,25 @@ def finish_sweep(
         ensemble = after_sweep(sweep, task, device=settings.device, load_data=prefetch and prefetch.result)
     if log.lease is not None:
         log.lease.release()  # the sweep is whole: a later resume may take it at once
+    return result_of(controller, name, sweep.uri, warnings, ensemble=ensemble)
+
+
+def result_of(controller: Controller, name: str, uri: str, warnings: list[str], **extra: Any) -> SweepResult:
+    """The sweep's result from its controller: best trial, counts by status, and what ``extra`` adds."""
     best = controller.best()
     counts: dict[str, int] = {}
     for trial in controller.trials.values():
         counts[trial.status] = counts.get(trial.status, 0) + 1
     return SweepResult(
         name,
-        sweep.uri,
+        uri,
         best.trial_id if best else None,
         best.best_score if best and math.isfinite(best.best_score) else None,
         dict(best.config) if best else None,
         counts,
         warnings,
         controller.abort_reason,
-        ensemble=ensemble,
+        **extra,
     )
 
 

@@ -433,20 +433,7 @@ def _nothing_to_do(record: SweepRecord, rebuilt: Rebuilt, storage: Storage, sett
 
 def _as_found(controller: Controller, storage: Storage, name: str) -> Any:
     """The result of a finished sweep, read back, with a note saying resume changed nothing."""
-    from orchestrator.api import SweepResult
+    from orchestrator.api import result_of
 
-    best = controller.best()
-    counts: dict[str, int] = {}
-    for trial in controller.trials.values():
-        counts[trial.status] = counts.get(trial.status, 0) + 1
-    return SweepResult(
-        name,
-        storage.uri,
-        best.trial_id if best else None,
-        best.best_score if best and math.isfinite(best.best_score) else None,
-        dict(best.config) if best else None,
-        counts,
-        [],
-        controller.abort_reason,
-        note=f"sweep {redact_uri(storage.uri)} has finished: nothing to resume, nothing written",
-    )
+    note = f"sweep {redact_uri(storage.uri)} has finished: nothing to resume, nothing written"
+    return result_of(controller, name, storage.uri, [], note=note)
