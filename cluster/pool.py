@@ -82,6 +82,8 @@ class RayBackend(Backend):
         self.failures = [0] * slots  # deaths in a row per slot, reset when its replacement is ready
         self.last_error = ""
         self.node_of_slot: list[str | None] = [None] * slots  # the Ray node id each slot's actor reported
+        for slot, actor in enumerate(self.actors):  # runs before the slot's first trial: a lost node is named
+            self.calls[actor.ready.remote()] = _Call("node", -1, slot, actor)
         self.attempt_of: dict[int, int] = {}
 
     def wait_ready(self) -> list[str]:
@@ -131,6 +133,10 @@ class RayBackend(Backend):
                 report: Report = ray.get(ref)
             except (RayActorError, RayTaskError) as exc:
                 reports.extend(self._on_actor_failure(call, failure_text(exc)))
+                continue
+            if call.kind == "node":
+                if self.actors[call.slot] is call.actor:
+                    self.node_of_slot[call.slot] = str(report)
                 continue
             if call.kind == "ready":
                 if self.actors[call.slot] is call.actor:

@@ -282,7 +282,29 @@ import orchestrator.cli_check  # noqa: E402,F401
 import orchestrator.cli_report  # noqa: E402,F401
 
 if __name__ == "__main__":
-    __import__("orchestrator.cli", fromlist=["main"]).main()  # noqa: E701 (python -m: every verb)
+    __import__("orchestrator.cli", fromlist=["entry_point"]).entry_point()  # noqa: E701 (python -m: every verb)
 import orchestrator.cli_cluster  # noqa: E402,F401
 import orchestrator.cli_ensemble  # noqa: E402,F401
 import orchestrator.cli_resume  # noqa: E402,F401
+
+
+def entry_point() -> None:
+    """The ``caviar`` script: :func:`main`, then an exit that skips native teardown.
+
+    Python's own clean-up runs (atexit: Ray's shutdown, flushed output); the C++ static destructors
+    do not: pyarrow's thread pools can abort a finished process there ("terminate called without
+    an active exception", exit 134), which would turn a successful command into a failure.
+    """
+    import atexit
+
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if done.code is not None and not isinstance(done.code, int):
+            sys.stderr.write(f"{done.code}\n")
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -35,4 +35,4 @@ def resume(
         result = resume_sweep(sweep, on_tick=progress, task=task, trust_task_code=trust_task_code, **overrides)
     if result.note:
         typer.echo(result.note)
-    print_result(result, task_ref=task_file_ref(task))
+    print_result(result, task_ref=task_file_ref(task), report=not result.note)  # a finished sweep: nothing written
