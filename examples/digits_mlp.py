@@ -1,6 +1,6 @@
 """The default example: an MLP on scikit-learn's bundled 8x8 digits (no download).
 
-Every choice the course notes call a hyperparameter is one here: depth, width, activation,
+Every choice the CS231n notes call a hyperparameter is one here: depth, width, activation,
 batch norm, dropout, initialisation, optimizer with its betas, learning-rate schedule,
 L2 weight decay and batch size. Run it with ``caviar run examples/digits_mlp.py``.
 """

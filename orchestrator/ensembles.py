@@ -1,6 +1,6 @@
 """Ensembles chosen on validation predictions, measured on test only afterwards.
 
-The course notes: averaging a few models (the top-k of a sweep, checkpoints of one run, EMA
+The CS231n notes: averaging a few models (the top-k of a sweep, checkpoints of one run, EMA
 weights, one config trained from several seeds) buys a couple of percent for free.
 Selection sees only a ``ValPool`` (keys, validation probabilities, validation labels), so
 test data cannot steer a choice; test metrics are attached by ``with_test_metrics`` once

@@ -9,7 +9,7 @@ Plots, each with an ``id`` so tests and people can find it:
   narrowing and edge extension show;
 - ``fig-learning-curves``: validation metric per epoch, pruned trials grey (reasons in the legend);
 - ``fig-gap``: train minus validation accuracy (or validation minus train loss) per epoch;
-- ``fig-update-ratio``: ``||dw|| / ||w||`` per epoch against the notes' 1e-3, and per layer
+- ``fig-update-ratio``: ``||dw|| / ||w||`` per epoch against CS231n's 1e-3, and per layer
   for the best trial when diagnostics were recorded;
 - ``fig-activations``: activation std and fraction of zeros (dead ReLUs) per layer of the best trial;
 - ``fig-importance``: hyperparameter importance, fANOVA-style: a random forest (scikit-learn)

@@ -174,7 +174,7 @@ def collect_warnings(data: SweepData) -> list[str]:
         if not UPDATE_RATIO_BAND[0] <= median <= UPDATE_RATIO_BAND[1]:
             hint = "too high" if median > HEALTHY_UPDATE_RATIO else "too low"
             out.append(f"best trial {best['trial_id']}: median update/weight ratio {median:.1e} is more than 10x "
-                       f"away from the notes' ~1e-3 (learning rate probably {hint})")
+                       f"away from CS231n's ~1e-3 (learning rate probably {hint})")
     acts = diag_rows(data, best["trial_id"], "activation")
     if acts:
         last = max(r["epoch"] for r in acts)

@@ -299,7 +299,7 @@ def plot_update_ratio(data: SweepData) -> Figure | None:
     for ax in axes:
         ax.axhline(HEALTHY_UPDATE_RATIO, color="#d62728", ls="--", lw=1.2)
         ax.text(0.01, HEALTHY_UPDATE_RATIO, " 1e-3", color="#d62728", transform=ax.get_yaxis_transform(), va="bottom")
-    caption = ("The update-to-weight ratio the notes watch: near 1e-3 (red line) is healthy; far above, the learning "
+    caption = ("The update-to-weight ratio CS231n watches: near 1e-3 (red line) is healthy; far above, the learning "
                "rate is probably too high; far below, too low.")
     return Figure("fig-update-ratio", "Update / weight ratio", caption, png_bytes(fig))
 

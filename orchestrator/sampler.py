@@ -1,6 +1,6 @@
 """Samplers: pure functions from (space, seed, stage, count) to configs, so a stage is reproducible.
 
-Random search is the first stage's sampler (the course notes: random beats grid because the
+Random search is the first stage's sampler (the CS231n notes: random beats grid because the
 important parameters get more distinct values). Sobol and Latin hypercube cover the unit cube more
 evenly for small stages. ``tpe`` samples the first stage at random and each later stage by a
 density ratio on the trials already finished (:mod:`orchestrator.tpe`).

@@ -27,7 +27,7 @@ class Stage:
     """One stage: how many trials, each trained for at most how many epochs.
 
     A ``reseed`` stage samples nothing: it trains the best config so far once per trial, each
-    with its own seed (the notes' "same model, different initializations" ensemble).
+    with its own seed (CS231n's "same model, different initializations" ensemble).
     """
 
     trials: int

@@ -1,6 +1,6 @@
 """Per-layer training diagnostics, cheap enough to leave on: one probe per epoch, never per step.
 
-What the course notes say to watch, per layer and epoch:
+What the CS231n notes say to watch, per layer and epoch:
 
 - **parameters** (one row per trainable tensor): weight norm, gradient norm and the
   update-to-weight ratio ``||dw|| / ||w||`` (healthy near 1e-3), all measured on the

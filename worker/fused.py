@@ -541,7 +541,7 @@ class FusedArray:
                                                         st.flat.detach())
                 if i != n_batches - 1:
                     before = None
-                if before is not None:  # the notes' health signal: ||update|| / ||w||, ~1e-3
+                if before is not None:  # CS231n's health signal: ||update|| / ||w||, ~1e-3
                     ratio = _member_norms(st.flat.detach() - before, self.sizes) / \
                         _member_norms(before, self.sizes).clamp_min(1e-12)
                     update_ratio = torch.where(live, ratio.double(), update_ratio)

@@ -59,7 +59,7 @@ def build_schedule(config: Mapping[str, Any], optimizer: torch.optim.Optimizer, 
         return sched.StepLR(optimizer, step_size=int(setting(config, "step_epochs", max(1, epochs // 3))), gamma=rate)
     if name == "exponential":
         return sched.ExponentialLR(optimizer, gamma=rate)
-    if name == "inverse_time":  # lr0 / (1 + k t), the notes' 1/t decay
+    if name == "inverse_time":  # lr0 / (1 + k t), CS231n's 1/t decay
         return sched.LambdaLR(optimizer, lambda epoch: 1.0 / (1.0 + rate * epoch))
     if name == "plateau":
         return sched.ReduceLROnPlateau(optimizer, factor=rate, patience=int(setting(config, "patience", 2)))

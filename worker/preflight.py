@@ -1,4 +1,4 @@
-"""Preflight: the course notes' sanity checks, run on a task before a sweep spends cluster hours.
+"""Preflight: the CS231n notes' sanity checks, run on a task before a sweep spends cluster hours.
 
 1. The initial loss, regularisation off, is close to ``ln C`` (softmax over C classes with
    small initial logits predicts roughly uniform probabilities).
@@ -6,7 +6,7 @@
 3. The model overfits a tiny subset (20 examples) to near-zero loss, regularisation off.
 4. Gradient check: analytic gradients against centred differences in float64, dropout off
    and the seed fixed, on a random sample of dimensions of every parameter tensor, scored
-   by relative error with the notes' thresholds (> 1e-2 wrong, 1e-4..1e-2 suspicious,
+   by relative error with CS231n's thresholds (> 1e-2 wrong, 1e-4..1e-2 suspicious,
    < 1e-7 good). Dimensions whose finite difference crosses a ReLU-like kink are noted and
    left out of the verdict: there the numeric gradient is not the derivative.
 
@@ -35,12 +35,12 @@ from orchestrator.task import Task
 from worker.data import Splits, prepare_task_data
 from worker.kinds import TargetKind, loss_function
 
-# Relative-error bands from the course notes (gradient check).
+# Relative-error bands from the CS231n notes (gradient check).
 WRONG, SUSPICIOUS, GOOD = 1e-2, 1e-4, 1e-7
 # Both gradients below this are zero to float64 precision (a dead unit, an unused weight):
 # centred differences carry ~1e-10 of round-off, which would read as a 100% relative error.
 ZERO_GRADIENT = 1e-9
-STEP = 1e-5  # the notes' h; in float64 round-off (~eps/h) and truncation (~h^2) both stay near 1e-10
+STEP = 1e-5  # CS231n's h; in float64 round-off (~eps/h) and truncation (~h^2) both stay near 1e-10
 L2_STRENGTHS = (0.0, 1e-3, 1e-2, 1e-1)
 NEAR_ZERO_LOSS = 0.05
 INITIAL_LOSS_TOLERANCE = 0.5  # |loss - ln C| <= 0.5 * ln C: He-initialised logits add ~sigma^2/2 to ln C

@@ -226,7 +226,7 @@ class TrialRun:
             before = [p.detach().clone() for p in params] if last else None
             self.scaler.step(opt)  # skips the step when fp16 gradients overflowed
             self.scaler.update()
-            if before is not None:  # the notes' health signal: ||update|| / ||w||, ~1e-3
+            if before is not None:  # CS231n's health signal: ||update|| / ||w||, ~1e-3
                 update_ratio = _flat_norm([p.detach() - b for p, b in zip(params, before)]) / max(
                     _flat_norm(before), 1e-12
                 )
