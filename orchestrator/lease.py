@@ -105,6 +105,7 @@ class Lease:
             raise StorageError(f"sweep {redact_uri(storage.uri)!r} {_taken_by(storage)}; pick another --name")
         lease = cls(storage, record)
         lease._confirm()
+        _fault_delay("HOLD")  # a test keeps the winner's lease held while the loser arrives
         return lease
 
     @classmethod

@@ -269,12 +269,13 @@ def test_a_stop_signal_ends_the_run_in_seconds_marks_trials_interrupted_and_resu
 
 def test_two_runs_of_one_name_at_once_one_claims_it_the_other_gets_one_line(tmp_path):
     """Both pass the 'already exists' check inside a 3-second window (injected before the claim); the
-    exclusive create lets exactly one through. The winner then fails to reach its (closed) Ray address,
-    so neither starts Ray and the test stays fast; its refused start leaves no folder."""
+    exclusive create lets exactly one through, and the winner holds its lease 8 s more, so a loser whose
+    start lagged (a loaded CI machine) still meets it. The winner then fails to reach its (closed) Ray
+    address, so neither starts Ray and the test stays fast; its refused start leaves no folder."""
     from tests.cluster.raycluster import free_port
 
     storage = tmp_path / "runs"
-    env = {**os.environ, "CAVIAR_FAULT_DELAY_CLAIM": "3"}
+    env = {**os.environ, "CAVIAR_FAULT_DELAY_CLAIM": "3", "CAVIAR_FAULT_DELAY_HOLD": "8"}
     env.pop("RAY_ADDRESS", None)
     address = f"127.0.0.1:{free_port()}"
     run = [*CAVIAR, "run", os.path.join(ROOT, "tests", "tasks", "tiny_task.py"), "--storage", str(storage),
@@ -282,13 +283,14 @@ def test_two_runs_of_one_name_at_once_one_claims_it_the_other_gets_one_line(tmp_
     procs = [subprocess.Popen(run, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outcomes = sorted((p.wait(timeout=300), p.stderr.read().strip().splitlines()) for p in procs)
-    lost = [lines for code, lines in outcomes if any("is taken by another caviar run" in line for line in lines)]
+    sweep = storage / "same"
+    # Lost at the exclusive create, or (when it lagged past the winner's claim) at the check before it.
+    losses = ("is taken by another caviar run (process ", "already exists (pass --overwrite")
+    lost = [lines for code, lines in outcomes if any(loss in line for loss in losses for line in lines)]
     won = [lines for code, lines in outcomes if any("cannot connect" in line for line in lines)]
     assert [code for code, _ in outcomes] == [2, 2], outcomes
     assert len(lost) == 1 and len(won) == 1, outcomes
-    sweep = storage / "same"
-    assert len(lost[0]) == 1 and lost[0][0].startswith(f"caviar: error: sweep '{sweep}' is taken by another caviar "
-                                                        "run (process ")
+    assert len(lost[0]) == 1 and lost[0][0].startswith(f"caviar: error: sweep '{sweep}' "), lost
     assert len(won[0]) == 1 and won[0][0].startswith(f"caviar: error: Ray cluster '{address}': cannot connect")
     assert not sweep.exists()  # the winner's refused start removed what it had written
 
