@@ -133,7 +133,15 @@ def to_tune(space: Any) -> dict[str, Any]:
     """Ray Tune's param_space; a one-minus-log beta travels as its scale x = -log10(1 - beta) (see decode)."""
     from ray import tune
 
-    from orchestrator.space import Choice, Distribution, LogRandInt, LogUniform, OneMinusLogUniform, RandInt, Uniform
+    from orchestrator.search.space import (
+        Choice,
+        Distribution,
+        LogRandInt,
+        LogUniform,
+        OneMinusLogUniform,
+        RandInt,
+        Uniform,
+    )
 
     out: dict[str, Any] = {}
     for name, value in space.items():
@@ -156,7 +164,15 @@ def to_tune(space: Any) -> dict[str, Any]:
 
 def suggest_optuna(trial: Any, space: Any) -> dict[str, Any]:
     """Optuna's define-by-run spelling of the same space; returns a caviar config."""
-    from orchestrator.space import Choice, Distribution, LogRandInt, LogUniform, OneMinusLogUniform, RandInt, Uniform
+    from orchestrator.search.space import (
+        Choice,
+        Distribution,
+        LogRandInt,
+        LogUniform,
+        OneMinusLogUniform,
+        RandInt,
+        Uniform,
+    )
 
     raw: dict[str, Any] = {}
     for name, value in space.items():
@@ -177,7 +193,7 @@ def suggest_optuna(trial: Any, space: Any) -> dict[str, Any]:
 
 def decode(raw: Mapping[str, Any], space: Any) -> dict[str, Any]:
     """Map scale-uniform draws (one-minus-log betas) back to values, exactly as caviar's sampler does."""
-    from orchestrator.space import OneMinusLogUniform
+    from orchestrator.search.space import OneMinusLogUniform
 
     out = dict(raw)
     for name, value in space.items():
@@ -187,7 +203,7 @@ def decode(raw: Mapping[str, Any], space: Any) -> dict[str, Any]:
 
 
 def load_space(task_path: str = DIGITS_MLP) -> Any:
-    from orchestrator.task import load_task
+    from orchestrator.spec.task import load_task
 
     key = ("space", task_path)
     if key not in _CACHE:
@@ -199,7 +215,7 @@ def trial_run(config: Mapping[str, Any], max_epochs: int, seed: int = 0, task_pa
     """A caviar TrialRun of the task on ``config`` (task and data loaded once per process)."""
     import torch
 
-    from orchestrator.task import load_task
+    from orchestrator.spec.task import load_task
     from worker.data import prepare
     from worker.trainer import TrialRun, TrialSpec, pick_device
 
@@ -220,7 +236,7 @@ def test_accuracy(run: Any) -> float:
 
 def warm_up(task_path: str) -> None:
     """Load the task and its data before a clock starts, as caviar's actors do before their first trial."""
-    from orchestrator.sampler import sample_configs
+    from orchestrator.search.sampler import sample_configs
 
     trial_run(sample_configs(load_space(task_path), 1, seed=0)[0], 1, task_path=task_path)
 
@@ -251,8 +267,8 @@ def phases(started: float, finished: float, epochs: list[tuple[float, float]], s
 def run_caviar(trials: int, epochs: int, storage: str, task_path: str = DIGITS_MLP, slots: int = SLOTS,
                **settings: Any) -> dict[str, Any]:
     """One caviar sweep with ``settings`` on top of its defaults; the best model's and the chosen ensemble's test."""
-    from orchestrator.api import load, run_sweep
-    from orchestrator.task import load_task
+    from orchestrator.app.api import load, run_sweep
+    from orchestrator.spec.task import load_task
 
     task = load_task(task_path)  # the driver's import of the task module, before the clock as for Tune and Optuna
     started, wall_started = time.perf_counter(), time.time()
@@ -289,8 +305,8 @@ def caviar_best_test_accuracy(result: Any, tables: Any, task_path: str = DIGITS_
 
 def caviar_ensemble_test_accuracy(result: Any) -> float | None:
     """The test accuracy of the ensemble the sweep chose on validation (the ``chosen`` row), else n/a."""
-    from orchestrator import schema
-    from orchestrator.storage import Storage
+    from orchestrator.store import schema
+    from orchestrator.store.storage import Storage
 
     value = getattr(result, "ensemble", None)
     if value is not None and getattr(value, "test_accuracy", None) is not None:

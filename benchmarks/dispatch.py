@@ -25,11 +25,11 @@ def run_pool(trials: int, epochs: int, slots: int, storage: str, name: str) -> d
     import ray
 
     from cluster.pool import RayBackend, Resources
-    from orchestrator.api import controller_for, prepare_storage
-    from orchestrator.driver import drive
-    from orchestrator.settings import RunSettings
-    from orchestrator.sweeplog import SweepLog
-    from orchestrator.task import load_task
+    from orchestrator.app.api import controller_for, prepare_storage
+    from orchestrator.decide.driver import drive
+    from orchestrator.decide.sweeplog import SweepLog
+    from orchestrator.spec.settings import RunSettings
+    from orchestrator.spec.task import load_task
 
     task = load_task(TASK)
     settings = RunSettings(trials=trials, epochs=epochs, plan=f"{trials}x{epochs}", pruner="none", storage=storage,
@@ -56,7 +56,7 @@ def run_pool(trials: int, epochs: int, slots: int, storage: str, name: str) -> d
 
 def run_inline(trials: int, epochs: int, storage: str) -> dict[str, float]:
     """The same trials with no Ray: one WorkerSession in this process, trial after trial."""
-    from orchestrator.backend import Assignment
+    from orchestrator.decide.backend import Assignment
     from worker.session import WorkerSession
 
     session = WorkerSession(TASK, storage, "inline", {"threads": 1, "checkpoint_seconds": 3600})
@@ -94,7 +94,7 @@ def main() -> None:
             pool = run_pool(trials, epochs, 2, tmp, f"pool-{label}")
             import importlib
 
-            import orchestrator.task as task_module
+            import orchestrator.spec.task as task_module
             task_module.sys.modules.pop(next((k for k in task_module.sys.modules if k.startswith("caviar_task_")), ""),
                                         None)
             importlib.invalidate_caches()

@@ -47,10 +47,10 @@ def error_cut(single: float, accuracy: float) -> float | None:
 
 def one_sweep(case: str, settings: dict[str, Any], seed: int, args: argparse.Namespace,
               storage: str) -> list[dict[str, Any]]:
-    from orchestrator.api import run_sweep
-    from orchestrator.ensemble_run import build_and_write
-    from orchestrator.storage import Storage
-    from orchestrator.task import load_task
+    from orchestrator.app.api import run_sweep
+    from orchestrator.ensemble.ensemble_run import build_and_write
+    from orchestrator.spec.task import load_task
+    from orchestrator.store.storage import Storage
     from worker.soup import soup_builder
 
     started = time.perf_counter()
@@ -115,7 +115,7 @@ def main() -> None:
     cases = TINY if args.tiny else {c: CASES[c] for c in (args.cases.split(",") if args.cases else CASES)}
     args.keep_best = args.keep_best or (1 if args.tiny else 3)
     seeds = [int(s) for s in (args.seeds or ("0" if args.tiny else "0,1,2")).split(",")]
-    from orchestrator.task import load_task
+    from orchestrator.spec.task import load_task
 
     args.n_test = len(load_task(TASK).get("load_data")()["test"][1])
     rows: list[dict[str, Any]] = []

@@ -37,8 +37,8 @@ CASES = {
 
 def make_configs(shape: dict[str, Any], k: int, seed: int = 0) -> list[dict[str, Any]]:
     """K draws from the digits space with the shape fixed (``dropout: None`` keeps each trial's own rate)."""
-    from orchestrator.sampler import sample_configs
-    from orchestrator.task import load_task
+    from orchestrator.search.sampler import sample_configs
+    from orchestrator.spec.task import load_task
 
     configs = sample_configs(load_task(TASK).space, k, seed=seed)
     for c in configs:
@@ -92,8 +92,8 @@ def agreement(a: dict[int, list[dict[str, Any]]], b: dict[int, list[dict[str, An
 def bench(case: str, k: int, epochs: int, repeats: int, threads: int) -> list[dict[str, Any]]:
     import torch
 
-    from orchestrator.sampler import trial_seed
-    from orchestrator.task import load_task
+    from orchestrator.search.sampler import trial_seed
+    from orchestrator.spec.task import load_task
     from worker.data import prepare
     from worker.fused import NotFusable
     from worker.trainer import TrialSpec

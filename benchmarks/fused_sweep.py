@@ -8,7 +8,7 @@ only ``--fuse`` (and ``--array-size``) differ. Runs are interleaved per repeat, 
 1-minute load average is recorded around each (the machine may be shared): compare ratios
 within one repeat.
 
-With fusing on, each block of K trials in a stage shares its model shape (``orchestrator.fusing
+With fusing on, each block of K trials in a stage shares its model shape (``orchestrator.decide.fusing
 .share_shapes``) while keeping its own draws of everything else, so the two sweeps do not
 train the same configs; ``best_val_accuracy`` shows what the shared shapes cost the search.
 
@@ -62,7 +62,7 @@ COLUMNS = [
 
 def caviar_command(fuse: str, array_size: str, args: argparse.Namespace, storage: str, name: str) -> list[str]:
     cli = os.path.join(os.path.dirname(sys.executable), "caviar")
-    base = [cli] if os.path.exists(cli) else [sys.executable, "-m", "orchestrator.cli"]
+    base = [cli] if os.path.exists(cli) else [sys.executable, "-m", "orchestrator.app.cli"]
     return [
         *base,
         "run",
@@ -97,7 +97,7 @@ def one_run(fuse: str, array_size: str, args: argparse.Namespace, repeat: int, s
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    from orchestrator.api import load
+    from orchestrator.app.api import load
 
     tables = load(os.path.join(storage, name))
     trials = tables.trials.to_pylist()

@@ -40,7 +40,7 @@ def init_ray() -> float:
 
 
 def run_caviar(trials: int, reports: int, storage: str) -> dict[str, Any]:
-    from orchestrator.api import load, run_sweep
+    from orchestrator.app.api import load, run_sweep
 
     started = time.perf_counter()
     run_sweep(TASK, plan=f"{trials}x{reports}", pruner="none", ensemble=False, checkpoint_seconds=1e9,
@@ -57,7 +57,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
     """Ray Tune's side of the same work: a TrialRun on the same task, one epoch per ``tune.report``."""
     from ray import tune
 
-    from orchestrator.task import load_task
+    from orchestrator.spec.task import load_task
     from worker.data import prepare
     from worker.trainer import TrialRun, TrialSpec, pick_device
 

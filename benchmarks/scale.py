@@ -27,14 +27,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import write_table  # noqa: E402
-from orchestrator import schema  # noqa: E402
-from orchestrator.controller import Controller, ControllerOptions  # noqa: E402
-from orchestrator.driver import drive  # noqa: E402
-from orchestrator.pruning import NoPruner, make_pruner  # noqa: E402
-from orchestrator.simulate import SimulatedBackend  # noqa: E402
-from orchestrator.space import SearchSpace, choice, loguniform, one_minus_loguniform, randint  # noqa: E402
-from orchestrator.stages import parse_plan  # noqa: E402
-from orchestrator.storage import Storage  # noqa: E402
+from orchestrator.decide.controller import Controller, ControllerOptions  # noqa: E402
+from orchestrator.decide.driver import drive  # noqa: E402
+from orchestrator.decide.pruning import NoPruner, make_pruner  # noqa: E402
+from orchestrator.decide.simulate import SimulatedBackend  # noqa: E402
+from orchestrator.search.space import SearchSpace, choice, loguniform, one_minus_loguniform, randint  # noqa: E402
+from orchestrator.search.stages import parse_plan  # noqa: E402
+from orchestrator.store import schema  # noqa: E402
+from orchestrator.store.storage import Storage  # noqa: E402
 
 COLUMNS = ["case", "trials", "reports", "rows", "seconds", "decisions_per_s", "rows_per_s", "peak_mb", "memory",
            "ratio_vs_duckdb"]

@@ -64,7 +64,7 @@ COLUMNS = [
 
 def arm_settings(arm: str, budget_trials: int, epochs: int) -> dict[str, Any]:
     """run_sweep settings of one arm; every arm costs at most ``budget_trials * epochs`` epochs unpruned."""
-    from orchestrator.stages import default_plan_for_budget, plan_to_str
+    from orchestrator.search.stages import default_plan_for_budget, plan_to_str
 
     if arm.startswith("random"):
         plan = f"{budget_trials}x{epochs}"
@@ -78,8 +78,8 @@ def arm_settings(arm: str, budget_trials: int, epochs: int) -> dict[str, Any]:
 
 def one_sweep(arm: str, seed: int, args: argparse.Namespace, storage: str) -> dict[str, Any]:
     from benchmarks.real_sweep import caviar_best_test_accuracy
-    from orchestrator.api import load, run_sweep
-    from orchestrator.settings import RunSettings
+    from orchestrator.app.api import load, run_sweep
+    from orchestrator.spec.settings import RunSettings
 
     settings = arm_settings(arm, args.trials, args.epochs)
     if "fuse" in {f.name for f in dataclasses.fields(RunSettings)}:
@@ -189,7 +189,7 @@ def main() -> None:
     args.trials = args.trials or (6 if args.tiny else 16)
     args.epochs = args.epochs or (2 if args.tiny else 12)
     seeds = [int(s) for s in (args.seeds or ("0" if args.tiny else "0,1,2,3,4")).split(",")]
-    from orchestrator.task import load_task
+    from orchestrator.spec.task import load_task
 
     data = load_task(TASK).get("load_data")()
     args.n_val, args.n_test = len(data["val"][1]), len(data["test"][1])

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from orchestrator.task import load_task  # noqa: E402
+from orchestrator.spec.task import load_task  # noqa: E402
 from worker.data import prepare  # noqa: E402
 from worker.trainer import TrialRun, TrialSpec  # noqa: E402
 

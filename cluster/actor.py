@@ -11,7 +11,7 @@ from typing import Any
 
 import ray
 
-from orchestrator.backend import Assignment, Report
+from orchestrator.decide.backend import Assignment, Report
 
 
 class WorkerStartError(Exception):

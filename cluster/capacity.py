@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from orchestrator.settings import RunSettings
+from orchestrator.spec.settings import RunSettings
 
 
 def per_trial(settings: RunSettings) -> dict[str, float]:

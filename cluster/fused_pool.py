@@ -5,7 +5,7 @@ queues those calls and, at the next ``poll``, sends each idle actor one
 :meth:`worker.fused_session.FusedSession.run` call that carries all of them, so the members of
 an array move together and a stop compacts the array before it trains again. A slot here is
 one member: an actor holds up to ``array_size`` trials. New trials go to the actor whose
-trials share their shape key (``orchestrator.fusing.shape_key``), so freed members are
+trials share their shape key (``orchestrator.decide.fusing.shape_key``), so freed members are
 refilled with trials of the same shape; the actor then fits them into its arrays.
 
 One call per actor in flight: decisions made while it runs wait for it to return (it returns
@@ -23,10 +23,10 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from cluster.pool import MAX_REPLACEMENTS, Resources
-from orchestrator import interrupt
-from orchestrator.backend import Assignment, Backend, Report
+from orchestrator.decide import interrupt
+from orchestrator.decide.backend import Assignment, Backend, Report
+from orchestrator.decide.fusing import PER_MEMBER, Key, shape_key
 from orchestrator.errors import CaviarError
-from orchestrator.fusing import PER_MEMBER, Key, shape_key
 
 
 @ray.remote

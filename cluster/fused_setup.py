@@ -4,7 +4,7 @@
 ``on``, pure pre-checks come first (a task's own training loop or optimizer, mixed precision);
 then the :class:`~cluster.fused_pool.FusedBackend`'s first actor, on its own device, trains two
 members of the first trial's model (does it fuse at all?) and times a short epoch at a few
-array sizes; ``orchestrator.fusing.choose_array_size`` picks K from those numbers. A model that
+array sizes; ``orchestrator.decide.fusing.choose_array_size`` picks K from those numbers. A model that
 cannot be fused: with ``auto`` the plain backend, an event and a log line saying why; with
 ``on`` a one-line error naming the reason (the layer, where one failed).
 """
@@ -17,10 +17,9 @@ from typing import Any
 
 from cluster.fused_pool import FusedBackend
 from cluster.pool import RayBackend, Resources
-from orchestrator.backend import Backend
-from orchestrator.controller import Controller
-from orchestrator.errors import ConfigError
-from orchestrator.fusing import (
+from orchestrator.decide.backend import Backend
+from orchestrator.decide.controller import Controller
+from orchestrator.decide.fusing import (
     AUTO_BLOCK,
     PER_MEMBER,
     TASK_HOOKS_THAT_BLOCK,
@@ -29,8 +28,9 @@ from orchestrator.fusing import (
     probe_sizes,
     useful_array_size,
 )
-from orchestrator.settings import RunSettings
-from orchestrator.task import Task, unfusable_reason
+from orchestrator.errors import ConfigError
+from orchestrator.spec.settings import RunSettings
+from orchestrator.spec.task import Task, unfusable_reason
 
 log = logging.getLogger("caviar")
 

@@ -1,6 +1,6 @@
 """Ray jobs: ship a sweep to a cluster through Ray's Job Submission API, then follow it.
 
-A submitted sweep is ``python -m orchestrator.cli run TASK --address auto --plain ...`` run
+A submitted sweep is ``python -m orchestrator.app.cli run TASK --address auto --plain ...`` run
 by the cluster as a Ray job: the master runs on the head node, its actors wherever Ray
 places them. What travels with the job (its runtime environment):
 
@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.errors import CaviarError, ConfigError
-from orchestrator.storage import redact_uri
+from orchestrator.store.storage import redact_uri
 
 CAVIAR_PACKAGES = ("orchestrator", "worker", "cluster")
 EXCLUDES = [".venv", "venv", "caviar-runs", ".git", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
@@ -148,7 +148,7 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
                           "cluster: give an absolute path that every node mounts, or a URI (s3://, gs://, hdfs://)")
     stem = os.path.splitext(os.path.basename(job_task.split(":")[-1] if ":" in job_task else job_task))[0]
     name = name or f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    args = ["-u", "-m", "orchestrator.cli", "run", job_task, "--address", "auto", "--plain",
+    args = ["-u", "-m", "orchestrator.app.cli", "run", job_task, "--address", "auto", "--plain",
             "--storage", storage, "--name", name]
     if config:
         rel = os.path.relpath(os.path.abspath(config), folder)

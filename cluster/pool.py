@@ -15,8 +15,8 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from cluster.actor import TrialActor, WorkerStartError
-from orchestrator import interrupt
-from orchestrator.backend import Assignment, Backend, Report
+from orchestrator.decide import interrupt
+from orchestrator.decide.backend import Assignment, Backend, Report
 from orchestrator.errors import CaviarError
 
 log = logging.getLogger("caviar")

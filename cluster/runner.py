@@ -16,16 +16,16 @@ import ray
 from cluster.capacity import any_fits, describe, fits, per_trial, plan_slots
 from cluster.fused_setup import choose_backend
 from cluster.jobs import ClusterError, enable_token_auth
-from orchestrator import schema
-from orchestrator.controller import Controller
-from orchestrator.driver import drive
+from orchestrator.decide.controller import Controller
+from orchestrator.decide.driver import drive
+from orchestrator.decide.sweeplog import SweepLog
 from orchestrator.errors import CaviarError, ConfigError
-from orchestrator.exposure import exposure_warnings
-from orchestrator.settings import RunSettings
-from orchestrator.storage import Storage
-from orchestrator.sweeplog import SweepLog
-from orchestrator.task import Task
-from orchestrator.task_source import TASK_DIR
+from orchestrator.spec.exposure import exposure_warnings
+from orchestrator.spec.settings import RunSettings
+from orchestrator.spec.task import Task
+from orchestrator.spec.task_source import TASK_DIR
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 
 log = logging.getLogger("caviar")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from orchestrator.space import choice, dropout, lograndint, loguniform
+from orchestrator.search.space import choice, dropout, lograndint, loguniform
 
 kind = "regression"
 standardize_targets = True

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from orchestrator.space import choice, lograndint, loguniform
+from orchestrator.search.space import choice, lograndint, loguniform
 
 num_workers = 0  # DataLoader worker processes per trial; raise it when reading an example is slow (files, decoding)
 

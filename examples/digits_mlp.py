@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.space import choice, dropout, lograndint, loguniform, one_minus_loguniform, randint
+from orchestrator.search.space import choice, dropout, lograndint, loguniform, one_minus_loguniform, randint
 
 space = {
     "lr": loguniform(1e-4, 1.0),

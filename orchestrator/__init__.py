@@ -4,7 +4,7 @@ Imports neither torch nor ray at import time (a test enforces it), so decisions 
 results load anywhere.
 """
 
-from orchestrator.space import (
+from orchestrator.search.space import (
     SearchSpace,
     choice,
     dropout,
@@ -23,7 +23,7 @@ __all__ = [
 
 def __getattr__(name: str):  # the API pulls in pyarrow; keep `import orchestrator` light
     if name in ("run_sweep", "resume_sweep", "load"):
-        from orchestrator import api
+        from orchestrator.app import api
 
         return getattr(api, name)
     if name == "load_ensemble":  # torch loads here, only when asked for

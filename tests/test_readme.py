@@ -17,9 +17,9 @@ import sys
 import duckdb
 import pytest
 
-from orchestrator.api import build_settings
-from orchestrator.space import SearchSpace
-from orchestrator.task import load_task
+from orchestrator.app.api import build_settings
+from orchestrator.search.space import SearchSpace
+from orchestrator.spec.task import load_task
 from tests.conftest import ROOT
 
 README = os.path.join(ROOT, "README.md")

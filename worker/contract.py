@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from orchestrator.errors import TaskError
-from orchestrator.task import Task
+from orchestrator.spec.task import Task
 from worker.data import Splits, prepare_task_data
 from worker.trainer import TrialRun, TrialSpec
 from worker.validate import check_config, warn_if_large

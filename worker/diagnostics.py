@@ -28,8 +28,8 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from orchestrator import schema
-from orchestrator.storage import Storage
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 
 SKIPPED_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.Flatten)
 

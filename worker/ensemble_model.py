@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator import schema
-from orchestrator.ensemble_run import EnsembleRecord, pick, read_dataset, read_ensembles
-from orchestrator.ensembles import CandidateKey
+from orchestrator.ensemble.ensemble_run import EnsembleRecord, pick, read_dataset, read_ensembles
+from orchestrator.ensemble.ensembles import CandidateKey
 from orchestrator.errors import StorageError, TaskError
-from orchestrator.storage import Storage, sha256
-from orchestrator.task import Task
-from orchestrator.task_source import sweep_task
+from orchestrator.spec.task import Task
+from orchestrator.spec.task_source import sweep_task
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage, sha256
 from worker.recorder import load_safetensors
 from worker.trainer import pick_device
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orchestrator.errors import CaviarError, TaskError
-from orchestrator.task import Task, unfusable_reason
+from orchestrator.spec.task import Task, unfusable_reason
 from worker.data import Splits
 from worker.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
 from worker.ema import ema_decay_at
@@ -847,7 +847,7 @@ class FusedMember:
 
 
 def contract_blocker(task: Task, kind: TargetKind, streamed: bool = False) -> str | None:
-    """Why fused arrays cannot train this task's contract (see ``orchestrator.task.unfusable_reason``)."""
+    """Why fused arrays cannot train this task's contract (see ``orchestrator.spec.task.unfusable_reason``)."""
     if streamed:
         return "the data streams from torch Datasets: fused arrays train on data held in memory"
     if not kind.hard_classes:

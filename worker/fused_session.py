@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from orchestrator.backend import Assignment, Report
-from orchestrator.fusing import choose_array_size
-from orchestrator.pruning import divergence_reason
+from orchestrator.decide.backend import Assignment, Report
+from orchestrator.decide.fusing import choose_array_size
+from orchestrator.decide.pruning import divergence_reason
 from worker.data import Splits
 from worker.fused import FusedArray, FusedMember, NotFusable, contract_blocker
 from worker.recorder import TrialRecorder, load_resume_state
@@ -177,7 +177,7 @@ class FusedSession(WorkerSession):
         First trains a two-member array for a short epoch: an error there is the reason it cannot
         (``error``, naming the layer where it can). Then times ``steps`` training batches per size
         (best of ``repeats``); on a GPU also each size's peak memory and the free memory. The choice
-        itself is ``orchestrator.fusing.choose_array_size`` on these numbers (``array_size``).
+        itself is ``orchestrator.decide.fusing.choose_array_size`` on these numbers (``array_size``).
         """
         batch = int(config.get("batch_size", 64))
         s = self.splits

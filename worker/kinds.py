@@ -1,6 +1,6 @@
 """What a task's targets are, and what follows from that: the default loss, the built-in metrics, the score.
 
-Three kinds (``orchestrator.task.KINDS``):
+Three kinds (``orchestrator.spec.task.KINDS``):
 
 - ``classification``: integer class indices of shape (N,), or class probabilities (soft labels)
   of shape (N, C) whose rows sum to 1. Loss: cross-entropy (against the probabilities for soft

@@ -2,7 +2,7 @@
 
 When a trial ends, every checkpoint it keeps (raw and EMA, best and last) is run once on
 the validation and test splits and the probabilities go to ``predictions/trial-N.parquet``.
-Ensembles are then built from these numbers alone (``orchestrator.ensemble_run``), with no
+Ensembles are then built from these numbers alone (``orchestrator.ensemble.ensemble_run``), with no
 model run again. Storage stays bounded: only kept checkpoints, float16 by default.
 
 The labels of val and test, and the train-split standardisation a loaded ensemble must
@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from orchestrator import schema
 from orchestrator.errors import ConfigError
-from orchestrator.storage import Storage
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 from worker.data import Splits
 from worker.trainer import TrialRun
 

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from orchestrator.errors import TaskError
-from orchestrator.space import Distribution, SearchSpace
-from orchestrator.task import Task
+from orchestrator.search.space import Distribution, SearchSpace
+from orchestrator.spec.task import Task
 from worker.data import Splits, prepare_task_data
 from worker.kinds import TargetKind, loss_function
 

@@ -17,9 +17,9 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from orchestrator import schema
 from orchestrator.errors import StorageError
-from orchestrator.storage import Storage, sha256
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage, sha256
 from worker.diagnostics import compact_diagnostics
 from worker.predictions import check_dtype, write_predictions
 from worker.trainer import TrialRun

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from orchestrator.backend import Assignment, Report
-from orchestrator.pruning import divergence_reason
-from orchestrator.storage import Storage
-from orchestrator.task import Task, load_task
+from orchestrator.decide.backend import Assignment, Report
+from orchestrator.decide.pruning import divergence_reason
+from orchestrator.spec.task import Task, load_task
+from orchestrator.store.storage import Storage
 from worker.data import Splits, prepare_task_data
 from worker.kinds import baseline_val_loss
 from worker.recorder import TrialRecorder, load_resume_state

@@ -25,12 +25,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from orchestrator import ensembles, schema
-from orchestrator.ensemble_run import SoupBuilder, SoupResult, rank, read_dataset
-from orchestrator.ensembles import CandidateKey, Member
+from orchestrator.ensemble import ensembles
+from orchestrator.ensemble.ensemble_run import SoupBuilder, SoupResult, rank, read_dataset
+from orchestrator.ensemble.ensembles import CandidateKey, Member
 from orchestrator.errors import TaskError
-from orchestrator.storage import Storage, sha256
-from orchestrator.task import Task
+from orchestrator.spec.task import Task
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage, sha256
 from worker.data import Splits, prepare
 from worker.ensemble_model import SweepModels
 from worker.trainer import evaluate, pick_device

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from orchestrator.errors import TaskError
-from orchestrator.task import Task
+from orchestrator.spec.task import Task
 from worker.data import Splits, batches
 from worker.diagnostics import Diagnostics, DiagnosticsOptions
 from worker.ema import EmaWeights

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from orchestrator.errors import TaskError
-from orchestrator.space import Distribution
-from orchestrator.task import Task
+from orchestrator.search.space import Distribution
+from orchestrator.spec.task import Task
 from worker.data import Splits, prepare_task_data
 from worker.kinds import loss_function, match_targets, objective_and_mode, score_of
 from worker.optim import setting

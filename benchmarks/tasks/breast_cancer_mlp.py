@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from orchestrator.space import choice, dropout, lograndint, loguniform, one_minus_loguniform, randint
+from orchestrator.search.space import choice, dropout, lograndint, loguniform, one_minus_loguniform, randint
 
 space = {
     "lr": loguniform(1e-4, 1.0),

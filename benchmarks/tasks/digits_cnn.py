@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from orchestrator.space import choice, dropout, lograndint, loguniform, one_minus_loguniform
+from orchestrator.search.space import choice, dropout, lograndint, loguniform, one_minus_loguniform
 
 space = {
     "lr": loguniform(1e-4, 1.0),

@@ -65,7 +65,7 @@ def test_space_converters_cover_the_digits_space():
     import optuna
 
     from benchmarks.real_sweep import decode, suggest_optuna, to_tune
-    from orchestrator.task import load_task
+    from orchestrator.spec.task import load_task
 
     space = load_task(os.path.join(ROOT, "examples", "digits_mlp.py")).space
     assert set(to_tune(space)) == set(space)
@@ -103,8 +103,8 @@ def test_quality_tiny_caviar_and_optuna_tpe_both_modes(tmp_path):
 
 def test_quality_tasks_load_with_their_own_shapes():
     from benchmarks.quality import TASKS
-    from orchestrator.sampler import sample_configs
-    from orchestrator.task import load_task
+    from orchestrator.search.sampler import sample_configs
+    from orchestrator.spec.task import load_task
 
     for name in ("digits_cnn", "breast_cancer"):
         task = load_task(TASKS[name])

@@ -8,7 +8,7 @@ import pytest
 
 from cluster.capacity import any_fits, per_trial, plan_slots, slot_count
 from orchestrator.errors import ConfigError
-from orchestrator.settings import RunSettings
+from orchestrator.spec.settings import RunSettings
 
 
 def test_per_trial_lists_only_what_a_trial_holds():
@@ -51,7 +51,7 @@ def test_a_cluster_that_never_fits_a_trial_is_waited_for_with_a_line_then_refuse
 
 def test_a_start_refused_for_room_leaves_nothing_behind(ray_session, tmp_path):
     """No node fits a trial on a Ray that cannot grow: one line, and the same command can run again later."""
-    from orchestrator.api import run_sweep
+    from orchestrator.app.api import run_sweep
     from tests.conftest import TINY_TASK
 
     for _ in range(2):  # the second time is not refused as "already exists"

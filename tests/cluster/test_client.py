@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.api import load
+from orchestrator.app.api import load
 from tests.cluster.conftest import caviar
 from tests.conftest import TINY_TASK
 

@@ -15,8 +15,8 @@ import ray
 import typer
 import yaml
 
-import orchestrator.cli_cluster  # noqa: F401  (registers submit/jobs/logs/stop on the app)
-from orchestrator.cli import app
+import orchestrator.app.cli_cluster  # noqa: F401  (registers submit/jobs/logs/stop on the app)
+from orchestrator.app.cli import app
 from tests.conftest import ROOT
 
 CONFIGS = os.path.join(ROOT, "cluster", "configs")

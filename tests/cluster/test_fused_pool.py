@@ -6,12 +6,12 @@ import os
 
 from cluster.fused_pool import FusedBackend
 from cluster.pool import Resources
-from orchestrator import schema
-from orchestrator.api import controller_for
-from orchestrator.driver import drive
-from orchestrator.settings import RunSettings
-from orchestrator.space import SearchSpace, choice, loguniform
-from orchestrator.storage import Storage
+from orchestrator.app.api import controller_for
+from orchestrator.decide.driver import drive
+from orchestrator.search.space import SearchSpace, choice, loguniform
+from orchestrator.spec.settings import RunSettings
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 from tests.conftest import TINY_TASK
 
 OPTIONS = {"threads": 1, "checkpoint_seconds": 3600, "device": "cpu"}

@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from orchestrator.settings import RunSettings
-from orchestrator.task import load_task
+from orchestrator.spec.settings import RunSettings
+from orchestrator.spec.task import load_task
 from tests.conftest import TINY_TASK
 from worker.data import prepare
 from worker.trainer import TrialRun, TrialSpec
@@ -78,7 +78,7 @@ def test_fractional_gpus_pack_several_trials_on_one_gpu(ray_session, storage_dir
     import ray
 
     from cluster.runner import slots_for
-    from orchestrator.api import run_sweep
+    from orchestrator.app.api import run_sweep
 
     gpus = ray.cluster_resources().get("GPU", 0)
     cpus = ray.cluster_resources().get("CPU", 0)

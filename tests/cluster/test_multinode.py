@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from orchestrator import schema
-from orchestrator.api import load
+from orchestrator.app.api import load
+from orchestrator.store import schema
 from tests.cluster.conftest import caviar, one_error_line
 from tests.conftest import TINY_TASK
 
@@ -49,8 +49,8 @@ def test_local_storage_on_one_node_is_fine_unless_trials_must_go_elsewhere(ray_s
     """One node that fits a trial may keep a local path; one that fits none (autoscaling) may not."""
     from cluster.runner import check_storage_reach
     from orchestrator.errors import ConfigError
-    from orchestrator.settings import RunSettings
-    from orchestrator.storage import Storage
+    from orchestrator.spec.settings import RunSettings
+    from orchestrator.store.storage import Storage
 
     local = Storage.from_uri(str(tmp_path))
     check_storage_reach(local, RunSettings(storage=str(tmp_path)))

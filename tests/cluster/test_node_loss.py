@@ -17,9 +17,9 @@ import time
 import pyarrow.compute as pc
 import pytest
 
-from orchestrator import schema
-from orchestrator.api import load
-from orchestrator.storage import Storage
+from orchestrator.app.api import load
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 from tests.cluster.raycluster import VENV_BIN, LocalRayCluster, auth_headers, cluster_env
 from tests.conftest import ROOT
 

@@ -13,8 +13,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.api import load, run_sweep
-from orchestrator.storage import Storage
+from orchestrator.app.api import load, run_sweep
+from orchestrator.store.storage import Storage
 from tests.cluster.conftest import ACCESS_KEY, BUCKET, SECRET
 from tests.conftest import TINY_TASK
 

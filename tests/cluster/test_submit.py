@@ -15,8 +15,8 @@ import sys
 import pytest
 
 from cluster.jobs import ClusterError, Jobs, entrypoint, plan_job
-from orchestrator.api import load
-from orchestrator.cli_cluster import run_args
+from orchestrator.app.api import load
+from orchestrator.app.cli_cluster import run_args
 from orchestrator.errors import ConfigError
 from tests.cluster.conftest import caviar, one_error_line
 from tests.cluster.raycluster import VENV_BIN
@@ -31,7 +31,7 @@ def test_submit_follow_and_read_the_parquet_results(ray_cluster, submitted_sweep
 
     followed = caviar("logs", job_id, "--address", ray_cluster.dashboard, "--follow")
     assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
-    assert "orchestrator.cli run tiny_task.py --address auto --plain" in followed.stdout  # the job's entrypoint
+    assert "orchestrator.app.cli run tiny_task.py --address auto --plain" in followed.stdout  # the job's entrypoint
     assert f"job {job_id} SUCCEEDED" in followed.stdout
 
     tables = load(sweep_dir)
@@ -87,7 +87,7 @@ def test_plan_ships_the_task_folder_requirements_and_caviar(tmp_path):
     assert env["pip"] == ["scikit-learn>=1.3"]
     assert int(env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"]) >= 10  # time to write the tables after `caviar stop`
     assert sorted(p.rsplit("/", 1)[-1] for p in env["py_modules"]) == ["cluster", "orchestrator", "worker"]
-    assert '"$PY" -u -m orchestrator.cli run task.py --address auto --plain' in plan.entrypoint
+    assert '"$PY" -u -m orchestrator.app.cli run task.py --address auto --plain' in plan.entrypoint
     assert plan.entrypoint.endswith("--name n --trials 8")
     assert plan.results == "s3://AK:***@b/sweeps/n?endpoint_override=h:9000"
     assert "SECRET" not in json.dumps(plan.metadata)

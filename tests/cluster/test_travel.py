@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from orchestrator.api import load
-from orchestrator.storage import Storage
+from orchestrator.app.api import load
+from orchestrator.store.storage import Storage
 from tests.cluster.conftest import ACCESS_KEY, BUCKET, SECRET, caviar
 from tests.cluster.raycluster import cluster_env
 from tests.conftest import ROOT, TINY_TASK

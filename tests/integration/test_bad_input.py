@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.api import run_sweep
+from orchestrator.app.api import run_sweep
 from orchestrator.errors import StorageError
 from tests.cluster.raycluster import free_port
 from tests.conftest import TINY_TASK
@@ -30,7 +30,7 @@ from tests.conftest import TINY_TASK
 CAVIAR = os.path.join(os.path.dirname(sys.executable), "caviar")
 
 LIGHT_TASK = '''"""A task importing neither torch nor Ray: refused commands must fail before either is needed."""
-from orchestrator.space import loguniform, randint
+from orchestrator.search.space import loguniform, randint
 
 space = {"lr": loguniform(1e-2, 3e-1), "hidden": randint(4, 16)}
 
@@ -414,7 +414,7 @@ def test_resume_of_a_finished_sweep_changes_nothing_and_says_so(finished_sweep, 
 def test_a_pickled_resume_state_is_refused_naming_its_path(tmp_path):
     import torch
 
-    from orchestrator.storage import Storage
+    from orchestrator.store.storage import Storage
     from worker.recorder import load_resume_state, resume_path
 
     storage = Storage.from_uri(str(tmp_path / "sweep"))

@@ -122,8 +122,8 @@ def write_task(folder, case: BadTask) -> tuple[str, str]:
 
 
 def caviar_main(argv: list[str], capsys) -> tuple[int, list[str]]:
-    """The real ``caviar`` entry point (orchestrator.cli.main) in this process: exit code and stderr lines."""
-    from orchestrator.cli import main
+    """The real ``caviar`` entry point (orchestrator.app.cli.main) in this process: exit code and stderr lines."""
+    from orchestrator.app.cli import main
 
     old = sys.argv
     sys.argv = ["caviar", *argv]
@@ -163,7 +163,7 @@ def test_a_bad_task_starts_no_ray_and_the_corrected_one_runs_under_the_same_name
     assert (out.returncode, out.stderr.strip().splitlines()) == (2, [expected])
     assert not (folder / "runs" / "s").exists() and not (folder / "ray").exists()
 
-    from orchestrator.api import run_sweep
+    from orchestrator.app.api import run_sweep
 
     with open(task, "w") as f:
         f.write(HEADER + TINY_DATA + TINY_MODEL)

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from orchestrator.api import load
-from orchestrator.ensemble_run import read_ensembles
-from orchestrator.storage import Storage
+from orchestrator.app.api import load
+from orchestrator.ensemble.ensemble_run import read_ensembles
+from orchestrator.store.storage import Storage
 from tests.conftest import ROOT, TINY_TASK
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "caviar")]
@@ -21,7 +21,7 @@ ENV = {**os.environ, "PYTHONPATH": ROOT}
 
 
 CONDITIONAL_TASK = """
-from orchestrator.space import choice, loguniform, one_minus_loguniform
+from orchestrator.search.space import choice, loguniform, one_minus_loguniform
 from tests.tasks.tiny_task import build_model, load_data  # noqa: F401
 
 space = {

@@ -12,11 +12,11 @@ import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator import schema
-from orchestrator.api import run_sweep
-from orchestrator.cli import app
-from orchestrator.ensemble_run import METHODS, read_ensembles
-from orchestrator.storage import Storage
+from orchestrator.app.api import run_sweep
+from orchestrator.app.cli import app
+from orchestrator.ensemble.ensemble_run import METHODS, read_ensembles
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 from tests.conftest import DIGITS_TASK, ROOT
 
 
@@ -62,7 +62,7 @@ def test_load_ensemble_in_a_fresh_process_matches_the_table(sweep):
     code = (
         "import json, sys\n"
         "from orchestrator import load_ensemble\n"
-        "from orchestrator.task import load_task\n"
+        "from orchestrator.spec.task import load_task\n"
         f"x, y = load_task({DIGITS_TASK!r}).get('load_data')()['test']\n"
         "out = {}\n"
         f"for name in {names!r}:\n"

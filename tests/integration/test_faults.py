@@ -17,9 +17,9 @@ import time
 import pyarrow.compute as pc
 import pytest
 
-from orchestrator import schema
-from orchestrator.api import load, run_sweep
-from orchestrator.storage import Storage
+from orchestrator.app.api import load, run_sweep
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 from tests.cluster.raycluster import ancestors
 from tests.conftest import ROOT
 

@@ -19,12 +19,12 @@ import pytest
 import safetensors.torch
 import torch
 
-from orchestrator import schema
-from orchestrator.api import load, run_sweep
+from orchestrator.app.api import load, run_sweep
+from orchestrator.decide.fusing import shape_key
 from orchestrator.errors import ConfigError
-from orchestrator.fusing import shape_key
-from orchestrator.storage import Storage
-from orchestrator.task import load_task
+from orchestrator.spec.task import load_task
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 from tests.conftest import DIGITS_TASK, ROOT
 
 UNFUSABLE_TASK = os.path.join(ROOT, "tests", "tasks", "unfusable_task.py")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from orchestrator.api import load
+from orchestrator.app.api import load
 from tests.conftest import ROOT, TINY_TASK
 
 CLI = os.path.join(os.path.dirname(sys.executable), "caviar")

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator import schema
-from orchestrator.api import run_sweep
-from orchestrator.cli import app
-from orchestrator.report import build_report, write_report
-from orchestrator.report_figures import axis_value, stage_range
-from orchestrator.space import one_minus_loguniform
-from orchestrator.storage import Storage
+from orchestrator.app.api import run_sweep
+from orchestrator.app.cli import app
+from orchestrator.app.report import build_report, write_report
+from orchestrator.app.report_figures import axis_value, stage_range
+from orchestrator.search.space import one_minus_loguniform
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 from tests.conftest import DIGITS_TASK, TINY_TASK
 
 PLOTS = {"fig-hyperparameters", "fig-importance", "fig-learning-curves", "fig-gap", "fig-update-ratio",
@@ -57,7 +57,7 @@ def test_every_plot_is_embedded_and_exported(built, tmp_path):
 def test_the_ensembles_table_is_drawn_when_present(sweep, tmp_path):
     copy = tmp_path / "sweep"
     shutil.copytree(sweep.path, copy)
-    # The columns of the ensembles table (orchestrator.schema.ENSEMBLES) the plot reads.
+    # The columns of the ensembles table (orchestrator.store.schema.ENSEMBLES) the plot reads.
     table = pa.table({"name": ["single", "top_3", "greedy", "ema_5"], "method": ["single", "top_k", "greedy", "ema"],
                       "size": pa.array([1, 3, 4, 5], pa.int32()), "chosen": [False, False, True, False],
                       "val_accuracy": [0.91, 0.93, 0.94, 0.92], "val_log_loss": [0.31, 0.26, 0.21, 0.28],

@@ -9,7 +9,7 @@ import sys
 import duckdb
 import pytest
 
-from orchestrator.api import load, run_sweep
+from orchestrator.app.api import load, run_sweep
 from tests.conftest import DIGITS_TASK, ROOT, TINY_TASK
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator import load_ensemble
-from orchestrator.api import load, run_sweep
+from orchestrator.app.api import load, run_sweep
 from tests.conftest import ROOT, TINY_TASK
 
 REGRESSION_TASK = os.path.join(ROOT, "tests", "tasks", "linear_regression_task.py")
@@ -32,7 +32,7 @@ def sweep_dir(request, ray_session, tmp_path_factory):
 
 
 def table_folders(path: str) -> list[str]:
-    # weights/ holds safetensors; task/ the task's source copy and its manifest (orchestrator/task_source.py)
+    # weights/ holds safetensors; task/ the task's source copy and its manifest (orchestrator/spec/task_source.py)
     return [name for name in sorted(os.listdir(path))
             if os.path.isdir(os.path.join(path, name)) and name not in ("weights", "task")]
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.api import load, run_sweep
-from orchestrator.ensemble_run import CandidateKey, read_ensembles
-from orchestrator.storage import Storage
-from orchestrator.task import load_task
+from orchestrator.app.api import load, run_sweep
+from orchestrator.ensemble.ensemble_run import CandidateKey, read_ensembles
+from orchestrator.spec.task import load_task
+from orchestrator.store.storage import Storage
 from tests.conftest import ROOT
 from worker.ensemble_model import SweepModels, load_ensemble
 

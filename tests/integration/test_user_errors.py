@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.api import load, run_sweep
+from orchestrator.app.api import load, run_sweep
 from tests.conftest import ROOT
 
 # tiny_task whose model factory raises for some configs (``hidden`` at or above a threshold in the space).
@@ -120,7 +120,7 @@ def test_partial_failures_are_summarised_by_error_with_counts_and_trial_ids(ray_
     import subprocess
     import sys
 
-    from orchestrator.failures import error_summary
+    from orchestrator.app.failures import error_summary
 
     config = tmp_path / "half.toml"
     config.write_text("[space]\nbroken_from = 10\n")
@@ -138,7 +138,7 @@ def test_partial_failures_are_summarised_by_error_with_counts_and_trial_ids(ray_
         assert "ValueError: no layer of width" in rest and "(broken_task.py:" in rest, line
         assert len(ids) == int(count) and ids <= set(failed), line
     assert sum(int(line.split()[0]) for line in errors) == len(failed)  # three widths at most: every one shown
-    caviar = [sys.executable, "-m", "orchestrator.cli"]
+    caviar = [sys.executable, "-m", "orchestrator.app.cli"]
     status = subprocess.run([*caviar, "status", result.path], capture_output=True, text=True, check=True)
     assert all(line in status.stdout for line in lines)
 

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator import schema
-from orchestrator.storage import Storage
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 from tests.conftest import ROOT
 
 TABLE_PATH = "trials/trials.parquet"
@@ -132,7 +132,7 @@ def serialized(table: pa.Table) -> bytes:
 WRITER = """
 import sys
 import pyarrow as pa
-from orchestrator.storage import Storage
+from orchestrator.store.storage import Storage
 
 root, rows = sys.argv[1], int(sys.argv[2])
 tables = [pa.table({"trial_id": pa.array(range(rows), pa.int32()), "score": pa.array([float(v)] * rows)})

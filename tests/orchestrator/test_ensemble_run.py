@@ -6,8 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from orchestrator import schema
-from orchestrator.ensemble_run import (
+from orchestrator.ensemble.ensemble_run import (
     METHODS,
     Dataset,
     EnsembleRecord,
@@ -20,9 +19,10 @@ from orchestrator.ensemble_run import (
     read_ensembles,
     read_predictions,
 )
-from orchestrator.ensembles import CandidateKey, Member
+from orchestrator.ensemble.ensembles import CandidateKey, Member
 from orchestrator.errors import ConfigError, StorageError
-from orchestrator.storage import Storage
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 
 C, N_VAL, N_TEST = 3, 60, 40
 

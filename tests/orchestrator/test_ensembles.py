@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.ensembles import (
+from orchestrator.ensemble.ensembles import (
     Candidate,
     CandidateKey,
     Ensemble,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.api import controller_for
-from orchestrator.backend import Report
-from orchestrator.errors import ConfigError
-from orchestrator.fusing import (
+from orchestrator.app.api import controller_for
+from orchestrator.decide.backend import Report
+from orchestrator.decide.fusing import (
     block_size,
     choose_array_size,
     fuse_blocker,
@@ -18,9 +17,10 @@ from orchestrator.fusing import (
     share_shapes,
     useful_array_size,
 )
-from orchestrator.sampler import sample_configs
-from orchestrator.settings import RunSettings
-from orchestrator.task import load_task
+from orchestrator.errors import ConfigError
+from orchestrator.search.sampler import sample_configs
+from orchestrator.spec.settings import RunSettings
+from orchestrator.spec.task import load_task
 from tests.conftest import DIGITS_TASK
 
 BASE = {"layers": 2, "hidden": 64, "activation": "relu", "batch_size": 32, "optimizer": "adam", "dropout": 0.2,
@@ -39,7 +39,7 @@ def test_per_member_hyperparameters_do_not_split_arrays_and_shape_ones_do():
 def test_a_task_can_declare_more_per_member_parameters():
     a, b = {**BASE, "label_smoothing": 0.1}, {**BASE, "label_smoothing": 0.2}
     assert shape_key(a) != shape_key(b)
-    from orchestrator.fusing import PER_MEMBER
+    from orchestrator.decide.fusing import PER_MEMBER
 
     assert shape_key(a, PER_MEMBER | {"label_smoothing"}) == shape_key(b, PER_MEMBER | {"label_smoothing"})
 

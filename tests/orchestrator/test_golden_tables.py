@@ -17,7 +17,7 @@ import pathlib
 
 import pytest
 
-from orchestrator.storage import Storage
+from orchestrator.store.storage import Storage
 from tests.orchestrator.test_resume import settings_for, uninterrupted
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "sim_sweeps.json"

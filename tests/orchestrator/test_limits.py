@@ -7,13 +7,12 @@ import math
 
 import pytest
 
-from orchestrator.controller import Controller, ControllerOptions
-from orchestrator.driver import drive
+from orchestrator.decide.controller import Controller, ControllerOptions
+from orchestrator.decide.driver import drive
+from orchestrator.decide.pruning import make_pruner
+from orchestrator.decide.simulate import SimulatedBackend
 from orchestrator.errors import SpaceError
-from orchestrator.pruning import make_pruner
-from orchestrator.settings import RunSettings
-from orchestrator.simulate import SimulatedBackend
-from orchestrator.space import (
+from orchestrator.search.space import (
     SearchSpace,
     dropout,
     lograndint,
@@ -24,7 +23,8 @@ from orchestrator.space import (
     randint,
     uniform,
 )
-from orchestrator.stages import parse_plan
+from orchestrator.search.stages import parse_plan
+from orchestrator.spec.settings import RunSettings
 
 PLAN = "30x1,30x1,30x1,20x2"
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.narrowing import edge_warnings, narrow_choice, narrow_space, top_results
-from orchestrator.space import (
+from orchestrator.search.narrowing import edge_warnings, narrow_choice, narrow_space, top_results
+from orchestrator.search.space import (
     SearchSpace,
     choice,
     dropout,

@@ -7,13 +7,13 @@ import types
 
 import pytest
 
-from orchestrator.backend import Report
-from orchestrator.controller import Controller
-from orchestrator.prefetch import DataPrefetch, chain_ticks
-from orchestrator.pruning import make_pruner
-from orchestrator.space import SearchSpace, loguniform
-from orchestrator.stages import parse_plan
-from orchestrator.task import Task
+from orchestrator.app.prefetch import DataPrefetch, chain_ticks
+from orchestrator.decide.backend import Report
+from orchestrator.decide.controller import Controller
+from orchestrator.decide.pruning import make_pruner
+from orchestrator.search.space import SearchSpace, loguniform
+from orchestrator.search.stages import parse_plan
+from orchestrator.spec.task import Task
 
 
 def make_task(load_data) -> Task:

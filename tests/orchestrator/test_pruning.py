@@ -4,8 +4,7 @@ import math
 
 import pytest
 
-from orchestrator.errors import ConfigError
-from orchestrator.pruning import (
+from orchestrator.decide.pruning import (
     ASHAPruner,
     MedianStoppingPruner,
     NoPruner,
@@ -18,6 +17,7 @@ from orchestrator.pruning import (
     not_learning_reason,
     sorted_median,
 )
+from orchestrator.errors import ConfigError
 
 
 def obs(

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from orchestrator.ensembles import CandidateKey
-from orchestrator.regression_ensembles import RegressionCandidate, build_regression, greedy_counts, mse
+from orchestrator.ensemble.ensembles import CandidateKey
+from orchestrator.ensemble.regression_ensembles import RegressionCandidate, build_regression, greedy_counts, mse
 
 
 def candidates(n_models: int = 6, n: int = 200, seed: int = 0):

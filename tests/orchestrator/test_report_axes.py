@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.report_figures import central_range
+from orchestrator.app.report_figures import central_range
 
 
 def hist(values, bins=64):

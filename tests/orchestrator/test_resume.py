@@ -14,17 +14,17 @@ from dataclasses import asdict
 
 import pytest
 
-from orchestrator import schema
-from orchestrator.api import controller_for
-from orchestrator.backend import Report
-from orchestrator.driver import drive
+from orchestrator.app.api import controller_for
+from orchestrator.app.resume import read_record, rebuild_controller, resume_settings
+from orchestrator.decide.backend import Report
+from orchestrator.decide.driver import drive
+from orchestrator.decide.simulate import SimulatedBackend
+from orchestrator.decide.sweeplog import SweepLog
 from orchestrator.errors import ConfigError, StorageError
-from orchestrator.resume import read_record, rebuild_controller, resume_settings
-from orchestrator.settings import RunSettings
-from orchestrator.simulate import SimulatedBackend
-from orchestrator.space import SearchSpace, choice, loguniform, randint
-from orchestrator.storage import Storage
-from orchestrator.sweeplog import SweepLog
+from orchestrator.search.space import SearchSpace, choice, loguniform, randint
+from orchestrator.spec.settings import RunSettings
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 
 SPACE = SearchSpace({"lr": loguniform(1e-5, 1.0), "act": choice(["relu", "tanh"]), "width": randint(8, 64)})
 

@@ -15,10 +15,11 @@ import os
 
 import pytest
 
-from orchestrator.driver import drive
-from orchestrator.resume import read_events, read_record, rebuild_controller
-from orchestrator.storage import Storage
-from orchestrator.sweeplog import SweepLog
+from orchestrator.app.resume import read_record, rebuild_controller
+from orchestrator.decide.driver import drive
+from orchestrator.decide.sweeplog import SweepLog
+from orchestrator.store.schema import read_events
+from orchestrator.store.storage import Storage
 from tests.orchestrator.test_resume import SPACE, PersistingBackend, new_controller, settings_for, start_sweep, summary
 
 

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet
 import pytest
 
-from orchestrator import schema
+from orchestrator.decide.sweeplog import possible_values
 from orchestrator.errors import StorageError
-from orchestrator.sampler import sample_configs
-from orchestrator.space import SearchSpace, choice, one_minus_loguniform
-from orchestrator.storage import Storage, check_name
-from orchestrator.sweeplog import possible_values
+from orchestrator.search.sampler import sample_configs
+from orchestrator.search.space import SearchSpace, choice, one_minus_loguniform
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage, check_name
 
 
 def metric_row(trial, epoch, attempt=0, loss=1.0):

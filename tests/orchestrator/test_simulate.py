@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-from orchestrator.controller import Controller, ControllerOptions
-from orchestrator.driver import drive
-from orchestrator.pruning import make_pruner
-from orchestrator.simulate import SimulatedBackend
-from orchestrator.space import SearchSpace, choice, loguniform, one_minus_loguniform, uniform
-from orchestrator.stages import default_plan_for_budget, parse_plan, plan_to_str, stage_budget_epochs
+from orchestrator.decide.controller import Controller, ControllerOptions
+from orchestrator.decide.driver import drive
+from orchestrator.decide.pruning import make_pruner
+from orchestrator.decide.simulate import SimulatedBackend
+from orchestrator.search.space import SearchSpace, choice, loguniform, one_minus_loguniform, uniform
+from orchestrator.search.stages import default_plan_for_budget, parse_plan, plan_to_str, stage_budget_epochs
 
 
 def peak(log_lr_opt: float, width: float = 1.0):
@@ -154,8 +154,8 @@ def test_staged_search_with_promotion_beats_random_search_at_the_same_epoch_budg
 
 
 def test_seed_copies_retrain_the_best_config_with_new_seeds_through_the_real_plan():
-    from orchestrator.api import controller_for
-    from orchestrator.settings import RunSettings
+    from orchestrator.app.api import controller_for
+    from orchestrator.spec.settings import RunSettings
 
     space = SearchSpace({"lr": loguniform(1e-4, 1.0)})
     settings = RunSettings(plan="12x1,4x4", seed_copies=3, pruner="asha", seed=2).validate()
@@ -173,8 +173,8 @@ def test_seed_copies_retrain_the_best_config_with_new_seeds_through_the_real_pla
 
 
 def test_seed_copies_are_skipped_when_nothing_finished():
-    from orchestrator.api import controller_for
-    from orchestrator.settings import RunSettings
+    from orchestrator.app.api import controller_for
+    from orchestrator.spec.settings import RunSettings
 
     space = SearchSpace({"lr": loguniform(1e-4, 1.0)})
     controller = controller_for(space, RunSettings(plan="4x2", seed_copies=2, pruner="none").validate())

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from orchestrator.errors import SpaceError
-from orchestrator.sampler import sample_configs, trial_seed
-from orchestrator.space import (
+from orchestrator.search.sampler import sample_configs, trial_seed
+from orchestrator.search.space import (
     SearchSpace,
     choice,
     dropout,

@@ -6,7 +6,7 @@ from itertools import pairwise
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.stages import (
+from orchestrator.search.stages import (
     Stage,
     default_plan,
     default_plan_for_budget,
@@ -191,10 +191,10 @@ def test_promotion_count_refuses_a_bad_fraction(fraction):
 
 
 def test_controller_for_gives_later_stages_the_earlier_stage_grace():
-    from orchestrator.api import controller_for
-    from orchestrator.pruning import ASHAPruner, NoPruner
-    from orchestrator.settings import RunSettings
-    from orchestrator.space import SearchSpace, loguniform
+    from orchestrator.app.api import controller_for
+    from orchestrator.decide.pruning import ASHAPruner, NoPruner
+    from orchestrator.search.space import SearchSpace, loguniform
+    from orchestrator.spec.settings import RunSettings
 
     space = SearchSpace({"lr": loguniform(1e-4, 1.0)})
     controller = controller_for(space, RunSettings(plan="20x1,10x4,5x12", pruner="asha").validate())
@@ -207,7 +207,7 @@ def test_controller_for_gives_later_stages_the_earlier_stage_grace():
 
 @pytest.mark.parametrize("value", [-0.5, 1.5, "half", True, math.nan])
 def test_promote_fraction_setting_is_checked(value):
-    from orchestrator.settings import RunSettings
+    from orchestrator.spec.settings import RunSettings
 
     with pytest.raises(ConfigError, match="^setting 'promote_fraction'"):
         RunSettings(promote_fraction=value).validate()

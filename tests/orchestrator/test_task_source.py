@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from orchestrator import schema
 from orchestrator.errors import StorageError, TaskError
-from orchestrator.storage import Storage
-from orchestrator.task import load_task
-from orchestrator.task_source import MANIFEST_PATH, portable_ref, read_manifest, store_task_source, sweep_task
+from orchestrator.spec.task import load_task
+from orchestrator.spec.task_source import MANIFEST_PATH, portable_ref, read_manifest, store_task_source, sweep_task
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 
 TASK_SOURCE = """
 space = {"lr": 0.1}

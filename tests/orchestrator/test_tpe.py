@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.sampler import stage_configs
-from orchestrator.space import SearchSpace, choice, loguniform, one_minus_loguniform, randint
-from orchestrator.tpe import TPEOptions, good_mask, tpe_unit_points
+from orchestrator.search.sampler import stage_configs
+from orchestrator.search.space import SearchSpace, choice, loguniform, one_minus_loguniform, randint
+from orchestrator.search.tpe import TPEOptions, good_mask, tpe_unit_points
 
 SPACE = SearchSpace({
     "lr": loguniform(1e-5, 1.0),
@@ -82,10 +82,10 @@ def test_options_are_checked():
 
 
 def test_the_default_sweep_samples_later_stages_by_tpe_and_records_it():
-    from orchestrator.api import controller_for
-    from orchestrator.driver import drive
-    from orchestrator.settings import RunSettings
-    from orchestrator.simulate import SimulatedBackend
+    from orchestrator.app.api import controller_for
+    from orchestrator.decide.driver import drive
+    from orchestrator.decide.simulate import SimulatedBackend
+    from orchestrator.spec.settings import RunSettings
 
     def quality(config):
         return 0.9 - 0.1 * abs(math.log10(config["lr"]) + 2.0) + (0.05 if config["opt"] == "adam" else 0.0)

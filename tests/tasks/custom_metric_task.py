@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.space import loguniform, randint
+from orchestrator.search.space import loguniform, randint
 
 space = {"lr": loguniform(1e-3, 3e-1), "hidden": randint(2, 16), "batch_size": 32, "optimizer": "adam"}
 settings = {"trials": 6, "epochs": 3}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from orchestrator.space import loguniform, randint
+from orchestrator.search.space import loguniform, randint
 
 kind = "regression"
 standardize_targets = True  # trained on standardised targets; every reported number is in original units

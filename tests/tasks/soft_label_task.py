@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from orchestrator.space import loguniform
+from orchestrator.search.space import loguniform
 
 kind = "classification"  # float targets of shape (N, C): class probabilities
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from orchestrator.space import loguniform
+from orchestrator.search.space import loguniform
 
 space = {"lr": loguniform(1e-2, 5e-2), "batch_size": 50, "optimizer": "adam"}
 settings = {"trials": 2, "epochs": 2}

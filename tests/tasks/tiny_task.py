@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from orchestrator.space import choice, loguniform, randint
+from orchestrator.search.space import choice, loguniform, randint
 
 space = {
     "lr": loguniform(1e-2, 3e-1),

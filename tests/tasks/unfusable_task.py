@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from orchestrator.space import loguniform
+from orchestrator.search.space import loguniform
 
 space = {"lr": loguniform(1e-2, 3e-1), "optimizer": "adam", "hidden": 8, "batch_size": 32}
 settings = {"trials": 2, "epochs": 1}

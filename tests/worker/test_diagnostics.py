@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator import schema
-from orchestrator.storage import Storage
-from orchestrator.task import Task, load_task
+from orchestrator.spec.task import Task, load_task
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 from tests.conftest import TINY_TASK
 from worker.data import prepare
 from worker.diagnostics import Diagnostics, DiagnosticsOptions

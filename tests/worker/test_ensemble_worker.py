@@ -15,12 +15,18 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from orchestrator import schema
-from orchestrator.backend import Assignment
-from orchestrator.ensemble_run import after_sweep, build_and_write, read_dataset, read_ensembles, read_predictions
+from orchestrator.app.lifecycle import build_ensembles
+from orchestrator.decide.backend import Assignment
+from orchestrator.ensemble.ensemble_run import (
+    build_and_write,
+    read_dataset,
+    read_ensembles,
+    read_predictions,
+)
 from orchestrator.errors import ConfigError, StorageError
-from orchestrator.storage import Storage, sha256
-from orchestrator.task import Task, load_task
+from orchestrator.spec.task import Task, load_task
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage, sha256
 from tests.conftest import DIGITS_TASK, TINY_TASK
 from worker.data import prepare
 from worker.ensemble_model import load_ensemble
@@ -171,7 +177,7 @@ def test_loaded_ensemble_matches_its_row_and_refuses_a_changed_file(digits_sweep
         load_ensemble(copy.uri, task=DIGITS_TASK)
 
 
-def test_after_sweep_survives_a_failing_soup(digits_sweep, caplog):
+def test_building_ensembles_survives_a_failing_soup(digits_sweep, caplog):
     digits = load_task(DIGITS_TASK)
 
     def broken_load_data():
@@ -179,7 +185,7 @@ def test_after_sweep_survives_a_failing_soup(digits_sweep, caplog):
 
     task = Task(digits.ref, SimpleNamespace(build_model=digits.get("build_model"), load_data=broken_load_data),
                 digits.space)
-    chosen = after_sweep(digits_sweep, task, device="cpu")
+    chosen = build_ensembles(digits_sweep, task, device="cpu")
     assert chosen is not None and chosen.chosen
     assert "soup" not in {r.method for r in read_ensembles(digits_sweep)}
     assert "soup not built: RuntimeError: data moved" in caplog.text

@@ -9,8 +9,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from orchestrator import schema
-from orchestrator.task import load_task
+from orchestrator.spec.task import load_task
+from orchestrator.store import schema
 from tests.conftest import DIGITS_TASK, TINY_TASK
 from worker.data import prepare
 from worker.fused import FusedArray, FusedMember, NotFusable, _dropout
@@ -215,8 +215,8 @@ def test_each_member_drops_out_at_its_own_rate(digits):
 
 
 def test_a_fused_session_reports_each_trial_and_leaves_plain_checkpoints(digits, tmp_path):
-    from orchestrator.backend import Assignment
-    from orchestrator.storage import Storage
+    from orchestrator.decide.backend import Assignment
+    from orchestrator.store.storage import Storage
     from worker.fused_session import FusedSession
 
     task, splits = digits

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from orchestrator.decide.pruning import NOT_LEARNING, Observation, not_learning_reason
 from orchestrator.errors import TaskError
-from orchestrator.pruning import NOT_LEARNING, Observation, not_learning_reason
-from orchestrator.task import load_task, unfusable_reason
+from orchestrator.spec.task import load_task, unfusable_reason
 from tests.conftest import ROOT, TINY_TASK
 from worker.data import prepare, prepare_task_data
 from worker.fused import FusedArray, NotFusable
@@ -86,7 +86,7 @@ def write_task(tmp_path, body: str) -> str:
     path.write_text(textwrap.dedent("""
         import numpy as np
         from torch import nn
-        from orchestrator.space import loguniform
+        from orchestrator.search.space import loguniform
         space = {"lr": loguniform(1e-3, 1e-1)}
         def build_model(config):
             return nn.Linear(3, 2)
@@ -118,7 +118,7 @@ def test_validate_task_refuses_in_one_line(tmp_path):
 
 def test_caviar_check_refuses_bad_targets_with_one_line(tmp_path):
     task = write_task(tmp_path, FLOAT_TARGETS)
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "check", task], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", "check", task], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]

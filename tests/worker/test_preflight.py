@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from orchestrator.space import SearchSpace, choice, dropout, loguniform, randint
-from orchestrator.task import Task
+from orchestrator.app.cli import app
+from orchestrator.search.space import SearchSpace, choice, dropout, loguniform, randint
+from orchestrator.spec.task import Task
 from tests.conftest import TINY_TASK
 from worker.preflight import (
     FAIL,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from orchestrator import schema
-from orchestrator.storage import Storage
-from orchestrator.task import load_task
+from orchestrator.spec.task import load_task
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
 from tests.conftest import TINY_TASK
 from worker.data import prepare
 from worker.recorder import TrialRecorder, load_resume_state

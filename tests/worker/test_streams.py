@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from orchestrator.task import load_task
+from orchestrator.spec.task import load_task
 from tests.conftest import ROOT
 from worker.data import prepare_task_data
 from worker.trainer import TrialRun, TrialSpec

@@ -8,9 +8,9 @@ import math
 import safetensors.torch
 import torch
 
-from orchestrator.backend import Assignment
-from orchestrator.storage import Storage, sha256
-from orchestrator.task import load_task
+from orchestrator.decide.backend import Assignment
+from orchestrator.spec.task import load_task
+from orchestrator.store.storage import Storage, sha256
 from tests.conftest import TINY_TASK
 from worker.data import prepare
 from worker.recorder import TrialRecorder, load_resume_state

@@ -1,0 +1,101 @@
+"""What a finished sweep tells its user: the chosen ensemble against the best single model, how to load it.
+
+Pure formatting of the sweep's tables (the ensembles table, the trials table); no Ray, no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage, redact_uri
+
+
+def active_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The parameters a trial used: an inactive conditional one is None and says nothing."""
+    return {k: v for k, v in (config or {}).items() if v is not None}
+
+
+def format_value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def format_config(config: Mapping[str, Any] | None) -> str:
+    return ", ".join(f"{k}={format_value(v)}" for k, v in active_config(config).items())
+
+
+def error_change(single_accuracy: float | None, accuracy: float | None) -> float | None:
+    """Relative change of the test error against the best single model (-0.25 = a quarter fewer errors)."""
+    if single_accuracy is None or accuracy is None or single_accuracy >= 1.0:
+        return None
+    return (1.0 - accuracy) / (1.0 - single_accuracy) - 1.0
+
+
+def mse_change(single_mse: float | None, mse: float | None) -> float | None:
+    """Relative change of the test MSE against the best single model's."""
+    if single_mse is None or mse is None or single_mse <= 0.0:
+        return None
+    return mse / single_mse - 1.0
+
+
+def describe_members(members: Sequence[Any], limit: int = 6) -> str:
+    """``trial 12 epoch 20, trial 7 epoch 18 (EMA), ...``: 1-based trials and epochs as in the tables."""
+    parts = [f"trial {m.key.trial_id} epoch {m.key.epoch}" + (" (EMA)" if m.key.weights == "ema" else "")
+             for m in members[:limit]]
+    if len(members) > limit:
+        parts.append(f"... {len(members) - limit} more")
+    return ", ".join(parts)
+
+
+EDGE_EVENTS = ("range_extended", "edge_at_hard_limit", "edge_not_extended")
+
+
+def edge_lines(events: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per range moved past (or held at) an edge: stage, trial, value, old and new range."""
+    return [f"edge: {e['reason']}" for e in events if e["kind"] in EDGE_EVENTS and e["reason"]]
+
+
+def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
+    """The answer block: chosen ensemble, its scores next to the best single model's, the load line."""
+    from orchestrator.ensemble.ensemble_run import read_ensembles
+
+    storage = Storage.from_uri(sweep_uri)
+    if not storage.exists(schema.ENSEMBLES_PATH):
+        return []
+    records = read_ensembles(storage)
+    chosen = next((r for r in records if r.chosen), None)
+    single = next((r for r in records if r.method == "single"), None)
+    if chosen is None:
+        return []
+
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
+    lines = [f"Chosen ensemble: {chosen.name} ({chosen.method}, {chosen.size} member"
+             f"{'s' if chosen.size != 1 else ''}: {describe_members(chosen.members)}); chosen on validation, "
+             "test measured once after"]
+    rows = [(f"{chosen.name} (chosen)", chosen)]
+    if single is not None and single is not chosen:
+        rows.append(("best single model", single))
+    regression = chosen.val_mse is not None
+    if regression:  # in the targets' original units
+        lines.append(f"  {'':<22} {'val MSE':>12} {'test MSE':>12}")
+        lines += [f"  {label:<22} {num(r.val_mse):>12} {num(r.test_mse):>12}" for label, r in rows]
+        change = mse_change(single.test_mse if single else None, chosen.test_mse)
+        what = "test MSE"
+    else:
+        lines.append(f"  {'':<22} {'val accuracy':>12} {'val log loss':>12} {'test accuracy':>13} "
+                     f"{'test log loss':>13}")
+        lines += [f"  {label:<22} {num(r.val_accuracy):>12} {num(r.val_log_loss):>12} "
+                  f"{num(r.test_accuracy):>13} {num(r.test_log_loss):>13}" for label, r in rows]
+        change = error_change(single.test_accuracy if single else None, chosen.test_accuracy)
+        what = "test error"
+    if change is not None and single is not chosen:
+        lines.append(f"  {what} {change:+.1%} relative to the best single model")
+    elif single is chosen:
+        lines.append("  the best single model won: no ensemble beat it on validation")
+    code = f'task="{task_ref}"' if task_ref else "trust_task_code=True"  # the code that builds it: named, never implied
+    lines.append(f'Load it: from orchestrator import load_ensemble; model = load_ensemble('
+                 f'"{redact_uri(sweep_uri)}", name="best", {code})')
+    return lines

@@ -1,0 +1,158 @@
+"""The Python API: ``run_sweep`` to run one, ``load`` to read one back from Parquet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from orchestrator.app import resume
+from orchestrator.app.lifecycle import (  # noqa: F401 (names the API has always had)
+    SweepResult,
+    build_settings,
+    controller_for,
+    finish_sweep,
+    plan_for,
+    result_of,
+)
+from orchestrator.app.prefetch import DataPrefetch, chain_ticks
+from orchestrator.app.tables import SweepTables, load, open_sweep  # noqa: F401 (the API's names)
+from orchestrator.decide import interrupt
+from orchestrator.decide.controller import Controller
+from orchestrator.decide.sweeplog import SweepLog
+from orchestrator.errors import CaviarError, ConfigError, StorageError
+from orchestrator.search.space import SearchSpace
+from orchestrator.spec.settings import RunSettings
+from orchestrator.spec.task import Task, load_task
+from orchestrator.spec.task_source import portable_ref, store_task_source
+from orchestrator.store import schema
+from orchestrator.store.lease import LEASE_PATH, Lease
+from orchestrator.store.storage import Storage, check_name, redact_uri
+
+__version__ = "0.1.0"
+
+
+def default_name(task: Task) -> str:
+    return f"{task.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_storage(settings: RunSettings, task: Task) -> tuple[Storage, Storage, str]:
+    """The sweep's directory, checked (name, writable, not taken) but not yet written."""
+    name = check_name("sweep", settings.name if settings.name is not None else default_name(task))
+    root = Storage.from_uri(settings.storage)
+    root.check_writable()
+    sweep = root.child(name)
+    if not settings.overwrite and (sweep.exists(schema.SWEEP_PATH) or sweep.exists(LEASE_PATH)):
+        raise StorageError(
+            f"sweep {redact_uri(sweep.uri)!r} already exists (pass --overwrite to replace it, or another --name)"
+        )
+    return root, sweep, name
+
+
+def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:
+    """Take the sweep's folder for this run alone (exclusive create); on --overwrite clear it first."""
+    if overwrite and (sweep.exists(schema.SWEEP_PATH) or sweep.exists(LEASE_PATH)):
+        Lease.take_over(sweep)  # refuses while another master still writes it
+        for table in (
+            "sweep",
+            "stages",
+            "trials",
+            "metrics",
+            "checkpoints",
+            "weights",
+            "events",
+            "predictions",
+            "ensembles",
+            "diagnostics",
+            "task",
+        ):
+            sweep.delete_dir(table)
+        sweep.delete(LEASE_PATH)
+        sweep.delete("report.html")  # the old sweep's report would describe tables that are gone
+    return Lease.create(sweep)
+
+
+def forget_refused_sweep(sweep: Storage, controller: Controller) -> None:
+    """A start refused before any trial ran leaves nothing behind: the same name works again."""
+    if all(t.status == "pending" and t.attempt == 0 for t in controller.trials.values()) or not sweep.list_files(
+        "metrics"
+    ):
+        sweep.delete_dir("")
+
+
+def run_sweep(
+    task: str | Task,
+    *,
+    config_file: str | None = None,
+    on_tick: Callable[[Controller], None] | None = None,
+    **overrides: Any,
+) -> SweepResult:
+    """Run a sweep of ``task`` (a path or ``module:attr``) with settings as keyword arguments."""
+    if isinstance(task, str):
+        task = load_task(task)
+    settings, space = build_settings(task, config_file, overrides)
+    controller = controller_for(space, settings)
+    root, sweep, name = prepare_storage(settings, task)
+    from worker.contract import validate_contract  # torch loads here: the task is checked before Ray starts
+
+    validate_contract(task, [t.config for t in controller.trials.values()], settings)
+    log = SweepLog(sweep, space, lease=claim_sweep(sweep, settings.overwrite))
+    with interrupt.stop_on_signals():
+        try:
+            run_claimed(task, settings, space, root, sweep, name, controller, log, on_tick, config_file)
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a resumable sweep, said so
+            raise interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri)) from None
+    return finish_sweep(task, settings, sweep, name, controller, log, prefetch=log.prefetch)
+
+
+def run_claimed(task: Task, settings: RunSettings, space: SearchSpace, root: Storage, sweep: Storage, name: str,
+                controller: Controller, log: SweepLog, on_tick: Callable[[Controller], None] | None,
+                config_file: str | None = None) -> None:
+    """The sweep row, then the trials on Ray; a refusal before any trial ran removes the folder."""
+    try:
+        store_task_source(sweep, task, config_file)  # the sweep carries its task (orchestrator/spec/task_source.py)
+        log.write_sweep_row(
+            {
+                "name": name,
+                "task": portable_ref(task.ref),  # never a machine's (or a job's temporary) path
+                "seed": settings.seed,
+                # credentials in a storage URI (secret_key=...) never land in caviar's own files
+                "settings": schema.json_dumps({**asdict(settings), "storage": redact_uri(settings.storage)}),
+                "space": schema.json_dumps(space.to_dict(), sort_keys=False),  # order fixes sampling
+                "caviar_version": __version__,
+                "created": schema.now_ms(),
+            }
+        )
+        from cluster.runner import execute  # Ray loads here, never at import time
+
+        # The soup at the end needs the data here: load it while the trials train, not after them.
+        prefetch = log.prefetch = DataPrefetch(task) if settings.ensemble else None
+        ticks = chain_ticks(prefetch and prefetch.on_tick, on_tick, interrupt.keep_handlers)
+        execute(task, settings, root, name, controller, log, on_tick=ticks)
+    except CaviarError:
+        forget_refused_sweep(sweep, controller)
+        raise
+
+
+def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, task: str | Task | None = None,
+                 trust_task_code: bool = False, **overrides: Any) -> SweepResult:
+    """Continue an interrupted sweep from its Parquet tables (see :mod:`orchestrator.app.resume`).
+
+    Its task code runs again: pass ``task`` (your task file) or ``trust_task_code=True`` (the copy in the sweep).
+    """
+    return resume.resume_sweep(path, on_tick=on_tick, task=task, trust_task_code=trust_task_code, **overrides)
+
+
+def parse_resources(items: list[str]) -> dict[str, float]:
+    """``["accelerator_type_a100=1", ...]`` to a dict, naming a bad item."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise ConfigError(f"setting 'resources': expected NAME=AMOUNT, got {item!r}")
+    return out

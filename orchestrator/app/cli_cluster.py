@@ -1,0 +1,159 @@
+"""``caviar submit / jobs / logs / stop``: run a sweep on a Ray cluster as a Ray job, from a laptop.
+
+The commands talk only to the cluster's Job API (its dashboard, ``http://HEAD:8265``); Ray is
+imported inside them, never when the CLI starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.app.cli_common import TaskArg, app, fail
+from orchestrator.spec.settings import RunSettings
+
+AddressOpt = Annotated[str | None, typer.Option(
+    help="The cluster's dashboard (Job API): http://HEAD:8265. Default: $RAY_API_SERVER_ADDRESS.")]
+JobArg = Annotated[str, typer.Argument(help="Job (submission) id, as `caviar submit` or `caviar jobs` print it.")]
+
+
+def run_args(options: dict[str, Any], resources: list[str] | None) -> list[str]:
+    """``caviar run`` flags for the options that were given; checked here so mistakes fail before submitting."""
+    RunSettings().merged(options).validate()
+    args: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        args += [flag] if value is True else [flag, str(value)]
+    for item in resources or []:
+        args += ["--resource", item]
+    return args
+
+
+@app.command()
+def submit(
+    task: TaskArg,
+    address: AddressOpt = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Where the sweep lands, reachable from every node: s3://..., gs://... or a shared path.")] = None,
+    name: Annotated[str | None, typer.Option(help="Sweep name (default: TASK-DATE-TIME, chosen now).")] = None,
+    trials: Annotated[int | None, typer.Option(help="Total trials over all stages.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epoch budget of the last (longest) stage.")] = None,
+    plan: Annotated[str | None, typer.Option(help="Explicit stages, TRIALSxEPOCHS each: '64x1,24x5,8x20'.")] = None,
+    stages: Annotated[int | None, typer.Option(help="Stages in the derived plan; 1 = plain random search.")] = None,
+    slots: Annotated[int | None, typer.Option(help="Trials trained at once (default: what the cluster fits).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sweep seed.")] = None,
+    config: Annotated[str | None, typer.Option(help="TOML [run]/[space] file inside the task's folder.")] = None,
+    pruner: Annotated[str | None, typer.Option(help="asha, median or none.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="random, sobol or lhs.")] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs each trial holds.")] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial; 0.25 packs four on a GPU.")] = None,
+    resource: Annotated[list[str] | None, typer.Option(help="Custom Ray resource per trial, NAME=AMOUNT.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16.")] = None,
+    seed_copies: Annotated[int | None, typer.Option(help="Train the best config N more times from new seeds.")] = None,
+    shared_storage: Annotated[bool, typer.Option(help="A local --storage path is a mount every node shares.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep of the same name.")] = False,
+    ensemble: Annotated[bool, typer.Option(help="Build ensembles when the sweep ends.")] = True,
+    working_dir: Annotated[str | None, typer.Option(help="Folder shipped with the job (default: the task's).")] = None,
+    ship_caviar: Annotated[bool, typer.Option(help="Ship this caviar's source (else the cluster's runs).")] = True,
+    follow: Annotated[bool, typer.Option(help="Stream the job's logs until it ends.")] = False,
+    wait_for_cluster_seconds: Annotated[float | None, typer.Option(
+        help="How long the sweep waits for a node (autoscaler) to fit a trial (default 600).")] = None,
+    python: Annotated[str | None, typer.Option(
+        help="Interpreter on the head that runs the master (default: the Python that runs Ray there).")] = None,
+) -> None:
+    """Submit a sweep to a Ray cluster as a Ray job; prints the job id and where the results will land."""
+    from cluster.jobs import Jobs, is_local_path, plan_job
+    from orchestrator.store.storage import redact_uri
+
+    if not storage:
+        fail("option '--storage': a submitted sweep needs storage every node reaches (s3://..., or a shared path)")
+    assert storage is not None
+    options = dict(trials=trials, epochs=epochs, plan=plan, stages=stages, slots=slots, seed=seed, pruner=pruner,
+                   sampler=sampler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
+                   precision=precision, shared_storage=shared_storage, overwrite=overwrite, seed_copies=seed_copies,
+                   wait_for_cluster_seconds=wait_for_cluster_seconds)
+    args = run_args(options, resource) + ([] if ensemble else ["--no-ensemble"])
+    job_plan = plan_job(task, storage=storage, name=name, run_args=args, config=config, working_dir=working_dir,
+                        ship_caviar=ship_caviar, python=python)
+    jobs = Jobs(address)
+    if is_local_path(storage) and not shared_storage:
+        nodes = jobs.alive_nodes()
+        if nodes and nodes > 1:
+            fail(f"option '--storage': {storage!r} is a local path but the cluster at {jobs.address} has {nodes} "
+                 "nodes; use a URI every node reaches (s3://, gs://) or pass --shared-storage if it is a shared mount")
+    if redact_uri(storage) != storage:
+        typer.secho("warning: the storage URI carries credentials; the cluster's dashboard shows them in the job's "
+                    "entrypoint. Prefer the nodes' own credentials (IAM role, env, ~/.aws).", fg="yellow", err=True)
+    job_id = jobs.submit(job_plan)
+    typer.echo(f"submitted job {job_id} to {jobs.address}")
+    typer.echo(f"sweep {job_plan.name}: results (Parquet) will land in {job_plan.results}")
+    if not follow:
+        typer.echo(f"follow it: caviar logs {job_id} --address {jobs.address} --follow")
+        return
+    _follow(jobs, job_id)
+
+
+@app.command()
+def jobs(address: AddressOpt = None) -> None:
+    """The cluster's jobs, newest first, with the sweep each caviar job writes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cluster.jobs import Jobs
+
+    client = Jobs(address)
+    table = Table(title=f"jobs on {client.address}")
+    for column in ("job", "status", "started", "sweep results"):
+        table.add_column(column)
+    for job in client.list():
+        started = datetime.fromtimestamp(job.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S") if job.start_time else "-"
+        results = (job.metadata or {}).get("caviar_results", "-")
+        table.add_row(job.submission_id or job.job_id or "-", str(job.status), started, results)
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+@app.command()
+def logs(job: JobArg, address: AddressOpt = None,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False) -> None:
+    """A job's output (the sweep's log lines); --follow streams it and exits non-zero if the job failed."""
+    from cluster.jobs import Jobs, redact_text
+
+    client = Jobs(address)
+    if follow:
+        _follow(client, job)
+        return
+    typer.echo(redact_text(client.logs(job)), nl=False)  # the log echoes the entrypoint, storage URI included
+
+
+@app.command()
+def stop(job: JobArg, address: AddressOpt = None) -> None:
+    """Stop a job: Ray ends its master and actors; the sweep's tables keep everything written so far."""
+    from cluster.jobs import Jobs
+
+    client = Jobs(address)
+    if client.stop(job):
+        typer.echo(f"stopping job {job}")
+        results = (client.info(job).metadata or {}).get("caviar_results")
+        if results:  # masked: the user puts their credentials back, or lets the environment supply them
+            typer.echo(f"resume it from anywhere that reaches the storage: caviar resume {results} "
+                       "--trust-task-code (add --address auto on the head to train on the cluster)")
+    else:
+        typer.echo(f"job {job} had already ended ({client.status(job)})")
+
+
+def _follow(client: Any, job_id: str) -> None:
+    from cluster.jobs import redact_text
+
+    status = client.follow(job_id, lambda chunk: typer.echo(redact_text(chunk), nl=False))
+    if status != "SUCCEEDED":
+        message = redact_text(client.info(job_id).message or "")
+        typer.echo(f"caviar: job {job_id} ended {status}: {message.strip().splitlines()[-1] if message else ''}",
+                   err=True)
+        raise typer.Exit(1)
+    typer.echo(f"job {job_id} {status}")

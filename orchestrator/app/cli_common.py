@@ -1,0 +1,151 @@
+"""What every ``caviar`` command shares: the Typer app the command modules register on, argument
+types, the one-line failure, and how a run's end is printed. Every error caviar knows about is one
+line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+REPORT_FILE = "report.html"  # beside the table folders of a sweep, never inside one
+
+# The order `caviar --help` lists the verbs in: a sweep's life, then the cluster's.
+VERBS = ("run", "status", "top", "ls", "report", "ensemble", "resume", "check", "submit", "jobs", "logs", "stop")
+
+
+class VerbOrder(TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: VERBS.index(n) if n in VERBS else len(VERBS))
+
+
+app = typer.Typer(
+    cls=VerbOrder,
+    add_completion=False,
+    no_args_is_help=True,
+    help="caviar: hyperparameter sweeps of PyTorch models on Ray. Sample, prune, narrow, ensemble.",
+)
+
+TaskArg = Annotated[str, typer.Argument(help="Task file (examples/digits_mlp.py) or module:attr.")]
+SweepArg = Annotated[str, typer.Argument(help="Sweep directory (STORAGE/NAME), local path or URI.")]
+
+
+def fail(message: str) -> None:
+    typer.echo(f"caviar: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def exit_on_interrupt(task_ref: str | None = None) -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a sweep: one line saying how to go on, exit 130 (orchestrator/decide/interrupt.py)."""
+    from orchestrator.decide.interrupt import EXIT_CODE, SweepInterrupted, print_hint
+
+    try:
+        yield
+    except SweepInterrupted as stop:
+        if stop.path:
+            print_hint(stop.path, task_ref)
+        else:
+            typer.echo("interrupted before the sweep began: nothing was written", err=True)
+        raise typer.Exit(EXIT_CODE) from None
+
+
+def print_result(result: Any, *, report: bool = True, task_ref: str | None = None) -> None:
+    """The answer: top trials, edge warnings, the chosen ensemble against the best single model, how to load
+    it, where the tables and the report are; exit 2 if it stopped early. The one place a run's end is printed."""
+    from orchestrator.app.answer import edge_lines, ensemble_lines
+    from orchestrator.app.api import load
+    from orchestrator.store.storage import redact_uri
+
+    tables = load(result.path)
+    print_top(tables, 5)
+    for line in edge_lines(tables.events.to_pylist()):
+        typer.echo(line)
+    for warning in result.warnings:
+        typer.secho(f"warning: {warning}: the next sweep should look beyond it", fg="yellow", err=True)
+    print_failures(tables.trials.to_pylist())
+    if result.aborted:
+        fail(f"sweep stopped early: {result.aborted}")
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
+    typer.echo(f"\n{counts}. Results (Parquet): {redact_uri(result.path)}")
+    for line in ensemble_lines(result.path, task_ref):
+        typer.echo(line)
+    if report:
+        written = write_sweep_report(result.path)
+        if written:
+            typer.echo(f"Report: {written}")
+
+
+def task_file_ref(task: str | None) -> str | None:
+    """The task as a load line should name it: a file as an absolute path, a module as given."""
+    if not task:
+        return None
+    target, sep, attr = task.partition(":")
+    if not target.endswith(".py") or os.path.isabs(target):
+        return task
+    try:
+        return os.path.abspath(target) + sep + attr
+    except OSError:  # a job's working directory can be gone by the end of its run
+        return task
+
+
+StorageOption = Annotated[
+    str | None, typer.Option(help="Storage folder the sweep name is relative to (caviar ls STORAGE lists them).")
+]
+
+
+def print_failures(trials: list[dict[str, Any]]) -> None:
+    """The most common errors of failed trials, with counts and trial ids (orchestrator/app/failures.py)."""
+    from orchestrator.app.failures import error_summary
+
+    for line in error_summary(trials):
+        typer.secho(line, fg="red")
+
+
+def print_top(tables: Any, k: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator.app.answer import format_config
+
+    best = tables.top(k).to_pylist()
+    table = Table(title=f"top {len(best)} trials")
+    for column in ("trial", "stage", "status", "epochs", "best score", "val loss", "config"):
+        table.add_column(column)
+    for t in best:
+        config = format_config(t["config"])  # active parameters only: no momentum=None
+        table.add_row(
+            str(t["trial_id"]),
+            str(t["stage"]),
+            t["status"],
+            str(t["epochs_run"]),
+            f"{t['best_score']:.4f}",
+            f"{t['best_val_loss']:.4f}" if t["best_val_loss"] is not None else "-",
+            config,
+        )
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+def write_sweep_report(sweep_uri: str) -> str | None:
+    """The report written into the sweep folder at the end of a run; where it is (None, with a warning, if not).
+
+    A report that cannot be drawn costs only the report: the sweep's tables are already complete.
+    """
+    from orchestrator.app.report import build_report
+    from orchestrator.store.storage import Storage, redact_uri
+
+    try:
+        built = build_report(sweep_uri)
+        Storage.from_uri(sweep_uri).write_bytes(REPORT_FILE, built.html.encode("utf-8"))
+    except Exception as exc:  # matplotlib missing, a plot that fails on odd data, a read-only store...
+        typer.secho(f"warning: report not written: {type(exc).__name__}: {exc}", fg="yellow", err=True)
+        return None
+    base = redact_uri(sweep_uri).partition("?")[0].rstrip("/")
+    return f"{base}/{REPORT_FILE}"

@@ -1,0 +1,104 @@
+"""``caviar ensemble SWEEP_DIR``: build a finished sweep's ensembles and compare them with the best single model."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.app.cli_common import SweepArg, app, fail
+from orchestrator.errors import CaviarError
+
+
+@app.command()
+def ensemble(
+    sweep: SweepArg,
+    method: Annotated[list[str] | None, typer.Option(
+        "--method", "-m", help="single_ema, top_k, checkpoints, ema, seeds, greedy or soup; repeatable (default: all).",
+    )] = None,
+    k: Annotated[int, typer.Option("-k", help="Members of the top-k and EMA ensembles.")] = 5,
+    metric: Annotated[str, typer.Option(help="Validation metric the builders rank by (or log_loss).")] = "accuracy",
+    choose_by: Annotated[str, typer.Option(help="Validation metric that picks the best ensemble.")] = "log_loss",
+    device: Annotated[str, typer.Option(help="Where the soup is evaluated: auto, cpu or cuda.")] = "auto",
+    task: Annotated[str | None, typer.Option(help="Your task file, to build the soup's models (soup only).")] = None,
+    trust_task_code: Annotated[bool, typer.Option(
+        help="Run the task copy stored in the sweep (soup only; checked against its sha256).")] = False,
+) -> None:
+    """Ensembles from stored predictions, chosen on validation; test measured after. Writes ensembles/."""
+    from orchestrator.app.api import open_sweep
+    from orchestrator.ensemble.ensemble_run import build_and_write, check_methods
+
+    if k < 1:
+        fail("option '-k': expected a positive integer")
+    methods = check_methods([m for item in method or [] for m in item.split(",") if m])
+    storage = open_sweep(sweep)
+    soup = None
+    if "soup" in methods and not method and not (task or trust_task_code):  # all methods by default: the rest
+        typer.echo("caviar: soup left out: it builds models with task code; pass --task FILE or --trust-task-code "
+                   "to include it", err=True)
+        methods = tuple(m for m in methods if m != "soup")
+    if "soup" in methods:
+        from orchestrator.spec.task_source import sweep_task
+        from worker.soup import soup_builder  # torch loads here, only for a soup
+
+        chosen = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to build a soup")
+        soup = soup_builder(storage, chosen, device=device)
+    try:
+        records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup, choose_by=choose_by)
+    except CaviarError:
+        raise
+    except Exception as exc:  # the user's model code, torch: one line naming it, as every CLI error
+        message = (" ".join(str(exc).split()) or "(no message)")[:500]
+        fail(f"building ensembles of {sweep}: {type(exc).__name__}: {message}")
+    print_ensembles(records)
+
+
+def relative_error_cut(single_accuracy: float | None, accuracy: float | None) -> float | None:
+    """How much of the single model's test error an ensemble removes (0.15 = 15% fewer errors)."""
+    if single_accuracy is None or accuracy is None or single_accuracy >= 1.0:
+        return None
+    return 1.0 - (1.0 - accuracy) / (1.0 - single_accuracy)
+
+
+def print_ensembles(records: Sequence[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    single = next((r for r in records if r.method == "single"), None)
+    if any(getattr(r, "val_mse", None) is not None for r in records):
+        print_regression_ensembles(records, single)
+        return
+    base = single.test_accuracy if single else None
+    table = Table(title="ensembles (chosen on validation; * = best, what load_ensemble(name='best') returns)")
+    for column in ("name", "size", "val acc", "val log-loss", "test acc", "test log-loss", "test error cut"):
+        table.add_column(column)
+
+    def num(x: float | None, fmt: str = ".4f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    for r in records:
+        name = ("* " if r.chosen else "  ") + r.name
+        table.add_row(name, str(r.size), num(r.val_accuracy), num(r.val_log_loss), num(r.test_accuracy),
+                      num(r.test_log_loss), num(relative_error_cut(base, r.test_accuracy), "+.1%"))
+    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+    soup = next((r for r in records if r.method == "soup"), None)
+    if soup is not None and soup.detail.get("note"):
+        typer.echo(f"soup: {soup.detail['note']}")
+
+
+def print_regression_ensembles(records: Sequence[Any], single: Any) -> None:
+    """Regression ensembles: validation and test MSE in the targets' units, and the test MSE cut."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="ensembles (chosen on validation MSE; * = best, what load_ensemble(name='best') returns)")
+    for column in ("name", "size", "val MSE", "test MSE", "test MSE cut"):
+        table.add_column(column)
+    base = single.test_mse if single else None
+    for r in records:
+        cut = "-" if not base or r.test_mse is None else format(1.0 - r.test_mse / base, "+.1%")
+        table.add_row(("* " if r.chosen else "  ") + r.name, str(r.size), format(r.val_mse, ".6g"),
+                      "-" if r.test_mse is None else format(r.test_mse, ".6g"), cut)
+    Console(width=160 if not sys.stdout.isatty() else None).print(table)

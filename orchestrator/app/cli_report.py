@@ -1,0 +1,59 @@
+"""Reading a sweep back: ``caviar report`` (a self-contained HTML page of plots) and ``caviar ls`` (the sweeps)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from orchestrator.app.cli_common import StorageOption, SweepArg, app, fail
+
+
+@app.command()
+def report(
+    sweep: SweepArg,
+    out: Annotated[str | None, typer.Option(help="The HTML file to write (default: SWEEP_NAME-report.html here).")]
+    = None,
+    png_dir: Annotated[str | None, typer.Option(help="Also write each plot as a PNG into this folder.")] = None,
+    storage: StorageOption = None,
+) -> None:
+    """Plots of a sweep in one HTML file: hyperparameters, learning curves, gap, update ratios, importance."""
+    from orchestrator.app.report import build_report, write_report
+    from orchestrator.store.sweeps import resolve_sweep
+
+    built = build_report(resolve_sweep(sweep, storage))
+    name = sweep.rstrip("/").rsplit("/", 1)[-1] or "sweep"
+    paths = write_report(built, out or f"{name}-report.html", png_dir)
+    for warning in built.warnings:
+        typer.secho(f"warning: {warning}", fg="yellow", err=True)
+    typer.echo(f"{len(built.figures)} plots -> {paths[0]}")
+    if png_dir:
+        typer.echo(f"PNGs: {len(paths) - 1} files in {png_dir}")
+
+
+@app.command("ls")
+def list_command(
+    storage: Annotated[str, typer.Argument(help="Storage folder (a path or pyarrow.fs URI) whose sweeps to list.")],
+) -> None:
+    """The sweeps in a storage folder: name, task, started, state, trials, best score, chosen ensemble."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator.store.sweeps import list_sweeps
+
+    rows = list_sweeps(storage)
+    if not rows:
+        fail(f"storage {storage!r}: no sweeps in it")
+    table = Table(title=f"{len(rows)} sweeps in {storage}")
+    for column in ("name", "task", "started (UTC)", "state", "trials", "best score", "chosen ensemble"):
+        table.add_column(column)
+    for r in rows:
+        started = r["started"].strftime("%Y-%m-%d %H:%M") if r["started"] is not None else "-"
+        ensemble = r["ensemble"] or "-"
+        if r["ensemble_test_accuracy"] is not None:
+            ensemble += f" (test accuracy {r['ensemble_test_accuracy']:.4f})"
+        best = f"{r['best_score']:.4f}" if r["best_score"] is not None else "-"
+        table.add_row(r["name"], r["task"] or "-", started, r["state"], str(r["trials"]), best, ensemble)
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)

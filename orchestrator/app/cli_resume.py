@@ -1,0 +1,38 @@
+"""``caviar resume SWEEP_DIR``: continue a sweep whose master died, from its Parquet tables alone."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.app.cli_common import SweepArg, app, exit_on_interrupt, print_result, task_file_ref
+
+
+@app.command()
+def resume(
+    sweep: SweepArg,
+    slots: Annotated[int | None, typer.Option(help="Trials trained at once (default: as started).")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster: auto or ray://HOST:10001 (default: start Ray here).")
+    ] = None,
+    ensemble: Annotated[
+        bool | None, typer.Option(help="Build ensembles when the sweep ends (default: as started).")
+    ] = None,
+    plain: Annotated[bool, typer.Option(help="Log lines instead of the live view.")] = False,
+    task: Annotated[str | None, typer.Option(help="Your task file (or module:attr) to train with.")] = None,
+    trust_task_code: Annotated[bool, typer.Option(
+        help="Run the task copy stored in the sweep (checked against its sha256).")] = False,
+) -> None:
+    """Continue an interrupted sweep: finished trials kept, interrupted ones resumed from their checkpoints."""
+    from orchestrator.app.api import resume_sweep
+    from orchestrator.app.progress import Progress
+
+    overrides: dict[str, Any] = {
+        k: v for k, v in dict(slots=slots, address=address, ensemble=ensemble).items() if v is not None
+    }
+    with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain) as progress:
+        result = resume_sweep(sweep, on_tick=progress, task=task, trust_task_code=trust_task_code, **overrides)
+    if result.note:
+        typer.echo(result.note)
+    print_result(result, task_ref=task_file_ref(task), report=not result.note)  # a finished sweep: nothing written

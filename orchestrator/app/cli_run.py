@@ -1,0 +1,156 @@
+"""``caviar run``, ``caviar status`` and ``caviar top``: run a sweep and read its trials back."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.app.cli_common import (
+    StorageOption,
+    SweepArg,
+    TaskArg,
+    app,
+    exit_on_interrupt,
+    fail,
+    print_failures,
+    print_result,
+    print_top,
+    task_file_ref,
+)
+
+
+@app.command()
+def run(
+    task: TaskArg,
+    trials: Annotated[int | None, typer.Option(help="Total trials over all stages.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epoch budget of the last (longest) stage.")] = None,
+    plan: Annotated[str | None, typer.Option(help="Explicit stages, TRIALSxEPOCHS each: '64x1,24x5,8x20'.")] = None,
+    stages: Annotated[int | None, typer.Option(help="Stages in the derived plan; 1 = plain random search.")] = None,
+    slots: Annotated[
+        int | None, typer.Option(help="Trials trained at once (default: cluster CPUs / cpus-per-trial).")
+    ] = None,
+    storage: Annotated[str | None, typer.Option(help="Where sweeps live: a path or pyarrow.fs URI.")] = None,
+    name: Annotated[str | None, typer.Option(help="Sweep name (default: TASK-DATE-TIME).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sweep seed: same seed, same configs in the same order.")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", help="TOML file with [run] settings and [space] ranges.")
+    ] = None,
+    pruner: Annotated[str | None, typer.Option(help="asha, median or none.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="random, sobol, lhs or tpe.")] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs each trial holds.")] = None,
+    gpus_per_trial: Annotated[
+        float | None, typer.Option(help="GPUs each trial holds; 0.25 packs four on a GPU.")
+    ] = None,
+    resource: Annotated[
+        list[str] | None, typer.Option(help="Custom Ray resource per trial, NAME=AMOUNT; repeatable.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (autocast; fp16 scales the loss).")] = None,
+    shared_storage: Annotated[bool, typer.Option(help="A local --storage path is a mount every node shares.")] = False,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster: auto or ray://HOST:10001 (default: start Ray here).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep of the same name.")] = False,
+    ensemble: Annotated[bool, typer.Option(help="Build ensembles when the sweep ends.")] = True,
+    plain: Annotated[bool, typer.Option(help="Log lines instead of the live view.")] = False,
+    report: Annotated[bool, typer.Option(help="Write SWEEP/report.html (plots) when the sweep ends.")] = True,
+    dashboard: Annotated[bool, typer.Option(help="Start Ray's dashboard with a local Ray.")] = False,
+    dashboard_host: Annotated[str | None, typer.Option(help="Where it listens (default: 127.0.0.1).")] = None,
+    fuse: Annotated[
+        str | None, typer.Option(help="Train same-shape trials as one batched model: auto, on or off.")
+    ] = None,
+    array_size: Annotated[str | None, typer.Option(help="Trials per fused array: auto (probe) or an integer.")] = None,
+    seed_copies: Annotated[
+        int | None,
+        typer.Option(help="After the last stage, train the best config N more times from new seeds (a seed ensemble)."),
+    ] = None,
+    wait_for_cluster_seconds: Annotated[
+        float | None, typer.Option(help="With --address: how long to wait for a node to fit a trial (default 600).")
+    ] = None,
+) -> None:
+    """Run a sweep: sample, train on Ray actors, prune, narrow, and write everything to Parquet."""
+    from orchestrator.app.api import parse_resources, run_sweep
+    from orchestrator.app.progress import Progress
+
+    overrides: dict[str, Any] = dict(
+        trials=trials,
+        epochs=epochs,
+        plan=plan,
+        stages=stages,
+        slots=slots,
+        storage=storage,
+        name=name,
+        seed=seed,
+        pruner=pruner,
+        sampler=sampler,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        device=device,
+        address=address,
+        overwrite=overwrite or None,
+        ensemble=ensemble,
+        precision=precision,
+        shared_storage=shared_storage or None,
+        fuse=fuse,
+        dashboard=dashboard or None,
+        dashboard_host=dashboard_host,
+        seed_copies=seed_copies,
+        wait_for_cluster_seconds=wait_for_cluster_seconds,
+        array_size=int(array_size) if array_size and array_size.isdigit() else array_size,
+    )
+    if resource:
+        overrides["resources"] = parse_resources(resource)
+    from orchestrator.app.progress import quiet_ray, starting_line
+
+    ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log")
+    starting = starting_line(address, slots, ray_log)
+    task_ref = task_file_ref(task)  # before the run: a job's working directory may not outlive it
+    with exit_on_interrupt(task_ref), Progress(force_plain=plain, starting=starting) as progress:
+        quiet_ray(ray_log)  # after the first line: importing Ray takes a second or two
+        result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
+    print_result(result, report=report, task_ref=task_ref)
+
+
+@app.command()
+def status(sweep: SweepArg, storage: StorageOption = None) -> None:
+    """Trials by status and stage, read from the sweep's Parquet tables only."""
+    from orchestrator.app.answer import format_config
+    from orchestrator.app.api import load
+    from orchestrator.store.sweeps import resolve_sweep
+
+    tables = load(resolve_sweep(sweep, storage))
+    trials = tables.trials.to_pylist()
+    by_stage: dict[int, dict[str, int]] = {}
+    for t in trials:
+        counts = by_stage.setdefault(t["stage"], {})
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    row = tables.sweep.to_pylist()[0]
+    typer.echo(f"sweep {row['name']} (task {row['task']}, seed {row['seed']})")
+    for stage, counts in sorted(by_stage.items()):
+        text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        typer.echo(f"  stage {stage}: {text}")
+    typer.echo(f"  {tables.metrics.num_rows} epochs recorded, {tables.checkpoints.num_rows} checkpoints kept")
+    best = tables.top(1).to_pylist()
+    if best:
+        t = best[0]
+        typer.echo(f"  best: trial {t['trial_id']} (stage {t['stage']}) score {t['best_score']:.4f}: "
+                   f"{format_config(t['config'])}")
+    print_failures(trials)
+
+
+@app.command()
+def top(
+    sweep: SweepArg,
+    k: Annotated[int, typer.Option("-k", help="How many trials.")] = 10,
+    storage: StorageOption = None,
+) -> None:
+    """The best trials with their configs (later stages first: they trained longest)."""
+    from orchestrator.app.api import load
+    from orchestrator.store.sweeps import resolve_sweep
+
+    if k < 1:
+        fail("option '-k': expected a positive integer")
+    print_top(load(resolve_sweep(sweep, storage)), k)

@@ -1,0 +1,56 @@
+"""Why trials failed, in a few lines: the most common errors with counts and trial ids.
+
+The trials table keeps each failed trial's full traceback (``error``); the run summary and
+``caviar status`` show these lines so a partial failure is never silent. Pure: rows in, lines out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+_CAVIAR_DIRS = tuple(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), name) + os.sep
+    for name in ("orchestrator", "worker", "cluster")
+)
+
+
+def error_key(error: str | None, reason: str | None) -> str:
+    """``ValueError: message (task.py:12)`` from a traceback: its last line and the user's innermost frame."""
+    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return f"reason {reason or 'unknown'}"
+    last = " ".join(lines[-1].split())
+    user = [
+        (path, line)
+        for path, line in _FRAME.findall(error or "")
+        if "site-packages" not in path and not os.path.abspath(path).startswith(_CAVIAR_DIRS)
+    ]
+    return f"{last} ({os.path.basename(user[-1][0])}:{user[-1][1]})" if user else last
+
+
+def _ids(ids: list[int], shown: int = 8) -> str:
+    text = ", ".join(str(i) for i in ids[:shown])
+    return f"{text}, ... ({len(ids) - shown} more)" if len(ids) > shown else text
+
+
+def error_summary(trials: Iterable[Mapping[str, Any]], top: int = 3) -> list[str]:
+    """One line per most common error among failed trials (count, error, trial ids); empty when none failed."""
+    groups: dict[str, list[int]] = {}
+    for t in trials:
+        if t.get("status") == "failed":
+            groups.setdefault(error_key(t.get("error"), t.get("reason")), []).append(int(t["trial_id"]))
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), min(kv[1])))
+    lines = [
+        f"{len(ids)} failed: {key} (trial{'s' if len(ids) > 1 else ''} {_ids(sorted(ids))})"
+        for key, ids in ordered[:top]
+    ]
+    if len(ordered) > top:
+        rest = sum(len(ids) for _, ids in ordered[top:])
+        lines.append(f"{rest} more failed with {len(ordered) - top} other errors")
+    if lines:
+        lines.append("(each failed trial's traceback: the 'error' column of trials/trials.parquet)")
+    return lines

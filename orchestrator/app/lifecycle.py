@@ -1,0 +1,163 @@
+"""One sweep's life, shared by ``run_sweep`` and ``resume_sweep``: settings and plan, the controller
+built from them, and the finish (last writes, ensembles, the result)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.app.prefetch import DataPrefetch
+from orchestrator.app.tables import SweepTables, load
+from orchestrator.decide.controller import Controller, ControllerOptions
+from orchestrator.decide.pruning import make_pruner
+from orchestrator.decide.sweeplog import SweepLog
+from orchestrator.ensemble.ensemble_run import SoupResult, build_and_write
+from orchestrator.ensemble.ensembles import CandidateKey
+from orchestrator.ensemble.records import EnsembleRecord
+from orchestrator.errors import CaviarError
+from orchestrator.search.space import SearchSpace
+from orchestrator.search.stages import Stage, default_plan, parse_plan, stage_grace_epochs
+from orchestrator.spec.settings import RunSettings, read_toml
+from orchestrator.spec.task import Task
+from orchestrator.store.storage import Storage
+
+log = logging.getLogger("caviar")
+
+
+@dataclass
+class SweepResult:
+    name: str
+    path: str  # the sweep directory (local path or URI)
+    best_trial_id: int | None
+    best_score: float | None
+    best_config: dict[str, Any] | None
+    counts: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+    aborted: str | None = None
+    ensemble: Any = None  # the ensemble chosen on validation (ensemble_run.EnsembleRecord); None if not built
+    note: str | None = None  # e.g. a resume that found the sweep finished and changed nothing
+
+    def tables(self) -> SweepTables:
+        return load(self.path)
+
+
+def build_settings(
+    task: Task, config_file: str | None, overrides: Mapping[str, Any]
+) -> tuple[RunSettings, SearchSpace]:
+    """Task defaults, then the TOML file, then explicit overrides; the space with TOML ranges applied."""
+    settings = RunSettings().merged(task.settings)
+    space = task.space
+    if config_file:
+        run_part, space_part = read_toml(config_file)
+        settings = settings.merged(run_part)
+        space = space.with_overrides(space_part)
+    return settings.merged(overrides).validate(), space
+
+
+def plan_for(settings: RunSettings) -> list[Stage]:
+    plan = (
+        parse_plan(settings.plan) if settings.plan else default_plan(settings.trials, settings.epochs, settings.stages)
+    )
+    if settings.seed_copies:  # the best config again, from new seeds, as long as the last stage trained
+        plan.append(Stage(settings.seed_copies, plan[-1].epochs, reseed=True))
+    return plan
+
+
+def controller_for(space: SearchSpace, settings: RunSettings) -> Controller:
+    plan = plan_for(settings)
+    graces = stage_grace_epochs(plan, settings.grace_epochs)  # later stages never prune before the earlier one's epochs
+
+    def pruner_for(stage: Stage) -> Any:
+        options: dict[str, Any] = {"max_epochs": stage.epochs, "max_loss_ratio": settings.max_loss_ratio}
+        if stage.epochs == 1 or settings.pruner == "none" or stage.reseed:  # seed copies are all kept
+            return make_pruner("none", **options)
+        # the controller hands over the plan's own Stage objects
+        fallback = min(settings.grace_epochs, stage.epochs)
+        grace = next((g for s, g in zip(plan, graces, strict=True) if s is stage), fallback)
+        if settings.pruner == "asha":
+            options.update(grace_epochs=grace, reduction_factor=settings.reduction_factor)
+        elif settings.pruner == "median":
+            options.update(grace_epochs=grace)
+        return make_pruner(settings.pruner, **options)
+
+    options = ControllerOptions(
+        seed=settings.seed,
+        sampler=settings.sampler,
+        top_fraction=settings.top_fraction,
+        max_retries=settings.max_retries,
+        fail_fast=settings.fail_fast,
+        promote_fraction=settings.promote_fraction,
+        extend_edges=settings.extend_edges,
+    )
+    return Controller(space, plan, pruner_for, options)
+
+
+def finish_sweep(
+    task: Task,
+    settings: RunSettings,
+    sweep: Storage,
+    name: str,
+    controller: Controller,
+    log: SweepLog,
+    prefetch: DataPrefetch | None = None,
+) -> SweepResult:
+    """After the trials: edge warnings, the last writes, ensembles; the result (shared by run and resume)."""
+    warnings = controller.final_edge_warnings()
+    log.flush(controller, force=True)
+    log.compact_events()
+    ensemble = None
+    if settings.ensemble:  # from stored predictions; a failure is a logged warning, never a lost sweep
+        ensemble = build_ensembles(sweep, task, device=settings.device, load_data=prefetch and prefetch.result)
+    if log.lease is not None:
+        log.lease.release()  # the sweep is whole: a later resume may take it at once
+    return result_of(controller, name, sweep.uri, warnings, ensemble=ensemble)
+
+
+def result_of(controller: Controller, name: str, uri: str, warnings: list[str], **extra: Any) -> SweepResult:
+    """The sweep's result from its controller: best trial, counts by status, and what ``extra`` adds."""
+    best = controller.best()
+    counts: dict[str, int] = {}
+    for trial in controller.trials.values():
+        counts[trial.status] = counts.get(trial.status, 0) + 1
+    return SweepResult(
+        name,
+        uri,
+        best.trial_id if best else None,
+        best.best_score if best and math.isfinite(best.best_score) else None,
+        dict(best.config) if best else None,
+        counts,
+        warnings,
+        controller.abort_reason,
+        **extra,
+    )
+
+
+def build_ensembles(storage: Storage, task: Any, device: str = "auto",
+                load_data: Callable[[], Any] | None = None) -> EnsembleRecord | None:
+    """What a sweep's end builds: every method, the soup included; the chosen row.
+
+    A sweep whose trials stored no usable predictions (all failed, a regression task) gets a
+    warning, not an error: its trials are still there to read. So does a soup that fails.
+    ``load_data`` stands in for the task's own (a load that ran during the sweep).
+    """
+    metric = "accuracy" if getattr(task, "metric", "accuracy") == "accuracy" else "log_loss"
+    from worker.soup import soup_builder  # torch, loaded only when a soup is built
+
+    build_soup = soup_builder(storage, task, device=device, load_data=load_data)
+
+    def guarded_soup(ranked: Sequence[CandidateKey], metric: str) -> SoupResult | None:
+        try:  # the soup runs user code (load_data, build_model) in this process: its failure costs only the soup
+            return build_soup(ranked, metric)
+        except Exception as exc:
+            log.warning("ensembles: soup not built: %s: %s", type(exc).__name__, exc)
+            return None
+
+    try:
+        records = build_and_write(storage, metric=metric, soup=guarded_soup)
+    except CaviarError as exc:
+        log.warning("ensembles not built: %s", exc)
+        return None
+    return next(r for r in records if r.chosen)

@@ -1,0 +1,171 @@
+"""``caviar report``: one self-contained HTML page (PNG plots inlined as base64) about a sweep.
+
+Everything comes from the sweep's Parquet tables; nothing is recomputed by training.
+Plots, each with an ``id`` so tests and people can find it:
+
+- ``fig-hyperparameters``: the validation metric against every searched hyperparameter,
+  on the scale it was sampled in (log axes for log ranges; momentum-like betas on a
+  ``1 - beta`` log axis), with each stage's range shaded and drawn as a bar so that
+  narrowing and edge extension show;
+- ``fig-learning-curves``: validation metric per epoch, pruned trials grey (reasons in the legend);
+- ``fig-gap``: train minus validation accuracy (or validation minus train loss) per epoch;
+- ``fig-update-ratio``: ``||dw|| / ||w||`` per epoch against CS231n's 1e-3, and per layer
+  for the best trial when diagnostics were recorded;
+- ``fig-activations``: activation std and fraction of zeros (dead ReLUs) per layer of the best trial;
+- ``fig-importance``: hyperparameter importance, fANOVA-style: a random forest (scikit-learn)
+  fitted on the widest stage's trials, unit-cube coordinates to score; a parameter's
+  importance is the variance of its partial-dependence curve (its main effect, the
+  others averaged over the observed trials) divided by the variance of the forest's
+  predictions. What the main effects leave unexplained is interaction;
+- ``fig-ensembles``: the ensembles table, when the sweep has one.
+
+Warnings come from the events table (``edge_warning``, ``range_extended``,
+``edge_at_hard_limit``, ``sweep_aborted``) and from the diagnostics of the best trial.
+matplotlib (Agg, no pyplot) and scikit-learn load only when a report is built.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import posixpath
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.app.answer import active_config
+from orchestrator.app.report_data import SweepData, collect_warnings, importance, read_sweep
+from orchestrator.app.report_figures import (
+    Figure,
+    plot_activations,
+    plot_ensembles,
+    plot_gap,
+    plot_hyperparameters,
+    plot_importance,
+    plot_learning_curves,
+    plot_update_ratio,
+)
+from orchestrator.store.storage import Storage
+
+
+@dataclass
+class Report:
+    html: str
+    figures: list[Figure]
+    skipped: dict[str, str] = field(default_factory=dict)  # figure id -> why it is missing
+    warnings: list[str] = field(default_factory=list)
+
+
+
+# -- the page ------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1150px;color:#222}
+h1{font-size:1.6em;margin-bottom:4px} h2{font-size:1.2em;margin-top:28px;border-bottom:1px solid #ddd}
+.meta{color:#555} .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:8px 14px}
+.warn li{margin:3px 0} figure{margin:12px 0} figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;font-size:.9em;margin-top:4px} table{border-collapse:collapse;font-size:.85em}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left} th{background:#f6f6f6}
+.skipped{color:#777;font-size:.9em}
+"""
+
+
+def render_html(data: SweepData, figures: Sequence[Figure], skipped: Mapping[str, str], warnings: Sequence[str]) -> str:
+    esc = html.escape
+    counts = Counter(t["status"] for t in data.trials)
+    best = data.best()
+    status = ", ".join(f"{n} {esc(k)}" for k, n in sorted(counts.items()))
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>caviar report: {esc(data.name)}"
+             f"</title><style>{CSS}</style></head><body><h1>caviar report: {esc(data.name)}</h1>",
+             f"<p class='meta'>task {esc(data.task)} &middot; {len(data.trials)} trials in "
+             f"{len(data.stage_spaces)} stages &middot; {status}</p>"]
+    if best is not None:
+        config = ", ".join(f"{esc(k)}={esc(_fmt(v))}" for k, v in active_config(best.get("config")).items())
+        parts.append(f"<p>Best trial <b>{best['trial_id']}</b> (stage {best['stage']}, epoch "
+                     f"{best['best_epoch']}): {esc(data.metric_name)} <b>{_fmt(data.value(best))}</b> &middot; "
+                     f"{config}</p>")
+    parts.append("<h2 id='warnings'>Warnings</h2>")
+    if warnings:
+        parts.append("<ul class='warn'>" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>")
+    else:
+        parts.append("<p>None: no best value sat on the edge of its range, and the diagnostics look healthy.</p>")
+    for fig in figures:
+        data_uri = base64.b64encode(fig.png).decode("ascii")
+        parts.append(f"<h2>{esc(fig.title)}</h2><figure id='{fig.id}'><img id='img-{fig.id}' alt='{esc(fig.title)}' "
+                     f"src='data:image/png;base64,{data_uri}'><figcaption>{esc(fig.caption)}</figcaption></figure>")
+    if skipped:
+        parts.append("<p class='skipped'>Not shown: " + "; ".join(f"{esc(k)} ({esc(v)})" for k, v in skipped.items())
+                     + "</p>")
+    parts.append(top_table(data))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def top_table(data: SweepData, k: int = 10) -> str:
+    esc = html.escape
+    if not data.trials:
+        return ""
+    rows = data.tables.top(k).to_pylist()
+    if not rows:
+        return ""
+    names = list(data.space.searched)
+    head = "".join(f"<th>{esc(h)}</th>" for h in ["trial", "stage", "status", "epochs", data.metric_name, *names])
+    body = []
+    for t in rows:
+        cells = [t["trial_id"], t["stage"], t["status"] + (f" ({t['reason']})" if t["status"] == "pruned" else ""),
+                 t["epochs_run"], _fmt(data.value(t)), *[_fmt((t.get("config") or {}).get(n)) for n in names]]
+        body.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
+    return f"<h2>Top {len(rows)} trials</h2><table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+
+def build_report(sweep_path: str) -> Report:
+    """Read the sweep and draw every plot its tables allow; missing tables skip their plot, with a reason."""
+    data = read_sweep(sweep_path)
+    figures: list[Figure] = []
+    skipped: dict[str, str] = {}
+    ranking = importance(data)
+    order = sorted(ranking[0], key=lambda n: -ranking[0][n]) if ranking else []
+    plots = [
+        ("fig-hyperparameters", lambda d: plot_hyperparameters(d, order), "the space searches no parameter"),
+        ("fig-learning-curves", plot_learning_curves, "no metrics recorded yet"),
+        ("fig-gap", plot_gap, "no training accuracy or loss recorded"),
+        ("fig-update-ratio", plot_update_ratio, "no update ratios recorded"),
+        ("fig-activations", plot_activations, "no diagnostics table"),
+        ("fig-ensembles", plot_ensembles, "no ensembles table"),
+    ]
+    for fig_id, plot, why in plots:
+        figure = plot(data)
+        if figure is None:
+            skipped[fig_id] = why
+        else:
+            figures.append(figure)
+    figure, why = plot_importance(data, ranking)
+    if figure is None:
+        skipped["fig-importance"] = why
+    else:
+        figures.insert(1, figure)
+    warnings = collect_warnings(data)
+    return Report(render_html(data, figures, skipped, warnings), figures, skipped, warnings)
+
+
+def write_report(report: Report, out: str, png_dir: str | None = None) -> list[str]:
+    """The page (and each plot as ``<id>.png`` under ``png_dir``), written atomically; returns the paths."""
+    target = Storage.from_uri(posixpath.dirname(out) or ".")
+    target.write_bytes(posixpath.basename(out), report.html.encode("utf-8"))
+    written = [target.path(posixpath.basename(out))]
+    if png_dir:
+        pngs = Storage.from_uri(png_dir)
+        for fig in report.figures:
+            pngs.write_bytes(f"{fig.id.removeprefix('fig-')}.png", fig.png)
+            written.append(pngs.path(f"{fig.id.removeprefix('fig-')}.png"))
+    return written

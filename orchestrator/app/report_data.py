@@ -1,0 +1,187 @@
+"""What ``caviar report`` reads and judges: a sweep's tables, hyperparameter importance, warnings."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from orchestrator.app.tables import SweepTables, load, open_sweep
+from orchestrator.search.space import Choice, Distribution, SearchSpace, parse_param
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
+
+HEALTHY_UPDATE_RATIO = 1e-3
+UPDATE_RATIO_BAND = (1e-4, 1e-2)  # a best trial more than 10x away from 1e-3 earns a warning
+EDGE_KINDS = ("edge_warning", "range_extended", "edge_at_hard_limit", "edge_not_extended", "sweep_aborted")
+
+
+@dataclass
+class SweepData:
+    name: str
+    task: str
+    accuracy: bool  # the objective: accuracy (higher is better) or loss
+    space: SearchSpace  # the initial space
+    stage_spaces: list[dict[str, Any]]  # per stage: parameter -> plain-data distribution
+    trials: list[dict[str, Any]]
+    curves: dict[int, list[dict[str, Any]]]  # trial -> metric rows by epoch
+    events: list[dict[str, Any]]
+    diagnostics: pa.Table | None
+    ensembles: pa.Table | None
+    tables: SweepTables
+
+    @property
+    def metric_name(self) -> str:
+        return "validation accuracy" if self.accuracy else "validation loss"
+
+    def value(self, trial: Mapping[str, Any]) -> float | None:
+        v = trial.get("best_val_accuracy") if self.accuracy else trial.get("best_val_loss")
+        return float(v) if v is not None and math.isfinite(float(v)) else None
+
+    def best(self) -> dict[str, Any] | None:
+        """The controller's rule: the latest stage (it trained longest), then the best score."""
+        done = [t for t in self.trials if t.get("best_score") is not None and math.isfinite(t["best_score"])]
+        return max(done, key=lambda t: (t["stage"], t["best_score"]), default=None)
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def read_sweep(path: str) -> SweepData:
+    tables = load(path)
+    storage = open_sweep(path)
+    sweep = tables.sweep.to_pylist()[0]
+    space = SearchSpace({k: parse_param(k, v) for k, v in json.loads(sweep["space"]).items()})
+    stages = sorted(tables.stages.to_pylist(), key=lambda s: s["stage"])
+    metrics = tables.metrics.to_pylist()
+    curves: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in sorted(metrics, key=lambda r: (r["trial_id"], r["epoch"])):
+        curves[row["trial_id"]].append(row)
+    scored = [r for r in metrics if r["score"] is not None and r["val_accuracy"] is not None]
+    # Scored on accuracy when the score is the accuracy; a regression (no accuracy at all) is scored on a loss.
+    no_accuracy = bool(metrics) and all(r["val_accuracy"] is None for r in metrics)
+    accuracy = not no_accuracy and (not scored or all(abs(r["score"] - r["val_accuracy"]) < 1e-9 for r in scored))
+    return SweepData(
+        name=sweep["name"], task=sweep["task"], accuracy=accuracy, space=space,
+        stage_spaces=[json.loads(s["space"]) for s in stages], trials=tables.trials.to_pylist(), curves=dict(curves),
+        events=tables.events.to_pylist(), diagnostics=read_diagnostics(storage),
+        ensembles=read_optional(storage, "ensembles"), tables=tables,
+    )
+
+
+def read_optional(storage: Storage, rel_dir: str) -> pa.Table | None:
+    table = schema.read_dir(storage, rel_dir)
+    return table if table is not None and table.num_rows else None
+
+
+def read_diagnostics(storage: Storage) -> pa.Table | None:
+    """Diagnostic rows, one per (trial, epoch, kind, layer): the highest attempt's (as for metrics)."""
+    table = read_optional(storage, "diagnostics")
+    if table is None:
+        return None
+    table = table.sort_by([("trial_id", "ascending"), ("epoch", "ascending"), ("attempt", "descending")])
+    keys = list(zip(*(table[c].to_pylist() for c in ("trial_id", "epoch", "kind", "layer"))))
+    seen: set[tuple[Any, ...]] = set()
+    keep = []
+    for key in keys:
+        keep.append(key not in seen)
+        seen.add(key)
+    return table.filter(pa.array(keep))
+
+
+def diag_rows(data: SweepData, trial_id: int, kind: str) -> list[dict[str, Any]]:
+    if data.diagnostics is None:
+        return []
+    table = data.diagnostics
+    mask = pa.compute.and_(pa.compute.equal(table["trial_id"], trial_id), pa.compute.equal(table["kind"], kind))
+    return table.filter(mask).to_pylist()
+
+
+# -- importance ----------------------------------------------------------------------------
+
+
+def importance(data: SweepData, *, min_trials: int = 6, seed: int = 0) -> tuple[dict[str, float], int] | None:
+    """fANOVA-style main effects on a random forest; (importance by parameter, stage used) or None."""
+    params = data.space.searched
+    by_stage: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for t in data.trials:
+        if t.get("best_score") is not None and math.isfinite(t["best_score"]):
+            by_stage[t["stage"]].append(t)
+    if not params or not by_stage:
+        return None
+    stage, trials = max(by_stage.items(), key=lambda kv: (len(kv[1]), -kv[0]))
+    if len(trials) < min_trials:
+        return None
+    # An inactive conditional parameter (None) is NaN: the forest learns a separate branch for it, and its
+    # partial dependence below averages over the trials where it was active only.
+    x = np.array([[_unit(dist, t["config"].get(name)) for name, dist in params.items()] for t in trials])
+    y = np.array([t["best_score"] for t in trials])
+    if np.ptp(y) == 0:
+        return {name: 0.0 for name in params}, stage
+    from sklearn.ensemble import RandomForestRegressor
+
+    forest = RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=seed).fit(x, y)
+    total = float(np.var(forest.predict(x)))
+    out = {}
+    for i, (name, dist) in enumerate(params.items()):
+        active = x[~np.isnan(x[:, i])]
+        if len(active) < 2:
+            out[name] = 0.0
+            continue
+        grid = (np.array([dist.to_unit(o) for o in dist.options]) if isinstance(dist, Choice)
+                else np.linspace(active[:, i].min(), active[:, i].max(), 16))
+        curve = []
+        for g in grid:  # partial dependence: the parameter fixed, the others as observed
+            probe = active.copy()
+            probe[:, i] = g
+            curve.append(forest.predict(probe).mean())
+        out[name] = float(np.var(curve)) / total if total > 0 else 0.0
+    return out, stage
+
+
+def _unit(dist: Distribution, value: Any) -> float:
+    if value is None:  # inactive in this trial
+        return math.nan
+    try:
+        return float(dist.to_unit(value))
+    except (ValueError, TypeError):  # a choice value the initial space does not list
+        return math.nan
+
+
+# -- warnings ----------------------------------------------------------------------------------
+
+
+def collect_warnings(data: SweepData) -> list[str]:
+    out = []
+    for e in data.events:
+        if e["kind"] in EDGE_KINDS:
+            text = e["reason"] or json.loads(e["detail"] or "{}").get("message") or e["kind"]
+            named = e["stage"] is None or text.startswith(f"stage {e['stage']}")  # edge lines name their stage
+            where = "" if named else f"stage {e['stage']}: "
+            out.append(f"{where}{text} ({e['kind'].replace('_', ' ')})")
+    best = data.best()
+    if best is None:
+        return out
+    ratios = [r["update_ratio"] for r in data.curves.get(best["trial_id"], []) if r.get("update_ratio")]
+    if ratios:
+        median = float(np.median(ratios))
+        if not UPDATE_RATIO_BAND[0] <= median <= UPDATE_RATIO_BAND[1]:
+            hint = "too high" if median > HEALTHY_UPDATE_RATIO else "too low"
+            out.append(f"best trial {best['trial_id']}: median update/weight ratio {median:.1e} is more than 10x "
+                       f"away from CS231n's ~1e-3 (learning rate probably {hint})")
+    acts = diag_rows(data, best["trial_id"], "activation")
+    if acts:
+        last = max(r["epoch"] for r in acts)
+        for r in acts:
+            if r["epoch"] == last and (r["dead_fraction"] or 0) >= 0.5:
+                out.append(f"best trial {best['trial_id']}: {r['dead_fraction']:.0%} of the units of layer "
+                           f"{r['layer']} ({r['module']}) are dead (zero on every probe example)")
+    return out
+
+

@@ -1,0 +1,437 @@
+"""The plots of ``caviar report``, each a PNG with an id, title and caption (matplotlib Agg, no pyplot)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from orchestrator.app.report_data import HEALTHY_UPDATE_RATIO, SweepData, diag_rows
+from orchestrator.search.space import (
+    Choice,
+    LogRandInt,
+    LogUniform,
+    OneMinusLogUniform,
+)
+
+LOG_DISTS = (LogUniform, LogRandInt, OneMinusLogUniform)
+DPI = 90
+PRUNED_GREY = "#9a9a9a"
+
+
+@dataclass
+class Figure:
+    id: str
+    title: str
+    caption: str
+    png: bytes
+
+
+
+# -- plotting helpers ------------------------------------------------------------------------
+
+
+def new_figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def stage_colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(0.15 + 0.7 * i / max(n - 1, 1)) for i in range(max(n, 1))]
+
+
+def axis_value(dist: Any, value: Any) -> Any:
+    """Where a value sits on its plot axis: ``1 - beta`` for momentum-like betas."""
+    return 1.0 - float(value) if isinstance(dist, OneMinusLogUniform) else value
+
+
+def stage_range(spec: Any) -> tuple[float, float] | None:
+    """(low, high) on the plot axis of one stage's plain-data distribution; None for choices and fixed values."""
+    if not isinstance(spec, Mapping) or "low" not in spec:
+        return None
+    low, high = float(spec["low"]), float(spec["high"])
+    if spec.get("dist") == "one_minus_loguniform":
+        low, high = 1.0 - high, 1.0 - low
+    return low, high
+
+
+# -- the plots -------------------------------------------------------------------------------
+
+
+def plot_hyperparameters(data: SweepData, order: Sequence[str] = ()) -> Figure | None:
+    """One panel per searched parameter, in ``order`` (most important first) when given."""
+    searched = data.space.searched
+    if not searched:
+        return None
+    # Without an importance ranking: continuous ranges first, then choices (the stored space is alphabetical).
+    names = [n for n in order if n in searched] or sorted(searched, key=lambda n: isinstance(searched[n], Choice))
+    params = {n: searched[n] for n in names + [n for n in searched if n not in names]}
+    edge_params = {json.loads(e["detail"] or "{}").get("param") for e in data.events if e["kind"] == "edge_warning"}
+    cols = min(3, len(params))
+    rows = math.ceil(len(params) / cols)
+    fig = new_figure(4.2 * cols, 3.3 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    colors = stage_colors(len(data.stage_spaces))
+    best = data.best()
+    for ax, (name, dist) in zip(axes, params.items()):
+        categorical = isinstance(dist, Choice)
+        options = list(dist.options) if categorical else []
+        if categorical:
+            for spec in data.stage_spaces:
+                options += [o for o in (spec.get(name) or {}).get("options", []) if o not in options]
+        dots: dict[bool, list[tuple[float, float, Any]]] = {True: [], False: []}  # completed? -> (x, y, colour)
+        for t in data.trials:
+            value, y = (t.get("config") or {}).get(name), data.value(t)
+            if value is None or y is None:  # None: inactive in this trial, nothing to plot
+                continue
+            if categorical:
+                x = options.index(value) + _jitter(t["trial_id"]) if value in options else math.nan
+            else:
+                x = axis_value(dist, value)
+            done = t["status"] == "completed"
+            dots[done].append((x, y, colors[(t["stage"] - 1) % len(colors)] if done else PRUNED_GREY))
+        for done, points in dots.items():  # one collection each: thousands of trials stay fast
+            if points:
+                xs, ys, cs = zip(*points)
+                ax.scatter(xs, ys, s=22, c=list(cs), alpha=0.9 if done else 0.55, linewidths=0, zorder=3 if done else 2)
+        if best is not None and (best.get("config") or {}).get(name) is not None:
+            bv = best["config"][name]
+            bx = options.index(bv) if categorical and bv in options else axis_value(dist, bv)
+            ax.scatter([bx], [data.value(best)], s=160, marker="*", color="#d62728", zorder=4, label="best")
+        if data.accuracy:
+            ax.set_ylim(0.0, 1.02)  # every panel from 0, so panels compare at a glance
+        if not categorical:
+            _room_for_stage_bars(ax, len(data.stage_spaces))
+            for stage, spec in enumerate(data.stage_spaces):
+                span = stage_range(spec.get(name))
+                if span is None:
+                    continue
+                color = colors[stage % len(colors)]
+                ax.axvspan(*span, color=color, alpha=0.10, zorder=1)
+                # A bar per stage along the bottom: narrowing and edge extension read left to right.
+                ax.plot(span, [0.03 + 0.05 * stage] * 2, transform=ax.get_xaxis_transform(), color=color, lw=4,
+                        solid_capstyle="butt", zorder=2, label=f"stage {stage + 1} range")
+        if isinstance(dist, LOG_DISTS):
+            ax.set_xscale("log")
+        if isinstance(dist, LogRandInt):  # plain integers (16, 32, 64) read better than 2x10^1
+            from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        if categorical:
+            ax.set_xticks(range(len(options)), [str(o) for o in options], rotation=25 if len(options) > 3 else 0)
+        label = f"1 - {name}" if isinstance(dist, OneMinusLogUniform) else name
+        ax.set_xlabel(label + (" (log)" if isinstance(dist, LOG_DISTS) else ""))
+        ax.set_ylabel(data.metric_name)
+        title = name + ("  (best at an edge!)" if name in edge_params else "")
+        if dist.when:  # conditional: dots are the trials where it was active; the others had no value (None)
+            title += "\n" + "; ".join(f"only when {p} in {', '.join(map(str, v))}" for p, v in dist.when)
+        ax.set_title(title, color="#b00020" if name in edge_params else "black", fontsize=11)
+        ax.grid(alpha=0.25)
+    for ax in axes[len(params):]:
+        ax.set_visible(False)
+    unique: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            unique.setdefault(label, handle)
+    if unique:
+        fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncols=min(len(unique), 5), fontsize=9)
+    caption = ("Each dot is a trial's best epoch, coloured by stage (grey: pruned). Shaded spans and the bars along "
+               "the bottom are each stage's sampling range: coarse to fine narrows them, a best value at an edge "
+               "extends them. The star is the best trial.")
+    return Figure("fig-hyperparameters", f"{data.metric_name} against each hyperparameter", caption, png_bytes(fig))
+
+
+def _room_for_stage_bars(ax: Any, stages: int) -> None:
+    """Lower the y axis so the per-stage range bars sit below the dots, not on them."""
+    low, high = ax.get_ylim()
+    share = 0.05 * stages + 0.04  # of the axes height the bars take
+    ax.set_ylim(low - (high - low) * share / (1 - share), high)
+
+
+def _jitter(trial_id: int) -> float:
+    return (((trial_id * 2654435761) % 1000) / 1000 - 0.5) * 0.3  # deterministic spread of categorical dots
+
+
+def _lines(ax: Any, data: SweepData, column: Any, *, log: bool = False) -> Counter[str]:
+    """One line per trial; completed ones coloured by stage, pruned and failed ones grey. Returns end reasons."""
+    from matplotlib.collections import LineCollection
+
+    colors = stage_colors(len(data.stage_spaces))
+    reasons: Counter[str] = Counter()
+    by_status: dict[bool, tuple[list[Any], list[Any]]] = {True: ([], []), False: ([], [])}
+    ends = []
+    for t in data.trials:
+        rows = data.curves.get(t["trial_id"], [])
+        points = [(r["epoch"], column(r)) for r in rows]
+        points = [(x, y) for x, y in points if y is not None and math.isfinite(y) and (not log or y > 0)]
+        if not points:
+            continue
+        live = t["status"] == "completed"
+        if not live:
+            reasons[f"{t['status']}: {t.get('reason') or '?'}"] += 1
+            ends.append(points[-1])
+        segs, cols = by_status[live]
+        segs.append(points)
+        cols.append(colors[(t["stage"] - 1) % len(colors)] if live else PRUNED_GREY)
+    for live, (segs, cols) in by_status.items():
+        if segs:
+            ax.add_collection(LineCollection(segs, colors=cols, linewidths=1.6 if live else 1.0,
+                                             alpha=0.9 if live else 0.6, zorder=3 if live else 2))
+            if any(len(s) == 1 for s in segs):  # one-epoch trials are points, not lines
+                single = [s[0] for s in segs if len(s) == 1]
+                ax.scatter(*zip(*single), s=10, c=[c for s, c in zip(segs, cols) if len(s) == 1], zorder=3)
+    if ends:
+        ax.scatter(*zip(*ends), marker="x", s=28, color="#555555", zorder=4)
+    ax.autoscale_view()
+    if log:
+        ax.set_yscale("log")
+    _epoch_axis(ax)
+    ax.grid(alpha=0.25)
+    return reasons
+
+
+def _epoch_axis(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _status_legend(ax: Any, data: SweepData, reasons: Counter[str]) -> None:
+    from matplotlib.lines import Line2D
+
+    colors = stage_colors(len(data.stage_spaces))
+    handles = [Line2D([], [], color=colors[i], lw=2, label=f"stage {i + 1} (completed)")
+               for i in range(len(data.stage_spaces))]
+    handles += [Line2D([], [], color=PRUNED_GREY, marker="x", markeredgecolor="#555555", lw=1,
+                       label=f"{reason} ({n})") for reason, n in reasons.most_common(6)]
+    ax.legend(handles=handles, fontsize=8, loc="best")
+
+
+def plot_learning_curves(data: SweepData) -> Figure | None:
+    if not data.curves:
+        return None
+    fig = new_figure(12, 4.2)
+    left, right = fig.subplots(1, 2)
+    key = "val_accuracy" if data.accuracy else "val_loss"
+    reasons = _lines(left, data, lambda r: r[key])
+    if data.accuracy:
+        left.set_ylim(0.0, 1.02)  # accuracy reads from 0: a zoomed axis makes small gains look large
+    left.set_ylabel(data.metric_name)
+    left.set_title(f"{data.metric_name} per epoch")
+    _status_legend(left, data, reasons)
+    _lines(right, data, lambda r: r["train_loss"], log=True)
+    right.set_ylabel("training loss (log)")
+    right.set_title("training loss per epoch")
+    caption = ("Completed trials in their stage's colour; pruned and failed trials grey, ending in a cross, with "
+               "the pruner's reasons and counts in the legend.")
+    return Figure("fig-learning-curves", "Learning curves", caption, png_bytes(fig))
+
+
+def plot_gap(data: SweepData) -> Figure | None:
+    first, second = ("train_accuracy", "val_accuracy") if data.accuracy else ("val_loss", "train_loss")
+
+    def gap(r: Mapping[str, Any]) -> float | None:
+        return r[first] - r[second] if r[first] is not None and r[second] is not None else None
+
+    label = "train - validation accuracy" if data.accuracy else "validation - train loss"
+    what = "accuracy" if data.accuracy else "loss"
+    if not any(gap(r) is not None for rows in data.curves.values() for r in rows):
+        return None
+    fig = new_figure(8, 4)
+    ax = fig.subplots()
+    reasons = _lines(ax, data, gap)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel(label)
+    _status_legend(ax, data, reasons)
+    caption = (f"The train/validation {what} gap: a gap that keeps growing is overfitting (more regularisation, "
+               "more data); no gap at all with a poor score is underfitting (a bigger model).")
+    return Figure("fig-gap", "Train / validation gap", caption, png_bytes(fig))
+
+
+
+def plot_update_ratio(data: SweepData) -> Figure | None:
+    if not any(r.get("update_ratio") for rows in data.curves.values() for r in rows):
+        return None
+    best = data.best()
+    layers = diag_rows(data, best["trial_id"], "parameter") if best else []
+    fig = new_figure(12 if layers else 8, 4)
+    axes = fig.subplots(1, 2 if layers else 1, squeeze=False).ravel()
+    reasons = _lines(axes[0], data, lambda r: r.get("update_ratio"), log=True)
+    axes[0].set_ylabel("||update|| / ||weights|| (log)")
+    axes[0].set_title("whole model, last step of each epoch")
+    _status_legend(axes[0], data, reasons)
+    if layers:
+        by_layer: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for r in layers:
+            if r["update_ratio"] and r["update_ratio"] > 0:
+                by_layer[r["layer"]].append((r["epoch"], r["update_ratio"]))
+        for layer, points in by_layer.items():
+            points.sort()
+            axes[1].plot(*zip(*points), marker="o", ms=3, lw=1.4, label=layer)
+        axes[1].set_yscale("log")
+        _epoch_axis(axes[1])
+        axes[1].set_title(f"best trial {best['trial_id']}, per tensor (first step of each epoch)")
+        axes[1].grid(alpha=0.25)
+        axes[1].legend(fontsize=7, ncols=2)
+    for ax in axes:
+        ax.axhline(HEALTHY_UPDATE_RATIO, color="#d62728", ls="--", lw=1.2)
+        ax.text(0.01, HEALTHY_UPDATE_RATIO, " 1e-3", color="#d62728", transform=ax.get_yaxis_transform(), va="bottom")
+    caption = ("The update-to-weight ratio CS231n watches: near 1e-3 (red line) is healthy; far above, the learning "
+               "rate is probably too high; far below, too low.")
+    return Figure("fig-update-ratio", "Update / weight ratio", caption, png_bytes(fig))
+
+
+def plot_activations(data: SweepData) -> Figure | None:
+    best = data.best()
+    rows = diag_rows(data, best["trial_id"], "activation") if best else []
+    if not rows:
+        return None
+    by_layer: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_layer[f"{r['layer']} ({r['module']})"].append(r)
+    kept = {k: sorted((r for r in v if r.get("hist_counts")), key=lambda r: r["epoch"]) for k, v in by_layer.items()}
+    shown = [k for k, v in kept.items() if v][:4]
+    fig = new_figure(12, 7 if shown else 3.6)
+    grid = fig.add_gridspec(2 if shown else 1, 2 * max(len(shown), 1))
+    half = max(len(shown), 1)
+    std_ax, zero_ax = fig.add_subplot(grid[0, :half]), fig.add_subplot(grid[0, half:])
+    for layer, points in by_layer.items():
+        points.sort(key=lambda r: r["epoch"])
+        epochs = [r["epoch"] for r in points]
+        std_ax.plot(epochs, [r["std"] for r in points], marker="o", ms=3, label=layer)
+        zero_ax.plot(epochs, [r["zero_fraction"] for r in points], marker="o", ms=3, label=layer)
+    std_ax.set_title("activation std")
+    zero_ax.set_title("fraction of zeros (dead ReLUs when near 1)")
+    zero_ax.set_ylim(-0.02, 1.02)
+    for ax in (std_ax, zero_ax):
+        _epoch_axis(ax)
+        ax.grid(alpha=0.25)
+    std_ax.legend(fontsize=7)
+    for i, layer in enumerate(shown):  # first and last kept histogram of each layer: how the distribution moved
+        ax = fig.add_subplot(grid[1, 2 * i: 2 * i + 2])
+        first, last = kept[layer][0], kept[layer][-1]
+        ax.stairs(last["hist_counts"], last["hist_edges"], fill=True, alpha=0.5, label=f"epoch {last['epoch']}")
+        if last is not first:
+            ax.stairs(first["hist_counts"], first["hist_edges"], color="black", lw=1, label=f"epoch {first['epoch']}")
+        low, high, hidden = central_range([first, last])
+        ax.set_xlim(low, high)  # the bulk of the values, not the few outliers that set the bin range
+        ax.set_title(layer + (f"\n{hidden:.1%} of values beyond the axis" if hidden > 0 else ""), fontsize=9)
+        ax.set_yticks([])
+        ax.legend(fontsize=7)
+    caption = (f"Best trial {best['trial_id']}, measured on a fixed probe batch at the end of each epoch. Activations "
+               "that collapse to zero or saturate point at the initialisation or the learning rate.")
+    return Figure("fig-activations", "Activations of the best trial", caption, png_bytes(fig))
+
+
+
+def central_range(hists: Sequence[Mapping[str, Any]], mass: float = 0.99) -> tuple[float, float, float]:
+    """(low, high, share of values outside) of an axis that covers ``mass`` of each histogram's values.
+
+    A histogram's bins span min to max, so one outlier at 20 stretches an axis whose values sit within 3.
+    """
+    parsed = []
+    for h in hists:
+        counts, edges = np.asarray(h["hist_counts"], float), np.asarray(h["hist_edges"], float)
+        if counts.sum() > 0 and len(edges) == len(counts) + 1:
+            parsed.append((counts, edges))
+    if not parsed:
+        return 0.0, 1.0, 0.0
+    lows, highs = [], []
+    tail = (1.0 - mass) / 2
+    for counts, edges in parsed:
+        cum = np.cumsum(counts) / counts.sum()
+        lows.append(edges[int(np.searchsorted(cum, tail, side="right"))])
+        highs.append(edges[min(int(np.searchsorted(cum, 1.0 - tail, side="left")) + 1, len(edges) - 1)])
+    low, high = min(lows), max(highs)
+    if high <= low:
+        high = low + 1e-12
+    outside = sum(c[(e[1:] <= low) | (e[:-1] >= high)].sum() for c, e in parsed)
+    total = sum(c.sum() for c, _ in parsed)
+    pad = 0.03 * (high - low)
+    return low - pad, high + pad, float(outside / total)
+
+
+def plot_importance(data: SweepData, result: tuple[dict[str, float], int] | None) -> tuple[Figure | None, str]:
+    if result is None:
+        return None, "too few finished trials in one stage to fit an importance model (6 needed)"
+    scores, stage = result
+    names = sorted(scores, key=scores.get)
+    fig = new_figure(7, 0.32 * len(names) + 1.5)
+    ax = fig.subplots()
+    bars = ax.barh(names, [scores[n] for n in names], color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{scores[n]:.2f}" for n in names], padding=3, fontsize=9)
+    ax.set_xlabel("share of the score's variance explained (main effect)")
+    ax.set_xlim(0, max(1.0, max(scores.values()) * 1.05))
+    ax.grid(axis="x", alpha=0.25)
+    n = sum(1 for t in data.trials if t["stage"] == stage and t.get("best_score") is not None)
+    caption = (f"fANOVA-style importance from stage {stage} ({n} trials): a random forest maps each config (in "
+               "its sampling scale) to its best score; a parameter's bar is the variance of its partial-dependence "
+               "curve over the variance of all predictions. Tune the long bars first; the rest of 1 is interaction.")
+    if n < 2 * len(names):
+        caption += f" Only {n} trials for {len(names)} parameters: read this as a rough hint."
+    return Figure("fig-importance", "Hyperparameter importance", caption, png_bytes(fig)), ""
+
+
+def plot_ensembles(data: SweepData) -> Figure | None:
+    table = data.ensembles
+    if table is None:
+        return None
+    rows = table.to_pylist()
+    label_col = next((c for c in ("name", "method", "kind", "ensemble") if c in table.column_names), None)
+    numeric = [f.name for f in table.schema if pa.types.is_floating(f.type)
+               and any(k in f.name for k in ("accuracy", "loss")) and any(r[f.name] is not None for r in rows)]
+    if not numeric:
+        return None
+    labels = [(str(r[label_col]) if label_col else str(i)) + (f" ({r['size']})" if r.get("size") else "")
+              + (" *" if r.get("chosen") else "") for i, r in enumerate(rows)]
+    groups = [[c for c in numeric if "accuracy" in c], [c for c in numeric if "loss" in c]]
+    groups = [g for g in groups if g]
+    fig = new_figure(6 * len(groups), 0.45 * len(rows) + 2)
+    axes = fig.subplots(1, len(groups), squeeze=False).ravel()
+    for ax, cols in zip(axes, groups):
+        height = 0.8 / len(cols)
+        for j, col in enumerate(cols):
+            values = [r[col] if r[col] is not None else np.nan for r in rows]
+            ax.barh(np.arange(len(rows)) + j * height, values, height=height, label=col)
+        ax.set_yticks(np.arange(len(rows)) + 0.4 - height / 2, labels)
+        ax.legend(fontsize=8)
+        ax.grid(axis="x", alpha=0.25)
+        finite = [r[c] for r in rows for c in cols if r[c] is not None]
+        if finite and "accuracy" in cols[0]:
+            start = max(0.0, min(finite) - 0.05)
+            ax.set_xlim(start, min(1.0, max(finite) + 0.02))
+            if start > 0:  # zoomed in to show the differences: say so where the reader looks
+                ax.set_xlabel(f"accuracy: the axis starts at {start:.3f}, not 0", color="#b35900")
+                ax.spines["left"].set_linestyle((0, (4, 3)))
+        for j, col in enumerate(cols):  # the numbers themselves, at the end of each bar
+            for i, r in enumerate(rows):
+                if r[col] is not None:
+                    ax.annotate(f"{r[col]:.4f}", (r[col], i + j * height), xytext=(2, 0), textcoords="offset points",
+                                va="center", fontsize=6)
+    caption = ("Ensembles from the ensembles table: members (in brackets) chosen on validation predictions, test "
+               "measured afterwards; * marks the one chosen on validation.")
+    return Figure("fig-ensembles", "Ensembles", caption, png_bytes(fig))
+

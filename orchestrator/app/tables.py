@@ -1,0 +1,72 @@
+"""A sweep read back from its Parquet tables: no Ray, no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from orchestrator.errors import ConfigError, StorageError
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
+
+TABLE_NAMES = ("sweep", "trials", "metrics", "checkpoints", "events", "stages")
+
+
+@dataclass
+class SweepTables:
+    """A finished (or running) sweep's tables, as pyarrow Tables."""
+
+    path: str
+    sweep: pa.Table
+    trials: pa.Table
+    metrics: pa.Table  # effective rows: one per (trial, epoch), latest attempt
+    checkpoints: pa.Table
+    events: pa.Table
+    stages: pa.Table
+
+    def to_pandas(self, table: str) -> Any:
+        """``table`` ("trials", "metrics", ...) as a pandas DataFrame (pandas is a dependency of caviar)."""
+        if table not in TABLE_NAMES:
+            raise ConfigError(f"table {table!r}: unknown (one of {', '.join(TABLE_NAMES)})")
+        try:
+            import pandas  # noqa: F401
+        except ImportError:  # an install that left it out: say so in one line, with the way round it
+            raise ConfigError(f"to_pandas({table!r}) needs pandas: pip install pandas "
+                              f"(or use the pyarrow table: tables.{table})") from None
+        return getattr(self, table).to_pandas()
+
+    def top(self, k: int = 10) -> pa.Table:
+        """The ``k`` trials with the best score: the latest stage first (it trained longest)."""
+        finished = self.trials.filter(pa.compute.is_valid(self.trials["best_score"]))
+        ordered = finished.sort_by([("stage", "descending"), ("best_score", "descending")])
+        return ordered.slice(0, k)
+
+
+def open_sweep(path: str) -> Storage:
+    storage = Storage.from_uri(path)
+    if not storage.exists(schema.SWEEP_PATH):
+        raise StorageError(f"{path!r} is not a caviar sweep directory (no {schema.SWEEP_PATH})")
+    return storage
+
+
+def load(path: str) -> SweepTables:
+    """Read a sweep directory (local or URI) back; no Ray, no torch."""
+
+    storage = open_sweep(path)
+    metrics = schema.read_dir(storage, "metrics", schema.METRICS)
+    assert metrics is not None
+    if not storage.exists(schema.TRIALS_PATH):  # one line naming it, never an empty table to trip over
+        raise StorageError(f"{storage.path(schema.TRIALS_PATH)}: no such file (the sweep has not written its "
+                           "trials table yet, or it was deleted)")
+    trials = storage.read_table(schema.TRIALS_PATH)
+    return SweepTables(
+        path=path,
+        sweep=storage.read_table(schema.SWEEP_PATH),
+        trials=trials,
+        metrics=schema.effective_metrics(metrics),
+        checkpoints=schema.read_dir(storage, "checkpoints", schema.CHECKPOINTS),
+        events=schema.read_events(storage),  # each event once, even after a compaction cut short
+        stages=schema.read_dir(storage, "stages", schema.STAGES),
+    )

@@ -1,0 +1,453 @@
+"""The sweep state machine: a pure function of the reports it has seen.
+
+It samples each stage's trials, turns every report into a decision (continue to an
+epoch, or stop with a reason), narrows the ranges between stages, and records every
+decision as an event. It touches no backend and no storage: the driver carries values
+between it, the executor and the tables, so it runs as well on replayed curves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.decide.backend import Assignment, Report
+from orchestrator.decide.fusing import PER_MEMBER, block_size, share_shapes
+from orchestrator.decide.pruning import Observation, Pruner
+from orchestrator.search.narrowing import edge_warnings, narrow_space, top_results
+from orchestrator.search.sampler import stage_configs, trial_seed
+from orchestrator.search.space import SearchSpace
+from orchestrator.search.stages import Stage, promotion_count
+from orchestrator.store.schema import now_ms
+
+ENDED = ("completed", "pruned", "failed")
+
+
+@dataclass
+class TrialState:
+    trial_id: int
+    stage: int
+    config: dict[str, Any]
+    seed: int
+    max_epochs: int
+    status: str = "pending"
+    reason: str | None = None
+    attempt: int = 0
+    epochs_run: int = 0
+    best_score: float = -math.inf
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    best_val_accuracy: float | None = None
+    train_seconds: float = 0.0
+    started: int | None = None
+    finished: int | None = None
+    node: str | None = None
+    error: str | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        row = dict(vars(self))
+        if not math.isfinite(row["best_score"]):
+            row["best_score"] = None
+        return row
+
+
+@dataclass(frozen=True)
+class Decision:
+    stop: bool
+    until_epoch: int = 0
+    reason: str | None = None
+
+
+@dataclass
+class ControllerOptions:
+    seed: int = 0
+    sampler: str = "random"
+    top_fraction: float = 0.25
+    max_retries: int = 2  # a trial whose executor dies is retried this many times
+    fail_fast: int = 5  # stop when this many trials fail before any succeeds
+    narrow: bool = True
+    extend_edges: bool = True  # False: a best value on an edge keeps that edge instead of moving past it
+    promote_fraction: float = 0.5  # share of a later stage given to the best configs of the stage before
+    # > 1: each stage's trials share model shapes in blocks, to train as fused arrays (set by Controller.fuse)
+    fuse_array_size: int = 0
+    fuse_workers: int = 1
+    fuse_per_member: frozenset[str] = PER_MEMBER
+
+
+@dataclass
+class Controller:
+    space: SearchSpace
+    plan: Sequence[Stage]
+    make_pruner: Callable[[Stage], Pruner]
+    options: ControllerOptions = field(default_factory=ControllerOptions)
+
+    def __post_init__(self) -> None:
+        self.trials: dict[int, TrialState] = {}
+        self.pending: deque[int] = deque()
+        self.stage_spaces: list[SearchSpace] = []
+        self.events: list[dict[str, Any]] = []  # drained by the writer
+        # The same events, never drained, numbered from 1: whoever watches the sweep (the live view) reads on.
+        self.event_feed: deque[tuple[int, dict[str, Any]]] = deque(maxlen=10_000)
+        self.events_emitted = 0
+        self.stage = -1
+        self.pruner: Pruner | None = None
+        self.abort_reason: str | None = None
+        self._any_success = False
+        self._next_id = 0
+        self._begin_stage(0, self.space)
+
+    # -- stages ---------------------------------------------------------------------------
+    def _begin_stage(self, index: int, space: SearchSpace, promoted: Sequence[dict[str, Any]] = ()) -> None:
+        self.stage = index
+        stage = self.plan[index]
+        self.stage_spaces.append(space)
+        self.pruner = self.make_pruner(stage)
+        fresh = stage.trials - len(promoted)  # fresh samples first: the same ids and configs when a resume re-samples
+        # Conditions apply after shapes are shared: a block's shared optimizer decides which of each member's
+        # own draws (momentum, betas) are active, so the draws are kept until then.
+        sampled, drawn_by = stage_configs(
+            space, fresh, seed=self.options.seed, stage=index, kind=self.options.sampler,
+            history=self.scored_history(index), keep_inactive=True,
+        )
+        self._full_samples = dict(zip(range(self._next_id, self._next_id + fresh), sampled))
+        configs = [space.deactivate(c) for c in (self._shared_shapes(sampled, fresh) if fresh else [])]
+        configs += [dict(c) for c in promoted]
+        first = self._next_id
+        for config in configs:
+            tid = self._next_id
+            self._next_id += 1
+            self.trials[tid] = TrialState(tid, index, config, trial_seed(self.options.seed, tid), stage.epochs)
+            self.pending.append(tid)
+        self.event(
+            "stage_started",
+            stage=index,
+            detail={
+                "trials": stage.trials,
+                "epochs": stage.epochs,
+                "first_trial_id": first,
+                "space": space.to_dict(),
+                "promoted": len(promoted),
+                "sampler": drawn_by,  # how the fresh trials were drawn ("tpe": density ratio on finished trials)
+            },
+        )
+
+    def scored_history(self, before_stage: int) -> list[tuple[dict[str, Any], float, int]]:
+        """(config, best score, stage) of every trial of the earlier stages that ended with a score, by trial id."""
+        return [
+            (t.config, t.best_score, t.stage)
+            for t in sorted(self.trials.values(), key=lambda t: t.trial_id)
+            if t.stage < before_stage and t.status in ("completed", "pruned") and math.isfinite(t.best_score)
+        ]
+
+    def _shared_shapes(self, configs: list[dict[str, Any]], stage_trials: int) -> list[dict[str, Any]]:
+        o = self.options
+        if o.fuse_array_size <= 1:
+            return configs
+        return share_shapes(configs, block_size(stage_trials, o.fuse_workers, o.fuse_array_size), o.fuse_per_member)
+
+    def fuse(self, array_size: int, workers: int, per_member: frozenset[str] = PER_MEMBER) -> None:
+        """Share model shapes in blocks from now on; this stage too, if none of its trials has started."""
+        self.options.fuse_array_size, self.options.fuse_workers = array_size, workers
+        self.options.fuse_per_member = frozenset(per_member)
+        if any(t.status != "pending" or t.attempt for t in self.trials.values() if t.stage == self.stage):
+            return
+        ids = [tid for tid in self.pending if self.trials[tid].stage == self.stage]
+        drawn = [self._full_samples.get(t, self.trials[t].config) for t in ids]
+        for tid, before, config in zip(ids, drawn, self._shared_shapes(drawn, len(ids))):
+            # A promoted config the block left alone keeps exactly what it trained with.
+            fresh_or_changed = tid in self._full_samples or config != before
+            self.trials[tid].config = self.stage_spaces[-1].deactivate(config) if fresh_or_changed else config
+
+    def _maybe_next_stage(self) -> None:
+        if self.pending or self.stage + 1 >= len(self.plan) or self.abort_reason or self.any_running:
+            return
+        space = self.stage_spaces[-1]
+        if self.plan[self.stage + 1].reseed:
+            self._begin_reseed(space)
+            return
+        results = self.stage_results(self.stage)
+        if self.options.narrow and results:
+            no_extension = {} if self.options.extend_edges else {"extend": 0.0}
+            narrowed = narrow_space(space, results, top_fraction=self.options.top_fraction, **no_extension)
+            for notice in narrowed.edges:
+                kind, trial_id, message = edge_event(self, notice)
+                # The stage whose best trial sat on the edge; its trial; the value, old and new range.
+                self.event(kind, trial_id, stage=self.stage, reason=message, detail=notice_detail(notice))
+            self.event("range_narrowed", stage=self.stage + 1, detail={"space": narrowed.space.to_dict()})
+            space = narrowed.space
+        self._begin_stage(self.stage + 1, space, self._promoted(results, self.plan[self.stage + 1].trials))
+
+    def _begin_reseed(self, space: SearchSpace) -> None:
+        """The best config so far, once per trial of the stage; each trial's id gives it a new seed."""
+        best, stage = self.best(), self.plan[self.stage + 1]
+        if best is None:  # nothing finished to copy: the sweep ends here
+            self.event("reseed_skipped", stage=self.stage + 1, reason="no trial finished with a score")
+            self.plan = list(self.plan[: self.stage + 1])
+            return
+        self.event("reseed", stage=self.stage + 1, detail={"config_of_trial": best.trial_id, "copies": stage.trials})
+        self._begin_stage(self.stage + 1, space, [dict(best.config)] * stage.trials)
+
+    def _promoted(self, results: Sequence[tuple[dict[str, Any], float]], stage_trials: int) -> list[dict[str, Any]]:
+        """The best configs of the stage just ended, trained again in the next one (the narrowing's top trials)."""
+        top = top_results(results, self.options.top_fraction, min_top=3)
+        return [config for config, _ in top[: promotion_count(stage_trials, len(top), self.options.promote_fraction)]]
+
+    def stage_results(self, stage: int) -> list[tuple[dict[str, Any], float]]:
+        """(config, best score) of the stage's finished trials; completed ones rank first."""
+        ended = [
+            t
+            for t in self.trials.values()
+            if t.stage == stage and t.status in ("completed", "pruned") and math.isfinite(t.best_score)
+        ]
+        completed = [t for t in ended if t.status == "completed"]
+        chosen = completed if len(completed) >= 3 else ended
+        return [(t.config, t.best_score) for t in chosen]
+
+    # -- dispatch -------------------------------------------------------------------------
+    @property
+    def running(self) -> list[int]:
+        return [t.trial_id for t in self.trials.values() if t.status == "running"]
+
+    @property
+    def any_running(self) -> bool:
+        # Newest first: running trials are mostly the latest ids, so the scan stops early (the driver asks every loop).
+        return any(t.status == "running" for t in reversed(self.trials.values()))
+
+    @property
+    def finished(self) -> bool:
+        if self.abort_reason:
+            return not self.any_running
+        return not self.pending and self.stage + 1 >= len(self.plan) and not self.any_running
+
+    def next_assignment(self) -> Assignment | None:
+        if not self.pending or self.abort_reason:
+            return None
+        trial = self.trials[self.pending.popleft()]
+        resume = trial.status == "pending" and trial.attempt > 0
+        trial.status, trial.started = "running", trial.started or now_ms()
+        if not resume:
+            self.event("trial_started", trial.trial_id, detail={"config": trial.config, "seed": trial.seed})
+        assert self.pruner is not None
+        until = min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
+        return Assignment(  # the stage as the tables number it: workers write it into their rows
+            trial.trial_id, trial.stage + 1, trial.config, trial.seed, trial.max_epochs, until, trial.attempt, resume
+        )
+
+    # -- reports --------------------------------------------------------------------------
+    def on_report(self, report: Report) -> Decision | None:
+        """Digest a report; a decision for a trial still running, ``None`` when it has ended."""
+        trial = self.trials[report.trial_id]
+        if report.node:
+            trial.node = report.node
+        reason = None
+        for row in report.rows:
+            reason = self._observe(trial, row) or reason
+        if report.lost:
+            return self._retry(trial, report.error or "executor lost")
+        if report.ended:
+            self._end(trial, report.status or "completed", report.reason, report.error)
+            return None
+        if reason is not None:
+            return Decision(stop=True, reason=reason)
+        if trial.epochs_run >= trial.max_epochs:
+            return Decision(stop=True, reason="max_epochs")
+        assert self.pruner is not None
+        return Decision(
+            stop=False, until_epoch=min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
+        )
+
+    def on_stopped(self, trial_id: int, reason: str | None) -> None:
+        """The driver told the executor to stop the trial: record the end now."""
+        trial = self.trials[trial_id]
+        self._end(trial, "completed" if reason == "max_epochs" else "pruned", reason, None)
+
+    # -- resume: orchestrator.app.resume rebuilds a controller from the tables with these three ---------
+    def reopen(self, stage_spaces: Sequence[SearchSpace]) -> None:
+        """Begin the stored stages again with their stored ranges: same seed and plan, same trial ids and configs.
+
+        The events this emits were written the first time, so they are dropped, and nothing is
+        queued: the caller queues what the tables say is left.
+        """
+        self.trials.clear()
+        self.stage_spaces = []
+        self._next_id = 0
+        for index, space in enumerate(stage_spaces):
+            self._begin_stage(index, space)
+        self.events.clear()
+        self.event_feed.clear()
+        self.pending.clear()
+
+    def replay(self, trial_id: int, row: Mapping[str, Any]) -> str | None:
+        """Digest a stored metrics row as if it had just been reported: the trial's progress and the pruner."""
+        return self._observe(self.trials[trial_id], row)
+
+    def settle(self) -> None:
+        """After a rebuild: apply fail-fast, and begin the next stage when the current one has ended."""
+        self._check_failures()
+        self._maybe_next_stage()
+
+    def _observe(self, trial: TrialState, row: Mapping[str, Any]) -> str | None:
+        epoch = int(row["epoch"])
+        if epoch <= trial.epochs_run:  # a retried attempt re-running epochs we have already judged
+            return None
+        trial.epochs_run = epoch
+        trial.train_seconds += float(row.get("epoch_seconds") or 0.0)
+        score = float(row["score"]) if row.get("score") is not None else math.nan
+        if math.isfinite(score) and score > trial.best_score:
+            trial.best_score, trial.best_epoch = score, epoch
+            trial.best_val_accuracy = row.get("val_accuracy")
+        val_loss = row.get("val_loss")  # the lowest validation loss, whatever the objective
+        if val_loss is not None and math.isfinite(val_loss) and (trial.best_val_loss is None
+                                                                 or val_loss < trial.best_val_loss):
+            trial.best_val_loss = val_loss
+        assert self.pruner is not None
+        return self.pruner.observe(observation_of(trial.trial_id, row))
+
+    def _retry(self, trial: TrialState, error: str) -> None:
+        if trial.attempt >= self.options.max_retries:
+            self._end(trial, "failed", "executor_lost", error)
+            return None
+        trial.attempt += 1
+        trial.status = "pending"
+        self.pending.appendleft(trial.trial_id)
+        self.event(
+            "trial_retried",
+            trial.trial_id,
+            reason="executor_lost",
+            detail={"attempt": trial.attempt, "from_epoch": trial.epochs_run, "error": error},
+        )
+        return None
+
+    def _end(self, trial: TrialState, status: str, reason: str | None, error: str | None) -> None:
+        trial.status, trial.reason, trial.error, trial.finished = status, reason, error, now_ms()
+        self.event(
+            f"trial_{status}",
+            trial.trial_id,
+            reason=reason,
+            detail={
+                "epochs": trial.epochs_run,
+                "best_score": trial.best_score if math.isfinite(trial.best_score) else None,
+            },
+        )
+        if self.pruner is not None:
+            self.pruner.forget(trial.trial_id)
+        self._check_failures()
+        self._maybe_next_stage()
+
+    def _check_failures(self) -> None:
+        if self._any_success:
+            return  # fail-fast only fires before the first success: no need to count again
+        statuses = Counter(t.status for t in self.trials.values())
+        if statuses["completed"] + statuses["pruned"] > 0:
+            self._any_success = True
+            return
+        if statuses["failed"] >= self.options.fail_fast and statuses["completed"] + statuses["pruned"] == 0:
+            errors = Counter(
+                (t.error or "").strip().splitlines()[-1] if t.error else (t.reason or "?")
+                for t in self.trials.values()
+                if t.status == "failed"
+            )
+            common, count = errors.most_common(1)[0]
+            self.abort_reason = (
+                f"the first {statuses['failed']} trials all failed; most common error ({count}x): {common}"
+            )
+            self.event("sweep_aborted", reason="failures", detail={"message": self.abort_reason})
+
+    # -- results ---------------------------------------------------------------------------
+    def best(self) -> TrialState | None:
+        done = [t for t in self.trials.values() if math.isfinite(t.best_score)]
+        # The last stage trains longest: prefer its trials, then the best score.
+        return max(done, key=lambda t: (t.stage, t.best_score), default=None)
+
+    def final_edge_warnings(self) -> list[str]:
+        best = self.best()
+        if best is None:
+            return []
+        space = self.stage_spaces[best.stage]
+        notices = edge_warnings(space, best.config)
+        out = []
+        for n in notices:
+            dist = space[n.param]
+            message = (f"stage {best.stage + 1}'s best trial {best.trial_id}: {n.param} = {_g(best.config[n.param])} "
+                       f"sits at the {n.side} edge of [{_g(dist.low)}, {_g(dist.high)}]"
+                       + (" (a hard limit)" if n.hard_limit else ""))
+            out.append(message)
+            self.event("edge_warning", best.trial_id, reason=message, detail=notice_detail(n))
+        return out
+
+    def event(
+        self,
+        kind: str,
+        trial_id: int | None = None,
+        *,
+        stage: int | None = None,
+        reason: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        if stage is None:
+            stage = self.trials[trial_id].stage if trial_id is not None else self.stage
+        self.events.append(
+            {
+                "time": now_ms(),
+                "kind": kind,
+                "trial_id": trial_id,
+                "stage": stage,
+                "reason": reason,
+                "detail": dict(detail or {}),
+            }
+        )
+        self.events_emitted += 1
+        self.event_feed.append((self.events_emitted, self.events[-1]))
+
+
+def observation_of(trial_id: int, row: Mapping[str, Any]) -> Observation:
+    """A metrics row (reported, or read back from the tables on resume) as the pruner sees it."""
+
+    def number(key: str) -> float:
+        value = row.get(key)
+        return math.nan if value is None else float(value)
+
+    return Observation(
+        trial_id=trial_id,
+        epoch=int(row["epoch"]),
+        score=number("score"),
+        train_loss=number("train_loss"),
+        val_loss=number("val_loss"),
+        val_accuracy=row.get("val_accuracy"),
+        num_classes=row.get("num_classes"),
+        baseline_val_loss=row.get("baseline_val_loss"),
+    )
+
+
+def _g(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def edge_event(controller: Controller, notice: Any) -> tuple[str, int | None, str]:
+    """(event kind, the trial whose value sat on the edge, one line naming stage, value, old and new range)."""
+    stage = controller.stage
+    trials = [t for t in controller.trials.values() if t.stage == stage and math.isfinite(t.best_score)
+              and t.config.get(notice.param) == notice.value]
+    trial = max(trials, key=lambda t: t.best_score, default=None)
+    (lo, hi), (new_lo, new_hi) = notice.old_range, notice.new_range
+    moved = new_lo < lo if notice.side == "low" else new_hi > hi
+    trial_id = trial.trial_id if trial else None
+    who = f"stage {stage + 1}'s best trial" + (f" {trial_id}" if trial else "")
+    where = f"{who}: {notice.param} = {_g(notice.value)} at the {notice.side} edge of [{_g(lo)}, {_g(hi)}]"
+    after = f"stage {stage + 2} samples [{_g(new_lo)}, {_g(new_hi)}]"
+    if moved:
+        return "range_extended", trial_id, f"{where}: {after}"
+    if notice.hard_limit:
+        return "edge_at_hard_limit", trial_id, f"{where}, a hard limit: {after}"
+    return "edge_not_extended", trial_id, f"{where}: not extended (extend_edges = false): {after}"
+
+
+def notice_detail(notice: Any) -> dict[str, Any]:
+    return (
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(notice).items()}
+        if hasattr(notice, "__dict__")
+        else {"notice": repr(notice)}
+    )

@@ -1,0 +1,294 @@
+"""Build a finished sweep's ensembles from its stored predictions and write the ``ensembles`` table.
+
+Pure: numpy and pyarrow only. The builders live in :mod:`orchestrator.ensemble.ensembles`; this
+module reads ``predictions/`` and ``dataset/`` into :class:`Candidate` objects, runs the
+builders (selection on validation only, test metrics attached afterwards), optionally asks
+a soup builder (``worker.soup``, injected by the caller because it needs torch) for a
+weight-space soup, marks the best on validation as ``chosen`` and writes one row per
+ensemble to ``ensembles/ensembles.parquet``, replacing an earlier build.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orchestrator.ensemble import ensembles
+from orchestrator.ensemble.ensembles import Candidate, CandidateKey, Ensemble, Member
+from orchestrator.ensemble.records import EnsembleRecord
+from orchestrator.errors import ConfigError, StorageError
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
+
+log = logging.getLogger("caviar")
+
+METHODS = ("single", "single_ema", "top_k", "checkpoints", "ema", "seeds", "greedy", "soup")
+SELECTION_METRICS = ("accuracy", "log_loss")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What ``dataset/dataset.parquet`` holds: labels and the input standardisation."""
+
+    num_classes: int
+    y_val: np.ndarray
+    y_test: np.ndarray
+    input_shape: tuple[int, ...]
+    mean: np.ndarray | None  # (*input_shape), float32; None when the task does not standardise
+    std: np.ndarray | None
+    kind: str = "classification"
+    # Regression: targets as (n, d) float64 arrays in y_val / y_test, one target's shape, and the target
+    # standardisation a loaded model undoes (None when the task trains on the original units).
+    target_shape: tuple[int, ...] = ()
+    target_mean: np.ndarray | None = None
+    target_std: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class StoredPredictions:
+    candidates: list[Candidate]
+    dropped: list[tuple[CandidateKey, str]]  # candidates left out, with why
+
+
+@dataclass(frozen=True)
+class SoupResult:
+    """What a soup builder returns: the ingredients, its metrics, and where its weights are."""
+
+    members: tuple[Member, ...]
+    val_accuracy: float
+    val_log_loss: float
+    test_accuracy: float | None
+    test_log_loss: float | None
+    weights_path: str | None
+    weights_sha256: str | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+# (candidate keys best first on validation, selection metric) -> a soup, or None when there is nothing to soup
+SoupBuilder = Callable[[Sequence[CandidateKey], str], "SoupResult | None"]
+
+
+# -- reading what the workers stored -------------------------------------------------------
+
+
+def read_dataset(storage: Storage) -> Dataset:
+    if not storage.exists(schema.DATASET_PATH):
+        raise StorageError(f"{storage.path(schema.DATASET_PATH)}: no such file (no trial of this sweep stored "
+                           "predictions; ensembles need at least one finished trial)")
+    row = storage.read_table(schema.DATASET_PATH).to_pylist()[0]
+    shape = tuple(row["input_shape"])
+
+    def stat(values: list[float] | None) -> np.ndarray | None:
+        return None if values is None else np.asarray(values, dtype=np.float32).reshape(shape)
+
+    if row.get("kind") == "regression":
+        target_shape = tuple(row["target_shape"] or ())
+        width = max(1, int(np.prod(target_shape)))
+
+        def values(v: list[float]) -> np.ndarray:
+            return np.asarray(v, dtype=np.float64).reshape(-1, width)
+
+        def target_stat(v: list[float] | None) -> np.ndarray | None:
+            return None if v is None else np.asarray(v, dtype=np.float64).reshape(target_shape)
+
+        return Dataset(0, values(row["y_val_values"]), values(row["y_test_values"]), shape, stat(row["mean"]),
+                       stat(row["std"]), "regression", target_shape, target_stat(row["target_mean"]),
+                       target_stat(row["target_std"]))
+    return Dataset(int(row["num_classes"]), np.asarray(row["y_val"], dtype=np.int64),
+                   np.asarray(row["y_test"], dtype=np.int64), shape, stat(row["mean"]), stat(row["std"]))
+
+
+def _probs_matrix(table: pa.Table, num_classes: int) -> np.ndarray:
+    """The fixed-size-list column as an (n, classes) array, float16 or float32 as stored."""
+    flat = table["probs"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(-1, num_classes)
+
+
+def candidates_from_table(table: pa.Table, dataset: Dataset) -> StoredPredictions:
+    """Group prediction rows into one :class:`Candidate` per (trial, epoch, weights), latest attempt.
+
+    A candidate whose rows do not cover its split exactly (a partial file), or whose
+    probabilities are not finite rows summing to one, is dropped and named in ``dropped``.
+    """
+    if table.num_rows == 0:
+        return StoredPredictions([], [])
+    order = pc.sort_indices(table, [("trial_id", "ascending"), ("epoch", "ascending"), ("weights", "ascending"),
+                                    ("attempt", "descending"), ("split", "ascending"), ("row", "ascending")])
+    table = table.take(order)
+    trial = table["trial_id"].to_numpy()
+    epoch = table["epoch"].to_numpy()
+    attempt = table["attempt"].to_numpy()
+    # Two-valued string columns as booleans: no Python object per row (sweeps hold millions of rows).
+    weights = pc.equal(table["weights"], "ema").to_numpy(zero_copy_only=False)
+    split = pc.equal(table["split"], "test").to_numpy(zero_copy_only=False)
+    probs = _probs_matrix(table, dataset.num_classes)
+    # Group boundaries: a new (trial, epoch, weights, attempt, split) starts a block.
+    change = np.ones(len(trial), dtype=bool)
+    change[1:] = ((trial[1:] != trial[:-1]) | (epoch[1:] != epoch[:-1]) | (weights[1:] != weights[:-1])
+                  | (attempt[1:] != attempt[:-1]) | (split[1:] != split[:-1]))
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], len(trial))
+    blocks: dict[CandidateKey, dict[str, np.ndarray]] = {}
+    seen_attempt: dict[CandidateKey, int] = {}
+    for s, e in zip(starts, ends):
+        key = CandidateKey(int(trial[s]), int(epoch[s]), "ema" if weights[s] else "raw")
+        if seen_attempt.setdefault(key, int(attempt[s])) != int(attempt[s]):
+            continue  # an older attempt of the same checkpoint: superseded
+        blocks.setdefault(key, {})["test" if split[s] else "val"] = probs[s:e]
+    expected = {"val": len(dataset.y_val), "test": len(dataset.y_test)}
+    candidates, dropped = [], []
+    for key, by_split in blocks.items():
+        reason = _problem(by_split, expected)
+        if reason:
+            dropped.append((key, reason))
+            continue
+        candidates.append(Candidate(key, by_split["val"], by_split["test"]))
+    return StoredPredictions(candidates, dropped)
+
+
+def _problem(by_split: dict[str, np.ndarray], expected: dict[str, int]) -> str | None:
+    for split, n in expected.items():
+        p = by_split.get(split)
+        if p is None or len(p) != n:
+            return f"{split}: {0 if p is None else len(p)} rows, expected {n}"
+        p64 = p.astype(np.float64)
+        if not np.isfinite(p64).all() or (p64 < 0).any() or np.abs(p64.sum(axis=1) - 1).max() > 1e-2:
+            return f"{split}: probabilities are not finite rows summing to 1"
+    return None
+
+
+def read_predictions(storage: Storage, dataset: Dataset | None = None) -> StoredPredictions:
+    dataset = dataset or read_dataset(storage)
+    files = [f for f in storage.list_files("predictions") if f.startswith("predictions/trial-")]
+    if not files:
+        raise StorageError(f"{storage.path('predictions')}: no stored predictions (did any trial finish?)")
+    tables = [storage.read_table(f) for f in files]
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return candidates_from_table(table, dataset)
+
+
+# -- building ------------------------------------------------------------------------------
+
+
+def check_methods(methods: Sequence[str] | None) -> tuple[str, ...]:
+    if not methods:
+        return METHODS
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"option 'method': {', '.join(unknown)} unknown (known: {', '.join(METHODS)})")
+    return tuple(m for m in METHODS if m in methods or m == "single")  # the baseline is always there
+
+
+def _single_ema(cands: Sequence[Candidate], y_val: np.ndarray, metric: str) -> Ensemble | None:
+    ema = [c for c in cands if c.key.weights == "ema"]
+    if not ema:
+        return None
+    best = ensembles.best_single(ema, y_val, metric=metric)
+    return ensembles.Ensemble("single_ema", best.members, best.val_accuracy, best.val_log_loss)
+
+
+def build(cands: Sequence[Candidate], dataset: Dataset, *, methods: Sequence[str] | None = None, k: int = 5,
+          metric: str = "accuracy", n_checkpoints: int = 5, greedy_steps: int = 40,
+          soup: SoupBuilder | None = None, seed_groups: Sequence[Sequence[int]] = (),
+          choose_by: str = "log_loss") -> list[EnsembleRecord]:
+    """Every requested ensemble, chosen on validation; test metrics attached after; the best flagged.
+
+    ``metric`` ranks candidates inside the builders; ``choose_by`` picks the flagged row. Log
+    loss by default: the best single model's validation accuracy is the luckiest of many
+    draws on a small split, and choosing by accuracy keeps picking it
+    (BENCHMARKS.md, ensembles on digits: 19% vs 33% of its test errors removed).
+
+    ``single`` (the best single candidate) is always built: it is the baseline the table
+    compares with. A soup comes from ``soup`` when given and requested; a seed ensemble
+    when ``seed_groups`` (trials sharing one config) has a group of two or more.
+    """
+    wanted = check_methods(methods)
+    for option, value in (("metric", metric), ("choose_by", choose_by)):
+        if value not in SELECTION_METRICS:
+            raise ConfigError(f"option '{option}': expected one of {', '.join(SELECTION_METRICS)}, got {value!r}")
+    if not cands:
+        raise ConfigError("predictions: no usable candidates (every stored prediction was dropped)")
+    built = ensembles.build_all(cands, dataset.y_val, None, k, metric=metric, n_checkpoints=n_checkpoints,
+                                greedy_steps=greedy_steps, seed_groups=seed_groups)
+    single_ema = _single_ema(cands, dataset.y_val, metric)
+    if single_ema is not None:
+        built.insert(1, single_ema)
+    built = [e for e in built if e.method in wanted]
+    # Selection is over; only now does test data enter.
+    built = [ensembles.with_test_metrics(e, cands, dataset.y_test) for e in built]
+    now = schema.now_ms()
+    records = [EnsembleRecord(i, e.method, e.method, e.members, metric, e.val_accuracy, e.val_log_loss,
+                              e.test_accuracy, e.test_log_loss, created=now) for i, e in enumerate(built)]
+    if "soup" in wanted and soup is not None:
+        result = soup(ranked_keys(cands, dataset.y_val, metric), metric)
+        if result is not None:
+            records.append(EnsembleRecord(len(records), "soup", "soup", result.members, metric, result.val_accuracy,
+                                          result.val_log_loss, result.test_accuracy, result.test_log_loss,
+                                          weights_path=result.weights_path, weights_sha256=result.weights_sha256,
+                                          detail=result.detail, created=now))
+    # A soup that accepted no second ingredient is the best candidate itself: the `single` row stands for it.
+    eligible = [r for r in records if r.method != "soup" or r.detail.get("helped")]
+    best = min(eligible, key=lambda r: rank(r.val_accuracy, r.val_log_loss, choose_by))  # ties: the earlier, simpler
+    return [replace(r, chosen=r is best) for r in records]
+
+
+def rank(accuracy: float, log_loss: float, metric: str) -> tuple[float, float]:
+    """Lower is better: by accuracy then log loss, or the other way round (as ``orchestrator.ensemble.ensembles``)."""
+    return (-accuracy, log_loss) if metric == "accuracy" else (log_loss, -accuracy)
+
+
+def ranked_keys(cands: Sequence[Candidate], y_val: np.ndarray, metric: str) -> list[CandidateKey]:
+    """Candidate keys, best single candidate on validation first (ties: key order)."""
+    scored = [(rank(ensembles.accuracy(c.val_probs, y_val), ensembles.log_loss(c.val_probs, y_val), metric), c.key)
+              for c in cands]
+    return [key for _, key in sorted(scored)]
+
+
+def write_ensembles(storage: Storage, records: Sequence[EnsembleRecord]) -> None:
+    storage.write_table(schema.ENSEMBLES_PATH, schema.to_table([r.as_row() for r in records], schema.ENSEMBLES))
+    legacy = schema.LEGACY_ENSEMBLE_WEIGHTS_DIR
+    if not any((r.weights_path or "").startswith(legacy + "/") for r in records):
+        storage.delete_dir(legacy)  # an older sweep rebuilt: its ensembles/ folder becomes a plain table again
+
+
+def read_ensembles(storage: Storage) -> list[EnsembleRecord]:
+    if not storage.exists(schema.ENSEMBLES_PATH):
+        raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file "
+                           "(build them: caviar ensemble SWEEP_DIR)")
+    return [EnsembleRecord.from_row(r) for r in storage.read_table(schema.ENSEMBLES_PATH).to_pylist()]
+
+
+def pick(records: Sequence[EnsembleRecord], name: str = "best") -> EnsembleRecord:
+    """``best`` is the chosen row; otherwise a row's name (``top_k``, ``greedy``, ...) or its id."""
+    for r in records:
+        if (name == "best" and r.chosen) or r.name == name or str(r.ensemble_id) == name:
+            return r
+    names = ", ".join(["best", *(r.name for r in records)])
+    raise ConfigError(f"ensemble {name!r}: no such ensemble (this sweep has {names})")
+
+
+def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k: int = 5, metric: str = "accuracy",
+                    soup: SoupBuilder | None = None, choose_by: str = "log_loss") -> list[EnsembleRecord]:
+    """Read predictions, build, write the ``ensembles`` table; returns its rows."""
+    dataset = read_dataset(storage)
+    if dataset.kind == "regression":  # averaged outputs chosen on validation MSE (regression_ensembles.py)
+        from orchestrator.ensemble.regression_ensembles import build_regression, read_regression
+
+        records = build_regression(read_regression(storage, dataset), dataset, k=k, methods=check_methods(methods))
+        write_ensembles(storage, records)
+        return records
+    stored = read_predictions(storage, dataset)
+    for key, reason in stored.dropped:
+        log.warning("ensembles: left out %s (%s)", key, reason)
+    trials = storage.read_table(schema.TRIALS_PATH).select(["trial_id", "max_epochs", "config"]).to_pylist() \
+        if storage.exists(schema.TRIALS_PATH) else []
+    records = build(stored.candidates, dataset, methods=methods, k=k, metric=metric, soup=soup,
+                    seed_groups=ensembles.same_config_groups(trials), choose_by=choose_by)
+    write_ensembles(storage, records)
+    return records

@@ -1,0 +1,152 @@
+"""Run settings: one dataclass, filled from task defaults, then a TOML file, then the CLI/API.
+
+Every field is checked here, and a bad value is refused with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from orchestrator.errors import ConfigError
+
+PRUNERS = ("asha", "median", "none")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class RunSettings:
+    trials: int = 24
+    epochs: int = 10
+    plan: str | None = None  # "64x1,24x5,8x20"; None: derived from trials and epochs
+    stages: int | None = None  # number of stages for the derived plan; 1 = plain random search
+    slots: int | None = None  # parallel trials; None: as many as the cluster's CPUs allow
+    seed: int = 0
+    sampler: str = "tpe"  # random first stage, then a density ratio on finished trials (orchestrator/search/tpe.py)
+    pruner: str = "asha"
+    grace_epochs: int = 1
+    reduction_factor: int = 3
+    max_loss_ratio: float = 4.0
+    top_fraction: float = 0.25
+    seed_copies: int = 0  # after the last stage, train the best config this many more times with new seeds
+    promote_fraction: float = 0.5  # share of each later stage that retrains the best configs of the one before
+    # A best value on the edge of its range moves the next stage's range past that edge (never past `limits=`).
+    # False: every stage stays inside the declared ranges.
+    extend_edges: bool = True
+    storage: str = "caviar-runs"
+    shared_storage: bool = False  # a local storage path that every node mounts (NFS); needed on multi-node clusters
+    name: str | None = None
+    overwrite: bool = False
+    address: str | None = None  # None: start Ray on this machine
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    device: str = "auto"
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 adds a grad scaler)
+    keep_best: int = 1
+    checkpoint_seconds: float = 30.0
+    max_retries: int = 2
+    fail_fast: int = 5
+    ensemble: bool = True
+    prediction_dtype: str = "float16"  # val/test probabilities stored per kept checkpoint: float16, float32 or none
+    dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"
+    # Train same-shape trials as fused arrays: off (default), auto (when the model allows), on. Fusing shares
+    # shape-defining values in blocks of trials, so a stage explores fewer shapes: throughput for diversity.
+    fuse: str = "off"
+    array_size: int | str = "auto"  # K, trials per fused array; auto: the smallest K past which throughput stops rising
+    wait_for_cluster_seconds: float = 600.0  # on a cluster, how long to wait for a node (autoscaler) to fit a trial
+
+    def validate(self) -> RunSettings:
+        positive_ints = ("trials", "epochs", "grace_epochs", "keep_best")
+        for name in positive_ints:
+            _check(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 1, "a positive integer")
+        for name in ("slots", "stages"):
+            value = getattr(self, name)
+            _check(name, value is None or (isinstance(value, int) and value >= 1), "a positive integer")
+        _check(
+            "reduction_factor", isinstance(self.reduction_factor, int) and self.reduction_factor >= 2, "an integer >= 2"
+        )
+        _check("seed", isinstance(self.seed, int) and self.seed >= 0, "a non-negative integer")
+        _check("pruner", self.pruner in PRUNERS, f"one of {', '.join(PRUNERS)}")
+        _check("sampler", self.sampler in ("random", "sobol", "lhs", "tpe"), "one of random, sobol, lhs, tpe")
+        _check("cpus_per_trial", _num(self.cpus_per_trial) and self.cpus_per_trial > 0, "a number > 0")
+        _check("gpus_per_trial", _num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "a number >= 0")
+        _check("max_loss_ratio", _num(self.max_loss_ratio) and self.max_loss_ratio > 1, "a number > 1")
+        _check("top_fraction", _num(self.top_fraction) and 0 < self.top_fraction <= 1, "a number in (0, 1]")
+        _check(
+            "seed_copies",
+            isinstance(self.seed_copies, int)
+            and not isinstance(self.seed_copies, bool)
+            and 0 <= self.seed_copies <= 1000,
+            "an integer from 0 to 1000",
+        )
+        _check(
+            "promote_fraction", _num(self.promote_fraction) and 0 <= self.promote_fraction <= 1, "a number in [0, 1]"
+        )
+        _check("checkpoint_seconds", _num(self.checkpoint_seconds) and self.checkpoint_seconds >= 0, "a number >= 0")
+        _check("max_retries", isinstance(self.max_retries, int) and self.max_retries >= 0, "an integer >= 0")
+        _check("fail_fast", isinstance(self.fail_fast, int) and self.fail_fast >= 1, "a positive integer")
+        _check("extend_edges", isinstance(self.extend_edges, bool), "true or false")
+        _check(
+            "device",
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            "auto, cpu or cuda[:N]",
+        )
+        _check("storage", bool(self.storage), "a path or URI")
+        _check("prediction_dtype", self.prediction_dtype in ("float16", "float32", "none"),
+               "float16, float32 or none")
+        _check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
+        _check("fuse", self.fuse in ("auto", "off", "on"), "one of auto, off, on")
+        _check(
+            "array_size",
+            self.array_size == "auto"
+            or (isinstance(self.array_size, int) and not isinstance(self.array_size, bool) and self.array_size >= 1),
+            "auto or a positive integer",
+        )
+        _check("wait_for_cluster_seconds", _num(self.wait_for_cluster_seconds) and self.wait_for_cluster_seconds >= 0,
+               "a number >= 0")
+        for key, value in self.resources.items():
+            _check(f"resources.{key}", _num(value) and value > 0, "a number > 0")
+        if self.plan is not None:
+            from orchestrator.search.stages import parse_plan
+
+            parse_plan(self.plan)
+        return self
+
+    def merged(self, overrides: Mapping[str, Any]) -> RunSettings:
+        """A copy with ``overrides`` applied; unknown fields are refused by name. ``None`` keeps the value."""
+        known = {f.name for f in fields(self)}
+        for key in overrides:
+            if key not in known:
+                raise ConfigError(f"setting '{key}': unknown (known: {', '.join(sorted(known))})")
+        data = asdict(self)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return RunSettings(**data)
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(name: str, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"setting '{name}': expected {expected}")
+
+
+def read_toml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(run settings, space overrides)`` from a TOML file with ``[run]`` and ``[space]`` tables."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config {path!r}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path!r}: not valid TOML ({exc})") from None
+    unknown = set(data) - {"run", "space"}
+    if unknown:
+        raise ConfigError(f"config {path!r}: unknown table(s) {', '.join(sorted(unknown))} (use [run] and [space])")
+    return dict(data.get("run", {})), dict(data.get("space", {}))

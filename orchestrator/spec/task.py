@@ -1,0 +1,175 @@
+"""The task contract: what a user writes, and how caviar loads it by reference.
+
+A task is a Python file (``examples/digits_mlp.py``) or a module attribute
+(``mypkg.tasks:digits``) providing:
+
+- ``space``: a dict or :class:`~orchestrator.search.space.SearchSpace` of hyperparameters;
+- ``load_data()``: returns the train / validation / test splits, each ``(X, y)`` as numpy
+  arrays or tensors (or a torch ``Dataset``), as a tuple of three or a dict with keys
+  ``train``, ``val``, ``test``;
+- ``build_model(config)``: returns a ``torch.nn.Module``.
+
+Optional: ``loss_fn(logits, y)`` (default cross-entropy), ``metric`` ("accuracy" or
+"loss"), ``train_epoch(model, optimizer, batches, config)`` for a custom loop,
+``build_optimizer(config, params)``, ``normalize`` (default True: standardise inputs with
+training-split statistics), ``settings`` (default run options, e.g. ``{"trials": 32}``).
+
+What the targets are (``kind``) and what the sweep optimises: ``kind`` ("classification":
+integer class indices or class probabilities of shape (N, C); "regression": float targets of
+any trailing shape; "custom": ``loss_fn`` and ``metrics`` only), inferred from integer targets
+and declared otherwise; ``metrics(outputs, targets) -> dict[str, float]`` over a whole split;
+``objective`` (a reported column such as ``"val_mse"``) and ``mode`` ("min" or "max");
+``standardize_targets`` (regression: train on standardised targets, report original units).
+
+The reference string is all that travels to workers: each actor loads the task once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from orchestrator.errors import SpaceError, TaskError
+from orchestrator.search.space import SearchSpace
+
+REQUIRED = ("space", "load_data", "build_model")
+OPTIONAL_CALLABLES = ("loss_fn", "train_epoch", "build_optimizer")
+METRICS = ("accuracy", "loss")
+KINDS = ("classification", "regression", "custom")
+MODES = ("min", "max")
+
+
+@dataclass
+class Task:
+    ref: str  # what workers load: an absolute file path, or "module:attr"
+    namespace: Any  # the module or object holding the pieces
+    space: SearchSpace
+    metric: str = "accuracy"
+    normalize: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None  # declared kind; None: inferred from the targets (worker.kinds)
+    objective: str | None = None  # a reported column ("val_mse"); None: the kind's default
+    mode: str | None = None  # "min" or "max"; None: the objective's natural direction
+    standardize_targets: bool = False
+
+    def get(self, name: str) -> Any:
+        return getattr(self.namespace, name, None)
+
+    @property
+    def name(self) -> str:
+        base = self.ref.split(":")[-1] if ":" in self.ref else os.path.basename(self.ref)
+        return os.path.splitext(base)[0]
+
+
+def _load_file(path: str) -> ModuleType:
+    if not os.path.isfile(path):
+        raise TaskError(f"task {path!r}: no such file")
+    module_name = "caviar_task_" + hashlib.sha1(path.encode()).hexdigest()[:10]
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise TaskError(f"task {path!r}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    # The task's folder is importable, as it would be for `python task.py`.
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise TaskError(f"task {path!r}: importing it raised {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def resolve_ref(ref: str) -> tuple[str, Any]:
+    """Turn ``path.py``, ``path.py:attr`` or ``module:attr`` into (canonical ref, namespace)."""
+    target, _, attr = ref.partition(":")
+    if target.endswith(".py") or os.sep in target:
+        path = os.path.abspath(target)
+        namespace: Any = _load_file(path)
+        canonical = path
+    else:
+        if os.getcwd() not in sys.path:  # as for `python -m`, and as workers see it (their PYTHONPATH has it)
+            sys.path.append(os.getcwd())
+        try:
+            namespace = importlib.import_module(target)
+        except ImportError as exc:
+            raise TaskError(f"task {ref!r}: cannot import module {target!r} ({exc})") from None
+        canonical = target
+    if attr:
+        if not hasattr(namespace, attr):
+            raise TaskError(f"task {ref!r}: {target!r} has no attribute {attr!r}")
+        namespace = getattr(namespace, attr)
+        canonical = f"{canonical}:{attr}"
+    return canonical, namespace
+
+
+def load_task(ref: str) -> Task:
+    """Load and check a task; errors name the missing or bad piece."""
+    canonical, ns = resolve_ref(ref)
+    missing = [name for name in REQUIRED if getattr(ns, name, None) is None]
+    if missing:
+        raise TaskError(f"task {ref!r}: missing required {', '.join(missing)} (a task needs {', '.join(REQUIRED)})")
+    for name in ("load_data", "build_model", *OPTIONAL_CALLABLES):
+        value = getattr(ns, name, None)
+        if value is not None and not callable(value):
+            raise TaskError(f"task {ref!r}: {name} must be callable, got {type(value).__name__}")
+    raw_space = ns.space
+    if not isinstance(raw_space, (dict, SearchSpace)):
+        raise TaskError(f"task {ref!r}: space must be a dict or SearchSpace, got {type(raw_space).__name__}")
+    try:
+        space = raw_space if isinstance(raw_space, SearchSpace) else SearchSpace(raw_space)
+    except SpaceError as exc:
+        raise SpaceError(f"task {ref!r}: {exc}") from None
+    metric = getattr(ns, "metric", "accuracy")
+    if metric not in METRICS:
+        raise TaskError(f"task {ref!r}: metric must be one of {METRICS}, got {metric!r}")
+    settings = dict(getattr(ns, "settings", {}) or {})
+    kind, objective, mode = _contract_fields(ref, ns)
+    return Task(canonical, ns, space, metric, bool(getattr(ns, "normalize", True)), settings, kind, objective, mode,
+                bool(getattr(ns, "standardize_targets", False)))
+
+
+def _contract_fields(ref: str, ns: Any) -> tuple[str | None, str | None, str | None]:
+    """``kind``, ``objective`` and ``mode`` as declared, checked for what can be known without data."""
+    kind = getattr(ns, "kind", None)
+    if kind is not None and kind not in KINDS:
+        raise TaskError(f"task {ref!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    metrics = getattr(ns, "metrics", None)
+    if metrics is not None and not callable(metrics):
+        raise TaskError(f"task {ref!r}: metrics must be callable (outputs, targets) -> dict, "
+                        f"got {type(metrics).__name__}")
+    if kind == "custom":
+        lacking = [name for name in ("loss_fn", "metrics") if getattr(ns, name, None) is None]
+        if lacking:
+            raise TaskError(f"task {ref!r}: kind = \"custom\" needs {' and '.join(lacking)}")
+    objective = getattr(ns, "objective", None)
+    if objective is not None and (not isinstance(objective, str) or not objective.startswith("val_")):
+        raise TaskError(f"task {ref!r}: objective must name a validation column such as \"val_mse\", got {objective!r}")
+    mode = getattr(ns, "mode", None)
+    if mode is not None and mode not in MODES:
+        raise TaskError(f"task {ref!r}: mode must be \"min\" or \"max\", got {mode!r}")
+    return kind, objective, mode
+
+
+def unfusable_reason(task: Task) -> str | None:
+    """Why fused arrays cannot train this task's contract, known from the task alone; ``None`` when they may.
+
+    Fused arrays (worker/fused.py) score class-index classification on accuracy or loss; other
+    kinds, a task's own metrics and objectives train on the plain path, so no number is wrong.
+    """
+    if task.kind not in (None, "classification"):
+        return f"kind {task.kind!r}: fused arrays train class-index classification only"
+    for name in ("metrics", "objective", "mode", "standardize_targets"):
+        if getattr(task, name, None) or task.get(name):
+            return f"the task defines {name}: fused arrays score on accuracy or loss only"
+    return None

@@ -1,0 +1,170 @@
+"""A sweep carries its task: a copy of the task's source (and TOML config) with sha256s, and the trust rule.
+
+Layout under ``<storage>/<sweep>/``::
+
+    task/manifest.json     the portable reference, the copies' names and sha256s (one small JSON object)
+    task/digits_mlp.py     the task file exactly as the sweep ran it
+    task/config.toml       the ``--config`` TOML, when one was given
+
+The folder is not a table (nothing reads it as Parquet), so the tables stay uniform.
+
+Loading a model, building a soup or resuming all run a task's code. The rule, as Hugging
+Face's ``trust_remote_code``: the code that runs is one the caller chose, either their own
+task (``task=`` / ``--task``) or, only when they opt in (``trust_task_code=True`` /
+``--trust-task-code``), the copy stored in the sweep after its sha256 matches the manifest.
+A path read from a table never resolves against the caller's working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import asdict, dataclass
+
+from orchestrator.errors import StorageError, TaskError
+from orchestrator.spec.task import Task, load_task
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage, redact_uri, sha256
+
+TASK_DIR = "task"
+MANIFEST_PATH = "task/manifest.json"
+TRUST_HINT = "pass your own task (task=... / --task FILE) or opt in to the sweep's stored copy " \
+             "(trust_task_code=True / --trust-task-code)"
+
+
+@dataclass(frozen=True)
+class TaskManifest:
+    ref: str  # portable: "digits_mlp.py", "digits_mlp.py:attr" or "pkg.module:attr"; never a machine's path
+    kind: str  # "file" (a copy is stored) or "module" (imported by name: nothing to copy)
+    source: str | None = None  # the copy, relative to the sweep directory
+    sha256: str | None = None
+    config: str | None = None  # the TOML config's copy, relative to the sweep directory
+    config_sha256: str | None = None
+
+
+def _is_file_ref(target: str) -> bool:
+    return target.endswith(".py") or os.sep in target or "/" in target
+
+
+def portable_ref(ref: str) -> str:
+    """What the sweep row records: the task file's name (not the head's temp path), or ``module:attr`` as given."""
+    target, sep, attr = ref.partition(":")
+    return os.path.basename(target) + sep + attr if _is_file_ref(target) else ref
+
+
+def store_task_source(sweep: Storage, task: Task, config_file: str | None = None) -> TaskManifest:
+    """Copy the task file (and config) into ``task/`` with their sha256s; returns the manifest written."""
+    target, _, _ = task.ref.partition(":")
+    source = digest = config = config_digest = None
+    kind = "module"
+    if _is_file_ref(target):
+        kind = "file"
+        data = _read_local(target, "task")
+        source, digest = posixpath.join(TASK_DIR, os.path.basename(target)), sha256(data)
+        sweep.write_bytes(source, data)
+    if config_file:
+        data = _read_local(config_file, "config")
+        config, config_digest = posixpath.join(TASK_DIR, "config.toml"), sha256(data)
+        sweep.write_bytes(config, data)
+    manifest = TaskManifest(portable_ref(task.ref), kind, source, digest, config, config_digest)
+    sweep.write_bytes(MANIFEST_PATH, json.dumps(asdict(manifest), indent=1).encode())
+    return manifest
+
+
+def _read_local(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise TaskError(f"{what} {path!r}: cannot copy it into the sweep ({exc.strerror or exc})") from None
+
+
+def read_manifest(sweep: Storage) -> TaskManifest | None:
+    """The sweep's task manifest; None for a sweep written before sweeps carried their task."""
+    if not sweep.exists(MANIFEST_PATH):
+        return None
+    try:
+        raw = json.loads(sweep.read_bytes(MANIFEST_PATH))
+        return TaskManifest(**{k: raw.get(k) for k in TaskManifest.__dataclass_fields__})
+    except (ValueError, TypeError) as exc:
+        raise StorageError(f"{sweep.path(MANIFEST_PATH)}: not a task manifest ({exc})") from None
+
+
+def read_stored_source(sweep: Storage, manifest: TaskManifest) -> bytes:
+    """The stored task file's bytes, refused unless they are inside ``task/`` and match the recorded sha256."""
+    rel = manifest.source or ""
+    if not rel.startswith(TASK_DIR + "/") or not manifest.sha256:
+        raise StorageError(f"{sweep.path(MANIFEST_PATH)}: the task copy {rel!r} is not a file under {TASK_DIR}/ "
+                           "with a sha256; refusing to run it")
+    data = sweep.read_bytes(rel)  # Storage.path refuses absolute paths and '..'
+    if sha256(data) != manifest.sha256:
+        raise StorageError(f"{sweep.path(rel)}: sha256 mismatch (the manifest records {manifest.sha256[:16]}..., "
+                           f"the file has {sha256(data)[:16]}...); refusing to run a task that changed")
+    return data
+
+
+def cache_dir() -> str:
+    """Where trusted task copies are written to be imported: ``$CAVIAR_CACHE`` or ``~/.cache/caviar``."""
+    return os.path.join(os.environ.get("CAVIAR_CACHE") or os.path.expanduser("~/.cache/caviar"), "tasks")
+
+
+def materialize(sweep: Storage, manifest: TaskManifest) -> str:
+    """The verified copy as a local file (content-addressed, so workers on this machine find the same path)."""
+    data = read_stored_source(sweep, manifest)
+    assert manifest.sha256 and manifest.source
+    folder = os.path.join(cache_dir(), manifest.sha256[:32])
+    path = os.path.join(folder, posixpath.basename(manifest.source))
+    if not (os.path.isfile(path) and _file_sha256(path) == manifest.sha256):
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return path
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return sha256(f.read())
+
+
+def sweep_task(sweep: Storage, task: Task | str | None = None, *, trust_task_code: bool = False,
+               purpose: str = "to load its models") -> Task:
+    """The task to run for a stored sweep: the caller's ``task``, else the sweep's own copy if trusted, else refuse.
+
+    ``purpose`` ends the refusal's first clause: "sweep X runs task code (...) to load its models: ...".
+    """
+    if isinstance(task, Task):
+        return task
+    if task:  # the caller's own choice: a path resolves against their working directory, as any argument does
+        return load_task(task)
+    manifest = read_manifest(sweep)
+    recorded = sweep.read_table(schema.SWEEP_PATH).to_pylist()[0]["task"]
+    where = redact_uri(sweep.uri)
+    if manifest is None:  # a sweep from before task copies: only the recorded reference
+        if not trust_task_code:
+            raise TaskError(f"sweep {where!r} runs task code ({recorded}) {purpose}: {TRUST_HINT}")
+        target = recorded.partition(":")[0]
+        if _is_file_ref(target) and not os.path.isabs(target):
+            raise TaskError(f"sweep {where!r}: its task {recorded!r} is a relative path, which never resolves "
+                            "against this working directory; pass --task FILE")
+        return load_task(recorded)
+    if manifest.kind == "module":
+        if not trust_task_code:
+            raise TaskError(f"sweep {where!r} runs task code (module {manifest.ref}, not copied into the sweep) "
+                            f"{purpose}: pass --task {manifest.ref} (task=...) or --trust-task-code "
+                            "(trust_task_code=True) to import it by name")
+        return load_task(manifest.ref)
+    if not trust_task_code:
+        raise TaskError(f"sweep {where!r} runs task code ({manifest.source}, sha256 {(manifest.sha256 or '')[:12]}) "
+                        f"{purpose}: {TRUST_HINT}")
+    path = materialize(sweep, manifest)
+    attr = manifest.ref.partition(":")[2]
+    try:
+        return load_task(path + (f":{attr}" if attr else ""))
+    except TaskError as exc:
+        if not isinstance(exc.__cause__, ImportError):
+            raise
+        raise TaskError(f"{exc}; only the task file is stored in the sweep, not the modules beside it: "
+                        f"pass your own task (--task FILE / task=...)") from None

@@ -1,0 +1,154 @@
+"""One sweep, one writer: the master holds a lease file in the sweep folder while it writes.
+
+``run`` creates the lease exclusively (:meth:`Storage.create_exclusive`), before anything
+else of the sweep is written, so of two runs given one name exactly one goes on; the other
+gets one line. The lease names its owner (host, pid, a random id) and a heartbeat the
+master renews as it flushes; the master marks it released when the sweep ends.
+
+``resume`` takes the lease over only when its owner is gone: released, a process on this
+host that no longer runs, or (another host) a heartbeat older than :data:`STALE_SECONDS`.
+
+On object stores there is no conditional PUT through pyarrow, so the lease is written,
+then read back after a short pause: a writer that finds another's id there gives way.
+Two masters writing inside that pause could both proceed (docs/RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from orchestrator.errors import StorageError
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage, redact_uri
+
+LEASE_PATH = "_lease.json"  # readers skip names starting with '_'
+HEARTBEAT_SECONDS = 20.0
+STALE_SECONDS = 90.0
+READ_BACK_PAUSE = 0.5  # object stores: time for a racing writer's PUT to land before the read-back
+
+
+@dataclass
+class LeaseRecord:
+    owner: str
+    host: str
+    pid: int
+    started: int  # epoch ms
+    heartbeat: int  # epoch ms
+    released: bool = False
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+
+def _fault_delay(name: str) -> None:
+    """Tests widen race windows with ``CAVIAR_FAULT_DELAY_<NAME>=seconds`` (unset: no delay)."""
+    value = os.environ.get(f"CAVIAR_FAULT_DELAY_{name}")
+    if value:
+        time.sleep(float(value))
+
+
+def _new_record() -> LeaseRecord:
+    now = schema.now_ms()
+    return LeaseRecord(uuid.uuid4().hex, socket.gethostname(), os.getpid(), now, now)
+
+
+def read_lease(storage: Storage) -> LeaseRecord | None:
+    if not storage.exists(LEASE_PATH):
+        return None
+    try:
+        data: dict[str, Any] = json.loads(storage.read_bytes(LEASE_PATH))
+        return LeaseRecord(**data)
+    except (ValueError, TypeError) as exc:
+        raise StorageError(f"{storage.path(LEASE_PATH)}: not a readable lease ({exc})") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def holder_alive(record: LeaseRecord, now_ms: int | None = None) -> bool:
+    """Whether the lease's owner may still be writing."""
+    if record.released:
+        return False
+    if record.host == socket.gethostname():
+        return record.pid != os.getpid() and _pid_alive(record.pid)
+    now_ms = schema.now_ms() if now_ms is None else now_ms
+    return now_ms - record.heartbeat < STALE_SECONDS * 1000
+
+
+class Lease:
+    """The lease this master holds on one sweep."""
+
+    def __init__(self, storage: Storage, record: LeaseRecord):
+        self.storage = storage
+        self.record = record
+        self._last_beat = time.monotonic()
+
+    @classmethod
+    def create(cls, storage: Storage) -> Lease:
+        """Claim a new sweep; one line naming the other owner when it is taken."""
+        _fault_delay("CLAIM")
+        record = _new_record()
+        if not storage.create_exclusive(LEASE_PATH, record.encode()):
+            raise StorageError(f"sweep {redact_uri(storage.uri)!r} {_taken_by(storage)}; pick another --name")
+        lease = cls(storage, record)
+        lease._confirm()
+        _fault_delay("HOLD")  # a test keeps the winner's lease held while the loser arrives
+        return lease
+
+    @classmethod
+    def take_over(cls, storage: Storage) -> Lease:
+        """Resume: the lease passes to this process, unless its owner still writes the sweep."""
+        current = read_lease(storage)
+        if current is not None and holder_alive(current):
+            raise StorageError(
+                f"sweep {redact_uri(storage.uri)!r} is being written by process {current.pid} on "
+                f"{current.host}; stop it first (caviar resume continues a sweep whose master is gone)"
+            )
+        lease = cls(storage, _new_record())
+        storage.write_bytes(LEASE_PATH, lease.record.encode())
+        lease._confirm()
+        return lease
+
+    def _confirm(self) -> None:
+        """Object stores: read the lease back; another writer's id there means it won the race."""
+        if self.storage.atomic_rename:
+            return
+        time.sleep(READ_BACK_PAUSE)
+        found = read_lease(self.storage)
+        if found is None or found.owner != self.record.owner:
+            raise StorageError(f"sweep {redact_uri(self.storage.uri)!r} {_taken_by(self.storage)}")
+
+    def beat(self, force: bool = False) -> None:
+        """Renew the heartbeat (throttled): a resume on another host sees this master is alive."""
+        if not force and time.monotonic() - self._last_beat < HEARTBEAT_SECONDS:
+            return
+        self.record.heartbeat = schema.now_ms()
+        self.storage.write_bytes(LEASE_PATH, self.record.encode())
+        self._last_beat = time.monotonic()
+
+    def release(self) -> None:
+        self.record.released = True
+        self.beat(force=True)
+
+
+def _taken_by(storage: Storage) -> str:
+    try:
+        other = read_lease(storage)
+    except StorageError:
+        other = None
+    if other is None:
+        return "was just claimed by another caviar run"
+    return f"is taken by another caviar run (process {other.pid} on {other.host})"

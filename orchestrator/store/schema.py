@@ -1,0 +1,418 @@
+"""The Parquet contract: every table's schema and where its files live. All writes come here.
+
+Layout under ``<storage>/<sweep>/``::
+
+    sweep/sweep.parquet               one row: how the sweep was started (resume reads it)
+    stages/stage-001.parquet          one row per stage: its plan and ranges (stages, like epochs, count from 1)
+    trials/trials.parquet             one row per trial, rewritten atomically as trials change
+    metrics/trial-000012.parquet      one row per (trial, attempt, epoch); parts while running
+    diagnostics/trial-000012.parquet  one row per (trial, attempt, epoch, parameter or layer); parts likewise
+    checkpoints/trial-000012.parquet  the checkpoint index of one trial
+    weights/trial-000012/...          safetensors files the index points to (not a table: no Parquet)
+    predictions/trial-000012.parquet  class probabilities of every kept checkpoint on val and test (ensembles)
+    dataset/dataset.parquet           one row: val/test labels and the input standardisation, per sweep
+    ensembles/ensembles.parquet       one row per ensemble built; soup weights under weights/ensembles/
+    events/part-....parquet           every decision the master takes, append-only
+
+Rows are never updated in place. Metrics rows are keyed by ``(trial_id, attempt, epoch)``;
+for each ``(trial_id, epoch)`` the row of the highest attempt counts (a retried trial
+re-runs epochs after its checkpoint, and those rows supersede the lost attempt's).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orchestrator.store.storage import Storage
+
+TIMESTAMP = pa.timestamp("ms", tz="UTC")
+# Named metrics beyond the fixed columns ("val_mse", "val_r2", a task's own "val_f1"; "test_*" in the checkpoint
+# index): a map column, which DuckDB, pandas and Polars read natively (``metrics['val_mse']`` in DuckDB).
+NAMED_METRICS = pa.map_(pa.string(), pa.float64())
+
+METRICS = pa.schema(
+    [
+        ("trial_id", pa.int32()),
+        ("attempt", pa.int16()),
+        ("epoch", pa.int32()),
+        ("stage", pa.int16()),
+        ("train_loss", pa.float64()),
+        ("train_accuracy", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("val_accuracy", pa.float64()),
+        ("score", pa.float64()),  # the sweep's objective, higher is better
+        ("ema_val_loss", pa.float64()),
+        ("ema_val_accuracy", pa.float64()),
+        ("lr", pa.float64()),
+        ("grad_norm", pa.float64()),
+        ("update_ratio", pa.float64()),  # ||lr * update|| / ||w||: ~1e-3 is healthy
+        ("epoch_seconds", pa.float64()),
+        ("samples_per_second", pa.float64()),
+        ("time", TIMESTAMP),
+        ("metrics", NAMED_METRICS),  # every other validation metric of the epoch, by column name
+    ]
+)
+
+CHECKPOINTS = pa.schema(
+    [
+        ("trial_id", pa.int32()),
+        ("attempt", pa.int16()),
+        ("epoch", pa.int32()),
+        ("weights", pa.string()),  # "raw" or "ema"
+        ("kept_as", pa.string()),  # "best", "last", "best,last", "top"
+        ("path", pa.string()),  # relative to the sweep directory
+        ("score", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("val_accuracy", pa.float64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("time", TIMESTAMP),
+        ("metrics", NAMED_METRICS),  # val_* and test_* of this checkpoint, written when the trial ends
+    ]
+)
+
+EVENTS = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("time", TIMESTAMP),
+        ("kind", pa.string()),
+        ("trial_id", pa.int32()),
+        ("stage", pa.int16()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),  # JSON
+    ]
+)
+
+DIAGNOSTICS = pa.schema(
+    [
+        ("trial_id", pa.int32()),
+        ("attempt", pa.int16()),
+        ("epoch", pa.int32()),
+        ("stage", pa.int16()),
+        ("kind", pa.string()),  # "parameter" (a trainable tensor) or "activation" (a leaf module's output)
+        ("layer", pa.string()),  # parameter name ("0.weight") or module name ("1")
+        ("module", pa.string()),  # the module's class: Linear, ReLU, BatchNorm1d
+        ("numel", pa.int64()),  # elements of the tensor (activations: per example)
+        ("mean", pa.float64()),
+        ("std", pa.float64()),
+        ("zero_fraction", pa.float64()),  # activations: share of exact zeros on the probe batch
+        ("dead_fraction", pa.float64()),  # activations: units zero on every probe example (dead ReLUs)
+        ("weight_norm", pa.float64()),  # parameters, at the epoch's first optimizer step
+        ("grad_norm", pa.float64()),
+        ("update_ratio", pa.float64()),  # ||dw|| / ||w|| of that step: ~1e-3 is healthy
+        ("hist_edges", pa.list_(pa.float64())),  # kept every few epochs only, else null
+        ("hist_counts", pa.list_(pa.int64())),
+        ("time", TIMESTAMP),
+    ]
+)
+
+PREDICTION_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+
+
+def predictions_schema(num_classes: int, dtype: str = "float16", column: str = "probs") -> pa.Schema:
+    """One row per (checkpoint, split, example): its class probabilities as a fixed-size list.
+
+    Written by the worker when a trial ends, for every kept checkpoint (raw and EMA), so
+    ensembles are built from numbers on disk without running a model. float16 by default:
+    probabilities lose ~1e-3 relative, far below what separates two ensembles.
+    """
+    return pa.schema(
+        [
+            ("trial_id", pa.int32()),
+            ("attempt", pa.int16()),
+            ("epoch", pa.int32()),
+            ("weights", pa.string()),  # "raw" or "ema"
+            ("split", pa.string()),  # "val" or "test"
+            ("row", pa.int32()),  # index of the example within its split
+            # class probabilities; for regression ("values") the outputs in original units, flattened
+            (column, pa.list_(PREDICTION_DTYPES[dtype], num_classes)),
+        ]
+    )
+
+
+DATASET = pa.schema(
+    [
+        ("num_classes", pa.int32()),
+        ("y_val", pa.list_(pa.int32())),
+        ("y_test", pa.list_(pa.int32())),
+        ("input_shape", pa.list_(pa.int32())),  # one example's shape, e.g. [64] or [3, 32, 32]
+        ("mean", pa.list_(pa.float32())),  # train-split standardisation, flattened; null when the task opts out
+        ("std", pa.list_(pa.float32())),
+        ("time", TIMESTAMP),
+        ("kind", pa.string()),  # classification or regression (null: classification, as before kinds)
+        ("y_val_values", pa.list_(pa.float64())),  # regression: val targets, flattened (y_val is for class indices)
+        ("y_test_values", pa.list_(pa.float64())),
+        ("target_shape", pa.list_(pa.int32())),  # regression: one target's shape, [] for a scalar
+        ("target_mean", pa.list_(pa.float64())),  # standardize_targets: train statistics a loaded model undoes
+        ("target_std", pa.list_(pa.float64())),
+    ]
+)
+
+ENSEMBLE_MEMBER = pa.struct(
+    [("trial_id", pa.int32()), ("epoch", pa.int32()), ("weights", pa.string()), ("weight", pa.float64())]
+)
+
+ENSEMBLES = pa.schema(
+    [
+        ("ensemble_id", pa.int32()),
+        ("name", pa.string()),  # what load_ensemble(name=...) takes; "best" is the row with chosen = true
+        ("method", pa.string()),  # single, single_ema, top_k, checkpoints, ema, seeds, greedy, soup
+        ("members", pa.list_(ENSEMBLE_MEMBER)),  # weights sum to 1
+        ("size", pa.int32()),  # distinct members
+        ("selection_metric", pa.string()),  # "accuracy" or "log_loss", on validation
+        ("val_accuracy", pa.float64()),
+        ("val_log_loss", pa.float64()),
+        ("test_accuracy", pa.float64()),  # computed once, after selection
+        ("test_log_loss", pa.float64()),
+        ("chosen", pa.bool_()),  # best on validation among the rows of this build
+        ("weights_path", pa.string()),  # soups: the averaged weights (safetensors); else null
+        ("weights_sha256", pa.string()),
+        ("detail", pa.string()),  # JSON: what the builder tried (a soup's accepted ingredients, ...)
+        ("created", TIMESTAMP),
+        ("val_mse", pa.float64()),  # regression ensembles (original units); null for classification
+        ("test_mse", pa.float64()),
+    ]
+)
+
+STAGES = pa.schema(
+    [
+        ("stage", pa.int16()),
+        ("trials", pa.int32()),
+        ("epochs", pa.int32()),
+        ("space", pa.string()),  # JSON: parameter -> distribution as plain data
+        ("first_trial_id", pa.int32()),
+        ("time", TIMESTAMP),
+    ]
+)
+
+SWEEP = pa.schema(
+    [
+        ("name", pa.string()),
+        ("task", pa.string()),
+        ("seed", pa.int64()),
+        ("settings", pa.string()),  # JSON of every run option
+        ("space", pa.string()),  # JSON of the initial space
+        ("caviar_version", pa.string()),
+        ("created", TIMESTAMP),
+    ]
+)
+
+TRIAL_STATUSES = ("pending", "running", "completed", "pruned", "failed")
+
+_TRIAL_FIELDS = [
+    ("trial_id", pa.int32()),
+    ("stage", pa.int16()),
+    ("status", pa.string()),
+    ("reason", pa.string()),
+    ("seed", pa.int64()),
+    ("attempt", pa.int16()),
+    ("epochs_run", pa.int32()),
+    ("max_epochs", pa.int32()),
+    ("best_score", pa.float64()),
+    ("best_epoch", pa.int32()),
+    ("best_val_loss", pa.float64()),
+    ("best_val_accuracy", pa.float64()),
+    ("train_seconds", pa.float64()),
+    ("started", TIMESTAMP),
+    ("finished", TIMESTAMP),
+    ("node", pa.string()),
+    ("error", pa.string()),
+]
+
+
+def arrow_type_of(value: Any) -> pa.DataType:
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, int):
+        return pa.int64()
+    if isinstance(value, float):
+        return pa.float64()
+    return pa.string()
+
+
+def config_type(space_values: Mapping[str, Sequence[Any]]) -> pa.StructType:
+    """The typed ``config`` struct: one field per hyperparameter, typed from its possible values."""
+    fields = []
+    for name, values in space_values.items():
+        types = {arrow_type_of(v) for v in values if v is not None} or {pa.string()}
+        if types <= {pa.int64(), pa.float64()} and len(types) > 1:
+            types = {pa.float64()}
+        fields.append((name, types.pop() if len(types) == 1 else pa.string()))
+    return pa.struct(fields)
+
+
+def trials_schema(config: pa.StructType) -> pa.Schema:
+    return pa.schema(_TRIAL_FIELDS[:3] + [("config", config)] + _TRIAL_FIELDS[3:])
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _clean(value: Any) -> Any:
+    """NaN stays NaN for floats; numpy scalars become Python values."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) to a table with exactly ``schema``; missing fields are null."""
+    rows = list(rows)
+    columns = {f.name: [_clean(r.get(f.name)) for r in rows] for f in schema}
+    return pa.table(
+        {name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names}, schema=schema
+    )
+
+
+def json_dumps(value: Any, *, sort_keys: bool = True) -> str:
+    """JSON for a string column; ``sort_keys=False`` where order is meaning.
+
+    A space's parameter order fixes which sampled number goes to which parameter.
+    """
+
+    def default(o: Any) -> Any:
+        if hasattr(o, "item"):
+            return o.item()
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    return json.dumps(value, default=default, sort_keys=sort_keys, allow_nan=True)
+
+
+def finite_or_none(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+# -- file locations --------------------------------------------------------------------
+
+
+def metrics_part_path(trial_id: int, attempt: int, part: int) -> str:
+    return f"metrics/trial-{trial_id:06d}.a{attempt}.p{part:04d}.parquet"
+
+
+def metrics_path(trial_id: int) -> str:
+    return f"metrics/trial-{trial_id:06d}.parquet"
+
+
+def diagnostics_part_path(trial_id: int, attempt: int, part: int) -> str:
+    return f"diagnostics/trial-{trial_id:06d}.a{attempt}.p{part:04d}.parquet"
+
+
+def diagnostics_path(trial_id: int) -> str:
+    return f"diagnostics/trial-{trial_id:06d}.parquet"
+
+
+def checkpoint_index_path(trial_id: int) -> str:
+    return f"checkpoints/trial-{trial_id:06d}.parquet"
+
+
+def weights_path(trial_id: int, attempt: int, epoch: int, weights: str) -> str:
+    return f"weights/trial-{trial_id:06d}/a{attempt}-e{epoch:04d}-{weights}.safetensors"
+
+
+def predictions_path(trial_id: int) -> str:
+    return f"predictions/trial-{trial_id:06d}.parquet"
+
+
+DATASET_PATH = "dataset/dataset.parquet"
+ENSEMBLES_PATH = "ensembles/ensembles.parquet"
+
+
+def ensemble_weights_path(name: str) -> str:
+    """Outside ``ensembles/``: every table folder holds Parquet only, so any reader takes the folder as is.
+    (Sweeps written before kept soups under ``ensembles/weights/``; their rows still point there.)"""
+    return f"weights/ensembles/{name}.safetensors"
+
+
+LEGACY_ENSEMBLE_WEIGHTS_DIR = "ensembles/weights"
+
+
+TRIALS_PATH = "trials/trials.parquet"
+SWEEP_PATH = "sweep/sweep.parquet"
+
+
+# One numbering: the tables, the CLI, the live view and the report all call the first stage "stage 1".
+# The controller counts stages from 0 internally; rows convert here, where they are written and read.
+FIRST_STAGE = 1
+
+
+def stage_number(index: int) -> int:
+    """The ``stage`` value the tables hold for the controller's stage ``index``."""
+    return index + FIRST_STAGE
+
+
+def stage_index(number: int) -> int:
+    """The controller's stage index for a table's ``stage`` value."""
+    return number - FIRST_STAGE
+
+
+def stage_path(number: int) -> str:
+    """The stage's file, by its number as the tables show it (``stages/stage-001.parquet`` is stage 1)."""
+    return f"stages/stage-{number:03d}.parquet"
+
+
+def events_part_path(first_seq: int) -> str:
+    return f"events/part-{first_seq:09d}.parquet"
+
+
+# -- reading tables --------------------------------------------------------------------
+
+
+def read_dir(storage: Storage, rel_dir: str, schema: pa.Schema | None = None) -> pa.Table | None:
+    """Every Parquet file under ``rel_dir`` as one table; ``None`` when there are none.
+
+    One dataset scan over the listed files (hidden temp files are never listed) reads them in
+    parallel and in name order. With ``schema``, files lacking a column read it as nulls;
+    without, the files' schemas are unified. A file that cannot be read is named.
+    """
+    import pyarrow.dataset as pads  # half a second to import: only readers pay it
+
+    files = storage.list_files(rel_dir)
+    if not files:
+        return None if schema is None else schema.empty_table()
+    try:
+        verified = pads.ParquetFileFormat(  # a flipped bit in a page fails the read, as in Storage.read_table
+            default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True)
+        )
+        factory = pads.FileSystemDatasetFactory(
+            storage.fs, [storage.path(f) for f in files], verified, pads.FileSystemFactoryOptions()
+        )
+        return factory.finish(schema or factory.inspect()).to_table()
+    except Exception:  # damaged bytes fail in many ways (ArrowInvalid, OSError, UnicodeDecodeError...)
+        # Name the culprit (a corrupt file, or one a compaction removed meanwhile) the way a single read does.
+        tables = [storage.read_table(f) for f in storage.list_files(rel_dir)]
+        return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def effective_metrics(table: pa.Table) -> pa.Table:
+    """One row per (trial, epoch): the highest attempt's row, deduplicating parts and compactions."""
+    if table.num_rows == 0:
+        return table
+    import numpy as np
+
+    trial, epoch = table["trial_id"].to_numpy(), table["epoch"].to_numpy()
+    if bool(np.all((trial[1:] > trial[:-1]) | ((trial[1:] == trial[:-1]) & (epoch[1:] > epoch[:-1])))):
+        return table  # already one row per (trial, epoch) in order: the usual case, one file per ended trial
+    order = pc.sort_indices(table, [("trial_id", "ascending"), ("epoch", "ascending"), ("attempt", "descending")])
+    table = table.take(order)
+    trial, epoch = table["trial_id"].to_numpy(), table["epoch"].to_numpy()
+    keep = np.ones(len(trial), dtype=bool)
+    keep[1:] = (trial[1:] != trial[:-1]) | (epoch[1:] != epoch[:-1])
+    return table.filter(pa.array(keep))
+
+
+def read_events(storage: Storage) -> pa.Table:
+    """The events log in order, each event once (a compaction cut short leaves its parts beside the compacted file)."""
+    table = read_dir(storage, "events", EVENTS).sort_by("seq")
+    if table.num_rows == 0:
+        return table
+    import numpy as np
+
+    seqs = table["seq"].to_numpy()
+    keep = np.concatenate([[True], seqs[1:] != seqs[:-1]])
+    return table.filter(pa.array(keep))

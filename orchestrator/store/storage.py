@@ -1,0 +1,221 @@
+"""Storage: a local path or any ``pyarrow.fs`` URI, with atomic writes and retried I/O.
+
+Every file caviar writes goes through :meth:`Storage.write_bytes` or
+:meth:`Storage.write_table`. On a POSIX file system a write lands in a hidden temp file
+beside its target and is renamed into place, so a reader never sees half a file. Object
+stores (S3, GCS) make a PUT visible only when it completes, so there we write directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import posixpath
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from orchestrator.errors import StorageError
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError)
+PERMANENT_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError)
+_URI_SECRETS = re.compile(r"((?:[?&])(?:secret_key|access_key|session_token)=)[^&]*", re.IGNORECASE)
+_URI_PASSWORD = re.compile(r"(://[^/:@]+:)[^/@]*@")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with credentials (``secret_key=``, ``user:password@``) masked: safe to print, log or store."""
+    return _URI_PASSWORD.sub(r"\1***@", _URI_SECRETS.sub(r"\1***", uri))
+
+
+def check_name(kind: str, name: str) -> str:
+    """Refuse names that could leave the storage root (``..``, ``/``) or hide files."""
+    if not _NAME.match(name) or ".." in name:
+        raise StorageError(f"{kind} name {name!r}: use letters, digits, '_', '-', '.' (no '/', no '..', 1-128 chars)")
+    return name
+
+
+def io_attempts() -> int:
+    """Tries per storage operation: ``CAVIAR_IO_ATTEMPTS`` (default 4). Object-store SDKs also retry inside each."""
+    value = os.environ.get("CAVIAR_IO_ATTEMPTS", "4")
+    if not value.isdigit() or int(value) < 1:
+        raise StorageError(f"CAVIAR_IO_ATTEMPTS={value!r}: expected a positive integer")
+    return int(value)
+
+
+def with_retries(action: Callable[[], T], *, what: str, attempts: int | None = None, base_delay: float = 0.2) -> T:
+    """Run ``action``, retrying transient I/O errors with jittered exponential backoff."""
+    attempts = attempts or io_attempts()
+    for attempt in range(attempts):
+        try:
+            return action()
+        except FileNotFoundError:
+            raise
+        except PERMANENT_ERRORS as exc:  # retrying cannot help: say so at once
+            raise StorageError(f"{what}: {exc}") from None
+        except TRANSIENT_ERRORS as exc:
+            if attempt == attempts - 1:
+                raise StorageError(f"{what}: {exc}") from None
+            time.sleep(base_delay * (2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+class Storage:
+    """A directory on some file system: all paths given to its methods are relative to it."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, uri: str):
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.uri = uri
+        self.atomic_rename = isinstance(fs, pafs.LocalFileSystem)
+
+    @classmethod
+    def from_uri(cls, uri: str) -> Storage:
+        """``/data/sweeps``, ``file:///data``, ``s3://bucket/prefix?endpoint_override=...``."""
+        try:
+            if "://" in uri:
+                fs, root = pafs.FileSystem.from_uri(uri)
+            else:
+                fs, root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+        except (pa.ArrowInvalid, OSError, ValueError) as exc:
+            raise StorageError(f"storage {redact_uri(uri)!r}: {exc}") from None
+        return cls(fs, root, uri)
+
+    def child(self, name: str) -> Storage:
+        base, sep, query = self.uri.partition("?")  # s3://b/p?endpoint_override=...: the name goes before the query
+        return Storage(self.fs, self.path(name), f"{base.rstrip('/')}/{name}{sep}{query}")
+
+    def path(self, rel: str) -> str:
+        if rel.startswith("/") or ".." in rel.split("/"):  # e.g. a tampered index row: never leave the root
+            raise StorageError(f"{self.root}: {rel!r} points outside it (absolute or '..')")
+        return posixpath.join(self.root, rel) if rel else self.root
+
+    # -- writes ------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        target = self.path(rel)
+
+        def write() -> None:
+            self.fs.create_dir(posixpath.dirname(target), recursive=True)
+            if not self.atomic_rename:
+                with self.fs.open_output_stream(target) as out:
+                    out.write(data)
+                return
+            tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
+            try:
+                with self.fs.open_output_stream(tmp) as out:
+                    out.write(data)
+                self.fs.move(tmp, target)
+            except BaseException:
+                try:
+                    self.fs.delete_file(tmp)
+                except OSError:
+                    pass
+                raise
+
+        with_retries(write, what=f"writing {target}")
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Write ``rel`` only if no file is there; False when one is (another writer got there first).
+
+        On a local (or NFS v3+) file system ``O_CREAT | O_EXCL`` makes the check and the create one
+        step. pyarrow's object-store file systems have no conditional PUT, so there it is
+        check-then-write followed by a read-back: of two writers racing inside the same
+        read-after-write window both could pass; :mod:`orchestrator.store.lease` narrows that with the
+        read-back of its owner id (docs/RELIABILITY.md).
+        """
+        target = self.path(rel)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            os.makedirs(posixpath.dirname(target), exist_ok=True)
+            try:
+                fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                raise StorageError(f"writing {target}: {exc}") from None
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            return True
+        if self.exists(rel):
+            return False
+        self.write_bytes(rel, data)
+        return True
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd", write_page_checksum=True)  # a flipped bit fails the read
+        self.write_bytes(rel, sink.getvalue())
+
+    # -- reads -------------------------------------------------------------------------
+    def read_bytes(self, rel: str) -> bytes:
+        target = self.path(rel)
+
+        def read() -> bytes:
+            with self.fs.open_input_stream(target) as src:
+                return src.read()
+
+        try:
+            return with_retries(read, what=f"reading {target}")
+        except FileNotFoundError:
+            raise StorageError(f"{target}: no such file") from None
+
+    def read_table(self, rel: str) -> pa.Table:
+        data = self.read_bytes(rel)
+        try:
+            return pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+        except Exception as exc:  # damaged bytes fail in many ways (ArrowInvalid, OSError, UnicodeDecodeError...)
+            raise StorageError(f"{self.path(rel)}: not a readable Parquet file ({exc})") from None
+
+    def list_files(self, rel_dir: str, suffix: str = ".parquet") -> list[str]:
+        """Relative paths of visible files under ``rel_dir`` (hidden temp files skipped), sorted."""
+        selector = pafs.FileSelector(self.path(rel_dir), recursive=True, allow_not_found=True)
+        infos = with_retries(lambda: self.fs.get_file_info(selector), what=f"listing {self.path(rel_dir)}")
+        out = []
+        prefix = self.root + "/"  # by string: relpath would consult the working directory, which may be gone
+        for info in infos:
+            base = posixpath.basename(info.path)
+            if info.type == pafs.FileType.File and base.endswith(suffix) and not base.startswith((".", "_")):
+                out.append(info.path[len(prefix):] if info.path.startswith(prefix)
+                           else posixpath.relpath(info.path, self.root))
+        return sorted(out)
+
+    def exists(self, rel: str) -> bool:
+        info = with_retries(lambda: self.fs.get_file_info(self.path(rel)), what=f"checking {self.path(rel)}")
+        return info.type != pafs.FileType.NotFound
+
+    def delete(self, rel: str) -> None:
+        target = self.path(rel)
+        try:
+            with_retries(lambda: self.fs.delete_file(target), what=f"deleting {target}")
+        except FileNotFoundError:
+            pass
+
+    def delete_dir(self, rel: str) -> None:
+        target = self.path(rel)
+        try:
+            with_retries(lambda: self.fs.delete_dir(target), what=f"deleting {target}")
+        except FileNotFoundError:
+            pass
+
+    def check_writable(self) -> None:
+        """Fail early, with the path, when the storage cannot be written."""
+        probe = f".caviar-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            self.write_bytes(probe, b"ok")
+            self.delete(probe)
+        except (StorageError, OSError) as exc:
+            raise StorageError(f"storage {redact_uri(self.uri)!r} is not writable: {exc}") from None
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,88 @@
+"""The sweeps of a storage folder: find one by name (``--storage``), list them all (``caviar ls``).
+
+Everything is read from each sweep's own tables; nothing is cached between calls.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from orchestrator.errors import StorageError
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage, redact_uri, with_retries
+
+
+def resolve_sweep(sweep: str, storage: str | None = None) -> str:
+    """``sweep`` itself when it is a sweep folder; else ``storage/sweep`` when that is one.
+
+    ``caviar status NAME --storage runs`` and ``caviar status runs/NAME`` name the same sweep.
+    A name that matches neither is left as given, so the caller's error names what the user typed.
+    """
+    if storage is None or "://" in sweep or sweep.startswith("/"):
+        return sweep
+    candidate = Storage.from_uri(storage).child(sweep)
+    if candidate.exists(schema.SWEEP_PATH):
+        return candidate.uri
+    return sweep
+
+
+def sweep_names(root: Storage) -> list[str]:
+    """Sub-folders of ``root`` that hold a sweep row, sorted by name."""
+    selector = pafs.FileSelector(root.root, recursive=False, allow_not_found=True)
+    infos = with_retries(lambda: root.fs.get_file_info(selector), what=f"listing {root.root}")
+    names = [posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory]
+    return sorted(n for n in names if not n.startswith((".", "_")) and root.child(n).exists(schema.SWEEP_PATH))
+
+
+def sweep_state(trials: list[dict[str, Any]], planned: int, kinds: set[str], has_ensembles: bool) -> str:
+    """finished, aborted or unfinished (running now, or a master that died: `caviar resume`)."""
+    if "sweep_aborted" in kinds:
+        return "aborted"
+    done = sum(t["status"] in ("completed", "pruned", "failed") for t in trials)
+    if has_ensembles or (planned and done >= planned):
+        return "finished"
+    return "unfinished"
+
+
+def describe_sweep(sweep: Storage) -> dict[str, Any]:
+    """One ``caviar ls`` row: name, task, started, state, trials, best score, chosen ensemble."""
+    row = sweep.read_table(schema.SWEEP_PATH).to_pylist()[0]
+    trials = sweep.read_table(schema.TRIALS_PATH).to_pylist() if sweep.exists(schema.TRIALS_PATH) else []
+    stages = schema.read_dir(sweep, "stages", schema.STAGES)
+    planned = sum(stages["trials"].to_pylist()) if stages is not None else 0
+    events = schema.read_dir(sweep, "events", schema.EVENTS)
+    kinds = set(events["kind"].to_pylist()) if events is not None else set()
+    chosen = None
+    has_ensembles = sweep.exists(schema.ENSEMBLES_PATH)
+    if has_ensembles:
+        ensembles = sweep.read_table(schema.ENSEMBLES_PATH).to_pylist()
+        chosen = next((e for e in ensembles if e["chosen"]), None)
+    scores = [t["best_score"] for t in trials if t.get("best_score") is not None]
+    return {
+        "name": row["name"],
+        "task": row["task"],
+        "started": row["created"],
+        "state": sweep_state(trials, planned, kinds, has_ensembles),
+        "trials": len(trials),
+        "best_score": max(scores) if scores else None,
+        "ensemble": chosen["name"] if chosen else None,
+        "ensemble_test_accuracy": chosen["test_accuracy"] if chosen else None,
+    }
+
+
+def list_sweeps(storage: str) -> list[dict[str, Any]]:
+    """Every sweep under ``storage`` (a path or URI), oldest first; an unreadable one says why."""
+    root = Storage.from_uri(storage)
+    if not root.exists(""):
+        raise StorageError(f"storage {redact_uri(storage)!r}: no such folder")
+    rows = []
+    for name in sweep_names(root):
+        try:
+            rows.append(describe_sweep(root.child(name)))
+        except StorageError as exc:
+            rows.append({"name": name, "task": None, "started": None, "state": f"unreadable: {exc}", "trials": 0,
+                         "best_score": None, "ensemble": None, "ensemble_test_accuracy": None})
+    return sorted(rows, key=lambda r: (r["started"] is None, str(r["started"]), r["name"]))
