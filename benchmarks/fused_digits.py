@@ -92,10 +92,10 @@ def agreement(a: dict[int, list[dict[str, Any]]], b: dict[int, list[dict[str, An
 def bench(case: str, k: int, epochs: int, repeats: int, threads: int) -> list[dict[str, Any]]:
     import torch
 
+    from orchestrator.errors import NotFusable
     from orchestrator.search.sampler import trial_seed
     from orchestrator.spec.task import load_task
     from worker.data import prepare
-    from worker.fused import NotFusable
     from worker.trainer import TrialSpec
 
     torch.set_num_threads(threads)

@@ -12,10 +12,7 @@ from typing import Any
 import ray
 
 from orchestrator.decide.backend import Assignment, Report
-
-
-class WorkerStartError(Exception):
-    """The worker could not load the task or its data; the message names the user's exception and line."""
+from orchestrator.errors import WorkerStartError
 
 
 @ray.remote

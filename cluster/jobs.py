@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from orchestrator.errors import CaviarError, ConfigError
+from orchestrator.errors import ClusterError, ConfigError
 from orchestrator.store.storage import redact_uri
 
 CAVIAR_PACKAGES = ("orchestrator", "worker", "cluster")
@@ -40,10 +40,6 @@ EXCLUDES = [".venv", "venv", "caviar-runs", ".git", "__pycache__", "*.pyc", ".py
             ".mypy_cache", ".ipynb_checkpoints"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 STOP_GRACE_SECONDS = 30
-
-
-class ClusterError(CaviarError):
-    """A Ray cluster that cannot be reached, or that refused a request; the message names its address."""
 
 
 @dataclass(frozen=True)

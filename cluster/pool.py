@@ -14,10 +14,10 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from cluster.actor import TrialActor, WorkerStartError
+from cluster.actor import TrialActor
 from orchestrator.decide import interrupt
 from orchestrator.decide.backend import Assignment, Backend, Report
-from orchestrator.errors import CaviarError
+from orchestrator.errors import CaviarError, WorkerStartError
 
 log = logging.getLogger("caviar")
 

@@ -15,11 +15,11 @@ import ray
 
 from cluster.capacity import any_fits, describe, fits, per_trial, plan_slots
 from cluster.fused_setup import choose_backend
-from cluster.jobs import ClusterError, enable_token_auth
+from cluster.jobs import enable_token_auth
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.driver import drive
 from orchestrator.decide.sweeplog import SweepLog
-from orchestrator.errors import CaviarError, ConfigError
+from orchestrator.errors import CaviarError, ClusterError, ConfigError
 from orchestrator.spec.exposure import exposure_warnings
 from orchestrator.spec.settings import RunSettings
 from orchestrator.spec.task import Task

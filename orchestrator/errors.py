@@ -1,6 +1,9 @@
-"""One exception base for everything caviar refuses, so the CLI can print one line."""
+"""Every exception class of caviar's. ``CaviarError`` and its subclasses are what caviar refuses, each
+with a one-line message the CLI prints as ``caviar: error: ...`` (exit 2)."""
 
 from __future__ import annotations
+
+import signal
 
 
 class CaviarError(Exception):
@@ -21,3 +24,27 @@ class StorageError(CaviarError):
 
 class ConfigError(CaviarError, ValueError):
     """A bad option value from the CLI, TOML or Python API; names the field."""
+
+
+class ClusterError(CaviarError):
+    """A Ray cluster that cannot be reached, or that refused a request; the message names its address."""
+
+
+class NotFusable(CaviarError):
+    """These trials cannot share a fused array; the message names what differs."""
+
+
+class WorkerStartError(Exception):
+    """A trial actor could not load the task or its data; the message names the user's exception and line.
+
+    Not a CaviarError: it is the user's own exception, carried from the actor, and it fails the trial.
+    """
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep was stopped by a signal; ``path`` is the sweep to resume (set once the tables are written)."""
+
+    def __init__(self, signum: int, path: str = ""):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.path = path

@@ -20,7 +20,7 @@ ALLOWED = {
     "orchestrator.errors": set(),
     "orchestrator.store": {"orchestrator.errors"},
     "orchestrator.search": {"orchestrator.errors"},
-    "orchestrator.spec": {"orchestrator.errors", "orchestrator.store", "orchestrator.search"},
+    "orchestrator.spec": {"orchestrator.errors", "orchestrator.store", "orchestrator.search", "orchestrator.decide"},
     "orchestrator.decide": {"orchestrator.errors", "orchestrator.store", "orchestrator.search"},
     "orchestrator.ensemble": {"orchestrator.errors", "orchestrator.store"},
     "worker": {"orchestrator.errors", "orchestrator.store", "orchestrator.search", "orchestrator.spec",

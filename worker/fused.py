@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orchestrator.errors import CaviarError, TaskError
+from orchestrator.errors import NotFusable, TaskError
 from orchestrator.spec.task import Task, unfusable_reason
 from worker.data import Splits
 from worker.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
@@ -66,10 +66,6 @@ OPT_STATE = {"sgd": (), "momentum": ("momentum_buffer",), "nesterov": ("momentum
 _COUNTS_STEPS = ("adagrad", "rmsprop", "adam", "adamw")  # kinds whose torch state holds a "step" tensor
 _ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Mish,
                 nn.Hardtanh, nn.ReLU6, nn.Identity, nn.SELU, nn.CELU, nn.Hardswish, nn.Hardsigmoid)
-
-
-class NotFusable(CaviarError):
-    """These trials cannot share an array; the message names what differs."""
 
 
 # -- what a member is ----------------------------------------------------------------------
@@ -856,9 +852,4 @@ def contract_blocker(task: Task, kind: TargetKind, streamed: bool = False) -> st
     return unfusable_reason(task)
 
 
-def fuse_key(config: Mapping[str, Any]) -> tuple[str, int]:
-    """What a config alone decides about its array (the built model decides the rest)."""
-    return optimizer_kind(config), int(config.get("batch_size", 64))
-
-
-__all__ = ["FusedArray", "FusedMember", "NotFusable", "Stack", "contract_blocker", "fuse_key", "structure_signature"]
+__all__ = ["FusedArray", "FusedMember", "Stack", "contract_blocker", "structure_signature"]

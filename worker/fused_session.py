@@ -26,8 +26,9 @@ import torch
 from orchestrator.decide.backend import Assignment, Report
 from orchestrator.decide.fusing import choose_array_size
 from orchestrator.decide.pruning import divergence_reason
+from orchestrator.errors import NotFusable
 from worker.data import Splits
-from worker.fused import FusedArray, FusedMember, NotFusable, contract_blocker
+from worker.fused import FusedArray, FusedMember, contract_blocker
 from worker.recorder import TrialRecorder, load_resume_state
 from worker.session import WorkerSession
 from worker.trainer import TrialSpec

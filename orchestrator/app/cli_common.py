@@ -45,7 +45,8 @@ def fail(message: str) -> None:
 @contextmanager
 def exit_on_interrupt(task_ref: str | None = None) -> Iterator[None]:
     """Ctrl-C or SIGTERM during a sweep: one line saying how to go on, exit 130 (orchestrator/decide/interrupt.py)."""
-    from orchestrator.decide.interrupt import EXIT_CODE, SweepInterrupted, print_hint
+    from orchestrator.decide.interrupt import EXIT_CODE, print_hint
+    from orchestrator.errors import SweepInterrupted
 
     try:
         yield

@@ -18,17 +18,10 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from orchestrator.errors import SweepInterrupted
+
 EXIT_CODE = 130  # 128 + SIGINT, what shells report for Ctrl-C
 _state: dict[str, Any] = {"requested": False, "active": False, "signum": 0}
-
-
-class SweepInterrupted(KeyboardInterrupt):
-    """The sweep was stopped by a signal; ``path`` is the sweep to resume (set once the tables are written)."""
-
-    def __init__(self, signum: int, path: str = ""):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-        self.path = path
 
 
 def requested() -> bool:

@@ -123,7 +123,3 @@ class SweepLog:
             if part != target:
                 self.storage.delete(part)
         self.event_parts = [target]
-
-
-def stage_spaces_as_rows(spaces: Sequence[SearchSpace]) -> list[dict[str, Any]]:
-    return [space.to_dict() for space in spaces]

@@ -251,7 +251,7 @@ def seed_ensemble(
     cands: CandsOrPool, y_val: np.ndarray | None = None, groups: Sequence[Sequence[int]] = (), *,
     metric: str = "accuracy",
 ) -> Ensemble | None:
-    """The notes' "same model, different initializations": one config trained with several seeds.
+    """CS231n's "same model, different initializations": one config trained with several seeds.
 
     ``groups`` are trial ids that share a config (see :func:`same_config_groups`); each
     member is its trial's best checkpoint, equally weighted. Of several groups, the best on

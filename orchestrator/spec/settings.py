@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from orchestrator.decide.fusing import FUSE_MODES
+from orchestrator.decide.pruning import PRUNERS
 from orchestrator.errors import ConfigError
+from orchestrator.search.sampler import SAMPLERS
 
-PRUNERS = ("asha", "median", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -72,7 +74,7 @@ class RunSettings:
         )
         _check("seed", isinstance(self.seed, int) and self.seed >= 0, "a non-negative integer")
         _check("pruner", self.pruner in PRUNERS, f"one of {', '.join(PRUNERS)}")
-        _check("sampler", self.sampler in ("random", "sobol", "lhs", "tpe"), "one of random, sobol, lhs, tpe")
+        _check("sampler", self.sampler in SAMPLERS, f"one of {', '.join(SAMPLERS)}")
         _check("cpus_per_trial", _num(self.cpus_per_trial) and self.cpus_per_trial > 0, "a number > 0")
         _check("gpus_per_trial", _num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "a number >= 0")
         _check("max_loss_ratio", _num(self.max_loss_ratio) and self.max_loss_ratio > 1, "a number > 1")
@@ -100,7 +102,7 @@ class RunSettings:
         _check("prediction_dtype", self.prediction_dtype in ("float16", "float32", "none"),
                "float16, float32 or none")
         _check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
-        _check("fuse", self.fuse in ("auto", "off", "on"), "one of auto, off, on")
+        _check("fuse", self.fuse in FUSE_MODES, f"one of {', '.join(FUSE_MODES)}")
         _check(
             "array_size",
             self.array_size == "auto"

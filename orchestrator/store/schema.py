@@ -22,7 +22,6 @@ re-runs epochs after its checkpoint, and those rows supersede the lost attempt's
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -282,10 +281,6 @@ def json_dumps(value: Any, *, sort_keys: bool = True) -> str:
         raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
     return json.dumps(value, default=default, sort_keys=sort_keys, allow_nan=True)
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
 # -- file locations --------------------------------------------------------------------

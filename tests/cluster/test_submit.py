@@ -14,10 +14,10 @@ import sys
 
 import pytest
 
-from cluster.jobs import ClusterError, Jobs, entrypoint, plan_job
+from cluster.jobs import Jobs, entrypoint, plan_job
 from orchestrator.app.api import load
 from orchestrator.app.cli_cluster import run_args
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ClusterError, ConfigError
 from tests.cluster.conftest import caviar, one_error_line
 from tests.cluster.raycluster import VENV_BIN
 from tests.conftest import TINY_TASK

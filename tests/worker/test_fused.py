@@ -9,11 +9,12 @@ import pytest
 import safetensors.torch
 import torch
 
+from orchestrator.errors import NotFusable
 from orchestrator.spec.task import load_task
 from orchestrator.store import schema
 from tests.conftest import DIGITS_TASK, TINY_TASK
 from worker.data import prepare
-from worker.fused import FusedArray, FusedMember, NotFusable, _dropout
+from worker.fused import FusedArray, FusedMember, _dropout
 from worker.trainer import TrialRun, TrialSpec
 
 CPU = torch.device("cpu")

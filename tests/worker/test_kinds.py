@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from orchestrator.decide.pruning import NOT_LEARNING, Observation, not_learning_reason
-from orchestrator.errors import TaskError
+from orchestrator.errors import NotFusable, TaskError
 from orchestrator.spec.task import load_task, unfusable_reason
 from tests.conftest import ROOT, TINY_TASK
 from worker.data import prepare, prepare_task_data
-from worker.fused import FusedArray, NotFusable
+from worker.fused import FusedArray
 from worker.kinds import builtin_metrics, objective_and_mode, resolve_kind
 from worker.preflight import run_preflight
 from worker.trainer import TrialSpec
