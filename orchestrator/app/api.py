@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import Unpack
 
 from orchestrator.app import resume
 from orchestrator.app.lifecycle import (  # noqa: F401 (names the API has always had)
+    PlugIns,
     SweepResult,
     build_settings,
+    choose_plugins,
     controller_for,
     finish_sweep,
     plan_for,
@@ -20,9 +22,12 @@ from orchestrator.app.prefetch import DataPrefetch, chain_ticks
 from orchestrator.app.tables import SweepTables, load, open_sweep  # noqa: F401 (the API's names)
 from orchestrator.decide import interrupt
 from orchestrator.decide.controller import Controller
+from orchestrator.decide.pruning import PrunerChoice
 from orchestrator.decide.sweeplog import SweepLog
 from orchestrator.errors import CaviarError, ConfigError, StorageError
+from orchestrator.search.sampler import SamplerChoice
 from orchestrator.search.space import SearchSpace
+from orchestrator.spec.options import ResumeOptions, RunOptions
 from orchestrator.spec.settings import RunSettings
 from orchestrator.spec.task import Task, load_task
 from orchestrator.spec.task_source import portable_ref, store_task_source
@@ -86,13 +91,18 @@ def run_sweep(
     *,
     config_file: str | None = None,
     on_tick: Callable[[Controller], None] | None = None,
-    **overrides: Any,
+    **overrides: Unpack[RunOptions],
 ) -> SweepResult:
-    """Run a sweep of ``task`` (a path or ``module:attr``) with settings as keyword arguments."""
+    """Run a sweep of ``task`` (a path, ``module:attr`` or a loaded Task) and return its result.
+
+    Settings come from the task's ``settings``, then ``config_file`` (TOML ``[run]`` and ``[space]``),
+    then these keyword arguments (:class:`orchestrator.spec.options.RunOptions` documents each one).
+    ``on_tick`` is called with the controller after every step (the CLI's live view uses it).
+    """
     if isinstance(task, str):
         task = load_task(task)
     settings, space = build_settings(task, config_file, overrides)
-    controller = controller_for(space, settings)
+    controller = controller_for(space, settings, choose_plugins(task.settings, overrides))
     root, sweep, name = prepare_storage(settings, task)
     from worker.contract import validate_contract  # torch loads here: the task is checked before Ray starts
 
@@ -136,12 +146,14 @@ def run_claimed(task: Task, settings: RunSettings, space: SearchSpace, root: Sto
 
 
 def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, task: str | Task | None = None,
-                 trust_task_code: bool = False, **overrides: Any) -> SweepResult:
+                 trust_task_code: bool = False, pruner: PrunerChoice | None = None,
+                 sampler: SamplerChoice | None = None, **overrides: Unpack[ResumeOptions]) -> SweepResult:
     """Continue an interrupted sweep from its Parquet tables (see :mod:`orchestrator.app.resume`).
 
     Its task code runs again: pass ``task`` (your task file) or ``trust_task_code=True`` (the copy in the sweep).
     """
-    return resume.resume_sweep(path, on_tick=on_tick, task=task, trust_task_code=trust_task_code, **overrides)
+    return resume.resume_sweep(path, on_tick=on_tick, task=task, trust_task_code=trust_task_code,
+                               plugins=PlugIns(pruner, sampler), **overrides)
 
 
 def parse_resources(items: list[str]) -> dict[str, float]:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.app.cli_common import TaskArg, app, fail
+from orchestrator.app.cli_common import PRUNER_NAMES, TaskArg, app, fail
 from orchestrator.spec.settings import RunSettings
 
 AddressOpt = Annotated[str | None, typer.Option(
@@ -48,7 +48,7 @@ def submit(
     slots: Annotated[int | None, typer.Option(help="Trials trained at once (default: what the cluster fits).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sweep seed.")] = None,
     config: Annotated[str | None, typer.Option(help="TOML [run]/[space] file inside the task's folder.")] = None,
-    pruner: Annotated[str | None, typer.Option(help="asha, median or none.")] = None,
+    pruner: Annotated[str | None, typer.Option(help=f"{PRUNER_NAMES}.")] = None,
     sampler: Annotated[str | None, typer.Option(help="random, sobol or lhs.")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs each trial holds.")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial; 0.25 packs four on a GPU.")] = None,

@@ -14,6 +14,11 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from orchestrator.decide.pruning import PRUNERS
+from orchestrator.search.sampler import SAMPLERS
+
+PRUNER_NAMES = ", ".join(sorted(PRUNERS))  # the registries name what --pruner and --sampler take
+SAMPLER_NAMES = ", ".join(sorted(SAMPLERS))
 REPORT_FILE = "report.html"  # beside the table folders of a sweep, never inside one
 
 # The order `caviar --help` lists the verbs in: a sweep's life, then the cluster's.

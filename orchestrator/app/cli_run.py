@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator.app.cli_common import (
+    PRUNER_NAMES,
+    SAMPLER_NAMES,
     StorageOption,
     SweepArg,
     TaskArg,
@@ -38,8 +40,8 @@ def run(
     config: Annotated[
         str | None, typer.Option("--config", help="TOML file with [run] settings and [space] ranges.")
     ] = None,
-    pruner: Annotated[str | None, typer.Option(help="asha, median or none.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="random, sobol, lhs or tpe.")] = None,
+    pruner: Annotated[str | None, typer.Option(help=f"{PRUNER_NAMES}.")] = None,
+    sampler: Annotated[str | None, typer.Option(help=f"{SAMPLER_NAMES}.")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs each trial holds.")] = None,
     gpus_per_trial: Annotated[
         float | None, typer.Option(help="GPUs each trial holds; 0.25 packs four on a GPU.")

@@ -6,18 +6,27 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator.app.prefetch import DataPrefetch
 from orchestrator.app.tables import SweepTables, load
 from orchestrator.decide.controller import Controller, ControllerOptions
-from orchestrator.decide.pruning import make_pruner
+from orchestrator.decide.pruning import (
+    PRUNERS,
+    NoPruner,
+    Pruner,
+    PrunerChoice,
+    StageBudget,
+    pruner_factory,
+    pruner_name,
+)
 from orchestrator.decide.sweeplog import SweepLog
 from orchestrator.ensemble.ensemble_run import SoupResult, build_and_write
 from orchestrator.ensemble.ensembles import CandidateKey
 from orchestrator.ensemble.records import EnsembleRecord
-from orchestrator.errors import CaviarError
+from orchestrator.errors import CaviarError, ConfigError
+from orchestrator.search.sampler import SAMPLERS, SamplerChoice, sampler_for, sampler_name
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.stages import Stage, default_plan, parse_plan, stage_grace_epochs
 from orchestrator.spec.settings import RunSettings, read_toml
@@ -44,17 +53,48 @@ class SweepResult:
         return load(self.path)
 
 
+@dataclass(frozen=True)
+class PlugIns:
+    """Pruner and sampler objects a caller passed instead of names (the settings keep their names)."""
+
+    pruner: PrunerChoice | None = None
+    sampler: SamplerChoice | None = None
+
+
+NO_PLUGINS = PlugIns()
+
+
+def choose_plugins(*layers: Mapping[str, Any]) -> PlugIns:
+    """The objects among ``pruner=`` and ``sampler=`` values; a later layer wins."""
+    found: dict[str, Any] = {}
+    for values in layers:
+        for key in ("pruner", "sampler"):
+            if key in values and values[key] is not None:
+                found[key] = None if isinstance(values[key], str) else values[key]
+    return PlugIns(**found)
+
+
+def _named(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings values with plug-in objects replaced by the names the sweep row records."""
+    out = dict(values)
+    if out.get("pruner") is not None and not isinstance(out["pruner"], str):
+        out["pruner"] = pruner_name(out["pruner"])
+    if out.get("sampler") is not None and not isinstance(out["sampler"], str):
+        out["sampler"] = sampler_name(out["sampler"])
+    return out
+
+
 def build_settings(
     task: Task, config_file: str | None, overrides: Mapping[str, Any]
 ) -> tuple[RunSettings, SearchSpace]:
     """Task defaults, then the TOML file, then explicit overrides; the space with TOML ranges applied."""
-    settings = RunSettings().merged(task.settings)
+    settings = RunSettings().merged(_named(task.settings))
     space = task.space
     if config_file:
         run_part, space_part = read_toml(config_file)
         settings = settings.merged(run_part)
         space = space.with_overrides(space_part)
-    return settings.merged(overrides).validate(), space
+    return settings.merged(_named(overrides)).validate(), space
 
 
 def plan_for(settings: RunSettings) -> list[Stage]:
@@ -66,26 +106,33 @@ def plan_for(settings: RunSettings) -> list[Stage]:
     return plan
 
 
-def controller_for(space: SearchSpace, settings: RunSettings) -> Controller:
-    plan = plan_for(settings)
-    graces = stage_grace_epochs(plan, settings.grace_epochs)  # later stages never prune before the earlier one's epochs
+def _chosen(kind: str, name: str, given: Any) -> Any:
+    """The object passed for ``kind`` if it is the one the settings name; a registered name; else one line."""
+    if given is not None and (pruner_name(given) if kind == "pruner" else sampler_name(given)) == name:
+        return given
+    if name in (PRUNERS if kind == "pruner" else SAMPLERS):
+        return name
+    raise ConfigError(f"setting '{kind}': this sweep uses the {kind} {name!r}, which is not registered; pass the "
+                      f"same {kind} object ({kind}=...) to run_sweep or resume_sweep")
 
-    def pruner_for(stage: Stage) -> Any:
-        options: dict[str, Any] = {"max_epochs": stage.epochs, "max_loss_ratio": settings.max_loss_ratio}
-        if stage.epochs == 1 or settings.pruner == "none" or stage.reseed:  # seed copies are all kept
-            return make_pruner("none", **options)
-        # the controller hands over the plan's own Stage objects
-        fallback = min(settings.grace_epochs, stage.epochs)
-        grace = next((g for s, g in zip(plan, graces, strict=True) if s is stage), fallback)
-        if settings.pruner == "asha":
-            options.update(grace_epochs=grace, reduction_factor=settings.reduction_factor)
-        elif settings.pruner == "median":
-            options.update(grace_epochs=grace)
-        return make_pruner(settings.pruner, **options)
+
+def controller_for(space: SearchSpace, settings: RunSettings, plugins: PlugIns = NO_PLUGINS) -> Controller:
+    plan = plan_for(settings)
+    # Later stages never prune before the earlier one's epochs; each stage carries its own grace.
+    plan = [replace(stage, grace_epochs=grace) for stage, grace in
+            zip(plan, stage_grace_epochs(plan, settings.grace_epochs), strict=True)]
+    build_pruner = pruner_factory(_chosen("pruner", settings.pruner, plugins.pruner))
+
+    def pruner_for(stage: Stage) -> Pruner:
+        budget = StageBudget(max_epochs=stage.epochs, grace_epochs=stage.grace_epochs or settings.grace_epochs,
+                             reduction_factor=settings.reduction_factor, max_loss_ratio=settings.max_loss_ratio)
+        if stage.epochs == 1 or stage.reseed:  # nothing to compare at one epoch; seed copies are all kept
+            return NoPruner.for_stage(budget)
+        return build_pruner(budget)
 
     options = ControllerOptions(
         seed=settings.seed,
-        sampler=settings.sampler,
+        sampler=sampler_for(_chosen("sampler", settings.sampler, plugins.sampler)),
         top_fraction=settings.top_fraction,
         max_retries=settings.max_retries,
         fail_fast=settings.fail_fast,

@@ -33,33 +33,20 @@ from typing import Any
 
 import pyarrow as pa
 
-from orchestrator.app.lifecycle import controller_for, finish_sweep, result_of
+from orchestrator.app.lifecycle import NO_PLUGINS, PlugIns, controller_for, finish_sweep, result_of
 from orchestrator.app.prefetch import chain_ticks
 from orchestrator.decide import interrupt
 from orchestrator.decide.controller import ENDED, Controller, observation_of
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.search.space import SearchSpace, parse_param
+from orchestrator.spec.options import ResumeOptions
 from orchestrator.spec.settings import RunSettings
 from orchestrator.store import schema
 from orchestrator.store.lease import Lease
 from orchestrator.store.storage import Storage, redact_uri
 
 # What may change when a sweep resumes: where and how wide it runs, never what it searches.
-RESUMABLE_SETTINGS = frozenset(
-    {
-        "slots",
-        "address",
-        "cpus_per_trial",
-        "gpus_per_trial",
-        "resources",
-        "device",
-        "dashboard",
-        "dashboard_host",
-        "ensemble",
-        "shared_storage",
-        "checkpoint_seconds",
-    }
-)
+RESUMABLE_SETTINGS = frozenset(ResumeOptions.__annotations__)  # how it runs, never what it searches
 _PROGRESS_FIELDS = (
     "status",
     "reason",
@@ -378,7 +365,7 @@ def resume_settings(
 
 
 def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, task: Any = None,
-                 trust_task_code: bool = False, **overrides: Any) -> Any:
+                 trust_task_code: bool = False, plugins: PlugIns = NO_PLUGINS, **overrides: Any) -> Any:
     """Continue the sweep at ``path`` (a sweep directory or URI) from its tables; returns a ``SweepResult``.
 
     Only execution settings (slots, address, resources, device, ...) may be overridden.
@@ -391,7 +378,7 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     storage = Storage.from_uri(path)
     record = read_record(storage)
     settings, root_uri, name = resume_settings(record, storage, overrides)
-    rebuilt = rebuild_controller(record)
+    rebuilt = rebuild_controller(record, lambda space, stored: controller_for(space, stored, plugins))
     controller = rebuilt.controller
     if _nothing_to_do(record, rebuilt, storage, settings):  # a finished sweep: resume writes and runs nothing
         return _as_found(controller, storage, name)

@@ -6,6 +6,11 @@ observed and uses no randomness, so replaying the stored metric rows in the same
 rebuilds the same state and gives the same decisions (that is how a sweep resumes).
 
 Reasons: ``"diverged"``, ``"not_learning"``, ``"asha_rung_<epoch>"``, ``"median_epoch_<epoch>"``.
+
+A new pruner is one class: subclass :class:`Pruner`, implement ``_decide`` and
+``next_decision_epoch``, and either register it by name (``@register_pruner("mine")``, then
+``pruner="mine"`` works in settings, TOML and the CLI) or pass the class or a configured instance
+to ``run_sweep(pruner=...)``. Each stage gets a fresh pruner built from its :class:`StageBudget`.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import bisect
 import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, TypeVar
 
 from orchestrator.errors import ConfigError
 
@@ -41,6 +46,16 @@ class Observation:
     num_classes: int | None = None
     # Regression: the validation loss of always predicting the training mean (the "chance" of a regressor).
     baseline_val_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class StageBudget:
+    """What one stage offers its pruner; a pruner's constructor takes those of these it names."""
+
+    max_epochs: int
+    grace_epochs: int = 1  # the plan's grace for this stage (never shorter than the stage before's epochs)
+    reduction_factor: int = 3
+    max_loss_ratio: float = 4.0
 
 
 # -- pure rules -----------------------------------------------------------------------------
@@ -135,6 +150,25 @@ class Pruner(ABC):
     repeat the reason and change nothing; no decision is taken at or after ``max_epochs``.
     """
 
+    name: ClassVar[str] = ""  # set by @register_pruner
+
+    def __new__(cls, *args: Any, **options: Any) -> Pruner:
+        pruner = super().__new__(cls)
+        pruner._chosen = dict(options)  # what the user set: a copy for another stage keeps it
+        return pruner
+
+    @classmethod
+    def for_stage(cls, budget: StageBudget, **chosen: Any) -> Pruner:
+        """A fresh pruner for one stage: the budget's values its constructor takes, then ``chosen`` over them
+        (``max_epochs`` always the stage's own)."""
+        takes = inspect.signature(cls).parameters
+        offered = {k: v for k, v in asdict(budget).items() if k in takes}
+        return cls(**{**offered, **{k: v for k, v in chosen.items() if k != "max_epochs"}})
+
+    def copy_for(self, budget: StageBudget) -> Pruner:
+        """This pruner's class and chosen options, fresh, for another stage."""
+        return type(self).for_stage(budget, **self._chosen)
+
     def __init__(
         self,
         *,
@@ -198,6 +232,22 @@ class Pruner(ABC):
         return None
 
 
+P = TypeVar("P", bound=type[Pruner])
+PRUNERS: dict[str, type[Pruner]] = {}
+
+
+def register_pruner(name: str) -> Callable[[P], P]:
+    """Class decorator: the pruner is known by ``name`` to settings, TOML files and ``caviar run --pruner``."""
+
+    def add(cls: P) -> P:
+        cls.name = name
+        PRUNERS[name] = cls
+        return cls
+
+    return add
+
+
+@register_pruner("none")
 class NoPruner(Pruner):
     """Never prunes on results: only trials that diverge are stopped."""
 
@@ -211,6 +261,7 @@ class NoPruner(Pruner):
         return None
 
 
+@register_pruner("asha")
 class ASHAPruner(Pruner):
     """Asynchronous successive halving, stopping variant (Li et al. 2020; Ray Tune, Syne Tune).
 
@@ -266,6 +317,7 @@ class ASHAPruner(Pruner):
         return reason
 
 
+@register_pruner("median")
 class MedianStoppingPruner(Pruner):
     """Median stopping rule (Golovin et al. 2017, Google Vizier).
 
@@ -313,9 +365,6 @@ class MedianStoppingPruner(Pruner):
         return reason
 
 
-PRUNERS: dict[str, type[Pruner]] = {"asha": ASHAPruner, "median": MedianStoppingPruner, "none": NoPruner}
-
-
 def make_pruner(name: str, **options: Any) -> Pruner:
     """Build a pruner by name (``asha``, ``median``, ``none``); bad names and options raise ConfigError."""
     cls = PRUNERS.get(name)
@@ -334,3 +383,30 @@ def make_pruner(name: str, **options: Any) -> Pruner:
 def _positive_int(field: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"pruner.{field}: must be a positive integer, got {value!r}")
+
+
+PrunerChoice = str | type[Pruner] | Pruner
+
+
+def pruner_factory(choice: PrunerChoice) -> Callable[[StageBudget], Pruner]:
+    """A registered name, a :class:`Pruner` subclass or a configured instance, as a builder of one per stage."""
+    if isinstance(choice, str):
+        if choice not in PRUNERS:
+            raise ConfigError(f"setting 'pruner': unknown pruner {choice!r} (one of {', '.join(PRUNERS)})")
+        return PRUNERS[choice].for_stage
+    if isinstance(choice, type) and issubclass(choice, Pruner):
+        return choice.for_stage
+    if isinstance(choice, Pruner):
+        return choice.copy_for
+    raise ConfigError(f"setting 'pruner': expected a name ({', '.join(PRUNERS)}), a Pruner subclass or a Pruner, "
+                      f"got {type(choice).__name__}")
+
+
+def pruner_name(choice: PrunerChoice) -> str:
+    """How the sweep row records a choice: its registered name, else the class's import path."""
+    if isinstance(choice, str):
+        return choice
+    cls = choice if isinstance(choice, type) else type(choice)
+    if not issubclass(cls, Pruner):
+        pruner_factory(choice)  # the one line that says what a pruner may be
+    return cls.name if PRUNERS.get(cls.name) is cls else f"{cls.__module__}.{cls.__qualname__}"

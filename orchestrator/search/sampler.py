@@ -1,15 +1,20 @@
-"""Samplers: pure functions from (space, seed, stage, count) to configs, so a stage is reproducible.
+"""Samplers: objects that turn (space, seed, stage, count) into configs, so a stage is reproducible.
 
 Random search is the first stage's sampler (the CS231n notes: random beats grid because the
 important parameters get more distinct values). Sobol and Latin hypercube cover the unit cube more
 evenly for small stages. ``tpe`` samples the first stage at random and each later stage by a
 density ratio on the trials already finished (:mod:`orchestrator.search.tpe`).
+
+A new sampler is one class: subclass :class:`Sampler` and implement :meth:`Sampler.unit_points`
+(points of the unit cube; the space maps them onto its ranges, log scales and conditions), or
+:meth:`Sampler.stage_configs` to see finished trials too. Register it by name
+(``@register_sampler("mine")``) or pass an instance to ``run_sweep(sampler=...)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -17,48 +22,128 @@ from orchestrator.errors import ConfigError
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.tpe import Scored, tpe_unit_points
 
-SAMPLERS = ("random", "sobol", "lhs", "tpe")
+
+class Sampler:
+    """Draws one stage's configs; same arguments, same configs (no hidden state between calls)."""
+
+    name: ClassVar[str] = ""  # set by @register_sampler
+
+    def unit_points(self, count: int, dims: int, *, seed: int, stage: int) -> np.ndarray:
+        """``count`` points of the ``dims``-dimensional unit cube, fixed by ``(seed, stage)``."""
+        raise NotImplementedError(f"{type(self).__name__}: implement unit_points or stage_configs")
+
+    def stage_configs(self, space: SearchSpace, count: int, *, seed: int, stage: int,
+                      history: Sequence[Scored] = (), keep_inactive: bool = False) -> tuple[list[dict[str, Any]], str]:
+        """The configs of one stage, in trial order, and how they were drawn (recorded in the stage's event).
+
+        ``history``: (config, score, stage) of the trials finished before this stage, in trial order.
+        Inactive conditional parameters are ``None`` unless ``keep_inactive`` (their draws are kept for a
+        caller that changes parents first, then applies ``space.deactivate``).
+        """
+        dims = len(space.searched)
+        points = np.zeros((count, 0)) if dims == 0 else np.asarray(self.unit_points(count, dims, seed=seed,
+                                                                                      stage=stage), dtype=float)
+        if points.shape != (count, dims) or not (np.isfinite(points).all() and (points >= 0).all()
+                                                 and (points <= 1).all()):
+            raise ConfigError(f"sampler {sampler_name(self)!r}: unit_points must return {count}x{dims} values in "
+                              f"[0, 1], got shape {points.shape}")
+        return [space.from_unit(p, deactivate=not keep_inactive) for p in points], sampler_name(self)
+
+
+S = TypeVar("S", bound=type[Sampler])
+SAMPLERS: dict[str, type[Sampler]] = {}
+
+
+def register_sampler(name: str) -> Callable[[S], S]:
+    """Class decorator: the sampler is known by ``name`` to settings, TOML files and ``caviar run --sampler``."""
+
+    def add(cls: S) -> S:
+        cls.name = name
+        SAMPLERS[name] = cls
+        return cls
+
+    return add
+
+
+@register_sampler("random")
+class RandomSampler(Sampler):
+    def unit_points(self, count: int, dims: int, *, seed: int, stage: int) -> np.ndarray:
+        return np.random.default_rng([seed, stage]).random((count, dims))
+
+
+@register_sampler("sobol")
+class SobolSampler(Sampler):
+    def unit_points(self, count: int, dims: int, *, seed: int, stage: int) -> np.ndarray:
+        from scipy.stats import qmc  # only where asked: scipy is slow to import
+
+        return qmc.Sobol(dims, scramble=True, seed=np.random.default_rng([seed, stage, 1])).random(count)
+
+
+@register_sampler("lhs")
+class LatinHypercubeSampler(Sampler):
+    def unit_points(self, count: int, dims: int, *, seed: int, stage: int) -> np.ndarray:
+        from scipy.stats import qmc
+
+        return qmc.LatinHypercube(dims, seed=np.random.default_rng([seed, stage, 1])).random(count)
+
+
+@register_sampler("tpe")
+class TPESampler(RandomSampler):
+    """Random where it has no finished trials to model (the first stage), a density ratio after that."""
+
+    def stage_configs(self, space: SearchSpace, count: int, *, seed: int, stage: int,
+                      history: Sequence[Scored] = (), keep_inactive: bool = False) -> tuple[list[dict[str, Any]], str]:
+        if stage > 0 and count > 0:
+            points = tpe_unit_points(space, history, count, seed=seed, stage=stage)
+            if points is not None:
+                return [space.from_unit(p, deactivate=not keep_inactive) for p in points], "tpe"
+        configs, _ = super().stage_configs(space, count, seed=seed, stage=stage, keep_inactive=keep_inactive)
+        return configs, "random"
+
+
+SamplerChoice = str | Sampler
+
+
+def sampler_for(choice: SamplerChoice) -> Sampler:
+    """A registered name or a :class:`Sampler` instance, as a sampler."""
+    if isinstance(choice, Sampler):
+        return choice
+    if isinstance(choice, str) and choice in SAMPLERS:
+        return SAMPLERS[choice]()
+    if isinstance(choice, type) and issubclass(choice, Sampler):
+        return choice()
+    known = ", ".join(SAMPLERS)
+    raise ConfigError(f"setting 'sampler': expected a name ({known}) or a Sampler, got {choice!r}")
+
+
+def sampler_name(choice: SamplerChoice | type[Sampler]) -> str:
+    """How the sweep row records a choice: its registered name, else the class's import path."""
+    if isinstance(choice, str):
+        return choice
+    cls = choice if isinstance(choice, type) else type(choice)
+    if not issubclass(cls, Sampler):
+        sampler_for(choice)  # type: ignore[arg-type]  # the one line that says what a sampler may be
+    return cls.name if SAMPLERS.get(cls.name) is cls else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def unit_points(kind: str, count: int, dims: int, seed: int, stage: int) -> np.ndarray:
-    """``count`` points of the ``dims``-dimensional unit cube, fixed by ``(seed, stage)``."""
-    if kind not in SAMPLERS:
-        raise ConfigError(f"sampler: unknown kind {kind!r} (one of {', '.join(SAMPLERS)})")
-    if dims == 0:
-        return np.zeros((count, 0))
-    if kind in ("random", "tpe"):  # tpe: random where it has no finished trials to model
-        return np.random.default_rng([seed, stage]).random((count, dims))
-    from scipy.stats import qmc  # only where asked: scipy is slow to import
-
-    rng = np.random.default_rng([seed, stage, 1])
-    engine = qmc.Sobol(dims, scramble=True, seed=rng) if kind == "sobol" else qmc.LatinHypercube(dims, seed=rng)
-    return engine.random(count)
+    """``count`` points of the unit cube from the sampler named ``kind``."""
+    return sampler_for(kind).unit_points(count, dims, seed=seed, stage=stage) if dims else np.zeros((count, 0))
 
 
-def sample_configs(space: SearchSpace, count: int, *, seed: int, stage: int = 0, kind: str = "random",
+def sample_configs(space: SearchSpace, count: int, *, seed: int, stage: int = 0, kind: SamplerChoice = "random",
                    keep_inactive: bool = False) -> list[dict[str, Any]]:
-    """The configs of one stage, in trial order. Same arguments, same configs.
-
-    Inactive conditional parameters are ``None`` unless ``keep_inactive`` (their draws are kept for a caller
-    that changes parents first, then applies ``space.deactivate``).
-    """
-    points = unit_points(kind, count, len(space.searched), seed, stage)
-    return [space.from_unit(p, deactivate=not keep_inactive) for p in points]
+    """The configs of one stage from points of the unit cube alone (no history). Same arguments, same configs."""
+    sampler = sampler_for(kind)
+    unit = RandomSampler() if isinstance(sampler, TPESampler) else sampler  # tpe without history: random points
+    return unit.stage_configs(space, count, seed=seed, stage=stage, keep_inactive=keep_inactive)[0]
 
 
-def stage_configs(space: SearchSpace, count: int, *, seed: int, stage: int, kind: str = "random",
+def stage_configs(space: SearchSpace, count: int, *, seed: int, stage: int, kind: SamplerChoice = "random",
                   history: Sequence[Scored] = (), keep_inactive: bool = False) -> tuple[list[dict[str, Any]], str]:
-    """The configs of one stage and how they were drawn (``"random"``, ``"tpe"``, ...).
-
-    ``history``: (config, score, stage) of the trials finished before this stage, in trial order; only
-    ``kind="tpe"`` reads it, and falls back to random points while too few trials are good.
-    """
-    if kind == "tpe" and stage > 0 and count > 0:
-        points = tpe_unit_points(space, history, count, seed=seed, stage=stage)
-        if points is not None:
-            return [space.from_unit(p, deactivate=not keep_inactive) for p in points], "tpe"
-    return sample_configs(space, count, seed=seed, stage=stage, kind=kind, keep_inactive=keep_inactive), (
-        "random" if kind == "tpe" else kind)
+    """The configs of one stage and how they were drawn (``"random"``, ``"tpe"``, ...)."""
+    return sampler_for(kind).stage_configs(space, count, seed=seed, stage=stage, history=history,
+                                           keep_inactive=keep_inactive)
 
 
 def trial_seed(sweep_seed: int, trial_id: int) -> int:

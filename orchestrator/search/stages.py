@@ -33,6 +33,7 @@ class Stage:
     trials: int
     epochs: int
     reseed: bool = False
+    grace_epochs: int | None = None  # the pruner's grace in this stage (None: the sweep's setting)
 
     def __post_init__(self) -> None:
         _positive_int("stage.trials", self.trials)

@@ -73,8 +73,10 @@ class RunSettings:
             "reduction_factor", isinstance(self.reduction_factor, int) and self.reduction_factor >= 2, "an integer >= 2"
         )
         _check("seed", isinstance(self.seed, int) and self.seed >= 0, "a non-negative integer")
-        _check("pruner", self.pruner in PRUNERS, f"one of {', '.join(PRUNERS)}")
-        _check("sampler", self.sampler in SAMPLERS, f"one of {', '.join(SAMPLERS)}")
+        _check("pruner", self.pruner in PRUNERS or _is_class_path(self.pruner),
+               f"one of {', '.join(PRUNERS)} (or a Pruner object from Python)")
+        _check("sampler", self.sampler in SAMPLERS or _is_class_path(self.sampler),
+               f"one of {', '.join(SAMPLERS)} (or a Sampler object from Python)")
         _check("cpus_per_trial", _num(self.cpus_per_trial) and self.cpus_per_trial > 0, "a number > 0")
         _check("gpus_per_trial", _num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "a number >= 0")
         _check("max_loss_ratio", _num(self.max_loss_ratio) and self.max_loss_ratio > 1, "a number > 1")
@@ -152,3 +154,8 @@ def read_toml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if unknown:
         raise ConfigError(f"config {path!r}: unknown table(s) {', '.join(sorted(unknown))} (use [run] and [space])")
     return dict(data.get("run", {})), dict(data.get("space", {}))
+
+
+def _is_class_path(value: Any) -> bool:
+    """``package.module.Class``: how the sweep row names a pruner or sampler passed as an object."""
+    return isinstance(value, str) and "." in value and all(part.isidentifier() for part in value.split("."))

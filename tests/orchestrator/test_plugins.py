@@ -1,0 +1,152 @@
+"""Pruners and samplers as objects: a new one is one class, passed in or registered by name.
+
+The custom pruner and sampler here are the ones docs/ARCHITECTURE.md shows; they run through the
+real controller and driver on the simulated backend, and (last test) through ``run_sweep`` on Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from orchestrator.app.lifecycle import PlugIns, build_settings, choose_plugins, controller_for
+from orchestrator.decide.driver import drive
+from orchestrator.decide.pruning import PRUNERS, Observation, Pruner, pruner_name, register_pruner
+from orchestrator.decide.simulate import SimulatedBackend
+from orchestrator.errors import ConfigError
+from orchestrator.search.sampler import SAMPLERS, Sampler, register_sampler, sampler_name, stage_configs
+from orchestrator.search.space import SearchSpace, choice, loguniform
+from orchestrator.spec.options import ResumeOptions, RunOptions
+from orchestrator.spec.settings import RunSettings
+
+SPACE = SearchSpace({"lr": loguniform(1e-4, 1.0), "act": choice(["relu", "tanh"])})
+
+
+class BelowFloor(Pruner):
+    """Stops a trial whose score is under ``floor`` once ``at_epoch`` epochs are done."""
+
+    def __init__(self, *, floor: float = 0.5, at_epoch: int = 2, max_epochs: int | None = None,
+                 max_loss_ratio: float = 4.0):
+        super().__init__(max_epochs=max_epochs, max_loss_ratio=max_loss_ratio)
+        self.floor, self.at_epoch = floor, at_epoch
+
+    def next_decision_epoch(self, epoch: int) -> int:
+        return self.at_epoch if epoch < self.at_epoch else self.max_epochs
+
+    def _decide(self, obs: Observation, trial) -> str | None:
+        return f"below_{self.floor}" if obs.epoch == self.at_epoch and obs.score < self.floor else None
+
+
+class Halton(Sampler):
+    """A low-discrepancy sequence from scipy, one scrambled stream per (seed, stage)."""
+
+    def unit_points(self, count: int, dims: int, *, seed: int, stage: int) -> np.ndarray:
+        from scipy.stats import qmc
+
+        return qmc.Halton(dims, seed=np.random.default_rng([seed, stage])).random(count)
+
+
+def quality(config) -> float:
+    return 0.3 + 0.6 * math.exp(-0.5 * (math.log10(config["lr"]) + 2.0) ** 2)
+
+
+def settings(**values) -> RunSettings:
+    return RunSettings().merged({"plan": "8x4,4x4", "seed": 3, **values}).validate()
+
+
+def run(controller):
+    return drive(controller, SimulatedBackend(quality, 2))
+
+
+def test_a_pruner_object_prunes_with_its_own_options_in_every_stage():
+    pruner = BelowFloor(floor=0.6, at_epoch=2)
+    chosen = choose_plugins({}, {"pruner": pruner})
+    controller = controller_for(SPACE, settings(pruner=pruner_name(BelowFloor)), chosen)
+    run(controller)
+    reasons = {t.reason for t in controller.trials.values() if t.status == "pruned"}
+    assert reasons == {"below_0.6"}
+    for stage in controller.plan:  # a fresh copy per stage, the user's floor kept, the stage's epochs its own
+        copy = controller.make_pruner(stage)
+        assert isinstance(copy, BelowFloor) and copy is not pruner
+        assert (copy.floor, copy.at_epoch, copy.max_epochs) == (0.6, 2, stage.epochs)
+    assert not pruner._trials  # the object passed in is never used itself
+
+
+def test_a_pruner_class_is_built_per_stage_from_the_stage_budget():
+    controller = controller_for(SPACE, settings(max_loss_ratio=3.0, pruner=pruner_name(BelowFloor)),
+                                PlugIns(pruner=BelowFloor))
+    built = controller.make_pruner(controller.plan[1])
+    assert (built.floor, built.max_epochs, built.max_loss_ratio) == (0.5, 4, 3.0)
+
+
+def test_a_registered_pruner_and_sampler_work_by_name_in_settings(monkeypatch):
+    monkeypatch.setitem(PRUNERS, "floor", BelowFloor)
+    monkeypatch.setitem(SAMPLERS, "halton", Halton)
+    register_pruner("floor")(BelowFloor)
+    register_sampler("halton")(Halton)
+    try:
+        controller = controller_for(SPACE, settings(pruner="floor", sampler="halton"))
+        run(controller)
+        started = [e for e in controller.event_feed if e[1]["kind"] == "stage_started"]
+        assert started[0][1]["detail"]["sampler"] == "halton"
+        assert any(t.reason == "below_0.5" for t in controller.trials.values())
+    finally:
+        BelowFloor.name = Halton.name = ""
+
+
+def test_a_sampler_object_draws_the_stage_and_is_named_in_its_event():
+    configs, drawn_by = stage_configs(SPACE, 6, seed=1, stage=0, kind=Halton())
+    assert drawn_by == sampler_name(Halton) == f"{__name__}.Halton"
+    assert configs == stage_configs(SPACE, 6, seed=1, stage=0, kind=Halton())[0]  # same seed, same configs
+    assert all(1e-4 <= c["lr"] <= 1.0 for c in configs)
+
+
+def test_bad_unit_points_and_unknown_plugins_are_one_line():
+    class Outside(Sampler):
+        def unit_points(self, count, dims, *, seed, stage):
+            return np.full((count, dims), 2.0)
+
+    with pytest.raises(ConfigError, match=r"unit_points must return 3x2 values in \[0, 1\]"):
+        stage_configs(SPACE, 3, seed=0, stage=0, kind=Outside())
+    with pytest.raises(ConfigError, match=r"setting 'pruner': expected a name .* got int"):
+        controller_for(SPACE, settings(), PlugIns(pruner=7))  # type: ignore[arg-type]
+    # A sweep recorded with an object's class path resumes only when given the object again.
+    with pytest.raises(ConfigError, match=r"uses the pruner 'my.pkg.Custom', which is not registered; pass the same"):
+        controller_for(SPACE, settings(pruner="my.pkg.Custom"))
+    with pytest.raises(ConfigError, match=r"setting 'sampler'"):
+        settings(sampler="no such thing")
+
+
+def test_objects_in_a_tasks_settings_are_recorded_by_name():
+    class Task:
+        space = SPACE
+        settings = {"pruner": BelowFloor(floor=0.7), "sampler": Halton()}
+
+    built, _ = build_settings(Task, None, {"trials": 12})  # type: ignore[arg-type]
+    assert (built.pruner, built.sampler) == (f"{__name__}.BelowFloor", f"{__name__}.Halton")
+    json.dumps(vars(built))  # the sweep row stays plain JSON
+    plugins = choose_plugins(Task.settings, {"sampler": "random"})  # a name given later wins over the object
+    assert isinstance(plugins.pruner, BelowFloor) and plugins.sampler is None
+
+
+def test_the_typed_options_name_every_setting_and_resume_takes_only_how_it_runs():
+    fields = set(vars(RunSettings()))
+    assert set(RunOptions.__annotations__) == fields
+    assert set(ResumeOptions.__annotations__) < fields
+
+
+def test_run_sweep_takes_a_pruner_and_a_sampler_object(ray_session, storage_dir):
+    from orchestrator.app.api import load, run_sweep
+    from tests.conftest import TINY_TASK
+
+    result = run_sweep(TINY_TASK, plan="4x2", slots=2, storage=storage_dir, name="plugins", ensemble=False,
+                       pruner=BelowFloor(floor=2.0, at_epoch=1), sampler=Halton())
+    tables = load(result.path)
+    row = json.loads(tables.sweep.to_pylist()[0]["settings"])
+    assert (row["pruner"], row["sampler"]) == (f"{__name__}.BelowFloor", f"{__name__}.Halton")
+    # A score never reaches 2.0: every trial stops at epoch 1 with the custom reason.
+    assert {(t["status"], t["reason"], t["epochs_run"]) for t in tables.trials.to_pylist()} == {
+        ("pruned", "below_2.0", 1)}
