@@ -48,3 +48,7 @@ class SweepInterrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.path = path
+
+
+class IllegalTransition(RuntimeError):
+    """A trial asked to move between statuses its state machine does not allow (a bug, never user input)."""

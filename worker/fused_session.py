@@ -26,6 +26,7 @@ import torch
 from orchestrator.decide.backend import Assignment, Report
 from orchestrator.decide.fusing import choose_array_size
 from orchestrator.decide.pruning import divergence_reason
+from orchestrator.decide.status import TrialStatus
 from orchestrator.errors import NotFusable
 from worker.data import Splits
 from worker.fused import FusedArray, FusedMember, contract_blocker
@@ -84,8 +85,8 @@ class FusedSession(WorkerSession):
         except NotFusable:
             return self.start(a)  # WorkerSession's plain trial
         except Exception:
-            return Report(a.trial_id, ended=True, status="failed", reason="error", error=traceback.format_exc(),
-                          node=self.node)
+            return Report(a.trial_id, ended=True, status=TrialStatus.FAILED, reason="error",
+                          error=traceback.format_exc(), node=self.node)
         self.recorders[a.trial_id] = self._recorder(a)
         self.array_of[a.trial_id] = array
         self.targets[a.trial_id] = a.until_epoch
@@ -126,7 +127,7 @@ class FusedSession(WorkerSession):
             recorder.finish(FusedMember(array, tid))
         except Exception:
             if error is None:
-                status, reason, error = "failed", "storage", traceback.format_exc()
+                status, reason, error = TrialStatus.FAILED, "storage", traceback.format_exc()
         array.drop([tid])  # compaction: it stops costing compute now
         if not len(array):
             self.arrays.remove(array)

@@ -18,6 +18,7 @@ import torch
 
 from orchestrator.decide.backend import Assignment, Report
 from orchestrator.decide.pruning import divergence_reason
+from orchestrator.decide.status import TrialStatus
 from orchestrator.spec.task import Task, load_task
 from orchestrator.store.storage import Storage
 from worker.data import Splits, prepare_task_data
@@ -89,7 +90,8 @@ class WorkerSession:
                 recorder.adopt(run.epoch)
         except Exception:
             return Report(
-                a.trial_id, ended=True, status="failed", reason="error", error=traceback.format_exc(), node=self.node
+                a.trial_id, ended=True, status=TrialStatus.FAILED, reason="error", error=traceback.format_exc(),
+                node=self.node,
             )
         self.runs[a.trial_id] = (run, recorder)
         return self.advance(a.trial_id, a.until_epoch)
@@ -108,11 +110,11 @@ class WorkerSession:
                     [r["train_loss"] for r in recorder.rows_by_epoch.values()], max_ratio=self.options.max_loss_ratio
                 )
                 if reason or not math.isfinite(row["val_loss"]):
-                    return self._end(trial_id, rows, "pruned", reason or "diverged")
+                    return self._end(trial_id, rows, TrialStatus.PRUNED, reason or "diverged")
         except Exception:
-            return self._end(trial_id, rows, "failed", "error", traceback.format_exc())
+            return self._end(trial_id, rows, TrialStatus.FAILED, "error", traceback.format_exc())
         if run.epoch >= run.spec.max_epochs:
-            return self._end(trial_id, rows, "completed", "max_epochs")
+            return self._end(trial_id, rows, TrialStatus.COMPLETED, "max_epochs")
         return Report(trial_id, rows, node=self.node)
 
     def stop(self, trial_id: int, status: str, reason: str) -> Report:
@@ -128,5 +130,5 @@ class WorkerSession:
             recorder.finish(run)
         except Exception:
             if error is None:
-                status, reason, error = "failed", "storage", traceback.format_exc()
+                status, reason, error = TrialStatus.FAILED, "storage", traceback.format_exc()
         return Report(trial_id, rows, ended=True, status=status, reason=reason, error=error, node=self.node)

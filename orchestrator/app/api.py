@@ -23,6 +23,7 @@ from orchestrator.app.tables import SweepTables, load, open_sweep  # noqa: F401 
 from orchestrator.decide import interrupt
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.pruning import PrunerChoice
+from orchestrator.decide.status import TrialStatus
 from orchestrator.decide.sweeplog import SweepLog
 from orchestrator.errors import CaviarError, ConfigError, StorageError
 from orchestrator.search.sampler import SamplerChoice
@@ -80,9 +81,8 @@ def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:
 
 def forget_refused_sweep(sweep: Storage, controller: Controller) -> None:
     """A start refused before any trial ran leaves nothing behind: the same name works again."""
-    if all(t.status == "pending" and t.attempt == 0 for t in controller.trials.values()) or not sweep.list_files(
-        "metrics"
-    ):
+    untouched = all(t.status == TrialStatus.PENDING and t.attempt == 0 for t in controller.trials.values())
+    if untouched or not sweep.list_files("metrics"):
         sweep.delete_dir("")
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from orchestrator.app.answer import format_value
-from orchestrator.decide.controller import ENDED, Controller
+from orchestrator.decide.controller import Controller
+from orchestrator.decide.status import ENDED, TrialStatus
 
 KEY_PARAMS = 4  # hyperparameters shown per running trial
 PLAIN_HEARTBEAT = 30.0  # seconds without a state change before plain mode prints a status line
@@ -62,7 +63,7 @@ def snapshot(controller: Controller) -> Snapshot:
     running = [
         RunningRow(t.trial_id, t.stage + 1, t.epochs_run, t.max_epochs,
                    t.best_score if t.best_score > -float("inf") else None, key_params(t.config, searched))
-        for t in sorted(trials, key=lambda t: t.trial_id) if t.status == "running"
+        for t in sorted(trials, key=lambda t: t.trial_id) if t.status == TrialStatus.RUNNING
     ]
     return Snapshot(
         stage=controller.stage + 1, stages=len(controller.plan), counts=dict(counts),

@@ -2,30 +2,17 @@
 
 The sweep row holds the settings and the initial space; the stages table each begun stage's
 ranges; the trials table each trial's status; the metrics table every epoch a worker
-persisted. From these the controller is rebuilt:
-
-- stages begin again with their stored ranges (stage sampling is a pure function of seed,
-  stage and count, so trial ids and configs come out the same; the stored config wins);
-- finished, pruned and failed trials stay as they are;
-- the current stage's pruner is fed every stored epoch in the order the workers recorded
-  them, so ASHA rungs and medians hold the same scores as before the crash;
-- an interrupted trial (running or pending with persisted epochs) goes back to the queue
-  under a new attempt number and resumes from its last checkpoint (the worker reads its
-  resume state); rows it re-runs supersede the old attempt's (``schema.effective_metrics``);
-- an interrupted trial whose stored epochs already end it (max epochs, or a stop the
-  replayed pruner takes at its last epoch) is closed instead;
-- a stage the live run had begun but the (throttled) tables had not recorded begins again
-  once the stage before it ends, and its trials' stored epochs are taken up the same way;
-- a fused sweep's later stages share shapes as before (the ``fusing_on`` event), but the
-  resumed run trains unfused.
-
-:func:`read_record` reads the tables; :func:`rebuild_controller` is pure (no ray, no torch).
+persisted. :func:`read_record` reads them; :func:`rebuild_controller` hands the rows to
+:func:`orchestrator.decide.restore.restore`, which brings a new controller to where they left
+it (what happens to finished, interrupted and unrecorded trials is described there). Then the
+sweep runs on, through the same finish as ``run_sweep`` (:mod:`orchestrator.app.lifecycle`),
+unfused: the fused backend's set-up reshapes a stage's trials before any has started, which no
+longer holds mid-stage.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +23,8 @@ import pyarrow as pa
 from orchestrator.app.lifecycle import NO_PLUGINS, PlugIns, controller_for, finish_sweep, result_of
 from orchestrator.app.prefetch import chain_ticks
 from orchestrator.decide import interrupt
-from orchestrator.decide.controller import ENDED, Controller, observation_of
+from orchestrator.decide.controller import Controller
+from orchestrator.decide.restore import Rebuilt, StoredRows, restore
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.search.space import SearchSpace, parse_param
 from orchestrator.spec.options import ResumeOptions
@@ -47,23 +35,6 @@ from orchestrator.store.storage import Storage, redact_uri
 
 # What may change when a sweep resumes: where and how wide it runs, never what it searches.
 RESUMABLE_SETTINGS = frozenset(ResumeOptions.__annotations__)  # how it runs, never what it searches
-_PROGRESS_FIELDS = (
-    "status",
-    "reason",
-    "attempt",
-    "epochs_run",
-    "best_score",
-    "best_epoch",
-    "best_val_loss",
-    "best_val_accuracy",
-    "train_seconds",
-    "started",
-    "finished",
-    "node",
-    "error",
-)
-
-
 @dataclass
 class SweepRecord:
     """A sweep's tables as plain rows: everything a rebuild reads."""
@@ -89,12 +60,8 @@ class SweepRecord:
     def space(self) -> SearchSpace:
         return space_from_json(self.sweep["space"], schema.SWEEP_PATH)
 
-
-@dataclass
-class Rebuilt:
-    controller: Controller
-    resumed: dict[int, int]  # trial id -> the epoch its stored rows reach (it continues after its checkpoint)
-    closed: list[int]  # interrupted trials whose stored epochs already ended them
+    def rows(self) -> StoredRows:
+        return StoredRows(self.stages, self.trials, self.metrics, self.last_attempt, self.events, self.num_classes)
 
 
 def space_from_json(text: str, where: str) -> SearchSpace:
@@ -155,191 +122,7 @@ def rebuild_controller(
     settings, space = record.settings, record.space
     controller = make_controller(space, settings)
     spaces = [space_from_json(row["space"], schema.stage_path(row["file_stage"])) for row in record.stages] or [space]
-    _check_stages(record.stages, controller)
-    _share_shapes_as_before(controller, record.events)
-    controller.reopen(spaces)
-    # Rows of a stage the trials table holds but whose stage row was not written yet (the master died
-    # between the two writes) are taken up when the stage begins again below.
-    waiting_rows = _apply_rows(controller, record.trials)
-    _check_earlier_stages_ended(controller)
-
-    controller.abort_reason = _abort_reason(record.events)
-    resumed: dict[int, int] = {}
-    closed: list[int] = []
-    restored: set[int] = set()
-    # The live run may have begun stages the tables had not caught up with (the flush is throttled):
-    # when the current stage ends here, the next begins (same seed, same ranges), and its trials'
-    # stored rows are taken up in turn.
-    while controller.stage not in restored:
-        restored.add(controller.stage)
-        waiting_rows = _apply_rows(controller, waiting_rows)
-        _restore_stage(controller, record, resumed, closed)
-        controller.settle()
-    if waiting_rows:
-        raise StorageError(f"{schema.TRIALS_PATH}: trial {waiting_rows[0]['trial_id']} belongs to no stored stage "
-                           "(nor to the one they lead to)")
-    controller.event(
-        "sweep_resumed",
-        detail={"resumed": sorted(resumed), "closed": closed, "from_epochs": {str(k): v for k, v in resumed.items()}},
-    )
-    return Rebuilt(controller, resumed, closed)
-
-
-def _apply_rows(controller: Controller, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stored trial rows onto the controller's trials; returns the rows of trials it does not have yet."""
-    waiting = []
-    for row in rows:
-        trial = controller.trials.get(row["trial_id"])
-        if trial is None:
-            waiting.append(row)
-            continue
-        if trial.stage != row["stage"]:
-            raise StorageError(f"{schema.TRIALS_PATH}: trial {row['trial_id']} is in stage {row['stage'] + 1} "
-                               f"but the stored plan puts it in stage {trial.stage + 1}")
-        trial.config = dict(row["config"])  # the stored config wins (a fused sweep shares shapes within blocks)
-        for name in _PROGRESS_FIELDS:
-            setattr(trial, name, row[name])
-        if trial.best_score is None:
-            trial.best_score = -math.inf
-    return waiting
-
-
-def _check_earlier_stages_ended(controller: Controller) -> None:
-    """A stage begins only when the one before has ended; tables saying otherwise cannot be finished."""
-    for trial in controller.trials.values():
-        if trial.stage < controller.stage and trial.status not in ENDED:
-            raise StorageError(
-                f"{schema.TRIALS_PATH}: trial {trial.trial_id} of stage {trial.stage + 1} is '{trial.status}' "
-                f"but stage {controller.stage + 1} has begun; the tables contradict each other"
-            )
-
-
-def _restore_stage(controller: Controller, record: SweepRecord, resumed: dict[int, int], closed: list[int]) -> None:
-    """Requeue the current stage's unfinished trials: interrupted ones first, under a new attempt; close the ended."""
-    stage = controller.stage
-    unfinished = sorted(tid for tid, t in controller.trials.items() if t.stage == stage and t.status not in ENDED)
-    interrupted = {
-        tid
-        for tid in unfinished
-        if controller.trials[tid].status in ("running", "interrupted")
-        or tid in record.last_attempt
-        or controller.trials[tid].attempt
-    }
-    for tid in interrupted:  # progress comes back from the persisted rows, not from the (throttled) trials table
-        trial = controller.trials[tid]
-        trial.epochs_run, trial.best_score, trial.best_epoch = 0, -math.inf, None
-        trial.best_val_loss = trial.best_val_accuracy = None
-        trial.train_seconds = 0.0
-    stop_at = _replay(controller, record, interrupted)
-    to_close, to_resume = [], []
-    for tid in sorted(interrupted):
-        trial = controller.trials[tid]
-        if tid in stop_at or trial.epochs_run >= trial.max_epochs:
-            trial.status = "running"  # until closed below: the stage must not look finished before that
-            to_close.append(tid)
-            continue
-        trial.status = "pending"
-        # A fresh attempt number: its metric parts and weight files never overwrite the lost attempt's.
-        trial.attempt = max(trial.attempt, record.last_attempt.get(tid, -1) + 1)
-        resumed[tid] = trial.epochs_run
-        to_resume.append(tid)
-        controller.event("trial_resumed", tid, detail={"attempt": trial.attempt, "from_epoch": trial.epochs_run})
-    waiting = [tid for tid in unfinished if tid not in interrupted]
-    for tid in waiting:
-        controller.trials[tid].status = "pending"
-    others = [tid for tid in controller.pending if controller.trials[tid].stage != stage]
-    controller.pending.clear()
-    controller.pending.extend(to_resume + waiting + others)
-    closed.extend(to_close)
-    for tid in to_close:  # the last one may end the stage and begin the next
-        controller.on_stopped(tid, stop_at.get(tid, "max_epochs"))
-
-
-def _check_stages(stages: list[dict[str, Any]], controller: Controller) -> None:
-    for row in stages:
-        index = row["stage"]
-        if index >= len(controller.plan):
-            raise StorageError(
-                f"{schema.stage_path(schema.stage_number(index))}: stage {index + 1} is beyond the stored plan"
-            )
-        planned = controller.plan[index]
-        if (row["trials"], row["epochs"]) != (planned.trials, planned.epochs):
-            raise StorageError(
-                f"{schema.stage_path(schema.stage_number(index))}: {row['trials']}x{row['epochs']} does not match the "
-                f"stored plan's stage {index + 1} ({planned})"
-            )
-    if [row["stage"] for row in stages] != list(range(len(stages))):
-        raise StorageError(f"stages: expected stages 1..{len(stages)}, found a gap")
-
-
-def _replay(controller: Controller, record: SweepRecord, interrupted: set[int]) -> dict[int, str]:
-    """Feed the current stage's stored epochs to its pruner in the order the workers recorded them.
-
-    Finished trials only feed the pruner (their table rows stay); interrupted ones also rebuild
-    their progress. A stop counts only at a trial's last stored epoch: stored epochs after a
-    stop mean the live run decided otherwise (its reports arrived in another order), so the
-    replay follows the live run. Returns the interrupted trials the replay stops.
-    """
-    pruner = controller.pruner
-    assert pruner is not None
-    stage = controller.stage
-    rows = [
-        r
-        for r in record.metrics
-        if controller.trials.get(r["trial_id"]) is not None and controller.trials[r["trial_id"]].stage == stage
-    ]
-    rows.sort(key=lambda r: (r["time"] or 0, r["trial_id"], r["epoch"]))
-    last_epoch: dict[int, int] = {}
-    for r in rows:
-        last_epoch[r["trial_id"]] = max(r["epoch"], last_epoch.get(r["trial_id"], 0))
-    stop_at: dict[int, str] = {}
-    for r in rows:
-        tid = r["trial_id"]
-        row = {**r, "num_classes": record.num_classes}
-        if tid in interrupted:
-            reason = controller.replay(tid, row)
-        else:
-            reason = pruner.observe(observation_of(tid, row))
-        if reason is None:
-            continue
-        if r["epoch"] < last_epoch[tid]:
-            pruner.forget(tid)  # the live run went on past this epoch: so does the replay
-        elif tid in interrupted:
-            stop_at[tid] = reason
-    for tid, trial in controller.trials.items():
-        if trial.stage == stage and trial.status in ENDED:
-            pruner.forget(tid)
-    return stop_at
-
-
-def _last_detail(events: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
-    found = [e for e in events if e["kind"] == kind]
-    if not found:
-        return None
-    try:
-        return dict(json.loads(found[-1]["detail"] or "{}"))
-    except (TypeError, ValueError):
-        return {}
-
-
-def _abort_reason(events: list[dict[str, Any]]) -> str | None:
-    detail = _last_detail(events, "sweep_aborted")
-    return None if detail is None else detail.get("message") or "aborted"
-
-
-def _share_shapes_as_before(controller: Controller, events: list[dict[str, Any]]) -> None:
-    """A fused sweep shared model shapes in blocks: its later stages must sample the same way.
-
-    The resumed run itself trains unfused (``resume_settings``): the fused backend's set-up
-    reshapes a stage's trials before any has started, which no longer holds mid-stage.
-    """
-    detail = _last_detail(events, "fusing_on")
-    if detail and int(detail.get("array_size", 0)) > 1:
-        o = controller.options
-        # block_cap sized the shape blocks; array_size is only the K the probe picked
-        o.fuse_array_size = int(detail.get("block_cap", detail["array_size"]))
-        o.fuse_workers = int(detail.get("workers", 1))
-        o.fuse_per_member = frozenset(detail.get("per_member") or o.fuse_per_member)
+    return restore(controller, record.rows(), spaces)
 
 
 def resume_settings(

@@ -17,13 +17,18 @@ from typing import Any
 from orchestrator.decide.backend import Assignment, Report
 from orchestrator.decide.fusing import PER_MEMBER, block_size, share_shapes
 from orchestrator.decide.pruning import Observation, Pruner
+from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, stored_status
+from orchestrator.errors import StorageError
 from orchestrator.search.narrowing import edge_warnings, narrow_space, top_results
 from orchestrator.search.sampler import stage_configs, trial_seed
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.stages import Stage, promotion_count
-from orchestrator.store.schema import now_ms
+from orchestrator.store.schema import TRIALS_PATH, now_ms
 
-ENDED = ("completed", "pruned", "failed")
+# What a trials-table row restores of a trial besides its config (orchestrator.decide.restore).
+RESTORED_FIELDS = ("reason", "attempt", "epochs_run", "best_score", "best_epoch", "best_val_loss",
+                   "best_val_accuracy", "train_seconds", "started", "finished", "node", "error")
+
 
 
 @dataclass
@@ -33,7 +38,7 @@ class TrialState:
     config: dict[str, Any]
     seed: int
     max_epochs: int
-    status: str = "pending"
+    status: TrialStatus = TrialStatus.PENDING
     reason: str | None = None
     attempt: int = 0
     epochs_run: int = 0
@@ -47,8 +52,13 @@ class TrialState:
     node: str | None = None
     error: str | None = None
 
+    def move_to(self, status: TrialStatus | str) -> None:
+        """The one way a trial's status changes: along the legal moves of ``orchestrator.decide.status``."""
+        self.status = checked_move(self.trial_id, self.status, status)
+
     def as_row(self) -> dict[str, Any]:
         row = dict(vars(self))
+        row["status"] = str(self.status)
         if not math.isfinite(row["best_score"]):
             row["best_score"] = None
         return row
@@ -139,7 +149,7 @@ class Controller:
         return [
             (t.config, t.best_score, t.stage)
             for t in sorted(self.trials.values(), key=lambda t: t.trial_id)
-            if t.stage < before_stage and t.status in ("completed", "pruned") and math.isfinite(t.best_score)
+            if t.stage < before_stage and t.status in SUCCEEDED and math.isfinite(t.best_score)
         ]
 
     def _shared_shapes(self, configs: list[dict[str, Any]], stage_trials: int) -> list[dict[str, Any]]:
@@ -152,7 +162,7 @@ class Controller:
         """Share model shapes in blocks from now on; this stage too, if none of its trials has started."""
         self.options.fuse_array_size, self.options.fuse_workers = array_size, workers
         self.options.fuse_per_member = frozenset(per_member)
-        if any(t.status != "pending" or t.attempt for t in self.trials.values() if t.stage == self.stage):
+        if any(t.status != TrialStatus.PENDING or t.attempt for t in self.trials.values() if t.stage == self.stage):
             return
         ids = [tid for tid in self.pending if self.trials[tid].stage == self.stage]
         drawn = [self._full_samples.get(t, self.trials[t].config) for t in ids]
@@ -200,21 +210,21 @@ class Controller:
         ended = [
             t
             for t in self.trials.values()
-            if t.stage == stage and t.status in ("completed", "pruned") and math.isfinite(t.best_score)
+            if t.stage == stage and t.status in SUCCEEDED and math.isfinite(t.best_score)
         ]
-        completed = [t for t in ended if t.status == "completed"]
+        completed = [t for t in ended if t.status == TrialStatus.COMPLETED]
         chosen = completed if len(completed) >= 3 else ended
         return [(t.config, t.best_score) for t in chosen]
 
     # -- dispatch -------------------------------------------------------------------------
     @property
     def running(self) -> list[int]:
-        return [t.trial_id for t in self.trials.values() if t.status == "running"]
+        return [t.trial_id for t in self.trials.values() if t.status == TrialStatus.RUNNING]
 
     @property
     def any_running(self) -> bool:
         # Newest first: running trials are mostly the latest ids, so the scan stops early (the driver asks every loop).
-        return any(t.status == "running" for t in reversed(self.trials.values()))
+        return any(t.status == TrialStatus.RUNNING for t in reversed(self.trials.values()))
 
     @property
     def finished(self) -> bool:
@@ -226,8 +236,9 @@ class Controller:
         if not self.pending or self.abort_reason:
             return None
         trial = self.trials[self.pending.popleft()]
-        resume = trial.status == "pending" and trial.attempt > 0
-        trial.status, trial.started = "running", trial.started or now_ms()
+        resume = trial.status == TrialStatus.PENDING and trial.attempt > 0
+        trial.move_to(TrialStatus.RUNNING)
+        trial.started = trial.started or now_ms()
         if not resume:
             self.event("trial_started", trial.trial_id, detail={"config": trial.config, "seed": trial.seed})
         assert self.pruner is not None
@@ -248,7 +259,7 @@ class Controller:
         if report.lost:
             return self._retry(trial, report.error or "executor lost")
         if report.ended:
-            self._end(trial, report.status or "completed", report.reason, report.error)
+            self._end(trial, TrialStatus(report.status or TrialStatus.COMPLETED), report.reason, report.error)
             return None
         if reason is not None:
             return Decision(stop=True, reason=reason)
@@ -259,12 +270,21 @@ class Controller:
             stop=False, until_epoch=min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
         )
 
+    def interrupt_running(self) -> list[int]:
+        """A stop signal: running trials become ``interrupted`` (a resume continues them); their ids."""
+        stopped = list(self.running)
+        for tid in stopped:
+            self.trials[tid].move_to(TrialStatus.INTERRUPTED)
+            self.trials[tid].reason = "interrupted"
+        self.event("sweep_interrupted", detail={"trials": stopped})
+        return stopped
+
     def on_stopped(self, trial_id: int, reason: str | None) -> None:
         """The driver told the executor to stop the trial: record the end now."""
         trial = self.trials[trial_id]
-        self._end(trial, "completed" if reason == "max_epochs" else "pruned", reason, None)
+        self._end(trial, TrialStatus.COMPLETED if reason == "max_epochs" else TrialStatus.PRUNED, reason, None)
 
-    # -- resume: orchestrator.app.resume rebuilds a controller from the tables with these three ---------
+    # -- restore: orchestrator.decide.restore rebuilds a controller from stored rows with these ---------
     def reopen(self, stage_spaces: Sequence[SearchSpace]) -> None:
         """Begin the stored stages again with their stored ranges: same seed and plan, same trial ids and configs.
 
@@ -289,6 +309,55 @@ class Controller:
         self._check_failures()
         self._maybe_next_stage()
 
+    def restore_trial(self, row: Mapping[str, Any]) -> bool:
+        """A stored trials-table row onto its trial; False when the trial's stage has not begun here yet."""
+        trial = self.trials.get(row["trial_id"])
+        if trial is None:
+            return False
+        if trial.stage != row["stage"]:
+            raise StorageError(f"{TRIALS_PATH}: trial {row['trial_id']} is in stage {row['stage'] + 1} "
+                               f"but the stored plan puts it in stage {trial.stage + 1}")
+        trial.config = dict(row["config"])  # the stored config wins (a fused sweep shares shapes within blocks)
+        trial.status = stored_status(row["status"], TRIALS_PATH)  # as written, not a move
+        for name in RESTORED_FIELDS:
+            setattr(trial, name, row[name])
+        if trial.best_score is None:
+            trial.best_score = -math.inf
+        return True
+
+    def restore_abort(self, reason: str | None) -> None:
+        """The sweep had stopped early (fail-fast): it stays stopped."""
+        self.abort_reason = reason
+
+    def forget_progress(self, trial_id: int) -> None:
+        """Before replaying its stored epochs: an interrupted trial's progress comes back from its metrics rows."""
+        trial = self.trials[trial_id]
+        trial.epochs_run, trial.best_score, trial.best_epoch = 0, -math.inf, None
+        trial.best_val_loss = trial.best_val_accuracy = None
+        trial.train_seconds = 0.0
+
+    def hold_running(self, trial_id: int) -> None:
+        """An interrupted trial whose stored epochs already end it: running until ``on_stopped`` closes it."""
+        self.trials[trial_id].move_to(TrialStatus.RUNNING)
+
+    def resume_trial(self, trial_id: int, attempt: int) -> None:
+        """Back to the queue under a fresh attempt: its files never overwrite the lost attempt's."""
+        trial = self.trials[trial_id]
+        trial.move_to(TrialStatus.PENDING)
+        trial.attempt = attempt
+        self.event("trial_resumed", trial_id, detail={"attempt": attempt, "from_epoch": trial.epochs_run})
+
+    def requeue(self, first: Sequence[int]) -> None:
+        """The current stage's queue after a restore: ``first`` (resumed, then waiting trials), then other stages'."""
+        others = [tid for tid in self.pending if self.trials[tid].stage != self.stage]
+        self.pending.clear()
+        self.pending.extend([*first, *others])
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        """The events since the last drain, for the writer; the live view's feed keeps them."""
+        drained, self.events = self.events, []
+        return drained
+
     def _observe(self, trial: TrialState, row: Mapping[str, Any]) -> str | None:
         epoch = int(row["epoch"])
         if epoch <= trial.epochs_run:  # a retried attempt re-running epochs we have already judged
@@ -308,10 +377,10 @@ class Controller:
 
     def _retry(self, trial: TrialState, error: str) -> None:
         if trial.attempt >= self.options.max_retries:
-            self._end(trial, "failed", "executor_lost", error)
+            self._end(trial, TrialStatus.FAILED, "executor_lost", error)
             return None
         trial.attempt += 1
-        trial.status = "pending"
+        trial.move_to(TrialStatus.PENDING)
         self.pending.appendleft(trial.trial_id)
         self.event(
             "trial_retried",
@@ -321,8 +390,9 @@ class Controller:
         )
         return None
 
-    def _end(self, trial: TrialState, status: str, reason: str | None, error: str | None) -> None:
-        trial.status, trial.reason, trial.error, trial.finished = status, reason, error, now_ms()
+    def _end(self, trial: TrialState, status: TrialStatus, reason: str | None, error: str | None) -> None:
+        trial.move_to(status)
+        trial.reason, trial.error, trial.finished = reason, error, now_ms()
         self.event(
             f"trial_{status}",
             trial.trial_id,
@@ -341,18 +411,19 @@ class Controller:
         if self._any_success:
             return  # fail-fast only fires before the first success: no need to count again
         statuses = Counter(t.status for t in self.trials.values())
-        if statuses["completed"] + statuses["pruned"] > 0:
+        succeeded = sum(statuses[s] for s in SUCCEEDED)
+        if succeeded > 0:
             self._any_success = True
             return
-        if statuses["failed"] >= self.options.fail_fast and statuses["completed"] + statuses["pruned"] == 0:
+        if statuses[TrialStatus.FAILED] >= self.options.fail_fast:
             errors = Counter(
                 (t.error or "").strip().splitlines()[-1] if t.error else (t.reason or "?")
                 for t in self.trials.values()
-                if t.status == "failed"
+                if t.status == TrialStatus.FAILED
             )
             common, count = errors.most_common(1)[0]
             self.abort_reason = (
-                f"the first {statuses['failed']} trials all failed; most common error ({count}x): {common}"
+                f"the first {statuses[TrialStatus.FAILED]} trials all failed; most common error ({count}x): {common}"
             )
             self.event("sweep_aborted", reason="failures", detail={"message": self.abort_reason})
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from orchestrator.decide.backend import Backend
 from orchestrator.decide.controller import Controller
+from orchestrator.decide.status import TrialStatus
 from orchestrator.decide.sweeplog import SweepLog
 
 
@@ -32,8 +33,8 @@ def drive(controller: Controller, backend: Backend, log: SweepLog | None = None,
             if decision is None:
                 continue
             if decision.stop:
-                backend.stop(report.trial_id, "completed" if decision.reason == "max_epochs" else "pruned",
-                             decision.reason or "")
+                ended = TrialStatus.COMPLETED if decision.reason == "max_epochs" else TrialStatus.PRUNED
+                backend.stop(report.trial_id, ended, decision.reason or "")
                 controller.on_stopped(report.trial_id, decision.reason)
             else:
                 backend.advance(report.trial_id, decision.until_epoch)

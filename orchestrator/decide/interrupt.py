@@ -70,12 +70,7 @@ def keep_handlers(controller: Any = None) -> None:
 
 def mark_interrupted(controller: Any) -> list[int]:
     """Running trials become ``interrupted`` (a resume continues them from their checkpoints)."""
-    stopped = [tid for tid, t in controller.trials.items() if t.status == "running"]
-    for tid in stopped:
-        controller.trials[tid].status = "interrupted"
-        controller.trials[tid].reason = "interrupted"
-    controller.event("sweep_interrupted", detail={"trials": stopped})
-    return stopped
+    return controller.interrupt_running()
 
 
 def write_interrupted(stop: KeyboardInterrupt, controller: Any, log: Any, path: str) -> SweepInterrupted:

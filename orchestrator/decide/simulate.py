@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.decide.backend import Assignment, Backend, Report
+from orchestrator.decide.status import TrialStatus
 
 Quality = Callable[[Mapping[str, Any]], float]
 
@@ -74,7 +75,7 @@ class SimulatedBackend(Backend):
             if self.diverges is not None and self.diverges(a.config):
                 rows.append(self._row(a, state.epoch, math.nan, math.nan))
                 del self.running[trial_id]
-                return Report(trial_id, rows, ended=True, status="pruned", reason="diverged", node="sim")
+                return Report(trial_id, rows, ended=True, status=TrialStatus.PRUNED, reason="diverged", node="sim")
             accuracy = learning_curve(quality, state.epoch, self.rate)
             if self.noise:
                 accuracy += self.noise * self._normal()
@@ -83,7 +84,7 @@ class SimulatedBackend(Backend):
             rows.append(self._row(a, state.epoch, accuracy, loss))
         if state.epoch >= a.max_epochs:
             del self.running[trial_id]
-            return Report(trial_id, rows, ended=True, status="completed", reason="max_epochs", node="sim")
+            return Report(trial_id, rows, ended=True, status=TrialStatus.COMPLETED, reason="max_epochs", node="sim")
         return Report(trial_id, rows, node="sim")
 
     def _normal(self) -> float:

@@ -101,17 +101,18 @@ class SweepLog:
         self.stages_written = len(controller.stage_spaces)
 
     def _write_events(self, controller: Controller) -> None:
-        if not controller.events:
+        events = list(controller.events)  # drained only once written: a failed write keeps them for the next
+        if not events:
             return
         rows = []
-        for event in controller.events:
+        for event in events:
             stage = None if event["stage"] is None else schema.stage_number(event["stage"])
             rows.append({**event, "seq": self.seq, "stage": stage, "detail": schema.json_dumps(event["detail"])})
             self.seq += 1
         path = schema.events_part_path(rows[0]["seq"])
         self._write(path, schema.to_table(rows, schema.EVENTS))
         self.event_parts.append(path)
-        controller.events.clear()
+        controller.drain_events()
 
     def compact_events(self) -> None:
         if len(self.event_parts) <= 1:

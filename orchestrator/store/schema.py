@@ -203,8 +203,6 @@ SWEEP = pa.schema(
     ]
 )
 
-TRIAL_STATUSES = ("pending", "running", "completed", "pruned", "failed")
-
 _TRIAL_FIELDS = [
     ("trial_id", pa.int32()),
     ("stage", pa.int16()),

@@ -1,0 +1,157 @@
+"""The controller's state machine on plain data: sampling, decisions, retries, fail-fast, stage changes
+and restore. Reports are written by hand here; no backend, no storage, no Ray, no torch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from orchestrator.decide.backend import Report
+from orchestrator.decide.controller import Controller, ControllerOptions
+from orchestrator.decide.pruning import make_pruner
+from orchestrator.decide.restore import StoredRows, restore
+from orchestrator.decide.status import LEGAL, TrialStatus, checked_move
+from orchestrator.errors import IllegalTransition, StorageError
+from orchestrator.search.space import SearchSpace, choice, loguniform
+from orchestrator.search.stages import parse_plan
+
+SPACE = SearchSpace({"lr": loguniform(1e-4, 1.0), "act": choice(["relu", "tanh"])})
+
+
+def controller(plan: str = "4x2,2x2", *, pruner: str = "none", **options) -> Controller:
+    def pruner_for(stage):
+        extra = {"grace_epochs": 1, "reduction_factor": 2} if pruner == "asha" else {}
+        return make_pruner(pruner if stage.epochs > 1 else "none", max_epochs=stage.epochs, **extra)
+
+    return Controller(SPACE, parse_plan(plan), pruner_for, ControllerOptions(seed=11, **options))
+
+
+def row(trial_id: int, epoch: int, score: float, loss: float = 1.0) -> dict:
+    return {"trial_id": trial_id, "epoch": epoch, "score": score, "train_loss": loss, "val_loss": loss,
+            "val_accuracy": score, "num_classes": 10}
+
+
+def start_all(c: Controller) -> list[int]:
+    started = []
+    while (a := c.next_assignment()) is not None:
+        started.append(a.trial_id)
+    return started
+
+
+def finish(c: Controller, trial_id: int, scores: list[float]) -> None:
+    rows = [row(trial_id, e, s) for e, s in enumerate(scores, start=1)]
+    c.on_report(Report(trial_id, rows, ended=True, status="completed", reason="max_epochs"))
+
+
+def test_a_stage_is_sampled_once_with_fixed_ids_configs_and_seeds():
+    a, b = controller(), controller()
+    assert [t.config for t in a.trials.values()] == [t.config for t in b.trials.values()]
+    assert list(a.trials) == [0, 1, 2, 3] and list(a.pending) == [0, 1, 2, 3]
+    assert len({t.seed for t in a.trials.values()}) == 4
+    first = a.next_assignment()
+    assert (first.trial_id, first.stage, first.until_epoch, first.attempt) == (0, 1, 2, 0)
+    assert a.trials[0].status == TrialStatus.RUNNING == "running"
+
+
+def test_a_stage_that_ends_begins_the_next_around_the_best_trials():
+    c = controller()
+    for tid in start_all(c):
+        finish(c, tid, [0.2 + 0.1 * tid, 0.3 + 0.1 * tid])
+    assert c.stage == 1 and list(c.pending) == [4, 5]
+    assert [e["kind"] for e in c.events].count("stage_started") == 2
+    promoted = [c.trials[t].config for t in (4, 5)]
+    assert c.trials[3].config in promoted  # the best config of stage 1 is trained again (promotion)
+    for tid in start_all(c):
+        finish(c, tid, [0.5, 0.6])
+    assert c.finished and c.best().stage == 1
+
+
+def test_decisions_continue_to_the_next_rung_or_stop_below_it():
+    c = controller("8x4", pruner="asha")
+    start_all(c)
+    decisions = [c.on_report(Report(t, [row(t, 1, 0.9 - 0.05 * t)])) for t in range(8)]  # worse as they come
+    stops = [d for d in decisions if d.stop]
+    assert stops and all(d.reason == "asha_rung_1" for d in stops)
+    goes_on = [d for d in decisions if not d.stop]
+    assert goes_on and all(d.until_epoch == 2 for d in goes_on)
+    stopped = next(t for t, d in enumerate(decisions) if d.stop)
+    c.on_stopped(stopped, "asha_rung_1")
+    assert (c.trials[stopped].status, c.trials[stopped].reason) == ("pruned", "asha_rung_1")
+
+
+def test_a_lost_trial_is_retried_then_failed_and_fail_fast_stops_the_sweep():
+    c = controller("6x2", max_retries=1, fail_fast=3)
+    start_all(c)
+    c.on_report(Report(0, [row(0, 1, 0.5)], lost=True, error="node died"))
+    assert (c.trials[0].status, c.trials[0].attempt, c.pending[0]) == ("pending", 1, 0)
+    again = c.next_assignment()
+    assert (again.trial_id, again.attempt, again.resume) == (0, 1, True)
+    c.on_report(Report(0, lost=True, error="node died"))
+    assert (c.trials[0].status, c.trials[0].reason) == ("failed", "executor_lost")
+    for tid in (1, 2):
+        c.on_report(Report(tid, ended=True, status="failed", reason="error", error="ValueError: bad"))
+    assert c.abort_reason and "the first 3 trials all failed" in c.abort_reason
+    assert c.next_assignment() is None  # nothing new starts once the sweep is stopping
+
+
+def test_statuses_move_only_along_legal_transitions():
+    assert checked_move(1, "pending", "running") == TrialStatus.RUNNING
+    assert checked_move(1, "running", "running") == TrialStatus.RUNNING  # staying put is no move
+    for ended in (TrialStatus.COMPLETED, TrialStatus.PRUNED, TrialStatus.FAILED):
+        assert not LEGAL[ended]
+        with pytest.raises(IllegalTransition, match=f"trial 1: {ended} -> running"):
+            checked_move(1, ended, "running")
+    with pytest.raises(IllegalTransition):
+        checked_move(1, "pending", "completed")  # a trial never ends without having run
+    c = controller("2x2")
+    start_all(c)
+    finish(c, 0, [0.5, 0.6])
+    with pytest.raises(IllegalTransition):  # a late report of an ended trial cannot revive it
+        c.on_report(Report(0, [row(0, 2, 0.7)], ended=True, status="failed"))
+
+
+def test_interrupting_marks_running_trials_and_restore_requeues_them_under_a_new_attempt():
+    live = controller("4x3")
+    start_all(live)
+    live.on_report(Report(0, [row(0, 1, 0.4), row(0, 2, 0.5)]))
+    finish(live, 1, [0.3, 0.4, 0.5])
+    assert live.interrupt_running() == [0, 2, 3]
+    assert [live.trials[t].status for t in range(4)] == ["interrupted", "completed", "interrupted", "interrupted"]
+    trials = [dict(t.as_row(), config=t.config) for t in live.trials.values()]
+    metrics = [{**row(0, 1, 0.4), "time": 1, "attempt": 0}, {**row(0, 2, 0.5), "time": 2, "attempt": 0}]
+    stored = StoredRows(stages=[{"stage": 0, "trials": 4, "epochs": 3}], trials=trials, metrics=metrics,
+                        last_attempt={0: 0})
+    rebuilt = restore(controller("4x3"), stored, [SPACE])
+    c = rebuilt.controller
+    assert rebuilt.resumed == {0: 2, 2: 0, 3: 0}
+    assert [c.trials[t].status for t in range(4)] == ["pending", "completed", "pending", "pending"]
+    assert (c.trials[0].attempt, c.trials[0].epochs_run, c.trials[0].best_score) == (1, 2, 0.5)
+    assert list(c.pending) == [0, 2, 3]
+    assert c.next_assignment().resume
+
+
+def test_restore_closes_a_trial_its_stored_epochs_already_ended_and_names_contradictions():
+    live = controller("2x2")
+    start_all(live)
+    live.interrupt_running()
+    trials = [dict(t.as_row(), config=t.config) for t in live.trials.values()]
+    metrics = [{**row(0, e, 0.5), "time": e, "attempt": 0} for e in (1, 2)]
+    rows = StoredRows([{"stage": 0, "trials": 2, "epochs": 2}], trials, metrics, {0: 0})
+    rebuilt = restore(controller("2x2"), rows, [SPACE])
+    assert rebuilt.closed == [0] and rebuilt.controller.trials[0].status == "completed"
+    bad = [dict(trials[0], status="exploded"), trials[1]]
+    with pytest.raises(StorageError, match=r"trials/trials.parquet: unknown trial status 'exploded'"):
+        restore(controller("2x2"), StoredRows(rows.stages, bad, []), [SPACE])
+    with pytest.raises(StorageError, match=r"3x2 does not match the stored plan's stage 1"):
+        restore(controller("2x2"), StoredRows([{"stage": 0, "trials": 3, "epochs": 2}], trials, []), [SPACE])
+
+
+def test_best_prefers_the_last_stage_and_ignores_trials_without_a_score():
+    c = controller("2x1,2x2")
+    for tid in start_all(c):
+        finish(c, tid, [0.9 if tid == 0 else 0.1])
+    for tid in start_all(c):
+        finish(c, tid, [0.2, 0.3 + tid * 0.01])
+    best = c.best()
+    assert best.stage == 1 and math.isclose(best.best_score, 0.33)
