@@ -43,6 +43,11 @@ def send_ray_logs_to(path: str) -> None:
         root.setLevel(logging.INFO)  # Ray's info lines reach the file; the terminal handler still says WARNING
 
 
+def ray_log_path() -> str | None:
+    """The file Ray's own messages go to (a CLI run), or None (the Python API: Ray logs as it likes)."""
+    return _log_path[0] if _log_path else None
+
+
 @contextmanager
 def stderr_to_ray_log() -> Iterator[None]:
     """While Ray connects or starts, what it writes to stderr goes to the Ray log file, not the terminal.

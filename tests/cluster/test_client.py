@@ -31,7 +31,7 @@ def test_a_wrong_token_is_one_line_saying_how_to_get_the_heads(ray_cluster, tmp_
                      "--name", "wrong-token", "--shared-storage", "--plain", env={"RAY_AUTH_TOKEN": "not-the-token"})
     line = one_error_line(refused)  # the only line on stderr: Ray's own warnings went to its log file
     assert ray_cluster.gcs_address in line and "~/.ray/auth_token" in line and "RAY_AUTH_TOKEN" in line
-    ray_log = re.search(r"Ray's own messages: (\S+)", refused.stdout).group(1)
+    ray_log = re.search(r"Ray's own messages: (\S+)", line).group(1)  # the error line says where they went
     with open(ray_log) as f:
         assert "InvalidAuthToken" in f.read()  # what Ray said is kept, where the first line pointed
     assert not (tmp_path / "wrong-token" / "sweep").exists()  # refused before the sweep was kept
