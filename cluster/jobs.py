@@ -171,6 +171,13 @@ def _runtime_env(folder: str, ship_caviar: bool) -> dict[str, Any]:
     return runtime_env
 
 
+def check_resume_target(sweep: str) -> None:
+    """A sweep a job can reach: a URI, or an absolute path (relative ones mean nothing in a job's folder)."""
+    if is_local_path(sweep) and not os.path.isabs(sweep.removeprefix("file://")):
+        raise ConfigError(f"option '--resume': {sweep!r} is relative, but a job runs in a temporary folder on the "
+                          "cluster: give the sweep's absolute path (on a mount every node shares) or its URI")
+
+
 def plan_resume_job(sweep: str, task: str, *, run_args: Sequence[str] = (), working_dir: str | None = None,
                     ship_caviar: bool = True, python: str | None = None) -> JobPlan:
     """A job that continues the sweep at ``sweep`` on the cluster, as ``caviar submit`` runs a new one.
@@ -180,9 +187,7 @@ def plan_resume_job(sweep: str, task: str, *, run_args: Sequence[str] = (), work
     its own: :func:`orchestrator.spec.task_source.copy_stored_task`), so every node imports the
     same bytes.
     """
-    if is_local_path(sweep) and not os.path.isabs(sweep.removeprefix("file://")):
-        raise ConfigError(f"option '--resume': {sweep!r} is relative, but a job runs in a temporary folder on the "
-                          "cluster: give the sweep's absolute path (on a mount every node shares) or its URI")
+    check_resume_target(sweep)
     folder, job_task = _split_task(task, working_dir)
     args = ["-u", "-m", "orchestrator.app.cli", "resume", sweep, "--task", job_task, "--address", "auto", "--plain",
             *run_args]

@@ -90,8 +90,11 @@ def submit(
                  "with --resume only --slots and --ensemble/--no-ensemble apply")
         job_plan, staged = resume_plan(resume, task, trust_task_code, slots=slots, ensemble=ensemble,
                                        working_dir=working_dir, ship_caviar=ship_caviar, python=python)
+        jobs = Jobs(address)
+        if redact_uri(resume) != resume:
+            _warn_credentials("sweep")
         with staged:  # the stored copy's folder lives until Ray has uploaded it
-            _submit(Jobs(address), job_plan, follow, resumed=True)
+            _submit(jobs, job_plan, follow, resumed=True)
         return
     if not task:
         fail("missing argument 'TASK': the task file to sweep (or --resume SWEEP to continue a stopped sweep)")
@@ -115,9 +118,13 @@ def submit(
             fail(f"option '--storage': {storage!r} is a local path but the cluster at {jobs.address} has {nodes} "
                  "nodes; use a URI every node reaches (s3://, gs://) or pass --shared-storage if it is a shared mount")
     if redact_uri(storage) != storage:
-        typer.secho("warning: the storage URI carries credentials; the cluster's dashboard shows them in the job's "
-                    "entrypoint. Prefer the nodes' own credentials (IAM role, env, ~/.aws).", fg="yellow", err=True)
+        _warn_credentials("storage")
     _submit(jobs, job_plan, follow)
+
+
+def _warn_credentials(what: str) -> None:
+    typer.secho(f"warning: the {what} URI carries credentials; the cluster's dashboard shows them in the job's "
+                "entrypoint. Prefer the nodes' own credentials (IAM role, env, ~/.aws).", fg="yellow", err=True)
 
 
 def _submit(jobs: Any, job_plan: Any, follow: bool, resumed: bool = False) -> None:
@@ -141,16 +148,17 @@ def resume_plan(sweep: str, task: str | None, trust_task_code: bool, *, slots: i
     import contextlib
     import tempfile
 
-    from cluster.jobs import plan_resume_job
+    from cluster.jobs import check_resume_target, plan_resume_job
     from orchestrator.spec.task_source import copy_stored_task
     from orchestrator.store import schema
     from orchestrator.store.storage import Storage, redact_uri
 
+    check_resume_target(sweep)
     storage = Storage.from_uri(sweep)
     if not storage.exists(schema.SWEEP_PATH):
         fail(f"option '--resume': {redact_uri(sweep)!r} is not a sweep (no {schema.SWEEP_PATH} there)")
-    args = (["--slots", str(slots)] if slots is not None else []) + \
-        ([] if ensemble is None else ["--ensemble" if ensemble else "--no-ensemble"])
+    args = run_args({"slots": slots}, None)
+    args += [] if ensemble is None else ["--ensemble" if ensemble else "--no-ensemble"]
     if task:
         if trust_task_code:
             fail("option '--trust-task-code': you gave TASK, which the job runs; pass one or the other")
