@@ -22,33 +22,45 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from cluster.pool import MAX_REPLACEMENTS, Resources
+from cluster.pool import MAX_REPLACEMENTS, START_FAILED, Resources, failure_text
 from orchestrator.decide import interrupt
 from orchestrator.decide.backend import Assignment, Backend, Report
 from orchestrator.decide.fusing import PER_MEMBER, Key, shape_key
-from orchestrator.errors import CaviarError
+from orchestrator.errors import CaviarError, WorkerStartError
 
 
 @ray.remote
 class FusedActor:
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any]):
+        from worker.contract import describe
         from worker.fused_session import FusedSession  # torch loads here, in the actor, once
 
-        self.session = FusedSession(task_ref, storage_uri, sweep, options)
+        # As TrialActor: a failing start is kept and raised by each call, so the master reads the user's line.
+        self.start_error: str | None = None
+        try:
+            self.session = FusedSession(task_ref, storage_uri, sweep, options)
+        except Exception as exc:
+            self.start_error = describe(exc)
+
+    def _live(self) -> Any:
+        if self.start_error is not None:
+            raise WorkerStartError(self.start_error)
+        return self.session
 
     def ready(self) -> str:
-        return self.session.node
+        return self._live().node
 
     def run(self, starts: list[Assignment], targets: dict[int, int], stops: list[tuple[int, str, str]]
             ) -> tuple[list[Report], bool]:
-        reports = self.session.run(starts, targets, stops)
-        return reports, bool(self.session.waiting)
+        session = self._live()
+        reports = session.run(starts, targets, stops)
+        return reports, bool(session.waiting)
 
     def probe(self, config: Mapping[str, Any], sizes: list[int]) -> dict[str, Any]:
-        return self.session.probe(config, sizes)
+        return self._live().probe(config, sizes)
 
     def set_array_size(self, size: int) -> None:
-        self.session.array_size = size
+        self._live().array_size = size
 
 
 @dataclass
@@ -96,7 +108,14 @@ class FusedBackend(Backend):
         self.last_error = ""
 
     def wait_ready(self) -> list[str]:
-        return ray.get([s.actor.ready.remote() for s in self.slots])
+        """Every actor's node once it has loaded the task; an actor that cannot start ends the sweep naming why."""
+        try:
+            return ray.get([s.actor.ready.remote() for s in self.slots])
+        except (RayActorError, RayTaskError) as exc:
+            text = failure_text(exc)
+            if text.startswith(START_FAILED):  # the user's exception and line, not Ray's "the actor died"
+                raise CaviarError(f"no trial actor could start: {text.removeprefix(START_FAILED)}") from None
+            raise
 
     def probe(self, config: Mapping[str, Any], sizes: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> dict[str, Any]:
         """Ask one actor whether ``config``'s model fuses there and how fast each array size trains (on its device)."""
@@ -171,6 +190,9 @@ class FusedBackend(Backend):
         refs.update({s.readying: i for i, s in enumerate(self.slots) if s.readying is not None})
         if not refs:
             if not any(s.ready for s in self.slots):  # every slot given up: nothing will ever report again
+                if self.last_error.startswith(START_FAILED):
+                    raise CaviarError(f"no trial actor could start ({MAX_REPLACEMENTS + 1} tries per slot): "
+                                      f"{self.last_error.removeprefix(START_FAILED)}")
                 raise CaviarError(f"every fused trial actor died {MAX_REPLACEMENTS + 1} times in a row; the last: "
                                   f"{self.last_error.splitlines()[0] if self.last_error else 'unknown'}")
             return []
@@ -186,13 +208,13 @@ class FusedBackend(Backend):
                     ray.get(ref)
                     slot.readying, slot.failures = None, 0
                 except (RayActorError, RayTaskError) as exc:
-                    reports += self._on_actor_failure(index, f"{type(exc).__name__}: {exc}")
+                    reports += self._on_actor_failure(index, failure_text(exc))
                 continue
             slot.in_flight = None
             try:
                 got, slot.waiting = ray.get(ref)
             except (RayActorError, RayTaskError) as exc:
-                reports += self._on_actor_failure(index, f"{type(exc).__name__}: {exc}")
+                reports += self._on_actor_failure(index, failure_text(exc))
                 continue
             for report in got:
                 if report.trial_id in slot.stopping:

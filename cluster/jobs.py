@@ -2,7 +2,8 @@
 
 A submitted sweep is ``python -m orchestrator.app.cli run TASK --address auto --plain ...`` run
 by the cluster as a Ray job: the master runs on the head node, its actors wherever Ray
-places them. What travels with the job (its runtime environment):
+places them (``caviar submit --resume SWEEP`` runs ``... resume SWEEP --task TASK ...`` the same
+way). What travels with the job (its runtime environment):
 
 - ``working_dir``: the task file's folder (or the current directory for a ``module:attr``
   task), without ``.venv``, ``caviar-runs``, ``.git`` and caches;
@@ -152,6 +153,12 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
             raise ConfigError(f"option '--config': {config!r} must be a file inside {folder!r} (it travels along)")
         args += ["--config", rel]
     args += list(run_args)
+    results = redact_uri(_child_uri(storage, name))
+    metadata = {"caviar_sweep": name, "caviar_results": results}
+    return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar), name, results, metadata)
+
+
+def _runtime_env(folder: str, ship_caviar: bool) -> dict[str, Any]:
     runtime_env: dict[str, Any] = {"working_dir": folder, "excludes": list(EXCLUDES),
                                    # `caviar stop` sends SIGTERM; the master gets this long to write its
                                    # tables before Ray's SIGKILL (Ray's default is 3 s)
@@ -161,9 +168,33 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
         runtime_env["pip"] = requirements
     if ship_caviar:
         runtime_env["py_modules"] = _caviar_modules()
-    results = redact_uri(_child_uri(storage, name))
-    metadata = {"caviar_sweep": name, "caviar_results": results}
-    return JobPlan(entrypoint(args, python), runtime_env, name, results, metadata)
+    return runtime_env
+
+
+def check_resume_target(sweep: str) -> None:
+    """A sweep a job can reach: a URI, or an absolute path (relative ones mean nothing in a job's folder)."""
+    if is_local_path(sweep) and not os.path.isabs(sweep.removeprefix("file://")):
+        raise ConfigError(f"option '--resume': {sweep!r} is relative, but a job runs in a temporary folder on the "
+                          "cluster: give the sweep's absolute path (on a mount every node shares) or its URI")
+
+
+def plan_resume_job(sweep: str, task: str, *, run_args: Sequence[str] = (), working_dir: str | None = None,
+                    ship_caviar: bool = True, python: str | None = None) -> JobPlan:
+    """A job that continues the sweep at ``sweep`` on the cluster, as ``caviar submit`` runs a new one.
+
+    The master runs ``caviar resume SWEEP --task TASK --address auto --plain``; ``task`` travels
+    with its folder (the user's file, or the sweep's verified stored copy staged in a folder of
+    its own: :func:`orchestrator.spec.task_source.copy_stored_task`), so every node imports the
+    same bytes.
+    """
+    check_resume_target(sweep)
+    folder, job_task = _split_task(task, working_dir)
+    args = ["-u", "-m", "orchestrator.app.cli", "resume", sweep, "--task", job_task, "--address", "auto", "--plain",
+            *run_args]
+    name = sweep.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    results = redact_uri(sweep)
+    metadata = {"caviar_sweep": name, "caviar_results": results, "caviar_resume": "1"}
+    return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar), name, results, metadata)
 
 
 def _child_uri(uri: str, name: str) -> str:

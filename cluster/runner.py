@@ -16,6 +16,7 @@ import ray
 from cluster.capacity import any_fits, describe, fits, per_trial, plan_slots
 from cluster.fused_setup import choose_backend
 from cluster.jobs import enable_token_auth
+from cluster.ray_logs import ray_log_path, stderr_to_ray_log
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.driver import drive
 from orchestrator.decide.sweeplog import SweepLog
@@ -46,10 +47,12 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
     from ray.exceptions import AuthenticationError
 
     try:
-        ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
+        with stderr_to_ray_log():  # a wrong token: 20 s of Ray's C++ warnings, then caviar's one line below
+            ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, TimeoutError, AuthenticationError) as exc:
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise ClusterError(f"Ray cluster {address!r}: cannot connect ({reason}){auth_hint(reason)}") from None
+        said = f"; Ray's own messages: {ray_log_path()}" if ray_log_path() else ""
+        raise ClusterError(f"Ray cluster {address!r}: cannot connect ({reason}){auth_hint(reason)}{said}") from None
 
 
 def start_private_ray(runtime_env: dict[str, Any], *, dashboard: bool = False, dashboard_host: str = "127.0.0.1",

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.app.cli_common import PRUNER_NAMES, TaskArg, app, fail
+from orchestrator.app.cli_common import PRUNER_NAMES, app, fail
 from orchestrator.spec.settings import RunSettings
 
 AddressOpt = Annotated[str | None, typer.Option(
@@ -36,7 +36,8 @@ def run_args(options: dict[str, Any], resources: list[str] | None) -> list[str]:
 
 @app.command()
 def submit(
-    task: TaskArg,
+    task: Annotated[str | None, typer.Argument(
+        help="Task file (examples/digits_mlp.py) or module:attr; with --resume, your task to resume with.")] = None,
     address: AddressOpt = None,
     storage: Annotated[str | None, typer.Option(
         help="Where the sweep lands, reachable from every node: s3://..., gs://... or a shared path.")] = None,
@@ -58,7 +59,8 @@ def submit(
     seed_copies: Annotated[int | None, typer.Option(help="Train the best config N more times from new seeds.")] = None,
     shared_storage: Annotated[bool, typer.Option(help="A local --storage path is a mount every node shares.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep of the same name.")] = False,
-    ensemble: Annotated[bool, typer.Option(help="Build ensembles when the sweep ends.")] = True,
+    ensemble: Annotated[bool | None, typer.Option(
+        help="Build ensembles when the sweep ends (default: yes; resumed: as started).")] = None,
     working_dir: Annotated[str | None, typer.Option(help="Folder shipped with the job (default: the task's).")] = None,
     ship_caviar: Annotated[bool, typer.Option(help="Ship this caviar's source (else the cluster's runs).")] = True,
     follow: Annotated[bool, typer.Option(help="Stream the job's logs until it ends.")] = False,
@@ -66,11 +68,39 @@ def submit(
         help="How long the sweep waits for a node (autoscaler) to fit a trial (default 600).")] = None,
     python: Annotated[str | None, typer.Option(
         help="Interpreter on the head that runs the master (default: the Python that runs Ray there).")] = None,
+    resume: Annotated[str | None, typer.Option(
+        help="Continue this stopped sweep (STORAGE/NAME) on the cluster instead of starting one.")] = None,
+    trust_task_code: Annotated[bool, typer.Option(
+        help="With --resume and no TASK: run the task copy stored in the sweep (checked against its sha256).")] = False,
 ) -> None:
-    """Submit a sweep to a Ray cluster as a Ray job; prints the job id and where the results will land."""
+    """Submit a sweep to a Ray cluster as a Ray job (or, with --resume, continue a stopped one there);
+    prints the job id and where the results land."""
     from cluster.jobs import Jobs, is_local_path, plan_job
     from orchestrator.store.storage import redact_uri
 
+    if resume:
+        given = dict(storage=storage, name=name, trials=trials, epochs=epochs, plan=plan, stages=stages, seed=seed,
+                     config=config, pruner=pruner, sampler=sampler, cpus_per_trial=cpus_per_trial,
+                     gpus_per_trial=gpus_per_trial, resource=resource, device=device, precision=precision,
+                     seed_copies=seed_copies, overwrite=overwrite or None, shared_storage=shared_storage or None,
+                     wait_for_cluster_seconds=wait_for_cluster_seconds)
+        fixed = [key for key, value in given.items() if value is not None]
+        if fixed:
+            fail(f"option '--{fixed[0].replace('_', '-')}': a resumed sweep keeps the settings it started with; "
+                 "with --resume only --slots and --ensemble/--no-ensemble apply")
+        job_plan, staged = resume_plan(resume, task, trust_task_code, slots=slots, ensemble=ensemble,
+                                       working_dir=working_dir, ship_caviar=ship_caviar, python=python)
+        jobs = Jobs(address)
+        if redact_uri(resume) != resume:
+            _warn_credentials("sweep")
+        with staged:  # the stored copy's folder lives until Ray has uploaded it
+            _submit(jobs, job_plan, follow, resumed=True)
+        return
+    if not task:
+        fail("missing argument 'TASK': the task file to sweep (or --resume SWEEP to continue a stopped sweep)")
+    assert task is not None
+    if trust_task_code:
+        fail("option '--trust-task-code': applies to --resume only (a new sweep runs the TASK you give)")
     if not storage:
         fail("option '--storage': a submitted sweep needs storage every node reaches (s3://..., or a shared path)")
     assert storage is not None
@@ -78,7 +108,7 @@ def submit(
                    sampler=sampler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
                    precision=precision, shared_storage=shared_storage, overwrite=overwrite, seed_copies=seed_copies,
                    wait_for_cluster_seconds=wait_for_cluster_seconds)
-    args = run_args(options, resource) + ([] if ensemble else ["--no-ensemble"])
+    args = run_args(options, resource) + (["--no-ensemble"] if ensemble is False else [])
     job_plan = plan_job(task, storage=storage, name=name, run_args=args, config=config, working_dir=working_dir,
                         ship_caviar=ship_caviar, python=python)
     jobs = Jobs(address)
@@ -88,15 +118,63 @@ def submit(
             fail(f"option '--storage': {storage!r} is a local path but the cluster at {jobs.address} has {nodes} "
                  "nodes; use a URI every node reaches (s3://, gs://) or pass --shared-storage if it is a shared mount")
     if redact_uri(storage) != storage:
-        typer.secho("warning: the storage URI carries credentials; the cluster's dashboard shows them in the job's "
-                    "entrypoint. Prefer the nodes' own credentials (IAM role, env, ~/.aws).", fg="yellow", err=True)
+        _warn_credentials("storage")
+    _submit(jobs, job_plan, follow)
+
+
+def _warn_credentials(what: str) -> None:
+    typer.secho(f"warning: the {what} URI carries credentials; the cluster's dashboard shows them in the job's "
+                "entrypoint. Prefer the nodes' own credentials (IAM role, env, ~/.aws).", fg="yellow", err=True)
+
+
+def _submit(jobs: Any, job_plan: Any, follow: bool, resumed: bool = False) -> None:
     job_id = jobs.submit(job_plan)
     typer.echo(f"submitted job {job_id} to {jobs.address}")
-    typer.echo(f"sweep {job_plan.name}: results (Parquet) will land in {job_plan.results}")
+    verb = "resumes; results (Parquet) stay in" if resumed else "results (Parquet) will land in"
+    typer.echo(f"sweep {job_plan.name}: {verb} {job_plan.results}")
     if not follow:
         typer.echo(f"follow it: caviar logs {job_id} --address {jobs.address} --follow")
         return
     _follow(jobs, job_id)
+
+
+def resume_plan(sweep: str, task: str | None, trust_task_code: bool, *, slots: int | None, ensemble: bool | None,
+                working_dir: str | None, ship_caviar: bool, python: str | None) -> tuple[Any, Any]:
+    """The resume job's plan, and a context holding the folder of the sweep's stored task copy until submitted.
+
+    Checked here, before submitting: the sweep exists and, for its stored task, that the caller
+    trusts it and its sha256 matches (the job runs those very bytes).
+    """
+    import contextlib
+    import tempfile
+
+    from cluster.jobs import check_resume_target, plan_resume_job
+    from orchestrator.spec.task_source import copy_stored_task
+    from orchestrator.store import schema
+    from orchestrator.store.storage import Storage, redact_uri
+
+    check_resume_target(sweep)
+    storage = Storage.from_uri(sweep)
+    if not storage.exists(schema.SWEEP_PATH):
+        fail(f"option '--resume': {redact_uri(sweep)!r} is not a sweep (no {schema.SWEEP_PATH} there)")
+    args = run_args({"slots": slots}, None)
+    args += [] if ensemble is None else ["--ensemble" if ensemble else "--no-ensemble"]
+    if task:
+        if trust_task_code:
+            fail("option '--trust-task-code': you gave TASK, which the job runs; pass one or the other")
+        plan = plan_resume_job(sweep, task, run_args=args, working_dir=working_dir, ship_caviar=ship_caviar,
+                               python=python)
+        return plan, contextlib.nullcontext()
+    staged = tempfile.TemporaryDirectory(prefix="caviar-task-")
+    try:
+        ref = copy_stored_task(storage, staged.name, trust_task_code=trust_task_code)
+        stored_file = ref.startswith(staged.name)  # else a module task, imported from the folder that travels
+        plan = plan_resume_job(sweep, ref, run_args=args, ship_caviar=ship_caviar, python=python,
+                               working_dir=None if stored_file else working_dir)
+    except BaseException:
+        staged.cleanup()
+        raise
+    return plan, staged
 
 
 @app.command()
@@ -141,8 +219,9 @@ def stop(job: JobArg, address: AddressOpt = None) -> None:
         typer.echo(f"stopping job {job}")
         results = (client.info(job).metadata or {}).get("caviar_results")
         if results:  # masked: the user puts their credentials back, or lets the environment supply them
-            typer.echo(f"resume it from anywhere that reaches the storage: caviar resume {results} "
-                       "--trust-task-code (add --address auto on the head to train on the cluster)")
+            typer.echo(f"resume it on the cluster: caviar submit --resume {results} --trust-task-code "
+                       f"--address {client.address}")
+            typer.echo(f"or from anywhere that reaches the storage: caviar resume {results} --trust-task-code")
     else:
         typer.echo(f"job {job} had already ended ({client.status(job)})")
 

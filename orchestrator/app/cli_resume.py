@@ -25,13 +25,17 @@ def resume(
         help="Run the task copy stored in the sweep (checked against its sha256).")] = False,
 ) -> None:
     """Continue an interrupted sweep: finished trials kept, interrupted ones resumed from their checkpoints."""
+    import os
+    import tempfile
+
     from orchestrator.app.api import resume_sweep
-    from orchestrator.app.progress import Progress
+    from orchestrator.app.progress import Progress, quiet_ray
 
     overrides: dict[str, Any] = {
         k: v for k, v in dict(slots=slots, address=address, ensemble=ensemble).items() if v is not None
     }
     with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain) as progress:
+        quiet_ray(os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log"))  # as `caviar run`
         result = resume_sweep(sweep, on_tick=progress, task=task, trust_task_code=trust_task_code, **overrides)
     if result.note:
         typer.echo(result.note)

@@ -168,3 +168,32 @@ def sweep_task(sweep: Storage, task: Task | str | None = None, *, trust_task_cod
             raise
         raise TaskError(f"{exc}; only the task file is stored in the sweep, not the modules beside it: "
                         f"pass your own task (--task FILE / task=...)") from None
+
+
+def copy_stored_task(sweep: Storage, folder: str, *, trust_task_code: bool, purpose: str = "to resume") -> str:
+    """The sweep's stored task for a job that ships it: the verified copy written into ``folder``, as a ref.
+
+    The bytes are checked against the manifest's sha256 here, on the submitting machine, and
+    the job runs exactly those bytes (its working directory), on every node alike. A task that
+    was a module (nothing copied) comes back as its ``module:attr``, imported by name as the
+    sweep did. Refused, with the way out, without ``trust_task_code`` or without a stored copy.
+    """
+    manifest = read_manifest(sweep)
+    where = redact_uri(sweep.uri)
+    if manifest is None:
+        raise TaskError(f"sweep {where!r} holds no copy of its task (written before sweeps carried one): "
+                        "pass your own task file (caviar submit TASK --resume SWEEP)")
+    what = f"module {manifest.ref}" if manifest.kind == "module" else \
+        f"{manifest.source}, sha256 {(manifest.sha256 or '')[:12]}"
+    if not trust_task_code:
+        raise TaskError(f"sweep {where!r} runs task code ({what}) {purpose}: pass your own task file "
+                        "(caviar submit TASK --resume SWEEP) or --trust-task-code to run the sweep's stored copy")
+    if manifest.kind == "module":
+        return manifest.ref
+    data = read_stored_source(sweep, manifest)
+    assert manifest.source
+    path = os.path.join(folder, posixpath.basename(manifest.source))
+    with open(path, "wb") as f:
+        f.write(data)
+    attr = manifest.ref.partition(":")[2]
+    return path + (f":{attr}" if attr else "")

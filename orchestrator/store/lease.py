@@ -9,8 +9,10 @@ master renews as it flushes; the master marks it released when the sweep ends.
 host that no longer runs, or (another host) a heartbeat older than :data:`STALE_SECONDS`.
 
 On object stores there is no conditional PUT through pyarrow, so the lease is written,
-then read back after a short pause: a writer that finds another's id there gives way.
-Two masters writing inside that pause could both proceed (docs/RELIABILITY.md).
+then read back after a pause: a writer that finds another's id there gives way. The pause
+is at least :data:`READ_BACK_PAUSE` and at least twice what this writer's own check and PUT
+took, so a racer as slow as this one has landed its PUT before the read-back. Only a racer
+more than twice as slow to write could still proceed alongside (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -101,10 +103,11 @@ class Lease:
         """Claim a new sweep; one line naming the other owner when it is taken."""
         _fault_delay("CLAIM")
         record = _new_record()
+        began = time.monotonic()
         if not storage.create_exclusive(LEASE_PATH, record.encode()):
             raise StorageError(f"sweep {redact_uri(storage.uri)!r} {_taken_by(storage)}; pick another --name")
         lease = cls(storage, record)
-        lease._confirm()
+        lease._confirm(wrote_in=time.monotonic() - began)
         _fault_delay("HOLD")  # a test keeps the winner's lease held while the loser arrives
         return lease
 
@@ -118,15 +121,16 @@ class Lease:
                 f"{current.host}; stop it first (caviar resume continues a sweep whose master is gone)"
             )
         lease = cls(storage, _new_record())
+        began = time.monotonic()
         storage.write_bytes(LEASE_PATH, lease.record.encode())
-        lease._confirm()
+        lease._confirm(wrote_in=time.monotonic() - began)
         return lease
 
-    def _confirm(self) -> None:
+    def _confirm(self, wrote_in: float = 0.0) -> None:
         """Object stores: read the lease back; another writer's id there means it won the race."""
         if self.storage.atomic_rename:
             return
-        time.sleep(READ_BACK_PAUSE)
+        time.sleep(max(READ_BACK_PAUSE, 2 * wrote_in))  # a loaded store is slow for every racer alike
         found = read_lease(self.storage)
         if found is None or found.owner != self.record.owner:
             raise StorageError(f"sweep {redact_uri(self.storage.uri)!r} {_taken_by(self.storage)}")

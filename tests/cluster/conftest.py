@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -49,6 +50,42 @@ def caviar(*args: str, timeout: float = 300, cwd: str = ROOT, env: dict[str, str
     """The ``caviar`` command in a subprocess: the test process never calls ``ray.init`` for these clusters."""
     return subprocess.run([os.path.join(VENV_BIN, "caviar"), *args], env={**cluster_env(), **(env or {})}, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+SLOW_EPOCHS = """
+
+import time
+
+import torch.nn.functional as F
+
+
+def train_epoch(model, optimizer, batches, config):  # slow epochs: the job is still training when it is stopped
+    total, seen = 0.0, 0
+    for xb, yb in batches:
+        loss = F.cross_entropy(model(xb), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, seen = total + loss.item() * len(yb), seen + len(yb)
+    time.sleep(0.3)
+    return {"train_loss": total / max(seen, 1)}
+"""
+
+
+def running_trial_recorded(sweep_dir: str) -> bool:
+    from orchestrator.app.api import load
+
+    try:
+        return any(t["status"] == "running" for t in load(sweep_dir).trials.to_pylist())
+    except Exception:  # not written yet
+        return False
+
+
+def wait_for_a_running_trial(sweep_dir: str, job_id: str, dashboard: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not running_trial_recorded(sweep_dir) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert running_trial_recorded(sweep_dir), caviar("logs", job_id, "--address", dashboard).stdout[-3000:]
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:

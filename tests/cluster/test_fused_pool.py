@@ -90,3 +90,24 @@ def actor_processes(title: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def test_a_fused_sweep_whose_actors_cannot_start_ends_naming_the_users_line(ray_session, tmp_path, monkeypatch):
+    """As the plain pool: the user's exception and task line, one line, not Ray's ActorDiedError; no folder left."""
+    import pytest
+
+    from orchestrator.app.api import run_sweep
+    from orchestrator.errors import CaviarError
+    from tests.integration.test_user_errors import WORKERS_CANNOT_LOAD_TASK
+
+    task = tmp_path / "workers_cannot_load.py"
+    task.write_text(WORKERS_CANNOT_LOAD_TASK)
+    monkeypatch.setenv("CAVIAR_TEST_MASTER_PID", str(os.getpid()))  # the master loads the data; Ray's workers cannot
+    with pytest.raises(CaviarError) as error:
+        run_sweep(str(task), trials=4, epochs=1, stages=1, slots=1, fuse="on", storage=str(tmp_path / "runs"),
+                  name="fused", ensemble=False)
+    message = str(error.value)
+    assert message.startswith("no trial actor could start: ") and "\n" not in message, message
+    assert "OSError: the data lives on the master's disk only (workers_cannot_load.py:11)" in message, message
+    assert "ActorDiedError" not in message
+    assert not (tmp_path / "runs" / "fused").exists()  # refused before any trial: the name is free again

@@ -48,3 +48,38 @@ def test_sweep_writes_to_s3_and_reads_back_over_s3(ray_session, s3_server):
     for rel in sweep.list_files("task", suffix=""):  # the task copy and its manifest, on S3 with the tables
         assert SECRET not in sweep.read_bytes(rel).decode(), rel
     assert sweep.exists("task/tiny_task.py") and sweep.exists("task/manifest.json")
+
+
+def test_two_claims_of_one_sweep_on_s3_at_once_exactly_one_wins(s3_server):
+    """No conditional PUT through pyarrow: write, pause, read back. Two masters racing for one name: one goes on."""
+    import threading
+
+    from orchestrator.errors import StorageError
+    from orchestrator.store.lease import Lease, read_lease
+
+    port, _ = s3_server
+    query = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    for round_ in range(3):  # three races, each on a fresh name
+        uri = f"s3://{ACCESS_KEY}:{SECRET}@{BUCKET}/race/sweep-{round_}{query}"
+        start = threading.Barrier(2)
+        outcomes: list[Lease | StorageError] = []
+
+        def claim(uri: str = uri, start: threading.Barrier = start, outcomes: list = outcomes) -> None:
+            storage = Storage.from_uri(uri)
+            start.wait()
+            try:
+                outcomes.append(Lease.create(storage))
+            except StorageError as lost:
+                outcomes.append(lost)
+
+        racers = [threading.Thread(target=claim) for _ in range(2)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(timeout=60)
+        winners = [o for o in outcomes if isinstance(o, Lease)]
+        losers = [str(o) for o in outcomes if isinstance(o, StorageError)]
+        assert len(winners) == 1 and len(losers) == 1, outcomes
+        assert "taken by another caviar run" in losers[0] or "just claimed" in losers[0], losers
+        assert SECRET not in losers[0]
+        assert read_lease(Storage.from_uri(uri)).owner == winners[0].record.owner  # the winner's id is what stays

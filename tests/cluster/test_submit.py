@@ -14,13 +14,17 @@ import sys
 
 import pytest
 
-from cluster.jobs import Jobs, entrypoint, plan_job
+from cluster.jobs import Jobs, entrypoint, plan_job, plan_resume_job
 from orchestrator.app.api import load
 from orchestrator.app.cli_cluster import run_args
-from orchestrator.errors import ClusterError, ConfigError
-from tests.cluster.conftest import caviar, one_error_line
+from orchestrator.errors import ClusterError, ConfigError, StorageError, TaskError
+from orchestrator.spec.task import load_task
+from orchestrator.spec.task_source import copy_stored_task, store_task_source
+from orchestrator.store.storage import Storage
+from tests.cluster.conftest import SLOW_EPOCHS, caviar, one_error_line, wait_for_a_running_trial
 from tests.cluster.raycluster import VENV_BIN
 from tests.conftest import TINY_TASK
+from tests.orchestrator.test_task_source import TASK_SOURCE, write_sweep_row
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -51,14 +55,69 @@ def test_submit_follow_and_read_the_parquet_results(ray_cluster, submitted_sweep
     assert logs.returncode == 0 and "Results (Parquet)" in logs.stdout
 
 
-def test_stop_ends_a_running_job(ray_cluster, tmp_path):
-    submitted = caviar("submit", TINY_TASK, "--address", ray_cluster.dashboard, "--storage", str(tmp_path),
-                       "--name", "stopped", "--trials", "40", "--epochs", "20", "--shared-storage")
+def test_stop_marks_running_trials_interrupted_and_submit_resume_finishes_on_the_cluster(ray_cluster, tmp_path):
+    """stop -> the tables say `interrupted` -> `caviar submit --resume` runs the stored task copy as a job."""
+    project = tmp_path / "project"
+    project.mkdir()
+    task = project / "slow_tiny_task.py"
+    with open(TINY_TASK) as f:
+        task.write_text(f.read() + SLOW_EPOCHS)
+    storage, sweep = tmp_path / "runs", str(tmp_path / "runs" / "stopped")
+    submitted = caviar("submit", str(task), "--address", ray_cluster.dashboard, "--storage", str(storage),
+                       "--name", "stopped", "--trials", "4", "--epochs", "12", "--stages", "1", "--pruner", "none",
+                       "--no-ensemble", "--shared-storage")
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
+    wait_for_a_running_trial(sweep, job_id, ray_cluster.dashboard)
     stopped = caviar("stop", job_id, "--address", ray_cluster.dashboard)
     assert stopped.returncode == 0 and f"stopping job {job_id}" in stopped.stdout, stopped.stderr
+    assert f"caviar submit --resume {sweep} --trust-task-code" in stopped.stdout
     assert ray_cluster.jobs().wait(job_id, timeout=120) == "STOPPED"
+    statuses = [t["status"] for t in load(sweep).trials.to_pylist()]
+    assert "interrupted" in statuses and "running" not in statuses, statuses  # written on SIGTERM, before SIGKILL
+    task.unlink()  # what runs next is the sweep's own copy
+
+    resumed = caviar("submit", "--resume", sweep, "--trust-task-code", "--address", ray_cluster.dashboard,
+                     "--follow", cwd=str(tmp_path), timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    assert "orchestrator.app.cli resume " in resumed.stdout and "--task slow_tiny_task.py" in resumed.stdout
+    trials = load(sweep).trials.to_pylist()
+    assert [t["status"] for t in trials] == ["completed"] * 4 and all(t["epochs_run"] == 12 for t in trials)
+    assert {t["node"] for t in trials} <= ray_cluster.node_ids()
+
+
+def test_a_resume_job_ships_the_verified_stored_copy_or_your_task(tmp_path):
+    """Planned before any cluster is contacted: trust is asked for, the sha256 checked, the bytes shipped as is."""
+    source = tmp_path / "work" / "regression_task.py"
+    source.parent.mkdir()
+    source.write_text(TASK_SOURCE)
+    sweep = Storage.from_uri(str(tmp_path / "runs")).child("s")
+    store_task_source(sweep, load_task(str(source)))
+    write_sweep_row(sweep, "regression_task.py")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    with pytest.raises(TaskError, match="--trust-task-code"):
+        copy_stored_task(sweep, str(staged), trust_task_code=False)
+    ref = copy_stored_task(sweep, str(staged), trust_task_code=True)
+    assert ref == str(staged / "regression_task.py") and (staged / "regression_task.py").read_text() == TASK_SOURCE
+    plan = plan_resume_job(sweep.root, ref, run_args=["--slots", "2"])
+    assert plan.runtime_env["working_dir"] == str(staged) and plan.name == "s"
+    assert plan.entrypoint.endswith(f"resume {sweep.root} --task regression_task.py --address auto --plain --slots 2")
+    mine = plan_resume_job(sweep.root, str(source))  # the user's own task travels with its folder, as submit's does
+    assert mine.runtime_env["working_dir"] == str(source.parent) and "--task regression_task.py" in mine.entrypoint
+    with pytest.raises(ConfigError, match="'--resume'.*relative"):
+        plan_resume_job("runs/s", str(source))
+    sweep.write_bytes("task/regression_task.py", b"import os\n" + TASK_SOURCE.encode())  # changed after the run
+    with pytest.raises(StorageError, match="sha256 mismatch"):
+        copy_stored_task(sweep, str(staged), trust_task_code=True)
+
+    # The CLI refuses before contacting the cluster (nothing listens on port 9): one line each.
+    untrusted = one_error_line(caviar("submit", "--resume", sweep.root, "--address", "http://127.0.0.1:9"))
+    assert "--trust-task-code" in untrusted and "caviar submit TASK --resume SWEEP" in untrusted
+    settings = one_error_line(caviar("submit", "--resume", sweep.root, "--trials", "8", "--address", "http://h:9"))
+    assert "'--trials'" in settings and "--slots" in settings
+    missing = one_error_line(caviar("submit", "--resume", str(tmp_path / "none"), "--trust-task-code"))
+    assert "'--resume'" in missing and "not a sweep" in missing
 
 
 def test_refusals_are_one_line_naming_what_is_wrong(ray_cluster, tmp_path):

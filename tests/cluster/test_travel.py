@@ -13,44 +13,16 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
 from orchestrator.app.api import load
 from orchestrator.store.storage import Storage
-from tests.cluster.conftest import ACCESS_KEY, BUCKET, SECRET, caviar
+from tests.cluster.conftest import ACCESS_KEY, BUCKET, SECRET, SLOW_EPOCHS, caviar, wait_for_a_running_trial
 from tests.cluster.raycluster import cluster_env
 from tests.conftest import ROOT, TINY_TASK
 
 pytestmark = pytest.mark.timeout(600)
-
-
-SLOW_EPOCHS = """
-
-import time
-
-import torch.nn.functional as F
-
-
-def train_epoch(model, optimizer, batches, config):  # slow epochs: the job is still training when it is stopped
-    total, seen = 0.0, 0
-    for xb, yb in batches:
-        loss = F.cross_entropy(model(xb), yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total, seen = total + loss.item() * len(yb), seen + len(yb)
-    time.sleep(0.3)
-    return {"train_loss": total / max(seen, 1)}
-"""
-
-
-def running_trial_recorded(sweep_dir: str) -> bool:
-    try:
-        return any(t["status"] == "running" for t in load(sweep_dir).trials.to_pylist())
-    except Exception:  # not written yet
-        return False
 
 
 def test_submit_stop_resume_elsewhere_then_load_after_the_task_file_is_gone(ray_cluster, s3_server, tmp_path):
@@ -70,13 +42,12 @@ def test_submit_stop_resume_elsewhere_then_load_after_the_task_file_is_gone(ray_
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
     sweep = f"s3://{ACCESS_KEY}:{SECRET}@{BUCKET}/team/travel{query}"
-    deadline = time.monotonic() + 240
-    while not running_trial_recorded(sweep) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert running_trial_recorded(sweep), caviar("logs", job_id, "--address", ray_cluster.dashboard).stdout[-3000:]
+    wait_for_a_running_trial(sweep, job_id, ray_cluster.dashboard)
     stopped = caviar("stop", job_id, "--address", ray_cluster.dashboard)
     assert stopped.returncode == 0, stopped.stderr
     assert ray_cluster.jobs().wait(job_id, timeout=120) == "STOPPED"
+    statuses = {t["status"] for t in load(sweep).trials.to_pylist()}
+    assert "interrupted" in statuses and "running" not in statuses  # the master wrote its tables on SIGTERM
     logs = caviar("logs", job_id, "--address", ray_cluster.dashboard)
     assert f"{ACCESS_KEY}:***@{BUCKET}" in logs.stdout and SECRET not in logs.stdout + logs.stderr
 
