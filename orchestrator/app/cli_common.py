@@ -75,7 +75,7 @@ def print_result(result: Any, *, report: bool = True, task_ref: str | None = Non
     for line in edge_lines(tables.events.to_pylist()):
         typer.echo(line)
     for warning in result.warnings:
-        typer.secho(f"warning: {warning}: the next sweep should look beyond it", fg="yellow", err=True)
+        typer.secho(f"warning: {warning}: {edge_advice(warning)}", fg="yellow", err=True)
     print_failures(tables.trials.to_pylist())
     if result.aborted:
         fail(f"sweep stopped early: {result.aborted}")
@@ -155,3 +155,10 @@ def write_sweep_report(sweep_uri: str) -> str | None:
         return None
     base = redact_uri(sweep_uri).partition("?")[0].rstrip("/")
     return f"{base}/{REPORT_FILE}"
+
+
+def edge_advice(warning: str) -> str:
+    """What to do about a best value on an edge; a hard ``limits=`` edge cannot be looked past."""
+    if warning.endswith("(a hard limit)"):
+        return "the optimum may lie past the limit: widen limits= if values beyond it are valid"
+    return "the next sweep should look beyond it"

@@ -121,3 +121,11 @@ def test_extend_edges_is_a_checked_setting():
 
     with pytest.raises(ConfigError, match="setting 'extend_edges': expected true or false"):
         RunSettings().merged({"extend_edges": "no"}).validate()
+
+
+def test_the_end_of_run_advice_never_says_to_look_past_a_hard_limit():
+    from orchestrator.app.cli_common import edge_advice
+
+    soft = "stage 2's best trial 7: lr = 0.1 sits at the high edge of [0.001, 0.1]"
+    assert edge_advice(soft) == "the next sweep should look beyond it"
+    assert "widen limits=" in edge_advice(soft + " (a hard limit)")
