@@ -50,7 +50,7 @@ from orchestrator.store.storage import Storage
 
 
 @dataclass
-class Report:
+class SweepReport:
     html: str
     figures: list[Figure]
     skipped: dict[str, str] = field(default_factory=dict)  # figure id -> why it is missing
@@ -128,7 +128,7 @@ def _fmt(value: Any) -> str:
 # -- entry point -----------------------------------------------------------------------------------
 
 
-def build_report(sweep_path: str) -> Report:
+def build_report(sweep_path: str) -> SweepReport:
     """Read the sweep and draw every plot its tables allow; missing tables skip their plot, with a reason."""
     data = read_sweep(sweep_path)
     figures: list[Figure] = []
@@ -155,10 +155,10 @@ def build_report(sweep_path: str) -> Report:
     else:
         figures.insert(1, figure)
     warnings = collect_warnings(data)
-    return Report(render_html(data, figures, skipped, warnings), figures, skipped, warnings)
+    return SweepReport(render_html(data, figures, skipped, warnings), figures, skipped, warnings)
 
 
-def write_report(report: Report, out: str, png_dir: str | None = None) -> list[str]:
+def write_report(report: SweepReport, out: str, png_dir: str | None = None) -> list[str]:
     """The page (and each plot as ``<id>.png`` under ``png_dir``), written atomically; returns the paths."""
     target = Storage.from_uri(posixpath.dirname(out) or ".")
     target.write_bytes(posixpath.basename(out), report.html.encode("utf-8"))

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.ensemble import ensembles
-from orchestrator.ensemble.ensembles import Candidate, CandidateKey, Ensemble, Member
+from orchestrator.ensemble.ensembles import SELECTION_METRICS, Candidate, CandidateKey, Ensemble, Member
 from orchestrator.ensemble.records import EnsembleRecord
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.store import schema
@@ -29,7 +29,6 @@ from orchestrator.store.storage import Storage
 log = logging.getLogger("caviar")
 
 METHODS = ("single", "single_ema", "top_k", "checkpoints", "ema", "seeds", "greedy", "soup")
-SELECTION_METRICS = ("accuracy", "log_loss")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from orchestrator.errors import ConfigError
 
-METRICS = ("accuracy", "log_loss")
+SELECTION_METRICS = ("accuracy", "log_loss")
 WEIGHTS = ("raw", "ema")
 _SUM_TOL = 1e-2  # catches logits and log-probs; float16 rows sum to 1 within ~1e-3
 _CHUNK_BYTES = 1 << 26  # greedy by accuracy: at most ~64 MiB of candidate mixtures at once
@@ -132,8 +132,8 @@ def _check_labels(name: str, y: np.ndarray, n: int, classes: int) -> np.ndarray:
 
 
 def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise ConfigError(f"metric: {metric!r} is not one of {', '.join(METRICS)}")
+    if metric not in SELECTION_METRICS:
+        raise ConfigError(f"metric: {metric!r} is not one of {', '.join(SELECTION_METRICS)}")
 
 
 def _check_positive(name: str, value: int, low: int = 1) -> None:
@@ -373,7 +373,7 @@ def greedy_selection(
 # -- test metrics: only after the members are fixed -------------------------------------------
 
 
-def evaluate(members: Sequence[Member], cands: Sequence[Candidate], y: np.ndarray) -> tuple[float, float]:
+def score_members(members: Sequence[Member], cands: Sequence[Candidate], y: np.ndarray) -> tuple[float, float]:
     """(accuracy, log loss) of the weighted members on the candidates' test predictions."""
     by_key = {c.key: c for c in cands}
     arrays = []
@@ -392,7 +392,7 @@ def evaluate(members: Sequence[Member], cands: Sequence[Candidate], y: np.ndarra
 
 def with_test_metrics(ensemble: Ensemble, cands: Sequence[Candidate], y_test: np.ndarray) -> Ensemble:
     """A copy of ``ensemble`` with test metrics filled in; the members are not touched."""
-    acc, ll = evaluate(ensemble.members, cands, y_test)
+    acc, ll = score_members(ensemble.members, cands, y_test)
     return replace(ensemble, test_accuracy=acc, test_log_loss=ll)
 
 

@@ -40,7 +40,7 @@ from orchestrator.search.space import SearchSpace
 
 REQUIRED = ("space", "load_data", "build_model")
 OPTIONAL_CALLABLES = ("loss_fn", "train_epoch", "build_optimizer")
-METRICS = ("accuracy", "loss")
+TASK_METRICS = ("accuracy", "loss")
 KINDS = ("classification", "regression", "custom")
 MODES = ("min", "max")
 
@@ -131,8 +131,8 @@ def load_task(ref: str) -> Task:
     except SpaceError as exc:
         raise SpaceError(f"task {ref!r}: {exc}") from None
     metric = getattr(ns, "metric", "accuracy")
-    if metric not in METRICS:
-        raise TaskError(f"task {ref!r}: metric must be one of {METRICS}, got {metric!r}")
+    if metric not in TASK_METRICS:
+        raise TaskError(f"task {ref!r}: metric must be one of {TASK_METRICS}, got {metric!r}")
     settings = dict(getattr(ns, "settings", {}) or {})
     kind, objective, mode = _contract_fields(ref, ns)
     return Task(canonical, ns, space, metric, bool(getattr(ns, "normalize", True)), settings, kind, objective, mode,

@@ -19,10 +19,10 @@ from orchestrator.ensemble.ensembles import (
     checkpoint_ensemble,
     choose_best,
     ema_ensemble,
-    evaluate,
     greedy_selection,
     log_loss,
     same_config_groups,
+    score_members,
     seed_ensemble,
     top_k,
     with_test_metrics,
@@ -190,7 +190,7 @@ def test_weights_sum_to_one_and_members_are_candidates() -> None:
         assert all(m.key in keys and m.weight > 0 for m in e.members)
         assert len({m.key for m in e.members}) == len(e.members)
         assert e.test_accuracy is not None and e.test_log_loss is not None
-        assert (e.test_accuracy, e.test_log_loss) == evaluate(e.members, cands, y_test)
+        assert (e.test_accuracy, e.test_log_loss) == score_members(e.members, cands, y_test)
 
 
 def test_no_test_leakage() -> None:
@@ -288,7 +288,7 @@ def test_invalid_inputs_raise_config_errors() -> None:
     with pytest.raises(ConfigError, match="y_test"):
         with_test_metrics(best_single(cands, y), [Candidate(c.key, c.val_probs, c.val_probs) for c in cands], y[:3])
     with pytest.raises(ConfigError, match="test_probs: missing"):
-        evaluate(best_single(cands, y).members, cands, y)
+        score_members(best_single(cands, y).members, cands, y)
     with pytest.raises(ConfigError, match="y_val"):
         best_single(ValPool.of(cands, y), y)
     assert issubclass(ConfigError, ValueError) and issubclass(ConfigError, CaviarError)
