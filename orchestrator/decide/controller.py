@@ -19,10 +19,11 @@ from orchestrator.decide.fusing import PER_MEMBER, block_size, share_shapes
 from orchestrator.decide.pruning import Observation, Pruner
 from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, stored_status
 from orchestrator.errors import StorageError
-from orchestrator.search.narrowing import edge_warnings, narrow_space, top_results
+from orchestrator.search.narrowing import edge_warnings
 from orchestrator.search.sampler import stage_configs, trial_seed
 from orchestrator.search.space import SearchSpace
-from orchestrator.search.stages import Stage, promotion_count
+from orchestrator.search.stage_policy import NarrowAndPromote, StagePolicy
+from orchestrator.search.stages import Stage
 from orchestrator.store.schema import TRIALS_PATH, now_ms
 
 # What a trials-table row restores of a trial besides its config (orchestrator.decide.restore).
@@ -85,6 +86,7 @@ class ControllerOptions:
     fuse_array_size: int = 0
     fuse_workers: int = 1
     fuse_per_member: frozenset[str] = PER_MEMBER
+    stage_policy: StagePolicy | None = None  # None: NarrowAndPromote from the fields above
 
 
 @dataclass
@@ -179,16 +181,16 @@ class Controller:
             self._begin_reseed(space)
             return
         results = self.stage_results(self.stage)
-        if self.options.narrow and results:
-            no_extension = {} if self.options.extend_edges else {"extend": 0.0}
-            narrowed = narrow_space(space, results, top_fraction=self.options.top_fraction, **no_extension)
+        policy = self.stage_policy
+        narrowed = policy.next_space(space, results)
+        if narrowed is not None:
             for notice in narrowed.edges:
                 kind, trial_id, message = edge_event(self, notice)
                 # The stage whose best trial sat on the edge; its trial; the value, old and new range.
                 self.event(kind, trial_id, stage=self.stage, reason=message, detail=notice_detail(notice))
             self.event("range_narrowed", stage=self.stage + 1, detail={"space": narrowed.space.to_dict()})
             space = narrowed.space
-        self._begin_stage(self.stage + 1, space, self._promoted(results, self.plan[self.stage + 1].trials))
+        self._begin_stage(self.stage + 1, space, policy.promoted(results, self.plan[self.stage + 1].trials))
 
     def _begin_reseed(self, space: SearchSpace) -> None:
         """The best config so far, once per trial of the stage; each trial's id gives it a new seed."""
@@ -200,10 +202,11 @@ class Controller:
         self.event("reseed", stage=self.stage + 1, detail={"config_of_trial": best.trial_id, "copies": stage.trials})
         self._begin_stage(self.stage + 1, space, [dict(best.config)] * stage.trials)
 
-    def _promoted(self, results: Sequence[tuple[dict[str, Any], float]], stage_trials: int) -> list[dict[str, Any]]:
-        """The best configs of the stage just ended, trained again in the next one (the narrowing's top trials)."""
-        top = top_results(results, self.options.top_fraction, min_top=3)
-        return [config for config, _ in top[: promotion_count(stage_trials, len(top), self.options.promote_fraction)]]
+    @property
+    def stage_policy(self) -> StagePolicy:
+        """How a stage leads to the next: the options' own policy, else narrowing and promotion by the options."""
+        o = self.options
+        return o.stage_policy or NarrowAndPromote(o.top_fraction, o.extend_edges, o.promote_fraction, o.narrow)
 
     def stage_results(self, stage: int) -> list[tuple[dict[str, Any], float]]:
         """(config, best score) of the stage's finished trials; completed ones rank first."""

@@ -150,3 +150,29 @@ def test_run_sweep_takes_a_pruner_and_a_sampler_object(ray_session, storage_dir)
     # A score never reaches 2.0: every trial stops at epoch 1 with the custom reason.
     assert {(t["status"], t["reason"], t["epochs_run"]) for t in tables.trials.to_pylist()} == {
         ("pruned", "below_2.0", 1)}
+
+
+def test_a_stage_policy_object_decides_the_next_space_and_promotions():
+    from orchestrator.decide.controller import Controller, ControllerOptions
+    from orchestrator.decide.pruning import NoPruner, StageBudget
+    from orchestrator.search.stage_policy import StagePolicy
+    from orchestrator.search.stages import parse_plan
+
+    class KeepRangesPromoteNothing(StagePolicy):  # successive random stages, each trained longer
+        def __init__(self):
+            self.seen = []
+
+        def next_space(self, space, results):
+            self.seen.append(len(results))
+            return None
+
+    policy = KeepRangesPromoteNothing()
+    c = Controller(SPACE, parse_plan("6x1,4x2"), lambda s: NoPruner.for_stage(StageBudget(s.epochs)),
+                   ControllerOptions(seed=1, stage_policy=policy))
+    run(c)
+    assert policy.seen == [6]
+    assert c.stage_spaces[1] is c.stage_spaces[0]  # the ranges stayed as declared
+    kinds = [e["kind"] for _, e in c.event_feed]
+    assert "range_narrowed" not in kinds
+    first = {tuple(sorted(c.trials[t].config.items())) for t in range(6)}
+    assert not first & {tuple(sorted(c.trials[t].config.items())) for t in range(6, 10)}  # nothing promoted
