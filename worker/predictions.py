@@ -49,6 +49,7 @@ def dataset_row(splits: Splits) -> dict[str, Any]:
         "std": _flat(splits.std),
         "time": schema.now_ms(),
         "kind": kind.kind,
+        "input_dtype": str(splits.input_dtype).removeprefix("torch."),
     }
     if kind.hard_classes:
         return {**row, "y_val": splits.y_val.cpu().tolist(), "y_test": splits.y_test.cpu().tolist()}

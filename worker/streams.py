@@ -35,6 +35,7 @@ class Stream:
     name: str
     length: int = 0
     input_shape: tuple[int, ...] = ()
+    input_dtype: torch.dtype = torch.float32  # as the Dataset gives it (set by the load-time pass); never cast
     num_workers: int = 0
     pin_memory: bool = False
     _eval_loader: DataLoader | None = field(default=None, repr=False)
@@ -74,19 +75,24 @@ def _pair(item: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One pass over a split: its targets (in order), and with ``statistics`` the inputs' mean and std.
 
-    Inputs are summed in float64 batch by batch and dropped: memory stays one batch, whatever
-    the split's size. Targets keep the dtype and shape the Dataset gives them.
+    Floating inputs are summed in float64 batch by batch and dropped: memory stays one batch,
+    whatever the split's size; the statistics are kept in the inputs' dtype. Integer inputs get
+    none. Inputs and targets keep the dtype and shape the Dataset gives them.
     """
     targets: list[torch.Tensor] = []
     total = total_sq = None
     count = 0
     for batch in DataLoader(stream.dataset, batch_size=STATS_BATCH, shuffle=False, num_workers=stream._workers()):
         x, y = _pair(batch, stream.name)
-        if not stream.input_shape:
-            stream.input_shape = tuple(x.shape[1:])
+        if count == 0:
+            stream.input_shape, stream.input_dtype = tuple(x.shape[1:]), x.dtype
+        elif x.dtype != stream.input_dtype:
+            raise TaskError(f"load_data: the {stream.name} Dataset gives inputs of dtype "
+                            f"{str(stream.input_dtype).removeprefix('torch.')} and "
+                            f"{str(x.dtype).removeprefix('torch.')}; give one dtype")
         targets.append(y)
         count += len(x)
-        if statistics:
+        if statistics and x.is_floating_point():  # integer inputs (token ids) are never standardised
             x64 = x.double()
             s, sq = x64.sum(dim=0, keepdim=True), (x64 * x64).sum(dim=0, keepdim=True)
             total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
@@ -100,4 +106,4 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
     # The unbiased estimate, as torch.std on the in-memory path.
     var = (total_sq - count * mean * mean) / max(count - 1, 1)
     std = var.clamp_min(0).sqrt().clamp_min(1e-6)
-    return y_all, mean.float(), std.float()
+    return y_all, mean.to(stream.input_dtype), std.to(stream.input_dtype)

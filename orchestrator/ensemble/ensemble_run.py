@@ -40,7 +40,7 @@ class Dataset:
     y_val: np.ndarray
     y_test: np.ndarray
     input_shape: tuple[int, ...]
-    mean: np.ndarray | None  # (*input_shape), float32; None when the task does not standardise
+    mean: np.ndarray | None  # (*input_shape), float64; None when the task does not standardise
     std: np.ndarray | None
     kind: str = "classification"
     # Regression: targets as (n, d) float64 arrays in y_val / y_test, one target's shape, and the target
@@ -48,6 +48,7 @@ class Dataset:
     target_shape: tuple[int, ...] = ()
     target_mean: np.ndarray | None = None
     target_std: np.ndarray | None = None
+    input_dtype: str = "float32"  # the inputs' dtype in training ("int64" for token ids); sweeps before: float32
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,10 @@ def read_dataset(storage: Storage) -> Dataset:
                            "predictions; ensembles need at least one finished trial)")
     row = storage.read_table(schema.DATASET_PATH).to_pylist()[0]
     shape = tuple(row["input_shape"])
+    input_dtype = row.get("input_dtype") or "float32"
 
     def stat(values: list[float] | None) -> np.ndarray | None:
-        return None if values is None else np.asarray(values, dtype=np.float32).reshape(shape)
+        return None if values is None else np.asarray(values, dtype=np.float64).reshape(shape)
 
     if row.get("kind") == "regression":
         target_shape = tuple(row["target_shape"] or ())
@@ -99,9 +101,10 @@ def read_dataset(storage: Storage) -> Dataset:
 
         return Dataset(0, values(row["y_val_values"]), values(row["y_test_values"]), shape, stat(row["mean"]),
                        stat(row["std"]), "regression", target_shape, target_stat(row["target_mean"]),
-                       target_stat(row["target_std"]))
+                       target_stat(row["target_std"]), input_dtype=input_dtype)
     return Dataset(int(row["num_classes"]), np.asarray(row["y_val"], dtype=np.int64),
-                   np.asarray(row["y_test"], dtype=np.int64), shape, stat(row["mean"]), stat(row["std"]))
+                   np.asarray(row["y_test"], dtype=np.int64), shape, stat(row["mean"]), stat(row["std"]),
+                   input_dtype=input_dtype)
 
 
 def _probs_matrix(table: pa.Table, num_classes: int) -> np.ndarray:

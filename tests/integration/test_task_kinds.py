@@ -16,6 +16,7 @@ import torch
 
 from orchestrator.app.api import load, run_sweep
 from orchestrator.ensemble.ensemble_run import CandidateKey, read_ensembles
+from orchestrator.errors import ConfigError
 from orchestrator.spec.task import load_task
 from orchestrator.store.storage import Storage
 from tests.conftest import ROOT
@@ -140,3 +141,23 @@ def test_a_streamed_sweep_trains_plain_and_says_why_it_did_not_fuse(ray_session,
     x, labels = zip(*(task.get("Blobs")("test", False)[i] for i in range(50)))
     assert ensemble(torch.stack(x)).shape == (50, 3)
     assert float((ensemble.predict(torch.stack(x)) == torch.tensor(labels)).float().mean()) > 0.7
+
+
+def test_token_ids_sweep_as_integers_and_the_loaded_ensemble_takes_them(ray_session, storage_dir):
+    result = sweep("token_task.py", storage_dir, plan="2x2", ensemble=True)
+    tables = load(result.path)
+    assert result.counts == {"completed": 2}
+    task = load_task(os.path.join(TASKS, "token_task.py"))
+    _, _, (x_test, y_test) = task.get("load_data")()
+    # The best checkpoint's recorded accuracy is the model's own on the raw token ids (nothing standardised them).
+    best = result.best_trial_id
+    ckpt = best_checkpoint(tables, best)
+    model = SweepModels(Storage.from_uri(result.path), trust_task_code=True).model(CandidateKey(best, ckpt["epoch"]))
+    _, (x_val, y_val), _ = task.get("load_data")()
+    with torch.no_grad():
+        accuracy = float((model(torch.from_numpy(x_val)).argmax(1).numpy() == y_val).mean())
+    assert ckpt["val_accuracy"] == pytest.approx(accuracy) and accuracy > 0.5
+    ensemble = load_ensemble(result.path, trust_task_code=True)
+    assert float((ensemble.predict(torch.from_numpy(x_test)).numpy() == y_test).mean()) > 0.5
+    with pytest.raises(ConfigError, match="inputs are float32 but the sweep's models trained on int64 inputs"):
+        ensemble(torch.from_numpy(x_test).float())  # never cast: a float token id is a mistake worth naming
