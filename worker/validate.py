@@ -119,9 +119,10 @@ PREDICTIONS_WARN_BYTES = 2 * 1024**3
 def prediction_bytes(splits: Splits, trials: int, checkpoints_per_trial: int, dtype: str = "float16") -> int:
     """The predictions a sweep stores for ensembles: every kept checkpoint's val + test outputs."""
     kind = splits.target_kind
-    if dtype == "none" or not (kind.hard_classes or kind.kind == "regression"):
+    classification = kind.kind == "classification"
+    if dtype == "none" or not (classification or kind.kind == "regression"):
         return 0
-    width = splits.num_classes if kind.hard_classes else max(1, int(np.prod(splits.y_val.shape[1:])))
+    width = splits.num_classes if classification else max(1, int(np.prod(splits.y_val.shape[1:])))
     per_value = 4 if dtype == "float32" or kind.kind == "regression" else 2
     rows = len(splits.y_val) + len(splits.y_test)
     return int(trials * checkpoints_per_trial * rows * (int(width or 1) * per_value + 20))  # + ids per row

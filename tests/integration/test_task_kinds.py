@@ -90,7 +90,7 @@ def test_regression_table_numbers_equal_a_recomputation_in_original_units(ray_se
 
 
 def test_soft_labels_give_the_soft_target_cross_entropy(ray_session, storage_dir):
-    result = sweep("soft_label_task.py", storage_dir)
+    result = sweep("soft_label_task.py", storage_dir, ensemble=True)
     tables = load(result.path)
     assert result.counts.get("failed", 0) == 0
     task = load_task(os.path.join(TASKS, "soft_label_task.py"))
@@ -108,6 +108,13 @@ def test_soft_labels_give_the_soft_target_cross_entropy(ray_session, storage_dir
         entropy = float(-(y_val * np.log(y_val)).sum(axis=1).mean())
         assert ckpt["val_loss"] > entropy - 1e-6
         assert not math.isclose(ckpt["val_accuracy"], 1.0) or ckpt["val_loss"] > entropy
+    # Ensembles choose on the same soft-target cross-entropy, recomputed here from the loaded chosen ensemble.
+    chosen = next(r for r in read_ensembles(Storage.from_uri(result.path)) if r.chosen)
+    assert chosen.detail["chosen_by"] == "val_log_loss" and "soft" in chosen.detail["labels"]
+    with torch.no_grad():
+        probs = load_ensemble(result.path, trust_task_code=True)(torch.from_numpy(x_val)).double().numpy()
+    assert chosen.val_log_loss == pytest.approx(float(-(y_val * np.log(probs)).sum(axis=1).mean()), rel=2e-3)
+    assert chosen.val_accuracy == pytest.approx(float((probs.argmax(1) == y_val.argmax(1)).mean()), abs=1 / len(y_val))
 
 
 def test_custom_metric_with_mode_min_is_the_score(ray_session, storage_dir):
@@ -144,7 +151,7 @@ def test_a_streamed_sweep_trains_plain_and_says_why_it_did_not_fuse(ray_session,
 
 
 def test_token_ids_sweep_as_integers_and_the_loaded_ensemble_takes_them(ray_session, storage_dir):
-    result = sweep("token_task.py", storage_dir, plan="2x2", ensemble=True)
+    result = sweep("token_task.py", storage_dir, plan="2x1", ensemble=True)
     tables = load(result.path)
     assert result.counts == {"completed": 2}
     task = load_task(os.path.join(TASKS, "token_task.py"))
