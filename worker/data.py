@@ -78,8 +78,21 @@ class Splits:
 
     def sample(self, n: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` training examples (inputs standardised, targets as given)."""
-        x = self.sample_inputs(n, device)[:n]
-        return x, self.y_train[: len(x)].to(x.device)
+        if self.x_train is not None:
+            x = self.x_train[:n]
+            return x, self.y_train[: len(x)].to(x.device)
+        assert self.streams is not None
+        xs: list[torch.Tensor] = []
+        ys: list[torch.Tensor] = []
+        for x, y in self.streams["train"].loader(min(n, 256), shuffle=False):  # pairs as read: a loader may shuffle
+            xs.append(x)
+            ys.append(y)
+            if sum(len(b) for b in xs) >= n:
+                break
+        x, y = torch.cat(xs)[:n], torch.cat(ys)[:n]
+        if device is not None:
+            x, y = x.to(device), y.to(device)
+        return self.normalise(x), y
 
     def to(self, device: torch.device) -> Splits:
         """The whole data set on ``device``, once per actor, so epochs copy nothing.
@@ -219,7 +232,10 @@ def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, sta
         if not is_stream(part):
             x, y = _materialise(part, name)  # an (X, y) pair next to Datasets streams the same way
             part = torch.utils.data.TensorDataset(x, y)
-        streams[name] = Stream(part, name, num_workers=num_workers)
+        if isinstance(part, torch.utils.data.Dataset):
+            streams[name] = Stream(part, name, num_workers=num_workers)
+        else:  # the task's function making a DataLoader for a batch size
+            streams[name] = Stream(None, name, make_loader=part)
     y_train, mean, std = scan(streams["train"], statistics=normalize and task_statistics is None)
     y_val, _, _ = scan(streams["val"], statistics=False)
     y_test, _, _ = scan(streams["test"], statistics=False)

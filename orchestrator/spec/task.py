@@ -5,8 +5,8 @@ A task is a Python file (``examples/digits_mlp.py``) or a module attribute
 
 - ``space``: a dict or :class:`~orchestrator.search.space.SearchSpace` of hyperparameters;
 - ``load_data()``: returns the train / validation / test splits, each ``(X, y)`` as numpy
-  arrays or tensors (or a torch ``Dataset``), as a tuple of three or a dict with keys
-  ``train``, ``val``, ``test``;
+  arrays or tensors (or a torch ``Dataset``, or a function ``batch_size -> DataLoader``), as a
+  tuple of three or a dict with keys ``train``, ``val``, ``test``; inputs and targets keep their dtype;
 - ``build_model(config)``: returns a ``torch.nn.Module``.
 
 Optional: ``loss_fn(logits, y)`` (default cross-entropy), ``metric`` ("accuracy" or
