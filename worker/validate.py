@@ -73,7 +73,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> None:
     except Exception as exc:
         mismatch = _dtype_mismatch(model, xb)
         if mismatch:
-            raise TaskError(mismatch) from exc
+            raise TaskError(mismatch) from None  # the one line says it all; the torch error would hide it
         raise TaskError(f"the model's forward pass raised {type(exc).__name__} on a training batch of shape "
                         f"{tuple(xb.shape)} ({str(xb.dtype).removeprefix('torch.')}): {_one_line(exc)}") from exc
     if not isinstance(outputs, torch.Tensor):
