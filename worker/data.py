@@ -185,6 +185,9 @@ def input_statistics(x_train: torch.Tensor, normalize: bool, task_statistics: An
     Integer inputs (token ids, category codes) are never standardised; nor are inputs of a task with
     ``normalize = False``. Statistics are summed in float64 and kept in the inputs' dtype.
     """
+    if normalize and task_statistics is not None and not x_train.is_floating_point():
+        raise TaskError(f"normalize: the task gives (mean, std) but the inputs are {_dtype_name(x_train.dtype)}; "
+                        "integer inputs are never standardised (set normalize = True or False)")
     if not normalize or not x_train.is_floating_point():
         return None, None
     if task_statistics is not None:
@@ -240,9 +243,10 @@ def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, sta
     y_val, _, _ = scan(streams["val"], statistics=False)
     y_test, _, _ = scan(streams["test"], statistics=False)
     check_input_dtypes({name: stream.input_dtype for name, stream in streams.items()})
-    if normalize and task_statistics is not None and streams["train"].input_dtype.is_floating_point:
-        mean, std = task_input_statistics(task_statistics, streams["train"].input_shape,
-                                          streams["train"].input_dtype)
+    if normalize and task_statistics is not None:
+        train = streams["train"]
+        mean, std = input_statistics(torch.empty((0, *train.input_shape), dtype=train.input_dtype), True,
+                                     task_statistics)
     target_kind = resolve_kind(kind, {"train": y_train, "val": y_val, "test": y_test}, standardize=standardize_targets)
     return Splits(None, y_train, None, y_val, None, y_test, target_kind.num_classes, mean, std, target_kind, streams)
 

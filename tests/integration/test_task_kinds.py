@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from orchestrator.app.api import load, run_sweep
-from orchestrator.ensemble.ensemble_run import CandidateKey, read_ensembles
+from orchestrator.ensemble.ensemble_run import CandidateKey, read_dataset, read_ensembles
 from orchestrator.errors import ConfigError
 from orchestrator.spec.task import load_task
 from orchestrator.store.storage import Storage
@@ -164,6 +164,9 @@ def test_token_ids_sweep_as_integers_and_the_loaded_ensemble_takes_them(ray_sess
     with torch.no_grad():
         accuracy = float((model(torch.from_numpy(x_val)).argmax(1).numpy() == y_val).mean())
     assert ckpt["val_accuracy"] == pytest.approx(accuracy) and accuracy > 0.5
+    dataset = read_dataset(Storage.from_uri(result.path))
+    assert (dataset.input_dtype, dataset.mean) == ("int64", None)  # token ids: never standardised
+    assert (dataset.objective, dataset.mode) == ("val_accuracy", "max")
     ensemble = load_ensemble(result.path, trust_task_code=True)
     assert float((ensemble.predict(torch.from_numpy(x_test)).numpy() == y_test).mean()) > 0.5
     with pytest.raises(ConfigError, match="inputs are float32 but the sweep's models trained on int64 inputs"):

@@ -95,6 +95,9 @@ def test_a_task_gives_its_own_statistics_and_gets_exactly_those():
     assert torch.equal(streamed.mean, splits.mean) and torch.equal(streamed.std, splits.std)
     # Opting out leaves the inputs as given.
     assert torch.equal(prepare(((x, y), (x, y), (x, y)), normalize=False).x_val, torch.from_numpy(x))
+    tokens = np.zeros((2, 5), np.int64)
+    with pytest.raises(TaskError, match=r"normalize: the task gives \(mean, std\) but the inputs are int64"):
+        prepare(((tokens, y), (tokens, y), (tokens, y)), task_statistics=(0.0, 1.0))
     with pytest.raises(TaskError, match=r"normalize: std must be positive, got 0"):
         prepare(((x, y), (x, y), (x, y)), task_statistics=(mean, [1.0, 0.0, 1.0]))
     with pytest.raises(TaskError, match=r"normalize: mean of shape \(4,\) does not fit inputs of shape"):
