@@ -64,7 +64,8 @@ def _refuse(task: Task, piece: str, exc: BaseException) -> TaskError:
         if exc.__cause__ is not None:  # caviar wrapped the user's exception: name that one, where it was raised
             return TaskError(f"task {task.ref!r}: {piece} raised {describe(exc.__cause__)}")
         text = str(exc)  # caviar's own check: its message names what is wrong
-        return TaskError(f"task {task.ref!r}: {text if text.startswith(piece) else f'{piece}: {text}'}")
+        named = text.startswith((piece, "load_data:"))  # e.g. inputs of another dtype than the model: the data
+        return TaskError(f"task {task.ref!r}: {text if named else f'{piece}: {text}'}")
     return TaskError(f"task {task.ref!r}: {piece} raised {describe(exc)}")
 
 

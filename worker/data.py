@@ -1,6 +1,9 @@
-"""Data: the task's splits as tensors, inputs standardised with training-split statistics only.
+"""Data: the task's splits as tensors, floating inputs standardised with training-split statistics only.
 
-Targets keep their dtype and shape; ``worker.kinds`` decides what they are and refuses what does not fit.
+Inputs and targets keep their dtype and shape: integer inputs (token ids for an ``nn.Embedding``)
+reach the model as integers and are never standardised; float64 stays float64 (a float32 model
+fed float64 is refused with one line by ``worker.validate``, never silently truncated).
+``worker.kinds`` decides what the targets are and refuses what does not fit.
 """
 
 from __future__ import annotations
@@ -47,12 +50,18 @@ class Splits:
         assert self.x_val is not None
         return tuple(self.x_val.shape[1:])
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        if self.streams:
+            return self.streams["val"].input_dtype
+        assert self.x_val is not None
+        return self.x_val.dtype
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """A streamed batch as the in-memory path holds its inputs: float, standardised with train statistics."""
-        x = x.float()
-        if self.mean is None or self.std is None:
+        """A streamed batch as the in-memory path holds its inputs: its own dtype, standardised when floating."""
+        if self.mean is None or self.std is None or not x.is_floating_point():
             return x
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return (x - self.mean.to(x.device, x.dtype)) / self.std.to(x.device, x.dtype)
 
     def sample_inputs(self, n: int, device: torch.device | None = None) -> torch.Tensor:
         """Training inputs for probes and checks: all of them in memory, else the first ``n``, standardised."""
@@ -69,8 +78,21 @@ class Splits:
 
     def sample(self, n: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` training examples (inputs standardised, targets as given)."""
-        x = self.sample_inputs(n, device)[:n]
-        return x, self.y_train[: len(x)].to(x.device)
+        if self.x_train is not None:
+            x = self.x_train[:n]
+            return x, self.y_train[: len(x)].to(x.device)
+        assert self.streams is not None
+        xs: list[torch.Tensor] = []
+        ys: list[torch.Tensor] = []
+        for x, y in self.streams["train"].loader(min(n, 256), shuffle=False):  # pairs as read: a loader may shuffle
+            xs.append(x)
+            ys.append(y)
+            if sum(len(b) for b in xs) >= n:
+                break
+        x, y = torch.cat(xs)[:n], torch.cat(ys)[:n]
+        if device is not None:
+            x, y = x.to(device), y.to(device)
+        return self.normalise(x), y
 
     def to(self, device: torch.device) -> Splits:
         """The whole data set on ``device``, once per actor, so epochs copy nothing.
@@ -107,10 +129,11 @@ def _materialise(split: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standardize_targets: bool = False,
-            num_workers: int = 0) -> Splits:
-    """Check and convert ``load_data()``'s result; standardise features with train statistics.
+            num_workers: int = 0, task_statistics: Any = None) -> Splits:
+    """Check ``load_data()``'s result; standardise floating inputs with train (or the task's) statistics.
 
     ``kind`` is the task's declared kind (None: inferred); targets that do not fit it are refused.
+    ``task_statistics``: the task's own ``(mean, std)`` (``normalize = (mean, std)``), used as given.
     """
     if isinstance(raw, Mapping):
         missing = [s for s in SPLITS if s not in raw]
@@ -123,37 +146,107 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
         raise TaskError("load_data: return (train, val, test) or a dict with keys train, val, test")
     if any(is_stream(p) for p in parts):
         return _prepare_streams(parts, normalize=normalize, kind=kind, standardize_targets=standardize_targets,
-                                num_workers=num_workers)
+                                num_workers=num_workers, task_statistics=task_statistics)
     tensors = [_materialise(p, s) for p, s in zip(parts, SPLITS)]
     for (x, y), name in zip(tensors, SPLITS):
         if len(x) != len(y):
             raise TaskError(f"load_data: {name} has {len(x)} inputs but {len(y)} labels")
         if len(x) == 0:
             raise TaskError(f"load_data: {name} split is empty")
-    (xtr, ytr), (xva, yva), (xte, yte) = [(x.float(), y) for x, y in tensors]
+    check_input_dtypes({name: x.dtype for (x, _), name in zip(tensors, SPLITS)})
+    (xtr, ytr), (xva, yva), (xte, yte) = tensors  # inputs as given: never cast
     target_kind = resolve_kind(kind, {"train": ytr, "val": yva, "test": yte}, standardize=standardize_targets)
-    mean = std = None
-    if normalize:
+    mean, std = input_statistics(xtr, normalize, task_statistics)
+    if mean is not None and std is not None:
         # Statistics from the training split only; applying them to val/test is the point.
-        mean = xtr.mean(dim=0, keepdim=True)
-        std = xtr.std(dim=0, keepdim=True).clamp_min(1e-6)
         xtr, xva, xte = (xtr - mean) / std, (xva - mean) / std, (xte - mean) / std
     return Splits(xtr.contiguous(), ytr, xva.contiguous(), yva, xte.contiguous(), yte, target_kind.num_classes, mean,
                   std, target_kind)
 
 
+def check_input_dtypes(dtypes: Mapping[str, torch.dtype]) -> None:
+    """Every split's inputs share one dtype (a model takes one); complex inputs are refused."""
+    for name, dtype in dtypes.items():
+        if dtype.is_complex:
+            raise TaskError(f"load_data: {name} X is {_dtype_name(dtype)}; caviar trains on real or integer inputs")
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{name} {_dtype_name(d)}" for name, d in dtypes.items())
+        raise TaskError(f"load_data: the splits' inputs differ in dtype ({listed}); give every split the same dtype")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def input_statistics(x_train: torch.Tensor, normalize: bool, task_statistics: Any = None
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The standardisation of floating inputs: the task's own ``(mean, std)``, or the training split's.
+
+    Integer inputs (token ids, category codes) are never standardised; nor are inputs of a task with
+    ``normalize = False``. Statistics are summed in float64 and kept in the inputs' dtype.
+    """
+    if normalize and task_statistics is not None and not x_train.is_floating_point():
+        raise TaskError(f"normalize: the task gives (mean, std) but the inputs are {_dtype_name(x_train.dtype)}; "
+                        "integer inputs are never standardised (set normalize = True or False)")
+    if not normalize or not x_train.is_floating_point():
+        return None, None
+    if task_statistics is not None:
+        return task_input_statistics(task_statistics, tuple(x_train.shape[1:]), x_train.dtype)
+    x64 = x_train.double()
+    mean = x64.mean(dim=0, keepdim=True)
+    std = x64.std(dim=0, keepdim=True).clamp_min(1e-6) if len(x64) > 1 else torch.ones_like(mean)
+    return mean.to(x_train.dtype), std.to(x_train.dtype)
+
+
+def task_input_statistics(statistics: Any, input_shape: tuple[int, ...], dtype: torch.dtype
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A task's ``normalize = (mean, std)``: exactly those numbers, broadcast to one example's shape.
+
+    A per-channel ``(C,)`` for images ``(C, H, W)`` is read as one value per channel (torchvision's
+    ``Normalize``); anything else must broadcast to the input shape as given.
+    """
+    if not (isinstance(statistics, (tuple, list)) and len(statistics) == 2):
+        raise TaskError("normalize must be True, False or (mean, std) for the inputs, "
+                        f"got {type(statistics).__name__}")
+    out = []
+    for name, value in zip(("mean", "std"), statistics):
+        t = torch.as_tensor(np.asarray(value, dtype=np.float64))
+        if t.ndim == 1 and len(input_shape) > 1 and t.shape[0] == input_shape[0] and t.shape[0] > 1:
+            t = t.reshape(-1, *([1] * (len(input_shape) - 1)))  # per channel
+        try:
+            t = torch.broadcast_to(t, input_shape).unsqueeze(0)
+        except RuntimeError:
+            raise TaskError(f"normalize: {name} of shape {tuple(t.shape)} does not fit inputs of shape "
+                            f"{input_shape}") from None
+        if not bool(torch.isfinite(t).all()):
+            raise TaskError(f"normalize: {name} must be finite")
+        out.append(t)
+    mean, std = out
+    if bool((std <= 0).any()):
+        raise TaskError(f"normalize: std must be positive, got {float(std[std <= 0][0]):g}")
+    return mean.to(dtype).contiguous(), std.to(dtype).contiguous()
+
+
 def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, standardize_targets: bool,
-                     num_workers: int) -> Splits:
+                     num_workers: int, task_statistics: Any = None) -> Splits:
     """Datasets stay Datasets: one pass per split for its targets (train: and input statistics)."""
     streams = {}
     for part, name in zip(parts, SPLITS):
         if not is_stream(part):
             x, y = _materialise(part, name)  # an (X, y) pair next to Datasets streams the same way
             part = torch.utils.data.TensorDataset(x, y)
-        streams[name] = Stream(part, name, num_workers=num_workers)
-    y_train, mean, std = scan(streams["train"], statistics=normalize)
+        if isinstance(part, torch.utils.data.Dataset):
+            streams[name] = Stream(part, name, num_workers=num_workers)
+        else:  # the task's function making a DataLoader for a batch size
+            streams[name] = Stream(None, name, make_loader=part)
+    y_train, mean, std = scan(streams["train"], statistics=normalize and task_statistics is None)
     y_val, _, _ = scan(streams["val"], statistics=False)
     y_test, _, _ = scan(streams["test"], statistics=False)
+    check_input_dtypes({name: stream.input_dtype for name, stream in streams.items()})
+    if normalize and task_statistics is not None:
+        train = streams["train"]
+        mean, std = input_statistics(torch.empty((0, *train.input_shape), dtype=train.input_dtype), True,
+                                     task_statistics)
     target_kind = resolve_kind(kind, {"train": y_train, "val": y_val, "test": y_test}, standardize=standardize_targets)
     return Splits(None, y_train, None, y_val, None, y_test, target_kind.num_classes, mean, std, target_kind, streams)
 
@@ -168,7 +261,13 @@ def prepare_task_data(task: Any) -> Splits:
         raise TaskError(f"load_data raised {type(exc).__name__}: {exc}") from exc
     return prepare(raw, normalize=task.normalize, kind=getattr(task, "kind", None),
                    standardize_targets=getattr(task, "standardize_targets", False),
-                   num_workers=int(task.get("num_workers") or 0))
+                   num_workers=int(task.get("num_workers") or 0), task_statistics=task_statistics(task))
+
+
+def task_statistics(task: Any) -> Any:
+    """The task's own input statistics, ``normalize = (mean, std)``; None when it leaves them to caviar."""
+    value = task.get("normalize")
+    return None if value is None or isinstance(value, (bool, np.bool_)) else value
 
 
 def batches(

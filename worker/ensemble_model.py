@@ -18,7 +18,7 @@ from torch import nn
 
 from orchestrator.ensemble.ensemble_run import EnsembleRecord, pick, read_dataset, read_ensembles
 from orchestrator.ensemble.ensembles import CandidateKey
-from orchestrator.errors import StorageError, TaskError
+from orchestrator.errors import ConfigError, StorageError, TaskError
 from orchestrator.spec.task import Task
 from orchestrator.spec.task_source import sweep_task
 from orchestrator.store import schema
@@ -89,8 +89,9 @@ class EnsembleModel(nn.Module):
     def __init__(self, members: Sequence[nn.Module], weights: Sequence[float], mean: torch.Tensor | None = None,
                  std: torch.Tensor | None = None, record: EnsembleRecord | None = None,
                  target_shape: tuple[int, ...] | None = None, target_mean: torch.Tensor | None = None,
-                 target_std: torch.Tensor | None = None):
+                 target_std: torch.Tensor | None = None, input_dtype: torch.dtype | None = None):
         super().__init__()
+        self.input_dtype = input_dtype  # what the members trained on; None: any (a module built by hand)
         # Regression when target_shape is set: outputs averaged, then mapped to the targets' original units.
         self.target_shape = target_shape
         self.register_buffer("target_mean", target_mean)
@@ -106,9 +107,14 @@ class EnsembleModel(nn.Module):
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(x).to(self.weights.device, torch.float32)
-        if self.mean is not None:
-            x = (x - self.mean) / self.std  # the workers' transform: train-split statistics
+        x = torch.as_tensor(x).to(self.weights.device)
+        if self.input_dtype is not None and x.dtype != self.input_dtype:  # never cast: refuse, saying what to pass
+            given, wanted = (str(d).removeprefix("torch.") for d in (x.dtype, self.input_dtype))
+            raise ConfigError(f"inputs are {given} but the sweep's models trained on {wanted} inputs; pass {wanted} "
+                              "(caviar never casts inputs)")
+        if self.mean is not None and self.std is not None and x.is_floating_point():
+            # the workers' transform: train-split statistics (integer inputs have none)
+            x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         if self.target_shape is not None:
             return self._regression(x)
         probs = None
@@ -137,6 +143,13 @@ class EnsembleModel(nn.Module):
         if self.target_shape is not None:
             return torch.cat([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
         return torch.cat([self(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise StorageError(f"{schema.DATASET_PATH}: input_dtype {name!r} is not a torch dtype")
+    return dtype
 
 
 def _stat(values: np.ndarray | None) -> torch.Tensor | None:
@@ -172,5 +185,6 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
     module = EnsembleModel(members, weights, _stat(dataset.mean), _stat(dataset.std), record,
                            dataset.target_shape if regression else None,
                            target_stat(dataset.target_mean) if regression else None,
-                           target_stat(dataset.target_std) if regression else None)
+                           target_stat(dataset.target_std) if regression else None,
+                           input_dtype=_torch_dtype(dataset.input_dtype))
     return module.to(pick_device(str(device)) if isinstance(device, str) else device).eval()

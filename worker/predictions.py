@@ -40,7 +40,7 @@ def _flat(t: torch.Tensor | None) -> list[float] | None:
     return None if t is None else t.detach().cpu().reshape(-1).tolist()
 
 
-def dataset_row(splits: Splits) -> dict[str, Any]:
+def dataset_row(splits: Splits, objective: str | None = None, mode: str | None = None) -> dict[str, Any]:
     kind = splits.target_kind
     row = {
         "num_classes": splits.num_classes,
@@ -49,19 +49,26 @@ def dataset_row(splits: Splits) -> dict[str, Any]:
         "std": _flat(splits.std),
         "time": schema.now_ms(),
         "kind": kind.kind,
+        "input_dtype": str(splits.input_dtype).removeprefix("torch."),
+        "objective": objective,
+        "mode": mode,
     }
     if kind.hard_classes:
         return {**row, "y_val": splits.y_val.cpu().tolist(), "y_test": splits.y_test.cpu().tolist()}
+    if kind.kind == "classification":  # soft labels: the target probabilities, as the ensembles score against them
+        return {**row, "y_val_values": _flat(splits.y_val.double()), "y_test_values": _flat(splits.y_test.double()),
+                "target_shape": list(splits.y_val.shape[1:])}
     return {**row, "y_val_values": _flat(splits.y_val.double()), "y_test_values": _flat(splits.y_test.double()),
             "target_shape": list(splits.y_val.shape[1:]), "target_mean": _flat(kind.target_mean),
             "target_std": _flat(kind.target_std)}
 
 
-def write_dataset(storage: Storage, splits: Splits) -> None:
-    """The sweep's val/test labels and input standardisation; once per process and storage."""
+def write_dataset(storage: Storage, splits: Splits, objective: str | None = None, mode: str | None = None) -> None:
+    """The sweep's val/test labels, input standardisation and objective; once per process and storage."""
     if storage.uri in _dataset_written:
         return
-    storage.write_table(schema.DATASET_PATH, schema.to_table([dataset_row(splits)], schema.DATASET))
+    storage.write_table(schema.DATASET_PATH,
+                        schema.to_table([dataset_row(splits, objective, mode)], schema.DATASET))
     _dataset_written.add(storage.uri)
 
 
@@ -100,31 +107,32 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
                       results: Mapping[tuple[int, str], CheckpointResults], dtype: str = "float16") -> int:
     """The natural outputs of each checkpoint in ``index`` on val and test; returns rows written.
 
-    Class probabilities for classification with class indices; regression values in the targets'
-    original units, always float32 (float16 keeps ~3 digits: 150.3 would read back as 150.25).
-    Checkpoints whose outputs are not finite (a diverged last epoch) are left out: no ensemble
-    could use them. Soft-label and custom tasks store none yet (their ensembles would need their
-    own scoring); ``dtype = "none"`` turns storage off for every kind.
+    Class probabilities for classification (class indices or soft labels); regression values in
+    the targets' original units, always float32 (float16 keeps ~3 digits: 150.3 would read back
+    as 150.25). Checkpoints whose outputs are not finite (a diverged last epoch) are left out: no
+    ensemble could use them. Custom tasks store none (only their own metrics could score an
+    ensemble); ``dtype = "none"`` turns storage off for every kind.
     """
     rel = schema.predictions_path(run.spec.trial_id)
     kind = run.splits.target_kind
-    if dtype == "none" or not (kind.hard_classes or kind.kind == "regression"):
+    classification = kind.kind == "classification"
+    if dtype == "none" or not (classification or kind.kind == "regression"):
         storage.delete(rel)
         return 0
     check_dtype(dtype)
-    width = run.splits.num_classes if kind.hard_classes else max(1, int(np.prod(run.splits.y_val.shape[1:])))
+    width = run.splits.num_classes if classification else max(1, int(np.prod(run.splits.y_val.shape[1:])))
     rows = []
     for index_row in index:
         by_split = {split: out for split, (out, _) in results[(index_row["epoch"], index_row["weights"])].items()}
-        if kind.hard_classes and any(p.ndim != 2 or p.shape[1] != width for p in by_split.values()):
+        if classification and any(p.ndim != 2 or p.shape[1] != width for p in by_split.values()):
             return 0
         if all(bool(torch.isfinite(p).all()) for p in by_split.values()):
             rows.append((index_row, by_split))
     if not rows:
         storage.delete(rel)  # a retried trial's earlier file would describe checkpoints that are gone
         return 0
-    write_dataset(storage, run.splits)
-    if kind.hard_classes:
+    write_dataset(storage, run.splits, run.objective, run.mode)
+    if classification:
         table = predictions_table(rows, width, dtype)
     else:
         table = predictions_table(rows, width, "float32", column="values")

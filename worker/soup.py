@@ -32,7 +32,7 @@ from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
-from worker.data import Splits, prepare
+from worker.data import Splits, prepare, task_statistics
 from worker.ensemble_model import SweepModels
 from worker.trainer import evaluate, pick_device
 
@@ -87,7 +87,7 @@ class Soup:
 
     def _load_splits(self, storage: Storage, task: Task, load_data: Callable[[], Any]) -> Splits:
         splits = prepare(load_data(), normalize=task.normalize, kind=task.kind,
-                         standardize_targets=task.standardize_targets)
+                         standardize_targets=task.standardize_targets, task_statistics=task_statistics(task))
         stored = read_dataset(storage)
         if not (np.array_equal(splits.y_val.numpy(), stored.y_val)
                 and np.array_equal(splits.y_test.numpy(), stored.y_test)):

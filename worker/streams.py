@@ -10,11 +10,18 @@ processes kept alive across epochs, pinned memory and non-blocking copies on a G
 
 Train-only transforms (random augmentation) belong in the training split's Dataset: validation
 and test are separate Datasets, read in order, so they never see them.
+
+A split may also be a function ``make_loader(batch_size) -> DataLoader`` (any iterable of
+``(inputs, targets)`` batches): caviar calls it with the trial's batch size for training and
+with its own for evaluation, and the loader owns shuffling, workers and augmentation. Validation
+and test loaders must yield their examples in the same order at every pass (stored predictions
+and ensembles rely on it): each evaluation checks its targets against the load-time pass and
+refuses, in one line, a split whose order changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,39 +36,80 @@ STATS_BATCH = 256
 
 @dataclass(eq=False)
 class Stream:
-    """One split read through DataLoaders; ``length`` counted by the load-time pass."""
+    """One split read through DataLoaders; ``length`` counted by the load-time pass.
 
-    dataset: Dataset
+    ``dataset`` is a torch Dataset, or ``make_loader`` the task's ``batch_size -> DataLoader`` function.
+    """
+
+    dataset: Dataset | None
     name: str
     length: int = 0
     input_shape: tuple[int, ...] = ()
+    input_dtype: torch.dtype = torch.float32  # as the Dataset gives it (set by the load-time pass); never cast
     num_workers: int = 0
     pin_memory: bool = False
-    _eval_loader: DataLoader | None = field(default=None, repr=False)
+    make_loader: Callable[[int], Iterable[Any]] | None = None
+    targets: torch.Tensor | None = field(default=None, repr=False)  # from the load-time pass: the order to keep
+    _eval_loader: Iterable[Any] | None = field(default=None, repr=False)
 
     @property
     def iterable(self) -> bool:
         return isinstance(self.dataset, IterableDataset)
 
+    def _made(self, batch_size: int) -> Iterable[Any]:
+        """The task's loader for ``batch_size``; what it raises is named as the task's."""
+        assert self.make_loader is not None
+        try:
+            loader = self.make_loader(batch_size)
+        except Exception as exc:
+            raise TaskError(f"load_data: the {self.name} loader function raised {type(exc).__name__} for batch size "
+                            f"{batch_size}: {exc}") from exc
+        if not isinstance(loader, Iterable):
+            raise TaskError(f"load_data: the {self.name} loader function must return a DataLoader (an iterable of "
+                            f"(inputs, targets) batches), got {type(loader).__name__}")
+        return loader
+
     def _workers(self) -> int:
         # An iterable Dataset would be read once per worker process unless it shards itself: one reader.
         return 0 if self.iterable else self.num_workers
 
-    def loader(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
+    def loader(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterable[Any]:
+        """Batches of ``batch_size``: a DataLoader over the Dataset, or the task's own loader (which owns shuffling)."""
+        if self.make_loader is not None:
+            return self._made(batch_size)
         workers = self._workers()
         return DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle and not self.iterable,
                           generator=generator, num_workers=workers, pin_memory=self.pin_memory,
                           persistent_workers=workers > 0, drop_last=False)
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The split in order, in large batches (one loader per stream, its workers kept)."""
+        """The split in order, in large batches (one loader per stream, its workers kept).
+
+        Targets are checked against the load-time pass as they come: a loader that shuffles val or
+        test would pair every stored prediction with another example's target.
+        """
         if self._eval_loader is None:
             self._eval_loader = self.loader(EVAL_BATCH, shuffle=False)
-        return iter(self._eval_loader)
+        seen = 0
+        for batch in self._eval_loader:
+            x, y = _pair(batch, self.name)
+            if self.targets is not None:
+                expected = self.targets[seen : seen + len(y)]
+                if expected.shape != y.shape or not torch.equal(expected, y.to(expected.device)):
+                    raise TaskError(f"load_data: the {self.name} split gave its examples in another order than at "
+                                    f"load (batch at row {seen}); val and test must be read in the same order "
+                                    "every time (no shuffle)")
+            seen += len(y)
+            yield x, y
+        if self.targets is not None and seen != len(self.targets):
+            raise TaskError(f"load_data: the {self.name} split gave {seen} examples, {len(self.targets)} at load")
 
 
 def is_stream(split: Any) -> bool:
-    return isinstance(split, Dataset) and not isinstance(split, (tuple, list))
+    """A torch Dataset, or a function making a DataLoader for a batch size."""
+    if isinstance(split, (tuple, list, torch.Tensor)) or type(split).__module__ == "numpy":
+        return False
+    return isinstance(split, Dataset) or callable(split)
 
 
 def _pair(item: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,19 +122,26 @@ def _pair(item: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One pass over a split: its targets (in order), and with ``statistics`` the inputs' mean and std.
 
-    Inputs are summed in float64 batch by batch and dropped: memory stays one batch, whatever
-    the split's size. Targets keep the dtype and shape the Dataset gives them.
+    Floating inputs are summed in float64 batch by batch and dropped: memory stays one batch,
+    whatever the split's size; the statistics are kept in the inputs' dtype. Integer inputs get
+    none. Inputs and targets keep the dtype and shape the Dataset gives them.
     """
     targets: list[torch.Tensor] = []
     total = total_sq = None
     count = 0
-    for batch in DataLoader(stream.dataset, batch_size=STATS_BATCH, shuffle=False, num_workers=stream._workers()):
+    batches = (stream._made(STATS_BATCH) if stream.make_loader is not None else
+               DataLoader(stream.dataset, batch_size=STATS_BATCH, shuffle=False, num_workers=stream._workers()))
+    for batch in batches:
         x, y = _pair(batch, stream.name)
-        if not stream.input_shape:
-            stream.input_shape = tuple(x.shape[1:])
+        if count == 0:
+            stream.input_shape, stream.input_dtype = tuple(x.shape[1:]), x.dtype
+        elif x.dtype != stream.input_dtype:
+            raise TaskError(f"load_data: the {stream.name} Dataset gives inputs of dtype "
+                            f"{str(stream.input_dtype).removeprefix('torch.')} and "
+                            f"{str(x.dtype).removeprefix('torch.')}; give one dtype")
         targets.append(y)
         count += len(x)
-        if statistics:
+        if statistics and x.is_floating_point():  # integer inputs (token ids) are never standardised
             x64 = x.double()
             s, sq = x64.sum(dim=0, keepdim=True), (x64 * x64).sum(dim=0, keepdim=True)
             total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
@@ -94,10 +149,12 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
         raise TaskError(f"load_data: {stream.name} split is empty")
     stream.length = count
     y_all = torch.cat(targets)
+    if stream.name != "train":  # the training loader may shuffle; val and test keep this order (eval_batches)
+        stream.targets = y_all
     if not statistics or total is None or total_sq is None:
         return y_all, None, None
     mean = total / count
     # The unbiased estimate, as torch.std on the in-memory path.
     var = (total_sq - count * mean * mean) / max(count - 1, 1)
     std = var.clamp_min(0).sqrt().clamp_min(1e-6)
-    return y_all, mean.float(), std.float()
+    return y_all, mean.to(stream.input_dtype), std.to(stream.input_dtype)

@@ -50,7 +50,8 @@ def evaluate(
     logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
     model.train(was_training)
     loss = float(loss_fn(logits, y))
-    accuracy = float((logits.argmax(dim=1) == y).float().mean())
+    labels = y.argmax(dim=1) if y.ndim == 2 else y  # soft labels: the most probable class
+    accuracy = float((logits.argmax(dim=1) == labels).float().mean())
     return loss, accuracy, logits
 
 

@@ -71,8 +71,11 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> None:
     try:
         outputs = model(xb)
     except Exception as exc:
+        mismatch = _dtype_mismatch(model, xb)
+        if mismatch:
+            raise TaskError(mismatch) from None  # the one line says it all; the torch error would hide it
         raise TaskError(f"the model's forward pass raised {type(exc).__name__} on a training batch of shape "
-                        f"{tuple(xb.shape)}: {_one_line(exc)}") from exc
+                        f"{tuple(xb.shape)} ({str(xb.dtype).removeprefix('torch.')}): {_one_line(exc)}") from exc
     if not isinstance(outputs, torch.Tensor):
         raise TaskError(f"the model must return a tensor, got {type(outputs).__name__}")
     _check_outputs(kind, outputs, yb, task)
@@ -96,15 +99,30 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> None:
     score_of({k: v for k, v in row.items() if v is not None}, objective, mode)  # names the reported columns if absent
 
 
+def _dtype_mismatch(model: torch.nn.Module, x: torch.Tensor) -> str | None:
+    """Floating inputs of another precision than the model's weights: one line saying what to do.
+
+    caviar never casts inputs (a silent float64 -> float32 would change the user's numbers), so
+    numpy's default float64 next to a float32 model is the user's choice to make.
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if not x.is_floating_point() or len(dtypes) != 1 or x.dtype in dtypes:
+        return None
+    given, wanted = str(x.dtype).removeprefix("torch."), str(next(iter(dtypes))).removeprefix("torch.")
+    return (f"load_data: the inputs are {given} but the model's parameters are {wanted}; caviar never casts "
+            f"inputs: give X.astype('{wanted}') or build a {given} model")
+
+
 PREDICTIONS_WARN_BYTES = 2 * 1024**3
 
 
 def prediction_bytes(splits: Splits, trials: int, checkpoints_per_trial: int, dtype: str = "float16") -> int:
     """The predictions a sweep stores for ensembles: every kept checkpoint's val + test outputs."""
     kind = splits.target_kind
-    if dtype == "none" or not (kind.hard_classes or kind.kind == "regression"):
+    classification = kind.kind == "classification"
+    if dtype == "none" or not (classification or kind.kind == "regression"):
         return 0
-    width = splits.num_classes if kind.hard_classes else max(1, int(np.prod(splits.y_val.shape[1:])))
+    width = splits.num_classes if classification else max(1, int(np.prod(splits.y_val.shape[1:])))
     per_value = 4 if dtype == "float32" or kind.kind == "regression" else 2
     rows = len(splits.y_val) + len(splits.y_test)
     return int(trials * checkpoints_per_trial * rows * (int(width or 1) * per_value + 20))  # + ids per row

@@ -56,6 +56,12 @@ def edge_lines(events: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"edge: {e['reason']}" for e in events if e["kind"] in EDGE_EVENTS and e["reason"]]
 
 
+def _chosen_by(record: Any) -> str:
+    """`` log loss`` from the row's detail (``val_log_loss``); nothing for rows written before it was stored."""
+    column = record.detail.get("chosen_by")
+    return f" {column.removeprefix('val_').replace('_', ' ')}" if column else ""
+
+
 def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
     """The answer block: chosen ensemble, its scores next to the best single model's, the load line."""
     from orchestrator.ensemble.ensemble_run import read_ensembles
@@ -73,8 +79,10 @@ def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
         return "-" if x is None else f"{x:.4f}"
 
     lines = [f"Chosen ensemble: {chosen.name} ({chosen.method}, {chosen.size} member"
-             f"{'s' if chosen.size != 1 else ''}: {describe_members(chosen.members)}); chosen on validation, "
-             "test measured once after"]
+             f"{'s' if chosen.size != 1 else ''}: {describe_members(chosen.members)}); chosen on validation"
+             f"{_chosen_by(chosen)}, test measured once after"]
+    if chosen.detail.get("choice_note"):  # the sweep's objective was a task metric: never claimed for the ensemble
+        lines.append(f"  {chosen.detail['choice_note']}")
     rows = [(f"{chosen.name} (chosen)", chosen)]
     if single is not None and single is not chosen:
         rows.append(("best single model", single))

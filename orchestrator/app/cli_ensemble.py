@@ -71,7 +71,9 @@ def print_ensembles(records: Sequence[Any]) -> None:
         print_regression_ensembles(records, single)
         return
     base = single.test_accuracy if single else None
-    table = Table(title="ensembles (chosen on validation; * = best, what load_ensemble(name='best') returns)")
+    chosen_by = str(records[0].detail.get("chosen_by") or "val_accuracy / log loss").removeprefix("val_")
+    table = Table(title=f"ensembles (chosen on validation {chosen_by.replace('_', ' ')}; * = best, what "
+                        "load_ensemble(name='best') returns)")
     for column in ("name", "size", "val acc", "val log-loss", "test acc", "test log-loss", "test error cut"):
         table.add_column(column)
 
@@ -86,6 +88,8 @@ def print_ensembles(records: Sequence[Any]) -> None:
     soup = next((r for r in records if r.method == "soup"), None)
     if soup is not None and soup.detail.get("note"):
         typer.echo(f"soup: {soup.detail['note']}")
+    if records and records[0].detail.get("choice_note"):  # a task metric objective: say what chose instead
+        typer.echo(f"ensembles: {records[0].detail['choice_note']}")
 
 
 def print_regression_ensembles(records: Sequence[Any], single: Any) -> None:
@@ -102,3 +106,5 @@ def print_regression_ensembles(records: Sequence[Any], single: Any) -> None:
         table.add_row(("* " if r.chosen else "  ") + r.name, str(r.size), format(r.val_mse, ".6g"),
                       "-" if r.test_mse is None else format(r.test_mse, ".6g"), cut)
     Console(width=160 if not sys.stdout.isatty() else None).print(table)
+    if records and records[0].detail.get("choice_note"):
+        typer.echo(f"ensembles: {records[0].detail['choice_note']}")

@@ -36,10 +36,10 @@ class Dataset:
     """What ``dataset/dataset.parquet`` holds: labels and the input standardisation."""
 
     num_classes: int
-    y_val: np.ndarray
+    y_val: np.ndarray  # class indices (n,); soft labels: probabilities (n, C) float64; regression: (n, d)
     y_test: np.ndarray
     input_shape: tuple[int, ...]
-    mean: np.ndarray | None  # (*input_shape), float32; None when the task does not standardise
+    mean: np.ndarray | None  # (*input_shape), float64; None when the task does not standardise
     std: np.ndarray | None
     kind: str = "classification"
     # Regression: targets as (n, d) float64 arrays in y_val / y_test, one target's shape, and the target
@@ -47,6 +47,14 @@ class Dataset:
     target_shape: tuple[int, ...] = ()
     target_mean: np.ndarray | None = None
     target_std: np.ndarray | None = None
+    input_dtype: str = "float32"  # the inputs' dtype in training ("int64" for token ids); sweeps before: float32
+    # The sweep's objective and mode as the workers ranked trials (None: a sweep from before they were stored).
+    objective: str | None = None
+    mode: str | None = None
+
+    @property
+    def soft(self) -> bool:
+        return self.kind == "classification" and self.y_val.ndim == 2
 
 
 @dataclass(frozen=True)
@@ -82,9 +90,11 @@ def read_dataset(storage: Storage) -> Dataset:
                            "predictions; ensembles need at least one finished trial)")
     row = storage.read_table(schema.DATASET_PATH).to_pylist()[0]
     shape = tuple(row["input_shape"])
+    extra = {"input_dtype": row.get("input_dtype") or "float32", "objective": row.get("objective"),
+             "mode": row.get("mode")}
 
     def stat(values: list[float] | None) -> np.ndarray | None:
-        return None if values is None else np.asarray(values, dtype=np.float32).reshape(shape)
+        return None if values is None else np.asarray(values, dtype=np.float64).reshape(shape)
 
     if row.get("kind") == "regression":
         target_shape = tuple(row["target_shape"] or ())
@@ -98,9 +108,14 @@ def read_dataset(storage: Storage) -> Dataset:
 
         return Dataset(0, values(row["y_val_values"]), values(row["y_test_values"]), shape, stat(row["mean"]),
                        stat(row["std"]), "regression", target_shape, target_stat(row["target_mean"]),
-                       target_stat(row["target_std"]))
-    return Dataset(int(row["num_classes"]), np.asarray(row["y_val"], dtype=np.int64),
-                   np.asarray(row["y_test"], dtype=np.int64), shape, stat(row["mean"]), stat(row["std"]))
+                       target_stat(row["target_std"]), **extra)
+    classes = int(row["num_classes"])
+    if row.get("y_val") is None and row.get("y_val_values") is not None:  # soft labels: (n, C) probabilities
+        return Dataset(classes, np.asarray(row["y_val_values"], dtype=np.float64).reshape(-1, classes),
+                       np.asarray(row["y_test_values"], dtype=np.float64).reshape(-1, classes), shape,
+                       stat(row["mean"]), stat(row["std"]), **extra)
+    return Dataset(classes, np.asarray(row["y_val"], dtype=np.int64), np.asarray(row["y_test"], dtype=np.int64),
+                   shape, stat(row["mean"]), stat(row["std"]), **extra)
 
 
 def _probs_matrix(table: pa.Table, num_classes: int) -> np.ndarray:
@@ -234,7 +249,31 @@ def build(cands: Sequence[Candidate], dataset: Dataset, *, methods: Sequence[str
     # A soup that accepted no second ingredient is the best candidate itself: the `single` row stands for it.
     eligible = [r for r in records if r.method != "soup" or r.detail.get("helped")]
     best = min(eligible, key=lambda r: rank(r.val_accuracy, r.val_log_loss, choose_by))  # ties: the earlier, simpler
-    return [replace(r, chosen=r is best) for r in records]
+    how = choice_detail(dataset, _COLUMN[choose_by], _COLUMN[metric])
+    return [replace(r, chosen=r is best, detail={**r.detail, **how}) for r in records]
+
+
+# What each stored-probability metric is called in the metrics table (the worker's val_* columns).
+_COLUMN = {"accuracy": "val_accuracy", "log_loss": "val_log_loss"}
+
+
+def choice_detail(dataset: Dataset, chosen_by: str, ranked_by: str) -> dict[str, Any]:
+    """What picked and ranked the ensembles, said in each row's ``detail``: never the sweep's objective by implication.
+
+    Ensembles are scored on stored outputs, so only accuracy and log loss (against soft labels when
+    the targets are probabilities), or a regression's MSE, can choose them. When the sweep ranked its
+    trials by another column (a task's own metric), the row says so and one warning line is logged.
+    """
+    detail: dict[str, Any] = {"chosen_by": chosen_by, "ranked_by": ranked_by}
+    if dataset.soft:
+        detail["labels"] = "soft: log loss is the cross-entropy against the target probabilities"
+    objective = dataset.objective
+    if objective:
+        detail["sweep_objective"] = f"{objective} ({dataset.mode or 'max'})"
+        if objective not in (chosen_by, ranked_by, *_COLUMN.values(), "val_loss"):  # a task's own metric
+            detail["choice_note"] = (f"ensembles were chosen by {chosen_by} on stored outputs, not by the sweep's "
+                                     f"objective {objective} (a task metric needs the models' own outputs)")
+    return detail
 
 
 def rank(accuracy: float, log_loss: float, metric: str) -> tuple[float, float]:
@@ -247,6 +286,12 @@ def ranked_keys(cands: Sequence[Candidate], y_val: np.ndarray, metric: str) -> l
     scored = [(rank(ensembles.accuracy(c.val_probs, y_val), ensembles.log_loss(c.val_probs, y_val), metric), c.key)
               for c in cands]
     return [key for _, key in sorted(scored)]
+
+
+def _warn_choice(records: Sequence[EnsembleRecord]) -> None:
+    note = records[0].detail.get("choice_note") if records else None
+    if note:
+        log.warning("ensembles: %s", note)
 
 
 def write_ensembles(storage: Storage, records: Sequence[EnsembleRecord]) -> None:
@@ -280,6 +325,9 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
         from orchestrator.ensemble.regression_ensembles import build_regression, read_regression
 
         records = build_regression(read_regression(storage, dataset), dataset, k=k, methods=check_methods(methods))
+        how = choice_detail(dataset, "val_mse", "val_mse")
+        records = [replace(r, detail={**r.detail, **how}) for r in records]
+        _warn_choice(records)
         write_ensembles(storage, records)
         return records
     stored = read_predictions(storage, dataset)
@@ -289,5 +337,6 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
         if storage.exists(schema.TRIALS_PATH) else []
     records = build(stored.candidates, dataset, methods=methods, k=k, metric=metric, soup=soup,
                     seed_groups=ensembles.same_config_groups(trials), choose_by=choose_by)
+    _warn_choice(records)
     write_ensembles(storage, records)
     return records

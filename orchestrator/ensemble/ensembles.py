@@ -8,6 +8,10 @@ the members are fixed.
 
 Rankings are lower-is-better tuples: ``metric="accuracy"`` ranks by accuracy, then log loss;
 ``metric="log_loss"`` by log loss, then accuracy; remaining ties go to key order.
+
+Labels are class indices ``(n,)`` or, for soft labels, class probabilities ``(n, C)``: then
+accuracy compares the most probable class with the target's most probable class, and log loss
+is the cross-entropy against the target probabilities (what the workers report as ``val_log_loss``).
 """
 
 from __future__ import annotations
@@ -79,19 +83,35 @@ class Ensemble:
 # -- metrics ----------------------------------------------------------------------------
 
 
+def hard_labels(y: np.ndarray) -> np.ndarray:
+    """Class indices: the labels themselves, or each soft label's most probable class."""
+    y = np.asarray(y)
+    return np.argmax(y, axis=-1) if y.ndim == 2 else y
+
+
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
-    """Fraction of rows whose most probable class is the label."""
-    return float(np.mean(np.argmax(probs, axis=-1) == np.asarray(y)))
+    """Fraction of rows whose most probable class is the label (a soft label's most probable class)."""
+    return float(np.mean(np.argmax(probs, axis=-1) == hard_labels(y)))
 
 
 def log_loss(probs: np.ndarray, y: np.ndarray, eps: float = 1e-7) -> float:
-    """Mean negative log probability of the true class, clipped at ``eps`` so one zero is finite."""
+    """Mean negative log probability of the true class, clipped at ``eps`` so one zero is finite.
+
+    Soft labels ``(n, C)``: the cross-entropy against the target probabilities, clipped alike.
+    """
     y = np.asarray(y)
+    if y.ndim == 2:
+        return float(_soft_nll(np.asarray(probs, dtype=np.float64), y, eps))
     return float(_nll(np.asarray(probs, dtype=np.float64)[np.arange(len(y)), y], eps))
 
 
 def _nll(true_probs: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     return -np.log(np.clip(true_probs, eps, 1.0)).mean(axis=-1)
+
+
+def _soft_nll(probs: np.ndarray, targets: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """Soft-target cross-entropy of ``probs`` (..., n, C) against ``targets`` (n, C), mean over rows."""
+    return -(targets * np.log(np.clip(probs, eps, 1.0))).sum(axis=-1).mean(axis=-1)
 
 
 def average(probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -124,6 +144,12 @@ def _check_rows(name: str, probs: np.ndarray) -> None:
 
 def _check_labels(name: str, y: np.ndarray, n: int, classes: int) -> np.ndarray:
     y = np.asarray(y)
+    if y.ndim == 2:  # soft labels: one probability row per example
+        if y.shape != (n, classes) or not np.issubdtype(y.dtype, np.floating):
+            raise ConfigError(f"{name}: expected soft labels of shape ({n}, {classes}), got {y.shape} of {y.dtype}")
+        y = y.astype(np.float64)
+        _check_rows(name, y)
+        return y
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
         raise ConfigError(f"{name}: expected {n} integer labels, got shape {y.shape} of {y.dtype}")
     if n and (y.min() < 0 or y.max() >= classes):
@@ -146,7 +172,7 @@ def _check_positive(name: str, value: int, low: int = 1) -> None:
 
 @dataclass(frozen=True, eq=False)
 class ValPool:
-    """What selection may see: keys (sorted), validation probabilities (M, n, C), labels."""
+    """What selection may see: keys (sorted), validation probabilities (M, n, C), labels (n,) or soft (n, C)."""
 
     keys: tuple[CandidateKey, ...]
     probs: np.ndarray
@@ -175,15 +201,26 @@ class ValPool:
         y = _check_labels("y_val", y_val, shape[0], shape[1])
         return cls(tuple(c.key for c in ordered), probs, y)
 
+    @property
+    def soft(self) -> bool:
+        return self.labels.ndim == 2
+
+    @cached_property
+    def hard_labels(self) -> np.ndarray:
+        return hard_labels(self.labels)
+
     @cached_property
     def true_probs(self) -> np.ndarray:
-        """(M, n) probability each candidate gives the true class: all that log loss needs."""
+        """(M, n) probability each candidate gives the true class: all that log loss needs (class indices)."""
         return self.probs[:, np.arange(len(self.labels)), self.labels].astype(np.float64)
 
     @cached_property
     def single_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """(accuracy, log loss) of each candidate alone."""
-        return (np.argmax(self.probs, axis=-1) == self.labels).mean(axis=-1), _nll(self.true_probs)
+        acc = (np.argmax(self.probs, axis=-1) == self.hard_labels).mean(axis=-1)
+        if self.soft:
+            return acc, np.array([_soft_nll(p.astype(np.float64), self.labels) for p in self.probs])
+        return acc, _nll(self.true_probs)
 
 
 CandsOrPool = Sequence[Candidate] | ValPool  # a ready pool saves re-stacking when building several ensembles
@@ -320,6 +357,16 @@ def checkpoint_ensemble(
     return _ensemble("checkpoints", pool, chosen, [1] * len(chosen))
 
 
+def _mixture_log_loss(probs: np.ndarray, total: np.ndarray, count: int, targets: np.ndarray) -> np.ndarray:
+    """Soft-label log loss of ``(total + probs[m]) / (count + 1)`` for every m, in bounded chunks."""
+    m, n, c = probs.shape
+    size = max(1, _CHUNK_BYTES // (8 * n * c))
+    out = np.empty(m)
+    for s in range(0, m, size):
+        out[s : s + size] = _soft_nll((total + probs[s : s + size]) / (count + 1), targets)
+    return out
+
+
 def _mixture_accuracy(probs: np.ndarray, total: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Accuracy of ``total + probs[m]`` for every m, in chunks so memory stays bounded."""
     m, n, c = probs.shape
@@ -342,7 +389,8 @@ def greedy_selection(
     Start from the ``init_size`` best candidates, then ``steps`` times add the candidate
     (repeats allowed) that gives the best ensemble; return the best step seen, not the last,
     since late additions can overfit. Weights are counts / total. By log loss only the
-    true-class probabilities are needed, so a step costs O(M * n); by accuracy it is O(M * n * C).
+    true-class probabilities are needed, so a step costs O(M * n); by accuracy it is O(M * n * C),
+    as is log loss against soft labels.
     """
     pool = _as_pool(cands, y_val)
     _check_metric(metric)
@@ -356,9 +404,12 @@ def greedy_selection(
     t = int(counts.sum())
     best, best_counts = _rank(accuracy(total, y), log_loss(total / t, y), metric), counts.copy()
     for _ in range(steps):
-        ll = _nll((total[rows, y] + pool.true_probs) / (t + 1))
+        if pool.soft:
+            ll = _mixture_log_loss(pool.probs, total, t, y)
+        else:
+            ll = _nll((total[rows, y] + pool.true_probs) / (t + 1))
         # By log loss (continuous) ties are vanishingly rare: skip the O(M n C) accuracy tie-break.
-        acc = _mixture_accuracy(pool.probs, total, y) if metric == "accuracy" else np.zeros_like(ll)
+        acc = _mixture_accuracy(pool.probs, total, pool.hard_labels) if metric == "accuracy" else np.zeros_like(ll)
         i = int(_order(acc, ll, metric)[0])
         counts[i] += 1
         total += pool.probs[i]

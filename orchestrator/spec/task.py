@@ -5,14 +5,15 @@ A task is a Python file (``examples/digits_mlp.py``) or a module attribute
 
 - ``space``: a dict or :class:`~orchestrator.search.space.SearchSpace` of hyperparameters;
 - ``load_data()``: returns the train / validation / test splits, each ``(X, y)`` as numpy
-  arrays or tensors (or a torch ``Dataset``), as a tuple of three or a dict with keys
-  ``train``, ``val``, ``test``;
+  arrays or tensors (or a torch ``Dataset``, or a function ``batch_size -> DataLoader``), as a
+  tuple of three or a dict with keys ``train``, ``val``, ``test``; inputs and targets keep their dtype;
 - ``build_model(config)``: returns a ``torch.nn.Module``.
 
 Optional: ``loss_fn(logits, y)`` (default cross-entropy), ``metric`` ("accuracy" or
 "loss"), ``train_epoch(model, optimizer, batches, config)`` for a custom loop,
-``build_optimizer(config, params)``, ``normalize`` (default True: standardise inputs with
-training-split statistics), ``settings`` (default run options, e.g. ``{"trials": 32}``).
+``build_optimizer(config, params)``, ``normalize`` (default True: standardise floating inputs
+with training-split statistics; False: leave them; ``(mean, std)``: the task's own statistics,
+used as given), ``settings`` (default run options, e.g. ``{"trials": 32}``).
 
 What the targets are (``kind``) and what the sweep optimises: ``kind`` ("classification":
 integer class indices or class probabilities of shape (N, C); "regression": float targets of
@@ -134,6 +135,11 @@ def load_task(ref: str) -> Task:
     if metric not in TASK_METRICS:
         raise TaskError(f"task {ref!r}: metric must be one of {TASK_METRICS}, got {metric!r}")
     settings = dict(getattr(ns, "settings", {}) or {})
+    normalize = getattr(ns, "normalize", True)
+    if not (isinstance(normalize, bool) or type(normalize).__name__ == "bool_"
+            or (isinstance(normalize, (tuple, list)) and len(normalize) == 2)):
+        raise TaskError(f"task {ref!r}: normalize must be True, False or (mean, std) of the inputs, "
+                        f"got {type(normalize).__name__}")
     kind, objective, mode = _contract_fields(ref, ns)
     return Task(canonical, ns, space, metric, bool(getattr(ns, "normalize", True)), settings, kind, objective, mode,
                 bool(getattr(ns, "standardize_targets", False)))

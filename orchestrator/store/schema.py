@@ -142,15 +142,21 @@ DATASET = pa.schema(
         ("y_val", pa.list_(pa.int32())),
         ("y_test", pa.list_(pa.int32())),
         ("input_shape", pa.list_(pa.int32())),  # one example's shape, e.g. [64] or [3, 32, 32]
-        ("mean", pa.list_(pa.float32())),  # train-split standardisation, flattened; null when the task opts out
-        ("std", pa.list_(pa.float32())),
+        # Train-split (or the task's own) standardisation, flattened; null when the task opts out or the inputs
+        # are integers. float64 holds float32 statistics exactly and float64 ones whole.
+        ("mean", pa.list_(pa.float64())),
+        ("std", pa.list_(pa.float64())),
         ("time", TIMESTAMP),
         ("kind", pa.string()),  # classification or regression (null: classification, as before kinds)
-        ("y_val_values", pa.list_(pa.float64())),  # regression: val targets, flattened (y_val is for class indices)
+        # regression and soft labels: val targets, flattened (y_val is for class indices)
+        ("y_val_values", pa.list_(pa.float64())),
         ("y_test_values", pa.list_(pa.float64())),
         ("target_shape", pa.list_(pa.int32())),  # regression: one target's shape, [] for a scalar
         ("target_mean", pa.list_(pa.float64())),  # standardize_targets: train statistics a loaded model undoes
         ("target_std", pa.list_(pa.float64())),
+        ("input_dtype", pa.string()),  # what the models trained on ("int64" token ids); null: float32, as before
+        ("objective", pa.string()),  # the column that ranked trials ("val_brier"); null: a sweep from before
+        ("mode", pa.string()),  # min or max
     ]
 )
 

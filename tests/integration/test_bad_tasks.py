@@ -96,6 +96,12 @@ CASES = [
         " (32x4 and 5x3) (…) (on each of the sweep's first 4 configs)",
     ),
     BadTask(
+        "float64_inputs_for_a_float32_model",
+        TINY_MODEL + "\ndef load_data():\n    return [(x.astype(np.float64), y) for x, y in tiny_task.load_data()]\n",
+        "load_data: the inputs are float64 but the model's parameters are float32; caviar never casts inputs: "
+        "give X.astype('float32') or build a float64 model (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
         "loss_raises",
         TINY_DATA + TINY_MODEL + "\ndef loss_fn(logits, y):\n    raise KeyError('weights')\n",
         "the model's forward pass or loss_fn raised KeyError: 'weights' (bad_task.py:{raise_line})"

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from orchestrator.app.api import load, run_sweep
-from orchestrator.ensemble.ensemble_run import CandidateKey, read_ensembles
+from orchestrator.ensemble.ensemble_run import CandidateKey, read_dataset, read_ensembles
+from orchestrator.errors import ConfigError
 from orchestrator.spec.task import load_task
 from orchestrator.store.storage import Storage
 from tests.conftest import ROOT
@@ -89,7 +90,7 @@ def test_regression_table_numbers_equal_a_recomputation_in_original_units(ray_se
 
 
 def test_soft_labels_give_the_soft_target_cross_entropy(ray_session, storage_dir):
-    result = sweep("soft_label_task.py", storage_dir)
+    result = sweep("soft_label_task.py", storage_dir, ensemble=True)
     tables = load(result.path)
     assert result.counts.get("failed", 0) == 0
     task = load_task(os.path.join(TASKS, "soft_label_task.py"))
@@ -107,6 +108,13 @@ def test_soft_labels_give_the_soft_target_cross_entropy(ray_session, storage_dir
         entropy = float(-(y_val * np.log(y_val)).sum(axis=1).mean())
         assert ckpt["val_loss"] > entropy - 1e-6
         assert not math.isclose(ckpt["val_accuracy"], 1.0) or ckpt["val_loss"] > entropy
+    # Ensembles choose on the same soft-target cross-entropy, recomputed here from the loaded chosen ensemble.
+    chosen = next(r for r in read_ensembles(Storage.from_uri(result.path)) if r.chosen)
+    assert chosen.detail["chosen_by"] == "val_log_loss" and "soft" in chosen.detail["labels"]
+    with torch.no_grad():
+        probs = load_ensemble(result.path, trust_task_code=True)(torch.from_numpy(x_val)).double().numpy()
+    assert chosen.val_log_loss == pytest.approx(float(-(y_val * np.log(probs)).sum(axis=1).mean()), rel=2e-3)
+    assert chosen.val_accuracy == pytest.approx(float((probs.argmax(1) == y_val.argmax(1)).mean()), abs=1 / len(y_val))
 
 
 def test_custom_metric_with_mode_min_is_the_score(ray_session, storage_dir):
@@ -140,3 +148,26 @@ def test_a_streamed_sweep_trains_plain_and_says_why_it_did_not_fuse(ray_session,
     x, labels = zip(*(task.get("Blobs")("test", False)[i] for i in range(50)))
     assert ensemble(torch.stack(x)).shape == (50, 3)
     assert float((ensemble.predict(torch.stack(x)) == torch.tensor(labels)).float().mean()) > 0.7
+
+
+def test_token_ids_sweep_as_integers_and_the_loaded_ensemble_takes_them(ray_session, storage_dir):
+    result = sweep("token_task.py", storage_dir, plan="2x1", ensemble=True)
+    tables = load(result.path)
+    assert result.counts == {"completed": 2}
+    task = load_task(os.path.join(TASKS, "token_task.py"))
+    _, _, (x_test, y_test) = task.get("load_data")()
+    # The best checkpoint's recorded accuracy is the model's own on the raw token ids (nothing standardised them).
+    best = result.best_trial_id
+    ckpt = best_checkpoint(tables, best)
+    model = SweepModels(Storage.from_uri(result.path), trust_task_code=True).model(CandidateKey(best, ckpt["epoch"]))
+    _, (x_val, y_val), _ = task.get("load_data")()
+    with torch.no_grad():
+        accuracy = float((model(torch.from_numpy(x_val)).argmax(1).numpy() == y_val).mean())
+    assert ckpt["val_accuracy"] == pytest.approx(accuracy) and accuracy > 0.5
+    dataset = read_dataset(Storage.from_uri(result.path))
+    assert (dataset.input_dtype, dataset.mean) == ("int64", None)  # token ids: never standardised
+    assert (dataset.objective, dataset.mode) == ("val_accuracy", "max")
+    ensemble = load_ensemble(result.path, trust_task_code=True)
+    assert float((ensemble.predict(torch.from_numpy(x_test)).numpy() == y_test).mean()) > 0.5
+    with pytest.raises(ConfigError, match="inputs are float32 but the sweep's models trained on int64 inputs"):
+        ensemble(torch.from_numpy(x_test).float())  # never cast: a float token id is a mistake worth naming

@@ -219,3 +219,30 @@ def test_empty_candidates_are_refused():
     dataset = Dataset(C, Y_VAL, Y_TEST, (2,), None, None)
     with pytest.raises(ConfigError, match="no usable candidates"):
         build([], dataset)
+
+
+def test_soft_labels_through_the_tables_choose_on_soft_cross_entropy_and_say_what_chose(tmp_path, caplog):
+    """A soft-label sweep's dataset row holds the target probabilities; a task metric objective is not claimed."""
+    storage = Storage.from_uri(str(tmp_path))
+    soft_val = np.full((N_VAL, C), 0.1)
+    soft_val[np.arange(N_VAL), Y_VAL] = 0.8
+    soft_test = np.full((N_TEST, C), 0.1)
+    soft_test[np.arange(N_TEST), Y_TEST] = 0.8
+    row = {"num_classes": C, "input_shape": [2], "time": schema.now_ms(), "kind": "classification",
+           "y_val_values": soft_val.reshape(-1).tolist(), "y_test_values": soft_test.reshape(-1).tolist(),
+           "target_shape": [C], "objective": "val_brier", "mode": "min"}
+    storage.write_table(schema.DATASET_PATH, schema.to_table([row], schema.DATASET))
+    for trial in range(3):
+        val, test = noisy_probs(Y_VAL, 1.0 + trial, trial), noisy_probs(Y_TEST, 1.0 + trial, 10 + trial)
+        storage.write_table(schema.predictions_path(trial), pred_table(trial, 1, "raw", val, test, dtype="float32"))
+    dataset = read_dataset(storage)
+    assert dataset.soft and dataset.y_val.shape == (N_VAL, C)
+    with caplog.at_level("WARNING", logger="caviar"):
+        records = build_and_write(storage, methods=["top_k", "greedy"])
+    stored = {c.key: c for c in read_predictions(storage, dataset).candidates}
+    for r in records:
+        probs = sum(m.weight * stored[m.key].val_probs.astype(np.float64) for m in r.members)
+        assert r.val_log_loss == pytest.approx(float(-(soft_val * np.log(probs)).sum(1).mean()), rel=1e-6)
+        assert r.detail["chosen_by"] == "val_log_loss" and r.detail["sweep_objective"] == "val_brier (min)"
+        assert "not by the sweep's objective val_brier" in r.detail["choice_note"]
+    assert "not by the sweep's objective val_brier" in caplog.text

@@ -316,3 +316,47 @@ def test_seed_ensemble_averages_each_seeds_best_checkpoint_of_the_best_group() -
     assert seed_ensemble(cands, y, [[5], [0, 99]]) is None  # no group with two trials that have predictions
     assert "seeds" in [e.method for e in build_all(cands, y, seed_groups=groups)]
     assert "seeds" not in [e.method for e in build_all(cands, y)]
+
+
+# -- soft labels ------------------------------------------------------------------------
+
+
+def test_one_hot_soft_labels_choose_exactly_what_class_indices_choose() -> None:
+    """Cross-entropy against a one-hot row is the true class's log loss: every builder must agree."""
+    rng = np.random.default_rng(4)
+    cands = random_cands(rng, 40, 30, 4, 3, 2)
+    y_val, y_test = rng.integers(0, 4, 40), rng.integers(0, 4, 30)
+    hard = build_all(cands, y_val, y_test, k=2, seed_groups=[[0, 1]])
+    soft = build_all(cands, np.eye(4)[y_val], np.eye(4)[y_test], k=2, seed_groups=[[0, 1]])
+    for h, s in zip(hard, soft, strict=True):
+        assert (h.method, h.members) == (s.method, s.members)
+        assert (h.val_accuracy, h.test_accuracy) == (s.val_accuracy, s.test_accuracy)
+        assert s.val_log_loss == pytest.approx(h.val_log_loss, rel=1e-12)
+        assert s.test_log_loss == pytest.approx(h.test_log_loss, rel=1e-12)
+
+
+def test_soft_label_ensembles_report_the_soft_target_cross_entropy() -> None:
+    rng = np.random.default_rng(5)
+    cands = random_cands(rng, 50, 20, 3, 3, 1)
+    soft_val = rng.dirichlet([2.0, 1.0, 1.0], size=50)
+    soft_test = rng.dirichlet([2.0, 1.0, 1.0], size=20)
+    for ensemble in build_all(cands, soft_val, soft_test, k=2):
+        by_key = {c.key: c for c in cands}
+        weights = [m.weight for m in ensemble.members]
+        val = average([by_key[m.key].val_probs for m in ensemble.members], weights)
+        test = average([by_key[m.key].test_probs for m in ensemble.members], weights)
+        # by hand: -sum_c t_c log p_c (the pool holds float32), accuracy against the targets' argmax
+        assert ensemble.val_log_loss == pytest.approx(float(-(soft_val * np.log(val)).sum(1).mean()), rel=1e-6)
+        assert ensemble.test_log_loss == pytest.approx(float(-(soft_test * np.log(test)).sum(1).mean()), rel=1e-6)
+        assert ensemble.val_accuracy == pytest.approx(float((val.argmax(1) == soft_val.argmax(1)).mean()))
+    greedy = greedy_selection(cands, soft_val, steps=10, init_size=1)
+    single = best_single(cands, soft_val, metric="log_loss")
+    assert greedy.val_log_loss <= single.val_log_loss  # the best prefix includes the best single candidate
+
+
+def test_soft_labels_that_are_not_probabilities_are_refused() -> None:
+    cands = random_cands(np.random.default_rng(6), 10, 5, 3, 1, 1)
+    with pytest.raises(ConfigError, match="y_val: rows must sum to 1"):
+        best_single(cands, np.full((10, 3), 0.5))
+    with pytest.raises(ConfigError, match=r"y_val: expected soft labels of shape \(10, 3\)"):
+        best_single(cands, np.full((10, 4), 0.25))

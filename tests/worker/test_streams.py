@@ -78,3 +78,64 @@ def test_loader_workers_persist_and_read_each_item_once(workers):
     seen = torch.cat([y for _, y in loader])
     assert len(seen) == splits.n_train
     assert torch.equal(seen.sort().values, splits.y_train.sort().values)
+
+
+def loader_task_data(shuffle_val: bool = False):
+    """The blobs as tensors, each split given as a function making a DataLoader for a batch size."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=g)
+    x = torch.randn(300, 4, generator=g) + 3 * torch.nn.functional.one_hot(y, 4).float()
+    asked: list[tuple[str, int]] = []
+
+    def split(name, lo, hi, shuffle):
+        data = torch.utils.data.TensorDataset(x[lo:hi], y[lo:hi])
+
+        def make_loader(batch_size):
+            asked.append((name, batch_size))
+            return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=shuffle)
+
+        return make_loader
+
+    functions = {"train": split("train", 0, 180, True), "val": split("val", 180, 240, shuffle_val),
+                 "test": split("test", 240, 300, False)}
+    tensors = ((x[:180], y[:180]), (x[180:240], y[180:240]), (x[240:], y[240:]))
+    return functions, tensors, asked
+
+
+def test_a_loader_function_per_split_gets_the_trials_batch_size_and_gives_the_in_memory_numbers():
+    from types import SimpleNamespace
+
+    from orchestrator.search.space import SearchSpace
+    from orchestrator.spec.task import Task
+    from worker.data import prepare
+    from worker.trainer import evaluate_split
+
+    functions, tensors, asked = loader_task_data()
+    streamed, in_memory = prepare(functions), prepare(tensors)
+    assert streamed.x_train is None and torch.equal(streamed.y_val, in_memory.y_val)
+    assert torch.allclose(streamed.mean, in_memory.mean, atol=1e-5) and torch.allclose(streamed.std, in_memory.std)
+    task = Task("inline", SimpleNamespace(build_model=lambda c: torch.nn.Linear(4, 3)), SearchSpace({"lr": 0.05}))
+    run = TrialRun(task, streamed, TrialSpec(0, 0, {"lr": 0.05, "batch_size": 20, "optimizer": "adam"}, 1, 2),
+                   torch.device("cpu"))
+    asked.clear()
+    run.train_epoch()
+    assert ("train", 20) in asked  # the trial's batch size; evaluation asks for its own
+    # The same weights score the same on the loader's val split as on the tensors.
+    loss_fn = torch.nn.functional.cross_entropy
+    by_loader, _ = evaluate_split(task, streamed.target_kind, loss_fn, run.model, streamed.streams["val"],
+                                  streamed.y_val, "val", streamed)
+    by_tensor, _ = evaluate_split(task, in_memory.target_kind, loss_fn, run.model, in_memory.x_val, in_memory.y_val,
+                                  "val", in_memory)
+    assert by_loader["val_loss"] == pytest.approx(by_tensor["val_loss"], rel=1e-5)
+    assert by_loader["val_accuracy"] == by_tensor["val_accuracy"]
+
+
+def test_a_val_loader_that_shuffles_is_refused_in_one_line():
+    from orchestrator.errors import TaskError
+    from worker.data import prepare
+    from worker.trainer import model_outputs
+
+    functions, _, _ = loader_task_data(shuffle_val=True)
+    splits = prepare(functions)
+    with pytest.raises(TaskError, match="the val split gave its examples in another order than at load"):
+        model_outputs(torch.nn.Linear(4, 3), splits.streams["val"], splits=splits)

@@ -1,0 +1,104 @@
+"""Inputs keep their dtype: token ids reach an ``nn.EmbeddingBag`` as integers, float64 is never truncated.
+
+In-process on plain data (no Ray): the real trainer, the real contract check, real torch.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from orchestrator.errors import TaskError
+from orchestrator.search.space import SearchSpace
+from orchestrator.spec.task import Task, load_task
+from tests.conftest import ROOT
+from worker.data import prepare, prepare_task_data
+from worker.trainer import TrialRun, TrialSpec
+from worker.validate import check_config
+
+TOKEN_TASK = os.path.join(ROOT, "tests", "tasks", "token_task.py")
+TOKEN_CONFIG = {"lr": 0.05, "batch_size": 32, "optimizer": "adam", "dim": 8}
+
+
+def plain_task(build_model, load_data=None, **fields) -> Task:
+    namespace = SimpleNamespace(build_model=build_model, load_data=load_data, **fields)
+    return Task("inline", namespace, SearchSpace({"lr": 0.05, "batch_size": 16, "optimizer": "adam"}),
+                normalize=fields.get("normalize", True) is not False)
+
+
+def test_token_ids_reach_the_model_as_integers_and_are_never_standardised():
+    task = load_task(TOKEN_TASK)
+    splits = prepare_task_data(task)
+    (x_train, _), _, _ = task.get("load_data")()
+    assert splits.x_train.dtype == torch.int64 and splits.mean is None and splits.std is None
+    assert torch.equal(splits.x_train, torch.from_numpy(x_train))  # untouched, although normalize is on
+    run = TrialRun(task, splits, TrialSpec(0, 0, TOKEN_CONFIG, 0, 2), torch.device("cpu"))
+    seen: set[torch.dtype] = set()
+    run.model.register_forward_pre_hook(lambda module, args: seen.add(args[0].dtype))
+    rows = [run.train_epoch(), run.train_epoch()]
+    assert seen == {torch.int64}
+    assert rows[-1]["val_accuracy"] > 0.6  # 3 classes: the bag of words learns, chance is 1/3
+
+
+def test_streamed_token_ids_stay_integers():
+    class Tokens(Dataset):
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return torch.tensor([i % 7, (i + 1) % 7, 3]), i % 2
+
+    splits = prepare((Tokens(), Tokens(), Tokens()))
+    x, _ = splits.sample(8)
+    assert x.dtype == torch.int64 and splits.input_dtype == torch.int64 and splits.mean is None
+    assert torch.equal(splits.normalise(x), x)
+
+
+def test_float64_inputs_keep_their_dtype_and_a_float32_model_is_refused_in_one_line():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), rng.integers(0, 2, size=60)  # numpy's default: float64
+    splits = prepare(((x, y), (x, y), (x, y)))
+    assert splits.x_train.dtype == torch.float64 and splits.mean.dtype == torch.float64
+    expected = (x - x.mean(axis=0)) / x.std(axis=0, ddof=1)
+    np.testing.assert_allclose(splits.x_train.numpy(), expected, rtol=1e-12)  # float64 arithmetic throughout
+    task = plain_task(lambda config: nn.Linear(3, 2))
+    with pytest.raises(TaskError, match=r"^load_data: the inputs are float64 but the model's parameters are "
+                                        r"float32; caviar never casts inputs: give X.astype\('float32'\)"):
+        check_config(task, splits, {"lr": 0.05, "batch_size": 16, "optimizer": "adam"})
+    # A float64 model takes them as they are.
+    check_config(plain_task(lambda config: nn.Linear(3, 2).double()), splits, {"batch_size": 16})
+
+
+def test_splits_with_different_input_dtypes_are_refused():
+    x, y = np.zeros((10, 2), np.float32), np.zeros(10, np.int64)
+    with pytest.raises(TaskError, match=r"inputs differ in dtype \(train float32, val float64, test float32\)"):
+        prepare(((x, y), (x.astype(np.float64), y), (x, y)))
+
+
+def test_a_task_gives_its_own_statistics_and_gets_exactly_those():
+    x = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)
+    y = np.array([0, 1])
+    mean, std = [1.0, 2.0, 3.0], [0.5, 0.25, 2.0]  # per channel, as torchvision's Normalize
+    splits = prepare(((x, y), (x, y), (x, y)), task_statistics=(mean, std))
+    per_channel = (x - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(std, (1, 3, 1, 1))
+    np.testing.assert_allclose(splits.x_val.numpy(), per_channel, rtol=1e-6)
+    assert splits.mean.shape == (1, 3, 2, 2)
+    # Streamed data gets the same numbers, with no pass over the inputs for statistics.
+    streamed = prepare((torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),) * 3,
+                       task_statistics=(mean, std))
+    assert torch.equal(streamed.mean, splits.mean) and torch.equal(streamed.std, splits.std)
+    # Opting out leaves the inputs as given.
+    assert torch.equal(prepare(((x, y), (x, y), (x, y)), normalize=False).x_val, torch.from_numpy(x))
+    tokens = np.zeros((2, 5), np.int64)
+    with pytest.raises(TaskError, match=r"normalize: the task gives \(mean, std\) but the inputs are int64"):
+        prepare(((tokens, y), (tokens, y), (tokens, y)), task_statistics=(0.0, 1.0))
+    with pytest.raises(TaskError, match=r"normalize: std must be positive, got 0"):
+        prepare(((x, y), (x, y), (x, y)), task_statistics=(mean, [1.0, 0.0, 1.0]))
+    with pytest.raises(TaskError, match=r"normalize: mean of shape \(4,\) does not fit inputs of shape"):
+        prepare(((x, y), (x, y), (x, y)), task_statistics=([0.0, 1.0, 2.0, 3.0], std))
