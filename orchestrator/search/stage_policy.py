@@ -3,9 +3,10 @@
 The default, :class:`NarrowAndPromote`, is caviar's coarse-to-fine search (the CS231n notes'
 "coarse to fine"): the next stage's ranges close around the top trials (and move past an edge the
 best values sit on), and the best configs train again with the longer budget. A different policy is
-one class passed as ``run_sweep(stage_policy=...)`` or to ``ControllerOptions``: for example one that
-never narrows (plain successive stages of random search), or one that narrows around a model's
-prediction. Pure: finished results in, a space and configs out.
+one class given to ``ControllerOptions(stage_policy=...)``: for example one that never narrows
+(plain successive stages of random search), or one that narrows around a model's prediction.
+(``run_sweep`` does not take one yet: a resumed sweep must decide as the first run did, and the
+sweep row records only named settings.) Pure: finished results in, a space and configs out.
 """
 
 from __future__ import annotations
