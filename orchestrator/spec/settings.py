@@ -73,10 +73,8 @@ class RunSettings:
             "reduction_factor", isinstance(self.reduction_factor, int) and self.reduction_factor >= 2, "an integer >= 2"
         )
         _check("seed", isinstance(self.seed, int) and self.seed >= 0, "a non-negative integer")
-        _check("pruner", self.pruner in PRUNERS or _is_class_path(self.pruner),
-               f"one of {', '.join(PRUNERS)} (or a Pruner object from Python)")
-        _check("sampler", self.sampler in SAMPLERS or _is_class_path(self.sampler),
-               f"one of {', '.join(SAMPLERS)} (or a Sampler object from Python)")
+        _check("pruner", self.pruner in PRUNERS or _is_class_path(self.pruner), f"one of {', '.join(sorted(PRUNERS))}")
+        _check("sampler", self.sampler in SAMPLERS or _is_class_path(self.sampler), f"one of {', '.join(SAMPLERS)}")
         _check("cpus_per_trial", _num(self.cpus_per_trial) and self.cpus_per_trial > 0, "a number > 0")
         _check("gpus_per_trial", _num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "a number >= 0")
         _check("max_loss_ratio", _num(self.max_loss_ratio) and self.max_loss_ratio > 1, "a number > 1")

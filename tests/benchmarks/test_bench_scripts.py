@@ -13,6 +13,8 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
+pytestmark = pytest.mark.slow  # own Ray or processes end to end: the second CI tier (.ci/test-slow)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)  # benchmarks/ is a folder of scripts, not an installed package
 

@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # own Ray or processes end to end: the second CI tier (.ci/test-slow)
 
 COLUMNS = ["case", "runner", "engine", "k", "epochs", "threads", "repeat", "wall_s", "cpu_s", "trials_per_hour",
            "speedup", "cpu_speedup", "same_to_1e-4", "median_rel_diff"]

@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # own Ray or processes end to end: the second CI tier (.ci/test-slow)
 
 
 def test_tiny_fused_sweep_benchmark_runs_caviar_fused_and_not(tmp_path):

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # own Ray or processes end to end: the second CI tier (.ci/test-slow)
+
 
 @pytest.mark.timeout(300)
 def test_tiny_staged_vs_random_writes_markdown_and_parquet(tmp_path):

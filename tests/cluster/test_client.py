@@ -10,7 +10,7 @@ from orchestrator.app.api import load
 from tests.cluster.conftest import caviar, one_error_line
 from tests.conftest import TINY_TASK
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]  # own clusters end to end: the second CI tier (.ci/test-slow)
 
 
 def test_run_drives_a_remote_cluster_through_ray_client(ray_cluster, tmp_path):

@@ -27,6 +27,8 @@ from cluster.runner import connect
 from cluster.actor import TrialActor
 import ray
 
+pytestmark = pytest.mark.slow  # own Ray or processes end to end: the second CI tier (.ci/test-slow)
+
 def tree(root):
     children = {}
     for p in os.listdir("/proc"):

@@ -15,7 +15,7 @@ from orchestrator.store import schema
 from tests.cluster.conftest import caviar, one_error_line
 from tests.conftest import TINY_TASK
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]  # own clusters end to end: the second CI tier (.ci/test-slow)
 
 
 def test_trials_run_on_more_than_one_node_and_all_results_land_in_shared_storage(ray_cluster, submitted_sweep):

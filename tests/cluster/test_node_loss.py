@@ -23,7 +23,7 @@ from orchestrator.store.storage import Storage
 from tests.cluster.raycluster import VENV_BIN, LocalRayCluster, auth_headers, cluster_env
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # own clusters end to end: the second CI tier (.ci/test-slow)
 
 SLOW_TASK = os.path.join(ROOT, "tests", "tasks", "slow_task.py")
 

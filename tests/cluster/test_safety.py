@@ -18,6 +18,8 @@ import json, sys
 from cluster.runner import connect
 import ray
 
+pytestmark = pytest.mark.slow  # own Ray or processes end to end: the second CI tier (.ci/test-slow)
+
 connect(None, dashboard=True, num_cpus=1)
 port = int(ray._private.worker.global_worker.node.address_info["webui_url"].rsplit(":", 1)[1])
 hosts = []

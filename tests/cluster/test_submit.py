@@ -26,7 +26,7 @@ from tests.cluster.raycluster import VENV_BIN
 from tests.conftest import TINY_TASK
 from tests.orchestrator.test_task_source import TASK_SOURCE, write_sweep_row
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]  # own clusters end to end: the second CI tier (.ci/test-slow)
 
 
 def test_submit_follow_and_read_the_parquet_results(ray_cluster, submitted_sweep):

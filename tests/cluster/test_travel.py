@@ -22,7 +22,7 @@ from tests.cluster.conftest import ACCESS_KEY, BUCKET, SECRET, SLOW_EPOCHS, cavi
 from tests.cluster.raycluster import cluster_env
 from tests.conftest import ROOT, TINY_TASK
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # own clusters end to end: the second CI tier (.ci/test-slow)
 
 
 def test_submit_stop_resume_elsewhere_then_load_after_the_task_file_is_gone(ray_cluster, s3_server, tmp_path):

@@ -132,6 +132,7 @@ def stage_spaces(tables) -> list[dict]:
     return [{k: v for k, v in space.items() if k not in PAUSE_KEYS} for space in spaces]
 
 
+@pytest.mark.slow  # real caviar processes killed and resumed: the second CI tier
 def test_master_killed_mid_sweep_resumes_to_the_tables_of_an_uninterrupted_run(ray_session, tmp_path):
     storage = str(tmp_path / "runs")
     common = dict(plan="4x2,2x3", slots=2, seed=11, storage=storage, ensemble=False)
@@ -217,6 +218,7 @@ def test_master_killed_mid_sweep_resumes_to_the_tables_of_an_uninterrupted_run(r
             assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-6)
 
 
+@pytest.mark.slow  # real caviar processes killed and resumed: the second CI tier
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_a_stop_signal_ends_the_run_in_seconds_marks_trials_interrupted_and_resume_finishes(tmp_path, signum):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM (to the master, as
@@ -267,6 +269,7 @@ def test_a_stop_signal_ends_the_run_in_seconds_marks_trials_interrupted_and_resu
     assert victim["attempt"] >= 1  # it went on from its checkpoint as a new attempt
 
 
+@pytest.mark.slow  # real caviar processes killed and resumed: the second CI tier
 def test_two_runs_of_one_name_at_once_one_claims_it_the_other_gets_one_line(tmp_path):
     """Both pass the 'already exists' check inside a 3-second window (injected before the claim); the
     exclusive create lets exactly one through, and the winner holds its lease 8 s more, so a loser whose
@@ -295,6 +298,7 @@ def test_two_runs_of_one_name_at_once_one_claims_it_the_other_gets_one_line(tmp_
     assert not sweep.exists()  # the winner's refused start removed what it had written
 
 
+@pytest.mark.slow  # real caviar processes killed and resumed: the second CI tier
 def test_a_real_master_killed_between_the_trials_table_and_its_stage_row_resumes(tmp_path):
     """`CAVIAR_FAULT_AFTER_WRITE=3`: the master writes the sweep row, the first events and the first trials
     table, then `os._exit`s before the stage row. `caviar resume` begins the stage again from the table
