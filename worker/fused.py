@@ -55,7 +55,7 @@ from worker.fused_diagnostics import (
     record_epoch,
     stack_captures,
 )
-from worker.kinds import TargetKind, loss_function
+from worker.kinds import TargetKind, loss_function, objective_and_mode
 from worker.optim import build_optimizer, build_schedule, setting, step_schedule
 from worker.trainer import TrialSpec, evaluate_split, natural_outputs
 
@@ -827,6 +827,15 @@ class FusedMember:
     @property
     def splits(self) -> Splits:
         return self.array.splits
+
+    @property
+    def objective(self) -> str:
+        """What the member's score column holds, as a plain trial's ``objective`` says (the dataset row keeps it)."""
+        return objective_and_mode(self.array.task, self.splits.target_kind)[0]
+
+    @property
+    def mode(self) -> str:
+        return objective_and_mode(self.array.task, self.splits.target_kind)[1]
 
     def weights_state(self, weights: str = "raw") -> dict[str, torch.Tensor]:
         return self.array.state_dict(self.trial_id, weights)

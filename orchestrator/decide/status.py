@@ -26,6 +26,10 @@ class TrialStatus(StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # written when a signal stopped the sweep; a resume takes it up
 
+    # Hash as the word, as equality already compares: a status and its word are one key in a set or dict
+    # (Enum hashes the member's name, so TrialStatus.PRUNED in {"pruned"} would be False).
+    __hash__ = str.__hash__
+
     @property
     def ended(self) -> bool:
         return self in ENDED

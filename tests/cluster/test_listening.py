@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # own Ray or processes end to end: the second CI tier (.ci/test-slow)
+
 # Process names (/proc/PID/comm, 15 characters at most) of the services documented as unbindable.
 DOCUMENTED = ("gcs_server", "raylet", "python", "ray::TrialActor", "ray::DashboardA", "ray::RuntimeEnv", "ray::IDLE")
 
@@ -26,8 +28,6 @@ import json, os, socket, struct
 from cluster.runner import connect
 from cluster.actor import TrialActor
 import ray
-
-pytestmark = pytest.mark.slow  # own Ray or processes end to end: the second CI tier (.ci/test-slow)
 
 def tree(root):
     children = {}

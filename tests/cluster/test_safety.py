@@ -13,12 +13,12 @@ import pytest
 from tests.cluster.raycluster import VENV_BIN, cluster_env
 from tests.conftest import ROOT, TINY_TASK
 
+pytestmark = pytest.mark.slow  # own Ray or processes end to end: the second CI tier (.ci/test-slow)
+
 LISTENING = r"""
 import json, sys
 from cluster.runner import connect
 import ray
-
-pytestmark = pytest.mark.slow  # own Ray or processes end to end: the second CI tier (.ci/test-slow)
 
 connect(None, dashboard=True, num_cpus=1)
 port = int(ray._private.worker.global_worker.node.address_info["webui_url"].rsplit(":", 1)[1])
