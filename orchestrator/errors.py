@@ -44,10 +44,11 @@ class WorkerStartError(Exception):
 class SweepInterrupted(KeyboardInterrupt):
     """The sweep was stopped by a signal; ``path`` is the sweep to resume (set once the tables are written)."""
 
-    def __init__(self, signum: int, path: str = ""):
+    def __init__(self, signum: int, path: str = "", during: str = "sweep"):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.path = path
+        self.during = during  # "sweep": resume it; "ensembles": the trials are whole, only the ensembles are not
 
 
 class IllegalTransition(RuntimeError):

@@ -50,13 +50,15 @@ def fail(message: str) -> None:
 @contextmanager
 def exit_on_interrupt(task_ref: str | None = None) -> Iterator[None]:
     """Ctrl-C or SIGTERM during a sweep: one line saying how to go on, exit 130 (orchestrator/decide/interrupt.py)."""
-    from orchestrator.decide.interrupt import EXIT_CODE, print_hint
+    from orchestrator.decide.interrupt import EXIT_CODE, print_ensembles_hint, print_hint
     from orchestrator.errors import SweepInterrupted
 
     try:
         yield
     except SweepInterrupted as stop:
-        if stop.path:
+        if stop.path and stop.during == "ensembles":
+            print_ensembles_hint(stop.path, task_ref)
+        elif stop.path:
             print_hint(stop.path, task_ref)
         else:
             typer.echo("interrupted before the sweep began: nothing was written", err=True)

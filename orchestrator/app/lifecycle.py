@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator.app.prefetch import DataPrefetch
 from orchestrator.app.tables import SweepTables, load
+from orchestrator.decide import interrupt
 from orchestrator.decide.controller import Controller, ControllerOptions
 from orchestrator.decide.pruning import (
     PRUNERS,
@@ -25,13 +27,13 @@ from orchestrator.decide.sweeplog import SweepLog
 from orchestrator.ensemble.ensemble_run import SoupResult, build_and_write
 from orchestrator.ensemble.ensembles import CandidateKey
 from orchestrator.ensemble.records import EnsembleRecord
-from orchestrator.errors import CaviarError, ConfigError
+from orchestrator.errors import CaviarError, ConfigError, SweepInterrupted
 from orchestrator.search.sampler import SAMPLERS, SamplerChoice, sampler_for, sampler_name
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.stages import Stage, default_plan, parse_plan, stage_grace_epochs
 from orchestrator.spec.settings import RunSettings, read_toml
 from orchestrator.spec.task import Task
-from orchestrator.store.storage import Storage
+from orchestrator.store.storage import Storage, redact_uri
 
 log = logging.getLogger("caviar")
 
@@ -157,7 +159,15 @@ def finish_sweep(
     log.compact_events()
     ensemble = None
     if settings.ensemble:  # from stored predictions; a failure is a logged warning, never a lost sweep
-        ensemble = build_ensembles(sweep, task, device=settings.device, load_data=prefetch and prefetch.result)
+        try:
+            with interrupt.stop_on_signals():
+                ensemble = build_ensembles(sweep, task, device=settings.device,
+                                           load_data=prefetch and prefetch.result)
+        except KeyboardInterrupt as stop:  # the tables are whole: let the sweep go, and say how to finish
+            if log.lease is not None:
+                log.lease.release()
+            signum = stop.signum if isinstance(stop, SweepInterrupted) else signal.SIGINT
+            raise SweepInterrupted(signum, redact_uri(sweep.uri), during="ensembles") from None
     if log.lease is not None:
         log.lease.release()  # the sweep is whole: a later resume may take it at once
     return result_of(controller, name, sweep.uri, warnings, ensemble=ensemble)

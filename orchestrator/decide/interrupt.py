@@ -94,3 +94,10 @@ def print_hint(path: str, task_ref: str | None = None) -> None:
     code = f"--task {task_ref}" if task_ref else "--trust-task-code"
     sys.stderr.write(f"interrupted: caviar resume {path} {code}\n")
     sys.stderr.flush()
+
+
+def print_ensembles_hint(path: str, task_ref: str | None = None) -> None:
+    """Stopped while building ensembles: the trials are complete; the ensembles come from one command."""
+    code = f" --task {task_ref}" if task_ref else ""
+    sys.stderr.write(f"interrupted while building ensembles (the trials are complete): caviar ensemble {path}{code}\n")
+    sys.stderr.flush()
