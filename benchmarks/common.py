@@ -121,7 +121,7 @@ def chosen_tools(parser: argparse.ArgumentParser, text: str, tools: Sequence[str
 
 
 # -- the peers: one search space in three spellings, one epoch loop for every tool ----------------------
-# Every tool trains through worker.trainer.TrialRun, so an epoch is the same work everywhere. Task files are
+# Every tool trains through worker.train.trainer.TrialRun, so an epoch is the same work everywhere. Task files are
 # passed by path; the digits MLP is the default. Used by real_sweep.py and quality.py.
 
 DIGITS_MLP = os.path.join(ROOT, "examples", "digits_mlp.py")
@@ -216,8 +216,8 @@ def trial_run(config: Mapping[str, Any], max_epochs: int, seed: int = 0, task_pa
     import torch
 
     from orchestrator.spec.task import load_task
-    from worker.data import prepare
-    from worker.trainer import TrialRun, TrialSpec, pick_device
+    from worker.data.splits import prepare
+    from worker.train.trainer import TrialRun, TrialSpec, pick_device
 
     if ("splits", task_path) not in _CACHE:
         task = _CACHE["task", task_path] = load_task(task_path)
@@ -228,7 +228,7 @@ def trial_run(config: Mapping[str, Any], max_epochs: int, seed: int = 0, task_pa
 
 
 def test_accuracy(run: Any) -> float:
-    from worker.trainer import evaluate
+    from worker.train.trainer import evaluate
 
     s = run.splits
     return evaluate(run.model, s.x_test, s.y_test, run.loss_fn)[1]

@@ -57,7 +57,7 @@ def run_pool(trials: int, epochs: int, slots: int, storage: str, name: str) -> d
 def run_inline(trials: int, epochs: int, storage: str) -> dict[str, float]:
     """The same trials with no Ray: one WorkerSession in this process, trial after trial."""
     from orchestrator.decide.backend import Assignment
-    from worker.session import WorkerSession
+    from worker.train.session import WorkerSession
 
     session = WorkerSession(TASK, storage, "inline", {"threads": 1, "checkpoint_seconds": 3600})
     started = time.perf_counter()

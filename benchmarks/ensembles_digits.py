@@ -51,7 +51,7 @@ def one_sweep(case: str, settings: dict[str, Any], seed: int, args: argparse.Nam
     from orchestrator.ensemble.ensemble_run import build_and_write
     from orchestrator.spec.task import load_task
     from orchestrator.store.storage import Storage
-    from worker.soup import soup_builder
+    from worker.load.soup import soup_builder
 
     started = time.perf_counter()
     result = run_sweep(TASK, **settings, slots=args.slots, storage=storage, name=f"{case}-{seed}", seed=seed,

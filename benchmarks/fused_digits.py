@@ -51,7 +51,7 @@ def make_configs(shape: dict[str, Any], k: int, seed: int = 0) -> list[dict[str,
 def run_unfused(task: Any, splits: Any, specs: list[Any]) -> tuple[float, float, dict[int, list[dict[str, Any]]]]:
     import torch
 
-    from worker.trainer import TrialRun
+    from worker.train.trainer import TrialRun
 
     started, cpu = time.perf_counter(), time.process_time()
     rows = {}
@@ -65,7 +65,7 @@ def run_fused(task: Any, splits: Any, specs: list[Any], engine: str
               ) -> tuple[float, float, dict[int, list[dict[str, Any]]]]:
     import torch
 
-    from worker.fused import FusedArray
+    from worker.arrays.fused import FusedArray
 
     started, cpu = time.perf_counter(), time.process_time()
     array = FusedArray(task, splits, specs, torch.device("cpu"), engine=engine)
@@ -95,8 +95,8 @@ def bench(case: str, k: int, epochs: int, repeats: int, threads: int) -> list[di
     from orchestrator.errors import NotFusable
     from orchestrator.search.sampler import trial_seed
     from orchestrator.spec.task import load_task
-    from worker.data import prepare
-    from worker.trainer import TrialSpec
+    from worker.data.splits import prepare
+    from worker.train.trainer import TrialSpec
 
     torch.set_num_threads(threads)
     task = load_task(TASK)

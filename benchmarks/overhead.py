@@ -1,7 +1,7 @@
 """Per-trial and per-report overhead: caviar versus Ray Tune (Tuner defaults, and with actor reuse).
 
 Identical work on every side: the trivial task (benchmarks/tasks/trivial.py, one linear layer,
-one batch per epoch) trained through worker.trainer.TrialRun, one epoch per report. Each tool runs
+one batch per epoch) trained through worker.train.trainer.TrialRun, one epoch per report. Each tool runs
 in its own interpreter with the same ``ray.init``; ``wall_s`` is the run itself (Ray already up),
 ``ray_start_s`` the ``ray.init`` before it and ``process_s`` the whole child (interpreter and imports).
 
@@ -58,8 +58,8 @@ def tune_trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
     from orchestrator.spec.task import load_task
-    from worker.data import prepare
-    from worker.trainer import TrialRun, TrialSpec, pick_device
+    from worker.data.splits import prepare
+    from worker.train.trainer import TrialRun, TrialSpec, pick_device
 
     if "splits" not in _CACHE:  # what a reused actor keeps, like caviar's long-lived actors
         import torch

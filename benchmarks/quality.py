@@ -1,7 +1,7 @@
 """Search quality: the model each tool hands back, caviar's defaults against Optuna (TPE, random) and Ray Tune.
 
 Three tasks (the digits MLP of examples/, a digits CNN and a breast cancer MLP from benchmarks/tasks/),
-several seeds each, every tool training through worker.trainer.TrialRun (an epoch is the same work
+several seeds each, every tool training through worker.train.trainer.TrialRun (an epoch is the same work
 everywhere) with 2 parallel slots. Two comparisons:
 
 - ``settings``: the same user-facing settings for every tool, ``--trials`` trials of at most

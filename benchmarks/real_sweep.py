@@ -2,7 +2,7 @@
 
 Same task (examples/digits_mlp.py), same search space (converted from caviar's SearchSpace),
 same trial count and maximum epochs, pruning on, 2 parallel slots. Every side trains through
-worker.trainer.TrialRun, so an epoch is the same work everywhere; ``busy_fraction`` is the sum of
+worker.train.trainer.TrialRun, so an epoch is the same work everywhere; ``busy_fraction`` is the sum of
 epoch compute divided by (wall time x slots). Test accuracy is that of the best trial's weights at
 its best validation epoch (caviar: its kept best checkpoint).
 

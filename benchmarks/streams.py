@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from orchestrator.spec.task import load_task  # noqa: E402
-from worker.data import prepare  # noqa: E402
-from worker.trainer import TrialRun, TrialSpec  # noqa: E402
+from worker.data.splits import prepare  # noqa: E402
+from worker.train.trainer import TrialRun, TrialSpec  # noqa: E402
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
                        "digits_cnn_augment.py")

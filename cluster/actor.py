@@ -1,4 +1,4 @@
-"""The Ray actor: a thin shell around :class:`worker.session.WorkerSession`.
+"""The Ray actor: a thin shell around :class:`worker.train.session.WorkerSession`.
 
 One actor per slot lives for the whole sweep: torch is imported and the data set loaded
 once, then it trains trial after trial as the master asks.
@@ -18,8 +18,8 @@ from orchestrator.errors import WorkerStartError
 @ray.remote
 class TrialActor:
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any]):
-        from worker.contract import describe
-        from worker.session import WorkerSession  # torch loads here, in the actor, once
+        from worker.check.contract import describe
+        from worker.train.session import WorkerSession  # torch loads here, in the actor, once
 
         # A failing start is kept, not raised: Ray would only report "the actor died" and print the
         # traceback to the driver; each call raises it instead, as an exception the master can read.

@@ -2,7 +2,7 @@
 
 The driver does not change: it starts, advances and stops trials one at a time. This backend
 queues those calls and, at the next ``poll``, sends each idle actor one
-:meth:`worker.fused_session.FusedSession.run` call that carries all of them, so the members of
+:meth:`worker.arrays.fused_session.FusedSession.run` call that carries all of them, so the members of
 an array move together and a stop compacts the array before it trains again. A slot here is
 one member: an actor holds up to ``array_size`` trials. New trials go to the actor whose
 trials share their shape key (``orchestrator.decide.fusing.shape_key``), so freed members are
@@ -32,8 +32,8 @@ from orchestrator.errors import CaviarError, WorkerStartError
 @ray.remote
 class FusedActor:
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any]):
-        from worker.contract import describe
-        from worker.fused_session import FusedSession  # torch loads here, in the actor, once
+        from worker.arrays.fused_session import FusedSession  # torch loads here, in the actor, once
+        from worker.check.contract import describe
 
         # As TrialActor: a failing start is kept and raised by each call, so the master reads the user's line.
         self.start_error: str | None = None

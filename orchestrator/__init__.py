@@ -27,7 +27,7 @@ def __getattr__(name: str):  # the API pulls in pyarrow; keep `import orchestrat
 
         return getattr(api, name)
     if name == "load_ensemble":  # torch loads here, only when asked for
-        from worker.ensemble_model import load_ensemble
+        from worker.load.ensemble_model import load_ensemble
 
         return load_ensemble
     raise AttributeError(name)

@@ -25,11 +25,22 @@ ALLOWED = {
     "orchestrator.ensemble": {"orchestrator.errors", "orchestrator.store"},
     "worker": {"orchestrator.errors", "orchestrator.store", "orchestrator.search", "orchestrator.spec",
                "orchestrator.decide", "orchestrator.ensemble"},
+    # worker's own layers: data below training; arrays, checks and loading above both
+    "worker.data": {"orchestrator.errors", "orchestrator.store", "orchestrator.spec"},
+    "worker.train": {"orchestrator.errors", "orchestrator.store", "orchestrator.search", "orchestrator.spec",
+                     "orchestrator.decide", "worker.data"},
+    "worker.arrays": {"orchestrator.errors", "orchestrator.store", "orchestrator.spec", "orchestrator.decide",
+                      "worker.data", "worker.train"},
+    "worker.check": {"orchestrator.errors", "orchestrator.search", "orchestrator.spec", "worker.data",
+                     "worker.train"},
+    "worker.load": {"orchestrator.errors", "orchestrator.store", "orchestrator.spec", "orchestrator.ensemble",
+                    "worker.data", "worker.train"},
     "cluster": {"orchestrator.errors", "orchestrator.store", "orchestrator.search", "orchestrator.spec",
-                "orchestrator.decide", "worker"},
+                "orchestrator.decide", "worker.train", "worker.arrays", "worker.check"},
     "orchestrator.app": {"orchestrator.errors", "orchestrator.store", "orchestrator.search", "orchestrator.spec",
-                         "orchestrator.decide", "orchestrator.ensemble", "worker", "cluster"},
-    "orchestrator": {"orchestrator.search", "orchestrator.app", "worker"},  # the facade: lazy API names
+                         "orchestrator.decide", "orchestrator.ensemble", "worker.data", "worker.train",
+                         "worker.check", "worker.load", "cluster"},
+    "orchestrator": {"orchestrator.search", "orchestrator.app", "worker.load"},  # the facade: lazy API names
 }
 
 

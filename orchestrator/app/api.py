@@ -104,7 +104,7 @@ def run_sweep(
     settings, space = build_settings(task, config_file, overrides)
     controller = controller_for(space, settings, choose_plugins(task.settings, overrides))
     root, sweep, name = prepare_storage(settings, task)
-    from worker.contract import validate_contract  # torch loads here: the task is checked before Ray starts
+    from worker.check.contract import validate_contract  # torch loads here: the task is checked before Ray starts
 
     validate_contract(task, [t.config for t in controller.trials.values()], settings)
     log = SweepLog(sweep, space, lease=claim_sweep(sweep, settings.overwrite))

@@ -31,7 +31,7 @@ def check(
 ) -> None:
     """Sanity-check a task before a sweep: initial loss, L2, overfitting 20 examples, gradient check."""
     from orchestrator.spec.task import load_task
-    from worker.preflight import run_preflight
+    from worker.check.preflight import run_preflight
 
     if examples < 1 or steps < 1 or dims < 1:
         fail("options '--examples', '--steps' and '--dims' must be positive")

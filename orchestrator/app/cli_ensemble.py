@@ -41,7 +41,7 @@ def ensemble(
         methods = tuple(m for m in methods if m != "soup")
     if "soup" in methods:
         from orchestrator.spec.task_source import sweep_task
-        from worker.soup import soup_builder  # torch loads here, only for a soup
+        from worker.load.soup import soup_builder  # torch loads here, only for a soup
 
         chosen = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to build a soup")
         soup = soup_builder(storage, chosen, device=device)

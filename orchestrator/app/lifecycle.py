@@ -201,7 +201,7 @@ def build_ensembles(storage: Storage, task: Any, device: str = "auto",
     ``load_data`` stands in for the task's own (a load that ran during the sweep).
     """
     metric = "accuracy" if getattr(task, "metric", "accuracy") == "accuracy" else "log_loss"
-    from worker.soup import soup_builder  # torch, loaded only when a soup is built
+    from worker.load.soup import soup_builder  # torch, loaded only when a soup is built
 
     build_soup = soup_builder(storage, task, device=device, load_data=load_data)
 

@@ -1,6 +1,6 @@
 """Load the task's data on a background thread while the trials train.
 
-The soup built after the sweep (``worker.soup``) needs the data in the master's process.
+The soup built after the sweep (``worker.load.soup``) needs the data in the master's process.
 Loaded only then, it sat on the sweep's critical path: seconds of ``load_data`` (mostly
 imports, for the digits example) after the last trial. Started once the first trial has
 reported an epoch (the workers are up, so it does not slow their start), the load overlaps

@@ -1,6 +1,6 @@
 """Which trials can be trained together as one fused array: pure functions of their configs.
 
-A fused array (``worker.fused.FusedArray``) gives every member its own learning rate,
+A fused array (``worker.arrays.fused.FusedArray``) gives every member its own learning rate,
 optimizer constants, weight decay, schedule, EMA decay, init draw, dropout rate and seed;
 everything else in a config may change the model's shape (layers, width, activation,
 batch norm), the batch size or the optimizer's kind, and must agree within an array. The
@@ -22,7 +22,7 @@ from typing import Any
 
 from orchestrator.errors import ConfigError
 
-# Hyperparameters a fused array takes per member (see worker/fused.py).
+# Hyperparameters a fused array takes per member (see worker/arrays/fused.py).
 PER_MEMBER = frozenset({
     "lr", "momentum", "beta1", "beta2", "eps", "rho", "weight_decay", "schedule", "decay_rate", "step_epochs",
     "patience", "ema_decay", "init", "grad_clip", "dropout",

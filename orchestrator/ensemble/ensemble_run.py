@@ -3,7 +3,7 @@
 Pure: numpy and pyarrow only. The builders live in :mod:`orchestrator.ensemble.ensembles`; this
 module reads ``predictions/`` and ``dataset/`` into :class:`Candidate` objects, runs the
 builders (selection on validation only, test metrics attached afterwards), optionally asks
-a soup builder (``worker.soup``, injected by the caller because it needs torch) for a
+a soup builder (``worker.load.soup``, injected by the caller because it needs torch) for a
 weight-space soup, marks the best on validation as ``chosen`` and writes one row per
 ensemble to ``ensembles/ensembles.parquet``, replacing an earlier build.
 """

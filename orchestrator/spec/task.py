@@ -54,7 +54,7 @@ class Task:
     metric: str = "accuracy"
     normalize: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
-    kind: str | None = None  # declared kind; None: inferred from the targets (worker.kinds)
+    kind: str | None = None  # declared kind; None: inferred from the targets (worker.data.kinds)
     objective: str | None = None  # a reported column ("val_mse"); None: the kind's default
     mode: str | None = None  # "min" or "max"; None: the objective's natural direction
     standardize_targets: bool = False
@@ -170,7 +170,7 @@ def _contract_fields(ref: str, ns: Any) -> tuple[str | None, str | None, str | N
 def unfusable_reason(task: Task) -> str | None:
     """Why fused arrays cannot train this task's contract, known from the task alone; ``None`` when they may.
 
-    Fused arrays (worker/fused.py) score class-index classification on accuracy or loss; other
+    Fused arrays (worker/arrays/fused.py) score class-index classification on accuracy or loss; other
     kinds, a task's own metrics and objectives train on the plain path, so no number is wrong.
     """
     if task.kind not in (None, "classification"):

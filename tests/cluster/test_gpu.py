@@ -14,8 +14,8 @@ import torch
 from orchestrator.spec.settings import RunSettings
 from orchestrator.spec.task import load_task
 from tests.conftest import TINY_TASK
-from worker.data import prepare
-from worker.trainer import TrialRun, TrialSpec
+from worker.data.splits import prepare
+from worker.train.trainer import TrialRun, TrialSpec
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU: torch.cuda.is_available() is False on this machine")
@@ -60,7 +60,7 @@ def test_each_actor_sees_only_the_gpu_ray_assigned_it(ray_session, tmp_path):
 
     @ray.remote(num_gpus=0.5, num_cpus=0.5)
     def placement(storage: str) -> dict:
-        from worker.session import WorkerSession
+        from worker.train.session import WorkerSession
 
         session = WorkerSession(TINY_TASK, storage, "placement", {"device": "auto"})
         return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "assigned": [str(i) for i in ray.get_gpu_ids()],

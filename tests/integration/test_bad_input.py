@@ -388,7 +388,7 @@ def test_bad_input_is_one_named_error_and_storage_is_untouched(case: Case, outco
 
 
 def test_load_ensemble_refuses_weights_whose_sha256_changed(finished_sweep, tmp_path):
-    from worker.ensemble_model import load_ensemble
+    from worker.load.ensemble_model import load_ensemble
 
     sweep = tmp_path / "done"
     shutil.copytree(finished_sweep, sweep)
@@ -415,7 +415,7 @@ def test_a_pickled_resume_state_is_refused_naming_its_path(tmp_path):
     import torch
 
     from orchestrator.store.storage import Storage
-    from worker.recorder import load_resume_state, resume_path
+    from worker.train.recorder import load_resume_state, resume_path
 
     storage = Storage.from_uri(str(tmp_path / "sweep"))
     storage.write_bytes(resume_path(3), b"")

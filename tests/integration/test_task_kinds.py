@@ -20,7 +20,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.spec.task import load_task
 from orchestrator.store.storage import Storage
 from tests.conftest import ROOT
-from worker.ensemble_model import SweepModels, load_ensemble
+from worker.load.ensemble_model import SweepModels, load_ensemble
 
 TASKS = os.path.join(ROOT, "tests", "tasks")
 

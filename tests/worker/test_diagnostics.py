@@ -13,10 +13,10 @@ from orchestrator.spec.task import Task, load_task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
 from tests.conftest import TINY_TASK
-from worker.data import prepare
-from worker.diagnostics import Diagnostics, DiagnosticsOptions
-from worker.recorder import TrialRecorder
-from worker.trainer import TrialRun, TrialSpec
+from worker.data.splits import prepare
+from worker.train.diagnostics import Diagnostics, DiagnosticsOptions
+from worker.train.recorder import TrialRecorder
+from worker.train.trainer import TrialRun, TrialSpec
 
 CONFIG = {"lr": 0.05, "optimizer": "sgd", "hidden": 8, "batch_size": 32, "ema_decay": 0.9}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from worker.ema import EmaWeights, ema_decay_at
+from worker.train.ema import EmaWeights, ema_decay_at
 
 
 def bn_model() -> nn.Module:

@@ -28,12 +28,12 @@ from orchestrator.spec.task import Task, load_task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
 from tests.conftest import DIGITS_TASK, TINY_TASK
-from worker.data import prepare
-from worker.ensemble_model import load_ensemble
-from worker.recorder import TrialRecorder
-from worker.session import WorkerSession
-from worker.soup import average_states, recompute_bn, soup_builder
-from worker.trainer import TrialRun, TrialSpec
+from worker.data.splits import prepare
+from worker.load.ensemble_model import load_ensemble
+from worker.load.soup import average_states, recompute_bn, soup_builder
+from worker.train.recorder import TrialRecorder
+from worker.train.session import WorkerSession
+from worker.train.trainer import TrialRun, TrialSpec
 
 TINY = {"lr": 0.03, "optimizer": "adam", "hidden": 8, "batch_size": 32, "ema_decay": 0.9}
 DIGITS = {"lr": 3e-3, "optimizer": "adam", "layers": 1, "hidden": 32, "activation": "relu", "batch_norm": True,

@@ -13,9 +13,9 @@ from orchestrator.errors import NotFusable
 from orchestrator.spec.task import load_task
 from orchestrator.store import schema
 from tests.conftest import DIGITS_TASK, TINY_TASK
-from worker.data import prepare
-from worker.fused import FusedArray, FusedMember, _dropout
-from worker.trainer import TrialRun, TrialSpec
+from worker.arrays.fused import FusedArray, FusedMember, _dropout
+from worker.data.splits import prepare
+from worker.train.trainer import TrialRun, TrialSpec
 
 CPU = torch.device("cpu")
 SHAPE = {"layers": 2, "hidden": 16, "activation": "tanh", "batch_norm": False, "dropout": 0.0, "init": "he",
@@ -218,7 +218,7 @@ def test_each_member_drops_out_at_its_own_rate(digits):
 def test_a_fused_session_reports_each_trial_and_leaves_plain_checkpoints(digits, tmp_path):
     from orchestrator.decide.backend import Assignment
     from orchestrator.store.storage import Storage
-    from worker.fused_session import FusedSession
+    from worker.arrays.fused_session import FusedSession
 
     task, splits = digits
     session = FusedSession(DIGITS_TASK, str(tmp_path), "s", {"checkpoint_seconds": 3600, "array_size": 3,
@@ -256,7 +256,7 @@ def test_a_fused_session_reports_each_trial_and_leaves_plain_checkpoints(digits,
 
 
 def test_the_probe_measures_each_array_size_and_picks_one(digits, tmp_path):
-    from worker.fused_session import FusedSession
+    from worker.arrays.fused_session import FusedSession
 
     session = FusedSession(DIGITS_TASK, str(tmp_path), "s", {"threads": 1})
     result = session.probe(specs_for("adam")[0].config, sizes=(1, 4), steps=2)

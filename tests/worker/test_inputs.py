@@ -18,9 +18,9 @@ from orchestrator.errors import TaskError
 from orchestrator.search.space import SearchSpace
 from orchestrator.spec.task import Task, load_task
 from tests.conftest import ROOT
-from worker.data import prepare, prepare_task_data
-from worker.trainer import TrialRun, TrialSpec
-from worker.validate import check_config
+from worker.check.validate import check_config
+from worker.data.splits import prepare, prepare_task_data
+from worker.train.trainer import TrialRun, TrialSpec
 
 TOKEN_TASK = os.path.join(ROOT, "tests", "tasks", "token_task.py")
 TOKEN_CONFIG = {"lr": 0.05, "batch_size": 32, "optimizer": "adam", "dim": 8}

@@ -15,12 +15,12 @@ from orchestrator.decide.pruning import NOT_LEARNING, Observation, not_learning_
 from orchestrator.errors import NotFusable, TaskError
 from orchestrator.spec.task import load_task, unfusable_reason
 from tests.conftest import ROOT, TINY_TASK
-from worker.data import prepare, prepare_task_data
-from worker.fused import FusedArray
-from worker.kinds import builtin_metrics, objective_and_mode, resolve_kind
-from worker.preflight import run_preflight
-from worker.trainer import TrialSpec
-from worker.validate import validate_task
+from worker.arrays.fused import FusedArray
+from worker.check.preflight import run_preflight
+from worker.check.validate import validate_task
+from worker.data.kinds import builtin_metrics, objective_and_mode, resolve_kind
+from worker.data.splits import prepare, prepare_task_data
+from worker.train.trainer import TrialSpec
 
 TASKS = os.path.join(ROOT, "tests", "tasks")
 
@@ -160,7 +160,7 @@ def test_not_learning_for_a_regressor_is_no_better_than_the_training_mean():
 def test_prediction_storage_is_estimated_and_warned_about_in_one_line(caplog):
     from types import SimpleNamespace
 
-    from worker.validate import PREDICTIONS_WARN_BYTES, prediction_bytes, warn_if_large
+    from worker.check.validate import PREDICTIONS_WARN_BYTES, prediction_bytes, warn_if_large
 
     splits = prepare_task_data(load_task(TINY_TASK))  # 60 val + 60 test rows, 3 classes
     assert prediction_bytes(splits, 10, 2, "float16") == 10 * 2 * 120 * (3 * 2 + 20)

@@ -16,7 +16,7 @@ from orchestrator.app.cli import app
 from orchestrator.search.space import SearchSpace, choice, dropout, loguniform, randint
 from orchestrator.spec.task import Task
 from tests.conftest import TINY_TASK
-from worker.preflight import (
+from worker.check.preflight import (
     FAIL,
     PASS,
     error_level,

@@ -8,9 +8,9 @@ from orchestrator.spec.task import load_task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
 from tests.conftest import TINY_TASK
-from worker.data import prepare
-from worker.recorder import TrialRecorder, load_resume_state
-from worker.trainer import TrialRun, TrialSpec
+from worker.data.splits import prepare
+from worker.train.recorder import TrialRecorder, load_resume_state
+from worker.train.trainer import TrialRun, TrialSpec
 
 CONFIG = {"lr": 0.03, "optimizer": "adam", "hidden": 8, "batch_size": 32, "ema_decay": 0.9}
 

@@ -10,8 +10,8 @@ import torch
 
 from orchestrator.spec.task import load_task
 from tests.conftest import ROOT
-from worker.data import prepare_task_data
-from worker.trainer import TrialRun, TrialSpec
+from worker.data.splits import prepare_task_data
+from worker.train.trainer import TrialRun, TrialSpec
 
 STREAMED = os.path.join(ROOT, "tests", "tasks", "streamed_task.py")
 
@@ -59,7 +59,7 @@ def test_streamed_and_in_memory_data_give_the_same_numbers():
         data = blobs(split, False)
         xs, ys = zip(*(data[i] for i in range(len(data))))
         pairs.append((torch.stack(xs), torch.tensor(ys)))
-    from worker.data import prepare
+    from worker.data.splits import prepare
 
     in_memory = prepare(tuple(pairs))
     assert torch.allclose(streamed.mean, in_memory.mean, atol=0.02)  # train items are augmented by N(0, 0.1)
@@ -107,8 +107,8 @@ def test_a_loader_function_per_split_gets_the_trials_batch_size_and_gives_the_in
 
     from orchestrator.search.space import SearchSpace
     from orchestrator.spec.task import Task
-    from worker.data import prepare
-    from worker.trainer import evaluate_split
+    from worker.data.splits import prepare
+    from worker.train.trainer import evaluate_split
 
     functions, tensors, asked = loader_task_data()
     streamed, in_memory = prepare(functions), prepare(tensors)
@@ -132,8 +132,8 @@ def test_a_loader_function_per_split_gets_the_trials_batch_size_and_gives_the_in
 
 def test_a_val_loader_that_shuffles_is_refused_in_one_line():
     from orchestrator.errors import TaskError
-    from worker.data import prepare
-    from worker.trainer import model_outputs
+    from worker.data.splits import prepare
+    from worker.train.trainer import model_outputs
 
     functions, _, _ = loader_task_data(shuffle_val=True)
     splits = prepare(functions)

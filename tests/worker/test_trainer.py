@@ -12,10 +12,10 @@ from orchestrator.decide.backend import Assignment
 from orchestrator.spec.task import load_task
 from orchestrator.store.storage import Storage, sha256
 from tests.conftest import TINY_TASK
-from worker.data import prepare
-from worker.recorder import TrialRecorder, load_resume_state
-from worker.session import WorkerSession
-from worker.trainer import TrialRun, TrialSpec
+from worker.data.splits import prepare
+from worker.train.recorder import TrialRecorder, load_resume_state
+from worker.train.session import WorkerSession
+from worker.train.trainer import TrialRun, TrialSpec
 
 CONFIG = {"lr": 0.03, "optimizer": "adam", "hidden": 8, "batch_size": 32, "ema_decay": 0.9}
 

@@ -32,8 +32,8 @@ from torch import nn
 from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution, SearchSpace
 from orchestrator.spec.task import Task
-from worker.data import Splits, prepare_task_data
-from worker.kinds import TargetKind, loss_function
+from worker.data.kinds import TargetKind, loss_function
+from worker.data.splits import Splits, prepare_task_data
 
 # Relative-error bands from the CS231n notes (gradient check).
 WRONG, SUSPICIOUS, GOOD = 1e-2, 1e-4, 1e-7

@@ -1,6 +1,6 @@
 """Per-layer diagnostics for the members of a fused array: the same rows a plain trial writes.
 
-A plain trial's :class:`~worker.diagnostics.Diagnostics` watches one model: optimizer hooks
+A plain trial's :class:`~worker.train.diagnostics.Diagnostics` watches one model: optimizer hooks
 measure the first step of each epoch, forward hooks the activations of a fixed probe batch
 at epoch end. A fused member has no model of its own, so the array measures every member at
 once: norms of the first step per member and parameter from the stacked tensors, weight
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.diagnostics import SKIPPED_MODULES, DiagnosticsOptions, histogram
+from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions, histogram
 
 Norms = dict[str, tuple[float, float | None, float]]  # parameter -> (weight norm, gradient norm, update norm)
 Captured = list[tuple[str, str, torch.Tensor]]  # (layer, module type, [K, B, ...] output) in forward order
@@ -89,7 +89,7 @@ def stack_captures(per_member: Sequence[Captured]) -> Captured:
 
 @torch.no_grad()
 def activation_stats(x: torch.Tensor) -> torch.Tensor:
-    """worker.diagnostics.activation_stats per member: ``[K, B, ...] -> [K, 4]`` (mean, std, zeros, dead).
+    """worker.train.diagnostics.activation_stats per member: ``[K, B, ...] -> [K, 4]`` (mean, std, zeros, dead).
 
     Written with plain reductions (two-pass variance, min/max for dead units): on one CPU thread
     they run ~30x faster than ``std_mean`` and boolean ``all`` over the member batch.
@@ -186,7 +186,7 @@ def _std(p: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def histograms(values: torch.Tensor, bins: int) -> list[tuple[list[float], list[int]]]:
-    """worker.diagnostics.histogram for every member of ``[K, ...]`` at once (one scatter, one sync)."""
+    """worker.train.diagnostics.histogram for every member of ``[K, ...]`` at once (one scatter, one sync)."""
     k = values.shape[0]
     flat = values.detach().float().reshape(k, -1)
     if flat.shape[1] == 0 or not bool(torch.isfinite(flat).all()):  # rare: the plain function filters per member

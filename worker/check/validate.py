@@ -19,10 +19,10 @@ import torch
 from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution
 from orchestrator.spec.task import Task
-from worker.data import Splits, prepare_task_data
-from worker.kinds import loss_function, match_targets, objective_and_mode, score_of
-from worker.optim import setting
-from worker.trainer import evaluate_split
+from worker.data.kinds import loss_function, match_targets, objective_and_mode, score_of
+from worker.data.splits import Splits, prepare_task_data
+from worker.train.optim import setting
+from worker.train.trainer import evaluate_split
 
 log = logging.getLogger("caviar")
 

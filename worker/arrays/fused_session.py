@@ -1,15 +1,15 @@
 """A worker that trains its trials as fused arrays: many assignments per call, one Report per trial.
 
-It is a :class:`~worker.session.WorkerSession` (same task, data, storage and options, loaded
-once) whose trials live in :class:`~worker.fused.FusedArray` s. One call, :meth:`FusedSession.run`,
+It is a :class:`~worker.train.session.WorkerSession` (same task, data, storage and options, loaded
+once) whose trials live in :class:`~worker.arrays.fused.FusedArray` s. One call, :meth:`FusedSession.run`,
 carries everything the master has decided since the last one (stops, new trials, new target
 epochs) and trains until at least one trial reaches its target or ends, so the master hears
 about each trial as soon as a decision is due. Trials waiting for a decision stay in their
 array at no cost; a stopped trial is persisted and compacted out; a new trial joins an array
 that fits it (or starts one). Trials that cannot be fused (a task with its own
-``train_epoch`` or ``build_optimizer``) run as plain :class:`~worker.trainer.TrialRun` s.
+``train_epoch`` or ``build_optimizer``) run as plain :class:`~worker.train.trainer.TrialRun` s.
 
-Extra options (besides :class:`~worker.session.WorkerOptions`): ``array_size`` (most trials in
+Extra options (besides :class:`~worker.train.session.WorkerOptions`): ``array_size`` (most trials in
 one array, default 32) and ``engine`` (``auto``, ``bmm`` or ``vmap``).
 """
 
@@ -28,11 +28,11 @@ from orchestrator.decide.fusing import choose_array_size
 from orchestrator.decide.pruning import divergence_reason
 from orchestrator.decide.status import TrialStatus
 from orchestrator.errors import NotFusable
-from worker.data import Splits
-from worker.fused import FusedArray, FusedMember, contract_blocker
-from worker.recorder import TrialRecorder, load_resume_state
-from worker.session import WorkerSession
-from worker.trainer import TrialSpec
+from worker.arrays.fused import FusedArray, FusedMember, contract_blocker
+from worker.data.splits import Splits
+from worker.train.recorder import TrialRecorder, load_resume_state
+from worker.train.session import WorkerSession
+from worker.train.trainer import TrialSpec
 
 Stop = tuple[int, str, str]  # (trial_id, status, reason)
 

@@ -2,8 +2,8 @@
 
 Inputs and targets keep their dtype and shape: integer inputs (token ids for an ``nn.Embedding``)
 reach the model as integers and are never standardised; float64 stays float64 (a float32 model
-fed float64 is refused with one line by ``worker.validate``, never silently truncated).
-``worker.kinds`` decides what the targets are and refuses what does not fit.
+fed float64 is refused with one line by ``worker.check.validate``, never silently truncated).
+``worker.data.kinds`` decides what the targets are and refuses what does not fit.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from orchestrator.errors import TaskError
-from worker.kinds import TargetKind, resolve_kind
-from worker.streams import Stream, is_stream, scan
+from worker.data.kinds import TargetKind, resolve_kind
+from worker.data.streams import Stream, is_stream, scan
 
 SPLITS = ("train", "val", "test")
 
@@ -37,7 +37,7 @@ class Splits:
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
     target_kind: TargetKind = TargetKind("classification")
-    streams: dict[str, Stream] | None = None  # torch Datasets read through DataLoaders (worker/streams.py)
+    streams: dict[str, Stream] | None = None  # torch Datasets read through DataLoaders (worker/data/streams.py)
 
     @property
     def n_train(self) -> int:

@@ -16,12 +16,12 @@ import torch
 
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
-from worker.data import Splits, batches
-from worker.diagnostics import Diagnostics, DiagnosticsOptions
-from worker.ema import EmaWeights
-from worker.kinds import TargetKind, loss_function, objective_and_mode, score_of, split_metrics
-from worker.optim import build_optimizer, build_schedule, setting, step_schedule
-from worker.streams import Stream
+from worker.data.kinds import TargetKind, loss_function, objective_and_mode, score_of, split_metrics
+from worker.data.splits import Splits, batches
+from worker.data.streams import Stream
+from worker.train.diagnostics import Diagnostics, DiagnosticsOptions
+from worker.train.ema import EmaWeights
+from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ runs the pieces once:
    sweep will train, until one builds: a factory that raises only for some configs fails
    those trials later (their errors are summarised), one that raises for all is refused;
 3. one forward pass and the loss on one training batch, and the objective on the validation
-   split (worker/validate.py, shared with `caviar check`).
+   split (worker/check/validate.py, shared with `caviar check`).
 
 Every failure is a :class:`~orchestrator.errors.TaskError` naming the piece, the exception
 and the line of the task file that raised it.
@@ -27,15 +27,16 @@ import torch
 
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
-from worker.data import Splits, prepare_task_data
-from worker.trainer import TrialRun, TrialSpec
-from worker.validate import check_config, warn_if_large
+from worker.check.validate import check_config, warn_if_large
+from worker.data.splits import Splits, prepare_task_data
+from worker.train.trainer import TrialRun, TrialSpec
 
 CONFIGS_TRIED = 4  # build_model on at most this many configs before the task is refused
 _OWN_DIRS = tuple(
     os.path.dirname(os.path.abspath(__import__(name).__file__)) + os.sep
     for name in ("worker", "orchestrator", "torch", "numpy")
-) + (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster") + os.sep,)  # not imported
+) + (os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "cluster")
+     + os.sep,)  # not imported
 
 
 def where_raised(exc: BaseException) -> str:
@@ -70,7 +71,7 @@ def _refuse(task: Task, piece: str, exc: BaseException) -> TaskError:
 
 
 def load_splits(task: Task) -> Splits:
-    """``load_data()`` once, its targets checked against the task's kind (worker/kinds.py)."""
+    """``load_data()`` once, its targets checked against the task's kind (worker/data/kinds.py)."""
     try:
         return prepare_task_data(task)
     except Exception as exc:

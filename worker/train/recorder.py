@@ -20,9 +20,9 @@ import torch
 from orchestrator.errors import StorageError
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
-from worker.diagnostics import compact_diagnostics
-from worker.predictions import check_dtype, write_predictions
-from worker.trainer import TrialRun
+from worker.train.diagnostics import compact_diagnostics
+from worker.train.predictions import check_dtype, write_predictions
+from worker.train.trainer import TrialRun
 
 RESUME_FILE = "resume.pt"
 

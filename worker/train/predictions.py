@@ -22,8 +22,8 @@ import torch
 from orchestrator.errors import ConfigError
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
-from worker.data import Splits
-from worker.trainer import TrialRun
+from worker.data.splits import Splits
+from worker.train.trainer import TrialRun
 
 _dataset_written: set[str] = set()  # storage URIs this process has written dataset.parquet to
 

@@ -21,10 +21,10 @@ from orchestrator.decide.pruning import divergence_reason
 from orchestrator.decide.status import TrialStatus
 from orchestrator.spec.task import Task, load_task
 from orchestrator.store.storage import Storage
-from worker.data import Splits, prepare_task_data
-from worker.kinds import baseline_val_loss
-from worker.recorder import TrialRecorder, load_resume_state
-from worker.trainer import TrialRun, TrialSpec, pick_device
+from worker.data.kinds import baseline_val_loss
+from worker.data.splits import Splits, prepare_task_data
+from worker.train.recorder import TrialRecorder, load_resume_state
+from worker.train.trainer import TrialRun, TrialSpec, pick_device
 
 
 @dataclass(frozen=True)

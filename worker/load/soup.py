@@ -32,9 +32,9 @@ from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
-from worker.data import Splits, prepare, task_statistics
-from worker.ensemble_model import SweepModels
-from worker.trainer import evaluate, pick_device
+from worker.data.splits import Splits, prepare, task_statistics
+from worker.load.ensemble_model import SweepModels
+from worker.train.trainer import evaluate, pick_device
 
 BN_BATCH = 512
 

@@ -4,7 +4,7 @@ Small models leave the hardware idle: each trial is a stream of tiny kernel laun
 Python between them. An array stacks its members' parameters along a leading member
 dimension and runs one batched kernel per layer for all of them (HFTA, Wang et al. 2021).
 
-Every member stays a full trial: it is initialised exactly as :class:`~worker.trainer.TrialRun`
+Every member stays a full trial: it is initialised exactly as :class:`~worker.train.trainer.TrialRun`
 initialises it (``torch.manual_seed(seed)`` then ``build_model(config)``), draws its own data
 order from its own generator, keeps its own hyperparameters (as per-member tensors), optimizer
 state, schedule and EMA, and yields the same per-epoch row and an ordinary un-stacked state
@@ -41,10 +41,7 @@ from torch import nn
 
 from orchestrator.errors import NotFusable, TaskError
 from orchestrator.spec.task import Task, unfusable_reason
-from worker.data import Splits
-from worker.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
-from worker.ema import ema_decay_at
-from worker.fused_diagnostics import (
+from worker.arrays.fused_diagnostics import (
     Captured,
     MemberDiagnostics,
     Norms,
@@ -55,9 +52,12 @@ from worker.fused_diagnostics import (
     record_epoch,
     stack_captures,
 )
-from worker.kinds import TargetKind, loss_function, objective_and_mode
-from worker.optim import build_optimizer, build_schedule, setting, step_schedule
-from worker.trainer import TrialSpec, evaluate_split, natural_outputs
+from worker.data.kinds import TargetKind, loss_function, objective_and_mode
+from worker.data.splits import Splits
+from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
+from worker.train.ema import ema_decay_at
+from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
+from worker.train.trainer import TrialSpec, evaluate_split, natural_outputs
 
 ENGINES = ("auto", "bmm", "vmap")
 # torch.optim state tensors, per optimizer kind, in the names torch's state_dict uses.
@@ -81,7 +81,7 @@ def optimizer_hparams(config: Mapping[str, Any]) -> tuple[torch.optim.Optimizer,
     """
     opt = build_optimizer(config, [nn.Parameter(torch.zeros(1))])
     group = opt.param_groups[0]
-    # Options worker.optim never sets; refuse rather than silently train another optimizer.
+    # Options worker.train.optim never sets; refuse rather than silently train another optimizer.
     unusual = {"amsgrad": False, "centered": False, "maximize": False, "dampening": 0, "lr_decay": 0,
                "initial_accumulator_value": 0}
     if isinstance(opt, torch.optim.RMSprop):
@@ -471,7 +471,7 @@ class FusedArray:
         return rows
 
     def _diagnose(self) -> None:
-        """Every member's per-layer rows for the epoch just trained (worker/fused_diagnostics.py)."""
+        """Every member's per-layer rows for the epoch just trained (worker/arrays/fused_diagnostics.py)."""
         if self.diagnostics_options is None or self.stack is None:
             return
         st, k = self.stack, len(self.members)

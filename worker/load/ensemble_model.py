@@ -23,8 +23,8 @@ from orchestrator.spec.task import Task
 from orchestrator.spec.task_source import sweep_task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
-from worker.recorder import load_safetensors
-from worker.trainer import pick_device
+from worker.train.recorder import load_safetensors
+from worker.train.trainer import pick_device
 
 
 def read_verified(storage: Storage, rel: str, expected_sha256: str | None) -> bytes:
