@@ -126,17 +126,12 @@ def sampler_name(choice: SamplerChoice | type[Sampler]) -> str:
     return cls.name if SAMPLERS.get(cls.name) is cls else f"{cls.__module__}.{cls.__qualname__}"
 
 
-def unit_points(kind: str, count: int, dims: int, seed: int, stage: int) -> np.ndarray:
-    """``count`` points of the unit cube from the sampler named ``kind``."""
-    return sampler_for(kind).unit_points(count, dims, seed=seed, stage=stage) if dims else np.zeros((count, 0))
-
-
 def sample_configs(space: SearchSpace, count: int, *, seed: int, stage: int = 0, kind: SamplerChoice = "random",
                    keep_inactive: bool = False) -> list[dict[str, Any]]:
     """The configs of one stage from points of the unit cube alone (no history). Same arguments, same configs."""
+    # The base method maps the sampler's own unit points (tpe's are random ones) and never reads history.
     sampler = sampler_for(kind)
-    unit = RandomSampler() if isinstance(sampler, TPESampler) else sampler  # tpe without history: random points
-    return unit.stage_configs(space, count, seed=seed, stage=stage, keep_inactive=keep_inactive)[0]
+    return Sampler.stage_configs(sampler, space, count, seed=seed, stage=stage, keep_inactive=keep_inactive)[0]
 
 
 def stage_configs(space: SearchSpace, count: int, *, seed: int, stage: int, kind: SamplerChoice = "random",
