@@ -17,7 +17,7 @@ from orchestrator.errors import WorkerStartError
 
 @ray.remote
 class TrialActor:
-    def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any]):
+    def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any], splits: Any = None):
         from worker.check.contract import describe
         from worker.train.session import WorkerSession  # torch loads here, in the actor, once
 
@@ -25,7 +25,7 @@ class TrialActor:
         # traceback to the driver; each call raises it instead, as an exception the master can read.
         self.start_error: str | None = None
         try:
-            self.session = WorkerSession(task_ref, storage_uri, sweep, options)
+            self.session = WorkerSession(task_ref, storage_uri, sweep, options, splits)
         except Exception as exc:
             self.start_error = describe(exc)
             return
@@ -39,6 +39,11 @@ class TrialActor:
 
     def ready(self) -> str:
         return self._live().node
+
+    def rebind(self, storage_uri: str, sweep: str, options: Mapping[str, Any], splits: Any = None) -> str:
+        """A kept actor serves the next sweep of the same task: torch and the task stay imported, the data is new."""
+        self._live().bind(storage_uri, sweep, options, splits)
+        return self.session.node
 
     def start(self, assignment: Assignment) -> Report:
         return self._live().start(assignment)

@@ -12,7 +12,7 @@ cannot be fused: with ``auto`` the plain backend, an event and a log line saying
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cluster.fused_pool import FusedBackend
@@ -43,8 +43,13 @@ def choose_backend(
     controller: Controller,
     slots: int,
     worker_options: Mapping[str, Any],
+    kept: Sequence[Any] = (),
+    splits: Any = None,
 ) -> Backend:
-    """The backend this sweep runs on; when it is the fused one, the controller shares shapes in blocks of K."""
+    """The backend this sweep runs on; when it is the fused one, the controller shares shapes in blocks of K.
+
+    ``kept`` (warm actors of an earlier sweep) and ``splits`` (the master's data) serve the plain backend only.
+    """
     resources = Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources)
 
     def plain(reason: str | None) -> Backend:
@@ -53,7 +58,7 @@ def choose_backend(
                 raise ConfigError(f"setting 'fuse': on, but these trials cannot be fused: {reason}")
             log.warning("trials train one per actor, not fused: %s", reason)
             controller.event("fusing_off", reason=reason, detail={"fuse": settings.fuse})
-        return RayBackend(task.ref, storage_uri, name, slots, resources, dict(worker_options))
+        return RayBackend(task.ref, storage_uri, name, slots, resources, dict(worker_options), kept, splits)
 
     if settings.fuse == "off":
         return plain(None)

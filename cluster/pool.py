@@ -7,7 +7,7 @@ back to back: the slot is reused without waiting for the stop to finish.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,11 +70,15 @@ def node_of(actor: Any) -> str:
 
 
 class RayBackend(Backend):
+    """``kept`` actors (from :mod:`cluster.warm_pool`, same task and resources) are rebound to this sweep
+    instead of starting new ones; ``splits`` is the master's loaded data in Ray's object store, or None."""
+
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, slots: int, resources: Resources,
-                 worker_options: Mapping[str, Any]):
+                 worker_options: Mapping[str, Any], kept: Sequence[Any] = (), splits: Any = None):
         self._make = lambda: TrialActor.options(**resources.actor_options(), max_concurrency=1).remote(
-            task_ref, storage_uri, sweep, dict(worker_options))
-        self.actors = [self._make() for _ in range(slots)]
+            task_ref, storage_uri, sweep, dict(worker_options), splits)
+        kept = list(kept)[:slots]
+        self.actors = kept + [self._make() for _ in range(slots - len(kept))]
         self.idle = list(range(slots))
         self.slot_of: dict[int, int] = {}
         self.calls: dict[Any, _Call] = {}
@@ -83,7 +87,9 @@ class RayBackend(Backend):
         self.last_error = ""
         self.node_of_slot: list[str | None] = [None] * slots  # the Ray node id each slot's actor reported
         for slot, actor in enumerate(self.actors):  # runs before the slot's first trial: a lost node is named
-            self.calls[actor.ready.remote()] = _Call("node", -1, slot, actor)
+            first = (actor.rebind.remote(storage_uri, sweep, dict(worker_options), splits) if slot < len(kept)
+                     else actor.ready.remote())
+            self.calls[first] = _Call("node", -1, slot, actor)
         self.attempt_of: dict[int, int] = {}
 
     def wait_ready(self) -> list[str]:
@@ -182,14 +188,34 @@ class RayBackend(Backend):
             self.calls[self.actors[call.slot].ready.remote()] = _Call("ready", -1, call.slot, self.actors[call.slot])
         return [Report(tid, lost=True, error=error) for tid in lost]
 
-    def close(self, drain_seconds: float = 600.0) -> None:
-        """Let queued calls (a stop persists the trial's rows and checkpoints) finish, then end the actors."""
+    def close(self, drain_seconds: float = 600.0, keep: bool = False) -> list[Any]:
+        """Let queued calls (a stop persists the trial's rows and checkpoints) finish, then end the actors.
+
+        With ``keep``, the actors of a sweep that ended cleanly (every call answered, no trial
+        left on them) are returned alive for the next sweep instead; any other actor is ended.
+        """
         if interrupt.requested():  # Ctrl-C or SIGTERM: in-flight epochs are not waited for; resume uses checkpoints
             drain_seconds = 0.0
         pending = [ref for ref, call in self.calls.items() if call.kind != "ready"]  # a replacement may never start
+        done: list[Any] = []
         if pending:
-            ray.wait(pending, num_returns=len(pending), timeout=drain_seconds)
+            done, _ = ray.wait(pending, num_returns=len(pending), timeout=drain_seconds)
+        clean = keep and not interrupt.requested() and len(done) == len(pending) and not self.slot_of
+        unready = {id(call.actor) for call in self.calls.values() if call.kind == "ready"}
+        if clean:  # a call that failed leaves its actor in doubt: end it rather than hand it on
+            clean = all(_answered(ref) for ref in done)
         self.calls.clear()
+        kept = [a for a in self.actors if id(a) not in unready] if clean else []
         for actor in self.actors:
-            ray.kill(actor)
+            if not any(actor is k for k in kept):
+                ray.kill(actor)
         self.actors = []
+        return kept
+
+
+def _answered(ref: Any) -> bool:
+    try:
+        ray.get(ref, timeout=0)
+        return True
+    except Exception:
+        return False

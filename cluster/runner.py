@@ -13,9 +13,11 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray
 
+from cluster import warm_pool
 from cluster.capacity import any_fits, describe, fits, per_trial, plan_slots
 from cluster.fused_setup import choose_backend
 from cluster.jobs import enable_token_auth
+from cluster.pool import RayBackend, Resources
 from cluster.ray_logs import ray_log_path, stderr_to_ray_log
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.driver import drive
@@ -199,8 +201,23 @@ def forget_new_sweep(sweep: Storage) -> None:
     sweep.delete_dir(TASK_DIR)
 
 
+def shared_data(splits: Any) -> Any:
+    """The master's loaded, checked splits in Ray's object store, so no actor calls ``load_data`` again.
+
+    Only in-memory data up to ``SHARE_LIMIT_BYTES``: streamed Datasets are read by each actor,
+    and larger arrays are cheaper to load on every node than to push from this process.
+    """
+    if splits is None or splits.streams:
+        return None
+    size = sum(t.numel() * t.element_size() for t in vars(splits).values() if hasattr(t, "element_size"))
+    return ray.put(splits) if size <= SHARE_LIMIT_BYTES else None
+
+
+SHARE_LIMIT_BYTES = 512 * 2**20
+
+
 def execute(task: Task, settings: RunSettings, root: Storage, name: str, controller: Controller, sweep_log: SweepLog,
-            on_tick: Callable[[Controller], None] | None = None, resuming: bool = False) -> None:
+            on_tick: Callable[[Controller], None] | None = None, resuming: bool = False, splits: Any = None) -> None:
     try:
         connect(settings.address, dashboard=settings.dashboard, dashboard_host=settings.dashboard_host)
         check_storage_reach(root, settings)
@@ -220,15 +237,34 @@ def execute(task: Task, settings: RunSettings, root: Storage, name: str, control
         "checkpoint_seconds": settings.checkpoint_seconds, "max_loss_ratio": settings.max_loss_ratio,
         "threads": max(1, int(settings.cpus_per_trial)), "prediction_dtype": settings.prediction_dtype,
     }
+    resources = Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources)
+    key = warm_pool.pool_key(task, resources.actor_options(), worker_options["device"], worker_options["threads"])
+    kept = warm_pool.take(key)  # a warm pool of an earlier sweep of this task in this process, else none
     try:  # fused arrays when the model allows (cluster/fused_setup.py), else one trial per actor
         # A relative local path means our folder: workers run elsewhere (their own cwd), so they get it absolute.
         where = root.uri if "://" in root.uri else root.root
-        backend = choose_backend(task, settings, where, name, controller, slots, worker_options)
+        backend = choose_backend(task, settings, where, name, controller, slots, worker_options, kept[:slots],
+                                 shared_data(splits))
     except CaviarError:
+        _end(kept)
         if not resuming:  # refused before any trial: the corrected re-run needs no --overwrite
             forget_new_sweep(sweep_log.storage)
         raise
+    used = kept[:slots] if isinstance(backend, RayBackend) else []
+    _end([a for a in kept if not any(a is u for u in used)])
+    warm: list[Any] = []
+    finished = False
     try:
         drive(controller, backend, sweep_log, on_tick=on_tick)
-    finally:
-        backend.close()
+        finished = True
+    finally:  # only a sweep that finished hands its actors on; a failure or Ctrl-C ends them
+        if isinstance(backend, RayBackend):
+            warm = backend.close(keep=finished and settings.keep_workers > 0)
+        else:
+            backend.close()
+    warm_pool.keep(key, warm, settings.keep_workers)
+
+
+def _end(actors: list[Any]) -> None:
+    for actor in actors:
+        ray.kill(actor)

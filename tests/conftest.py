@@ -28,6 +28,14 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def end_warm_actors():
+    """A sweep's actors stay warm for the next sweep in the process: never past the test that made them."""
+    yield
+    if "cluster.warm_pool" in sys.modules:
+        sys.modules["cluster.warm_pool"].end_all()
+
+
 @pytest.fixture
 def storage_dir(tmp_path):
     path = tmp_path / "runs"

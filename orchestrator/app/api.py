@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
-from typing import Unpack
+from typing import Any, Unpack
 
 from orchestrator.app import resume
 from orchestrator.app.lifecycle import (  # noqa: F401 (names the API has always had)
@@ -106,11 +106,11 @@ def run_sweep(
     root, sweep, name = prepare_storage(settings, task)
     from worker.check.contract import validate_contract  # torch loads here: the task is checked before Ray starts
 
-    validate_contract(task, [t.config for t in controller.trials.values()], settings)
+    splits = validate_contract(task, [t.config for t in controller.trials.values()], settings)
     log = SweepLog(sweep, space, lease=claim_sweep(sweep, settings.overwrite))
     with interrupt.stop_on_signals():
         try:
-            run_claimed(task, settings, space, root, sweep, name, controller, log, on_tick, config_file)
+            run_claimed(task, settings, space, root, sweep, name, controller, log, on_tick, config_file, splits)
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a resumable sweep, said so
             raise interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri)) from None
     return finish_sweep(task, settings, sweep, name, controller, log, prefetch=log.prefetch)
@@ -118,8 +118,11 @@ def run_sweep(
 
 def run_claimed(task: Task, settings: RunSettings, space: SearchSpace, root: Storage, sweep: Storage, name: str,
                 controller: Controller, log: SweepLog, on_tick: Callable[[Controller], None] | None,
-                config_file: str | None = None) -> None:
-    """The sweep row, then the trials on Ray; a refusal before any trial ran removes the folder."""
+                config_file: str | None = None, splits: Any = None) -> None:
+    """The sweep row, then the trials on Ray; a refusal before any trial ran removes the folder.
+
+    ``splits`` is the data the contract check loaded: the actors get it instead of loading it again.
+    """
     try:
         store_task_source(sweep, task, config_file)  # the sweep carries its task (orchestrator/spec/task_source.py)
         log.write_sweep_row(
@@ -139,7 +142,7 @@ def run_claimed(task: Task, settings: RunSettings, space: SearchSpace, root: Sto
         # The soup at the end needs the data here: load it while the trials train, not after them.
         prefetch = log.prefetch = DataPrefetch(task) if settings.ensemble else None
         ticks = chain_ticks(prefetch and prefetch.on_tick, on_tick, interrupt.keep_handlers)
-        execute(task, settings, root, name, controller, log, on_tick=ticks)
+        execute(task, settings, root, name, controller, log, on_tick=ticks, splits=splits)
     except CaviarError:
         forget_refused_sweep(sweep, controller)
         raise

@@ -28,6 +28,7 @@ class ResumeOptions(TypedDict, total=False):
     ensemble: bool  # build ensembles from stored predictions at the end (True)
     shared_storage: bool  # a local storage path that every node mounts (NFS); needed on multi-node clusters
     checkpoint_seconds: float  # at most this long between a trial's checkpoints (30.0)
+    keep_workers: float  # seconds a clean sweep's actors stay warm for this process's next sweep of the task (120)
 
 
 class RunOptions(ResumeOptions, total=False):

@@ -61,6 +61,8 @@ class RunSettings:
     fuse: str = "off"
     array_size: int | str = "auto"  # K, trials per fused array; auto: the smallest K past which throughput stops rising
     wait_for_cluster_seconds: float = 600.0  # on a cluster, how long to wait for a node (autoscaler) to fit a trial
+    # A clean sweep's actors stay this long for the next sweep of the same task in this process (cluster/warm_pool.py)
+    keep_workers: float = 120.0
 
     def validate(self) -> RunSettings:
         positive_ints = ("trials", "epochs", "grace_epochs", "keep_best")
@@ -111,6 +113,7 @@ class RunSettings:
         )
         _check("wait_for_cluster_seconds", _num(self.wait_for_cluster_seconds) and self.wait_for_cluster_seconds >= 0,
                "a number >= 0")
+        _check("keep_workers", _num(self.keep_workers) and self.keep_workers >= 0, "a number of seconds >= 0")
         for key, value in self.resources.items():
             _check(f"resources.{key}", _num(value) and value > 0, "a number > 0")
         if self.plan is not None:

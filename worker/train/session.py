@@ -53,19 +53,31 @@ def warm_up_torch() -> None:
 
 
 class WorkerSession:
-    def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any] | None = None):
+    """One worker's task, data and running trials; :meth:`bind` points it at another sweep of the same task.
+
+    ``splits`` are the data the master already loaded and checked (shared through Ray's object
+    store); without them the worker calls the task's ``load_data`` itself.
+    """
+
+    def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any] | None = None,
+                 splits: Splits | None = None):
+        self.task: Task = load_task(task_ref)
+        self.node = socket.gethostname()
+        self.bind(storage_uri, sweep, options, splits)
+        warm_up_torch()
+
+    def bind(self, storage_uri: str, sweep: str, options: Mapping[str, Any] | None = None,
+             splits: Splits | None = None) -> None:
+        """Serve ``sweep`` from now on: its options, storage and freshly loaded data (never the last sweep's)."""
         self.options = WorkerOptions.from_dict(options or {})
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
-        self.task: Task = load_task(task_ref)
         self.device = pick_device(self.options.device)
-        self.splits: Splits = prepare_task_data(self.task).to(self.device)
+        self.splits: Splits = (splits if splits is not None else prepare_task_data(self.task)).to(self.device)
         s = self.splits
         self.baseline_val_loss = baseline_val_loss(self.task, s.target_kind, s.y_train, s.y_val)
         self.storage = Storage.from_uri(storage_uri).child(sweep)
         self.runs: dict[int, tuple[TrialRun, TrialRecorder]] = {}
-        self.node = socket.gethostname()
-        warm_up_torch()
 
     def start(self, assignment: Assignment) -> Report:
         a = assignment

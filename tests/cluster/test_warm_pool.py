@@ -1,0 +1,105 @@
+"""Warm actors across sweeps in one process: reused only for the same task source, always with fresh data."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from cluster import warm_pool
+from orchestrator.app.api import run_sweep
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
+
+TASK = textwrap.dedent('''
+    import os
+    import numpy as np
+    from torch import nn
+    from orchestrator.search.space import loguniform
+
+    space = {"lr": loguniform(1e-2, 1e-1), "batch_size": 32}
+    HERE = os.path.dirname(os.path.abspath(__file__))
+
+    def load_data():
+        d = np.load(os.path.join(HERE, "data.npz"))
+        x, y = d["x"], d["y"]
+        return (x[:60], y[:60]), (x[60:90], y[60:90]), (x[90:], y[90:])
+
+    def build_model(config):
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+''')
+
+
+def write_data(folder, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, size=120)
+    x = (rng.normal(size=(120, 4)) + y[:, None]).astype(np.float32)
+    np.savez(folder / "data.npz", x=x, y=y)
+    return y
+
+
+def stored_val_labels(path: str) -> list[int]:
+    return Storage.from_uri(path).read_table(schema.DATASET_PATH)["y_val"][0].as_py()
+
+
+def actor_ids() -> list[str]:
+    return sorted(a._actor_id.hex() for actors in warm_pool._kept.values() for a in actors)
+
+
+@pytest.fixture
+def task_file(tmp_path):
+    path = tmp_path / "warm_task.py"
+    path.write_text(TASK)
+    return path
+
+
+def test_a_second_sweep_of_the_task_reuses_the_actors_and_reads_its_own_data(ray_session, task_file, storage_dir):
+    first_labels = write_data(task_file.parent, seed=1)
+    one = run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="one", ensemble=False)
+    assert warm_pool.kept_count() == 2  # held for the next sweep, not ended
+    warm = actor_ids()
+    second_labels = write_data(task_file.parent, seed=2)  # the data changed between the sweeps
+    two = run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="two", ensemble=False)
+    assert actor_ids() == warm  # the same two actors served the second sweep
+    assert stored_val_labels(one.path) == first_labels[60:90].tolist()
+    assert stored_val_labels(two.path) == second_labels[60:90].tolist()  # never the last sweep's data
+    assert not np.array_equal(first_labels[60:90], second_labels[60:90])
+
+
+def test_actors_that_must_load_the_data_themselves_reload_it_when_rebound(ray_session, task_file, storage_dir,
+                                                                        monkeypatch):
+    from cluster import runner
+
+    monkeypatch.setattr(runner, "SHARE_LIMIT_BYTES", 0)  # as for data too large to share: each actor loads it
+    write_data(task_file.parent, seed=3)
+    run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="one", ensemble=False)
+    warm = actor_ids()
+    labels = write_data(task_file.parent, seed=4)
+    two = run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="two", ensemble=False)
+    assert actor_ids() == warm
+    assert stored_val_labels(two.path) == labels[60:90].tolist()
+
+
+def test_an_edited_task_file_or_keep_workers_0_starts_new_actors(ray_session, task_file, storage_dir):
+    write_data(task_file.parent, seed=5)
+    run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="one", ensemble=False)
+    warm = actor_ids()
+    task_file.write_text(TASK.replace("nn.Linear(4, 8)", "nn.Linear(4, 9)").replace("Linear(8, 3)", "Linear(9, 3)"))
+    run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="two", ensemble=False)
+    edited = actor_ids()
+    assert len(edited) == 2 and not set(edited) & set(warm)  # the old code's actors were ended, new ones kept
+    run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="three", ensemble=False,
+              keep_workers=0)
+    assert warm_pool.kept_count() == 0
+
+
+def test_the_kept_actors_end_after_keep_workers_seconds(ray_session, task_file, storage_dir):
+    import time
+
+    write_data(task_file.parent, seed=6)
+    run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="one", ensemble=False,
+              keep_workers=0.5)
+    assert warm_pool.kept_count() == 2
+    time.sleep(1.5)
+    assert warm_pool.kept_count() == 0
