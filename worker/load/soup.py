@@ -18,6 +18,7 @@ task and its data once, builds models from the configs in the trials table.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from torch import nn
 
 from orchestrator.ensemble import ensembles
 from orchestrator.ensemble.ensemble_run import SoupBuilder, SoupResult, rank, read_dataset
-from orchestrator.ensemble.ensembles import CandidateKey, Member
+from orchestrator.ensemble.ensembles import CandidateKey, Member, Objective
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
 from orchestrator.store import schema
@@ -111,9 +112,9 @@ class Soup:
                 out.append(key)
         return out
 
-    def score(self, model: nn.Module, state: dict[str, torch.Tensor], *, fresh_bn: bool,
-              split: str = "val") -> tuple[float, float, dict[str, torch.Tensor]]:
-        """(accuracy, log loss, the state evaluated): BN statistics recomputed first if asked."""
+    def score(self, model: nn.Module, state: dict[str, torch.Tensor], *, fresh_bn: bool, split: str = "val",
+              objective: Objective | None = None, what: str = "the soup") -> tuple[Scores, dict[str, torch.Tensor]]:
+        """(accuracy, log loss, the objective's value or None) and the state evaluated; BN recomputed first if asked."""
         model.load_state_dict(state)
         if fresh_bn and recompute_bn(model, self.splits.x_train):
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -121,25 +122,29 @@ class Soup:
         _, _, logits = evaluate(model, x, y, self.loss_fn)
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
         labels = y.cpu().numpy()
-        return ensembles.accuracy(probs, labels), ensembles.log_loss(probs, labels), state
+        value = None if objective is None else objective.value(probs.astype(np.float64), split, what)
+        return Scores(ensembles.accuracy(probs, labels), ensembles.log_loss(probs, labels), value), state
 
-    def build(self, ranked: Sequence[CandidateKey], metric: str = "accuracy") -> SoupResult | None:
-        """Greedy soup around the best candidate; ``ranked`` is best first on validation."""
+    def build(self, ranked: Sequence[CandidateKey], metric: str = "accuracy",
+              objective: Objective | None = None) -> SoupResult | None:
+        """Greedy soup around the best candidate; ``ranked`` is best first on validation (by ``objective`` if given)."""
         if not ranked:
             return None
         base, peers = ranked[0], self.peers(ranked)
         model = self.models.build(base.trial_id).to(self.device)
         states = [self.models.state(base)]
-        acc, ll, soup_state = self.score(model, states[0], fresh_bn=False)  # its own statistics are right
-        tried: list[dict[str, Any]] = [{**_key(base), "val_accuracy": acc, "val_log_loss": ll, "accepted": True}]
+        best, soup_state = self.score(model, states[0], fresh_bn=False, objective=objective,
+                                      what="the soup's base")  # its own statistics are right
+        tried: list[dict[str, Any]] = [{**_key(base), **best.row(objective), "accepted": True}]
         for key in peers:
             candidate = states + [self.models.state(key)]
-            c_acc, c_ll, c_state = self.score(model, average_states(candidate), fresh_bn=True)
-            accepted = rank(c_acc, c_ll, metric) < rank(acc, ll, metric)
-            tried.append({**_key(key), "val_accuracy": c_acc, "val_log_loss": c_ll, "accepted": accepted})
+            scores, c_state = self.score(model, average_states(candidate), fresh_bn=True, objective=objective,
+                                         what=f"the soup adding {ensembles.describe(key)}")
+            accepted = scores.rank(metric, objective) < best.rank(metric, objective)
+            tried.append({**_key(key), **scores.row(objective), "accepted": accepted})
             if accepted:
-                states, acc, ll, soup_state = candidate, c_acc, c_ll, c_state
-        test_acc, test_ll, _ = self.score(model, soup_state, fresh_bn=False, split="test")
+                states, best, soup_state = candidate, scores, c_state
+        test, _ = self.score(model, soup_state, fresh_bn=False, split="test", objective=objective)
         data = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in soup_state.items()})
         rel = schema.ensemble_weights_path("soup")
         self.storage.write_bytes(rel, data)
@@ -151,7 +156,29 @@ class Soup:
             "note": _note(len(peers), len(accepted_keys)),
         }
         members = tuple(Member(k, 1.0 / len(accepted_keys)) for k in accepted_keys)
-        return SoupResult(members, acc, ll, test_acc, test_ll, rel, sha256(data), detail)
+        return SoupResult(members, best.accuracy, best.log_loss, test.accuracy, test.log_loss, rel, sha256(data),
+                          detail, best.objective, test.objective)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One evaluation of a soup on one split."""
+
+    accuracy: float
+    log_loss: float
+    objective: float | None = None
+
+    def rank(self, metric: str, objective: Objective | None) -> tuple[float, float]:
+        """Lower is better: by the objective (then log loss) when given, else by ``metric``."""
+        if objective is None:
+            return rank(self.accuracy, self.log_loss, metric)
+        return objective.loss(self.objective), self.log_loss
+
+    def row(self, objective: Objective | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"val_accuracy": self.accuracy, "val_log_loss": self.log_loss}
+        if objective is not None:
+            out[objective.name] = self.objective
+        return out
 
 
 def _key(key: CandidateKey) -> dict[str, Any]:
@@ -171,7 +198,7 @@ def soup_builder(storage: Storage, task: Task, device: str = "auto", max_ingredi
     """A builder for ``ensemble_run.build``; the task's data loads (``load_data``, else the task's) only if a soup
     is asked for."""
 
-    def build(ranked: Sequence[CandidateKey], metric: str) -> SoupResult | None:
-        return Soup(storage, task, device, max_ingredients, load_data).build(ranked, metric)
+    def build(ranked: Sequence[CandidateKey], metric: str, objective: Objective | None = None) -> SoupResult | None:
+        return Soup(storage, task, device, max_ingredients, load_data).build(ranked, metric, objective)
 
     return build
