@@ -191,6 +191,11 @@ def test_a_streamed_sweep_trains_plain_and_says_why_it_did_not_fuse(ray_session,
     x, labels = zip(*(task.get("Blobs")("test", False)[i] for i in range(50)))
     assert ensemble(torch.stack(x)).shape == (50, 3)
     assert float((ensemble.predict(torch.stack(x)) == torch.tensor(labels)).float().mean()) > 0.7
+    # The soup reads the streamed splits through their loaders: its recorded validation accuracy is the loaded soup's.
+    soup = next(r for r in read_ensembles(Storage.from_uri(result.path)) if r.method == "soup")
+    x_val, y_val = zip(*(task.get("Blobs")("val", False)[i] for i in range(400)))
+    predicted = load_ensemble(result.path, name="soup", trust_task_code=True).predict(torch.stack(x_val))
+    assert soup.val_accuracy == pytest.approx(float((predicted == torch.tensor(y_val)).float().mean()))
 
 
 def test_token_ids_sweep_as_integers_and_the_loaded_ensemble_takes_them(ray_session, storage_dir):

@@ -5,7 +5,9 @@ shares its architecture (same state-dict names, shapes and dtypes, same module c
 only if the averaged weights score better on validation. After each averaging the
 batch-norm statistics are recomputed with one pass over the training split
 (``torch.optim.swa_utils.update_bn``): averaged running statistics do not describe the
-averaged weights. Test metrics are computed once, for the final soup.
+averaged weights. Test metrics are computed once, for the final soup. Streamed data (torch
+Datasets or the task's loader functions) is read through the split's loader, batch by batch,
+standardised as the workers did.
 
 Soups of independently trained models usually land in a worse basin than either model;
 checkpoints and EMA weights of one run often average well. Either way the result is
@@ -17,7 +19,7 @@ task and its data once, builds models from the configs in the trials table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +37,7 @@ from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
 from worker.data.splits import Splits, prepare, task_statistics
 from worker.load.ensemble_model import SweepModels
-from worker.train.trainer import evaluate, pick_device
+from worker.train.trainer import model_outputs, pick_device
 
 BN_BATCH = 512
 
@@ -61,14 +63,17 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def recompute_bn(model: nn.Module, x_train: torch.Tensor, batch_size: int = BN_BATCH) -> bool:
+def recompute_bn(model: nn.Module, x_train: torch.Tensor | Iterable[torch.Tensor], batch_size: int = BN_BATCH) -> bool:
     """Batch-norm statistics from one pass over the training inputs (equal-weight mean over batches).
 
-    Returns whether there was any batch norm to recompute.
+    ``x_train`` is the inputs in memory, or their batches (a streamed split). Returns whether there
+    was any batch norm to recompute.
     """
     if not has_batch_norm(model):
         return False
-    torch.optim.swa_utils.update_bn([x_train[i : i + batch_size] for i in range(0, len(x_train), batch_size)], model)
+    if isinstance(x_train, torch.Tensor):
+        x_train = [x_train[i : i + batch_size] for i in range(0, len(x_train), batch_size)]
+    torch.optim.swa_utils.update_bn(x_train, model)
     return True
 
 
@@ -83,7 +88,6 @@ class Soup:
         self.models = SweepModels(storage, task)
         self.device = pick_device(device)
         self.splits = self._load_splits(storage, task, load_data or task.get("load_data"))
-        self.loss_fn = task.get("loss_fn") or nn.functional.cross_entropy
         self._arch: dict[int, tuple[Any, ...]] = {}
 
     def _load_splits(self, storage: Storage, task: Task, load_data: Callable[[], Any]) -> Splits:
@@ -95,6 +99,14 @@ class Soup:
             raise TaskError("load_data: its val/test labels differ from the ones the sweep stored; a soup needs the "
                             "sweep's data")
         return splits.to(self.device)
+
+    def _train_inputs(self) -> torch.Tensor | Iterator[torch.Tensor]:
+        """The training inputs as the members trained on them: in memory, or a streamed split's batches."""
+        if not self.splits.streams:
+            assert self.splits.x_train is not None
+            return self.splits.x_train
+        loader = self.splits.streams["train"].loader(BN_BATCH, shuffle=False)
+        return (self.splits.normalise(x.to(self.device, non_blocking=True)) for x, _ in loader)
 
     def arch_of(self, trial_id: int) -> tuple[Any, ...]:
         # Built on CPU: the meta device would skip the allocation but pulls in seconds of torch imports.
@@ -116,10 +128,12 @@ class Soup:
               objective: Objective | None = None, what: str = "the soup") -> tuple[Scores, dict[str, torch.Tensor]]:
         """(accuracy, log loss, the objective's value or None) and the state evaluated; BN recomputed first if asked."""
         model.load_state_dict(state)
-        if fresh_bn and recompute_bn(model, self.splits.x_train):
+        if fresh_bn and recompute_bn(model, self._train_inputs()):
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         x, y = (self.splits.x_val, self.splits.y_val) if split == "val" else (self.splits.x_test, self.splits.y_test)
-        _, _, logits = evaluate(model, x, y, self.loss_fn)
+        if self.splits.streams:  # streamed: read in order through the split's loader, standardised per batch
+            x = self.splits.streams[split]
+        logits = model_outputs(model, x, splits=self.splits, device=self.device)
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
         labels = y.cpu().numpy()
         value = None if objective is None else objective.value(probs.astype(np.float64), split, what)
