@@ -13,8 +13,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from orchestrator.app.api import load, run_sweep
+from orchestrator.app.cli import app
 from orchestrator.ensemble.ensemble_run import CandidateKey, read_dataset, read_ensembles
 from orchestrator.errors import ConfigError
 from orchestrator.spec.task import load_task
@@ -159,6 +161,14 @@ def test_custom_metric_with_mode_min_is_the_score(ray_session, storage_dir):
                                                  or r.detail.get("helped"))
     assert chosen.detail["val_objective"] == pytest.approx(brier, rel=1e-4)
     assert chosen.detail["test_objective"] is not None
+    # caviar ensemble: without task code the Brier score cannot choose, and the note names the flags that let it.
+    plain = CliRunner().invoke(app, ["ensemble", result.path, "-m", "top_k"])
+    assert plain.exit_code == 0, plain.output
+    assert "not by the sweep's objective val_brier" in plain.output and "--trust-task-code" in plain.output
+    trusted = CliRunner().invoke(app, ["ensemble", result.path, "-m", "top_k", "--trust-task-code"])
+    assert trusted.exit_code == 0, trusted.output
+    assert "brier val / test" in trusted.output and "not by the sweep's objective" not in trusted.output
+    assert all(r.detail["chosen_by"] == "val_brier" for r in read_ensembles(Storage.from_uri(result.path)))
 
 
 def test_a_custom_loss_fn_with_objective_val_loss_chooses_the_ensemble(ray_session, storage_dir):
