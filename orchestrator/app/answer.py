@@ -99,6 +99,11 @@ def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
                   f"{num(r.test_accuracy):>13} {num(r.test_log_loss):>13}" for label, r in rows]
         change = error_change(single.test_accuracy if single else None, chosen.test_accuracy)
         what = "test error"
+    if "val_objective" in chosen.detail:  # the objective that chose (a task metric): its values next to the rest
+        name = str(chosen.detail.get("chosen_by", "objective"))
+        lines.append(f"  {'':<22} {name:>12} {name.replace('val_', 'test_', 1):>12}")
+        lines += [f"  {label:<22} {num(r.detail.get('val_objective')):>12} {num(r.detail.get('test_objective')):>12}"
+                  for label, r in rows]
     if change is not None and single is not chosen:
         lines.append(f"  {what} {change:+.1%} relative to the best single model")
     elif single is chosen:

@@ -22,11 +22,16 @@ def ensemble(
     metric: Annotated[str, typer.Option(help="Validation metric the builders rank by (or log_loss).")] = "accuracy",
     choose_by: Annotated[str, typer.Option(help="Validation metric that picks the best ensemble.")] = "log_loss",
     device: Annotated[str, typer.Option(help="Where the soup is evaluated: auto, cpu or cuda.")] = "auto",
-    task: Annotated[str | None, typer.Option(help="Your task file, to build the soup's models (soup only).")] = None,
+    task: Annotated[str | None, typer.Option(
+        help="Your task file: builds the soup's models and scores the sweep's objective (a task metric).")] = None,
     trust_task_code: Annotated[bool, typer.Option(
-        help="Run the task copy stored in the sweep (soup only; checked against its sha256).")] = False,
+        help="Run the task copy stored in the sweep, as --task does (checked against its sha256).")] = False,
 ) -> None:
-    """Ensembles from stored predictions, chosen on validation; test measured after. Writes ensembles/."""
+    """Ensembles from stored predictions, chosen on validation; test measured after. Writes ensembles/.
+
+    A sweep whose objective is a task's own metric (or val_loss of its loss_fn) is chosen by that
+    objective only with --task or --trust-task-code; without, by log loss, and the table says so.
+    """
     from orchestrator.app.api import open_sweep
     from orchestrator.ensemble.ensemble_run import build_and_write, check_methods
 
@@ -34,19 +39,25 @@ def ensemble(
         fail("option '-k': expected a positive integer")
     methods = check_methods([m for item in method or [] for m in item.split(",") if m])
     storage = open_sweep(sweep)
-    soup = None
+    soup = objective_for = None
     if "soup" in methods and not method and not (task or trust_task_code):  # all methods by default: the rest
         typer.echo("caviar: soup left out: it builds models with task code; pass --task FILE or --trust-task-code "
                    "to include it", err=True)
         methods = tuple(m for m in methods if m != "soup")
-    if "soup" in methods:
+    if "soup" in methods or task or trust_task_code:
         from orchestrator.spec.task_source import sweep_task
-        from worker.load.soup import soup_builder  # torch loads here, only for a soup
+        from worker.load.objective import ensemble_objective  # torch loads here, only with task code
+        from worker.load.soup import soup_builder
 
-        chosen = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to build a soup")
-        soup = soup_builder(storage, chosen, device=device)
+        purpose = "to build a soup" if "soup" in methods else "to score its objective"
+        chosen = sweep_task(storage, task, trust_task_code=trust_task_code, purpose=purpose)
+        soup = soup_builder(storage, chosen, device=device) if "soup" in methods else None
+
+        def objective_for(dataset: Any) -> Any:
+            return ensemble_objective(chosen, dataset)
     try:
-        records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup, choose_by=choose_by)
+        records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup, choose_by=choose_by,
+                                  objective_for=objective_for)
     except CaviarError:
         raise
     except Exception as exc:  # the user's model code, torch: one line naming it, as every CLI error
@@ -76,14 +87,18 @@ def print_ensembles(records: Sequence[Any]) -> None:
                         "load_ensemble(name='best') returns)")
     for column in ("name", "size", "val acc", "val log-loss", "test acc", "test log-loss", "test error cut"):
         table.add_column(column)
+    objective = objective_column(records)
+    if objective:
+        table.add_column(objective)
 
     def num(x: float | None, fmt: str = ".4f") -> str:
         return "-" if x is None else format(x, fmt)
 
     for r in records:
         name = ("* " if r.chosen else "  ") + r.name
-        table.add_row(name, str(r.size), num(r.val_accuracy), num(r.val_log_loss), num(r.test_accuracy),
-                      num(r.test_log_loss), num(relative_error_cut(base, r.test_accuracy), "+.1%"))
+        cells = [name, str(r.size), num(r.val_accuracy), num(r.val_log_loss), num(r.test_accuracy),
+                 num(r.test_log_loss), num(relative_error_cut(base, r.test_accuracy), "+.1%")]
+        table.add_row(*cells, *([objective_cell(r)] if objective else []))
     Console(width=160 if not sys.stdout.isatty() else None).print(table)
     soup = next((r for r in records if r.method == "soup"), None)
     if soup is not None and soup.detail.get("note"):
@@ -92,19 +107,39 @@ def print_ensembles(records: Sequence[Any]) -> None:
         typer.echo(f"ensembles: {records[0].detail['choice_note']}")
 
 
+def objective_column(records: Sequence[Any]) -> str | None:
+    """``brier val / test``: the header of the objective's column, when an objective chose (else None)."""
+    if not records or "val_objective" not in records[0].detail:
+        return None
+    return f"{str(records[0].detail['chosen_by']).removeprefix('val_')} val / test"
+
+
+def objective_cell(record: Any) -> str:
+    def num(x: float | None) -> str:
+        return "-" if x is None else format(x, ".4g")
+
+    return f"{num(record.detail.get('val_objective'))} / {num(record.detail.get('test_objective'))}"
+
+
 def print_regression_ensembles(records: Sequence[Any], single: Any) -> None:
     """Regression ensembles: validation and test MSE in the targets' units, and the test MSE cut."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="ensembles (chosen on validation MSE; * = best, what load_ensemble(name='best') returns)")
+    chosen_by = str(records[0].detail.get("chosen_by") or "val_mse").removeprefix("val_") if records else "mse"
+    table = Table(title=f"ensembles (chosen on validation {chosen_by.replace('_', ' ').replace('mse', 'MSE')}; "
+                        "* = best, what load_ensemble(name='best') returns)")
     for column in ("name", "size", "val MSE", "test MSE", "test MSE cut"):
         table.add_column(column)
+    objective = objective_column(records)
+    if objective:
+        table.add_column(objective)
     base = single.test_mse if single else None
     for r in records:
         cut = "-" if not base or r.test_mse is None else format(1.0 - r.test_mse / base, "+.1%")
-        table.add_row(("* " if r.chosen else "  ") + r.name, str(r.size), format(r.val_mse, ".6g"),
-                      "-" if r.test_mse is None else format(r.test_mse, ".6g"), cut)
+        cells = [("* " if r.chosen else "  ") + r.name, str(r.size), format(r.val_mse, ".6g"),
+                 "-" if r.test_mse is None else format(r.test_mse, ".6g"), cut]
+        table.add_row(*cells, *([objective_cell(r)] if objective else []))
     Console(width=160 if not sys.stdout.isatty() else None).print(table)
     if records and records[0].detail.get("choice_note"):
         typer.echo(f"ensembles: {records[0].detail['choice_note']}")

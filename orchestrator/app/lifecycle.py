@@ -24,8 +24,8 @@ from orchestrator.decide.pruning import (
     pruner_name,
 )
 from orchestrator.decide.sweeplog import SweepLog
-from orchestrator.ensemble.ensemble_run import SoupResult, build_and_write
-from orchestrator.ensemble.ensembles import CandidateKey
+from orchestrator.ensemble.ensemble_run import Dataset, SoupResult, build_and_write
+from orchestrator.ensemble.ensembles import CandidateKey, Objective
 from orchestrator.ensemble.records import EnsembleRecord
 from orchestrator.errors import CaviarError, ConfigError, SweepInterrupted
 from orchestrator.search.sampler import SAMPLERS, SamplerChoice, sampler_for, sampler_name
@@ -196,24 +196,30 @@ def build_ensembles(storage: Storage, task: Any, device: str = "auto",
                 load_data: Callable[[], Any] | None = None) -> EnsembleRecord | None:
     """What a sweep's end builds: every method, the soup included; the chosen row.
 
-    A sweep whose trials stored no usable predictions (all failed, a regression task) gets a
-    warning, not an error: its trials are still there to read. So does a soup that fails.
+    The sweep's objective chooses (a task metric or a custom ``loss_fn``'s ``val_loss`` runs the
+    task's code on the averaged outputs, ``worker.load.objective``). A sweep whose trials stored no
+    usable predictions (all failed, a regression task) gets a warning, not an error: its trials are
+    still there to read. So does a soup that fails, and an objective that raises on an ensemble.
     ``load_data`` stands in for the task's own (a load that ran during the sweep).
     """
     metric = "accuracy" if getattr(task, "metric", "accuracy") == "accuracy" else "log_loss"
+    from worker.load.objective import ensemble_objective
     from worker.load.soup import soup_builder  # torch, loaded only when a soup is built
 
     build_soup = soup_builder(storage, task, device=device, load_data=load_data)
 
-    def guarded_soup(ranked: Sequence[CandidateKey], metric: str) -> SoupResult | None:
+    def guarded_soup(ranked: Sequence[CandidateKey], metric: str, objective: Objective | None) -> SoupResult | None:
         try:  # the soup runs user code (load_data, build_model) in this process: its failure costs only the soup
-            return build_soup(ranked, metric)
+            return build_soup(ranked, metric, objective)
         except Exception as exc:
             log.warning("ensembles: soup not built: %s: %s", type(exc).__name__, exc)
             return None
 
+    def objective_for(dataset: Dataset) -> Objective | None:
+        return ensemble_objective(task, dataset)
+
     try:
-        records = build_and_write(storage, metric=metric, soup=guarded_soup)
+        records = build_and_write(storage, metric=metric, soup=guarded_soup, objective_for=objective_for)
     except CaviarError as exc:
         log.warning("ensembles not built: %s", exc)
         return None

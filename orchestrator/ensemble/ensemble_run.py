@@ -6,6 +6,11 @@ builders (selection on validation only, test metrics attached afterwards), optio
 a soup builder (``worker.load.soup``, injected by the caller because it needs torch) for a
 weight-space soup, marks the best on validation as ``chosen`` and writes one row per
 ensemble to ``ensembles/ensembles.parquet``, replacing an earlier build.
+
+The sweep's objective chooses when it is a task's own metric (or ``val_loss`` of a custom
+``loss_fn``): the caller, which may run task code, passes an ``objective_for(dataset)`` that
+returns an :class:`Objective` scoring averaged outputs (``worker.load.objective``). Without it such
+a sweep is chosen by log loss, and every row says so (``detail.choice_note``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.ensemble import ensembles
-from orchestrator.ensemble.ensembles import SELECTION_METRICS, Candidate, CandidateKey, Ensemble, Member
+from orchestrator.ensemble.ensembles import SELECTION_METRICS, Candidate, CandidateKey, Ensemble, Member, Objective
 from orchestrator.ensemble.records import EnsembleRecord
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.store import schema
@@ -75,10 +80,15 @@ class SoupResult:
     weights_path: str | None
     weights_sha256: str | None
     detail: dict[str, Any] = field(default_factory=dict)
+    val_objective: float | None = None  # the objective's value, when an objective was passed
+    test_objective: float | None = None
 
 
-# (candidate keys best first on validation, selection metric) -> a soup, or None when there is nothing to soup
-SoupBuilder = Callable[[Sequence[CandidateKey], str], "SoupResult | None"]
+# (candidate keys best first on validation, selection metric, the objective or None) -> a soup, or None when
+# there is nothing to soup
+SoupBuilder = Callable[[Sequence[CandidateKey], str, "Objective | None"], "SoupResult | None"]
+# The sweep's dataset row -> the objective that chooses, or None where the built-in metrics stand for it
+ObjectiveFor = Callable[["Dataset"], "Objective | None"]
 
 
 # -- reading what the workers stored -------------------------------------------------------
@@ -199,24 +209,27 @@ def check_methods(methods: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(m for m in METHODS if m in methods or m == "single")  # the baseline is always there
 
 
-def _single_ema(cands: Sequence[Candidate], y_val: np.ndarray, metric: str) -> Ensemble | None:
+def _single_ema(cands: Sequence[Candidate], y_val: np.ndarray, metric: str,
+                objective: Objective | None = None) -> Ensemble | None:
     ema = [c for c in cands if c.key.weights == "ema"]
     if not ema:
         return None
-    best = ensembles.best_single(ema, y_val, metric=metric)
-    return ensembles.Ensemble("single_ema", best.members, best.val_accuracy, best.val_log_loss)
+    best = ensembles.best_single(ema, y_val, metric=metric, objective=objective)
+    return replace(best, method="single_ema")
 
 
 def build(cands: Sequence[Candidate], dataset: Dataset, *, methods: Sequence[str] | None = None, k: int = 5,
           metric: str = "accuracy", n_checkpoints: int = 5, greedy_steps: int = 40,
           soup: SoupBuilder | None = None, seed_groups: Sequence[Sequence[int]] = (),
-          choose_by: str = "log_loss") -> list[EnsembleRecord]:
+          choose_by: str = "log_loss", objective: Objective | None = None) -> list[EnsembleRecord]:
     """Every requested ensemble, chosen on validation; test metrics attached after; the best flagged.
 
     ``metric`` ranks candidates inside the builders; ``choose_by`` picks the flagged row. Log
     loss by default: the best single model's validation accuracy is the luckiest of many
     draws on a small split, and choosing by accuracy keeps picking it
     (BENCHMARKS.md, ensembles on digits: 19% vs 33% of its test errors removed).
+    An ``objective`` (the sweep's own, in its mode) replaces both, and its value on val and test
+    goes to each row's ``detail``.
 
     ``single`` (the best single candidate) is always built: it is the baseline the table
     compares with. A soup comes from ``soup`` when given and requested; a seed ensemble
@@ -229,40 +242,58 @@ def build(cands: Sequence[Candidate], dataset: Dataset, *, methods: Sequence[str
     if not cands:
         raise ConfigError("predictions: no usable candidates (every stored prediction was dropped)")
     built = ensembles.build_all(cands, dataset.y_val, None, k, metric=metric, n_checkpoints=n_checkpoints,
-                                greedy_steps=greedy_steps, seed_groups=seed_groups)
-    single_ema = _single_ema(cands, dataset.y_val, metric)
+                                greedy_steps=greedy_steps, seed_groups=seed_groups, objective=objective)
+    single_ema = _single_ema(cands, dataset.y_val, metric, objective)
     if single_ema is not None:
         built.insert(1, single_ema)
     built = [e for e in built if e.method in wanted]
     # Selection is over; only now does test data enter.
-    built = [ensembles.with_test_metrics(e, cands, dataset.y_test) for e in built]
+    built = [ensembles.with_test_metrics(e, cands, dataset.y_test, objective) for e in built]
     now = schema.now_ms()
-    records = [EnsembleRecord(i, e.method, e.method, e.members, metric, e.val_accuracy, e.val_log_loss,
-                              e.test_accuracy, e.test_log_loss, created=now) for i, e in enumerate(built)]
+    selection = metric if objective is None else objective.name
+    records = [EnsembleRecord(i, e.method, e.method, e.members, selection, e.val_accuracy, e.val_log_loss,
+                              e.test_accuracy, e.test_log_loss, created=now,
+                              detail=objective_values(objective, e.val_objective, e.test_objective))
+               for i, e in enumerate(built)]
     if "soup" in wanted and soup is not None:
-        result = soup(ranked_keys(cands, dataset.y_val, metric), metric)
+        result = soup(ranked_keys(cands, dataset.y_val, metric, objective), metric, objective)
         if result is not None:
-            records.append(EnsembleRecord(len(records), "soup", "soup", result.members, metric, result.val_accuracy,
-                                          result.val_log_loss, result.test_accuracy, result.test_log_loss,
-                                          weights_path=result.weights_path, weights_sha256=result.weights_sha256,
-                                          detail=result.detail, created=now))
+            records.append(EnsembleRecord(
+                len(records), "soup", "soup", result.members, selection, result.val_accuracy, result.val_log_loss,
+                result.test_accuracy, result.test_log_loss, weights_path=result.weights_path,
+                weights_sha256=result.weights_sha256, created=now,
+                detail={**result.detail, **objective_values(objective, result.val_objective, result.test_objective)}))
     # A soup that accepted no second ingredient is the best candidate itself: the `single` row stands for it.
     eligible = [r for r in records if r.method != "soup" or r.detail.get("helped")]
-    best = min(eligible, key=lambda r: rank(r.val_accuracy, r.val_log_loss, choose_by))  # ties: the earlier, simpler
-    how = choice_detail(dataset, _COLUMN[choose_by], _COLUMN[metric])
+    if objective is None:
+        how = choice_detail(dataset, _COLUMN[choose_by], _COLUMN[metric])
+        best = min(eligible, key=lambda r: rank(r.val_accuracy, r.val_log_loss, choose_by))  # ties: the earlier
+    else:
+        how = choice_detail(dataset, objective.name, objective.name)
+        best = min(eligible, key=lambda r: (objective.loss(r.detail["val_objective"]), r.val_log_loss))
     return [replace(r, chosen=r is best, detail={**r.detail, **how}) for r in records]
+
+
+def objective_values(objective: Objective | None, val: float | None, test: float | None) -> dict[str, Any]:
+    """``val_objective`` / ``test_objective`` for a row's detail (nothing when no objective chose)."""
+    return {} if objective is None else {"val_objective": val, "test_objective": test}
 
 
 # What each stored-probability metric is called in the metrics table (the worker's val_* columns).
 _COLUMN = {"accuracy": "val_accuracy", "log_loss": "val_log_loss"}
 
 
+# How to let the objective choose when the master may not run the task's code.
+OBJECTIVE_HINT = "pass --task FILE or --trust-task-code to caviar ensemble to choose by it"
+
+
 def choice_detail(dataset: Dataset, chosen_by: str, ranked_by: str) -> dict[str, Any]:
     """What picked and ranked the ensembles, said in each row's ``detail``: never the sweep's objective by implication.
 
-    Ensembles are scored on stored outputs, so only accuracy and log loss (against soft labels when
-    the targets are probabilities), or a regression's MSE, can choose them. When the sweep ranked its
-    trials by another column (a task's own metric), the row says so and one warning line is logged.
+    Without the task's code only accuracy and log loss (against soft labels when the targets are
+    probabilities), or a regression's MSE, can score stored outputs. When the sweep ranked its
+    trials by another column (a task's own metric) that did not choose, the row says so and one
+    warning line is logged.
     """
     detail: dict[str, Any] = {"chosen_by": chosen_by, "ranked_by": ranked_by}
     if dataset.soft:
@@ -272,7 +303,7 @@ def choice_detail(dataset: Dataset, chosen_by: str, ranked_by: str) -> dict[str,
         detail["sweep_objective"] = f"{objective} ({dataset.mode or 'max'})"
         if objective not in (chosen_by, ranked_by, *_COLUMN.values(), "val_loss"):  # a task's own metric
             detail["choice_note"] = (f"ensembles were chosen by {chosen_by} on stored outputs, not by the sweep's "
-                                     f"objective {objective} (a task metric needs the models' own outputs)")
+                                     f"objective {objective} (it runs the task's code: {OBJECTIVE_HINT})")
     return detail
 
 
@@ -281,8 +312,13 @@ def rank(accuracy: float, log_loss: float, metric: str) -> tuple[float, float]:
     return (-accuracy, log_loss) if metric == "accuracy" else (log_loss, -accuracy)
 
 
-def ranked_keys(cands: Sequence[Candidate], y_val: np.ndarray, metric: str) -> list[CandidateKey]:
-    """Candidate keys, best single candidate on validation first (ties: key order)."""
+def ranked_keys(cands: Sequence[Candidate], y_val: np.ndarray, metric: str,
+                objective: Objective | None = None) -> list[CandidateKey]:
+    """Candidate keys, best single candidate on validation first (by the objective when given; ties: key order)."""
+    if objective is not None:
+        pool = ensembles.ValPool.of(cands, y_val)
+        order = np.lexsort((np.arange(len(pool.keys)), pool.single_scores[1], pool.objective_losses(objective)))
+        return [pool.keys[i] for i in order]
     scored = [(rank(ensembles.accuracy(c.val_probs, y_val), ensembles.log_loss(c.val_probs, y_val), metric), c.key)
               for c in cands]
     return [key for _, key in sorted(scored)]
@@ -318,14 +354,21 @@ def pick(records: Sequence[EnsembleRecord], name: str = "best") -> EnsembleRecor
 
 
 def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k: int = 5, metric: str = "accuracy",
-                    soup: SoupBuilder | None = None, choose_by: str = "log_loss") -> list[EnsembleRecord]:
-    """Read predictions, build, write the ``ensembles`` table; returns its rows."""
+                    soup: SoupBuilder | None = None, choose_by: str = "log_loss",
+                    objective_for: ObjectiveFor | None = None) -> list[EnsembleRecord]:
+    """Read predictions, build, write the ``ensembles`` table; returns its rows.
+
+    ``objective_for`` gives the objective that chooses (None from it: the built-in metrics stand for it).
+    """
     dataset = read_dataset(storage)
+    objective = objective_for(dataset) if objective_for is not None else None
     if dataset.kind == "regression":  # averaged outputs chosen on validation MSE (regression_ensembles.py)
         from orchestrator.ensemble.regression_ensembles import build_regression, read_regression
 
-        records = build_regression(read_regression(storage, dataset), dataset, k=k, methods=check_methods(methods))
-        how = choice_detail(dataset, "val_mse", "val_mse")
+        records = build_regression(read_regression(storage, dataset), dataset, k=k, methods=check_methods(methods),
+                                   objective=objective)
+        chosen_by = "val_mse" if objective is None else objective.name
+        how = choice_detail(dataset, chosen_by, chosen_by)
         records = [replace(r, detail={**r.detail, **how}) for r in records]
         _warn_choice(records)
         write_ensembles(storage, records)
@@ -336,7 +379,7 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
     trials = storage.read_table(schema.TRIALS_PATH).select(["trial_id", "max_epochs", "config"]).to_pylist() \
         if storage.exists(schema.TRIALS_PATH) else []
     records = build(stored.candidates, dataset, methods=methods, k=k, metric=metric, soup=soup,
-                    seed_groups=ensembles.same_config_groups(trials), choose_by=choose_by)
+                    seed_groups=ensembles.same_config_groups(trials), choose_by=choose_by, objective=objective)
     _warn_choice(records)
     write_ensembles(storage, records)
     return records

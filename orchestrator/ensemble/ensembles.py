@@ -7,7 +7,9 @@ test data cannot steer a choice; test metrics are attached by ``with_test_metric
 the members are fixed.
 
 Rankings are lower-is-better tuples: ``metric="accuracy"`` ranks by accuracy, then log loss;
-``metric="log_loss"`` by log loss, then accuracy; remaining ties go to key order.
+``metric="log_loss"`` by log loss, then accuracy; remaining ties go to key order. An
+:class:`Objective` (the sweep's own objective, e.g. a task metric such as ``val_brier``) replaces
+``metric`` everywhere it is given: every ranking is then by the objective in its mode, then log loss.
 
 Labels are class indices ``(n,)`` or, for soft labels, class probabilities ``(n, C)``: then
 accuracy compares the most probable class with the target's most probable class, and log loss
@@ -17,14 +19,15 @@ is the cross-entropy against the target probabilities (what the workers report a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import CaviarError, ConfigError, TaskError
 
 SELECTION_METRICS = ("accuracy", "log_loss")
 WEIGHTS = ("raw", "ema")
@@ -63,6 +66,39 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class Objective:
+    """The sweep's objective as ensemble selection sees it: a column name, its mode, and a scorer.
+
+    ``score(outputs, split)`` gets an ensemble's averaged outputs on ``split`` (``"val"``; ``"test"``
+    only once the members are fixed): class probabilities ``(n, C)``, or regression values ``(n, d)``,
+    and returns the objective's value there. The caller (which may run task code) knows the targets.
+    """
+
+    name: str  # the metrics column, e.g. "val_brier"
+    mode: str  # "min" or "max"
+    score: Callable[[np.ndarray, str], float]
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("min", "max"):
+            raise ConfigError(f"mode: {self.mode!r} is not one of min, max")
+
+    def value(self, outputs: np.ndarray, split: str, what: str) -> float:
+        """The objective on ``outputs``; a failure is one line naming the objective and ``what`` was scored."""
+        try:
+            return float(self.score(outputs, split))
+        except CaviarError as exc:
+            raise type(exc)(f"objective {self.name} of {what}: {exc}") from exc
+        except Exception as exc:
+            raise TaskError(f"objective {self.name} of {what}: {type(exc).__name__}: {exc}") from exc
+
+    def loss(self, value: float | None) -> float:
+        """Lower is better: the value, negated when maximised; NaN (or none) ranks last."""
+        if value is None or math.isnan(value):
+            return math.inf
+        return value if self.mode == "min" else -value
+
+
+@dataclass(frozen=True)
 class Member:
     key: CandidateKey
     weight: float
@@ -78,6 +114,8 @@ class Ensemble:
     val_log_loss: float
     test_accuracy: float | None = None
     test_log_loss: float | None = None
+    val_objective: float | None = None  # the Objective's value, when one chose
+    test_objective: float | None = None
 
 
 # -- metrics ----------------------------------------------------------------------------
@@ -177,6 +215,7 @@ class ValPool:
     keys: tuple[CandidateKey, ...]
     probs: np.ndarray
     labels: np.ndarray
+    _objective_losses: dict[Objective, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.probs.ndim != 3 or len(self.keys) != self.probs.shape[0] or not self.keys:
@@ -222,6 +261,14 @@ class ValPool:
             return acc, np.array([_soft_nll(p.astype(np.float64), self.labels) for p in self.probs])
         return acc, _nll(self.true_probs)
 
+    def objective_losses(self, objective: Objective) -> np.ndarray:
+        """(M,) the objective's lower-is-better value of each candidate alone, computed once per objective."""
+        if objective not in self._objective_losses:
+            self._objective_losses[objective] = np.array([
+                objective.loss(objective.value(p.astype(np.float64), "val", f"candidate {describe(key)}"))
+                for key, p in zip(self.keys, self.probs, strict=True)])
+        return self._objective_losses[objective]
+
 
 CandsOrPool = Sequence[Candidate] | ValPool  # a ready pool saves re-stacking when building several ensembles
 
@@ -236,6 +283,21 @@ def _as_pool(cands: CandsOrPool, y_val: np.ndarray | None) -> ValPool:
     return ValPool.of(cands, y_val)
 
 
+def describe(key: CandidateKey) -> str:
+    """``trial 3 epoch 2 (ema)``: a candidate as an error message names it."""
+    return f"trial {key.trial_id} epoch {key.epoch}" + (" (ema)" if key.weights == "ema" else "")
+
+
+def _single_order(pool: ValPool, metric: str, objective: Objective | None, idx: Sequence[int] | None = None,
+                  ) -> np.ndarray:
+    """Positions in ``idx`` (default: every candidate), best candidate alone first; ties: key order."""
+    acc, ll = pool.single_scores
+    sel = np.arange(len(pool.keys)) if idx is None else np.asarray(idx, dtype=np.int64)
+    if objective is None:
+        return _order(acc[sel], ll[sel], metric)
+    return np.lexsort((np.arange(len(sel)), ll[sel], pool.objective_losses(objective)[sel]))
+
+
 def _order(acc: np.ndarray, ll: np.ndarray, metric: str) -> np.ndarray:
     """Indices best first; exact ties go to the lower index, which is key order in a pool."""
     _check_metric(metric)
@@ -247,46 +309,59 @@ def _rank(acc: float, ll: float, metric: str) -> tuple[float, float]:
     return (-acc, ll) if metric == "accuracy" else (ll, -acc)
 
 
-def _ensemble(method: str, pool: ValPool, idx: Sequence[int], counts: Sequence[float]) -> Ensemble:
+def ensemble_rank(e: Ensemble, metric: str, objective: Objective | None = None) -> tuple[float, float]:
+    """Lower is better: by the objective (then log loss) when given, else by ``metric`` as ``_rank``."""
+    if objective is None:
+        return _rank(e.val_accuracy, e.val_log_loss, metric)
+    return objective.loss(e.val_objective), e.val_log_loss
+
+
+def _ensemble(method: str, pool: ValPool, idx: Sequence[int], counts: Sequence[float],
+              objective: Objective | None = None) -> Ensemble:
     total = float(np.sum(counts))
     members = sorted(
         (Member(pool.keys[i], float(c) / total) for i, c in zip(idx, counts, strict=True)),
         key=lambda m: (-m.weight, m.key),
     )
     probs = average([pool.probs[i] for i in idx], counts)
-    return Ensemble(method, tuple(members), accuracy(probs, pool.labels), log_loss(probs, pool.labels))
+    value = None if objective is None else objective.value(probs, "val", f"the {method} ensemble")
+    return Ensemble(method, tuple(members), accuracy(probs, pool.labels), log_loss(probs, pool.labels),
+                    val_objective=value)
 
 
 # -- selection: validation only -------------------------------------------------------------
 
 
-def best_single(cands: CandsOrPool, y_val: np.ndarray | None = None, *, metric: str = "accuracy") -> Ensemble:
+def best_single(cands: CandsOrPool, y_val: np.ndarray | None = None, *, metric: str = "accuracy",
+                objective: Objective | None = None) -> Ensemble:
     """The one best candidate: the baseline every ensemble has to beat."""
     pool = _as_pool(cands, y_val)
-    return _ensemble("single", pool, [int(_order(*pool.single_scores, metric)[0])], [1])
+    return _ensemble("single", pool, [int(_single_order(pool, metric, objective)[0])], [1], objective)
 
 
-def _top_k(pool: ValPool, k: int, metric: str, weights: str | None, method: str) -> Ensemble:
+def _top_k(pool: ValPool, k: int, metric: str, weights: str | None, method: str,
+           objective: Objective | None = None) -> Ensemble:
     _check_positive("k", k)
     best_per_trial: dict[int, int] = {}
-    for i in _order(*pool.single_scores, metric):  # best first: a trial's first hit is its best
+    for i in _single_order(pool, metric, objective):  # best first: a trial's first hit is its best
         key = pool.keys[i]
         if weights is None or key.weights == weights:
             best_per_trial.setdefault(key.trial_id, int(i))
     chosen = list(best_per_trial.values())[:k]  # insertion order is the trials' rank
     if not chosen:
         raise ConfigError(f"cands: no candidates with {weights} weights")
-    return _ensemble(method, pool, chosen, [1] * len(chosen))
+    return _ensemble(method, pool, chosen, [1] * len(chosen), objective)
 
 
-def top_k(cands: CandsOrPool, y_val: np.ndarray | None = None, k: int = 5, *, metric: str = "accuracy") -> Ensemble:
+def top_k(cands: CandsOrPool, y_val: np.ndarray | None = None, k: int = 5, *, metric: str = "accuracy",
+          objective: Objective | None = None) -> Ensemble:
     """Equal-weight average of the ``k`` best trials, each by its best checkpoint (raw or EMA)."""
-    return _top_k(_as_pool(cands, y_val), k, metric, None, "top_k")
+    return _top_k(_as_pool(cands, y_val), k, metric, None, "top_k", objective)
 
 
 def seed_ensemble(
     cands: CandsOrPool, y_val: np.ndarray | None = None, groups: Sequence[Sequence[int]] = (), *,
-    metric: str = "accuracy",
+    metric: str = "accuracy", objective: Objective | None = None,
 ) -> Ensemble | None:
     """CS231n's "same model, different initializations": one config trained with several seeds.
 
@@ -296,14 +371,14 @@ def seed_ensemble(
     """
     pool = _as_pool(cands, y_val)
     best_of_trial: dict[int, int] = {}
-    for i in _order(*pool.single_scores, metric):  # best first: a trial's first hit is its best
+    for i in _single_order(pool, metric, objective):  # best first: a trial's first hit is its best
         best_of_trial.setdefault(pool.keys[i].trial_id, int(i))
     built = []
     for group in groups:
         chosen = [best_of_trial[t] for t in group if t in best_of_trial]
         if len(chosen) >= 2:
-            built.append(_ensemble("seeds", pool, chosen, [1] * len(chosen)))
-    return min(built, key=lambda e: _rank(e.val_accuracy, e.val_log_loss, metric), default=None)
+            built.append(_ensemble("seeds", pool, chosen, [1] * len(chosen), objective))
+    return min(built, key=lambda e: ensemble_rank(e, metric, objective), default=None)
 
 
 def same_config_groups(trials: Sequence[Mapping[str, Any]]) -> list[list[int]]:
@@ -320,10 +395,11 @@ def same_config_groups(trials: Sequence[Mapping[str, Any]]) -> list[list[int]]:
 
 
 def ema_ensemble(
-    cands: CandsOrPool, y_val: np.ndarray | None = None, k: int = 5, *, metric: str = "accuracy"
+    cands: CandsOrPool, y_val: np.ndarray | None = None, k: int = 5, *, metric: str = "accuracy",
+    objective: Objective | None = None,
 ) -> Ensemble:
     """Like ``top_k`` but over EMA weights only (best EMA checkpoint per trial)."""
-    return _top_k(_as_pool(cands, y_val), k, metric, "ema", "ema")
+    return _top_k(_as_pool(cands, y_val), k, metric, "ema", "ema", objective)
 
 
 def checkpoint_ensemble(
@@ -334,6 +410,7 @@ def checkpoint_ensemble(
     which: str = "best",
     *,
     metric: str = "accuracy",
+    objective: Objective | None = None,
 ) -> Ensemble:
     """Equal-weight average of ``n`` raw checkpoints of one trial (default: the best raw one's).
 
@@ -343,18 +420,17 @@ def checkpoint_ensemble(
     _check_positive("n", n)
     if which not in ("best", "last"):
         raise ConfigError(f"which: {which!r} is not one of best, last")
-    acc, ll = pool.single_scores
     raw = [i for i, key in enumerate(pool.keys) if key.weights == "raw"]
     if trial_id is None and raw:
-        trial_id = pool.keys[raw[int(_order(acc[raw], ll[raw], metric)[0])]].trial_id
+        trial_id = pool.keys[raw[int(_single_order(pool, metric, objective, raw)[0])]].trial_id
     idx = [i for i in raw if pool.keys[i].trial_id == trial_id]
     if not idx:
         raise ConfigError(f"trial_id: no raw checkpoints for trial {trial_id}")
     if which == "last":
         chosen = idx[::-1][:n]  # keys are sorted, so idx runs by epoch
     else:
-        chosen = [idx[j] for j in _order(acc[idx], ll[idx], metric)[:n]]
-    return _ensemble("checkpoints", pool, chosen, [1] * len(chosen))
+        chosen = [idx[j] for j in _single_order(pool, metric, objective, idx)[:n]]
+    return _ensemble("checkpoints", pool, chosen, [1] * len(chosen), objective)
 
 
 def _mixture_log_loss(probs: np.ndarray, total: np.ndarray, count: int, targets: np.ndarray) -> np.ndarray:
@@ -383,6 +459,7 @@ def greedy_selection(
     steps: int = 40,
     init_size: int = 5,
     metric: str = "log_loss",
+    objective: Objective | None = None,
 ) -> Ensemble:
     """Caruana et al. (2004) forward selection with replacement, from a sorted initialisation.
 
@@ -390,12 +467,14 @@ def greedy_selection(
     (repeats allowed) that gives the best ensemble; return the best step seen, not the last,
     since late additions can overfit. Weights are counts / total. By log loss only the
     true-class probabilities are needed, so a step costs O(M * n); by accuracy it is O(M * n * C),
-    as is log loss against soft labels.
+    as is log loss against soft labels. By an ``objective`` every step scores all M mixtures with it.
     """
     pool = _as_pool(cands, y_val)
     _check_metric(metric)
     _check_positive("steps", steps, 0)
     _check_positive("init_size", init_size)
+    if objective is not None:
+        return _greedy_by_objective(pool, steps, init_size, objective)
     y, rows = pool.labels, np.arange(len(pool.labels))
     init = _order(*pool.single_scores, metric)[:init_size]
     counts = np.zeros(len(pool.keys), dtype=np.int64)
@@ -421,11 +500,44 @@ def greedy_selection(
     return _ensemble("greedy", pool, idx.tolist(), best_counts[idx].tolist())
 
 
+def _greedy_by_objective(pool: ValPool, steps: int, init_size: int, objective: Objective) -> Ensemble:
+    """``greedy_selection`` ranked by ``objective`` (then log loss): every step scores each candidate mixture."""
+    y = pool.labels
+    init = _single_order(pool, "log_loss", objective)[:init_size]
+    counts = np.zeros(len(pool.keys), dtype=np.int64)
+    counts[init] = 1
+    total = pool.probs[init].sum(axis=0, dtype=np.float64)
+    t = int(counts.sum())
+
+    def rank_of(mixture: np.ndarray, what: str) -> tuple[float, float]:
+        return objective.loss(objective.value(mixture, "val", what)), log_loss(mixture, y)
+
+    best, best_counts = rank_of(total / t, "the greedy ensemble's start"), counts.copy()
+    for step in range(1, steps + 1):
+        ranks = [rank_of((total + p) / (t + 1), f"greedy step {step} adding {describe(key)}")
+                 for key, p in zip(pool.keys, pool.probs, strict=True)]
+        i = min(range(len(ranks)), key=lambda j: (ranks[j], j))  # ties: key order
+        counts[i] += 1
+        total += pool.probs[i]
+        t += 1
+        if ranks[i] < best:
+            best, best_counts = ranks[i], counts.copy()
+    idx = np.flatnonzero(best_counts)
+    return _ensemble("greedy", pool, idx.tolist(), best_counts[idx].tolist(), objective)
+
+
 # -- test metrics: only after the members are fixed -------------------------------------------
 
 
 def score_members(members: Sequence[Member], cands: Sequence[Candidate], y: np.ndarray) -> tuple[float, float]:
     """(accuracy, log loss) of the weighted members on the candidates' test predictions."""
+    probs, y = _test_mixture(members, cands, y)
+    return accuracy(probs, y), log_loss(probs, y)
+
+
+def _test_mixture(members: Sequence[Member], cands: Sequence[Candidate], y: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted members' averaged test probabilities, and the checked test labels."""
     by_key = {c.key: c for c in cands}
     arrays = []
     for m in members:
@@ -437,14 +549,16 @@ def score_members(members: Sequence[Member], cands: Sequence[Candidate], y: np.n
         _check_rows("test_probs", np.asarray(p))
         arrays.append(p)
     probs = average(arrays, [m.weight for m in members])
-    y = _check_labels("y_test", y, probs.shape[0], probs.shape[1])
-    return accuracy(probs, y), log_loss(probs, y)
+    return probs, _check_labels("y_test", y, probs.shape[0], probs.shape[1])
 
 
-def with_test_metrics(ensemble: Ensemble, cands: Sequence[Candidate], y_test: np.ndarray) -> Ensemble:
-    """A copy of ``ensemble`` with test metrics filled in; the members are not touched."""
-    acc, ll = score_members(ensemble.members, cands, y_test)
-    return replace(ensemble, test_accuracy=acc, test_log_loss=ll)
+def with_test_metrics(ensemble: Ensemble, cands: Sequence[Candidate], y_test: np.ndarray,
+                      objective: Objective | None = None) -> Ensemble:
+    """A copy of ``ensemble`` with test metrics (and the objective's test value) filled in; members untouched."""
+    probs, y = _test_mixture(ensemble.members, cands, y_test)
+    value = None if objective is None else objective.value(probs, "test", f"the {ensemble.method} ensemble")
+    return replace(ensemble, test_accuracy=accuracy(probs, y), test_log_loss=log_loss(probs, y),
+                   test_objective=value)
 
 
 def build_all(
@@ -460,35 +574,41 @@ def build_all(
     init_size: int = 5,
     greedy_metric: str = "log_loss",
     seed_groups: Sequence[Sequence[int]] = (),
+    objective: Objective | None = None,
 ) -> list[Ensemble]:
     """Single best, top-k, checkpoints of the best trial, EMA (if any), greedy: chosen on val.
 
     Selection gets only the ``ValPool``; test metrics are attached afterwards, and stay None
-    for an ensemble with a member that has no test predictions.
+    for an ensemble with a member that has no test predictions. An ``objective`` ranks in every
+    builder instead of ``metric`` and ``greedy_metric``.
     """
     pool = ValPool.of(cands, y_val)
-    built = [best_single(pool, metric=metric), top_k(pool, k=k, metric=metric)]
+    ranking = {"metric": metric, "objective": objective}
+    built = [best_single(pool, **ranking), top_k(pool, k=k, **ranking)]
     weights = {key.weights for key in pool.keys}
     if "raw" in weights:
-        built.append(checkpoint_ensemble(pool, n=n_checkpoints, which=which, metric=metric))
+        built.append(checkpoint_ensemble(pool, n=n_checkpoints, which=which, **ranking))
     if "ema" in weights:
-        built.append(ema_ensemble(pool, k=k, metric=metric))
-    seeds = seed_ensemble(pool, groups=seed_groups, metric=metric)
+        built.append(ema_ensemble(pool, k=k, **ranking))
+    seeds = seed_ensemble(pool, groups=seed_groups, **ranking)
     if seeds is not None:
         built.append(seeds)
-    built.append(greedy_selection(pool, steps=greedy_steps, init_size=init_size, metric=greedy_metric))
+    built.append(greedy_selection(pool, steps=greedy_steps, init_size=init_size, metric=greedy_metric,
+                                  objective=objective))
     if y_test is None:
         return built
     has_test = {c.key for c in cands if c.test_probs is not None}
-    return [with_test_metrics(e, cands, y_test) if all(m.key in has_test for m in e.members) else e for e in built]
+    return [with_test_metrics(e, cands, y_test, objective) if all(m.key in has_test for m in e.members) else e
+            for e in built]
 
 
-def choose_best(ensembles: Sequence[Ensemble], metric: str = "accuracy") -> Ensemble:
-    """The ensemble to report, by validation only (default accuracy, then log loss).
+def choose_best(ensembles: Sequence[Ensemble], metric: str = "accuracy", objective: Objective | None = None,
+                ) -> Ensemble:
+    """The ensemble to report, by validation only (default accuracy, then log loss; the objective when given).
 
     Exact ties go to the earlier one, which in ``build_all`` order is the simpler ensemble.
     """
     _check_metric(metric)
     if not ensembles:
         raise ConfigError("ensembles: empty list")
-    return min(ensembles, key=lambda e: _rank(e.val_accuracy, e.val_log_loss, metric))
+    return min(ensembles, key=lambda e: ensemble_rank(e, metric, objective))

@@ -13,8 +13,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from orchestrator.app.api import load, run_sweep
+from orchestrator.app.cli import app
 from orchestrator.ensemble.ensemble_run import CandidateKey, read_dataset, read_ensembles
 from orchestrator.errors import ConfigError
 from orchestrator.spec.task import load_task
@@ -117,8 +119,22 @@ def test_soft_labels_give_the_soft_target_cross_entropy(ray_session, storage_dir
     assert chosen.val_accuracy == pytest.approx(float((probs.argmax(1) == y_val.argmax(1)).mean()), abs=1 / len(y_val))
 
 
+def chosen_ensemble_recomputed(result, task_file: str, score) -> tuple:
+    """The chosen row, and ``score(logits, targets)`` of the loaded chosen ensemble on the validation split.
+
+    The task's functions get ``log`` of the ensemble's averaged probabilities as logits, as in the selection.
+    """
+    chosen = next(r for r in read_ensembles(Storage.from_uri(result.path)) if r.chosen)
+    task = load_task(os.path.join(TASKS, task_file))
+    _, (x_val, y_val), _ = task.get("load_data")()
+    with torch.no_grad():
+        probs = load_ensemble(result.path, trust_task_code=True)(torch.from_numpy(x_val))
+        return chosen, float(score(torch.log(probs), torch.from_numpy(y_val)))
+
+
 def test_custom_metric_with_mode_min_is_the_score(ray_session, storage_dir):
-    result = sweep("custom_metric_task.py", storage_dir, plan="6x1,2x2", pruner="asha")
+    result = sweep("custom_metric_task.py", storage_dir, plan="6x1,2x2", pruner="asha", ensemble=True,
+                   prediction_dtype="float32")
     tables = load(result.path)
     rows = tables.metrics.to_pylist()
     assert rows and all(r["score"] == pytest.approx(-metric_map(r)["val_brier"]) for r in rows)
@@ -134,6 +150,43 @@ def test_custom_metric_with_mode_min_is_the_score(ray_session, storage_dir):
     stage0 = sorted((t for t in trials if t["stage"] == 1), key=lambda t: best_brier[t["trial_id"]])
     promoted = [t["config"] for t in trials if t["stage"] == 2 and t["config"] in [s["config"] for s in stage0]]
     assert promoted == [stage0[0]["config"]]  # one promotion (half of 2 trials): the lowest Brier score
+    # The ensembles were chosen by the Brier score too: every row records it, the chosen one has the lowest,
+    # and the loaded chosen ensemble's Brier score on validation is the recorded one.
+    rows = read_ensembles(Storage.from_uri(result.path))
+    assert all(r.detail["chosen_by"] == "val_brier" and "choice_note" not in r.detail for r in rows)
+    task = load_task(os.path.join(TASKS, "custom_metric_task.py"))
+    chosen, brier = chosen_ensemble_recomputed(result, "custom_metric_task.py",
+                                               lambda logits, y: task.get("metrics")(logits, y)["brier"])
+    assert chosen.detail["val_objective"] == min(r.detail["val_objective"] for r in rows if r.method != "soup"
+                                                 or r.detail.get("helped"))
+    assert chosen.detail["val_objective"] == pytest.approx(brier, rel=1e-4)
+    assert chosen.detail["test_objective"] is not None
+    # caviar ensemble: without task code the Brier score cannot choose, and the note names the flags that let it.
+    plain = CliRunner().invoke(app, ["ensemble", result.path, "-m", "top_k"])
+    assert plain.exit_code == 0, plain.output
+    assert "not by the sweep's objective val_brier" in plain.output and "--trust-task-code" in plain.output
+    trusted = CliRunner().invoke(app, ["ensemble", result.path, "-m", "top_k", "--trust-task-code"])
+    assert trusted.exit_code == 0, trusted.output
+    assert "brier val / test" in trusted.output and "not by the sweep's objective" not in trusted.output
+    assert all(r.detail["chosen_by"] == "val_brier" for r in read_ensembles(Storage.from_uri(result.path)))
+
+
+def test_a_custom_loss_fn_with_objective_val_loss_chooses_the_ensemble(ray_session, storage_dir):
+    result = sweep("custom_loss_task.py", storage_dir, plan="4x2", ensemble=True, prediction_dtype="float32")
+    assert result.counts.get("failed", 0) == 0
+    rows = read_ensembles(Storage.from_uri(result.path))
+    assert all(r.detail["chosen_by"] == "val_loss" and "choice_note" not in r.detail for r in rows)
+    task = load_task(os.path.join(TASKS, "custom_loss_task.py"))
+    chosen, loss = chosen_ensemble_recomputed(result, "custom_loss_task.py", task.get("loss_fn"))
+    assert chosen.detail["val_objective"] == pytest.approx(loss, rel=1e-4)
+    eligible = [r for r in rows if r.method != "soup" or r.detail.get("helped")]
+    assert chosen.detail["val_objective"] == min(r.detail["val_objective"] for r in eligible)
+    # The single row's recorded value is the worker's own val_loss of that checkpoint (the same loss_fn).
+    single = next(r for r in rows if r.method == "single")
+    key = single.members[0].key
+    ckpt = next(c for c in load(result.path).checkpoints.to_pylist()
+                if (c["trial_id"], c["epoch"], c["weights"]) == (key.trial_id, key.epoch, key.weights))
+    assert single.detail["val_objective"] == pytest.approx(ckpt["val_loss"], rel=1e-4)
 
 
 def test_a_streamed_sweep_trains_plain_and_says_why_it_did_not_fuse(ray_session, storage_dir):
@@ -148,6 +201,11 @@ def test_a_streamed_sweep_trains_plain_and_says_why_it_did_not_fuse(ray_session,
     x, labels = zip(*(task.get("Blobs")("test", False)[i] for i in range(50)))
     assert ensemble(torch.stack(x)).shape == (50, 3)
     assert float((ensemble.predict(torch.stack(x)) == torch.tensor(labels)).float().mean()) > 0.7
+    # The soup reads the streamed splits through their loaders: its recorded validation accuracy is the loaded soup's.
+    soup = next(r for r in read_ensembles(Storage.from_uri(result.path)) if r.method == "soup")
+    x_val, y_val = zip(*(task.get("Blobs")("val", False)[i] for i in range(400)))
+    predicted = load_ensemble(result.path, name="soup", trust_task_code=True).predict(torch.stack(x_val))
+    assert soup.val_accuracy == pytest.approx(float((predicted == torch.tensor(y_val)).float().mean()))
 
 
 def test_token_ids_sweep_as_integers_and_the_loaded_ensemble_takes_them(ray_session, storage_dir):

@@ -19,7 +19,7 @@ from orchestrator.ensemble.ensemble_run import (
     read_ensembles,
     read_predictions,
 )
-from orchestrator.ensemble.ensembles import CandidateKey, Member
+from orchestrator.ensemble.ensembles import CandidateKey, Member, Objective
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
@@ -178,7 +178,7 @@ def soup_result(helped: bool, val_accuracy: float) -> SoupResult:
 def test_a_soup_is_recorded_and_chosen_only_when_it_helped(sweep):
     seen = {}
 
-    def soup(ranked, metric):
+    def soup(ranked, metric, objective):
         seen["ranked"], seen["metric"] = list(ranked), metric
         return soup_result(helped=False, val_accuracy=1.0)
 
@@ -189,7 +189,7 @@ def test_a_soup_is_recorded_and_chosen_only_when_it_helped(sweep):
     assert len(seen["ranked"]) == 16 and seen["metric"] == "accuracy"
     single = next(r for r in records if r.method == "single")
     assert seen["ranked"][0] == single.members[0].key  # ranked best first on validation
-    records = build_and_write(sweep, soup=lambda ranked, metric: soup_result(helped=True, val_accuracy=1.0))
+    records = build_and_write(sweep, soup=lambda ranked, metric, objective: soup_result(helped=True, val_accuracy=1.0))
     assert records[-1].chosen and pick(read_ensembles(sweep), "best").method == "soup"
 
 
@@ -246,3 +246,46 @@ def test_soft_labels_through_the_tables_choose_on_soft_cross_entropy_and_say_wha
         assert r.detail["chosen_by"] == "val_log_loss" and r.detail["sweep_objective"] == "val_brier (min)"
         assert "not by the sweep's objective val_brier" in r.detail["choice_note"]
     assert "not by the sweep's objective val_brier" in caplog.text
+
+
+def test_the_objective_passed_in_chooses_every_row_and_its_values_are_recorded(sweep, caplog):
+    """A task metric objective (here a per-class error rate on class 0, minimised) ranks, chooses and is recorded."""
+    seen = {}
+
+    def class_zero_error(outputs: np.ndarray, split: str) -> float:
+        y = {"val": Y_VAL, "test": Y_TEST}[split]
+        return float((outputs[y == 0].argmax(axis=1) != 0).mean())
+
+    def objective_for(dataset: Dataset) -> Objective:
+        seen["objective"] = dataset.objective
+        return Objective("val_zero_error", "min", class_zero_error)
+
+    def soup(ranked, metric, objective):
+        seen["soup_objective"] = objective
+        return None
+
+    with caplog.at_level("WARNING", logger="caviar"):
+        records = build_and_write(sweep, soup=soup, objective_for=objective_for)
+    assert seen["soup_objective"].name == "val_zero_error"  # the soup ranks and accepts by it too
+    stored = {c.key: c for c in read_predictions(sweep).candidates}
+    for r in records:
+        assert r.detail["chosen_by"] == "val_zero_error" and r.selection_metric == "val_zero_error"
+        assert "choice_note" not in r.detail
+        for split in ("val", "test"):
+            probs = sum(m.weight * getattr(stored[m.key], f"{split}_probs").astype(np.float64) for m in r.members)
+            assert r.detail[f"{split}_objective"] == pytest.approx(class_zero_error(probs, split))
+    chosen = next(r for r in records if r.chosen)
+    assert chosen.detail["val_objective"] == min(r.detail["val_objective"] for r in records)
+    assert "ensembles:" not in caplog.text  # the objective chose: nothing to warn about
+
+
+def test_without_the_task_a_task_metric_objective_is_not_claimed_and_the_flag_is_named(tmp_path):
+    storage = Storage.from_uri(str(tmp_path))
+    row = {"num_classes": C, "y_val": Y_VAL.tolist(), "y_test": Y_TEST.tolist(), "input_shape": [2],
+           "time": schema.now_ms(), "objective": "val_brier", "mode": "min"}
+    storage.write_table(schema.DATASET_PATH, schema.to_table([row], schema.DATASET))
+    storage.write_table(schema.predictions_path(0), pred_table(0, 1, "raw", noisy_probs(Y_VAL, 1.0, 1),
+                                                               noisy_probs(Y_TEST, 1.0, 2)))
+    (record,) = build_and_write(storage, methods=["single"])
+    assert record.detail["chosen_by"] == "val_log_loss" and "val_objective" not in record.detail
+    assert "--task FILE or --trust-task-code" in record.detail["choice_note"]

@@ -11,6 +11,7 @@ from orchestrator.ensemble.ensembles import (
     Candidate,
     CandidateKey,
     Ensemble,
+    Objective,
     ValPool,
     accuracy,
     average,
@@ -27,7 +28,7 @@ from orchestrator.ensemble.ensembles import (
     top_k,
     with_test_metrics,
 )
-from orchestrator.errors import CaviarError, ConfigError
+from orchestrator.errors import CaviarError, ConfigError, TaskError
 
 
 def rows(true_p: np.ndarray, y: np.ndarray, classes: int, wrong: np.ndarray | None = None) -> np.ndarray:
@@ -360,3 +361,116 @@ def test_soft_labels_that_are_not_probabilities_are_refused() -> None:
         best_single(cands, np.full((10, 3), 0.5))
     with pytest.raises(ConfigError, match=r"y_val: expected soft labels of shape \(10, 3\)"):
         best_single(cands, np.full((10, 4), 0.25))
+
+
+# -- the sweep's objective chooses ---------------------------------------------------------------
+
+
+def brier(probs: np.ndarray, y: np.ndarray) -> float:
+    onehot = np.eye(probs.shape[1])[y]
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())
+
+
+def confident_or_hedging(n: int = 30) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
+    """``confident``: 0.99 on the label but two rows confidently wrong; ``hedging``: 0.6 on the label everywhere.
+
+    Log loss punishes the two confident errors (0.93 against 0.51); the Brier score barely does (0.13 against 0.24).
+    """
+    y_val, y_test = np.arange(n) % 3, (np.arange(n) + 1) % 3
+    wrong = np.arange(n) < 2
+
+    def confident(y: np.ndarray) -> np.ndarray:
+        return rows(np.where(wrong, 1e-6, 0.99), y, 3, np.where(wrong, 0.99, 0.005))
+
+    def hedging(y: np.ndarray) -> np.ndarray:
+        return rows(np.full(n, 0.6), y, 3)
+
+    cands = [Candidate(CandidateKey(0, 1), confident(y_val), confident(y_test)),
+             Candidate(CandidateKey(1, 1), hedging(y_val), hedging(y_test))]
+    return cands, y_val, y_test
+
+
+def scorer(fn, y_val: np.ndarray, y_test: np.ndarray):
+    """``score(outputs, split)`` for ``fn(probs, labels)``, as the torch side builds it from the task's metrics."""
+    labels = {"val": y_val, "test": y_test}
+    return lambda outputs, split: fn(outputs, labels[split])
+
+
+def test_a_brier_objective_with_mode_min_chooses_what_log_loss_would_not() -> None:
+    cands, y_val, y_test = confident_or_hedging()
+    objective = Objective("val_brier", "min", scorer(brier, y_val, y_test))
+    by_log_loss = best_single(cands, y_val, metric="log_loss")
+    by_brier = best_single(cands, y_val, objective=objective)
+    assert by_log_loss.members[0].key.trial_id == 1 and by_brier.members[0].key.trial_id == 0
+    assert by_brier.val_objective == pytest.approx(brier(cands[0].val_probs, y_val))
+    # The same objective maximised as its negative chooses alike: the mode is what ranks, not the sign.
+    negative = Objective("val_neg_brier", "max", scorer(lambda p, y: -brier(p, y), y_val, y_test))
+    assert best_single(cands, y_val, objective=negative).members == by_brier.members
+    # Maximising the Brier score (mode max) turns the choice around.
+    assert best_single(cands, y_val, objective=Objective("val_brier", "max", objective.score)).members[0].key.trial_id \
+        == 1
+
+
+def test_every_builder_ranks_and_the_choice_follows_the_objective() -> None:
+    cands, y_val, y_test = confident_or_hedging()
+    objective = Objective("val_brier", "min", scorer(brier, y_val, y_test))
+    built = build_all(cands, y_val, y_test, k=1, objective=objective, greedy_steps=6, init_size=1)
+    assert {e.method for e in built} == {"single", "top_k", "checkpoints", "greedy"}
+    for e in built:  # each row's recorded objective is the objective of its averaged members, val and test
+        val = average([next(c.val_probs for c in cands if c.key == m.key) for m in e.members],
+                      [m.weight for m in e.members])
+        test = average([next(c.test_probs for c in cands if c.key == m.key) for m in e.members],
+                       [m.weight for m in e.members])
+        assert e.val_objective == pytest.approx(brier(val, y_val))
+        assert e.test_objective == pytest.approx(brier(test, y_test))
+    by_name = {e.method: e for e in built}
+    assert by_name["top_k"].members[0].key.trial_id == 0  # k=1: the best trial by Brier, not by log loss
+    assert by_name["greedy"].val_objective <= by_name["single"].val_objective  # greedy keeps its best step
+    chosen = choose_best(built, objective=objective)
+    assert chosen.val_objective == min(e.val_objective for e in built)
+    plain = build_all(cands, y_val, y_test, k=1, greedy_steps=6, init_size=1)
+    assert choose_best(plain, metric="log_loss").val_log_loss < chosen.val_log_loss  # log loss chose otherwise
+
+
+def test_an_objective_on_one_class_with_mode_max_picks_the_model_that_finds_that_class() -> None:
+    """"Recall of class 0", maximised: a model sharp on classes 1 and 2 but blind to class 0 loses to a dull one."""
+    n = 30
+    y = np.arange(n) % 3
+    zero = y == 0
+    sharp_but_blind = rows(np.where(zero, 0.45, 0.9), y, 3, np.where(zero, 0.5, 0.05))
+    dull = rows(np.full(n, 0.5), y, 3)
+    cands = [Candidate(CandidateKey(0, 1), sharp_but_blind), Candidate(CandidateKey(1, 1), dull)]
+
+    def recall_of_zero(outputs: np.ndarray, split: str) -> float:
+        return float((outputs[zero].argmax(axis=1) == 0).mean())
+
+    objective = Objective("val_recall0", "max", recall_of_zero)
+    assert best_single(cands, y, metric="log_loss").members[0].key.trial_id == 0
+    assert best_single(cands, y, objective=objective).members[0].key.trial_id == 1
+    greedy = greedy_selection(cands, y, steps=4, init_size=1, objective=objective)
+    # Greedy finds a mixture that keeps every class-0 row and, on that tie, the lower log loss.
+    assert greedy.val_objective == 1.0 and greedy.val_log_loss < log_loss(dull, y)
+    assert top_k(cands, y, k=1, objective=objective).members[0].key.trial_id == 1
+
+
+def test_an_objective_that_raises_names_itself_and_the_ensemble() -> None:
+    cands, y_val, _ = confident_or_hedging()
+
+    def broken(outputs: np.ndarray, split: str) -> float:
+        raise ValueError("shapes do not match")
+
+    with pytest.raises(TaskError, match=r"^objective val_brier of candidate trial 0 epoch 1: ValueError: shapes"):
+        best_single(cands, y_val, objective=Objective("val_brier", "min", broken))
+
+    singles = [c.val_probs.astype(np.float32).astype(np.float64) for c in cands]
+
+    def fails_on_mixtures(outputs: np.ndarray, split: str) -> float:
+        if not any(np.array_equal(outputs, p) for p in singles):
+            raise TaskError("metrics raised ZeroDivisionError on the val split: division by zero")
+        return float(outputs.max())
+
+    with pytest.raises(TaskError, match="objective val_brier of greedy step 1 adding trial 0 epoch 1: metrics raised"):
+        greedy_selection(cands, y_val, steps=1, init_size=1, objective=Objective("val_brier", "min",
+                                                                                 fails_on_mixtures))
+    with pytest.raises(ConfigError, match="mode: 'lowest' is not one of min, max"):
+        Objective("val_brier", "lowest", broken)

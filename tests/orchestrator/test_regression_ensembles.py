@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from orchestrator.ensemble.ensembles import CandidateKey
+from orchestrator.ensemble.ensembles import CandidateKey, Objective
 from orchestrator.ensemble.regression_ensembles import RegressionCandidate, build_regression, greedy_counts, mse
 
 
@@ -39,3 +39,27 @@ def test_greedy_keeps_the_best_prefix():
     assert greedy_counts(cands, data.y_val, steps=10) == {0: 1}  # repeating one member never lowers the MSE
     records = build_regression(cands, data)
     assert [r.name for r in records] == ["single"] and records[0].chosen
+
+
+def test_an_objective_with_mode_max_chooses_regression_ensembles():
+    """Minus the largest error, maximised: a model with one wild miss loses though its MSE is the lowest."""
+    cands, data = candidates(n_models=3)
+    wild = cands[0].val.copy()
+    wild[0] += 24.0  # one miss of 22: its MSE is still the lowest (27.4 against 28.0), its worst error the largest
+    cands[0] = RegressionCandidate(cands[0].key, wild, cands[0].test)
+    targets = {"val": data.y_val, "test": data.y_test}
+
+    def minus_worst_error(outputs: np.ndarray, split: str) -> float:
+        return -float(np.abs(outputs - targets[split]).max())
+
+    objective = Objective("val_minus_worst", "max", minus_worst_error)
+    assert build_regression(cands, data, methods=["single"])[0].members[0].key.trial_id == 0
+    records = build_regression(cands, data, objective=objective)
+    single = next(r for r in records if r.name == "single")
+    assert single.members[0].key.trial_id != 0 and single.selection_metric == "val_minus_worst"
+    for r in records:
+        val = sum(next(c.val for c in cands if c.key == m.key) * m.weight for m in r.members)
+        assert r.detail["val_objective"] == pytest.approx(minus_worst_error(val, "val"))
+        assert r.detail["test_objective"] is not None
+    chosen = next(r for r in records if r.chosen)
+    assert chosen.detail["val_objective"] == max(r.detail["val_objective"] for r in records)

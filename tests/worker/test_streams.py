@@ -139,3 +139,20 @@ def test_a_val_loader_that_shuffles_is_refused_in_one_line():
     splits = prepare(functions)
     with pytest.raises(TaskError, match="the val split gave its examples in another order than at load"):
         model_outputs(torch.nn.Linear(4, 3), splits.streams["val"], splits=splits)
+
+
+def test_the_fusing_off_reason_names_what_the_task_gives_loader_functions_or_datasets():
+    from worker.arrays.fused import contract_blocker
+    from worker.data.splits import prepare
+
+    functions, tensors, _ = loader_task_data()
+    by_functions = prepare(functions)
+    reason = contract_blocker(None, by_functions.target_kind, by_functions.streams)
+    assert reason.startswith("the data streams from the task's loader functions (batch_size -> DataLoader):")
+    assert "Dataset" not in reason
+    by_datasets = prepare_task_data(load_task(STREAMED))
+    assert contract_blocker(None, by_datasets.target_kind, by_datasets.streams).startswith(
+        "the data streams from torch Datasets:")
+    mixed = prepare({**functions, "train": torch.utils.data.TensorDataset(*tensors[0])})
+    assert "loader functions for val, test (batch_size -> DataLoader) and torch Datasets:" in contract_blocker(
+        None, mixed.target_kind, mixed.streams)

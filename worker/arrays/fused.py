@@ -54,6 +54,7 @@ from worker.arrays.fused_diagnostics import (
 )
 from worker.data.kinds import TargetKind, loss_function, objective_and_mode
 from worker.data.splits import Splits
+from worker.data.streams import Stream
 from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
 from worker.train.ema import ema_decay_at
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
@@ -282,7 +283,7 @@ class FusedArray:
         for hook in ("train_epoch", "build_optimizer"):
             if task.get(hook):
                 raise NotFusable(f"task defines {hook}: its trials train one at a time")
-        contract = contract_blocker(task, splits.target_kind, streamed=splits.streams is not None)
+        contract = contract_blocker(task, splits.target_kind, splits.streams)
         if contract:
             raise NotFusable(contract)
         self.task, self.splits, self.device, self.requested_engine = task, splits, device, engine
@@ -851,14 +852,24 @@ class FusedMember:
         return self.array.resume_state(self.trial_id)
 
 
-def contract_blocker(task: Task, kind: TargetKind, streamed: bool = False) -> str | None:
+def contract_blocker(task: Task, kind: TargetKind, streams: Mapping[str, Stream] | None = None) -> str | None:
     """Why fused arrays cannot train this task's contract (see ``orchestrator.spec.task.unfusable_reason``)."""
-    if streamed:
-        return "the data streams from torch Datasets: fused arrays train on data held in memory"
+    if streams:
+        return f"the data streams from {stream_sources(streams)}: fused arrays train on data held in memory"
     if not kind.hard_classes:
         return f"{kind.kind} targets ({'soft labels' if kind.soft else kind.kind}): fused arrays train " \
                "class-index classification only"
     return unfusable_reason(task)
+
+
+def stream_sources(streams: Mapping[str, Stream]) -> str:
+    """What the task gives for its streamed splits, as a reason names it: Datasets, loader functions, or both."""
+    functions = [name for name, stream in streams.items() if stream.make_loader is not None]
+    if not functions:
+        return "torch Datasets"
+    if len(functions) < len(streams):
+        return f"the task's loader functions for {', '.join(functions)} (batch_size -> DataLoader) and torch Datasets"
+    return "the task's loader functions (batch_size -> DataLoader)"
 
 
 __all__ = ["FusedArray", "FusedMember", "Stack", "contract_blocker", "structure_signature"]

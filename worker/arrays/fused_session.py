@@ -185,7 +185,7 @@ class FusedSession(WorkerSession):
         s = self.splits
         out: dict[str, Any] = {"error": None, "engine": None, "trials_per_second": {}, "peak_bytes": None,
                                "free_bytes": None, "array_size": 1, "device": str(self.device)}
-        out["error"] = contract_blocker(self.task, s.target_kind, streamed=s.streams is not None)
+        out["error"] = contract_blocker(self.task, s.target_kind, s.streams)
         if out["error"]:  # another kind, a task's own metrics, streamed data: the plain path, a fusing_off reason
             return out
         assert s.x_train is not None and s.x_val is not None and s.x_test is not None

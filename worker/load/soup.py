@@ -5,7 +5,9 @@ shares its architecture (same state-dict names, shapes and dtypes, same module c
 only if the averaged weights score better on validation. After each averaging the
 batch-norm statistics are recomputed with one pass over the training split
 (``torch.optim.swa_utils.update_bn``): averaged running statistics do not describe the
-averaged weights. Test metrics are computed once, for the final soup.
+averaged weights. Test metrics are computed once, for the final soup. Streamed data (torch
+Datasets or the task's loader functions) is read through the split's loader, batch by batch,
+standardised as the workers did.
 
 Soups of independently trained models usually land in a worse basin than either model;
 checkpoints and EMA weights of one run often average well. Either way the result is
@@ -17,7 +19,8 @@ task and its data once, builds models from the configs in the trials table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,14 +30,14 @@ from torch import nn
 
 from orchestrator.ensemble import ensembles
 from orchestrator.ensemble.ensemble_run import SoupBuilder, SoupResult, rank, read_dataset
-from orchestrator.ensemble.ensembles import CandidateKey, Member
+from orchestrator.ensemble.ensembles import CandidateKey, Member, Objective
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
 from worker.data.splits import Splits, prepare, task_statistics
 from worker.load.ensemble_model import SweepModels
-from worker.train.trainer import evaluate, pick_device
+from worker.train.trainer import model_outputs, pick_device
 
 BN_BATCH = 512
 
@@ -60,14 +63,17 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def recompute_bn(model: nn.Module, x_train: torch.Tensor, batch_size: int = BN_BATCH) -> bool:
+def recompute_bn(model: nn.Module, x_train: torch.Tensor | Iterable[torch.Tensor], batch_size: int = BN_BATCH) -> bool:
     """Batch-norm statistics from one pass over the training inputs (equal-weight mean over batches).
 
-    Returns whether there was any batch norm to recompute.
+    ``x_train`` is the inputs in memory, or their batches (a streamed split). Returns whether there
+    was any batch norm to recompute.
     """
     if not has_batch_norm(model):
         return False
-    torch.optim.swa_utils.update_bn([x_train[i : i + batch_size] for i in range(0, len(x_train), batch_size)], model)
+    if isinstance(x_train, torch.Tensor):
+        x_train = [x_train[i : i + batch_size] for i in range(0, len(x_train), batch_size)]
+    torch.optim.swa_utils.update_bn(x_train, model)
     return True
 
 
@@ -82,7 +88,6 @@ class Soup:
         self.models = SweepModels(storage, task)
         self.device = pick_device(device)
         self.splits = self._load_splits(storage, task, load_data or task.get("load_data"))
-        self.loss_fn = task.get("loss_fn") or nn.functional.cross_entropy
         self._arch: dict[int, tuple[Any, ...]] = {}
 
     def _load_splits(self, storage: Storage, task: Task, load_data: Callable[[], Any]) -> Splits:
@@ -94,6 +99,14 @@ class Soup:
             raise TaskError("load_data: its val/test labels differ from the ones the sweep stored; a soup needs the "
                             "sweep's data")
         return splits.to(self.device)
+
+    def _train_inputs(self) -> torch.Tensor | Iterator[torch.Tensor]:
+        """The training inputs as the members trained on them: in memory, or a streamed split's batches."""
+        if not self.splits.streams:
+            assert self.splits.x_train is not None
+            return self.splits.x_train
+        loader = self.splits.streams["train"].loader(BN_BATCH, shuffle=False)
+        return (self.splits.normalise(x.to(self.device, non_blocking=True)) for x, _ in loader)
 
     def arch_of(self, trial_id: int) -> tuple[Any, ...]:
         # Built on CPU: the meta device would skip the allocation but pulls in seconds of torch imports.
@@ -111,35 +124,41 @@ class Soup:
                 out.append(key)
         return out
 
-    def score(self, model: nn.Module, state: dict[str, torch.Tensor], *, fresh_bn: bool,
-              split: str = "val") -> tuple[float, float, dict[str, torch.Tensor]]:
-        """(accuracy, log loss, the state evaluated): BN statistics recomputed first if asked."""
+    def score(self, model: nn.Module, state: dict[str, torch.Tensor], *, fresh_bn: bool, split: str = "val",
+              objective: Objective | None = None, what: str = "the soup") -> tuple[Scores, dict[str, torch.Tensor]]:
+        """(accuracy, log loss, the objective's value or None) and the state evaluated; BN recomputed first if asked."""
         model.load_state_dict(state)
-        if fresh_bn and recompute_bn(model, self.splits.x_train):
+        if fresh_bn and recompute_bn(model, self._train_inputs()):
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         x, y = (self.splits.x_val, self.splits.y_val) if split == "val" else (self.splits.x_test, self.splits.y_test)
-        _, _, logits = evaluate(model, x, y, self.loss_fn)
+        if self.splits.streams:  # streamed: read in order through the split's loader, standardised per batch
+            x = self.splits.streams[split]
+        logits = model_outputs(model, x, splits=self.splits, device=self.device)
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
         labels = y.cpu().numpy()
-        return ensembles.accuracy(probs, labels), ensembles.log_loss(probs, labels), state
+        value = None if objective is None else objective.value(probs.astype(np.float64), split, what)
+        return Scores(ensembles.accuracy(probs, labels), ensembles.log_loss(probs, labels), value), state
 
-    def build(self, ranked: Sequence[CandidateKey], metric: str = "accuracy") -> SoupResult | None:
-        """Greedy soup around the best candidate; ``ranked`` is best first on validation."""
+    def build(self, ranked: Sequence[CandidateKey], metric: str = "accuracy",
+              objective: Objective | None = None) -> SoupResult | None:
+        """Greedy soup around the best candidate; ``ranked`` is best first on validation (by ``objective`` if given)."""
         if not ranked:
             return None
         base, peers = ranked[0], self.peers(ranked)
         model = self.models.build(base.trial_id).to(self.device)
         states = [self.models.state(base)]
-        acc, ll, soup_state = self.score(model, states[0], fresh_bn=False)  # its own statistics are right
-        tried: list[dict[str, Any]] = [{**_key(base), "val_accuracy": acc, "val_log_loss": ll, "accepted": True}]
+        best, soup_state = self.score(model, states[0], fresh_bn=False, objective=objective,
+                                      what="the soup's base")  # its own statistics are right
+        tried: list[dict[str, Any]] = [{**_key(base), **best.row(objective), "accepted": True}]
         for key in peers:
             candidate = states + [self.models.state(key)]
-            c_acc, c_ll, c_state = self.score(model, average_states(candidate), fresh_bn=True)
-            accepted = rank(c_acc, c_ll, metric) < rank(acc, ll, metric)
-            tried.append({**_key(key), "val_accuracy": c_acc, "val_log_loss": c_ll, "accepted": accepted})
+            scores, c_state = self.score(model, average_states(candidate), fresh_bn=True, objective=objective,
+                                         what=f"the soup adding {ensembles.describe(key)}")
+            accepted = scores.rank(metric, objective) < best.rank(metric, objective)
+            tried.append({**_key(key), **scores.row(objective), "accepted": accepted})
             if accepted:
-                states, acc, ll, soup_state = candidate, c_acc, c_ll, c_state
-        test_acc, test_ll, _ = self.score(model, soup_state, fresh_bn=False, split="test")
+                states, best, soup_state = candidate, scores, c_state
+        test, _ = self.score(model, soup_state, fresh_bn=False, split="test", objective=objective)
         data = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in soup_state.items()})
         rel = schema.ensemble_weights_path("soup")
         self.storage.write_bytes(rel, data)
@@ -151,7 +170,29 @@ class Soup:
             "note": _note(len(peers), len(accepted_keys)),
         }
         members = tuple(Member(k, 1.0 / len(accepted_keys)) for k in accepted_keys)
-        return SoupResult(members, acc, ll, test_acc, test_ll, rel, sha256(data), detail)
+        return SoupResult(members, best.accuracy, best.log_loss, test.accuracy, test.log_loss, rel, sha256(data),
+                          detail, best.objective, test.objective)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One evaluation of a soup on one split."""
+
+    accuracy: float
+    log_loss: float
+    objective: float | None = None
+
+    def rank(self, metric: str, objective: Objective | None) -> tuple[float, float]:
+        """Lower is better: by the objective (then log loss) when given, else by ``metric``."""
+        if objective is None:
+            return rank(self.accuracy, self.log_loss, metric)
+        return objective.loss(self.objective), self.log_loss
+
+    def row(self, objective: Objective | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"val_accuracy": self.accuracy, "val_log_loss": self.log_loss}
+        if objective is not None:
+            out[objective.name] = self.objective
+        return out
 
 
 def _key(key: CandidateKey) -> dict[str, Any]:
@@ -171,7 +212,7 @@ def soup_builder(storage: Storage, task: Task, device: str = "auto", max_ingredi
     """A builder for ``ensemble_run.build``; the task's data loads (``load_data``, else the task's) only if a soup
     is asked for."""
 
-    def build(ranked: Sequence[CandidateKey], metric: str) -> SoupResult | None:
-        return Soup(storage, task, device, max_ingredients, load_data).build(ranked, metric)
+    def build(ranked: Sequence[CandidateKey], metric: str, objective: Objective | None = None) -> SoupResult | None:
+        return Soup(storage, task, device, max_ingredients, load_data).build(ranked, metric, objective)
 
     return build

@@ -1,0 +1,90 @@
+"""The sweep's objective as a scorer of ensembles' averaged outputs, so that it, not log loss, chooses them.
+
+Ensembles are chosen on stored predictions (``orchestrator.ensemble``); the built-in columns
+(``val_accuracy``, ``val_log_loss``, ``val_mse``, and ``val_loss`` of the default loss) are scored
+there without task code. A task's own ``metrics`` (e.g. ``val_brier``), a built-in regression
+metric other than MSE, or ``val_loss`` of a custom ``loss_fn`` needs the task's functions: this
+module wraps them in an :class:`Objective` that gets what they get from a model in the worker.
+
+- Classification: the stored outputs are averaged class probabilities; the functions get
+  ``log(probabilities)`` as the model's logits. ``softmax(log p) = p`` for rows summing to one,
+  so a metric that applies softmax (or a shift-invariant loss such as cross-entropy) sees exactly
+  the ensemble's average.
+- Regression: averaged outputs in the targets' original units, as the worker passes them
+  (it maps standardised outputs back before calling the task's functions).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from orchestrator.ensemble.ensemble_run import Dataset
+from orchestrator.ensemble.ensembles import Objective
+from orchestrator.errors import TaskError
+from worker.data.kinds import TargetKind, builtin_metrics, natural_mode, user_metrics
+
+# The columns the stored-prediction metrics already stand for, by kind (val_loss: only with the default loss).
+BUILT_IN = {"classification": ("val_accuracy", "val_log_loss"), "regression": ("val_mse",)}
+# Floor for probabilities before the log: a float16 zero becomes a very negative logit, never -inf (whose
+# products with zero targets are NaN); softmax maps it back to ~1e-38.
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+def ensemble_objective(task: Any, dataset: Dataset) -> Objective | None:
+    """The objective that chooses this sweep's ensembles, or None where the built-in metrics already are it."""
+    objective = dataset.objective or getattr(task, "objective", None)
+    if not objective or not objective.startswith("val_") or dataset.kind not in BUILT_IN:
+        return None
+    loss_fn = task.get("loss_fn")
+    if objective in BUILT_IN[dataset.kind] or (objective == "val_loss" and loss_fn is None):
+        return None
+    mode = dataset.mode or getattr(task, "mode", None) or natural_mode(objective)
+    kind = _target_kind(dataset)
+    targets = {"val": _targets(dataset, dataset.y_val), "test": _targets(dataset, dataset.y_test)}
+    name = objective.removeprefix("val_")
+
+    def score(outputs: np.ndarray, split: str) -> float:
+        model_outputs = _model_outputs(dataset, outputs)
+        if objective == "val_loss":
+            try:
+                with torch.no_grad():
+                    return float(loss_fn(model_outputs, targets[split]))
+            except Exception as exc:
+                raise TaskError(f"loss_fn raised {type(exc).__name__} on the {split} split: {exc}") from exc
+        values = builtin_metrics(kind, model_outputs, targets[split])
+        if name not in values:
+            with torch.no_grad():
+                values = user_metrics(task, model_outputs, targets[split], split)
+        if name not in values:
+            raise TaskError(f"metrics returned no {name!r} on the {split} split (returned: "
+                            f"{', '.join(sorted(values)) or 'nothing'})")
+        return values[name]
+
+    return Objective(objective, mode, score)
+
+
+def _target_kind(dataset: Dataset) -> TargetKind:
+    if dataset.kind == "regression":  # stored outputs and targets are in original units already
+        return TargetKind("regression")
+    return TargetKind("classification", num_classes=dataset.num_classes, soft=dataset.soft)
+
+
+def _targets(dataset: Dataset, values: np.ndarray) -> torch.Tensor:
+    """The split's targets as the task's functions get them: class indices, float32 probabilities, or values."""
+    if dataset.kind == "regression":
+        return torch.from_numpy(np.ascontiguousarray(values).reshape(len(values), *dataset.target_shape))
+    if dataset.soft:
+        return torch.from_numpy(values.astype(np.float32))
+    return torch.from_numpy(values.astype(np.int64))
+
+
+def _model_outputs(dataset: Dataset, outputs: np.ndarray) -> torch.Tensor:
+    """Averaged outputs in the form a model gives them: logits for classification, (n, d) values for regression."""
+    if dataset.kind == "regression":
+        # float64 as the targets; one value per row as (n, 1), the usual model output; else the targets' shape.
+        shape = dataset.target_shape or (1,)
+        return torch.from_numpy(np.asarray(outputs, dtype=np.float64).reshape(len(outputs), *shape))
+    return torch.from_numpy(np.log(np.maximum(np.asarray(outputs, dtype=np.float64), _TINY)).astype(np.float32))
