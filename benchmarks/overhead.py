@@ -8,6 +8,7 @@ in its own interpreter with the same ``ray.init``; ``wall_s`` is the run itself 
     python benchmarks/overhead.py                     # 64 trials x 1 report; 8 trials x 100 reports
     python benchmarks/overhead.py --tiny              # 4 x 1 and 2 x 5 (CI)
     python benchmarks/overhead.py --tools caviar,tune-reuse --trials 2
+    python benchmarks/overhead.py --tools caviar,caviar-warm   # caviar-warm: a second sweep in one process
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import ROOT, chosen_tools, emit, peer_parser, run_child, write_table  # noqa: E402
 
 TASK = os.path.join(ROOT, "benchmarks", "tasks", "trivial.py")
-TOOLS = ("caviar", "tune", "tune-reuse")
+TOOLS = ("caviar", "caviar-warm", "tune", "tune-reuse")
 COLUMNS = ["case", "tool", "trials", "reports_per_trial", "wall_s", "s_per_trial", "s_per_report", "ratio_vs_caviar",
            "ray_start_s", "process_s", "compute_s"]
 SLOTS = 2
@@ -100,6 +101,9 @@ def child(tool: str, trials: int, reports: int) -> None:
     with tempfile.TemporaryDirectory() as storage:
         if tool == "caviar":
             result = run_caviar(trials, reports, storage)
+        elif tool == "caviar-warm":  # a notebook's second sweep: the first one's actors are still warm
+            run_caviar(2, 1, os.path.join(storage, "first"))
+            result = run_caviar(trials, reports, storage)
         else:
             result = run_tune(trials, reports, storage, reuse=tool == "tune-reuse")
     emit({**result, "ray_start_s": ray_start})
@@ -131,6 +135,7 @@ def main() -> None:
     write_table("overhead-tiny" if args.tiny else "overhead", rows, COLUMNS, notes=[
         f"{SLOTS} slots (ray.init(num_cpus={SLOTS}), 1 CPU per trial) for every tool",
         "wall_s: the run with Ray already started; ratio_vs_caviar = wall_s / caviar's wall_s in the same case",
+        "caviar-warm: the same sweep as caviar, run right after a 2-trial sweep in the same process (warm actors)",
         "caviar with pruner none asks for all epochs at once: a trial's reports arrive as one batch of metric rows",
     ], **kwargs)
 

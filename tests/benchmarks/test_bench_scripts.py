@@ -57,8 +57,8 @@ def test_overhead_tiny_caviar_and_reused_tune(tmp_path):
 def test_real_sweep_tiny_caviar_and_optuna(tmp_path):
     from benchmarks.real_sweep import COLUMNS
 
-    run_script("real_sweep.py", str(tmp_path), "--tools", "caviar,optuna", "--trials", "2")
-    check_table(str(tmp_path), "real_sweep-tiny", COLUMNS, {"caviar", "optuna"}, "tool")
+    run_script("real_sweep.py", str(tmp_path), "--tools", "caviar,caviar-warm,optuna", "--trials", "2")
+    check_table(str(tmp_path), "real_sweep-tiny", COLUMNS, {"caviar", "caviar-warm", "optuna"}, "tool")
 
 
 def test_space_converters_cover_the_digits_space():
