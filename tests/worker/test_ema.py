@@ -94,3 +94,42 @@ def test_ema_module_is_frozen_in_eval_mode_and_its_state_loads_into_the_plain_mo
 def test_decay_out_of_range_is_refused():
     with pytest.raises(ValueError, match="ema_decay"):
         EmaWeights(bn_model(), 1.0)
+
+
+class TiedWithBuffer(nn.Module):
+    """Tied input/output weights (averaged once, not twice) and a buffer the forward pass reassigns."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(5, 3)
+        self.out = nn.Linear(3, 5, bias=False)
+        self.out.weight = self.embed.weight
+        self.register_buffer("seen", torch.zeros(3))
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        if self.training:
+            self.seen = 0.5 * self.seen + h.detach().mean(dim=0)  # a new tensor object every step
+        return self.out(h)
+
+
+def test_tied_weights_are_averaged_once_and_a_reassigned_buffer_is_followed():
+    torch.manual_seed(0)
+    model, decay = TiedWithBuffer(), 0.8
+    ema = EmaWeights(model, decay)
+    expected = float_tensors(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(4):
+        model.train()
+        loss = model(torch.tensor([0, 1, 2, 3])).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        d = min(decay, (1 + step) / (10 + step))
+        now = float_tensors(model)
+        expected = {k: d * expected[k] + (1 - d) * now[k] for k in expected}
+        ema.update(model)
+    got = ema.module.state_dict()
+    for name, value in expected.items():  # out.weight is embed.weight: one average, not two
+        assert torch.allclose(got[name], value, atol=1e-6), name
+    assert ema.module.out.weight is ema.module.embed.weight
