@@ -6,6 +6,7 @@ once, then it trains trial after trial as the master asks.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,8 +19,11 @@ from orchestrator.errors import WorkerStartError
 @ray.remote
 class TrialActor:
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any], splits: Any = None):
+        began = time.perf_counter()
         from worker.check.contract import describe
         from worker.train.session import WorkerSession  # torch loads here, in the actor, once
+
+        self.import_seconds = time.perf_counter() - began
 
         # A failing start is kept, not raised: Ray would only report "the actor died" and print the
         # traceback to the driver; each call raises it instead, as an exception the master can read.
@@ -39,6 +43,10 @@ class TrialActor:
 
     def ready(self) -> str:
         return self._live().node
+
+    def start_seconds(self) -> dict[str, float]:
+        """How long this actor's start took, by phase (torch and caviar's import, then the session's own)."""
+        return {"torch_import": self.import_seconds, **self._live().start_seconds}
 
     def rebind(self, storage_uri: str, sweep: str, options: Mapping[str, Any], splits: Any = None) -> str:
         """A kept actor serves the next sweep of the same task: torch and the task stay imported, the data is new."""

@@ -138,3 +138,13 @@ def test_quality_summary_and_verdicts_on_plain_rows():
     lines = verdicts(list(summary.values()))
     assert lines[0].startswith("t, same settings: caviar's answer 0.9700 beats every peer (best peer optuna-tpe 0.96")
     assert "same epochs: caviar's best single model 0.9600 >= Optuna TPE's 0.9575" in lines[1]
+
+
+@pytest.mark.timeout(300)
+def test_startup_tiny_names_every_phase_and_the_second_sweep(tmp_path):
+    from benchmarks.startup import COLUMNS
+
+    run_script("startup.py", str(tmp_path))
+    check_table(str(tmp_path), "startup-tiny", COLUMNS, {"master: ray.init", "actor: import torch and caviar",
+                                                         "second sweep, same process: call to first epoch's start"},
+                "phase")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,10 +62,16 @@ class WorkerSession:
 
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any] | None = None,
                  splits: Splits | None = None):
+        began = time.perf_counter()
         self.task: Task = load_task(task_ref)
         self.node = socket.gethostname()
+        loaded = time.perf_counter()
         self.bind(storage_uri, sweep, options, splits)
+        bound = time.perf_counter()
         warm_up_torch()
+        # Where this worker's start went (benchmarks/startup.py reads it): the task's import, its data, torch's warm-up.
+        self.start_seconds = {"task_import": loaded - began, "data": bound - loaded,
+                              "warm_up": time.perf_counter() - bound}
 
     def bind(self, storage_uri: str, sweep: str, options: Mapping[str, Any] | None = None,
              splits: Splits | None = None) -> None:
