@@ -1,5 +1,7 @@
 """One sweep's life, shared by ``run_sweep`` and ``resume_sweep``: settings and plan, the controller
-built from them, and the finish (last writes, ensembles, the result)."""
+built from them, then :func:`drive_and_finish` (the trials on Ray, the last writes, ensembles, the
+result). Run and resume differ only in how they get the controller and the log: fresh, or restored
+from the tables."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from orchestrator.app.prefetch import DataPrefetch
+from orchestrator.app.prefetch import DataPrefetch, chain_ticks
 from orchestrator.app.tables import SweepTables, load
 from orchestrator.decide import interrupt
 from orchestrator.decide.controller import Controller, ControllerOptions
+from orchestrator.decide.driver import drive
 from orchestrator.decide.pruning import (
     PRUNERS,
     NoPruner,
@@ -23,6 +26,7 @@ from orchestrator.decide.pruning import (
     pruner_factory,
     pruner_name,
 )
+from orchestrator.decide.status import TrialStatus
 from orchestrator.decide.sweeplog import SweepLog
 from orchestrator.ensemble.ensemble_run import SoupResult, build_and_write
 from orchestrator.ensemble.ensembles import CandidateKey
@@ -142,6 +146,66 @@ def controller_for(space: SearchSpace, settings: RunSettings, plugins: PlugIns =
         extend_edges=settings.extend_edges,
     )
     return Controller(space, plan, pruner_for, options)
+
+
+def drive_and_finish(
+    task: Task,
+    settings: RunSettings,
+    root: Storage,
+    sweep: Storage,
+    name: str,
+    controller: Controller,
+    log: SweepLog,
+    *,
+    resumed: bool,
+    first_writes: Callable[[], None],
+    on_tick: Callable[[Controller], None] | None = None,
+) -> SweepResult:
+    """The trials on Ray until the controller is done, then :func:`finish_sweep`; the lease is let go at the end.
+
+    ``first_writes`` puts the start on disk before any trial runs (a new sweep's row and task copy, or a
+    resumed sweep's restored state). Ctrl-C or SIGTERM ends in a resumable ``SweepInterrupted``; a refusal
+    before any trial ran removes a new sweep's folder, never a resumed one's.
+    """
+    # The soup at the end needs the data here: load it while the trials train, not after them.
+    prefetch = DataPrefetch(task) if settings.ensemble else None
+    with interrupt.stop_on_signals():
+        try:
+            try:
+                first_writes()
+                if not controller.finished:
+                    ticks = chain_ticks(prefetch and prefetch.on_tick, on_tick, interrupt.keep_handlers)
+                    _train(task, settings, root, sweep, name, controller, log, ticks, resumed)
+            except CaviarError:
+                if not resumed:
+                    forget_refused_sweep(sweep, controller)
+                raise
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a resumable sweep, said so
+            raise interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri)) from None
+    return finish_sweep(task, settings, sweep, name, controller, log, prefetch=prefetch)
+
+
+def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, name: str, controller: Controller,
+           log: SweepLog, on_tick: Callable[[Controller], None] | None, resumed: bool) -> None:
+    """The trials on Ray's backend; the fused set-up's decision applied here, by the controller's owner."""
+    from cluster.runner import open_backend  # Ray loads here, never at import time
+
+    first_pending = controller.trials[controller.pending[0]].config if controller.pending else None
+    backend, fusing = open_backend(task, settings, root, name, sweep, [stage.trials for stage in controller.plan],
+                                   first_pending, resuming=resumed)
+    try:
+        if fusing is not None:
+            controller.apply_fusing(fusing)
+        drive(controller, backend, log, on_tick=on_tick)
+    finally:
+        backend.close()
+
+
+def forget_refused_sweep(sweep: Storage, controller: Controller) -> None:
+    """A start refused before any trial ran leaves nothing behind: the same name works again."""
+    untouched = all(t.status == TrialStatus.PENDING and t.attempt == 0 for t in controller.trials.values())
+    if untouched or not sweep.list_files("metrics"):
+        sweep.delete_dir("")
 
 
 def finish_sweep(
