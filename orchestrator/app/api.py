@@ -27,6 +27,7 @@ from orchestrator.decide.sweeplog import SweepLog
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.search.sampler import SamplerChoice
 from orchestrator.search.space import SearchSpace
+from orchestrator.search.stage_policy import StagePolicyChoice
 from orchestrator.spec.options import ResumeOptions, RunOptions
 from orchestrator.spec.settings import RunSettings
 from orchestrator.spec.task import Task, load_task
@@ -125,13 +126,14 @@ def sweep_row(task: Task, settings: RunSettings, space: SearchSpace, name: str) 
 
 def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, task: str | Task | None = None,
                  trust_task_code: bool = False, pruner: PrunerChoice | None = None,
-                 sampler: SamplerChoice | None = None, **overrides: Unpack[ResumeOptions]) -> SweepResult:
+                 sampler: SamplerChoice | None = None, stage_policy: StagePolicyChoice | None = None,
+                 **overrides: Unpack[ResumeOptions]) -> SweepResult:
     """Continue an interrupted sweep from its Parquet tables (see :mod:`orchestrator.app.resume`).
 
     Its task code runs again: pass ``task`` (your task file) or ``trust_task_code=True`` (the copy in the sweep).
     """
     return resume.resume_sweep(path, on_tick=on_tick, task=task, trust_task_code=trust_task_code,
-                               plugins=PlugIns(pruner, sampler), **overrides)
+                               plugins=PlugIns(pruner, sampler, stage_policy), **overrides)
 
 
 def parse_resources(items: list[str]) -> dict[str, float]:

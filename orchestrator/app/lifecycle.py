@@ -34,6 +34,7 @@ from orchestrator.ensemble.records import EnsembleRecord
 from orchestrator.errors import CaviarError, ConfigError, SweepInterrupted
 from orchestrator.search.sampler import SAMPLERS, SamplerChoice, sampler_for, sampler_name
 from orchestrator.search.space import SearchSpace
+from orchestrator.search.stage_policy import STAGE_POLICIES, StagePolicyChoice, stage_policy_for, stage_policy_name
 from orchestrator.search.stages import Stage, default_plan, parse_plan, stage_grace_epochs
 from orchestrator.spec.settings import RunSettings, read_toml
 from orchestrator.spec.task import Task
@@ -61,20 +62,27 @@ class SweepResult:
 
 @dataclass(frozen=True)
 class PlugIns:
-    """Pruner and sampler objects a caller passed instead of names (the settings keep their names)."""
+    """Pruner, sampler and stage policy objects a caller passed instead of names (the settings keep their names)."""
 
     pruner: PrunerChoice | None = None
     sampler: SamplerChoice | None = None
+    stage_policy: StagePolicyChoice | None = None
 
 
 NO_PLUGINS = PlugIns()
+# Each plug-in setting: its registry (the names it knows) and how the sweep row names an object.
+PLUGIN_KINDS: dict[str, tuple[Mapping[str, Any], Callable[[Any], str]]] = {
+    "pruner": (PRUNERS, pruner_name),
+    "sampler": (SAMPLERS, sampler_name),
+    "stage_policy": (STAGE_POLICIES, stage_policy_name),
+}
 
 
 def choose_plugins(*layers: Mapping[str, Any]) -> PlugIns:
-    """The objects among ``pruner=`` and ``sampler=`` values; a later layer wins."""
+    """The objects among ``pruner=``, ``sampler=`` and ``stage_policy=`` values; a later layer wins."""
     found: dict[str, Any] = {}
     for values in layers:
-        for key in ("pruner", "sampler"):
+        for key in PLUGIN_KINDS:
             if key in values and values[key] is not None:
                 found[key] = None if isinstance(values[key], str) else values[key]
     return PlugIns(**found)
@@ -83,10 +91,9 @@ def choose_plugins(*layers: Mapping[str, Any]) -> PlugIns:
 def _named(values: Mapping[str, Any]) -> dict[str, Any]:
     """Settings values with plug-in objects replaced by the names the sweep row records."""
     out = dict(values)
-    if out.get("pruner") is not None and not isinstance(out["pruner"], str):
-        out["pruner"] = pruner_name(out["pruner"])
-    if out.get("sampler") is not None and not isinstance(out["sampler"], str):
-        out["sampler"] = sampler_name(out["sampler"])
+    for key, (_, name_of) in PLUGIN_KINDS.items():
+        if out.get(key) is not None and not isinstance(out[key], str):
+            out[key] = name_of(out[key])
     return out
 
 
@@ -114,9 +121,10 @@ def plan_for(settings: RunSettings) -> list[Stage]:
 
 def _chosen(kind: str, name: str, given: Any) -> Any:
     """The object passed for ``kind`` if it is the one the settings name; a registered name; else one line."""
-    if given is not None and (pruner_name(given) if kind == "pruner" else sampler_name(given)) == name:
+    registry, name_of = PLUGIN_KINDS[kind]
+    if given is not None and name_of(given) == name:
         return given
-    if name in (PRUNERS if kind == "pruner" else SAMPLERS):
+    if name in registry:
         return name
     raise ConfigError(f"setting '{kind}': this sweep uses the {kind} {name!r}, which is not registered; pass the "
                       f"same {kind} object ({kind}=...) to run_sweep or resume_sweep")
@@ -144,6 +152,9 @@ def controller_for(space: SearchSpace, settings: RunSettings, plugins: PlugIns =
         fail_fast=settings.fail_fast,
         promote_fraction=settings.promote_fraction,
         extend_edges=settings.extend_edges,
+        stage_policy=stage_policy_for(_chosen("stage_policy", settings.stage_policy, plugins.stage_policy),
+                                      top_fraction=settings.top_fraction, extend_edges=settings.extend_edges,
+                                      promote_fraction=settings.promote_fraction),
     )
     return Controller(space, plan, pruner_for, options)
 
