@@ -245,7 +245,7 @@ class FusedBackend(Backend):
             self.slots[index] = replacement
         return [Report(tid, lost=True, error=error) for tid in lost]
 
-    def close(self, drain_seconds: float = 600.0) -> None:
+    def close(self, finished: bool = False, drain_seconds: float = 600.0) -> None:
         """Send queued stops (a stop persists the trial's rows and checkpoints), let calls finish, end the actors."""
         if interrupt.requested():  # Ctrl-C or SIGTERM: in-flight epochs are not waited for; resume uses checkpoints
             drain_seconds = 0.0

@@ -5,8 +5,9 @@
 then the :class:`~cluster.fused_pool.FusedBackend`'s first actor, on its own device, trains two
 members of the first trial's model (does it fuse at all?) and times a short epoch at a few
 array sizes; ``orchestrator.decide.fusing.choose_array_size`` picks K from those numbers. A model that
-cannot be fused: with ``auto`` the plain backend, an event and a log line saying why; with
-``on`` a one-line error naming the reason (the layer, where one failed).
+cannot be fused: with ``auto`` the plain backend, a log line and a ``fusing_off`` plan saying why; with
+``on`` a one-line error naming the reason (the layer, where one failed). The decision comes back as a
+:class:`~orchestrator.decide.fusing.FusePlan`: the code that owns the controller applies it.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any
 from cluster.fused_pool import FusedBackend
 from cluster.pool import RayBackend, Resources
 from orchestrator.decide.backend import Backend
-from orchestrator.decide.controller import Controller
 from orchestrator.decide.fusing import (
     AUTO_BLOCK,
     PER_MEMBER,
     TASK_HOOKS_THAT_BLOCK,
+    FusePlan,
     choose_array_size,
     fuse_blocker,
     probe_sizes,
@@ -40,25 +41,29 @@ def choose_backend(
     settings: RunSettings,
     storage_uri: str,
     name: str,
-    controller: Controller,
+    stage_trials: Sequence[int],
+    first_pending: Mapping[str, Any] | None,
     slots: int,
     worker_options: Mapping[str, Any],
     kept: Sequence[Any] = (),
     splits: Any = None,
-) -> Backend:
-    """The backend this sweep runs on; when it is the fused one, the controller shares shapes in blocks of K.
+) -> tuple[Backend, FusePlan | None]:
+    """The backend this sweep runs on, and the fusing decision for the controller (None when fuse is off).
 
-    ``kept`` (warm actors of an earlier sweep) and ``splits`` (the master's data) serve the plain backend only.
+    ``stage_trials``: the plan's trials per stage; ``first_pending``: the config of the first trial to start
+    (the probe trains it), None when no trial waits. ``kept`` (warm actors of an earlier sweep) and
+    ``splits`` (the master's data) serve the plain backend only.
     """
     resources = Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources)
 
-    def plain(reason: str | None) -> Backend:
+    def plain(reason: str | None) -> tuple[Backend, FusePlan | None]:
+        plan = None
         if reason is not None:
             if settings.fuse == "on":
                 raise ConfigError(f"setting 'fuse': on, but these trials cannot be fused: {reason}")
             log.warning("trials train one per actor, not fused: %s", reason)
-            controller.event("fusing_off", reason=reason, detail={"fuse": settings.fuse})
-        return RayBackend(task.ref, storage_uri, name, slots, resources, dict(worker_options), kept, splits)
+            plan = FusePlan(False, reason, {"fuse": settings.fuse})
+        return RayBackend(task.ref, storage_uri, name, slots, resources, dict(worker_options), kept, splits), plan
 
     if settings.fuse == "off":
         return plain(None)
@@ -66,7 +71,7 @@ def choose_backend(
     # Shapes are shared in blocks of at most `cap`: a function of the settings and the plan, never of a timing,
     # so the same seed samples the same configs; the probe only picks how many members an actor trains at once.
     cap = fixed or AUTO_BLOCK
-    limit = min(useful_array_size([stage.trials for stage in controller.plan], slots), cap)
+    limit = min(useful_array_size(stage_trials, slots), cap)
     blocker = fuse_blocker([h for h in TASK_HOOKS_THAT_BLOCK if task.get(h)], settings.precision)
     blocker = blocker or unfusable_reason(task)  # other kinds, metrics, objectives: the plain path only
     if blocker is None and limit < 2:
@@ -75,7 +80,7 @@ def choose_backend(
             if fixed == 1
             else f"no stage has more trials than workers ({slots}): nothing to put in one array"
         )
-    if blocker or not controller.pending:
+    if blocker or first_pending is None:
         return plain(blocker)
     per_member = PER_MEMBER | frozenset(task.get("fuse_per_member") or ())
     backend = FusedBackend(
@@ -83,8 +88,7 @@ def choose_backend(
     )
     try:
         backend.wait_ready()  # the probe times one actor while the others are idle, not importing torch
-        first = controller.trials[controller.pending[0]].config
-        result = backend.probe(first, [] if fixed else probe_sizes(limit))
+        result = backend.probe(first_pending, [] if fixed else probe_sizes(limit))
         rates = result["trials_per_second"]
         if result["error"]:
             backend.close()
@@ -96,12 +100,11 @@ def choose_backend(
     except BaseException:
         backend.close()
         raise
-    controller.fuse(cap, slots, per_member)
     why = "array_size setting" if fixed else f"probe on {result['device']}: trials/s by size {_rounded(rates)}"
-    controller.event(
-        "fusing_on",
-        reason=f"arrays of up to {k} trials ({why})",
-        detail={
+    plan = FusePlan(
+        True,
+        f"arrays of up to {k} trials ({why})",
+        {
             "array_size": k,
             "block_cap": cap,
             "workers": slots,
@@ -110,9 +113,12 @@ def choose_backend(
             "trials_per_second": {str(s): r for s, r in rates.items()},
             "per_member": sorted(per_member),
         },
+        block_cap=cap,
+        workers=slots,
+        per_member=per_member,
     )
     log.info("fused arrays of up to %d trials on %d workers (%s)", k, slots, why)
-    return backend
+    return backend, plan
 
 
 def _rounded(rates: Mapping[int, float]) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from cluster import warm_pool
 from cluster.actor import TrialActor
 from orchestrator.decide import interrupt
 from orchestrator.decide.backend import Assignment, Backend, Report
@@ -91,6 +92,8 @@ class RayBackend(Backend):
                      else actor.ready.remote())
             self.calls[first] = _Call("node", -1, slot, actor)
         self.attempt_of: dict[int, int] = {}
+        self.warm_key: Any = None
+        self.keep_seconds = 0.0
 
     def wait_ready(self) -> list[str]:
         """Block until every actor has loaded its task and data; returns their node names."""
@@ -188,11 +191,15 @@ class RayBackend(Backend):
             self.calls[self.actors[call.slot].ready.remote()] = _Call("ready", -1, call.slot, self.actors[call.slot])
         return [Report(tid, lost=True, error=error) for tid in lost]
 
-    def close(self, drain_seconds: float = 600.0, keep: bool = False) -> list[Any]:
+    def keep_warm(self, key: Any, seconds: float) -> None:
+        """When the sweep finishes cleanly, hand the actors to :mod:`cluster.warm_pool` under ``key``."""
+        self.warm_key, self.keep_seconds = key, seconds
+
+    def close(self, finished: bool = False, drain_seconds: float = 600.0) -> None:
         """Let queued calls (a stop persists the trial's rows and checkpoints) finish, then end the actors.
 
-        With ``keep``, the actors of a sweep that ended cleanly (every call answered, no trial
-        left on them) are returned alive for the next sweep instead; any other actor is ended.
+        The actors of a sweep that ``finished`` cleanly (every call answered, no trial left on them)
+        stay alive in :mod:`cluster.warm_pool` for the next sweep when :meth:`keep_warm` asked for it.
         """
         if interrupt.requested():  # Ctrl-C or SIGTERM: in-flight epochs are not waited for; resume uses checkpoints
             drain_seconds = 0.0
@@ -200,17 +207,18 @@ class RayBackend(Backend):
         done: list[Any] = []
         if pending:
             done, _ = ray.wait(pending, num_returns=len(pending), timeout=drain_seconds)
-        clean = keep and not interrupt.requested() and len(done) == len(pending) and not self.slot_of
+        keep = finished and self.keep_seconds > 0 and not interrupt.requested()
+        # Only actors whose every call answered: a failed call leaves its actor in doubt.
+        clean = keep and len(done) == len(pending) and not self.slot_of and all(_answered(ref) for ref in done)
         unready = {id(call.actor) for call in self.calls.values() if call.kind == "ready"}
-        if clean:  # a call that failed leaves its actor in doubt: end it rather than hand it on
-            clean = all(_answered(ref) for ref in done)
         self.calls.clear()
         kept = [a for a in self.actors if id(a) not in unready] if clean else []
         for actor in self.actors:
             if not any(actor is k for k in kept):
                 ray.kill(actor)
         self.actors = []
-        return kept
+        if kept:
+            warm_pool.keep(self.warm_key, kept, self.keep_seconds)
 
 
 def _answered(ref: Any) -> bool:

@@ -1,4 +1,8 @@
-"""Run a sweep on Ray: connect (or start Ray locally), build the actor pool, drive it."""
+"""A sweep's backend on Ray: connect (or start Ray locally), size the slots, build the actor pool.
+
+The application layer drives it (``orchestrator.app.lifecycle.drive_and_finish``): the controller is
+never handed to this package, only what the fused set-up reads of its plan and first trial.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import os
 import posixpath
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -19,9 +23,8 @@ from cluster.fused_setup import choose_backend
 from cluster.jobs import enable_token_auth
 from cluster.pool import RayBackend, Resources
 from cluster.ray_logs import ray_log_path, stderr_to_ray_log
-from orchestrator.decide.controller import Controller
-from orchestrator.decide.driver import drive
-from orchestrator.decide.sweeplog import SweepLog
+from orchestrator.decide.backend import Backend
+from orchestrator.decide.fusing import FusePlan
 from orchestrator.errors import CaviarError, ClusterError, ConfigError
 from orchestrator.spec.exposure import exposure_warnings
 from orchestrator.spec.settings import RunSettings
@@ -216,53 +219,45 @@ def shared_data(splits: Any) -> Any:
 SHARE_LIMIT_BYTES = 512 * 2**20
 
 
-def execute(task: Task, settings: RunSettings, root: Storage, name: str, controller: Controller, sweep_log: SweepLog,
-            on_tick: Callable[[Controller], None] | None = None, resuming: bool = False, splits: Any = None) -> None:
+def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sweep: Storage,
+                 stage_trials: Sequence[int], first_pending: Mapping[str, Any] | None,
+                 resuming: bool = False, splits: Any = None) -> tuple[Backend, FusePlan | None]:
+    """The backend the trials run on, and the fused set-up's decision for the controller to apply.
+
+    A refusal (no cluster, no room, fusing asked for but impossible) comes before any trial: a new
+    sweep's row and task copy go, so the corrected re-run needs no --overwrite; a resumed sweep keeps its files.
+    Actors kept warm by this process's last sweep of the same task serve the plain backend
+    (:mod:`cluster.warm_pool`); ``splits`` (the data the master checked) travel to new and kept actors alike.
+    """
+    kept: list[Any] = []
     try:
         connect(settings.address, dashboard=settings.dashboard, dashboard_host=settings.dashboard_host)
         check_storage_reach(root, settings)
         wait_for_room(settings, can_grow=bool(settings.address))  # a Ray started here never grows
-    except CaviarError:
-        if not resuming:  # a new sweep: nothing ran, so the corrected re-run needs no --overwrite
-            forget_new_sweep(sweep_log.storage)
-        raise
-    try:
         slots = slots_for(settings)
-    except CaviarError:
-        if not resuming:
-            forget_new_sweep(sweep_log.storage)
-        raise
-    worker_options: dict[str, Any] = {
-        "device": actor_device(settings), "precision": settings.precision, "keep_best": settings.keep_best,
-        "checkpoint_seconds": settings.checkpoint_seconds, "max_loss_ratio": settings.max_loss_ratio,
-        "threads": max(1, int(settings.cpus_per_trial)), "prediction_dtype": settings.prediction_dtype,
-    }
-    resources = Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources)
-    key = warm_pool.pool_key(task, resources.actor_options(), worker_options["device"], worker_options["threads"])
-    kept = warm_pool.take(key)  # a warm pool of an earlier sweep of this task in this process, else none
-    try:  # fused arrays when the model allows (cluster/fused_setup.py), else one trial per actor
+        worker_options: dict[str, Any] = {
+            "device": actor_device(settings), "precision": settings.precision, "keep_best": settings.keep_best,
+            "checkpoint_seconds": settings.checkpoint_seconds, "max_loss_ratio": settings.max_loss_ratio,
+            "threads": max(1, int(settings.cpus_per_trial)), "prediction_dtype": settings.prediction_dtype,
+        }
+        resources = Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources)
+        key = warm_pool.pool_key(task, resources.actor_options(), worker_options["device"], worker_options["threads"])
+        kept = warm_pool.take(key)
         # A relative local path means our folder: workers run elsewhere (their own cwd), so they get it absolute.
         where = root.uri if "://" in root.uri else root.root
-        backend = choose_backend(task, settings, where, name, controller, slots, worker_options, kept[:slots],
-                                 shared_data(splits))
+        # fused arrays when the model allows (cluster/fused_setup.py), else one trial per actor
+        backend, plan = choose_backend(task, settings, where, name, stage_trials, first_pending, slots,
+                                       worker_options, kept[:slots], shared_data(splits))
     except CaviarError:
         _end(kept)
-        if not resuming:  # refused before any trial: the corrected re-run needs no --overwrite
-            forget_new_sweep(sweep_log.storage)
+        if not resuming:
+            forget_new_sweep(sweep)
         raise
     used = kept[:slots] if isinstance(backend, RayBackend) else []
     _end([a for a in kept if not any(a is u for u in used)])
-    warm: list[Any] = []
-    finished = False
-    try:
-        drive(controller, backend, sweep_log, on_tick=on_tick)
-        finished = True
-    finally:  # only a sweep that finished hands its actors on; a failure or Ctrl-C ends them
-        if isinstance(backend, RayBackend):
-            warm = backend.close(keep=finished and settings.keep_workers > 0)
-        else:
-            backend.close()
-    warm_pool.keep(key, warm, settings.keep_workers)
+    if isinstance(backend, RayBackend):
+        backend.keep_warm(key, settings.keep_workers)
+    return backend, plan
 
 
 def _end(actors: list[Any]) -> None:

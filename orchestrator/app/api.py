@@ -14,20 +14,20 @@ from orchestrator.app.lifecycle import (  # noqa: F401 (names the API has always
     build_settings,
     choose_plugins,
     controller_for,
+    drive_and_finish,
     finish_sweep,
+    forget_refused_sweep,
     plan_for,
     result_of,
 )
-from orchestrator.app.prefetch import DataPrefetch, chain_ticks
 from orchestrator.app.tables import SweepTables, load, open_sweep  # noqa: F401 (the API's names)
-from orchestrator.decide import interrupt
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.pruning import PrunerChoice
-from orchestrator.decide.status import TrialStatus
 from orchestrator.decide.sweeplog import SweepLog
-from orchestrator.errors import CaviarError, ConfigError, StorageError
+from orchestrator.errors import ConfigError, StorageError
 from orchestrator.search.sampler import SamplerChoice
 from orchestrator.search.space import SearchSpace
+from orchestrator.search.stage_policy import StagePolicyChoice
 from orchestrator.spec.options import ResumeOptions, RunOptions
 from orchestrator.spec.settings import RunSettings
 from orchestrator.spec.task import Task, load_task
@@ -79,13 +79,6 @@ def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:
     return Lease.create(sweep)
 
 
-def forget_refused_sweep(sweep: Storage, controller: Controller) -> None:
-    """A start refused before any trial ran leaves nothing behind: the same name works again."""
-    untouched = all(t.status == TrialStatus.PENDING and t.attempt == 0 for t in controller.trials.values())
-    if untouched or not sweep.list_files("metrics"):
-        sweep.delete_dir("")
-
-
 def run_sweep(
     task: str | Task,
     *,
@@ -108,55 +101,39 @@ def run_sweep(
 
     splits = validate_contract(task, [t.config for t in controller.trials.values()], settings)
     log = SweepLog(sweep, space, lease=claim_sweep(sweep, settings.overwrite))
-    with interrupt.stop_on_signals():
-        try:
-            run_claimed(task, settings, space, root, sweep, name, controller, log, on_tick, config_file, splits)
-        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a resumable sweep, said so
-            raise interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri)) from None
-    return finish_sweep(task, settings, sweep, name, controller, log, prefetch=log.prefetch)
 
-
-def run_claimed(task: Task, settings: RunSettings, space: SearchSpace, root: Storage, sweep: Storage, name: str,
-                controller: Controller, log: SweepLog, on_tick: Callable[[Controller], None] | None,
-                config_file: str | None = None, splits: Any = None) -> None:
-    """The sweep row, then the trials on Ray; a refusal before any trial ran removes the folder.
-
-    ``splits`` is the data the contract check loaded: the actors get it instead of loading it again.
-    """
-    try:
+    def first_writes() -> None:
         store_task_source(sweep, task, config_file)  # the sweep carries its task (orchestrator/spec/task_source.py)
-        log.write_sweep_row(
-            {
-                "name": name,
-                "task": portable_ref(task.ref),  # never a machine's (or a job's temporary) path
-                "seed": settings.seed,
-                # credentials in a storage URI (secret_key=...) never land in caviar's own files
-                "settings": schema.json_dumps({**asdict(settings), "storage": redact_uri(settings.storage)}),
-                "space": schema.json_dumps(space.to_dict(), sort_keys=False),  # order fixes sampling
-                "caviar_version": __version__,
-                "created": schema.now_ms(),
-            }
-        )
-        from cluster.runner import execute  # Ray loads here, never at import time
+        log.write_sweep_row(sweep_row(task, settings, space, name))
 
-        # The soup at the end needs the data here: load it while the trials train, not after them.
-        prefetch = log.prefetch = DataPrefetch(task) if settings.ensemble else None
-        ticks = chain_ticks(prefetch and prefetch.on_tick, on_tick, interrupt.keep_handlers)
-        execute(task, settings, root, name, controller, log, on_tick=ticks, splits=splits)
-    except CaviarError:
-        forget_refused_sweep(sweep, controller)
-        raise
+    return drive_and_finish(task, settings, root, sweep, name, controller, log, resumed=False,
+                            first_writes=first_writes, on_tick=on_tick, splits=splits)
+
+
+def sweep_row(task: Task, settings: RunSettings, space: SearchSpace, name: str) -> dict[str, Any]:
+    """What the sweep row records: the task, the settings (plug-ins by name) and the initial space."""
+    return {
+        "name": name,
+        "task": portable_ref(task.ref),  # never a machine's (or a job's temporary) path
+        "seed": settings.seed,
+        # credentials in a storage URI (secret_key=...) never land in caviar's own files
+        "settings": schema.json_dumps({**asdict(settings), "storage": redact_uri(settings.storage)}),
+        "space": schema.json_dumps(space.to_dict(), sort_keys=False),  # order fixes sampling
+        "caviar_version": __version__,
+        "created": schema.now_ms(),
+    }
 
 
 def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, task: str | Task | None = None,
                  trust_task_code: bool = False, pruner: PrunerChoice | None = None,
-                 sampler: SamplerChoice | None = None, **overrides: Unpack[ResumeOptions]) -> SweepResult:
+                 sampler: SamplerChoice | None = None, stage_policy: StagePolicyChoice | None = None,
+                 **overrides: Unpack[ResumeOptions]) -> SweepResult:
     """Continue an interrupted sweep from its Parquet tables (see :mod:`orchestrator.app.resume`).
 
     Its task code runs again: pass ``task`` (your task file) or ``trust_task_code=True`` (the copy in the sweep).
     """
     return resume.resume_sweep(path, on_tick=on_tick, task=task, trust_task_code=trust_task_code,
-                               plugins=PlugIns(pruner, sampler), **overrides)
+                               plugins=PlugIns(pruner, sampler, stage_policy), **overrides)
 
 
 def parse_resources(items: list[str]) -> dict[str, float]:

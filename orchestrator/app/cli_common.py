@@ -16,9 +16,11 @@ from typer.core import TyperGroup
 
 from orchestrator.decide.pruning import PRUNERS
 from orchestrator.search.sampler import SAMPLERS
+from orchestrator.search.stage_policy import STAGE_POLICIES
 
-PRUNER_NAMES = ", ".join(sorted(PRUNERS))  # the registries name what --pruner and --sampler take
+PRUNER_NAMES = ", ".join(sorted(PRUNERS))  # the registries name what --pruner, --sampler and --stage-policy take
 SAMPLER_NAMES = ", ".join(sorted(SAMPLERS))
+STAGE_POLICY_NAMES = ", ".join(STAGE_POLICIES)  # the default first
 REPORT_FILE = "report.html"  # beside the table folders of a sweep, never inside one
 
 # The order `caviar --help` lists the verbs in: a sweep's life, then the cluster's.

@@ -11,6 +11,7 @@ import typer
 from orchestrator.app.cli_common import (
     PRUNER_NAMES,
     SAMPLER_NAMES,
+    STAGE_POLICY_NAMES,
     StorageOption,
     SweepArg,
     TaskArg,
@@ -42,6 +43,9 @@ def run(
     ] = None,
     pruner: Annotated[str | None, typer.Option(help=f"{PRUNER_NAMES}.")] = None,
     sampler: Annotated[str | None, typer.Option(help=f"{SAMPLER_NAMES}.")] = None,
+    stage_policy: Annotated[
+        str | None, typer.Option(help=f"How a stage leads to the next: {STAGE_POLICY_NAMES}.")
+    ] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs each trial holds.")] = None,
     gpus_per_trial: Annotated[
         float | None, typer.Option(help="GPUs each trial holds; 0.25 packs four on a GPU.")
@@ -88,6 +92,7 @@ def run(
         seed=seed,
         pruner=pruner,
         sampler=sampler,
+        stage_policy=stage_policy,
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
         device=device,

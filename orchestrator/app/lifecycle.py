@@ -1,5 +1,7 @@
 """One sweep's life, shared by ``run_sweep`` and ``resume_sweep``: settings and plan, the controller
-built from them, and the finish (last writes, ensembles, the result)."""
+built from them, then :func:`drive_and_finish` (the trials on Ray, the last writes, ensembles, the
+result). Run and resume differ only in how they get the controller and the log: fresh, or restored
+from the tables."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from orchestrator.app.prefetch import DataPrefetch
+from orchestrator.app.prefetch import DataPrefetch, chain_ticks
 from orchestrator.app.tables import SweepTables, load
 from orchestrator.decide import interrupt
 from orchestrator.decide.controller import Controller, ControllerOptions
+from orchestrator.decide.driver import drive
 from orchestrator.decide.pruning import (
     PRUNERS,
     NoPruner,
@@ -23,6 +26,7 @@ from orchestrator.decide.pruning import (
     pruner_factory,
     pruner_name,
 )
+from orchestrator.decide.status import TrialStatus
 from orchestrator.decide.sweeplog import SweepLog
 from orchestrator.ensemble.ensemble_run import Dataset, SoupResult, build_and_write
 from orchestrator.ensemble.ensembles import CandidateKey, Objective
@@ -30,6 +34,7 @@ from orchestrator.ensemble.records import EnsembleRecord
 from orchestrator.errors import CaviarError, ConfigError, SweepInterrupted
 from orchestrator.search.sampler import SAMPLERS, SamplerChoice, sampler_for, sampler_name
 from orchestrator.search.space import SearchSpace
+from orchestrator.search.stage_policy import STAGE_POLICIES, StagePolicyChoice, stage_policy_for, stage_policy_name
 from orchestrator.search.stages import Stage, default_plan, parse_plan, stage_grace_epochs
 from orchestrator.spec.settings import RunSettings, read_toml
 from orchestrator.spec.task import Task
@@ -57,20 +62,27 @@ class SweepResult:
 
 @dataclass(frozen=True)
 class PlugIns:
-    """Pruner and sampler objects a caller passed instead of names (the settings keep their names)."""
+    """Pruner, sampler and stage policy objects a caller passed instead of names (the settings keep their names)."""
 
     pruner: PrunerChoice | None = None
     sampler: SamplerChoice | None = None
+    stage_policy: StagePolicyChoice | None = None
 
 
 NO_PLUGINS = PlugIns()
+# Each plug-in setting: its registry (the names it knows) and how the sweep row names an object.
+PLUGIN_KINDS: dict[str, tuple[Mapping[str, Any], Callable[[Any], str]]] = {
+    "pruner": (PRUNERS, pruner_name),
+    "sampler": (SAMPLERS, sampler_name),
+    "stage_policy": (STAGE_POLICIES, stage_policy_name),
+}
 
 
 def choose_plugins(*layers: Mapping[str, Any]) -> PlugIns:
-    """The objects among ``pruner=`` and ``sampler=`` values; a later layer wins."""
+    """The objects among ``pruner=``, ``sampler=`` and ``stage_policy=`` values; a later layer wins."""
     found: dict[str, Any] = {}
     for values in layers:
-        for key in ("pruner", "sampler"):
+        for key in PLUGIN_KINDS:
             if key in values and values[key] is not None:
                 found[key] = None if isinstance(values[key], str) else values[key]
     return PlugIns(**found)
@@ -79,10 +91,9 @@ def choose_plugins(*layers: Mapping[str, Any]) -> PlugIns:
 def _named(values: Mapping[str, Any]) -> dict[str, Any]:
     """Settings values with plug-in objects replaced by the names the sweep row records."""
     out = dict(values)
-    if out.get("pruner") is not None and not isinstance(out["pruner"], str):
-        out["pruner"] = pruner_name(out["pruner"])
-    if out.get("sampler") is not None and not isinstance(out["sampler"], str):
-        out["sampler"] = sampler_name(out["sampler"])
+    for key, (_, name_of) in PLUGIN_KINDS.items():
+        if out.get(key) is not None and not isinstance(out[key], str):
+            out[key] = name_of(out[key])
     return out
 
 
@@ -110,9 +121,10 @@ def plan_for(settings: RunSettings) -> list[Stage]:
 
 def _chosen(kind: str, name: str, given: Any) -> Any:
     """The object passed for ``kind`` if it is the one the settings name; a registered name; else one line."""
-    if given is not None and (pruner_name(given) if kind == "pruner" else sampler_name(given)) == name:
+    registry, name_of = PLUGIN_KINDS[kind]
+    if given is not None and name_of(given) == name:
         return given
-    if name in (PRUNERS if kind == "pruner" else SAMPLERS):
+    if name in registry:
         return name
     raise ConfigError(f"setting '{kind}': this sweep uses the {kind} {name!r}, which is not registered; pass the "
                       f"same {kind} object ({kind}=...) to run_sweep or resume_sweep")
@@ -140,8 +152,79 @@ def controller_for(space: SearchSpace, settings: RunSettings, plugins: PlugIns =
         fail_fast=settings.fail_fast,
         promote_fraction=settings.promote_fraction,
         extend_edges=settings.extend_edges,
+        stage_policy=stage_policy_for(_chosen("stage_policy", settings.stage_policy, plugins.stage_policy),
+                                      top_fraction=settings.top_fraction, extend_edges=settings.extend_edges,
+                                      promote_fraction=settings.promote_fraction),
     )
     return Controller(space, plan, pruner_for, options)
+
+
+def drive_and_finish(
+    task: Task,
+    settings: RunSettings,
+    root: Storage,
+    sweep: Storage,
+    name: str,
+    controller: Controller,
+    log: SweepLog,
+    *,
+    resumed: bool,
+    first_writes: Callable[[], None],
+    on_tick: Callable[[Controller], None] | None = None,
+    splits: Any = None,
+) -> SweepResult:
+    """The trials on Ray until the controller is done, then :func:`finish_sweep`; the lease is let go at the end.
+
+    ``first_writes`` puts the start on disk before any trial runs (a new sweep's row and task copy, or a
+    resumed sweep's restored state). Ctrl-C or SIGTERM ends in a resumable ``SweepInterrupted``; a refusal
+    before any trial ran removes a new sweep's folder, never a resumed one's. ``splits``: the data the
+    contract check loaded, sent to the actors so they need not load it again (None: each actor loads it).
+    """
+    # The soup at the end needs the data here: load it while the trials train, not after them.
+    prefetch = DataPrefetch(task) if settings.ensemble else None
+    with interrupt.stop_on_signals():
+        try:
+            try:
+                first_writes()
+                if not controller.finished:
+                    ticks = chain_ticks(prefetch and prefetch.on_tick, on_tick, interrupt.keep_handlers)
+                    _train(task, settings, root, sweep, name, controller, log, ticks, resumed, splits)
+            except CaviarError:
+                if not resumed:
+                    forget_refused_sweep(sweep, controller)
+                raise
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a resumable sweep, said so
+            raise interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri)) from None
+    return finish_sweep(task, settings, sweep, name, controller, log, prefetch=prefetch)
+
+
+def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, name: str, controller: Controller,
+           log: SweepLog, on_tick: Callable[[Controller], None] | None, resumed: bool, splits: Any = None) -> None:
+    """The trials on Ray's backend; the fused set-up's decision applied here, by the controller's owner.
+
+    Only a sweep whose trials all ended hands its actors on (``close(finished=True)``); a failure or Ctrl-C
+    ends them.
+    """
+    from cluster.runner import open_backend  # Ray loads here, never at import time
+
+    first_pending = controller.trials[controller.pending[0]].config if controller.pending else None
+    backend, fusing = open_backend(task, settings, root, name, sweep, [stage.trials for stage in controller.plan],
+                                   first_pending, resuming=resumed, splits=splits)
+    finished = False
+    try:
+        if fusing is not None:
+            controller.apply_fusing(fusing)
+        drive(controller, backend, log, on_tick=on_tick)
+        finished = True
+    finally:
+        backend.close(finished=finished)
+
+
+def forget_refused_sweep(sweep: Storage, controller: Controller) -> None:
+    """A start refused before any trial ran leaves nothing behind: the same name works again."""
+    untouched = all(t.status == TrialStatus.PENDING and t.attempt == 0 for t in controller.trials.values())
+    if untouched or not sweep.list_files("metrics"):
+        sweep.delete_dir("")
 
 
 def finish_sweep(

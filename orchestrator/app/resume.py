@@ -5,7 +5,7 @@ ranges; the trials table each trial's status; the metrics table every epoch a wo
 persisted. :func:`read_record` reads them; :func:`rebuild_controller` hands the rows to
 :func:`orchestrator.decide.restore.restore`, which brings a new controller to where they left
 it (what happens to finished, interrupted and unrecorded trials is described there). Then the
-sweep runs on, through the same finish as ``run_sweep`` (:mod:`orchestrator.app.lifecycle`),
+sweep runs on through the same drive and finish as ``run_sweep`` (:func:`orchestrator.app.lifecycle.drive_and_finish`),
 unfused: the fused backend's set-up reshapes a stage's trials before any has started, which no
 longer holds mid-stage.
 """
@@ -20,9 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from orchestrator.app.lifecycle import NO_PLUGINS, PlugIns, controller_for, finish_sweep, result_of
-from orchestrator.app.prefetch import chain_ticks
-from orchestrator.decide import interrupt
+from orchestrator.app.lifecycle import NO_PLUGINS, PlugIns, controller_for, drive_and_finish, result_of
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.restore import Rebuilt, StoredRows, restore
 from orchestrator.errors import ConfigError, StorageError
@@ -168,17 +166,12 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     task = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to resume")
     log = SweepLog(storage, record.space, lease=Lease.take_over(storage))
     log.continue_after(record.stages, record.events, record.event_parts)
-    log.flush(controller, force=True)  # the resume is on disk before any trial runs again
-    if not controller.finished:
-        from cluster.runner import execute  # Ray loads here, never at import time
 
-        with interrupt.stop_on_signals():
-            try:
-                execute(task, settings, Storage.from_uri(root_uri), name, controller, log,
-                        on_tick=chain_ticks(on_tick, interrupt.keep_handlers), resuming=True)
-            except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: written, and said how to go on
-                raise interrupt.write_interrupted(stop, controller, log, redact_uri(storage.uri)) from None
-    return finish_sweep(task, settings, storage, name, controller, log)
+    def first_writes() -> None:
+        log.flush(controller, force=True)  # the resume is on disk before any trial runs again
+
+    return drive_and_finish(task, settings, Storage.from_uri(root_uri), storage, name, controller, log, resumed=True,
+                            first_writes=first_writes, on_tick=on_tick)
 
 
 def _nothing_to_do(record: SweepRecord, rebuilt: Rebuilt, storage: Storage, settings: RunSettings) -> bool:

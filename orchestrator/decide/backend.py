@@ -62,5 +62,5 @@ class Backend(ABC):
     def poll(self, timeout: float | None = None) -> list[Report]:
         """Block until at least one report is ready (or the timeout passes); never on one trial."""
 
-    def close(self) -> None:
-        """Release executors."""
+    def close(self, finished: bool = False) -> None:
+        """Release executors; ``finished``: the sweep ended cleanly, so a backend may keep them for the next."""

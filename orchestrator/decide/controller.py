@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.decide.backend import Assignment, Report
-from orchestrator.decide.fusing import PER_MEMBER, block_size, share_shapes
+from orchestrator.decide.fusing import PER_MEMBER, FusePlan, block_size, share_shapes
 from orchestrator.decide.pruning import Observation, Pruner
 from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, stored_status
 from orchestrator.errors import StorageError
@@ -172,6 +172,12 @@ class Controller:
             # A promoted config the block left alone keeps exactly what it trained with.
             fresh_or_changed = tid in self._full_samples or config != before
             self.trials[tid].config = self.stage_spaces[-1].deactivate(config) if fresh_or_changed else config
+
+    def apply_fusing(self, plan: FusePlan) -> None:
+        """What the fused backend's set-up decided: shapes shared in blocks when fused; its event either way."""
+        if plan.fused:
+            self.fuse(plan.block_cap, plan.workers, plan.per_member)
+        self.event(plan.event_kind, reason=plan.reason, detail=plan.detail)
 
     def _maybe_next_stage(self) -> None:
         if self.pending or self.stage + 1 >= len(self.plan) or self.abort_reason or self.any_running:

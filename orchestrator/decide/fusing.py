@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.errors import ConfigError
@@ -102,6 +103,26 @@ def mean_array_size(groups: Sequence[Sequence[int]]) -> float:
 FUSE_MODES = ("auto", "off", "on")
 AUTO_BLOCK = 32  # most trials sharing one shape when the array size is "auto" (the probe picks K up to it)
 TASK_HOOKS_THAT_BLOCK = ("train_epoch", "build_optimizer")
+
+
+@dataclass(frozen=True)
+class FusePlan:
+    """The fused set-up's decision as a value; the controller applies it (``Controller.apply_fusing``).
+
+    Fused: the trials share model shapes in blocks of at most ``block_cap`` spread over ``workers``.
+    Either way ``reason`` and ``detail`` make the event (``fusing_on``, or ``fusing_off`` saying why not).
+    """
+
+    fused: bool
+    reason: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    block_cap: int = 0
+    workers: int = 1
+    per_member: frozenset[str] = PER_MEMBER
+
+    @property
+    def event_kind(self) -> str:
+        return "fusing_on" if self.fused else "fusing_off"
 
 
 def fuse_blocker(task_hooks: Iterable[str], precision: str) -> str | None:

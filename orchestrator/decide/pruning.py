@@ -21,9 +21,10 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from orchestrator.errors import ConfigError
+from orchestrator.search.registry import Registry
 
 NEVER = 2**31 - 1  # "no decision epoch ahead" when a pruner has no max_epochs
 DIVERGED = "diverged"
@@ -232,19 +233,8 @@ class Pruner(ABC):
         return None
 
 
-P = TypeVar("P", bound=type[Pruner])
-PRUNERS: dict[str, type[Pruner]] = {}
-
-
-def register_pruner(name: str) -> Callable[[P], P]:
-    """Class decorator: the pruner is known by ``name`` to settings, TOML files and ``caviar run --pruner``."""
-
-    def add(cls: P) -> P:
-        cls.name = name
-        PRUNERS[name] = cls
-        return cls
-
-    return add
+PRUNERS: Registry[Pruner] = Registry()
+register_pruner = PRUNERS.register  # @register_pruner("mine"): settings, TOML files and --pruner know it by name
 
 
 @register_pruner("none")
@@ -409,4 +399,4 @@ def pruner_name(choice: PrunerChoice) -> str:
     cls = choice if isinstance(choice, type) else type(choice)
     if not issubclass(cls, Pruner):
         pruner_factory(choice)  # the one line that says what a pruner may be
-    return cls.name if PRUNERS.get(cls.name) is cls else f"{cls.__module__}.{cls.__qualname__}"
+    return PRUNERS.name_of(cls)

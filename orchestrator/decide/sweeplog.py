@@ -45,7 +45,6 @@ class SweepLog:
         fault = os.environ.get("CAVIAR_FAULT_AFTER_WRITE", "")
         self.fault_after_write = int(fault) if fault.isdigit() else 0
         self.on_fault = self._die
-        self.prefetch: Any = None  # the soup's data, loading while the sweep trains (orchestrator.app.prefetch)
         self.trials_schema = schema.trials_schema(schema.config_type(possible_values(space)))
         self.flush_seconds = flush_seconds
         self.seq = 0

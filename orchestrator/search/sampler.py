@@ -13,12 +13,13 @@ A new sampler is one class: subclass :class:`Sampler` and implement :meth:`Sampl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from orchestrator.errors import ConfigError
+from orchestrator.search.registry import Registry
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.tpe import Scored, tpe_unit_points
 
@@ -50,19 +51,8 @@ class Sampler:
         return [space.from_unit(p, deactivate=not keep_inactive) for p in points], sampler_name(self)
 
 
-S = TypeVar("S", bound=type[Sampler])
-SAMPLERS: dict[str, type[Sampler]] = {}
-
-
-def register_sampler(name: str) -> Callable[[S], S]:
-    """Class decorator: the sampler is known by ``name`` to settings, TOML files and ``caviar run --sampler``."""
-
-    def add(cls: S) -> S:
-        cls.name = name
-        SAMPLERS[name] = cls
-        return cls
-
-    return add
+SAMPLERS: Registry[Sampler] = Registry()
+register_sampler = SAMPLERS.register  # @register_sampler("mine"): settings, TOML files and --sampler know it by name
 
 
 @register_sampler("random")
@@ -123,7 +113,7 @@ def sampler_name(choice: SamplerChoice | type[Sampler]) -> str:
     cls = choice if isinstance(choice, type) else type(choice)
     if not issubclass(cls, Sampler):
         sampler_for(choice)  # type: ignore[arg-type]  # the one line that says what a sampler may be
-    return cls.name if SAMPLERS.get(cls.name) is cls else f"{cls.__module__}.{cls.__qualname__}"
+    return SAMPLERS.name_of(cls)
 
 
 def sample_configs(space: SearchSpace, count: int, *, seed: int, stage: int = 0, kind: SamplerChoice = "random",

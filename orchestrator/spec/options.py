@@ -2,8 +2,9 @@
 
 ``run_sweep(task, trials=64, pruner="median")`` checks as a TypedDict (PEP 692): an editor
 completes the names and a type checker flags a wrong one. Each key is a field of
-:class:`orchestrator.spec.settings.RunSettings` (a test keeps the two in step); ``pruner`` and
-``sampler`` also take objects (:mod:`orchestrator.decide.pruning`, :mod:`orchestrator.search.sampler`).
+:class:`orchestrator.spec.settings.RunSettings` (a test keeps the two in step); ``pruner``, ``sampler``
+and ``stage_policy`` also take objects (:mod:`orchestrator.decide.pruning`, :mod:`orchestrator.search.sampler`,
+:mod:`orchestrator.search.stage_policy`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TypedDict
 
 from orchestrator.decide.pruning import Pruner
 from orchestrator.search.sampler import Sampler
+from orchestrator.search.stage_policy import StagePolicy
 
 
 class ResumeOptions(TypedDict, total=False):
@@ -41,6 +43,8 @@ class RunOptions(ResumeOptions, total=False):
     seed: int  # same seed, same configs in the same order (0)
     sampler: str | Sampler  # "random", "sobol", "lhs", "tpe" (default), or a Sampler object
     pruner: str | Pruner | type[Pruner]  # "asha" (default), "median", "none", or a Pruner class or object
+    # how a stage leads to the next: "narrow_and_promote" (default), "fresh", or a StagePolicy class or object
+    stage_policy: str | StagePolicy | type[StagePolicy]
     grace_epochs: int  # epochs before a pruner may stop a trial (1)
     reduction_factor: int  # ASHA's eta: keep the top 1/eta at each rung (3)
     max_loss_ratio: float  # a train loss above this multiple of its first value has diverged (4.0)

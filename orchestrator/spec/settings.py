@@ -15,6 +15,7 @@ from orchestrator.decide.fusing import FUSE_MODES
 from orchestrator.decide.pruning import PRUNERS
 from orchestrator.errors import ConfigError
 from orchestrator.search.sampler import SAMPLERS
+from orchestrator.search.stage_policy import STAGE_POLICIES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -29,6 +30,8 @@ class RunSettings:
     seed: int = 0
     sampler: str = "tpe"  # random first stage, then a density ratio on finished trials (orchestrator/search/tpe.py)
     pruner: str = "asha"
+    # How a stage leads to the next (orchestrator/search/stage_policy.py): narrow the ranges, retrain the best
+    stage_policy: str = "narrow_and_promote"
     grace_epochs: int = 1
     reduction_factor: int = 3
     max_loss_ratio: float = 4.0
@@ -77,6 +80,8 @@ class RunSettings:
         _check("seed", isinstance(self.seed, int) and self.seed >= 0, "a non-negative integer")
         _check("pruner", self.pruner in PRUNERS or _is_class_path(self.pruner), f"one of {', '.join(sorted(PRUNERS))}")
         _check("sampler", self.sampler in SAMPLERS or _is_class_path(self.sampler), f"one of {', '.join(SAMPLERS)}")
+        _check("stage_policy", self.stage_policy in STAGE_POLICIES or _is_class_path(self.stage_policy),
+               f"one of {', '.join(STAGE_POLICIES)}")
         _check("cpus_per_trial", _num(self.cpus_per_trial) and self.cpus_per_trial > 0, "a number > 0")
         _check("gpus_per_trial", _num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "a number >= 0")
         _check("max_loss_ratio", _num(self.max_loss_ratio) and self.max_loss_ratio > 1, "a number > 1")
@@ -158,5 +163,5 @@ def read_toml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _is_class_path(value: Any) -> bool:
-    """``package.module.Class``: how the sweep row names a pruner or sampler passed as an object."""
+    """``package.module.Class``: how the sweep row names a pruner, sampler or stage policy passed as an object."""
     return isinstance(value, str) and "." in value and all(part.isidentifier() for part in value.split("."))

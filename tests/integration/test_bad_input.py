@@ -178,6 +178,11 @@ CASES = [
         "cli_unknown_pruner", (*RUN, "--pruner", "nosuch"), E + "setting 'pruner': expected one of asha, median, none"
     ),
     Case(
+        "cli_unknown_stage_policy",
+        (*RUN, "--stage-policy", "nosuch"),
+        E + "setting 'stage_policy': expected one of narrow_and_promote, fresh",
+    ),
+    Case(
         "cli_plan_garbage",
         (*RUN, "--plan", "garbage"),
         E + "plan: stage 1 'garbage' is not TRIALSxEPOCHS (like '64x1,24x5,8x20')",

@@ -7,6 +7,7 @@ import pytest
 from orchestrator.app.api import controller_for
 from orchestrator.decide.backend import Report
 from orchestrator.decide.fusing import (
+    FusePlan,
     block_size,
     choose_array_size,
     fuse_blocker,
@@ -154,3 +155,22 @@ def test_shared_shapes_keep_conditional_hyperparameters_consistent_with_the_shar
     for trial in fused.trials.values():
         for name, optimizers in users.items():
             assert (trial.config[name] is not None) == (trial.config["optimizer"] in optimizers), trial.config
+
+
+def test_the_set_ups_fuse_plan_is_applied_by_the_controller_with_its_event():
+    """cluster/fused_setup.py returns a FusePlan; only the controller changes its own state from it."""
+    space = load_task(DIGITS_TASK).space
+    settings = RunSettings(plan="8x1,12x2", seed=3).validate()
+    by_hand, applied = controller_for(space, settings), controller_for(space, settings)
+    by_hand.fuse(4, workers=2)
+    detail = {"array_size": 4, "block_cap": 4, "workers": 2}
+    applied.apply_fusing(FusePlan(True, "arrays of up to 4 trials (array_size setting)", detail, block_cap=4,
+                                  workers=2))
+    assert [t.config for t in applied.trials.values()] == [t.config for t in by_hand.trials.values()]
+    assert applied.events[-1]["kind"] == "fusing_on" and applied.events[-1]["detail"] == detail
+    off = controller_for(space, settings)
+    configs = [t.config for t in off.trials.values()]
+    off.apply_fusing(FusePlan(False, "precision bf16: fused arrays train in fp32", {"fuse": "auto"}))
+    assert [t.config for t in off.trials.values()] == configs and off.options.fuse_array_size == 0
+    assert (off.events[-1]["kind"], off.events[-1]["reason"]) == ("fusing_off", "precision bf16: fused arrays "
+                                                                              "train in fp32")

@@ -1,7 +1,7 @@
-"""Pruners and samplers as objects: a new one is one class, passed in or registered by name.
+"""Pruners, samplers and stage policies as objects: a new one is one class, passed in or registered by name.
 
-The custom pruner and sampler here are the ones docs/ARCHITECTURE.md shows; they run through the
-real controller and driver on the simulated backend, and (last test) through ``run_sweep`` on Ray.
+The custom pruner, sampler and stage policy here are the ones docs/ARCHITECTURE.md shows; they run
+through the real controller and driver on the simulated backend, and through ``run_sweep`` on Ray.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from orchestrator.decide.simulate import SimulatedBackend
 from orchestrator.errors import ConfigError
 from orchestrator.search.sampler import SAMPLERS, Sampler, register_sampler, sampler_name, stage_configs
 from orchestrator.search.space import SearchSpace, choice, loguniform
+from orchestrator.search.stage_policy import FreshStages, NarrowAndPromote, StagePolicy, stage_policy_name
 from orchestrator.spec.options import ResumeOptions, RunOptions
 from orchestrator.spec.settings import RunSettings
 
@@ -47,6 +48,14 @@ class Halton(Sampler):
         from scipy.stats import qmc
 
         return qmc.Halton(dims, seed=np.random.default_rng([seed, stage])).random(count)
+
+
+class RetrainTheBest(StagePolicy):
+    """Keep the declared ranges; the next stage retrains the ended stage's best configs, best first."""
+
+    def promoted(self, results, next_stage_trials):
+        ranked = sorted(results, key=lambda result: result[1], reverse=True)
+        return [config for config, _ in ranked[:next_stage_trials]]
 
 
 def quality(config) -> float:
@@ -125,11 +134,12 @@ def test_objects_in_a_tasks_settings_are_recorded_by_name():
         space = SPACE
         settings = {"pruner": BelowFloor(floor=0.7), "sampler": Halton()}
 
-    built, _ = build_settings(Task, None, {"trials": 12})  # type: ignore[arg-type]
+    built, _ = build_settings(Task, None, {"trials": 12, "stage_policy": RetrainTheBest()})  # type: ignore[arg-type]
     assert (built.pruner, built.sampler) == (f"{__name__}.BelowFloor", f"{__name__}.Halton")
+    assert built.stage_policy == f"{__name__}.RetrainTheBest"
     json.dumps(vars(built))  # the sweep row stays plain JSON
     plugins = choose_plugins(Task.settings, {"sampler": "random"})  # a name given later wins over the object
-    assert isinstance(plugins.pruner, BelowFloor) and plugins.sampler is None
+    assert isinstance(plugins.pruner, BelowFloor) and plugins.sampler is None and plugins.stage_policy is None
 
 
 def test_the_typed_options_name_every_setting_and_resume_takes_only_how_it_runs():
@@ -176,3 +186,78 @@ def test_a_stage_policy_object_decides_the_next_space_and_promotions():
     assert "range_narrowed" not in kinds
     first = {tuple(sorted(c.trials[t].config.items())) for t in range(6)}
     assert not first & {tuple(sorted(c.trials[t].config.items())) for t in range(6, 10)}  # nothing promoted
+
+
+def test_a_stage_policy_is_a_registered_name_a_class_or_an_object():
+    assert isinstance(controller_for(SPACE, settings()).stage_policy, NarrowAndPromote)  # the default, by name
+    by_name = controller_for(SPACE, settings(stage_policy="fresh", top_fraction=0.5))
+    assert isinstance(by_name.stage_policy, FreshStages) and stage_policy_name(FreshStages) == "fresh"
+    # A class is built from the settings it reads; the default's from top_fraction, extend_edges, promote_fraction.
+    built = controller_for(SPACE, settings(top_fraction=0.5, stage_policy="narrow_and_promote"),
+                           PlugIns(stage_policy=NarrowAndPromote)).stage_policy
+    assert built == NarrowAndPromote(top_fraction=0.5, extend_edges=True, promote_fraction=0.5)
+    policy = RetrainTheBest()
+    controller = controller_for(SPACE, settings(stage_policy=stage_policy_name(policy), pruner="none"),
+                                PlugIns(stage_policy=policy))
+    assert controller.stage_policy is policy
+    run(controller)
+    first = sorted((t for t in controller.trials.values() if t.stage == 0), key=lambda t: -t.best_score)
+    assert [t.config for t in controller.trials.values() if t.stage == 1] == [t.config for t in first[:4]]
+    with pytest.raises(ConfigError, match=r"setting 'stage_policy': expected one of narrow_and_promote, fresh"):
+        settings(stage_policy="no such thing")
+    with pytest.raises(ConfigError, match=r"setting 'stage_policy': expected a name .* got 7"):
+        controller_for(SPACE, settings(), PlugIns(stage_policy=7))  # type: ignore[arg-type]
+
+
+def test_a_resume_rebuilds_the_sweeps_own_stage_policy_and_without_it_says_so_in_one_line(tmp_path):
+    """Crashed in stage 1, the resumed master judges stage 1 itself: with the policy passed again, as the first run."""
+    from orchestrator.app.resume import read_record, rebuild_controller
+    from orchestrator.store.storage import Storage
+    from tests.orchestrator import test_resume as sim
+
+    plugins = PlugIns(stage_policy=RetrainTheBest())
+    stored = sim.settings_for(stage_policy=stage_policy_name(RetrainTheBest))
+
+    def with_policy(space, settings):
+        return controller_for(space, settings, plugins)
+
+    whole_storage = Storage.from_uri(str(tmp_path / "whole"))
+    whole = drive(with_policy(sim.SPACE, stored), sim.PersistingBackend(whole_storage, 1),
+                  sim.start_sweep(whole_storage, stored))
+    storage = Storage.from_uri(str(tmp_path / "crashed"))
+    ticks = iter(range(1, 100))
+
+    def crash_in_stage_1(controller):
+        if next(ticks) == 5:
+            raise sim.Crash
+
+    with pytest.raises(sim.Crash):
+        drive(with_policy(sim.SPACE, stored), sim.PersistingBackend(storage, 1), sim.start_sweep(storage, stored),
+              on_tick=crash_in_stage_1)
+    record = read_record(storage)
+    assert record.settings.stage_policy == f"{__name__}.RetrainTheBest"
+    with pytest.raises(ConfigError, match=r"uses the stage_policy '.*RetrainTheBest', which is not registered; "
+                                          r"pass the same stage_policy object"):
+        rebuild_controller(record)
+    rebuilt = rebuild_controller(record, with_policy)
+    assert rebuilt.controller.stage == 0  # stage 2 is still to be judged
+    drive(rebuilt.controller, sim.PersistingBackend(storage, 1))
+    assert sim.summary(rebuilt.controller) == sim.summary(whole)
+    stage_1 = [t.config for t in whole.trials.values() if t.stage == 0]
+    assert all(t.config in stage_1 for t in whole.trials.values() if t.stage == 1)  # the policy's promotions
+
+
+def test_run_sweep_takes_a_stage_policy_object_records_it_and_resume_needs_it(ray_session, storage_dir):
+    from orchestrator.app.api import load, resume_sweep, run_sweep
+    from tests.conftest import TINY_TASK
+
+    result = run_sweep(TINY_TASK, plan="4x1,2x1", slots=2, storage=storage_dir, name="policy", ensemble=False,
+                       pruner="none", stage_policy=RetrainTheBest())
+    tables = load(result.path)
+    assert json.loads(tables.sweep.to_pylist()[0]["settings"])["stage_policy"] == f"{__name__}.RetrainTheBest"
+    trials = tables.trials.to_pylist()
+    first = sorted((t for t in trials if t["stage"] == 1), key=lambda t: t["best_score"], reverse=True)
+    assert [t["config"] for t in trials if t["stage"] == 2] == [t["config"] for t in first[:2]]
+    with pytest.raises(ConfigError, match=r"uses the stage_policy '.*RetrainTheBest', which is not registered"):
+        resume_sweep(result.path)
+    assert "nothing to resume" in resume_sweep(result.path, stage_policy=RetrainTheBest()).note
