@@ -136,6 +136,16 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
                                plugins=PlugIns(pruner, sampler, stage_policy), **overrides)
 
 
+def release_workers() -> None:
+    """End the actors a finished sweep kept warm for the next one (``keep_workers``); they hold their CPUs and GPUs
+    until then, so call this before other Ray work in the same process needs them."""
+    import sys
+
+    warm_pool = sys.modules.get("cluster.warm_pool")  # never imported: no sweep ran here, nothing is kept
+    if warm_pool is not None:
+        warm_pool.end_all()
+
+
 def parse_resources(items: list[str]) -> dict[str, float]:
     """``["accelerator_type_a100=1", ...]`` to a dict, naming a bad item."""
     out = {}
