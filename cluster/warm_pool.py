@@ -2,10 +2,11 @@
 
 A trial actor's start is mostly fixed cost: a Ray worker process, importing torch and the
 task, torch's lazy first-use imports. A sweep that ends cleanly leaves its actors here for
-``keep_workers`` seconds; the next sweep of the *same task source* with the same resources
-rebinds them (new storage, options and data) instead of starting new ones. Anything else
-that differs, or the time running out, ends them, so idle actors never hold a cluster's
-resources for long. Kept actors never keep a sweep's data: each sweep sends its own.
+``keep_workers`` seconds; the next sweep of the *same task source* (the task file and the
+Python files beside it, which it may import) with the same resources rebinds them (new
+storage, options and data) instead of starting new ones. Anything else that differs, or the
+time running out, ends them, so idle actors never hold a cluster's resources for long.
+Kept actors never keep a sweep's data: each sweep sends its own.
 """
 
 from __future__ import annotations
@@ -27,16 +28,29 @@ _timer: threading.Timer | None = None
 
 
 def task_fingerprint(task: Task) -> str | None:
-    """The sha256 of the task's source file; None when there is no file to read (never reused then)."""
+    """sha256 over the task's source file and the Python files beside it (the helpers it may import).
+
+    None when there is no file to read, or too much beside it to read cheaply: never reused then.
+    """
     target = task.ref.partition(":")[0]
     path = target if target.endswith(".py") else _module_file(target)
     if not path:
         return None
+    folder = os.path.dirname(os.path.abspath(path))
+    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+        if len(names) > MAX_FILES_HASHED:
+            return None
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read() + b"\0")
     except OSError:
         return None
+    return digest.hexdigest()
+
+
+MAX_FILES_HASHED = 200
 
 
 def _module_file(name: str) -> str | None:

@@ -81,7 +81,7 @@ def test_actors_that_must_load_the_data_themselves_reload_it_when_rebound(ray_se
     assert stored_val_labels(two.path) == labels[60:90].tolist()
 
 
-def test_an_edited_task_file_or_keep_workers_0_starts_new_actors(ray_session, task_file, storage_dir):
+def test_an_edited_task_or_helper_file_or_keep_workers_0_starts_new_actors(ray_session, task_file, storage_dir):
     from orchestrator.app.api import release_workers
 
     write_data(task_file.parent, seed=5)
@@ -91,6 +91,9 @@ def test_an_edited_task_file_or_keep_workers_0_starts_new_actors(ray_session, ta
     run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="two", ensemble=False)
     edited = actor_ids()
     assert len(edited) == 2 and not set(edited) & set(warm)  # the old code's actors were ended, new ones kept
+    (task_file.parent / "helpers.py").write_text("WIDTH = 9\n")  # a module beside the task, which it may import
+    run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="helper", ensemble=False)
+    assert not set(actor_ids()) & set(edited)
     release_workers()  # before other Ray work in the process needs their CPUs
     assert warm_pool.kept_count() == 0
     run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="three", ensemble=False,
