@@ -10,6 +10,7 @@ import math
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from orchestrator.app.prefetch import DataPrefetch, chain_ticks
@@ -28,7 +29,7 @@ from orchestrator.decide.pruning import (
 )
 from orchestrator.decide.status import TrialStatus
 from orchestrator.decide.sweeplog import SweepLog
-from orchestrator.ensemble.ensemble_run import Dataset, SoupResult, build_and_write
+from orchestrator.ensemble.ensemble_run import SoupResult, build_and_write
 from orchestrator.ensemble.ensembles import CandidateKey, Objective
 from orchestrator.ensemble.records import EnsembleRecord
 from orchestrator.errors import CaviarError, ConfigError, SweepInterrupted
@@ -147,11 +148,8 @@ def controller_for(space: SearchSpace, settings: RunSettings, plugins: PlugIns =
     options = ControllerOptions(
         seed=settings.seed,
         sampler=sampler_for(_chosen("sampler", settings.sampler, plugins.sampler)),
-        top_fraction=settings.top_fraction,
         max_retries=settings.max_retries,
         fail_fast=settings.fail_fast,
-        promote_fraction=settings.promote_fraction,
-        extend_edges=settings.extend_edges,
         stage_policy=stage_policy_for(_chosen("stage_policy", settings.stage_policy, plugins.stage_policy),
                                       top_fraction=settings.top_fraction, extend_edges=settings.extend_edges,
                                       promote_fraction=settings.promote_fraction),
@@ -180,8 +178,8 @@ def drive_and_finish(
     before any trial ran removes a new sweep's folder, never a resumed one's. ``splits``: the data the
     contract check loaded, sent to the actors so they need not load it again (None: each actor loads it).
     """
-    # The soup at the end needs the data here: load it while the trials train, not after them.
-    prefetch = DataPrefetch(task) if settings.ensemble else None
+    # The soup at the end needs the data here: the contract check's, else loaded while the trials train.
+    prefetch = DataPrefetch(task) if settings.ensemble and splits is None else None
     with interrupt.stop_on_signals():
         try:
             try:
@@ -195,7 +193,7 @@ def drive_and_finish(
                 raise
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a resumable sweep, said so
             raise interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri)) from None
-    return finish_sweep(task, settings, sweep, name, controller, log, prefetch=prefetch)
+    return finish_sweep(task, settings, sweep, name, controller, log, prefetch=prefetch, splits=splits)
 
 
 def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, name: str, controller: Controller,
@@ -235,6 +233,7 @@ def finish_sweep(
     controller: Controller,
     log: SweepLog,
     prefetch: DataPrefetch | None = None,
+    splits: Any = None,
 ) -> SweepResult:
     """After the trials: edge warnings, the last writes, ensembles; the result (shared by run and resume)."""
     warnings = controller.final_edge_warnings()
@@ -245,7 +244,7 @@ def finish_sweep(
         try:
             with interrupt.stop_on_signals():
                 ensemble = build_ensembles(sweep, task, device=settings.device,
-                                           load_data=prefetch and prefetch.result)
+                                           load_data=prefetch and prefetch.result, splits=splits)
         except KeyboardInterrupt as stop:  # the tables are whole: let the sweep go, and say how to finish
             if log.lease is not None:
                 log.lease.release()
@@ -276,20 +275,21 @@ def result_of(controller: Controller, name: str, uri: str, warnings: list[str], 
 
 
 def build_ensembles(storage: Storage, task: Any, device: str = "auto",
-                load_data: Callable[[], Any] | None = None) -> EnsembleRecord | None:
+                load_data: Callable[[], Any] | None = None, splits: Any = None) -> EnsembleRecord | None:
     """What a sweep's end builds: every method, the soup included; the chosen row.
 
     The sweep's objective chooses (a task metric or a custom ``loss_fn``'s ``val_loss`` runs the
     task's code on the averaged outputs, ``worker.load.objective``). A sweep whose trials stored no
     usable predictions (all failed, a regression task) gets a warning, not an error: its trials are
     still there to read. So does a soup that fails, and an objective that raises on an ensemble.
-    ``load_data`` stands in for the task's own (a load that ran during the sweep).
+    ``load_data`` stands in for the task's own (a load that ran during the sweep); ``splits`` (the data the
+    contract check prepared) spares the soup any load.
     """
     metric = "accuracy" if getattr(task, "metric", "accuracy") == "accuracy" else "log_loss"
     from worker.load.objective import ensemble_objective
     from worker.load.soup import soup_builder  # torch, loaded only when a soup is built
 
-    build_soup = soup_builder(storage, task, device=device, load_data=load_data)
+    build_soup = soup_builder(storage, task, device=device, load_data=load_data, splits=splits)
 
     def guarded_soup(ranked: Sequence[CandidateKey], metric: str, objective: Objective | None) -> SoupResult | None:
         try:  # the soup runs user code (load_data, build_model) in this process: its failure costs only the soup
@@ -298,11 +298,9 @@ def build_ensembles(storage: Storage, task: Any, device: str = "auto",
             log.warning("ensembles: soup not built: %s: %s", type(exc).__name__, exc)
             return None
 
-    def objective_for(dataset: Dataset) -> Objective | None:
-        return ensemble_objective(task, dataset)
-
     try:
-        records = build_and_write(storage, metric=metric, soup=guarded_soup, objective_for=objective_for)
+        records = build_and_write(storage, metric=metric, soup=guarded_soup,
+                                  objective_for=partial(ensemble_objective, task))
     except CaviarError as exc:
         log.warning("ensembles not built: %s", exc)
         return None

@@ -315,13 +315,8 @@ def rank(accuracy: float, log_loss: float, metric: str) -> tuple[float, float]:
 def ranked_keys(cands: Sequence[Candidate], y_val: np.ndarray, metric: str,
                 objective: Objective | None = None) -> list[CandidateKey]:
     """Candidate keys, best single candidate on validation first (by the objective when given; ties: key order)."""
-    if objective is not None:
-        pool = ensembles.ValPool.of(cands, y_val)
-        order = np.lexsort((np.arange(len(pool.keys)), pool.single_scores[1], pool.objective_losses(objective)))
-        return [pool.keys[i] for i in order]
-    scored = [(rank(ensembles.accuracy(c.val_probs, y_val), ensembles.log_loss(c.val_probs, y_val), metric), c.key)
-              for c in cands]
-    return [key for _, key in sorted(scored)]
+    pool = ensembles.ValPool.of(cands, y_val)
+    return [pool.keys[i] for i in ensembles.single_order(pool, metric, objective)]
 
 
 def _warn_choice(records: Sequence[EnsembleRecord]) -> None:

@@ -288,7 +288,7 @@ def describe(key: CandidateKey) -> str:
     return f"trial {key.trial_id} epoch {key.epoch}" + (" (ema)" if key.weights == "ema" else "")
 
 
-def _single_order(pool: ValPool, metric: str, objective: Objective | None, idx: Sequence[int] | None = None,
+def single_order(pool: ValPool, metric: str, objective: Objective | None, idx: Sequence[int] | None = None,
                   ) -> np.ndarray:
     """Positions in ``idx`` (default: every candidate), best candidate alone first; ties: key order."""
     acc, ll = pool.single_scores
@@ -336,14 +336,14 @@ def best_single(cands: CandsOrPool, y_val: np.ndarray | None = None, *, metric: 
                 objective: Objective | None = None) -> Ensemble:
     """The one best candidate: the baseline every ensemble has to beat."""
     pool = _as_pool(cands, y_val)
-    return _ensemble("single", pool, [int(_single_order(pool, metric, objective)[0])], [1], objective)
+    return _ensemble("single", pool, [int(single_order(pool, metric, objective)[0])], [1], objective)
 
 
 def _top_k(pool: ValPool, k: int, metric: str, weights: str | None, method: str,
            objective: Objective | None = None) -> Ensemble:
     _check_positive("k", k)
     best_per_trial: dict[int, int] = {}
-    for i in _single_order(pool, metric, objective):  # best first: a trial's first hit is its best
+    for i in single_order(pool, metric, objective):  # best first: a trial's first hit is its best
         key = pool.keys[i]
         if weights is None or key.weights == weights:
             best_per_trial.setdefault(key.trial_id, int(i))
@@ -371,7 +371,7 @@ def seed_ensemble(
     """
     pool = _as_pool(cands, y_val)
     best_of_trial: dict[int, int] = {}
-    for i in _single_order(pool, metric, objective):  # best first: a trial's first hit is its best
+    for i in single_order(pool, metric, objective):  # best first: a trial's first hit is its best
         best_of_trial.setdefault(pool.keys[i].trial_id, int(i))
     built = []
     for group in groups:
@@ -422,14 +422,14 @@ def checkpoint_ensemble(
         raise ConfigError(f"which: {which!r} is not one of best, last")
     raw = [i for i, key in enumerate(pool.keys) if key.weights == "raw"]
     if trial_id is None and raw:
-        trial_id = pool.keys[raw[int(_single_order(pool, metric, objective, raw)[0])]].trial_id
+        trial_id = pool.keys[raw[int(single_order(pool, metric, objective, raw)[0])]].trial_id
     idx = [i for i in raw if pool.keys[i].trial_id == trial_id]
     if not idx:
         raise ConfigError(f"trial_id: no raw checkpoints for trial {trial_id}")
     if which == "last":
         chosen = idx[::-1][:n]  # keys are sorted, so idx runs by epoch
     else:
-        chosen = [idx[j] for j in _single_order(pool, metric, objective, idx)[:n]]
+        chosen = [idx[j] for j in single_order(pool, metric, objective, idx)[:n]]
     return _ensemble("checkpoints", pool, chosen, [1] * len(chosen), objective)
 
 
@@ -503,7 +503,7 @@ def greedy_selection(
 def _greedy_by_objective(pool: ValPool, steps: int, init_size: int, objective: Objective) -> Ensemble:
     """``greedy_selection`` ranked by ``objective`` (then log loss): every step scores each candidate mixture."""
     y = pool.labels
-    init = _single_order(pool, "log_loss", objective)[:init_size]
+    init = single_order(pool, "log_loss", objective)[:init_size]
     counts = np.zeros(len(pool.keys), dtype=np.int64)
     counts[init] = 1
     total = pool.probs[init].sum(axis=0, dtype=np.float64)

@@ -53,14 +53,13 @@ class NarrowAndPromote(StagePolicy):
     top_fraction: float = 0.25  # the share of trials the ranges close around
     extend_edges: bool = True  # a best value on an edge moves the range past it (never past limits=)
     promote_fraction: float = 0.5  # the share of the next stage given to the ended stage's best configs
-    narrow: bool = True
 
     @classmethod
     def for_sweep(cls, *, top_fraction: float, extend_edges: bool, promote_fraction: float) -> StagePolicy:
         return cls(top_fraction, extend_edges, promote_fraction)
 
     def next_space(self, space: SearchSpace, results: Sequence[Result]) -> NarrowResult | None:
-        if not self.narrow or not results:
+        if not results:
             return None
         no_extension = {} if self.extend_edges else {"extend": 0.0}
         return narrow_space(space, results, top_fraction=self.top_fraction, **no_extension)

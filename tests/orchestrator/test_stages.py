@@ -197,12 +197,13 @@ def test_controller_for_gives_later_stages_the_earlier_stage_grace():
     from orchestrator.spec.settings import RunSettings
 
     space = SearchSpace({"lr": loguniform(1e-4, 1.0)})
-    controller = controller_for(space, RunSettings(plan="20x1,10x4,5x12", pruner="asha").validate())
+    controller = controller_for(space, RunSettings(plan="20x1,10x4,5x12", pruner="asha",
+                                                   promote_fraction=0.3).validate())
     first, second, last = (controller.make_pruner(stage) for stage in controller.plan)
     assert isinstance(first, NoPruner)
     assert isinstance(second, ASHAPruner) and second.rungs == [1, 3]
     assert isinstance(last, ASHAPruner) and last.rungs == [4]  # not 1, 3, 9: stage 2 already judged 4 epochs
-    assert controller.options.promote_fraction == 0.5
+    assert controller.options.stage_policy.promote_fraction == 0.3  # the setting reaches the stage policy
 
 
 @pytest.mark.parametrize("value", [-0.5, 1.5, "half", True, math.nan])

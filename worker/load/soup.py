@@ -83,16 +83,19 @@ class Soup:
     MAX_EXAMINED = 256  # candidates whose architecture is compared with the best one's
 
     def __init__(self, storage: Storage, task: Task, device: str = "auto", max_ingredients: int = 16,
-                 load_data: Callable[[], Any] | None = None):
+                 load_data: Callable[[], Any] | None = None, splits: Splits | None = None):
         self.storage, self.max_ingredients = storage, max_ingredients
         self.models = SweepModels(storage, task)
         self.device = pick_device(device)
-        self.splits = self._load_splits(storage, task, load_data or task.get("load_data"))
+        self.splits = self._checked_splits(storage, task, load_data or task.get("load_data"), splits)
         self._arch: dict[int, tuple[Any, ...]] = {}
 
-    def _load_splits(self, storage: Storage, task: Task, load_data: Callable[[], Any]) -> Splits:
-        splits = prepare(load_data(), normalize=task.normalize, kind=task.kind,
-                         standardize_targets=task.standardize_targets, task_statistics=task_statistics(task))
+    def _checked_splits(self, storage: Storage, task: Task, load_data: Callable[[], Any],
+                        splits: Splits | None) -> Splits:
+        """``splits`` (the data the sweep's contract check prepared), else ``load_data()`` prepared here."""
+        if splits is None:
+            splits = prepare(load_data(), normalize=task.normalize, kind=task.kind,
+                             standardize_targets=task.standardize_targets, task_statistics=task_statistics(task))
         stored = read_dataset(storage)
         if not (np.array_equal(splits.y_val.numpy(), stored.y_val)
                 and np.array_equal(splits.y_test.numpy(), stored.y_test)):
@@ -208,11 +211,11 @@ def _note(peers: int, accepted: int) -> str:
 
 
 def soup_builder(storage: Storage, task: Task, device: str = "auto", max_ingredients: int = 16,
-                 load_data: Callable[[], Any] | None = None) -> SoupBuilder:
-    """A builder for ``ensemble_run.build``; the task's data loads (``load_data``, else the task's) only if a soup
-    is asked for."""
+                 load_data: Callable[[], Any] | None = None, splits: Splits | None = None) -> SoupBuilder:
+    """A builder for ``ensemble_run.build``; ``splits`` when the sweep already prepared them, else the task's data
+    loads (``load_data``, else the task's) only if a soup is asked for."""
 
     def build(ranked: Sequence[CandidateKey], metric: str, objective: Objective | None = None) -> SoupResult | None:
-        return Soup(storage, task, device, max_ingredients, load_data).build(ranked, metric, objective)
+        return Soup(storage, task, device, max_ingredients, load_data, splits).build(ranked, metric, objective)
 
     return build
