@@ -28,7 +28,7 @@ from orchestrator.spec.task import Task, load_task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
 from tests.conftest import DIGITS_TASK, TINY_TASK
-from worker.data.splits import prepare
+from worker.data.splits import prepare, prepare_task_data
 from worker.load.ensemble_model import load_ensemble
 from worker.load.soup import average_states, recompute_bn, soup_builder
 from worker.train.recorder import TrialRecorder
@@ -189,3 +189,19 @@ def test_building_ensembles_survives_a_failing_soup(digits_sweep, caplog):
     assert chosen is not None and chosen.chosen
     assert "soup" not in {r.method for r in read_ensembles(digits_sweep)}
     assert "soup not built: RuntimeError: data moved" in caplog.text
+
+
+def test_the_soup_uses_the_splits_the_sweep_prepared_instead_of_loading_again(digits_sweep):
+    digits = load_task(DIGITS_TASK)
+    prepared = prepare_task_data(digits)  # what run_sweep's contract check hands over
+
+    def broken_load_data():
+        raise RuntimeError("load_data must not run again")
+
+    task = Task(digits.ref, SimpleNamespace(build_model=digits.get("build_model"), load_data=broken_load_data),
+                digits.space)
+    build_ensembles(digits_sweep, task, device="cpu", splits=prepared)
+    soup = next(r for r in read_ensembles(digits_sweep) if r.method == "soup")
+    x_test, y_test = digits.get("load_data")()["test"]
+    model = load_ensemble(digits_sweep, "soup", task=DIGITS_TASK)
+    assert (model.predict(x_test).numpy() == y_test).mean() == pytest.approx(soup.test_accuracy)
