@@ -18,12 +18,14 @@ epochs trained and wall seconds. The summary rows give mean and standard deviati
     python benchmarks/quality.py                     # 3 tasks x 5 seeds, 32 trials x 10 epochs, all tools
     python benchmarks/quality.py --seeds 0,1,2 --tasks digits_mlp --tools caviar,optuna-tpe
     python benchmarks/quality.py --caviar '{"promote_fraction": 0.25}'   # caviar with other settings
+    python benchmarks/quality.py --seeds $(seq -s, 0 19) --in-process   # 20 seeds in one interpreter (warm actors)
     python benchmarks/quality.py --tiny              # 1 task, 1 seed, 4 trials x 2 epochs, caviar + Optuna TPE (CI)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -61,8 +63,13 @@ COLUMNS = ["task", "mode", "tool", "seed", "trials", "max_epochs", "epochs_train
 
 def child(tool: str, task: str, seed: int, trials: int, epochs: int, extra: dict[str, Any]) -> None:
     """One tool, one task, one seed, in its own interpreter; prints one JSON line."""
-    path = TASKS[task]
     ray_start = init_ray() if tool in ("caviar", "tune") else None
+    emit({**measure(tool, task, seed, trials, epochs, extra), "ray_start_s": ray_start})
+
+
+def measure(tool: str, task: str, seed: int, trials: int, epochs: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """One tool, one task, one seed, in this interpreter (Ray already started for caviar and Tune)."""
+    path = TASKS[task]
     with tempfile.TemporaryDirectory() as storage:
         if tool == "caviar":
             result = run_caviar(trials, epochs, storage, path, seed=seed, **extra.get("caviar", {}))
@@ -71,13 +78,17 @@ def child(tool: str, task: str, seed: int, trials: int, epochs: int, extra: dict
         else:
             result = run_optuna(trials, epochs, path, seed=seed, sampler=tool.split("-")[1],
                                 budget_epochs=extra.get("budget_epochs"))
-    emit({**result, "ray_start_s": ray_start})
+    return result
 
 
-def one_run(tool: str, task: str, seed: int, mode: str, trials: int, epochs: int, extra: dict[str, Any]
-            ) -> dict[str, Any]:
-    argv = [os.path.abspath(__file__), "--child", tool, task, str(seed), str(trials), str(epochs), json.dumps(extra)]
-    result = run_child(argv)
+def one_run(tool: str, task: str, seed: int, mode: str, trials: int, epochs: int, extra: dict[str, Any],
+            in_process: bool = False) -> dict[str, Any]:
+    if in_process:
+        result = measure(tool, task, seed, trials, epochs, extra)
+    else:
+        argv = [os.path.abspath(__file__), "--child", tool, task, str(seed), str(trials), str(epochs),
+                json.dumps(extra)]
+        result = run_child(argv)
     best = result.get("test_accuracy_best")
     ensemble = result.get("ensemble_test_accuracy")
     row = {"task": task, "mode": mode, "tool": tool, "seed": str(seed), "max_epochs": epochs, **result,
@@ -114,8 +125,29 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def verdicts(summary: Sequence[dict[str, Any]]) -> list[str]:
-    """The issue's goals, checked on the means: one line per task and comparison."""
+def paired_gap(rows: Sequence[dict[str, Any]], task: str, column: str, peer: tuple[str, str],
+               ours: tuple[str, str] = ("settings", "caviar")) -> str:
+    """caviar minus a peer on ``column``, paired by seed: mean ± standard error, and seeds ahead/level/behind.
+
+    Pairing by seed removes what the seeds share (the same first random configs, the same splits); the
+    standard error says whether a mean gap is more than the seeds' noise (about 2 SE or more).
+    """
+    def by_seed(mode: str, tool: str, name: str) -> dict[str, float]:
+        return {r["seed"]: r[name] for r in rows
+                if (r["task"], r["mode"], r["tool"]) == (task, mode, tool) and r.get(name) is not None}
+
+    mine, theirs = by_seed(*ours, column), by_seed(*peer, column)
+    gaps = [round(mine[s] - theirs[s], 6) for s in mine if s in theirs]
+    if not gaps:
+        return ""
+    se = statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else math.nan
+    ahead, behind = sum(g > 0 for g in gaps), sum(g < 0 for g in gaps)
+    return (f"; paired by seed: {statistics.mean(gaps):+.4f} ± {se:.4f} (SE), ahead on {ahead}, level on "
+            f"{len(gaps) - ahead - behind}, behind on {behind} of {len(gaps)} seeds")
+
+
+def verdicts(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """The issue's goals, checked on the means: one line per task and comparison (with paired gaps from ``rows``)."""
     lines = []
     for task in dict.fromkeys(s["task"] for s in summary):
         at = {s["tool"]: s for s in summary if s["task"] == task and s["mode"] == "settings"}
@@ -128,14 +160,16 @@ def verdicts(summary: Sequence[dict[str, Any]]) -> list[str]:
             lines.append(f"{task}, same settings: caviar's answer {caviar['answer_test_accuracy']:.4f} "
                          f"{'beats' if beats else 'does not beat'} every peer (best peer {top['tool']} "
                          f"{top['answer_test_accuracy']:.4f}); epochs {caviar['epochs_trained']:.0f} vs "
-                         f"{top['epochs_trained']:.0f} for {top['tool']}")
+                         f"{top['epochs_trained']:.0f} for {top['tool']}"
+                         + paired_gap(rows, task, "answer_test_accuracy", ("settings", top["tool"])))
         same = {s["tool"]: s for s in summary if s["task"] == task and s["mode"] == "epochs"}
         if caviar and "optuna-tpe" in same:
             tpe = same["optuna-tpe"]
             ok = round(caviar["best_test_accuracy"], 6) >= round(tpe["best_test_accuracy"], 6)
             lines.append(f"{task}, same epochs: caviar's best single model {caviar['best_test_accuracy']:.4f} "
                          f"{'>=' if ok else '<'} Optuna TPE's {tpe['best_test_accuracy']:.4f} "
-                         f"({tpe['epochs_trained']:.0f} epochs vs caviar's {caviar['epochs_trained']:.0f})")
+                         f"({tpe['epochs_trained']:.0f} epochs vs caviar's {caviar['epochs_trained']:.0f})"
+                         + paired_gap(rows, task, "best_test_accuracy", ("epochs", "optuna-tpe")))
     return lines
 
 
@@ -150,6 +184,9 @@ def main() -> None:
     parser.add_argument("--tune-seeds", default=None,
                         help="run Ray Tune (slow to schedule) only on these seeds (default: every seed)")
     parser.add_argument("--name", default=None, help="result file name (default quality, tiny: quality-tiny)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="every run in this interpreter with one Ray: caviar's later sweeps of a task reuse its "
+                             "warm actors, so many seeds fit in little time; wall times then compare nothing")
     args = parser.parse_args()
     if args.child:
         tool, task, seed, trials, epochs, extra = args.child
@@ -173,6 +210,8 @@ def main() -> None:
     epochs = args.epochs or (2 if args.tiny else 10)
     rows: list[dict[str, Any]] = []
     loads = []
+    if args.in_process and ({"caviar", "tune"} & set(tools)):
+        init_ray()
     for task in tasks:
         for seed in seeds:  # seeds outer, tools inner: slow drift of the shared machine's load hits every tool alike
             loads.append(os.getloadavg()[0])
@@ -182,12 +221,12 @@ def main() -> None:
                     continue
                 extra = {"caviar": caviar_settings} if tool == "caviar" else {}
                 if tool == "caviar" or "settings" in modes:
-                    row = one_run(tool, task, seed, "settings", trials, epochs, extra)
+                    row = one_run(tool, task, seed, "settings", trials, epochs, extra, args.in_process)
                     caviar_row = row if tool == "caviar" else caviar_row
                     rows.append(row)
             if "epochs" in modes and caviar_row is not None and "optuna-tpe" in tools:
                 budget = {"budget_epochs": int(caviar_row["epochs_trained"])}
-                rows.append(one_run("optuna-tpe", task, seed, "epochs", trials, epochs, budget))
+                rows.append(one_run("optuna-tpe", task, seed, "epochs", trials, epochs, budget, args.in_process))
             loads.append(os.getloadavg()[0])
             report(args, rows, loads, trials, epochs, caviar_settings)  # after every seed: a stopped run keeps its rows
 
@@ -196,7 +235,9 @@ def report(args: Any, rows: list[dict[str, Any]], loads: list[float], trials: in
            caviar_settings: dict[str, Any]) -> None:
     summary = summarise(rows)
     notes = [
-        f"{SLOTS} slots for every tool; Optuna: n_jobs={SLOTS} threads; each run in its own interpreter",
+        f"{SLOTS} slots for every tool; Optuna: n_jobs={SLOTS} threads; "
+        + ("every run in one interpreter with one Ray (caviar's actors warm after a task's first seed; wall times "
+           "compare nothing)" if args.in_process else "each run in its own interpreter"),
         f"settings: {trials} trials x at most {epochs} epochs for every tool; caviar: run_sweep defaults"
         + (f" with {json.dumps(caviar_settings)}" if caviar_settings else "")
         + "; Optuna: SuccessiveHalvingPruner(min_resource 1, rf 3); Ray Tune: ASHAScheduler(grace 1, rf 3)",
@@ -206,7 +247,7 @@ def report(args: Any, rows: list[dict[str, Any]], loads: list[float], trials: in
         " best trial at its best validation epoch. best_test_accuracy: the best single model. *_sd: sd over seeds",
         "wall_ratio: per-seed wall time over caviar's, averaged; the machine is shared, so only ratios mean much",
         f"1-minute load average during the run: min {min(loads):.1f}, max {max(loads):.1f}",
-        *verdicts(summary),
+        *verdicts(summary, rows),
     ]
     kwargs = {"out_dir": args.out} if args.out else {}
     write_table(args.name or ("quality-tiny" if args.tiny else "quality"), summary + rows, COLUMNS, notes=notes,

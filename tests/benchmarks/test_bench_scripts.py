@@ -103,6 +103,17 @@ def test_quality_tiny_caviar_and_optuna_tpe_both_modes(tmp_path):
     assert "same settings: caviar's answer" in text and "same epochs: caviar's best single model" in text
 
 
+@pytest.mark.timeout(300)
+def test_quality_tiny_in_one_process(tmp_path):
+    pytest.importorskip("optuna")
+    from benchmarks.quality import COLUMNS
+
+    run_script("quality.py", str(tmp_path), "--in-process", "--modes", "settings")
+    check_table(str(tmp_path), "quality-tiny", COLUMNS, {"caviar", "optuna-tpe"}, "tool")
+    text = open(tmp_path / "quality-tiny.md").read()
+    assert "every run in one interpreter with one Ray" in text and "same settings: caviar's answer" in text
+
+
 def test_quality_tasks_load_with_their_own_shapes():
     from benchmarks.quality import TASKS
     from orchestrator.search.sampler import sample_configs
@@ -135,9 +146,14 @@ def test_quality_summary_and_verdicts_on_plain_rows():
     assert caviar["answer_test_accuracy"] == pytest.approx(0.97) and caviar["epochs_trained"] == 85
     assert caviar["answer_test_sd"] == pytest.approx(0.0141421, rel=1e-4)
     assert summary["settings", "optuna-tpe"]["wall_ratio"] == pytest.approx((0.5 + 0.25) / 2)
-    lines = verdicts(list(summary.values()))
+    lines = verdicts(list(summary.values()), rows)
     assert lines[0].startswith("t, same settings: caviar's answer 0.9700 beats every peer (best peer optuna-tpe 0.96")
+    # seed by seed: +0.01 and +0.01, so the standard error of the gap is 0
+    assert lines[0].endswith("paired by seed: +0.0100 ± 0.0000 (SE), ahead on 2, level on 0, behind on 0 of 2 seeds")
     assert "same epochs: caviar's best single model 0.9600 >= Optuna TPE's 0.9575" in lines[1]
+    # best singles 0.97 vs 0.975 and 0.95 vs 0.94: -0.005 and +0.01
+    assert lines[1].endswith("paired by seed: +0.0025 ± 0.0075 (SE), ahead on 1, level on 0, behind on 1 of 2 seeds")
+    assert "paired" not in verdicts(list(summary.values()))[0]  # without per-seed rows, no gap is claimed
 
 
 @pytest.mark.timeout(300)
