@@ -76,16 +76,14 @@ class Decision:
 class ControllerOptions:
     seed: int = 0
     sampler: str = "random"
-    top_fraction: float = 0.25
     max_retries: int = 2  # a trial whose executor dies is retried this many times
     fail_fast: int = 5  # stop when this many trials fail before any succeeds
-    extend_edges: bool = True  # False: a best value on an edge keeps that edge instead of moving past it
-    promote_fraction: float = 0.5  # share of a later stage given to the best configs of the stage before
     # > 1: each stage's trials share model shapes in blocks, to train as fused arrays (set by Controller.fuse)
     fuse_array_size: int = 0
     fuse_workers: int = 1
     fuse_per_member: frozenset[str] = PER_MEMBER
-    stage_policy: StagePolicy | None = None  # None: NarrowAndPromote from the fields above
+    # How a stage leads to the next (narrowing, promotion, edge extension): orchestrator/search/stage_policy.py
+    stage_policy: StagePolicy = field(default_factory=NarrowAndPromote)
 
 
 @dataclass
@@ -209,9 +207,7 @@ class Controller:
 
     @property
     def stage_policy(self) -> StagePolicy:
-        """How a stage leads to the next: the options' own policy, else narrowing and promotion by the options."""
-        o = self.options
-        return o.stage_policy or NarrowAndPromote(o.top_fraction, o.extend_edges, o.promote_fraction)
+        return self.options.stage_policy
 
     def stage_results(self, stage: int) -> list[tuple[dict[str, Any], float]]:
         """(config, best score) of the stage's finished trials; completed ones rank first."""

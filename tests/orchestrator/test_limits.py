@@ -23,6 +23,7 @@ from orchestrator.search.space import (
     randint,
     uniform,
 )
+from orchestrator.search.stage_policy import NarrowAndPromote
 from orchestrator.search.stages import parse_plan
 from orchestrator.spec.settings import RunSettings
 
@@ -69,7 +70,8 @@ def test_limits_are_never_crossed_and_extensions_stop_there(name, make, limits, 
 @pytest.mark.parametrize("name,make,limits,scale", CASES, ids=[c[0] for c in CASES])
 def test_extension_off_keeps_every_stage_inside_the_declared_range(name, make, limits, scale):
     declared = make(None)
-    controller = sweep(SearchSpace({name: declared}), higher_is_better(name, scale), extend_edges=False)
+    controller = sweep(SearchSpace({name: declared}), higher_is_better(name, scale),
+                       stage_policy=NarrowAndPromote(extend_edges=False))
     values = sampled(controller, name)
     assert min(values) >= declared.low and max(values) <= declared.high
     kinds = [e["kind"] for e in controller.events]

@@ -9,6 +9,7 @@ from orchestrator.decide.driver import drive
 from orchestrator.decide.pruning import make_pruner
 from orchestrator.decide.simulate import SimulatedBackend
 from orchestrator.search.space import SearchSpace, choice, loguniform, one_minus_loguniform, uniform
+from orchestrator.search.stage_policy import NarrowAndPromote
 from orchestrator.search.stages import default_plan_for_budget, parse_plan, plan_to_str, stage_budget_epochs
 
 
@@ -105,7 +106,7 @@ def test_promotion_off_samples_every_trial_afresh():
     space = SearchSpace({"lr": loguniform(1e-6, 10.0)})
     plan = parse_plan("20x1,10x3")
     controller = Controller(space, plan, lambda s: make_pruner("none", max_epochs=s.epochs),
-                            ControllerOptions(seed=3, promote_fraction=0.0))
+                            ControllerOptions(seed=3, stage_policy=NarrowAndPromote(promote_fraction=0.0)))
     drive(controller, SimulatedBackend(peak(-2.0), 4))
     first = [t.config for t in controller.trials.values() if t.stage == 0]
     assert not any(t.config in first for t in controller.trials.values() if t.stage == 1)
@@ -137,8 +138,8 @@ def test_staged_search_with_promotion_beats_random_search_at_the_same_epoch_budg
         qualities = []
         for seed in range(12):
             controller = Controller(space, parse_plan(plan), lambda s: make_pruner("none", max_epochs=s.epochs),
-                                    ControllerOptions(seed=seed, promote_fraction=promote_fraction,
-                                                      sampler=sampler))
+                                    ControllerOptions(seed=seed, sampler=sampler,
+                                                      stage_policy=NarrowAndPromote(promote_fraction=promote_fraction)))
             backend = SimulatedBackend(_interaction_quality, 2, noise=0.01, seed=seed, rate=0.3)
             drive(controller, backend)
             # the same budget, all of it spent by random search (no pruner); the staged plan fits inside it
