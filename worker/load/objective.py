@@ -45,9 +45,10 @@ def ensemble_objective(task: Any, dataset: Dataset) -> Objective | None:
     kind = _target_kind(dataset)
     targets = {"val": _targets(dataset, dataset.y_val), "test": _targets(dataset, dataset.y_test)}
     name = objective.removeprefix("val_")
-    builtin: list[bool] = []  # found out on the first call: the built-in metrics or the task's have the name
+    name_is_builtin: bool | None = None  # found on the first call; greedy then computes only the source that has it
 
     def score(outputs: np.ndarray, split: str) -> float:
+        nonlocal name_is_builtin
         model_outputs = _model_outputs(dataset, outputs)
         if objective == "val_loss":
             try:
@@ -55,9 +56,9 @@ def ensemble_objective(task: Any, dataset: Dataset) -> Objective | None:
                     return float(loss_fn(model_outputs, targets[split]))
             except Exception as exc:
                 raise TaskError(f"loss_fn raised {type(exc).__name__} on the {split} split: {exc}") from exc
-        values = builtin_metrics(kind, model_outputs, targets[split]) if builtin != [False] else {}
-        if not builtin:  # greedy scores every mixture: compute only the metrics that hold the name from now on
-            builtin.append(name in values)
+        values = builtin_metrics(kind, model_outputs, targets[split]) if name_is_builtin is not False else {}
+        if name_is_builtin is None:
+            name_is_builtin = name in values
         if name not in values:
             with torch.no_grad():
                 values = user_metrics(task, model_outputs, targets[split], split)
