@@ -11,6 +11,7 @@ its best validation epoch (caviar: its kept best checkpoint).
     python benchmarks/real_sweep.py --tools caviar,optuna --trials 8 --epochs 3
     python benchmarks/real_sweep.py --tools caviar,caviar-unfused   # caviar with fuse=off beside its default
     python benchmarks/real_sweep.py --tools caviar,caviar-warm,optuna   # caviar-warm: a second sweep in one process
+    python benchmarks/real_sweep.py --tools caviar,caviar-processes,optuna   # executor="processes": no Ray
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from benchmarks.common import (  # noqa: E402  (re-exported: the peer runners li
 __all__ = ["caviar_best_test_accuracy", "decode", "suggest_optuna", "to_tune"]
 
 TASK = DIGITS_MLP
-TOOLS = ("caviar", "caviar-warm", "caviar-unfused", "tune", "optuna")
+TOOLS = ("caviar", "caviar-warm", "caviar-unfused", "caviar-processes", "tune", "optuna")
 DEFAULT_TOOLS = ("caviar", "tune", "optuna")
 COLUMNS = ["tool", "trials", "max_epochs", "epochs_trained", "wall_s", "ratio_vs_caviar", "compute_s", "busy_fraction",
            "best_val_accuracy", "test_accuracy_best", "ensemble_test_accuracy", "startup_s", "train_phase_s",
@@ -50,7 +51,7 @@ COLUMNS = ["tool", "trials", "max_epochs", "epochs_trained", "wall_s", "ratio_vs
 
 
 def child(tool: str, trials: int, epochs: int) -> None:
-    ray_start = init_ray() if tool != "optuna" else None
+    ray_start = init_ray() if tool not in ("optuna", "caviar-processes") else None
     with tempfile.TemporaryDirectory() as storage:
         if tool == "caviar":
             result = run_caviar(trials, epochs, storage)
@@ -59,6 +60,8 @@ def child(tool: str, trials: int, epochs: int) -> None:
             result = run_caviar(trials, epochs, storage)
         elif tool == "caviar-unfused":
             result = run_caviar(trials, epochs, storage, fuse="off")
+        elif tool == "caviar-processes":  # trials in forked children of this process: no Ray at all
+            result = run_caviar(trials, epochs, storage, executor="processes")
         elif tool == "tune":
             result = run_tune(trials, epochs, storage)
         else:

@@ -235,11 +235,7 @@ def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sw
         check_storage_reach(root, settings)
         wait_for_room(settings, can_grow=bool(settings.address))  # a Ray started here never grows
         slots = slots_for(settings)
-        worker_options: dict[str, Any] = {
-            "device": actor_device(settings), "precision": settings.precision, "keep_best": settings.keep_best,
-            "checkpoint_seconds": settings.checkpoint_seconds, "max_loss_ratio": settings.max_loss_ratio,
-            "threads": max(1, int(settings.cpus_per_trial)), "prediction_dtype": settings.prediction_dtype,
-        }
+        worker_options = settings.worker_options(actor_device(settings))
         resources = Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources)
         key = warm_pool.pool_key(task, resources.actor_options(), worker_options["device"], worker_options["threads"])
         kept = warm_pool.take(key)

@@ -35,11 +35,13 @@ ALLOWED = {
                      "worker.train"},
     "worker.load": {"orchestrator.errors", "orchestrator.store", "orchestrator.spec", "orchestrator.ensemble",
                     "worker.data", "worker.train"},
+    # the process pool hosts worker sessions in child processes, as cluster's actors do on Ray
+    "worker.pool": {"orchestrator.errors", "orchestrator.decide", "worker.train", "worker.check"},
     "cluster": {"orchestrator.errors", "orchestrator.store", "orchestrator.search", "orchestrator.spec",
                 "orchestrator.decide", "worker.train", "worker.arrays", "worker.check"},
     "orchestrator.app": {"orchestrator.errors", "orchestrator.store", "orchestrator.search", "orchestrator.spec",
                          "orchestrator.decide", "orchestrator.ensemble", "worker.data", "worker.train",
-                         "worker.check", "worker.load", "cluster"},
+                         "worker.check", "worker.load", "worker.pool", "cluster"},
     "orchestrator": {"orchestrator.search", "orchestrator.app", "worker.load"},  # the facade: lazy API names
 }
 

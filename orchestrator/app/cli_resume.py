@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.app.cli_common import SweepArg, app, exit_on_interrupt, print_result, task_file_ref
+from orchestrator.app.cli_common import EXECUTOR_HELP, SweepArg, app, exit_on_interrupt, print_result, task_file_ref
 
 
 @app.command()
@@ -19,6 +19,7 @@ def resume(
     ensemble: Annotated[
         bool | None, typer.Option(help="Build ensembles when the sweep ends (default: as started).")
     ] = None,
+    executor: Annotated[str | None, typer.Option(help=EXECUTOR_HELP + " Default: as started.")] = None,
     plain: Annotated[bool, typer.Option(help="Log lines instead of the live view.")] = False,
     task: Annotated[str | None, typer.Option(help="Your task file (or module:attr) to train with.")] = None,
     trust_task_code: Annotated[bool, typer.Option(
@@ -31,11 +32,11 @@ def resume(
     from orchestrator.app.api import resume_sweep
     from orchestrator.app.progress import Progress, quiet_ray
 
-    overrides: dict[str, Any] = {
-        k: v for k, v in dict(slots=slots, address=address, ensemble=ensemble).items() if v is not None
-    }
+    given = dict(slots=slots, address=address, ensemble=ensemble, executor=executor)
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain) as progress:
-        quiet_ray(os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log"))  # as `caviar run`
+        if executor != "processes":
+            quiet_ray(os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log"))  # as `caviar run`
         result = resume_sweep(sweep, on_tick=progress, task=task, trust_task_code=trust_task_code, **overrides)
     if result.note:
         typer.echo(result.note)

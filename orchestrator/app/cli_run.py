@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator.app.cli_common import (
+    EXECUTOR_HELP,
     PRUNER_NAMES,
     SAMPLER_NAMES,
     STAGE_POLICY_NAMES,
@@ -76,6 +77,7 @@ def run(
     wait_for_cluster_seconds: Annotated[
         float | None, typer.Option(help="With --address: how long to wait for a node to fit a trial (default 600).")
     ] = None,
+    executor: Annotated[str | None, typer.Option(help=EXECUTOR_HELP)] = None,
 ) -> None:
     """Run a sweep: sample, train on Ray actors, prune, narrow, and write everything to Parquet."""
     from orchestrator.app.api import parse_resources, run_sweep
@@ -107,16 +109,19 @@ def run(
         seed_copies=seed_copies,
         wait_for_cluster_seconds=wait_for_cluster_seconds,
         array_size=int(array_size) if array_size and array_size.isdigit() else array_size,
+        executor=executor,
     )
     if resource:
         overrides["resources"] = parse_resources(resource)
     from orchestrator.app.progress import quiet_ray, starting_line
 
-    ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log")
-    starting = starting_line(address, slots, ray_log)
+    on_ray = executor != "processes"
+    ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log") if on_ray else None
+    starting = starting_line(address, slots, ray_log, executor=executor or "ray")
     task_ref = task_file_ref(task)  # before the run: a job's working directory may not outlive it
     with exit_on_interrupt(task_ref), Progress(force_plain=plain, starting=starting) as progress:
-        quiet_ray(ray_log)  # after the first line: importing Ray takes a second or two
+        if ray_log:
+            quiet_ray(ray_log)  # after the first line: importing Ray takes a second or two
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
     print_result(result, report=report, task_ref=task_ref)
 

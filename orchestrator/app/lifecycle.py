@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -16,6 +17,7 @@ from typing import Any
 from orchestrator.app.prefetch import DataPrefetch, chain_ticks
 from orchestrator.app.tables import SweepTables, load
 from orchestrator.decide import interrupt
+from orchestrator.decide.backend import Backend
 from orchestrator.decide.controller import Controller, ControllerOptions
 from orchestrator.decide.driver import drive
 from orchestrator.decide.pruning import (
@@ -203,11 +205,14 @@ def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, nam
     Only a sweep whose trials all ended hands its actors on (``close(finished=True)``); a failure or Ctrl-C
     ends them.
     """
-    from cluster.runner import open_backend  # Ray loads here, never at import time
+    if settings.executor == "processes":
+        backend, fusing = open_process_backend(task, settings, root, name, splits), None
+    else:
+        from cluster.runner import open_backend  # Ray loads here, never at import time
 
-    first_pending = controller.trials[controller.pending[0]].config if controller.pending else None
-    backend, fusing = open_backend(task, settings, root, name, sweep, [stage.trials for stage in controller.plan],
-                                   first_pending, resuming=resumed, splits=splits)
+        first_pending = controller.trials[controller.pending[0]].config if controller.pending else None
+        backend, fusing = open_backend(task, settings, root, name, sweep, [stage.trials for stage in controller.plan],
+                                       first_pending, resuming=resumed, splits=splits)
     finished = False
     try:
         if fusing is not None:
@@ -216,6 +221,15 @@ def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, nam
         finished = True
     finally:
         backend.close(finished=finished)
+
+
+def open_process_backend(task: Task, settings: RunSettings, root: Storage, name: str, splits: Any) -> Backend:
+    """Trials in child processes of this one (``executor="processes"``): no Ray, this machine's CPUs."""
+    from worker.pool.processes import ProcessBackend, local_cpus
+
+    slots = settings.slots or max(1, local_cpus() // max(1, int(settings.cpus_per_trial)))
+    where = root.uri if "://" in root.uri else os.path.abspath(root.root)
+    return ProcessBackend(task.ref, where, name, slots, settings.worker_options("cpu"), splits)
 
 
 def forget_refused_sweep(sweep: Storage, controller: Controller) -> None:

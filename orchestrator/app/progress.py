@@ -269,12 +269,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def starting_line(address: str | None, slots: int | None, ray_log: str | None) -> str:
+def starting_line(address: str | None, slots: int | None, ray_log: str | None, executor: str = "ray") -> str:
     """What the run starts, said before anything slow happens (Ray takes seconds to come up)."""
     import os
 
     from orchestrator.store.storage import redact_uri
 
+    if executor == "processes":
+        workers = f"{slots} worker processes" if slots else "one worker process per CPU"
+        return f"caviar: no Ray; {workers} forked from this one once the task's data is loaded and checked"
     where = (f"joining Ray cluster {redact_uri(address)}" if address
              else f"starting local Ray with {os.cpu_count()} CPUs")
     workers = f"{slots} workers" if slots else "one worker per free CPU"

@@ -31,6 +31,8 @@ class ResumeOptions(TypedDict, total=False):
     shared_storage: bool  # a local storage path that every node mounts (NFS); needed on multi-node clusters
     checkpoint_seconds: float  # at most this long between a trial's checkpoints (30.0)
     keep_workers: float  # seconds a clean sweep's actors stay warm for this process's next sweep of the task (120)
+    # where trials run: "ray" (actors; default) or "processes" (children of this process: no Ray, one machine, CPU)
+    executor: str
 
 
 class RunOptions(ResumeOptions, total=False):

@@ -18,6 +18,7 @@ from orchestrator.search.sampler import SAMPLERS
 from orchestrator.search.stage_policy import STAGE_POLICIES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+EXECUTORS = ("ray", "processes")
 
 
 @dataclass
@@ -66,6 +67,9 @@ class RunSettings:
     wait_for_cluster_seconds: float = 600.0  # on a cluster, how long to wait for a node (autoscaler) to fit a trial
     # A clean sweep's actors stay this long for the next sweep of the same task in this process (cluster/warm_pool.py)
     keep_workers: float = 120.0
+    # Where trials run: "ray" (actors; a private Ray without --address) or "processes" (children of this process,
+    # forked after its imports and data load: no Ray, one machine, CPU only; worker/pool/processes.py)
+    executor: str = "ray"
 
     def validate(self) -> RunSettings:
         positive_ints = ("trials", "epochs", "grace_epochs", "keep_best")
@@ -121,11 +125,33 @@ class RunSettings:
         _check("keep_workers", _num(self.keep_workers) and self.keep_workers >= 0, "a number of seconds >= 0")
         for key, value in self.resources.items():
             _check(f"resources.{key}", _num(value) and value > 0, "a number > 0")
+        _check("executor", self.executor in EXECUTORS, f"one of {', '.join(EXECUTORS)}")
+        if self.executor == "processes":
+            self._check_processes()
         if self.plan is not None:
             from orchestrator.search.stages import parse_plan
 
             parse_plan(self.plan)
         return self
+
+    def _check_processes(self) -> None:
+        """The process pool runs CPU trials on this machine only: a setting that needs Ray is refused, never ignored."""
+        needs_ray = [("address", bool(self.address), "joins a Ray cluster"),
+                     ("gpus_per_trial", bool(self.gpus_per_trial), "places GPUs"),
+                     ("resources", bool(self.resources), "asks for custom resources"),
+                     ("device", self.device not in ("auto", "cpu"), f"trains on {self.device}"),
+                     ("fuse", self.fuse != "off", "fuses trials"),
+                     ("dashboard", self.dashboard, "starts Ray's dashboard")]
+        for name, conflict, what in needs_ray:
+            if conflict:
+                raise ConfigError(f"setting '{name}': {what}, which only Ray's executor does; drop --executor "
+                                  f"processes (or {name})")
+
+    def worker_options(self, device: str) -> dict[str, Any]:
+        """What each worker is told about the sweep, whichever executor runs it."""
+        return {"device": device, "precision": self.precision, "keep_best": self.keep_best,
+                "checkpoint_seconds": self.checkpoint_seconds, "max_loss_ratio": self.max_loss_ratio,
+                "threads": max(1, int(self.cpus_per_trial)), "prediction_dtype": self.prediction_dtype}
 
     def merged(self, overrides: Mapping[str, Any]) -> RunSettings:
         """A copy with ``overrides`` applied; unknown fields are refused by name. ``None`` keeps the value."""

@@ -1,0 +1,161 @@
+"""``executor="processes"``: trials in child processes of the master, no Ray; real processes, real files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from orchestrator.app.api import load, run_sweep
+from orchestrator.decide.backend import Assignment
+from orchestrator.errors import CaviarError, ConfigError
+from orchestrator.spec.settings import RunSettings
+from tests.conftest import ROOT, TINY_TASK
+from worker.pool.processes import MAX_REPLACEMENTS, ProcessBackend
+
+SLOW_TASK = os.path.join(ROOT, "tests", "tasks", "slow_task.py")
+CAVIAR = [os.path.join(os.path.dirname(sys.executable), "caviar")]
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_a_sweep_in_forked_processes_writes_the_same_tables_and_never_imports_ray(tmp_path):
+    code = ("import sys; from orchestrator import run_sweep; "
+            f"r = run_sweep({TINY_TASK!r}, trials=6, epochs=2, stages=1, pruner='none', slots=2, seed=3, "
+            f"storage={str(tmp_path)!r}, name='p', executor='processes'); "
+            "print(r.counts, 'ray' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("False")  # Ray was never imported, let alone started
+    tables = load(str(tmp_path / "p"))
+    trials = tables.trials.to_pylist()
+    assert [t["status"] for t in trials] == ["completed"] * 6
+    assert tables.metrics.num_rows == 12
+    assert {t["node"] for t in trials} == {os.uname().nodename}  # this machine's name, as WorkerSession reports it
+    assert tables.checkpoints.num_rows >= 6
+    sweep = tmp_path / "p"
+    assert len(os.listdir(sweep / "predictions")) == 6 and os.listdir(sweep / "ensembles")  # what ensembles read
+
+
+def test_the_same_seed_samples_the_same_configs_as_on_ray(ray_session, tmp_path):
+    """Where trials run changes nothing the sweep decides: same seed, same configs, same epochs."""
+    runs = {}
+    for executor in ("ray", "processes"):
+        result = run_sweep(TINY_TASK, trials=4, epochs=2, stages=1, pruner="none", seed=11, slots=2,
+                           storage=str(tmp_path), name=executor, executor=executor, ensemble=False)
+        runs[executor] = sorted((t["trial_id"], t["status"], t["epochs_run"], tuple(sorted(t["config"].items())))
+                                for t in load(result.path).trials.to_pylist())
+    assert runs["ray"] == runs["processes"]
+
+
+def test_trials_with_more_than_one_cpu_run_in_spawned_processes(tmp_path):
+    """A forked child must stay on one torch thread (GNU OpenMP hangs after a fork): more CPUs per trial spawn."""
+    result = run_sweep(TINY_TASK, trials=2, epochs=1, stages=1, pruner="none", slots=1, cpus_per_trial=2,
+                       storage=str(tmp_path), name="spawned", executor="processes", ensemble=False)
+    assert result.counts == {"completed": 2}
+    backend = ProcessBackend(TINY_TASK, str(tmp_path), "direct", 1, {"threads": 2})
+    try:
+        assert backend.start_method == "spawn"
+    finally:
+        backend.close()
+
+
+def test_a_worker_that_cannot_start_is_replaced_then_its_slot_given_up_with_one_line(tmp_path):
+    missing = str(tmp_path / "no_such_task.py")
+    backend = ProcessBackend(missing, str(tmp_path), "gone", 1, {"threads": 1})
+    backend.start(Assignment(0, 1, {"lr": 0.1}, seed=0, max_epochs=1, until_epoch=1))
+    lost, deadline = [], time.monotonic() + 120
+    try:
+        with pytest.raises(CaviarError, match="no trial worker could start") as refused:
+            while time.monotonic() < deadline:
+                lost += [r for r in backend.poll(timeout=1.0) if r.lost]
+        assert "no_such_task.py" in str(refused.value) and "\n" not in str(refused.value)
+        assert [r.trial_id for r in lost] == [0] and backend.deaths == MAX_REPLACEMENTS + 1
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize(("settings", "field"), [
+    ({"address": "auto"}, "address"), ({"gpus_per_trial": 0.5}, "gpus_per_trial"),
+    ({"resources": {"tpu": 1.0}}, "resources"), ({"device": "cuda"}, "device"), ({"fuse": "auto"}, "fuse"),
+    ({"dashboard": True}, "dashboard"),
+])
+def test_a_setting_only_ray_can_honour_is_refused_by_name(settings, field):
+    with pytest.raises(ConfigError, match=f"^setting '{field}': .*only Ray's executor does"):
+        RunSettings(executor="processes", **settings).validate()
+
+
+def test_an_unknown_executor_is_one_line_from_the_cli(tmp_path):
+    done = subprocess.run([*CAVIAR, "run", TINY_TASK, "--executor", "threads", "--storage", str(tmp_path), "--plain"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == "caviar: error: setting 'executor': expected one of ray, processes"
+    assert not os.listdir(tmp_path)
+
+
+def start_paused_sweep(tmp_path, name: str) -> tuple[subprocess.Popen, str, str]:
+    """``caviar run --executor processes`` on the slow task; returns once a worker paused mid-epoch 2."""
+    folder = tmp_path / "pause"
+    folder.mkdir()
+    config = tmp_path / "pause.toml"
+    config.write_text(f'[space]\npause_dir = "{folder}"\npause_epoch = 2\n')
+    storage = str(tmp_path / "runs")
+    run = [*CAVIAR, "run", SLOW_TASK, "--executor", "processes", "--trials", "3", "--epochs", "3", "--stages", "1",
+           "--slots", "2", "--seed", "5", "--storage", storage, "--name", name, "--no-ensemble", "--plain",
+           "--config", str(config)]
+    proc = subprocess.Popen(run, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    marker, deadline = folder / "paused", time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()[1][-3000:] if proc.poll() is not None else "no pause in 120 s"
+    pid, lr = marker.read_text().split()
+    return proc, pid, os.path.join(storage, name)
+
+
+def end(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
+def test_a_killed_worker_process_loses_its_trial_which_resumes_from_its_checkpoint(tmp_path):
+    proc, pid, sweep = start_paused_sweep(tmp_path, "killed")
+    try:
+        assert int(pid) != proc.pid  # the paused trial trains in a child, not in the master
+        os.kill(int(pid), signal.SIGKILL)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        end(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert "lost a trial worker process" in err
+    trials = load(sweep).trials.to_pylist()
+    assert [(t["status"], t["epochs_run"]) for t in trials] == [("completed", 3)] * 3
+    assert max(t["attempt"] for t in trials) == 1  # the victim went on as a second attempt
+
+
+def test_ctrl_c_ends_the_workers_and_the_sweep_resumes_in_processes(tmp_path):
+    proc, pid, sweep = start_paused_sweep(tmp_path, "stopped")
+    try:
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: the whole process group
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        end(proc)
+    assert proc.returncode == 130, err[-3000:]
+    assert took < 60  # the paused epoch lasts 60 s: the master ended its worker instead of waiting for it
+    assert err.strip().splitlines()[-1] == f"interrupted: caviar resume {sweep} --task {SLOW_TASK}"
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}")  # no worker outlives its master
+    assert "interrupted" in {t["status"] for t in load(sweep).trials.to_pylist()}
+    done = subprocess.run([*CAVIAR, "resume", sweep, "--plain", "--task", SLOW_TASK, "--executor", "processes"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = load(sweep).trials.to_pylist()
+    assert [(t["status"], t["epochs_run"]) for t in trials] == [("completed", 3)] * 3

@@ -1,0 +1,268 @@
+"""The process-pool backend: each slot is a child process of the master, no Ray (``executor="processes"``).
+
+For sweeps on one machine. A Ray actor starts in seconds: Ray itself, a fresh interpreter that
+imports torch, the data sent over, torch's warm-up. A child forked from the master, which has
+already imported torch, loaded and checked the data and run one optimizer step (the contract
+check), starts in milliseconds with all of that in its memory.
+
+A forked child runs one torch thread: GNU OpenMP does not survive a fork once the parent has used
+its thread pool, and a child asking for more threads hangs. So trials with more than one CPU start
+their workers with ``spawn`` (a fresh interpreter that imports the task and loads its data itself).
+
+Calls to one worker run in order, as on a Ray actor, so a stop and the next trial's start can be
+sent back to back. A worker that dies loses its trial (retried from its last checkpoint, as on
+Ray) and is replaced; a slot whose workers die ``MAX_REPLACEMENTS + 1`` times in a row is given up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import os
+import signal
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from orchestrator.decide import interrupt
+from orchestrator.decide.backend import Assignment, Backend, Report
+from orchestrator.errors import CaviarError
+
+log = logging.getLogger("caviar")
+
+MAX_REPLACEMENTS = 3  # deaths in a row of one slot's workers before the slot is given up
+START_FAILED = "the worker could not start: "
+_MASTER_ENDS: weakref.WeakSet[Connection] = weakref.WeakSet()  # every pipe end the master holds, for children to close
+
+
+def local_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, as a container's limits set it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def serve(conn: Connection, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any],
+          splits: Any) -> None:
+    """A worker's life in its child process: build the session, then answer the master's calls in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's: it stops the trials, then ends us
+    for other in list(_MASTER_ENDS):  # forked copies of the master's pipe ends: the master's exit must reach us
+        other.close()
+    from worker.check.contract import describe
+    from worker.train.session import WorkerSession
+
+    try:
+        session = WorkerSession(task_ref, storage_uri, sweep, options, splits)
+    except Exception as exc:
+        conn.send(("failed", describe(exc)))
+        return
+    conn.send(("ready", session.node))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the master has gone
+        if message is None:
+            return
+        method, args = message
+        try:
+            conn.send(("report", getattr(session, method)(*args)))
+        except Exception:  # WorkerSession turns a trial's own errors into reports: this is the worker's
+            conn.send(("error", traceback.format_exc()))
+            return
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+    calls: deque[tuple[str, int]] = field(default_factory=deque)  # (kind, trial) sent, not yet answered
+    ready: bool = False
+    replacement: bool = False  # its slot takes a trial only once it is ready
+
+
+class ProcessBackend(Backend):
+    """``slots`` child processes; ``splits`` (the master's checked data) reach forked children in memory."""
+
+    def __init__(self, task_ref: str, storage_uri: str, sweep: str, slots: int, worker_options: Mapping[str, Any],
+                 splits: Any = None):
+        threads = int(worker_options.get("threads") or 1)
+        self.start_method = "fork" if threads == 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        self._context = multiprocessing.get_context(self.start_method)
+        # A spawned child gets a pickled copy: let it load the data itself rather than send it through a pipe.
+        self._args = (task_ref, storage_uri, sweep, dict(worker_options),
+                      splits if self.start_method == "fork" else None)
+        self.workers = [self._make(replacement=False) for _ in range(slots)]
+        self.idle = list(range(slots))
+        self.slot_of: dict[int, int] = {}
+        self.attempt_of: dict[int, int] = {}
+        self.failures = [0] * slots
+        self.deaths = 0
+        self.last_error = ""
+        self.node_of_slot: list[str | None] = [None] * slots
+        _LIVE.add(self)
+
+    def _make(self, *, replacement: bool) -> _Worker:
+        master_end, child_end = self._context.Pipe()
+        _MASTER_ENDS.add(master_end)
+        process = self._context.Process(target=serve, args=(child_end, *self._args), name="caviar-worker")
+        process.start()
+        child_end.close()
+        return _Worker(process, master_end, replacement=replacement)
+
+    @property
+    def free_slots(self) -> int:
+        return len(self.idle)
+
+    def _send(self, slot: int, kind: str, trial_id: int, method: str, *args: Any) -> None:
+        worker = self.workers[slot]
+        worker.calls.append((kind, trial_id))
+        try:
+            worker.conn.send((method, args))
+        except OSError:  # the child is gone; poll sees its exit and loses the trial
+            pass
+
+    def start(self, assignment: Assignment) -> None:
+        slot = self.idle.pop()
+        self.slot_of[assignment.trial_id] = slot
+        self.attempt_of[assignment.trial_id] = assignment.attempt
+        self._send(slot, "run", assignment.trial_id, "start", assignment)
+
+    def advance(self, trial_id: int, until_epoch: int) -> None:
+        self._send(self.slot_of[trial_id], "run", trial_id, "advance", trial_id, until_epoch)
+
+    def stop(self, trial_id: int, status: str, reason: str) -> None:
+        slot = self.slot_of.pop(trial_id)
+        self._send(slot, "stop", trial_id, "stop", trial_id, status, reason)
+        self.idle.append(slot)
+
+    def _waiting(self) -> list[int]:
+        """Slots whose worker owes an answer: a call, or its start."""
+        return [slot for slot, w in enumerate(self.workers) if w is not None and (w.calls or not w.ready)]
+
+    def poll(self, timeout: float | None = None) -> list[Report]:
+        waiting = self._waiting()
+        if not waiting:
+            if not self.idle and not self.slot_of:  # every slot given up: nothing will ever report again
+                if self.last_error.startswith(START_FAILED):
+                    raise CaviarError(f"no trial worker could start ({MAX_REPLACEMENTS + 1} tries per slot): "
+                                      f"{self.last_error.removeprefix(START_FAILED)}")
+                raise CaviarError(f"every trial worker died {MAX_REPLACEMENTS + 1} times in a row; the last: "
+                                  f"{self.last_error.splitlines()[0]}")
+            return []
+        handles = [self.workers[s].conn for s in waiting] + [self.workers[s].process.sentinel for s in waiting]
+        wait(handles, timeout)
+        reports: list[Report] = []
+        for slot in waiting:
+            worker = self.workers[slot]
+            while worker is self.workers[slot] and _has_message(worker.conn):
+                try:
+                    message = worker.conn.recv()
+                except (EOFError, OSError):
+                    break
+                reports.extend(self._on_message(slot, worker, message))
+            if worker is self.workers[slot] and not worker.process.is_alive() and self._owes(worker):
+                code = worker.process.exitcode
+                reports.extend(self._on_failure(slot, f"the worker process exited (code {code})"))
+        return reports
+
+    @staticmethod
+    def _owes(worker: _Worker) -> bool:
+        return bool(worker.calls) or not worker.ready
+
+    def _on_message(self, slot: int, worker: _Worker, message: tuple[str, Any]) -> list[Report]:
+        what, value = message
+        if what == "ready":
+            worker.ready = True
+            self.node_of_slot[slot] = str(value)
+            if worker.replacement:
+                self.failures[slot] = 0
+                self.idle.append(slot)
+            return []
+        if what == "failed":
+            return self._on_failure(slot, START_FAILED + str(value))
+        if what == "error":
+            return self._on_failure(slot, str(value))
+        kind, trial_id = worker.calls.popleft()
+        report: Report = value
+        if kind == "stop":
+            return []  # the controller closed this trial when it decided to stop it
+        if report.ended and self.slot_of.get(trial_id) == slot:
+            del self.slot_of[trial_id]
+            self.idle.append(slot)
+        return [report]
+
+    def _on_failure(self, slot: int, error: str) -> list[Report]:
+        """Replace a dead worker once; its trial is lost (and retried by the controller)."""
+        self.deaths += 1
+        self.failures[slot] += 1
+        self.last_error = error
+        _end(self.workers[slot], timeout=0)
+        lost = [tid for tid, s in self.slot_of.items() if s == slot]
+        for tid in lost:
+            del self.slot_of[tid]
+        if slot in self.idle:
+            self.idle.remove(slot)
+        if lost:
+            moved = ", ".join(f"{tid} (attempt {self.attempt_of.get(tid, 0)} -> {self.attempt_of.get(tid, 0) + 1})"
+                              for tid in lost)
+            log.warning("caviar: lost a trial worker process (%s); trial %s goes back to the queue",
+                        error.strip().splitlines()[-1][:160], moved)
+        self.workers[slot] = self._make(replacement=True) if self.failures[slot] <= MAX_REPLACEMENTS else None
+        return [Report(tid, lost=True, error=error) for tid in lost]
+
+    def close(self, finished: bool = False, drain_seconds: float = 600.0) -> None:
+        """Let queued calls finish (a stop persists the trial's rows and checkpoints), then end the workers.
+
+        After Ctrl-C or SIGTERM, in-flight epochs are not waited for (a resume starts from the checkpoints).
+        """
+        if interrupt.requested():
+            drain_seconds = 0.0
+        for worker in self.workers:
+            if worker is not None:
+                try:
+                    worker.conn.send(None)
+                except OSError:
+                    pass
+        for worker in self.workers:
+            if worker is not None:
+                _end(worker, timeout=drain_seconds)
+        self.workers = [None] * len(self.workers)
+        _LIVE.discard(self)
+
+
+def _has_message(conn: Connection) -> bool:
+    try:
+        return conn.poll()
+    except (EOFError, OSError):
+        return False
+
+
+def _end(worker: _Worker | None, timeout: float) -> None:
+    """Wait up to ``timeout`` for the worker to exit by itself, then make it."""
+    if worker is None:
+        return
+    worker.process.join(timeout)
+    if worker.process.is_alive():
+        worker.process.kill()
+        worker.process.join(5)
+    worker.conn.close()
+
+
+_LIVE: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+
+
+@atexit.register
+def _end_all() -> None:
+    """An interpreter that exits without closing a backend ends its workers (multiprocessing would wait on them)."""
+    for backend in list(_LIVE):
+        for worker in backend.workers:
+            if worker is not None:
+                worker.conn.close()
+                _end(worker, timeout=5)
