@@ -9,6 +9,7 @@ in its own interpreter with the same ``ray.init``; ``wall_s`` is the run itself 
     python benchmarks/overhead.py --tiny              # 4 x 1 and 2 x 5 (CI)
     python benchmarks/overhead.py --tools caviar,tune-reuse --trials 2
     python benchmarks/overhead.py --tools caviar,caviar-warm   # caviar-warm: a second sweep in one process
+    python benchmarks/overhead.py --tools caviar,caviar-processes,caviar-processes-warm,tune-reuse   # no Ray
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import ROOT, chosen_tools, emit, peer_parser, run_child, write_table  # noqa: E402
 
 TASK = os.path.join(ROOT, "benchmarks", "tasks", "trivial.py")
-TOOLS = ("caviar", "caviar-warm", "tune", "tune-reuse")
+TOOLS = ("caviar", "caviar-warm", "caviar-processes", "caviar-processes-warm", "tune", "tune-reuse")
 COLUMNS = ["case", "tool", "trials", "reports_per_trial", "wall_s", "s_per_trial", "s_per_report", "ratio_vs_caviar",
            "ray_start_s", "process_s", "compute_s"]
 SLOTS = 2
@@ -40,12 +41,12 @@ def init_ray() -> float:
     return time.perf_counter() - started
 
 
-def run_caviar(trials: int, reports: int, storage: str) -> dict[str, Any]:
+def run_caviar(trials: int, reports: int, storage: str, executor: str = "ray") -> dict[str, Any]:
     from orchestrator.app.api import load, run_sweep
 
     started = time.perf_counter()
     run_sweep(TASK, plan=f"{trials}x{reports}", pruner="none", ensemble=False, checkpoint_seconds=1e9,
-              storage=storage, name="overhead", overwrite=True, slots=SLOTS)
+              storage=storage, name="overhead", overwrite=True, slots=SLOTS, executor=executor)
     wall = time.perf_counter() - started
     metrics = load(os.path.join(storage, "overhead")).metrics
     return {"wall_s": wall, "compute_s": float(sum(metrics["epoch_seconds"].to_pylist()))}
@@ -97,10 +98,16 @@ def run_tune(trials: int, reports: int, storage: str, reuse: bool) -> dict[str, 
 
 def child(tool: str, trials: int, reports: int) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    ray_start = init_ray()
+    processes = tool.startswith("caviar-processes")  # executor="processes": no Ray in this interpreter
+    ray_start = None if processes else init_ray()
     with tempfile.TemporaryDirectory() as storage:
         if tool == "caviar":
             result = run_caviar(trials, reports, storage)
+        elif tool == "caviar-processes":
+            result = run_caviar(trials, reports, storage, executor="processes")
+        elif tool == "caviar-processes-warm":  # the second sweep of a process: torch imported and warmed up
+            run_caviar(2, 1, os.path.join(storage, "first"), executor="processes")
+            result = run_caviar(trials, reports, storage, executor="processes")
         elif tool == "caviar-warm":  # a notebook's second sweep: the first one's actors are still warm
             run_caviar(2, 1, os.path.join(storage, "first"))
             result = run_caviar(trials, reports, storage)
@@ -136,6 +143,8 @@ def main() -> None:
         f"{SLOTS} slots (ray.init(num_cpus={SLOTS}), 1 CPU per trial) for every tool",
         "wall_s: the run with Ray already started; ratio_vs_caviar = wall_s / caviar's wall_s in the same case",
         "caviar-warm: the same sweep as caviar, run right after a 2-trial sweep in the same process (warm actors)",
+        "caviar-processes: executor='processes', trials in children forked from the master (no Ray; wall includes"
+        " the contract check and the forks); -warm: after a 2-trial sweep in the same process",
         "caviar with pruner none asks for all epochs at once: a trial's reports arrive as one batch of metric rows",
     ], **kwargs)
 

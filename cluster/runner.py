@@ -68,7 +68,8 @@ def start_private_ray(runtime_env: dict[str, Any], *, dashboard: bool = False, d
     ``/tmp/ray/ray_current_cluster`` (a ``ray start --head`` someone left running) and put the
     sweep's trials on it; ``address="local"`` always starts a fresh one.
     """
-    log.warning("caviar: starting a private Ray on this machine (pass --address auto to join a running cluster)")
+    log.warning("caviar: starting a private Ray on this machine (pass --address auto to join a running cluster, "
+                "or --executor processes to train in child processes without Ray)")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
              runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING, configure_logging=False)
 

@@ -13,9 +13,11 @@ refresh thread only draws the last snapshot (the controller is never read from t
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -141,9 +143,12 @@ class Progress:
             self.console.print(self.starting, highlight=False)
         self.live = Live(self, console=self.console, refresh_per_second=4, transient=False, redirect_stderr=False)
         self.live.__enter__()
+        _LIVE_VIEWS.add(self.live)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            _LIVE_VIEWS.discard(self.live)
         if self.controller is not None:  # the final state: every trial ended, the last events
             self.tick(self.controller)
         self.finished = True
@@ -267,6 +272,29 @@ class Progress:
 def _duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+# The live view redraws from its own thread. A fork (executor="processes") while that thread writes would
+# hand the child a held console lock: every fork waits for the redraw to finish and holds its lock meanwhile.
+_LIVE_VIEWS: weakref.WeakSet[Any] = weakref.WeakSet()
+_HELD: list[Any] = []
+
+
+def _hold_live_views() -> None:
+    _HELD[:] = list(_LIVE_VIEWS)
+    for live in _HELD:
+        live._lock.acquire()
+
+
+def _release_live_views() -> None:
+    for live in _HELD:
+        live._lock.release()
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_hold_live_views, after_in_parent=_release_live_views,
+                        after_in_child=_release_live_views)
 
 
 def starting_line(address: str | None, slots: int | None, ray_log: str | None, executor: str = "ray") -> str:

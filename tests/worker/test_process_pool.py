@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,7 +17,7 @@ from orchestrator.decide.backend import Assignment
 from orchestrator.errors import CaviarError, ConfigError
 from orchestrator.spec.settings import RunSettings
 from tests.conftest import ROOT, TINY_TASK
-from worker.pool.processes import MAX_REPLACEMENTS, ProcessBackend
+from worker.pool.processes import MAX_REPLACEMENTS, ProcessBackend, start_method
 
 SLOW_TASK = os.path.join(ROOT, "tests", "tasks", "slow_task.py")
 CAVIAR = [os.path.join(os.path.dirname(sys.executable), "caviar")]
@@ -63,9 +65,43 @@ def test_trials_with_more_than_one_cpu_run_in_spawned_processes(tmp_path):
         backend.close()
 
 
+def test_only_one_thread_workers_over_in_memory_data_are_forked():
+    in_memory, streamed = SimpleNamespace(streams=None), SimpleNamespace(streams={"train": object()})
+    assert start_method(1, in_memory) == "fork"
+    assert start_method(2, in_memory) == "spawn"  # GNU OpenMP hangs in a child forked after its threads ran
+    assert start_method(1, streamed) == "spawn"  # the task's Datasets may hold open files a fork would share
+    assert start_method(1, None) == "spawn"  # a resumed sweep: the master has not loaded the data
+
+
+def test_the_live_view_redrawing_from_its_thread_does_not_hang_forked_workers(tmp_path):
+    """Under a terminal the live view redraws 4 times a second from a thread while the master forks."""
+    leader, follower = pty.openpty()
+    run = [*CAVIAR, "run", TINY_TASK, "--executor", "processes", "--trials", "12", "--epochs", "2", "--slots", "2",
+           "--storage", str(tmp_path), "--name", "tty", "--no-ensemble", "--no-report"]
+    proc = subprocess.Popen(run, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+    os.close(follower)
+    seen = b""
+    try:
+        while True:  # drain the terminal, or a full pty buffer would stall the master
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the last writer closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(timeout=180) == 0, seen[-3000:]
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+    assert [t["status"] for t in load(str(tmp_path / "tty")).trials.to_pylist()].count("completed") >= 4
+
+
 def test_a_worker_that_cannot_start_is_replaced_then_its_slot_given_up_with_one_line(tmp_path):
     missing = str(tmp_path / "no_such_task.py")
-    backend = ProcessBackend(missing, str(tmp_path), "gone", 1, {"threads": 1})
+    in_memory = SimpleNamespace(streams=None)  # forked: the task's load fails before the data is looked at
+    backend = ProcessBackend(missing, str(tmp_path), "gone", 1, {"threads": 1}, in_memory)
     backend.start(Assignment(0, 1, {"lr": 0.1}, seed=0, max_epochs=1, until_epoch=1))
     lost, deadline = [], time.monotonic() + 120
     try:

@@ -6,8 +6,9 @@ already imported torch, loaded and checked the data and run one optimizer step (
 check), starts in milliseconds with all of that in its memory.
 
 A forked child runs one torch thread: GNU OpenMP does not survive a fork once the parent has used
-its thread pool, and a child asking for more threads hangs. So trials with more than one CPU start
-their workers with ``spawn`` (a fresh interpreter that imports the task and loads its data itself).
+its thread pool, and a child asking for more threads hangs. So trials with more than one CPU, data
+that streams and a resumed sweep start their workers with ``spawn`` (:func:`start_method`): a fresh
+interpreter that imports the task and loads its data itself, as a Ray actor does.
 
 Calls to one worker run in order, as on a Ray actor, so a stop and the next trial's start can be
 sent back to back. A worker that dies loses its trial (retried from its last checkpoint, as on
@@ -46,6 +47,18 @@ def local_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def start_method(threads: int, splits: Any) -> str:
+    """``fork`` for one-thread workers over the master's in-memory data; else ``spawn``.
+
+    A forked child has to stay on one torch thread (see above). Streamed data is read through the
+    task's own Datasets, whose open files (an HDF5 handle, a file offset) a fork would share with
+    the master, so those workers start fresh; so do a resumed sweep's, whose data the master has not loaded.
+    """
+    forkable = "fork" in multiprocessing.get_all_start_methods()
+    in_memory = splits is not None and not getattr(splits, "streams", False)
+    return "fork" if forkable and threads == 1 and in_memory else "spawn"
 
 
 def serve(conn: Connection, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any],
@@ -92,10 +105,9 @@ class ProcessBackend(Backend):
 
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, slots: int, worker_options: Mapping[str, Any],
                  splits: Any = None):
-        threads = int(worker_options.get("threads") or 1)
-        self.start_method = "fork" if threads == 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        self.start_method = start_method(int(worker_options.get("threads") or 1), splits)
         self._context = multiprocessing.get_context(self.start_method)
-        # A spawned child gets a pickled copy: let it load the data itself rather than send it through a pipe.
+        # A spawned child would get a pickled copy: it loads the data itself, as a Ray actor does.
         self._args = (task_ref, storage_uri, sweep, dict(worker_options),
                       splits if self.start_method == "fork" else None)
         self.workers = [self._make(replacement=False) for _ in range(slots)]
