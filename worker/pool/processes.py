@@ -33,6 +33,8 @@ from typing import Any
 from orchestrator.decide import interrupt
 from orchestrator.decide.backend import Assignment, Backend, Report
 from orchestrator.errors import CaviarError
+from worker.check.contract import describe
+from worker.train.session import WorkerSession  # imported here, in the master: forked children inherit torch
 
 log = logging.getLogger("caviar")
 
@@ -67,9 +69,6 @@ def serve(conn: Connection, task_ref: str, storage_uri: str, sweep: str, options
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's: it stops the trials, then ends us
     for other in list(_MASTER_ENDS):  # forked copies of the master's pipe ends: the master's exit must reach us
         other.close()
-    from worker.check.contract import describe
-    from worker.train.session import WorkerSession
-
     try:
         session = WorkerSession(task_ref, storage_uri, sweep, options, splits)
     except Exception as exc:
