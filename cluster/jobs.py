@@ -1,6 +1,6 @@
 """Ray jobs: ship a sweep to a cluster through Ray's Job Submission API, then follow it.
 
-A submitted sweep is ``python -m orchestrator.app.cli run TASK --address auto --plain ...`` run
+A submitted sweep is ``python -m orchestrator.app.cli run TASK --address auto --executor ray --plain ...`` run
 by the cluster as a Ray job: the master runs on the head node, its actors wherever Ray
 places them (``caviar submit --resume SWEEP`` runs ``... resume SWEEP --task TASK ...`` the same
 way). What travels with the job (its runtime environment):
@@ -145,7 +145,8 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
                           "cluster: give an absolute path that every node mounts, or a URI (s3://, gs://, hdfs://)")
     stem = os.path.splitext(os.path.basename(job_task.split(":")[-1] if ":" in job_task else job_task))[0]
     name = name or f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    args = ["-u", "-m", "orchestrator.app.cli", "run", job_task, "--address", "auto", "--plain",
+    # --executor ray: the job's trials run on the cluster's actors, whatever a --config file says
+    args = ["-u", "-m", "orchestrator.app.cli", "run", job_task, "--address", "auto", "--executor", "ray", "--plain",
             "--storage", storage, "--name", name]
     if config:
         rel = os.path.relpath(os.path.abspath(config), folder)
@@ -182,15 +183,15 @@ def plan_resume_job(sweep: str, task: str, *, run_args: Sequence[str] = (), work
                     ship_caviar: bool = True, python: str | None = None) -> JobPlan:
     """A job that continues the sweep at ``sweep`` on the cluster, as ``caviar submit`` runs a new one.
 
-    The master runs ``caviar resume SWEEP --task TASK --address auto --plain``; ``task`` travels
+    The master runs ``caviar resume SWEEP --task TASK --address auto --executor ray --plain``; ``task`` travels
     with its folder (the user's file, or the sweep's verified stored copy staged in a folder of
     its own: :func:`orchestrator.spec.task_source.copy_stored_task`), so every node imports the
     same bytes.
     """
     check_resume_target(sweep)
     folder, job_task = _split_task(task, working_dir)
-    args = ["-u", "-m", "orchestrator.app.cli", "resume", sweep, "--task", job_task, "--address", "auto", "--plain",
-            *run_args]
+    args = ["-u", "-m", "orchestrator.app.cli", "resume", sweep, "--task", job_task, "--address", "auto",
+            "--executor", "ray", "--plain", *run_args]
     name = sweep.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
     results = redact_uri(sweep)
     metadata = {"caviar_sweep": name, "caviar_results": results, "caviar_resume": "1"}

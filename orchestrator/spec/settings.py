@@ -144,8 +144,8 @@ class RunSettings:
                      ("dashboard", self.dashboard, "starts Ray's dashboard")]
         for name, conflict, what in needs_ray:
             if conflict:
-                raise ConfigError(f"setting '{name}': {what}, which only Ray's executor does; drop --executor "
-                                  f"processes (or {name})")
+                raise ConfigError(f"setting '{name}': {what}, which only the ray executor does; use --executor ray "
+                                  f"(executor = \"ray\" in TOML), or drop {name}")
 
     def worker_options(self, device: str) -> dict[str, Any]:
         """What each worker is told about the sweep, whichever executor runs it."""

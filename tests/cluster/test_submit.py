@@ -35,7 +35,8 @@ def test_submit_follow_and_read_the_parquet_results(ray_cluster, submitted_sweep
 
     followed = caviar("logs", job_id, "--address", ray_cluster.dashboard, "--follow")
     assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
-    assert "orchestrator.app.cli run tiny_task.py --address auto --plain" in followed.stdout  # the job's entrypoint
+    entry = "orchestrator.app.cli run tiny_task.py --address auto --executor ray --plain"  # the job's entrypoint
+    assert entry in followed.stdout
     assert f"job {job_id} SUCCEEDED" in followed.stdout
 
     tables = load(sweep_dir)
@@ -102,7 +103,8 @@ def test_a_resume_job_ships_the_verified_stored_copy_or_your_task(tmp_path):
     assert ref == str(staged / "regression_task.py") and (staged / "regression_task.py").read_text() == TASK_SOURCE
     plan = plan_resume_job(sweep.root, ref, run_args=["--slots", "2"])
     assert plan.runtime_env["working_dir"] == str(staged) and plan.name == "s"
-    assert plan.entrypoint.endswith(f"resume {sweep.root} --task regression_task.py --address auto --plain --slots 2")
+    assert plan.entrypoint.endswith(
+        f"resume {sweep.root} --task regression_task.py --address auto --executor ray --plain --slots 2")
     mine = plan_resume_job(sweep.root, str(source))  # the user's own task travels with its folder, as submit's does
     assert mine.runtime_env["working_dir"] == str(source.parent) and "--task regression_task.py" in mine.entrypoint
     with pytest.raises(ConfigError, match="'--resume'.*relative"):
@@ -146,7 +148,7 @@ def test_plan_ships_the_task_folder_requirements_and_caviar(tmp_path):
     assert env["pip"] == ["scikit-learn>=1.3"]
     assert int(env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"]) >= 10  # time to write the tables after `caviar stop`
     assert sorted(p.rsplit("/", 1)[-1] for p in env["py_modules"]) == ["cluster", "orchestrator", "worker"]
-    assert '"$PY" -u -m orchestrator.app.cli run task.py --address auto --plain' in plan.entrypoint
+    assert '"$PY" -u -m orchestrator.app.cli run task.py --address auto --executor ray --plain' in plan.entrypoint
     assert plan.entrypoint.endswith("--name n --trials 8")
     assert plan.results == "s3://AK:***@b/sweeps/n?endpoint_override=h:9000"
     assert "SECRET" not in json.dumps(plan.metadata)

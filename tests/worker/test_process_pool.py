@@ -120,7 +120,7 @@ def test_a_worker_that_cannot_start_is_replaced_then_its_slot_given_up_with_one_
     ({"dashboard": True}, "dashboard"),
 ])
 def test_a_setting_only_ray_can_honour_is_refused_by_name(settings, field):
-    with pytest.raises(ConfigError, match=f"^setting '{field}': .*only Ray's executor does"):
+    with pytest.raises(ConfigError, match=f"^setting '{field}': .*only the ray executor does; use --executor ray"):
         RunSettings(executor="processes", **settings).validate()
 
 

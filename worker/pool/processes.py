@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import traceback
 import weakref
 from collections import deque
@@ -67,6 +68,8 @@ def serve(conn: Connection, task_ref: str, storage_uri: str, sweep: str, options
           splits: Any) -> None:
     """A worker's life in its child process: build the session, then answer the master's calls in order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's: it stops the trials, then ends us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the master's handler, which would raise inside a trial
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # a print goes to the terminal, not the live view's proxy
     for other in list(_MASTER_ENDS):  # forked copies of the master's pipe ends: the master's exit must reach us
         other.close()
     try:
@@ -104,10 +107,11 @@ class ProcessBackend(Backend):
 
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, slots: int, worker_options: Mapping[str, Any],
                  splits: Any = None):
-        self.start_method = start_method(int(worker_options.get("threads") or 1), splits)
+        threads = int(worker_options.get("threads") or 1)  # always set: a forked child must not keep torch's default
+        self.start_method = start_method(threads, splits)
         self._context = multiprocessing.get_context(self.start_method)
         # A spawned child would get a pickled copy: it loads the data itself, as a Ray actor does.
-        self._args = (task_ref, storage_uri, sweep, dict(worker_options),
+        self._args = (task_ref, storage_uri, sweep, {**worker_options, "threads": threads},
                       splits if self.start_method == "fork" else None)
         self.workers = [self._make(replacement=False) for _ in range(slots)]
         self.idle = list(range(slots))
