@@ -42,6 +42,19 @@ def test_a_sweep_in_forked_processes_writes_the_same_tables_and_never_imports_ra
     assert len(os.listdir(sweep / "predictions")) == 6 and os.listdir(sweep / "ensembles")  # what ensembles read
 
 
+@pytest.mark.parametrize("task", ["regression_task", "soft_label_task", "custom_loss_task", "streamed_task"])
+def test_other_kinds_of_task_train_in_processes(task, tmp_path):
+    """Regression, soft labels, a custom loss and streamed Datasets (whose workers are spawned, not forked)."""
+    path = os.path.join(ROOT, "tests", "tasks", f"{task}.py")
+    result = run_sweep(path, stages=1, pruner="none", slots=2, storage=str(tmp_path), name=task,
+                       executor="processes")
+    tables = load(result.path)
+    trials = tables.trials.to_pylist()
+    assert {t["status"] for t in trials} == {"completed"}, [t["error"] for t in trials]
+    assert tables.metrics.num_rows == sum(t["epochs_run"] for t in trials) > 0
+    assert result.best_score is not None
+
+
 def test_the_same_seed_samples_the_same_configs_as_on_ray(ray_session, tmp_path):
     """Where trials run changes nothing the sweep decides: same seed, same configs, same epochs."""
     runs = {}
