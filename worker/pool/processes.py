@@ -53,13 +53,13 @@ def local_cpus() -> int:
 
 
 def start_method(threads: int, splits: Any) -> str:
-    """``fork`` for one-thread workers over the master's in-memory data; else ``spawn``.
+    """``fork`` on Linux for one-thread workers over the master's in-memory data; else ``spawn``.
 
     A forked child has to stay on one torch thread (see above). Streamed data is read through the
     task's own Datasets, whose open files (an HDF5 handle, a file offset) a fork would share with
     the master, so those workers start fresh; so do a resumed sweep's, whose data the master has not loaded.
     """
-    forkable = "fork" in multiprocessing.get_all_start_methods()
+    forkable = sys.platform.startswith("linux")  # macOS frameworks are not fork-safe (Python spawns there too)
     in_memory = splits is not None and not getattr(splits, "streams", False)
     return "fork" if forkable and threads == 1 and in_memory else "spawn"
 
