@@ -208,3 +208,22 @@ def test_ctrl_c_ends_the_workers_and_the_sweep_resumes_in_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     trials = load(sweep).trials.to_pylist()
     assert [(t["status"], t["epochs_run"]) for t in trials] == [("completed", 3)] * 3
+
+
+def test_a_killed_master_takes_its_workers_with_it_and_the_sweep_resumes(tmp_path):
+    """SIGKILL to the master alone (no Ctrl-C to the group): the kernel ends its children (PR_SET_PDEATHSIG)."""
+    proc, pid, sweep = start_paused_sweep(tmp_path, "orphaned")
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{pid}")  # the paused worker did not sit out its 60-second epoch
+    finally:
+        end(proc)
+    done = subprocess.run([*CAVIAR, "resume", sweep, "--plain", "--task", SLOW_TASK, "--executor", "processes"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = load(sweep).trials.to_pylist()
+    assert [(t["status"], t["epochs_run"]) for t in trials] == [("completed", 3)] * 3

@@ -64,7 +64,7 @@ def start_method(threads: int, splits: Any) -> str:
     return "fork" if forkable and threads == 1 and in_memory else "spawn"
 
 
-def serve(conn: Connection, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any],
+def serve(conn: Connection, master: int, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any],
           splits: Any) -> None:
     """A worker's life in its child process: build the session, then answer the master's calls in order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's: it stops the trials, then ends us
@@ -72,12 +72,14 @@ def serve(conn: Connection, task_ref: str, storage_uri: str, sweep: str, options
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # a print goes to the terminal, not the live view's proxy
     for other in list(_MASTER_ENDS):  # forked copies of the master's pipe ends: the master's exit must reach us
         other.close()
+    _die_with(master)
     try:
         session = WorkerSession(task_ref, storage_uri, sweep, options, splits)
     except Exception as exc:
-        conn.send(("failed", describe(exc)))
+        _answer(conn, ("failed", describe(exc)))
         return
-    conn.send(("ready", session.node))
+    if not _answer(conn, ("ready", session.node)):
+        return
     while True:
         try:
             message = conn.recv()
@@ -87,10 +89,33 @@ def serve(conn: Connection, task_ref: str, storage_uri: str, sweep: str, options
             return
         method, args = message
         try:
-            conn.send(("report", getattr(session, method)(*args)))
+            report = getattr(session, method)(*args)
         except Exception:  # WorkerSession turns a trial's own errors into reports: this is the worker's
-            conn.send(("error", traceback.format_exc()))
+            _answer(conn, ("error", traceback.format_exc()))
             return
+        if not _answer(conn, ("report", report)):
+            return
+
+
+def _answer(conn: Connection, message: tuple[str, Any]) -> bool:
+    """Send to the master; False when it has gone (the pipe is closed)."""
+    try:
+        conn.send(message)
+        return True
+    except OSError:
+        return False
+
+
+def _die_with(master: int) -> None:
+    """On Linux the kernel kills this worker when the master dies: a SIGKILLed master leaves no trainer behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the closed pipe ends the worker after its current call
+        return
+    if os.getppid() != master:  # the master died before the request took effect
+        os._exit(1)
 
 
 @dataclass
@@ -126,7 +151,8 @@ class ProcessBackend(Backend):
     def _make(self, *, replacement: bool) -> _Worker:
         master_end, child_end = self._context.Pipe()
         _MASTER_ENDS.add(master_end)
-        process = self._context.Process(target=serve, args=(child_end, *self._args), name="caviar-worker")
+        process = self._context.Process(target=serve, args=(child_end, os.getpid(), *self._args),
+                                        name="caviar-worker")
         process.start()
         child_end.close()
         return _Worker(process, master_end, replacement=replacement)
