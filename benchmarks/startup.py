@@ -11,6 +11,7 @@ One child interpreter runs, with timestamps:
 
     python benchmarks/startup.py                  # digits MLP, 32 trials x 10 epochs, 2 slots
     python benchmarks/startup.py --tiny           # 4 trials x 2 epochs (CI)
+    python benchmarks/startup.py --tools caviar-processes   # executor="processes": no Ray, no actor rows
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import DIGITS_MLP, ROOT, SLOTS, emit, peer_parser, phases, run_child, write_table  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DIGITS_MLP,
+    ROOT,
+    SLOTS,
+    chosen_tools,
+    emit,
+    peer_parser,
+    phases,
+    run_child,
+    write_table,
+)
 
 COLUMNS = ["phase", "seconds", "share_of_wall"]
 
@@ -55,7 +66,7 @@ def actor_phases() -> dict[str, float]:
             parts["warm_up"], "actor: total, .remote() to ready": total}
 
 
-def child(trials: int, epochs: int) -> None:
+def child(trials: int, epochs: int, executor: str = "ray") -> None:
     out: dict[str, float] = {}
     began = time.perf_counter()
     from orchestrator.app import lifecycle
@@ -67,12 +78,13 @@ def child(trials: int, epochs: int) -> None:
 
     task = load_task(DIGITS_MLP)
     out["master: import the task (load_task)"] = time.perf_counter() - mark
-    import ray
+    if executor == "ray":
+        import ray
 
-    mark = time.perf_counter()
-    ray.init(num_cpus=SLOTS, include_dashboard=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
-    out["master: ray.init"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        ray.init(num_cpus=SLOTS, include_dashboard=False, configure_logging=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+        out["master: ray.init"] = time.perf_counter() - mark
     mark = time.perf_counter()
     from worker.check.contract import validate_contract
 
@@ -80,11 +92,13 @@ def child(trials: int, epochs: int) -> None:
     controller = lifecycle.controller_for(space, settings, lifecycle.choose_plugins(task.settings, {}))
     validate_contract(task, [t.config for t in controller.trials.values()], settings)
     out["master: contract check, once (load_data, one build, one batch)"] = time.perf_counter() - mark
-    out.update(actor_phases())
+    if executor == "ray":
+        out.update(actor_phases())
     for label in ("first sweep", "second sweep, same process"):
         with tempfile.TemporaryDirectory() as storage:
             wall_began, mark = time.time(), time.perf_counter()
-            result = run_sweep(task, trials=trials, epochs=epochs, storage=storage, name="s", slots=SLOTS)
+            result = run_sweep(task, trials=trials, epochs=epochs, storage=storage, name="s", slots=SLOTS,
+                               executor=executor)
             wall = time.perf_counter() - mark
             split = first_epoch_and_phases(result, wall_began, wall_began + wall)
         out[f"{label}: run_sweep wall"] = wall
@@ -97,13 +111,15 @@ def child(trials: int, epochs: int) -> None:
 
 
 def main() -> None:
-    parser = peer_parser(__doc__, ("caviar",), ("caviar",), ("TRIALS", "EPOCHS"))
+    parser = peer_parser(__doc__, ("caviar", "caviar-processes"), ("caviar",), ("TRIALS", "EPOCHS", "EXECUTOR"))
     args = parser.parse_args()
     if args.child:
-        child(int(args.child[0]), int(args.child[1]))
+        child(int(args.child[0]), int(args.child[1]), args.child[2])
         return
+    [tool] = chosen_tools(parser, args.tools, ("caviar", "caviar-processes"))
+    executor = "processes" if tool == "caviar-processes" else "ray"
     trials, epochs = (4, 2) if args.tiny else (32, 10)
-    result = run_child([os.path.abspath(__file__), "--child", str(trials), str(epochs)])
+    result = run_child([os.path.abspath(__file__), "--child", str(trials), str(epochs), executor])
     result.pop("process_s", None)
     wall = result["first sweep: run_sweep wall"]
     rows = [{"phase": k, "seconds": v, "share_of_wall": v / wall if k.startswith("first sweep") and "busy" not in k
@@ -111,10 +127,14 @@ def main() -> None:
     for row in rows:
         print(f"{row['phase']}: {row['seconds']:.2f}", flush=True)
     kwargs = {"out_dir": args.out} if args.out else {}
-    write_table("startup-tiny" if args.tiny else "startup", rows, COLUMNS, notes=[
-        f"digits MLP, {trials} trials x {epochs} epochs, {SLOTS} slots, run_sweep defaults; one child interpreter",
-        "the actor row set is one TrialActor made alone (as the pool makes each), without the master's shared data",
-        "a sweep's own actors get the master's checked data through Ray's object store and skip load_data",
+    name = ("startup-tiny" if args.tiny else "startup") + ("-processes" if executor == "processes" else "")
+    write_table(name, rows, COLUMNS, notes=[
+        f"digits MLP, {trials} trials x {epochs} epochs, {SLOTS} slots, run_sweep defaults, executor={executor!r}; "
+        "one child interpreter",
+        *(["the actor row set is one TrialActor made alone (as the pool makes each), without the master's shared "
+           "data", "a sweep's own actors get the master's checked data through Ray's object store and skip load_data"]
+          if executor == "ray" else
+          ["no Ray: each slot is a child forked from the master after its contract check (worker/pool/processes.py)"]),
     ], **kwargs)
 
 

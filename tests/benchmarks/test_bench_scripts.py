@@ -164,3 +164,17 @@ def test_startup_tiny_names_every_phase_and_the_second_sweep(tmp_path):
     check_table(str(tmp_path), "startup-tiny", COLUMNS, {"master: ray.init", "actor: import torch and caviar",
                                                          "second sweep, same process: call to first epoch's start"},
                 "phase")
+
+
+@pytest.mark.timeout(300)
+def test_startup_tiny_with_the_process_executor_starts_no_ray(tmp_path):
+    import pyarrow.parquet as pq
+
+    from benchmarks.startup import COLUMNS
+
+    run_script("startup.py", str(tmp_path), "--tools", "caviar-processes")
+    check_table(str(tmp_path), "startup-tiny-processes", COLUMNS,
+                {"master: contract check, once (load_data, one build, one batch)",
+                 "second sweep, same process: call to first epoch's start"}, "phase")
+    phases = pq.read_table(os.path.join(str(tmp_path), "startup-tiny-processes.parquet"))["phase"].to_pylist()
+    assert not [p for p in phases if "ray" in p or p.startswith("actor")]
