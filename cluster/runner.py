@@ -51,13 +51,37 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
     enable_token_auth()  # Ray Client and HOST:PORT send the token only in token mode: as submit/jobs/logs/stop do
     from ray.exceptions import AuthenticationError
 
-    try:
-        with stderr_to_ray_log():  # a wrong token: 20 s of Ray's C++ warnings, then caviar's one line below
-            ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, TimeoutError, AuthenticationError) as exc:
-        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        said = f"; Ray's own messages: {ray_log_path()}" if ray_log_path() else ""
-        raise ClusterError(f"Ray cluster {address!r}: cannot connect ({reason}){auth_hint(reason)}{said}") from None
+    for attempt in range(1, CLIENT_INIT_TRIES + 1):
+        try:
+            with stderr_to_ray_log():  # a wrong token: 20 s of Ray's C++ warnings, then caviar's one line below
+                ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
+            return
+        except (ConnectionError, RuntimeError, TimeoutError, AuthenticationError) as exc:
+            reason = connect_failure(exc)
+            if attempt < CLIENT_INIT_TRIES and reason.startswith(CLIENT_SERVER_FAILED):
+                # The head's Ray Client proxy starts one server process per client; on a busy head that start
+                # can miss the proxy's deadline, and the next try usually finds it ready.
+                log.warning("caviar: Ray cluster %r: %s; trying again (%d of %d)", address, reason, attempt + 1,
+                            CLIENT_INIT_TRIES)
+                ray.shutdown()
+                time.sleep(2.0 * attempt)
+                continue
+            said = f"; Ray's own messages: {ray_log_path()}" if ray_log_path() else ""
+            raise ClusterError(f"Ray cluster {address!r}: cannot connect ({reason}){auth_hint(reason)}{said}") from None
+
+
+CLIENT_INIT_TRIES = 3
+CLIENT_SERVER_FAILED = "Initialization failure from server"
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Ray's error in one line: its first line, and where that only introduces a server's traceback, its last."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and lines[0].endswith(":"):  # "Initialization failure from server:" + the head's traceback
+        return f"{lines[0]} {lines[-1]}"
+    return lines[0]
 
 
 def start_private_ray(runtime_env: dict[str, Any], *, dashboard: bool = False, dashboard_host: str = "127.0.0.1",

@@ -60,3 +60,17 @@ def test_a_start_refused_for_room_leaves_nothing_behind(ray_session, tmp_path):
                       shared_storage=True)
     left = sorted(p.name for p in (tmp_path / "no-room").iterdir()) if (tmp_path / "no-room").exists() else []
     assert left == [], left
+
+
+def test_a_ray_client_refusal_keeps_the_heads_own_reason_on_one_line():
+    from cluster.runner import CLIENT_SERVER_FAILED, connect_failure
+
+    traceback_text = ("Initialization failure from server:\nTraceback (most recent call last):\n  File \"proxier.py\", "
+                      "line 765, in Datapath\n    raise RuntimeError(\nRuntimeError: Starting Ray client server "
+                      "failed. See ray_client_server_23001.err for detailed logs.\n")
+    line = connect_failure(ConnectionAbortedError(traceback_text))
+    assert line.startswith(CLIENT_SERVER_FAILED) and "\n" not in line
+    assert line.endswith("RuntimeError: Starting Ray client server failed. See ray_client_server_23001.err for "
+                         "detailed logs.")
+    assert connect_failure(ConnectionError("Failed to connect\nmore")) == "Failed to connect"
+    assert connect_failure(TimeoutError()) == "TimeoutError"
