@@ -115,15 +115,26 @@ def run(
         overrides["resources"] = parse_resources(resource)
     from orchestrator.app.progress import quiet_ray, starting_line
 
-    on_ray = executor != "processes"
-    ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log") if on_ray else None
-    starting = starting_line(address, slots, ray_log, executor=executor or "ray")
+    chosen = executor or configured_executor(config)
+    ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log") if chosen != "processes" else None
+    starting = starting_line(address, slots, ray_log, executor=chosen)
     task_ref = task_file_ref(task)  # before the run: a job's working directory may not outlive it
     with exit_on_interrupt(task_ref), Progress(force_plain=plain, starting=starting) as progress:
         if ray_log:
             quiet_ray(ray_log)  # after the first line: importing Ray takes a second or two
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
     print_result(result, report=report, task_ref=task_ref)
+
+
+def configured_executor(config: str | None) -> str:
+    """The executor a ``--config`` file's ``[run]`` names, for the first line; the run itself checks the file."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.spec.settings import read_toml
+
+    try:
+        return str(read_toml(config)[0].get("executor", "ray")) if config else "ray"
+    except ConfigError:
+        return "ray"
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """One sweep's life, shared by ``run_sweep`` and ``resume_sweep``: settings and plan, the controller
-built from them, then :func:`drive_and_finish` (the trials on Ray, the last writes, ensembles, the
-result). Run and resume differ only in how they get the controller and the log: fresh, or restored
-from the tables."""
+built from them, then :func:`drive_and_finish` (the trials on Ray or in child processes, the last
+writes, ensembles, the result). Run and resume differ only in how they get the controller and the
+log: fresh, or restored from the tables."""
 
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def drive_and_finish(
     on_tick: Callable[[Controller], None] | None = None,
     splits: Any = None,
 ) -> SweepResult:
-    """The trials on Ray until the controller is done, then :func:`finish_sweep`; the lease is let go at the end.
+    """The trials on their backend until the controller is done, then :func:`finish_sweep`; the lease goes at the end.
 
     ``first_writes`` puts the start on disk before any trial runs (a new sweep's row and task copy, or a
     resumed sweep's restored state). Ctrl-C or SIGTERM ends in a resumable ``SweepInterrupted``; a refusal
@@ -200,7 +200,8 @@ def drive_and_finish(
 
 def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, name: str, controller: Controller,
            log: SweepLog, on_tick: Callable[[Controller], None] | None, resumed: bool, splits: Any = None) -> None:
-    """The trials on Ray's backend; the fused set-up's decision applied here, by the controller's owner.
+    """The trials on Ray, or in child processes (``executor="processes"``); the fused set-up's decision applied
+    here, by the controller's owner.
 
     Only a sweep whose trials all ended hands its actors on (``close(finished=True)``); a failure or Ctrl-C
     ends them.
