@@ -22,9 +22,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from cluster.pool import MAX_REPLACEMENTS, START_FAILED, Resources, failure_text
+from cluster.pool import Resources, failure_text
 from orchestrator.decide import interrupt
-from orchestrator.decide.backend import Assignment, Backend, Report
+from orchestrator.decide.backend import MAX_REPLACEMENTS, START_FAILED, Assignment, Backend, Report, slots_given_up
 from orchestrator.decide.fusing import PER_MEMBER, Key, shape_key
 from orchestrator.errors import CaviarError, WorkerStartError
 
@@ -191,10 +191,8 @@ class FusedBackend(Backend):
         if not refs:
             if not any(s.ready for s in self.slots):  # every slot given up: nothing will ever report again
                 if self.last_error.startswith(START_FAILED):
-                    raise CaviarError(f"no trial actor could start ({MAX_REPLACEMENTS + 1} tries per slot): "
-                                      f"{self.last_error.removeprefix(START_FAILED)}")
-                raise CaviarError(f"every fused trial actor died {MAX_REPLACEMENTS + 1} times in a row; the last: "
-                                  f"{self.last_error.splitlines()[0] if self.last_error else 'unknown'}")
+                    raise slots_given_up(self.last_error, "trial actor")
+                raise slots_given_up(self.last_error, "fused trial actor")
             return []
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=timeout)
         if ready:  # take everything else that is already done as well

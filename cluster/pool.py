@@ -17,12 +17,11 @@ from ray.exceptions import RayActorError, RayTaskError
 from cluster import warm_pool
 from cluster.actor import TrialActor
 from orchestrator.decide import interrupt
-from orchestrator.decide.backend import Assignment, Backend, Report
-from orchestrator.errors import CaviarError, WorkerStartError
+from orchestrator.decide.backend import MAX_REPLACEMENTS, START_FAILED, Assignment, Backend, Report, slots_given_up
+from orchestrator.errors import WorkerStartError
 
 log = logging.getLogger("caviar")
 
-MAX_REPLACEMENTS = 3  # deaths in a row of one slot's actors before the slot is given up
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,6 @@ class _Call:
     actor: Any
 
 
-START_FAILED = "the worker could not start: "
 
 
 def failure_text(exc: Exception) -> str:
@@ -126,11 +124,7 @@ class RayBackend(Backend):
     def poll(self, timeout: float | None = None) -> list[Report]:
         if not self.calls:
             if not self.idle and not self.slot_of:  # every slot given up: nothing will ever report again
-                if self.last_error.startswith(START_FAILED):
-                    raise CaviarError(f"no trial actor could start ({MAX_REPLACEMENTS + 1} tries per slot): "
-                                      f"{self.last_error.removeprefix(START_FAILED)}")
-                raise CaviarError(f"every trial actor died {MAX_REPLACEMENTS + 1} times in a row; the last: "
-                                  f"{self.last_error.splitlines()[0]}")
+                raise slots_given_up(self.last_error, "trial actor")
             return []
         ready, _ = ray.wait(list(self.calls), num_returns=1, timeout=timeout)
         if ready:  # take everything else that is already done as well

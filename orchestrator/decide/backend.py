@@ -12,6 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.errors import CaviarError
+
+MAX_REPLACEMENTS = 3  # deaths in a row of one slot's workers before a backend gives the slot up
+START_FAILED = "the worker could not start: "  # how a backend marks an error raised while a worker started
+
 
 @dataclass(frozen=True)
 class Assignment:
@@ -64,3 +69,12 @@ class Backend(ABC):
 
     def close(self, finished: bool = False) -> None:
         """Release executors; ``finished``: the sweep ended cleanly, so a backend may keep them for the next."""
+
+
+def slots_given_up(last_error: str, workers: str) -> CaviarError:
+    """The one line a backend raises once every slot is given up: the workers could not start, or kept dying."""
+    if last_error.startswith(START_FAILED):
+        return CaviarError(f"no {workers} could start ({MAX_REPLACEMENTS + 1} tries per slot): "
+                           f"{last_error.removeprefix(START_FAILED)}")
+    last = last_error.splitlines()[0] if last_error else "unknown"
+    return CaviarError(f"every {workers} died {MAX_REPLACEMENTS + 1} times in a row; the last: {last}")

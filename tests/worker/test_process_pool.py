@@ -13,11 +13,11 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.app.api import load, run_sweep
-from orchestrator.decide.backend import Assignment
+from orchestrator.decide.backend import MAX_REPLACEMENTS, Assignment
 from orchestrator.errors import CaviarError, ConfigError
 from orchestrator.spec.settings import RunSettings
 from tests.conftest import ROOT, TINY_TASK
-from worker.pool.processes import MAX_REPLACEMENTS, ProcessBackend, start_method
+from worker.pool.processes import ProcessBackend, start_method
 
 SLOW_TASK = os.path.join(ROOT, "tests", "tasks", "slow_task.py")
 CAVIAR = [os.path.join(os.path.dirname(sys.executable), "caviar")]

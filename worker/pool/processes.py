@@ -32,15 +32,12 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from orchestrator.decide import interrupt
-from orchestrator.decide.backend import Assignment, Backend, Report
-from orchestrator.errors import CaviarError
+from orchestrator.decide.backend import MAX_REPLACEMENTS, START_FAILED, Assignment, Backend, Report, slots_given_up
 from worker.check.contract import describe
 from worker.train.session import WorkerSession  # imported here, in the master: forked children inherit torch
 
 log = logging.getLogger("caviar")
 
-MAX_REPLACEMENTS = 3  # deaths in a row of one slot's workers before the slot is given up
-START_FAILED = "the worker could not start: "
 _MASTER_ENDS: weakref.WeakSet[Connection] = weakref.WeakSet()  # every pipe end the master holds, for children to close
 
 
@@ -191,11 +188,7 @@ class ProcessBackend(Backend):
         waiting = self._waiting()
         if not waiting:
             if not self.idle and not self.slot_of:  # every slot given up: nothing will ever report again
-                if self.last_error.startswith(START_FAILED):
-                    raise CaviarError(f"no trial worker could start ({MAX_REPLACEMENTS + 1} tries per slot): "
-                                      f"{self.last_error.removeprefix(START_FAILED)}")
-                raise CaviarError(f"every trial worker died {MAX_REPLACEMENTS + 1} times in a row; the last: "
-                                  f"{self.last_error.splitlines()[0]}")
+                raise slots_given_up(self.last_error, "trial worker")
             return []
         handles = [self.workers[s].conn for s in waiting] + [self.workers[s].process.sentinel for s in waiting]
         wait(handles, timeout)
