@@ -286,8 +286,8 @@ def run_caviar(trials: int, epochs: int, storage: str, task_path: str = DIGITS_M
            "plan": ",".join(f"{r['trials']}x{r['epochs']}" for r in tables.stages.to_pylist())}
     out["ensemble_test_accuracy"] = caviar_ensemble_test_accuracy(result)
     fused = [e for e in tables.events.to_pylist() if e["kind"] == "fusing_on"]
-    out["backend"] = (f"fused arrays ({fused[0]['reason']})" if fused else "one trial per forked process"
-                      if settings.get("executor") == "processes" else "one trial per actor")
+    one_each = "one trial per forked process" if settings.get("executor") == "processes" else "one trial per actor"
+    out["backend"] = f"fused arrays ({fused[0]['reason']})" if fused else one_each
     return out
 
 

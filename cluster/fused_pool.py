@@ -190,9 +190,8 @@ class FusedBackend(Backend):
         refs.update({s.readying: i for i, s in enumerate(self.slots) if s.readying is not None})
         if not refs:
             if not any(s.ready for s in self.slots):  # every slot given up: nothing will ever report again
-                if self.last_error.startswith(START_FAILED):
-                    raise slots_given_up(self.last_error, "trial actor")
-                raise slots_given_up(self.last_error, "fused trial actor")
+                started = not self.last_error.startswith(START_FAILED)
+                raise slots_given_up(self.last_error, "fused trial actor" if started else "trial actor")
             return []
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=timeout)
         if ready:  # take everything else that is already done as well

@@ -23,7 +23,6 @@ from orchestrator.errors import WorkerStartError
 log = logging.getLogger("caviar")
 
 
-
 @dataclass(frozen=True)
 class Resources:
     """What one trial (one actor) holds: CPUs, GPUs (fractional allowed), custom resources."""
@@ -45,8 +44,6 @@ class _Call:
     trial_id: int
     slot: int
     actor: Any
-
-
 
 
 def failure_text(exc: Exception) -> str:

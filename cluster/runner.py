@@ -264,8 +264,7 @@ def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sw
         resources = Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources)
         key = warm_pool.pool_key(task, resources.actor_options(), worker_options["device"], worker_options["threads"])
         kept = warm_pool.take(key)
-        # A relative local path means our folder: workers run elsewhere (their own cwd), so they get it absolute.
-        where = root.uri if "://" in root.uri else root.root
+        where = root.location  # workers run elsewhere (their own cwd): a local path goes absolute
         # fused arrays when the model allows (cluster/fused_setup.py), else one trial per actor
         backend, plan = choose_backend(task, settings, where, name, stage_trials, first_pending, slots,
                                        worker_options, kept[:slots], shared_data(splits))

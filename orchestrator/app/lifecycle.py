@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -229,8 +228,7 @@ def open_process_backend(task: Task, settings: RunSettings, root: Storage, name:
     from worker.pool.processes import ProcessBackend, local_cpus
 
     slots = settings.slots or max(1, local_cpus() // max(1, int(settings.cpus_per_trial)))
-    where = root.uri if "://" in root.uri else os.path.abspath(root.root)
-    return ProcessBackend(task.ref, where, name, slots, settings.worker_options("cpu"), splits)
+    return ProcessBackend(task.ref, root.location, name, slots, settings.worker_options("cpu"), splits)
 
 
 def forget_refused_sweep(sweep: Storage, controller: Controller) -> None:

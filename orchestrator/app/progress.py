@@ -299,8 +299,6 @@ if hasattr(os, "register_at_fork"):
 
 def starting_line(address: str | None, slots: int | None, ray_log: str | None, executor: str = "ray") -> str:
     """What the run starts, said before anything slow happens (Ray takes seconds to come up)."""
-    import os
-
     from orchestrator.store.storage import redact_uri
 
     if executor == "processes":

@@ -92,6 +92,11 @@ class Storage:
             raise StorageError(f"storage {redact_uri(uri)!r}: {exc}") from None
         return cls(fs, root, uri)
 
+    @property
+    def location(self) -> str:
+        """What another process uses to open this storage: the URI, or the absolute path (a worker has its own cwd)."""
+        return self.uri if "://" in self.uri else self.root
+
     def child(self, name: str) -> Storage:
         base, sep, query = self.uri.partition("?")  # s3://b/p?endpoint_override=...: the name goes before the query
         return Storage(self.fs, self.path(name), f"{base.rstrip('/')}/{name}{sep}{query}")
