@@ -71,7 +71,8 @@ def test_trials_with_more_than_one_cpu_run_in_spawned_processes(tmp_path):
     result = run_sweep(TINY_TASK, trials=2, epochs=1, stages=1, pruner="none", slots=1, cpus_per_trial=2,
                        storage=str(tmp_path), name="spawned", executor="processes", ensemble=False)
     assert result.counts == {"completed": 2}
-    backend = ProcessBackend(TINY_TASK, str(tmp_path), "direct", 1, {"threads": 2})
+    in_memory = SimpleNamespace(streams=None)  # data that could be forked over: the thread count alone decides
+    backend = ProcessBackend(TINY_TASK, str(tmp_path), "direct", 1, {"threads": 2}, in_memory)
     try:
         assert backend.start_method == "spawn"
     finally:
