@@ -9,7 +9,10 @@ in its own interpreter with the same ``ray.init``; ``wall_s`` is the run itself 
     python benchmarks/overhead.py --tiny              # 4 x 1 and 2 x 5 (CI)
     python benchmarks/overhead.py --tools caviar,tune-reuse --trials 2
     python benchmarks/overhead.py --tools caviar,caviar-warm   # caviar-warm: a second sweep in one process
-    python benchmarks/overhead.py --tools caviar,caviar-processes,caviar-processes-warm,tune-reuse   # no Ray
+    python benchmarks/overhead.py --tools caviar,caviar-ray,caviar-ray-warm,tune-reuse   # -ray: on Ray actors
+
+``caviar`` is run_sweep's defaults: without a Ray in the process, child processes of the master (executor
+"auto"); ``caviar-processes`` names that executor explicitly, ``caviar-ray`` runs the same sweep on Ray actors.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import ROOT, chosen_tools, emit, peer_parser, run_child, write_table  # noqa: E402
 
 TASK = os.path.join(ROOT, "benchmarks", "tasks", "trivial.py")
-TOOLS = ("caviar", "caviar-warm", "caviar-processes", "caviar-processes-warm", "tune", "tune-reuse")
+TOOLS = ("caviar", "caviar-warm", "caviar-ray", "caviar-ray-warm", "caviar-processes", "caviar-processes-warm", "tune",
+         "tune-reuse")
 COLUMNS = ["case", "tool", "trials", "reports_per_trial", "wall_s", "s_per_trial", "s_per_report", "ratio_vs_caviar",
            "ray_start_s", "process_s", "compute_s"]
 SLOTS = 2
@@ -41,7 +45,7 @@ def init_ray() -> float:
     return time.perf_counter() - started
 
 
-def run_caviar(trials: int, reports: int, storage: str, executor: str = "ray") -> dict[str, Any]:
+def run_caviar(trials: int, reports: int, storage: str, executor: str = "auto") -> dict[str, Any]:
     from orchestrator.app.api import load, run_sweep
 
     started = time.perf_counter()
@@ -98,21 +102,16 @@ def run_tune(trials: int, reports: int, storage: str, reuse: bool) -> dict[str, 
 
 def child(tool: str, trials: int, reports: int) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    processes = tool.startswith("caviar-processes")  # executor="processes": no Ray in this interpreter
-    ray_start = None if processes else init_ray()
+    on_ray = tool.startswith(("caviar-ray", "tune"))
+    ray_start = init_ray() if on_ray else None  # the rest never import Ray
+    executor = {"caviar": "auto", "caviar-processes": "processes", "caviar-ray": "ray"}.get(tool.removesuffix("-warm"))
     with tempfile.TemporaryDirectory() as storage:
-        if tool == "caviar":
-            result = run_caviar(trials, reports, storage)
-        elif tool == "caviar-processes":
-            result = run_caviar(trials, reports, storage, executor="processes")
-        elif tool == "caviar-processes-warm":  # the second sweep of a process: torch imported and warmed up
-            run_caviar(2, 1, os.path.join(storage, "first"), executor="processes")
-            result = run_caviar(trials, reports, storage, executor="processes")
-        elif tool == "caviar-warm":  # a notebook's second sweep: the first one's actors are still warm
-            run_caviar(2, 1, os.path.join(storage, "first"))
-            result = run_caviar(trials, reports, storage)
-        else:
+        if executor is None:
             result = run_tune(trials, reports, storage, reuse=tool == "tune-reuse")
+        else:
+            if tool.endswith("-warm"):  # a notebook's second sweep: torch warmed up (on Ray: the actors still warm)
+                run_caviar(2, 1, os.path.join(storage, "first"), executor=executor)
+            result = run_caviar(trials, reports, storage, executor=executor)
     emit({**result, "ray_start_s": ray_start})
 
 
@@ -140,11 +139,12 @@ def main() -> None:
             print(f"{case}: {tool} {row['wall_s']:.2f} s", flush=True)
     kwargs = {"out_dir": args.out} if args.out else {}
     write_table("overhead-tiny" if args.tiny else "overhead", rows, COLUMNS, notes=[
-        f"{SLOTS} slots (ray.init(num_cpus={SLOTS}), 1 CPU per trial) for every tool",
-        "wall_s: the run with Ray already started; ratio_vs_caviar = wall_s / caviar's wall_s in the same case",
-        "caviar-warm: the same sweep as caviar, run right after a 2-trial sweep in the same process (warm actors)",
-        "caviar-processes: executor='processes', trials in children forked from the master (no Ray; wall includes"
-        " the contract check and the forks); -warm: after a 2-trial sweep in the same process",
+        f"{SLOTS} slots (ray.init(num_cpus={SLOTS}) for the Ray tools), 1 CPU per trial, for every tool",
+        "wall_s: the run (with Ray already started for the Ray tools); ratio_vs_caviar = wall_s / caviar's wall_s"
+        " in the same case",
+        "caviar: run_sweep defaults, here child processes forked from the master (no Ray; wall includes the contract"
+        " check and the forks); caviar-processes: the same executor named; caviar-ray: the trials on Ray actors",
+        "-warm: the same sweep run right after a 2-trial sweep in the same process (torch warm; Ray: warm actors)",
         "caviar with pruner none asks for all epochs at once: a trial's reports arrive as one batch of metric rows",
     ], **kwargs)
 

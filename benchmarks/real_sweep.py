@@ -9,9 +9,11 @@ its best validation epoch (caviar: its kept best checkpoint).
     python benchmarks/real_sweep.py                 # 32 trials x up to 10 epochs
     python benchmarks/real_sweep.py --tiny          # 4 trials x 2 epochs (CI)
     python benchmarks/real_sweep.py --tools caviar,optuna --trials 8 --epochs 3
-    python benchmarks/real_sweep.py --tools caviar,caviar-unfused   # caviar with fuse=off beside its default
-    python benchmarks/real_sweep.py --tools caviar,caviar-warm,optuna   # caviar-warm: a second sweep in one process
-    python benchmarks/real_sweep.py --tools caviar,caviar-processes,optuna   # executor="processes": no Ray
+    python benchmarks/real_sweep.py --tools caviar,caviar-ray,optuna   # caviar-ray: the trials on a private Ray
+    python benchmarks/real_sweep.py --tools caviar-ray,caviar-warm   # caviar-warm: a second sweep on Ray's warm actors
+
+``caviar`` is run_sweep's defaults: on one machine without a Ray of its own, child processes of the master
+(executor "auto"); ``caviar-processes`` names that executor explicitly.
 """
 
 from __future__ import annotations
@@ -43,23 +45,26 @@ from benchmarks.common import (  # noqa: E402  (re-exported: the peer runners li
 __all__ = ["caviar_best_test_accuracy", "decode", "suggest_optuna", "to_tune"]
 
 TASK = DIGITS_MLP
-TOOLS = ("caviar", "caviar-warm", "caviar-unfused", "caviar-processes", "tune", "optuna")
-DEFAULT_TOOLS = ("caviar", "tune", "optuna")
+TOOLS = ("caviar", "caviar-ray", "caviar-warm", "caviar-unfused", "caviar-processes", "tune", "optuna")
+DEFAULT_TOOLS = ("caviar", "caviar-ray", "tune", "optuna")
+NO_RAY = ("optuna", "caviar", "caviar-processes")  # the rest share one ray.init, timed apart (ray_start_s)
 COLUMNS = ["tool", "trials", "max_epochs", "epochs_trained", "wall_s", "ratio_vs_caviar", "compute_s", "busy_fraction",
            "best_val_accuracy", "test_accuracy_best", "ensemble_test_accuracy", "startup_s", "train_phase_s",
            "train_busy_fraction", "after_s", "ray_start_s", "process_s"]
 
 
 def child(tool: str, trials: int, epochs: int) -> None:
-    ray_start = init_ray() if tool not in ("optuna", "caviar-processes") else None
+    ray_start = init_ray() if tool not in NO_RAY else None
     with tempfile.TemporaryDirectory() as storage:
-        if tool == "caviar":
+        if tool == "caviar":  # the defaults: no Ray in this process, so executor "auto" runs child processes
             result = run_caviar(trials, epochs, storage)
+        elif tool == "caviar-ray":  # the trials on Ray actors (this process joined a Ray, so "auto" uses it)
+            result = run_caviar(trials, epochs, storage, executor="ray")
         elif tool == "caviar-warm":  # a notebook's second sweep: the first one's actors are still warm
             run_caviar(2, 1, os.path.join(storage, "first"))
             result = run_caviar(trials, epochs, storage)
-        elif tool == "caviar-unfused":
-            result = run_caviar(trials, epochs, storage, fuse="off")
+        elif tool == "caviar-unfused":  # on Ray, fuse off named (the default since fusing became opt-in)
+            result = run_caviar(trials, epochs, storage, fuse="off", executor="ray")
         elif tool == "caviar-processes":  # trials in forked children of this process: no Ray at all
             result = run_caviar(trials, epochs, storage, executor="processes")
         elif tool == "tune":
@@ -95,7 +100,8 @@ def main() -> None:
     kwargs = {"out_dir": args.out} if args.out else {}
     write_table("real_sweep-tiny" if args.tiny else "real_sweep", rows, COLUMNS, notes=[
         f"{SLOTS} slots for every tool; Ray tools share one ray.init(num_cpus={SLOTS}); Optuna: n_jobs={SLOTS} threads",
-        "caviar: run_sweep defaults (coarse-to-fine stages + ASHA); Ray Tune: ASHAScheduler(grace 1, rf 3);"
+        "caviar: run_sweep defaults (coarse-to-fine stages + ASHA; executor auto, here child processes, no Ray);"
+        " caviar-ray: the same on Ray actors; Ray Tune: ASHAScheduler(grace 1, rf 3);"
         " Optuna: RandomSampler + SuccessiveHalvingPruner(min_resource 1, rf 3)",
         "wall_s excludes Ray start and interpreter start (see ray_start_s, process_s) and the driver's import of the"
         " task module; Optuna's task and data are loaded before the clock",

@@ -2,16 +2,19 @@
 
 One child interpreter runs, with timestamps:
 
-- the master: importing caviar, importing the task (``load_task``), ``ray.init``, the contract check
+- the master: importing caviar, importing the task (``load_task``), ``ray.init`` (on Ray), the contract check
   (``load_data``, one model build and one batch), then ``run_sweep`` until its first epoch began, its
   training phase and its end (final writes, ensembles);
-- one trial actor made as the pool makes it: from ``.remote()`` to ready, split into Ray's worker
+- on Ray, one trial actor made as the pool makes it: from ``.remote()`` to ready, split into Ray's worker
   process start, importing torch and caviar, importing the task, its data, and torch's warm-up;
-- the same ``run_sweep`` again in the same process (a notebook's second sweep: warm actors).
+- the same ``run_sweep`` again in the same process (a notebook's second sweep).
 
-    python benchmarks/startup.py                  # digits MLP, 32 trials x 10 epochs, 2 slots
+    python benchmarks/startup.py                  # digits MLP, 32 trials x 10 epochs, 2 slots, the defaults
     python benchmarks/startup.py --tiny           # 4 trials x 2 epochs (CI)
-    python benchmarks/startup.py --tools caviar-processes   # executor="processes": no Ray, no actor rows
+    python benchmarks/startup.py --tools caviar-ray   # the trials on Ray actors: ray.init and actor rows too
+
+``caviar`` is run_sweep's defaults (executor "auto": here child processes forked from the master, no Ray);
+``caviar-processes`` names that executor explicitly.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from benchmarks.common import (  # noqa: E402
 )
 
 COLUMNS = ["phase", "seconds", "share_of_wall"]
+TOOLS = {"caviar": "auto", "caviar-processes": "processes", "caviar-ray": "ray"}  # tool -> executor
 
 
 def first_epoch_and_phases(result: Any, began_wall: float, ended_wall: float) -> dict[str, float]:
@@ -66,7 +70,7 @@ def actor_phases() -> dict[str, float]:
             parts["warm_up"], "actor: total, .remote() to ready": total}
 
 
-def child(trials: int, epochs: int, executor: str = "ray") -> None:
+def child(trials: int, epochs: int, executor: str = "auto") -> None:
     out: dict[str, float] = {}
     began = time.perf_counter()
     from orchestrator.app import lifecycle
@@ -111,13 +115,13 @@ def child(trials: int, epochs: int, executor: str = "ray") -> None:
 
 
 def main() -> None:
-    parser = peer_parser(__doc__, ("caviar", "caviar-processes"), ("caviar",), ("TRIALS", "EPOCHS", "EXECUTOR"))
+    parser = peer_parser(__doc__, tuple(TOOLS), ("caviar",), ("TRIALS", "EPOCHS", "EXECUTOR"))
     args = parser.parse_args()
     if args.child:
         child(int(args.child[0]), int(args.child[1]), args.child[2])
         return
-    [tool] = chosen_tools(parser, args.tools, ("caviar", "caviar-processes"))
-    executor = "processes" if tool == "caviar-processes" else "ray"
+    [tool] = chosen_tools(parser, args.tools, tuple(TOOLS))
+    executor = TOOLS[tool]
     trials, epochs = (4, 2) if args.tiny else (32, 10)
     result = run_child([os.path.abspath(__file__), "--child", str(trials), str(epochs), executor])
     result.pop("process_s", None)
@@ -127,14 +131,15 @@ def main() -> None:
     for row in rows:
         print(f"{row['phase']}: {row['seconds']:.2f}", flush=True)
     kwargs = {"out_dir": args.out} if args.out else {}
-    name = ("startup-tiny" if args.tiny else "startup") + ("-processes" if executor == "processes" else "")
+    name = ("startup-tiny" if args.tiny else "startup") + {"auto": ""}.get(executor, f"-{executor}")
     write_table(name, rows, COLUMNS, notes=[
         f"digits MLP, {trials} trials x {epochs} epochs, {SLOTS} slots, run_sweep defaults, executor={executor!r}; "
         "one child interpreter",
         *(["the actor row set is one TrialActor made alone (as the pool makes each), without the master's shared "
            "data", "a sweep's own actors get the master's checked data through Ray's object store and skip load_data"]
           if executor == "ray" else
-          ["no Ray: each slot is a child forked from the master after its contract check (worker/pool/processes.py)"]),
+          ["no Ray: each slot is a child forked from the master after its contract check (worker/pool/processes.py;"
+           " executor 'auto' chooses it on one machine)"]),
     ], **kwargs)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _log_path: list[str] = []  # the CLI's Ray log file, once send_ray_logs_to named it
+_deferred: list[str] = []  # the file to use if this run starts Ray after all (a CLI run that expected no Ray)
 
 
 def _is_ray(record: logging.LogRecord) -> bool:
@@ -41,6 +42,17 @@ def send_ray_logs_to(path: str) -> None:
     root.addHandler(terminal)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)  # Ray's info lines reach the file; the terminal handler still says WARNING
+
+
+def send_ray_logs_if_started(path: str) -> None:
+    """``send_ray_logs_to(path)`` when caviar starts or joins Ray (:func:`apply_deferred`), not now: importing Ray
+    costs a second or two that a run in child processes never needs."""
+    _deferred[:] = [path]
+
+
+def apply_deferred() -> None:
+    if _deferred and not _log_path:
+        send_ray_logs_to(_deferred[0])
 
 
 def ray_log_path() -> str | None:

@@ -22,7 +22,7 @@ from cluster.capacity import any_fits, describe, fits, per_trial, plan_slots
 from cluster.fused_setup import choose_backend
 from cluster.jobs import enable_token_auth
 from cluster.pool import RayBackend, Resources
-from cluster.ray_logs import ray_log_path, stderr_to_ray_log
+from cluster.ray_logs import apply_deferred, ray_log_path, stderr_to_ray_log
 from orchestrator.decide.backend import Backend
 from orchestrator.decide.fusing import FusePlan
 from orchestrator.errors import CaviarError, ClusterError, ConfigError
@@ -41,6 +41,7 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
     """Join ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:10001``), or start a private Ray here (no address)."""
     if ray.is_initialized():
         return
+    apply_deferred()  # a CLI run that expected child processes: Ray's chatter still goes to its log file
     for warning in exposure_warnings(address, dashboard, dashboard_host):
         log.warning("warning: %s", warning)
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}}

@@ -21,8 +21,8 @@ from orchestrator.search.stage_policy import STAGE_POLICIES
 PRUNER_NAMES = ", ".join(sorted(PRUNERS))  # the registries name what --pruner, --sampler and --stage-policy take
 SAMPLER_NAMES = ", ".join(sorted(SAMPLERS))
 STAGE_POLICY_NAMES = ", ".join(STAGE_POLICIES)  # the default first
-EXECUTOR_HELP = ("Where trials run: ray (actors; a private Ray without --address) or processes (children of this "
-                 "process: no Ray, this machine's CPUs).")
+EXECUTOR_HELP = ("Where trials run: auto (default: processes unless a setting needs Ray), ray (actors; a private "
+                 "Ray without --address) or processes (children of this process: no Ray, this machine's CPUs).")
 REPORT_FILE = "report.html"  # beside the table folders of a sweep, never inside one
 
 # The order `caviar --help` lists the verbs in: a sweep's life, then the cluster's.

@@ -35,8 +35,8 @@ def resume(
     given = dict(slots=slots, address=address, ensemble=ensemble, executor=executor)
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain) as progress:
-        if executor != "processes":
-            quiet_ray(os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log"))  # as `caviar run`
+        # As `caviar run`; the sweep's stored executor decides whether Ray starts at all.
+        quiet_ray(os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log"), now=executor == "ray")
         result = resume_sweep(sweep, on_tick=progress, task=task, trust_task_code=trust_task_code, **overrides)
     if result.note:
         typer.echo(result.note)

@@ -115,26 +115,32 @@ def run(
         overrides["resources"] = parse_resources(resource)
     from orchestrator.app.progress import quiet_ray, starting_line
 
-    chosen = executor or configured_executor(config)
-    ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log") if chosen != "processes" else None
-    starting = starting_line(address, slots, ray_log, executor=chosen)
+    expected = expected_executor(config, overrides)
+    ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log")
+    starting = starting_line(address, slots, ray_log if expected == "ray" else None, executor=expected)
     task_ref = task_file_ref(task)  # before the run: a job's working directory may not outlive it
     with exit_on_interrupt(task_ref), Progress(force_plain=plain, starting=starting) as progress:
-        if ray_log:
-            quiet_ray(ray_log)  # after the first line: importing Ray takes a second or two
+        # After the first line (importing Ray takes a second or two); a run in processes imports it only if it
+        # turns out to need Ray after all (the task's own settings).
+        quiet_ray(ray_log, now=expected == "ray")
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
     print_result(result, report=report, task_ref=task_ref)
 
 
-def configured_executor(config: str | None) -> str:
-    """The executor a ``--config`` file's ``[run]`` names, for the first line; the run itself checks the file."""
+def expected_executor(config: str | None, overrides: dict[str, Any]) -> str:
+    """Where the trials will run, as the command line and a ``--config`` file say, for the first line.
+
+    The run itself reads the task's settings too and decides (``RunSettings.resolved_executor``); a task whose
+    own settings ask for Ray still gets it, after a line that says so.
+    """
     from orchestrator.errors import ConfigError
-    from orchestrator.spec.settings import read_toml
+    from orchestrator.spec.settings import RunSettings, read_toml
 
     try:
-        return str(read_toml(config)[0].get("executor", "ray")) if config else "ray"
-    except ConfigError:
-        return "ray"
+        settings = RunSettings().merged(read_toml(config)[0] if config else {}).merged(overrides)
+    except ConfigError:  # the run says what is wrong with the file, in its own line
+        settings = RunSettings().merged(overrides)
+    return settings.resolved_executor(ray_running=False)
 
 
 @app.command()

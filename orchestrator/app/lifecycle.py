@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -199,13 +200,13 @@ def drive_and_finish(
 
 def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, name: str, controller: Controller,
            log: SweepLog, on_tick: Callable[[Controller], None] | None, resumed: bool, splits: Any = None) -> None:
-    """The trials on Ray, or in child processes (``executor="processes"``); the fused set-up's decision applied
-    here, by the controller's owner.
+    """The trials on Ray, or in child processes (:meth:`RunSettings.resolved_executor`); the fused set-up's
+    decision applied here, by the controller's owner.
 
     Only a sweep whose trials all ended hands its actors on (``close(finished=True)``); a failure or Ctrl-C
     ends them.
     """
-    if settings.executor == "processes":
+    if settings.resolved_executor(ray_running=ray_joined()) == "processes":
         backend, fusing = open_process_backend(task, settings, root, name, splits), None
     else:
         from cluster.runner import open_backend  # Ray loads here, never at import time
@@ -221,6 +222,12 @@ def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, nam
         finished = True
     finally:
         backend.close(finished=finished)
+
+
+def ray_joined() -> bool:
+    """This process already runs or joined a Ray (``ray.init`` before the sweep); never imports Ray to find out."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
 
 
 def open_process_backend(task: Task, settings: RunSettings, root: Storage, name: str, splits: Any) -> Backend:

@@ -241,7 +241,7 @@ class Progress:
         head = Table.grid(padding=(0, 2))
         for _ in range(4):
             head.add_column(min_width=14)
-        state = "finished" if self.finished else ("training" if self.ready_at else "starting Ray and workers")
+        state = "finished" if self.finished else ("training" if self.ready_at else "starting workers")
         head.add_row("state", state, "elapsed", _duration(elapsed))
         head.add_row("stage", f"{s.stage}/{s.stages}" if s.stage else "-", "trials",
                      f"{sum(s.counts.values())}/{s.total_trials}" if s.total_trials else "-")
@@ -311,10 +311,11 @@ def starting_line(address: str | None, slots: int | None, ray_log: str | None, e
     return f"caviar: {where}; {workers} will warm up (torch import, data load){logs}"
 
 
-def quiet_ray(path: str) -> None:
-    """Send Ray's start-up chatter to the log file ``path`` (errors still reach the terminal)."""
+def quiet_ray(path: str, *, now: bool = True) -> None:
+    """Send Ray's start-up chatter to the log file ``path`` (errors still reach the terminal); ``now=False``:
+    only if this run starts Ray after all (nothing is imported until then)."""
     try:
-        from cluster.ray_logs import send_ray_logs_to
+        from cluster.ray_logs import send_ray_logs_if_started, send_ray_logs_to
     except ImportError:
         return None
-    send_ray_logs_to(path)
+    (send_ray_logs_to if now else send_ray_logs_if_started)(path)

@@ -18,7 +18,7 @@ from orchestrator.search.sampler import SAMPLERS
 from orchestrator.search.stage_policy import STAGE_POLICIES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-EXECUTORS = ("ray", "processes")
+EXECUTORS = ("auto", "ray", "processes")
 
 
 @dataclass
@@ -67,9 +67,10 @@ class RunSettings:
     wait_for_cluster_seconds: float = 600.0  # on a cluster, how long to wait for a node (autoscaler) to fit a trial
     # A clean sweep's actors stay this long for the next sweep of the same task in this process (cluster/warm_pool.py)
     keep_workers: float = 120.0
-    # Where trials run: "ray" (actors; a private Ray without --address) or "processes" (children of this process,
-    # forked after its imports and data load: no Ray, one machine, CPU only; worker/pool/processes.py)
-    executor: str = "ray"
+    # Where trials run: "ray" (actors; a private Ray without --address), "processes" (children of this process,
+    # forked after its imports and data load: no Ray, one machine, CPU only; worker/pool/processes.py), or "auto":
+    # processes unless a setting needs Ray or this process already runs one (resolved_executor)
+    executor: str = "auto"
 
     def validate(self) -> RunSettings:
         positive_ints = ("trials", "epochs", "grace_epochs", "keep_best")
@@ -134,18 +135,31 @@ class RunSettings:
             parse_plan(self.plan)
         return self
 
+    def needs_ray(self) -> list[tuple[str, str]]:
+        """(setting, what it does) for each setting only the ray executor honours."""
+        wanted = [("address", bool(self.address), "joins a Ray cluster"),
+                  ("gpus_per_trial", bool(self.gpus_per_trial), "places GPUs"),
+                  ("resources", bool(self.resources), "asks for custom resources"),
+                  ("device", self.device not in ("auto", "cpu"), f"trains on {self.device}"),
+                  ("fuse", self.fuse != "off", "fuses trials"),
+                  ("dashboard", self.dashboard, "starts Ray's dashboard")]
+        return [(name, what) for name, wanted_here, what in wanted if wanted_here]
+
+    def resolved_executor(self, ray_running: bool) -> str:
+        """``auto``: child processes for a CPU sweep on this machine (they start in milliseconds, Ray in
+        seconds); Ray when a setting needs it, or when this process already joined one (``ray.init`` in a
+        notebook: the user chose where trials run)."""
+        if self.executor != "auto":
+            return self.executor
+        return "ray" if ray_running or self.needs_ray() else "processes"
+
     def _check_processes(self) -> None:
         """The process pool runs CPU trials on this machine only: a setting that needs Ray is refused, never ignored."""
-        needs_ray = [("address", bool(self.address), "joins a Ray cluster"),
-                     ("gpus_per_trial", bool(self.gpus_per_trial), "places GPUs"),
-                     ("resources", bool(self.resources), "asks for custom resources"),
-                     ("device", self.device not in ("auto", "cpu"), f"trains on {self.device}"),
-                     ("fuse", self.fuse != "off", "fuses trials"),
-                     ("dashboard", self.dashboard, "starts Ray's dashboard")]
-        for name, conflict, what in needs_ray:
-            if conflict:
-                raise ConfigError(f"setting '{name}': {what}, which only the ray executor does; use --executor ray "
-                                  f"(executor = \"ray\" in TOML), or drop {name}")
+        conflicts = self.needs_ray()
+        if conflicts:
+            name, what = conflicts[0]
+            raise ConfigError(f"setting '{name}': {what}, which only the ray executor does; use --executor ray "
+                              f"(executor = \"ray\" in TOML), or drop {name}")
 
     def worker_options(self, device: str) -> dict[str, Any]:
         """What each worker is told about the sweep, whichever executor runs it."""

@@ -49,8 +49,8 @@ def test_scale_tiny(tmp_path):
 def test_overhead_tiny_caviar_and_reused_tune(tmp_path):
     from benchmarks.overhead import COLUMNS
 
-    run_script("overhead.py", str(tmp_path), "--tools", "caviar,tune-reuse", "--trials", "2")
-    check_table(str(tmp_path), "overhead-tiny", COLUMNS, {"caviar", "tune-reuse"}, "tool")
+    run_script("overhead.py", str(tmp_path), "--tools", "caviar,caviar-ray,tune-reuse", "--trials", "2")
+    check_table(str(tmp_path), "overhead-tiny", COLUMNS, {"caviar", "caviar-ray", "tune-reuse"}, "tool")
 
 
 @pytest.mark.timeout(300)
@@ -160,21 +160,21 @@ def test_quality_summary_and_verdicts_on_plain_rows():
 def test_startup_tiny_names_every_phase_and_the_second_sweep(tmp_path):
     from benchmarks.startup import COLUMNS
 
-    run_script("startup.py", str(tmp_path))
-    check_table(str(tmp_path), "startup-tiny", COLUMNS, {"master: ray.init", "actor: import torch and caviar",
+    run_script("startup.py", str(tmp_path), "--tools", "caviar-ray")
+    check_table(str(tmp_path), "startup-tiny-ray", COLUMNS, {"master: ray.init", "actor: import torch and caviar",
                                                          "second sweep, same process: call to first epoch's start"},
                 "phase")
 
 
 @pytest.mark.timeout(300)
-def test_startup_tiny_with_the_process_executor_starts_no_ray(tmp_path):
+def test_startup_tiny_with_the_defaults_starts_no_ray(tmp_path):
     import pyarrow.parquet as pq
 
     from benchmarks.startup import COLUMNS
 
-    run_script("startup.py", str(tmp_path), "--tools", "caviar-processes")
-    check_table(str(tmp_path), "startup-tiny-processes", COLUMNS,
+    run_script("startup.py", str(tmp_path))  # executor "auto": child processes on one machine
+    check_table(str(tmp_path), "startup-tiny", COLUMNS,
                 {"master: contract check, once (load_data, one build, one batch)",
                  "second sweep, same process: call to first epoch's start"}, "phase")
-    phases = pq.read_table(os.path.join(str(tmp_path), "startup-tiny-processes.parquet"))["phase"].to_pylist()
+    phases = pq.read_table(os.path.join(str(tmp_path), "startup-tiny.parquet"))["phase"].to_pylist()
     assert not [p for p in phases if "ray" in p or p.startswith("actor")]

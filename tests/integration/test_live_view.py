@@ -52,7 +52,8 @@ def run_in_pty(args: list[str], timeout: float = 600) -> tuple[str, float | None
 
 def test_live_view_starts_at_once_and_ends_on_the_tables(tmp_path):
     out, first_line, code = run_in_pty([CLI, "run", TINY_TASK, "--plan", "4x1,2x3", "--slots", "2", "--seed", "4",
-                                        "--storage", str(tmp_path), "--name", "live", "--no-ensemble", "--no-report"])
+                                        "--storage", str(tmp_path), "--name", "live", "--no-ensemble", "--no-report",
+                                        "--executor", "ray"])
     text = ANSI.sub("", out)
     assert code == 0, text[-3000:]
     first = text.splitlines()[0]
@@ -90,7 +91,7 @@ def test_plain_mode_prints_one_line_per_state_change_through_the_ensemble(tmp_pa
                          capture_output=True, text=True, env=ENV, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
-    assert "caviar: starting local Ray" in lines[0]
+    assert "caviar: no Ray; 2 worker processes forked from this one" in lines[0]  # the default on one machine
     assert "Token authentication" not in run.stdout + run.stderr
     tables = load(str(tmp_path / "plain"))
     trials = tables.trials.to_pylist()
@@ -110,3 +111,18 @@ def test_plain_mode_prints_one_line_per_state_change_through_the_ensemble(tmp_pa
     chosen = next(i for i, line in enumerate(lines) if line.startswith("Chosen ensemble: "))
     assert done < chosen  # the state changes run through the end, then the answer
     assert lines.index(next(line for line in lines if "stage 2/2 started" in line)) < done
+
+
+def test_a_task_whose_own_settings_choose_ray_still_gets_ray_with_its_chatter_in_the_log(tmp_path):
+    # The first line is written before the task is imported, so it cannot know the task's own settings.
+    task = tmp_path / "ray_task.py"
+    task.write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(TINY_TASK)!r})\n"
+                    "from tiny_task import build_model, load_data, space  # noqa: E402,F401\n\n"
+                    "settings = {'trials': 2, 'epochs': 1, 'executor': 'ray'}\n")
+    run = subprocess.run([CLI, "run", str(task), "--storage", str(tmp_path / "runs"), "--name", "ray", "--plain",
+                          "--no-ensemble", "--no-report"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "caviar: no Ray;" in run.stdout.splitlines()[0]
+    assert "caviar: starting a private Ray on this machine" in run.stderr  # then the run says what it does
+    assert "Token authentication" not in run.stdout + run.stderr  # Ray's chatter still went to its log file
+    assert len(load(str(tmp_path / "runs" / "ray")).trials) == 2

@@ -138,11 +138,49 @@ def test_a_setting_only_ray_can_honour_is_refused_by_name(settings, field):
         RunSettings(executor="processes", **settings).validate()
 
 
+@pytest.mark.parametrize(("settings", "field"), [
+    ({"address": "auto"}, "address"), ({"gpus_per_trial": 0.5}, "gpus_per_trial"),
+    ({"resources": {"tpu": 1.0}}, "resources"), ({"device": "cuda:1"}, "device"), ({"fuse": "on"}, "fuse"),
+    ({"dashboard": True}, "dashboard"),
+])
+def test_auto_runs_on_ray_when_a_setting_needs_it(settings, field):
+    chosen = RunSettings(**settings).validate()
+    assert chosen.executor == "auto" and [name for name, _ in chosen.needs_ray()] == [field]
+    assert chosen.resolved_executor(ray_running=False) == "ray"
+
+
+def test_auto_runs_a_cpu_sweep_in_processes_unless_this_process_joined_ray():
+    plain = RunSettings(device="cpu", cpus_per_trial=2, slots=3).validate()
+    assert plain.resolved_executor(ray_running=False) == "processes"
+    assert plain.resolved_executor(ray_running=True) == "ray"  # ray.init in a notebook: the user chose Ray
+    # An explicit choice is kept either way (a refusal for conflicts is validate's, tested above).
+    assert RunSettings(executor="ray").resolved_executor(ray_running=False) == "ray"
+    assert RunSettings(executor="processes").resolved_executor(ray_running=True) == "processes"
+
+
+def test_a_default_cli_run_trains_in_processes_and_never_imports_ray(tmp_path):
+    sitecustomize = tmp_path / "guard" / "sitecustomize.py"
+    sitecustomize.parent.mkdir()
+    sitecustomize.write_text("import sys\n\nclass NoRay:\n    def find_spec(self, name, path=None, target=None):\n"
+                             "        if name == 'ray' or name.startswith('ray.'):\n"
+                             "            raise ImportError('ray imported by a default local run')\n\n"
+                             "sys.meta_path.insert(0, NoRay())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(sitecustomize.parent), ROOT])}
+    done = subprocess.run([*CAVIAR, "run", TINY_TASK, "--trials", "2", "--epochs", "1", "--storage", str(tmp_path),
+                           "--name", "auto", "--plain", "--no-ensemble", "--no-report"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "caviar: no Ray;" in done.stdout + done.stderr
+    assert "private Ray" not in done.stderr
+    assert len(load(os.path.join(str(tmp_path), "auto")).trials) == 2
+
+
 def test_an_unknown_executor_is_one_line_from_the_cli(tmp_path):
     done = subprocess.run([*CAVIAR, "run", TINY_TASK, "--executor", "threads", "--storage", str(tmp_path), "--plain"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1] == "caviar: error: setting 'executor': expected one of ray, processes"
+    said = done.stderr.strip().splitlines()[-1]
+    assert said == "caviar: error: setting 'executor': expected one of auto, ray, processes"
     assert not os.listdir(tmp_path)
 
 
