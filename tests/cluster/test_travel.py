@@ -91,9 +91,10 @@ def test_submit_stop_resume_elsewhere_then_load_after_the_task_file_is_gone(ray_
 
 
 def test_plain_run_starts_its_own_ray_even_with_a_cluster_named_in_the_environment(ray_cluster, tmp_path):
-    """RAY_ADDRESS names the running two-node cluster; plain `caviar run` must not join it."""
+    """RAY_ADDRESS names the running two-node cluster; `caviar run` on Ray without --address must not join it."""
     done = caviar("run", TINY_TASK, "--storage", str(tmp_path), "--name", "local", "--trials", "2", "--epochs", "1",
-                  "--stages", "1", "--no-ensemble", "--plain", env={"RAY_ADDRESS": ray_cluster.gcs_address})
+                  "--stages", "1", "--no-ensemble", "--plain", "--executor", "ray",
+                  env={"RAY_ADDRESS": ray_cluster.gcs_address})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     said = [line for line in done.stderr.splitlines() if "starting a private Ray" in line]
     assert len(said) == 1 and "--address auto" in said[0]
