@@ -135,6 +135,16 @@ class TrialRecorder:
 
     def persist(self, run: TrialRun, *, final: bool) -> list[dict[str, Any]]:
         """Flush rows and checkpoints; returns the checkpoint index rows now on storage."""
+        index, superseded = self._write_checkpoints(run, final=final)
+        self._write_index(index)
+        self._retire(run, superseded, final=final)
+        return index
+
+    def _write_checkpoints(self, run: TrialRun, *, final: bool) -> tuple[list[dict[str, Any]], list[str]]:
+        """Metric rows, then the weight files the index will name: (index rows, paths no longer kept).
+
+        Nothing is deleted here: until the new index is written, the one on storage names the old files.
+        """
         self.flush_rows()
         self.flush_diagnostics(final=final)
         wanted: dict[tuple[int, str], tuple[Kept | None, set[str]]] = {}
@@ -158,11 +168,17 @@ class TrialRecorder:
             row = {**row, "kept_as": ",".join(sorted(tags))}
             self.written[(epoch, kind)] = row
             index.append(row)
-        self.storage.write_table(
-            schema.checkpoint_index_path(self.trial_id), schema.to_table(index, schema.CHECKPOINTS)
-        )
-        for key in [k for k in self.written if k not in wanted]:
-            self.storage.delete(self.written.pop(key)["path"])
+        superseded = [self.written.pop(key)["path"] for key in [k for k in self.written if k not in wanted]]
+        return index, superseded
+
+    def _write_index(self, index: list[dict[str, Any]]) -> None:
+        rel = schema.checkpoint_index_path(self.trial_id)
+        self.storage.write_table(rel, schema.to_table(index, schema.CHECKPOINTS))
+
+    def _retire(self, run: TrialRun, superseded: list[str], *, final: bool) -> None:
+        """After the index: delete what it no longer names, and write (or, at the end, drop) the resume state."""
+        for path in superseded:
+            self.storage.delete(path)
         if final:
             self.storage.delete(resume_path(self.trial_id))
         else:
@@ -170,7 +186,6 @@ class TrialRecorder:
             torch.save({**run.resume_state(), "attempt": self.attempt}, buf)
             self.storage.write_bytes(resume_path(self.trial_id), buf.getvalue())
         self.last_persist = time.monotonic()
-        return index
 
     def flush_diagnostics(self, *, final: bool) -> None:
         """Diagnostic rows as a part; at the end, folded into one file per trial (straight there if no part)."""
@@ -217,18 +232,24 @@ class TrialRecorder:
         self.pending_rows = []
 
     def finish(self, run: TrialRun) -> list[dict[str, Any]]:
-        """Final persist, compact this trial's metric parts (every attempt) into one file, store predictions."""
+        """Final persist, compact this trial's metric parts (every attempt) into one file, store predictions.
+
+        The index is written once, with each checkpoint's val/test metrics, after the weight files and
+        before anything it no longer names is deleted.
+        """
         if self.parts == 0 and self.attempt == 0:
             # Nothing flushed yet: the rows go straight to the final file, no part to compact.
             self.storage.write_table(
                 schema.metrics_path(self.trial_id), schema.to_table(self.pending_rows, schema.METRICS)
             )
             self.pending_rows = []
-            index = self.persist(run, final=True)
+            index, superseded = self._write_checkpoints(run, final=True)
         else:
-            index = self.persist(run, final=True)
+            index, superseded = self._write_checkpoints(run, final=True)
             compact_metrics(self.storage, self.trial_id)
-        return self.write_predictions(run, index)
+        index = self.write_predictions(run, index)
+        self._retire(run, superseded, final=True)
+        return index
 
     def write_predictions(self, run: TrialRun, index: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Every kept checkpoint run once on val and test: its metrics into the index, its outputs for ensembles."""
@@ -240,8 +261,7 @@ class TrialRecorder:
                                                                            row["weights"]) for row in index}
         index = [{**row, "metrics": {k: v for _, values in results[(row["epoch"], row["weights"])].values()
                                      for k, v in values.items()}} for row in index]
-        rel = schema.checkpoint_index_path(self.trial_id)
-        self.storage.write_table(rel, schema.to_table(index, schema.CHECKPOINTS))
+        self._write_index(index)
         write_predictions(self.storage, run, index, results, self.prediction_dtype)
         return index
 
