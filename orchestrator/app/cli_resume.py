@@ -14,7 +14,7 @@ def resume(
     sweep: SweepArg,
     slots: Annotated[int | None, typer.Option(help="Trials trained at once (default: as started).")] = None,
     address: Annotated[
-        str | None, typer.Option(help="Ray cluster: auto or ray://HOST:10001 (default: start Ray here).")
+        str | None, typer.Option(help="Ray cluster: auto or ray://HOST:10001 (default: run here, see --executor).")
     ] = None,
     ensemble: Annotated[
         bool | None, typer.Option(help="Build ensembles when the sweep ends (default: as started).")

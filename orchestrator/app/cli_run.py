@@ -58,7 +58,7 @@ def run(
     precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (autocast; fp16 scales the loss).")] = None,
     shared_storage: Annotated[bool, typer.Option(help="A local --storage path is a mount every node shares.")] = False,
     address: Annotated[
-        str | None, typer.Option(help="Ray cluster: auto or ray://HOST:10001 (default: start Ray here).")
+        str | None, typer.Option(help="Ray cluster: auto or ray://HOST:10001 (default: run here, see --executor).")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep of the same name.")] = False,
     ensemble: Annotated[bool, typer.Option(help="Build ensembles when the sweep ends.")] = True,

@@ -1,6 +1,6 @@
 """Live progress: a rich view on a terminal, one line per state change otherwise (CI, pipes, files).
 
-Both start with a line at once (what is starting: local Ray or which cluster, how many workers),
+Both start with a line at once (what is starting: child processes, local Ray or which cluster, how many workers),
 say when the workers are ready, and end on the sweep's final state. The terminal view keeps one
 layout from first frame to last: the sweep's counts, best so far, epochs/s and time left, then
 one row per running trial (padded to the most ever running, so nothing jumps). Plain mode prints
