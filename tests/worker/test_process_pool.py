@@ -17,7 +17,7 @@ from orchestrator.decide.backend import MAX_REPLACEMENTS, Assignment
 from orchestrator.errors import CaviarError, ConfigError
 from orchestrator.spec.settings import RunSettings
 from tests.conftest import ROOT, TINY_TASK
-from worker.pool.processes import ProcessBackend, start_method
+from worker.pool.processes import ProcessBackend, local_cpus, start_method
 
 SLOW_TASK = os.path.join(ROOT, "tests", "tasks", "slow_task.py")
 CAVIAR = [os.path.join(os.path.dirname(sys.executable), "caviar")]
@@ -156,6 +156,14 @@ def test_auto_runs_a_cpu_sweep_in_processes_unless_this_process_joined_ray():
     # An explicit choice is kept either way (a refusal for conflicts is validate's, tested above).
     assert RunSettings(executor="ray").resolved_executor(ray_running=False) == "ray"
     assert RunSettings(executor="processes").resolved_executor(ray_running=True) == "processes"
+
+
+def test_the_default_slot_count_honours_a_cpu_limit_below_the_affinity_mask(monkeypatch):
+    # A container's CPU quota is the same kind of limit (joblib reads cgroup v1 and v2); the variable stands in for it.
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")
+    assert local_cpus() == 1
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT")
+    assert 1 <= local_cpus() <= len(os.sched_getaffinity(0))
 
 
 def test_a_default_cli_run_trains_in_processes_and_never_imports_ray(tmp_path):

@@ -42,11 +42,14 @@ _MASTER_ENDS: weakref.WeakSet[Connection] = weakref.WeakSet()  # every pipe end 
 
 
 def local_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one, as a container's limits set it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+    """CPUs this process may use: its affinity mask and a container's CPU quota (cgroup v1 or v2).
+
+    A pod limited to 4 CPUs on a 64-core node sees 64 in its affinity mask; one worker per core would
+    put 64 trials on 4 CPUs. joblib (scikit-learn's) counts both limits, and ``LOKY_MAX_CPU_COUNT``.
+    """
+    from joblib import cpu_count  # here: only a sweep without --slots asks
+
+    return max(1, int(cpu_count()))
 
 
 def start_method(threads: int, splits: Any) -> str:
