@@ -268,8 +268,6 @@ def run_caviar(trials: int, epochs: int, storage: str, task_path: str = DIGITS_M
                **settings: Any) -> dict[str, Any]:
     """One caviar sweep with ``settings`` on top of its defaults; the best model's and the chosen ensemble's test."""
     from orchestrator.app.api import load, run_sweep
-    from orchestrator.app.lifecycle import ray_joined
-    from orchestrator.spec.settings import RunSettings
     from orchestrator.spec.task import load_task
 
     task = load_task(task_path)  # the driver's import of the task module, before the clock as for Tune and Optuna
@@ -288,7 +286,7 @@ def run_caviar(trials: int, epochs: int, storage: str, task_path: str = DIGITS_M
            "plan": ",".join(f"{r['trials']}x{r['epochs']}" for r in tables.stages.to_pylist())}
     out["ensemble_test_accuracy"] = caviar_ensemble_test_accuracy(result)
     fused = [e for e in tables.events.to_pylist() if e["kind"] == "fusing_on"]
-    executor = RunSettings().merged(settings).resolved_executor(ray_running=ray_joined())
+    executor = [json.loads(e["detail"])["executor"] for e in tables.events.to_pylist() if e["kind"] == "executor"][-1]
     one_each = "one trial per forked process" if executor == "processes" else "one trial per actor"
     out["backend"] = f"fused arrays ({fused[0]['reason']})" if fused else one_each
     return out

@@ -206,7 +206,9 @@ def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, nam
     Only a sweep whose trials all ended hands its actors on (``close(finished=True)``); a failure or Ctrl-C
     ends them.
     """
-    if settings.resolved_executor(ray_running=ray_joined()) == "processes":
+    executor, why = settings.executor_and_why(ray_running=ray_joined())
+    controller.event("executor", reason=why, detail={"executor": executor})  # where this run's trials train
+    if executor == "processes":
         backend, fusing = open_process_backend(task, settings, root, name, splits), None
     else:
         from cluster.runner import open_backend  # Ray loads here, never at import time

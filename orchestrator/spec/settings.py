@@ -149,9 +149,18 @@ class RunSettings:
         """``auto``: child processes for a CPU sweep on this machine (they start in milliseconds, Ray in
         seconds); Ray when a setting needs it, or when this process already joined one (``ray.init`` in a
         notebook: the user chose where trials run)."""
+        return self.executor_and_why(ray_running)[0]
+
+    def executor_and_why(self, ray_running: bool) -> tuple[str, str]:
+        """The executor :meth:`resolved_executor` picks, and why in words (the sweep's ``executor`` event)."""
         if self.executor != "auto":
-            return self.executor
-        return "ray" if ray_running or self.needs_ray() else "processes"
+            return self.executor, f"executor {self.executor!r} as set"
+        conflicts = self.needs_ray()
+        if conflicts:
+            return "ray", f"auto: setting '{conflicts[0][0]}' {conflicts[0][1]}, which needs Ray"
+        if ray_running:
+            return "ray", "auto: this process had already joined a Ray"
+        return "processes", "auto: one machine and no setting that needs Ray, so child processes of the master"
 
     def _check_processes(self) -> None:
         """The process pool runs CPU trials on this machine only: a setting that needs Ray is refused, never ignored."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,10 @@ def test_sweep_writes_every_table_with_expected_rows(digits_sweep):
     kinds = tables.events["kind"].to_pylist()
     assert kinds.count("trial_started") == 9 and kinds.count("stage_started") == 2
     assert "range_narrowed" in kinds
+    # The session's ray.init came first, so the default executor trained on that Ray, and says so.
+    [executor] = [e for e in tables.events.to_pylist() if e["kind"] == "executor"]
+    assert executor["reason"] == "auto: this process had already joined a Ray"
+    assert json.loads(executor["detail"]) == {"executor": "ray"}
     assert digits_sweep.best_score is not None and digits_sweep.best_score > 0.5
 
 

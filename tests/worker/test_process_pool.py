@@ -149,6 +149,13 @@ def test_auto_runs_on_ray_when_a_setting_needs_it(settings, field):
     assert chosen.resolved_executor(ray_running=False) == "ray"
 
 
+def test_the_executor_event_says_why():
+    assert RunSettings(fuse="auto").executor_and_why(ray_running=False) == (
+        "ray", "auto: setting 'fuse' fuses trials, which needs Ray")
+    assert RunSettings(executor="processes").executor_and_why(ray_running=True) == (
+        "processes", "executor 'processes' as set")
+
+
 def test_auto_runs_a_cpu_sweep_in_processes_unless_this_process_joined_ray():
     plain = RunSettings(device="cpu", cpus_per_trial=2, slots=3).validate()
     assert plain.resolved_executor(ray_running=False) == "processes"
@@ -180,7 +187,10 @@ def test_a_default_cli_run_trains_in_processes_and_never_imports_ray(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "caviar: no Ray;" in done.stdout + done.stderr
     assert "private Ray" not in done.stderr
-    assert len(load(os.path.join(str(tmp_path), "auto")).trials) == 2
+    tables = load(os.path.join(str(tmp_path), "auto"))
+    assert len(tables.trials) == 2
+    [executor] = [e for e in tables.events.to_pylist() if e["kind"] == "executor"]  # where they trained, and why
+    assert executor["reason"].startswith("auto: one machine and no setting that needs Ray")
 
 
 def test_an_unknown_executor_is_one_line_from_the_cli(tmp_path):
