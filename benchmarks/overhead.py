@@ -2,8 +2,8 @@
 
 Identical work on every side: the trivial task (benchmarks/tasks/trivial.py, one linear layer,
 one batch per epoch) trained through worker.train.trainer.TrialRun, one epoch per report. Each tool runs
-in its own interpreter with the same ``ray.init``; ``wall_s`` is the run itself (Ray already up),
-``ray_start_s`` the ``ray.init`` before it and ``process_s`` the whole child (interpreter and imports).
+in its own interpreter, the Ray tools with the same ``ray.init``; ``wall_s`` is the run itself (Ray already
+up), ``ray_start_s`` the ``ray.init`` before it and ``process_s`` the whole child (interpreter and imports).
 
     python benchmarks/overhead.py                     # 64 trials x 1 report; 8 trials x 100 reports
     python benchmarks/overhead.py --tiny              # 4 x 1 and 2 x 5 (CI)
