@@ -125,7 +125,7 @@ class TrialRecorder:
             self.best.sort(key=lambda k: (-k.score, k.epoch))
             del self.best[self.keep_best :]
         if time.monotonic() - self.last_persist >= self.checkpoint_seconds:
-            self.persist(run, final=False)
+            self.persist(run)
 
     def _snapshot(self, run: TrialRun, row: dict[str, Any]) -> Kept:
         states = {"raw": run.weights_state("raw")}
@@ -133,12 +133,11 @@ class TrialRecorder:
             states["ema"] = run.weights_state("ema")
         return Kept(row["epoch"], row["score"], row["val_loss"], row["val_accuracy"], states)
 
-    def persist(self, run: TrialRun, *, final: bool) -> list[dict[str, Any]]:
-        """Flush rows and checkpoints; returns the checkpoint index rows now on storage."""
-        index, superseded = self._write_checkpoints(run, final=final)
+    def persist(self, run: TrialRun) -> None:
+        """Mid-trial: flush rows and checkpoints, the index naming them, and the resume state."""
+        index, superseded = self._write_checkpoints(run, final=False)
         self._write_index(index)
-        self._retire(run, superseded, final=final)
-        return index
+        self._retire(run, superseded, final=False)
 
     def _write_checkpoints(self, run: TrialRun, *, final: bool) -> tuple[list[dict[str, Any]], list[str]]:
         """Metric rows, then the weight files the index will name: (index rows, paths no longer kept).
@@ -237,15 +236,14 @@ class TrialRecorder:
         The index is written once, with each checkpoint's val/test metrics, after the weight files and
         before anything it no longer names is deleted.
         """
-        if self.parts == 0 and self.attempt == 0:
-            # Nothing flushed yet: the rows go straight to the final file, no part to compact.
+        direct = self.parts == 0 and self.attempt == 0
+        if direct:  # nothing flushed yet: the rows go straight to the final file, no part to compact
             self.storage.write_table(
                 schema.metrics_path(self.trial_id), schema.to_table(self.pending_rows, schema.METRICS)
             )
             self.pending_rows = []
-            index, superseded = self._write_checkpoints(run, final=True)
-        else:
-            index, superseded = self._write_checkpoints(run, final=True)
+        index, superseded = self._write_checkpoints(run, final=True)
+        if not direct:
             compact_metrics(self.storage, self.trial_id)
         index = self.write_predictions(run, index)
         self._retire(run, superseded, final=True)
