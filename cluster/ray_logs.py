@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _log_path: list[str] = []  # the CLI's Ray log file, once send_ray_logs_to named it
-_deferred: list[str] = []  # the file to use if this run starts Ray after all (a CLI run that expected no Ray)
+_deferred: list[str] = []  # the CLI's file, used once the run starts or joins Ray (apply_deferred)
 
 
 def _is_ray(record: logging.LogRecord) -> bool:
@@ -46,7 +46,7 @@ def send_ray_logs_to(path: str) -> None:
 
 def send_ray_logs_if_started(path: str) -> None:
     """``send_ray_logs_to(path)`` when caviar starts or joins Ray (:func:`apply_deferred`), not now: importing Ray
-    costs a second or two that a run in child processes never needs."""
+    costs a second or two that a run in child processes never needs, and Ray logs nothing before it starts."""
     _deferred[:] = [path]
 
 

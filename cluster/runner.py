@@ -41,7 +41,7 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
     """Join ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:10001``), or start a private Ray here (no address)."""
     if ray.is_initialized():
         return
-    apply_deferred()  # a CLI run that expected child processes: Ray's chatter still goes to its log file
+    apply_deferred()  # a CLI run named a log file for Ray's chatter: used from here on
     for warning in exposure_warnings(address, dashboard, dashboard_host):
         log.warning("warning: %s", warning)
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}}

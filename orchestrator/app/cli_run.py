@@ -117,12 +117,10 @@ def run(
 
     expected = expected_executor(config, overrides)
     ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log")
-    starting = starting_line(address, slots, ray_log if expected == "ray" else None, executor=expected)
+    starting = starting_line(address, slots, ray_log, executor=expected)
     task_ref = task_file_ref(task)  # before the run: a job's working directory may not outlive it
     with exit_on_interrupt(task_ref), Progress(force_plain=plain, starting=starting) as progress:
-        # After the first line (importing Ray takes a second or two); a run in processes imports it only if it
-        # turns out to need Ray after all (the task's own settings).
-        quiet_ray(ray_log, now=expected == "ray")
+        quiet_ray(ray_log)  # applied when Ray starts: on Ray, or when the task's own settings turn out to need it
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
     print_result(result, report=report, task_ref=task_ref)
 

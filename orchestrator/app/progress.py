@@ -311,11 +311,11 @@ def starting_line(address: str | None, slots: int | None, ray_log: str | None, e
     return f"caviar: {where}; {workers} will warm up (torch import, data load){logs}"
 
 
-def quiet_ray(path: str, *, now: bool = True) -> None:
-    """Send Ray's start-up chatter to the log file ``path`` (errors still reach the terminal); ``now=False``:
-    only if this run starts Ray after all (nothing is imported until then)."""
+def quiet_ray(path: str) -> None:
+    """Send Ray's start-up chatter to the log file ``path`` once this run starts or joins Ray (errors still reach
+    the terminal); a run in child processes never imports Ray for it."""
     try:
-        from cluster.ray_logs import send_ray_logs_if_started, send_ray_logs_to
+        from cluster.ray_logs import send_ray_logs_if_started
     except ImportError:
         return None
-    (send_ray_logs_to if now else send_ray_logs_if_started)(path)
+    send_ray_logs_if_started(path)
