@@ -136,11 +136,11 @@ def importance(data: SweepData, *, min_trials: int = 6, seed: int = 0) -> tuple[
             continue
         grid = (np.array([dist.to_unit(o) for o in dist.options]) if isinstance(dist, Choice)
                 else np.linspace(active[:, i].min(), active[:, i].max(), 16))
-        curve = []
-        for g in grid:  # partial dependence: the parameter fixed, the others as observed
-            probe = active.copy()
-            probe[:, i] = g
-            curve.append(forest.predict(probe).mean())
+        # Partial dependence: the parameter fixed at each grid value, the others as observed. One predict
+        # over every grid value's copy of the rows: a forest's predict call costs far more than its rows.
+        probe = np.tile(active, (len(grid), 1))
+        probe[:, i] = np.repeat(grid, len(active))
+        curve = forest.predict(probe).reshape(len(grid), len(active)).mean(axis=1)
         out[name] = float(np.var(curve)) / total if total > 0 else 0.0
     return out, stage
 

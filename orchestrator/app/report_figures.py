@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,13 +39,28 @@ class Figure:
 # -- plotting helpers ------------------------------------------------------------------------
 
 
-def new_figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
 
-    fig = MplFigure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = MplFigure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
+
+
+def panel_grid(fig: Any, rows: int, cols: int) -> Any:
+    """A grid of equal panels with margins fixed in inches, room for a two-line title, x label and tick labels.
+
+    Constrained layout measures every tick label of every panel on each draw: on a grid of 15 or more
+    panels that took most of a report's time, and panels of one size need no measuring.
+    """
+    width, height = fig.get_size_inches()
+    left, right, top, bottom, col_gap, row_gap = 0.8, 0.15, 0.55, 0.95, 0.85, 1.15  # inches
+    panel_w = (width - left - right - (cols - 1) * col_gap) / cols
+    panel_h = (height - top - bottom - (rows - 1) * row_gap) / rows
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
+                        wspace=col_gap / panel_w, hspace=row_gap / panel_h)
+    return fig.subplots(rows, cols, squeeze=False).ravel()
 
 
 def png_bytes(fig: Any) -> bytes:
@@ -89,8 +105,8 @@ def plot_hyperparameters(data: SweepData, order: Sequence[str] = ()) -> Figure |
     edge_params = {json.loads(e["detail"] or "{}").get("param") for e in data.events if e["kind"] == "edge_warning"}
     cols = min(3, len(params))
     rows = math.ceil(len(params) / cols)
-    fig = new_figure(4.2 * cols, 3.3 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    fig = new_figure(4.2 * cols, 3.3 * rows + 0.4, layout=None)
+    axes = panel_grid(fig, rows, cols)
     colors = stage_colors(len(data.stage_spaces))
     best = data.best()
     for ax, (name, dist) in zip(axes, params.items()):
@@ -146,7 +162,8 @@ def plot_hyperparameters(data: SweepData, order: Sequence[str] = ()) -> Figure |
         ax.set_ylabel(data.metric_name)
         title = name + ("  (best at an edge!)" if name in edge_params else "")
         if dist.when:  # conditional: dots are the trials where it was active; the others had no value (None)
-            title += "\n" + "; ".join(f"only when {p} in {', '.join(map(str, v))}" for p, v in dist.when)
+            when = "; ".join(f"only when {p} in {', '.join(map(str, v))}" for p, v in dist.when)
+            title += "\n" + textwrap.fill(when, 46)  # a panel's width: the fixed grid does not make room
         ax.set_title(title, color="#b00020" if name in edge_params else "black", fontsize=11)
         ax.grid(alpha=0.25)
     for ax in axes[len(params):]:
@@ -156,7 +173,8 @@ def plot_hyperparameters(data: SweepData, order: Sequence[str] = ()) -> Figure |
         for handle, label in zip(*ax.get_legend_handles_labels()):
             unique.setdefault(label, handle)
     if unique:
-        fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncols=min(len(unique), 5), fontsize=9)
+        fig.legend(unique.values(), unique.keys(), loc="lower center", bbox_to_anchor=(0.5, 0.0),
+                   ncols=min(len(unique), 5), fontsize=9)
     caption = ("Each dot is a trial's best epoch, coloured by stage (grey: pruned). Shaded spans and the bars along "
                "the bottom are each stage's sampling range: coarse to fine narrows them, a best value at an edge "
                "extends them. The star is the best trial.")
