@@ -17,7 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -52,6 +52,20 @@ def io_attempts() -> int:
     if not value.isdigit() or int(value) < 1:
         raise StorageError(f"CAVIAR_IO_ATTEMPTS={value!r}: expected a positive integer")
     return int(value)
+
+
+def parquet_encoding(schema: pa.Schema) -> dict[str, Any]:
+    """Dictionaries for text columns only, statistics for flat columns only.
+
+    A dictionary over doubles or over a predictions list repeats nothing and only costs: a trial's
+    predictions file wrote in a third of the time and came out a sixth smaller without one. Statistics
+    on flat columns (trial ids, epochs, times) are what readers skip row groups by; a list or map has none
+    worth keeping.
+    """
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            or pa.types.is_dictionary(f.type)]
+    flat = [f.name for f in schema if not pa.types.is_nested(f.type)]
+    return {"use_dictionary": text or False, "write_statistics": flat or False}
 
 
 def with_retries(action: Callable[[], T], *, what: str, attempts: int | None = None, base_delay: float = 0.2) -> T:
@@ -158,7 +172,8 @@ class Storage:
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd", write_page_checksum=True)  # a flipped bit fails the read
+        pq.write_table(table, sink, compression="zstd", write_page_checksum=True,  # a flipped bit fails the read
+                       **parquet_encoding(table.schema))
         self.write_bytes(rel, sink.getvalue())
 
     # -- reads -------------------------------------------------------------------------

@@ -1,0 +1,28 @@
+"""How tables are encoded: dictionaries for text only, statistics for flat columns only, values unchanged."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestrator.store.storage import Storage
+
+
+def test_text_columns_get_dictionaries_flat_columns_statistics_and_values_round_trip(tmp_path):
+    table = pa.table({
+        "trial_id": pa.array([1, 1, 2], pa.int32()),
+        "split": pa.array(["val", "test", "val"]),
+        "loss": pa.array([0.5, 0.25, 0.125]),
+        "probs": pa.array([[0.5, 0.5], [0.25, 0.75], [1.0, 0.0]], pa.list_(pa.float32())),
+        "metrics": pa.array([[("f1", 0.5)], [], [("f1", 1.0)]], pa.map_(pa.string(), pa.float64())),
+    })
+    storage = Storage.from_uri(str(tmp_path))
+    storage.write_table("t.parquet", table)
+    assert storage.read_table("t.parquet").equals(table)
+    meta = pq.ParquetFile(tmp_path / "t.parquet").metadata.row_group(0)
+    columns = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    dictionary = {path for path, c in columns.items() if c.has_dictionary_page}
+    assert dictionary == {"split"}
+    assert columns["trial_id"].statistics is not None and columns["trial_id"].statistics.min == 1
+    assert columns["loss"].statistics is not None
+    assert columns["probs.list.element"].statistics is None
