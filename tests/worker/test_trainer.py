@@ -108,3 +108,22 @@ def test_inactive_hyperparameters_fall_back_to_the_optimizer_defaults():
         assert with_none.optimizer.param_groups[0] == without.optimizer.param_groups[0] | {
             "params": with_none.optimizer.param_groups[0]["params"]}
         assert with_none.train_epoch()["train_loss"] == without.train_epoch()["train_loss"]
+
+
+def test_the_last_checkpoints_reuse_the_epochs_validation_pass_with_the_same_numbers():
+    run = make_run(config={**CONFIG, "dropout": 0.3})
+    run.train_epoch()
+    earlier = {w: run.weights_state(w) for w in ("raw", "ema")}
+    run.train_epoch()
+    for weights in ("raw", "ema"):
+        state = run.weights_state(weights)
+        reused = run.checkpoint_results(state, weights, run.epoch)
+        fresh = run.checkpoint_results(state, weights)  # no epoch: loads the state and runs both splits
+        for split in ("val", "test"):
+            assert reused[split][1] == fresh[split][1], (weights, split)
+            assert torch.equal(reused[split][0], fresh[split][0]), (weights, split)
+        # a state that is not the weights right now is run again, whatever epoch it claims
+        stale = run.checkpoint_results(earlier[weights], weights, run.epoch)
+        assert stale["val"][1] == run.checkpoint_results(earlier[weights], weights)["val"][1]
+        assert stale["val"][1] != fresh["val"][1]
+    assert run.last_val["raw"][0] == run.epoch == 2

@@ -844,8 +844,8 @@ class FusedMember:
     def predictions(self, state: Mapping[str, torch.Tensor], weights: str = "raw") -> dict[str, torch.Tensor]:
         return self.array.predictions(state)
 
-    def checkpoint_results(self, state: Mapping[str, torch.Tensor],
-                           weights: str = "raw") -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
+    def checkpoint_results(self, state: Mapping[str, torch.Tensor], weights: str = "raw",
+                           epoch: int | None = None) -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
         return self.array.checkpoint_results(state)
 
     def resume_state(self) -> dict[str, Any]:

@@ -256,7 +256,8 @@ class TrialRecorder:
             if (row["epoch"], row["weights"]) not in states:
                 states[(row["epoch"], row["weights"])] = run.weights_state(row["weights"])
         results = {(row["epoch"], row["weights"]): run.checkpoint_results(states[(row["epoch"], row["weights"])],
-                                                                           row["weights"]) for row in index}
+                                                                           row["weights"], row["epoch"])
+                   for row in index}
         index = [{**row, "metrics": {k: v for _, values in results[(row["epoch"], row["weights"])].values()
                                      for k, v in values.items()}} for row in index]
         self._write_index(index)

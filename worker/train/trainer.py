@@ -96,6 +96,13 @@ def evaluate_split(task: Task, kind: TargetKind, loss_fn: Any, model: torch.nn.M
     return values, outputs
 
 
+def _same(state: Mapping[str, torch.Tensor], module: torch.nn.Module) -> bool:
+    """Whether ``state`` holds exactly ``module``'s current weights and buffers."""
+    current = module.state_dict()
+    return current.keys() == state.keys() and all(
+        torch.equal(v.detach(), state[k].to(v.device)) for k, v in current.items())
+
+
 def _flat_norm(tensors: list[torch.Tensor]) -> float:
     return (
         float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))) if tensors else 0.0
@@ -139,6 +146,9 @@ class TrialRun:
             else None
         )
         self.epoch = 0
+        # Per weights ("raw", "ema"): (epoch, values, outputs) of the last epoch's validation pass. A trial's
+        # end measures its last checkpoint on val again; these are the same numbers, already paid for.
+        self.last_val: dict[str, tuple[int, dict[str, float], torch.Tensor]] = {}
 
     # -- one epoch -----------------------------------------------------------------------
     def train_epoch(self) -> dict[str, Any]:
@@ -152,10 +162,12 @@ class TrialRun:
         else:
             stats = self._standard_epoch()
         s = self.splits
-        val, _ = evaluate_split(self.task, self.kind, self.loss_fn, self.model, self.inputs("val"), s.y_val, "val", s)
+        val, val_outputs = evaluate_split(self.task, self.kind, self.loss_fn, self.model, self.inputs("val"), s.y_val,
+                                          "val", s)
         val_loss = val["val_loss"]
         step_schedule(self.scheduler, val_loss if math.isfinite(val_loss) else math.inf)
         self.epoch += 1
+        self.last_val = {"raw": (self.epoch, val, val_outputs)}
         if self.diagnostics is not None:  # per-layer rows; the recorder takes them with this epoch's metrics
             self.diagnostics.epoch_end(self.epoch)
         row: dict[str, Any] = {
@@ -174,9 +186,10 @@ class TrialRun:
         }
         row["score"] = score_of(row, self.objective, self.mode)
         if self.ema is not None:
-            ema, _ = evaluate_split(self.task, self.kind, self.loss_fn, self.ema.module, self.inputs("val"), s.y_val,
-                                    "val", s)
+            ema, ema_outputs = evaluate_split(self.task, self.kind, self.loss_fn, self.ema.module, self.inputs("val"),
+                                              s.y_val, "val", s)
             row["ema_val_loss"], row["ema_val_accuracy"] = ema["val_loss"], ema.get("val_accuracy")
+            self.last_val["ema"] = (self.epoch, ema, ema_outputs)
         seconds = time.perf_counter() - started
         row["epoch_seconds"] = seconds
         row["samples_per_second"] = s.n_train / seconds if seconds > 0 else None
@@ -253,10 +266,22 @@ class TrialRun:
         """The kind's natural outputs on validation and test for a stored state (for ensembles)."""
         return {split: out for split, (out, _) in self.checkpoint_results(state, weights).items()}
 
-    def checkpoint_results(self, state: Mapping[str, torch.Tensor],
-                           weights: str = "raw") -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
-        """Per split (val, test): natural outputs on CPU, and the loss and metrics, for a stored state."""
+    def checkpoint_results(self, state: Mapping[str, torch.Tensor], weights: str = "raw",
+                           epoch: int | None = None) -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
+        """Per split (val, test): natural outputs on CPU, and the loss and metrics, for a stored state.
+
+        ``epoch``: the epoch the state was taken at. A state of this epoch that equals the weights right now
+        reuses the epoch's own validation pass and runs on test alone.
+        """
         module = self.ema.module if weights == "ema" and self.ema is not None else self.model
+        cached = self.last_val.get(weights)
+        if epoch is not None and cached is not None and cached[0] == epoch == self.epoch and _same(state, module):
+            _, val_values, val_outputs = cached
+            s = self.splits
+            test_values, test_outputs = evaluate_split(self.task, self.kind, self.loss_fn, module, self.inputs("test"),
+                                                       s.y_test, "test", s)
+            return {"val": (natural_outputs(self.kind, val_outputs).cpu(), dict(val_values)),
+                    "test": (natural_outputs(self.kind, test_outputs).cpu(), test_values)}
         saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
         module.load_state_dict(state)
         s = self.splits
