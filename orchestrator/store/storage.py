@@ -54,6 +54,13 @@ def io_attempts() -> int:
     return int(value)
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    """The Parquet file every table is written as: zstd, page checksums (a flipped bit fails the read)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", write_page_checksum=True, **parquet_encoding(table.schema))
+    return sink.getvalue()
+
+
 def parquet_encoding(schema: pa.Schema) -> dict[str, Any]:
     """Dictionaries for text columns only, statistics for flat columns only.
 
@@ -171,10 +178,7 @@ class Storage:
         return True
 
     def write_table(self, rel: str, table: pa.Table) -> None:
-        sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd", write_page_checksum=True,  # a flipped bit fails the read
-                       **parquet_encoding(table.schema))
-        self.write_bytes(rel, sink.getvalue())
+        self.write_bytes(rel, parquet_bytes(table))
 
     # -- reads -------------------------------------------------------------------------
     def read_bytes(self, rel: str) -> bytes:

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.store import schema
-from orchestrator.store.storage import Storage
+from orchestrator.store.storage import Storage, parquet_bytes
 from tests.conftest import ROOT
 
 TABLE_PATH = "trials/trials.parquet"
@@ -120,13 +120,7 @@ def test_a_write_cut_off_anywhere_leaves_the_old_table_whole(tmp_path_factory, o
 
 def serialized(table: pa.Table) -> bytes:
     """The bytes write_table puts on disk for ``table``."""
-    import io
-
-    import pyarrow.parquet as pq
-
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", write_page_checksum=True)
-    return sink.getvalue()
+    return parquet_bytes(table)
 
 
 WRITER = """
