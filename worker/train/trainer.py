@@ -146,8 +146,9 @@ class TrialRun:
             else None
         )
         self.epoch = 0
-        # Per weights ("raw", "ema"): (epoch, values, outputs) of the last epoch's validation pass. A trial's
-        # end measures its last checkpoint on val again; these are the same numbers, already paid for.
+        # Per weights ("raw", "ema"): (epoch, values, natural outputs on CPU) of the last epoch's validation pass.
+        # A trial's end measures its last checkpoint on val again: these are the same numbers, already paid for.
+        # On the CPU, so a GPU holds no extra copy while the next epoch trains.
         self.last_val: dict[str, tuple[int, dict[str, float], torch.Tensor]] = {}
 
     # -- one epoch -----------------------------------------------------------------------
@@ -167,7 +168,7 @@ class TrialRun:
         val_loss = val["val_loss"]
         step_schedule(self.scheduler, val_loss if math.isfinite(val_loss) else math.inf)
         self.epoch += 1
-        self.last_val = {"raw": (self.epoch, val, val_outputs)}
+        self.last_val = {"raw": (self.epoch, val, natural_outputs(self.kind, val_outputs).cpu())}
         if self.diagnostics is not None:  # per-layer rows; the recorder takes them with this epoch's metrics
             self.diagnostics.epoch_end(self.epoch)
         row: dict[str, Any] = {
@@ -189,7 +190,7 @@ class TrialRun:
             ema, ema_outputs = evaluate_split(self.task, self.kind, self.loss_fn, self.ema.module, self.inputs("val"),
                                               s.y_val, "val", s)
             row["ema_val_loss"], row["ema_val_accuracy"] = ema["val_loss"], ema.get("val_accuracy")
-            self.last_val["ema"] = (self.epoch, ema, ema_outputs)
+            self.last_val["ema"] = (self.epoch, ema, natural_outputs(self.kind, ema_outputs).cpu())
         seconds = time.perf_counter() - started
         row["epoch_seconds"] = seconds
         row["samples_per_second"] = s.n_train / seconds if seconds > 0 else None
@@ -280,7 +281,7 @@ class TrialRun:
             s = self.splits
             test_values, test_outputs = evaluate_split(self.task, self.kind, self.loss_fn, module, self.inputs("test"),
                                                        s.y_test, "test", s)
-            return {"val": (natural_outputs(self.kind, val_outputs).cpu(), dict(val_values)),
+            return {"val": (val_outputs, dict(val_values)),
                     "test": (natural_outputs(self.kind, test_outputs).cpu(), test_values)}
         saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
         module.load_state_dict(state)
