@@ -36,7 +36,7 @@ ALLOWED = {
     "worker.load": {"orchestrator.errors", "orchestrator.store", "orchestrator.spec", "orchestrator.ensemble",
                     "worker.data", "worker.train"},
     # the process pool hosts worker sessions in child processes, as cluster's actors do on Ray
-    "worker.pool": {"orchestrator.errors", "orchestrator.decide", "worker.train", "worker.check"},
+    "worker.pool": {"orchestrator.errors", "orchestrator.decide", "worker.train", "worker.arrays", "worker.check"},
     "cluster": {"orchestrator.errors", "orchestrator.store", "orchestrator.search", "orchestrator.spec",
                 "orchestrator.decide", "worker.train", "worker.arrays", "worker.check"},
     "orchestrator.app": {"orchestrator.errors", "orchestrator.store", "orchestrator.search", "orchestrator.spec",

@@ -20,6 +20,7 @@ from orchestrator.decide import interrupt
 from orchestrator.decide.backend import Backend
 from orchestrator.decide.controller import Controller, ControllerOptions
 from orchestrator.decide.driver import drive
+from orchestrator.decide.fusing import FusePlan, setup_fusing
 from orchestrator.decide.pruning import (
     PRUNERS,
     NoPruner,
@@ -40,7 +41,7 @@ from orchestrator.search.space import SearchSpace
 from orchestrator.search.stage_policy import STAGE_POLICIES, StagePolicyChoice, stage_policy_for, stage_policy_name
 from orchestrator.search.stages import Stage, default_plan, parse_plan, stage_grace_epochs
 from orchestrator.spec.settings import RunSettings, read_toml
-from orchestrator.spec.task import Task
+from orchestrator.spec.task import Task, fusing_limits
 from orchestrator.store.storage import Storage, redact_uri
 
 log = logging.getLogger("caviar")
@@ -208,14 +209,15 @@ def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, nam
     """
     executor, why = settings.executor_and_why(ray_running=ray_joined())
     controller.event("executor", reason=why, detail={"executor": executor})  # where this run's trials train
+    first_pending = controller.trials[controller.pending[0]].config if controller.pending else None
+    stage_trials = [stage.trials for stage in controller.plan]
     if executor == "processes":
-        backend, fusing = open_process_backend(task, settings, root, name, splits), None
+        backend, fusing = open_process_backend(task, settings, root, name, stage_trials, first_pending, splits)
     else:
         from cluster.runner import open_backend  # Ray loads here, never at import time
 
-        first_pending = controller.trials[controller.pending[0]].config if controller.pending else None
-        backend, fusing = open_backend(task, settings, root, name, sweep, [stage.trials for stage in controller.plan],
-                                       first_pending, resuming=resumed, splits=splits)
+        backend, fusing = open_backend(task, settings, root, name, sweep, stage_trials, first_pending,
+                                       resuming=resumed, splits=splits)
     finished = False
     try:
         if fusing is not None:
@@ -232,12 +234,25 @@ def ray_joined() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
-def open_process_backend(task: Task, settings: RunSettings, root: Storage, name: str, splits: Any) -> Backend:
-    """Trials in child processes of this one (``executor="processes"``): no Ray, this machine's CPUs."""
+def open_process_backend(task: Task, settings: RunSettings, root: Storage, name: str, stage_trials: Sequence[int],
+                         first_pending: Mapping[str, Any] | None, splits: Any) -> tuple[Backend, FusePlan | None]:
+    """Trials in child processes of this one (``executor="processes"``): no Ray, this machine's CPUs; fused
+    arrays there when ``fuse`` asks and the model allows (:func:`orchestrator.decide.fusing.setup_fusing`)."""
     from worker.pool.processes import ProcessBackend, local_cpus
 
     slots = settings.slots or max(1, local_cpus() // max(1, int(settings.cpus_per_trial)))
-    return ProcessBackend(task.ref, root.location, name, slots, settings.worker_options("cpu"), splits)
+    options = settings.worker_options("cpu")
+    if settings.fuse == "off":
+        return ProcessBackend(task.ref, root.location, name, slots, options, splits), None
+    from worker.pool.fused_processes import FusedProcessBackend  # the fused arrays' code, only when asked
+
+    blocker, per_member = fusing_limits(task, settings.precision)
+    return setup_fusing(
+        settings.fuse, settings.array_size, blocker, per_member, stage_trials, first_pending, slots,
+        open_fused=lambda k: FusedProcessBackend(task.ref, root.location, name, slots, options, array_size=k,
+                                                 per_member=per_member, splits=splits),
+        open_plain=lambda: ProcessBackend(task.ref, root.location, name, slots, options, splits),
+    )
 
 
 def forget_refused_sweep(sweep: Storage, controller: Controller) -> None:

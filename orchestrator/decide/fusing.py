@@ -16,12 +16,15 @@ marginal distribution is unchanged; only trials in one block share a shape.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.errors import ConfigError
+
+log = logging.getLogger("caviar")
 
 # Hyperparameters a fused array takes per member (see worker/arrays/fused.py).
 PER_MEMBER = frozenset({
@@ -181,3 +184,91 @@ def choose_array_size(rates: Mapping[int, float], *, keep: float = 0.9, limit: i
         return max(smallest, min(rates))
     best = max(usable.values())
     return min(k for k, r in usable.items() if r >= keep * best)
+
+
+def setup_fusing(
+    fuse: str,
+    array_size: int | str,
+    blocker: str | None,
+    per_member: frozenset[str],
+    stage_trials: Sequence[int],
+    first_pending: Mapping[str, Any] | None,
+    workers: int,
+    open_fused: Callable[[int], Any],
+    open_plain: Callable[[], Any],
+) -> tuple[Any, FusePlan | None]:
+    """Whether a sweep trains its trials as fused arrays, and how wide: decided once, before the first trial.
+
+    ``fuse = "off"`` opens the plain backend. With ``auto`` or ``on``: ``blocker`` (the task's own
+    training loop or optimizer, mixed precision, another kind: known before any model is built) comes
+    first; then ``open_fused(k)``'s first worker, on its own device, trains two members of the first
+    trial's model (does it fuse at all?) and times a short epoch at a few array sizes, and
+    :func:`choose_array_size` picks K from those numbers. A model that cannot be fused: with ``auto``
+    the plain backend, a log line and a ``fusing_off`` plan saying why; with ``on`` a one-line error
+    naming the reason (the layer, where one failed). Whatever hosts the workers (Ray actors, child
+    processes) comes in through the two ``open_`` callables; the fused one has ``wait_ready``,
+    ``probe``, ``set_array_size`` and ``close`` (``orchestrator.decide.fused_slots.FusedSlots``).
+    """
+
+    def plain(reason: str | None) -> tuple[Any, FusePlan | None]:
+        plan = None
+        if reason is not None:
+            if fuse == "on":
+                raise ConfigError(f"setting 'fuse': on, but these trials cannot be fused: {reason}")
+            log.warning("trials train one per worker, not fused: %s", reason)
+            plan = FusePlan(False, reason, {"fuse": fuse})
+        return open_plain(), plan
+
+    if fuse == "off":
+        return plain(None)
+    fixed = array_size if isinstance(array_size, int) else None
+    # Shapes are shared in blocks of at most `cap`: a function of the settings and the plan, never of a timing,
+    # so the same seed samples the same configs; the probe only picks how many members a worker trains at once.
+    cap = fixed or AUTO_BLOCK
+    limit = min(useful_array_size(stage_trials, workers), cap)
+    if blocker is None and limit < 2:
+        blocker = (
+            "array_size 1: one trial per array"
+            if fixed == 1
+            else f"no stage has more trials than workers ({workers}): nothing to put in one array"
+        )
+    if blocker or first_pending is None:
+        return plain(blocker)
+    backend = open_fused(fixed or 1)
+    try:
+        backend.wait_ready()  # the probe times one worker while the others are idle, not importing torch
+        result = backend.probe(first_pending, [] if fixed else probe_sizes(limit))
+        rates = result["trials_per_second"]
+        if result["error"]:
+            backend.close()
+            return plain(result["error"])
+        k = fixed or choose_array_size(
+            rates, limit=limit, peak_bytes=result["peak_bytes"], free_bytes=result["free_bytes"], smallest=2
+        )
+        backend.set_array_size(k)
+    except BaseException:
+        backend.close()
+        raise
+    why = "array_size setting" if fixed else f"probe on {result['device']}: trials/s by size {_rounded(rates)}"
+    plan = FusePlan(
+        True,
+        f"arrays of up to {k} trials ({why})",
+        {
+            "array_size": k,
+            "block_cap": cap,
+            "workers": workers,
+            "engine": result["engine"],
+            "device": result["device"],
+            "trials_per_second": {str(s): r for s, r in rates.items()},
+            "per_member": sorted(per_member),
+        },
+        block_cap=cap,
+        workers=workers,
+        per_member=per_member,
+    )
+    log.info("fused arrays of up to %d trials on %d workers (%s)", k, workers, why)
+    return backend, plan
+
+
+def _rounded(rates: Mapping[int, float]) -> str:
+    return ", ".join(f"{k}: {r:.3g}" for k, r in sorted(rates.items()))

@@ -141,7 +141,6 @@ class RunSettings:
                   ("gpus_per_trial", bool(self.gpus_per_trial), "places GPUs"),
                   ("resources", bool(self.resources), "asks for custom resources"),
                   ("device", self.device not in ("auto", "cpu"), f"trains on {self.device}"),
-                  ("fuse", self.fuse != "off", "fuses trials"),
                   ("dashboard", self.dashboard, "starts Ray's dashboard")]
         return [(name, what) for name, wanted_here, what in wanted if wanted_here]
 

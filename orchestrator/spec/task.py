@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from orchestrator.decide.fusing import PER_MEMBER, TASK_HOOKS_THAT_BLOCK, fuse_blocker
 from orchestrator.errors import SpaceError, TaskError
 from orchestrator.search.space import SearchSpace
 
@@ -165,6 +166,12 @@ def _contract_fields(ref: str, ns: Any) -> tuple[str | None, str | None, str | N
     if mode is not None and mode not in MODES:
         raise TaskError(f"task {ref!r}: mode must be \"min\" or \"max\", got {mode!r}")
     return kind, objective, mode
+
+
+def fusing_limits(task: Task, precision: str) -> tuple[str | None, frozenset[str]]:
+    """Why this task's trials cannot share arrays (``None``: they may), and the parameters a member keeps its own."""
+    blocker = fuse_blocker([h for h in TASK_HOOKS_THAT_BLOCK if task.get(h)], precision) or unfusable_reason(task)
+    return blocker, PER_MEMBER | frozenset(task.get("fuse_per_member") or ())
 
 
 def unfusable_reason(task: Task) -> str | None:

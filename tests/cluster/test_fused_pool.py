@@ -93,21 +93,37 @@ def actor_processes(title: str) -> list[int]:
 
 
 def test_a_fused_sweep_whose_actors_cannot_start_ends_naming_the_users_line(ray_session, tmp_path, monkeypatch):
-    """As the plain pool: the user's exception and task line, one line, not Ray's ActorDiedError; no folder left."""
+    """As the plain pool: the user's exception and task line, one line, not Ray's ActorDiedError; no folder left.
+
+    The actors get the master's data (Ray's object store), so what fails here is the task's import.
+    """
     import pytest
 
     from orchestrator.app.api import run_sweep
     from orchestrator.errors import CaviarError
+    from tests.integration.test_user_errors import WORKERS_CANNOT_IMPORT_TASK
+
+    task = tmp_path / "workers_cannot_import.py"
+    task.write_text(WORKERS_CANNOT_IMPORT_TASK)
+    monkeypatch.setenv("CAVIAR_TEST_MASTER_PID", str(os.getpid()))  # the master imports the task; Ray's workers cannot
+    with pytest.raises(CaviarError) as error:
+        run_sweep(str(task), trials=4, epochs=1, stages=1, slots=1, fuse="on", executor="ray",
+                  storage=str(tmp_path / "runs"), name="fused", ensemble=False)
+    message = str(error.value)
+    assert message.startswith("no trial actor could start: ") and "\n" not in message, message
+    assert "OSError: a module it needs lives on the master's disk only (workers_cannot_import.py:" in message, message
+    assert "ActorDiedError" not in message
+    assert not (tmp_path / "runs" / "fused").exists()  # refused before any trial: the name is free again
+
+
+def test_fused_actors_train_on_the_masters_data(ray_session, tmp_path, monkeypatch):
+    """Data only the master can read: the fused actors get it through Ray's object store, as plain actors do."""
+    from orchestrator.app.api import load, run_sweep
     from tests.integration.test_user_errors import WORKERS_CANNOT_LOAD_TASK
 
     task = tmp_path / "workers_cannot_load.py"
     task.write_text(WORKERS_CANNOT_LOAD_TASK)
-    monkeypatch.setenv("CAVIAR_TEST_MASTER_PID", str(os.getpid()))  # the master loads the data; Ray's workers cannot
-    with pytest.raises(CaviarError) as error:
-        run_sweep(str(task), trials=4, epochs=1, stages=1, slots=1, fuse="on", storage=str(tmp_path / "runs"),
-                  name="fused", ensemble=False)
-    message = str(error.value)
-    assert message.startswith("no trial actor could start: ") and "\n" not in message, message
-    assert "OSError: the data lives on the master's disk only (workers_cannot_load.py:11)" in message, message
-    assert "ActorDiedError" not in message
-    assert not (tmp_path / "runs" / "fused").exists()  # refused before any trial: the name is free again
+    monkeypatch.setenv("CAVIAR_TEST_MASTER_PID", str(os.getpid()))
+    result = run_sweep(str(task), trials=4, epochs=1, stages=1, slots=2, fuse="on", array_size=2, executor="ray",
+                       storage=str(tmp_path / "runs"), name="fused", ensemble=False)
+    assert [t["status"] for t in load(result.path).trials.to_pylist()] == ["completed"] * 4

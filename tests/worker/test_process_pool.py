@@ -130,7 +130,7 @@ def test_a_worker_that_cannot_start_is_replaced_then_its_slot_given_up_with_one_
 
 @pytest.mark.parametrize(("settings", "field"), [
     ({"address": "auto"}, "address"), ({"gpus_per_trial": 0.5}, "gpus_per_trial"),
-    ({"resources": {"tpu": 1.0}}, "resources"), ({"device": "cuda"}, "device"), ({"fuse": "auto"}, "fuse"),
+    ({"resources": {"tpu": 1.0}}, "resources"), ({"device": "cuda"}, "device"),
     ({"dashboard": True}, "dashboard"),
 ])
 def test_a_setting_only_ray_can_honour_is_refused_by_name(settings, field):
@@ -140,7 +140,7 @@ def test_a_setting_only_ray_can_honour_is_refused_by_name(settings, field):
 
 @pytest.mark.parametrize(("settings", "field"), [
     ({"address": "auto"}, "address"), ({"gpus_per_trial": 0.5}, "gpus_per_trial"),
-    ({"resources": {"tpu": 1.0}}, "resources"), ({"device": "cuda:1"}, "device"), ({"fuse": "on"}, "fuse"),
+    ({"resources": {"tpu": 1.0}}, "resources"), ({"device": "cuda:1"}, "device"),
     ({"dashboard": True}, "dashboard"),
 ])
 def test_auto_runs_on_ray_when_a_setting_needs_it(settings, field):
@@ -150,8 +150,8 @@ def test_auto_runs_on_ray_when_a_setting_needs_it(settings, field):
 
 
 def test_the_executor_event_says_why():
-    assert RunSettings(fuse="auto").executor_and_why(ray_running=False) == (
-        "ray", "auto: setting 'fuse' fuses trials, which needs Ray")
+    assert RunSettings(gpus_per_trial=1).executor_and_why(ray_running=False) == (
+        "ray", "auto: setting 'gpus_per_trial' places GPUs, which needs Ray")
     assert RunSettings(executor="processes").executor_and_why(ray_running=True) == (
         "processes", "executor 'processes' as set")
 
@@ -163,6 +163,9 @@ def test_auto_runs_a_cpu_sweep_in_processes_unless_this_process_joined_ray():
     # An explicit choice is kept either way (a refusal for conflicts is validate's, tested above).
     assert RunSettings(executor="ray").resolved_executor(ray_running=False) == "ray"
     assert RunSettings(executor="processes").resolved_executor(ray_running=True) == "processes"
+    # Fused arrays train in child processes too (worker/pool/fused_processes.py): fusing alone needs no Ray.
+    assert RunSettings(fuse="on").validate().resolved_executor(ray_running=False) == "processes"
+    assert RunSettings(executor="processes", fuse="auto").validate().executor == "processes"
 
 
 def test_the_default_slot_count_honours_a_cpu_limit_below_the_affinity_mask(monkeypatch):

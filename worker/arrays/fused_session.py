@@ -38,8 +38,9 @@ Stop = tuple[int, str, str]  # (trial_id, status, reason)
 
 
 class FusedSession(WorkerSession):
-    def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any] | None = None):
-        super().__init__(task_ref, storage_uri, sweep, options)
+    def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any] | None = None,
+                 splits: Splits | None = None):
+        super().__init__(task_ref, storage_uri, sweep, options, splits)
         extra = dict(options or {})
         self.array_size = int(extra.get("array_size", 32))
         self.engine = str(extra.get("engine", "auto"))
@@ -64,6 +65,16 @@ class FusedSession(WorkerSession):
             if report is not None:
                 reports.append(report)
         return reports + self._train_until_due()
+
+    def run_call(self, starts: Sequence[Assignment] = (), targets: Mapping[int, int] | None = None,
+                 stops: Sequence[Stop] = ()) -> tuple[list[Report], bool]:
+        """What a host answers the master for one call: :meth:`run`'s reports, and whether trials still wait."""
+        reports = self.run(starts, targets, stops)
+        return reports, bool(self.waiting)
+
+    def set_array_size(self, size: int) -> None:
+        """The probe's choice of K, before the first trial."""
+        self.array_size = int(size)
 
     @property
     def waiting(self) -> list[int]:

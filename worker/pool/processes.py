@@ -65,8 +65,11 @@ def start_method(threads: int, splits: Any) -> str:
 
 
 def serve(conn: Connection, master: int, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any],
-          splits: Any) -> None:
-    """A worker's life in its child process: build the session, then answer the master's calls in order."""
+          splits: Any, fused: bool = False) -> None:
+    """A worker's life in its child process: build the session, then answer the master's calls in order.
+
+    ``fused``: a :class:`~worker.arrays.fused_session.FusedSession` (``worker/pool/fused_processes.py``).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's: it stops the trials, then ends us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the master's handler, which would raise inside a trial
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # a print goes to the terminal, not the live view's proxy
@@ -74,7 +77,12 @@ def serve(conn: Connection, master: int, task_ref: str, storage_uri: str, sweep:
         other.close()
     _die_with(master)
     try:
-        session = WorkerSession(task_ref, storage_uri, sweep, options, splits)
+        if fused:
+            from worker.arrays.fused_session import FusedSession  # the master imported it before the fork
+
+            session: WorkerSession = FusedSession(task_ref, storage_uri, sweep, options, splits)
+        else:
+            session = WorkerSession(task_ref, storage_uri, sweep, options, splits)
     except Exception as exc:
         _answer(conn, ("failed", describe(exc)))
         return
@@ -118,8 +126,28 @@ def _die_with(master: int) -> None:
         os._exit(1)
 
 
+def child_setup(task_ref: str, storage_uri: str, sweep: str, worker_options: Mapping[str, Any],
+                splits: Any) -> tuple[str, Any, tuple[Any, ...]]:
+    """How children start (:func:`start_method`), its multiprocessing context, and what each is given."""
+    threads = int(worker_options.get("threads") or 1)  # always set: a forked child must not keep torch's default
+    method = start_method(threads, splits)
+    # A spawned child would get a pickled copy: it loads the data itself, as a Ray actor does.
+    args = (task_ref, storage_uri, sweep, {**worker_options, "threads": threads}, splits if method == "fork" else None)
+    return method, multiprocessing.get_context(method), args
+
+
+def start_worker(context: Any, args: tuple[Any, ...], *, replacement: bool = False, fused: bool = False) -> ChildWorker:
+    """One child process running :func:`serve` over ``args`` (task, storage, sweep, options, splits), and its pipe."""
+    master_end, child_end = context.Pipe()
+    _MASTER_ENDS.add(master_end)
+    process = context.Process(target=serve, args=(child_end, os.getpid(), *args, fused), name="caviar-worker")
+    process.start()
+    child_end.close()
+    return ChildWorker(process, master_end, replacement=replacement)
+
+
 @dataclass
-class _Worker:
+class ChildWorker:
     process: Any
     conn: Connection
     calls: deque[tuple[str, int]] = field(default_factory=deque)  # (kind, trial) sent, not yet answered
@@ -132,12 +160,7 @@ class ProcessBackend(Backend):
 
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, slots: int, worker_options: Mapping[str, Any],
                  splits: Any = None):
-        threads = int(worker_options.get("threads") or 1)  # always set: a forked child must not keep torch's default
-        self.start_method = start_method(threads, splits)
-        self._context = multiprocessing.get_context(self.start_method)
-        # A spawned child would get a pickled copy: it loads the data itself, as a Ray actor does.
-        self._args = (task_ref, storage_uri, sweep, {**worker_options, "threads": threads},
-                      splits if self.start_method == "fork" else None)
+        self.start_method, self._context, self._args = child_setup(task_ref, storage_uri, sweep, worker_options, splits)
         self.workers = [self._make(replacement=False) for _ in range(slots)]
         self.idle = list(range(slots))
         self.slot_of: dict[int, int] = {}
@@ -146,16 +169,10 @@ class ProcessBackend(Backend):
         self.deaths = 0
         self.last_error = ""
         self.node_of_slot: list[str | None] = [None] * slots
-        _LIVE.add(self)
+        LIVE_BACKENDS.add(self)
 
-    def _make(self, *, replacement: bool) -> _Worker:
-        master_end, child_end = self._context.Pipe()
-        _MASTER_ENDS.add(master_end)
-        process = self._context.Process(target=serve, args=(child_end, os.getpid(), *self._args),
-                                        name="caviar-worker")
-        process.start()
-        child_end.close()
-        return _Worker(process, master_end, replacement=replacement)
+    def _make(self, *, replacement: bool) -> ChildWorker:
+        return start_worker(self._context, self._args, replacement=replacement)
 
     @property
     def free_slots(self) -> int:
@@ -198,7 +215,7 @@ class ProcessBackend(Backend):
         reports: list[Report] = []
         for slot in waiting:
             worker = self.workers[slot]
-            while worker is self.workers[slot] and _has_message(worker.conn):
+            while worker is self.workers[slot] and has_message(worker.conn):
                 try:
                     message = worker.conn.recv()
                 except (EOFError, OSError):
@@ -210,10 +227,10 @@ class ProcessBackend(Backend):
         return reports
 
     @staticmethod
-    def _owes(worker: _Worker) -> bool:
+    def _owes(worker: ChildWorker) -> bool:
         return bool(worker.calls) or not worker.ready
 
-    def _on_message(self, slot: int, worker: _Worker, message: tuple[str, Any]) -> list[Report]:
+    def _on_message(self, slot: int, worker: ChildWorker, message: tuple[str, Any]) -> list[Report]:
         what, value = message
         if what == "ready":
             worker.ready = True
@@ -240,7 +257,7 @@ class ProcessBackend(Backend):
         self.deaths += 1
         self.failures[slot] += 1
         self.last_error = error
-        _end(self.workers[slot], timeout=0)
+        end_child(self.workers[slot], timeout=0)
         lost = [tid for tid, s in self.slot_of.items() if s == slot]
         for tid in lost:
             del self.slot_of[tid]
@@ -269,19 +286,19 @@ class ProcessBackend(Backend):
                     pass
         for worker in self.workers:
             if worker is not None:
-                _end(worker, timeout=drain_seconds)
+                end_child(worker, timeout=drain_seconds)
         self.workers = [None] * len(self.workers)
-        _LIVE.discard(self)
+        LIVE_BACKENDS.discard(self)
 
 
-def _has_message(conn: Connection) -> bool:
+def has_message(conn: Connection) -> bool:
     try:
         return conn.poll()
     except (EOFError, OSError):
         return False
 
 
-def _end(worker: _Worker | None, timeout: float) -> None:
+def end_child(worker: ChildWorker | None, timeout: float) -> None:
     """Wait up to ``timeout`` for the worker to exit by itself, then make it."""
     if worker is None:
         return
@@ -292,14 +309,14 @@ def _end(worker: _Worker | None, timeout: float) -> None:
     worker.conn.close()
 
 
-_LIVE: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+LIVE_BACKENDS: weakref.WeakSet[Any] = weakref.WeakSet()  # backends with a ``workers`` list
 
 
 @atexit.register
 def _end_all() -> None:
     """An interpreter that exits without closing a backend ends its workers (multiprocessing would wait on them)."""
-    for backend in list(_LIVE):
+    for backend in list(LIVE_BACKENDS):
         for worker in backend.workers:
             if worker is not None:
                 worker.conn.close()
-                _end(worker, timeout=5)
+                end_child(worker, timeout=5)
