@@ -15,6 +15,7 @@ train the same configs; ``best_val_accuracy`` shows what the shared shapes cost 
     python benchmarks/fused_sweep.py                      # 256 trials, 10 epochs: off, on (auto K), on (K=32)
     python benchmarks/fused_sweep.py --tiny               # 8 trials x 2 epochs, off and on (the test)
     python benchmarks/fused_sweep.py --trials 128 --epochs 5 --repeats 2 --runs off,on:32
+    python benchmarks/fused_sweep.py --runs off,on:auto,on:auto:ray   # fused in child processes and on Ray
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ COLUMNS = [
     "repeat",
     "fuse",
     "array_size",
+    "executor",
     "k_used",
     "trials",
     "max_epochs",
@@ -60,7 +62,8 @@ COLUMNS = [
 ]
 
 
-def caviar_command(fuse: str, array_size: str, args: argparse.Namespace, storage: str, name: str) -> list[str]:
+def caviar_command(fuse: str, array_size: str, executor: str, args: argparse.Namespace, storage: str,
+                   name: str) -> list[str]:
     cli = os.path.join(os.path.dirname(sys.executable), "caviar")
     base = [cli] if os.path.exists(cli) else [sys.executable, "-m", "orchestrator.app.cli"]
     return [
@@ -79,6 +82,8 @@ def caviar_command(fuse: str, array_size: str, args: argparse.Namespace, storage
         fuse,
         "--array-size",
         array_size,
+        "--executor",
+        executor,
         "--storage",
         storage,
         "--name",
@@ -88,9 +93,10 @@ def caviar_command(fuse: str, array_size: str, args: argparse.Namespace, storage
     ]
 
 
-def one_run(fuse: str, array_size: str, args: argparse.Namespace, repeat: int, storage: str) -> dict[str, Any]:
-    name = f"{fuse}-{array_size}-{repeat}"
-    command = caviar_command(fuse, array_size, args, storage, name)
+def one_run(fuse: str, array_size: str, executor: str, args: argparse.Namespace, repeat: int,
+            storage: str) -> dict[str, Any]:
+    name = f"{fuse}-{array_size}-{executor}-{repeat}"
+    command = caviar_command(fuse, array_size, executor, args, storage, name)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
@@ -108,6 +114,8 @@ def one_run(fuse: str, array_size: str, args: argparse.Namespace, repeat: int, s
     # its array's epoch, so this starts the fused run's clock a few ms late); Ray and actor start-up are left out.
     first = min(tables.metrics.to_pylist(), key=lambda r: r["time"])
     train_s = _seconds(end - first["time"]) + float(first["epoch_seconds"] or 0.0)
+    ran_on = [json.loads(e["detail"]) if isinstance(e["detail"], str) else e["detail"]
+              for e in tables.events.to_pylist() if e["kind"] == "executor"]
     fusing = [
         json.loads(e["detail"]) if isinstance(e["detail"], str) else e["detail"]
         for e in tables.events.to_pylist()
@@ -121,6 +129,7 @@ def one_run(fuse: str, array_size: str, args: argparse.Namespace, repeat: int, s
         "repeat": repeat,
         "fuse": fuse,
         "array_size": array_size,
+        "executor": ran_on[0]["executor"] if ran_on else executor,
         "k_used": fusing[0]["array_size"] if fusing else 1,
         "trials": len(trials),
         "max_epochs": args.epochs,
@@ -151,21 +160,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--runs", default="off,on:auto,on:32", help="FUSE[:ARRAY_SIZE], comma-separated, in order")
+    parser.add_argument("--runs", default="off,on:auto,on:32",
+                        help="FUSE[:ARRAY_SIZE[:EXECUTOR]], comma-separated, in order (executor: auto, ray, processes)")
     parser.add_argument("--tiny", action="store_true", help="8 trials x 2 epochs, off and on (seconds; the test)")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
     if args.tiny:
         args.trials, args.epochs, args.runs = 8, 2, "off,on:auto"
-    runs = [(r.split(":") + ["auto"])[:2] for r in args.runs.split(",")]
+    runs = [(r.split(":") + ["auto", "auto"])[:3] for r in args.runs.split(",")]
     storage = tempfile.mkdtemp(prefix="caviar-fused-sweep-")
     rows: list[dict[str, Any]] = []
     try:
         for repeat in range(args.repeats):
             base = None
-            for fuse, array_size in runs:
-                row = one_run(fuse, array_size, args, repeat, storage)
+            for fuse, array_size, executor in runs:
+                row = one_run(fuse, array_size, executor, args, repeat, storage)
                 if fuse == "off":
                     base = row
                 if base is not None:
@@ -177,11 +187,12 @@ def main() -> None:
     finally:
         shutil.rmtree(storage, ignore_errors=True)
     notes = [
-        "wall_s: the whole `caviar run` process (interpreter, Ray start, actors, probe, training, writes); "
+        "wall_s: the whole `caviar run` process (interpreter, Ray's start on Ray, workers, probe, training, writes); "
         "trials_per_hour = trials / wall_s. sweep_s: from the sweep row (written before Ray starts) to the last "
         "trial's end, so without interpreter start and exit; sweep_trials_per_hour = trials / sweep_s. train_s: from "
         "the first epoch's start to the last trial's end (no Ray or actor start-up, no probe); train_speedup = "
         "off's train_s / this train_s.",
+        "executor: where the trials trained (the sweep's executor event): child processes of the master, or Ray. "
         "speedup: against the fuse=off run of the same repeat. k_used: the array size the run adopted "
         "(fusing_on event); 1 = unfused.",
         "Fused sweeps share shape-defining hyperparameters in blocks of K (per-member ones stay per trial), so the "

@@ -68,7 +68,7 @@ class RunSettings:
     # A clean sweep's actors stay this long for the next sweep of the same task in this process (cluster/warm_pool.py)
     keep_workers: float = 120.0
     # Where trials run: "ray" (actors; a private Ray without --address), "processes" (children of this process,
-    # forked after its imports and data load: no Ray, one machine, CPU only; worker/pool/processes.py), or "auto":
+    # forked after its imports and data load: no Ray, one machine, CPU only, fused arrays too; worker/pool/), or "auto":
     # processes unless a setting needs Ray or this process already runs one (resolved_executor)
     executor: str = "auto"
 
