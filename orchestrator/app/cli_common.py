@@ -90,7 +90,7 @@ def print_result(result: Any, *, report: bool = True, task_ref: str | None = Non
     for line in ensemble_lines(result.path, task_ref):
         typer.echo(line)
     if report:
-        written = write_sweep_report(result.path)
+        written = write_sweep_report(result.path, tables)
         if written:
             typer.echo(f"Report: {written}")
 
@@ -145,7 +145,7 @@ def print_top(tables: Any, k: int) -> None:
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 
-def write_sweep_report(sweep_uri: str) -> str | None:
+def write_sweep_report(sweep_uri: str, tables: Any = None) -> str | None:
     """The report written into the sweep folder at the end of a run; where it is (None, with a warning, if not).
 
     A report that cannot be drawn costs only the report: the sweep's tables are already complete.
@@ -154,7 +154,7 @@ def write_sweep_report(sweep_uri: str) -> str | None:
     from orchestrator.store.storage import Storage, redact_uri
 
     try:
-        built = build_report(sweep_uri)
+        built = build_report(sweep_uri, tables)
         Storage.from_uri(sweep_uri).write_bytes(REPORT_FILE, built.html.encode("utf-8"))
     except Exception as exc:  # matplotlib missing, a plot that fails on odd data, a read-only store...
         typer.secho(f"warning: report not written: {type(exc).__name__}: {exc}", fg="yellow", err=True)

@@ -53,8 +53,9 @@ class SweepData:
 # -- reading -------------------------------------------------------------------------------
 
 
-def read_sweep(path: str) -> SweepData:
-    tables = load(path)
+def read_sweep(path: str, tables: SweepTables | None = None) -> SweepData:
+    """The sweep's tables as the report reads them; ``tables``: already loaded (``caviar run`` loads them once)."""
+    tables = tables if tables is not None else load(path)
     storage = open_sweep(path)
     sweep = tables.sweep.to_pylist()[0]
     space = SearchSpace({k: parse_param(k, v) for k, v in json.loads(sweep["space"]).items()})

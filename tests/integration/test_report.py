@@ -125,3 +125,25 @@ def test_a_digits_sweep_stores_inactive_hyperparameters_as_null_and_reports(ray_
     out = CliRunner().invoke(app, ["report", result.path, "--out", str(tmp_path / "r.html")])
     assert out.exit_code == 0, out.output
     assert "fig-hyperparameters" in (tmp_path / "r.html").read_text()
+
+
+def test_plots_drawn_in_forked_processes_make_the_same_page(sweep):
+    """A process without Ray draws the plots in forked children (one per CPU): the page is the same, byte for byte.
+
+    In a subprocess: this test session has joined Ray, where the report draws in-process.
+    """
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys; import orchestrator.app.report as r; from concurrent.futures import ProcessPoolExecutor as P\n"
+            "forks = []\n"
+            "class Counted(P):\n"
+            "    def __init__(self, *a, **k): forks.append(a[0]); super().__init__(*a, **k)\n"
+            "r.ProcessPoolExecutor = Counted\n"
+            f"alone = r.build_report({sweep.path!r}, workers=1).html\n"
+            f"shared = r.build_report({sweep.path!r}, workers=2).html\n"
+            "print(alone == shared, forks, 'ray' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "[2]", "False"]  # one pool of two, and the same bytes as one process
