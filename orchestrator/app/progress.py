@@ -169,7 +169,8 @@ class Progress:
         snap = snapshot(controller)
         if self.ready_at is None:
             self.ready_at = now
-            self._say(f"{len(snap.running) or 'all'} workers ready after {now - self.started:.0f}s; training")
+            running = f"{len(snap.running)} trials" if snap.running else "all trials"  # fused: many per worker
+            self._say(f"workers ready after {now - self.started:.0f}s; training ({running} started)")
         if self.rate_from is None and snap.epochs_done:
             self.rate_from = (self.ready_at, 0)
         self.most_running = max(self.most_running, len(snap.running))
