@@ -13,6 +13,7 @@ from orchestrator.spec.settings import RunSettings
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
 from tests.conftest import TINY_TASK
+from tests.fused_checks import assert_killed_array_retried
 
 OPTIONS = {"threads": 1, "checkpoint_seconds": 3600, "device": "cpu"}
 
@@ -70,13 +71,8 @@ def test_a_killed_array_actor_loses_its_members_to_retries_and_the_sweep_finishe
         drive(controller, backend, on_tick=kill_one_actor, poll_timeout=0.2)
     finally:
         backend.close()
-    assert killed and backend.deaths == 1
-    trials = list(controller.trials.values())
-    assert all(t.status == "completed" and t.epochs_run == 6 for t in trials)
-    assert any(t.attempt >= 1 for t in trials)  # the killed array's members were retried
-    storage = Storage.from_uri(storage_dir).child("killed")
-    metrics = schema.effective_metrics(schema.read_dir(storage, "metrics", schema.METRICS)).to_pylist()
-    assert sorted((r["trial_id"], r["epoch"]) for r in metrics) == [(t, e) for t in range(6) for e in range(1, 7)]
+    assert killed
+    assert_killed_array_retried(controller, backend, storage_dir, "killed", trials=6, epochs=6)
 
 
 def actor_processes(title: str) -> list[int]:

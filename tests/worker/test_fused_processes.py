@@ -21,6 +21,7 @@ from orchestrator.spec.settings import RunSettings
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
 from tests.conftest import DIGITS_TASK, ROOT, TINY_TASK
+from tests.fused_checks import assert_killed_array_retried
 from tests.integration.test_fused_sweep import COMPARED, FIXED_SHAPE, UNFUSABLE_TASK
 from tests.integration.test_user_errors import WORKERS_CANNOT_LOAD_TASK
 from worker.pool.fused_processes import FusedProcessBackend
@@ -102,13 +103,8 @@ def test_a_killed_fused_child_loses_its_members_to_retries_and_the_sweep_finishe
         children = [s.worker for s in backend.slots]
     finally:
         backend.close()
-    assert killed and backend.deaths == 1
-    trials = list(controller.trials.values())
-    assert all(t.status == "completed" and t.epochs_run == 6 for t in trials)
-    assert any(t.attempt >= 1 for t in trials)  # the killed array's members were retried
-    storage = Storage.from_uri(str(tmp_path)).child("killed")
-    metrics = schema.effective_metrics(schema.read_dir(storage, "metrics", schema.METRICS)).to_pylist()
-    assert sorted((r["trial_id"], r["epoch"]) for r in metrics) == [(t, e) for t in range(6) for e in range(1, 7)]
+    assert killed
+    assert_killed_array_retried(controller, backend, str(tmp_path), "killed", trials=6, epochs=6)
     assert all(not child.process.is_alive() for child in children)  # closed: no trainer left behind
 
 
