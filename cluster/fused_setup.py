@@ -35,11 +35,10 @@ def choose_backend(
     """
     resources = Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources)
     blocker, per_member = fusing_limits(task, settings.precision)
-    backend, plan = setup_fusing(
+    return setup_fusing(
         settings.fuse, settings.array_size, blocker, per_member, stage_trials, first_pending, slots,
         open_fused=lambda k: FusedBackend(task.ref, storage_uri, name, slots, resources, worker_options,
                                           array_size=k, per_member=per_member, splits=splits),
         open_plain=lambda: RayBackend(task.ref, storage_uri, name, slots, resources, dict(worker_options), kept,
                                       splits),
     )
-    return backend, plan

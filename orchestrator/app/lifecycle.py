@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -40,7 +39,7 @@ from orchestrator.search.sampler import SAMPLERS, SamplerChoice, sampler_for, sa
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.stage_policy import STAGE_POLICIES, StagePolicyChoice, stage_policy_for, stage_policy_name
 from orchestrator.search.stages import Stage, default_plan, parse_plan, stage_grace_epochs
-from orchestrator.spec.settings import RunSettings, read_toml
+from orchestrator.spec.settings import RunSettings, ray_joined, read_toml
 from orchestrator.spec.task import Task, fusing_limits
 from orchestrator.store.storage import Storage, redact_uri
 
@@ -228,12 +227,6 @@ def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, nam
         backend.close(finished=finished)
 
 
-def ray_joined() -> bool:
-    """This process already runs or joined a Ray (``ray.init`` before the sweep); never imports Ray to find out."""
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
-
-
 def open_process_backend(task: Task, settings: RunSettings, root: Storage, name: str, stage_trials: Sequence[int],
                          first_pending: Mapping[str, Any] | None, splits: Any) -> tuple[Backend, FusePlan | None]:
     """Trials in child processes of this one (``executor="processes"``): no Ray, this machine's CPUs; fused
@@ -242,16 +235,20 @@ def open_process_backend(task: Task, settings: RunSettings, root: Storage, name:
 
     slots = settings.slots or max(1, local_cpus() // max(1, int(settings.cpus_per_trial)))
     options = settings.worker_options("cpu")
-    if settings.fuse == "off":
-        return ProcessBackend(task.ref, root.location, name, slots, options, splits), None
-    from worker.pool.fused_processes import FusedProcessBackend  # the fused arrays' code, only when asked
+
+    def plain() -> Backend:
+        return ProcessBackend(task.ref, root.location, name, slots, options, splits)
+
+    if settings.fuse == "off":  # the fused arrays' code is not even imported
+        return plain(), None
+    from worker.pool.fused_processes import FusedProcessBackend
 
     blocker, per_member = fusing_limits(task, settings.precision)
     return setup_fusing(
         settings.fuse, settings.array_size, blocker, per_member, stage_trials, first_pending, slots,
         open_fused=lambda k: FusedProcessBackend(task.ref, root.location, name, slots, options, array_size=k,
                                                  per_member=per_member, splits=splits),
-        open_plain=lambda: ProcessBackend(task.ref, root.location, name, slots, options, splits),
+        open_plain=plain,
     )
 
 

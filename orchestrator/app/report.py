@@ -30,7 +30,6 @@ import base64
 import html
 import multiprocessing
 import posixpath
-import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -51,6 +50,7 @@ from orchestrator.app.report_figures import (
     plot_update_ratio,
 )
 from orchestrator.app.tables import SweepTables
+from orchestrator.spec.settings import ray_joined
 from orchestrator.store.storage import Storage
 
 
@@ -180,8 +180,7 @@ def draw_all(plots: Sequence[Callable[[SweepData], Any]], data: SweepData, worke
 
         workers = int(cpu_count())
     workers = min(workers, len(plots))
-    ray = sys.modules.get("ray")  # never imported to find out
-    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods() or (ray and ray.is_initialized()):
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods() or ray_joined():
         return [plot(data) for plot in plots]
     import matplotlib.backends.backend_agg  # noqa: F401  imported once, here, not in every child
 

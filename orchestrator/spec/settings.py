@@ -6,6 +6,7 @@ Every field is checked here, and a bad value is refused with a message naming th
 from __future__ import annotations
 
 import math
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -213,3 +214,9 @@ def read_toml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def _is_class_path(value: Any) -> bool:
     """``package.module.Class``: how the sweep row names a pruner, sampler or stage policy passed as an object."""
     return isinstance(value, str) and "." in value and all(part.isidentifier() for part in value.split("."))
+
+
+def ray_joined() -> bool:
+    """This process already runs or joined a Ray (``ray.init`` before the sweep); never imports Ray to find out."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())

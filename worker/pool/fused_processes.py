@@ -33,8 +33,6 @@ class _Call:
 class FusedProcessBackend(FusedSlots):
     """``workers`` child processes, each training up to ``array_size`` trials as fused arrays."""
 
-    worker_kind = "fused trial worker"
-
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, workers: int, worker_options: Mapping[str, Any],
                  array_size: int = 32, engine: str = "auto", per_member: Iterable[str] = PER_MEMBER,
                  splits: Any = None):
@@ -83,7 +81,6 @@ class FusedProcessBackend(FusedSlots):
             if what == "error":
                 raise WorkerLost(str(value))
             if what == "ready":
-                worker.ready = True
                 if handle.kind == "ready":
                     return value
                 continue  # a call sent before the child had started: its answer follows
