@@ -129,19 +129,24 @@ def importance(data: SweepData, *, min_trials: int = 6, seed: int = 0) -> tuple[
 
     forest = RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=seed).fit(x, y)
     total = float(np.var(forest.predict(x)))
-    out = {}
+    # Partial dependence: a parameter fixed at each grid value, the others as observed. One predict call for
+    # every parameter's probes: a forest's predict costs far more per call than per row.
+    probes: dict[str, tuple[int, np.ndarray]] = {}  # parameter -> (grid size, probe rows)
     for i, (name, dist) in enumerate(params.items()):
         active = x[~np.isnan(x[:, i])]
         if len(active) < 2:
-            out[name] = 0.0
             continue
         grid = (np.array([dist.to_unit(o) for o in dist.options]) if isinstance(dist, Choice)
                 else np.linspace(active[:, i].min(), active[:, i].max(), 16))
-        # Partial dependence: the parameter fixed at each grid value, the others as observed. One predict
-        # over every grid value's copy of the rows: a forest's predict call costs far more than its rows.
         probe = np.tile(active, (len(grid), 1))
         probe[:, i] = np.repeat(grid, len(active))
-        curve = forest.predict(probe).reshape(len(grid), len(active)).mean(axis=1)
+        probes[name] = (len(grid), probe)
+    predicted = forest.predict(np.concatenate([p for _, p in probes.values()])) if probes else np.array([])
+    out = {name: 0.0 for name in params}
+    start = 0
+    for name, (points, probe) in probes.items():
+        curve = predicted[start:start + len(probe)].reshape(points, -1).mean(axis=1)
+        start += len(probe)
         out[name] = float(np.var(curve)) / total if total > 0 else 0.0
     return out, stage
 
