@@ -1,4 +1,4 @@
-"""How tables are encoded: dictionaries for text only, statistics for flat columns only, values unchanged."""
+"""How tables are encoded: dictionaries for text only, statistics for flat columns only, zstd once large enough."""
 
 from __future__ import annotations
 
@@ -26,3 +26,18 @@ def test_text_columns_get_dictionaries_flat_columns_statistics_and_values_round_
     assert columns["trial_id"].statistics is not None and columns["trial_id"].statistics.min == 1
     assert columns["loss"].statistics is not None
     assert columns["probs.list.element"].statistics is None
+
+
+def test_small_tables_are_stored_uncompressed_large_ones_zstd_and_both_round_trip(tmp_path):
+    from orchestrator.store.storage import COMPRESS_FROM_BYTES
+
+    storage = Storage.from_uri(str(tmp_path))
+    small = pa.table({"epoch": pa.array(range(4), pa.int32()), "val_loss": pa.array([0.5, 0.4, 0.3, 0.2])})
+    rows = COMPRESS_FROM_BYTES // 8 + 1
+    large = pa.table({"row": pa.array(range(rows), pa.int64()), "split": pa.array(["val"] * rows)})
+    assert small.nbytes < COMPRESS_FROM_BYTES <= large.nbytes
+    for name, table, codec in (("small", small, "UNCOMPRESSED"), ("large", large, "ZSTD")):
+        storage.write_table(f"{name}.parquet", table)
+        assert storage.read_table(f"{name}.parquet").equals(table)
+        meta = pq.ParquetFile(tmp_path / f"{name}.parquet").metadata.row_group(0)
+        assert {meta.column(i).compression for i in range(meta.num_columns)} == {codec}, name

@@ -111,6 +111,27 @@ def test_a_checkpoint_loads_into_the_plain_model_and_predicts_the_same(digits):
 
 
 @pytest.mark.parametrize("engine", ["bmm", "vmap"])
+def test_many_checkpoints_run_stacked_give_what_each_gives_alone(digits, engine):
+    task, splits = digits
+    specs = specs_for("adam", batch_norm=True, dropout=0.2)[:3]
+    array = FusedArray(task, splits, specs, CPU, engine=engine)
+    array.train_epoch()
+    states = [array.state_dict(s.trial_id, w) for s in specs for w in ("raw", "ema")]
+    array.train_epoch()  # the stored states are no longer the array's weights
+    states.append(array.state_dict(specs[0].trial_id))
+    wide = array.checkpoint_results_many(states)  # 7 states, 3 members: stacked 3, 3 and 1
+    array.drop([specs[1].trial_id, specs[2].trial_id])
+    narrow = array.checkpoint_results_many(states)  # one member: one at a time
+    for state, got in [*zip(states, wide, strict=True), *zip(states, narrow, strict=True)]:
+        expected = array.checkpoint_results(state)
+        assert set(got) == set(expected) == {"val", "test"}
+        for split, (outputs, values) in expected.items():
+            assert torch.allclose(got[split][0], outputs, rtol=1e-4, atol=1e-6)
+            assert set(got[split][1]) == set(values)
+            assert all(math.isclose(got[split][1][k], v, rel_tol=1e-5, abs_tol=1e-7) for k, v in values.items())
+
+
+@pytest.mark.parametrize("engine", ["bmm", "vmap"])
 def test_batch_norm_statistics_are_kept_per_member(digits, engine):
     task, splits = digits
     specs = specs_for("momentum", batch_norm=True)[:3]

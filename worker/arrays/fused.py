@@ -58,7 +58,7 @@ from worker.data.streams import Stream
 from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
 from worker.train.ema import ema_decay_at
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
-from worker.train.trainer import TrialSpec, evaluate_split, natural_outputs
+from worker.train.trainer import TrialSpec, evaluate_split, natural_outputs, split_values
 
 ENGINES = ("auto", "bmm", "vmap")
 # torch.optim state tensors, per optimizer kind, in the names torch's state_dict uses.
@@ -665,9 +665,8 @@ class FusedArray:
     def logits(self, flat: torch.Tensor, buffers: Mapping[str, torch.Tensor], x: torch.Tensor,
                batch_size: int = 4096) -> torch.Tensor:
         """Eval-mode outputs of every member on the same inputs: ``[K, N, classes]``."""
-        assert self.stack is not None
         k = flat.shape[0]
-        chunks = [self._forward(flat.detach(), buffers, self.stack.rates,
+        chunks = [self._forward(flat.detach(), buffers, {},  # dropout rates: read in training only
                                 x[i : i + batch_size].expand(k, -1, *x.shape[1:]), training=False)
                   for i in range(0, len(x), batch_size)]
         return torch.cat(chunks, dim=1)
@@ -708,6 +707,30 @@ class FusedArray:
         for split, x, y in (("val", s.x_val, s.y_val), ("test", s.x_test, s.y_test)):
             values, outputs = evaluate_split(self.task, kind, loss_fn, model, x, y, split)
             out[split] = (natural_outputs(kind, outputs).cpu(), values)
+        return out
+
+    @torch.no_grad()
+    def checkpoint_results_many(self, states: Sequence[Mapping[str, torch.Tensor]]
+                                ) -> list[dict[str, tuple[torch.Tensor, dict[str, float]]]]:
+        """:meth:`checkpoint_results` of many stored states of this structure, run stacked: one pass per split
+        for as many states as the array has members (what training holds in memory), not one model per state.
+
+        The members that end together (a stage's arrays complete at once) have their kept checkpoints run
+        this way; outputs equal the plain model's to float rounding (the same layers, batched).
+        """
+        trainable = {c.name for c in self.layout}
+        s, kind = self.splits, self.splits.target_kind
+        loss_fn = loss_function(self.task, kind)
+        width = max(len(self.members), 1)
+        out: list[dict[str, tuple[torch.Tensor, dict[str, float]]]] = [{} for _ in states]
+        for start in range(0, len(states), width):
+            part = [{k: v.to(self.device) for k, v in state.items()} for state in states[start : start + width]]
+            flat = torch.stack([self._row(state) for state in part])
+            buffers = {k: torch.stack([state[k] for state in part]) for k in self.keys if k not in trainable}
+            for split, x, y in (("val", s.x_val, s.y_val), ("test", s.x_test, s.y_test)):
+                for i, outputs in enumerate(self.logits(flat, buffers, x)):
+                    values = split_values(self.task, kind, loss_fn, outputs, y, split)
+                    out[start + i][split] = (natural_outputs(kind, outputs).cpu(), values)
         return out
 
     def resume_state(self, trial_id: int) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from orchestrator.errors import StorageError
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
 from worker.train.diagnostics import compact_diagnostics
-from worker.train.predictions import check_dtype, write_predictions
+from worker.train.predictions import CheckpointResults, check_dtype, write_predictions
 from worker.train.trainer import TrialRun
 
 RESUME_FILE = "resume.pt"
@@ -236,6 +237,16 @@ class TrialRecorder:
         The index is written once, with each checkpoint's val/test metrics, after the weight files and
         before anything it no longer names is deleted.
         """
+        ending = self.begin_finish(run)
+        results = {key: run.checkpoint_results(state, key[1], key[0]) for key, state in ending.states.items()}
+        return self.end_finish(run, ending, results)
+
+    def begin_finish(self, run: TrialRun) -> Ending:
+        """The end's first half: metric rows and weight files written; the checkpoints still to run on val/test.
+
+        Between the halves the caller runs every state in ``states`` once (``run.checkpoint_results``, or a
+        fused array evaluating many members' checkpoints in one pass) and hands the results to :meth:`end_finish`.
+        """
         direct = self.parts == 0 and self.attempt == 0
         if direct:  # nothing flushed yet: the rows go straight to the final file, no part to compact
             self.storage.write_table(
@@ -245,24 +256,37 @@ class TrialRecorder:
         index, superseded = self._write_checkpoints(run, final=True)
         if not direct:
             compact_metrics(self.storage, self.trial_id)
-        index = self.write_predictions(run, index)
-        self._retire(run, superseded, final=True)
+        kept = {(k.epoch, kind): state for k in self.best for kind, state in k.states.items()}
+        states = {}
+        for row in index:  # what is not a kept best is the last epoch: the run's weights right now
+            key = (row["epoch"], row["weights"])
+            states[key] = kept[key] if key in kept else run.weights_state(row["weights"])
+        return Ending(index, superseded, states)
+
+    def end_finish(self, run: TrialRun, ending: Ending, results: Mapping[tuple[int, str], CheckpointResults]
+                   ) -> list[dict[str, Any]]:
+        """The end's second half: the index with each checkpoint's metrics, the predictions, then deletions."""
+        index = self.write_predictions(run, ending.index, results)
+        self._retire(run, ending.superseded, final=True)
         return index
 
-    def write_predictions(self, run: TrialRun, index: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Every kept checkpoint run once on val and test: its metrics into the index, its outputs for ensembles."""
-        states = {(kept.epoch, kind): state for kept in self.best for kind, state in kept.states.items()}
-        for row in index:  # the rest is the last epoch: the run's weights right now
-            if (row["epoch"], row["weights"]) not in states:
-                states[(row["epoch"], row["weights"])] = run.weights_state(row["weights"])
-        results = {(row["epoch"], row["weights"]): run.checkpoint_results(states[(row["epoch"], row["weights"])],
-                                                                           row["weights"], row["epoch"])
-                   for row in index}
+    def write_predictions(self, run: TrialRun, index: list[dict[str, Any]],
+                          results: Mapping[tuple[int, str], CheckpointResults]) -> list[dict[str, Any]]:
+        """Every kept checkpoint's val/test metrics into the index, its outputs (for ensembles) into predictions."""
         index = [{**row, "metrics": {k: v for _, values in results[(row["epoch"], row["weights"])].values()
                                      for k, v in values.items()}} for row in index]
         self._write_index(index)
         write_predictions(self.storage, run, index, results, self.prediction_dtype)
         return index
+
+
+@dataclass
+class Ending:
+    """A trial between the two halves of its end (:meth:`TrialRecorder.begin_finish`)."""
+
+    index: list[dict[str, Any]]
+    superseded: list[str]
+    states: dict[tuple[int, str], dict[str, torch.Tensor]]  # (epoch, "raw"/"ema") -> the state to run on val/test
 
 
 def compact_metrics(storage: Storage, trial_id: int) -> None:

@@ -90,10 +90,16 @@ def evaluate_split(task: Task, kind: TargetKind, loss_fn: Any, model: torch.nn.M
     and metrics are the numbers a user recomputes from the original targets.
     """
     outputs = model_outputs(model, x, splits=splits, device=y.device)
+    return split_values(task, kind, loss_fn, outputs, y, split), outputs
+
+
+def split_values(task: Task, kind: TargetKind, loss_fn: Any, outputs: torch.Tensor, y: torch.Tensor,
+                 split: str) -> dict[str, float]:
+    """``{split}_loss`` and every metric of one split from a model's raw outputs on it (see :func:`evaluate_split`)."""
     reported = kind.to_original(outputs) if kind.kind == "regression" else outputs
     values = {f"{split}_loss": float(loss_fn(reported, y))}
     values.update(split_metrics(task, kind, reported, y, split))
-    return values, outputs
+    return values
 
 
 def _same(state: Mapping[str, torch.Tensor], module: torch.nn.Module) -> bool:
