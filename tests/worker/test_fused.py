@@ -276,6 +276,39 @@ def test_a_fused_session_reports_each_trial_and_leaves_plain_checkpoints(digits,
         assert storage.exists(schema.predictions_path(spec.trial_id))  # for ensembles, as plain trials leave
 
 
+def test_members_ending_together_write_the_same_index_whether_stacked_or_one_by_one(digits, tmp_path, monkeypatch):
+    from orchestrator.decide.backend import Assignment
+    from orchestrator.store.storage import Storage
+    from worker.arrays.fused_session import FusedSession
+
+    specs = specs_for("adam", epochs=2)[:4]
+    starts = [Assignment(s.trial_id, 0, s.config, s.seed, s.max_epochs, 2) for s in specs]
+
+    def indexes(sweep: str) -> list[list[dict]]:
+        session = FusedSession(DIGITS_TASK, str(tmp_path), sweep, {"checkpoint_seconds": 3600, "threads": 1})
+        reports = session.run(starts=starts)
+        assert sorted((r.trial_id, r.status) for r in reports) == [(s.trial_id, "completed") for s in specs]
+        storage = Storage.from_uri(str(tmp_path)).child(sweep)
+        assert all(storage.exists(schema.predictions_path(s.trial_id)) for s in specs)
+        return [storage.read_table(schema.checkpoint_index_path(s.trial_id)).to_pylist() for s in specs]
+
+    stacked = indexes("stacked")
+    calls = []
+
+    def refuse(self, states):
+        calls.append(len(states))
+        raise RuntimeError("stacked pass unavailable")
+
+    monkeypatch.setattr(FusedArray, "checkpoint_results_many", refuse)
+    alone_ = indexes("alone")  # the fallback: each member runs its own checkpoints, as before
+    assert calls == [sum(len(rows) for rows in stacked)]  # one stacked call for the array's four ending members
+    for a, b in zip(stacked, alone_, strict=True):
+        assert [(r["epoch"], r["weights"]) for r in a] == [(r["epoch"], r["weights"]) for r in b]
+        for ra, rb in zip(a, b, strict=True):
+            ma, mb = dict(ra["metrics"]), dict(rb["metrics"])
+            assert ma.keys() == mb.keys() and all(math.isclose(ma[k], mb[k], rel_tol=1e-5, abs_tol=1e-7) for k in ma)
+
+
 def test_the_probe_measures_each_array_size_and_picks_one(digits, tmp_path):
     from worker.arrays.fused_session import FusedSession
 

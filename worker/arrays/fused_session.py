@@ -211,11 +211,10 @@ class FusedSession(WorkerSession):
                 ends.append((tid, "pruned", reason or "diverged", None))
             elif member.epoch >= member.spec.max_epochs:
                 ends.append((tid, "completed", "max_epochs", None))
-            elif member.epoch >= self.targets[tid]:
-                reports.append(Report(tid, self.unreported[tid], node=self.node))
-                self.unreported[tid] = []
-                continue
             else:
+                if member.epoch >= self.targets[tid]:
+                    reports.append(Report(tid, self.unreported[tid], node=self.node))
+                    self.unreported[tid] = []
                 continue
             reports.append(tid)
         ended = {r.trial_id: r for r in self._end_members(ends)}
