@@ -19,7 +19,7 @@ import math
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -35,6 +35,18 @@ from worker.train.session import WorkerSession
 from worker.train.trainer import TrialSpec
 
 Stop = tuple[int, str, str]  # (trial_id, status, reason)
+
+
+class _Ended(NamedTuple):
+    """A member on its way out: its end's first half (``None`` if that failed) and the report it will get."""
+
+    tid: int
+    array: FusedArray
+    recorder: TrialRecorder
+    ending: Ending | None
+    status: str
+    reason: str
+    error: str | None
 
 
 class FusedSession(WorkerSession):
@@ -140,7 +152,7 @@ class FusedSession(WorkerSession):
         arrays end together, that pass was a fifth of a worker's time. Should it fail, each member runs its own
         as before, so a failure stays the member's.
         """
-        endings: list[tuple[int, FusedArray, TrialRecorder, Ending | None, str, str, str | None]] = []
+        endings: list[_Ended] = []
         for tid, status, reason, error in ends:
             array, recorder = self.array_of.pop(tid), self.recorders.pop(tid)
             self.targets.pop(tid, None)
@@ -150,30 +162,34 @@ class FusedSession(WorkerSession):
             except Exception:
                 if error is None:
                     status, reason, error = TrialStatus.FAILED, "storage", traceback.format_exc()
-            endings.append((tid, array, recorder, ending, status, reason, error))
-        batched = {}
-        for array in {id(e[1]): e[1] for e in endings}.values():
-            wanted = [(tid, key, state) for tid, a, _, ending, *_ in endings if a is array and ending is not None
-                      for key, state in ending.states.items()]
+            endings.append(_Ended(tid, array, recorder, ending, status, reason, error))
+        by_array: dict[int, list[_Ended]] = {}
+        for e in endings:
+            if e.ending is not None:
+                by_array.setdefault(id(e.array), []).append(e)
+        stacked: dict[tuple[int, tuple[int, str]], Any] = {}  # (trial id, (epoch, weights)) -> results
+        for group in by_array.values():
+            wanted = [(e.tid, key, state) for e in group for key, state in e.ending.states.items()]
             try:
-                outs = array.checkpoint_results_many([state for *_, state in wanted])
-                batched.update({(tid, key): out for (tid, key, _), out in zip(wanted, outs, strict=True)})
+                outs = group[0].array.checkpoint_results_many([state for *_, state in wanted])
+                stacked.update({(tid, key): out for (tid, key, _), out in zip(wanted, outs, strict=True)})
             except Exception:
                 pass  # each member below runs its own checkpoints
         reports = []
-        for tid, array, recorder, ending, status, reason, error in endings:
-            if ending is not None:
+        for e in endings:
+            status, reason, error = e.status, e.reason, e.error
+            if e.ending is not None:
                 try:
-                    results = {key: batched[(tid, key)] if (tid, key) in batched else array.checkpoint_results(state)
-                               for key, state in ending.states.items()}
-                    recorder.end_finish(FusedMember(array, tid), ending, results)
+                    results = {key: stacked.get((e.tid, key)) or e.array.checkpoint_results(state)
+                               for key, state in e.ending.states.items()}
+                    e.recorder.end_finish(FusedMember(e.array, e.tid), e.ending, results)
                 except Exception:
                     if error is None:
                         status, reason, error = TrialStatus.FAILED, "storage", traceback.format_exc()
-            array.drop([tid])  # compaction: it stops costing compute now
-            if not len(array) and array in self.arrays:
-                self.arrays.remove(array)
-            reports.append(Report(tid, self.unreported.pop(tid, []), ended=True, status=status, reason=reason,
+            e.array.drop([e.tid])  # compaction: it stops costing compute now
+            if not len(e.array) and e.array in self.arrays:
+                self.arrays.remove(e.array)
+            reports.append(Report(e.tid, self.unreported.pop(e.tid, []), ended=True, status=status, reason=reason,
                                   error=error, node=self.node))
         return reports
 
