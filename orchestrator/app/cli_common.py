@@ -23,7 +23,6 @@ SAMPLER_NAMES = ", ".join(sorted(SAMPLERS))
 STAGE_POLICY_NAMES = ", ".join(STAGE_POLICIES)  # the default first
 EXECUTOR_HELP = ("Where trials run: auto (default: processes unless a setting needs Ray), ray (actors; a private "
                  "Ray without --address) or processes (children of this process: no Ray, this machine's CPUs).")
-REPORT_FILE = "report.html"  # beside the table folders of a sweep, never inside one
 
 # The order `caviar --help` lists the verbs in: a sweep's life, then the cluster's.
 VERBS = ("run", "status", "top", "ls", "report", "ensemble", "resume", "check", "submit", "jobs", "logs", "stop")
@@ -69,13 +68,17 @@ def exit_on_interrupt(task_ref: str | None = None) -> Iterator[None]:
         raise typer.Exit(EXIT_CODE) from None
 
 
-def print_result(result: Any, *, report: bool = True, task_ref: str | None = None) -> None:
+def print_result(result: Any, *, report: bool = True, task_ref: str | None = None, helper: Any = None) -> None:
     """The answer: top trials, edge warnings, the chosen ensemble against the best single model, how to load
-    it, where the tables and the report are; exit 2 if it stopped early. The one place a run's end is printed."""
+    it, where the tables and the report are; exit 2 if it stopped early. The one place a run's end is printed.
+
+    ``helper``: a :class:`~orchestrator.app.report_helper.ReportHelper`, asked first so that it draws while
+    this prints."""
     from orchestrator.app.answer import edge_lines, ensemble_lines
     from orchestrator.app.api import load
     from orchestrator.store.storage import redact_uri
 
+    drawing = report and not result.aborted and helper is not None and helper.ask(result.path)
     tables = load(result.path)
     print_top(tables, 5)
     for line in edge_lines(tables.events.to_pylist()):
@@ -90,7 +93,7 @@ def print_result(result: Any, *, report: bool = True, task_ref: str | None = Non
     for line in ensemble_lines(result.path, task_ref):
         typer.echo(line)
     if report:
-        written = write_sweep_report(result.path, tables)
+        written = write_sweep_report(result.path, tables, helper if drawing else None)
         if written:
             typer.echo(f"Report: {written}")
 
@@ -145,22 +148,25 @@ def print_top(tables: Any, k: int) -> None:
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 
-def write_sweep_report(sweep_uri: str, tables: Any = None) -> str | None:
+def write_sweep_report(sweep_uri: str, tables: Any = None, helper: Any = None) -> str | None:
     """The report written into the sweep folder at the end of a run; where it is (None, with a warning, if not).
 
+    ``helper``: one already asked for this report; if it died before answering, the report is drawn here.
     A report that cannot be drawn costs only the report: the sweep's tables are already complete.
     """
-    from orchestrator.app.report import build_report
-    from orchestrator.store.storage import Storage, redact_uri
+    from orchestrator.app.report_helper import FAILED, report_location, write_report_of
 
-    try:
-        built = build_report(sweep_uri, tables)
-        Storage.from_uri(sweep_uri).write_bytes(REPORT_FILE, built.html.encode("utf-8"))
-    except Exception as exc:  # matplotlib missing, a plot that fails on odd data, a read-only store...
-        typer.secho(f"warning: report not written: {type(exc).__name__}: {exc}", fg="yellow", err=True)
+    answer = helper.answer() if helper is not None else None
+    if answer is None:
+        try:
+            return write_report_of(sweep_uri, tables)
+        except Exception as exc:  # matplotlib missing, a plot that fails on odd data, a read-only store...
+            answer = (FAILED, f"{type(exc).__name__}: {exc}")
+    status, why = answer
+    if status == FAILED:
+        typer.secho(f"warning: report not written: {why}", fg="yellow", err=True)
         return None
-    base = redact_uri(sweep_uri).partition("?")[0].rstrip("/")
-    return f"{base}/{REPORT_FILE}"
+    return report_location(sweep_uri)  # as the fallback would name it: relative stays relative
 
 
 def edge_advice(warning: str) -> str:

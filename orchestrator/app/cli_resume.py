@@ -31,13 +31,20 @@ def resume(
 
     from orchestrator.app.api import resume_sweep
     from orchestrator.app.progress import Progress, quiet_ray
+    from orchestrator.app.report_helper import ReportHelper
 
     given = dict(slots=slots, address=address, ensemble=ensemble, executor=executor)
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain) as progress:
-        # As `caviar run`; the sweep's stored executor decides whether Ray starts at all.
-        quiet_ray(os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log"))
-        result = resume_sweep(sweep, on_tick=progress, task=task, trust_task_code=trust_task_code, **overrides)
-    if result.note:
-        typer.echo(result.note)
-    print_result(result, task_ref=task_file_ref(task), report=not result.note)  # a finished sweep: nothing written
+    helper = ReportHelper.start()  # as `caviar run`: before torch, Ray or any thread exists
+    try:
+        with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain) as progress:
+            # As `caviar run`; the sweep's stored executor decides whether Ray starts at all.
+            quiet_ray(os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log"))
+            result = resume_sweep(sweep, on_tick=progress, task=task, trust_task_code=trust_task_code, **overrides)
+        if result.note:
+            typer.echo(result.note)
+        # A finished sweep: nothing written, no report.
+        print_result(result, task_ref=task_file_ref(task), report=not result.note, helper=helper)
+    finally:
+        if helper is not None:
+            helper.close()

@@ -80,49 +80,60 @@ def run(
     executor: Annotated[str | None, typer.Option(help=EXECUTOR_HELP)] = None,
 ) -> None:
     """Run a sweep: sample, train on Ray actors, prune, narrow, and write everything to Parquet."""
+    from orchestrator.app.report_helper import ReportHelper
+
+    helper = ReportHelper.start() if report else None  # first: before torch, Ray or any thread exists
+    try:
+        _run(task, config, plain, report, helper, resource, overrides=dict(
+            trials=trials,
+            epochs=epochs,
+            plan=plan,
+            stages=stages,
+            slots=slots,
+            storage=storage,
+            name=name,
+            seed=seed,
+            pruner=pruner,
+            sampler=sampler,
+            stage_policy=stage_policy,
+            cpus_per_trial=cpus_per_trial,
+            gpus_per_trial=gpus_per_trial,
+            device=device,
+            address=address,
+            overwrite=overwrite or None,
+            ensemble=ensemble,
+            precision=precision,
+            shared_storage=shared_storage or None,
+            fuse=fuse,
+            dashboard=dashboard or None,
+            dashboard_host=dashboard_host,
+            seed_copies=seed_copies,
+            wait_for_cluster_seconds=wait_for_cluster_seconds,
+            array_size=int(array_size) if array_size and array_size.isdigit() else array_size,
+            executor=executor,
+        ))
+    finally:
+        if helper is not None:
+            helper.close()
+
+
+def _run(task: str, config: str | None, plain: bool, report: bool, helper: Any, resource: list[str] | None,
+         overrides: dict[str, Any]) -> None:
     from orchestrator.app.api import parse_resources, run_sweep
     from orchestrator.app.progress import Progress
 
-    overrides: dict[str, Any] = dict(
-        trials=trials,
-        epochs=epochs,
-        plan=plan,
-        stages=stages,
-        slots=slots,
-        storage=storage,
-        name=name,
-        seed=seed,
-        pruner=pruner,
-        sampler=sampler,
-        stage_policy=stage_policy,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        device=device,
-        address=address,
-        overwrite=overwrite or None,
-        ensemble=ensemble,
-        precision=precision,
-        shared_storage=shared_storage or None,
-        fuse=fuse,
-        dashboard=dashboard or None,
-        dashboard_host=dashboard_host,
-        seed_copies=seed_copies,
-        wait_for_cluster_seconds=wait_for_cluster_seconds,
-        array_size=int(array_size) if array_size and array_size.isdigit() else array_size,
-        executor=executor,
-    )
     if resource:
         overrides["resources"] = parse_resources(resource)
     from orchestrator.app.progress import quiet_ray, starting_line
 
     expected = expected_executor(config, overrides)
     ray_log = os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log")
-    starting = starting_line(address, slots, ray_log, executor=expected)
+    starting = starting_line(overrides["address"], overrides["slots"], ray_log, executor=expected)
     task_ref = task_file_ref(task)  # before the run: a job's working directory may not outlive it
     with exit_on_interrupt(task_ref), Progress(force_plain=plain, starting=starting) as progress:
         quiet_ray(ray_log)  # applied when Ray starts: on Ray, or when the task's own settings turn out to need it
         result = run_sweep(task, config_file=config, on_tick=progress, **overrides)
-    print_result(result, report=report, task_ref=task_ref)
+    print_result(result, report=report, task_ref=task_ref, helper=helper)
 
 
 def expected_executor(config: str | None, overrides: dict[str, Any]) -> str:

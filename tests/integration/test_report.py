@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -147,3 +148,74 @@ def test_plots_drawn_in_forked_processes_make_the_same_page(sweep):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["True", "[2]", "False"]  # one pool of two, and the same bytes as one process
+
+
+HELPER_CODE = """
+import os, sys, time
+from orchestrator.app.cli_common import write_sweep_report
+from orchestrator.app.report import build_report
+from orchestrator.app.report_helper import ReportHelper
+sweep, case = sys.argv[1], sys.argv[2]
+helper = ReportHelper.start()
+assert helper is not None and "torch" not in sys.modules
+if case == "draws":
+    asked, answer = helper.ask(sweep), helper.answer()
+    page = open(os.path.join(sweep, "report.html")).read()
+    helper.close()
+    print(asked, answer)
+    print(helper._process.exitcode, page == build_report(sweep).html)
+elif case == "dead":
+    helper._process.kill(); helper._process.join()
+    asked = helper.ask(sweep)
+    print(asked, write_sweep_report(sweep, None, helper if asked else None))
+elif case == "not-a-sweep":
+    print(helper.ask(sweep), helper.answer()[0])
+elif case == "orphaned":
+    print(helper._process.pid, flush=True)
+    os._exit(0)  # the master dies without a word: no close, no atexit
+"""
+
+
+def _helper(sweep_path: str, case: str) -> list[str]:
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-c", HELPER_CODE, sweep_path, case], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.split("\n")
+
+
+def test_a_helper_forked_before_the_run_writes_the_page_the_master_would(sweep, tmp_path):
+    """`caviar run` forks a report helper before torch and Ray (orchestrator/app/report_helper.py). In a subprocess:
+    this test session joined Ray, where no helper starts."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep.path, copy)
+    asked, ended = _helper(str(copy), "draws")[:2]
+    assert asked == f"True ('written', '{copy}/report.html')"
+    assert ended == "0 True"  # the helper exited by itself; its page has the bytes drawn in-process
+
+
+def test_when_the_helper_is_gone_the_master_draws_and_a_failed_report_is_one_warning(sweep, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep.path, copy)
+    assert _helper(str(copy), "dead")[0] == f"False {copy}/report.html"
+    assert (copy / "report.html").stat().st_size > 1000
+    assert _helper(str(tmp_path / "nothing-here"), "not-a-sweep")[0] == "True failed"
+
+
+def test_a_helper_whose_master_died_exits(sweep, tmp_path):
+    import time
+
+    pid = int(_helper(str(tmp_path), "orphaned")[0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        if open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z":
+            return  # exited; only its (dead) parent could reap it
+        time.sleep(0.2)
+    raise AssertionError(f"report helper {pid} still alive a minute after its master died")
