@@ -9,16 +9,20 @@ everywhere) with 2 parallel slots. Two comparisons:
   Optuna TPE and Optuna random: SuccessiveHalvingPruner(min_resource 1, reduction factor 3);
   Ray Tune: random search + ASHAScheduler(grace 1, reduction factor 3).
 - ``epochs``: the same total epochs: Optuna TPE (+ successive halving) keeps starting trials until it
-  has trained as many epochs as caviar's sweep of the same seed did.
+  has trained as many epochs as caviar's sweep of the same seed did. Optuna's n_jobs threads make a run
+  differ from its rerun, so ``--peer-repeats R`` runs TPE R times per seed; caviar is paired with their mean.
 
 Per run: the test accuracy of the tool's final answer (peers: the best trial's weights at its best
 validation epoch; caviar: the chosen ensemble, and its best single model's kept best checkpoint),
-epochs trained and wall seconds. The summary rows give mean and standard deviation over seeds.
+epochs trained and wall seconds. The summary rows give mean and standard deviation over seeds (a seed's
+repeated TPE runs count by their mean there).
 
     python benchmarks/quality.py                     # 3 tasks x 5 seeds, 32 trials x 10 epochs, all tools
     python benchmarks/quality.py --seeds 0,1,2 --tasks digits_mlp --tools caviar,optuna-tpe
     python benchmarks/quality.py --caviar '{"promote_fraction": 0.25}'   # caviar with other settings
     python benchmarks/quality.py --seeds $(seq -s, 0 19) --in-process   # 20 seeds in one interpreter (warm actors)
+    python benchmarks/quality.py --seeds $(seq -s, 0 39) --in-process --tools caviar,optuna-tpe --modes epochs \
+        --peer-repeats 3                             # same epochs, TPE 3 times per seed
     python benchmarks/quality.py --tiny              # 1 task, 1 seed, 4 trials x 2 epochs, caviar + Optuna TPE (CI)
 """
 
@@ -56,7 +60,7 @@ TASKS = {
     "breast_cancer": os.path.join(ROOT, "benchmarks", "tasks", "breast_cancer_mlp.py"),
 }
 TOOLS = ("caviar", "optuna-tpe", "optuna-random", "tune")
-COLUMNS = ["task", "mode", "tool", "seed", "trials", "max_epochs", "epochs_trained", "wall_s", "wall_ratio",
+COLUMNS = ["task", "mode", "tool", "seed", "repeat", "trials", "max_epochs", "epochs_trained", "wall_s", "wall_ratio",
            "answer_test_accuracy", "answer_test_sd", "best_test_accuracy", "best_test_sd", "ensemble_test_accuracy",
            "best_val_accuracy", "plan"]
 
@@ -82,7 +86,7 @@ def measure(tool: str, task: str, seed: int, trials: int, epochs: int, extra: di
 
 
 def one_run(tool: str, task: str, seed: int, mode: str, trials: int, epochs: int, extra: dict[str, Any],
-            in_process: bool = False) -> dict[str, Any]:
+            in_process: bool = False, repeat: int = 0) -> dict[str, Any]:
     if in_process:
         result = measure(tool, task, seed, trials, epochs, extra)
     else:
@@ -91,15 +95,27 @@ def one_run(tool: str, task: str, seed: int, mode: str, trials: int, epochs: int
         result = run_child(argv)
     best = result.get("test_accuracy_best")
     ensemble = result.get("ensemble_test_accuracy")
-    row = {"task": task, "mode": mode, "tool": tool, "seed": str(seed), "max_epochs": epochs, **result,
-           "best_test_accuracy": best, "answer_test_accuracy": ensemble if ensemble is not None else best}
-    print(f"{task} {mode} {tool} seed {seed}: answer {row['answer_test_accuracy']}, "
-          f"{row['epochs_trained']} epochs, {row['wall_s']:.1f} s", flush=True)
+    row = {"task": task, "mode": mode, "tool": tool, "seed": str(seed), "repeat": repeat, "max_epochs": epochs,
+           **result, "best_test_accuracy": best, "answer_test_accuracy": ensemble if ensemble is not None else best}
+    print(f"{task} {mode} {tool} seed {seed}{f' repeat {repeat}' if repeat else ''}: "
+          f"answer {row['answer_test_accuracy']}, {row['epochs_trained']} epochs, {row['wall_s']:.1f} s", flush=True)
     return row
 
 
+def runs_by_seed(rows: Sequence[dict[str, Any]], task: str, mode: str, tool: str, name: str) -> dict[str, list[float]]:
+    """``name`` of every run of (task, mode, tool), by seed: several where the tool was repeated on a seed."""
+    runs: dict[str, list[float]] = {}
+    for r in rows:
+        if (r["task"], r["mode"], r["tool"]) == (task, mode, tool) and r.get(name) is not None:
+            runs.setdefault(r["seed"], []).append(r[name])
+    return runs
+
+
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean over seeds per (task, mode, tool); sd over seeds; wall_ratio: mean of per-seed ratios to caviar."""
+    """Mean over seeds per (task, mode, tool); sd over seeds; wall_ratio: mean of per-seed ratios to caviar.
+
+    A seed's repeated runs count by their mean; as every seed has as many, the mean is that of all runs.
+    """
     caviar_wall = {(r["task"], r["seed"]): r["wall_s"] for r in rows if r["tool"] == "caviar"}
     for r in rows:
         base = caviar_wall.get((r["task"], r["seed"]))
@@ -108,15 +124,21 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for key in dict.fromkeys((r["task"], r["mode"], r["tool"]) for r in rows):
         group = [r for r in rows if (r["task"], r["mode"], r["tool"]) == key]
 
-        def mean(name: str, group: list[dict[str, Any]] = group) -> float | None:
-            values = [r[name] for r in group if r.get(name) is not None]
+        seeds = len({r["seed"] for r in group})
+
+        def seed_means(name: str, key: tuple[str, str, str] = key) -> list[float]:
+            return [statistics.mean(v) for v in runs_by_seed(rows, *key, name).values()]
+
+        def mean(name: str) -> float | None:
+            values = seed_means(name)
             return statistics.mean(values) if values else None
 
-        def sd(name: str, group: list[dict[str, Any]] = group) -> float | None:
-            values = [r[name] for r in group if r.get(name) is not None]
+        def sd(name: str) -> float | None:
+            values = seed_means(name)
             return statistics.stdev(values) if len(values) > 1 else None
 
-        out.append({"task": key[0], "mode": key[1], "tool": key[2], "seed": f"mean of {len(group)}",
+        out.append({"task": key[0], "mode": key[1], "tool": key[2],
+                    "seed": f"mean of {seeds}" + (f" ({len(group)} runs)" if len(group) > seeds else ""),
                     "plan": group[0].get("plan"), "max_epochs": group[0]["max_epochs"],
                     "answer_test_sd": sd("answer_test_accuracy"), "best_test_sd": sd("best_test_accuracy"),
                     **{name: mean(name) for name in ("trials", "epochs_trained", "wall_s", "wall_ratio",
@@ -132,11 +154,10 @@ def paired_gap(rows: Sequence[dict[str, Any]], task: str, column: str, peer: tup
     Pairing by seed removes what the seeds share (the same first random configs, the same splits); the
     standard error says whether a mean gap is more than the seeds' noise (about 2 SE or more).
     """
-    def by_seed(mode: str, tool: str, name: str) -> dict[str, float]:
-        return {r["seed"]: r[name] for r in rows
-                if (r["task"], r["mode"], r["tool"]) == (task, mode, tool) and r.get(name) is not None}
+    def by_seed(mode: str, tool: str) -> dict[str, float]:  # a repeated tool: the mean of its runs on the seed
+        return {s: statistics.mean(v) for s, v in runs_by_seed(rows, task, mode, tool, column).items()}
 
-    mine, theirs = by_seed(*ours, column), by_seed(*peer, column)
+    mine, theirs = by_seed(*ours), by_seed(*peer)
     gaps = [round(mine[s] - theirs[s], 6) for s in mine if s in theirs]
     if not gaps:
         return ""
@@ -169,8 +190,20 @@ def verdicts(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]] =
             lines.append(f"{task}, same epochs: caviar's best single model {caviar['best_test_accuracy']:.4f} "
                          f"{'>=' if ok else '<'} Optuna TPE's {tpe['best_test_accuracy']:.4f} "
                          f"({tpe['epochs_trained']:.0f} epochs vs caviar's {caviar['epochs_trained']:.0f})"
-                         + paired_gap(rows, task, "best_test_accuracy", ("epochs", "optuna-tpe")))
+                         + paired_gap(rows, task, "best_test_accuracy", ("epochs", "optuna-tpe"))
+                         + repeat_spread(rows, task))
     return lines
+
+
+def repeat_spread(rows: Sequence[dict[str, Any]], task: str) -> str:
+    """How far one same-epochs TPE run is from its rerun (same seed, same budget): "" unless TPE was repeated."""
+    runs = [v for v in runs_by_seed(rows, task, "epochs", "optuna-tpe", "best_test_accuracy").values() if len(v) > 1]
+    if not runs:
+        return ""
+    spread = statistics.mean(statistics.stdev(v) for v in runs)
+    differ = sum(len(set(v)) > 1 for v in runs)
+    return (f"; TPE's runs of a seed: sd {spread:.4f} (mean over seeds), differing on {differ} of {len(runs)} "
+            "seeds")
 
 
 def main() -> None:
@@ -184,6 +217,8 @@ def main() -> None:
     parser.add_argument("--tune-seeds", default=None,
                         help="run Ray Tune (slow to schedule) only on these seeds (default: every seed)")
     parser.add_argument("--name", default=None, help="result file name (default quality, tiny: quality-tiny)")
+    parser.add_argument("--peer-repeats", type=int, default=1,
+                        help="same epochs: run Optuna TPE this many times per seed (its threads make runs differ)")
     parser.add_argument("--in-process", action="store_true",
                         help="every run in this interpreter with one Ray: caviar's later sweeps of a task reuse its "
                              "warm actors, so many seeds fit in little time; wall times then compare nothing")
@@ -205,6 +240,8 @@ def main() -> None:
         caviar_settings = json.loads(args.caviar)
     except ValueError as exc:
         parser.error(f"--caviar: not JSON ({exc})")
+    if args.peer_repeats < 1:
+        parser.error("--peer-repeats: at least 1")
     seeds = [int(s) for s in (args.seeds or ("0" if args.tiny else "0,1,2,3,4")).split(",")]
     trials = args.trials or (4 if args.tiny else 32)
     epochs = args.epochs or (2 if args.tiny else 10)
@@ -226,7 +263,9 @@ def main() -> None:
                     rows.append(row)
             if "epochs" in modes and caviar_row is not None and "optuna-tpe" in tools:
                 budget = {"budget_epochs": int(caviar_row["epochs_trained"])}
-                rows.append(one_run("optuna-tpe", task, seed, "epochs", trials, epochs, budget, args.in_process))
+                for repeat in range(args.peer_repeats):  # the same call again: only its threads' timing differs
+                    rows.append(one_run("optuna-tpe", task, seed, "epochs", trials, epochs, budget, args.in_process,
+                                        repeat))
             loads.append(os.getloadavg()[0])
             report(args, rows, loads, trials, epochs, caviar_settings)  # after every seed: a stopped run keeps its rows
 
@@ -241,7 +280,9 @@ def report(args: Any, rows: list[dict[str, Any]], loads: list[float], trials: in
         f"settings: {trials} trials x at most {epochs} epochs for every tool; caviar: run_sweep defaults"
         + (f" with {json.dumps(caviar_settings)}" if caviar_settings else "")
         + "; Optuna: SuccessiveHalvingPruner(min_resource 1, rf 3); Ray Tune: ASHAScheduler(grace 1, rf 3)",
-        "epochs: Optuna TPE + successive halving starts trials until it has trained caviar's epochs (same seed)",
+        "epochs: Optuna TPE + successive halving starts trials until it has trained caviar's epochs (same seed)"
+        + (f", {args.peer_repeats} times per seed (repeat column); caviar is paired with their mean"
+           if args.peer_repeats > 1 else ""),
         *([f"Ray Tune on seeds {args.tune_seeds} only"] if args.tune_seeds is not None else []),
         "answer_test_accuracy: caviar's chosen ensemble (its best single model where no ensemble was built); a peer's"
         " best trial at its best validation epoch. best_test_accuracy: the best single model. *_sd: sd over seeds",

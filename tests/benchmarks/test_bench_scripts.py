@@ -104,14 +104,18 @@ def test_quality_tiny_caviar_and_optuna_tpe_both_modes(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_quality_tiny_in_one_process(tmp_path):
+def test_quality_tiny_in_one_process_with_tpe_repeated(tmp_path):
     pytest.importorskip("optuna")
     from benchmarks.quality import COLUMNS
 
-    run_script("quality.py", str(tmp_path), "--in-process", "--modes", "settings")
+    run_script("quality.py", str(tmp_path), "--in-process", "--modes", "epochs", "--peer-repeats", "2")
     check_table(str(tmp_path), "quality-tiny", COLUMNS, {"caviar", "optuna-tpe"}, "tool")
+    rows = pq.read_table(tmp_path / "quality-tiny.parquet").to_pylist()
+    tpe = [r for r in rows if (r["tool"], r["mode"], r["seed"]) == ("optuna-tpe", "epochs", "0")]
+    assert sorted(r["repeat"] for r in tpe) == [0, 1]
     text = open(tmp_path / "quality-tiny.md").read()
-    assert "every run in one interpreter with one Ray" in text and "same settings: caviar's answer" in text
+    assert "every run in one interpreter with one Ray" in text and "same epochs: caviar's best single model" in text
+    assert "TPE's runs of a seed: sd" in text
 
 
 def test_quality_tasks_load_with_their_own_shapes():
@@ -154,6 +158,16 @@ def test_quality_summary_and_verdicts_on_plain_rows():
     # best singles 0.97 vs 0.975 and 0.95 vs 0.94: -0.005 and +0.01
     assert lines[1].endswith("paired by seed: +0.0025 ± 0.0075 (SE), ahead on 1, level on 0, behind on 1 of 2 seeds")
     assert "paired" not in verdicts(list(summary.values()))[0]  # without per-seed rows, no gap is claimed
+
+    # TPE run twice on seed 0 (0.975 and 0.955): caviar is paired with their mean 0.965, not with the last run
+    rows.append({**rows[4], "best_test_accuracy": 0.955, "repeat": 1})
+    summary = {(s["mode"], s["tool"]): s for s in summarise(rows)}
+    tpe = summary["epochs", "optuna-tpe"]
+    assert tpe["seed"] == "mean of 2 (3 runs)" and tpe["best_test_accuracy"] == pytest.approx((0.965 + 0.94) / 2)
+    line = verdicts(list(summary.values()), rows)[1]
+    # 0.97 - 0.965 and 0.95 - 0.94 (the last run alone would give +0.015 on seed 0)
+    assert "paired by seed: +0.0075 ± 0.0025 (SE), ahead on 2, level on 0, behind on 0 of 2 seeds" in line
+    assert line.endswith("TPE's runs of a seed: sd 0.0141 (mean over seeds), differing on 1 of 1 seeds")
 
 
 @pytest.mark.timeout(300)
