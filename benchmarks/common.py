@@ -368,8 +368,10 @@ def run_optuna(trials: int, epochs: int, task_path: str = DIGITS_MLP, seed: int 
                budget_epochs: int | None = None, slots: int = SLOTS) -> dict[str, Any]:
     """Optuna (``random`` or ``tpe`` sampler) + SuccessiveHalvingPruner(min_resource 1, reduction factor 3).
 
-    With ``budget_epochs``, trials go on (``trials`` ignored) until that many epochs are trained: the same
-    total epochs as another tool. A trial's test accuracy is taken at its best validation epoch.
+    With ``budget_epochs``, trials go on (``trials`` ignored) until exactly that many epochs are trained: the
+    same total epochs as another tool. Each epoch is claimed before it is trained, so a trial running when the
+    budget is spent stops there (pruned; what it trained counts). A trial's test accuracy is taken at its best
+    validation epoch.
     """
     import optuna
 
@@ -377,6 +379,7 @@ def run_optuna(trials: int, epochs: int, task_path: str = DIGITS_MLP, seed: int 
     space = load_space(task_path)
     lock = threading.Lock()
     totals = {"compute_s": 0.0, "epochs_trained": 0}
+    claimed = [0]  # epochs started; with a budget, never more than it (two threads check it at once)
     epoch_times: list[tuple[float, float]] = []
 
     def objective(trial: Any) -> float:
@@ -384,6 +387,10 @@ def run_optuna(trials: int, epochs: int, task_path: str = DIGITS_MLP, seed: int 
         run = trial_run(config, epochs, seed=seed * 100_003 + trial.number, task_path=task_path)
         best = -math.inf
         for epoch in range(1, epochs + 1):
+            with lock:
+                if budget_epochs is not None and claimed[0] >= budget_epochs:
+                    raise optuna.TrialPruned()
+                claimed[0] += 1
             row = run.train_epoch()
             with lock:
                 totals["compute_s"] += row["epoch_seconds"]

@@ -113,6 +113,8 @@ def test_quality_tiny_in_one_process_with_tpe_repeated(tmp_path):
     rows = pq.read_table(tmp_path / "quality-tiny.parquet").to_pylist()
     tpe = [r for r in rows if (r["tool"], r["mode"], r["seed"]) == ("optuna-tpe", "epochs", "0")]
     assert sorted(r["repeat"] for r in tpe) == [0, 1]
+    caviar = next(r for r in rows if (r["tool"], r["seed"]) == ("caviar", "0"))
+    assert [r["epochs_trained"] for r in tpe] == [caviar["epochs_trained"]] * 2  # the same epochs, exactly
     text = open(tmp_path / "quality-tiny.md").read()
     assert "every run in one interpreter with one Ray" in text and "same epochs: caviar's best single model" in text
     assert "TPE's runs of a seed: sd" in text
