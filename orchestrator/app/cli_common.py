@@ -76,6 +76,7 @@ def print_result(result: Any, *, report: bool = True, task_ref: str | None = Non
     this prints."""
     from orchestrator.app.answer import edge_lines, ensemble_lines
     from orchestrator.app.api import load
+    from orchestrator.spec.settings import ray_joined
     from orchestrator.store.storage import redact_uri
 
     drawing = report and not result.aborted and helper is not None and helper.ask(result.path)
@@ -93,6 +94,10 @@ def print_result(result: Any, *, report: bool = True, task_ref: str | None = Non
     for line in ensemble_lines(result.path, task_ref):
         typer.echo(line)
     if report:
+        if drawing and ray_joined():  # the run is over: Ray's shutdown overlaps the helper's drawing
+            from cluster.runner import leave_ray
+
+            leave_ray()
         written = write_sweep_report(result.path, tables, helper if drawing else None)
         if written:
             typer.echo(f"Report: {written}")
