@@ -1,10 +1,9 @@
-"""A process that writes the end-of-run report, forked when ``caviar run`` starts.
+"""A process that writes the end-of-run report, forked when ``caviar run`` (or ``resume``) starts.
 
-The report costs matplotlib's import and first draw (about 1 s) and then its plots, after the sweep, while
-the answer is printed. Forked at the command's start, before torch, Ray or any thread exists, the helper
-imports and warms matplotlib and scikit-learn on a core the master's start-up leaves idle (importing torch
-and the task runs on one core), then sleeps until the sweep ends. It then reads the sweep's tables and draws
-while the master prints. A master that joined Ray may not fork (its gRPC threads), so there the report was
+Forked at the command's start, before torch, Ray or any thread exists, the helper imports and warms up
+matplotlib and scikit-learn while the master imports torch and the task on its one core, then sleeps until
+the sweep ends. It then reads the sweep's tables and draws while the master prints the answer (and, on Ray,
+shuts Ray down). A master that joined Ray may not fork (its gRPC threads), so there the report used to be
 drawn one plot after another; the helper, forked before Ray started, draws on every core.
 
 The helper exits when the master's end of the pipe closes, the master's death included; if it is gone
@@ -94,9 +93,13 @@ def _serve(conn: Any, masters_end: Any) -> None:
     except (EOFError, OSError):
         return
     try:
-        conn.send((WRITTEN, write_report_of(sweep_uri)))
+        answer = (WRITTEN, write_report_of(sweep_uri))
     except Exception as exc:  # noqa: BLE001  matplotlib missing, a plot failing on odd data, a read-only store...
-        conn.send((FAILED, f"{type(exc).__name__}: {exc}"))
+        answer = (FAILED, f"{type(exc).__name__}: {exc}")
+    try:
+        conn.send(answer)
+    except OSError:  # the master is gone: nobody to tell
+        pass
 
 
 def write_report_of(sweep_uri: str, tables: Any = None) -> str:
