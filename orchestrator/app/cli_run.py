@@ -38,7 +38,9 @@ def run(
     ] = None,
     storage: Annotated[str | None, typer.Option(help="Where sweeps live: a path or pyarrow.fs URI.")] = None,
     name: Annotated[str | None, typer.Option(help="Sweep name (default: TASK-DATE-TIME).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Sweep seed: same seed, same configs in the same order.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Sweep seed: fixes the first stage and each trial's torch seed (README: Reruns).")
+    ] = None,
     config: Annotated[
         str | None, typer.Option("--config", help="TOML file with [run] settings and [space] ranges.")
     ] = None,

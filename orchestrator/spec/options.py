@@ -42,7 +42,7 @@ class RunOptions(ResumeOptions, total=False):
     epochs: int  # epoch budget of the last, longest stage (10)
     plan: str  # explicit stages, TRIALSxEPOCHS each: "64x1,24x5,8x20" (default: derived from trials and epochs)
     stages: int  # stages in the derived plan; 1 = plain random search
-    seed: int  # same seed, same configs in the same order (0)
+    seed: int  # fixes the first stage and each trial's torch seed; later stages follow pruning (README "Reruns") (0)
     sampler: str | Sampler  # "random", "sobol", "lhs", "tpe" (default), or a Sampler object
     pruner: str | Pruner | type[Pruner]  # "asha" (default), "median", "none", or a Pruner class or object
     # how a stage leads to the next: "narrow_and_promote" (default), "fresh", or a StagePolicy class or object

@@ -66,6 +66,27 @@ def test_the_same_seed_samples_the_same_configs_as_on_ray(ray_session, tmp_path)
     assert runs["ray"] == runs["processes"]
 
 
+@pytest.mark.parametrize("task, settings", [
+    ("tiny_task", {"slots": 1}),  # ASHA on one slot: every rung sees the trials in trial order
+    ("tiny_task", {"slots": 2, "pruner": "none"}),  # two slots, no decision that depends on who finished first
+    ("regression_task", {"slots": 1}),
+])
+def test_a_rerun_without_timing_dependent_decisions_gives_the_same_trials_table(task, settings, tmp_path):
+    """README "Reruns": the seed fixes every later stage too when nothing decides by finish order."""
+    path = os.path.join(ROOT, "tests", "tasks", f"{task}.py")
+
+    def table(name: str) -> list[tuple]:
+        result = run_sweep(path, trials=12, epochs=3, seed=4, storage=str(tmp_path), name=name, ensemble=False,
+                           executor="processes", **settings)
+        rows = load(result.path).trials.to_pylist()
+        return [(t["trial_id"], t["stage"], t["status"], t["reason"], t["epochs_run"], t["best_score"],
+                 sorted(t["config"].items())) for t in rows]
+
+    first = table("first")
+    assert len({row[1] for row in first}) > 1  # later stages exist: narrowed and sampled from the first's results
+    assert table("again") == first
+
+
 def test_trials_with_more_than_one_cpu_run_in_spawned_processes(tmp_path):
     """A forked child must stay on one torch thread (GNU OpenMP hangs after a fork): more CPUs per trial spawn."""
     result = run_sweep(TINY_TASK, trials=2, epochs=1, stages=1, pruner="none", slots=1, cpus_per_trial=2,
