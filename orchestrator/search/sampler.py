@@ -3,8 +3,7 @@
 Random search is the first stage's sampler (the CS231n notes: random beats grid because the
 important parameters get more distinct values). Sobol and Latin hypercube cover the unit cube more
 evenly for small stages. ``tpe`` samples the first stage at random and each later stage by a
-density ratio on the trials already finished (:mod:`orchestrator.search.tpe`), half of it (its
-``random_fraction``) at random inside the stage's ranges.
+density ratio on the trials already finished (:mod:`orchestrator.search.tpe`).
 
 A new sampler is one class: subclass :class:`Sampler` and implement :meth:`Sampler.unit_points`
 (points of the unit cube; the space maps them onto its ranges, log scales and conditions), or
@@ -14,7 +13,6 @@ A new sampler is one class: subclass :class:`Sampler` and implement :meth:`Sampl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -81,32 +79,14 @@ class LatinHypercubeSampler(Sampler):
 
 @register_sampler("tpe")
 class TPESampler(RandomSampler):
-    """Random where it has no finished trials to model (the first stage); after that, a density ratio for
-    part of each stage and random points inside the stage's (narrowed) ranges for the rest.
-
-    The random share is BOHB's "random fraction" (Falkner et al. 2018): on short first stages the
-    good trials are judged at a short horizon, and a density drawn only where they lie settles on
-    configs that learn fast rather than well (on the digits CNN, small heads with steep decay).
-    The last ``random_fraction`` of each later stage's fresh trials (rounded down, so a 1-trial stage
-    is all TPE) are random, and the stage's event says ``"tpe+random"``; BENCHMARKS.md, "TPE and
-    random points in the later stages", has the measurement.
-    """
-
-    # A class attribute, not an option: the sweep records the sampler by name (or import path), so a
-    # resume rebuilds exactly this; another fraction is a subclass.
-    random_fraction: ClassVar[float] = 0.5
+    """Random where it has no finished trials to model (the first stage), a density ratio after that."""
 
     def stage_configs(self, space: SearchSpace, count: int, *, seed: int, stage: int,
                       history: Sequence[Scored] = (), keep_inactive: bool = False) -> tuple[list[dict[str, Any]], str]:
-        at_random = math.floor(count * self.random_fraction + 1e-9)
-        if stage > 0 and count > at_random:
-            points = tpe_unit_points(space, history, count - at_random, seed=seed, stage=stage)
+        if stage > 0 and count > 0:
+            points = tpe_unit_points(space, history, count, seed=seed, stage=stage)
             if points is not None:
-                if at_random:  # the same stream a random stage draws from, so these are its first points
-                    points = np.concatenate([points, self.unit_points(at_random, len(space.searched), seed=seed,
-                                                                      stage=stage)])
-                return ([space.from_unit(p, deactivate=not keep_inactive) for p in points],
-                        "tpe+random" if at_random else "tpe")
+                return [space.from_unit(p, deactivate=not keep_inactive) for p in points], "tpe"
         configs, _ = super().stage_configs(space, count, seed=seed, stage=stage, keep_inactive=keep_inactive)
         return configs, "random"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.search.sampler import TPESampler, stage_configs
+from orchestrator.search.sampler import stage_configs
 from orchestrator.search.space import SearchSpace, choice, loguniform, one_minus_loguniform, randint
 from orchestrator.search.tpe import TPEOptions, good_mask, tpe_unit_points
 
@@ -18,10 +18,6 @@ SPACE = SearchSpace({
     "momentum": one_minus_loguniform(0.8, 0.999, when={"opt": ["momentum"]}),
     "layers": randint(1, 4),
 })
-
-
-class DensityOnly(TPESampler):
-    random_fraction = 0.0
 
 
 def history(n: int = 40, seed: int = 0, best_log_lr: float = -2.0):
@@ -49,7 +45,7 @@ def test_same_history_same_points_and_stages_differ():
 
 def test_points_are_drawn_toward_the_good_region():
     rows = history(60)
-    tpe, how = stage_configs(SPACE, 40, seed=1, stage=1, kind=DensityOnly(), history=rows)
+    tpe, how = stage_configs(SPACE, 40, seed=1, stage=1, kind="tpe", history=rows)
     rand, _ = stage_configs(SPACE, 40, seed=1, stage=1, kind="random")
     assert how == "tpe"
 
@@ -60,18 +56,6 @@ def test_points_are_drawn_toward_the_good_region():
     assert sum(c["opt"] == "adam" for c in tpe) > sum(c["opt"] == "adam" for c in rand)
     for c in tpe:  # conditions still apply to model-based points
         assert (c["momentum"] is None) == (c["opt"] != "momentum")
-
-
-def test_the_default_draws_the_last_half_of_a_later_stage_at_random_and_says_so():
-    rows = history(60)
-    mixed, how = stage_configs(SPACE, 9, seed=1, stage=1, kind="tpe", history=rows)
-    assert how == "tpe+random"
-    # 4 random points (9 // 2): the first draws of a random stage; 5 by the density, as a 5-point draw makes them
-    assert mixed[5:] == stage_configs(SPACE, 4, seed=1, stage=1, kind="random")[0]
-    assert mixed[:5] == stage_configs(SPACE, 5, seed=1, stage=1, kind=DensityOnly(), history=rows)[0]
-    one, how_one = stage_configs(SPACE, 1, seed=1, stage=1, kind="tpe", history=rows)
-    assert how_one == "tpe" and one == stage_configs(SPACE, 1, seed=1, stage=1, kind=DensityOnly(), history=rows)[0]
-    assert mixed == stage_configs(SPACE, 9, seed=1, stage=1, kind="tpe", history=rows)[0]  # pure: same in, same out
 
 
 def test_too_few_finished_trials_fall_back_to_random_and_say_so():
@@ -110,5 +94,5 @@ def test_the_default_sweep_samples_later_stages_by_tpe_and_records_it():
     controller = controller_for(SPACE, settings)
     drive(controller, SimulatedBackend(quality, 2, noise=0.01, seed=3))
     started = [e["detail"] for e in controller.events if e["kind"] == "stage_started"]
-    assert [d["sampler"] for d in started] == ["random", "tpe+random", "tpe+random"]
+    assert [d["sampler"] for d in started] == ["random", "tpe", "tpe"]
     assert [(d["trials"], d["epochs"]) for d in started] == [(16, 1), (8, 4), (8, 10)]
