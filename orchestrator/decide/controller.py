@@ -16,10 +16,10 @@ from typing import Any
 
 from orchestrator.decide.backend import Assignment, Report
 from orchestrator.decide.fusing import PER_MEMBER, FusePlan, block_size, share_shapes
-from orchestrator.decide.pruning import Observation, Pruner, not_learning_reason
+from orchestrator.decide.pruning import Observation, Pruner
 from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, stored_status
 from orchestrator.errors import StorageError
-from orchestrator.search.narrowing import StageResults, edge_warnings
+from orchestrator.search.narrowing import edge_warnings
 from orchestrator.search.sampler import stage_configs, trial_seed
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.stage_policy import NarrowAndPromote, StagePolicy
@@ -102,7 +102,6 @@ class Controller:
         self.event_feed: deque[tuple[int, dict[str, Any]]] = deque(maxlen=10_000)
         self.events_emitted = 0
         self.stage = -1
-        self.num_classes: int | None = None  # from the reports (a resume sets it from the dataset table)
         self.pruner: Pruner | None = None
         self.abort_reason: str | None = None
         self._any_success = False
@@ -192,8 +191,7 @@ class Controller:
                 kind, trial_id, message = edge_event(self, notice)
                 # The stage whose best trial sat on the edge; its trial; the value, old and new range.
                 self.event(kind, trial_id, stage=self.stage, reason=message, detail=notice_detail(notice))
-            self.event("range_narrowed", stage=self.stage + 1, reason=narrowed.note,
-                       detail={"space": narrowed.space.to_dict()})
+            self.event("range_narrowed", stage=self.stage + 1, detail={"space": narrowed.space.to_dict()})
             space = narrowed.space
         self._begin_stage(self.stage + 1, space, policy.promoted(results, self.plan[self.stage + 1].trials))
 
@@ -211,8 +209,8 @@ class Controller:
     def stage_policy(self) -> StagePolicy:
         return self.options.stage_policy
 
-    def stage_results(self, stage: int) -> StageResults:
-        """(config, best score) of the stage's finished trials (completed ones rank first), and the share that learned."""
+    def stage_results(self, stage: int) -> list[tuple[dict[str, Any], float]]:
+        """(config, best score) of the stage's finished trials; completed ones rank first."""
         ended = [
             t
             for t in self.trials.values()
@@ -220,19 +218,7 @@ class Controller:
         ]
         completed = [t for t in ended if t.status == TrialStatus.COMPLETED]
         chosen = completed if len(completed) >= 3 else ended
-        return StageResults([(t.config, t.best_score) for t in chosen], self._learned_share(ended))
-
-    def _learned_share(self, trials: Sequence[TrialState]) -> float | None:
-        """The share of ``trials`` whose best epoch beat chance (the pruners' not-learning rule); None without a chance level."""
-        if not trials or self.num_classes is None:
-            return None
-        learned = [
-            not_learning_reason(Observation(t.trial_id, t.best_epoch or 0, t.best_score, math.nan,
-                                            math.inf if t.best_val_loss is None else t.best_val_loss,
-                                            t.best_val_accuracy, self.num_classes)) is None
-            for t in trials
-        ]
-        return sum(learned) / len(learned)
+        return [(t.config, t.best_score) for t in chosen]
 
     # -- dispatch -------------------------------------------------------------------------
     @property
@@ -381,8 +367,6 @@ class Controller:
         if epoch <= trial.epochs_run:  # a retried attempt re-running epochs we have already judged
             return None
         trial.epochs_run = epoch
-        if row.get("num_classes") is not None:
-            self.num_classes = int(row["num_classes"])
         trial.train_seconds += float(row.get("epoch_seconds") or 0.0)
         score = float(row["score"]) if row.get("score") is not None else math.nan
         if math.isfinite(score) and score > trial.best_score:

@@ -55,7 +55,6 @@ def restore(controller: Controller, rows: StoredRows, stage_spaces: Sequence[Sea
     check_stages(rows.stages, controller)
     _share_shapes_as_before(controller, rows.events)
     controller.reopen(stage_spaces)
-    controller.num_classes = rows.num_classes  # finished trials' rows feed only the pruner: the stage policy needs it
     # Rows of a stage the trials table holds but whose stage row was not written yet (the master died
     # between the two writes) are taken up when the stage begins again below.
     waiting_rows = [row for row in rows.trials if not controller.restore_trial(row)]

@@ -47,20 +47,6 @@ class EdgeNotice:
 class NarrowResult:
     space: SearchSpace
     edges: list[EdgeNotice]
-    note: str | None = None  # why the ranges were (not) narrowed the usual way, for the event row
-
-
-class StageResults(list[Result]):
-    """An ended stage's (config, score) results, and the share of its trials that learned at all.
-
-    ``learned_share`` is the fraction of the stage's scored trials that beat chance (the pruners'
-    not-learning rule), or ``None`` where the task gives no chance level to compare with. A plain
-    list works wherever this does: a policy that does not ask for the share never sees it.
-    """
-
-    def __init__(self, results: Sequence[Result] = (), learned_share: float | None = None):
-        super().__init__(results)
-        self.learned_share = learned_share
 
 
 def top_results(results: Sequence[Result], top_fraction: float, min_top: int) -> list[Result]:

@@ -14,7 +14,7 @@ and configs out.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from orchestrator.errors import ConfigError
@@ -53,32 +53,16 @@ class NarrowAndPromote(StagePolicy):
     top_fraction: float = 0.25  # the share of trials the ranges close around
     extend_edges: bool = True  # a best value on an edge moves the range past it (never past limits=)
     promote_fraction: float = 0.5  # the share of the next stage given to the ended stage's best configs
-    # Below this share of trials that learned at all, a stage's ranking is mostly chance: keep the ranges.
-    min_learned_share: float = 0.5
 
     @classmethod
     def for_sweep(cls, *, top_fraction: float, extend_edges: bool, promote_fraction: float) -> StagePolicy:
         return cls(top_fraction, extend_edges, promote_fraction)
 
     def next_space(self, space: SearchSpace, results: Sequence[Result]) -> NarrowResult | None:
-        """Ranges closed around the top trials, unless too few of the stage's trials learned to rank them.
-
-        A short stage (one epoch of a slow-starting model) can leave most trials at chance; its top
-        trials are then the ones that start fast, not the ones that end best (the short-horizon bias
-        of Wu et al., ICLR 2018), and closing the ranges around them locks the search in. Such a stage
-        keeps its ranges (the box spans all its trials; edges still extend) and leaves the focusing to
-        the sampler's density and to the promoted configs.
-        """
         if not results:
             return None
         no_extension = {} if self.extend_edges else {"extend": 0.0}
-        share = getattr(results, "learned_share", None)
-        if share is None or share >= self.min_learned_share:
-            return narrow_space(space, results, top_fraction=self.top_fraction, **no_extension)
-        kept = narrow_space(space, results, top_fraction=1.0, **no_extension)
-        note = (f"ranges kept: {share:.0%} of the stage's trials beat chance (fewer than "
-                f"{self.min_learned_share:.0%}), so its ranking says little about where the good configs are")
-        return replace(kept, note=note)
+        return narrow_space(space, results, top_fraction=self.top_fraction, **no_extension)
 
     def promoted(self, results: Sequence[Result], next_stage_trials: int) -> list[dict[str, Any]]:
         top = top_results(results, self.top_fraction, min_top=3)

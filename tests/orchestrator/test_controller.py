@@ -155,31 +155,3 @@ def test_best_prefers_the_last_stage_and_ignores_trials_without_a_score():
         finish(c, tid, [0.2, 0.3 + tid * 0.01])
     best = c.best()
     assert best.stage == 1 and math.isclose(best.best_score, 0.33)
-
-
-def test_a_stage_mostly_at_chance_keeps_its_ranges_live_and_on_resume():
-    """6 of 8 one-epoch trials at chance: the next stage keeps the ranges, says why, and a resume decides the same."""
-    live = controller("8x1,4x2")
-    scores = {tid: (0.1 if tid < 6 else 0.5 + 0.1 * tid) for tid in range(8)}  # 10 classes: chance is 0.1
-    for tid in start_all(live):
-        finish(live, tid, [scores[tid]])
-    assert live.stage == 1
-    narrowed = [e for e in live.events if e["kind"] == "range_narrowed"]
-    assert narrowed and narrowed[0]["reason"].startswith("ranges kept: 25% of the stage's trials beat chance")
-    lr = live.stage_spaces[1]["lr"]
-    lows = min(live.trials[t].config["lr"] for t in range(8))
-    assert lr.low <= lows  # the box spans every trial of the stage, not only the top ones
-
-    # The master died after the stage ended but before it wrote the next stage's row: the resume begins it.
-    trials = [dict(t.as_row(), config=t.config) for t in live.trials.values() if t.stage == 0]
-    metrics = [{**row(t, 1, scores[t]), "time": t, "attempt": 0} for t in range(8)]
-    stored = StoredRows([{"stage": 0, "trials": 8, "epochs": 1}], trials, metrics, num_classes=10)
-    resumed = restore(controller("8x1,4x2"), stored, [SPACE]).controller
-    assert resumed.stage == 1 and resumed.stage_spaces[1] == live.stage_spaces[1]
-    assert [resumed.trials[t].config for t in range(8, 12)] == [live.trials[t].config for t in range(8, 12)]
-
-    # Where most trials learned, the ranges close around the best as before.
-    ranked = controller("8x1,4x2")
-    for tid in start_all(ranked):
-        finish(ranked, tid, [0.5 + 0.05 * tid])
-    assert not [e for e in ranked.events if e["kind"] == "range_narrowed"][0]["reason"]

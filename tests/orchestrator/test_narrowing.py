@@ -245,30 +245,3 @@ def test_edge_warnings_skip_inactive_parameters():
     space = _conditional_space()
     best = {"optimizer": "adagrad", "momentum": None, "beta1": None, "lr": 0.5}
     assert {n.param for n in edge_warnings(space, best)} <= {"lr"}
-
-
-def test_a_stage_where_most_trials_stayed_at_chance_keeps_its_ranges():
-    from orchestrator.search.narrowing import StageResults
-    from orchestrator.search.stage_policy import NarrowAndPromote
-
-    space = SearchSpace({"lr": loguniform(1e-4, 1.0), "act": choice(["relu", "tanh", "gelu"])})
-    # 16 trials spread over lr in [1e-4, 0.3]; the four best sit near lr = 1e-1 and all use relu.
-    lrs = [10 ** (-4 + 3.5 * i / 15) for i in range(16)]
-    results = [({"lr": lr, "act": "relu" if i >= 12 else ["tanh", "gelu"][i % 2]}, 0.1 + 0.05 * i)
-               for i, lr in enumerate(lrs)]
-    policy = NarrowAndPromote()
-
-    def lr_width(result):
-        dist = result.space["lr"]
-        return math.log10(dist.high) - math.log10(dist.low)
-
-    plain = policy.next_space(space, results)
-    ranked = policy.next_space(space, StageResults(results, learned_share=0.75))
-    at_chance = policy.next_space(space, StageResults(results, learned_share=0.25))
-    assert ranked.space == plain.space and ranked.note is None and plain.note is None  # unchanged when it ranked
-    assert lr_width(plain) < 2.0 and plain.space["act"].options == ("relu",)
-    assert lr_width(at_chance) >= 3.9 and at_chance.space["act"].options == ("relu", "tanh", "gelu")
-    assert at_chance.note.startswith("ranges kept: 25% of the stage's trials beat chance (fewer than 50%)")
-    assert NarrowAndPromote(min_learned_share=0.0).next_space(space, StageResults(results, 0.0)).space == plain.space
-    # What is trained again does not change: the best configs by score.
-    assert policy.promoted(StageResults(results, 0.25), 8) == policy.promoted(results, 8)
