@@ -45,6 +45,7 @@ class SweepRecord:
     events: list[dict[str, Any]] = field(default_factory=list)
     event_parts: list[str] = field(default_factory=list)
     num_classes: int | None = None
+    baseline_val_loss: float | None = None  # regression's "chance" for the not-learning rule
 
     @property
     def settings(self) -> RunSettings:
@@ -59,7 +60,8 @@ class SweepRecord:
         return space_from_json(self.sweep["space"], schema.SWEEP_PATH)
 
     def rows(self) -> StoredRows:
-        return StoredRows(self.stages, self.trials, self.metrics, self.last_attempt, self.events, self.num_classes)
+        return StoredRows(self.stages, self.trials, self.metrics, self.last_attempt, self.events, self.num_classes,
+                          self.baseline_val_loss)
 
 
 def space_from_json(text: str, where: str) -> SearchSpace:
@@ -103,11 +105,14 @@ def read_record(storage: Storage) -> SweepRecord:
         last_attempt[tid] = max(attempt, last_attempt.get(tid, -1))
     event_parts = storage.list_files("events")
     events = _rows(schema.read_events(storage))
-    num_classes = None
-    if storage.exists(schema.DATASET_PATH):
-        num_classes = storage.read_table(schema.DATASET_PATH)["num_classes"][0].as_py()
+    dataset: dict[str, Any] = {}
+    if storage.exists(schema.DATASET_PATH):  # a sweep from before a column was added lacks it: None
+        table = storage.read_table(schema.DATASET_PATH)
+        dataset = {name: table[name][0].as_py() for name in ("num_classes", "baseline_val_loss")
+                   if name in table.column_names}
     return SweepRecord(
-        sweep[0], stages, trials, _rows(schema.effective_metrics(raw)), last_attempt, events, event_parts, num_classes
+        sweep[0], stages, trials, _rows(schema.effective_metrics(raw)), last_attempt, events, event_parts,
+        dataset.get("num_classes"), dataset.get("baseline_val_loss"),
     )
 
 

@@ -41,6 +41,7 @@ class StoredRows:
     last_attempt: dict[int, int] = field(default_factory=dict)  # highest attempt with persisted rows, per trial
     events: list[dict[str, Any]] = field(default_factory=list)
     num_classes: int | None = None
+    baseline_val_loss: float | None = None
 
 
 @dataclass
@@ -161,7 +162,7 @@ def _replay(controller: Controller, rows: StoredRows, interrupted: set[int]) -> 
     stop_at: dict[int, str] = {}
     for r in metrics:
         tid = r["trial_id"]
-        row = {**r, "num_classes": rows.num_classes}
+        row = {**r, "num_classes": rows.num_classes, "baseline_val_loss": rows.baseline_val_loss}
         if tid in interrupted:
             reason = controller.replay(tid, row)
         else:

@@ -34,10 +34,12 @@ def learning_curve(quality: float, epoch: int, rate: float = 0.5) -> float:
 
 class SimulatedBackend(Backend):
     def __init__(self, quality: Quality, slots: int, *, noise: float = 0.0, seed: int = 0, rate: float = 0.5,
-                 diverges: Callable[[Mapping[str, Any]], bool] | None = None, num_classes: int = 10):
+                 diverges: Callable[[Mapping[str, Any]], bool] | None = None, num_classes: int = 10,
+                 baseline_val_loss: float | None = None):
         self.quality, self.slots, self.noise, self.rate = quality, slots, noise, rate
         self.diverges = diverges
         self.num_classes = num_classes
+        self.baseline_val_loss = baseline_val_loss  # set: a regressor's rows (score -val_loss, no classes)
         self.rng = np.random.default_rng(seed)
         self._normals: list[float] = []  # drawn in blocks: the same stream as one draw at a time, 40x cheaper
         self._next_normal = 0
@@ -94,6 +96,9 @@ class SimulatedBackend(Backend):
         return self._normals[self._next_normal - 1]
 
     def _row(self, a: Assignment, epoch: int, accuracy: float, loss: float) -> dict[str, Any]:
-        return {"trial_id": a.trial_id, "attempt": a.attempt, "epoch": epoch, "stage": a.stage, "train_loss": loss,
-                "val_loss": loss, "val_accuracy": accuracy, "score": accuracy, "num_classes": self.num_classes,
-                "epoch_seconds": 0.0}
+        row = {"trial_id": a.trial_id, "attempt": a.attempt, "epoch": epoch, "stage": a.stage, "train_loss": loss,
+               "val_loss": loss, "val_accuracy": accuracy, "score": accuracy, "num_classes": self.num_classes,
+               "epoch_seconds": 0.0}
+        if self.baseline_val_loss is not None:
+            row.update(val_accuracy=None, score=-loss, num_classes=None, baseline_val_loss=self.baseline_val_loss)
+        return row

@@ -157,6 +157,8 @@ DATASET = pa.schema(
         ("input_dtype", pa.string()),  # what the models trained on ("int64" token ids); null: float32, as before
         ("objective", pa.string()),  # the column that ranked trials ("val_brier"); null: a sweep from before
         ("mode", pa.string()),  # min or max
+        # regression: val MSE of predicting the training mean, the pruners' "chance" (a resume replays with it)
+        ("baseline_val_loss", pa.float64()),
     ]
 )
 

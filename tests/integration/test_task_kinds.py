@@ -20,6 +20,7 @@ from orchestrator.app.cli import app
 from orchestrator.ensemble.ensemble_run import CandidateKey, read_dataset, read_ensembles
 from orchestrator.errors import ConfigError
 from orchestrator.spec.task import load_task
+from orchestrator.store import schema
 from orchestrator.store.storage import Storage
 from tests.conftest import ROOT
 from worker.load.ensemble_model import SweepModels, load_ensemble
@@ -76,6 +77,10 @@ def test_regression_table_numbers_equal_a_recomputation_in_original_units(ray_se
     assert epoch_row["val_accuracy"] is None and epoch_row["train_accuracy"] is None
     # A regressor that learned something beats predicting the mean (variance of y_val is the baseline MSE).
     assert recorded["val_mse"] < float(np.var(y_val))
+    # The pruners' "chance" for a regressor, kept for a resume: the val MSE of predicting the training mean.
+    chance = float(np.mean((y_val.astype(np.float64) - np.mean(y_train, dtype=np.float64)) ** 2))
+    stored = Storage.from_uri(result.path).read_table(schema.DATASET_PATH)["baseline_val_loss"][0].as_py()
+    assert stored == pytest.approx(chance, rel=1e-6)
     trials = {t["trial_id"]: t for t in tables.trials.to_pylist()}
     losses = [r["val_loss"] for r in tables.metrics.to_pylist() if r["trial_id"] == best]
     assert trials[best]["best_val_loss"] == pytest.approx(min(losses))

@@ -41,8 +41,8 @@ class Crash(Exception):
 class PersistingBackend(SimulatedBackend):
     """The simulated backend, writing every reported row as a worker would (metrics parts, recording time)."""
 
-    def __init__(self, storage: Storage, slots: int):
-        super().__init__(quality, slots)
+    def __init__(self, storage: Storage, slots: int, baseline: float | None = None):
+        super().__init__(quality, slots, baseline_val_loss=baseline)
         self.storage = storage
         self.clock = 0
         self.parts: dict[tuple[int, int], int] = {}
@@ -67,7 +67,7 @@ def settings_for(**overrides) -> RunSettings:
     return RunSettings().merged({**base, **overrides}).validate()
 
 
-def start_sweep(storage: Storage, settings: RunSettings) -> SweepLog:
+def start_sweep(storage: Storage, settings: RunSettings, baseline: float | None = None) -> SweepLog:
     log = SweepLog(storage, SPACE, flush_seconds=0.0)
     log.write_sweep_row(
         {
@@ -80,6 +80,8 @@ def start_sweep(storage: Storage, settings: RunSettings) -> SweepLog:
         }
     )
     dataset = {"num_classes": 10, "y_val": [], "y_test": [], "input_shape": [1]}
+    if baseline is not None:  # a regressor's table, as the workers write it
+        dataset = {"kind": "regression", "y_val_values": [], "input_shape": [1], "baseline_val_loss": baseline}
     storage.write_table(schema.DATASET_PATH, schema.to_table([dataset], schema.DATASET))
     return log
 
@@ -93,17 +95,18 @@ def new_controller(settings, fuse: int):
     return controller
 
 
-def uninterrupted(tmp_path, settings, fuse: int = 0):
+def uninterrupted(tmp_path, settings, fuse: int = 0, baseline: float | None = None):
     storage = Storage.from_uri(str(tmp_path / "whole"))
-    log = start_sweep(storage, settings)
-    controller = drive(new_controller(settings, fuse), PersistingBackend(storage, settings.slots), log)
+    log = start_sweep(storage, settings, baseline)
+    controller = drive(new_controller(settings, fuse), PersistingBackend(storage, settings.slots, baseline), log)
     return controller, storage
 
 
-def crashed(tmp_path, settings, crash_at: int, stale_ticks: int = 0, fuse: int = 0) -> Storage:
+def crashed(tmp_path, settings, crash_at: int, stale_ticks: int = 0, fuse: int = 0,
+            baseline: float | None = None) -> Storage:
     """Run until tick ``crash_at``; the tables keep the state of ``stale_ticks`` ticks before (throttled flushes)."""
     storage = Storage.from_uri(str(tmp_path / "crashed"))
-    log = start_sweep(storage, settings)
+    log = start_sweep(storage, settings, baseline)
     log.flush_seconds = math.inf  # flushed by hand below, to choose how stale the tables are
     ticks = {"n": 0}
 
@@ -115,16 +118,17 @@ def crashed(tmp_path, settings, crash_at: int, stale_ticks: int = 0, fuse: int =
             raise Crash
 
     with pytest.raises(Crash):
-        drive(new_controller(settings, fuse), PersistingBackend(storage, settings.slots), log, on_tick=tick)
+        drive(new_controller(settings, fuse), PersistingBackend(storage, settings.slots, baseline), log,
+              on_tick=tick)
     return storage
 
 
-def resume(storage: Storage, settings: RunSettings):
+def resume(storage: Storage, settings: RunSettings, baseline: float | None = None):
     record = read_record(storage)
     rebuilt = rebuild_controller(record)
     log = SweepLog(storage, SPACE, flush_seconds=0.0)
     log.continue_after(record.stages, record.events, record.event_parts)
-    drive(rebuilt.controller, PersistingBackend(storage, settings.slots), log)
+    drive(rebuilt.controller, PersistingBackend(storage, settings.slots, baseline), log)
     return rebuilt
 
 
@@ -194,6 +198,21 @@ def test_a_stage_the_tables_missed_is_begun_again_and_its_stored_epochs_resumed(
     assert controller.stage == 1 and rebuilt.resumed == {10: 2} and 9 in rebuilt.closed
     assert controller.trials[10].attempt == 1  # never attempt 0 again: its stored parts stay untouched
     assert controller.next_assignment().trial_id == 10
+
+
+@pytest.mark.parametrize(("crash_at", "stale_ticks"), [(5, 1), (6, 2), (15, 1), (16, 2), (12, 0)])
+def test_a_regression_sweep_resumes_with_its_chance_loss(tmp_path, crash_at, stale_ticks):
+    # A regressor's "chance" is the val loss of predicting the training mean; the not-learning rule needs it at
+    # each trial's grace epoch, live and when a resume replays an interrupted trial's stored rows.
+    settings = settings_for(plan="9x3,6x6")  # stage 1 decides at epoch 1, before its trials end
+    baseline = 1.9  # one-epoch losses here span 0.74-2.3: a few trials are no better than the mean
+    whole, _ = uninterrupted(tmp_path, settings, baseline=baseline)
+    assert any(t.reason == "not_learning" for t in whole.trials.values())
+    storage = crashed(tmp_path, settings, crash_at, stale_ticks, baseline=baseline)
+    record = read_record(storage)
+    assert record.baseline_val_loss == baseline and record.num_classes is None
+    rebuilt = resume(storage, settings, baseline)
+    assert summary(rebuilt.controller) == summary(whole)
 
 
 def test_stage_ranges_come_from_the_stages_table(tmp_path):

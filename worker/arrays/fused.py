@@ -853,6 +853,10 @@ class FusedMember:
         return self.array.splits
 
     @property
+    def task(self) -> Task:
+        return self.array.task
+
+    @property
     def objective(self) -> str:
         """What the member's score column holds, as a plain trial's ``objective`` says (the dataset row keeps it)."""
         return objective_and_mode(self.array.task, self.splits.target_kind)[0]

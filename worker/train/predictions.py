@@ -22,6 +22,7 @@ import torch
 from orchestrator.errors import ConfigError
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
+from worker.data.kinds import baseline_val_loss
 from worker.data.splits import Splits
 from worker.train.trainer import TrialRun
 
@@ -40,7 +41,8 @@ def _flat(t: torch.Tensor | None) -> list[float] | None:
     return None if t is None else t.detach().cpu().reshape(-1).tolist()
 
 
-def dataset_row(splits: Splits, objective: str | None = None, mode: str | None = None) -> dict[str, Any]:
+def dataset_row(splits: Splits, objective: str | None = None, mode: str | None = None,
+                baseline: float | None = None) -> dict[str, Any]:
     kind = splits.target_kind
     row = {
         "num_classes": splits.num_classes,
@@ -52,6 +54,7 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
         "input_dtype": str(splits.input_dtype).removeprefix("torch."),
         "objective": objective,
         "mode": mode,
+        "baseline_val_loss": baseline,
     }
     if kind.hard_classes:
         return {**row, "y_val": splits.y_val.cpu().tolist(), "y_test": splits.y_test.cpu().tolist()}
@@ -63,12 +66,13 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
             "target_std": _flat(kind.target_std)}
 
 
-def write_dataset(storage: Storage, splits: Splits, objective: str | None = None, mode: str | None = None) -> None:
+def write_dataset(storage: Storage, splits: Splits, objective: str | None = None, mode: str | None = None,
+                  baseline: float | None = None) -> None:
     """The sweep's val/test labels, input standardisation and objective; once per process and storage."""
     if storage.uri in _dataset_written:
         return
     storage.write_table(schema.DATASET_PATH,
-                        schema.to_table([dataset_row(splits, objective, mode)], schema.DATASET))
+                        schema.to_table([dataset_row(splits, objective, mode, baseline)], schema.DATASET))
     _dataset_written.add(storage.uri)
 
 
@@ -131,7 +135,10 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
     if not rows:
         storage.delete(rel)  # a retried trial's earlier file would describe checkpoints that are gone
         return 0
-    write_dataset(storage, run.splits, run.objective, run.mode)
+    if storage.uri not in _dataset_written:
+        s = run.splits
+        write_dataset(storage, s, run.objective, run.mode,
+                      baseline_val_loss(run.task, s.target_kind, s.y_train, s.y_val))
     if classification:
         table = predictions_table(rows, width, dtype)
     else:
