@@ -419,16 +419,18 @@ class Controller:
         if succeeded > 0:
             self._any_success = True
             return
-        if statuses[TrialStatus.FAILED] >= self.options.fail_fast:
+        failed = statuses[TrialStatus.FAILED]
+        # Fewer trials than fail_fast that all failed leave nothing to rank either: the sweep stops the same way.
+        all_failed = failed > 0 and not self.pending and not self.any_running
+        if failed >= self.options.fail_fast or all_failed:
             errors = Counter(
                 (t.error or "").strip().splitlines()[-1] if t.error else (t.reason or "?")
                 for t in self.trials.values()
                 if t.status == TrialStatus.FAILED
             )
             common, count = errors.most_common(1)[0]
-            self.abort_reason = (
-                f"the first {statuses[TrialStatus.FAILED]} trials all failed; most common error ({count}x): {common}"
-            )
+            which = f"the first {failed} trials all" if self.pending or self.any_running else f"all {failed} trials"
+            self.abort_reason = f"{which} failed; most common error ({count}x): {common}"
             self.event("sweep_aborted", reason="failures", detail={"message": self.abort_reason})
 
     # -- results ---------------------------------------------------------------------------

@@ -95,6 +95,17 @@ def test_a_lost_trial_is_retried_then_failed_and_fail_fast_stops_the_sweep():
     assert c.next_assignment() is None  # nothing new starts once the sweep is stopping
 
 
+def test_a_sweep_whose_every_trial_failed_stops_even_below_fail_fast():
+    c = controller("4x2", fail_fast=5)
+    start_all(c)
+    for tid in range(3):
+        c.on_report(Report(tid, ended=True, status="failed", reason="error", error="ValueError: bad"))
+        assert not c.abort_reason  # a trial still runs: it may yet succeed
+    c.on_report(Report(3, ended=True, status="failed", reason="error", error="ValueError: bad"))
+    assert c.abort_reason == "all 4 trials failed; most common error (4x): ValueError: bad"
+    assert [e["kind"] for e in c.events][-1] == "sweep_aborted" and c.finished
+
+
 def test_statuses_move_only_along_legal_transitions():
     assert checked_move(1, "pending", "running") == TrialStatus.RUNNING
     assert checked_move(1, "running", "running") == TrialStatus.RUNNING  # staying put is no move
