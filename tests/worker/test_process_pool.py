@@ -42,9 +42,11 @@ def test_a_sweep_in_forked_processes_writes_the_same_tables_and_never_imports_ra
     assert len(os.listdir(sweep / "predictions")) == 6 and os.listdir(sweep / "ensembles")  # what ensembles read
 
 
-@pytest.mark.parametrize("task", ["regression_task", "soft_label_task", "custom_loss_task", "streamed_task"])
+@pytest.mark.parametrize("task", ["regression_task", "soft_label_task", "custom_loss_task", "streamed_task",
+                                  "batch_norm_task"])
 def test_other_kinds_of_task_train_in_processes(task, tmp_path):
-    """Regression, soft labels, a custom loss and streamed Datasets (whose workers are spawned, not forked)."""
+    """Regression, soft labels, a custom loss, streamed Datasets (whose workers are spawned, not forked), and batch
+    norm whose epochs would end on a batch of one example."""
     path = os.path.join(ROOT, "tests", "tasks", f"{task}.py")
     result = run_sweep(path, stages=1, pruner="none", slots=2, storage=str(tmp_path), name=task,
                        executor="processes")

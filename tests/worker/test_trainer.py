@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
+import os
 
 import safetensors.torch
 import torch
+from torch.utils.data import TensorDataset
 
 from orchestrator.decide.backend import Assignment
 from orchestrator.spec.task import load_task
 from orchestrator.store.storage import Storage, sha256
-from tests.conftest import TINY_TASK
+from tests.conftest import ROOT, TINY_TASK
+from worker.check.contract import validate_contract
 from worker.data.splits import prepare
 from worker.train.recorder import TrialRecorder, load_resume_state
 from worker.train.session import WorkerSession
@@ -127,3 +131,41 @@ def test_the_last_checkpoints_reuse_the_epochs_validation_pass_with_the_same_num
         assert stale["val"][1] == run.checkpoint_results(earlier[weights], weights)["val"][1]
         assert stale["val"][1] != fresh["val"][1]
     assert run.last_val["raw"][0] == run.epoch == 2
+
+
+BATCH_NORM_TASK = os.path.join(ROOT, "tests", "tasks", "batch_norm_task.py")
+
+
+def test_a_batch_norm_model_leaves_out_a_last_batch_of_one_example():
+    """301 examples at batch_size 75 end on a batch of one, which batch norm cannot train on: it is left out."""
+    task = load_task(BATCH_NORM_TASK)
+    data = task.get("load_data")()
+    in_memory = prepare(data)
+    streamed = prepare({name: TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+                        for name, (x, y) in zip(("train", "val", "test"), data)})
+
+    def sizes(splits, **config):
+        run = TrialRun(task, splits, TrialSpec(0, 0, {"lr": 0.01, "optimizer": "adam", **config}, 1, 2),
+                       torch.device("cpu"))
+        return [len(y) for _, y in run._batches()], run
+
+    for splits in (in_memory, streamed):
+        got, run = sizes(splits, batch_size=75)
+        assert got == [75] * 4  # a different example left out each epoch: the order is shuffled
+        row = run.train_epoch()
+        assert math.isfinite(row["train_loss"]) and math.isfinite(row["update_ratio"])  # the last batch's ratio
+        assert sizes(splits, batch_size=64)[0] == [64] * 4 + [45]  # a last batch of 45 trains
+        assert sizes(splits, batch_size=75, batch_norm=False)[0] == [75] * 4 + [1]  # no batch norm: nothing left out
+
+
+def test_the_contract_check_says_which_batch_sizes_leave_one_example_out(caplog):
+    task = load_task(BATCH_NORM_TASK)
+    configs = [{"lr": 0.01, "optimizer": "adam", "batch_size": b} for b in (64, 100, 75, 64)]
+    with caplog.at_level(logging.WARNING, logger="caviar"):
+        validate_contract(task, configs)
+    lines = [r.getMessage() for r in caplog.records if "batch norm" in r.getMessage()]
+    assert len(lines) == 1 and "301 examples" in lines[0] and "batch_size 75, 100 " in lines[0], lines
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="caviar"):
+        validate_contract(task, [{**configs[0], "batch_norm": False}, {**configs[2], "batch_norm": False}])
+    assert not [r for r in caplog.records if "batch norm" in r.getMessage()]

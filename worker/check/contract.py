@@ -27,7 +27,7 @@ import torch
 
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
-from worker.check.validate import check_config, warn_if_large
+from worker.check.validate import check_config, warn_if_large, warn_if_single_batches
 from worker.data.splits import Splits, prepare_task_data
 from worker.train.trainer import TrialRun, TrialSpec
 
@@ -78,10 +78,11 @@ def load_splits(task: Task) -> Splits:
         raise _refuse(task, "load_data", exc) from exc
 
 
-def _try_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> None:
+def _try_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> TrialRun:
     """Build a trial's model, optimizer and schedule; one forward pass, loss and the objective; raise on failure."""
-    TrialRun(task, splits, TrialSpec(0, 0, dict(config), 0, 1), torch.device("cpu"))
+    run = TrialRun(task, splits, TrialSpec(0, 0, dict(config), 0, 1), torch.device("cpu"))
     check_config(task, splits, config)
+    return run
 
 
 def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings: Any = None) -> Splits:
@@ -93,9 +94,10 @@ def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings
     try:
         for config in list(configs)[:CONFIGS_TRIED]:
             try:
-                _try_config(task, splits, config)
+                run = _try_config(task, splits, config)
                 if settings is not None:  # one line when the predictions stored for ensembles would be large
                     warn_if_large(splits, settings, ema=bool(config.get("ema_decay")))
+                warn_if_single_batches(run.model, splits, configs)
                 return splits
             except Exception as exc:  # user code: try the next config, report the first failure
                 first = first or exc

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution
 from orchestrator.spec.task import Task
 from worker.data.kinds import loss_function, match_targets, objective_and_mode, score_of
-from worker.data.splits import Splits, prepare_task_data
+from worker.data.splits import Splits, has_batch_norm, prepare_task_data, single_last_batch
 from worker.train.optim import setting
 from worker.train.trainer import evaluate_split
 
@@ -138,6 +138,25 @@ def warn_if_large(splits: Splits, settings: Any, *, ema: bool) -> int:
                     "set prediction_dtype = \"none\" to store none", size / 1024**3, len(splits.y_val),
                     len(splits.y_test))
     return size
+
+
+def warn_if_single_batches(model: torch.nn.Module, splits: Splits, configs: Sequence[Mapping[str, Any]]) -> list[int]:
+    """One warning line when a batch-norm model's epochs would end on a batch of one example, which it skips.
+
+    The batch sizes named are those of ``configs`` (the first stage's); a later stage's other sizes follow the same
+    rule. A task's own loader functions own their last batch: nothing is skipped there, so nothing is said.
+    """
+    streams = splits.streams
+    if streams and streams["train"].make_loader is not None:
+        return []
+    n = splits.n_train
+    sizes = sorted({b for b in (int(setting(c, "batch_size", 64)) for c in configs) if single_last_batch(n, b)})
+    if sizes and has_batch_norm(model):
+        log.warning("load_data: the train split has %d examples, so at batch_size %s an epoch's last batch holds one "
+                    "example, which batch norm cannot train on: trials leave it out of each epoch (a different "
+                    "example each time, as DataLoader's drop_last)", n, ", ".join(map(str, sizes)))
+        return sizes
+    return []
 
 
 def _check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> None:

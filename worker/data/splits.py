@@ -271,10 +271,24 @@ def task_statistics(task: Any) -> Any:
 
 
 def batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator, *, skip_single: bool = False
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled mini-batches in the trial's own order (its generator is seeded per trial)."""
+    """Shuffled mini-batches in the trial's own order (its generator is seeded per trial).
+
+    ``skip_single``: a last batch of one example is left out (see :func:`single_last_batch`).
+    """
     order = torch.randperm(len(x), generator=generator).to(x.device)
-    for start in range(0, len(x), batch_size):
+    end = len(x) - 1 if skip_single and single_last_batch(len(x), batch_size) else len(x)
+    for start in range(0, end, batch_size):
         index = order[start : start + batch_size]
         yield x[index], y[index]
+
+
+def single_last_batch(n_train: int | None, batch_size: int) -> bool:
+    """Whether an epoch's last batch holds one example (``n_train = k * batch_size + 1``, k >= 1)."""
+    return n_train is not None and batch_size > 1 and n_train > batch_size and n_train % batch_size == 1
+
+
+def has_batch_norm(model: torch.nn.Module) -> bool:
+    """Batch norm cannot train on a batch of one example (torch raises): such a model skips that batch."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())

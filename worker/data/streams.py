@@ -73,14 +73,16 @@ class Stream:
         # An iterable Dataset would be read once per worker process unless it shards itself: one reader.
         return 0 if self.iterable else self.num_workers
 
-    def loader(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterable[Any]:
-        """Batches of ``batch_size``: a DataLoader over the Dataset, or the task's own loader (which owns shuffling)."""
+    def loader(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+               drop_last: bool = False) -> Iterable[Any]:
+        """Batches of ``batch_size``: a DataLoader over the Dataset, or the task's own loader (which owns shuffling
+        and its last batch)."""
         if self.make_loader is not None:
             return self._made(batch_size)
         workers = self._workers()
         return DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle and not self.iterable,
                           generator=generator, num_workers=workers, pin_memory=self.pin_memory,
-                          persistent_workers=workers > 0, drop_last=False)
+                          persistent_workers=workers > 0, drop_last=drop_last)
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split in order, in large batches (one loader per stream, its workers kept).

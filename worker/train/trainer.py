@@ -17,7 +17,7 @@ import torch
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
 from worker.data.kinds import TargetKind, loss_function, objective_and_mode, score_of, split_metrics
-from worker.data.splits import Splits, batches
+from worker.data.splits import Splits, batches, has_batch_norm, single_last_batch
 from worker.data.streams import Stream
 from worker.train.diagnostics import Diagnostics, DiagnosticsOptions
 from worker.train.ema import EmaWeights
@@ -135,6 +135,11 @@ class TrialRun:
         self.objective, self.mode = objective_and_mode(task, self.kind)
         self.train_targets = self.kind.to_training(splits.y_train)  # standardised when the task asks for it
         self.batch_size = int(setting(config, "batch_size", 64))
+        # Batch norm cannot train on one example (torch raises): a last batch of one is left out of each epoch, a
+        # different example each time, as DataLoader's drop_last would. The contract check says so before the sweep.
+        own_loader = bool(splits.streams) and splits.streams["train"].make_loader is not None
+        self.skip_single = (not own_loader and single_last_batch(splits.n_train, self.batch_size)
+                            and has_batch_norm(self.model))
         self.grad_clip = float(setting(config, "grad_clip", math.inf))
         self.generator = torch.Generator().manual_seed(spec.seed)
         self.train_loader: Any = None  # streamed data: made on first use, kept for the trial
@@ -199,7 +204,7 @@ class TrialRun:
             self.last_val["ema"] = (self.epoch, ema, natural_outputs(self.kind, ema_outputs).cpu())
         seconds = time.perf_counter() - started
         row["epoch_seconds"] = seconds
-        row["samples_per_second"] = s.n_train / seconds if seconds > 0 else None
+        row["samples_per_second"] = (s.n_train - self.skip_single) / seconds if seconds > 0 else None
         return row
 
     def inputs(self, split: str) -> torch.Tensor | Stream:
@@ -214,14 +219,16 @@ class TrialRun:
         if self.splits.streams:
             return self._streamed_batches()
         assert self.splits.x_train is not None
-        return batches(self.splits.x_train, self.train_targets, self.batch_size, self.generator)
+        return batches(self.splits.x_train, self.train_targets, self.batch_size, self.generator,
+                       skip_single=self.skip_single)
 
     def _streamed_batches(self) -> Any:
         """The training Dataset through this trial's DataLoader (its workers persist across epochs)."""
         if self.train_loader is None:
             assert self.splits.streams is not None
             self.train_loader = self.splits.streams["train"].loader(self.batch_size, shuffle=True,
-                                                                    generator=self.generator)
+                                                                    generator=self.generator,
+                                                                    drop_last=self.skip_single)
         s, kind, device = self.splits, self.kind, self.device
         for xb, yb in self.train_loader:
             yield s.normalise(xb.to(device, non_blocking=True)), kind.to_training(yb.to(device, non_blocking=True))
@@ -232,7 +239,7 @@ class TrialRun:
         total_loss = total_correct = total_seen = 0.0
         grad_norm_sum, steps = 0.0, 0
         update_ratio = math.nan
-        n_batches = math.ceil(self.splits.n_train / self.batch_size)
+        n_batches = math.ceil((self.splits.n_train - self.skip_single) / self.batch_size)
         params = [p for p in model.parameters() if p.requires_grad]
         for i, (xb, yb) in enumerate(self._batches()):
             with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
