@@ -75,6 +75,41 @@ def test_float64_inputs_keep_their_dtype_and_a_float32_model_is_refused_in_one_l
     check_config(plain_task(lambda config: nn.Linear(3, 2).double()), splits, {"batch_size": 16})
 
 
+def test_integer_pixels_for_a_model_without_an_embedding_are_refused_in_one_line():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, size=(60, 1, 4, 4)).astype(np.uint8), rng.integers(0, 2, size=60)  # raw images
+    splits = prepare(((x, y), (x, y), (x, y)))
+    assert splits.x_train.dtype == torch.uint8  # as given: never cast
+    conv = plain_task(lambda config: nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2)))
+    with pytest.raises(TaskError, match=r"^load_data: the inputs are uint8 and the model, with no embedding, has "
+                                        r"float32 parameters; caviar never casts inputs: give X.astype\('float32'\)$"):
+        check_config(conv, splits, {"batch_size": 16})
+    # A model that embeds integer ids and fails for its own reason keeps its own error.
+    bad_ids = plain_task(lambda config: nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(64, 2)))
+    with pytest.raises(TaskError, match=r"^the model.s forward pass raised RuntimeError .*embedding"):
+        check_config(bad_ids, splits, {"batch_size": 16})
+
+
+@pytest.mark.parametrize(("y", "said"), [
+    (np.array(["cat", "dog"] * 30), r"train y holds strings \('cat'\); give numbers: integer class indices"),
+    (np.array([{"a": 1}] * 60, dtype=object), r"train y holds Python objects \(dtype object\)"),
+    ([0, 1] * 30, r"train y must be a numpy array or tensor, got list; give np.asarray\(\.\.\.\)"),
+])
+def test_targets_that_are_not_numbers_are_refused_in_one_line(y, said):
+    x = np.zeros((60, 3), np.float32)
+    with pytest.raises(TaskError, match=r"^load_data: " + said):
+        prepare(((x, y), (x, np.zeros(60, np.int64)), (x, np.zeros(60, np.int64))))
+
+
+def test_a_pandas_frame_is_refused_with_what_to_give():
+    pd = pytest.importorskip("pandas")
+    x = pd.DataFrame(np.zeros((60, 3), np.float32))
+    y = np.zeros(60, np.int64)
+    with pytest.raises(TaskError, match=r"^load_data: train X must be a numpy array or tensor, got DataFrame; give "
+                                        r"\.to_numpy\(\) with the dtype you mean"):
+        prepare(((x, y), (x, y), (x, y)))
+
+
 def test_splits_with_different_input_dtypes_are_refused():
     x, y = np.zeros((10, 2), np.float32), np.zeros(10, np.int64)
     with pytest.raises(TaskError, match=r"inputs differ in dtype \(train float32, val float64, test float32\)"):

@@ -106,9 +106,14 @@ def _dtype_mismatch(model: torch.nn.Module, x: torch.Tensor) -> str | None:
     numpy's default float64 next to a float32 model is the user's choice to make.
     """
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    if not x.is_floating_point() or len(dtypes) != 1 or x.dtype in dtypes:
+    if len(dtypes) != 1 or x.dtype in dtypes:
         return None
     given, wanted = str(x.dtype).removeprefix("torch."), str(next(iter(dtypes))).removeprefix("torch.")
+    if not x.is_floating_point():  # integer inputs are meant for an embedding (token ids): without one, pixels?
+        if any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) for m in model.modules()):
+            return None
+        return (f"load_data: the inputs are {given} and the model, with no embedding, has {wanted} parameters; "
+                f"caviar never casts inputs: give X.astype('{wanted}')")
     return (f"load_data: the inputs are {given} but the model's parameters are {wanted}; caviar never casts "
             f"inputs: give X.astype('{wanted}') or build a {given} model")
 

@@ -117,8 +117,19 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray):
+        if value.dtype.kind in "USO":  # text or Python objects: no tensor holds them, and caviar guesses no encoding
+            sample = next(iter(value.flat), None)
+            sample = sample.item() if isinstance(sample, np.generic) else sample
+            held = "strings" if value.dtype.kind in "US" else "Python objects (dtype object)"
+            raise TaskError(f"load_data: {what} holds {held} ({sample!r}); give numbers: integer class indices for "
+                            "labels (np.unique(y, return_inverse=True)[1]), a numeric dtype for features")
         return torch.from_numpy(np.ascontiguousarray(value))
-    raise TaskError(f"load_data: {what} must be a numpy array or tensor, got {type(value).__name__}")
+    hint = ""
+    if hasattr(value, "to_numpy"):  # pandas and the like: the user picks the dtype, caviar casts nothing
+        hint = "; give .to_numpy() with the dtype you mean (float32 features, int64 class indices)"
+    elif isinstance(value, (list, tuple)):
+        hint = "; give np.asarray(...) with the dtype you mean"
+    raise TaskError(f"load_data: {what} must be a numpy array or tensor, got {type(value).__name__}{hint}")
 
 
 def _materialise(split: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
