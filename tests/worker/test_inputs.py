@@ -101,6 +101,34 @@ def test_targets_that_are_not_numbers_are_refused_in_one_line(y, said):
         prepare(((x, y), (x, np.zeros(60, np.int64)), (x, np.zeros(60, np.int64))))
 
 
+def test_missing_inputs_are_refused_naming_split_and_index_in_memory_and_streamed():
+    # One NaN would turn its whole column into NaN through the standardisation, and a NaN in val makes every
+    # trial's validation loss NaN (all pruned as diverged): refused before any trial, naming where it is.
+    x, y = np.zeros((60, 3), np.float32), np.zeros(60, np.int64)
+    bad = x.copy()
+    bad[17, 2] = np.nan
+    with pytest.raises(TaskError, match=r"^load_data: train X contains nan \(at index \(17, 2\)\); every input "
+                                        r"must be finite"):
+        prepare(((bad, y), (x, y), (x, y)))
+    infinite = x.copy()
+    infinite[5, 0] = np.inf
+    with pytest.raises(TaskError, match=r"^load_data: val X contains inf \(at index \(5, 0\)\)"):
+        prepare(((x, y), (infinite, y), (x, y)))
+
+    class Rows(Dataset):
+        def __init__(self, data):
+            self.data = torch.from_numpy(data)
+
+        def __len__(self):
+            return len(self.data)
+
+        def __getitem__(self, i):
+            return self.data[i], 0
+
+    with pytest.raises(TaskError, match=r"^load_data: test X contains nan \(at index \(17, 2\)\)"):
+        prepare((Rows(x), Rows(x), Rows(bad)))
+
+
 def test_a_pandas_frame_is_refused_with_what_to_give():
     pd = pytest.importorskip("pandas")
     x = pd.DataFrame(np.zeros((60, 3), np.float32))

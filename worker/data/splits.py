@@ -165,6 +165,8 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
         if len(x) == 0:
             raise TaskError(f"load_data: {name} split is empty")
     check_input_dtypes({name: x.dtype for (x, _), name in zip(tensors, SPLITS)})
+    for (x, _), name in zip(tensors, SPLITS):
+        check_finite_inputs(x, name)
     (xtr, ytr), (xva, yva), (xte, yte) = tensors  # inputs as given: never cast
     target_kind = resolve_kind(kind, {"train": ytr, "val": yva, "test": yte}, standardize=standardize_targets)
     mean, std = input_statistics(xtr, normalize, task_statistics)
@@ -183,6 +185,19 @@ def check_input_dtypes(dtypes: Mapping[str, torch.dtype]) -> None:
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"{name} {_dtype_name(d)}" for name, d in dtypes.items())
         raise TaskError(f"load_data: the splits' inputs differ in dtype ({listed}); give every split the same dtype")
+
+
+def check_finite_inputs(x: torch.Tensor, split: str) -> None:
+    """NaN or inf in the inputs would spread through the standardisation and every loss: refused, naming where."""
+    if not x.is_floating_point():
+        return
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return
+    where = (~finite).nonzero()[0].tolist()
+    value = x[tuple(where)].item()
+    raise TaskError(f"load_data: {split} X contains {value} (at index {tuple(where)}); every input must be finite: "
+                    "fill or drop missing values before load_data returns")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -141,6 +141,11 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
             raise TaskError(f"load_data: the {stream.name} Dataset gives inputs of dtype "
                             f"{str(stream.input_dtype).removeprefix('torch.')} and "
                             f"{str(x.dtype).removeprefix('torch.')}; give one dtype")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):  # as the in-memory path refuses
+            where = (~torch.isfinite(x)).nonzero()[0].tolist()
+            value, where[0] = x[tuple(where)].item(), where[0] + count
+            raise TaskError(f"load_data: {stream.name} X contains {value} (at index {tuple(where)}); every input must "
+                            "be finite: fill or drop missing values in the Dataset")
         targets.append(y)
         count += len(x)
         if statistics and x.is_floating_point():  # integer inputs (token ids) are never standardised
