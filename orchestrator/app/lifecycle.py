@@ -214,6 +214,10 @@ def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, nam
         backend, fusing = open_process_backend(task, settings, root, name, stage_trials, first_pending, splits)
     else:
         from cluster.runner import open_backend  # Ray loads here, never at import time
+        from worker.check.machine import check_local_devices
+
+        if not ray_joined():  # a Ray this process joined itself may span machines: its nodes decide
+            check_local_devices(settings)
 
         backend, fusing = open_backend(task, settings, root, name, sweep, stage_trials, first_pending,
                                        resuming=resumed, splits=splits)
