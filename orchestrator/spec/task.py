@@ -20,7 +20,8 @@ integer class indices or class probabilities of shape (N, C); "regression": floa
 any trailing shape; "custom": ``loss_fn`` and ``metrics`` only), inferred from integer targets
 and declared otherwise; ``metrics(outputs, targets) -> dict[str, float]`` over a whole split;
 ``objective`` (a reported column such as ``"val_mse"``) and ``mode`` ("min" or "max");
-``standardize_targets`` (regression: train on standardised targets, report original units).
+``standardize_targets`` (regression: train on standardised targets, report original units);
+``num_classes`` (classification: the class count when the data lacks some classes; else the highest label + 1).
 
 The reference string is all that travels to workers: each actor loads the task once.
 """
@@ -165,6 +166,9 @@ def _contract_fields(ref: str, ns: Any) -> tuple[str | None, str | None, str | N
     mode = getattr(ns, "mode", None)
     if mode is not None and mode not in MODES:
         raise TaskError(f"task {ref!r}: mode must be \"min\" or \"max\", got {mode!r}")
+    classes = getattr(ns, "num_classes", None)
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 2):
+        raise TaskError(f"task {ref!r}: num_classes must be an integer of 2 or more, got {classes!r}")
     return kind, objective, mode
 
 

@@ -116,6 +116,34 @@ def test_validate_task_refuses_in_one_line(tmp_path):
     assert validate_task(load_task(TINY_TASK)).num_classes == 3
 
 
+THREE_LABELS = textwrap.dedent("""
+    def load_data():
+        x = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+        y = np.arange(30) % 3  # classes 0-2 only
+        return (x[:10], y[:10]), (x[10:20], y[10:20]), (x[20:], y[20:])
+    def build_model(config):
+        return nn.Linear(3, 10)  # a 10-class head
+""")
+
+
+def test_a_head_wider_than_the_labels_needs_num_classes_declared(tmp_path):
+    # Stored predictions and ensembles need one width: without a declaration, 10 outputs for labels 0-2 would
+    # train and then leave nothing to ensemble. Declared, the data may lack classes.
+    with pytest.raises(TaskError, match=r"^the model outputs 10 scores per example but the targets hold 3 classes "
+                                        r"\(0-2\); give the model 3 outputs, or declare num_classes = 10"):
+        validate_task(load_task(write_task(tmp_path, THREE_LABELS)))
+    assert validate_task(load_task(write_task(tmp_path, THREE_LABELS + "num_classes = 10\n"))).num_classes == 10
+    with pytest.raises(TaskError, match=r"^num_classes: the task declares 2 classes but the targets include class 2"):
+        validate_task(load_task(write_task(tmp_path, THREE_LABELS + "num_classes = 2\n")))
+    with pytest.raises(TaskError, match=r"num_classes must be an integer of 2 or more, got 'ten'"):
+        load_task(write_task(tmp_path, THREE_LABELS + "num_classes = 'ten'\n"))
+    with pytest.raises(TaskError, match=r"^num_classes: the task declares 3 classes but kind = 'regression'"):
+        prepare_task_data(load_task(write_task(tmp_path, FLOAT_TARGETS + 'kind = "regression"\nnum_classes = 3\n')))
+    soft = splits_of(np.full((4, 3), 1 / 3), np.full((4, 3), 1 / 3), np.full((4, 3), 1 / 3))
+    with pytest.raises(TaskError, match=r"^num_classes: the task declares 4 classes but the probability targets"):
+        resolve_kind("classification", soft, classes=4)
+
+
 def test_caviar_check_refuses_bad_targets_with_one_line(tmp_path):
     task = write_task(tmp_path, FLOAT_TARGETS)
     done = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", "check", task], capture_output=True, text=True,

@@ -91,8 +91,12 @@ def _float_refusal(y: torch.Tensor, split: str) -> TaskError:
                      "or give integer class indices")
 
 
-def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, standardize: bool = False) -> TargetKind:
-    """The kind of ``targets`` (split -> tensor), declared or inferred; refuses targets that do not fit it."""
+def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, standardize: bool = False,
+                 classes: int | None = None) -> TargetKind:
+    """The kind of ``targets`` (split -> tensor), declared or inferred; refuses targets that do not fit it.
+
+    ``classes``: the task's ``num_classes``, for classes the data may lack (else the highest label + 1).
+    """
     for split, y in targets.items():
         if not isinstance(y, torch.Tensor):
             raise TaskError(f"load_data: {split} targets must be a numpy array or tensor, got {type(y).__name__}")
@@ -102,6 +106,8 @@ def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, s
         if y.is_complex():
             raise TaskError(f'load_data: {split} targets are complex numbers; declare kind = "custom" and a loss_fn')
         _check_finite(y, split)
+    if classes is not None and declared in ("custom", "regression"):
+        raise TaskError(f"num_classes: the task declares {classes} classes but kind = {declared!r}")
     if declared == "custom":
         return TargetKind("custom")
     if declared == "regression":
@@ -110,7 +116,16 @@ def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, s
         for split, y in targets.items():
             if y.is_floating_point():
                 raise _float_refusal(y, split)
-    return _classification(targets)
+    kind = _classification(targets)
+    if classes is None:
+        return kind
+    if kind.soft and classes != kind.num_classes:
+        raise TaskError(f"num_classes: the task declares {classes} classes but the probability targets have "
+                        f"{kind.num_classes} columns")
+    if (kind.num_classes or 0) > classes:
+        raise TaskError(f"num_classes: the task declares {classes} classes but the targets include class "
+                        f"{(kind.num_classes or 0) - 1}")
+    return TargetKind("classification", num_classes=classes, soft=kind.soft)
 
 
 def _classification(targets: Mapping[str, torch.Tensor]) -> TargetKind:

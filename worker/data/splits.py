@@ -140,7 +140,7 @@ def _materialise(split: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standardize_targets: bool = False,
-            num_workers: int = 0, task_statistics: Any = None) -> Splits:
+            num_workers: int = 0, task_statistics: Any = None, num_classes: int | None = None) -> Splits:
     """Check ``load_data()``'s result; standardise floating inputs with train (or the task's) statistics.
 
     ``kind`` is the task's declared kind (None: inferred); targets that do not fit it are refused.
@@ -157,6 +157,7 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
         raise TaskError("load_data: return (train, val, test) or a dict with keys train, val, test")
     if any(is_stream(p) for p in parts):
         return _prepare_streams(parts, normalize=normalize, kind=kind, standardize_targets=standardize_targets,
+                                num_classes=num_classes,
                                 num_workers=num_workers, task_statistics=task_statistics)
     tensors = [_materialise(p, s) for p, s in zip(parts, SPLITS)]
     for (x, y), name in zip(tensors, SPLITS):
@@ -168,7 +169,8 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
     for (x, _), name in zip(tensors, SPLITS):
         check_finite_inputs(x, name)
     (xtr, ytr), (xva, yva), (xte, yte) = tensors  # inputs as given: never cast
-    target_kind = resolve_kind(kind, {"train": ytr, "val": yva, "test": yte}, standardize=standardize_targets)
+    target_kind = resolve_kind(kind, {"train": ytr, "val": yva, "test": yte}, standardize=standardize_targets,
+                               classes=num_classes)
     mean, std = input_statistics(xtr, normalize, task_statistics)
     if mean is not None and std is not None:
         # Statistics from the training split only; applying them to val/test is the point.
@@ -254,7 +256,7 @@ def task_input_statistics(statistics: Any, input_shape: tuple[int, ...], dtype: 
 
 
 def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, standardize_targets: bool,
-                     num_workers: int, task_statistics: Any = None) -> Splits:
+                     num_workers: int, task_statistics: Any = None, num_classes: int | None = None) -> Splits:
     """Datasets stay Datasets: one pass per split for its targets (train: and input statistics)."""
     streams = {}
     for part, name in zip(parts, SPLITS):
@@ -273,7 +275,8 @@ def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, sta
         train = streams["train"]
         mean, std = input_statistics(torch.empty((0, *train.input_shape), dtype=train.input_dtype), True,
                                      task_statistics)
-    target_kind = resolve_kind(kind, {"train": y_train, "val": y_val, "test": y_test}, standardize=standardize_targets)
+    target_kind = resolve_kind(kind, {"train": y_train, "val": y_val, "test": y_test}, standardize=standardize_targets,
+                               classes=num_classes)
     return Splits(None, y_train, None, y_val, None, y_test, target_kind.num_classes, mean, std, target_kind, streams)
 
 
@@ -287,7 +290,8 @@ def prepare_task_data(task: Any) -> Splits:
         raise TaskError(f"load_data raised {type(exc).__name__}: {exc}") from exc
     return prepare(raw, normalize=task.normalize, kind=getattr(task, "kind", None),
                    standardize_targets=getattr(task, "standardize_targets", False),
-                   num_workers=int(task.get("num_workers") or 0), task_statistics=task_statistics(task))
+                   num_workers=int(task.get("num_workers") or 0), task_statistics=task_statistics(task),
+                   num_classes=task.get("num_classes"))
 
 
 def task_statistics(task: Any) -> Any:
