@@ -85,7 +85,8 @@ def print_result(result: Any, *, report: bool = True, task_ref: str | None = Non
     for line in edge_lines(tables.events.to_pylist()):
         typer.echo(line)
     for warning in result.warnings:
-        typer.secho(f"warning: {warning}: {edge_advice(warning)}", fg="yellow", err=True)
+        advice = edge_advice(warning)
+        typer.secho(f"warning: {warning}" + (f": {advice}" if advice else ""), fg="yellow", err=True)
     print_failures(tables.trials.to_pylist())
     if result.aborted:
         fail(f"sweep stopped early: {result.aborted}")
@@ -175,7 +176,9 @@ def write_sweep_report(sweep_uri: str, tables: Any = None, helper: Any = None) -
 
 
 def edge_advice(warning: str) -> str:
-    """What to do about a best value on an edge; a hard ``limits=`` edge cannot be looked past."""
+    """What to do about a best value on an edge; a hard ``limits=`` edge cannot be looked past ("" for others)."""
+    if " sits at the " not in warning:
+        return ""
     if warning.endswith("(a hard limit)"):
         return "the optimum may lie past the limit: widen limits= if values beyond it are valid"
     return "the next sweep should look beyond it"

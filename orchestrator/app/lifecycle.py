@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
+from orchestrator.app.baseline import nothing_learned, stored_dataset
 from orchestrator.app.prefetch import DataPrefetch, chain_ticks
 from orchestrator.app.tables import SweepTables, load
 from orchestrator.decide import interrupt
@@ -275,6 +276,10 @@ def finish_sweep(
 ) -> SweepResult:
     """After the trials: edge warnings, the last writes, ensembles; the result (shared by run and resume)."""
     warnings = controller.final_edge_warnings()
+    nothing = nothing_learned(controller.trials.values(), stored_dataset(sweep))
+    if nothing:
+        controller.event("no_trial_learned", reason=nothing)
+        warnings.append(nothing)
     log.flush(controller, force=True)
     log.compact_events()
     ensemble = None

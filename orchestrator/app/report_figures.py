@@ -328,7 +328,10 @@ def plot_update_ratio(data: SweepData) -> Figure | None:
         _epoch_axis(axes[1])
         axes[1].set_title(f"best trial {best['trial_id']}, per tensor (first step of each epoch)")
         axes[1].grid(alpha=0.25)
-        axes[1].legend(fontsize=7, ncols=2)
+        if by_layer:
+            axes[1].legend(fontsize=7, ncols=2)
+        else:  # every step left the weights as they were (float32 rounds a tiny update away)
+            axes[1].text(0.5, 0.5, "no tensor moved", ha="center", va="center", transform=axes[1].transAxes)
     for ax in axes:
         ax.axhline(HEALTHY_UPDATE_RATIO, color="#d62728", ls="--", lw=1.2)
         ax.text(0.01, HEALTHY_UPDATE_RATIO, " 1e-3", color="#d62728", transform=ax.get_yaxis_transform(), va="bottom")

@@ -179,3 +179,30 @@ def test_data_only_the_master_can_read_still_sweeps(ray_session, tmp_path, monke
     result = run_sweep(str(task), trials=2, epochs=1, stages=1, slots=2, storage=str(tmp_path / "runs"), name="w",
                        ensemble=False)
     assert {t["status"] for t in load(result.path).trials.to_pylist()} == {"completed"}
+
+
+# Labels drawn at random: no model can beat always predicting the most frequent class.
+NOISE_TASK = f"""
+import sys
+import numpy as np
+sys.path.insert(0, {ROOT + "/tests/tasks"!r})
+from tiny_task import build_model, space  # noqa: F401
+
+
+def load_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=300)
+    return (x[:180], y[:180]), (x[180:240], y[180:240]), (x[240:], y[240:])
+"""
+
+
+def test_a_sweep_where_nothing_learned_ends_with_a_warning_and_an_event(tmp_path):
+    path = tmp_path / "noise_task.py"
+    path.write_text(NOISE_TASK)
+    result = run_sweep(str(path), trials=4, epochs=2, stages=1, slots=2, storage=str(tmp_path), name="noise",
+                       executor="processes", ensemble=False)
+    said = [w for w in result.warnings if w.startswith("no trial did clearly better than always predicting class")]
+    assert len(said) == 1 and "of 60 val examples" in said[0], result.warnings
+    events = [e for e in load(result.path).events.to_pylist() if e["kind"] == "no_trial_learned"]
+    assert [e["reason"] for e in events] == said

@@ -1,0 +1,64 @@
+"""Did anything learn? The best trial against the do-nothing answer on validation.
+
+CS231n's sanity checks start from the loss of a model that has learned nothing; at a sweep's end the
+same question is asked of its best trial. Classification: always predicting the most frequent class
+of the validation split; regression: predicting the training mean (the val MSE the pruners call
+chance, stored in the dataset table). A sweep whose best trial does no better ends with a warning
+and a ``no_trial_learned`` event, instead of narrowing quietly around noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from orchestrator.store import schema
+from orchestrator.store.storage import Storage
+
+MARGIN = 0.02  # as the pruners' not-learning rule: accuracy points, or a share of the baseline loss
+
+
+def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any]) -> str | None:
+    """One line when no trial beat the do-nothing answer by ``MARGIN``; ``None`` when one did or nothing can say.
+
+    ``trials``: objects with ``best_val_accuracy`` and ``best_val_loss`` (None or NaN when unknown);
+    ``dataset``: the dataset table's row.
+    """
+    trials = list(trials)
+    labels = dataset.get("y_val")
+    if labels:  # class indices: soft labels and regression have none here
+        accuracies = [t.best_val_accuracy for t in trials if _finite(t.best_val_accuracy)]
+        if not accuracies:
+            return None
+        label, count = Counter(labels).most_common(1)[0]
+        share, best = count / len(labels), max(accuracies)
+        # Two standard errors of an accuracy measured on this many examples: the best of several trials at chance
+        # easily lands a few examples above it.
+        margin = max(MARGIN, 2.0 * math.sqrt(share * (1.0 - share) / len(labels)))
+        if best > share + margin:
+            return None
+        return (f"no trial did clearly better than always predicting class {label} (the most frequent: {share:.3f} of "
+                f"{len(labels)} val examples): the best val accuracy is {best:.3f}; check the ranges (the learning "
+                "rate first) and the data")
+    baseline = dataset.get("baseline_val_loss")
+    if not _finite(baseline) or baseline <= 0:
+        return None
+    losses = [t.best_val_loss for t in trials if _finite(t.best_val_loss)]
+    if not losses or min(losses) < (1.0 - MARGIN) * baseline:
+        return None
+    return (f"no trial beat predicting the training mean (val loss {baseline:.4g}): the best val loss is "
+            f"{min(losses):.4g}; check the ranges (the learning rate first) and the data")
+
+
+def stored_dataset(sweep: Storage) -> dict[str, Any]:
+    """The dataset table's row; empty when no trial wrote it (nothing finished, or no predictions stored)."""
+    if not sweep.exists(schema.DATASET_PATH):
+        return {}
+    rows = sweep.read_table(schema.DATASET_PATH).to_pylist()
+    return rows[0] if rows else {}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

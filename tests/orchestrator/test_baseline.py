@@ -1,0 +1,37 @@
+"""Did anything learn? The best trial against the do-nothing answer, on plain data."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+from orchestrator.app.baseline import nothing_learned
+
+
+def trials(*pairs):
+    return [SimpleNamespace(best_val_accuracy=a, best_val_loss=loss) for a, loss in pairs]
+
+
+def test_a_classifier_no_better_than_the_most_frequent_class_is_named():
+    labels = [0] * 28 + [1] * 23 + [2] * 22 + [3] * 27  # 100 val examples, class 0 the most frequent
+    line = nothing_learned(trials((0.32, 1.38), (0.25, 1.39), (None, None)), {"y_val": labels})
+    assert line == ("no trial did clearly better than always predicting class 0 (the most frequent: 0.280 of 100 val "
+                    "examples): the best val accuracy is 0.320; check the ranges (the learning rate first) and the "
+                    "data")
+    # Two standard errors above 0.28 on 100 examples is 0.37: a trial at 0.40 learned something.
+    assert nothing_learned(trials((0.40, 1.2)), {"y_val": labels}) is None
+    # Many examples: the margin shrinks to the pruners' 0.02.
+    many = [0] * 28_000 + [1] * 24_000 + [2] * 24_000 + [3] * 24_000
+    assert nothing_learned(trials((0.31, 1.3)), {"y_val": many}) is None
+    assert nothing_learned(trials((float("nan"), None)), {"y_val": labels}) is None  # nothing to judge
+
+
+def test_a_regressor_no_better_than_the_training_mean_is_named():
+    dataset = {"y_val": None, "baseline_val_loss": 10.0}
+    assert nothing_learned(trials((None, 9.9), (None, 12.0)), dataset) == (
+        "no trial beat predicting the training mean (val loss 10): the best val loss is 9.9; check the ranges (the "
+        "learning rate first) and the data")
+    assert nothing_learned(trials((None, 9.7)), dataset) is None
+    assert nothing_learned(trials((None, 9.9)), {"baseline_val_loss": None}) is None  # a custom loss: no baseline
+    assert nothing_learned(trials((None, math.inf)), dataset) is None
+    assert nothing_learned([], {}) is None
