@@ -328,6 +328,10 @@ def build_ensembles(storage: Storage, task: Any, device: str = "auto",
     ``load_data`` stands in for the task's own (a load that ran during the sweep); ``splits`` (the data the
     contract check prepared) spares the soup any load.
     """
+    if getattr(task, "kind", None) == "custom":  # its trials store no predictions: there is nothing to average
+        log.warning('ensembles not built: kind = "custom" outputs are the task\'s own, and caviar averages only '
+                    "class probabilities or regression outputs; the best trial is the answer")
+        return None
     metric = "accuracy" if getattr(task, "metric", "accuracy") == "accuracy" else "log_loss"
     from worker.load.objective import ensemble_objective
     from worker.load.soup import soup_builder  # torch, loaded only when a soup is built

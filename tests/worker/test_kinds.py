@@ -197,3 +197,16 @@ def test_prediction_storage_is_estimated_and_warned_about_in_one_line(caplog):
     with caplog.at_level("WARNING", logger="caviar"):
         warn_if_large(splits, huge, ema=False)
     assert len(caplog.records) == 1 and 'prediction_dtype = "none"' in caplog.records[0].getMessage()
+
+
+def test_a_custom_kind_sweep_says_why_it_has_no_ensembles(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from orchestrator.app.lifecycle import build_ensembles
+    from orchestrator.store.storage import Storage
+
+    with caplog.at_level("WARNING", logger="caviar"):
+        assert build_ensembles(Storage.from_uri(str(tmp_path)), SimpleNamespace(kind="custom")) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        'ensembles not built: kind = "custom" outputs are the task\'s own, and caviar averages only class '
+        "probabilities or regression outputs; the best trial is the answer"]
