@@ -3,7 +3,9 @@ with a one-line message the CLI prints as ``caviar: error: ...`` (exit 2)."""
 
 from __future__ import annotations
 
+import difflib
 import signal
+from collections.abc import Iterable
 
 
 class CaviarError(Exception):
@@ -53,3 +55,9 @@ class SweepInterrupted(KeyboardInterrupt):
 
 class IllegalTransition(RuntimeError):
     """A trial asked to move between statuses its state machine does not allow (a bug, never user input)."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'trials'?"`` for a near miss of a known name; empty when none is near."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f"; did you mean '{close[0]}'?" if close else ""

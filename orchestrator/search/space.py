@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import SpaceError
+from orchestrator.errors import SpaceError, did_you_mean
 from orchestrator.search.conditions import Condition, condition_order, normalize_condition
 
 _INF = math.inf
@@ -417,7 +417,8 @@ class SearchSpace(Mapping[str, Any]):
         """A new space with some parameters replaced; unknown names are refused."""
         for name in params:
             if name not in self._params:
-                raise SpaceError(f"parameter '{name}': not in the search space (known: {', '.join(self._params)})")
+                raise SpaceError(f"parameter '{name}': not in the search space{did_you_mean(name, self._params)} "
+                                 f"(known: {', '.join(self._params)})")
         merged = {**self._params, **params}
         for name, value in merged.items():  # a narrowed parent choice narrows the conditions naming it
             if isinstance(value, Distribution) and value.when:

@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator.decide.fusing import FUSE_MODES
 from orchestrator.decide.pruning import PRUNERS
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, did_you_mean
 from orchestrator.search.sampler import SAMPLERS
 from orchestrator.search.stage_policy import STAGE_POLICIES
 
@@ -181,7 +181,8 @@ class RunSettings:
         known = {f.name for f in fields(self)}
         for key in overrides:
             if key not in known:
-                raise ConfigError(f"setting '{key}': unknown (known: {', '.join(sorted(known))})")
+                raise ConfigError(f"setting '{key}': unknown{did_you_mean(key, known)} "
+                                  f"(known: {', '.join(sorted(known))})")
         data = asdict(self)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return RunSettings(**data)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from orchestrator.errors import SpaceError
+from orchestrator.errors import ConfigError, SpaceError
 from orchestrator.search.sampler import sample_configs, trial_seed
 from orchestrator.search.space import (
     SearchSpace,
@@ -234,3 +234,14 @@ def test_to_unit_maps_inactive_parameters_to_nan():
     config = sample_configs(space, 1, seed=2)[0]
     units = dict(zip(space.searched, space.to_unit(config)))
     assert all(math.isnan(u) == (config[k] is None) for k, u in units.items())
+
+
+def test_a_near_miss_of_a_setting_or_parameter_name_is_named():
+    from orchestrator.spec.settings import RunSettings
+
+    with pytest.raises(ConfigError, match=r"^setting 'trails': unknown; did you mean 'trials'\? \(known: "):
+        RunSettings().merged({"trails": 8})
+    with pytest.raises(SpaceError, match=r"^parameter 'hiden': not in the search space; did you mean 'hidden'\? "):
+        SearchSpace({"lr": loguniform(1e-3, 1e-1), "hidden": 8}).replace(hiden=16)
+    with pytest.raises(SpaceError, match=r"^parameter 'depth': not in the search space \(known: lr, hidden\)"):
+        SearchSpace({"lr": loguniform(1e-3, 1e-1), "hidden": 8}).replace(depth=3)
