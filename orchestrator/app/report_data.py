@@ -169,7 +169,7 @@ def collect_warnings(data: SweepData) -> list[str]:
     out = []
     for e in data.events:
         if e["kind"] in EDGE_KINDS:
-            text = e["reason"] or json.loads(e["detail"] or "{}").get("message") or e["kind"]
+            text = json.loads(e["detail"] or "{}").get("message") or e["reason"] or e["kind"]  # an abort's whole line
             named = e["stage"] is None or text.startswith(f"stage {e['stage']}")  # edge lines name their stage
             where = "" if named else f"stage {e['stage']}: "
             out.append(f"{where}{text} ({e['kind'].replace('_', ' ')})")

@@ -412,8 +412,8 @@ class Controller:
         self._maybe_next_stage()
 
     def _check_failures(self) -> None:
-        if self._any_success:
-            return  # fail-fast only fires before the first success: no need to count again
+        if self._any_success or self.abort_reason:
+            return  # fail-fast fires once, and only before the first success
         statuses = Counter(t.status for t in self.trials.values())
         succeeded = sum(statuses[s] for s in SUCCEEDED)
         if succeeded > 0:

@@ -122,7 +122,12 @@ def test_when_the_first_trials_all_fail_the_sweep_stops_naming_the_most_common_e
     statuses = [t["status"] for t in tables.trials.to_pylist()]
     assert statuses.count("failed") >= 3 and "completed" not in statuses
     assert "pending" in statuses  # it stopped before trying them all
-    assert "sweep_aborted" in tables.events["kind"].to_pylist()
+    assert tables.events["kind"].to_pylist().count("sweep_aborted") == 1  # trials failing after it change nothing
+    assert result.aborted.startswith("the first 3 trials all failed")
+    from orchestrator.app.report_data import collect_warnings, read_sweep
+
+    # The report's warning is the whole line, not the event's one-word reason.
+    assert f"stage 1: {result.aborted} (sweep aborted)" in collect_warnings(read_sweep(result.path))
 
 
 def test_partial_failures_are_summarised_by_error_with_counts_and_trial_ids(ray_session, broken_task, tmp_path):

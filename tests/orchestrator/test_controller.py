@@ -93,6 +93,9 @@ def test_a_lost_trial_is_retried_then_failed_and_fail_fast_stops_the_sweep():
         c.on_report(Report(tid, ended=True, status="failed", reason="error", error="ValueError: bad"))
     assert c.abort_reason and "the first 3 trials all failed" in c.abort_reason
     assert c.next_assignment() is None  # nothing new starts once the sweep is stopping
+    c.on_report(Report(3, ended=True, status="failed", reason="error", error="ValueError: bad"))
+    assert "the first 3 trials all failed" in c.abort_reason  # a later failure changes neither line nor events
+    assert [e["kind"] for e in c.events].count("sweep_aborted") == 1
 
 
 def test_a_sweep_whose_every_trial_failed_stops_even_below_fail_fast():
