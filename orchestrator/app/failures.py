@@ -32,6 +32,18 @@ def error_key(error: str | None, reason: str | None) -> str:
     return f"{last} ({os.path.basename(user[-1][0])}:{user[-1][1]})" if user else last
 
 
+# Errors whose cure is known, and what to do (matched on the error line).
+HINTS = (
+    ("Expected more than 1 value per channel when training",
+     "batch norm met a training batch of one example: give your train loader drop_last=True"),
+    ("out of memory", "lower batch_size, or give each trial a larger GPU share (gpus_per_trial)"),
+)
+
+
+def hint_for(key: str) -> str | None:
+    return next((hint for text, hint in HINTS if text.lower() in key.lower()), None)
+
+
 def _ids(ids: list[int], shown: int = 8) -> str:
     text = ", ".join(str(i) for i in ids[:shown])
     return f"{text}, ... ({len(ids) - shown} more)" if len(ids) > shown else text
@@ -44,10 +56,12 @@ def error_summary(trials: Iterable[Mapping[str, Any]], top: int = 3) -> list[str
         if t.get("status") == "failed":
             groups.setdefault(error_key(t.get("error"), t.get("reason")), []).append(int(t["trial_id"]))
     ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), min(kv[1])))
-    lines = [
-        f"{len(ids)} failed: {key} (trial{'s' if len(ids) > 1 else ''} {_ids(sorted(ids))})"
-        for key, ids in ordered[:top]
-    ]
+    lines = []
+    for key, ids in ordered[:top]:
+        lines.append(f"{len(ids)} failed: {key} (trial{'s' if len(ids) > 1 else ''} {_ids(sorted(ids))})")
+        hint = hint_for(key)
+        if hint:
+            lines.append(f"  what to do: {hint}")
     if len(ordered) > top:
         rest = sum(len(ids) for _, ids in ordered[top:])
         lines.append(f"{rest} more failed with {len(ordered) - top} other errors")
