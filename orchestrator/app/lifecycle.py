@@ -303,7 +303,8 @@ def result_of(controller: Controller, name: str, uri: str, warnings: list[str], 
     best = controller.best()
     counts: dict[str, int] = {}
     for trial in controller.trials.values():
-        counts[trial.status] = counts.get(trial.status, 0) + 1
+        status = str(trial.status)  # plain strings: {"completed": 3} reads as it prints
+        counts[status] = counts.get(status, 0) + 1
     return SweepResult(
         name,
         uri,
