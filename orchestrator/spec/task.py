@@ -147,6 +147,10 @@ def load_task(ref: str) -> Task:
                 bool(getattr(ns, "standardize_targets", False)))
 
 
+# The reported columns whose better direction caviar knows; any other objective declares its mode.
+BUILTIN_OBJECTIVES = ("val_accuracy", "val_log_loss", "val_loss", "val_mse", "val_mae", "val_r2")
+
+
 def _contract_fields(ref: str, ns: Any) -> tuple[str | None, str | None, str | None]:
     """``kind``, ``objective`` and ``mode`` as declared, checked for what can be known without data."""
     kind = getattr(ns, "kind", None)
@@ -166,6 +170,10 @@ def _contract_fields(ref: str, ns: Any) -> tuple[str | None, str | None, str | N
     mode = getattr(ns, "mode", None)
     if mode is not None and mode not in MODES:
         raise TaskError(f"task {ref!r}: mode must be \"min\" or \"max\", got {mode!r}")
+    if objective is not None and mode is None and objective not in BUILTIN_OBJECTIVES:
+        # val_auroc, val_map, val_iou, val_kappa...: a name says nothing sure about which way is better
+        raise TaskError(f"task {ref!r}: objective {objective!r} is not one of caviar's own columns "
+                        f"({', '.join(BUILTIN_OBJECTIVES)}): declare mode = \"max\" or mode = \"min\"")
     classes = getattr(ns, "num_classes", None)
     if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 2):
         raise TaskError(f"task {ref!r}: num_classes must be an integer of 2 or more, got {classes!r}")

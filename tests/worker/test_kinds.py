@@ -110,7 +110,10 @@ def test_validate_task_refuses_in_one_line(tmp_path):
         validate_task(load_task(write_task(tmp_path, FLOAT_TARGETS + 'kind = "regression"\n')))
     with pytest.raises(TaskError, match="objective 'val_f1' is not a reported column"):
         validate_task(load_task(write_task(tmp_path, FLOAT_TARGETS + 'kind = "regression"\nobjective = "val_f1"\n'
-                                           "def build_model(config):\n    return nn.Linear(3, 1)\n")))
+                                           'mode = "max"\ndef build_model(config):\n    return nn.Linear(3, 1)\n')))
+    with pytest.raises(TaskError, match=r"objective 'val_auroc' is not one of caviar's own columns \(val_accuracy, "
+                                        r".*\): declare mode = \"max\" or mode = \"min\"$"):
+        load_task(write_task(tmp_path, FLOAT_TARGETS + 'kind = "regression"\nobjective = "val_auroc"\n'))
     with pytest.raises(TaskError, match='kind = "custom" needs loss_fn and metrics'):
         load_task(write_task(tmp_path, FLOAT_TARGETS + 'kind = "custom"\n'))
     assert validate_task(load_task(TINY_TASK)).num_classes == 3
