@@ -129,6 +129,31 @@ def test_missing_inputs_are_refused_naming_split_and_index_in_memory_and_streame
         prepare((Rows(x), Rows(x), Rows(bad)))
 
 
+def test_a_feature_constant_in_training_is_left_unscaled_in_memory_and_streamed():
+    # A flag that never fires in training but does in validation would be divided by a near-zero scale.
+    x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    x[:, 1] = 0.0
+    y = np.zeros(60, np.int64)
+    val = x.copy()
+    val[:5, 1] = 1.0
+
+    class Rows(Dataset):
+        def __init__(self, data):
+            self.data = torch.from_numpy(data)
+
+        def __len__(self):
+            return len(self.data)
+
+        def __getitem__(self, i):
+            return self.data[i], 0
+
+    for splits in (prepare(((x, y), (val, y), (x, y))), prepare((Rows(x), Rows(val), Rows(x)))):
+        assert splits.std.flatten()[1] == 1.0 and splits.mean.flatten()[1] == 0.0
+        got = splits.x_val[:5, 1] if splits.x_val is not None else splits.normalise(torch.from_numpy(val[:5]))[:, 1]
+        assert torch.equal(got, torch.ones(5))  # not 1e6
+        assert 0.5 < float(splits.std.flatten()[0]) < 2.0  # other features keep their own scale
+
+
 def test_a_pandas_frame_is_refused_with_what_to_give():
     pd = pytest.importorskip("pandas")
     x = pd.DataFrame(np.zeros((60, 3), np.float32))

@@ -17,7 +17,7 @@ import torch
 
 from orchestrator.errors import TaskError
 from worker.data.kinds import TargetKind, resolve_kind
-from worker.data.streams import Stream, is_stream, scan
+from worker.data.streams import Stream, is_stream, scan, usable_std
 
 SPLITS = ("train", "val", "test")
 
@@ -222,7 +222,7 @@ def input_statistics(x_train: torch.Tensor, normalize: bool, task_statistics: An
         return task_input_statistics(task_statistics, tuple(x_train.shape[1:]), x_train.dtype)
     x64 = x_train.double()
     mean = x64.mean(dim=0, keepdim=True)
-    std = x64.std(dim=0, keepdim=True).clamp_min(1e-6) if len(x64) > 1 else torch.ones_like(mean)
+    std = usable_std(x64.std(dim=0, keepdim=True), mean) if len(x64) > 1 else torch.ones_like(mean)
     return mean.to(x_train.dtype), std.to(x_train.dtype)
 
 

@@ -163,5 +163,16 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
     mean = total / count
     # The unbiased estimate, as torch.std on the in-memory path.
     var = (total_sq - count * mean * mean) / max(count - 1, 1)
-    std = var.clamp_min(0).sqrt().clamp_min(1e-6)
+    std = usable_std(var.clamp_min(0).sqrt(), mean)
     return y_all, mean.to(stream.input_dtype), std.to(stream.input_dtype)
+
+
+def usable_std(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """The scale of each input: 1 where the training split holds it constant (to float32 resolution).
+
+    A feature constant in training but not in validation (a rare flag, a border pixel) would otherwise be
+    divided by a near-zero scale and reach the model a million times too large; scikit-learn's
+    StandardScaler leaves such features unscaled the same way.
+    """
+    constant = std <= 1e-6 * mean.abs().clamp_min(1.0)
+    return torch.where(constant, torch.ones_like(std), std)
