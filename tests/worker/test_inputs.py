@@ -101,6 +101,19 @@ def test_targets_that_are_not_numbers_are_refused_in_one_line(y, said):
         prepare(((x, y), (x, np.zeros(60, np.int64)), (x, np.zeros(60, np.int64))))
 
 
+class Rows(Dataset):
+    """A float array streamed one row at a time, every target 0."""
+
+    def __init__(self, data):
+        self.data = torch.from_numpy(data)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i], 0
+
+
 def test_missing_inputs_are_refused_naming_split_and_index_in_memory_and_streamed():
     # One NaN would turn its whole column into NaN through the standardisation, and a NaN in val makes every
     # trial's validation loss NaN (all pruned as diverged): refused before any trial, naming where it is.
@@ -115,16 +128,6 @@ def test_missing_inputs_are_refused_naming_split_and_index_in_memory_and_streame
     with pytest.raises(TaskError, match=r"^load_data: val X contains inf \(at index \(5, 0\)\)"):
         prepare(((x, y), (infinite, y), (x, y)))
 
-    class Rows(Dataset):
-        def __init__(self, data):
-            self.data = torch.from_numpy(data)
-
-        def __len__(self):
-            return len(self.data)
-
-        def __getitem__(self, i):
-            return self.data[i], 0
-
     with pytest.raises(TaskError, match=r"^load_data: test X contains nan \(at index \(17, 2\)\)"):
         prepare((Rows(x), Rows(x), Rows(bad)))
 
@@ -136,16 +139,6 @@ def test_a_feature_constant_in_training_is_left_unscaled_in_memory_and_streamed(
     y = np.zeros(60, np.int64)
     val = x.copy()
     val[:5, 1] = 1.0
-
-    class Rows(Dataset):
-        def __init__(self, data):
-            self.data = torch.from_numpy(data)
-
-        def __len__(self):
-            return len(self.data)
-
-        def __getitem__(self, i):
-            return self.data[i], 0
 
     for splits in (prepare(((x, y), (val, y), (x, y))), prepare((Rows(x), Rows(val), Rows(x)))):
         assert splits.std.flatten()[1] == 1.0 and splits.mean.flatten()[1] == 0.0
