@@ -421,7 +421,8 @@ class Controller:
             return
         failed = statuses[TrialStatus.FAILED]
         # Fewer trials than fail_fast that all failed leave nothing to rank either: the sweep stops the same way.
-        all_failed = failed > 0 and not self.pending and not self.any_running
+        # (Not when some were interrupted or wait to run: a resume goes on with those.)
+        all_failed = 0 < failed == len(self.trials)
         if failed >= self.options.fail_fast or all_failed:
             errors = Counter(
                 (t.error or "").strip().splitlines()[-1] if t.error else (t.reason or "?")
@@ -429,7 +430,7 @@ class Controller:
                 if t.status == TrialStatus.FAILED
             )
             common, count = errors.most_common(1)[0]
-            which = f"the first {failed} trials all" if self.pending or self.any_running else f"all {failed} trials"
+            which = f"all {failed} trials" if all_failed else f"the first {failed} trials all"
             self.abort_reason = f"{which} failed; most common error ({count}x): {common}"
             self.event("sweep_aborted", reason="failures", detail={"message": self.abort_reason})
 

@@ -107,6 +107,14 @@ def test_a_sweep_whose_every_trial_failed_stops_even_below_fail_fast():
     c.on_report(Report(3, ended=True, status="failed", reason="error", error="ValueError: bad"))
     assert c.abort_reason == "all 4 trials failed; most common error (4x): ValueError: bad"
     assert [e["kind"] for e in c.events][-1] == "sweep_aborted" and c.finished
+    # Failed and interrupted ones only: a resume goes on with the interrupted, so the sweep is not stopped.
+    c = controller("3x2", fail_fast=5)
+    start_all(c)
+    for tid in (0, 1):
+        c.on_report(Report(tid, ended=True, status="failed", reason="error", error="ValueError: bad"))
+    c.interrupt_running()
+    c.settle()
+    assert not c.abort_reason
 
 
 def test_statuses_move_only_along_legal_transitions():

@@ -172,7 +172,8 @@ def _check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task
         if outputs.shape[1] < (kind.num_classes or 0):
             raise TaskError(f"the model outputs {outputs.shape[1]} scores per example but the targets have "
                             f"{kind.num_classes} classes")
-        if outputs.shape[1] > (kind.num_classes or 0) and not kind.soft:  # predictions and ensembles need one width
+        wide = outputs.shape[1] > (kind.num_classes or 0) and not kind.soft and task.get("loss_fn") is None
+        if wide:  # predictions and ensembles need one width (a task's own loss_fn may use extra outputs)
             c, w = kind.num_classes or 0, outputs.shape[1]
             raise TaskError(f"the model outputs {w} scores per example but the targets hold {c} classes (0-{c - 1}); "
                             f"give the model {c} outputs, or declare num_classes = {w} in the task if classes "
