@@ -48,14 +48,17 @@ def validate_task(task: Task, config: Mapping[str, Any] | None = None, settings:
     """
     splits = prepare_task_data(task)
     config = dict(config) if config is not None else sampled_config(task)
-    check_config(task, splits, config)
+    model = check_config(task, splits, config)
     if settings is not None:
         warn_if_large(splits, settings, ema=bool(config.get("ema_decay")))
+    warn_if_single_batches(model, splits, [config])
     return splits
 
 
-def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> None:
-    """One model built from ``config``; one forward pass and the loss on a training batch; the objective on val."""
+def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch.nn.Module:
+    """One model built from ``config``; one forward pass and the loss on a training batch; the objective on val.
+
+    Returns the model it built."""
     kind = splits.target_kind
     torch.manual_seed(0)
     try:
@@ -97,6 +100,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> None:
     row: dict[str, Any] = {"val_loss": values["val_loss"], "val_accuracy": values.get("val_accuracy"),
                            "metrics": {k: v for k, v in values.items() if k not in ("val_loss", "val_accuracy")}}
     score_of({k: v for k, v in row.items() if v is not None}, objective, mode)  # names the reported columns if absent
+    return model
 
 
 def _dtype_mismatch(model: torch.nn.Module, x: torch.Tensor) -> str | None:
