@@ -39,6 +39,9 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any]) -> str | 
         margin = max(MARGIN, 2.0 * math.sqrt(share * (1.0 - share) / len(labels)))
         if best > share + margin:
             return None
+        if share + margin >= 1.0:  # not even a perfect score would stand out: the split is the problem
+            return (f"{len(labels)} val examples cannot tell a trial that learned from always predicting class {label} "
+                    f"({share:.3f} of them): give the validation split more examples")
         return (f"no trial did clearly better than always predicting class {label} (the most frequent: {share:.3f} of "
                 f"{len(labels)} val examples): the best val accuracy is {best:.3f}; check the ranges (the learning "
                 "rate first) and the data")

@@ -24,6 +24,10 @@ def test_a_classifier_no_better_than_the_most_frequent_class_is_named():
     many = [0] * 28_000 + [1] * 24_000 + [2] * 24_000 + [3] * 24_000
     assert nothing_learned(trials((0.31, 1.3)), {"y_val": many}) is None
     assert nothing_learned(trials((float("nan"), None)), {"y_val": labels}) is None  # nothing to judge
+    # Two val examples: even a perfect score says nothing, and the message says why.
+    assert nothing_learned(trials((1.0, 0.3)), {"y_val": [1, 0]}) == (
+        "2 val examples cannot tell a trial that learned from always predicting class 1 (0.500 of them): give the "
+        "validation split more examples")
 
 
 def test_a_regressor_no_better_than_the_training_mean_is_named():
