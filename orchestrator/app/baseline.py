@@ -52,7 +52,20 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any]) -> str | 
     if not losses or min(losses) < (1.0 - MARGIN) * baseline:
         return None
     return (f"no trial beat predicting the training mean (val loss {baseline:.4g}): the best val loss is "
-            f"{min(losses):.4g}; check the ranges (the learning rate first) and the data")
+            f"{min(losses):.4g}; check the ranges (the learning rate first) and the data{_scale_hint(dataset)}")
+
+
+def _scale_hint(dataset: Mapping[str, Any]) -> str:
+    """Targets far from unit scale that were not standardised: the usual reason a regressor learns nothing."""
+    values = [v for v in dataset.get("y_val_values") or [] if _finite(v)]
+    if dataset.get("target_std") is not None or len(values) < 2:
+        return ""
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    if max(abs(mean), sd) < 10.0:
+        return ""
+    return (f"; the targets (val mean {mean:.3g}, sd {sd:.3g}) are trained on as they are: set "
+            "standardize_targets = True")
 
 
 def stored_dataset(sweep: Storage) -> dict[str, Any]:

@@ -36,6 +36,12 @@ def test_a_regressor_no_better_than_the_training_mean_is_named():
         "no trial beat predicting the training mean (val loss 10): the best val loss is 9.9; check the ranges (the "
         "learning rate first) and the data")
     assert nothing_learned(trials((None, 9.7)), dataset) is None
+    # Targets in the hundreds of thousands, not standardised: the line says what usually fixes it.
+    prices = {"baseline_val_loss": 7.3e9, "y_val_values": [300_000.0, 380_000.0, 220_000.0], "target_std": None}
+    assert nothing_learned(trials((None, 9.3e10)), prices).endswith(
+        "and the data; the targets (val mean 3e+05, sd 8e+04) are trained on as they are: set standardize_targets = "
+        "True")
+    assert "standardize_targets" not in nothing_learned(trials((None, 9.3e10)), {**prices, "target_std": [8e4]})
     assert nothing_learned(trials((None, 9.9)), {"baseline_val_loss": None}) is None  # a custom loss: no baseline
     assert nothing_learned(trials((None, math.inf)), dataset) is None
     assert nothing_learned([], {}) is None
