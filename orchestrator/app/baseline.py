@@ -14,9 +14,6 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from orchestrator.store import schema
-from orchestrator.store.storage import Storage
-
 MARGIN = 0.02  # as the pruners' not-learning rule: accuracy points, or a share of the baseline loss
 
 
@@ -66,14 +63,6 @@ def _scale_hint(dataset: Mapping[str, Any]) -> str:
         return ""
     return (f"; the targets (val mean {mean:.3g}, sd {sd:.3g}) are trained on as they are: set "
             "standardize_targets = True")
-
-
-def stored_dataset(sweep: Storage) -> dict[str, Any]:
-    """The dataset table's row; empty when no trial wrote it (nothing finished, or no predictions stored)."""
-    if not sweep.exists(schema.DATASET_PATH):
-        return {}
-    rows = sweep.read_table(schema.DATASET_PATH).to_pylist()
-    return rows[0] if rows else {}
 
 
 def _finite(value: Any) -> bool:

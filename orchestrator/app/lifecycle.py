@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from orchestrator.app.baseline import nothing_learned, stored_dataset
+from orchestrator.app.baseline import nothing_learned
 from orchestrator.app.prefetch import DataPrefetch, chain_ticks
 from orchestrator.app.tables import SweepTables, load
 from orchestrator.decide import interrupt
@@ -42,6 +42,7 @@ from orchestrator.search.stage_policy import STAGE_POLICIES, StagePolicyChoice, 
 from orchestrator.search.stages import Stage, default_plan, parse_plan, stage_grace_epochs
 from orchestrator.spec.settings import RunSettings, ray_joined, read_toml
 from orchestrator.spec.task import Task, fusing_limits
+from orchestrator.store import schema
 from orchestrator.store.storage import Storage, redact_uri
 
 log = logging.getLogger("caviar")
@@ -276,7 +277,7 @@ def finish_sweep(
 ) -> SweepResult:
     """After the trials: edge warnings, the last writes, ensembles; the result (shared by run and resume)."""
     warnings = controller.final_edge_warnings()
-    nothing = nothing_learned(controller.trials.values(), stored_dataset(sweep))
+    nothing = nothing_learned(controller.trials.values(), schema.read_dataset_row(sweep))
     if nothing:
         controller.event("no_trial_learned", reason=nothing)
         warnings.append(nothing)

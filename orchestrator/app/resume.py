@@ -105,11 +105,7 @@ def read_record(storage: Storage) -> SweepRecord:
         last_attempt[tid] = max(attempt, last_attempt.get(tid, -1))
     event_parts = storage.list_files("events")
     events = _rows(schema.read_events(storage))
-    dataset: dict[str, Any] = {}
-    if storage.exists(schema.DATASET_PATH):  # a sweep from before a column was added lacks it: None
-        table = storage.read_table(schema.DATASET_PATH)
-        dataset = {name: table[name][0].as_py() for name in ("num_classes", "baseline_val_loss")
-                   if name in table.column_names}
+    dataset = schema.read_dataset_row(storage)  # a column a sweep from before it lacks reads as None
     return SweepRecord(
         sweep[0], stages, trials, _rows(schema.effective_metrics(raw)), last_attempt, events, event_parts,
         dataset.get("num_classes"), dataset.get("baseline_val_loss"),

@@ -95,11 +95,11 @@ ObjectiveFor = Callable[["Dataset"], "Objective | None"]
 
 
 def read_dataset(storage: Storage) -> Dataset:
-    if not storage.exists(schema.DATASET_PATH):
+    row = schema.read_dataset_row(storage)
+    if not row:
         raise StorageError(f"{storage.path(schema.DATASET_PATH)}: no such file (no trial of this sweep stored "
                            "predictions: none finished, the task's kind is \"custom\", or prediction_dtype is "
                            "\"none\"; ensembles average stored predictions)")
-    row = storage.read_table(schema.DATASET_PATH).to_pylist()[0]
     shape = tuple(row["input_shape"])
     extra = {"input_dtype": row.get("input_dtype") or "float32", "objective": row.get("objective"),
              "mode": row.get("mode")}

@@ -417,3 +417,12 @@ def read_events(storage: Storage) -> pa.Table:
     seqs = table["seq"].to_numpy()
     keep = np.concatenate([[True], seqs[1:] != seqs[:-1]])
     return table.filter(pa.array(keep))
+
+
+def read_dataset_row(storage: Storage) -> dict[str, Any]:
+    """``dataset/dataset.parquet``'s one row, columns a sweep from before them lacks left out; empty when no trial
+    wrote it (none finished, a custom kind, or no predictions stored)."""
+    if not storage.exists(DATASET_PATH):
+        return {}
+    rows = storage.read_table(DATASET_PATH).to_pylist()
+    return rows[0] if rows else {}

@@ -53,7 +53,7 @@ from worker.arrays.fused_diagnostics import (
     stack_captures,
 )
 from worker.data.kinds import TargetKind, loss_function, objective_and_mode
-from worker.data.splits import Splits, has_batch_norm, single_last_batch
+from worker.data.splits import Splits, skips_single_batch
 from worker.data.streams import Stream
 from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
 from worker.train.ema import ema_decay_at
@@ -509,7 +509,7 @@ class FusedArray:
         orders = torch.stack([torch.randperm(len(s.x_train), generator=m.generator) for m in self.members]).to(dev)
         xs, ys = s.x_train[orders], s.y_train[orders]  # [K, N, ...]: each member's epoch in its own order
         n_total = len(s.x_train)
-        if single_last_batch(n_total, self.batch_size) and has_batch_norm(self.plain_model()):
+        if skips_single_batch(self.plain_model(), s, self.batch_size):
             n_total -= 1  # as TrialRun: batch norm cannot train on a last batch of one example
         n_batches = math.ceil(n_total / self.batch_size)
         zeros = torch.zeros(k, dtype=torch.float64, device=dev)

@@ -20,7 +20,7 @@ from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution
 from orchestrator.spec.task import Task
 from worker.data.kinds import loss_function, match_targets, objective_and_mode, score_of
-from worker.data.splits import Splits, has_batch_norm, prepare_task_data, single_last_batch
+from worker.data.splits import Splits, prepare_task_data, skips_single_batch
 from worker.train.optim import setting
 from worker.train.trainer import evaluate_split
 
@@ -155,12 +155,10 @@ def warn_if_single_batches(model: torch.nn.Module, splits: Splits, configs: Sequ
     The batch sizes named are those of ``configs`` (the first stage's); a later stage's other sizes follow the same
     rule. A task's own loader functions own their last batch: nothing is skipped there, so nothing is said.
     """
-    streams = splits.streams
-    if streams and streams["train"].make_loader is not None:
-        return []
     n = splits.n_train
-    sizes = sorted({b for b in (int(setting(c, "batch_size", 64)) for c in configs) if single_last_batch(n, b)})
-    if sizes and has_batch_norm(model):
+    sizes = sorted({b for b in (int(setting(c, "batch_size", 64)) for c in configs)
+                    if skips_single_batch(model, splits, b)})
+    if sizes:
         log.warning("load_data: the train split has %d examples, so at batch_size %s an epoch's last batch holds one "
                     "example, which batch norm cannot train on: trials leave it out of each epoch (a different "
                     "example each time, as DataLoader's drop_last)", n, ", ".join(map(str, sizes)))

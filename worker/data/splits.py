@@ -17,7 +17,7 @@ import torch
 
 from orchestrator.errors import TaskError
 from worker.data.kinds import TargetKind, resolve_kind
-from worker.data.streams import Stream, is_stream, scan, usable_std
+from worker.data.streams import Stream, check_finite_inputs, is_stream, scan, usable_std
 
 SPLITS = ("train", "val", "test")
 
@@ -189,19 +189,6 @@ def check_input_dtypes(dtypes: Mapping[str, torch.dtype]) -> None:
         raise TaskError(f"load_data: the splits' inputs differ in dtype ({listed}); give every split the same dtype")
 
 
-def check_finite_inputs(x: torch.Tensor, split: str) -> None:
-    """NaN or inf in the inputs would spread through the standardisation and every loss: refused, naming where."""
-    if not x.is_floating_point():
-        return
-    finite = torch.isfinite(x)
-    if bool(finite.all()):
-        return
-    where = (~finite).nonzero()[0].tolist()
-    value = x[tuple(where)].item()
-    raise TaskError(f"load_data: {split} X contains {value} (at index {tuple(where)}); every input must be finite: "
-                    "fill or drop missing values before load_data returns")
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -317,6 +304,13 @@ def batches(
 def single_last_batch(n_train: int | None, batch_size: int) -> bool:
     """Whether an epoch's last batch holds one example (``n_train = k * batch_size + 1``, k >= 1)."""
     return n_train is not None and batch_size > 1 and n_train > batch_size and n_train % batch_size == 1
+
+
+def skips_single_batch(model: torch.nn.Module, splits: Splits, batch_size: int) -> bool:
+    """Whether a trial of ``model`` at ``batch_size`` leaves its epoch's one-example last batch out (batch norm
+    cannot train on it). A task's own loader functions own their last batch: never then."""
+    own_loader = bool(splits.streams) and splits.streams["train"].make_loader is not None
+    return not own_loader and single_last_batch(splits.n_train, batch_size) and has_batch_norm(model)
 
 
 def has_batch_norm(model: torch.nn.Module) -> bool:

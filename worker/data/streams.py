@@ -141,11 +141,7 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
             raise TaskError(f"load_data: the {stream.name} Dataset gives inputs of dtype "
                             f"{str(stream.input_dtype).removeprefix('torch.')} and "
                             f"{str(x.dtype).removeprefix('torch.')}; give one dtype")
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):  # as the in-memory path refuses
-            where = (~torch.isfinite(x)).nonzero()[0].tolist()
-            value, where[0] = x[tuple(where)].item(), where[0] + count
-            raise TaskError(f"load_data: {stream.name} X contains {value} (at index {tuple(where)}); every input must "
-                            "be finite: fill or drop missing values in the Dataset")
+        check_finite_inputs(x, stream.name, first_row=count)
         targets.append(y)
         count += len(x)
         if statistics and x.is_floating_point():  # integer inputs (token ids) are never standardised
@@ -176,3 +172,19 @@ def usable_std(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """
     constant = std <= 1e-6 * mean.abs().clamp_min(1.0)
     return torch.where(constant, torch.ones_like(std), std)
+
+
+def check_finite_inputs(x: torch.Tensor, split: str, first_row: int = 0) -> None:
+    """NaN or inf in the inputs would spread through the standardisation and every loss: refused, naming where.
+
+    ``first_row``: the split's index of ``x``'s first row (a streamed batch)."""
+    if not x.is_floating_point():
+        return
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return
+    where = (~finite).nonzero()[0].tolist()
+    value = x[tuple(where)].item()
+    where[0] += first_row
+    raise TaskError(f"load_data: {split} X contains {value} (at index {tuple(where)}); every input must be finite: "
+                    "fill or drop missing values before load_data returns")

@@ -67,10 +67,12 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
 
 
 def write_dataset(storage: Storage, splits: Splits, objective: str | None = None, mode: str | None = None,
-                  baseline: float | None = None) -> None:
-    """The sweep's val/test labels, input standardisation and objective; once per process and storage."""
+                  task: Any = None) -> None:
+    """The sweep's val/test labels, input standardisation, objective and (regression, ``task`` given) chance loss;
+    once per process and storage."""
     if storage.uri in _dataset_written:
         return
+    baseline = None if task is None else baseline_val_loss(task, splits.target_kind, splits.y_train, splits.y_val)
     storage.write_table(schema.DATASET_PATH,
                         schema.to_table([dataset_row(splits, objective, mode, baseline)], schema.DATASET))
     _dataset_written.add(storage.uri)
@@ -135,10 +137,7 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
     if not rows:
         storage.delete(rel)  # a retried trial's earlier file would describe checkpoints that are gone
         return 0
-    if storage.uri not in _dataset_written:
-        s = run.splits
-        write_dataset(storage, s, run.objective, run.mode,
-                      baseline_val_loss(run.task, s.target_kind, s.y_train, s.y_val))
+    write_dataset(storage, run.splits, run.objective, run.mode, run.task)
     if classification:
         table = predictions_table(rows, width, dtype)
     else:

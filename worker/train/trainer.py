@@ -17,7 +17,7 @@ import torch
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
 from worker.data.kinds import TargetKind, loss_function, objective_and_mode, score_of, split_metrics
-from worker.data.splits import Splits, batches, has_batch_norm, single_last_batch
+from worker.data.splits import Splits, batches, skips_single_batch
 from worker.data.streams import Stream
 from worker.train.diagnostics import Diagnostics, DiagnosticsOptions
 from worker.train.ema import EmaWeights
@@ -137,9 +137,7 @@ class TrialRun:
         self.batch_size = int(setting(config, "batch_size", 64))
         # Batch norm cannot train on one example (torch raises): a last batch of one is left out of each epoch, a
         # different example each time, as DataLoader's drop_last would. The contract check says so before the sweep.
-        own_loader = bool(splits.streams) and splits.streams["train"].make_loader is not None
-        self.skip_single = (not own_loader and single_last_batch(splits.n_train, self.batch_size)
-                            and has_batch_norm(self.model))
+        self.skip_single = skips_single_batch(self.model, splits, self.batch_size)
         self.grad_clip = float(setting(config, "grad_clip", math.inf))
         self.generator = torch.Generator().manual_seed(spec.seed)
         self.train_loader: Any = None  # streamed data: made on first use, kept for the trial
