@@ -16,7 +16,7 @@ STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 def check(
     task: TaskArg,
     config: Annotated[str | None, typer.Option(
-        help="TOML file with [run] and [space], as for 'caviar run --config': its ranges are the ones checked.")]
+        help=r"TOML file with \[run] and \[space], as for 'caviar run --config': its ranges are the ones checked.")]
     = None,
     params: Annotated[str, typer.Option(
         help="Config to check: 'midpoint' of every range, 'sample', or a JSON object of values.")] = "midpoint",

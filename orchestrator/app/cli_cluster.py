@@ -48,7 +48,7 @@ def submit(
     stages: Annotated[int | None, typer.Option(help="Stages in the derived plan; 1 = plain random search.")] = None,
     slots: Annotated[int | None, typer.Option(help="Trials trained at once (default: what the cluster fits).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sweep seed.")] = None,
-    config: Annotated[str | None, typer.Option(help="TOML [run]/[space] file inside the task's folder.")] = None,
+    config: Annotated[str | None, typer.Option(help=r"TOML \[run]/\[space] file inside the task's folder.")] = None,
     pruner: Annotated[str | None, typer.Option(help=f"{PRUNER_NAMES}.")] = None,
     sampler: Annotated[str | None, typer.Option(help="random, sobol or lhs.")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs each trial holds.")] = None,

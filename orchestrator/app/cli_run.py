@@ -42,7 +42,7 @@ def run(
         int | None, typer.Option(help="Sweep seed: fixes the first stage and each trial's torch seed (README: Reruns).")
     ] = None,
     config: Annotated[
-        str | None, typer.Option("--config", help="TOML file with [run] settings and [space] ranges.")
+        str | None, typer.Option("--config", help=r"TOML file with \[run] settings and \[space] ranges.")
     ] = None,
     pruner: Annotated[str | None, typer.Option(help=f"{PRUNER_NAMES}.")] = None,
     sampler: Annotated[str | None, typer.Option(help=f"{SAMPLER_NAMES}.")] = None,

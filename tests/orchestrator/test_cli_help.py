@@ -1,0 +1,26 @@
+"""Every ``caviar VERB --help`` prints its options' texts as written: TOML table names survive Rich markup."""
+
+from __future__ import annotations
+
+import re
+
+import typer
+from typer.testing import CliRunner
+
+from orchestrator.app.cli import app
+
+BRACKETED = re.compile(r"\[[A-Za-z_./]+\]")
+
+
+def test_every_bracketed_word_in_a_help_text_reaches_the_printed_help():
+    group = typer.main.get_command(app)
+    runner = CliRunner()
+    checked = 0
+    for name, command in group.commands.items():
+        printed = runner.invoke(app, [name, "--help"], env={"COLUMNS": "200"}).output
+        for param in command.params:
+            written = (getattr(param, "help", None) or "").replace("\\[", "[")
+            for word in BRACKETED.findall(written):
+                assert word in printed, f"caviar {name} --help lost {word!r} from --{param.name}'s help"
+                checked += 1
+    assert checked >= 3  # run, check and submit name [run] and [space]
