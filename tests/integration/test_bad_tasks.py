@@ -86,8 +86,30 @@ CASES = [
     BadTask(
         "too_few_outputs",
         TINY_DATA + "\ndef build_model(config):\n    return nn.Linear(4, 2)\n",
-        "the model's forward pass or loss_fn: the model outputs 2 scores per example but the targets have 3 classes"
+        "the model's forward pass or loss_fn: the model outputs 2 scores per example but the targets have 3 classes:"
+        ' give the model 3 outputs, one per class, or declare kind = "custom" with your own loss_fn and metrics'
         " (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
+        "one_logit_for_two_classes",  # a sigmoid head with the user's binary cross-entropy
+        "\ndef load_data():\n    return [(x, (y > 0).astype(np.int64)) for x, y in tiny_task.load_data()]\n"
+        "\ndef build_model(config):\n    return nn.Linear(4, 1)\n"
+        "\ndef loss_fn(out, y):\n"
+        "    return nn.functional.binary_cross_entropy_with_logits(out.squeeze(1), y.float())\n",
+        "the model's forward pass or loss_fn: the model outputs 1 score per example but the targets have 2 classes:"
+        " give the model 2 outputs, one per class (softmax cross-entropy over 2 scores is a sigmoid with binary"
+        ' cross-entropy), or declare kind = "custom" with your own loss_fn and metrics'
+        " (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
+        "loss_broadcasts_outputs_against_targets",  # (N, 1) against (N,): torch warns and returns an (N, N) mean
+        "\nkind = 'regression'\n"
+        "\ndef load_data():\n    return [(x, x.sum(1)) for x, _ in tiny_task.load_data()]\n"
+        "\ndef build_model(config):\n    return nn.Linear(4, 1)\n"
+        "\ndef loss_fn(out, y):\n    return nn.functional.mse_loss(out, y)\n",
+        "loss_fn: outputs (32, 1) and targets (32,) broadcast to (32, 32), so the loss compares every output with"
+        " every target (torch warns and goes on); give them one shape in loss_fn, e.g. outputs.squeeze(1) or"
+        " targets.reshape(-1, 1) (on each of the sweep's first 4 configs)",
     ),
     BadTask(
         "wrong_input_width",

@@ -65,7 +65,8 @@ def _refuse(task: Task, piece: str, exc: BaseException) -> TaskError:
         if exc.__cause__ is not None:  # caviar wrapped the user's exception: name that one, where it was raised
             return TaskError(f"task {task.ref!r}: {piece} raised {describe(exc.__cause__)}")
         text = str(exc)  # caviar's own check: its message names what is wrong
-        named = text.startswith((piece, "load_data:"))  # e.g. inputs of another dtype than the model: the data
+        # e.g. inputs of another dtype than the model: the data; outputs that broadcast against targets: the loss
+        named = text.startswith((piece, "load_data:", "loss_fn:"))
         return TaskError(f"task {task.ref!r}: {text if named else f'{piece}: {text}'}")
     return TaskError(f"task {task.ref!r}: {piece} raised {describe(exc)}")
 

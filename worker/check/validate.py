@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -83,12 +84,15 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
         raise TaskError(f"the model must return a tensor, got {type(outputs).__name__}")
     _check_outputs(kind, outputs, yb, task)
     try:
-        loss = loss_fn(outputs, yb)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss = loss_fn(outputs, yb)
     except TaskError:
         raise
     except Exception as exc:
         raise TaskError(f"loss_fn raised {type(exc).__name__} on one batch (outputs {tuple(outputs.shape)}, targets "
                         f"{tuple(yb.shape)}): {_one_line(exc)}") from exc
+    _refuse_broadcast(caught, outputs, yb)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise TaskError("loss_fn must return a scalar tensor (the batch's mean loss)")
     if not math.isfinite(float(loss.detach())):
@@ -101,6 +105,21 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
                            "metrics": {k: v for k, v in values.items() if k not in ("val_loss", "val_accuracy")}}
     score_of({k: v for k, v in row.items() if v is not None}, objective, mode)  # names the reported columns if absent
     return model
+
+
+def _refuse_broadcast(caught: Sequence[warnings.WarningMessage], outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """torch's losses warn, and go on, when outputs and targets broadcast (``(N, 1)`` against ``(N,)``
+    gives ``(N, N)``): every trial would train on a wrong loss and report it. Other warnings pass on as they were."""
+    for w in caught:
+        if "broadcasting" in str(w.message) and "size" in str(w.message):
+            try:
+                into = f" to {tuple(torch.broadcast_shapes(outputs.shape, targets.shape))}"
+            except RuntimeError:
+                into = ""
+            raise TaskError(f"loss_fn: outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} broadcast"
+                            f"{into}, so the loss compares every output with every target (torch warns and goes on); "
+                            "give them one shape in loss_fn, e.g. outputs.squeeze(1) or targets.reshape(-1, 1)")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _dtype_mismatch(model: torch.nn.Module, x: torch.Tensor) -> str | None:
@@ -172,8 +191,11 @@ def _check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task
             raise TaskError(f"the model outputs shape {tuple(outputs.shape)}; classification needs one score per "
                             f"class, shape (batch, {kind.num_classes})")
         if outputs.shape[1] < (kind.num_classes or 0):
-            raise TaskError(f"the model outputs {outputs.shape[1]} scores per example but the targets have "
-                            f"{kind.num_classes} classes")
+            c = kind.num_classes
+            binary = " (softmax cross-entropy over 2 scores is a sigmoid with binary cross-entropy)" if c == 2 else ""
+            raise TaskError(f"the model outputs {outputs.shape[1]} score{'s' if outputs.shape[1] != 1 else ''} per "
+                            f"example but the targets have {c} classes: give the model {c} outputs, one per "
+                            f"class{binary}, or declare kind = \"custom\" with your own loss_fn and metrics")
         wide = outputs.shape[1] > (kind.num_classes or 0) and not kind.soft and task.get("loss_fn") is None
         if wide:  # predictions and ensembles need one width (a task's own loss_fn may use extra outputs)
             c, w = kind.num_classes or 0, outputs.shape[1]
