@@ -101,6 +101,14 @@ def test_targets_that_are_not_numbers_are_refused_in_one_line(y, said):
         prepare(((x, y), (x, np.zeros(60, np.int64)), (x, np.zeros(60, np.int64))))
 
 
+def test_several_inputs_for_one_model_are_refused_with_what_to_give():
+    # A model taking (features, category ids): np.asarray would make a ragged object array, so the hint differs.
+    x, ids, y = np.zeros((60, 3), np.float32), np.zeros(60, np.int64), np.zeros(60, np.int64)
+    with pytest.raises(TaskError, match=r"^load_data: train X must be a numpy array or tensor, got tuple; several "
+                                        r"inputs \(2 arrays\) are not taken: .*np.concatenate along axis 1"):
+        prepare((((x, ids), y), (x, y), (x, y)))
+
+
 class Rows(Dataset):
     """A float array streamed one row at a time, every target 0."""
 
