@@ -27,6 +27,7 @@ import torch
 
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
+from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.validate import check_config, warn_if_large, warn_if_single_batches
 from worker.data.splits import Splits, prepare_task_data
 from worker.train.trainer import TrialRun, TrialSpec
@@ -89,6 +90,7 @@ def _try_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> TrialR
 def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings: Any = None) -> Splits:
     """Refuse, with one line, a task whose data, model or loss cannot train; returns the prepared splits."""
     splits = load_splits(task)
+    warn_if_splits_share_examples(splits)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one batch: threads would only spin-wait on each other
     first: BaseException | None = None

@@ -20,6 +20,7 @@ import torch
 from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution
 from orchestrator.spec.task import Task
+from worker.check.overlap import warn_if_splits_share_examples
 from worker.data.kinds import loss_function, match_targets, objective_and_mode, score_of
 from worker.data.splits import Splits, prepare_task_data, skips_single_batch
 from worker.train.optim import setting
@@ -48,6 +49,7 @@ def validate_task(task: Task, config: Mapping[str, Any] | None = None, settings:
     for ensembles would be large (see :func:`prediction_bytes`).
     """
     splits = prepare_task_data(task)
+    warn_if_splits_share_examples(splits)
     config = dict(config) if config is not None else sampled_config(task)
     model = check_config(task, splits, config)
     if settings is not None:

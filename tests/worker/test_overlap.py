@@ -1,0 +1,77 @@
+"""Examples shared between splits are named in one warning line before the sweep (worker/check/overlap.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.worker.test_inputs import plain_task
+from worker.check import overlap
+from worker.check.contract import validate_contract
+from worker.check.overlap import row_hashes, shared_examples
+from worker.data.splits import prepare
+
+
+def blobs(n: int, seed: int, width: int = 5, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, width)).astype(dtype), rng.integers(0, 2, n)
+
+
+def test_rows_hash_equal_exactly_when_their_bytes_are_equal():
+    x = np.random.default_rng(0).normal(size=(20_000, 7)).astype(np.float32)  # 28 bytes a row: padded to 32
+    hashes = row_hashes(x)
+    assert len(np.unique(hashes)) == len(x)
+    assert np.array_equal(row_hashes(x[::-1].copy()), hashes[::-1])
+    changed = x.copy()
+    changed[5, 6] = np.nextafter(changed[5, 6], np.float32(np.inf))  # one bit of one value
+    assert (row_hashes(changed) != hashes).sum() == 1
+    images = np.random.default_rng(1).integers(0, 256, size=(50, 1, 3, 3), dtype=np.uint8)  # 9 bytes a row
+    assert np.array_equal(row_hashes(torch.from_numpy(images)), row_hashes(images))
+
+
+def test_hashing_in_blocks_gives_the_hashes_of_one_pass(monkeypatch):
+    x = np.random.default_rng(2).normal(size=(1000, 13)).astype(np.float64)
+    whole = row_hashes(x)
+    monkeypatch.setattr(overlap, "_BLOCK_BYTES", 13 * 8 * 7)  # 7 rows a block
+    assert np.array_equal(row_hashes(x), whole)
+
+
+def test_the_same_examples_as_val_and_test_are_named():
+    train, held = blobs(300, 0), blobs(100, 1)
+    assert shared_examples(prepare((train, held, held))) == ["val and test hold the same 100 examples"]
+    shuffled = (held[0][::-1].copy(), held[1][::-1].copy())  # the same rows in another order
+    assert shared_examples(prepare((train, held, shuffled))) == ["val and test hold the same 100 examples"]
+
+
+def test_test_rows_from_train_are_counted_from_one_percent():
+    (xt, yt), val = blobs(300, 0), blobs(100, 1)
+    xs, ys = blobs(200, 2)
+    leaky = (np.concatenate([xs[:190], xt[:10]]), ys)  # 10 of 200 test rows are training rows: 5%
+    assert shared_examples(prepare(((xt, yt), val, leaky))) == ["10 of 200 test examples (5%) are also in train"]
+    one = (np.concatenate([xs[:199], xt[:1]]), ys)  # one row in 200: the data's own duplicate, not a leak
+    assert shared_examples(prepare(((xt, yt), val, one))) == []
+    assert shared_examples(prepare(((xt, yt), val, (xs, ys)))) == []
+    val_leak = (np.concatenate([val[0][:80], xt[:20]]), val[1])
+    said = shared_examples(prepare(((xt, yt), val_leak, (xs, ys))))
+    assert said == ["20 of 100 val examples (20%) are also in train"]
+
+
+def test_the_contract_check_warns_once_in_one_line_and_goes_on(caplog):
+    train, held = blobs(300, 0), blobs(100, 1)
+    task = plain_task(lambda config: nn.Linear(5, 2), load_data=lambda: (train, held, held))
+    with caplog.at_level("WARNING", logger="caviar"):
+        splits = validate_contract(task, [{"lr": 0.05, "batch_size": 16, "optimizer": "adam"}])
+    assert splits.x_test is not None
+    [record] = [r for r in caplog.records if "val and test" in r.getMessage()]
+    assert record.getMessage().startswith("load_data: val and test hold the same 100 examples: test numbers")
+    assert "\n" not in record.getMessage()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_inputs_of_any_dtype_are_compared_as_given(dtype):
+    x = np.arange(60, dtype=dtype).reshape(20, 3)
+    y = np.zeros(20, np.int64)
+    assert shared_examples(prepare(((x, y), (x[:10], y[:10]), (x[10:], y[10:])), normalize=False)) == [
+        "10 of 10 test examples (100%) are also in train", "10 of 10 val examples (100%) are also in train"]
