@@ -17,11 +17,14 @@ from typing import Any
 MARGIN = 0.02  # as the pruners' not-learning rule: accuracy points, or a share of the baseline loss
 
 
-def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any]) -> str | None:
+def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any],
+                    val_loss_is_log_loss: bool = False) -> str | None:
     """One line when no trial beat the do-nothing answer by ``MARGIN``; ``None`` when one did or nothing can say.
 
     ``trials``: objects with ``best_val_accuracy`` and ``best_val_loss`` (None or NaN when unknown);
-    ``dataset``: the dataset table's row.
+    ``dataset``: the dataset table's row; ``val_loss_is_log_loss``: the task trains on caviar's cross-entropy, so a
+    trial's val loss is its log loss. On imbalanced classes a model can learn (a lower log loss than the class
+    frequencies give) while its accuracy stays at the majority share: then the line says to rank by log loss.
     """
     trials = list(trials)
     labels = dataset.get("y_val")
@@ -39,6 +42,14 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any]) -> str | 
         if share + margin >= 1.0:  # not even a perfect score would stand out: the split is the problem
             return (f"{len(labels)} val examples cannot tell a trial that learned from always predicting class {label} "
                     f"({share:.3f} of them): give the validation split more examples")
+        learned = _log_loss_learned(trials, labels) if val_loss_is_log_loss else None
+        if learned and dataset.get("objective") not in (None, "val_accuracy"):
+            return None  # ranked by another column, and the log loss shows learning: nothing to say
+        if learned:
+            return (f"no trial's val accuracy did clearly better than always predicting class {label} (the most "
+                    f"frequent: {share:.3f} of {len(labels)} val examples; best {best:.3f}), but their val log loss "
+                    f"learned ({learned}): with most examples in one class accuracy hardly separates trials; rank them "
+                    'by objective = "val_log_loss" (mode = "min") or a metric of your own, such as balanced accuracy')
         return (f"no trial did clearly better than always predicting class {label} (the most frequent: {share:.3f} of "
                 f"{len(labels)} val examples): the best val accuracy is {best:.3f}; check the ranges (the learning "
                 "rate first) and the data")
@@ -50,6 +61,17 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any]) -> str | 
         return None
     return (f"no trial beat predicting the training mean (val loss {baseline:.4g}): the best val loss is "
             f"{min(losses):.4g}; check the ranges (the learning rate first) and the data{_scale_hint(dataset)}")
+
+
+def _log_loss_learned(trials: list[Any], labels: list[Any]) -> str | None:
+    """``"best 0.223, 0.260 for the class frequencies"`` when a trial's val log loss beat the best constant answer
+    (the val split's own class frequencies, the lowest log loss any constant prediction gets) by ``MARGIN``."""
+    counts = Counter(labels).values()
+    prior = -sum(c / len(labels) * math.log(c / len(labels)) for c in counts)
+    losses = [t.best_val_loss for t in trials if _finite(t.best_val_loss)]
+    if not losses or prior <= 0 or min(losses) >= (1.0 - MARGIN) * prior:
+        return None
+    return f"best {min(losses):.3f}, {prior:.3f} for the class frequencies"
 
 
 def _scale_hint(dataset: Mapping[str, Any]) -> str:

@@ -277,7 +277,8 @@ def finish_sweep(
 ) -> SweepResult:
     """After the trials: edge warnings, the last writes, ensembles; the result (shared by run and resume)."""
     warnings = controller.final_edge_warnings()
-    nothing = nothing_learned(controller.trials.values(), schema.read_dataset_row(sweep))
+    nothing = nothing_learned(controller.trials.values(), schema.read_dataset_row(sweep),
+                              val_loss_is_log_loss=task.get("loss_fn") is None)
     if nothing:
         controller.event("no_trial_learned", reason=nothing)
         warnings.append(nothing)

@@ -45,3 +45,22 @@ def test_a_regressor_no_better_than_the_training_mean_is_named():
     assert nothing_learned(trials((None, 9.9)), {"baseline_val_loss": None}) is None  # a custom loss: no baseline
     assert nothing_learned(trials((None, math.inf)), dataset) is None
     assert nothing_learned([], {}) is None
+
+
+def test_on_imbalanced_classes_a_log_loss_that_learned_is_told_apart_from_nothing_learned():
+    labels = [0] * 371 + [1] * 29  # 93% in class 0: the constant answer's log loss is 0.2601
+    stuck = trials((0.9275, 0.2230), (0.9275, 0.2500))  # accuracy at the majority share, log loss below the prior
+    line = nothing_learned(stuck, {"y_val": labels, "objective": "val_accuracy"}, val_loss_is_log_loss=True)
+    assert line == ("no trial's val accuracy did clearly better than always predicting class 0 (the most frequent: "
+                    "0.927 of 400 val examples; best 0.927), but their val log loss learned (best 0.223, 0.260 for "
+                    "the class frequencies): with most examples in one class accuracy hardly separates trials; rank "
+                    'them by objective = "val_log_loss" (mode = "min") or a metric of your own, such as balanced '
+                    "accuracy")
+    # Ranked by log loss already (or by the user's own metric): the sweep learned by its own measure.
+    assert nothing_learned(stuck, {"y_val": labels, "objective": "val_log_loss"}, val_loss_is_log_loss=True) is None
+    # A log loss no lower than the class frequencies': nothing learned, as before.
+    flat = trials((0.9275, 0.2590))
+    assert nothing_learned(flat, {"y_val": labels, "objective": "val_log_loss"},
+                           val_loss_is_log_loss=True).startswith("no trial did clearly better")
+    # The task's own loss_fn: its val loss is not a log loss, so it says nothing here.
+    assert nothing_learned(stuck, {"y_val": labels}).startswith("no trial did clearly better")
