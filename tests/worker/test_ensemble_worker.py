@@ -165,6 +165,14 @@ def test_loaded_ensemble_matches_its_row_and_refuses_a_changed_file(digits_sweep
         assert abs((probs.argmax(1).numpy() == y_test).mean() - record.test_accuracy) <= 1 / len(y_test) + 1e-12
     best = load_ensemble(digits_sweep.uri, task=DIGITS_TASK)
     assert best.record.chosen
+    # Inputs not shaped as in training are refused in one line, not broadcast against the standardisation.
+    x = torch.as_tensor(x_test)
+    with pytest.raises(ConfigError, match=r"^inputs of shape \(64,\); the sweep's models take a batch of shape "
+                                          r"\(N, 64\): for one example pass x\[None\]$"):
+        best(x[0])
+    with pytest.raises(ConfigError, match=r"^inputs of shape \(5, 63\); .* \(the training split's standardisation"):
+        best(x[:5, :63])
+    assert torch.equal(best.predict(x[:1]), best.predict(x)[:1])
     # Change one member's weights file (in a copy): the sha256 in the checkpoint index no longer matches.
     copy = Storage.from_uri(str(shutil.copytree(digits_sweep.root, tmp_path / "copy")))
     member = best.record.members[0].key

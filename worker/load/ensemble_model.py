@@ -89,9 +89,11 @@ class EnsembleModel(nn.Module):
     def __init__(self, members: Sequence[nn.Module], weights: Sequence[float], mean: torch.Tensor | None = None,
                  std: torch.Tensor | None = None, record: EnsembleRecord | None = None,
                  target_shape: tuple[int, ...] | None = None, target_mean: torch.Tensor | None = None,
-                 target_std: torch.Tensor | None = None, input_dtype: torch.dtype | None = None):
+                 target_std: torch.Tensor | None = None, input_dtype: torch.dtype | None = None,
+                 input_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.input_dtype = input_dtype  # what the members trained on; None: any (a module built by hand)
+        self.input_shape = input_shape  # one example's shape in training; None: any
         # Regression when target_shape is set: outputs averaged, then mapped to the targets' original units.
         self.target_shape = target_shape
         self.register_buffer("target_mean", target_mean)
@@ -112,6 +114,7 @@ class EnsembleModel(nn.Module):
             given, wanted = (str(d).removeprefix("torch.") for d in (x.dtype, self.input_dtype))
             raise ConfigError(f"inputs are {given} but the sweep's models trained on {wanted} inputs; pass {wanted} "
                               "(caviar never casts inputs)")
+        self._check_shape(x)
         if self.mean is not None and self.std is not None and x.is_floating_point():
             # the workers' transform: train-split statistics (integer inputs have none)
             x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -123,6 +126,21 @@ class EnsembleModel(nn.Module):
             probs = p if probs is None else probs + p
         assert probs is not None
         return probs
+
+    def _check_shape(self, x: torch.Tensor) -> None:
+        """A batch of examples shaped as in training: one unbatched example, or features the standardisation
+        would broadcast against, would otherwise give a wrong answer or torch's error about tensor sizes."""
+        if self.input_shape is None:
+            return
+        wanted = f"(N, {', '.join(map(str, self.input_shape))})" if self.input_shape else "(N,)"
+        if x.ndim != len(self.input_shape) + 1:
+            one = ": for one example pass x[None]" if x.ndim == len(self.input_shape) else ""
+            raise ConfigError(f"inputs of shape {tuple(x.shape)}; the sweep's models take a batch of shape "
+                              f"{wanted}{one}")
+        if self.mean is not None and x.is_floating_point() and tuple(x.shape[1:]) != tuple(self.input_shape):
+            # The stored statistics fix each feature's place; a sequence of integer ids may change length.
+            raise ConfigError(f"inputs of shape {tuple(x.shape)}; the sweep's models take a batch of shape {wanted} "
+                              "(the training split's standardisation is per feature)")
 
     def _regression(self, x: torch.Tensor) -> torch.Tensor:
         """The weighted mean of the members' outputs, shaped as one target per row, in original units."""
@@ -186,5 +204,5 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
                            dataset.target_shape if regression else None,
                            target_stat(dataset.target_mean) if regression else None,
                            target_stat(dataset.target_std) if regression else None,
-                           input_dtype=_torch_dtype(dataset.input_dtype))
+                           input_dtype=_torch_dtype(dataset.input_dtype), input_shape=tuple(dataset.input_shape))
     return module.to(pick_device(str(device)) if isinstance(device, str) else device).eval()
