@@ -30,6 +30,7 @@ from orchestrator.spec.settings import RunSettings
 from orchestrator.store import schema
 from orchestrator.store.lease import Lease
 from orchestrator.store.storage import Storage, redact_uri
+from orchestrator.store.sweeps import not_a_sweep
 
 # What may change when a sweep resumes: where and how wide it runs, never what it searches.
 RESUMABLE_SETTINGS = frozenset(ResumeOptions.__annotations__)  # how it runs, never what it searches
@@ -84,7 +85,7 @@ def _rows(table: pa.Table) -> list[dict[str, Any]]:
 def read_record(storage: Storage) -> SweepRecord:
     """Read what a rebuild needs; a missing or unreadable file is named."""
     if not storage.exists(schema.SWEEP_PATH):
-        raise StorageError(f"{storage.uri!r} is not a caviar sweep directory (no {schema.SWEEP_PATH})")
+        raise not_a_sweep(storage, storage.uri)
     sweep = storage.read_table(schema.SWEEP_PATH).to_pylist()
     if len(sweep) != 1:
         raise StorageError(f"{storage.path(schema.SWEEP_PATH)}: expected one row, found {len(sweep)}")

@@ -10,6 +10,7 @@ import pyarrow as pa
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
+from orchestrator.store.sweeps import not_a_sweep
 
 TABLE_NAMES = ("sweep", "trials", "metrics", "checkpoints", "events", "stages")
 
@@ -47,7 +48,7 @@ class SweepTables:
 def open_sweep(path: str) -> Storage:
     storage = Storage.from_uri(path)
     if not storage.exists(schema.SWEEP_PATH):
-        raise StorageError(f"{path!r} is not a caviar sweep directory (no {schema.SWEEP_PATH})")
+        raise not_a_sweep(storage, path)
     return storage
 
 

@@ -37,6 +37,20 @@ def sweep_names(root: Storage) -> list[str]:
     return sorted(n for n in names if not n.startswith((".", "_")) and root.child(n).exists(schema.SWEEP_PATH))
 
 
+def not_a_sweep(storage: Storage, shown: str) -> StorageError:
+    """The error for a folder with no sweep row; a storage folder of sweeps is named as one, with its sweeps."""
+    message = f"{shown!r} is not a caviar sweep directory (no {schema.SWEEP_PATH})"
+    try:
+        names = sweep_names(storage)
+    except StorageError:
+        names = []
+    if names:
+        listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        message += (f"; it is a storage folder of {len(names)} sweep{'s' if len(names) > 1 else ''} ({listed}): "
+                    f"name one as {shown.rstrip('/')}/NAME, or list them with caviar ls {shown}")
+    return StorageError(message)
+
+
 def sweep_state(trials: list[dict[str, Any]], planned: int, kinds: set[str], has_ensembles: bool) -> str:
     """finished, aborted or unfinished (running now, or a master that died: `caviar resume`)."""
     if "sweep_aborted" in kinds:

@@ -280,6 +280,12 @@ CASES = [
         E + "'{runs}/nosuch' is not a caviar sweep directory (no sweep/sweep.parquet)",
     ),
     Case(
+        "status_of_the_storage_folder",  # the folder above the sweep: named as one, with what to type instead
+        ("status", "{runs}"),
+        E + "'{runs}' is not a caviar sweep directory (no sweep/sweep.parquet); it is a storage folder of 1 sweep "
+        "(…): name one as {runs}/NAME, or list them with caviar ls {runs}",
+    ),
+    Case(
         "status_truncated_trials",
         ("status", "{sweep}"),
         E + "{sweep}/trials/trials.parquet: not a readable Parquet file (…)",
