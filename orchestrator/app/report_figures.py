@@ -76,6 +76,13 @@ def stage_colors(n: int) -> list[Any]:
     return [cmap(0.15 + 0.7 * i / max(n - 1, 1)) for i in range(max(n, 1))]
 
 
+def layer_label(name: str) -> str:
+    """A layer's name as a legend shows it: without torch.compile's ``_orig_mod.`` wrapper, and never with a leading
+    underscore, which matplotlib takes as "leave out of the legend"."""
+    name = name.replace("_orig_mod.", "")
+    return name if not name.startswith("_") else name.lstrip("_") or name
+
+
 def axis_value(dist: Any, value: Any) -> Any:
     """Where a value sits on its plot axis: ``1 - beta`` for momentum-like betas."""
     return 1.0 - float(value) if isinstance(dist, OneMinusLogUniform) else value
@@ -320,7 +327,7 @@ def plot_update_ratio(data: SweepData) -> Figure | None:
         by_layer: dict[str, list[tuple[int, float]]] = defaultdict(list)
         for r in layers:
             if r["update_ratio"] and r["update_ratio"] > 0:
-                by_layer[r["layer"]].append((r["epoch"], r["update_ratio"]))
+                by_layer[layer_label(r["layer"])].append((r["epoch"], r["update_ratio"]))
         for layer, points in by_layer.items():
             points.sort()
             axes[1].plot(*zip(*points), marker="o", ms=3, lw=1.4, label=layer)
@@ -347,7 +354,7 @@ def plot_activations(data: SweepData) -> Figure | None:
         return None
     by_layer: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        by_layer[f"{r['layer']} ({r['module']})"].append(r)
+        by_layer[f"{layer_label(r['layer'])} ({r['module']})"].append(r)
     kept = {k: sorted((r for r in v if r.get("hist_counts")), key=lambda r: r["epoch"]) for k, v in by_layer.items()}
     shown = [k for k, v in kept.items() if v][:4]
     fig = new_figure(12, 7 if shown else 3.6)

@@ -36,3 +36,14 @@ def test_skewed_relu_outputs_keep_zero_on_the_axis():
 
 def test_empty_histograms_give_a_plain_axis():
     assert central_range([{"hist_counts": [], "hist_edges": []}]) == (0.0, 1.0, 0.0)
+
+
+def test_layer_names_reach_the_legend_without_compile_wrappers_or_a_leading_underscore():
+    from orchestrator.app.report_figures import layer_label, new_figure
+
+    assert layer_label("_orig_mod.0.weight") == "0.weight"  # a torch.compile'd model's parameter
+    assert layer_label("_private.weight") == "private.weight"
+    assert layer_label("encoder.0.weight") == "encoder.0.weight"
+    ax = new_figure(4, 3).subplots()
+    ax.plot([1, 2], [1, 2], label=layer_label("_orig_mod.0.weight"))
+    assert [t.get_text() for t in ax.legend().get_texts()] == ["0.weight"]  # matplotlib drops labels starting "_"
