@@ -57,6 +57,23 @@ def test_each_kind_refuses_what_does_not_fit_it():
     assert "shape (2, 2)" in refusal(None, [[0, 1], [1, 0]], [0], [1])
 
 
+@pytest.mark.parametrize("declared", [None, "classification"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float32])
+def test_multi_label_targets_are_named_as_such_with_what_to_declare(declared, dtype):
+    multi = torch.tensor([[1, 0, 0], [1, 0, 1], [0, 1, 0]], dtype=dtype)  # row 1: two labels
+    one_hot = torch.eye(3, dtype=dtype)
+    assert refusal(declared, multi, one_hot, one_hot) == (
+        "load_data: train targets are 0/1 rows with 2 ones in row 1, as multi-label targets are; caviar's "
+        'classification gives each example one class: declare kind = "custom" with a loss_fn '
+        "(binary_cross_entropy_with_logits on float targets) and metrics")
+    if dtype == torch.int64:  # one-hot integers: class indices are what was meant
+        assert refusal(declared, one_hot, one_hot, one_hot).startswith(
+            "load_data: train targets are one-hot rows of shape (3, 3); give class indices (y.argmax(1))")
+    elif declared == "classification":  # one-hot probabilities are soft labels that happen to be hard: taken
+        assert resolve_kind(declared, splits_of(one_hot, one_hot, one_hot)).soft
+    assert resolve_kind("custom", splits_of(multi, multi, multi)).kind == "custom"
+
+
 def test_targets_keep_dtype_and_shape():
     x = np.zeros((4, 2), np.float32)
     y = np.array([[0.5, 1.5], [2.5, 3.5], [0.25, 0.75], [9.0, 1.0]], np.float64)

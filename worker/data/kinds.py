@@ -91,6 +91,22 @@ def _float_refusal(y: torch.Tensor, split: str) -> TaskError:
                      "or give integer class indices")
 
 
+def _indicator_refusal(y: torch.Tensor, split: str) -> TaskError | None:
+    """Targets of shape (N, C) holding only 0 and 1: one-hot rows say "class indices", others "multi-label"."""
+    if y.ndim != 2 or y.shape[1] < 2 or not bool(((y == 0) | (y == 1)).all()):
+        return None
+    ones = y.sum(dim=1)
+    if bool((ones == 1).all()):
+        if y.is_floating_point():
+            return None  # one-hot probabilities: soft labels that happen to be hard, taken as they are
+        return TaskError(f"load_data: {split} targets are one-hot rows of shape {tuple(y.shape)}; give class indices "
+                         "(y.argmax(1)), or float probabilities with kind = \"classification\"")
+    row = int((ones != 1).nonzero()[0])
+    return TaskError(f"load_data: {split} targets are 0/1 rows with {int(ones[row])} ones in row {row}, as multi-label "
+                     "targets are; caviar's classification gives each example one class: declare kind = \"custom\" "
+                     "with a loss_fn (binary_cross_entropy_with_logits on float targets) and metrics")
+
+
 def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, standardize: bool = False,
                  classes: int | None = None) -> TargetKind:
     """The kind of ``targets`` (split -> tensor), declared or inferred; refuses targets that do not fit it.
@@ -112,6 +128,10 @@ def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, s
         return TargetKind("custom")
     if declared == "regression":
         return _regression(targets, standardize)
+    for split, y in targets.items():  # 0/1 matrices: say what they are before any rule about shapes or floats
+        indicator = _indicator_refusal(y, split)
+        if indicator is not None:
+            raise indicator
     if declared is None:
         for split, y in targets.items():
             if y.is_floating_point():
