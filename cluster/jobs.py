@@ -225,6 +225,24 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+# Ports of a Ray head that are not its Job API: the usual mix-up when --address comes from a `ray start` printout.
+_NOT_JOB_API_PORTS = {6379: "the GCS port that ray.init and `ray start --address` use",
+                      10001: "the Ray Client port (ray://)"}
+
+
+def _port_hint(address: str) -> str:
+    """``; 6379 is ...`` when the address names a head port that never serves the Job API."""
+    from urllib.parse import urlsplit
+
+    try:
+        port = urlsplit(address).port
+    except ValueError:
+        return ""
+    if port not in _NOT_JOB_API_PORTS:
+        return ""
+    return f"; port {port} is {_NOT_JOB_API_PORTS[port]}: the Job API is the dashboard's, 8265 unless set otherwise"
+
+
 class Jobs:
     """The Job API of one cluster; every failure becomes one :class:`ClusterError` line naming the address."""
 
@@ -238,7 +256,8 @@ class Jobs:
         try:
             self.client = JobSubmissionClient(self.address, headers=headers)
         except Exception as exc:
-            raise ClusterError(f"Ray cluster {self.address}: cannot reach its Job API ({_first_line(exc)})") from None
+            raise ClusterError(f"Ray cluster {self.address}: cannot reach its Job API ({_first_line(exc)})"
+                               f"{_port_hint(self.address)}") from None
 
     def _call(self, what: str, action: Callable[[], Any]) -> Any:
         try:

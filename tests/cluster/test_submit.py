@@ -137,6 +137,15 @@ def test_refusals_are_one_line_naming_what_is_wrong(ray_cluster, tmp_path):
         Jobs("ray://127.0.0.1:10001")
 
 
+def test_an_address_on_a_head_port_that_is_not_the_job_api_says_which_port_is():
+    with pytest.raises(ClusterError, match=r"cannot reach its Job API .*; port 6379 is the GCS port .*: the Job API "
+                                           r"is the dashboard's, 8265 unless set otherwise$"):
+        Jobs("127.0.0.1:6379")
+    with pytest.raises(ClusterError) as other:
+        Jobs("http://127.0.0.1:9")
+    assert "port" not in str(other.value).split(")")[-1]  # an ordinary wrong address gets no hint
+
+
 def test_plan_ships_the_task_folder_requirements_and_caviar(tmp_path):
     task = tmp_path / "task.py"
     task.write_text("space = {}\n")
