@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -100,6 +101,10 @@ def run_sweep(
     from worker.check.contract import validate_contract  # torch loads here: the task is checked before Ray starts
 
     splits = validate_contract(task, [t.config for t in controller.trials.values()], settings)
+    if not space.searched and settings.trials > 1:
+        logging.getLogger("caviar").warning(
+            "space: every value is fixed, so the %d trials train one config and differ only in their seeds (pruning "
+            "and ensembles then choose among seeds); give ranges (loguniform, choice, ...) to search", settings.trials)
     log = SweepLog(sweep, space, lease=claim_sweep(sweep, settings.overwrite))
 
     def first_writes() -> None:

@@ -215,7 +215,7 @@ class Progress:
         if s.best is None:
             return "best score -"
         score, trial, stage, params = s.best
-        return f"best score {score:.4f} (trial {trial}, stage {stage}: {params})"
+        return f"best score {score:.4f} (trial {trial}, stage {stage}" + (f": {params})" if params else ")")
 
     def _eta_text(self, s: Snapshot) -> str:
         if self.finished:

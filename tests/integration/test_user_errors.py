@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from orchestrator.app.api import load, run_sweep
@@ -211,3 +213,27 @@ def test_a_sweep_where_nothing_learned_ends_with_a_warning_and_an_event(tmp_path
     assert len(said) == 1 and "of 60 val examples" in said[0], result.warnings
     events = [e for e in load(result.path).events.to_pylist() if e["kind"] == "no_trial_learned"]
     assert [e["reason"] for e in events] == said
+
+
+FIXED_TASK = f"""
+import sys
+sys.path.insert(0, {ROOT + "/tests/tasks"!r})
+from tiny_task import build_model, load_data  # noqa: F401
+
+space = {{"lr": 0.05, "optimizer": "adam", "hidden": 8, "batch_size": 32}}
+"""
+
+
+def test_a_space_with_nothing_to_search_says_its_trials_differ_only_in_seeds(tmp_path, caplog):
+    from orchestrator.app.progress import Progress
+
+    path = tmp_path / "fixed_task.py"
+    path.write_text(FIXED_TASK)
+    with caplog.at_level("WARNING", logger="caviar"):
+        result = run_sweep(str(path), trials=3, epochs=1, stages=1, slots=2, storage=str(tmp_path), name="fixed",
+                           executor="processes", ensemble=False)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("space: every value is fixed")]
+    assert said == ["space: every value is fixed, so the 3 trials train one config and differ only in their seeds "
+                    "(pruning and ensembles then choose among seeds); give ranges (loguniform, choice, ...) to search"]
+    assert result.counts.get("completed") == 3
+    assert Progress._best_text(SimpleNamespace(best=(0.9, 2, 1, ""))) == "best score 0.9000 (trial 2, stage 1)"
