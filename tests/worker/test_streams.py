@@ -156,3 +156,29 @@ def test_the_fusing_off_reason_names_what_the_task_gives_loader_functions_or_dat
     mixed = prepare({**functions, "train": torch.utils.data.TensorDataset(*tensors[0])})
     assert "loader functions for val, test (batch_size -> DataLoader) and torch Datasets:" in contract_blocker(
         None, mixed.target_kind, mixed.streams)
+
+
+class DictRows(torch.utils.data.Dataset):
+    """Items as Hugging Face datasets give them: a dict per example."""
+
+    def __init__(self, keys=("pixels", "label")):
+        self.keys = keys
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return dict(zip(self.keys, (torch.zeros(3), i % 2, 0)))
+
+
+def test_a_dataset_of_dicts_is_refused_naming_its_keys_and_the_pair_to_return():
+    from orchestrator.errors import TaskError
+    from worker.data.splits import prepare
+
+    with pytest.raises(TaskError, match=r"^load_data: the train Dataset must yield \(input, target\) pairs, got a "
+                                        r"dict with keys 'pixels', 'label'; return \(input, target\) from __getitem__ "
+                                        r"\(or wrap the Dataset\), e.g. \(item\['pixels'\], item\['label'\]\)$"):
+        prepare({"train": DictRows(), "val": DictRows(), "test": DictRows()})
+    with pytest.raises(TaskError, match=r"got a dict with keys 'a', 'b', 'c'; return \(input, target\) from "
+                                        r"__getitem__ \(or wrap the Dataset\)$"):
+        prepare({"train": DictRows(("a", "b", "c")), "val": DictRows(), "test": DictRows()})

@@ -116,7 +116,15 @@ def is_stream(split: Any) -> bool:
 
 def _pair(item: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(item, (tuple, list)) or len(item) != 2:
-        raise TaskError(f"load_data: the {name} Dataset must yield (input, target) pairs, got {type(item).__name__}")
+        got = type(item).__name__
+        if isinstance(item, dict):  # Hugging Face style items: say which keys, and how to pair them
+            names = list(item)
+            example = f", e.g. (item[{names[0]!r}], item[{names[1]!r}])" if len(names) == 2 else ""
+            got = (f"a dict with keys {', '.join(repr(k) for k in names[:6])}; return (input, target) from "
+                   f"__getitem__ (or wrap the Dataset){example}")
+        elif isinstance(item, (tuple, list)):
+            got = f"a {got} of {len(item)}"
+        raise TaskError(f"load_data: the {name} Dataset must yield (input, target) pairs, got {got}")
     x, y = item
     return torch.as_tensor(x), torch.as_tensor(y)
 
