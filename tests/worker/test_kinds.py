@@ -55,6 +55,10 @@ def test_each_kind_refuses_what_does_not_fit_it():
         "classification", [[0.5, 0.5], [0.25, 0.25]], [[1.0, 0.0]], [[0.0, 1.0]])
     assert "not probabilities (1.5)" in refusal("classification", [[1.5, -0.5]], [[1.0, 0.0]], [[0.0, 1.0]])
     assert "shape (2, 2)" in refusal(None, [[0, 1], [1, 0]], [0], [1])
+    assert refusal(None, [[0], [2], [1]], [0], [1]).endswith(  # a column of class indices, as a CSV reader gives
+        "train targets have shape (3, 1); classification needs class indices of shape (N,) or probabilities of "
+        "shape (N, C): give y.reshape(-1)")
+    assert refusal(None, [[[0, 1]]], [0], [1]).endswith('(N, C): for other targets declare kind = "regression"')
 
 
 @pytest.mark.parametrize("declared", [None, "classification"])

@@ -172,8 +172,11 @@ def _classification(targets: Mapping[str, torch.Tensor]) -> TargetKind:
     top = -1
     for split, y in targets.items():
         if y.ndim != 1:
+            column = y.ndim == 2 and y.shape[1] == 1 and not y.is_floating_point()
+            advice = ("give y.reshape(-1)" if column  # a column of class indices, as pandas or a CSV reader gives it
+                      else 'for other targets declare kind = "regression"')
             raise TaskError(f"load_data: {split} targets have shape {tuple(y.shape)}; classification needs class "
-                            'indices of shape (N,) or probabilities of shape (N, C), else declare kind = "regression"')
+                            f"indices of shape (N,) or probabilities of shape (N, C): {advice}")
         if y.is_floating_point():
             sample = _first_non_integer(y)
             if sample is not None:
