@@ -169,3 +169,40 @@ def test_the_contract_check_says_which_batch_sizes_leave_one_example_out(caplog)
     with caplog.at_level(logging.WARNING, logger="caviar"):
         validate_contract(task, [{**configs[0], "batch_norm": False}, {**configs[2], "batch_norm": False}])
     assert not [r for r in caplog.records if "batch norm" in r.getMessage()]
+
+
+def test_a_custom_train_epoch_may_return_its_loss_as_a_tensor_but_not_as_a_vector():
+    import dataclasses
+    from types import SimpleNamespace
+
+    import pytest
+    from torch import nn
+
+    from orchestrator.errors import TaskError
+
+    def summed_without_item(model, optimizer, batches, config):  # the classic slip: the tensor, not loss.item()
+        total, n = 0.0, 0
+        for x, y in batches:
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total, n = total + loss, n + 1
+        return {"train_loss": total / n, "grad_norm": torch.tensor([0.5])}
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+    task = dataclasses.replace(base, namespace=SimpleNamespace(
+        load_data=module.load_data, build_model=module.build_model, train_epoch=summed_without_item))
+    splits = prepare(module.load_data())
+    row = TrialRun(task, splits, TrialSpec(0, 0, CONFIG, 3, 2), torch.device("cpu")).train_epoch()
+    assert type(row["train_loss"]) is float and 0 < row["train_loss"] < 5 and row["grad_norm"] == 0.5
+
+    def per_example(model, optimizer, batches, config):
+        return {"train_loss": torch.ones(4)}
+
+    task = dataclasses.replace(task, namespace=SimpleNamespace(
+        load_data=module.load_data, build_model=module.build_model, train_epoch=per_example))
+    with pytest.raises(TaskError, match=r"^train_epoch returned 'train_loss' as Tensor of shape \(4,\); give one "
+                                        r"number per epoch"):
+        TrialRun(task, splits, TrialSpec(0, 0, CONFIG, 3, 2), torch.device("cpu")).train_epoch()

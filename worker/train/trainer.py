@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from orchestrator.errors import TaskError
@@ -169,6 +170,9 @@ class TrialRun:
             stats = dict(custom(self.model, self.optimizer, self._batches(), dict(self.spec.config)) or {})
             if "train_loss" not in stats:
                 raise TaskError("train_epoch must return a dict with 'train_loss' (the epoch's mean training loss)")
+            for key in ("train_loss", "train_accuracy", "grad_norm", "update_ratio"):
+                if stats.get(key) is not None:
+                    stats[key] = _epoch_number(stats[key], key)
         else:
             stats = self._standard_epoch()
         s = self.splits
@@ -332,3 +336,15 @@ class TrialRun:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch = int(state["epoch"])
+
+
+def _epoch_number(value: Any, key: str) -> float:
+    """A number from a task's ``train_epoch``: a one-element tensor (``loss`` summed without ``.item()``) is read
+    as its value; anything else is refused, naming the key."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.detach())
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return float(value)
+    shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
+    raise TaskError(f"train_epoch returned {key!r} as {type(value).__name__}{shape}; give one number per epoch "
+                    "(e.g. the mean of loss.item() over its batches)")
