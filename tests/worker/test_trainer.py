@@ -195,8 +195,13 @@ def test_a_custom_train_epoch_may_return_its_loss_as_a_tensor_but_not_as_a_vecto
     task = dataclasses.replace(base, namespace=SimpleNamespace(
         load_data=module.load_data, build_model=module.build_model, train_epoch=summed_without_item))
     splits = prepare(module.load_data())
-    row = TrialRun(task, splits, TrialSpec(0, 0, CONFIG, 3, 2), torch.device("cpu")).train_epoch()
+    run = TrialRun(task, splits, TrialSpec(0, 0, CONFIG, 3, 2), torch.device("cpu"))
+    start = {k: v.clone() for k, v in run.ema.module.state_dict().items()}
+    row = run.train_epoch()
     assert type(row["train_loss"]) is float and 0 < row["train_loss"] < 5 and row["grad_norm"] == 0.5
+    # The EMA (CONFIG's ema_decay) follows the task's own optimizer steps, as it follows caviar's loop.
+    moved = [k for k, v in run.ema.module.state_dict().items() if not torch.equal(v, start[k])]
+    assert moved and run.ema.step == 6  # 180 examples in batches of 32
 
     def per_example(model, optimizer, batches, config):
         return {"train_loss": torch.ones(4)}

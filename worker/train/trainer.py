@@ -144,6 +144,10 @@ class TrialRun:
         self.train_loader: Any = None  # streamed data: made on first use, kept for the trial
         ema_decay = config.get("ema_decay")
         self.ema = EmaWeights(self.model, float(ema_decay)) if ema_decay else None
+        if self.ema is not None and task.get("train_epoch") and hasattr(self.optimizer, "register_step_post_hook"):
+            # The task's own loop steps the optimizer: the EMA follows each step, as in caviar's loop.
+            ema = self.ema
+            self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: ema.update(self.model))
         # Mixed precision: the forward pass autocasts to bf16/fp16; fp16's narrow range also needs a loss scaler.
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
