@@ -21,6 +21,7 @@ CAVIAR = os.path.join(os.path.dirname(sys.executable), "caviar")
 HEADER = f"""
 import sys
 import numpy as np
+import torch
 from torch import nn
 sys.path.insert(0, {ROOT + "/tests/tasks"!r})
 import tiny_task
@@ -80,8 +81,7 @@ CASES = [
     BadTask(
         "build_model_returns_none",
         TINY_DATA + "\ndef build_model(config):\n    return None\n",
-        "build_model raised AttributeError: 'NoneType' object has no attribute 'to' (trainer.py:…)"
-        " (on each of the sweep's first 4 configs)",
+        "build_model must return a torch.nn.Module, got NoneType (on each of the sweep's first 4 configs)",
     ),
     BadTask(
         "too_few_outputs",
@@ -122,6 +122,29 @@ CASES = [
         TINY_MODEL + "\ndef load_data():\n    return [(x.astype(np.float64), y) for x, y in tiny_task.load_data()]\n",
         "load_data: the inputs are float64 but the model's parameters are float32; caviar never casts inputs: "
         "give X.astype('float32') or build a float64 model (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
+        "loss_without_a_gradient",  # .item() inside loss_fn: every trial would fail at its first backward
+        TINY_DATA + TINY_MODEL + "\ndef loss_fn(logits, y):\n"
+        "    return torch.tensor(nn.functional.cross_entropy(logits, y).item())\n",
+        "loss_fn returns a loss without a gradient (detached by .item(), numpy, torch.tensor(...) or torch.no_grad), "
+        "so no parameter can learn: compute it with torch operations on the outputs"
+        " (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
+        "backward_raises",  # an in-place change to a tensor autograd saved
+        TINY_DATA + "\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)\n    def forward(self, x):\n"
+        "        h = torch.sigmoid(self.a(x))\n        h += 1\n        return self.b(h)\n"
+        "\ndef build_model(config):\n    return Net()\n",
+        "the backward pass (loss.backward()) raised RuntimeError on a training batch: one of the variables needed for "
+        "gradient computation has been modified by an inplace operation: … (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
+        "frozen_model",
+        TINY_DATA + "\ndef build_model(config):\n    return nn.Linear(4, 3).requires_grad_(False)\n",
+        "the model's forward pass or loss_fn: the model has no trainable parameters (requires_grad is False on every "
+        "one) (on each of the sweep's first 4 configs)",
     ),
     BadTask(
         "loss_raises",

@@ -67,7 +67,7 @@ def _refuse(task: Task, piece: str, exc: BaseException) -> TaskError:
             return TaskError(f"task {task.ref!r}: {piece} raised {describe(exc.__cause__)}")
         text = str(exc)  # caviar's own check: its message names what is wrong
         # e.g. inputs of another dtype than the model: the data; outputs that broadcast against targets: the loss
-        named = text.startswith((piece, "load_data:", "loss_fn:"))
+        named = text.startswith((piece, "load_data:", "loss_fn", "the backward pass"))
         return TaskError(f"task {task.ref!r}: {text if named else f'{piece}: {text}'}")
     return TaskError(f"task {task.ref!r}: {piece} raised {describe(exc)}")
 
@@ -82,9 +82,8 @@ def load_splits(task: Task) -> Splits:
 
 def _try_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> TrialRun:
     """Build a trial's model, optimizer and schedule; one forward pass, loss and the objective; raise on failure."""
-    run = TrialRun(task, splits, TrialSpec(0, 0, dict(config), 0, 1), torch.device("cpu"))
-    check_config(task, splits, config)
-    return run
+    check_config(task, splits, config)  # first: its refusals name the piece (a frozen model, before its optimizer)
+    return TrialRun(task, splits, TrialSpec(0, 0, dict(config), 0, 1), torch.device("cpu"))
 
 
 def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings: Any = None) -> Splits:
@@ -115,4 +114,4 @@ def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings
 
 
 def _raised_in_build(exc: BaseException) -> bool:
-    return isinstance(exc, TaskError) and str(exc).startswith("build_model raised")
+    return isinstance(exc, TaskError) and str(exc).startswith(("build_model raised", "build_model must return"))

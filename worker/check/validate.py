@@ -99,6 +99,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
         raise TaskError("loss_fn must return a scalar tensor (the batch's mean loss)")
     if not math.isfinite(float(loss.detach())):
         raise TaskError(f"loss_fn gives {float(loss.detach())} on the first batch of an untrained model")
+    _check_backward(model, loss)
     x_val = splits.streams["val"] if splits.streams else splits.x_val
     assert x_val is not None
     values, _ = evaluate_split(task, kind, loss_fn, model, x_val, splits.y_val, "val", splits)
@@ -107,6 +108,27 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
                            "metrics": {k: v for k, v in values.items() if k not in ("val_loss", "val_accuracy")}}
     score_of({k: v for k, v in row.items() if v is not None}, objective, mode)  # names the reported columns if absent
     return model
+
+
+def _check_backward(model: torch.nn.Module, loss: torch.Tensor) -> None:
+    """The batch's backward pass, as every training step runs it: a loss with no gradient, or a backward that
+    raises (an in-place change to a tensor autograd needs), would fail every trial once the workers run."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise TaskError("the model has no trainable parameters (requires_grad is False on every one)")
+    if not loss.requires_grad:
+        raise TaskError("loss_fn returns a loss without a gradient (detached by .item(), numpy, torch.tensor(...) "
+                        "or torch.no_grad), so no parameter can learn: compute it with torch operations on the outputs")
+    try:
+        loss.backward()
+    except Exception as exc:
+        # from None: the message names the piece; the user's line would be torch's autograd engine anyway
+        raise TaskError(f"the backward pass (loss.backward()) raised {type(exc).__name__} on a training batch: "
+                        f"{_one_line(exc)}") from None
+    reached = any(p.grad is not None for p in trainable)
+    model.zero_grad(set_to_none=True)
+    if not reached:
+        raise TaskError("the loss reaches no trainable parameter of the model (every gradient is None)")
 
 
 def _refuse_broadcast(caught: Sequence[warnings.WarningMessage], outputs: torch.Tensor, targets: torch.Tensor) -> None:
