@@ -9,7 +9,8 @@ runs the pieces once:
 2. ``build_model`` (with the optimizer and schedule a trial builds) on the first configs the
    sweep will train, until one builds: a factory that raises only for some configs fails
    those trials later (their errors are summarised), one that raises for all is refused;
-3. one forward pass and the loss on one training batch, and the objective on the validation
+3. one forward pass, the loss and its backward pass on one training batch, and the objective on
+   the validation
    split (worker/check/validate.py, shared with `caviar check`).
 
 Every failure is a :class:`~orchestrator.errors.TaskError` naming the piece, the exception
@@ -81,7 +82,7 @@ def load_splits(task: Task) -> Splits:
 
 
 def _try_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> TrialRun:
-    """Build a trial's model, optimizer and schedule; one forward pass, loss and the objective; raise on failure."""
+    """Build a trial's model, optimizer and schedule; one forward pass, loss, backward and the objective."""
     check_config(task, splits, config)  # first: its refusals name the piece (a frozen model, before its optimizer)
     return TrialRun(task, splits, TrialSpec(0, 0, dict(config), 0, 1), torch.device("cpu"))
 
