@@ -10,8 +10,7 @@ runs the pieces once:
    sweep will train, until one builds: a factory that raises only for some configs fails
    those trials later (their errors are summarised), one that raises for all is refused;
 3. one forward pass, the loss and its backward pass on one training batch, and the objective on
-   the validation
-   split (worker/check/validate.py, shared with `caviar check`).
+   the validation split (worker/check/validate.py, shared with `caviar check`).
 
 Every failure is a :class:`~orchestrator.errors.TaskError` naming the piece, the exception
 and the line of the task file that raised it.
