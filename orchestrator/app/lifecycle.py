@@ -278,7 +278,7 @@ def finish_sweep(
     """After the trials: edge warnings, the last writes, ensembles; the result (shared by run and resume)."""
     warnings = controller.final_edge_warnings()
     nothing = nothing_learned(controller.trials.values(), schema.read_dataset_row(sweep),
-                              val_loss_is_log_loss=task.get("loss_fn") is None)
+                              val_loss_is_log_loss=task is not None and task.get("loss_fn") is None)
     if nothing:
         controller.event("no_trial_learned", reason=nothing)
         warnings.append(nothing)
