@@ -22,7 +22,9 @@ JobArg = Annotated[str, typer.Argument(help="Job (submission) id, as `caviar sub
 
 def run_args(options: dict[str, Any], resources: list[str] | None) -> list[str]:
     """``caviar run`` flags for the options that were given; checked here so mistakes fail before submitting."""
-    RunSettings().merged(options).validate()
+    from orchestrator.app.lifecycle import check_plan_agrees
+
+    check_plan_agrees(RunSettings().merged(options).validate(), [options])
     args: list[str] = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")

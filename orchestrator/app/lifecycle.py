@@ -108,11 +108,33 @@ def build_settings(
     """Task defaults, then the TOML file, then explicit overrides; the space with TOML ranges applied."""
     settings = RunSettings().merged(_named(task.settings))
     space = task.space
+    layers: list[Mapping[str, Any]] = [task.settings]
     if config_file:
         run_part, space_part = read_toml(config_file)
         settings = settings.merged(run_part)
         space = space.with_overrides(space_part)
-    return settings.merged(_named(overrides)).validate(), space
+        layers.append(run_part)
+    settings = settings.merged(_named(overrides)).validate()
+    check_plan_agrees(settings, [*layers, overrides])
+    return settings, space
+
+
+def check_plan_agrees(settings: RunSettings, layers: Sequence[Mapping[str, Any]]) -> None:
+    """A plan fixes the trials, the epochs and the stages: one of those given beside it (in the same place or a
+    later one: the task, the TOML file, the command line) that says otherwise is refused, not silently dropped."""
+
+    def layer_of(key: str) -> int:
+        return max((i for i, layer in enumerate(layers) if layer.get(key) is not None), default=-1)
+
+    if settings.plan is None:
+        return
+    plan = parse_plan(settings.plan)
+    implied = {"trials": sum(s.trials for s in plan), "epochs": max(s.epochs for s in plan), "stages": len(plan)}
+    for key, value in implied.items():
+        given = getattr(settings, key)
+        if layer_of(key) >= layer_of("plan") and given is not None and given != value:
+            raise ConfigError(f"setting '{key}': {given}, but plan {settings.plan!r} gives {value}; give one of "
+                              "the two (the plan decides trials, epochs and stages)")
 
 
 def plan_for(settings: RunSettings) -> list[Stage]:

@@ -212,3 +212,33 @@ def test_promote_fraction_setting_is_checked(value):
 
     with pytest.raises(ConfigError, match="^setting 'promote_fraction'"):
         RunSettings(promote_fraction=value).validate()
+
+
+def test_trials_epochs_or_stages_given_beside_a_plan_must_agree_with_it(tmp_path):
+    from types import SimpleNamespace
+
+    from orchestrator.app.lifecycle import build_settings
+    from orchestrator.search.space import SearchSpace
+
+    def settings(task_settings=None, toml=None, **overrides):
+        task = SimpleNamespace(settings=task_settings or {}, space=SearchSpace({"lr": 0.1}))
+        path = None
+        if toml is not None:
+            path = tmp_path / "sweep.toml"
+            path.write_text("[run]\n" + toml)
+        return build_settings(task, str(path) if path else None, overrides)[0]
+
+    assert settings(plan="4x1,2x3", trials=6, epochs=3, stages=2).plan == "4x1,2x3"  # the same numbers: fine
+    for key, value, implied in (("trials", 8, 6), ("epochs", 5, 3), ("stages", 3, 2)):
+        with pytest.raises(ConfigError, match=rf"^setting '{key}': {value}, but plan '4x1,2x3' gives {implied}; "
+                                              r"give one of the two \(the plan decides trials, epochs and stages\)$"):
+            settings(plan="4x1,2x3", **{key: value})
+    # A plan given later overrides what an earlier place said (the task's defaults, then the TOML file)...
+    assert settings({"trials": 4, "epochs": 2}, plan="4x1,2x3").plan == "4x1,2x3"
+    assert settings(toml='trials = 96\nepochs = 20\n', plan="4x1,2x3").plan == "4x1,2x3"
+    # ...but beside it, or after it, a number that disagrees is refused: nothing the user wrote is dropped silently.
+    with pytest.raises(ConfigError, match="^setting 'trials': 96, but plan"):
+        settings(toml='trials = 96\nplan = "4x1,2x3"\n')
+    with pytest.raises(ConfigError, match="^setting 'epochs': 10, but plan"):
+        settings(toml='plan = "4x1,2x3"\n', epochs=10)
+    assert settings(toml='trials = 96\nepochs = 20\nplan = "64x1,24x5,8x20"\n').trials == 96  # the README's file
