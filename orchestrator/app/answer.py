@@ -25,6 +25,23 @@ def format_config(config: Mapping[str, Any] | None) -> str:
     return ", ".join(f"{k}={format_value(v)}" for k, v in active_config(config).items())
 
 
+def shown_score(score: float, objective: tuple[str, str] | None) -> tuple[str, float]:
+    """``("val_mse", 0.1669)`` for a score of -0.1669 when the sweep minimised ``val_mse``: a trial's score as the
+    objective it stands for (``score`` is the objective, negated when minimised); ``("score", score)`` when the
+    objective is unknown."""
+    if objective is None or not objective[0]:
+        return "score", score
+    name, mode = objective
+    return name, -score if mode == "min" else score
+
+
+def sweep_objective(storage: Storage) -> tuple[str, str] | None:
+    """The sweep's objective and mode as its workers stored them (None: no trial stored predictions yet)."""
+    from orchestrator.store.sweeps import describe_objective
+
+    return describe_objective(schema.read_dataset_row(storage))
+
+
 def error_change(single_accuracy: float | None, accuracy: float | None) -> float | None:
     """Relative change of the test error against the best single model (-0.25 = a quarter fewer errors)."""
     if single_accuracy is None or accuracy is None or single_accuracy >= 1.0:

@@ -101,6 +101,9 @@ def run_sweep(
     from worker.check.contract import validate_contract  # torch loads here: the task is checked before Ray starts
 
     splits = validate_contract(task, [t.config for t in controller.trials.values()], settings)
+    from worker.data.kinds import objective_and_mode
+
+    controller.objective = objective_and_mode(task, splits.target_kind)  # what the printed scores stand for
     if not space.searched and settings.trials > 1:
         logging.getLogger("caviar").warning(
             "space: every value is fixed, so the %d trials train one config and differ only in their seeds (pruning "

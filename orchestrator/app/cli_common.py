@@ -134,11 +134,14 @@ def print_top(tables: Any, k: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from orchestrator.app.answer import format_config
+    from orchestrator.app.answer import format_config, shown_score, sweep_objective
+    from orchestrator.store.storage import Storage
 
     best = tables.top(k).to_pylist()
+    objective = sweep_objective(Storage.from_uri(tables.path))
     table = Table(title=f"top {len(best)} trials")
-    for column in ("trial", "stage", "status", "epochs", "best score", "val loss", "config"):
+    score_column = f"best {shown_score(0.0, objective)[0]}"  # the objective, in its own units
+    for column in ("trial", "stage", "status", "epochs", score_column, "val loss", "config"):
         table.add_column(column)
     for t in best:
         config = format_config(t["config"])  # active parameters only: no momentum=None
@@ -147,7 +150,7 @@ def print_top(tables: Any, k: int) -> None:
             str(t["stage"]),
             t["status"],
             str(t["epochs_run"]),
-            f"{t['best_score']:.4f}",
+            f"{shown_score(t['best_score'], objective)[1]:.4f}",
             f"{t['best_val_loss']:.4f}" if t["best_val_loss"] is not None else "-",
             config,
         )

@@ -41,19 +41,23 @@ def list_command(
     from rich.console import Console
     from rich.table import Table
 
+    from orchestrator.app.answer import shown_score
     from orchestrator.store.sweeps import list_sweeps
 
     rows = list_sweeps(storage)
     if not rows:
         fail(f"storage {storage!r}: no sweeps in it")
     table = Table(title=f"{len(rows)} sweeps in {storage}")
-    for column in ("name", "task", "started (UTC)", "state", "trials", "best score", "chosen ensemble"):
+    for column in ("name", "task", "started (UTC)", "state", "trials", "best", "chosen ensemble"):
         table.add_column(column)
     for r in rows:
         started = r["started"].strftime("%Y-%m-%d %H:%M") if r["started"] is not None else "-"
         ensemble = r["ensemble"] or "-"
         if r["ensemble_test_accuracy"] is not None:
             ensemble += f" (test accuracy {r['ensemble_test_accuracy']:.4f})"
-        best = f"{r['best_score']:.4f}" if r["best_score"] is not None else "-"
+        best = "-"
+        if r["best_score"] is not None:
+            name, value = shown_score(r["best_score"], r.get("objective"))
+            best = f"{value:.4f} ({name})" if r.get("objective") else f"{value:.4f}"
         table.add_row(r["name"], r["task"] or "-", started, r["state"], str(r["trials"]), best, ensemble)
     Console(width=200 if not sys.stdout.isatty() else None).print(table)

@@ -157,8 +157,9 @@ def expected_executor(config: str | None, overrides: dict[str, Any]) -> str:
 @app.command()
 def status(sweep: SweepArg, storage: StorageOption = None) -> None:
     """Trials by status and stage, read from the sweep's Parquet tables only."""
-    from orchestrator.app.answer import format_config
+    from orchestrator.app.answer import format_config, shown_score, sweep_objective
     from orchestrator.app.api import load
+    from orchestrator.store.storage import Storage
     from orchestrator.store.sweeps import resolve_sweep
 
     tables = load(resolve_sweep(sweep, storage))
@@ -176,7 +177,8 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
     best = tables.top(1).to_pylist()
     if best:
         t = best[0]
-        typer.echo(f"  best: trial {t['trial_id']} (stage {t['stage']}) score {t['best_score']:.4f}: "
+        name, value = shown_score(t["best_score"], sweep_objective(Storage.from_uri(tables.path)))
+        typer.echo(f"  best: trial {t['trial_id']} (stage {t['stage']}) {name} {value:.4f}: "
                    f"{format_config(t['config'])}")
     print_failures(trials)
 

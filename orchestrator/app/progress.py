@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from orchestrator.app.answer import format_value
+from orchestrator.app.answer import format_value, shown_score
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.status import ENDED, TrialStatus
 
@@ -52,6 +52,7 @@ class Snapshot:
     epochs_left: int = 0
     best: tuple[float, int, int, str] | None = None  # (score, trial, stage, params)
     running: list[RunningRow] = field(default_factory=list)
+    objective: tuple[str, str] | None = None  # (column, mode) the scores stand for; None: shown as scores
 
 
 def snapshot(controller: Controller) -> Snapshot:
@@ -72,7 +73,7 @@ def snapshot(controller: Controller) -> Snapshot:
         total_trials=sum(s.trials for s in controller.plan[begun:]) + len(trials),
         epochs_done=sum(t.epochs_run for t in trials), epochs_left=left,
         best=(best.best_score, best.trial_id, best.stage + 1, key_params(best.config, searched)) if best else None,
-        running=running,
+        running=running, objective=controller.objective,
     )
 
 
@@ -82,7 +83,7 @@ def key_params(config: dict[str, Any], searched: list[str]) -> str:
     return ", ".join(f"{k}={format_value(v)}" for k, v in shown)
 
 
-def event_line(event: dict[str, Any], stages: int) -> str | None:
+def event_line(event: dict[str, Any], stages: int, objective: tuple[str, str] | None = None) -> str | None:
     """One plain line for an event that changes what the sweep is doing; None for the rest."""
     kind, detail, stage = event["kind"], event.get("detail") or {}, event.get("stage")
     if kind == "stage_started":
@@ -95,8 +96,10 @@ def event_line(event: dict[str, Any], stages: int) -> str | None:
         status = kind.removeprefix("trial_")
         why = f" ({event['reason']})" if event.get("reason") and status != "completed" else ""
         epochs = detail.get("epochs")
-        return (f"trial {event['trial_id']} {status}{why} after {epochs} epoch{'' if epochs == 1 else 's'}: best score "
-                f"{'-' if score is None else f'{score:.4f}'}")
+        name, value = shown_score(score, objective) if score is not None else ("score", None)
+        after = f"after {epochs} epoch{'' if epochs == 1 else 's'}"
+        shown = "-" if value is None else f"{value:.4f}"
+        return f"trial {event['trial_id']} {status}{why} {after}: best {name} {shown}"
     if kind in ("range_extended", "edge_at_hard_limit", "edge_not_extended", "edge_warning"):
         return f"edge: {event['reason']}"
     if kind == "trial_retried":
@@ -178,7 +181,7 @@ class Progress:
             if seq <= self.seen_events:
                 continue
             self.seen_events = seq
-            line = event_line(event, snap.stages)
+            line = event_line(event, snap.stages, snap.objective)
             if line and (self.plain or not event["kind"].startswith("trial_")):  # trial ends: rows in the table
                 self._say(line)
         with self.lock:
@@ -215,7 +218,8 @@ class Progress:
         if s.best is None:
             return "best score -"
         score, trial, stage, params = s.best
-        return f"best score {score:.4f} (trial {trial}, stage {stage}" + (f": {params})" if params else ")")
+        name, value = shown_score(score, s.objective)
+        return f"best {name} {value:.4f} (trial {trial}, stage {stage}" + (f": {params})" if params else ")")
 
     def _eta_text(self, s: Snapshot) -> str:
         if self.finished:
@@ -254,16 +258,18 @@ class Progress:
             head.add_row("best config", "", "", "")
         else:
             score, trial, stage, params = s.best
-            head.add_row("best score", f"{score:.4f}", "trial", f"{trial} (stage {stage})")
+            name, value = shown_score(score, s.objective)
+            head.add_row(f"best {name}", f"{value:.4f}", "trial", f"{trial} (stage {stage})")
             head.add_row("best config", params, "", "")
         width = min(self.console.width if self.console is not None else 120, 120)  # one width, first to last frame
         rows = Table(expand=True, show_edge=False, pad_edge=False)
-        for name, min_width in (("trial", 5), ("stage", 5), ("epoch", 7), ("score", 7)):
+        column = shown_score(0.0, s.objective)[0]
+        for name, min_width in (("trial", 5), ("stage", 5), ("epoch", 7), (column, 7)):
             rows.add_column(name, min_width=min_width, no_wrap=True)
         rows.add_column("hyperparameters", no_wrap=True, overflow="ellipsis", ratio=1)
         for r in s.running:
             rows.add_row(str(r.trial_id), str(r.stage), f"{r.epoch}/{r.budget}",
-                         "-" if r.score is None else f"{r.score:.4f}", r.params)
+                         "-" if r.score is None else f"{shown_score(r.score, s.objective)[1]:.4f}", r.params)
         for _ in range(max(self.most_running - len(s.running), 0)):  # a stable height: no jumping frames
             rows.add_row("", "", "", "", "")
         title = "caviar sweep" + (": done" if self.finished else "")

@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from orchestrator.app.answer import sweep_objective
 from orchestrator.app.lifecycle import NO_PLUGINS, PlugIns, controller_for, drive_and_finish, result_of
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.restore import Rebuilt, StoredRows, restore
@@ -163,6 +164,7 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     settings, root_uri, name = resume_settings(record, storage, overrides)
     rebuilt = rebuild_controller(record, lambda space, stored: controller_for(space, stored, plugins))
     controller = rebuilt.controller
+    controller.objective = sweep_objective(storage)  # what the printed scores stand for, as the workers stored it
     if _nothing_to_do(record, rebuilt, storage, settings):  # a finished sweep: resume writes and runs nothing
         return _as_found(controller, storage, name)
     task = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to resume")

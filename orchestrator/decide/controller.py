@@ -104,6 +104,8 @@ class Controller:
         self.stage = -1
         self.pruner: Pruner | None = None
         self.abort_reason: str | None = None
+        # (column, mode) the scores stand for, for display only (decisions compare scores): set once known.
+        self.objective: tuple[str, str] | None = None
         self._any_success = False
         self._next_id = 0
         self._begin_stage(0, self.space)

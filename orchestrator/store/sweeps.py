@@ -82,9 +82,16 @@ def describe_sweep(sweep: Storage) -> dict[str, Any]:
         "state": sweep_state(trials, planned, kinds, has_ensembles),
         "trials": len(trials),
         "best_score": max(scores) if scores else None,
+        "objective": describe_objective(schema.read_dataset_row(sweep)),
         "ensemble": chosen["name"] if chosen else None,
         "ensemble_test_accuracy": chosen["test_accuracy"] if chosen else None,
     }
+
+
+def describe_objective(dataset: dict[str, Any]) -> tuple[str, str] | None:
+    """(objective, mode) from the dataset table's row; None when it holds neither (a custom kind, an old sweep)."""
+    objective, mode = dataset.get("objective"), dataset.get("mode")
+    return (objective, mode) if objective and mode in ("min", "max") else None
 
 
 def list_sweeps(storage: str) -> list[dict[str, Any]]:

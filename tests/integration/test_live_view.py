@@ -78,8 +78,9 @@ def test_live_view_starts_at_once_and_ends_on_the_tables(tmp_path):
     assert re.search(rf"trials\s+{len(trials)}/{len(trials)}", final)
     assert re.search(r"time left\s+done", final) and re.search(r"stage\s+2/2", final)
     best = tables.top(1).to_pylist()[0]
-    assert re.search(rf"best score\s+{best['best_score']:.4f}\s+trial\s+{best['trial_id']} \(stage {best['stage']}\)",
-                     final)
+    # The objective by name, in its units (val_accuracy: the score itself)
+    assert re.search(rf"best val_accuracy\s+{best['best_score']:.4f}\s+trial\s+{best['trial_id']} "
+                     rf"\(stage {best['stage']}\)", final)
     # stage starts are printed above the view as they happen
     assert "stage 1/2 started" in text and "stage 2/2 started" in text
 

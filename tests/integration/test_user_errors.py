@@ -236,4 +236,7 @@ def test_a_space_with_nothing_to_search_says_its_trials_differ_only_in_seeds(tmp
     assert said == ["space: every value is fixed, so the 3 trials train one config and differ only in their seeds "
                     "(pruning and ensembles then choose among seeds); give ranges (loguniform, choice, ...) to search"]
     assert result.counts.get("completed") == 3
-    assert Progress._best_text(SimpleNamespace(best=(0.9, 2, 1, ""))) == "best score 0.9000 (trial 2, stage 1)"
+    assert Progress._best_text(SimpleNamespace(best=(0.9, 2, 1, ""), objective=None)) == (
+        "best score 0.9000 (trial 2, stage 1)")
+    assert Progress._best_text(SimpleNamespace(best=(-0.25, 2, 1, ""), objective=("val_mse", "min"))) == (
+        "best val_mse 0.2500 (trial 2, stage 1)")
