@@ -85,6 +85,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
     if not isinstance(outputs, torch.Tensor):
         raise TaskError(f"the model must return a tensor, got {type(outputs).__name__}")
     _check_outputs(kind, outputs, yb, task)
+    _check_class_index_dtype(kind, yb, task)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -108,6 +109,16 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
                            "metrics": {k: v for k, v in values.items() if k not in ("val_loss", "val_accuracy")}}
     score_of({k: v for k, v in row.items() if v is not None}, objective, mode)  # names the reported columns if absent
     return model
+
+
+def _check_class_index_dtype(kind: Any, targets: torch.Tensor, task: Task) -> None:
+    """torch's cross-entropy takes class indices as int64 (or uint8) only; int32 labels (numpy's default on Windows,
+    pandas category codes) would fail in every trial with torch's own words. caviar never casts a target."""
+    hard = kind.kind == "classification" and not kind.soft and task.get("loss_fn") is None
+    if hard and not targets.is_floating_point() and targets.dtype not in (torch.int64, torch.uint8):
+        dtype = str(targets.dtype).removeprefix("torch.")
+        raise TaskError(f"load_data: the targets are {dtype} class indices, and the default loss (torch's "
+                        f"cross-entropy) takes int64: give y.astype('int64') (caviar never casts a target)")
 
 
 def _check_backward(model: torch.nn.Module, loss: torch.Tensor) -> None:
