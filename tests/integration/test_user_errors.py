@@ -188,6 +188,51 @@ def test_data_only_the_master_can_read_still_sweeps(ray_session, tmp_path, monke
     assert {t["status"] for t in load(result.path).trials.to_pylist()} == {"completed"}
 
 
+# build_model reads a module global that load_data sets: the input width and the class names, as tasks often do.
+GLOBALS_FROM_DATA_TASK = f"""
+import sys
+from torch import nn
+sys.path.insert(0, {ROOT + "/tests/tasks"!r})
+import tiny_task
+from tiny_task import space  # noqa: F401
+
+WIDTH = None
+CLASSES = []
+
+
+def load_data():
+    global WIDTH
+    splits = tiny_task.load_data()
+    WIDTH = splits[0][0].shape[1]
+    CLASSES.extend(["a", "b", "c"])  # changed in place
+    return splits
+
+
+def build_model(config):
+    return nn.Sequential(nn.Linear(WIDTH, 8), nn.ReLU(), nn.Linear(8, len(CLASSES)))
+"""
+
+
+def test_globals_that_load_data_sets_reach_actors_that_never_call_it(ray_session, tmp_path):
+    """Ray actors take the master's data and skip load_data: the globals it set come with the data."""
+    task = tmp_path / "globals_from_data.py"
+    task.write_text(GLOBALS_FROM_DATA_TASK)
+    result = run_sweep(str(task), trials=2, epochs=1, stages=1, slots=2, storage=str(tmp_path / "runs"), name="g",
+                       executor="ray", ensemble=False)
+    assert {t["status"] for t in load(result.path).trials.to_pylist()} == {"completed"}
+
+
+def test_the_master_records_what_load_data_set_in_the_task_and_nothing_else(tmp_path):
+    from orchestrator.spec.task import load_task
+    from worker.data.splits import prepare_task_data
+
+    task = tmp_path / "globals_from_data.py"
+    task.write_text(GLOBALS_FROM_DATA_TASK + "\nimport threading\nLOCK = None\n\ndef _open():\n"
+                    "    global LOCK\n    LOCK = threading.Lock()\n")
+    loaded = load_task(str(task))
+    assert prepare_task_data(loaded).task_globals == {"WIDTH": 4, "CLASSES": ["a", "b", "c"]}
+
+
 # Labels drawn at random: no model can beat always predicting the most frequent class.
 NOISE_TASK = f"""
 import sys

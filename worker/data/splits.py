@@ -9,13 +9,14 @@ fed float64 is refused with one line by ``worker.check.validate``, never silentl
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from orchestrator.errors import TaskError
+from worker.data import task_globals
 from worker.data.kinds import TargetKind, resolve_kind
 from worker.data.streams import Stream, check_finite_inputs, is_stream, scan, usable_std
 
@@ -38,6 +39,8 @@ class Splits:
     std: torch.Tensor | None = None
     target_kind: TargetKind = TargetKind("classification")
     streams: dict[str, Stream] | None = None  # torch Datasets read through DataLoaders (worker/data/streams.py)
+    # Task globals the master's load_data set (an input width, a vocabulary), for workers that never call it.
+    task_globals: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_train(self) -> int:
@@ -272,16 +275,19 @@ def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, sta
 
 def prepare_task_data(task: Any) -> Splits:
     """``load_data()`` of a loaded task, checked against its declared (or inferred) kind."""
+    before = task_globals.snapshot(task.namespace)
     try:
         raw = task.get("load_data")()
     except TaskError:
         raise
     except Exception as exc:
         raise TaskError(f"load_data raised {type(exc).__name__}: {exc}") from exc
-    return prepare(raw, normalize=task.normalize, kind=getattr(task, "kind", None),
-                   standardize_targets=getattr(task, "standardize_targets", False),
-                   num_workers=int(task.get("num_workers") or 0), task_statistics=task_statistics(task),
-                   num_classes=task.get("num_classes"))
+    splits = prepare(raw, normalize=task.normalize, kind=getattr(task, "kind", None),
+                     standardize_targets=getattr(task, "standardize_targets", False),
+                     num_workers=int(task.get("num_workers") or 0), task_statistics=task_statistics(task),
+                     num_classes=task.get("num_classes"))
+    splits.task_globals = task_globals.set_since(task.namespace, before)
+    return splits
 
 
 def task_statistics(task: Any) -> Any:

@@ -22,6 +22,7 @@ from orchestrator.decide.pruning import divergence_reason
 from orchestrator.decide.status import TrialStatus
 from orchestrator.spec.task import Task, load_task
 from orchestrator.store.storage import Storage
+from worker.data import task_globals
 from worker.data.kinds import baseline_val_loss
 from worker.data.splits import Splits, prepare_task_data
 from worker.train.recorder import TrialRecorder, load_resume_state
@@ -80,6 +81,8 @@ class WorkerSession:
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
         self.device = pick_device(self.options.device)
+        if splits is not None:  # the master's load_data ran, not ours: take the globals it set in the task
+            task_globals.apply(self.task.namespace, splits.task_globals)
         self.splits: Splits = (splits if splits is not None else prepare_task_data(self.task)).to(self.device)
         s = self.splits
         self.baseline_val_loss = baseline_val_loss(self.task, s.target_kind, s.y_train, s.y_val)
