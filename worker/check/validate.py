@@ -59,7 +59,8 @@ def validate_task(task: Task, config: Mapping[str, Any] | None = None, settings:
 
 
 def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch.nn.Module:
-    """One model built from ``config``; one forward pass and the loss on a training batch; the objective on val.
+    """One model built from ``config``; one forward pass, the loss and its backward pass on a training batch; the
+    objective on val.
 
     Returns the model it built."""
     kind = splits.target_kind
