@@ -159,6 +159,10 @@ DATASET = pa.schema(
         ("mode", pa.string()),  # min or max
         # regression: val MSE of predicting the training mean, the pruners' "chance" (a resume replays with it)
         ("baseline_val_loss", pa.float64()),
+        # Globals the task's load_data set (an input width, a vocabulary), as tagged JSON; load_ensemble sets them
+        # before build_model. Left out: names JSON cannot hold (load_ensemble then runs load_data if it must).
+        ("task_globals", pa.string()),
+        ("task_globals_left_out", pa.list_(pa.string())),
     ]
 )
 

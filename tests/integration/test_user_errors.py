@@ -233,6 +233,47 @@ def test_the_master_records_what_load_data_set_in_the_task_and_nothing_else(tmp_
     assert prepare_task_data(loaded).task_globals == {"WIDTH": 4, "CLASSES": ["a", "b", "c"]}
 
 
+# In a fresh process (load_task caches a task's import per path, and this one ran load_data): the globals
+# load_data set come from the sweep's dataset table; a global JSON cannot hold makes load_ensemble run load_data.
+LOAD_IN_A_FRESH_PROCESS = """
+import sys, numpy as np, torch
+from orchestrator import load_ensemble
+sweep, task = sys.argv[1], sys.argv[2]
+model = load_ensemble(sweep, name="best", task=task)
+sys.path.insert(0, sys.argv[3])
+import tiny_task
+x, y = tiny_task.load_data()[2]
+accuracy = float((model.predict(torch.from_numpy(x)).numpy() == y).mean())
+print("LOADED", accuracy, model.record.test_accuracy)
+"""
+
+UNSTORABLE_GLOBAL_TASK = GLOBALS_FROM_DATA_TASK.replace("WIDTH = None", '''
+class Shape:  # an object of the task's own: JSON cannot hold it
+    def __init__(self, width):
+        self.width = width
+
+
+SHAPE = None
+WIDTH = None''').replace("    return splits", "    global SHAPE\n    SHAPE = Shape(WIDTH)\n    return splits").replace(
+    "nn.Linear(WIDTH, 8)", "nn.Linear(SHAPE.width, 8)")
+
+
+@pytest.mark.parametrize("source", [GLOBALS_FROM_DATA_TASK, UNSTORABLE_GLOBAL_TASK], ids=["json", "object"])
+def test_a_loaded_ensemble_gets_the_globals_load_data_set_in_a_process_that_never_ran_it(tmp_path, source):
+    import subprocess
+    import sys
+
+    task = tmp_path / "globals_from_data.py"
+    task.write_text(source)
+    result = run_sweep(str(task), trials=3, epochs=2, stages=1, slots=2, storage=str(tmp_path / "runs"), name="g",
+                       executor="processes")
+    done = subprocess.run([sys.executable, "-c", LOAD_IN_A_FRESH_PROCESS, result.path, str(task),
+                           ROOT + "/tests/tasks"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded, stored = map(float, done.stdout.split("LOADED")[1].split())
+    assert loaded == pytest.approx(stored, abs=1e-9)
+
+
 # Labels drawn at random: no model can beat always predicting the most frequent class.
 NOISE_TASK = f"""
 import sys

@@ -26,3 +26,23 @@ def test_rebound_added_and_changed_in_place_globals_are_recorded_and_applied(cap
     worker_import = SimpleNamespace(WIDTH=None, VOCAB={})
     task_globals.apply(worker_import, recorded)
     assert worker_import.WIDTH == 64 and worker_import.VOCAB == {"the": 0} and worker_import.ADDED == (1, 2)
+
+
+def test_stored_globals_come_back_with_their_types_and_what_json_cannot_hold_is_named():
+    import collections
+
+    values = {"WIDTH": 64, "SHAPE": (1, 8, 8), "VOCAB": {"the": 0, 3: "x", (1, 2): [1.5, None]}, "TAGS": {"a", "b"},
+              "MEAN": np.arange(4, dtype=np.float32) / 3, "SCALE": np.float32(0.1), "NAMES": np.array(["ab", "c"]),
+              "POINT": collections.namedtuple("Point", "x y")(1, 2), "LOCK": threading.Lock(),
+              "DATA": np.zeros(1 << 20)}  # 8 MiB of floats: data, not a setting
+    text, left_out = task_globals.encode(values)
+    assert left_out == ["DATA", "LOCK", "POINT"]
+    back = task_globals.decode(text)
+    assert back.keys() == values.keys() - set(left_out)
+    for name, value in back.items():
+        assert type(value) is type(values[name]), name
+        if isinstance(value, np.ndarray):
+            assert value.dtype == values[name].dtype and np.array_equal(value, values[name]), name
+        else:
+            assert value == values[name], name
+    assert task_globals.decode(None) == {}  # a sweep from before they were stored

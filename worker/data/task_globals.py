@@ -10,10 +10,13 @@ own import of the task before building a model.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import pickle
 import types
 from typing import Any
+
+import numpy as np
 
 log = logging.getLogger("caviar")
 
@@ -71,3 +74,67 @@ def _changed(value: Any, before: tuple[int, Any] | None) -> bool:
         return bool(before[1] != value)
     except Exception:  # containers of arrays: == has no single truth value
         return True
+
+
+# -- stored with the sweep, for load_ensemble in a process that never ran load_data --------------------------------
+#
+# Tagged JSON, not pickle: loading a sweep never runs code from it. Tuples, sets, non-string dict keys and numpy
+# arrays keep their types, so build_model sees what it saw in training.
+
+MAX_STORED_CHARS = 4 << 20  # a global larger than this in JSON is data, not a setting: left out
+
+
+def encode(values: dict[str, Any]) -> tuple[str, list[str]]:
+    """``values`` as tagged JSON text, and the names of those JSON cannot hold (objects, large arrays)."""
+    stored: dict[str, Any] = {}
+    left_out: list[str] = []
+    for name, value in sorted(values.items()):
+        try:
+            tagged = _tag(value)
+            text = json.dumps(tagged)
+        except (TypeError, ValueError, RecursionError):
+            left_out.append(name)
+            continue
+        if len(text) > MAX_STORED_CHARS:
+            left_out.append(name)
+        else:
+            stored[name] = tagged
+    return json.dumps(stored), left_out
+
+
+def decode(text: str | None) -> dict[str, Any]:
+    """What :func:`encode` stored; empty for ``None`` (a sweep from before these were stored)."""
+    return {} if not text else {name: _untag(value) for name, value in json.loads(text).items()}
+
+
+def _tag(value: Any) -> Any:
+    kind = type(value)  # exact types: a namedtuple or an OrderedDict would come back as something else
+    if value is None or kind in (bool, int, float, str):
+        return value
+    if kind is list:
+        return [_tag(v) for v in value]
+    if kind is tuple:
+        return {"tuple": [_tag(v) for v in value]}
+    if kind in (set, frozenset):
+        return {kind.__name__: [_tag(v) for v in value]}
+    if kind is dict:
+        return {"dict": [[_tag(k), _tag(v)] for k, v in value.items()]}
+    if isinstance(value, (np.ndarray, np.generic)) and kind.__module__ == "numpy" and value.dtype.kind in "biufU":
+        return {"ndarray": np.asarray(value).tolist(), "dtype": value.dtype.str, "shape": list(np.shape(value)),
+                "scalar": isinstance(value, np.generic)}
+    raise TypeError(f"{kind.__name__} is not stored as JSON")
+
+
+def _untag(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_untag(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "ndarray" in value:
+        array = np.asarray(value["ndarray"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
+        return array[()] if value["scalar"] else array
+    if "dict" in value:
+        return {_untag(k): _untag(v) for k, v in value["dict"]}
+    (tag, items), = value.items()
+    return {"tuple": tuple, "set": set, "frozenset": frozenset}[tag](_untag(v) for v in items)
+

@@ -9,7 +9,8 @@ in ``dataset/dataset.parquet``), so ``model(x_raw)`` sees what the members saw i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,8 +24,12 @@ from orchestrator.spec.task import Task
 from orchestrator.spec.task_source import sweep_task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
+from worker.data import task_globals
 from worker.train.recorder import load_safetensors
 from worker.train.trainer import pick_device
+
+log = logging.getLogger("caviar")
+_UNSET = object()  # a global the task's import did not define
 
 
 def read_verified(storage: Storage, rel: str, expected_sha256: str | None) -> bytes:
@@ -49,6 +54,7 @@ class SweepModels:
         if not storage.exists(schema.SWEEP_PATH):
             raise StorageError(f"{storage.uri!r} is not a caviar sweep directory (no {schema.SWEEP_PATH})")
         self.task = sweep_task(storage, task, trust_task_code=trust_task_code)
+        self._set_task_globals(schema.read_dataset_row(storage))
         trials = storage.read_table(schema.TRIALS_PATH).to_pylist()
         self.configs: dict[int, dict[str, Any]] = {t["trial_id"]: dict(t["config"] or {}) for t in trials}
         index = schema.read_dir(storage, "checkpoints", schema.CHECKPOINTS)
@@ -56,6 +62,17 @@ class SweepModels:
         self.checkpoints: dict[CandidateKey, dict[str, Any]] = {}
         for row in sorted(index.to_pylist(), key=lambda r: r["attempt"]):  # the latest attempt wins
             self.checkpoints[CandidateKey(row["trial_id"], row["epoch"], row["weights"])] = row
+
+    def _set_task_globals(self, dataset_row: dict[str, Any]) -> None:
+        """Set what the sweep's load_data left in the task (``WIDTH = x.shape[1]``): this process never ran it."""
+        stored = task_globals.decode(dataset_row.get("task_globals"))
+        self._before_stored = {name: getattr(self.task.namespace, name, _UNSET) for name in stored}
+        task_globals.apply(self.task.namespace, stored)
+        # Globals JSON could not hold (a tokenizer), or a sweep from before they were stored: load_data sets them,
+        # run only if a member fails to build or load without it (a serving machine may lack the data).
+        self._unstored = (dataset_row.get("task_globals_left_out") or []) if "task_globals" in dataset_row \
+            else ["(not recorded before this version)"]
+        self._ran_load_data = False
 
     def build(self, trial_id: int) -> nn.Module:
         if trial_id not in self.configs:
@@ -65,6 +82,45 @@ class SweepModels:
         except Exception as exc:
             raise TaskError(f"build_model raised {type(exc).__name__} for trial {trial_id}: {exc}") from exc
 
+    def with_weights(self, trial_id: int, state: dict[str, torch.Tensor]) -> nn.Module:
+        """Trial ``trial_id``'s model holding ``state``; once, after running load_data if it may set what
+        build_model reads."""
+        try:
+            return self._built_with(trial_id, state)
+        except (TaskError, RuntimeError) as exc:
+            if not self._unstored or self._ran_load_data:
+                raise
+            log.info("load_ensemble: %s; running the task's load_data, which sets globals the sweep could not "
+                     "store (%s), and building again", exc, ", ".join(self._unstored))
+            try:
+                self.run_load_data()
+            except Exception as data_exc:
+                raise TaskError(f"{exc}; build_model may read globals the task's load_data sets "
+                                f"({', '.join(self._unstored)}), and load_data raised {type(data_exc).__name__}: "
+                                f"{data_exc}") from exc
+            return self._built_with(trial_id, state)
+
+    def run_load_data(self, load_data: Callable[[], Any] | None = None) -> Any:
+        """The task's ``load_data()`` (or ``load_data``), from the globals as the task's import left them: one that
+        extends a list in place must not see the stored copy."""
+        for name, value in self._before_stored.items():
+            if value is _UNSET:
+                delattr(self.task.namespace, name)
+            else:
+                setattr(self.task.namespace, name, value)
+        self._ran_load_data = True
+        return (load_data or self.task.get("load_data"))()
+
+    def _built_with(self, trial_id: int, state: dict[str, torch.Tensor]) -> nn.Module:
+        model = self.build(trial_id)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            detail = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
+            raise RuntimeError(f"trial {trial_id}'s weights do not fit the model build_model returns: "
+                               f"{detail[0]}{' (and more)' if len(detail) > 1 else ''}") from exc
+        return model
+
     def state(self, key: CandidateKey) -> dict[str, torch.Tensor]:
         row = self.checkpoints.get(key)
         if row is None:
@@ -73,9 +129,7 @@ class SweepModels:
         return load_state(self.storage, row["path"], row["sha256"])
 
     def model(self, key: CandidateKey) -> nn.Module:
-        model = self.build(key.trial_id)
-        model.load_state_dict(self.state(key))
-        return model.eval()
+        return self.with_weights(key.trial_id, self.state(key)).eval()
 
 
 class EnsembleModel(nn.Module):
@@ -189,8 +243,8 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
     models = SweepModels(storage, task, trust_task_code)
     dataset = read_dataset(storage)
     if record.weights_path:  # a soup: one model with averaged weights, built like its first ingredient
-        model = models.build(record.members[0].key.trial_id)
-        model.load_state_dict(load_state(storage, record.weights_path, record.weights_sha256))
+        model = models.with_weights(record.members[0].key.trial_id,
+                                    load_state(storage, record.weights_path, record.weights_sha256))
         members, weights = [model], [1.0]
     else:
         members = [models.model(m.key) for m in record.members]

@@ -87,14 +87,14 @@ class Soup:
         self.storage, self.max_ingredients = storage, max_ingredients
         self.models = SweepModels(storage, task)
         self.device = pick_device(device)
-        self.splits = self._checked_splits(storage, task, load_data or task.get("load_data"), splits)
+        self.splits = self._checked_splits(storage, task, load_data, splits)
         self._arch: dict[int, tuple[Any, ...]] = {}
 
-    def _checked_splits(self, storage: Storage, task: Task, load_data: Callable[[], Any],
+    def _checked_splits(self, storage: Storage, task: Task, load_data: Callable[[], Any] | None,
                         splits: Splits | None) -> Splits:
         """``splits`` (the data the sweep's contract check prepared), else ``load_data()`` prepared here."""
         if splits is None:
-            splits = prepare(load_data(), normalize=task.normalize, kind=task.kind,
+            splits = prepare(self.models.run_load_data(load_data), normalize=task.normalize, kind=task.kind,
                              standardize_targets=task.standardize_targets, task_statistics=task_statistics(task))
         stored = read_dataset(storage)
         if not (np.array_equal(splits.y_val.numpy(), stored.y_val)

@@ -22,6 +22,7 @@ import torch
 from orchestrator.errors import ConfigError
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
+from worker.data import task_globals
 from worker.data.kinds import baseline_val_loss
 from worker.data.splits import Splits
 from worker.train.trainer import TrialRun
@@ -56,6 +57,7 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
         "mode": mode,
         "baseline_val_loss": baseline,
     }
+    row["task_globals"], row["task_globals_left_out"] = task_globals.encode(splits.task_globals)
     if kind.hard_classes:
         return {**row, "y_val": splits.y_val.cpu().tolist(), "y_test": splits.y_test.cpu().tolist()}
     if kind.kind == "classification":  # soft labels: the target probabilities, as the ensembles score against them
