@@ -97,6 +97,10 @@ def run_sweep(
         task = load_task(task)
     settings, space = build_settings(task, config_file, overrides)
     controller = controller_for(space, settings, choose_plugins(task.settings, overrides))
+    if settings.fuse == "off" and settings.array_size != "auto":  # said, not refused: a task may set it for --fuse on
+        logging.getLogger("caviar").warning(
+            "setting 'array_size' (%s) does nothing while fuse is off: set fuse to on or auto to train same-shape "
+            "trials as fused arrays", settings.array_size)
     root, sweep, name = prepare_storage(settings, task)
     from worker.check.contract import validate_contract  # torch loads here: the task is checked before Ray starts
 

@@ -317,7 +317,10 @@ def test_a_space_with_nothing_to_search_says_its_trials_differ_only_in_seeds(tmp
     path.write_text(FIXED_TASK)
     with caplog.at_level("WARNING", logger="caviar"):
         result = run_sweep(str(path), trials=3, epochs=1, stages=1, slots=2, storage=str(tmp_path), name="fixed",
-                           executor="processes", ensemble=False)
+                           executor="processes", ensemble=False, array_size=4)  # and a size for arrays never made
+    assert [r.getMessage() for r in caplog.records if "array_size" in r.getMessage()] == [
+        "setting 'array_size' (4) does nothing while fuse is off: set fuse to on or auto to train same-shape trials "
+        "as fused arrays"]
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("space: every value is fixed")]
     assert said == ["space: every value is fixed, so the 3 trials train one config and differ only in their seeds "
                     "(pruning and ensembles then choose among seeds); give ranges (loguniform, choice, ...) to search"]
