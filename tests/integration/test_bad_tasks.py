@@ -121,13 +121,13 @@ CASES = [
         "float64_inputs_for_a_float32_model",
         TINY_MODEL + "\ndef load_data():\n    return [(x.astype(np.float64), y) for x, y in tiny_task.load_data()]\n",
         "load_data: the inputs are float64 but the model's parameters are float32; caviar never casts inputs: "
-        "give X.astype('float32') or build a float64 model (on each of the sweep's first 4 configs)",
+        "give X.astype('float32') or build a float64 model",
     ),
     BadTask(
         "int32_class_indices",  # numpy's default integer on Windows, pandas category codes
         TINY_MODEL + "\ndef load_data():\n    return [(x, y.astype(np.int32)) for x, y in tiny_task.load_data()]\n",
         "load_data: the targets are int32 class indices, and the default loss (torch's cross-entropy) takes int64: "
-        "give y.astype('int64') (caviar never casts a target) (on each of the sweep's first 4 configs)",
+        "give y.astype('int64') (caviar never casts a target)",
     ),
     BadTask(
         "loss_without_a_gradient",  # .item() inside loss_fn: every trial would fail at its first backward

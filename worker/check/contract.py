@@ -110,7 +110,9 @@ def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings
     piece = "build_model" if _raised_in_build(first) else "the model's forward pass or loss_fn"
     tried = min(len(configs), CONFIGS_TRIED)
     error = _refuse(task, piece, first)
-    raise TaskError(f"{error} (on each of the sweep's first {tried} configs)" if tried > 1 else str(error)) from first
+    about_data = isinstance(first, TaskError) and str(first).startswith("load_data:")  # holds for every config
+    raise TaskError(f"{error} (on each of the sweep's first {tried} configs)" if tried > 1 and not about_data
+                    else str(error)) from first
 
 
 def _raised_in_build(exc: BaseException) -> bool:
