@@ -58,7 +58,14 @@ def test_each_kind_refuses_what_does_not_fit_it():
     assert refusal(None, [[0], [2], [1]], [0], [1]).endswith(  # a column of class indices, as a CSV reader gives
         "train targets have shape (3, 1); classification needs class indices of shape (N,) or probabilities of "
         "shape (N, C): give y.reshape(-1)")
-    assert refusal(None, [[[0, 1]]], [0], [1]).endswith('(N, C): for other targets declare kind = "regression"')
+    assert refusal("classification", [[[0.5, 0.5]]], [0], [1]).endswith(  # floats, not probabilities' shape
+        "probabilities of shape (N, C): for other targets declare kind = \"regression\"")
+    # a class per token or pixel: "regression" would refuse integers in turn, so the advice is kind = "custom"
+    assert refusal(None, [[0, 4, 2], [1, 1, 3]], [0], [1]) == (
+        "load_data: train targets have shape (2, 3), a class per position (tagging, segmentation); caviar's "
+        "classification gives each example one class: declare kind = \"custom\" with a loss_fn (cross_entropy takes "
+        "outputs (N, C, T) against targets (N, T)) and metrics")
+    assert "outputs (N, C, H, W) against targets (N, H, W)" in refusal(None, [[[0, 1], [2, 2]]], [0], [1])
 
 
 @pytest.mark.parametrize("declared", [None, "classification"])

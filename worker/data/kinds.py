@@ -172,6 +172,8 @@ def _classification(targets: Mapping[str, torch.Tensor]) -> TargetKind:
     top = -1
     for split, y in targets.items():
         if y.ndim != 1:
+            if not y.is_floating_point() and y.ndim >= 2 and not (y.ndim == 2 and y.shape[1] == 1):
+                raise _per_position_refusal(y, split)
             column = y.ndim == 2 and y.shape[1] == 1 and not y.is_floating_point()
             advice = ("give y.reshape(-1)" if column  # a column of class indices, as pandas or a CSV reader gives it
                       else 'for other targets declare kind = "regression"')
@@ -188,6 +190,15 @@ def _classification(targets: Mapping[str, torch.Tensor]) -> TargetKind:
         if len(y):
             top = max(top, int(y.max()))
     return TargetKind("classification", num_classes=top + 1)
+
+
+def _per_position_refusal(y: torch.Tensor, split: str) -> TaskError:
+    """Integer targets (N, T) or (N, H, W): a class per token or pixel (sequence labelling, segmentation)."""
+    positions = {2: "T", 3: "H, W", 4: "D, H, W"}.get(y.ndim, "...")
+    return TaskError(f"load_data: {split} targets have shape {tuple(y.shape)}, a class per position (tagging, "
+                     f"segmentation); caviar's classification gives each example one class: declare kind = \"custom\" "
+                     f"with a loss_fn (cross_entropy takes outputs (N, C, {positions}) against targets "
+                     f"(N, {positions})) and metrics")
 
 
 def _regression(targets: Mapping[str, torch.Tensor], standardize: bool) -> TargetKind:
