@@ -112,6 +112,34 @@ CASES = [
         " targets.reshape(-1, 1) (on each of the sweep's first 4 configs)",
     ),
     BadTask(
+        "hand_written_loss_broadcasts",  # (N, 1) - (N,) in plain torch arithmetic: no warning at all
+        "\nkind = 'regression'\n"
+        "\ndef load_data():\n    return [(x, x.sum(1)) for x, _ in tiny_task.load_data()]\n"
+        "\ndef build_model(config):\n    return nn.Linear(4, 1)\n"
+        "\ndef loss_fn(out, y):\n    return ((out - y) ** 2).mean()\n",
+        "loss_fn: its value on a training batch changes when the outputs (32, 1) are given the targets' shape (32,)"
+        " (… against …): it broadcasts them, comparing every output with every target; give them one shape in it,"
+        " e.g. outputs.squeeze(1) or targets.reshape(-1, 1) (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
+        "metric_broadcasts",  # the objective itself: it would rank the sweep on (N, N) differences
+        "\nkind = 'regression'\nobjective = 'val_abs_err'\nmode = 'min'\n"
+        "\ndef load_data():\n    return [(x, x.sum(1)) for x, _ in tiny_task.load_data()]\n"
+        "\ndef build_model(config):\n    return nn.Linear(4, 1)\n"
+        "\ndef metrics(out, y):\n    return {'abs_err': float((out - y).abs().mean())}\n",
+        "metrics: 'abs_err': its value on a training batch changes when the outputs (32, 1) are given the targets'"
+        " shape (32,) (… against …): it broadcasts them, … (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
+        "outputs_in_another_layout",  # channels first against channels last: the same number of values
+        "\nkind = 'regression'\n"
+        "\ndef load_data():\n    return [(x, np.repeat(x[:, None, :], 2, 1)) for x, _ in tiny_task.load_data()]\n"
+        "\ndef build_model(config):\n    return nn.Sequential(nn.Linear(4, 8), nn.Unflatten(1, (4, 2)))\n",
+        "the model's forward pass or loss_fn: model outputs have shape (32, 4, 2) but the targets (32, 2, 4): as many"
+        " values in another layout, and caviar never guesses which output is which target; give the model outputs of"
+        " the targets' shape (e.g. with permute) or targets of its shape (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
         "wrong_input_width",
         TINY_DATA + "\ndef build_model(config):\n    return nn.Linear(5, 3)\n",
         "the model's forward pass or loss_fn raised RuntimeError: mat1 and mat2 shapes cannot be multiplied"

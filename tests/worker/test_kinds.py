@@ -241,3 +241,20 @@ def test_a_custom_kind_sweep_says_why_it_has_no_ensembles(tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         'ensembles not built: kind = "custom" outputs are the task\'s own, and caviar averages only class '
         "probabilities or regression outputs; the best trial is the answer"]
+
+
+@pytest.mark.parametrize("outputs", ["out.squeeze(1)", "out.reshape(-1)", "out.view_as(y)", "out[:, 0]"])
+def test_a_loss_or_metric_that_gives_outputs_the_targets_shape_passes_the_broadcast_check(tmp_path, outputs):
+    """The check computes each again with (N,) outputs: one that then raises (squeeze(1)) or agrees is shape-aware."""
+    body = FLOAT_TARGETS + textwrap.dedent(f"""
+        kind = "regression"
+        objective = "val_abs_err"
+        mode = "min"
+        def build_model(config):
+            return nn.Linear(3, 1)
+        def loss_fn(out, y):
+            return (({outputs} - y) ** 2).mean()
+        def metrics(out, y):
+            return {{"abs_err": float(({outputs} - y).abs().mean())}}
+    """)
+    validate_task(load_task(write_task(tmp_path, body)))

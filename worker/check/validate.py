@@ -21,7 +21,7 @@ from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution
 from orchestrator.spec.task import Task
 from worker.check.overlap import warn_if_splits_share_examples
-from worker.data.kinds import loss_function, match_targets, objective_and_mode, score_of
+from worker.data.kinds import loss_function, match_targets, objective_and_mode, same_layout, score_of
 from worker.data.splits import Splits, prepare_task_data, skips_single_batch
 from worker.train.optim import setting
 from worker.train.trainer import evaluate_split
@@ -102,6 +102,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
     if not math.isfinite(float(loss.detach())):
         raise TaskError(f"loss_fn gives {float(loss.detach())} on the first batch of an untrained model")
     _check_backward(model, loss)
+    _refuse_shape_dependent(task, outputs.detach(), yb)
     x_val = splits.streams["val"] if splits.streams else splits.x_val
     assert x_val is not None
     values, _ = evaluate_split(task, kind, loss_fn, model, x_val, splits.y_val, "val", splits)
@@ -156,6 +157,49 @@ def _refuse_broadcast(caught: Sequence[warnings.WarningMessage], outputs: torch.
                             f"{into}, so the loss compares every output with every target (torch warns and goes on); "
                             "give them one shape in loss_fn, e.g. outputs.squeeze(1) or targets.reshape(-1, 1)")
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _refuse_shape_dependent(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """A hand-written ``loss_fn`` or metric computing ``outputs - targets`` on ``(N, 1)`` against ``(N,)`` broadcasts
+    to ``(N, N)`` with no warning, and every trial would be trained or ranked on it. So each is computed again with
+    the outputs given the targets' shape: a value that changes is refused. One that raises then is shape-aware
+    (``outputs.squeeze(1)``) and passes."""
+    if outputs.shape == targets.shape or outputs.numel() != targets.numel() or outputs.ndim < 1 \
+            or not same_layout(tuple(outputs.shape), tuple(targets.shape)):
+        return  # a permuted layout is the task's own business (a custom kind's loss may permute it back)
+    shaped = outputs.reshape(targets.shape)
+    pairs: list[tuple[str, float, float]] = []
+    loss_fn = task.get("loss_fn")
+    with torch.no_grad():
+        if loss_fn is not None:
+            pairs.append(("loss_fn", *(_value_of(loss_fn, o, targets) for o in (outputs, shaped))))
+        if task.get("metrics") is not None:
+            given, reshaped = (_value_of(task.get("metrics"), o, targets) for o in (outputs, shaped))
+            if isinstance(given, Mapping) and isinstance(reshaped, Mapping):
+                pairs += [(f"metrics: {name!r}", given[name], reshaped.get(name)) for name in given]
+    for piece, value, value_shaped in pairs:
+        if _differ(value, value_shaped):
+            raise TaskError(f"{piece}: its value on a training batch changes when the outputs {tuple(outputs.shape)} "
+                            f"are given the targets' shape {tuple(targets.shape)} ({float(value):.4g} against "
+                            f"{float(value_shaped):.4g}): it broadcasts them, comparing every output with every "
+                            "target; give them one shape in it, e.g. outputs.squeeze(1) or targets.reshape(-1, 1)")
+
+
+def _value_of(fn: Any, outputs: torch.Tensor, targets: torch.Tensor) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the first call's warnings were shown (or refused) already
+            return fn(outputs, targets)
+    except Exception:
+        return None
+
+
+def _differ(a: Any, b: Any) -> bool:
+    try:
+        a, b = float(a), float(b)
+    except (TypeError, ValueError):
+        return False  # one of them raised or is not a number: nothing to compare
+    return math.isfinite(a) and math.isfinite(b) and not math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-7)
 
 
 def _dtype_mismatch(model: torch.nn.Module, x: torch.Tensor) -> str | None:

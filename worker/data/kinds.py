@@ -230,9 +230,20 @@ def match_targets(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if outputs.shape == targets.shape:
         return outputs
     if outputs.shape[0] == targets.shape[0] and outputs.numel() == targets.numel():
-        return outputs.reshape(targets.shape)
+        if same_layout(tuple(outputs.shape[1:]), tuple(targets.shape[1:])):
+            return outputs.reshape(targets.shape)
+        raise TaskError(f"model outputs have shape {tuple(outputs.shape)} but the targets {tuple(targets.shape)}: "
+                        "as many values in another layout, and caviar never guesses which output is which target; "
+                        "give the model outputs of the targets' shape (e.g. with permute) or targets of its shape")
     raise TaskError(f"model outputs have shape {tuple(outputs.shape)} but the targets {tuple(targets.shape)}; "
                     "a regression model predicts one value per target")
+
+
+def same_layout(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether one example's outputs ``a`` reshape to targets ``b`` value for value: they differ only in dimensions
+    of size 1, or one side is flat (a row-major view). (3, 8, 8) against (8, 8, 3) is a guess, not a view."""
+    a, b = tuple(d for d in a if d != 1), tuple(d for d in b if d != 1)
+    return a == b or len(a) <= 1 or len(b) <= 1
 
 
 def default_loss(kind: TargetKind) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
