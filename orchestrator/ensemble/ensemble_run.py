@@ -335,6 +335,10 @@ def write_ensembles(storage: Storage, records: Sequence[EnsembleRecord]) -> None
 
 def read_ensembles(storage: Storage) -> list[EnsembleRecord]:
     if not storage.exists(schema.ENSEMBLES_PATH):
+        if not storage.exists(schema.DATASET_PATH):  # `caviar ensemble` would refuse in turn: say why, once
+            raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file, and none can be built: no trial "
+                               "stored predictions (the task's kind is \"custom\", prediction_dtype is \"none\", or "
+                               "no trial finished); the sweep's answer is its best trial (caviar top SWEEP_DIR)")
         raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file "
                            "(build them: caviar ensemble SWEEP_DIR)")
     return [EnsembleRecord.from_row(r) for r in storage.read_table(schema.ENSEMBLES_PATH).to_pylist()]

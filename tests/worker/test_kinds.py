@@ -241,6 +241,18 @@ def test_a_custom_kind_sweep_says_why_it_has_no_ensembles(tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         'ensembles not built: kind = "custom" outputs are the task\'s own, and caviar averages only class '
         "probabilities or regression outputs; the best trial is the answer"]
+    # load_ensemble then says why there is nothing to load, not to run `caviar ensemble`, which would refuse too
+    from orchestrator.ensemble.ensemble_run import read_ensembles
+    from orchestrator.errors import StorageError
+    from orchestrator.store import schema
+
+    storage = Storage.from_uri(str(tmp_path))
+    with pytest.raises(StorageError, match=r"no such file, and none can be built: no trial stored predictions \(the "
+                                           r"task's kind is \"custom\".*answer is its best trial \(caviar top"):
+        read_ensembles(storage)
+    storage.write_bytes(schema.DATASET_PATH, b"")  # predictions stored: the ensembles can be built
+    with pytest.raises(StorageError, match=r"no such file \(build them: caviar ensemble SWEEP_DIR\)$"):
+        read_ensembles(storage)
 
 
 @pytest.mark.parametrize("outputs", ["out.squeeze(1)", "out.reshape(-1)", "out.view_as(y)", "out[:, 0]"])
