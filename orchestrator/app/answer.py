@@ -85,7 +85,8 @@ def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
 
     storage = Storage.from_uri(sweep_uri)
     if not storage.exists(schema.ENSEMBLES_PATH):
-        return []
+        custom = schema.read_dataset_row(storage).get("kind") == "custom"
+        return best_checkpoint_lines(storage, sweep_uri, task_ref) if custom else []
     records = read_ensembles(storage)
     chosen = next((r for r in records if r.chosen), None)
     single = next((r for r in records if r.method == "single"), None)
@@ -125,7 +126,25 @@ def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
         lines.append(f"  {what} {change:+.1%} relative to the best single model")
     elif single is chosen:
         lines.append("  the best single model won: no ensemble beat it on validation")
+    return [*lines, load_line(sweep_uri, task_ref)]
+
+
+def load_line(sweep_uri: str, task_ref: str | None) -> str:
     code = f'task="{task_ref}"' if task_ref else "trust_task_code=True"  # the code that builds it: named, never implied
-    lines.append(f'Load it: from orchestrator import load_ensemble; model = load_ensemble('
-                 f'"{redact_uri(sweep_uri)}", name="best", {code})')
-    return lines
+    return (f'Load it: from orchestrator import load_ensemble; model = load_ensemble("{redact_uri(sweep_uri)}", '
+            f'name="best", {code})')
+
+
+def best_checkpoint_lines(storage: Storage, sweep_uri: str, task_ref: str | None) -> list[str]:
+    """A custom kind's answer: no ensembles (its outputs are the task's own), its best checkpoint and how to load it."""
+    from orchestrator.ensemble.ensemble_run import best_checkpoint
+
+    index = schema.read_dir(storage, "checkpoints", schema.CHECKPOINTS)
+    best = best_checkpoint(index.to_pylist()) if index is not None else None
+    if best is None:
+        return []
+    metrics = dict(best["metrics"] or [])
+    values = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items() if value is not None)
+    weights = " (EMA)" if best["weights"] == "ema" else ""
+    return [f"Best checkpoint: trial {best['trial_id']} epoch {best['epoch']}{weights}: {values}; no ensembles for "
+            'kind = "custom" (outputs are the task\'s own)', load_line(sweep_uri, task_ref)]

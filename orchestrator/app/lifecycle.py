@@ -355,7 +355,8 @@ def build_ensembles(storage: Storage, task: Any, device: str = "auto",
     """
     if getattr(task, "kind", None) == "custom":  # its trials store no predictions: there is nothing to average
         log.warning('ensembles not built: kind = "custom" outputs are the task\'s own, and caviar averages only '
-                    "class probabilities or regression outputs; the best trial is the answer")
+                    "class probabilities or regression outputs; the best checkpoint is the answer "
+                    '(load_ensemble(name="best") loads it)')
         return None
     metric = "accuracy" if getattr(task, "metric", "accuracy") == "accuracy" else "log_loss"
     from worker.load.objective import ensemble_objective

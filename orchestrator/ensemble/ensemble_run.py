@@ -16,6 +16,7 @@ a sweep is chosen by log loss, and every row says so (``detail.choice_note``).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,7 +30,7 @@ from orchestrator.ensemble.ensembles import SELECTION_METRICS, Candidate, Candid
 from orchestrator.ensemble.records import EnsembleRecord
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.store import schema
-from orchestrator.store.storage import Storage
+from orchestrator.store.storage import Storage, redact_uri
 
 log = logging.getLogger("caviar")
 
@@ -106,6 +107,9 @@ def read_dataset(storage: Storage) -> Dataset:
 
     def stat(values: list[float] | None) -> np.ndarray | None:
         return None if values is None else np.asarray(values, dtype=np.float64).reshape(shape)
+
+    if row.get("kind") == "custom":  # no labels: what loading its best model needs
+        return Dataset(0, np.empty(0), np.empty(0), shape, stat(row["mean"]), stat(row["std"]), "custom", **extra)
 
     if row.get("kind") == "regression":
         target_shape = tuple(row["target_shape"] or ())
@@ -344,6 +348,16 @@ def read_ensembles(storage: Storage) -> list[EnsembleRecord]:
     return [EnsembleRecord.from_row(r) for r in storage.read_table(schema.ENSEMBLES_PATH).to_pylist()]
 
 
+def best_checkpoint(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The checkpoint-index row with the highest finite score (a custom kind's answer), the latest attempt of each
+    (trial, epoch, weights); ties go to the lower trial, then the earlier epoch. None when no score is finite."""
+    latest: dict[tuple[int, int, str], dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: r["attempt"]):
+        latest[(row["trial_id"], row["epoch"], row["weights"])] = row
+    scored = [r for r in latest.values() if r["score"] is not None and math.isfinite(r["score"])]
+    return max(scored, key=lambda r: (r["score"], -r["trial_id"], -r["epoch"]), default=None)
+
+
 def pick(records: Sequence[EnsembleRecord], name: str = "best") -> EnsembleRecord:
     """``best`` is the chosen row; otherwise a row's name (``top_k``, ``greedy``, ...) or its id."""
     for r in records:
@@ -361,6 +375,10 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
     ``objective_for`` gives the objective that chooses (None from it: the built-in metrics stand for it).
     """
     dataset = read_dataset(storage)
+    if dataset.kind == "custom":
+        raise StorageError(f"{redact_uri(storage.uri)}: a kind = \"custom\" sweep has no ensembles (its outputs "
+                           "are the task's own, and caviar averages only class probabilities or regression outputs); "
+                           "load_ensemble(SWEEP, name=\"best\") loads its best checkpoint")
     objective = objective_for(dataset) if objective_for is not None else None
     if dataset.kind == "regression":  # averaged outputs chosen on validation MSE (regression_ensembles.py)
         from orchestrator.ensemble.regression_ensembles import build_regression, read_regression

@@ -234,3 +234,27 @@ def test_token_ids_sweep_as_integers_and_the_loaded_ensemble_takes_them(ray_sess
     assert float((ensemble.predict(torch.from_numpy(x_test)).numpy() == y_test).mean()) > 0.5
     with pytest.raises(ConfigError, match="inputs are float32 but the sweep's models trained on int64 inputs"):
         ensemble(torch.from_numpy(x_test).float())  # never cast: a float token id is a mistake worth naming
+
+
+def test_a_custom_kind_sweeps_answer_is_its_best_checkpoint_loaded_with_the_workers_standardisation(storage_dir):
+    result = sweep("custom_kind_task.py", storage_dir, ensemble=True, executor="processes")
+    storage = Storage.from_uri(result.path)
+    stored = max((r for r in load(result.path).checkpoints.to_pylist() if math.isfinite(r["score"])),
+                 key=lambda r: r["score"])
+    model = load_ensemble(result.path, name="best", task=os.path.join(TASKS, "custom_kind_task.py"))
+    assert model.record is None and len(model.members) == 1
+    _, (x_val, y_val), _ = load_task(os.path.join(TASKS, "custom_kind_task.py")).get("load_data")()
+    with torch.no_grad():  # raw inputs in: the outputs as the model gives them, on the table's numbers
+        l1 = float((model(torch.from_numpy(x_val)) - torch.from_numpy(y_val)).abs().mean())
+    assert l1 == pytest.approx(metric_map(stored)["val_l1"], rel=1e-5)
+    assert model.predict(x_val).shape == (60, 2)
+    with pytest.raises(ConfigError, match='a kind = "custom" sweep has no ensembles; name="best" loads its best'):
+        load_ensemble(result.path, name="top_k", task=os.path.join(TASKS, "custom_kind_task.py"))
+    refused = CliRunner().invoke(app, ["ensemble", result.path])
+    assert refused.exit_code != 0 and 'a kind = "custom" sweep has no ensembles' in str(refused.exception)
+    assert read_dataset(storage).kind == "custom" and not storage.exists(schema.ENSEMBLES_PATH)
+    from orchestrator.app.answer import ensemble_lines
+
+    said, load_it = ensemble_lines(result.path, "task.py")  # what `caviar run` prints at the end
+    assert said.startswith(f"Best checkpoint: trial {stored['trial_id']} epoch {stored['epoch']}")
+    assert f"val_l1 {metric_map(stored)['val_l1']:.4f}" in said and load_it.startswith("Load it: ")

@@ -240,7 +240,7 @@ def test_a_custom_kind_sweep_says_why_it_has_no_ensembles(tmp_path, caplog):
         assert build_ensembles(Storage.from_uri(str(tmp_path)), SimpleNamespace(kind="custom")) is None
     assert [r.getMessage() for r in caplog.records] == [
         'ensembles not built: kind = "custom" outputs are the task\'s own, and caviar averages only class '
-        "probabilities or regression outputs; the best trial is the answer"]
+        'probabilities or regression outputs; the best checkpoint is the answer (load_ensemble(name="best") loads it)']
     # load_ensemble then says why there is nothing to load, not to run `caviar ensemble`, which would refuse too
     from orchestrator.ensemble.ensemble_run import read_ensembles
     from orchestrator.errors import StorageError

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.ensemble.ensemble_run import EnsembleRecord, pick, read_dataset, read_ensembles
+from orchestrator.ensemble.ensemble_run import EnsembleRecord, best_checkpoint, pick, read_dataset, read_ensembles
 from orchestrator.ensemble.ensembles import CandidateKey
 from orchestrator.errors import ConfigError, StorageError, TaskError
 from orchestrator.spec.task import Task
@@ -131,6 +131,13 @@ class SweepModels:
     def model(self, key: CandidateKey) -> nn.Module:
         return self.with_weights(key.trial_id, self.state(key)).eval()
 
+    def best_checkpoint(self) -> CandidateKey:
+        """The kept checkpoint with the highest score (the objective, higher is better), raw or EMA weights."""
+        row = best_checkpoint(list(self.checkpoints.values()))
+        if row is None:
+            raise StorageError(f"{self.storage.path('checkpoints')}: no checkpoint with a finite score")
+        return CandidateKey(row["trial_id"], row["epoch"], row["weights"])
+
 
 class EnsembleModel(nn.Module):
     """Weighted average of its members' class probabilities, on raw (unstandardised) inputs.
@@ -144,8 +151,9 @@ class EnsembleModel(nn.Module):
                  std: torch.Tensor | None = None, record: EnsembleRecord | None = None,
                  target_shape: tuple[int, ...] | None = None, target_mean: torch.Tensor | None = None,
                  target_std: torch.Tensor | None = None, input_dtype: torch.dtype | None = None,
-                 input_shape: tuple[int, ...] | None = None):
+                 input_shape: tuple[int, ...] | None = None, outputs_as_given: bool = False):
         super().__init__()
+        self.outputs_as_given = outputs_as_given  # a custom kind's outputs: the weighted sum, no softmax, no units
         self.input_dtype = input_dtype  # what the members trained on; None: any (a module built by hand)
         self.input_shape = input_shape  # one example's shape in training; None: any
         # Regression when target_shape is set: outputs averaged, then mapped to the targets' original units.
@@ -174,6 +182,8 @@ class EnsembleModel(nn.Module):
             x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         if self.target_shape is not None:
             return self._regression(x)
+        if self.outputs_as_given:
+            return sum(weight * member(x) for weight, member in zip(self.weights, self.members))
         probs = None
         for weight, member in zip(self.weights, self.members):
             p = weight * torch.softmax(member(x).float(), dim=1)
@@ -212,7 +222,7 @@ class EnsembleModel(nn.Module):
     def predict(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> torch.Tensor:
         """Most probable class per row (regression: the predicted values), in batches, without gradients."""
         x = torch.as_tensor(x)
-        if self.target_shape is not None:
+        if self.target_shape is not None or self.outputs_as_given:
             return torch.cat([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
         return torch.cat([self(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
 
@@ -239,6 +249,8 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
     after their sha256 matches the checkpoint index; a mismatch raises ``StorageError``.
     """
     storage = sweep if isinstance(sweep, Storage) else Storage.from_uri(sweep)
+    if schema.read_dataset_row(storage).get("kind") == "custom":
+        return _best_custom_model(storage, name, task, trust_task_code, device)
     record = pick(read_ensembles(storage), name)
     models = SweepModels(storage, task, trust_task_code)
     dataset = read_dataset(storage)
@@ -259,4 +271,19 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
                            target_stat(dataset.target_mean) if regression else None,
                            target_stat(dataset.target_std) if regression else None,
                            input_dtype=_torch_dtype(dataset.input_dtype), input_shape=tuple(dataset.input_shape))
+    return module.to(pick_device(str(device)) if isinstance(device, str) else device).eval()
+
+
+def _best_custom_model(storage: Storage, name: str, task: Task | str | None, trust_task_code: bool,
+                       device: str | torch.device) -> EnsembleModel:
+    """A kind = "custom" sweep's answer: its best checkpoint, standardising inputs as the workers did, returning the
+    model's outputs as they are (caviar cannot average outputs whose meaning is the task's own)."""
+    if name != "best":
+        raise ConfigError(f"ensemble {name!r}: a kind = \"custom\" sweep has no ensembles; name=\"best\" loads its "
+                          "best checkpoint")
+    models = SweepModels(storage, task, trust_task_code)
+    dataset = read_dataset(storage)
+    module = EnsembleModel([models.model(models.best_checkpoint())], [1.0], _stat(dataset.mean), _stat(dataset.std),
+                           input_dtype=_torch_dtype(dataset.input_dtype), input_shape=tuple(dataset.input_shape),
+                           outputs_as_given=True)
     return module.to(pick_device(str(device)) if isinstance(device, str) else device).eval()

@@ -58,6 +58,8 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
         "baseline_val_loss": baseline,
     }
     row["task_globals"], row["task_globals_left_out"] = task_globals.encode(splits.task_globals)
+    if kind.kind == "custom":  # the task's own targets: what a loaded model needs, and no labels
+        return row
     if kind.hard_classes:
         return {**row, "y_val": splits.y_val.cpu().tolist(), "y_test": splits.y_test.cpu().tolist()}
     if kind.kind == "classification":  # soft labels: the target probabilities, as the ensembles score against them
@@ -125,6 +127,8 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
     kind = run.splits.target_kind
     classification = kind.kind == "classification"
     if dtype == "none" or not (classification or kind.kind == "regression"):
+        if kind.kind == "custom":  # no predictions, but load_ensemble needs the input standardisation
+            write_dataset(storage, run.splits, run.objective, run.mode)
         storage.delete(rel)
         return 0
     check_dtype(dtype)
