@@ -2,8 +2,9 @@
 
 The target is a disease-progression score (25 to 346). ``kind = "regression"`` keeps it a float;
 the default loss is the mean squared error, and every reported number (``val_mse``, ``val_mae``,
-``val_r2``, the ensembles' test MSE) is in the target's own units, although the models train on
-standardised targets (``standardize_targets``). Run it with
+``val_r2``, the ensembles' test MSE, ``train_loss_original``) is in the target's own units, although the
+models train on standardised targets (``standardize_targets``; ``train_loss`` is the loss they minimise,
+on those). Run it with
 ``caviar run examples/diabetes_regression.py``.
 """
 

@@ -8,7 +8,8 @@ Plots, each with an ``id`` so tests and people can find it:
   ``1 - beta`` log axis), with each stage's range shaded and drawn as a bar so that
   narrowing and edge extension show;
 - ``fig-learning-curves``: validation metric per epoch, pruned trials grey (reasons in the legend);
-- ``fig-gap``: train minus validation accuracy (or validation minus train loss) per epoch;
+- ``fig-gap``: train minus validation accuracy (or validation minus train loss, both in the targets'
+  original units: ``train_loss_original``, never the standardised ``train_loss``) per epoch;
 - ``fig-update-ratio``: ``||dw|| / ||w||`` per epoch against CS231n's 1e-3, and per layer
   for the best trial when diagnostics were recorded;
 - ``fig-activations``: activation std and fraction of zeros (dead ReLUs) per layer of the best trial;
@@ -41,6 +42,7 @@ from orchestrator.app.answer import active_config
 from orchestrator.app.report_data import SweepData, collect_warnings, importance, read_sweep
 from orchestrator.app.report_figures import (
     Figure,
+    gap_missing_reason,
     plot_activations,
     plot_ensembles,
     plot_gap,
@@ -149,7 +151,7 @@ def build_report(sweep_path: str, tables: SweepTables | None = None, workers: in
         ("fig-learning-curves", plot_learning_curves, "no metrics recorded yet"),
         ("fig-update-ratio", plot_update_ratio, "no update ratios recorded"),
         ("fig-activations", plot_activations, "no diagnostics table"),
-        ("fig-gap", plot_gap, "no training accuracy or loss recorded"),
+        ("fig-gap", plot_gap, gap_missing_reason(data)),
         ("fig-ensembles", plot_ensembles, "no ensembles table"),
     ]
     *drawn, (figure, why) = draw_all([plot for _, plot, _ in plots] + [partial(plot_importance, result=ranking)],

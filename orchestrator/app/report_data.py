@@ -37,10 +37,21 @@ class SweepData:
     diagnostics: pa.Table | None
     ensembles: pa.Table | None
     tables: SweepTables
+    targets_standardised: bool = False  # regression trained on standardised targets (the dataset table's statistics)
 
     @property
     def metric_name(self) -> str:
         return "validation accuracy" if self.accuracy else "validation loss"
+
+    def train_loss_as_val(self, row: Mapping[str, Any]) -> float | None:
+        """An epoch's training loss in the units of its ``val_loss``; None when the sweep did not record one.
+
+        ``train_loss`` is what the optimizer minimised: on standardised targets it is not in ``val_loss``'s units,
+        and no factor converts it (each target dimension has its own std).
+        """
+        if row.get("train_loss_original") is not None:
+            return row["train_loss_original"]
+        return None if self.targets_standardised else row.get("train_loss")
 
     def value(self, trial: Mapping[str, Any]) -> float | None:
         v = trial.get("best_val_accuracy") if self.accuracy else trial.get("best_val_loss")
@@ -66,6 +77,7 @@ def read_sweep(path: str, tables: SweepTables | None = None) -> SweepData:
     curves: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in sorted(metrics, key=lambda r: (r["trial_id"], r["epoch"])):
         curves[row["trial_id"]].append(row)
+    dataset = schema.read_dataset_row(storage)
     scored = [r for r in metrics if r["score"] is not None and r["val_accuracy"] is not None]
     # Scored on accuracy when the score is the accuracy; a regression (no accuracy at all) is scored on a loss.
     no_accuracy = bool(metrics) and all(r["val_accuracy"] is None for r in metrics)
@@ -75,6 +87,7 @@ def read_sweep(path: str, tables: SweepTables | None = None) -> SweepData:
         stage_spaces=[json.loads(s["space"]) for s in stages], trials=tables.trials.to_pylist(), curves=dict(curves),
         events=tables.events.to_pylist(), diagnostics=read_diagnostics(storage),
         ensembles=read_optional(storage, "ensembles"), tables=tables,
+        targets_standardised=dataset.get("target_std") is not None,
     )
 
 

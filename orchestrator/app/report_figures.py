@@ -283,7 +283,8 @@ def plot_learning_curves(data: SweepData) -> Figure | None:
     left.set_title(f"{data.metric_name} per epoch")
     _status_legend(left, data, reasons)
     _lines(right, data, lambda r: r["train_loss"], log=True)
-    right.set_ylabel("training loss (log)")
+    units = ", standardised targets" if data.targets_standardised else ""  # not the left panel's units
+    right.set_ylabel(f"training loss{units} (log)")
     right.set_title("training loss per epoch")
     caption = ("Completed trials in their stage's colour; pruned and failed trials grey, ending in a cross, with "
                "the pruner's reasons and counts in the legend.")
@@ -291,10 +292,12 @@ def plot_learning_curves(data: SweepData) -> Figure | None:
 
 
 def plot_gap(data: SweepData) -> Figure | None:
-    first, second = ("train_accuracy", "val_accuracy") if data.accuracy else ("val_loss", "train_loss")
-
     def gap(r: Mapping[str, Any]) -> float | None:
-        return r[first] - r[second] if r[first] is not None and r[second] is not None else None
+        if data.accuracy:
+            train, val = r["train_accuracy"], r["val_accuracy"]
+            return train - val if train is not None and val is not None else None
+        train = data.train_loss_as_val(r)  # in val_loss's units: never the standardised train_loss
+        return r["val_loss"] - train if r["val_loss"] is not None and train is not None else None
 
     label = "train - validation accuracy" if data.accuracy else "validation - train loss"
     what = "accuracy" if data.accuracy else "loss"
@@ -308,8 +311,17 @@ def plot_gap(data: SweepData) -> Figure | None:
     _status_legend(ax, data, reasons)
     caption = (f"The train/validation {what} gap: a gap that keeps growing is overfitting (more regularisation, "
                "more data); no gap at all with a poor score is underfitting (a bigger model).")
+    if data.targets_standardised and not data.accuracy:
+        caption += " Both losses in the targets' original units (the training loss recomputed on mapped-back outputs)."
     return Figure("fig-gap", "Train / validation gap", caption, png_bytes(fig))
 
+
+def gap_missing_reason(data: SweepData) -> str:
+    """Why ``fig-gap`` is not drawn."""
+    if data.targets_standardised and not data.accuracy:
+        return ("no training loss in the targets' original units recorded (train_loss_original: a task's own "
+                "train_epoch on standardised targets, or a sweep from before it, has none)")
+    return "no training accuracy or loss recorded"
 
 
 def plot_update_ratio(data: SweepData) -> Figure | None:

@@ -97,8 +97,8 @@ class SimulatedBackend(Backend):
 
     def _row(self, a: Assignment, epoch: int, accuracy: float, loss: float) -> dict[str, Any]:
         row = {"trial_id": a.trial_id, "attempt": a.attempt, "epoch": epoch, "stage": a.stage, "train_loss": loss,
-               "val_loss": loss, "val_accuracy": accuracy, "score": accuracy, "num_classes": self.num_classes,
-               "epoch_seconds": 0.0}
+               "train_loss_original": loss, "val_loss": loss, "val_accuracy": accuracy, "score": accuracy,
+               "num_classes": self.num_classes, "epoch_seconds": 0.0}
         if self.baseline_val_loss is not None:
             row.update(val_accuracy=None, score=-loss, num_classes=None, baseline_val_loss=self.baseline_val_loss)
         return row

@@ -42,7 +42,7 @@ METRICS = pa.schema(
         ("attempt", pa.int16()),
         ("epoch", pa.int32()),
         ("stage", pa.int16()),
-        ("train_loss", pa.float64()),
+        ("train_loss", pa.float64()),  # what the optimizer minimised (standardize_targets: on standardised targets)
         ("train_accuracy", pa.float64()),
         ("val_loss", pa.float64()),
         ("val_accuracy", pa.float64()),
@@ -56,6 +56,9 @@ METRICS = pa.schema(
         ("samples_per_second", pa.float64()),
         ("time", TIMESTAMP),
         ("metrics", NAMED_METRICS),  # every other validation metric of the epoch, by column name
+        # train_loss in the units val_loss is in (the targets' original units): what a train/val gap compares.
+        # Null where unknown: a task's own train_epoch on standardised targets, or a sweep from before the column.
+        ("train_loss_original", pa.float64()),
     ]
 )
 

@@ -35,8 +35,8 @@ MEMBERS = [
     {"lr": 0.01, "schedule": "cosine", "weight_decay": 1e-4, "beta1": 0.85, "beta2": 0.999, "momentum": 0.7,
      "eps": 1e-8, "rho": 0.99, "ema_decay": 0.99, "grad_clip": 0.5},
 ]
-COMPARED = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "score", "lr", "grad_norm", "update_ratio",
-            "ema_val_loss", "ema_val_accuracy")
+COMPARED = ("train_loss", "train_loss_original", "train_accuracy", "val_loss", "val_accuracy", "score", "lr",
+            "grad_norm", "update_ratio", "ema_val_loss", "ema_val_accuracy")
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +279,8 @@ def test_a_fused_session_reports_each_trial_and_leaves_plain_checkpoints(digits,
     for spec in specs:
         metrics = storage.read_table(schema.metrics_path(spec.trial_id))
         assert metrics.num_rows == (1 if spec.trial_id == 1 else 3)
+        # class indices: the training loss is already in val_loss's units, and the table says so as a plain trial's
+        assert metrics["train_loss_original"].to_pylist() == metrics["train_loss"].to_pylist()
         index = storage.read_table(schema.checkpoint_index_path(spec.trial_id)).to_pylist()
         assert {r["weights"] for r in index} == ({"raw", "ema"} if spec.config.get("ema_decay") else {"raw"})
         for row in index:  # every kept checkpoint is a plain state dict

@@ -459,7 +459,9 @@ class FusedArray:
         for i, m in enumerate(self.members):
             row: dict[str, Any] = {
                 "trial_id": m.spec.trial_id, "attempt": m.spec.attempt, "epoch": m.epoch, "stage": m.spec.stage,
-                "train_loss": stats["train_loss"][i], "train_accuracy": stats["train_accuracy"][i],
+                # class indices only (contract_blocker): the loss is already in the units val_loss is in
+                "train_loss": stats["train_loss"][i], "train_loss_original": stats["train_loss"][i],
+                "train_accuracy": stats["train_accuracy"][i],
                 "val_loss": val_loss[i], "val_accuracy": val_acc[i], "metrics": {"val_log_loss": val_log_loss[i]},
                 "score": val_acc[i] if self.task.metric == "accuracy" else -val_loss[i],
                 "lr": lrs[i], "grad_norm": stats["grad_norm"][i], "update_ratio": stats["update_ratio"][i],

@@ -7,7 +7,9 @@ Three kinds (``orchestrator.spec.task.KINDS``):
   labels); metrics: accuracy and log loss.
 - ``regression``: float targets of any trailing shape. Loss: mean squared error; metrics: MSE,
   MAE and R² in the targets' original units (when ``standardize_targets`` trains on
-  standardised targets, every reported number is mapped back first).
+  standardised targets, every validation and test number is mapped back first; ``train_loss``
+  stays what the optimizer minimises, and ``train_loss_original`` is the training loss in the
+  original units, the one to compare with ``val_loss``).
 - ``custom``: the task's ``loss_fn`` and ``metrics`` only; targets pass through untouched.
 
 Targets keep their dtype and shape: nothing is cast or truncated. Integer targets mean
@@ -41,6 +43,11 @@ class TargetKind:
     # Regression with standardize_targets: train-split statistics, shape (1, *target_shape); None otherwise.
     target_mean: torch.Tensor | None = None
     target_std: torch.Tensor | None = None
+
+    @property
+    def standardised(self) -> bool:
+        """Regression trained on standardised targets (``standardize_targets``)."""
+        return self.target_mean is not None and self.target_std is not None
 
     @property
     def hard_classes(self) -> bool:

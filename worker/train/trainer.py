@@ -134,7 +134,6 @@ class TrialRun:
         self.kind = splits.target_kind
         self.loss_fn = loss_function(task, self.kind)
         self.objective, self.mode = objective_and_mode(task, self.kind)
-        self.train_targets = self.kind.to_training(splits.y_train)  # standardised when the task asks for it
         self.batch_size = int(setting(config, "batch_size", 64))
         # Batch norm cannot train on one example (torch raises): a last batch of one is left out of each epoch, a
         # different example each time, as DataLoader's drop_last would. The contract check says so before the sweep.
@@ -177,6 +176,8 @@ class TrialRun:
             for key in ("train_loss", "train_accuracy", "grad_norm", "update_ratio"):
                 if stats.get(key) is not None:
                     stats[key] = _epoch_number(stats[key], key)
+            # The task's loop saw standardised targets: its loss in the original units is unknown, never rescaled.
+            stats["train_loss_original"] = None if self.kind.standardised else stats["train_loss"]
         else:
             stats = self._standard_epoch()
         s = self.splits
@@ -194,6 +195,7 @@ class TrialRun:
             "epoch": self.epoch,
             "stage": self.spec.stage,
             "train_loss": stats.get("train_loss", math.nan),
+            "train_loss_original": stats.get("train_loss_original"),
             "train_accuracy": stats.get("train_accuracy"),
             "val_loss": val_loss,
             "val_accuracy": val.get("val_accuracy"),
@@ -222,10 +224,15 @@ class TrialRun:
         return x
 
     def _batches(self) -> Any:
+        """Training batches with the targets in the units the model trains on: what a task's ``train_epoch`` gets."""
+        return ((xb, self.kind.to_training(yb)) for xb, yb in self._original_batches())
+
+    def _original_batches(self) -> Any:
+        """Training batches in the trial's order, the targets as the task gave them."""
         if self.splits.streams:
             return self._streamed_batches()
         assert self.splits.x_train is not None
-        return batches(self.splits.x_train, self.train_targets, self.batch_size, self.generator,
+        return batches(self.splits.x_train, self.splits.y_train, self.batch_size, self.generator,
                        skip_single=self.skip_single)
 
     def _streamed_batches(self) -> Any:
@@ -235,19 +242,20 @@ class TrialRun:
             self.train_loader = self.splits.streams["train"].loader(self.batch_size, shuffle=True,
                                                                     generator=self.generator,
                                                                     drop_last=self.skip_single)
-        s, kind, device = self.splits, self.kind, self.device
+        s, device = self.splits, self.device
         for xb, yb in self.train_loader:
-            yield s.normalise(xb.to(device, non_blocking=True)), kind.to_training(yb.to(device, non_blocking=True))
+            yield s.normalise(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)
 
     def _standard_epoch(self) -> dict[str, float]:
         model, opt = self.model, self.optimizer
         model.train()
-        total_loss = total_correct = total_seen = 0.0
+        total_loss = total_original = total_correct = total_seen = 0.0
         grad_norm_sum, steps = 0.0, 0
         update_ratio = math.nan
         n_batches = math.ceil((self.splits.n_train - self.skip_single) / self.batch_size)
         params = [p for p in model.parameters() if p.requires_grad]
-        for i, (xb, yb) in enumerate(self._batches()):
+        for i, (xb, y_original) in enumerate(self._original_batches()):
+            yb = self.kind.to_training(y_original)
             with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 logits = model(xb)
                 loss = self.loss_fn(logits, yb)
@@ -266,8 +274,9 @@ class TrialRun:
                 )
             if self.ema is not None:
                 self.ema.update(model)
-            n = len(yb)
-            total_loss += loss.item() * n
+            n, batch_loss = len(yb), loss.item()
+            total_loss += batch_loss * n
+            total_original += (self._original_loss(logits, y_original) if self.kind.standardised else batch_loss) * n
             if self.kind.kind == "classification":
                 labels = yb.argmax(dim=1) if self.kind.soft else yb
                 total_correct += float((logits.argmax(dim=1) == labels).sum())
@@ -276,10 +285,18 @@ class TrialRun:
                 break  # no point finishing an epoch that has already blown up
         return {
             "train_loss": total_loss / max(total_seen, 1),
+            "train_loss_original": total_original / max(total_seen, 1),
             "train_accuracy": total_correct / max(total_seen, 1) if self.kind.kind == "classification" else None,
             "grad_norm": grad_norm_sum / max(steps, 1),
             "update_ratio": update_ratio,
         }
+
+    @torch.no_grad()
+    def _original_loss(self, logits: torch.Tensor, y_original: torch.Tensor) -> float:
+        """A batch's loss on standardised targets as ``val_loss`` measures it: outputs mapped back to the targets'
+        original units. Recomputed, never rescaled: with several target dimensions, each with its own std, the
+        standardised loss is no constant multiple of the original one."""
+        return float(self.loss_fn(self.kind.to_original(logits.detach()), y_original))
 
     # -- predictions and state -----------------------------------------------------------
     def predictions(self, state: Mapping[str, torch.Tensor], weights: str = "raw") -> dict[str, torch.Tensor]:
