@@ -329,3 +329,28 @@ def test_a_space_with_nothing_to_search_says_its_trials_differ_only_in_seeds(tmp
         "best score 0.9000 (trial 2, stage 1)")
     assert Progress._best_text(SimpleNamespace(best=(-0.25, 2, 1, ""), objective=("val_mse", "min"))) == (
         "best val_mse 0.2500 (trial 2, stage 1)")
+
+
+NUMPY_SPACE_TASK = f"""
+import sys
+import numpy as np
+sys.path.insert(0, {ROOT + "/tests/tasks"!r})
+from tiny_task import build_model, load_data  # noqa: F401
+from orchestrator.search.space import choice, loguniform
+
+space = {{"lr": loguniform(1e-2, 1e-1), "hidden": choice(np.array([8, 16])), "wd": choice(np.logspace(-5, -3, 3)),
+          "batch_size": np.int64(32)}}
+"""
+
+
+def test_a_choice_over_numpy_values_sweeps_and_its_table_holds_plain_numbers(tmp_path):
+    """np.int64 options once typed the config column as text: the first write of the trials table failed."""
+    path = tmp_path / "numpy_space_task.py"
+    path.write_text(NUMPY_SPACE_TASK)
+    result = run_sweep(str(path), plan="2x1,1x2", slots=2, storage=str(tmp_path), name="np",
+                       executor="processes", ensemble=False)
+    trials = load(result.path).trials
+    assert result.counts == {"completed": 3}
+    assert str(trials.schema.field("config").type) == (
+        "struct<lr: double, hidden: int64, wd: double, batch_size: int64>")
+    assert {t["config"]["hidden"] for t in trials.to_pylist()} <= {8, 16}
