@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -354,3 +355,36 @@ def test_a_choice_over_numpy_values_sweeps_and_its_table_holds_plain_numbers(tmp
     assert str(trials.schema.field("config").type) == (
         "struct<lr: double, hidden: int64, wd: double, batch_size: int64>")
     assert {t["config"]["hidden"] for t in trials.to_pylist()} <= {8, 16}
+
+
+# tiny_task whose objective is a metric that is NaN on every evaluation while training is healthy.
+NAN_METRIC_TASK = f"""
+import sys
+sys.path.insert(0, {ROOT + "/tests/tasks"!r})
+from tiny_task import build_model, load_data, space  # noqa: F401
+
+objective = "val_precision"
+mode = "max"
+
+
+def metrics(outputs, targets):
+    return {{"precision": float("nan")}}  # as a precision over a class the model never predicts
+"""
+
+
+def test_a_nan_objective_with_finite_losses_fails_trials_by_name_and_never_calls_it_divergence(tmp_path):
+    path = tmp_path / "nan_metric_task.py"
+    path.write_text(NAN_METRIC_TASK)
+    result = run_sweep(str(path), trials=3, epochs=2, stages=1, slots=2, storage=str(tmp_path), name="nan",
+                       executor="processes", fail_fast=5)
+    said = ("objective val_precision was NaN while the losses were finite: the task's metrics returns NaN "
+            "(a precision or F1 over a class never predicted?); make it return a number every epoch")
+    assert result.aborted == f"all 3 trials failed; most common error (3x): {said}"
+    tables = load(result.path)
+    for t in tables.trials.to_pylist():
+        assert (t["status"], t["reason"]) == ("failed", "objective_nan")
+        assert t["error"].startswith("epoch 1: val_precision NaN while train_loss ") and t["error"].endswith(said)
+    ended = [(e["kind"], e["reason"]) for e in tables.events.to_pylist() if e["kind"].startswith("trial_")
+             and e["kind"] != "trial_started"]
+    assert ended == [("trial_failed", "objective_nan")] * 3
+    assert all(math.isfinite(loss) for loss in tables.metrics["val_loss"].to_pylist())
