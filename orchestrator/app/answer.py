@@ -5,6 +5,7 @@ Pure formatting of the sweep's tables (the ensembles table, the trials table); n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -65,6 +66,16 @@ def describe_members(members: Sequence[Any], limit: int = 6) -> str:
     return ", ".join(parts)
 
 
+def is_nan(value: float | None) -> bool:
+    return value is not None and math.isnan(value)
+
+
+def nan_objective_note(name: str) -> str:
+    """Said under a NaN in the objective's rows: the number is the task's metric's, never a score to trust."""
+    return (f"  NaN: the task's metrics returned NaN for {name} on these predictions (a precision or F1 over a class "
+            "never predicted?), so it ranks nothing there; make it return a number")
+
+
 EDGE_EVENTS = ("range_extended", "edge_at_hard_limit", "edge_not_extended")
 
 
@@ -94,7 +105,7 @@ def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
         return []
 
     def num(x: float | None) -> str:
-        return "-" if x is None else f"{x:.4f}"
+        return "-" if x is None else "NaN" if is_nan(x) else f"{x:.4f}"
 
     lines = [f"Chosen ensemble: {chosen.name} ({chosen.method}, {chosen.size} member"
              f"{'s' if chosen.size != 1 else ''}: {describe_members(chosen.members)}); chosen on validation"
@@ -120,8 +131,10 @@ def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
     if "val_objective" in chosen.detail:  # the objective that chose (a task metric): its values next to the rest
         name = str(chosen.detail.get("chosen_by", "objective"))
         lines.append(f"  {'':<22} {name:>12} {name.replace('val_', 'test_', 1):>12}")
-        lines += [f"  {label:<22} {num(r.detail.get('val_objective')):>12} {num(r.detail.get('test_objective')):>12}"
-                  for label, r in rows]
+        values = [(label, r.detail.get("val_objective"), r.detail.get("test_objective")) for label, r in rows]
+        lines += [f"  {label:<22} {num(val):>12} {num(test):>12}" for label, val, test in values]
+        if any(is_nan(v) for _, val, test in values for v in (val, test)):
+            lines.append(nan_objective_note(name))
     if change is not None and single is not chosen:
         lines.append(f"  {what} {change:+.1%} relative to the best single model")
     elif single is chosen:

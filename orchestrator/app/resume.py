@@ -162,9 +162,15 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     storage = Storage.from_uri(path)
     record = read_record(storage)
     settings, root_uri, name = resume_settings(record, storage, overrides)
-    rebuilt = rebuild_controller(record, lambda space, stored: controller_for(space, stored, plugins))
+    objective = sweep_objective(storage)  # what the printed scores stand for, as the workers stored it
+
+    def make_controller(space: SearchSpace, stored: RunSettings) -> Controller:
+        made = controller_for(space, stored, plugins)
+        made.objective = objective  # before the replay: a trial it fails for a NaN objective names the metric
+        return made
+
+    rebuilt = rebuild_controller(record, make_controller)
     controller = rebuilt.controller
-    controller.objective = sweep_objective(storage)  # what the printed scores stand for, as the workers stored it
     if _nothing_to_do(record, rebuilt, storage, settings):  # a finished sweep: resume writes and runs nothing
         return _as_found(controller, storage, name)
     task = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to resume")

@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestrator.decide.backend import Assignment, Report
 from orchestrator.decide.fusing import PER_MEMBER, FusePlan, block_size, share_shapes
-from orchestrator.decide.pruning import Observation, Pruner
+from orchestrator.decide.pruning import OBJECTIVE_NAN, Observation, Pruner
 from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, stored_status
 from orchestrator.errors import StorageError
 from orchestrator.search.narrowing import edge_warnings
@@ -108,6 +108,7 @@ class Controller:
         self.objective: tuple[str, str] | None = None
         self._any_success = False
         self._next_id = 0
+        self._stop_errors: dict[int, str] = {}  # why a stop decided at a report fails its trial, until it ends
         self._begin_stage(0, self.space)
 
     # -- stages ---------------------------------------------------------------------------
@@ -265,7 +266,11 @@ class Controller:
         if report.lost:
             return self._retry(trial, report.error or "executor lost")
         if report.ended:
-            self._end(trial, TrialStatus(report.status or TrialStatus.COMPLETED), report.reason, report.error)
+            status = TrialStatus(report.status or TrialStatus.COMPLETED)
+            if reason == OBJECTIVE_NAN and status != TrialStatus.FAILED:  # the worker ran past that epoch
+                self._end(trial, TrialStatus.FAILED, reason, self._stop_errors.pop(trial.trial_id, None))
+            else:
+                self._end(trial, status, report.reason, report.error)
             return None
         if reason is not None:
             return Decision(stop=True, reason=reason)
@@ -288,7 +293,7 @@ class Controller:
     def on_stopped(self, trial_id: int, reason: str | None) -> None:
         """The driver told the executor to stop the trial: record the end now."""
         trial = self.trials[trial_id]
-        self._end(trial, TrialStatus.COMPLETED if reason == "max_epochs" else TrialStatus.PRUNED, reason, None)
+        self._end(trial, stop_status(reason), reason, self._stop_errors.pop(trial_id, None))
 
     # -- restore: orchestrator.decide.restore rebuilds a controller from stored rows with these ---------
     def reopen(self, stage_spaces: Sequence[SearchSpace]) -> None:
@@ -298,6 +303,7 @@ class Controller:
         queued: the caller queues what the tables say is left.
         """
         self.trials.clear()
+        self._stop_errors.clear()
         self.stage_spaces = []
         self._next_id = 0
         for index, space in enumerate(stage_spaces):
@@ -379,7 +385,10 @@ class Controller:
                                                                  or val_loss < trial.best_val_loss):
             trial.best_val_loss = val_loss
         assert self.pruner is not None
-        return self.pruner.observe(observation_of(trial.trial_id, row))
+        reason = self.pruner.observe(observation_of(trial.trial_id, row))
+        if reason == OBJECTIVE_NAN and trial.trial_id not in self._stop_errors:
+            self._stop_errors[trial.trial_id] = objective_nan_error(self.objective, row)
+        return reason
 
     def _retry(self, trial: TrialState, error: str) -> None:
         if trial.attempt >= self.options.max_retries:
@@ -481,6 +490,28 @@ class Controller:
         )
         self.events_emitted += 1
         self.event_feed.append((self.events_emitted, self.events[-1]))
+
+
+def stop_status(reason: str | None) -> TrialStatus:
+    """How a stop decision ends a trial: its last epoch completes it, a NaN objective fails it (the task's
+    metric is broken, not the config: it must neither rank nor count as a success), any other reason prunes it."""
+    if reason == "max_epochs":
+        return TrialStatus.COMPLETED
+    return TrialStatus.FAILED if reason == OBJECTIVE_NAN else TrialStatus.PRUNED
+
+
+def objective_nan_error(objective: tuple[str, str] | None, row: Mapping[str, Any]) -> str:
+    """The error of a trial stopped for ``objective_nan``: the epoch's numbers, then one line naming the metric.
+
+    The last line is the same for every such trial, so fail-fast and the failure summary group them as one error.
+    """
+    name = objective[0] if objective and objective[0] else "the objective"
+    score = float(row["score"]) if row.get("score") is not None else math.nan
+    value = "NaN" if math.isnan(score) else "infinite"
+    facts = (f"epoch {int(row['epoch'])}: {name} {value} while train_loss {_g(float(row['train_loss']))} "
+             f"and val_loss {_g(float(row['val_loss']))} are finite")
+    return (f"{facts}\nobjective {name} was {value} while the losses were finite: the task's metrics returns "
+            f"{value} (a precision or F1 over a class never predicted?); make it return a number every epoch")
 
 
 def observation_of(trial_id: int, row: Mapping[str, Any]) -> Observation:

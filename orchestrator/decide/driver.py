@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orchestrator.decide.backend import Backend
-from orchestrator.decide.controller import Controller
-from orchestrator.decide.status import TrialStatus
+from orchestrator.decide.controller import Controller, stop_status
 from orchestrator.decide.sweeplog import SweepLog
 
 
@@ -33,8 +32,7 @@ def drive(controller: Controller, backend: Backend, log: SweepLog | None = None,
             if decision is None:
                 continue
             if decision.stop:
-                ended = TrialStatus.COMPLETED if decision.reason == "max_epochs" else TrialStatus.PRUNED
-                backend.stop(report.trial_id, ended, decision.reason or "")
+                backend.stop(report.trial_id, stop_status(decision.reason), decision.reason or "")
                 controller.on_stopped(report.trial_id, decision.reason)
             else:
                 backend.advance(report.trial_id, decision.until_epoch)

@@ -5,7 +5,8 @@ A pruner sees one :class:`Observation` per (trial, epoch) and answers with a sto
 observed and uses no randomness, so replaying the stored metric rows in the same order
 rebuilds the same state and gives the same decisions (that is how a sweep resumes).
 
-Reasons: ``"diverged"``, ``"not_learning"``, ``"asha_rung_<epoch>"``, ``"median_epoch_<epoch>"``.
+Reasons: ``"diverged"`` (the loss), ``"objective_nan"`` (the objective, while the losses are finite),
+``"not_learning"``, ``"asha_rung_<epoch>"``, ``"median_epoch_<epoch>"``.
 
 A new pruner is one class: subclass :class:`Pruner`, implement ``_decide`` and
 ``next_decision_epoch``, and either register it by name (``@register_pruner("mine")``, then
@@ -28,6 +29,7 @@ from orchestrator.search.registry import Registry
 
 NEVER = 2**31 - 1  # "no decision epoch ahead" when a pruner has no max_epochs
 DIVERGED = "diverged"
+OBJECTIVE_NAN = "objective_nan"
 NOT_LEARNING = "not_learning"
 
 
@@ -75,6 +77,16 @@ def divergence_reason(losses: Sequence[float], max_ratio: float = 4.0, min_epoch
     if len(losses) >= min_epochs and first > 0 and last > max_ratio * first:
         return DIVERGED
     return None
+
+
+def objective_nan_reason(obs: Observation) -> str | None:
+    """``"objective_nan"`` when the score is NaN (or infinite) while train and val loss are finite.
+
+    Training is healthy then and the task's metric is not (a precision over a class never predicted
+    divides by zero): calling that divergence would send the user after the wrong bug.
+    """
+    losses_finite = math.isfinite(obs.train_loss) and math.isfinite(obs.val_loss)
+    return OBJECTIVE_NAN if losses_finite and not math.isfinite(obs.score) else None
 
 
 def not_learning_reason(obs: Observation, margin: float = 0.02) -> str | None:
@@ -145,8 +157,9 @@ class _Trial:
 class Pruner(ABC):
     """Turns observations into stop reasons. Subclasses implement :meth:`_decide` only.
 
-    Shared behaviour: divergence is checked on every observation (NaN/inf score or losses,
-    or a train loss above ``max_loss_ratio`` x its first value); an epoch reported twice
+    Shared behaviour: health is checked on every observation: divergence (NaN/inf losses, or a
+    train loss above ``max_loss_ratio`` x its first value), then a NaN/inf score with finite losses
+    (``objective_nan``); an epoch reported twice
     (a retried attempt) is recorded once; once a trial was stopped, later observations of it
     repeat the reason and change nothing; no decision is taken at or after ``max_epochs``.
     """
@@ -223,9 +236,10 @@ class Pruner(ABC):
         """The pruner's own rule, called once per new, healthy epoch below ``max_epochs``."""
 
     def _health(self, obs: Observation, trial: _Trial) -> str | None:
-        if not (math.isfinite(obs.score) and math.isfinite(obs.val_loss)):
+        if not math.isfinite(obs.val_loss):
             return DIVERGED
-        return divergence_reason((trial.first_loss, obs.train_loss), self.max_loss_ratio)
+        diverged = divergence_reason((trial.first_loss, obs.train_loss), self.max_loss_ratio)
+        return diverged or objective_nan_reason(obs)
 
     def _not_learning(self, obs: Observation) -> str | None:
         if self.check_not_learning and obs.epoch == self.grace_epochs:
@@ -239,7 +253,7 @@ register_pruner = PRUNERS.register  # @register_pruner("mine"): settings, TOML f
 
 @register_pruner("none")
 class NoPruner(Pruner):
-    """Never prunes on results: only trials that diverge are stopped."""
+    """Never prunes on results: only trials that diverge (or whose objective is NaN) are stopped."""
 
     def __init__(self, *, max_epochs: int | None = None, max_loss_ratio: float = 4.0):
         super().__init__(max_epochs=max_epochs, max_loss_ratio=max_loss_ratio)

@@ -25,6 +25,35 @@ from orchestrator.search.conditions import Condition, condition_order, normalize
 
 _INF = math.inf
 
+# What a config value may be: the trials table types each parameter's column from its values,
+# and None is kept for an inactive conditional parameter.
+SCALAR_TYPES = (str, int, float, bool)
+
+
+def plain_value(value: Any) -> Any:
+    """A numpy scalar (an option taken from ``np.array([8, 16])``) as the Python value it holds."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _got(value: Any) -> str:
+    """``tuple (16, 8)``: the type, and the value where its repr is short data (never a module's many lines)."""
+    if value is None:
+        return "None"
+    text = repr(value)
+    shown = isinstance(value, (tuple, list, dict, set)) and len(text) <= 60 and "\n" not in text
+    return f"{type(value).__name__} {text}" if shown else type(value).__name__
+
+
+def _advice(value: Any) -> str:
+    """How to say ``value`` with a scalar instead."""
+    if value is None:
+        return ('None marks an inactive conditional parameter, so use a value that means "off" instead '
+                '(inf for grad_clip, 0 for weight_decay, or a string such as "none" that build_model reads)')
+    if isinstance(value, (tuple, list)) and all(isinstance(v, SCALAR_TYPES) for v in value):
+        example = "-".join(str(v) for v in value)
+        return f'name it as a string ("{example}") and parse it in build_model'
+    return "name it as a string and map the name to the object in build_model"
+
 
 @dataclass(frozen=True)
 class Distribution:
@@ -36,6 +65,11 @@ class Distribution:
     limits: tuple[float, float] = (-_INF, _INF)
     kind: str = field(default="float", init=False)
     when: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (parameter, allowed values) pairs, all must hold
+
+    def __post_init__(self) -> None:
+        # numpy bounds become Python numbers, so every sampled config holds plain values
+        object.__setattr__(self, "low", plain_value(self.low))
+        object.__setattr__(self, "high", plain_value(self.high))
 
     @property
     def condition(self) -> dict[str, tuple[Any, ...]]:
@@ -243,6 +277,10 @@ class Choice(Distribution):
     high: float = 1.0
     kind: str = field(default="categorical", init=False)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "options", tuple(plain_value(o) for o in self.options))
+
     def from_unit(self, u: float) -> Any:
         index = min(int(float(u) * len(self.options)), len(self.options) - 1)
         return self.options[index]
@@ -259,6 +297,11 @@ class Choice(Distribution):
     def validate(self) -> None:
         if len(self.options) == 0:
             raise SpaceError(f"parameter '{self.name}': choice needs at least one option")
+        unstorable = [o for o in self.options if not isinstance(o, SCALAR_TYPES)]
+        if unstorable:  # named by the longest, the clearest example of how to spell it as a string
+            option = max(unstorable, key=lambda o: len(o) if isinstance(o, (tuple, list)) else 0)
+            raise SpaceError(f"parameter '{self.name}': choice options must be str, int, float or bool "
+                             f"(got {_got(option)}); {_advice(option)}")
         if len(set(map(repr, self.options))) != len(self.options):
             raise SpaceError(f"parameter '{self.name}': choice options must be distinct")
         types = {type(o) for o in self.options}
@@ -353,13 +396,12 @@ class SearchSpace(Mapping[str, Any]):
         for name, value in params.items():
             if not isinstance(name, str) or not name.isidentifier():
                 raise SpaceError(f"parameter {name!r}: names must be identifiers")
+            value = plain_value(value)
             if isinstance(value, Distribution):
                 value = replace(value, name=name)
                 value.validate()
-            elif not isinstance(value, (int, float, str, bool)) and value is not None:
-                raise SpaceError(
-                    f"parameter '{name}': expected a distribution or a fixed scalar, got {type(value).__name__}"
-                )
+            elif not isinstance(value, SCALAR_TYPES) and value is not None:
+                raise SpaceError(_bad_fixed_value(name, value))
             self._params[name] = value
         self._order = condition_order(self._params)
 
@@ -443,6 +485,13 @@ class SearchSpace(Mapping[str, Any]):
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for events and the stages table): the inverse of :func:`parse_param`."""
         return {name: param_to_dict(value) for name, value in self._params.items()}
+
+
+def _bad_fixed_value(name: str, value: Any) -> str:
+    meant_options = isinstance(value, (list, np.ndarray))
+    advice = "to search options write choice([...])" if meant_options else _advice(value)
+    return (f"parameter '{name}': a fixed value must be str, int, float or bool, or a distribution "
+            f"(got {_got(value)}); {advice}")
 
 
 def _describe(value: Any) -> str:

@@ -40,6 +40,13 @@ class BadTask:
 
 CASES = [
     BadTask(
+        "choice_of_tuples",  # the trials table cannot store a tuple: refused by the space, before any data loads
+        TINY_DATA + TINY_MODEL + "\nfrom orchestrator.search.space import choice\n"
+        "space = {**space, 'hidden': choice([(8,), (16, 8), (32,)])}\n",
+        "parameter 'hidden': choice options must be str, int, float or bool (got tuple (16, 8)); "
+        'name it as a string ("16-8") and parse it in build_model',
+    ),
+    BadTask(
         "wrong_keys",
         TINY_MODEL + "\ndef load_data():\n    tr, va, te = tiny_task.load_data()\n"
         "    return {'training': tr, 'validation': va, 'test': te}\n",

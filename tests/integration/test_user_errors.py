@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -329,3 +330,61 @@ def test_a_space_with_nothing_to_search_says_its_trials_differ_only_in_seeds(tmp
         "best score 0.9000 (trial 2, stage 1)")
     assert Progress._best_text(SimpleNamespace(best=(-0.25, 2, 1, ""), objective=("val_mse", "min"))) == (
         "best val_mse 0.2500 (trial 2, stage 1)")
+
+
+NUMPY_SPACE_TASK = f"""
+import sys
+import numpy as np
+sys.path.insert(0, {ROOT + "/tests/tasks"!r})
+from tiny_task import build_model, load_data  # noqa: F401
+from orchestrator.search.space import choice, loguniform
+
+space = {{"lr": loguniform(1e-2, 1e-1), "hidden": choice(np.array([8, 16])), "wd": choice(np.logspace(-5, -3, 3)),
+          "batch_size": np.int64(32)}}
+"""
+
+
+def test_a_choice_over_numpy_values_sweeps_and_its_table_holds_plain_numbers(tmp_path):
+    """np.int64 options once typed the config column as text: the first write of the trials table failed."""
+    path = tmp_path / "numpy_space_task.py"
+    path.write_text(NUMPY_SPACE_TASK)
+    result = run_sweep(str(path), plan="2x1,1x2", slots=2, storage=str(tmp_path), name="np",
+                       executor="processes", ensemble=False)
+    trials = load(result.path).trials
+    assert result.counts == {"completed": 3}
+    assert str(trials.schema.field("config").type) == (
+        "struct<lr: double, hidden: int64, wd: double, batch_size: int64>")
+    assert {t["config"]["hidden"] for t in trials.to_pylist()} <= {8, 16}
+
+
+# tiny_task whose objective is a metric that is NaN on every evaluation while training is healthy.
+NAN_METRIC_TASK = f"""
+import sys
+sys.path.insert(0, {ROOT + "/tests/tasks"!r})
+from tiny_task import build_model, load_data, space  # noqa: F401
+
+objective = "val_precision"
+mode = "max"
+
+
+def metrics(outputs, targets):
+    return {{"precision": float("nan")}}  # as a precision over a class the model never predicts
+"""
+
+
+def test_a_nan_objective_with_finite_losses_fails_trials_by_name_and_never_calls_it_divergence(tmp_path):
+    path = tmp_path / "nan_metric_task.py"
+    path.write_text(NAN_METRIC_TASK)
+    result = run_sweep(str(path), trials=3, epochs=2, stages=1, slots=2, storage=str(tmp_path), name="nan",
+                       executor="processes", fail_fast=5)
+    said = ("objective val_precision was NaN while the losses were finite: the task's metrics returns NaN "
+            "(a precision or F1 over a class never predicted?); make it return a number every epoch")
+    assert result.aborted == f"all 3 trials failed; most common error (3x): {said}"
+    tables = load(result.path)
+    for t in tables.trials.to_pylist():
+        assert (t["status"], t["reason"]) == ("failed", "objective_nan")
+        assert t["error"].startswith("epoch 1: val_precision NaN while train_loss ") and t["error"].endswith(said)
+    ended = [(e["kind"], e["reason"]) for e in tables.events.to_pylist() if e["kind"].startswith("trial_")
+             and e["kind"] != "trial_started"]
+    assert ended == [("trial_failed", "objective_nan")] * 3
+    assert all(math.isfinite(loss) for loss in tables.metrics["val_loss"].to_pylist())

@@ -117,6 +117,47 @@ def test_a_sweep_whose_every_trial_failed_stops_even_below_fail_fast():
     assert not c.abort_reason
 
 
+NAN_LINE = ("objective val_brier was NaN while the losses were finite: the task's metrics returns NaN "
+            "(a precision or F1 over a class never predicted?); make it return a number every epoch")
+
+
+def test_a_nan_objective_with_finite_losses_fails_its_trial_naming_the_metric_not_divergence():
+    c = controller("4x3", pruner="asha", fail_fast=5)
+    c.objective = ("val_brier", "min")
+    start_all(c)
+    decision = c.on_report(Report(0, [row(0, 1, math.nan, loss=1.23)]))
+    assert (decision.stop, decision.reason) == (True, "objective_nan")
+    c.on_stopped(0, decision.reason)
+    trial = c.trials[0]
+    assert (trial.status, trial.reason) == ("failed", "objective_nan")
+    assert trial.error == "epoch 1: val_brier NaN while train_loss 1.23 and val_loss 1.23 are finite\n" + NAN_LINE
+    assert [(e["kind"], e["reason"]) for e in c.events][-1] == ("trial_failed", "objective_nan")
+    # A worker that ran past the NaN epoch (no decision epoch between) still ends its trial for it.
+    c.on_report(Report(1, [row(1, 1, 0.4), row(1, 2, math.nan), row(1, 3, 0.5)], ended=True,
+                       status="completed", reason="max_epochs"))
+    assert (c.trials[1].status, c.trials[1].reason) == ("failed", "objective_nan")
+    assert c.trials[1].error.startswith("epoch 2: val_brier NaN")
+    assert not c.abort_reason  # two trials still run: they may yet give numbers
+    for tid in (2, 3):
+        c.on_stopped(tid, c.on_report(Report(tid, [row(tid, 1, math.nan)])).reason)
+    assert c.abort_reason == f"all 4 trials failed; most common error (4x): {NAN_LINE}"
+    assert c.best().trial_id == 1  # its finite epochs stay on record (the metrics rows hold them)
+
+
+def test_restore_closes_an_interrupted_trial_whose_stored_epoch_had_a_nan_objective_as_the_live_run_would():
+    live = controller("2x3")
+    start_all(live)
+    live.interrupt_running()
+    trials = [dict(t.as_row(), config=t.config) for t in live.trials.values()]
+    metrics = [{**row(0, 1, 0.5), "time": 1, "attempt": 0}, {**row(0, 2, math.nan), "time": 2, "attempt": 0}]
+    fresh = controller("2x3")
+    fresh.objective = ("val_brier", "min")
+    rebuilt = restore(fresh, StoredRows([{"stage": 0, "trials": 2, "epochs": 3}], trials, metrics, {0: 0}), [SPACE])
+    trial = rebuilt.controller.trials[0]
+    assert rebuilt.closed == [0] and (trial.status, trial.reason) == ("failed", "objective_nan")
+    assert trial.error.endswith(NAN_LINE) and trial.error.startswith("epoch 2: val_brier NaN")
+
+
 def test_statuses_move_only_along_legal_transitions():
     assert checked_move(1, "pending", "running") == TrialStatus.RUNNING
     assert checked_move(1, "running", "running") == TrialStatus.RUNNING  # staying put is no move

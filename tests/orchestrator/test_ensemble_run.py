@@ -18,6 +18,7 @@ from orchestrator.ensemble.ensemble_run import (
     read_dataset,
     read_ensembles,
     read_predictions,
+    write_ensembles,
 )
 from orchestrator.ensemble.ensembles import CandidateKey, Member, Objective
 from orchestrator.errors import ConfigError, StorageError
@@ -289,3 +290,19 @@ def test_without_the_task_a_task_metric_objective_is_not_claimed_and_the_flag_is
     (record,) = build_and_write(storage, methods=["single"])
     assert record.detail["chosen_by"] == "val_log_loss" and "val_objective" not in record.detail
     assert "--task FILE or --trust-task-code" in record.detail["choice_note"]
+
+
+def test_the_answer_never_shows_a_nan_objective_as_a_plain_number(tmp_path):
+    from orchestrator.app.answer import ensemble_lines
+
+    member = (Member(CandidateKey(0, 1, "raw"), 1.0),)
+    chosen = EnsembleRecord(0, "top_k", "top_k", member, "log_loss", 0.8, 0.85, 0.83, 0.84, chosen=True,
+                            detail={"chosen_by": "val_brier", "val_objective": 0.4383, "test_objective": float("nan")})
+    single = EnsembleRecord(1, "single", "single", member, "log_loss", 0.73, 0.93, 0.73, 0.94,
+                            detail={"chosen_by": "val_brier", "val_objective": float("nan"), "test_objective": 0.4994})
+    storage = Storage.from_uri(str(tmp_path))
+    write_ensembles(storage, [chosen, single])
+    lines = ensemble_lines(str(tmp_path))
+    assert "  best single model               NaN       0.4994" in lines
+    assert not any(" nan" in line for line in lines)
+    assert any(line.startswith("  NaN: the task's metrics returned NaN for val_brier") for line in lines)

@@ -15,6 +15,7 @@ from orchestrator.decide.pruning import (
     divergence_reason,
     make_pruner,
     not_learning_reason,
+    objective_nan_reason,
     sorted_median,
 )
 from orchestrator.errors import ConfigError
@@ -62,12 +63,35 @@ def test_every_pruner_stops_divergence_on_any_epoch(make):
     q: Pruner = make()
     assert q.observe(obs(1, 1, 0.5, train_loss=math.nan)) == "diverged"
     r = make()
-    assert r.observe(obs(2, 1, math.nan)) == "diverged"
+    assert r.observe(obs(2, 1, math.nan, val_loss=math.nan)) == "diverged"  # the loss: whatever the score says
     s = make()
     assert s.observe(obs(3, 1, 0.5, val_loss=math.inf)) == "diverged"
     t = make()
     t.observe(obs(4, 1, 0.5, train_loss=1.0))
     assert t.observe(obs(4, 2, 0.5, train_loss=4.5)) == "diverged"
+
+
+@pytest.mark.parametrize("make", [lambda: NoPruner(), lambda: ASHAPruner(max_epochs=20),
+                                  lambda: MedianStoppingPruner(max_epochs=20)])
+def test_a_nan_objective_with_finite_losses_is_objective_nan_not_divergence(make):
+    # a hand-written macro precision is NaN while some class is never predicted: the training is fine
+    q: Pruner = make()
+    assert q.observe(obs(1, 1, math.nan, train_loss=1.35, val_loss=1.23)) == "objective_nan"
+    assert q.observe(obs(1, 2, 0.8)) == "objective_nan"  # a stopped trial stays stopped, for the same reason
+    r = make()
+    assert r.observe(obs(2, 1, 0.5)) is None
+    assert r.observe(obs(2, 2, -math.inf)) == "objective_nan"  # an infinite score is no number either
+    s = make()
+    s.observe(obs(3, 1, 0.5, train_loss=1.0))
+    assert s.observe(obs(3, 2, math.nan, train_loss=4.5)) == "diverged"  # exploding loss comes first
+
+
+def test_objective_nan_rule_on_plain_data():
+    assert objective_nan_reason(obs(0, 1, math.nan)) == "objective_nan"
+    assert objective_nan_reason(obs(0, 1, math.inf)) == "objective_nan"
+    assert objective_nan_reason(obs(0, 1, 0.3)) is None
+    assert objective_nan_reason(obs(0, 1, math.nan, train_loss=math.nan)) is None  # divergence, not the metric
+    assert objective_nan_reason(obs(0, 1, math.nan, val_loss=math.inf)) is None
 
 
 # -- not learning ----------------------------------------------------------------------------

@@ -245,3 +245,47 @@ def test_a_near_miss_of_a_setting_or_parameter_name_is_named():
         SearchSpace({"lr": loguniform(1e-3, 1e-1), "hidden": 8}).replace(hiden=16)
     with pytest.raises(SpaceError, match=r"^parameter 'depth': not in the search space \(known: lr, hidden\)"):
         SearchSpace({"lr": loguniform(1e-3, 1e-1), "hidden": 8}).replace(depth=3)
+
+
+def test_numpy_options_bounds_and_fixed_values_become_python_values():
+    # np.int64 is no int: the trials table would type the column as text and fail at its first write
+    space = SearchSpace({"hidden": choice(np.array([8, 16, 32])), "wd": choice(np.logspace(-5, -3, 3)),
+                         "bias": choice(np.array([True, False])), "act": choice(np.array(["relu", "tanh"])),
+                         "layers": randint(np.int64(1), np.int64(3)), "batch_size": np.int64(32)})
+    assert space["hidden"].options == (8, 16, 32) and space["batch_size"] == 32
+    for config in sample_configs(space, 8, seed=0):
+        assert {name: type(value) for name, value in config.items()} == {
+            "hidden": int, "wd": float, "bias": bool, "act": str, "layers": int, "batch_size": int}
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"hidden": choice([(8,), (16, 8), (32,)])},
+         "parameter 'hidden': choice options must be str, int, float or bool (got tuple (16, 8)); "
+         'name it as a string ("16-8") and parse it in build_model'),
+        ({"hidden": choice([[8], [16, 8]])}, "parameter 'hidden': choice options must be str, int, float or bool "
+                                             "(got list [16, 8])"),
+        ({"act": choice([{"kind": "relu"}])}, "parameter 'act': choice options must be str, int, float or bool "
+                                              "(got dict {'kind': 'relu'}); name it as a string and map the name"),
+        ({"act": choice([object(), object()])}, "parameter 'act': choice options must be str, int, float or bool "
+                                                "(got object)"),
+        ({"grad_clip": choice([None, 1.0])}, "parameter 'grad_clip': choice options must be str, int, float or bool "
+                                             "(got None); None marks an inactive conditional parameter"),
+        ({"hidden": (16, 8)}, "parameter 'hidden': a fixed value must be str, int, float or bool, or a distribution "
+                              '(got tuple (16, 8)); name it as a string ("16-8")'),
+        ({"hidden": [8, 16]}, "parameter 'hidden': a fixed value must be str, int, float or bool, or a distribution "
+                              "(got list [8, 16]); to search options write choice([...])"),
+    ],
+)
+def test_values_the_trials_table_cannot_store_are_refused_in_one_line(params, message):
+    with pytest.raises(SpaceError) as err:
+        SearchSpace(params)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_toml_choice_of_lists_is_refused_and_a_fixed_none_is_allowed():
+    with pytest.raises(SpaceError, match=r"parameter 'hidden': choice options must be str, int, float or bool"):
+        SearchSpace({"hidden": 8}).with_overrides({"hidden": {"dist": "choice", "options": [[8], [16, 8]]}})
+    assert SearchSpace({"grad_clip": None}).fixed == {"grad_clip": None}  # None: the built-in default
