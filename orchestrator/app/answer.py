@@ -135,6 +135,12 @@ def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
         lines += [f"  {label:<22} {num(val):>12} {num(test):>12}" for label, val, test in values]
         if any(is_nan(v) for _, val, test in values for v in (val, test)):
             lines.append(nan_objective_note(name))
+        if single is not None and single is not chosen:  # the column that chose, not accuracy or MSE
+            test_name = name.replace("val_", "test_", 1)
+            ours, theirs = chosen.detail.get("test_objective"), single.detail.get("test_objective")
+            change = None
+            if ours is not None and theirs is not None:
+                lines.append(f"  {test_name} {num(ours)} against {num(theirs)} for the best single model")
     if change is not None and single is not chosen:
         lines.append(f"  {what} {change:+.1%} relative to the best single model")
     elif single is chosen:

@@ -306,3 +306,18 @@ def test_the_answer_never_shows_a_nan_objective_as_a_plain_number(tmp_path):
     assert "  best single model               NaN       0.4994" in lines
     assert not any(" nan" in line for line in lines)
     assert any(line.startswith("  NaN: the task's metrics returned NaN for val_brier") for line in lines)
+
+
+def test_an_ensemble_chosen_on_a_task_metric_is_compared_with_the_single_model_on_that_metric(tmp_path):
+    """Not on test accuracy: the line says what chose the ensemble (a Brier score that improved while accuracy fell)."""
+    from orchestrator.app.answer import ensemble_lines
+
+    member = (Member(CandidateKey(0, 1, "raw"), 1.0),)
+    chosen = EnsembleRecord(0, "top_k", "top_k", member, "log_loss", 0.8, 0.35, 0.70, 0.36, chosen=True,
+                            detail={"chosen_by": "val_brier", "val_objective": 0.40, "test_objective": 0.41})
+    single = EnsembleRecord(1, "single", "single", member, "log_loss", 0.8, 0.40, 0.80, 0.42,
+                            detail={"chosen_by": "val_brier", "val_objective": 0.45, "test_objective": 0.45})
+    write_ensembles(Storage.from_uri(str(tmp_path)), [chosen, single])
+    lines = ensemble_lines(str(tmp_path))
+    assert "  test_brier 0.4100 against 0.4500 for the best single model" in lines
+    assert not any("relative to the best single model" in line for line in lines)
