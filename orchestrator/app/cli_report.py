@@ -55,6 +55,8 @@ def list_command(
         ensemble = r["ensemble"] or "-"
         if r["ensemble_test_accuracy"] is not None:
             ensemble += f" (test accuracy {r['ensemble_test_accuracy']:.4f})"
+        elif r.get("ensemble_test_mse") is not None:
+            ensemble += f" (test MSE {r['ensemble_test_mse']:.4g})"
         best = "-"
         if r["best_score"] is not None:
             name, value = shown_score(r["best_score"], r.get("objective"))

@@ -85,6 +85,7 @@ def describe_sweep(sweep: Storage) -> dict[str, Any]:
         "objective": describe_objective(schema.read_dataset_row(sweep)),
         "ensemble": chosen["name"] if chosen else None,
         "ensemble_test_accuracy": chosen["test_accuracy"] if chosen else None,
+        "ensemble_test_mse": chosen.get("test_mse") if chosen else None,  # regression: in the targets' units
     }
 
 
@@ -105,5 +106,6 @@ def list_sweeps(storage: str) -> list[dict[str, Any]]:
             rows.append(describe_sweep(root.child(name)))
         except StorageError as exc:
             rows.append({"name": name, "task": None, "started": None, "state": f"unreadable: {exc}", "trials": 0,
-                         "best_score": None, "ensemble": None, "ensemble_test_accuracy": None})
+                         "best_score": None, "ensemble": None, "ensemble_test_accuracy": None,
+                         "ensemble_test_mse": None})
     return sorted(rows, key=lambda r: (r["started"] is None, str(r["started"]), r["name"]))

@@ -94,6 +94,8 @@ def test_regression_table_numbers_equal_a_recomputation_in_original_units(ray_se
     predicted = ensemble.predict(torch.from_numpy(x_test)).numpy()
     assert predicted.shape == y_test.shape
     assert chosen.test_mse == pytest.approx(float(np.mean((predicted - y_test.astype(np.float64)) ** 2)), rel=1e-4)
+    listed = CliRunner().invoke(app, ["ls", storage_dir], env={"COLUMNS": "250"})  # its test MSE, not "-"
+    assert listed.exit_code == 0 and f"(test MSE {chosen.test_mse:.4g})" in listed.output
 
 
 def test_soft_labels_give_the_soft_target_cross_entropy(ray_session, storage_dir):
