@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -33,12 +34,14 @@ def ensemble(
     objective only with --task or --trust-task-code; without, by log loss, and the table says so.
     """
     from orchestrator.app.api import open_sweep
-    from orchestrator.ensemble.ensemble_run import build_and_write, check_methods
+    from orchestrator.ensemble.ensemble_run import build_and_write, check_methods, refuse_custom_kind
+    from orchestrator.store import schema
 
     if k < 1:
         fail("option '-k': expected a positive integer")
     methods = check_methods([m for item in method or [] for m in item.split(",") if m])
     storage = open_sweep(sweep)
+    refuse_custom_kind(storage, schema.read_dataset_row(storage).get("kind"))  # before any word about soups
     soup = objective_for = None
     if "soup" in methods and not method and not (task or trust_task_code):  # all methods by default: the rest
         typer.echo("caviar: soup left out: it builds models with task code; pass --task FILE or --trust-task-code "
@@ -115,8 +118,8 @@ def objective_column(records: Sequence[Any]) -> str | None:
 
 
 def objective_cell(record: Any) -> str:
-    def num(x: float | None) -> str:
-        return "-" if x is None else format(x, ".4g")
+    def num(x: float | None) -> str:  # NaN spelt as the answer block spells it: the task's metric returned it
+        return "-" if x is None else "NaN" if math.isnan(x) else format(x, ".4g")
 
     return f"{num(record.detail.get('val_objective'))} / {num(record.detail.get('test_objective'))}"
 

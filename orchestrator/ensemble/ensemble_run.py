@@ -367,6 +367,13 @@ def pick(records: Sequence[EnsembleRecord], name: str = "best") -> EnsembleRecor
     raise ConfigError(f"ensemble {name!r}: no such ensemble (this sweep has {names})")
 
 
+def refuse_custom_kind(storage: Storage, kind: str | None) -> None:
+    if kind == "custom":
+        raise StorageError(f"{redact_uri(storage.uri)}: a kind = \"custom\" sweep has no ensembles (its outputs "
+                           "are the task's own, and caviar averages only class probabilities or regression outputs); "
+                           "load_ensemble(SWEEP, name=\"best\") loads its best checkpoint")
+
+
 def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k: int = 5, metric: str = "accuracy",
                     soup: SoupBuilder | None = None, choose_by: str = "log_loss",
                     objective_for: ObjectiveFor | None = None) -> list[EnsembleRecord]:
@@ -375,10 +382,7 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
     ``objective_for`` gives the objective that chooses (None from it: the built-in metrics stand for it).
     """
     dataset = read_dataset(storage)
-    if dataset.kind == "custom":
-        raise StorageError(f"{redact_uri(storage.uri)}: a kind = \"custom\" sweep has no ensembles (its outputs "
-                           "are the task's own, and caviar averages only class probabilities or regression outputs); "
-                           "load_ensemble(SWEEP, name=\"best\") loads its best checkpoint")
+    refuse_custom_kind(storage, dataset.kind)
     objective = objective_for(dataset) if objective_for is not None else None
     if dataset.kind == "regression":  # averaged outputs chosen on validation MSE (regression_ensembles.py)
         from orchestrator.ensemble.regression_ensembles import build_regression, read_regression

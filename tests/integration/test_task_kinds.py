@@ -254,6 +254,7 @@ def test_a_custom_kind_sweeps_answer_is_its_best_checkpoint_loaded_with_the_work
         load_ensemble(result.path, name="top_k", task=os.path.join(TASKS, "custom_kind_task.py"))
     refused = CliRunner().invoke(app, ["ensemble", result.path])
     assert refused.exit_code != 0 and 'a kind = "custom" sweep has no ensembles' in str(refused.exception)
+    assert "soup" not in refused.output  # refused before any word about what it would leave out
     assert read_dataset(storage).kind == "custom" and not storage.exists(schema.ENSEMBLES_PATH)
     from orchestrator.app.answer import ensemble_lines
 
