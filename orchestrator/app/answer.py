@@ -163,7 +163,8 @@ def best_checkpoint_lines(storage: Storage, sweep_uri: str, task_ref: str | None
     if best is None:
         return []
     metrics = dict(best["metrics"] or [])
-    values = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items() if value is not None)
+    values = ", ".join(f"{name} {'NaN' if is_nan(value) else format(value, '.4f')}"
+                       for name, value in metrics.items() if value is not None)
     weights = " (EMA)" if best["weights"] == "ema" else ""
     return [f"Best checkpoint: trial {best['trial_id']} epoch {best['epoch']}{weights}: {values}; no ensembles for "
             'kind = "custom" (outputs are the task\'s own)', load_line(sweep_uri, task_ref)]
