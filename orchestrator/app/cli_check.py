@@ -58,7 +58,10 @@ def check(
         chosen = {**loaded.space.fixed, **chosen}
         missing = [k for k in loaded.space.searched if k not in chosen]
         if missing:
-            fail(f"option '--params': missing {', '.join(missing)}")
+            fail(f"option '--params': missing {', '.join(missing)} (null for a conditional one that is inactive)")
+        from orchestrator.spec.builtin_values import check_builtin_values
+
+        check_builtin_values(chosen, own_optimizer=loaded.get("build_optimizer") is not None)
     report = run_preflight(loaded, config=chosen, how="sample" if params == "sample" else "midpoint", seed=seed,
                            device=device, overfit_examples=examples, overfit_steps=steps, dims_per_tensor=dims,
                            tolerance=tolerance, expected_loss=expected_loss)

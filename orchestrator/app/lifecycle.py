@@ -40,6 +40,7 @@ from orchestrator.search.sampler import SAMPLERS, SamplerChoice, sampler_for, sa
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.stage_policy import STAGE_POLICIES, StagePolicyChoice, stage_policy_for, stage_policy_name
 from orchestrator.search.stages import Stage, default_plan, parse_plan, stage_grace_epochs
+from orchestrator.spec.builtin_values import check_builtin_values
 from orchestrator.spec.settings import RunSettings, ray_joined, read_toml
 from orchestrator.spec.task import Task, fusing_limits
 from orchestrator.store import schema
@@ -116,6 +117,8 @@ def build_settings(
         layers.append(run_part)
     settings = settings.merged(_named(overrides)).validate()
     check_plan_agrees(settings, [*layers, overrides])
+    check_builtin_values(space, own_optimizer=getattr(getattr(task, "namespace", None), "build_optimizer", None)
+                         is not None)
     return settings, space
 
 

@@ -43,3 +43,19 @@ def test_params_keeps_the_old_choices(tmp_path):
                      "--steps", "50")
     assert checked.returncode in (0, 1), checked.stderr
     assert "hidden=6" in checked.stdout
+
+
+def test_an_option_caviars_loop_cannot_use_is_refused_by_run_and_check_before_any_trial(tmp_path):
+    toml = tmp_path / "typo.toml"
+    toml.write_text('[space]\noptimizer = { dist = "choice", options = ["adam", "adamx"] }\n')
+    for verb in ("run", "check"):
+        extra = ("--storage", str(tmp_path / "runs"), "--name", "typo") if verb == "run" else ()
+        refused = caviar(verb, TINY_TASK, "--config", str(toml), *extra)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.strip().splitlines() == [
+            "caviar: error: parameter 'optimizer': 'adamx' is not one of sgd, momentum, nesterov, adagrad, rmsprop, "
+            "adam, adamw, as caviar's training loop reads it; did you mean 'adam'?"]
+    assert not (tmp_path / "runs" / "typo").exists()
+    by_params = caviar("check", TINY_TASK, "--params", '{"lr": 0.01, "optimizer": "adam", "hidden": 8, '
+                       '"batch_size": -5, "ema_decay": 0.9}')
+    assert by_params.returncode == 2 and "parameter 'batch_size': -5 is not a positive integer" in by_params.stderr

@@ -15,9 +15,7 @@ from typing import Any
 import torch
 
 from orchestrator.errors import ConfigError
-
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
-SCHEDULES = ("constant", "step", "exponential", "inverse_time", "plateau", "cosine")
+from orchestrator.spec.builtin_values import OPTIMIZERS, SCHEDULES
 
 
 def setting(config: Mapping[str, Any], key: str, default: Any) -> Any:

@@ -1,0 +1,58 @@
+"""The values caviar's own training loop reads from a config, checked where the space is declared.
+
+``optimizer``, ``schedule``, ``batch_size``, ``ema_decay`` and ``grad_clip`` are read by the workers' loop
+(``worker/train/optim.py``, ``worker/train/trainer.py``). A misspelt optimizer among a choice's options, or a batch
+size of -5, would otherwise pass the master's one-config check and fail (or silently take no optimizer step) in the
+trials that draw it; every option and range bound is known before any worker starts. Pure: no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from orchestrator.errors import SpaceError, did_you_mean
+from orchestrator.search.space import Choice, Distribution
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "step", "exponential", "inverse_time", "plateau", "cosine")
+
+
+def check_builtin_values(params: Mapping[str, Any], *, own_optimizer: bool = False) -> None:
+    """Refuse, in one line naming the parameter, a value caviar's loop cannot use; ``params`` maps a name to a fixed
+    value or a distribution (a search space, or one config). ``own_optimizer``: the task's ``build_optimizer`` reads
+    ``optimizer`` itself."""
+    rules: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+        "batch_size": (_positive_int, "a positive integer (a range of them: randint or lograndint)"),
+        "ema_decay": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1) (0: no EMA)"),
+        "grad_clip": (lambda v: _number(v) and v > 0, "a number > 0 (inf: no clipping)"),
+    }
+    if not own_optimizer:
+        rules["optimizer"] = (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
+    for name, (allowed, wanted) in rules.items():
+        for value in _values(params.get(name)):
+            if value is not None and not allowed(value):
+                hint = did_you_mean(value, OPTIMIZERS + SCHEDULES) if isinstance(value, str) else ""
+                raise SpaceError(f"parameter '{name}': {value!r} is not {wanted}, as caviar's training loop reads it"
+                                 f"{hint}")
+
+
+def _values(value: Any) -> list[Any]:
+    """The values a parameter can take that decide whether it is usable: a choice's options, a range's bounds (and
+    whether it draws integers), or the fixed value."""
+    if isinstance(value, Choice):
+        return list(value.options)
+    if isinstance(value, Distribution):
+        bounds = [value.low, value.high]
+        return bounds if value.kind == "int" else [float(b) for b in bounds]  # a float range draws fractions
+    return [value]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
