@@ -56,6 +56,10 @@ def parse_plan(text: str) -> list[Stage]:
             plan.append(Stage(int(match[1]), int(match[2])))
         except ConfigError as exc:
             raise ConfigError(f"plan: stage {i} {piece.strip()!r}: {exc}") from None
+        if i > 1 and plan[-1].epochs < plan[-2].epochs:  # later stages train the earlier ones' best configs longer
+            raise ConfigError(f"plan: stage {i} {piece.strip()!r} trains {plan[-1].epochs} epochs, fewer than stage "
+                              f"{i - 1}'s {plan[-2].epochs}; coarse to fine, each stage trains at least as long as the "
+                              "one before, and the last stage's trials are the sweep's answer")
     return plan
 
 

@@ -38,11 +38,14 @@ def test_parse_and_print_round_trip():
         ("1.5x2", "plan: stage 1"),
         ("0x5", "plan: stage 1 '0x5': stage.trials"),
         ("4x0", "plan: stage 1 '4x0': stage.epochs"),
+        # later stages train the best of the earlier ones longer: fewer epochs would make "best" mean two things
+        ("8x3,4x1", "plan: stage 2 '4x1' trains 1 epochs, fewer than stage 1's 3; coarse to fine"),
     ],
 )
 def test_parse_errors_name_the_plan(text, fragment):
     with pytest.raises(ConfigError, match=f"^{fragment}"):
         parse_plan(text)
+    assert [s.epochs for s in parse_plan("8x2,4x2,2x5")] == [2, 2, 5]  # equal epochs: more samples, narrowed
 
 
 @pytest.mark.parametrize(
@@ -160,7 +163,8 @@ def test_default_plan_for_budget_errors():
     ],
 )
 def test_stage_grace_epochs(plan, grace, expected):
-    assert stage_grace_epochs(parse_plan(plan), grace) == expected
+    stages = [Stage(int(t), int(e)) for t, e in (piece.split("x") for piece in plan.split(","))]  # any order
+    assert stage_grace_epochs(stages, grace) == expected
 
 
 def test_stage_grace_epochs_error():
