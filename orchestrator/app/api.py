@@ -143,6 +143,7 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     """Continue an interrupted sweep from its Parquet tables (see :mod:`orchestrator.app.resume`).
 
     Its task code runs again: pass ``task`` (your task file) or ``trust_task_code=True`` (the copy in the sweep).
+    A ``task`` file whose bytes differ from the sweep's stored copy is refused (``TaskError``) before anything runs.
     """
     return resume.resume_sweep(path, on_tick=on_tick, task=task, trust_task_code=trust_task_code,
                                plugins=PlugIns(pruner, sampler, stage_policy), **overrides)

@@ -151,7 +151,7 @@ def resume_plan(sweep: str, task: str | None, trust_task_code: bool, *, slots: i
     import tempfile
 
     from cluster.jobs import check_resume_target, plan_resume_job
-    from orchestrator.spec.task_source import copy_stored_task
+    from orchestrator.spec.task_source import copy_stored_task, refuse_an_edited_task
     from orchestrator.store import schema
     from orchestrator.store.storage import Storage, redact_uri
 
@@ -164,6 +164,7 @@ def resume_plan(sweep: str, task: str | None, trust_task_code: bool, *, slots: i
     if task:
         if trust_task_code:
             fail("option '--trust-task-code': you gave TASK, which the job runs; pass one or the other")
+        refuse_an_edited_task(storage, task)  # here, before a job is submitted, not in the job's master
         plan = plan_resume_job(sweep, task, run_args=args, working_dir=working_dir, ship_caviar=ship_caviar,
                                python=python)
         return plan, contextlib.nullcontext()

@@ -157,10 +157,11 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     ``task`` / ``trust_task_code`` choose the code that runs (:func:`orchestrator.spec.task_source.sweep_task`).
     """
     from orchestrator.decide.sweeplog import SweepLog
-    from orchestrator.spec.task_source import sweep_task
+    from orchestrator.spec.task_source import refuse_an_edited_task, sweep_task
 
     storage = Storage.from_uri(path)
     record = read_record(storage)
+    refuse_an_edited_task(storage, task)  # before any write, worker or Ray: one sweep, one version of its code
     settings, root_uri, name = resume_settings(record, storage, overrides)
     objective = sweep_objective(storage)  # what the printed scores stand for, as the workers stored it
 

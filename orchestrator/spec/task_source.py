@@ -17,9 +17,11 @@ A path read from a table never resolves against the caller's working directory.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import posixpath
+import sys
 from dataclasses import asdict, dataclass
 
 from orchestrator.errors import StorageError, TaskError
@@ -168,6 +170,51 @@ def sweep_task(sweep: Storage, task: Task | str | None = None, *, trust_task_cod
             raise
         raise TaskError(f"{exc}; only the task file is stored in the sweep, not the modules beside it: "
                         f"pass your own task (--task FILE / task=...)") from None
+
+
+def refuse_an_edited_task(sweep: Storage, task: Task | str | None) -> None:
+    """Refuse, before anything runs or is written, a caller's task file whose bytes differ from the sweep's copy.
+
+    The sweep's finished trials were built with the stored copy: resuming with other code would
+    mix two versions of ``build_model`` in one sweep (and break its soups and ``load_ensemble``).
+    Nothing to compare, so nothing refused: no task given (the stored copy runs), a sweep from
+    before task copies, a sweep whose task was a module, or a module task whose source is no file.
+    """
+    manifest = read_manifest(sweep)
+    if not task or manifest is None or manifest.kind != "file" or not manifest.sha256:
+        return
+    path = _caller_task_file(task.ref if isinstance(task, Task) else task)
+    data = _read_if_there(path) if path else None
+    if data is None or sha256(data) == manifest.sha256:  # a missing file: load_task names it
+        return
+    raise TaskError(
+        f"sweep {redact_uri(sweep.uri)!r} was built with {manifest.source} (sha256 {manifest.sha256[:12]}) but "
+        f"your task {path} has sha256 {sha256(data)[:12]}: resuming would mix trials of two versions of the code; "
+        "resume with --trust-task-code (trust_task_code=True) to run the stored copy its trials were built with, "
+        "or start a new sweep for the edited code; nothing was written")
+
+
+def _caller_task_file(ref: str) -> str | None:
+    """The file a task reference loads: a path as ``load_task`` resolves it, a module's source via its spec."""
+    target = ref.partition(":")[0]
+    if _is_file_ref(target):
+        return os.path.abspath(target)
+    if os.getcwd() not in sys.path:  # as load_task imports a module: from the working directory too
+        sys.path.append(os.getcwd())
+    try:
+        spec = importlib.util.find_spec(target)
+    except (ImportError, ValueError):  # load_task says what is wrong with the name
+        return None
+    origin = spec.origin if spec else None
+    return origin if origin and origin.endswith(".py") else None
+
+
+def _read_if_there(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def copy_stored_task(sweep: Storage, folder: str, *, trust_task_code: bool, purpose: str = "to resume") -> str:

@@ -120,6 +120,10 @@ def test_a_resume_job_ships_the_verified_stored_copy_or_your_task(tmp_path):
     assert "'--trials'" in settings and "--slots" in settings
     missing = one_error_line(caviar("submit", "--resume", str(tmp_path / "none"), "--trust-task-code"))
     assert "'--resume'" in missing and "not a sweep" in missing
+    edited = tmp_path / "work" / "edited.py"
+    edited.write_text(TASK_SOURCE.replace("return None\n", "return 4\n", 1))  # build_model changed since the run
+    mixed = one_error_line(caviar("submit", str(edited), "--resume", sweep.root, "--address", "http://127.0.0.1:9"))
+    assert f"your task {edited} has sha256" in mixed and "--trust-task-code" in mixed and "new sweep" in mixed
 
 
 def test_refusals_are_one_line_naming_what_is_wrong(ray_cluster, tmp_path):

@@ -9,7 +9,14 @@ import pytest
 
 from orchestrator.errors import StorageError, TaskError
 from orchestrator.spec.task import load_task
-from orchestrator.spec.task_source import MANIFEST_PATH, portable_ref, read_manifest, store_task_source, sweep_task
+from orchestrator.spec.task_source import (
+    MANIFEST_PATH,
+    portable_ref,
+    read_manifest,
+    refuse_an_edited_task,
+    store_task_source,
+    sweep_task,
+)
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
 
@@ -143,3 +150,46 @@ def test_a_stored_task_that_imports_its_neighbours_says_to_pass_the_task(tmp_pat
     monkeypatch.delitem(__import__("sys").modules, "helpers", raising=False)
     with pytest.raises(TaskError, match="only the task file is stored in the sweep.*--task FILE"):
         sweep_task(sweep, trust_task_code=True)
+
+
+EDITED_SOURCE = TASK_SOURCE.replace("return None\n", "return 4  # build_model now ignores the config\n", 1)
+
+
+def test_a_task_edited_since_the_sweep_started_is_refused_in_one_line(stored, tmp_path, monkeypatch):
+    """Resuming with other code would mix two versions of build_model in one sweep: refused, both sha256s named."""
+    sweep, manifest = stored
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "edited.py").write_text(EDITED_SOURCE)
+    for task in ("edited.py", str(tmp_path / "edited.py"), load_task("edited.py")):  # relative, absolute, loaded
+        with pytest.raises(TaskError) as refused:
+            refuse_an_edited_task(sweep, task)
+        message = str(refused.value)
+        assert "\n" not in message and manifest.sha256[:12] in message
+        assert f"your task {tmp_path / 'edited.py'} has sha256 " in message
+        assert "--trust-task-code" in message and "start a new sweep" in message and "nothing was written" in message
+
+
+def test_the_same_task_bytes_at_any_path_or_no_task_or_no_copy_to_compare_are_let_through(stored, tmp_path,
+                                                                                          monkeypatch):
+    sweep, _ = stored
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "moved_copy.py").write_text(TASK_SOURCE)  # same bytes, another name and folder
+    # A missing file is let through too: load_task then names it.
+    for task in ("moved_copy.py", load_task("moved_copy.py"), None, "no_such_file.py"):
+        refuse_an_edited_task(sweep, task)
+    sweep.delete(MANIFEST_PATH)  # a sweep from before task copies: nothing to compare with
+    (tmp_path / "edited.py").write_text(EDITED_SOURCE)
+    refuse_an_edited_task(sweep, "edited.py")
+
+
+def test_a_module_task_is_compared_by_its_source_file_when_the_sweep_stored_a_file(stored, tmp_path, monkeypatch):
+    sweep, _ = stored
+    package = tmp_path / "pkgs"
+    package.mkdir()
+    (package / "same_task.py").write_text(TASK_SOURCE)
+    (package / "edited_task.py").write_text(EDITED_SOURCE)
+    monkeypatch.syspath_prepend(str(package))
+    refuse_an_edited_task(sweep, "same_task")
+    with pytest.raises(TaskError, match=f"your task {package / 'edited_task.py'} has sha256 "):
+        refuse_an_edited_task(sweep, "edited_task")
+    refuse_an_edited_task(sweep, "not_a_module_anywhere")  # load_task names what is wrong with it

@@ -1,0 +1,73 @@
+"""A sweep resumed with a task file edited since it started is refused before anything runs; the same bytes resume.
+
+A real tiny sweep in worker processes, its master ended (``CAVIAR_FAULT_AFTER_WRITE``) right after
+its first trials table, so the trials are still to train; then ``caviar resume`` and ``resume_sweep``
+with an edited copy of its task (refused, nothing written) and with a byte-identical copy elsewhere
+(resumed to the end).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.app.api import load, resume_sweep
+from orchestrator.errors import TaskError
+from tests.conftest import ROOT, TINY_TASK
+
+CAVIAR = [os.path.join(os.path.dirname(sys.executable), "caviar")]
+ENV = {**os.environ, "PYTHONPATH": ROOT}
+
+
+def stopped_sweep(tmp_path) -> str:
+    """A sweep whose master died after writing its trials table, before any trial trained."""
+    storage = tmp_path / "runs"
+    run = [*CAVIAR, "run", TINY_TASK, "--trials", "2", "--epochs", "1", "--stages", "1", "--slots", "1", "--seed",
+           "2", "--storage", str(storage), "--name", "cut", "--no-ensemble", "--executor", "processes", "--plain"]
+    done = subprocess.run(run, cwd=ROOT, env={**ENV, "CAVIAR_FAULT_AFTER_WRITE": "3"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 97, done.stderr[-3000:]  # sweeplog.FAULT_EXIT_CODE
+    return str(storage / "cut")
+
+
+def snapshot(folder: str) -> dict[str, str]:
+    out = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+@pytest.mark.slow  # real caviar processes stopped and resumed: the second CI tier
+def test_an_edited_task_is_refused_on_resume_and_the_same_bytes_elsewhere_resume(tmp_path):
+    sweep = stopped_sweep(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    source = open(TINY_TASK).read()
+    (work / "edited.py").write_text(source.replace('int(config["hidden"])', "4"))  # build_model ignores hidden now
+    stored = hashlib.sha256(source.encode()).hexdigest()[:12]
+    edited = hashlib.sha256((work / "edited.py").read_bytes()).hexdigest()[:12]
+    before = snapshot(sweep)
+
+    refused = subprocess.run([*CAVIAR, "resume", sweep, "--task", "edited.py", "--plain"], cwd=work, env=ENV,
+                             capture_output=True, text=True, timeout=300)  # a relative path, from the caller's folder
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith(f"caviar: error: sweep '{sweep}' was built with task/tiny_task.py (sha256 {stored})")
+    assert f"your task {work / 'edited.py'} has sha256 {edited}" in line
+    assert "--trust-task-code" in line and "start a new sweep" in line
+    with pytest.raises(TaskError, match=f"sha256 {stored}.*sha256 {edited}"):
+        resume_sweep(sweep, task=str(work / "edited.py"))
+    assert snapshot(sweep) == before  # no lease, no event, no trial: nothing was written
+
+    shutil.copy(TINY_TASK, work / "same_bytes.py")  # the stored task's bytes under another name and folder
+    done = subprocess.run([*CAVIAR, "resume", sweep, "--task", "same_bytes.py", "--plain"], cwd=work, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [(t["status"], t["epochs_run"]) for t in load(sweep).trials.to_pylist()] == [("completed", 1)] * 2
