@@ -271,7 +271,7 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
                            target_stat(dataset.target_mean) if regression else None,
                            target_stat(dataset.target_std) if regression else None,
                            input_dtype=_torch_dtype(dataset.input_dtype), input_shape=tuple(dataset.input_shape))
-    return module.to(pick_device(str(device)) if isinstance(device, str) else device).eval()
+    return _for_inference(module, device)
 
 
 def _best_custom_model(storage: Storage, name: str, task: Task | str | None, trust_task_code: bool,
@@ -286,4 +286,11 @@ def _best_custom_model(storage: Storage, name: str, task: Task | str | None, tru
     module = EnsembleModel([models.model(models.best_checkpoint())], [1.0], _stat(dataset.mean), _stat(dataset.std),
                            input_dtype=_torch_dtype(dataset.input_dtype), input_shape=tuple(dataset.input_shape),
                            outputs_as_given=True)
-    return module.to(pick_device(str(device)) if isinstance(device, str) else device).eval()
+    return _for_inference(module, device)
+
+
+def _for_inference(module: EnsembleModel, device: str | torch.device) -> EnsembleModel:
+    """On ``device``, in eval mode, its weights frozen: outputs are plain tensors (``.numpy()`` works on them);
+    ``module.requires_grad_(True)`` to fine-tune or take input gradients."""
+    module = module.to(pick_device(str(device)) if isinstance(device, str) else device).eval()
+    return module.requires_grad_(False)
