@@ -144,13 +144,11 @@ def expected_executor(config: str | None, overrides: dict[str, Any]) -> str:
     The run itself reads the task's settings too and decides (``RunSettings.resolved_executor``); a task whose
     own settings ask for Ray still gets it, after a line that says so.
     """
-    from orchestrator.errors import ConfigError
     from orchestrator.spec.settings import RunSettings, read_toml
 
-    try:
-        settings = RunSettings().merged(read_toml(config)[0] if config else {}).merged(overrides)
-    except ConfigError:  # the run says what is wrong with the file, in its own line
-        settings = RunSettings().merged(overrides)
+    # A bad value here is refused now, with the line the run would give, not after a first line about Ray:
+    # the task's settings come first in the run, so nothing they hold can make a value given here valid.
+    settings = RunSettings().merged(read_toml(config)[0] if config else {}).merged(overrides).validate()
     return settings.resolved_executor(ray_running=False)
 
 
