@@ -34,7 +34,7 @@ def ensemble(
     objective only with --task or --trust-task-code; without, by log loss, and the table says so.
     """
     from orchestrator.app.api import open_sweep
-    from orchestrator.ensemble.ensemble_run import build_and_write, check_methods, refuse_custom_kind
+    from orchestrator.ensemble.ensemble_run import build_and_write, check_methods, has_soup, refuse_custom_kind
     from orchestrator.store import schema
 
     if k < 1:
@@ -43,10 +43,17 @@ def ensemble(
     storage = open_sweep(sweep)
     refuse_custom_kind(storage, schema.read_dataset_row(storage).get("kind"))  # before any word about soups
     soup = objective_for = None
+    had_soup = has_soup(storage)
     if "soup" in methods and not method and not (task or trust_task_code):  # all methods by default: the rest
+        if had_soup:  # rebuilding without it would delete the soup the sweep built: refuse before writing
+            fail(f"{sweep} has a soup that only --task FILE or --trust-task-code can rebuild; pass one, or name the "
+                 "other methods with --method to rebuild those and drop the soup")
         typer.echo("caviar: soup left out: it builds models with task code; pass --task FILE or --trust-task-code "
                    "to include it", err=True)
         methods = tuple(m for m in methods if m != "soup")
+    if had_soup and "soup" not in methods:  # --method named others: the user's choice, said once
+        typer.echo("caviar: soup dropped: --method did not name it; its row and weights file are deleted",
+                   err=True)
     if "soup" in methods or task or trust_task_code:
         from orchestrator.spec.task_source import sweep_task
         from worker.load.objective import ensemble_objective  # torch loads here, only with task code

@@ -332,6 +332,9 @@ def _warn_choice(records: Sequence[EnsembleRecord]) -> None:
 
 def write_ensembles(storage: Storage, records: Sequence[EnsembleRecord]) -> None:
     storage.write_table(schema.ENSEMBLES_PATH, schema.to_table([r.as_row() for r in records], schema.ENSEMBLES))
+    soup_weights = schema.ensemble_weights_path("soup")
+    if not any(r.weights_path == soup_weights for r in records):
+        storage.delete(soup_weights)  # a soup left out of this build: no row points at its weights any more
     legacy = schema.LEGACY_ENSEMBLE_WEIGHTS_DIR
     if not any((r.weights_path or "").startswith(legacy + "/") for r in records):
         storage.delete_dir(legacy)  # an older sweep rebuilt: its ensembles/ folder becomes a plain table again
@@ -346,6 +349,13 @@ def read_ensembles(storage: Storage) -> list[EnsembleRecord]:
         raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file "
                            "(build them: caviar ensemble SWEEP_DIR)")
     return [EnsembleRecord.from_row(r) for r in storage.read_table(schema.ENSEMBLES_PATH).to_pylist()]
+
+
+def has_soup(storage: Storage) -> bool:
+    """Whether the sweep's ensembles table (if any) holds a soup row."""
+    if not storage.exists(schema.ENSEMBLES_PATH):
+        return False
+    return "soup" in storage.read_table(schema.ENSEMBLES_PATH).column("method").to_pylist()
 
 
 def best_checkpoint(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:

@@ -107,6 +107,8 @@ def test_cli_ensemble_by_default_builds_what_runs_no_task_code(sweep, tmp_path):
     """Every method by default, but the soup (it builds models with the task's code) only on request."""
     copy = tmp_path / "copy"
     shutil.copytree(sweep.path, copy)
+    # The sweep built a soup, which a default rebuild without task code refuses to drop: drop it first.
+    assert CliRunner().invoke(app, ["ensemble", str(copy), "-m", "top_k"]).exit_code == 0
     cli = [os.path.join(os.path.dirname(sys.executable), "caviar")]
     done = subprocess.run([*cli, "ensemble", str(copy)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -6,6 +6,7 @@ plus the two tables the master would write (sweep row, trials), then read back.
 
 from __future__ import annotations
 
+import os
 import shutil
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from orchestrator.app.lifecycle import build_ensembles
 from orchestrator.decide.backend import Assignment
+from orchestrator.ensemble import ensembles
 from orchestrator.ensemble.ensemble_run import (
     build_and_write,
     read_dataset,
@@ -27,14 +29,16 @@ from orchestrator.errors import ConfigError, StorageError
 from orchestrator.spec.task import Task, load_task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
-from tests.conftest import DIGITS_TASK, TINY_TASK
+from tests.conftest import DIGITS_TASK, ROOT, TINY_TASK
 from worker.data.splits import prepare, prepare_task_data
 from worker.load.ensemble_model import load_ensemble
-from worker.load.soup import average_states, recompute_bn, soup_builder
+from worker.load.soup import Soup, average_states, recompute_bn, soup_builder
 from worker.train.recorder import TrialRecorder
 from worker.train.session import WorkerSession
 from worker.train.trainer import TrialRun, TrialSpec
 
+AUGMENTED_TASK = os.path.join(ROOT, "tests", "tasks", "augmented_task.py")
+AUGMENTED = {"lr": 0.02, "optimizer": "adam", "batch_size": 64, "ema_decay": 0.9}
 TINY = {"lr": 0.03, "optimizer": "adam", "hidden": 8, "batch_size": 32, "ema_decay": 0.9}
 DIGITS = {"lr": 3e-3, "optimizer": "adam", "layers": 1, "hidden": 32, "activation": "relu", "batch_norm": True,
           "dropout": 0.0, "init": "he", "batch_size": 64, "ema_decay": 0.95}
@@ -215,3 +219,55 @@ def test_the_soup_uses_the_splits_the_sweep_prepared_instead_of_loading_again(di
     x_test, y_test = digits.get("load_data")()["test"]
     model = load_ensemble(digits_sweep, "soup", task=DIGITS_TASK)
     assert (model.predict(x_test).numpy() == y_test).mean() == pytest.approx(soup.test_accuracy)
+
+
+@pytest.fixture(scope="module")
+def augmented_sweep(tmp_path_factory):
+    """Two trials of one batch-norm model on training data that changes at every read."""
+    configs = {0: AUGMENTED, 1: {**AUGMENTED, "lr": 0.04}}
+    return make_sweep(tmp_path_factory.mktemp("runs"), AUGMENTED_TASK, configs, epochs=3, keep_best=2)
+
+
+def raw_split(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """A streamed split's inputs and labels as the task gives them: not standardised."""
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    return torch.stack(xs).numpy(), np.asarray(ys)
+
+
+def soup_row(records):
+    return next(r for r in records if r.method == "soup")
+
+
+def test_an_augmented_sweeps_soup_row_is_what_load_ensemble_returns_and_rebuilds_agree(augmented_sweep):
+    task = load_task(AUGMENTED_TASK)
+    first = soup_row(build_and_write(augmented_sweep, methods=["soup"],
+                                     soup=soup_builder(augmented_sweep, task, device="cpu")))
+    _, val, test = task.get("load_data")()
+    model = load_ensemble(augmented_sweep, "soup", task=AUGMENTED_TASK)
+    for split, dataset in (("val", val), ("test", test)):
+        x, y = raw_split(dataset)
+        probs = model(torch.as_tensor(x)).detach().numpy()
+        assert ensembles.accuracy(probs, y) == pytest.approx(getattr(first, f"{split}_accuracy"), abs=1e-9)
+        assert ensembles.log_loss(probs, y) == pytest.approx(getattr(first, f"{split}_log_loss"), abs=1e-6)
+    # Rebuilt from a fresh load, or from splits prepared with their own (random) statistics: the same soup.
+    again = soup_row(build_and_write(augmented_sweep, methods=["soup"],
+                                     soup=soup_builder(augmented_sweep, task, device="cpu")))
+    handed = soup_row(build_and_write(augmented_sweep, methods=["soup"], soup=soup_builder(
+        augmented_sweep, task, device="cpu", splits=prepare_task_data(task))))
+    for other in (again, handed):
+        assert (other.val_accuracy, other.test_accuracy) == (first.val_accuracy, first.test_accuracy)
+        assert other.val_log_loss == pytest.approx(first.val_log_loss, abs=1e-6)
+        assert other.test_log_loss == pytest.approx(first.test_log_loss, abs=1e-6)
+    assert again.weights_sha256 == first.weights_sha256
+
+
+def test_the_soups_batch_norm_pass_over_augmented_data_is_the_same_every_time(augmented_sweep):
+    soup = Soup(augmented_sweep, load_task(AUGMENTED_TASK), device="cpu")
+    key = next(iter(soup.models.checkpoints))
+    model = soup.models.build(key.trial_id)
+    state = soup.models.state(key)
+    np.random.seed(123)
+    (scores, first), (again, second) = (soup.score(model, state, fresh_bn=True) for _ in range(2))
+    assert scores == again and all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(first["1.running_mean"], state["1.running_mean"])  # recomputed, and kept in the state
+    assert np.random.randint(10**6) == np.random.RandomState(123).randint(10**6)  # the caller's generator untouched

@@ -5,9 +5,12 @@ shares its architecture (same state-dict names, shapes and dtypes, same module c
 only if the averaged weights score better on validation. After each averaging the
 batch-norm statistics are recomputed with one pass over the training split
 (``torch.optim.swa_utils.update_bn``): averaged running statistics do not describe the
-averaged weights. Test metrics are computed once, for the final soup. Streamed data (torch
-Datasets or the task's loader functions) is read through the split's loader, batch by batch,
-standardised as the workers did.
+averaged weights. That pass runs under fixed seeds, so augmented training data gives the same
+statistics on every build, and the weights file keeps them. Test metrics are computed once,
+for the final soup. Streamed data (torch Datasets or the task's loader functions) is read
+through the split's loader, batch by batch. Inputs are standardised with the mean and std the
+sweep stored (what ``load_ensemble`` applies), never with a fresh pass over training data that
+may be random.
 
 Soups of independently trained models usually land in a worse basin than either model;
 checkpoints and EMA weights of one run often average well. Either way the result is
@@ -19,8 +22,10 @@ task and its data once, builds models from the configs in the trials table.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,17 +34,18 @@ import torch
 from torch import nn
 
 from orchestrator.ensemble import ensembles
-from orchestrator.ensemble.ensemble_run import SoupBuilder, SoupResult, rank, read_dataset
+from orchestrator.ensemble.ensemble_run import Dataset, SoupBuilder, SoupResult, rank, read_dataset
 from orchestrator.ensemble.ensembles import CandidateKey, Member, Objective
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
-from worker.data.splits import Splits, prepare, task_statistics
+from worker.data.splits import Splits, prepare
 from worker.load.ensemble_model import SweepModels
 from worker.train.trainer import model_outputs, pick_device
 
 BN_BATCH = 512
+BN_SEED = 0  # the training pass that recomputes batch norm draws its augmentation from this seed: rebuilds agree
 
 
 def architecture(model: nn.Module) -> tuple[Any, ...]:
@@ -77,6 +83,56 @@ def recompute_bn(model: nn.Module, x_train: torch.Tensor | Iterable[torch.Tensor
     return True
 
 
+@contextmanager
+def seeded_randomness(seed: int, device: torch.device) -> Iterator[None]:
+    """Python's, numpy's and torch's global generators seeded for the block, restored after it.
+
+    A training Dataset that augments (``np.random`` or ``torch.rand`` per read) or a task's loader that
+    shuffles then gives the same batches every time; DataLoader workers derive their seeds from torch's.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _statistic(values: np.ndarray | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A stored statistic as ``Splits`` holds it: ``(1, *input_shape)`` in the inputs' dtype."""
+    if values is None:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(values)).unsqueeze(0).to(dtype)
+
+
+def with_sweep_statistics(splits: Splits, stored: Dataset) -> Splits:
+    """``splits`` standardised with the sweep's stored mean and std instead of their own (equal unless the
+    training data is random: an augmenting Dataset, noise added in ``load_data``)."""
+    dtype = splits.input_dtype
+    mean, std = _statistic(stored.mean, dtype), _statistic(stored.std, dtype)
+    same = (mean is None) == (splits.mean is None) and (
+        mean is None or (torch.equal(mean, splits.mean.cpu()) and torch.equal(std, splits.std.cpu())))
+    if same:
+        return splits
+    if splits.streams:  # streamed batches are standardised as they are read: new statistics are enough
+        return replace(splits, mean=mean, std=std)
+
+    def restandardised(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None or not x.is_floating_point():
+            return x
+        if splits.mean is not None and splits.std is not None:
+            x = x * splits.std + splits.mean  # back to the task's inputs, up to rounding
+        return x if mean is None or std is None else ((x - mean.to(x.device)) / std.to(x.device)).contiguous()
+
+    return replace(splits, x_train=restandardised(splits.x_train), x_val=restandardised(splits.x_val),
+                   x_test=restandardised(splits.x_test), mean=mean, std=std)
+
+
 class Soup:
     """Everything one greedy soup needs: the sweep's models, the task's data on a device."""
 
@@ -92,11 +148,15 @@ class Soup:
 
     def _checked_splits(self, storage: Storage, task: Task, load_data: Callable[[], Any] | None,
                         splits: Splits | None) -> Splits:
-        """``splits`` (the data the sweep's contract check prepared), else ``load_data()`` prepared here."""
-        if splits is None:
-            splits = prepare(self.models.run_load_data(load_data), normalize=task.normalize, kind=task.kind,
-                             standardize_targets=task.standardize_targets, task_statistics=task_statistics(task))
+        """``splits`` (the data the sweep's contract check prepared), else ``load_data()`` prepared here; either way
+        standardised with the statistics the sweep stored, the ones ``load_ensemble`` applies."""
         stored = read_dataset(storage)
+        if splits is None:  # a fresh pass over random (augmented) training data would give other statistics
+            splits = prepare(self.models.run_load_data(load_data), normalize=stored.mean is not None, kind=task.kind,
+                             standardize_targets=task.standardize_targets,
+                             task_statistics=None if stored.mean is None else (stored.mean, stored.std))
+        else:
+            splits = with_sweep_statistics(splits, stored)
         if not (np.array_equal(splits.y_val.numpy(), stored.y_val)
                 and np.array_equal(splits.y_test.numpy(), stored.y_test)):
             raise TaskError("load_data: its val/test labels differ from the ones the sweep stored; a soup needs the "
@@ -131,7 +191,9 @@ class Soup:
               objective: Objective | None = None, what: str = "the soup") -> tuple[Scores, dict[str, torch.Tensor]]:
         """(accuracy, log loss, the objective's value or None) and the state evaluated; BN recomputed first if asked."""
         model.load_state_dict(state)
-        if fresh_bn and recompute_bn(model, self._train_inputs()):
+        with seeded_randomness(BN_SEED, self.device):  # augmented training batches: the same ones every build
+            recomputed = fresh_bn and recompute_bn(model, self._train_inputs())
+        if recomputed:  # the weights file holds these statistics: what was scored is what loads
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         x, y = (self.splits.x_val, self.splits.y_val) if split == "val" else (self.splits.x_test, self.splits.y_test)
         if self.splits.streams:  # streamed: read in order through the split's loader, standardised per batch
