@@ -13,6 +13,7 @@ and then set to ``None`` in the config.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -539,6 +540,11 @@ def parse_param(name: str, spec: Any) -> Any:
     kind = spec.pop("dist", None)
     if kind not in _CONSTRUCTORS:
         raise SpaceError(f"parameter '{name}': unknown dist {kind!r} (one of {', '.join(_CONSTRUCTORS)})")
+    fields = [p for p in inspect.signature(_CONSTRUCTORS[kind]).parameters]
+    unknown = [key for key in spec if key not in fields]
+    if unknown:  # say which field, and what the dist takes: not Python's "unexpected keyword argument"
+        raise SpaceError(f"parameter '{name}': {kind} has no field {unknown[0]!r}{did_you_mean(unknown[0], fields)} "
+                         f"(its fields: dist, {', '.join(fields)})")
     try:
         if "limits" in spec:
             spec["limits"] = tuple(float(x) for x in spec["limits"])

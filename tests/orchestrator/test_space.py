@@ -110,6 +110,12 @@ def test_overrides_from_toml_data():
         space.with_overrides({"lr": {"dist": "logarithmic", "low": 1, "high": 2}})
     with pytest.raises(SpaceError, match="parameter 'lr': log range must be positive"):
         space.with_overrides({"lr": {"dist": "loguniform", "low": -1, "high": 2}})
+    # a field the dist does not take is named, with the fields it does: not Python's "unexpected keyword argument"
+    with pytest.raises(SpaceError, match=r"^parameter 'act': choice has no field 'values' \(its fields: dist, "
+                                         r"options, when\)$"):
+        space.with_overrides({"act": {"dist": "choice", "values": ["relu", "gelu"]}})
+    with pytest.raises(SpaceError, match="parameter 'lr': loguniform has no field 'lo'; did you mean 'low'?"):
+        space.with_overrides({"lr": {"dist": "loguniform", "lo": 1e-3, "high": 1e-2}})
 
 
 def test_to_dict_round_trips_through_parse():
