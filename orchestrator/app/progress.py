@@ -160,7 +160,8 @@ class Progress:
             self.live.__exit__(*exc)
         elif self.controller is not None:
             s = self.snap
-            self._line(f"sweep done: {self._counts_text(s)}; {s.epochs_done} epochs; {self._best_text(s)}")
+            ended = "sweep done" if exc[0] is None else "sweep stopped"  # interrupted or failed: the next line says
+            self._line(f"{ended}: {self._counts_text(s)}; {s.epochs_done} epochs; {self._best_text(s)}")
 
     def __call__(self, controller: Controller) -> None:
         self.tick(controller)

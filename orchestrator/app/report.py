@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import html
 import multiprocessing
+import os
 import posixpath
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +53,7 @@ from orchestrator.app.report_figures import (
     plot_update_ratio,
 )
 from orchestrator.app.tables import SweepTables
+from orchestrator.decide.interrupt import die_with_parent
 from orchestrator.spec.settings import ray_joined
 from orchestrator.store.storage import Storage
 
@@ -189,7 +191,8 @@ def draw_all(plots: Sequence[Callable[[SweepData], Any]], data: SweepData, worke
     global _DRAWING
     _DRAWING = (plots, data)
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:  # a killed report helper takes them along
             return list(pool.map(_draw_one, range(len(plots))))
     finally:
         _DRAWING = None

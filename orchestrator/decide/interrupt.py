@@ -101,3 +101,16 @@ def print_ensembles_hint(path: str, task_ref: str | None = None) -> None:
     code = f" --task {task_ref}" if task_ref else ""
     sys.stderr.write(f"interrupted while building ensembles (the trials are complete): caviar ensemble {path}{code}\n")
     sys.stderr.flush()
+
+
+def die_with_parent(parent: int) -> None:
+    """In a forked child: have the kernel kill it when ``parent`` dies (Linux), so no child outlives a killed or
+    interrupted parent, blocked on a pipe that only it still holds open."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a closed pipe ends the child after its current call
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)

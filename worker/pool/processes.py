@@ -75,7 +75,7 @@ def serve(conn: Connection, master: int, task_ref: str, storage_uri: str, sweep:
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # a print goes to the terminal, not the live view's proxy
     for other in list(_MASTER_ENDS):  # forked copies of the master's pipe ends: the master's exit must reach us
         other.close()
-    _die_with(master)
+    interrupt.die_with_parent(master)  # a SIGKILLed master leaves no trainer behind
     try:
         if fused:
             from worker.arrays.fused_session import FusedSession  # the master imported it before the fork
@@ -112,18 +112,6 @@ def _answer(conn: Connection, message: tuple[str, Any]) -> bool:
         return True
     except OSError:
         return False
-
-
-def _die_with(master: int) -> None:
-    """On Linux the kernel kills this worker when the master dies: a SIGKILLed master leaves no trainer behind."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the closed pipe ends the worker after its current call
-        return
-    if os.getppid() != master:  # the master died before the request took effect
-        os._exit(1)
 
 
 def child_setup(task_ref: str, storage_uri: str, sweep: str, worker_options: Mapping[str, Any],
