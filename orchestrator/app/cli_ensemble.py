@@ -36,11 +36,16 @@ def ensemble(
     from orchestrator.app.api import open_sweep
     from orchestrator.ensemble.ensemble_run import build_and_write, check_methods, has_soup, refuse_custom_kind
     from orchestrator.store import schema
+    from orchestrator.store.lease import holder_alive, read_lease
 
     if k < 1:
         fail("option '-k': expected a positive integer")
     methods = check_methods([m for item in method or [] for m in item.split(",") if m])
     storage = open_sweep(sweep)
+    writer = read_lease(storage)
+    if writer is not None and holder_alive(writer):  # its end rebuilds ensembles/ over whatever this one writes
+        fail(f"sweep {sweep!r} is still being written by process {writer.pid} on {writer.host}, and its end builds "
+             "the ensembles; run caviar ensemble once it has finished")
     refuse_custom_kind(storage, schema.read_dataset_row(storage).get("kind"))  # before any word about soups
     soup = objective_for = None
     had_soup = has_soup(storage)

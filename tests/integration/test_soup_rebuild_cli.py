@@ -58,3 +58,24 @@ def test_with_the_stored_task_the_default_rebuild_keeps_a_soup(copy):
     result = CliRunner().invoke(app, ["ensemble", copy.root, "--trust-task-code", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "soup" in {r.method for r in read_ensembles(copy)} and copy.exists(SOUP_WEIGHTS)
+
+
+def test_a_sweep_still_being_written_is_refused_before_its_ensembles_are_touched(copy):
+    import socket
+    import subprocess
+
+    from orchestrator.store.lease import LEASE_PATH, LeaseRecord
+
+    master = subprocess.Popen(["sleep", "60"])  # a live process on this host stands for the sweep's master
+    try:
+        copy.write_bytes(LEASE_PATH, LeaseRecord("x", socket.gethostname(), master.pid, 0, 0).encode())
+        before = copy.read_bytes(schema.ENSEMBLES_PATH)
+        result = CliRunner().invoke(app, ["ensemble", copy.root, "--trust-task-code"])
+        assert result.exit_code == 2
+        assert result.stderr.strip().splitlines() == [
+            f"caviar: error: sweep {copy.root!r} is still being written by process {master.pid} on "
+            f"{socket.gethostname()}, and its end builds the ensembles; run caviar ensemble once it has finished"]
+        assert copy.read_bytes(schema.ENSEMBLES_PATH) == before
+    finally:
+        master.kill()
+        master.wait()
