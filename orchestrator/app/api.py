@@ -60,7 +60,7 @@ def prepare_storage(settings: RunSettings, task: Task) -> tuple[Storage, Storage
 def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:
     """Take the sweep's folder for this run alone (exclusive create); on --overwrite clear it first."""
     if overwrite and (sweep.exists(schema.SWEEP_PATH) or sweep.exists(LEASE_PATH)):
-        Lease.take_over(sweep)  # refuses while another master still writes it
+        Lease.take_over(sweep, then="--overwrite then replaces it")  # refuses while another master still writes it
         for table in (
             "sweep",
             "stages",

@@ -112,13 +112,14 @@ class Lease:
         return lease
 
     @classmethod
-    def take_over(cls, storage: Storage) -> Lease:
-        """Resume: the lease passes to this process, unless its owner still writes the sweep."""
+    def take_over(cls, storage: Storage, then: str = "caviar resume continues a sweep whose master is gone") -> Lease:
+        """Resume (or --overwrite): the lease passes to this process, unless its owner still writes the sweep.
+        ``then``: what the refusal says happens once that owner is stopped."""
         current = read_lease(storage)
         if current is not None and holder_alive(current):
             raise StorageError(
                 f"sweep {redact_uri(storage.uri)!r} is being written by process {current.pid} on "
-                f"{current.host}; stop it first (caviar resume continues a sweep whose master is gone)"
+                f"{current.host}; stop it first ({then})"
             )
         lease = cls(storage, _new_record())
         began = time.monotonic()

@@ -60,7 +60,7 @@ def test_with_the_stored_task_the_default_rebuild_keeps_a_soup(copy):
     assert "soup" in {r.method for r in read_ensembles(copy)} and copy.exists(SOUP_WEIGHTS)
 
 
-def test_a_sweep_still_being_written_is_refused_before_its_ensembles_are_touched(copy):
+def test_a_sweep_still_being_written_is_refused_by_ensemble_and_by_overwrite_before_anything_is_touched(copy):
     import socket
     import subprocess
 
@@ -75,6 +75,13 @@ def test_a_sweep_still_being_written_is_refused_before_its_ensembles_are_touched
         assert result.stderr.strip().splitlines() == [
             f"caviar: error: sweep {copy.root!r} is still being written by process {master.pid} on "
             f"{socket.gethostname()}, and its end builds the ensembles; run caviar ensemble once it has finished"]
+        assert copy.read_bytes(schema.ENSEMBLES_PATH) == before
+        from orchestrator.app.api import claim_sweep
+        from orchestrator.errors import StorageError
+
+        with pytest.raises(StorageError, match=rf"is being written by process {master.pid} on .*; stop it first "
+                                               r"\(--overwrite then replaces it\)$"):
+            claim_sweep(copy, overwrite=True)
         assert copy.read_bytes(schema.ENSEMBLES_PATH) == before
     finally:
         master.kill()
