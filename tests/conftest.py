@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 
@@ -41,3 +42,14 @@ def storage_dir(tmp_path):
     path = tmp_path / "runs"
     path.mkdir()
     return str(path)
+
+
+def folder_digest(folder) -> dict[str, str]:
+    """Every file under ``folder`` (relative path) and the sha256 of its bytes: "nothing was written" made checkable."""
+    out = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out

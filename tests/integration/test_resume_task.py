@@ -18,7 +18,7 @@ import pytest
 
 from orchestrator.app.api import load, resume_sweep
 from orchestrator.errors import TaskError
-from tests.conftest import ROOT, TINY_TASK
+from tests.conftest import ROOT, TINY_TASK, folder_digest
 
 CAVIAR = [os.path.join(os.path.dirname(sys.executable), "caviar")]
 ENV = {**os.environ, "PYTHONPATH": ROOT}
@@ -35,15 +35,6 @@ def stopped_sweep(tmp_path) -> str:
     return str(storage / "cut")
 
 
-def snapshot(folder: str) -> dict[str, str]:
-    out = {}
-    for base, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(base, name)
-            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
-
-
 @pytest.mark.slow  # real caviar processes stopped and resumed: the second CI tier
 def test_an_edited_task_is_refused_on_resume_and_the_same_bytes_elsewhere_resume(tmp_path):
     sweep = stopped_sweep(tmp_path)
@@ -53,7 +44,7 @@ def test_an_edited_task_is_refused_on_resume_and_the_same_bytes_elsewhere_resume
     (work / "edited.py").write_text(source.replace('int(config["hidden"])', "4"))  # build_model ignores hidden now
     stored = hashlib.sha256(source.encode()).hexdigest()[:12]
     edited = hashlib.sha256((work / "edited.py").read_bytes()).hexdigest()[:12]
-    before = snapshot(sweep)
+    before = folder_digest(sweep)
 
     refused = subprocess.run([*CAVIAR, "resume", sweep, "--task", "edited.py", "--plain"], cwd=work, env=ENV,
                              capture_output=True, text=True, timeout=300)  # a relative path, from the caller's folder
@@ -64,7 +55,7 @@ def test_an_edited_task_is_refused_on_resume_and_the_same_bytes_elsewhere_resume
     assert "--trust-task-code" in line and "start a new sweep" in line
     with pytest.raises(TaskError, match=f"sha256 {stored}.*sha256 {edited}"):
         resume_sweep(sweep, task=str(work / "edited.py"))
-    assert snapshot(sweep) == before  # no lease, no event, no trial: nothing was written
+    assert folder_digest(sweep) == before  # no lease, no event, no trial: nothing was written
 
     shutil.copy(TINY_TASK, work / "same_bytes.py")  # the stored task's bytes under another name and folder
     done = subprocess.run([*CAVIAR, "resume", sweep, "--task", "same_bytes.py", "--plain"], cwd=work, env=ENV,

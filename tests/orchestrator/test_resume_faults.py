@@ -10,9 +10,6 @@ epochs equal an uninterrupted run's. A second resume of the finished sweep chang
 
 from __future__ import annotations
 
-import hashlib
-import os
-
 import pytest
 
 from orchestrator.app.resume import read_record, rebuild_controller
@@ -65,15 +62,6 @@ def resume_to_end(storage: Storage, settings):
     drive(rebuilt.controller, PersistingBackend(storage, settings.slots), log, on_tick=guard)
     log.compact_events()
     return rebuilt.controller
-
-
-def snapshot(folder) -> dict[str, str]:
-    out = {}
-    for base, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(base, name)
-            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
 
 
 def test_a_master_killed_after_any_write_resumes_to_the_uninterrupted_result(tmp_path):
