@@ -14,14 +14,15 @@ import typer
 from orchestrator.app import cli_check, cli_cluster, cli_ensemble, cli_report, cli_resume, cli_run  # noqa: F401
 from orchestrator.app.cli_common import app
 from orchestrator.errors import CaviarError
+from orchestrator.store.storage import redact_uri
 
 
 def main() -> None:
     usage_error = typer.BadParameter.__mro__[1]  # click's UsageError, whether typer vendors click or not
     try:
         code = app(standalone_mode=False)  # click's usage errors come here, to be printed as one line
-    except CaviarError as exc:
-        typer.echo(f"caviar: error: {exc}", err=True)
+    except CaviarError as exc:  # masked as a whole: an SDK's text inside it may repeat a URI with its secret
+        typer.echo(redact_uri(f"caviar: error: {exc}"), err=True)
         sys.exit(2)
     except usage_error as exc:  # a bad option value, an unknown option or verb, a missing argument
         if type(exc).__name__ == "NoArgsIsHelpError":  # `caviar` alone: the help, as before
@@ -31,7 +32,7 @@ def main() -> None:
             sys.exit(exc.exit_code)
         command = exc.ctx.command_path if exc.ctx else "caviar"
         message = " ".join(exc.format_message().split())
-        typer.echo(f"caviar: error: {message} (see '{command} --help')", err=True)
+        typer.echo(redact_uri(f"caviar: error: {message} (see '{command} --help')"), err=True)
         sys.exit(exc.exit_code)
     except typer.Abort:
         typer.echo("Aborted!", err=True)

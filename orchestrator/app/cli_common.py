@@ -46,7 +46,9 @@ SweepArg = Annotated[str, typer.Argument(help="Sweep directory (STORAGE/NAME), l
 
 
 def fail(message: str) -> None:
-    typer.echo(f"caviar: error: {message}", err=True)
+    from orchestrator.store.storage import redact_uri
+
+    typer.echo(redact_uri(f"caviar: error: {message}"), err=True)  # a URI the user typed may hold a secret
     raise typer.Exit(2)
 
 

@@ -42,12 +42,13 @@ def list_command(
     from rich.table import Table
 
     from orchestrator.app.answer import shown_score
+    from orchestrator.store.storage import redact_uri
     from orchestrator.store.sweeps import list_sweeps
 
     rows = list_sweeps(storage)
     if not rows:
-        fail(f"storage {storage!r}: no sweeps in it")
-    table = Table(title=f"{len(rows)} sweeps in {storage}")
+        fail(f"storage {redact_uri(storage)!r}: no sweeps in it")
+    table = Table(title=f"{len(rows)} sweeps in {redact_uri(storage)}")
     for column in ("name", "task", "started (UTC)", "state", "trials", "best", "chosen ensemble"):
         table.add_column(column)
     for r in rows:

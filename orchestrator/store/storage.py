@@ -39,6 +39,24 @@ def redact_uri(uri: str) -> str:
     return _URI_PASSWORD.sub(r"\1***@", _URI_SECRETS.sub(r"\1***", uri))
 
 
+_SCHEME_ONE_SLASH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")  # s3:/bucket: two letters at least (not C:/)
+
+
+def _refuse_a_mistyped_uri(uri: str) -> None:
+    """``s3:/bucket`` (one slash), or a query on a path without a scheme, would be taken for a local folder: a sweep
+    trained and written to ``./s3:/...`` on this disk, the URI's secret in a folder name."""
+    if "://" in uri:
+        return
+    mistyped = _SCHEME_ONE_SLASH.match(uri)
+    if mistyped:
+        meant = redact_uri(f"{mistyped[1]}://{uri[len(mistyped[0]):]}")  # masked: one slash hides the secret
+        raise StorageError(f"storage {mistyped[1]}:/...: a URI takes two slashes after its scheme, as in {meant!r}; "
+                           "a local folder is a plain path")
+    if "?" in uri and "=" in uri.partition("?")[2]:
+        raise StorageError(f"storage {redact_uri(uri)!r}: a query (?...=...) belongs to a URI such as "
+                           "s3://bucket/prefix?endpoint_override=...; a local folder is a plain path")
+
+
 def check_name(kind: str, name: str) -> str:
     """Refuse names that could leave the storage root (``..``, ``/``) or hide files."""
     if not _NAME.match(name) or ".." in name:
@@ -111,13 +129,14 @@ class Storage:
     @classmethod
     def from_uri(cls, uri: str) -> Storage:
         """``/data/sweeps``, ``file:///data``, ``s3://bucket/prefix?endpoint_override=...``."""
+        _refuse_a_mistyped_uri(uri)
         try:
             if "://" in uri:
                 fs, root = pafs.FileSystem.from_uri(uri)
             else:
                 fs, root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
-            raise StorageError(f"storage {redact_uri(uri)!r}: {exc}") from None
+            raise StorageError(redact_uri(f"storage {uri!r}: {exc}")) from None  # pyarrow's text repeats the URI
         return cls(fs, root, uri)
 
     @property

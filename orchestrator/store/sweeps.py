@@ -39,6 +39,7 @@ def sweep_names(root: Storage) -> list[str]:
 
 def not_a_sweep(storage: Storage, shown: str) -> StorageError:
     """The error for a folder with no sweep row; a storage folder of sweeps is named as one, with its sweeps."""
+    shown = redact_uri(shown)
     message = f"{shown!r} is not a caviar sweep directory (no {schema.SWEEP_PATH})"
     try:
         names = sweep_names(storage)

@@ -83,3 +83,23 @@ def test_two_claims_of_one_sweep_on_s3_at_once_exactly_one_wins(s3_server):
         assert "taken by another caviar run" in losers[0] or "just claimed" in losers[0], losers
         assert SECRET not in losers[0]
         assert read_lease(Storage.from_uri(uri)).owner == winners[0].record.owner  # the winner's id is what stays
+
+
+def test_commands_on_s3_uris_never_print_the_secret(s3_server):
+    """caviar ls's title, "not a caviar sweep" for a mistyped name, and pyarrow's own text in an error line."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    port, _ = s3_server
+    query = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    root = f"s3://{ACCESS_KEY}:{SECRET}@{BUCKET}/team/sweeps"
+    caviar = os.path.join(os.path.dirname(sys.executable), "caviar")
+    env = {**os.environ, "CAVIAR_IO_ATTEMPTS": "1", "COLUMNS": "250"}
+    for args in (("ls", root + query), ("status", f"{root}/no-such-sweep{query}"), ("ls", f"s4://{ACCESS_KEY}:{SECRET}@b"),
+                 ("status", f"s3:/{ACCESS_KEY}:{SECRET}@{BUCKET}/x{query}")):
+        done = subprocess.run([caviar, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+        assert SECRET not in done.stdout + done.stderr, (args, done.stdout, done.stderr)
+        assert f"{ACCESS_KEY}:***@" in done.stdout + done.stderr, (args, done.stdout, done.stderr)

@@ -210,6 +210,22 @@ CASES = [
         "writing bucket/sweeps/.caviar-probe-…: …Could not connect to server…",
         env={"CAVIAR_IO_ATTEMPTS": "1"},
     ),
+    Case(  # one slash: it would be a local folder named after the URI, its secret in the name
+        "storage_uri_with_one_slash",
+        ("run", "{work}/light_task.py", "--storage", "s3:/key:secret@bucket/sweeps?endpoint_override=127.0.0.1:9"),
+        E + "storage s3:/...: a URI takes two slashes after its scheme, as in "
+        "'s3://key:***@bucket/sweeps?endpoint_override=127.0.0.1:9'; a local folder is a plain path",
+    ),
+    Case(  # an SDK's own text repeats the URI it was given: the whole line is masked
+        "storage_unknown_scheme",
+        ("ls", "s4://key:secret@bucket/sweeps"),
+        E + "storage 's4://key:***@bucket/sweeps': Unrecognized filesystem type in URI: s4://key:***@bucket/sweeps",
+    ),
+    Case(
+        "status_of_a_uri_with_a_password",
+        ("status", "file://key:secret@{work}/nosweep"),
+        E + "storage 'file://key:***@{work}/nosweep': …password in local URI: 'file://key:***@{work}/nosweep'",
+    ),
     Case(
         "storage_under_a_file",
         ("run", "{work}/light_task.py", "--storage", "{work}/a_file/runs"),
