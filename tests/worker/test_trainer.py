@@ -7,6 +7,7 @@ import logging
 import math
 import os
 
+import pytest
 import safetensors.torch
 import torch
 from torch.utils.data import TensorDataset
@@ -93,6 +94,18 @@ def test_session_reports_user_errors_as_failed_trials(tmp_path):
     assert not good.ended and [r["epoch"] for r in good.rows] == [1]
     done = session.advance(2, 2)
     assert done.ended and done.status == "completed"
+
+
+def test_a_worker_that_cannot_write_the_storage_refuses_before_any_trial_trains(tmp_path):
+    """A cluster node without the master's credentials or mount: said at the worker's start, not after its trials
+    trained and lost every result at their end writes."""
+    from orchestrator.errors import StorageError
+
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(StorageError, match=r"^worker on .+: storage '.*a_file/runs/s' is not writable: .*; the master "
+                                           r"could write there, so this worker's machine lacks the storage's "
+                                           r"credentials or mount"):
+        WorkerSession(TINY_TASK, str(tmp_path / "a_file" / "runs"), "s")
 
 
 def test_session_stops_a_diverging_trial_at_once(tmp_path):

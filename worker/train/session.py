@@ -20,6 +20,7 @@ import torch
 from orchestrator.decide.backend import Assignment, Report
 from orchestrator.decide.pruning import divergence_reason
 from orchestrator.decide.status import TrialStatus
+from orchestrator.errors import StorageError
 from orchestrator.spec.task import Task, load_task
 from orchestrator.store.storage import Storage
 from worker.data import task_globals
@@ -87,7 +88,18 @@ class WorkerSession:
         s = self.splits
         self.baseline_val_loss = baseline_val_loss(self.task, s.target_kind, s.y_train, s.y_val)
         self.storage = Storage.from_uri(storage_uri).child(sweep)
+        self._check_storage()
         self.runs: dict[int, tuple[TrialRun, TrialRecorder]] = {}
+
+    def _check_storage(self) -> None:
+        """Before any trial trains here: the master's own write check says nothing of this worker's machine (a
+        cluster's nodes without the credentials or the mount the master has), and a trial writes only at its end."""
+        try:
+            self.storage.check_writable()
+        except StorageError as exc:
+            raise StorageError(f"worker on {self.node}: {exc}; the master could write there, so this worker's "
+                               "machine lacks the storage's credentials or mount: give them to every node (where "
+                               "the cluster starts), or put them in the storage URI") from None
 
     def start(self, assignment: Assignment) -> Report:
         a = assignment
