@@ -177,6 +177,8 @@ def test_loaded_ensemble_matches_its_row_and_refuses_a_changed_file(digits_sweep
     with pytest.raises(ConfigError, match=r"^inputs of shape \(5, 63\); .* \(the training split's standardisation"):
         best(x[:5, :63])
     assert torch.equal(best.predict(x[:1]), best.predict(x)[:1])
+    with pytest.raises(StorageError, match=r"nosuch' is not a caviar sweep directory"):  # a mistyped name
+        load_ensemble(str(tmp_path / "nosuch"), task=DIGITS_TASK)
     assert best(x).numpy().shape == (len(x), 10)  # frozen for inference: outputs are plain tensors, no autograd
     assert best.requires_grad_(True)(x).requires_grad  # unless asked for, to fine-tune or take input gradients
     # Change one member's weights file (in a copy): the sha256 in the checkpoint index no longer matches.

@@ -249,6 +249,10 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
     after their sha256 matches the checkpoint index; a mismatch raises ``StorageError``.
     """
     storage = sweep if isinstance(sweep, Storage) else Storage.from_uri(sweep)
+    if not storage.exists(schema.SWEEP_PATH):  # a mistyped name: said as such, not as a sweep without ensembles
+        from orchestrator.store.sweeps import not_a_sweep
+
+        raise not_a_sweep(storage, storage.uri)
     if schema.read_dataset_row(storage).get("kind") == "custom":
         return _best_custom_model(storage, name, task, trust_task_code, device)
     record = pick(read_ensembles(storage), name)
