@@ -22,9 +22,11 @@ JobArg = Annotated[str, typer.Argument(help="Job (submission) id, as `caviar sub
 
 def run_args(options: dict[str, Any], resources: list[str] | None) -> list[str]:
     """``caviar run`` flags for the options that were given; checked here so mistakes fail before submitting."""
+    from orchestrator.app.api import parse_resources
     from orchestrator.app.lifecycle import check_plan_agrees
 
-    check_plan_agrees(RunSettings().merged(options).validate(), [options])
+    given = {**options, "resources": parse_resources(resources)} if resources else options
+    check_plan_agrees(RunSettings().merged(given).validate(), [options])
     args: list[str] = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")

@@ -137,6 +137,9 @@ def test_refusals_are_one_line_naming_what_is_wrong(ray_cluster, tmp_path):
         plan_job(TINY_TASK, storage="runs")
     with pytest.raises(ConfigError, match="'precision'"):
         run_args({"precision": "fp8"}, None)
+    with pytest.raises(ConfigError, match=r"^setting 'resources': expected NAME=AMOUNT, got 'foo'$"):
+        run_args({}, ["foo"])  # before the job is sent, not in its master on the cluster
+    assert run_args({}, ["accelerator_type_a100=1"]) == ["--resource", "accelerator_type_a100=1"]
     with pytest.raises(ConfigError, match="Ray Client"):
         Jobs("ray://127.0.0.1:10001")
 
