@@ -230,6 +230,16 @@ _NOT_JOB_API_PORTS = {6379: "the GCS port that ray.init and `ray start --address
                       10001: "the Ray Client port (ray://)"}
 
 
+TOKEN_ADVICE = ("give this machine the head's token: copy the head's ~/.ray/auth_token here, or set RAY_AUTH_TOKEN "
+                "/ RAY_AUTH_TOKEN_PATH (see docs/CLUSTER.md)")
+
+
+def _token_hint(reason: str) -> str:
+    """``; give this machine the head's token ...`` when the Job API refused a missing or wrong token."""
+    lowered = reason.lower()
+    return f"; {TOKEN_ADVICE}" if any(s in lowered for s in ("authenticat", "unauthorized", "token")) else ""
+
+
 def _port_hint(address: str) -> str:
     """``; 6379 is ...`` when the address names a head port that never serves the Job API."""
     from urllib.parse import urlsplit
@@ -256,14 +266,16 @@ class Jobs:
         try:
             self.client = JobSubmissionClient(self.address, headers=headers)
         except Exception as exc:
-            raise ClusterError(f"Ray cluster {self.address}: cannot reach its Job API ({_first_line(exc)})"
-                               f"{_port_hint(self.address)}") from None
+            reason = _first_line(exc)
+            raise ClusterError(f"Ray cluster {self.address}: cannot reach its Job API ({reason})"
+                               f"{_port_hint(self.address)}{_token_hint(reason)}") from None
 
     def _call(self, what: str, action: Callable[[], Any]) -> Any:
         try:
             return action()
         except Exception as exc:
-            raise ClusterError(f"Ray cluster {self.address}: {what} failed ({_first_line(exc)})") from None
+            reason = _first_line(exc)
+            raise ClusterError(f"Ray cluster {self.address}: {what} failed ({reason}){_token_hint(reason)}") from None
 
     def alive_nodes(self) -> int | None:
         """How many nodes are alive now, or None when the cluster does not say (the master checks again)."""

@@ -20,7 +20,7 @@ import ray
 from cluster import warm_pool
 from cluster.capacity import any_fits, describe, fits, per_trial, plan_slots
 from cluster.fused_setup import choose_backend
-from cluster.jobs import enable_token_auth
+from cluster.jobs import TOKEN_ADVICE, enable_token_auth
 from cluster.pool import RayBackend, Resources
 from cluster.ray_logs import apply_deferred, ray_log_path, stderr_to_ray_log
 from orchestrator.decide.backend import Backend
@@ -113,8 +113,7 @@ def auth_hint(reason: str) -> str:
     signs = ("authenticat", "authoriz", "token", "timeout", "failed to connect", "initialization failure")
     if not any(sign in reason.lower() for sign in signs):
         return ""
-    return ("; if the cluster uses token authentication, give this machine the head's token: copy the head's "
-            "~/.ray/auth_token here, or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH (see docs/CLUSTER.md)")
+    return f"; if the cluster uses token authentication, {TOKEN_ADVICE}"
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -35,3 +35,6 @@ def test_a_wrong_token_is_one_line_saying_how_to_get_the_heads(ray_cluster, tmp_
     with open(ray_log) as f:
         assert "InvalidAuthToken" in f.read()  # what Ray said is kept, where the first line pointed
     assert not (tmp_path / "wrong-token" / "sweep").exists()  # refused before the sweep was kept
+    # The Job API (caviar jobs, submit, logs) refuses the same token: the same advice, in one line
+    jobs = one_error_line(caviar("jobs", "--address", ray_cluster.dashboard, env={"RAY_AUTH_TOKEN": "not-the-token"}))
+    assert ray_cluster.dashboard in jobs and "~/.ray/auth_token" in jobs and "RAY_AUTH_TOKEN" in jobs, jobs
