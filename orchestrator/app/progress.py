@@ -212,7 +212,10 @@ class Progress:
     @staticmethod
     def _counts_text(s: Snapshot) -> str:
         c = s.counts
-        return ", ".join(f"{c.get(k, 0)} {k}" for k in ("running", "completed", "pruned", "failed", "pending"))
+        shown = ("running", "completed", "pruned", "failed", "pending")
+        text = ", ".join(f"{c.get(k, 0)} {k}" for k in shown)
+        others = [f"{n} {k}" for k, n in c.items() if k not in shown and n]  # interrupted: a resume continues them
+        return ", ".join([text, *others])
 
     @staticmethod
     def _best_text(s: Snapshot) -> str:

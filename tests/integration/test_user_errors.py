@@ -328,6 +328,8 @@ def test_a_space_with_nothing_to_search_says_its_trials_differ_only_in_seeds(tmp
     assert result.counts.get("completed") == 3
     assert Progress._best_text(SimpleNamespace(best=(0.9, 2, 1, ""), objective=None)) == (
         "best score 0.9000 (trial 2, stage 1)")
+    assert Progress._counts_text(SimpleNamespace(counts={"completed": 2, "interrupted": 2})) == (
+        "0 running, 2 completed, 0 pruned, 0 failed, 0 pending, 2 interrupted")  # every trial counted
     assert Progress._best_text(SimpleNamespace(best=(-0.25, 2, 1, ""), objective=("val_mse", "min"))) == (
         "best val_mse 0.2500 (trial 2, stage 1)")
 
