@@ -22,7 +22,7 @@ def report(
     from orchestrator.store.sweeps import resolve_sweep
 
     built = build_report(resolve_sweep(sweep, storage))
-    name = sweep.rstrip("/").rsplit("/", 1)[-1] or "sweep"
+    name = sweep.partition("?")[0].rstrip("/").rsplit("/", 1)[-1] or "sweep"  # a URI's query is no file name
     paths = write_report(built, out or f"{name}-report.html", png_dir)
     for warning in built.warnings:
         typer.secho(f"warning: {warning}", fg="yellow", err=True)
