@@ -9,6 +9,12 @@ import typer
 from orchestrator.app.cli_common import StorageOption, SweepArg, app, fail
 
 
+def default_report_file(sweep: str) -> str:
+    """``NAME-report.html`` in the working directory, NAME the sweep's last path part (a URI's query left out)."""
+    name = sweep.partition("?")[0].rstrip("/").rsplit("/", 1)[-1] or "sweep"
+    return f"{name}-report.html"
+
+
 @app.command()
 def report(
     sweep: SweepArg,
@@ -22,8 +28,7 @@ def report(
     from orchestrator.store.sweeps import resolve_sweep
 
     built = build_report(resolve_sweep(sweep, storage))
-    name = sweep.partition("?")[0].rstrip("/").rsplit("/", 1)[-1] or "sweep"  # a URI's query is no file name
-    paths = write_report(built, out or f"{name}-report.html", png_dir)
+    paths = write_report(built, out or default_report_file(sweep), png_dir)
     for warning in built.warnings:
         typer.secho(f"warning: {warning}", fg="yellow", err=True)
     typer.echo(f"{len(built.figures)} plots -> {paths[0]}")

@@ -47,3 +47,11 @@ def test_layer_names_reach_the_legend_without_compile_wrappers_or_a_leading_unde
     ax = new_figure(4, 3).subplots()
     ax.plot([1, 2], [1, 2], label=layer_label("_orig_mod.0.weight"))
     assert [t.get_text() for t in ax.legend().get_texts()] == ["0.weight"]  # matplotlib drops labels starting "_"
+
+
+def test_the_default_report_file_is_named_after_the_sweep_never_a_uris_query():
+    from orchestrator.app.cli_report import default_report_file
+
+    assert default_report_file("runs/digits/") == "digits-report.html"
+    assert default_report_file("s3://KEY:SECRET@bkt/team/s3b?endpoint_override=127.0.0.1:9&scheme=http") == (
+        "s3b-report.html")
