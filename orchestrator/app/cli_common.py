@@ -111,12 +111,15 @@ def task_file_ref(task: str | None) -> str | None:
     if not task:
         return None
     target, sep, attr = task.partition(":")
-    if not target.endswith(".py") or os.path.isabs(target):
+    if not target.endswith(".py"):
         return task
     try:
-        return os.path.abspath(target) + sep + attr
+        path = target if os.path.isabs(target) else os.path.abspath(target)
     except OSError:  # a job's working directory can be gone by the end of its run
         return task
+    if "runtime_resources" in path.split(os.sep):  # a Ray job's copy, gone with the job: the sweep's own copy then
+        return None
+    return path + sep + attr
 
 
 StorageOption = Annotated[

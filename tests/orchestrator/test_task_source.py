@@ -193,3 +193,16 @@ def test_a_module_task_is_compared_by_its_source_file_when_the_sweep_stored_a_fi
     with pytest.raises(TaskError, match=f"your task {package / 'edited_task.py'} has sha256 "):
         refuse_an_edited_task(sweep, "edited_task")
     refuse_an_edited_task(sweep, "not_a_module_anywhere")  # load_task names what is wrong with it
+
+
+def test_the_task_a_load_or_resume_line_names_is_never_a_ray_jobs_temporary_copy():
+    """Inside a submitted job the task file lies in Ray's runtime_resources, gone with the job: the printed lines then
+    name the sweep's own copy (trust_task_code) instead."""
+    import os
+
+    from orchestrator.app.cli_common import task_file_ref
+
+    job_copy = "/tmp/ray/session_1/runtime_resources/working_dir_files/_ray_pkg_ab12/digits_mlp.py"
+    assert task_file_ref(job_copy) is None and task_file_ref(job_copy + ":task") is None
+    assert task_file_ref("examples/digits_mlp.py") == os.path.abspath("examples/digits_mlp.py")
+    assert task_file_ref("/abs/task.py:obj") == "/abs/task.py:obj" and task_file_ref("pkg.module") == "pkg.module"
