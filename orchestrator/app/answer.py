@@ -70,6 +70,11 @@ def is_nan(value: float | None) -> bool:
     return value is not None and math.isnan(value)
 
 
+def shown_number(value: float | None, spec: str = ".4f") -> str:
+    """A table cell: ``-`` for no value, ``NaN`` for a task metric's NaN (never Python's ``nan``)."""
+    return "-" if value is None else "NaN" if math.isnan(value) else format(value, spec)
+
+
 def nan_objective_note(name: str) -> str:
     """Said under a NaN in the objective's rows: the number is the task's metric's, never a score to trust."""
     return (f"  NaN: the task's metrics returned NaN for {name} on these predictions (a precision or F1 over a class "
@@ -104,9 +109,7 @@ def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
     if chosen is None:
         return []
 
-    def num(x: float | None) -> str:
-        return "-" if x is None else "NaN" if is_nan(x) else f"{x:.4f}"
-
+    num = shown_number
     lines = [f"Chosen ensemble: {chosen.name} ({chosen.method}, {chosen.size} member"
              f"{'s' if chosen.size != 1 else ''}: {describe_members(chosen.members)}); chosen on validation"
              f"{_chosen_by(chosen)}, test measured once after"]
@@ -135,12 +138,11 @@ def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
         lines += [f"  {label:<22} {num(val):>12} {num(test):>12}" for label, val, test in values]
         if any(is_nan(v) for _, val, test in values for v in (val, test)):
             lines.append(nan_objective_note(name))
-        if single is not None and single is not chosen:  # the column that chose, not accuracy or MSE
-            test_name = name.replace("val_", "test_", 1)
-            ours, theirs = chosen.detail.get("test_objective"), single.detail.get("test_objective")
-            change = None
-            if ours is not None and theirs is not None:
-                lines.append(f"  {test_name} {num(ours)} against {num(theirs)} for the best single model")
+        change = None  # compared on the column that chose, not on accuracy or MSE
+        ours, theirs = chosen.detail.get("test_objective"), single.detail.get("test_objective") if single else None
+        if single is not chosen and ours is not None and theirs is not None:
+            lines.append(f"  {name.replace('val_', 'test_', 1)} {num(ours)} against {num(theirs)} for the best "
+                         "single model")
     if change is not None and single is not chosen:
         lines.append(f"  {what} {change:+.1%} relative to the best single model")
     elif single is chosen:
@@ -163,8 +165,7 @@ def best_checkpoint_lines(storage: Storage, sweep_uri: str, task_ref: str | None
     if best is None:
         return []
     metrics = dict(best["metrics"] or [])
-    values = ", ".join(f"{name} {'NaN' if is_nan(value) else format(value, '.4f')}"
-                       for name, value in metrics.items() if value is not None)
+    values = ", ".join(f"{name} {shown_number(value)}" for name, value in metrics.items() if value is not None)
     weights = " (EMA)" if best["weights"] == "ema" else ""
     return [f"Best checkpoint: trial {best['trial_id']} epoch {best['epoch']}{weights}: {values}; no ensembles for "
             'kind = "custom" (outputs are the task\'s own)', load_line(sweep_uri, task_ref)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -130,10 +129,10 @@ def objective_column(records: Sequence[Any]) -> str | None:
 
 
 def objective_cell(record: Any) -> str:
-    def num(x: float | None) -> str:  # NaN spelt as the answer block spells it: the task's metric returned it
-        return "-" if x is None else "NaN" if math.isnan(x) else format(x, ".4g")
+    from orchestrator.app.answer import shown_number
 
-    return f"{num(record.detail.get('val_objective'))} / {num(record.detail.get('test_objective'))}"
+    return (f"{shown_number(record.detail.get('val_objective'), '.4g')} / "
+            f"{shown_number(record.detail.get('test_objective'), '.4g')}")
 
 
 def print_regression_ensembles(records: Sequence[Any], single: Any) -> None:

@@ -52,7 +52,7 @@ def list_command(
 
     rows = list_sweeps(storage)
     if not rows:
-        fail(f"storage {redact_uri(storage)!r}: no sweeps in it")
+        fail(f"storage {storage!r}: no sweeps in it")  # fail() masks a URI's secret
     table = Table(title=f"{len(rows)} sweeps in {redact_uri(storage)}")
     for column in ("name", "task", "started (UTC)", "state", "trials", "best", "chosen ensemble"):
         table.add_column(column)

@@ -23,7 +23,8 @@ from orchestrator.errors import ConfigError, StorageError, TaskError
 from orchestrator.spec.task import Task
 from orchestrator.spec.task_source import sweep_task
 from orchestrator.store import schema
-from orchestrator.store.storage import Storage, redact_uri, sha256
+from orchestrator.store.storage import Storage, sha256
+from orchestrator.store.sweeps import not_a_sweep
 from worker.data import task_globals
 from worker.train.recorder import load_safetensors
 from worker.train.trainer import pick_device
@@ -52,7 +53,7 @@ class SweepModels:
     def __init__(self, storage: Storage, task: Task | str | None = None, trust_task_code: bool = False):
         self.storage = storage
         if not storage.exists(schema.SWEEP_PATH):
-            raise StorageError(f"{redact_uri(storage.uri)!r} is not a caviar sweep directory (no {schema.SWEEP_PATH})")
+            raise not_a_sweep(storage, storage.uri)
         self.task = sweep_task(storage, task, trust_task_code=trust_task_code)
         self._set_task_globals(schema.read_dataset_row(storage))
         trials = storage.read_table(schema.TRIALS_PATH).to_pylist()
@@ -250,8 +251,6 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
     """
     storage = sweep if isinstance(sweep, Storage) else Storage.from_uri(sweep)
     if not storage.exists(schema.SWEEP_PATH):  # a mistyped name: said as such, not as a sweep without ensembles
-        from orchestrator.store.sweeps import not_a_sweep
-
         raise not_a_sweep(storage, storage.uri)
     if schema.read_dataset_row(storage).get("kind") == "custom":
         return _best_custom_model(storage, name, task, trust_task_code, device)
