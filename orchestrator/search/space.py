@@ -321,7 +321,8 @@ class Choice(Distribution):
 # ``limits=(lo, hi)``: hard bounds no stage ever samples outside. Coarse to fine may move a range past
 # its declared ``[low, high]`` when the best value sits on an edge (``extend_edges``, on by default),
 # but never past its limits. ``limits=(low, high)`` makes the declared range itself hard. Each
-# distribution's natural domain (lr > 0, 0 < beta < 1, integers >= 1) always applies as well.
+# distribution's natural domain (lr > 0, 0 < beta < 1, integers >= 1) always applies as well, and a
+# ``uniform`` range on one side of zero keeps that side unless its limits say otherwise.
 Limits = tuple[float, float] | None
 
 
@@ -343,7 +344,10 @@ def _limits(name: str, limits: Limits, natural: tuple[float, float],
 
 
 def uniform(low: float, high: float, *, limits: Limits = None, when: Condition = None) -> Uniform:
-    return Uniform(float(low), float(high), limits=_limits("uniform", limits, (-_INF, _INF)),
+    """Linear. A range on one side of zero stays there unless ``limits`` say otherwise: ``uniform(0, 0.5)`` (a
+    dropout rate, label smoothing, a weight) extended past its low edge would give negative values."""
+    side = (0.0, _INF) if float(low) >= 0 else (-_INF, 0.0) if float(high) <= 0 else (-_INF, _INF)
+    return Uniform(float(low), float(high), limits=_limits("uniform", limits, (-_INF, _INF), side),
                    when=normalize_condition(when))
 
 

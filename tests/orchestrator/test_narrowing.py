@@ -95,6 +95,21 @@ def test_dropout_never_crosses_its_hard_limit():
     assert [(n.side, n.extended, n.hard_limit) for n in out.edges] == [("low", False, True)]
 
 
+def test_a_uniform_range_on_one_side_of_zero_never_crosses_it_unless_its_limits_allow():
+    # uniform(0, 0.5) for a rate (dropout, label smoothing): extending the low edge would sample negative rates
+    out = narrow_space(SearchSpace({"p": uniform(0.0, 0.5)}), results_for("p", [0.0, 0.02, 0.05], worse=[0.4, 0.5]))
+    assert out.space["p"].low == 0.0
+    assert [(n.side, n.extended, n.hard_limit) for n in out.edges] == [("low", False, True)]
+    out = narrow_space(SearchSpace({"w": uniform(-2.0, -0.2)}), results_for("w", [-0.2, -0.3, -0.4], worse=[-2.0]))
+    assert out.space["w"].high == 0.0  # extended towards zero (by 0.9), stopped there
+    # a range across zero, or limits given, extends as before
+    out = narrow_space(SearchSpace({"x": uniform(-1.0, 1.0)}), results_for("x", [-1.0, -0.9, -0.8], worse=[1.0]))
+    assert out.space["x"].low < -1.0
+    out = narrow_space(SearchSpace({"x": uniform(0.0, 1.0, limits=(-5, 5))}),
+                       results_for("x", [0.0, 0.1, 0.2], worse=[1.0]))
+    assert out.space["x"].low < 0.0
+
+
 def test_beta_stays_inside_zero_one():
     space = SearchSpace({"beta": one_minus_loguniform(0.9, 0.999)})  # scale [1, 3]
     out = narrow_space(space, results_for("beta", [0.9, 0.92, 0.95], worse=[0.999, 0.99]))
