@@ -57,6 +57,12 @@ class Dataset:
     # The sweep's objective and mode as the workers ranked trials (None: a sweep from before they were stored).
     objective: str | None = None
     mode: str | None = None
+    output_shape: tuple[int, ...] | None = None  # one example's model outputs ((1,): a binary head's logit)
+
+    @property
+    def binary_head(self) -> bool:
+        """Two classes scored by one logit per example (``nn.Linear(d, 1)``)."""
+        return self.kind == "classification" and self.num_classes == 2 and self.output_shape == (1,)
 
     @property
     def soft(self) -> bool:
@@ -102,8 +108,9 @@ def read_dataset(storage: Storage) -> Dataset:
                            "predictions: none finished, the task's kind is \"custom\", or prediction_dtype is "
                            "\"none\"; ensembles average stored predictions)")
     shape = tuple(row["input_shape"])
+    output_shape = row.get("output_shape")
     extra = {"input_dtype": row.get("input_dtype") or "float32", "objective": row.get("objective"),
-             "mode": row.get("mode")}
+             "mode": row.get("mode"), "output_shape": None if output_shape is None else tuple(output_shape)}
 
     def stat(values: list[float] | None) -> np.ndarray | None:
         return None if values is None else np.asarray(values, dtype=np.float64).reshape(shape)

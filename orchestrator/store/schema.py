@@ -166,6 +166,9 @@ DATASET = pa.schema(
         # before build_model. Left out: names JSON cannot hold (load_ensemble then runs load_data if it must).
         ("task_globals", pa.string()),
         ("task_globals_left_out", pa.list_(pa.string())),
+        # One example's model outputs, e.g. [10], or [1] for a binary head's one logit (an ensemble's averaged
+        # probabilities then reach the task's own metrics as that logit); null: a sweep from before.
+        ("output_shape", pa.list_(pa.int32())),
     ]
 )
 

@@ -98,14 +98,11 @@ CASES = [
         " (on each of the sweep's first 4 configs)",
     ),
     BadTask(
-        "one_logit_for_two_classes",  # a sigmoid head with the user's binary cross-entropy
+        "flat_logit_for_two_classes",  # a binary head squeezed to (N,), as BCEWithLogitsLoss users write it
         "\ndef load_data():\n    return [(x, (y > 0).astype(np.int64)) for x, y in tiny_task.load_data()]\n"
-        "\ndef build_model(config):\n    return nn.Linear(4, 1)\n"
-        "\ndef loss_fn(out, y):\n"
-        "    return nn.functional.binary_cross_entropy_with_logits(out.squeeze(1), y.float())\n",
-        "the model's forward pass or loss_fn: the model outputs 1 score per example but the targets have 2 classes:"
-        " give the model 2 outputs, one per class (softmax cross-entropy over 2 scores is a sigmoid with binary"
-        ' cross-entropy), or declare kind = "custom" with your own loss_fn and metrics'
+        "\ndef build_model(config):\n    return nn.Sequential(nn.Linear(4, 1), nn.Flatten(0))\n",
+        "the model's forward pass or loss_fn: the model outputs shape (32,); classification needs one score per class,"
+        " shape (batch, 2): for one logit per example give shape (batch, 1), without the squeeze"
         " (on each of the sweep's first 4 configs)",
     ),
     BadTask(

@@ -52,7 +52,7 @@ from worker.arrays.fused_diagnostics import (
     record_epoch,
     stack_captures,
 )
-from worker.data.kinds import TargetKind, loss_function, objective_and_mode
+from worker.data.kinds import TargetKind, class_scores, loss_function, objective_and_mode, predicted_classes
 from worker.data.splits import Splits, skips_single_batch
 from worker.data.streams import Stream
 from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
@@ -297,6 +297,7 @@ class FusedArray:
         self.layout: list[Column] = []  # where each trainable parameter lives in a member's row
         self.keys: list[str] = []  # the plain model's state-dict keys, in order
         self.last_epoch_seconds = 0.0
+        self.output_shape: tuple[int, ...] | None = None  # one member's outputs per example, once evaluated
         self._plain: nn.Module | None = None
         self.diagnostics_options = DiagnosticsOptions.from_task(task.get("diagnostics")) if diagnostics else None
         self._first_step: list[Norms] = []  # this epoch's first-step norms per member, for diagnostics
@@ -548,7 +549,7 @@ class FusedArray:
                     update_ratio = torch.where(live, ratio.double(), update_ratio)
                 self._update_ema(st)
                 n = yb.shape[1]
-                correct = (logits.detach().argmax(dim=-1) == yb).sum(dim=1).double()
+                correct = (predicted_classes(logits.detach()) == yb).sum(dim=1).double()
                 # as TrialRun's python floats: each batch's mean loss times its size, summed in float64
                 total_loss = torch.where(live, total_loss + losses.detach().double() * n, total_loss)
                 total_correct = torch.where(live, total_correct + correct, total_correct)
@@ -596,7 +597,8 @@ class FusedArray:
         """Each member's mean loss on its own batch: ``[K]``."""
         if self.loss_fn is None:
             k, b = y.shape
-            return F.cross_entropy(logits.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b).mean(1)
+            scores = class_scores(logits).reshape(k * b, -1)
+            return F.cross_entropy(scores, y.reshape(-1), reduction="none").view(k, b).mean(1)
         from torch.func import vmap
 
         return vmap(self.loss_fn)(logits, y)
@@ -659,9 +661,10 @@ class FusedArray:
                   y: torch.Tensor) -> tuple[list[float], list[float], list[float]]:
         """Per member: the loss, the accuracy and the log loss (the plain path's val_log_loss) on one split."""
         logits = self.logits(flat, buffers, x)
+        self.output_shape = tuple(logits.shape[2:])
         losses = self._losses(logits, y.expand(logits.shape[0], -1))
-        acc = (logits.argmax(dim=-1) == y).float().mean(dim=1)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        acc = (predicted_classes(logits) == y).float().mean(dim=1)
+        log_probs = torch.log_softmax(class_scores(logits.float()), dim=-1)
         log_loss = -log_probs.gather(-1, y.expand(logits.shape[0], -1).unsqueeze(-1)).squeeze(-1).mean(dim=1)
         return losses.tolist(), acc.tolist(), log_loss.tolist()
 
@@ -878,6 +881,10 @@ class FusedMember:
     def checkpoint_results(self, state: Mapping[str, torch.Tensor], weights: str = "raw",
                            epoch: int | None = None) -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
         return self.array.checkpoint_results(state)
+
+    @property
+    def output_shape(self) -> tuple[int, ...] | None:
+        return self.array.output_shape
 
     def resume_state(self) -> dict[str, Any]:
         return self.array.resume_state(self.trial_id)

@@ -267,22 +267,27 @@ def warn_if_single_batches(model: torch.nn.Module, splits: Splits, configs: Sequ
 
 def _check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> None:
     if kind.kind == "classification":
+        if (kind.num_classes or 0) < 2:  # nothing to learn, and a one-logit head would be read as binary
+            raise TaskError("load_data: the targets hold one class only; a classifier needs examples of two classes "
+                            "or more (or declare num_classes when this data lacks some)")
         if outputs.ndim != 2:
+            flat_logit = outputs.ndim == 1 and kind.num_classes == 2
+            logit = (": for one logit per example give shape (batch, 1), without the squeeze" if flat_logit else "")
             raise TaskError(f"the model outputs shape {tuple(outputs.shape)}; classification needs one score per "
-                            f"class, shape (batch, {kind.num_classes})")
-        if outputs.shape[1] < (kind.num_classes or 0):
+                            f"class, shape (batch, {kind.num_classes}){logit}")
+        binary_head = outputs.shape[1] == 1 and kind.num_classes == 2  # one logit: kinds.class_scores
+        if outputs.shape[1] < (kind.num_classes or 0) and not binary_head:
             c = kind.num_classes
-            binary = " (softmax cross-entropy over 2 scores is a sigmoid with binary cross-entropy)" if c == 2 else ""
             raise TaskError(f"the model outputs {outputs.shape[1]} score{'s' if outputs.shape[1] != 1 else ''} per "
                             f"example but the targets have {c} classes: give the model {c} outputs, one per "
-                            f"class{binary}, or declare kind = \"custom\" with your own loss_fn and metrics")
+                            f"class, or declare kind = \"custom\" with your own loss_fn and metrics")
         wide = outputs.shape[1] > (kind.num_classes or 0) and not kind.soft and task.get("loss_fn") is None
         if wide:  # predictions and ensembles need one width (a task's own loss_fn may use extra outputs)
             c, w = kind.num_classes or 0, outputs.shape[1]
             raise TaskError(f"the model outputs {w} scores per example but the targets hold {c} classes (0-{c - 1}); "
                             f"give the model {c} outputs, or declare num_classes = {w} in the task if classes "
                             f"{c}-{w - 1} exist but this data lacks them")
-        if kind.soft and outputs.shape[1] != kind.num_classes:
+        if kind.soft and outputs.shape[1] != kind.num_classes and not binary_head:
             raise TaskError(f"the model outputs {outputs.shape[1]} scores per example but the probability targets "
                             f"have {kind.num_classes} columns")
     elif kind.kind == "regression" and task.get("loss_fn") is None:

@@ -4,7 +4,8 @@ Three kinds (``orchestrator.spec.task.KINDS``):
 
 - ``classification``: integer class indices of shape (N,), or class probabilities (soft labels)
   of shape (N, C) whose rows sum to 1. Loss: cross-entropy (against the probabilities for soft
-  labels); metrics: accuracy and log loss.
+  labels); metrics: accuracy and log loss. The model gives one score per class, or, for two
+  classes, one logit per example (``nn.Linear(d, 1)``, the usual binary head): see :func:`class_scores`.
 - ``regression``: float targets of any trailing shape. Loss: mean squared error; metrics: MSE,
   MAE and R² in the targets' original units (when ``standardize_targets`` trains on
   standardised targets, every validation and test number is mapped back first; ``train_loss``
@@ -253,6 +254,29 @@ def same_layout(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return a == b or len(a) <= 1 or len(b) <= 1
 
 
+def class_scores(outputs: torch.Tensor) -> torch.Tensor:
+    """A classifier's outputs as one score per class, along the last dimension.
+
+    A binary head's one logit ``z`` (outputs ``(..., 1)``) becomes the scores ``(0, z)``: their softmax
+    is ``(1 - sigmoid(z), sigmoid(z))`` and their cross-entropy is binary cross-entropy with logits,
+    exactly, so a one-output model trains, is scored and is ensembled as its two-output form would be.
+    The contract check allows the one-output form for two classes only.
+    """
+    if outputs.shape[-1] == 1:
+        return torch.cat([torch.zeros_like(outputs), outputs], dim=-1)
+    return outputs
+
+
+def predicted_classes(outputs: torch.Tensor) -> torch.Tensor:
+    """The most probable class of each example (a binary head's logit: class 1 where it is positive)."""
+    return class_scores(outputs).argmax(dim=-1)
+
+
+def class_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """torch's cross-entropy on :func:`class_scores`: class indices, or class probabilities (soft labels)."""
+    return F.cross_entropy(class_scores(outputs), targets)
+
+
 def default_loss(kind: TargetKind) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if kind.kind == "regression":
 
@@ -262,8 +286,7 @@ def default_loss(kind: TargetKind) -> Callable[[torch.Tensor, torch.Tensor], tor
             return F.mse_loss(out, targets.to(out.dtype))  # in the model's precision (float64 in the gradient check)
 
         return mse
-    # cross_entropy takes class indices or, for soft labels, class probabilities (soft-target cross-entropy)
-    return F.cross_entropy
+    return class_cross_entropy
 
 
 def loss_function(task: Any, kind: TargetKind) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -274,7 +297,7 @@ def loss_function(task: Any, kind: TargetKind) -> Callable[[torch.Tensor, torch.
 def builtin_metrics(kind: TargetKind, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """The kind's metrics over a whole split; ``outputs`` and ``targets`` in the targets' original units."""
     if kind.kind == "classification":
-        logits = outputs.float()
+        logits = class_scores(outputs.float())
         log_probs = torch.log_softmax(logits, dim=1)
         if kind.soft:
             log_loss = float(-(targets.float() * log_probs).sum(dim=1).mean())

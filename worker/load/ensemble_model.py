@@ -26,6 +26,7 @@ from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
 from orchestrator.store.sweeps import not_a_sweep
 from worker.data import task_globals
+from worker.data.kinds import class_scores
 from worker.train.recorder import load_safetensors
 from worker.train.trainer import pick_device
 
@@ -187,7 +188,7 @@ class EnsembleModel(nn.Module):
             return sum(weight * member(x) for weight, member in zip(self.weights, self.members))
         probs = None
         for weight, member in zip(self.weights, self.members):
-            p = weight * torch.softmax(member(x).float(), dim=1)
+            p = weight * torch.softmax(class_scores(member(x).float()), dim=1)
             probs = p if probs is None else probs + p
         assert probs is not None
         return probs

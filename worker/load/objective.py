@@ -9,7 +9,8 @@ module wraps them in an :class:`Objective` that gets what they get from a model 
 - Classification: the stored outputs are averaged class probabilities; the functions get
   ``log(probabilities)`` as the model's logits. ``softmax(log p) = p`` for rows summing to one,
   so a metric that applies softmax (or a shift-invariant loss such as cross-entropy) sees exactly
-  the ensemble's average.
+  the ensemble's average. A binary head's one logit is ``log p1 - log p0``, shaped ``(n, 1)`` as
+  the model gives it: its sigmoid is the averaged ``p1``.
 - Regression: averaged outputs in the targets' original units, as the worker passes them
   (it maps standardised outputs back before calling the task's functions).
 """
@@ -91,4 +92,7 @@ def _model_outputs(dataset: Dataset, outputs: np.ndarray) -> torch.Tensor:
         # float64 as the targets; one value per row as (n, 1), the usual model output; else the targets' shape.
         shape = dataset.target_shape or (1,)
         return torch.from_numpy(np.asarray(outputs, dtype=np.float64).reshape(len(outputs), *shape))
-    return torch.from_numpy(np.log(np.maximum(np.asarray(outputs, dtype=np.float64), _TINY)).astype(np.float32))
+    log_probs = np.log(np.maximum(np.asarray(outputs, dtype=np.float64), _TINY))
+    if dataset.binary_head:  # the model's one logit: softmax((0, z)) = (p0, p1) for z = log p1 - log p0
+        return torch.from_numpy((log_probs[:, 1:] - log_probs[:, :1]).astype(np.float32))
+    return torch.from_numpy(log_probs.astype(np.float32))

@@ -40,6 +40,7 @@ from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
+from worker.data.kinds import class_scores
 from worker.data.splits import Splits, prepare
 from worker.load.ensemble_model import SweepModels
 from worker.train.trainer import model_outputs, pick_device
@@ -199,7 +200,7 @@ class Soup:
         if self.splits.streams:  # streamed: read in order through the split's loader, standardised per batch
             x = self.splits.streams[split]
         logits = model_outputs(model, x, splits=self.splits, device=self.device)
-        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        probs = torch.softmax(class_scores(logits.float()), dim=1).cpu().numpy()
         labels = y.cpu().numpy()
         value = None if objective is None else objective.value(probs.astype(np.float64), split, what)
         return Scores(ensembles.accuracy(probs, labels), ensembles.log_loss(probs, labels), value), state

@@ -43,7 +43,7 @@ def _flat(t: torch.Tensor | None) -> list[float] | None:
 
 
 def dataset_row(splits: Splits, objective: str | None = None, mode: str | None = None,
-                baseline: float | None = None) -> dict[str, Any]:
+                baseline: float | None = None, output_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     kind = splits.target_kind
     row = {
         "num_classes": splits.num_classes,
@@ -56,6 +56,7 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
         "objective": objective,
         "mode": mode,
         "baseline_val_loss": baseline,
+        "output_shape": None if output_shape is None else list(output_shape),
     }
     row["task_globals"], row["task_globals_left_out"] = task_globals.encode(splits.task_globals)
     if kind.kind == "custom":  # the task's own targets: what a loaded model needs, and no labels
@@ -71,14 +72,15 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
 
 
 def write_dataset(storage: Storage, splits: Splits, objective: str | None = None, mode: str | None = None,
-                  task: Any = None) -> None:
+                  task: Any = None, output_shape: tuple[int, ...] | None = None) -> None:
     """The sweep's val/test labels, input standardisation, objective and (regression, ``task`` given) chance loss;
     once per process and storage."""
     if storage.uri in _dataset_written:
         return
     baseline = None if task is None else baseline_val_loss(task, splits.target_kind, splits.y_train, splits.y_val)
     storage.write_table(schema.DATASET_PATH,
-                        schema.to_table([dataset_row(splits, objective, mode, baseline)], schema.DATASET))
+                        schema.to_table([dataset_row(splits, objective, mode, baseline, output_shape)],
+                                        schema.DATASET))
     _dataset_written.add(storage.uri)
 
 
@@ -128,7 +130,7 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
     classification = kind.kind == "classification"
     if dtype == "none" or not (classification or kind.kind == "regression"):
         if kind.kind == "custom":  # no predictions, but load_ensemble needs the input standardisation
-            write_dataset(storage, run.splits, run.objective, run.mode)
+            write_dataset(storage, run.splits, run.objective, run.mode, output_shape=run.output_shape)
         storage.delete(rel)
         return 0
     check_dtype(dtype)
@@ -143,7 +145,7 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
     if not rows:
         storage.delete(rel)  # a retried trial's earlier file would describe checkpoints that are gone
         return 0
-    write_dataset(storage, run.splits, run.objective, run.mode, run.task)
+    write_dataset(storage, run.splits, run.objective, run.mode, run.task, run.output_shape)
     if classification:
         table = predictions_table(rows, width, dtype)
     else:

@@ -17,7 +17,15 @@ import torch
 
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
-from worker.data.kinds import TargetKind, loss_function, objective_and_mode, score_of, split_metrics
+from worker.data.kinds import (
+    TargetKind,
+    class_scores,
+    loss_function,
+    objective_and_mode,
+    predicted_classes,
+    score_of,
+    split_metrics,
+)
 from worker.data.splits import Splits, batches, skips_single_batch
 from worker.data.streams import Stream
 from worker.train.diagnostics import Diagnostics, DiagnosticsOptions
@@ -52,7 +60,7 @@ def evaluate(
     model.train(was_training)
     loss = float(loss_fn(logits, y))
     labels = y.argmax(dim=1) if y.ndim == 2 else y  # soft labels: the most probable class
-    accuracy = float((logits.argmax(dim=1) == labels).float().mean())
+    accuracy = float((predicted_classes(logits) == labels).float().mean())
     return loss, accuracy, logits
 
 
@@ -78,7 +86,7 @@ def model_outputs(model: torch.nn.Module, x: torch.Tensor | Stream, batch_size: 
 def natural_outputs(kind: TargetKind, outputs: torch.Tensor) -> torch.Tensor:
     """What a prediction means for the kind: class probabilities, or values in the targets' original units."""
     if kind.kind == "classification":
-        return torch.softmax(outputs.float(), dim=1)
+        return torch.softmax(class_scores(outputs.float()), dim=1)  # a binary head's logit: both classes
     return kind.to_original(outputs)
 
 
@@ -163,6 +171,7 @@ class TrialRun:
         # A trial's end measures its last checkpoint on val again: these are the same numbers, already paid for.
         # On the CPU, so a GPU holds no extra copy while the next epoch trains.
         self.last_val: dict[str, tuple[int, dict[str, float], torch.Tensor]] = {}
+        self.output_shape: tuple[int, ...] | None = None  # one example's outputs, once a pass has run
 
     # -- one epoch -----------------------------------------------------------------------
     def train_epoch(self) -> dict[str, Any]:
@@ -183,6 +192,7 @@ class TrialRun:
         s = self.splits
         val, val_outputs = evaluate_split(self.task, self.kind, self.loss_fn, self.model, self.inputs("val"), s.y_val,
                                           "val", s)
+        self.output_shape = tuple(val_outputs.shape[1:])
         val_loss = val["val_loss"]
         step_schedule(self.scheduler, val_loss if math.isfinite(val_loss) else math.inf)
         self.epoch += 1
@@ -279,7 +289,7 @@ class TrialRun:
             total_original += (self._original_loss(logits, y_original) if self.kind.standardised else batch_loss) * n
             if self.kind.kind == "classification":
                 labels = yb.argmax(dim=1) if self.kind.soft else yb
-                total_correct += float((logits.argmax(dim=1) == labels).sum())
+                total_correct += float((predicted_classes(logits) == labels).sum())
             total_seen += n
             if not math.isfinite(total_loss):
                 break  # no point finishing an epoch that has already blown up
@@ -327,6 +337,7 @@ class TrialRun:
             for split, y in (("val", s.y_val), ("test", s.y_test)):
                 values, outputs = evaluate_split(self.task, self.kind, self.loss_fn, module, self.inputs(split), y,
                                                  split, s)
+                self.output_shape = tuple(outputs.shape[1:])
                 out[split] = (natural_outputs(self.kind, outputs).cpu(), values)
         finally:
             module.load_state_dict(saved)
