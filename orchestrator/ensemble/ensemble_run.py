@@ -65,6 +65,11 @@ class Dataset:
         return self.kind == "classification" and self.num_classes == 2 and self.output_shape == (1,)
 
     @property
+    def multilabel(self) -> bool:
+        """Each example has L binary labels; its rows here are (example, label) pairs."""
+        return self.kind == "classification" and self.y_val.ndim == 1 and self.target_shape != ()
+
+    @property
     def soft(self) -> bool:
         return self.kind == "classification" and self.y_val.ndim == 2
 
@@ -136,8 +141,10 @@ def read_dataset(storage: Storage) -> Dataset:
         return Dataset(classes, np.asarray(row["y_val_values"], dtype=np.float64).reshape(-1, classes),
                        np.asarray(row["y_test_values"], dtype=np.float64).reshape(-1, classes), shape,
                        stat(row["mean"]), stat(row["std"]), **extra)
+    # multi-label: labels of (example, label) pairs, row-major; target_shape (L,) says how to fold them back
     return Dataset(classes, np.asarray(row["y_val"], dtype=np.int64), np.asarray(row["y_test"], dtype=np.int64),
-                   shape, stat(row["mean"]), stat(row["std"]), **extra)
+                   shape, stat(row["mean"]), stat(row["std"]), target_shape=tuple(row.get("target_shape") or ()),
+                   **extra)
 
 
 def _probs_matrix(table: pa.Table, num_classes: int) -> np.ndarray:

@@ -16,9 +16,10 @@ with training-split statistics; False: leave them; ``(mean, std)``: the task's o
 used as given), ``settings`` (default run options, e.g. ``{"trials": 32}``).
 
 What the targets are (``kind``) and what the sweep optimises: ``kind`` ("classification":
-integer class indices or class probabilities of shape (N, C); "regression": float targets of
-any trailing shape; "custom": ``loss_fn`` and ``metrics`` only), inferred from integer targets
-and declared otherwise; ``metrics(outputs, targets) -> dict[str, float]`` over a whole split;
+integer class indices or class probabilities of shape (N, C); "multilabel": integer 0/1 labels
+of shape (N, L), one logit per label; "regression": float targets of any trailing shape;
+"custom": ``loss_fn`` and ``metrics`` only), inferred from integer targets and declared
+otherwise; ``metrics(outputs, targets) -> dict[str, float]`` over a whole split;
 ``objective`` (a reported column such as ``"val_mse"``) and ``mode`` ("min" or "max");
 ``standardize_targets`` (regression: train on standardised targets, report original units);
 ``num_classes`` (classification: the class count when the data lacks some classes; else the highest label + 1).
@@ -44,7 +45,7 @@ from orchestrator.search.space import SearchSpace
 REQUIRED = ("space", "load_data", "build_model")
 OPTIONAL_CALLABLES = ("loss_fn", "train_epoch", "build_optimizer")
 TASK_METRICS = ("accuracy", "loss")
-KINDS = ("classification", "regression", "custom")
+KINDS = ("classification", "multilabel", "regression", "custom")
 MODES = ("min", "max")
 
 
@@ -148,7 +149,7 @@ def load_task(ref: str) -> Task:
 
 
 # The reported columns whose better direction caviar knows; any other objective declares its mode.
-BUILTIN_OBJECTIVES = ("val_accuracy", "val_log_loss", "val_loss", "val_mse", "val_mae", "val_r2")
+BUILTIN_OBJECTIVES = ("val_accuracy", "val_log_loss", "val_loss", "val_mse", "val_mae", "val_r2", "val_exact_match")
 
 
 def _contract_fields(ref: str, ns: Any) -> tuple[str | None, str | None, str | None]:
@@ -192,7 +193,7 @@ def unfusable_reason(task: Task) -> str | None:
     Fused arrays (worker/arrays/fused.py) score class-index classification on accuracy or loss; other
     kinds, a task's own metrics and objectives train on the plain path, so no number is wrong.
     """
-    if task.kind not in (None, "classification"):
+    if task.kind not in (None, "classification"):  # multilabel too: its rows are (example, label) pairs
         return f"kind {task.kind!r}: fused arrays train class-index classification only"
     for name in ("metrics", "objective", "mode", "standardize_targets"):
         if getattr(task, name, None) or task.get(name):

@@ -73,10 +73,17 @@ def test_each_kind_refuses_what_does_not_fit_it():
 def test_multi_label_targets_are_named_as_such_with_what_to_declare(declared, dtype):
     multi = torch.tensor([[1, 0, 0], [1, 0, 1], [0, 1, 0]], dtype=dtype)  # row 1: two labels
     one_hot = torch.eye(3, dtype=dtype)
-    assert refusal(declared, multi, one_hot, one_hot) == (
-        "load_data: train targets are 0/1 rows with 2 ones in row 1, as multi-label targets are; caviar's "
-        'classification gives each example one class: declare kind = "custom" with a loss_fn '
-        "(binary_cross_entropy_with_logits on float targets) and metrics")
+    if dtype == torch.int64 and declared is None:  # integer 0/1 rows: multi-label, as the data says
+        assert resolve_kind(declared, splits_of(multi, one_hot, one_hot)).labels == 3
+    elif dtype == torch.int64:
+        assert refusal(declared, multi, one_hot, one_hot) == (
+            "load_data: train targets are 0/1 rows with several ones, as multi-label targets are; declare kind = "
+            '"multilabel" (one logit per label), or give class indices of shape (N,)')
+    else:
+        assert refusal(declared, multi, one_hot, one_hot) == (
+            "load_data: train targets are float 0/1 rows with 2 ones in row 1, as multi-label targets are; give "
+            "integer labels (y.astype('int64')) and caviar trains each label as a binary class (kind = "
+            '"multilabel")')
     if dtype == torch.int64:  # one-hot integers: class indices are what was meant
         assert refusal(declared, one_hot, one_hot, one_hot).startswith(
             "load_data: train targets are one-hot rows of shape (3, 3); give class indices (y.argmax(1))")

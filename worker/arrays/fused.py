@@ -894,6 +894,8 @@ def contract_blocker(task: Task, kind: TargetKind, streams: Mapping[str, Stream]
     """Why fused arrays cannot train this task's contract (see ``orchestrator.spec.task.unfusable_reason``)."""
     if streams:
         return f"the data streams from {stream_sources(streams)}: fused arrays train on data held in memory"
+    if kind.multilabel:
+        return "multi-label targets: fused arrays train class-index classification only"
     if not kind.hard_classes:
         return f"{kind.kind} targets ({'soft labels' if kind.soft else kind.kind}): fused arrays train " \
                "class-index classification only"

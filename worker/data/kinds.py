@@ -1,11 +1,17 @@
 """What a task's targets are, and what follows from that: the default loss, the built-in metrics, the score.
 
-Three kinds (``orchestrator.spec.task.KINDS``):
+The kinds (``orchestrator.spec.task.KINDS``):
 
 - ``classification``: integer class indices of shape (N,), or class probabilities (soft labels)
   of shape (N, C) whose rows sum to 1. Loss: cross-entropy (against the probabilities for soft
   labels); metrics: accuracy and log loss. The model gives one score per class, or, for two
   classes, one logit per example (``nn.Linear(d, 1)``, the usual binary head): see :func:`class_scores`.
+- multi-label classification (``kind = "multilabel"``, or inferred from integer 0/1 rows of shape
+  (N, L) that are not one-hot): each of the L labels is a binary class of its own, and the model
+  gives one logit per label, shape (N, L). Loss: binary cross-entropy with logits, averaged over
+  labels; metrics: accuracy over every (example, label) pair, log loss, and exact match (every
+  label of an example right). Predictions and ensembles treat each (example, label) pair as one
+  binary example, so their accuracy and log loss are these same numbers.
 - ``regression``: float targets of any trailing shape. Loss: mean squared error; metrics: MSE,
   MAE and R² in the targets' original units (when ``standardize_targets`` trains on
   standardised targets, every validation and test number is mapped back first; ``train_loss``
@@ -21,6 +27,7 @@ kind is refused with one line naming the split and the offending value.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,6 +48,7 @@ class TargetKind:
     kind: str  # classification / regression / custom
     num_classes: int | None = None  # classification only
     soft: bool = False  # classification with probability targets (N, C)
+    labels: int | None = None  # multi-label classification: the label count L (num_classes is then 2, per label)
     # Regression with standardize_targets: train-split statistics, shape (1, *target_shape); None otherwise.
     target_mean: torch.Tensor | None = None
     target_std: torch.Tensor | None = None
@@ -54,8 +62,14 @@ class TargetKind:
     def hard_classes(self) -> bool:
         return self.kind == "classification" and not self.soft
 
+    @property
+    def multilabel(self) -> bool:
+        return self.labels is not None
+
     def default_objective(self, metric: str = "accuracy") -> tuple[str, str]:
         """(objective column, mode) when the task declares none; ``metric`` is the older task field."""
+        if self.multilabel:  # accuracy over sparse labels favours predicting none: rank on the log loss
+            return "val_loss", "min"
         if self.kind == "classification":
             return ("val_accuracy", "max") if metric == "accuracy" else ("val_loss", "min")
         if self.kind == "regression":
@@ -109,10 +123,34 @@ def _indicator_refusal(y: torch.Tensor, split: str) -> TaskError | None:
             return None  # one-hot probabilities: soft labels that happen to be hard, taken as they are
         return TaskError(f"load_data: {split} targets are one-hot rows of shape {tuple(y.shape)}; give class indices "
                          "(y.argmax(1)), or float probabilities with kind = \"classification\"")
+    if not y.is_floating_point():
+        return None  # multi-label: resolve_kind takes them as such
     row = int((ones != 1).nonzero()[0])
-    return TaskError(f"load_data: {split} targets are 0/1 rows with {int(ones[row])} ones in row {row}, as multi-label "
-                     "targets are; caviar's classification gives each example one class: declare kind = \"custom\" "
-                     "with a loss_fn (binary_cross_entropy_with_logits on float targets) and metrics")
+    return TaskError(f"load_data: {split} targets are float 0/1 rows with {int(ones[row])} ones in row {row}, as "
+                     "multi-label targets are; give integer labels (y.astype('int64')) and caviar trains each label "
+                     "as a binary class (kind = \"multilabel\")")
+
+
+def _is_multilabel(y: torch.Tensor) -> bool:
+    """Integer 0/1 rows (N, L), L >= 2, some row not one-hot: several labels per example."""
+    return (not y.is_floating_point() and y.ndim == 2 and y.shape[1] >= 2 and bool(((y == 0) | (y == 1)).all())
+            and not bool((y.sum(dim=1) == 1).all()))
+
+
+def _multilabel(targets: Mapping[str, torch.Tensor]) -> TargetKind:
+    widths = {}
+    for split, y in targets.items():
+        if y.is_floating_point() or y.ndim != 2:
+            what = "floats" if y.is_floating_point() else f"of shape {tuple(y.shape)}"
+            raise TaskError(f"load_data: {split} targets are {what}; kind = \"multilabel\" takes integer 0/1 labels "
+                            "of shape (N, L), one column per label")
+        bad = y[(y != 0) & (y != 1)]
+        if len(bad):
+            raise TaskError(f"load_data: {split} targets include {int(bad[0])}; multi-label targets are 0 or 1")
+        widths[split] = y.shape[1]
+    if len(set(widths.values())) > 1:
+        raise TaskError(f"load_data: multi-label targets differ in width across splits ({widths})")
+    return TargetKind("classification", num_classes=2, labels=int(next(iter(widths.values()))))
 
 
 def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, standardize: bool = False,
@@ -130,16 +168,22 @@ def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, s
         if y.is_complex():
             raise TaskError(f'load_data: {split} targets are complex numbers; declare kind = "custom" and a loss_fn')
         _check_finite(y, split)
-    if classes is not None and declared in ("custom", "regression"):
+    if classes is not None and declared in ("custom", "regression", "multilabel"):
         raise TaskError(f"num_classes: the task declares {classes} classes but kind = {declared!r}")
     if declared == "custom":
         return TargetKind("custom")
     if declared == "regression":
         return _regression(targets, standardize)
+    if declared == "multilabel" or (declared is None and classes is None
+                                    and any(_is_multilabel(y) for y in targets.values())):
+        return _multilabel(targets)
     for split, y in targets.items():  # 0/1 matrices: say what they are before any rule about shapes or floats
         indicator = _indicator_refusal(y, split)
         if indicator is not None:
             raise indicator
+        if _is_multilabel(y):  # declared classification, or num_classes given: one class per example was meant
+            raise TaskError(f"load_data: {split} targets are 0/1 rows with several ones, as multi-label targets are; "
+                            "declare kind = \"multilabel\" (one logit per label), or give class indices of shape (N,)")
     if declared is None:
         for split, y in targets.items():
             if y.is_floating_point():
@@ -254,27 +298,35 @@ def same_layout(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return a == b or len(a) <= 1 or len(b) <= 1
 
 
-def class_scores(outputs: torch.Tensor) -> torch.Tensor:
+def class_scores(outputs: torch.Tensor, kind: TargetKind | None = None) -> torch.Tensor:
     """A classifier's outputs as one score per class, along the last dimension.
 
     A binary head's one logit ``z`` (outputs ``(..., 1)``) becomes the scores ``(0, z)``: their softmax
     is ``(1 - sigmoid(z), sigmoid(z))`` and their cross-entropy is binary cross-entropy with logits,
     exactly, so a one-output model trains, is scored and is ensembled as its two-output form would be.
-    The contract check allows the one-output form for two classes only.
+    The contract check allows the one-output form for two classes only. A multi-label ``kind``'s
+    logits (N, L) become N * L such binary rows, in the order of :func:`class_labels`.
     """
+    if kind is not None and kind.multilabel:
+        outputs = outputs.reshape(-1, 1)
     if outputs.shape[-1] == 1:
         return torch.cat([torch.zeros_like(outputs), outputs], dim=-1)
     return outputs
 
 
-def predicted_classes(outputs: torch.Tensor) -> torch.Tensor:
-    """The most probable class of each example (a binary head's logit: class 1 where it is positive)."""
-    return class_scores(outputs).argmax(dim=-1)
+def class_labels(targets: torch.Tensor, kind: TargetKind | None = None) -> torch.Tensor:
+    """Targets as the rows of :func:`class_scores` see them: a multi-label kind's (N, L) flattened to N * L."""
+    return targets.reshape(-1) if kind is not None and kind.multilabel else targets
 
 
-def class_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def predicted_classes(outputs: torch.Tensor, kind: TargetKind | None = None) -> torch.Tensor:
+    """The most probable class of each row of :func:`class_scores` (a logit: class 1 where it is positive)."""
+    return class_scores(outputs, kind).argmax(dim=-1)
+
+
+def class_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor, kind: TargetKind | None = None) -> torch.Tensor:
     """torch's cross-entropy on :func:`class_scores`: class indices, or class probabilities (soft labels)."""
-    return F.cross_entropy(class_scores(outputs), targets)
+    return F.cross_entropy(class_scores(outputs, kind), class_labels(targets, kind))
 
 
 def default_loss(kind: TargetKind) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -286,6 +338,8 @@ def default_loss(kind: TargetKind) -> Callable[[torch.Tensor, torch.Tensor], tor
             return F.mse_loss(out, targets.to(out.dtype))  # in the model's precision (float64 in the gradient check)
 
         return mse
+    if kind.multilabel:
+        return functools.partial(class_cross_entropy, kind=kind)
     return class_cross_entropy
 
 
@@ -297,8 +351,12 @@ def loss_function(task: Any, kind: TargetKind) -> Callable[[torch.Tensor, torch.
 def builtin_metrics(kind: TargetKind, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """The kind's metrics over a whole split; ``outputs`` and ``targets`` in the targets' original units."""
     if kind.kind == "classification":
-        logits = class_scores(outputs.float())
+        logits = class_scores(outputs.float(), kind)
         log_probs = torch.log_softmax(logits, dim=1)
+        if kind.multilabel:
+            right = (logits.argmax(dim=1) == class_labels(targets, kind)).view(len(targets), -1)
+            return {"accuracy": float(right.float().mean()), "log_loss": float(F.nll_loss(log_probs,
+                    class_labels(targets, kind))), "exact_match": float(right.all(dim=1).float().mean())}
         if kind.soft:
             log_loss = float(-(targets.float() * log_probs).sum(dim=1).mean())
             accuracy = float((logits.argmax(dim=1) == targets.argmax(dim=1)).float().mean())
@@ -376,8 +434,9 @@ def objective_and_mode(task: Any, kind: TargetKind) -> tuple[str, str]:
 def natural_mode(objective: str) -> str:
     """Accuracy-like columns are maximised; losses and errors minimised (a custom metric should declare mode)."""
     name = objective.removeprefix("val_")
-    return "max" if name in ("accuracy", "r2") or name.endswith(("accuracy", "auc", "f1", "precision", "recall")) \
-        else "min"
+    maximised = name in ("accuracy", "r2", "exact_match") or name.endswith(("accuracy", "auc", "f1", "precision",
+                                                                             "recall"))
+    return "max" if maximised else "min"
 
 
 def baseline_val_loss(task: Any, kind: TargetKind, y_train: torch.Tensor, y_val: torch.Tensor) -> float | None:

@@ -144,7 +144,9 @@ class SweepModels:
 class EnsembleModel(nn.Module):
     """Weighted average of its members' class probabilities, on raw (unstandardised) inputs.
 
-    ``forward`` returns probabilities (rows sum to 1), not logits; ``predict`` the classes.
+    ``forward`` returns probabilities (rows sum to 1), not logits; ``predict`` the classes. For a
+    multi-label sweep (``multilabel``) it returns each label's averaged probability, shape (n, L), and
+    ``predict`` the 0/1 labels (probability above one half).
     For a regression sweep it averages the members' outputs and returns them in the targets'
     original units (undoing ``standardize_targets``), shaped ``(n, *target_shape)``.
     """
@@ -153,8 +155,9 @@ class EnsembleModel(nn.Module):
                  std: torch.Tensor | None = None, record: EnsembleRecord | None = None,
                  target_shape: tuple[int, ...] | None = None, target_mean: torch.Tensor | None = None,
                  target_std: torch.Tensor | None = None, input_dtype: torch.dtype | None = None,
-                 input_shape: tuple[int, ...] | None = None, outputs_as_given: bool = False):
+                 input_shape: tuple[int, ...] | None = None, outputs_as_given: bool = False, multilabel: bool = False):
         super().__init__()
+        self.multilabel = multilabel  # one logit per label: sigmoid per label, averaged
         self.outputs_as_given = outputs_as_given  # a custom kind's outputs: the weighted sum, no softmax, no units
         self.input_dtype = input_dtype  # what the members trained on; None: any (a module built by hand)
         self.input_shape = input_shape  # one example's shape in training; None: any
@@ -186,6 +189,8 @@ class EnsembleModel(nn.Module):
             return self._regression(x)
         if self.outputs_as_given:
             return sum(weight * member(x) for weight, member in zip(self.weights, self.members))
+        if self.multilabel:
+            return sum(weight * torch.sigmoid(member(x).float()) for weight, member in zip(self.weights, self.members))
         probs = None
         for weight, member in zip(self.weights, self.members):
             p = weight * torch.softmax(class_scores(member(x).float()), dim=1)
@@ -226,6 +231,8 @@ class EnsembleModel(nn.Module):
         x = torch.as_tensor(x)
         if self.target_shape is not None or self.outputs_as_given:
             return torch.cat([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        if self.multilabel:
+            return torch.cat([(self(x[i : i + batch_size]) > 0.5).long() for i in range(0, len(x), batch_size)])
         return torch.cat([self(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
 
 
@@ -274,7 +281,8 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
                            dataset.target_shape if regression else None,
                            target_stat(dataset.target_mean) if regression else None,
                            target_stat(dataset.target_std) if regression else None,
-                           input_dtype=_torch_dtype(dataset.input_dtype), input_shape=tuple(dataset.input_shape))
+                           input_dtype=_torch_dtype(dataset.input_dtype), input_shape=tuple(dataset.input_shape),
+                           multilabel=dataset.multilabel)
     return _for_inference(module, device)
 
 

@@ -74,7 +74,8 @@ def ensemble_objective(task: Any, dataset: Dataset) -> Objective | None:
 def _target_kind(dataset: Dataset) -> TargetKind:
     if dataset.kind == "regression":  # stored outputs and targets are in original units already
         return TargetKind("regression")
-    return TargetKind("classification", num_classes=dataset.num_classes, soft=dataset.soft)
+    labels = dataset.target_shape[0] if dataset.multilabel else None
+    return TargetKind("classification", num_classes=dataset.num_classes, soft=dataset.soft, labels=labels)
 
 
 def _targets(dataset: Dataset, values: np.ndarray) -> torch.Tensor:
@@ -83,6 +84,8 @@ def _targets(dataset: Dataset, values: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(values).reshape(len(values), *dataset.target_shape))
     if dataset.soft:
         return torch.from_numpy(values.astype(np.float32))
+    if dataset.multilabel:  # (example, label) pairs back to (n, L), as load_data gave them
+        return torch.from_numpy(values.astype(np.int64).reshape(-1, *dataset.target_shape))
     return torch.from_numpy(values.astype(np.int64))
 
 
@@ -93,6 +96,7 @@ def _model_outputs(dataset: Dataset, outputs: np.ndarray) -> torch.Tensor:
         shape = dataset.target_shape or (1,)
         return torch.from_numpy(np.asarray(outputs, dtype=np.float64).reshape(len(outputs), *shape))
     log_probs = np.log(np.maximum(np.asarray(outputs, dtype=np.float64), _TINY))
-    if dataset.binary_head:  # the model's one logit: softmax((0, z)) = (p0, p1) for z = log p1 - log p0
-        return torch.from_numpy((log_probs[:, 1:] - log_probs[:, :1]).astype(np.float32))
+    if dataset.binary_head or dataset.multilabel:  # a logit: softmax((0, z)) = (p0, p1) for z = log p1 - log p0
+        logit = (log_probs[:, 1:] - log_probs[:, :1]).astype(np.float32)
+        return torch.from_numpy(logit.reshape(-1, *dataset.target_shape) if dataset.multilabel else logit)
     return torch.from_numpy(log_probs.astype(np.float32))

@@ -61,6 +61,9 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
     row["task_globals"], row["task_globals_left_out"] = task_globals.encode(splits.task_globals)
     if kind.kind == "custom":  # the task's own targets: what a loaded model needs, and no labels
         return row
+    if kind.multilabel:  # (example, label) pairs, row-major, as the stored predictions' rows; the width to load
+        return {**row, "y_val": splits.y_val.cpu().reshape(-1).tolist(), "y_test": splits.y_test.cpu().reshape(-1)
+                .tolist(), "target_shape": list(splits.y_val.shape[1:])}
     if kind.hard_classes:
         return {**row, "y_val": splits.y_val.cpu().tolist(), "y_test": splits.y_test.cpu().tolist()}
     if kind.kind == "classification":  # soft labels: the target probabilities, as the ensembles score against them

@@ -19,6 +19,7 @@ from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
 from worker.data.kinds import (
     TargetKind,
+    class_labels,
     class_scores,
     loss_function,
     objective_and_mode,
@@ -86,7 +87,7 @@ def model_outputs(model: torch.nn.Module, x: torch.Tensor | Stream, batch_size: 
 def natural_outputs(kind: TargetKind, outputs: torch.Tensor) -> torch.Tensor:
     """What a prediction means for the kind: class probabilities, or values in the targets' original units."""
     if kind.kind == "classification":
-        return torch.softmax(class_scores(outputs.float()), dim=1)  # a binary head's logit: both classes
+        return torch.softmax(class_scores(outputs.float(), kind), dim=1)  # a logit: both classes' probabilities
     return kind.to_original(outputs)
 
 
@@ -288,8 +289,9 @@ class TrialRun:
             total_loss += batch_loss * n
             total_original += (self._original_loss(logits, y_original) if self.kind.standardised else batch_loss) * n
             if self.kind.kind == "classification":
-                labels = yb.argmax(dim=1) if self.kind.soft else yb
-                total_correct += float((predicted_classes(logits) == labels).sum())
+                labels = yb.argmax(dim=1) if self.kind.soft else class_labels(yb, self.kind)
+                right = predicted_classes(logits, self.kind) == labels  # multi-label: n * L (example, label) pairs
+                total_correct += float(right.sum()) / (right.numel() / n)
             total_seen += n
             if not math.isfinite(total_loss):
                 break  # no point finishing an epoch that has already blown up
