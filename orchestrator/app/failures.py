@@ -44,26 +44,38 @@ def hint_for(key: str) -> str | None:
     return next((hint for text, hint in HINTS if text.lower() in key.lower()), None)
 
 
+# A number in an error line: the value one trial drew ("got -0.1245"), which should not split a group
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
 def _ids(ids: list[int], shown: int = 8) -> str:
     text = ", ".join(str(i) for i in ids[:shown])
     return f"{text}, ... ({len(ids) - shown} more)" if len(ids) > shown else text
 
 
 def error_summary(trials: Iterable[Mapping[str, Any]], top: int = 3) -> list[str]:
-    """One line per most common error among failed trials (count, error, trial ids); empty when none failed."""
-    groups: dict[str, list[int]] = {}
+    """One line per most common error among failed trials (count, error, trial ids); empty when none failed.
+
+    Errors that differ only in their numbers (each trial's own drawn value) are one group, shown with its first
+    trial's line.
+    """
+    groups: dict[str, list[tuple[int, str]]] = {}
     for t in trials:
         if t.get("status") == "failed":
-            groups.setdefault(error_key(t.get("error"), t.get("reason")), []).append(int(t["trial_id"]))
-    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), min(kv[1])))
+            key = error_key(t.get("error"), t.get("reason"))
+            groups.setdefault(_NUMBER.sub("#", key), []).append((int(t["trial_id"]), key))
+    ordered = sorted(groups.values(), key=lambda members: (-len(members), min(members)))
     lines = []
-    for key, ids in ordered[:top]:
-        lines.append(f"{len(ids)} failed: {key} (trial{'s' if len(ids) > 1 else ''} {_ids(sorted(ids))})")
+    for members in ordered[:top]:
+        members.sort()
+        ids, key = [i for i, _ in members], members[0][1]
+        differ = "; the numbers in the error differ between them" if len({k for _, k in members}) > 1 else ""
+        lines.append(f"{len(ids)} failed: {key} (trial{'s' if len(ids) > 1 else ''} {_ids(ids)}{differ})")
         hint = hint_for(key)
         if hint:
             lines.append(f"  what to do: {hint}")
     if len(ordered) > top:
-        rest = sum(len(ids) for _, ids in ordered[top:])
+        rest = sum(len(members) for members in ordered[top:])
         lines.append(f"{rest} more failed with {len(ordered) - top} other errors")
     if lines:
         lines.append("(each failed trial's traceback: the 'error' column of trials/trials.parquet)")
