@@ -19,6 +19,7 @@ from tests.conftest import TINY_TASK
 from worker.check.preflight import (
     FAIL,
     PASS,
+    WARN,
     error_level,
     gradient_check,
     preflight_config,
@@ -136,6 +137,30 @@ def test_a_model_that_raises_is_a_failed_row_not_a_crash():
 
     report = run_preflight(make_task(loss_fn=explode), dims_per_tensor=2)
     assert all(c.status == FAIL and "shape mismatch" in c.detail for c in report.checks)
+
+
+def test_a_loss_cast_to_float32_is_not_called_a_wrong_gradient():
+    # The usual binary loss, F.binary_cross_entropy_with_logits(z, y.float()), is float32 even on the float64 copy:
+    # its centred differences are round-off, and every tensor read "wrong" though the gradient is right.
+    def two_blobs():
+        (x, y), val, test = blobs()
+        return (x, y % 2), (val[0], val[1] % 2), (test[0], test[1] % 2)
+
+    def binary_mlp(config):
+        return nn.Sequential(nn.Linear(4, int(config["hidden"])), nn.Tanh(), nn.Linear(int(config["hidden"]), 1))
+
+    def task_with(loss_fn):
+        namespace = SimpleNamespace(space=SPACE, load_data=two_blobs, build_model=binary_mlp, loss_fn=loss_fn)
+        return Task("binary-task", namespace, SPACE)
+
+    float32 = by_name(run_preflight(task_with(lambda z, y: F.binary_cross_entropy_with_logits(z.squeeze(1), y.float())),
+                                    dims_per_tensor=4))["gradient check"]
+    assert float32.status == WARN and float32.value == "not run"
+    assert "float32" in float32.detail and "targets.to(outputs.dtype)" in float32.detail
+    same = by_name(run_preflight(task_with(lambda z, y: F.binary_cross_entropy_with_logits(z.squeeze(1),
+                                                                                          y.to(z.dtype))),
+                                 dims_per_tensor=4))["gradient check"]
+    assert same.status == PASS, same
 
 
 def test_relu_kinks_crossed_by_the_finite_difference_are_noted_not_failed():
