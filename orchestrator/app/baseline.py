@@ -43,8 +43,11 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any],
             return (f"{len(labels)} val examples cannot tell a trial that learned from always predicting class {label} "
                     f"({share:.3f} of them): give the validation split more examples")
         learned = _log_loss_learned(trials, labels) if val_loss_is_log_loss else None
-        if learned and dataset.get("objective") not in (None, "val_accuracy"):
-            return None  # ranked by another column, and the log loss shows learning: nothing to say
+        ranked_otherwise = dataset.get("objective") not in (None, "val_accuracy")
+        if ranked_otherwise and (learned or not val_loss_is_log_loss):
+            # ranked by another column: the log loss shows learning, or (a task's own loss_fn, an F1 of its own)
+            # nothing here can compare that column with a do-nothing answer; accuracy alone would be a false alarm
+            return None
         if learned:
             return (f"no trial's val accuracy did clearly better than always predicting class {label} (the most "
                     f"frequent: {share:.3f} of {len(labels)} val examples; best {best:.3f}), but their val log loss "

@@ -64,3 +64,7 @@ def test_on_imbalanced_classes_a_log_loss_that_learned_is_told_apart_from_nothin
                            val_loss_is_log_loss=True).startswith("no trial did clearly better")
     # The task's own loss_fn: its val loss is not a log loss, so it says nothing here.
     assert nothing_learned(stuck, {"y_val": labels}).startswith("no trial did clearly better")
+    # ... unless the sweep ranked by a column of its own (a weighted-BCE task's val_f1): accuracy at the majority
+    # share is no sign that it learned nothing, and caviar has no do-nothing value of that column to compare with
+    assert nothing_learned(stuck, {"y_val": labels, "objective": "val_f1"}) is None
+    assert nothing_learned(stuck, {"y_val": labels, "objective": "val_loss"}) is None

@@ -43,6 +43,10 @@ def test_float_targets_are_refused_unless_declared_naming_split_and_value():
                        "or give integer class indices")
     # Integer-valued floats (a count, a price) are as likely regression as classes: declared, never guessed.
     assert "train targets are floats (151)" in refusal(None, [151.0, 75.0], [1], [2])
+    assert refusal(None, [1.0, 0.0], [1], [0]) == (  # binary labels as floats, as a BCE loss takes them
+        "load_data: train targets are float 0/1 labels (1); give integer class indices (y.astype('int64')) for "
+        "binary classification (a one-logit head trains with binary cross-entropy), or declare kind = "
+        '"regression" if they are numbers')
     assert "integer-valued floats" in refusal("classification", [1.0, 2.0], [1.0], [0.0])
 
 

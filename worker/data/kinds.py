@@ -109,6 +109,10 @@ def _float_refusal(y: torch.Tensor, split: str) -> TaskError:
     sample = _first_non_integer(y)
     value = _value(sample if sample is not None else y.reshape(-1)[0])
     soft = ' (or kind = "classification" for class probabilities of shape (N, C))' if y.ndim == 2 else ""
+    if y.ndim == 1 and bool(((y == 0) | (y == 1)).all()):  # binary labels kept as floats for a BCE loss
+        return TaskError(f"load_data: {split} targets are float 0/1 labels ({value}); give integer class indices "
+                         "(y.astype('int64')) for binary classification (a one-logit head trains with binary "
+                         'cross-entropy), or declare kind = "regression" if they are numbers')
     return TaskError(f'load_data: {split} targets are floats ({value}); declare kind = "regression"{soft} '
                      "or give integer class indices")
 
