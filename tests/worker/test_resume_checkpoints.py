@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from orchestrator.ensemble.ensemble_run import best_checkpoint
 from orchestrator.spec.task import load_task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
@@ -45,3 +47,28 @@ def test_a_resumed_attempt_keeps_the_best_checkpoint_of_the_lost_one(tmp_path):
     assert not storage.exists(stale_last)  # the lost attempt's superseded "last" is cleaned up
     predictions = storage.read_table(schema.predictions_path(0))
     assert set(predictions["epoch"].to_pylist()) == {1, 3}  # ensembles can still use the best epoch
+
+
+def test_an_ema_checkpoints_index_row_holds_the_ema_weights_own_numbers(tmp_path):
+    """Its val loss, accuracy and score are the EMA weights', not the epoch's raw ones: a custom kind's answer
+    (``best_checkpoint``) and anyone ranking the index by score would otherwise take EMA weights at the raw score."""
+    storage = Storage.from_uri(str(tmp_path))
+    run = make_run(0)
+    recorder = TrialRecorder(storage, 0, 0, keep_best=1, checkpoint_seconds=0.0)
+    rows = []
+    for _ in range(2):
+        rows.append(run.train_epoch())
+        recorder.record(run, rows[-1])
+    mid = {r["weights"]: r for r in storage.read_table(schema.checkpoint_index_path(0)).to_pylist()
+           if r["epoch"] == 2}
+    assert mid["ema"]["score"] is None  # mid-trial: not scored yet, never the raw weights' score
+    assert mid["ema"]["val_loss"] == rows[-1]["ema_val_loss"] != rows[-1]["val_loss"]
+    index = recorder.finish(run)
+    for row in index:
+        own = dict(row["metrics"])
+        assert row["val_loss"] == own["val_loss"] and row["val_accuracy"] == own["val_accuracy"]
+        assert row["score"] == pytest.approx(own["val_accuracy"])  # the tiny task ranks on val accuracy
+    by_weights = {(r["epoch"], r["weights"]): r for r in index}
+    assert by_weights[(2, "ema")]["val_loss"] == pytest.approx(rows[-1]["ema_val_loss"], rel=1e-6)
+    assert by_weights[(2, "raw")]["score"] == rows[-1]["score"]
+    assert best_checkpoint(index)["score"] == max(r["score"] for r in index)

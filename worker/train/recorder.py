@@ -21,6 +21,7 @@ import torch
 from orchestrator.errors import StorageError
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
+from worker.data.kinds import score_of
 from worker.train.diagnostics import compact_diagnostics
 from worker.train.predictions import CheckpointResults, check_dtype, write_predictions
 from worker.train.trainer import TrialRun
@@ -31,11 +32,13 @@ RESUME_FILE = "resume.pt"
 @dataclass
 class Kept:
     epoch: int
-    score: float
+    score: float  # the raw weights' (the epoch's) score: what keeps an epoch among the best
     val_loss: float
     val_accuracy: float
     states: dict[str, dict[str, torch.Tensor]]  # "raw"/"ema" -> state dict
     kept_as: set[str] = field(default_factory=set)
+    ema_val_loss: float | None = None  # the EMA weights' own numbers, for their index row
+    ema_val_accuracy: float | None = None
 
 
 def resume_path(trial_id: int) -> str:
@@ -108,9 +111,13 @@ class TrialRecorder:
                 state = load_safetensors(data, self.storage.path(row["path"]))
                 by_epoch.setdefault(row["epoch"], []).append({**row, "state": state})
         for epoch, rows in by_epoch.items():
-            first = rows[0]
+            raw = next((r for r in rows if r["weights"] == "raw"), None)
+            if raw is None:  # the epoch's score is the raw weights'; without them it cannot rank among the best
+                continue
+            ema = next((r for r in rows if r["weights"] == "ema"), {})
             states = {r["weights"]: r["state"] for r in rows}
-            self.best.append(Kept(epoch, first["score"], first["val_loss"], first["val_accuracy"], states))
+            self.best.append(Kept(epoch, raw["score"], raw["val_loss"], raw["val_accuracy"], states,
+                                  ema_val_loss=ema.get("val_loss"), ema_val_accuracy=ema.get("val_accuracy")))
         self.best.sort(key=lambda k: (-k.score, k.epoch))
         del self.best[self.keep_best :]
 
@@ -132,7 +139,8 @@ class TrialRecorder:
         states = {"raw": run.weights_state("raw")}
         if run.ema is not None:
             states["ema"] = run.weights_state("ema")
-        return Kept(row["epoch"], row["score"], row["val_loss"], row["val_accuracy"], states)
+        return Kept(row["epoch"], row["score"], row["val_loss"], row["val_accuracy"], states,
+                    ema_val_loss=row.get("ema_val_loss"), ema_val_accuracy=row.get("ema_val_accuracy"))
 
     def persist(self, run: TrialRun) -> None:
         """Mid-trial: flush rows and checkpoints, the index naming them, and the resume state."""
@@ -209,15 +217,16 @@ class TrialRecorder:
         )
         rel = schema.weights_path(self.trial_id, self.attempt, kept.epoch, kind)
         self.storage.write_bytes(rel, data)
+        ema = kind == "ema"  # its own numbers; its score is known once the trial's end scores it (write_predictions)
         return {
             "trial_id": self.trial_id,
             "attempt": self.attempt,
             "epoch": kept.epoch,
             "weights": kind,
             "path": rel,
-            "score": kept.score,
-            "val_loss": kept.val_loss,
-            "val_accuracy": kept.val_accuracy,
+            "score": None if ema else kept.score,
+            "val_loss": kept.ema_val_loss if ema else kept.val_loss,
+            "val_accuracy": kept.ema_val_accuracy if ema else kept.val_accuracy,
             "bytes": len(data),
             "sha256": sha256(data),
             "time": schema.now_ms(),
@@ -272,9 +281,17 @@ class TrialRecorder:
 
     def write_predictions(self, run: TrialRun, index: list[dict[str, Any]],
                           results: Mapping[tuple[int, str], CheckpointResults]) -> list[dict[str, Any]]:
-        """Every kept checkpoint's val/test metrics into the index, its outputs (for ensembles) into predictions."""
+        """Every kept checkpoint's val/test metrics into the index, its outputs (for ensembles) into predictions.
+
+        An EMA checkpoint's row takes its own val loss, accuracy and score from them: until here it had no score.
+        """
         index = [{**row, "metrics": {k: v for _, values in results[(row["epoch"], row["weights"])].values()
                                      for k, v in values.items()}} for row in index]
+        for row in index:
+            if row["weights"] == "ema":
+                val = results[(row["epoch"], "ema")]["val"][1]
+                row.update(val_loss=val["val_loss"], val_accuracy=val.get("val_accuracy"),
+                           score=score_of({k: v for k, v in val.items() if v is not None}, run.objective, run.mode))
         self._write_index(index)
         write_predictions(self.storage, run, index, results, self.prediction_dtype)
         return index
