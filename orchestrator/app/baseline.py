@@ -2,7 +2,8 @@
 
 CS231n's sanity checks start from the loss of a model that has learned nothing; at a sweep's end the
 same question is asked of its best trial. Classification: always predicting the most frequent class
-of the validation split; regression: predicting the training mean (the val MSE the pruners call
+of the validation split; multi-label: each label's more frequent value (a label's own base rate, not
+the pooled share of ones); regression: predicting the training mean (the val MSE the pruners call
 chance, stored in the dataset table). A sweep whose best trial does no better ends with a warning
 and a ``no_trial_learned`` event, instead of narrowing quietly around noise.
 """
@@ -28,6 +29,8 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any],
     """
     trials = list(trials)
     labels = dataset.get("y_val")
+    if labels and dataset.get("target_shape"):  # multi-label: (example, label) pairs, row-major
+        return _multilabel_nothing_learned(trials, dataset, labels, val_loss_is_log_loss)
     if labels:  # class indices: soft labels and regression have none here
         accuracies = [t.best_val_accuracy for t in trials if _finite(t.best_val_accuracy)]
         if not accuracies:
@@ -64,6 +67,38 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any],
         return None
     return (f"no trial beat predicting the training mean (val loss {baseline:.4g}): the best val loss is "
             f"{min(losses):.4g}; check the ranges (the learning rate first) and the data{_scale_hint(dataset)}")
+
+
+def _multilabel_nothing_learned(trials: list[Any], dataset: Mapping[str, Any], labels: list[Any],
+                                val_loss_is_log_loss: bool) -> str | None:
+    """:func:`nothing_learned` for multi-label rows: a constant answer per label gets each label's majority share
+    right and each label's entropy as log loss, both better than the pooled share of ones says."""
+    accuracies = [t.best_val_accuracy for t in trials if _finite(t.best_val_accuracy)]
+    width = int(math.prod(dataset["target_shape"]))
+    if not accuracies or width < 1 or len(labels) % width:
+        return None
+    rates = [sum(labels[j::width]) / (len(labels) // width) for j in range(width)]
+    share, best = sum(max(p, 1.0 - p) for p in rates) / width, max(accuracies)
+    margin = max(MARGIN, 2.0 * math.sqrt(share * (1.0 - share) / len(labels)))
+    answer = "always predicting each label's more frequent value"
+    if best > share + margin:
+        return None
+    if share + margin >= 1.0:
+        return (f"{len(labels)} val example-label pairs cannot tell a trial that learned from {answer} ({share:.3f} "
+                "of them): give the validation split more examples")
+    prior = sum(-p * math.log(p) - (1.0 - p) * math.log(1.0 - p) for p in rates if 0.0 < p < 1.0) / width
+    losses = [t.best_val_loss for t in trials if _finite(t.best_val_loss)]
+    learned = val_loss_is_log_loss and losses and prior > 0 and min(losses) < (1.0 - MARGIN) * prior
+    if dataset.get("objective") not in (None, "val_accuracy") and (learned or not val_loss_is_log_loss):
+        return None  # ranked by another column: the log loss learned, or nothing here can judge that column
+    if learned:
+        return (f"no trial's val accuracy did clearly better than {answer} ({share:.3f} of {len(labels)} val "
+                f"example-label pairs; best {best:.3f}), but their val log loss learned (best {min(losses):.3f}, "
+                f"{prior:.3f} for each label's frequency): rank them by objective = \"val_loss\" (mode = \"min\") "
+                "or a metric of your own, such as F1")
+    return (f"no trial did clearly better than {answer} ({share:.3f} of {len(labels)} val example-label pairs right; "
+            f"log loss {prior:.3f}): the best val accuracy is {best:.3f}; check the ranges (the learning rate first) "
+            "and the data")
 
 
 def _log_loss_learned(trials: list[Any], labels: list[Any]) -> str | None:

@@ -68,3 +68,21 @@ def test_on_imbalanced_classes_a_log_loss_that_learned_is_told_apart_from_nothin
     # share is no sign that it learned nothing, and caviar has no do-nothing value of that column to compare with
     assert nothing_learned(stuck, {"y_val": labels, "objective": "val_f1"}) is None
     assert nothing_learned(stuck, {"y_val": labels, "objective": "val_loss"}) is None
+
+
+def test_multilabel_rows_are_judged_against_each_labels_own_base_rate():
+    # 100 examples, 3 labels on 90%, 10% and 80% of them; stored row-major as (example, label) pairs. The pooled
+    # share of zeros is 0.40, but always answering each label's more frequent value gets 0.867 of the pairs right.
+    rows = [[int(i < 90), int(i < 10), int(i < 80)] for i in range(100)]
+    dataset = {"y_val": [v for row in rows for v in row], "target_shape": [3], "objective": "val_loss"}
+    prior = (0.325083 + 0.325083 + 0.500402) / 3  # each label's binary entropy, averaged: 0.3835
+    base_rates_only = trials((0.8667, prior + 0.002))
+    assert nothing_learned(base_rates_only, dataset, val_loss_is_log_loss=True) == (
+        "no trial did clearly better than always predicting each label's more frequent value (0.867 of 300 val "
+        "example-label pairs right; log loss 0.384): the best val accuracy is 0.867; check the ranges (the learning "
+        "rate first) and the data")
+    assert nothing_learned(trials((0.93, 0.2)), dataset, val_loss_is_log_loss=True) is None
+    # Accuracy flat at the base rates, log loss below each label's entropy: learned by the sweep's val_loss.
+    assert nothing_learned(trials((0.8667, 0.30)), dataset, val_loss_is_log_loss=True) is None
+    assert "rank them by objective = \"val_loss\"" in nothing_learned(
+        trials((0.8667, 0.30)), {**dataset, "objective": "val_accuracy"}, val_loss_is_log_loss=True)
