@@ -79,3 +79,18 @@ def test_a_trial_reports_the_per_label_binary_cross_entropy():
     assert dict(rows[-1]["metrics"])["val_exact_match"] == pytest.approx(
         float(((z > 0).long() == splits.y_val).all(dim=1).float().mean()))
     assert 0.0 <= rows[-1]["train_accuracy"] <= 1.0 and rows[-1]["val_loss"] < rows[0]["val_loss"]
+
+
+def test_caviar_check_refuses_the_head_caviar_run_refuses_and_names_the_labels(tmp_path):
+    from worker.check.preflight import run_preflight
+
+    report = run_preflight(load_task(MULTILABEL_TASK), dims_per_tensor=2, overfit_steps=20)
+    assert report.title == "3 binary labels (multi-label)"  # not "2 classes": each label is a binary class
+    task_file = tmp_path / "trailing_one_task.py"  # (batch, 3, 1): the flattened loss would train it as it is
+    task_file.write_text(open(MULTILABEL_TASK).read().replace("nn.Linear(h, 3))", "nn.Linear(h, 3), nn.Unflatten(1, "
+                                                                                  "(3, 1)))"))
+    message = r"the model outputs shape \(4, 3, 1\) but the multi-label targets \(4, 3\): give the model one logit"
+    with pytest.raises(TaskError, match=message):
+        run_preflight(load_task(str(task_file)), dims_per_tensor=2, overfit_steps=20)
+    with pytest.raises(TaskError, match=message.replace("4", r"\d+")):
+        validate_task(load_task(str(task_file)))

@@ -32,6 +32,7 @@ from torch import nn
 from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution, SearchSpace
 from orchestrator.spec.task import Task
+from worker.check.validate import refuse_multilabel_shape
 from worker.data.kinds import TargetKind, class_labels, loss_function, predicted_classes
 from worker.data.splits import Splits, prepare_task_data
 
@@ -85,6 +86,7 @@ class PreflightReport:
     tensors: list[TensorCheck] = field(default_factory=list)
     kind: str = "classification"
     soft: bool = False
+    labels: int | None = None  # multi-label: the label count (num_classes is 2, per label)
 
     @property
     def passed(self) -> bool:
@@ -92,6 +94,8 @@ class PreflightReport:
 
     @property
     def title(self) -> str:
+        if self.labels is not None:
+            return f"{self.labels} binary labels (multi-label)"
         if self.kind == "classification":
             return f"{self.num_classes} classes" + (" (probability targets)" if self.soft else "")
         return self.kind
@@ -419,9 +423,12 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
     x, y = splits.sample(1024) if splits.streams else (splits.x_train, splits.y_train)  # streamed: the first 1024
     x, y = x.to(dev), kind.to_training(y).to(dev)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(dev)
-    report = PreflightReport(dict(config), splits.num_classes, kind=kind.kind, soft=kind.soft)
+    report = PreflightReport(dict(config), splits.num_classes, kind=kind.kind, soft=kind.soft, labels=kind.labels)
     sample = order[:1024]  # the initial loss is an average: a thousand examples pin it down
     tiny, few = order[:overfit_examples], order[:grad_examples]
+    if kind.multilabel:  # the loss flattens outputs and targets, so every check below would pass a (batch, L, 1) head
+        with torch.no_grad():
+            refuse_multilabel_shape(kind, fresh()(x[few]), y[few])
     report.checks.append(guarded("initial loss", lambda: check_initial_loss(
         fresh(), x[sample], y[sample], loss_fn, splits.num_classes, tolerance=tolerance, expected=expected_loss,
         kind=kind)))

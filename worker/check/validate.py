@@ -265,13 +265,17 @@ def warn_if_single_batches(model: torch.nn.Module, splits: Splits, configs: Sequ
     return []
 
 
+def refuse_multilabel_shape(kind: Any, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """One logit per label, exactly the targets' shape: the loss flattens both, so (batch, L, 1) would train too."""
+    if tuple(outputs.shape) != tuple(targets.shape):
+        raise TaskError(f"the model outputs shape {tuple(outputs.shape)} but the multi-label targets "
+                        f"{tuple(targets.shape)}: give the model one logit per label, shape (batch, {kind.labels})")
+
+
 def _check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> None:
     if kind.kind == "classification":
         if kind.multilabel:
-            if tuple(outputs.shape) != tuple(targets.shape):
-                raise TaskError(f"the model outputs shape {tuple(outputs.shape)} but the multi-label targets "
-                                f"{tuple(targets.shape)}: give the model one logit per label, shape (batch, "
-                                f"{kind.labels})")
+            refuse_multilabel_shape(kind, outputs, targets)
             return
         if (kind.num_classes or 0) < 2:  # nothing to learn, and a one-logit head would be read as binary
             raise TaskError("load_data: the targets hold one class only; a classifier needs examples of two classes "
