@@ -94,3 +94,11 @@ def test_caviar_check_refuses_the_head_caviar_run_refuses_and_names_the_labels(t
         run_preflight(load_task(str(task_file)), dims_per_tensor=2, overfit_steps=20)
     with pytest.raises(TaskError, match=message.replace("4", r"\d+")):
         validate_task(load_task(str(task_file)))
+
+
+def test_int32_labels_are_named_as_multilabel_rows_when_refused(tmp_path):
+    task_file = tmp_path / "int32_task.py"
+    task_file.write_text(open(MULTILABEL_TASK).read().replace("astype(np.int64)", "astype(np.int32)"))
+    with pytest.raises(TaskError, match=r"^load_data: the targets are int32 multi-label 0/1 labels, and the default "
+                                        r"loss \(torch's cross-entropy\) takes int64: give y.astype\('int64'\)"):
+        validate_task(load_task(str(task_file)))

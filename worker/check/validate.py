@@ -119,7 +119,8 @@ def _check_class_index_dtype(kind: Any, targets: torch.Tensor, task: Task) -> No
     hard = kind.kind == "classification" and not kind.soft and task.get("loss_fn") is None
     if hard and not targets.is_floating_point() and targets.dtype not in (torch.int64, torch.uint8):
         dtype = str(targets.dtype).removeprefix("torch.")
-        raise TaskError(f"load_data: the targets are {dtype} class indices, and the default loss (torch's "
+        what = "multi-label 0/1 labels" if kind.multilabel else "class indices"  # both go to torch's cross-entropy
+        raise TaskError(f"load_data: the targets are {dtype} {what}, and the default loss (torch's "
                         f"cross-entropy) takes int64: give y.astype('int64') (caviar never casts a target)")
 
 
