@@ -19,7 +19,9 @@ def ensemble(
         "--method", "-m", help="single_ema, top_k, checkpoints, ema, seeds, greedy or soup; repeatable (default: all).",
     )] = None,
     k: Annotated[int, typer.Option("-k", help="Members of the top-k and EMA ensembles.")] = 5,
-    metric: Annotated[str, typer.Option(help="Validation metric the builders rank by (or log_loss).")] = "accuracy",
+    metric: Annotated[str | None, typer.Option(
+        help="Validation metric the builders rank by: accuracy or log_loss (default: accuracy; log_loss for a "
+             "multi-label sweep ranked on val_loss).")] = None,
     choose_by: Annotated[str, typer.Option(help="Validation metric that picks the best ensemble.")] = "log_loss",
     device: Annotated[str, typer.Option(help="Where the soup is evaluated: auto, cpu or cuda.")] = "auto",
     task: Annotated[str | None, typer.Option(

@@ -361,7 +361,7 @@ def build_ensembles(storage: Storage, task: Any, device: str = "auto",
                     "class probabilities or regression outputs; the best checkpoint is the answer "
                     '(load_ensemble(name="best") loads it)')
         return None
-    metric = "accuracy" if getattr(task, "metric", "accuracy") == "accuracy" else "log_loss"
+    metric = None if getattr(task, "metric", "accuracy") == "accuracy" else "log_loss"  # None: the sweep's default
     from worker.load.objective import ensemble_objective
     from worker.load.soup import soup_builder  # torch, loaded only when a soup is built
 

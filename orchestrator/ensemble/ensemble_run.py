@@ -398,15 +398,24 @@ def refuse_custom_kind(storage: Storage, kind: str | None) -> None:
                            "load_ensemble(SWEEP, name=\"best\") loads its best checkpoint")
 
 
-def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k: int = 5, metric: str = "accuracy",
+def default_metric(dataset: Dataset) -> str:
+    """What ranks candidates inside the builders when no one said: accuracy, but log loss for a multi-label sweep
+    ranked on its loss (its default), where the sweep's best trial would otherwise lose its place to one that
+    predicts fewer labels on (accuracy over sparse labels favours predicting none)."""
+    return "log_loss" if dataset.multilabel and dataset.objective in ("val_loss", "val_log_loss") else "accuracy"
+
+
+def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k: int = 5, metric: str | None = None,
                     soup: SoupBuilder | None = None, choose_by: str = "log_loss",
                     objective_for: ObjectiveFor | None = None) -> list[EnsembleRecord]:
     """Read predictions, build, write the ``ensembles`` table; returns its rows.
 
     ``objective_for`` gives the objective that chooses (None from it: the built-in metrics stand for it).
+    ``metric`` None: the sweep's (:func:`default_metric`).
     """
     dataset = read_dataset(storage)
     refuse_custom_kind(storage, dataset.kind)
+    metric = metric or default_metric(dataset)
     objective = objective_for(dataset) if objective_for is not None else None
     if dataset.kind == "regression":  # averaged outputs chosen on validation MSE (regression_ensembles.py)
         from orchestrator.ensemble.regression_ensembles import build_regression, read_regression

@@ -321,3 +321,37 @@ def test_an_ensemble_chosen_on_a_task_metric_is_compared_with_the_single_model_o
     lines = ensemble_lines(str(tmp_path))
     assert "  test_brier 0.4100 against 0.4500 for the best single model" in lines
     assert not any("relative to the best single model" in line for line in lines)
+
+
+def test_a_multilabel_sweep_ranked_on_its_loss_ranks_candidates_by_log_loss(tmp_path):
+    # 50 examples x 4 labels, 10 of the 200 pairs on. Trial 0 answers 5% everywhere (every pair 0: 0.950 right, log
+    # loss 0.199); trial 1 learned (log loss 0.063) but leaves the positives just under one half and one negative
+    # just over: 0.945 right. Ranked by accuracy, the builders would start from trial 0, not the sweep's best.
+    storage = Storage.from_uri(str(tmp_path / "ml"))
+    y = np.zeros(200, dtype=np.int64)
+    y[::20] = 1
+    row = {"num_classes": 2, "y_val": y.tolist(), "y_test": y.tolist(), "input_shape": [2], "mean": [0.0, 0.0],
+           "std": [1.0, 1.0], "time": schema.now_ms(), "kind": "classification", "target_shape": [4],
+           "objective": "val_loss", "mode": "min"}
+    storage.write_table(schema.DATASET_PATH, schema.to_table([row], schema.DATASET))
+    flat = np.full(200, 0.05)
+    learned = np.where(y == 1, 0.45, 0.02)
+    learned[1] = 0.55
+    for trial, p1 in enumerate((flat, learned)):
+        probs = np.stack([1 - p1, p1], axis=1)
+        out = schema.predictions_schema(2, "float32")
+        parts = [pa.table({
+            "trial_id": pa.array([trial] * 200, pa.int32()), "attempt": pa.array([0] * 200, pa.int16()),
+            "epoch": pa.array([1] * 200, pa.int32()), "weights": ["raw"] * 200, "split": [split] * 200,
+            "row": pa.array(np.arange(200), pa.int32()),
+            "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.astype(np.float32).reshape(-1)), 2),
+        }, schema=out) for split in ("val", "test")]
+        storage.write_table(schema.predictions_path(trial), pa.concat_tables(parts))
+    assert read_dataset(storage).multilabel
+    records = build_and_write(storage, methods=["single", "checkpoints"])
+    single = next(r for r in records if r.method == "single")
+    assert [m.key.trial_id for m in single.members] == [1] and single.val_accuracy == pytest.approx(0.945)
+    assert single.detail["ranked_by"] == "val_log_loss" and single.selection_metric == "log_loss"
+    # Asked for by name, accuracy still ranks.
+    by_accuracy = build_and_write(storage, methods=["single"], metric="accuracy")
+    assert [m.key.trial_id for m in by_accuracy[0].members] == [0]
