@@ -71,6 +71,13 @@ def ensemble(
 
         def objective_for(dataset: Any) -> Any:
             return ensemble_objective(chosen, dataset)
+    else:
+        def objective_for(dataset: Any) -> Any:  # caviar's own metrics (val_mae, val_exact_match) need no task code
+            if dataset.objective in (None, "val_loss", "val_accuracy", "val_log_loss", "val_mse"):
+                return None  # the stored metrics stand for these (and torch need not load)
+            from worker.load.objective import ensemble_objective
+
+            return ensemble_objective(None, dataset)
     try:
         records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup, choose_by=choose_by,
                                   objective_for=objective_for)

@@ -90,3 +90,23 @@ def test_a_metric_written_for_per_label_logits_chooses_the_ensembles(ray_session
     expected = task.get("metrics")(logits, torch.from_numpy(y_val))["label_f1"]
     assert chosen.detail["val_objective"] == pytest.approx(expected, rel=1e-6)
     assert np.isfinite(chosen.detail["test_objective"])
+
+
+def test_caviar_ensemble_without_task_code_still_chooses_by_the_sweeps_exact_match(storage_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.app.cli import app
+
+    task_file = tmp_path / "multilabel_exact_task.py"
+    task_file.write_text(open(MULTILABEL_TASK).read() + 'objective = "val_exact_match"\n')
+    result = run_sweep(str(task_file), storage=storage_dir, name="em", plan="4x2", slots=1, seed=2, pruner="none",
+                       ensemble=True, executor="processes")
+    built = {r.name: r for r in read_ensembles(Storage.from_uri(result.path))}
+    assert all(r.detail["chosen_by"] == "val_exact_match" for r in built.values())
+    # Exact match is caviar's own metric: a rebuild that may not run the task's code scores it all the same.
+    cli = CliRunner().invoke(app, ["ensemble", result.path, "-m", "top_k,greedy,checkpoints"])
+    assert cli.exit_code == 0, cli.output
+    rows = read_ensembles(Storage.from_uri(result.path))
+    assert all(r.detail["chosen_by"] == "val_exact_match" and "choice_note" not in r.detail for r in rows)
+    for r in rows:
+        assert r.detail["val_objective"] == pytest.approx(built[r.name].detail["val_objective"])

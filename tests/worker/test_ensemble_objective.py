@@ -79,3 +79,20 @@ def test_a_regression_metric_sees_original_units_and_a_raising_metric_is_one_lin
     with pytest.raises(TaskError, match=r"^objective val_brier of the greedy ensemble: metrics raised "
                                         r"ZeroDivisionError on the val split: division by zero$"):
         objective.value(probs(Y_VAL, 4, 0), "val", "the greedy ensemble")
+
+
+def test_without_task_code_caviars_own_metrics_still_choose_and_a_task_metric_does_not():
+    # 8 examples x 3 labels, stored as (example, label) pairs; a multi-label sweep ranked on its exact match.
+    y = (np.arange(24) % 3 == 0).astype(np.int64)
+    multilabel = {"num_classes": 2, "y_val": y, "y_test": y, "target_shape": (3,)}
+    objective = ensemble_objective(None, dataset("val_exact_match", "max", **multilabel))
+    p1 = np.where(y == 1, 0.8, 0.3)
+    p1[[4, 10]] = 0.6  # examples 1 and 3 get one label wrong each: 6 of 8 rows wholly right
+    assert (objective.name, objective.mode) == ("val_exact_match", "max")
+    assert objective.score(np.stack([1 - p1, p1], axis=1), "val") == pytest.approx(0.75)
+    assert ensemble_objective(None, dataset("val_label_f1", "max", **multilabel)) is None  # the task's own
+    assert ensemble_objective(None, dataset("val_loss", "min", **multilabel)) is None
+    y_val = np.linspace(100.0, 200.0, 10).reshape(-1, 1)
+    mae = ensemble_objective(None, dataset("val_mae", "min", kind="regression", num_classes=0, y_val=y_val,
+                                           y_test=y_val, target_shape=()))
+    assert mae.score(y_val + 3.0, "val") == pytest.approx(3.0)

@@ -35,17 +35,23 @@ _TINY = float(np.finfo(np.float32).tiny)
 
 
 def ensemble_objective(task: Any, dataset: Dataset) -> Objective | None:
-    """The objective that chooses this sweep's ensembles, or None where the built-in metrics already are it."""
+    """The objective that chooses this sweep's ensembles, or None where the built-in metrics already are it.
+
+    ``task`` None (no task code may run): only an objective caviar's own metrics give (``val_mae``, a
+    multi-label ``val_exact_match``); None for one that needs the task's functions.
+    """
     objective = dataset.objective or getattr(task, "objective", None)
     if not objective or not objective.startswith("val_") or dataset.kind not in BUILT_IN:
         return None
-    loss_fn = task.get("loss_fn")
+    loss_fn = task.get("loss_fn") if task is not None else None
     if objective in BUILT_IN[dataset.kind] or (objective == "val_loss" and loss_fn is None):
         return None
     mode = dataset.mode or getattr(task, "mode", None) or natural_mode(objective)
     kind = _target_kind(dataset)
     targets = {"val": _targets(dataset, dataset.y_val), "test": _targets(dataset, dataset.y_test)}
     name = objective.removeprefix("val_")
+    if task is None and name not in builtin_metrics(kind, _model_outputs(dataset, _uniform(dataset)), targets["val"]):
+        return None
     name_is_builtin: bool | None = None  # found on the first call; greedy then computes only the source that has it
 
     def score(outputs: np.ndarray, split: str) -> float:
@@ -69,6 +75,13 @@ def ensemble_objective(task: Any, dataset: Dataset) -> Objective | None:
         return values[name]
 
     return Objective(objective, mode, score)
+
+
+def _uniform(dataset: Dataset) -> np.ndarray:
+    """Stored outputs of the val split's shape (what names the built-in metrics give, never a score)."""
+    if dataset.kind == "regression":
+        return np.zeros(dataset.y_val.shape)
+    return np.full((len(dataset.y_val), dataset.num_classes), 1.0 / dataset.num_classes)
 
 
 def _target_kind(dataset: Dataset) -> TargetKind:
