@@ -102,3 +102,26 @@ def test_int32_labels_are_named_as_multilabel_rows_when_refused(tmp_path):
     with pytest.raises(TaskError, match=r"^load_data: the targets are int32 multi-label 0/1 labels, and the default "
                                         r"loss \(torch's cross-entropy\) takes int64: give y.astype\('int64'\)"):
         validate_task(load_task(str(task_file)))
+
+
+POS_WEIGHTED = '''
+import torch.nn.functional as F
+
+
+def loss_fn(outputs, targets):
+    return F.binary_cross_entropy_with_logits(outputs, targets.{cast}, pos_weight=(outputs[0] * 0 + 2.0).detach())
+'''
+
+
+def test_a_float32_cast_in_a_bce_loss_fn_is_not_called_a_wrong_gradient(tmp_path):
+    from worker.check.preflight import FAIL, PASS, WARN, run_preflight
+
+    rows = {}
+    for cast in ("float()", "to(outputs.dtype)"):  # the usual idiom computes in float32 on float64 outputs
+        task_file = tmp_path / f"bce_{len(rows)}_task.py"
+        task_file.write_text(open(MULTILABEL_TASK).read() + POS_WEIGHTED.replace("{cast}", cast))
+        report = run_preflight(load_task(str(task_file)), dims_per_tensor=4, overfit_steps=20)
+        rows[cast] = next(c for c in report.checks if c.name == "gradient check")
+    assert rows["float()"].status == WARN and rows["float()"].status != FAIL
+    assert rows["float()"].detail.startswith("loss_fn returns float32 on the float64 model copy")
+    assert rows["to(outputs.dtype)"].status == PASS
