@@ -53,3 +53,24 @@ def folder_digest(folder) -> dict[str, str]:
             with open(path, "rb") as f:
                 out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
     return out
+
+
+def best_raw_checkpoint_logits(sweep_path: str, task_file: str, best_trial_id: int):
+    """The best trial's best raw checkpoint row, and its model's outputs on the task's val inputs standardised as
+    the workers standardise them (train-split mean and std): what a recorded val loss is recomputed from."""
+    import torch
+
+    from orchestrator.app.api import load
+    from orchestrator.ensemble.ensemble_run import CandidateKey
+    from orchestrator.spec.task import load_task
+    from orchestrator.store.storage import Storage
+    from worker.load.ensemble_model import SweepModels
+
+    rows = load(sweep_path).checkpoints.to_pylist()
+    ckpt = max((r for r in rows if r["trial_id"] == best_trial_id and r["weights"] == "raw"), key=lambda r: r["score"])
+    model = SweepModels(Storage.from_uri(sweep_path), trust_task_code=True).model(
+        CandidateKey(best_trial_id, ckpt["epoch"], "raw"))
+    (x_train, _), (x_val, _), _ = load_task(task_file).get("load_data")()
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0, ddof=1)
+    with torch.no_grad():
+        return ckpt, model(torch.from_numpy((x_val - mean) / std).float())

@@ -21,7 +21,7 @@ def ensemble(
     k: Annotated[int, typer.Option("-k", help="Members of the top-k and EMA ensembles.")] = 5,
     metric: Annotated[str | None, typer.Option(
         help="Validation metric the builders rank by: accuracy or log_loss (default: accuracy; log_loss for a "
-             "multi-label sweep ranked on val_loss).")] = None,
+             "sweep ranked on val_loss or val_log_loss).")] = None,
     choose_by: Annotated[str, typer.Option(help="Validation metric that picks the best ensemble.")] = "log_loss",
     device: Annotated[str, typer.Option(help="Where the soup is evaluated: auto, cpu or cuda.")] = "auto",
     task: Annotated[str | None, typer.Option(

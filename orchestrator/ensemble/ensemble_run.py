@@ -399,10 +399,10 @@ def refuse_custom_kind(storage: Storage, kind: str | None) -> None:
 
 
 def default_metric(dataset: Dataset) -> str:
-    """What ranks candidates inside the builders when no one said: accuracy, but log loss for a multi-label sweep
-    ranked on its loss (its default), where the sweep's best trial would otherwise lose its place to one that
-    predicts fewer labels on (accuracy over sparse labels favours predicting none)."""
-    return "log_loss" if dataset.multilabel and dataset.objective in ("val_loss", "val_log_loss") else "accuracy"
+    """What ranks candidates inside the builders when no one said: accuracy, but log loss for a sweep ranked on its
+    loss (a multi-label sweep's default), where the sweep's best trial would otherwise lose its place to one that
+    gets a pair or two more right (accuracy over sparse labels favours predicting none)."""
+    return "log_loss" if dataset.objective in ("val_loss", "val_log_loss") else "accuracy"
 
 
 def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k: int = 5, metric: str | None = None,

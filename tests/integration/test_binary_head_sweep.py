@@ -15,12 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orchestrator.app.api import load, run_sweep
-from orchestrator.ensemble.ensemble_run import CandidateKey, read_dataset, read_ensembles
+from orchestrator.app.api import run_sweep
+from orchestrator.ensemble.ensemble_run import read_dataset, read_ensembles
 from orchestrator.spec.task import load_task
 from orchestrator.store.storage import Storage
-from tests.conftest import ROOT
-from worker.load.ensemble_model import SweepModels, load_ensemble
+from tests.conftest import ROOT, best_raw_checkpoint_logits
+from worker.load.ensemble_model import load_ensemble
 
 BINARY_TASK = os.path.join(ROOT, "tests", "tasks", "binary_head_task.py")
 BRIER_FOR_THE_LOGIT = '''
@@ -41,16 +41,10 @@ def test_a_one_logit_binary_sweep_records_binary_cross_entropy_and_loads_two_cla
     assert result.counts.get("failed", 0) == 0
     storage = Storage.from_uri(result.path)
     assert read_dataset(storage).output_shape == (1,)
-    tables = load(result.path)
     task = load_task(BINARY_TASK)
-    (x_train, _), (x_val, y_val), (x_test, y_test) = task.get("load_data")()
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0, ddof=1)
-    best = result.best_trial_id
-    ckpt = max((r for r in tables.checkpoints.to_pylist() if r["trial_id"] == best and r["weights"] == "raw"),
-               key=lambda r: r["score"])
-    model = SweepModels(storage, trust_task_code=True).model(CandidateKey(best, ckpt["epoch"], "raw"))
-    with torch.no_grad():
-        z = model(torch.from_numpy((x_val - mean) / std).float()).squeeze(1)
+    _, (x_val, y_val), (x_test, y_test) = task.get("load_data")()
+    ckpt, logits = best_raw_checkpoint_logits(result.path, BINARY_TASK, result.best_trial_id)
+    z = logits.squeeze(1)
     assert ckpt["val_loss"] == pytest.approx(float(F.binary_cross_entropy_with_logits(z, torch.from_numpy(y_val)
                                                                                         .float())), rel=1e-4)
     assert ckpt["val_accuracy"] == pytest.approx(float(((z > 0).numpy() == y_val).mean()))

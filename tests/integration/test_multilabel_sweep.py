@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.app.api import load, run_sweep
-from orchestrator.ensemble.ensemble_run import CandidateKey, read_dataset, read_ensembles
+from orchestrator.ensemble.ensemble_run import read_dataset, read_ensembles
 from orchestrator.spec.task import load_task
 from orchestrator.store.storage import Storage
-from tests.conftest import ROOT
-from worker.load.ensemble_model import SweepModels, load_ensemble
+from tests.conftest import ROOT, best_raw_checkpoint_logits
+from worker.load.ensemble_model import load_ensemble
 
 MULTILABEL_TASK = os.path.join(ROOT, "tests", "tasks", "multilabel_task.py")
 MEAN_LABEL_F1 = '''
@@ -46,14 +46,8 @@ def test_a_multilabel_sweep_records_per_label_cross_entropy_and_loads_per_label_
     assert read_dataset(storage).multilabel
     tables = load(result.path)
     task = load_task(MULTILABEL_TASK)
-    (x_train, _), (x_val, y_val), (x_test, y_test) = task.get("load_data")()
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0, ddof=1)
-    best = result.best_trial_id
-    ckpt = max((r for r in tables.checkpoints.to_pylist() if r["trial_id"] == best and r["weights"] == "raw"),
-               key=lambda r: r["score"])
-    model = SweepModels(storage, trust_task_code=True).model(CandidateKey(best, ckpt["epoch"], "raw"))
-    with torch.no_grad():
-        z = model(torch.from_numpy((x_val - mean) / std).float())
+    _, (x_val, y_val), (x_test, y_test) = task.get("load_data")()
+    ckpt, z = best_raw_checkpoint_logits(result.path, MULTILABEL_TASK, result.best_trial_id)
     assert ckpt["val_loss"] == pytest.approx(float(F.binary_cross_entropy_with_logits(z, torch.from_numpy(y_val)
                                                                                         .float())), rel=1e-4)
     assert result.best_score == pytest.approx(-min(r["val_loss"] for r in tables.checkpoints.to_pylist()))

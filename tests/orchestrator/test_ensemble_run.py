@@ -355,3 +355,9 @@ def test_a_multilabel_sweep_ranked_on_its_loss_ranks_candidates_by_log_loss(tmp_
     # Asked for by name, accuracy still ranks.
     by_accuracy = build_and_write(storage, methods=["single"], metric="accuracy")
     assert [m.key.trial_id for m in by_accuracy[0].members] == [0]
+    # The same rows as 200 binary examples of a sweep ranked on val_log_loss: ranked by log loss too.
+    storage.write_table(schema.DATASET_PATH, schema.to_table([{**row, "target_shape": None,
+                                                                "objective": "val_log_loss"}], schema.DATASET))
+    assert not read_dataset(storage).multilabel
+    single = build_and_write(storage, methods=["single"])[0]
+    assert [m.key.trial_id for m in single.members] == [1] and single.selection_metric == "log_loss"
