@@ -35,7 +35,13 @@ def ensemble(
     objective only with --task or --trust-task-code; without, by log loss, and the table says so.
     """
     from orchestrator.app.api import open_sweep
-    from orchestrator.ensemble.ensemble_run import build_and_write, check_methods, has_soup, refuse_custom_kind
+    from orchestrator.ensemble.ensemble_run import (
+        STORED_OBJECTIVES,
+        build_and_write,
+        check_methods,
+        has_soup,
+        refuse_custom_kind,
+    )
     from orchestrator.store import schema
     from orchestrator.store.lease import holder_alive, read_lease
 
@@ -73,7 +79,7 @@ def ensemble(
             return ensemble_objective(chosen, dataset)
     else:
         def objective_for(dataset: Any) -> Any:  # caviar's own metrics (val_mae, val_exact_match) need no task code
-            if dataset.objective in (None, "val_loss", "val_accuracy", "val_log_loss", "val_mse"):
+            if dataset.objective in (None, "val_loss", *STORED_OBJECTIVES.get(dataset.kind, ())):
                 return None  # the stored metrics stand for these (and torch need not load)
             from worker.load.objective import ensemble_objective
 

@@ -361,7 +361,6 @@ def build_ensembles(storage: Storage, task: Any, device: str = "auto",
                     "class probabilities or regression outputs; the best checkpoint is the answer "
                     '(load_ensemble(name="best") loads it)')
         return None
-    metric = None if getattr(task, "metric", "accuracy") == "accuracy" else "log_loss"  # None: the sweep's default
     from worker.load.objective import ensemble_objective
     from worker.load.soup import soup_builder  # torch, loaded only when a soup is built
 
@@ -375,7 +374,7 @@ def build_ensembles(storage: Storage, task: Any, device: str = "auto",
             return None
 
     try:
-        records = build_and_write(storage, metric=metric, soup=guarded_soup,
+        records = build_and_write(storage, soup=guarded_soup,  # ranked as the sweep's objective says (default_metric)
                                   objective_for=partial(ensemble_objective, task))
     except CaviarError as exc:
         log.warning("ensembles not built: %s", exc)

@@ -35,6 +35,9 @@ from orchestrator.store.storage import Storage, redact_uri
 log = logging.getLogger("caviar")
 
 METHODS = ("single", "single_ema", "top_k", "checkpoints", "ema", "seeds", "greedy", "soup")
+# Objectives the stored predictions' own columns stand for, by kind (and val_loss of the default loss): they choose
+# ensembles with no task code, and no torch (worker/load/objective.py scores every other one)
+STORED_OBJECTIVES = {"classification": ("val_accuracy", "val_log_loss"), "regression": ("val_mse",)}
 
 
 @dataclass(frozen=True)

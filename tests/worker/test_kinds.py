@@ -18,7 +18,7 @@ from tests.conftest import ROOT, TINY_TASK
 from worker.arrays.fused import FusedArray
 from worker.check.preflight import run_preflight
 from worker.check.validate import validate_task
-from worker.data.kinds import builtin_metrics, objective_and_mode, resolve_kind
+from worker.data.kinds import builtin_metric_names, builtin_metrics, objective_and_mode, resolve_kind
 from worker.data.splits import prepare, prepare_task_data
 from worker.train.trainer import TrialSpec
 
@@ -118,6 +118,15 @@ def test_builtin_metrics_per_kind():
     assert builtin_metrics(soft, logits, torch.tensor([[0.2, 0.8]]))["log_loss"] == pytest.approx(np.log(2))
     assert objective_and_mode(load_task(os.path.join(TASKS, "custom_metric_task.py")), soft) == ("val_brier", "min")
     assert objective_and_mode(load_task(os.path.join(TASKS, "regression_task.py")), regression) == ("val_mse", "min")
+    # the names known without data are the ones reported
+    multilabel = resolve_kind(None, splits_of([[1, 1], [0, 1]], [[1, 0]], [[0, 0]]))
+    hard = resolve_kind(None, splits_of([0, 1], [1], [0]))
+    for kind, outputs, targets in ((regression, torch.tensor([[2.0], [2.0]]), torch.tensor([1.0, 3.0])),
+                                   (soft, logits, torch.tensor([[0.2, 0.8]])),
+                                   (hard, torch.tensor([[0.0, 1.0]]), torch.tensor([1])),
+                                   (multilabel, torch.tensor([[1.0, -1.0]]), torch.tensor([[1, 0]]))):
+        assert tuple(builtin_metrics(kind, outputs, targets)) == builtin_metric_names(kind)
+    assert builtin_metric_names(resolve_kind("custom", splits_of([0.5], [0.5], [0.5]))) == ()
 
 
 def write_task(tmp_path, body: str) -> str:

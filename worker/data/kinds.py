@@ -352,15 +352,23 @@ def loss_function(task: Any, kind: TargetKind) -> Callable[[torch.Tensor, torch.
     return task.get("loss_fn") or default_loss(kind)
 
 
+def builtin_metric_names(kind: TargetKind) -> tuple[str, ...]:
+    """The names :func:`builtin_metrics` reports for ``kind``, known without data."""
+    if kind.kind == "classification":
+        return ("accuracy", "log_loss", "exact_match") if kind.multilabel else ("accuracy", "log_loss")
+    return ("mse", "mae", "r2") if kind.kind == "regression" else ()
+
+
 def builtin_metrics(kind: TargetKind, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """The kind's metrics over a whole split; ``outputs`` and ``targets`` in the targets' original units."""
     if kind.kind == "classification":
         logits = class_scores(outputs.float(), kind)
         log_probs = torch.log_softmax(logits, dim=1)
         if kind.multilabel:
-            right = (logits.argmax(dim=1) == class_labels(targets, kind)).view(len(targets), -1)
-            return {"accuracy": float(right.float().mean()), "log_loss": float(F.nll_loss(log_probs,
-                    class_labels(targets, kind))), "exact_match": float(right.all(dim=1).float().mean())}
+            labels = class_labels(targets, kind)
+            right = (logits.argmax(dim=1) == labels).view(len(targets), -1)
+            return {"accuracy": float(right.float().mean()), "log_loss": float(F.nll_loss(log_probs, labels)),
+                    "exact_match": float(right.all(dim=1).float().mean())}
         if kind.soft:
             log_loss = float(-(targets.float() * log_probs).sum(dim=1).mean())
             accuracy = float((logits.argmax(dim=1) == targets.argmax(dim=1)).float().mean())

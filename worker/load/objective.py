@@ -22,13 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.ensemble.ensemble_run import Dataset
+from orchestrator.ensemble.ensemble_run import STORED_OBJECTIVES, Dataset
 from orchestrator.ensemble.ensembles import Objective
 from orchestrator.errors import TaskError
-from worker.data.kinds import TargetKind, builtin_metrics, natural_mode, user_metrics
+from worker.data.kinds import TargetKind, builtin_metric_names, builtin_metrics, natural_mode, user_metrics
 
-# The columns the stored-prediction metrics already stand for, by kind (val_loss: only with the default loss).
-BUILT_IN = {"classification": ("val_accuracy", "val_log_loss"), "regression": ("val_mse",)}
 # Floor for probabilities before the log: a float16 zero becomes a very negative logit, never -inf (whose
 # products with zero targets are NaN); softmax maps it back to ~1e-38.
 _TINY = float(np.finfo(np.float32).tiny)
@@ -41,16 +39,16 @@ def ensemble_objective(task: Any, dataset: Dataset) -> Objective | None:
     multi-label ``val_exact_match``); None for one that needs the task's functions.
     """
     objective = dataset.objective or getattr(task, "objective", None)
-    if not objective or not objective.startswith("val_") or dataset.kind not in BUILT_IN:
+    if not objective or not objective.startswith("val_") or dataset.kind not in STORED_OBJECTIVES:
         return None
     loss_fn = task.get("loss_fn") if task is not None else None
-    if objective in BUILT_IN[dataset.kind] or (objective == "val_loss" and loss_fn is None):
+    if objective in STORED_OBJECTIVES[dataset.kind] or (objective == "val_loss" and loss_fn is None):
         return None
     mode = dataset.mode or getattr(task, "mode", None) or natural_mode(objective)
     kind = _target_kind(dataset)
     targets = {"val": _targets(dataset, dataset.y_val), "test": _targets(dataset, dataset.y_test)}
     name = objective.removeprefix("val_")
-    if task is None and name not in builtin_metrics(kind, _model_outputs(dataset, _uniform(dataset)), targets["val"]):
+    if task is None and name not in builtin_metric_names(kind):
         return None
     name_is_builtin: bool | None = None  # found on the first call; greedy then computes only the source that has it
 
@@ -75,13 +73,6 @@ def ensemble_objective(task: Any, dataset: Dataset) -> Objective | None:
         return values[name]
 
     return Objective(objective, mode, score)
-
-
-def _uniform(dataset: Dataset) -> np.ndarray:
-    """Stored outputs of the val split's shape (what names the built-in metrics give, never a score)."""
-    if dataset.kind == "regression":
-        return np.zeros(dataset.y_val.shape)
-    return np.full((len(dataset.y_val), dataset.num_classes), 1.0 / dataset.num_classes)
 
 
 def _target_kind(dataset: Dataset) -> TargetKind:
