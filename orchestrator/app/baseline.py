@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from orchestrator.store import schema
+
 MARGIN = 0.02  # as the pruners' not-learning rule: accuracy points, or a share of the baseline loss
 
 
@@ -29,7 +31,10 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any],
     """
     trials = list(trials)
     labels = dataset.get("y_val")
-    if labels and dataset.get("target_shape"):  # multi-label: (example, label) pairs, row-major
+    unit = "val examples"
+    if labels and dataset.get("per_position"):  # a class per position: the labelled (example, position) pairs
+        labels, unit = [v for v in labels if v != schema.IGNORE_INDEX], "labelled val positions"
+    elif labels and dataset.get("target_shape"):  # multi-label: (example, label) pairs, row-major
         return _multilabel_nothing_learned(trials, dataset, labels, val_loss_is_log_loss)
     if labels:  # class indices: soft labels and regression have none here
         accuracies = [t.best_val_accuracy for t in trials if _finite(t.best_val_accuracy)]
@@ -43,7 +48,7 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any],
         if best > share + margin:
             return None
         if share + margin >= 1.0:  # not even a perfect score would stand out: the split is the problem
-            return (f"{len(labels)} val examples cannot tell a trial that learned from always predicting class {label} "
+            return (f"{len(labels)} {unit} cannot tell a trial that learned from always predicting class {label} "
                     f"({share:.3f} of them): give the validation split more examples")
         learned = _log_loss_learned(trials, labels) if val_loss_is_log_loss else None
         ranked_otherwise = dataset.get("objective") not in (None, "val_accuracy")
@@ -53,11 +58,11 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any],
             return None
         if learned:
             return (f"no trial's val accuracy did clearly better than always predicting class {label} (the most "
-                    f"frequent: {share:.3f} of {len(labels)} val examples; best {best:.3f}), but their val log loss "
+                    f"frequent: {share:.3f} of {len(labels)} {unit}; best {best:.3f}), but their val log loss "
                     f"learned ({learned}): with most examples in one class accuracy hardly separates trials; rank them "
                     'by objective = "val_log_loss" (mode = "min") or a metric of your own, such as balanced accuracy')
         return (f"no trial did clearly better than always predicting class {label} (the most frequent: {share:.3f} of "
-                f"{len(labels)} val examples): the best val accuracy is {best:.3f}; check the ranges (the learning "
+                f"{len(labels)} {unit}): the best val accuracy is {best:.3f}; check the ranges (the learning "
                 "rate first) and the data")
     baseline = dataset.get("baseline_val_loss")
     if not _finite(baseline) or baseline <= 0:

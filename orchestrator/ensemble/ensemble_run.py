@@ -61,6 +61,10 @@ class Dataset:
     objective: str | None = None
     mode: str | None = None
     output_shape: tuple[int, ...] | None = None  # one example's model outputs ((1,): a binary head's logit)
+    # A class per position: every (example, position) label, row-major, -100 where none (y_val holds the labelled
+    # ones, as the predictions' rows do); target_shape is then one example's positions. None for other sweeps.
+    y_val_all: np.ndarray | None = None
+    y_test_all: np.ndarray | None = None
 
     @property
     def binary_head(self) -> bool:
@@ -70,7 +74,13 @@ class Dataset:
     @property
     def multilabel(self) -> bool:
         """Each example has L binary labels; its rows here are (example, label) pairs."""
-        return self.kind == "classification" and self.y_val.ndim == 1 and self.target_shape != ()
+        return (self.kind == "classification" and self.y_val.ndim == 1 and self.target_shape != ()
+                and not self.per_position)
+
+    @property
+    def per_position(self) -> bool:
+        """A class per position (tagging, segmentation); its rows here are the labelled (example, position) pairs."""
+        return self.y_val_all is not None
 
     @property
     def soft(self) -> bool:
@@ -144,6 +154,12 @@ def read_dataset(storage: Storage) -> Dataset:
         return Dataset(classes, np.asarray(row["y_val_values"], dtype=np.float64).reshape(-1, classes),
                        np.asarray(row["y_test_values"], dtype=np.float64).reshape(-1, classes), shape,
                        stat(row["mean"]), stat(row["std"]), **extra)
+    if row.get("per_position"):
+        y_val, y_test = np.asarray(row["y_val"], dtype=np.int64), np.asarray(row["y_test"], dtype=np.int64)
+        labelled_val, labelled_test = y_val[y_val != schema.IGNORE_INDEX], y_test[y_test != schema.IGNORE_INDEX]
+        return Dataset(classes, labelled_val, labelled_test, shape, stat(row["mean"]), stat(row["std"]),
+                       target_shape=tuple(row["target_shape"]), y_val_all=y_val, y_test_all=y_test,
+                       **extra)
     # multi-label: labels of (example, label) pairs, row-major; target_shape (L,) says how to fold them back
     return Dataset(classes, np.asarray(row["y_val"], dtype=np.int64), np.asarray(row["y_test"], dtype=np.int64),
                    shape, stat(row["mean"]), stat(row["std"]), target_shape=tuple(row.get("target_shape") or ()),

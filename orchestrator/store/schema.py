@@ -139,6 +139,8 @@ def predictions_schema(num_classes: int, dtype: str = "float16", column: str = "
     )
 
 
+IGNORE_INDEX = -100  # a position without a label in per-position targets (torch's cross-entropy ignore_index)
+
 DATASET = pa.schema(
     [
         ("num_classes", pa.int32()),
@@ -169,6 +171,9 @@ DATASET = pa.schema(
         # One example's model outputs, e.g. [10], or [1] for a binary head's one logit (an ensemble's averaged
         # probabilities then reach the task's own metrics as that logit); null: a sweep from before.
         ("output_shape", pa.list_(pa.int32())),
+        # A class per position (tagging, segmentation): y_val/y_test hold every (example, position) label, row-major,
+        # -100 where a position has none; predictions hold one row per labelled position. null: not such a sweep.
+        ("per_position", pa.bool_()),
     ]
 )
 

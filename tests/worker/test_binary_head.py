@@ -96,8 +96,8 @@ def test_a_trial_reports_binary_cross_entropy_and_a_fused_array_the_same(binary)
 def test_an_ensembles_probabilities_reach_a_metric_as_the_logit_the_model_gives():
     probs = np.array([[0.9, 0.1], [0.25, 0.75], [0.5, 0.5]])
     dataset = Dataset(2, np.array([0, 1, 1]), np.array([0, 1, 1]), (4,), None, None, output_shape=(1,))
-    logit = _model_outputs(dataset, probs)
+    logit = _model_outputs(dataset, probs, "val")
     assert logit.shape == (3, 1)
     assert torch.allclose(torch.sigmoid(logit.squeeze(1)).double(), torch.from_numpy(probs[:, 1]), atol=1e-6)
     two = Dataset(2, np.array([0, 1, 1]), np.array([0, 1, 1]), (4,), None, None, output_shape=(2,))
-    assert _model_outputs(two, probs).shape == (3, 2)  # a two-output model's metric gets two scores
+    assert _model_outputs(two, probs, "val").shape == (3, 2)  # a two-output model's metric gets two scores

@@ -64,12 +64,10 @@ def test_each_kind_refuses_what_does_not_fit_it():
         "shape (N, C): give y.reshape(-1)")
     assert refusal("classification", [[[0.5, 0.5]]], [0], [1]).endswith(  # floats, not probabilities' shape
         "probabilities of shape (N, C): for other targets declare kind = \"regression\"")
-    # a class per token or pixel: "regression" would refuse integers in turn, so the advice is kind = "custom"
+    # a class per token or pixel in one split only: every split takes the same form
     assert refusal(None, [[0, 4, 2], [1, 1, 3]], [0], [1]) == (
-        "load_data: train targets have shape (2, 3), a class per position (tagging, segmentation); caviar's "
-        "classification gives each example one class: declare kind = \"custom\" with a loss_fn (cross_entropy takes "
-        "outputs (N, C, T) against targets (N, T)) and metrics")
-    assert "outputs (N, C, H, W) against targets (N, H, W)" in refusal(None, [[[0, 1], [2, 2]]], [0], [1])
+        "load_data: val targets have shape (1,) but others a class per position ({'train': (3,), 'val': (), "
+        "'test': ()}); give every split the same form")
 
 
 @pytest.mark.parametrize("declared", [None, "classification"])
@@ -79,10 +77,9 @@ def test_multi_label_targets_are_named_as_such_with_what_to_declare(declared, dt
     one_hot = torch.eye(3, dtype=dtype)
     if dtype == torch.int64 and declared is None:  # integer 0/1 rows: multi-label, as the data says
         assert resolve_kind(declared, splits_of(multi, one_hot, one_hot)).labels == 3
-    elif dtype == torch.int64:
-        assert refusal(declared, multi, one_hot, one_hot) == (
-            "load_data: train targets are 0/1 rows with several ones, as multi-label targets are; declare kind = "
-            '"multilabel" (one logit per label), or give class indices of shape (N,)')
+    elif dtype == torch.int64:  # declared classification: a 0/1 class per position, as declared (the model's
+        # outputs then decide: one logit per label is refused naming kind = "multilabel", test_per_position.py)
+        assert resolve_kind(declared, splits_of(multi, multi, multi)).positions == (3,)
     else:
         assert refusal(declared, multi, one_hot, one_hot) == (
             "load_data: train targets are float 0/1 rows with 2 ones in row 1, as multi-label targets are; give "

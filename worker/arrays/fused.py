@@ -896,6 +896,8 @@ def contract_blocker(task: Task, kind: TargetKind, streams: Mapping[str, Stream]
         return f"the data streams from {stream_sources(streams)}: fused arrays train on data held in memory"
     if kind.multilabel:
         return "multi-label targets: fused arrays train class-index classification only"
+    if kind.per_position:
+        return "a class per position: fused arrays train one class per example only"
     if not kind.hard_classes:
         return f"{kind.kind} targets ({'soft labels' if kind.soft else kind.kind}): fused arrays train " \
                "class-index classification only"

@@ -33,7 +33,7 @@ from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution, SearchSpace
 from orchestrator.spec.task import Task
 from worker.check.validate import refuse_multilabel_shape
-from worker.data.kinds import TargetKind, class_labels, loss_function, predicted_classes
+from worker.data.kinds import IGNORE_INDEX, TargetKind, class_labels, loss_function, predicted_classes
 from worker.data.splits import Splits, prepare_task_data
 
 # Relative-error bands from the CS231n notes (gradient check).
@@ -236,8 +236,8 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
         loss_value = float(loss.detach())
         if kind.kind == "custom" and taken == 1:
             scale = abs(loss_value) if math.isfinite(loss_value) and loss_value != 0 else 1.0
-        accuracy = float((predicted_classes(logits, kind) == class_labels(y, kind)).float().mean()) if by_accuracy \
-            else 1.0
+        accuracy = float((predicted_classes(logits, kind) == class_labels(y, kind))[class_labels(y, kind) != IGNORE_INDEX]
+                         .float().mean()) if by_accuracy else 1.0
         if loss_value - floor < near_zero * scale and accuracy == 1.0:
             break
         if not loss.requires_grad:

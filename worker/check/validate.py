@@ -21,7 +21,7 @@ from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution
 from orchestrator.spec.task import Task
 from worker.check.overlap import warn_if_splits_share_examples
-from worker.data.kinds import loss_function, match_targets, objective_and_mode, same_layout, score_of
+from worker.data.kinds import class_dim, loss_function, match_targets, objective_and_mode, same_layout, score_of
 from worker.data.splits import Splits, prepare_task_data, skips_single_batch
 from worker.train.optim import setting
 from worker.train.trainer import evaluate_split
@@ -281,25 +281,29 @@ def _check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task
         if (kind.num_classes or 0) < 2:  # nothing to learn, and a one-logit head would be read as binary
             raise TaskError("load_data: the targets hold one class only; a classifier needs examples of two classes "
                             "or more (or declare num_classes when this data lacks some)")
-        if outputs.ndim != 2:
+        if kind.per_position:  # one score per class at every position, the class dimension where the shapes say
+            width, per = outputs.shape[class_dim(tuple(outputs.shape), kind)], "position"
+        elif outputs.ndim != 2:
             flat_logit = outputs.ndim == 1 and kind.num_classes == 2
             logit = (": for one logit per example give shape (batch, 1), without the squeeze" if flat_logit else "")
             raise TaskError(f"the model outputs shape {tuple(outputs.shape)}; classification needs one score per "
                             f"class, shape (batch, {kind.num_classes}){logit}")
-        binary_head = outputs.shape[1] == 1 and kind.num_classes == 2  # one logit: kinds.class_scores
-        if outputs.shape[1] < (kind.num_classes or 0) and not binary_head:
+        else:
+            width, per = outputs.shape[1], "example"
+        binary_head = width == 1 and kind.num_classes == 2  # one logit: kinds.class_scores
+        if width < (kind.num_classes or 0) and not binary_head:
             c = kind.num_classes
-            raise TaskError(f"the model outputs {outputs.shape[1]} score{'s' if outputs.shape[1] != 1 else ''} per "
-                            f"example but the targets have {c} classes: give the model {c} outputs, one per "
-                            f"class, or declare kind = \"custom\" with your own loss_fn and metrics")
-        wide = outputs.shape[1] > (kind.num_classes or 0) and not kind.soft and task.get("loss_fn") is None
+            raise TaskError(f"the model outputs {width} score{'s' if width != 1 else ''} per {per} but the targets "
+                            f"have {c} classes: give the model {c} outputs, one per class, or declare kind = "
+                            f"\"custom\" with your own loss_fn and metrics")
+        wide = width > (kind.num_classes or 0) and not kind.soft and task.get("loss_fn") is None
         if wide:  # predictions and ensembles need one width (a task's own loss_fn may use extra outputs)
-            c, w = kind.num_classes or 0, outputs.shape[1]
-            raise TaskError(f"the model outputs {w} scores per example but the targets hold {c} classes (0-{c - 1}); "
+            c, w = kind.num_classes or 0, width
+            raise TaskError(f"the model outputs {w} scores per {per} but the targets hold {c} classes (0-{c - 1}); "
                             f"give the model {c} outputs, or declare num_classes = {w} in the task if classes "
                             f"{c}-{w - 1} exist but this data lacks them")
-        if kind.soft and outputs.shape[1] != kind.num_classes and not binary_head:
-            raise TaskError(f"the model outputs {outputs.shape[1]} scores per example but the probability targets "
+        if kind.soft and width != kind.num_classes and not binary_head:
+            raise TaskError(f"the model outputs {width} scores per example but the probability targets "
                             f"have {kind.num_classes} columns")
     elif kind.kind == "regression" and task.get("loss_fn") is None:
         match_targets(outputs, targets)

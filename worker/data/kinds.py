@@ -12,6 +12,12 @@ The kinds (``orchestrator.spec.task.KINDS``):
   labels; metrics: accuracy over every (example, label) pair, log loss, and exact match (every
   label of an example right). Predictions and ensembles treat each (example, label) pair as one
   binary example, so their accuracy and log loss are these same numbers.
+- classification per position (tagging, segmentation): integer class indices of shape (N, *S), a class
+  per token or pixel, where ``-100`` (torch's ``ignore_index``) marks positions without a label (padding).
+  The model gives one score per class at every position, shape (N, C, *S) as torch's cross-entropy
+  takes it, or (N, *S, C) as token classifiers give it (the shapes say which; a shape that fits both
+  is refused). Each labelled (example, position) pair is one classification row: loss, accuracy and
+  log loss are over those rows, and predictions and ensembles hold one row per labelled position.
 - ``regression``: float targets of any trailing shape. Loss: mean squared error; metrics: MSE,
   MAE and R² in the targets' original units (when ``standardize_targets`` trains on
   standardised targets, every validation and test number is mapped back first; ``train_loss``
@@ -37,8 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.errors import TaskError
+from orchestrator.store import schema
 
 SOFT_LABEL_TOLERANCE = 1e-3  # |row sum - 1| allowed for probability targets (float16 data rounds)
+IGNORE_INDEX = schema.IGNORE_INDEX  # -100, torch's cross-entropy default: a position without a label (padding)
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class TargetKind:
     num_classes: int | None = None  # classification only
     soft: bool = False  # classification with probability targets (N, C)
     labels: int | None = None  # multi-label classification: the label count L (num_classes is then 2, per label)
+    positions: tuple[int, ...] | None = None  # a class per position: one example's target shape S (tokens, pixels)
     # Regression with standardize_targets: train-split statistics, shape (1, *target_shape); None otherwise.
     target_mean: torch.Tensor | None = None
     target_std: torch.Tensor | None = None
@@ -66,9 +75,18 @@ class TargetKind:
     def multilabel(self) -> bool:
         return self.labels is not None
 
+    @property
+    def per_position(self) -> bool:
+        return self.positions is not None
+
+    @property
+    def rows_per_example(self) -> bool:
+        """Whether an example is several classification rows (labels, or positions), flattened by class_labels."""
+        return self.multilabel or self.per_position
+
     def default_objective(self, metric: str = "accuracy") -> tuple[str, str]:
         """(objective column, mode) when the task declares none; ``metric`` is the older task field."""
-        if self.multilabel:  # accuracy over sparse labels favours predicting none: rank on the log loss
+        if self.rows_per_example:  # accuracy over sparse labels or mostly-background pixels favours the majority
             return "val_loss", "min"
         if self.kind == "classification":
             return ("val_accuracy", "max") if metric == "accuracy" else ("val_loss", "min")
@@ -178,16 +196,14 @@ def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, s
         return TargetKind("custom")
     if declared == "regression":
         return _regression(targets, standardize)
-    if declared == "multilabel" or (declared is None and classes is None
+    padded = any(bool((y == IGNORE_INDEX).any()) for y in targets.values() if not y.is_floating_point())
+    if declared == "multilabel" or (declared is None and classes is None and not padded
                                     and any(_is_multilabel(y) for y in targets.values())):
         return _multilabel(targets)
     for split, y in targets.items():  # 0/1 matrices: say what they are before any rule about shapes or floats
         indicator = _indicator_refusal(y, split)
         if indicator is not None:
             raise indicator
-        if _is_multilabel(y):  # declared classification, or num_classes given: one class per example was meant
-            raise TaskError(f"load_data: {split} targets are 0/1 rows with several ones, as multi-label targets are; "
-                            "declare kind = \"multilabel\" (one logit per label), or give class indices of shape (N,)")
     if declared is None:
         for split, y in targets.items():
             if y.is_floating_point():
@@ -201,7 +217,7 @@ def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, s
     if (kind.num_classes or 0) > classes:
         raise TaskError(f"num_classes: the task declares {classes} classes but the targets include class "
                         f"{(kind.num_classes or 0) - 1}")
-    return TargetKind("classification", num_classes=classes, soft=kind.soft)
+    return TargetKind("classification", num_classes=classes, soft=kind.soft, positions=kind.positions)
 
 
 def _classification(targets: Mapping[str, torch.Tensor]) -> TargetKind:
@@ -225,11 +241,11 @@ def _classification(targets: Mapping[str, torch.Tensor]) -> TargetKind:
                 raise TaskError(f"load_data: {split} probability targets must sum to 1 per row "
                                 f"(row {int(off.nonzero()[0])} sums to {_value(sums[off][0])})")
         return TargetKind("classification", num_classes=int(next(iter(widths.values()))), soft=True)
+    if any(_is_per_position(y) for y in targets.values()):
+        return _per_position(targets)
     top = -1
     for split, y in targets.items():
         if y.ndim != 1:
-            if not y.is_floating_point() and y.ndim >= 2 and not (y.ndim == 2 and y.shape[1] == 1):
-                raise _per_position_refusal(y, split)
             column = y.ndim == 2 and y.shape[1] == 1 and not y.is_floating_point()
             advice = ("give y.reshape(-1)" if column  # a column of class indices, as pandas or a CSV reader gives it
                       else 'for other targets declare kind = "regression"')
@@ -248,13 +264,61 @@ def _classification(targets: Mapping[str, torch.Tensor]) -> TargetKind:
     return TargetKind("classification", num_classes=top + 1)
 
 
-def _per_position_refusal(y: torch.Tensor, split: str) -> TaskError:
-    """Integer targets (N, T) or (N, H, W): a class per token or pixel (sequence labelling, segmentation)."""
-    positions = {2: "T", 3: "H, W", 4: "D, H, W"}.get(y.ndim, "...")
-    return TaskError(f"load_data: {split} targets have shape {tuple(y.shape)}, a class per position (tagging, "
-                     f"segmentation); caviar's classification gives each example one class: declare kind = \"custom\" "
-                     f"with a loss_fn (cross_entropy takes outputs (N, C, {positions}) against targets "
-                     f"(N, {positions})) and metrics")
+def _is_per_position(y: torch.Tensor) -> bool:
+    """Integer targets (N, T) or (N, H, W): a class per position (tagging, segmentation); (N, 1) is a column."""
+    return not y.is_floating_point() and y.ndim >= 2 and not (y.ndim == 2 and y.shape[1] == 1)
+
+
+def _per_position(targets: Mapping[str, torch.Tensor]) -> TargetKind:
+    """A class per position: every split (N, *S) of one S, class indices or IGNORE_INDEX, some position labelled."""
+    shapes = {s: tuple(y.shape[1:]) for s, y in targets.items()}
+    for split, y in targets.items():
+        if not _is_per_position(y):
+            raise TaskError(f"load_data: {split} targets have shape {tuple(y.shape)} but others a class per position "
+                            f"({shapes}); give every split the same form")
+    if len(set(shapes.values())) > 1:
+        raise TaskError(f"load_data: per-position targets differ in shape across splits ({shapes}); pad them to one "
+                        f"shape, with {IGNORE_INDEX} where a position has no label")
+    top = -1
+    for split, y in targets.items():
+        labelled = y[y != IGNORE_INDEX]
+        if len(y) and not len(labelled):
+            raise TaskError(f"load_data: {split} targets are all {IGNORE_INDEX} (no position has a label)")
+        if len(labelled) and int(labelled.min()) < 0:
+            raise TaskError(f"load_data: {split} targets include class {int(labelled.min())}; class indices start at "
+                            f"0, and {IGNORE_INDEX} marks a position without a label")
+        if len(labelled):
+            top = max(top, int(labelled.max()))
+    return TargetKind("classification", num_classes=top + 1, positions=next(iter(shapes.values())))
+
+
+def class_dim(outputs_shape: tuple[int, ...], kind: TargetKind) -> int:
+    """Where a per-position model's class scores are: 1 for (N, C, *S) (torch's layout), -1 for (N, *S, C).
+
+    The shapes decide; outputs that fit both (C equal to the positions' sizes) or neither are refused.
+    """
+    positions = kind.positions or ()
+    first = tuple(outputs_shape[2:]) == positions
+    last = tuple(outputs_shape[1:-1]) == positions
+    if first and last:
+        raise TaskError(f"the model outputs shape {tuple(outputs_shape)} for targets (batch, {_dims(positions)}): "
+                        f"the class scores could be dimension 1 or the last one; give the model another class count, "
+                        f"or declare kind = \"custom\" with your own loss_fn")
+    if not (first or last):
+        c = kind.num_classes
+        flat = tuple(outputs_shape[1:]) == positions
+        hint = (f'; for one label per position as a 0/1 label of its own, declare kind = "multilabel"'
+                if flat and len(positions) == 1 else
+                "; for one logit per position, give shape (batch, 1, ...), without the squeeze" if flat and c == 2
+                else "")
+        raise TaskError(f"the model outputs shape {tuple(outputs_shape)} but the targets have a class per position, "
+                        f"(batch, {_dims(positions)}): give one score per class at every position, shape "
+                        f"(batch, {c}, {_dims(positions)}) (torch's layout) or (batch, {_dims(positions)}, {c}){hint}")
+    return 1 if first else -1
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return ", ".join(map(str, shape))
 
 
 def _regression(targets: Mapping[str, torch.Tensor], standardize: bool) -> TargetKind:
@@ -309,18 +373,28 @@ def class_scores(outputs: torch.Tensor, kind: TargetKind | None = None) -> torch
     is ``(1 - sigmoid(z), sigmoid(z))`` and their cross-entropy is binary cross-entropy with logits,
     exactly, so a one-output model trains, is scored and is ensembled as its two-output form would be.
     The contract check allows the one-output form for two classes only. A multi-label ``kind``'s
-    logits (N, L) become N * L such binary rows, in the order of :func:`class_labels`.
+    logits (N, L) become N * L such binary rows, and a per-position kind's scores (N, C, *S) or (N, *S, C)
+    become N * prod(S) rows of C, both in the order of :func:`class_labels`.
     """
     if kind is not None and kind.multilabel:
         outputs = outputs.reshape(-1, 1)
+    elif kind is not None and kind.per_position:
+        scores = outputs.movedim(1, -1) if class_dim(tuple(outputs.shape), kind) == 1 else outputs
+        outputs = scores.reshape(-1, scores.shape[-1])
     if outputs.shape[-1] == 1:
         return torch.cat([torch.zeros_like(outputs), outputs], dim=-1)
     return outputs
 
 
 def class_labels(targets: torch.Tensor, kind: TargetKind | None = None) -> torch.Tensor:
-    """Targets as the rows of :func:`class_scores` see them: a multi-label kind's (N, L) flattened to N * L."""
-    return targets.reshape(-1) if kind is not None and kind.multilabel else targets
+    """Targets as the rows of :func:`class_scores` see them: (N, L) or (N, *S) flattened, row-major."""
+    return targets.reshape(-1) if kind is not None and kind.rows_per_example else targets
+
+
+def labelled(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of :func:`class_scores` and :func:`class_labels` that have a label (IGNORE_INDEX marks the rest)."""
+    keep = labels != IGNORE_INDEX
+    return scores[keep], labels[keep]
 
 
 def predicted_classes(outputs: torch.Tensor, kind: TargetKind | None = None) -> torch.Tensor:
@@ -329,8 +403,15 @@ def predicted_classes(outputs: torch.Tensor, kind: TargetKind | None = None) -> 
 
 
 def class_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor, kind: TargetKind | None = None) -> torch.Tensor:
-    """torch's cross-entropy on :func:`class_scores`: class indices, or class probabilities (soft labels)."""
-    return F.cross_entropy(class_scores(outputs, kind), class_labels(targets, kind))
+    """torch's cross-entropy on :func:`class_scores`: class indices, or class probabilities (soft labels).
+
+    Per position, the mean over labelled positions; a batch of padding alone gives 0 (torch's mean would be NaN).
+    """
+    scores, labels = class_scores(outputs, kind), class_labels(targets, kind)
+    if kind is not None and kind.per_position:
+        total = F.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / (labels != IGNORE_INDEX).sum().clamp_min(1)
+    return F.cross_entropy(scores, labels)
 
 
 def default_loss(kind: TargetKind) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -342,7 +423,7 @@ def default_loss(kind: TargetKind) -> Callable[[torch.Tensor, torch.Tensor], tor
             return F.mse_loss(out, targets.to(out.dtype))  # in the model's precision (float64 in the gradient check)
 
         return mse
-    if kind.multilabel:
+    if kind.rows_per_example:
         return functools.partial(class_cross_entropy, kind=kind)
     return class_cross_entropy
 
@@ -363,6 +444,10 @@ def builtin_metrics(kind: TargetKind, outputs: torch.Tensor, targets: torch.Tens
     """The kind's metrics over a whole split; ``outputs`` and ``targets`` in the targets' original units."""
     if kind.kind == "classification":
         logits = class_scores(outputs.float(), kind)
+        if kind.per_position:
+            rows, labels = labelled(logits, class_labels(targets, kind))
+            return {"accuracy": float((rows.argmax(dim=1) == labels).float().mean()),
+                    "log_loss": float(F.nll_loss(torch.log_softmax(rows, dim=1), labels))}
         log_probs = torch.log_softmax(logits, dim=1)
         if kind.multilabel:
             labels = class_labels(targets, kind)

@@ -26,7 +26,7 @@ from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
 from orchestrator.store.sweeps import not_a_sweep
 from worker.data import task_globals
-from worker.data.kinds import class_scores
+from worker.data.kinds import TargetKind, class_dim, class_scores
 from worker.train.recorder import load_safetensors
 from worker.train.trainer import pick_device
 
@@ -147,6 +147,9 @@ class EnsembleModel(nn.Module):
     ``forward`` returns probabilities (rows sum to 1), not logits; ``predict`` the classes. For a
     multi-label sweep (``multilabel``) it returns each label's averaged probability, shape (n, L), and
     ``predict`` the 0/1 labels (probability above one half).
+    For a class per position (``positions``: tagging, segmentation) it returns each position's averaged class
+    probabilities in the members' layout, (n, C, *S) or (n, *S, C) (two classes for a one-logit head), and
+    ``predict`` the class of each position, (n, *S).
     For a regression sweep it averages the members' outputs and returns them in the targets'
     original units (undoing ``standardize_targets``), shaped ``(n, *target_shape)``.
     """
@@ -155,9 +158,11 @@ class EnsembleModel(nn.Module):
                  std: torch.Tensor | None = None, record: EnsembleRecord | None = None,
                  target_shape: tuple[int, ...] | None = None, target_mean: torch.Tensor | None = None,
                  target_std: torch.Tensor | None = None, input_dtype: torch.dtype | None = None,
-                 input_shape: tuple[int, ...] | None = None, outputs_as_given: bool = False, multilabel: bool = False):
+                 input_shape: tuple[int, ...] | None = None, outputs_as_given: bool = False, multilabel: bool = False,
+                 positions: tuple[int, ...] | None = None):
         super().__init__()
         self.multilabel = multilabel  # one logit per label: sigmoid per label, averaged
+        self.positions = positions  # a class per position: one example's target shape S
         self.outputs_as_given = outputs_as_given  # a custom kind's outputs: the weighted sum, no softmax, no units
         self.input_dtype = input_dtype  # what the members trained on; None: any (a module built by hand)
         self.input_shape = input_shape  # one example's shape in training; None: any
@@ -191,9 +196,25 @@ class EnsembleModel(nn.Module):
             return sum(weight * member(x) for weight, member in zip(self.weights, self.members))
         if self.multilabel:
             return sum(weight * torch.sigmoid(member(x).float()) for weight, member in zip(self.weights, self.members))
+        if self.positions is not None:
+            return self._per_position(x)
         probs = None
         for weight, member in zip(self.weights, self.members):
             p = weight * torch.softmax(class_scores(member(x).float()), dim=1)
+            probs = p if probs is None else probs + p
+        assert probs is not None
+        return probs
+
+    def _per_position(self, x: torch.Tensor) -> torch.Tensor:
+        """Each position's weighted mean of class probabilities, along the class dimension the members give."""
+        kind = TargetKind("classification", positions=self.positions)
+        probs = None
+        for weight, member in zip(self.weights, self.members):
+            out = member(x).float()
+            dim = class_dim(tuple(out.shape), kind)
+            if out.shape[dim] == 1:  # one logit per position: the scores (0, z), as in training
+                out = torch.cat([torch.zeros_like(out), out], dim=dim)
+            p = weight * torch.softmax(out, dim=dim)
             probs = p if probs is None else probs + p
         assert probs is not None
         return probs
@@ -233,6 +254,9 @@ class EnsembleModel(nn.Module):
             return torch.cat([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
         if self.multilabel:
             return torch.cat([(self(x[i : i + batch_size]) > 0.5).long() for i in range(0, len(x), batch_size)])
+        if self.positions is not None:  # the class dimension: 1 unless the probabilities end with it
+            probs = (self(x[i : i + batch_size]) for i in range(0, len(x), batch_size))
+            return torch.cat([p.argmax(dim=1 if tuple(p.shape[2:]) == self.positions else -1) for p in probs])
         return torch.cat([self(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
 
 
@@ -282,7 +306,8 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
                            target_stat(dataset.target_mean) if regression else None,
                            target_stat(dataset.target_std) if regression else None,
                            input_dtype=_torch_dtype(dataset.input_dtype), input_shape=tuple(dataset.input_shape),
-                           multilabel=dataset.multilabel)
+                           multilabel=dataset.multilabel,
+                           positions=dataset.target_shape if dataset.per_position else None)
     return _for_inference(module, device)
 
 

@@ -25,6 +25,7 @@ import torch
 from orchestrator.ensemble.ensemble_run import STORED_OBJECTIVES, Dataset
 from orchestrator.ensemble.ensembles import Objective
 from orchestrator.errors import TaskError
+from orchestrator.store import schema
 from worker.data.kinds import TargetKind, builtin_metric_names, builtin_metrics, natural_mode, user_metrics
 
 # Floor for probabilities before the log: a float16 zero becomes a very negative logit, never -inf (whose
@@ -46,7 +47,7 @@ def ensemble_objective(task: Any, dataset: Dataset) -> Objective | None:
         return None
     mode = dataset.mode or getattr(task, "mode", None) or natural_mode(objective)
     kind = _target_kind(dataset)
-    targets = {"val": _targets(dataset, dataset.y_val), "test": _targets(dataset, dataset.y_test)}
+    targets = {"val": _targets(dataset, dataset.y_val, "val"), "test": _targets(dataset, dataset.y_test, "test")}
     name = objective.removeprefix("val_")
     if task is None and name not in builtin_metric_names(kind):
         return None
@@ -54,7 +55,7 @@ def ensemble_objective(task: Any, dataset: Dataset) -> Objective | None:
 
     def score(outputs: np.ndarray, split: str) -> float:
         nonlocal name_is_builtin
-        model_outputs = _model_outputs(dataset, outputs)
+        model_outputs = _model_outputs(dataset, outputs, split)
         if objective == "val_loss":
             try:
                 with torch.no_grad():
@@ -79,11 +80,15 @@ def _target_kind(dataset: Dataset) -> TargetKind:
     if dataset.kind == "regression":  # stored outputs and targets are in original units already
         return TargetKind("regression")
     labels = dataset.target_shape[0] if dataset.multilabel else None
-    return TargetKind("classification", num_classes=dataset.num_classes, soft=dataset.soft, labels=labels)
+    positions = dataset.target_shape if dataset.per_position else None
+    return TargetKind("classification", num_classes=dataset.num_classes, soft=dataset.soft, labels=labels,
+                      positions=positions)
 
 
-def _targets(dataset: Dataset, values: np.ndarray) -> torch.Tensor:
+def _targets(dataset: Dataset, values: np.ndarray, split: str) -> torch.Tensor:
     """The split's targets as the task's functions get them: class indices, float32 probabilities, or values."""
+    if dataset.per_position:  # every position, -100 where none, as load_data gave them (values: the labelled ones)
+        return torch.from_numpy(_every_label(dataset, split).reshape(-1, *dataset.target_shape))
     if dataset.kind == "regression":
         return torch.from_numpy(np.ascontiguousarray(values).reshape(len(values), *dataset.target_shape))
     if dataset.soft:
@@ -93,14 +98,38 @@ def _targets(dataset: Dataset, values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(values.astype(np.int64))
 
 
-def _model_outputs(dataset: Dataset, outputs: np.ndarray) -> torch.Tensor:
+def _model_outputs(dataset: Dataset, outputs: np.ndarray, split: str) -> torch.Tensor:
     """Averaged outputs in the form a model gives them: logits for classification, (n, d) values for regression."""
     if dataset.kind == "regression":
         # float64 as the targets; one value per row as (n, 1), the usual model output; else the targets' shape.
         shape = dataset.target_shape or (1,)
         return torch.from_numpy(np.asarray(outputs, dtype=np.float64).reshape(len(outputs), *shape))
     log_probs = np.log(np.maximum(np.asarray(outputs, dtype=np.float64), _TINY))
+    if dataset.per_position:
+        return _position_scores(dataset, log_probs, split)
     if dataset.binary_head or dataset.multilabel:  # a logit: softmax((0, z)) = (p0, p1) for z = log p1 - log p0
         logit = (log_probs[:, 1:] - log_probs[:, :1]).astype(np.float32)
         return torch.from_numpy(logit.reshape(-1, *dataset.target_shape) if dataset.multilabel else logit)
     return torch.from_numpy(log_probs.astype(np.float32))
+
+
+def _every_label(dataset: Dataset, split: str) -> np.ndarray:
+    every = dataset.y_val_all if split == "val" else dataset.y_test_all
+    assert every is not None
+    return every
+
+
+def _position_scores(dataset: Dataset, log_probs: np.ndarray, split: str) -> torch.Tensor:
+    """A per-position sweep's averaged rows (one per labelled position) as the model's (n, C, *S) or (n, *S, C)
+    scores. A position without a label gets equal scores: a task's function ignores it as its loss does."""
+    every = _every_label(dataset, split)
+    assert dataset.output_shape is not None
+    classes = log_probs.shape[1]
+    rows = np.zeros((len(every), classes), dtype=np.float64)
+    rows[every != schema.IGNORE_INDEX] = log_probs
+    scores = rows.reshape(-1, *dataset.target_shape, classes)
+    if dataset.output_shape == (1, *dataset.target_shape):  # one logit per position: log p1 - log p0
+        scores = scores[..., 1:] - scores[..., :1]
+    if tuple(dataset.output_shape[1:]) == tuple(dataset.target_shape):  # classes first, torch's layout
+        scores = np.moveaxis(scores, -1, 1)
+    return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))

@@ -40,7 +40,7 @@ from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
-from worker.data.kinds import class_labels, class_scores
+from worker.data.kinds import IGNORE_INDEX, class_labels, class_scores, labelled
 from worker.data.splits import Splits, prepare
 from worker.load.ensemble_model import SweepModels
 from worker.train.trainer import model_outputs, pick_device
@@ -158,9 +158,13 @@ class Soup:
                              task_statistics=None if stored.mean is None else (stored.mean, stored.std))
         else:
             splits = with_sweep_statistics(splits, stored)
-        kind = splits.target_kind  # multi-label: stored flat, as (example, label) pairs
-        if not (np.array_equal(class_labels(splits.y_val, kind).numpy(), stored.y_val)
-                and np.array_equal(class_labels(splits.y_test, kind).numpy(), stored.y_test)):
+        kind = splits.target_kind  # multi-label: stored flat, as (example, label) pairs; per position: the labelled
+
+        def rows(y: torch.Tensor) -> np.ndarray:
+            flat = class_labels(y, kind).cpu().numpy()
+            return flat[flat != IGNORE_INDEX] if kind.per_position else flat
+
+        if not (np.array_equal(rows(splits.y_val), stored.y_val) and np.array_equal(rows(splits.y_test), stored.y_test)):
             raise TaskError("load_data: its val/test labels differ from the ones the sweep stored; a soup needs the "
                             "sweep's data")
         return splits.to(self.device)
@@ -202,8 +206,10 @@ class Soup:
             x = self.splits.streams[split]
         logits = model_outputs(model, x, splits=self.splits, device=self.device)
         kind = self.splits.target_kind  # multi-label: rows of (example, label) pairs, as the stored predictions
-        probs = torch.softmax(class_scores(logits.float(), kind), dim=1).cpu().numpy()
-        labels = class_labels(y, kind).cpu().numpy()
+        scores, labels = class_scores(logits.float(), kind), class_labels(y, kind)
+        if kind.per_position:  # the labelled positions, as the stored predictions hold them
+            scores, labels = labelled(scores, labels)
+        probs, labels = torch.softmax(scores, dim=1).cpu().numpy(), labels.cpu().numpy()
         value = None if objective is None else objective.value(probs.astype(np.float64), split, what)
         return Scores(ensembles.accuracy(probs, labels), ensembles.log_loss(probs, labels), value), state
 

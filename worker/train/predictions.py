@@ -23,7 +23,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
 from worker.data import task_globals
-from worker.data.kinds import baseline_val_loss
+from worker.data.kinds import IGNORE_INDEX, baseline_val_loss, class_labels
 from worker.data.splits import Splits
 from worker.train.trainer import TrialRun
 
@@ -61,6 +61,9 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
     row["task_globals"], row["task_globals_left_out"] = task_globals.encode(splits.task_globals)
     if kind.kind == "custom":  # the task's own targets: what a loaded model needs, and no labels
         return row
+    if kind.per_position:  # every (example, position) label, -100 included: the predictions hold the labelled ones
+        return {**row, "y_val": splits.y_val.cpu().reshape(-1).tolist(), "y_test": splits.y_test.cpu().reshape(-1)
+                .tolist(), "target_shape": list(kind.positions or ()), "per_position": True}
     if kind.multilabel:  # (example, label) pairs, row-major, as the stored predictions' rows; the width to load
         return {**row, "y_val": splits.y_val.cpu().reshape(-1).tolist(), "y_test": splits.y_test.cpu().reshape(-1)
                 .tolist(), "target_shape": list(splits.y_val.shape[1:])}
@@ -115,6 +118,15 @@ def predictions_table(rows: Sequence[tuple[Mapping[str, Any], Mapping[str, torch
     return pa.Table.from_arrays(arrays, schema=out_schema)
 
 
+def labelled_rows(splits: Splits) -> dict[str, torch.Tensor] | None:
+    """Per split, which rows of a per-position kind's outputs have a label (None for other kinds: every row)."""
+    kind = splits.target_kind
+    if not kind.per_position:
+        return None
+    return {split: (class_labels(y, kind) != IGNORE_INDEX).cpu() for split, y in (("val", splits.y_val),
+                                                                                   ("test", splits.y_test))}
+
+
 CheckpointResults = Mapping[str, tuple[torch.Tensor, Mapping[str, float]]]  # split -> (natural outputs, metrics)
 
 
@@ -139,8 +151,11 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
     check_dtype(dtype)
     width = run.splits.num_classes if classification else max(1, int(np.prod(run.splits.y_val.shape[1:])))
     rows = []
+    labelled = labelled_rows(run.splits)
     for index_row in index:
         by_split = {split: out for split, (out, _) in results[(index_row["epoch"], index_row["weights"])].items()}
+        if labelled is not None:  # one row per labelled position, as the ensembles score them
+            by_split = {split: out[labelled[split]] for split, out in by_split.items()}
         if classification and any(p.ndim != 2 or p.shape[1] != width for p in by_split.values()):
             return 0
         if all(bool(torch.isfinite(p).all()) for p in by_split.values()):

@@ -18,6 +18,7 @@ import torch
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
 from worker.data.kinds import (
+    IGNORE_INDEX,
     TargetKind,
     class_labels,
     class_scores,
@@ -290,8 +291,10 @@ class TrialRun:
             total_original += (self._original_loss(logits, y_original) if self.kind.standardised else batch_loss) * n
             if self.kind.kind == "classification":
                 labels = yb.argmax(dim=1) if self.kind.soft else class_labels(yb, self.kind)
-                right = predicted_classes(logits, self.kind) == labels  # multi-label: n * L (example, label) pairs
-                total_correct += float(right.sum()) / (right.numel() / n)
+                right = predicted_classes(logits.detach(), self.kind) == labels  # n * L (example, label) pairs, ...
+                if self.kind.per_position:  # ... or the labelled (example, position) pairs
+                    right = right[labels != IGNORE_INDEX]
+                total_correct += float(right.sum()) / max(right.numel() / n, 1e-12)
             total_seen += n
             if not math.isfinite(total_loss):
                 break  # no point finishing an epoch that has already blown up
