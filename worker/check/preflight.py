@@ -236,8 +236,9 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
         loss_value = float(loss.detach())
         if kind.kind == "custom" and taken == 1:
             scale = abs(loss_value) if math.isfinite(loss_value) and loss_value != 0 else 1.0
-        accuracy = float((predicted_classes(logits, kind) == class_labels(y, kind))[class_labels(y, kind) != IGNORE_INDEX]
-                         .float().mean()) if by_accuracy else 1.0
+        labels = class_labels(y, kind)
+        right = (predicted_classes(logits, kind) == labels)[labels != IGNORE_INDEX]  # per position: labelled ones
+        accuracy = float(right.float().mean()) if by_accuracy else 1.0
         if loss_value - floor < near_zero * scale and accuracy == 1.0:
             break
         if not loss.requires_grad:

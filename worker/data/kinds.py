@@ -307,7 +307,7 @@ def class_dim(outputs_shape: tuple[int, ...], kind: TargetKind) -> int:
     if not (first or last):
         c = kind.num_classes
         flat = tuple(outputs_shape[1:]) == positions
-        hint = (f'; for one label per position as a 0/1 label of its own, declare kind = "multilabel"'
+        hint = ('; for one label per position as a 0/1 label of its own, declare kind = "multilabel"'
                 if flat and len(positions) == 1 else
                 "; for one logit per position, give shape (batch, 1, ...), without the squeeze" if flat and c == 2
                 else "")

@@ -164,7 +164,8 @@ class Soup:
             flat = class_labels(y, kind).cpu().numpy()
             return flat[flat != IGNORE_INDEX] if kind.per_position else flat
 
-        if not (np.array_equal(rows(splits.y_val), stored.y_val) and np.array_equal(rows(splits.y_test), stored.y_test)):
+        if not (np.array_equal(rows(splits.y_val), stored.y_val)
+                and np.array_equal(rows(splits.y_test), stored.y_test)):
             raise TaskError("load_data: its val/test labels differ from the ones the sweep stored; a soup needs the "
                             "sweep's data")
         return splits.to(self.device)
