@@ -55,9 +55,10 @@ def folder_digest(folder) -> dict[str, str]:
     return out
 
 
-def best_raw_checkpoint_logits(sweep_path: str, task_file: str, best_trial_id: int):
+def best_raw_checkpoint_logits(sweep_path: str, task_file: str, best_trial_id: int, standardise: bool = True):
     """The best trial's best raw checkpoint row, and its model's outputs on the task's val inputs standardised as
-    the workers standardise them (train-split mean and std): what a recorded val loss is recomputed from."""
+    the workers standardise them (train-split mean and std; integer token ids are not): what a recorded val loss is
+    recomputed from."""
     import torch
 
     from orchestrator.app.api import load
@@ -71,6 +72,9 @@ def best_raw_checkpoint_logits(sweep_path: str, task_file: str, best_trial_id: i
     model = SweepModels(Storage.from_uri(sweep_path), trust_task_code=True).model(
         CandidateKey(best_trial_id, ckpt["epoch"], "raw"))
     (x_train, _), (x_val, _), _ = load_task(task_file).get("load_data")()
+    if not standardise:
+        with torch.no_grad():
+            return ckpt, model(torch.from_numpy(x_val))
     mean, std = x_train.mean(axis=0), x_train.std(axis=0, ddof=1)
     with torch.no_grad():
         return ckpt, model(torch.from_numpy((x_val - mean) / std).float())
