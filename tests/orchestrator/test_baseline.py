@@ -86,3 +86,14 @@ def test_multilabel_rows_are_judged_against_each_labels_own_base_rate():
     assert nothing_learned(trials((0.8667, 0.30)), dataset, val_loss_is_log_loss=True) is None
     assert "rank them by objective = \"val_loss\"" in nothing_learned(
         trials((0.8667, 0.30)), {**dataset, "objective": "val_accuracy"}, val_loss_is_log_loss=True)
+
+
+def test_a_class_per_position_is_judged_over_labelled_positions_only():
+    # 200 pixels: 120 background, 40 of each digit class, and 300 void (-100) ones that no answer is scored on
+    labels = [0] * 120 + [1] * 40 + [2] * 40 + [-100] * 300
+    dataset = {"y_val": labels, "target_shape": [10, 50], "per_position": True}
+    line = nothing_learned(trials((0.61, 0.95)), dataset)
+    assert line == ("no trial did clearly better than always predicting class 0 (the most frequent: 0.600 of 200 "
+                    "labelled val positions): the best val accuracy is 0.610; check the ranges (the learning rate "
+                    "first) and the data")
+    assert nothing_learned(trials((0.75, 0.6)), dataset) is None  # well above 0.6: learned
