@@ -287,3 +287,15 @@ def test_a_loss_or_metric_that_gives_outputs_the_targets_shape_passes_the_broadc
             return {{"abs_err": float(({outputs} - y).abs().mean())}}
     """)
     validate_task(load_task(write_task(tmp_path, body)))
+
+
+@pytest.mark.parametrize(("declared", "targets", "what"), [
+    (None, [0, 1, 2], "classification"),
+    ("multilabel", [[0, 1], [1, 1]], "multi-label"),
+    ("custom", [0.5, 1.5], "custom"),
+])
+def test_standardize_targets_on_targets_that_are_not_regression_is_refused_not_ignored(declared, targets, what):
+    with pytest.raises(TaskError) as caught:
+        resolve_kind(declared, splits_of(targets, targets, targets), standardize=True)
+    assert str(caught.value) == (f"standardize_targets: standardises regression targets, but these are {what} targets; "
+                                 'remove it, or declare kind = "regression" if they are numbers')

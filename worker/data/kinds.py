@@ -193,13 +193,13 @@ def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, s
     if classes is not None and declared in ("custom", "regression", "multilabel"):
         raise TaskError(f"num_classes: the task declares {classes} classes but kind = {declared!r}")
     if declared == "custom":
-        return TargetKind("custom")
+        return _not_standardised(TargetKind("custom"), standardize)
     if declared == "regression":
         return _regression(targets, standardize)
     padded = any(bool((y == IGNORE_INDEX).any()) for y in targets.values() if not y.is_floating_point())
     if declared == "multilabel" or (declared is None and classes is None and not padded
                                     and any(_is_multilabel(y) for y in targets.values())):
-        return _multilabel(targets)
+        return _not_standardised(_multilabel(targets), standardize)
     for split, y in targets.items():  # 0/1 matrices: say what they are before any rule about shapes or floats
         indicator = _indicator_refusal(y, split)
         if indicator is not None:
@@ -208,7 +208,7 @@ def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, s
         for split, y in targets.items():
             if y.is_floating_point():
                 raise _float_refusal(y, split)
-    kind = _classification(targets)
+    kind = _not_standardised(_classification(targets), standardize)
     if classes is None:
         return kind
     if kind.soft and classes != kind.num_classes:
@@ -218,6 +218,16 @@ def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, s
         raise TaskError(f"num_classes: the task declares {classes} classes but the targets include class "
                         f"{(kind.num_classes or 0) - 1}")
     return TargetKind("classification", num_classes=classes, soft=kind.soft, positions=kind.positions)
+
+
+def _not_standardised(kind: TargetKind, standardize: bool) -> TargetKind:
+    """``standardize_targets`` is a regression setting: asked of class indices or a custom kind it would do nothing,
+    so it is refused rather than ignored."""
+    if standardize:
+        what = "multi-label" if kind.multilabel else kind.kind
+        raise TaskError(f"standardize_targets: standardises regression targets, but these are {what} targets; "
+                        'remove it, or declare kind = "regression" if they are numbers')
+    return kind
 
 
 def _classification(targets: Mapping[str, torch.Tensor]) -> TargetKind:
