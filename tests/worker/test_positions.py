@@ -100,8 +100,12 @@ def test_outputs_whose_class_dimension_the_shapes_cannot_tell_are_refused():
     kind = TargetKind("classification", num_classes=3, positions=(5,))
     with pytest.raises(TaskError, match=r"give one score per class at every position, shape \(batch, 3, 5\)"):
         class_scores(torch.randn(2, 4, 6), kind)
-    with pytest.raises(TaskError, match='declare kind = "multilabel"'):
-        class_scores(torch.randn(2, 5), kind)  # one output per position: a multi-label head
+    with pytest.raises(TaskError, match='give them as floats with kind = "regression"'):
+        class_scores(torch.randn(2, 5), kind)  # one output per position: integer counts, not classes
+    two = TargetKind("classification", num_classes=2, positions=(5,))
+    with pytest.raises(TaskError, match=r'\(batch, 1, 5\), without the squeeze; for 0/1 labels, several per example, '
+                                        r'declare kind = "multilabel"'):
+        class_scores(torch.randn(2, 5), two)  # one logit per label: a multi-label head on declared classification
     binary = TargetKind("classification", num_classes=2, positions=(4, 4))
     with pytest.raises(TaskError, match="without the squeeze"):
         class_scores(torch.randn(2, 4, 4), binary)

@@ -317,10 +317,12 @@ def class_dim(outputs_shape: tuple[int, ...], kind: TargetKind) -> int:
     if not (first or last):
         c = kind.num_classes
         flat = tuple(outputs_shape[1:]) == positions
-        hint = ('; for one label per position as a 0/1 label of its own, declare kind = "multilabel"'
-                if flat and len(positions) == 1 else
-                "; for one logit per position, give shape (batch, 1, ...), without the squeeze" if flat and c == 2
-                else "")
+        hint = ""
+        if flat and c == 2:  # one output per position: a squeezed binary head, or a multi-label one
+            hint = f"; for one logit per position give shape (batch, 1, {_dims(positions)}), without the squeeze"
+            hint += '; for 0/1 labels, several per example, declare kind = "multilabel"' if len(positions) == 1 else ""
+        elif flat:  # one value per position: counts or other numbers, given as integers
+            hint = '; if the targets are numbers (counts), give them as floats with kind = "regression"'
         raise TaskError(f"the model outputs shape {tuple(outputs_shape)} but the targets have a class per position, "
                         f"(batch, {_dims(positions)}): give one score per class at every position, shape "
                         f"(batch, {c}, {_dims(positions)}) (torch's layout) or (batch, {_dims(positions)}, {c}){hint}")
