@@ -194,3 +194,14 @@ def test_startup_tiny_with_the_defaults_starts_no_ray(tmp_path):
                  "second sweep, same process: call to first epoch's start"}, "phase")
     phases = pq.read_table(os.path.join(str(tmp_path), "startup-tiny.parquet"))["phase"].to_pylist()
     assert not [p for p in phases if "ray" in p or p.startswith("actor")]
+
+
+def test_kind_ensembles_tiny(tmp_path):
+    from benchmarks.kind_ensembles import COLUMNS
+
+    out = str(tmp_path)
+    run_script("kind_ensembles.py", out)
+    table = pq.read_table(os.path.join(out, "kind_ensembles.parquet"))
+    assert table.column_names == COLUMNS
+    assert table["answer"].to_pylist() == ["best single model", "chosen ensemble"]
+    assert set(table["objective"].to_pylist()) == {"val_mean_iou"}
