@@ -52,8 +52,8 @@ def load_data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 class Segmenter(nn.Module):
-    """3x3 convolutions for the local stroke, and the image's pooled features beside every pixel for the whole
-    digit (the pyramid pooling of PSPNet, at one scale): scores (N, 11, 8, 8)."""
+    """3x3 convolutions for the local stroke, and a summary of the whole image beside every pixel for the digit it
+    belongs to (the global context of ParseNet and PSPNet, here a linear layer over the 8x8 map): (N, 11, 8, 8)."""
 
     def __init__(self, width: int, layers: int, dropout: float):
         super().__init__()
@@ -61,12 +61,12 @@ class Segmenter(nn.Module):
         for i in range(layers):
             blocks += [nn.Conv2d(1 if i == 0 else width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
         self.local = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(2 * width, width, 1), nn.ReLU(),
-                                  nn.Conv2d(width, CLASSES, 1))
+        self.whole = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(width * 64, width), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(2 * width, width, 1), nn.ReLU(), nn.Conv2d(width, CLASSES, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         local = self.local(x)
-        whole = local.mean(dim=(2, 3), keepdim=True).expand_as(local)
+        whole = self.whole(local)[:, :, None, None].expand_as(local)
         return self.head(torch.cat([local, whole], dim=1))
 
 
