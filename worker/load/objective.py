@@ -26,7 +26,7 @@ from orchestrator.ensemble.ensemble_run import STORED_OBJECTIVES, Dataset
 from orchestrator.ensemble.ensembles import Objective
 from orchestrator.errors import TaskError
 from orchestrator.store import schema
-from worker.data.kinds import TargetKind, builtin_metric_names, builtin_metrics, natural_mode, user_metrics
+from worker.data.kinds import TargetKind, builtin_metric_names, builtin_metrics, class_dim, natural_mode, user_metrics
 
 # Floor for probabilities before the log: a float16 zero becomes a very negative logit, never -inf (whose
 # products with zero targets are NaN); softmax maps it back to ~1e-38.
@@ -128,8 +128,9 @@ def _position_scores(dataset: Dataset, log_probs: np.ndarray, split: str) -> tor
     rows = np.zeros((len(every), classes), dtype=np.float64)
     rows[every != schema.IGNORE_INDEX] = log_probs
     scores = rows.reshape(-1, *dataset.target_shape, classes)
-    if dataset.output_shape == (1, *dataset.target_shape):  # one logit per position: log p1 - log p0
+    first = class_dim((1, *dataset.output_shape), _target_kind(dataset)) == 1  # classes first, torch's layout
+    if dataset.output_shape[0 if first else -1] == 1:  # one logit per position, either layout: log p1 - log p0
         scores = scores[..., 1:] - scores[..., :1]
-    if tuple(dataset.output_shape[1:]) == tuple(dataset.target_shape):  # classes first, torch's layout
+    if first:
         scores = np.moveaxis(scores, -1, 1)
     return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
