@@ -1,15 +1,19 @@
 """A class per position (tagging, segmentation): targets (N, *S) with -100 where a position has no label.
 
 Unit tests on plain tensors: what an ensemble's averaged probabilities look like when they reach a task's
-own metrics and loss_fn, in the layout the model gives.
+own metrics and loss_fn, in the layout the model gives; the preflight's overfit check.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from orchestrator.ensemble.ensemble_run import Dataset
+from worker.check.preflight import check_overfit
+from worker.data.kinds import TargetKind, class_cross_entropy
 from worker.load.objective import _model_outputs
 
 
@@ -37,3 +41,18 @@ def test_a_one_logit_mask_head_and_two_score_heads_keep_their_layouts():
         dataset, probs = _tokens(output_shape)
         assert _model_outputs(dataset, probs, "val").shape == shape
 
+
+def test_the_overfit_check_counts_labelled_positions_and_other_kinds_by_their_loss_alone():
+    torch.manual_seed(0)
+    tokens = torch.randint(1, 10, (20, 5))
+    tags = tokens % 3
+    tags[:, 4] = -100  # padding: whatever the model says there is neither right nor wrong
+    kind = TargetKind("classification", num_classes=3, positions=(5,))
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 3))
+    tagged = check_overfit(model, tokens, tags, lambda out, y: class_cross_entropy(out, y, kind), kind=kind)
+    assert tagged.passed and "100% right" in tagged.value
+    # probability targets (N, C): no class index to compare, the loss alone judges (was: a broadcasting error)
+    x, soft = torch.randn(20, 4), torch.softmax(torch.randn(20, 3), dim=1)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    result = check_overfit(model, x, soft, F.cross_entropy, kind=TargetKind("classification", num_classes=3, soft=True))
+    assert "right" not in result.value
