@@ -1,19 +1,22 @@
 """A class per position (tagging, segmentation): targets (N, *S) with -100 where a position has no label.
 
 Unit tests on plain tensors: what an ensemble's averaged probabilities look like when they reach a task's
-own metrics and loss_fn, in the layout the model gives; the preflight's overfit check.
+own metrics and loss_fn, in the layout the model gives; the preflight's overfit check; refusals.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from orchestrator.ensemble.ensemble_run import Dataset
+from orchestrator.errors import TaskError
 from worker.check.preflight import check_overfit
-from worker.data.kinds import TargetKind, class_cross_entropy
+from worker.check.validate import refuse_multilabel_shape
+from worker.data.kinds import TargetKind, class_cross_entropy, resolve_kind
 from worker.load.objective import _model_outputs
 
 
@@ -56,3 +59,16 @@ def test_the_overfit_check_counts_labelled_positions_and_other_kinds_by_their_lo
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
     result = check_overfit(model, x, soft, F.cross_entropy, kind=TargetKind("classification", num_classes=3, soft=True))
     assert "right" not in result.value
+
+
+def test_a_tagger_of_0_1_tags_without_padding_is_told_how_to_declare_it():
+    # (N, T) of 0/1 with no -100 reads as multi-label; a head of scores per token says tagging was meant
+    tags = torch.tensor([[0, 1, 1], [1, 0, 1]])
+    kind = resolve_kind(None, {"train": tags, "val": tags, "test": tags})
+    assert kind.multilabel
+    for shape in ((2, 3, 2), (2, 2, 3), (2, 3, 1)):
+        with pytest.raises(TaskError, match='for a class per position .* declare kind = "classification"$'):
+            refuse_multilabel_shape(kind, torch.zeros(shape), tags)
+    with pytest.raises(TaskError, match=r"shape \(batch, 3\)$"):  # no tagging reading of a flat head
+        refuse_multilabel_shape(kind, torch.zeros(2, 4), tags)
+    assert resolve_kind("classification", {"train": tags, "val": tags, "test": tags}).positions == (3,)

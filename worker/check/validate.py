@@ -269,8 +269,14 @@ def warn_if_single_batches(model: torch.nn.Module, splits: Splits, configs: Sequ
 def refuse_multilabel_shape(kind: Any, outputs: torch.Tensor, targets: torch.Tensor) -> None:
     """One logit per label, exactly the targets' shape: the loss flattens both, so (batch, L, 1) would train too."""
     if tuple(outputs.shape) != tuple(targets.shape):
+        # Scores per class at each label, (batch, C, L) or (batch, L, C): a 0/1 class per token, which the targets
+        # alone cannot tell from multi-label (inferred from 0/1 rows without padding)
+        labels, shape = tuple(targets.shape[1:]), tuple(outputs.shape)
+        tagging = len(shape) == len(labels) + 2 and labels in (shape[2:], shape[1:-1])
+        hint = '; for a class per position (a 0/1 tag per token), declare kind = "classification"' if tagging else ""
         raise TaskError(f"the model outputs shape {tuple(outputs.shape)} but the multi-label targets "
-                        f"{tuple(targets.shape)}: give the model one logit per label, shape (batch, {kind.labels})")
+                        f"{tuple(targets.shape)}: give the model one logit per label, shape (batch, {kind.labels})"
+                        f"{hint}")
 
 
 def _check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> None:
