@@ -17,6 +17,7 @@ from orchestrator.errors import TaskError
 from worker.check.preflight import check_overfit
 from worker.check.validate import refuse_multilabel_shape
 from worker.data.kinds import TargetKind, class_cross_entropy, resolve_kind
+from worker.load.ensemble_model import EnsembleModel, _position_class_dim
 from worker.load.objective import _model_outputs
 
 
@@ -72,3 +73,20 @@ def test_a_tagger_of_0_1_tags_without_padding_is_told_how_to_declare_it():
     with pytest.raises(TaskError, match=r"shape \(batch, 3\)$"):  # no tagging reading of a flat head
         refuse_multilabel_shape(kind, torch.zeros(2, 4), tags)
     assert resolve_kind("classification", {"train": tags, "val": tags, "test": tags}).positions == (3,)
+
+
+def test_a_loaded_tagger_tags_sentences_of_any_length_along_the_class_dimension_it_trained_with():
+    torch.manual_seed(0)
+    tagger = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))  # (n, T, 3), trained on T = 5
+    every = np.array([0, 1, 2, 1, -100] * 2)
+    dataset = Dataset(3, every[every != -100], every[every != -100], (5,), None, None, output_shape=(5, 3),
+                      target_shape=(5,), y_val_all=every, y_test_all=every)
+    model = EnsembleModel([tagger], [1.0], positions=(5,), class_dim=_position_class_dim(dataset)).eval()
+    for length in (5, 8, 3):  # 3: as many tokens as classes, a shape that alone fits both layouts
+        tokens = torch.randint(0, 10, (2, length))
+        with torch.no_grad():
+            probs, expected = model(tokens), torch.softmax(tagger(tokens), dim=-1)
+        assert torch.allclose(probs, expected) and torch.equal(model.predict(tokens), expected.argmax(dim=-1))
+    masks = Dataset(2, every, every, (1, 4, 4), None, None, output_shape=(1, 4, 4), target_shape=(4, 4),
+                    y_val_all=every, y_test_all=every)
+    assert _position_class_dim(masks) == 1  # a one-logit mask head, torch's layout

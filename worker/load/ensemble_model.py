@@ -17,7 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.ensemble.ensemble_run import EnsembleRecord, best_checkpoint, pick, read_dataset, read_ensembles
+from orchestrator.ensemble.ensemble_run import (
+    Dataset,
+    EnsembleRecord,
+    best_checkpoint,
+    pick,
+    read_dataset,
+    read_ensembles,
+)
 from orchestrator.ensemble.ensembles import CandidateKey
 from orchestrator.errors import ConfigError, StorageError, TaskError
 from orchestrator.spec.task import Task
@@ -159,10 +166,13 @@ class EnsembleModel(nn.Module):
                  target_shape: tuple[int, ...] | None = None, target_mean: torch.Tensor | None = None,
                  target_std: torch.Tensor | None = None, input_dtype: torch.dtype | None = None,
                  input_shape: tuple[int, ...] | None = None, outputs_as_given: bool = False, multilabel: bool = False,
-                 positions: tuple[int, ...] | None = None):
+                 positions: tuple[int, ...] | None = None, class_dim: int | None = None):
         super().__init__()
         self.multilabel = multilabel  # one logit per label: sigmoid per label, averaged
         self.positions = positions  # a class per position: one example's target shape S
+        # Where the members give their class scores, 1 or -1, as in training: token ids of another length have
+        # other positions than S. None: as the shapes say against S.
+        self.class_dim = class_dim
         self.outputs_as_given = outputs_as_given  # a custom kind's outputs: the weighted sum, no softmax, no units
         self.input_dtype = input_dtype  # what the members trained on; None: any (a module built by hand)
         self.input_shape = input_shape  # one example's shape in training; None: any
@@ -207,17 +217,21 @@ class EnsembleModel(nn.Module):
 
     def _per_position(self, x: torch.Tensor) -> torch.Tensor:
         """Each position's weighted mean of class probabilities, along the class dimension the members give."""
-        kind = TargetKind("classification", positions=self.positions)
         probs = None
         for weight, member in zip(self.weights, self.members):
             out = member(x).float()
-            dim = class_dim(tuple(out.shape), kind)
+            dim = self._class_dim(out)
             if out.shape[dim] == 1:  # one logit per position: the scores (0, z), as in training
                 out = torch.cat([torch.zeros_like(out), out], dim=dim)
             p = weight * torch.softmax(out, dim=dim)
             probs = p if probs is None else probs + p
         assert probs is not None
         return probs
+
+    def _class_dim(self, scores: torch.Tensor) -> int:
+        if self.class_dim is not None:
+            return self.class_dim
+        return class_dim(tuple(scores.shape), TargetKind("classification", positions=self.positions))
 
     def _check_shape(self, x: torch.Tensor) -> None:
         """A batch of examples shaped as in training: one unbatched example, or features the standardisation
@@ -254,9 +268,9 @@ class EnsembleModel(nn.Module):
             return torch.cat([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
         if self.multilabel:
             return torch.cat([(self(x[i : i + batch_size]) > 0.5).long() for i in range(0, len(x), batch_size)])
-        if self.positions is not None:  # the class dimension: 1 unless the probabilities end with it
+        if self.positions is not None:  # along the class dimension the members give
             probs = (self(x[i : i + batch_size]) for i in range(0, len(x), batch_size))
-            return torch.cat([p.argmax(dim=1 if tuple(p.shape[2:]) == self.positions else -1) for p in probs])
+            return torch.cat([p.argmax(dim=self._class_dim(p)) for p in probs])
         return torch.cat([self(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
 
 
@@ -307,8 +321,16 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
                            target_stat(dataset.target_std) if regression else None,
                            input_dtype=_torch_dtype(dataset.input_dtype), input_shape=tuple(dataset.input_shape),
                            multilabel=dataset.multilabel,
-                           positions=dataset.target_shape if dataset.per_position else None)
+                           positions=dataset.target_shape if dataset.per_position else None,
+                           class_dim=_position_class_dim(dataset))
     return _for_inference(module, device)
+
+
+def _position_class_dim(dataset: Dataset) -> int | None:
+    """A per-position sweep's class dimension, from one example's outputs in training (None: not such a sweep)."""
+    if not dataset.per_position or dataset.output_shape is None:
+        return None
+    return class_dim((1, *dataset.output_shape), TargetKind("classification", positions=dataset.target_shape))
 
 
 def _best_custom_model(storage: Storage, name: str, task: Task | str | None, trust_task_code: bool,
