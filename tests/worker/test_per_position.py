@@ -16,7 +16,7 @@ from orchestrator.ensemble.ensemble_run import Dataset
 from orchestrator.errors import TaskError
 from worker.check.preflight import check_overfit
 from worker.check.validate import refuse_multilabel_shape
-from worker.data.kinds import TargetKind, class_cross_entropy, resolve_kind
+from worker.data.kinds import TargetKind, class_cross_entropy, class_dim, resolve_kind
 from worker.load.ensemble_model import EnsembleModel, _position_class_dim
 from worker.load.objective import _model_outputs
 
@@ -90,3 +90,14 @@ def test_a_loaded_tagger_tags_sentences_of_any_length_along_the_class_dimension_
     masks = Dataset(2, every, every, (1, 4, 4), None, None, output_shape=(1, 4, 4), target_shape=(4, 4),
                     y_val_all=every, y_test_all=every)
     assert _position_class_dim(masks) == 1  # a one-logit mask head, torch's layout
+
+
+def test_a_squeezed_head_is_told_what_fits_its_class_count():
+    # (n, T) scores for tags: one logit per token when there are two classes; never "multilabel" for four
+    four = TargetKind("classification", num_classes=4, positions=(6,))
+    with pytest.raises(TaskError, match=r"shape \(batch, 4, 6\) \(torch's layout\) or \(batch, 6, 4\)$"):
+        class_dim((32, 6), four)
+    two = TargetKind("classification", num_classes=2, positions=(6,))
+    with pytest.raises(TaskError, match=r"give shape \(batch, 1, 6\) or \(batch, 6, 1\), without the squeeze, or "
+                                        r'for 0/1 labels of their own \(no -100\), declare kind = "multilabel"$'):
+        class_dim((32, 6), two)

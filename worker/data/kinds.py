@@ -318,9 +318,11 @@ def class_dim(outputs_shape: tuple[int, ...], kind: TargetKind) -> int:
         c = kind.num_classes
         flat = tuple(outputs_shape[1:]) == positions
         hint = ""
-        if flat and c == 2:  # one output per position: a squeezed binary head, or a multi-label one
-            hint = f"; for one logit per position give shape (batch, 1, {_dims(positions)}), without the squeeze"
-            hint += '; for 0/1 labels, several per example, declare kind = "multilabel"' if len(positions) == 1 else ""
+        if flat and c == 2:  # a squeezed one-logit head, or 0/1 labels of their own (multi-label: no -100, 2-D only)
+            hint = (f"; for one logit per position, give shape (batch, 1, {_dims(positions)}) or (batch, "
+                    f"{_dims(positions)}, 1), without the squeeze")
+            if len(positions) == 1:
+                hint += ', or for 0/1 labels of their own (no -100), declare kind = "multilabel"'
         elif flat:  # one value per position: counts or other numbers, given as integers
             hint = '; if the targets are numbers (counts), give them as floats with kind = "regression"'
         raise TaskError(f"the model outputs shape {tuple(outputs_shape)} but the targets have a class per position, "
