@@ -17,6 +17,7 @@ from orchestrator.errors import TaskError
 from worker.check.preflight import check_overfit
 from worker.check.validate import refuse_multilabel_shape
 from worker.data.kinds import TargetKind, class_cross_entropy, class_dim, resolve_kind
+from worker.data.streams import Stream, scan
 from worker.load.ensemble_model import EnsembleModel, _position_class_dim
 from worker.load.objective import _model_outputs
 
@@ -101,3 +102,14 @@ def test_a_squeezed_head_is_told_what_fits_its_class_count():
     with pytest.raises(TaskError, match=r"give shape \(batch, 1, 6\) or \(batch, 6, 1\), without the squeeze, or "
                                         r'for 0/1 labels of their own \(no -100\), declare kind = "multilabel"$'):
         class_dim((32, 6), two)
+
+
+def test_batches_padded_each_to_their_longest_are_refused_saying_to_pad_every_example_to_one_length():
+    def batches(batch_size):  # a collate_fn that pads each batch to its longest sentence, as token taggers often do
+        return [(torch.ones(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long)),
+                (torch.ones(2, 3, dtype=torch.long), torch.full((2, 3), -100))]
+
+    with pytest.raises(TaskError, match=r"^load_data: the val split's batches give targets of shapes \(batch, 3\), "
+                                        r"\(batch, 5\); pad every example to one length \(-100 where a position "
+                                        r"has no label\), not each batch to its longest$"):
+        scan(Stream(None, "val", make_loader=batches), statistics=False)
