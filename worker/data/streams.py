@@ -163,7 +163,8 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
     if len(shapes) > 1:  # a collate_fn padding each batch to its longest: every split is held at one shape
         named = ", ".join("(" + ", ".join(map(str, ("batch", *shape))) + ")" for shape in shapes[:3])
         raise TaskError(f"load_data: the {stream.name} split's batches give targets of shapes {named}; pad every "
-                        "example to one length (-100 where a position has no label), not each batch to its longest")
+                        "example to one length (class indices: -100 where a position has no label), not each batch to "
+                        "its longest")
     y_all = torch.cat(targets)
     if stream.name != "train":  # the training loader may shuffle; val and test keep this order (eval_batches)
         stream.targets = y_all
