@@ -216,6 +216,6 @@ def test_batches_padded_each_to_their_longest_are_refused_saying_to_pad_every_ex
                 (torch.ones(2, 3, dtype=torch.long), torch.full((2, 3), -100))]
 
     with pytest.raises(TaskError, match=r"^load_data: the val split's batches give targets of shapes \(batch, 3\), "
-                                        r"\(batch, 5\); pad every example to one length \(-100 where a position "
-                                        r"has no label\), not each batch to its longest$"):
+                                        r"\(batch, 5\); pad every example to one length \(class indices: -100 "
+                                        r"where a position has no label\), not each batch to its longest$"):
         scan(Stream(None, "val", make_loader=batches), statistics=False)
