@@ -219,3 +219,22 @@ def test_batches_padded_each_to_their_longest_are_refused_saying_to_pad_every_ex
                                         r"\(batch, 5\); pad every example to one length \(class indices: -100 "
                                         r"where a position has no label\), not each batch to its longest$"):
         scan(Stream(None, "val", make_loader=batches), statistics=False)
+
+
+def test_stored_predictions_are_estimated_per_labelled_position(caplog):
+    from types import SimpleNamespace
+
+    from orchestrator.spec.task import load_task
+    from tests.conftest import ROOT
+    from worker.check.validate import prediction_bytes, warn_if_large
+    from worker.data.splits import prepare_task_data
+
+    splits = prepare_task_data(load_task(f"{ROOT}/tests/tasks/tagging_task.py"))
+    rows = sum(int((y != IGNORE_INDEX).sum()) for y in (splits.y_val, splits.y_test))  # labelled tokens, not sentences
+    assert rows > 3 * (len(splits.y_val) + len(splits.y_test))
+    assert prediction_bytes(splits, 10, 2, "float16") == 10 * 2 * rows * (3 * 2 + 20)
+    many = SimpleNamespace(trials=10**6, keep_best=1, prediction_dtype="float16")
+    with caplog.at_level("WARNING", logger="caviar"):
+        warn_if_large(splits, many, ema=False)
+    val = int((splits.y_val != IGNORE_INDEX).sum())
+    assert f"({val} val + {rows - val} test rows per checkpoint)" in caplog.records[0].getMessage()

@@ -21,7 +21,16 @@ from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution
 from orchestrator.spec.task import Task
 from worker.check.overlap import warn_if_splits_share_examples
-from worker.data.kinds import class_dim, loss_function, match_targets, objective_and_mode, same_layout, score_of
+from worker.data.kinds import (
+    IGNORE_INDEX,
+    class_dim,
+    class_labels,
+    loss_function,
+    match_targets,
+    objective_and_mode,
+    same_layout,
+    score_of,
+)
 from worker.data.splits import Splits, prepare_task_data, skips_single_batch
 from worker.train.optim import setting
 from worker.train.trainer import evaluate_split
@@ -233,19 +242,27 @@ def prediction_bytes(splits: Splits, trials: int, checkpoints_per_trial: int, dt
         return 0
     width = splits.num_classes if classification else max(1, int(np.prod(splits.y_val.shape[1:])))
     per_value = 4 if dtype == "float32" or kind.kind == "regression" else 2
-    rows = len(splits.y_val) + len(splits.y_test)
+    rows = sum(_stored_rows(y, kind) for y in (splits.y_val, splits.y_test))
     return int(trials * checkpoints_per_trial * rows * (int(width or 1) * per_value + 20))  # + ids per row
+
+
+def _stored_rows(y: torch.Tensor, kind: Any) -> int:
+    """Prediction rows of one split: its examples, or every (example, label) and labelled (example, position) pair."""
+    if not kind.rows_per_example:
+        return len(y)
+    labels = class_labels(y, kind)
+    return int((labels != IGNORE_INDEX).sum())
 
 
 def warn_if_large(splits: Splits, settings: Any, *, ema: bool) -> int:
     """One warning line before the sweep when stored predictions would pass ``PREDICTIONS_WARN_BYTES``."""
-    dtype = getattr(settings, "prediction_dtype", "float16")
+    dtype, kind = getattr(settings, "prediction_dtype", "float16"), splits.target_kind
     kept = (int(getattr(settings, "keep_best", 1)) + 1) * (2 if ema else 1)  # best + last, raw (+ EMA)
     size = prediction_bytes(splits, int(getattr(settings, "trials", 1)), kept, dtype)
     if size > PREDICTIONS_WARN_BYTES:
         log.warning("predictions for ensembles will take about %.1f GiB (%d val + %d test rows per checkpoint); "
-                    "set prediction_dtype = \"none\" to store none", size / 1024**3, len(splits.y_val),
-                    len(splits.y_test))
+                    "set prediction_dtype = \"none\" to store none", size / 1024**3,
+                    _stored_rows(splits.y_val, kind), _stored_rows(splits.y_test, kind))
     return size
 
 
