@@ -312,8 +312,9 @@ def class_dim(outputs_shape: tuple[int, ...], kind: TargetKind) -> int:
     last = tuple(outputs_shape[1:-1]) == positions
     if first and last:
         raise TaskError(f"the model outputs shape {tuple(outputs_shape)} for targets (batch, {_dims(positions)}): "
-                        f"the class scores could be dimension 1 or the last one; give the model another class count, "
-                        f"or declare kind = \"custom\" with your own loss_fn")
+                        f"the class scores could be dimension 1 or the last one; pad the targets' positions to another "
+                        f"size (with {IGNORE_INDEX}, no label, where padded) or declare num_classes one higher with as "
+                        f"many outputs, so that the shapes tell")
     if not (first or last):
         c = kind.num_classes
         flat = tuple(outputs_shape[1:]) == positions
