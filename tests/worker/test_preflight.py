@@ -205,3 +205,14 @@ def test_the_cli_prints_a_table_and_exits_non_zero_on_failure(tmp_path):
     bad = runner.invoke(app, ["check", str(broken), "--dims", "3", "--steps", "50"])
     assert bad.exit_code == 1, bad.output
     assert "FAIL" in bad.output
+
+
+def test_int32_class_indices_are_refused_by_caviar_check_in_the_line_caviar_run_uses(tmp_path):
+    task = tmp_path / "int32_labels.py"
+    task.write_text(open(TINY_TASK).read().replace("y = rng.integers(0, 3, size=300)",
+                                                   "y = rng.integers(0, 3, size=300).astype(np.int32)"))
+    result = CliRunner().invoke(app, ["check", str(task), "--dims", "3"])
+    # was: a table of FAIL rows with torch's "expected target dtype to be Long or Byte, but got Int"; the command's
+    # entry point turns the TaskError into its one line and exit 2 (test_kinds.py runs it in a process)
+    assert "FAIL" not in result.output and str(result.exception).startswith("load_data: the targets are int32 class "
+                                                                            "indices")

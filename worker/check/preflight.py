@@ -32,7 +32,7 @@ from torch import nn
 from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution, SearchSpace
 from orchestrator.spec.task import Task
-from worker.check.validate import refuse_multilabel_shape
+from worker.check.validate import check_class_index_dtype, refuse_multilabel_shape
 from worker.data.kinds import IGNORE_INDEX, TargetKind, class_labels, loss_function, predicted_classes
 from worker.data.splits import Splits, prepare_task_data
 
@@ -431,6 +431,7 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
     report = PreflightReport(dict(config), splits.num_classes, kind=kind.kind, soft=kind.soft, labels=kind.labels)
     sample = order[:1024]  # the initial loss is an average: a thousand examples pin it down
     tiny, few = order[:overfit_examples], order[:grad_examples]
+    check_class_index_dtype(kind, y, task)  # as caviar run: one line, not torch's error in every check below
     if kind.multilabel:  # the loss flattens outputs and targets, so every check below would pass a (batch, L, 1) head
         with torch.no_grad():
             refuse_multilabel_shape(kind, fresh()(x[few]), y[few])

@@ -95,7 +95,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
     if not isinstance(outputs, torch.Tensor):
         raise TaskError(f"the model must return a tensor, got {type(outputs).__name__}")
     _check_outputs(kind, outputs, yb, task)
-    _check_class_index_dtype(kind, yb, task)
+    check_class_index_dtype(kind, yb, task)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -122,7 +122,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
     return model
 
 
-def _check_class_index_dtype(kind: Any, targets: torch.Tensor, task: Task) -> None:
+def check_class_index_dtype(kind: Any, targets: torch.Tensor, task: Task) -> None:
     """torch's cross-entropy takes class indices as int64 (or uint8) only; int32 labels (numpy's default on Windows,
     pandas category codes) would fail in every trial with torch's own words. caviar never casts a target."""
     hard = kind.kind == "classification" and not kind.soft and task.get("loss_fn") is None
