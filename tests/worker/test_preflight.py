@@ -216,3 +216,21 @@ def test_int32_class_indices_are_refused_by_caviar_check_in_the_line_caviar_run_
     # entry point turns the TaskError into its one line and exit 2 (test_kinds.py runs it in a process)
     assert "FAIL" not in result.output and str(result.exception).startswith("load_data: the targets are int32 class "
                                                                             "indices")
+
+
+def test_float32_class_weights_in_a_loss_fn_are_not_called_a_failed_gradient_check(tmp_path):
+    task = tmp_path / "weighted.py"
+    task.write_text(open(TINY_TASK).read() + textwrap.dedent("""
+
+        import torch
+        import torch.nn.functional as F
+
+        WEIGHTS = torch.tensor([1.0, 2.0, 0.5])  # float32, as class weights are written
+
+
+        def loss_fn(outputs, y):
+            return F.cross_entropy(outputs, y, weight=WEIGHTS)
+    """))
+    result = CliRunner().invoke(app, ["check", str(task), "--dims", "3"])
+    assert result.exit_code == 0, result.output  # was: FAIL, "expected scalar type Double but found Float"
+    assert "not run" in result.output and "FAIL" not in result.output

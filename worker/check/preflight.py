@@ -327,7 +327,14 @@ def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
 
     try:
         model.zero_grad(set_to_none=True)
-        loss = loss_at()
+        try:
+            loss = loss_at()
+        except RuntimeError as exc:  # a float32 tensor made inside loss_fn (class weights) meets the float64 copy
+            if "Double" not in str(exc) or "Float" not in str(exc):
+                raise
+            raise LowPrecisionLoss(f"loss_fn raises on the float64 model copy ({str(exc).splitlines()[0]}): a float32 "
+                                   "tensor inside it, such as class weights? make it with .to(outputs.dtype) to "
+                                   "check gradients; training in float32 is not affected") from None
         if loss.is_floating_point() and loss.dtype != torch.float64:
             # a cast in the task's loss_fn (targets.float()) rounds the loss to float32, whose differences over
             # h = 1e-5 are noise: every tensor would read "wrong" while its gradient is right
