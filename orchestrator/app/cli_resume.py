@@ -21,6 +21,7 @@ def resume(
     ] = None,
     executor: Annotated[str | None, typer.Option(help=EXECUTOR_HELP + " Default: as started.")] = None,
     plain: Annotated[bool, typer.Option(help="Log lines instead of the live view.")] = False,
+    report: Annotated[bool, typer.Option(help="Write SWEEP/report.html (plots) when the sweep ends.")] = True,
     task: Annotated[str | None, typer.Option(help="Your task file (or module:attr) to train with.")] = None,
     trust_task_code: Annotated[bool, typer.Option(
         help="Run the task copy stored in the sweep (checked against its sha256).")] = False,
@@ -35,7 +36,7 @@ def resume(
 
     given = dict(slots=slots, address=address, ensemble=ensemble, executor=executor)
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    helper = ReportHelper.start()  # as `caviar run`: before torch, Ray or any thread exists
+    helper = ReportHelper.start() if report else None  # as `caviar run`: before torch, Ray or any thread exists
     try:
         with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain) as progress:
             # As `caviar run`; the sweep's stored executor decides whether Ray starts at all.
@@ -44,7 +45,7 @@ def resume(
         if result.note:
             typer.echo(result.note)
         # A finished sweep: nothing written, no report.
-        print_result(result, task_ref=task_file_ref(task), report=not result.note, helper=helper)
+        print_result(result, task_ref=task_file_ref(task), report=report and not result.note, helper=helper)
     finally:
         if helper is not None:
             helper.close()

@@ -58,7 +58,8 @@ def test_an_edited_task_is_refused_on_resume_and_the_same_bytes_elsewhere_resume
     assert folder_digest(sweep) == before  # no lease, no event, no trial: nothing was written
 
     shutil.copy(TINY_TASK, work / "same_bytes.py")  # the stored task's bytes under another name and folder
-    done = subprocess.run([*CAVIAR, "resume", sweep, "--task", "same_bytes.py", "--plain"], cwd=work, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*CAVIAR, "resume", sweep, "--task", "same_bytes.py", "--plain", "--no-report"], cwd=work,
+                          env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [(t["status"], t["epochs_run"]) for t in load(sweep).trials.to_pylist()] == [("completed", 1)] * 2
+    assert not os.path.exists(os.path.join(sweep, "report.html")) and "Report:" not in done.stdout  # --no-report
