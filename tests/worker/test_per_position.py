@@ -28,8 +28,8 @@ from worker.data.kinds import (
     resolve_kind,
 )
 from worker.data.streams import Stream, scan
-from worker.load.ensemble_model import EnsembleModel, _position_class_dim
-from worker.load.objective import _model_outputs
+from worker.load.ensemble_model import EnsembleModel
+from worker.load.objective import _model_outputs, stored_class_dim
 
 
 def splits_of(train, val, test) -> dict[str, torch.Tensor]:
@@ -186,7 +186,7 @@ def test_a_loaded_tagger_tags_sentences_of_any_length_along_the_class_dimension_
     every = np.array([0, 1, 2, 1, -100] * 2)
     dataset = Dataset(3, every[every != -100], every[every != -100], (5,), None, None, output_shape=(5, 3),
                       target_shape=(5,), y_val_all=every, y_test_all=every)
-    model = EnsembleModel([tagger], [1.0], positions=(5,), class_dim=_position_class_dim(dataset)).eval()
+    model = EnsembleModel([tagger], [1.0], positions=(5,), class_dim=stored_class_dim(dataset)).eval()
     for length in (5, 8, 3):  # 3: as many tokens as classes, a shape that alone fits both layouts
         tokens = torch.randint(0, 10, (2, length))
         with torch.no_grad():
@@ -194,7 +194,7 @@ def test_a_loaded_tagger_tags_sentences_of_any_length_along_the_class_dimension_
         assert torch.allclose(probs, expected) and torch.equal(model.predict(tokens), expected.argmax(dim=-1))
     masks = Dataset(2, every, every, (1, 4, 4), None, None, output_shape=(1, 4, 4), target_shape=(4, 4),
                     y_val_all=every, y_test_all=every)
-    assert _position_class_dim(masks) == 1  # a one-logit mask head, torch's layout
+    assert stored_class_dim(masks) == 1  # a one-logit mask head, torch's layout
 
 
 def test_a_squeezed_head_is_told_what_fits_its_class_count():

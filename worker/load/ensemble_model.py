@@ -17,14 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.ensemble.ensemble_run import (
-    Dataset,
-    EnsembleRecord,
-    best_checkpoint,
-    pick,
-    read_dataset,
-    read_ensembles,
-)
+from orchestrator.ensemble.ensemble_run import EnsembleRecord, best_checkpoint, pick, read_dataset, read_ensembles
 from orchestrator.ensemble.ensembles import CandidateKey
 from orchestrator.errors import ConfigError, StorageError, TaskError
 from orchestrator.spec.task import Task
@@ -34,6 +27,7 @@ from orchestrator.store.storage import Storage, sha256
 from orchestrator.store.sweeps import not_a_sweep
 from worker.data import task_globals
 from worker.data.kinds import TargetKind, class_dim, class_scores
+from worker.load.objective import stored_class_dim
 from worker.train.recorder import load_safetensors
 from worker.train.trainer import pick_device
 
@@ -322,15 +316,8 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
                            input_dtype=_torch_dtype(dataset.input_dtype), input_shape=tuple(dataset.input_shape),
                            multilabel=dataset.multilabel,
                            positions=dataset.target_shape if dataset.per_position else None,
-                           class_dim=_position_class_dim(dataset))
+                           class_dim=stored_class_dim(dataset))
     return _for_inference(module, device)
-
-
-def _position_class_dim(dataset: Dataset) -> int | None:
-    """A per-position sweep's class dimension, from one example's outputs in training (None: not such a sweep)."""
-    if not dataset.per_position or dataset.output_shape is None:
-        return None
-    return class_dim((1, *dataset.output_shape), TargetKind("classification", positions=dataset.target_shape))
 
 
 def _best_custom_model(storage: Storage, name: str, task: Task | str | None, trust_task_code: bool,

@@ -128,9 +128,17 @@ def _position_scores(dataset: Dataset, log_probs: np.ndarray, split: str) -> tor
     rows = np.zeros((len(every), classes), dtype=np.float64)
     rows[every != schema.IGNORE_INDEX] = log_probs
     scores = rows.reshape(-1, *dataset.target_shape, classes)
-    first = class_dim((1, *dataset.output_shape), _target_kind(dataset)) == 1  # classes first, torch's layout
+    first = stored_class_dim(dataset) == 1  # classes first, torch's layout
     if dataset.output_shape[0 if first else -1] == 1:  # one logit per position, either layout: log p1 - log p0
         scores = scores[..., 1:] - scores[..., :1]
     if first:
         scores = np.moveaxis(scores, -1, 1)
     return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+
+
+def stored_class_dim(dataset: Dataset) -> int | None:
+    """A per-position sweep's class dimension (1 or -1), from one example's outputs in training (None: not such a
+    sweep, or one from before output shapes were stored)."""
+    if not dataset.per_position or dataset.output_shape is None:
+        return None
+    return class_dim((1, *dataset.output_shape), _target_kind(dataset))
