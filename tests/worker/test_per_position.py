@@ -7,6 +7,8 @@ the preflight's overfit check; refusals.
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -238,3 +240,29 @@ def test_stored_predictions_are_estimated_per_labelled_position(caplog):
         warn_if_large(splits, many, ema=False)
     val = int((splits.y_val != IGNORE_INDEX).sum())
     assert f"({val} val + {rows - val} test rows per checkpoint)" in caplog.records[0].getMessage()
+
+
+def test_masks_that_mark_void_pixels_255_are_told_caviars_mark(tmp_path):
+    from orchestrator.spec.task import load_task
+    from worker.check.validate import validate_task
+
+    task = tmp_path / "voc_masks.py"
+    task.write_text(textwrap.dedent("""
+        import numpy as np
+        from torch import nn
+        from orchestrator.search.space import loguniform
+        space = {"lr": loguniform(1e-3, 1e-1)}
+        def load_data():
+            rng = np.random.default_rng(0)
+            x = rng.normal(size=(30, 1, 4, 4)).astype(np.float32)
+            y = rng.integers(0, 3, size=(30, 4, 4)).astype(np.uint8)
+            y[:, 0, :] = 255  # Pascal VOC's "void" border
+            return (x[:10], y[:10]), (x[10:20], y[10:20]), (x[20:], y[20:])
+        def build_model(config):
+            return nn.Conv2d(1, 3, 1)
+    """))
+    with pytest.raises(TaskError) as caught:  # was: "give the model 256 outputs, one per class"
+        validate_task(load_task(str(task)))
+    assert str(caught.value) == ("the model outputs 3 scores per position but the targets hold class 255, as masks "
+                                 "that mark void pixels 255 do: caviar's mark is -100 (torch's ignore_index): give "
+                                 "y.astype('int64') with y[y == 255] = -100")

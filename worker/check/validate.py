@@ -316,6 +316,10 @@ def _check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task
         binary_head = width == 1 and kind.num_classes == 2  # one logit: kinds.class_scores
         if width < (kind.num_classes or 0) and not binary_head:
             c = kind.num_classes
+            if kind.per_position and c == 256:  # masks in the Pascal VOC / Cityscapes way: 255 is "void", no class
+                raise TaskError(f"the model outputs {width} scores per position but the targets hold class 255, as "
+                                f"masks that mark void pixels 255 do: caviar's mark is {IGNORE_INDEX} (torch's "
+                                f"ignore_index): give y.astype('int64') with y[y == 255] = {IGNORE_INDEX}")
             raise TaskError(f"the model outputs {width} score{'s' if width != 1 else ''} per {per} but the targets "
                             f"have {c} classes: give the model {c} outputs, one per class, or declare kind = "
                             f"\"custom\" with your own loss_fn and metrics")
