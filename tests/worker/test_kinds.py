@@ -299,3 +299,13 @@ def test_standardize_targets_on_targets_that_are_not_regression_is_refused_not_i
         resolve_kind(declared, splits_of(targets, targets, targets), standardize=True)
     assert str(caught.value) == (f"standardize_targets: standardises regression targets, but these are {what} targets; "
                                  'remove it, or declare kind = "regression" if they are numbers')
+
+
+def test_a_custom_kind_takes_targets_as_they_are_missing_labels_booleans_and_complex_numbers_too():
+    missing = torch.tensor([[1.0, float("nan")], [0.5, 2.0]])  # a multi-task target with a label missing
+    for y in (missing, torch.tensor([True, False]), torch.tensor([1 + 2j, 3j])):
+        assert resolve_kind("custom", {"train": y, "val": y, "test": y}).kind == "custom"
+    # elsewhere NaN is refused (the default losses and metrics would turn it into NaN), saying what takes it
+    assert refusal("regression", [[0.5, float("nan")]], [[1.5, 1.0]], [[2.0, 1.0]]).endswith(
+        "every target must be finite (for labels that are missing, declare kind = \"custom\" with a loss_fn and "
+        "metrics that skip them)")

@@ -120,7 +120,8 @@ def _first_non_integer(y: torch.Tensor) -> torch.Tensor | None:
 def _check_finite(y: torch.Tensor, split: str) -> None:
     if y.is_floating_point() and not bool(torch.isfinite(y).all()):
         bad = _value(y[~torch.isfinite(y)][0])
-        raise TaskError(f"load_data: {split} targets contain {bad}; every target must be finite")
+        raise TaskError(f"load_data: {split} targets contain {bad}; every target must be finite (for labels that are "
+                        'missing, declare kind = "custom" with a loss_fn and metrics that skip them)')
 
 
 def _float_refusal(y: torch.Tensor, split: str) -> TaskError:
@@ -184,6 +185,8 @@ def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, s
     for split, y in targets.items():
         if not isinstance(y, torch.Tensor):
             raise TaskError(f"load_data: {split} targets must be a numpy array or tensor, got {type(y).__name__}")
+        if declared == "custom":  # the task's own loss and metrics read them: NaN for a missing label, booleans, ...
+            continue
         if y.dtype == torch.bool:
             raise TaskError(f"load_data: {split} targets are booleans; give integer class indices (0/1) or floats "
                             f'with kind = "regression"')
