@@ -33,7 +33,7 @@ from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution, SearchSpace
 from orchestrator.spec.task import Task
 from worker.check.validate import check_class_index_dtype, refuse_multilabel_shape
-from worker.data.kinds import IGNORE_INDEX, TargetKind, class_labels, loss_function, predicted_classes
+from worker.data.kinds import TargetKind, class_labels, loss_function, right_rows
 from worker.data.splits import Splits, prepare_task_data
 
 # Relative-error bands from the CS231n notes (gradient check).
@@ -208,12 +208,6 @@ def check_regularisation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, los
                        f"rising over L2 strength {', '.join(f'{s:g}' for s in strengths)}", detail)
 
 
-def _accuracy(logits: torch.Tensor, y: torch.Tensor, kind: TargetKind) -> float:
-    """Right rows of class_scores (per position: the labelled ones)."""
-    labels = class_labels(y, kind)
-    return float((predicted_classes(logits, kind) == labels)[labels != IGNORE_INDEX].float().mean())
-
-
 def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, *, steps: int = 500,
                   lr: float = 1e-2, near_zero: float = NEAR_ZERO_LOSS, kind: TargetKind | None = None) -> CheckResult:
     """Adam on ``x`` (one full batch) until the loss is near its floor (and, for class indices, every example right).
@@ -242,7 +236,7 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
         loss_value = float(loss.detach())
         if kind.kind == "custom" and taken == 1:
             scale = abs(loss_value) if math.isfinite(loss_value) and loss_value != 0 else 1.0
-        accuracy = _accuracy(logits, y, kind) if by_accuracy else 1.0
+        accuracy = float(right_rows(logits, class_labels(y, kind), kind).float().mean()) if by_accuracy else 1.0
         if loss_value - floor < near_zero * scale and accuracy == 1.0:
             break
         if not loss.requires_grad:

@@ -420,6 +420,13 @@ def predicted_classes(outputs: torch.Tensor, kind: TargetKind | None = None) -> 
     return class_scores(outputs, kind).argmax(dim=-1)
 
 
+def right_rows(outputs: torch.Tensor, labels: torch.Tensor, kind: TargetKind | None = None) -> torch.Tensor:
+    """Whether each row of :func:`class_scores` is predicted right, ``labels`` as :func:`class_labels` gives them;
+    per position the labelled rows only."""
+    right = predicted_classes(outputs, kind) == labels
+    return right[labels != IGNORE_INDEX] if kind is not None and kind.per_position else right
+
+
 def class_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor, kind: TargetKind | None = None) -> torch.Tensor:
     """torch's cross-entropy on :func:`class_scores`: class indices, or class probabilities (soft labels).
 

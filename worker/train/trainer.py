@@ -18,13 +18,13 @@ import torch
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
 from worker.data.kinds import (
-    IGNORE_INDEX,
     TargetKind,
     class_labels,
     class_scores,
     loss_function,
     objective_and_mode,
     predicted_classes,
+    right_rows,
     score_of,
     split_metrics,
 )
@@ -291,9 +291,7 @@ class TrialRun:
             total_original += (self._original_loss(logits, y_original) if self.kind.standardised else batch_loss) * n
             if self.kind.kind == "classification":
                 labels = yb.argmax(dim=1) if self.kind.soft else class_labels(yb, self.kind)
-                right = predicted_classes(logits.detach(), self.kind) == labels  # n * L (example, label) pairs, ...
-                if self.kind.per_position:  # ... or the labelled (example, position) pairs
-                    right = right[labels != IGNORE_INDEX]
+                right = right_rows(logits.detach(), labels, self.kind)  # (example, label) or labelled position pairs
                 total_correct += float(right.sum()) / max(right.numel() / n, 1e-12)
             total_seen += n
             if not math.isfinite(total_loss):
