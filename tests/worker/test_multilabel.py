@@ -25,6 +25,14 @@ MULTILABEL_TASK = os.path.join(ROOT, "tests", "tasks", "multilabel_task.py")
 Y = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 0], [0, 1, 0]])
 
 
+def task_variant(path, old: str, new: str):
+    """The multi-label task with one piece of its source replaced, written to ``path``."""
+    source = open(MULTILABEL_TASK).read()
+    assert old in source
+    path.write_text(source.replace(old, new))
+    return path
+
+
 def test_zero_one_rows_that_are_not_one_hot_are_multilabel_and_other_forms_are_refused_in_one_line():
     kind = resolve_kind(None, {"train": Y, "val": Y[:2]})
     assert (kind.kind, kind.num_classes, kind.labels, kind.multilabel) == ("classification", 2, 3, True)
@@ -57,8 +65,7 @@ def test_the_loss_is_binary_cross_entropy_per_label_and_the_metrics_count_pairs_
 
 
 def test_a_model_with_another_width_is_refused_before_the_sweep(tmp_path):
-    task_file = tmp_path / "narrow_task.py"
-    task_file.write_text(open(MULTILABEL_TASK).read().replace("nn.Linear(h, 3)", "nn.Linear(h, 2)"))
+    task_file = task_variant(tmp_path / "narrow_task.py", "nn.Linear(h, 3)", "nn.Linear(h, 2)")
     with pytest.raises(TaskError, match=r"the model outputs shape \(\d+, 2\) but the multi-label targets \(\d+, 3\): "
                                         r"give the model one logit per label, shape \(batch, 3\)"):
         validate_task(load_task(str(task_file)))
@@ -86,9 +93,9 @@ def test_caviar_check_refuses_the_head_caviar_run_refuses_and_names_the_labels(t
 
     report = run_preflight(load_task(MULTILABEL_TASK), dims_per_tensor=2, overfit_steps=20)
     assert report.title == "3 binary labels (multi-label)"  # not "2 classes": each label is a binary class
-    task_file = tmp_path / "trailing_one_task.py"  # (batch, 3, 1): the flattened loss would train it as it is
-    task_file.write_text(open(MULTILABEL_TASK).read().replace("nn.Linear(h, 3))", "nn.Linear(h, 3), nn.Unflatten(1, "
-                                                                                  "(3, 1)))"))
+    # (batch, 3, 1): the flattened loss would train it as it is
+    task_file = task_variant(tmp_path / "trailing_one_task.py", "nn.Linear(h, 3))",
+                             "nn.Linear(h, 3), nn.Unflatten(1, (3, 1)))")
     message = r"the model outputs shape \(4, 3, 1\) but the multi-label targets \(4, 3\): give the model one logit"
     with pytest.raises(TaskError, match=message):
         run_preflight(load_task(str(task_file)), dims_per_tensor=2, overfit_steps=20)
@@ -97,8 +104,7 @@ def test_caviar_check_refuses_the_head_caviar_run_refuses_and_names_the_labels(t
 
 
 def test_int32_labels_are_named_as_multilabel_rows_when_refused(tmp_path):
-    task_file = tmp_path / "int32_task.py"
-    task_file.write_text(open(MULTILABEL_TASK).read().replace("astype(np.int64)", "astype(np.int32)"))
+    task_file = task_variant(tmp_path / "int32_task.py", "astype(np.int64)", "astype(np.int32)")
     with pytest.raises(TaskError, match=r"^load_data: the targets are int32 multi-label 0/1 labels, and the default "
                                         r"loss \(torch's cross-entropy\) takes int64: give y.astype\('int64'\)"):
         validate_task(load_task(str(task_file)))
