@@ -94,7 +94,7 @@ def child(trials: int, epochs: int, executor: str = "auto") -> None:
 
     settings, space = lifecycle.build_settings(task, None, {"trials": trials, "epochs": epochs})
     controller = lifecycle.controller_for(space, settings, lifecycle.choose_plugins(task.settings, {}))
-    validate_contract(task, [t.config for t in controller.trials.values()], settings)
+    validate_contract(task, [t.config for t in controller.trials.values()], settings, space)
     out["master: contract check, once (load_data, one build, one batch)"] = time.perf_counter() - mark
     if executor == "ray":
         out.update(actor_phases())

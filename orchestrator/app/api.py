@@ -104,7 +104,10 @@ def run_sweep(
     root, sweep, name = prepare_storage(settings, task)
     from worker.check.contract import validate_contract  # torch loads here: the task is checked before Ray starts
 
-    splits = validate_contract(task, [t.config for t in controller.trials.values()], settings)
+    value_failures: list[dict[str, Any]] = []
+    splits = validate_contract(task, [t.config for t in controller.trials.values()], settings, space, value_failures)
+    for note in value_failures:  # in the events table, so the report lists them too
+        controller.event("value_fails", reason=note["message"], detail=note)
     from worker.data.kinds import objective_and_mode
 
     controller.objective = objective_and_mode(task, splits.target_kind)  # what the printed scores stand for

@@ -20,8 +20,8 @@ from orchestrator.store.storage import Storage
 HEALTHY_UPDATE_RATIO = 1e-3
 UPDATE_RATIO_BAND = (1e-4, 1e-2)  # a best trial more than 10x away from 1e-3 earns a warning
 # Events the report lists at its top ("no_trial_learned": orchestrator/app/baseline.py)
-EDGE_KINDS = ("edge_warning", "range_extended", "edge_at_hard_limit", "edge_not_extended", "sweep_aborted",
-              "no_trial_learned")
+EDGE_KINDS = ("value_fails", "edge_warning", "range_extended", "edge_at_hard_limit", "edge_not_extended",
+              "sweep_aborted", "no_trial_learned")
 
 
 @dataclass

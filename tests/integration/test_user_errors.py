@@ -64,6 +64,13 @@ def test_a_raising_model_factory_fails_its_trial_with_the_traceback_and_the_swee
             )
         else:
             assert t["status"] == "completed" and t["error"] is None
+    # Said before any worker started: the range's high end was built with the checked config's other values.
+    from orchestrator.app.report_data import collect_warnings, read_sweep
+
+    said = [e for e in load(result.path).events.to_pylist() if e["kind"] == "value_fails"]
+    assert [e["reason"].split(" fails ")[0] for e in said] == ["space: hidden = 16"]
+    assert "build_model raised ValueError: no layer of width 16 in this zoo (broken_task.py:" in said[0]["reason"]
+    assert f"stage 1: {said[0]['reason']} (value fails)" in collect_warnings(read_sweep(result.path))
 
 
 # tiny_task whose training loop raises: the contract check (one forward pass and loss) passes, every trial fails.

@@ -10,7 +10,10 @@ runs the pieces once:
    sweep will train, until one builds: a factory that raises only for some configs fails
    those trials later (their errors are summarised), one that raises for all is refused;
 3. one forward pass, the loss and its backward pass on one training batch, and the objective on
-   the validation split (worker/check/validate.py, shared with `caviar check`).
+   the validation split (worker/check/validate.py, shared with `caviar check`);
+4. each searched parameter's ends and options with that config's other values (worker/check/edges.py):
+   a value the model cannot take (a high end that pools 8x8 inputs down to nothing) is named in a
+   warning line, as the trials that draw it will fail.
 
 Every failure is a :class:`~orchestrator.errors.TaskError` naming the piece, the exception
 and the line of the task file that raised it.
@@ -18,7 +21,9 @@ and the line of the task file that raised it.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,12 +31,15 @@ from typing import Any
 import torch
 
 from orchestrator.errors import TaskError
+from orchestrator.search.space import SearchSpace
 from orchestrator.spec.task import Task
+from worker.check.edges import PROBE_SECONDS, failing_values
 from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.validate import check_config, warn_if_large, warn_if_single_batches
 from worker.data.splits import Splits, prepare_task_data
 from worker.train.trainer import TrialRun, TrialSpec
 
+log = logging.getLogger("caviar")
 CONFIGS_TRIED = 4  # build_model on at most this many configs before the task is refused
 _OWN_DIRS = tuple(
     os.path.dirname(os.path.abspath(__import__(name).__file__)) + os.sep
@@ -86,8 +94,14 @@ def _try_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> TrialR
     return TrialRun(task, splits, TrialSpec(0, 0, dict(config), 0, 1), torch.device("cpu"))
 
 
-def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings: Any = None) -> Splits:
-    """Refuse, with one line, a task whose data, model or loss cannot train; returns the prepared splits."""
+def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings: Any = None,
+                      space: SearchSpace | None = None, notes: list[dict[str, Any]] | None = None) -> Splits:
+    """Refuse, with one line, a task whose data, model or loss cannot train; returns the prepared splits.
+
+    ``space``: also build each searched parameter's ends and options (worker/check/edges.py) and name, in a
+    warning line per parameter, the values the model cannot take; ``notes`` receives them (message, param,
+    values) for the sweep's events.
+    """
     splits = load_splits(task)
     warn_if_splits_share_examples(splits)
     threads = torch.get_num_threads()
@@ -96,13 +110,19 @@ def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings
     try:
         for config in list(configs)[:CONFIGS_TRIED]:
             try:
+                began = time.perf_counter()
                 run = _try_config(task, splits, config)
                 if settings is not None:  # one line when the predictions stored for ensembles would be large
                     warn_if_large(splits, settings, ema=bool(config.get("ema_decay")))
                 warn_if_single_batches(run.model, splits, configs)
-                return splits
             except Exception as exc:  # user code: try the next config, report the first failure
                 first = first or exc
+                continue
+            if space is not None:
+                found = warn_about_failing_values(task, splits, space, config, checked_in=time.perf_counter() - began)
+                if notes is not None:
+                    notes.extend(found)
+            return splits
     finally:
         torch.set_num_threads(threads)
     if first is None:
@@ -113,6 +133,39 @@ def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings
     about_data = isinstance(first, TaskError) and str(first).startswith("load_data:")  # holds for every config
     raise TaskError(f"{error} (on each of the sweep's first {tried} configs)" if tried > 1 and not about_data
                     else str(error)) from first
+
+
+def warn_about_failing_values(task: Task, splits: Splits, space: SearchSpace, config: Mapping[str, Any], *,
+                              checked_in: float) -> list[dict[str, Any]]:
+    """One warning line per searched parameter with an end or option the model cannot take; each as
+    ``{"message", "param", "values"}``.
+
+    ``config`` passed the contract check in ``checked_in`` seconds: a task that slow is not probed.
+    """
+    if checked_in > PROBE_SECONDS:
+        log.debug("space: the ends of its ranges were not built (one config took %.1f s to check)", checked_in)
+        return []
+    try:
+        failed = failing_values(task, splits, space, config)
+    except Exception as exc:  # caviar's own probing must never stop a sweep the contract check passed
+        log.debug("space: probing its ends failed: %s", describe(exc))
+        return []
+    by_param: dict[str, list[tuple[Any, ...]]] = {}
+    for probe, piece, exc in failed:
+        by_param.setdefault(probe.param, []).append((probe, piece, exc))
+    notes = []
+    for param, fails in by_param.items():
+        probe, piece, exc = fails[0]
+        values = [p.value for p, _, _ in fails]
+        remedy = "drop the option" if probe.where.startswith("an option") else "narrow the range"
+        own = isinstance(exc, TaskError) and exc.__cause__ is None  # caviar's refusal: its words say what is wrong
+        why = " ".join(str(exc).split()) if own else f"{piece} raised {describe(exc)}"
+        message = (f"space: {param} = {', '.join(map(repr, values))} fails with the other values of a config that "
+                   f"passed the check ({probe.where}): {why}; the trials that draw it will fail: {remedy}, or make "
+                   "build_model take it")
+        log.warning(message)
+        notes.append({"message": message, "param": param, "values": values})
+    return notes
 
 
 def _raised_in_build(exc: BaseException) -> bool:

@@ -94,7 +94,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
                         f"{tuple(xb.shape)} ({str(xb.dtype).removeprefix('torch.')}): {_one_line(exc)}") from exc
     if not isinstance(outputs, torch.Tensor):
         raise TaskError(f"the model must return a tensor, got {type(outputs).__name__}")
-    _check_outputs(kind, outputs, yb, task)
+    check_outputs(kind, outputs, yb, task)
     check_class_index_dtype(kind, yb, task)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -296,7 +296,7 @@ def refuse_multilabel_shape(kind: Any, outputs: torch.Tensor, targets: torch.Ten
                         f"{hint}")
 
 
-def _check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> None:
+def check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> None:
     if kind.kind == "classification":
         if kind.multilabel:
             refuse_multilabel_shape(kind, outputs, targets)
