@@ -29,7 +29,7 @@ def check(
     expected_loss: Annotated[float | None, typer.Option(help="Expected initial loss when it is not ln C.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show the gradient check of every parameter tensor.")] = False,
 ) -> None:
-    """Sanity-check a task before a sweep: initial loss, L2, overfitting 20 examples, gradient check."""
+    """Sanity-check a task before a sweep: initial loss, L2, overfitting 20 examples, gradients, the space's ends."""
     from orchestrator.spec.task import load_task
     from worker.check.preflight import run_preflight
 
@@ -83,6 +83,8 @@ def print_report(report: Any, *, verbose: bool = False) -> None:
     for c in report.checks:
         table.add_row(c.name, f"[{STYLE[c.status]}]{c.status.upper()}[/]", c.value, c.expected, c.detail)
     console.print(table)
+    for line in report.space_notes:  # whole lines, not wrapped into the table's note column
+        console.print(line, style="yellow", soft_wrap=True, markup=False)
     gradient = next((c for c in report.checks if c.name == "gradient check"), None)
     if report.tensors and (verbose or (gradient is not None and gradient.status != "pass")):
         detail = Table(title="gradient check by parameter tensor")

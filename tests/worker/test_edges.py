@@ -12,7 +12,7 @@ from torch import nn
 from orchestrator.search.space import SearchSpace, choice, loguniform, randint
 from orchestrator.spec.task import Task
 from worker.check.contract import validate_contract, warn_about_failing_values
-from worker.check.edges import PROBE_SECONDS
+from worker.check.edges import SLOW_CHECK_SECONDS
 from worker.data.splits import prepare_task_data
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -76,8 +76,24 @@ def test_a_task_whose_one_check_was_slow_is_not_probed():
     task = Task("inline", SimpleNamespace(build_model=lambda c: builds.append(c) or cnn(c), load_data=images),
                 SearchSpace(SPACE))
     splits = prepare_task_data(task)
-    assert warn_about_failing_values(task, splits, task.space, BASE, checked_in=PROBE_SECONDS + 1) == []
+    assert warn_about_failing_values(task, splits, task.space, BASE, checked_in=SLOW_CHECK_SECONDS + 1) == []
     assert builds == []
     assert [n["param"] for n in warn_about_failing_values(task, splits, task.space, BASE, checked_in=0.1)] == [
         "blocks", "act", "outputs"]
     assert len(builds) == 5  # blocks 1 and 4, act gelu and swish, outputs 2
+
+
+def test_caviar_check_shows_the_same_failures_as_a_warned_row_and_whole_lines():
+    from worker.check.preflight import run_preflight
+
+    task = cnn_task(SPACE)
+    report = run_preflight(task, config=BASE, overfit_steps=20)
+    row = next(c for c in report.checks if c.name == "space ends build")
+    assert (row.status, row.value) == ("warn", "2 of 5 build")  # blocks 1 and 4, act gelu and swish, outputs 2
+    assert row.detail == "blocks = 4; act = 'swish'; outputs = 2 (below)" and row.passed  # a warning, not a failure
+    assert [line.split(" fails ")[0] for line in report.space_notes] == [
+        "space: blocks = 4", "space: act = 'swish'", "space: outputs = 2"]
+    assert "with the other values of the checked config (the high end of [1, 4])" in report.space_notes[0]
+    fine = run_preflight(cnn_task({**SPACE, "blocks": randint(1, 3), "act": "relu", "outputs": 3}), config=BASE,
+                         overfit_steps=20)
+    assert [(c.status, c.value) for c in fine.checks if c.name == "space ends build"] == [("pass", "2 of 2 build")]

@@ -60,7 +60,7 @@ def test_a_correct_model_passes_every_check():
     report = run_preflight(make_task(), dims_per_tensor=6)
     assert report.passed, report.checks
     checks = by_name(report)
-    assert [c.status for c in report.checks] == [PASS] * 4
+    assert [c.status for c in report.checks] == [PASS] * 5  # the fifth: no searched range, nothing to build
     assert abs(float(checks["initial loss"].value) - math.log(3)) < 0.5 * math.log(3)
     # Every parameter tensor is checked, and a smooth (tanh) model in float64 is far below 1e-4.
     assert [t.name for t in report.tensors] == ["0.weight", "0.bias", "2.weight", "2.bias"]
@@ -136,7 +136,11 @@ def test_a_model_that_raises_is_a_failed_row_not_a_crash():
         raise RuntimeError("shape mismatch")
 
     report = run_preflight(make_task(loss_fn=explode), dims_per_tensor=2)
-    assert all(c.status == FAIL and "shape mismatch" in c.detail for c in report.checks)
+    *checks, space_ends = report.checks
+    assert all(c.status == FAIL and "shape mismatch" in c.detail for c in checks)
+    assert (space_ends.status, space_ends.value) == (WARN, "not run")  # each end would fail the same way
+    assert space_ends.detail == ("the checked config itself fails: the model's forward pass or loss_fn raised "
+                                 "RuntimeError")
 
 
 def test_a_loss_cast_to_float32_is_not_called_a_wrong_gradient():

@@ -31,9 +31,10 @@ from typing import Any
 import torch
 
 from orchestrator.errors import TaskError
+from orchestrator.search.probes import Probe
 from orchestrator.search.space import SearchSpace
 from orchestrator.spec.task import Task
-from worker.check.edges import PROBE_SECONDS, failing_values
+from worker.check.edges import SLOW_CHECK_SECONDS, failing_values
 from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.validate import check_config, warn_if_large, warn_if_single_batches
 from worker.data.splits import Splits, prepare_task_data
@@ -142,7 +143,7 @@ def warn_about_failing_values(task: Task, splits: Splits, space: SearchSpace, co
 
     ``config`` passed the contract check in ``checked_in`` seconds: a task that slow is not probed.
     """
-    if checked_in > PROBE_SECONDS:
+    if checked_in > SLOW_CHECK_SECONDS:
         log.debug("space: the ends of its ranges were not built (one config took %.1f s to check)", checked_in)
         return []
     try:
@@ -150,7 +151,17 @@ def warn_about_failing_values(task: Task, splits: Splits, space: SearchSpace, co
     except Exception as exc:  # caviar's own probing must never stop a sweep the contract check passed
         log.debug("space: probing its ends failed: %s", describe(exc))
         return []
-    by_param: dict[str, list[tuple[Any, ...]]] = {}
+    notes = value_failure_notes(failed)
+    for note in notes:
+        log.warning(note["message"])
+    return notes
+
+
+def value_failure_notes(failed: Sequence[tuple[Probe, str, BaseException]],
+                        base: str = "a config that passed the check") -> list[dict[str, Any]]:
+    """One ``{"message", "param", "values"}`` per parameter among ``failed`` (worker/check/edges.py), the message
+    one line naming the values, where they sit, the error and what to do; ``base`` names the config probed around."""
+    by_param: dict[str, list[tuple[Probe, str, BaseException]]] = {}
     for probe, piece, exc in failed:
         by_param.setdefault(probe.param, []).append((probe, piece, exc))
     notes = []
@@ -160,10 +171,8 @@ def warn_about_failing_values(task: Task, splits: Splits, space: SearchSpace, co
         remedy = "drop the option" if probe.where.startswith("an option") else "narrow the range"
         own = isinstance(exc, TaskError) and exc.__cause__ is None  # caviar's refusal: its words say what is wrong
         why = " ".join(str(exc).split()) if own else f"{piece} raised {describe(exc)}"
-        message = (f"space: {param} = {', '.join(map(repr, values))} fails with the other values of a config that "
-                   f"passed the check ({probe.where}): {why}; the trials that draw it will fail: {remedy}, or make "
-                   "build_model take it")
-        log.warning(message)
+        message = (f"space: {param} = {', '.join(map(repr, values))} fails with the other values of {base} "
+                   f"({probe.where}): {why}; the trials that draw it will fail: {remedy}, or make build_model take it")
         notes.append({"message": message, "param": param, "values": values})
     return notes
 

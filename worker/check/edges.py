@@ -21,40 +21,49 @@ from worker.data.kinds import loss_function
 from worker.data.splits import Splits
 
 log = logging.getLogger("caviar")
-PROBE_SECONDS = 3.0  # probing stops after this long; a task whose one check took longer is not probed
+PROBE_SECONDS = 3.0  # probing stops after this long
+# A task whose contract check of one config took longer is not probed: each probe would cost about as much.
+# (The first check in a process also pays torch's lazy imports, 2-4 s: far below this.)
+SLOW_CHECK_SECONDS = 15.0
 
 
 def failing_values(task: Task, splits: Splits, space: SearchSpace, base: Mapping[str, Any],
                    budget: float = PROBE_SECONDS) -> list[tuple[Probe, str, BaseException]]:
     """(probe, the piece that raised, its exception) for each probe of ``space`` around ``base`` that fails."""
     probes = edge_probes(space, base)
-    kind = splits.target_kind
-    loss_fn = loss_function(task, kind)
-    xb, yb = splits.sample(2)
-    yb = kind.to_training(yb)
     started, failed = time.perf_counter(), []
     for tried, probe in enumerate(probes):
         if time.perf_counter() - started > budget:
             log.debug("space: %d of %d ends and options probed in %.1f s; the rest were not", tried, len(probes),
                       budget)
             break
-        torch.manual_seed(0)
-        try:
-            with warnings.catch_warnings():  # torch's own ("zero-element tensors") for what fails below anyway
-                warnings.simplefilter("ignore")
-                model = task.get("build_model")(dict(probe.config))
-        except Exception as exc:
-            failed.append((probe, "build_model", exc))
-            continue
-        if not isinstance(model, torch.nn.Module):
-            continue  # the contract check's own config says so when it happens there
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                outputs = model.eval()(xb)
-                if isinstance(outputs, torch.Tensor):
-                    check_outputs(kind, outputs, yb, task)
-                    loss_fn(outputs, yb)
-        except Exception as exc:
-            failed.append((probe, "the model's forward pass or loss_fn", exc))
+        error = config_error(task, splits, probe.config)
+        if error is not None:
+            failed.append((probe, *error))
     return failed
+
+
+def config_error(task: Task, splits: Splits, config: Mapping[str, Any]) -> tuple[str, BaseException] | None:
+    """(the piece that raised, its exception) when ``config``'s model cannot be built or run on two examples."""
+    kind = splits.target_kind
+    xb, yb = splits.sample(2)
+    yb = kind.to_training(yb)
+    torch.manual_seed(0)
+    try:
+        with warnings.catch_warnings():  # torch's own ("zero-element tensors") for what fails below anyway
+            warnings.simplefilter("ignore")
+            model = task.get("build_model")(dict(config))
+    except Exception as exc:
+        return "build_model", exc
+    if not isinstance(model, torch.nn.Module):
+        return None  # the contract check's own config says so when it happens there
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outputs = model.eval()(xb)
+            if isinstance(outputs, torch.Tensor):
+                check_outputs(kind, outputs, yb, task)
+                loss_function(task, kind)(outputs, yb)
+    except Exception as exc:
+        return "the model's forward pass or loss_fn", exc
+    return None

@@ -9,6 +9,9 @@
    by relative error with CS231n's thresholds (> 1e-2 wrong, 1e-4..1e-2 suspicious,
    < 1e-7 good). Dimensions whose finite difference crosses a ReLU-like kink are noted and
    left out of the verdict: there the numeric gradient is not the derivative.
+5. The space's ends build: each searched range's ends and each choice's options with the checked
+   config's other values, one forward pass and the loss (worker/check/edges.py, as ``caviar run``
+   does before its workers start); a value that fails is a warning, as other values still train.
 
 The checks run on one config: the midpoint of every searched range in its sampling scale
 (``from_unit(0.5)``: the geometric middle of a log range, the middle option of a choice),
@@ -30,8 +33,10 @@ import torch
 from torch import nn
 
 from orchestrator.errors import TaskError
+from orchestrator.search.probes import edge_probes
 from orchestrator.search.space import Distribution, SearchSpace
 from orchestrator.spec.task import Task
+from worker.check.edges import config_error, failing_values
 from worker.check.validate import check_class_index_dtype, refuse_multilabel_shape
 from worker.data.kinds import TargetKind, class_labels, loss_function, right_rows
 from worker.data.splits import Splits, prepare_task_data
@@ -84,6 +89,7 @@ class PreflightReport:
     num_classes: int | None
     checks: list[CheckResult] = field(default_factory=list)
     tensors: list[TensorCheck] = field(default_factory=list)
+    space_notes: list[str] = field(default_factory=list)  # one line per parameter with a range end that fails
     kind: str = "classification"
     soft: bool = False
     labels: int | None = None  # multi-label: the label count (num_classes is 2, per label)
@@ -453,7 +459,33 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
         return summarise_gradients(report.tensors)
 
     report.checks.append(guarded("gradient check", gradients))
+    def space_ends() -> CheckResult:
+        result, report.space_notes = check_space_ends(task, splits, config)
+        return result
+
+    report.checks.append(guarded("space ends build", space_ends))
     return report
+
+
+def check_space_ends(task: Task, splits: Splits, config: Mapping[str, Any]) -> tuple[CheckResult, list[str]]:
+    """Each searched parameter's ends and options built with ``config``'s other values (worker/check/edges.py),
+    as ``caviar run`` does before its workers start; and a line for each parameter with a value that fails."""
+    from worker.check.contract import value_failure_notes  # the contract check's words for the same failures
+
+    expected = "every range end and option"
+    probes = edge_probes(task.space, config)
+    if not probes:
+        return CheckResult("space ends build", PASS, "nothing to build", expected), []
+    failed = config_error(task, splits, config)
+    if failed is not None:  # every end would fail the same way: the rows above say why
+        return CheckResult("space ends build", WARN, "not run", expected,
+                           f"the checked config itself fails: {failed[0]} raised {type(failed[1]).__name__}"), []
+    notes = value_failure_notes(failing_values(task, splits, task.space, config), base="the checked config")
+    value = f"{len(probes) - sum(len(n['values']) for n in notes)} of {len(probes)} build"
+    if not notes:
+        return CheckResult("space ends build", PASS, value, expected), []
+    named = "; ".join(f"{n['param']} = {', '.join(map(repr, n['values']))}" for n in notes)
+    return CheckResult("space ends build", WARN, value, expected, f"{named} (below)"), [n["message"] for n in notes]
 
 
 def guarded(name: str, check: Callable[[], CheckResult]) -> CheckResult:
