@@ -2,7 +2,8 @@
 
 Layout under ``<storage>/<sweep>/``::
 
-    task/manifest.json     the portable reference, the copies' names and sha256s (one small JSON object)
+    task/manifest.json     the portable reference, the copies' names and sha256s (one small JSON object), and
+                           the sha256 of each module beside the task file that it imports (not copied)
     task/digits_mlp.py     the task file exactly as the sweep ran it
     task/config.toml       the ``--config`` TOML, when one was given
 
@@ -22,6 +23,7 @@ import json
 import os
 import posixpath
 import sys
+import types
 from dataclasses import asdict, dataclass
 
 from orchestrator.errors import StorageError, TaskError
@@ -43,6 +45,9 @@ class TaskManifest:
     sha256: str | None = None
     config: str | None = None  # the TOML config's copy, relative to the sweep directory
     config_sha256: str | None = None
+    # Modules under the task file's folder that the task imports ("models/resnet.py" -> sha256): not copied, but
+    # a resume with one of them edited would mix two versions of the code as an edited task file would.
+    modules: dict[str, str] | None = None
 
 
 def _is_file_ref(target: str) -> bool:
@@ -69,9 +74,50 @@ def store_task_source(sweep: Storage, task: Task, config_file: str | None = None
         data = _read_local(config_file, "config")
         config, config_digest = posixpath.join(TASK_DIR, "config.toml"), sha256(data)
         sweep.write_bytes(config, data)
-    manifest = TaskManifest(portable_ref(task.ref), kind, source, digest, config, config_digest)
+    modules = None
+    if kind == "file":
+        try:
+            modules = local_modules(task.namespace, os.path.dirname(os.path.abspath(target)))
+        except Exception:  # a module whose attributes raise on access: the record is a check, never a failure
+            modules = None
+    manifest = TaskManifest(portable_ref(task.ref), kind, source, digest, config, config_digest, modules or None)
     sweep.write_bytes(MANIFEST_PATH, json.dumps(asdict(manifest), indent=1).encode())
     return manifest
+
+
+MAX_MODULES = 256  # local modules hashed into the manifest, at most
+_NOT_LOCAL = ("site-packages", "dist-packages")
+
+
+def local_modules(namespace: object, folder: str) -> dict[str, str]:
+    """sha256 of each module file under ``folder`` that ``namespace`` reaches through imports (``import helpers``,
+    ``from models.cnn import Net``, and what those import in turn), by path relative to ``folder``.
+
+    Installed packages (a virtualenv inside the project), caviar's own packages and the task file are left out.
+    """
+    own = tuple(os.path.dirname(os.path.abspath(sys.modules[name].__file__ or "")) + os.sep
+                for name in ("orchestrator", "worker") if name in sys.modules)
+    root = os.path.abspath(folder) + os.sep
+    seen: set[str] = set()
+    found: dict[str, str] = {}
+    pending = [namespace]
+    while pending and len(found) < MAX_MODULES:
+        holder = pending.pop()
+        for value in list(vars(holder).values()) if hasattr(holder, "__dict__") else []:
+            module = value if isinstance(value, types.ModuleType) else sys.modules.get(getattr(value, "__module__", ""))
+            path = os.path.abspath(getattr(module, "__file__", None) or "") if module is not None else ""
+            if not path.endswith(".py") or path in seen or not path.startswith(root) or path.startswith(own) or any(
+                    part in path for part in _NOT_LOCAL):
+                continue
+            seen.add(path)
+            data = _read_if_there(path)
+            if data is not None and module is not namespace:
+                found[os.path.relpath(path, folder).replace(os.sep, "/")] = sha256(data)
+            pending.append(module)
+    task_file = getattr(namespace, "__file__", None)
+    if task_file:
+        found.pop(os.path.relpath(os.path.abspath(task_file), folder).replace(os.sep, "/"), None)
+    return dict(sorted(found.items()))
 
 
 def _read_local(path: str, what: str) -> bytes:
@@ -185,13 +231,28 @@ def refuse_an_edited_task(sweep: Storage, task: Task | str | None) -> None:
         return
     path = _caller_task_file(task.ref if isinstance(task, Task) else task)
     data = _read_if_there(path) if path else None
-    if data is None or sha256(data) == manifest.sha256:  # a missing file: load_task names it
+    if data is None:  # a missing file: load_task names it
+        return
+    if sha256(data) == manifest.sha256:
+        _refuse_an_edited_module(sweep, manifest, os.path.dirname(path) if path else "")
         return
     raise TaskError(
         f"sweep {redact_uri(sweep.uri)!r} was built with {manifest.source} (sha256 {manifest.sha256[:12]}) but "
         f"your task {path} has sha256 {sha256(data)[:12]}: resuming would mix trials of two versions of the code; "
         "resume with --trust-task-code (trust_task_code=True) to run the stored copy its trials were built with, "
         "or start a new sweep for the edited code; nothing was written")
+
+
+def _refuse_an_edited_module(sweep: Storage, manifest: TaskManifest, folder: str) -> None:
+    """As for the task file: a module beside it that the sweep's trials imported, now with other bytes."""
+    for rel, digest in (manifest.modules or {}).items():
+        data = _read_if_there(os.path.join(folder, *rel.split("/")))
+        if data is not None and sha256(data) != digest:  # a missing one: the task's import names it
+            raise TaskError(
+                f"sweep {redact_uri(sweep.uri)!r} was built with {rel} (sha256 {digest[:12]}) beside its task file, "
+                f"but {os.path.join(folder, *rel.split('/'))} now has sha256 {sha256(data)[:12]}: resuming would mix "
+                "trials of two versions of the code; restore that file, or start a new sweep for the edited code; "
+                "nothing was written")
 
 
 def _caller_task_file(ref: str) -> str | None:

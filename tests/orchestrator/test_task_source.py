@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -193,6 +194,45 @@ def test_a_module_task_is_compared_by_its_source_file_when_the_sweep_stored_a_fi
     with pytest.raises(TaskError, match=f"your task {package / 'edited_task.py'} has sha256 "):
         refuse_an_edited_task(sweep, "edited_task")
     refuse_an_edited_task(sweep, "not_a_module_anywhere")  # load_task names what is wrong with it
+
+
+def test_the_modules_beside_the_task_that_it_imports_are_recorded_and_an_edited_one_refuses_the_resume(
+        tmp_path, monkeypatch):
+    """Only the task file is copied, but its helpers decide the model too: each one's sha256 is in the manifest, and a
+    resume with one of them edited is refused, in one line naming it, as an edited task file is."""
+    import sys
+
+    work = tmp_path / "work"
+    (work / "sib_models").mkdir(parents=True)
+    (work / "sib_helpers.py").write_text("import sib_deeper  # noqa\nWIDTH = 8\n")
+    (work / "sib_deeper.py").write_text("DEPTH = 2\n")
+    (work / "sib_models" / "__init__.py").write_text("")
+    (work / "sib_models" / "cnn.py").write_text("class Net:\n    pass\n")
+    (work / "sib_unrelated.py").write_text("X = 1\n")  # beside the task, imported by someone else, not by it
+    (work / ".venv" / "lib" / "site-packages").mkdir(parents=True)  # a virtualenv inside the project: never hashed
+    (work / ".venv" / "lib" / "site-packages" / "sib_installed.py").write_text("Y = 2\n")
+    (work / "task.py").write_text("import sib_helpers\nimport sib_installed  # noqa\nfrom sib_models.cnn import Net\n"
+                                  + TASK_SOURCE)
+    monkeypatch.syspath_prepend(str(work / ".venv" / "lib" / "site-packages"))
+    monkeypatch.syspath_prepend(str(work))
+    for name in ("sib_helpers", "sib_deeper", "sib_models", "sib_models.cnn", "sib_unrelated", "sib_installed"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    __import__("sib_unrelated")
+    sweep = Storage.from_uri(str(tmp_path / "runs")).child("s")
+    manifest = store_task_source(sweep, load_task(str(work / "task.py")))
+    digest = {name: hashlib.sha256((work / name).read_bytes()).hexdigest()
+              for name in ("sib_helpers.py", "sib_deeper.py", "sib_models/cnn.py")}
+    assert manifest.modules == dict(sorted(digest.items())) == read_manifest(sweep).modules
+    refuse_an_edited_task(sweep, str(work / "task.py"))  # nothing changed: let through
+    (work / "sib_unrelated.py").write_text("X = 2\n")
+    refuse_an_edited_task(sweep, str(work / "task.py"))  # not the task's: nothing to say
+    (work / "sib_models" / "cnn.py").write_text("class Net:\n    width = 16\n")
+    with pytest.raises(TaskError) as refused:
+        refuse_an_edited_task(sweep, str(work / "task.py"))
+    message = str(refused.value)
+    assert "\n" not in message and f"was built with sib_models/cnn.py (sha256 {digest['sib_models/cnn.py'][:12]})" \
+        in message
+    assert f"but {work / 'sib_models' / 'cnn.py'} now has sha256 " in message and "restore that file" in message
 
 
 def test_the_task_a_load_or_resume_line_names_is_never_a_ray_jobs_temporary_copy():
