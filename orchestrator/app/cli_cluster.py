@@ -61,6 +61,8 @@ def submit(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16.")] = None,
     seed_copies: Annotated[int | None, typer.Option(help="Train the best config N more times from new seeds.")] = None,
+    early_stopping: Annotated[int | None, typer.Option(
+        help="End a trial once its objective has not improved for N epochs (default 0: off).")] = None,
     shared_storage: Annotated[bool, typer.Option(help="A local --storage path is a mount every node shares.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep of the same name.")] = False,
     ensemble: Annotated[bool | None, typer.Option(
@@ -86,8 +88,8 @@ def submit(
         given = dict(storage=storage, name=name, trials=trials, epochs=epochs, plan=plan, stages=stages, seed=seed,
                      config=config, pruner=pruner, sampler=sampler, cpus_per_trial=cpus_per_trial,
                      gpus_per_trial=gpus_per_trial, resource=resource, device=device, precision=precision,
-                     seed_copies=seed_copies, overwrite=overwrite or None, shared_storage=shared_storage or None,
-                     wait_for_cluster_seconds=wait_for_cluster_seconds)
+                     seed_copies=seed_copies, early_stopping=early_stopping, overwrite=overwrite or None,
+                     shared_storage=shared_storage or None, wait_for_cluster_seconds=wait_for_cluster_seconds)
         fixed = [key for key, value in given.items() if value is not None]
         if fixed:
             fail(f"option '--{fixed[0].replace('_', '-')}': a resumed sweep keeps the settings it started with; "
@@ -111,7 +113,7 @@ def submit(
     options = dict(trials=trials, epochs=epochs, plan=plan, stages=stages, slots=slots, seed=seed, pruner=pruner,
                    sampler=sampler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
                    precision=precision, shared_storage=shared_storage, overwrite=overwrite, seed_copies=seed_copies,
-                   wait_for_cluster_seconds=wait_for_cluster_seconds)
+                   early_stopping=early_stopping, wait_for_cluster_seconds=wait_for_cluster_seconds)
     args = run_args(options, resource) + (["--no-ensemble"] if ensemble is False else [])
     job_plan = plan_job(task, storage=storage, name=name, run_args=args, config=config, working_dir=working_dir,
                         ship_caviar=ship_caviar, python=python)

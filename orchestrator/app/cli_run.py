@@ -76,6 +76,10 @@ def run(
         int | None,
         typer.Option(help="After the last stage, train the best config N more times from new seeds (a seed ensemble)."),
     ] = None,
+    early_stopping: Annotated[
+        int | None,
+        typer.Option(help="End a trial once its objective has not improved for N epochs (default 0: off).")
+    ] = None,
     wait_for_cluster_seconds: Annotated[
         float | None, typer.Option(help="With --address: how long to wait for a node to fit a trial (default 600).")
     ] = None,
@@ -110,6 +114,7 @@ def run(
             dashboard=dashboard or None,
             dashboard_host=dashboard_host,
             seed_copies=seed_copies,
+            early_stopping=early_stopping,
             wait_for_cluster_seconds=wait_for_cluster_seconds,
             array_size=int(array_size) if array_size and array_size.isdigit() else array_size,
             executor=executor,

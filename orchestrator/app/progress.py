@@ -94,7 +94,8 @@ def event_line(event: dict[str, Any], stages: int, objective: tuple[str, str] | 
     if kind in ("trial_completed", "trial_pruned", "trial_failed"):
         score = detail.get("best_score")
         status = kind.removeprefix("trial_")
-        why = f" ({event['reason']})" if event.get("reason") and status != "completed" else ""
+        said = event.get("reason") and (status, event["reason"]) != ("completed", "max_epochs")  # early_stopped is
+        why = f" ({event['reason']})" if said else ""
         epochs = detail.get("epochs")
         name, value = shown_score(score, objective) if score is not None else ("score", None)
         after = f"after {epochs} epoch{'' if epochs == 1 else 's'}"

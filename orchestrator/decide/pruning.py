@@ -31,6 +31,7 @@ NEVER = 2**31 - 1  # "no decision epoch ahead" when a pruner has no max_epochs
 DIVERGED = "diverged"
 OBJECTIVE_NAN = "objective_nan"
 NOT_LEARNING = "not_learning"
+EARLY_STOPPED = "early_stopped"  # a completed trial's reason: its objective stopped improving
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,21 @@ def divergence_reason(losses: Sequence[float], max_ratio: float = 4.0, min_epoch
     if len(losses) >= min_epochs and first > 0 and last > max_ratio * first:
         return DIVERGED
     return None
+
+
+def plateau_reason(scores: Sequence[float], patience: int) -> str | None:
+    """``"early_stopped"`` once the last ``patience`` epochs brought no score above the best before them.
+
+    Early stopping, as Prechelt ("Early Stopping -- But When?", 1998) and Goodfellow et al. (Deep Learning, 7.8)
+    describe it: a trial whose validation objective stopped improving trains on for nothing; its best checkpoint is
+    kept, as always. Scores are
+    higher-is-better (``score_of``); a NaN never counts as an improvement. ``patience`` 0: never.
+    The worker calls this after every epoch, as it calls :func:`divergence_reason`.
+    """
+    if patience <= 0 or len(scores) <= patience:
+        return None
+    before = max((s for s in scores[:-patience] if not math.isnan(s)), default=-math.inf)
+    return EARLY_STOPPED if not any(s > before for s in scores[-patience:] if not math.isnan(s)) else None
 
 
 def objective_nan_reason(obs: Observation) -> str | None:

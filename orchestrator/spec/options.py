@@ -50,6 +50,7 @@ class RunOptions(ResumeOptions, total=False):
     grace_epochs: int  # epochs before a pruner may stop a trial (1)
     reduction_factor: int  # ASHA's eta: keep the top 1/eta at each rung (3)
     max_loss_ratio: float  # a train loss above this multiple of its first value has diverged (4.0)
+    early_stopping: int  # end a trial once its objective has not improved for this many epochs (0: off)
     top_fraction: float  # share of a stage's trials the next stage's ranges are narrowed around (0.25)
     seed_copies: int  # after the last stage, train the best config this many more times with new seeds (0)
     promote_fraction: float  # share of each later stage that retrains the best configs of the one before (0.5)

@@ -37,6 +37,8 @@ class RunSettings:
     grace_epochs: int = 1
     reduction_factor: int = 3
     max_loss_ratio: float = 4.0
+    # End a trial once its objective has not improved for this many epochs (0: off); its best checkpoint is kept
+    early_stopping: int = 0
     top_fraction: float = 0.25
     seed_copies: int = 0  # after the last stage, train the best config this many more times with new seeds
     promote_fraction: float = 0.5  # share of each later stage that retrains the best configs of the one before
@@ -91,6 +93,8 @@ class RunSettings:
         _check("cpus_per_trial", _num(self.cpus_per_trial) and self.cpus_per_trial > 0, "a number > 0")
         _check("gpus_per_trial", _num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "a number >= 0")
         _check("max_loss_ratio", _num(self.max_loss_ratio) and self.max_loss_ratio > 1, "a number > 1")
+        _check("early_stopping", isinstance(self.early_stopping, int) and not isinstance(self.early_stopping, bool)
+               and self.early_stopping >= 0, "an integer >= 0 (epochs without improvement; 0: off)")
         _check("top_fraction", _num(self.top_fraction) and 0 < self.top_fraction <= 1, "a number in (0, 1]")
         _check(
             "seed_copies",
@@ -174,6 +178,7 @@ class RunSettings:
         """What each worker is told about the sweep, whichever executor runs it."""
         return {"device": device, "precision": self.precision, "keep_best": self.keep_best,
                 "checkpoint_seconds": self.checkpoint_seconds, "max_loss_ratio": self.max_loss_ratio,
+                "early_stopping": self.early_stopping,
                 "threads": max(1, int(self.cpus_per_trial)), "prediction_dtype": self.prediction_dtype}
 
     def merged(self, overrides: Mapping[str, Any]) -> RunSettings:

@@ -16,6 +16,7 @@ from orchestrator.decide.pruning import (
     make_pruner,
     not_learning_reason,
     objective_nan_reason,
+    plateau_reason,
     sorted_median,
 )
 from orchestrator.errors import ConfigError
@@ -49,6 +50,33 @@ def test_divergence_not_detected(losses):
 def test_divergence_ratio_and_min_epochs():
     assert divergence_reason([1.0, 2.5], max_ratio=2.0) == "diverged"
     assert divergence_reason([1.0, 2.5], max_ratio=2.0, min_epochs=3) is None
+
+
+# -- early stopping ------------------------------------------------------------------------
+
+
+NAN = math.nan
+
+
+@pytest.mark.parametrize("scores, patience", [
+    ([0.5, 0.6, 0.6, 0.59], 2),  # a tie is no improvement
+    ([-1.0, -0.8, -0.81, -0.85], 2),  # a loss objective, negated: higher is better still
+    ([0.5, 0.7, 0.6], 1),
+    ([0.5, NAN, NAN], 2),  # a NaN never improves
+    ([0.9, 0.8, 0.7, 0.6, 0.5], 4),
+])
+def test_a_trial_whose_last_epochs_beat_nothing_before_them_stops_early(scores, patience):
+    assert plateau_reason(scores, patience) == "early_stopped"
+
+
+@pytest.mark.parametrize("scores, patience", [
+    ([0.5, 0.6, 0.61, 0.6], 2),  # the epoch before last improved
+    ([0.5, 0.6, 0.6], 0),  # 0: off
+    ([0.5, 0.4], 2),  # fewer epochs than the patience
+    ([NAN, NAN, 0.3], 2),  # no finite score before: any finite one is an improvement
+])
+def test_a_trial_still_improving_or_too_young_goes_on(scores, patience):
+    assert plateau_reason(scores, patience) is None
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ import torch
 
 from orchestrator.decide.backend import Assignment, Report
 from orchestrator.decide.fusing import choose_array_size
-from orchestrator.decide.pruning import divergence_reason
+from orchestrator.decide.pruning import EARLY_STOPPED, divergence_reason, plateau_reason
 from orchestrator.decide.status import TrialStatus
 from orchestrator.errors import NotFusable
 from worker.arrays.fused import FusedArray, FusedMember, contract_blocker
@@ -227,6 +227,8 @@ class FusedSession(WorkerSession):
                 ends.append((tid, "pruned", reason or "diverged", None))
             elif member.epoch >= member.spec.max_epochs:
                 ends.append((tid, "completed", "max_epochs", None))
+            elif plateau_reason([r["score"] for r in recorder.rows_by_epoch.values()], self.options.early_stopping):
+                ends.append((tid, "completed", EARLY_STOPPED, None))
             else:
                 if member.epoch >= self.targets[tid]:
                     reports.append(Report(tid, self.unreported[tid], node=self.node))

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from orchestrator.decide.backend import Assignment, Report
-from orchestrator.decide.pruning import divergence_reason
+from orchestrator.decide.pruning import EARLY_STOPPED, divergence_reason, plateau_reason
 from orchestrator.decide.status import TrialStatus
 from orchestrator.errors import StorageError
 from orchestrator.spec.task import Task, load_task
@@ -37,6 +37,7 @@ class WorkerOptions:
     keep_last: bool = True
     checkpoint_seconds: float = 30.0
     max_loss_ratio: float = 4.0
+    early_stopping: int = 0  # epochs without a better score before a trial ends (0: off)
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     prediction_dtype: str = "float16"  # stored val/test probabilities for ensembles: float16 or float32
     precision: str = "fp32"  # fp32, bf16 or fp16
@@ -145,6 +146,9 @@ class WorkerSession:
                 )
                 if reason or not math.isfinite(row["val_loss"]):
                     return self._end(trial_id, rows, TrialStatus.PRUNED, reason or "diverged")
+                scores = [r["score"] for r in recorder.rows_by_epoch.values()]
+                if run.epoch < run.spec.max_epochs and plateau_reason(scores, self.options.early_stopping):
+                    return self._end(trial_id, rows, TrialStatus.COMPLETED, EARLY_STOPPED)
         except Exception:
             return self._end(trial_id, rows, TrialStatus.FAILED, "error", traceback.format_exc())
         if run.epoch >= run.spec.max_epochs:
