@@ -31,22 +31,27 @@ def failing_values(task: Task, splits: Splits, space: SearchSpace, base: Mapping
                    budget: float = PROBE_SECONDS) -> list[tuple[Probe, str, BaseException]]:
     """(probe, the piece that raised, its exception) for each probe of ``space`` around ``base`` that fails."""
     probes = edge_probes(space, base)
+    if not probes:
+        return []
+    batch = splits.sample(2)  # once: a streamed split reads it through its loader
     started, failed = time.perf_counter(), []
     for tried, probe in enumerate(probes):
         if time.perf_counter() - started > budget:
             log.debug("space: %d of %d ends and options probed in %.1f s; the rest were not", tried, len(probes),
                       budget)
             break
-        error = config_error(task, splits, probe.config)
+        error = config_error(task, splits, probe.config, batch)
         if error is not None:
             failed.append((probe, *error))
     return failed
 
 
-def config_error(task: Task, splits: Splits, config: Mapping[str, Any]) -> tuple[str, BaseException] | None:
-    """(the piece that raised, its exception) when ``config``'s model cannot be built or run on two examples."""
+def config_error(task: Task, splits: Splits, config: Mapping[str, Any],
+                 batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[str, BaseException] | None:
+    """(the piece that raised, its exception) when ``config``'s model cannot be built or run on two examples
+    (``batch``, else the first two training examples)."""
     kind = splits.target_kind
-    xb, yb = splits.sample(2)
+    xb, yb = batch if batch is not None else splits.sample(2)
     yb = kind.to_training(yb)
     torch.manual_seed(0)
     try:
