@@ -7,6 +7,7 @@ import logging
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 from torch import nn
 
 from orchestrator.search.space import SearchSpace, choice, loguniform, randint
@@ -73,14 +74,16 @@ def test_a_space_whose_every_end_builds_says_nothing(caplog):
 
 def test_a_task_whose_one_check_was_slow_is_not_probed():
     builds = []
-    task = Task("inline", SimpleNamespace(build_model=lambda c: builds.append(c) or cnn(c), load_data=images),
-                SearchSpace(SPACE))
+    task = Task("inline", SimpleNamespace(load_data=images, build_model=lambda c: builds.append(
+        (c["blocks"], c["act"], c["outputs"], torch.get_default_device().type)) or cnn(c)), SearchSpace(SPACE))
     splits = prepare_task_data(task)
     assert warn_about_failing_values(task, splits, task.space, BASE, checked_in=SLOW_CHECK_SECONDS + 1) == []
     assert builds == []
     assert [n["param"] for n in warn_about_failing_values(task, splits, task.space, BASE, checked_in=0.1)] == [
         "blocks", "act", "outputs"]
-    assert len(builds) == 5  # blocks 1 and 4, act gelu and swish, outputs 2
+    # On the meta device first (no memory: a high end of gigabytes costs nothing); what fails there, on the CPU.
+    assert builds == [(1, "relu", 3, "meta"), (4, "relu", 3, "meta"), (4, "relu", 3, "cpu"), (2, "gelu", 3, "meta"),
+                      (2, "swish", 3, "meta"), (2, "swish", 3, "cpu"), (2, "relu", 2, "meta"), (2, "relu", 2, "cpu")]
 
 
 def test_caviar_check_shows_the_same_failures_as_a_warned_row_and_whole_lines():
@@ -97,3 +100,37 @@ def test_caviar_check_shows_the_same_failures_as_a_warned_row_and_whole_lines():
     fine = run_preflight(cnn_task({**SPACE, "blocks": randint(1, 3), "act": "relu", "outputs": 3}), config=BASE,
                          overfit_steps=20)
     assert [(c.status, c.value) for c in fine.checks if c.name == "space ends build"] == [("pass", "2 of 2 build")]
+
+
+def test_a_high_end_of_gigabytes_is_built_on_the_meta_device_and_costs_no_memory():
+    """A 30000-wide MLP holds 3.6 GB of float32 weights: built for real on the master at every such probe."""
+    def mlp(config):
+        width = int(config["width"])
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                             nn.Linear(width, 3))
+
+    task = Task("inline", SimpleNamespace(build_model=mlp, load_data=images), SearchSpace(
+        {"lr": 0.01, "optimizer": "adam", "batch_size": 16, "width": randint(4, 30_000)}))
+    notes: list[dict] = []
+    validate_contract(task, [{"lr": 0.01, "optimizer": "adam", "batch_size": 16, "width": 8}], space=task.space,
+                      notes=notes)
+    assert notes == []
+
+
+def test_code_that_reads_values_fails_on_meta_tensors_and_is_then_judged_on_the_cpu():
+    class Gated(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 3))
+
+        def forward(self, x):
+            if float(x.abs().max()) > 1e6:  # reads a value: impossible on the meta device
+                raise ValueError("inputs out of range")
+            return self.net(x)
+
+    task = Task("inline", SimpleNamespace(build_model=lambda c: Gated(int(c["width"])), load_data=images),
+                SearchSpace({"lr": 0.01, "optimizer": "adam", "batch_size": 16, "width": randint(4, 64)}))
+    notes: list[dict] = []
+    validate_contract(task, [{"lr": 0.01, "optimizer": "adam", "batch_size": 16, "width": 8}], space=task.space,
+                      notes=notes)
+    assert notes == []  # both ends run on the CPU

@@ -49,13 +49,23 @@ def failing_values(task: Task, splits: Splits, space: SearchSpace, base: Mapping
 def config_error(task: Task, splits: Splits, config: Mapping[str, Any],
                  batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[str, BaseException] | None:
     """(the piece that raised, its exception) when ``config``'s model cannot be built or run on two examples
-    (``batch``, else the first two training examples)."""
-    kind = splits.target_kind
+    (``batch``, else the first two training examples).
+
+    First on torch's meta device: shapes without memory or arithmetic, so a range's high end that would
+    allocate gigabytes on the master costs nothing. Only what fails there runs again on the CPU, which decides:
+    code that reads values (``.item()``, a data-dependent branch) cannot run on meta tensors.
+    """
     xb, yb = batch if batch is not None else splits.sample(2)
+    return _run_error(task, splits, config, xb, yb, "meta") and _run_error(task, splits, config, xb, yb, "cpu")
+
+
+def _run_error(task: Task, splits: Splits, config: Mapping[str, Any], xb: torch.Tensor, yb: torch.Tensor,
+               device: str) -> tuple[str, BaseException] | None:
+    kind = splits.target_kind
     yb = kind.to_training(yb)
     torch.manual_seed(0)
     try:
-        with warnings.catch_warnings():  # torch's own ("zero-element tensors") for what fails below anyway
+        with torch.device(device), warnings.catch_warnings():  # torch's own ("zero-element tensors"): beside the point
             warnings.simplefilter("ignore")
             model = task.get("build_model")(dict(config))
     except Exception as exc:
@@ -63,12 +73,14 @@ def config_error(task: Task, splits: Splits, config: Mapping[str, Any],
     if not isinstance(model, torch.nn.Module):
         return None  # the contract check's own config says so when it happens there
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.device(device), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            outputs = model.eval()(xb)
-            if isinstance(outputs, torch.Tensor):
-                check_outputs(kind, outputs, yb, task)
-                loss_function(task, kind)(outputs, yb)
+            outputs = model.eval()(xb.to(device))
+        if isinstance(outputs, torch.Tensor):
+            if outputs.is_meta:  # the shape and dtype are what the checks below read; values of zero stand in
+                outputs = torch.zeros(outputs.shape, dtype=outputs.dtype)
+            check_outputs(kind, outputs, yb, task)
+            loss_function(task, kind)(outputs, yb)
     except Exception as exc:
         return "the model's forward pass or loss_fn", exc
     return None
