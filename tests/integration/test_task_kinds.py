@@ -196,6 +196,25 @@ def test_a_custom_loss_fn_with_objective_val_loss_chooses_the_ensemble(ray_sessi
     assert single.detail["val_objective"] == pytest.approx(ckpt["val_loss"], rel=1e-4)
 
 
+def test_a_regression_with_its_own_loss_fn_is_ranked_on_that_loss(storage_dir):
+    # Poisson NLL on log-rates: the outputs' squared error against the counts ranks nothing; the task's loss does.
+    result = sweep("poisson_regression_task.py", storage_dir, plan="4x2", ensemble=True, executor="processes")
+    assert result.counts.get("failed", 0) == 0
+    rows = load(result.path).metrics.to_pylist()
+    assert rows and all(r["score"] == pytest.approx(-r["val_loss"]) for r in rows)
+    assert read_dataset(Storage.from_uri(result.path)).objective == "val_loss"
+    records = read_ensembles(Storage.from_uri(result.path))
+    assert all(r.detail["chosen_by"] == "val_loss" for r in records)
+    chosen = next(r for r in records if r.chosen)
+    assert chosen.detail["val_objective"] == min(r.detail["val_objective"] for r in records)
+    task = load_task(os.path.join(TASKS, "poisson_regression_task.py"))
+    _, (x_val, y_val), _ = task.get("load_data")()
+    with torch.no_grad():  # the loaded ensemble's averaged log-rates, scored by the task's loss
+        log_rates = load_ensemble(result.path, trust_task_code=True)(torch.from_numpy(x_val))
+        loss = float(task.get("loss_fn")(log_rates, torch.from_numpy(y_val).double()))
+    assert chosen.detail["val_objective"] == pytest.approx(loss, rel=1e-4)
+
+
 def test_a_streamed_sweep_trains_plain_and_says_why_it_did_not_fuse(ray_session, storage_dir):
     result = sweep("streamed_task.py", storage_dir, plan="2x1", slots=1, fuse="auto", ensemble=True)
     tables = load(result.path)

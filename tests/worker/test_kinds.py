@@ -115,6 +115,9 @@ def test_builtin_metrics_per_kind():
     assert builtin_metrics(soft, logits, torch.tensor([[0.2, 0.8]]))["log_loss"] == pytest.approx(np.log(2))
     assert objective_and_mode(load_task(os.path.join(TASKS, "custom_metric_task.py")), soft) == ("val_brier", "min")
     assert objective_and_mode(load_task(os.path.join(TASKS, "regression_task.py")), regression) == ("val_mse", "min")
+    # a regressor trained by the task's own loss (log-rates of counts) is ranked on that loss, not on MSE
+    poisson = load_task(os.path.join(TASKS, "poisson_regression_task.py"))
+    assert objective_and_mode(poisson, regression) == ("val_loss", "min")
     # the names known without data are the ones reported
     multilabel = resolve_kind(None, splits_of([[1, 1], [0, 1]], [[1, 0]], [[0, 0]]))
     hard = resolve_kind(None, splits_of([0, 1], [1], [0]))

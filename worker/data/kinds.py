@@ -84,14 +84,18 @@ class TargetKind:
         """Whether an example is several classification rows (labels, or positions), flattened by class_labels."""
         return self.multilabel or self.per_position
 
-    def default_objective(self, metric: str = "accuracy") -> tuple[str, str]:
-        """(objective column, mode) when the task declares none; ``metric`` is the older task field."""
+    def default_objective(self, metric: str = "accuracy", own_loss: bool = False) -> tuple[str, str]:
+        """(objective column, mode) when the task declares none; ``metric`` is the older task field.
+
+        ``own_loss``: the task gives its own ``loss_fn``. A regressor trained on it (Poisson NLL on log-rates, a
+        quantile's pinball loss, a Huber loss) is ranked on that loss: its outputs need not be predictions whose
+        squared error means anything (log-rates against counts), and MSE would rank a 90% quantile by the mean."""
         if self.rows_per_example:  # accuracy over sparse labels or mostly-background pixels favours the majority
             return "val_loss", "min"
         if self.kind == "classification":
             return ("val_accuracy", "max") if metric == "accuracy" else ("val_loss", "min")
         if self.kind == "regression":
-            return "val_mse", "min"
+            return ("val_loss", "min") if own_loss else ("val_mse", "min")
         return "val_loss", "min"
 
     def to_original(self, outputs: torch.Tensor) -> torch.Tensor:
@@ -545,7 +549,8 @@ def reported_columns(row: Mapping[str, Any]) -> list[str]:
 
 def objective_and_mode(task: Any, kind: TargetKind) -> tuple[str, str]:
     """The task's ``objective`` and ``mode``, each defaulting to the kind's."""
-    default_objective, default_mode = kind.default_objective(getattr(task, "metric", "accuracy"))
+    default_objective, default_mode = kind.default_objective(getattr(task, "metric", "accuracy"),
+                                                             own_loss=task.get("loss_fn") is not None)
     objective = getattr(task, "objective", None) or default_objective
     mode = getattr(task, "mode", None)
     if mode is None:
