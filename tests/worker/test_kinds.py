@@ -275,6 +275,19 @@ def test_a_custom_kind_sweep_says_why_it_has_no_ensembles(tmp_path, caplog):
         read_ensembles(storage)
 
 
+def test_a_mean_and_variance_head_with_its_own_loss_is_told_to_declare_the_custom_kind(tmp_path):
+    # (N, 2) outputs for (N,) targets: the Gaussian NLL takes them, a regression's MSE, MAE and R² cannot.
+    body = FLOAT_TARGETS + textwrap.dedent("""
+        import torch
+        kind = "regression"
+        def loss_fn(out, y):
+            return torch.nn.functional.gaussian_nll_loss(out[:, 0], y, out[:, 1].exp())
+    """)
+    with pytest.raises(TaskError, match=r"model outputs have shape \(10, 2\) but the targets \(10,\); .*the task's "
+                                        r'loss_fn takes such outputs, .* declare kind = "custom" with metrics$'):
+        validate_task(load_task(write_task(tmp_path, body)))
+
+
 @pytest.mark.parametrize("outputs", ["out.squeeze(1)", "out.reshape(-1)", "out.view_as(y)", "out[:, 0]"])
 def test_a_loss_or_metric_that_gives_outputs_the_targets_shape_passes_the_broadcast_check(tmp_path, outputs):
     """The check computes each again with (N,) outputs: one that then raises (squeeze(1)) or agrees is shape-aware."""

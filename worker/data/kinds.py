@@ -525,7 +525,15 @@ def user_metrics(task: Any, outputs: torch.Tensor, targets: torch.Tensor, split:
 def split_metrics(task: Any, kind: TargetKind, outputs: torch.Tensor, targets: torch.Tensor,
                   split: str) -> dict[str, float]:
     """Every metric of one split, named ``<split>_<metric>`` (``val_mse``, ``val_f1``); outputs in original units."""
-    values = builtin_metrics(kind, outputs, targets)
+    try:
+        values = builtin_metrics(kind, outputs, targets)
+    except TaskError as exc:
+        if kind.kind != "regression" or task.get("loss_fn") is None:
+            raise
+        # The task's loss took these outputs (a mean and a log-variance per target): MSE, MAE and R² cannot.
+        raise TaskError(f"{exc}; the task's loss_fn takes such outputs, but a regression's MSE, MAE and R² need one "
+                        'prediction per target: for outputs that are more than that, declare kind = "custom" with '
+                        "metrics") from None  # caviar's own refusal: contract._refuse keeps its text
     values.update(user_metrics(task, outputs, targets, split))
     return {f"{split}_{name}": value for name, value in values.items()}
 
