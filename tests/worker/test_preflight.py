@@ -218,8 +218,8 @@ def test_int32_class_indices_are_refused_by_caviar_check_in_the_line_caviar_run_
     result = CliRunner().invoke(app, ["check", str(task), "--dims", "3"])
     # was: a table of FAIL rows with torch's "expected target dtype to be Long or Byte, but got Int"; the command's
     # entry point turns the TaskError into its one line and exit 2 (test_kinds.py runs it in a process)
-    assert "FAIL" not in result.output and str(result.exception).startswith("load_data: the targets are int32 class "
-                                                                            "indices")
+    assert "FAIL" not in result.output and str(result.exception).startswith(f"task {str(task)!r}: load_data: the "
+                                                                            "targets are int32 class indices")
 
 
 def test_float32_class_weights_in_a_loss_fn_are_not_called_a_failed_gradient_check(tmp_path):
@@ -238,3 +238,45 @@ def test_float32_class_weights_in_a_loss_fn_are_not_called_a_failed_gradient_che
     result = CliRunner().invoke(app, ["check", str(task), "--dims", "3"])
     assert result.exit_code == 0, result.output  # was: FAIL, "expected scalar type Double but found Float"
     assert "not run" in result.output and "FAIL" not in result.output
+
+
+BROADCASTING_REGRESSION = textwrap.dedent("""
+    import numpy as np
+    import torch
+    from torch import nn
+    from orchestrator.search.space import loguniform
+
+    kind = "regression"
+    space = {"lr": loguniform(1e-3, 1e-2), "batch_size": 32, "optimizer": "adam"}
+
+
+    def loss_fn(outputs, y):
+        return torch.nn.functional.mse_loss(outputs, y)  # (32, 1) against (32,): every output against every target
+
+
+    def load_data():
+        x = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+        y = (2 * x[:, 0]).astype(np.float32)
+        return (x[:120], y[:120]), (x[120:160], y[120:160]), (x[160:], y[160:])
+
+
+    def build_model(config):
+        return nn.Linear(3, 1)
+""")
+
+
+def test_a_task_caviar_run_refuses_is_refused_by_caviar_check_in_the_same_line(tmp_path):
+    broadcasting = tmp_path / "broadcasting.py"
+    broadcasting.write_text(BROADCASTING_REGRESSION)
+    result = CliRunner().invoke(app, ["check", str(broadcasting), "--dims", "3", "--steps", "50"])
+    # was: PASS rows and a vague "cannot fit 20 examples" (or, for a mean-and-variance head, "all checks passed")
+    assert "FAIL" not in result.output and "PASS" not in result.output
+    assert str(result.exception).startswith(f"task {str(broadcasting)!r}: loss_fn: outputs (32, 1) and targets (32,) "
+                                            "broadcast to (32, 32)")
+    two_outputs = tmp_path / "mean_and_variance.py"  # the Gaussian NLL takes them; MSE, MAE and R² cannot
+    two_outputs.write_text(BROADCASTING_REGRESSION.replace("nn.Linear(3, 1)", "nn.Linear(3, 2)").replace(
+        "torch.nn.functional.mse_loss(outputs, y)",
+        "torch.nn.functional.gaussian_nll_loss(outputs[:, 0], y, outputs[:, 1].exp())"))
+    result = CliRunner().invoke(app, ["check", str(two_outputs), "--dims", "3", "--steps", "50"])
+    assert "all checks passed" not in result.output
+    assert 'declare kind = "custom" with metrics' in str(result.exception)

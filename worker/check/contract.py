@@ -177,5 +177,18 @@ def value_failure_notes(failed: Sequence[tuple[Probe, str, BaseException]],
     return notes
 
 
+def refuse_as_run_would(task: Task, splits: Splits, config: Mapping[str, Any]) -> None:
+    """``caviar check``'s config through the contract ``caviar run`` checks, refused in run's line: outputs that
+    broadcast against the targets, a head the built-in metrics cannot score. The user's own code raising is left to
+    the checks' rows."""
+    try:
+        check_config(task, splits, config)
+    except TaskError as exc:
+        if exc.__cause__ is None:  # caviar's own refusal, which every trial of the sweep would meet
+            raise _refuse(task, "the model's forward pass or loss_fn", exc) from None
+    except Exception:  # the user's code: the checks that follow report it as failed rows
+        pass
+
+
 def _raised_in_build(exc: BaseException) -> bool:
     return isinstance(exc, TaskError) and str(exc).startswith(("build_model raised", "build_model must return"))

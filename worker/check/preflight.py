@@ -36,6 +36,7 @@ from orchestrator.errors import TaskError
 from orchestrator.search.probes import edge_probes
 from orchestrator.search.space import Distribution, SearchSpace
 from orchestrator.spec.task import Task
+from worker.check.contract import refuse_as_run_would, value_failure_notes
 from worker.check.edges import config_error, failing_values
 from worker.check.validate import check_class_index_dtype, refuse_multilabel_shape
 from worker.data.kinds import TargetKind, class_labels, loss_function, right_rows
@@ -428,6 +429,7 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
                 overfit_examples: int, overfit_steps: int, grad_examples: int, dims_per_tensor: int,
                 tolerance: float, expected_loss: float | None) -> PreflightReport:
     config = regularisation_off(config) if config is not None else preflight_config(task.space, how=how, seed=seed)
+    refuse_as_run_would(task, splits, config)  # "all checks passed" must not precede run's refusal
     dev = torch.device(device)
     fresh = model_builder(task, config, seed, dev)
     kind = splits.target_kind
@@ -470,8 +472,6 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
 def check_space_ends(task: Task, splits: Splits, config: Mapping[str, Any]) -> tuple[CheckResult, list[str]]:
     """Each searched parameter's ends and options built with ``config``'s other values (worker/check/edges.py),
     as ``caviar run`` does before its workers start; and a line for each parameter with a value that fails."""
-    from worker.check.contract import value_failure_notes  # the contract check's words for the same failures
-
     expected = "every range end and option"
     probes = edge_probes(task.space, config)
     if not probes:
