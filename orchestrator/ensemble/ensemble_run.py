@@ -65,6 +65,7 @@ class Dataset:
     # ones, as the predictions' rows do); target_shape is then one example's positions. None for other sweeps.
     y_val_all: np.ndarray | None = None
     y_test_all: np.ndarray | None = None
+    own_loss: bool = False  # val_loss is the task's own loss_fn's (False: the default loss, or a sweep from before)
 
     @property
     def binary_head(self) -> bool:
@@ -128,7 +129,8 @@ def read_dataset(storage: Storage) -> Dataset:
     shape = tuple(row["input_shape"])
     output_shape = row.get("output_shape")
     extra = {"input_dtype": row.get("input_dtype") or "float32", "objective": row.get("objective"),
-             "mode": row.get("mode"), "output_shape": None if output_shape is None else tuple(output_shape)}
+             "mode": row.get("mode"), "output_shape": None if output_shape is None else tuple(output_shape),
+             "own_loss": bool(row.get("own_loss"))}
 
     def stat(values: list[float] | None) -> np.ndarray | None:
         return None if values is None else np.asarray(values, dtype=np.float64).reshape(shape)
@@ -339,7 +341,9 @@ def choice_detail(dataset: Dataset, chosen_by: str, ranked_by: str) -> dict[str,
     objective = dataset.objective
     if objective:
         detail["sweep_objective"] = f"{objective} ({dataset.mode or 'max'})"
-        if objective not in (chosen_by, ranked_by, *_COLUMN.values(), "val_loss"):  # a task's own metric
+        # a task's own metric, or val_loss of its own loss_fn: stored outputs cannot score either without its code
+        own = objective == "val_loss" and dataset.own_loss
+        if objective not in (chosen_by, ranked_by, *_COLUMN.values(), "val_loss") or (own and chosen_by != objective):
             detail["choice_note"] = (f"ensembles were chosen by {chosen_by} on stored outputs, not by the sweep's "
                                      f"objective {objective} (it runs the task's code: {OBJECTIVE_HINT})")
     return detail

@@ -174,6 +174,9 @@ DATASET = pa.schema(
         # A class per position (tagging, segmentation): y_val/y_test hold every (example, position) label, row-major,
         # -100 where a position has none; predictions hold one row per labelled position. null: not such a sweep.
         ("per_position", pa.bool_()),
+        # val_loss is the task's own loss_fn's: no stored column stands for it (only the task's code scores it).
+        # null: the kind's default loss, or a sweep from before.
+        ("own_loss", pa.bool_()),
     ]
 )
 

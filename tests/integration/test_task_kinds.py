@@ -213,6 +213,16 @@ def test_a_regression_with_its_own_loss_fn_is_ranked_on_that_loss(storage_dir):
         log_rates = load_ensemble(result.path, trust_task_code=True)(torch.from_numpy(x_val))
         loss = float(task.get("loss_fn")(log_rates, torch.from_numpy(y_val).double()))
     assert chosen.detail["val_objective"] == pytest.approx(loss, rel=1e-4)
+    # Rebuilt without the task's code, only MSE can score the stored log-rates: every row says so.
+    rebuilt = CliRunner().invoke(app, ["ensemble", result.path])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    rows = read_ensembles(Storage.from_uri(result.path))
+    assert all(r.detail["chosen_by"] == "val_mse" for r in rows)
+    assert all("not by the sweep's objective val_loss" in r.detail["choice_note"] for r in rows)
+    again = CliRunner().invoke(app, ["ensemble", result.path, "--trust-task-code"])
+    assert again.exit_code == 0, again.output
+    rows = read_ensembles(Storage.from_uri(result.path))
+    assert all(r.detail["chosen_by"] == "val_loss" and "choice_note" not in r.detail for r in rows)
 
 
 def test_a_streamed_sweep_trains_plain_and_says_why_it_did_not_fuse(ray_session, storage_dir):

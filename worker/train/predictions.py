@@ -43,7 +43,8 @@ def _flat(t: torch.Tensor | None) -> list[float] | None:
 
 
 def dataset_row(splits: Splits, objective: str | None = None, mode: str | None = None,
-                baseline: float | None = None, output_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+                baseline: float | None = None, output_shape: tuple[int, ...] | None = None,
+                own_loss: bool | None = None) -> dict[str, Any]:
     kind = splits.target_kind
     row = {
         "num_classes": splits.num_classes,
@@ -57,6 +58,7 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
         "mode": mode,
         "baseline_val_loss": baseline,
         "output_shape": None if output_shape is None else list(output_shape),
+        "own_loss": own_loss or None,
     }
     row["task_globals"], row["task_globals_left_out"] = task_globals.encode(splits.task_globals)
     if kind.kind == "custom":  # the task's own targets: what a loaded model needs, and no labels
@@ -84,8 +86,9 @@ def write_dataset(storage: Storage, splits: Splits, objective: str | None = None
     if storage.uri in _dataset_written:
         return
     baseline = None if task is None else baseline_val_loss(task, splits.target_kind, splits.y_train, splits.y_val)
+    own_loss = task is not None and task.get("loss_fn") is not None
     storage.write_table(schema.DATASET_PATH,
-                        schema.to_table([dataset_row(splits, objective, mode, baseline, output_shape)],
+                        schema.to_table([dataset_row(splits, objective, mode, baseline, output_shape, own_loss)],
                                         schema.DATASET))
     _dataset_written.add(storage.uri)
 
