@@ -71,8 +71,15 @@ def is_nan(value: float | None) -> bool:
 
 
 def shown_number(value: float | None, spec: str = ".4f") -> str:
-    """A table cell: ``-`` for no value, ``NaN`` for a task metric's NaN (never Python's ``nan``)."""
-    return "-" if value is None else "NaN" if math.isnan(value) else format(value, spec)
+    """A table cell: ``-`` for no value, ``NaN`` for a task metric's NaN (never Python's ``nan``).
+
+    Four decimals, or four significant digits where those would show less than two: a regression in metres has an
+    MSE of 3e-08, which four decimals print as 0.0000 for every trial and ensemble."""
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "NaN"
+    return format(value, ".4g" if spec == ".4f" and 0 < abs(value) < 0.01 else spec)
 
 
 def nan_objective_note(name: str) -> str:

@@ -139,7 +139,7 @@ def print_top(tables: Any, k: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from orchestrator.app.answer import format_config, shown_score, sweep_objective
+    from orchestrator.app.answer import format_config, shown_number, shown_score, sweep_objective
     from orchestrator.store.storage import Storage
 
     best = tables.top(k).to_pylist()
@@ -155,8 +155,8 @@ def print_top(tables: Any, k: int) -> None:
             str(t["stage"]),
             t["status"],
             str(t["epochs_run"]),
-            f"{shown_score(t['best_score'], objective)[1]:.4f}",
-            f"{t['best_val_loss']:.4f}" if t["best_val_loss"] is not None else "-",
+            shown_number(shown_score(t["best_score"], objective)[1]),
+            shown_number(t["best_val_loss"]),
             config,
         )
     Console(width=200 if not sys.stdout.isatty() else None).print(table)

@@ -46,7 +46,7 @@ def list_command(
     from rich.console import Console
     from rich.table import Table
 
-    from orchestrator.app.answer import shown_score
+    from orchestrator.app.answer import shown_number, shown_score
     from orchestrator.store.storage import redact_uri
     from orchestrator.store.sweeps import list_sweeps
 
@@ -66,6 +66,6 @@ def list_command(
         best = "-"
         if r["best_score"] is not None:
             name, value = shown_score(r["best_score"], r.get("objective"))
-            best = f"{value:.4f} ({name})" if r.get("objective") else f"{value:.4f}"
+            best = f"{shown_number(value)} ({name})" if r.get("objective") else shown_number(value)
         table.add_row(r["name"], r["task"] or "-", started, r["state"], str(r["trials"]), best, ensemble)
     Console(width=200 if not sys.stdout.isatty() else None).print(table)

@@ -160,7 +160,7 @@ def expected_executor(config: str | None, overrides: dict[str, Any]) -> str:
 @app.command()
 def status(sweep: SweepArg, storage: StorageOption = None) -> None:
     """Trials by status and stage, read from the sweep's Parquet tables only."""
-    from orchestrator.app.answer import format_config, shown_score, sweep_objective
+    from orchestrator.app.answer import format_config, shown_number, shown_score, sweep_objective
     from orchestrator.app.api import load
     from orchestrator.store.storage import Storage
     from orchestrator.store.sweeps import resolve_sweep
@@ -181,7 +181,7 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
     if best:
         t = best[0]
         name, value = shown_score(t["best_score"], sweep_objective(Storage.from_uri(tables.path)))
-        typer.echo(f"  best: trial {t['trial_id']} (stage {t['stage']}) {name} {value:.4f}: "
+        typer.echo(f"  best: trial {t['trial_id']} (stage {t['stage']}) {name} {shown_number(value)}: "
                    f"{format_config(t['config'])}")
     print_failures(trials)
 

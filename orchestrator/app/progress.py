@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from orchestrator.app.answer import format_value, shown_score
+from orchestrator.app.answer import format_value, shown_number, shown_score
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.status import ENDED, TrialStatus
 
@@ -99,7 +99,7 @@ def event_line(event: dict[str, Any], stages: int, objective: tuple[str, str] | 
         epochs = detail.get("epochs")
         name, value = shown_score(score, objective) if score is not None else ("score", None)
         after = f"after {epochs} epoch{'' if epochs == 1 else 's'}"
-        shown = "-" if value is None else f"{value:.4f}"
+        shown = shown_number(value)
         return f"trial {event['trial_id']} {status}{why} {after}: best {name} {shown}"
     if kind in ("range_extended", "edge_at_hard_limit", "edge_not_extended", "edge_warning"):
         return f"edge: {event['reason']}"
@@ -224,7 +224,7 @@ class Progress:
             return "best score -"
         score, trial, stage, params = s.best
         name, value = shown_score(score, s.objective)
-        return f"best {name} {value:.4f} (trial {trial}, stage {stage}" + (f": {params})" if params else ")")
+        return f"best {name} {shown_number(value)} (trial {trial}, stage {stage}" + (f": {params})" if params else ")")
 
     def _eta_text(self, s: Snapshot) -> str:
         if self.finished:
@@ -264,7 +264,7 @@ class Progress:
         else:
             score, trial, stage, params = s.best
             name, value = shown_score(score, s.objective)
-            head.add_row(f"best {name}", f"{value:.4f}", "trial", f"{trial} (stage {stage})")
+            head.add_row(f"best {name}", shown_number(value), "trial", f"{trial} (stage {stage})")
             head.add_row("best config", params, "", "")
         width = min(self.console.width if self.console is not None else 120, 120)  # one width, first to last frame
         rows = Table(expand=True, show_edge=False, pad_edge=False)
@@ -274,7 +274,7 @@ class Progress:
         rows.add_column("hyperparameters", no_wrap=True, overflow="ellipsis", ratio=1)
         for r in s.running:
             rows.add_row(str(r.trial_id), str(r.stage), f"{r.epoch}/{r.budget}",
-                         "-" if r.score is None else f"{shown_score(r.score, s.objective)[1]:.4f}", r.params)
+                         "-" if r.score is None else shown_number(shown_score(r.score, s.objective)[1]), r.params)
         for _ in range(max(self.most_running - len(s.running), 0)):  # a stable height: no jumping frames
             rows.add_row("", "", "", "", "")
         title = "caviar sweep" + (": done" if self.finished else "")

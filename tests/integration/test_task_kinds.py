@@ -225,6 +225,22 @@ def test_a_regression_with_its_own_loss_fn_is_ranked_on_that_loss(storage_dir):
     assert all(r.detail["chosen_by"] == "val_loss" and "choice_note" not in r.detail for r in rows)
 
 
+def test_a_regression_in_small_units_shows_its_numbers_not_zeros(storage_dir):
+    # Targets of about 1e-3 (metres): four decimals printed every MSE, every trial's and the answer's, as 0.0000.
+    from orchestrator.app.answer import ensemble_lines
+
+    result = sweep("small_units_regression_task.py", storage_dir, plan="4x2", ensemble=True, executor="processes")
+    best = load(result.path).top(1).to_pylist()[0]
+    shown = f"{-best['best_score']:.4g}"
+    assert 1e-9 < -best["best_score"] < 1e-5 and "e-0" in shown
+    answer = "\n".join(ensemble_lines(result.path))
+    chosen = next(r for r in read_ensembles(Storage.from_uri(result.path)) if r.chosen)
+    assert f"{chosen.val_mse:.4g}" in answer and "0.0000" not in answer
+    for command in (["top", result.path], ["status", result.path], ["ls", storage_dir]):
+        out = CliRunner().invoke(app, command, env={"COLUMNS": "250"})
+        assert out.exit_code == 0 and shown in out.output and "0.0000" not in out.output, (command, out.output)
+
+
 def test_a_streamed_sweep_trains_plain_and_says_why_it_did_not_fuse(ray_session, storage_dir):
     result = sweep("streamed_task.py", storage_dir, plan="2x1", slots=1, fuse="auto", ensemble=True)
     tables = load(result.path)
