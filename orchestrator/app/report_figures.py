@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from orchestrator.app.answer import shown_number
 from orchestrator.app.report_data import HEALTHY_UPDATE_RATIO, SweepData, diag_rows
 from orchestrator.search.space import (
     Choice,
@@ -457,12 +458,13 @@ def plot_ensembles(data: SweepData) -> Figure | None:
     rows = table.to_pylist()
     label_col = next((c for c in ("name", "method", "kind", "ensemble") if c in table.column_names), None)
     numeric = [f.name for f in table.schema if pa.types.is_floating(f.type)
-               and any(k in f.name for k in ("accuracy", "loss")) and any(r[f.name] is not None for r in rows)]
+               and any(k in f.name for k in ("accuracy", "loss", "mse")) and any(r[f.name] is not None for r in rows)]
     if not numeric:
         return None
     labels = [(str(r[label_col]) if label_col else str(i)) + (f" ({r['size']})" if r.get("size") else "")
               + (" *" if r.get("chosen") else "") for i, r in enumerate(rows)]
-    groups = [[c for c in numeric if "accuracy" in c], [c for c in numeric if "loss" in c]]
+    groups = [[c for c in numeric if "accuracy" in c], [c for c in numeric if "loss" in c],
+              [c for c in numeric if "mse" in c]]  # a regression's: in the targets' units
     groups = [g for g in groups if g]
     fig = new_figure(6 * len(groups), 0.45 * len(rows) + 2)
     axes = fig.subplots(1, len(groups), squeeze=False).ravel()
@@ -484,8 +486,8 @@ def plot_ensembles(data: SweepData) -> Figure | None:
         for j, col in enumerate(cols):  # the numbers themselves, at the end of each bar
             for i, r in enumerate(rows):
                 if r[col] is not None:
-                    ax.annotate(f"{r[col]:.4f}", (r[col], i + j * height), xytext=(2, 0), textcoords="offset points",
-                                va="center", fontsize=6)
+                    ax.annotate(shown_number(r[col]), (r[col], i + j * height), xytext=(2, 0),
+                                textcoords="offset points", va="center", fontsize=6)
     caption = ("Ensembles from the ensembles table: members (in brackets) chosen on validation predictions, test "
                "measured afterwards; * marks the one chosen on validation.")
     return Figure("fig-ensembles", "Ensembles", caption, png_bytes(fig))

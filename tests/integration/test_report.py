@@ -68,6 +68,20 @@ def test_the_ensembles_table_is_drawn_when_present(sweep, tmp_path):
     assert "fig-ensembles" in {f.id for f in report.figures} and "fig-ensembles" not in report.skipped
 
 
+def test_a_regression_sweeps_ensembles_are_drawn_on_their_mse(sweep, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep.path, copy)
+    # A regression's rows: no accuracy or log loss, MSE in the targets' units (was: "no ensembles table").
+    table = pa.table({"name": ["single", "top_k", "greedy"], "method": ["single", "top_k", "greedy"],
+                      "size": pa.array([1, 3, 4], pa.int32()), "chosen": [False, False, True],
+                      "val_accuracy": pa.array([None] * 3, pa.float64()),
+                      "val_log_loss": pa.array([None] * 3, pa.float64()),
+                      "val_mse": [5.6e-08, 6.1e-08, 4.8e-08], "test_mse": [2.9e-08, 3.5e-08, 3.4e-08]})
+    Storage.from_uri(str(copy)).write_table("ensembles/ensembles.parquet", table)
+    report = build_report(str(copy))
+    assert "fig-ensembles" in {f.id for f in report.figures} and "fig-ensembles" not in report.skipped
+
+
 def test_betas_are_drawn_on_a_one_minus_beta_axis():
     beta = one_minus_loguniform(0.9, 0.999)
     assert axis_value(beta, 0.99) == pytest.approx(0.01)
