@@ -82,3 +82,16 @@ def test_without_standardised_targets_the_two_training_losses_are_one():
     run = TrialRun(task, prepare_task_data(task), TrialSpec(0, 0, {"lr": 0.03, "hidden": 8}, 1, 1), CPU)
     row = run.train_epoch()
     assert row["train_loss_original"] == row["train_loss"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_a_target_constant_in_training_is_standardised_to_zero_in_every_dtype(dtype):
+    """float16 targets with a constant column were divided by a std of 1e-12, which float16 holds as 0: NaN."""
+    from worker.data.kinds import resolve_kind
+
+    y = torch.tensor([[5.0, 1.0], [5.0, 2.0], [5.0, 4.0]], dtype=dtype)
+    kind = resolve_kind("regression", {"train": y, "val": y, "test": y}, standardize=True)
+    assert kind.target_std.dtype == dtype and 0 < kind.target_std[0, 0] < 1e-4 and kind.target_std[0, 1] > 1
+    standardised = kind.to_training(y)
+    assert bool(torch.isfinite(standardised).all()) and bool((standardised[:, 0] == 0).all())
+    assert torch.equal(kind.to_original(standardised).to(dtype), y)

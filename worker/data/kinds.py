@@ -355,8 +355,11 @@ def _regression(targets: Mapping[str, torch.Tensor], standardize: bool) -> Targe
         return TargetKind("regression")
     y = targets["train"].double()
     mean = y.mean(dim=0, keepdim=True)
-    std = y.std(dim=0, keepdim=True).clamp_min(1e-12) if len(y) > 1 else torch.ones_like(mean)
     dtype = targets["train"].dtype
+    # A target constant in training gets a tiny std (its outputs then barely move the prediction off the mean), one
+    # its dtype holds: 1e-12 is 0 in float16, and dividing by it gave NaN.
+    floor = max(1e-12, torch.finfo(dtype).tiny)
+    std = y.std(dim=0, keepdim=True).clamp_min(floor) if len(y) > 1 else torch.ones_like(mean)
     return TargetKind("regression", target_mean=mean.to(dtype), target_std=std.to(dtype))
 
 
