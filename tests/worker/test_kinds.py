@@ -325,3 +325,19 @@ def test_a_custom_kind_takes_targets_as_they_are_missing_labels_booleans_and_com
     assert refusal("regression", [[0.5, float("nan")]], [[1.5, 1.0]], [[2.0, 1.0]]).endswith(
         "every target must be finite (for labels that are missing, declare kind = \"custom\" with a loss_fn and "
         "metrics that skip them)")
+
+
+def test_a_nan_loss_without_a_loss_fn_names_the_default_loss_and_the_outputs(tmp_path):
+    # was: "loss_fn gives nan on the first batch", for a task that has no loss_fn
+    body = FLOAT_TARGETS + textwrap.dedent("""
+        import torch
+        kind = "regression"
+        class Nan(nn.Module):
+            def forward(self, x):
+                return torch.full((len(x), 1), float("nan"))
+        def build_model(config):
+            return nn.Sequential(nn.Linear(3, 1), Nan())
+    """)
+    with pytest.raises(TaskError, match=r"^the default loss gives nan on the first batch of an untrained model; the "
+                                        r"model's outputs already hold it$"):
+        validate_task(load_task(write_task(tmp_path, body)))

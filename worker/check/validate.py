@@ -109,7 +109,10 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise TaskError("loss_fn must return a scalar tensor (the batch's mean loss)")
     if not math.isfinite(float(loss.detach())):
-        raise TaskError(f"loss_fn gives {float(loss.detach())} on the first batch of an untrained model")
+        # Name what gave it: a task without a loss_fn has none to blame, and non-finite outputs are the model's.
+        which = "loss_fn" if task.get("loss_fn") is not None else "the default loss"
+        why = "" if bool(torch.isfinite(outputs.detach()).all()) else "; the model's outputs already hold it"
+        raise TaskError(f"{which} gives {float(loss.detach())} on the first batch of an untrained model{why}")
     _check_backward(model, loss)
     _refuse_shape_dependent(task, outputs.detach(), yb)
     x_val = splits.streams["val"] if splits.streams else splits.x_val
