@@ -225,6 +225,25 @@ def test_a_regression_with_its_own_loss_fn_is_ranked_on_that_loss(storage_dir):
     assert all(r.detail["chosen_by"] == "val_loss" and "choice_note" not in r.detail for r in rows)
 
 
+def test_a_squeezed_heads_loss_fn_scores_each_ensemble_on_outputs_shaped_as_the_members_give_them(storage_dir):
+    # The ensembles' outputs reached loss_fn as (N, 1) where the members give (N,): huber_loss((N, 1), (N,))
+    # broadcast to (N, N), and every ensemble's val_loss, hence the choice, was another number.
+    task_file = "squeezed_head_loss_task.py"
+    result = sweep(task_file, storage_dir, plan="4x2", ensemble=True, executor="processes")
+    task = load_task(os.path.join(TASKS, task_file))
+    _, (x_val, y_val), (x_test, y_test) = task.get("load_data")()
+    records = read_ensembles(Storage.from_uri(result.path))
+    assert len(records) >= 3 and all(r.detail["chosen_by"] == "val_loss" for r in records)
+    for r in records:
+        model = load_ensemble(result.path, name=r.name, trust_task_code=True)
+        with torch.no_grad():
+            for split, x, y in (("val", x_val, y_val), ("test", x_test, y_test)):
+                outputs = model(torch.from_numpy(x))
+                assert outputs.shape == y.shape
+                loss = float(task.get("loss_fn")(outputs, torch.from_numpy(y).double()))
+                assert r.detail[f"{split}_objective"] == pytest.approx(loss, rel=1e-4), (r.name, split)
+
+
 def test_a_regression_in_small_units_shows_its_numbers_not_zeros(storage_dir):
     # Targets of about 1e-3 (metres): four decimals printed every MSE, every trial's and the answer's, as 0.0000.
     from orchestrator.app.answer import ensemble_lines

@@ -17,6 +17,7 @@ module wraps them in an :class:`Objective` that gets what they get from a model 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -101,8 +102,13 @@ def _targets(dataset: Dataset, values: np.ndarray, split: str) -> torch.Tensor:
 def _model_outputs(dataset: Dataset, outputs: np.ndarray, split: str) -> torch.Tensor:
     """Averaged outputs in the form a model gives them: logits for classification, (n, d) values for regression."""
     if dataset.kind == "regression":
-        # float64 as the targets; one value per row as (n, 1), the usual model output; else the targets' shape.
+        # float64 as the targets, shaped as the members gave them ((n,) from a squeezed head, (n, T, 1) for targets
+        # (n, T)): a loss_fn written for those would broadcast against the targets in another shape, silently.
+        # A sweep from before output shapes were stored: (n, 1) for one value per row, else the targets' shape.
         shape = dataset.target_shape or (1,)
+        given = dataset.output_shape
+        if given is not None and math.prod(given) == math.prod(dataset.target_shape):
+            shape = given
         return torch.from_numpy(np.asarray(outputs, dtype=np.float64).reshape(len(outputs), *shape))
     log_probs = np.log(np.maximum(np.asarray(outputs, dtype=np.float64), _TINY))
     if dataset.per_position:
