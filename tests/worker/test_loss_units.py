@@ -95,3 +95,17 @@ def test_a_target_constant_in_training_is_standardised_to_zero_in_every_dtype(dt
     standardised = kind.to_training(y)
     assert bool(torch.isfinite(standardised).all()) and bool((standardised[:, 0] == 0).all())
     assert torch.equal(kind.to_original(standardised).to(dtype), y)
+
+
+def test_outputs_with_a_trailing_one_are_mapped_back_with_each_targets_own_statistics():
+    """(N, T, 1) outputs for standardised targets (N, T) broadcast against the (1, T) statistics to (N, T, T): the
+    task was refused with a shape its model never gave, though unstandardised it trains."""
+    from worker.data.kinds import builtin_metrics, resolve_kind
+
+    y = torch.arange(24, dtype=torch.float32).reshape(6, 4) ** 1.5
+    kind = resolve_kind("regression", {"train": y, "val": y, "test": y}, standardize=True)
+    outputs = torch.randn(6, 4, 1)
+    mapped = kind.to_original(outputs)
+    assert mapped.shape == (6, 4, 1)
+    assert torch.allclose(mapped.squeeze(-1), kind.to_original(outputs.squeeze(-1)))
+    assert builtin_metrics(kind, mapped, y) == builtin_metrics(kind, kind.to_original(outputs.squeeze(-1)), y)

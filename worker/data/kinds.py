@@ -103,6 +103,11 @@ class TargetKind:
         if self.target_mean is None or self.target_std is None:
             return outputs
         mean, std = self.target_mean.to(outputs.device), self.target_std.to(outputs.device)
+        per_example = mean.shape[1:]
+        if tuple(outputs.shape[1:]) != tuple(per_example) and outputs[0].numel() == mean.numel():
+            # (N, T, 1) for targets (N, T): each value against its own target's statistics, in the model's shape
+            # (broadcasting (N, T, 1) against (1, T) gave (N, T, T)); a layout that does not fit: match_targets says so
+            return (outputs.reshape(len(outputs), *per_example) * std + mean).reshape(outputs.shape)
         return outputs * std + mean
 
     def to_training(self, targets: torch.Tensor) -> torch.Tensor:
