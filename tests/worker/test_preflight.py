@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from orchestrator.app.cli import app
 from orchestrator.search.space import SearchSpace, choice, dropout, loguniform, randint
-from orchestrator.spec.task import Task
+from orchestrator.spec.task import Task, load_task
 from tests.conftest import TINY_TASK
 from worker.check.preflight import (
     FAIL,
@@ -280,3 +280,14 @@ def test_a_task_caviar_run_refuses_is_refused_by_caviar_check_in_the_same_line(t
     result = CliRunner().invoke(app, ["check", str(two_outputs), "--dims", "3", "--steps", "50"])
     assert "all checks passed" not in result.output
     assert 'declare kind = "custom" with metrics' in str(result.exception)
+
+
+def test_a_regression_trained_by_its_own_loss_is_not_judged_against_the_mse_of_an_untrained_model(tmp_path):
+    # was: WARN "variance + mean² of the targets = 5.3", "off by 78%: check the loss scaling and the last layer"
+    quantile = tmp_path / "quantile.py"
+    quantile.write_text(BROADCASTING_REGRESSION.replace(
+        "torch.nn.functional.mse_loss(outputs, y)",
+        "torch.maximum(0.9 * (y - outputs[:, 0]), -0.1 * (y - outputs[:, 0])).mean()  # a 90% quantile"))
+    report = run_preflight(load_task(str(quantile)), dims_per_tensor=3, overfit_steps=50)
+    initial = by_name(report)["initial loss"]
+    assert initial.status == PASS and initial.expected == "-" and "--expected-loss" in initial.detail

@@ -178,9 +178,10 @@ def l2_term(model: nn.Module) -> torch.Tensor:
 
 def check_initial_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, num_classes: int | None,
                        *, tolerance: float = INITIAL_LOSS_TOLERANCE, expected: float | None = None,
-                       kind: TargetKind | None = None) -> CheckResult:
+                       kind: TargetKind | None = None, own_loss: bool = False) -> CheckResult:
     """Classification: ``ln C`` (near-uniform softmax). Regression with the MSE: ``mean(y^2)`` = variance +
-    mean^2 of the targets (an untrained model predicts near 0), a warning when off. Custom: only ``expected``."""
+    mean^2 of the targets (an untrained model predicts near 0), a warning when off. Custom, or a regression
+    trained by its own ``loss_fn`` (``own_loss``: a Poisson or pinball loss is no MSE): only ``expected``."""
     kind = kind or TargetKind("classification", num_classes=num_classes)
     with torch.no_grad():
         loss = float(loss_fn(model(x), y))
@@ -189,6 +190,9 @@ def check_initial_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_
     elif kind.kind == "classification":
         target = math.log(kind.num_classes or 1)
         what, miss = f"ln {kind.num_classes} = {target:.4f}", FAIL
+    elif kind.kind == "regression" and own_loss:
+        return CheckResult("initial loss", WARN if not math.isfinite(loss) else PASS, f"{loss:.4f}", "-",
+                           "the task's own loss_fn: pass --expected-loss to judge the initial loss")
     elif kind.kind == "regression":
         target = float(y.double().pow(2).mean())
         what, miss = f"variance + mean² of the targets = {target:.4f}", WARN
@@ -446,7 +450,7 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
             refuse_multilabel_shape(kind, fresh()(x[few]), y[few])
     report.checks.append(guarded("initial loss", lambda: check_initial_loss(
         fresh(), x[sample], y[sample], loss_fn, splits.num_classes, tolerance=tolerance, expected=expected_loss,
-        kind=kind)))
+        kind=kind, own_loss=task.get("loss_fn") is not None)))
     report.checks.append(guarded("L2 raises the loss", lambda: check_regularisation(
         fresh(), x[sample], y[sample], loss_fn)))
     report.checks.append(guarded("overfit tiny subset", lambda: check_overfit(
