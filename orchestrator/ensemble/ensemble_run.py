@@ -428,6 +428,13 @@ def default_metric(dataset: Dataset) -> str:
     return "log_loss" if dataset.objective in ("val_loss", "val_log_loss") else "accuracy"
 
 
+def _trials(storage: Storage) -> list[dict[str, Any]]:
+    """Each trial's id, epoch budget and config: which trials are seeds of one config."""
+    if not storage.exists(schema.TRIALS_PATH):
+        return []
+    return storage.read_table(schema.TRIALS_PATH).select(["trial_id", "max_epochs", "config"]).to_pylist()
+
+
 def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k: int = 5, metric: str | None = None,
                     soup: SoupBuilder | None = None, choose_by: str = "log_loss",
                     objective_for: ObjectiveFor | None = None) -> list[EnsembleRecord]:
@@ -444,7 +451,7 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
         from orchestrator.ensemble.regression_ensembles import build_regression, read_regression
 
         records = build_regression(read_regression(storage, dataset), dataset, k=k, methods=check_methods(methods),
-                                   objective=objective)
+                                   objective=objective, seed_groups=ensembles.same_config_groups(_trials(storage)))
         chosen_by = "val_mse" if objective is None else objective.name
         how = choice_detail(dataset, chosen_by, chosen_by)
         records = [replace(r, detail={**r.detail, **how}) for r in records]
@@ -454,10 +461,9 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
     stored = read_predictions(storage, dataset)
     for key, reason in stored.dropped:
         log.warning("ensembles: left out %s (%s)", key, reason)
-    trials = storage.read_table(schema.TRIALS_PATH).select(["trial_id", "max_epochs", "config"]).to_pylist() \
-        if storage.exists(schema.TRIALS_PATH) else []
     records = build(stored.candidates, dataset, methods=methods, k=k, metric=metric, soup=soup,
-                    seed_groups=ensembles.same_config_groups(trials), choose_by=choose_by, objective=objective)
+                    seed_groups=ensembles.same_config_groups(_trials(storage)), choose_by=choose_by,
+                    objective=objective)
     _warn_choice(records)
     write_ensembles(storage, records)
     return records

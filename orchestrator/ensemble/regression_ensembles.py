@@ -7,6 +7,8 @@ only, test MSE attached afterwards:
 
 - ``single``: the best checkpoint (the baseline); ``single_ema``: the best EMA checkpoint;
 - ``top_k``: the best checkpoint of each of the k best trials, equal weights;
+- ``seeds``: the best checkpoint of each trial of one config trained from several seeds (``--seed-copies``), equal
+  weights; of several such groups, the best on validation;
 - ``greedy``: forward selection with replacement (Caruana et al., "Ensemble Selection from
   Libraries of Models", ICML 2004), starting from the best, adding whichever member lowers the
   running average's validation MSE most, for a fixed number of steps; the best prefix is kept.
@@ -137,12 +139,12 @@ def _greedy_counts_by(cands: Sequence[RegressionCandidate], steps: int,
     return best_counts
 
 
-REGRESSION_METHODS = ("single", "single_ema", "top_k", "greedy")
+REGRESSION_METHODS = ("single", "single_ema", "top_k", "seeds", "greedy")
 
 
 def build_regression(cands: Sequence[RegressionCandidate], dataset: object, *, k: int = 5,
                      greedy_steps: int = 40, methods: Sequence[str] = REGRESSION_METHODS,
-                     objective: Objective | None = None) -> list:
+                     objective: Objective | None = None, seed_groups: Sequence[Sequence[int]] = ()) -> list:
     """Every regression ensemble, chosen on validation MSE (or ``objective``); test attached; the best ``chosen``."""
     if not cands:
         raise ConfigError("predictions: no usable candidates (every stored prediction was dropped)")
@@ -162,13 +164,23 @@ def build_regression(cands: Sequence[RegressionCandidate], dataset: object, *, k
     if len(per_trial) > 1:
         records.append(_record(len(records), "top_k", dict.fromkeys(per_trial[:k], 1), cands, y_val, y_test, now,
                                objective))
+    best_of = {cands[i].key.trial_id: i for i in per_trial}  # each trial's best checkpoint
+    groups = [[best_of[t] for t in group if t in best_of] for group in seed_groups]
+    seeds = [_record(len(records), "seeds", dict.fromkeys(g, 1), cands, y_val, y_test, now, objective)
+             for g in groups if len(g) >= 2]
+    if seeds:  # one config from several seeds (--seed-copies): the best such group on validation
+        records.append(min(seeds, key=lambda r: _rank(r, objective)))
     if len(cands) > 1:
         records.append(_record(len(records), "greedy", greedy_counts(cands, y_val, greedy_steps, objective), cands,
                                y_val, y_test, now, objective))
     records = [replace(r, ensemble_id=i) for i, r in enumerate(r for r in records if r.method in methods  # type: ignore
                                                                   or r.method == "single")]
-    if objective is None:
-        best = min(records, key=lambda r: r.val_mse)  # type: ignore[attr-defined]
-    else:
-        best = min(records, key=lambda r: (objective.loss(r.detail["val_objective"]), r.val_mse))
+    best = min(records, key=lambda r: _rank(r, objective))
     return [replace(r, chosen=r is best) for r in records]  # type: ignore[type-var]
+
+
+def _rank(record: EnsembleRecord, objective: Objective | None) -> tuple[float, float]:
+    """Lower is better on validation: (the objective in its mode, MSE), or MSE alone."""
+    if objective is None:
+        return record.val_mse, record.val_mse  # type: ignore[attr-defined,return-value]
+    return objective.loss(record.detail["val_objective"]), record.val_mse  # type: ignore[attr-defined]

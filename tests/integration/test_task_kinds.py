@@ -7,6 +7,7 @@ the input standardisation), so a silent cast or a unit left standardised would s
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -242,6 +243,18 @@ def test_a_squeezed_heads_loss_fn_scores_each_ensemble_on_outputs_shaped_as_the_
                 assert outputs.shape == y.shape
                 loss = float(task.get("loss_fn")(outputs, torch.from_numpy(y).double()))
                 assert r.detail[f"{split}_objective"] == pytest.approx(loss, rel=1e-4), (r.name, split)
+
+
+def test_a_regression_sweeps_seed_copies_make_a_seeds_ensemble(storage_dir):
+    result = sweep("regression_task.py", storage_dir, plan="4x2", ensemble=True, executor="processes", seed_copies=2)
+    trials = {t["trial_id"]: t for t in load(result.path).trials.to_pylist()}
+    seeds = next(r for r in read_ensembles(Storage.from_uri(result.path)) if r.method == "seeds")
+    configs = {json.dumps(trials[m.key.trial_id]["config"], sort_keys=True) for m in seeds.members}
+    assert len(seeds.members) == 3 and len(configs) == 1  # the best config and its two copies
+    _, _, (x_test, y_test) = load_task(os.path.join(TASKS, "regression_task.py")).get("load_data")()
+    predicted = load_ensemble(result.path, name="seeds", trust_task_code=True).predict(torch.from_numpy(x_test))
+    assert seeds.test_mse == pytest.approx(float(np.mean((predicted.numpy() - y_test.astype(np.float64)) ** 2)),
+                                           rel=1e-4)
 
 
 def test_a_regression_in_small_units_shows_its_numbers_not_zeros(storage_dir):

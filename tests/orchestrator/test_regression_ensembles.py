@@ -63,3 +63,16 @@ def test_an_objective_with_mode_max_chooses_regression_ensembles():
         assert r.detail["test_objective"] is not None
     chosen = next(r for r in records if r.chosen)
     assert chosen.detail["val_objective"] == max(r.detail["val_objective"] for r in records)
+
+
+def test_seed_copies_of_one_config_make_a_seeds_ensemble():
+    """--seed-copies trained the best config again from new seeds, and a regression sweep built no ensemble of them."""
+    cands, data = candidates(n_models=6)
+    cands.append(RegressionCandidate(CandidateKey(4, 2, "raw"), cands[4].val + 50.0, cands[4].test))  # trial 4's worse
+    records = {r.name: r for r in build_regression(cands, data, seed_groups=[[1, 4, 5], [2, 99]])}
+    seeds = records["seeds"]
+    assert sorted(m.key.trial_id for m in seeds.members) == [1, 4, 5]
+    assert all(m.key.epoch == 1 and m.weight == pytest.approx(1 / 3) for m in seeds.members)  # each trial's best
+    average = (cands[1].val + cands[4].val + cands[5].val) / 3
+    assert seeds.val_mse == pytest.approx(mse(average, data.y_val))
+    assert "seeds" not in {r.name for r in build_regression(cands, data, seed_groups=[[2, 99]])}  # one trial alone
