@@ -341,3 +341,19 @@ def test_a_nan_loss_without_a_loss_fn_names_the_default_loss_and_the_outputs(tmp
     with pytest.raises(TaskError, match=r"^the default loss gives nan on the first batch of an untrained model; the "
                                         r"model's outputs already hold it$"):
         validate_task(load_task(write_task(tmp_path, body)))
+
+
+def test_counts_given_as_integers_to_a_one_output_regressor_are_told_the_regression_way(tmp_path):
+    # Integer targets are classes; a model with one output per example and counts 0-5 most likely meant numbers.
+    body = textwrap.dedent("""
+        def load_data():
+            x = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+            y = np.arange(30) % 6
+            return (x[:10], y[:10]), (x[10:20], y[10:20]), (x[20:], y[20:])
+        def build_model(config):
+            return nn.Linear(3, 1)
+    """)
+    with pytest.raises(TaskError, match=r"the model outputs 1 score per example but the targets have 6 classes: .*; if "
+                                        r"the targets are numbers \(counts\), give them as floats "
+                                        r"\(y.astype\(\"float32\"\)\) with kind = \"regression\"$"):
+        validate_task(load_task(write_task(tmp_path, body)))

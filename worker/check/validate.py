@@ -323,9 +323,12 @@ def check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task:
                 raise TaskError(f"the model outputs {width} scores per position but the targets hold class 255, as "
                                 f"masks that mark void pixels 255 do: caviar's mark is {IGNORE_INDEX} (torch's "
                                 f"ignore_index): give y.astype('int64') with y[y == 255] = {IGNORE_INDEX}")
+            # one output per example for integer targets: most likely a count or a score given as integers
+            numbers = ('; if the targets are numbers (counts), give them as floats (y.astype("float32")) with '
+                       'kind = "regression"') if width == 1 else ""
             raise TaskError(f"the model outputs {width} score{'s' if width != 1 else ''} per {per} but the targets "
                             f"have {c} classes: give the model {c} outputs, one per class, or declare kind = "
-                            f"\"custom\" with your own loss_fn and metrics")
+                            f"\"custom\" with your own loss_fn and metrics{numbers}")
         wide = width > (kind.num_classes or 0) and not kind.soft and task.get("loss_fn") is None
         if wide:  # predictions and ensembles need one width (a task's own loss_fn may use extra outputs)
             c, w = kind.num_classes or 0, width
