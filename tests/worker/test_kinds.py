@@ -357,3 +357,19 @@ def test_counts_given_as_integers_to_a_one_output_regressor_are_told_the_regress
                                         r"the targets are numbers \(counts\), give them as floats "
                                         r"\(y.astype\(\"float32\"\)\) with kind = \"regression\"$"):
         validate_task(load_task(write_task(tmp_path, body)))
+
+
+@pytest.mark.parametrize("name", ["mse", "loss"])
+def test_a_task_metric_named_as_a_builtin_column_is_refused_not_swapped_in(tmp_path, name):
+    # was: the task's "mse" (of one output) replaced caviar's val_mse in the tables and ranked the trials, while the
+    # ensembles were chosen by caviar's MSE over every output, both called val_mse
+    body = FLOAT_TARGETS + textwrap.dedent(f"""
+        kind = "regression"
+        def build_model(config):
+            return nn.Linear(3, 1)
+        def metrics(out, y):
+            return {{"{name}": float(((out[:, 0] - y) ** 2).mean())}}
+    """)
+    with pytest.raises(TaskError, match=rf"^metrics: '{name}' is a name caviar reports itself \(val_{name}\); give "
+                                        rf"yours another name, e.g. '{name}_mine'$"):
+        validate_task(load_task(write_task(tmp_path, body)))

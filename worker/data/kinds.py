@@ -542,7 +542,12 @@ def split_metrics(task: Any, kind: TargetKind, outputs: torch.Tensor, targets: t
         raise TaskError(f"{exc}; the task's loss_fn takes such outputs, but a regression's MSE, MAE and R² need one "
                         'prediction per target: for outputs that are more than that, declare kind = "custom" with '
                         "metrics") from None  # caviar's own refusal: contract._refuse keeps its text
-    values.update(user_metrics(task, outputs, targets, split))
+    own = user_metrics(task, outputs, targets, split)
+    taken = [name for name in own if name in values or name == "loss"]
+    if taken:  # it would replace caviar's column in the tables while the ensembles still chose by caviar's
+        raise TaskError(f"metrics: {taken[0]!r} is a name caviar reports itself ({split}_{taken[0]}); "
+                        f"give yours another name, e.g. '{taken[0]}_mine'")
+    values.update(own)
     return {f"{split}_{name}": value for name, value in values.items()}
 
 
