@@ -150,6 +150,7 @@ def load_task(ref: str) -> Task:
 
 # The reported columns whose better direction caviar knows; any other objective declares its mode.
 BUILTIN_OBJECTIVES = ("val_accuracy", "val_log_loss", "val_loss", "val_mse", "val_mae", "val_r2", "val_exact_match")
+BETTER_HIGHER = ("val_accuracy", "val_r2", "val_exact_match")  # the others are losses and errors: lower is better
 
 
 def _contract_fields(ref: str, ns: Any) -> tuple[str | None, str | None, str | None]:
@@ -171,6 +172,12 @@ def _contract_fields(ref: str, ns: Any) -> tuple[str | None, str | None, str | N
     mode = getattr(ns, "mode", None)
     if mode is not None and mode not in MODES:
         raise TaskError(f"task {ref!r}: mode must be \"min\" or \"max\", got {mode!r}")
+    if objective in BUILTIN_OBJECTIVES and mode is not None:
+        better = "max" if objective in BETTER_HIGHER else "min"
+        if mode != better:  # a one-word slip that would rank the worst trials (and ensembles) first, silently
+            raise TaskError(f"task {ref!r}: mode = {mode!r} for {objective}, which is better when "
+                            f"{'higher' if better == 'max' else 'lower'}: the sweep would keep its worst trials; "
+                            f"set mode = {better!r} or leave mode out")
     if objective is not None and mode is None and objective not in BUILTIN_OBJECTIVES:
         # val_auroc, val_map, val_iou, val_kappa...: a name says nothing sure about which way is better
         raise TaskError(f"task {ref!r}: objective {objective!r} is not one of caviar's own columns "

@@ -373,3 +373,12 @@ def test_a_task_metric_named_as_a_builtin_column_is_refused_not_swapped_in(tmp_p
     with pytest.raises(TaskError, match=rf"^metrics: '{name}' is a name caviar reports itself \(val_{name}\); give "
                                         rf"yours another name, e.g. '{name}_mine'$"):
         validate_task(load_task(write_task(tmp_path, body)))
+
+
+@pytest.mark.parametrize(("objective", "mode", "better"), [("val_r2", "min", "higher"), ("val_mse", "max", "lower")])
+def test_a_mode_against_a_builtin_objectives_direction_is_refused(tmp_path, objective, mode, better):
+    # was: accepted, and the sweep pruned its best trials and chose its worst ensemble (R² minimised)
+    body = FLOAT_TARGETS + f'kind = "regression"\nobjective = "{objective}"\nmode = "{mode}"\n'
+    with pytest.raises(TaskError, match=rf"mode = '{mode}' for {objective}, which is better when {better}: the sweep "
+                                        r"would keep its worst trials; set mode = '(max|min)' or leave mode out$"):
+        load_task(write_task(tmp_path, body))
