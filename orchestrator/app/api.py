@@ -70,6 +70,7 @@ def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:
             "weights",
             "events",
             "predictions",
+            "dataset",  # the old sweep's objective and targets: kept, they named the new sweep's scores
             "ensembles",
             "diagnostics",
             "task",

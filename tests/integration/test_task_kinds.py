@@ -257,6 +257,22 @@ def test_a_regression_sweeps_seed_copies_make_a_seeds_ensemble(storage_dir):
                                            rel=1e-4)
 
 
+def test_overwriting_a_sweep_leaves_nothing_of_the_old_ones_objective(storage_dir):
+    # The old sweep ranked on its own metric val_ev (max); the new one stores no predictions, so no worker rewrote
+    # dataset/: caviar top and ls named the new sweep's -MSE scores "best val_ev".
+    sweep("small_units_regression_task.py", storage_dir, plan="2x1", executor="processes")
+    path = os.path.join(storage_dir, "small_units_regression_task")
+    storage = Storage.from_uri(path)
+    assert schema.read_dataset_row(storage)["objective"] == "val_mse"
+    storage.write_table(schema.DATASET_PATH, schema.to_table(  # as another task's sweep of this name left it
+        [{**schema.read_dataset_row(storage), "objective": "val_ev", "mode": "max"}], schema.DATASET))
+    sweep("small_units_regression_task.py", storage_dir, plan="2x1", executor="processes", overwrite=True,
+          prediction_dtype="none")
+    assert schema.read_dataset_row(storage).get("objective") != "val_ev"
+    shown = CliRunner().invoke(app, ["top", path], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and "val_ev" not in shown.output
+
+
 def test_a_regression_in_small_units_shows_its_numbers_not_zeros(storage_dir):
     # Targets of about 1e-3 (metres): four decimals printed every MSE, every trial's and the answer's, as 0.0000.
     from orchestrator.app.answer import ensemble_lines
