@@ -102,6 +102,18 @@ def test_trials_with_more_than_one_cpu_run_in_spawned_processes(tmp_path):
         backend.close()
 
 
+def test_a_streamed_task_with_loader_workers_trains_in_spawned_processes(tmp_path):
+    """``num_workers = 2`` with a Dataset class defined in the task file: the spawned worker's DataLoader workers
+    used to be spawned too, died unpickling a class they could not import, and the sweep waited for ever."""
+    task = os.path.join(ROOT, "tests", "tasks", "loader_workers_task.py")
+    code = ("from orchestrator import run_sweep; "
+            f"r = run_sweep({task!r}, stages=1, pruner='none', slots=1, storage={str(tmp_path)!r}, name='w', "
+            "executor='processes', ensemble=False); print(r.counts)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("{'completed': 2}")
+
+
 def test_only_one_thread_workers_over_in_memory_data_are_forked():
     in_memory, streamed = SimpleNamespace(streams=None), SimpleNamespace(streams={"train": object()})
     assert start_method(1, in_memory) == "fork"

@@ -73,6 +73,11 @@ def serve(conn: Connection, master: int, task_ref: str, storage_uri: str, sweep:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's: it stops the trials, then ends us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the master's handler, which would raise inside a trial
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # a print goes to the terminal, not the live view's proxy
+    if sys.platform.startswith("linux") and multiprocessing.get_start_method(allow_none=True) != "fork":
+        # A spawned child inherits "spawn" as its default: DataLoader workers (caviar's or the task's own) would be
+        # spawned too, could not import a task loaded from its file, and die unpickling its Dataset while the loader
+        # waits for ever. Forked, as in a plain script on Linux, they inherit the task.
+        multiprocessing.set_start_method("fork", force=True)
     for other in list(_MASTER_ENDS):  # forked copies of the master's pipe ends: the master's exit must reach us
         other.close()
     interrupt.die_with_parent(master)  # a SIGKILLed master leaves no trainer behind
