@@ -272,9 +272,14 @@ def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sw
         key = warm_pool.pool_key(task, resources.actor_options(), worker_options["device"], worker_options["threads"])
         kept = warm_pool.take(key)
         where = root.location  # workers run elsewhere (their own cwd): a local path goes absolute
+        shared = shared_data(splits)
+        if shared is None and splits is not None:  # actors load the data: standardised with the master's statistics
+            from worker.train.session import statistics_of
+
+            worker_options["input_statistics"] = statistics_of(splits)
         # fused arrays when the model allows (cluster/fused_setup.py), else one trial per actor
         backend, plan = choose_backend(task, settings, where, name, stage_trials, first_pending, slots,
-                                       worker_options, kept[:slots], shared_data(splits))
+                                       worker_options, kept[:slots], shared)
     except CaviarError:
         _end(kept)
         if not resuming:

@@ -114,6 +114,37 @@ def test_a_streamed_task_with_loader_workers_trains_in_spawned_processes(tmp_pat
     assert done.stdout.strip().endswith("{'completed': 2}")
 
 
+def test_workers_that_load_augmented_data_themselves_standardise_with_the_masters_statistics(tmp_path):
+    """Spawned workers read a randomly augmenting training Dataset themselves: each pass gives other input
+    statistics. Every worker must standardise with the master's (the ones stored, which loading applies), or a trial
+    of one worker reports numbers its loaded checkpoint does not give."""
+    import numpy as np
+    import torch
+
+    from orchestrator.ensemble.ensemble_run import read_dataset
+    from orchestrator.store.storage import Storage
+    from tests.tasks import augmented_task
+    from worker.load.ensemble_model import SweepModels
+
+    path = os.path.join(ROOT, "tests", "tasks", "augmented_task.py")
+    result = run_sweep(path, trials=4, epochs=1, stages=1, pruner="none", slots=2, storage=str(tmp_path),
+                       name="aug", executor="processes", ensemble=False)
+    assert result.counts == {"completed": 4}
+    storage = Storage.from_uri(result.path)
+    stored = read_dataset(storage)
+    models = SweepModels(storage, trust_task_code=True)
+    val = augmented_task.Noisy("val", False)
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    y = torch.tensor([val[i][1] for i in range(len(val))])
+    x = (x - torch.from_numpy(stored.mean).float()) / torch.from_numpy(stored.std).float()
+    for key, row in models.checkpoints.items():
+        with torch.no_grad():
+            log_p = torch.log_softmax(models.model(key).eval()(x).double(), dim=1)
+        log_loss = float(-log_p[torch.arange(len(y)), y].mean())
+        assert dict(row["metrics"])["val_log_loss"] == pytest.approx(log_loss, rel=1e-5), key
+        assert np.isclose(float((log_p.argmax(1) == y).double().mean()), dict(row["metrics"])["val_accuracy"])
+
+
 def test_only_one_thread_workers_over_in_memory_data_are_forked():
     in_memory, streamed = SimpleNamespace(streams=None), SimpleNamespace(streams={"train": object()})
     assert start_method(1, in_memory) == "fork"

@@ -273,8 +273,12 @@ def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, sta
     return Splits(None, y_train, None, y_val, None, y_test, target_kind.num_classes, mean, std, target_kind, streams)
 
 
-def prepare_task_data(task: Any) -> Splits:
-    """``load_data()`` of a loaded task, checked against its declared (or inferred) kind."""
+def prepare_task_data(task: Any, statistics: Any = None) -> Splits:
+    """``load_data()`` of a loaded task, checked against its declared (or inferred) kind.
+
+    ``statistics``: the sweep's input ``(mean, std)`` (the master's, ``worker.train.session.statistics_of``), used
+    instead of a pass of this process's own: a training split that augments at random gives others at every pass.
+    """
     before = task_globals.snapshot(task.namespace)
     try:
         raw = task.get("load_data")()
@@ -284,7 +288,8 @@ def prepare_task_data(task: Any) -> Splits:
         raise TaskError(f"load_data raised {type(exc).__name__}: {exc}") from exc
     splits = prepare(raw, normalize=task.normalize, kind=getattr(task, "kind", None),
                      standardize_targets=getattr(task, "standardize_targets", False),
-                     num_workers=int(task.get("num_workers") or 0), task_statistics=task_statistics(task),
+                     num_workers=int(task.get("num_workers") or 0),
+                     task_statistics=task_statistics(task) if statistics is None else statistics,
                      num_classes=task.get("num_classes"))
     splits.task_globals = task_globals.set_since(task.namespace, before)
     return splits

@@ -34,7 +34,9 @@ from typing import Any
 from orchestrator.decide import interrupt
 from orchestrator.decide.backend import MAX_REPLACEMENTS, START_FAILED, Assignment, Backend, Report, slots_given_up
 from worker.check.contract import describe
-from worker.train.session import WorkerSession  # imported here, in the master: forked children inherit torch
+
+# (WorkerSession: imported here, in the master, so forked children inherit torch)
+from worker.train.session import WorkerSession, statistics_of
 
 log = logging.getLogger("caviar")
 
@@ -124,8 +126,12 @@ def child_setup(task_ref: str, storage_uri: str, sweep: str, worker_options: Map
     """How children start (:func:`start_method`), its multiprocessing context, and what each is given."""
     threads = int(worker_options.get("threads") or 1)  # always set: a forked child must not keep torch's default
     method = start_method(threads, splits)
-    # A spawned child would get a pickled copy: it loads the data itself, as a Ray actor does.
-    args = (task_ref, storage_uri, sweep, {**worker_options, "threads": threads}, splits if method == "fork" else None)
+    # A spawned child would get a pickled copy: it loads the data itself, as a Ray actor does, and standardises it
+    # with the master's statistics (a randomly augmenting training split gives others at every pass).
+    options = {**worker_options, "threads": threads}
+    if method != "fork":
+        options["input_statistics"] = statistics_of(splits)
+    args = (task_ref, storage_uri, sweep, options, splits if method == "fork" else None)
     return method, multiprocessing.get_context(method), args
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from orchestrator.decide.backend import Assignment, Report
@@ -22,6 +23,7 @@ from orchestrator.decide.pruning import EARLY_STOPPED, divergence_reason, platea
 from orchestrator.decide.status import TrialStatus
 from orchestrator.errors import StorageError
 from orchestrator.spec.task import Task, load_task
+from orchestrator.store.schema import read_dataset_row
 from orchestrator.store.storage import Storage
 from worker.data import task_globals
 from worker.data.kinds import baseline_val_loss
@@ -41,6 +43,8 @@ class WorkerOptions:
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     prediction_dtype: str = "float16"  # stored val/test probabilities for ensembles: float16 or float32
     precision: str = "fp32"  # fp32, bf16 or fp16
+    # The master's input (mean, std) (statistics_of), for a worker that loads the data itself
+    input_statistics: Any = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerOptions:
@@ -54,6 +58,24 @@ def warm_up_torch() -> None:
     param.sum().backward()
     optimizer.step()
     torch.manual_seed(0)
+
+
+def statistics_of(splits: Splits | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The input ``(mean, std)`` ``splits`` were standardised with, one example's shape, as ``prepare`` takes them
+    (float64 holds every float dtype's values exactly); None where the inputs are not standardised."""
+    if splits is None or splits.mean is None or splits.std is None:
+        return None
+    return splits.mean[0].detach().cpu().double().numpy(), splits.std[0].detach().cpu().double().numpy()
+
+
+def stored_statistics(storage: Storage) -> tuple[np.ndarray, np.ndarray] | None:
+    """The input (mean, std) a sweep's trials already trained with (a resume: the master loaded no data)."""
+    row = read_dataset_row(storage)
+    if row.get("mean") is None or row.get("std") is None:
+        return None
+    shape = tuple(row["input_shape"])
+    return (np.asarray(row["mean"], dtype=np.float64).reshape(shape),
+            np.asarray(row["std"], dtype=np.float64).reshape(shape))
 
 
 class WorkerSession:
@@ -85,10 +107,12 @@ class WorkerSession:
         self.device = pick_device(self.options.device)
         if splits is not None:  # the master's load_data ran, not ours: take the globals it set in the task
             task_globals.apply(self.task.namespace, splits.task_globals)
-        self.splits: Splits = (splits if splits is not None else prepare_task_data(self.task)).to(self.device)
+        self.storage = Storage.from_uri(storage_uri).child(sweep)
+        if splits is None:  # every worker standardises as the master did (and as loading will): one set of numbers
+            splits = prepare_task_data(self.task, self.options.input_statistics or stored_statistics(self.storage))
+        self.splits: Splits = splits.to(self.device)
         s = self.splits
         self.baseline_val_loss = baseline_val_loss(self.task, s.target_kind, s.y_train, s.y_val)
-        self.storage = Storage.from_uri(storage_uri).child(sweep)
         self._check_storage()
         self.runs: dict[int, tuple[TrialRun, TrialRecorder]] = {}
 
