@@ -74,6 +74,7 @@ def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:
             "ensembles",
             "diagnostics",
             "task",
+            "dataset",
         ):
             sweep.delete_dir(table)
         sweep.delete(LEASE_PATH)
@@ -119,7 +120,10 @@ def run_sweep(
     log = SweepLog(sweep, space, lease=claim_sweep(sweep, settings.overwrite))
 
     def first_writes() -> None:
+        from worker.train.session import write_input_statistics
+
         store_task_source(sweep, task, config_file)  # the sweep carries its task (orchestrator/spec/task_source.py)
+        write_input_statistics(sweep, splits)  # what a resume's workers standardise with
         log.write_sweep_row(sweep_row(task, settings, space, name))
 
     return drive_and_finish(task, settings, root, sweep, name, controller, log, resumed=False,

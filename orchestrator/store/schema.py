@@ -339,6 +339,9 @@ def predictions_path(trial_id: int) -> str:
 
 
 DATASET_PATH = "dataset/dataset.parquet"
+# The input (mean, std) the master computed, written before any trial: a resume's workers standardise with it (a
+# randomly augmenting training split gives other statistics at every pass). Empty when inputs are not standardised.
+INPUT_STATISTICS_PATH = "weights/input_statistics.safetensors"
 ENSEMBLES_PATH = "ensembles/ensembles.parquet"
 
 

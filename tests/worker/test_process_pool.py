@@ -145,6 +145,27 @@ def test_workers_that_load_augmented_data_themselves_standardise_with_the_master
         assert np.isclose(float((log_p.argmax(1) == y).double().mean()), dict(row["metrics"])["val_accuracy"])
 
 
+def test_resumed_workers_standardise_with_the_statistics_the_master_wrote_before_any_trial(tmp_path):
+    """A sweep stopped before any trial stored its predictions, then resumed: the master loads no data, and each
+    worker's own pass over the augmenting training split gives other statistics; they take the master's, written at
+    the start."""
+    import torch
+
+    from orchestrator.spec.task import load_task
+    from orchestrator.store.storage import Storage
+    from worker.data.splits import prepare_task_data
+    from worker.train.session import WorkerSession, write_input_statistics
+
+    path = os.path.join(ROOT, "tests", "tasks", "augmented_task.py")
+    master = prepare_task_data(load_task(path))
+    write_input_statistics(Storage.from_uri(str(tmp_path)).child("s"), master)
+    workers = [WorkerSession(path, str(tmp_path), "s", {"device": "cpu"}) for _ in range(2)]
+    for worker in workers:
+        assert torch.equal(worker.splits.mean, master.mean) and torch.equal(worker.splits.std, master.std)
+    # without the file each pass has its own (the augmentation is random): the check above is not vacuous
+    assert not torch.equal(prepare_task_data(load_task(path)).mean, master.mean)
+
+
 def test_only_one_thread_workers_over_in_memory_data_are_forked():
     in_memory, streamed = SimpleNamespace(streams=None), SimpleNamespace(streams={"train": object()})
     assert start_method(1, in_memory) == "fork"

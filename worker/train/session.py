@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from orchestrator.decide.backend import Assignment, Report
@@ -23,12 +24,12 @@ from orchestrator.decide.pruning import EARLY_STOPPED, divergence_reason, platea
 from orchestrator.decide.status import TrialStatus
 from orchestrator.errors import StorageError
 from orchestrator.spec.task import Task, load_task
-from orchestrator.store.schema import read_dataset_row
+from orchestrator.store.schema import INPUT_STATISTICS_PATH, read_dataset_row
 from orchestrator.store.storage import Storage
 from worker.data import task_globals
 from worker.data.kinds import baseline_val_loss
 from worker.data.splits import Splits, prepare_task_data
-from worker.train.recorder import TrialRecorder, load_resume_state
+from worker.train.recorder import TrialRecorder, load_resume_state, load_safetensors
 from worker.train.trainer import TrialRun, TrialSpec, pick_device
 
 
@@ -68,8 +69,19 @@ def statistics_of(splits: Splits | None) -> tuple[np.ndarray, np.ndarray] | None
     return splits.mean[0].detach().cpu().double().numpy(), splits.std[0].detach().cpu().double().numpy()
 
 
+def write_input_statistics(storage: Storage, splits: Splits) -> None:
+    """The master's input statistics, for workers that load the data themselves after a resume."""
+    stats = statistics_of(splits)
+    tensors = {} if stats is None else {"mean": torch.from_numpy(stats[0]), "std": torch.from_numpy(stats[1])}
+    storage.write_bytes(INPUT_STATISTICS_PATH, safetensors.torch.save(tensors))
+
+
 def stored_statistics(storage: Storage) -> tuple[np.ndarray, np.ndarray] | None:
-    """The input (mean, std) a sweep's trials already trained with (a resume: the master loaded no data)."""
+    """The input (mean, std) a sweep's trials train with (a resume: the master loaded no data); a sweep from before
+    the statistics file was written: the stored dataset row's."""
+    if storage.exists(INPUT_STATISTICS_PATH):
+        stored = load_safetensors(storage.read_bytes(INPUT_STATISTICS_PATH), storage.path(INPUT_STATISTICS_PATH))
+        return (stored["mean"].numpy(), stored["std"].numpy()) if "mean" in stored else None
     row = read_dataset_row(storage)
     if row.get("mean") is None or row.get("std") is None:
         return None
