@@ -231,7 +231,7 @@ def task_input_statistics(statistics: Any, input_shape: tuple[int, ...], dtype: 
                         f"got {type(statistics).__name__}")
     out = []
     for name, value in zip(("mean", "std"), statistics):
-        t = torch.as_tensor(np.asarray(value, dtype=np.float64))
+        t = torch.as_tensor(np.array(value, dtype=np.float64))  # a copy: read-only arrays (Ray's) make torch warn
         if t.ndim == 1 and len(input_shape) > 1 and t.shape[0] == input_shape[0] and t.shape[0] > 1:
             t = t.reshape(-1, *([1] * (len(input_shape) - 1)))  # per channel
         try:
