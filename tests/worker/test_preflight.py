@@ -131,6 +131,20 @@ def test_a_model_that_cannot_learn_fails_to_overfit():
     assert not report.passed
 
 
+def test_a_label_smoothing_loss_is_judged_against_the_least_loss_it_can_reach():
+    """``F.cross_entropy(..., label_smoothing=0.1)`` stays near 0.5 at its best on 3 classes: a model that fits every
+    example passes; one that cannot learn still fails."""
+    def smoothed(logits, y):
+        return F.cross_entropy(logits, y, label_smoothing=0.1)
+
+    checks = by_name(run_preflight(make_task(loss_fn=smoothed), dims_per_tensor=2))
+    assert checks["overfit tiny subset"].status == PASS, checks["overfit tiny subset"]
+    assert "loss < 0.34" in checks["overfit tiny subset"].expected  # the smoothed floor, 0.291 on 3 classes, + 0.05
+    frozen = by_name(run_preflight(make_task(loss_fn=smoothed, build_model=lambda c: FrozenNet(int(c["hidden"]))),
+                                   overfit_steps=150, dims_per_tensor=2))
+    assert frozen["overfit tiny subset"].status == FAIL
+
+
 def test_a_model_that_raises_is_a_failed_row_not_a_crash():
     def explode(logits, y):
         raise RuntimeError("shape mismatch")
