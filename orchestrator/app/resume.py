@@ -23,6 +23,7 @@ import pyarrow as pa
 from orchestrator.app.answer import sweep_objective
 from orchestrator.app.lifecycle import NO_PLUGINS, PlugIns, controller_for, drive_and_finish, result_of
 from orchestrator.decide.controller import Controller
+from orchestrator.decide.pruning import chance_classes
 from orchestrator.decide.restore import Rebuilt, StoredRows, restore
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.search.space import SearchSpace, parse_param
@@ -110,7 +111,7 @@ def read_record(storage: Storage) -> SweepRecord:
     dataset = schema.read_dataset_row(storage)  # a column a sweep from before it lacks reads as None
     return SweepRecord(
         sweep[0], stages, trials, _rows(schema.effective_metrics(raw)), last_attempt, events, event_parts,
-        dataset.get("num_classes"), dataset.get("baseline_val_loss"),
+        chance_classes(dataset.get("num_classes"), dataset.get("objective")), dataset.get("baseline_val_loss"),
     )
 
 

@@ -125,6 +125,18 @@ def not_learning_reason(obs: Observation, margin: float = 0.02) -> str | None:
     return NOT_LEARNING if obs.val_loss >= math.log(c) else None
 
 
+# What caviar itself measures of a classifier's fit: at chance when accuracy (or the log loss) is.
+FIT_OBJECTIVES = ("val_accuracy", "val_log_loss", "val_loss", "val_exact_match")
+
+
+def chance_classes(num_classes: int | None, objective: str | None) -> int | None:
+    """The class count the not-learning rule judges a classifier by; None (no rule) for a sweep ranked by a metric
+    of the task's own. Accuracy at chance says nothing of a ROC AUC: a class-weighted loss on one positive in ten
+    calls most examples positive at first, accuracy 0.1, while the AUC climbs. ``objective`` None: a sweep from
+    before the objective was stored."""
+    return num_classes if objective is None or objective in FIT_OBJECTIVES else None
+
+
 def asha_rungs(grace_epochs: int, reduction_factor: int, max_epochs: int) -> list[int]:
     """Rung epochs ``grace * eta**k`` below ``max_epochs`` (a trial at max_epochs ends anyway)."""
     rungs, epoch = [], grace_epochs

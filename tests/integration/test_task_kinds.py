@@ -354,3 +354,14 @@ def test_a_custom_kind_sweeps_answer_is_its_best_checkpoint_loaded_with_the_work
     said, load_it = ensemble_lines(result.path, "task.py")  # what `caviar run` prints at the end
     assert said.startswith(f"Best checkpoint: trial {stored['trial_id']} epoch {stored['epoch']}")
     assert f"val_l1 {metric_map(stored)['val_l1']:.4f}" in said and load_it.startswith("Load it: ")
+
+
+def test_a_sweep_ranked_by_its_own_auc_never_prunes_a_trial_as_not_learning_by_its_accuracy(tmp_path):
+    """Accuracy under 1/C says nothing of a sweep ranked by the task's ROC AUC (a class-weighted loss on one positive
+    in ten calls most examples positive at first): no trial whose AUC is far above chance is pruned as not learning."""
+    result = run_sweep(os.path.join(TASKS, "imbalanced_auc_task.py"), storage=str(tmp_path), name="auc", stages=1,
+                       pruner="asha", slots=1, seed=0, ensemble=False, executor="processes")
+    tables = load(result.path)
+    first = [r for r in tables.metrics.to_pylist() if r["epoch"] == 1]
+    assert first and all(r["val_accuracy"] < 0.5 < metric_map(r)["val_auc"] - 0.2 for r in first)  # the premise
+    assert [t["status"] for t in tables.trials.to_pylist()] == ["completed", "completed"]

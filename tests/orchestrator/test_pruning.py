@@ -337,3 +337,13 @@ def test_make_pruner():
 def test_bad_options_name_the_field(name, options, field):
     with pytest.raises(ConfigError, match=f"^{field}"):
         make_pruner(name, **options)
+
+
+def test_the_not_learning_rule_judges_only_sweeps_ranked_by_caviars_own_measures_of_fit():
+    from orchestrator.decide.pruning import chance_classes
+
+    for objective in ("val_accuracy", "val_log_loss", "val_loss", "val_exact_match", None):
+        assert chance_classes(2, objective) == 2
+    assert chance_classes(2, "val_auc") is None  # accuracy 0.1 on one positive in ten says nothing of the AUC
+    assert not_learning_reason(Observation(0, 1, 0.97, 0.7, 2.5, val_accuracy=0.1,
+                                           num_classes=chance_classes(2, "val_auc"))) is None

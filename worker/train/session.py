@@ -20,7 +20,7 @@ import safetensors.torch
 import torch
 
 from orchestrator.decide.backend import Assignment, Report
-from orchestrator.decide.pruning import EARLY_STOPPED, divergence_reason, plateau_reason
+from orchestrator.decide.pruning import EARLY_STOPPED, chance_classes, divergence_reason, plateau_reason
 from orchestrator.decide.status import TrialStatus
 from orchestrator.errors import StorageError
 from orchestrator.spec.task import Task, load_task
@@ -173,7 +173,7 @@ class WorkerSession:
         try:
             while run.epoch < min(until_epoch, run.spec.max_epochs):
                 row = run.train_epoch()
-                row["num_classes"] = self.splits.num_classes
+                row["num_classes"] = chance_classes(self.splits.num_classes, run.objective)  # the not-learning rule's
                 row["baseline_val_loss"] = self.baseline_val_loss  # for the pruner's not-learning rule, not stored
                 recorder.record(run, {k: v for k, v in row.items() if k not in ("num_classes", "baseline_val_loss")})
                 rows.append(row)
