@@ -5,6 +5,7 @@ Everything is read from each sweep's own tables; nothing is cached between calls
 
 from __future__ import annotations
 
+import json
 import posixpath
 from typing import Any
 
@@ -87,7 +88,20 @@ def describe_sweep(sweep: Storage) -> dict[str, Any]:
         "ensemble": chosen["name"] if chosen else None,
         "ensemble_test_accuracy": chosen["test_accuracy"] if chosen else None,
         "ensemble_test_mse": chosen.get("test_mse") if chosen else None,  # regression: in the targets' units
+        "ensemble_test_objective": chosen_objective(chosen),
     }
+
+
+def chosen_objective(chosen: dict[str, Any] | None) -> tuple[str, float] | None:
+    """(``test_<metric>``, value) of an ensemble chosen by a metric of the task's own (a ROC AUC), the number its
+    sweep is about; None when caviar's own log loss, accuracy or MSE chose it."""
+    if not chosen or not chosen.get("detail"):
+        return None
+    detail = json.loads(chosen["detail"]) if isinstance(chosen["detail"], str) else chosen["detail"]
+    by, value = detail.get("chosen_by"), detail.get("test_objective")
+    if not by or value is None or by in ("val_log_loss", "val_accuracy", "val_mse"):
+        return None
+    return "test_" + by.removeprefix("val_"), float(value)
 
 
 def describe_objective(dataset: dict[str, Any]) -> tuple[str, str] | None:
@@ -108,5 +122,5 @@ def list_sweeps(storage: str) -> list[dict[str, Any]]:
         except StorageError as exc:
             rows.append({"name": name, "task": None, "started": None, "state": f"unreadable: {exc}", "trials": 0,
                          "best_score": None, "ensemble": None, "ensemble_test_accuracy": None,
-                         "ensemble_test_mse": None})
+                         "ensemble_test_mse": None, "ensemble_test_objective": None})
     return sorted(rows, key=lambda r: (r["started"] is None, str(r["started"]), r["name"]))

@@ -360,8 +360,13 @@ def test_a_sweep_ranked_by_its_own_auc_never_prunes_a_trial_as_not_learning_by_i
     """Accuracy under 1/C says nothing of a sweep ranked by the task's ROC AUC (a class-weighted loss on one positive
     in ten calls most examples positive at first): no trial whose AUC is far above chance is pruned as not learning."""
     result = run_sweep(os.path.join(TASKS, "imbalanced_auc_task.py"), storage=str(tmp_path), name="auc", stages=1,
-                       pruner="asha", slots=1, seed=0, ensemble=False, executor="processes")
+                       pruner="asha", slots=1, seed=0, executor="processes")
     tables = load(result.path)
     first = [r for r in tables.metrics.to_pylist() if r["epoch"] == 1]
     assert first and all(r["val_accuracy"] < 0.5 < metric_map(r)["val_auc"] - 0.2 for r in first)  # the premise
     assert [t["status"] for t in tables.trials.to_pylist()] == ["completed", "completed"]
+    # caviar ls shows the chosen ensemble's test AUC, the number the sweep is about, not its test accuracy (0.9 for
+    # calling every example negative)
+    chosen = next(r for r in read_ensembles(Storage.from_uri(result.path)) if r.chosen)
+    listed = CliRunner().invoke(app, ["ls", str(tmp_path)], env={"COLUMNS": "250"})
+    assert listed.exit_code == 0 and f"(test_auc {chosen.detail['test_objective']:.4f})" in listed.output
