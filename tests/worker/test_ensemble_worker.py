@@ -130,6 +130,41 @@ def test_average_states_and_bn_recomputed_from_training_inputs():
     assert not recompute_bn(nn.Linear(3, 2), x)
 
 
+class FrozenBackbone(nn.Module):
+    """Fine-tuning as usually written: the pretrained backbone's batch norm stays in eval mode while the head trains."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).requires_grad_(False)
+        self.head = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def test_recomputing_batch_norm_leaves_the_statistics_of_a_frozen_backbone_alone():
+    """A soup's batch-norm pass used to reset every batch norm, then forward in train mode, where the backbone's
+    stays in eval: its pretrained statistics became mean 0, variance 1 in the soup."""
+    torch.manual_seed(0)
+    model = FrozenBackbone()
+    frozen = model.backbone[1]
+    with torch.no_grad():
+        frozen.running_mean.fill_(5.0)
+        frozen.running_var.fill_(9.0)
+    x = torch.randn(256, 3)
+    assert recompute_bn(model, x)
+    assert torch.equal(frozen.running_mean, torch.full((4,), 5.0))
+    assert torch.equal(frozen.running_var, torch.full((4,), 9.0))
+    with torch.no_grad():  # the head's batch norm is recomputed, from the frozen backbone's outputs
+        h = model.head[0](model.backbone.eval()(x))
+    assert torch.allclose(model.head[1].running_mean, h.mean(0), atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def digits_sweep(tmp_path_factory):
     """Three digits trials, two of one architecture (with batch norm), one of another."""

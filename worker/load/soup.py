@@ -4,7 +4,7 @@ Start from the best candidate on validation; go down the ranking and add a check
 shares its architecture (same state-dict names, shapes and dtypes, same module classes)
 only if the averaged weights score better on validation. After each averaging the
 batch-norm statistics are recomputed with one pass over the training split
-(``torch.optim.swa_utils.update_bn``): averaged running statistics do not describe the
+(as ``torch.optim.swa_utils.update_bn``): averaged running statistics do not describe the
 averaged weights. That pass runs under fixed seeds, so augmented training data gives the same
 statistics on every build, and the weights file keeps them. Test metrics are computed once,
 for the final soup. Streamed data (torch Datasets or the task's loader functions) is read
@@ -80,7 +80,21 @@ def recompute_bn(model: nn.Module, x_train: torch.Tensor | Iterable[torch.Tensor
         return False
     if isinstance(x_train, torch.Tensor):
         x_train = [x_train[i : i + batch_size] for i in range(0, len(x_train), batch_size)]
-    torch.optim.swa_utils.update_bn(x_train, model)
+    # As torch's update_bn (a cumulative mean over the batches), but a batch norm the model keeps in eval mode while
+    # training (a frozen backbone's, by a train() override) keeps its statistics: update_bn reset them for good.
+    was_training = model.training
+    model.train()
+    live = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    momenta = {m: m.momentum for m in live}
+    for m in live:
+        m.reset_running_stats()
+        m.momentum = None
+    with torch.no_grad():
+        for x in x_train:
+            model(x)
+    for m in live:
+        m.momentum = momenta[m]
+    model.train(was_training)
     return True
 
 
