@@ -72,7 +72,7 @@ class Splits:
             return self.x_train
         assert self.streams is not None
         got: list[torch.Tensor] = []
-        for x, _ in self.streams["train"].loader(min(n, 256), shuffle=False):
+        for x, _ in self.streams["train"].reading(min(n, 256)):
             got.append(x)
             if sum(len(g) for g in got) >= n:
                 break
@@ -87,7 +87,7 @@ class Splits:
         assert self.streams is not None
         xs: list[torch.Tensor] = []
         ys: list[torch.Tensor] = []
-        for x, y in self.streams["train"].loader(min(n, 256), shuffle=False):  # pairs as read: a loader may shuffle
+        for x, y in self.streams["train"].reading(min(n, 256)):  # pairs as read: a loader may shuffle
             xs.append(x)
             ys.append(y)
             if sum(len(b) for b in xs) >= n:

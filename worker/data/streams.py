@@ -84,6 +84,12 @@ class Stream:
                           generator=generator, num_workers=workers, pin_memory=self.pin_memory,
                           persistent_workers=workers > 0, drop_last=drop_last)
 
+    def reading(self, batch_size: int) -> Iterable[Any]:
+        """Batches for a pass that is no training epoch (samples for checks, a soup's batch-norm pass): every
+        example, whatever the task's loader drops."""
+        loader = self.loader(batch_size, shuffle=False)
+        return every_example(loader, self.name) if self.make_loader is not None else loader
+
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split in order, in large batches (one loader per stream, its workers kept).
 
@@ -139,7 +145,7 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
     targets: list[torch.Tensor] = []
     total = total_sq = None
     count = 0
-    batches = (stream._made(STATS_BATCH) if stream.make_loader is not None else
+    batches = (stream.reading(STATS_BATCH) if stream.make_loader is not None else
                DataLoader(stream.dataset, batch_size=STATS_BATCH, shuffle=False, num_workers=stream._workers()))
     for batch in batches:
         x, y = _pair(batch, stream.name)
@@ -175,6 +181,22 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
     var = (total_sq - count * mean * mean) / max(count - 1, 1)
     std = usable_std(var.clamp_min(0).sqrt(), mean)
     return y_all, mean.to(stream.input_dtype), std.to(stream.input_dtype)
+
+
+def every_example(loader: Iterable[Any], name: str) -> Iterable[Any]:
+    """The task's loader for the load-time pass, dropping no example.
+
+    A training DataLoader with ``drop_last=True`` (as batch norm wants) would leave its last partial batch out of
+    the pass: the targets and statistics would cover a random subset, and a split smaller than one batch would read
+    as empty. The same sampler and collate without dropping. Validation and test must give every example.
+    """
+    if not (isinstance(loader, DataLoader) and loader.drop_last):
+        return loader
+    if name != "train":
+        raise TaskError(f"load_data: the {name} loader function's DataLoader has drop_last=True; validation and "
+                        "test are measured on every example: leave drop_last off for them")
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler,
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, drop_last=False)
 
 
 def usable_std(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:

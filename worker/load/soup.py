@@ -189,7 +189,7 @@ class Soup:
         if not self.splits.streams:
             assert self.splits.x_train is not None
             return self.splits.x_train
-        loader = self.splits.streams["train"].loader(BN_BATCH, shuffle=False)
+        loader = self.splits.streams["train"].reading(BN_BATCH)
         return (self.splits.normalise(x.to(self.device, non_blocking=True)) for x, _ in loader)
 
     def arch_of(self, trial_id: int) -> tuple[Any, ...]:

@@ -265,6 +265,10 @@ class TrialRun:
         grad_norm_sum, steps = 0.0, 0
         update_ratio = math.nan
         n_batches = math.ceil((self.splits.n_train - self.skip_single) / self.batch_size)
+        # The update ratio is measured on the epoch's last batch; a task's own loader owns its batch count (drop_last):
+        # on its first.
+        own_loader = bool(self.splits.streams) and self.splits.streams["train"].make_loader is not None
+        measured = 0 if own_loader else n_batches - 1
         params = [p for p in model.parameters() if p.requires_grad]
         for i, (xb, y_original) in enumerate(self._original_batches()):
             yb = self.kind.to_training(y_original)
@@ -276,8 +280,7 @@ class TrialRun:
             self.scaler.unscale_(opt)  # clip and measure the true gradients, not the scaled ones
             grad_norm_sum += float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
             steps += 1
-            last = i == n_batches - 1
-            before = [p.detach().clone() for p in params] if last else None
+            before = [p.detach().clone() for p in params] if i == measured else None
             self.scaler.step(opt)  # skips the step when fp16 gradients overflowed
             self.scaler.update()
             if before is not None:  # CS231n's health signal: ||update|| / ||w||, ~1e-3
