@@ -64,9 +64,10 @@ def warm_up_torch() -> None:
 def statistics_of(splits: Splits | None) -> tuple[np.ndarray, np.ndarray] | None:
     """The input ``(mean, std)`` ``splits`` were standardised with, one example's shape, as ``prepare`` takes them
     (float64 holds every float dtype's values exactly); None where the inputs are not standardised."""
-    if splits is None or splits.mean is None or splits.std is None:
+    mean, std = getattr(splits, "mean", None), getattr(splits, "std", None)
+    if mean is None or std is None:
         return None
-    return splits.mean[0].detach().cpu().double().numpy(), splits.std[0].detach().cpu().double().numpy()
+    return mean[0].detach().cpu().double().numpy(), std[0].detach().cpu().double().numpy()
 
 
 def write_input_statistics(storage: Storage, splits: Splits) -> None:
