@@ -74,7 +74,6 @@ def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:
             "ensembles",
             "diagnostics",
             "task",
-            "dataset",
         ):
             sweep.delete_dir(table)
         sweep.delete(LEASE_PATH)
