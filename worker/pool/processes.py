@@ -34,9 +34,7 @@ from typing import Any
 from orchestrator.decide import interrupt
 from orchestrator.decide.backend import MAX_REPLACEMENTS, START_FAILED, Assignment, Backend, Report, slots_given_up
 from worker.check.contract import describe
-
-# (WorkerSession: imported here, in the master, so forked children inherit torch)
-from worker.train.session import WorkerSession, statistics_of
+from worker.train.session import WorkerSession, statistics_of  # imported in the master: forked children inherit torch
 
 log = logging.getLogger("caviar")
 
