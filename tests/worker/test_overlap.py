@@ -75,3 +75,27 @@ def test_inputs_of_any_dtype_are_compared_as_given(dtype):
     y = np.zeros(20, np.int64)
     assert shared_examples(prepare(((x, y), (x[:10], y[:10]), (x[10:], y[10:])), normalize=False)) == [
         "10 of 10 test examples (100%) are also in train", "10 of 10 val examples (100%) are also in train"]
+
+
+def test_classes_that_train_never_shows_are_named_in_one_line_before_the_sweep(caplog):
+    from worker.check.validate import warn_if_classes_missing_from_train
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(120, 5)).astype(np.float32)
+    y = np.arange(120) % 4  # classes 0..3
+    train = (x[:60], np.where(y[:60] == 3, 0, y[:60]))  # train never shows class 3
+    val = (x[60:90], y[60:90])
+    test = (x[90:], np.where(y[90:] == 2, 0, y[90:]))
+    task = plain_task(lambda config: nn.Linear(5, 4), load_data=lambda: (train, val, test))
+    with caplog.at_level("WARNING", logger="caviar"):
+        validate_contract(task, [{"lr": 0.05, "batch_size": 16, "optimizer": "adam"}])
+    [line] = [r.getMessage() for r in caplog.records if "never shows" in r.getMessage()]
+    assert line == ("load_data: val holds class 3 (7 targets); test holds class 3 (8 targets) that train never shows: "
+                    "no trial can learn it, so those targets are errors in every number; a stratified split keeps "
+                    "each class in train")
+    assert warn_if_classes_missing_from_train(prepare(((x[:60], y[:60]), val, (x[90:], y[90:])))) == []
+    # Padding (-100, torch's ignore_index) in a per-position task is no class.
+    tags = np.where(rng.random((120, 6)) < 0.2, -100, rng.integers(0, 3, (120, 6)))
+    tokens = rng.integers(0, 9, (120, 6))
+    assert warn_if_classes_missing_from_train(prepare(((tokens[:60], tags[:60]), (tokens[60:90], tags[60:90]),
+                                                       (tokens[90:], tags[90:])))) == []

@@ -36,7 +36,12 @@ from orchestrator.search.space import SearchSpace
 from orchestrator.spec.task import Task
 from worker.check.edges import SLOW_CHECK_SECONDS, failing_values
 from worker.check.overlap import warn_if_splits_share_examples
-from worker.check.validate import check_config, warn_if_large, warn_if_single_batches
+from worker.check.validate import (
+    check_config,
+    warn_if_classes_missing_from_train,
+    warn_if_large,
+    warn_if_single_batches,
+)
 from worker.data.splits import Splits, prepare_task_data
 from worker.train.trainer import TrialRun, TrialSpec
 
@@ -105,6 +110,7 @@ def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings
     """
     splits = load_splits(task)
     warn_if_splits_share_examples(splits)
+    warn_if_classes_missing_from_train(splits)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one batch: threads would only spin-wait on each other
     first: BaseException | None = None

@@ -59,6 +59,7 @@ def validate_task(task: Task, config: Mapping[str, Any] | None = None, settings:
     """
     splits = prepare_task_data(task)
     warn_if_splits_share_examples(splits)
+    warn_if_classes_missing_from_train(splits)
     config = dict(config) if config is not None else sampled_config(task)
     model = check_config(task, splits, config)
     if settings is not None:
@@ -284,6 +285,32 @@ def warn_if_single_batches(model: torch.nn.Module, splits: Splits, configs: Sequ
                     "example each time, as DataLoader's drop_last)", n, ", ".join(map(str, sizes)))
         return sizes
     return []
+
+
+def warn_if_classes_missing_from_train(splits: Splits) -> list[str]:
+    """One warning line when val or test hold class indices that train never shows; returns its clauses (for tests).
+
+    No trial can learn such a class: its examples are errors in every number, which a stratified split avoids.
+    Single-label classes only (class indices, per example or per position; not multi-label or soft rows).
+    """
+    kind = splits.target_kind
+    if kind.kind != "classification" or kind.multilabel or kind.soft:
+        return []
+    seen = set(torch.unique(splits.y_train).tolist()) | {IGNORE_INDEX}
+    said, unseen = [], set()
+    for split, y in (("val", splits.y_val), ("test", splits.y_test)):
+        classes, counts = torch.unique(y, return_counts=True)
+        missing = [(int(c), int(n)) for c, n in zip(classes, counts) if int(c) not in seen]
+        unseen |= {c for c, _ in missing}
+        if missing:
+            shown = ", ".join(f"{c} ({n} target{'s' if n > 1 else ''})" for c, n in missing[:8])
+            said.append(f"{split} holds class{'es' if len(missing) > 1 else ''} {shown}"
+                        + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+    if said:
+        log.warning("load_data: %s that train never shows: no trial can learn %s, so those targets are errors in "
+                    "every number; a stratified split keeps each class in train", "; ".join(said),
+                    "it" if len(unseen) == 1 else "them")
+    return said
 
 
 def refuse_multilabel_shape(kind: Any, outputs: torch.Tensor, targets: torch.Tensor) -> None:
