@@ -153,6 +153,8 @@ def test_a_training_loader_that_drops_its_last_batch_is_read_whole_outside_train
                    torch.device("cpu"))
     row = run.train_epoch()
     assert math.isfinite(row["update_ratio"]) and row["update_ratio"] > 0
+    # samples/s counts the 150 examples the epoch trained (3 batches of 50), not the split's 180
+    assert row["samples_per_second"] * row["epoch_seconds"] == pytest.approx(150)
     with pytest.raises(TaskError, match="the val loader function's DataLoader has drop_last=True"):
         prepare(loader_task_data(drop_last=("val",))[0])
 

@@ -224,7 +224,9 @@ class TrialRun:
             self.last_val["ema"] = (self.epoch, ema, natural_outputs(self.kind, ema_outputs).cpu())
         seconds = time.perf_counter() - started
         row["epoch_seconds"] = seconds
-        row["samples_per_second"] = (s.n_train - self.skip_single) / seconds if seconds > 0 else None
+        # What trained: caviar's loop counts it (a task's own loader may drop a last batch); a task's train_epoch, not
+        seen = s.n_train - self.skip_single if custom else stats["examples_trained"]
+        row["samples_per_second"] = seen / seconds if seconds > 0 else None
         return row
 
     def inputs(self, split: str) -> torch.Tensor | Stream:
@@ -303,6 +305,7 @@ class TrialRun:
             "train_loss": total_loss / max(total_seen, 1),
             "train_loss_original": total_original / max(total_seen, 1),
             "train_accuracy": total_correct / max(total_seen, 1) if self.kind.kind == "classification" else None,
+            "examples_trained": int(total_seen),
             "grad_norm": grad_norm_sum / max(steps, 1),
             "update_ratio": update_ratio,
         }
