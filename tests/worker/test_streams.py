@@ -211,3 +211,18 @@ def test_a_dataset_of_dicts_is_refused_naming_its_keys_and_the_pair_to_return():
     with pytest.raises(TaskError, match=r"got a dict with keys 'a', 'b', 'c'; return \(input, target\) from "
                                         r"__getitem__ \(or wrap the Dataset\)$"):
         prepare({"train": DictRows(("a", "b", "c")), "val": DictRows(), "test": DictRows()})
+
+
+def test_the_masters_check_leaves_no_loader_workers_idling_through_the_sweep():
+    """``num_workers = 2``: the contract check reads val through a loader with persistent workers; they end with it
+    (a later pass makes them again), instead of two idle processes on the master for the whole sweep."""
+    import multiprocessing
+
+    from tests.conftest import ROOT
+    from worker.check.contract import validate_contract
+
+    task = load_task(f"{ROOT}/tests/tasks/loader_workers_task.py")
+    splits = validate_contract(task, [{"lr": 0.02, "batch_size": 32, "optimizer": "adam"}])
+    assert splits.streams["val"].num_workers == 2
+    assert multiprocessing.active_children() == []
+    assert len(list(splits.streams["val"].eval_batches())) == 1  # read again on demand: 80 examples, one batch

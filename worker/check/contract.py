@@ -132,6 +132,8 @@ def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings
             return splits
     finally:
         torch.set_num_threads(threads)
+        for stream in (splits.streams or {}).values():  # the check's loader workers would idle through the sweep
+            stream.release_workers()
     if first is None:
         return splits
     piece = "build_model" if _raised_in_build(first) else "the model's forward pass or loss_fn"

@@ -90,6 +90,11 @@ class Stream:
         loader = self.loader(batch_size, shuffle=False)
         return every_example(loader, self.name) if self.make_loader is not None else loader
 
+    def release_workers(self) -> None:
+        """End the evaluation loader's worker processes (made again on the next pass): the master's check reads val
+        once, then would keep ``num_workers`` idle processes for the whole sweep."""
+        self._eval_loader = None  # its persistent iterator shuts its workers down as it is collected
+
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split in order, in large batches (one loader per stream, its workers kept).
 
