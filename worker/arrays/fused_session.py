@@ -227,7 +227,8 @@ class FusedSession(WorkerSession):
                 ends.append((tid, "pruned", reason or "diverged", None))
             elif member.epoch >= member.spec.max_epochs:
                 ends.append((tid, "completed", "max_epochs", None))
-            elif plateau_reason([r["score"] for r in recorder.rows_by_epoch.values()], self.options.early_stopping):
+            elif self.options.early_stopping and plateau_reason(
+                    [r["score"] for r in recorder.rows_by_epoch.values()], self.options.early_stopping):
                 ends.append((tid, "completed", EARLY_STOPPED, None))
             else:
                 if member.epoch >= self.targets[tid]:

@@ -183,8 +183,9 @@ class WorkerSession:
                 )
                 if reason or not math.isfinite(row["val_loss"]):
                     return self._end(trial_id, rows, TrialStatus.PRUNED, reason or "diverged")
-                scores = [r["score"] for r in recorder.rows_by_epoch.values()]
-                if run.epoch < run.spec.max_epochs and plateau_reason(scores, self.options.early_stopping):
+                patience = self.options.early_stopping  # 0 (the default): no list of scores to build each epoch
+                if patience and run.epoch < run.spec.max_epochs and plateau_reason(
+                        [r["score"] for r in recorder.rows_by_epoch.values()], patience):
                     return self._end(trial_id, rows, TrialStatus.COMPLETED, EARLY_STOPPED)
         except Exception:
             return self._end(trial_id, rows, TrialStatus.FAILED, "error", traceback.format_exc())
