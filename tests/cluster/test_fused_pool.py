@@ -15,6 +15,7 @@ from orchestrator.store.storage import Storage
 from tests.conftest import TINY_TASK
 from tests.fused_checks import assert_killed_array_retried
 
+SLOW_FORWARD_TASK = os.path.join(os.path.dirname(TINY_TASK), "slow_forward_task.py")
 OPTIONS = {"threads": 1, "checkpoint_seconds": 3600, "device": "cpu"}
 
 
@@ -48,15 +49,17 @@ def test_a_sweep_runs_as_arrays_with_pruning_under_the_unchanged_driver(ray_sess
 def test_a_killed_array_actor_loses_its_members_to_retries_and_the_sweep_finishes(ray_session, storage_dir):
     """SIGKILL one fused actor while its array trains: its members are retried on a replacement actor.
 
-    With no pruner an array trains to the end in one call, so the kill lands mid-call.
+    With no pruner an array trains to the end in one call, so the kill lands mid-call. The task's training
+    forward passes sleep (about 1.5 s an array), so the kill cannot miss the call or land after its results
+    went back, even on a loaded machine.
     """
-    import os
     import signal
 
-    space = SearchSpace({"lr": loguniform(1e-2, 3e-1), "optimizer": "adam", "hidden": 8, "batch_size": 32})
+    space = SearchSpace({"lr": loguniform(1e-2, 3e-1), "optimizer": "adam", "hidden": 8, "batch_size": 32,
+                         "step_sleep": 0.04})
     settings = RunSettings(plan="6x6", pruner="none", seed=5, storage=storage_dir, name="killed").validate()
     controller = controller_for(space, settings)
-    backend = FusedBackend(TINY_TASK, storage_dir, "killed", 2, Resources(cpus=1), OPTIONS, array_size=3)
+    backend = FusedBackend(SLOW_FORWARD_TASK, storage_dir, "killed", 2, Resources(cpus=1), OPTIONS, array_size=3)
     killed: list[int] = []
 
     def kill_one_actor(c) -> None:
