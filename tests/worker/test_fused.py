@@ -59,7 +59,8 @@ def alone(task, splits, spec: TrialSpec, epochs: int) -> tuple[TrialRun, list[di
     return run, [run.train_epoch() for _ in range(epochs)]
 
 
-def assert_same_rows(expected: list[dict], got: list[dict], rel: float = 1e-4) -> None:
+def assert_same_rows(expected: list[dict], got: list[dict], rel: float = 1e-4, accuracy_slack: float = 0.0) -> None:
+    """``accuracy_slack``: how far accuracies may differ (one example's share: a float32 near-tie flips its class)."""
     assert len(expected) == len(got)
     for a, b in zip(expected, got):
         assert set(a) == set(b)
@@ -69,7 +70,8 @@ def assert_same_rows(expected: list[dict], got: list[dict], rel: float = 1e-4) -
             if key not in a:
                 continue
             x, y = a[key], b[key]
-            assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=rel, abs_tol=1e-6), (key, a, b)
+            abs_tol = max(1e-6, accuracy_slack if "accuracy" in key or key == "score" else 0.0)
+            assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=rel, abs_tol=abs_tol), (key, a, b)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"])
@@ -153,8 +155,10 @@ def test_a_batch_norm_member_leaves_out_a_last_batch_of_one_as_it_would_alone(di
     array = FusedArray(task, splits, specs, CPU)
     rows = [array.train_epoch(), array.train_epoch()]
     for i, spec in enumerate(specs):
-        # float32 sums over batches of 359 in another order: the update ratio agrees to about 1e-4
-        assert_same_rows(alone(task, splits, spec, 2)[1], [r[i] for r in rows], rel=1e-3)
+        # float32 sums over batches of 359 in another order: the update ratio agrees to about 1e-4, and on some
+        # CPUs (an AMD EPYC VM) one validation example's near-tie falls the other way after the second epoch
+        assert_same_rows(alone(task, splits, spec, 2)[1], [r[i] for r in rows], rel=1e-3,
+                         accuracy_slack=1.5 / len(splits.y_val))
 
 
 def test_resume_states_cross_between_fused_and_plain(digits):
@@ -274,7 +278,8 @@ def test_a_fused_session_reports_each_trial_and_leaves_plain_checkpoints(digits,
 
     _, expected = alone(task, splits, specs[2], 3)
     got = [r for r in first + second + third if r.trial_id == 2]
-    assert_same_rows(expected, [{k: v for k, v in row.items() if k != "num_classes"} for r in got for row in r.rows])
+    not_stored = ("num_classes", "baseline_val_loss")  # sent for the pruner, not stored
+    assert_same_rows(expected, [{k: v for k, v in row.items() if k not in not_stored} for r in got for row in r.rows])
     storage = Storage.from_uri(str(tmp_path)).child("s")
     for spec in specs:
         metrics = storage.read_table(schema.metrics_path(spec.trial_id))
