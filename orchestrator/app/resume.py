@@ -111,7 +111,8 @@ def read_record(storage: Storage) -> SweepRecord:
     dataset = schema.read_dataset_row(storage)  # a column a sweep from before it lacks reads as None
     return SweepRecord(
         sweep[0], stages, trials, _rows(schema.effective_metrics(raw)), last_attempt, events, event_parts,
-        chance_classes(dataset.get("num_classes"), dataset.get("objective")), dataset.get("baseline_val_loss"),
+        chance_classes(dataset.get("num_classes"), dataset.get("objective"), bool(dataset.get("own_loss"))),
+        dataset.get("baseline_val_loss"),
     )
 
 

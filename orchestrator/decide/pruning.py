@@ -129,12 +129,15 @@ def not_learning_reason(obs: Observation, margin: float = 0.02) -> str | None:
 FIT_OBJECTIVES = ("val_accuracy", "val_log_loss", "val_loss", "val_exact_match")
 
 
-def chance_classes(num_classes: int | None, objective: str | None) -> int | None:
+def chance_classes(num_classes: int | None, objective: str | None, own_loss: bool = False) -> int | None:
     """The class count the not-learning rule judges a classifier by; None (no rule) for a sweep ranked by a metric
-    of the task's own. Accuracy at chance says nothing of a ROC AUC: a class-weighted loss on one positive in ten
-    calls most examples positive at first, accuracy 0.1, while the AUC climbs. ``objective`` None: a sweep from
-    before the objective was stored."""
-    return num_classes if objective is None or objective in FIT_OBJECTIVES else None
+    of the task's own, or by the task's own loss (``own_loss`` and ``val_loss``), whose chance value caviar cannot
+    know. Accuracy at chance says nothing of either: a class-weighted loss on one positive in ten calls most
+    examples positive at first, accuracy 0.1, while the AUC climbs and the weighted loss falls. ``objective`` None:
+    a sweep from before the objective was stored."""
+    if objective is not None and (objective not in FIT_OBJECTIVES or (own_loss and objective == "val_loss")):
+        return None
+    return num_classes
 
 
 def asha_rungs(grace_epochs: int, reduction_factor: int, max_epochs: int) -> list[int]:

@@ -370,3 +370,18 @@ def test_a_sweep_ranked_by_its_own_auc_never_prunes_a_trial_as_not_learning_by_i
     chosen = next(r for r in read_ensembles(Storage.from_uri(result.path)) if r.chosen)
     listed = CliRunner().invoke(app, ["ls", str(tmp_path)], env={"COLUMNS": "250"})
     assert listed.exit_code == 0 and f"(test_auc {chosen.detail['test_objective']:.4f})" in listed.output
+
+
+def test_a_sweep_ranked_by_its_own_class_weighted_loss_never_prunes_a_trial_as_not_learning_by_its_accuracy(tmp_path):
+    """The chance value of a task's own loss is unknown to caviar, and its accuracy says nothing of it: a weighted loss
+    that falls every epoch while accuracy sits at 0.1 was pruned as not learning at the first rung, every trial."""
+    result = run_sweep(os.path.join(TASKS, "weighted_loss_task.py"), storage=str(tmp_path), name="weighted", stages=1,
+                       pruner="asha", slots=1, seed=0, executor="processes", ensemble=False)
+    tables = load(result.path)
+    rows = tables.metrics.to_pylist()
+    assert all(r["val_accuracy"] < 0.5 for r in rows if r["epoch"] == 1)  # the premise: under chance by accuracy
+    trials = tables.trials.to_pylist()
+    assert [t["status"] for t in trials] == ["completed", "completed"] and all(t["epochs_run"] == 3 for t in trials)
+    for t in trials:  # and learning by the loss it is ranked by
+        losses = [r["val_loss"] for r in sorted(rows, key=lambda r: r["epoch"]) if r["trial_id"] == t["trial_id"]]
+        assert losses[-1] < losses[0]

@@ -345,5 +345,9 @@ def test_the_not_learning_rule_judges_only_sweeps_ranked_by_caviars_own_measures
     for objective in ("val_accuracy", "val_log_loss", "val_loss", "val_exact_match", None):
         assert chance_classes(2, objective) == 2
     assert chance_classes(2, "val_auc") is None  # accuracy 0.1 on one positive in ten says nothing of the AUC
+    # the task's own loss (a class-weighted one): its chance value is unknown, and accuracy says nothing of it
+    assert chance_classes(2, "val_loss", own_loss=True) is None
+    for objective in ("val_accuracy", "val_log_loss", None):  # what caviar measures itself is still judged
+        assert chance_classes(2, objective, own_loss=True) == 2
     assert not_learning_reason(Observation(0, 1, 0.97, 0.7, 2.5, val_accuracy=0.1,
                                            num_classes=chance_classes(2, "val_auc"))) is None

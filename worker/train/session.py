@@ -129,6 +129,13 @@ class WorkerSession:
         self._check_storage()
         self.runs: dict[int, tuple[TrialRun, TrialRecorder]] = {}
 
+    def not_learning_facts(self, objective: str) -> dict[str, Any]:
+        """What the pruner's not-learning rule judges a report by (the class count or the regression baseline);
+        sent with every epoch's row, never stored."""
+        own_loss = self.task.get("loss_fn") is not None
+        return {"num_classes": chance_classes(self.splits.num_classes, objective, own_loss),
+                "baseline_val_loss": self.baseline_val_loss}
+
     def _check_storage(self) -> None:
         """Before any trial trains here: the master's own write check says nothing of this worker's machine (a
         cluster's nodes without the credentials or the mount the master has), and a trial writes only at its end."""
@@ -174,8 +181,7 @@ class WorkerSession:
         try:
             while run.epoch < min(until_epoch, run.spec.max_epochs):
                 row = run.train_epoch()
-                row["num_classes"] = chance_classes(self.splits.num_classes, run.objective)  # the not-learning rule's
-                row["baseline_val_loss"] = self.baseline_val_loss  # for the pruner's not-learning rule, not stored
+                row.update(self.not_learning_facts(run.objective))
                 recorder.record(run, {k: v for k, v in row.items() if k not in ("num_classes", "baseline_val_loss")})
                 rows.append(row)
                 reason = divergence_reason(
