@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 
 import pytest
 import safetensors.torch
@@ -12,12 +13,13 @@ import torch
 from orchestrator.errors import NotFusable
 from orchestrator.spec.task import load_task
 from orchestrator.store import schema
-from tests.conftest import DIGITS_TASK, TINY_TASK
+from tests.conftest import DIGITS_TASK, ROOT, TINY_TASK
 from worker.arrays.fused import FusedArray, FusedMember, _dropout
 from worker.data.splits import prepare
 from worker.train.trainer import TrialRun, TrialSpec
 
 CPU = torch.device("cpu")
+TIED_TASK = os.path.join(ROOT, "tests", "tasks", "tied_weights_task.py")
 SHAPE = {"layers": 2, "hidden": 16, "activation": "tanh", "batch_norm": False, "dropout": 0.0, "init": "he",
          "batch_size": 64}
 # Per-member hyperparameters: one array holds every schedule and different lr, betas, eps, decay, EMA.
@@ -232,6 +234,15 @@ def test_trials_that_cannot_share_an_array_are_refused_by_name(digits):
     tiny.namespace = type("WithHook", (), {**vars(tiny.namespace), "train_epoch": lambda *a: {"train_loss": 0.0}})
     with pytest.raises(NotFusable, match="train_epoch"):
         FusedArray(tiny, prepare(tiny.get("load_data")()), [TrialSpec(0, 0, {"hidden": 4, "lr": 0.1}, 0, 1)], CPU)
+
+
+def test_a_model_with_tied_weights_is_refused_naming_the_tie():
+    # Stacked, the second name became a frozen copy of the initial weights: members trained another model than alone.
+    task = load_task(TIED_TASK)
+    splits = prepare(task.get("load_data")(), normalize=task.normalize)
+    with pytest.raises(NotFusable, match=r"^model: b\.weight is a\.weight: tied"):
+        FusedArray(task, splits, [TrialSpec(i, 0, {"lr": 0.02, "batch_size": 32, "optimizer": "adam"}, i, 2)
+                                  for i in range(2)], CPU)
 
 
 def test_each_member_drops_out_at_its_own_rate(digits):

@@ -104,6 +104,20 @@ def structure_signature(model: nn.Module, per_member_dropout: bool) -> str:
     return "\n".join(parts)
 
 
+def tied_tensors(model: nn.Module) -> str | None:
+    """Names sharing one tensor (``out.weight = embed.weight``), as ``'b.weight is a.weight'``; None when none do.
+
+    A member's row holds each parameter once, under its first name: a tied second name would be stacked as a frozen
+    copy of the initial weights, and the member would train another model than its plain twin.
+    """
+    first: dict[int, str] = {}
+    for name, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
+        if id(t) in first and first[id(t)] != name:
+            return f"{name} is {first[id(t)]}"
+        first.setdefault(id(t), name)
+    return None
+
+
 def sequential_supported(model: nn.Module) -> bool:
     if not isinstance(model, nn.Sequential):
         return False
@@ -377,6 +391,9 @@ class FusedArray:
         self.members.extend(members)
 
     def _check_structure(self, model: nn.Module, trial_id: int) -> None:
+        tied = tied_tensors(model)
+        if tied:
+            raise NotFusable(f"model: {tied}: tied weights would be stacked as two tensors and trained apart")
         if self.engine is None:
             use_bmm = sequential_supported(model) if self.requested_engine == "auto" else self.requested_engine == "bmm"
             if use_bmm and not sequential_supported(model):
