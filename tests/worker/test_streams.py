@@ -213,6 +213,34 @@ def test_a_dataset_of_dicts_is_refused_naming_its_keys_and_the_pair_to_return():
         prepare({"train": DictRows(("a", "b", "c")), "val": DictRows(), "test": DictRows()})
 
 
+class TwoInputs(torch.utils.data.Dataset):
+    """Items of two inputs, token ids beside numeric features: ((tokens, features), label), or a dict of them."""
+
+    def __init__(self, as_dict=False):
+        self.as_dict = as_dict
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        tokens, features = torch.arange(5) + i, torch.zeros(3)
+        return ({"tokens": tokens, "features": features} if self.as_dict else (tokens, features)), i % 2
+
+
+def test_a_dataset_of_several_inputs_is_refused_in_one_line_saying_to_join_them():
+    # Before: "load_data raised ValueError: only one element tensors can be converted to Python scalars" from
+    # caviar's own torch.as_tensor (a traceback under `caviar check`), blaming load_data, which had not raised.
+    from orchestrator.errors import TaskError
+    from worker.data.splits import prepare
+
+    with pytest.raises(TaskError, match=r"^load_data: the train split's inputs are a list of 2, not one tensor; "
+                                        r"join them into one tensor \(torch.cat"):
+        prepare({"train": TwoInputs(), "val": TwoInputs(), "test": TwoInputs()})
+    with pytest.raises(TaskError, match=r"^load_data: the train split's inputs are a dict with keys 'tokens', "
+                                        r"'features', not one tensor; join them"):
+        prepare({"train": TwoInputs(as_dict=True), "val": TwoInputs(), "test": TwoInputs()})
+
+
 def test_the_masters_check_leaves_no_loader_workers_idling_through_the_sweep():
     """``num_workers = 2``: the contract check reads val through a loader with persistent workers; they end with it
     (a later pass makes them again), instead of two idle processes on the master for the whole sweep."""

@@ -137,6 +137,13 @@ def _pair(item: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
             got = f"a {got} of {len(item)}"
         raise TaskError(f"load_data: the {name} Dataset must yield (input, target) pairs, got {got}")
     x, y = item
+    for what, value in (("inputs", x), ("targets", y)):
+        if isinstance(value, (tuple, list, dict)):  # collated from items of several tensors: the model gets one
+            held = f"a dict with keys {', '.join(repr(k) for k in list(value)[:6])}" if isinstance(value, dict) \
+                else f"a {type(value).__name__} of {len(value)}"
+            fix = ("join them into one tensor (torch.cat along the feature dimension, token ids and numbers as one "
+                   "dtype) and split it again in forward") if what == "inputs" else "give one target tensor"
+            raise TaskError(f"load_data: the {name} split's {what} are {held}, not one tensor; {fix}")
     return torch.as_tensor(x), torch.as_tensor(y)
 
 
