@@ -141,8 +141,9 @@ def _pair(item: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(value, (tuple, list, dict)):  # collated from items of several tensors: the model gets one
             held = f"a dict with keys {', '.join(repr(k) for k in list(value)[:6])}" if isinstance(value, dict) \
                 else f"a {type(value).__name__} of {len(value)}"
-            fix = ("join them into one tensor (torch.cat along the feature dimension, token ids and numbers as one "
-                   "dtype) and split it again in forward") if what == "inputs" else "give one target tensor"
+            fix = ("join them into one tensor (torch.cat along the feature dimension) and split it again in forward "
+                   "(floating inputs are standardised: with token ids among them, set normalize = False)"
+                   ) if what == "inputs" else "give one target tensor"
             raise TaskError(f"load_data: the {name} split's {what} are {held}, not one tensor; {fix}")
     return torch.as_tensor(x), torch.as_tensor(y)
 
