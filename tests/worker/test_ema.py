@@ -133,3 +133,38 @@ def test_tied_weights_are_averaged_once_and_a_reassigned_buffer_is_followed():
     for name, value in expected.items():  # out.weight is embed.weight: one average, not two
         assert torch.allclose(got[name], value, atol=1e-6), name
     assert ema.module.out.weight is ema.module.embed.weight
+
+
+def test_a_buffer_holding_infinities_is_kept_not_averaged_into_nan():
+    # A causal mask of 0 and -inf: lerp(-inf, -inf) is NaN, and the EMA model gave NaN on every example.
+    model = nn.Linear(3, 2)
+    model.register_buffer("mask", torch.triu(torch.full((4, 4), float("-inf")), 1))
+    model.register_buffer("best", torch.full((2,), float("-inf")))  # a running maximum, not yet finite
+    ema = EmaWeights(model, 0.9)
+    model.best.fill_(5.0)
+    for _ in range(3):
+        ema.update(model)
+    assert torch.equal(ema.module.mask, model.mask)
+    assert torch.equal(ema.module.best, model.best)  # copied while it was not finite in the average
+
+
+def test_a_task_with_a_causal_mask_buffer_reports_finite_ema_metrics_plain_and_fused():
+    from orchestrator.spec.task import load_task
+    from tests.conftest import ROOT
+    from worker.arrays.fused import FusedArray
+    from worker.data.splits import prepare
+    from worker.train.trainer import TrialRun, TrialSpec
+
+    task = load_task(f"{ROOT}/tests/tasks/causal_mask_task.py")
+    splits = prepare(task.get("load_data")(), normalize=task.normalize)
+    specs = [TrialSpec(i, 0, {"lr": lr, "batch_size": 32, "optimizer": "adam", "ema_decay": 0.9}, 100 + i, 2)
+             for i, lr in enumerate((0.02, 0.01))]
+    array = FusedArray(task, splits, specs, torch.device("cpu"))
+    fused = [array.train_epoch() for _ in range(2)][-1]
+    for spec, got in zip(specs, fused):
+        alone = TrialRun(task, splits, spec, torch.device("cpu"))
+        row = [alone.train_epoch() for _ in range(2)][-1]
+        assert row["ema_val_loss"] == pytest.approx(got["ema_val_loss"], rel=1e-4)
+        assert row["ema_val_loss"] < 1.2  # finite, and a model: ln 3 = 1.10 is chance
+        assert torch.equal(alone.weights_state("ema")["mask"], alone.model.mask.cpu())
+        assert torch.equal(array.state_dict(spec.trial_id, "ema")["mask"], alone.model.mask.cpu())

@@ -56,7 +56,7 @@ from worker.data.kinds import TargetKind, class_scores, loss_function, objective
 from worker.data.splits import Splits, skips_single_batch
 from worker.data.streams import Stream
 from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
-from worker.train.ema import ema_decay_at
+from worker.train.ema import average_buffer, ema_decay_at
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
 from worker.train.trainer import TrialSpec, evaluate_split, natural_outputs, split_values
 
@@ -666,7 +666,7 @@ class FusedArray:
         st.ema.lerp_(st.flat.detach(), w.unsqueeze(1))
         for k, v in st.ema_buffers.items():
             if v.is_floating_point():
-                v.lerp_(st.buffers[k], w.view(-1, *([1] * (v.dim() - 1))).to(v.dtype))
+                average_buffer(v, st.buffers[k], w.view(-1, *([1] * (v.dim() - 1))).to(v.dtype))
             else:
                 v.copy_(st.buffers[k])
         for m in self.members:

@@ -1,7 +1,8 @@
 """Exponential moving average of a model's weights, with warm-up (as timm's ModelEmaV3).
 
 Batch norm: the running mean and variance are averaged like the weights (floating-point
-buffers follow the same EMA); integer buffers such as ``num_batches_tracked`` are copied.
+buffers follow the same EMA, but entries that are not finite, a causal mask's -inf, are copied);
+integer buffers such as ``num_batches_tracked`` are copied.
 An averaged buffer tracks the statistics the averaged weights would see closely enough
 for the decays we sample, and costs no extra pass over the data.
 """
@@ -47,7 +48,9 @@ class EmaWeights:
         ema_float, new_float = [], []
         for path, table, name, model_module in self._slots:
             ema_t, new_t = getattr(ema_modules[path], table)[name], getattr(model_module, table)[name]
-            if ema_t.is_floating_point():
+            if ema_t.is_floating_point() and table == "_buffers":
+                average_buffer(ema_t, new_t, weight)
+            elif ema_t.is_floating_point():
                 ema_float.append(ema_t)
                 new_float.append(new_t.detach())
             else:
@@ -70,6 +73,16 @@ class EmaWeights:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
         self.module.load_state_dict(state["weights"])
+
+
+def average_buffer(ema: torch.Tensor, new: torch.Tensor, weight: float | torch.Tensor) -> None:
+    """``ema.lerp_(new, weight)`` in place, but entries that are not finite in either are copied from ``new``.
+
+    A float buffer may hold infinities on purpose (a causal mask of 0 and -inf): a lerp of -inf towards -inf is NaN,
+    and every output of the averaged model with it.
+    """
+    finite = torch.isfinite(ema) & torch.isfinite(new)
+    ema.copy_(torch.where(finite, torch.lerp(ema, new, weight), new))
 
 
 def _tensor_slots(model: torch.nn.Module) -> list[tuple[str, str, str, torch.nn.Module]]:
