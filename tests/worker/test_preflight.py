@@ -305,3 +305,30 @@ def test_a_regression_trained_by_its_own_loss_is_not_judged_against_the_mse_of_a
     report = run_preflight(load_task(str(quantile)), dims_per_tensor=3, overfit_steps=50)
     initial = by_name(report)["initial loss"]
     assert initial.status == PASS and initial.expected == "-" and "--expected-loss" in initial.detail
+
+
+class PaddedTagger(nn.Module):
+    """A BiLSTM over token ids padded with 0 (``padding_idx=0``): the backward pass reads the padding, so the loss
+    depends on the padding row, whose gradient torch zeroes on purpose."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(6, 3, padding_idx=0)
+        self.lstm = nn.LSTM(3, 4, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(self.lstm(self.embed(x))[0])
+
+
+def test_an_embeddings_padding_row_is_not_called_a_wrong_gradient():
+    # Before: `caviar check` failed such a tagger with "wrong gradient in embed.weight" whenever it sampled row 0.
+    torch.manual_seed(0)
+    x = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 0, 0, 0], [2, 2, 2, 2, 1]])
+    y = torch.tensor([[0, 1, 0, -100, -100], [1, 1, -100, -100, -100], [0, 0, 1, 1, 0]])
+    def loss(outputs, targets):
+        return F.cross_entropy(outputs.transpose(1, 2), targets)
+
+    checks = {t.name: t for t in gradient_check(PaddedTagger(), x, y, loss, dims_per_tensor=100)}
+    assert checks["embed.weight"].dims == 15  # every dimension but the padding row's three
+    assert checks["embed.weight"].level in ("good", "ok")
