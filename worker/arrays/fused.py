@@ -53,7 +53,7 @@ from worker.arrays.fused_diagnostics import (
     stack_captures,
 )
 from worker.data.kinds import TargetKind, class_scores, loss_function, objective_and_mode, predicted_classes
-from worker.data.splits import Splits, skips_single_batch
+from worker.data.splits import Splits, padding_rows, skips_single_batch
 from worker.data.streams import Stream
 from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
 from worker.train.ema import average_buffer, ema_decay_at
@@ -317,6 +317,7 @@ class FusedArray:
         self._first_step: list[Norms] = []  # this epoch's first-step norms per member, for diagnostics
         self._probe_x: torch.Tensor | None = None
         self._probe_failed = False  # as a plain trial: a model the probe cannot run loses only its activation rows
+        self.padding_dims: torch.Tensor | None = None  # embedding padding rows in a member's row: no gradient
         if specs:
             self.add(specs, resume_states)
 
@@ -407,6 +408,12 @@ class FusedArray:
                     self.layout.append(Column(n, p.shape, offset, p.numel(), n in transposed))
                     offset += p.numel()
             self.keys = list(model.state_dict().keys())
+            # Row positions of embedding padding rows: torch's vmap rule for the embedding backward zeroes the
+            # padding row of the first member only, so the others would train theirs (their plain twins do not).
+            rows = padding_rows(model)
+            dims = [c.offset + row * c.shape[1] + d for c in self.layout if c.name in rows
+                    for row in [rows[c.name]] for d in range(c.shape[1])]
+            self.padding_dims = torch.tensor(dims, dtype=torch.long, device=self.device) if dims else None
             return
         if structure_signature(model, per_member_dropout=self.engine.name == "bmm") != self.signature:
             raise NotFusable(f"model: trial {trial_id} builds a model of another structure than the array's")
@@ -549,6 +556,8 @@ class FusedArray:
             grad = st.flat.grad
             assert grad is not None
             with torch.no_grad():
+                if self.padding_dims is not None:
+                    grad[:, self.padding_dims] = 0.0
                 norms = _member_norms(grad, self.sizes)
                 if clipping:
                     grad.mul_(torch.clamp(clip / (norms + 1e-6), max=1.0).unsqueeze(1))

@@ -40,7 +40,7 @@ from worker.check.contract import refuse_as_run_would, value_failure_notes
 from worker.check.edges import config_error, failing_values
 from worker.check.validate import check_class_index_dtype, refuse_multilabel_shape
 from worker.data.kinds import TargetKind, class_labels, loss_function, right_rows
-from worker.data.splits import Splits, prepare_task_data
+from worker.data.splits import Splits, padding_rows, prepare_task_data
 
 # Relative-error bands from the CS231n notes (gradient check).
 WRONG, SUSPICIOUS, GOOD = 1e-2, 1e-4, 1e-7
@@ -341,13 +341,6 @@ def _crossed(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return len(a) != len(b) or any(not torch.equal(p, q) for p, q in zip(a, b))
 
 
-def padding_rows(model: nn.Module) -> dict[str, int]:
-    """An embedding's ``padding_idx`` row per weight name: torch zeroes its gradient, while the loss may still depend
-    on it (a padded position read by an LSTM or a convolution), so its difference quotient is no check of the rest."""
-    return {f"{name}.weight" if name else "weight": m.padding_idx for name, m in model.named_modules()
-            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.padding_idx is not None}
-
-
 def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, *, dims_per_tensor: int = 10,
                    seed: int = 0, step: float = STEP) -> list[TensorCheck]:
     """Analytic vs centred-difference gradients on a float64 copy of ``model``, tensor by tensor."""
@@ -386,7 +379,7 @@ def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
                 continue
             analytic = param.grad.detach().clone() if param.grad is not None else torch.zeros_like(param)
             dims = np.arange(param.numel())
-            if name in frozen:  # torch gives the padding row no gradient on purpose: never a wrong one
+            if name in frozen:  # no gradient on purpose while the loss reads it: its difference quotient is no check
                 dims = dims[dims // param.shape[1] != frozen[name]]
             count = min(dims_per_tensor, len(dims))
             picks = rng.choice(dims, size=count, replace=False)

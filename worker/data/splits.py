@@ -330,3 +330,10 @@ def skips_single_batch(model: torch.nn.Module, splits: Splits, batch_size: int) 
 def has_batch_norm(model: torch.nn.Module) -> bool:
     """Batch norm cannot train on a batch of one example (torch raises): such a model skips that batch."""
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def padding_rows(model: torch.nn.Module) -> dict[str, int]:
+    """Each embedding's ``padding_idx`` row, by weight name: torch gives that row no gradient, on purpose, so it
+    never trains (though the loss may read it: a padded position seen by an LSTM or a convolution)."""
+    return {f"{name}.weight" if name else "weight": m.padding_idx for name, m in model.named_modules()
+            if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.padding_idx is not None}
