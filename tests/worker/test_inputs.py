@@ -109,6 +109,14 @@ def test_several_inputs_for_one_model_are_refused_with_what_to_give():
         prepare((((x, ids), y), (x, y), (x, y)))
 
 
+def test_a_split_of_inputs_targets_and_sample_weights_is_refused_saying_how_long_it_is():
+    # Before: "must be (X, y) or a torch Dataset, got tuple", to a user who had given a tuple.
+    x, y, w = np.zeros((60, 3), np.float32), np.zeros(60, np.int64), np.ones(60, np.float32)
+    with pytest.raises(TaskError, match=r"^load_data: the train split must be \(X, y\) or a torch Dataset, got a "
+                                        r"tuple of 3; a third part \(sample weights\?\) is not taken$"):
+        prepare(((x, y, w), (x, y), (x, y)))
+
+
 class Rows(Dataset):
     """A float array streamed one row at a time, every target 0."""
 

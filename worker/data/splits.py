@@ -142,7 +142,10 @@ def _materialise(split: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(X, y) pairs as tensors (torch Datasets stream instead: ``_prepare_streams``)."""
     if isinstance(split, (tuple, list)) and len(split) == 2:
         return _as_tensor(split[0], f"{what} X"), _as_tensor(split[1], f"{what} y")
-    raise TaskError(f"load_data: the {what} split must be (X, y) or a torch Dataset, got {type(split).__name__}")
+    got = type(split).__name__
+    if isinstance(split, (tuple, list)):  # "got tuple" for a tuple reads as a contradiction: say how long
+        got = f"a {got} of {len(split)}" + ("; a third part (sample weights?) is not taken" if len(split) == 3 else "")
+    raise TaskError(f"load_data: the {what} split must be (X, y) or a torch Dataset, got {got}")
 
 
 def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standardize_targets: bool = False,
