@@ -227,6 +227,16 @@ class TwoInputs(torch.utils.data.Dataset):
         return ({"tokens": tokens, "features": features} if self.as_dict else (tokens, features)), i % 2
 
 
+class ListRows(torch.utils.data.Dataset):
+    """Token ids as a Python list per example."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return [i, 1, 2, 3, 4], i % 2
+
+
 def test_a_dataset_of_several_inputs_is_refused_in_one_line_saying_to_join_them():
     # Before: "load_data raised ValueError: only one element tensors can be converted to Python scalars" from
     # caviar's own torch.as_tensor (a traceback under `caviar check`), blaming load_data, which had not raised.
@@ -239,6 +249,10 @@ def test_a_dataset_of_several_inputs_is_refused_in_one_line_saying_to_join_them(
     with pytest.raises(TaskError, match=r"^load_data: the train split's inputs are a dict with keys 'tokens', "
                                         r"'features', not one tensor; join them"):
         prepare({"train": TwoInputs(as_dict=True), "val": TwoInputs(), "test": TwoInputs()})
+    # one input as a Python list per example: collated into one tensor per position, so the hint is another
+    with pytest.raises(TaskError, match=r"^load_data: the train split's inputs are a list of 5, not one tensor; give "
+                                        r"each example's inputs as one tensor \(torch.tensor\(values\), not a list\)"):
+        prepare({"train": ListRows(), "val": ListRows(), "test": ListRows()})
 
 
 def test_the_masters_check_leaves_no_loader_workers_idling_through_the_sweep():

@@ -144,6 +144,9 @@ def _pair(item: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
             fix = ("join them into one tensor (torch.cat along the feature dimension) and split it again in forward "
                    "(floating inputs are standardised: with token ids among them, set normalize = False)"
                    ) if what == "inputs" else "give one target tensor"
+            if isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) and v.ndim == 1 for v in value):
+                # a Python list of numbers per example collates into one tensor per position, not into rows
+                fix = f"give each example's {what} as one tensor (torch.tensor(values), not a list) from __getitem__"
             raise TaskError(f"load_data: the {name} split's {what} are {held}, not one tensor; {fix}")
     return torch.as_tensor(x), torch.as_tensor(y)
 
