@@ -1,5 +1,6 @@
 """One-head causal self-attention written by hand over int64 token ids: scores plus a float mask buffer of 0 and -inf
-(as many codebases register a causal mask), mean-pooled to a class per sequence. EMA on."""
+(as many codebases register a causal mask), mean-pooled to a class per sequence. EMA on. ``persistent_mask = False``
+in the config registers the mask with ``persistent=False`` (in no state dict), as others do."""
 
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ def load_data():
 
 
 class CausalAttention(nn.Module):
-    def __init__(self):
+    def __init__(self, persistent: bool = True):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, DIM)
         self.qkv = nn.Linear(DIM, 3 * DIM)
-        self.register_buffer("mask", torch.triu(torch.full((LENGTH, LENGTH), float("-inf")), 1))
+        self.register_buffer("mask", torch.triu(torch.full((LENGTH, LENGTH), float("-inf")), 1), persistent=persistent)
         self.out = nn.Linear(DIM, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,4 +40,4 @@ class CausalAttention(nn.Module):
 
 
 def build_model(config):
-    return CausalAttention()
+    return CausalAttention(bool(config.get("persistent_mask", True)))

@@ -260,6 +260,28 @@ def test_members_never_train_an_embeddings_padding_row_as_alone():
         assert not array.state_dict(spec.trial_id)["embed.weight"][0].any()
 
 
+def test_a_non_persistent_buffer_is_shared_by_the_members_and_they_train_as_alone():
+    # A causal mask registered with persistent=False is in no state dict: the weightless copy held it on the meta
+    # device, and --fuse on stopped with "RuntimeError: Tensor on device meta is not on the expected device cpu!".
+    task = load_task(os.path.join(ROOT, "tests", "tasks", "causal_mask_task.py"))
+    splits = prepare(task.get("load_data")(), normalize=task.normalize)
+    specs = [TrialSpec(i, 0, {"lr": lr, "batch_size": 32, "optimizer": "adam", "ema_decay": 0.9,
+                              "persistent_mask": False}, 100 + i, 2) for i, lr in enumerate((0.02, 0.01))]
+    array = FusedArray(task, splits, specs, CPU)
+    assert array.engine.name == "vmap"
+    rows = [array.train_epoch() for _ in range(2)]
+    for i, spec in enumerate(specs):
+        assert_same_rows(alone(task, splits, spec, 2)[1], [r[i] for r in rows])
+        assert "mask" not in array.state_dict(spec.trial_id)  # loads strictly into the plain model, as before
+    other = TrialSpec(7, 0, {**specs[0].config}, 7, 2)
+    task.namespace.LENGTH = 6  # a member whose mask is another: refused, not trained with the array's
+    try:
+        with pytest.raises(NotFusable, match="^model: trial 7's non-persistent buffer 'mask' differs"):
+            array.add([other])
+    finally:
+        task.namespace.LENGTH = 8
+
+
 def test_each_member_drops_out_at_its_own_rate(digits):
     torch.manual_seed(0)
     h = torch.ones(2, 500, 40)

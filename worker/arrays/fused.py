@@ -118,6 +118,12 @@ def tied_tensors(model: nn.Module) -> str | None:
     return None
 
 
+def non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers registered with ``persistent=False``: part of the model, never of its state dict."""
+    persistent = set(model.state_dict(keep_vars=True))
+    return {name: b for name, b in model.named_buffers() if name not in persistent}
+
+
 def sequential_supported(model: nn.Module) -> bool:
     if not isinstance(model, nn.Sequential):
         return False
@@ -210,6 +216,11 @@ class VmapEngine:
         from torch.func import functional_call, vmap
 
         self.base = copy.deepcopy(template).to("meta")
+        # Non-persistent buffers (a causal mask, position ids) are in no state dict, so the array stacks none: each
+        # member's are the template's (FusedArray checks they agree), kept real on the weightless copy.
+        for name, buffer in non_persistent_buffers(template).items():
+            module, _, attr = name.rpartition(".")
+            self.base.get_submodule(module)._buffers[attr] = buffer.detach().clone()
 
         def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             return functional_call(self.base, (p, b), (x,))
@@ -417,6 +428,10 @@ class FusedArray:
             return
         if structure_signature(model, per_member_dropout=self.engine.name == "bmm") != self.signature:
             raise NotFusable(f"model: trial {trial_id} builds a model of another structure than the array's")
+        shared = non_persistent_buffers(self.plain_model())
+        for name, buffer in non_persistent_buffers(model).items():
+            if name not in shared or not torch.equal(buffer, shared[name].to(buffer.device)):
+                raise NotFusable(f"model: trial {trial_id}'s non-persistent buffer {name!r} differs from the array's")
 
     def _stack_models(self, models: list[nn.Module], members: list[Member]) -> Stack:
         trainable = {c.name for c in self.layout}
