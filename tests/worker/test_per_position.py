@@ -266,3 +266,34 @@ def test_masks_that_mark_void_pixels_255_are_told_caviars_mark(tmp_path):
     assert str(caught.value) == ("the model outputs 3 scores per position but the targets hold class 255, as masks "
                                  "that mark void pixels 255 do: caviar's mark is -100 (torch's ignore_index): give "
                                  "y.astype('int64') with y[y == 255] = -100")
+
+
+class ConvTagger(nn.Module):
+    """Class scores first, (n, C, T): a Conv1d head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(10, 4), nn.Conv1d(4, 3, 1)
+
+    def forward(self, x):
+        return self.head(self.embed(x).transpose(1, 2))
+
+
+def test_members_of_both_layouts_are_each_read_along_their_own_class_dimension():
+    # An architecture choice gives (n, C, T) in one trial and (n, T, C) in another; the sweep stored one layout.
+    # Before: a greedy or top-k of both could not be loaded (torch's size error adding them), and a member of the
+    # other layout alone was softmaxed over its positions: probabilities that are not a class's, in silence.
+    torch.manual_seed(0)
+    conv, linear = ConvTagger(), nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))  # trained on T = 5
+    tokens = torch.randint(0, 10, (2, 5))
+    with torch.no_grad():
+        p_conv, p_linear = torch.softmax(conv(tokens), dim=1), torch.softmax(linear(tokens), dim=-1).transpose(1, 2)
+        for members, weights, expected in (([linear], [1.0], p_linear),
+                                           ([conv, linear], [0.25, 0.75], 0.25 * p_conv + 0.75 * p_linear)):
+            model = EnsembleModel(members, weights, positions=(5,), class_dim=1, input_dtype=torch.int64,
+                                  input_shape=(5,)).eval()  # the sweep's layout: classes first
+            for length in (5, 3):  # 3: as many tokens as classes, which the shapes alone cannot tell
+                x = tokens[:, :length]
+                got = model(x)
+                assert got.shape == (2, 3, length) and torch.allclose(got, expected[..., :length], atol=1e-6)
+                assert torch.equal(model.predict(x), expected[..., :length].argmax(dim=1))

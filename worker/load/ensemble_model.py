@@ -149,7 +149,8 @@ class EnsembleModel(nn.Module):
     multi-label sweep (``multilabel``) it returns each label's averaged probability, shape (n, L), and
     ``predict`` the 0/1 labels (probability above one half).
     For a class per position (``positions``: tagging, segmentation) it returns each position's averaged class
-    probabilities in the members' layout, (n, C, *S) or (n, *S, C) (two classes for a one-logit head), and
+    probabilities in the members' layout, (n, C, *S) or (n, *S, C) (two classes for a one-logit head; members of
+    both layouts in one sweep are averaged in the one its dataset row stored), and
     ``predict`` the class of each position, (n, *S).
     For a regression sweep it averages the members' outputs and returns them in the targets'
     original units (undoing ``standardize_targets``), shaped ``(n, *target_shape)``.
@@ -183,6 +184,9 @@ class EnsembleModel(nn.Module):
         self.register_buffer("std", std)
         self.record = record  # the ensembles-table row it came from (method, metrics, members)
         self.eval()
+        # Each member's own class dimension: an architecture choice may give (n, C, T) in one trial, (n, T, C) in
+        # another; one dimension for all softmaxed the others over their positions, or could not add them.
+        self.member_dims = self._member_class_dims() if positions is not None else []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(x).to(self.weights.device)
@@ -210,17 +214,36 @@ class EnsembleModel(nn.Module):
         return probs
 
     def _per_position(self, x: torch.Tensor) -> torch.Tensor:
-        """Each position's weighted mean of class probabilities, along the class dimension the members give."""
+        """Each position's weighted mean of class probabilities, along the class dimension each member gives, in the
+        sweep's layout (its stored class dimension)."""
         probs = None
-        for weight, member in zip(self.weights, self.members):
+        for i, (weight, member) in enumerate(zip(self.weights, self.members)):
             out = member(x).float()
-            dim = self._class_dim(out)
+            dim = self.member_dims[i] if i < len(self.member_dims) and self.member_dims[i] is not None \
+                else self._class_dim(out)
             if out.shape[dim] == 1:  # one logit per position: the scores (0, z), as in training
                 out = torch.cat([torch.zeros_like(out), out], dim=dim)
             p = weight * torch.softmax(out, dim=dim)
+            layout = self.class_dim if self.class_dim is not None else dim
+            p = p if dim % p.dim() == layout % p.dim() else p.movedim(dim, layout)
             probs = p if probs is None else probs + p
         assert probs is not None
         return probs
+
+    @torch.no_grad()
+    def _member_class_dims(self) -> list[int | None]:
+        """Each member's class dimension, from one example of the training shape (None: the shapes decide per call)."""
+        if self.input_shape is None or self.input_dtype is None:
+            return []
+        probe = torch.zeros((1, *self.input_shape), dtype=self.input_dtype)  # id 0, or a standardised mean
+        dims: list[int | None] = []
+        for member in self.members:
+            try:
+                dims.append(class_dim(tuple(member(probe).shape), TargetKind("classification",
+                                                                            positions=self.positions)))
+            except Exception:  # a member this probe cannot run: its outputs' shapes decide, as before
+                dims.append(None)
+        return dims
 
     def _class_dim(self, scores: torch.Tensor) -> int:
         if self.class_dim is not None:
