@@ -282,6 +282,20 @@ def test_a_non_persistent_buffer_is_shared_by_the_members_and_they_train_as_alon
         task.namespace.LENGTH = 8
 
 
+def test_a_rate_held_as_a_number_on_a_module_is_not_taken_from_the_first_member():
+    # The vmap engine runs every member through the first member's module: a member drawn with attention dropout
+    # 0.1 beside one with 0.4 trained with 0.4, in silence. Now it is another structure, as an nn.Dropout's rate is.
+    task = load_task(os.path.join(ROOT, "tests", "tasks", "attention_dropout_task.py"))
+    splits = prepare(task.get("load_data")(), normalize=task.normalize)
+    spec = [TrialSpec(i, 0, {"lr": 0.01, "dropout": p, "batch_size": 32, "optimizer": "adam"}, 100 + i, 2)
+            for i, p in enumerate((0.4, 0.1, 0.4))]
+    array = FusedArray(task, splits, [spec[0]], CPU)
+    with pytest.raises(NotFusable, match="^model: trial 1 builds a model of another structure"):
+        array.add([spec[1]])
+    array.add([spec[2]])  # the same rate fits
+    assert array.trial_ids == [0, 2]
+
+
 def test_each_member_drops_out_at_its_own_rate(digits):
     torch.manual_seed(0)
     h = torch.ones(2, 500, 40)

@@ -97,11 +97,22 @@ def structure_signature(model: nn.Module, per_member_dropout: bool) -> str:
     """Everything that must agree for models to share an array: modules, shapes, dtypes."""
     parts = []
     for name, m in model.named_modules():
-        extra = "" if per_member_dropout and isinstance(m, nn.Dropout) else m.extra_repr()
-        parts.append(f"{name}:{type(m).__name__}({extra})")
+        per_member = per_member_dropout and isinstance(m, nn.Dropout)
+        extra = "" if per_member else m.extra_repr()
+        # Plain attributes too: the vmap engine runs every member through the first one's module, so a rate held as
+        # a number (nn.MultiheadAttention(dropout=p), F.dropout(x, self.p)) would be that member's for all.
+        settings = "" if per_member else repr(sorted((k, v) for k, v in vars(m).items() if not k.startswith("_")
+                                                      and k != "training" and _plain_value(v)))
+        parts.append(f"{name}:{type(m).__name__}({extra}){settings}")
     parts += [f"{k}:{tuple(v.shape)}:{v.dtype}:{getattr(v, 'requires_grad', False)}"
               for k, v in model.state_dict(keep_vars=True).items()]
     return "\n".join(parts)
+
+
+def _plain_value(v: Any) -> bool:
+    if isinstance(v, tuple):
+        return all(_plain_value(x) for x in v)
+    return v is None or isinstance(v, (bool, int, float, str))
 
 
 def tied_tensors(model: nn.Module) -> str | None:
