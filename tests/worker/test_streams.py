@@ -268,3 +268,36 @@ def test_the_masters_check_leaves_no_loader_workers_idling_through_the_sweep():
     assert splits.streams["val"].num_workers == 2
     assert multiprocessing.active_children() == []
     assert len(list(splits.streams["val"].eval_batches())) == 1  # read again on demand: 80 examples, one batch
+
+
+def test_float_sequences_padded_per_batch_are_refused_before_any_trial_unless_normalize_is_off():
+    # Before: the load-time pass (batches of 256) saw the longest length only; every trial then failed on torch's
+    # "The size of tensor a (13) must match the size of tensor b (14)" between a batch and the statistics.
+    from torch.nn.utils.rnn import pad_sequence
+    from torch.utils.data import DataLoader
+
+    from orchestrator.errors import TaskError
+    from worker.data.splits import prepare
+
+    g = torch.Generator().manual_seed(0)
+    items = [(torch.randn(int(n), 3, generator=g) + 5, i % 2)
+             for i, n in enumerate(torch.randint(2, 15, (300,), generator=g))]
+    items[0] = (torch.randn(14, 3, generator=g), 0)  # the longest, in every batch of 256
+
+    def collate(batch):
+        return pad_sequence([x for x, _ in batch], batch_first=True), torch.tensor([y for _, y in batch])
+
+    def loader(batch_size):
+        return DataLoader(items, batch_size=batch_size, collate_fn=collate)
+
+    raw = {"train": loader, "val": loader, "test": loader}
+    with pytest.raises(TaskError, match=r"^load_data: the train split's batches give floating inputs of shapes "
+                                        r"\(batch, 14, 3\) and \(batch, \d+, 3\); caviar standardises each input "
+                                        r"position .* or set normalize = False"):
+        prepare(raw)
+    splits = prepare(raw, normalize=False)  # the model takes any length: nothing to standardise
+    assert splits.mean is None
+    splits.mean, splits.std = torch.zeros(1, 14, 3), torch.ones(1, 14, 3)  # a batch meeting statistics of another shape
+    with pytest.raises(TaskError, match=r"^load_data: a split's batches give floating inputs of shapes "
+                                        r"\(batch, 14, 3\) and \(batch, 5, 3\)"):
+        splits.normalise(torch.zeros(2, 5, 3))

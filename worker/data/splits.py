@@ -18,7 +18,7 @@ import torch
 from orchestrator.errors import TaskError
 from worker.data import task_globals
 from worker.data.kinds import TargetKind, resolve_kind
-from worker.data.streams import Stream, check_finite_inputs, is_stream, scan, usable_std
+from worker.data.streams import Stream, check_finite_inputs, check_small_batches, is_stream, scan, usable_std
 
 SPLITS = ("train", "val", "test")
 
@@ -64,6 +64,8 @@ class Splits:
         """A streamed batch as the in-memory path holds its inputs: its own dtype, standardised when floating."""
         if self.mean is None or self.std is None or not x.is_floating_point():
             return x
+        if x.shape[1:] != self.mean.shape[1:]:  # a loader padding each batch to its longest: torch's size error
+            raise ragged_inputs(None, tuple(self.mean.shape[1:]), tuple(x.shape[1:]))
         return (x - self.mean.to(x.device, x.dtype)) / self.std.to(x.device, x.dtype)
 
     def sample_inputs(self, n: int, device: torch.device | None = None) -> torch.Tensor:
@@ -188,6 +190,15 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
                   std, target_kind)
 
 
+def ragged_inputs(split: str | None, shape: tuple[int, ...], other: tuple[int, ...]) -> TaskError:
+    """Floating inputs whose shape changes between batches: standardised per position and feature, they cannot be."""
+    shapes = " and ".join("(batch, " + ", ".join(map(str, s)) + ")" for s in (shape, other))
+    where = "a split's" if split is None else f"the {split} split's"
+    return TaskError(f"load_data: {where} batches give floating inputs of shapes {shapes}; caviar standardises each "
+                     "input position with training statistics: pad every example to one length, or set "
+                     "normalize = False (and scale the inputs in your Dataset)")
+
+
 def check_input_dtypes(dtypes: Mapping[str, torch.dtype]) -> None:
     """Every split's inputs share one dtype (a model takes one); complex inputs are refused."""
     for name, dtype in dtypes.items():
@@ -267,6 +278,11 @@ def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, sta
     y_val, _, _ = scan(streams["val"], statistics=False)
     y_test, _, _ = scan(streams["test"], statistics=False)
     check_input_dtypes({name: stream.input_dtype for name, stream in streams.items()})
+    for name, stream in streams.items():
+        if normalize and stream.input_dtype.is_floating_point:
+            check_small_batches(stream)
+            if stream.other_input_shape is not None:
+                raise ragged_inputs(name, stream.input_shape, stream.other_input_shape)
     if normalize and task_statistics is not None:
         train = streams["train"]
         mean, std = input_statistics(torch.empty((0, *train.input_shape), dtype=train.input_dtype), True,

@@ -46,6 +46,7 @@ class Stream:
     length: int = 0
     input_shape: tuple[int, ...] = ()
     input_dtype: torch.dtype = torch.float32  # as the Dataset gives it (set by the load-time pass); never cast
+    other_input_shape: tuple[int, ...] | None = None  # a batch's one-example shape unlike the first's (load-time pass)
     num_workers: int = 0
     pin_memory: bool = False
     make_loader: Callable[[int], Iterable[Any]] | None = None
@@ -171,10 +172,12 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
             raise TaskError(f"load_data: the {stream.name} Dataset gives inputs of dtype "
                             f"{str(stream.input_dtype).removeprefix('torch.')} and "
                             f"{str(x.dtype).removeprefix('torch.')}; give one dtype")
+        if tuple(x.shape[1:]) != stream.input_shape and stream.other_input_shape is None:
+            stream.other_input_shape = tuple(x.shape[1:])  # a loader padding each batch to its longest
         check_finite_inputs(x, stream.name, first_row=count)
         targets.append(y)
         count += len(x)
-        if statistics and x.is_floating_point():  # integer inputs (token ids) are never standardised
+        if statistics and x.is_floating_point() and stream.other_input_shape is None:  # ids: never standardised
             x64 = x.double()
             s, sq = x64.sum(dim=0, keepdim=True), (x64 * x64).sum(dim=0, keepdim=True)
             total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
@@ -197,6 +200,20 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
     var = (total_sq - count * mean * mean) / max(count - 1, 1)
     std = usable_std(var.clamp_min(0).sqrt(), mean)
     return y_all, mean.to(stream.input_dtype), std.to(stream.input_dtype)
+
+
+def check_small_batches(stream: Stream, batches: int = 8) -> None:
+    """A task's loader read in batches of two: one padding each batch to its longest gives batches of other shapes
+    than the load-time pass's large ones, which nearly always hold the longest example (sets ``other_input_shape``)."""
+    if stream.make_loader is None or stream.other_input_shape is not None:
+        return
+    for i, batch in enumerate(stream.reading(2)):
+        x, _ = _pair(batch, stream.name)
+        if tuple(x.shape[1:]) != stream.input_shape:
+            stream.other_input_shape = tuple(x.shape[1:])
+            return
+        if i + 1 >= batches:
+            return
 
 
 def every_example(loader: Iterable[Any], name: str) -> Iterable[Any]:
