@@ -58,6 +58,8 @@ def sweep_state(trials: list[dict[str, Any]], planned: int, kinds: set[str], has
     if "sweep_aborted" in kinds:
         return "aborted"
     done = sum(t["status"] in ("completed", "pruned", "failed") for t in trials)
+    if done < len(trials):  # a trial still to train: ensembles built since (caviar ensemble) do not end the sweep
+        return "unfinished"
     if has_ensembles or (planned and done >= planned):
         return "finished"
     return "unfinished"

@@ -25,6 +25,7 @@ from orchestrator.search.space import SearchSpace, choice, loguniform, randint
 from orchestrator.spec.settings import RunSettings
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
+from orchestrator.store.sweeps import describe_sweep
 
 SPACE = SearchSpace({"lr": loguniform(1e-5, 1.0), "act": choice(["relu", "tanh"]), "width": randint(8, 64)})
 
@@ -288,3 +289,14 @@ def test_a_lost_trial_is_retried_from_its_checkpoint_up_to_max_retries():
     controller.on_report(lost(0))  # the third loss is one more than max_retries
     assert controller.trials[0].status == "failed" and controller.trials[0].reason == "executor_lost"
     assert "RayActorError" in controller.trials[0].error
+
+
+def test_a_crashed_sweep_is_listed_unfinished_even_with_ensembles_built_since(tmp_path):
+    # caviar ensemble on a sweep whose master was killed writes the ensembles table; caviar ls then called the
+    # sweep "finished" while trials were still pending, and the user took it for done instead of resuming it
+    storage = crashed(tmp_path, settings_for(), crash_at=12)
+    assert describe_sweep(storage)["state"] == "unfinished"
+    storage.write_table(schema.ENSEMBLES_PATH, schema.ENSEMBLES.empty_table())
+    assert describe_sweep(storage)["state"] == "unfinished"
+    resume(storage, settings_for())
+    assert describe_sweep(storage)["state"] == "finished"
