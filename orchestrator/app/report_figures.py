@@ -246,8 +246,8 @@ def _lines(ax: Any, data: SweepData, column: Any, *, log: bool = False) -> Count
     if ends:
         ax.scatter(*zip(*ends), marker="x", s=28, color="#555555", zorder=4)
     ax.autoscale_view()
-    if log:
-        ax.set_yscale("log")
+    if log and any(segs for segs, _ in by_status.values()):  # no finite positive loss at all (every trial diverged):
+        ax.set_yscale("log")  # a log axis over nothing makes matplotlib raise
     _epoch_axis(ax)
     ax.grid(alpha=0.25)
     return reasons

@@ -233,3 +233,16 @@ def test_a_helper_whose_master_died_exits(sweep, tmp_path):
             return  # exited; only its (dead) parent could reap it
         time.sleep(0.2)
     raise AssertionError(f"report helper {pid} still alive a minute after its master died")
+
+
+def test_a_sweep_whose_every_trial_diverged_reports(tmp_path):
+    # every training loss inf or NaN: the log-scaled training-loss panel had nothing to draw and matplotlib raised
+    # "Data cannot be log-scaled", a traceback from caviar report and "report not written" at the end of the run
+    config = tmp_path / "huge.toml"
+    config.write_text('[space]\nlr = 1e6\noptimizer = "sgd"\n')
+    result = run_sweep(TINY_TASK, config_file=str(config), trials=2, epochs=2, stages=1, slots=1,
+                       storage=str(tmp_path), name="huge", ensemble=False, executor="processes")
+    trials = Storage.from_uri(result.path).read_table(schema.TRIALS_PATH).to_pylist()
+    assert {t["reason"] for t in trials} == {"diverged"}
+    built = build_report(result.path)
+    assert "fig-learning-curves" in {f.id for f in built.figures}
