@@ -162,7 +162,8 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
     """Trials by status and stage, read from the sweep's Parquet tables only."""
     from orchestrator.app.answer import format_config, shown_number, shown_score, sweep_objective
     from orchestrator.app.api import load
-    from orchestrator.store.storage import Storage
+    from orchestrator.store.lease import master_alive
+    from orchestrator.store.storage import Storage, redact_uri
     from orchestrator.store.sweeps import resolve_sweep
 
     tables = load(resolve_sweep(sweep, storage))
@@ -177,6 +178,10 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
         text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         typer.echo(f"  stage {stage}: {text}")
     typer.echo(f"  {tables.metrics.num_rows} epochs recorded, {tables.checkpoints.num_rows} checkpoints kept")
+    unfinished = [t for t in trials if t["status"] not in ("completed", "pruned", "failed")]
+    if unfinished and not master_alive(Storage.from_uri(tables.path)):  # "running" is what a killed master left
+        typer.echo(f"  stopped: no caviar process is writing this sweep, so its {len(unfinished)} running or pending "
+                   f"trials wait for caviar resume {redact_uri(tables.path)}")
     best = tables.top(1).to_pylist()
     if best:
         t = best[0]

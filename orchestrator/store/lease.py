@@ -90,6 +90,12 @@ def holder_alive(record: LeaseRecord, now_ms: int | None = None) -> bool:
     return now_ms - record.heartbeat < STALE_SECONDS * 1000
 
 
+def master_alive(storage: Storage) -> bool:
+    """Whether a caviar process may still be writing the sweep (a lease held by a live owner)."""
+    record = read_lease(storage)
+    return record is not None and holder_alive(record)
+
+
 class Lease:
     """The lease this master holds on one sweep."""
 

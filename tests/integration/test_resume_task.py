@@ -63,3 +63,12 @@ def test_an_edited_task_is_refused_on_resume_and_the_same_bytes_elsewhere_resume
     assert done.returncode == 0, done.stderr[-3000:]
     assert [(t["status"], t["epochs_run"]) for t in load(sweep).trials.to_pylist()] == [("completed", 1)] * 2
     assert not os.path.exists(os.path.join(sweep, "report.html")) and "Report:" not in done.stdout  # --no-report
+
+
+def test_status_of_a_sweep_whose_master_died_says_it_is_stopped(tmp_path):
+    # the trials a killed master left "running" were shown as running, with nothing to say that no process was
+    sweep = stopped_sweep(tmp_path)
+    shown = subprocess.run([*CAVIAR, "status", sweep], env=ENV, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert (f"stopped: no caviar process is writing this sweep, so its 2 running or pending trials wait for "
+            f"caviar resume {sweep}") in shown.stdout
