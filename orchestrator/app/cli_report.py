@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -11,7 +12,10 @@ from orchestrator.app.cli_common import StorageOption, SweepArg, app, fail
 
 def default_report_file(sweep: str) -> str:
     """``NAME-report.html`` in the working directory, NAME the sweep's last path part (a URI's query left out)."""
-    name = sweep.partition("?")[0].rstrip("/").rsplit("/", 1)[-1] or "sweep"
+    path = sweep.partition("?")[0]
+    if "://" not in path:  # "." inside the sweep folder, "../digits": the folder's own name, never ".-report.html"
+        path = os.path.abspath(path)
+    name = path.rstrip("/").rsplit("/", 1)[-1] or "sweep"
     return f"{name}-report.html"
 
 

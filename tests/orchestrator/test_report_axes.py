@@ -55,3 +55,14 @@ def test_the_default_report_file_is_named_after_the_sweep_never_a_uris_query():
     assert default_report_file("runs/digits/") == "digits-report.html"
     assert default_report_file("s3://KEY:SECRET@bkt/team/s3b?endpoint_override=127.0.0.1:9&scheme=http") == (
         "s3b-report.html")
+
+
+def test_the_default_report_file_of_a_relative_sweep_path_is_named_after_its_folder(tmp_path, monkeypatch):
+    # caviar report . inside a sweep folder wrote a hidden ".-report.html", and ./digits/. the same
+    from orchestrator.app.cli_report import default_report_file
+
+    (tmp_path / "digits").mkdir()
+    monkeypatch.chdir(tmp_path / "digits")
+    assert default_report_file(".") == default_report_file("./") == "digits-report.html"
+    assert default_report_file("../digits/.") == "digits-report.html"
+    assert default_report_file("..") == f"{tmp_path.name}-report.html"
