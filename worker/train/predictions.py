@@ -79,12 +79,37 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
             "target_std": _flat(kind.target_std)}
 
 
+LABEL_COLUMNS = ("y_val", "y_test", "y_val_values", "y_test_values")
+
+
+def check_stored_labels(storage: Storage, splits: Splits) -> None:
+    """Refuse data whose val or test labels differ from those the sweep stored: every stored prediction is scored
+    against the stored labels row by row, so another split (drawn without a seed, or data edited since) would
+    score them against the wrong examples, in silence."""
+    stored = schema.read_dataset_row(storage)
+    if not stored:
+        return
+    ours = dataset_row(splits)
+    for column in LABEL_COLUMNS:
+        old, new = stored.get(column), ours.get(column)
+        if old is None or new is None or list(old) == list(new):
+            continue
+        where = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+        split = column.split("_")[1]
+        raise ConfigError(f"load_data: its {split} labels differ from those the sweep stored in "
+                          f"{schema.DATASET_PATH} ({len(new)} values against {len(old)}, the first difference at "
+                          f"{where}): the data changed since the sweep began, or a split is drawn without a fixed "
+                          "seed, so each process that loads the data draws another; seed the split "
+                          "(np.random.default_rng(0)) and start a new sweep")
+
+
 def write_dataset(storage: Storage, splits: Splits, objective: str | None = None, mode: str | None = None,
                   task: Any = None, output_shape: tuple[int, ...] | None = None) -> None:
     """The sweep's val/test labels, input standardisation, objective and (regression, ``task`` given) chance loss;
     once per process and storage."""
     if storage.uri in _dataset_written:
         return
+    check_stored_labels(storage, splits)  # a worker that loaded its own data, after another wrote the row
     baseline = None if task is None else baseline_val_loss(task, splits.target_kind, splits.y_train, splits.y_val)
     own_loss = task is not None and task.get("loss_fn") is not None
     storage.write_table(schema.DATASET_PATH,

@@ -29,6 +29,7 @@ from orchestrator.store.storage import Storage
 from worker.data import task_globals
 from worker.data.kinds import baseline_val_loss
 from worker.data.splits import Splits, prepare_task_data
+from worker.train.predictions import check_stored_labels
 from worker.train.recorder import TrialRecorder, load_resume_state, load_safetensors
 from worker.train.trainer import TrialRun, TrialSpec, pick_device
 
@@ -123,6 +124,7 @@ class WorkerSession:
         self.storage = Storage.from_uri(storage_uri).child(sweep)
         if splits is None:  # every worker standardises as the master did (and as loading will): one set of numbers
             splits = prepare_task_data(self.task, self.options.input_statistics or stored_statistics(self.storage))
+            check_stored_labels(self.storage, splits)  # a resume's workers load the data again: the same labels?
         self.splits: Splits = splits.to(self.device)
         s = self.splits
         self.baseline_val_loss = baseline_val_loss(self.task, s.target_kind, s.y_train, s.y_val)
