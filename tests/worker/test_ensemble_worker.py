@@ -308,3 +308,18 @@ def test_the_soups_batch_norm_pass_over_augmented_data_is_the_same_every_time(au
     assert scores == again and all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.equal(first["1.running_mean"], state["1.running_mean"])  # recomputed, and kept in the state
     assert np.random.randint(10**6) == np.random.RandomState(123).randint(10**6)  # the caller's generator untouched
+
+
+def test_a_device_this_machine_lacks_is_named_in_one_line_before_any_member_is_built(tmp_path):
+    # load_ensemble(device="cuda") on a machine without one built every member, then torch raised
+    # "AssertionError: Torch not compiled with CUDA enabled" (or "No CUDA GPUs are available") naming no argument
+    from orchestrator.app.api import run_sweep
+
+    done = run_sweep(TINY_TASK, storage=str(tmp_path), name="dev", trials=1, epochs=1, stages=1, slots=1,
+                     executor="processes")
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(ConfigError, match=rf"^device '{missing}': this machine has"):
+        load_ensemble(done.path, device=missing, trust_task_code=True)
+    with pytest.raises(ConfigError, match=r"^device 'gpu': not a torch device"):
+        load_ensemble(done.path, device="gpu", trust_task_code=True)
+    assert load_ensemble(done.path, device="cpu", trust_task_code=True).weights.device.type == "cpu"

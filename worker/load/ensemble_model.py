@@ -312,6 +312,7 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
     Weights load with safetensors
     after their sha256 matches the checkpoint index; a mismatch raises ``StorageError``.
     """
+    device = checked_device(device)  # before any member is built: torch would say it only when they are moved
     storage = sweep if isinstance(sweep, Storage) else Storage.from_uri(sweep)
     if not storage.exists(schema.SWEEP_PATH):  # a mistyped name: said as such, not as a sweep without ensembles
         raise not_a_sweep(storage, storage.uri)
@@ -358,8 +359,21 @@ def _best_custom_model(storage: Storage, name: str, task: Task | str | None, tru
     return _for_inference(module, device)
 
 
+def checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this machine has; one line naming the argument otherwise."""
+    try:
+        chosen = pick_device(device) if isinstance(device, str) else torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device {device!r}: not a torch device (cpu, cuda, cuda:N, mps, or auto)") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: this machine has no CUDA device; use device='cpu' (or 'auto')")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return chosen
+
+
 def _for_inference(module: EnsembleModel, device: str | torch.device) -> EnsembleModel:
     """On ``device``, in eval mode, its weights frozen: outputs are plain tensors (``.numpy()`` works on them);
     ``module.requires_grad_(True)`` to fine-tune or take input gradients."""
-    module = module.to(pick_device(str(device)) if isinstance(device, str) else device).eval()
+    module = module.to(checked_device(device)).eval()
     return module.requires_grad_(False)
