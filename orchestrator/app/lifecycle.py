@@ -310,7 +310,10 @@ def finish_sweep(
     log.flush(controller, force=True)
     log.compact_events()
     ensemble = None
-    if settings.ensemble:  # from stored predictions; a failure is a logged warning, never a lost sweep
+    # From stored predictions; a failure is a logged warning, never a lost sweep. A table that exists is rebuilt
+    # even with ensembles off: one built on a stopped sweep (caviar ensemble) would otherwise stand as the resumed
+    # sweep's answer, every trial trained since left out.
+    if settings.ensemble or sweep.exists(schema.ENSEMBLES_PATH):
         try:
             with interrupt.stop_on_signals():
                 ensemble = build_ensembles(sweep, task, device=settings.device,

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.app.api import load, resume_sweep, run_sweep
@@ -94,3 +95,29 @@ def test_a_worker_whose_load_data_draws_other_val_labels_than_the_sweep_stored_i
                        executor="processes", ensemble=False)
     WorkerSession(TINY_TASK, str(tmp_path), "seeded")  # the same data again: nothing to refuse
     assert seeded.path.endswith("seeded")
+
+
+def test_ensembles_built_on_a_stopped_sweep_are_rebuilt_when_its_resume_ends(tmp_path):
+    # A --no-ensemble sweep stopped with trial 3 still to train, caviar ensemble run on it, then resumed: the resume kept
+    # the old table, so its answer, caviar ls and load_ensemble(name="best") left out the 2 trials trained since
+    from orchestrator.decide.status import TrialStatus
+
+    def stop(controller):
+        if sum(t.status == TrialStatus.COMPLETED for t in controller.trials.values()) >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(TINY_TASK, storage=str(tmp_path), name="peeked", trials=4, epochs=1, stages=1, slots=1, seed=2,
+                  executor="processes", ensemble=False, pruner="none", on_tick=stop)
+    sweep = str(tmp_path / "peeked")
+    built = subprocess.run([*CAVIAR, "ensemble", sweep], env=ENV, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+
+    def top_k_trials():
+        rows = pq.read_table(os.path.join(sweep, "ensembles", "ensembles.parquet")).to_pylist()
+        return {m["trial_id"] for r in rows if r["name"] == "top_k" for m in r["members"]}
+
+    assert 3 not in top_k_trials()  # still pending when the sweep stopped
+    resume_sweep(sweep, trust_task_code=True)  # ensembles off, as the sweep started
+    assert [t["status"] for t in load(sweep).trials.to_pylist()] == ["completed"] * 4
+    assert top_k_trials() == {0, 1, 2, 3}
