@@ -382,3 +382,31 @@ def test_a_mode_against_a_builtin_objectives_direction_is_refused(tmp_path, obje
     with pytest.raises(TaskError, match=rf"mode = '{mode}' for {objective}, which is better when {better}: the sweep "
                                         r"would keep its worst trials; set mode = '(max|min)' or leave mode out$"):
         load_task(write_task(tmp_path, body))
+
+
+@pytest.mark.parametrize("loss, warned", [
+    ("torch.nn.functional.poisson_nll_loss(outputs.reshape(targets.shape), targets, log_input=True)", True),
+    ("torch.nn.functional.mse_loss(outputs.reshape(targets.shape), targets)", False),
+    ("torch.maximum(0.9 * (targets - outputs.reshape(targets.shape)), "  # a 90% quantile: scales with the units
+     "-0.1 * (targets - outputs.reshape(targets.shape))).mean()", False),
+])
+def test_an_own_loss_that_ranks_otherwise_in_the_targets_units_is_named_before_the_sweep(tmp_path, caplog, loss,
+                                                                                          warned):
+    """standardize_targets with a Poisson loss trained on standardised (negative) counts, while val_loss and the
+    ensembles evaluate it on outputs mapped back: another objective, accepted in silence (a greedy ensemble read
+    val_loss -3.17). A loss on predictions of the target only scales with the units and passes in silence."""
+    from worker.check.contract import validate_contract
+
+    source = open(os.path.join(TASKS, "poisson_regression_task.py")).read()
+    source = source.replace('kind = "regression"', 'kind = "regression"\nstandardize_targets = True')
+    source = source.replace("torch.nn.functional.poisson_nll_loss(outputs.reshape(targets.shape), targets, "
+                            "log_input=True)", loss)
+    path = tmp_path / "task.py"
+    path.write_text(source)
+    task = load_task(str(path))
+    with caplog.at_level("WARNING", logger="caviar"):
+        validate_contract(task, [{"lr": 0.01, "hidden": 8, "batch_size": 32, "optimizer": "adam"}])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("standardize_targets: loss_fn")]
+    assert len(lines) == (1 if warned else 0)
+    if warned:
+        assert "Poisson log-rates" in lines[0] and "remove standardize_targets" in lines[0]

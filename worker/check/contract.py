@@ -40,6 +40,7 @@ from worker.check.validate import (
     check_config,
     warn_if_classes_missing_from_train,
     warn_if_large,
+    warn_if_own_loss_changes_with_units,
     warn_if_single_batches,
 )
 from worker.data.splits import Splits, prepare_task_data
@@ -122,6 +123,7 @@ def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings
                 if settings is not None:  # one line when the predictions stored for ensembles would be large
                     warn_if_large(splits, settings, ema=bool(config.get("ema_decay")))
                 warn_if_single_batches(run.model, splits, configs)
+                warn_if_own_loss_changes_with_units(task, splits, run.model)
             except Exception as exc:  # user code: try the next config, report the first failure
                 first = first or exc
                 continue

@@ -313,6 +313,43 @@ def warn_if_classes_missing_from_train(splits: Splits) -> list[str]:
     return said
 
 
+def warn_if_own_loss_changes_with_units(task: Task, splits: Splits, model: torch.nn.Module) -> str | None:
+    """One warning line when a task's own ``loss_fn`` trains on standardised targets (``standardize_targets``) but
+    ranks differently in the targets' units, where caviar evaluates it (val_loss, the objective, the ensembles).
+
+    A loss on predictions in the targets' units (MSE or a quantile loss on one target) only scales with the units,
+    so both rank alike; a Poisson model's log-rates or a distribution's parameters are no predictions to map back.
+    Judged on two sets of outputs for a training batch: the ratio of the two losses must not change between them.
+    Returns the line (for tests)."""
+    kind, loss_fn = splits.target_kind, task.get("loss_fn")
+    if loss_fn is None or not kind.standardised:
+        return None
+    xb, yb = splits.sample(64)
+    generator = torch.Generator().manual_seed(0)
+    ratios: list[float] = []
+    try:
+        with torch.no_grad():
+            outputs = model(xb)
+            shifted = outputs + torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype)
+            for o in (outputs, shifted):
+                trained = float(loss_fn(o, kind.to_training(yb)))
+                ratios.append(float(loss_fn(kind.to_original(o), yb)) / trained)
+        agree = all(math.isfinite(r) for r in ratios) and math.isclose(ratios[0], ratios[1], rel_tol=1e-3)
+        seen = f"its value over the standardised one is {ratios[0]:.4g} for one set of outputs, {ratios[1]:.4g} " \
+               "for another"
+    except Exception as exc:  # a loss that cannot take values in the targets' units says the same
+        agree, seen = False, f"in the targets' units it raised {type(exc).__name__}: {_one_line(exc)}"
+    if agree:
+        return None
+    line = ("standardize_targets: loss_fn trains on standardised targets, but caviar evaluates it in the targets' "
+            f"units (outputs * std + mean) for val_loss, the ranking and the ensembles, and {seen}: the two rank "
+            "trials differently. Right for a loss on predictions of one target (MSE, L1, a quantile loss); wrong "
+            "for outputs that are no predictions of the target (Poisson log-rates, a distribution's parameters): "
+            "remove standardize_targets, or rank by a metric of your own")
+    log.warning("%s", line)
+    return line
+
+
 def refuse_multilabel_shape(kind: Any, outputs: torch.Tensor, targets: torch.Tensor) -> None:
     """One logit per label, exactly the targets' shape: the loss flattens both, so (batch, L, 1) would train too."""
     if tuple(outputs.shape) != tuple(targets.shape):
