@@ -98,8 +98,8 @@ def test_a_worker_whose_load_data_draws_other_val_labels_than_the_sweep_stored_i
 
 
 def test_ensembles_built_on_a_stopped_sweep_are_rebuilt_when_its_resume_ends(tmp_path):
-    # A --no-ensemble sweep stopped with trial 3 still to train, caviar ensemble run on it, then resumed: the resume kept
-    # the old table, so its answer, caviar ls and load_ensemble(name="best") left out the 2 trials trained since
+    # A --no-ensemble sweep stopped with trial 3 still to train, caviar ensemble run on it, then resumed: the resume
+    # kept the old table, so its answer, caviar ls and load_ensemble(name="best") left out the 2 trials trained since
     from orchestrator.decide.status import TrialStatus
 
     def stop(controller):
