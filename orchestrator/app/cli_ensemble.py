@@ -71,6 +71,13 @@ def ensemble(
         from worker.load.objective import ensemble_objective  # torch loads here, only with task code
         from worker.load.soup import soup_builder
 
+        if "soup" in methods:  # one line naming the option, before the models are built (torch's error otherwise)
+            from worker.load.ensemble_model import checked_device
+
+            try:
+                checked_device(device)
+            except CaviarError as exc:
+                fail(f"option '--device': {exc}")
         purpose = "to build a soup" if "soup" in methods else "to score its objective"
         chosen = sweep_task(storage, task, trust_task_code=trust_task_code, purpose=purpose)
         soup = soup_builder(storage, chosen, device=device) if "soup" in methods else None

@@ -86,3 +86,18 @@ def test_a_sweep_still_being_written_is_refused_by_ensemble_and_by_overwrite_bef
     finally:
         master.kill()
         master.wait()
+
+
+@pytest.mark.parametrize("device", ["cuda", "gpu"])
+def test_a_soup_device_this_machine_lacks_is_named_before_anything_is_built(copy, device):
+    """It was torch's 'Cannot access accelerator device when none is available' once the models were built."""
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    before = copy.read_bytes(schema.ENSEMBLES_PATH)
+    result = CliRunner().invoke(app, ["ensemble", copy.root, "--trust-task-code", "--device", device])
+    assert result.exit_code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"caviar: error: option '--device': device {device!r}: ")
+    assert copy.read_bytes(schema.ENSEMBLES_PATH) == before
