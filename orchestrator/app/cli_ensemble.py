@@ -40,6 +40,7 @@ def ensemble(
         build_and_write,
         check_methods,
         has_soup,
+        read_dataset,
         refuse_custom_kind,
     )
     from orchestrator.store import schema
@@ -54,6 +55,10 @@ def ensemble(
         fail(f"sweep {sweep!r} is still being written by process {writer.pid} on {writer.host}, and its end builds "
              "the ensembles; run caviar ensemble once it has finished")
     refuse_custom_kind(storage, schema.read_dataset_row(storage).get("kind"))  # before any word about soups
+    try:
+        read_dataset(storage)  # no trial stored predictions: that one line, not a word about soups first
+    except CaviarError as exc:
+        fail(str(exc))
     soup = objective_for = None
     had_soup = has_soup(storage)
     if "soup" in methods and not method and not (task or trust_task_code):  # all methods by default: the rest

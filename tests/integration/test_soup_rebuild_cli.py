@@ -101,3 +101,12 @@ def test_a_soup_device_this_machine_lacks_is_named_before_anything_is_built(copy
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"caviar: error: option '--device': device {device!r}: ")
     assert copy.read_bytes(schema.ENSEMBLES_PATH) == before
+
+
+def test_a_sweep_without_stored_predictions_is_one_line_with_no_word_about_soups(copy):
+    """As a sweep whose every trial diverged: it said 'soup left out: ...' first, then the real error."""
+    shutil.rmtree(copy.path("dataset"))  # no trial wrote the sweep's labels: none stored predictions
+    result = CliRunner().invoke(app, ["ensemble", copy.root])
+    assert result.exit_code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("caviar: error: ") and "no trial of this sweep stored predictions" in line
