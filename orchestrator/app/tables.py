@@ -39,10 +39,15 @@ class SweepTables:
         return getattr(self, table).to_pandas()
 
     def top(self, k: int = 10) -> pa.Table:
-        """The ``k`` trials with the best score: the latest stage first (it trained longest)."""
+        """The ``k`` trials with the best score: the latest stage first (it trained longest), of the stages where a
+        trial completed. A sweep stopped early in a stage holds only its pruned or unfinished trials, after an
+        epoch or two: their scores are no match for the stage before, so that stage goes after it."""
         finished = self.trials.filter(pa.compute.is_valid(self.trials["best_score"]))
-        ordered = finished.sort_by([("stage", "descending"), ("best_score", "descending")])
-        return ordered.slice(0, k)
+        done = {t["stage"] for t in finished.select(["stage", "status"]).to_pylist() if t["status"] == "completed"}
+        ended = pa.array([stage in done for stage in finished.column("stage").to_pylist()], pa.bool_())
+        ordered = finished.append_column("_stage_done", ended).sort_by(
+            [("_stage_done", "descending"), ("stage", "descending"), ("best_score", "descending")])
+        return ordered.drop_columns(["_stage_done"]).slice(0, k)
 
 
 def open_sweep(path: str) -> Storage:

@@ -1,0 +1,31 @@
+"""SweepTables.top on plain pyarrow tables: which trials a stopped sweep calls its best."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from orchestrator.app.tables import SweepTables
+
+
+def tables_of(rows: list[dict]) -> SweepTables:
+    empty = pa.table({})
+    return SweepTables("sweep", empty, pa.Table.from_pylist(rows), empty, empty, empty, empty)
+
+
+def test_a_stage_stopped_before_any_trial_completed_ranks_after_the_stage_before():
+    """Killed one epoch into stage 2: its pruned and running trials (0.5) were called the best over stage 1's 0.9."""
+    rows = [{"trial_id": 0, "stage": 1, "status": "completed", "best_score": 0.90},
+            {"trial_id": 1, "stage": 1, "status": "completed", "best_score": 0.80},
+            {"trial_id": 2, "stage": 2, "status": "pruned", "best_score": 0.50},
+            {"trial_id": 3, "stage": 2, "status": "running", "best_score": 0.55},
+            {"trial_id": 4, "stage": 2, "status": "pending", "best_score": None}]
+    assert tables_of(rows).top(10).column("trial_id").to_pylist() == [0, 1, 3, 2]
+
+
+def test_a_stage_with_a_completed_trial_still_ranks_first_as_it_trained_longest():
+    rows = [{"trial_id": 0, "stage": 1, "status": "completed", "best_score": 0.90},
+            {"trial_id": 1, "stage": 2, "status": "completed", "best_score": 0.85},
+            {"trial_id": 2, "stage": 2, "status": "pruned", "best_score": 0.88}]
+    top = tables_of(rows).top(2)
+    assert top.column("trial_id").to_pylist() == [2, 1] and top.column_names == ["trial_id", "stage", "status",
+                                                                                  "best_score"]
