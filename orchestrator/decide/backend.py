@@ -16,6 +16,9 @@ from orchestrator.errors import CaviarError
 
 MAX_REPLACEMENTS = 3  # deaths in a row of one slot's workers before a backend gives the slot up
 START_FAILED = "the worker could not start: "  # how a backend marks an error raised while a worker started
+# ...and one that refused the task's data or settings (labels other than the sweep stored): every replacement would
+# load the same and refuse again, so the slot is not restarted
+START_REFUSED = START_FAILED + "refused: "
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class Backend(ABC):
 
 def slots_given_up(last_error: str, workers: str) -> CaviarError:
     """The one line a backend raises once every slot is given up: the workers could not start, or kept dying."""
+    if last_error.startswith(START_REFUSED):
+        return CaviarError(f"no {workers} could start: {last_error.removeprefix(START_REFUSED)}")
     if last_error.startswith(START_FAILED):
         return CaviarError(f"no {workers} could start ({MAX_REPLACEMENTS + 1} tries per slot): "
                            f"{last_error.removeprefix(START_FAILED)}")

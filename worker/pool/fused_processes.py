@@ -76,7 +76,7 @@ class FusedProcessBackend(FusedSlots):
                 what, value = worker.conn.recv()
             except (EOFError, OSError):
                 raise WorkerLost("the worker process closed its pipe") from None
-            if what == "failed":
+            if what in ("failed", "refused"):  # a refused start is retried here as any other
                 raise WorkerLost(START_FAILED + str(value))
             if what == "error":
                 raise WorkerLost(str(value))

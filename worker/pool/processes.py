@@ -32,7 +32,16 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from orchestrator.decide import interrupt
-from orchestrator.decide.backend import MAX_REPLACEMENTS, START_FAILED, Assignment, Backend, Report, slots_given_up
+from orchestrator.decide.backend import (
+    MAX_REPLACEMENTS,
+    START_FAILED,
+    START_REFUSED,
+    Assignment,
+    Backend,
+    Report,
+    slots_given_up,
+)
+from orchestrator.errors import ConfigError, TaskError
 from worker.check.contract import describe
 from worker.train.session import WorkerSession, statistics_of  # imported in the master: forked children inherit torch
 
@@ -89,7 +98,8 @@ def serve(conn: Connection, master: int, task_ref: str, storage_uri: str, sweep:
         else:
             session = WorkerSession(task_ref, storage_uri, sweep, options, splits)
     except Exception as exc:
-        _answer(conn, ("failed", describe(exc)))
+        refused = isinstance(exc, (ConfigError, TaskError))  # the task's data or settings: the same in a replacement
+        _answer(conn, ("refused" if refused else "failed", describe(exc)))
         return
     if not _answer(conn, ("ready", session.node)):
         return
@@ -236,6 +246,9 @@ class ProcessBackend(Backend):
                 self.failures[slot] = 0
                 self.idle.append(slot)
             return []
+        if what == "refused":
+            self.failures[slot] = MAX_REPLACEMENTS  # so _on_failure starts no replacement to refuse again
+            return self._on_failure(slot, START_REFUSED + str(value))
         if what == "failed":
             return self._on_failure(slot, START_FAILED + str(value))
         if what == "error":
