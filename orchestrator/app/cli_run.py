@@ -63,7 +63,10 @@ def run(
         str | None, typer.Option(help="Ray cluster: auto or ray://HOST:10001 (default: run here, see --executor).")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep of the same name.")] = False,
-    ensemble: Annotated[bool, typer.Option(help="Build ensembles when the sweep ends.")] = True,
+    # None when neither flag is given, so a TOML file's or the task's `ensemble = false` holds
+    ensemble: Annotated[
+        bool | None, typer.Option(help="Build ensembles when the sweep ends (default: on, or the --config's).")
+    ] = None,
     plain: Annotated[bool, typer.Option(help="Log lines instead of the live view.")] = False,
     report: Annotated[bool, typer.Option(help="Write SWEEP/report.html (plots) when the sweep ends.")] = True,
     dashboard: Annotated[bool, typer.Option(help="Start Ray's dashboard with a local Ray.")] = False,

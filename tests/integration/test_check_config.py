@@ -59,3 +59,14 @@ def test_an_option_caviars_loop_cannot_use_is_refused_by_run_and_check_before_an
     by_params = caviar("check", TINY_TASK, "--params", '{"lr": 0.01, "optimizer": "adam", "hidden": 8, '
                        '"batch_size": -5, "ema_decay": 0.9}')
     assert by_params.returncode == 2 and "parameter 'batch_size': -5 is not a positive integer" in by_params.stderr
+
+
+def test_run_keeps_the_tomls_ensemble_false_unless_the_command_line_says_otherwise(tmp_path):
+    # `caviar run` once passed its --ensemble default (on) over the TOML's `ensemble = false`: ensembles were built
+    toml = tmp_path / "sweep.toml"
+    toml.write_text("[run]\nensemble = false\ntrials = 2\nepochs = 1\n")
+    ran = caviar("run", TINY_TASK, "--config", str(toml), "--storage", str(tmp_path / "runs"), "--name", "quiet",
+                 "--plain", "--no-report", "--slots", "1")
+    assert ran.returncode == 0, ran.stderr
+    assert "Chosen ensemble" not in ran.stdout
+    assert not (tmp_path / "runs" / "quiet" / "ensembles").exists()
