@@ -373,6 +373,8 @@ def lograndint(low: int, high: int, *, limits: Limits = None, when: Condition = 
 
 def choice(options: Sequence[Any], *, when: Condition = None) -> Choice:
     """Options are never extended: a choice samples only what it lists (narrowing may drop some)."""
+    if isinstance(options, (str, bytes)):  # iterating it would search its letters ("sgd": "s", "g", "d")
+        raise SpaceError(f"choice: options must be a list, got the string {options!r}; write [{options!r}]")
     return Choice(options=tuple(options), when=normalize_condition(when))
 
 

@@ -295,3 +295,11 @@ def test_toml_choice_of_lists_is_refused_and_a_fixed_none_is_allowed():
     with pytest.raises(SpaceError, match=r"parameter 'hidden': choice options must be str, int, float or bool"):
         SearchSpace({"hidden": 8}).with_overrides({"hidden": {"dist": "choice", "options": [[8], [16, 8]]}})
     assert SearchSpace({"grad_clip": None}).fixed == {"grad_clip": None}  # None: the built-in default
+
+
+def test_a_string_as_the_options_of_a_choice_is_refused_not_split_into_letters():
+    # choice("sgd") (or TOML options = "sgd") once searched "s", "g" and "d" in silence
+    with pytest.raises(SpaceError, match=r"choice: options must be a list, got the string 'sgd'; write \['sgd'\]"):
+        choice("sgd")
+    with pytest.raises(SpaceError, match=r"options must be a list"):
+        parse_param("optimizer", {"dist": "choice", "options": "sgd"})
