@@ -556,8 +556,8 @@ def parse_param(name: str, spec: Any) -> Any:
             spec["limits"] = tuple(float(x) for x in spec["limits"])
         dist = replace(_CONSTRUCTORS[kind](**spec), name=name)
         dist.validate()
-    except SpaceError:
-        raise
+    except SpaceError as exc:  # the constructors do not know the name ("loguniform: limits ..."): say which
+        raise exc if str(exc).startswith("parameter ") else SpaceError(f"parameter '{name}': {exc}") from None
     except (TypeError, ValueError, IndexError) as exc:  # a missing field, or "x" where a number belongs
         raise SpaceError(f"parameter '{name}': bad fields for {kind}: {exc}") from None
     return dist

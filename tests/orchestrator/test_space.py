@@ -303,3 +303,15 @@ def test_a_string_as_the_options_of_a_choice_is_refused_not_split_into_letters()
         choice("sgd")
     with pytest.raises(SpaceError, match=r"options must be a list"):
         parse_param("optimizer", {"dist": "choice", "options": "sgd"})
+
+
+def test_a_toml_parameter_whose_limits_or_options_are_refused_is_named():
+    # TOML [space] lr = { ..., limits = [1, 0.1] } once said only "loguniform: limits ...", not which parameter
+    with pytest.raises(SpaceError, match=r"^parameter 'lr': loguniform: limits \(1, 0.1\) must be a range"):
+        parse_param("lr", {"dist": "loguniform", "low": 1e-3, "high": 1e-1, "limits": [1, 0.1]})
+    with pytest.raises(SpaceError, match=r"^parameter 'wd': uniform: limits must be two numbers"):
+        parse_param("wd", {"dist": "uniform", "low": 0, "high": 1, "limits": [0.5]})
+    with pytest.raises(SpaceError, match=r"^parameter 'optimizer': choice: options must be a list"):
+        parse_param("optimizer", {"dist": "choice", "options": "sgd"})
+    with pytest.raises(SpaceError, match=r"^parameter 'lr': low \(0.1\) must be below high"):  # named once, not twice
+        parse_param("lr", {"dist": "loguniform", "low": 0.1, "high": 0.1})
