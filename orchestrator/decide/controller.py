@@ -18,11 +18,11 @@ from orchestrator.decide.backend import Assignment, Report
 from orchestrator.decide.fusing import PER_MEMBER, FusePlan, block_size, share_shapes
 from orchestrator.decide.pruning import OBJECTIVE_NAN, Observation, Pruner
 from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, stored_status
-from orchestrator.errors import StorageError
+from orchestrator.errors import ConfigError, StorageError
 from orchestrator.search.narrowing import edge_warnings
 from orchestrator.search.sampler import stage_configs, trial_seed
 from orchestrator.search.space import SearchSpace
-from orchestrator.search.stage_policy import NarrowAndPromote, StagePolicy
+from orchestrator.search.stage_policy import NarrowAndPromote, StagePolicy, stage_policy_name
 from orchestrator.search.stages import Stage
 from orchestrator.store.schema import TRIALS_PATH, now_ms
 
@@ -196,7 +196,13 @@ class Controller:
                 self.event(kind, trial_id, stage=self.stage, reason=message, detail=notice_detail(notice))
             self.event("range_narrowed", stage=self.stage + 1, detail={"space": narrowed.space.to_dict()})
             space = narrowed.space
-        self._begin_stage(self.stage + 1, space, policy.promoted(results, self.plan[self.stage + 1].trials))
+        trials = self.plan[self.stage + 1].trials
+        promoted = policy.promoted(results, trials)
+        if len(promoted) > trials:  # fresh = trials - promoted would go negative: numpy's "negative dimensions"
+            raise ConfigError(f"stage policy {stage_policy_name(policy)!r}: promoted returned {len(promoted)} configs "
+                              f"for stage {self.stage + 2}, which trains {trials} trials; return at most "
+                              "next_stage_trials")
+        self._begin_stage(self.stage + 1, space, promoted)
 
     def _begin_reseed(self, space: SearchSpace) -> None:
         """The best config so far, once per trial of the stage; each trial's id gives it a new seed."""

@@ -188,6 +188,22 @@ def test_a_stage_policy_object_decides_the_next_space_and_promotions():
     assert not first & {tuple(sorted(c.trials[t].config.items())) for t in range(6, 10)}  # nothing promoted
 
 
+def test_a_stage_policy_that_promotes_more_configs_than_the_next_stage_trains_is_one_line():
+    from orchestrator.decide.controller import Controller, ControllerOptions
+    from orchestrator.decide.pruning import NoPruner, StageBudget
+    from orchestrator.search.stages import parse_plan
+
+    class PromoteEverything(StagePolicy):  # 6 configs for a stage of 4: numpy's "negative dimensions" once
+        def promoted(self, results, next_stage_trials):
+            return [config for config, _ in results]
+
+    c = Controller(SPACE, parse_plan("6x1,4x2"), lambda s: NoPruner.for_stage(StageBudget(s.epochs)),
+                   ControllerOptions(seed=1, stage_policy=PromoteEverything()))
+    with pytest.raises(ConfigError, match=r"^stage policy '.*PromoteEverything': promoted returned 6 configs for "
+                                          r"stage 2, which trains 4 trials; return at most next_stage_trials$"):
+        run(c)
+
+
 def test_a_stage_policy_is_a_registered_name_a_class_or_an_object():
     assert isinstance(controller_for(SPACE, settings()).stage_policy, NarrowAndPromote)  # the default, by name
     by_name = controller_for(SPACE, settings(stage_policy="fresh", top_fraction=0.5))
