@@ -156,7 +156,10 @@ def expected_executor(config: str | None, overrides: dict[str, Any]) -> str:
 
     # A bad value here is refused now, with the line the run would give, not after a first line about Ray:
     # the task's settings come first in the run, so nothing they hold can make a value given here valid.
-    settings = RunSettings().merged(read_toml(config)[0] if config else {}).merged(overrides).validate()
+    # Except plug-in names: the task file may register them (@register_sampler("mine")), and it loads later.
+    plugin_names = {"pruner": None, "sampler": None, "stage_policy": None}
+    settings = RunSettings().merged({**(read_toml(config)[0] if config else {}), **plugin_names})
+    settings = settings.merged({**overrides, **plugin_names}).validate()
     return settings.resolved_executor(ray_running=False)
 
 

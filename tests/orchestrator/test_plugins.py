@@ -277,3 +277,33 @@ def test_run_sweep_takes_a_stage_policy_object_records_it_and_resume_needs_it(ra
     with pytest.raises(ConfigError, match=r"uses the stage_policy '.*RetrainTheBest', which is not registered"):
         resume_sweep(result.path)
     assert "nothing to resume" in resume_sweep(result.path, stage_policy=RetrainTheBest()).note
+
+
+def test_caviar_run_knows_a_sampler_and_a_stage_policy_that_the_task_file_registers(tmp_path):
+    # The CLI once checked --sampler and a TOML's stage_policy before it loaded the task that registers them:
+    # "setting 'sampler': expected one of random, sobol, lhs, tpe", though the README says --sampler mine works
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    task = tmp_path / "registering_task.py"
+    task.write_text(
+        "from orchestrator.search.sampler import RandomSampler, register_sampler\n"
+        "from orchestrator.search.stage_policy import FreshStages, register_stage_policy\n"
+        "from tests.tasks.tiny_task import build_model, load_data, space  # noqa: F401\n\n"
+        "register_sampler('mine_cli')(type('Mine', (RandomSampler,), {}))\n"
+        "register_stage_policy('fresh_cli')(type('MyFresh', (FreshStages,), {}))\n")
+    toml = tmp_path / "sweep.toml"
+    toml.write_text('[run]\nstage_policy = "fresh_cli"\n')
+    cli = os.path.join(os.path.dirname(sys.executable), "caviar")
+    ran = subprocess.run([cli, "run", str(task), "--sampler", "mine_cli", "--config", str(toml), "--plan", "2x1,2x1",
+                          "--storage", str(tmp_path / "runs"), "--name", "mine", "--plain", "--no-report",
+                          "--no-ensemble", "--slots", "1"],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    from orchestrator.app.api import load
+
+    recorded = json.loads(load(str(tmp_path / "runs" / "mine")).sweep.to_pylist()[0]["settings"])
+    assert (recorded["sampler"], recorded["stage_policy"]) == ("mine_cli", "fresh_cli")
