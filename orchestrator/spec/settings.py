@@ -78,14 +78,14 @@ class RunSettings:
     def validate(self) -> RunSettings:
         positive_ints = ("trials", "epochs", "grace_epochs", "keep_best")
         for name in positive_ints:
-            _check(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 1, "a positive integer")
+            _check(name, _int(getattr(self, name)) and getattr(self, name) >= 1, "a positive integer")
         for name in ("slots", "stages"):
             value = getattr(self, name)
-            _check(name, value is None or (isinstance(value, int) and value >= 1), "a positive integer")
+            _check(name, value is None or (_int(value) and value >= 1), "a positive integer")
         _check(
-            "reduction_factor", isinstance(self.reduction_factor, int) and self.reduction_factor >= 2, "an integer >= 2"
+            "reduction_factor", _int(self.reduction_factor) and self.reduction_factor >= 2, "an integer >= 2"
         )
-        _check("seed", isinstance(self.seed, int) and self.seed >= 0, "a non-negative integer")
+        _check("seed", _int(self.seed) and self.seed >= 0, "a non-negative integer")
         _check("pruner", self.pruner in PRUNERS or _is_class_path(self.pruner), f"one of {', '.join(sorted(PRUNERS))}")
         _check("sampler", self.sampler in SAMPLERS or _is_class_path(self.sampler), f"one of {', '.join(SAMPLERS)}")
         _check("stage_policy", self.stage_policy in STAGE_POLICIES or _is_class_path(self.stage_policy),
@@ -107,8 +107,8 @@ class RunSettings:
             "promote_fraction", _num(self.promote_fraction) and 0 <= self.promote_fraction <= 1, "a number in [0, 1]"
         )
         _check("checkpoint_seconds", _num(self.checkpoint_seconds) and self.checkpoint_seconds >= 0, "a number >= 0")
-        _check("max_retries", isinstance(self.max_retries, int) and self.max_retries >= 0, "an integer >= 0")
-        _check("fail_fast", isinstance(self.fail_fast, int) and self.fail_fast >= 1, "a positive integer")
+        _check("max_retries", _int(self.max_retries) and self.max_retries >= 0, "an integer >= 0")
+        _check("fail_fast", _int(self.fail_fast) and self.fail_fast >= 1, "a positive integer")
         _check("extend_edges", isinstance(self.extend_edges, bool), "true or false")
         _check(
             "device",
@@ -191,6 +191,11 @@ class RunSettings:
         data = asdict(self)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return RunSettings(**data)
+
+
+def _int(value: Any) -> bool:
+    """An int that is not a bool: TOML's `seed = true` or `stages = true` is a slip, not 1."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _num(value: Any) -> bool:

@@ -218,6 +218,16 @@ def test_promote_fraction_setting_is_checked(value):
         RunSettings(promote_fraction=value).validate()
 
 
+@pytest.mark.parametrize("name", ["trials", "epochs", "stages", "slots", "seed", "grace_epochs", "keep_best",
+                                  "max_retries", "fail_fast"])
+def test_true_for_a_count_is_refused_not_read_as_one(name):
+    # TOML `stages = true` once ran one stage (plain random search), `seed = true` seed 1, in silence
+    from orchestrator.spec.settings import RunSettings
+
+    with pytest.raises(ConfigError, match=f"^setting '{name}'"):
+        RunSettings(**{name: True}).validate()
+
+
 def test_trials_epochs_or_stages_given_beside_a_plan_must_agree_with_it(tmp_path):
     from types import SimpleNamespace
 
