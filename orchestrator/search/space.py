@@ -239,6 +239,9 @@ class RandInt(Distribution):
     def validate(self) -> None:
         if int(self.low) != self.low or int(self.high) != self.high:
             raise SpaceError(f"parameter '{self.name}': integer bounds required, got [{self.low}, {self.high}]")
+        if self.low < 1 and self.limits == (1.0, _INF):  # the default limits, which the user never wrote
+            raise SpaceError(f"parameter '{self.name}': a randint stays at 1 or more unless its limits say otherwise "
+                             f"(got low {self.low}); write limits=({self.low}, ...) to search from {self.low}")
         super().validate()
 
     def describe(self) -> str:

@@ -315,3 +315,13 @@ def test_a_toml_parameter_whose_limits_or_options_are_refused_is_named():
         parse_param("optimizer", {"dist": "choice", "options": "sgd"})
     with pytest.raises(SpaceError, match=r"^parameter 'lr': low \(0.1\) must be below high"):  # named once, not twice
         parse_param("lr", {"dist": "loguniform", "low": 0.1, "high": 0.1})
+
+
+def test_a_randint_from_zero_without_limits_says_how_to_allow_it():
+    # randint(0, 3) once got "range [0, 3] leaves its limits [1.0, inf]": limits the user never wrote
+    with pytest.raises(SpaceError, match=r"^parameter 'extra': a randint stays at 1 or more unless its limits say "
+                                         r"otherwise \(got low 0\); write limits=\(0, \.\.\.\) to search from 0$"):
+        SearchSpace({"extra": randint(0, 3)})
+    assert SearchSpace({"extra": randint(0, 3, limits=(0, 8))})["extra"].low == 0
+    with pytest.raises(SpaceError, match=r"leaves its limits \[2.0, 8.0\]"):  # limits the user wrote: as before
+        SearchSpace({"extra": randint(1, 3, limits=(2, 8))})
