@@ -112,13 +112,15 @@ def narrow_space(
         for side in sides:
             old_range, new_range = (dist.low, dist.high), (new[name].low, new[name].high)
             hard = _at_limit(dist, side)
+            # Extended means moved past this edge: the other side narrowing (extend_edges = false) is no extension.
+            moved = new_range[0] < old_range[0] if side == "low" else new_range[1] > old_range[1]
             edges.append(
                 EdgeNotice(
                     name,
                     side,
                     old_range,
                     new_range,
-                    extended=not hard and new_range != old_range,
+                    extended=not hard and moved,
                     hard_limit=hard or _at_limit(new[name], side),
                     value=best[name],
                 )

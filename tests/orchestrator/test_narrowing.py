@@ -260,3 +260,17 @@ def test_edge_warnings_skip_inactive_parameters():
     space = _conditional_space()
     best = {"optimizer": "adagrad", "momentum": None, "beta1": None, "lr": 0.5}
     assert {n.param for n in edge_warnings(space, best)} <= {"lr"}
+
+
+def test_a_best_value_on_an_edge_that_was_not_extended_is_not_called_extended():
+    # extend=0 (extend_edges = false) and the far side narrowed: the notice once read "range extended to
+    # [0.0001, 0.00119]" with extended=True (the events table's detail), though the low edge never moved
+    space = SearchSpace({"lr": loguniform(1e-4, 1.0)})
+    res = results_for("lr", [1e-4, 2e-4, 3e-4], worse=[0.5, 0.3, 0.1, 0.05, 0.01, 0.02, 0.03, 0.04, 0.06])
+    kept = narrow_space(space, res, extend=0.0)
+    assert kept.space["lr"].low == 1e-4 and kept.space["lr"].high < 0.01
+    [notice] = kept.edges
+    assert (notice.side, notice.extended, notice.hard_limit) == ("low", False, False)
+    assert "extended" not in notice.message() and "the optimum may lie beyond" in notice.message()
+    [moved] = narrow_space(space, res).edges  # with extension the low edge moves, and says so
+    assert moved.extended and moved.new_range[0] < 1e-4
