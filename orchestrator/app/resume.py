@@ -21,7 +21,14 @@ from typing import Any
 import pyarrow as pa
 
 from orchestrator.app.answer import sweep_objective
-from orchestrator.app.lifecycle import NO_PLUGINS, PlugIns, controller_for, drive_and_finish, result_of
+from orchestrator.app.lifecycle import (
+    NO_PLUGINS,
+    PLUGIN_KINDS,
+    PlugIns,
+    controller_for,
+    drive_and_finish,
+    result_of,
+)
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.pruning import chance_classes
 from orchestrator.decide.restore import Rebuilt, StoredRows, restore
@@ -164,6 +171,11 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     storage = Storage.from_uri(path)
     record = read_record(storage)
     refuse_an_edited_task(storage, task)  # before any write, worker or Ray: one sweep, one version of its code
+    if (task is not None or trust_task_code) and any(
+            getattr(record.settings, kind) not in registry and getattr(plugins, kind) is None
+            for kind, (registry, _) in PLUGIN_KINDS.items()):
+        # A plug-in name the task file registers (@register_sampler("mine")) is known only once the task is loaded.
+        task = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to resume")
     settings, root_uri, name = resume_settings(record, storage, overrides)
     objective = sweep_objective(storage)  # what the printed scores stand for, as the workers stored it
 

@@ -307,3 +307,9 @@ def test_caviar_run_knows_a_sampler_and_a_stage_policy_that_the_task_file_regist
 
     recorded = json.loads(load(str(tmp_path / "runs" / "mine")).sweep.to_pylist()[0]["settings"])
     assert (recorded["sampler"], recorded["stage_policy"]) == ("mine_cli", "fresh_cli")
+    # and caviar resume, which once refused the recorded names the same way before it loaded the task
+    resumed = subprocess.run([cli, "resume", str(tmp_path / "runs" / "mine"), "--task", str(task), "--plain",
+                              "--no-report"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "finished" in resumed.stdout
