@@ -489,8 +489,23 @@ class SearchSpace(Mapping[str, Any]):
         return tuple(v for v in values if v in new_parent.options or v not in old_parent.options)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SearchSpace:
-        """Apply TOML-style overrides: ``{"lr": {"dist": "loguniform", "low": 1e-4, "high": 1}, "hidden": 64}``."""
-        return self.replace(**{name: parse_param(name, spec) for name, spec in overrides.items()})
+        """Apply TOML-style overrides: ``{"lr": {"dist": "loguniform", "low": 1e-4, "high": 1}, "hidden": 64}``.
+
+        A new range of the same kind keeps the task's ``when`` and ``limits`` unless it gives its own (``when = {}``
+        drops the condition): a range alone would quietly draw a momentum for the adam trials, then narrow and rank
+        on it, and extend ``lr`` past the limit the task set."""
+        return self.replace(**{name: parse_param(name, self._inherited(name, spec))
+                               for name, spec in overrides.items()})
+
+    def _inherited(self, name: str, spec: Any) -> Any:
+        declared = self._params.get(name)
+        if not (isinstance(spec, Mapping) and isinstance(declared, Distribution)):
+            return spec
+        kept = param_to_dict(declared)
+        spec = {**spec, "when": kept["when"]} if "when" not in spec and "when" in kept else spec
+        if "limits" not in spec and "limits" in kept and spec.get("dist") == kept["dist"]:
+            spec = {**spec, "limits": kept["limits"]}
+        return spec
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for events and the stages table): the inverse of :func:`parse_param`."""

@@ -325,3 +325,23 @@ def test_a_randint_from_zero_without_limits_says_how_to_allow_it():
     assert SearchSpace({"extra": randint(0, 3, limits=(0, 8))})["extra"].low == 0
     with pytest.raises(SpaceError, match=r"leaves its limits \[2.0, 8.0\]"):  # limits the user wrote: as before
         SearchSpace({"extra": randint(1, 3, limits=(2, 8))})
+
+
+def test_a_toml_range_keeps_the_tasks_condition_and_limits_unless_it_gives_its_own():
+    """A new range alone dropped them: adam trials drew a momentum (then narrowed and ranked on it), and edge
+    extension could take lr past the task's limit of 1."""
+    space = SearchSpace({"optimizer": choice(["adam", "momentum"]),
+                         "momentum": one_minus_loguniform(0.8, 0.999, when={"optimizer": ["momentum"]}),
+                         "lr": loguniform(1e-4, 1, limits=(1e-6, 1.0)), "dropout": uniform(0.0, 0.5)})
+    got = space.with_overrides({"momentum": {"dist": "one_minus_loguniform", "low": 0.85, "high": 0.95},
+                                "lr": {"dist": "loguniform", "low": 1e-3, "high": 1e-1},
+                                "dropout": {"dist": "uniform", "low": 0.1, "high": 0.3, "limits": [0.0, 0.6]}})
+    assert got["momentum"].when == (("optimizer", ("momentum",)),) and got["lr"].limits == (1e-6, 1.0)
+    assert got["dropout"].limits == (0.0, 0.6)  # its own limits win
+    for config in sample_configs(got, 16, seed=0):
+        assert (config["momentum"] is None) == (config["optimizer"] == "adam")
+    dropped = space.with_overrides({"momentum": {"dist": "one_minus_loguniform", "low": 0.85, "high": 0.95,
+                                                 "when": {}}})
+    assert not dropped["momentum"].when
+    with pytest.raises(SpaceError, match="lr"):  # a range past the task's limit is refused, not extended into
+        space.with_overrides({"lr": {"dist": "loguniform", "low": 1e-3, "high": 2.0}})
