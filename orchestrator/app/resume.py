@@ -171,10 +171,12 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     storage = Storage.from_uri(path)
     record = read_record(storage)
     refuse_an_edited_task(storage, task)  # before any write, worker or Ray: one sweep, one version of its code
-    if (task is not None or trust_task_code) and any(
-            getattr(record.settings, kind) not in registry and getattr(plugins, kind) is None
-            for kind, (registry, _) in PLUGIN_KINDS.items()):
-        # A plug-in name the task file registers (@register_sampler("mine")) is known only once the task is loaded.
+    unknown = [str(getattr(record.settings, kind)) for kind, (registry, _) in PLUGIN_KINDS.items()
+               if getattr(record.settings, kind) not in registry and getattr(plugins, kind) is None]
+    if unknown and (task is not None or trust_task_code or any("." not in name for name in unknown)):
+        # A plug-in name the task file registers (@register_sampler("mine")) is known only once the task is loaded;
+        # without --task or --trust-task-code that is the line to say, not "expected one of random, ...". (A class
+        # path is an object passed to run_sweep: only passing it again helps, as its own line says.)
         task = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to resume")
     settings, root_uri, name = resume_settings(record, storage, overrides)
     objective = sweep_objective(storage)  # what the printed scores stand for, as the workers stored it

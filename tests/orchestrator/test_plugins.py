@@ -307,6 +307,10 @@ def test_caviar_run_knows_a_sampler_and_a_stage_policy_that_the_task_file_regist
 
     recorded = json.loads(load(str(tmp_path / "runs" / "mine")).sweep.to_pylist()[0]["settings"])
     assert (recorded["sampler"], recorded["stage_policy"]) == ("mine_cli", "fresh_cli")
+    # caviar resume without the task says to pass it: "expected one of random, sobol, lhs, tpe" did not
+    bare = subprocess.run([cli, "resume", str(tmp_path / "runs" / "mine"), "--plain", "--no-report"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert bare.returncode == 2 and "--task" in bare.stderr and "expected one of" not in bare.stderr, bare.stderr
     # and caviar resume, which once refused the recorded names the same way before it loaded the task
     resumed = subprocess.run([cli, "resume", str(tmp_path / "runs" / "mine"), "--task", str(task), "--plain",
                               "--no-report"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
