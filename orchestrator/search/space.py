@@ -131,6 +131,8 @@ class Distribution:
 
     def validate(self) -> None:
         n = self.name or "<unnamed>"
+        if isinstance(self.low, bool) or isinstance(self.high, bool):  # TOML low = true: a bool is an int to Python
+            raise SpaceError(f"parameter '{n}': bounds must be numbers, got [{self.low!r}, {self.high!r}]")
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             raise SpaceError(f"parameter '{n}': bounds must be finite numbers, got [{self.low}, {self.high}]")
         if self.low >= self.high:
@@ -569,6 +571,9 @@ def parse_param(name: str, spec: Any) -> Any:
     if unknown:  # say which field, and what the dist takes: not Python's "unexpected keyword argument"
         raise SpaceError(f"parameter '{name}': {kind} has no field {unknown[0]!r}{did_you_mean(unknown[0], fields)} "
                          f"(its fields: dist, {', '.join(fields)})")
+    bools = [key for key in ("low", "high") if isinstance(spec.get(key), bool)]
+    if bools:  # the constructors would read true as 1 (a bool is an int to Python): refuse, never cast
+        raise SpaceError(f"parameter '{name}': bounds must be numbers, got {bools[0]} = {spec[bools[0]]!r}")
     try:
         if "limits" in spec:
             spec["limits"] = tuple(float(x) for x in spec["limits"])

@@ -345,3 +345,10 @@ def test_a_toml_range_keeps_the_tasks_condition_and_limits_unless_it_gives_its_o
     assert not dropped["momentum"].when
     with pytest.raises(SpaceError, match="lr"):  # a range past the task's limit is refused, not extended into
         space.with_overrides({"lr": {"dist": "loguniform", "low": 1e-3, "high": 2.0}})
+
+
+@pytest.mark.parametrize("spec", [{"dist": "randint", "low": True, "high": 3},
+                                  {"dist": "uniform", "low": 0.0, "high": True}])
+def test_a_bound_given_as_true_is_refused_not_read_as_one(spec):
+    with pytest.raises(SpaceError, match=r"^parameter 'p': bounds must be numbers, got (low|high) = True"):
+        SearchSpace({"p": parse_param("p", spec)})
