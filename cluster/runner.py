@@ -12,6 +12,7 @@ import posixpath
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -131,9 +132,14 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 def slots_for(settings: RunSettings) -> int:
     """``--slots``, else what the cluster fits: now, or at its autoscaler's maximum if that is larger."""
-    slots = plan_slots(settings, ray.cluster_resources(), autoscaler_max_resources())
+    now, at_most = ray.cluster_resources(), autoscaler_max_resources()
+    slots = plan_slots(settings, now, at_most)
     if slots < 1:
         raise ConfigError(f"setting 'slots': the cluster cannot fit one trial ({describe(per_trial(settings))})")
+    fit = plan_slots(replace(settings, slots=None), now, at_most)
+    if slots > fit:  # the extra actors stay pending: trials run on those that start
+        log.warning("caviar: setting 'slots': %d, but the cluster fits %d trials at once (%s each); the others "
+                    "start if the cluster grows", slots, fit, describe(per_trial(settings)))
     return slots
 
 

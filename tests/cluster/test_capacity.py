@@ -74,3 +74,19 @@ def test_a_ray_client_refusal_keeps_the_heads_own_reason_on_one_line():
                          "detailed logs.")
     assert connect_failure(ConnectionError("Failed to connect\nmore")) == "Failed to connect"
     assert connect_failure(TimeoutError()) == "TimeoutError"
+
+
+@pytest.mark.timeout(240)
+def test_more_slots_than_the_ray_holds_train_on_the_actors_that_start_and_say_so(ray_session, storage_dir, caplog):
+    """--slots 4 on a 2-CPU Ray: two actors never find room. Trials queued on them waited forever (the sweep
+    printed '2 running' until killed); now a slot takes trials only once its actor answers, and one line says so."""
+    from orchestrator.app.api import run_sweep
+    from tests.conftest import TINY_TASK
+
+    assert ray_session.cluster_resources()["CPU"] == 2
+    with caplog.at_level(logging.WARNING, logger="caviar"):
+        result = run_sweep(TINY_TASK, trials=4, epochs=1, stages=1, slots=4, executor="ray", storage=storage_dir,
+                           name="too-many-slots", ensemble=False)
+    statuses = [t["status"] for t in result.tables().trials.to_pylist()]
+    assert len(statuses) == 4 and not {"running", "pending", "interrupted"} & set(statuses), statuses
+    assert any("setting 'slots': 4, but the cluster fits 2 trials at once" in r.getMessage() for r in caplog.records)
