@@ -75,8 +75,16 @@ def _load_file(path: str) -> ModuleType:
     if not os.path.isfile(path):
         raise TaskError(f"task {path!r}: no such file")
     module_name = "caviar_task_" + hashlib.sha1(path.encode()).hexdigest()[:10]
-    if module_name in sys.modules:
-        return sys.modules[module_name]
+    cached = sys.modules.get(module_name)
+    if cached is not None:
+        if _sources_unchanged(cached):
+            return cached
+        # Edited since this process imported it (a notebook's next sweep): the sweep would run the old code
+        # while its stored task copy holds the new; the helpers it imported from its folder go with it.
+        for name, module in list(sys.modules.items()):
+            if os.path.abspath(getattr(module, "__file__", None) or "") in cached.__caviar_sources__:
+                del sys.modules[name]
+        sys.modules.pop(module_name, None)
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise TaskError(f"task {path!r}: not a Python file")
@@ -91,7 +99,28 @@ def _load_file(path: str) -> ModuleType:
     except Exception as exc:
         del sys.modules[module_name]
         raise TaskError(f"task {path!r}: importing it raised {type(exc).__name__}: {exc}") from exc
+    from orchestrator.spec.task_source import local_modules  # imports this module
+
+    try:
+        helpers = [os.path.join(folder, rel) for rel in local_modules(module, folder)]
+    except Exception:  # a module whose attributes raise on access: only the task file is watched
+        helpers = []
+    module.__caviar_sources__ = {os.path.abspath(p): _digest(p) for p in [path, *helpers]}
     return module
+
+
+def _digest(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def _sources_unchanged(module: ModuleType) -> bool:
+    """Whether the task file and the modules of its folder it imported still hold the bytes imported."""
+    sources = getattr(module, "__caviar_sources__", None)
+    return sources is not None and all(_digest(p) == digest for p, digest in sources.items())
 
 
 def resolve_ref(ref: str) -> tuple[str, Any]:

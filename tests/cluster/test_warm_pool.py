@@ -110,3 +110,44 @@ def test_the_kept_actors_end_after_keep_workers_seconds(ray_session, task_file, 
     assert warm_pool.kept_count() == 2
     time.sleep(1.5)
     assert warm_pool.kept_count() == 0
+
+
+EDITED = textwrap.dedent('''
+    import numpy as np
+    from torch import nn
+    import relabel_helper
+
+    space = {"lr": LR, "batch_size": 32}
+
+    def load_data():
+        rng = np.random.default_rng(0)
+        y = rng.integers(0, 3, size=120)
+        x = (rng.normal(size=(120, 4)) + y[:, None]).astype(np.float32)
+        y = relabel_helper.relabel(y)
+        return (x[:60], y[:60]), (x[60:90], y[60:90]), (x[90:], y[90:])
+
+    def build_model(config):
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+''')
+
+
+def test_a_task_or_helper_edited_between_two_sweeps_of_one_process_runs_as_edited(ray_session, tmp_path,
+                                                                                storage_dir):
+    """The master kept the first import of the task (and its helpers) for the process: the second sweep sampled
+    the old space and sent the old data to its new actors, while its stored task copy held the edited file."""
+    task = tmp_path / "edited_task.py"
+    helper = tmp_path / "relabel_helper.py"
+    task.write_text(EDITED.replace("LR", "0.01"))
+    helper.write_text("def relabel(y):\n    return y\n")
+    one = run_sweep(str(task), trials=1, epochs=1, stages=1, slots=1, storage=storage_dir, name="one",
+                    ensemble=False, executor="ray")
+    y = np.random.default_rng(0).integers(0, 3, size=120)
+    assert stored_val_labels(one.path) == y[60:90].tolist()
+    task.write_text(EDITED.replace("LR", "0.05"))
+    two = run_sweep(str(task), trials=1, epochs=1, stages=1, slots=1, storage=storage_dir, name="two",
+                    ensemble=False, executor="ray")
+    assert [t["config"]["lr"] for t in two.tables().trials.to_pylist()] == [0.05]  # was 0.01, the first import's
+    helper.write_text("def relabel(y):\n    return 2 - y\n")
+    three = run_sweep(str(task), trials=1, epochs=1, stages=1, slots=1, storage=storage_dir, name="three",
+                      ensemble=False, executor="ray")
+    assert stored_val_labels(three.path) == (2 - y)[60:90].tolist()  # the edited helper's labels, not the old
