@@ -47,6 +47,12 @@ def task_fingerprint(task: Task) -> str | None:
                 digest.update(name.encode() + b"\0" + f.read() + b"\0")
     except OSError:
         return None
+    try:  # and the modules of sub-folders it imports (`from models.net import make`), which a kept actor keeps
+        from orchestrator.spec.task_source import local_modules
+
+        digest.update(repr(local_modules(task.namespace, folder)).encode())
+    except Exception:
+        return None
     return digest.hexdigest()
 
 

@@ -151,3 +151,22 @@ def test_a_task_or_helper_edited_between_two_sweeps_of_one_process_runs_as_edite
     three = run_sweep(str(task), trials=1, epochs=1, stages=1, slots=1, storage=storage_dir, name="three",
                       ensemble=False, executor="ray")
     assert stored_val_labels(three.path) == (2 - y)[60:90].tolist()  # the edited helper's labels, not the old
+
+
+def test_an_edited_module_in_a_sub_folder_of_the_task_starts_new_actors(ray_session, tmp_path, storage_dir):
+    """Only the files directly beside the task were hashed: kept actors trained the second sweep with the models/
+    package they imported for the first, not the edited one."""
+    task = tmp_path / "sub_task.py"
+    write_data(tmp_path, seed=7)
+    task.write_text(TASK.replace("import os\n", "import os\nfrom models.net import make\n")
+                    .replace("return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))", "return make()"))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("")
+    net = "from torch import nn\n\ndef make():\n    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))\n"
+    (tmp_path / "models" / "net.py").write_text(net)
+    run_sweep(str(task), trials=2, epochs=1, slots=2, storage=storage_dir, name="one", ensemble=False)
+    warm = actor_ids()
+    assert len(warm) == 2
+    (tmp_path / "models" / "net.py").write_text(net.replace("8", "9"))
+    run_sweep(str(task), trials=2, epochs=1, slots=2, storage=storage_dir, name="two", ensemble=False)
+    assert not set(actor_ids()) & set(warm)  # the old code's actors were ended
