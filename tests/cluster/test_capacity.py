@@ -90,3 +90,17 @@ def test_more_slots_than_the_ray_holds_train_on_the_actors_that_start_and_say_so
     statuses = [t["status"] for t in result.tables().trials.to_pylist()]
     assert len(statuses) == 4 and not {"running", "pending", "interrupted"} & set(statuses), statuses
     assert any("setting 'slots': 4, but the cluster fits 2 trials at once" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(300)
+def test_fused_arrays_with_more_slots_than_the_ray_holds_take_the_slots_it_fits(ray_session, storage_dir):
+    """Fused arrays start every slot's actor before the first trial: --fuse on --slots 3 on a 2-CPU Ray waited for
+    the third actor for ever (killed after 170 s); now the arrays take the 2 slots the Ray fits."""
+    from orchestrator.app.api import run_sweep
+    from tests.conftest import TINY_TASK
+
+    assert ray_session.cluster_resources()["CPU"] == 2
+    result = run_sweep(TINY_TASK, trials=4, epochs=2, stages=1, slots=3, executor="ray", fuse="on",
+                       storage=storage_dir, name="fused-too-many-slots", ensemble=False)
+    statuses = [t["status"] for t in result.tables().trials.to_pylist()]
+    assert len(statuses) == 4 and set(statuses) <= {"completed", "pruned"}, statuses
