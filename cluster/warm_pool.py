@@ -48,7 +48,7 @@ def task_fingerprint(task: Task) -> str | None:
     except OSError:
         return None
     try:  # and the modules of sub-folders it imports (`from models.net import make`), which a kept actor keeps
-        from orchestrator.spec.task_source import local_modules
+        from orchestrator.spec.local_modules import local_modules
 
         digest.update(repr(local_modules(task.namespace, folder)).encode())
     except Exception:

@@ -99,7 +99,7 @@ def _load_file(path: str) -> ModuleType:
     except Exception as exc:
         del sys.modules[module_name]
         raise TaskError(f"task {path!r}: importing it raised {type(exc).__name__}: {exc}") from exc
-    from orchestrator.spec.task_source import local_modules  # imports this module
+    from orchestrator.spec.local_modules import local_modules
 
     try:
         helpers = [os.path.join(folder, rel) for rel in local_modules(module, folder)]

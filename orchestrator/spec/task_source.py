@@ -23,10 +23,10 @@ import json
 import os
 import posixpath
 import sys
-import types
 from dataclasses import asdict, dataclass
 
 from orchestrator.errors import StorageError, TaskError
+from orchestrator.spec.local_modules import local_modules, read_if_there
 from orchestrator.spec.task import Task, load_task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, redact_uri, sha256
@@ -83,41 +83,6 @@ def store_task_source(sweep: Storage, task: Task, config_file: str | None = None
     manifest = TaskManifest(portable_ref(task.ref), kind, source, digest, config, config_digest, modules or None)
     sweep.write_bytes(MANIFEST_PATH, json.dumps(asdict(manifest), indent=1).encode())
     return manifest
-
-
-MAX_MODULES = 256  # local modules hashed into the manifest, at most
-_NOT_LOCAL = ("site-packages", "dist-packages")
-
-
-def local_modules(namespace: object, folder: str) -> dict[str, str]:
-    """sha256 of each module file under ``folder`` that ``namespace`` reaches through imports (``import helpers``,
-    ``from models.cnn import Net``, and what those import in turn), by path relative to ``folder``.
-
-    Installed packages (a virtualenv inside the project), caviar's own packages and the task file are left out.
-    """
-    own = tuple(os.path.dirname(os.path.abspath(sys.modules[name].__file__ or "")) + os.sep
-                for name in ("orchestrator", "worker") if name in sys.modules)
-    root = os.path.abspath(folder) + os.sep
-    seen: set[str] = set()
-    found: dict[str, str] = {}
-    pending = [namespace]
-    while pending and len(found) < MAX_MODULES:
-        holder = pending.pop()
-        for value in list(vars(holder).values()) if hasattr(holder, "__dict__") else []:
-            module = value if isinstance(value, types.ModuleType) else sys.modules.get(getattr(value, "__module__", ""))
-            path = os.path.abspath(getattr(module, "__file__", None) or "") if module is not None else ""
-            if not path.endswith(".py") or path in seen or not path.startswith(root) or path.startswith(own) or any(
-                    part in path for part in _NOT_LOCAL):
-                continue
-            seen.add(path)
-            data = _read_if_there(path)
-            if data is not None and module is not namespace:
-                found[os.path.relpath(path, folder).replace(os.sep, "/")] = sha256(data)
-            pending.append(module)
-    task_file = getattr(namespace, "__file__", None)
-    if task_file:
-        found.pop(os.path.relpath(os.path.abspath(task_file), folder).replace(os.sep, "/"), None)
-    return dict(sorted(found.items()))
 
 
 def _read_local(path: str, what: str) -> bytes:
@@ -230,7 +195,7 @@ def refuse_an_edited_task(sweep: Storage, task: Task | str | None) -> None:
     if not task or manifest is None or manifest.kind != "file" or not manifest.sha256:
         return
     path = _caller_task_file(task.ref if isinstance(task, Task) else task)
-    data = _read_if_there(path) if path else None
+    data = read_if_there(path) if path else None
     if data is None:  # a missing file: load_task names it
         return
     if sha256(data) == manifest.sha256:
@@ -246,7 +211,7 @@ def refuse_an_edited_task(sweep: Storage, task: Task | str | None) -> None:
 def _refuse_an_edited_module(sweep: Storage, manifest: TaskManifest, folder: str) -> None:
     """As for the task file: a module beside it that the sweep's trials imported, now with other bytes."""
     for rel, digest in (manifest.modules or {}).items():
-        data = _read_if_there(os.path.join(folder, *rel.split("/")))
+        data = read_if_there(os.path.join(folder, *rel.split("/")))
         if data is not None and sha256(data) != digest:  # a missing one: the task's import names it
             raise TaskError(
                 f"sweep {redact_uri(sweep.uri)!r} was built with {rel} (sha256 {digest[:12]}) beside its task file, "
@@ -268,14 +233,6 @@ def _caller_task_file(ref: str) -> str | None:
         return None
     origin = spec.origin if spec else None
     return origin if origin and origin.endswith(".py") else None
-
-
-def _read_if_there(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def copy_stored_task(sweep: Storage, folder: str, *, trust_task_code: bool, purpose: str = "to resume") -> str:
