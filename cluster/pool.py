@@ -40,9 +40,7 @@ class Resources:
 
 @dataclass
 class _Call:
-    # "run", "stop", "first" or "ready" (a first or a replacement actor has loaded its task and data: its slot can
-    # take a trial)
-    kind: str
+    kind: str  # "run", "stop", or "ready" (a replacement actor has loaded its task: its slot can take a trial)
     trial_id: int
     slot: int
     actor: Any
@@ -77,9 +75,7 @@ class RayBackend(Backend):
             task_ref, storage_uri, sweep, dict(worker_options), splits)
         kept = list(kept)[:slots]
         self.actors = kept + [self._make() for _ in range(slots - len(kept))]
-        # A slot takes trials once its actor answers: with more slots than the cluster holds, the actors
-        # that find no room stay pending, and a trial queued on one waited forever.
-        self.idle: list[int] = []
+        self.idle = list(range(slots))
         self.slot_of: dict[int, int] = {}
         self.calls: dict[Any, _Call] = {}
         self.deaths = 0
@@ -89,7 +85,7 @@ class RayBackend(Backend):
         for slot, actor in enumerate(self.actors):  # runs before the slot's first trial: a lost node is named
             first = (actor.rebind.remote(storage_uri, sweep, dict(worker_options), splits) if slot < len(kept)
                      else actor.ready.remote())
-            self.calls[first] = _Call("first", -1, slot, actor)
+            self.calls[first] = _Call("node", -1, slot, actor)
         self.attempt_of: dict[int, int] = {}
         self.warm_key: Any = None
         self.keep_seconds = 0.0
@@ -138,7 +134,11 @@ class RayBackend(Backend):
             except (RayActorError, RayTaskError) as exc:
                 reports.extend(self._on_actor_failure(call, failure_text(exc)))
                 continue
-            if call.kind in ("first", "ready"):
+            if call.kind == "node":
+                if self.actors[call.slot] is call.actor:
+                    self.node_of_slot[call.slot] = str(report)
+                continue
+            if call.kind == "ready":
                 if self.actors[call.slot] is call.actor:
                     self.node_of_slot[call.slot] = str(report)
                     self.failures[call.slot] = 0
@@ -194,15 +194,13 @@ class RayBackend(Backend):
         """
         if interrupt.requested():  # Ctrl-C or SIGTERM: in-flight epochs are not waited for; resume uses checkpoints
             drain_seconds = 0.0
-        # an actor may never find room to start: not waited for
-        pending = [ref for ref, call in self.calls.items() if call.kind not in ("first", "ready")]
+        pending = [ref for ref, call in self.calls.items() if call.kind != "ready"]  # a replacement may never start
         done: list[Any] = []
         if pending:
             done, _ = ray.wait(pending, num_returns=len(pending), timeout=drain_seconds)
         keep = finished and self.keep_seconds > 0 and not interrupt.requested()
         # Only actors whose every call answered: a failed call leaves its actor in doubt.
         clean = keep and len(done) == len(pending) and not self.slot_of and all(_answered(ref) for ref in done)
-        # a first actor still starting is kept (the next sweep's rebind waits behind its start); a replacement not
         unready = {id(call.actor) for call in self.calls.values() if call.kind == "ready"}
         self.calls.clear()
         kept = [a for a in self.actors if id(a) not in unready] if clean else []

@@ -12,7 +12,6 @@ import posixpath
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -130,18 +129,19 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ClusterError(f"Ray cluster {address!r}: cannot connect ({exc.strerror or exc})") from None
 
 
-def slots_for(settings: RunSettings) -> tuple[int, int]:
-    """``--slots``, else what the cluster fits: now, or at its autoscaler's maximum if that is larger; and what it
-    fits (fused arrays start every slot's actor before the first trial: one more than fits would wait for ever)."""
+def slots_for(settings: RunSettings) -> int:
+    """``--slots``, else what the cluster fits: now, or at its autoscaler's maximum if that is larger. ``--slots``
+    above that is cut to it: an actor that can never find room would hold its queued trial for ever (fused arrays
+    wait for every actor before the first trial), and a cluster that may grow is counted at its maximum already."""
     now, at_most = ray.cluster_resources(), autoscaler_max_resources()
     slots = plan_slots(settings, now, at_most)
     if slots < 1:
         raise ConfigError(f"setting 'slots': the cluster cannot fit one trial ({describe(per_trial(settings))})")
     fit = plan_slots(replace(settings, slots=None), now, at_most)
-    if slots > fit:  # the extra actors stay pending: trials run on those that start
-        log.warning("caviar: setting 'slots': %d, but the cluster fits %d trials at once (%s each); the others "
-                    "start if the cluster grows", slots, fit, describe(per_trial(settings)))
-    return slots, fit
+    if slots > fit:
+        log.warning("caviar: setting 'slots': %d, but the cluster fits %d trials at once (%s each); using %d",
+                    slots, fit, describe(per_trial(settings)), fit)
+    return min(slots, fit)
 
 
 def autoscaler_max_resources() -> dict[str, float] | None:
@@ -273,7 +273,7 @@ def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sw
         connect(settings.address, dashboard=settings.dashboard, dashboard_host=settings.dashboard_host)
         check_storage_reach(root, settings)
         wait_for_room(settings, can_grow=bool(settings.address))  # a Ray started here never grows
-        slots, fit = slots_for(settings)
+        slots = slots_for(settings)
         worker_options = settings.worker_options(actor_device(settings))
         resources = Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources)
         key = warm_pool.pool_key(task, resources.actor_options(), worker_options["device"], worker_options["threads"])
@@ -286,7 +286,7 @@ def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sw
             worker_options["input_statistics"] = statistics_of(splits)
         # fused arrays when the model allows (cluster/fused_setup.py), else one trial per actor
         backend, plan = choose_backend(task, settings, where, name, stage_trials, first_pending, slots,
-                                       worker_options, kept[:slots], shared, fused_slots=min(slots, fit))
+                                       worker_options, kept[:slots], shared)
     except CaviarError:
         _end(kept)
         if not resuming:

@@ -79,7 +79,7 @@ def test_a_ray_client_refusal_keeps_the_heads_own_reason_on_one_line():
 @pytest.mark.timeout(240)
 def test_more_slots_than_the_ray_holds_train_on_the_actors_that_start_and_say_so(ray_session, storage_dir, caplog):
     """--slots 4 on a 2-CPU Ray: two actors never find room. Trials queued on them waited forever (the sweep
-    printed '2 running' until killed); now a slot takes trials only once its actor answers, and one line says so."""
+    printed '2 running' until killed); now the sweep takes the 2 slots the Ray fits, and one line says so."""
     from orchestrator.app.api import run_sweep
     from tests.conftest import TINY_TASK
 
@@ -95,7 +95,7 @@ def test_more_slots_than_the_ray_holds_train_on_the_actors_that_start_and_say_so
 @pytest.mark.timeout(300)
 def test_fused_arrays_with_more_slots_than_the_ray_holds_take_the_slots_it_fits(ray_session, storage_dir):
     """Fused arrays start every slot's actor before the first trial: --fuse on --slots 3 on a 2-CPU Ray waited for
-    the third actor for ever (killed after 170 s); now the arrays take the 2 slots the Ray fits."""
+    the third actor for ever (killed after 170 s); now they take the 2 slots the Ray fits, as plain trials do."""
     from orchestrator.app.api import run_sweep
     from tests.conftest import TINY_TASK
 

@@ -82,7 +82,7 @@ def test_fractional_gpus_pack_several_trials_on_one_gpu(ray_session, storage_dir
 
     gpus = ray.cluster_resources().get("GPU", 0)
     cpus = ray.cluster_resources().get("CPU", 0)
-    slots, _ = slots_for(RunSettings(gpus_per_trial=0.25, cpus_per_trial=0.5))
+    slots = slots_for(RunSettings(gpus_per_trial=0.25, cpus_per_trial=0.5))
     assert slots == min(int(cpus // 0.5), int(gpus // 0.25))
     result = run_sweep(TINY_TASK, storage=storage_dir, name="packed", trials=4, epochs=2, gpus_per_trial=0.25,
                        cpus_per_trial=0.5, precision="bf16")
