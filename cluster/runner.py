@@ -12,6 +12,7 @@ import posixpath
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pyarrow.fs as pafs
