@@ -219,7 +219,7 @@ class FusedSession(WorkerSession):
             tid = row["trial_id"]
             recorder = self.recorders[tid]
             recorder.record(FusedMember(array, tid), row)  # type: ignore[arg-type]
-            self.unreported[tid].append({**row, **self.not_learning_facts(FusedMember(array, tid).objective)})
+            self.unreported[tid].append({**row, **self.not_learning_facts})
             reason = divergence_reason([r["train_loss"] for r in recorder.rows_by_epoch.values()],
                                        max_ratio=self.options.max_loss_ratio)
             member = array.member(tid)

@@ -27,7 +27,7 @@ from orchestrator.spec.task import Task, load_task
 from orchestrator.store.schema import INPUT_STATISTICS_PATH, read_dataset_row
 from orchestrator.store.storage import Storage
 from worker.data import task_globals
-from worker.data.kinds import baseline_val_loss
+from worker.data.kinds import baseline_val_loss, objective_and_mode
 from worker.data.splits import Splits, prepare_task_data
 from worker.train.predictions import check_stored_labels
 from worker.train.recorder import TrialRecorder, load_resume_state, load_safetensors
@@ -128,15 +128,14 @@ class WorkerSession:
         self.splits: Splits = splits.to(self.device)
         s = self.splits
         self.baseline_val_loss = baseline_val_loss(self.task, s.target_kind, s.y_train, s.y_val)
+        # What the pruner's not-learning rule judges each epoch's report by (sent with it, never stored): the class
+        # count or the regression baseline, for this sweep's objective and loss.
+        objective = objective_and_mode(self.task, s.target_kind)[0]
+        self.not_learning_facts = {
+            "num_classes": chance_classes(s.num_classes, objective, self.task.get("loss_fn") is not None),
+            "baseline_val_loss": self.baseline_val_loss}
         self._check_storage()
         self.runs: dict[int, tuple[TrialRun, TrialRecorder]] = {}
-
-    def not_learning_facts(self, objective: str) -> dict[str, Any]:
-        """What the pruner's not-learning rule judges a report by (the class count or the regression baseline);
-        sent with every epoch's row, never stored."""
-        own_loss = self.task.get("loss_fn") is not None
-        return {"num_classes": chance_classes(self.splits.num_classes, objective, own_loss),
-                "baseline_val_loss": self.baseline_val_loss}
 
     def _check_storage(self) -> None:
         """Before any trial trains here: the master's own write check says nothing of this worker's machine (a
@@ -183,7 +182,7 @@ class WorkerSession:
         try:
             while run.epoch < min(until_epoch, run.spec.max_epochs):
                 row = run.train_epoch()
-                row.update(self.not_learning_facts(run.objective))
+                row.update(self.not_learning_facts)
                 recorder.record(run, {k: v for k, v in row.items() if k not in ("num_classes", "baseline_val_loss")})
                 rows.append(row)
                 reason = divergence_reason(
