@@ -208,20 +208,22 @@ def test_the_modules_beside_the_task_that_it_imports_are_recorded_and_an_edited_
     (work / "sib_deeper.py").write_text("DEPTH = 2\n")
     (work / "sib_models" / "__init__.py").write_text("")
     (work / "sib_models" / "cnn.py").write_text("class Net:\n    pass\n")
+    (work / "sib_plain.py").write_text("LR = 0.01\n")  # gives the task a plain value only: no __module__ to follow
     (work / "sib_unrelated.py").write_text("X = 1\n")  # beside the task, imported by someone else, not by it
     (work / ".venv" / "lib" / "site-packages").mkdir(parents=True)  # a virtualenv inside the project: never hashed
     (work / ".venv" / "lib" / "site-packages" / "sib_installed.py").write_text("Y = 2\n")
     (work / "task.py").write_text("import sib_helpers\nimport sib_installed  # noqa\nfrom sib_models.cnn import Net\n"
-                                  + TASK_SOURCE)
+                                  "from sib_plain import LR  # noqa\n" + TASK_SOURCE)
     monkeypatch.syspath_prepend(str(work / ".venv" / "lib" / "site-packages"))
     monkeypatch.syspath_prepend(str(work))
-    for name in ("sib_helpers", "sib_deeper", "sib_models", "sib_models.cnn", "sib_unrelated", "sib_installed"):
+    for name in ("sib_helpers", "sib_deeper", "sib_models", "sib_models.cnn", "sib_unrelated", "sib_installed",
+                 "sib_plain"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     __import__("sib_unrelated")
     sweep = Storage.from_uri(str(tmp_path / "runs")).child("s")
     manifest = store_task_source(sweep, load_task(str(work / "task.py")))
     digest = {name: hashlib.sha256((work / name).read_bytes()).hexdigest()
-              for name in ("sib_helpers.py", "sib_deeper.py", "sib_models/cnn.py")}
+              for name in ("sib_helpers.py", "sib_deeper.py", "sib_models/cnn.py", "sib_plain.py")}
     assert manifest.modules == dict(sorted(digest.items())) == read_manifest(sweep).modules
     refuse_an_edited_task(sweep, str(work / "task.py"))  # nothing changed: let through
     (work / "sib_unrelated.py").write_text("X = 2\n")
@@ -233,6 +235,31 @@ def test_the_modules_beside_the_task_that_it_imports_are_recorded_and_an_edited_
     assert "\n" not in message and f"was built with sib_models/cnn.py (sha256 {digest['sib_models/cnn.py'][:12]})" \
         in message
     assert f"but {work / 'sib_models' / 'cnn.py'} now has sha256 " in message and "restore that file" in message
+
+
+def test_a_plain_value_a_task_imports_from_a_helper_is_read_again_once_the_helper_is_edited(tmp_path, monkeypatch):
+    """A notebook's second sweep after editing `LR = 0.01` in the helper a task imports it from (`from sib_lr import
+    LR`) runs with the edited value: the helper is found through the task's import statements, since a plain number
+    does not say where it came from. A helper inside a package, imported relatively, is found too."""
+    import sys
+
+    (tmp_path / "sib_pkg").mkdir()
+    (tmp_path / "sib_pkg" / "__init__.py").write_text("")
+    (tmp_path / "sib_pkg" / "sizes.py").write_text("from .widths import WIDTH  # noqa\n")
+    (tmp_path / "sib_pkg" / "widths.py").write_text("WIDTH = 8\n")
+    (tmp_path / "sib_lr.py").write_text("LR = 0.01\n")
+    task = tmp_path / "plain_task.py"
+    task.write_text("from sib_lr import LR\nfrom sib_pkg.sizes import WIDTH\n" + TASK_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("sib_lr", "sib_pkg", "sib_pkg.sizes", "sib_pkg.widths"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    first = load_task(str(task))
+    assert (first.get("LR"), first.get("WIDTH")) == (0.01, 8)
+    assert load_task(str(task)).namespace is first.namespace  # nothing edited: the same import
+    (tmp_path / "sib_lr.py").write_text("LR = 0.005\n")  # another size: a .pyc of the same second and size is reused
+    (tmp_path / "sib_pkg" / "widths.py").write_text("WIDTH = 16\n")
+    second = load_task(str(task))
+    assert (second.get("LR"), second.get("WIDTH")) == (0.005, 16)
 
 
 def test_the_task_a_load_or_resume_line_names_is_never_a_ray_jobs_temporary_copy():
