@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.decide import interrupt
-from orchestrator.decide.backend import MAX_REPLACEMENTS, START_FAILED, Assignment, Backend, Report, slots_given_up
+from orchestrator.decide.backend import (
+    MAX_REPLACEMENTS,
+    START_FAILED,
+    START_REFUSED,
+    Assignment,
+    Backend,
+    Report,
+    slots_given_up,
+)
 from orchestrator.decide.fusing import PER_MEMBER, Key, shape_key
 from orchestrator.errors import CaviarError
 
@@ -110,7 +118,8 @@ class FusedSlots(Backend):
         except WorkerLost as lost:
             text = str(lost)
             if text.startswith(START_FAILED):  # the user's exception and line, not "the worker died"
-                raise CaviarError(f"no trial actor could start: {text.removeprefix(START_FAILED)}") from None
+                why = text.removeprefix(START_REFUSED).removeprefix(START_FAILED)
+                raise CaviarError(f"no trial actor could start: {why}") from None
             last = text.strip().splitlines()[-1] if text.strip() else "unknown"
             raise CaviarError(f"a {self.worker_kind} died while it started: {last}") from None
 
@@ -234,8 +243,10 @@ class FusedSlots(Backend):
         for tid in lost:
             self.slot_of.pop(tid, None)
             self.key_of.pop(tid, None)
-        if slot.failures + 1 > MAX_REPLACEMENTS:  # a worker that cannot even start is not retried forever
-            self.slots[index] = FusedSlot(None, failures=slot.failures + 1)  # given up: never ready again
+        # A worker that cannot even start is not retried for ever, nor at all when the task refused it (a resume's
+        # labels other than the sweep stored, its file gone): each replacement would load the data to refuse again.
+        if slot.failures + 1 > MAX_REPLACEMENTS or error.startswith(START_REFUSED):
+            self.slots[index] = FusedSlot(None, failures=max(slot.failures + 1, MAX_REPLACEMENTS + 1))  # given up
         else:
             replacement = FusedSlot(self._new_worker(), failures=slot.failures + 1)  # told the probe's K
             replacement.readying = self._send(replacement.worker, "ready")

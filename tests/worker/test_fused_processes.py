@@ -122,6 +122,32 @@ def test_fused_children_that_cannot_start_end_the_set_up_naming_why(tmp_path):
     assert len(children) == 2 and all(not child.process.is_alive() for child in children)
 
 
+def test_a_replacement_the_task_refuses_gives_its_slot_up_at_once(tmp_path):
+    """A child that died is replaced; when the replacement's task refuses it (here its file is gone; on a resume,
+    labels other than the sweep stored) another replacement would refuse again after loading the data: given up."""
+    import shutil
+
+    task = str(tmp_path / "tiny_task.py")
+    shutil.copy(TINY_TASK, task)
+    backend = FusedProcessBackend(task, str(tmp_path), "refused", 1, OPTIONS, array_size=2)
+    try:
+        backend.wait_ready()
+        child = backend.slots[0].worker.process
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        os.remove(task)
+        backend.start(Assignment(0, 1, {"lr": 0.1, "hidden": 8, "batch_size": 32}, seed=0, max_epochs=1,
+                                 until_epoch=1))
+        lost, deadline = [], time.monotonic() + 120
+        with pytest.raises(CaviarError, match="^no trial actor could start: ") as given_up:
+            while time.monotonic() < deadline:
+                lost += [r.trial_id for r in backend.poll(timeout=1.0) if r.lost]
+        assert "tiny_task.py" in str(given_up.value) and "refused" not in str(given_up.value)
+        assert lost == [0] and backend.deaths == 2  # the killed child, then its one replacement
+    finally:
+        backend.close()
+
+
 def test_a_start_queued_before_the_child_is_ready_waits_for_it(tmp_path):
     """A replacement's first answer is its ``ready``; a call sent earlier is answered after it, not lost."""
     backend = FusedProcessBackend(TINY_TASK, str(tmp_path), "early", 1, OPTIONS, array_size=2)

@@ -15,7 +15,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from orchestrator.decide import interrupt
-from orchestrator.decide.backend import START_FAILED
+from orchestrator.decide.backend import START_FAILED, START_REFUSED
 from orchestrator.decide.fused_slots import FusedSlots, WorkerLost
 from orchestrator.decide.fusing import PER_MEMBER
 from worker.arrays.fused_session import FusedSession  # noqa: F401  imported here, in the master: children inherit it
@@ -76,7 +76,9 @@ class FusedProcessBackend(FusedSlots):
                 what, value = worker.conn.recv()
             except (EOFError, OSError):
                 raise WorkerLost("the worker process closed its pipe") from None
-            if what in ("failed", "refused"):  # a refused start is retried here as any other
+            if what == "refused":  # the task itself refused: every replacement would refuse again
+                raise WorkerLost(START_REFUSED + str(value))
+            if what == "failed":
                 raise WorkerLost(START_FAILED + str(value))
             if what == "error":
                 raise WorkerLost(str(value))
