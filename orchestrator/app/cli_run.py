@@ -88,7 +88,7 @@ def run(
     ] = None,
     executor: Annotated[str | None, typer.Option(help=EXECUTOR_HELP)] = None,
 ) -> None:
-    """Run a sweep: sample, train on Ray actors, prune, narrow, and write everything to Parquet."""
+    """Run a sweep: sample, train (child processes here, Ray actors on a cluster), prune, narrow, write Parquet."""
     from orchestrator.app.report_helper import ReportHelper
 
     helper = ReportHelper.start() if report else None  # first: before torch, Ray or any thread exists
