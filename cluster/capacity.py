@@ -34,13 +34,20 @@ def slot_count(wanted: Mapping[str, float], resources: Mapping[str, float]) -> i
     return min(counts) if counts else 0
 
 
-def plan_slots(settings: RunSettings, now: Mapping[str, float], at_most: Mapping[str, float] | None) -> int:
-    """``--slots`` if given, else what the larger of the cluster now and its autoscaler's maximum fits."""
+def node_slot_count(wanted: Mapping[str, float], nodes: Iterable[Mapping[str, float]]) -> int:
+    """Trials the ``nodes`` hold at once: a trial's actor lives on one node, so each node is counted on its own
+    (two 1-CPU nodes hold two 0.6-CPU trials, not the three their 2 CPUs together would suggest)."""
+    return sum(slot_count(wanted, node) for node in nodes)
+
+
+def plan_slots(settings: RunSettings, nodes: Iterable[Mapping[str, float]], at_most: Mapping[str, float] | None
+               ) -> int:
+    """``--slots`` if given, else the larger of what the live ``nodes`` hold and what the autoscaler's maximum
+    (its config's totals) fits."""
     if settings.slots:
         return settings.slots
     wanted = per_trial(settings)
-    pool = {name: max(now.get(name, 0.0), (at_most or {}).get(name, 0.0)) for name in wanted}
-    return slot_count(wanted, pool)
+    return max(node_slot_count(wanted, nodes), slot_count(wanted, at_most) if at_most else 0)
 
 
 def describe(wanted: Mapping[str, float]) -> str:

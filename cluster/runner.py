@@ -134,7 +134,7 @@ def slots_for(settings: RunSettings) -> int:
     """``--slots``, else what the cluster fits: now, or at its autoscaler's maximum if that is larger. ``--slots``
     above that is cut to it: an actor that can never find room would hold its queued trial for ever (fused arrays
     wait for every actor before the first trial), and a cluster that may grow is counted at its maximum already."""
-    now, at_most = ray.cluster_resources(), autoscaler_max_resources()
+    now, at_most = alive_node_resources(), autoscaler_max_resources()
     slots = plan_slots(settings, now, at_most)
     if slots < 1:
         raise ConfigError(f"setting 'slots': the cluster cannot fit one trial ({describe(per_trial(settings))})")

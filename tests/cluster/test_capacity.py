@@ -19,14 +19,24 @@ def test_per_trial_lists_only_what_a_trial_holds():
 
 def test_slots_come_from_the_autoscalers_maximum_not_the_first_second():
     gpu = RunSettings(gpus_per_trial=0.25)
-    head_only = {"CPU": 0.0}  # right after `ray up`: the head trains nothing and no worker exists yet
+    head_only = [{"CPU": 0.0}]  # right after `ray up`: the head trains nothing and no worker exists yet
     four_g5 = {"CPU": 16.0, "GPU": 4.0}  # aws.yaml: up to four g5.xlarge workers (4 vCPUs, 1 GPU each)
     assert plan_slots(gpu, head_only, four_g5) == 16
     assert plan_slots(gpu, head_only, None) == 0  # no autoscaler: only what exists counts
-    assert plan_slots(gpu, {"CPU": 32.0, "GPU": 8.0}, four_g5) == 32  # more now than the config says: use it
+    assert plan_slots(gpu, [{"CPU": 32.0, "GPU": 8.0}], four_g5) == 32  # more now than the config says: use it
     assert plan_slots(RunSettings(slots=3, gpus_per_trial=1), head_only, None) == 3  # --slots decides
     assert slot_count({"CPU": 2.0, "GPU": 0.5}, {"CPU": 7.0, "GPU": 4.0}) == 3  # the scarcest resource
     assert slot_count({"CPU": 0.1}, {"CPU": 0.3}) == 3  # no float shortfall (0.3 / 0.1 = 2.9999...)
+
+
+def test_slots_count_each_node_on_its_own_as_an_actor_lives_on_one():
+    """Two 1-CPU nodes hold two 0.6-CPU trials: their 2 CPUs together (3 trials) left a third slot whose actor never
+    found room, and the trial queued on it stayed 'running' until the master was killed."""
+    two_nodes = [{"CPU": 1.0}, {"CPU": 1.0}]
+    assert plan_slots(RunSettings(cpus_per_trial=0.6), two_nodes, None) == 2
+    assert plan_slots(RunSettings(cpus_per_trial=2), [{"CPU": 3.0}, {"CPU": 3.0}], None) == 2
+    special = [{"CPU": 2.0, "special": 1.0}, {"CPU": 0.0, "special": 1.0}]  # one node has the CPUs, both the resource
+    assert plan_slots(RunSettings(resources={"special": 1}), special, None) == 1
 
 
 def test_a_trial_fits_only_a_node_that_has_all_it_holds():
@@ -104,3 +114,4 @@ def test_fused_arrays_with_more_slots_than_the_ray_holds_take_the_slots_it_fits(
                        storage=storage_dir, name="fused-too-many-slots", ensemble=False)
     statuses = [t["status"] for t in result.tables().trials.to_pylist()]
     assert len(statuses) == 4 and set(statuses) <= {"completed", "pruned"}, statuses
+

@@ -59,3 +59,14 @@ def test_local_storage_on_one_node_is_fine_unless_trials_must_go_elsewhere(ray_s
         check_storage_reach(local, elsewhere)
     check_storage_reach(local, RunSettings(storage=str(tmp_path), resources={"accelerator_type_h100": 1},
                                            shared_storage=True))
+
+
+def test_trials_that_fit_the_cpus_together_but_not_one_node_each_do_not_wait_for_ever(ray_cluster, tmp_path):
+    """--cpus-per-trial 0.6 on two 1-CPU nodes: 3 slots were counted from the 2 CPUs together, the third actor never
+    found room and its trial stayed 'running' ('3 trials started', then no progress until killed); now 2 slots."""
+    ran = caviar("run", TINY_TASK, "--address", ray_cluster.gcs_address, "--storage", str(tmp_path), "--name", "frag",
+                 "--shared-storage", "--cpus-per-trial", "0.6", "--trials", "3", "--epochs", "1", "--stages", "1",
+                 "--pruner", "none", "--no-ensemble", "--no-report", "--plain", timeout=240)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
+    trials = load(str(tmp_path / "frag")).trials.to_pylist()
+    assert [t["status"] for t in trials] == ["completed"] * 3
