@@ -130,6 +130,9 @@ class RunSettings:
                "a number >= 0")
         _check("keep_workers", _num(self.keep_workers) and self.keep_workers >= 0, "a number of seconds >= 0")
         for key, value in self.resources.items():
+            if key in BUILT_IN_RESOURCES:  # Ray refuses them as custom resources, with a traceback at the first actor
+                raise ConfigError(f"setting 'resources.{key}': {key} is not a custom resource; "
+                                  f"use {BUILT_IN_RESOURCES[key]} instead")
             _check(f"resources.{key}", _num(value) and value > 0, "a number > 0")
         _check("executor", self.executor in EXECUTORS, f"one of {', '.join(EXECUTORS)}")
         if self.executor == "processes":
@@ -196,6 +199,9 @@ class RunSettings:
 def _int(value: Any) -> bool:
     """An int that is not a bool: TOML's `seed = true` or `stages = true` is a slip, not 1."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+BUILT_IN_RESOURCES = {"CPU": "cpus_per_trial (--cpus-per-trial)", "GPU": "gpus_per_trial (--gpus-per-trial)"}
 
 
 def _num(value: Any) -> bool:

@@ -115,3 +115,17 @@ def test_fused_arrays_with_more_slots_than_the_ray_holds_take_the_slots_it_fits(
     statuses = [t["status"] for t in result.tables().trials.to_pylist()]
     assert len(statuses) == 4 and set(statuses) <= {"completed", "pruned"}, statuses
 
+
+def test_cpu_or_gpu_given_as_a_custom_resource_is_one_line_before_ray_starts(tmp_path):
+    """--resource CPU=2 started a private Ray and the sweep, then ended in a 40-line traceback of Ray's
+    'Use the 'num_cpus' and 'num_gpus' keyword instead of 'CPU' and 'GPU''; now one line names the option to use."""
+    from tests.cluster.conftest import caviar, one_error_line
+    from tests.conftest import TINY_TASK
+
+    line = one_error_line(caviar("run", TINY_TASK, "--storage", str(tmp_path), "--executor", "ray", "--resource",
+                                 "CPU=2", "--plain", timeout=120))
+    assert line == ("caviar: error: setting 'resources.CPU': CPU is not a custom resource; use cpus_per_trial "
+                    "(--cpus-per-trial) instead")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ConfigError, match=r"^setting .resources.GPU.: GPU is not a custom resource; use gpus_per"):
+        RunSettings(resources={"GPU": 1}).validate()
