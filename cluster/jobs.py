@@ -156,6 +156,8 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
     args += list(run_args)
     results = redact_uri(_child_uri(storage, name))
     metadata = {"caviar_sweep": name, "caviar_results": results}
+    if job_task.partition(":")[0].endswith(".py"):  # `caviar stop` names it when the sweep's copy cannot resume alone
+        metadata["caviar_task"] = os.path.join(folder, job_task)
     return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar), name, results, metadata)
 
 

@@ -224,13 +224,34 @@ def stop(job: JobArg, address: AddressOpt = None) -> None:
     client = Jobs(address)
     if client.stop(job):
         typer.echo(f"stopping job {job}")
-        results = (client.info(job).metadata or {}).get("caviar_results")
-        if results:  # masked: the user puts their credentials back, or lets the environment supply them
+        metadata = client.info(job).metadata or {}
+        results = metadata.get("caviar_results")
+        if results and stored_task_lacks_modules(results):  # its stored copy alone fails at `import helpers`
+            task = metadata.get("caviar_task") or "TASK"
+            typer.echo(f"resume it on the cluster: caviar submit {task} --resume {results} --address {client.address}"
+                       " (the sweep stores its task file, not the modules it imports from that folder)")
+            typer.echo(f"or from anywhere that reaches the storage: caviar resume {results} --task {task}")
+        elif results:  # masked: the user puts their credentials back, or lets the environment supply them
             typer.echo(f"resume it on the cluster: caviar submit --resume {results} --trust-task-code "
                        f"--address {client.address}")
             typer.echo(f"or from anywhere that reaches the storage: caviar resume {results} --trust-task-code")
     else:
         typer.echo(f"job {job} had already ended ({client.status(job)})")
+
+
+def stored_task_lacks_modules(results: str) -> bool:
+    """Whether the sweep at ``results`` (when this machine reads it) stores a task file that imports modules of
+    its folder: a resume must then be given the task file, whose folder travels along."""
+    if "***" in results:  # masked credentials: reading would only fail, perhaps after retries
+        return False
+    from orchestrator.spec.task_source import read_manifest
+    from orchestrator.store.storage import Storage
+
+    try:
+        manifest = read_manifest(Storage.from_uri(results))
+    except Exception:  # storage this machine does not reach: the usual advice stands
+        return False
+    return bool(manifest and manifest.kind == "file" and manifest.modules)
 
 
 def _follow(client: Any, job_id: str) -> None:

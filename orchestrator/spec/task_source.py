@@ -255,6 +255,10 @@ def copy_stored_task(sweep: Storage, folder: str, *, trust_task_code: bool, purp
                         "(caviar submit TASK --resume SWEEP) or --trust-task-code to run the sweep's stored copy")
     if manifest.kind == "module":
         return manifest.ref
+    if manifest.modules:  # the job's folder would hold the task file alone: its first import fails on the cluster
+        raise TaskError(f"sweep {where!r}: its task {posixpath.basename(manifest.source or '')} imports "
+                        f"{', '.join(sorted(manifest.modules))} from its folder, which the sweep does not store: pass "
+                        "your own task file (caviar submit TASK --resume SWEEP), whose folder travels with the job")
     data = read_stored_source(sweep, manifest)
     assert manifest.source
     path = os.path.join(folder, posixpath.basename(manifest.source))

@@ -193,3 +193,42 @@ def test_the_job_runs_the_python_that_runs_ray_or_says_which_python_cannot(tmp_p
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and "ran" not in refused.stdout and len(lines) == 1
     assert lines[0].startswith(f"caviar: error: the head's Python {bare} cannot import") and "--python PATH" in lines[0]
+
+
+def test_a_stopped_task_that_imports_a_helper_is_resumed_with_its_folder_as_stop_says(ray_cluster, tmp_path):
+    """A task importing a module of its folder: `caviar stop` printed `caviar submit --resume SWEEP
+    --trust-task-code`, whose job then failed on the cluster with 'No module named 'blobs'' (the sweep stores the
+    task file alone). Now stop names the task file to resume with, the stored-copy resume is refused before
+    anything is sent, and the printed command finishes the sweep."""
+    project = tmp_path / "project"
+    project.mkdir()
+    with open(TINY_TASK) as f:
+        tiny = f.read()
+    data_code = tiny[tiny.index("def load_data"):tiny.index("def build_model")]
+    (project / "blobs.py").write_text("import numpy as np\n\n\n" + data_code)
+    task = project / "helper_task.py"
+    task.write_text(tiny.replace(data_code, "from blobs import load_data  # noqa: F401\n\n\n") + SLOW_EPOCHS)
+    storage, sweep = tmp_path / "runs", str(tmp_path / "runs" / "helped")
+    submitted = caviar("submit", str(task), "--address", ray_cluster.dashboard, "--storage", str(storage),
+                       "--name", "helped", "--trials", "2", "--epochs", "8", "--stages", "1", "--pruner", "none",
+                       "--no-ensemble", "--shared-storage")
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
+    wait_for_a_running_trial(sweep, job_id, ray_cluster.dashboard)
+    stopped = caviar("stop", job_id, "--address", ray_cluster.dashboard)
+    assert stopped.returncode == 0, stopped.stderr
+    resume_here = f"caviar submit {task} --resume {sweep} --address {ray_cluster.dashboard}"
+    assert resume_here in stopped.stdout and "--trust-task-code" not in stopped.stdout, stopped.stdout
+    assert f"caviar resume {sweep} --task {task}" in stopped.stdout
+    assert ray_cluster.jobs().wait(job_id, timeout=120) == "STOPPED"
+
+    jobs_before = len(ray_cluster.jobs().list())
+    refused = one_error_line(caviar("submit", "--resume", sweep, "--trust-task-code", "--address",
+                                    ray_cluster.dashboard))
+    assert "imports blobs.py from its folder" in refused and "caviar submit TASK --resume SWEEP" in refused
+    assert len(ray_cluster.jobs().list()) == jobs_before  # refused before a job was sent
+
+    resumed = caviar(*resume_here.split()[1:], "--follow", timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    trials = load(sweep).trials.to_pylist()
+    assert [(t["status"], t["epochs_run"]) for t in trials] == [("completed", 8)] * 2
