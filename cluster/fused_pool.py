@@ -32,6 +32,9 @@ class FusedActor:
             self.session = FusedSession(task_ref, storage_uri, sweep, options, splits)
         except Exception as exc:
             self.start_error = describe(exc)
+            return
+        # As TrialActor: the Ray node id, not the hostname that several Ray nodes of one machine share.
+        self.session.node = ray.get_runtime_context().get_node_id()
 
     def _live(self) -> Any:
         if self.start_error is not None:

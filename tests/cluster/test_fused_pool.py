@@ -40,6 +40,8 @@ def test_a_sweep_runs_as_arrays_with_pruning_under_the_unchanged_driver(ray_sess
     assert controller.finished and len(trials) == 8
     assert {t.status for t in trials} <= {"completed", "pruned"} and any(t.status == "pruned" for t in trials)
     assert any(t.status == "completed" and t.epochs_run == 4 for t in trials)
+    # The Ray node id, as plain trials record it: the hostname ('vm') named no node of a one-machine cluster.
+    assert {t.node for t in trials} == {ray_session.get_runtime_context().get_node_id()}
     for t in trials:  # each member stays a full trial: its own rows and checkpoints
         metrics = storage.read_table(schema.metrics_path(t.trial_id))
         assert metrics.column("epoch").to_pylist() == list(range(1, t.epochs_run + 1))
