@@ -6,7 +6,7 @@ places them (``caviar submit --resume SWEEP`` runs ``... resume SWEEP --task TAS
 way). What travels with the job (its runtime environment):
 
 - ``working_dir``: the task file's folder (or the current directory for a ``module:attr``
-  task), without ``.venv``, ``caviar-runs``, ``.git`` and caches;
+  task), without ``.venv``, ``caviar-runs``, ``.git``, caches and a local storage inside it;
 - ``pip``: the ``requirements.txt`` in that folder, if there is one (Ray installs it in a
   per-job virtualenv that still sees the image's packages);
 - ``py_modules``: caviar's own packages (``orchestrator``, ``worker``, ``cluster``) from
@@ -158,11 +158,26 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
     metadata = {"caviar_sweep": name, "caviar_results": results}
     if job_task.partition(":")[0].endswith(".py"):  # `caviar stop` names it when the sweep's copy cannot resume alone
         metadata["caviar_task"] = os.path.join(folder, job_task)
-    return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar), name, results, metadata)
+    sweep_dir = os.path.join(storage.removeprefix("file://"), name) if is_local_path(storage) else None
+    return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar, sweep_dir), name, results, metadata)
 
 
-def _runtime_env(folder: str, ship_caviar: bool) -> dict[str, Any]:
-    runtime_env: dict[str, Any] = {"working_dir": folder, "excludes": list(EXCLUDES),
+def _storage_excludes(folder: str, sweep_dir: str | None) -> list[str]:
+    """A local storage inside the shipped folder stays behind: every submit would upload the earlier sweeps'
+    weights, and Ray refuses a folder of 512 MiB. ``["/runs"]`` (anchored, as gitignore reads it), or the sweep's
+    own folder when the storage is the shipped folder itself."""
+    if not sweep_dir:
+        return []
+    storage = os.path.dirname(os.path.abspath(sweep_dir))
+    left = storage if storage != folder else os.path.abspath(sweep_dir)
+    rel = os.path.relpath(left, folder)
+    if rel.startswith("..") or os.path.isabs(rel):
+        return []
+    return ["/" + rel.replace(os.sep, "/")]
+
+
+def _runtime_env(folder: str, ship_caviar: bool, sweep_dir: str | None = None) -> dict[str, Any]:
+    runtime_env: dict[str, Any] = {"working_dir": folder, "excludes": EXCLUDES + _storage_excludes(folder, sweep_dir),
                                    # `caviar stop` sends SIGTERM; the master gets this long to write its
                                    # tables before Ray's SIGKILL (Ray's default is 3 s)
                                    "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_SECONDS)}}
@@ -197,7 +212,8 @@ def plan_resume_job(sweep: str, task: str, *, run_args: Sequence[str] = (), work
     name = sweep.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
     results = redact_uri(sweep)
     metadata = {"caviar_sweep": name, "caviar_results": results, "caviar_resume": "1"}
-    return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar), name, results, metadata)
+    sweep_dir = sweep.removeprefix("file://") if is_local_path(sweep) else None
+    return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar, sweep_dir), name, results, metadata)
 
 
 def _child_uri(uri: str, name: str) -> str:

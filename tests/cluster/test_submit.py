@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -232,3 +233,34 @@ def test_a_stopped_task_that_imports_a_helper_is_resumed_with_its_folder_as_stop
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
     trials = load(sweep).trials.to_pylist()
     assert [(t["status"], t["epochs_run"]) for t in trials] == [("completed", 8)] * 2
+
+
+def test_a_local_storage_inside_the_task_folder_stays_behind(tmp_path):
+    """--storage /project/runs beside /project/task.py: every submit zipped the earlier sweeps' weights into the
+    job's package (and Ray refuses one of 512 MiB); now the storage is excluded, the task's own files still travel."""
+    from ray._private.runtime_env.packaging import create_package
+
+    def shipped(plan) -> set[str]:
+        package = tmp_path / f"package-{len(list(tmp_path.glob('package-*')))}.zip"
+        create_package(plan.runtime_env["working_dir"], package, include_gitignore=True,
+                       excludes=plan.runtime_env["excludes"])
+        with zipfile.ZipFile(package) as z:
+            return {name for name in z.namelist() if not name.endswith("/")}
+
+    project = tmp_path / "project"
+    (project / "runs" / "old" / "weights").mkdir(parents=True)
+    (project / "runs" / "old" / "weights" / "t0.pt").write_bytes(b"w" * 1000)
+    (project / "data").mkdir()
+    (project / "data" / "runs.csv").write_text("x\n")  # a file named like the storage, elsewhere: it travels
+    task = project / "task.py"
+    task.write_text("space = {}\n")
+    (project / "helpers.py").write_text("")
+    files = {"task.py", "helpers.py", "data/runs.csv"}
+    assert shipped(plan_job(str(task), storage=str(project / "runs"), name="new")) == files
+    assert shipped(plan_resume_job(str(project / "runs" / "old"), str(task))) == files
+    # the storage is the task's folder itself: the sweep's own folder stays behind, the rest travels
+    (project / "new").mkdir()
+    (project / "new" / "rows.parquet").write_bytes(b"p")
+    assert shipped(plan_job(str(task), storage=str(project), name="new")) == files | {"runs/old/weights/t0.pt"}
+    assert shipped(plan_job(str(task), storage="s3://b/runs", name="new")) == files | {
+        "runs/old/weights/t0.pt", "new/rows.parquet"}
