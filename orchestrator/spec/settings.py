@@ -135,6 +135,7 @@ class RunSettings:
                                   f"use {BUILT_IN_RESOURCES[key]} instead")
             _check(f"resources.{key}", _num(value) and value > 0, "a number > 0")
         _check("executor", self.executor in EXECUTORS, f"one of {', '.join(EXECUTORS)}")
+        self._check_client_storage()
         if self.executor == "processes":
             self._check_processes()
         if self.plan is not None:
@@ -168,6 +169,17 @@ class RunSettings:
         if ray_running:
             return "ray", "auto: this process had already joined a Ray"
         return "processes", "auto: one machine and no setting that needs Ray, so child processes of the master"
+
+    def _check_client_storage(self) -> None:
+        """Over Ray Client (ray://) the master runs on this machine and no trial does: a local path would hold the
+        master's tables here and the workers' rows and checkpoints on the cluster's disks, apart."""
+        storage = str(self.storage)
+        local = "://" not in storage or storage.startswith("file://")
+        if str(self.address or "").startswith("ray://") and local and not self.shared_storage:
+            raise ConfigError(f"setting 'storage': {storage!r} is a local path but address {self.address!r} drives "
+                              "the cluster over Ray Client from this machine, where no trial runs (its workers would "
+                              "write to their own disks); use a URI every node reaches (s3://, gs://, hdfs://) or, if "
+                              "the path is a mount this machine shares with every node, pass --shared-storage")
 
     def _check_processes(self) -> None:
         """The process pool runs CPU trials on this machine only: a setting that needs Ray is refused, never ignored."""

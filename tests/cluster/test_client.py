@@ -38,3 +38,18 @@ def test_a_wrong_token_is_one_line_saying_how_to_get_the_heads(ray_cluster, tmp_
     # The Job API (caviar jobs, submit, logs) refuses the same token: the same advice, in one line
     jobs = one_error_line(caviar("jobs", "--address", ray_cluster.dashboard, env={"RAY_AUTH_TOKEN": "not-the-token"}))
     assert ray_cluster.dashboard in jobs and "~/.ray/auth_token" in jobs and "RAY_AUTH_TOKEN" in jobs, jobs
+
+
+def test_a_local_storage_over_ray_client_is_refused_before_connecting(tmp_path):
+    """Over ray:// the master runs here and every trial on the cluster: a local --storage on a one-node cluster was
+    taken, so this machine got the trials table and the head's disk the metrics and checkpoints, apart. Now one line
+    before anything connects (nothing listens on port 9) or is written; --shared-storage says the path is shared."""
+    refused = one_error_line(caviar("run", TINY_TASK, "--address", "ray://127.0.0.1:9", "--storage", str(tmp_path),
+                                    "--name", "apart", "--plain", timeout=120))
+    assert refused.startswith(f"caviar: error: setting 'storage': {str(tmp_path)!r} is a local path but address "
+                              "'ray://127.0.0.1:9' drives the cluster over Ray Client")
+    assert refused.endswith("pass --shared-storage")
+    assert list(tmp_path.iterdir()) == []
+    shared = one_error_line(caviar("run", TINY_TASK, "--address", "ray://127.0.0.1:9", "--storage", str(tmp_path),
+                                   "--name", "apart", "--shared-storage", "--plain", timeout=120))
+    assert "Ray cluster 'ray://127.0.0.1:9': cannot connect" in shared

@@ -79,6 +79,7 @@ def test_the_cli_warns_before_it_joins_a_cluster_over_the_network(tmp_path):
             str(tmp_path),
             "--name",
             "remote",
+            "--shared-storage",
             "--plain",
         ],
         cwd=ROOT,
