@@ -274,7 +274,9 @@ def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sw
         connect(settings.address, dashboard=settings.dashboard, dashboard_host=settings.dashboard_host)
         check_storage_reach(root, settings)
         wait_for_room(settings, can_grow=bool(settings.address))  # a Ray started here never grows
-        slots = slots_for(settings)
+        # never more actors than the largest stage trains at once: each extra one imports torch and loads the data
+        # for nothing, and on an autoscaling cluster asks for a node of its own
+        slots = min(slots_for(settings), max(stage_trials, default=1))
         worker_options = settings.worker_options(actor_device(settings))
         resources = Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources)
         key = warm_pool.pool_key(task, resources.actor_options(), worker_options["device"], worker_options["threads"])

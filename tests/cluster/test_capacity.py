@@ -129,3 +129,17 @@ def test_cpu_or_gpu_given_as_a_custom_resource_is_one_line_before_ray_starts(tmp
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ConfigError, match=r"^setting .resources.GPU.: GPU is not a custom resource; use gpus_per"):
         RunSettings(resources={"GPU": 1}).validate()
+
+
+def test_no_more_actors_than_the_largest_stage_trains(ray_session, storage_dir):
+    """A 1-trial sweep on a 2-CPU Ray started 2 actors (each importing torch and loading the data; on an autoscaling
+    cluster each asks for a node): the second never trained. Now the actors are capped at the largest stage."""
+    from cluster import warm_pool
+    from orchestrator.app.api import run_sweep
+    from tests.conftest import TINY_TASK
+
+    assert ray_session.cluster_resources()["CPU"] == 2
+    result = run_sweep(TINY_TASK, trials=1, epochs=1, stages=1, executor="ray", storage=storage_dir, name="one",
+                       ensemble=False)
+    assert [t["status"] for t in result.tables().trials.to_pylist()] == ["completed"]
+    assert warm_pool.kept_count() == 1  # the sweep's actors, kept warm for the next sweep
