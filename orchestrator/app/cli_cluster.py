@@ -20,13 +20,19 @@ AddressOpt = Annotated[str | None, typer.Option(
 JobArg = Annotated[str, typer.Argument(help="Job (submission) id, as `caviar submit` or `caviar jobs` print it.")]
 
 
-def run_args(options: dict[str, Any], resources: list[str] | None) -> list[str]:
-    """``caviar run`` flags for the options that were given; checked here so mistakes fail before submitting."""
+def run_args(options: dict[str, Any], resources: list[str] | None, config: str | None = None) -> list[str]:
+    """``caviar run`` flags for the options that were given; checked here, with the ``config`` file's [run] under
+    them, so mistakes fail before submitting."""
     from orchestrator.app.api import parse_resources
     from orchestrator.app.lifecycle import check_plan_agrees
+    from orchestrator.spec.settings import read_toml
 
     given = {**options, "resources": parse_resources(resources)} if resources else options
-    check_plan_agrees(RunSettings().merged(given).validate(), [options])
+    # the task file may register the TOML's plug-in names (@register_sampler("mine")): the job's run checks those
+    from_file = {**(read_toml(config)[0] if config else {}), "pruner": None, "sampler": None, "stage_policy": None}
+    job = {"address": "auto", "executor": "ray"}  # what the job's command line sets, whatever the file says
+    settings = RunSettings().merged(from_file).merged({**given, **job}).validate()
+    check_plan_agrees(settings, [from_file, options])
     args: list[str] = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
@@ -114,7 +120,7 @@ def submit(
                    sampler=sampler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
                    precision=precision, shared_storage=shared_storage, overwrite=overwrite, seed_copies=seed_copies,
                    early_stopping=early_stopping, wait_for_cluster_seconds=wait_for_cluster_seconds)
-    args = run_args(options, resource) + (["--no-ensemble"] if ensemble is False else [])
+    args = run_args(options, resource, config) + (["--no-ensemble"] if ensemble is False else [])
     job_plan = plan_job(task, storage=storage, name=name, run_args=args, config=config, working_dir=working_dir,
                         ship_caviar=ship_caviar, python=python)
     jobs = Jobs(address)

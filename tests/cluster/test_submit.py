@@ -264,3 +264,22 @@ def test_a_local_storage_inside_the_task_folder_stays_behind(tmp_path):
     assert shipped(plan_job(str(task), storage=str(project), name="new")) == files | {"runs/old/weights/t0.pt"}
     assert shipped(plan_job(str(task), storage="s3://b/runs", name="new")) == files | {
         "runs/old/weights/t0.pt", "new/rows.parquet"}
+
+
+def test_a_config_file_with_a_bad_setting_is_refused_before_the_job_is_sent(tmp_path):
+    """--config sweep.toml with `trails = 8` (or resources = {CPU = 2}) was sent as is: the job failed on the cluster
+    after its upload; now its [run] is checked here, under the command line, as `caviar run` checks it (nothing
+    listens on port 9: a refusal that names the setting came before any contact)."""
+    task = tmp_path / "task.py"
+    task.write_text("space = {}\n")
+    config = tmp_path / "sweep.toml"
+    submit = ("submit", str(task), "--config", str(config), "--storage", str(tmp_path / "runs"), "--address",
+              "http://127.0.0.1:9")
+    config.write_text("[run]\ntrails = 8\n")
+    assert "setting 'trails': unknown; did you mean 'trials'?" in one_error_line(caviar(*submit))
+    config.write_text("[run]\nresources = { CPU = 2 }\n")
+    assert "setting 'resources.CPU': CPU is not a custom resource" in one_error_line(caviar(*submit))
+    config.write_text('[run]\nplan = "4x2"\n')
+    assert "setting 'trials': 8, but plan '4x2' gives 4" in one_error_line(caviar(*submit, "--trials", "8"))
+    config.write_text('[run]\nsampler = "mine"\nexecutor = "processes"\n')  # the task may register it; the job sets ray
+    assert "cannot reach its Job API" in one_error_line(caviar(*submit))
