@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from orchestrator.app.lifecycle import (
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.pruning import chance_classes
 from orchestrator.decide.restore import Rebuilt, StoredRows, restore
+from orchestrator.decide.status import ENDED
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.search.space import SearchSpace, parse_param
 from orchestrator.spec.options import ResumeOptions
@@ -43,6 +45,8 @@ from orchestrator.store.sweeps import not_a_sweep
 
 # What may change when a sweep resumes: where and how wide it runs, never what it searches.
 RESUMABLE_SETTINGS = frozenset(ResumeOptions.__annotations__)  # how it runs, never what it searches
+_WHOLE_METRICS = re.compile(r"metrics/trial-(\d+)\.parquet")  # a trial's whole file, not its parts (.a0.p0000)
+
 @dataclass
 class SweepRecord:
     """A sweep's tables as plain rows: everything a rebuild reads."""
@@ -56,6 +60,7 @@ class SweepRecord:
     event_parts: list[str] = field(default_factory=list)
     num_classes: int | None = None
     baseline_val_loss: float | None = None  # regression's "chance" for the not-learning rule
+    ends_cut_short: frozenset[int] = frozenset()  # trials killed while writing their end (ends_cut_short below)
 
     @property
     def settings(self) -> RunSettings:
@@ -71,7 +76,7 @@ class SweepRecord:
 
     def rows(self) -> StoredRows:
         return StoredRows(self.stages, self.trials, self.metrics, self.last_attempt, self.events, self.num_classes,
-                          self.baseline_val_loss)
+                          self.baseline_val_loss, self.ends_cut_short)
 
 
 def space_from_json(text: str, where: str) -> SearchSpace:
@@ -119,8 +124,31 @@ def read_record(storage: Storage) -> SweepRecord:
     return SweepRecord(
         sweep[0], stages, trials, _rows(schema.effective_metrics(raw)), last_attempt, events, event_parts,
         chance_classes(dataset.get("num_classes"), dataset.get("objective"), bool(dataset.get("own_loss"))),
-        dataset.get("baseline_val_loss"),
+        dataset.get("baseline_val_loss"), ends_cut_short(storage, trials),
     )
+
+
+def ends_cut_short(storage: Storage, trials: list[dict[str, Any]]) -> frozenset[int]:
+    """Trials not ended in the trials table whose worker began its end but never finished it.
+
+    A trial's end first writes its whole metrics file (``metrics/trial-N.parquet``), then runs every kept checkpoint
+    on val and test, then the predictions, and last the checkpoint index with those metrics
+    (:meth:`worker.train.recorder.TrialRecorder.end_finish`). Killed in between, the trial's stored epochs say it
+    is done, while the ensembles and ``load_ensemble`` would miss it: a resume must train it again.
+    """
+    ended = {row["trial_id"] for row in trials if row["status"] in ENDED}
+    whole = {int(m[1]) for f in storage.list_files("metrics") if (m := _WHOLE_METRICS.fullmatch(f))}
+    candidates = whole - ended
+    if not candidates:
+        return frozenset()
+    written: set[int] = set()
+    for tid in candidates:
+        rel = schema.checkpoint_index_path(tid)
+        if storage.exists(rel):
+            index = storage.read_table(rel)
+            if "metrics" in index.column_names and index["metrics"].null_count == 0:
+                written.add(tid)
+    return frozenset(candidates - written)
 
 
 def rebuild_controller(

@@ -11,7 +11,9 @@ Parquet). Every change goes through the controller's own methods and its legal s
 - an interrupted trial (running, interrupted, or pending with persisted epochs) goes back to
   the queue under a new attempt number and resumes from its last checkpoint;
 - an interrupted trial whose stored epochs already end it (max epochs, or a stop the replayed
-  pruner takes at its last epoch) is closed instead;
+  pruner takes at its last epoch) is closed instead, unless it ran all its epochs and its end was
+  cut short (no index of its checkpoints with their test metrics): that one trains again, from
+  its last checkpoint, so its checkpoints and predictions are written;
 - a stage the live run had begun but the (throttled) tables had not recorded begins again once
   the stage before it ends, and its trials' stored epochs are taken up the same way;
 - a fused sweep's later stages share shapes as before (the ``fusing_on`` event).
@@ -42,6 +44,10 @@ class StoredRows:
     events: list[dict[str, Any]] = field(default_factory=list)
     num_classes: int | None = None
     baseline_val_loss: float | None = None
+    # Trials whose worker began writing their end but was killed before its last write (the checkpoint index with
+    # each checkpoint's val/test metrics, after the predictions): stored epochs that end them are not enough to close
+    # them, or the sweep would go on without their checkpoints and predictions.
+    ends_cut_short: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -109,7 +115,7 @@ def _restore_stage(controller: Controller, rows: StoredRows, resumed: dict[int, 
     to_close, to_resume = [], []
     for tid in sorted(interrupted):
         trial = controller.trials[tid]
-        if tid in stop_at or trial.epochs_run >= trial.max_epochs:
+        if tid in stop_at or (trial.epochs_run >= trial.max_epochs and tid not in rows.ends_cut_short):
             controller.hold_running(tid)  # until closed below: the stage must not look finished before that
             to_close.append(tid)
             continue

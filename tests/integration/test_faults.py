@@ -327,3 +327,80 @@ def test_a_real_master_killed_between_the_trials_table_and_its_stage_row_resumes
     tables = load(str(sweep))
     assert [(t["status"], t["epochs_run"]) for t in tables.trials.to_pylist()] == [("completed", 1)] * 3
     assert tables.stages.num_rows == 1
+
+
+ENDS_SLOWLY = '''
+import os
+import time
+
+import numpy as np
+from torch import nn
+
+from orchestrator.search.space import loguniform, randint
+
+space = {"lr": loguniform(1e-2, 1e-1), "hidden": randint(4, 16), "batch_size": 32}
+
+
+def metrics(outputs, targets):
+    if len(targets) == 100:  # the test split: scored only when a trial ends, so its end stays open for seconds
+        with open(os.environ["ENDING_MARKER"], "a") as marker:
+            marker.write(f"{os.getpid()}\\n")
+        time.sleep(float(os.environ.get("ENDING_SECONDS", "0")))
+    return {"top": float((outputs.argmax(1) == targets).float().mean())}
+
+
+objective = "val_top"
+mode = "max"
+
+
+def load_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(420, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    return (x[:240], y[:240]), (x[240:320], y[240:320]), (x[320:], y[320:])
+
+
+def build_model(config):
+    return nn.Sequential(nn.Linear(6, int(config["hidden"])), nn.ReLU(), nn.Linear(int(config["hidden"]), 2))
+'''
+
+
+@pytest.mark.slow  # real caviar processes killed and resumed: the second CI tier
+def test_a_sweep_killed_while_trials_write_their_end_resumes_with_their_checkpoints_and_predictions(tmp_path):
+    """SIGKILL while a trial scores its kept checkpoints on test (its metrics file written, its index and
+    predictions not yet): before, the resume closed it as completed from its stored epochs, and the sweep
+    ended without its checkpoints or predictions, so the ensembles and their "best single model" left it out."""
+    task = tmp_path / "ends_slowly.py"
+    task.write_text(ENDS_SLOWLY)
+    marker = tmp_path / "ending"
+    storage = str(tmp_path / "runs")
+    env = {**os.environ, "ENDING_MARKER": str(marker), "ENDING_SECONDS": "60"}
+    run = [*CAVIAR, "run", str(task), "--trials", "4", "--epochs", "2", "--stages", "1", "--pruner", "none",
+           "--slots", "2", "--executor", "processes", "--storage", storage, "--name", "cut", "--plain", "--no-report"]
+    proc = subprocess.Popen(run, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), proc.stderr.read()[-3000:] if proc.poll() is not None else ""
+    finally:
+        kill_master(proc)
+    sweep = os.path.join(storage, "cut")
+    cut_short = {t["trial_id"] for t in load(sweep).trials.to_pylist() if t["status"] != "completed"}
+    assert any(Storage.from_uri(sweep).exists(schema.metrics_path(tid)) for tid in cut_short)  # its end had begun
+
+    done = subprocess.run([*CAVIAR, "resume", sweep, "--task", str(task), "--plain", "--no-report"], cwd=ROOT,
+                          env={**env, "ENDING_SECONDS": "0"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tables = load(sweep)
+    trials = tables.trials.to_pylist()
+    assert [(t["status"], t["epochs_run"]) for t in trials] == [("completed", 2)] * 4
+    stored = Storage.from_uri(sweep)
+    for t in trials:  # every trial's end is on disk: its index with test metrics, and its predictions
+        index = stored.read_table(schema.checkpoint_index_path(t["trial_id"]))
+        assert index.num_rows and index["metrics"].null_count == 0, t["trial_id"]
+        assert stored.exists(schema.predictions_path(t["trial_id"])), t["trial_id"]
+    best = max(trials, key=lambda t: t["best_score"])
+    single = next(e for e in stored.read_table(schema.ENSEMBLES_PATH).to_pylist() if e["method"] == "single")
+    assert single["members"][0]["trial_id"] == best["trial_id"]

@@ -274,7 +274,7 @@ class TrialRecorder:
 
     def end_finish(self, run: TrialRun, ending: Ending, results: Mapping[tuple[int, str], CheckpointResults]
                    ) -> list[dict[str, Any]]:
-        """The end's second half: the index with each checkpoint's metrics, the predictions, then deletions."""
+        """The end's second half: the predictions, the index with each checkpoint's metrics, then deletions."""
         index = self.write_predictions(run, ending.index, results)
         self._retire(run, ending.superseded, final=True)
         return index
@@ -292,8 +292,10 @@ class TrialRecorder:
                 val = results[(row["epoch"], "ema")]["val"][1]
                 row.update(val_loss=val["val_loss"], val_accuracy=val.get("val_accuracy"),
                            score=score_of({k: v for k, v in val.items() if v is not None}, run.objective, run.mode))
-        self._write_index(index)
+        # The index with these metrics is the end's last word: written after the predictions, so a sweep killed in
+        # between shows an end cut short, which a resume trains again (orchestrator.decide.restore).
         write_predictions(self.storage, run, index, results, self.prediction_dtype)
+        self._write_index(index)
         return index
 
 
