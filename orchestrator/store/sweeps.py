@@ -66,7 +66,11 @@ def sweep_state(trials: list[dict[str, Any]], planned: int, kinds: set[str], has
 
 
 def describe_sweep(sweep: Storage) -> dict[str, Any]:
-    """One ``caviar ls`` row: name, task, started, state, trials, best score, chosen ensemble."""
+    """One ``caviar ls`` row: name, task, started, state, trials, best score, chosen ensemble.
+
+    The name is the sweep's folder, what ``--storage`` finds it by: a copied or renamed sweep keeps the name it was
+    run under in its sweep row, and two rows of one name would name neither copy.
+    """
     row = sweep.read_table(schema.SWEEP_PATH).to_pylist()[0]
     trials = sweep.read_table(schema.TRIALS_PATH).to_pylist() if sweep.exists(schema.TRIALS_PATH) else []
     stages = schema.read_dir(sweep, "stages", schema.STAGES)
@@ -80,7 +84,7 @@ def describe_sweep(sweep: Storage) -> dict[str, Any]:
         chosen = next((e for e in ensembles if e["chosen"]), None)
     scores = [t["best_score"] for t in trials if t.get("best_score") is not None]
     return {
-        "name": row["name"],
+        "name": posixpath.basename(sweep.root),
         "task": row["task"],
         "started": row["created"],
         "state": sweep_state(trials, planned, kinds, has_ensembles),
