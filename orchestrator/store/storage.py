@@ -2,7 +2,7 @@
 
 Every file caviar writes goes through :meth:`Storage.write_bytes` or
 :meth:`Storage.write_table`. On a POSIX file system a write lands in a hidden temp file
-beside its target and is renamed into place, so a reader never sees half a file. Object
+beside its target's folder and is renamed into place, so a reader never sees half a file. Object
 stores (S3, GCS) make a PUT visible only when it completes, so there we write directly.
 """
 
@@ -163,7 +163,7 @@ class Storage:
                 with self.fs.open_output_stream(target) as out:
                     out.write(data)
                 return
-            tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
+            tmp = posixpath.join(self._staging_dir(rel), f".{posixpath.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
             try:
                 with self.fs.open_output_stream(tmp) as out:
                     out.write(data)
@@ -176,6 +176,16 @@ class Storage:
                 raise
 
         with_retries(write, what=f"writing {target}")
+
+    def _staging_dir(self, rel: str) -> str:
+        """Where a write's temp file waits for its rename: beside the target's folder, not in it.
+
+        A table folder then only ever holds whole files, even after a kill mid-write: Polars reads a folder's
+        hidden files too (a half-written one failed ``pl.read_parquet("metrics/")``), as DuckDB's ``'metrics/*'``
+        does. The rename stays within the file system, so it stays atomic.
+        """
+        folder = posixpath.dirname(self.path(rel))
+        return posixpath.dirname(folder) if "/" in rel.strip("/") else folder
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         """Write ``rel`` only if no file is there; False when one is (another writer got there first).

@@ -111,7 +111,8 @@ def test_a_write_cut_off_anywhere_leaves_the_old_table_whole(tmp_path_factory, o
     assert reader.read_table(TABLE_PATH).equals(table_of(old))
     assert schema.read_dir(reader, "trials").equals(table_of(old))  # the dead write's temp file is never read
     assert reader.list_files("trials") == [TABLE_PATH]
-    leftovers = [n for n in os.listdir(os.path.join(root, "trials")) if n != "trials.parquet"]
+    assert os.listdir(os.path.join(root, "trials")) == ["trials.parquet"]  # the table folder holds whole files only
+    leftovers = [n for n in os.listdir(root) if n != "trials"]
     assert len(leftovers) == 1 and leftovers[0].startswith(".trials.parquet.tmp-")  # the crash left it; nothing read it
 
     reader.write_table(TABLE_PATH, table_of(new))  # and the next write, after a restart, replaces the table whole
@@ -169,3 +170,23 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_partial_table(tmp_path
         table = schema.read_dir(reader, "trials")  # temp files a kill left behind are skipped
         assert table.equals(whole[table["score"][0].as_py()])
     assert reads >= 4
+
+
+def test_a_write_killed_before_its_rename_leaves_a_table_folder_every_reader_takes_as_it_is(tmp_path):
+    """Polars reads a folder's hidden files too; before, the dead write's temp file sat in the table folder and
+    pl.read_parquet("metrics/") failed ("directory contained paths with different file extensions"), as did
+    DuckDB's read_parquet('metrics/*') ("No magic bytes found")."""
+    import pyarrow.dataset as pads
+
+    duckdb = pytest.importorskip("duckdb")
+    polars = pytest.importorskip("polars")
+    root = str(tmp_path / "sweep")
+    rows = [{"trial_id": 0, "attempt": 0, "epoch": 1, "stage": 1, "train_loss": 0.5}]
+    Storage.from_uri(root).write_table(schema.metrics_path(0), schema.to_table(rows, schema.METRICS))
+    dying = Storage(DyingFileSystem(10**9, die_before_rename=True), root, root)
+    with pytest.raises(Crash):
+        dying.write_table(schema.metrics_path(1), schema.to_table(rows, schema.METRICS))
+    folder = os.path.join(root, "metrics")
+    assert polars.read_parquet(folder + "/").height == 1
+    assert duckdb.sql(f"select count(*) from read_parquet('{folder}/*')").fetchall() == [(1,)]
+    assert pads.dataset(folder).to_table().num_rows == 1
