@@ -224,3 +224,21 @@ def test_a_custom_train_epoch_may_return_its_loss_as_a_tensor_but_not_as_a_vecto
     with pytest.raises(TaskError, match=r"^train_epoch returned 'train_loss' as Tensor of shape \(4,\); give one "
                                         r"number per epoch"):
         TrialRun(task, splits, TrialSpec(0, 0, CONFIG, 3, 2), torch.device("cpu")).train_epoch()
+
+
+def test_a_worker_kept_for_the_next_sweep_writes_its_dataset_row_even_under_the_same_name(tmp_path):
+    """A warm worker (Ray's keep_workers) bound to a new sweep of the same storage and name, as after
+    run_sweep(..., overwrite=True) in a notebook: before, it remembered having written dataset.parquet for
+    that URI and wrote none for the new sweep, whose ensembles then found "no trial stored predictions"."""
+    import shutil
+
+    from orchestrator.store import schema
+
+    session = WorkerSession(TINY_TASK, str(tmp_path), "s")
+    assert session.start(Assignment(0, 1, CONFIG, 1, 1, 1)).ended
+    sweep = Storage.from_uri(str(tmp_path)).child("s")
+    assert sweep.exists(schema.DATASET_PATH)
+    shutil.rmtree(tmp_path / "s")  # --overwrite clears the old sweep's folders
+    session.bind(str(tmp_path), "s")
+    assert session.start(Assignment(0, 1, CONFIG, 1, 1, 1)).ended
+    assert sweep.exists(schema.predictions_path(0)) and sweep.exists(schema.DATASET_PATH)

@@ -30,6 +30,12 @@ from worker.train.trainer import TrialRun
 _dataset_written: set[str] = set()  # storage URIs this process has written dataset.parquet to
 
 
+def forget_dataset_written(storage: Storage) -> None:
+    """A worker bound to a sweep writes its dataset row again, even if it wrote one to this URI for an earlier sweep
+    (a warm worker, a sweep of the same name after --overwrite cleared the folder)."""
+    _dataset_written.discard(storage.uri)
+
+
 def check_dtype(dtype: str) -> str:
     """float16 or float32; ``none`` stores no predictions (very large validation sets: no ensembles then)."""
     if dtype not in schema.PREDICTION_DTYPES and dtype != "none":

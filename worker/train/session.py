@@ -29,7 +29,7 @@ from orchestrator.store.storage import Storage
 from worker.data import task_globals
 from worker.data.kinds import baseline_val_loss, objective_and_mode
 from worker.data.splits import Splits, prepare_task_data
-from worker.train.predictions import check_stored_labels
+from worker.train.predictions import check_stored_labels, forget_dataset_written
 from worker.train.recorder import TrialRecorder, load_resume_state, load_safetensors
 from worker.train.trainer import TrialRun, TrialSpec, pick_device
 
@@ -122,6 +122,7 @@ class WorkerSession:
         if splits is not None:  # the master's load_data ran, not ours: take the globals it set in the task
             task_globals.apply(self.task.namespace, splits.task_globals)
         self.storage = Storage.from_uri(storage_uri).child(sweep)
+        forget_dataset_written(self.storage)
         if splits is None:  # every worker standardises as the master did (and as loading will): one set of numbers
             splits = prepare_task_data(self.task, self.options.input_statistics or stored_statistics(self.storage))
             check_stored_labels(self.storage, splits)  # a resume's workers load the data again: the same labels?
