@@ -544,7 +544,10 @@ def param_to_dict(value: Any) -> Any:
     out: dict[str, Any] = {"dist": kind, "low": value.low, "high": value.high}
     natural = type(value).__dataclass_fields__["limits"].default
     if (isinstance(value, (Uniform, RandInt)) and not isinstance(value, LogRandInt)) or value.limits != natural:
-        out["limits"] = list(value.limits)  # log kinds: only limits the user set (older sweeps read the same)
+        # log kinds: only limits the user set (older sweeps read the same). An open side is null, not Infinity:
+        # strict JSON readers (Polars' json_path_match, jq, JavaScript) fail on Infinity, and read a whole stored
+        # space as null.
+        out["limits"] = [bound if math.isfinite(bound) else None for bound in value.limits]
     return _with_when(out, value)
 
 
@@ -552,6 +555,13 @@ def _with_when(out: dict[str, Any], dist: Distribution) -> dict[str, Any]:
     if dist.when:
         out["when"] = {parent: list(values) for parent, values in dist.when}
     return out
+
+
+def _stored_limits(limits: Any) -> tuple[float, ...]:
+    """Limits as plain data give them: null for an open side (as :func:`param_to_dict` writes it), else numbers."""
+    if isinstance(limits, (list, tuple)) and len(limits) == 2:
+        return tuple((-_INF, _INF)[side] if bound is None else float(bound) for side, bound in enumerate(limits))
+    return tuple(float(x) for x in limits)
 
 
 def parse_param(name: str, spec: Any) -> Any:
@@ -576,7 +586,7 @@ def parse_param(name: str, spec: Any) -> Any:
         raise SpaceError(f"parameter '{name}': bounds must be numbers, got {bools[0]} = {spec[bools[0]]!r}")
     try:
         if "limits" in spec:
-            spec["limits"] = tuple(float(x) for x in spec["limits"])
+            spec["limits"] = _stored_limits(spec["limits"])
         dist = replace(_CONSTRUCTORS[kind](**spec), name=name)
         dist.validate()
     except SpaceError as exc:  # the constructors do not know the name ("loguniform: limits ..."): say which

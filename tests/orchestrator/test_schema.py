@@ -122,3 +122,28 @@ def test_inactive_conditional_parameters_are_null_in_the_typed_config(tmp_path):
     pa.parquet.write_table(table, pq_path)
     back = pa.parquet.read_table(pq_path).column("config").to_pylist()
     assert back == configs and {c["optimizer"] for c in back if c["momentum"] is None} == {"sgd"}
+
+
+def test_stored_spaces_are_strict_json_that_polars_reads_and_a_resume_reads_back(tmp_path):
+    """A randint's open upper limit was stored as Infinity, which strict JSON readers refuse: Polars'
+    json_path_match read every stored space (stages, sweep row, stage_started events) as null, so
+    ``$.width.high`` came back null instead of 64. An open side is now null, and parses back as unbounded."""
+    import json
+    import math
+
+    polars = pytest.importorskip("polars")
+    from orchestrator.app.resume import read_record, rebuild_controller
+    from orchestrator.search.space import parse_param
+    from tests.orchestrator.test_resume import settings_for, uninterrupted
+
+    _, storage = uninterrupted(tmp_path, settings_for())
+    stages = polars.read_parquet(os.path.join(storage.root, "stages") + "/")
+    assert stages.select(polars.col("space").str.json_path_match("$.width.high")).to_series().to_list()[0] == "64"
+    events = polars.read_parquet(os.path.join(storage.root, "events") + "/")
+    events = events.filter(polars.col("kind") == "stage_started")
+    assert events.select(polars.col("detail").str.json_path_match("$.trials")).to_series().null_count() == 0
+    stored = json.loads(storage.read_table(schema.stage_path(1))["space"][0].as_py())
+    assert stored["width"]["limits"] == [1.0, None]
+    assert parse_param("width", stored["width"]).limits == (1.0, math.inf)
+    assert parse_param("width", {**stored["width"], "limits": [1.0, math.inf]}).limits == (1.0, math.inf)  # before
+    assert rebuild_controller(read_record(storage)).controller.finished  # a resume reads it back
