@@ -80,12 +80,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# A live process that began this long after the lease was taken holds a reused id: the master's clock and /proc's
+# boot time agree to a second; a master takes its lease after its imports and data load, never before it starts.
+REUSED_PID_MARGIN_MS = 10_000
+
+
+def _process_started_ms(pid: int) -> int | None:
+    """When process ``pid`` began, in epoch ms, from Linux's /proc; None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            after_name = f.read().rpartition(")")[2].split()  # the name in parentheses may hold spaces
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return int((boot + int(after_name[19]) / os.sysconf("SC_CLK_TCK")) * 1000)  # stat's field 22: starttime
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def holder_alive(record: LeaseRecord, now_ms: int | None = None) -> bool:
     """Whether the lease's owner may still be writing."""
     if record.released:
         return False
     if record.host == socket.gethostname():
-        return record.pid != os.getpid() and _pid_alive(record.pid)
+        if record.pid == os.getpid() or not _pid_alive(record.pid):
+            return False
+        # A restarted container keeps its host name and hands out the same small process ids again: a process that
+        # began after the lease is another program, and the master that held it is gone.
+        began = _process_started_ms(record.pid)
+        return began is None or began <= record.started + REUSED_PID_MARGIN_MS
     now_ms = schema.now_ms() if now_ms is None else now_ms
     return now_ms - record.heartbeat < STALE_SECONDS * 1000
 
