@@ -56,6 +56,12 @@ def list_command(
 
     rows = list_sweeps(storage)
     if not rows:
+        from orchestrator.store import schema
+        from orchestrator.store.storage import Storage
+
+        if Storage.from_uri(storage).exists(schema.SWEEP_PATH):  # a sweep's own folder, given where its parent goes
+            fail(f"{storage!r} is a sweep, not a storage folder of sweeps: caviar status {storage} shows it, caviar ls "
+                 "of the folder above lists it with the others")
         fail(f"storage {storage!r}: no sweeps in it")  # fail() masks a URI's secret
     table = Table(title=f"{len(rows)} sweeps in {redact_uri(storage)}")
     for column in ("name", "task", "started (UTC)", "state", "trials", "best", "chosen ensemble"):

@@ -24,3 +24,21 @@ def test_a_copied_and_a_renamed_sweep_are_listed_by_their_folders(tmp_path):
     assert sorted(names) == ["digits", "digits-backup", "renamed"]
     for name in names:
         assert resolve_sweep(name, str(storage)) == str(storage / name)  # each listed name finds its own folder
+
+
+def test_ls_of_a_sweep_folder_says_it_is_a_sweep(tmp_path):
+    """Before: "storage '.../digits': no sweeps in it", as if the sweep were missing."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    write_sweep(tmp_path / "digits", "digits")
+    caviar = os.path.join(os.path.dirname(sys.executable), "caviar")
+    done = subprocess.run([caviar, "ls", str(tmp_path / "digits")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"caviar: error: '{tmp_path / 'digits'}' is a sweep, not a storage folder of "
+                                   f"sweeps: caviar status {tmp_path / 'digits'} shows it, caviar ls of the folder "
+                                   "above lists it with the others")
