@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,6 +50,33 @@ def test_a_streamed_dataset_is_read_per_epoch_and_never_stacked():
         assert reads["test"] == before["test"]
     assert row["val_accuracy"] > 0.8 and math.isfinite(row["val_loss"])
     assert reads["train"] - probe["train"] == 2 * sizes["train"]
+
+
+def test_augmentation_drawn_from_numpy_trains_a_config_to_the_same_numbers_again_and_resumes_exactly():
+    """streamed_task augments with np.random: its draws follow the trial's seed, not where the worker process's
+    numpy state happened to be (a forked worker starts from the master's and carries it from trial to trial)."""
+    task = load_task(STREAMED)
+    splits = prepare_task_data(task)
+    spec = TrialSpec(0, 0, {"lr": 0.02, "batch_size": 50, "optimizer": "adam"}, 7, 3)
+
+    def losses(run, epochs):
+        return [run.train_epoch()["train_loss"] for _ in range(epochs)]
+
+    first = losses(TrialRun(task, splits, spec, torch.device("cpu")), 3)
+    np.random.seed(12345)  # another trial ran in this worker before: its draws moved numpy's and Python's state
+    random.seed(12345)
+    assert losses(TrialRun(task, splits, spec, torch.device("cpu")), 3) == first
+    interrupted = TrialRun(task, splits, spec, torch.device("cpu"))
+    losses(interrupted, 1)
+    saved = io.BytesIO()
+    torch.save(interrupted.resume_state(), saved)
+    python_state = random.getstate()
+    np.random.seed(999)  # the resumed attempt runs in another process
+    random.seed(999)
+    resumed = TrialRun(task, splits, spec, torch.device("cpu"))
+    resumed.load_resume_state(torch.load(io.BytesIO(saved.getvalue()), weights_only=True))
+    assert random.getstate() == python_state
+    assert losses(resumed, 2) == first[1:]
 
 
 def test_streamed_and_in_memory_data_give_the_same_numbers():

@@ -58,6 +58,7 @@ from worker.data.streams import Stream
 from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
 from worker.train.ema import average_buffer, ema_decay_at
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
+from worker.train.seeds import seed_trial
 from worker.train.trainer import TrialSpec, evaluate_split, natural_outputs, split_values
 
 ENGINES = ("auto", "bmm", "vmap")
@@ -377,7 +378,7 @@ class FusedArray:
             if int(config.get("batch_size", 64)) != batch_size:
                 raise NotFusable(f"batch_size: trial {spec.trial_id} uses {config.get('batch_size', 64)}, "
                                  f"the array {batch_size}")
-            torch.manual_seed(spec.seed)
+            seed_trial(spec.seed)  # as TrialRun does: a build_model drawing from numpy builds its plain twin
             try:
                 model = self.task.get("build_model")(config).to(self.device)
             except Exception as exc:

@@ -33,6 +33,7 @@ from worker.data.streams import Stream
 from worker.train.diagnostics import Diagnostics, DiagnosticsOptions
 from worker.train.ema import EmaWeights
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
+from worker.train.seeds import host_rng_state, seed_trial, set_host_rng_state
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class TrialRun:
     def __init__(self, task: Task, splits: Splits, spec: TrialSpec, device: torch.device, precision: str = "fp32"):
         self.task, self.splits, self.spec, self.device = task, splits, spec, device
         config = dict(spec.config)
-        torch.manual_seed(spec.seed)
+        seed_trial(spec.seed)  # numpy's and Python's too: a Dataset's augmentation or build_model may draw from them
         try:
             self.model = task.get("build_model")(config).to(device)
         except Exception as exc:
@@ -366,6 +367,7 @@ class TrialRun:
             "ema": self.ema.state_dict() if self.ema is not None else {},
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            **host_rng_state(),
         }
 
     def load_resume_state(self, state: Mapping[str, Any]) -> None:
@@ -376,6 +378,7 @@ class TrialRun:
             self.ema.load_state_dict(state["ema"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        set_host_rng_state(state)
         self.epoch = int(state["epoch"])
 
 
