@@ -200,6 +200,35 @@ def test_a_val_loader_that_shuffles_is_refused_in_one_line():
         model_outputs(torch.nn.Linear(4, 3), splits.streams["val"], splits=splits)
 
 
+@pytest.mark.parametrize("given", ["datasets", "loader functions"])
+def test_a_val_split_that_augments_is_refused_before_any_trial_naming_it(given):
+    """A training transform given to val too (``transform=train_tf`` on both): every epoch would score other inputs,
+    and the stored predictions and ensembles with them. The master's check reads val twice: refused in one line."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader
+
+    from orchestrator.errors import TaskError
+    from orchestrator.search.space import SearchSpace
+    from orchestrator.spec.task import Task
+    from worker.check.contract import validate_contract
+
+    blobs = load_task(STREAMED).get("Blobs")
+    splits = {"train": blobs("train", True), "val": blobs("val", True), "test": blobs("test", False)}
+    if given == "loader functions":
+        splits = {name: (lambda size, data=data: DataLoader(data, batch_size=size)) for name, data in splits.items()}
+    config = {"lr": 0.02, "batch_size": 50, "optimizer": "adam"}
+    task = Task("inline", SimpleNamespace(load_data=lambda: splits, build_model=lambda c: torch.nn.Linear(6, 3)),
+                SearchSpace(config))
+    with pytest.raises(TaskError, match=r"the val split gave other inputs for example 0 than at load; .*random "
+                                        r"augmentation belongs in the training split only") as refused:
+        validate_contract(task, [config])
+    assert "\n" not in str(refused.value)
+    plain_val = blobs("val", False)
+    splits["val"] = plain_val if given == "datasets" else lambda size: DataLoader(plain_val, batch_size=size)
+    validate_contract(task, [config])  # augmentation in train alone is what the contract asks for
+
+
 def test_the_fusing_off_reason_names_what_the_task_gives_loader_functions_or_datasets():
     from worker.arrays.fused import contract_blocker
     from worker.data.splits import prepare

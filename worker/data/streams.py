@@ -51,6 +51,8 @@ class Stream:
     pin_memory: bool = False
     make_loader: Callable[[int], Iterable[Any]] | None = None
     targets: torch.Tensor | None = field(default=None, repr=False)  # from the load-time pass: the order to keep
+    # val and test: the first inputs the load-time pass read, which every evaluation must read again
+    first_inputs: torch.Tensor | None = field(default=None, repr=False)
     _eval_loader: Iterable[Any] | None = field(default=None, repr=False)
 
     @property
@@ -100,7 +102,8 @@ class Stream:
         """The split in order, in large batches (one loader per stream, its workers kept).
 
         Targets are checked against the load-time pass as they come: a loader that shuffles val or
-        test would pair every stored prediction with another example's target.
+        test would pair every stored prediction with another example's target. The first inputs are checked too:
+        a random transform (a training augmentation given to val) would score every epoch on other inputs.
         """
         if self._eval_loader is None:
             self._eval_loader = self.loader(EVAL_BATCH, shuffle=False)
@@ -113,10 +116,31 @@ class Stream:
                     raise TaskError(f"load_data: the {self.name} split gave its examples in another order than at "
                                     f"load (batch at row {seen}); val and test must be read in the same order "
                                     "every time (no shuffle)")
+            if seen == 0:
+                self._check_first_inputs(x)
             seen += len(y)
             yield x, y
         if self.targets is not None and seen != len(self.targets):
             raise TaskError(f"load_data: the {self.name} split gave {seen} examples, {len(self.targets)} at load")
+
+
+    def _check_first_inputs(self, x: torch.Tensor) -> None:
+        expected = self.first_inputs
+        if expected is None:
+            return
+        got = x[: len(expected)]
+        if got.shape != expected.shape or got.dtype != expected.dtype:
+            return  # a loader padding each batch to its longest: other shapes, nothing to compare
+        same = got.to(expected.device) == expected
+        if bool(same.all()):
+            return
+        row = int((~same).reshape(len(same), -1).any(dim=1).nonzero()[0])
+        raise TaskError(f"load_data: the {self.name} split gave other inputs for example {row} than at load; val and "
+                        "test must give the same inputs at every pass: random augmentation belongs in the training "
+                        f"split only (give {self.name} a Dataset or loader without random transforms)")
+
+
+FIRST_INPUTS = 16  # val and test examples whose inputs every evaluation compares with the load-time pass
 
 
 def is_stream(split: Any) -> bool:
@@ -175,6 +199,8 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
         if tuple(x.shape[1:]) != stream.input_shape and stream.other_input_shape is None:
             stream.other_input_shape = tuple(x.shape[1:])  # a loader padding each batch to its longest
         check_finite_inputs(x, stream.name, first_row=count)
+        if count == 0 and stream.name != "train":  # the training split may augment; val and test must not
+            stream.first_inputs = x[:FIRST_INPUTS].clone()
         targets.append(y)
         count += len(x)
         if statistics and x.is_floating_point() and stream.other_input_shape is None:  # ids: never standardised
