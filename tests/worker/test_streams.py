@@ -227,6 +227,11 @@ def test_a_val_split_that_augments_is_refused_before_any_trial_naming_it(given):
     plain_val = blobs("val", False)
     splits["val"] = plain_val if given == "datasets" else lambda size: DataLoader(plain_val, batch_size=size)
     validate_contract(task, [config])  # augmentation in train alone is what the contract asks for
+    splits["test"] = blobs("test", True)  # the trials measure test only as they end: refused before them too
+    if given == "loader functions":
+        splits["test"] = lambda size, data=splits["test"]: DataLoader(data, batch_size=size)
+    with pytest.raises(TaskError, match=r"the test split gave other inputs for example 0 than at load"):
+        validate_contract(task, [config])
 
 
 def test_the_fusing_off_reason_names_what_the_task_gives_loader_functions_or_datasets():

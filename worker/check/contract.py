@@ -44,6 +44,7 @@ from worker.check.validate import (
     warn_if_single_batches,
 )
 from worker.data.splits import Splits, prepare_task_data
+from worker.data.streams import check_first_batches_repeat
 from worker.train.trainer import TrialRun, TrialSpec
 
 log = logging.getLogger("caviar")
@@ -110,6 +111,12 @@ def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings
     values) for the sweep's events.
     """
     splits = load_splits(task)
+    try:
+        check_first_batches_repeat(splits.streams)
+    except Exception as exc:
+        for stream in (splits.streams or {}).values():
+            stream.release_workers()
+        raise _refuse(task, "load_data", exc) from exc
     warn_if_splits_share_examples(splits)
     warn_if_classes_missing_from_train(splits)
     threads = torch.get_num_threads()

@@ -32,6 +32,7 @@ from worker.data.kinds import (
     score_of,
 )
 from worker.data.splits import Splits, prepare_task_data, skips_single_batch
+from worker.data.streams import check_first_batches_repeat
 from worker.train.optim import setting
 from worker.train.trainer import evaluate_split
 
@@ -58,6 +59,7 @@ def validate_task(task: Task, config: Mapping[str, Any] | None = None, settings:
     for ensembles would be large (see :func:`prediction_bytes`).
     """
     splits = prepare_task_data(task)
+    check_first_batches_repeat(splits.streams)
     warn_if_splits_share_examples(splits)
     warn_if_classes_missing_from_train(splits)
     config = dict(config) if config is not None else sampled_config(task)

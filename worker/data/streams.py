@@ -143,6 +143,15 @@ class Stream:
 FIRST_INPUTS = 16  # val and test examples whose inputs every evaluation compares with the load-time pass
 
 
+def check_first_batches_repeat(streams: dict[str, Stream] | None) -> None:
+    """Read val's and test's first batch again, as every evaluation will: the master's check refuses a split that
+    shuffles or augments before any trial (the trials measure test only as they end)."""
+    for name in ("val", "test"):
+        if streams and name in streams:
+            for _ in streams[name].eval_batches():
+                break
+
+
 def is_stream(split: Any) -> bool:
     """A torch Dataset, or a function making a DataLoader for a batch size."""
     if isinstance(split, (tuple, list, torch.Tensor)) or type(split).__module__ == "numpy":
