@@ -365,3 +365,22 @@ def test_float_sequences_padded_per_batch_are_refused_before_any_trial_unless_no
     with pytest.raises(TaskError, match=r"^load_data: a split's batches give floating inputs of shapes "
                                         r"\(batch, 14, 3\) and \(batch, 5, 3\)"):
         splits.normalise(torch.zeros(2, 5, 3))
+
+
+def test_a_dataset_read_by_index_without_len_is_refused_naming_the_split():
+    """torch's sampler said "object of type 'Rows' has no len()", and the check blamed load_data itself."""
+    from torch.utils.data import Dataset
+
+    from orchestrator.errors import TaskError
+    from worker.data.splits import prepare
+
+    class Rows(Dataset):  # __getitem__ alone, ended by IndexError as a Python sequence is
+        def __getitem__(self, i):
+            if i >= 8:
+                raise IndexError(i)
+            return torch.full((2,), float(i)), i % 2
+
+    pair = (torch.randn(8, 2), torch.arange(8) % 2)
+    with pytest.raises(TaskError, match=r"^load_data: the val Dataset \(Rows\) has no __len__; .*define __len__, or "
+                                        r"subclass IterableDataset"):
+        prepare((pair, Rows(), pair))

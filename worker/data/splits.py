@@ -271,6 +271,11 @@ def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, sta
             x, y = _materialise(part, name)  # an (X, y) pair next to Datasets streams the same way
             part = torch.utils.data.TensorDataset(x, y)
         if isinstance(part, torch.utils.data.Dataset):
+            if not isinstance(part, torch.utils.data.IterableDataset) and not hasattr(part, "__len__"):
+                # a DataLoader's sampler needs it: torch's "object of type 'X' has no len()" named no split
+                raise TaskError(f"load_data: the {name} Dataset ({type(part).__name__}) has no __len__; a Dataset "
+                                "read by index needs one: define __len__, or subclass IterableDataset (with __iter__) "
+                                "for a stream of unknown length")
             streams[name] = Stream(part, name, num_workers=num_workers)
         else:  # the task's function making a DataLoader for a batch size
             streams[name] = Stream(None, name, make_loader=part)
