@@ -436,3 +436,29 @@ def test_members_with_inactive_hyperparameters_train_as_they_would_alone(digits,
             rows[row["trial_id"]].append(row)
     for spec in specs:
         assert_same_rows(alone(task, splits, spec, 2)[1], rows[spec.trial_id])
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_a_float64_model_trains_fused_as_it_would_alone(optimizer):
+    """Inputs and weights in float64 (inputs keep their dtype): the optimizer's hyperparameter columns were float32,
+    so Adam raised "expected dtype double for `weight`" and the sweep fell back to plain trials naming only that."""
+    from types import SimpleNamespace
+
+    from orchestrator.spec.task import Task
+
+    tiny = load_task(TINY_TASK)
+    data = [(x.astype("float64"), y) for x, y in tiny.get("load_data")()]
+    task = Task("inline", SimpleNamespace(load_data=lambda: data,
+                                          build_model=lambda config: tiny.get("build_model")(config).double()),
+                tiny.space)
+    splits = prepare(data)
+    specs = [TrialSpec(i, 0, {"lr": lr, "optimizer": optimizer, "hidden": 8, "batch_size": 32, "momentum": 0.9},
+                       100 + i, 2) for i, lr in enumerate((0.01, 0.03))]
+    array = FusedArray(task, splits, specs, CPU)
+    rows: dict[int, list[dict]] = {s.trial_id: [] for s in specs}
+    for _ in range(2):
+        for row in array.train_epoch():
+            rows[row["trial_id"]].append(row)
+    for spec in specs:
+        _, expected = alone(task, splits, spec, 2)
+        assert_same_rows(expected, rows[spec.trial_id], rel=1e-9)  # float64 both ways: no float32 rounding

@@ -572,7 +572,7 @@ class FusedArray:
         live = torch.ones(k, dtype=torch.bool, device=dev)
         clip = torch.tensor([m.grad_clip for m in self.members], device=dev)
         clipping = bool(torch.isfinite(clip).any())
-        hyper = _Hyper(self.members, lrs, dev)
+        hyper = _Hyper(self.members, lrs, dev, st.flat.dtype)
         halts: list[tuple[int, Stack, int, int]] = []
         for i, start in enumerate(range(0, n_total, self.batch_size)):
             xb, yb = xs[:, start : start + self.batch_size], ys[:, start : start + self.batch_size]
@@ -866,14 +866,16 @@ def _member_norms(flat: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 
 
 class _Hyper:
-    """Per-member hyperparameters of one epoch as ``[K, 1]`` float32 columns (lr is fixed within an epoch).
+    """Per-member hyperparameters of one epoch as ``[K, 1]`` columns in the weights' dtype (lr is fixed within an
+    epoch); float32 columns against a float64 model's state made Adam's ``lerp_`` raise, and rounded SGD's lr.
 
     Scalars are computed in Python doubles and cast once, as torch.optim does with its float arguments.
     """
 
-    def __init__(self, members: Sequence[Member], lrs: list[float], device: torch.device):
+    def __init__(self, members: Sequence[Member], lrs: list[float], device: torch.device,
+                 dtype: torch.dtype = torch.float32):
         self.groups = [m.group for m in members]
-        self.lrs, self.device = lrs, device
+        self.lrs, self.device, self.dtype = lrs, device, dtype
         self.neg_lr = self.col([-lr for lr in lrs])
         wd = [float(g.get("weight_decay", 0.0)) for g in self.groups]
         self.any_weight_decay = any(wd)
@@ -882,7 +884,7 @@ class _Hyper:
         self.eps = self.col([float(g.get("eps", 0.0)) for g in self.groups])
 
     def col(self, values: Sequence[float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32, device=self.device).unsqueeze(1)
+        return torch.tensor(values, dtype=self.dtype, device=self.device).unsqueeze(1)
 
 
 class FusedMember:
