@@ -70,6 +70,19 @@ def test_each_kind_refuses_what_does_not_fit_it():
         "'test': ()}); give every split the same form")
 
 
+def test_mixup_probabilities_in_training_with_class_indices_to_score_on_say_how_to_give_those():
+    """Mixup or cutmix makes training targets probabilities while val and test stay class indices: the refusal
+    says how to give them (one-hot rows), and those rows are taken, their log loss that of the indices."""
+    mixed = [[0.7, 0.3, 0.0], [0.0, 0.4, 0.6]]
+    assert refusal("classification", mixed, [0, 2], [1]) == (
+        "load_data: train targets are class probabilities but val targets are not; give val's class indices as "
+        "one-hot probability rows (np.eye(3, dtype='float32')[y]): their cross-entropy is the log loss and their "
+        "argmax the class")
+    one_hot = torch.eye(3)[[0, 2]]
+    kind = resolve_kind("classification", splits_of(torch.tensor(mixed), one_hot, one_hot))
+    assert kind.soft and kind.num_classes == 3
+
+
 @pytest.mark.parametrize("declared", [None, "classification"])
 @pytest.mark.parametrize("dtype", [torch.int64, torch.float32])
 def test_multi_label_targets_are_named_as_such_with_what_to_declare(declared, dtype):

@@ -246,8 +246,14 @@ def _classification(targets: Mapping[str, torch.Tensor]) -> TargetKind:
     soft_splits = [s for s, y in targets.items() if y.is_floating_point() and y.ndim == 2]
     if soft_splits and len(soft_splits) != len(targets):
         hard = next(s for s in targets if s not in soft_splits)
+        fix = "give every split the same form"
+        y = targets[hard]
+        if not y.is_floating_point() and y.ndim == 1:  # mixup or cutmix in training, class indices to score on
+            classes = targets[soft_splits[0]].shape[1]
+            fix = (f"give {hard}'s class indices as one-hot probability rows (np.eye({classes}, dtype='float32')[y]): "
+                   "their cross-entropy is the log loss and their argmax the class")
         raise TaskError(f"load_data: {soft_splits[0]} targets are class probabilities but {hard} targets are not; "
-                        "give every split the same form")
+                        f"{fix}")
     if soft_splits:
         widths = {s: y.shape[1] for s, y in targets.items()}
         if len(set(widths.values())) > 1:
