@@ -75,6 +75,26 @@ def test_float64_inputs_keep_their_dtype_and_a_float32_model_is_refused_in_one_l
     check_config(plain_task(lambda config: nn.Linear(3, 2).double()), splits, {"batch_size": 16})
 
 
+def test_one_feature_given_as_a_flat_array_is_refused_saying_to_reshape_it():
+    """X of shape (N,) for an nn.Linear(1, 1): the master's check said only torch's "mat1 and mat2 shapes cannot be
+    multiplied (1x16 and 1x1)", naming neither the inputs nor their shape."""
+    from worker.check.contract import validate_contract
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=90).astype("float32")
+    split = (x, (2 * x + 1).astype("float32"))
+    task = plain_task(lambda config: nn.Linear(1, 1), lambda: (split, split, split))
+    task.kind = "regression"
+    config = {"lr": 0.05, "batch_size": 16, "optimizer": "adam"}
+    with pytest.raises(TaskError, match=r"^task 'inline': load_data: the inputs hold one number per example, shape "
+                                        r"\(N,\), and the model's forward pass raised RuntimeError on a batch of them "
+                                        r"\(mat1 and mat2 .*\); for one feature give X.reshape\(-1, 1\)"):
+        validate_contract(task, [config])
+    column = (x.reshape(-1, 1), split[1])
+    task.namespace.load_data = lambda: (column, column, column)
+    validate_contract(task, [config])
+
+
 def test_integer_pixels_for_a_model_without_an_embedding_are_refused_in_one_line():
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, size=(60, 1, 4, 4)).astype(np.uint8), rng.integers(0, 2, size=60)  # raw images

@@ -93,6 +93,10 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
         mismatch = _dtype_mismatch(model, xb)
         if mismatch:
             raise TaskError(mismatch) from None  # the one line says it all; the torch error would hide it
+        if xb.ndim == 1 and xb.is_floating_point():  # one feature as a flat array: torch's words name no shape
+            raise TaskError(f"load_data: the inputs hold one number per example, shape (N,), and the model's forward "
+                            f"pass raised {type(exc).__name__} on a batch of them ({_one_line(exc)}); for one "
+                            "feature give X.reshape(-1, 1): a model takes a batch of rows") from None
         raise TaskError(f"the model's forward pass raised {type(exc).__name__} on a training batch of shape "
                         f"{tuple(xb.shape)} ({str(xb.dtype).removeprefix('torch.')}): {_one_line(exc)}") from exc
     if not isinstance(outputs, torch.Tensor):
