@@ -42,6 +42,7 @@ from worker.check.validate import (
     warn_if_large,
     warn_if_own_loss_changes_with_units,
     warn_if_single_batches,
+    warn_if_train_comes_grouped_by_class,
 )
 from worker.data.splits import Splits, prepare_task_data
 from worker.data.streams import check_first_batches_repeat
@@ -119,6 +120,7 @@ def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings
         raise _refuse(task, "load_data", exc) from exc
     warn_if_splits_share_examples(splits)
     warn_if_classes_missing_from_train(splits)
+    warn_if_train_comes_grouped_by_class(splits)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one batch: threads would only spin-wait on each other
     first: BaseException | None = None

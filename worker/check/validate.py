@@ -62,6 +62,7 @@ def validate_task(task: Task, config: Mapping[str, Any] | None = None, settings:
     check_first_batches_repeat(splits.streams)
     warn_if_splits_share_examples(splits)
     warn_if_classes_missing_from_train(splits)
+    warn_if_train_comes_grouped_by_class(splits)
     config = dict(config) if config is not None else sampled_config(task)
     model = check_config(task, splits, config)
     if settings is not None:
@@ -317,6 +318,35 @@ def warn_if_classes_missing_from_train(splits: Splits) -> list[str]:
                     "every number; a stratified split keeps each class in train", "; ".join(said),
                     "it" if len(unseen) == 1 else "them")
     return said
+
+
+def warn_if_train_comes_grouped_by_class(splits: Splits) -> str | None:
+    """One warning line when a training split caviar cannot shuffle gives its examples grouped by class; returns it.
+
+    caviar shuffles arrays and map-style Datasets with each trial's generator, but reads an IterableDataset, or the
+    task's own training loader, in the order given. Data stored sorted by class (one file per class) then trains
+    class after class in every epoch, and each epoch ends fitted to its last class. Judged on the load-time pass:
+    far fewer label changes than a random order of the same labels would have.
+    """
+    stream = (splits.streams or {}).get("train")
+    kind, y = splits.target_kind, splits.y_train
+    if stream is None or not (stream.iterable or stream.make_loader is not None):
+        return None
+    if not kind.hard_classes or kind.rows_per_example or y.ndim != 1 or len(y) < 2:
+        return None
+    shares = torch.bincount(y.long().clamp_min(0)).double() / len(y)
+    expected = (len(y) - 1) * float(1 - (shares * shares).sum())  # label changes in a random order
+    changes = int((y[1:] != y[:-1]).sum())
+    if expected < 20 or changes >= 0.1 * expected:
+        return None
+    what, fix = (("an IterableDataset in the order it yields", "shuffle in __iter__ (a torch.randperm per pass "
+                  "follows each trial's seed)") if stream.iterable else
+                 ("the task's train loader as it gives them", "give its DataLoader shuffle=True"))
+    message = (f"load_data: the train split gives its examples grouped by class ({changes} class changes in "
+               f"{len(y)} examples, about {expected:.0f} in a random order), and caviar reads {what}: every epoch "
+               f"trains class after class and ends fitted to the last; {fix}")
+    log.warning(message)
+    return message
 
 
 def warn_if_own_loss_changes_with_units(task: Task, splits: Splits, model: torch.nn.Module) -> str | None:
