@@ -421,3 +421,46 @@ def test_a_training_stream_caviar_cannot_shuffle_that_comes_grouped_by_class_is_
     for fine in (prepare((Files(torch.randperm(600)), held, held)), shuffled, prepare((sorted_set, held, held)),
                  prepare(((x[by_class], y[by_class]), held, held))):
         assert warn_if_train_comes_grouped_by_class(fine) is None
+
+
+def test_an_epoch_that_gets_no_training_batch_fails_its_trial_saying_why_instead_of_a_loss_of_zero():
+    """A trial whose epochs got no batch reported train_loss 0.0 and completed with its initial weights."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+    from orchestrator.errors import TaskError
+    from orchestrator.search.space import SearchSpace
+    from orchestrator.spec.task import Task
+    from worker.data.splits import prepare
+
+    x, y = torch.randn(300, 4), torch.arange(300) % 3
+    held = (x[:60], y[:60])
+    train = TensorDataset(x, y)
+
+    def first_epoch(splits, batch_size, **hooks):
+        task = Task("inline", SimpleNamespace(build_model=lambda c: torch.nn.Linear(4, 3), **hooks),
+                    SearchSpace({"lr": 0.05}))
+        run = TrialRun(task, splits, TrialSpec(0, 0, {"lr": 0.05, "batch_size": batch_size}, 1, 3), torch.device("cpu"))
+        return run, run.train_epoch()
+
+    dropping = prepare((lambda size: DataLoader(train, batch_size=size, shuffle=True, drop_last=True), held, held))
+    assert first_epoch(dropping, 256)[1]["train_loss"] > 0  # one full batch of 256: trains
+    with pytest.raises(TaskError, match=r"^the training split gave no batch in epoch 1 at batch_size 512 \(300 "
+                                        r"examples\): the train loader's DataLoader has drop_last=True, .*keep "
+                                        r"batch_size at most 300 in the space, or drop_last=False$"):
+        first_epoch(dropping, 512)
+    with pytest.raises(TaskError, match=r"no batch in epoch 1 at batch_size 512"):  # a task's own loop, alike
+        first_epoch(dropping, 512, train_epoch=lambda model, optimizer, batches, config: {
+            "train_loss": sum(float(torch.nn.functional.cross_entropy(model(xb), yb)) for xb, yb in batches)})
+
+    class OnePass(IterableDataset):  # __iter__ hands out one generator made once: the load-time pass empties it
+        def __init__(self):
+            self.rows = iter(zip(x, y.tolist()))
+
+        def __iter__(self):
+            return self.rows
+
+    with pytest.raises(TaskError, match=r"^load_data: the train split gave no example when read a second time .*"
+                                        r"__iter__ must start a new pass at each call"):
+        first_epoch(prepare((OnePass(), held, held)), 32)

@@ -78,6 +78,8 @@ class Splits:
             got.append(x)
             if sum(len(g) for g in got) >= n:
                 break
+        if not got:
+            raise _second_pass_empty()
         x = torch.cat(got)[:n]
         return self.normalise(x.to(device) if device is not None else x)
 
@@ -94,6 +96,8 @@ class Splits:
             ys.append(y)
             if sum(len(b) for b in xs) >= n:
                 break
+        if not xs:
+            raise _second_pass_empty()
         x, y = torch.cat(xs)[:n], torch.cat(ys)[:n]
         if device is not None:
             x, y = x.to(device), y.to(device)
@@ -116,6 +120,13 @@ class Splits:
             for k, v in vars(self).items()
         }
         return Splits(**moved)
+
+
+def _second_pass_empty() -> TaskError:
+    """The training split read again after the load-time pass gave nothing: an iterator handed out twice."""
+    return TaskError("load_data: the train split gave no example when read a second time (the load-time pass read "
+                     "it once): a Dataset's __iter__ must start a new pass at each call (return a new generator, not "
+                     "one made once)")
 
 
 def _as_tensor(value: Any, what: str) -> torch.Tensor:

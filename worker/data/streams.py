@@ -121,7 +121,10 @@ class Stream:
             seen += len(y)
             yield x, y
         if self.targets is not None and seen != len(self.targets):
-            raise TaskError(f"load_data: the {self.name} split gave {seen} examples, {len(self.targets)} at load")
+            again = (": a Dataset's __iter__ must start a new pass at each call (return a new generator, not one "
+                     "made once)") if seen == 0 else ""
+            raise TaskError(f"load_data: the {self.name} split gave {seen} examples, {len(self.targets)} at "
+                            f"load{again}")
 
 
     def _check_first_inputs(self, x: torch.Tensor) -> None:

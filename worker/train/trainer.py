@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task
@@ -182,7 +183,10 @@ class TrialRun:
         lr = float(self.optimizer.param_groups[0]["lr"])
         custom = self.task.get("train_epoch")
         if custom:
-            stats = dict(custom(self.model, self.optimizer, self._batches(), dict(self.spec.config)) or {})
+            counted = _CountedBatches(self._batches())
+            stats = dict(custom(self.model, self.optimizer, counted, dict(self.spec.config)) or {})
+            if counted.exhausted and counted.count == 0:
+                raise self._no_batch_error()
             if "train_loss" not in stats:
                 raise TaskError("train_epoch must return a dict with 'train_loss' (the epoch's mean training loss)")
             for key in ("train_loss", "train_accuracy", "grad_norm", "update_ratio"):
@@ -192,6 +196,8 @@ class TrialRun:
             stats["train_loss_original"] = None if self.kind.standardised else stats["train_loss"]
         else:
             stats = self._standard_epoch()
+            if stats["examples_trained"] == 0:  # a train_loss of 0.0 and weights that never moved, reported as such
+                raise self._no_batch_error()
         s = self.splits
         val, val_outputs = evaluate_split(self.task, self.kind, self.loss_fn, self.model, self.inputs("val"), s.y_val,
                                           "val", s)
@@ -229,6 +235,16 @@ class TrialRun:
         seen = s.n_train - self.skip_single if custom else stats["examples_trained"]
         row["samples_per_second"] = seen / seconds if seconds > 0 else None
         return row
+
+    def _no_batch_error(self) -> TaskError:
+        """A training epoch that got no batch from the task's loader or Dataset, said with the likely cause."""
+        n, size = self.splits.n_train, self.batch_size
+        said = f"the training split gave no batch in epoch {self.epoch + 1} at batch_size {size} ({n} examples)"
+        if isinstance(self.train_loader, DataLoader) and self.train_loader.drop_last and size > n:
+            return TaskError(f"{said}: the train loader's DataLoader has drop_last=True, which drops a batch larger "
+                             f"than the split whole; keep batch_size at most {n} in the space, or drop_last=False")
+        return TaskError(f"{said}; an epoch trains on at least one batch (a Dataset's __iter__ must start a new pass "
+                         "at each call)")
 
     def inputs(self, split: str) -> torch.Tensor | Stream:
         s = self.splits
@@ -380,6 +396,25 @@ class TrialRun:
         torch.set_rng_state(state["torch_rng"])
         set_host_rng_state(state)
         self.epoch = int(state["epoch"])
+
+
+class _CountedBatches:
+    """The batches a task's ``train_epoch`` iterates, counted: an epoch that got none is refused, not reported."""
+
+    def __init__(self, batches: Any):
+        self._batches, self.count, self.exhausted = iter(batches), 0, False
+
+    def __iter__(self) -> _CountedBatches:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            self.exhausted = True
+            raise
+        self.count += 1
+        return batch
 
 
 def _epoch_number(value: Any, key: str) -> float:
