@@ -189,6 +189,39 @@ def test_a_training_loader_that_drops_its_last_batch_is_read_whole_outside_train
         prepare(loader_task_data(drop_last=("val",))[0])
 
 
+class _FileRows(torch.utils.data.Dataset):
+    """Rows read through a handle each DataLoader worker opens in its worker_init_fn, as HDF5 readers do."""
+
+    def __init__(self, x, y):
+        self.x, self.y, self.handle = x, y, None
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        if self.handle is None:
+            raise RuntimeError("no file handle: read in a worker that worker_init_fn opened")
+        return self.x[i], self.y[i]
+
+
+def _open_handle(worker_id):
+    torch.utils.data.get_worker_info().dataset.handle = f"worker {worker_id}"
+
+
+def test_the_load_time_pass_of_a_loader_that_drops_its_last_batch_keeps_its_worker_init_fn():
+    """The pass that reads a drop_last=True training loader whole made a DataLoader of its own and left out the
+    task's worker_init_fn: a Dataset whose workers open their file there failed at load ("no file handle")."""
+    from torch.utils.data import DataLoader
+
+    from worker.data.splits import prepare
+
+    x, y = torch.randn(90, 4), torch.arange(90) % 3
+    rows = _FileRows(x, y)
+    splits = prepare((lambda size: DataLoader(rows, batch_size=size, shuffle=True, drop_last=True, num_workers=1,
+                                              worker_init_fn=_open_handle), (x[:30], y[:30]), (x[:30], y[:30])))
+    assert splits.n_train == 90 and sorted(splits.y_train.tolist()) == sorted(y.tolist())
+
+
 def test_a_val_loader_that_shuffles_is_refused_in_one_line():
     from orchestrator.errors import TaskError
     from worker.data.splits import prepare

@@ -262,7 +262,8 @@ def every_example(loader: Iterable[Any], name: str) -> Iterable[Any]:
 
     A training DataLoader with ``drop_last=True`` (as batch norm wants) would leave its last partial batch out of
     the pass: the targets and statistics would cover a random subset, and a split smaller than one batch would read
-    as empty. The same sampler and collate without dropping. Validation and test must give every example.
+    as empty. The same sampler, collate and worker set-up without dropping (a ``worker_init_fn`` that opens each
+    worker's file handle, as HDF5 readers do). Validation and test must give every example.
     """
     if not (isinstance(loader, DataLoader) and loader.drop_last):
         return loader
@@ -270,7 +271,9 @@ def every_example(loader: Iterable[Any], name: str) -> Iterable[Any]:
         raise TaskError(f"load_data: the {name} loader function's DataLoader has drop_last=True; validation and "
                         "test are measured on every example: leave drop_last off for them")
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, drop_last=False)
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, drop_last=False,
+                      worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
+                      generator=loader.generator, timeout=loader.timeout)
 
 
 def usable_std(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
