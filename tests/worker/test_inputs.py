@@ -95,6 +95,23 @@ def test_one_feature_given_as_a_flat_array_is_refused_saying_to_reshape_it():
     validate_contract(task, [config])
 
 
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_int32_class_indices_in_val_or_test_alone_are_refused_naming_the_split(split):
+    """Train's int64 passed the check; val's int32 were refused in torch's words as 'the model's forward pass or
+    loss_fn', and test's (measured only as a trial ends) failed every trial at its end."""
+    from worker.check.contract import validate_contract
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(90, 3)).astype("float32"), rng.integers(0, 2, size=90)
+    parts = {"train": (x, y), "val": (x[:30], y[:30]), "test": (x[30:60], y[30:60])}
+    parts[split] = (parts[split][0], parts[split][1].astype("int32"))
+    task = plain_task(lambda config: nn.Linear(3, 2), lambda: parts)
+    with pytest.raises(TaskError, match=rf"^task 'inline': load_data: the {split} targets are int32 class indices, "
+                                        r"and their log loss \(torch's cross-entropy\) takes int64: give "
+                                        r"y.astype\('int64'\)"):
+        validate_contract(task, [{"lr": 0.05, "batch_size": 16, "optimizer": "adam"}])
+
+
 def test_integer_pixels_for_a_model_without_an_embedding_are_refused_in_one_line():
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, size=(60, 1, 4, 4)).astype(np.uint8), rng.integers(0, 2, size=60)  # raw images

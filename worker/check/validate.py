@@ -104,6 +104,8 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
         raise TaskError(f"the model must return a tensor, got {type(outputs).__name__}")
     check_outputs(kind, outputs, yb, task)
     check_class_index_dtype(kind, yb, task)
+    for split, targets in (("val", splits.y_val), ("test", splits.y_test)):  # test: measured only as trials end
+        check_class_index_dtype(kind, targets, task, split)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -133,13 +135,18 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
     return model
 
 
-def check_class_index_dtype(kind: Any, targets: torch.Tensor, task: Task) -> None:
+def check_class_index_dtype(kind: Any, targets: torch.Tensor, task: Task, split: str | None = None) -> None:
     """torch's cross-entropy takes class indices as int64 (or uint8) only; int32 labels (numpy's default on Windows,
-    pandas category codes) would fail in every trial with torch's own words. caviar never casts a target."""
-    hard = kind.kind == "classification" and not kind.soft and task.get("loss_fn") is None
+    pandas category codes) would fail in every trial with torch's own words. caviar never casts a target.
+
+    ``split``: val or test, whose log loss torch's NLL computes whatever the task's loss (None: a training batch)."""
+    hard = kind.kind == "classification" and not kind.soft and (task.get("loss_fn") is None or split is not None)
     if hard and not targets.is_floating_point() and targets.dtype not in (torch.int64, torch.uint8):
         dtype = str(targets.dtype).removeprefix("torch.")
         what = "multi-label 0/1 labels" if kind.multilabel else "class indices"  # both go to torch's cross-entropy
+        if split is not None:
+            raise TaskError(f"load_data: the {split} targets are {dtype} {what}, and their log loss (torch's "
+                            f"cross-entropy) takes int64: give y.astype('int64') (caviar never casts a target)")
         raise TaskError(f"load_data: the targets are {dtype} {what}, and the default loss (torch's "
                         f"cross-entropy) takes int64: give y.astype('int64') (caviar never casts a target)")
 
