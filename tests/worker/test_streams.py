@@ -497,3 +497,30 @@ def test_an_epoch_that_gets_no_training_batch_fails_its_trial_saying_why_instead
     with pytest.raises(TaskError, match=r"^load_data: the train split gave no example when read a second time .*"
                                         r"__iter__ must start a new pass at each call"):
         first_epoch(prepare((OnePass(), held, held)), 32)
+
+
+def test_a_long_load_time_pass_says_how_far_it_got_and_that_an_iterable_must_end(caplog, monkeypatch):
+    """An IterableDataset that streams for ever kept caviar reading it at load without a word, as a hang."""
+    import time as clock
+
+    from torch.utils.data import IterableDataset
+
+    from worker.data import streams
+    from worker.data.splits import prepare
+
+    monkeypatch.setattr(streams, "SCAN_REPORT_SECONDS", 0.05)  # the pass below takes ~0.3 s, not minutes
+
+    class Slow(IterableDataset):
+        def __iter__(self):
+            for i in range(600):
+                if i % 60 == 0:
+                    clock.sleep(0.03)
+                yield torch.full((2,), float(i)), i % 2
+
+    held = (torch.randn(20, 2), torch.arange(20) % 2)
+    with caplog.at_level("WARNING", logger="caviar"):
+        prepare((Slow(), held, held))
+    said = [r.getMessage() for r in caplog.records if "still reading" in r.getMessage()]
+    assert said and said[0].startswith("load_data: still reading the train split once at load: ")
+    assert said[0].endswith(": an IterableDataset must end each pass (one pass is one epoch), not stream for ever")
+    assert len(said) < 6  # the intervals double: a few lines, not one per batch

@@ -21,6 +21,8 @@ refuses, in one line, a split whose order changed.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,8 @@ from orchestrator.errors import TaskError
 
 EVAL_BATCH = 1024
 STATS_BATCH = 256
+SCAN_REPORT_SECONDS = 30.0  # the load-time pass says how far it got after this long, then at doubling intervals
+log = logging.getLogger("caviar")
 
 
 @dataclass(eq=False)
@@ -198,6 +202,8 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
     targets: list[torch.Tensor] = []
     total = total_sq = None
     count = 0
+    started = time.monotonic()
+    report_at = started + SCAN_REPORT_SECONDS
     batches = (stream.reading(STATS_BATCH) if stream.make_loader is not None else
                DataLoader(stream.dataset, batch_size=STATS_BATCH, shuffle=False, num_workers=stream._workers()))
     for batch in batches:
@@ -215,6 +221,8 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
             stream.first_inputs = x[:FIRST_INPUTS].clone()
         targets.append(y)
         count += len(x)
+        if time.monotonic() >= report_at:  # a pass that never ends (an endless stream) would otherwise say nothing
+            report_at = _report_progress(stream, count, time.monotonic() - started)
         if statistics and x.is_floating_point() and stream.other_input_shape is None:  # ids: never standardised
             x64 = x.double()
             s, sq = x64.sum(dim=0, keepdim=True), (x64 * x64).sum(dim=0, keepdim=True)
@@ -238,6 +246,15 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
     var = (total_sq - count * mean * mean) / max(count - 1, 1)
     std = usable_std(var.clamp_min(0).sqrt(), mean)
     return y_all, mean.to(stream.input_dtype), std.to(stream.input_dtype)
+
+
+def _report_progress(stream: Stream, count: int, seconds: float) -> float:
+    """One line while the load-time pass goes on; the time of the next (intervals doubling)."""
+    endless = (": an IterableDataset must end each pass (one pass is one epoch), not stream for ever"
+               if stream.iterable else "")
+    log.warning("load_data: still reading the %s split once at load: %d examples in %.0f s%s", stream.name, count,
+                seconds, endless)
+    return time.monotonic() + seconds
 
 
 def check_small_batches(stream: Stream, batches: int = 8) -> None:
