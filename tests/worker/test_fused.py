@@ -462,3 +462,29 @@ def test_a_float64_model_trains_fused_as_it_would_alone(optimizer):
     for spec in specs:
         _, expected = alone(task, splits, spec, 2)
         assert_same_rows(expected, rows[spec.trial_id], rel=1e-9)  # float64 both ways: no float32 rounding
+
+
+def test_a_loss_fn_torch_cannot_vmap_trains_fused_member_by_member_as_alone():
+    """A class-weighted cross-entropy with label smoothing (torch masks its targets: no vmap rule) made the array
+    raise, and the sweep trained plain with torch's vmap error as its fusing_off reason."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from orchestrator.spec.task import Task
+
+    tiny = load_task(TINY_TASK)
+    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 4.0]), label_smoothing=0.1)
+    task = Task("inline", SimpleNamespace(load_data=tiny.get("load_data"), build_model=tiny.get("build_model"),
+                                          loss_fn=loss_fn), tiny.space)
+    splits = prepare(tiny.get("load_data")())
+    specs = [TrialSpec(i, 0, {"lr": lr, "optimizer": "adam", "hidden": 8, "batch_size": 32}, 200 + i, 2)
+             for i, lr in enumerate((0.01, 0.03))]
+    array = FusedArray(task, splits, specs, CPU)
+    rows: dict[int, list[dict]] = {s.trial_id: [] for s in specs}
+    for _ in range(2):
+        for row in array.train_epoch():
+            rows[row["trial_id"]].append(row)
+    for spec in specs:
+        _, expected = alone(task, splits, spec, 2)
+        assert_same_rows(expected, rows[spec.trial_id])

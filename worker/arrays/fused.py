@@ -325,6 +325,7 @@ class FusedArray:
             raise NotFusable(contract)
         self.task, self.splits, self.device, self.requested_engine = task, splits, device, engine
         self.loss_fn = task.get("loss_fn")
+        self._losses_one_by_one = False  # the task's loss_fn cannot be vmapped: called once per member
         self.members: list[Member] = []
         self.stack: Stack | None = None
         self.kind: str | None = None
@@ -654,7 +655,16 @@ class FusedArray:
             return F.cross_entropy(scores, y.reshape(-1), reduction="none").view(k, b).mean(1)
         from torch.func import vmap
 
-        return vmap(self.loss_fn)(logits, y)
+        if not self._losses_one_by_one:
+            try:
+                return vmap(self.loss_fn)(logits, y)
+            except RuntimeError as exc:
+                if "vmap" not in str(exc):
+                    raise
+                # torch has no batching rule for it (a class-weighted cross-entropy with label smoothing masks its
+                # targets): the same losses member by member, rather than no array at all
+                self._losses_one_by_one = True
+        return torch.stack([self.loss_fn(member_logits, member_y) for member_logits, member_y in zip(logits, y)])
 
     # -- optimizer and EMA: torch.optim's single-tensor formulas, a column of hyperparameters ----
     @torch.no_grad()
