@@ -109,6 +109,9 @@ class Controller:
         self._any_success = False
         self._next_id = 0
         self._stop_errors: dict[int, str] = {}  # why a stop decided at a report fails its trial, until it ends
+        # Restore: trials a stored decision stopped whose end was cut short train again to that epoch, then stop for
+        # the stored reason, so their worker writes the end (orchestrator.decide.restore).
+        self._stop_when_back: dict[int, str] = {}
         self._begin_stage(0, self.space)
 
     # -- stages ---------------------------------------------------------------------------
@@ -256,6 +259,8 @@ class Controller:
             self.event("trial_started", trial.trial_id, detail={"config": trial.config, "seed": trial.seed})
         assert self.pruner is not None
         until = min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
+        if trial.trial_id in self._stop_when_back:
+            until = trial.epochs_run  # only back to where the stored decision stopped it
         return Assignment(  # the stage as the tables number it: workers write it into their rows
             trial.trial_id, trial.stage + 1, trial.config, trial.seed, trial.max_epochs, until, trial.attempt, resume
         )
@@ -278,6 +283,8 @@ class Controller:
             else:
                 self._end(trial, status, report.reason, report.error)
             return None
+        if trial.trial_id in self._stop_when_back:
+            return Decision(stop=True, reason=self._stop_when_back.pop(trial.trial_id))
         if reason is not None:
             return Decision(stop=True, reason=reason)
         if trial.epochs_run >= trial.max_epochs:
@@ -364,6 +371,11 @@ class Controller:
         trial.move_to(TrialStatus.PENDING)
         trial.attempt = attempt
         self.event("trial_resumed", trial_id, detail={"attempt": attempt, "from_epoch": trial.epochs_run})
+
+    def resume_to_stop(self, trial_id: int, attempt: int, reason: str) -> None:
+        """Back to the queue to train to its stored epochs again and be stopped there for ``reason``."""
+        self.resume_trial(trial_id, attempt)
+        self._stop_when_back[trial_id] = reason
 
     def requeue(self, first: Sequence[int]) -> None:
         """The current stage's queue after a restore: ``first`` (resumed, then waiting trials), then other stages'."""

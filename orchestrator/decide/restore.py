@@ -11,9 +11,9 @@ Parquet). Every change goes through the controller's own methods and its legal s
 - an interrupted trial (running, interrupted, or pending with persisted epochs) goes back to
   the queue under a new attempt number and resumes from its last checkpoint;
 - an interrupted trial whose stored epochs already end it (max epochs, or a stop the replayed
-  pruner takes at its last epoch) is closed instead, unless it ran all its epochs and its end was
-  cut short (no index of its checkpoints with their test metrics): that one trains again, from
-  its last checkpoint, so its checkpoints and predictions are written;
+  pruner takes at its last epoch) is closed instead, unless its end was cut short (no index of its
+  checkpoints with their test metrics): that one trains again from its last checkpoint, to those
+  epochs only, and a replayed stop stops it there again, so its checkpoints and predictions are written;
 - a stage the live run had begun but the (throttled) tables had not recorded begins again once
   the stage before it ends, and its trials' stored epochs are taken up the same way;
 - a fused sweep's later stages share shapes as before (the ``fusing_on`` event).
@@ -115,11 +115,17 @@ def _restore_stage(controller: Controller, rows: StoredRows, resumed: dict[int, 
     to_close, to_resume = [], []
     for tid in sorted(interrupted):
         trial = controller.trials[tid]
+        attempt = max(trial.attempt, rows.last_attempt.get(tid, -1) + 1)
+        if tid in stop_at and tid in rows.ends_cut_short:  # stopped, but its end unwritten: back there, then stop
+            controller.resume_to_stop(tid, attempt, stop_at[tid])
+            resumed[tid] = trial.epochs_run
+            to_resume.append(tid)
+            continue
         if tid in stop_at or (trial.epochs_run >= trial.max_epochs and tid not in rows.ends_cut_short):
             controller.hold_running(tid)  # until closed below: the stage must not look finished before that
             to_close.append(tid)
             continue
-        controller.resume_trial(tid, max(trial.attempt, rows.last_attempt.get(tid, -1) + 1))
+        controller.resume_trial(tid, attempt)
         resumed[tid] = trial.epochs_run
         to_resume.append(tid)
     controller.requeue(to_resume + [tid for tid in unfinished if tid not in interrupted])

@@ -300,3 +300,38 @@ def test_a_crashed_sweep_is_listed_unfinished_even_with_ensembles_built_since(tm
     assert describe_sweep(storage)["state"] == "unfinished"
     resume(storage, settings_for())
     assert describe_sweep(storage)["state"] == "finished"
+
+
+def test_a_stopped_trial_whose_end_was_cut_short_trains_back_to_its_stop_and_is_stopped_there(tmp_path):
+    """A pruned trial's worker killed while writing its end: the tables still say running, its stored epochs say
+    pruned. Closed as pruned, it would have no checkpoints or predictions; it trains again to the epoch the stored
+    decision stopped it at (never past it), is stopped there for the same reason, and the sweep ends as before."""
+    from dataclasses import replace
+
+    from orchestrator.decide.simulate import SimulatedBackend
+
+    settings = settings_for()
+    whole, storage = uninterrupted(tmp_path, settings)
+    last = max(t.stage for t in whole.trials.values())
+    victim = next(t for t in whole.trials.values() if t.stage == last and t.status == "pruned")
+    record = read_record(storage)
+    record.trials = [{**row, "status": "running"} if row["trial_id"] == victim.trial_id else row
+                     for row in record.trials]
+
+    closed = rebuild_controller(record)  # what a resume did with it, and still does when its end is on disk
+    assert victim.trial_id in closed.closed
+
+    rebuilt = rebuild_controller(replace(record, ends_cut_short=frozenset({victim.trial_id})))
+    assert rebuilt.resumed == {victim.trial_id: victim.epochs_run} and not rebuilt.closed
+
+    class Recording(SimulatedBackend):
+        def start(self, assignment) -> None:
+            started.append(assignment)
+            super().start(assignment)
+
+    started = []
+    backend = Recording(quality, settings.slots)
+    drive(rebuilt.controller, backend)
+    assert [(a.trial_id, a.until_epoch, a.resume) for a in started] == [(victim.trial_id, victim.epochs_run, True)]
+    assert backend.epochs_trained == victim.epochs_run  # back to its stop, not one epoch past it
+    assert summary(rebuilt.controller) == summary(whole)
