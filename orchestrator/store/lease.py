@@ -43,6 +43,7 @@ class LeaseRecord:
     started: int  # epoch ms
     heartbeat: int  # epoch ms
     released: bool = False
+    pid_start: int | None = None  # the master's start, in clock ticks since boot: tells a reused process id apart
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -57,7 +58,8 @@ def _fault_delay(name: str) -> None:
 
 def _new_record() -> LeaseRecord:
     now = schema.now_ms()
-    return LeaseRecord(uuid.uuid4().hex, socket.gethostname(), os.getpid(), now, now)
+    return LeaseRecord(uuid.uuid4().hex, socket.gethostname(), os.getpid(), now, now,
+                       pid_start=process_start_ticks(os.getpid()))
 
 
 def read_lease(storage: Storage) -> LeaseRecord | None:
@@ -65,7 +67,8 @@ def read_lease(storage: Storage) -> LeaseRecord | None:
         return None
     try:
         data: dict[str, Any] = json.loads(storage.read_bytes(LEASE_PATH))
-        return LeaseRecord(**data)
+        known = {name: value for name, value in data.items() if name in LeaseRecord.__dataclass_fields__}
+        return LeaseRecord(**known)  # fields a later caviar adds are left out, not refused
     except (ValueError, TypeError) as exc:
         raise StorageError(f"{storage.path(LEASE_PATH)}: not a readable lease ({exc})") from None
 
@@ -80,20 +83,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-# A live process that began this long after the lease was taken holds a reused id: the master's clock and /proc's
-# boot time agree to a second; a master takes its lease after its imports and data load, never before it starts.
-REUSED_PID_MARGIN_MS = 10_000
-
-
-def _process_started_ms(pid: int) -> int | None:
-    """When process ``pid`` began, in epoch ms, from Linux's /proc; None where that cannot be read."""
+def process_start_ticks(pid: int) -> int | None:
+    """When process ``pid`` began, in clock ticks since boot (Linux's /proc, field 22 of its stat); None where that
+    cannot be read. Ticks since boot, not wall-clock time: an NTP or VM clock step cannot make a live master look
+    like another process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             after_name = f.read().rpartition(")")[2].split()  # the name in parentheses may hold spaces
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return int((boot + int(after_name[19]) / os.sysconf("SC_CLK_TCK")) * 1000)  # stat's field 22: starttime
-    except (OSError, ValueError, IndexError, StopIteration):
+        return int(after_name[19])
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -104,10 +102,12 @@ def holder_alive(record: LeaseRecord, now_ms: int | None = None) -> bool:
     if record.host == socket.gethostname():
         if record.pid == os.getpid() or not _pid_alive(record.pid):
             return False
-        # A restarted container keeps its host name and hands out the same small process ids again: a process that
-        # began after the lease is another program, and the master that held it is gone.
-        began = _process_started_ms(record.pid)
-        return began is None or began <= record.started + REUSED_PID_MARGIN_MS
+        # A restarted container keeps its host name and hands out the same small process ids again: a process with
+        # the id that began at another tick than the master is another program, and the master is gone.
+        if record.pid_start is None:  # a lease from before pid_start was recorded, or no /proc: the id decides
+            return True
+        began = process_start_ticks(record.pid)
+        return began is None or began == record.pid_start
     now_ms = schema.now_ms() if now_ms is None else now_ms
     return now_ms - record.heartbeat < STALE_SECONDS * 1000
 
