@@ -26,19 +26,22 @@ def choose_backend(
     worker_options: Mapping[str, Any],
     kept: Sequence[Any] = (),
     splits: Any = None,
+    task_ref: str | None = None,
 ) -> tuple[Backend, FusePlan | None]:
     """The backend this sweep runs on, and the fusing decision for the controller (None when fuse is off).
 
     ``stage_trials``: the plan's trials per stage; ``first_pending``: the config of the first trial to start
     (the probe trains it), None when no trial waits. ``kept`` (warm actors of an earlier sweep) serve the
-    plain backend only; ``splits`` (the master's data in the object store) reach both.
+    plain backend only; ``splits`` (the master's data in the object store) reach both. ``task_ref``: the task as
+    the actors load it, when that differs from ``task.ref`` (a folder shipped over Ray Client).
     """
+    ref = task_ref or task.ref
     resources = Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources)
     blocker, per_member = fusing_limits(task, settings.precision)
     return setup_fusing(
         settings.fuse, settings.array_size, blocker, per_member, stage_trials, first_pending, slots,
-        open_fused=lambda k: FusedBackend(task.ref, storage_uri, name, slots, resources, worker_options,
+        open_fused=lambda k: FusedBackend(ref, storage_uri, name, slots, resources, worker_options,
                                           array_size=k, per_member=per_member, splits=splits),
-        open_plain=lambda: RayBackend(task.ref, storage_uri, name, slots, resources, dict(worker_options), kept,
+        open_plain=lambda: RayBackend(ref, storage_uri, name, slots, resources, dict(worker_options), kept,
                                       splits),
     )

@@ -162,7 +162,7 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
     return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar, sweep_dir), name, results, metadata)
 
 
-def _storage_excludes(folder: str, sweep_dir: str | None) -> list[str]:
+def storage_excludes(folder: str, sweep_dir: str | None) -> list[str]:
     """A local storage inside the shipped folder stays behind: every submit would upload the earlier sweeps'
     weights, and Ray refuses a folder of 512 MiB. ``["/runs"]`` (anchored, as gitignore reads it), or the sweep's
     own folder when the storage is the shipped folder itself."""
@@ -177,7 +177,7 @@ def _storage_excludes(folder: str, sweep_dir: str | None) -> list[str]:
 
 
 def _runtime_env(folder: str, ship_caviar: bool, sweep_dir: str | None = None) -> dict[str, Any]:
-    runtime_env: dict[str, Any] = {"working_dir": folder, "excludes": EXCLUDES + _storage_excludes(folder, sweep_dir),
+    runtime_env: dict[str, Any] = {"working_dir": folder, "excludes": EXCLUDES + storage_excludes(folder, sweep_dir),
                                    # `caviar stop` sends SIGTERM; the master gets this long to write its
                                    # tables before Ray's SIGKILL (Ray's default is 3 s)
                                    "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_SECONDS)}}

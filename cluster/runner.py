@@ -21,7 +21,7 @@ import ray
 from cluster import warm_pool
 from cluster.capacity import any_fits, describe, fits, per_trial, plan_slots
 from cluster.fused_setup import choose_backend
-from cluster.jobs import TOKEN_ADVICE, enable_token_auth
+from cluster.jobs import EXCLUDES, TOKEN_ADVICE, enable_token_auth, is_local_path, storage_excludes
 from cluster.pool import RayBackend, Resources
 from cluster.ray_logs import apply_deferred, ray_log_path, stderr_to_ray_log
 from orchestrator.decide.backend import Backend
@@ -38,14 +38,19 @@ log = logging.getLogger("caviar")
 
 
 def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str = "127.0.0.1",
-            num_cpus: int | None = None) -> None:
-    """Join ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:10001``), or start a private Ray here (no address)."""
+            num_cpus: int | None = None, shipped: Mapping[str, Any] | None = None) -> None:
+    """Join ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:10001``), or start a private Ray here (no address).
+
+    ``shipped``: runtime-environment fields (the task's folder as ``working_dir``: :func:`client_shipment`).
+    """
     if ray.is_initialized():
         return
     apply_deferred()  # a CLI run named a log file for Ray's chatter: used from here on
     for warning in exposure_warnings(address, dashboard, dashboard_host):
         log.warning("warning: %s", warning)
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}}
+    env: dict[str, Any] = {
+        "env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)},
+        **(shipped or {})}
     if not address:
         start_private_ray(env, dashboard=dashboard, dashboard_host=dashboard_host, num_cpus=num_cpus)
         return
@@ -70,6 +75,20 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
                 continue
             said = f"; Ray's own messages: {ray_log_path()}" if ray_log_path() else ""
             raise ClusterError(f"Ray cluster {address!r}: cannot connect ({reason}){auth_hint(reason)}{said}") from None
+
+
+def client_shipment(task_ref: str, settings: RunSettings, name: str) -> tuple[dict[str, Any] | None, str]:
+    """``(runtime-environment fields, the task as actors load it)``. Over Ray Client (``ray://``) the master runs
+    here and the actors on the cluster, whose nodes lack this machine's files: a task file's folder travels as
+    Ray's ``working_dir`` (as ``caviar submit`` ships it), and actors load the file by its path inside it."""
+    target, sep, attr = task_ref.partition(":")
+    if not str(settings.address or "").startswith("ray://") or not target.endswith(".py"):
+        return None, task_ref  # a module task is imported by name, as wherever it runs
+    folder = os.path.dirname(os.path.abspath(target))
+    storage = str(settings.storage)
+    sweep_dir = os.path.join(storage.removeprefix("file://"), name) if is_local_path(storage) else None
+    shipped = {"working_dir": folder, "excludes": EXCLUDES + storage_excludes(folder, sweep_dir)}
+    return shipped, os.path.basename(target) + sep + attr
 
 
 def leave_ray() -> None:
@@ -271,7 +290,9 @@ def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sw
     """
     kept: list[Any] = []
     try:
-        connect(settings.address, dashboard=settings.dashboard, dashboard_host=settings.dashboard_host)
+        shipped, task_ref = client_shipment(task.ref, settings, name)
+        connect(settings.address, dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
+                shipped=shipped)
         check_storage_reach(root, settings)
         wait_for_room(settings, can_grow=bool(settings.address))  # a Ray started here never grows
         # never more actors than the largest stage trains at once: each extra one imports torch and loads the data
@@ -282,14 +303,16 @@ def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sw
         key = warm_pool.pool_key(task, resources.actor_options(), worker_options["device"], worker_options["threads"])
         kept = warm_pool.take(key)
         where = root.location  # workers run elsewhere (their own cwd): a local path goes absolute
-        shared = shared_data(splits)
+        # Over Ray Client the client server unpickles what is put: with a folder just shipped, its first torch
+        # import crashed it ('Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so'); the actors load the data
+        shared = shared_data(splits) if shipped is None else None
         if shared is None and splits is not None:  # actors load the data: standardised with the master's statistics
             from worker.train.session import statistics_of
 
             worker_options["input_statistics"] = statistics_of(splits)
         # fused arrays when the model allows (cluster/fused_setup.py), else one trial per actor
         backend, plan = choose_backend(task, settings, where, name, stage_trials, first_pending, slots,
-                                       worker_options, kept[:slots], shared)
+                                       worker_options, kept[:slots], shared, task_ref=task_ref)
     except CaviarError:
         _end(kept)
         if not resuming:

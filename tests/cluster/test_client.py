@@ -53,3 +53,38 @@ def test_a_local_storage_over_ray_client_is_refused_before_connecting(tmp_path):
     shared = one_error_line(caviar("run", TINY_TASK, "--address", "ray://127.0.0.1:9", "--storage", str(tmp_path),
                                    "--name", "apart", "--shared-storage", "--plain", timeout=120))
     assert "Ray cluster 'ray://127.0.0.1:9': cannot connect" in shared
+
+
+def test_over_ray_client_the_task_folder_travels_to_a_cluster_that_lacks_this_machines_files(ray_cluster, tmp_path):
+    """The master runs in a mount namespace of its own, whose task folder (a tmpfs) the cluster cannot see: a laptop.
+    Every actor failed 'task '/.../helper_task.py': no such file' (4 tries per slot, then the sweep was refused); now
+    the task's folder, its helper module with it, travels as Ray's working_dir, as `caviar submit` ships it."""
+    import os
+    import shlex
+    import subprocess
+
+    from tests.cluster.raycluster import VENV_BIN, cluster_env
+
+    source, private = tmp_path / "source", tmp_path / "private"
+    source.mkdir()
+    private.mkdir()
+    with open(TINY_TASK) as f:
+        tiny = f.read()
+    data_code = tiny[tiny.index("def load_data"):tiny.index("def build_model")]
+    (source / "blobs.py").write_text("import numpy as np\n\n\n" + data_code)
+    (source / "helper_task.py").write_text(tiny.replace(data_code, "from blobs import load_data  # noqa: F401\n\n\n"))
+    run = [os.path.join(VENV_BIN, "caviar"), "run", str(private / "helper_task.py"), "--address",
+           ray_cluster.client_address, "--storage", str(tmp_path / "runs"), "--shared-storage", "--name", "laptop",
+           "--trials", "2", "--epochs", "1", "--stages", "1", "--pruner", "none", "--no-ensemble", "--no-report",
+           "--plain"]
+    script = (f"mount -t tmpfs none {shlex.quote(str(private))} && cp {shlex.quote(str(source))}/*.py "
+              f"{shlex.quote(str(private))}/ && exec {shlex.join(run)}")
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -m (a mount namespace of the master's own) needs root")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], env=cluster_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert not (private / "helper_task.py").exists()  # the task lived in the master's namespace only
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    trials = load(str(tmp_path / "runs" / "laptop")).trials.to_pylist()
+    assert [t["status"] for t in trials] == ["completed"] * 2
+    assert {t["node"] for t in trials} <= ray_cluster.node_ids()
