@@ -112,6 +112,27 @@ def test_int32_class_indices_in_val_or_test_alone_are_refused_naming_the_split(s
         validate_contract(task, [{"lr": 0.05, "batch_size": 16, "optimizer": "adam"}])
 
 
+def test_a_split_whose_examples_have_another_shape_than_train_is_refused_where_they_are_standardised():
+    """Val inputs (N, 1) beside six training features were broadcast against the training statistics into (N, 6)
+    copies of their one column, and trained and scored on in silence; (N, 4) failed in torch's words. Streamed
+    training crops (1, 6, 6) beside full (1, 8, 8) val images: a message about padding sequences."""
+    from torch.utils.data import TensorDataset
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 6)).astype("float32"), rng.integers(0, 2, size=50)
+    for val in (x[:, :1], x[:, :4]):
+        with pytest.raises(TaskError, match=rf"^load_data: val examples have shape \({val.shape[1]},\) but train's "
+                                            r"\(6,\); caviar standardises each input position .*or set normalize = "
+                                            r"False and scale the inputs yourself$"):
+            prepare(((x, y), (val, y), (x, y)))
+    assert prepare(((x, y), (x[:, :1], y), (x, y)), normalize=False).x_val.shape == (50, 1)  # nothing standardised
+    images = torch.rand(40, 1, 8, 8)
+    labels = torch.arange(40) % 2
+    with pytest.raises(TaskError, match=r"^load_data: test examples have shape \(1, 8, 8\) but train's \(1, 6, 6\)"):
+        prepare((TensorDataset(images[:, :, 1:7, 1:7], labels), TensorDataset(images[:, :, 1:7, 1:7], labels),
+                 TensorDataset(images, labels)))
+
+
 def test_integer_pixels_for_a_model_without_an_embedding_are_refused_in_one_line():
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, size=(60, 1, 4, 4)).astype(np.uint8), rng.integers(0, 2, size=60)  # raw images

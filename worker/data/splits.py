@@ -188,6 +188,8 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
         if len(x) == 0:
             raise TaskError(f"load_data: {name} split is empty")
     check_input_dtypes({name: x.dtype for (x, _), name in zip(tensors, SPLITS)})
+    if normalize and tensors[0][0].is_floating_point():
+        check_standardised_shapes({name: tuple(x.shape[1:]) for (x, _), name in zip(tensors, SPLITS)})
     for (x, _), name in zip(tensors, SPLITS):
         check_finite_inputs(x, name)
     (xtr, ytr), (xva, yva), (xte, yte) = tensors  # inputs as given: never cast
@@ -208,6 +210,21 @@ def ragged_inputs(split: str | None, shape: tuple[int, ...], other: tuple[int, .
     return TaskError(f"load_data: {where} batches give floating inputs of shapes {shapes}; caviar standardises each "
                      "input position with training statistics: pad every example to one length, or set "
                      "normalize = False (and scale the inputs in your Dataset)")
+
+
+def check_standardised_shapes(shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Every split's examples in the training split's shape, where they are standardised per input position.
+
+    Training statistics of shape (1, *S) broadcast against another shape: val inputs (N, 1) against six features
+    became (N, 6) copies of their one column, in silence; others failed in torch's words.
+    """
+    train = shapes["train"]
+    for name, shape in shapes.items():
+        if shape != train:
+            raise TaskError(f"load_data: {name} examples have shape {shape} but train's {train}; caviar standardises "
+                            "each input position with the training split's statistics, so every split gives one "
+                            f"shape: give {name} the training shape (crop or pad it as train), or set normalize = "
+                            "False and scale the inputs yourself")
 
 
 def check_input_dtypes(dtypes: Mapping[str, torch.dtype]) -> None:
@@ -299,6 +316,8 @@ def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, sta
             check_small_batches(stream)
             if stream.other_input_shape is not None:
                 raise ragged_inputs(name, stream.input_shape, stream.other_input_shape)
+    if normalize and streams["train"].input_dtype.is_floating_point:
+        check_standardised_shapes({name: stream.input_shape for name, stream in streams.items()})
     if normalize and task_statistics is not None:
         train = streams["train"]
         mean, std = input_statistics(torch.empty((0, *train.input_shape), dtype=train.input_dtype), True,
