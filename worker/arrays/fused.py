@@ -53,12 +53,12 @@ from worker.arrays.fused_diagnostics import (
     stack_captures,
 )
 from worker.data.kinds import TargetKind, class_scores, loss_function, objective_and_mode, predicted_classes
+from worker.data.seeds import seed_trial
 from worker.data.splits import Splits, padding_rows, skips_single_batch
 from worker.data.streams import Stream
 from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
 from worker.train.ema import average_buffer, ema_decay_at
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
-from worker.train.seeds import seed_trial
 from worker.train.trainer import TrialSpec, evaluate_split, natural_outputs, split_values
 
 ENGINES = ("auto", "bmm", "vmap")

@@ -18,9 +18,11 @@ import torch
 from orchestrator.errors import TaskError
 from worker.data import task_globals
 from worker.data.kinds import TargetKind, resolve_kind
+from worker.data.seeds import seeded_randomness
 from worker.data.streams import Stream, check_finite_inputs, check_small_batches, is_stream, scan, usable_std
 
 SPLITS = ("train", "val", "test")
+LOAD_PASS_SEED = 0  # the generators' seed while the load-time pass reads the splits
 
 
 @dataclass
@@ -340,11 +342,14 @@ def prepare_task_data(task: Any, statistics: Any = None) -> Splits:
         raise
     except Exception as exc:
         raise TaskError(f"load_data raised {type(exc).__name__}: {exc}") from exc
-    splits = prepare(raw, normalize=task.normalize, kind=getattr(task, "kind", None),
-                     standardize_targets=getattr(task, "standardize_targets", False),
-                     num_workers=int(task.get("num_workers") or 0),
-                     task_statistics=task_statistics(task) if statistics is None else statistics,
-                     num_classes=task.get("num_classes"))
+    # The load-time pass reads a training Dataset that may augment at random: seeded, so a rerun of the sweep
+    # standardises with the same statistics (numpy's global state is new in every process); restored after.
+    with seeded_randomness(LOAD_PASS_SEED, torch.device("cpu")):
+        splits = prepare(raw, normalize=task.normalize, kind=getattr(task, "kind", None),
+                         standardize_targets=getattr(task, "standardize_targets", False),
+                         num_workers=int(task.get("num_workers") or 0),
+                         task_statistics=task_statistics(task) if statistics is None else statistics,
+                         num_classes=task.get("num_classes"))
     splits.task_globals = task_globals.set_since(task.namespace, before)
     return splits
 

@@ -22,9 +22,7 @@ task and its data once, builds models from the configs in the trials table.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,6 +39,7 @@ from orchestrator.spec.task import Task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
 from worker.data.kinds import IGNORE_INDEX, class_labels, class_scores, labelled
+from worker.data.seeds import seeded_randomness
 from worker.data.splits import Splits, prepare
 from worker.load.ensemble_model import SweepModels
 from worker.train.trainer import model_outputs, pick_device
@@ -96,26 +95,6 @@ def recompute_bn(model: nn.Module, x_train: torch.Tensor | Iterable[torch.Tensor
         m.momentum = momenta[m]
     model.train(was_training)
     return True
-
-
-@contextmanager
-def seeded_randomness(seed: int, device: torch.device) -> Iterator[None]:
-    """Python's, numpy's and torch's global generators seeded for the block, restored after it.
-
-    A training Dataset that augments (``np.random`` or ``torch.rand`` per read) or a task's loader that
-    shuffles then gives the same batches every time; DataLoader workers derive their seeds from torch's.
-    """
-    py_state, np_state = random.getstate(), np.random.get_state()
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 def _statistic(values: np.ndarray | None, dtype: torch.dtype) -> torch.Tensor | None:

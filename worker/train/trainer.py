@@ -29,12 +29,12 @@ from worker.data.kinds import (
     score_of,
     split_metrics,
 )
+from worker.data.seeds import host_rng_state, seed_trial, set_host_rng_state
 from worker.data.splits import Splits, batches, skips_single_batch
 from worker.data.streams import Stream
 from worker.train.diagnostics import Diagnostics, DiagnosticsOptions
 from worker.train.ema import EmaWeights
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
-from worker.train.seeds import host_rng_state, seed_trial, set_host_rng_state
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ themselves; this covers the process that trains.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -43,3 +44,23 @@ def set_host_rng_state(state: Mapping[str, Any]) -> None:
                              numpy_rng["cached_gaussian"]))
     if python_rng:
         random.setstate((python_rng["version"], tuple(python_rng["internal"]), python_rng["gauss_next"]))
+
+
+@contextmanager
+def seeded_randomness(seed: int, device: torch.device) -> Iterator[None]:
+    """Python's, numpy's and torch's global generators seeded for the block, restored after it.
+
+    A training Dataset that augments (``np.random`` or ``torch.rand`` per read) or a task's loader that
+    shuffles then gives the same batches every time; DataLoader workers derive their seeds from torch's.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
