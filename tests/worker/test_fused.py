@@ -76,6 +76,17 @@ def assert_same_rows(expected: list[dict], got: list[dict], rel: float = 1e-4, a
             assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=rel, abs_tol=abs_tol), (key, a, b)
 
 
+def assert_fused_trains_as_alone(task, splits, specs: list[TrialSpec], epochs: int = 2, rel: float = 1e-4) -> None:
+    """Train ``specs`` as one array for ``epochs`` and each alone: the same rows, member by member."""
+    array = FusedArray(task, splits, specs, CPU)
+    rows: dict[int, list[dict]] = {s.trial_id: [] for s in specs}
+    for _ in range(epochs):
+        for row in array.train_epoch():
+            rows[row["trial_id"]].append(row)
+    for spec in specs:
+        assert_same_rows(alone(task, splits, spec, epochs)[1], rows[spec.trial_id], rel=rel)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"])
 def test_a_member_trains_exactly_as_it_would_alone_even_when_a_neighbour_is_pruned(digits, optimizer):
     task, splits = digits
@@ -429,13 +440,7 @@ def test_members_with_inactive_hyperparameters_train_as_they_would_alone(digits,
     unused = ("beta1", "beta2", "eps", "rho") if optimizer == "momentum" else ("momentum", "rho")
     specs = [TrialSpec(i, 0, {**SHAPE, **m, **dict.fromkeys(unused), "grad_clip": None, "optimizer": optimizer},
                        1000 + 7 * i, 2) for i, m in enumerate(MEMBERS[:3])]
-    array = FusedArray(task, splits, specs, CPU)
-    rows: dict[int, list[dict]] = {s.trial_id: [] for s in specs}
-    for _ in range(2):
-        for row in array.train_epoch():
-            rows[row["trial_id"]].append(row)
-    for spec in specs:
-        assert_same_rows(alone(task, splits, spec, 2)[1], rows[spec.trial_id])
+    assert_fused_trains_as_alone(task, splits, specs)
 
 
 @pytest.mark.parametrize("optimizer", ["momentum", "adam"])
@@ -454,14 +459,7 @@ def test_a_float64_model_trains_fused_as_it_would_alone(optimizer):
     splits = prepare(data)
     specs = [TrialSpec(i, 0, {"lr": lr, "optimizer": optimizer, "hidden": 8, "batch_size": 32, "momentum": 0.9},
                        100 + i, 2) for i, lr in enumerate((0.01, 0.03))]
-    array = FusedArray(task, splits, specs, CPU)
-    rows: dict[int, list[dict]] = {s.trial_id: [] for s in specs}
-    for _ in range(2):
-        for row in array.train_epoch():
-            rows[row["trial_id"]].append(row)
-    for spec in specs:
-        _, expected = alone(task, splits, spec, 2)
-        assert_same_rows(expected, rows[spec.trial_id], rel=1e-9)  # float64 both ways: no float32 rounding
+    assert_fused_trains_as_alone(task, splits, specs, rel=1e-9)  # float64 both ways: no float32 rounding
 
 
 def test_a_loss_fn_torch_cannot_vmap_trains_fused_member_by_member_as_alone():
@@ -480,11 +478,4 @@ def test_a_loss_fn_torch_cannot_vmap_trains_fused_member_by_member_as_alone():
     splits = prepare(tiny.get("load_data")())
     specs = [TrialSpec(i, 0, {"lr": lr, "optimizer": "adam", "hidden": 8, "batch_size": 32}, 200 + i, 2)
              for i, lr in enumerate((0.01, 0.03))]
-    array = FusedArray(task, splits, specs, CPU)
-    rows: dict[int, list[dict]] = {s.trial_id: [] for s in specs}
-    for _ in range(2):
-        for row in array.train_epoch():
-            rows[row["trial_id"]].append(row)
-    for spec in specs:
-        _, expected = alone(task, splits, spec, 2)
-        assert_same_rows(expected, rows[spec.trial_id])
+    assert_fused_trains_as_alone(task, splits, specs)
