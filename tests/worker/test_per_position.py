@@ -89,6 +89,19 @@ def test_both_layouts_give_the_same_rows_and_the_loss_is_torchs_cross_entropy_ov
     assert values["log_loss"] == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_class_156_of_a_uint8_mask_is_a_labelled_class_not_padding():
+    """torch compares a uint8 tensor with -100 as with 156 (its wrapped value): masks of 157 classes or more in uint8
+    (COCO-Stuff's, without void) had class 156 dropped from the class count, the loss's denominator and accuracy."""
+    mask = torch.tensor([[156, 3, 156, 7], [0, 156, 2, 156]], dtype=torch.uint8)
+    kind = resolve_kind(None, splits_of(mask, mask, mask))
+    assert kind.per_position and kind.num_classes == 157
+    scores = torch.randn(2, 157, 4, dtype=torch.float64)
+    expected = F.cross_entropy(scores, mask.long())  # every position labelled: the plain mean
+    assert float(default_loss(kind)(scores, mask)) == pytest.approx(float(expected), rel=1e-12)
+    right = scores.argmax(dim=1) == mask.long()
+    assert builtin_metrics(kind, scores, mask)["accuracy"] == pytest.approx(float(right.double().mean()))
+
+
 def test_a_batch_of_padding_alone_gives_a_zero_loss_that_still_backpropagates():
     kind = TargetKind("classification", num_classes=3, positions=(4,))
     scores = torch.randn(2, 3, 4, requires_grad=True)

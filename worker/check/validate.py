@@ -25,6 +25,7 @@ from worker.data.kinds import (
     IGNORE_INDEX,
     class_dim,
     class_labels,
+    has_label,
     loss_function,
     match_targets,
     objective_and_mode,
@@ -269,7 +270,7 @@ def _stored_rows(y: torch.Tensor, kind: Any) -> int:
     if not kind.rows_per_example:
         return len(y)
     labels = class_labels(y, kind)
-    return int((labels != IGNORE_INDEX).sum())
+    return int(has_label(labels).sum())
 
 
 def warn_if_large(splits: Splits, settings: Any, *, ema: bool) -> int:

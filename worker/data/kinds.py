@@ -208,7 +208,7 @@ def resolve_kind(declared: str | None, targets: Mapping[str, torch.Tensor], *, s
         return _not_standardised(TargetKind("custom"), standardize)
     if declared == "regression":
         return _regression(targets, standardize)
-    padded = any(bool((y == IGNORE_INDEX).any()) for y in targets.values() if not y.is_floating_point())
+    padded = any(bool((~has_label(y)).any()) for y in targets.values() if not y.is_floating_point())
     if declared == "multilabel" or (declared is None and classes is None and not padded
                                     and any(_is_multilabel(y) for y in targets.values())):
         return _not_standardised(_multilabel(targets), standardize)
@@ -309,7 +309,7 @@ def _per_position(targets: Mapping[str, torch.Tensor]) -> TargetKind:
                         f"shape, with {IGNORE_INDEX} where a position has no label")
     top = -1
     for split, y in targets.items():
-        labelled = y[y != IGNORE_INDEX]
+        labelled = y[has_label(y)]
         if len(y) and not len(labelled):
             raise TaskError(f"load_data: {split} targets are all {IGNORE_INDEX} (no position has a label)")
         if len(labelled) and int(labelled.min()) < 0:
@@ -427,9 +427,17 @@ def class_labels(targets: torch.Tensor, kind: TargetKind | None = None) -> torch
     return targets.reshape(-1) if kind is not None and kind.rows_per_example else targets
 
 
+def has_label(labels: torch.Tensor) -> torch.Tensor:
+    """Where ``labels`` hold a class rather than IGNORE_INDEX. A uint8 tensor cannot hold -100, and torch compares it
+    with -100 as with 156 (the wrapped value): class 156 of a uint8 mask would read as unlabelled."""
+    if labels.dtype == torch.uint8:
+        return torch.ones_like(labels, dtype=torch.bool)
+    return labels != IGNORE_INDEX
+
+
 def labelled(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows of :func:`class_scores` and :func:`class_labels` that have a label (IGNORE_INDEX marks the rest)."""
-    keep = labels != IGNORE_INDEX
+    keep = has_label(labels)
     return scores[keep], labels[keep]
 
 
@@ -442,7 +450,7 @@ def right_rows(outputs: torch.Tensor, labels: torch.Tensor, kind: TargetKind | N
     """Whether each row of :func:`class_scores` is predicted right, ``labels`` as :func:`class_labels` gives them;
     per position the labelled rows only."""
     right = predicted_classes(outputs, kind) == labels
-    return right[labels != IGNORE_INDEX] if kind is not None and kind.per_position else right
+    return right[has_label(labels)] if kind is not None and kind.per_position else right
 
 
 def class_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor, kind: TargetKind | None = None) -> torch.Tensor:
@@ -453,7 +461,7 @@ def class_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor, kind: Targ
     scores, labels = class_scores(outputs, kind), class_labels(targets, kind)
     if kind is not None and kind.per_position:
         total = F.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-        return total / (labels != IGNORE_INDEX).sum().clamp_min(1)
+        return total / has_label(labels).sum().clamp_min(1)
     return F.cross_entropy(scores, labels)
 
 

@@ -23,7 +23,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
 from worker.data import task_globals
-from worker.data.kinds import IGNORE_INDEX, baseline_val_loss, class_labels
+from worker.data.kinds import baseline_val_loss, class_labels, has_label
 from worker.data.splits import Splits
 from worker.train.trainer import TrialRun
 
@@ -157,7 +157,7 @@ def labelled_rows(splits: Splits) -> dict[str, torch.Tensor] | None:
     kind = splits.target_kind
     if not kind.per_position:
         return None
-    return {split: (class_labels(y, kind) != IGNORE_INDEX).cpu() for split, y in (("val", splits.y_val),
+    return {split: has_label(class_labels(y, kind)).cpu() for split, y in (("val", splits.y_val),
                                                                                    ("test", splits.y_test))}
 
 
