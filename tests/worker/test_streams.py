@@ -538,3 +538,28 @@ def test_a_long_load_time_pass_says_how_far_it_got_and_that_an_iterable_must_end
     assert said and said[0].startswith("load_data: still reading the train split once at load: ")
     assert said[0].endswith(": an IterableDataset must end each pass (one pass is one epoch), not stream for ever")
     assert len(said) < 6  # the intervals double: a few lines, not one per batch
+
+
+def test_the_masters_check_leaves_the_callers_generators_as_they_were():
+    """The check builds a trial, which seeds torch, numpy and random with the trial's seed: a notebook's own draws
+    after run_sweep started from that seed, and an unseeded split drawn by load_data in the same process repeated
+    the draws the check left, so the stored labels could match a worker's and the unseeded split go unseen."""
+    from tests.conftest import TINY_TASK
+    from worker.check.contract import validate_contract
+
+    task = load_task(TINY_TASK)
+    config = {"lr": 0.05, "hidden": 8, "batch_size": 32}
+
+    def draws():
+        return random.random(), float(np.random.random()), float(torch.rand(1))
+
+    for seed in (5, 6):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        expected = draws()
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        validate_contract(task, [config])  # tiny_task's load_data draws from a generator of its own
+        assert draws() == expected

@@ -44,6 +44,7 @@ from worker.check.validate import (
     warn_if_single_batches,
     warn_if_train_comes_grouped_by_class,
 )
+from worker.data.seeds import preserved_randomness
 from worker.data.splits import Splits, prepare_task_data
 from worker.data.streams import check_first_batches_repeat
 from worker.train.trainer import TrialRun, TrialSpec
@@ -111,7 +112,13 @@ def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings
     warning line per parameter, the values the model cannot take; ``notes`` receives them (message, param,
     values) for the sweep's events.
     """
-    splits = load_splits(task)
+    splits = load_splits(task)  # the task's load_data draws from the caller's generators, as in any worker
+    with preserved_randomness():  # the builds below seed them as trials do: the caller's state is put back after
+        return _check_loaded(task, splits, configs, settings, space, notes)
+
+
+def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any]], settings: Any,
+                  space: SearchSpace | None, notes: list[dict[str, Any]] | None) -> Splits:
     try:
         check_first_batches_repeat(splits.streams)
     except Exception as exc:

@@ -47,20 +47,30 @@ def set_host_rng_state(state: Mapping[str, Any]) -> None:
 
 
 @contextmanager
+def preserved_randomness(device: torch.device | None = None) -> Iterator[None]:
+    """Python's, numpy's and torch's global generators (and ``device``'s, a GPU) as they were before the block.
+
+    The master seeds them as trials do while it checks a task: a notebook's own draws after ``run_sweep`` must not
+    start from a trial's seed (nor an unseeded split in its next ``load_data`` repeat the last one's draws)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+@contextmanager
 def seeded_randomness(seed: int, device: torch.device) -> Iterator[None]:
     """Python's, numpy's and torch's global generators seeded for the block, restored after it.
 
     A training Dataset that augments (``np.random`` or ``torch.rand`` per read) or a task's loader that
     shuffles then gives the same batches every time; DataLoader workers derive their seeds from torch's.
     """
-    py_state, np_state = random.getstate(), np.random.get_state()
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with preserved_randomness(device):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+        yield
