@@ -70,7 +70,5 @@ def seeded_randomness(seed: int, device: torch.device) -> Iterator[None]:
     shuffles then gives the same batches every time; DataLoader workers derive their seeds from torch's.
     """
     with preserved_randomness(device):
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        seed_trial(seed)
         yield
