@@ -307,9 +307,11 @@ def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sw
         # import crashed it ('Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so'); the actors load the data
         shared = shared_data(splits) if shipped is None else None
         if shared is None and splits is not None:  # actors load the data: standardised with the master's statistics
+            from worker.data.splits import measured_data
             from worker.train.session import statistics_of
 
             worker_options["input_statistics"] = statistics_of(splits)
+            worker_options["measured_data"] = measured_data(splits)
         # fused arrays when the model allows (cluster/fused_setup.py), else one trial per actor
         backend, plan = choose_backend(task, settings, where, name, stage_trials, first_pending, slots,
                                        worker_options, kept[:slots], shared, task_ref=task_ref)

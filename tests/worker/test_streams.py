@@ -563,3 +563,57 @@ def test_the_masters_check_leaves_the_callers_generators_as_they_were():
         torch.manual_seed(seed)
         validate_contract(task, [config])  # tiny_task's load_data draws from a generator of its own
         assert draws() == expected
+
+
+COUNTED = os.path.join(ROOT, "tests", "tasks", "counted_stream_task.py")
+
+
+def test_workers_read_no_streamed_split_in_full_before_their_first_trial(tmp_path, monkeypatch):
+    """Each spawned worker used to read every split once at its start (its own load-time pass) although the master
+    had measured them: for data larger than memory, one full pass per worker before any trial trained."""
+    from collections import Counter
+
+    from orchestrator.app.api import run_sweep
+
+    reads = tmp_path / "reads"
+    monkeypatch.setenv("CAVIAR_TEST_READS", str(reads))
+    run_sweep(COUNTED, storage=str(tmp_path), name="counted", slots=2, executor="processes", ensemble=False)
+    sizes = load_task(COUNTED).get("SIZES")
+    rows = [line.split() for line in reads.read_text().splitlines()]
+    workers = {pid for pid, _ in rows if pid != str(os.getpid())}
+    assert len(workers) == 2
+    worker_passes = Counter(split for pid, split in rows if pid in workers)
+    # 2 trials of 1 epoch: 2 training epochs (and a first batch of 256 each for the trials' probes), 2 validation
+    # passes and 2 test passes; a load-time pass per worker made these 4.5, 4 and 4
+    assert worker_passes["train"] / sizes["train"] < 3
+    assert worker_passes["val"] / sizes["val"] == 2 and worker_passes["test"] / sizes["test"] == 2
+
+
+def test_a_worker_given_the_masters_pass_still_refuses_streamed_splits_unlike_the_masters():
+    """A worker that skips its load-time pass must still refuse a load_data that gives it other splits (drawn again
+    without a seed): a Dataset of another length before any trial, other val examples at their first evaluation."""
+    from orchestrator.errors import TaskError
+    from worker.data.splits import measured_data
+
+    task = load_task(COUNTED)
+    measured = measured_data(prepare_task_data(task))
+    worker = prepare_task_data(task, measured=measured)  # the same data: taken as measured
+    assert worker.n_train == 1000 and worker.num_classes == 3 and worker.streams["val"].targets is not None
+    sizes, offsets = task.get("SIZES"), task.get("OFFSETS")
+    sizes["train"] += 1
+    try:
+        with pytest.raises(TaskError, match=r"^load_data: the train Dataset has 1001 examples in this worker but 1000 "
+                                            r"in the master's: .*seed a random split"):
+            prepare_task_data(task, measured=measured)
+    finally:
+        sizes["train"] -= 1
+    offsets["val"] += 7
+    try:
+        other = prepare_task_data(task, measured=measured)
+        run = TrialRun(task, other, TrialSpec(0, 0, {"lr": 0.02, "batch_size": 50, "optimizer": "adam"}, 7, 1),
+                       torch.device("cpu"))
+        with pytest.raises(TaskError, match=r"the val split gave its examples in another order than at load .*same "
+                                            r"examples in every process"):
+            run.train_epoch()
+    finally:
+        offsets["val"] -= 7

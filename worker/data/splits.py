@@ -19,7 +19,16 @@ from orchestrator.errors import TaskError
 from worker.data import task_globals
 from worker.data.kinds import TargetKind, resolve_kind
 from worker.data.seeds import seeded_randomness
-from worker.data.streams import Stream, check_finite_inputs, check_small_batches, is_stream, scan, usable_std
+from worker.data.streams import (
+    Stream,
+    adopt_measured,
+    check_finite_inputs,
+    check_small_batches,
+    is_stream,
+    measured_streams,
+    scan,
+    usable_std,
+)
 
 SPLITS = ("train", "val", "test")
 LOAD_PASS_SEED = 0  # the generators' seed while the load-time pass reads the splits
@@ -164,11 +173,14 @@ def _materialise(split: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standardize_targets: bool = False,
-            num_workers: int = 0, task_statistics: Any = None, num_classes: int | None = None) -> Splits:
+            num_workers: int = 0, task_statistics: Any = None, num_classes: int | None = None,
+            measured: bytes | None = None) -> Splits:
     """Check ``load_data()``'s result; standardise floating inputs with train (or the task's) statistics.
 
     ``kind`` is the task's declared kind (None: inferred); targets that do not fit it are refused.
     ``task_statistics``: the task's own ``(mean, std)`` (``normalize = (mean, std)``), used as given.
+    ``measured``: what the master's load-time pass over streamed splits found (:func:`measured_streams`), used
+    instead of a pass of this process's own.
     """
     if isinstance(raw, Mapping):
         missing = [s for s in SPLITS if s not in raw]
@@ -181,8 +193,8 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
         raise TaskError("load_data: return (train, val, test) or a dict with keys train, val, test")
     if any(is_stream(p) for p in parts):
         return _prepare_streams(parts, normalize=normalize, kind=kind, standardize_targets=standardize_targets,
-                                num_classes=num_classes,
-                                num_workers=num_workers, task_statistics=task_statistics)
+                                num_classes=num_classes, num_workers=num_workers, task_statistics=task_statistics,
+                                measured=measured)
     tensors = [_materialise(p, s) for p, s in zip(parts, SPLITS)]
     for (x, y), name in zip(tensors, SPLITS):
         if len(x) != len(y):
@@ -293,8 +305,10 @@ def task_input_statistics(statistics: Any, input_shape: tuple[int, ...], dtype: 
 
 
 def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, standardize_targets: bool,
-                     num_workers: int, task_statistics: Any = None, num_classes: int | None = None) -> Splits:
-    """Datasets stay Datasets: one pass per split for its targets (train: and input statistics)."""
+                     num_workers: int, task_statistics: Any = None, num_classes: int | None = None,
+                     measured: bytes | None = None) -> Splits:
+    """Datasets stay Datasets: one pass per split for its targets (train: and input statistics), or none where the
+    master's pass is ``measured``."""
     streams = {}
     for part, name in zip(parts, SPLITS):
         if not is_stream(part):
@@ -309,9 +323,13 @@ def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, sta
             streams[name] = Stream(part, name, num_workers=num_workers)
         else:  # the task's function making a DataLoader for a batch size
             streams[name] = Stream(None, name, make_loader=part)
-    y_train, mean, std = scan(streams["train"], statistics=normalize and task_statistics is None)
-    y_val, _, _ = scan(streams["val"], statistics=False)
-    y_test, _, _ = scan(streams["test"], statistics=False)
+    if measured is not None:
+        y_train, y_val, y_test = adopt_measured(streams, measured)
+        mean = std = None
+    else:
+        y_train, mean, std = scan(streams["train"], statistics=normalize and task_statistics is None)
+        y_val, _, _ = scan(streams["val"], statistics=False)
+        y_test, _, _ = scan(streams["test"], statistics=False)
     check_input_dtypes({name: stream.input_dtype for name, stream in streams.items()})
     for name, stream in streams.items():
         if normalize and stream.input_dtype.is_floating_point:
@@ -329,11 +347,13 @@ def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, sta
     return Splits(None, y_train, None, y_val, None, y_test, target_kind.num_classes, mean, std, target_kind, streams)
 
 
-def prepare_task_data(task: Any, statistics: Any = None) -> Splits:
+def prepare_task_data(task: Any, statistics: Any = None, measured: bytes | None = None) -> Splits:
     """``load_data()`` of a loaded task, checked against its declared (or inferred) kind.
 
     ``statistics``: the sweep's input ``(mean, std)`` (the master's, ``worker.train.session.statistics_of``), used
     instead of a pass of this process's own: a training split that augments at random gives others at every pass.
+    ``measured``: the rest of the master's load-time pass over streamed splits (:func:`measured_streams`), so a
+    worker reads no split in full before its first trial (data larger than memory: one pass, not one per worker).
     """
     before = task_globals.snapshot(task.namespace)
     try:
@@ -349,9 +369,17 @@ def prepare_task_data(task: Any, statistics: Any = None) -> Splits:
                          standardize_targets=getattr(task, "standardize_targets", False),
                          num_workers=int(task.get("num_workers") or 0),
                          task_statistics=task_statistics(task) if statistics is None else statistics,
-                         num_classes=task.get("num_classes"))
+                         num_classes=task.get("num_classes"), measured=measured)
     splits.task_globals = task_globals.set_since(task.namespace, before)
     return splits
+
+
+def measured_data(splits: Splits | None) -> bytes | None:
+    """What the load-time pass over streamed splits found (:func:`~worker.data.streams.measured_streams`), for
+    workers that load the task's Datasets themselves; None for data in memory (nothing to read again)."""
+    if splits is None or not splits.streams:
+        return None
+    return measured_streams(splits.streams, {"train": splits.y_train, "val": splits.y_val, "test": splits.y_test})
 
 
 def task_statistics(task: Any) -> Any:

@@ -1,10 +1,12 @@
 """Data that streams: torch Datasets read through a DataLoader per trial, never stacked into memory.
 
 When ``load_data()`` returns torch ``Dataset`` objects (map-style or iterable) for its splits,
-each split becomes a :class:`Stream`. One pass over each split when the worker loads the task
+each split becomes a :class:`Stream`. One pass over each split when the master loads the task
 collects the targets (small: one row per example, needed for the kind, the metrics and the
 ensembles) and, for the training split only, the input standardisation statistics (sums in
-float64, so no example is kept). Trials then read batches through a ``DataLoader``: shuffled
+float64, so no example is kept). Workers are sent what it found (:func:`measured_streams`) and read
+no split in full before their first trial; only a resume's, whose master loads no data, make a pass.
+Trials then read batches through a ``DataLoader``: shuffled
 with the trial's own generator, the batch size from its config, ``num_workers`` worker
 processes kept alive across epochs, pinned memory and non-blocking copies on a GPU.
 
@@ -21,6 +23,7 @@ refuses, in one line, a split whose order changed.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -119,7 +122,8 @@ class Stream:
                 if expected.shape != y.shape or not torch.equal(expected, y.to(expected.device)):
                     raise TaskError(f"load_data: the {self.name} split gave its examples in another order than at "
                                     f"load (batch at row {seen}); val and test must be read in the same order "
-                                    "every time (no shuffle)")
+                                    "every time (no shuffle), and give the same examples in every process that "
+                                    "loads them (seed a split drawn at random: np.random.default_rng(0))")
             if seen == 0:
                 self._check_first_inputs(x)
             seen += len(y)
@@ -157,6 +161,47 @@ def check_first_batches_repeat(streams: dict[str, Stream] | None) -> None:
         if streams and name in streams:
             for _ in streams[name].eval_batches():
                 break
+
+
+def measured_streams(streams: dict[str, Stream], targets: dict[str, torch.Tensor]) -> bytes:
+    """What the master's load-time pass found in each split (its length, input shape and dtype, val's and test's
+    order and first inputs) and every split's targets, for workers that load the task's Datasets themselves: they
+    read no split in full again (:func:`adopt_measured`)."""
+    found = {name: {"length": s.length, "input_shape": list(s.input_shape),
+                    "input_dtype": str(s.input_dtype).removeprefix("torch."),
+                    "other_input_shape": None if s.other_input_shape is None else list(s.other_input_shape),
+                    "first_inputs": s.first_inputs, "targets": targets[name].cpu()}
+             for name, s in streams.items()}
+    buffer = io.BytesIO()
+    torch.save(found, buffer)
+    return buffer.getvalue()
+
+
+def adopt_measured(streams: dict[str, Stream], measured: bytes) -> tuple[torch.Tensor, ...]:
+    """The master's load-time pass as this process's: the splits' (train, val, test) targets.
+
+    What must hold is checked without a pass: a Dataset read by index has the length the master counted, and val
+    and test give the master's targets and first inputs, which every evaluation compares as it reads them
+    (:meth:`Stream.eval_batches`), so a split drawn at random in each process is refused at its first one.
+    """
+    found = torch.load(io.BytesIO(measured), weights_only=True)
+    targets = []
+    for name, stream in streams.items():
+        facts = found[name]
+        if stream.dataset is not None and not stream.iterable and len(stream.dataset) != facts["length"]:
+            raise TaskError(f"load_data: the {name} Dataset has {len(stream.dataset)} examples in this worker but "
+                            f"{facts['length']} in the master's: each process that loads the data must get the same "
+                            "splits (seed a random split: np.random.default_rng(0))")
+        stream.length = facts["length"]
+        stream.input_shape = tuple(facts["input_shape"])
+        stream.input_dtype = getattr(torch, facts["input_dtype"])
+        other = facts["other_input_shape"]
+        stream.other_input_shape = None if other is None else tuple(other)
+        stream.first_inputs = facts["first_inputs"]
+        if name != "train":
+            stream.targets = facts["targets"]
+        targets.append(facts["targets"])
+    return tuple(targets)
 
 
 def is_stream(split: Any) -> bool:

@@ -43,6 +43,7 @@ from orchestrator.decide.backend import (
 )
 from orchestrator.errors import ConfigError, TaskError
 from worker.check.contract import describe
+from worker.data.splits import measured_data
 from worker.train.session import WorkerSession, statistics_of  # imported in the master: forked children inherit torch
 
 log = logging.getLogger("caviar")
@@ -139,6 +140,7 @@ def child_setup(task_ref: str, storage_uri: str, sweep: str, worker_options: Map
     options = {**worker_options, "threads": threads}
     if method != "fork":
         options["input_statistics"] = statistics_of(splits)
+        options["measured_data"] = measured_data(splits)
     args = (task_ref, storage_uri, sweep, options, splits if method == "fork" else None)
     return method, multiprocessing.get_context(method), args
 

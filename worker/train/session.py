@@ -47,6 +47,8 @@ class WorkerOptions:
     precision: str = "fp32"  # fp32, bf16 or fp16
     # The master's input (mean, std) (statistics_of), for a worker that loads the data itself
     input_statistics: Any = None
+    # The master's load-time pass over streamed splits (worker.data.splits.measured_data): no pass of the worker's own
+    measured_data: bytes | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerOptions:
@@ -124,7 +126,8 @@ class WorkerSession:
         self.storage = Storage.from_uri(storage_uri).child(sweep)
         forget_dataset_written(self.storage)
         if splits is None:  # every worker standardises as the master did (and as loading will): one set of numbers
-            splits = prepare_task_data(self.task, self.options.input_statistics or stored_statistics(self.storage))
+            splits = prepare_task_data(self.task, self.options.input_statistics or stored_statistics(self.storage),
+                                       self.options.measured_data)
             check_stored_labels(self.storage, splits)  # a resume's workers load the data again: the same labels?
         self.splits: Splits = splits.to(self.device)
         s = self.splits
