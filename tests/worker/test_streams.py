@@ -617,3 +617,23 @@ def test_a_worker_given_the_masters_pass_still_refuses_streamed_splits_unlike_th
             run.train_epoch()
     finally:
         offsets["val"] -= 7
+
+
+def test_num_workers_that_an_iterable_dataset_cannot_use_is_named_in_one_warning_line(caplog):
+    """``num_workers = 2`` with an IterableDataset was dropped in silence (several loader workers would each yield
+    the whole stream): the user who asked for parallel reading is told, once, which splits and what to do."""
+    from worker.check.contract import validate_contract
+
+    task = load_task(os.path.join(ROOT, "tests", "tasks", "iterable_workers_task.py"))
+    splits = validate_contract(task, [{"lr": 0.02, "batch_size": 32, "optimizer": "adam"}])
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("num_workers")]
+    assert said == ["num_workers = 2 is not used for the train split (IterableDataset): each DataLoader worker would "
+                    "yield every example unless the Dataset splits its stream by "
+                    "torch.utils.data.get_worker_info(), so caviar reads it in one process; to read in parallel, give "
+                    "a split as a function making your own DataLoader for a batch size, over a Dataset that splits "
+                    "its stream so"]
+    assert splits.streams["val"].num_workers == 2  # map-style splits use them: nothing said of those
+    caplog.clear()
+    validate_contract(load_task(os.path.join(ROOT, "tests", "tasks", "loader_workers_task.py")),
+                      [{"lr": 0.02, "batch_size": 32, "optimizer": "adam"}])
+    assert not any(r.getMessage().startswith("num_workers") for r in caplog.records)

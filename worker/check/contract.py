@@ -40,6 +40,7 @@ from worker.check.validate import (
     check_config,
     warn_if_classes_missing_from_train,
     warn_if_large,
+    warn_if_loader_workers_unused,
     warn_if_own_loss_changes_with_units,
     warn_if_single_batches,
     warn_if_train_comes_grouped_by_class,
@@ -128,6 +129,7 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
     warn_if_splits_share_examples(splits)
     warn_if_classes_missing_from_train(splits)
     warn_if_train_comes_grouped_by_class(splits)
+    warn_if_loader_workers_unused(splits)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one batch: threads would only spin-wait on each other
     first: BaseException | None = None

@@ -357,6 +357,29 @@ def warn_if_train_comes_grouped_by_class(splits: Splits) -> str | None:
     return message
 
 
+def warn_if_loader_workers_unused(splits: Splits) -> str | None:
+    """One warning line when the task's ``num_workers`` cannot apply to its IterableDataset splits; returns it.
+
+    A DataLoader gives each of its workers a copy of an IterableDataset, so every worker yields the whole stream
+    (each example ``num_workers`` times) unless the Dataset splits itself by ``get_worker_info()``, which caviar
+    cannot see: it reads such splits in one process, which the user who set ``num_workers`` should hear.
+    """
+    streams = splits.streams or {}
+    named = [name for name, s in streams.items() if s.iterable and s.make_loader is None and s.num_workers > 0]
+    if not named:
+        return None
+    workers = streams[named[0]].num_workers
+    which = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    plural = len(named) > 1
+    message = (f"num_workers = {workers} is not used for the {which} split{'s' if plural else ''} (IterableDataset): "
+               "each DataLoader worker would yield every example unless the Dataset splits its stream by "
+               f"torch.utils.data.get_worker_info(), so caviar reads {'them' if plural else 'it'} in one process; to "
+               "read in parallel, give a split as a function making your own DataLoader for a batch size, over a "
+               "Dataset that splits its stream so")
+    log.warning(message)
+    return message
+
+
 def warn_if_own_loss_changes_with_units(task: Task, splits: Splits, model: torch.nn.Module) -> str | None:
     """One warning line when a task's own ``loss_fn`` trains on standardised targets (``standardize_targets``) but
     ranks differently in the targets' units, where caviar evaluates it (val_loss, the objective, the ensembles).
