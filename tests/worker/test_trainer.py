@@ -242,3 +242,22 @@ def test_a_worker_kept_for_the_next_sweep_writes_its_dataset_row_even_under_the_
     session.bind(str(tmp_path), "s")
     assert session.start(Assignment(0, 1, CONFIG, 1, 1, 1)).ended
     assert sweep.exists(schema.predictions_path(0)) and sweep.exists(schema.DATASET_PATH)
+
+
+def test_a_warm_up_in_the_tasks_own_epoch_and_caviars_schedule_compose():
+    """The task's train_epoch warms the rate up over 1.5 epochs, then leaves it to schedule = exponential (0.5 an
+    epoch). The schedule scaled whatever rate the task left: 0.01, 0.0033, 0.005, 0.0025 at the epochs' starts (the
+    warm-up's midpoint halved, then the full rate, the decay an epoch late). Now the schedule's own rates, with the
+    warm-up's steps as the task set them."""
+    from worker.data.splits import prepare_task_data
+
+    task = load_task(os.path.join(ROOT, "tests", "tasks", "warmup_task.py"))
+    used = task.get("USED")
+    used.clear()
+    config = {"lr": 0.01, "batch_size": 16, "optimizer": "sgd", "schedule": "exponential", "decay_rate": 0.5}
+    run = TrialRun(task, prepare_task_data(task), TrialSpec(0, 0, config, 0, 4), torch.device("cpu"))
+    recorded = [run.train_epoch()["lr"] for _ in range(4)]
+    assert recorded == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
+    assert used[0] == pytest.approx([0.01 * (i + 1) / 30 for i in range(20)])  # the task's warm-up, step by step
+    assert used[1][:10] == pytest.approx([0.01 * (i + 21) / 30 for i in range(10)])
+    assert used[2] == pytest.approx([0.0025] * 20) and used[3] == pytest.approx([0.00125] * 20)

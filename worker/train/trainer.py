@@ -184,7 +184,12 @@ class TrialRun:
         custom = self.task.get("train_epoch")
         if custom:
             counted = _CountedBatches(self._batches())
+            scheduled = [group["lr"] for group in self.optimizer.param_groups]
             stats = dict(custom(self.model, self.optimizer, counted, dict(self.spec.config)) or {})
+            # A rate the task's loop set (a warm-up) holds for its own steps; the schedule goes on from its own value,
+            # as torch's chained schedules (exponential, cosine, plateau) would otherwise scale the one left behind.
+            for group, lr in zip(self.optimizer.param_groups, scheduled):
+                group["lr"] = lr
             if counted.exhausted and counted.count == 0:
                 raise self._no_batch_error()
             if "train_loss" not in stats:
