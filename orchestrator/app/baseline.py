@@ -61,6 +61,14 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any],
                     f"frequent: {share:.3f} of {len(labels)} {unit}; best {best:.3f}), but their val log loss "
                     f"learned ({learned}): with most examples in one class accuracy hardly separates trials; rank them "
                     'by objective = "val_log_loss" (mode = "min") or a metric of your own, such as balanced accuracy')
+        if dataset.get("own_loss"):
+            # The task's loss_fn may not aim at accuracy: a class-weighted loss gives some up for the rarer classes,
+            # and its own do-nothing value is unknown here, so the line cannot say that nothing learned.
+            return (f"no trial's val accuracy did clearly better than always predicting class {label} (the most "
+                    f"frequent: {share:.3f} of {len(labels)} {unit}; best {best:.3f}), which the task's own loss_fn "
+                    "may not aim at (a class-weighted loss gives accuracy up for the rarer classes): to rank trials "
+                    'by that loss, set objective = "val_loss" (mode = "min") or a metric of your own, such as '
+                    "balanced accuracy; else check the ranges (the learning rate first) and the data")
         return (f"no trial did clearly better than always predicting class {label} (the most frequent: {share:.3f} of "
                 f"{len(labels)} {unit}): the best val accuracy is {best:.3f}; check the ranges (the learning "
                 "rate first) and the data")
@@ -101,6 +109,12 @@ def _multilabel_nothing_learned(trials: list[Any], dataset: Mapping[str, Any], l
                 f"example-label pairs; best {best:.3f}), but their val log loss learned (best {min(losses):.3f}, "
                 f"{prior:.3f} for each label's frequency): rank them by objective = \"val_loss\" (mode = \"min\") "
                 "or a metric of your own, such as F1")
+    if dataset.get("own_loss"):  # as for classes: a weighted loss_fn (pos_weight) may not aim at accuracy
+        return (f"no trial's val accuracy did clearly better than {answer} ({share:.3f} of {len(labels)} val "
+                f"example-label pairs; best {best:.3f}), which the task's own loss_fn may not aim at (a weighted loss "
+                'gives accuracy up for the rarer labels): to rank trials by that loss, set objective = "val_loss" '
+                '(mode = "min") or a metric of your own, such as F1; else check the ranges (the learning rate first) '
+                "and the data")
     return (f"no trial did clearly better than {answer} ({share:.3f} of {len(labels)} val example-label pairs right; "
             f"log loss {prior:.3f}): the best val accuracy is {best:.3f}; check the ranges (the learning rate first) "
             "and the data")

@@ -385,3 +385,20 @@ def test_a_sweep_ranked_by_its_own_class_weighted_loss_never_prunes_a_trial_as_n
     for t in trials:  # and learning by the loss it is ranked by
         losses = [r["val_loss"] for r in sorted(rows, key=lambda r: r["epoch"]) if r["trial_id"] == t["trial_id"]]
         assert losses[-1] < losses[0]
+
+
+def test_a_class_weighted_loss_ranked_by_accuracy_is_not_told_that_nothing_learned(tmp_path):
+    """A class-weighted loss_fn on one example in nine of class 1, ranked by the default val accuracy: every trial's
+    accuracy stays under the majority share (0.887) while its weighted loss falls far under any constant answer's
+    (0.69). The sweep ended saying no trial did better than predicting class 0 and to check the learning rate and the
+    data; now it says the task's own loss may not aim at accuracy and how to rank by it."""
+    result = run_sweep(os.path.join(TASKS, "class_weighted_accuracy_task.py"), storage=str(tmp_path), name="weighted",
+                       slots=1, seed=0, executor="processes", ensemble=False, pruner="none")
+    assert min(r["val_loss"] for r in load(result.path).metrics.to_pylist()) < 0.62  # learned, by its own loss
+    said = [w for w in result.warnings if "always predicting class 0" in w]
+    assert len(said) == 1 and said[0].startswith("no trial's val accuracy did clearly better than always predicting "
+                                                 "class 0 (the most frequent: 0.887 of 300 val examples; best ")
+    assert said[0].endswith('which the task\'s own loss_fn may not aim at (a class-weighted loss gives accuracy up for '
+                            'the rarer classes): to rank trials by that loss, set objective = "val_loss" (mode = '
+                            '"min") or a metric of your own, such as balanced accuracy; else check the ranges (the '
+                            'learning rate first) and the data')

@@ -97,3 +97,15 @@ def test_a_class_per_position_is_judged_over_labelled_positions_only():
                     "labelled val positions): the best val accuracy is 0.610; check the ranges (the learning rate "
                     "first) and the data")
     assert nothing_learned(trials((0.75, 0.6)), dataset) is None  # well above 0.6: learned
+
+
+def test_a_task_with_its_own_loss_is_not_told_that_nothing_learned_by_accuracy_alone():
+    """A class-weighted loss_fn gives accuracy up for the rarer classes: under the majority share is no proof that
+    nothing learned, and the line says what else to rank by."""
+    labels = [0] * 89 + [1] * 11
+    line = nothing_learned(trials((0.82, 0.56)), {"y_val": labels, "own_loss": True})
+    assert line.startswith("no trial's val accuracy did clearly better than always predicting class 0 (the most "
+                           "frequent: 0.890 of 100 val examples; best 0.820), which the task's own loss_fn may not "
+                           "aim at")
+    multilabel = {"y_val": [0, 0, 0, 1] * 25, "target_shape": [2], "own_loss": True}
+    assert "own loss_fn may not aim at" in nothing_learned(trials((0.70, 0.5)), multilabel)
