@@ -637,3 +637,38 @@ def test_num_workers_that_an_iterable_dataset_cannot_use_is_named_in_one_warning
     validate_contract(load_task(os.path.join(ROOT, "tests", "tasks", "loader_workers_task.py")),
                       [{"lr": 0.02, "batch_size": 32, "optimizer": "adam"}])
     assert not any(r.getMessage().startswith("num_workers") for r in caplog.records)
+
+
+def test_a_batch_size_above_a_training_split_that_drops_its_last_batch_is_named_before_the_sweep(tmp_path, caplog):
+    """The train loader function's DataLoader has drop_last=True over 100 examples; the space draws batch_size from
+    32, 64, 128, 256. Trials drawing 128 or 256 got no batch and failed one by one after the sweep started, with no
+    word before. Now one warning line before it (the other values train), and a refusal when no value can train."""
+    from orchestrator.app.api import run_sweep
+    from orchestrator.errors import TaskError
+
+    task_file = os.path.join(ROOT, "tests", "tasks", "drop_last_loader_task.py")
+    result = run_sweep(task_file, storage=str(tmp_path), name="dropping", slots=1, executor="processes",
+                       ensemble=False)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("space: batch_size")]
+    assert said == ["space: batch_size options 32, 64, 128, 256 goes above 100: the train loader's DataLoader has "
+                    "drop_last=True and the training split holds 100 examples, so an epoch at a larger batch_size gets "
+                    "no batch, and the trials that draw such a value will fail (the others train); drop the options "
+                    "above it, or give the train DataLoader drop_last=False"]
+    assert result.counts.get("completed", 0) >= 1  # the warning stops nothing
+    from orchestrator.search.space import SearchSpace, choice, randint
+    from worker.check.contract import validate_contract
+
+    task = load_task(task_file)
+    for space, shown in (({"batch_size": choice([128, 256])}, "options 128, 256"), ({"batch_size": 128}, "128")):
+        space = SearchSpace({**space, "lr": 0.02, "optimizer": "adam"})
+        with pytest.raises(TaskError, match=rf"space: batch_size {shown} is above 100: .* every trial would fail; "
+                                            r"keep batch_size at most 100, or give the train DataLoader "
+                                            r"drop_last=False$"):
+            validate_contract(task, [{"lr": 0.02, "optimizer": "adam", "batch_size": 128}], space=space)
+    from worker.check.validate import check_batches_fit_dropping_split
+    from worker.data.splits import prepare_task_data as load
+
+    splits = load(load_task(task_file))
+    ranged = check_batches_fit_dropping_split(splits, {"batch_size": randint(16, 200)}, [])
+    assert "batch_size range [16, 200] goes above 100" in ranged and "limits=(low, 100)" in ranged
+    assert check_batches_fit_dropping_split(splits, {"batch_size": randint(16, 100)}, []) is None

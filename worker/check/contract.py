@@ -37,6 +37,7 @@ from orchestrator.spec.task import Task
 from worker.check.edges import SLOW_CHECK_SECONDS, failing_values
 from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.validate import (
+    check_batches_fit_dropping_split,
     check_config,
     warn_if_classes_missing_from_train,
     warn_if_large,
@@ -130,6 +131,10 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
     warn_if_classes_missing_from_train(splits)
     warn_if_train_comes_grouped_by_class(splits)
     warn_if_loader_workers_unused(splits)
+    try:
+        check_batches_fit_dropping_split(splits, space, configs)
+    except Exception as exc:
+        raise _refuse(task, "space", exc) from exc
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one batch: threads would only spin-wait on each other
     first: BaseException | None = None

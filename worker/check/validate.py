@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution
@@ -378,6 +379,49 @@ def warn_if_loader_workers_unused(splits: Splits) -> str | None:
                "Dataset that splits its stream so")
     log.warning(message)
     return message
+
+
+def check_batches_fit_dropping_split(splits: Splits, space: Mapping[str, Any] | None,
+                                     configs: Sequence[Mapping[str, Any]]) -> str | None:
+    """Refuse a ``batch_size`` that can only exceed a training split whose own DataLoader drops its last partial
+    batch (``drop_last=True``: such an epoch gets no batch, and each trial fails after it started); one warning line
+    when only some of the searched values do. Returns the warning (for tests).
+
+    Judged on the declared range (or options) of the space, else the configs' values, and the load-time count.
+    """
+    stream = (splits.streams or {}).get("train")
+    if stream is None or stream.make_loader is None:
+        return None
+    value = space.get("batch_size") if space is not None else None
+    if isinstance(value, Distribution):
+        options = getattr(value, "options", None)
+        values = [v for v in options if isinstance(v, (int, float))] if options else [value.low, value.high]
+    else:
+        values = [value] if isinstance(value, (int, float)) else [c.get("batch_size") for c in configs]
+    sizes = [int(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    n = splits.n_train
+    if not sizes or max(sizes) <= n:
+        return None
+    loader = stream._made(max(sizes))
+    if not (isinstance(loader, DataLoader) and loader.drop_last):
+        return None
+    said = (f"the train loader's DataLoader has drop_last=True and the training split holds {n} examples, so an "
+            f"epoch at a larger batch_size gets no batch")
+    if min(sizes) > n:
+        raise TaskError(f"space: batch_size {_sizes(value, sizes)} is above {n}: {said} and every trial would fail; "
+                        f"keep batch_size at most {n}, or give the train DataLoader drop_last=False")
+    keep = ("drop the options above it" if isinstance(value, Distribution) and getattr(value, "options", None)
+            else f"set the range's high to at most {n} (limits=(low, {n}) keeps later stages under it too)")
+    message = (f"space: batch_size {_sizes(value, sizes)} goes above {n}: {said}, and the trials that draw such a "
+               f"value will fail (the others train); {keep}, or give the train DataLoader drop_last=False")
+    log.warning(message)
+    return message
+
+
+def _sizes(value: Any, sizes: list[int]) -> str:
+    if isinstance(value, Distribution) and getattr(value, "options", None):
+        return "options " + ", ".join(map(str, sizes))
+    return f"range [{min(sizes)}, {max(sizes)}]" if len(sizes) > 1 else str(sizes[0])
 
 
 def warn_if_own_loss_changes_with_units(task: Task, splits: Splits, model: torch.nn.Module) -> str | None:
