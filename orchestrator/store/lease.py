@@ -7,8 +7,10 @@ master renews as it flushes; the master marks it released when the sweep ends.
 
 ``resume`` takes the lease over only when its owner is gone: released, a process on this
 host that no longer runs, or (another host) a heartbeat older than :data:`STALE_SECONDS`.
+On a local disk the check and the write happen under a lock (:meth:`Storage.locked`), so of
+two resumes started at once the second finds the first's live lease and refuses.
 
-On object stores there is no conditional PUT through pyarrow, so the lease is written,
+On object stores there is no conditional PUT (nor lock) through pyarrow, so the lease is written,
 then read back after a pause: a writer that finds another's id there gives way. The pause
 is at least :data:`READ_BACK_PAUSE` and at least twice what this writer's own check and PUT
 took, so a racer as slow as this one has landed its PUT before the read-back. Only a racer
@@ -30,6 +32,7 @@ from orchestrator.store import schema
 from orchestrator.store.storage import Storage, redact_uri
 
 LEASE_PATH = "_lease.json"  # readers skip names starting with '_'
+LOCK_PATH = "_lease.lock"  # local disks: taking the lease over is one step under this lock
 HEARTBEAT_SECONDS = 20.0
 STALE_SECONDS = 90.0
 READ_BACK_PAUSE = 0.5  # object stores: time for a racing writer's PUT to land before the read-back
@@ -143,15 +146,21 @@ class Lease:
     def take_over(cls, storage: Storage, then: str = "caviar resume continues a sweep whose master is gone") -> Lease:
         """Resume (or --overwrite): the lease passes to this process, unless its owner still writes the sweep.
         ``then``: what the refusal says happens once that owner is stopped."""
-        current = read_lease(storage)
-        if current is not None and holder_alive(current):
-            raise StorageError(
-                f"sweep {redact_uri(storage.uri)!r} is being written by process {current.pid} on "
-                f"{current.host}; stop it first ({then})"
-            )
-        lease = cls(storage, _new_record())
-        began = time.monotonic()
-        storage.write_bytes(LEASE_PATH, lease.record.encode())
+        with storage.locked(LOCK_PATH):  # two resumes started together: the second reads the first's live lease
+            current = read_lease(storage)
+            if current is not None and holder_alive(current):
+                raise StorageError(
+                    f"sweep {redact_uri(storage.uri)!r} is being written by process {current.pid} on "
+                    f"{current.host}; stop it first ({then})"
+                )
+            lease = cls(storage, _new_record())
+            began = time.monotonic()
+            if current is None:  # no lease to replace: a `run` claiming the name at this moment must win or lose whole
+                if not storage.create_exclusive(LEASE_PATH, lease.record.encode()):
+                    raise StorageError(f"sweep {redact_uri(storage.uri)!r} {_taken_by(storage)}")
+            else:
+                _fault_delay("TAKE_OVER")  # a test widens the window between the check and the write
+                storage.write_bytes(LEASE_PATH, lease.record.encode())
         lease._confirm(wrote_in=time.monotonic() - began)
         return lease
 

@@ -8,6 +8,7 @@ stores (S3, GCS) make a PUT visible only when it completes, so there we write di
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -16,7 +17,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -212,6 +213,32 @@ class Storage:
             return False
         self.write_bytes(rel, data)
         return True
+
+    @contextlib.contextmanager
+    def locked(self, rel: str) -> Iterator[None]:
+        """Hold an exclusive lock on the file ``rel`` (created empty) while the block runs; local disks only.
+
+        A check followed by a write (is the lease's owner gone? then write ours) is one step for every process
+        that takes the same lock. The kernel drops the lock when its process dies, so a master killed inside the
+        block leaves nothing to clean up. Object stores have no locks: there this does nothing and the caller's
+        read-back decides (docs/RELIABILITY.md).
+        """
+        if not self.atomic_rename:
+            yield
+            return
+        import fcntl  # POSIX only, like the rest of the local-disk path
+
+        target = self.path(rel)
+        try:
+            os.makedirs(posixpath.dirname(target), exist_ok=True)
+            fd = os.open(target, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as exc:
+            raise StorageError(f"locking {target}: {exc}") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)  # POSIX record lock: also held across NFS clients (lockd / NFSv4)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         self.write_bytes(rel, parquet_bytes(table))

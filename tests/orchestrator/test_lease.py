@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from orchestrator.errors import StorageError
 from orchestrator.store import schema
 from orchestrator.store.lease import LEASE_PATH, Lease, LeaseRecord, master_alive, process_start_ticks, read_lease
 from orchestrator.store.storage import Storage
+from tests.conftest import ROOT
 
 
 @pytest.fixture
@@ -61,3 +63,45 @@ def test_a_lease_records_its_masters_start_and_one_from_before_that_holds_by_its
     newer = b'{"owner": "x", "host": "h", "pid": 1, "started": 0, "heartbeat": 0, "fencing": 3}'
     storage.write_bytes(LEASE_PATH, newer)  # a field a later caviar added: read, not refused
     assert read_lease(storage).owner == "x"
+
+
+RACER = """
+import sys, time
+from orchestrator.errors import StorageError
+from orchestrator.store.lease import Lease
+from orchestrator.store.storage import Storage
+from tests.conftest import ROOT
+
+storage = Storage.from_uri(sys.argv[1])
+while time.time() < float(sys.argv[2]):  # both racers leave this loop in the same instant
+    pass
+try:
+    print("took", Lease.take_over(storage).record.owner, flush=True)
+except StorageError as refused:
+    print("refused", refused, flush=True)
+sys.stdin.read()  # a master that took the sweep stays alive until the test has seen both answers
+"""
+
+
+@pytest.mark.parametrize("old_lease", ["released", "none"])
+def test_two_resumes_started_in_the_same_instant_exactly_one_takes_the_lease(tmp_path, old_lease):
+    """Two `caviar resume` of one sweep at once: before, both read the dead master's lease, both wrote their own,
+    and two masters wrote one sweep. Now the check and the write are one step on a local disk."""
+    rounds = 6
+    for round_ in range(rounds):
+        storage = Storage.from_uri(str(tmp_path / f"sweep-{round_}"))
+        if old_lease == "released":
+            storage.write_bytes(LEASE_PATH, LeaseRecord("gone", socket.gethostname(), 1, 0, 0, released=True).encode())
+        start = time.time() + 0.8  # past both interpreters' start
+        racers = [subprocess.Popen([sys.executable, "-c", RACER, storage.root, str(start)], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                                   env={**os.environ, "PYTHONPATH": ROOT, "CAVIAR_FAULT_DELAY_TAKE_OVER": "0.2"})
+                  for _ in range(2)]
+        answers = [racer.stdout.readline() for racer in racers]
+        for racer in racers:
+            racer.communicate("", timeout=30)
+        took = [answer.split()[1] for answer in answers if answer.startswith("took ")]
+        assert len(took) == 1, f"round {round_}: {answers}"
+        assert read_lease(storage).owner == took[0]
+        refused = next(answer for answer in answers if not answer.startswith("took "))
+        assert "is being written by process" in refused or "is taken by another caviar run" in refused, refused
