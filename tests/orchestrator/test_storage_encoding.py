@@ -41,3 +41,22 @@ def test_small_tables_are_stored_uncompressed_large_ones_zstd_and_both_round_tri
         assert storage.read_table(f"{name}.parquet").equals(table)
         meta = pq.ParquetFile(tmp_path / f"{name}.parquet").metadata.row_group(0)
         assert {meta.column(i).compression for i in range(meta.num_columns)} == {codec}, name
+
+
+def test_a_float_column_holding_nan_gets_no_min_max_so_duckdb_sees_its_nan(tmp_path):
+    """A trial that diverged after finite epochs: its metrics file mixes numbers and NaN in one column. pyarrow's
+    min/max leave NaN out, and DuckDB took them as proof of no NaN: isnan(score) was false on the NaN row, `score >
+    0.8` dropped it (DuckDB ranks NaN above every number) and max(score) was 0.75."""
+    import duckdb
+
+    table = pa.table({"epoch": pa.array([1, 2, 3], pa.int32()), "score": pa.array([0.5, float("nan"), 0.75]),
+                      "val_loss": pa.array([0.7, 0.6, 0.5])})
+    storage = Storage.from_uri(str(tmp_path))
+    storage.write_table("metrics/trial.parquet", table)
+    meta = pq.ParquetFile(tmp_path / "metrics" / "trial.parquet").metadata.row_group(0)
+    columns = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert columns["val_loss"].statistics.has_min_max and columns["epoch"].statistics.has_min_max  # kept elsewhere
+    path = f"read_parquet('{tmp_path}/metrics/*.parquet')"
+    assert duckdb.sql(f"select epoch from {path} where isnan(score)").fetchall() == [(2,)]
+    assert duckdb.sql(f"select epoch from {path} where not isnan(score) order by score desc").fetchall() == [(3,), (1,)]
+    assert duckdb.sql(f"select count(*) from {path} where score > 0.8").fetchall() == [(1,)]
