@@ -46,7 +46,7 @@ METRICS = pa.schema(
         ("train_accuracy", pa.float64()),
         ("val_loss", pa.float64()),
         ("val_accuracy", pa.float64()),
-        ("score", pa.float64()),  # the sweep's objective, higher is better
+        ("score", pa.float64()),  # the sweep's objective, higher is better; NaN (not null) where the epoch diverged
         ("ema_val_loss", pa.float64()),
         ("ema_val_accuracy", pa.float64()),
         ("lr", pa.float64()),

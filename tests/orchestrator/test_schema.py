@@ -147,3 +147,21 @@ def test_stored_spaces_are_strict_json_that_polars_reads_and_a_resume_reads_back
     assert parse_param("width", stored["width"]).limits == (1.0, math.inf)
     assert parse_param("width", {**stored["width"], "limits": [1.0, math.inf]}).limits == (1.0, math.inf)  # before
     assert rebuild_controller(read_record(storage)).controller.finished  # a resume reads it back
+
+
+def test_a_diverged_epochs_nan_score_is_kept_and_the_readmes_filter_ranks_the_finite_ones(tmp_path):
+    """DuckDB sorts NaN above every number: the README says so and gives the filter; this runs its filter as printed."""
+    import re
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    [duckdb_filter] = re.findall(r"`(where not\s+isnan\(score\))`", readme)
+    storage = Storage.from_uri(str(tmp_path))
+    rows = [metric_row(1, 1), {**metric_row(2, 1, loss=float("nan")), "score": float("nan")}, metric_row(3, 1)]
+    rows[2]["score"] = 0.75
+    storage.write_table(schema.metrics_path(1), schema.to_table(rows, schema.METRICS))
+    files = f"read_parquet('{tmp_path}/metrics/*.parquet')"
+    plain = duckdb.sql(f"select trial_id from {files} order by score desc").fetchall()
+    assert plain[0] == (2,)  # the diverged epoch first: what the README warns of
+    assert duckdb.sql(f"select count(*) from {files} where isnan(score)").fetchall() == [(1,)]  # NaN, not null
+    ranked = duckdb.sql(f"select trial_id from {files} {' '.join(duckdb_filter.split())} order by score desc")
+    assert ranked.fetchall() == [(3,), (1,)]
