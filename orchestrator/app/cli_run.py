@@ -168,11 +168,19 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
     """Trials by status and stage, read from the sweep's Parquet tables only."""
     from orchestrator.app.answer import format_config, shown_number, shown_score, sweep_objective
     from orchestrator.app.api import load
+    from orchestrator.app.tables import no_trials_yet, open_sweep, resume_command
+    from orchestrator.store import schema
     from orchestrator.store.lease import master_alive
-    from orchestrator.store.storage import Storage, redact_uri
     from orchestrator.store.sweeps import resolve_sweep
 
-    tables = load(resolve_sweep(sweep, storage))
+    path = resolve_sweep(sweep, storage)
+    found = open_sweep(path)
+    if not found.exists(schema.TRIALS_PATH) and not found.list_files("stages"):  # no first flush (yet): say why
+        row = found.read_table(schema.SWEEP_PATH).to_pylist()[0]
+        typer.echo(f"sweep {row['name']} (task {row['task']}, seed {row['seed']})")
+        typer.echo(f"  {no_trials_yet(found, path)}")
+        return
+    tables = load(path)
     trials = tables.trials.to_pylist()
     by_stage: dict[int, dict[str, int]] = {}
     for t in trials:
@@ -185,13 +193,13 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
         typer.echo(f"  stage {stage}: {text}")
     typer.echo(f"  {tables.metrics.num_rows} epochs recorded, {tables.checkpoints.num_rows} checkpoints kept")
     unfinished = [t for t in trials if t["status"] not in ("completed", "pruned", "failed")]
-    if unfinished and not master_alive(Storage.from_uri(tables.path)):  # "running" is what a killed master left
+    if unfinished and not master_alive(found):  # "running" is what a killed master left
         typer.echo(f"  stopped: no caviar process is writing this sweep, so its {len(unfinished)} running or pending "
-                   f"trials wait for caviar resume {redact_uri(tables.path)}")
+                   f"trials wait for {resume_command(found, path)}")
     best = tables.top(1).to_pylist()
     if best:
         t = best[0]
-        name, value = shown_score(t["best_score"], sweep_objective(Storage.from_uri(tables.path)))
+        name, value = shown_score(t["best_score"], sweep_objective(found))
         typer.echo(f"  best: trial {t['trial_id']} (stage {t['stage']}) {name} {shown_number(value)}: "
                    f"{format_config(t['config'])}")
     print_failures(trials)

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.store import schema
-from orchestrator.store.storage import Storage
+from orchestrator.store.storage import Storage, redact_uri
 from orchestrator.store.sweeps import not_a_sweep
 
 TABLE_NAMES = ("sweep", "trials", "metrics", "checkpoints", "events", "stages")
@@ -64,8 +64,7 @@ def load(path: str) -> SweepTables:
     metrics = schema.read_dir(storage, "metrics", schema.METRICS)
     assert metrics is not None
     if not storage.exists(schema.TRIALS_PATH):  # one line naming it, never an empty table to trip over
-        raise StorageError(f"{storage.path(schema.TRIALS_PATH)}: no such file (the sweep has not written its "
-                           "trials table yet, or it was deleted)")
+        raise StorageError(no_trials_yet(storage, path))
     trials = storage.read_table(schema.TRIALS_PATH)
     return SweepTables(
         path=path,
@@ -76,3 +75,35 @@ def load(path: str) -> SweepTables:
         events=schema.read_events(storage),  # each event once, even after a compaction cut short
         stages=schema.read_dir(storage, "stages", schema.STAGES),
     )
+
+
+def no_trials_yet(storage: Storage, path: str) -> str:
+    """Why a sweep has a sweep row but no trials table, and what to do: wait for its master, or resume it."""
+    from orchestrator.store.lease import holder_alive, read_lease
+
+    lease = read_lease(storage)
+    if lease is not None and holder_alive(lease):
+        return (f"sweep {redact_uri(path)!r} has no trials yet: its master (process {lease.pid} on {lease.host}) is "
+                "still starting; ask again once its first trials are written")
+    if storage.list_files("stages"):  # every flush writes the trials table before stage rows: this one was lost
+        return (f"{storage.path(schema.TRIALS_PATH)}: no such file (the sweep's trials table is missing, or it "
+                "was deleted)")
+    return (f"sweep {redact_uri(path)!r} stopped before it wrote its first trials (its master was killed or died "
+            f"during its first write): continue it with {resume_command(storage, path)}")
+
+
+def resume_command(storage: Storage, path: str) -> str:
+    """``caviar resume PATH --task REF`` with the task as the sweep recorded it, and the other way: its stored copy."""
+    from orchestrator.spec.task_source import read_manifest
+
+    try:
+        manifest = read_manifest(storage)
+    except StorageError:
+        manifest = None
+    command = f"caviar resume {redact_uri(path)}"
+    if manifest is None or not manifest.ref:
+        return f"{command} --trust-task-code"
+    if manifest.kind == "module":
+        return f"{command} --task {manifest.ref}"
+    return (f"{command} --task {manifest.ref} (the task file it ran, from that file's folder; or --trust-task-code "
+            "to run the copy stored with the sweep)")

@@ -25,13 +25,13 @@ CAVIAR = [os.path.join(os.path.dirname(sys.executable), "caviar")]
 ENV = {**os.environ, "PYTHONPATH": ROOT}
 
 
-def stopped_sweep(tmp_path) -> str:
-    """A sweep whose master died after writing its trials table, before any trial trained."""
+def stopped_sweep(tmp_path, after_write: int = 3) -> str:
+    """A sweep whose master died after its ``after_write``-th write (3: its trials table), before any trial trained."""
     storage = tmp_path / "runs"
     run = [*CAVIAR, "run", TINY_TASK, "--trials", "2", "--epochs", "1", "--stages", "1", "--slots", "1", "--seed",
            "2", "--storage", str(storage), "--name", "cut", "--no-ensemble", "--executor", "processes", "--plain"]
-    done = subprocess.run(run, cwd=ROOT, env={**ENV, "CAVIAR_FAULT_AFTER_WRITE": "3"}, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(run, cwd=ROOT, env={**ENV, "CAVIAR_FAULT_AFTER_WRITE": str(after_write)},
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 97, done.stderr[-3000:]  # sweeplog.FAULT_EXIT_CODE
     return str(storage / "cut")
 
@@ -121,3 +121,22 @@ def test_ensembles_built_on_a_stopped_sweep_are_rebuilt_when_its_resume_ends(tmp
     resume_sweep(sweep, trust_task_code=True)  # ensembles off, as the sweep started
     assert [t["status"] for t in load(sweep).trials.to_pylist()] == ["completed"] * 4
     assert top_k_trials() == {0, 1, 2, 3}
+
+
+def test_status_and_top_of_a_sweep_killed_in_its_first_write_say_so_and_how_to_resume(tmp_path):
+    """Killed right after its sweep row (a kill -9 before any trials table): before, status and top said only
+    `trials/trials.parquet: no such file`; now both say the sweep stopped and print the resume command, which runs."""
+    sweep = stopped_sweep(tmp_path, after_write=1)
+    assert not os.path.exists(os.path.join(sweep, "trials"))
+    command = f"caviar resume {sweep} --task tiny_task.py"  # the file as the run named it, from its folder
+    shown = subprocess.run([*CAVIAR, "status", sweep], env=ENV, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert f"sweep '{sweep}' stopped before it wrote its first trials" in shown.stdout and command in shown.stdout
+    top = subprocess.run([*CAVIAR, "top", "cut", "--storage", str(tmp_path / "runs")], env=ENV, capture_output=True,
+                         text=True, timeout=120)
+    [line] = top.stderr.strip().splitlines()
+    assert top.returncode == 2 and "stopped before it wrote its first trials" in line and command in line, line
+    resumed = subprocess.run([*CAVIAR, *command.split()[1:], "--plain", "--no-report"], env=ENV, capture_output=True,
+                             text=True, timeout=300, cwd=os.path.dirname(TINY_TASK))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [(t["status"], t["epochs_run"]) for t in load(sweep).trials.to_pylist()] == [("completed", 1)] * 2

@@ -29,3 +29,34 @@ def test_a_stage_with_a_completed_trial_still_ranks_first_as_it_trained_longest(
     top = tables_of(rows).top(2)
     assert top.column("trial_id").to_pylist() == [2, 1] and top.column_names == ["trial_id", "stage", "status",
                                                                                   "best_score"]
+
+
+def test_a_sweep_whose_live_master_has_not_written_trials_yet_says_to_wait_not_to_resume(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    import pytest
+
+    from orchestrator.app.tables import load
+    from orchestrator.errors import StorageError
+    from orchestrator.store import schema
+    from orchestrator.store.lease import LEASE_PATH, LeaseRecord, process_start_ticks
+    from orchestrator.store.storage import Storage
+
+    sweep = Storage.from_uri(str(tmp_path / "starting"))
+    sweep.write_table(schema.SWEEP_PATH, schema.to_table([{"name": "starting", "task": "t.py", "seed": 0}],
+                                                         schema.SWEEP))
+    master = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a master still loading data
+    try:
+        now = schema.now_ms()
+        sweep.write_bytes(LEASE_PATH, LeaseRecord("m", socket.gethostname(), master.pid, now, now,
+                                                  pid_start=process_start_ticks(master.pid)).encode())
+        with pytest.raises(StorageError, match=f"has no trials yet: its master \\(process {master.pid} on .*still "
+                                               "starting; ask again"):
+            load(sweep.root)
+    finally:
+        master.kill()
+        master.wait()
+    with pytest.raises(StorageError, match="stopped before it wrote its first trials .*--trust-task-code"):
+        load(sweep.root)  # its master gone, no task manifest: the stored copy is the way
