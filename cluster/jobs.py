@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.errors import ClusterError, ConfigError
-from orchestrator.store.storage import redact_uri
+from orchestrator.store.storage import redact_uri, split_query
 
 CAVIAR_PACKAGES = ("orchestrator", "worker", "cluster")
 EXCLUDES = [".venv", "venv", "caviar-runs", ".git", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
@@ -209,7 +209,7 @@ def plan_resume_job(sweep: str, task: str, *, run_args: Sequence[str] = (), work
     folder, job_task = _split_task(task, working_dir)
     args = ["-u", "-m", "orchestrator.app.cli", "resume", sweep, "--task", job_task, "--address", "auto",
             "--executor", "ray", "--plain", *run_args]
-    name = sweep.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    name = split_query(sweep)[0].rstrip("/").rsplit("/", 1)[-1]
     results = redact_uri(sweep)
     metadata = {"caviar_sweep": name, "caviar_results": results, "caviar_resume": "1"}
     sweep_dir = sweep.removeprefix("file://") if is_local_path(sweep) else None
@@ -218,7 +218,7 @@ def plan_resume_job(sweep: str, task: str, *, run_args: Sequence[str] = (), work
 
 def _child_uri(uri: str, name: str) -> str:
     """As ``Storage.child`` names it: ``s3://b/p?q`` -> ``s3://b/p/name?q``."""
-    base, sep, query = uri.partition("?")
+    base, sep, query = split_query(uri)
     return f"{base.rstrip('/')}/{name}{sep}{query}"
 
 

@@ -12,7 +12,9 @@ from orchestrator.app.cli_common import StorageOption, SweepArg, app, fail
 
 def default_report_file(sweep: str) -> str:
     """``NAME-report.html`` in the working directory, NAME the sweep's last path part (a URI's query left out)."""
-    path = sweep.partition("?")[0]
+    from orchestrator.store.storage import split_query
+
+    path = split_query(sweep)[0]
     if "://" not in path:  # "." inside the sweep folder, "../digits": the folder's own name, never ".-report.html"
         path = os.path.abspath(path)
     name = path.rstrip("/").rsplit("/", 1)[-1] or "sweep"

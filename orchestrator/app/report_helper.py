@@ -113,9 +113,9 @@ def write_report_of(sweep_uri: str, tables: Any = None) -> str:
 
 
 def report_location(sweep_uri: str) -> str:
-    from orchestrator.store.storage import redact_uri
+    from orchestrator.store.storage import redact_uri, split_query
 
-    return f"{redact_uri(sweep_uri).partition('?')[0].rstrip('/')}/{REPORT_FILE}"
+    return f"{split_query(redact_uri(sweep_uri))[0].rstrip('/')}/{REPORT_FILE}"
 
 
 def _warm_up() -> None:

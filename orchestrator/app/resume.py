@@ -40,7 +40,7 @@ from orchestrator.spec.options import ResumeOptions
 from orchestrator.spec.settings import RunSettings
 from orchestrator.store import schema
 from orchestrator.store.lease import Lease
-from orchestrator.store.storage import Storage, redact_uri
+from orchestrator.store.storage import Storage, redact_uri, split_query
 from orchestrator.store.sweeps import not_a_sweep
 
 # What may change when a sweep resumes: where and how wide it runs, never what it searches.
@@ -174,7 +174,7 @@ def resume_settings(
                 f"(resume accepts {', '.join(sorted(RESUMABLE_SETTINGS))})"
             )
     if "://" in storage.uri:  # s3://bucket/prefix/name?endpoint_override=...: the name sits before the query
-        base, sep, query = storage.uri.partition("?")
+        base, sep, query = split_query(storage.uri)
         root_base, _, name = base.rstrip("/").rpartition("/")
         root_uri = f"{root_base}{sep}{query}"
     else:  # absolute, so workers find it whatever their working directory

@@ -48,6 +48,9 @@ def _refuse_a_mistyped_uri(uri: str) -> None:
     """``s3:/bucket`` (one slash), or a query on a path without a scheme, would be taken for a local folder: a sweep
     trained and written to ``./s3:/...`` on this disk, the URI's secret in a folder name."""
     if "://" in uri:
+        if "#" in uri:  # s3://b/a#b/p?endpoint_override=...: pyarrow drops the rest, query and all, as a fragment
+            raise StorageError(f"storage {redact_uri(uri)!r}: a '#' in a URI starts a fragment and cuts off what "
+                               "follows it (the rest of the path and the query); write a '#' in a name as %23")
         return
     mistyped = _SCHEME_ONE_SLASH.match(uri)
     if mistyped:
@@ -57,6 +60,12 @@ def _refuse_a_mistyped_uri(uri: str) -> None:
     if "?" in uri and "=" in uri.partition("?")[2]:
         raise StorageError(f"storage {redact_uri(uri)!r}: a query (?...=...) belongs to a URI such as "
                            "s3://bucket/prefix?endpoint_override=...; a local folder is a plain path")
+
+
+def split_query(uri: str) -> tuple[str, str, str]:
+    """``(base, "?", query)`` of a URI (``s3://b/p?endpoint_override=...``); a local path is all base: a ``?`` in a
+    folder's name is part of the name there."""
+    return uri.partition("?") if "://" in uri else (uri, "", "")
 
 
 def check_name(kind: str, name: str) -> str:
@@ -156,7 +165,7 @@ class Storage:
         return self.uri if "://" in self.uri else self.root
 
     def child(self, name: str) -> Storage:
-        base, sep, query = self.uri.partition("?")  # s3://b/p?endpoint_override=...: the name goes before the query
+        base, sep, query = split_query(self.uri)  # s3://b/p?endpoint_override=...: the name goes before the query
         return Storage(self.fs, self.path(name), f"{base.rstrip('/')}/{name}{sep}{query}")
 
     def path(self, rel: str) -> str:

@@ -103,3 +103,16 @@ def test_commands_on_s3_uris_never_print_the_secret(s3_server):
         done = subprocess.run([caviar, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
         assert SECRET not in done.stdout + done.stderr, (args, done.stdout, done.stderr)
         assert f"{ACCESS_KEY}:***@" in done.stdout + done.stderr, (args, done.stdout, done.stderr)
+
+
+def test_percent_encoded_special_characters_in_an_s3_prefix_name_the_same_keys_through_child(s3_server):
+    """`%3F`, `%23`, `%20` and `%25` in a prefix: a sweep's URI (``child``) opens the keys its root wrote under."""
+    port, client = s3_server
+    query = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    for encoded, key in (("what%3F", "what?"), ("runs%20%232", "runs #2"), ("100%25", "100%")):
+        root = Storage.from_uri(f"s3://{ACCESS_KEY}:{SECRET}@{BUCKET}/{encoded}{query}")
+        sweep = root.child("digits")
+        sweep.write_bytes("sweep/sweep.parquet", b"x")
+        assert Storage.from_uri(sweep.uri).exists("sweep/sweep.parquet") and root.exists("digits/sweep/sweep.parquet")
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=f"{key}/")["Contents"]]
+        assert f"{key}/digits/sweep/sweep.parquet" in keys, keys

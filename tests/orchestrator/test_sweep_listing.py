@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
+from orchestrator.errors import StorageError
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
 from orchestrator.store.sweeps import list_sweeps, resolve_sweep
@@ -42,3 +45,48 @@ def test_ls_of_a_sweep_folder_says_it_is_a_sweep(tmp_path):
     assert done.stderr.strip() == (f"caviar: error: '{tmp_path / 'digits'}' is a sweep, not a storage folder of "
                                    f"sweeps: caviar status {tmp_path / 'digits'} shows it, caviar ls of the folder "
                                    "above lists it with the others")
+
+
+@pytest.mark.parametrize("folder", ["what?", "runs #2", "100% done", "my runs"])
+def test_a_storage_folder_with_url_special_characters_names_its_sweeps_where_they_are(tmp_path, folder):
+    """A `?` in a local folder's name was taken for a URI's query: `runs?/digits` became `runs/digits?`, and status,
+    load and the report's path all looked in a folder that does not exist."""
+    from orchestrator.app.report_helper import report_location
+    from orchestrator.app.tables import open_sweep
+
+    storage = tmp_path / folder
+    write_sweep(storage / "digits", "digits")
+    sweep = Storage.from_uri(str(storage)).child("digits")
+    assert sweep.uri == str(storage / "digits") and sweep.root == str(storage / "digits")
+    assert resolve_sweep("digits", str(storage)) == str(storage / "digits")
+    assert open_sweep(sweep.uri).root == str(storage / "digits")
+    assert report_location(sweep.uri) == str(storage / "digits" / "report.html")
+
+
+def test_a_hash_in_an_object_store_uri_is_refused_before_it_cuts_off_the_query():
+    """`s3://b/runs#2/x?endpoint_override=...`: pyarrow reads `#2/x?...` as a fragment, so the sweep would have gone
+    to prefix `runs` on the default endpoint (AWS itself), not to the server the query names."""
+    with pytest.raises(StorageError, match="'#' in a URI starts a fragment.*%23"):
+        Storage.from_uri("s3://KEY:SECRET@bucket/runs#2/x?endpoint_override=127.0.0.1:9&scheme=http")
+
+
+def test_a_real_run_into_a_folder_named_with_a_question_mark_reads_back_and_names_its_report(tmp_path):
+    """Before: the run trained and wrote `what?/tiny`, then failed reading it back ('what/tiny?' is not a caviar sweep
+    directory), and `caviar status tiny --storage 'what?'` said the same."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, TINY_TASK
+
+    caviar = os.path.join(os.path.dirname(sys.executable), "caviar")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    storage = str(tmp_path / "what?")
+    run = subprocess.run([caviar, "run", TINY_TASK, "--trials", "2", "--epochs", "1", "--stages", "1", "--slots", "1",
+                          "--storage", storage, "--name", "tiny", "--executor", "processes", "--plain"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"Report: {storage}/tiny/report.html" in run.stdout and os.path.exists(f"{storage}/tiny/report.html")
+    status = subprocess.run([caviar, "status", "tiny", "--storage", storage], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert status.returncode == 0 and "sweep tiny" in status.stdout, status.stderr
