@@ -401,6 +401,9 @@ def test_a_sweep_killed_while_trials_write_their_end_resumes_with_their_checkpoi
         index = stored.read_table(schema.checkpoint_index_path(t["trial_id"]))
         assert index.num_rows and index["metrics"].null_count == 0, t["trial_id"]
         assert stored.exists(schema.predictions_path(t["trial_id"])), t["trial_id"]
+        # the cut-short attempt's weight files that no index named are gone, not left on disk for ever
+        on_disk = set(stored.list_files(f"weights/trial-{t['trial_id']:06d}", suffix=".safetensors"))
+        assert on_disk == set(index["path"].to_pylist()), (t["trial_id"], on_disk)
     best = max(trials, key=lambda t: t["best_score"])
     single = next(e for e in stored.read_table(schema.ENSEMBLES_PATH).to_pylist() if e["method"] == "single")
     assert single["members"][0]["trial_id"] == best["trial_id"]

@@ -72,3 +72,25 @@ def test_an_ema_checkpoints_index_row_holds_the_ema_weights_own_numbers(tmp_path
     assert by_weights[(2, "ema")]["val_loss"] == pytest.approx(rows[-1]["ema_val_loss"], rel=1e-6)
     assert by_weights[(2, "raw")]["score"] == rows[-1]["score"]
     assert best_checkpoint(index)["score"] == max(r["score"] for r in index)
+
+
+def test_a_trial_retrained_after_its_end_was_cut_short_leaves_no_unindexed_weight_files(tmp_path):
+    """Killed between its end's weight files and its index: before, the retrained attempt's index named its own
+    files and the first attempt's stayed on disk, reachable by nothing, for ever."""
+    storage = Storage.from_uri(str(tmp_path))
+    cut = make_run(0)
+    first = TrialRecorder(storage, 0, 0, keep_best=1, checkpoint_seconds=3600.0)  # no persist before the end
+    record(first, cut, 0.9)
+    record(first, cut, 0.5)
+    first.begin_finish(cut)  # weight files written; the kill comes before end_finish writes the index
+    orphans = set(storage.list_files("weights/trial-000000", suffix=".safetensors"))
+    assert orphans and not storage.exists(schema.checkpoint_index_path(0))
+    storage.write_bytes("weights/trial-000000/notes.safetensors", b"the user's")  # not caviar's naming: stays
+
+    run = make_run(1)
+    recorder = TrialRecorder(storage, 0, 1, keep_best=1, checkpoint_seconds=3600.0)
+    recorder.adopt(run.epoch)
+    record(recorder, run, 0.8)
+    index = recorder.finish(run)
+    on_disk = set(storage.list_files("weights/trial-000000", suffix=".safetensors"))
+    assert on_disk == {row["path"] for row in index} | {"weights/trial-000000/notes.safetensors"}

@@ -10,6 +10,7 @@ at a missing file and a resume never starts past its recorded rows.
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from worker.train.predictions import CheckpointResults, check_dtype, write_predi
 from worker.train.trainer import TrialRun
 
 RESUME_FILE = "resume.pt"
+_WEIGHTS_FILE = re.compile(r"a(\d+)-e\d+-(?:raw|ema)\.safetensors")  # schema.weights_path's file name
 
 
 @dataclass
@@ -98,10 +100,10 @@ class TrialRecorder:
         the rest (a lost attempt's "last", epochs it will re-run) are superseded, deleted at the next persist.
         """
         rel = schema.checkpoint_index_path(self.trial_id)
-        if not self.storage.exists(rel):
-            return
+        stored = self.storage.read_table(rel).to_pylist() if self.storage.exists(rel) else []
+        self._remove_unindexed_weights({row["path"] for row in stored})
         by_epoch: dict[int, list[dict[str, Any]]] = {}
-        for row in self.storage.read_table(rel).to_pylist():
+        for row in stored:
             key = (row["epoch"], row["weights"])
             data = self.storage.read_bytes(row["path"]) if self.storage.exists(row["path"]) else None
             if data is None or sha256(data) != row["sha256"]:
@@ -120,6 +122,17 @@ class TrialRecorder:
                                   ema_val_loss=ema.get("val_loss"), ema_val_accuracy=ema.get("val_accuracy")))
         self.best.sort(key=lambda k: (-k.score, k.epoch))
         del self.best[self.keep_best :]
+
+    def _remove_unindexed_weights(self, named: set[str]) -> None:
+        """Earlier attempts' weight files the stored index does not name: written by an end (or a persist) cut
+        short before its index, nothing can reach them, and a retrained trial would leave them on disk for ever.
+        Only files of the ``a<attempt>-e<epoch>-<kind>.safetensors`` form of an earlier attempt go; the resume state
+        and anything else in the folder stay."""
+        folder = f"weights/trial-{self.trial_id:06d}"
+        for path in self.storage.list_files(folder, suffix=".safetensors"):
+            written = _WEIGHTS_FILE.fullmatch(path[len(folder) + 1:])
+            if written and int(written[1]) < self.attempt and path not in named:
+                self.storage.delete(path)
 
     def record(self, run: TrialRun, row: dict[str, Any]) -> None:
         row = {**row, "time": schema.now_ms()}
