@@ -85,6 +85,7 @@ def _load_file(path: str) -> ModuleType:
             if os.path.abspath(getattr(module, "__file__", None) or "") in cached.__caviar_sources__:
                 del sys.modules[name]
         sys.modules.pop(module_name, None)
+        _drop_stale_bytecode(cached.__caviar_sources__)
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise TaskError(f"task {path!r}: not a Python file")
@@ -115,6 +116,23 @@ def _digest(path: str) -> str | None:
             return hashlib.sha256(f.read()).hexdigest()
     except OSError:
         return None
+
+
+def _drop_stale_bytecode(sources: dict[str, str | None]) -> None:
+    """Delete the cached .pyc of every edited source before it is imported again.
+
+    Python takes a .pyc as current while the source's size and mtime in whole seconds match: an edit to the same
+    size within the second (``LR = 0.01`` to ``LR = 0.02``) was imported from the old bytecode. Deleted, the .pyc is
+    written again from the new source, so a worker process that imports the task later reads the new code too.
+    """
+    for path, digest in sources.items():
+        if _digest(path) == digest:
+            continue
+        try:
+            os.remove(importlib.util.cache_from_source(path))
+        except (OSError, NotImplementedError, ValueError):  # none cached, or a folder caviar may not write
+            pass
+    importlib.invalidate_caches()  # a helper created since: the finders' folder listings are cached too
 
 
 def _sources_unchanged(module: ModuleType) -> bool:

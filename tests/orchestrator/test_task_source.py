@@ -273,3 +273,28 @@ def test_the_task_a_load_or_resume_line_names_is_never_a_ray_jobs_temporary_copy
     assert task_file_ref(job_copy) is None and task_file_ref(job_copy + ":task") is None
     assert task_file_ref("examples/digits_mlp.py") == os.path.abspath("examples/digits_mlp.py")
     assert task_file_ref("/abs/task.py:obj") == "/abs/task.py:obj" and task_file_ref("pkg.module") == "pkg.module"
+
+
+@pytest.mark.parametrize("edited", ["helper", "task"])
+def test_an_edit_to_the_same_size_within_one_second_is_read_again_not_taken_from_a_stale_pyc(tmp_path, monkeypatch,
+                                                                                             edited):
+    """Python checks a cached .pyc by the source's size and its mtime in whole seconds: `LR = 0.01` edited to
+    `LR = 0.02` within the second was imported from the old bytecode, so the next sweep ran the old value while its
+    stored copy of the task (and the manifest's sha256) held the new."""
+    import sys
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as a plain `python` writes them
+    helper, task = tmp_path / "same_size_lr.py", tmp_path / "same_size_task.py"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "same_size_lr", raising=False)
+    helper.write_text("LR = 0.01\n")
+    task.write_text("from same_size_lr import LR\nWIDTH = 8\n" + TASK_SOURCE)
+    first = load_task(str(task))
+    assert (first.get("LR"), first.get("WIDTH")) == (0.01, 8)
+    target = helper if edited == "helper" else task
+    before = os.stat(target)
+    target.write_text(target.read_text().replace("LR = 0.01", "LR = 0.02").replace("WIDTH = 8", "WIDTH = 9"))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # the same second, as a quick second save gives
+    assert os.stat(target).st_size == before.st_size
+    second = load_task(str(task))
+    assert (second.get("LR"), second.get("WIDTH")) == ((0.02, 8) if edited == "helper" else (0.01, 9))
