@@ -9,6 +9,7 @@ stores (S3, GCS) make a PUT visible only when it completes, so there we write di
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 from orchestrator.errors import StorageError
 
 T = TypeVar("T")
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}  # a file system that keeps no locks
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError)
@@ -254,7 +256,13 @@ class Storage:
         except OSError as exc:
             raise StorageError(f"locking {target}: {exc}") from None
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX)  # POSIX record lock: also held across NFS clients (lockd / NFSv4)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)  # POSIX record lock: also held across NFS clients (lockd / NFSv4)
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS:
+                    raise StorageError(f"locking {target}: {exc}") from None
+                # A mount without locks (an NFS without lockd, a FUSE bucket): the check and write go on unlocked,
+                # as on an object store.
             yield
         finally:
             os.close(fd)  # closing releases the lock

@@ -105,3 +105,19 @@ def test_two_resumes_started_in_the_same_instant_exactly_one_takes_the_lease(tmp
         assert read_lease(storage).owner == took[0]
         refused = next(answer for answer in answers if not answer.startswith("took "))
         assert "is being written by process" in refused or "is taken by another caviar run" in refused, refused
+
+
+def test_a_mount_without_locks_takes_the_lease_over_unlocked_as_before(tmp_path, monkeypatch):
+    """A FUSE bucket or an NFS without lockd answers the lock with ENOLCK: resume goes on (as on an object store)
+    rather than stopping on a traceback."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    storage = Storage.from_uri(str(tmp_path / "sweep"))
+    storage.write_bytes(LEASE_PATH, LeaseRecord("gone", socket.gethostname(), 1, 0, 0, released=True).encode())
+    lease = Lease.take_over(storage)
+    assert read_lease(storage).owner == lease.record.owner
