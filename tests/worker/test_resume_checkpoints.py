@@ -94,3 +94,39 @@ def test_a_trial_retrained_after_its_end_was_cut_short_leaves_no_unindexed_weigh
     index = recorder.finish(run)
     on_disk = set(storage.list_files("weights/trial-000000", suffix=".safetensors"))
     assert on_disk == {row["path"] for row in index} | {"weights/trial-000000/notes.safetensors"}
+
+
+def test_the_readmes_latest_attempt_filter_keeps_one_row_per_epoch_of_a_retrained_trial(tmp_path):
+    """An epoch run again by a later attempt has a row per attempt in the folder: DuckDB and Polars users averaging
+    it counted it twice; the README's filters (run here as printed) keep the row `load()` keeps."""
+    import os
+    import re
+
+    import duckdb
+    import polars as pl
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    [duckdb_filter] = re.findall(r"`(qualify row_number\(\) over \(partition by trial_id, epoch order by\s+attempt "
+                                 r"desc\) = 1)`", readme)
+    assert '`.sort("attempt").unique(["trial_id", "epoch"], keep="last")`' in readme
+    storage = Storage.from_uri(str(tmp_path))
+    cut = make_run(0)
+    first = TrialRecorder(storage, 0, 0, keep_best=1, checkpoint_seconds=3600.0)
+    record(first, cut, 0.9)
+    record(first, cut, 0.5)
+    first.begin_finish(cut)  # its end cut short: the trial is trained again from the start
+    run = make_run(1)
+    again = TrialRecorder(storage, 0, 1, keep_best=1, checkpoint_seconds=3600.0)
+    again.adopt(run.epoch)
+    record(again, run, 0.8)
+    record(again, run, 0.7)
+    again.finish(run)
+    folder = f"read_parquet('{tmp_path}/metrics/*.parquet')"
+    assert duckdb.sql(f"select count(*) from {folder}").fetchall() == [(4,)]  # both attempts' rows are kept
+    latest = duckdb.sql(f"select epoch, attempt, score from {folder} {' '.join(duckdb_filter.split())} order by epoch")
+    assert latest.fetchall() == [(1, 1, 0.8), (2, 1, 0.7)]
+    frame = pl.read_parquet(str(tmp_path / "metrics")).sort("attempt").unique(["trial_id", "epoch"], keep="last")
+    assert sorted(frame.select("epoch", "attempt").rows()) == [(1, 1), (2, 1)]
+    schema_row = schema.effective_metrics(schema.read_dir(storage, "metrics", schema.METRICS))
+    assert schema_row.select(["epoch", "attempt"]).to_pylist() == [{"epoch": 1, "attempt": 1},
+                                                                    {"epoch": 2, "attempt": 1}]
