@@ -30,6 +30,7 @@ from orchestrator.errors import StorageError
 
 T = TypeVar("T")
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}  # a file system that keeps no locks
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError)
@@ -212,24 +213,37 @@ class Storage:
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         """Write ``rel`` only if no file is there; False when one is (another writer got there first).
 
-        On a local (or NFS v3+) file system ``O_CREAT | O_EXCL`` makes the check and the create one
-        step. pyarrow's object-store file systems have no conditional PUT, so there it is
-        check-then-write followed by a read-back: of two writers racing inside the same
-        read-after-write window both could pass; :mod:`orchestrator.store.lease` narrows that with the
-        read-back of its owner id (docs/RELIABILITY.md).
+        On a local (or NFS v3+) file system the bytes go to a temp file first, then a hard link puts it in
+        place only if no file is there: one step, and the file appears whole. A write that fails (a full
+        disk) or is killed leaves no half-written file that would block the name for good. Where a file
+        system has no hard links, ``O_CREAT | O_EXCL`` makes the check and the create one step. pyarrow's
+        object-store file systems have no conditional PUT, so there it is check-then-write followed by a
+        read-back: of two writers racing inside the same read-after-write window both could pass;
+        :mod:`orchestrator.store.lease` narrows that with the read-back of its owner id (docs/RELIABILITY.md).
         """
         target = self.path(rel)
         if isinstance(self.fs, pafs.LocalFileSystem):
-            os.makedirs(posixpath.dirname(target), exist_ok=True)
+            tmp = posixpath.join(self._staging_dir(rel), f".{posixpath.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
             try:
-                fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
+                os.makedirs(posixpath.dirname(target), exist_ok=True)
+                with open(tmp, "wb") as out:
+                    out.write(data)
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    return False
+                except OSError as exc:
+                    if exc.errno not in _NO_HARD_LINKS:
+                        raise
+                    return _create_excl(target, data)
+                return True
             except OSError as exc:
                 raise StorageError(f"writing {target}: {exc}") from None
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            return True
+            finally:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
         if self.exists(rel):
             return False
         self.write_bytes(rel, data)
@@ -329,6 +343,21 @@ class Storage:
             self.delete(probe)
         except (StorageError, OSError) as exc:
             raise StorageError(f"storage {redact_uri(self.uri)!r} is not writable: {exc}") from None
+
+
+def _create_excl(target: str, data: bytes) -> bool:
+    """``O_CREAT | O_EXCL``, for a file system without hard links; a failed write removes what it created."""
+    try:
+        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+    except BaseException:
+        os.unlink(target)
+        raise
+    return True
 
 
 def sha256(data: bytes) -> str:

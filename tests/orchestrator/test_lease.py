@@ -121,3 +121,34 @@ def test_a_mount_without_locks_takes_the_lease_over_unlocked_as_before(tmp_path,
     storage.write_bytes(LEASE_PATH, LeaseRecord("gone", socket.gethostname(), 1, 0, 0, released=True).encode())
     lease = Lease.take_over(storage)
     assert read_lease(storage).owner == lease.record.owner
+
+
+FULL_DISK_CLAIM = """
+import resource, signal, sys
+from orchestrator.errors import StorageError
+from orchestrator.store.lease import Lease
+from orchestrator.store.storage import Storage
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit a write fails (EFBIG), as a full disk fails it
+storage = Storage.from_uri(sys.argv[1])
+storage.fs.create_dir(storage.root, recursive=True)
+resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))  # the lease's first 16 bytes fit, the rest does not
+try:
+    Lease.create(storage)
+except StorageError as refused:
+    print("refused:", refused)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE stands in for a full disk")
+def test_a_lease_whose_write_fails_leaves_no_half_file_that_blocks_the_name(tmp_path):
+    """Before: the lease was created, then its write failed (a full disk), and the half-written `_lease.json` stayed:
+    `caviar run` said the sweep already exists, and `--overwrite` and `resume` stopped on 'not a readable lease'
+    until the user deleted the file by hand. Now the lease appears whole or not at all."""
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_CLAIM, str(sweep)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.stdout.startswith("refused: writing ") and "_lease.json" in done.stdout, done.stdout + done.stderr
+    assert not (sweep / LEASE_PATH).exists() and not [p.name for p in sweep.iterdir()]  # no temp file either
+    lease = Lease.create(Storage.from_uri(str(sweep)))  # the disk has room again: the name is free
+    assert read_lease(lease.storage).owner == lease.record.owner
