@@ -146,13 +146,9 @@ class Lease:
     def take_over(cls, storage: Storage, then: str = "caviar resume continues a sweep whose master is gone") -> Lease:
         """Resume (or --overwrite): the lease passes to this process, unless its owner still writes the sweep.
         ``then``: what the refusal says happens once that owner is stopped."""
+        _refuse_a_live_holder(storage, then)  # before the lock: a refused resume leaves the folder as it was
         with storage.locked(LOCK_PATH):  # two resumes started together: the second reads the first's live lease
-            current = read_lease(storage)
-            if current is not None and holder_alive(current):
-                raise StorageError(
-                    f"sweep {redact_uri(storage.uri)!r} is being written by process {current.pid} on "
-                    f"{current.host}; stop it first ({then})"
-                )
+            current = _refuse_a_live_holder(storage, then)
             lease = cls(storage, _new_record())
             began = time.monotonic()
             if current is None:  # no lease to replace: a `run` claiming the name at this moment must win or lose whole
@@ -184,6 +180,17 @@ class Lease:
     def release(self) -> None:
         self.record.released = True
         self.beat(force=True)
+
+
+def _refuse_a_live_holder(storage: Storage, then: str) -> LeaseRecord | None:
+    """The sweep's lease, unless its owner may still be writing: then one line naming it."""
+    current = read_lease(storage)
+    if current is not None and holder_alive(current):
+        raise StorageError(
+            f"sweep {redact_uri(storage.uri)!r} is being written by process {current.pid} on "
+            f"{current.host}; stop it first ({then})"
+        )
+    return current
 
 
 def _taken_by(storage: Storage) -> str:

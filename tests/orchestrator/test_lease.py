@@ -51,6 +51,7 @@ def test_a_lease_held_by_its_live_process_still_refuses_a_second_writer(tmp_path
     assert master_alive(storage)
     with pytest.raises(StorageError, match=f"is being written by process {other_process.pid}"):
         Lease.take_over(storage)
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [LEASE_PATH]  # a refusal writes nothing
 
 
 def test_a_lease_records_its_masters_start_and_one_from_before_that_holds_by_its_process_id(tmp_path, other_process):
