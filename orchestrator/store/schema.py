@@ -385,6 +385,9 @@ def events_part_path(first_seq: int) -> str:
 # -- reading tables --------------------------------------------------------------------
 
 
+READ_DIR_ATTEMPTS = 5  # listings read again while a compaction replaces a folder's files
+
+
 def read_dir(storage: Storage, rel_dir: str, schema: pa.Schema | None = None) -> pa.Table | None:
     """Every Parquet file under ``rel_dir`` as one table; ``None`` when there are none.
 
@@ -394,21 +397,27 @@ def read_dir(storage: Storage, rel_dir: str, schema: pa.Schema | None = None) ->
     """
     import pyarrow.dataset as pads  # half a second to import: only readers pay it
 
-    files = storage.list_files(rel_dir)
-    if not files:
-        return None if schema is None else schema.empty_table()
-    try:
-        verified = pads.ParquetFileFormat(  # a flipped bit in a page fails the read, as in Storage.read_table
-            default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True)
-        )
-        factory = pads.FileSystemDatasetFactory(
-            storage.fs, [storage.path(f) for f in files], verified, pads.FileSystemFactoryOptions()
-        )
-        return factory.finish(schema or factory.inspect()).to_table()
-    except Exception:  # damaged bytes fail in many ways (ArrowInvalid, OSError, UnicodeDecodeError...)
-        # Name the culprit (a corrupt file, or one a compaction removed meanwhile) the way a single read does.
-        tables = [storage.read_table(f) for f in storage.list_files(rel_dir)]
-        return pa.concat_tables(tables, promote_options="default") if tables else None
+    verified = pads.ParquetFileFormat(  # a flipped bit in a page fails the read, as in Storage.read_table
+        default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True)
+    )
+    for _ in range(READ_DIR_ATTEMPTS):
+        files = storage.list_files(rel_dir)
+        if not files:
+            return None if schema is None else schema.empty_table()
+        try:
+            factory = pads.FileSystemDatasetFactory(
+                storage.fs, [storage.path(f) for f in files], verified, pads.FileSystemFactoryOptions()
+            )
+            return factory.finish(schema or factory.inspect()).to_table()
+        except Exception:  # damaged bytes fail in many ways (ArrowInvalid, OSError, UnicodeDecodeError...)
+            # A trial's end folds its parts into one file, then deletes them: a part listed a moment ago may be gone.
+            # The folded file was written first, so the folder listed again holds every row: read that.
+            if storage.list_files(rel_dir) == files:
+                break
+            time.sleep(0.05)
+    # Name the culprit (a corrupt file) the way a single read does.
+    tables = [storage.read_table(f) for f in storage.list_files(rel_dir)]
+    return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
 def effective_metrics(table: pa.Table) -> pa.Table:

@@ -165,3 +165,37 @@ def test_a_diverged_epochs_nan_score_is_kept_and_the_readmes_filter_ranks_the_fi
     assert duckdb.sql(f"select count(*) from {files} where isnan(score)").fetchall() == [(1,)]  # NaN, not null
     ranked = duckdb.sql(f"select trial_id from {files} {' '.join(duckdb_filter.split())} order by score desc")
     assert ranked.fetchall() == [(3,), (1,)]
+
+
+def test_a_folder_read_while_a_trial_end_folds_its_parts_reads_the_folded_file(tmp_path):
+    """`caviar status` (or `load`) while a trial's end folded its metric parts into one file and deleted them one by
+    one: a part listed a moment before was gone when read, and the read failed with '...a0.p0001.parquet: no such
+    file'. Here the end's steps (real files) run between the reader's listings and reads, as the other process's do."""
+    import pyarrow as pa
+
+    parts = [schema.metrics_part_path(7, 0, part) for part in range(3)]
+
+    def fold_and_delete_the_first_part(storage):
+        folded = pa.concat_tables([storage.read_table(p) for p in parts])
+        storage.write_table(schema.metrics_path(7), folded)
+        storage.delete(parts[0])
+
+    def delete_the_other_parts(storage):
+        for part in parts[1:]:
+            storage.delete(part)
+
+    class EndsMeanwhile(Storage):
+        steps = [fold_and_delete_the_first_part, delete_the_other_parts]
+
+        def list_files(self, rel_dir, suffix=".parquet"):
+            listed = super().list_files(rel_dir, suffix)
+            if self.steps:
+                self.steps.pop(0)(self)  # the trial's end goes on after this listing, before its files are read
+            return listed
+
+    storage = EndsMeanwhile.from_uri(str(tmp_path))
+    storage.write_table(schema.metrics_path(3), schema.to_table([metric_row(3, 1)], schema.METRICS))
+    for epoch, part in enumerate(parts, start=1):
+        storage.write_table(part, schema.to_table([metric_row(7, epoch)], schema.METRICS))
+    table = schema.effective_metrics(schema.read_dir(storage, "metrics", schema.METRICS))
+    assert [(r["trial_id"], r["epoch"]) for r in table.to_pylist()] == [(3, 1), (7, 1), (7, 2), (7, 3)]
