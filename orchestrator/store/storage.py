@@ -54,6 +54,9 @@ def _refuse_a_mistyped_uri(uri: str) -> None:
         if "#" in uri:  # s3://b/a#b/p?endpoint_override=...: pyarrow drops the rest, query and all, as a fragment
             raise StorageError(f"storage {redact_uri(uri)!r}: a '#' in a URI starts a fragment and cuts off what "
                                "follows it (the rest of the path and the query); write a '#' in a name as %23")
+        if uri.lower().startswith("file://") and "?" in uri:  # pyarrow drops it: the sweep would go to another folder
+            raise StorageError(f"storage {redact_uri(uri)!r}: a file:// URI takes no query, so what follows '?' "
+                               "would be dropped from the path; write a '?' in a name as %3F, or give a plain path")
         return
     mistyped = _SCHEME_ONE_SLASH.match(uri)
     if mistyped:

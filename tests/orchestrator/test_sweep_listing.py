@@ -70,6 +70,13 @@ def test_a_hash_in_an_object_store_uri_is_refused_before_it_cuts_off_the_query()
         Storage.from_uri("s3://KEY:SECRET@bucket/runs#2/x?endpoint_override=127.0.0.1:9&scheme=http")
 
 
+def test_a_question_mark_in_a_file_uri_is_refused_and_its_percent_encoding_names_the_folder(tmp_path):
+    """pyarrow drops a file:// URI's query: `file:///data/what?/runs` wrote to `/data/what`."""
+    with pytest.raises(StorageError, match="file:// URI takes no query.*%3F"):
+        Storage.from_uri(f"file://{tmp_path}/what?/runs")
+    assert Storage.from_uri(f"file://{tmp_path}/what%3F/runs").child("digits").root == f"{tmp_path}/what?/runs/digits"
+
+
 def test_a_real_run_into_a_folder_named_with_a_question_mark_reads_back_and_names_its_report(tmp_path):
     """Before: the run trained and wrote `what?/tiny`, then failed reading it back ('what/tiny?' is not a caviar sweep
     directory), and `caviar status tiny --storage 'what?'` said the same."""
