@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.errors import ClusterError, ConfigError
+from orchestrator.spec.task_source import SUBMITTED_FROM_ENV, TASK_DIR
 from orchestrator.store.storage import redact_uri, split_query
 
 CAVIAR_PACKAGES = ("orchestrator", "worker", "cluster")
@@ -159,7 +160,8 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
     if job_task.partition(":")[0].endswith(".py"):  # `caviar stop` names it when the sweep's copy cannot resume alone
         metadata["caviar_task"] = os.path.join(folder, job_task)
     sweep_dir = os.path.join(storage.removeprefix("file://"), name) if is_local_path(storage) else None
-    return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar, sweep_dir), name, results, metadata)
+    return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar, sweep_dir, folder), name, results,
+                   metadata)
 
 
 def storage_excludes(folder: str, sweep_dir: str | None) -> list[str]:
@@ -176,11 +178,13 @@ def storage_excludes(folder: str, sweep_dir: str | None) -> list[str]:
     return ["/" + rel.replace(os.sep, "/")]
 
 
-def _runtime_env(folder: str, ship_caviar: bool, sweep_dir: str | None = None) -> dict[str, Any]:
+def _runtime_env(folder: str, ship_caviar: bool, sweep_dir: str | None, shown_as: str) -> dict[str, Any]:
+    """``shown_as``: the folder the master's errors name for its working folder (Ray's temporary copy of ``folder``)."""
     runtime_env: dict[str, Any] = {"working_dir": folder, "excludes": EXCLUDES + storage_excludes(folder, sweep_dir),
                                    # `caviar stop` sends SIGTERM; the master gets this long to write its
                                    # tables before Ray's SIGKILL (Ray's default is 3 s)
-                                   "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_SECONDS)}}
+                                   "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_SECONDS),
+                                                SUBMITTED_FROM_ENV: shown_as}}
     requirements = _requirements(folder)
     if requirements:
         runtime_env["pip"] = requirements
@@ -197,13 +201,13 @@ def check_resume_target(sweep: str) -> None:
 
 
 def plan_resume_job(sweep: str, task: str, *, run_args: Sequence[str] = (), working_dir: str | None = None,
-                    ship_caviar: bool = True, python: str | None = None) -> JobPlan:
+                    ship_caviar: bool = True, python: str | None = None, stored_copy: bool = False) -> JobPlan:
     """A job that continues the sweep at ``sweep`` on the cluster, as ``caviar submit`` runs a new one.
 
     The master runs ``caviar resume SWEEP --task TASK --address auto --executor ray --plain``; ``task`` travels
     with its folder (the user's file, or the sweep's verified stored copy staged in a folder of
-    its own: :func:`orchestrator.spec.task_source.copy_stored_task`), so every node imports the
-    same bytes.
+    its own: :func:`orchestrator.spec.task_source.copy_stored_task`, ``stored_copy``), so every node imports the
+    same bytes. The master's errors name the user's folder, or the sweep's task copy for a stored one.
     """
     check_resume_target(sweep)
     folder, job_task = _split_task(task, working_dir)
@@ -213,7 +217,9 @@ def plan_resume_job(sweep: str, task: str, *, run_args: Sequence[str] = (), work
     results = redact_uri(sweep)
     metadata = {"caviar_sweep": name, "caviar_results": results, "caviar_resume": "1"}
     sweep_dir = sweep.removeprefix("file://") if is_local_path(sweep) else None
-    return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar, sweep_dir), name, results, metadata)
+    shown_as = f"{results.partition('?')[0].rstrip('/')}/{TASK_DIR}" if stored_copy else folder
+    return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar, sweep_dir, shown_as), name, results,
+                   metadata)
 
 
 def _child_uri(uri: str, name: str) -> str:

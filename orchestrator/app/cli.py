@@ -22,7 +22,9 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # click's usage errors come here, to be printed as one line
     except CaviarError as exc:  # masked as a whole: an SDK's text inside it may repeat a URI with its secret
-        typer.echo(redact_uri(f"caviar: error: {exc}"), err=True)
+        from orchestrator.spec.task_source import as_submitted
+
+        typer.echo(redact_uri(as_submitted(f"caviar: error: {exc}")), err=True)
         sys.exit(2)
     except usage_error as exc:  # a bad option value, an unknown option or verb, a missing argument
         if type(exc).__name__ == "NoArgsIsHelpError":  # `caviar` alone: the help, as before

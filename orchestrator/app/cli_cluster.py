@@ -183,7 +183,7 @@ def resume_plan(sweep: str, task: str | None, trust_task_code: bool, *, slots: i
         ref = copy_stored_task(storage, staged.name, trust_task_code=trust_task_code)
         stored_file = ref.startswith(staged.name)  # else a module task, imported from the folder that travels
         plan = plan_resume_job(sweep, ref, run_args=args, ship_caviar=ship_caviar, python=python,
-                               working_dir=None if stored_file else working_dir)
+                               working_dir=None if stored_file else working_dir, stored_copy=stored_file)
     except BaseException:
         staged.cleanup()
         raise

@@ -33,6 +33,9 @@ from orchestrator.store.storage import Storage, redact_uri, sha256
 
 TASK_DIR = "task"
 MANIFEST_PATH = "task/manifest.json"
+# A submitted job's master runs in Ray's unpacked copy of the task's folder (/tmp/ray/session_.../runtime_resources/
+# working_dir_files/_ray_pkg_.../): `caviar submit` names the folder the user submitted here, for its messages.
+SUBMITTED_FROM_ENV = "CAVIAR_SUBMITTED_FROM"
 TRUST_HINT = "pass your own task (task=... / --task FILE) or opt in to the sweep's stored copy " \
              "(trust_task_code=True / --trust-task-code)"
 
@@ -48,6 +51,16 @@ class TaskManifest:
     # Modules under the task file's folder that the task imports ("models/resnet.py" -> sha256): not copied, but
     # a resume with one of them edited would mix two versions of the code as an edited task file would.
     modules: dict[str, str] | None = None
+
+
+def as_submitted(text: str) -> str:
+    """``text`` with a submitted job's working folder (Ray's temporary copy) named as the folder the user submitted,
+    so an error names a file the user can open; unchanged outside a job."""
+    submitted = os.environ.get(SUBMITTED_FROM_ENV)
+    if not submitted:
+        return text
+    here = os.getcwd().rstrip(os.sep) + os.sep
+    return text.replace(here, submitted.rstrip(os.sep) + os.sep)
 
 
 def _is_file_ref(target: str) -> bool:

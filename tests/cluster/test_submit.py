@@ -283,3 +283,38 @@ def test_a_config_file_with_a_bad_setting_is_refused_before_the_job_is_sent(tmp_
     assert "setting 'trials': 8, but plan '4x2' gives 4" in one_error_line(caviar(*submit, "--trials", "8"))
     config.write_text('[run]\nsampler = "mine"\nexecutor = "processes"\n')  # the task may register it; the job sets ray
     assert "cannot reach its Job API" in one_error_line(caviar(*submit))
+
+
+REGRESSION_TASK = '''
+import numpy as np
+from torch import nn
+from orchestrator.search.space import loguniform
+
+space = {"lr": loguniform(1e-3, 1e-1), "batch_size": 32, "optimizer": "adam"}
+kind = "regression"
+
+
+def load_data():
+    raise FileNotFoundError("sensors.csv")
+
+
+def build_model(config):
+    return nn.Linear(5, 1)
+'''
+
+
+def test_a_failed_job_names_the_task_file_as_submitted(ray_cluster, tmp_path):
+    """The job's master loads the task from Ray's unpacked copy of its folder: its error named
+    /tmp/ray/session_.../runtime_resources/working_dir_files/_ray_pkg_.../task.py, a file the user cannot find.
+    Now it names the file that was submitted."""
+    project = tmp_path / "sensors"
+    project.mkdir()
+    task = project / "sensor_regression.py"
+    task.write_text(REGRESSION_TASK)
+    failed = caviar("submit", str(task), "--address", ray_cluster.dashboard, "--storage", str(tmp_path / "runs"),
+                    "--name", "sensors", "--trials", "2", "--epochs", "1", "--shared-storage", "--follow")
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-2000:]
+    error = next(line for line in failed.stdout.splitlines() if line.startswith("caviar: error: "))
+    assert error.startswith(f"caviar: error: task '{task}': load_data raised FileNotFoundError"), error
+    assert "runtime_resources" not in failed.stdout + failed.stderr
+
