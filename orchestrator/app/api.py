@@ -50,11 +50,20 @@ def prepare_storage(settings: RunSettings, task: Task) -> tuple[Storage, Storage
     root = Storage.from_uri(settings.storage)
     root.check_writable()
     sweep = root.child(name)
-    if not settings.overwrite and (sweep.exists(schema.SWEEP_PATH) or sweep.exists(LEASE_PATH)):
+    refuse_a_taken_name(sweep, settings.overwrite)
+    return root, sweep, name
+
+
+def is_taken(sweep: Storage) -> bool:
+    return sweep.exists(schema.SWEEP_PATH) or sweep.exists(LEASE_PATH)
+
+
+def refuse_a_taken_name(sweep: Storage, overwrite: bool) -> None:
+    """A new sweep never lands on an earlier one (or one being written) unless ``overwrite`` says so."""
+    if not overwrite and is_taken(sweep):
         raise StorageError(
             f"sweep {redact_uri(sweep.uri)!r} already exists (pass --overwrite to replace it, or another --name)"
         )
-    return root, sweep, name
 
 
 def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:

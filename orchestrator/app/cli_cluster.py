@@ -123,6 +123,7 @@ def submit(
     args = run_args(options, resource, config) + (["--no-ensemble"] if ensemble is False else [])
     job_plan = plan_job(task, storage=storage, name=name, run_args=args, config=config, working_dir=working_dir,
                         ship_caviar=ship_caviar, python=python)
+    refuse_a_taken_name_here(storage, job_plan.name, overwrite)
     jobs = Jobs(address)
     if is_local_path(storage) and not shared_storage:
         nodes = jobs.alive_nodes()
@@ -132,6 +133,23 @@ def submit(
     if redact_uri(storage) != storage:
         _warn_credentials("storage")
     _submit(jobs, job_plan, follow)
+
+
+def refuse_a_taken_name_here(storage: str, name: str, overwrite: bool) -> None:
+    """The job's master refuses a taken ``--name``, but only after the task's folder was uploaded and a job
+    started: when this machine reads the storage, the same refusal comes now."""
+    from orchestrator.app.api import is_taken, refuse_a_taken_name
+    from orchestrator.store.storage import Storage
+
+    if overwrite:
+        return
+    try:
+        sweep = Storage.from_uri(storage).child(name)
+        taken = is_taken(sweep)
+    except Exception:  # storage this machine does not reach (the cluster's own mount or bucket): the job checks
+        return
+    if taken:
+        refuse_a_taken_name(sweep, overwrite)
 
 
 def _warn_credentials(what: str) -> None:

@@ -318,3 +318,15 @@ def test_a_failed_job_names_the_task_file_as_submitted(ray_cluster, tmp_path):
     assert error.startswith(f"caviar: error: task '{task}': load_data raised FileNotFoundError"), error
     assert "runtime_resources" not in failed.stdout + failed.stderr
 
+
+def test_a_taken_name_is_refused_before_the_task_folder_is_uploaded(ray_cluster, tmp_path):
+    """`caviar submit --name taken` uploaded the task's folder and started a job whose master then refused the
+    name; now the refusal comes first, with nothing sent, when this machine reads the storage."""
+    task = tmp_path / "task.py"
+    task.write_text(REGRESSION_TASK)
+    write_sweep_row(Storage.from_uri(str(tmp_path / "runs")).child("taken"), "task.py")
+    jobs_before = len(ray_cluster.jobs().list())
+    refused = one_error_line(caviar("submit", str(task), "--address", ray_cluster.dashboard, "--storage",
+                                    str(tmp_path / "runs"), "--name", "taken", "--shared-storage"))
+    assert f"sweep '{tmp_path / 'runs' / 'taken'}' already exists" in refused and "--overwrite" in refused
+    assert len(ray_cluster.jobs().list()) == jobs_before  # no job, no upload
