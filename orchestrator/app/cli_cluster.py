@@ -243,14 +243,19 @@ def logs(job: JobArg, address: AddressOpt = None,
 @app.command()
 def stop(job: JobArg, address: AddressOpt = None) -> None:
     """Stop a job: Ray ends its master and actors; the sweep's tables keep everything written so far."""
-    from cluster.jobs import Jobs
+    from cluster.jobs import STOP_GRACE_SECONDS, Jobs
 
     client = Jobs(address)
     if client.stop(job):
         typer.echo(f"stopping job {job}")
         metadata = client.info(job).metadata or {}
         results = metadata.get("caviar_results")
-        if results and stored_task_lacks_modules(results):  # its stored copy alone fails at `import helpers`
+        if results and not metadata.get("caviar_resume") and sweep_begun(results) is False:
+            client.wait(job, timeout=STOP_GRACE_SECONDS + 10)  # its master may still write the sweep as it stops
+        if results and not metadata.get("caviar_resume") and sweep_begun(results) is False:
+            typer.echo(f"its sweep had not begun: nothing was written to {results}, so there is nothing to resume; "
+                       "run it again with `caviar submit` (the same --name is free)")
+        elif results and stored_task_lacks_modules(results):  # its stored copy alone fails at `import helpers`
             task = metadata.get("caviar_task") or "TASK"
             typer.echo(f"resume it on the cluster: caviar submit {task} --resume {results} --address {client.address}"
                        " (the sweep stores its task file, not the modules it imports from that folder)")
@@ -261,6 +266,20 @@ def stop(job: JobArg, address: AddressOpt = None) -> None:
             typer.echo(f"or from anywhere that reaches the storage: caviar resume {results} --trust-task-code")
     else:
         typer.echo(f"job {job} had already ended ({client.status(job)})")
+
+
+def sweep_begun(results: str) -> bool | None:
+    """Whether the sweep at ``results`` has its sweep row (a resume can continue it); None when this machine
+    cannot read it there (masked credentials, storage only the cluster reaches)."""
+    if "***" in results:
+        return None
+    from orchestrator.store import schema
+    from orchestrator.store.storage import Storage
+
+    try:
+        return Storage.from_uri(results).exists(schema.SWEEP_PATH)
+    except Exception:
+        return None
 
 
 def stored_task_lacks_modules(results: str) -> bool:

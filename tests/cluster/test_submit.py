@@ -330,3 +330,22 @@ def test_a_taken_name_is_refused_before_the_task_folder_is_uploaded(ray_cluster,
                                     str(tmp_path / "runs"), "--name", "taken", "--shared-storage"))
     assert f"sweep '{tmp_path / 'runs' / 'taken'}' already exists" in refused and "--overwrite" in refused
     assert len(ray_cluster.jobs().list()) == jobs_before  # no job, no upload
+
+
+def test_stopping_a_job_before_its_sweep_began_says_there_is_nothing_to_resume(ray_cluster, tmp_path):
+    """A job stopped while its master still loaded the data: `caviar stop` printed `caviar submit --resume SWEEP`
+    and `caviar resume SWEEP`, which fail (no sweep was written). Now it says nothing was written."""
+    task = tmp_path / "slow_load.py"
+    task.write_text(REGRESSION_TASK.replace('    raise FileNotFoundError("sensors.csv")',
+                                            "    import time\n    time.sleep(60)"))
+    sweep = tmp_path / "runs" / "early"
+    submitted = caviar("submit", str(task), "--address", ray_cluster.dashboard, "--storage", str(tmp_path / "runs"),
+                       "--name", "early", "--trials", "2", "--epochs", "1", "--shared-storage")
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
+    ray_cluster.jobs().wait(job_id, timeout=5)  # its master starts loading the data
+    stopped = caviar("stop", job_id, "--address", ray_cluster.dashboard)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "--resume" not in stopped.stdout and "caviar resume" not in stopped.stdout, stopped.stdout
+    assert f"its sweep had not begun: nothing was written to {sweep}" in stopped.stdout, stopped.stdout
+    assert not sweep.exists()
