@@ -173,7 +173,8 @@ class RayBackend(Backend):
         if call.slot in self.idle:
             self.idle.remove(call.slot)
         if lost:  # one line a user can act on, among Ray's own noise about the dead node
-            moved = ", ".join(f"{tid} (attempt {self.attempt_of.get(tid, 0)} -> {self.attempt_of.get(tid, 0) + 1})"
+            step = 0 if error.startswith(START_FAILED) else 1  # a worker that never started ran no attempt
+            moved = ", ".join(f"{tid} (attempt {self.attempt_of.get(tid, 0)} -> {self.attempt_of.get(tid, 0) + step})"
                               for tid in lost)
             log.warning("caviar: lost the trial actor on node %s (%s); trial %s goes back to the queue",
                         self.node_of_slot[call.slot] or node_of(call.actor), error.splitlines()[0][:160], moved)

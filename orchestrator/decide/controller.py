@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.decide.backend import Assignment, Report
+from orchestrator.decide.backend import START_FAILED, Assignment, Report
 from orchestrator.decide.fusing import PER_MEMBER, FusePlan, block_size, share_shapes
 from orchestrator.decide.pruning import OBJECTIVE_NAN, Observation, Pruner
 from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, stored_status
@@ -112,6 +112,7 @@ class Controller:
         # Restore: trials a stored decision stopped whose end was cut short train again to that epoch, then stop for
         # the stored reason, so their worker writes the end (orchestrator.decide.restore).
         self._stop_when_back: dict[int, str] = {}
+        self._started_once: set[int] = set()  # back in the queue because their worker never started: no new start
         self._begin_stage(0, self.space)
 
     # -- stages ---------------------------------------------------------------------------
@@ -255,7 +256,7 @@ class Controller:
         resume = trial.status == TrialStatus.PENDING and trial.attempt > 0
         trial.move_to(TrialStatus.RUNNING)
         trial.started = trial.started or now_ms()
-        if not resume:
+        if not resume and trial.trial_id not in self._started_once:
             self.event("trial_started", trial.trial_id, detail={"config": trial.config, "seed": trial.seed})
         assert self.pruner is not None
         until = min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
@@ -409,6 +410,15 @@ class Controller:
         return reason
 
     def _retry(self, trial: TrialState, error: str) -> None:
+        if error.startswith(START_FAILED):
+            # Its worker never started, so the trial never ran there: no attempt of the trial, no retry spent. A
+            # worker that keeps failing to start is given up by its backend (MAX_REPLACEMENTS), ending the sweep.
+            trial.move_to(TrialStatus.PENDING)
+            self.pending.appendleft(trial.trial_id)
+            self._started_once.add(trial.trial_id)
+            self.event("trial_retried", trial.trial_id, reason="worker_not_started",
+                       detail={"attempt": trial.attempt, "from_epoch": trial.epochs_run, "error": error})
+            return None
         if trial.attempt >= self.options.max_retries:
             self._end(trial, TrialStatus.FAILED, "executor_lost", error)
             return None

@@ -407,3 +407,48 @@ def test_a_sweep_killed_while_trials_write_their_end_resumes_with_their_checkpoi
     best = max(trials, key=lambda t: t["best_score"])
     single = next(e for e in stored.read_table(schema.ENSEMBLES_PATH).to_pylist() if e["method"] == "single")
     assert single["members"][0]["trial_id"] == best["trial_id"]
+
+
+FLAKY_START_TASK = '''
+import os
+import numpy as np
+import ray
+from torch import nn
+from orchestrator.search.space import loguniform
+
+if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+    try:  # the first actor to import the task fails to, as on a node whose driver did not load
+        os.close(os.open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "failed_once"),
+                         os.O_CREAT | os.O_EXCL))
+        raise RuntimeError("this node's driver did not load")
+    except FileExistsError:
+        pass
+
+space = {"lr": loguniform(1e-3, 1e-1), "batch_size": 32, "optimizer": "adam"}
+kind = "regression"
+
+
+def load_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 3)).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], dtype="float32"))
+    return {"train": (x[:80], y[:80]), "val": (x[80:100], y[80:100]), "test": (x[100:], y[100:])}
+
+
+def build_model(config):
+    return nn.Linear(3, 1)
+'''
+
+
+def test_a_trial_on_an_actor_that_never_started_keeps_its_attempt(ray_session, tmp_path):
+    """The first trial actor failed to import the task: its queued trial came back as attempt 1 (a retry spent,
+    the table saying it ran twice) though it never ran. Now it runs on the replacement as attempt 0."""
+    task = tmp_path / "flaky_start.py"
+    task.write_text(FLAKY_START_TASK)
+    result = run_sweep(str(task), trials=2, epochs=1, stages=1, slots=1, executor="ray", max_retries=0,
+                       storage=str(tmp_path / "runs"), name="flaky", ensemble=False)
+    assert (tmp_path / "failed_once").exists()  # an actor did fail to start
+    tables = load(result.path)
+    assert [(t["status"], t["attempt"]) for t in tables.trials.to_pylist()] == [("completed", 0)] * 2
+    retried = [(e["trial_id"], e["reason"]) for e in tables.events.to_pylist() if e["kind"] == "trial_retried"]
+    assert [reason for _, reason in retried] == ["worker_not_started"]

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from orchestrator.decide.backend import Report
+from orchestrator.decide.backend import START_FAILED, Report
 from orchestrator.decide.controller import Controller, ControllerOptions
 from orchestrator.decide.pruning import make_pruner
 from orchestrator.decide.restore import StoredRows, restore
@@ -78,6 +78,22 @@ def test_decisions_continue_to_the_next_rung_or_stop_below_it():
     stopped = next(t for t, d in enumerate(decisions) if d.stop)
     c.on_stopped(stopped, "asha_rung_1")
     assert (c.trials[stopped].status, c.trials[stopped].reason) == ("pruned", "asha_rung_1")
+
+
+def test_a_worker_that_never_started_costs_its_trial_no_attempt():
+    """A trial queued on a worker whose start failed (import error on one node) never ran: it went back as attempt
+    1, used up the retry budget, and the trials table said it ran twice. Now it goes back as the same attempt."""
+    c = controller("2x2", max_retries=0)
+    start_all(c)
+    c.on_report(Report(0, lost=True, error=START_FAILED + "task 'a.py': importing it raised ImportError: cuda"))
+    assert (c.trials[0].status, c.trials[0].attempt, c.pending[0]) == ("pending", 0, 0)
+    again = c.next_assignment()
+    assert (again.trial_id, again.attempt, again.resume) == (0, 0, False)
+    assert [e["kind"] for e in c.events].count("trial_started") == 2  # trials 0 and 1, each once
+    retried = [e for e in c.events if e["kind"] == "trial_retried"]
+    assert [(e["reason"], e["detail"]["attempt"]) for e in retried] == [("worker_not_started", 0)]
+    c.on_report(Report(0, lost=True, error="node died"))  # a real loss still spends the budget
+    assert (c.trials[0].status, c.trials[0].reason) == ("failed", "executor_lost")
 
 
 def test_a_lost_trial_is_retried_then_failed_and_fail_fast_stops_the_sweep():

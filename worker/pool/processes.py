@@ -276,7 +276,8 @@ class ProcessBackend(Backend):
         if slot in self.idle:
             self.idle.remove(slot)
         if lost:
-            moved = ", ".join(f"{tid} (attempt {self.attempt_of.get(tid, 0)} -> {self.attempt_of.get(tid, 0) + 1})"
+            step = 0 if error.startswith(START_FAILED) else 1  # a worker that never started ran no attempt
+            moved = ", ".join(f"{tid} (attempt {self.attempt_of.get(tid, 0)} -> {self.attempt_of.get(tid, 0) + step})"
                               for tid in lost)
             log.warning("caviar: lost a trial worker process (%s); trial %s goes back to the queue",
                         error.strip().splitlines()[-1][:160], moved)
