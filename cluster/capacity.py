@@ -2,14 +2,16 @@
 
 An autoscaling cluster (``ray up`` with ``cluster/configs/aws.yaml``, KubeRay with autoscaling)
 starts with a head that trains nothing; its workers come when trials ask for them. So slots
-are sized from what the autoscaler may provide (its config's maximum), not from what exists
-at second zero, and a sweep waits, for a bounded time, until some node fits a trial.
+are sized from what the autoscaler may provide (its node types at their maximum counts), not
+from what exists at second zero, and a sweep waits, for a bounded time, until some node fits a
+trial; when the autoscaler's config is known and none of its node types fits one, it is refused at once.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from orchestrator.spec.settings import RunSettings
 
@@ -40,14 +42,61 @@ def node_slot_count(wanted: Mapping[str, float], nodes: Iterable[Mapping[str, fl
     return sum(slot_count(wanted, node) for node in nodes)
 
 
-def plan_slots(settings: RunSettings, nodes: Iterable[Mapping[str, float]], at_most: Mapping[str, float] | None
-               ) -> int:
-    """``--slots`` if given, else the larger of what the live ``nodes`` hold and what the autoscaler's maximum
-    (its config's totals) fits."""
+@dataclass(frozen=True)
+class NodeType:
+    """A kind of node the autoscaler may add: what each one has, and how many at most (None: no limit)."""
+
+    resources: Mapping[str, float]
+    max_count: int | None
+
+
+@dataclass(frozen=True)
+class Autoscaler:
+    """The autoscaler's config: its node types, and the cluster-wide caps (``max_resources``) it keeps to."""
+
+    node_types: Sequence[NodeType]
+    caps: Mapping[str, float] = field(default_factory=dict)
+
+    def offers(self) -> list[Mapping[str, float]]:
+        """One node of each type it may add."""
+        return [t.resources for t in self.node_types if t.max_count != 0]
+
+
+UNLIMITED = 10**6  # slots of a node type with no maximum: the stage's trial count cuts them
+
+
+def autoscaled_slot_count(wanted: Mapping[str, float], autoscaler: Autoscaler) -> int:
+    """Trials the autoscaler's nodes hold at its maximum, each type counted per node (a trial's actor lives on one
+    node: 4-CPU trials fit no 2-CPU node, however many of them), within the cluster-wide caps."""
+    total = 0
+    for node_type in autoscaler.node_types:
+        per_node = slot_count(wanted, node_type.resources)
+        if per_node:
+            total += UNLIMITED if node_type.max_count is None else per_node * node_type.max_count
+    capped = [math.floor(autoscaler.caps[name] / amount + 1e-9) for name, amount in wanted.items()
+              if name in autoscaler.caps]
+    return min([total, UNLIMITED, *capped])
+
+
+def plan_slots(settings: RunSettings, nodes: Iterable[Mapping[str, float]], autoscaler: Autoscaler | None) -> int:
+    """``--slots`` if given, else the larger of what the live ``nodes`` hold and what the autoscaler's node types
+    hold at its maximum."""
     if settings.slots:
         return settings.slots
     wanted = per_trial(settings)
-    return max(node_slot_count(wanted, nodes), slot_count(wanted, at_most) if at_most else 0)
+    return max(node_slot_count(wanted, nodes), autoscaled_slot_count(wanted, autoscaler) if autoscaler else 0)
+
+
+def shortfall(wanted: Mapping[str, float], offers: Iterable[Mapping[str, float]]) -> str:
+    """Why no offer fits ``wanted``: ``"CPU=4, but the most any has is CPU=2"``, or that none has it all together."""
+    offers = list(offers)
+    short = [(name, amount, max((o.get(name, 0.0) for o in offers), default=0.0)) for name, amount in wanted.items()]
+    lacking = [(name, amount, most) for name, amount, most in short if most < amount]
+    if not lacking:
+        return f"{describe(wanted)}, which no single node has all of"
+    asked = ", ".join(f"{name}={amount:g}" for name, amount, _ in lacking)
+    most = ", ".join(f"{name}={most:g}" for name, _, most in lacking)
+    return f"{asked}, but the most any has is {most}"
 
 
 def describe(wanted: Mapping[str, float]) -> str:

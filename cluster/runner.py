@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import ray
 
 from cluster import warm_pool
-from cluster.capacity import any_fits, describe, fits, per_trial, plan_slots
+from cluster.capacity import Autoscaler, NodeType, any_fits, describe, fits, per_trial, plan_slots, shortfall
 from cluster.fused_setup import choose_backend
 from cluster.jobs import EXCLUDES, TOKEN_ADVICE, enable_token_auth, is_local_path, storage_excludes
 from cluster.pool import RayBackend, Resources
@@ -153,25 +153,31 @@ def slots_for(settings: RunSettings) -> int:
     """``--slots``, else what the cluster fits: now, or at its autoscaler's maximum if that is larger. ``--slots``
     above that is cut to it: an actor that can never find room would hold its queued trial for ever (fused arrays
     wait for every actor before the first trial), and a cluster that may grow is counted at its maximum already."""
-    now, at_most = alive_node_resources(), autoscaler_max_resources()
-    slots = plan_slots(settings, now, at_most)
+    now, autoscaler = alive_node_resources(), autoscaler_config()
+    slots = plan_slots(settings, now, autoscaler)
     if slots < 1:
         raise ConfigError(f"setting 'slots': the cluster cannot fit one trial ({describe(per_trial(settings))})")
-    fit = plan_slots(replace(settings, slots=None), now, at_most)
+    fit = plan_slots(replace(settings, slots=None), now, autoscaler)
     if slots > fit:
         log.warning("caviar: setting 'slots': %d, but the cluster fits %d trials at once (%s each); using %d",
                     slots, fit, describe(per_trial(settings)), fit)
     return min(slots, fit)
 
 
-def autoscaler_max_resources() -> dict[str, float] | None:
-    """The most the autoscaler may provide (its config's node types times their max workers); None without one."""
+def autoscaler_config() -> Autoscaler | None:
+    """The node types the autoscaler may add and its caps, as the cluster publishes them (Ray's ClusterConfig in the
+    GCS); None without one (no autoscaler, or one that does not publish it: size from what exists)."""
     try:
         from ray._private.state import state
 
-        return state.get_max_resources_from_cluster_config()
-    except Exception:  # a Ray without it, or a cluster with no autoscaler config: size from what exists
+        config = state.get_cluster_config()
+    except Exception:  # a Ray without it
         return None
+    if config is None or not config.node_group_configs:
+        return None
+    types = [NodeType({k: float(v) for k, v in group.resources.items()}, None if group.max_count < 0
+                      else int(group.max_count)) for group in config.node_group_configs]
+    return Autoscaler(types, {k: float(v) for k, v in config.max_resources.items()})
 
 
 def alive_node_resources() -> list[dict[str, float]]:
@@ -186,8 +192,14 @@ def wait_for_room(settings: RunSettings, *, can_grow: bool, poll_seconds: float 
     the workers come when the sweep's actors ask for them, minutes later.
     """
     wanted = per_trial(settings)
-    if any_fits(alive_node_resources(), wanted):
+    alive = alive_node_resources()
+    if any_fits(alive, wanted):
         return
+    autoscaler = autoscaler_config() if can_grow else None
+    if autoscaler is not None and not any_fits(autoscaler.offers(), wanted):  # it would wait the whole limit
+        raise ConfigError(f"setting 'slots': no node of the cluster, nor any node type its autoscaler may add, can fit "
+                          f"one trial ({shortfall(wanted, [*alive, *autoscaler.offers()])}); ask for less per trial or "
+                          "give the autoscaler a node type that fits")
     limit = settings.wait_for_cluster_seconds
     if not can_grow or limit <= 0:
         raise ConfigError(f"setting 'slots': no node of the cluster can fit one trial ({describe(wanted)})")

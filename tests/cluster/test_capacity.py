@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from cluster.capacity import any_fits, per_trial, plan_slots, slot_count
+from cluster.capacity import Autoscaler, NodeType, any_fits, per_trial, plan_slots, shortfall, slot_count
 from orchestrator.errors import ConfigError
 from orchestrator.spec.settings import RunSettings
 
@@ -20,13 +20,28 @@ def test_per_trial_lists_only_what_a_trial_holds():
 def test_slots_come_from_the_autoscalers_maximum_not_the_first_second():
     gpu = RunSettings(gpus_per_trial=0.25)
     head_only = [{"CPU": 0.0}]  # right after `ray up`: the head trains nothing and no worker exists yet
-    four_g5 = {"CPU": 16.0, "GPU": 4.0}  # aws.yaml: up to four g5.xlarge workers (4 vCPUs, 1 GPU each)
+    four_g5 = Autoscaler([NodeType({"CPU": 4.0, "GPU": 1.0}, 4)])  # aws.yaml: up to four g5.xlarge workers
     assert plan_slots(gpu, head_only, four_g5) == 16
     assert plan_slots(gpu, head_only, None) == 0  # no autoscaler: only what exists counts
     assert plan_slots(gpu, [{"CPU": 32.0, "GPU": 8.0}], four_g5) == 32  # more now than the config says: use it
     assert plan_slots(RunSettings(slots=3, gpus_per_trial=1), head_only, None) == 3  # --slots decides
     assert slot_count({"CPU": 2.0, "GPU": 0.5}, {"CPU": 7.0, "GPU": 4.0}) == 3  # the scarcest resource
     assert slot_count({"CPU": 0.1}, {"CPU": 0.3}) == 3  # no float shortfall (0.3 / 0.1 = 2.9999...)
+
+
+def test_the_autoscalers_maximum_is_counted_per_node_type():
+    """4-CPU trials on an autoscaler of 2-CPU node types (8 CPUs in all) were counted as 2 slots from the totals,
+    and the sweep then waited for nodes that could never hold them; each node type is now counted on its own."""
+    small = Autoscaler([NodeType({"CPU": 2.0}, 4)])
+    assert plan_slots(RunSettings(cpus_per_trial=4), [{"CPU": 0.0}], small) == 0
+    mixed = Autoscaler([NodeType({"CPU": 2.0}, 4), NodeType({"CPU": 8.0, "GPU": 1.0}, 2)])
+    assert plan_slots(RunSettings(cpus_per_trial=4), [], mixed) == 4  # two per 8-CPU node, none on the small ones
+    assert plan_slots(RunSettings(cpus_per_trial=1), [], mixed) == 24
+    assert plan_slots(RunSettings(cpus_per_trial=1), [], Autoscaler(mixed.node_types, {"CPU": 10.0})) == 10  # caps
+    assert plan_slots(RunSettings(cpus_per_trial=1), [], Autoscaler([NodeType({"CPU": 2.0}, None)])) >= 10**6
+    assert shortfall({"CPU": 4.0}, small.offers()) == "CPU=4, but the most any has is CPU=2"
+    assert shortfall({"CPU": 2.0, "GPU": 1.0}, [{"CPU": 2.0}, {"CPU": 1.0, "GPU": 1.0}]) == \
+        "CPU=2, GPU=1, which no single node has all of"
 
 
 def test_slots_count_each_node_on_its_own_as_an_actor_lives_on_one():
@@ -57,6 +72,47 @@ def test_a_cluster_that_never_fits_a_trial_is_waited_for_with_a_line_then_refuse
     with pytest.raises(ConfigError, match="'slots': no node of the cluster can fit one trial"):
         wait_for_room(settings, can_grow=False)  # a Ray started here never grows: refused at once
     wait_for_room(RunSettings(), can_grow=True)  # the session's Ray fits a one-CPU trial: no wait
+
+
+def publish_autoscaler_config(node_types: dict[str, tuple[dict[str, float], int]]) -> None:
+    """Write the ClusterConfig an autoscaler publishes into the Ray's GCS, where Ray's own state API reads it."""
+    import ray
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+    namespace, key = ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE, ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY
+    if not node_types:
+        _internal_kv_del(key, namespace=namespace)
+        return
+    config = autoscaler_pb2.ClusterConfig()
+    for name, (resources, max_count) in node_types.items():
+        group = config.node_group_configs.add()
+        group.name, group.max_count = name, max_count
+        for resource, amount in resources.items():
+            group.resources[resource] = int(amount)
+    _internal_kv_put(key, config.SerializeToString(), overwrite=True, namespace=namespace)
+
+
+def test_an_autoscaler_whose_node_types_never_fit_a_trial_is_refused_at_once(ray_session):
+    """A trial needing 4 CPUs on a cluster whose autoscaler adds 2-CPU nodes waited the whole
+    wait_for_cluster_seconds (600 s by default) for a node that could never come; now one line names the resource."""
+    import time
+
+    from cluster.runner import slots_for, wait_for_room
+
+    publish_autoscaler_config({"head": ({"CPU": 0}, 0), "small": ({"CPU": 2}, 4)})
+    try:
+        began = time.monotonic()
+        with pytest.raises(ConfigError, match=r"^setting 'slots': no node of the cluster, nor any node type its "
+                                              r"autoscaler may add, can fit one trial \(CPU=4, but the most any has "
+                                              r"is CPU=2\)"):
+            wait_for_room(RunSettings(cpus_per_trial=4, wait_for_cluster_seconds=60), can_grow=True, poll_seconds=0.2)
+        assert time.monotonic() - began < 10
+        assert slots_for(RunSettings(cpus_per_trial=2)) == 4  # one per 2-CPU node, four nodes at most
+        publish_autoscaler_config({"small": ({"CPU": 2}, 4), "big": ({"CPU": 8}, 1)})
+        assert slots_for(RunSettings(cpus_per_trial=4)) == 2  # the big type holds two; the session's 2 CPUs none
+    finally:
+        publish_autoscaler_config({})
 
 
 def test_a_start_refused_for_room_leaves_nothing_behind(ray_session, tmp_path):
