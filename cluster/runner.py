@@ -81,14 +81,71 @@ def client_shipment(task_ref: str, settings: RunSettings, name: str) -> tuple[di
     """``(runtime-environment fields, the task as actors load it)``. Over Ray Client (``ray://``) the master runs
     here and the actors on the cluster, whose nodes lack this machine's files: a task file's folder travels as
     Ray's ``working_dir`` (as ``caviar submit`` ships it), and actors load the file by its path inside it."""
+    if not str(settings.address or "").startswith("ray://"):
+        return None, task_ref
+    return folder_shipment(task_ref, settings, name)
+
+
+def folder_shipment(task_ref: str, settings: RunSettings, name: str) -> tuple[dict[str, Any] | None, str]:
+    """A task file's folder as Ray's ``working_dir`` (without caches, venvs and a local storage inside it), and the
+    file's path inside it; a module task is imported by name, as wherever it runs: nothing to ship."""
     target, sep, attr = task_ref.partition(":")
-    if not str(settings.address or "").startswith("ray://") or not target.endswith(".py"):
-        return None, task_ref  # a module task is imported by name, as wherever it runs
+    if not target.endswith(".py"):
+        return None, task_ref
     folder = os.path.dirname(os.path.abspath(target))
     storage = str(settings.storage)
     sweep_dir = os.path.join(storage.removeprefix("file://"), name) if is_local_path(storage) else None
     shipped = {"working_dir": folder, "excludes": EXCLUDES + storage_excludes(folder, sweep_dir)}
     return shipped, os.path.basename(target) + sep + attr
+
+
+_shipped_folder: list[tuple[Any, str]] = []  # (Ray job, folder) this process's connection ships, if any
+
+
+def ship_to_other_nodes(task_ref: str, settings: RunSettings, name: str) -> str:
+    """Joined by ``auto`` or ``HOST:PORT`` (on the head of a cluster), the actors on the other machines would load
+    the task from this machine's path, which they lack: on a cluster of more than one node (or one an autoscaler
+    grows), join again with the task's folder as ``working_dir``, as over Ray Client; the task as actors load it.
+
+    Not inside a Ray job that ships a working_dir already (``caviar submit``: its actors have the folder), nor on a
+    one-node cluster (nothing to ship to)."""
+    shipped, shipped_ref = folder_shipment(task_ref, settings, name)
+    if shipped is None or job_ships_working_dir():
+        return task_ref
+    connection = (ray.get_runtime_context().get_job_id(), shipped["working_dir"])
+    if _shipped_folder and _shipped_folder[0] == connection:
+        return shipped_ref  # this connection ships it already (an earlier sweep of this process)
+    nodes = len(alive_node_resources())
+    if nodes < 2 and autoscaler_config() is None:
+        return task_ref
+    folder = shipped["working_dir"]
+    warm_pool.end_all()
+    ray.shutdown()
+    try:
+        connect(settings.address, dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
+                shipped=shipped)
+    except ValueError as exc:  # Ray refuses a package over its limit (512 MiB): the nodes must share the folder
+        ray.shutdown()
+        log.warning("caviar: the task's folder %s cannot travel to the cluster's other nodes (%s); they load %s, "
+                    "which must be there (a shared mount): keep large data out of the task's folder", folder,
+                    str(exc).splitlines()[0][:160], task_ref)
+        connect(settings.address, dashboard=settings.dashboard, dashboard_host=settings.dashboard_host)
+        return task_ref
+    log.warning("caviar: the cluster has %s nodes: the task's folder %s travels to them as Ray's working_dir",
+                nodes if nodes > 1 else "autoscaled", folder)
+    _shipped_folder[:] = [(ray.get_runtime_context().get_job_id(), folder)]
+    return shipped_ref
+
+
+def job_ships_working_dir() -> bool:
+    """Whether this process is a Ray job's driver whose job ships a working_dir (its runtime env says so)."""
+    import json
+
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return False
+    return bool((config.get("runtime_env") or {}).get("working_dir"))
 
 
 def leave_ray() -> None:
@@ -307,6 +364,8 @@ def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sw
                 shipped=shipped)
         check_storage_reach(root, settings)
         wait_for_room(settings, can_grow=bool(settings.address))  # a Ray started here never grows
+        if shipped is None and settings.address:
+            task_ref = ship_to_other_nodes(task.ref, settings, name)
         # never more actors than the largest stage trains at once: each extra one imports torch and loads the data
         # for nothing, and on an autoscaling cluster asks for a node of its own
         slots = min(slots_for(settings), max(stage_trials, default=1))

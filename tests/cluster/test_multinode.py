@@ -70,3 +70,48 @@ def test_trials_that_fit_the_cpus_together_but_not_one_node_each_do_not_wait_for
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
     trials = load(str(tmp_path / "frag")).trials.to_pylist()
     assert [t["status"] for t in trials] == ["completed"] * 3
+
+
+WHERE_TASK = '''
+import os
+import numpy as np
+import ray
+from torch import nn
+from orchestrator.search.space import loguniform
+
+if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:  # where each actor imports it from
+    with open(IMPORTS, "a") as f:
+        f.write(os.path.abspath(__file__) + "\\n")
+
+space = {"lr": loguniform(1e-3, 1e-1), "batch_size": 16, "optimizer": "adam"}
+kind = "regression"
+
+
+def load_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], dtype="float32")
+    return {"train": (x[:60], y[:60]), "val": (x[60:75], y[60:75]), "test": (x[75:], y[75:])}
+
+
+def build_model(config):
+    return nn.Linear(3, 1)
+'''
+
+
+def test_a_master_on_the_head_ships_the_task_folder_to_the_other_nodes(ray_cluster, tmp_path):
+    """`caviar run --address HOST:PORT` on the head of a multi-node cluster: every actor imported the task from the
+    head's own path, which the other machines lack. Now the task's folder travels as Ray's working_dir, as over Ray
+    Client. (Both nodes here share one disk: what this shows is where the actors load the task from.)"""
+    project = tmp_path / "project"
+    project.mkdir()
+    imports = tmp_path / "imports.txt"
+    (project / "regression_task.py").write_text(f"IMPORTS = {str(imports)!r}\n" + WHERE_TASK)
+    ran = caviar("run", "regression_task.py", "--address", ray_cluster.gcs_address, "--storage", str(tmp_path / "runs"),
+                 "--name", "shipped", "--shared-storage", "--trials", "2", "--epochs", "1", "--stages", "1",
+                 "--no-ensemble", "--no-report", "--plain", cwd=str(project), timeout=240)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
+    assert "the task's folder" in ran.stderr and "travels to them as Ray's working_dir" in ran.stderr
+    loaded = imports.read_text().split()
+    assert loaded and all("runtime_resources" in path and path.endswith("/regression_task.py") for path in loaded)
+    assert [t["status"] for t in load(str(tmp_path / "runs" / "shipped")).trials.to_pylist()] == ["completed"] * 2
