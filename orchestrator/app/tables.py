@@ -100,10 +100,12 @@ def resume_command(storage: Storage, path: str) -> str:
         manifest = read_manifest(storage)
     except StorageError:
         manifest = None
-    command = f"caviar resume {redact_uri(path)}"
+    import shlex
+
+    command = f"caviar resume {shlex.quote(redact_uri(path))}"  # a shell would cut an s3://...?a=b&c=d at the '&'
     if manifest is None or not manifest.ref:
         return f"{command} --trust-task-code"
     if manifest.kind == "module":
-        return f"{command} --task {manifest.ref}"
-    return (f"{command} --task {manifest.ref} (the task file it ran, from that file's folder; or --trust-task-code "
-            "to run the copy stored with the sweep)")
+        return f"{command} --task {shlex.quote(manifest.ref)}"
+    return (f"{command} --task {shlex.quote(manifest.ref)} (the task file it ran, from that file's folder; or "
+            "--trust-task-code to run the copy stored with the sweep)")

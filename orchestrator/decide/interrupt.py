@@ -10,6 +10,7 @@ exits 130. A second signal exits at once.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -91,15 +92,16 @@ def write_interrupted(stop: KeyboardInterrupt, controller: Any, log: Any, path: 
 
 def print_hint(path: str, task_ref: str | None = None) -> None:
     """The command that continues the sweep, naming the task code it runs (resume never picks one itself)."""
-    code = f"--task {task_ref}" if task_ref else "--trust-task-code"
-    sys.stderr.write(f"interrupted: caviar resume {path} {code}\n")
+    code = f"--task {shlex.quote(task_ref)}" if task_ref else "--trust-task-code"  # pasted into a shell: s3://...&...
+    sys.stderr.write(f"interrupted: caviar resume {shlex.quote(path)} {code}\n")
     sys.stderr.flush()
 
 
 def print_ensembles_hint(path: str, task_ref: str | None = None) -> None:
     """Stopped while building ensembles: the trials are complete; the ensembles come from one command."""
-    code = f" --task {task_ref}" if task_ref else ""
-    sys.stderr.write(f"interrupted while building ensembles (the trials are complete): caviar ensemble {path}{code}\n")
+    code = f" --task {shlex.quote(task_ref)}" if task_ref else ""
+    sys.stderr.write("interrupted while building ensembles (the trials are complete): caviar ensemble "
+                     f"{shlex.quote(path)}{code}\n")
     sys.stderr.flush()
 
 

@@ -60,3 +60,21 @@ def test_a_sweep_whose_live_master_has_not_written_trials_yet_says_to_wait_not_t
         master.wait()
     with pytest.raises(StorageError, match="stopped before it wrote its first trials .*--trust-task-code"):
         load(sweep.root)  # its master gone, no task manifest: the stored copy is the way
+
+
+def test_the_resume_commands_printed_paste_into_a_shell_as_one_argument_each(tmp_path, capsys):
+    """`caviar resume s3://b/p/cut?endpoint_override=h:9&scheme=http` pasted into bash ran `caviar resume
+    s3://b/p/cut?endpoint_override=h:9` in the background and `scheme=http` as a second command."""
+    import shlex
+
+    from orchestrator.app.tables import resume_command
+    from orchestrator.decide.interrupt import print_hint
+    from orchestrator.store.storage import Storage
+
+    uri = "s3://bucket/team/cut?endpoint_override=127.0.0.1:9&scheme=http"
+    task = str(tmp_path / "my task.py")
+    print_hint(uri, task)
+    line = capsys.readouterr().err.strip().removeprefix("interrupted: ")
+    assert shlex.split(line) == ["caviar", "resume", uri, "--task", task]
+    command = resume_command(Storage.from_uri(str(tmp_path / "no manifest")), uri)
+    assert shlex.split(command) == ["caviar", "resume", uri, "--trust-task-code"]
