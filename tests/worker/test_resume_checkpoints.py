@@ -106,7 +106,7 @@ def test_the_readmes_latest_attempt_filter_keeps_one_row_per_epoch_of_a_retraine
     import polars as pl
 
     readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
-    [duckdb_filter] = re.findall(r"`(qualify row_number\(\) over \(partition by trial_id, epoch order by\s+attempt "
+    [duckdb_filter] = re.findall(r"`(qualify row_number\(\) over \(partition by trial_id,\s+epoch order by attempt "
                                  r"desc\) = 1)`", readme)
     assert '`.sort("attempt").unique(["trial_id", "epoch"], keep="last")`' in readme
     storage = Storage.from_uri(str(tmp_path))
