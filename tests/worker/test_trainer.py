@@ -261,3 +261,26 @@ def test_a_warm_up_in_the_tasks_own_epoch_and_caviars_schedule_compose():
     assert used[0] == pytest.approx([0.01 * (i + 1) / 30 for i in range(20)])  # the task's warm-up, step by step
     assert used[1][:10] == pytest.approx([0.01 * (i + 21) / 30 for i in range(10)])
     assert used[2] == pytest.approx([0.0025] * 20) and used[3] == pytest.approx([0.00125] * 20)
+
+
+def test_a_searched_batch_size_of_one_for_a_batch_norm_model_is_named_before_the_sweep(tmp_path, caplog):
+    """lograndint(1, 64) for a model with batch norm: every trial drawing 1 failed on torch's 'Expected more than 1
+    value per channel when training' after the sweep started, with no word before it. Now one warning line."""
+    from orchestrator.app.api import load, run_sweep
+    from orchestrator.search.space import SearchSpace, choice, randint
+    from worker.check.validate import warn_if_batch_of_one_is_searched
+
+    task_file = os.path.join(ROOT, "tests", "tasks", "batch_norm_from_one_task.py")
+    result = run_sweep(task_file, storage=str(tmp_path), name="bn", slots=1, seed=0, executor="processes",
+                       ensemble=False)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("space: batch_size")]
+    assert said == ["space: batch_size range [1, 64] includes 1, and the model has batch norm, which cannot train on a "
+                    "batch of one example (torch raises): the trials that draw 1 will fail (the others train); set the "
+                    "range's low to 2 (limits=(2, high) keeps later stages above it too)"]
+    trials = load(result.path).trials.to_pylist()
+    drew_one = [t["status"] for t in trials if t["config"]["batch_size"] == 1]
+    assert drew_one and set(drew_one) == {"failed"}  # the premise
+    model = load_task(task_file).get("build_model")({})
+    assert "drop the option 1" in warn_if_batch_of_one_is_searched(model, SearchSpace({"batch_size": choice([1, 8])}))
+    assert warn_if_batch_of_one_is_searched(model, SearchSpace({"batch_size": randint(2, 64)})) is None
+    assert warn_if_batch_of_one_is_searched(torch.nn.Linear(4, 2), SearchSpace({"batch_size": randint(1, 8)})) is None

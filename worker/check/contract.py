@@ -39,6 +39,7 @@ from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.validate import (
     check_batches_fit_dropping_split,
     check_config,
+    warn_if_batch_of_one_is_searched,
     warn_if_classes_missing_from_train,
     warn_if_large,
     warn_if_loader_workers_unused,
@@ -146,6 +147,7 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
                 if settings is not None:  # one line when the predictions stored for ensembles would be large
                     warn_if_large(splits, settings, ema=bool(config.get("ema_decay")))
                 warn_if_single_batches(run.model, splits, configs)
+                warn_if_batch_of_one_is_searched(run.model, space)
                 warn_if_own_loss_changes_with_units(task, splits, run.model)
             except Exception as exc:  # user code: try the next config, report the first failure
                 first = first or exc

@@ -33,7 +33,7 @@ from worker.data.kinds import (
     same_layout,
     score_of,
 )
-from worker.data.splits import Splits, prepare_task_data, skips_single_batch
+from worker.data.splits import Splits, has_batch_norm, prepare_task_data, skips_single_batch
 from worker.data.streams import check_first_batches_repeat
 from worker.train.optim import setting
 from worker.train.trainer import evaluate_split
@@ -414,6 +414,25 @@ def check_batches_fit_dropping_split(splits: Splits, space: Mapping[str, Any] | 
             else f"set the range's high to at most {n} (limits=(low, {n}) keeps later stages under it too)")
     message = (f"space: batch_size {_sizes(value, sizes)} goes above {n}: {said}, and the trials that draw such a "
                f"value will fail (the others train); {keep}, or give the train DataLoader drop_last=False")
+    log.warning(message)
+    return message
+
+
+def warn_if_batch_of_one_is_searched(model: torch.nn.Module, space: Mapping[str, Any] | None) -> str | None:
+    """One warning line when a batch-norm model's searched ``batch_size`` can be 1: batch norm cannot train on one
+    example (torch raises), so each trial drawing it fails after the sweep started. Returns the line (for tests)."""
+    value = space.get("batch_size") if space is not None else None
+    if not isinstance(value, Distribution) or not has_batch_norm(model):
+        return None
+    options = getattr(value, "options", None)
+    sizes = [int(v) for v in options if isinstance(v, (int, float)) and not isinstance(v, bool)] if options else None
+    if (1 not in sizes) if sizes is not None else value.low > 1:
+        return None
+    keep = ("drop the option 1" if sizes is not None else
+            "set the range's low to 2 (limits=(2, high) keeps later stages above it too)")
+    message = (f"space: batch_size {_sizes(value, sizes or [int(value.low), int(value.high)])} includes 1, and the "
+               "model has batch norm, which cannot train on a batch of one example (torch raises): the trials that "
+               f"draw 1 will fail (the others train); {keep}")
     log.warning(message)
     return message
 
