@@ -586,12 +586,13 @@ def test_workers_read_no_streamed_split_in_full_before_their_first_trial(tmp_pat
     # 2 trials of 1 epoch: 2 training epochs (and a first batch of 256 each for the trials' probes), 2 validation
     # passes and 2 test passes; a load-time pass per worker made these 4.5, 4 and 4
     assert worker_passes["train"] / sizes["train"] < 3
-    assert worker_passes["val"] / sizes["val"] == 2 and worker_passes["test"] / sizes["test"] == 2
+    # (and val's and test's first 16 examples, compared with the master's)
+    assert worker_passes["val"] / sizes["val"] < 2.5 and worker_passes["test"] / sizes["test"] < 2.5
 
 
 def test_a_worker_given_the_masters_pass_still_refuses_streamed_splits_unlike_the_masters():
     """A worker that skips its load-time pass must still refuse a load_data that gives it other splits (drawn again
-    without a seed): a Dataset of another length before any trial, other val examples at their first evaluation."""
+    without a seed): a Dataset of another length, or val examples other than the master's, before any trial."""
     from orchestrator.errors import TaskError
     from worker.data.splits import measured_data
 
@@ -609,12 +610,9 @@ def test_a_worker_given_the_masters_pass_still_refuses_streamed_splits_unlike_th
         sizes["train"] -= 1
     offsets["val"] += 7
     try:
-        other = prepare_task_data(task, measured=measured)
-        run = TrialRun(task, other, TrialSpec(0, 0, {"lr": 0.02, "batch_size": 50, "optimizer": "adam"}, 7, 1),
-                       torch.device("cpu"))
-        with pytest.raises(TaskError, match=r"the val split gave its examples in another order than at load .*same "
-                                            r"examples in every process"):
-            run.train_epoch()
+        with pytest.raises(TaskError, match=r"the val split gave its examples in another order than at load \(batch at "
+                                            r"row 0\).*same examples in every process"):
+            prepare_task_data(task, measured=measured)  # its first batch, before any trial
     finally:
         offsets["val"] -= 7
 

@@ -121,9 +121,7 @@ class Stream:
                 expected = self.targets[seen : seen + len(y)]
                 if expected.shape != y.shape or not torch.equal(expected, y.to(expected.device)):
                     raise TaskError(f"load_data: the {self.name} split gave its examples in another order than at "
-                                    f"load (batch at row {seen}); val and test must be read in the same order "
-                                    "every time (no shuffle), and give the same examples in every process that "
-                                    "loads them (seed a split drawn at random: np.random.default_rng(0))")
+                                    f"load (batch at row {seen}); {ORDER_RULE}")
             if seen == 0:
                 self._check_first_inputs(x)
             seen += len(y)
@@ -151,6 +149,8 @@ class Stream:
                         f"split only (give {self.name} a Dataset or loader without random transforms)")
 
 
+ORDER_RULE = ("val and test must be read in the same order every time (no shuffle), and give the same examples in "
+              "every process that loads them (seed a split drawn at random: np.random.default_rng(0))")
 FIRST_INPUTS = 16  # val and test examples whose inputs every evaluation compares with the load-time pass
 
 
@@ -180,9 +180,9 @@ def measured_streams(streams: dict[str, Stream], targets: dict[str, torch.Tensor
 def adopt_measured(streams: dict[str, Stream], measured: bytes) -> tuple[torch.Tensor, ...]:
     """The master's load-time pass as this process's: the splits' (train, val, test) targets.
 
-    What must hold is checked without a pass: a Dataset read by index has the length the master counted, and val
-    and test give the master's targets and first inputs, which every evaluation compares as it reads them
-    (:meth:`Stream.eval_batches`), so a split drawn at random in each process is refused at its first one.
+    What must hold is checked without a pass: a Dataset read by index has the length the master counted, and val's
+    and test's first batches give the master's targets and first inputs (every evaluation then compares all of them
+    as it reads them, :meth:`Stream.eval_batches`), so a split drawn at random in each process is refused here.
     """
     found = torch.load(io.BytesIO(measured), weights_only=True)
     targets = []
@@ -201,7 +201,23 @@ def adopt_measured(streams: dict[str, Stream], measured: bytes) -> tuple[torch.T
         if name != "train":
             stream.targets = facts["targets"]
         targets.append(facts["targets"])
+    check_first_examples(streams)  # a few examples each: other val or test examples are refused before any trial
     return tuple(targets)
+
+
+def check_first_examples(streams: dict[str, Stream]) -> None:
+    """Val's and test's first ``FIRST_INPUTS`` examples against the load-time pass's targets and inputs: a process
+    whose ``load_data`` drew other splits (no seed) is refused at the cost of a few reads, not a pass."""
+    for name in ("val", "test"):
+        stream = streams[name]
+        for batch in stream.reading(FIRST_INPUTS):
+            x, y = _pair(batch, name)
+            expected = stream.targets[: len(y)] if stream.targets is not None else None
+            if expected is not None and (expected.shape != y.shape or not torch.equal(expected, y)):
+                raise TaskError(f"load_data: the {name} split gave its examples in another order than at load (batch "
+                                f"at row 0); {ORDER_RULE}")
+            stream._check_first_inputs(x)
+            break
 
 
 def is_stream(split: Any) -> bool:
