@@ -30,7 +30,7 @@ from orchestrator.errors import CaviarError, ClusterError, ConfigError
 from orchestrator.spec.exposure import exposure_warnings
 from orchestrator.spec.settings import RunSettings
 from orchestrator.spec.task import Task
-from orchestrator.spec.task_source import TASK_DIR
+from orchestrator.spec.task_source import TASK_DIR, name_shipped_folder
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
 
@@ -96,6 +96,7 @@ def folder_shipment(task_ref: str, settings: RunSettings, name: str) -> tuple[di
     storage = str(settings.storage)
     sweep_dir = os.path.join(storage.removeprefix("file://"), name) if is_local_path(storage) else None
     shipped = {"working_dir": folder, "excludes": EXCLUDES + storage_excludes(folder, sweep_dir)}
+    name_shipped_folder(folder)  # errors from the actors name it, not Ray's copy of it
     return shipped, os.path.basename(target) + sep + attr
 
 

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import posixpath
+import re
 import sys
 from dataclasses import asdict, dataclass
 
@@ -33,9 +34,19 @@ from orchestrator.store.storage import Storage, redact_uri, sha256
 
 TASK_DIR = "task"
 MANIFEST_PATH = "task/manifest.json"
-# A submitted job's master runs in Ray's unpacked copy of the task's folder (/tmp/ray/session_.../runtime_resources/
-# working_dir_files/_ray_pkg_.../): `caviar submit` names the folder the user submitted here, for its messages.
+# A submitted job's master, and actors sent the task's folder as Ray's working_dir, run in Ray's unpacked copy of
+# the folder (/tmp/ray/session_.../runtime_resources/working_dir_files/_ray_pkg_.../): errors name the folder the
+# user shipped instead, given here by `caviar submit` (the job's environment) or by the master that shipped it.
 SUBMITTED_FROM_ENV = "CAVIAR_SUBMITTED_FROM"
+RAY_FOLDER_COPY = re.compile(r"[^\s'\"]*/runtime_resources/working_dir_files/_ray_pkg_[0-9a-f]+")
+_shipped: list[str] = []
+
+
+def name_shipped_folder(folder: str) -> None:
+    """The folder this process shipped as Ray's working_dir: :func:`as_submitted` names it for Ray's copy."""
+    _shipped[:] = [folder]
+
+
 TRUST_HINT = "pass your own task (task=... / --task FILE) or opt in to the sweep's stored copy " \
              "(trust_task_code=True / --trust-task-code)"
 
@@ -54,13 +65,12 @@ class TaskManifest:
 
 
 def as_submitted(text: str) -> str:
-    """``text`` with a submitted job's working folder (Ray's temporary copy) named as the folder the user submitted,
-    so an error names a file the user can open; unchanged outside a job."""
-    submitted = os.environ.get(SUBMITTED_FROM_ENV)
+    """``text`` with Ray's temporary copy of a shipped task folder named as the folder the user shipped, so an error
+    names a file the user can open; unchanged when nothing was shipped."""
+    submitted = os.environ.get(SUBMITTED_FROM_ENV) or (_shipped[0] if _shipped else None)
     if not submitted:
         return text
-    here = os.getcwd().rstrip(os.sep) + os.sep
-    return text.replace(here, submitted.rstrip(os.sep) + os.sep)
+    return RAY_FOLDER_COPY.sub(lambda _: submitted.rstrip(os.sep), text)
 
 
 def _is_file_ref(target: str) -> bool:

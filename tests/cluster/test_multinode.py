@@ -115,3 +115,22 @@ def test_a_master_on_the_head_ships_the_task_folder_to_the_other_nodes(ray_clust
     loaded = imports.read_text().split()
     assert loaded and all("runtime_resources" in path and path.endswith("/regression_task.py") for path in loaded)
     assert [t["status"] for t in load(str(tmp_path / "runs" / "shipped")).trials.to_pylist()] == ["completed"] * 2
+
+
+def test_an_actor_error_names_the_shipped_task_file_not_rays_copy(ray_cluster, tmp_path):
+    """The task's folder shipped to the nodes: an actor that could not import the task ended the run with
+    task '/tmp/ray/session_.../runtime_resources/working_dir_files/_ray_pkg_.../task.py', a path the user cannot
+    open; now the line names the task file that was shipped."""
+    project = tmp_path / "project"
+    project.mkdir()
+    fails_in_actors = ("if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:\n"
+                       "    raise RuntimeError('no CUDA driver on this node')\n")
+    task = project / "regression_task.py"
+    task.write_text(f"IMPORTS = {str(tmp_path / 'imports.txt')!r}\n" + WHERE_TASK + fails_in_actors)
+    refused = caviar("run", "regression_task.py", "--address", ray_cluster.gcs_address, "--storage",
+                     str(tmp_path / "runs"), "--name", "actor-error", "--shared-storage", "--trials", "2", "--epochs",
+                     "1", "--stages", "1", "--no-ensemble", "--no-report", "--plain", cwd=str(project), timeout=240)
+    error = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and error.startswith("caviar: error: no trial actor could start"), refused.stderr
+    assert f"task '{task}': importing it raised RuntimeError: no CUDA driver on this node" in error
+    assert "runtime_resources" not in error

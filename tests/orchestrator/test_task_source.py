@@ -298,3 +298,15 @@ def test_an_edit_to_the_same_size_within_one_second_is_read_again_not_taken_from
     assert os.stat(target).st_size == before.st_size
     second = load_task(str(task))
     assert (second.get("LR"), second.get("WIDTH")) == ((0.02, 8) if edited == "helper" else (0.01, 9))
+
+
+def test_errors_name_the_shipped_folder_not_rays_copy(monkeypatch):
+    from orchestrator.spec.task_source import SUBMITTED_FROM_ENV, as_submitted
+
+    copy = "/tmp/ray/session_2026-12-02_19-33-44_357548_30482/runtime_resources/working_dir_files/_ray_pkg_fbcc0baf89"
+    line = f"task '{copy}/sensors.py': load_data raised ValueError: missing (sensors.py:13)"
+    monkeypatch.delenv(SUBMITTED_FROM_ENV, raising=False)
+    monkeypatch.setattr("orchestrator.spec.task_source._shipped", [])
+    assert as_submitted(line) == line  # nothing shipped: nothing to name
+    monkeypatch.setenv(SUBMITTED_FROM_ENV, "/home/me/sensors/")
+    assert as_submitted(line) == line.replace(copy, "/home/me/sensors")
