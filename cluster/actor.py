@@ -6,6 +6,7 @@ once, then it trains trial after trial as the master asks.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,10 +16,22 @@ import ray
 from orchestrator.decide.backend import Assignment, Report
 from orchestrator.errors import WorkerStartError
 
+# The master's working directory, for actors that were shipped no folder of their own: a Ray worker starts in the
+# directory its node's `ray start` ran in, so a load_data that opens "data/train.npy" (as the master ran it) failed.
+MASTER_CWD_ENV = "CAVIAR_MASTER_CWD"
+
+
+def enter_master_folder() -> None:
+    """Work in the master's directory when this node has it, as the master's checked load_data did."""
+    folder = os.environ.get(MASTER_CWD_ENV)
+    if folder and os.path.isdir(folder):
+        os.chdir(folder)
+
 
 @ray.remote
 class TrialActor:
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any], splits: Any = None):
+        enter_master_folder()
         began = time.perf_counter()
         from worker.check.contract import describe
         from worker.train.session import WorkerSession  # torch loads here, in the actor, once

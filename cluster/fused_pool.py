@@ -13,6 +13,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from cluster.actor import enter_master_folder
 from cluster.pool import Resources, failure_text
 from orchestrator.decide.backend import Assignment, Report
 from orchestrator.decide.fused_slots import FusedSlots, WorkerLost
@@ -23,6 +24,7 @@ from orchestrator.errors import WorkerStartError
 @ray.remote
 class FusedActor:
     def __init__(self, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any], splits: Any = None):
+        enter_master_folder()
         from worker.arrays.fused_session import FusedSession  # torch loads here, in the actor, once
         from worker.check.contract import describe
 

@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 import ray
 
 from cluster import warm_pool
+from cluster.actor import MASTER_CWD_ENV
 from cluster.capacity import Autoscaler, NodeType, any_fits, describe, fits, per_trial, plan_slots, shortfall
 from cluster.fused_setup import choose_backend
 from cluster.jobs import EXCLUDES, TOKEN_ADVICE, enable_token_auth, is_local_path, storage_excludes
@@ -48,9 +49,10 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
     apply_deferred()  # a CLI run named a log file for Ray's chatter: used from here on
     for warning in exposure_warnings(address, dashboard, dashboard_host):
         log.warning("warning: %s", warning)
-    env: dict[str, Any] = {
-        "env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)},
-        **(shipped or {})}
+    env_vars = {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
+    if not shipped:  # actors work in this directory when their node has it (a shipped folder is their own instead)
+        env_vars[MASTER_CWD_ENV] = os.getcwd()
+    env: dict[str, Any] = {"env_vars": env_vars, **(shipped or {})}
     if not address:
         start_private_ray(env, dashboard=dashboard, dashboard_host=dashboard_host, num_cpus=num_cpus)
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from orchestrator.app.api import load
@@ -74,6 +75,8 @@ def test_trials_that_fit_the_cpus_together_but_not_one_node_each_do_not_wait_for
 
 WHERE_TASK = '''
 import os
+
+import numpy as np
 import numpy as np
 import ray
 from torch import nn
@@ -134,3 +137,59 @@ def test_an_actor_error_names_the_shipped_task_file_not_rays_copy(ray_cluster, t
     assert refused.returncode == 2 and error.startswith("caviar: error: no trial actor could start"), refused.stderr
     assert f"task '{task}': importing it raised RuntimeError: no CUDA driver on this node" in error
     assert "runtime_resources" not in error
+
+
+STREAMED_TASK = '''
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from orchestrator.search.space import loguniform
+
+space = {"lr": loguniform(1e-3, 1e-1), "batch_size": 16, "optimizer": "adam"}
+kind = "regression"
+
+
+class Rows(Dataset):  # rows read on demand from a file opened by a path relative to the working directory
+    def __init__(self, lo, hi):
+        self.x = np.load("data/x.npy", mmap_mode="r")[lo:hi]
+        self.y = np.load("data/y.npy", mmap_mode="r")[lo:hi]
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.array(self.x[i])), torch.from_numpy(np.array(self.y[i]))
+
+
+def load_data():
+    return {"train": Rows(0, 60), "val": Rows(60, 75), "test": Rows(75, 90)}
+
+
+def build_model(config):
+    return nn.Linear(3, 1)
+'''
+
+
+def test_actors_on_a_joined_node_read_data_relative_to_the_masters_directory(tmp_path):
+    """Streamed data opened as "data/x.npy": the master's check read it, but the actors of a cluster joined by
+    HOST:PORT started in the directory of the node's `ray start` and failed with FileNotFoundError on every try.
+    Now actors work in the master's directory when their node has it."""
+    from tests.cluster.raycluster import LocalRayCluster
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 3)).astype("float32")
+    np.save(project / "data" / "x.npy", x)
+    np.save(project / "data" / "y.npy", x @ np.array([[1.0], [-2.0], [0.5]], dtype="float32"))
+    (project / "streamed.py").write_text(STREAMED_TASK)
+    cluster = LocalRayCluster(nodes=1, cpus_per_node=2).start()  # its `ray start` runs in the test's directory
+    try:
+        ran = caviar("run", "streamed.py", "--address", cluster.gcs_address, "--storage", str(tmp_path / "runs"),
+                     "--name", "streamed", "--trials", "2", "--epochs", "1", "--stages", "1", "--no-ensemble",
+                     "--no-report", "--plain", cwd=str(project), timeout=240)
+    finally:
+        cluster.stop()
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
+    assert [t["status"] for t in load(str(tmp_path / "runs" / "streamed")).trials.to_pylist()] == ["completed"] * 2
