@@ -64,6 +64,7 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
         try:
             with stderr_to_ray_log():  # a wrong token: 20 s of Ray's C++ warnings, then caviar's one line below
                 ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
+            _joined[:] = [ray.get_runtime_context().get_job_id()]
             return
         except (ConnectionError, RuntimeError, TimeoutError, AuthenticationError) as exc:
             reason = connect_failure(exc)
@@ -103,6 +104,7 @@ def folder_shipment(task_ref: str, settings: RunSettings, name: str) -> tuple[di
 
 
 _shipped_folder: list[tuple[Any, str]] = []  # (Ray job, folder) this process's connection ships, if any
+_joined: list[Any] = []  # the Ray job of the connection connect() made, if it made the current one
 
 
 def ship_to_other_nodes(task_ref: str, settings: RunSettings, name: str) -> str:
@@ -115,6 +117,8 @@ def ship_to_other_nodes(task_ref: str, settings: RunSettings, name: str) -> str:
     shipped, shipped_ref = folder_shipment(task_ref, settings, name)
     if shipped is None or job_ships_working_dir():
         return task_ref
+    if _joined != [ray.get_runtime_context().get_job_id()]:
+        return task_ref  # a connection the caller made (a notebook's own ray.init): never ended here
     connection = (ray.get_runtime_context().get_job_id(), shipped["working_dir"])
     if _shipped_folder and _shipped_folder[0] == connection:
         return shipped_ref  # this connection ships it already (an earlier sweep of this process)

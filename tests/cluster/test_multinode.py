@@ -7,6 +7,8 @@ nodes. The trials table's ``node`` column is the Ray node id of the actor that t
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,8 @@ import pytest
 from orchestrator.app.api import load
 from orchestrator.store import schema
 from tests.cluster.conftest import caviar, one_error_line
-from tests.conftest import TINY_TASK
+from tests.cluster.raycluster import cluster_env
+from tests.conftest import ROOT, TINY_TASK
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]  # own clusters end to end: the second CI tier (.ci/test-slow)
 
@@ -193,3 +196,25 @@ def test_actors_on_a_joined_node_read_data_relative_to_the_masters_directory(tmp
         cluster.stop()
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
     assert [t["status"] for t in load(str(tmp_path / "runs" / "streamed")).trials.to_pylist()] == ["completed"] * 2
+
+
+def test_a_callers_own_ray_connection_is_not_ended_to_ship_the_task(ray_cluster, tmp_path):
+    """A notebook that joined the cluster itself (ray.init) keeps its connection and its actors through run_sweep:
+    the task's folder is shipped only over a connection caviar made."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "regression_task.py").write_text(f"IMPORTS = {str(tmp_path / 'imports.txt')!r}\n" + WHERE_TASK)
+    script = f'''
+import ray
+from orchestrator.app.api import run_sweep
+
+ray.init(address={ray_cluster.gcs_address!r})
+job = ray.get_runtime_context().get_job_id()
+run_sweep("regression_task.py", address={ray_cluster.gcs_address!r}, storage={str(tmp_path / "runs")!r}, name="nb",
+          trials=2, epochs=1, stages=1, ensemble=False, shared_storage=True)
+print("same connection:", ray.is_initialized() and ray.get_runtime_context().get_job_id() == job)
+'''
+    ran = subprocess.run([sys.executable, "-c", script], cwd=str(project), capture_output=True, text=True, timeout=240,
+                         env={**cluster_env(), "PYTHONPATH": ROOT})
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert "same connection: True" in ran.stdout, ran.stdout[-2000:]
