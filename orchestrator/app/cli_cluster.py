@@ -253,8 +253,10 @@ def stop(job: JobArg, address: AddressOpt = None) -> None:
         if results and not metadata.get("caviar_resume") and sweep_begun(results) is False:
             client.wait(job, timeout=STOP_GRACE_SECONDS + 10)  # its master may still write the sweep as it stops
         if results and not metadata.get("caviar_resume") and sweep_begun(results) is False:
-            typer.echo(f"its sweep had not begun: nothing was written to {results}, so there is nothing to resume; "
-                       "run it again with `caviar submit` (the same --name is free)")
+            again = ("the same --name is free" if sweep_begun(results, lease=True) is False
+                     else "its master's claim on the name remains: pass --overwrite")
+            typer.echo(f"its sweep had not begun: no sweep was written to {results}, so there is nothing to resume; "
+                       f"run it again with `caviar submit` ({again})")
         elif results and stored_task_lacks_modules(results):  # its stored copy alone fails at `import helpers`
             task = metadata.get("caviar_task") or "TASK"
             typer.echo(f"resume it on the cluster: caviar submit {task} --resume {results} --address {client.address}"
@@ -268,16 +270,18 @@ def stop(job: JobArg, address: AddressOpt = None) -> None:
         typer.echo(f"job {job} had already ended ({client.status(job)})")
 
 
-def sweep_begun(results: str) -> bool | None:
-    """Whether the sweep at ``results`` has its sweep row (a resume can continue it); None when this machine
-    cannot read it there (masked credentials, storage only the cluster reaches)."""
+def sweep_begun(results: str, lease: bool = False) -> bool | None:
+    """Whether the sweep at ``results`` has its sweep row (a resume can continue it), or with ``lease`` any claim on
+    the name; None when this machine cannot read it there (masked credentials, storage only the cluster reaches)."""
     if "***" in results:
         return None
+    from orchestrator.app.api import is_taken
     from orchestrator.store import schema
     from orchestrator.store.storage import Storage
 
     try:
-        return Storage.from_uri(results).exists(schema.SWEEP_PATH)
+        sweep = Storage.from_uri(results)
+        return is_taken(sweep) if lease else sweep.exists(schema.SWEEP_PATH)
     except Exception:
         return None
 

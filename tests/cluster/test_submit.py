@@ -347,5 +347,6 @@ def test_stopping_a_job_before_its_sweep_began_says_there_is_nothing_to_resume(r
     stopped = caviar("stop", job_id, "--address", ray_cluster.dashboard)
     assert stopped.returncode == 0, stopped.stderr
     assert "--resume" not in stopped.stdout and "caviar resume" not in stopped.stdout, stopped.stdout
-    assert f"its sweep had not begun: nothing was written to {sweep}" in stopped.stdout, stopped.stdout
+    assert f"its sweep had not begun: no sweep was written to {sweep}" in stopped.stdout, stopped.stdout
+    assert "(the same --name is free)" in stopped.stdout
     assert not sweep.exists()
