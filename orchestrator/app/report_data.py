@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from orchestrator.app.answer import shown_score
 from orchestrator.app.tables import SweepTables, load, open_sweep
 from orchestrator.search.space import Choice, Distribution, SearchSpace, parse_param
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
+from orchestrator.store.sweeps import describe_objective
 
 HEALTHY_UPDATE_RATIO = 1e-3
 UPDATE_RATIO_BAND = (1e-4, 1e-2)  # a best trial more than 10x away from 1e-3 earns a warning
@@ -38,10 +40,27 @@ class SweepData:
     ensembles: pa.Table | None
     tables: SweepTables
     targets_standardised: bool = False  # regression trained on standardised targets (the dataset table's statistics)
+    objective: tuple[str, str] | None = None  # (name, mode) the sweep ranked by, as its dataset table stores it
+
+    @property
+    def by_objective(self) -> bool:
+        """Ranked by a metric other than accuracy or the loss (a ROC AUC, a weighted MAE): drawn as that metric, from
+        the score, so the plots and table show what ranked the trials."""
+        return self.objective is not None and self.objective[0] not in ("val_accuracy", "val_loss") \
+            and not self.accuracy
 
     @property
     def metric_name(self) -> str:
+        if self.by_objective:
+            assert self.objective is not None
+            return self.objective[0]
         return "validation accuracy" if self.accuracy else "validation loss"
+
+    def epoch_value(self, row: Mapping[str, Any]) -> float | None:
+        """An epoch's number under ``metric_name``."""
+        if self.by_objective:
+            return None if row.get("score") is None else shown_score(row["score"], self.objective)[1]
+        return row["val_accuracy"] if self.accuracy else row["val_loss"]
 
     def train_loss_as_val(self, row: Mapping[str, Any]) -> float | None:
         """An epoch's training loss in the units of its ``val_loss``; None when the sweep did not record one.
@@ -54,7 +73,10 @@ class SweepData:
         return None if self.targets_standardised else row.get("train_loss")
 
     def value(self, trial: Mapping[str, Any]) -> float | None:
-        v = trial.get("best_val_accuracy") if self.accuracy else trial.get("best_val_loss")
+        if self.by_objective:
+            v = None if trial.get("best_score") is None else shown_score(trial["best_score"], self.objective)[1]
+        else:
+            v = trial.get("best_val_accuracy") if self.accuracy else trial.get("best_val_loss")
         return float(v) if v is not None and math.isfinite(float(v)) else None
 
     def best(self) -> dict[str, Any] | None:
@@ -87,7 +109,7 @@ def read_sweep(path: str, tables: SweepTables | None = None) -> SweepData:
         stage_spaces=[json.loads(s["space"]) for s in stages], trials=tables.trials.to_pylist(), curves=dict(curves),
         events=tables.events.to_pylist(), diagnostics=read_diagnostics(storage),
         ensembles=read_optional(storage, "ensembles"), tables=tables,
-        targets_standardised=dataset.get("target_std") is not None,
+        targets_standardised=dataset.get("target_std") is not None, objective=describe_objective(dataset),
     )
 
 

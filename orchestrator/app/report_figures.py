@@ -276,8 +276,7 @@ def plot_learning_curves(data: SweepData) -> Figure | None:
         return None
     fig = new_figure(12, 4.2)
     left, right = fig.subplots(1, 2)
-    key = "val_accuracy" if data.accuracy else "val_loss"
-    reasons = _lines(left, data, lambda r: r[key])
+    reasons = _lines(left, data, data.epoch_value)
     if data.accuracy:
         left.set_ylim(0.0, 1.02)  # accuracy reads from 0: a zoomed axis makes small gains look large
     left.set_ylabel(data.metric_name)

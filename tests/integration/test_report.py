@@ -246,3 +246,23 @@ def test_a_sweep_whose_every_trial_diverged_reports(tmp_path):
     assert {t["reason"] for t in trials} == {"diverged"}
     built = build_report(result.path)
     assert "fig-learning-curves" in {f.id for f in built.figures}
+
+
+def test_a_sweep_ranked_by_its_own_metric_reports_that_metric(tmp_path):
+    # ranked by a ROC AUC: the report's best line, top table, hyperparameter plots and learning curves showed the
+    # validation loss beside trials ordered by AUC (a loss column out of order, the star off the lowest dot)
+    from orchestrator.app.report_data import read_sweep
+
+    task = os.path.join(os.path.dirname(TINY_TASK), "imbalanced_auc_task.py")
+    result = run_sweep(task, trials=2, epochs=2, stages=1, slots=1, storage=str(tmp_path), name="auc",
+                       ensemble=False, executor="processes", pruner="none")
+    data = read_sweep(result.path)
+    metrics = data.tables.to_pandas("metrics")
+    auc = {t: float(rows["metrics"].map(lambda m: dict(m)["val_auc"]).max()) for t, rows in metrics.groupby("trial_id")}
+    assert data.metric_name == "val_auc"
+    assert {t["trial_id"]: data.value(t) for t in data.trials} == pytest.approx(auc)
+    assert [data.epoch_value(r) for r in data.curves[0]] == pytest.approx(
+        [dict(r["metrics"])["val_auc"] for r in data.curves[0]])
+    page = build_report(result.path).html
+    best = max(auc.values())
+    assert re.search(rf"val_auc <b>{best:.4g}</b>", page) and "<th>val_auc</th>" in page
