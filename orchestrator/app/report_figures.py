@@ -458,11 +458,12 @@ def plot_ensembles(data: SweepData) -> Figure | None:
     label_col = next((c for c in ("name", "method", "kind", "ensemble") if c in table.column_names), None)
     numeric = [f.name for f in table.schema if pa.types.is_floating(f.type)
                and any(k in f.name for k in ("accuracy", "loss", "mse")) and any(r[f.name] is not None for r in rows)]
-    if not numeric:
+    chosen_by = _objective_columns(rows)  # a task's own metric chose them (a ROC AUC): drawn first, by its name
+    if not numeric and not chosen_by:
         return None
     labels = [(str(r[label_col]) if label_col else str(i)) + (f" ({r['size']})" if r.get("size") else "")
               + (" *" if r.get("chosen") else "") for i, r in enumerate(rows)]
-    groups = [[c for c in numeric if "accuracy" in c], [c for c in numeric if "loss" in c],
+    groups = [chosen_by, [c for c in numeric if "accuracy" in c], [c for c in numeric if "loss" in c],
               [c for c in numeric if "mse" in c]]  # a regression's: in the targets' units
     groups = [g for g in groups if g]
     fig = new_figure(6 * len(groups), 0.45 * len(rows) + 2)
@@ -476,7 +477,7 @@ def plot_ensembles(data: SweepData) -> Figure | None:
         ax.legend(fontsize=8)
         ax.grid(axis="x", alpha=0.25)
         finite = [r[c] for r in rows for c in cols if r[c] is not None]
-        if finite and "accuracy" in cols[0]:
+        if finite and "accuracy" in cols[0] and cols is not chosen_by:
             start = max(0.0, min(finite) - 0.05)
             ax.set_xlim(start, min(1.0, max(finite) + 0.02))
             if start > 0:  # zoomed in to show the differences: say so where the reader looks
@@ -488,6 +489,22 @@ def plot_ensembles(data: SweepData) -> Figure | None:
                     ax.annotate(shown_number(r[col]), (r[col], i + j * height), xytext=(2, 0),
                                 textcoords="offset points", va="center", fontsize=6)
     caption = ("Ensembles from the ensembles table: members (in brackets) chosen on validation predictions, test "
-               "measured afterwards; * marks the one chosen on validation.")
-    return Figure("fig-ensembles", "Ensembles", caption, png_bytes(fig))
+               "measured afterwards; * marks the one chosen on validation")
+    if chosen_by:
+        better = {"min": ", lower is better", "max": ", higher is better"}.get((data.objective or ("", ""))[1], "")
+        caption += f" {chosen_by[0].removeprefix('val_')} (the sweep's objective{better})"
+    return Figure("fig-ensembles", "Ensembles", caption + ".", png_bytes(fig))
+
+
+def _objective_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """``["val_auc", "test_auc"]`` added to each row from its ``detail`` when the sweep's own metric chose the
+    ensembles (caviar's log loss, accuracy or MSE are columns of the table already); [] otherwise."""
+    details = [json.loads(r["detail"]) if isinstance(r.get("detail"), str) else (r.get("detail") or {}) for r in rows]
+    names = {d.get("chosen_by") for d in details if d.get("val_objective") is not None}
+    if len(names) != 1 or next(iter(names)) in (None, "val_log_loss", "val_accuracy", "val_mse"):
+        return []
+    name = next(iter(names)).removeprefix("val_")
+    for r, d in zip(rows, details, strict=True):
+        r[f"val_{name}"], r[f"test_{name}"] = d.get("val_objective"), d.get("test_objective")
+    return [f"val_{name}", f"test_{name}"]
 

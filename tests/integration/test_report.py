@@ -266,3 +266,17 @@ def test_a_sweep_ranked_by_its_own_metric_reports_that_metric(tmp_path):
     page = build_report(result.path).html
     best = max(auc.values())
     assert re.search(rf"val_auc <b>{best:.4g}</b>", page) and "<th>val_auc</th>" in page
+
+
+def test_ensembles_chosen_by_the_sweeps_own_metric_are_drawn_on_it(tmp_path):
+    # the ensembles figure drew accuracy and log loss only: the ROC AUC that chose the starred row was nowhere in it
+    from orchestrator.app.report_data import read_sweep
+    from orchestrator.app.report_figures import plot_ensembles
+
+    task = os.path.join(os.path.dirname(TINY_TASK), "imbalanced_auc_task.py")
+    result = run_sweep(task, trials=2, epochs=2, stages=1, slots=1, storage=str(tmp_path), name="auc",
+                       executor="processes", pruner="none")
+    data = read_sweep(result.path)
+    assert {json.loads(r["detail"])["chosen_by"] for r in data.ensembles.to_pylist()} == {"val_auc"}
+    figure = plot_ensembles(data)
+    assert figure is not None and "chosen on validation auc (the sweep's objective, higher is better)" in figure.caption
