@@ -42,6 +42,7 @@ def ensemble(
         has_soup,
         read_dataset,
         refuse_custom_kind,
+        refuse_methods_kind_lacks,
     )
     from orchestrator.store import schema
     from orchestrator.store.lease import holder_alive, read_lease
@@ -56,11 +57,14 @@ def ensemble(
              "the ensembles; run caviar ensemble once it has finished")
     refuse_custom_kind(storage, schema.read_dataset_row(storage).get("kind"))  # before any word about soups
     try:
-        read_dataset(storage)  # no trial stored predictions: that one line, not a word about soups first
+        kind = read_dataset(storage).kind  # no trial stored predictions: that one line, not a word about soups first
+        refuse_methods_kind_lacks(kind, methods if method else None)
     except CaviarError as exc:
         fail(str(exc))
     soup = objective_for = None
     had_soup = has_soup(storage)
+    if kind == "regression":  # it builds no soup: nothing to leave out, or to say
+        methods = tuple(m for m in methods if m != "soup")
     if "soup" in methods and not method and not (task or trust_task_code):  # all methods by default: the rest
         if had_soup:  # rebuilding without it would delete the soup the sweep built: refuse before writing
             fail(f"{sweep} has a soup that only --task FILE or --trust-task-code can rebuild; pass one, or name the "

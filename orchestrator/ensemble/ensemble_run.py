@@ -249,6 +249,19 @@ def check_methods(methods: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(m for m in METHODS if m in methods or m == "single")  # the baseline is always there
 
 
+def refuse_methods_kind_lacks(kind: str | None, methods: Sequence[str] | None) -> None:
+    """Methods named for a regression sweep that it never builds (a soup, checkpoints) are refused, not left out
+    in silence: the rebuilt table would hold only ``single`` and lose the rows it had."""
+    if kind != "regression" or not methods:
+        return
+    from orchestrator.ensemble.regression_ensembles import REGRESSION_METHODS
+
+    lacking = [m for m in check_methods(methods) if m not in REGRESSION_METHODS]
+    if lacking:
+        raise ConfigError(f"option 'method': {', '.join(lacking)}: a regression sweep builds "
+                          f"{', '.join(REGRESSION_METHODS)} only")
+
+
 def _single_ema(cands: Sequence[Candidate], y_val: np.ndarray, metric: str,
                 objective: Objective | None = None) -> Ensemble | None:
     ema = [c for c in cands if c.key.weights == "ema"]
@@ -449,6 +462,7 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
     objective = objective_for(dataset) if objective_for is not None else None
     if dataset.kind == "regression":  # averaged outputs chosen on validation MSE (regression_ensembles.py)
         from orchestrator.ensemble.regression_ensembles import build_regression, read_regression
+
 
         records = build_regression(read_regression(storage, dataset), dataset, k=k, methods=check_methods(methods),
                                    objective=objective, seed_groups=ensembles.same_config_groups(_trials(storage)))

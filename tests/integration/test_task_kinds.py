@@ -402,3 +402,19 @@ def test_a_class_weighted_loss_ranked_by_accuracy_is_not_told_that_nothing_learn
                             'the rarer classes): to rank trials by that loss, set objective = "val_loss" (mode = '
                             '"min") or a metric of your own, such as balanced accuracy; else check the ranges (the '
                             'learning rate first) and the data')
+
+
+def test_a_method_a_regression_never_builds_is_refused_and_its_table_kept(storage_dir):
+    # `caviar ensemble REG -m soup --trust-task-code` built no soup, said nothing, and rewrote the table with only
+    # `single`: the greedy row load_ensemble(name="best") had returned was gone
+    result = sweep("regression_task.py", storage_dir, plan="4x2", ensemble=True, executor="processes")
+    storage = Storage.from_uri(result.path)
+    before = read_ensembles(storage)
+    for methods in (["-m", "soup", "--trust-task-code"], ["-m", "greedy,checkpoints"]):
+        refused = CliRunner().invoke(app, ["ensemble", result.path, *methods])
+        assert refused.exit_code == 2
+        assert "option 'method'" in refused.output and "a regression sweep builds" in refused.output
+        assert read_ensembles(storage) == before
+    # every method by default: no word about a soup regression never builds
+    default = CliRunner().invoke(app, ["ensemble", result.path])
+    assert default.exit_code == 0 and "soup" not in default.output
