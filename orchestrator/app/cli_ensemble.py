@@ -40,6 +40,7 @@ def ensemble(
         build_and_write,
         check_methods,
         has_soup,
+        prediction_files,
         read_dataset,
         refuse_custom_kind,
         refuse_methods_kind_lacks,
@@ -58,6 +59,7 @@ def ensemble(
     refuse_custom_kind(storage, schema.read_dataset_row(storage).get("kind"))  # before any word about soups
     try:
         kind = read_dataset(storage).kind  # no trial stored predictions: that one line, not a word about soups first
+        prediction_files(storage)
         refuse_methods_kind_lacks(kind, methods if method else None)
     except CaviarError as exc:
         fail(str(exc))

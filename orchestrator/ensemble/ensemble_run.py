@@ -227,11 +227,18 @@ def _problem(by_split: dict[str, np.ndarray], expected: dict[str, int]) -> str |
     return None
 
 
-def read_predictions(storage: Storage, dataset: Dataset | None = None) -> StoredPredictions:
-    dataset = dataset or read_dataset(storage)
+def prediction_files(storage: Storage) -> list[str]:
+    """The trials' prediction files; refused in one line when there are none."""
     files = [f for f in storage.list_files("predictions") if f.startswith("predictions/trial-")]
     if not files:
-        raise StorageError(f"{storage.path('predictions')}: no stored predictions (did any trial finish?)")
+        raise StorageError(f"{storage.path('predictions')}: no stored predictions (did any trial finish? with "
+                           "prediction_dtype = \"none\" no trial stores them; ensembles average stored predictions)")
+    return files
+
+
+def read_predictions(storage: Storage, dataset: Dataset | None = None) -> StoredPredictions:
+    dataset = dataset or read_dataset(storage)
+    files = prediction_files(storage)
     tables = [storage.read_table(f) for f in files]
     table = pa.concat_tables(tables, promote_options="permissive")
     return candidates_from_table(table, dataset)
@@ -392,7 +399,8 @@ def write_ensembles(storage: Storage, records: Sequence[EnsembleRecord]) -> None
 
 def read_ensembles(storage: Storage) -> list[EnsembleRecord]:
     if not storage.exists(schema.ENSEMBLES_PATH):
-        if not storage.exists(schema.DATASET_PATH):  # `caviar ensemble` would refuse in turn: say why, once
+        stored = [f for f in storage.list_files("predictions") if f.startswith("predictions/trial-")]
+        if not storage.exists(schema.DATASET_PATH) or not stored:  # `caviar ensemble` would refuse: say why, once
             raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file, and none can be built: no trial "
                                "stored predictions (the task's kind is \"custom\", prediction_dtype is \"none\", or "
                                "no trial finished); the sweep's answer is its best trial (caviar top SWEEP_DIR)")

@@ -49,7 +49,8 @@ def read_regression(storage: Storage, dataset: object) -> list[RegressionCandida
     """One candidate per (trial, epoch, weights), the latest attempt; partial or non-finite ones left out."""
     files = [f for f in storage.list_files("predictions") if f.startswith("predictions/trial-")]
     if not files:
-        raise StorageError(f"{storage.path('predictions')}: no stored predictions (did any trial finish?)")
+        raise StorageError(f"{storage.path('predictions')}: no stored predictions (did any trial finish? with "
+                           "prediction_dtype = \"none\" no trial stores them; ensembles average stored predictions)")
     table = pa.concat_tables([storage.read_table(f) for f in files], promote_options="permissive")
     y_val, y_test = dataset.y_val, dataset.y_test  # type: ignore[attr-defined]
     width = y_val.shape[1]

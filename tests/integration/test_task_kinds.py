@@ -418,3 +418,17 @@ def test_a_method_a_regression_never_builds_is_refused_and_its_table_kept(storag
     # every method by default: no word about a soup regression never builds
     default = CliRunner().invoke(app, ["ensemble", result.path])
     assert default.exit_code == 0 and "soup" not in default.output
+
+
+def test_a_sweep_without_predictions_still_names_its_objective(storage_dir):
+    # prediction_dtype = "none" wrote no dataset table, so top, status, ls and the report lost the objective:
+    # `caviar top` showed "best score -0.2" for a Brier score minimised at 0.2
+    result = sweep("custom_metric_task.py", storage_dir, plan="3x1", ensemble=True, executor="processes",
+                   prediction_dtype="none")
+    top = CliRunner().invoke(app, ["top", result.path], env={"COLUMNS": "250"})
+    assert top.exit_code == 0 and "best val_brier" in top.output
+    assert f"{-result.best_score:.4f}" in top.output and f"{result.best_score:.4f}" not in top.output
+    rebuilt = CliRunner().invoke(app, ["ensemble", result.path])
+    assert rebuilt.exit_code == 2 and 'prediction_dtype = "none"' in rebuilt.output and "soup" not in rebuilt.output
+    with pytest.raises(Exception, match="none can be built"):
+        load_ensemble(result.path, trust_task_code=True)

@@ -283,7 +283,10 @@ def test_a_custom_kind_sweep_says_why_it_has_no_ensembles(tmp_path, caplog):
     with pytest.raises(StorageError, match=r"no such file, and none can be built: no trial stored predictions \(the "
                                            r"task's kind is \"custom\".*answer is its best trial \(caviar top"):
         read_ensembles(storage)
-    storage.write_bytes(schema.DATASET_PATH, b"")  # predictions stored: the ensembles can be built
+    storage.write_bytes(schema.DATASET_PATH, b"")
+    with pytest.raises(StorageError, match="none can be built"):  # the dataset row alone (prediction_dtype "none")
+        read_ensembles(storage)
+    storage.write_bytes("predictions/trial-0.parquet", b"")  # predictions stored: the ensembles can be built
     with pytest.raises(StorageError, match=r"no such file \(build them: caviar ensemble SWEEP_DIR\)$"):
         read_ensembles(storage)
 

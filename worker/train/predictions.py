@@ -178,8 +178,10 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
     kind = run.splits.target_kind
     classification = kind.kind == "classification"
     if dtype == "none" or not (classification or kind.kind == "regression"):
-        if kind.kind == "custom":  # no predictions, but load_ensemble needs the input standardisation
-            write_dataset(storage, run.splits, run.objective, run.mode, output_shape=run.output_shape)
+        # No predictions, but load_ensemble needs the input standardisation (custom), and top, status and the
+        # report the objective and its mode: without them a minimised objective showed as a negative "score".
+        write_dataset(storage, run.splits, run.objective, run.mode, None if kind.kind == "custom" else run.task,
+                      run.output_shape)
         storage.delete(rel)
         return 0
     check_dtype(dtype)
