@@ -385,11 +385,9 @@ def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sw
         # import crashed it ('Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so'); the actors load the data
         shared = shared_data(splits) if shipped is None else None
         if shared is None and splits is not None:  # actors load the data: standardised with the master's statistics
-            from worker.data.splits import measured_data
-            from worker.train.session import statistics_of
+            from worker.train.session import what_workers_are_sent
 
-            worker_options["input_statistics"] = statistics_of(splits)
-            worker_options["measured_data"] = measured_data(splits)
+            worker_options.update(what_workers_are_sent(splits))
         # fused arrays when the model allows (cluster/fused_setup.py), else one trial per actor
         backend, plan = choose_backend(task, settings, where, name, stage_trials, first_pending, slots,
                                        worker_options, kept[:slots], shared, task_ref=task_ref)

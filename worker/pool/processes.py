@@ -43,8 +43,10 @@ from orchestrator.decide.backend import (
 )
 from orchestrator.errors import ConfigError, TaskError
 from worker.check.contract import describe
-from worker.data.splits import measured_data
-from worker.train.session import WorkerSession, statistics_of  # imported in the master: forked children inherit torch
+from worker.train.session import (  # imported in the master: forked children inherit torch
+    WorkerSession,
+    what_workers_are_sent,
+)
 
 log = logging.getLogger("caviar")
 
@@ -139,8 +141,7 @@ def child_setup(task_ref: str, storage_uri: str, sweep: str, worker_options: Map
     # with the master's statistics (a randomly augmenting training split gives others at every pass).
     options = {**worker_options, "threads": threads}
     if method != "fork":
-        options["input_statistics"] = statistics_of(splits)
-        options["measured_data"] = measured_data(splits)
+        options.update(what_workers_are_sent(splits))
     args = (task_ref, storage_uri, sweep, options, splits if method == "fork" else None)
     return method, multiprocessing.get_context(method), args
 

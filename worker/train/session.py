@@ -28,7 +28,7 @@ from orchestrator.store.schema import INPUT_STATISTICS_PATH, read_dataset_row
 from orchestrator.store.storage import Storage
 from worker.data import task_globals
 from worker.data.kinds import baseline_val_loss, objective_and_mode
-from worker.data.splits import Splits, prepare_task_data
+from worker.data.splits import Splits, measured_data, prepare_task_data
 from worker.train.predictions import check_stored_labels, forget_dataset_written
 from worker.train.recorder import TrialRecorder, load_resume_state, load_safetensors
 from worker.train.trainer import TrialRun, TrialSpec, pick_device
@@ -71,6 +71,12 @@ def statistics_of(splits: Splits | None) -> tuple[np.ndarray, np.ndarray] | None
     if mean is None or std is None:
         return None
     return mean[0].detach().cpu().double().numpy(), std[0].detach().cpu().double().numpy()
+
+
+def what_workers_are_sent(splits: Splits | None) -> dict[str, Any]:
+    """For workers that load the data themselves: the master's input statistics and its load-time pass over streamed
+    splits, so they standardise alike and read no split in full before their first trial."""
+    return {"input_statistics": statistics_of(splits), "measured_data": measured_data(splits)}
 
 
 def write_input_statistics(storage: Storage, splits: Splits) -> None:
