@@ -264,6 +264,35 @@ def phases(started: float, finished: float, epochs: list[tuple[float, float]], s
             "train_busy_fraction": compute / ((last - first) * slots) if last > first else None}
 
 
+def idle_breakdown(trials: list[dict[str, Any]], metrics: list[dict[str, Any]], slots: int = SLOTS) -> dict[str, Any]:
+    """Where the slots' idle time in the training phase went, in slot-seconds, from caviar's own tables.
+
+    Each trial: from its ``started`` stamp to its first epoch's start (a worker building the model), between its
+    epochs (reports to the master), from its last epoch's end to ``finished`` (checkpoints scored on val and test,
+    predictions and index written). The rest of ``train_phase_s x slots - compute_s`` is a slot holding no trial:
+    waiting at a stage's end for its last trials, for the master's next assignment, or after its last trial.
+    """
+    if not metrics:
+        return {}
+    by_trial: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    for row in metrics:
+        end = row["time"].timestamp()
+        by_trial.setdefault((row["trial_id"], row["attempt"]), []).append((end - row["epoch_seconds"], end))
+    starts = ends = between = 0.0
+    for trial in trials:
+        epochs = sorted(by_trial.get((trial["trial_id"], trial["attempt"]), []))
+        if not epochs or trial["started"] is None or trial["finished"] is None:
+            continue
+        starts += max(0.0, epochs[0][0] - trial["started"].timestamp())
+        ends += max(0.0, trial["finished"].timestamp() - epochs[-1][1])
+        between += sum(max(0.0, b[0] - a[1]) for a, b in zip(epochs, epochs[1:]))
+    first = min(start for spans in by_trial.values() for start, _ in spans)
+    last = max(end for spans in by_trial.values() for _, end in spans)
+    idle = (last - first) * slots - sum(row["epoch_seconds"] for row in metrics)
+    return {"idle_trial_starts_s": starts, "idle_between_epochs_s": between, "idle_trial_ends_s": ends,
+            "idle_no_trial_s": idle - starts - between - ends}
+
+
 def run_caviar(trials: int, epochs: int, storage: str, task_path: str = DIGITS_MLP, slots: int = SLOTS,
                **settings: Any) -> dict[str, Any]:
     """One caviar sweep with ``settings`` on top of its defaults; the best model's and the chosen ensemble's test."""
@@ -283,7 +312,8 @@ def run_caviar(trials: int, epochs: int, storage: str, task_path: str = DIGITS_M
            "compute_s": float(sum(metrics["epoch_seconds"].to_pylist())),
            "epochs_trained": metrics.num_rows, "best_val_accuracy": result.best_score,
            "test_accuracy_best": caviar_best_test_accuracy(result, tables, task_path), "trials": len(tables.trials),
-           "plan": ",".join(f"{r['trials']}x{r['epochs']}" for r in tables.stages.to_pylist())}
+           "plan": ",".join(f"{r['trials']}x{r['epochs']}" for r in tables.stages.to_pylist()),
+           **idle_breakdown(tables.trials.to_pylist(), metrics.to_pylist(), slots)}
     out["ensemble_test_accuracy"] = caviar_ensemble_test_accuracy(result)
     fused = [e for e in tables.events.to_pylist() if e["kind"] == "fusing_on"]
     executor = [json.loads(e["detail"])["executor"] for e in tables.events.to_pylist() if e["kind"] == "executor"][-1]

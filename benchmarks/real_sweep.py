@@ -50,7 +50,8 @@ DEFAULT_TOOLS = ("caviar", "caviar-ray", "tune", "optuna")
 NO_RAY = ("optuna", "caviar", "caviar-processes")  # the rest share one ray.init, timed apart (ray_start_s)
 COLUMNS = ["tool", "trials", "max_epochs", "epochs_trained", "wall_s", "ratio_vs_caviar", "wall_with_data_s",
            "compute_s", "busy_fraction", "best_val_accuracy", "test_accuracy_best", "ensemble_test_accuracy",
-           "startup_s", "train_phase_s", "train_busy_fraction", "after_s", "ray_start_s", "process_s"]
+           "startup_s", "train_phase_s", "train_busy_fraction", "after_s", "ray_start_s", "process_s",
+           "idle_trial_starts_s", "idle_between_epochs_s", "idle_trial_ends_s", "idle_no_trial_s"]
 
 
 def child(tool: str, trials: int, epochs: int) -> None:
@@ -111,6 +112,9 @@ def main() -> None:
         "startup_s: until the first epoch began (workers start, import torch, load data); train_phase_s: first epoch's"
         " start to last epoch's end; train_busy_fraction: compute_s / (train_phase_s x slots); after_s: from the last"
         " epoch's end to the tool's return (final writes, caviar's ensembles)",
+        "idle_*_s (caviar only; slot-seconds of the training phase, from its trials and metrics tables): trial starts"
+        " (started to first epoch), between a trial's epochs, trial ends (last epoch to finished: checkpoints scored,"
+        " predictions written), and no trial on the slot (stage ends, the master's next assignment, the last tail)",
         *extra,
     ], **kwargs)
 

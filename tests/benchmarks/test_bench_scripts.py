@@ -136,6 +136,33 @@ def test_quality_tasks_load_with_their_own_shapes():
         assert out.shape == (5, len(set(data["train"][1].tolist())))
 
 
+def test_idle_breakdown_splits_the_slots_idle_time_on_plain_rows():
+    from datetime import UTC, datetime
+
+    from benchmarks.common import idle_breakdown
+
+    def at(seconds):
+        return datetime.fromtimestamp(1000 + seconds, tz=UTC)
+
+    def epoch(trial, end, seconds):
+        return {"trial_id": trial, "attempt": 0, "time": at(end), "epoch_seconds": seconds}
+
+    # slot A: trial 0 started 0, epochs 0.1-1.0 and 1.2-2.0, finished 2.3; trial 1 started 2.5, epoch 2.6-4.0, ended 4.0
+    # slot B: trial 2 started 0, epoch 0.0-3.0, finished 3.1, then nothing until the phase ends at 4.0
+    trials = [{"trial_id": 0, "attempt": 0, "started": at(0), "finished": at(2.3)},
+              {"trial_id": 1, "attempt": 0, "started": at(2.5), "finished": at(4.0)},
+              {"trial_id": 2, "attempt": 0, "started": at(0), "finished": at(3.1)},
+              {"trial_id": 3, "attempt": 0, "started": at(0), "finished": None}]  # never trained: left out
+    metrics = [epoch(0, 1.0, 0.9), epoch(0, 2.0, 0.8), epoch(1, 4.0, 1.4), epoch(2, 3.0, 3.0)]
+    idle = idle_breakdown(trials, metrics, slots=2)
+    assert idle["idle_trial_starts_s"] == pytest.approx(0.1 + 0.1)
+    assert idle["idle_between_epochs_s"] == pytest.approx(0.2)
+    assert idle["idle_trial_ends_s"] == pytest.approx(0.3 + 0.1)
+    # the phase is 0.0-4.0 on 2 slots (8.0), compute 6.1: 1.9 idle, of which 0.2 + 0.2 + 0.4 inside trials
+    assert idle["idle_no_trial_s"] == pytest.approx(1.9 - 0.8)
+    assert idle_breakdown(trials, [], slots=2) == {}
+
+
 def test_quality_summary_and_verdicts_on_plain_rows():
     from benchmarks.quality import summarise, verdicts
 
