@@ -40,7 +40,7 @@ from orchestrator.search.sampler import SAMPLERS, SamplerChoice, sampler_for, sa
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.stage_policy import STAGE_POLICIES, StagePolicyChoice, stage_policy_for, stage_policy_name
 from orchestrator.search.stages import Stage, default_plan, parse_plan, stage_grace_epochs
-from orchestrator.spec.builtin_values import check_builtin_values
+from orchestrator.spec.builtin_values import check_builtin_values, with_builtin_limits
 from orchestrator.spec.settings import RunSettings, ray_joined, read_toml
 from orchestrator.spec.task import Task, fusing_limits
 from orchestrator.store import schema
@@ -117,9 +117,9 @@ def build_settings(
         layers.append(run_part)
     settings = settings.merged(_named(overrides)).validate()
     check_plan_agrees(settings, [*layers, overrides])
-    check_builtin_values(space, own_optimizer=getattr(getattr(task, "namespace", None), "build_optimizer", None)
-                         is not None)
-    return settings, space
+    own_optimizer = getattr(getattr(task, "namespace", None), "build_optimizer", None) is not None
+    check_builtin_values(space, own_optimizer=own_optimizer)
+    return settings, with_builtin_limits(space, own_optimizer=own_optimizer)
 
 
 def check_plan_agrees(settings: RunSettings, layers: Sequence[Mapping[str, Any]]) -> None:

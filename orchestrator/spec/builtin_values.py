@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from orchestrator.errors import SpaceError, did_you_mean
-from orchestrator.search.space import Choice, Distribution
+from orchestrator.search.space import Choice, Distribution, LogUniform, SearchSpace, Uniform
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "step", "exponential", "inverse_time", "plateau", "cosine")
@@ -37,6 +38,31 @@ def check_builtin_values(params: Mapping[str, Any], *, own_optimizer: bool = Fal
                 hint = did_you_mean(value, OPTIMIZERS + SCHEDULES) if isinstance(value, str) else ""
                 raise SpaceError(f"parameter '{name}': {value!r} is not {wanted}, as caviar's training loop reads it"
                                  f"{hint}")
+
+
+# Decay rates caviar's loop reads, which must stay below 1: torch's Adam refuses a beta of 1 or more, the EMA weights
+# refuse an ema_decay of 1 or more, and a momentum or RMSprop rho above 1 grows the update without bound. A uniform or
+# log-uniform range declared below 1 (beta2 = uniform(0.9, 0.999), as Optuna users write it) could otherwise be
+# extended past its edge to 1.05, and every trial drawn there fails or diverges.
+OPTIMIZER_DECAYS = ("momentum", "beta1", "beta2", "rho")
+BELOW_ONE = math.nextafter(1.0, 0.0)
+
+
+def with_builtin_limits(space: SearchSpace, *, own_optimizer: bool = False) -> SearchSpace:
+    """``space`` with the decay rates caviar's loop reads kept below 1 when a stage extends their range.
+
+    Only the upper limit of a ``uniform`` or ``loguniform`` range changes (one_minus_loguniform and dropout already
+    stay below 1); a range declared up to 1 or past it is left as declared and is never extended further."""
+    names = ("ema_decay",) + (() if own_optimizer else OPTIMIZER_DECAYS)
+    capped = {}
+    for name in names:
+        dist = space.get(name)
+        if type(dist) not in (Uniform, LogUniform):
+            continue
+        cap = max(dist.high, BELOW_ONE)
+        if dist.limits[1] > cap:
+            capped[name] = replace(dist, limits=(dist.limits[0], cap))
+    return space.replace(**capped) if capped else space
 
 
 def _values(value: Any) -> list[Any]:

@@ -7,8 +7,17 @@ import math
 import pytest
 
 from orchestrator.errors import SpaceError
-from orchestrator.search.space import SearchSpace, choice, lograndint, one_minus_loguniform, uniform
-from orchestrator.spec.builtin_values import check_builtin_values
+from orchestrator.search.narrowing import narrow_space
+from orchestrator.search.space import (
+    SearchSpace,
+    choice,
+    dropout,
+    lograndint,
+    loguniform,
+    one_minus_loguniform,
+    uniform,
+)
+from orchestrator.spec.builtin_values import check_builtin_values, with_builtin_limits
 
 
 def refusal(params, **kwargs) -> str:
@@ -34,3 +43,30 @@ def test_every_option_and_bound_is_checked_before_a_trial_draws_it():
 
 def test_a_task_with_its_own_build_optimizer_names_its_optimizers_as_it_likes():
     check_builtin_values({"optimizer": choice(["lion", "adam"])}, own_optimizer=True)
+
+
+def extended_high(space: SearchSpace, name: str) -> float:
+    """The next stage's upper bound when the best trial sits on the high edge of ``name``'s range."""
+    dist = space[name]
+    at_high_edge = [({name: dist.high}, 3.0), ({name: dist.from_unit(0.5)}, 2.0), ({name: dist.low}, 1.0)]
+    return narrow_space(SearchSpace({name: dist}), at_high_edge).space[name].high
+
+
+def test_decay_rates_caviar_reads_are_never_extended_to_1_or_past():
+    # a best beta2 of 0.9987 at the high edge of uniform(0.9, 0.999) moved the next stage to [0.9, 1.048], where torch's
+    # Adam refuses every draw of 1 or more; momentum and rho above 1 diverge, and the EMA refuses ema_decay >= 1
+    space = with_builtin_limits(SearchSpace({
+        "beta2": uniform(0.9, 0.999), "beta1": loguniform(0.5, 0.95), "rho": uniform(0.8, 0.99),
+        "ema_decay": uniform(0.9, 0.99), "momentum": uniform(0.5, 1.0), "width": uniform(0.9, 0.999),
+        "beta": one_minus_loguniform(0.9, 0.999), "dropout": dropout(0.0, 0.5)}))
+    for name in ("beta2", "beta1", "rho", "ema_decay"):
+        assert space[name].high < extended_high(space, name) < 1.0
+    assert extended_high(space, "momentum") == 1.0  # declared up to 1: kept, never extended past it
+    assert extended_high(space, "width") > 1.0  # not a value caviar reads: the task's own to bound
+    assert space["beta"].limits == (0.0, 1.0) and space["dropout"].limits == (0.0, 0.999)  # already below 1
+
+
+def test_a_task_with_its_own_optimizer_keeps_its_ranges_but_the_ema_stays_below_1():
+    space = with_builtin_limits(SearchSpace({"beta2": uniform(0.9, 0.999), "ema_decay": uniform(0.9, 0.99)}),
+                                own_optimizer=True)
+    assert extended_high(space, "beta2") > 1.0 and extended_high(space, "ema_decay") < 1.0

@@ -1,0 +1,27 @@
+"""Search spaces unlike the digits example's, swept for real: how stages extend and narrow them."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from orchestrator.app.api import load, run_sweep
+from tests.conftest import ROOT
+
+TASKS = os.path.join(ROOT, "tests", "tasks")
+
+
+def test_a_uniform_adam_beta_at_its_edge_is_never_extended_to_1_or_past(tmp_path):
+    # beta2 = uniform(0.9, 0.999) with the best trial at 0.9987: stage 2 sampled [0.9, 1.048], and each trial that drew
+    # beta2 >= 1 failed with torch's "Invalid beta parameter at index 1: 1.0027"
+    result = run_sweep(os.path.join(TASKS, "uniform_beta_task.py"), plan="6x1,6x3", slots=1, seed=312,
+                       ensemble=False, storage=str(tmp_path), name="beta")
+    tables = load(result.path)
+    events = tables.events.to_pylist()
+    [edge] = [e for e in events if e["kind"] == "range_extended" and json.loads(e["detail"])["param"] == "beta2"]
+    assert "high edge of [0.9, 0.999]" in edge["reason"]
+    stage_2 = json.loads(tables.stages.to_pylist()[1]["space"])["beta2"]
+    assert 0.999 < stage_2["high"] < 1.0
+    betas = [t["config"]["beta2"] for t in tables.trials.to_pylist()]
+    assert max(betas) < 1.0
+    assert result.counts.get("failed", 0) == 0
