@@ -85,7 +85,9 @@ class RunSettings:
         _check(
             "reduction_factor", _int(self.reduction_factor) and self.reduction_factor >= 2, "an integer >= 2"
         )
-        _check("seed", _int(self.seed) and self.seed >= 0, "a non-negative integer")
+        # The sweep row stores the seed as int64: a larger one (a random 64-bit seed, half the time) failed there with
+        # pyarrow's "OverflowError: Python int too large to convert to C long", the sweep's folder half written.
+        _check("seed", _int(self.seed) and 0 <= self.seed < 2**63, "a non-negative integer below 2**63")
         _check("pruner", self.pruner in PRUNERS or _is_class_path(self.pruner), f"one of {', '.join(sorted(PRUNERS))}")
         _check("sampler", self.sampler in SAMPLERS or _is_class_path(self.sampler), f"one of {', '.join(SAMPLERS)}")
         _check("stage_policy", self.stage_policy in STAGE_POLICIES or _is_class_path(self.stage_policy),

@@ -256,3 +256,14 @@ def test_trials_epochs_or_stages_given_beside_a_plan_must_agree_with_it(tmp_path
     with pytest.raises(ConfigError, match="^setting 'epochs': 10, but plan"):
         settings(toml='plan = "4x1,2x3"\n', epochs=10)
     assert settings(toml='trials = 96\nepochs = 20\nplan = "64x1,24x5,8x20"\n').trials == 96  # the README's file
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64 - 1])
+def test_a_seed_the_tables_cannot_hold_is_refused_by_name(seed):
+    # --seed 9223372036854775808 (a random 64-bit seed) ended in pyarrow's bare "OverflowError: Python int too large to
+    # convert to C long" when the sweep row was written, after the sweep's folder, lease and task copy were
+    from orchestrator.spec.settings import RunSettings
+
+    with pytest.raises(ConfigError, match=r"^setting 'seed': expected a non-negative integer below 2\*\*63$"):
+        RunSettings(seed=seed).validate()
+    RunSettings(seed=2**63 - 1).validate()
