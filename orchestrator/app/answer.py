@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from orchestrator.search.space import shown_value
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, redact_uri
 
@@ -19,7 +20,7 @@ def active_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def format_value(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return shown_value(value)
 
 
 def format_config(config: Mapping[str, Any] | None) -> str:

@@ -74,8 +74,10 @@ def print_report(report: Any, *, verbose: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from orchestrator.search.space import shown_value
+
     console = Console()
-    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in report.config.items())
+    shown = ", ".join(f"{k}={shown_value(v)}" for k, v in report.config.items())
     console.print(f"config (regularisation off): {shown}")
     table = Table(title=f"preflight: {report.title}")
     for column in ("check", "result", "measured", "expected", "note"):

@@ -54,6 +54,7 @@ from orchestrator.app.report_figures import (
 )
 from orchestrator.app.tables import SweepTables
 from orchestrator.decide.interrupt import die_with_parent
+from orchestrator.search.space import shown_value
 from orchestrator.spec.settings import ray_joined
 from orchestrator.store.storage import Storage
 
@@ -129,9 +130,7 @@ def top_table(data: SweepData, k: int = 10) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
+    return "-" if value is None else shown_value(value, 4)
 
 
 # -- entry point -----------------------------------------------------------------------------------

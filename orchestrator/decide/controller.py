@@ -21,7 +21,7 @@ from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, sto
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.search.narrowing import edge_warnings
 from orchestrator.search.sampler import stage_configs, trial_seed
-from orchestrator.search.space import SearchSpace
+from orchestrator.search.space import SearchSpace, shown_value
 from orchestrator.search.stage_policy import NarrowAndPromote, StagePolicy, stage_policy_name
 from orchestrator.search.stages import Stage
 from orchestrator.store.schema import TRIALS_PATH, now_ms
@@ -562,7 +562,7 @@ def observation_of(trial_id: int, row: Mapping[str, Any]) -> Observation:
 
 
 def _g(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return shown_value(value, 4)
 
 
 def edge_event(controller: Controller, notice: Any) -> tuple[str, int | None, str]:

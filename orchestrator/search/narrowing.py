@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import ConfigError, SpaceError
-from orchestrator.search.space import Choice, Distribution, SearchSpace
+from orchestrator.search.space import Choice, Distribution, SearchSpace, shown_value
 
 Result = tuple[Mapping[str, Any], float]  # (config, score), higher is better
 _NUDGE = 1e-7  # of a scale width: how far inside an open limit a bound stays
@@ -35,12 +35,12 @@ class EdgeNotice:
 
     def message(self) -> str:
         where = f"best {self.param} = {self.value!r} sits at the {'upper' if self.side == 'high' else 'lower'} edge"
-        lo, hi = self.old_range
+        old, new = (", ".join(shown_value(float(x), 6) for x in r) for r in (self.old_range, self.new_range))
         if self.extended:
-            return f"{where} of [{lo:g}, {hi:g}]: range extended to [{self.new_range[0]:g}, {self.new_range[1]:g}]"
+            return f"{where} of [{old}]: range extended to [{new}]"
         if self.hard_limit:
-            return f"{where} of [{lo:g}, {hi:g}], which is a hard limit"
-        return f"{where} of its range [{lo:g}, {hi:g}]: the optimum may lie beyond"
+            return f"{where} of [{old}], which is a hard limit"
+        return f"{where} of its range [{old}]: the optimum may lie beyond"
 
 
 @dataclass(frozen=True)

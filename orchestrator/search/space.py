@@ -36,6 +36,18 @@ def plain_value(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def shown_value(value: Any, digits: int = 3) -> str:
+    """A config value as short text: ``digits`` significant digits for a float, more where fewer would read as 1 or
+    -1 (a beta2 of 0.9996 is not 1, which Adam refuses: a config copied from a table must be the one that trained)."""
+    if not isinstance(value, float):
+        return str(value)
+    text = f"{value:.{digits}g}"
+    while abs(float(text)) == 1.0 and float(text) != value and digits < 17:
+        digits += 1
+        text = f"{value:.{digits}g}"
+    return text
+
+
 def _got(value: Any) -> str:
     """``tuple (16, 8)``: the type, and the value where its repr is short data (never a module's many lines)."""
     if value is None:

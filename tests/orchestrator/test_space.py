@@ -352,3 +352,20 @@ def test_a_toml_range_keeps_the_tasks_condition_and_limits_unless_it_gives_its_o
 def test_a_bound_given_as_true_is_refused_not_read_as_one(spec):
     with pytest.raises(SpaceError, match=r"^parameter 'p': bounds must be numbers, got (low|high) = True"):
         SearchSpace({"p": parse_param("p", spec)})
+
+
+def test_a_beta_near_1_is_never_shown_as_1():
+    # digits' beta2 = one_minus_loguniform(0.99, 0.9999): a third of its adam trials were listed as beta2=1 in caviar
+    # top, status, the run's best line and the report, a value Adam refuses when the config is copied from there
+    from orchestrator.app.answer import format_config
+    from orchestrator.search.narrowing import EdgeNotice
+    from orchestrator.search.space import shown_value
+
+    assert format_config({"optimizer": "adam", "beta2": 0.99962, "lr": 0.0123456, "eps": None}) == (
+        "optimizer=adam, beta2=0.9996, lr=0.0123")
+    assert [shown_value(v) for v in (0.99995, -0.99996, 1.0004, 1.0, 0.999, 2.5e-5)] == [
+        "0.99995", "-0.99996", "1.0004", "1", "0.999", "2.5e-05"]
+    notice = EdgeNotice("beta2", "high", (0.99, 0.9999), (0.999, 0.9999999999999999), extended=True,
+                        hard_limit=True, value=0.99988)
+    assert notice.message() == ("best beta2 = 0.99988 sits at the upper edge of [0.99, 0.9999]: range extended to "
+                                "[0.999, 0.9999999999999999]")
