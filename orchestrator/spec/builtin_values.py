@@ -1,9 +1,10 @@
 """The values caviar's own training loop reads from a config, checked where the space is declared.
 
-``optimizer``, ``schedule``, ``batch_size``, ``ema_decay`` and ``grad_clip`` are read by the workers' loop
-(``worker/train/optim.py``, ``worker/train/trainer.py``). A misspelt optimizer among a choice's options, or a batch
-size of -5, would otherwise pass the master's one-config check and fail (or silently take no optimizer step) in the
-trials that draw it; every option and range bound is known before any worker starts. Pure: no torch.
+``optimizer``, ``schedule``, ``batch_size``, ``step_epochs``, ``patience``, ``ema_decay`` and ``grad_clip`` are read
+by the workers' loop (``worker/train/optim.py``, ``worker/train/trainer.py``). A misspelt optimizer among a choice's
+options, or a batch size of -5, would otherwise pass the master's one-config check and fail (or silently take no
+optimizer step) in the trials that draw it; every option and range bound is known before any worker starts.
+Pure: no torch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def check_builtin_values(params: Mapping[str, Any], *, own_optimizer: bool = Fal
     rules: dict[str, tuple[Callable[[Any], bool], str]] = {
         "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
         "batch_size": (_positive_int, "a positive integer (a range of them: randint or lograndint)"),
+        # the step and plateau schedules read these as whole epochs: 3.74 once trained as 3, the table saying 3.74
+        "step_epochs": (_positive_int, "a positive integer (a range of them: randint or lograndint)"),
+        "patience": (lambda v: _positive_int(v) or v == 0 and not isinstance(v, bool),
+                     "an integer >= 0 (a range of them: randint)"),
         "ema_decay": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1) (0: no EMA)"),
         "grad_clip": (lambda v: _number(v) and v > 0, "a number > 0 (inf: no clipping)"),
     }

@@ -15,6 +15,7 @@ from orchestrator.search.space import (
     lograndint,
     loguniform,
     one_minus_loguniform,
+    randint,
     uniform,
 )
 from orchestrator.spec.builtin_values import check_builtin_values, with_builtin_limits
@@ -70,3 +71,15 @@ def test_a_task_with_its_own_optimizer_keeps_its_ranges_but_the_ema_stays_below_
     space = with_builtin_limits(SearchSpace({"beta2": uniform(0.9, 0.999), "ema_decay": uniform(0.9, 0.99)}),
                                 own_optimizer=True)
     assert extended_high(space, "beta2") > 1.0 and extended_high(space, "ema_decay") < 1.0
+
+
+def test_schedule_epochs_must_be_whole_not_truncated():
+    # step_epochs = uniform(1, 4) drew 3.74, which the step schedule trained as 3 while the trials table said 3.74
+    assert refusal({"step_epochs": uniform(1, 4)}) == (
+        "parameter 'step_epochs': 1.0 is not a positive integer (a range of them: randint or lograndint), as caviar's "
+        "training loop reads it")
+    for bad in (0, 2.5, True):
+        assert refusal({"step_epochs": bad}).startswith("parameter 'step_epochs': ")
+    for bad in (-1, 1.5, False):
+        assert refusal({"patience": bad}).startswith("parameter 'patience': ")
+    check_builtin_values({"step_epochs": randint(1, 4), "patience": choice([0, 2, 5])})
