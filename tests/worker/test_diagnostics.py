@@ -114,3 +114,34 @@ def test_a_trial_that_ends_before_any_flush_writes_straight_to_the_final_file(tm
     recorder.finish(run)
     assert storage.list_files("diagnostics") == [schema.diagnostics_path(2)]
     assert storage.read_table(schema.diagnostics_path(2)).num_rows == 2 * 7
+
+
+class _PaddedEncoder(nn.Module):
+    """Token ids (0 = padding) through a transformer encoder given the padding mask: in eval mode torch's fast path
+    makes the layers inside return nested tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 8, padding_idx=0)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x), src_key_padding_mask=x == 0).mean(dim=1))
+
+
+def test_a_transformer_encoders_nested_activations_are_measured_on_their_real_positions():
+    torch.manual_seed(0)
+    model = _PaddedEncoder()
+    x = torch.randint(1, 10, (16, 6))
+    x[:, 4:] = 0  # every sequence padded after 4 tokens
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    diagnostics = Diagnostics(model, opt, x, {"trial_id": 0, "attempt": 0, "stage": 0}, 1,
+                              DiagnosticsOptions(probe_size=16))
+    diagnostics.epoch_end(1)  # raised torch's "NestedTensorImpl doesn't support sizes", failing every trial
+    acts = {r["layer"]: r for r in diagnostics.take() if r["kind"] == "activation"}
+    assert diagnostics.probe_error is None
+    norm = acts["encoder.layers.0.norm2"]
+    assert norm["numel"] == 8 and sum(norm["hist_counts"]) == 16 * 4 * 8  # the real positions only, no padding
+    assert abs(norm["mean"]) < 1e-5  # a layer norm's output, padding zeros left out

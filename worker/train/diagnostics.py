@@ -167,6 +167,8 @@ class Diagnostics:
         for name, module in self.model.named_modules():
             if next(module.children(), None) is None and name and not isinstance(module, SKIPPED_MODULES):
                 def hook(mod: nn.Module, _: Any, out: Any, name: str = name) -> None:
+                    if isinstance(out, torch.Tensor) and out.is_nested:
+                        out = _real_positions(out)
                     if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel() > 0:
                         captured.append((name, mod, out))
                 handles.append(module.register_forward_hook(hook))
@@ -186,6 +188,15 @@ class Diagnostics:
     def take(self) -> list[dict[str, Any]]:
         out, self.rows = self.rows, []
         return out
+
+
+def _real_positions(out: torch.Tensor) -> torch.Tensor:
+    """A nested tensor's values as one plain tensor, a row per position, the padding left out.
+
+    torch's transformer layers run a fast path in eval mode with a padding mask, and the modules inside an
+    ``nn.TransformerEncoder`` then return nested tensors, which have no ``shape`` to reshape or index by.
+    """
+    return torch.cat([t.reshape(-1, t.shape[-1]) if t.dim() >= 1 else t.reshape(1, 1) for t in out.unbind()])
 
 
 def _moments(param: torch.Tensor) -> torch.Tensor:
