@@ -284,3 +284,42 @@ def test_a_searched_batch_size_of_one_for_a_batch_norm_model_is_named_before_the
     assert "drop the option 1" in warn_if_batch_of_one_is_searched(model, SearchSpace({"batch_size": choice([1, 8])}))
     assert warn_if_batch_of_one_is_searched(model, SearchSpace({"batch_size": randint(2, 64)})) is None
     assert warn_if_batch_of_one_is_searched(torch.nn.Linear(4, 2), SearchSpace({"batch_size": randint(1, 8)})) is None
+
+
+def test_a_model_with_an_auxiliary_head_in_training_trains_through_the_tasks_own_loop():
+    """Inception-style: (logits, aux) in training mode, logits in eval mode; the task's train_epoch adds the two
+    losses. caviar evaluates in eval mode only, so the contract check must not demand a tensor in training mode."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    class AuxNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head, self.aux = nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Linear(8, 3), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.body(x)
+            return (self.head(h), self.aux(h)) if self.training else self.head(h)
+
+    def with_aux_loss(model, optimizer, batches, config):
+        model.train()
+        losses = []
+        for x, y in batches:
+            logits, aux = model(x)
+            loss = nn.functional.cross_entropy(logits, y) + 0.3 * nn.functional.cross_entropy(aux, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return {"train_loss": sum(losses) / len(losses)}
+
+    module = load_task(TINY_TASK).namespace
+    task = dataclasses.replace(load_task(TINY_TASK), namespace=SimpleNamespace(
+        space=module.space, load_data=module.load_data, build_model=lambda config: AuxNet(),
+        train_epoch=with_aux_loss))
+    splits = validate_contract(task, [CONFIG])  # refused: "the model must return a tensor, got tuple"
+    run = TrialRun(task, splits, TrialSpec(0, 0, CONFIG, 3, 3), torch.device("cpu"))
+    rows = [run.train_epoch() for _ in range(3)]
+    assert rows[-1]["val_accuracy"] > 0.8 and math.isfinite(rows[-1]["ema_val_loss"])

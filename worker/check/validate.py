@@ -90,6 +90,10 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
     batch = int(setting(config, "batch_size", 64))
     xb, yb = splits.sample(batch)
     yb = kind.to_training(yb)
+    if task.get("train_epoch") is not None:
+        # The task's loop owns the training forward pass (an auxiliary head's (logits, aux) tuple, as torchvision's
+        # Inception gives); caviar runs this model only to evaluate it, in eval mode, so that is the pass checked.
+        model.eval()
     try:
         outputs = model(xb)
     except Exception as exc:
@@ -457,9 +461,10 @@ def warn_if_own_loss_changes_with_units(task: Task, splits: Splits, model: torch
     xb, yb = splits.sample(64)
     generator = torch.Generator().manual_seed(0)
     ratios: list[float] = []
+    was_training = model.training
     try:
         with torch.no_grad():
-            outputs = model(xb)
+            outputs = model.eval()(xb)  # what caviar evaluates the loss on (a task's own loop may train on a tuple)
             shifted = outputs + torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype)
             for o in (outputs, shifted):
                 trained = float(loss_fn(o, kind.to_training(yb)))
@@ -469,6 +474,8 @@ def warn_if_own_loss_changes_with_units(task: Task, splits: Splits, model: torch
                "for another"
     except Exception as exc:  # a loss that cannot take values in the targets' units says the same
         agree, seen = False, f"in the targets' units it raised {type(exc).__name__}: {_one_line(exc)}"
+    finally:
+        model.train(was_training)
     if agree:
         return None
     line = ("standardize_targets: loss_fn trains on standardised targets, but caviar evaluates it in the targets' "
