@@ -42,7 +42,7 @@ from worker.data.kinds import IGNORE_INDEX, class_labels, class_scores, labelled
 from worker.data.seeds import seeded_randomness
 from worker.data.splits import Splits, prepare
 from worker.load.ensemble_model import SweepModels
-from worker.train.trainer import model_outputs, pick_device
+from worker.train.trainer import materialise_lazy, model_outputs, pick_device
 
 BN_BATCH = 512
 BN_SEED = 0  # the training pass that recomputes batch norm draws its augmentation from this seed: rebuilds agree
@@ -174,7 +174,9 @@ class Soup:
     def arch_of(self, trial_id: int) -> tuple[Any, ...]:
         # Built on CPU: the meta device would skip the allocation but pulls in seconds of torch imports.
         if trial_id not in self._arch:
-            self._arch[trial_id] = architecture(self.models.build(trial_id))
+            model = self.models.build(trial_id)
+            materialise_lazy(model, lambda: self.splits.sample(2)[0].cpu())  # nn.LazyLinear: shapes come with an input
+            self._arch[trial_id] = architecture(model)
         return self._arch[trial_id]
 
     def peers(self, ranked: Sequence[CandidateKey]) -> list[CandidateKey]:

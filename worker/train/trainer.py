@@ -115,6 +115,27 @@ def split_values(task: Task, kind: TargetKind, loss_fn: Any, outputs: torch.Tens
     return values
 
 
+def has_lazy_tensors(model: torch.nn.Module) -> bool:
+    """Whether a lazy module (``nn.LazyLinear``, ``nn.LazyConv2d``) still waits for its first input to have shapes."""
+    return any(torch.nn.parameter.is_lazy(t) for t in (*model.parameters(), *model.buffers()))
+
+
+@torch.no_grad()
+def materialise_lazy(model: torch.nn.Module, inputs: Any) -> None:
+    """Give a lazy module's parameters their shapes with one forward pass on ``inputs`` (a callable is called
+    first, so data is read only for a model that needs it), as torch's docs ask before an optimizer, a copy (EMA) or
+    anything else reads them. In eval mode: no batch-norm statistics move, and a model that returns a tuple in
+    training (its own loop's auxiliary head) returns its tensor."""
+    if not has_lazy_tensors(model):
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        model(inputs() if callable(inputs) else inputs)
+    finally:
+        model.train(was_training)
+
+
 def _same(state: Mapping[str, torch.Tensor], module: torch.nn.Module) -> bool:
     """Whether ``state`` holds exactly ``module``'s current weights and buffers."""
     current = module.state_dict()
@@ -139,6 +160,7 @@ class TrialRun:
             self.model = task.get("build_model")(config).to(device)
         except Exception as exc:
             raise TaskError(f"build_model raised {type(exc).__name__}: {exc}") from exc
+        materialise_lazy(self.model, lambda: splits.sample(2, device)[0])
         params = [p for p in self.model.parameters() if p.requires_grad]
         custom_opt = task.get("build_optimizer")
         self.optimizer = custom_opt(config, params) if custom_opt else build_optimizer(config, params)
