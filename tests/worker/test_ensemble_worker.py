@@ -116,6 +116,9 @@ def test_average_states_and_bn_recomputed_from_training_inputs():
     b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
     avg = average_states([a, b])
     assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and int(avg["n"]) == 5
+    # A float64 model's soup keeps float64 precision (averaged in float32 it was rounded to about 1e-7).
+    fine = {"w": torch.tensor([1.0 + 1e-12], dtype=torch.float64)}
+    assert average_states([fine, fine])["w"].item() == 1.0 + 1e-12
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     x = torch.randn(1024, 3) * 3 + 2

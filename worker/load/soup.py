@@ -55,11 +55,13 @@ def architecture(model: nn.Module) -> tuple[Any, ...]:
 
 
 def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Uniform mean of floating-point tensors; integer buffers (``num_batches_tracked``) from the first."""
+    """Uniform mean of floating-point tensors, in float32 or wider (a float64 model's weights keep their
+    precision); integer buffers (``num_batches_tracked``) from the first."""
     out = {}
     for name, first in states[0].items():
         if first.is_floating_point():
-            out[name] = torch.stack([s[name].float() for s in states]).mean(dim=0).to(first.dtype)
+            wide = torch.promote_types(first.dtype, torch.float32)
+            out[name] = torch.stack([s[name].to(wide) for s in states]).mean(dim=0).to(first.dtype)
         else:
             out[name] = first.clone()
     return out
