@@ -117,9 +117,19 @@ def build_settings(
         layers.append(run_part)
     settings = settings.merged(_named(overrides)).validate()
     check_plan_agrees(settings, [*layers, overrides])
+    check_precision_reaches_the_loop(task, settings.precision)
     own_optimizer = getattr(getattr(task, "namespace", None), "build_optimizer", None) is not None
     check_builtin_values(space, own_optimizer=own_optimizer)
     return settings, with_builtin_limits(space, own_optimizer=own_optimizer)
+
+
+def check_precision_reaches_the_loop(task: Task, precision: str) -> None:
+    """Mixed precision autocasts the forward passes of caviar's own loop; a task's own ``train_epoch`` runs its
+    forward and backward passes itself (with no loss scaler for fp16), so the setting would be silently ignored."""
+    if precision != "fp32" and task.get("train_epoch") is not None:
+        raise ConfigError(f"setting 'precision': {precision} autocasts caviar's own training loop, and the task's "
+                          "train_epoch runs its own forward passes, which it would not reach; leave precision fp32 "
+                          f"and wrap them in torch.autocast(...) inside train_epoch")
 
 
 def check_plan_agrees(settings: RunSettings, layers: Sequence[Mapping[str, Any]]) -> None:

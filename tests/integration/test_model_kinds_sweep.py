@@ -37,3 +37,38 @@ def test_a_lazy_linear_model_trains_with_ema_and_its_soup_loads(tmp_path):
         model = load_ensemble(result.path, name=name, task=LAZY_TASK)
         accuracy = float((model(torch.as_tensor(x_val)).argmax(1).numpy() == y_val).mean())
         assert accuracy == pytest.approx(records[name].val_accuracy, abs=1e-9), name
+
+
+OWN_LOOP_TASK = f"""
+import sys
+sys.path.insert(0, {ROOT + "/tests/tasks"!r})
+from tiny_task import build_model, load_data, space  # noqa: F401
+from torch import nn
+
+
+def train_epoch(model, optimizer, batches, config):
+    losses = []
+    for x, y in batches:
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return {{"train_loss": sum(losses) / len(losses)}}
+"""
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_with_the_tasks_own_loop_is_refused_before_anything_runs(tmp_path, precision):
+    """caviar's autocast wraps its own loop's forward passes: the task's train_epoch trained in fp32 while the
+    sweep said bf16 (and fp16 would have had no loss scaler)."""
+    from orchestrator.errors import ConfigError
+
+    path = tmp_path / "own_loop.py"
+    path.write_text(OWN_LOOP_TASK)
+    with pytest.raises(ConfigError, match=f"setting 'precision': {precision} .* train_epoch"):
+        run_sweep(str(path), trials=2, epochs=1, storage=str(tmp_path / "runs"), name="own", precision=precision,
+                  executor="processes")
+    assert not (tmp_path / "runs" / "own").exists()
+    run_sweep(str(path), trials=2, epochs=1, slots=1, storage=str(tmp_path / "runs"), name="own", ensemble=False,
+              executor="processes")  # fp32: trains
