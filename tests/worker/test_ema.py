@@ -168,3 +168,31 @@ def test_a_task_with_a_causal_mask_buffer_reports_finite_ema_metrics_plain_and_f
         assert row["ema_val_loss"] < 1.2  # finite, and a model: ln 3 = 1.10 is chance
         assert torch.equal(alone.weights_state("ema")["mask"], alone.model.mask.cpu())
         assert torch.equal(array.state_dict(spec.trial_id, "ema")["mask"], alone.model.mask.cpu())
+
+
+class CachedMask(nn.Module):
+    """A causal mask cached on first use in a buffer registered as None, rebuilt for a longer sequence: a common
+    way to write attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(2, 2)
+        self.register_buffer("mask", None, persistent=False)
+
+    def forward(self, x):
+        t = x.shape[1]
+        if self.mask is None or self.mask.shape[0] < t:
+            self.mask = torch.triu(torch.full((t, t), float("-inf")), 1)
+        return self.proj(x) + self.mask[:t, :t].exp().sum(1, keepdim=True)
+
+
+def test_a_buffer_the_forward_pass_creates_or_resizes_is_taken_not_averaged():
+    model = CachedMask()
+    ema = EmaWeights(model, 0.9)  # copied while the mask is still None
+    model(torch.randn(4, 3, 2))
+    ema.update(model)  # raised AttributeError: 'NoneType' object has no attribute 'is_floating_point'
+    assert torch.equal(ema.module.mask, model.mask) and ema.module.mask is not model.mask
+    model(torch.randn(4, 5, 2))  # a longer sequence: the cache grows to 5 x 5
+    ema.update(model)
+    assert ema.module.mask.shape == (5, 5) and torch.equal(ema.module.mask, model.mask)
+    assert torch.isfinite(ema.module(torch.randn(1, 5, 2))).all()

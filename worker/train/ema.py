@@ -48,6 +48,11 @@ class EmaWeights:
         ema_float, new_float = [], []
         for path, table, name, model_module in self._slots:
             ema_t, new_t = getattr(ema_modules[path], table)[name], getattr(model_module, table)[name]
+            if new_t is None or ema_t is None or ema_t.shape != new_t.shape:
+                # A buffer the model sets in its forward pass (a causal mask cached on first use, registered as
+                # None; rebuilt for a longer sequence): nothing to average yet, the model's is taken as it is.
+                getattr(ema_modules[path], table)[name] = None if new_t is None else new_t.detach().clone()
+                continue
             if ema_t.is_floating_point() and table == "_buffers":
                 average_buffer(ema_t, new_t, weight)
             elif ema_t.is_floating_point():
@@ -87,14 +92,16 @@ def average_buffer(ema: torch.Tensor, new: torch.Tensor, weight: float | torch.T
 
 def _tensor_slots(model: torch.nn.Module) -> list[tuple[str, str, str, torch.nn.Module]]:
     """(module path, ``_parameters`` or ``_buffers``, name, module) of every tensor, tied ones once, in
-    ``named_parameters()`` then ``named_buffers()`` order."""
+    ``named_parameters()`` then ``named_buffers()`` order; a buffer still ``None`` too (a cache the forward pass
+    sets later)."""
     seen: set[int] = set()
     slots = []
     for table in ("_parameters", "_buffers"):
         for path, module in model.named_modules():
             for name, tensor in getattr(module, table).items():
-                if tensor is None or id(tensor) in seen:
+                if (tensor is None and table == "_parameters") or (tensor is not None and id(tensor) in seen):
                     continue
-                seen.add(id(tensor))
+                if tensor is not None:
+                    seen.add(id(tensor))
                 slots.append((path, table, name, module))
     return slots
