@@ -79,6 +79,8 @@ def print_report(report: Any, *, verbose: bool = False) -> None:
     console = Console()
     shown = ", ".join(f"{k}={shown_value(v)}" for k, v in report.config.items())
     console.print(f"config (regularisation off): {shown}")
+    if getattr(report, "mode_note", ""):
+        console.print(report.mode_note, style="yellow", soft_wrap=True, markup=False)
     table = Table(title=f"preflight: {report.title}")
     for column in ("check", "result", "measured", "expected", "note"):
         table.add_column(column)

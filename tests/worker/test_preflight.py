@@ -332,3 +332,28 @@ def test_an_embeddings_padding_row_is_not_called_a_wrong_gradient():
     checks = {t.name: t for t in gradient_check(PaddedTagger(), x, y, loss, dims_per_tensor=100)}
     assert checks["embed.weight"].dims == 15  # every dimension but the padding row's three
     assert checks["embed.weight"].level in ("good", "ok")
+
+
+class AuxHead(nn.Module):
+    """Inception-style: (logits, aux) in training mode, logits in eval mode."""
+
+    def __init__(self, config):
+        super().__init__()
+        h = int(config["hidden"])
+        self.body, self.head, self.aux = nn.Sequential(nn.Linear(4, h), nn.Tanh()), nn.Linear(h, 3), nn.Linear(h, 3)
+
+    def forward(self, x):
+        h = self.body(x)
+        return (self.head(h), self.aux(h)) if self.training else self.head(h)
+
+
+def test_a_model_with_an_auxiliary_head_trained_by_the_tasks_loop_is_checked_in_eval_mode():
+    def with_aux_loss(model, optimizer, batches, config):  # the loop that knows the tuple (never called here)
+        raise AssertionError
+
+    namespace = SimpleNamespace(space=SPACE, load_data=blobs, build_model=AuxHead, train_epoch=with_aux_loss)
+    report = run_preflight(Task("aux-task", namespace, SPACE), dims_per_tensor=4)
+    # Every row failed: "AttributeError: 'tuple' object has no attribute 'shape'".
+    assert report.passed and all(c.status == PASS for c in report.checks), report.checks
+    assert "returns tuple in training mode" in report.mode_note and "eval mode" in report.mode_note
+    assert not run_preflight(make_task(), dims_per_tensor=2).mode_note  # a plain model: training mode, as before

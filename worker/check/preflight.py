@@ -94,6 +94,7 @@ class PreflightReport:
     kind: str = "classification"
     soft: bool = False
     labels: int | None = None  # multi-label: the label count (num_classes is 2, per label)
+    mode_note: str = ""  # why the checks ran the model in eval mode (empty: training mode, dropout off)
 
     @property
     def passed(self) -> bool:
@@ -149,7 +150,9 @@ def dropout_off(model: nn.Module) -> nn.Module:
     return model
 
 
-def model_builder(task: Task, config: Mapping[str, Any], seed: int, device: torch.device) -> Callable[[], nn.Module]:
+def model_builder(task: Task, config: Mapping[str, Any], seed: int, device: torch.device,
+                  eval_mode: bool = False) -> Callable[[], nn.Module]:
+    """Fresh models of ``config``, seeded alike: in training mode with dropout off, or in eval mode."""
     build = task.get("build_model")
 
     def fresh() -> nn.Module:
@@ -160,7 +163,8 @@ def model_builder(task: Task, config: Mapping[str, Any], seed: int, device: torc
             raise TaskError(f"build_model raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(model, nn.Module):
             raise TaskError(f"build_model must return a torch.nn.Module, got {type(model).__name__}")
-        return dropout_off(model.to(device))
+        model = dropout_off(model.to(device))
+        return model.eval() if eval_mode else model
 
     return fresh
 
@@ -343,8 +347,10 @@ def _crossed(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 
 def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, *, dims_per_tensor: int = 10,
                    seed: int = 0, step: float = STEP) -> list[TensorCheck]:
-    """Analytic vs centred-difference gradients on a float64 copy of ``model``, tensor by tensor."""
-    model = dropout_off(copy.deepcopy(model).double())
+    """Analytic vs centred-difference gradients on a float64 copy of ``model``, tensor by tensor (in the mode
+    ``model`` is in: training mode with dropout off, or eval mode)."""
+    training = model.training
+    model = dropout_off(copy.deepcopy(model).double()).train(training)
     x = x.double() if x.is_floating_point() else x
     watch = KinkWatch(model)
 
@@ -470,6 +476,14 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
     report = PreflightReport(dict(config), splits.num_classes, kind=kind.kind, soft=kind.soft, labels=kind.labels)
     sample = order[:1024]  # the initial loss is an average: a thousand examples pin it down
     tiny, few = order[:overfit_examples], order[:grad_examples]
+    if task.get("train_epoch") is not None:
+        with torch.no_grad():
+            training_outputs = fresh()(x[few])
+        if not isinstance(training_outputs, torch.Tensor):  # an auxiliary head's (logits, aux): the task's loop
+            fresh = model_builder(task, config, seed, dev, eval_mode=True)
+            report.mode_note = (f"the model returns {type(training_outputs).__name__} in training mode, which the "
+                                "task's own train_epoch handles: every check ran it in eval mode, as caviar "
+                                "evaluates it")
     check_class_index_dtype(kind, y, task)  # as caviar run: one line, not torch's error in every check below
     if kind.multilabel:  # the loss flattens outputs and targets, so every check below would pass a (batch, L, 1) head
         with torch.no_grad():
