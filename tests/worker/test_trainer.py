@@ -323,3 +323,29 @@ def test_a_model_with_an_auxiliary_head_in_training_trains_through_the_tasks_own
     run = TrialRun(task, splits, TrialSpec(0, 0, CONFIG, 3, 3), torch.device("cpu"))
     rows = [run.train_epoch() for _ in range(3)]
     assert rows[-1]["val_accuracy"] > 0.8 and math.isfinite(rows[-1]["ema_val_loss"])
+
+
+def test_a_backbone_built_once_and_shared_by_every_model_is_refused_unless_frozen():
+    """A module made at import and put in every model: each trial in a worker went on from the weights the trial
+    before it trained, and nothing said so."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import pytest
+    from torch import nn
+
+    from orchestrator.errors import TaskError
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+    backbone = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+
+    def sharing(config):
+        return nn.Sequential(backbone, nn.Linear(8, 3))
+
+    task = dataclasses.replace(base, namespace=SimpleNamespace(space=module.space, load_data=module.load_data,
+                                                              build_model=sharing))
+    with pytest.raises(TaskError, match=r"build_model returns models that share the trainable parameter 0\.0\.weight"):
+        validate_contract(task, [CONFIG])
+    backbone.requires_grad_(False)  # a frozen pretrained backbone never changes: sharing it is fine
+    validate_contract(task, [CONFIG])

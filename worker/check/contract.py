@@ -103,8 +103,25 @@ def load_splits(task: Task) -> Splits:
 
 def _try_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> TrialRun:
     """Build a trial's model, optimizer and schedule; one forward pass, loss, backward and the objective."""
-    check_config(task, splits, config)  # first: its refusals name the piece (a frozen model, before its optimizer)
-    return TrialRun(task, splits, TrialSpec(0, 0, dict(config), 0, 1), torch.device("cpu"))
+    # First: its refusals name the piece (a frozen model, before its optimizer).
+    first = check_config(task, splits, config)
+    run = TrialRun(task, splits, TrialSpec(0, 0, dict(config), 0, 1), torch.device("cpu"))
+    refuse_shared_weights(first, run.model)
+    return run
+
+
+def refuse_shared_weights(first: torch.nn.Module, second: torch.nn.Module) -> None:
+    """Two models from ``build_model`` that hold the same trainable tensor (a module built once, at import, and put
+    in every model) are one model: each trial in a worker would start from the weights the trial before it left,
+    and the sweep's results would depend on which trials shared a worker."""
+    owned = {id(p): name for name, p in first.named_parameters() if p.requires_grad}
+    shared = [name for name, p in second.named_parameters() if id(p) in owned]
+    if shared:
+        more = f" (and {len(shared) - 1} more)" if len(shared) > 1 else ""
+        raise TaskError(f"build_model returns models that share the trainable parameter {shared[0]}{more} with "
+                        "the models it built before (a module made once, outside build_model?): each trial would "
+                        "start from the weights the one before it trained; build it inside build_model, or "
+                        "copy.deepcopy it there (a frozen one, requires_grad False, may be shared)")
 
 
 def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings: Any = None,
@@ -226,4 +243,5 @@ def refuse_as_run_would(task: Task, splits: Splits, config: Mapping[str, Any]) -
 
 
 def _raised_in_build(exc: BaseException) -> bool:
-    return isinstance(exc, TaskError) and str(exc).startswith(("build_model raised", "build_model must return"))
+    return isinstance(exc, TaskError) and str(exc).startswith(("build_model raised", "build_model must return",
+                                                                "build_model returns models that share"))
