@@ -169,6 +169,7 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
     from orchestrator.app.answer import format_config, shown_number, shown_score, sweep_objective
     from orchestrator.app.api import load
     from orchestrator.app.tables import no_trials_yet, open_sweep, resume_command
+    from orchestrator.errors import StorageError
     from orchestrator.store import schema
     from orchestrator.store.lease import master_alive
     from orchestrator.store.sweeps import resolve_sweep
@@ -193,7 +194,12 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
         typer.echo(f"  stage {stage}: {text}")
     typer.echo(f"  {tables.metrics.num_rows} epochs recorded, {tables.checkpoints.num_rows} checkpoints kept")
     unfinished = [t for t in trials if t["status"] not in ("completed", "pruned", "failed")]
-    if unfinished and not master_alive(found):  # "running" is what a killed master left
+    try:
+        writing = bool(unfinished) and master_alive(found)
+    except StorageError as exc:  # a damaged lease: say so where the master's state goes, and show the rest
+        typer.echo(f"  writer unknown: {exc}")
+        writing = True
+    if unfinished and not writing:  # "running" is what a killed master left
         typer.echo(f"  stopped: no caviar process is writing this sweep, so its {len(unfinished)} running or pending "
                    f"trials wait for {resume_command(found, path)}")
     best = tables.top(1).to_pylist()

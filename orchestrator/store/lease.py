@@ -65,15 +65,44 @@ def _new_record() -> LeaseRecord:
                        pid_start=process_start_ticks(os.getpid()))
 
 
+_LEASE_FIELDS = {"owner": (str,), "host": (str,), "pid": (int,), "started": (int,), "heartbeat": (int,),
+                 "released": (bool,), "pid_start": (int, type(None))}
+_OPTIONAL_FIELDS = ("released", "pid_start")
+
+
 def read_lease(storage: Storage) -> LeaseRecord | None:
+    """The sweep's lease; None when there is none. A damaged one (edited by hand, cut short by a copy) is one line
+    naming the file and what to do: no one can tell from it whether a master still writes the sweep."""
     if not storage.exists(LEASE_PATH):
         return None
     try:
-        data: dict[str, Any] = json.loads(storage.read_bytes(LEASE_PATH))
-        known = {name: value for name, value in data.items() if name in LeaseRecord.__dataclass_fields__}
-        return LeaseRecord(**known)  # fields a later caviar adds are left out, not refused
-    except (ValueError, TypeError) as exc:
-        raise StorageError(f"{storage.path(LEASE_PATH)}: not a readable lease ({exc})") from None
+        data: Any = json.loads(storage.read_bytes(LEASE_PATH))
+        problem = _lease_problem(data)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        problem = str(exc)
+    if problem:
+        raise StorageError(
+            f"{storage.path(LEASE_PATH)}: not a readable lease ({problem}); caviar always writes it whole, so it was "
+            "edited or damaged: once no caviar process is writing this sweep, delete that file and run the command "
+            "again"
+        )
+    # Fields a later caviar adds are left out, not refused.
+    return LeaseRecord(**{name: data[name] for name in _LEASE_FIELDS if name in data})
+
+
+def _lease_problem(data: Any) -> str | None:
+    """What makes decoded JSON no lease (a list, a field missing or of another type); None when it is one."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    for name, types in _LEASE_FIELDS.items():
+        if name not in data:
+            if name in _OPTIONAL_FIELDS:
+                continue
+            return f"no {name!r}"
+        value = data[name]
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            return f"{name!r} is {value!r}"
+    return None
 
 
 def _pid_alive(pid: int) -> bool:

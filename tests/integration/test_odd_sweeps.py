@@ -1,0 +1,85 @@
+"""The CLI on sweeps in odd states: a damaged lease, a stopped regression sweep, temp files a kill left behind.
+
+Real ``caviar`` processes on a real regression task; the master is ended after a chosen write
+(``CAVIAR_FAULT_AFTER_WRITE``), which leaves the sweep as a killed master would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.errors import StorageError
+from orchestrator.store.lease import LEASE_PATH, read_lease
+from orchestrator.store.storage import Storage
+from tests.conftest import ROOT, folder_digest
+
+CAVIAR = [os.path.join(os.path.dirname(sys.executable), "caviar")]
+ENV = {**os.environ, "PYTHONPATH": ROOT}
+REGRESSION_TASK = os.path.join(ROOT, "tests", "tasks", "regression_task.py")
+
+
+def caviar(*args: str, cwd: str = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CAVIAR, *args], cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=300)
+
+
+def stopped_regression_sweep(tmp_path, after_write: int = 3, name: str = "reg") -> str:
+    """A regression sweep whose master died after its ``after_write``-th write (3: its first trials table)."""
+    storage = tmp_path / "runs"
+    done = caviar("run", REGRESSION_TASK, "--trials", "2", "--epochs", "1", "--stages", "1", "--slots", "1",
+                  "--storage", str(storage), "--name", name, "--no-ensemble", "--executor", "processes", "--plain",
+                  env={**ENV, "CAVIAR_FAULT_AFTER_WRITE": str(after_write)})
+    assert done.returncode == 97, done.stderr[-3000:]  # sweeplog.FAULT_EXIT_CODE
+    return str(storage / name)
+
+
+DAMAGED_LEASES = {
+    "cut_short": b'{"owner": "4f1c", "host": "vm", "pid": 12',  # a copy cut off, an editor's half save
+    "a_list": b"[1]",  # valid JSON, no object: before, a traceback (AttributeError)
+    "pid_as_text": b'{"owner": "4f1c", "host": "vm", "pid": "12", "started": 1, "heartbeat": 1}',
+}
+WHAT_TO_DO = "once no caviar process is writing this sweep, delete that file and run the command again"
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_LEASES))
+def test_read_lease_names_a_damaged_lease_and_what_to_do(tmp_path, damage):
+    storage = Storage.from_uri(str(tmp_path))
+    storage.write_bytes(LEASE_PATH, DAMAGED_LEASES[damage])
+    with pytest.raises(StorageError) as refused:
+        read_lease(storage)
+    assert str(refused.value).startswith(f"{tmp_path / LEASE_PATH}: not a readable lease (")
+    assert str(refused.value).endswith(WHAT_TO_DO)
+
+
+def test_a_damaged_lease_is_one_line_naming_the_file_and_what_to_do(tmp_path):
+    """Before: resume and --overwrite stopped on 'not a readable lease (Expecting ...)' with no word of what to do, a
+    lease holding a JSON list was a traceback, and status printed half its lines and failed. Now resume, --overwrite
+    and ensemble refuse in one line naming the file and saying to delete it once no master writes the sweep; status
+    shows the sweep and says the same; with the file deleted the sweep resumes."""
+    sweep = stopped_regression_sweep(tmp_path)
+    lease = os.path.join(sweep, LEASE_PATH)
+    with open(lease, "wb") as f:
+        f.write(DAMAGED_LEASES["a_list"])
+    before = folder_digest(sweep)
+    for args in (["resume", sweep, "--trust-task-code", "--plain"],
+                 ["run", REGRESSION_TASK, "--storage", os.path.dirname(sweep), "--name", "reg", "--overwrite",
+                  "--plain"],
+                 ["ensemble", sweep]):
+        refused = caviar(*args)
+        assert refused.returncode == 2, (args, refused.stderr[-3000:])
+        line = refused.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"caviar: error: {lease}: not a readable lease (") and line.endswith(WHAT_TO_DO), line
+        assert "Traceback" not in refused.stderr
+        assert folder_digest(sweep) == before  # nothing written, nothing deleted
+
+    shown = caviar("status", sweep)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "stage 1: 1 pending, 1 running" in shown.stdout
+    assert f"writer unknown: {lease}: not a readable lease (" in shown.stdout and WHAT_TO_DO in shown.stdout
+
+    os.unlink(lease)  # what the line says to do
+    resumed = caviar("resume", sweep, "--trust-task-code", "--plain", "--no-report")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
