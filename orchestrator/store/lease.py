@@ -187,6 +187,7 @@ class Lease:
                 _fault_delay("TAKE_OVER")  # a test widens the window between the check and the write
                 storage.write_bytes(LEASE_PATH, lease.record.encode())
         lease._confirm(wrote_in=time.monotonic() - began)
+        storage.remove_stale_temp_files(STALE_SECONDS)  # the gone master's writes that a kill cut short
         return lease
 
     def _confirm(self, wrote_in: float = 0.0) -> None:
@@ -209,6 +210,8 @@ class Lease:
     def release(self) -> None:
         self.record.released = True
         self.beat(force=True)
+        # A resume started right after a kill found the dead master's temp files too young to judge; by now most are.
+        self.storage.remove_stale_temp_files(STALE_SECONDS)
 
 
 def _refuse_a_live_holder(storage: Storage, then: str) -> LeaseRecord | None:

@@ -189,7 +189,7 @@ class Storage:
                 with self.fs.open_output_stream(target) as out:
                     out.write(data)
                 return
-            tmp = posixpath.join(self._staging_dir(rel), f".{posixpath.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
+            tmp = posixpath.join(self._staging_dir(rel), temp_name(target))
             try:
                 with self.fs.open_output_stream(tmp) as out:
                     out.write(data)
@@ -226,7 +226,7 @@ class Storage:
         """
         target = self.path(rel)
         if isinstance(self.fs, pafs.LocalFileSystem):
-            tmp = posixpath.join(self._staging_dir(rel), f".{posixpath.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
+            tmp = posixpath.join(self._staging_dir(rel), temp_name(target))
             try:
                 os.makedirs(posixpath.dirname(target), exist_ok=True)
                 with open(tmp, "wb") as out:
@@ -283,6 +283,27 @@ class Storage:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def remove_stale_temp_files(self, older_than_s: float) -> int:
+        """Delete the temp files of writes a kill cut short (a SIGKILL skips the clean-up in :meth:`write_bytes`),
+        anywhere in this folder; how many. Only those untouched for ``older_than_s``: a write still going on (a
+        ``caviar ensemble`` beside a resume) keeps its file. Object stores write in place and leave none."""
+        if not self.atomic_rename:
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                if not _TEMP_NAME.fullmatch(name):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    if os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except OSError:  # renamed by its writer meanwhile, or not ours to remove: housekeeping, never a failure
+                    pass
+        return removed
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         self.write_bytes(rel, parquet_bytes(table))
@@ -346,6 +367,14 @@ class Storage:
             self.delete(probe)
         except (StorageError, OSError) as exc:
             raise StorageError(f"storage {redact_uri(self.uri)!r} is not writable: {exc}") from None
+
+
+_TEMP_NAME = re.compile(r"\..+\.tmp-[0-9a-f]{8}")  # what temp_name gives
+
+
+def temp_name(target: str) -> str:
+    """The hidden name a write of ``target`` lands under before its rename."""
+    return f".{posixpath.basename(target)}.tmp-{uuid.uuid4().hex[:8]}"
 
 
 def _create_excl(target: str, data: bytes) -> bool:

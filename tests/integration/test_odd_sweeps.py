@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
+from orchestrator.app.api import load
 from orchestrator.errors import StorageError
 from orchestrator.store.lease import LEASE_PATH, read_lease
 from orchestrator.store.storage import Storage
@@ -83,3 +85,60 @@ def test_a_damaged_lease_is_one_line_naming_the_file_and_what_to_do(tmp_path):
     os.unlink(lease)  # what the line says to do
     resumed = caviar("resume", sweep, "--trust-task-code", "--plain", "--no-report")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from orchestrator.store.storage import Storage
+
+class KilledBeforeRename:  # the file system of a master killed (SIGKILL) between a write and its rename
+    def __init__(self, fs):
+        self.fs = fs
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+    def move(self, src, dest):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sweep = Storage.from_uri(sys.argv[1])
+sweep.fs = KilledBeforeRename(sweep.fs)
+sweep.write_bytes(sys.argv[2], b"x" * 4096)
+"""
+
+
+def killed_mid_write(sweep: str, rel: str) -> str:
+    """Write ``rel`` in a process SIGKILLed before the rename; the temp file it leaves."""
+    done = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, sweep, rel], env=ENV, capture_output=True,
+                          timeout=60)
+    assert done.returncode == -9, done.stderr
+    found = [os.path.join(base, name) for base, _, names in os.walk(sweep) for name in names
+             if name.startswith(f".{os.path.basename(rel)}.tmp-")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_temp_files_a_kill_left_are_removed_when_the_sweep_is_taken_over(tmp_path):
+    """Before: a master killed between a write and its rename left `.trial-000000.parquet.tmp-1a2b3c4d` (and, for a
+    checkpoint, a temp file the size of the model's weights) in the sweep for good: resume, --overwrite and the
+    sweep's end never removed one. Now taking the sweep over (resume, --overwrite) and releasing it remove the temp
+    files untouched for the lease's stale window; a younger one (a write that may still go on) stays."""
+    sweep = stopped_regression_sweep(tmp_path)
+    stale = [killed_mid_write(sweep, "metrics/trial-000000.parquet"),
+             killed_mid_write(sweep, "weights/trial-000000/a0-e0001-raw.safetensors"),
+             killed_mid_write(sweep, "trials/trials.parquet")]
+    young = killed_mid_write(sweep, "metrics/trial-000001.parquet")
+    an_hour_ago = time.time() - 3600
+    for path in stale:
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    assert all(os.path.dirname(p) in (sweep, os.path.join(sweep, "weights")) for p in stale)  # beside their folders
+
+    resumed = caviar("resume", sweep, "--trust-task-code", "--plain", "--no-report")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [p for p in stale if os.path.exists(p)] == [] and os.path.exists(young)
+    assert [(t["status"], t["epochs_run"]) for t in load(sweep).trials.to_pylist()] == [("completed", 1)] * 2
+
+    os.utime(young, (an_hour_ago, an_hour_ago))
+    rerun = caviar("run", REGRESSION_TASK, "--trials", "2", "--epochs", "1", "--stages", "1", "--slots", "1",
+                   "--storage", os.path.dirname(sweep), "--name", "reg", "--overwrite", "--no-ensemble", "--plain",
+                   "--no-report", "--executor", "processes")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert not os.path.exists(young)  # in the sweep folder itself, which --overwrite keeps
