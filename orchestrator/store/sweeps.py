@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import posixpath
+import shlex
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from orchestrator.errors import StorageError
 from orchestrator.store import schema
-from orchestrator.store.storage import Storage, redact_uri, with_retries
+from orchestrator.store.lease import LEASE_PATH, holder_alive, read_lease
+from orchestrator.store.storage import Storage, redact_uri, split_query, with_retries
 
 
 def resolve_sweep(sweep: str, storage: str | None = None) -> str:
@@ -25,22 +28,45 @@ def resolve_sweep(sweep: str, storage: str | None = None) -> str:
     if storage is None or "://" in sweep or sweep.startswith("/"):
         return sweep
     candidate = Storage.from_uri(storage).child(sweep)
-    if candidate.exists(schema.SWEEP_PATH):
+    if candidate.exists(schema.SWEEP_PATH) or candidate.exists(LEASE_PATH):  # a lease alone: a run not yet written
         return candidate.uri
     return sweep
 
 
 def sweep_names(root: Storage) -> list[str]:
-    """Sub-folders of ``root`` that hold a sweep row, sorted by name."""
+    """Sub-folders of ``root`` that hold a sweep row, or only the lease of a run that has not written one, sorted."""
     selector = pafs.FileSelector(root.root, recursive=False, allow_not_found=True)
     infos = with_retries(lambda: root.fs.get_file_info(selector), what=f"listing {root.root}")
     names = [posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory]
-    return sorted(n for n in names if not n.startswith((".", "_")) and root.child(n).exists(schema.SWEEP_PATH))
+    return sorted(n for n in names if not n.startswith((".", "_"))
+                  and (root.child(n).exists(schema.SWEEP_PATH) or root.child(n).exists(LEASE_PATH)))
+
+
+def before_first_write(sweep: Storage) -> tuple[str, bool]:
+    """(state, whether its run still goes on) of a sweep folder holding a lease but no sweep row: its run has claimed
+    the name and is still starting (loading data, starting workers), or was killed or failed before it wrote
+    anything."""
+    lease = read_lease(sweep)
+    assert lease is not None
+    if holder_alive(lease):
+        return f"starting (process {lease.pid} on {lease.host})", True
+    return "stopped before its first write", False
 
 
 def not_a_sweep(storage: Storage, shown: str) -> StorageError:
     """The error for a folder with no sweep row; a storage folder of sweeps is named as one, with its sweeps."""
     shown = redact_uri(shown)
+    if not storage.exists(schema.SWEEP_PATH) and storage.exists(LEASE_PATH):  # claimed by a run, nothing written yet
+        state, starting = before_first_write(storage)
+        if starting:
+            return StorageError(f"sweep {shown!r} has no tables yet: {state}; ask again once it has written its "
+                                "first trials")
+        base, sep, query = split_query(shown)
+        parent, name = posixpath.split(base.rstrip("/"))
+        storage_option = shlex.quote((parent or ".") + sep + query)
+        return StorageError(f"sweep {shown!r} has no tables: its run {state} (killed, or failed while starting), so "
+                            f"it holds nothing to resume; start it again with caviar run TASK --storage "
+                            f"{storage_option} --name {name} --overwrite")
     message = f"{shown!r} is not a caviar sweep directory (no {schema.SWEEP_PATH})"
     try:
         names = sweep_names(storage)
@@ -123,10 +149,16 @@ def list_sweeps(storage: str) -> list[dict[str, Any]]:
         raise StorageError(f"storage {redact_uri(storage)!r}: no such folder")
     rows = []
     for name in sweep_names(root):
+        empty = {"name": name, "task": None, "started": None, "trials": 0, "best_score": None, "ensemble": None,
+                 "ensemble_test_accuracy": None, "ensemble_test_mse": None, "ensemble_test_objective": None}
+        sweep = root.child(name)
         try:
-            rows.append(describe_sweep(root.child(name)))
+            if sweep.exists(schema.SWEEP_PATH):
+                rows.append(describe_sweep(sweep))
+            else:  # a run's lease, no sweep row yet: listed, as `caviar run` of the name says it exists
+                lease = read_lease(sweep)
+                started = datetime.fromtimestamp(lease.started / 1000, UTC) if lease else None
+                rows.append({**empty, "started": started, "state": before_first_write(sweep)[0]})
         except StorageError as exc:
-            rows.append({"name": name, "task": None, "started": None, "state": f"unreadable: {exc}", "trials": 0,
-                         "best_score": None, "ensemble": None, "ensemble_test_accuracy": None,
-                         "ensemble_test_mse": None, "ensemble_test_objective": None})
+            rows.append({**empty, "state": f"unreadable: {exc}"})
     return sorted(rows, key=lambda r: (r["started"] is None, str(r["started"]), r["name"]))

@@ -7,6 +7,7 @@ Real ``caviar`` processes on a real regression task; the master is ended after a
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -142,3 +143,55 @@ def test_temp_files_a_kill_left_are_removed_when_the_sweep_is_taken_over(tmp_pat
                    "--no-report", "--executor", "processes")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert not os.path.exists(young)  # in the sweep folder itself, which --overwrite keeps
+
+
+CLAIM_AND_WAIT = """
+import sys
+from orchestrator.store.lease import Lease
+from orchestrator.store.storage import Storage
+
+Lease.create(Storage.from_uri(sys.argv[1]))  # what `caviar run` does once the task's data is checked
+print("claimed", flush=True)
+sys.stdin.read()  # still starting (workers, a cluster) until the test closes stdin; then gone, the lease not released
+"""
+
+
+def test_a_sweep_holding_only_its_lease_is_listed_and_named_starting_or_stopped(tmp_path):
+    """Before: a run that had claimed its name but not yet written its sweep row (loading data, starting workers on a
+    cluster), or was killed then, was missing from `caviar ls`, while `caviar run` of the name said it already
+    exists; status, top and resume said 'not a caviar sweep directory'. Now ls lists it as starting (naming the
+    process) or stopped before its first write, and status and resume say so in one line, the latter with the
+    command that starts it again."""
+    storage = tmp_path / "runs ü"  # a storage folder with a space and a non-ASCII letter
+    sweep = str(storage / "reg")
+    starting = subprocess.Popen([sys.executable, "-c", CLAIM_AND_WAIT, sweep], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=ENV, text=True)
+    try:
+        assert starting.stdout.readline().strip() == "claimed"
+        listed = caviar("ls", str(storage))
+        assert listed.returncode == 0, listed.stderr
+        assert f"starting (process {starting.pid} on" in listed.stdout
+        shown = caviar("status", "reg", "--storage", str(storage))
+        assert shown.returncode == 2
+        assert shown.stderr.strip() == (f"caviar: error: sweep '{sweep}' has no tables yet: starting (process "
+                                        f"{starting.pid} on {socket.gethostname()}); ask again once it has written "
+                                        "its first trials")
+    finally:
+        starting.stdin.close()  # the run ends without releasing its lease, as a killed one would
+        starting.wait(timeout=60)
+
+    listed = caviar("ls", str(storage))
+    assert listed.returncode == 0 and "stopped before its first write" in listed.stdout, listed.stderr
+    again = f"caviar run TASK --storage '{storage}' --name reg --overwrite"
+    for args in (["resume", sweep, "--trust-task-code"], ["status", "reg", "--storage", str(storage)]):
+        refused = caviar(*args)
+        assert refused.returncode == 2
+        [line] = refused.stderr.strip().splitlines()
+        assert line == (f"caviar: error: sweep '{sweep}' has no tables: its run stopped before its first write "
+                        f"(killed, or failed while starting), so it holds nothing to resume; start it again with "
+                        f"{again}"), line
+    rerun = caviar("run", REGRESSION_TASK, "--storage", str(storage), "--name", "reg", "--overwrite", "--trials", "2",
+                   "--epochs", "1", "--stages", "1", "--no-ensemble", "--no-report", "--plain",
+                   "--executor", "processes")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "finished" in caviar("ls", str(storage)).stdout
