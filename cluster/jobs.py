@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 from orchestrator.errors import ClusterError, ConfigError
 from orchestrator.spec.task_source import SUBMITTED_FROM_ENV, TASK_DIR
@@ -78,6 +79,12 @@ def redact_text(text: str) -> str:
 
 def is_local_path(storage: str) -> bool:
     return "://" not in storage or storage.startswith("file://")
+
+
+def local_folder(storage: str) -> str:
+    """The folder a local storage names: a plain path as given (a '%' in it is part of a name), a ``file://`` URI's
+    path percent-decoded, as pyarrow opens it (``file:///data/runs%3F`` is ``/data/runs?``)."""
+    return unquote(storage.removeprefix("file://")) if storage.startswith("file://") else storage
 
 
 def _split_task(task: str, working_dir: str | None) -> tuple[str, str]:
@@ -141,7 +148,7 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
              python: str | None = None) -> JobPlan:
     """The entrypoint and runtime environment of a sweep job; refuses what could only fail on the cluster."""
     folder, job_task = _split_task(task, working_dir)
-    if is_local_path(storage) and not os.path.isabs(storage.removeprefix("file://")):
+    if is_local_path(storage) and not os.path.isabs(local_folder(storage)):
         raise ConfigError(f"option '--storage': {storage!r} is relative, but a job runs in a temporary folder on the "
                           "cluster: give an absolute path that every node mounts, or a URI (s3://, gs://, hdfs://)")
     stem = os.path.splitext(os.path.basename(job_task.split(":")[-1] if ":" in job_task else job_task))[0]
@@ -159,7 +166,7 @@ def plan_job(task: str, *, storage: str, name: str | None = None, run_args: Sequ
     metadata = {"caviar_sweep": name, "caviar_results": results}
     if job_task.partition(":")[0].endswith(".py"):  # `caviar stop` names it when the sweep's copy cannot resume alone
         metadata["caviar_task"] = os.path.join(folder, job_task)
-    sweep_dir = os.path.join(storage.removeprefix("file://"), name) if is_local_path(storage) else None
+    sweep_dir = os.path.join(local_folder(storage), name) if is_local_path(storage) else None
     return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar, sweep_dir, folder), name, results,
                    metadata)
 
@@ -195,7 +202,7 @@ def _runtime_env(folder: str, ship_caviar: bool, sweep_dir: str | None, shown_as
 
 def check_resume_target(sweep: str) -> None:
     """A sweep a job can reach: a URI, or an absolute path (relative ones mean nothing in a job's folder)."""
-    if is_local_path(sweep) and not os.path.isabs(sweep.removeprefix("file://")):
+    if is_local_path(sweep) and not os.path.isabs(local_folder(sweep)):
         raise ConfigError(f"option '--resume': {sweep!r} is relative, but a job runs in a temporary folder on the "
                           "cluster: give the sweep's absolute path (on a mount every node shares) or its URI")
 
@@ -216,7 +223,7 @@ def plan_resume_job(sweep: str, task: str, *, run_args: Sequence[str] = (), work
     name = split_query(sweep)[0].rstrip("/").rsplit("/", 1)[-1]
     results = redact_uri(sweep)
     metadata = {"caviar_sweep": name, "caviar_results": results, "caviar_resume": "1"}
-    sweep_dir = sweep.removeprefix("file://") if is_local_path(sweep) else None
+    sweep_dir = local_folder(sweep) if is_local_path(sweep) else None
     shown_as = f"{results.partition('?')[0].rstrip('/')}/{TASK_DIR}" if stored_copy else folder
     return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar, sweep_dir, shown_as), name, results,
                    metadata)

@@ -22,7 +22,7 @@ from cluster import warm_pool
 from cluster.actor import MASTER_CWD_ENV
 from cluster.capacity import Autoscaler, NodeType, any_fits, describe, fits, per_trial, plan_slots, shortfall
 from cluster.fused_setup import choose_backend
-from cluster.jobs import EXCLUDES, TOKEN_ADVICE, enable_token_auth, is_local_path, storage_excludes
+from cluster.jobs import EXCLUDES, TOKEN_ADVICE, enable_token_auth, is_local_path, local_folder, storage_excludes
 from cluster.pool import RayBackend, Resources
 from cluster.ray_logs import apply_deferred, ray_log_path, stderr_to_ray_log
 from orchestrator.decide.backend import Backend
@@ -97,7 +97,7 @@ def folder_shipment(task_ref: str, settings: RunSettings, name: str) -> tuple[di
         return None, task_ref
     folder = os.path.dirname(os.path.abspath(target))
     storage = str(settings.storage)
-    sweep_dir = os.path.join(storage.removeprefix("file://"), name) if is_local_path(storage) else None
+    sweep_dir = os.path.join(local_folder(storage), name) if is_local_path(storage) else None
     shipped = {"working_dir": folder, "excludes": EXCLUDES + storage_excludes(folder, sweep_dir)}
     name_shipped_folder(folder)  # errors from the actors name it, not Ray's copy of it
     return shipped, os.path.basename(target) + sep + attr

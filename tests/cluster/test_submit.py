@@ -266,6 +266,37 @@ def test_a_local_storage_inside_the_task_folder_stays_behind(tmp_path):
         "runs/old/weights/t0.pt", "new/rows.parquet"}
 
 
+def test_a_percent_encoded_file_uri_storage_inside_the_task_folder_stays_behind(tmp_path):
+    """--storage 'file:///work/my%20project%3F/runs' (a folder named 'my project?', as pyarrow reads the URI): the
+    exclude was computed from the undecoded path, matched nothing, and every submit zipped the earlier sweeps'
+    weights into the job; now the URI's path is percent-decoded first, for a new sweep and a resumed one."""
+    from urllib.parse import quote
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from cluster.runner import folder_shipment
+    from orchestrator.spec.settings import RunSettings
+
+    def shipped(runtime_env) -> set[str]:
+        package = tmp_path / f"package-{len(list(tmp_path.glob('package-*')))}.zip"
+        create_package(runtime_env["working_dir"], package, include_gitignore=True, excludes=runtime_env["excludes"])
+        with zipfile.ZipFile(package) as z:
+            return {name for name in z.namelist() if not name.endswith("/")}
+
+    project = tmp_path / "my project?"
+    (project / "runs" / "old" / "weights").mkdir(parents=True)
+    (project / "runs" / "old" / "weights" / "t0.pt").write_bytes(b"w" * 1000)
+    task = project / "task.py"
+    task.write_text("space = {}\n")
+    storage = "file://" + quote(str(project / "runs"))
+    assert "%20" in storage and "%3F" in storage
+    assert Storage.from_uri(storage).root == str(project / "runs")  # the folder pyarrow opens
+    assert shipped(plan_job(str(task), storage=storage, name="new").runtime_env) == {"task.py"}
+    assert shipped(plan_resume_job(f"{storage}/old", str(task)).runtime_env) == {"task.py"}
+    settings = RunSettings(storage=storage, address="ray://head:10001", shared_storage=True)
+    assert shipped(folder_shipment(str(task), settings, "new")[0]) == {"task.py"}  # caviar run --address ray://
+
+
 def test_a_config_file_with_a_bad_setting_is_refused_before_the_job_is_sent(tmp_path):
     """--config sweep.toml with `trails = 8` (or resources = {CPU = 2}) was sent as is: the job failed on the cluster
     after its upload; now its [run] is checked here, under the command line, as `caviar run` checks it (nothing
