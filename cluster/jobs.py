@@ -223,6 +223,8 @@ def plan_resume_job(sweep: str, task: str, *, run_args: Sequence[str] = (), work
     name = split_query(sweep)[0].rstrip("/").rsplit("/", 1)[-1]
     results = redact_uri(sweep)
     metadata = {"caviar_sweep": name, "caviar_results": results, "caviar_resume": "1"}
+    if not stored_copy and job_task.partition(":")[0].endswith(".py"):  # what `caviar stop` names to resume it again
+        metadata["caviar_task"] = os.path.join(folder, job_task)
     sweep_dir = local_folder(sweep) if is_local_path(sweep) else None
     shown_as = f"{results.partition('?')[0].rstrip('/')}/{TASK_DIR}" if stored_copy else folder
     return JobPlan(entrypoint(args, python), _runtime_env(folder, ship_caviar, sweep_dir, shown_as), name, results,

@@ -252,22 +252,37 @@ def stop(job: JobArg, address: AddressOpt = None) -> None:
         results = metadata.get("caviar_results")
         if results and not metadata.get("caviar_resume") and sweep_begun(results) is False:
             client.wait(job, timeout=STOP_GRACE_SECONDS + 10)  # its master may still write the sweep as it stops
-        if results and not metadata.get("caviar_resume") and sweep_begun(results) is False:
-            again = ("the same --name is free" if sweep_begun(results, lease=True) is False
-                     else "its master's claim on the name remains: pass --overwrite")
-            typer.echo(f"its sweep had not begun: no sweep was written to {results}, so there is nothing to resume; "
-                       f"run it again with `caviar submit` ({again})")
-        elif results and stored_task_lacks_modules(results):  # its stored copy alone fails at `import helpers`
-            task = metadata.get("caviar_task") or "TASK"
-            typer.echo(f"resume it on the cluster: caviar submit {task} --resume {results} --address {client.address}"
-                       " (the sweep stores its task file, not the modules it imports from that folder)")
-            typer.echo(f"or from anywhere that reaches the storage: caviar resume {results} --task {task}")
-        elif results:  # masked: the user puts their credentials back, or lets the environment supply them
-            typer.echo(f"resume it on the cluster: caviar submit --resume {results} --trust-task-code "
-                       f"--address {client.address}")
-            typer.echo(f"or from anywhere that reaches the storage: caviar resume {results} --trust-task-code")
+        for line in stop_advice(metadata, client.address):
+            typer.echo(line)
     else:
         typer.echo(f"job {job} had already ended ({client.status(job)})")
+
+
+def stop_advice(metadata: dict[str, str], address: str) -> list[str]:
+    """What `caviar stop` says after stopping a sweep's job: the commands that resume it, quoted for a shell (a
+    storage path with a space, an s3:// query with '&'), or why there is nothing to resume."""
+    import shlex
+
+    results = metadata.get("caviar_results")
+    if not results:
+        return []
+    if not metadata.get("caviar_resume") and sweep_begun(results) is False:
+        again = ("the same --name is free" if sweep_begun(results, lease=True) is False
+                 else "its master's claim on the name remains: pass --overwrite")
+        return [f"its sweep had not begun: no sweep was written to {results}, so there is nothing to resume; "
+                f"run it again with `caviar submit` ({again})"]
+    sweep, at = shlex.quote(results), shlex.quote(address)  # masked: the user puts their credentials back
+    if stored_task_lacks_modules(results):  # its stored copy alone fails at `import helpers`
+        task = metadata.get("caviar_task")
+        shown = shlex.quote(task) if task else "TASK"
+        lines = [f"resume it on the cluster: caviar submit {shown} --resume {sweep} --address {at} (the sweep stores "
+                 "its task file, not the modules it imports from that folder)",
+                 f"or from anywhere that reaches the storage: caviar resume {sweep} --task {shown}"]
+        if not task:  # a job from before jobs recorded their task file
+            lines.append("TASK: the task file the sweep ran, in the folder that holds the modules it imports")
+        return lines
+    return [f"resume it on the cluster: caviar submit --resume {sweep} --trust-task-code --address {at}",
+            f"or from anywhere that reaches the storage: caviar resume {sweep} --trust-task-code"]
 
 
 def sweep_begun(results: str, lease: bool = False) -> bool | None:

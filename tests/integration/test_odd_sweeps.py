@@ -7,6 +7,7 @@ Real ``caviar`` processes on a real regression task; the master is ended after a
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -195,3 +196,77 @@ def test_a_sweep_holding_only_its_lease_is_listed_and_named_starting_or_stopped(
                    "--executor", "processes")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "finished" in caviar("ls", str(storage)).stdout
+
+
+HELPER_TASK = '''
+from targets import load_data  # noqa: F401  a module of the task's folder
+
+kind = "regression"
+space = {"lr": loguniform(3e-3, 3e-2), "hidden": randint(8, 24), "batch_size": 32, "optimizer": "adam"}
+
+
+def build_model(config):
+    h = int(config["hidden"])
+    return nn.Sequential(nn.Linear(4, h), nn.Tanh(), nn.Linear(h, 1))
+'''
+
+
+def test_stops_advice_names_a_resume_jobs_task_file_and_quotes_every_command(tmp_path):
+    """Before: stopping a resume job of a task that imports a module of its folder printed `caviar submit TASK
+    --resume ...` (a literal placeholder: resume jobs did not record their task file), and no printed command was
+    quoted, so a storage path with a space or an s3:// query with '&' broke when pasted. Now the task file is named,
+    every path is quoted, and the printed resume command runs as printed in a shell."""
+    from cluster.jobs import plan_job, plan_resume_job
+    from orchestrator.app.cli_cluster import stop_advice
+
+    project = tmp_path / "my project"
+    project.mkdir()
+    source = open(REGRESSION_TASK).read()
+    (project / "targets.py").write_text("import numpy as np\n\n\n" + source[source.index("def load_data"):
+                                                                          source.index("def build_model")])
+    task = project / "sensor task.py"
+    task.write_text("from torch import nn\n\nfrom orchestrator.search.space import loguniform, randint\n" + HELPER_TASK)
+    storage = tmp_path / "runs & more"
+    ran = caviar("run", str(task), "--trials", "2", "--epochs", "1", "--stages", "1", "--storage", str(storage),
+                 "--name", "helped", "--no-ensemble", "--no-report", "--plain", "--executor", "processes",
+                 cwd=str(project))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    sweep = str(storage / "helped")
+
+    resume_job = plan_resume_job(sweep, str(task)).metadata  # the metadata `caviar submit --resume` sends
+    lines = stop_advice(resume_job, "http://head:8265")
+    assert lines == [f"resume it on the cluster: caviar submit '{task}' --resume '{sweep}' --address "
+                     "http://head:8265 (the sweep stores its task file, not the modules it imports from that folder)",
+                     f"or from anywhere that reaches the storage: caviar resume '{sweep}' --task '{task}'"]
+    pasted = lines[1].split("storage: ", 1)[1]
+    again = subprocess.run(pasted.replace("caviar", shlex.quote(CAVIAR[0]), 1) + " --plain", shell=True, env=ENV,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "has finished: nothing to resume" in again.stdout
+
+    s3 = "s3://AK:SECRET@bucket/runs?endpoint_override=minio:9000&scheme=http"  # masked: never read from here
+    new_job = plan_job(str(task), storage=s3, name="new").metadata
+    lines = stop_advice(new_job, "http://head:8265")
+    assert lines[1] == ("or from anywhere that reaches the storage: caviar resume "
+                        "'s3://AK:***@bucket/runs/new?endpoint_override=minio:9000&scheme=http' --trust-task-code")
+
+
+def test_stops_advice_for_a_job_stopped_after_it_claimed_its_name_says_to_overwrite(tmp_path):
+    """The case of `caviar stop` a job stopped between claiming its sweep's name and writing its first table: its
+    lease stays, so `caviar submit` of the name again needs --overwrite (no test covered this line)."""
+    from cluster.jobs import plan_job
+    from orchestrator.app.cli_cluster import stop_advice
+
+    storage = tmp_path / "runs"
+    job = plan_job(REGRESSION_TASK, storage=str(storage), name="early").metadata
+    free = stop_advice(job, "http://head:8265")
+    assert free == [f"its sweep had not begun: no sweep was written to {storage / 'early'}, so there is nothing to "
+                    "resume; run it again with `caviar submit` (the same --name is free)"]
+    claimed = subprocess.Popen([sys.executable, "-c", CLAIM_AND_WAIT, str(storage / "early")], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, env=ENV, text=True)
+    assert claimed.stdout.readline().strip() == "claimed"
+    claimed.stdin.close()  # the job's master ends holding its claim, as a stopped one does
+    claimed.wait(timeout=60)
+    assert stop_advice(job, "http://head:8265") == [
+        f"its sweep had not begun: no sweep was written to {storage / 'early'}, so there is nothing to resume; run "
+        "it again with `caviar submit` (its master's claim on the name remains: pass --overwrite)"]
