@@ -231,6 +231,23 @@ def refuse_an_edited_task(sweep: Storage, task: Task | str | None) -> None:
         "or start a new sweep for the edited code; nothing was written")
 
 
+def edited_since(sweep: Storage, task: Task | str | None) -> str | None:
+    """How the caller's task file differs from the copy the sweep ran, in words; None when it is the same file or
+    there is nothing to compare (no task given, a sweep from before task copies, a module task)."""
+    try:
+        manifest = read_manifest(sweep)
+    except StorageError:
+        return None
+    if not task or manifest is None or manifest.kind != "file" or not manifest.sha256:
+        return None
+    path = _caller_task_file(task.ref if isinstance(task, Task) else task)
+    data = read_if_there(path) if path else None
+    if data is None or sha256(data) == manifest.sha256:
+        return None
+    return (f"your task {path} has sha256 {sha256(data)[:12]}, not the {manifest.source} the sweep ran (sha256 "
+            f"{manifest.sha256[:12]})")
+
+
 def _refuse_an_edited_module(sweep: Storage, manifest: TaskManifest, folder: str) -> None:
     """As for the task file: a module beside it that the sweep's trials imported, now with other bytes."""
     for rel, digest in (manifest.modules or {}).items():

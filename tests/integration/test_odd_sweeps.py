@@ -6,8 +6,10 @@ Real ``caviar`` processes on a real regression task; the master is ended after a
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,8 +17,9 @@ import time
 
 import pytest
 
+from orchestrator import load_ensemble
 from orchestrator.app.api import load
-from orchestrator.errors import StorageError
+from orchestrator.errors import StorageError, TaskError
 from orchestrator.store.lease import LEASE_PATH, read_lease
 from orchestrator.store.storage import Storage
 from tests.conftest import ROOT, folder_digest
@@ -270,3 +273,36 @@ def test_stops_advice_for_a_job_stopped_after_it_claimed_its_name_says_to_overwr
     assert stop_advice(job, "http://head:8265") == [
         f"its sweep had not begun: no sweep was written to {storage / 'early'}, so there is nothing to resume; run "
         "it again with `caviar submit` (its master's claim on the name remains: pass --overwrite)"]
+
+
+def test_weights_that_do_not_fit_an_edited_task_name_the_edit_and_the_stored_copy(tmp_path):
+    """Before: a task file edited since its sweep (build_model's width changed) made load_ensemble raise a bare
+    RuntimeError ('weights do not fit ... size mismatch') and `caviar ensemble --task` (its soup) print torch's
+    multi-part load_state_dict text, neither saying the file was edited. Now both are one TaskError line that names
+    the file's and the stored copy's sha256 and trust_task_code; the stored copy loads, and the ensembles table the
+    failed rebuild met is kept."""
+    soft = tmp_path / "soft_labels.py"  # soft labels: a classification sweep, so `caviar ensemble` builds a soup
+    shutil.copy(os.path.join(ROOT, "tests", "tasks", "soft_label_task.py"), soft)
+    ran = caviar("run", str(soft), "--trials", "3", "--epochs", "1", "--stages", "1", "--storage",
+                 str(tmp_path / "runs"), "--name", "soft", "--no-report", "--plain", "--executor", "processes")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    sweep = str(tmp_path / "runs" / "soft")
+    stored = hashlib.sha256(soft.read_bytes()).hexdigest()[:12]
+    soft.write_text(soft.read_text().replace("nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 3)",
+                                             "nn.Linear(3, 32), nn.ReLU(), nn.Linear(32, 3)"))
+    edited = hashlib.sha256(soft.read_bytes()).hexdigest()[:12]
+    named = (f"your task {soft} has sha256 {edited}, not the task/soft_labels.py the sweep ran (sha256 {stored}): "
+             "load with trust_task_code=True (--trust-task-code)")
+
+    with pytest.raises(TaskError) as refused:
+        load_ensemble(sweep, name="best", task=str(soft))
+    assert "weights do not fit the model build_model returns: size mismatch" in str(refused.value)
+    assert named in str(refused.value)
+    assert load_ensemble(sweep, name="best", trust_task_code=True) is not None
+
+    before = folder_digest(os.path.join(sweep, "ensembles"))
+    rebuilt = caviar("ensemble", sweep, "--task", str(soft))
+    assert rebuilt.returncode == 2
+    [line] = rebuilt.stderr.strip().splitlines()
+    assert "weights do not fit the model build_model returns" in line and named in line, line
+    assert folder_digest(os.path.join(sweep, "ensembles")) == before

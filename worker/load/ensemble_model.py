@@ -21,7 +21,7 @@ from orchestrator.ensemble.ensemble_run import EnsembleRecord, best_checkpoint, 
 from orchestrator.ensemble.ensembles import CandidateKey
 from orchestrator.errors import ConfigError, StorageError, TaskError
 from orchestrator.spec.task import Task
-from orchestrator.spec.task_source import sweep_task
+from orchestrator.spec.task_source import edited_since, sweep_task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
 from orchestrator.store.sweeps import not_a_sweep
@@ -57,6 +57,7 @@ class SweepModels:
         if not storage.exists(schema.SWEEP_PATH):
             raise not_a_sweep(storage, storage.uri)
         self.task = sweep_task(storage, task, trust_task_code=trust_task_code)
+        self._given_task = task  # the caller's own file, if any: named when weights do not fit what it builds
         self._set_task_globals(schema.read_dataset_row(storage))
         trials = storage.read_table(schema.TRIALS_PATH).to_pylist()
         self.configs: dict[int, dict[str, Any]] = {t["trial_id"]: dict(t["config"] or {}) for t in trials}
@@ -120,8 +121,13 @@ class SweepModels:
             model.load_state_dict(state)
         except RuntimeError as exc:
             detail = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
-            raise RuntimeError(f"trial {trial_id}'s weights do not fit the model build_model returns: "
-                               f"{detail[0]}{' (and more)' if len(detail) > 1 else ''}") from exc
+            message = (f"trial {trial_id}'s weights do not fit the model build_model returns: "
+                       f"{detail[0]}{' (and more)' if len(detail) > 1 else ''}")
+            edited = edited_since(self.storage, self._given_task)
+            if edited:  # the likely cause, and the way round it
+                message += (f"; {edited}: load with trust_task_code=True (--trust-task-code) to build the models with "
+                            "the stored copy, or pass the file as the sweep ran it")
+            raise TaskError(message) from exc
         return model
 
     def state(self, key: CandidateKey) -> dict[str, torch.Tensor]:

@@ -217,8 +217,8 @@ class Soup:
         if not ranked:
             return None
         base, peers = ranked[0], self.peers(ranked)
-        model = self.models.build(base.trial_id).to(self.device)
         states = [self.models.state(base)]
+        model = self.models.with_weights(base.trial_id, states[0]).to(self.device)  # weights that do not fit: named
         best, soup_state = self.score(model, states[0], fresh_bn=False, objective=objective,
                                       what="the soup's base")  # its own statistics are right
         tried: list[dict[str, Any]] = [{**_key(base), **best.row(objective), "accepted": True}]
