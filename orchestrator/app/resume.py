@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,7 +218,7 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     rebuilt = rebuild_controller(record, make_controller)
     controller = rebuilt.controller
     if _nothing_to_do(record, rebuilt, storage, settings):  # a finished sweep: resume writes and runs nothing
-        return _as_found(controller, storage, name)
+        return _as_found(controller, storage, name, root_uri)
     task = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to resume")
     log = SweepLog(storage, record.space, lease=Lease.take_over(storage))
     log.continue_after(record.stages, record.events, record.event_parts)
@@ -237,8 +238,12 @@ def _nothing_to_do(record: SweepRecord, rebuilt: Rebuilt, storage: Storage, sett
     return controller.finished and unchanged and not rebuilt.resumed and not rebuilt.closed and ensembles_done
 
 
-def _as_found(controller: Controller, storage: Storage, name: str) -> Any:
+def _as_found(controller: Controller, storage: Storage, name: str, root_uri: str) -> Any:
     """The result of a finished sweep, read back, with a note saying resume changed nothing."""
 
     note = f"sweep {redact_uri(storage.uri)} has finished: nothing to resume, nothing written"
+    if controller.abort_reason:  # it ended early, on purpose: resume does not start it over
+        note = (f"sweep {redact_uri(storage.uri)} was stopped early, so resume does not continue it (nothing written); "
+                f"once its cause below is fixed, start it again: caviar run TASK --storage "
+                f"{shlex.quote(redact_uri(root_uri))} --name {shlex.quote(name)} --overwrite")
     return result_of(controller, name, storage.uri, [], note=note)

@@ -306,3 +306,57 @@ def test_weights_that_do_not_fit_an_edited_task_name_the_edit_and_the_stored_cop
     [line] = rebuilt.stderr.strip().splitlines()
     assert "weights do not fit the model build_model returns" in line and named in line, line
     assert folder_digest(os.path.join(sweep, "ensembles")) == before
+
+
+FAILS_ONCE_TRAINING = '''"""Regression whose model raises from its fourth training batch on (missed by the checks)."""
+import numpy as np
+from torch import nn
+
+from orchestrator.search.space import loguniform
+
+kind = "regression"
+space = {"lr": loguniform(1e-3, 1e-2), "batch_size": 40, "optimizer": "adam"}
+
+
+def load_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    y = x.sum(1).astype(np.float32)
+    return (x[:200], y[:200]), (x[200:250], y[200:250]), (x[250:], y[250:])
+
+
+class Broken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.calls = nn.Linear(4, 1), 0
+
+    def forward(self, x):
+        self.calls += self.training
+        if self.calls > 3:
+            raise RuntimeError("index out of range in a bucketing step")
+        return self.lin(x)
+
+
+def build_model(config):
+    return Broken()
+'''
+
+
+def test_resume_of_a_sweep_stopped_early_says_so_not_finished(tmp_path):
+    """Before: `caviar resume` of a sweep its first failing trials stopped (fail_fast) said 'has finished: nothing to
+    resume', then 'error: sweep stopped early'. Now it says the sweep was stopped early, that resume does not continue
+    it, and the command that starts it again; nothing is written, exit 2 as before."""
+    task = tmp_path / "bucketed.py"
+    task.write_text(FAILS_ONCE_TRAINING)
+    ran = caviar("run", str(task), "--trials", "6", "--epochs", "2", "--stages", "1", "--slots", "2", "--storage",
+                 str(tmp_path / "my runs"), "--name", "bucketed", "--no-report", "--plain", "--executor", "processes")
+    assert ran.returncode == 2 and "sweep stopped early: the first 5 trials all failed" in ran.stderr, ran.stderr
+    sweep = str(tmp_path / "my runs" / "bucketed")
+    before = folder_digest(sweep)
+    resumed = caviar("resume", sweep, "--trust-task-code", "--plain")
+    assert resumed.returncode == 2
+    assert resumed.stdout.startswith(
+        f"sweep {sweep} was stopped early, so resume does not continue it (nothing written); once its cause below is "
+        f"fixed, start it again: caviar run TASK --storage '{tmp_path / 'my runs'}' --name bucketed --overwrite\n")
+    assert "has finished" not in resumed.stdout
+    assert folder_digest(sweep) == before
