@@ -142,6 +142,17 @@ def describe_objective(dataset: dict[str, Any]) -> tuple[str, str] | None:
     return (objective, mode) if objective and mode in ("min", "max") else None
 
 
+def unfinished_state(sweep: Storage) -> str:
+    """An unfinished sweep's state in ``caviar ls``: running (its master's process) or stopped (resume it)."""
+    try:
+        lease = read_lease(sweep)
+    except StorageError:  # a damaged lease: caviar status says what to do
+        return "unfinished"
+    if lease is not None and holder_alive(lease):
+        return f"running (process {lease.pid} on {lease.host})"
+    return "stopped (caviar resume continues it)"
+
+
 def list_sweeps(storage: str) -> list[dict[str, Any]]:
     """Every sweep under ``storage`` (a path or URI), oldest first; an unreadable one says why."""
     root = Storage.from_uri(storage)
@@ -155,6 +166,8 @@ def list_sweeps(storage: str) -> list[dict[str, Any]]:
         try:
             if sweep.exists(schema.SWEEP_PATH):
                 rows.append(describe_sweep(sweep))
+                if rows[-1]["state"] == "unfinished":  # running now, or a master that died: the lease tells which
+                    rows[-1]["state"] = unfinished_state(sweep)
             else:  # a run's lease, no sweep row yet: listed, as `caviar run` of the name says it exists
                 lease = read_lease(sweep)
                 started = datetime.fromtimestamp(lease.started / 1000, UTC) if lease else None

@@ -360,3 +360,33 @@ def test_resume_of_a_sweep_stopped_early_says_so_not_finished(tmp_path):
         f"fixed, start it again: caviar run TASK --storage '{tmp_path / 'my runs'}' --name bucketed --overwrite\n")
     assert "has finished" not in resumed.stdout
     assert folder_digest(sweep) == before
+
+
+TAKE_OVER_AND_WAIT = """
+import sys
+from orchestrator.store.lease import Lease
+from orchestrator.store.storage import Storage
+
+Lease.take_over(Storage.from_uri(sys.argv[1]))  # what `caviar resume` does before it trains again
+print("taken", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_ls_tells_a_running_sweep_from_a_stopped_one(tmp_path):
+    """Before: `caviar ls` showed 'unfinished' both for a sweep its master still writes and for one whose master was
+    killed, so the listing did not say which to resume. Now the first is 'running (process P on HOST)', the second
+    'stopped (caviar resume continues it)'."""
+    sweep = stopped_regression_sweep(tmp_path)
+    storage = os.path.dirname(sweep)
+    listed = caviar("ls", storage)
+    assert listed.returncode == 0 and "stopped (caviar resume continues it)" in listed.stdout, listed.stderr
+    resuming = subprocess.Popen([sys.executable, "-c", TAKE_OVER_AND_WAIT, sweep], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=ENV, text=True)
+    try:
+        assert resuming.stdout.readline().strip() == "taken"
+        listed = caviar("ls", storage)
+        assert f"running (process {resuming.pid} on {socket.gethostname()})" in listed.stdout, listed.stdout
+    finally:
+        resuming.stdin.close()
+        resuming.wait(timeout=60)
