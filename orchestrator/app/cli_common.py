@@ -89,7 +89,7 @@ def print_result(result: Any, *, report: bool = True, task_ref: str | None = Non
     for warning in result.warnings:
         advice = edge_advice(warning)
         typer.secho(f"warning: {warning}" + (f": {advice}" if advice else ""), fg="yellow", err=True)
-    print_failures(tables.trials.to_pylist())
+    print_failures(tables.trials.to_pylist(), tables.sweep.to_pylist()[0])
     if result.aborted:
         fail(f"sweep stopped early: {result.aborted}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
@@ -127,11 +127,18 @@ StorageOption = Annotated[
 ]
 
 
-def print_failures(trials: list[dict[str, Any]]) -> None:
-    """The most common errors of failed trials, with counts and trial ids (orchestrator/app/failures.py)."""
+def print_failures(trials: list[dict[str, Any]], sweep_row: dict[str, Any] | None = None) -> None:
+    """The most common errors of failed trials, with counts and trial ids (orchestrator/app/failures.py); with the
+    sweep row, a group whose trials drew values past the declared ranges says so."""
+    import json
+
     from orchestrator.app.failures import error_summary
 
-    for line in error_summary(trials):
+    try:
+        declared = json.loads((sweep_row or {}).get("space") or "{}")
+    except ValueError:
+        declared = {}
+    for line in error_summary(trials, declared=declared if isinstance(declared, dict) else None):
         typer.secho(line, fg="red")
 
 

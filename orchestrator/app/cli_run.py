@@ -208,7 +208,7 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
         name, value = shown_score(t["best_score"], sweep_objective(found))
         typer.echo(f"  best: trial {t['trial_id']} (stage {t['stage']}) {name} {shown_number(value)}: "
                    f"{format_config(t['config'])}")
-    print_failures(trials)
+    print_failures(trials, row)
 
 
 @app.command()

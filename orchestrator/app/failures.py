@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from orchestrator.search.space import shown_value
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 _CAVIAR_DIRS = tuple(
@@ -53,12 +55,51 @@ def _ids(ids: list[int], shown: int = 8) -> str:
     return f"{text}, ... ({len(ids) - shown} more)" if len(ids) > shown else text
 
 
-def error_summary(trials: Iterable[Mapping[str, Any]], top: int = 3) -> list[str]:
+def past_declared_ranges(failed: Sequence[Mapping[str, Any]], ended: Sequence[Mapping[str, Any]],
+                         declared: Mapping[str, Any]) -> str | None:
+    """What to do when every one of ``failed`` (config dicts) drew a parameter past the same side of its declared
+    range (``declared``: the sweep row's space as plain data) and no trial that ended with a score (``ended``) went
+    that far: a later stage extended the range past an edge, into values the model cannot take (more pooling
+    blocks than the images have pixels). None when no parameter says so."""
+    suspects = []
+    for name, spec in declared.items():
+        if not (isinstance(spec, Mapping) and _number(spec.get("low")) and _number(spec.get("high"))):
+            continue  # a choice or a fixed value: never extended
+        low, high = spec["low"], spec["high"]
+        drawn = [c.get(name) for c in failed]
+        trained = [c.get(name) for c in ended if _number(c.get(name))]
+        if not (drawn and all(_number(v) for v in drawn)):
+            continue
+        if all(v > high for v in drawn) and not any(v >= min(drawn) for v in trained):
+            suspects.append((name, low, high, drawn))
+        elif all(v < low for v in drawn) and not any(v <= max(drawn) for v in trained):
+            suspects.append((name, low, high, drawn))
+    if not suspects:
+        return None
+    shown = suspects[:3]
+    said = " and ".join(f"{name} = {', '.join(shown_value(v) for v in sorted(set(drawn))[:4])} "
+                        f"(declared [{shown_value(low)}, {shown_value(high)}])" for name, low, high, drawn in shown)
+    limits = " and ".join(f"limits=({shown_value(low)}, {shown_value(high)}) to {name}" for name, low, high, _ in shown)
+    return (f"these trials drew {said}, past the declared range{'s' if len(shown) > 1 else ''}, which a later stage "
+            f"extended from an edge: if the model cannot take such values, give {limits} in the task, or set "
+            "extend_edges = false")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def error_summary(trials: Iterable[Mapping[str, Any]], top: int = 3,
+                  declared: Mapping[str, Any] | None = None) -> list[str]:
     """One line per most common error among failed trials (count, error, trial ids); empty when none failed.
 
     Errors that differ only in their numbers (each trial's own drawn value) are one group, shown with its first
-    trial's line.
+    trial's line. ``declared``, the sweep's declared space as plain data, lets a group whose trials all drew a
+    parameter past its declared range say so (:func:`past_declared_ranges`).
     """
+    trials = list(trials)
+    configs = {int(t["trial_id"]): t.get("config") or {} for t in trials}
+    ended = [configs[int(t["trial_id"])] for t in trials if t.get("status") in ("completed", "pruned")]
     groups: dict[str, list[tuple[int, str]]] = {}
     for t in trials:
         if t.get("status") == "failed":
@@ -74,6 +115,9 @@ def error_summary(trials: Iterable[Mapping[str, Any]], top: int = 3) -> list[str
         hint = hint_for(key)
         if hint:
             lines.append(f"  what to do: {hint}")
+        extended = past_declared_ranges([configs[i] for i in ids], ended, declared) if declared else None
+        if extended:
+            lines.append(f"  what to do: {extended}")
     if len(ordered) > top:
         rest = sum(len(members) for members in ordered[top:])
         lines.append(f"{rest} more failed with {len(ordered) - top} other errors")

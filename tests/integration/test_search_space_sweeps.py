@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 
+from typer.testing import CliRunner
+
 from orchestrator.app.api import load, run_sweep
+from orchestrator.app.cli import app
 from tests.conftest import ROOT
 
 TASKS = os.path.join(ROOT, "tests", "tasks")
@@ -25,3 +28,19 @@ def test_a_uniform_adam_beta_at_its_edge_is_never_extended_to_1_or_past(tmp_path
     betas = [t["config"]["beta2"] for t in tables.trials.to_pylist()]
     assert max(betas) < 1.0
     assert result.counts.get("failed", 0) == 0
+
+
+def test_trials_failing_past_an_extended_edge_are_told_why(tmp_path):
+    # randint(1, 3) pooling blocks on 8x8 images: stage 1's best sat at 3, stage 2 sampled [1, 5], and its trials
+    # drawing 4 or 5 failed with torch's "Output size is too small" and no word tying that to the extended range
+    run = CliRunner().invoke(app, ["run", os.path.join(TASKS, "pooling_depth_task.py"), "--plan", "6x1,6x2", "--seed",
+                                   "12", "--slots", "1", "--storage", str(tmp_path), "--name", "pool", "--plain",
+                                   "--no-report", "--no-ensemble"])
+    assert run.exit_code == 0, run.output[-3000:]
+    assert "edge: stage 1's best trial 0: blocks = 3 at the high edge of [1, 3]: stage 2 samples [1, 5]" in run.output
+    advice = ("  what to do: these trials drew blocks = 4, 5 (declared [1, 3]), past the declared range, which a later "
+              "stage extended from an edge: if the model cannot take such values, give limits=(1, 3) to blocks in "
+              "the task, or set extend_edges = false")
+    assert advice in run.output.splitlines()
+    status = CliRunner().invoke(app, ["status", str(tmp_path / "pool")])  # caviar status says it again
+    assert advice in status.output.splitlines()

@@ -31,3 +31,36 @@ def test_errors_that_differ_only_in_a_drawn_value_are_one_group():
     assert lines[0] == ("4 failed: ValueError: dropout probability has to be between 0 and 1, but got -0.1245 "
                         "(task.py:21) (trials 8, 9, 10, 12; the numbers in the error differ between them)")
     assert lines[1] == "1 failed: RuntimeError: boom (trial 11)"
+
+
+POOL = ("Traceback (most recent call last):\n  File \"/home/me/task.py\", line 34, in forward\n"
+        "RuntimeError: Given input size: (4x1x1). Calculated output size: (4x0x0). Output size is too small")
+DECLARED = {"optimizer": "adam", "lr": {"dist": "loguniform", "low": 0.001, "high": 0.03},
+            "blocks": {"dist": "randint", "low": 1, "high": 3, "limits": [1, None]},
+            "act": {"dist": "choice", "options": ["relu", "tanh"]}}
+
+
+def rows(*trials):
+    return [{"trial_id": i, "status": status, "error": POOL if status == "failed" else None, "reason": "error",
+             "config": {"optimizer": "adam", "lr": 0.01, "blocks": blocks, "act": "relu"}}
+            for i, (status, blocks) in enumerate(trials)]
+
+
+def test_failures_of_values_a_later_stage_extended_past_the_declared_range_say_so():
+    # randint(1, 3) pooling blocks on 8x8 images, extended to [1, 5] after stage 1's best sat at 3: the trials drawing
+    # 4 and 5 failed with torch's 'Output size is too small', and nothing tied that to the range moving past its edge
+    trials = rows(("completed", 3), ("completed", 1), ("failed", 4), ("failed", 5), ("pruned", 2), ("failed", 4))
+    lines = error_summary(trials, declared=DECLARED)
+    assert lines[0].startswith("3 failed: RuntimeError: Given input size") and lines[0].endswith("(trials 2, 3, 5)")
+    assert lines[1] == ("  what to do: these trials drew blocks = 4, 5 (declared [1, 3]), past the declared range, "
+                        "which a later stage extended from an edge: if the model cannot take such values, give "
+                        "limits=(1, 3) to blocks in the task, or set extend_edges = false")
+    assert len(error_summary(trials)) == 2  # without the declared space: as before
+
+
+def test_no_extension_advice_where_trained_trials_went_as_far_or_failures_sit_inside():
+    went_as_far = rows(("completed", 5), ("failed", 4), ("failed", 5))  # a trial trained at 5: not the range
+    inside = rows(("completed", 1), ("failed", 3), ("failed", 2))
+    mixed = rows(("completed", 1), ("failed", 4), ("failed", 2))
+    for trials in (went_as_far, inside, mixed):
+        assert not any("what to do" in line for line in error_summary(trials, declared=DECLARED))
