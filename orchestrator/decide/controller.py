@@ -568,13 +568,15 @@ def _g(value: Any) -> str:
 def edge_event(controller: Controller, notice: Any) -> tuple[str, int | None, str]:
     """(event kind, the trial whose value sat on the edge, one line naming stage, value, old and new range)."""
     stage = controller.stage
-    trials = [t for t in controller.trials.values() if t.stage == stage and math.isfinite(t.best_score)
-              and t.config.get(notice.param) == notice.value]
-    trial = max(trials, key=lambda t: t.best_score, default=None)
+    scored = [t for t in controller.trials.values() if t.stage == stage and math.isfinite(t.best_score)]
+    trial = max((t for t in scored if t.config.get(notice.param) == notice.value), key=lambda t: t.best_score,
+                default=None)
     (lo, hi), (new_lo, new_hi) = notice.old_range, notice.new_range
     moved = new_lo < lo if notice.side == "low" else new_hi > hi
     trial_id = trial.trial_id if trial else None
     who = f"stage {stage + 1}'s best trial" + (f" {trial_id}" if trial else "")
+    if trial and trial.best_score < max(t.best_score for t in scored):  # a conditional parameter: its best is not
+        who = f"the best of stage {stage + 1}'s trials that use {notice.param}, trial {trial_id}"  # the stage's best
     where = f"{who}: {notice.param} = {_g(notice.value)} at the {notice.side} edge of [{_g(lo)}, {_g(hi)}]"
     after = f"stage {stage + 2} samples [{_g(new_lo)}, {_g(new_hi)}]"
     if moved:

@@ -14,6 +14,7 @@ from orchestrator.decide.simulate import SimulatedBackend
 from orchestrator.errors import SpaceError
 from orchestrator.search.space import (
     SearchSpace,
+    choice,
     dropout,
     lograndint,
     loguniform,
@@ -131,3 +132,22 @@ def test_the_end_of_run_advice_never_says_to_look_past_a_hard_limit():
     soft = "stage 2's best trial 7: lr = 0.1 sits at the high edge of [0.001, 0.1]"
     assert edge_advice(soft) == "the next sweep should look beyond it"
     assert "widen limits=" in edge_advice(soft + " (a hard limit)")
+
+
+def test_an_edge_of_a_conditional_parameter_names_the_best_trial_that_uses_it():
+    # "stage 1's best trial 12: warmth = 0.4979 at the high edge": trial 12 was the best adam trial, while the stage's
+    # best trial was an sgd one, which has no warmth at all
+    def quality(config):  # the best sgd trials beat every adam one; among adam ones, the more warmth the better
+        if config["optimizer"] == "sgd":
+            return 0.5 + 0.45 * config["width"]
+        return 0.8 + 0.08 * (config["warmth"] - 0.1) / 0.4
+
+    space = SearchSpace({"optimizer": choice(["sgd", "adam"]), "width": uniform(0.0, 1.0),
+                         "warmth": uniform(0.1, 0.5, when={"optimizer": ["adam"]})})
+    controller = sweep(space, quality)
+    event = next(e for e in controller.events if e["kind"] == "range_extended" and "warmth" in e["reason"])
+    judged, trial = event["stage"], controller.trials[event["trial_id"]]
+    stage_best = max((t for t in controller.trials.values() if t.stage == judged), key=lambda t: t.best_score)
+    assert stage_best.config["optimizer"] == "sgd" and trial.config["optimizer"] == "adam"
+    assert event["reason"].startswith(f"the best of stage {judged + 1}'s trials that use warmth, trial "
+                                      f"{trial.trial_id}: warmth = {trial.config['warmth']:.4g} at the high edge")
