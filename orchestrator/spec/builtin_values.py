@@ -46,7 +46,8 @@ def check_builtin_values(params: Mapping[str, Any], *, own_optimizer: bool = Fal
 
 
 # Decay rates caviar's loop reads, which must stay below 1: torch's Adam refuses a beta of 1 or more, the EMA weights
-# refuse an ema_decay of 1 or more, and a momentum or RMSprop rho above 1 grows the update without bound. A uniform or
+# refuse an ema_decay of 1 or more, a momentum or RMSprop rho above 1 grows the update without bound, and so does a
+# schedule's decay_rate the learning rate (torch's ReduceLROnPlateau refuses a factor of 1 or more). A uniform or
 # log-uniform range declared below 1 (beta2 = uniform(0.9, 0.999), as Optuna users write it) could otherwise be
 # extended past its edge to 1.05, and every trial drawn there fails or diverges.
 OPTIMIZER_DECAYS = ("momentum", "beta1", "beta2", "rho")
@@ -54,11 +55,14 @@ BELOW_ONE = math.nextafter(1.0, 0.0)
 
 
 def with_builtin_limits(space: SearchSpace, *, own_optimizer: bool = False) -> SearchSpace:
-    """``space`` with the decay rates caviar's loop reads kept below 1 when a stage extends their range.
+    """``space`` with the decay rates caviar's loop reads kept below 1 when a stage extends their range (decay_rate
+    only where no trial's schedule is inverse_time, whose rate may pass 1).
 
     Only the upper limit of a ``uniform`` or ``loguniform`` range changes (one_minus_loguniform and dropout already
     stay below 1); a range declared up to 1 or past it is left as declared and is never extended further."""
     names = ("ema_decay",) + (() if own_optimizer else OPTIMIZER_DECAYS)
+    if "inverse_time" not in _values(space.get("schedule", "constant")):  # k in 1 / (1 + k t) may pass 1
+        names += ("decay_rate",)  # the factor of step, exponential and plateau (torch's plateau refuses 1 or more)
     capped = {}
     for name in names:
         dist = space.get(name)

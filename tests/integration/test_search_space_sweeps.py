@@ -30,6 +30,17 @@ def test_a_uniform_adam_beta_at_its_edge_is_never_extended_to_1_or_past(tmp_path
     assert result.counts.get("failed", 0) == 0
 
 
+def test_a_plateau_factor_at_its_edge_is_never_extended_to_1_or_past(tmp_path):
+    # decay_rate = uniform(0.1, 0.9) with the best trial at 0.898: stage 2 sampled [0.1, 1.3], and the trials drawing
+    # 1 or more failed with torch's "Factor should be < 1.0"
+    result = run_sweep(os.path.join(TASKS, "plateau_factor_task.py"), plan="6x1,6x3", slots=1, seed=312,
+                       ensemble=False, storage=str(tmp_path), name="plateau")
+    tables = load(result.path)
+    stage_2 = json.loads(tables.stages.to_pylist()[1]["space"])["decay_rate"]
+    assert 0.9 < stage_2["high"] < 1.0
+    assert result.counts.get("failed", 0) == 0
+
+
 def test_trials_failing_past_an_extended_edge_are_told_why(tmp_path):
     # randint(1, 3) pooling blocks on 8x8 images: stage 1's best sat at 3, stage 2 sampled [1, 5], and its trials
     # drawing 4 or 5 failed with torch's "Output size is too small" and no word tying that to the extended range

@@ -83,3 +83,14 @@ def test_schedule_epochs_must_be_whole_not_truncated():
     for bad in (-1, 1.5, False):
         assert refusal({"patience": bad}).startswith("parameter 'patience': ")
     check_builtin_values({"step_epochs": randint(1, 4), "patience": choice([0, 2, 5])})
+
+
+def test_a_schedules_decay_rate_stays_below_1_unless_inverse_time_may_read_it():
+    # decay_rate = uniform(0.1, 0.9) with schedule plateau, extended past 0.9 to 1.3: torch's ReduceLROnPlateau refused
+    # every such trial ("Factor should be < 1.0"); a step or exponential factor above 1 grows the learning rate
+    for schedule in ("plateau", choice(["step", "exponential", "constant"])):
+        space = with_builtin_limits(SearchSpace({"schedule": schedule, "decay_rate": uniform(0.1, 0.9)}))
+        assert 0.9 < extended_high(space, "decay_rate") < 1.0
+    inverse_time = with_builtin_limits(SearchSpace({"schedule": choice(["inverse_time", "step"]),
+                                                     "decay_rate": uniform(0.1, 0.9)}))
+    assert extended_high(inverse_time, "decay_rate") > 1.0  # k in lr0 / (1 + k t) may well pass 1
