@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -72,3 +75,19 @@ def test_mixed_precision_with_the_tasks_own_loop_is_refused_before_anything_runs
     assert not (tmp_path / "runs" / "own").exists()
     run_sweep(str(path), trials=2, epochs=1, slots=1, storage=str(tmp_path / "runs"), name="own", ensemble=False,
               executor="processes")  # fp32: trains
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile's inductor needs a C++ compiler on the CPU")
+def test_a_torch_compiled_model_sweeps_in_child_processes(tmp_path):
+    """With inductor's cache cold, the master compiled during the contract check and the forked worker, compiling
+    its own model, waited on the master's compile workers for ever: the sweep hung with one trial running."""
+    task = os.path.join(ROOT, "tests", "tasks", "compiled_task.py")
+    code = ("from orchestrator import run_sweep; "
+            f"r = run_sweep({task!r}, trials=1, epochs=1, stages=1, slots=1, storage={str(tmp_path)!r}, name='c', "
+            "executor='processes', ensemble=False); print(r.counts)")
+    env = {**os.environ, "PYTHONPATH": ROOT, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # cold cache
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "{'completed': 1}" in done.stdout

@@ -386,3 +386,15 @@ def test_a_killed_master_takes_its_workers_with_it_and_the_sweep_resumes(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     trials = load(sweep).trials.to_pylist()
     assert [(t["status"], t["epochs_run"]) for t in trials] == [("completed", 3)] * 3
+
+
+def test_workers_are_spawned_once_torch_compile_has_compiled_in_the_master(monkeypatch):
+    """The contract check runs a torch.compile'd model in the master; inductor's compile workers do not survive a
+    fork, and a forked child compiling its own model waited on them for ever (the end-to-end hang:
+    tests/integration/test_model_kinds_sweep.py::test_a_torch_compiled_model_sweeps_in_child_processes)."""
+    import types
+
+    in_memory = SimpleNamespace(streams=None)
+    assert start_method(1, in_memory) == "fork"
+    monkeypatch.setitem(sys.modules, "torch._inductor.async_compile", types.ModuleType("async_compile"))
+    assert start_method(1, in_memory) == "spawn"

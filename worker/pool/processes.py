@@ -69,11 +69,18 @@ def start_method(threads: int, splits: Any) -> str:
 
     A forked child has to stay on one torch thread (see above). Streamed data is read through the
     task's own Datasets, whose open files (an HDF5 handle, a file offset) a fork would share with
-    the master, so those workers start fresh; so do a resumed sweep's, whose data the master has not loaded.
+    the master, so those workers start fresh; so do a resumed sweep's, whose data the master has not loaded, and
+    those of a model built with ``torch.compile`` (:func:`compiled_here`).
     """
     forkable = sys.platform.startswith("linux")  # macOS frameworks are not fork-safe (Python spawns there too)
     in_memory = splits is not None and not getattr(splits, "streams", False)
-    return "fork" if forkable and threads == 1 and in_memory else "spawn"
+    return "fork" if forkable and threads == 1 and in_memory and not compiled_here() else "spawn"
+
+
+def compiled_here() -> bool:
+    """Whether torch.compile has compiled code in this process (the contract check ran a compiled model): inductor's
+    compile workers do not survive a fork, and a forked child compiling its own model waited on them for ever."""
+    return "torch._inductor.async_compile" in sys.modules
 
 
 def serve(conn: Connection, master: int, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any],
