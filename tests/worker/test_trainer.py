@@ -349,3 +349,35 @@ def test_a_backbone_built_once_and_shared_by_every_model_is_refused_unless_froze
         validate_contract(task, [CONFIG])
     backbone.requires_grad_(False)  # a frozen pretrained backbone never changes: sharing it is fine
     validate_contract(task, [CONFIG])
+
+
+def test_a_build_optimizer_returning_an_optimizer_and_scheduler_pair_is_refused_naming_build_optimizer():
+    """Lightning's configure_optimizers shape: the refusal named the model's forward pass or loss_fn, with torch's
+    "'tuple' object has no attribute 'param_groups'" from inside the scheduler."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import pytest
+
+    from orchestrator.errors import TaskError
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+
+    def with_scheduler(config, params):
+        optimizer = torch.optim.SGD(params, lr=config["lr"])
+        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1)
+
+    def raising(config, params):
+        return torch.optim.SGD(params, lr=config["no_such_key"])
+
+    def task_with(build_optimizer):
+        return dataclasses.replace(base, namespace=SimpleNamespace(
+            space=module.space, load_data=module.load_data, build_model=module.build_model,
+            build_optimizer=build_optimizer))
+
+    with pytest.raises(TaskError, match=r"tiny_task.py': build_optimizer must return a torch.optim.Optimizer, got "
+                                        r"tuple \(an \(optimizer, scheduler\) pair\?"):
+        validate_contract(task_with(with_scheduler), [CONFIG])
+    with pytest.raises(TaskError, match=r"tiny_task.py': build_optimizer raised KeyError: 'no_such_key'"):
+        validate_contract(task_with(raising), [CONFIG])

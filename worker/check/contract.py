@@ -88,7 +88,7 @@ def _refuse(task: Task, piece: str, exc: BaseException) -> TaskError:
             return TaskError(f"task {task.ref!r}: {piece} raised {describe(exc.__cause__)}")
         text = str(exc)  # caviar's own check: its message names what is wrong
         # e.g. inputs of another dtype than the model: the data; outputs that broadcast against targets: the loss
-        named = text.startswith((piece, "load_data:", "loss_fn", "metrics", "the backward pass"))
+        named = text.startswith((piece, "load_data:", "loss_fn", "metrics", "the backward pass", "build_optimizer"))
         return TaskError(f"task {task.ref!r}: {text if named else f'{piece}: {text}'}")
     return TaskError(f"task {task.ref!r}: {piece} raised {describe(exc)}")
 
@@ -180,7 +180,8 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
             stream.release_workers()
     if first is None:
         return splits
-    piece = "build_model" if _raised_in_build(first) else "the model's forward pass or loss_fn"
+    piece = "build_model" if _raised_in_build(first) else "build_optimizer" if _raised_in_optimizer(first) \
+        else "the model's forward pass or loss_fn"
     tried = min(len(configs), CONFIGS_TRIED)
     error = _refuse(task, piece, first)
     about_data = isinstance(first, TaskError) and str(first).startswith("load_data:")  # holds for every config
@@ -240,6 +241,10 @@ def refuse_as_run_would(task: Task, splits: Splits, config: Mapping[str, Any]) -
             raise _refuse(task, "the model's forward pass or loss_fn", exc) from None
     except Exception:  # the user's code: the checks that follow report it as failed rows
         pass
+
+
+def _raised_in_optimizer(exc: BaseException) -> bool:
+    return isinstance(exc, TaskError) and str(exc).startswith(("build_optimizer raised", "build_optimizer must"))
 
 
 def _raised_in_build(exc: BaseException) -> bool:

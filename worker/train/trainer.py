@@ -149,6 +149,19 @@ def _flat_norm(tensors: list[torch.Tensor]) -> float:
     )
 
 
+def own_optimizer(build: Any, config: dict[str, Any], params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The task's ``build_optimizer(config, params)``, refused in one line naming it unless it gives an optimizer."""
+    try:
+        optimizer = build(config, params)
+    except Exception as exc:
+        raise TaskError(f"build_optimizer raised {type(exc).__name__}: {exc}") from exc
+    if not all(hasattr(optimizer, name) for name in ("param_groups", "step", "zero_grad", "state_dict")):
+        pair = " (an (optimizer, scheduler) pair? caviar steps the config's schedule; a schedule of your own " \
+               "steps in train_epoch)" if isinstance(optimizer, (tuple, list)) else ""
+        raise TaskError(f"build_optimizer must return a torch.optim.Optimizer, got {type(optimizer).__name__}{pair}")
+    return optimizer
+
+
 class TrialRun:
     """A model, its optimizer, schedule, EMA and data order: everything one trial carries."""
 
@@ -163,7 +176,7 @@ class TrialRun:
         materialise_lazy(self.model, lambda: splits.sample(2, device)[0])
         params = [p for p in self.model.parameters() if p.requires_grad]
         custom_opt = task.get("build_optimizer")
-        self.optimizer = custom_opt(config, params) if custom_opt else build_optimizer(config, params)
+        self.optimizer = own_optimizer(custom_opt, config, params) if custom_opt else build_optimizer(config, params)
         self.scheduler = build_schedule(config, self.optimizer, spec.max_epochs)
         self.kind = splits.target_kind
         self.loss_fn = loss_function(task, self.kind)
