@@ -357,3 +357,22 @@ def test_a_model_with_an_auxiliary_head_trained_by_the_tasks_loop_is_checked_in_
     assert report.passed and all(c.status == PASS for c in report.checks), report.checks
     assert "returns tuple in training mode" in report.mode_note and "eval mode" in report.mode_note
     assert not run_preflight(make_task(), dims_per_tensor=2).mode_note  # a plain model: training mode, as before
+
+
+def test_a_sparse_embedding_passes_every_check():
+    """Sparse gradients: Adam refused them in the overfit check, and the gradient check indexed them."""
+    class Bag(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.bag, self.head = nn.EmbeddingBag(12, 8, sparse=True), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.bag(x))
+
+    def ids():  # three ids per example, drawn from four of its class's own
+        rng = np.random.default_rng(0)
+        return tuple((y[:, None] * 4 + rng.integers(0, 4, size=(len(y), 3)), y) for _, y in blobs())
+
+    namespace = SimpleNamespace(space=SPACE, load_data=ids, build_model=Bag)
+    report = run_preflight(Task("sparse-task", namespace, SPACE), dims_per_tensor=4)
+    assert report.passed and all(c.status == PASS for c in report.checks), report.checks

@@ -265,7 +265,7 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
                 else f"loss < {floor + near_zero * scale:.4g} on {len(x)} examples")
     if not params:
         return CheckResult("overfit tiny subset", FAIL, "-", expected, "the model has no trainable parameters")
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = _adam(model, params, lr)
     loss_value, accuracy, taken = math.nan, 0.0, 0
     for taken in range(1, steps + 1):  # noqa: B007 (the count is reported)
         logits = model(x)
@@ -289,6 +289,32 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
         f"{loss_value:.4g} ({taken} steps)"
     return CheckResult("overfit tiny subset", PASS if ok else FAIL, value, expected,
                        "" if ok else "cannot fit 20 examples: the model or its loss cannot learn")
+
+
+class _Optimizers:
+    """Several optimizers stepped as one (``step``, ``zero_grad``)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def _adam(model: nn.Module, params: list[nn.Parameter], lr: float) -> Any:
+    """Adam, with SparseAdam for the weights of sparse embeddings (``sparse=True``), whose gradients Adam refuses."""
+    sparse = {id(m.weight) for m in model.modules()
+              if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad}
+    if not sparse:
+        return torch.optim.Adam(params, lr=lr)
+    dense = [p for p in params if id(p) not in sparse]
+    optimizers = [torch.optim.SparseAdam([p for p in params if id(p) in sparse], lr=lr)]
+    return _Optimizers(*optimizers, *([torch.optim.Adam(dense, lr=lr)] if dense else []))
 
 
 def error_level(error: float) -> str:
@@ -383,7 +409,9 @@ def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
         for name, param in model.named_parameters():
             if not param.requires_grad:
                 continue
-            analytic = param.grad.detach().clone() if param.grad is not None else torch.zeros_like(param)
+            grad = param.grad
+            analytic = torch.zeros_like(param) if grad is None else \
+                grad.detach().to_dense() if grad.is_sparse else grad.detach().clone()  # a sparse embedding's
             dims = np.arange(param.numel())
             if name in frozen:  # no gradient on purpose while the loss reads it: its difference quotient is no check
                 dims = dims[dims // param.shape[1] != frozen[name]]

@@ -143,6 +143,27 @@ def _same(state: Mapping[str, torch.Tensor], module: torch.nn.Module) -> bool:
         torch.equal(v.detach(), state[k].to(v.device)) for k, v in current.items())
 
 
+def gradient_norm(grad: torch.Tensor) -> torch.Tensor:
+    """One gradient's L2 norm; a sparse one (``nn.Embedding(sparse=True)``) over its coalesced values, which torch's
+    vector norm cannot take."""
+    return torch.linalg.vector_norm(grad.coalesce().values() if grad.is_sparse else grad)
+
+
+@torch.no_grad()
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """``clip_grad_norm_``'s total norm, and its clipping when ``max_norm`` is finite, for sparse gradients too
+    (torch's raised NotImplementedError for them at every step)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(g.is_sparse for g in grads):
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    total = torch.linalg.vector_norm(torch.stack([gradient_norm(g).float() for g in grads]))
+    if math.isfinite(max_norm):
+        scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # as torch's: never scaled up
+        for g in grads:
+            g.mul_(scale.to(g.dtype))
+    return float(total)
+
+
 def _flat_norm(tensors: list[torch.Tensor]) -> float:
     return (
         float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))) if tensors else 0.0
@@ -337,7 +358,7 @@ class TrialRun:
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(opt)  # clip and measure the true gradients, not the scaled ones
-            grad_norm_sum += float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
+            grad_norm_sum += clip_grad_norm(params, self.grad_clip)
             steps += 1
             before = [p.detach().clone() for p in params] if i == measured else None
             self.scaler.step(opt)  # skips the step when fp16 gradients overflowed
