@@ -61,3 +61,15 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     """``"; did you mean 'trials'?"`` for a near miss of a known name; empty when none is near."""
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def exception_line(traceback_text: str) -> str:
+    """The line of a formatted traceback that names its exception (``ValueError: message``): the first line after
+    the last frame. Not the traceback's last line: a message of several lines (torch's "Could not run ... with
+    arguments from the 'SparseCPU' backend" lists every backend after it) would put one of its own there. Text that
+    is no traceback (caviar's own reasons, whose last line says most): its last line."""
+    lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+    last_frame = max((i for i, line in enumerate(lines) if line.lstrip().startswith('File "')), default=None)
+    if last_frame is None:
+        return lines[-1] if lines else ""
+    return next((line for line in lines[last_frame + 1:] if not line.startswith((" ", "\t"))), lines[-1])

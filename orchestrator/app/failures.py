@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from orchestrator.errors import exception_line
 from orchestrator.search.space import shown_value
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
@@ -22,10 +23,9 @@ _CAVIAR_DIRS = tuple(
 
 def error_key(error: str | None, reason: str | None) -> str:
     """``ValueError: message (task.py:12)`` from a traceback: its last line and the user's innermost frame."""
-    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
-    if not lines:
+    if not (error or "").strip():
         return f"reason {reason or 'unknown'}"
-    last = " ".join(lines[-1].split())
+    last = " ".join(exception_line(error or "").split())
     user = [
         (path, line)
         for path, line in _FRAME.findall(error or "")

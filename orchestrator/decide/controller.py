@@ -18,7 +18,7 @@ from orchestrator.decide.backend import START_FAILED, Assignment, Report
 from orchestrator.decide.fusing import PER_MEMBER, FusePlan, block_size, share_shapes
 from orchestrator.decide.pruning import OBJECTIVE_NAN, Observation, Pruner
 from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, stored_status
-from orchestrator.errors import ConfigError, StorageError
+from orchestrator.errors import ConfigError, StorageError, exception_line
 from orchestrator.search.narrowing import edge_warnings
 from orchestrator.search.sampler import stage_configs, trial_seed
 from orchestrator.search.space import SearchSpace, shown_value
@@ -464,7 +464,7 @@ class Controller:
         all_failed = 0 < failed == len(self.trials)
         if failed >= self.options.fail_fast or all_failed:
             errors = Counter(
-                (t.error or "").strip().splitlines()[-1] if t.error else (t.reason or "?")
+                exception_line(t.error) if t.error else (t.reason or "?")
                 for t in self.trials.values()
                 if t.status == TrialStatus.FAILED
             )

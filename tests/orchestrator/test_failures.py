@@ -64,3 +64,22 @@ def test_no_extension_advice_where_trained_trials_went_as_far_or_failures_sit_in
     mixed = rows(("completed", 1), ("failed", 4), ("failed", 2))
     for trials in (went_as_far, inside, mixed):
         assert not any("what to do" in line for line in error_summary(trials, declared=DECLARED))
+
+
+def test_a_message_of_several_lines_is_summarised_by_its_first_line_not_its_last():
+    """torch's dispatcher errors list every backend after their message: the summary (and the fail-fast line, which
+    reads the same line) showed "PythonDispatcher: registered at ...PythonFallbackKernel.cpp:196 [backend fallback]"."""
+    from orchestrator.errors import exception_line
+
+    sparse = ("Traceback (most recent call last):\n  File \"/home/me/task.py\", line 30, in forward\n"
+              "    return self.head(self.bag(x))\n           ^^^^^^^^^^^^^^^^^^\n"
+              "NotImplementedError: Could not run 'aten::linalg_vector_norm' with arguments from the 'SparseCPU' "
+              "backend.\n\nCPU: registered at aten/src/ATen/RegisterCPU.cpp:30476 [kernel]\n"
+              "PythonDispatcher: registered at aten/src/ATen/core/PythonFallbackKernel.cpp:196 [backend fallback]\n")
+    lines = error_summary([{"trial_id": 0, "status": "failed", "error": sparse, "reason": "error"}])
+    assert lines[0] == ("1 failed: NotImplementedError: Could not run 'aten::linalg_vector_norm' with arguments from "
+                        "the 'SparseCPU' backend. (task.py:30) (trial 0)")
+    chained = f"{BATCH_NORM}\n\nThe above exception was the direct cause of the following exception:\n\n" \
+              "Traceback (most recent call last):\n  File \"/x/worker.py\", line 3, in run\nTaskError: the trial broke"
+    assert exception_line(chained) == "TaskError: the trial broke"
+    assert exception_line("RuntimeError: boom") == "RuntimeError: boom" and exception_line("") == ""
