@@ -433,3 +433,28 @@ def test_a_sparse_embedding_trains_and_its_gradient_norm_is_measured_and_clipped
     clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.to_dense())
                                                     for p in model.parameters()]))
     assert float(clipped) == pytest.approx(0.05, rel=1e-4)
+
+
+def test_a_model_with_torch_weight_norm_trains_with_ema():
+    """torch.nn.utils.weight_norm (the older API, still common) leaves a computed tensor on the module, which
+    torch's deepcopy refuses: every sweep with ema_decay was refused before its first trial."""
+    import dataclasses
+    import warnings
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    def weight_normed(config):
+        with warnings.catch_warnings():  # torch: deprecated in favour of parametrizations.weight_norm
+            warnings.simplefilter("ignore")
+            return nn.Sequential(nn.utils.weight_norm(nn.Linear(4, 8)), nn.ReLU(), nn.Linear(8, 3))
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+    task = dataclasses.replace(base, namespace=SimpleNamespace(space=module.space, load_data=module.load_data,
+                                                              build_model=weight_normed))
+    run = TrialRun(task, validate_contract(task, [CONFIG]), TrialSpec(0, 0, CONFIG, 3, 3), torch.device("cpu"))
+    rows = [run.train_epoch() for _ in range(3)]
+    assert rows[-1]["val_accuracy"] > 0.8 and rows[-1]["ema_val_loss"] < rows[0]["ema_val_loss"]
+    ema, raw = run.ema.module.state_dict(), run.model.state_dict()
+    assert ema.keys() == raw.keys() and not torch.equal(ema["0.weight_g"], raw["0.weight_g"])  # averaged, not tied

@@ -10,7 +10,7 @@ for the decays we sample, and costs no extra pass over the data.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -27,11 +27,12 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
 class EmaWeights:
     """A plain copy of the model whose parameters and float buffers follow an EMA."""
 
-    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True):
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True,
+                 build: Callable[[], torch.nn.Module] | None = None):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), got {decay}")
         self.decay, self.warmup, self.step = decay, warmup, 0
-        self.module = copy.deepcopy(model).eval()
+        self.module = _copy(model, build).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         # Where each parameter and buffer lives, found once: walking named_parameters() every step cost
@@ -78,6 +79,20 @@ class EmaWeights:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
         self.module.load_state_dict(state["weights"])
+
+
+def _copy(model: torch.nn.Module, build: Callable[[], torch.nn.Module] | None) -> torch.nn.Module:
+    """A copy of ``model``: ``deepcopy``, or where that raises, ``build()`` (the same model built again) given its
+    state. torch's deepcopy refuses a module holding a computed tensor, as ``torch.nn.utils.weight_norm`` leaves."""
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError:
+        if build is None:
+            raise
+    with torch.random.fork_rng(devices=[]):  # the trial's own random stream goes on as if nothing was built
+        twin = build()
+    twin.load_state_dict(model.state_dict())
+    return twin.to(next(iter(model.parameters())).device)
 
 
 def average_buffer(ema: torch.Tensor, new: torch.Tensor, weight: float | torch.Tensor) -> None:

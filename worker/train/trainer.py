@@ -210,7 +210,8 @@ class TrialRun:
         self.generator = torch.Generator().manual_seed(spec.seed)
         self.train_loader: Any = None  # streamed data: made on first use, kept for the trial
         ema_decay = config.get("ema_decay")
-        self.ema = EmaWeights(self.model, float(ema_decay)) if ema_decay else None
+        self.ema = EmaWeights(self.model, float(ema_decay), build=lambda: self._built_again(config)) \
+            if ema_decay else None
         if self.ema is not None and task.get("train_epoch") and hasattr(self.optimizer, "register_step_post_hook"):
             # The task's own loop steps the optimizer: the EMA follows each step, as in caviar's loop.
             ema = self.ema
@@ -232,6 +233,12 @@ class TrialRun:
         # On the CPU, so a GPU holds no extra copy while the next epoch trains.
         self.last_val: dict[str, tuple[int, dict[str, float], torch.Tensor]] = {}
         self.output_shape: tuple[int, ...] | None = None  # one example's outputs, once a pass has run
+
+    def _built_again(self, config: Mapping[str, Any]) -> torch.nn.Module:
+        """The trial's model built once more (the EMA's copy where torch cannot deepcopy it), shapes and all."""
+        model = self.task.get("build_model")(dict(config)).to(self.device)
+        materialise_lazy(model, lambda: self.splits.sample(2, self.device)[0])
+        return model
 
     # -- one epoch -----------------------------------------------------------------------
     def train_epoch(self) -> dict[str, Any]:
