@@ -458,3 +458,45 @@ def test_a_model_with_torch_weight_norm_trains_with_ema():
     assert rows[-1]["val_accuracy"] > 0.8 and rows[-1]["ema_val_loss"] < rows[0]["ema_val_loss"]
     ema, raw = run.ema.module.state_dict(), run.model.state_dict()
     assert ema.keys() == raw.keys() and not torch.equal(ema["0.weight_g"], raw["0.weight_g"])  # averaged, not tied
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_tasks_train_epoch_may_take_len_of_its_batches(streamed):
+    """A OneCycleLR needs the steps per epoch: len(batches) raised "object of type '_CountedBatches' has no len()"
+    in every trial."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    seen = []
+
+    def one_cycle(model, optimizer, batches, config):
+        steps = len(batches)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=steps)
+        count, total = 0, 0.0
+        for x, y in batches:
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            count, total = count + 1, total + loss.item()
+        seen.append((steps, count))
+        return {"train_loss": total / count}
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+
+    def data():
+        splits = module.load_data()
+        if not streamed:
+            return splits
+        return tuple(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)) for x, y in splits)
+
+    task = dataclasses.replace(base, namespace=SimpleNamespace(space=module.space, load_data=data,
+                                                              build_model=module.build_model, train_epoch=one_cycle))
+    config = {**CONFIG, "batch_size": 50}  # 180 examples: 4 batches, the last of 30
+    run = TrialRun(task, validate_contract(task, [config]), TrialSpec(0, 0, config, 3, 2), torch.device("cpu"))
+    rows = [run.train_epoch() for _ in range(2)]
+    assert seen == [(4, 4), (4, 4)] and all(math.isfinite(r["train_loss"]) for r in rows)

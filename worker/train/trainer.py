@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,7 +246,7 @@ class TrialRun:
         lr = float(self.optimizer.param_groups[0]["lr"])
         custom = self.task.get("train_epoch")
         if custom:
-            counted = _CountedBatches(self._batches())
+            counted = _CountedBatches(self._batches(), self._batch_count)
             scheduled = [group["lr"] for group in self.optimizer.param_groups]
             stats = dict(custom(self.model, self.optimizer, counted, dict(self.spec.config)) or {})
             # A rate the task's loop set (a warm-up) holds for its own steps; the schedule goes on from its own value,
@@ -334,15 +334,29 @@ class TrialRun:
         return batches(self.splits.x_train, self.splits.y_train, self.batch_size, self.generator,
                        skip_single=self.skip_single)
 
-    def _streamed_batches(self) -> Any:
-        """The training Dataset through this trial's DataLoader (its workers persist across epochs)."""
+    def _batch_count(self) -> int:
+        """How many batches an epoch gives (``len(batches)`` in a task's ``train_epoch``: a OneCycleLR's steps)."""
+        if not self.splits.streams:
+            return math.ceil((self.splits.n_train - int(self.skip_single)) / self.batch_size)
+        try:
+            return len(self._train_loader())
+        except TypeError:  # an IterableDataset: its stream is not counted before it is read
+            raise TypeError("len(batches): the training split is an IterableDataset, whose batches are not "
+                            "counted before they are read; give it __len__, or count them in train_epoch") from None
+
+    def _train_loader(self) -> Any:
+        """This trial's DataLoader over the training Dataset, made on first use (its workers persist across epochs)."""
         if self.train_loader is None:
             assert self.splits.streams is not None
             self.train_loader = self.splits.streams["train"].loader(self.batch_size, shuffle=True,
                                                                     generator=self.generator,
                                                                     drop_last=self.skip_single)
+        return self.train_loader
+
+    def _streamed_batches(self) -> Any:
+        """The training Dataset through this trial's DataLoader (its workers persist across epochs)."""
         s, device = self.splits, self.device
-        for xb, yb in self.train_loader:
+        for xb, yb in self._train_loader():
             yield s.normalise(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)
 
     def _standard_epoch(self) -> dict[str, float]:
@@ -469,11 +483,14 @@ class TrialRun:
 class _CountedBatches:
     """The batches a task's ``train_epoch`` iterates, counted: an epoch that got none is refused, not reported."""
 
-    def __init__(self, batches: Any):
-        self._batches, self.count, self.exhausted = iter(batches), 0, False
+    def __init__(self, batches: Any, length: Callable[[], int]):
+        self._batches, self._length, self.count, self.exhausted = iter(batches), length, 0, False
 
     def __iter__(self) -> _CountedBatches:
         return self
+
+    def __len__(self) -> int:
+        return self._length()
 
     def __next__(self) -> Any:
         try:
