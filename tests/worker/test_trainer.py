@@ -500,3 +500,42 @@ def test_a_tasks_train_epoch_may_take_len_of_its_batches(streamed):
     run = TrialRun(task, validate_contract(task, [config]), TrialSpec(0, 0, config, 3, 2), torch.device("cpu"))
     rows = [run.train_epoch() for _ in range(2)]
     assert seen == [(4, 4), (4, 4)] and all(math.isfinite(r["train_loss"]) for r in rows)
+
+
+def test_lbfgs_is_refused_for_caviars_loop_before_the_sweep_and_trains_in_the_tasks_own():
+    """LBFGS's step() needs a closure: with caviar's loop every trial failed with "LBFGS.step() missing 1 required
+    positional argument: 'closure'"."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import pytest
+    from torch import nn
+
+    from orchestrator.errors import TaskError
+
+    def lbfgs(config, params):
+        return torch.optim.LBFGS(params, lr=0.5, max_iter=5)
+
+    def with_closure(model, optimizer, batches, config):
+        losses = []
+        for x, y in batches:
+            def closure(x=x, y=y):
+                optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+            losses.append(float(optimizer.step(closure).detach()))
+        return {"train_loss": sum(losses) / len(losses)}
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+    pieces = {"space": module.space, "load_data": module.load_data, "build_model": module.build_model,
+              "build_optimizer": lbfgs}
+    caviars_loop = dataclasses.replace(base, namespace=SimpleNamespace(**pieces))
+    with pytest.raises(TaskError, match=r"tiny_task.py': build_optimizer returns LBFGS, whose step\(\) needs a "
+                                        r"closure"):
+        validate_contract(caviars_loop, [CONFIG])
+    own_loop = dataclasses.replace(base, namespace=SimpleNamespace(**pieces, train_epoch=with_closure))
+    run = TrialRun(own_loop, validate_contract(own_loop, [CONFIG]), TrialSpec(0, 0, CONFIG, 3, 2), torch.device("cpu"))
+    rows = [run.train_epoch() for _ in range(2)]
+    assert rows[-1]["val_accuracy"] > 0.8 and math.isfinite(rows[-1]["ema_val_loss"])

@@ -6,6 +6,7 @@ decide after any epoch whether the trial goes on.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -183,6 +184,15 @@ def own_optimizer(build: Any, config: dict[str, Any], params: list[torch.nn.Para
     return optimizer
 
 
+def _step_needs_closure(optimizer: Any) -> bool:
+    """Whether ``optimizer.step`` must be given a closure (``torch.optim.LBFGS``)."""
+    try:
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):  # a step whose signature cannot be read: assumed to need none
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
 class TrialRun:
     """A model, its optimizer, schedule, EMA and data order: everything one trial carries."""
 
@@ -198,6 +208,10 @@ class TrialRun:
         params = [p for p in self.model.parameters() if p.requires_grad]
         custom_opt = task.get("build_optimizer")
         self.optimizer = own_optimizer(custom_opt, config, params) if custom_opt else build_optimizer(config, params)
+        if custom_opt and not task.get("train_epoch") and _step_needs_closure(self.optimizer):
+            raise TaskError(f"build_optimizer returns {type(self.optimizer).__name__}, whose step() needs a closure "
+                            "that re-evaluates the loss, and caviar's training loop calls step() without one; step "
+                            "it with your closure in the task's own train_epoch(model, optimizer, batches, config)")
         self.scheduler = build_schedule(config, self.optimizer, spec.max_epochs)
         self.kind = splits.target_kind
         self.loss_fn = loss_function(task, self.kind)
