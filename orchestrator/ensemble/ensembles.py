@@ -144,12 +144,13 @@ def log_loss(probs: np.ndarray, y: np.ndarray, eps: float = 1e-7) -> float:
 
 
 def _nll(true_probs: np.ndarray, eps: float = 1e-7) -> np.ndarray:
-    return -np.log(np.clip(true_probs, eps, 1.0)).mean(axis=-1)
+    # 0.0 - x, not -x: a perfect member's log loss is 0.0, which -x made -0.0 (the answer printed "-0.0000")
+    return 0.0 - np.log(np.clip(true_probs, eps, 1.0)).mean(axis=-1)
 
 
 def _soft_nll(probs: np.ndarray, targets: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     """Soft-target cross-entropy of ``probs`` (..., n, C) against ``targets`` (n, C), mean over rows."""
-    return -(targets * np.log(np.clip(probs, eps, 1.0))).sum(axis=-1).mean(axis=-1)
+    return 0.0 - (targets * np.log(np.clip(probs, eps, 1.0))).sum(axis=-1).mean(axis=-1)
 
 
 def average(probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:

@@ -86,6 +86,9 @@ def test_accuracy_and_log_loss_hand_cases() -> None:
     assert log_loss(probs, y, eps=1e-3) == pytest.approx(
         -(math.log(0.7) + math.log(0.1) + math.log(0.25) + math.log(1e-3)) / 4
     )
+    # Every example certain and right: 0.0, not -0.0 (a tagger's test split printed "test log loss -0.0000").
+    assert math.copysign(1.0, log_loss(np.eye(3), np.arange(3))) == 1.0
+    assert math.copysign(1.0, log_loss(np.eye(3), np.eye(3))) == 1.0  # soft labels
 
 
 def test_average_is_weighted_float64() -> None:
