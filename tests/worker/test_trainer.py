@@ -539,3 +539,49 @@ def test_lbfgs_is_refused_for_caviars_loop_before_the_sweep_and_trains_in_the_ta
     run = TrialRun(own_loop, validate_contract(own_loop, [CONFIG]), TrialSpec(0, 0, CONFIG, 3, 2), torch.device("cpu"))
     rows = [run.train_epoch() for _ in range(2)]
     assert rows[-1]["val_accuracy"] > 0.8 and math.isfinite(rows[-1]["ema_val_loss"])
+
+
+@pytest.mark.parametrize("add_group", [False, True])
+def test_unfreezing_a_backbone_in_the_tasks_loop_is_refused_not_trained_frozen(add_group):
+    """Gradual unfreezing: the backbone, frozen when the optimizer was built over the trainable parameters, got
+    gradients after requires_grad_(True) but was never stepped, so the trial trained a frozen model while the task
+    believed otherwise; adding it with add_param_group failed the epoch's schedule step with torch's "zip() argument
+    2 is shorter than argument 1"."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from orchestrator.errors import TaskError
+
+    def frozen_backbone(config):
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        model[0].requires_grad_(False)
+        return model
+
+    def unfreezing(model, optimizer, batches, config):
+        if unfreezing.epochs == 1:
+            model[0].requires_grad_(True)
+            if add_group:
+                optimizer.add_param_group({"params": list(model[0].parameters())})
+        unfreezing.epochs += 1
+        losses = []
+        for x, y in batches:
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return {"train_loss": sum(losses) / len(losses)}
+
+    unfreezing.epochs = 0
+    base = load_task(TINY_TASK)
+    module = base.namespace
+    task = dataclasses.replace(base, namespace=SimpleNamespace(space=module.space, load_data=module.load_data,
+                                                              build_model=frozen_backbone, train_epoch=unfreezing))
+    run = TrialRun(task, validate_contract(task, [CONFIG]), TrialSpec(0, 0, CONFIG, 3, 3), torch.device("cpu"))
+    run.train_epoch()  # frozen, as built: trains its head
+    unfreezing.epochs = 1
+    said = "train_epoch added a parameter group" if add_group else r"parameter 0.weight \(and 1 more\) was frozen"
+    with pytest.raises(TaskError, match=f"{said}.*train the backbone from the start instead"):
+        run.train_epoch()

@@ -184,6 +184,12 @@ def own_optimizer(build: Any, config: dict[str, Any], params: list[torch.nn.Para
     return optimizer
 
 
+# Gradual unfreezing: what a trial can do instead (its schedule and resume follow the optimizer's first groups).
+_UNFREEZE = ("caviar builds a trial's optimizer once, over the parameters trainable when it starts, and its schedule "
+             "and resume follow those; train the backbone from the start instead, at a learning rate of its own (a "
+             "parameter group in build_optimizer)")
+
+
 def _step_needs_closure(optimizer: Any) -> bool:
     """Whether ``optimizer.step`` must be given a closure (``torch.optim.LBFGS``)."""
     try:
@@ -206,6 +212,8 @@ class TrialRun:
             raise TaskError(f"build_model raised {type(exc).__name__}: {exc}") from exc
         materialise_lazy(self.model, lambda: splits.sample(2, device)[0])
         params = [p for p in self.model.parameters() if p.requires_grad]
+        # Frozen now: a loop that unfreezes one later must give it to the optimizer too (see _check_unfrozen_stepped).
+        self._frozen_at_build = [(name, p) for name, p in self.model.named_parameters() if not p.requires_grad]
         custom_opt = task.get("build_optimizer")
         self.optimizer = own_optimizer(custom_opt, config, params) if custom_opt else build_optimizer(config, params)
         if custom_opt and not task.get("train_epoch") and _step_needs_closure(self.optimizer):
@@ -263,6 +271,7 @@ class TrialRun:
             counted = _CountedBatches(self._batches(), self._batch_count)
             scheduled = [group["lr"] for group in self.optimizer.param_groups]
             stats = dict(custom(self.model, self.optimizer, counted, dict(self.spec.config)) or {})
+            self._check_param_groups_kept(len(scheduled))
             # A rate the task's loop set (a warm-up) holds for its own steps; the schedule goes on from its own value,
             # as torch's chained schedules (exponential, cosine, plateau) would otherwise scale the one left behind.
             for group, lr in zip(self.optimizer.param_groups, scheduled):
@@ -280,6 +289,7 @@ class TrialRun:
             stats = self._standard_epoch()
             if stats["examples_trained"] == 0:  # a train_loss of 0.0 and weights that never moved, reported as such
                 raise self._no_batch_error()
+        self._check_unfrozen_stepped()
         s = self.splits
         val, val_outputs = evaluate_split(self.task, self.kind, self.loss_fn, self.model, self.inputs("val"), s.y_val,
                                           "val", s)
@@ -317,6 +327,27 @@ class TrialRun:
         seen = s.n_train - self.skip_single if custom else stats["examples_trained"]
         row["samples_per_second"] = seen / seconds if seconds > 0 else None
         return row
+
+    def _check_unfrozen_stepped(self) -> None:
+        """A parameter frozen when the optimizer was built (a backbone) and unfrozen since (gradual unfreezing) gets
+        gradients, but the optimizer, built over the trainable parameters only, never steps it: refused, not
+        trained as a frozen model while the task believes otherwise."""
+        if not self._frozen_at_build:
+            return
+        stepped = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        unfrozen = [name for name, p in self._frozen_at_build if p.grad is not None and id(p) not in stepped]
+        if unfrozen:
+            more = f" (and {len(unfrozen) - 1} more)" if len(unfrozen) > 1 else ""
+            raise TaskError(f"parameter {unfrozen[0]}{more} was frozen (requires_grad False) when the optimizer was "
+                            f"built, has gradients now, and is not in the optimizer, which never steps it: {_UNFREEZE}")
+
+    def _check_param_groups_kept(self, groups: int) -> None:
+        """torch's schedules (and a resume's optimizer state) hold one entry per parameter group the optimizer was
+        built with: a group the task's loop added would fail the epoch's schedule step with torch's "zip() argument 2
+        is shorter than argument 1"."""
+        if len(self.optimizer.param_groups) > groups:
+            raise TaskError(f"train_epoch added a parameter group to the optimizer (optimizer.add_param_group): "
+                            f"{_UNFREEZE}")
 
     def _no_batch_error(self) -> TaskError:
         """A training epoch that got no batch from the task's loader or Dataset, said with the likely cause."""
