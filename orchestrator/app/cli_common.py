@@ -150,6 +150,15 @@ def print_top(tables: Any, k: int) -> None:
     from orchestrator.store.storage import Storage
 
     best = tables.top(k).to_pylist()
+    if not best:  # an empty table would say nothing of why: say where the trials are
+        counts: dict[str, int] = {}
+        for status in tables.trials.column("status").to_pylist():
+            counts[status] = counts.get(status, 0) + 1
+        aborted = "sweep_aborted" in tables.events.column("kind").to_pylist()
+        waiting = not aborted and any(status in counts for status in ("pending", "running"))
+        shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no trials"
+        typer.echo(f"no trial has a score{' yet' if waiting else ''}: {shown}")
+        return
     objective = sweep_objective(Storage.from_uri(tables.path))
     table = Table(title=f"top {len(best)} trials")
     score_column = f"best {shown_score(0.0, objective)[0]}"  # the objective, in its own units

@@ -362,6 +362,24 @@ def test_resume_of_a_sweep_stopped_early_says_so_not_finished(tmp_path):
     assert folder_digest(sweep) == before
 
 
+def test_top_of_a_sweep_with_no_scored_trial_says_where_its_trials_are(tmp_path):
+    """Before: `caviar top` (and the end of a run) printed an empty 'top 0 trials' table for a sweep none of whose
+    trials had a score: all failed, or still pending and running. Now one line says so, with the counts."""
+    task = tmp_path / "bucketed.py"
+    task.write_text(FAILS_ONCE_TRAINING)
+    ran = caviar("run", str(task), "--trials", "6", "--epochs", "2", "--stages", "1", "--slots", "2", "--storage",
+                 str(tmp_path / "runs"), "--name", "bucketed", "--no-report", "--plain", "--executor", "processes")
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    assert "top 0 trials" not in ran.stdout and "no trial has a score: " in ran.stdout, ran.stdout
+    shown = caviar("top", "bucketed", "--storage", str(tmp_path / "runs"))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("no trial has a score: ") and "failed" in shown.stdout, shown.stdout
+
+    waiting = caviar("top", stopped_regression_sweep(tmp_path))
+    assert waiting.returncode == 0, waiting.stderr
+    assert waiting.stdout == "no trial has a score yet: 1 pending, 1 running\n"
+
+
 TAKE_OVER_AND_WAIT = """
 import sys
 from orchestrator.store.lease import Lease
