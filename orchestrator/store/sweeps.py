@@ -23,14 +23,31 @@ def resolve_sweep(sweep: str, storage: str | None = None) -> str:
     """``sweep`` itself when it is a sweep folder; else ``storage/sweep`` when that is one.
 
     ``caviar status NAME --storage runs`` and ``caviar status runs/NAME`` name the same sweep.
-    A name that matches neither is left as given, so the caller's error names what the user typed.
+    A name that matches neither is left as given, so the caller's error names what the user typed; unless
+    ``storage`` holds no such sweep while ``sweep`` is no folder at all: then the error names the storage, where the
+    user meant it to be (a relative ``--storage`` from another working directory is another folder).
     """
     if storage is None or "://" in sweep or sweep.startswith("/"):
         return sweep
-    candidate = Storage.from_uri(storage).child(sweep)
+    root = Storage.from_uri(storage)
+    candidate = root.child(sweep)
     if candidate.exists(schema.SWEEP_PATH) or candidate.exists(LEASE_PATH):  # a lease alone: a run not yet written
         return candidate.uri
+    if not Storage.from_uri(sweep).exists(""):
+        raise no_such_sweep(root, storage, sweep)
     return sweep
+
+
+def no_such_sweep(root: Storage, storage: str, name: str) -> StorageError:
+    """No sweep ``name`` in the storage folder: what that folder is, here, and what it holds."""
+    shown = redact_uri(storage)
+    where = f" ({root.root})" if root.root != storage.rstrip("/") and "://" not in storage else ""
+    if not root.exists(""):
+        return StorageError(f"no sweep {name!r} in storage {shown!r}{where}: no such folder")
+    names = sweep_names(root)
+    held = (f"it holds {', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''}" if names
+            else "it holds no sweeps")
+    return StorageError(f"no sweep {name!r} in storage {shown!r}{where}: {held} (caviar ls {shlex.quote(shown)})")
 
 
 def sweep_names(root: Storage) -> list[str]:

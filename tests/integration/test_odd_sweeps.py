@@ -408,3 +408,26 @@ def test_ls_tells_a_running_sweep_from_a_stopped_one(tmp_path):
     finally:
         resuming.stdin.close()
         resuming.wait(timeout=60)
+
+
+def test_a_name_not_in_a_relative_storage_names_the_folder_it_looked_in(tmp_path):
+    """Before: `caviar status reg --storage runs` from another working directory (where runs/ is another folder, or
+    none) said only "'reg' is not a caviar sweep directory", naming neither the storage nor where it was looked for.
+    Now the line names the storage, its absolute path here, and what it holds (or that there is no such folder)."""
+    from tests.orchestrator.test_sweep_listing import write_sweep
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    write_sweep(project / "runs" / "reg", "reg")
+    write_sweep(project / "runs" / "cnn ü", "cnn ü")
+    elsewhere.mkdir()
+    for verb in ("status", "top", "report"):
+        found = caviar(verb, "reg", "--storage", "runs", cwd=str(project))
+        assert "no sweep" not in found.stderr, found.stderr
+        missing = caviar(verb, "reg", "--storage", "runs", cwd=str(elsewhere))
+        assert missing.returncode == 2
+        assert missing.stderr == (f"caviar: error: no sweep 'reg' in storage 'runs' ({elsewhere / 'runs'}): no such "
+                                  "folder\n")
+    other = caviar("status", "nosuch", "--storage", "runs", cwd=str(project))
+    assert other.returncode == 2
+    assert other.stderr == (f"caviar: error: no sweep 'nosuch' in storage 'runs' ({project / 'runs'}): it holds cnn ü, "
+                            "reg (caviar ls runs)\n")
