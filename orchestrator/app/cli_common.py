@@ -122,9 +122,8 @@ def task_file_ref(task: str | None) -> str | None:
     return path + sep + attr
 
 
-StorageOption = Annotated[
-    str | None, typer.Option(help="Storage folder the sweep name is relative to (caviar ls STORAGE lists them).")
-]
+STORAGE_HELP = "Storage folder the sweep name is relative to (caviar ls STORAGE lists them)."
+StorageOption = Annotated[str | None, typer.Option(help=STORAGE_HELP)]
 
 
 def print_failures(trials: list[dict[str, Any]], sweep_row: dict[str, Any] | None = None) -> None:

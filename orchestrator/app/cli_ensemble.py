@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.app.cli_common import SweepArg, app, fail
+from orchestrator.app.cli_common import STORAGE_HELP, SweepArg, app, fail
 from orchestrator.errors import CaviarError
 
 
@@ -28,6 +28,7 @@ def ensemble(
         help="Your task file: builds the soup's models and scores the sweep's objective (a task metric).")] = None,
     trust_task_code: Annotated[bool, typer.Option(
         help="Run the task copy stored in the sweep, as --task does (checked against its sha256).")] = False,
+    storage_folder: Annotated[str | None, typer.Option("--storage", help=STORAGE_HELP)] = None,
 ) -> None:
     """Ensembles from stored predictions, chosen on validation; test measured after. Writes ensembles/.
 
@@ -47,6 +48,9 @@ def ensemble(
     )
     from orchestrator.store import schema
     from orchestrator.store.lease import holder_alive, read_lease
+    from orchestrator.store.sweeps import resolve_sweep
+
+    sweep = resolve_sweep(sweep, storage_folder)  # `caviar ensemble NAME --storage runs`, as status and top take it
 
     if k < 1:
         fail("option '-k': expected a positive integer")

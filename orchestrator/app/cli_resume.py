@@ -6,7 +6,15 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.app.cli_common import EXECUTOR_HELP, SweepArg, app, exit_on_interrupt, print_result, task_file_ref
+from orchestrator.app.cli_common import (
+    EXECUTOR_HELP,
+    StorageOption,
+    SweepArg,
+    app,
+    exit_on_interrupt,
+    print_result,
+    task_file_ref,
+)
 
 
 @app.command()
@@ -25,6 +33,7 @@ def resume(
     task: Annotated[str | None, typer.Option(help="Your task file (or module:attr) to train with.")] = None,
     trust_task_code: Annotated[bool, typer.Option(
         help="Run the task copy stored in the sweep (checked against its sha256).")] = False,
+    storage: StorageOption = None,
 ) -> None:
     """Continue an interrupted sweep: finished trials kept, interrupted ones resumed from their checkpoints."""
     import os
@@ -33,6 +42,9 @@ def resume(
     from orchestrator.app.api import resume_sweep
     from orchestrator.app.progress import Progress, quiet_ray
     from orchestrator.app.report_helper import ReportHelper
+    from orchestrator.store.sweeps import resolve_sweep
+
+    sweep = resolve_sweep(sweep, storage)  # `caviar resume NAME --storage runs`, as status, top and report take it
 
     given = dict(slots=slots, address=address, ensemble=ensemble, executor=executor)
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}

@@ -431,3 +431,18 @@ def test_a_name_not_in_a_relative_storage_names_the_folder_it_looked_in(tmp_path
     assert other.returncode == 2
     assert other.stderr == (f"caviar: error: no sweep 'nosuch' in storage 'runs' ({project / 'runs'}): it holds cnn ü, "
                             "reg (caviar ls runs)\n")
+
+
+def test_resume_and_ensemble_find_a_sweep_by_name_in_storage_as_status_does(tmp_path):
+    """Before: `caviar status NAME --storage runs` worked but `caviar resume NAME --storage runs` and `caviar ensemble
+    NAME --storage runs` stopped on 'No such option: --storage'. Now both take it, as status, top and report do."""
+    sweep = stopped_regression_sweep(tmp_path)
+    storage = os.path.dirname(sweep)
+    missing = caviar("resume", "nosuch", "--storage", storage, "--trust-task-code")
+    assert missing.returncode == 2 and missing.stderr.startswith("caviar: error: no sweep 'nosuch' in storage ")
+    resumed = caviar("resume", "reg", "--storage", storage, "--trust-task-code", "--plain", "--no-report")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [(t["status"], t["epochs_run"]) for t in load(sweep).trials.to_pylist()] == [("completed", 1)] * 2
+    built = caviar("ensemble", "reg", "--storage", storage)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert os.path.exists(os.path.join(sweep, "ensembles", "ensembles.parquet"))
