@@ -169,10 +169,11 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
     from orchestrator.app.answer import format_config, shown_number, shown_score, sweep_objective
     from orchestrator.app.api import load
     from orchestrator.app.tables import no_trials_yet, open_sweep, resume_command
+    from orchestrator.decide.restore import last_detail
     from orchestrator.errors import StorageError
     from orchestrator.store import schema
     from orchestrator.store.lease import master_alive
-    from orchestrator.store.sweeps import resolve_sweep
+    from orchestrator.store.sweeps import rerun_command, resolve_sweep
 
     path = resolve_sweep(sweep, storage)
     found = open_sweep(path)
@@ -194,6 +195,11 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
         typer.echo(f"  stage {stage}: {text}")
     typer.echo(f"  {tables.metrics.num_rows} epochs recorded, {tables.checkpoints.num_rows} checkpoints kept")
     unfinished = [t for t in trials if t["status"] not in ("completed", "pruned", "failed")]
+    aborted = last_detail(tables.events.to_pylist(), "sweep_aborted")
+    if aborted is not None:  # its trials left pending wait for nothing: resume does not continue such a sweep
+        typer.echo(f"  stopped early: {aborted.get('message') or 'aborted'}; resume does not continue it: once its "
+                   f"cause is fixed, start it again with {rerun_command(path)}")
+        unfinished = []
     try:
         writing = bool(unfinished) and master_alive(found)
     except StorageError as exc:  # a damaged lease: say so where the master's state goes, and show the rest

@@ -70,6 +70,13 @@ def before_first_write(sweep: Storage) -> tuple[str, bool]:
     return "stopped before its first write", False
 
 
+def rerun_command(shown: str) -> str:
+    """``caviar run TASK --storage PARENT --name NAME --overwrite``: the sweep at ``shown`` started over."""
+    base, sep, query = split_query(redact_uri(shown))
+    parent, name = posixpath.split(base.rstrip("/"))
+    return f"caviar run TASK --storage {shlex.quote((parent or '.') + sep + query)} --name {name} --overwrite"
+
+
 def not_a_sweep(storage: Storage, shown: str) -> StorageError:
     """The error for a folder with no sweep row; a storage folder of sweeps is named as one, with its sweeps."""
     shown = redact_uri(shown)
@@ -78,12 +85,8 @@ def not_a_sweep(storage: Storage, shown: str) -> StorageError:
         if starting:
             return StorageError(f"sweep {shown!r} has no tables yet: {state}; ask again once it has written its "
                                 "first trials")
-        base, sep, query = split_query(shown)
-        parent, name = posixpath.split(base.rstrip("/"))
-        storage_option = shlex.quote((parent or ".") + sep + query)
         return StorageError(f"sweep {shown!r} has no tables: its run {state} (killed, or failed while starting), so "
-                            f"it holds nothing to resume; start it again with caviar run TASK --storage "
-                            f"{storage_option} --name {name} --overwrite")
+                            f"it holds nothing to resume; start it again with {rerun_command(shown)}")
     message = f"{shown!r} is not a caviar sweep directory (no {schema.SWEEP_PATH})"
     try:
         names = sweep_names(storage)

@@ -360,6 +360,14 @@ def test_resume_of_a_sweep_stopped_early_says_so_not_finished(tmp_path):
     assert "has finished" not in resumed.stdout
     assert folder_digest(sweep) == before
 
+    # status said its pending trials 'wait for caviar resume' (which does not continue it): now it says stopped early
+    shown = caviar("status", "bucketed", "--storage", str(tmp_path / "my runs"))
+    assert shown.returncode == 0, shown.stderr
+    assert ("stopped early: the first 5 trials all failed; most common error (5x): RuntimeError: index out of range "
+            "in a bucketing step; resume does not continue it: once its cause is fixed, start it again with caviar run "
+            f"TASK --storage '{tmp_path / 'my runs'}' --name bucketed --overwrite") in shown.stdout, shown.stdout
+    assert "wait for caviar resume" not in shown.stdout
+
 
 def test_top_of_a_sweep_with_no_scored_trial_says_where_its_trials_are(tmp_path):
     """Before: `caviar top` (and the end of a run) printed an empty 'top 0 trials' table for a sweep none of whose
