@@ -585,3 +585,42 @@ def test_unfreezing_a_backbone_in_the_tasks_loop_is_refused_not_trained_frozen(a
     said = "train_epoch added a parameter group" if add_group else r"parameter 0.weight \(and 1 more\) was frozen"
     with pytest.raises(TaskError, match=f"{said}.*train the backbone from the start instead"):
         run.train_epoch()
+
+
+def test_a_configs_grad_clip_clips_the_tasks_own_loop_before_each_step():
+    """A searched grad_clip with the task's own train_epoch was passed in the config and never applied: every trial
+    trained unclipped whatever value it drew. Now each optimizer step of the task's loop clips first."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    seen = []
+
+    def own_loop(model, optimizer, batches, config):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        total, n = 0.0, 0
+        for x, y in batches:
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y) * 1000.0  # large gradients, well past the clip
+            loss.backward()
+            before = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+            optimizer.step()
+            after = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+            seen.append((before, after))
+            total, n = total + loss.item(), n + 1
+        return {"train_loss": total / n}
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+    task = dataclasses.replace(base, namespace=SimpleNamespace(
+        load_data=module.load_data, build_model=module.build_model, train_epoch=own_loop))
+    splits = prepare(module.load_data())
+    config = {"lr": 0.01, "optimizer": "sgd", "hidden": 8, "batch_size": 32, "grad_clip": 0.5}
+    TrialRun(task, splits, TrialSpec(0, 0, config, 3, 1), torch.device("cpu")).train_epoch()
+    assert seen and all(before > 0.5 for before, _ in seen)
+    assert all(after == pytest.approx(0.5, rel=1e-3) for _, after in seen)  # the step saw clipped gradients
+    seen.clear()
+    unclipped = {k: v for k, v in config.items() if k != "grad_clip"}
+    TrialRun(task, splits, TrialSpec(0, 0, unclipped, 3, 1), torch.device("cpu")).train_epoch()
+    assert all(after == before for before, after in seen)

@@ -234,6 +234,14 @@ class TrialRun:
         ema_decay = config.get("ema_decay")
         self.ema = EmaWeights(self.model, float(ema_decay), build=lambda: self._built_again(config)) \
             if ema_decay else None
+        if math.isfinite(self.grad_clip) and task.get("train_epoch") and hasattr(self.optimizer,
+                                                                                 "register_step_pre_hook"):
+            # The task's own loop steps the optimizer: the config's grad_clip clips before each step, as in caviar's
+            # loop; gradients the loop already clipped to it are left as they are (torch never scales up).
+            def clip_before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+                clip_grad_norm([p for group in optimizer.param_groups for p in group["params"]], self.grad_clip)
+
+            self.optimizer.register_step_pre_hook(clip_before_step)
         if self.ema is not None and task.get("train_epoch") and hasattr(self.optimizer, "register_step_post_hook"):
             # The task's own loop steps the optimizer: the EMA follows each step, as in caviar's loop.
             ema = self.ema
