@@ -147,11 +147,16 @@ def promotion_count(stage_trials: int, candidates: int, fraction: float = 0.5) -
     """How many of the earlier stage's best configs a stage of ``stage_trials`` trains again.
 
     At most ``fraction`` of the stage (rounded down; the rest are fresh samples that explore the
-    narrowed, possibly extended, ranges), and never more than the ``candidates`` on offer.
+    narrowed, possibly extended, ranges), and never more than the ``candidates`` on offer. Any
+    fraction above 0 retrains at least the best config: a one-trial final stage (``16x2,1x20``)
+    trains the best config long, not a fresh sample nobody has seen learn.
     """
     if not (isinstance(fraction, (int, float)) and 0.0 <= fraction <= 1.0):
         raise ConfigError(f"promote_fraction: must lie in [0, 1], got {fraction!r}")
-    return max(0, min(candidates, math.floor(stage_trials * fraction + 1e-9)))
+    wanted = math.floor(stage_trials * fraction + 1e-9)
+    if fraction > 0 and stage_trials >= 1:
+        wanted = max(wanted, 1)
+    return max(0, min(candidates, wanted))
 
 
 def _epoch_levels(epochs: int, stages: int) -> list[int]:

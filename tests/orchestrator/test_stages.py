@@ -181,7 +181,10 @@ def test_stage_grace_epochs_error():
         (10, 2, 0.5, 2),  # never more than the candidates
         (10, 5, 0.0, 0),  # off: every trial a fresh sample
         (10, 12, 1.0, 10),
-        (1, 3, 0.5, 0),
+        (1, 3, 0.5, 1),  # a one-trial stage trains the best config again, not a fresh sample
+        (10, 5, 0.05, 1),  # any share above 0 retrains at least the best
+        (1, 0, 0.5, 0),  # no candidate (every earlier trial failed)
+        (1, 3, 0.0, 0),
     ],
 )
 def test_promotion_count(stage_trials, candidates, fraction, expected):
