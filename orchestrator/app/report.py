@@ -54,6 +54,7 @@ from orchestrator.app.report_figures import (
 )
 from orchestrator.app.tables import SweepTables
 from orchestrator.decide.interrupt import die_with_parent
+from orchestrator.errors import StorageError
 from orchestrator.search.space import shown_value
 from orchestrator.spec.settings import ray_joined
 from orchestrator.store.storage import Storage
@@ -208,12 +209,26 @@ def _draw_one(index: int) -> Any:
 
 def write_report(report: SweepReport, out: str, png_dir: str | None = None) -> list[str]:
     """The page (and each plot as ``<id>.png`` under ``png_dir``), written atomically; returns the paths."""
-    target = Storage.from_uri(posixpath.dirname(out) or ".")
-    target.write_bytes(posixpath.basename(out), report.html.encode("utf-8"))
+    try:
+        target = Storage.from_uri(posixpath.dirname(out) or ".")
+        target.write_bytes(posixpath.basename(out), report.html.encode("utf-8"))
+    except OSError as exc:  # a folder that cannot hold it (/proc, read-only, no permission): one line, not a traceback
+        raise StorageError(f"--out {out}: the report cannot be written there ({_os_reason(exc)}); give a writable "
+                           f"file path") from None
     written = [target.path(posixpath.basename(out))]
     if png_dir:
-        pngs = Storage.from_uri(png_dir)
-        for fig in report.figures:
-            pngs.write_bytes(f"{fig.id.removeprefix('fig-')}.png", fig.png)
-            written.append(pngs.path(f"{fig.id.removeprefix('fig-')}.png"))
+        try:
+            pngs = Storage.from_uri(png_dir)
+            for fig in report.figures:
+                pngs.write_bytes(f"{fig.id.removeprefix('fig-')}.png", fig.png)
+                written.append(pngs.path(f"{fig.id.removeprefix('fig-')}.png"))
+        except OSError as exc:
+            raise StorageError(f"--png-dir {png_dir}: the plots cannot be written there ({_os_reason(exc)}); the "
+                               f"report itself is at {written[0]}; give a writable folder") from None
     return written
+
+
+def _os_reason(exc: OSError) -> str:
+    """The cause alone: pyarrow's text names its temporary file ('/proc/.x.tmp-7d27b390'), not the path asked for."""
+    detail = str(exc.strerror or exc).rsplit("Detail: ", 1)[-1]
+    return detail.removeprefix(f"[errno {exc.errno}] ").strip() or type(exc).__name__

@@ -98,6 +98,18 @@ def test_the_cli_writes_the_page_and_pngs(sweep, tmp_path):
     assert missing.exit_code != 0
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no file can be made")
+def test_an_out_or_png_dir_that_cannot_be_written_is_one_line_naming_the_option(built, tmp_path):
+    """``caviar report NAME --out /proc/x`` printed pyarrow's traceback, naming its temporary file."""
+    from orchestrator.errors import StorageError
+
+    with pytest.raises(StorageError, match=r"^--out /proc/x\.html: the report cannot be written there \(No such file"):
+        write_report(built, "/proc/x.html")
+    with pytest.raises(StorageError, match=r"^--png-dir /proc/pngs: .* the report itself is at .*r\.html; give a"):
+        write_report(built, str(tmp_path / "r.html"), "/proc/pngs")
+    assert (tmp_path / "r.html").stat().st_size > 10_000  # the page was written before the plots failed
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install -y chromium)")
 def test_headless_chromium_loads_every_plot(built, tmp_path):
     # The page plus a probe script: once loaded, it records how many images decoded in the browser.
