@@ -315,7 +315,7 @@ def starting_line(address: str | None, slots: int | None, ray_log: str | None, e
 
     if executor == "processes":
         workers = f"{slots} worker processes" if slots else "one worker process per CPU"
-        return f"caviar: no Ray; {workers} forked from this one once the task's data is loaded and checked"
+        return f"caviar: no Ray; {workers} started by this one once the task's data is loaded and checked"
     where = (f"joining Ray cluster {redact_uri(address)}" if address
              else f"starting local Ray with {os.cpu_count()} CPUs")
     workers = f"{slots} workers" if slots else "one worker per free CPU"

@@ -92,7 +92,7 @@ def test_plain_mode_prints_one_line_per_state_change_through_the_ensemble(tmp_pa
                          capture_output=True, text=True, env=ENV, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
-    assert "caviar: no Ray; 2 worker processes forked from this one" in lines[0]  # the default on one machine
+    assert "caviar: no Ray; 2 worker processes started by this one" in lines[0]  # the default on one machine
     assert "Token authentication" not in run.stdout + run.stderr
     tables = load(str(tmp_path / "plain"))
     trials = tables.trials.to_pylist()
