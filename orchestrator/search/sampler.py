@@ -64,9 +64,14 @@ class RandomSampler(Sampler):
 @register_sampler("sobol")
 class SobolSampler(Sampler):
     def unit_points(self, count: int, dims: int, *, seed: int, stage: int) -> np.ndarray:
+        import warnings
+
         from scipy.stats import qmc  # only where asked: scipy is slow to import
 
-        return qmc.Sobol(dims, scramble=True, seed=np.random.default_rng([seed, stage, 1])).random(count)
+        with warnings.catch_warnings():  # a stage of 24 trials takes the sequence's first 24 points, as asked; scipy's
+            # "balance properties ... require n to be a power of 2" warning printed a source path in the run's output
+            warnings.filterwarnings("ignore", message=".*balance properties of Sobol", category=UserWarning)
+            return qmc.Sobol(dims, scramble=True, seed=np.random.default_rng([seed, stage, 1])).random(count)
 
 
 @register_sampler("lhs")

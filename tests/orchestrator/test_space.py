@@ -369,3 +369,14 @@ def test_a_beta_near_1_is_never_shown_as_1():
                         hard_limit=True, value=0.99988)
     assert notice.message() == ("best beta2 = 0.99988 sits at the upper edge of [0.99, 0.9999]: range extended to "
                                 "[0.999, 0.9999999999999999]")
+
+
+def test_a_sobol_stage_of_any_size_draws_without_scipys_power_of_two_warning():
+    """caviar run --sampler sobol --trials 24 printed scipy's UserWarning with its source path among the run's lines."""
+    import warnings
+
+    space = SearchSpace({"lr": loguniform(1e-4, 1e-1), "hidden": randint(8, 64)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        drawn = sample_configs(space, 24, seed=7, kind="sobol")
+    assert len(drawn) == 24 and len({d["lr"] for d in drawn}) == 24
