@@ -147,7 +147,10 @@ class Distribution:
             raise SpaceError(f"parameter '{n}': bounds must be numbers, got [{self.low!r}, {self.high!r}]")
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             raise SpaceError(f"parameter '{n}': bounds must be finite numbers, got [{self.low}, {self.high}]")
-        if self.low >= self.high:
+        if self.low == self.high:  # randint(4, 4): one value, which the space takes as a plain number
+            raise SpaceError(f"parameter '{n}': low and high are both {self.low}, a range of one value; to fix it, "
+                             f"give the value itself ('{n}': {self.low})")
+        if self.low > self.high:
             raise SpaceError(f"parameter '{n}': low ({self.low}) must be below high ({self.high})")
         lo, hi = self.limits
         if self.low < lo or self.high > hi:

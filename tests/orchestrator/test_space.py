@@ -314,7 +314,11 @@ def test_a_toml_parameter_whose_limits_or_options_are_refused_is_named():
     with pytest.raises(SpaceError, match=r"^parameter 'optimizer': choice: options must be a list"):
         parse_param("optimizer", {"dist": "choice", "options": "sgd"})
     with pytest.raises(SpaceError, match=r"^parameter 'lr': low \(0.1\) must be below high"):  # named once, not twice
-        parse_param("lr", {"dist": "loguniform", "low": 0.1, "high": 0.1})
+        parse_param("lr", {"dist": "loguniform", "low": 0.1, "high": 0.01})
+    # randint(4, 4) said "low (4) must be below high (4)", not how to fix the value it meant
+    with pytest.raises(SpaceError, match=r"^parameter 'layers': low and high are both 4, a range of one value; to fix "
+                                         r"it, give the value itself \('layers': 4\)$"):
+        SearchSpace({"layers": randint(4, 4)})
 
 
 def test_a_randint_from_zero_without_limits_says_how_to_allow_it():
