@@ -7,7 +7,7 @@ import os
 import numpy as np
 from torch import nn
 
-space = {"lr": 0.01, "optimizer": "adam", "batch_size": 256, "seed_jitter": 0.0}
+space = {"lr": 0.01, "optimizer": "adam", "batch_size": 256}
 SAMPLES = int(os.environ.get("CAVIAR_BENCH_SAMPLES", "512"))
 
 

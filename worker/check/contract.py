@@ -36,6 +36,7 @@ from orchestrator.search.space import SearchSpace
 from orchestrator.spec.task import Task
 from worker.check.edges import SLOW_CHECK_SECONDS, failing_values
 from worker.check.overlap import warn_if_splits_share_examples
+from worker.check.unread import unread_entries
 from worker.check.validate import (
     check_batches_fit_dropping_split,
     check_config,
@@ -173,6 +174,7 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
                 found = warn_about_failing_values(task, splits, space, config, checked_in=time.perf_counter() - began)
                 if notes is not None:
                     notes.extend(found)
+                warn_about_unread_entries(task, splits, space, configs)
             return splits
     finally:
         torch.set_num_threads(threads)
@@ -208,6 +210,18 @@ def warn_about_failing_values(task: Task, splits: Splits, space: SearchSpace, co
     for note in notes:
         log.warning(note["message"])
     return notes
+
+
+def warn_about_unread_entries(task: Task, splits: Splits, space: SearchSpace,
+                              configs: Sequence[Mapping[str, Any]]) -> None:
+    """One warning line per space entry no build reads (worker/check/unread.py): a typo that trains on a default."""
+    try:
+        lines = unread_entries(task, splits, space, configs)
+    except Exception as exc:  # caviar's own following of reads must never stop a sweep the contract check passed
+        log.debug("space: which entries build_model reads was not followed: %s", describe(exc))
+        return
+    for line in lines:
+        log.warning(line)
 
 
 def value_failure_notes(failed: Sequence[tuple[Probe, str, BaseException]],

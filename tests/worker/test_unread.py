@@ -1,0 +1,77 @@
+"""Space entries nothing reads, found on the master (worker/check/unread.py): real torch builds on the meta device."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from types import SimpleNamespace
+
+from orchestrator.search.sampler import sample_configs
+from orchestrator.search.space import SearchSpace
+from orchestrator.spec.task import load_task
+from tests.conftest import ROOT
+from worker.check.unread import KeyReads, unread_entries
+from worker.data.splits import prepare
+
+TASKS = f"{ROOT}/tests/tasks"
+
+
+def entries(task, configs=None, seed=0):
+    space = SearchSpace(task.get("space"))
+    configs = configs or sample_configs(space, 4, seed=seed)
+    return unread_entries(task, prepare(task.get("load_data")()), space, configs)
+
+
+def test_a_typo_in_a_searched_or_fixed_name_is_named_with_the_name_that_is_read():
+    lines = entries(load_task(f"{TASKS}/unread_typo_task.py"))
+    assert lines == [
+        "space: searched 'dropuot' is read by neither build_model nor caviar's training loop, so every trial trains "
+        "as if it were not there; build_model asks for 'dropout', which the space does not give: did you mean it?",
+        "space: 'batchsize' = 32 is read by neither build_model nor caviar's training loop, so every trial trains "
+        "as if it were not there; did you mean 'batch_size'?",
+    ]
+
+
+def test_keys_read_on_one_branch_in_forward_or_by_the_tasks_own_optimizer_are_read():
+    task = load_task(f"{TASKS}/unread_branches_task.py")
+    space = SearchSpace(task.get("space"))
+    only_mlp = [dict(c, arch="mlp") for c in sample_configs(space, 4, seed=1)]  # 'kernel' is read for conv only
+    assert entries(task, only_mlp) == []
+    assert entries(task) == []
+
+
+def test_a_task_with_its_own_loop_or_a_build_that_cannot_run_on_meta_gives_no_claim():
+    typo = load_task(f"{TASKS}/unread_typo_task.py")
+    pieces = {k: getattr(typo.namespace, k) for k in ("load_data", "build_model", "space")}
+    own_loop = dataclasses.replace(typo, namespace=SimpleNamespace(**pieces, train_epoch=lambda *a: {"train_loss": 0}))
+    assert entries(own_loop) == []  # its loop may read any key
+
+    def reads_values(config):  # .item() on a meta tensor raises: nothing is known of what else it would read
+        model = pieces["build_model"](config)
+        float(next(model.parameters()).sum().item())
+        return model
+
+    assert entries(dataclasses.replace(typo, namespace=SimpleNamespace(**dict(pieces, build_model=reads_values)))) == []
+
+
+def test_a_config_copied_unpacked_or_serialised_counts_every_key_as_read():
+    for use in (dict, lambda c: SimpleNamespace(**c), lambda c: c.copy(), json.dumps, lambda c: list(c.items())):
+        asked: set = set()
+        use(KeyReads({"a": 1, "b": 2}, asked))
+        assert asked == {"a", "b"}, use
+    asked = set()
+    tracked = KeyReads({"a": 1, "b": 2}, asked)
+    assert tracked["a"] == 1 and tracked.get("c", 3) == 3 and "d" not in tracked
+    assert asked == {"a", "c", "d"}
+
+
+def test_the_contract_check_before_a_sweep_warns_one_line_each_and_passes(caplog):
+    import logging
+
+    from worker.check.contract import validate_contract
+
+    task = load_task(f"{TASKS}/unread_typo_task.py")
+    with caplog.at_level(logging.WARNING, logger="caviar"):
+        validate_contract(task, sample_configs(task.space, 4, seed=0), space=task.space)
+    said = [r.getMessage() for r in caplog.records if "is read by neither" in r.getMessage()]
+    assert [line.split(" is read")[0] for line in said] == ["space: searched 'dropuot'", "space: 'batchsize' = 32"]
