@@ -60,7 +60,7 @@ def test_a_correct_model_passes_every_check():
     report = run_preflight(make_task(), dims_per_tensor=6)
     assert report.passed, report.checks
     checks = by_name(report)
-    assert [c.status for c in report.checks] == [PASS] * 5  # the fifth: no searched range, nothing to build
+    assert [c.status for c in report.checks] == [PASS] * 6  # the fifth: no searched range, nothing to build
     assert abs(float(checks["initial loss"].value) - math.log(3)) < 0.5 * math.log(3)
     # Every parameter tensor is checked, and a smooth (tanh) model in float64 is far below 1e-4.
     assert [t.name for t in report.tensors] == ["0.weight", "0.bias", "2.weight", "2.bias"]
@@ -150,8 +150,9 @@ def test_a_model_that_raises_is_a_failed_row_not_a_crash():
         raise RuntimeError("shape mismatch")
 
     report = run_preflight(make_task(loss_fn=explode), dims_per_tensor=2)
-    *checks, space_ends = report.checks
+    *checks, space_ends, entries_read = report.checks
     assert all(c.status == FAIL and "shape mismatch" in c.detail for c in checks)
+    assert entries_read.status == PASS  # the model builds: what it reads is known
     assert (space_ends.status, space_ends.value) == (WARN, "not run")  # each end would fail the same way
     assert space_ends.detail == ("the checked config itself fails: the model's forward pass or loss_fn raised "
                                  "RuntimeError")
@@ -364,10 +365,12 @@ def test_a_sparse_embedding_passes_every_check():
     class Bag(nn.Module):
         def __init__(self, config):
             super().__init__()
-            self.bag, self.head = nn.EmbeddingBag(12, 8, sparse=True), nn.Linear(8, 3)
+            width = int(config["hidden"])
+            self.bag, self.head = nn.EmbeddingBag(12, width, sparse=True), nn.Linear(width, 3)
+            self.drop = nn.Dropout(config["dropout"])
 
         def forward(self, x):
-            return self.head(self.bag(x))
+            return self.head(self.drop(self.bag(x)))
 
     def ids():  # three ids per example, drawn from four of its class's own
         rng = np.random.default_rng(0)

@@ -75,3 +75,16 @@ def test_the_contract_check_before_a_sweep_warns_one_line_each_and_passes(caplog
         validate_contract(task, sample_configs(task.space, 4, seed=0), space=task.space)
     said = [r.getMessage() for r in caplog.records if "is read by neither" in r.getMessage()]
     assert [line.split(" is read")[0] for line in said] == ["space: searched 'dropuot'", "space: 'batchsize' = 32"]
+
+
+def test_caviar_checks_table_has_a_row_for_the_entries_read():
+    from worker.check.preflight import run_preflight
+
+    typo = load_task(f"{TASKS}/unread_typo_task.py")
+    report = run_preflight(typo)
+    row = next(c for c in report.checks if c.name == "space entries read")
+    assert (row.status, row.value, row.detail) == ("warn", "2 of 4", "dropuot, batchsize unread (below)")
+    assert [line.split(" is read")[0] for line in report.space_notes] == ["space: searched 'dropuot'",
+                                                                          "space: 'batchsize' = 32"]
+    tiny = run_preflight(load_task(f"{TASKS}/tiny_task.py"))
+    assert next(c for c in tiny.checks if c.name == "space entries read").status == "pass"

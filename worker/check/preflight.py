@@ -38,6 +38,7 @@ from orchestrator.search.space import Distribution, SearchSpace
 from orchestrator.spec.task import Task
 from worker.check.contract import refuse_as_run_would, value_failure_notes
 from worker.check.edges import config_error, failing_values
+from worker.check.unread import unread_entries
 from worker.check.validate import check_class_index_dtype, refuse_multilabel_shape
 from worker.data.kinds import TargetKind, class_labels, loss_function, right_rows
 from worker.data.splits import Splits, padding_rows, prepare_task_data
@@ -538,7 +539,30 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
         return result
 
     report.checks.append(guarded("space ends build", space_ends))
+
+    def entries_read() -> CheckResult:
+        result, lines = check_entries_read(task, splits, config)
+        report.space_notes = [*report.space_notes, *lines]
+        return result
+
+    report.checks.append(guarded("space entries read", entries_read))
     return report
+
+
+def check_entries_read(task: Task, splits: Splits, config: Mapping[str, Any]) -> tuple[CheckResult, list[str]]:
+    """Whether every space entry is read by the task's builds or caviar's loop (worker/check/unread.py), as
+    ``caviar run`` warns before its workers start; a line for each one nothing reads."""
+    expected = "each by build_model or caviar's loop"
+    if task.get("train_epoch") is not None:
+        return CheckResult("space entries read", PASS, "not judged", expected, "the task's own train_epoch may read "
+                           "any key"), []
+    lines = unread_entries(task, splits, task.space, [config])
+    names = len(list(task.space))
+    if not lines:
+        return CheckResult("space entries read", PASS, f"{names} of {names}", expected), []
+    unread = ", ".join(line.split("'")[1] for line in lines)
+    return CheckResult("space entries read", WARN, f"{names - len(lines)} of {names}", expected,
+                       f"{unread} unread (below)"), lines
 
 
 def check_space_ends(task: Task, splits: Splits, config: Mapping[str, Any]) -> tuple[CheckResult, list[str]]:
