@@ -80,9 +80,9 @@ class SweepData:
         return float(v) if v is not None and math.isfinite(float(v)) else None
 
     def best(self) -> dict[str, Any] | None:
-        """The controller's rule: the latest stage (it trained longest), then the best score."""
+        """The controller's rule (Controller.best): the trials trained longest, then the best score, then the stage."""
         done = [t for t in self.trials if t.get("best_score") is not None and math.isfinite(t["best_score"])]
-        return max(done, key=lambda t: (t["stage"], t["best_score"]), default=None)
+        return max(done, key=lambda t: (t.get("max_epochs") or 0, t["best_score"], t["stage"]), default=None)
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -476,8 +476,10 @@ class Controller:
     # -- results ---------------------------------------------------------------------------
     def best(self) -> TrialState | None:
         done = [t for t in self.trials.values() if math.isfinite(t.best_score)]
-        # The last stage trains longest: prefer its trials, then the best score.
-        return max(done, key=lambda t: (t.stage, t.best_score), default=None)
+        # Later stages train longer: prefer the trials trained longest, then the best score (a tie: the later stage).
+        # By epochs, not stage: in a plan whose stages train equally long (8x5,8x5) a later stage's worse trial is
+        # no better for being later.
+        return max(done, key=lambda t: (t.max_epochs, t.best_score, t.stage), default=None)
 
     def final_edge_warnings(self) -> list[str]:
         best = self.best()

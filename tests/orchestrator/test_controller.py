@@ -63,7 +63,7 @@ def test_a_stage_that_ends_begins_the_next_around_the_best_trials():
     promoted = [c.trials[t].config for t in (4, 5)]
     assert c.trials[3].config in promoted  # the best config of stage 1 is trained again (promotion)
     for tid in start_all(c):
-        finish(c, tid, [0.5, 0.6])
+        finish(c, tid, [0.5, 0.7])
     assert c.finished and c.best().stage == 1
 
 
@@ -234,3 +234,20 @@ def test_best_prefers_the_last_stage_and_ignores_trials_without_a_score():
         finish(c, tid, [0.2, 0.3 + tid * 0.01])
     best = c.best()
     assert best.stage == 1 and math.isclose(best.best_score, 0.33)
+
+
+def test_best_among_stages_of_equal_epochs_is_the_best_score_not_the_later_stage():
+    # A plan 2x2,2x2 trains both stages for 2 epochs: its answer was stage 2's best (0.33) beside stage 1's 0.9.
+    c = controller("2x2,2x2")
+    for tid in start_all(c):
+        finish(c, tid, [0.5, 0.9 if tid == 0 else 0.1])
+    for tid in start_all(c):
+        finish(c, tid, [0.2, 0.3 + tid * 0.01])  # trial 0's config again, unluckily, and a fresh sample
+    best = c.best()
+    assert (best.trial_id, best.stage) == (0, 0) and math.isclose(best.best_score, 0.9)
+    c2 = controller("2x2,2x2")
+    for tid in start_all(c2):
+        finish(c2, tid, [0.5, 0.6])
+    for tid in start_all(c2):
+        finish(c2, tid, [0.5, 0.6])
+    assert c2.best().stage == 1  # a tie: the later stage, as before
