@@ -351,6 +351,43 @@ def test_a_backbone_built_once_and_shared_by_every_model_is_refused_unless_froze
     validate_contract(task, [CONFIG])
 
 
+def test_a_frozen_shared_backbone_whose_batch_norm_statistics_train_is_refused():
+    """Frozen weights may be shared, but a BatchNorm's running statistics still move in training mode: each trial in
+    a worker changed the statistics the next one started from, and its scores depended on which trials it followed."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import pytest
+    from torch import nn
+
+    from orchestrator.errors import TaskError
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+    backbone = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU()).requires_grad_(False)
+
+    def sharing(config):
+        return nn.Sequential(backbone, nn.Linear(8, 3))
+
+    task = dataclasses.replace(base, namespace=SimpleNamespace(space=module.space, load_data=module.load_data,
+                                                              build_model=sharing))
+    with pytest.raises(TaskError, match=r"share the running statistics 0\.1\.running_mean \(and 1 more\) with the "
+                                        r"models it built before .* copy\.deepcopy the backbone in build_model"):
+        validate_contract(task, [CONFIG])
+
+    class EvalBackbone(nn.Sequential):  # the other way out: its statistics never train
+        def train(self, mode=True):
+            return super().train(False)
+
+    kept = EvalBackbone(*backbone)
+
+    def sharing_in_eval(config):
+        return nn.Sequential(kept, nn.Linear(8, 3))
+
+    validate_contract(dataclasses.replace(task, namespace=SimpleNamespace(
+        space=module.space, load_data=module.load_data, build_model=sharing_in_eval)), [CONFIG])
+
+
 def test_a_build_optimizer_returning_an_optimizer_and_scheduler_pair_is_refused_naming_build_optimizer():
     """Lightning's configure_optimizers shape: the refusal named the model's forward pass or loss_fn, with torch's
     "'tuple' object has no attribute 'param_groups'" from inside the scheduler."""

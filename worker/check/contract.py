@@ -108,7 +108,41 @@ def _try_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> TrialR
     first = check_config(task, splits, config)
     run = TrialRun(task, splits, TrialSpec(0, 0, dict(config), 0, 1), torch.device("cpu"))
     refuse_shared_weights(first, run.model)
+    refuse_shared_running_statistics(first, run.model, lambda: splits.sample(8)[0])
     return run
+
+
+def refuse_shared_running_statistics(first: torch.nn.Module, second: torch.nn.Module, inputs: Any) -> None:
+    """A frozen backbone may be shared (its weights never change), but not its BatchNorm running statistics while
+    training updates them: every trial in a worker would move the next one's statistics, and its scores would depend
+    on which trials shared the worker. Checked by a training-mode forward pass of ``second`` on ``inputs()``; the
+    buffers are put back after it."""
+    owned = {id(b) for b in first.buffers()}
+    shared = [(name, b) for name, b in second.named_buffers() if id(b) in owned and b.is_floating_point()]
+    if not shared:
+        return
+    before = [b.detach().clone() for _, b in shared]
+    counters = [(b, b.detach().clone()) for name, b in second.named_buffers() if id(b) in owned
+                and not b.is_floating_point()]  # num_batches_tracked
+    was_training = second.training
+    try:
+        with torch.no_grad():
+            second.train()(inputs())
+    except Exception:  # the contract check's own pass names what fails; this check only looks for drift
+        return
+    finally:
+        changed = [name for (name, b), old in zip(shared, before) if not torch.equal(b, old)]
+        for (_, b), old in zip(shared, before):
+            b.copy_(old)
+        for b, old in counters:
+            b.copy_(old)
+        second.train(was_training)
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise TaskError(f"build_model returns models that share the running statistics {changed[0]}{more} with the "
+                        "models it built before (a frozen backbone made once, outside build_model?): training mode "
+                        "updates them, so each trial would move the next one's; copy.deepcopy the backbone in "
+                        "build_model, or keep its BatchNorm layers in eval mode (override the model's train())")
 
 
 def refuse_shared_weights(first: torch.nn.Module, second: torch.nn.Module) -> None:
