@@ -373,11 +373,14 @@ def _crossed(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 
 
 def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, *, dims_per_tensor: int = 10,
-                   seed: int = 0, step: float = STEP) -> list[TensorCheck]:
+                   seed: int = 0, step: float = STEP, in_place: bool = False) -> list[TensorCheck]:
     """Analytic vs centred-difference gradients on a float64 copy of ``model``, tensor by tensor (in the mode
-    ``model`` is in: training mode with dropout off, or eval mode)."""
+    ``model`` is in: training mode with dropout off, or eval mode).
+
+    ``in_place``: ``model`` is a fresh build the caller gives away, made float64 itself rather than copied (torch's
+    deepcopy refuses a model holding a computed tensor, as ``torch.nn.utils.weight_norm`` leaves)."""
     training = model.training
-    model = dropout_off(copy.deepcopy(model).double()).train(training)
+    model = dropout_off((model if in_place else copy.deepcopy(model)).double()).train(training)
     x = x.double() if x.is_floating_point() else x
     watch = KinkWatch(model)
 
@@ -528,7 +531,7 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
     def gradients() -> CheckResult:
         try:
             report.tensors = gradient_check(fresh(), x[few], y[few], loss_fn, dims_per_tensor=dims_per_tensor,
-                                            seed=seed)
+                                            seed=seed, in_place=True)
         except LowPrecisionLoss as exc:  # nothing measured: not a wrong gradient
             return CheckResult("gradient check", WARN, "not run", "a float64 loss from the float64 model", str(exc))
         return summarise_gradients(report.tensors)
