@@ -318,11 +318,12 @@ def stored_task_lacks_modules(results: str) -> bool:
 
 def _follow(client: Any, job_id: str) -> None:
     from cluster.jobs import redact_text
+    from orchestrator.errors import exception_line
 
     status = client.follow(job_id, lambda chunk: typer.echo(redact_text(chunk), nl=False))
     if status != "SUCCEEDED":
         message = redact_text(client.info(job_id).message or "")
-        typer.echo(f"caviar: job {job_id} ended {status}: {message.strip().splitlines()[-1] if message else ''}",
+        typer.echo(f"caviar: job {job_id} ended {status}: {exception_line(message)}",
                    err=True)
         raise typer.Exit(1)
     typer.echo(f"job {job_id} {status}")

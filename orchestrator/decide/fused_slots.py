@@ -38,7 +38,7 @@ from orchestrator.decide.backend import (
     slots_given_up,
 )
 from orchestrator.decide.fusing import PER_MEMBER, Key, shape_key
-from orchestrator.errors import CaviarError
+from orchestrator.errors import CaviarError, exception_line
 
 
 class WorkerLost(Exception):
@@ -120,7 +120,7 @@ class FusedSlots(Backend):
             if text.startswith(START_FAILED):  # the user's exception and line, not "the worker died"
                 why = text.removeprefix(START_REFUSED).removeprefix(START_FAILED)
                 raise CaviarError(f"no trial actor could start: {why}") from None
-            last = text.strip().splitlines()[-1] if text.strip() else "unknown"
+            last = exception_line(text) or "unknown"
             raise CaviarError(f"a {self.worker_kind} died while it started: {last}") from None
 
     def probe(self, config: Mapping[str, Any], sizes: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> dict[str, Any]:
@@ -129,7 +129,7 @@ class FusedSlots(Backend):
         try:
             result: dict[str, Any] = self._result(handle)
         except WorkerLost as lost:
-            raise CaviarError(f"the fused array-size probe failed: {str(lost).strip().splitlines()[-1]}") from None
+            raise CaviarError(f"the fused array-size probe failed: {exception_line(str(lost))}") from None
         return result
 
     def set_array_size(self, size: int) -> None:

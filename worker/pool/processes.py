@@ -41,7 +41,7 @@ from orchestrator.decide.backend import (
     Report,
     slots_given_up,
 )
-from orchestrator.errors import ConfigError, TaskError
+from orchestrator.errors import ConfigError, TaskError, exception_line
 from worker.check.contract import describe
 from worker.train.session import (  # imported in the master: forked children inherit torch
     WorkerSession,
@@ -288,7 +288,7 @@ class ProcessBackend(Backend):
             moved = ", ".join(f"{tid} (attempt {self.attempt_of.get(tid, 0)} -> {self.attempt_of.get(tid, 0) + step})"
                               for tid in lost)
             log.warning("caviar: lost a trial worker process (%s); trial %s goes back to the queue",
-                        error.strip().splitlines()[-1][:160], moved)
+                        exception_line(error)[:160], moved)
         self.workers[slot] = self._make(replacement=True) if self.failures[slot] <= MAX_REPLACEMENTS else None
         return [Report(tid, lost=True, error=error) for tid in lost]
 
