@@ -36,7 +36,7 @@ class ResumeOptions(TypedDict, total=False):
 
 
 class RunOptions(ResumeOptions, total=False):
-    """Everything a sweep can be told; see the README's settings table for the defaults."""
+    """Everything a sweep can be told: each comment says what it does, then its default (README, "A TOML file")."""
 
     trials: int  # total trials over all stages (24)
     epochs: int  # epoch budget of the last, longest stage (10)
