@@ -30,6 +30,7 @@ from orchestrator.ensemble.ensembles import SELECTION_METRICS, Candidate, Candid
 from orchestrator.ensemble.records import EnsembleRecord
 from orchestrator.errors import ConfigError, StorageError
 from orchestrator.store import schema
+from orchestrator.store.lease import holder_alive, read_lease
 from orchestrator.store.storage import Storage, redact_uri
 
 log = logging.getLogger("caviar")
@@ -404,9 +405,22 @@ def read_ensembles(storage: Storage) -> list[EnsembleRecord]:
             raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file, and none can be built: no trial "
                                "stored predictions (the task's kind is \"custom\", prediction_dtype is \"none\", or "
                                "no trial finished); the sweep's answer is its best trial (caviar top SWEEP_DIR)")
-        raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file "
-                           "(build them: caviar ensemble SWEEP_DIR)")
+        raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file{_why_no_ensembles(storage)}")
     return [EnsembleRecord.from_row(r) for r in storage.read_table(schema.ENSEMBLES_PATH).to_pylist()]
+
+
+def _why_no_ensembles(storage: Storage) -> str:
+    """A sweep whose master still runs builds them at its end (``caviar ensemble`` refuses until then); otherwise
+    ``caviar ensemble`` builds them now."""
+    where = redact_uri(storage.uri)
+    try:
+        writer = read_lease(storage)
+    except StorageError:  # a damaged lease: caviar ensemble names it
+        writer = None
+    if writer is not None and holder_alive(writer):
+        return (f": sweep {where!r} is still running (process {writer.pid} on {writer.host}), and its end builds the "
+                f"ensembles; load them once it has finished (caviar status {where})")
+    return f" (build them: caviar ensemble {where})"
 
 
 def has_soup(storage: Storage) -> bool:

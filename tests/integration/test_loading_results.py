@@ -1,0 +1,55 @@
+"""A finished sweep used from Python: a CNN with batch norm, dropout and EMA weights, loaded and predicting."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from orchestrator.app.api import run_sweep
+from orchestrator.errors import StorageError
+from orchestrator.store import schema
+from orchestrator.store.lease import LEASE_PATH, LeaseRecord
+from orchestrator.store.storage import Storage
+from tests.conftest import ROOT
+
+CNN_TASK = os.path.join(ROOT, "tests", "tasks", "results43_cnn_task.py")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    storage = str(tmp_path_factory.mktemp("runs"))
+    return run_sweep(CNN_TASK, trials=3, epochs=2, slots=2, executor="processes", storage=storage, name="cnn",
+                     seed=3)
+
+
+@pytest.fixture
+def inputs():
+    from tests.tasks.results43_cnn_task import load_data
+
+    return load_data()[1][0]  # validation images, float32 (N, 1, 8, 8)
+
+
+def test_loading_a_sweep_still_running_says_its_end_builds_the_ensembles(sweep, tmp_path):
+    """It said 'build them: caviar ensemble SWEEP_DIR', which refuses a sweep whose master still writes it."""
+    from orchestrator import load_ensemble
+
+    copy = str(tmp_path / "cnn")
+    shutil.copytree(sweep.path, copy)
+    os.remove(os.path.join(copy, schema.ENSEMBLES_PATH))  # as before its end
+    master = subprocess.Popen(["sleep", "60"])  # a live process on this host stands for the sweep's master
+    try:
+        Storage.from_uri(copy).write_bytes(LEASE_PATH,
+                                           LeaseRecord("x", socket.gethostname(), master.pid, 0, 0).encode())
+        with pytest.raises(StorageError, match=rf"still running \(process {master.pid} on .*\), and its end builds "
+                                               rf"the ensembles; load them once it has finished \(caviar status "):
+            load_ensemble(copy, task=CNN_TASK)
+    finally:
+        master.kill()
+        master.wait()
+    with pytest.raises(StorageError, match=rf"no such file \(build them: caviar ensemble {re.escape(copy)}\)$"):
+        load_ensemble(copy, task=CNN_TASK)  # its master gone: caviar ensemble builds them
