@@ -34,6 +34,16 @@ def inputs():
     return load_data()[1][0]  # validation images, float32 (N, 1, 8, 8)
 
 
+def test_predict_on_an_empty_batch_gives_an_empty_answer(sweep, inputs):
+    """It was torch.cat's 'expected a non-empty list of Tensors' (a filtered batch that kept no rows)."""
+    from orchestrator import load_ensemble
+
+    model = load_ensemble(sweep.path, task=CNN_TASK)
+    assert tuple(model.predict(inputs[:0]).shape) == (0,)
+    assert tuple(model(inputs[:0]).shape) == (0, 3)
+    assert model.predict(inputs[:5]).tolist() == model(inputs[:5]).argmax(1).tolist()
+
+
 def test_loading_a_sweep_still_running_says_its_end_builds_the_ensembles(sweep, tmp_path):
     """It said 'build them: caviar ensemble SWEEP_DIR', which refuses a sweep whose master still writes it."""
     from orchestrator import load_ensemble

@@ -287,14 +287,16 @@ class EnsembleModel(nn.Module):
     def predict(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> torch.Tensor:
         """Most probable class per row (regression: the predicted values), in batches, without gradients."""
         x = torch.as_tensor(x)
+        # An empty batch (or a scalar, which forward refuses) is one call: torch.cat takes no empty list.
+        chunks = [x[i : i + batch_size] for i in range(0, len(x), batch_size)] if x.ndim and len(x) else [x]
         if self.target_shape is not None or self.outputs_as_given:
-            return torch.cat([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+            return torch.cat([self(chunk) for chunk in chunks])
         if self.multilabel:
-            return torch.cat([(self(x[i : i + batch_size]) > 0.5).long() for i in range(0, len(x), batch_size)])
+            return torch.cat([(self(chunk) > 0.5).long() for chunk in chunks])
         if self.positions is not None:  # along the class dimension the members give
-            probs = (self(x[i : i + batch_size]) for i in range(0, len(x), batch_size))
+            probs = (self(chunk) for chunk in chunks)
             return torch.cat([p.argmax(dim=self._class_dim(p)) for p in probs])
-        return torch.cat([self(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+        return torch.cat([self(chunk).argmax(dim=1) for chunk in chunks])
 
 
 def _torch_dtype(name: str) -> torch.dtype:
