@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -42,6 +43,25 @@ def test_predict_on_an_empty_batch_gives_an_empty_answer(sweep, inputs):
     assert tuple(model.predict(inputs[:0]).shape) == (0,)
     assert tuple(model(inputs[:0]).shape) == (0, 3)
     assert model.predict(inputs[:5]).tolist() == model(inputs[:5]).argmax(1).tolist()
+
+
+def test_loading_with_an_edited_task_file_that_still_fits_the_weights_says_so(sweep, inputs, tmp_path, caplog):
+    """A build_model edited after the sweep (ReLU to GELU) took the stored weights and answered otherwise, silently."""
+    from orchestrator import load_ensemble
+
+    with open(CNN_TASK) as f:
+        source = f.read()
+    same, edited = tmp_path / "same.py", tmp_path / "edited.py"
+    same.write_text(source)  # moved, not edited: nothing to say
+    edited.write_text(source.replace("nn.ReLU()", "nn.GELU()"))
+    with caplog.at_level(logging.WARNING, logger="caviar"):
+        load_ensemble(sweep.path, task=str(same))
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="caviar"):
+        load_ensemble(sweep.path, task=str(edited))
+    assert [r.getMessage().split(" (sha256")[0].split(" has sha256")[0] for r in caplog.records] == \
+        [f"your task {edited}"]
+    assert "trust_task_code=True" in caplog.records[0].getMessage()
 
 
 def test_loading_a_sweep_still_running_says_its_end_builds_the_ensembles(sweep, tmp_path):

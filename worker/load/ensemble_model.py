@@ -58,6 +58,13 @@ class SweepModels:
             raise not_a_sweep(storage, storage.uri)
         self.task = sweep_task(storage, task, trust_task_code=trust_task_code)
         self._given_task = task  # the caller's own file, if any: named when weights do not fit what it builds
+        # A file read now: weights that still fit an edited build_model (an activation, a dropout) load without a
+        # word. (A loaded Task holds the code it imported, whatever its file holds since.)
+        edited = edited_since(storage, task) if isinstance(task, str) else None
+        if edited:
+            log.warning("%s; its build_model builds the sweep's models, so an edit that changed the model changes "
+                        "their outputs (trust_task_code=True, --trust-task-code, builds them with the stored copy)",
+                        edited)
         self._set_task_globals(schema.read_dataset_row(storage))
         trials = storage.read_table(schema.TRIALS_PATH).to_pylist()
         self.configs: dict[int, dict[str, Any]] = {t["trial_id"]: dict(t["config"] or {}) for t in trials}
