@@ -440,10 +440,11 @@ def best_checkpoint(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return max(scored, key=lambda r: (r["score"], -r["trial_id"], -r["epoch"]), default=None)
 
 
-def pick(records: Sequence[EnsembleRecord], name: str = "best") -> EnsembleRecord:
-    """``best`` is the chosen row; otherwise a row's name (``top_k``, ``greedy``, ...) or its id."""
+def pick(records: Sequence[EnsembleRecord], name: str | int = "best") -> EnsembleRecord:
+    """``best`` is the chosen row; otherwise a row's name (``top_k``, ``greedy``, ...) or its id (``3`` or ``"3"``,
+    as the table's ``ensemble_id`` column holds it)."""
     for r in records:
-        if (name == "best" and r.chosen) or r.name == name or str(r.ensemble_id) == name:
+        if (name == "best" and r.chosen) or r.name == name or str(r.ensemble_id) == str(name):
             return r
     names = ", ".join(["best", *(r.name for r in records)])
     raise ConfigError(f"ensemble {name!r}: no such ensemble (this sweep has {names})")

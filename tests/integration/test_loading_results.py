@@ -83,3 +83,15 @@ def test_loading_a_sweep_still_running_says_its_end_builds_the_ensembles(sweep, 
         master.wait()
     with pytest.raises(StorageError, match=rf"no such file \(build them: caviar ensemble {re.escape(copy)}\)$"):
         load_ensemble(copy, task=CNN_TASK)  # its master gone: caviar ensemble builds them
+
+
+def test_an_ensemble_loads_by_the_id_its_table_row_holds(sweep):
+    """load_ensemble(SWEEP, name=3), the table's int ensemble_id, said 'ensemble 3: no such ensemble'."""
+    import pyarrow.parquet as pq
+
+    from orchestrator import load_ensemble
+
+    rows = pq.read_table(os.path.join(sweep.path, schema.ENSEMBLES_PATH)).to_pylist()
+    last = rows[-1]
+    assert load_ensemble(sweep.path, name=last["ensemble_id"], task=CNN_TASK).record.name == last["name"]
+    assert load_ensemble(sweep.path, name=str(last["ensemble_id"]), task=CNN_TASK).record.name == last["name"]

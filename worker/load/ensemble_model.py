@@ -317,9 +317,10 @@ def _stat(values: np.ndarray | None) -> torch.Tensor | None:
     return None if values is None else torch.from_numpy(np.ascontiguousarray(values)).unsqueeze(0)
 
 
-def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | torch.device = "cpu",
+def load_ensemble(sweep: str | Storage, name: str | int = "best", *, device: str | torch.device = "cpu",
                   task: Task | str | None = None, trust_task_code: bool = False) -> EnsembleModel:
-    """The ensemble ``name`` of a sweep (``best``: the one chosen on validation) as an eval-mode module.
+    """The ensemble ``name`` of a sweep (``best``: the one chosen on validation; or a row's ``ensemble_id``) as an
+    eval-mode module.
 
     ``sweep`` is the sweep directory, a local path or a ``pyarrow.fs`` URI. Members are built by
     task code, which runs only as the caller chooses: ``task`` (their own task file or ``Task``),
@@ -359,7 +360,7 @@ def load_ensemble(sweep: str | Storage, name: str = "best", *, device: str | tor
     return _for_inference(module, device)
 
 
-def _best_custom_model(storage: Storage, name: str, task: Task | str | None, trust_task_code: bool,
+def _best_custom_model(storage: Storage, name: str | int, task: Task | str | None, trust_task_code: bool,
                        device: str | torch.device) -> EnsembleModel:
     """A kind = "custom" sweep's answer: its best checkpoint, standardising inputs as the workers did, returning the
     model's outputs as they are (caviar cannot average outputs whose meaning is the task's own)."""
