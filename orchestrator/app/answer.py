@@ -109,8 +109,14 @@ def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
 
     storage = Storage.from_uri(sweep_uri)
     if not storage.exists(schema.ENSEMBLES_PATH):
-        custom = schema.read_dataset_row(storage).get("kind") == "custom"
-        return best_checkpoint_lines(storage, sweep_uri, task_ref) if custom else []
+        from orchestrator.ensemble.ensemble_run import predictions_off
+
+        if schema.read_dataset_row(storage).get("kind") == "custom":
+            return best_checkpoint_lines(storage, sweep_uri, task_ref)
+        if predictions_off(storage):
+            return best_checkpoint_lines(storage, sweep_uri, task_ref,
+                                         why='prediction_dtype = "none" (no trial stored predictions)')
+        return []
     records = read_ensembles(storage)
     chosen = next((r for r in records if r.chosen), None)
     single = next((r for r in records if r.method == "single"), None)
@@ -164,8 +170,10 @@ def load_line(sweep_uri: str, task_ref: str | None) -> str:
             f'name="best", {code})')
 
 
-def best_checkpoint_lines(storage: Storage, sweep_uri: str, task_ref: str | None) -> list[str]:
-    """A custom kind's answer: no ensembles (its outputs are the task's own), its best checkpoint and how to load it."""
+def best_checkpoint_lines(storage: Storage, sweep_uri: str, task_ref: str | None,
+                          why: str = 'kind = "custom" (outputs are the task\'s own)') -> list[str]:
+    """The answer of a sweep without ensembles (a custom kind's outputs are the task's own; prediction_dtype "none"
+    stored nothing to average): its best checkpoint and how to load it."""
     from orchestrator.ensemble.ensemble_run import best_checkpoint
 
     index = schema.read_dir(storage, "checkpoints", schema.CHECKPOINTS)
@@ -176,4 +184,4 @@ def best_checkpoint_lines(storage: Storage, sweep_uri: str, task_ref: str | None
     values = ", ".join(f"{name} {shown_number(value)}" for name, value in metrics.items() if value is not None)
     weights = " (EMA)" if best["weights"] == "ema" else ""
     return [f"Best checkpoint: trial {best['trial_id']} epoch {best['epoch']}{weights}: {values}; no ensembles for "
-            'kind = "custom" (outputs are the task\'s own)', load_line(sweep_uri, task_ref)]
+            f"{why}", load_line(sweep_uri, task_ref)]

@@ -15,6 +15,7 @@ a sweep is chosen by log loss, and every row says so (``detail.choice_note``).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -398,9 +399,22 @@ def write_ensembles(storage: Storage, records: Sequence[EnsembleRecord]) -> None
         storage.delete_dir(legacy)  # an older sweep rebuilt: its ensembles/ folder becomes a plain table again
 
 
+def predictions_off(storage: Storage) -> bool:
+    """Whether the sweep ran with ``prediction_dtype = "none"``: no trial stores predictions, so no ensembles; its
+    best checkpoint is the answer, as for a custom kind."""
+    if not storage.exists(schema.SWEEP_PATH):
+        return False
+    settings = storage.read_table(schema.SWEEP_PATH).to_pylist()[0]["settings"]
+    return json.loads(settings or "{}").get("prediction_dtype") == "none"
+
+
 def read_ensembles(storage: Storage) -> list[EnsembleRecord]:
     if not storage.exists(schema.ENSEMBLES_PATH):
         stored = [f for f in storage.list_files("predictions") if f.startswith("predictions/trial-")]
+        if predictions_off(storage):
+            raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file: the sweep ran with "
+                               "prediction_dtype = \"none\", so no trial stored the predictions ensembles average; "
+                               "its answer is its best checkpoint (load_ensemble(SWEEP, name=\"best\") loads it)")
         if not storage.exists(schema.DATASET_PATH) or not stored:  # `caviar ensemble` would refuse: say why, once
             raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file, and none can be built: no trial "
                                "stored predictions (the task's kind is \"custom\", prediction_dtype is \"none\", or "

@@ -95,3 +95,35 @@ def test_an_ensemble_loads_by_the_id_its_table_row_holds(sweep):
     last = rows[-1]
     assert load_ensemble(sweep.path, name=last["ensemble_id"], task=CNN_TASK).record.name == last["name"]
     assert load_ensemble(sweep.path, name=str(last["ensemble_id"]), task=CNN_TASK).record.name == last["name"]
+
+
+def test_a_sweep_that_stored_no_predictions_loads_its_best_checkpoint(tmp_path, inputs):
+    """prediction_dtype = "none" builds no ensembles, and load_ensemble(name="best") raised 'no such file, and none
+    can be built ... the sweep's answer is its best trial (caviar top SWEEP_DIR)': no way to load that answer."""
+    import numpy as np
+
+    from orchestrator import load_ensemble
+    from orchestrator.app.answer import ensemble_lines
+    from orchestrator.ensemble.ensemble_run import best_checkpoint
+    from tests.tasks.results43_cnn_task import load_data
+
+    result = run_sweep(CNN_TASK, trials=2, epochs=2, slots=2, executor="processes", storage=str(tmp_path), name="np",
+                       seed=3, prediction_dtype="none")
+    storage = Storage.from_uri(result.path)
+    assert not storage.exists(schema.ENSEMBLES_PATH)
+    index = schema.read_dir(storage, "checkpoints", schema.CHECKPOINTS)
+    best = best_checkpoint(index.to_pylist())
+    model = load_ensemble(result.path, task=CNN_TASK)
+    assert model.record is None and len(model.members) == 1
+    labels = load_data()[1][1]
+    probs = model(inputs).double().numpy()  # class probabilities, as the best checkpoint's val_log_loss measured
+    assert np.allclose(probs.sum(1), 1.0)
+    assert abs(-np.log(probs[np.arange(len(labels)), labels]).mean() - dict(best["metrics"])["val_log_loss"]) < 1e-4
+    lines = ensemble_lines(result.path, CNN_TASK)
+    assert lines[0].startswith(f"Best checkpoint: trial {best['trial_id']} epoch {best['epoch']}")
+    assert lines[0].endswith('no ensembles for prediction_dtype = "none" (no trial stored predictions)')
+    assert lines[1].startswith("Load it: from orchestrator import load_ensemble; model = load_ensemble(")
+    with pytest.raises(StorageError, match=r'ran with prediction_dtype = "none", so no trial stored the predictions '
+                                           r'ensembles average; its answer is its best checkpoint \(load_ensemble\('
+                                           r'SWEEP, name="best"\) loads it\)$'):
+        load_ensemble(result.path, name="top_k", task=CNN_TASK)

@@ -17,7 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.ensemble.ensemble_run import EnsembleRecord, best_checkpoint, pick, read_dataset, read_ensembles
+from orchestrator.ensemble.ensemble_run import (
+    Dataset,
+    EnsembleRecord,
+    best_checkpoint,
+    pick,
+    predictions_off,
+    read_dataset,
+    read_ensembles,
+)
 from orchestrator.ensemble.ensembles import CandidateKey
 from orchestrator.errors import ConfigError, StorageError, TaskError
 from orchestrator.spec.task import Task
@@ -334,9 +342,16 @@ def load_ensemble(sweep: str | Storage, name: str | int = "best", *, device: str
         raise not_a_sweep(storage, storage.uri)
     if schema.read_dataset_row(storage).get("kind") == "custom":
         return _best_custom_model(storage, name, task, trust_task_code, device)
+    if not storage.exists(schema.ENSEMBLES_PATH) and predictions_off(storage) and name == "best":
+        # No predictions stored, so no ensembles: the sweep's answer is its best checkpoint, shown as a model of its
+        # kind shows its outputs (probabilities, the targets' units).
+        models = SweepModels(storage, task, trust_task_code)
+        best = models.best_checkpoint()
+        log.info("load_ensemble: %s ran with prediction_dtype = \"none\" (no ensembles): loading its best "
+                 "checkpoint, trial %d epoch %d (%s weights)", storage.uri, best.trial_id, best.epoch, best.weights)
+        return _for_inference(_kind_module([models.model(best)], [1.0], read_dataset(storage), None), device)
     record = pick(read_ensembles(storage), name)
     models = SweepModels(storage, task, trust_task_code)
-    dataset = read_dataset(storage)
     if record.weights_path:  # a soup: one model with averaged weights, built like its first ingredient
         model = models.with_weights(record.members[0].key.trial_id,
                                     load_state(storage, record.weights_path, record.weights_sha256))
@@ -344,20 +359,25 @@ def load_ensemble(sweep: str | Storage, name: str | int = "best", *, device: str
     else:
         members = [models.model(m.key) for m in record.members]
         weights = [m.weight for m in record.members]
+    return _for_inference(_kind_module(members, weights, read_dataset(storage), record), device)
+
+
+def _kind_module(members: Sequence[nn.Module], weights: Sequence[float], dataset: Dataset,
+                 record: EnsembleRecord | None) -> EnsembleModel:
+    """The members averaged as the sweep's kind says: class probabilities, labels, positions or the targets' units."""
     regression = dataset.kind == "regression"
 
     def target_stat(v: np.ndarray | None) -> torch.Tensor | None:
         return None if v is None else torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))
 
-    module = EnsembleModel(members, weights, _stat(dataset.mean), _stat(dataset.std), record,
-                           dataset.target_shape if regression else None,
-                           target_stat(dataset.target_mean) if regression else None,
-                           target_stat(dataset.target_std) if regression else None,
-                           input_dtype=_torch_dtype(dataset.input_dtype), input_shape=tuple(dataset.input_shape),
-                           multilabel=dataset.multilabel,
-                           positions=dataset.target_shape if dataset.per_position else None,
-                           class_dim=stored_class_dim(dataset))
-    return _for_inference(module, device)
+    return EnsembleModel(members, weights, _stat(dataset.mean), _stat(dataset.std), record,
+                         dataset.target_shape if regression else None,
+                         target_stat(dataset.target_mean) if regression else None,
+                         target_stat(dataset.target_std) if regression else None,
+                         input_dtype=_torch_dtype(dataset.input_dtype), input_shape=tuple(dataset.input_shape),
+                         multilabel=dataset.multilabel,
+                         positions=dataset.target_shape if dataset.per_position else None,
+                         class_dim=stored_class_dim(dataset))
 
 
 def _best_custom_model(storage: Storage, name: str | int, task: Task | str | None, trust_task_code: bool,
