@@ -446,12 +446,19 @@ def has_soup(storage: Storage) -> bool:
 
 def best_checkpoint(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The checkpoint-index row with the highest finite score (a custom kind's answer), the latest attempt of each
-    (trial, epoch, weights); ties go to the lower trial, then the earlier epoch. None when no score is finite."""
+    (trial, epoch, weights); ties go to the lower validation loss (an accuracy of 1.0 on a small split is a tie many
+    checkpoints share, as the ensembles' single model breaks it), then the lower trial, then the earlier epoch. None
+    when no score is finite."""
     latest: dict[tuple[int, int, str], dict[str, Any]] = {}
     for row in sorted(rows, key=lambda r: r["attempt"]):
         latest[(row["trial_id"], row["epoch"], row["weights"])] = row
     scored = [r for r in latest.values() if r["score"] is not None and math.isfinite(r["score"])]
-    return max(scored, key=lambda r: (r["score"], -r["trial_id"], -r["epoch"]), default=None)
+
+    def loss(row: dict[str, Any]) -> float:
+        value = row.get("val_loss")
+        return value if value is not None and math.isfinite(value) else math.inf
+
+    return max(scored, key=lambda r: (r["score"], -loss(r), -r["trial_id"], -r["epoch"]), default=None)
 
 
 def pick(records: Sequence[EnsembleRecord], name: str | int = "best") -> EnsembleRecord:

@@ -361,3 +361,20 @@ def test_a_multilabel_sweep_ranked_on_its_loss_ranks_candidates_by_log_loss(tmp_
     assert not read_dataset(storage).multilabel
     single = build_and_write(storage, methods=["single"])[0]
     assert [m.key.trial_id for m in single.members] == [1] and single.selection_metric == "log_loss"
+
+
+def test_the_best_checkpoint_of_tied_scores_is_the_one_with_the_lowest_validation_loss():
+    """Every checkpoint of a small split at val accuracy 1.0: the answer was trial 0's first epoch (val loss 0.13), not
+    trial 3's last (0.0014), which the ensembles' single model takes."""
+    from orchestrator.ensemble.ensemble_run import best_checkpoint
+
+    def row(trial_id, epoch, score, val_loss, weights="raw"):
+        return {"trial_id": trial_id, "epoch": epoch, "weights": weights, "attempt": 0, "score": score,
+                "val_loss": val_loss}
+
+    rows = [row(0, 1, 1.0, 0.1296, "ema"), row(0, 2, 1.0, 0.0068), row(3, 2, 1.0, 0.00135), row(1, 2, 0.98, 0.0001),
+            row(2, 2, 1.0, float("nan")), row(4, 1, 1.0, None)]
+    best = best_checkpoint(rows)
+    assert (best["trial_id"], best["epoch"]) == (3, 2)
+    assert (lambda b: (b["trial_id"], b["epoch"]))(best_checkpoint([row(2, 2, 1.0, float("nan")),
+                                                                     row(4, 1, 1.0, None)])) == (2, 2)
