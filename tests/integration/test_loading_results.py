@@ -19,6 +19,7 @@ from orchestrator.store.storage import Storage
 from tests.conftest import ROOT
 
 CNN_TASK = os.path.join(ROOT, "tests", "tasks", "results43_cnn_task.py")
+REGRESSION_TASK = os.path.join(ROOT, "tests", "tasks", "results43_regression_task.py")
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,13 @@ def sweep(tmp_path_factory):
     storage = str(tmp_path_factory.mktemp("runs"))
     return run_sweep(CNN_TASK, trials=3, epochs=2, slots=2, executor="processes", storage=storage, name="cnn",
                      seed=3)
+
+
+@pytest.fixture(scope="module")
+def regression_sweep(tmp_path_factory):
+    storage = str(tmp_path_factory.mktemp("runs"))
+    return run_sweep(REGRESSION_TASK, trials=2, epochs=2, slots=2, executor="processes", storage=storage,
+                     name="regression", seed=3)
 
 
 @pytest.fixture
@@ -127,3 +135,24 @@ def test_a_sweep_that_stored_no_predictions_loads_its_best_checkpoint(tmp_path, 
                                            r'ensembles average; its answer is its best checkpoint \(load_ensemble\('
                                            r'SWEEP, name="best"\) loads it\)$'):
         load_ensemble(result.path, name="top_k", task=CNN_TASK)
+
+
+def test_a_regression_ensemble_takes_a_dataframe_of_the_sweeps_dtype(regression_sweep):
+    """A pandas DataFrame of tabular inputs raised KeyError: 5 (torch read it as a sequence of columns)."""
+    import numpy as np
+    import pandas as pd
+
+    from orchestrator import load_ensemble
+    from orchestrator.errors import ConfigError
+    from tests.tasks.results43_regression_task import load_data
+
+    x = load_data()[1][0]  # float32 (N, 5)
+    model = load_ensemble(regression_sweep.path, task=REGRESSION_TASK)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(5)])
+    assert np.array_equal(model(frame).numpy(), model(x).numpy())
+    assert np.array_equal(model.predict(frame).numpy(), model.predict(x).numpy())
+    with pytest.raises(ConfigError, match="^inputs are float64 but the sweep's models trained on float32 inputs"):
+        model(frame.astype("float64"))  # refused as the array would be, never cast
+    with pytest.raises(ConfigError, match=r"^inputs hold Python objects \(a DataFrame whose columns differ in "
+                                          r"dtype\?\); pass float32 values \(caviar never casts inputs\)$"):
+        model(frame.assign(f0="a"))  # a text column

@@ -10,6 +10,7 @@ in ``dataset/dataset.parquet``), so ``model(x_raw)`` sees what the members saw i
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -209,8 +210,23 @@ class EnsembleModel(nn.Module):
         # another; one dimension for all softmaxed the others over their positions, or could not add them.
         self.member_dims = self._member_class_dims() if positions is not None else []
 
+    def _as_batch(self, x: Any) -> torch.Tensor:
+        """``x`` as a tensor of the dtype it holds: a DataFrame (pandas, Polars) gives its values, which torch cannot
+        take as they are (it indexed columns by row number: KeyError)."""
+        if isinstance(x, torch.Tensor):
+            return x
+        if hasattr(x, "to_numpy") and not isinstance(x, np.ndarray):
+            x = x.to_numpy()
+        if isinstance(x, np.ndarray) and x.dtype == object:
+            wanted = str(self.input_dtype).removeprefix("torch.") if self.input_dtype is not None else "one numeric"
+            raise ConfigError(f"inputs hold Python objects (a DataFrame whose columns differ in dtype?); pass {wanted} "
+                              "values (caviar never casts inputs)")
+        with warnings.catch_warnings():  # a read-only array (a DataFrame's values, a memmap): never written to here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.as_tensor(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(x).to(self.weights.device)
+        x = self._as_batch(x).to(self.weights.device)
         if self.input_dtype is not None and x.dtype != self.input_dtype:  # never cast: refuse, saying what to pass
             given, wanted = (str(d).removeprefix("torch.") for d in (x.dtype, self.input_dtype))
             raise ConfigError(f"inputs are {given} but the sweep's models trained on {wanted} inputs; pass {wanted} "
@@ -301,7 +317,7 @@ class EnsembleModel(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> torch.Tensor:
         """Most probable class per row (regression: the predicted values), in batches, without gradients."""
-        x = torch.as_tensor(x)
+        x = self._as_batch(x)
         # An empty batch (or a scalar, which forward refuses) is one call: torch.cat takes no empty list.
         chunks = [x[i : i + batch_size] for i in range(0, len(x), batch_size)] if x.ndim and len(x) else [x]
         if self.target_shape is not None or self.outputs_as_given:
