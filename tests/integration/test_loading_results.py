@@ -156,3 +156,5 @@ def test_a_regression_ensemble_takes_a_dataframe_of_the_sweeps_dtype(regression_
     with pytest.raises(ConfigError, match=r"^inputs hold Python objects \(a DataFrame whose columns differ in "
                                           r"dtype\?\); pass float32 values \(caviar never casts inputs\)$"):
         model(frame.assign(f0="a"))  # a text column
+    polars = pytest.importorskip("polars")  # a test dependency
+    assert np.array_equal(model(polars.DataFrame(x)).numpy(), model(x).numpy())
