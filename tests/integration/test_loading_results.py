@@ -158,3 +158,16 @@ def test_a_regression_ensemble_takes_a_dataframe_of_the_sweeps_dtype(regression_
         model(frame.assign(f0="a"))  # a text column
     polars = pytest.importorskip("polars")  # a test dependency
     assert np.array_equal(model(polars.DataFrame(x)).numpy(), model(x).numpy())
+
+
+def test_mirrored_images_of_a_numpy_view_predict_as_their_copy(sweep, inputs):
+    """np.flip(x, -1) (test-time augmentation) raised torch's 'At least one stride in the given numpy array is
+    negative'."""
+    import numpy as np
+
+    from orchestrator import load_ensemble
+
+    model = load_ensemble(sweep.path, task=CNN_TASK)
+    mirrored = np.flip(inputs, axis=-1)
+    assert np.array_equal(model(mirrored).numpy(), model(mirrored.copy()).numpy())
+    assert np.array_equal(model.predict(mirrored).numpy(), model.predict(mirrored.copy()).numpy())

@@ -212,7 +212,7 @@ class EnsembleModel(nn.Module):
 
     def _as_batch(self, x: Any) -> torch.Tensor:
         """``x`` as a tensor of the dtype it holds: a DataFrame (pandas, Polars) gives its values, which torch cannot
-        take as they are (it indexed columns by row number: KeyError)."""
+        take as they are (it indexed columns by row number: KeyError); a reversed view is copied."""
         if isinstance(x, torch.Tensor):
             return x
         if hasattr(x, "to_numpy") and not isinstance(x, np.ndarray):
@@ -221,6 +221,8 @@ class EnsembleModel(nn.Module):
             wanted = str(self.input_dtype).removeprefix("torch.") if self.input_dtype is not None else "one numeric"
             raise ConfigError(f"inputs hold Python objects (a DataFrame whose columns differ in dtype?); pass {wanted} "
                               "values (caviar never casts inputs)")
+        if isinstance(x, np.ndarray) and any(stride < 0 for stride in x.strides):
+            x = x.copy()  # np.flip(x, -1), a mirrored test-time view: torch takes no negative strides; values kept
         with warnings.catch_warnings():  # a read-only array (a DataFrame's values, a memmap): never written to here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             return torch.as_tensor(x)
