@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,16 +51,16 @@ class SweepTables:
         return ordered.drop_columns(["_stage_done"]).slice(0, k)
 
 
-def open_sweep(path: str) -> Storage:
+def open_sweep(path: str | os.PathLike[str]) -> Storage:
     storage = Storage.from_uri(path)
     if not storage.exists(schema.SWEEP_PATH):
         raise not_a_sweep(storage, path)
     return storage
 
 
-def load(path: str) -> SweepTables:
-    """Read a sweep directory (local or URI) back; no Ray, no torch."""
-
+def load(path: str | os.PathLike[str]) -> SweepTables:
+    """Read a sweep directory (local, a ``pathlib.Path``, or a URI) back; no Ray, no torch."""
+    path = os.fspath(path)
     storage = open_sweep(path)
     metrics = schema.read_dir(storage, "metrics", schema.METRICS)
     assert metrics is not None

@@ -153,8 +153,9 @@ class Storage:
         self.atomic_rename = isinstance(fs, pafs.LocalFileSystem)
 
     @classmethod
-    def from_uri(cls, uri: str) -> Storage:
-        """``/data/sweeps``, ``file:///data``, ``s3://bucket/prefix?endpoint_override=...``."""
+    def from_uri(cls, uri: str | os.PathLike[str]) -> Storage:
+        """``/data/sweeps``, ``file:///data``, ``s3://bucket/prefix?endpoint_override=...``, or a ``pathlib.Path``."""
+        uri = os.fspath(uri)
         _refuse_a_mistyped_uri(uri)
         try:
             if "://" in uri:

@@ -171,3 +171,19 @@ def test_mirrored_images_of_a_numpy_view_predict_as_their_copy(sweep, inputs):
     mirrored = np.flip(inputs, axis=-1)
     assert np.array_equal(model(mirrored).numpy(), model(mirrored.copy()).numpy())
     assert np.array_equal(model.predict(mirrored).numpy(), model.predict(mirrored.copy()).numpy())
+
+
+def test_a_sweep_and_its_task_load_from_pathlib_paths(sweep, inputs):
+    """load(Path(...)) and load_ensemble(Path(...)) raised "TypeError: argument of type 'PosixPath' is not iterable"."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from orchestrator import load_ensemble
+    from orchestrator.app.api import load
+
+    tables = load(Path(sweep.path))
+    assert tables.path == sweep.path
+    assert tables.top(3).to_pylist() == load(sweep.path).top(3).to_pylist()
+    model = load_ensemble(Path(sweep.path), task=Path(CNN_TASK))
+    assert np.array_equal(model(inputs).numpy(), load_ensemble(sweep.path, task=CNN_TASK)(inputs).numpy())

@@ -10,6 +10,7 @@ in ``dataset/dataset.parquet``), so ``model(x_raw)`` sees what the members saw i
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -343,8 +344,9 @@ def _stat(values: np.ndarray | None) -> torch.Tensor | None:
     return None if values is None else torch.from_numpy(np.ascontiguousarray(values)).unsqueeze(0)
 
 
-def load_ensemble(sweep: str | Storage, name: str | int = "best", *, device: str | torch.device = "cpu",
-                  task: Task | str | None = None, trust_task_code: bool = False) -> EnsembleModel:
+def load_ensemble(sweep: str | os.PathLike[str] | Storage, name: str | int = "best", *,
+                  device: str | torch.device = "cpu", task: Task | str | os.PathLike[str] | None = None,
+                  trust_task_code: bool = False) -> EnsembleModel:
     """The ensemble ``name`` of a sweep (``best``: the one chosen on validation; or a row's ``ensemble_id``) as an
     eval-mode module.
 
@@ -356,6 +358,7 @@ def load_ensemble(sweep: str | Storage, name: str | int = "best", *, device: str
     """
     device = checked_device(device)  # before any member is built: torch would say it only when they are moved
     storage = sweep if isinstance(sweep, Storage) else Storage.from_uri(sweep)
+    task = os.fspath(task) if isinstance(task, os.PathLike) else task  # a pathlib.Path, as the sweep's path may be
     if not storage.exists(schema.SWEEP_PATH):  # a mistyped name: said as such, not as a sweep without ensembles
         raise not_a_sweep(storage, storage.uri)
     if schema.read_dataset_row(storage).get("kind") == "custom":
