@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -91,7 +92,7 @@ def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:
 
 
 def run_sweep(
-    task: str | Task,
+    task: str | os.PathLike[str] | Task,
     *,
     config_file: str | None = None,
     on_tick: Callable[[Controller], None] | None = None,
@@ -103,8 +104,8 @@ def run_sweep(
     then these keyword arguments (:class:`orchestrator.spec.options.RunOptions` documents each one).
     ``on_tick`` is called with the controller after every step (the CLI's live view uses it).
     """
-    if isinstance(task, str):
-        task = load_task(task)
+    if isinstance(task, (str, os.PathLike)):
+        task = load_task(os.fspath(task))
     settings, space = build_settings(task, config_file, overrides)
     controller = controller_for(space, settings, choose_plugins(task.settings, overrides))
     if settings.fuse == "off" and settings.array_size != "auto":  # said, not refused: a task may set it for --fuse on

@@ -6,6 +6,7 @@ Every field is checked here, and a bad value is refused with a message naming th
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -207,6 +208,8 @@ class RunSettings:
                                   f"(known: {', '.join(sorted(known))})")
         data = asdict(self)
         data.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(data["storage"], os.PathLike):  # storage=tmp_path: the sweep row and every message hold text
+            data["storage"] = os.fspath(data["storage"])
         return RunSettings(**data)
 
 

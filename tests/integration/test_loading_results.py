@@ -187,3 +187,16 @@ def test_a_sweep_and_its_task_load_from_pathlib_paths(sweep, inputs):
     assert tables.top(3).to_pylist() == load(sweep.path).top(3).to_pylist()
     model = load_ensemble(Path(sweep.path), task=Path(CNN_TASK))
     assert np.array_equal(model(inputs).numpy(), load_ensemble(sweep.path, task=CNN_TASK)(inputs).numpy())
+
+
+def test_a_sweep_runs_from_pathlib_paths_and_writes_text_settings(tmp_path):
+    """run_sweep(Path(task), storage=tmp_path) raised AttributeError ('PosixPath' object has no attribute 'settings'),
+    or (a string task) TypeError in the sweep row after the sweep's folder was claimed, leaving a lease behind."""
+    import json
+    from pathlib import Path
+
+    result = run_sweep(Path(REGRESSION_TASK), storage=tmp_path, name="paths", trials=2, epochs=1, slots=1,
+                       executor="processes", ensemble=False)
+    assert result.path == str(tmp_path / "paths")
+    row = Storage.from_uri(result.path).read_table(schema.SWEEP_PATH).to_pylist()[0]
+    assert json.loads(row["settings"])["storage"] == str(tmp_path)
