@@ -153,7 +153,8 @@ def sweep_row(task: Task, settings: RunSettings, space: SearchSpace, name: str) 
     }
 
 
-def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, task: str | Task | None = None,
+def resume_sweep(path: str | os.PathLike[str], *, on_tick: Callable[[Controller], None] | None = None,
+                 task: str | os.PathLike[str] | Task | None = None,
                  trust_task_code: bool = False, pruner: PrunerChoice | None = None,
                  sampler: SamplerChoice | None = None, stage_policy: StagePolicyChoice | None = None,
                  **overrides: Unpack[ResumeOptions]) -> SweepResult:

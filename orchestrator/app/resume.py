@@ -186,7 +186,7 @@ def resume_settings(
     return settings.validate(), root_uri, name
 
 
-def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = None, task: Any = None,
+def resume_sweep(path: str | os.PathLike[str], *, on_tick: Callable[[Controller], None] | None = None, task: Any = None,
                  trust_task_code: bool = False, plugins: PlugIns = NO_PLUGINS, **overrides: Any) -> Any:
     """Continue the sweep at ``path`` (a sweep directory or URI) from its tables; returns a ``SweepResult``.
 
@@ -197,6 +197,8 @@ def resume_sweep(path: str, *, on_tick: Callable[[Controller], None] | None = No
     from orchestrator.decide.sweeplog import SweepLog
     from orchestrator.spec.task_source import refuse_an_edited_task, sweep_task
 
+    path = os.fspath(path)
+    task = os.fspath(task) if isinstance(task, os.PathLike) else task  # pathlib paths, as run_sweep takes them
     storage = Storage.from_uri(path)
     record = read_record(storage)
     refuse_an_edited_task(storage, task)  # before any write, worker or Ray: one sweep, one version of its code

@@ -200,3 +200,14 @@ def test_a_sweep_runs_from_pathlib_paths_and_writes_text_settings(tmp_path):
     assert result.path == str(tmp_path / "paths")
     row = Storage.from_uri(result.path).read_table(schema.SWEEP_PATH).to_pylist()[0]
     assert json.loads(row["settings"])["storage"] == str(tmp_path)
+
+
+def test_a_finished_sweep_resumes_from_pathlib_paths(regression_sweep):
+    """resume_sweep(Path(sweep), task=Path(task)) raised AttributeError ("'PosixPath' object has no attribute
+    'partition'")."""
+    from pathlib import Path
+
+    from orchestrator.app.api import resume_sweep
+
+    result = resume_sweep(Path(regression_sweep.path), task=Path(REGRESSION_TASK))
+    assert result.note == f"sweep {regression_sweep.path} has finished: nothing to resume, nothing written"
