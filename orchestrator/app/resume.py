@@ -248,4 +248,9 @@ def _as_found(controller: Controller, storage: Storage, name: str, root_uri: str
         note = (f"sweep {redact_uri(storage.uri)} was stopped early, so resume does not continue it (nothing written); "
                 f"once its cause below is fixed, start it again: caviar run TASK --storage "
                 f"{shlex.quote(redact_uri(root_uri))} --name {shlex.quote(name)} --overwrite")
-    return result_of(controller, name, storage.uri, [], note=note)
+    chosen = None
+    if storage.exists(schema.ENSEMBLES_PATH):  # what the run chose, as its own result said
+        from orchestrator.ensemble.ensemble_run import read_ensembles
+
+        chosen = next((r for r in read_ensembles(storage) if r.chosen), None)
+    return result_of(controller, name, storage.uri, [], note=note, ensemble=chosen)

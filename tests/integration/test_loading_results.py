@@ -211,3 +211,7 @@ def test_a_finished_sweep_resumes_from_pathlib_paths(regression_sweep):
 
     result = resume_sweep(Path(regression_sweep.path), task=Path(REGRESSION_TASK))
     assert result.note == f"sweep {regression_sweep.path} has finished: nothing to resume, nothing written"
+    # its chosen ensemble, as the run's own result holds it (it was None: "not built")
+    assert result.ensemble is not None and regression_sweep.ensemble is not None
+    assert (result.ensemble.name, result.ensemble.members) == (regression_sweep.ensemble.name,
+                                                               regression_sweep.ensemble.members)
