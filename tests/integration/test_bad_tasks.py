@@ -135,6 +135,25 @@ CASES = [
         " shape (32,) (… against …): it broadcasts them, … (on each of the sweep's first 4 configs)",
     ),
     BadTask(
+        "metric_broadcasts_on_targets_far_from_zero",  # every untrained output below every target: |o_i - t_j|
+        # averages the same over all pairs as over matching ones, so only a perfect prediction shows the broadcast
+        "\nkind = 'regression'\nobjective = 'val_abs_err'\nmode = 'min'\n"
+        "\ndef load_data():\n    return [(x, x.sum(1) + 100) for x, _ in tiny_task.load_data()]\n"
+        "\ndef build_model(config):\n    return nn.Linear(4, 1)\n"
+        "\ndef metrics(out, y):\n    return {'abs_err': (out - y).abs().mean()}\n",
+        "metrics: 'abs_err': its value on a training batch changes when the outputs (32, 1) are given the targets'"
+        " shape (32,) (… against 0): it broadcasts them, … (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
+        "hand_written_l1_loss_broadcasts_on_targets_far_from_zero",
+        "\nkind = 'regression'\n"
+        "\ndef load_data():\n    return [(x, x.sum(1) + 100) for x, _ in tiny_task.load_data()]\n"
+        "\ndef build_model(config):\n    return nn.Linear(4, 1)\n"
+        "\ndef loss_fn(out, y):\n    return (out - y).abs().mean()\n",
+        "loss_fn: its value on a training batch changes when the outputs (32, 1) are given the targets' shape (32,)"
+        " (… against 0): it broadcasts them, … (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
         "outputs_in_another_layout",  # channels first against channels last: the same number of values
         "\nkind = 'regression'\n"
         "\ndef load_data():\n    return [(x, np.repeat(x[:, None, :], 2, 1)) for x, _ in tiny_task.load_data()]\n"

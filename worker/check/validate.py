@@ -197,23 +197,33 @@ def _refuse_shape_dependent(task: Task, outputs: torch.Tensor, targets: torch.Te
     """A hand-written ``loss_fn`` or metric computing ``outputs - targets`` on ``(N, 1)`` against ``(N,)`` broadcasts
     to ``(N, N)`` with no warning, and every trial would be trained or ranked on it. So each is computed again with
     the outputs given the targets' shape: a value that changes is refused. One that raises then is shape-aware
-    (``outputs.squeeze(1)``) and passes."""
+    (``outputs.squeeze(1)``) and passes.
+
+    The untrained model's outputs alone miss it for targets far from zero (prices, ages): with every output below
+    every target, ``|o_i - t_j|`` averages to the same number over all pairs as over matching ones. So float targets
+    are also given as the outputs, in the outputs' layout: a perfect prediction, whose error only a broadcast sees."""
     if outputs.shape == targets.shape or outputs.numel() != targets.numel() or outputs.ndim < 1 \
             or not same_layout(tuple(outputs.shape), tuple(targets.shape)):
         return  # a permuted layout is the task's own business (a custom kind's loss may permute it back)
-    shaped = outputs.reshape(targets.shape)
-    pairs: list[tuple[str, float, float]] = []
-    loss_fn = task.get("loss_fn")
+    probes = [outputs]
+    if targets.is_floating_point():
+        probes.append(targets.to(outputs.dtype).reshape(outputs.shape))
+    pieces = [(name, task.get(name)) for name in ("loss_fn", "metrics") if task.get(name) is not None]
     with torch.no_grad():
-        if loss_fn is not None:
-            pairs.append(("loss_fn", *(_value_of(loss_fn, o, targets) for o in (outputs, shaped))))
-        if task.get("metrics") is not None:
-            given, reshaped = (_value_of(task.get("metrics"), o, targets) for o in (outputs, shaped))
-            if isinstance(given, Mapping) and isinstance(reshaped, Mapping):
-                pairs += [(f"metrics: {name!r}", given[name], reshaped.get(name)) for name in given]
-    for piece, value, value_shaped in pairs:
-        if _differ(value, value_shaped):
-            raise TaskError(f"{piece}: its value on a training batch changes when the outputs {tuple(outputs.shape)} "
+        for probe in probes:
+            shaped = probe.reshape(targets.shape)
+            for piece, fn in pieces:
+                given, reshaped = (_value_of(fn, o, targets) for o in (probe, shaped))
+                if piece == "loss_fn":
+                    pairs = [("loss_fn", given, reshaped)]
+                elif isinstance(given, Mapping) and isinstance(reshaped, Mapping):
+                    pairs = [(f"metrics: {name!r}", given[name], reshaped.get(name)) for name in given]
+                else:
+                    pairs = []
+                for name, value, value_shaped in pairs:
+                    if _differ(value, value_shaped):
+                        raise TaskError(
+                            f"{name}: its value on a training batch changes when the outputs {tuple(outputs.shape)} "
                             f"are given the targets' shape {tuple(targets.shape)} ({float(value):.4g} against "
                             f"{float(value_shaped):.4g}): it broadcasts them, comparing every output with every "
                             "target; give them one shape in it, e.g. outputs.squeeze(1) or targets.reshape(-1, 1)")
