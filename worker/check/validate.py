@@ -89,7 +89,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
     loss_fn = loss_function(task, kind)
     batch = int(setting(config, "batch_size", 64))
     xb, yb = splits.sample(batch)
-    yb = kind.to_training(yb)
+    yb = kind.to_training(yb).clone()  # a view of the training split: a loss_fn that edits its targets keeps off it
     if task.get("train_epoch") is not None:
         # The task's loop owns the training forward pass (an auxiliary head's (logits, aux) tuple, as torchvision's
         # Inception gives); caviar runs this model only to evaluate it, in eval mode, so that is the pass checked.
@@ -233,7 +233,7 @@ def _value_of(fn: Any, outputs: torch.Tensor, targets: torch.Tensor) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the first call's warnings were shown (or refused) already
-            return fn(outputs, targets)
+            return fn(outputs.clone(), targets.clone())  # each call on the same numbers, whatever the last edited
     except Exception:
         return None
 

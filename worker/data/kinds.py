@@ -528,7 +528,9 @@ def user_metrics(task: Any, outputs: torch.Tensor, targets: torch.Tensor, split:
     if fn is None:
         return {}
     try:
-        result = fn(outputs, targets)
+        # Copies: a metric that edits what it gets (``y = targets.numpy(); y[y > 0] = 1`` shares memory) would
+        # otherwise rewrite the split's own labels, and every later loss, accuracy and stored prediction with them.
+        result = fn(outputs.clone(), targets.clone())
     except Exception as exc:
         raise TaskError(f"metrics raised {type(exc).__name__} on the {split} split: {exc}") from exc
     if not isinstance(result, Mapping):

@@ -1,0 +1,32 @@
+"""A task's own metrics and objective, swept end to end on the processes executor with tasks of tests/tasks."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from orchestrator.app.api import load, run_sweep
+from orchestrator.ensemble.ensemble_run import read_dataset
+from orchestrator.spec.task import load_task
+from orchestrator.store.storage import Storage
+from tests.conftest import ROOT
+
+TASKS = os.path.join(ROOT, "tests", "tasks")
+
+
+@pytest.mark.parametrize("task_file", ["metric43_inplace_metric_task.py", "metric43_inplace_corr_task.py"])
+def test_a_metric_that_edits_the_tensors_it_gets_leaves_the_splits_targets_alone(tmp_path, task_file):
+    """``y = targets.numpy(); y[y > 0] = 1`` (merging classes) or ``y -= y.mean()`` (a correlation) writes through to
+    the tensor the metric was given. The targets the sweep stores and scores against stay those of load_data."""
+    path = os.path.join(TASKS, task_file)
+    result = run_sweep(path, storage=str(tmp_path), name="inplace", plan="2x2", slots=1, seed=0, pruner="none",
+                       executor="processes")
+    _, (_, y_val), (_, y_test) = load_task(path).get("load_data")()
+    dataset = read_dataset(Storage.from_uri(result.path))
+    assert np.array_equal(dataset.y_val.reshape(y_val.shape), y_val)
+    assert np.array_equal(dataset.y_test.reshape(y_test.shape), y_test)
+    if dataset.kind == "regression":  # the val MSE of the best epoch is a model's, not one against centred targets
+        best = min(r["val_loss"] for r in load(result.path).metrics.to_pylist())
+        assert best < np.var(y_val)
