@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from orchestrator.app.api import load, run_sweep
-from orchestrator.ensemble.ensemble_run import read_dataset
+from orchestrator.ensemble.ensemble_run import read_dataset, read_ensembles
 from orchestrator.spec.task import load_task
 from orchestrator.store.storage import Storage
 from tests.conftest import ROOT
@@ -16,10 +16,12 @@ from tests.conftest import ROOT
 TASKS = os.path.join(ROOT, "tests", "tasks")
 
 
-@pytest.mark.parametrize("task_file", ["metric43_inplace_metric_task.py", "metric43_inplace_corr_task.py"])
-def test_a_metric_that_edits_the_tensors_it_gets_leaves_the_splits_targets_alone(tmp_path, task_file):
-    """``y = targets.numpy(); y[y > 0] = 1`` (merging classes) or ``y -= y.mean()`` (a correlation) writes through to
-    the tensor the metric was given. The targets the sweep stores and scores against stay those of load_data."""
+@pytest.mark.parametrize("task_file", ["metric43_inplace_metric_task.py", "metric43_inplace_corr_task.py",
+                                       "metric43_inplace_smoothing_loss_task.py"])
+def test_a_function_that_edits_the_tensors_it_gets_leaves_the_splits_targets_alone(tmp_path, task_file):
+    """``y = targets.numpy(); y[y > 0] = 1`` (merging classes) or ``y -= y.mean()`` (a correlation) in a metric, or
+    label smoothing with ``targets.mul_(...)`` in a loss_fn, writes through to the tensor the function was given. The
+    targets the sweep stores and scores against stay those of load_data."""
     path = os.path.join(TASKS, task_file)
     result = run_sweep(path, storage=str(tmp_path), name="inplace", plan="2x2", slots=1, seed=0, pruner="none",
                        executor="processes")
@@ -30,3 +32,7 @@ def test_a_metric_that_edits_the_tensors_it_gets_leaves_the_splits_targets_alone
     if dataset.kind == "regression":  # the val MSE of the best epoch is a model's, not one against centred targets
         best = min(r["val_loss"] for r in load(result.path).metrics.to_pylist())
         assert best < np.var(y_val)
+    if load_task(path).get("loss_fn") is not None:  # every ensemble scored on the same targets: the best checkpoint
+        single = next(e for e in read_ensembles(Storage.from_uri(result.path)) if e.name == "single")
+        best = min(r["val_loss"] for r in load(result.path).checkpoints.to_pylist())
+        assert single.detail["val_objective"] == pytest.approx(best, rel=1e-3)

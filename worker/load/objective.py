@@ -60,7 +60,7 @@ def ensemble_objective(task: Any, dataset: Dataset) -> Objective | None:
         if objective == "val_loss":
             try:
                 with torch.no_grad():
-                    return float(loss_fn(model_outputs, targets[split]))
+                    return float(loss_fn(model_outputs, targets[split].clone()))  # the same targets every call
             except Exception as exc:
                 raise TaskError(f"loss_fn raised {type(exc).__name__} on the {split} split: {exc}") from exc
         values = builtin_metrics(kind, model_outputs, targets[split]) if name_is_builtin is not False else {}

@@ -111,7 +111,8 @@ def split_values(task: Task, kind: TargetKind, loss_fn: Any, outputs: torch.Tens
                  split: str) -> dict[str, float]:
     """``{split}_loss`` and every metric of one split from a model's raw outputs on it (see :func:`evaluate_split`)."""
     reported = kind.to_original(outputs) if kind.kind == "regression" else outputs
-    values = {f"{split}_loss": float(loss_fn(reported, y))}
+    given = y.clone() if task.get("loss_fn") is not None else y  # as its metrics: editing its targets edits no split's
+    values = {f"{split}_loss": float(loss_fn(reported, given))}
     values.update(split_metrics(task, kind, reported, y, split))
     return values
 
