@@ -83,9 +83,15 @@ def shown_number(value: float | None, spec: str = ".4f") -> str:
     return format(value, ".4g" if spec == ".4f" and 0 < abs(value) < 0.01 else spec)
 
 
-def nan_objective_note(name: str) -> str:
-    """Said under a NaN in the objective's rows: the number is the task's metric's, never a score to trust."""
-    return (f"  NaN: the task's metrics returned NaN for {name} on these predictions (a precision or F1 over a class "
+def nan_objective_note(name: str, val_nan: bool = True, test_nan: bool = False) -> str:
+    """Said under a NaN in the objective's rows: the number is the task's metric's, never a score to trust. Names the
+    split it came from: a NaN on test only (a ROC AUC on a test split without positives) ranked nothing."""
+    test = name.replace("val_", "test_", 1)
+    if not val_nan:
+        return (f"  NaN: the task's metrics returned NaN for {test} on the test predictions (a class the test split "
+                "lacks, or a precision or F1 over a class never predicted?); make it return a number")
+    both = f"{name} and {test}" if test_nan else name
+    return (f"  NaN: the task's metrics returned NaN for {both} on these predictions (a precision or F1 over a class "
             "never predicted?), so it ranks nothing there; make it return a number")
 
 
@@ -150,8 +156,9 @@ def ensemble_lines(sweep_uri: str, task_ref: str | None = None) -> list[str]:
         lines.append(f"  {'':<22} {name:>12} {name.replace('val_', 'test_', 1):>12}")
         values = [(label, r.detail.get("val_objective"), r.detail.get("test_objective")) for label, r in rows]
         lines += [f"  {label:<22} {num(val):>12} {num(test):>12}" for label, val, test in values]
-        if any(is_nan(v) for _, val, test in values for v in (val, test)):
-            lines.append(nan_objective_note(name))
+        val_nan, test_nan = (any(is_nan(v[i]) for _, *v in values) for i in (0, 1))
+        if val_nan or test_nan:
+            lines.append(nan_objective_note(name, val_nan, test_nan))
         change = None  # compared on the column that chose, not on accuracy or MSE
         ours, theirs = chosen.detail.get("test_objective"), single.detail.get("test_objective") if single else None
         if single is not chosen and ours is not None and theirs is not None:

@@ -308,6 +308,22 @@ def test_the_answer_never_shows_a_nan_objective_as_a_plain_number(tmp_path):
     assert any(line.startswith("  NaN: the task's metrics returned NaN for val_brier") for line in lines)
 
 
+def test_a_nan_objective_on_test_only_is_named_as_the_test_splits(tmp_path):
+    """A ROC AUC on a test split without positives is NaN there only: the note names test_auc, not val_auc, whose
+    numbers ranked the ensembles as usual."""
+    from orchestrator.app.answer import ensemble_lines
+
+    member = (Member(CandidateKey(0, 1, "raw"), 1.0),)
+    chosen = EnsembleRecord(0, "top_k", "top_k", member, "log_loss", 0.8, 0.85, 0.83, 0.84, chosen=True,
+                            detail={"chosen_by": "val_auc", "val_objective": 0.91, "test_objective": float("nan")})
+    single = EnsembleRecord(1, "single", "single", member, "log_loss", 0.73, 0.93, 0.73, 0.94,
+                            detail={"chosen_by": "val_auc", "val_objective": 0.90, "test_objective": float("nan")})
+    write_ensembles(Storage.from_uri(str(tmp_path)), [chosen, single])
+    notes = [line for line in ensemble_lines(str(tmp_path)) if line.startswith("  NaN:")]
+    assert notes == ["  NaN: the task's metrics returned NaN for test_auc on the test predictions (a class the test "
+                     "split lacks, or a precision or F1 over a class never predicted?); make it return a number"]
+
+
 def test_an_ensemble_chosen_on_a_task_metric_is_compared_with_the_single_model_on_that_metric(tmp_path):
     """Not on test accuracy: the line says what chose the ensemble (a Brier score that improved while accuracy fell)."""
     from orchestrator.app.answer import ensemble_lines
