@@ -32,7 +32,7 @@ from orchestrator.app.lifecycle import (
     result_of,
 )
 from orchestrator.decide.controller import Controller
-from orchestrator.decide.pruning import chance_classes
+from orchestrator.decide.pruning import chance_classes, chance_loss
 from orchestrator.decide.restore import Rebuilt, StoredRows, restore
 from orchestrator.decide.status import ENDED
 from orchestrator.errors import ConfigError, StorageError
@@ -125,7 +125,7 @@ def read_record(storage: Storage) -> SweepRecord:
     return SweepRecord(
         sweep[0], stages, trials, _rows(schema.effective_metrics(raw)), last_attempt, events, event_parts,
         chance_classes(dataset.get("num_classes"), dataset.get("objective"), bool(dataset.get("own_loss"))),
-        dataset.get("baseline_val_loss"), ends_cut_short(storage, trials),
+        chance_loss(dataset.get("baseline_val_loss"), dataset.get("objective")), ends_cut_short(storage, trials),
     )
 
 

@@ -140,6 +140,20 @@ def chance_classes(num_classes: int | None, objective: str | None, own_loss: boo
     return num_classes
 
 
+# caviar's own measures of a regressor's fit, each at chance when its MSE is no better than the training mean's.
+REGRESSION_FIT_OBJECTIVES = ("val_loss", "val_mse", "val_mae", "val_r2")
+
+
+def chance_loss(baseline_val_loss: float | None, objective: str | None) -> float | None:
+    """The validation loss a regressor is judged against by the not-learning rule; None (no rule) for a sweep ranked
+    by a metric of the task's own, as :func:`chance_classes`: a correlation or a rank metric ignores the outputs'
+    scale, so a model whose MSE is far worse than the training mean's can already rank well. ``objective`` None: a
+    sweep from before the objective was stored."""
+    if objective is not None and objective not in REGRESSION_FIT_OBJECTIVES:
+        return None
+    return baseline_val_loss
+
+
 def asha_rungs(grace_epochs: int, reduction_factor: int, max_epochs: int) -> list[int]:
     """Rung epochs ``grace * eta**k`` below ``max_epochs`` (a trial at max_epochs ends anyway)."""
     rungs, epoch = [], grace_epochs

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from orchestrator.app.api import load, run_sweep
+from orchestrator.app.resume import read_record
 from orchestrator.ensemble.ensemble_run import read_dataset, read_ensembles
 from orchestrator.spec.task import load_task
+from orchestrator.store import schema
 from orchestrator.store.storage import Storage
 from tests.conftest import ROOT
 
@@ -36,3 +38,18 @@ def test_a_function_that_edits_the_tensors_it_gets_leaves_the_splits_targets_alo
         single = next(e for e in read_ensembles(Storage.from_uri(result.path)) if e.name == "single")
         best = min(r["val_loss"] for r in load(result.path).checkpoints.to_pylist())
         assert single.detail["val_objective"] == pytest.approx(best, rel=1e-3)
+
+
+def test_a_regression_ranked_by_its_own_correlation_is_never_pruned_as_not_learning_by_its_mse(tmp_path):
+    """Targets near 50 trained as they are: after one epoch every trial's MSE is far worse than predicting the
+    training mean, while its correlation is high. The not-learning rule judges only caviar's own measures of fit."""
+    result = run_sweep(os.path.join(TASKS, "metric43_correlation_task.py"), storage=str(tmp_path), name="corr",
+                       stages=1, pruner="asha", slots=1, seed=0, executor="processes")
+    tables = load(result.path)
+    first = [r for r in tables.metrics.to_pylist() if r["epoch"] == 1]
+    baseline = schema.read_dataset_row(Storage.from_uri(result.path))["baseline_val_loss"]
+    assert first and all(r["val_loss"] > 10 * baseline for r in first)  # the premise: MSE far worse than chance...
+    assert max(dict(r["metrics"])["val_corr"] for r in first) > 0.8  # ...for a trial that already ranks well
+    assert [t["reason"] for t in tables.trials.to_pylist()] == ["max_epochs", "max_epochs"]
+    # A resume judges its replayed epochs the same way
+    assert read_record(Storage.from_uri(result.path)).baseline_val_loss is None

@@ -20,7 +20,13 @@ import safetensors.torch
 import torch
 
 from orchestrator.decide.backend import Assignment, Report
-from orchestrator.decide.pruning import EARLY_STOPPED, chance_classes, divergence_reason, plateau_reason
+from orchestrator.decide.pruning import (
+    EARLY_STOPPED,
+    chance_classes,
+    chance_loss,
+    divergence_reason,
+    plateau_reason,
+)
 from orchestrator.decide.status import TrialStatus
 from orchestrator.errors import StorageError
 from orchestrator.spec.task import Task, load_task
@@ -143,7 +149,7 @@ class WorkerSession:
         objective = objective_and_mode(self.task, s.target_kind)[0]
         self.not_learning_facts = {
             "num_classes": chance_classes(s.num_classes, objective, self.task.get("loss_fn") is not None),
-            "baseline_val_loss": self.baseline_val_loss}
+            "baseline_val_loss": chance_loss(self.baseline_val_loss, objective)}
         self._check_storage()
         self.runs: dict[int, tuple[TrialRun, TrialRecorder]] = {}
 
