@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from orchestrator.decide.pruning import chance_loss
 from orchestrator.store import schema
 
 MARGIN = 0.02  # as the pruners' not-learning rule: accuracy points, or a share of the baseline loss
@@ -73,8 +74,8 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any],
                 f"{len(labels)} {unit}): the best val accuracy is {best:.3f}; check the ranges (the learning "
                 "rate first) and the data")
     baseline = dataset.get("baseline_val_loss")
-    if not _finite(baseline) or baseline <= 0:
-        return None
+    if not _finite(baseline) or baseline <= 0 or chance_loss(baseline, dataset.get("objective")) is None:
+        return None  # ranked by a metric of the task's own (a correlation): an MSE says nothing of it
     losses = [t.best_val_loss for t in trials if _finite(t.best_val_loss)]
     if not losses or min(losses) < (1.0 - MARGIN) * baseline:
         return None

@@ -47,6 +47,14 @@ def test_a_regressor_no_better_than_the_training_mean_is_named():
     assert nothing_learned([], {}) is None
 
 
+def test_a_regressor_ranked_by_a_metric_of_its_own_is_not_told_that_nothing_learned_by_its_mse():
+    """A correlation ignores the outputs' scale: an MSE far above the training mean's says nothing of it."""
+    dataset = {"y_val": None, "baseline_val_loss": 10.0}
+    for objective in (None, "val_loss", "val_mse", "val_mae", "val_r2"):  # caviar's own measures of fit still are
+        assert nothing_learned(trials((None, 2400.0)), {**dataset, "objective": objective}) is not None
+    assert nothing_learned(trials((None, 2400.0)), {**dataset, "objective": "val_corr"}) is None
+
+
 def test_on_imbalanced_classes_a_log_loss_that_learned_is_told_apart_from_nothing_learned():
     labels = [0] * 371 + [1] * 29  # 93% in class 0: the constant answer's log loss is 0.2601
     stuck = trials((0.9275, 0.2230), (0.9275, 0.2500))  # accuracy at the majority share, log loss below the prior
