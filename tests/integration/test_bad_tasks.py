@@ -154,6 +154,14 @@ CASES = [
         " (… against 0): it broadcasts them, … (on each of the sweep's first 4 configs)",
     ),
     BadTask(
+        "metric_returns_its_number_as_text",  # formatted for a log line: parsed, it would rank on 3 decimals
+        "\nkind = 'regression'\nobjective = 'val_abs_err'\nmode = 'min'\n"
+        "\ndef load_data():\n    return [(x, x.sum(1, keepdims=True)) for x, _ in tiny_task.load_data()]\n"
+        "\ndef build_model(config):\n    return nn.Linear(4, 1)\n"
+        "\ndef metrics(out, y):\n    return {'abs_err': f'{float((out - y).abs().mean()):.3f}'}\n",
+        "metrics: 'abs_err' must be a number, got str ('…'): return the number itself, not its text…",
+    ),
+    BadTask(
         "outputs_in_another_layout",  # channels first against channels last: the same number of values
         "\nkind = 'regression'\n"
         "\ndef load_data():\n    return [(x, np.repeat(x[:, None, :], 2, 1)) for x, _ in tiny_task.load_data()]\n"

@@ -539,6 +539,9 @@ def user_metrics(task: Any, outputs: torch.Tensor, targets: torch.Tensor, split:
     for name, value in result.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise TaskError(f"metrics: name {name!r} must be an identifier such as 'f1'")
+        if isinstance(value, (str, bytes)):  # f"{f1:.3f}", written for a log line: rounded, ranking ties; never parsed
+            raise TaskError(f"metrics: {name!r} must be a number, got {type(value).__name__} ({value!r}): return the "
+                            "number itself, not its text")
         try:
             out[name] = float(value)
         except (TypeError, ValueError):
