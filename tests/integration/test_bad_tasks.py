@@ -162,6 +162,14 @@ CASES = [
         "metrics: 'abs_err' must be a number, got str ('…'): return the number itself, not its text…",
     ),
     BadTask(
+        "mode_without_objective",  # mode written for the task's own Brier score, no objective naming it: the default
+        # val_accuracy would be minimised, keeping the worst trials
+        TINY_DATA + TINY_MODEL + "\nmode = 'min'\n\ndef metrics(out, y):\n    return {'brier': 0.0}\n",
+        "mode = 'min' without an objective: the sweep ranks by val_accuracy, which is better when higher, so it would"
+        " keep its worst trials; name the column mode is about (objective = \"val_<name>\" for a metric your metrics"
+        " returns) or leave mode out",
+    ),
+    BadTask(
         "outputs_in_another_layout",  # channels first against channels last: the same number of values
         "\nkind = 'regression'\n"
         "\ndef load_data():\n    return [(x, np.repeat(x[:, None, :], 2, 1)) for x, _ in tiny_task.load_data()]\n"

@@ -131,6 +131,14 @@ def test_builtin_metrics_per_kind():
     # a regressor trained by the task's own loss (log-rates of counts) is ranked on that loss, not on MSE
     poisson = load_task(os.path.join(TASKS, "poisson_regression_task.py"))
     assert objective_and_mode(poisson, regression) == ("val_loss", "min")
+    # a mode without an objective is about the kind's default column: the way it is better is accepted, not the other
+    bare = load_task(os.path.join(TASKS, "regression_task.py"))
+    bare.mode = "min"
+    assert objective_and_mode(bare, regression) == ("val_mse", "min")
+    bare.mode = "max"
+    with pytest.raises(TaskError, match="mode = 'max' without an objective: the sweep ranks by val_mse, which is "
+                                        "better when lower"):
+        objective_and_mode(bare, regression)
     # the names known without data are the ones reported
     multilabel = resolve_kind(None, splits_of([[1, 1], [0, 1]], [[1, 0]], [[0, 0]]))
     hard = resolve_kind(None, splits_of([0, 1], [1], [0]))

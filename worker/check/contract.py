@@ -48,6 +48,7 @@ from worker.check.validate import (
     warn_if_single_batches,
     warn_if_train_comes_grouped_by_class,
 )
+from worker.data.kinds import objective_and_mode
 from worker.data.seeds import preserved_randomness
 from worker.data.splits import Splits, prepare_task_data
 from worker.data.streams import check_first_batches_repeat
@@ -89,7 +90,8 @@ def _refuse(task: Task, piece: str, exc: BaseException) -> TaskError:
             return TaskError(f"task {task.ref!r}: {piece} raised {describe(exc.__cause__)}")
         text = str(exc)  # caviar's own check: its message names what is wrong
         # e.g. inputs of another dtype than the model: the data; outputs that broadcast against targets: the loss
-        named = text.startswith((piece, "load_data:", "loss_fn", "metrics", "the backward pass", "build_optimizer"))
+        named = text.startswith((piece, "load_data:", "loss_fn", "metrics", "the backward pass", "build_optimizer",
+                                 "mode = "))
         return TaskError(f"task {task.ref!r}: {text if named else f'{piece}: {text}'}")
     return TaskError(f"task {task.ref!r}: {piece} raised {describe(exc)}")
 
@@ -97,7 +99,9 @@ def _refuse(task: Task, piece: str, exc: BaseException) -> TaskError:
 def load_splits(task: Task) -> Splits:
     """``load_data()`` once, its targets checked against the task's kind (worker/data/kinds.py)."""
     try:
-        return prepare_task_data(task)
+        splits = prepare_task_data(task)
+        objective_and_mode(task, splits.target_kind)  # the kind decides the default objective a bare mode is about
+        return splits
     except Exception as exc:
         raise _refuse(task, "load_data", exc) from exc
 

@@ -595,6 +595,13 @@ def objective_and_mode(task: Any, kind: TargetKind) -> tuple[str, str]:
     mode = getattr(task, "mode", None)
     if mode is None:
         mode = default_mode if objective == default_objective else natural_mode(objective)
+    elif getattr(task, "objective", None) is None and mode != default_mode:
+        # mode = "min" written for a metric of the task's own (a Brier score) but no objective naming it: the default
+        # column would be ranked the wrong way round, keeping the worst trials and ensembles, silently
+        better = "higher" if default_mode == "max" else "lower"
+        raise TaskError(f"mode = {mode!r} without an objective: the sweep ranks by {default_objective}, which is "
+                        f"better when {better}, so it would keep its worst trials; name the column mode is about "
+                        f"(objective = \"val_<name>\" for a metric your metrics returns) or leave mode out")
     return objective, mode
 
 
