@@ -53,3 +53,29 @@ def test_a_regression_ranked_by_its_own_correlation_is_never_pruned_as_not_learn
     assert [t["reason"] for t in tables.trials.to_pylist()] == ["max_epochs", "max_epochs"]
     # A resume judges its replayed epochs the same way
     assert read_record(Storage.from_uri(result.path)).baseline_val_loss is None
+
+
+@pytest.mark.parametrize("task_file, objective", [("metric43_offset_regression_task.py", "val_max_error"),
+                                                  ("metric43_soft_kl_task.py", "val_kl")])
+def test_a_minimised_metric_of_the_tasks_own_ranks_trials_checkpoints_and_ensembles_the_same_way(tmp_path, task_file,
+                                                                                              objective):
+    """Two-output regression near 5000 (a worst-case error returned as a tensor) and soft labels (a KL divergence
+    returned as a numpy float), both lower-is-better, with EMA weights: every score is the metric negated, the best
+    trial and the best single model are the lowest, and the chosen ensemble is the lowest on validation."""
+    result = run_sweep(os.path.join(TASKS, task_file), storage=str(tmp_path), name="min", plan="4x2,2x3", slots=2,
+                       seed=0, pruner="asha", executor="processes")
+    tables = load(result.path)
+    rows = tables.metrics.to_pylist()
+    assert rows and all(r["score"] == pytest.approx(-dict(r["metrics"])[objective]) for r in rows)
+    for trial in tables.trials.to_pylist():
+        mine = [dict(r["metrics"])[objective] for r in rows if r["trial_id"] == trial["trial_id"]]
+        assert trial["best_score"] == pytest.approx(-min(mine))
+    kept = tables.checkpoints.to_pylist()
+    assert all(c["score"] == pytest.approx(-dict(c["metrics"])[objective]) for c in kept)
+    assert {c["weights"] for c in kept} == {"raw", "ema"}
+    records = read_ensembles(Storage.from_uri(result.path))
+    single = next(e for e in records if e.name == "single")
+    chosen = next(e for e in records if e.chosen)
+    assert single.detail["sweep_objective"] == f"{objective} (min)"
+    assert single.detail["val_objective"] == pytest.approx(min(dict(c["metrics"])[objective] for c in kept), rel=1e-3)
+    assert chosen.detail["val_objective"] == min(e.detail["val_objective"] for e in records)
