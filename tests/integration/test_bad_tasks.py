@@ -170,6 +170,15 @@ CASES = [
         " returns) or leave mode out",
     ),
     BadTask(
+        "metric_raises_on_the_test_split",  # scikit-learn's ROC AUC on a test split of one class: raised only as each
+        # trial ended, after all its training, failing every trial and losing its checkpoints
+        "\ndef load_data():\n    train, val, (x, y) = tiny_task.load_data()\n    return train, val, (x, 0 * y)\n"
+        + TINY_MODEL + "\ndef metrics(out, y):\n    if len(set(y.tolist())) < 2:\n"
+        "        raise ValueError('Only one class present in y_true')\n    return {'auc_like': 0.5}\n",
+        "metrics raised ValueError on the test split: Only one class present in y_true (bad_task.py:{raise_line})"
+        " (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
         "outputs_in_another_layout",  # channels first against channels last: the same number of values
         "\nkind = 'regression'\n"
         "\ndef load_data():\n    return [(x, np.repeat(x[:, None, :], 2, 1)) for x, _ in tiny_task.load_data()]\n"

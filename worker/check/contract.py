@@ -87,6 +87,8 @@ def describe(exc: BaseException) -> str:
 def _refuse(task: Task, piece: str, exc: BaseException) -> TaskError:
     if isinstance(exc, TaskError):
         if exc.__cause__ is not None:  # caviar wrapped the user's exception: name that one, where it was raised
+            if str(exc).startswith("metrics raised"):  # its words name the function and the split
+                return TaskError(f"task {task.ref!r}: {describe(exc)}")
             return TaskError(f"task {task.ref!r}: {piece} raised {describe(exc.__cause__)}")
         text = str(exc)  # caviar's own check: its message names what is wrong
         # e.g. inputs of another dtype than the model: the data; outputs that broadcast against targets: the loss

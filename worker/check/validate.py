@@ -134,6 +134,11 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
     x_val = splits.streams["val"] if splits.streams else splits.x_val
     assert x_val is not None
     values, _ = evaluate_split(task, kind, loss_fn, model, x_val, splits.y_val, "val", splits)
+    if task.get("metrics") is not None:
+        # Test is scored as each trial ends: a metric that cannot take its targets (scikit-learn's ROC AUC raises on
+        # a test split of one class) would fail every trial after all its training, and lose its checkpoints
+        x_test = splits.streams["test"] if splits.streams else splits.x_test
+        evaluate_split(task, kind, loss_fn, model, x_test, splits.y_test, "test", splits)
     objective, mode = objective_and_mode(task, kind)
     row: dict[str, Any] = {"val_loss": values["val_loss"], "val_accuracy": values.get("val_accuracy"),
                            "metrics": {k: v for k, v in values.items() if k not in ("val_loss", "val_accuracy")}}
