@@ -92,8 +92,9 @@ class Objective:
             raise TaskError(f"objective {self.name} of {what}: {type(exc).__name__}: {exc}") from exc
 
     def loss(self, value: float | None) -> float:
-        """Lower is better: the value, negated when maximised; NaN (or none) ranks last."""
-        if value is None or math.isnan(value):
+        """Lower is better: the value, negated when maximised; NaN, infinite (or none) ranks last: a metric of +inf
+        under mode max (a likelihood that overflowed) would otherwise rank best."""
+        if value is None or not math.isfinite(value):
             return math.inf
         return value if self.mode == "min" else -value
 

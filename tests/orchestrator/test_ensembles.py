@@ -477,3 +477,11 @@ def test_an_objective_that_raises_names_itself_and_the_ensemble() -> None:
                                                                                  fails_on_mixtures))
     with pytest.raises(ConfigError, match="mode: 'lowest' is not one of min, max"):
         Objective("val_brier", "lowest", broken)
+
+
+def test_an_infinite_objective_ranks_last_in_either_direction():
+    """A metric that overflowed to +inf under mode max ranked best in ensemble selection (only NaN ranked last)."""
+    for mode, good, bad in (("max", 0.9, math.inf), ("min", 0.1, -math.inf)):
+        objective = Objective("val_mine", mode, lambda *_: {})
+        assert objective.loss(good) < objective.loss(bad) == math.inf
+        assert objective.loss(math.nan) == objective.loss(None) == math.inf
