@@ -22,7 +22,8 @@ def ensemble(
     metric: Annotated[str | None, typer.Option(
         help="Validation metric the builders rank by: accuracy or log_loss (default: accuracy; log_loss for a "
              "sweep ranked on val_loss or val_log_loss).")] = None,
-    choose_by: Annotated[str, typer.Option(help="Validation metric that picks the best ensemble.")] = "log_loss",
+    choose_by: Annotated[str | None, typer.Option(
+        help="Validation metric that picks the best ensemble: accuracy or log_loss (default: log_loss).")] = None,
     device: Annotated[str, typer.Option(help="Where the soup is evaluated: auto, cpu or cuda.")] = "auto",
     task: Annotated[str | None, typer.Option(
         help="Your task file: builds the soup's models and scores the sweep's objective (a task metric).")] = None,
@@ -107,14 +108,31 @@ def ensemble(
 
             return ensemble_objective(None, dataset)
     try:
-        records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup, choose_by=choose_by,
-                                  objective_for=objective_for)
+        records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup,
+                                  choose_by=choose_by or "log_loss", objective_for=objective_for)
     except CaviarError:
         raise
     except Exception as exc:  # the user's model code, torch: one line naming it, as every CLI error
         message = (" ".join(str(exc).split()) or "(no message)")[:500]
         fail(f"building ensembles of {sweep}: {type(exc).__name__}: {message}")
+    unused = unused_choice_options(records, kind, metric=metric, choose_by=choose_by)
+    if unused:
+        typer.echo(unused, err=True)
     print_ensembles(records)
+
+
+def unused_choice_options(records: Sequence[Any], kind: str | None, *, metric: str | None,
+                          choose_by: str | None) -> str | None:
+    """One line when --metric or --choose-by was given but did not rank or choose: a regression's ensembles go by
+    validation MSE, and a sweep's own objective (a task metric) replaces both."""
+    given = [f"--{name.replace('_', '-')} {value}" for name, value in (("metric", metric), ("choose_by", choose_by))
+             if value]
+    chosen_by = records[0].detail.get("chosen_by") if records else None
+    if not given or chosen_by in (None, "val_accuracy", "val_log_loss"):
+        return None
+    why = "a regression's ensembles are ranked and chosen by " if kind == "regression" and chosen_by == "val_mse" \
+        else "the sweep's objective ranked and chose instead: "
+    return f"caviar: {' and '.join(given)} not used: {why}{chosen_by}"
 
 
 def relative_error_cut(single_accuracy: float | None, accuracy: float | None) -> float | None:

@@ -177,6 +177,12 @@ def test_custom_metric_with_mode_min_is_the_score(ray_session, storage_dir):
     assert trusted.exit_code == 0, trusted.output
     assert "brier val / test" in trusted.output and "not by the sweep's objective" not in trusted.output
     assert all(r.detail["chosen_by"] == "val_brier" for r in read_ensembles(Storage.from_uri(result.path)))
+    # --choose-by beside an objective that chooses was ignored without a word
+    asked = CliRunner().invoke(app, ["ensemble", result.path, "-m", "top_k", "--trust-task-code", "--choose-by",
+                                     "accuracy"])
+    assert asked.exit_code == 0, asked.output
+    assert "caviar: --choose-by accuracy not used: the sweep's objective ranked and chose instead: val_brier" in \
+        asked.output
 
 
 def test_a_custom_loss_fn_with_objective_val_loss_chooses_the_ensemble(ray_session, storage_dir):
@@ -255,6 +261,13 @@ def test_a_regression_sweeps_seed_copies_make_a_seeds_ensemble(storage_dir):
     predicted = load_ensemble(result.path, name="seeds", trust_task_code=True).predict(torch.from_numpy(x_test))
     assert seeds.test_mse == pytest.approx(float(np.mean((predicted.numpy() - y_test.astype(np.float64)) ** 2)),
                                            rel=1e-4)
+    # a regression's ensembles go by validation MSE: --metric and --choose-by were ignored without a word
+    asked = CliRunner().invoke(app, ["ensemble", result.path, "--metric", "accuracy", "--choose-by", "accuracy"])
+    assert asked.exit_code == 0, asked.output
+    assert ("caviar: --metric accuracy and --choose-by accuracy not used: a regression's ensembles are ranked and "
+            "chosen by val_mse") in asked.output
+    plain = CliRunner().invoke(app, ["ensemble", result.path])
+    assert plain.exit_code == 0 and "not used" not in plain.output
 
 
 def test_overwriting_a_sweep_leaves_nothing_of_the_old_ones_objective(storage_dir):
