@@ -443,5 +443,7 @@ def test_a_sweep_without_predictions_still_names_its_objective(storage_dir):
     assert f"{-result.best_score:.4f}" in top.output and f"{result.best_score:.4f}" not in top.output
     rebuilt = CliRunner().invoke(app, ["ensemble", result.path])
     assert rebuilt.exit_code == 2 and 'prediction_dtype = "none"' in rebuilt.output and "soup" not in rebuilt.output
-    with pytest.raises(Exception, match="none can be built"):
-        load_ensemble(result.path, trust_task_code=True)
+    model = load_ensemble(result.path, trust_task_code=True)  # the answer: its best checkpoint (no ensembles)
+    assert model.record is None and len(model.members) == 1
+    with pytest.raises(Exception, match='ran with prediction_dtype = "none"'):
+        load_ensemble(result.path, name="top_k", trust_task_code=True)
