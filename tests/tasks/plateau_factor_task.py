@@ -6,22 +6,14 @@ at the high edge of its range, so the next stage extends the range upward.
 
 from __future__ import annotations
 
-import numpy as np
-from torch import nn
+import os
+import sys
 
-from orchestrator.search.space import loguniform, uniform
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from uniform_beta_task import build_model, load_data  # noqa: E402, F401  (the same linear data and model)
+
+from orchestrator.search.space import loguniform, uniform  # noqa: E402
 
 kind = "regression"
 space = {"optimizer": "adam", "lr": loguniform(1e-3, 3e-2), "schedule": "plateau", "decay_rate": uniform(0.1, 0.9),
          "batch_size": 32}
-
-
-def load_data():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 4)).astype(np.float32)
-    y = (x @ np.array([1.0, -2.0, 0.5, 3.0])).astype(np.float32)
-    return (x[:300], y[:300]), (x[300:350], y[300:350]), (x[350:], y[350:])
-
-
-def build_model(config):
-    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
