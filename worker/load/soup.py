@@ -39,7 +39,7 @@ from orchestrator.spec.task import Task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, sha256
 from worker.data.kinds import IGNORE_INDEX, class_labels, class_scores, labelled
-from worker.data.seeds import seeded_randomness
+from worker.data.seeds import preserved_randomness, seeded_randomness
 from worker.data.splits import Splits, prepare
 from worker.load.ensemble_model import SweepModels
 from worker.train.trainer import materialise_lazy, model_outputs, pick_device
@@ -285,6 +285,9 @@ def soup_builder(storage: Storage, task: Task, device: str = "auto", max_ingredi
     loads (``load_data``, else the task's) only if a soup is asked for."""
 
     def build(ranked: Sequence[CandidateKey], metric: str, objective: Objective | None = None) -> SoupResult | None:
-        return Soup(storage, task, device, max_ingredients, load_data, splits).build(ranked, metric, objective)
+        # It runs in the caller's process (run_sweep in a notebook): each build_model draws its initial weights
+        # from torch's global generator, which the caller's next draws would otherwise start from.
+        with preserved_randomness(pick_device(device)):
+            return Soup(storage, task, device, max_ingredients, load_data, splits).build(ranked, metric, objective)
 
     return build
