@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import random
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +27,7 @@ from cluster.fused_setup import choose_backend
 from cluster.jobs import EXCLUDES, TOKEN_ADVICE, enable_token_auth, is_local_path, local_folder, storage_excludes
 from cluster.pool import RayBackend, Resources
 from cluster.ray_logs import apply_deferred, ray_log_path, stderr_to_ray_log
+from orchestrator.decide import interrupt
 from orchestrator.decide.backend import Backend
 from orchestrator.decide.fusing import FusePlan
 from orchestrator.errors import CaviarError, ClusterError, ConfigError
@@ -186,8 +189,20 @@ def start_private_ray(runtime_env: dict[str, Any], *, dashboard: bool = False, d
     """
     log.warning("caviar: starting a private Ray on this machine (pass --address auto to join a running cluster, "
                 "or --executor processes to train in child processes without Ray)")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
-             runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING, configure_logging=False)
+    # A Ctrl-C waits the seconds Ray takes to start, then stops the sweep; ray.init draws from Python's global
+    # generator, which is the caller's (a notebook's next random.random() would follow from Ray's draws)
+    with interrupt.deferred_stop(), python_random_kept():
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
+                 runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING, configure_logging=False)
+
+
+@contextmanager
+def python_random_kept() -> Iterator[None]:
+    state = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 def auth_hint(reason: str) -> str:

@@ -57,6 +57,35 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+@contextmanager
+def deferred_stop() -> Iterator[None]:
+    """Within the block a first SIGINT or SIGTERM is held, then raised as :class:`SweepInterrupted` when it ends.
+
+    For a step that must not stop half-way: ``ray.init`` stopped while it starts a private Ray leaves that Ray's
+    processes running with nothing to reach or end them, and a notebook's next sweep starts another beside them.
+    A second signal still exits at once. Outside :func:`stop_on_signals` (or off the main thread) a no-op.
+    """
+    if not _state["active"] or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if held or _state["requested"]:
+            _handler(signum, frame)  # the second: exits now
+        held.append(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _handler)
+    if held:
+        _handler(held[0], None)
+
+
 def keep_handlers(controller: Any = None) -> None:
     """Put the handlers back where another took them over (``ray.init`` installs its own SIGTERM handler).
 
