@@ -112,13 +112,21 @@ class RunSettings:
         _check("checkpoint_seconds", _num(self.checkpoint_seconds) and self.checkpoint_seconds >= 0, "a number >= 0")
         _check("max_retries", _int(self.max_retries) and self.max_retries >= 0, "an integer >= 0")
         _check("fail_fast", _int(self.fail_fast) and self.fail_fast >= 1, "a positive integer")
-        _check("extend_edges", isinstance(self.extend_edges, bool), "true or false")
+        # A string is a slip (TOML's overwrite = "false", a notebook's overwrite="no") that reads as true: refused,
+        # or it would replace the sweep it meant to keep.
+        for name in ("extend_edges", "overwrite", "ensemble", "shared_storage", "dashboard"):
+            _check(name, isinstance(getattr(self, name), bool), "true or false")
+        for name in ("name", "address", "plan"):
+            _check(name, getattr(self, name) is None or isinstance(getattr(self, name), str), "a string")
+        _check("dashboard_host", isinstance(self.dashboard_host, str), "a string")
+        _check("resources", isinstance(self.resources, dict), "a mapping of NAME to AMOUNT")
         _check(
             "device",
-            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            isinstance(self.device, str)
+            and (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")),
             "auto, cpu or cuda[:N]",
         )
-        _check("storage", bool(self.storage), "a path or URI")
+        _check("storage", isinstance(self.storage, str) and bool(self.storage), "a path or URI")
         _check("prediction_dtype", self.prediction_dtype in ("float16", "float32", "none"),
                "float16, float32 or none")
         _check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")

@@ -97,3 +97,37 @@ def test_a_stop_signal_in_a_deferred_step_lets_the_step_finish_then_stops_the_sw
             finished.append("the step")
         finished.append("after it")  # never: the held stop is raised as the step ends
     assert finished == ["the step"]
+
+
+REGRESSION_TASK = os.path.join(TASKS, "notebook43_regression_task.py")
+
+
+def test_overwrite_given_as_a_string_is_refused_and_the_sweep_it_would_replace_is_kept(storage_dir):
+    from orchestrator.errors import ConfigError
+    from tests.conftest import folder_digest
+
+    run_sweep(REGRESSION_TASK, storage=storage_dir, name="kept", executor="processes", slots=1, ensemble=False)
+    before = folder_digest(storage_dir)
+    # "false" (TOML's overwrite = "false", a notebook's overwrite="no") is a true value: it replaced the sweep
+    with pytest.raises(ConfigError, match=r"^setting 'overwrite': expected true or false$"):
+        run_sweep(REGRESSION_TASK, storage=storage_dir, name="kept", executor="processes", overwrite="false")
+    assert folder_digest(storage_dir) == before
+
+
+@pytest.mark.parametrize(("given", "named"), [
+    ({"ensemble": "no"}, "ensemble"),
+    ({"shared_storage": 1}, "shared_storage"),
+    ({"storage": 5}, "storage"),
+    ({"name": 5}, "name"),
+    ({"resources": ["gpu_slot=1"]}, "resources"),
+    ({"device": 0}, "device"),
+    ({"plan": 4}, "plan"),
+])
+def test_a_setting_of_the_wrong_type_is_one_line_naming_it_before_anything_is_written(tmp_path, given, named):
+    from orchestrator.errors import ConfigError
+
+    storage = str(tmp_path / "runs")
+    with pytest.raises(ConfigError) as raised:
+        run_sweep(REGRESSION_TASK, **{"storage": storage, "name": "typed", "executor": "processes", **given})
+    assert str(raised.value).startswith(f"setting '{named}': expected ") and "\n" not in str(raised.value)
+    assert not os.path.exists(os.path.join(storage, "typed"))
