@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import types
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -26,7 +27,7 @@ from orchestrator.app.tables import SweepTables, load, open_sweep  # noqa: F401 
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.pruning import PrunerChoice
 from orchestrator.decide.sweeplog import SweepLog
-from orchestrator.errors import ConfigError, StorageError
+from orchestrator.errors import ConfigError, StorageError, TaskError
 from orchestrator.search.sampler import SamplerChoice
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.stage_policy import StagePolicyChoice
@@ -92,20 +93,22 @@ def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:
 
 
 def run_sweep(
-    task: str | os.PathLike[str] | Task,
+    task: str | os.PathLike[str] | types.ModuleType | Task,
     *,
-    config_file: str | None = None,
+    config_file: str | os.PathLike[str] | None = None,
     on_tick: Callable[[Controller], None] | None = None,
     **overrides: Unpack[RunOptions],
 ) -> SweepResult:
-    """Run a sweep of ``task`` (a path, ``module:attr`` or a loaded Task) and return its result.
+    """Run a sweep of ``task`` (a path, ``module:attr``, an imported task module or a loaded Task); return its result.
 
     Settings come from the task's ``settings``, then ``config_file`` (TOML ``[run]`` and ``[space]``),
     then these keyword arguments (:class:`orchestrator.spec.options.RunOptions` documents each one).
     ``on_tick`` is called with the controller after every step (the CLI's live view uses it).
     """
-    if isinstance(task, (str, os.PathLike)):
-        task = load_task(os.fspath(task))
+    task = task if isinstance(task, Task) else load_task(task_ref_of(task))
+    if isinstance(overrides.get("storage"), os.PathLike):  # a notebook's pathlib.Path("runs")
+        overrides["storage"] = os.fspath(overrides["storage"])
+    config_file = config_file_path(config_file)
     settings, space = build_settings(task, config_file, overrides)
     controller = controller_for(space, settings, choose_plugins(task.settings, overrides))
     if settings.fuse == "off" and settings.array_size != "auto":  # said, not refused: a task may set it for --fuse on
@@ -137,6 +140,32 @@ def run_sweep(
 
     return drive_and_finish(task, settings, root, sweep, name, controller, log, resumed=False,
                             first_writes=first_writes, on_tick=on_tick, splits=splits)
+
+
+def task_ref_of(task: object) -> str:
+    """A task file (a path, ``pathlib.Path`` too), ``module:attr``, or an imported module: the reference workers
+    load it by; anything else is refused in one line naming the argument."""
+    if isinstance(task, os.PathLike):
+        return os.fspath(task)  # type: ignore[return-value]
+    if isinstance(task, types.ModuleType):
+        path = getattr(task, "__file__", None)
+        if not path or not path.endswith(".py"):  # a notebook's __main__, or a module built in memory
+            raise TaskError(f"task: module {task.__name__!r} has no .py file that workers could import; write the "
+                            "task (space, load_data, build_model) to a .py file and pass its path")
+        return path
+    if not isinstance(task, str):
+        raise TaskError(f"task: expected a task file's path, 'module:attr', a module or a loaded Task, got "
+                        f"{type(task).__name__}")
+    return task
+
+
+def config_file_path(config_file: object) -> str | None:
+    if config_file is None or isinstance(config_file, str):
+        return config_file
+    if isinstance(config_file, os.PathLike):
+        return os.fspath(config_file)  # type: ignore[return-value]
+    # open() takes an int as a file descriptor: config_file=3 read, then closed, whatever this process had open there
+    raise ConfigError(f"config_file: expected a TOML file's path, got {type(config_file).__name__}")
 
 
 def sweep_row(task: Task, settings: RunSettings, space: SearchSpace, name: str) -> dict[str, Any]:

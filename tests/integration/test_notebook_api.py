@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -131,3 +132,48 @@ def test_a_setting_of_the_wrong_type_is_one_line_naming_it_before_anything_is_wr
         run_sweep(REGRESSION_TASK, **{"storage": storage, "name": "typed", "executor": "processes", **given})
     assert str(raised.value).startswith(f"setting '{named}': expected ") and "\n" not in str(raised.value)
     assert not os.path.exists(os.path.join(storage, "typed"))
+
+
+def test_a_notebook_passes_pathlib_paths_and_an_imported_task_module(tmp_path, monkeypatch):
+    import importlib
+    from pathlib import Path
+
+    from orchestrator.app.api import load
+
+    config = tmp_path / "sweep.toml"
+    config.write_text("[run]\ntrials = 2\nepochs = 1\n")
+    storage = tmp_path / "runs"
+    # before: AttributeError 'PosixPath' object has no attribute 'settings', TypeError for the storage
+    result = run_sweep(Path(REGRESSION_TASK), storage=storage, config_file=config, name="paths",
+                       executor="processes", ensemble=False)
+    assert result.path == str(storage / "paths")
+    assert load(storage / "paths").trials.num_rows == 2
+    monkeypatch.syspath_prepend(TASKS)
+    module = importlib.import_module("notebook43_regression_task")
+    result = run_sweep(module, storage=str(storage), name="module", executor="processes", ensemble=False, trials=2,
+                       epochs=1)
+    assert load(result.path).trials.num_rows == 2
+
+
+@pytest.mark.parametrize(("task", "config_file", "says"), [
+    (3, None, "task: expected a task file's path, 'module:attr', a module or a loaded Task, got int"),
+    ("__main__", 3, "config_file: expected a TOML file's path, got int"),
+])
+def test_a_task_or_config_file_of_the_wrong_type_is_one_line_naming_it(tmp_path, task, config_file, says):
+    from orchestrator.errors import CaviarError
+
+    if task == "__main__":
+        task = REGRESSION_TASK
+    # before: TypeError; and open() took config_file=3 as a file descriptor, read it, then closed it
+    with pytest.raises(CaviarError, match=f"^{re.escape(says)}$"):
+        run_sweep(task, config_file=config_file, storage=str(tmp_path / "runs"), executor="processes")
+
+
+def test_a_module_without_a_file_is_refused_naming_the_task(tmp_path):
+    import types
+
+    from orchestrator.errors import TaskError
+
+    in_memory = types.ModuleType("notebook_cell_task")
+    with pytest.raises(TaskError, match="^task: module 'notebook_cell_task' has no .py file"):
+        run_sweep(in_memory, storage=str(tmp_path / "runs"), executor="processes")
