@@ -44,6 +44,7 @@ from orchestrator.spec.builtin_values import check_builtin_values, with_builtin_
 from orchestrator.spec.settings import RunSettings, ray_joined, read_toml
 from orchestrator.spec.task import Task, fusing_limits
 from orchestrator.store import schema
+from orchestrator.store.lease import LEASE_PATH
 from orchestrator.store.storage import Storage, redact_uri
 
 log = logging.getLogger("caviar")
@@ -232,7 +233,28 @@ def drive_and_finish(
                 raise
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a resumable sweep, said so
             raise interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri)) from None
+        except BaseException:
+            leave_resumable(sweep, controller, log)
+            raise
     return finish_sweep(task, settings, sweep, name, controller, log, prefetch=prefetch, splits=splits)
+
+
+def leave_resumable(sweep: Storage, controller: Controller, log: SweepLog) -> None:
+    """After an error ended the trials: what is known written and the lease let go, as a stop signal leaves it.
+
+    The caller's process goes on (a notebook, a script that catches the error): a lease its live process still held
+    refused ``resume_sweep`` and ``overwrite`` of the sweep there until the process ended.
+    """
+    try:
+        if sweep.exists(schema.SWEEP_PATH):  # not a refused start whose folder went (forget_refused_sweep)
+            interrupt.mark_interrupted(controller)
+            log.flush(controller, force=True)
+    except Exception as exc:  # the error being raised says more than this one
+        logging.getLogger("caviar").warning("caviar: the sweep's last writes after the error failed too: %s: %s",
+                                            type(exc).__name__, exc)
+    finally:
+        if log.lease is not None and sweep.exists(LEASE_PATH):
+            log.lease.release()
 
 
 def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, name: str, controller: Controller,

@@ -177,3 +177,20 @@ def test_a_module_without_a_file_is_refused_naming_the_task(tmp_path):
     in_memory = types.ModuleType("notebook_cell_task")
     with pytest.raises(TaskError, match="^task: module 'notebook_cell_task' has no .py file"):
         run_sweep(in_memory, storage=str(tmp_path / "runs"), executor="processes")
+
+
+def test_an_error_from_the_callers_on_tick_leaves_a_sweep_this_process_can_resume(storage_dir):
+    from orchestrator.app.api import load, resume_sweep
+
+    def broken_progress_bar(controller):
+        if any(str(t.status) == "running" for t in controller.trials.values()):
+            raise ValueError("progress bar broke")
+
+    with pytest.raises(ValueError, match="progress bar broke"):
+        run_sweep(REGRESSION_TASK, storage=storage_dir, name="ticked", executor="processes", slots=1,
+                  ensemble=False, on_tick=broken_progress_bar)
+    path = os.path.join(storage_dir, "ticked")
+    assert "running" not in {t["status"] for t in load(path).trials.to_pylist()}
+    # before: "sweep ... is being written by process <this process>; stop it first", until the kernel restarted
+    result = resume_sweep(path, task=REGRESSION_TASK, executor="processes", slots=1)
+    assert sum(result.counts.values()) == 3 and set(result.counts) <= {"completed", "pruned"}
