@@ -52,6 +52,17 @@ class SweepInterrupted(KeyboardInterrupt):
         self.path = path
         self.during = during  # "sweep": resume it; "ensembles": the trials are whole, only the ensembles are not
 
+    def __str__(self) -> str:
+        """What a notebook shows under the traceback: where the sweep is and how to go on (the CLI prints its own)."""
+        stopped = signal.Signals(self.signum).name
+        if not self.path:
+            return f"{stopped}: the sweep stopped before it began; nothing was written"
+        if self.during == "ensembles":
+            return (f"{stopped}: stopped while building ensembles (the trials are complete); "
+                    f"caviar ensemble {self.path} builds them")
+        return (f"{stopped}: sweep {self.path} stopped, its tables written; resume_sweep({self.path!r}, "
+                "task=YOUR_TASK) continues it")
+
 
 class IllegalTransition(RuntimeError):
     """A trial asked to move between statuses its state machine does not allow (a bug, never user input)."""

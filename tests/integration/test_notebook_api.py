@@ -194,3 +194,23 @@ def test_an_error_from_the_callers_on_tick_leaves_a_sweep_this_process_can_resum
     # before: "sweep ... is being written by process <this process>; stop it first", until the kernel restarted
     result = resume_sweep(path, task=REGRESSION_TASK, executor="processes", slots=1)
     assert sum(result.counts.values()) == 3 and set(result.counts) <= {"completed", "pruned"}
+
+
+def test_the_stop_button_mid_sweep_says_how_to_resume_and_the_same_process_resumes_it(storage_dir):
+    from orchestrator.app.api import load, resume_sweep
+    from orchestrator.errors import SweepInterrupted
+
+    def stop_button(controller):  # a notebook's stop button: SIGINT to the kernel while a trial trains
+        if any(str(t.status) == "running" for t in controller.trials.values()):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    path = os.path.join(storage_dir, "stopped")
+    with pytest.raises(SweepInterrupted) as stopped:
+        run_sweep(REGRESSION_TASK, storage=storage_dir, name="stopped", executor="processes", slots=1,
+                  ensemble=False, on_tick=stop_button)
+    # before: "SIGINT" alone under the notebook's traceback
+    assert str(stopped.value) == (f"SIGINT: sweep {path} stopped, its tables written; resume_sweep({path!r}, "
+                                  "task=YOUR_TASK) continues it")
+    assert "interrupted" in {t["status"] for t in load(path).trials.to_pylist()}
+    result = resume_sweep(path, task=REGRESSION_TASK, executor="processes", slots=1)
+    assert sum(result.counts.values()) == 3 and set(result.counts) <= {"completed", "pruned"}
