@@ -214,3 +214,20 @@ def test_the_stop_button_mid_sweep_says_how_to_resume_and_the_same_process_resum
     assert "interrupted" in {t["status"] for t in load(path).trials.to_pylist()}
     result = resume_sweep(path, task=REGRESSION_TASK, executor="processes", slots=1)
     assert sum(result.counts.values()) == 3 and set(result.counts) <= {"completed", "pruned"}
+
+
+def test_a_script_without_a_main_guard_runs_once_when_its_workers_are_spawned(tmp_path):
+    # The README's scripts have no `if __name__ == "__main__":`; cpus_per_trial 2 spawns the workers (as a resume and
+    # streamed data do), and each spawned child ran the script again: its run_sweep died in every worker.
+    script = tmp_path / "sweep_script.py"
+    script.write_text(textwrap.dedent(f"""
+        from orchestrator.app.api import run_sweep
+        print("script body", flush=True)
+        result = run_sweep({REGRESSION_TASK!r}, storage={str(tmp_path / "runs")!r}, cpus_per_trial=2, slots=1,
+                           executor="processes", ensemble=False, trials=2, epochs=1)
+        print("trials", sum(result.counts.values()), flush=True)
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["script body", "trials 2"]

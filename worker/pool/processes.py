@@ -26,7 +26,8 @@ import sys
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -158,9 +159,29 @@ def start_worker(context: Any, args: tuple[Any, ...], *, replacement: bool = Fal
     master_end, child_end = context.Pipe()
     _MASTER_ENDS.add(master_end)
     process = context.Process(target=serve, args=(child_end, os.getpid(), *args, fused), name="caviar-worker")
-    process.start()
+    with callers_main_left_out(context):
+        process.start()
     child_end.close()
     return ChildWorker(process, master_end, replacement=replacement)
+
+
+@contextmanager
+def callers_main_left_out(context: Any) -> Iterator[None]:
+    """A spawned child runs the caller's ``__main__`` script (or ``-m`` module) again before :func:`serve`; one without
+    an ``if __name__ == "__main__":`` guard called run_sweep again in every worker, which died of it. ``serve`` needs
+    nothing from it (the task comes by reference), so the start is told of no main module."""
+    main = sys.modules.get("__main__")
+    if context.get_start_method() != "spawn" or main is None:
+        yield
+        return
+    file, spec = main.__dict__.pop("__file__", None), getattr(main, "__spec__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__spec__ = spec
+        if file is not None:
+            main.__file__ = file
 
 
 @dataclass
