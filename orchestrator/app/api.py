@@ -183,7 +183,7 @@ def sweep_row(task: Task, settings: RunSettings, space: SearchSpace, name: str) 
 
 
 def resume_sweep(path: str | os.PathLike[str], *, on_tick: Callable[[Controller], None] | None = None,
-                 task: str | os.PathLike[str] | Task | None = None,
+                 task: str | os.PathLike[str] | types.ModuleType | Task | None = None,
                  trust_task_code: bool = False, pruner: PrunerChoice | None = None,
                  sampler: SamplerChoice | None = None, stage_policy: StagePolicyChoice | None = None,
                  **overrides: Unpack[ResumeOptions]) -> SweepResult:
@@ -192,6 +192,8 @@ def resume_sweep(path: str | os.PathLike[str], *, on_tick: Callable[[Controller]
     Its task code runs again: pass ``task`` (your task file) or ``trust_task_code=True`` (the copy in the sweep).
     A ``task`` file whose bytes differ from the sweep's stored copy is refused (``TaskError``) before anything runs.
     """
+    if task is not None and not isinstance(task, Task):
+        task = task_ref_of(task)  # a pathlib.Path or an imported module, as run_sweep takes them
     return resume.resume_sweep(path, on_tick=on_tick, task=task, trust_task_code=trust_task_code,
                                plugins=PlugIns(pruner, sampler, stage_policy), **overrides)
 

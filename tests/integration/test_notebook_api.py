@@ -231,3 +231,15 @@ def test_a_script_without_a_main_guard_runs_once_when_its_workers_are_spawned(tm
                          env={**os.environ, "PYTHONPATH": ROOT})
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.splitlines() == ["script body", "trials 2"]
+
+
+def test_resume_sweep_takes_pathlib_paths_for_the_sweep_and_the_task(storage_dir):
+    from pathlib import Path
+
+    from orchestrator.app.api import resume_sweep
+
+    result = run_sweep(REGRESSION_TASK, storage=storage_dir, name="done", executor="processes", slots=1,
+                       ensemble=False, trials=2, epochs=1)
+    # before: AttributeError: 'PosixPath' object has no attribute 'partition'
+    again = resume_sweep(Path(result.path), task=Path(REGRESSION_TASK), executor="processes")
+    assert again.note is not None and "nothing to resume" in again.note
