@@ -105,6 +105,7 @@ def run_sweep(
     then these keyword arguments (:class:`orchestrator.spec.options.RunOptions` documents each one).
     ``on_tick`` is called with the controller after every step (the CLI's live view uses it).
     """
+    check_on_tick(on_tick)
     task = task if isinstance(task, Task) else load_task(task_ref_of(task))
     if isinstance(overrides.get("storage"), os.PathLike):  # a notebook's pathlib.Path("runs")
         overrides["storage"] = os.fspath(overrides["storage"])
@@ -159,6 +160,13 @@ def task_ref_of(task: object) -> str:
     return task
 
 
+def check_on_tick(on_tick: object) -> None:
+    """Refused before anything runs: called first after the sweep's folder is claimed, it failed there."""
+    if on_tick is not None and not callable(on_tick):
+        raise ConfigError(f"on_tick: expected a function of the controller, called after every step, got "
+                          f"{type(on_tick).__name__}")
+
+
 def config_file_path(config_file: object) -> str | None:
     if config_file is None or isinstance(config_file, str):
         return config_file
@@ -192,6 +200,7 @@ def resume_sweep(path: str | os.PathLike[str], *, on_tick: Callable[[Controller]
     Its task code runs again: pass ``task`` (your task file) or ``trust_task_code=True`` (the copy in the sweep).
     A ``task`` file whose bytes differ from the sweep's stored copy is refused (``TaskError``) before anything runs.
     """
+    check_on_tick(on_tick)
     if task is not None and not isinstance(task, Task):
         task = task_ref_of(task)  # a pathlib.Path or an imported module, as run_sweep takes them
     return resume.resume_sweep(path, on_tick=on_tick, task=task, trust_task_code=trust_task_code,

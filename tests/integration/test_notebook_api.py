@@ -243,3 +243,14 @@ def test_resume_sweep_takes_pathlib_paths_for_the_sweep_and_the_task(storage_dir
     # before: AttributeError: 'PosixPath' object has no attribute 'partition'
     again = resume_sweep(Path(result.path), task=Path(REGRESSION_TASK), executor="processes")
     assert again.note is not None and "nothing to resume" in again.note
+
+
+def test_an_on_tick_that_is_not_callable_is_one_line_before_anything_is_written(tmp_path):
+    from orchestrator.errors import ConfigError
+
+    storage = str(tmp_path / "runs")
+    # before: TypeError: 'int' object is not callable, from inside the sweep, its folder left behind
+    with pytest.raises(ConfigError, match="^on_tick: expected a function of the controller, called after every "
+                                          "step, got int$"):
+        run_sweep(REGRESSION_TASK, storage=storage, name="ticks", executor="processes", on_tick=3)
+    assert not os.path.exists(os.path.join(storage, "ticks"))
