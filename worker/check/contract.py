@@ -144,11 +144,18 @@ def refuse_shared_running_statistics(first: torch.nn.Module, second: torch.nn.Mo
             b.copy_(old)
         second.train(was_training)
     if changed:
-        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-        raise TaskError(f"build_model returns models that share the running statistics {changed[0]}{more} with the "
-                        "models it built before (a frozen backbone made once, outside build_model?): training mode "
-                        "updates them, so each trial would move the next one's; copy.deepcopy the backbone in "
-                        "build_model, or keep its BatchNorm layers in eval mode (override the model's train())")
+        raise _shared(f"the running statistics {_named(changed)}", "a frozen backbone made once, outside build_model?",
+                      "training mode updates them, so each trial would move the next one's; copy.deepcopy the "
+                      "backbone in build_model, or keep its BatchNorm layers in eval mode (override the model's "
+                      "train())")
+
+
+def _named(names: list[str]) -> str:
+    return names[0] + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+
+
+def _shared(what: str, guess: str, why: str) -> TaskError:
+    return TaskError(f"build_model returns models that share {what} with the models it built before ({guess}): {why}")
 
 
 def refuse_shared_weights(first: torch.nn.Module, second: torch.nn.Module) -> None:
@@ -158,11 +165,9 @@ def refuse_shared_weights(first: torch.nn.Module, second: torch.nn.Module) -> No
     owned = {id(p): name for name, p in first.named_parameters() if p.requires_grad}
     shared = [name for name, p in second.named_parameters() if id(p) in owned]
     if shared:
-        more = f" (and {len(shared) - 1} more)" if len(shared) > 1 else ""
-        raise TaskError(f"build_model returns models that share the trainable parameter {shared[0]}{more} with "
-                        "the models it built before (a module made once, outside build_model?): each trial would "
-                        "start from the weights the one before it trained; build it inside build_model, or "
-                        "copy.deepcopy it there (a frozen one, requires_grad False, may be shared)")
+        raise _shared(f"the trainable parameter {_named(shared)}", "a module made once, outside build_model?",
+                      "each trial would start from the weights the one before it trained; build it inside "
+                      "build_model, or copy.deepcopy it there (a frozen one, requires_grad False, may be shared)")
 
 
 def validate_contract(task: Task, configs: Sequence[Mapping[str, Any]], settings: Any = None,
