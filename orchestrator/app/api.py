@@ -64,7 +64,8 @@ def refuse_a_taken_name(sweep: Storage, overwrite: bool) -> None:
     """A new sweep never lands on an earlier one (or one being written) unless ``overwrite`` says so."""
     if not overwrite and is_taken(sweep):
         raise StorageError(
-            f"sweep {redact_uri(sweep.uri)!r} already exists (pass --overwrite to replace it, or another --name)"
+            f"sweep {redact_uri(sweep.uri)!r} already exists (pass --overwrite to replace it, or another --name; "
+            "from Python: overwrite=True or name=...)"
         )
 
 

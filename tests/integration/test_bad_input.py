@@ -242,7 +242,8 @@ CASES = [
     Case(
         "sweep_exists",
         (*RUN, "--name", "done"),
-        E + "sweep '{sweep}' already exists (pass --overwrite to replace it, or another --name)",
+        E + "sweep '{sweep}' already exists (pass --overwrite to replace it, or another --name; from Python: "
+            "overwrite=True or name=...)",
     ),
     Case(
         "name_parent_traversal",
