@@ -134,15 +134,27 @@ def _log_loss_learned(trials: list[Any], labels: list[Any]) -> str | None:
 
 def _scale_hint(dataset: Mapping[str, Any]) -> str:
     """Targets far from unit scale that were not standardised: the usual reason a regressor learns nothing."""
-    values = [v for v in dataset.get("y_val_values") or [] if _finite(v)]
-    if dataset.get("target_std") is not None or len(values) < 2:
+    if dataset.get("target_std") is not None:
         return ""
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    if max(abs(mean), sd) < 10.0:
+    width = math.prod(dataset.get("target_shape") or [])  # values are stored flat, example after example
+    stored = list(dataset.get("y_val_values") or [])
+    columns = [stored[i::width] for i in range(width)] if width > 1 and len(stored) % width == 0 else [stored]
+    shown = []
+    for column in columns:  # each output on its own: +5000 and -4000 pooled read as "mean 500, sd 4.5e3"
+        values = [v for v in column if _finite(v)]
+        if len(values) < 2:
+            return ""
+        mean = sum(values) / len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        shown.append((mean, sd))
+    if max(max(abs(mean), sd) for mean, sd in shown) < 10.0:
         return ""
-    return (f"; the targets (val mean {mean:.3g}, sd {sd:.3g}) are trained on as they are: set "
-            "standardize_targets = True")
+    if len(shown) == 1:
+        described = f"val mean {shown[0][0]:.3g}, sd {shown[0][1]:.3g}"
+    else:
+        described = "val means " + ", ".join(f"{m:.3g}" for m, _ in shown[:4]) + (", ..." if len(shown) > 4 else "") \
+            + "; sds " + ", ".join(f"{sd:.3g}" for _, sd in shown[:4]) + (", ..." if len(shown) > 4 else "")
+    return f"; the targets ({described}) are trained on as they are: set standardize_targets = True"
 
 
 def _finite(value: Any) -> bool:

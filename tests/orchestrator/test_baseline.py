@@ -42,6 +42,11 @@ def test_a_regressor_no_better_than_the_training_mean_is_named():
         "and the data; the targets (val mean 3e+05, sd 8e+04) are trained on as they are: set standardize_targets = "
         "True")
     assert "standardize_targets" not in nothing_learned(trials((None, 9.3e10)), {**prices, "target_std": [8e4]})
+    # Two outputs near +5000 and -4000, stored flat: pooled, they read "val mean 500, sd 4.9e+03"; each on its own
+    two = {"baseline_val_loss": 1e4, "y_val_values": [5000.0, -4000.0, 5010.0, -4020.0, 4990.0, -3980.0],
+           "target_std": None, "target_shape": [2]}
+    assert nothing_learned(trials((None, 2e4)), two).endswith(
+        "the targets (val means 5e+03, -4e+03; sds 10, 20) are trained on as they are: set standardize_targets = True")
     assert nothing_learned(trials((None, 9.9)), {"baseline_val_loss": None}) is None  # a custom loss: no baseline
     assert nothing_learned(trials((None, math.inf)), dataset) is None
     assert nothing_learned([], {}) is None
