@@ -117,7 +117,7 @@ def build_settings(
         space = space.with_overrides(space_part)
         layers.append(run_part)
     settings = settings.merged(_named(overrides)).validate()
-    check_plan_agrees(settings, [*layers, overrides])
+    settings = check_plan_agrees(settings, [*layers, overrides])
     check_precision_reaches_the_loop(task, settings.precision)
     own_optimizer = getattr(getattr(task, "namespace", None), "build_optimizer", None) is not None
     check_builtin_values(space, own_optimizer=own_optimizer)
@@ -133,15 +133,16 @@ def check_precision_reaches_the_loop(task: Task, precision: str) -> None:
                           f"and wrap them in torch.autocast(...) inside train_epoch")
 
 
-def check_plan_agrees(settings: RunSettings, layers: Sequence[Mapping[str, Any]]) -> None:
+def check_plan_agrees(settings: RunSettings, layers: Sequence[Mapping[str, Any]]) -> RunSettings:
     """A plan fixes the trials, the epochs and the stages: one of those given beside it (in the same place or a
-    later one: the task, the TOML file, the command line) that says otherwise is refused, not silently dropped."""
+    later one: the task, the TOML file, the command line) that says otherwise is refused, not silently dropped.
+    Returns ``settings`` holding the plan's numbers, so the sweep row records what ran, not an earlier place's."""
 
     def layer_of(key: str) -> int:
         return max((i for i, layer in enumerate(layers) if layer.get(key) is not None), default=-1)
 
     if settings.plan is None:
-        return
+        return settings
     plan = parse_plan(settings.plan)
     implied = {"trials": sum(s.trials for s in plan), "epochs": max(s.epochs for s in plan), "stages": len(plan)}
     for key, value in implied.items():
@@ -149,6 +150,7 @@ def check_plan_agrees(settings: RunSettings, layers: Sequence[Mapping[str, Any]]
         if layer_of(key) >= layer_of("plan") and given is not None and given != value:
             raise ConfigError(f"setting '{key}': {given}, but plan {settings.plan!r} gives {value}; give one of "
                               "the two (the plan decides trials, epochs and stages)")
+    return replace(settings, **implied)
 
 
 def plan_for(settings: RunSettings) -> list[Stage]:

@@ -252,6 +252,9 @@ def test_trials_epochs_or_stages_given_beside_a_plan_must_agree_with_it(tmp_path
             settings(plan="4x1,2x3", **{key: value})
     # A plan given later overrides what an earlier place said (the task's defaults, then the TOML file)...
     assert settings({"trials": 4, "epochs": 2}, plan="4x1,2x3").plan == "4x1,2x3"
+    # ...and the settings (the sweep row) hold the plan's numbers, not the task's trials 4 and epochs 2 that did not run
+    overridden = settings({"trials": 4, "epochs": 2}, toml='plan = "4x1,2x3"\n')
+    assert (overridden.trials, overridden.epochs, overridden.stages) == (6, 3, 2)
     assert settings(toml='trials = 96\nepochs = 20\n', plan="4x1,2x3").plan == "4x1,2x3"
     # ...but beside it, or after it, a number that disagrees is refused: nothing the user wrote is dropped silently.
     with pytest.raises(ConfigError, match="^setting 'trials': 96, but plan"):
