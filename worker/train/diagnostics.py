@@ -74,7 +74,7 @@ class UpdateProbe:
         zero = torch.zeros((), device=next(iter(self.params.values())).device)
         weights = [torch.linalg.vector_norm(self.before[n].float()) for n in names]
         updates = [torch.linalg.vector_norm((self.params[n].detach() - self.before[n]).float()) for n in names]
-        grads = [_grad_norm(self.params[n].grad) if self.params[n].grad is not None else zero for n in names]
+        grads = [gradient_norm(self.params[n].grad) if self.params[n].grad is not None else zero for n in names]
         values = torch.stack([torch.stack(weights), torch.stack(updates), torch.stack(grads)]).tolist()  # one sync
         self.result = {}
         for i, n in enumerate(names):
@@ -198,8 +198,9 @@ def _real_positions(out: torch.Tensor) -> torch.Tensor:
     return torch.cat([t.reshape(-1, t.shape[-1]) if t.dim() >= 1 else t.reshape(1, 1) for t in out.unbind()])
 
 
-def _grad_norm(grad: torch.Tensor) -> torch.Tensor:
-    """A gradient's L2 norm; a sparse one (``nn.Embedding(sparse=True)``) over its coalesced values."""
+def gradient_norm(grad: torch.Tensor) -> torch.Tensor:
+    """One gradient's L2 norm in float32; a sparse one (``nn.Embedding(sparse=True)``) over its coalesced values,
+    which torch's vector norm cannot take."""
     return torch.linalg.vector_norm((grad.coalesce().values() if grad.is_sparse else grad).float())
 
 

@@ -33,7 +33,7 @@ from worker.data.kinds import (
 from worker.data.seeds import host_rng_state, seed_trial, set_host_rng_state
 from worker.data.splits import Splits, batches, skips_single_batch
 from worker.data.streams import Stream
-from worker.train.diagnostics import Diagnostics, DiagnosticsOptions
+from worker.train.diagnostics import Diagnostics, DiagnosticsOptions, gradient_norm
 from worker.train.ema import EmaWeights
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
 
@@ -145,12 +145,6 @@ def _same(state: Mapping[str, torch.Tensor], module: torch.nn.Module) -> bool:
         torch.equal(v.detach(), state[k].to(v.device)) for k, v in current.items())
 
 
-def gradient_norm(grad: torch.Tensor) -> torch.Tensor:
-    """One gradient's L2 norm; a sparse one (``nn.Embedding(sparse=True)``) over its coalesced values, which torch's
-    vector norm cannot take."""
-    return torch.linalg.vector_norm(grad.coalesce().values() if grad.is_sparse else grad)
-
-
 @torch.no_grad()
 def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
     """``clip_grad_norm_``'s total norm, and its clipping when ``max_norm`` is finite, for sparse gradients too
@@ -158,7 +152,7 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     if not any(g.is_sparse for g in grads):
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    total = torch.linalg.vector_norm(torch.stack([gradient_norm(g).float() for g in grads]))
+    total = torch.linalg.vector_norm(torch.stack([gradient_norm(g) for g in grads]))
     if math.isfinite(max_norm):
         scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # as torch's: never scaled up
         for g in grads:
