@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from orchestrator.app.answer import shown_score
 from orchestrator.app.tables import SweepTables, load, open_sweep
+from orchestrator.decide.controller import best_trial_rank
 from orchestrator.search.space import Choice, Distribution, SearchSpace, parse_param
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
@@ -82,7 +83,8 @@ class SweepData:
     def best(self) -> dict[str, Any] | None:
         """The controller's rule (Controller.best): the trials trained longest, then the best score, then the stage."""
         done = [t for t in self.trials if t.get("best_score") is not None and math.isfinite(t["best_score"])]
-        return max(done, key=lambda t: (t.get("max_epochs") or 0, t["best_score"], t["stage"]), default=None)
+        return max(done, key=lambda t: best_trial_rank(t.get("max_epochs") or 0, t["best_score"], t["stage"]),
+                   default=None)
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -72,6 +72,13 @@ class Decision:
     reason: str | None = None
 
 
+def best_trial_rank(max_epochs: int, best_score: float, stage: int) -> tuple[int, float, int]:
+    """The sweep's best trial is the largest of these: the trials trained longest first (later stages train
+    longer), then the best score, then the later stage on a tie. By epochs, not stage: in a plan whose stages train
+    equally long (8x5,8x5) a later stage's worse trial is no better for being later. The report uses it too."""
+    return max_epochs, best_score, stage
+
+
 @dataclass
 class ControllerOptions:
     seed: int = 0
@@ -476,10 +483,7 @@ class Controller:
     # -- results ---------------------------------------------------------------------------
     def best(self) -> TrialState | None:
         done = [t for t in self.trials.values() if math.isfinite(t.best_score)]
-        # Later stages train longer: prefer the trials trained longest, then the best score (a tie: the later stage).
-        # By epochs, not stage: in a plan whose stages train equally long (8x5,8x5) a later stage's worse trial is
-        # no better for being later.
-        return max(done, key=lambda t: (t.max_epochs, t.best_score, t.stage), default=None)
+        return max(done, key=lambda t: best_trial_rank(t.max_epochs, t.best_score, t.stage), default=None)
 
     def final_edge_warnings(self) -> list[str]:
         best = self.best()
