@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +41,7 @@ from orchestrator.spec.settings import RunSettings
 from orchestrator.store import schema
 from orchestrator.store.lease import Lease
 from orchestrator.store.storage import Storage, redact_uri, split_query
-from orchestrator.store.sweeps import not_a_sweep
+from orchestrator.store.sweeps import not_a_sweep, rerun_command
 
 # What may change when a sweep resumes: where and how wide it runs, never what it searches.
 RESUMABLE_SETTINGS = frozenset(ResumeOptions.__annotations__)  # how it runs, never what it searches
@@ -198,7 +197,6 @@ def resume_sweep(path: str | os.PathLike[str], *, on_tick: Callable[[Controller]
     from orchestrator.spec.task_source import refuse_an_edited_task, sweep_task
 
     path = os.fspath(path)
-    task = os.fspath(task) if isinstance(task, os.PathLike) else task  # pathlib paths, as run_sweep takes them
     storage = Storage.from_uri(path)
     record = read_record(storage)
     refuse_an_edited_task(storage, task)  # before any write, worker or Ray: one sweep, one version of its code
@@ -220,7 +218,7 @@ def resume_sweep(path: str | os.PathLike[str], *, on_tick: Callable[[Controller]
     rebuilt = rebuild_controller(record, make_controller)
     controller = rebuilt.controller
     if _nothing_to_do(record, rebuilt, storage, settings):  # a finished sweep: resume writes and runs nothing
-        return _as_found(controller, storage, name, root_uri)
+        return _as_found(controller, storage, name)
     task = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to resume")
     log = SweepLog(storage, record.space, lease=Lease.take_over(storage))
     log.continue_after(record.stages, record.events, record.event_parts)
@@ -240,14 +238,13 @@ def _nothing_to_do(record: SweepRecord, rebuilt: Rebuilt, storage: Storage, sett
     return controller.finished and unchanged and not rebuilt.resumed and not rebuilt.closed and ensembles_done
 
 
-def _as_found(controller: Controller, storage: Storage, name: str, root_uri: str) -> Any:
+def _as_found(controller: Controller, storage: Storage, name: str) -> Any:
     """The result of a finished sweep, read back, with a note saying resume changed nothing."""
 
     note = f"sweep {redact_uri(storage.uri)} has finished: nothing to resume, nothing written"
     if controller.abort_reason:  # it ended early, on purpose: resume does not start it over
         note = (f"sweep {redact_uri(storage.uri)} was stopped early, so resume does not continue it (nothing written); "
-                f"once its cause below is fixed, start it again: caviar run TASK --storage "
-                f"{shlex.quote(redact_uri(root_uri))} --name {shlex.quote(name)} --overwrite")
+                f"once its cause below is fixed, start it again: {rerun_command(storage.uri)}")
     chosen = None
     if storage.exists(schema.ENSEMBLES_PATH):  # what the run chose, as its own result said
         from orchestrator.ensemble.ensemble_run import read_ensembles

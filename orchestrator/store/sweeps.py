@@ -74,7 +74,8 @@ def rerun_command(shown: str) -> str:
     """``caviar run TASK --storage PARENT --name NAME --overwrite``: the sweep at ``shown`` started over."""
     base, sep, query = split_query(redact_uri(shown))
     parent, name = posixpath.split(base.rstrip("/"))
-    return f"caviar run TASK --storage {shlex.quote((parent or '.') + sep + query)} --name {name} --overwrite"
+    return (f"caviar run TASK --storage {shlex.quote((parent or '.') + sep + query)} --name {shlex.quote(name)} "
+            "--overwrite")
 
 
 def not_a_sweep(storage: Storage, shown: str) -> StorageError:
