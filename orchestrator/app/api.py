@@ -108,8 +108,6 @@ def run_sweep(
     """
     check_on_tick(on_tick)
     task = task if isinstance(task, Task) else load_task(task_ref_of(task))
-    if isinstance(overrides.get("storage"), os.PathLike):  # a notebook's pathlib.Path("runs")
-        overrides["storage"] = os.fspath(overrides["storage"])
     config_file = config_file_path(config_file)
     settings, space = build_settings(task, config_file, overrides)
     controller = controller_for(space, settings, choose_plugins(task.settings, overrides))

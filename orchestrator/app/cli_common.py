@@ -150,9 +150,9 @@ def print_top(tables: Any, k: int) -> None:
 
     best = tables.top(k).to_pylist()
     if not best:  # an empty table would say nothing of why: say where the trials are
-        counts: dict[str, int] = {}
-        for status in tables.trials.column("status").to_pylist():
-            counts[status] = counts.get(status, 0) + 1
+        from collections import Counter
+
+        counts = Counter(tables.trials.column("status").to_pylist())
         aborted = "sweep_aborted" in tables.events.column("kind").to_pylist()
         waiting = not aborted and any(status in counts for status in ("pending", "running"))
         shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no trials"
