@@ -472,6 +472,20 @@ def test_a_sparse_embedding_trains_and_its_gradient_norm_is_measured_and_clipped
     assert float(clipped) == pytest.approx(0.05, rel=1e-4)
 
 
+def test_without_grad_clip_the_norm_is_torchs_and_no_gradient_is_touched():
+    """No grad_clip: the norm alone, the gradients left as they are (not multiplied by 1 at every step)."""
+    from worker.train.trainer import clip_grad_norm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    model(torch.randn(5, 4)).pow(2).sum().backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in before]))
+    assert clip_grad_norm(list(model.parameters()), math.inf) == pytest.approx(float(expected), rel=1e-6)
+    assert all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before))
+    assert clip_grad_norm([torch.nn.Parameter(torch.zeros(2))], math.inf) == 0.0  # no gradient yet
+
+
 def test_a_model_with_torch_weight_norm_trains_with_ema():
     """torch.nn.utils.weight_norm (the older API, still common) leaves a computed tensor on the module, which
     torch's deepcopy refuses: every sweep with ema_decay was refused before its first trial."""

@@ -151,6 +151,8 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
     (torch's raised NotImplementedError for them at every step)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not any(g.is_sparse for g in grads):
+        if not math.isfinite(max_norm):  # no clipping: the norm alone (clip_grad_norm_ multiplies every gradient by 1)
+            return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     total = torch.linalg.vector_norm(torch.stack([gradient_norm(g) for g in grads]))
     if math.isfinite(max_norm):
