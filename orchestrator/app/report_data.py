@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from orchestrator.app.answer import shown_score
 from orchestrator.app.tables import SweepTables, load, open_sweep
-from orchestrator.decide.controller import best_trial_rank
+from orchestrator.decide.controller import best_trial_rank, completed_stages
 from orchestrator.search.space import Choice, Distribution, SearchSpace, parse_param
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
@@ -81,10 +81,11 @@ class SweepData:
         return float(v) if v is not None and math.isfinite(float(v)) else None
 
     def best(self) -> dict[str, Any] | None:
-        """The controller's rule (Controller.best): the trials trained longest, then the best score, then the stage."""
+        """The controller's rule (Controller.best, controller.best_trial_rank)."""
         done = [t for t in self.trials if t.get("best_score") is not None and math.isfinite(t["best_score"])]
-        return max(done, key=lambda t: best_trial_rank(t.get("max_epochs") or 0, t["best_score"], t["stage"]),
-                   default=None)
+        ended = completed_stages((t["stage"], t["status"]) for t in self.trials)
+        return max(done, key=lambda t: best_trial_rank(t.get("max_epochs") or 0, t["best_score"], t["stage"],
+                                                       t["stage"] in ended), default=None)
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -40,15 +41,25 @@ class SweepTables:
         return getattr(self, table).to_pandas()
 
     def top(self, k: int = 10) -> pa.Table:
-        """The ``k`` trials with the best score: the latest stage first (it trained longest), of the stages where a
-        trial completed. A sweep stopped early in a stage holds only its pruned or unfinished trials, after an
+        """The ``k`` best trials by the sweep's own rule (``controller.best_trial_rank``), best first: of the stages
+        where a trial completed, the trials trained longest, then the best score, then the later stage; ties keep
+        trial order. A sweep stopped early in a stage holds only its pruned or unfinished trials there, after an
         epoch or two: their scores are no match for the stage before, so that stage goes after it."""
+        from orchestrator.decide.controller import best_trial_rank, completed_stages
+
         finished = self.trials.filter(pa.compute.is_valid(self.trials["best_score"]))
-        done = {t["stage"] for t in finished.select(["stage", "status"]).to_pylist() if t["status"] == "completed"}
-        ended = pa.array([stage in done for stage in finished.column("stage").to_pylist()], pa.bool_())
-        ordered = finished.append_column("_stage_done", ended).sort_by(
-            [("_stage_done", "descending"), ("stage", "descending"), ("best_score", "descending")])
-        return ordered.drop_columns(["_stage_done"]).slice(0, k)
+        rows = finished.select([c for c in ("stage", "status", "max_epochs", "best_score")
+                                if c in finished.column_names]).to_pylist()
+        ended = completed_stages((t["stage"], t["status"]) for t in rows)
+        order = sorted(range(len(rows)), reverse=True, key=lambda i: best_trial_rank(
+            rows[i].get("max_epochs") or 0, _sortable(rows[i]["best_score"]), rows[i]["stage"],
+            rows[i]["stage"] in ended) + (-i,))
+        return finished.take(pa.array(order[:k], pa.int64()))
+
+
+def _sortable(score: float) -> float:
+    """NaN (a diverged trial's score) ranks below every number."""
+    return -math.inf if math.isnan(score) else score
 
 
 def open_sweep(path: str | os.PathLike[str]) -> Storage:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,11 +72,19 @@ class Decision:
     reason: str | None = None
 
 
-def best_trial_rank(max_epochs: int, best_score: float, stage: int) -> tuple[int, float, int]:
-    """The sweep's best trial is the largest of these: the trials trained longest first (later stages train
-    longer), then the best score, then the later stage on a tie. By epochs, not stage: in a plan whose stages train
-    equally long (8x5,8x5) a later stage's worse trial is no better for being later. The report uses it too."""
-    return max_epochs, best_score, stage
+def best_trial_rank(max_epochs: int, best_score: float, stage: int, stage_done: bool = True
+                    ) -> tuple[bool, int, float, int]:
+    """The sweep's best trial is the largest of these. First the stages where a trial completed: a sweep stopped one
+    epoch into a stage holds only pruned or unfinished trials there, no match for the stage before. Then the trials
+    trained longest (later stages train longer), then the best score, then the later stage on a tie. By epochs, not
+    stage: in a plan whose stages train equally long (8x5,8x5) a later stage's worse trial is no better for being
+    later. ``caviar top``, ``status`` and the report use it too."""
+    return stage_done, max_epochs, best_score, stage
+
+
+def completed_stages(stages_and_statuses: Iterable[tuple[int, str]]) -> set[int]:
+    """The stages with a completed trial (early-stopped ones included), for :func:`best_trial_rank`."""
+    return {stage for stage, status in stages_and_statuses if status == TrialStatus.COMPLETED}
 
 
 @dataclass
@@ -483,7 +491,9 @@ class Controller:
     # -- results ---------------------------------------------------------------------------
     def best(self) -> TrialState | None:
         done = [t for t in self.trials.values() if math.isfinite(t.best_score)]
-        return max(done, key=lambda t: best_trial_rank(t.max_epochs, t.best_score, t.stage), default=None)
+        ended = completed_stages((t.stage, t.status) for t in self.trials.values())
+        return max(done, key=lambda t: best_trial_rank(t.max_epochs, t.best_score, t.stage, t.stage in ended),
+                   default=None)
 
     def final_edge_warnings(self) -> list[str]:
         best = self.best()

@@ -251,3 +251,16 @@ def test_best_among_stages_of_equal_epochs_is_the_best_score_not_the_later_stage
     for tid in start_all(c2):
         finish(c2, tid, [0.5, 0.6])
     assert c2.best().stage == 1  # a tie: the later stage, as before
+
+
+def test_while_a_longer_stage_has_no_completed_trial_the_best_stays_in_the_stage_before():
+    """One epoch into stage 2 (2 of its 8), its running trial's 0.4 was the live view's and a stopped run's best
+    over stage 1's 0.9, while `caviar top` kept stage 1's: one rule now (best_trial_rank's stage_done)."""
+    c = controller("2x2,2x8")
+    for tid in start_all(c):
+        finish(c, tid, [0.5, 0.9 if tid == 0 else 0.1])
+    running = start_all(c)
+    c.on_report(Report(running[0], [row(running[0], 1, 0.4)]))
+    assert c.best().trial_id == 0
+    finish(c, running[1], [0.3, 0.35])  # once a trial of it completes, the stage that trained longest goes first
+    assert c.best().stage == 1

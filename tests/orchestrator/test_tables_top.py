@@ -14,21 +14,33 @@ def tables_of(rows: list[dict]) -> SweepTables:
 
 def test_a_stage_stopped_before_any_trial_completed_ranks_after_the_stage_before():
     """Killed one epoch into stage 2: its pruned and running trials (0.5) were called the best over stage 1's 0.9."""
-    rows = [{"trial_id": 0, "stage": 1, "status": "completed", "best_score": 0.90},
-            {"trial_id": 1, "stage": 1, "status": "completed", "best_score": 0.80},
-            {"trial_id": 2, "stage": 2, "status": "pruned", "best_score": 0.50},
-            {"trial_id": 3, "stage": 2, "status": "running", "best_score": 0.55},
-            {"trial_id": 4, "stage": 2, "status": "pending", "best_score": None}]
+    rows = [{"trial_id": 0, "stage": 1, "status": "completed", "max_epochs": 5, "best_score": 0.90},
+            {"trial_id": 1, "stage": 1, "status": "completed", "max_epochs": 5, "best_score": 0.80},
+            {"trial_id": 2, "stage": 2, "status": "pruned", "max_epochs": 20, "best_score": 0.50},
+            {"trial_id": 3, "stage": 2, "status": "running", "max_epochs": 20, "best_score": 0.55},
+            {"trial_id": 4, "stage": 2, "status": "pending", "max_epochs": 20, "best_score": None}]
     assert tables_of(rows).top(10).column("trial_id").to_pylist() == [0, 1, 3, 2]
 
 
 def test_a_stage_with_a_completed_trial_still_ranks_first_as_it_trained_longest():
-    rows = [{"trial_id": 0, "stage": 1, "status": "completed", "best_score": 0.90},
-            {"trial_id": 1, "stage": 2, "status": "completed", "best_score": 0.85},
-            {"trial_id": 2, "stage": 2, "status": "pruned", "best_score": 0.88}]
+    rows = [{"trial_id": 0, "stage": 1, "status": "completed", "max_epochs": 5, "best_score": 0.90},
+            {"trial_id": 1, "stage": 2, "status": "completed", "max_epochs": 20, "best_score": 0.85},
+            {"trial_id": 2, "stage": 2, "status": "pruned", "max_epochs": 20, "best_score": 0.88}]
     top = tables_of(rows).top(2)
     assert top.column("trial_id").to_pylist() == [2, 1] and top.column_names == ["trial_id", "stage", "status",
-                                                                                  "best_score"]
+                                                                                  "max_epochs", "best_score"]
+
+
+def test_top_ranks_as_the_sweeps_best_in_a_plan_whose_stages_train_equally_long():
+    """8x5,8x5: `caviar top` and `status` put stage 2's 0.33 first while the run's summary and the report named
+    stage 1's 0.9 (Controller.best); both rules are now one. Ties keep trial order; NaN goes last."""
+
+    rows = [{"trial_id": 0, "stage": 0, "status": "completed", "max_epochs": 5, "best_score": 0.90},
+            {"trial_id": 1, "stage": 0, "status": "completed", "max_epochs": 5, "best_score": float("nan")},
+            {"trial_id": 2, "stage": 1, "status": "completed", "max_epochs": 5, "best_score": 0.33},
+            {"trial_id": 3, "stage": 1, "status": "completed", "max_epochs": 5, "best_score": 0.90},
+            {"trial_id": 4, "stage": 0, "status": "completed", "max_epochs": 5, "best_score": 0.90}]
+    assert tables_of(rows).top(10).column("trial_id").to_pylist() == [3, 0, 4, 2, 1]
 
 
 def test_a_sweep_whose_live_master_has_not_written_trials_yet_says_to_wait_not_to_resume(tmp_path):
