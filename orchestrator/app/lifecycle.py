@@ -53,7 +53,7 @@ log = logging.getLogger("caviar")
 @dataclass
 class SweepResult:
     name: str
-    path: str  # the sweep directory (local path or URI)
+    path: str  # the sweep directory: an absolute local path (a notebook may change its directory) or the URI
     best_trial_id: int | None
     best_score: float | None
     best_config: dict[str, Any] | None
@@ -359,7 +359,7 @@ def finish_sweep(
             raise SweepInterrupted(signum, redact_uri(sweep.uri), during="ensembles") from None
     if log.lease is not None:
         log.lease.release()  # the sweep is whole: a later resume may take it at once
-    return result_of(controller, name, sweep.uri, warnings, ensemble=ensemble)
+    return result_of(controller, name, sweep.location, warnings, ensemble=ensemble)
 
 
 def result_of(controller: Controller, name: str, uri: str, warnings: list[str], **extra: Any) -> SweepResult:

@@ -250,4 +250,4 @@ def _as_found(controller: Controller, storage: Storage, name: str) -> Any:
         from orchestrator.ensemble.ensemble_run import read_ensembles
 
         chosen = next((r for r in read_ensembles(storage) if r.chosen), None)
-    return result_of(controller, name, storage.uri, [], note=note, ensemble=chosen)
+    return result_of(controller, name, storage.location, [], note=note, ensemble=chosen)

@@ -150,9 +150,11 @@ def test_a_notebook_passes_pathlib_paths_and_an_imported_task_module(tmp_path, m
     assert load(storage / "paths").trials.num_rows == 2
     monkeypatch.syspath_prepend(TASKS)
     module = importlib.import_module("notebook43_regression_task")
-    result = run_sweep(module, storage=str(storage), name="module", executor="processes", ensemble=False, trials=2,
+    monkeypatch.chdir(tmp_path)
+    result = run_sweep(module, storage="runs", name="module", executor="processes", ensemble=False, trials=2,
                        epochs=1)
-    assert load(result.path).trials.num_rows == 2
+    monkeypatch.chdir(TASKS)  # a notebook that changes its directory: result.path was "runs/module", now absolute
+    assert result.path == str(storage / "module") and load(result.path).trials.num_rows == 2
 
 
 @pytest.mark.parametrize(("task", "config_file", "says"), [
