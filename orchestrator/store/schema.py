@@ -116,6 +116,8 @@ DIAGNOSTICS = pa.schema(
 )
 
 PREDICTION_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+# What a predictions column may hold: the settings' widths, and float64 for regression outputs computed in it
+_STORED_WIDTHS = {**PREDICTION_DTYPES, "float64": pa.float64()}
 
 
 def predictions_schema(num_classes: int, dtype: str = "float16", column: str = "probs") -> pa.Schema:
@@ -134,7 +136,7 @@ def predictions_schema(num_classes: int, dtype: str = "float16", column: str = "
             ("split", pa.string()),  # "val" or "test"
             ("row", pa.int32()),  # index of the example within its split
             # class probabilities; for regression ("values") the outputs in original units, flattened
-            (column, pa.list_(PREDICTION_DTYPES[dtype], num_classes)),
+            (column, pa.list_(_STORED_WIDTHS[dtype], num_classes)),
         ]
     )
 

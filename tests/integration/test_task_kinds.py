@@ -447,3 +447,18 @@ def test_a_sweep_without_predictions_still_names_its_objective(storage_dir):
     assert model.record is None and len(model.members) == 1
     with pytest.raises(Exception, match='ran with prediction_dtype = "none"'):
         load_ensemble(result.path, name="top_k", trust_task_code=True)
+
+
+def test_float64_regression_outputs_are_stored_and_ensembled_without_rounding_to_float32(tmp_path):
+    """Targets near 1e7 with detail below float32's spacing there (a float64 model): every stored prediction read
+    back as exactly 1e7, so the ensemble table gave the best single model a val MSE of 0.091 beside its trial's own
+    0.034, and ensembles were chosen on the rounded numbers."""
+    import pyarrow as pa
+
+    result = sweep("float64_regression_task.py", str(tmp_path), plan="2x2", ensemble=True)
+    storage = Storage.from_uri(result.path)
+    stored = storage.read_table("predictions/trial-000000.parquet")
+    assert stored.schema.field("values").type.value_type == pa.float64()
+    best = min(t["best_val_loss"] for t in load(result.path).trials.to_pylist())
+    single = next(r for r in read_ensembles(storage) if r.method == "single")
+    assert single.val_mse == pytest.approx(best, rel=1e-9)

@@ -128,7 +128,7 @@ def predictions_table(rows: Sequence[tuple[Mapping[str, Any], Mapping[str, torch
                       dtype: str, column: str = "probs") -> pa.Table:
     """``(index row, {"val": probs, "test": probs})`` pairs to one table in the predictions schema."""
     out_schema = schema.predictions_schema(num_classes, dtype, column)
-    np_dtype = np.float16 if dtype == "float16" else np.float32
+    np_dtype = np.dtype(dtype)
     columns: dict[str, list[np.ndarray]] = {name: [] for name in out_schema.names}
     for index_row, by_split in rows:
         for split in ("val", "test"):
@@ -169,8 +169,8 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
     """The natural outputs of each checkpoint in ``index`` on val and test; returns rows written.
 
     Class probabilities for classification (class indices or soft labels); regression values in
-    the targets' original units, always float32 (float16 keeps ~3 digits: 150.3 would read back
-    as 150.25). Checkpoints whose outputs are not finite (a diverged last epoch) are left out: no
+    the targets' original units, float32, or float64 where the outputs are (float16 keeps ~3 digits: 150.3 would
+    read back as 150.25). Checkpoints whose outputs are not finite (a diverged last epoch) are left out: no
     ensemble could use them. Custom tasks store none (only their own metrics could score an
     ensemble); ``dtype = "none"`` turns storage off for every kind.
     """
@@ -202,7 +202,9 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
     write_dataset(storage, run.splits, run.objective, run.mode, run.task, run.output_shape)
     if classification:
         table = predictions_table(rows, width, dtype)
-    else:
-        table = predictions_table(rows, width, "float32", column="values")
+    else:  # in the outputs' own width: float64 outputs (a float64 model, or float64 targets near 1e7) rounded to
+        # float32 lost what separated the models, and every ensemble's MSE was scored on the rounded numbers
+        wide = any(out.dtype == torch.float64 for _, by_split in rows for out in by_split.values())
+        table = predictions_table(rows, width, "float64" if wide else "float32", column="values")
     storage.write_table(rel, table)
     return table.num_rows
