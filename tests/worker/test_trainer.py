@@ -675,3 +675,37 @@ def test_a_configs_grad_clip_clips_the_tasks_own_loop_before_each_step():
     unclipped = {k: v for k, v in config.items() if k != "grad_clip"}
     TrialRun(task, splits, TrialSpec(0, 0, unclipped, 3, 1), torch.device("cpu")).train_epoch()
     assert all(after == before for before, after in seen)
+
+
+def test_grad_clip_with_an_optimizer_whose_step_takes_a_closure_is_refused_in_the_tasks_own_loop():
+    """LBFGS steps with the gradients its closure computes anew, after the pre-step clip: every trial trained
+    unclipped whatever grad_clip it drew. Refused in one line; without grad_clip the loop runs."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from orchestrator.errors import TaskError
+
+    def own_loop(model, optimizer, batches, config):
+        for x, y in batches:
+            def closure(x=x, y=y):
+                optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+            loss = optimizer.step(closure)
+        return {"train_loss": loss.item()}
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+    task = dataclasses.replace(base, namespace=SimpleNamespace(
+        load_data=module.load_data, build_model=module.build_model, train_epoch=own_loop,
+        build_optimizer=lambda config, params: torch.optim.LBFGS(params, lr=config["lr"])))
+    splits = prepare(module.load_data())
+    config = {"lr": 0.1, "hidden": 8, "batch_size": 32, "grad_clip": 0.5}
+    with pytest.raises(TaskError, match=r"^grad_clip = 0.5 with LBFGS, whose step\(\) computes its own gradients"):
+        TrialRun(task, splits, TrialSpec(0, 0, config, 3, 1), torch.device("cpu"))
+    unclipped = {k: v for k, v in config.items() if k != "grad_clip"}
+    assert math.isfinite(TrialRun(task, splits, TrialSpec(0, 0, unclipped, 3, 1), torch.device("cpu"))
+                         .train_epoch()["train_loss"])

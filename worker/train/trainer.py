@@ -231,6 +231,11 @@ class TrialRun:
         ema_decay = config.get("ema_decay")
         self.ema = EmaWeights(self.model, float(ema_decay), build=lambda: self._built_again(config)) \
             if ema_decay else None
+        if math.isfinite(self.grad_clip) and task.get("train_epoch") and _step_needs_closure(self.optimizer):
+            # The hook below clips before step(), whose closure then computes the gradients it steps with anew
+            raise TaskError(f"grad_clip = {self.grad_clip:g} with {type(self.optimizer).__name__}, whose step() "
+                            "computes its own gradients in the closure: caviar cannot clip them; clip inside the "
+                            "closure in the task's train_epoch and leave grad_clip out of the config")
         if math.isfinite(self.grad_clip) and task.get("train_epoch") and hasattr(self.optimizer,
                                                                                  "register_step_pre_hook"):
             # The task's own loop steps the optimizer: the config's grad_clip clips before each step, as in caviar's
