@@ -65,7 +65,9 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
 
     for attempt in range(1, CLIENT_INIT_TRIES + 1):
         try:
-            with stderr_to_ray_log():  # a wrong token: 20 s of Ray's C++ warnings, then caviar's one line below
+            # A wrong token: 20 s of Ray's C++ warnings, then caviar's one line below. Joining draws from Python's
+            # global generator too, which is the caller's (as for a private Ray)
+            with stderr_to_ray_log(), python_random_kept():
                 ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
             _joined[:] = [ray.get_runtime_context().get_job_id()]
             return

@@ -88,3 +88,28 @@ def test_over_ray_client_the_task_folder_travels_to_a_cluster_that_lacks_this_ma
     trials = load(str(tmp_path / "runs" / "laptop")).trials.to_pylist()
     assert [t["status"] for t in trials] == ["completed"] * 2
     assert {t["node"] for t in trials} <= ray_cluster.node_ids()
+
+
+def test_joining_a_cluster_from_python_leaves_the_callers_random_generator_as_it_was(ray_cluster, tmp_path):
+    """ray.init(address=...) drew from Python's global generator: a notebook's next random.random() after a sweep
+    on its cluster followed from Ray's draws (the private Ray's start already kept it)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.cluster.raycluster import cluster_env
+
+    script = textwrap.dedent(f"""
+        import random
+        from orchestrator.app.api import run_sweep
+        random.seed(5)
+        expected = random.random()
+        random.seed(5)
+        run_sweep({TINY_TASK!r}, address={ray_cluster.gcs_address!r}, storage={str(tmp_path)!r}, name="kept",
+                  trials=2, epochs=1, stages=1, pruner="none", shared_storage=True, ensemble=False)
+        print("kept" if random.random() == expected else "moved")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env=cluster_env(), capture_output=True, text=True,
+                          timeout=300, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "kept"
