@@ -19,7 +19,7 @@ from orchestrator.decide.fusing import PER_MEMBER, FusePlan, block_size, share_s
 from orchestrator.decide.pruning import OBJECTIVE_NAN, Observation, Pruner
 from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, stored_status
 from orchestrator.errors import ConfigError, StorageError, exception_line
-from orchestrator.search.narrowing import edge_warnings
+from orchestrator.search.narrowing import edge_warnings, explored_space
 from orchestrator.search.sampler import stage_configs, trial_seed
 from orchestrator.search.space import SearchSpace, shown_value
 from orchestrator.search.stage_policy import NarrowAndPromote, StagePolicy, stage_policy_name
@@ -499,7 +499,7 @@ class Controller:
         best = self.best()
         if best is None:
             return []
-        space = self.stage_spaces[best.stage]
+        space = explored_space(self.stage_spaces, self.stage_spaces[best.stage])
         notices = edge_warnings(space, best.config)
         out = []
         for n in notices:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from orchestrator.errors import ConfigError, SpaceError
@@ -148,6 +148,22 @@ def edge_warnings(space: SearchSpace, best_config: Mapping[str, Any], tolerance:
                 )
             )
     return notices
+
+
+def explored_space(spaces: Sequence[SearchSpace], base: SearchSpace) -> SearchSpace:
+    """``base`` with each numeric range widened to the hull of that parameter's ranges in ``spaces``: what the stages
+    searched together. The end-of-run border check looks at its edges: a best value on the edge of a later stage's
+    narrowed (or moved) range, with an earlier stage's samples on the other side of it, is no sign that the next
+    sweep should look beyond it."""
+    wider: dict[str, Distribution] = {}
+    for name, dist in base.searched.items():
+        if isinstance(dist, Choice):
+            continue
+        ranges = [(s[name].low, s[name].high) for s in spaces if type(s.get(name)) is type(dist)]
+        low, high = min([dist.low, *(r[0] for r in ranges)]), max([dist.high, *(r[1] for r in ranges)])
+        if (low, high) != (dist.low, dist.high):
+            wider[name] = replace(dist, low=low, high=high)
+    return base.replace(**wider) if wider else base
 
 
 # -- helpers (all in sampling scale) ---------------------------------------------------------

@@ -151,3 +151,24 @@ def test_an_edge_of_a_conditional_parameter_names_the_best_trial_that_uses_it():
     assert stage_best.config["optimizer"] == "sgd" and trial.config["optimizer"] == "adam"
     assert event["reason"].startswith(f"the best of stage {judged + 1}'s trials that use warmth, trial "
                                       f"{trial.trial_id}: warmth = {trial.config['warmth']:.4g} at the high edge")
+
+
+def test_the_end_of_run_border_check_looks_at_the_range_every_stage_searched():
+    # layers = 2 won every stage: stage 1's [1, 2] moved to [2, 3] past its high edge, where 2 sat at the low edge;
+    # "look beyond it" then sent the next sweep to layers = 1, which stage 1 had already trained and found worse
+    def quality(config):
+        return 0.5 + 0.3 * (config["layers"] == 2) + 0.1 * (1 - abs(config["x"] - 0.5))
+
+    controller = sweep(SearchSpace({"layers": randint(1, 2), "x": uniform(0.0, 1.0)}), quality)
+    best = controller.best()
+    assert best.config["layers"] == 2
+    ranges = {(s["layers"].low, s["layers"].high) for s in controller.stage_spaces}
+    assert any(low == 2 for low, _ in ranges)  # a stage whose low edge the winner sat on
+    assert [w for w in controller.final_edge_warnings() if "layers" in w] == []
+
+
+def test_the_end_of_run_border_check_still_names_an_edge_no_stage_looked_past():
+    space = SearchSpace({"lr": loguniform(1e-4, 1e-2, limits=(1e-4, 1e-2)), "x": uniform(0.0, 1.0)})
+    controller = sweep(space, higher_is_better("lr", lambda v: 3 * math.log10(v) + 6))
+    (warning,) = [w for w in controller.final_edge_warnings() if "lr" in w]
+    assert warning.endswith("sits at the high edge of [0.0001, 0.01] (a hard limit)")
