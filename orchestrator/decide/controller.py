@@ -239,14 +239,18 @@ class Controller:
 
     def stage_results(self, stage: int) -> list[tuple[dict[str, Any], float]]:
         """(config, best score) of the stage's finished trials; completed ones rank first."""
+        return [(t.config, t.best_score) for t in self.judged_trials(stage)]
+
+    def judged_trials(self, stage: int) -> list[TrialState]:
+        """The trials the next stage is decided on: those that ended with a score, only the completed ones when there
+        are three or more (a trial pruned or diverged after fewer epochs is no peer of theirs)."""
         ended = [
             t
             for t in self.trials.values()
             if t.stage == stage and t.status in SUCCEEDED and math.isfinite(t.best_score)
         ]
         completed = [t for t in ended if t.status == TrialStatus.COMPLETED]
-        chosen = completed if len(completed) >= 3 else ended
-        return [(t.config, t.best_score) for t in chosen]
+        return completed if len(completed) >= 3 else ended
 
     # -- dispatch -------------------------------------------------------------------------
     @property
@@ -584,7 +588,7 @@ def _g(value: Any) -> str:
 def edge_event(controller: Controller, notice: Any) -> tuple[str, int | None, str]:
     """(event kind, the trial whose value sat on the edge, one line naming stage, value, old and new range)."""
     stage = controller.stage
-    scored = [t for t in controller.trials.values() if t.stage == stage and math.isfinite(t.best_score)]
+    scored = controller.judged_trials(stage)  # the trials the stage policy ranked, not a pruned or failed one
     trial = max((t for t in scored if t.config.get(notice.param) == notice.value), key=lambda t: t.best_score,
                 default=None)
     (lo, hi), (new_lo, new_hi) = notice.old_range, notice.new_range

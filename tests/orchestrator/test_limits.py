@@ -172,3 +172,46 @@ def test_the_end_of_run_border_check_still_names_an_edge_no_stage_looked_past():
     controller = sweep(space, higher_is_better("lr", lambda v: 3 * math.log10(v) + 6))
     (warning,) = [w for w in controller.final_edge_warnings() if "lr" in w]
     assert warning.endswith("sits at the high edge of [0.0001, 0.01] (a hard limit)")
+
+
+class DivergesLate(SimulatedBackend):
+    """Trials with x above 0.7 score 0.99 at epoch 2, then their loss turns NaN (a learning rate that blows up)."""
+
+    def _run(self, trial_id):
+        from orchestrator.decide.backend import Report
+
+        state = self.running[trial_id]
+        a = state.assignment
+        rows = []
+        while state.epoch < min(state.until, a.max_epochs):
+            state.epoch += 1
+            blows_up = a.config["x"] > 0.7
+            score = 0.99 if blows_up and state.epoch == 2 else float(self.quality(a.config))
+            loss = math.nan if blows_up and state.epoch == 3 else 1.0 - score
+            rows.append(self._row(a, state.epoch, score, loss))
+            if math.isnan(loss):
+                del self.running[trial_id]
+                return Report(trial_id, rows, ended=True, status="pruned", reason="diverged")
+        if state.epoch >= a.max_epochs:
+            del self.running[trial_id]
+            return Report(trial_id, rows, ended=True, status="completed", reason="max_epochs")
+        return Report(trial_id, rows)
+
+
+def test_an_edge_event_names_the_trial_the_stage_was_ranked_by_not_a_diverged_one_with_its_value():
+    # Stage 2 ranks its completed trials; a trial that diverged at epoch 3 after scoring 0.99 with the same
+    # layers = 3 was named as "the best of stage 2's trials that use layers", as if layers were conditional
+    def quality(config):
+        return 0.5 + 0.1 * config["layers"] + 0.05 * config["x"]
+
+    space = SearchSpace({"layers": randint(1, 3, limits=(1, 3)), "x": uniform(0.0, 1.0)})
+    controller = Controller(space, parse_plan("12x1,12x3,4x3"), lambda s: make_pruner("none", max_epochs=s.epochs),
+                            ControllerOptions(seed=3))
+    drive(controller, DivergesLate(quality, 4))
+    diverged = [t for t in controller.trials.values() if t.stage == 1 and t.reason == "diverged"]
+    assert any(t.config["layers"] == 3 for t in diverged)  # the case: a diverged trial shares the edge value
+    event = next(e for e in controller.events if e["stage"] == 1 and e["kind"] == "edge_at_hard_limit")
+    completed = [t for t in controller.trials.values() if t.stage == 1 and t.status == "completed"]
+    best = max(completed, key=lambda t: t.best_score)
+    assert event["trial_id"] == best.trial_id
+    assert event["reason"].startswith(f"stage 2's best trial {best.trial_id}: layers = 3 at the high edge")
