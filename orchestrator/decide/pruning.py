@@ -276,6 +276,13 @@ class Pruner(ABC):
         """Drop a finished trial's own state; what it contributed to rungs or medians stays."""
         self._trials.pop(trial_id, None)
 
+    def overrule(self, trial_id: int) -> None:
+        """The run went on with a trial this pruner stopped (a replay that met the reports in another order than the
+        live run did): later epochs are judged again, with the trial's first loss and running average kept."""
+        trial = self._trials.get(trial_id)
+        if trial is not None:
+            trial.stopped = None
+
     @abstractmethod
     def _decide(self, obs: Observation, trial: _Trial) -> str | None:
         """The pruner's own rule, called once per new, healthy epoch below ``max_epochs``."""

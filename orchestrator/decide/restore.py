@@ -182,7 +182,7 @@ def _replay(controller: Controller, rows: StoredRows, interrupted: set[int]) -> 
         if reason is None:
             continue
         if r["epoch"] < last_epoch[tid]:
-            pruner.forget(tid)  # the live run went on past this epoch: so does the replay
+            pruner.overrule(tid)  # the live run went on past this epoch: so does the replay
         elif tid in interrupted:
             stop_at[tid] = reason
     for tid, trial in controller.trials.items():

@@ -264,3 +264,26 @@ def test_while_a_longer_stage_has_no_completed_trial_the_best_stays_in_the_stage
     assert c.best().trial_id == 0
     finish(c, running[1], [0.3, 0.35])  # once a trial of it completes, the stage that trained longest goes first
     assert c.best().stage == 1
+
+
+def test_a_replay_that_meets_a_rung_in_another_order_keeps_judging_the_trial_from_its_first_loss():
+    # Live, trial 1's epoch 1 reached the master before trial 0's (two workers, written 1 ms apart): alone at the
+    # rung, it went on. Replayed in the order the rows were written it loses the rung, and the replay, following the
+    # live run past that stop, judged its later epochs from epoch 2's loss: 1.8 is over 4 x 0.4, so a resume
+    # closed it as diverged, while its first loss, 2.0, says it is not
+    losses = [2.0, 0.4, 0.5, 0.9, 1.8]
+    live = controller("2x9", pruner="asha")
+    start_all(live)
+    assert not live.on_report(Report(1, [row(1, 1, 0.3, losses[0])])).stop
+    assert not live.on_report(Report(0, [row(0, 1, 0.6)])).stop
+    for epoch in range(2, 6):
+        assert not live.on_report(Report(1, [row(1, epoch, 0.3 + 0.05 * epoch, losses[epoch - 1])])).stop
+    live.interrupt_running()
+    trials = [dict(t.as_row(), config=t.config) for t in live.trials.values()]
+    metrics = [{**row(0, 1, 0.6), "time": 1, "attempt": 0}]
+    metrics += [{**row(1, e, 0.3 + 0.05 * e if e > 1 else 0.3, losses[e - 1]), "time": e + 1, "attempt": 0}
+                for e in range(1, 6)]
+    rebuilt = restore(controller("2x9", pruner="asha"),
+                      StoredRows([{"stage": 0, "trials": 2, "epochs": 9}], trials, metrics, {0: 0, 1: 0}), [SPACE])
+    assert rebuilt.closed == [] and rebuilt.resumed == {0: 1, 1: 5}
+    assert rebuilt.controller.trials[1].status == "pending"
