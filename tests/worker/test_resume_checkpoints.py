@@ -130,3 +130,67 @@ def test_the_readmes_latest_attempt_filter_keeps_one_row_per_epoch_of_a_retraine
     schema_row = schema.effective_metrics(schema.read_dir(storage, "metrics", schema.METRICS))
     assert schema_row.select(["epoch", "attempt"]).to_pylist() == [{"epoch": 1, "attempt": 1},
                                                                     {"epoch": 2, "attempt": 1}]
+
+
+SCRIPTED_LOSSES_TASK = '''
+import numpy as np
+import torch
+from torch import nn
+
+space = {"lr": 0.01, "batch_size": 32}
+LOSSES = [2.0, 0.4, 0.5, 0.9, 4.0, 0.8]  # epoch 5's spike: 10x epoch 2's loss, 2x epoch 1's
+
+
+def load_data():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=120)
+    x = (np.eye(3, 4)[y] * 3 + rng.normal(size=(120, 4))).astype(np.float32)
+    return (x[:60], y[:60]), (x[60:90], y[60:90]), (x[90:], y[90:])
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 3)
+        self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))  # saved with the weights
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def build_model(config):
+    return Net()
+
+
+def train_epoch(model, optimizer, batches, config):
+    for x, y in batches:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model.epochs_seen += 1
+    return {"train_loss": LOSSES[int(model.epochs_seen) - 1]}
+'''
+
+
+def test_a_resumed_attempt_judges_divergence_and_early_stopping_on_the_whole_curve(tmp_path):
+    # A trial whose worker was lost after epoch 3 went on from its resume state; the divergence rule then took
+    # epoch 4's loss (0.9) as the first, so epoch 5's 4.0 ended it as diverged, while the uninterrupted trial
+    # (first loss 2.0) and the master's pruner go on. Early stopping judged the resumed epochs alone the same way.
+    from orchestrator.decide.backend import Assignment
+    from worker.train.session import WorkerSession
+
+    task = tmp_path / "scripted.py"
+    task.write_text(SCRIPTED_LOSSES_TASK)
+    options = {"device": "cpu", "checkpoint_seconds": 0.0}
+    straight = WorkerSession(str(task), str(tmp_path), "straight", options).start(
+        Assignment(0, 1, {"lr": 0.01, "batch_size": 32}, 5, 6, 6))
+    assert (straight.status, straight.reason) == ("completed", "max_epochs"), straight.error
+    lost = WorkerSession(str(task), str(tmp_path), "s", options).start(
+        Assignment(0, 1, {"lr": 0.01, "batch_size": 32}, 5, 6, 3))
+    assert not lost.ended and [r["epoch"] for r in lost.rows] == [1, 2, 3]
+    state = load_resume_state(Storage.from_uri(str(tmp_path)).child("s"), 0)  # early stopping's scores go along too
+    assert state["curve_score"] == [r["score"] for r in lost.rows] and state["curve_train_loss"] == [2.0, 0.4, 0.5]
+    resumed = WorkerSession(str(task), str(tmp_path), "s", options).start(
+        Assignment(0, 1, {"lr": 0.01, "batch_size": 32}, 5, 6, 6, attempt=1, resume=True))
+    assert [r["epoch"] for r in resumed.rows] == [4, 5, 6]
+    assert (resumed.status, resumed.reason) == ("completed", "max_epochs"), resumed.error

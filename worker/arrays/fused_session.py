@@ -114,6 +114,8 @@ class FusedSession(WorkerSession):
             return Report(a.trial_id, ended=True, status=TrialStatus.FAILED, reason="error",
                           error=traceback.format_exc(), node=self.node)
         self.recorders[a.trial_id] = self._recorder(a)
+        if resume is not None:
+            self.recorders[a.trial_id].take_curve(resume)
         self.array_of[a.trial_id] = array
         self.targets[a.trial_id] = a.until_epoch
         self.unreported[a.trial_id] = []
@@ -220,15 +222,14 @@ class FusedSession(WorkerSession):
             recorder = self.recorders[tid]
             recorder.record(FusedMember(array, tid), row)  # type: ignore[arg-type]
             self.unreported[tid].append({**row, **self.not_learning_facts})
-            reason = divergence_reason([r["train_loss"] for r in recorder.rows_by_epoch.values()],
-                                       max_ratio=self.options.max_loss_ratio)
+            reason = divergence_reason(recorder.curve("train_loss"), max_ratio=self.options.max_loss_ratio)
             member = array.member(tid)
             if reason or not math.isfinite(row["val_loss"]):
                 ends.append((tid, "pruned", reason or "diverged", None))
             elif member.epoch >= member.spec.max_epochs:
                 ends.append((tid, "completed", "max_epochs", None))
             elif self.options.early_stopping and plateau_reason(
-                    [r["score"] for r in recorder.rows_by_epoch.values()], self.options.early_stopping):
+                    recorder.curve("score"), self.options.early_stopping):
                 ends.append((tid, "completed", EARLY_STOPPED, None))
             else:
                 if member.epoch >= self.targets[tid]:

@@ -86,12 +86,24 @@ class TrialRecorder:
         self.keep_best, self.keep_last, self.checkpoint_seconds = keep_best, keep_last, checkpoint_seconds
         self.pending_rows: list[dict[str, Any]] = []
         self.rows_by_epoch: dict[int, dict[str, Any]] = {}
+        # The train losses and scores of the epochs earlier attempts trained (a resume state's): the divergence and
+        # early-stopping rules judge the trial's whole curve, as the master's pruner does, not this attempt's alone.
+        self.earlier: dict[str, list[float]] = {"train_loss": [], "score": []}
         self.best: list[Kept] = []
         self.written: dict[tuple[int, str], dict[str, Any]] = {}  # (epoch, weights) -> index row
         self.parts = 0
         self.pending_diagnostics: list[dict[str, Any]] = []  # per-layer rows, written alongside the metrics
         self.diagnostic_parts = 0
         self.last_persist = time.monotonic()
+
+    def curve(self, column: str) -> list[float]:
+        """``train_loss`` or ``score`` of every epoch the trial has trained, earlier attempts' first."""
+        return self.earlier[column] + [row[column] for row in self.rows_by_epoch.values()]
+
+    def take_curve(self, state: Mapping[str, Any]) -> None:
+        """The curve a resume state carries (none in a state written before it did: then this attempt's only)."""
+        for column in self.earlier:
+            self.earlier[column] = [float(v) for v in state.get(f"curve_{column}", [])]
 
     def adopt(self, resume_epoch: int) -> None:
         """A resumed attempt takes over the checkpoints its trial already kept, so none is lost from the index.
@@ -204,7 +216,8 @@ class TrialRecorder:
             self.storage.delete(resume_path(self.trial_id))
         else:
             buf = io.BytesIO()
-            torch.save({**run.resume_state(), "attempt": self.attempt}, buf)
+            curve = {f"curve_{column}": self.curve(column) for column in self.earlier}
+            torch.save({**run.resume_state(), "attempt": self.attempt, **curve}, buf)
             self.storage.write_bytes(resume_path(self.trial_id), buf.getvalue())
         self.last_persist = time.monotonic()
 

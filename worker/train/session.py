@@ -184,6 +184,8 @@ class WorkerSession:
             )
             if a.resume:  # the checkpoints earlier attempts kept stay in the index
                 recorder.adopt(run.epoch)
+                if state is not None:
+                    recorder.take_curve(state)
         except Exception:
             return Report(
                 a.trial_id, ended=True, status=TrialStatus.FAILED, reason="error", error=traceback.format_exc(),
@@ -201,14 +203,12 @@ class WorkerSession:
                 row.update(self.not_learning_facts)
                 recorder.record(run, {k: v for k, v in row.items() if k not in ("num_classes", "baseline_val_loss")})
                 rows.append(row)
-                reason = divergence_reason(
-                    [r["train_loss"] for r in recorder.rows_by_epoch.values()], max_ratio=self.options.max_loss_ratio
-                )
+                reason = divergence_reason(recorder.curve("train_loss"), max_ratio=self.options.max_loss_ratio)
                 if reason or not math.isfinite(row["val_loss"]):
                     return self._end(trial_id, rows, TrialStatus.PRUNED, reason or "diverged")
                 patience = self.options.early_stopping  # 0 (the default): no list of scores to build each epoch
                 if patience and run.epoch < run.spec.max_epochs and plateau_reason(
-                        [r["score"] for r in recorder.rows_by_epoch.values()], patience):
+                        recorder.curve("score"), patience):
                     return self._end(trial_id, rows, TrialStatus.COMPLETED, EARLY_STOPPED)
         except Exception:
             return self._end(trial_id, rows, TrialStatus.FAILED, "error", traceback.format_exc())
