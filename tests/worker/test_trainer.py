@@ -709,3 +709,37 @@ def test_grad_clip_with_an_optimizer_whose_step_takes_a_closure_is_refused_in_th
     unclipped = {k: v for k, v in config.items() if k != "grad_clip"}
     assert math.isfinite(TrialRun(task, splits, TrialSpec(0, 0, unclipped, 3, 1), torch.device("cpu"))
                          .train_epoch()["train_loss"])
+
+
+def test_the_recorded_lr_is_the_first_param_groups_with_the_tasks_own_loop_too():
+    """build_optimizer gives the head the config's lr (group 0) and the body a tenth, with the task's own
+    train_epoch: the metrics' lr was the last group's (0.001 for lr 0.01) where caviar's own loop records group 0's.
+    Now both record the first group's rate, as the schedule moves it."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    def two_groups(config, params):
+        params = list(params)
+        return torch.optim.SGD([{"params": params[2:], "lr": config["lr"]},
+                                {"params": params[:2], "lr": config["lr"] * 0.1}], lr=config["lr"])
+
+    def own_loop(model, optimizer, batches, config):
+        for x, y in batches:
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+        return {"train_loss": loss.item()}
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+    splits = prepare(module.load_data())
+    config = {"lr": 0.01, "hidden": 8, "batch_size": 32, "schedule": "exponential", "decay_rate": 0.5}
+    for loop in (own_loop, None):
+        task = dataclasses.replace(base, namespace=SimpleNamespace(
+            load_data=module.load_data, build_model=module.build_model, build_optimizer=two_groups,
+            train_epoch=loop))
+        run = TrialRun(task, splits, TrialSpec(0, 0, config, 3, 3), torch.device("cpu"))
+        assert [run.train_epoch()["lr"] for _ in range(3)] == pytest.approx([0.01, 0.005, 0.0025]), loop

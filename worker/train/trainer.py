@@ -284,8 +284,8 @@ class TrialRun:
             self._check_param_groups_kept(len(scheduled))
             # A rate the task's loop set (a warm-up) holds for its own steps; the schedule goes on from its own value,
             # as torch's chained schedules (exponential, cosine, plateau) would otherwise scale the one left behind.
-            for group, lr in zip(self.optimizer.param_groups, scheduled):
-                group["lr"] = lr
+            for group, rate in zip(self.optimizer.param_groups, scheduled):  # ``lr`` stays the first group's
+                group["lr"] = rate
             if counted.exhausted and counted.count == 0:
                 raise self._no_batch_error()
             if "train_loss" not in stats:
