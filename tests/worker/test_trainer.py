@@ -743,3 +743,36 @@ def test_the_recorded_lr_is_the_first_param_groups_with_the_tasks_own_loop_too()
             train_epoch=loop))
         run = TrialRun(task, splits, TrialSpec(0, 0, config, 3, 3), torch.device("cpu"))
         assert [run.train_epoch()["lr"] for _ in range(3)] == pytest.approx([0.01, 0.005, 0.0025]), loop
+
+
+def test_an_optimizer_wrapper_that_is_no_torch_optimizer_is_refused_naming_build_optimizer():
+    """A hand-written Lookahead with param_groups, step and state_dict but no torch.optim.Optimizer base: the
+    refusal named the model's forward pass or loss_fn, with torch's "Lookahead is not an Optimizer" from the
+    schedule. Now build_optimizer, in one line."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from orchestrator.errors import TaskError
+
+    class Lookahead:
+        def __init__(self, base):
+            self.base = base
+            self.param_groups = base.param_groups
+
+        def step(self, closure=None):
+            self.base.step()
+
+        def zero_grad(self, set_to_none=True):
+            self.base.zero_grad(set_to_none=set_to_none)
+
+        def state_dict(self):
+            return self.base.state_dict()
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+    task = dataclasses.replace(base, namespace=SimpleNamespace(
+        space=module.space, load_data=module.load_data, build_model=module.build_model,
+        build_optimizer=lambda config, params: Lookahead(torch.optim.SGD(params, lr=config["lr"]))))
+    with pytest.raises(TaskError, match=r"tiny_task.py': build_optimizer must return a torch.optim.Optimizer, got "
+                                        r"Lookahead, which does not subclass it"):
+        validate_contract(task, [CONFIG])

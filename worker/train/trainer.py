@@ -174,10 +174,15 @@ def own_optimizer(build: Any, config: dict[str, Any], params: list[torch.nn.Para
         optimizer = build(config, params)
     except Exception as exc:
         raise TaskError(f"build_optimizer raised {type(exc).__name__}: {exc}") from exc
-    if not all(hasattr(optimizer, name) for name in ("param_groups", "step", "zero_grad", "state_dict")):
+    if not isinstance(optimizer, torch.optim.Optimizer):
         pair = " (an (optimizer, scheduler) pair? caviar steps the config's schedule; a schedule of your own " \
                "steps in train_epoch)" if isinstance(optimizer, (tuple, list)) else ""
-        raise TaskError(f"build_optimizer must return a torch.optim.Optimizer, got {type(optimizer).__name__}{pair}")
+        # torch's schedulers take nothing else (a wrapper with param_groups and step() failed in the schedule, said
+        # as a forward-pass error); its step hooks are how grad_clip and the EMA follow a task's own loop
+        wrapper = "" if pair else ", which does not subclass it (torch's schedulers take nothing else: a wrapper " \
+                                  "subclasses torch.optim.Optimizer, as timm's Lookahead does)"
+        raise TaskError(f"build_optimizer must return a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}{pair}{wrapper}")
     return optimizer
 
 
