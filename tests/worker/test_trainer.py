@@ -776,3 +776,19 @@ def test_an_optimizer_wrapper_that_is_no_torch_optimizer_is_refused_naming_build
     with pytest.raises(TaskError, match=r"tiny_task.py': build_optimizer must return a torch.optim.Optimizer, got "
                                         r"Lookahead, which does not subclass it"):
         validate_contract(task, [CONFIG])
+
+
+def test_fp16_steps_the_loss_scaler_skips_count_in_no_gradient_norm_and_no_ema_step():
+    """fp16 starts its loss scale at 2**16 and skips each step whose scaled gradients overflow, until the scale fits:
+    a regression in hundreds skipped its first 9 steps. The metrics' grad_norm read NaN for the first epoch and inf
+    for the second, though every step taken had a finite gradient, and the EMA counted the skipped steps as updates.
+    Now grad_norm averages the steps taken (null while none was), and the EMA follows those steps only."""
+    from worker.data.splits import prepare_task_data
+
+    task = load_task(os.path.join(ROOT, "tests", "tasks", "large_units_regression_task.py"))
+    config = {"lr": 0.05, "batch_size": 32, "optimizer": "adam", "ema_decay": 0.9}
+    run = TrialRun(task, prepare_task_data(task), TrialSpec(0, 0, config, 0, 3), torch.device("cpu"), "fp16")
+    norms = [run.train_epoch()["grad_norm"] for _ in range(3)]
+    assert norms[0] is None and all(math.isfinite(n) and n > 0 for n in norms[1:])
+    taken = {int(state["step"]) for state in run.optimizer.state.values()}
+    assert taken == {run.ema.step} and 0 < run.ema.step < 15  # 5 batches an epoch, the first ones skipped

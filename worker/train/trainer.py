@@ -439,8 +439,13 @@ class TrialRun:
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(opt)  # clip and measure the true gradients, not the scaled ones
-            grad_norm_sum += clip_grad_norm(params, self.grad_clip)
-            steps += 1
+            norm = clip_grad_norm(params, self.grad_clip)
+            # fp16 gradients that overflowed at the loss scale: the scaler skips this step and lowers the scale (its
+            # first steps often do), so the norm is no gradient the model took, nor a step the EMA follows
+            stepped = not self.scaler.is_enabled() or math.isfinite(norm)
+            if stepped:
+                grad_norm_sum += norm
+                steps += 1
             before = [p.detach().clone() for p in params] if i == measured else None
             self.scaler.step(opt)  # skips the step when fp16 gradients overflowed
             self.scaler.update()
@@ -448,7 +453,7 @@ class TrialRun:
                 update_ratio = _flat_norm([p.detach() - b for p, b in zip(params, before)]) / max(
                     _flat_norm(before), 1e-12
                 )
-            if self.ema is not None:
+            if self.ema is not None and stepped:
                 self.ema.update(model)
             n, batch_loss = len(yb), loss.item()
             total_loss += batch_loss * n
@@ -465,7 +470,7 @@ class TrialRun:
             "train_loss_original": total_original / max(total_seen, 1),
             "train_accuracy": total_correct / max(total_seen, 1) if self.kind.kind == "classification" else None,
             "examples_trained": int(total_seen),
-            "grad_norm": grad_norm_sum / max(steps, 1),
+            "grad_norm": grad_norm_sum / steps if steps else None,  # None: every fp16 step overflowed
             "update_ratio": update_ratio,
         }
 
