@@ -792,3 +792,37 @@ def test_fp16_steps_the_loss_scaler_skips_count_in_no_gradient_norm_and_no_ema_s
     assert norms[0] is None and all(math.isfinite(n) and n > 0 for n in norms[1:])
     taken = {int(state["step"]) for state in run.optimizer.state.values()}
     assert taken == {run.ema.step} and 0 < run.ema.step < 15  # 5 batches an epoch, the first ones skipped
+
+
+@pytest.mark.parametrize("schedule", [None, "constant"])
+def test_a_tasks_own_loop_owns_the_rate_when_the_config_names_no_schedule(schedule):
+    """The task's train_epoch decays the rate by 0.9 after every step, with no schedule in the config: caviar's
+    constant schedule put the config's lr back at every epoch's end, so each epoch started again at 0.01 (the lr
+    column read 0.01 throughout) and the decay over the trial never happened. Now the loop's rate goes on."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    used = []
+
+    def decaying(model, optimizer, batches, config):
+        for x, y in batches:
+            used.append(optimizer.param_groups[0]["lr"])
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.9
+        return {"train_loss": loss.item()}
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+    task = dataclasses.replace(base, namespace=SimpleNamespace(
+        load_data=module.load_data, build_model=module.build_model, train_epoch=decaying))
+    config = {"lr": 0.01, "optimizer": "sgd", "hidden": 8, "batch_size": 60, "schedule": schedule}  # 3 batches
+    run = TrialRun(task, prepare(module.load_data()), TrialSpec(0, 0, config, 3, 3), torch.device("cpu"))
+    recorded = [run.train_epoch()["lr"] for _ in range(3)]
+    assert used == pytest.approx([0.01 * 0.9**i for i in range(9)])
+    assert recorded == pytest.approx([0.01, 0.01 * 0.9**3, 0.01 * 0.9**6])

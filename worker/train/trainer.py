@@ -223,6 +223,9 @@ class TrialRun:
                             "that re-evaluates the loss, and caviar's training loop calls step() without one; step "
                             "it with your closure in the task's own train_epoch(model, optimizer, batches, config)")
         self.scheduler = build_schedule(config, self.optimizer, spec.max_epochs)
+        # A task's own loop under no schedule of caviar's owns the rate: a per-step decay or a OneCycleLR it keeps
+        # across epochs goes on from where it left the rate (a constant schedule's step put the config's lr back).
+        self.loop_owns_rate = bool(task.get("train_epoch")) and setting(config, "schedule", "constant") == "constant"
         self.kind = splits.target_kind
         self.loss_fn = loss_function(task, self.kind)
         self.objective, self.mode = objective_and_mode(task, self.kind)
@@ -289,8 +292,9 @@ class TrialRun:
             self._check_param_groups_kept(len(scheduled))
             # A rate the task's loop set (a warm-up) holds for its own steps; the schedule goes on from its own value,
             # as torch's chained schedules (exponential, cosine, plateau) would otherwise scale the one left behind.
-            for group, rate in zip(self.optimizer.param_groups, scheduled):  # ``lr`` stays the first group's
-                group["lr"] = rate
+            if not self.loop_owns_rate:
+                for group, rate in zip(self.optimizer.param_groups, scheduled):  # ``lr`` stays the first group's
+                    group["lr"] = rate
             if counted.exhausted and counted.count == 0:
                 raise self._no_batch_error()
             if "train_loss" not in stats:
@@ -310,7 +314,8 @@ class TrialRun:
                                           "val", s)
         self.output_shape = tuple(val_outputs.shape[1:])
         val_loss = val["val_loss"]
-        step_schedule(self.scheduler, val_loss if math.isfinite(val_loss) else math.inf)
+        if not self.loop_owns_rate:
+            step_schedule(self.scheduler, val_loss if math.isfinite(val_loss) else math.inf)
         self.epoch += 1
         self.last_val = {"raw": (self.epoch, val, natural_outputs(self.kind, val_outputs).cpu())}
         if self.diagnostics is not None:  # per-layer rows; the recorder takes them with this epoch's metrics
