@@ -826,3 +826,28 @@ def test_a_tasks_own_loop_owns_the_rate_when_the_config_names_no_schedule(schedu
     recorded = [run.train_epoch()["lr"] for _ in range(3)]
     assert used == pytest.approx([0.01 * 0.9**i for i in range(9)])
     assert recorded == pytest.approx([0.01, 0.01 * 0.9**3, 0.01 * 0.9**6])
+
+
+def test_an_fp16_trial_resumes_with_its_loss_scale():
+    """The resume state held no GradScaler state: a resumed fp16 trial started again at a scale of 2**16 and
+    skipped its first steps after the resume (a regression in hundreds: val losses 111439, 111336 against 110819,
+    109958 run straight). Now it goes on with the scale it had, as the straight run does."""
+    from worker.data.splits import prepare_task_data
+
+    task = load_task(os.path.join(ROOT, "tests", "tasks", "large_units_regression_task.py"))
+    splits = prepare_task_data(task)
+    config = {"lr": 0.05, "batch_size": 32, "optimizer": "adam"}
+
+    def make():
+        return TrialRun(task, splits, TrialSpec(0, 0, config, 0, 5), torch.device("cpu"), "fp16")
+
+    straight = make()
+    expected = [straight.train_epoch()["val_loss"] for _ in range(5)]
+    first = make()
+    for _ in range(3):
+        first.train_epoch()
+    buf = io.BytesIO()
+    torch.save(first.resume_state(), buf)
+    resumed = make()
+    resumed.load_resume_state(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert [resumed.train_epoch()["val_loss"] for _ in range(2)] == expected[3:]

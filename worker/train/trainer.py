@@ -533,6 +533,7 @@ class TrialRun:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {},
+            "scaler": self.scaler.state_dict(),  # fp16's loss scale ({} otherwise): a new one skips its first steps
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             **host_rng_state(),
@@ -544,6 +545,8 @@ class TrialRun:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         set_host_rng_state(state)
