@@ -83,6 +83,7 @@ def print_result(result: Any, *, report: bool = True, task_ref: str | None = Non
 
     drawing = report and not result.aborted and helper is not None and helper.ask(result.path)
     tables = load(result.path)
+    shown = as_typed(result.path)
     print_top(tables, 5)
     for line in edge_lines(tables.events.to_pylist()):
         typer.echo(line)
@@ -93,17 +94,26 @@ def print_result(result: Any, *, report: bool = True, task_ref: str | None = Non
     if result.aborted:
         fail(f"sweep stopped early: {result.aborted}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
-    typer.echo(f"\n{counts}. Results (Parquet): {redact_uri(result.path)}")
-    for line in ensemble_lines(result.path, task_ref):
+    typer.echo(f"\n{counts}. Results (Parquet): {redact_uri(shown)}")
+    for line in ensemble_lines(shown, task_ref):
         typer.echo(line)
     if report:
         if drawing and ray_joined():  # the run is over: Ray's shutdown overlaps the helper's drawing
             from cluster.runner import leave_ray
 
             leave_ray()
-        written = write_sweep_report(result.path, tables, helper if drawing else None)
+        written = write_sweep_report(shown, tables, helper if drawing else None)
         if written:
             typer.echo(f"Report: {written}")
+
+
+def as_typed(path: str) -> str:
+    """A local sweep folder below the working directory as a relative path (``caviar-runs/digits``, as the user
+    typed it); anything else as it is."""
+    if "://" in path or not os.path.isabs(path):
+        return path
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def task_file_ref(task: str | None) -> str | None:
