@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.app.cli_common import PRUNER_NAMES, app, fail
+from orchestrator.app.cli_common import PRUNER_NAMES, SAMPLER_NAMES, app, fail
 from orchestrator.spec.settings import RunSettings
 
 AddressOpt = Annotated[str | None, typer.Option(
@@ -60,7 +60,7 @@ def submit(
     seed: Annotated[int | None, typer.Option(help="Sweep seed.")] = None,
     config: Annotated[str | None, typer.Option(help=r"TOML \[run]/\[space] file inside the task's folder.")] = None,
     pruner: Annotated[str | None, typer.Option(help=f"{PRUNER_NAMES}.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="random, sobol or lhs.")] = None,
+    sampler: Annotated[str | None, typer.Option(help=f"{SAMPLER_NAMES}.")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs each trial holds.")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial; 0.25 packs four on a GPU.")] = None,
     resource: Annotated[list[str] | None, typer.Option(help="Custom Ray resource per trial, NAME=AMOUNT.")] = None,

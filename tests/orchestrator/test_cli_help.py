@@ -24,3 +24,16 @@ def test_every_bracketed_word_in_a_help_text_reaches_the_printed_help():
                 assert word in printed, f"caviar {name} --help lost {word!r} from --{param.name}'s help"
                 checked += 1
     assert checked >= 3  # run, check and submit name [run] and [space]
+
+
+def test_every_verb_that_takes_a_sampler_or_pruner_names_each_one_the_settings_accept():
+    # `caviar submit --help` listed "random, sobol or lhs" after tpe became the default sampler
+    from orchestrator.decide.pruning import PRUNERS
+    from orchestrator.search.sampler import SAMPLERS
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        for param in command.params:
+            names = {"sampler": SAMPLERS, "pruner": PRUNERS}.get(param.name)
+            for known in names or ():
+                assert known in (param.help or ""), f"caviar {name} --{param.name}'s help leaves out {known!r}"
