@@ -67,6 +67,19 @@ def test_the_toml_blocks_are_what_run_and_check_accept(tmp_path):
         assert settings.extend_edges is True and space["lr"].limits == (1e-6, 1.0)
 
 
+def test_every_run_setting_is_named_in_the_docs():
+    # settings with no CLI option (fail_fast, max_retries, ...) were in no document; a TOML user could not find them
+    import glob
+    from dataclasses import fields
+
+    from orchestrator.spec.settings import RunSettings
+
+    text = "".join(open(path).read() for path in [README, *glob.glob(os.path.join(ROOT, "docs", "*.md"))])
+    unnamed = [f.name for f in fields(RunSettings)
+               if not any(form in text for form in (f"`{f.name}", f"{f.name} = ", f"--{f.name.replace('_', '-')}"))]
+    assert not unnamed, f"run settings README.md and docs/ never name: {unnamed}"
+
+
 def test_quickstart_commands_run_as_written(in_repo_copy):
     quickstart = next(b for b in blocks("bash") if ".venv/bin/caviar run" in b)
     env = {**os.environ, "PYTHONPATH": ROOT}
