@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import numbers
 import os
 import sys
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from types import ModuleType
 from typing import Any
 
 from orchestrator.decide.fusing import PER_MEMBER, TASK_HOOKS_THAT_BLOCK, fuse_blocker
-from orchestrator.errors import SpaceError, TaskError
+from orchestrator.errors import SpaceError, TaskError, did_you_mean
 from orchestrator.search.space import SearchSpace
 
 REQUIRED = ("space", "load_data", "build_model")
@@ -47,6 +48,7 @@ OPTIONAL_CALLABLES = ("loss_fn", "train_epoch", "build_optimizer")
 TASK_METRICS = ("accuracy", "loss")
 KINDS = ("classification", "multilabel", "regression", "custom")
 MODES = ("min", "max")
+DIAGNOSTICS_OPTIONS = ("probe_size", "hist_every", "bins")  # worker/train/diagnostics.py's DiagnosticsOptions
 
 
 @dataclass
@@ -191,8 +193,26 @@ def load_task(ref: str) -> Task:
         raise TaskError(f"task {ref!r}: normalize must be True, False or (mean, std) of the inputs, "
                         f"got {type(normalize).__name__}")
     kind, objective, mode = _contract_fields(ref, ns)
+    _check_diagnostics(ref, getattr(ns, "diagnostics", None))
     return Task(canonical, ns, space, metric, bool(getattr(ns, "normalize", True)), settings, kind, objective, mode,
                 bool(getattr(ns, "standardize_targets", False)))
+
+
+def _check_diagnostics(ref: str, value: Any) -> None:
+    """``diagnostics``: None, True, False or a dict of positive integers by option name. Workers read it, so a
+    misspelt option was ignored and a bad number failed every trial (``bins = 0``) instead of the task."""
+    if value is None or isinstance(value, bool) or type(value).__name__ == "bool_":
+        return
+    if not isinstance(value, dict):
+        raise TaskError(f"task {ref!r}: diagnostics must be True, False or a dict of "
+                        f"{', '.join(DIAGNOSTICS_OPTIONS)}, got {type(value).__name__}")
+    for key, number in value.items():
+        if key not in DIAGNOSTICS_OPTIONS:
+            near = did_you_mean(str(key), DIAGNOSTICS_OPTIONS)
+            raise TaskError(f"task {ref!r}: diagnostics has no option {key!r}{near} "
+                            f"(options: {', '.join(DIAGNOSTICS_OPTIONS)})")
+        if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 1:
+            raise TaskError(f"task {ref!r}: diagnostics {key!r} must be a positive integer, got {number!r}")
 
 
 # The reported columns whose better direction caviar knows; any other objective declares its mode.

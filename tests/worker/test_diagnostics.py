@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from orchestrator.errors import TaskError
 from orchestrator.spec.task import Task, load_task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
@@ -145,3 +146,63 @@ def test_a_transformer_encoders_nested_activations_are_measured_on_their_real_po
     norm = acts["encoder.layers.0.norm2"]
     assert norm["numel"] == 8 and sum(norm["hist_counts"]) == 16 * 4 * 8  # the real positions only, no padding
     assert abs(norm["mean"]) < 1e-5  # a layer norm's output, padding zeros left out
+
+
+REGRESSION_TASK = '''
+import numpy as np
+from torch import nn
+from orchestrator.search.space import loguniform
+
+kind = "regression"
+diagnostics = DIAGNOSTICS
+space = {"lr": loguniform(1e-3, 1e-1), "batch_size": 16}
+
+def load_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3)).astype("float32")
+    y = (x @ np.array([[1.0], [2.0], [-1.0]]) + 5).astype("float32")
+    return {"train": (x[:40], y[:40]), "val": (x[40:50], y[40:50]), "test": (x[50:], y[50:])}
+
+def build_model(config):
+    return nn.Linear(3, 1)
+'''
+
+
+@pytest.mark.parametrize(("value", "named"), [
+    ('{"probe": 64}', "no option 'probe' (options: probe_size, hist_every, bins)"),  # ignored: 256 examples probed
+    ('{"bins": 0}', "'bins' must be a positive integer, got 0"),  # every trial failed in torch.histogram
+    ('{"hist_every": 2.5}', "'hist_every' must be a positive integer, got 2.5"),  # int() made it 2
+    ('"off"', "must be True, False or a dict"),  # a string read as on
+])
+def test_a_bad_diagnostics_option_is_refused_with_the_task(tmp_path, value, named):
+    path = tmp_path / "task.py"
+    path.write_text(REGRESSION_TASK.replace("DIAGNOSTICS", value))
+    with pytest.raises(TaskError, match="diagnostics") as caught:
+        load_task(str(path))
+    assert named in str(caught.value)
+
+
+def test_caviar_run_refuses_a_misspelt_diagnostics_option_in_one_line_before_the_sweep(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    path = tmp_path / "task.py"
+    path.write_text(REGRESSION_TASK.replace("DIAGNOSTICS", '{"probe": 64}'))
+    result = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", "run", str(path), "--trials", "1",
+                             "--epochs", "1", "--storage", str(tmp_path / "runs"), "--name", "bad", "--plain"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("caviar: error: task ") and "diagnostics has no option 'probe'" in line, line
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_the_options_a_task_may_give_are_the_ones_diagnostics_read():
+    from dataclasses import fields
+
+    from orchestrator.spec.task import DIAGNOSTICS_OPTIONS
+
+    assert DIAGNOSTICS_OPTIONS == tuple(f.name for f in fields(DiagnosticsOptions))
