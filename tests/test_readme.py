@@ -89,6 +89,9 @@ def test_quickstart_commands_run_as_written(in_repo_copy):
         assert result.returncode == 0, (command, result.stderr[-2000:])
         if " run " in command:
             assert "Report: caviar-runs/digits/report.html" in result.stdout
+            # the README's sample of the run's end loads the ensemble as the run prints it: with the task's code
+            [load_line] = [line for line in blocks("text")[0].splitlines() if line.startswith("Load it:")]
+            assert load_line.split('task="')[0] + 'task="' in result.stdout
             assert os.path.exists(in_repo_copy / "caviar-runs" / "digits" / "report.html")
         if " ls " in command:
             assert "digits" in result.stdout and "finished" in result.stdout
