@@ -317,3 +317,31 @@ def test_caviar_run_knows_a_sampler_and_a_stage_policy_that_the_task_file_regist
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "finished" in resumed.stdout
+
+
+def test_the_architecture_pages_plug_in_blocks_import_every_name_they_call():
+    # the blocks called run_sweep and resume_sweep without importing them: pasted as written, a NameError
+    import ast
+    import builtins
+    import os
+    import re
+
+    from tests.conftest import ROOT
+
+    text = open(os.path.join(ROOT, "docs", "ARCHITECTURE.md")).read()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        tree = ast.parse(block)
+        bound = set(dir(builtins))
+        for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                bound |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+            elif isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                bound.add(node.name)
+            elif isinstance(node, ast.Assign):
+                bound |= {name.id for target in node.targets for name in ast.walk(target) if isinstance(name, ast.Name)}
+        for node in tree.body:
+            if isinstance(node, (ast.Expr, ast.Assign)):
+                used = {name.id for name in ast.walk(node) if isinstance(name, ast.Name)}
+                assert used <= bound, f"docs/ARCHITECTURE.md block uses {sorted(used - bound)} without defining them"
