@@ -29,7 +29,8 @@ def check(
     expected_loss: Annotated[float | None, typer.Option(help="Expected initial loss when it is not ln C.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show the gradient check of every parameter tensor.")] = False,
 ) -> None:
-    """Sanity-check a task before a sweep: initial loss, L2, overfitting 20 examples, gradients, the space's ends."""
+    """Sanity-check a task before a sweep: initial loss, L2, overfitting 20 examples, gradients, the space's ends
+    and which of its entries the task reads."""
     from orchestrator.spec.task import load_task
     from worker.check.preflight import run_preflight
 
