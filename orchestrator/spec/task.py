@@ -194,6 +194,7 @@ def load_task(ref: str) -> Task:
                         f"got {type(normalize).__name__}")
     kind, objective, mode = _contract_fields(ref, ns)
     _check_diagnostics(ref, getattr(ns, "diagnostics", None))
+    _check_worker_options(ref, ns)
     return Task(canonical, ns, space, metric, bool(getattr(ns, "normalize", True)), settings, kind, objective, mode,
                 bool(getattr(ns, "standardize_targets", False)))
 
@@ -213,6 +214,27 @@ def _check_diagnostics(ref: str, value: Any) -> None:
                             f"(options: {', '.join(DIAGNOSTICS_OPTIONS)})")
         if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 1:
             raise TaskError(f"task {ref!r}: diagnostics {key!r} must be a positive integer, got {number!r}")
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"
+
+
+def _check_worker_options(ref: str, ns: Any) -> None:
+    """The plain options workers read, refused here rather than cast there: ``standardize_targets = "no"`` trained on
+    standardised targets, ``num_workers = 1.5`` ran one loader worker, ``fuse_per_member = "hidden"`` named letters."""
+    standardize = getattr(ns, "standardize_targets", None)
+    if standardize is not None and not _is_bool(standardize):
+        raise TaskError(f"task {ref!r}: standardize_targets must be True or False, got {standardize!r}")
+    workers = getattr(ns, "num_workers", None)
+    if workers is not None and (_is_bool(workers) or not isinstance(workers, numbers.Integral) or workers < 0):
+        raise TaskError(f"task {ref!r}: num_workers must be an integer >= 0 (DataLoader worker processes per trial), "
+                        f"got {workers!r}")
+    names = getattr(ns, "fuse_per_member", None)
+    if names is not None and (not isinstance(names, (list, tuple, set, frozenset))
+                              or not all(isinstance(name, str) for name in names)):
+        raise TaskError(f"task {ref!r}: fuse_per_member must be a set of parameter names, such as "
+                        f"{{\"label_smoothing\"}}, got {names!r}")
 
 
 # The reported columns whose better direction caviar knows; any other objective declares its mode.

@@ -1,0 +1,54 @@
+"""A task's plain options (the ones workers read) are refused in one line when they are not what caviar reads, never
+cast: a string read as true, a fractional worker count, a string taken for a set of names."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.errors import TaskError
+from orchestrator.spec.task import load_task
+
+TASK = '''
+import numpy as np
+from orchestrator.search.space import loguniform
+
+kind = "regression"
+OPTION
+space = {"lr": loguniform(1e-3, 1e-1), "batch_size": 16}
+
+def load_data():
+    x = np.zeros((10, 3), "float32")
+    return {"train": (x, x[:, :1]), "val": (x, x[:, :1]), "test": (x, x[:, :1])}
+
+def build_model(config):
+    from torch import nn
+    return nn.Linear(3, 1)
+'''
+
+
+def task_with(tmp_path, option: str):
+    path = tmp_path / "task.py"
+    path.write_text(TASK.replace("OPTION", option))
+    return load_task(str(path))
+
+
+@pytest.mark.parametrize(("option", "line"), [
+    ('standardize_targets = "no"', "standardize_targets must be True or False, got 'no'"),  # trained standardised
+    ("standardize_targets = 1", "standardize_targets must be True or False, got 1"),
+    ("num_workers = 1.5", "num_workers must be an integer >= 0 (DataLoader worker processes per trial), got 1.5"),
+    ('num_workers = "2"', "num_workers must be an integer >= 0"),
+    ("num_workers = -1", "num_workers must be an integer >= 0"),  # was "load_data raised ValueError" from torch
+    ("num_workers = True", "num_workers must be an integer >= 0"),
+    ('fuse_per_member = "hidden"', "fuse_per_member must be a set of parameter names"),  # its letters were names
+])
+def test_an_option_caviar_would_have_cast_is_refused_in_one_line(tmp_path, option, line):
+    with pytest.raises(TaskError) as caught:
+        task_with(tmp_path, option)
+    assert line in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("option", ["standardize_targets = True", "standardize_targets = False", "num_workers = 0",
+                                    "num_workers = 4", 'fuse_per_member = {"label_smoothing"}',
+                                    'fuse_per_member = ["a", "b"]', ""])
+def test_the_options_as_documented_load(tmp_path, option):
+    task_with(tmp_path, option)
