@@ -7,6 +7,7 @@ import textwrap
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -224,6 +225,16 @@ def test_the_cli_prints_a_table_and_exits_non_zero_on_failure(tmp_path):
     bad = runner.invoke(app, ["check", str(broken), "--dims", "3", "--steps", "50"])
     assert bad.exit_code == 1, bad.output
     assert "FAIL" in bad.output
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", *(["cuda"] if not torch.cuda.is_available() else []),
+                                    f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"])
+def test_a_device_the_check_cannot_use_is_one_line_naming_the_option(device):
+    # was a traceback: "Torch not compiled with CUDA enabled" (an AssertionError), or torch's list of device types
+    result = CliRunner().invoke(app, ["check", TINY_TASK, "--dims", "3", "--device", device])
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"caviar: error: option '--device': {device!r}"), line
 
 
 def test_int32_class_indices_are_refused_by_caviar_check_in_the_line_caviar_run_uses(tmp_path):
