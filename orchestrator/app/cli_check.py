@@ -21,7 +21,7 @@ def check(
     params: Annotated[str, typer.Option(
         help="Config to check: 'midpoint' of every range, 'sample', or a JSON object of values.")] = "midpoint",
     seed: Annotated[int, typer.Option(help="Seed of the model, the sample and the examples.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")] = "cpu",
     examples: Annotated[int, typer.Option(help="Examples in the overfitting subset.")] = 20,
     steps: Annotated[int, typer.Option(help="Most Adam steps spent overfitting them.")] = 500,
     dims: Annotated[int, typer.Option(help="Gradient-checked dimensions per parameter tensor.")] = 10,
@@ -38,7 +38,7 @@ def check(
         fail("options '--examples', '--steps' and '--dims' must be positive")
     if tolerance <= 0:
         fail("option '--tolerance': expected a positive number")
-    check_device(device)
+    device = check_device(device)
     if config is not None and (config in ("midpoint", "sample") or config.lstrip().startswith("{")):
         params, config = config, None  # the old meaning of --config, still understood
     loaded = load_task(task)
@@ -72,21 +72,16 @@ def check(
         raise typer.Exit(1)
 
 
-def check_device(device: str) -> None:
-    """One line for a device this machine cannot check on (torch raised an AssertionError or listed device types)."""
-    import torch
+def check_device(device: str) -> str:
+    """``device`` as this machine has it; one line otherwise (was a traceback: "Torch not compiled with CUDA")."""
+    from orchestrator.errors import ConfigError
+    from worker.load.ensemble_model import checked_device
 
-    kind, _, index = device.partition(":")
-    if device == "mps" and torch.backends.mps.is_available():  # an Apple GPU, as caviar run takes it
-        return
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        fail(f"option '--device': {device!r}: expected cpu, cuda or cuda:N")
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if kind == "cuda" and not gpus:
-        fail(f"option '--device': {device!r}, but this machine has no CUDA device; check on cpu")
-    if kind == "cuda" and index and int(index) >= gpus:
-        fail(f"option '--device': {device!r}, but this machine has {gpus} CUDA device{'s' if gpus > 1 else ''} "
-             f"(cuda:0 to cuda:{gpus - 1})")
+    try:
+        return str(checked_device(device))
+    except ConfigError as exc:
+        fail(f"option '--device': {exc}")
+        raise
 
 
 def print_report(report: Any, *, verbose: bool = False) -> None:

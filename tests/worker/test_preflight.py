@@ -234,7 +234,7 @@ def test_a_device_the_check_cannot_use_is_one_line_naming_the_option(device):
     result = CliRunner().invoke(app, ["check", TINY_TASK, "--dims", "3", "--device", device])
     assert result.exit_code == 2, result.output
     [line] = result.output.strip().splitlines()
-    assert line.startswith(f"caviar: error: option '--device': {device!r}"), line
+    assert line.startswith(f"caviar: error: option '--device': device {device!r}: "), line
 
 
 def test_int32_class_indices_are_refused_by_caviar_check_in_the_line_caviar_run_uses(tmp_path):
