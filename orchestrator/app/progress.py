@@ -88,7 +88,7 @@ def event_line(event: dict[str, Any], stages: int, objective: tuple[str, str] | 
     kind, detail, stage = event["kind"], event.get("detail") or {}, event.get("stage")
     if kind == "stage_started":
         promoted = detail.get("promoted") or 0
-        again = f", {promoted} of them best configs of stage {stage} trained longer" if promoted else ""
+        again = f", {promoted} of them best configs of stage {stage} trained again" if promoted else ""  # from scratch
         size = f"{detail.get('trials')} trials x {detail.get('epochs')} epoch{'' if detail.get('epochs') == 1 else 's'}"
         return f"stage {stage + 1}/{stages} started: {size}{again}"
     if kind in ("trial_completed", "trial_pruned", "trial_failed"):
