@@ -34,7 +34,8 @@ def run(
     plan: Annotated[str | None, typer.Option(help="Explicit stages, TRIALSxEPOCHS each: '64x1,24x5,8x20'.")] = None,
     stages: Annotated[int | None, typer.Option(help="Stages in the derived plan; 1 = plain random search.")] = None,
     slots: Annotated[
-        int | None, typer.Option(help="Trials trained at once (default: cluster CPUs / cpus-per-trial).")
+        int | None, typer.Option(help="Trials trained at once (default: the CPUs this process may use, or the "
+                                      "cluster's, / cpus-per-trial).")
     ] = None,
     storage: Annotated[str | None, typer.Option(help="Where sweeps live: a path or pyarrow.fs URI.")] = None,
     name: Annotated[str | None, typer.Option(help="Sweep name (default: TASK-DATE-TIME).")] = None,
