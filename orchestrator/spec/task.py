@@ -200,9 +200,9 @@ def load_task(ref: str) -> Task:
 
 
 def _check_diagnostics(ref: str, value: Any) -> None:
-    """``diagnostics``: None, True, False or a dict of positive integers by option name. Workers read it, so a
-    misspelt option was ignored and a bad number failed every trial (``bins = 0``) instead of the task."""
-    if value is None or isinstance(value, bool) or type(value).__name__ == "bool_":
+    """``diagnostics``: None, True, False or a dict of positive integers by option name. Only workers read it: a
+    misspelt option was ignored there, and a bad number (``bins = 0``) failed every trial."""
+    if value is None or _is_bool(value):
         return
     if not isinstance(value, dict):
         raise TaskError(f"task {ref!r}: diagnostics must be True, False or a dict of "
