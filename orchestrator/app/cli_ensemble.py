@@ -109,7 +109,8 @@ def ensemble(
             return ensemble_objective(None, dataset)
     try:
         records = build_and_write(storage, methods=methods, k=k, metric=metric, soup=soup,
-                                  choose_by=choose_by or "log_loss", objective_for=objective_for)
+                                  choose_by=choose_by or "log_loss", objective_for=objective_for,
+                                  named=methods if method else ())
     except CaviarError:
         raise
     except Exception as exc:  # the user's model code, torch: one line naming it, as every CLI error

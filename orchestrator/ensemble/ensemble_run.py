@@ -271,6 +271,30 @@ def refuse_methods_kind_lacks(kind: str | None, methods: Sequence[str] | None) -
                           f"{', '.join(REGRESSION_METHODS)} only")
 
 
+def refuse_unbuilt(named: Sequence[str], keys: Sequence[CandidateKey], seed_groups: Sequence[Sequence[int]],
+                   records: Sequence[EnsembleRecord] | None = None) -> None:
+    """Methods the user named that the stored predictions cannot build are refused in one line before the table is
+    written: it would hold only ``single`` and lose the rows (and the chosen one) it had. Called before building
+    (``records`` None: what the predictions plainly lack, EMA weights or seed copies, so that no soup weights file is
+    rewritten for a build that is refused) and after it (any other named method that did not come out)."""
+    if not named:  # every method by default: each is built where the predictions allow
+        return
+    built = None if records is None else {r.method for r in records}
+    with_ema = any(key.weights == "ema" for key in keys)
+    why = []
+    for method in check_methods(named):
+        if method in ("ema", "single_ema") and not with_ema:
+            why.append(f"{method}: no trial stored EMA weights (an ema_decay above 0 in the space keeps them)")
+        elif method == "seeds" and not any(len(group) >= 2 for group in seed_groups):
+            why.append(f"{method}: no config was trained from two or more seeds (--seed-copies N trains the best "
+                       "one N more times)")
+        elif built is not None and method not in built and method != "soup":  # a soup names its own failure
+            why.append(f"{method}: the stored predictions cannot build it ({len({k.trial_id for k in keys})} "
+                       f"trial(s), {len(keys)} checkpoint(s) with predictions)")
+    if why:
+        raise ConfigError(f"option 'method': {'; '.join(why)}; the ensembles table is left as it was")
+
+
 def _single_ema(cands: Sequence[Candidate], y_val: np.ndarray, metric: str,
                 objective: Objective | None = None) -> Ensemble | None:
     ema = [c for c in cands if c.key.weights == "ema"]
@@ -494,11 +518,12 @@ def _trials(storage: Storage) -> list[dict[str, Any]]:
 
 def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k: int = 5, metric: str | None = None,
                     soup: SoupBuilder | None = None, choose_by: str = "log_loss",
-                    objective_for: ObjectiveFor | None = None) -> list[EnsembleRecord]:
+                    objective_for: ObjectiveFor | None = None, named: Sequence[str] = ()) -> list[EnsembleRecord]:
     """Read predictions, build, write the ``ensembles`` table; returns its rows.
 
     ``objective_for`` gives the objective that chooses (None from it: the built-in metrics stand for it).
-    ``metric`` None: the sweep's (:func:`default_metric`).
+    ``metric`` None: the sweep's (:func:`default_metric`). ``named``: the methods the user asked for by name, refused
+    (nothing written) when the stored predictions cannot build one (:func:`refuse_unbuilt`).
     """
     dataset = read_dataset(storage)
     refuse_custom_kind(storage, dataset.kind)
@@ -508,8 +533,13 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
         from orchestrator.ensemble.regression_ensembles import build_regression, read_regression
 
 
-        records = build_regression(read_regression(storage, dataset), dataset, k=k, methods=check_methods(methods),
-                                   objective=objective, seed_groups=ensembles.same_config_groups(_trials(storage)))
+        regression_cands = read_regression(storage, dataset)
+        seed_groups = ensembles.same_config_groups(_trials(storage))
+        keys = [c.key for c in regression_cands]
+        refuse_unbuilt(named, keys, seed_groups)
+        records = build_regression(regression_cands, dataset, k=k, methods=check_methods(methods),
+                                   objective=objective, seed_groups=seed_groups)
+        refuse_unbuilt(named, keys, seed_groups, records)
         chosen_by = "val_mse" if objective is None else objective.name
         how = choice_detail(dataset, chosen_by, chosen_by)
         records = [replace(r, detail={**r.detail, **how}) for r in records]
@@ -519,9 +549,12 @@ def build_and_write(storage: Storage, *, methods: Sequence[str] | None = None, k
     stored = read_predictions(storage, dataset)
     for key, reason in stored.dropped:
         log.warning("ensembles: left out %s (%s)", key, reason)
+    seed_groups = ensembles.same_config_groups(_trials(storage))
+    keys = [c.key for c in stored.candidates]
+    refuse_unbuilt(named, keys, seed_groups)  # before a soup rewrites its weights file
     records = build(stored.candidates, dataset, methods=methods, k=k, metric=metric, soup=soup,
-                    seed_groups=ensembles.same_config_groups(_trials(storage)), choose_by=choose_by,
-                    objective=objective)
+                    seed_groups=seed_groups, choose_by=choose_by, objective=objective)
+    refuse_unbuilt(named, keys, seed_groups, records)
     _warn_choice(records)
     write_ensembles(storage, records)
     return records

@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from orchestrator.app.api import load, run_sweep
-from orchestrator.app.cli import app
+from orchestrator.app.cli import app, main
 from orchestrator.ensemble.ensemble_run import CandidateKey, read_dataset, read_ensembles
 from orchestrator.errors import ConfigError
 from orchestrator.spec.task import load_task
@@ -462,3 +462,30 @@ def test_float64_regression_outputs_are_stored_and_ensembled_without_rounding_to
     best = min(t["best_val_loss"] for t in load(result.path).trials.to_pylist())
     single = next(r for r in read_ensembles(storage) if r.method == "single")
     assert single.val_mse == pytest.approx(best, rel=1e-9)
+
+
+@pytest.mark.parametrize(("task_file", "options", "said"), [
+    ("soft_label_task.py", ["-m", "ema"], "ema: no trial stored EMA weights"),
+    ("soft_label_task.py", ["-m", "single_ema"], "single_ema: no trial stored EMA weights"),
+    ("soft_label_task.py", ["-m", "seeds"], "seeds: no config was trained from two or more seeds"),
+    ("soft_label_task.py", ["-m", "soup,ema", "--trust-task-code"], "ema: no trial stored EMA weights"),
+    ("regression_task.py", ["-m", "seeds"], "seeds: no config was trained from two or more seeds"),
+])
+def test_a_named_method_the_stored_predictions_cannot_build_is_refused_and_its_table_kept(
+        storage_dir, task_file, options, said, monkeypatch, capsys):
+    # `caviar ensemble SWEEP -m ema` on a sweep without EMA weights (or -m seeds without --seed-copies) built nothing
+    # of it, said nothing, and rewrote the table with only `single`: the greedy row it had chosen was gone
+    result = sweep(task_file, storage_dir, plan="3x2", ensemble=True, executor="processes", slots=1)
+    storage = Storage.from_uri(result.path)
+    before = read_ensembles(storage)
+    soup_file = os.path.join(result.path, schema.ensemble_weights_path("soup"))
+    soup_written = os.stat(soup_file).st_mtime_ns if os.path.exists(soup_file) else None
+    monkeypatch.setattr("sys.argv", ["caviar", "ensemble", result.path, *options])
+    with pytest.raises(SystemExit) as refused:
+        main()  # the entry point: one line on stderr and exit 2, as every error caviar knows about
+    assert refused.value.code == 2
+    assert f"caviar: error: option 'method': {said}" in capsys.readouterr().err
+    assert read_ensembles(storage) == before
+    if soup_written is not None:  # refused before a soup was built: its weights file is the one the row describes
+        assert os.stat(soup_file).st_mtime_ns == soup_written
+        load_ensemble(result.path, name="soup", trust_task_code=True)
