@@ -95,3 +95,35 @@ def test_autocast_on_cuda(precision, dtype):
     run, rows, seen = train("cuda", precision)
     assert seen == {dtype} and next(run.model.parameters()).device.type == "cuda"
     assert all(math.isfinite(r["train_loss"]) for r in rows) and rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+@needs_cuda
+def test_a_trial_resumed_on_a_gpu_draws_the_dropout_masks_the_uninterrupted_run_drew():
+    """The resume state held the CPU's generator only: on a GPU a resumed trial's dropout masks started again from
+    the trial's seed (its first epochs' masks), so it trained to other numbers than the run it continues."""
+    import dataclasses
+    import io
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    base = load_task(TINY_TASK)
+    task = dataclasses.replace(base, namespace=SimpleNamespace(
+        load_data=base.namespace.load_data,
+        build_model=lambda config: nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 3))))
+    device = torch.device("cuda")
+    splits = prepare(base.namespace.load_data()).to(device)
+
+    def run() -> TrialRun:
+        return TrialRun(task, splits, TrialSpec(0, 0, CONFIG, seed=1, max_epochs=4), device)
+
+    straight = run()
+    expected = [straight.train_epoch()["val_loss"] for _ in range(4)]
+    first = run()
+    first.train_epoch()
+    first.train_epoch()
+    buf = io.BytesIO()
+    torch.save(first.resume_state(), buf)
+    second = run()
+    second.load_resume_state(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert [second.train_epoch()["val_loss"] for _ in range(2)] == expected[2:]

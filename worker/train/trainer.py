@@ -537,6 +537,8 @@ class TrialRun:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             **host_rng_state(),
+            # A GPU's own generator draws its dropout masks: without it a resumed trial's masks repeat its first epochs'
+            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         }
 
     def load_resume_state(self, state: Mapping[str, Any]) -> None:
@@ -550,6 +552,8 @@ class TrialRun:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         set_host_rng_state(state)
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:  # not in states written on a CPU
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.epoch = int(state["epoch"])
 
 
