@@ -9,6 +9,7 @@ inverse_time, plateau, cosine), ``decay_rate``, ``step_epochs``. A key whose val
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -69,5 +70,10 @@ def build_schedule(config: Mapping[str, Any], optimizer: torch.optim.Optimizer, 
 def step_schedule(scheduler: Any, val_loss: float) -> None:
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step(val_loss)
-    else:
+        return
+    with warnings.catch_warnings():
+        # Stepped at an epoch's end, after its optimizer steps; torch warns when fp16's loss scaler skipped every one
+        # of them (an overflowing first epoch), which is no mistake in the user's code
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before",
+                                category=UserWarning)
         scheduler.step()
