@@ -50,13 +50,14 @@ CASES = [
         "wrong_keys",
         TINY_MODEL + "\ndef load_data():\n    tr, va, te = tiny_task.load_data()\n"
         "    return {'training': tr, 'validation': va, 'test': te}\n",
-        "load_data: result lacks split(s) train, val",
+        "load_data: result lacks split(s) train, val (it has 'training', 'validation'): caviar reads the keys train, "
+        "val, test",
     ),
     BadTask(
         "missing_split",
         TINY_MODEL + "\ndef load_data():\n    tr, va, te = tiny_task.load_data()\n"
         "    return {'train': tr, 'test': te}\n",
-        "load_data: result lacks split(s) val",
+        "load_data: result lacks split(s) val: caviar reads the keys train, val, test",
     ),
     BadTask(
         "two_splits",

@@ -185,7 +185,10 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
     if isinstance(raw, Mapping):
         missing = [s for s in SPLITS if s not in raw]
         if missing:
-            raise TaskError(f"load_data: result lacks split(s) {', '.join(missing)}")
+            extra = [str(k) for k in raw if k not in SPLITS]
+            named = f" (it has {', '.join(map(repr, extra))})" if extra else ""
+            raise TaskError(f"load_data: result lacks split(s) {', '.join(missing)}{named}: caviar reads the keys "
+                            f"{', '.join(SPLITS)}")
         parts = [raw[s] for s in SPLITS]
     elif isinstance(raw, (tuple, list)) and len(raw) == 3:
         parts = list(raw)
