@@ -213,7 +213,9 @@ class Controller:
                 kind, trial_id, message = edge_event(self, notice)
                 # The stage whose best trial sat on the edge; its trial; the value, old and new range.
                 self.event(kind, trial_id, stage=self.stage, reason=message, detail=notice_detail(notice))
-            self.event("range_narrowed", stage=self.stage + 1, detail={"space": narrowed.space.to_dict()})
+            kept = narrowed.space.to_dict() == space.to_dict()  # e.g. options each tried too rarely to drop
+            why = f"stage {self.stage + 1}'s results left every range as it was" if kept else None
+            self.event("range_narrowed", stage=self.stage + 1, reason=why, detail={"space": narrowed.space.to_dict()})
             space = narrowed.space
         trials = self.plan[self.stage + 1].trials
         promoted = policy.promoted(results, trials)

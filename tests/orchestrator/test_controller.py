@@ -287,3 +287,21 @@ def test_a_replay_that_meets_a_rung_in_another_order_keeps_judging_the_trial_fro
                       StoredRows([{"stage": 0, "trials": 2, "epochs": 9}], trials, metrics, {0: 0, 1: 0}), [SPACE])
     assert rebuilt.closed == [] and rebuilt.resumed == {0: 1, 1: 5}
     assert rebuilt.controller.trials[1].status == "pending"
+
+
+def test_a_range_narrowed_event_that_changed_no_range_says_so():
+    """A stage whose results left every range as it was (each option tried too rarely to drop) wrote a
+    range_narrowed event with no reason, as if it had narrowed (prune44 noticed it); a stage that did narrow gives
+    none, as before."""
+    only_options = SearchSpace({"act": choice(["relu", "tanh", "gelu"])})
+    c = Controller(only_options, parse_plan("4x2,4x2"), lambda stage: make_pruner("none", max_epochs=stage.epochs),
+                   ControllerOptions(seed=11))
+    for tid in start_all(c):
+        finish(c, tid, [0.5, 0.6 + 0.05 * tid])
+    event = next(e for e in c.events if e["kind"] == "range_narrowed")
+    assert event["reason"] == "stage 1's results left every range as it was"
+    assert event["detail"]["space"] == only_options.to_dict()
+    narrowing = controller("4x2,4x2")
+    for tid in start_all(narrowing):
+        finish(narrowing, tid, [0.5, 0.6 + 0.05 * tid])
+    assert next(e for e in narrowing.events if e["kind"] == "range_narrowed")["reason"] is None
