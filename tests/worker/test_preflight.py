@@ -409,3 +409,18 @@ def test_a_model_with_torch_weight_norm_passes_the_gradient_check():
     report = run_preflight(make_task(build_model=normed), dims_per_tensor=4)
     assert by_name(report)["gradient check"].status == PASS, by_name(report)["gradient check"]
     assert {"0.weight_g", "0.weight_v"} <= {t.name for t in report.tensors}
+
+
+def test_tabular_inputs_repeated_under_different_labels_do_not_fail_the_overfit_check():
+    """27 distinct rows in 600 with noisy labels: the tiny subset used to hold one input twice under two labels, which
+    no model fits ("95% right, 500 steps": FAIL on a valid task); it now takes distinct inputs."""
+    def few_values():
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 3, size=(600, 3)).astype(np.float32)
+        y = ((x.sum(1) + rng.integers(0, 2, 600)) % 3).astype(np.int64)
+        return (x, y), (x[:60], y[:60]), (x[60:120], y[60:120])
+
+    namespace = SimpleNamespace(space=SPACE, load_data=few_values,
+                                build_model=lambda c: nn.Sequential(nn.Linear(3, 32), nn.Tanh(), nn.Linear(32, 3)))
+    overfit = by_name(run_preflight(Task("few-values", namespace, SPACE), dims_per_tensor=2))["overfit tiny subset"]
+    assert overfit.status == PASS, overfit

@@ -38,6 +38,7 @@ from orchestrator.search.space import Distribution, SearchSpace
 from orchestrator.spec.task import Task
 from worker.check.contract import refuse_as_run_would, value_failure_notes
 from worker.check.edges import config_error, failing_values
+from worker.check.overlap import row_hashes
 from worker.check.unread import unread_entries
 from worker.check.validate import check_class_index_dtype, refuse_multilabel_shape
 from worker.data.kinds import TargetKind, class_labels, loss_function, right_rows
@@ -289,7 +290,7 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
     value = f"{loss_value:.4f} ({accuracy:.0%} right, {taken} steps)" if by_accuracy else \
         f"{loss_value:.4g} ({taken} steps)"
     return CheckResult("overfit tiny subset", PASS if ok else FAIL, value, expected,
-                       "" if ok else "cannot fit 20 examples: the model or its loss cannot learn")
+                       "" if ok else f"cannot fit {len(x)} examples: the model or its loss cannot learn")
 
 
 class _Optimizers:
@@ -507,7 +508,7 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(dev)
     report = PreflightReport(dict(config), splits.num_classes, kind=kind.kind, soft=kind.soft, labels=kind.labels)
     sample = order[:1024]  # the initial loss is an average: a thousand examples pin it down
-    tiny, few = order[:overfit_examples], order[:grad_examples]
+    tiny, few = distinct_inputs(x, order, overfit_examples), order[:grad_examples]
     if task.get("train_epoch") is not None:
         with torch.no_grad():
             training_outputs = fresh()(x[few])
@@ -550,6 +551,15 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
 
     report.checks.append(guarded("space entries read", entries_read))
     return report
+
+
+def distinct_inputs(x: torch.Tensor, order: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` indices of ``order`` whose inputs differ from those before: tabular data with few distinct
+    rows repeats inputs under different labels (noise), and no model fits both labels of one input."""
+    candidates = order[:1024]  # not the whole training split: a copy of it could be gigabytes
+    _, first = np.unique(row_hashes(x[candidates].cpu()), return_index=True)
+    keep = np.sort(first)[:count]
+    return candidates[torch.as_tensor(keep, device=order.device)]
 
 
 def check_entries_read(task: Task, splits: Splits, config: Mapping[str, Any]) -> tuple[CheckResult, list[str]]:
