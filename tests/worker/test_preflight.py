@@ -424,3 +424,41 @@ def test_tabular_inputs_repeated_under_different_labels_do_not_fail_the_overfit_
                                 build_model=lambda c: nn.Sequential(nn.Linear(3, 32), nn.Tanh(), nn.Linear(32, 3)))
     overfit = by_name(run_preflight(Task("few-values", namespace, SPACE), dims_per_tensor=2))["overfit tiny subset"]
     assert overfit.status == PASS, overfit
+
+
+def offset_regression(n: int = 300):
+    """Targets near 300 (temperatures in kelvin) varying by a few units with the inputs."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = (300 + x @ np.array([3, -2, 1, 0.5], np.float32)).astype(np.float32)
+    return (x, y), (x[:30], y[:30]), (x[30:60], y[30:60])
+
+
+class IgnoresInputs(nn.Module):
+    """A regressor whose forward pass drops its inputs (a wrong variable name): it can learn the targets' mean only."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x):
+        return self.net(torch.zeros_like(x))
+
+
+def test_the_overfit_check_of_a_regression_is_judged_against_the_targets_spread_not_their_offset():
+    """Against mean(y^2) = 90000, a model that learnt only the offset 300 passed ("4383 (385 steps)", "loss < 4468");
+    against the targets' variance it fails, and says the targets were not standardised; standardised, a working MLP
+    passes."""
+    space = SearchSpace({"hidden": randint(12, 20)})
+
+    def task(build_model, standardize):
+        namespace = SimpleNamespace(space=space, load_data=offset_regression, build_model=build_model)
+        return Task("offset", namespace, space, kind="regression", standardize_targets=standardize)
+
+    blind = by_name(run_preflight(task(lambda c: IgnoresInputs(int(c["hidden"])), False), dims_per_tensor=2))
+    assert blind["overfit tiny subset"].status == FAIL, blind["overfit tiny subset"]
+    working = lambda c: nn.Sequential(nn.Linear(4, int(c["hidden"])), nn.Tanh(), nn.Linear(int(c["hidden"]), 1))  # noqa: E731
+    standardized = by_name(run_preflight(task(working, True), dims_per_tensor=2))
+    assert standardized["overfit tiny subset"].status == PASS, standardized["overfit tiny subset"]
+    raw = by_name(run_preflight(task(working, False), dims_per_tensor=2))["overfit tiny subset"]
+    assert raw.status == FAIL and "set standardize_targets = True" in raw.detail, raw

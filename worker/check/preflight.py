@@ -247,7 +247,7 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
 
     The floor and scale follow the kind: class indices, loss < ``near_zero`` and 100% right; soft labels,
     loss within ``near_zero`` of the targets' entropy (the least cross-entropy possible); regression, loss
-    below ``near_zero`` x mean(y^2); custom, below ``near_zero`` x the first loss. Judged by loss alone but
+    below ``near_zero`` x the targets' variance; custom, below ``near_zero`` x the first loss. Judged by loss alone but
     for class indices. ``own_loss``: the task's ``loss_fn`` on a classification kind, whose floor is
     :func:`least_loss` (label smoothing, a distillation temperature).
     """
@@ -262,7 +262,10 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
     elif kind.kind == "classification" and kind.soft:
         floor = float(-(y * torch.log(y.clamp_min(1e-12))).sum(dim=1).mean())
     elif kind.kind == "regression":
-        scale = float(y.double().pow(2).mean())
+        # the loss of predicting the subset's mean: against mean(y^2), targets far from 0 (temperatures in kelvin)
+        # pass while the model has learnt only their offset
+        scale = float(y.double().reshape(len(y), -1).var(dim=0, unbiased=False).mean())
+        scale = scale if scale > 0 else 1.0  # one target value: any constant fits it
     expected = (f"loss < {floor + near_zero:.4g}, 100% accuracy on {len(x)} examples" if by_accuracy
                 else f"loss < {floor + near_zero * scale:.4g} on {len(x)} examples")
     if not params:
@@ -287,10 +290,23 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
         if not math.isfinite(loss_value):
             break
     ok = loss_value - floor < near_zero * scale and accuracy == 1.0
+    hint = unscaled_targets_hint(y, kind) if not ok else ""
     value = f"{loss_value:.4f} ({accuracy:.0%} right, {taken} steps)" if by_accuracy else \
         f"{loss_value:.4g} ({taken} steps)"
     return CheckResult("overfit tiny subset", PASS if ok else FAIL, value, expected,
-                       "" if ok else f"cannot fit {len(x)} examples: the model or its loss cannot learn")
+                       "" if ok else f"cannot fit {len(x)} examples: the model or its loss cannot learn{hint}")
+
+
+def unscaled_targets_hint(y: torch.Tensor, kind: TargetKind) -> str:
+    """Regression targets far from unit scale and not standardised: the usual reason a regressor cannot fit."""
+    if kind.kind != "regression" or kind.target_std is not None or len(y) < 2:
+        return ""
+    flat = y.double().reshape(len(y), -1)
+    mean, sd = flat.mean(dim=0), flat.std(dim=0)
+    if float(torch.maximum(mean.abs(), sd).max()) < 10.0:
+        return ""
+    return (f"; the targets (mean {float(mean[0]):.3g}, sd {float(sd[0]):.3g}) are trained on as they are: set "
+            "standardize_targets = True")
 
 
 class _Optimizers:
