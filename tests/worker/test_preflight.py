@@ -195,6 +195,32 @@ def test_relu_kinks_crossed_by_the_finite_difference_are_noted_not_failed():
     assert tensors["0.bias"].level != "wrong"
 
 
+
+class FunctionalRelu(nn.Module):
+    """A ReLU-like call as a function in forward (``torch.relu``, ``x.clamp(min=0)``): no module for a hook."""
+
+    def __init__(self, activation):
+        super().__init__()
+        self.first, self.last, self.activation = nn.Linear(4, 1), nn.Linear(1, 3), activation
+
+    def forward(self, x):
+        return self.last(self.activation(self.first(x)))
+
+
+@pytest.mark.parametrize("activation", [torch.relu, F.relu, lambda h: h.clamp(min=0), lambda h: F.hardtanh(h, 0, 6)],
+                         ids=["torch.relu", "F.relu", "clamp", "hardtanh"])
+def test_functional_relu_kinks_crossed_by_the_finite_difference_are_noted_not_failed(activation):
+    """The same kink reached through a function: it was not seen, and a correct model read "wrong gradient"."""
+    x = torch.tensor([[1.0, 2.0, -1.0, 0.5], [0.3, -0.2, 0.1, 1.0]], dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    torch.manual_seed(0)
+    model = FunctionalRelu(activation)
+    with torch.no_grad():  # put example 0's pre-activation exactly on the kink
+        model.first.bias.fill_(-float(model.first.weight.double() @ x[0]))
+    tensors = {t.name: t for t in gradient_check(model, x, y, F.cross_entropy, dims_per_tensor=4)}
+    assert tensors["first.bias"].kinks == 1
+    assert tensors["first.bias"].level != "wrong"
+
 def test_error_levels_follow_the_course_notes():
     assert [error_level(e) for e in (0.5, 1e-3, 1e-5, 1e-9)] == ["wrong", "suspicious", "ok", "good"]
 

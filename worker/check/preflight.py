@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from orchestrator.errors import TaskError
 from orchestrator.search.probes import edge_probes
@@ -358,8 +359,53 @@ def _kinks_of(module: nn.Module) -> tuple[float, ...] | None:
     return None
 
 
+_F = torch.nn.functional
+_AT_ZERO = {torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, _F.relu, _F.relu_, _F.leaky_relu,
+            _F.leaky_relu_, torch.abs, torch.Tensor.abs}
+_CLAMPS = {torch.clamp, torch.clip, torch.Tensor.clamp, torch.Tensor.clip, torch.clamp_min, torch.Tensor.clamp_min,
+           torch.clamp_max, torch.Tensor.clamp_max}
+
+
+def _kinks_of_call(func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[float, ...] | None:
+    """The kinks of a functional ReLU-like call (``torch.relu(x)``, ``x.clamp(min=0)``) on its first argument."""
+    if func in _AT_ZERO:
+        return (0.0,)
+    if func is _F.relu6:
+        return (0.0, 6.0)
+    if func in (_F.hardtanh, _F.hardtanh_):
+        low = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        high = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+        return (float(low), float(high))
+    if func in (_F.hardswish, _F.hardsigmoid):
+        return (-3.0, 3.0)
+    if func in _CLAMPS:
+        name = func.__name__
+        keys = ("max",) if name.endswith("clamp_max") else ("min",) if name.endswith("clamp_min") else ("min", "max")
+        given = [args[1 + i] if len(args) > 1 + i else kwargs.get(key) for i, key in enumerate(keys)]
+        return tuple(float(v) for v in given if isinstance(v, (int, float)))  # a tensor bound: not followed
+    return None
+
+
+class _FunctionalKinks(TorchFunctionMode):
+    """Sees ReLU-like calls made as functions in a forward pass (``torch.relu``, ``F.relu``, ``clamp``), which
+    leave no module for a hook."""
+
+    def __init__(self, watch: KinkWatch):
+        super().__init__()
+        self.watch = watch
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if args and isinstance(args[0], torch.Tensor):
+            kinks = _kinks_of_call(func, args, kwargs)
+            if kinks:
+                self.watch.record(args[0], kinks)
+        return func(*args, **kwargs)
+
+
 class KinkWatch:
-    """Records which side of each kink every ReLU-like input sits on, per forward pass."""
+    """Records which side of each kink every ReLU-like input sits on, per forward pass: those of modules through
+    hooks, and functional calls while ``watching()``."""
 
     def __init__(self, model: nn.Module):
         self.regions: list[torch.Tensor] = []
@@ -369,10 +415,16 @@ class KinkWatch:
             if kinks is not None:
                 self.handles.append(module.register_forward_hook(self._hook(kinks)))
 
+    def record(self, x: torch.Tensor, kinks: tuple[float, ...]) -> None:
+        x = x.detach()
+        self.regions.append(sum((x > k).to(torch.int8) for k in kinks))
+
+    def watching(self) -> _FunctionalKinks:
+        return _FunctionalKinks(self)
+
     def _hook(self, kinks: tuple[float, ...]) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            x = inputs[0].detach()
-            self.regions.append(sum((x > k).to(torch.int8) for k in kinks))
+            self.record(inputs[0], kinks)
 
         return hook
 
@@ -403,7 +455,8 @@ def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
 
     def loss_at() -> torch.Tensor:
         torch.manual_seed(seed)  # any randomness left in the forward pass repeats exactly
-        return loss_fn(model(x), y)
+        with watch.watching():
+            return loss_fn(model(x), y)
 
     try:
         model.zero_grad(set_to_none=True)
