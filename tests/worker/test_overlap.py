@@ -99,3 +99,18 @@ def test_classes_that_train_never_shows_are_named_in_one_line_before_the_sweep(c
     tokens = rng.integers(0, 9, (120, 6))
     assert warn_if_classes_missing_from_train(prepare(((tokens[:60], tags[:60]), (tokens[60:90], tags[60:90]),
                                                        (tokens[90:], tags[90:])))) == []
+
+
+def test_tabular_data_with_few_distinct_rows_is_not_called_shared_unless_more_than_its_own_repeats():
+    """27 possible rows (three features of 0, 1 or 2), split at random: every test row was "also in train" ("200 of
+    200 test examples (100%)": give each split examples of its own), which such data cannot do. A test split copied
+    from training rows of data that rarely repeats is still named."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(1200, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 1200)
+    splits = ((x[:800], y[:800]), (x[800:1000], y[800:1000]), (x[1000:], y[1000:]))
+    assert shared_examples(prepare(splits)) == []
+    wide = rng.integers(0, 3, size=(1200, 12)).astype(np.float32)  # 3**12 possible rows: few repeat by chance
+    wide[1000:1100] = wide[:100]  # half the test split copied from train
+    splits = ((wide[:800], y[:800]), (wide[800:1000], y[800:1000]), (wide[1000:], y[1000:]))
+    assert shared_examples(prepare(splits)) == ["100 of 200 test examples (50%) are also in train"]
