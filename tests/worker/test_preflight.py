@@ -488,3 +488,19 @@ def test_the_overfit_check_of_a_regression_is_judged_against_the_targets_spread_
     assert standardized["overfit tiny subset"].status == PASS, standardized["overfit tiny subset"]
     raw = by_name(run_preflight(task(working, False), dims_per_tensor=2))["overfit tiny subset"]
     assert raw.status == FAIL and "set standardize_targets = True" in raw.detail, raw
+
+
+def test_a_batch_norm_model_at_batch_size_1_fails_a_row_as_caviar_run_refuses_it():
+    """Every check ran on batches of 4 to 1024 examples: "all checks passed", then caviar run refused the task (torch's
+    "Expected more than 1 value per channel when training"). The config's own batch is now a failed row."""
+    space = SearchSpace({"hidden": randint(12, 20), "batch_size": 1})
+
+    def normed(config):
+        h = int(config["hidden"])
+        return nn.Sequential(nn.Linear(4, h), nn.BatchNorm1d(h), nn.Tanh(), nn.Linear(h, 3))
+
+    report = run_preflight(Task("bn", SimpleNamespace(space=space, load_data=blobs, build_model=normed), space),
+                           dims_per_tensor=2)
+    assert not report.passed
+    batch = by_name(report)["a training batch"]
+    assert batch.status == FAIL and "Expected more than 1 value per channel" in batch.detail, batch

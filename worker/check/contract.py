@@ -289,17 +289,20 @@ def value_failure_notes(failed: Sequence[tuple[Probe, str, BaseException]],
     return notes
 
 
-def refuse_as_run_would(task: Task, splits: Splits, config: Mapping[str, Any]) -> None:
+def refuse_as_run_would(task: Task, splits: Splits, config: Mapping[str, Any]) -> BaseException | None:
     """``caviar check``'s config through the contract ``caviar run`` checks, refused in run's line: outputs that
-    broadcast against the targets, a head the built-in metrics cannot score. The user's own code raising is left to
-    the checks' rows."""
+    broadcast against the targets, a head the built-in metrics cannot score. The user's own code raising is
+    returned, for the checks to report as a failed row (their own batches may not meet it: a batch norm model at
+    ``batch_size`` 1)."""
     try:
         check_config(task, splits, config)
     except TaskError as exc:
         if exc.__cause__ is None:  # caviar's own refusal, which every trial of the sweep would meet
             raise _refuse(task, "the model's forward pass or loss_fn", exc) from None
-    except Exception:  # the user's code: the checks that follow report it as failed rows
-        pass
+        return exc
+    except Exception as exc:  # the user's code: the checks that follow report it as a failed row
+        return exc
+    return None
 
 
 def _raised_in_optimizer(exc: BaseException) -> bool:

@@ -37,7 +37,7 @@ from orchestrator.errors import TaskError
 from orchestrator.search.probes import edge_probes
 from orchestrator.search.space import Distribution, SearchSpace
 from orchestrator.spec.task import Task
-from worker.check.contract import refuse_as_run_would, value_failure_notes
+from worker.check.contract import describe, refuse_as_run_would, value_failure_notes
 from worker.check.edges import config_error, failing_values
 from worker.check.overlap import row_hashes
 from worker.check.unread import unread_entries
@@ -567,7 +567,7 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
                 overfit_examples: int, overfit_steps: int, grad_examples: int, dims_per_tensor: int,
                 tolerance: float, expected_loss: float | None) -> PreflightReport:
     config = regularisation_off(config) if config is not None else preflight_config(task.space, how=how, seed=seed)
-    refuse_as_run_would(task, splits, config)  # "all checks passed" must not precede run's refusal
+    run_error = refuse_as_run_would(task, splits, config)  # "all checks passed" must not precede run's refusal
     dev = torch.device(device)
     fresh = model_builder(task, config, seed, dev)
     kind = splits.target_kind
@@ -587,6 +587,10 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
                                 "task's own train_epoch handles: every check ran it in eval mode, as caviar "
                                 "evaluates it")
     check_class_index_dtype(kind, y, task)  # as caviar run: one line, not torch's error in every check below
+    if run_error is not None:  # the batches below are of other sizes, so they may not meet it
+        batch = config.get("batch_size", 64)
+        report.checks.append(CheckResult("a training batch", FAIL, "error", f"one batch of {batch} trains, as in "
+                                         "each trial", describe(run_error)))
     if kind.multilabel:  # the loss flattens outputs and targets, so every check below would pass a (batch, L, 1) head
         with torch.no_grad():
             refuse_multilabel_shape(kind, fresh()(x[few]), y[few])
