@@ -221,6 +221,36 @@ def test_functional_relu_kinks_crossed_by_the_finite_difference_are_noted_not_fa
     assert tensors["first.bias"].kinks == 1
     assert tensors["first.bias"].level != "wrong"
 
+
+class PythonRandomDepth(nn.Module):
+    """Stochastic depth drawn from Python's ``random`` (as older code does), not torch's generator."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.block, self.last = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        import random
+
+        h = torch.tanh(self.first(x))
+        if self.training and random.random() < 0.5:
+            return self.last(h)
+        return self.last(h + torch.tanh(self.block(h)))
+
+
+def test_stochastic_depth_drawn_from_pythons_random_is_not_called_a_wrong_gradient():
+    """Each finite difference's two forward passes took other paths: "wrong gradient" (relative error ~1) on a correct
+    model. Python's and numpy's generators are now seeded before each pass, as torch's was, and put back after."""
+    import random
+
+    x, y = torch.from_numpy(blobs(8)[0][0]), torch.from_numpy(blobs(8)[0][1])
+    torch.manual_seed(0)
+    random.seed(123)
+    before = random.getstate()
+    tensors = gradient_check(PythonRandomDepth(), x, y, F.cross_entropy, dims_per_tensor=6)
+    assert all(t.level in ("good", "ok") for t in tensors), tensors
+    assert random.getstate() == before
+
 def test_error_levels_follow_the_course_notes():
     assert [error_level(e) for e in (0.5, 1e-3, 1e-5, 1e-9)] == ["wrong", "suspicious", "ok", "good"]
 

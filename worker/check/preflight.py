@@ -43,6 +43,7 @@ from worker.check.overlap import row_hashes
 from worker.check.unread import unread_entries
 from worker.check.validate import check_class_index_dtype, refuse_multilabel_shape
 from worker.data.kinds import TargetKind, class_labels, loss_function, right_rows
+from worker.data.seeds import preserved_randomness, seed_trial
 from worker.data.splits import Splits, padding_rows, prepare_task_data
 
 # Relative-error bands from the CS231n notes (gradient check).
@@ -448,13 +449,20 @@ def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
 
     ``in_place``: ``model`` is a fresh build the caller gives away, made float64 itself rather than copied (torch's
     deepcopy refuses a model holding a computed tensor, as ``torch.nn.utils.weight_norm`` leaves)."""
+    with preserved_randomness():  # each forward pass seeds the global generators: the caller's are put back
+        return _gradient_check(model, x, y, loss_fn, dims_per_tensor=dims_per_tensor, seed=seed, step=step,
+                               in_place=in_place)
+
+
+def _gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, *, dims_per_tensor: int,
+                    seed: int, step: float, in_place: bool) -> list[TensorCheck]:
     training = model.training
     model = dropout_off((model if in_place else copy.deepcopy(model)).double()).train(training)
     x = x.double() if x.is_floating_point() else x
     watch = KinkWatch(model)
 
     def loss_at() -> torch.Tensor:
-        torch.manual_seed(seed)  # any randomness left in the forward pass repeats exactly
+        seed_trial(seed)  # any randomness left in the forward pass repeats exactly: torch's, numpy's or Python's
         with watch.watching():
             return loss_fn(model(x), y)
 
