@@ -534,3 +534,46 @@ def test_a_batch_norm_model_at_batch_size_1_fails_a_row_as_caviar_run_refuses_it
     assert not report.passed
     batch = by_name(report)["a training batch"]
     assert batch.status == FAIL and "Expected more than 1 value per channel" in batch.detail, batch
+
+
+def gaussian_nll(outputs, y):
+    mean, log_var = outputs[:, 0], outputs[:, 1]
+    return (0.5 * (log_var + (y - mean) ** 2 / log_var.exp())).mean()
+
+
+def small_targets():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (0.05 * np.tanh(x[:, 0]) + 0.001 * rng.normal(size=200)).astype(np.float32)
+    return (x, y), (x[:40], y[:40]), (x[40:80], y[40:80])
+
+
+class MeanAndLogVariance(nn.Module):
+    """A (mean, log variance) head whose log variance starts at -4, so a Gaussian NLL starts below 0."""
+
+    def __init__(self, hidden: int, blind: bool):
+        super().__init__()
+        self.blind = blind
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 2))
+        with torch.no_grad():
+            self.net[2].bias.copy_(torch.tensor([0.0, -4.0]))
+
+    def forward(self, x):
+        return self.net(torch.zeros_like(x) if self.blind else x)
+
+
+def test_a_custom_loss_that_starts_below_zero_must_still_fall_to_pass_the_overfit_check():
+    """A Gaussian NLL starting at -2 was under its bar (5% of |-2| above 0) before any step: a model that ignores
+    its inputs passed "overfit tiny subset" in one step. It must now fall by 95% of its first value's size."""
+    space = SearchSpace({"hidden": randint(12, 20)})
+
+    def task(blind):
+        namespace = SimpleNamespace(space=space, load_data=small_targets, loss_fn=gaussian_nll,
+                                    metrics=lambda outputs, y: {"nll": float(gaussian_nll(outputs, y))},
+                                    build_model=lambda c: MeanAndLogVariance(int(c["hidden"]), blind))
+        return Task("nll", namespace, space, kind="custom", objective="val_nll", mode="min")
+
+    blind = by_name(run_preflight(task(True), dims_per_tensor=2))["overfit tiny subset"]
+    assert blind.status == FAIL, blind
+    seeing = by_name(run_preflight(task(False), dims_per_tensor=2))["overfit tiny subset"]
+    assert seeing.status == PASS, seeing

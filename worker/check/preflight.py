@@ -280,6 +280,9 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
         loss_value = float(loss.detach())
         if kind.kind == "custom" and taken == 1:
             scale = abs(loss_value) if math.isfinite(loss_value) and loss_value != 0 else 1.0
+            # a loss that starts below 0 (a Gaussian NLL) must still fall by 95% of its size, not pass untrained
+            floor = min(0.0, 2 * loss_value) if math.isfinite(loss_value) else 0.0
+            expected = f"loss < {floor + near_zero * scale:.4g} on {len(x)} examples"
         accuracy = float(right_rows(logits, class_labels(y, kind), kind).float().mean()) if by_accuracy else 1.0
         if loss_value - floor < near_zero * scale and accuracy == 1.0:
             break
