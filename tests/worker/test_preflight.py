@@ -577,3 +577,12 @@ def test_a_custom_loss_that_starts_below_zero_must_still_fall_to_pass_the_overfi
     assert blind.status == FAIL, blind
     seeing = by_name(run_preflight(task(False), dims_per_tensor=2))["overfit tiny subset"]
     assert seeing.status == PASS, seeing
+
+
+def test_caviar_check_names_splits_that_share_examples_as_caviar_run_does(caplog):
+    """blobs() gives val and test the same 30 examples: caviar run warned, caviar check said "all checks passed"."""
+    with caplog.at_level("WARNING", logger="caviar"):
+        report = run_preflight(make_task(), dims_per_tensor=2)
+    assert report.passed
+    [line] = [r.getMessage() for r in caplog.records if "val and test" in r.getMessage()]
+    assert line.startswith("load_data: val and test hold the same 30 examples")

@@ -39,9 +39,9 @@ from orchestrator.search.space import Distribution, SearchSpace
 from orchestrator.spec.task import Task
 from worker.check.contract import describe, refuse_as_run_would, value_failure_notes
 from worker.check.edges import config_error, failing_values
-from worker.check.overlap import row_hashes
+from worker.check.overlap import row_hashes, warn_if_splits_share_examples
 from worker.check.unread import unread_entries
-from worker.check.validate import check_class_index_dtype, refuse_multilabel_shape
+from worker.check.validate import check_class_index_dtype, refuse_multilabel_shape, warn_if_classes_missing_from_train
 from worker.data.kinds import TargetKind, class_labels, loss_function, right_rows
 from worker.data.seeds import preserved_randomness, seed_trial
 from worker.data.splits import Splits, padding_rows, prepare_task_data
@@ -579,6 +579,8 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
                 tolerance: float, expected_loss: float | None) -> PreflightReport:
     config = regularisation_off(config) if config is not None else preflight_config(task.space, how=how, seed=seed)
     run_error = refuse_as_run_would(task, splits, config)  # "all checks passed" must not precede run's refusal
+    warn_if_splits_share_examples(splits)  # the warning lines caviar run gives about the splits, before the table
+    warn_if_classes_missing_from_train(splits)
     dev = torch.device(device)
     fresh = model_builder(task, config, seed, dev)
     kind = splits.target_kind
