@@ -213,7 +213,7 @@ class Pruner(ABC):
 
     def __new__(cls, *args: Any, **options: Any) -> Pruner:
         pruner = super().__new__(cls)
-        pruner._chosen = dict(options)  # what the user set: a copy for another stage keeps it
+        pruner._chosen = chosen_by_name(cls, args, options)  # what the user set: a copy for another stage keeps it
         return pruner
 
     @classmethod
@@ -297,6 +297,28 @@ class Pruner(ABC):
         if self.check_not_learning and obs.epoch == self.grace_epochs:
             return not_learning_reason(obs, self.not_learning_margin)
         return None
+
+
+def chosen_by_name(cls: type[Pruner], args: tuple[Any, ...], options: dict[str, Any]) -> dict[str, Any]:
+    """The options a pruner was made with, each by its name: ``copy_for`` passes them as keywords, so an option
+    given by position (``MyPruner(0.9)``) is kept for every stage instead of silently falling back to its default."""
+    if not args:
+        return dict(options)
+    try:
+        bound = inspect.signature(cls).bind_partial(*args, **options)
+    except TypeError:
+        return dict(options)  # the constructor itself says what is wrong with these arguments
+    chosen: dict[str, Any] = {}
+    for key, value in bound.arguments.items():
+        kind = bound.signature.parameters[key].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            raise ConfigError(f"pruner {cls.__module__}.{cls.__qualname__}: takes *{key}, which a copy for each "
+                              "stage cannot pass again; take named options instead")
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            chosen.update(value)
+        else:
+            chosen[key] = value
+    return chosen
 
 
 PRUNERS: Registry[Pruner] = Registry()

@@ -84,6 +84,38 @@ def test_a_pruner_object_prunes_with_its_own_options_in_every_stage():
     assert not pruner._trials  # the object passed in is never used itself
 
 
+class PositionalFloor(Pruner):
+    """A pruner as a user may write it: options by position or by name."""
+
+    def __init__(self, floor=0.5, at_epoch=2, max_epochs=None, max_loss_ratio=4.0, **more):
+        super().__init__(max_epochs=max_epochs, max_loss_ratio=max_loss_ratio)
+        self.floor, self.at_epoch, self.more = floor, at_epoch, more
+
+    def next_decision_epoch(self, epoch):
+        return self.at_epoch if epoch < self.at_epoch else self.max_epochs
+
+    def _decide(self, obs, trial):
+        return f"below_{self.floor}" if obs.epoch == self.at_epoch and obs.score < self.floor else None
+
+
+def test_a_pruner_option_given_by_position_reaches_every_stage():
+    # PositionalFloor(0.6) once pruned below 0.5 in every stage: each stage's copy is built by keyword, and the
+    # option given by position was not among them, so the default took its place without a word
+    controller = controller_for(SPACE, settings(pruner=pruner_name(PositionalFloor)),
+                                PlugIns(pruner=PositionalFloor(0.6, 2, tag="mine")))
+    run(controller)
+    assert {t.reason for t in controller.trials.values() if t.status == "pruned"} == {"below_0.6"}
+    copy = controller.make_pruner(controller.plan[1])
+    assert (copy.floor, copy.at_epoch, copy.more, copy.max_epochs) == (0.6, 2, {"tag": "mine"}, 4)
+
+    class Starred(PositionalFloor):
+        def __init__(self, *floors, max_epochs=None):
+            super().__init__(min(floors), max_epochs=max_epochs)
+
+    with pytest.raises(ConfigError, match=r"^pruner .*Starred: takes \*floors, which a copy for each stage cannot "):
+        Starred(0.5, 0.6)
+
+
 def test_a_pruner_class_is_built_per_stage_from_the_stage_budget():
     controller = controller_for(SPACE, settings(max_loss_ratio=3.0, pruner=pruner_name(BelowFloor)),
                                 PlugIns(pruner=BelowFloor))
