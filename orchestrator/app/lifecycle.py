@@ -187,6 +187,7 @@ def controller_for(space: SearchSpace, settings: RunSettings, plugins: PlugIns =
             return NoPruner.for_stage(budget)
         return build_pruner(budget)
 
+    check_pruners(plan, pruner_for, settings)
     options = ControllerOptions(
         seed=settings.seed,
         sampler=sampler_for(_chosen("sampler", settings.sampler, plugins.sampler)),
@@ -197,6 +198,25 @@ def controller_for(space: SearchSpace, settings: RunSettings, plugins: PlugIns =
                                       promote_fraction=settings.promote_fraction),
     )
     return Controller(space, plan, pruner_for, options)
+
+
+def check_pruners(plan: Sequence[Stage], pruner_for: Callable[[Stage], Pruner], settings: RunSettings) -> None:
+    """Every stage's pruner built once before anything runs: a plug-in's constructor that fails for a later stage's
+    budget failed there, after the earlier stages had trained; one line names it here instead. A pruner's own
+    ``max_loss_ratio`` other than the setting is refused: the workers stop a diverging trial at the setting's."""
+    for number, stage in enumerate(plan, schema.FIRST_STAGE):
+        try:
+            pruner = pruner_for(stage)
+        except CaviarError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"pruner {settings.pruner!r}: building it for stage {number} ({stage.epochs} epochs) "
+                              f"raised {type(exc).__name__}: {exc}") from exc
+        if pruner.max_loss_ratio != settings.max_loss_ratio:
+            raise ConfigError(f"pruner {settings.pruner!r}: its max_loss_ratio {pruner.max_loss_ratio:g} is not the "
+                              f"setting 'max_loss_ratio' ({settings.max_loss_ratio:g}), at which the workers stop a "
+                              f"diverging trial; set max_loss_ratio={pruner.max_loss_ratio:g} in the settings "
+                              "(run_sweep(max_loss_ratio=...)) and leave it out of the pruner")
 
 
 def drive_and_finish(

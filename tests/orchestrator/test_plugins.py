@@ -116,6 +116,40 @@ def test_a_pruner_option_given_by_position_reaches_every_stage():
         Starred(0.5, 0.6)
 
 
+class NeedsPatience(Pruner):
+    def __init__(self, *, patience, max_epochs=None):
+        super().__init__(max_epochs=max_epochs)
+        self.patience = patience
+
+    def next_decision_epoch(self, epoch):
+        return self.max_epochs
+
+    def _decide(self, obs, trial):
+        return None
+
+
+def test_a_pruner_that_fails_for_a_later_stage_or_sets_its_own_loss_ratio_is_refused_before_anything_runs(tmp_path):
+    # a constructor failing for stage 2's budget raised its TypeError after stage 1 had trained (the first stage of
+    # one epoch trains unpruned), and a pruner's own max_loss_ratio never reached the workers, which stop a diverging
+    # trial at the setting's: a ratio of 50 still stopped trials at 4x, without a word
+    from orchestrator.app.api import run_sweep
+    from orchestrator.decide.pruning import ASHAPruner
+    from tests.conftest import TINY_TASK
+
+    storage = tmp_path / "runs"
+    with pytest.raises(ConfigError, match=r"^pruner '.*NeedsPatience': building it for stage 2 \(3 epochs\) raised "
+                                          r"TypeError: .*missing 1 required keyword-only argument: 'patience'$"):
+        run_sweep(TINY_TASK, plan="4x1,2x3", storage=storage, name="ctor", pruner=NeedsPatience)
+    with pytest.raises(ConfigError, match=r"^pruner 'asha': its max_loss_ratio 50 is not the setting 'max_loss_ratio' "
+                                          r"\(4\), at which the workers stop a diverging trial; set max_loss_ratio=50"):
+        run_sweep(TINY_TASK, plan="4x1,2x3", storage=storage, name="ratio",
+                  pruner=ASHAPruner(max_epochs=3, max_loss_ratio=50.0))
+    assert not storage.exists()  # refused before the sweep's folder was made
+    # the setting itself reaches both the workers and the pruner
+    built = controller_for(SPACE, settings(max_loss_ratio=50.0), PlugIns(pruner=ASHAPruner(max_epochs=3)))
+    assert built.make_pruner(built.plan[1]).max_loss_ratio == 50.0
+
+
 def test_a_pruner_class_is_built_per_stage_from_the_stage_budget():
     controller = controller_for(SPACE, settings(max_loss_ratio=3.0, pruner=pruner_name(BelowFloor)),
                                 PlugIns(pruner=BelowFloor))
