@@ -11,16 +11,18 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.decide.backend import START_FAILED, Assignment, Report
 from orchestrator.decide.fusing import PER_MEMBER, FusePlan, block_size, share_shapes
-from orchestrator.decide.pruning import OBJECTIVE_NAN, Observation, Pruner
+from orchestrator.decide.pruning import OBJECTIVE_NAN, Observation, Pruner, pruner_name
 from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, stored_status
 from orchestrator.errors import ConfigError, StorageError, exception_line
 from orchestrator.search.narrowing import edge_warnings, explored_space
-from orchestrator.search.sampler import stage_configs, trial_seed
+from orchestrator.search.registry import plugin_code
+from orchestrator.search.sampler import sampler_name, stage_configs, trial_seed
 from orchestrator.search.space import SearchSpace, shown_value
 from orchestrator.search.stage_policy import NarrowAndPromote, StagePolicy, stage_policy_name
 from orchestrator.search.stages import Stage
@@ -132,17 +134,22 @@ class Controller:
 
     # -- stages ---------------------------------------------------------------------------
     def _begin_stage(self, index: int, space: SearchSpace, promoted: Sequence[dict[str, Any]] = ()) -> None:
-        self.stage = index
         stage = self.plan[index]
-        self.stage_spaces.append(space)
-        self.pruner = self.make_pruner(stage)
         fresh = stage.trials - len(promoted)  # fresh samples first: the same ids and configs when a resume re-samples
+        # The plug-ins first, the state after: one that raises leaves the controller at the stage before, whole, so
+        # the tables are still written and a resume begins this stage again.
+        pruner = self.make_pruner(stage)
         # Conditions apply after shapes are shared: a block's shared optimizer decides which of each member's
         # own draws (momentum, betas) are active, so the draws are kept until then.
-        sampled, drawn_by = stage_configs(
-            space, fresh, seed=self.options.seed, stage=index, kind=self.options.sampler,
-            history=self.scored_history(index), keep_inactive=True,
-        )
+        sampler = self.options.sampler
+        with plugin_code("sampler", sampler_name(sampler), sampler, "stage_configs", f"drawing stage {index + 1}"):
+            sampled, drawn_by = stage_configs(
+                space, fresh, seed=self.options.seed, stage=index, kind=sampler,
+                history=self.scored_history(index), keep_inactive=True,
+            )
+        self.stage = index
+        self.stage_spaces.append(space)
+        self.pruner = pruner
         self._full_samples = dict(zip(range(self._next_id, self._next_id + fresh), sampled))
         configs = [space.deactivate(c) for c in (self._shared_shapes(sampled, fresh) if fresh else [])]
         configs += [dict(c) for c in promoted]
@@ -207,7 +214,9 @@ class Controller:
             return
         results = self.stage_results(self.stage)
         policy = self.stage_policy
-        narrowed = policy.next_space(space, results)
+        after = f"after stage {self.stage + 1}"
+        with plugin_code("stage policy", stage_policy_name(policy), policy, "next_space", after):
+            narrowed = policy.next_space(space, results)
         if narrowed is not None:
             for notice in narrowed.edges:
                 kind, trial_id, message = edge_event(self, notice)
@@ -218,7 +227,8 @@ class Controller:
             self.event("range_narrowed", stage=self.stage + 1, reason=why, detail={"space": narrowed.space.to_dict()})
             space = narrowed.space
         trials = self.plan[self.stage + 1].trials
-        promoted = policy.promoted(results, trials)
+        with plugin_code("stage policy", stage_policy_name(policy), policy, "promoted", after):
+            promoted = policy.promoted(results, trials)
         if len(promoted) > trials:  # fresh = trials - promoted would go negative: numpy's "negative dimensions"
             raise ConfigError(f"stage policy {stage_policy_name(policy)!r}: promoted returned {len(promoted)} configs "
                               f"for stage {self.stage + 2}, which trains {trials} trials; return at most "
@@ -279,8 +289,7 @@ class Controller:
         trial.started = trial.started or now_ms()
         if not resume and trial.trial_id not in self._started_once:
             self.event("trial_started", trial.trial_id, detail={"config": trial.config, "seed": trial.seed})
-        assert self.pruner is not None
-        until = min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
+        until = self._next_decision(trial)
         if trial.trial_id in self._stop_when_back:
             until = trial.epochs_run  # only back to where the stored decision stopped it
         return Assignment(  # the stage as the tables number it: workers write it into their rows
@@ -311,10 +320,16 @@ class Controller:
             return Decision(stop=True, reason=reason)
         if trial.epochs_run >= trial.max_epochs:
             return Decision(stop=True, reason="max_epochs")
+        return Decision(stop=False, until_epoch=self._next_decision(trial))
+
+    def _next_decision(self, trial: TrialState) -> int:
         assert self.pruner is not None
-        return Decision(
-            stop=False, until_epoch=min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
-        )
+        with self.pruner_code("next_decision_epoch", f"after trial {trial.trial_id}'s epoch {trial.epochs_run}"):
+            return min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
+
+    def pruner_code(self, method: str, when: str) -> AbstractContextManager[None]:
+        """A user's pruner that raises in ``method``: one line naming it (:func:`plugin_code`)."""
+        return plugin_code("pruner", pruner_name(type(self.pruner)), self.pruner, method, when)
 
     def interrupt_running(self) -> list[int]:
         """A stop signal: running trials become ``interrupted`` (a resume continues them); their ids."""
@@ -425,7 +440,8 @@ class Controller:
                                                                  or val_loss < trial.best_val_loss):
             trial.best_val_loss = val_loss
         assert self.pruner is not None
-        reason = self.pruner.observe(observation_of(trial.trial_id, row))
+        with self.pruner_code("observe", f"at trial {trial.trial_id}'s epoch {epoch}"):
+            reason = self.pruner.observe(observation_of(trial.trial_id, row))
         if reason == OBJECTIVE_NAN and trial.trial_id not in self._stop_errors:
             self._stop_errors[trial.trial_id] = objective_nan_error(self.objective, row)
         return reason

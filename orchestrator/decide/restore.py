@@ -178,7 +178,8 @@ def _replay(controller: Controller, rows: StoredRows, interrupted: set[int]) -> 
         if tid in interrupted:
             reason = controller.replay(tid, row)
         else:
-            reason = pruner.observe(observation_of(tid, row))
+            with controller.pruner_code("observe", f"at trial {tid}'s epoch {r['epoch']}, replaying the tables"):
+                reason = pruner.observe(observation_of(tid, row))
         if reason is None:
             continue
         if r["epoch"] < last_epoch[tid]:

@@ -411,3 +411,57 @@ def test_the_architecture_pages_plug_in_blocks_import_every_name_they_call():
             if isinstance(node, (ast.Expr, ast.Assign)):
                 used = {name.id for name in ast.walk(node) if isinstance(name, ast.Name)}
                 assert used <= bound, f"docs/ARCHITECTURE.md block uses {sorted(used - bound)} without defining them"
+
+
+class FailsFromStage(Sampler):
+    """Random points, and a user's bug (a history entry read as a dict) from stage ``fails_from`` (0-based) on."""
+
+    def __init__(self, fails_from):
+        self.fails_from = fails_from
+
+    def stage_configs(self, space, count, *, seed, stage, history=(), keep_inactive=False):
+        if stage >= self.fails_from:
+            max(history, key=lambda scored: scored["score"])
+        return Halton().stage_configs(space, count, seed=seed, stage=stage, keep_inactive=keep_inactive)
+
+
+class PromotesByAttribute(StagePolicy):
+    def promoted(self, results, next_stage_trials):
+        return [results[0].config]  # results are (config, score) tuples
+
+
+def test_an_error_in_a_users_plugin_is_one_line_naming_it_and_the_sweep_stays_resumable(tmp_path):
+    # a sampler's bug came out as a traceback through the controller; raised at a later stage it left the controller
+    # half into that stage (no trials, no pruner), so the last writes after the error failed too ("min() arg is an
+    # empty sequence") and the trials that had ended since the last flush were not written
+    from orchestrator.app.resume import read_record, rebuild_controller
+    from orchestrator.store.storage import Storage
+    from tests.orchestrator import test_resume as sim
+
+    here = r"\(test_plugins.py:\d+\)"
+    with pytest.raises(ConfigError, match=rf"^sampler '{__name__}.FailsFromStage': stage_configs raised ValueError: "
+                                          rf"max\(\) arg is an empty sequence {here}, drawing stage 1$"):
+        controller_for(SPACE, settings(sampler=sampler_name(FailsFromStage)), PlugIns(sampler=FailsFromStage(0)))
+    policy = controller_for(SPACE, settings(stage_policy=stage_policy_name(PromotesByAttribute), pruner="none"),
+                            PlugIns(stage_policy=PromotesByAttribute()))
+    with pytest.raises(ConfigError, match=rf"^stage policy '{__name__}.PromotesByAttribute': promoted raised "
+                                          rf"AttributeError: .* {here}, after stage 1$"):
+        run(policy)
+
+    stored = sim.settings_for(sampler=sampler_name(FailsFromStage))
+    storage = Storage.from_uri(str(tmp_path / "sweep"))
+    log = sim.start_sweep(storage, stored)
+    controller = controller_for(sim.SPACE, stored, PlugIns(sampler=FailsFromStage(1)))
+    with pytest.raises(ConfigError, match=r"stage_configs raised TypeError: .*, drawing stage 2$"):
+        drive(controller, sim.PersistingBackend(storage, 1), log)
+    assert controller.stage == 0 and len(controller.stage_spaces) == 1 and controller.finished is False
+    log.flush(controller, force=True)  # what the app writes after an error: the whole first stage
+    assert {row["status"] for row in read_record(storage).trials} == {"completed"}
+    # the bug fixed, the resume draws stage 2 as a sweep that never failed does
+    record = read_record(storage)
+    rebuilt = rebuild_controller(record, lambda space, s: controller_for(space, s, PlugIns(sampler=FailsFromStage(9))))
+    drive(rebuilt.controller, sim.PersistingBackend(storage, 1))
+    whole_storage = Storage.from_uri(str(tmp_path / "whole"))
+    whole = drive(controller_for(sim.SPACE, stored, PlugIns(sampler=FailsFromStage(9))),
+                  sim.PersistingBackend(whole_storage, 1), sim.start_sweep(whole_storage, stored))
+    assert sim.summary(rebuilt.controller) == sim.summary(whole)
