@@ -254,8 +254,10 @@ def read_toml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _is_class_path(value: Any) -> bool:
-    """``package.module.Class``: how the sweep row names a pruner, sampler or stage policy passed as an object."""
-    return isinstance(value, str) and "." in value and all(part.isidentifier() for part in value.split("."))
+    """``package.module.Class``: how the sweep row names a pruner, sampler or stage policy passed as an object; a class
+    made inside a function has ``<locals>`` in its path (``module.make.<locals>.Class``)."""
+    return isinstance(value, str) and "." in value and all(part.isidentifier() or part == "<locals>"
+                                                           for part in value.split("."))
 
 
 def ray_joined() -> bool:

@@ -465,3 +465,25 @@ def test_an_error_in_a_users_plugin_is_one_line_naming_it_and_the_sweep_stays_re
     whole = drive(controller_for(sim.SPACE, stored, PlugIns(sampler=FailsFromStage(9))),
                   sim.PersistingBackend(whole_storage, 1), sim.start_sweep(whole_storage, stored))
     assert sim.summary(rebuilt.controller) == sim.summary(whole)
+
+
+def test_a_plugin_class_made_inside_a_function_is_recorded_by_its_path():
+    # its path has '<locals>' in it, and run_sweep refused the object with "setting 'pruner': expected one of asha,
+    # median, none", as though only a name could be given
+    def make_pruner(floor):
+        class FloorFromAFactory(BelowFloor):
+            pass
+
+        return FloorFromAFactory(floor=floor)
+
+    pruner = make_pruner(0.6)
+
+    class Task:
+        space = SPACE
+        settings: dict = {}
+
+    built, _ = build_settings(Task, None, {"plan": "8x4,4x4", "pruner": pruner})  # type: ignore[arg-type]
+    assert built.pruner == pruner_name(pruner) and built.pruner.endswith("make_pruner.<locals>.FloorFromAFactory")
+    controller = controller_for(SPACE, built, choose_plugins({"pruner": pruner}))
+    run(controller)
+    assert {t.reason for t in controller.trials.values() if t.status == "pruned"} == {"below_0.6"}
