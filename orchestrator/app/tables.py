@@ -47,6 +47,8 @@ class SweepTables:
         epoch or two: their scores are no match for the stage before, so that stage goes after it."""
         from orchestrator.decide.controller import best_trial_rank, completed_stages
 
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:  # top(-1) was every trial but the worst
+            raise ConfigError(f"top: k is how many trials, an integer >= 0, got {k!r}")
         finished = self.trials.filter(pa.compute.is_valid(self.trials["best_score"]))
         rows = finished.select([c for c in ("stage", "status", "max_epochs", "best_score")
                                 if c in finished.column_names]).to_pylist()

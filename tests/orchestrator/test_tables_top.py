@@ -90,3 +90,16 @@ def test_the_resume_commands_printed_paste_into_a_shell_as_one_argument_each(tmp
     assert shlex.split(line) == ["caviar", "resume", uri, "--task", task]
     command = resume_command(Storage.from_uri(str(tmp_path / "no manifest")), uri)
     assert shlex.split(command) == ["caviar", "resume", uri, "--trust-task-code"]
+
+
+def test_top_refuses_a_count_that_is_no_count():
+    # top(-1) sliced the ranking as Python does: every trial but the worst, said nowhere
+    import pytest
+
+    from orchestrator.errors import ConfigError
+
+    rows = [{"trial_id": i, "stage": 1, "status": "completed", "max_epochs": 5, "best_score": i} for i in range(3)]
+    for k in (-1, 2.0, True, "2"):
+        with pytest.raises(ConfigError, match=r"^top: k is how many trials, an integer >= 0, got "):
+            tables_of(rows).top(k)  # type: ignore[arg-type]
+    assert tables_of(rows).top(0).num_rows == 0 and tables_of(rows).top(5).column("trial_id").to_pylist() == [2, 1, 0]
