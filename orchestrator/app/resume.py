@@ -199,6 +199,7 @@ def resume_sweep(path: str | os.PathLike[str], *, on_tick: Callable[[Controller]
     path = os.fspath(path)
     storage = Storage.from_uri(path)
     record = read_record(storage)
+    refuse_other_plugins(record.settings, plugins)
     refuse_an_edited_task(storage, task)  # before any write, worker or Ray: one sweep, one version of its code
     unknown = [str(getattr(record.settings, kind)) for kind, (registry, _) in PLUGIN_KINDS.items()
                if getattr(record.settings, kind) not in registry and getattr(plugins, kind) is None]
@@ -228,6 +229,17 @@ def resume_sweep(path: str | os.PathLike[str], *, on_tick: Callable[[Controller]
 
     return drive_and_finish(task, settings, Storage.from_uri(root_uri), storage, name, controller, log, resumed=True,
                             first_writes=first_writes, on_tick=on_tick)
+
+
+def refuse_other_plugins(stored: RunSettings, plugins: PlugIns) -> None:
+    """A plug-in passed to a resume other than the one the sweep records: the recorded one (a registered name) decided
+    and the one passed was left out without a word, so the user believed the rest of the sweep ran with theirs."""
+    for kind, (_, name_of) in PLUGIN_KINDS.items():
+        given, recorded = getattr(plugins, kind), getattr(stored, kind)
+        if given is not None and name_of(given) != recorded:
+            raise ConfigError(f"{kind}: {name_of(given)!r} is not this sweep's {kind}, {recorded!r}, and a resume "
+                              f"decides as the sweep began; pass the sweep's own {kind}, or none for a registered "
+                              "name")
 
 
 def _nothing_to_do(record: SweepRecord, rebuilt: Rebuilt, storage: Storage, settings: RunSettings) -> bool:

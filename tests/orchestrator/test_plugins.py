@@ -487,3 +487,24 @@ def test_a_plugin_class_made_inside_a_function_is_recorded_by_its_path():
     controller = controller_for(SPACE, built, choose_plugins({"pruner": pruner}))
     run(controller)
     assert {t.reason for t in controller.trials.values() if t.status == "pruned"} == {"below_0.6"}
+
+
+def test_a_resume_given_another_plugin_than_the_sweeps_refuses_it_before_anything_runs(tmp_path):
+    # the sweep's recorded 'asha' decided and the BelowFloor passed was dropped without a word
+    from orchestrator.app.api import resume_sweep
+    from orchestrator.store.storage import Storage
+    from tests.orchestrator import test_resume as sim
+
+    storage = Storage.from_uri(str(tmp_path / "sweep"))
+    stored = sim.settings_for(stage_policy=stage_policy_name(RetrainTheBest), ensemble=False)
+    drive(controller_for(sim.SPACE, stored, PlugIns(stage_policy=RetrainTheBest())), sim.PersistingBackend(storage, 1),
+          sim.start_sweep(storage, stored))
+    files = sorted(storage.list_files(""))
+    from tests.conftest import TINY_TASK
+
+    with pytest.raises(ConfigError, match=rf"^pruner: '{__name__}.BelowFloor' is not this sweep's pruner, 'asha', and "
+                                          "a resume decides as the sweep began; pass the sweep's own pruner, or none"):
+        resume_sweep(storage.root, pruner=BelowFloor(), stage_policy=RetrainTheBest(), task=TINY_TASK)
+    with pytest.raises(ConfigError, match=r"^stage_policy: 'fresh' is not this sweep's stage_policy, '.*RetrainThe"):
+        resume_sweep(storage.root, stage_policy="fresh", task=TINY_TASK)
+    assert sorted(storage.list_files("")) == files
