@@ -233,6 +233,11 @@ class Controller:
             raise ConfigError(f"stage policy {stage_policy_name(policy)!r}: promoted returned {len(promoted)} configs "
                               f"for stage {self.stage + 2}, which trains {trials} trials; return at most "
                               "next_stage_trials")
+        for config in promoted:
+            misfit = space.misfit(config)
+            if misfit is not None:
+                raise ConfigError(f"stage policy {stage_policy_name(policy)!r}: promoted returned a config for stage "
+                                  f"{self.stage + 2} that {misfit}")
         self._begin_stage(self.stage + 1, space, promoted)
 
     def _begin_reseed(self, space: SearchSpace) -> None:

@@ -131,9 +131,20 @@ def sample_configs(space: SearchSpace, count: int, *, seed: int, stage: int = 0,
 
 def stage_configs(space: SearchSpace, count: int, *, seed: int, stage: int, kind: SamplerChoice = "random",
                   history: Sequence[Scored] = (), keep_inactive: bool = False) -> tuple[list[dict[str, Any]], str]:
-    """The configs of one stage and how they were drawn (``"random"``, ``"tpe"``, ...)."""
-    return sampler_for(kind).stage_configs(space, count, seed=seed, stage=stage, history=history,
-                                           keep_inactive=keep_inactive)
+    """The configs of one stage and how they were drawn (``"random"``, ``"tpe"``, ...); a sampler's own
+    ``stage_configs`` that returns another count, or configs of other parameters, is one line naming it."""
+    sampler = sampler_for(kind)
+    configs, drawn_by = sampler.stage_configs(space, count, seed=seed, stage=stage, history=history,
+                                              keep_inactive=keep_inactive)
+    who = f"sampler {sampler_name(sampler)!r}: stage_configs"
+    if not isinstance(configs, Sequence) or len(configs) != count:
+        got = len(configs) if isinstance(configs, Sequence) else type(configs).__name__
+        raise ConfigError(f"{who} returned {got} configs for stage {stage + 1}, which draws {count}")
+    for config in configs:
+        misfit = space.misfit(config)
+        if misfit is not None:
+            raise ConfigError(f"{who} returned a config for stage {stage + 1} that {misfit}")
+    return configs, drawn_by
 
 
 def trial_seed(sweep_seed: int, trial_id: int) -> int:

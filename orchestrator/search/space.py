@@ -462,6 +462,19 @@ class SearchSpace(Mapping[str, Any]):
         config = {name: values.get(name, value) for name, value in self._params.items()}
         return self.deactivate(config) if deactivate else config
 
+    def misfit(self, config: object) -> str | None:
+        """How a config a plug-in made misses this space's parameters (``"lacks 'act'"``), or None when it has each
+        one and no other: a key the space lacks reached the worker and did nothing (``epochs`` comes from the plan)."""
+        if not isinstance(config, Mapping):
+            return f"is a {type(config).__name__}, not a dict of the space's parameters"
+        missing = [name for name in self._params if name not in config]
+        if missing:
+            return f"lacks {', '.join(map(repr, missing))}"
+        extra = [name for name in config if name not in self._params]
+        if extra:
+            return f"has {', '.join(map(repr, extra))}, which the space does not (the plan sets the epochs)"
+        return None
+
     def deactivate(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """``config`` with every parameter whose condition fails set to ``None`` (parents decided first)."""
         out = dict(config)

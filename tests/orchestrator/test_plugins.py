@@ -508,3 +508,52 @@ def test_a_resume_given_another_plugin_than_the_sweeps_refuses_it_before_anythin
     with pytest.raises(ConfigError, match=r"^stage_policy: 'fresh' is not this sweep's stage_policy, '.*RetrainThe"):
         resume_sweep(storage.root, stage_policy="fresh", task=TINY_TASK)
     assert sorted(storage.list_files("")) == files
+
+
+class Jittered(Sampler):
+    """A user's sampler that reads the finished trials: the best config of the stages before, its lr jittered."""
+
+    def __init__(self, drop=0, add=None):
+        self.drop, self.add = drop, add or {}
+
+    def stage_configs(self, space, count, *, seed, stage, history=(), keep_inactive=False):
+        configs, _ = Halton().stage_configs(space, count, seed=seed, stage=stage, keep_inactive=keep_inactive)
+        if history:
+            best = max(history, key=lambda scored: scored[1])[0]
+            configs = [{**best, "lr": best["lr"] * 1.1 ** (i % 3 - 1)} for i in range(count)]
+        return [{**c, **self.add} for c in configs[: count - self.drop]], "jittered"
+
+
+class RetrainTheBestLonger(StagePolicy):
+    def promoted(self, results, next_stage_trials):
+        best = max(results, key=lambda result: result[1])[0]
+        return [{**best, "epochs": 20}]  # epochs are the plan's: this key reached the worker and did nothing
+
+
+def test_a_plugin_that_returns_configs_the_stage_cannot_train_is_one_line_naming_it():
+    # a sampler returning fewer configs silently shortened its stage (12 trials became 10); configs lacking a
+    # parameter or having one the space does not (an 'epochs' meant to train longer) reached the workers as they were
+    jittered = controller_for(SPACE, settings(sampler=sampler_name(Jittered), pruner="none",
+                                              stage_policy="fresh"), PlugIns(sampler=Jittered()))
+    run(jittered)
+    best = max((t for t in jittered.trials.values() if t.stage == 0), key=lambda t: t.best_score)
+    assert [t.config["lr"] / best.config["lr"] for t in jittered.trials.values() if t.stage == 1] == pytest.approx(
+        [1 / 1.1, 1.0, 1.1, 1 / 1.1])
+
+    def run_with(**plugins):
+        names = {kind: PLUGIN_NAME[kind](plugin) for kind, plugin in plugins.items()}
+        run(controller_for(SPACE, settings(**names), PlugIns(**plugins)))
+
+    who = rf"'{__name__}.Jittered': stage_configs returned"
+    with pytest.raises(ConfigError, match=rf"^sampler {who} 7 configs for stage 1, which draws 8$"):
+        run_with(sampler=Jittered(drop=1))
+    with pytest.raises(ConfigError, match=rf"^sampler {who} a config for stage 1 that has 'epochs', which the space "
+                                          r"does not \(the plan sets the epochs\)$"):
+        run_with(sampler=Jittered(add={"epochs": 3}))
+    with pytest.raises(ConfigError, match=rf"^stage policy '{__name__}.RetrainTheBestLonger': promoted returned a "
+                                          "config for stage 2 that has 'epochs', which the space does not"):
+        run_with(stage_policy=RetrainTheBestLonger())
+    assert SPACE.misfit({"lr": 0.1}) == "lacks 'act'" and SPACE.misfit([0.1]) is not None
+
+
+PLUGIN_NAME = {"sampler": sampler_name, "stage_policy": stage_policy_name}
