@@ -213,12 +213,13 @@ def check_pruners(plan: Sequence[Stage], pruner_for: Callable[[Stage], Pruner], 
         except Exception as exc:
             raise ConfigError(f"pruner {settings.pruner!r}: building it for stage {number} ({stage.epochs} epochs) "
                               f"raised {type(exc).__name__}: {exc}") from exc
-        if pruner.max_loss_ratio != settings.max_loss_ratio and not takes_loss_ratio(type(pruner)):
-            raise ConfigError(f"pruner {settings.pruner!r}: its constructor takes no max_loss_ratio, so it stays "
-                              f"{pruner.max_loss_ratio:g} while the setting 'max_loss_ratio' is "
-                              f"{settings.max_loss_ratio:g}, at which the workers stop a diverging trial; take "
-                              "max_loss_ratio in its __init__ and pass it on to Pruner.__init__")
-        if pruner.max_loss_ratio != settings.max_loss_ratio:
+        if not takes_loss_ratio(type(pruner)):  # above the setting it never acts: the workers stop such trials first
+            if pruner.max_loss_ratio < settings.max_loss_ratio:
+                raise ConfigError(f"pruner {settings.pruner!r}: its constructor takes no max_loss_ratio, so it stays "
+                                  f"{pruner.max_loss_ratio:g} and stops trials the setting 'max_loss_ratio' "
+                                  f"({settings.max_loss_ratio:g}) lets train; take max_loss_ratio in its __init__ and "
+                                  "pass it on to Pruner.__init__")
+        elif pruner.max_loss_ratio != settings.max_loss_ratio:
             raise ConfigError(f"pruner {settings.pruner!r}: its max_loss_ratio {pruner.max_loss_ratio:g} is not the "
                               f"setting 'max_loss_ratio' ({settings.max_loss_ratio:g}), at which the workers stop a "
                               f"diverging trial; set max_loss_ratio={pruner.max_loss_ratio:g} in the settings "

@@ -146,9 +146,11 @@ def test_a_pruner_that_fails_for_a_later_stage_or_sets_its_own_loss_ratio_is_ref
                   pruner=ASHAPruner(max_epochs=3, max_loss_ratio=50.0))
     assert not storage.exists()  # refused before the sweep's folder was made
     with pytest.raises(ConfigError, match=r"^pruner '.*NeedsPatience': its constructor takes no max_loss_ratio, so it "
-                                          r"stays 4 while the setting 'max_loss_ratio' is 3, at which the workers"):
-        controller_for(SPACE, settings(max_loss_ratio=3.0, pruner=pruner_name(NeedsPatience)),
+                                          r"stays 4 and stops trials the setting 'max_loss_ratio' \(10\) lets train"):
+        controller_for(SPACE, settings(max_loss_ratio=10.0, pruner=pruner_name(NeedsPatience)),
                        PlugIns(pruner=NeedsPatience(patience=2)))
+    controller_for(SPACE, settings(max_loss_ratio=3.0, pruner=pruner_name(NeedsPatience)),  # the workers' 3 acts first
+                   PlugIns(pruner=NeedsPatience(patience=2)))
     # the setting itself reaches both the workers and the pruner
     built = controller_for(SPACE, settings(max_loss_ratio=50.0), PlugIns(pruner=ASHAPruner(max_epochs=3)))
     assert built.make_pruner(built.plan[1]).max_loss_ratio == 50.0
