@@ -20,7 +20,7 @@ from orchestrator.decide.fusing import PER_MEMBER, FusePlan, block_size, share_s
 from orchestrator.decide.pruning import OBJECTIVE_NAN, Observation, Pruner, pruner_name
 from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, stored_status
 from orchestrator.errors import ConfigError, StorageError, exception_line
-from orchestrator.search.narrowing import edge_warnings, explored_space
+from orchestrator.search.narrowing import NarrowResult, edge_warnings, explored_space
 from orchestrator.search.registry import plugin_code
 from orchestrator.search.sampler import sampler_name, stage_configs, trial_seed
 from orchestrator.search.space import SearchSpace, shown_value
@@ -82,6 +82,23 @@ def best_trial_rank(max_epochs: int, best_score: float, stage: int, stage_done: 
     stage: in a plan whose stages train equally long (8x5,8x5) a later stage's worse trial is no better for being
     later. ``caviar top``, ``status`` and the report use it too."""
     return stage_done, max_epochs, best_score, stage
+
+
+def next_space_of(policy: StagePolicy, space: SearchSpace, results: Sequence[tuple[dict[str, Any], float]],
+                  stage_number: int) -> NarrowResult | None:
+    """``policy.next_space``, checked: a SearchSpace returned as it is stands for itself with no edge notices (it failed
+    on ``.edges`` after the stage had trained); anything else, or a space of other parameters, is one line."""
+    narrowed = policy.next_space(space, results)
+    if isinstance(narrowed, SearchSpace):
+        narrowed = NarrowResult(narrowed, [])
+    who = f"stage policy {stage_policy_name(policy)!r}: next_space"
+    if narrowed is not None and not isinstance(narrowed, NarrowResult):
+        raise ConfigError(f"{who} returned a {type(narrowed).__name__}; return the next stage's SearchSpace, a "
+                          "NarrowResult, or None to keep the ranges")
+    if narrowed is not None and set(narrowed.space) != set(space):
+        raise ConfigError(f"{who} returned a space for stage {stage_number} with parameters "
+                          f"{', '.join(narrowed.space)}; the stage before has {', '.join(space)}")
+    return narrowed
 
 
 def completed_stages(stages_and_statuses: Iterable[tuple[int, str]]) -> set[int]:
@@ -216,7 +233,7 @@ class Controller:
         policy = self.stage_policy
         after = f"after stage {self.stage + 1}"
         with plugin_code("stage policy", stage_policy_name(policy), policy, "next_space", after):
-            narrowed = policy.next_space(space, results)
+            narrowed = next_space_of(policy, space, results, self.stage + 2)
         if narrowed is not None:
             for notice in narrowed.edges:
                 kind, trial_id, message = edge_event(self, notice)

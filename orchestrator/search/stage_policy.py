@@ -34,8 +34,9 @@ class StagePolicy:
         """The policy a sweep builds when its settings name this class; the settings it does not read are ignored."""
         return cls()
 
-    def next_space(self, space: SearchSpace, results: Sequence[Result]) -> NarrowResult | None:
-        """The next stage's space and the edge notices that explain it; None keeps ``space`` as it is."""
+    def next_space(self, space: SearchSpace, results: Sequence[Result]) -> NarrowResult | SearchSpace | None:
+        """The next stage's space (a SearchSpace of the same parameters, or a NarrowResult with the edge notices
+        that explain it); None keeps ``space`` as it is."""
         return None
 
     def promoted(self, results: Sequence[Result], next_stage_trials: int) -> list[dict[str, Any]]:

@@ -563,3 +563,33 @@ def test_a_plugin_that_returns_configs_the_stage_cannot_train_is_one_line_naming
 
 
 PLUGIN_NAME = {"sampler": sampler_name, "stage_policy": stage_policy_name}
+
+
+class HalveAroundTheBest(StagePolicy):
+    """Written from the docs: the next stage's lr range is the best lr, halved and doubled, as a SearchSpace."""
+
+    def __init__(self, drop=None):
+        self.drop = drop
+
+    def next_space(self, space, results):
+        best = max(results, key=lambda result: result[1])[0]
+        narrowed = space.replace(lr=loguniform(best["lr"] / 2, min(1.0, best["lr"] * 2)))
+        return SearchSpace({k: v for k, v in narrowed.items() if k != self.drop})
+
+
+def test_a_stage_policy_may_return_the_next_space_itself_and_no_space_of_other_parameters():
+    # a SearchSpace returned by next_space failed on '.edges' (AttributeError) inside the controller, after the first
+    # stage had trained
+    def with_policy(policy):
+        return controller_for(SPACE, settings(stage_policy=stage_policy_name(policy), pruner="none"),
+                              PlugIns(stage_policy=policy))
+
+    controller = with_policy(HalveAroundTheBest())
+    run(controller)
+    best = max((t for t in controller.trials.values() if t.stage == 0), key=lambda t: t.best_score).config["lr"]
+    lr = controller.stage_spaces[1]["lr"]
+    assert (lr.low, lr.high) == pytest.approx((best / 2, best * 2))
+    assert all(best / 2 <= t.config["lr"] <= best * 2 for t in controller.trials.values() if t.stage == 1)
+    with pytest.raises(ConfigError, match=rf"^stage policy '{__name__}.HalveAroundTheBest': next_space returned a "
+                                          r"space for stage 2 with parameters lr; the stage before has lr, act$"):
+        run(with_policy(HalveAroundTheBest(drop="act")))
