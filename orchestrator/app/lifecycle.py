@@ -19,7 +19,7 @@ from orchestrator.app.prefetch import DataPrefetch, chain_ticks
 from orchestrator.app.tables import SweepTables, load
 from orchestrator.decide import interrupt
 from orchestrator.decide.backend import Backend
-from orchestrator.decide.controller import Controller, ControllerOptions
+from orchestrator.decide.controller import Controller, ControllerOptions, decision_epoch
 from orchestrator.decide.driver import drive
 from orchestrator.decide.fusing import FusePlan, setup_fusing
 from orchestrator.decide.pruning import (
@@ -213,6 +213,7 @@ def check_pruners(plan: Sequence[Stage], pruner_for: Callable[[Stage], Pruner], 
         except Exception as exc:
             raise ConfigError(f"pruner {settings.pruner!r}: building it for stage {number} ({stage.epochs} epochs) "
                               f"raised {type(exc).__name__}: {exc}") from exc
+        decision_epoch(pruner, 0, stage.epochs)  # a hang at its first trial's start, refused before anything runs
         if not takes_loss_ratio(type(pruner)):  # above the setting it never acts: the workers stop such trials first
             if pruner.max_loss_ratio < settings.max_loss_ratio:
                 raise ConfigError(f"pruner {settings.pruner!r}: its constructor takes no max_loss_ratio, so it stays "

@@ -9,6 +9,7 @@ between it, the executor and the tables, so it runs as well on replayed curves.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -82,6 +83,18 @@ def best_trial_rank(max_epochs: int, best_score: float, stage: int, stage_done: 
     stage: in a plan whose stages train equally long (8x5,8x5) a later stage's worse trial is no better for being
     later. ``caviar top``, ``status`` and the report use it too."""
     return stage_done, max_epochs, best_score, stage
+
+
+def decision_epoch(pruner: Pruner, epoch: int, max_epochs: int) -> int:
+    """The epoch a trial at ``epoch`` trains to next: ``pruner.next_decision_epoch``, checked. One not after ``epoch``
+    asked the worker to train to where the trial stood, again and again: the sweep hung without a word."""
+    name = pruner_name(type(pruner))
+    with plugin_code("pruner", name, pruner, "next_decision_epoch", f"after epoch {epoch}"):
+        until = pruner.next_decision_epoch(epoch)
+    if isinstance(until, bool) or not isinstance(until, numbers.Integral) or until <= epoch < max_epochs:
+        raise ConfigError(f"pruner {name!r}: next_decision_epoch({epoch}) returned {until!r}; return an epoch after "
+                          f"{epoch} (max_epochs when no decision is ahead)")
+    return min(int(until), max_epochs)
 
 
 def next_space_of(policy: StagePolicy, space: SearchSpace, results: Sequence[tuple[dict[str, Any], float]],
@@ -346,8 +359,7 @@ class Controller:
 
     def _next_decision(self, trial: TrialState) -> int:
         assert self.pruner is not None
-        with self.pruner_code("next_decision_epoch", f"after trial {trial.trial_id}'s epoch {trial.epochs_run}"):
-            return min(self.pruner.next_decision_epoch(trial.epochs_run), trial.max_epochs)
+        return decision_epoch(self.pruner, trial.epochs_run, trial.max_epochs)
 
     def pruner_code(self, method: str, when: str) -> AbstractContextManager[None]:
         """A user's pruner that raises in ``method``: one line naming it (:func:`plugin_code`)."""

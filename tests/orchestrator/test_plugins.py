@@ -593,3 +593,26 @@ def test_a_stage_policy_may_return_the_next_space_itself_and_no_space_of_other_p
     with pytest.raises(ConfigError, match=rf"^stage policy '{__name__}.HalveAroundTheBest': next_space returned a "
                                           r"space for stage 2 with parameters lr; the stage before has lr, act$"):
         run(with_policy(HalveAroundTheBest(drop="act")))
+
+
+class DecidesWhereItStands(BelowFloor):
+    """A user's slip: past ``at_epoch`` the next decision epoch is the epoch the trial stands at, not one after it."""
+
+    def next_decision_epoch(self, epoch):
+        return epoch if epoch >= self.at_epoch else self.at_epoch
+
+
+def test_a_pruner_whose_next_decision_epoch_does_not_move_on_is_one_line_not_a_hang():
+    # each trial's worker was asked to train to the epoch it stood at, again and again: the sweep hung, silent
+    from orchestrator.decide.controller import Controller, ControllerOptions
+    from orchestrator.search.stages import parse_plan
+
+    with pytest.raises(ConfigError, match=rf"^pruner '{__name__}.DecidesWhereItStands': next_decision_epoch\(0\) "
+                                          r"returned 0; return an epoch after 0 \(max_epochs when no decision"):
+        controller_for(SPACE, settings(pruner=pruner_name(DecidesWhereItStands)),
+                       PlugIns(pruner=DecidesWhereItStands(at_epoch=0)))  # refused before anything runs
+    # a slip past the first answer shows only while the trials train: refused there, not looped on
+    controller = Controller(SPACE, parse_plan("4x4"), lambda stage: DecidesWhereItStands(max_epochs=stage.epochs),
+                            ControllerOptions(seed=1))
+    with pytest.raises(ConfigError, match=r"next_decision_epoch\(2\) returned 2; return an epoch after 2"):
+        run(controller)
