@@ -246,8 +246,22 @@ def _nothing_to_do(record: SweepRecord, rebuilt: Rebuilt, storage: Storage, sett
     controller = rebuilt.controller
     stored = {row["trial_id"]: row["status"] for row in record.trials}
     unchanged = stored == {tid: t.status for tid, t in controller.trials.items()}
-    ensembles_done = not settings.ensemble or bool(controller.abort_reason) or storage.exists(schema.ENSEMBLES_PATH)
+    ensembles_done = not settings.ensemble or bool(controller.abort_reason) or _ensembles_current(storage, record)
     return controller.finished and unchanged and not rebuilt.resumed and not rebuilt.closed and ensembles_done
+
+
+def _ensembles_current(storage: Storage, record: SweepRecord) -> bool:
+    """Whether the ensembles table exists and was built after every trial had ended.
+
+    One built on a stopped sweep (``caviar ensemble``) is rebuilt at the resumed sweep's end; a resume killed during
+    that rebuild leaves the old table, which leaves out every trial trained since: it is not the finished sweep's.
+    """
+    if not storage.exists(schema.ENSEMBLES_PATH):
+        return False
+    built = [row["created"] for row in _rows(storage.read_table(schema.ENSEMBLES_PATH).select(["created"]))
+             if row["created"] is not None]
+    ended = [row["finished"] for row in record.trials if row.get("finished") is not None]
+    return not built or not ended or min(built) >= max(ended)
 
 
 def _as_found(controller: Controller, storage: Storage, name: str) -> Any:

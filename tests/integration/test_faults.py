@@ -457,3 +457,107 @@ def test_a_trial_on_an_actor_that_never_started_keeps_its_attempt(ray_session, t
     assert [(t["status"], t["attempt"]) for t in tables.trials.to_pylist()] == [("completed", 0)] * 2
     retried = [(e["trial_id"], e["reason"]) for e in tables.events.to_pylist() if e["kind"] == "trial_retried"]
     assert [reason for _, reason in retried] == ["worker_not_started"]
+
+
+MULTILABEL_HOLDS = '''
+import multiprocessing
+import os
+import time
+
+import numpy as np
+from torch import nn
+
+from orchestrator.search.space import loguniform, randint
+
+space = {"lr": loguniform(1e-2, 1e-1), "hidden": randint(8, 24), "batch_size": 32, "optimizer": "adam",
+         "ema_decay": 0.9}
+
+
+def hold(marker):  # says it holds, then holds until the test kills this process
+    with open(marker, "a") as out:
+        out.write(f"{os.getpid()}\\n")
+    time.sleep(120)
+
+
+def load_data():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(360, 5)).astype(np.float32)
+    noise = rng.normal(scale=0.5, size=(360, 3))
+    y = np.stack([x[:, 0] + noise[:, 0] > 0.3, x[:, 1] + noise[:, 1] > 0, x[:, 2] * x[:, 3] + noise[:, 2] > 0],
+                 axis=1).astype(np.int64)
+    return (x[:200], y[:200]), (x[200:280], y[200:280]), (x[280:], y[280:])
+
+
+def build_model(config):
+    folder = os.environ["HOLD_DIR"]
+    if multiprocessing.parent_process() is not None:  # a trial worker: the first stage-2 trial holds
+        with open(os.path.join(folder, "builds"), "a") as out:
+            out.write("x")
+        if os.path.getsize(os.path.join(folder, "builds")) > 4 and os.path.exists(os.path.join(folder, "hold_stage2")):
+            hold(os.path.join(folder, "held_stage2"))
+    elif os.path.exists(os.path.join(folder, "hold_soup")):  # the master's soup, the trials over
+        hold(os.path.join(folder, "held_soup"))
+    h = int(config["hidden"])
+    return nn.Sequential(nn.Linear(5, h), nn.ReLU(), nn.Linear(h, 3))
+'''
+
+
+def wait_for(path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), proc.stdout.read()[-3000:] if proc.poll() is not None else f"no {path.name} in {timeout} s"
+
+
+@pytest.mark.slow  # real caviar processes killed and resumed: the second CI tier
+def test_a_resume_killed_while_it_rebuilds_the_ensembles_of_a_stopped_sweep_rebuilds_them_when_run_again(tmp_path):
+    """A sweep stopped after stage 1 got its ensembles (`caviar ensemble`); the resume that trained stage 2 was
+    SIGKILLed while it rebuilt them. Before: the next `caviar resume` found the old table, said the sweep had
+    finished with nothing to resume, and answered with stage 1's trials (load_ensemble(name="best") too)."""
+    task = tmp_path / "multilabel_holds.py"
+    task.write_text(MULTILABEL_HOLDS)
+    folder = tmp_path / "hold"
+    folder.mkdir()
+    (folder / "hold_stage2").touch()
+    env = {**os.environ, "HOLD_DIR": str(folder)}
+    storage = str(tmp_path / "runs")
+    sweep = os.path.join(storage, "stale")
+    run = [*CAVIAR, "run", str(task), "--plan", "4x1,2x2", "--pruner", "none", "--slots", "1", "--seed", "3",
+           "--executor", "processes", "--storage", storage, "--name", "stale", "--plain", "--no-report"]
+    proc = subprocess.Popen(run, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        wait_for(folder / "held_stage2", proc)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: stage 1 done, stage 2's first trial building
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            kill_master(proc)
+    os.remove(folder / "hold_stage2")
+    built = subprocess.run([*CAVIAR, "ensemble", sweep, "--task", str(task)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+
+    (folder / "hold_soup").touch()
+    resume = [*CAVIAR, "resume", sweep, "--task", str(task), "--plain", "--no-report"]
+    proc = subprocess.Popen(resume, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        wait_for(folder / "held_soup", proc)  # every trial ended; the rebuild's soup is building
+    finally:
+        kill_master(proc)
+    os.remove(folder / "hold_soup")
+    trials = load(sweep).trials.to_pylist()
+    assert [(t["status"], t["epochs_run"]) for t in trials] == [("completed", 1)] * 4 + [("completed", 2)] * 2
+
+    done = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "nothing to resume" not in done.stdout + done.stderr
+    rows = Storage.from_uri(sweep).read_table(schema.ENSEMBLES_PATH).to_pylist()
+    best = max(trials, key=lambda t: t["best_score"])
+    assert best["stage"] == 2  # the answer an uninterrupted run gives is a stage-2 trial
+    single = next(r for r in rows if r["method"] == "single")
+    assert single["members"][0]["trial_id"] == best["trial_id"]
+    assert all(r["created"] >= max(t["finished"] for t in trials) for r in rows)
+    again = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "nothing to resume, nothing written" in again.stdout + again.stderr
