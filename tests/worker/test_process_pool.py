@@ -398,3 +398,22 @@ def test_workers_are_spawned_once_torch_compile_has_compiled_in_the_master(monke
     assert start_method(1, in_memory) == "fork"
     monkeypatch.setitem(sys.modules, "torch._inductor.async_compile", types.ModuleType("async_compile"))
     assert start_method(1, in_memory) == "spawn"
+
+
+def test_a_ctrl_c_while_a_spawned_worker_imports_leaves_it_to_the_master(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group. A spawned worker still importing torch (a resume's, or
+    one with more than one thread) died of it with a KeyboardInterrupt traceback on the terminal; now it starts with
+    SIGINT held and ignores it, as the master decides."""
+    backend = ProcessBackend(TINY_TASK, str(tmp_path), "held", 1, {"threads": 2}, None)
+    try:
+        assert backend.start_method == "spawn"
+        child = backend.workers[0].process
+        for _ in range(10):  # the child's first second: its interpreter starting, then its imports
+            os.kill(child.pid, signal.SIGINT)  # this test's own child, by its id
+            time.sleep(0.1)
+        deadline = time.monotonic() + 120
+        while not backend.workers[0].ready and child.is_alive() and time.monotonic() < deadline:
+            backend.poll(timeout=1.0)
+        assert child.is_alive() and backend.workers[0].ready and backend.deaths == 0
+    finally:
+        backend.close()

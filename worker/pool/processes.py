@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import traceback
 import weakref
 from collections import deque
@@ -91,6 +92,8 @@ def serve(conn: Connection, master: int, task_ref: str, storage_uri: str, sweep:
     ``fused``: a :class:`~worker.arrays.fused_session.FusedSession` (``worker/pool/fused_processes.py``).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's: it stops the trials, then ends us
+    if hasattr(signal, "pthread_sigmask"):  # a forked child inherits the mask ctrl_c_held set: ignored from here on
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the master's handler, which would raise inside a trial
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # a print goes to the terminal, not the live view's proxy
     if sys.platform.startswith("linux") and multiprocessing.get_start_method(allow_none=True) != "fork":
@@ -159,10 +162,28 @@ def start_worker(context: Any, args: tuple[Any, ...], *, replacement: bool = Fal
     master_end, child_end = context.Pipe()
     _MASTER_ENDS.add(master_end)
     process = context.Process(target=serve, args=(child_end, os.getpid(), *args, fused), name="caviar-worker")
-    with callers_main_left_out(context):
+    with callers_main_left_out(context), ctrl_c_held():
         process.start()
     child_end.close()
     return ChildWorker(process, master_end, replacement=replacement)
+
+
+@contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Ctrl-C ignored while a child starts, which keeps an ignored SIGINT through its exec: a terminal's Ctrl-C reaches
+    the whole process group, and a spawned child importing torch for seconds before :func:`serve` ignores it died of
+    it with a KeyboardInterrupt traceback on the user's terminal. SIGINT is also blocked in this thread meanwhile, so
+    on Linux a Ctrl-C in those milliseconds waits for the master's own handler instead of being dropped."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield  # only the main thread may set handlers (a notebook's worker thread leaves the child as it is)
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 @contextmanager
