@@ -251,17 +251,39 @@ def _nothing_to_do(record: SweepRecord, rebuilt: Rebuilt, storage: Storage, sett
 
 
 def _ensembles_current(storage: Storage, record: SweepRecord) -> bool:
-    """Whether the ensembles table exists and was built after every trial had ended.
+    return ensembles_behind(storage, record.trials) is None
+
+
+def ensembles_behind(storage: Storage, trials: list[dict[str, Any]]) -> str | None:
+    """Why a sweep whose trials have ended lacks its ensembles' last build, or None: no table, or one built before a
+    trial ended (``trials``: rows with ``finished`` in epoch milliseconds).
 
     One built on a stopped sweep (``caviar ensemble``) is rebuilt at the resumed sweep's end; a resume killed during
     that rebuild leaves the old table, which leaves out every trial trained since: it is not the finished sweep's.
     """
     if not storage.exists(schema.ENSEMBLES_PATH):
-        return False
+        return "not built"
     built = [row["created"] for row in _rows(storage.read_table(schema.ENSEMBLES_PATH).select(["created"]))
              if row["created"] is not None]
-    ended = [row["finished"] for row in record.trials if row.get("finished") is not None]
-    return not built or not ended or min(built) >= max(ended)
+    later = sorted(row["trial_id"] for row in trials
+                   if built and row.get("finished") is not None and row["finished"] > min(built))
+    if later:
+        return f"built before trial{'s' if len(later) > 1 else ''} {', '.join(map(str, later))} ended"
+    return None
+
+
+def ensembles_to_rebuild(storage: Storage) -> str | None:
+    """What ``caviar status`` says of a sweep whose trials have ended and whose master is gone when its ensembles are
+    missing (the master stopped while it built them) or older than a trial; None when there is nothing to build."""
+    dataset = schema.read_dataset_row(storage)
+    predictions = [f for f in storage.list_files("predictions") if f.startswith("predictions/trial-")]
+    if not storage.exists(schema.TRIALS_PATH) or not dataset or dataset.get("kind") == "custom" or not predictions:
+        return None  # no trial stored predictions, or a custom kind's outputs: no ensembles to build
+    settings = json.loads(storage.read_table(schema.SWEEP_PATH).to_pylist()[0]["settings"] or "{}")
+    if settings.get("prediction_dtype") == "none" or (
+            not settings.get("ensemble", True) and not storage.exists(schema.ENSEMBLES_PATH)):
+        return None
+    return ensembles_behind(storage, _rows(storage.read_table(schema.TRIALS_PATH)))
 
 
 def _as_found(controller: Controller, storage: Storage, name: str) -> Any:

@@ -549,6 +549,8 @@ def test_a_resume_killed_while_it_rebuilds_the_ensembles_of_a_stopped_sweep_rebu
     os.remove(folder / "hold_soup")
     trials = load(sweep).trials.to_pylist()
     assert [(t["status"], t["epochs_run"]) for t in trials] == [("completed", 1)] * 4 + [("completed", 2)] * 2
+    shown = subprocess.run([*CAVIAR, "status", sweep], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert "ensembles built before trials 4, 5 ended (its master stopped while building them)" in shown.stdout
 
     done = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -140,3 +140,23 @@ def test_status_and_top_of_a_sweep_killed_in_its_first_write_say_so_and_how_to_r
                              text=True, timeout=300, cwd=os.path.dirname(TINY_TASK))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [(t["status"], t["epochs_run"]) for t in load(sweep).trials.to_pylist()] == [("completed", 1)] * 2
+
+
+def test_status_names_ensembles_a_stopped_master_did_not_build_and_resume_builds_them(tmp_path):
+    """A master killed while it built the ensembles leaves every trial ended and no ensembles table (what a kill -9
+    there leaves on disk: tests/integration/test_faults.py kills one for real). Before: `caviar status` read as a
+    finished sweep and said nothing of it; now one line says so and gives the resume command, which builds them."""
+    result = run_sweep(TINY_TASK, trials=2, epochs=1, stages=1, pruner="none", slots=1, executor="processes",
+                       storage=str(tmp_path / "runs"), name="cut")
+    os.remove(os.path.join(result.path, "ensembles", "ensembles.parquet"))
+    shown = subprocess.run([*CAVIAR, "status", result.path], env=ENV, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert ("ensembles not built (its master stopped while building them); to build them: "
+            f"caviar resume {result.path} --task") in shown.stdout
+    resume_sweep(result.path, task=TINY_TASK)
+    shown = subprocess.run([*CAVIAR, "status", result.path], env=ENV, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "ensembles" not in shown.stdout, shown.stdout
+    plain = run_sweep(TINY_TASK, trials=2, epochs=1, stages=1, pruner="none", slots=1, executor="processes",
+                      storage=str(tmp_path / "runs"), name="plain", ensemble=False)
+    shown = subprocess.run([*CAVIAR, "status", plain.path], env=ENV, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "ensembles" not in shown.stdout, shown.stdout
