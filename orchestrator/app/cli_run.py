@@ -209,10 +209,13 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
     if unfinished and not writing:  # "running" is what a killed master left
         typer.echo(f"  stopped: no caviar process is writing this sweep, so its {len(unfinished)} running or pending "
                    f"trials wait for {resume_command(found, path)}")
-    elif not unfinished and aborted is None and not master_alive(found):
+    elif not unfinished and aborted is None:
         from orchestrator.app.resume import ensembles_to_rebuild
 
-        behind = ensembles_to_rebuild(found)
+        try:  # a live master is building them now; a damaged lease leaves that unknown: nothing said
+            behind = None if master_alive(found) else ensembles_to_rebuild(found)
+        except StorageError:
+            behind = None
         if behind:  # its master stopped while it built them: the answer load_ensemble gives is missing or old
             typer.echo(f"  ensembles {behind} (its master stopped while building them); to build them: "
                        f"{resume_command(found, path)}")
