@@ -188,8 +188,7 @@ def load_task(ref: str) -> Task:
         raise TaskError(f"task {ref!r}: metric must be one of {TASK_METRICS}, got {metric!r}")
     settings = dict(getattr(ns, "settings", {}) or {})
     normalize = getattr(ns, "normalize", True)
-    if not (isinstance(normalize, bool) or type(normalize).__name__ == "bool_"
-            or (isinstance(normalize, (tuple, list)) and len(normalize) == 2)):
+    if not (_is_bool(normalize) or (isinstance(normalize, (tuple, list)) and len(normalize) == 2)):
         raise TaskError(f"task {ref!r}: normalize must be True, False or (mean, std) of the inputs, "
                         f"got {type(normalize).__name__}")
     kind, objective, mode = _contract_fields(ref, ns)
@@ -217,6 +216,7 @@ def _check_diagnostics(ref: str, value: Any) -> None:
 
 
 def _is_bool(value: Any) -> bool:
+    """Python's bool or numpy's (a task may compute its flags), without importing numpy."""
     return isinstance(value, bool) or type(value).__name__ == "bool_"
 
 
