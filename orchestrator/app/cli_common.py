@@ -112,7 +112,10 @@ def as_typed(path: str) -> str:
     typed it); anything else as it is."""
     if "://" in path or not os.path.isabs(path):
         return path
-    relative = os.path.relpath(path)
+    try:
+        relative = os.path.relpath(path)
+    except OSError:  # the working directory was removed during the run: the absolute path still names the sweep
+        return path
     return path if relative.startswith("..") else relative
 
 

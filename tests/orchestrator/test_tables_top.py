@@ -103,3 +103,20 @@ def test_top_refuses_a_count_that_is_no_count():
         with pytest.raises(ConfigError, match=r"^top: k is how many trials, an integer >= 0, got "):
             tables_of(rows).top(k)  # type: ignore[arg-type]
     assert tables_of(rows).top(0).num_rows == 0 and tables_of(rows).top(5).column("trial_id").to_pylist() == [2, 1, 0]
+
+
+def test_a_run_shows_its_folder_as_typed_below_the_working_directory_and_absolute_elsewhere(tmp_path, monkeypatch):
+    import os
+
+    from orchestrator.app.cli_common import as_typed
+
+    inside, gone = tmp_path / "here", tmp_path / "gone"
+    inside.mkdir()
+    gone.mkdir()
+    monkeypatch.chdir(inside)
+    assert as_typed(str(inside / "runs" / "s")) == os.path.join("runs", "s")
+    assert as_typed(str(tmp_path / "elsewhere")) == str(tmp_path / "elsewhere")
+    assert as_typed("s3://bucket/runs/s") == "s3://bucket/runs/s"
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # a working directory removed during the run: relpath would raise FileNotFoundError
+    assert as_typed(str(tmp_path / "x")) == str(tmp_path / "x")
