@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator.decide.backend import START_FAILED, Assignment, Report
 from orchestrator.decide.fusing import PER_MEMBER, FusePlan, block_size, share_shapes
-from orchestrator.decide.pruning import OBJECTIVE_NAN, Observation, Pruner, pruner_name
+from orchestrator.decide.pruning import DIVERGED, OBJECTIVE_NAN, Observation, Pruner, pruner_name
 from orchestrator.decide.status import SUCCEEDED, TrialStatus, checked_move, stored_status
 from orchestrator.errors import ConfigError, StorageError, exception_line
 from orchestrator.search.narrowing import NarrowResult, edge_warnings, explored_space
@@ -290,14 +290,18 @@ class Controller:
 
     def judged_trials(self, stage: int) -> list[TrialState]:
         """The trials the next stage is decided on: those that ended with a score, only the completed ones when there
-        are three or more (a trial pruned or diverged after fewer epochs is no peer of theirs)."""
+        are three or more (a trial pruned or diverged after fewer epochs is no peer of theirs). With fewer, a diverged
+        trial is judged only when every ended trial diverged: its best score came before the config blew up, and
+        narrowing around it would chase the config that cannot train."""
         ended = [
             t
             for t in self.trials.values()
             if t.stage == stage and t.status in SUCCEEDED and math.isfinite(t.best_score)
         ]
         completed = [t for t in ended if t.status == TrialStatus.COMPLETED]
-        return completed if len(completed) >= 3 else ended
+        if len(completed) >= 3:
+            return completed
+        return [t for t in ended if t.reason != DIVERGED] or ended
 
     # -- dispatch -------------------------------------------------------------------------
     @property

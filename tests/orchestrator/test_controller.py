@@ -67,6 +67,32 @@ def test_a_stage_that_ends_begins_the_next_around_the_best_trials():
     assert c.finished and c.best().stage == 1
 
 
+def test_with_fewer_than_three_completed_a_diverged_trial_is_not_what_the_next_stage_narrows_around():
+    """A config that scored 0.99 after one epoch and then blew up was the best of the stage's ended trials, so the
+    next stage was narrowed around it and trained it again. Now, short of three completed trials, the diverged ones
+    are judged only when nothing else ended with a score."""
+    c = controller("4x3,2x3")
+    start_all(c)
+    rows = [row(0, 1, 0.99, loss=0.5), row(0, 2, 0.10, loss=9.0)]
+    c.on_report(Report(0, rows, ended=True, status="pruned", reason="diverged"))
+    finish(c, 1, [0.5, 0.55, 0.6])
+    finish(c, 2, [0.6, 0.65, 0.7])
+    c.on_report(Report(3, [row(3, 1, 0.4)], ended=True, status="pruned", reason="not_learning"))
+    assert c.stage == 1
+    assert [t.trial_id for t in c.judged_trials(0)] == [1, 2, 3]
+    assert c.trials[0].config not in [c.trials[t].config for t in c.pending]
+    assert c.trials[2].config in [c.trials[t].config for t in c.pending]
+
+
+def test_a_stage_whose_every_ended_trial_diverged_is_still_judged_on_them():
+    c = controller("2x3,2x3")
+    start_all(c)
+    for tid, score in ((0, 0.7), (1, 0.8)):
+        rows = [row(tid, 1, score, loss=0.5), row(tid, 2, 0.1, loss=9.0)]
+        c.on_report(Report(tid, rows, ended=True, status="pruned", reason="diverged"))
+    assert c.stage == 1 and [t.trial_id for t in c.judged_trials(0)] == [0, 1]
+
+
 def test_decisions_continue_to_the_next_rung_or_stop_below_it():
     c = controller("8x4", pruner="asha")
     start_all(c)
