@@ -24,12 +24,14 @@ from orchestrator.decide.driver import drive
 from orchestrator.decide.fusing import FusePlan, setup_fusing
 from orchestrator.decide.pruning import (
     PRUNERS,
+    UNRECORDED,
     NoPruner,
     Pruner,
     PrunerChoice,
     StageBudget,
     pruner_factory,
     pruner_name,
+    recorded_options,
 )
 from orchestrator.decide.status import TrialStatus
 from orchestrator.decide.sweeplog import SweepLog
@@ -97,8 +99,12 @@ def choose_plugins(*layers: Mapping[str, Any]) -> PlugIns:
 
 
 def _named(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Settings values with plug-in objects replaced by the names the sweep row records."""
+    """Settings values with plug-in objects replaced by the names the sweep row records. A layer that chooses a pruner
+    also chooses its options: a configured one's own, else none (an earlier layer's options were for its pruner)."""
     out = dict(values)
+    pruner = out.get("pruner")
+    if pruner is not None and out.get("pruner_options") is None:
+        out["pruner_options"] = recorded_options(pruner) if isinstance(pruner, Pruner) else {}
     for key, (_, name_of) in PLUGIN_KINDS.items():
         if out.get(key) is not None and not isinstance(out[key], str):
             out[key] = name_of(out[key])
@@ -114,7 +120,7 @@ def build_settings(
     layers: list[Mapping[str, Any]] = [task.settings]
     if config_file:
         run_part, space_part = read_toml(config_file)
-        settings = settings.merged(run_part)
+        settings = settings.merged(_named(run_part))
         space = space.with_overrides(space_part)
         layers.append(run_part)
     settings = settings.merged(_named(overrides)).validate()
@@ -179,7 +185,7 @@ def controller_for(space: SearchSpace, settings: RunSettings, plugins: PlugIns =
     # Later stages never prune before the earlier one's epochs; each stage carries its own grace.
     plan = [replace(stage, grace_epochs=grace) for stage, grace in
             zip(plan, stage_grace_epochs(plan, settings.grace_epochs), strict=True)]
-    build_pruner = pruner_factory(_chosen("pruner", settings.pruner, plugins.pruner))
+    build_pruner = _pruner_builder(settings, plugins.pruner)
 
     def pruner_for(stage: Stage) -> Pruner:
         budget = StageBudget(max_epochs=stage.epochs, grace_epochs=stage.grace_epochs or settings.grace_epochs,
@@ -199,6 +205,24 @@ def controller_for(space: SearchSpace, settings: RunSettings, plugins: PlugIns =
                                       promote_fraction=settings.promote_fraction),
     )
     return Controller(space, plan, pruner_for, options)
+
+
+def _pruner_builder(settings: RunSettings, given: Any) -> Callable[[StageBudget], Pruner]:
+    """The pruner of each stage, with the options the sweep row records (``pruner_options``), so that a resume with or
+    without the object passed to the run prunes as the run did."""
+    choice = _chosen("pruner", settings.pruner, given)
+    options = settings.pruner_options
+    if isinstance(choice, Pruner):  # no options recorded: a sweep from before pruner_options, or none given
+        made_with = recorded_options(choice)
+        if options and made_with != options:
+            raise ConfigError(f"setting 'pruner_options': {options}, but the pruner passed was made with {made_with}; "
+                              "give its options in one place")
+        return pruner_factory(choice)
+    if options.get(UNRECORDED):
+        raise ConfigError(f"setting 'pruner': this sweep's {settings.pruner!r} pruner was passed as an object with "
+                          f"options its sweep row cannot hold ({options[UNRECORDED]}); pass the same pruner object "
+                          "(pruner=...) to resume_sweep")
+    return pruner_factory(choice, options)
 
 
 def check_pruners(plan: Sequence[Stage], pruner_for: Callable[[Stage], Pruner], settings: RunSettings) -> None:

@@ -17,10 +17,11 @@ to ``run_sweep(pruner=...)``. Each stage gets a fresh pruner built from its :cla
 from __future__ import annotations
 
 import bisect
+import functools
 import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -466,18 +467,38 @@ def _positive_int(field: str, value: Any) -> None:
 PrunerChoice = str | type[Pruner] | Pruner
 
 
-def pruner_factory(choice: PrunerChoice) -> Callable[[StageBudget], Pruner]:
-    """A registered name, a :class:`Pruner` subclass or a configured instance, as a builder of one per stage."""
+def pruner_factory(choice: PrunerChoice, options: Mapping[str, Any] | None = None) -> Callable[[StageBudget], Pruner]:
+    """A registered name, a :class:`Pruner` subclass or a configured instance, as a builder of one per stage.
+    ``options`` (the setting ``pruner_options``) go to a name's or a class's constructor; an instance keeps its own."""
     if isinstance(choice, str):
         if choice not in PRUNERS:
             raise ConfigError(f"setting 'pruner': unknown pruner {choice!r} (one of {', '.join(PRUNERS)})")
-        return PRUNERS[choice].for_stage
+        choice = PRUNERS[choice]
     if isinstance(choice, type) and issubclass(choice, Pruner):
-        return choice.for_stage
+        params = inspect.signature(choice).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        unknown = [key for key in options or {} if key not in params and not takes_any]
+        if unknown:
+            raise ConfigError(f"setting 'pruner_options': {unknown[0]!r} is not an option of the "
+                              f"{PRUNERS.name_of(choice)} pruner (options: {', '.join(params)})")
+        return functools.partial(choice.for_stage, **(options or {}))
     if isinstance(choice, Pruner):
         return choice.copy_for
     raise ConfigError(f"setting 'pruner': expected a name ({', '.join(PRUNERS)}), a Pruner subclass or a Pruner, "
                       f"got {type(choice).__name__}")
+
+
+UNRECORDED = "_unrecorded"  # pruner_options' key for the options of an object that JSON cannot hold
+
+
+def recorded_options(pruner: Pruner) -> dict[str, Any]:
+    """A configured pruner's options as the sweep row keeps them (``pruner_options``): the plain values, and the
+    names of any others under ``UNRECORDED``, so a resume without the object refuses instead of using defaults."""
+    chosen = {k: v for k, v in pruner._chosen.items() if k != "max_epochs"}  # each stage brings its own
+    kept = {k: v for k, v in chosen.items()
+            if v is None or isinstance(v, (bool, int, str)) or (isinstance(v, float) and math.isfinite(v))}
+    others = sorted(set(chosen) - set(kept))
+    return {**kept, UNRECORDED: ", ".join(others)} if others else kept
 
 
 def pruner_name(choice: PrunerChoice) -> str:

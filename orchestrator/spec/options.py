@@ -9,7 +9,7 @@ and ``stage_policy`` also take objects (:mod:`orchestrator.decide.pruning`, :mod
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from orchestrator.decide.pruning import Pruner
 from orchestrator.search.sampler import Sampler
@@ -45,6 +45,7 @@ class RunOptions(ResumeOptions, total=False):
     seed: int  # fixes the first stage and each trial's torch seed; later stages follow pruning (README "Reruns") (0)
     sampler: str | Sampler  # "random", "sobol", "lhs", "tpe" (default), or a Sampler object
     pruner: str | Pruner | type[Pruner]  # "asha" (default), "median", "none", or a Pruner class or object
+    pruner_options: dict[str, Any]  # the pruner's own options: {"min_trials": 3} for "median" ({}: its defaults)
     # how a stage leads to the next: "narrow_and_promote" (default), "fresh", or a StagePolicy class or object
     stage_policy: str | StagePolicy | type[StagePolicy]
     grace_epochs: int  # epochs before a pruner may stop a trial (1)

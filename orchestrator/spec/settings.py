@@ -33,6 +33,9 @@ class RunSettings:
     seed: int = 0
     sampler: str = "tpe"  # random first stage, then a density ratio on finished trials (orchestrator/search/tpe.py)
     pruner: str = "asha"
+    # The pruner's own options by name (TOML: pruner_options = {min_trials = 3}); a configured pruner passed to
+    # run_sweep (MedianStop(min_trials=3)) records its options here, so a resume prunes as the sweep began
+    pruner_options: dict[str, Any] = field(default_factory=dict)
     # How a stage leads to the next (orchestrator/search/stage_policy.py): narrow the ranges, retrain the best
     stage_policy: str = "narrow_and_promote"
     grace_epochs: int = 1
@@ -90,6 +93,9 @@ class RunSettings:
         # pyarrow's "OverflowError: Python int too large to convert to C long", the sweep's folder half written.
         _check("seed", _int(self.seed) and 0 <= self.seed < 2**63, "a non-negative integer below 2**63")
         _check("pruner", self.pruner in PRUNERS or _is_class_path(self.pruner), f"one of {', '.join(sorted(PRUNERS))}")
+        _check("pruner_options", isinstance(self.pruner_options, dict)
+               and all(isinstance(k, str) and _plain(v) for k, v in self.pruner_options.items()),
+               "a mapping of option name to a number, true/false or text (pruner_options = {min_trials = 3})")
         _check("sampler", self.sampler in SAMPLERS or _is_class_path(self.sampler), f"one of {', '.join(SAMPLERS)}")
         _check("stage_policy", self.stage_policy in STAGE_POLICIES or _is_class_path(self.stage_policy),
                f"one of {', '.join(STAGE_POLICIES)}")
@@ -231,6 +237,11 @@ BUILT_IN_RESOURCES = {"CPU": "cpus_per_trial (--cpus-per-trial)", "GPU": "gpus_p
 
 def _num(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _plain(value: Any) -> bool:
+    """A value the sweep row's JSON holds as it is."""
+    return value is None or isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _check(name: str, ok: bool, expected: str) -> None:

@@ -616,3 +616,96 @@ def test_a_pruner_whose_next_decision_epoch_does_not_move_on_is_one_line_not_a_h
                             ControllerOptions(seed=1))
     with pytest.raises(ConfigError, match=r"next_decision_epoch\(2\) returned 2; return an epoch after 2"):
         run(controller)
+
+
+def _settings_with(task_settings: dict, config_file=None, overrides=None) -> RunSettings:
+    class Task:
+        space = SPACE
+        settings = task_settings
+
+    return build_settings(Task, config_file, overrides or {})[0]  # type: ignore[arg-type]
+
+
+def test_a_configured_registered_pruner_resumes_with_its_options_without_the_object(tmp_path):
+    """run_sweep(pruner=MedianStop(min_trials=2)) recorded 'median' only: caviar resume (no object) rebuilt the median
+    rule with min_trials=5 and pruned the rest of the sweep otherwise. The options are in the sweep row now."""
+    from orchestrator.app.resume import read_record, rebuild_controller
+    from orchestrator.decide.pruning import MedianStoppingPruner
+    from orchestrator.store.storage import Storage
+    from tests.orchestrator import test_resume as sim
+
+    median = MedianStoppingPruner(min_trials=2, check_not_learning=False)
+    stored = _settings_with({}, None, {"plan": "6x1,8x4,4x4", "seed": 7, "slots": 1, "pruner": median})
+    assert (stored.pruner, stored.pruner_options) == ("median", {"min_trials": 2, "check_not_learning": False})
+    plugins = PlugIns(pruner=median)
+    whole_storage = Storage.from_uri(str(tmp_path / "whole"))
+    whole = drive(controller_for(sim.SPACE, stored, plugins), sim.PersistingBackend(whole_storage, 1),
+                  sim.start_sweep(whole_storage, stored))
+    storage = Storage.from_uri(str(tmp_path / "crashed"))
+    ticks = iter(range(1, 100))
+
+    def crash_in_stage_2(controller):
+        if next(ticks) == 9:
+            raise sim.Crash
+
+    with pytest.raises(sim.Crash):
+        drive(controller_for(sim.SPACE, stored, plugins), sim.PersistingBackend(storage, 1),
+              sim.start_sweep(storage, stored), on_tick=crash_in_stage_2)
+    rebuilt = rebuild_controller(read_record(storage))  # no object: caviar resume on the command line
+    assert rebuilt.controller.stage == 1
+    drive(rebuilt.controller, sim.PersistingBackend(storage, 1))
+    assert sim.summary(rebuilt.controller) == sim.summary(whole)
+    defaults = drive(controller_for(sim.SPACE, replace_settings(stored, pruner_options={}), PlugIns()),
+                     sim.PersistingBackend(Storage.from_uri(str(tmp_path / "defaults")), 1))
+    assert sim.summary(defaults) != sim.summary(whole)  # the options decide: the check above can fail
+
+
+def replace_settings(settings: RunSettings, **changes) -> RunSettings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)
+
+
+def test_pruner_options_in_a_toml_file_are_checked_and_a_later_pruner_choice_drops_them(tmp_path):
+    config = tmp_path / "sweep.toml"
+    config.write_text('[run]\npruner = "median"\npruner_options = {min_trials = 3}\n')
+    built = _settings_with({}, str(config))
+    assert (built.pruner, built.pruner_options) == ("median", {"min_trials": 3})
+    from orchestrator.search.stages import parse_plan
+
+    assert controller_for(SPACE, replace_settings(built, plan="8x4")).make_pruner(parse_plan("8x4")[0]).min_trials == 3
+    # --pruner asha on the command line: median's options are not asha's
+    assert _settings_with({}, str(config), {"pruner": "asha"}).pruner_options == {}
+    config.write_text('[run]\npruner = "median"\npruner_options = {min_trial = 3}\n')
+    with pytest.raises(ConfigError, match=r"^setting 'pruner_options': 'min_trial' is not an option of the median "
+                                          r"pruner \(options: grace_epochs, min_trials, "):
+        controller_for(SPACE, _settings_with({}, str(config)))
+    config.write_text('[run]\npruner = "median"\npruner_options = {min_trials = [3]}\n')
+    with pytest.raises(ConfigError, match=r"^setting 'pruner_options': expected a mapping of option name to a number"):
+        _settings_with({}, str(config))
+    with pytest.raises(ConfigError, match=r"^setting 'pruner_options': \{'min_trials': 4\}, but the pruner passed was "
+                                          r"made with \{'min_trials': 3\}; give its options in one place"):
+        from orchestrator.decide.pruning import MedianStoppingPruner
+
+        median = MedianStoppingPruner(min_trials=3)
+        controller_for(SPACE, _settings_with({}, None, {"pruner": median, "pruner_options": {"min_trials": 4}}),
+                       PlugIns(pruner=median))
+
+
+def test_a_pruner_object_whose_options_json_cannot_hold_resumes_only_with_the_object():
+    class Scored(BelowFloor):
+        def __init__(self, *, rule=None, **rest):
+            super().__init__(**rest)
+            self.rule = rule
+
+    pruner = Scored(rule=len, floor=0.7)
+    built = _settings_with({}, None, {"pruner": pruner})
+    assert built.pruner_options == {"floor": 0.7, "_unrecorded": "rule"}
+    controller_for(SPACE, built, PlugIns(pruner=pruner))  # the run itself, with the object
+    register_pruner("scored_for_test")(Scored)
+    try:
+        with pytest.raises(ConfigError, match=r"pruner was passed as an object with options its sweep row cannot hold "
+                                              r"\(rule\); pass the same pruner object"):
+            controller_for(SPACE, replace_settings(built, pruner="scored_for_test"))
+    finally:
+        PRUNERS.pop("scored_for_test", None)
