@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator.app.cli_common import TaskArg, app, fail
+from orchestrator.errors import did_you_mean
 
 STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
@@ -57,6 +58,11 @@ def check(
             chosen = None
         if not isinstance(chosen, dict):
             fail(f"option '--params': expected midpoint, sample or a JSON object, got {params!r}")
+        # a misspelt key reached the model as an extra entry it never read, and the check passed the config without it
+        extra = [k for k in chosen if k not in loaded.space]
+        if extra:
+            fail(f"option '--params': {extra[0]!r} is not a parameter of the task's space"
+                 f"{did_you_mean(extra[0], list(loaded.space))} (its parameters: {', '.join(loaded.space)})")
         chosen = {**loaded.space.fixed, **chosen}
         missing = [k for k in loaded.space.searched if k not in chosen]
         if missing:

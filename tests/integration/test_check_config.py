@@ -45,6 +45,15 @@ def test_params_keeps_the_old_choices(tmp_path):
     assert "hidden=6" in checked.stdout
 
 
+def test_params_with_a_key_the_space_lacks_is_refused_naming_it():
+    # the misspelt key reached the model as an entry it never read: the check passed a config without the value meant
+    refused = caviar("check", TINY_TASK, "--params", '{"lr": 0.05, "optimizer": "adam", "hidden": 6, "hiden": 60}')
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "caviar: error: option '--params': 'hiden' is not a parameter of the task's space; did you mean 'hidden'? "
+        "(its parameters: lr, optimizer, hidden, batch_size, ema_decay)"]
+
+
 def test_an_option_caviars_loop_cannot_use_is_refused_by_run_and_check_before_any_trial(tmp_path):
     toml = tmp_path / "typo.toml"
     toml.write_text('[space]\noptimizer = { dist = "choice", options = ["adam", "adamx"] }\n')
