@@ -14,7 +14,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from orchestrator.app.cli import app
-from orchestrator.search.space import SearchSpace, choice, dropout, loguniform, randint
+from orchestrator.search.space import SearchSpace, choice, dropout, loguniform, randint, uniform
 from orchestrator.spec.task import Task, load_task
 from tests.conftest import TINY_TASK
 from worker.check.preflight import (
@@ -262,6 +262,16 @@ def test_the_config_is_the_midpoint_with_regularisation_off():
     assert math.isclose(config["lr"], 1e-2) and config["layers"] == 2 and config["act"] == "tanh"
     assert config["dropout"] == 0.0 and config["weight_decay"] == 0.0 and config["batch_size"] == 32
     assert preflight_config(space, how="sample", seed=1) == preflight_config(space, how="sample", seed=1)
+
+
+def test_dropout_and_stochastic_depth_named_otherwise_are_off_too():
+    # a transformer's attn_dropout or a timm model's drop_path_rate stayed on: the overfit check failed a correct model
+    knobs = ("attn_dropout", "hidden_dropout_prob", "drop_path_rate", "attn_drop_rate", "drop_connect_rate",
+             "stochastic_depth_prob", "L2_penalty")
+    space = SearchSpace({**{name: uniform(0.1, 0.3) for name in knobs}, "hidden": 64, "droplets": 3})
+    config = preflight_config(space)
+    assert all(config[name] == 0.0 for name in knobs)
+    assert (config["hidden"], config["droplets"]) == (64, 3)
 
 
 def test_the_cli_prints_a_table_and_exits_non_zero_on_failure(tmp_path):

@@ -15,9 +15,10 @@
 
 The checks run on one config: the midpoint of every searched range in its sampling scale
 (``from_unit(0.5)``: the geometric middle of a log range, the middle option of a choice),
-or a seeded random sample, with every regularisation knob (``dropout*``, ``weight_decay``,
-``l2*``) set to 0. Models are always in training mode with every dropout module switched
-off, so batch norm uses batch statistics as it does in training.
+or a seeded random sample, with every regularisation knob (``weight_decay*``, ``l2*``, and any name
+holding ``dropout``, ``drop_path``, ``drop_rate``, ``drop_prob``, ``drop_connect`` or ``stochastic_depth``)
+set to 0. Models are always in training mode with every dropout module switched off, so batch norm uses batch
+statistics as it does in training.
 """
 
 from __future__ import annotations
@@ -115,11 +116,15 @@ class PreflightReport:
 
 # -- the config ------------------------------------------------------------------------------
 
-REGULARISATION_PREFIXES = ("dropout", "weight_decay", "l2")
+REGULARISATION_PREFIXES = ("weight_decay", "l2")
+# Anywhere in the name: attn_dropout, hidden_dropout_prob (Hugging Face), drop_path_rate and attn_drop_rate (timm),
+# drop_connect_rate (EfficientNet), stochastic_depth: each keeps a model from overfitting 20 examples.
+DROP_WORDS = ("dropout", "drop_path", "drop_rate", "drop_prob", "drop_connect", "stochastic_depth")
 
 
 def is_regulariser(name: str) -> bool:
-    return name.lower().startswith(REGULARISATION_PREFIXES)
+    lower = name.lower()
+    return lower.startswith(REGULARISATION_PREFIXES) or any(word in lower for word in DROP_WORDS)
 
 
 def preflight_config(space: SearchSpace, *, how: str = "midpoint", seed: int = 0) -> dict[str, Any]:
