@@ -12,7 +12,16 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.app.cli_common import PRUNER_NAMES, SAMPLER_NAMES, app, fail
+from orchestrator.app.cli_common import (
+    PRUNER_NAMES,
+    SAMPLER_NAMES,
+    ArraySizeOption,
+    FuseOption,
+    StagePolicyOption,
+    app,
+    array_size_setting,
+    fail,
+)
 from orchestrator.spec.settings import RunSettings
 
 AddressOpt = Annotated[str | None, typer.Option(
@@ -61,6 +70,9 @@ def submit(
     config: Annotated[str | None, typer.Option(help=r"TOML \[run]/\[space] file inside the task's folder.")] = None,
     pruner: Annotated[str | None, typer.Option(help=f"{PRUNER_NAMES}.")] = None,
     sampler: Annotated[str | None, typer.Option(help=f"{SAMPLER_NAMES}.")] = None,
+    stage_policy: StagePolicyOption = None,
+    fuse: FuseOption = None,
+    array_size: ArraySizeOption = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs each trial holds.")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial; 0.25 packs four on a GPU.")] = None,
     resource: Annotated[list[str] | None, typer.Option(help="Custom Ray resource per trial, NAME=AMOUNT.")] = None,
@@ -92,7 +104,8 @@ def submit(
 
     if resume:
         given = dict(storage=storage, name=name, trials=trials, epochs=epochs, plan=plan, stages=stages, seed=seed,
-                     config=config, pruner=pruner, sampler=sampler, cpus_per_trial=cpus_per_trial,
+                     config=config, pruner=pruner, sampler=sampler, stage_policy=stage_policy, fuse=fuse,
+                     array_size=array_size, cpus_per_trial=cpus_per_trial,
                      gpus_per_trial=gpus_per_trial, resource=resource, device=device, precision=precision,
                      seed_copies=seed_copies, early_stopping=early_stopping, overwrite=overwrite or None,
                      shared_storage=shared_storage or None, wait_for_cluster_seconds=wait_for_cluster_seconds)
@@ -117,7 +130,8 @@ def submit(
         fail("option '--storage': a submitted sweep needs storage every node reaches (s3://..., or a shared path)")
     assert storage is not None
     options = dict(trials=trials, epochs=epochs, plan=plan, stages=stages, slots=slots, seed=seed, pruner=pruner,
-                   sampler=sampler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
+                   sampler=sampler, stage_policy=stage_policy, fuse=fuse, array_size=array_size_setting(array_size),
+                   cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, device=device,
                    precision=precision, shared_storage=shared_storage, overwrite=overwrite, seed_copies=seed_copies,
                    early_stopping=early_stopping, wait_for_cluster_seconds=wait_for_cluster_seconds)
     args = run_args(options, resource, config) + (["--no-ensemble"] if ensemble is False else [])

@@ -21,6 +21,17 @@ from orchestrator.search.stage_policy import STAGE_POLICIES
 PRUNER_NAMES = ", ".join(sorted(PRUNERS))  # the registries name what --pruner, --sampler and --stage-policy take
 SAMPLER_NAMES = ", ".join(sorted(SAMPLERS))
 STAGE_POLICY_NAMES = ", ".join(STAGE_POLICIES)  # the default first
+# Options `caviar run` and `caviar submit` share: one declaration, one help text
+StagePolicyOption = Annotated[str | None, typer.Option(help=f"How a stage leads to the next: {STAGE_POLICY_NAMES}.")]
+FuseOption = Annotated[str | None, typer.Option(help="Train same-shape trials as one batched model: auto, on or off.")]
+ArraySizeOption = Annotated[str | None, typer.Option(help="Trials per fused array: auto (probe) or an integer.")]
+
+
+def array_size_setting(text: str | None) -> int | str | None:
+    """``--array-size 4`` as the setting holds it (an int); ``auto`` and anything else as typed, for its check."""
+    return int(text) if text and text.isdigit() else text
+
+
 EXECUTOR_HELP = ("Where trials run: auto (default: processes unless a setting needs Ray), ray (actors; a private "
                  "Ray without --address) or processes (children of this process: no Ray, this machine's CPUs).")
 

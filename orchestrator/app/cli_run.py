@@ -12,11 +12,14 @@ from orchestrator.app.cli_common import (
     EXECUTOR_HELP,
     PRUNER_NAMES,
     SAMPLER_NAMES,
-    STAGE_POLICY_NAMES,
+    ArraySizeOption,
+    FuseOption,
+    StagePolicyOption,
     StorageOption,
     SweepArg,
     TaskArg,
     app,
+    array_size_setting,
     exit_on_interrupt,
     fail,
     print_failures,
@@ -47,9 +50,7 @@ def run(
     ] = None,
     pruner: Annotated[str | None, typer.Option(help=f"{PRUNER_NAMES}.")] = None,
     sampler: Annotated[str | None, typer.Option(help=f"{SAMPLER_NAMES}.")] = None,
-    stage_policy: Annotated[
-        str | None, typer.Option(help=f"How a stage leads to the next: {STAGE_POLICY_NAMES}.")
-    ] = None,
+    stage_policy: StagePolicyOption = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs each trial holds.")] = None,
     gpus_per_trial: Annotated[
         float | None, typer.Option(help="GPUs each trial holds; 0.25 packs four on a GPU.")
@@ -72,10 +73,8 @@ def run(
     report: Annotated[bool, typer.Option(help="Write SWEEP/report.html (plots) when the sweep ends.")] = True,
     dashboard: Annotated[bool, typer.Option(help="Start Ray's dashboard with a local Ray.")] = False,
     dashboard_host: Annotated[str | None, typer.Option(help="Where it listens (default: 127.0.0.1).")] = None,
-    fuse: Annotated[
-        str | None, typer.Option(help="Train same-shape trials as one batched model: auto, on or off.")
-    ] = None,
-    array_size: Annotated[str | None, typer.Option(help="Trials per fused array: auto (probe) or an integer.")] = None,
+    fuse: FuseOption = None,
+    array_size: ArraySizeOption = None,
     seed_copies: Annotated[
         int | None,
         typer.Option(help="After the last stage, train the best config N more times from new seeds (a seed ensemble)."),
@@ -120,7 +119,7 @@ def run(
             seed_copies=seed_copies,
             early_stopping=early_stopping,
             wait_for_cluster_seconds=wait_for_cluster_seconds,
-            array_size=int(array_size) if array_size and array_size.isdigit() else array_size,
+            array_size=array_size_setting(array_size),
             executor=executor,
         ))
     finally:

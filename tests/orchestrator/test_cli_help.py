@@ -37,3 +37,16 @@ def test_every_verb_that_takes_a_sampler_or_pruner_names_each_one_the_settings_a
             names = {"sampler": SAMPLERS, "pruner": PRUNERS}.get(param.name)
             for known in names or ():
                 assert known in (param.help or ""), f"caviar {name} --{param.name}'s help leaves out {known!r}"
+
+
+def test_caviar_submit_takes_every_sweep_setting_caviar_run_takes():
+    # `caviar submit` had no --stage-policy, --fuse or --array-size: a sweep that ran locally with them could not be
+    # sent to a cluster as it was, but through a TOML file
+    from orchestrator.app.cli_cluster import run_args
+
+    group = typer.main.get_command(app)
+    options = {name: {p.name for p in group.commands[name].params} for name in ("run", "submit")}
+    how_it_runs_here = {"executor", "plain", "report", "dashboard", "dashboard_host"}  # submit: a Ray job
+    assert options["run"] - options["submit"] == how_it_runs_here
+    sent = run_args({"stage_policy": "fresh", "fuse": "on", "array_size": 4}, None)
+    assert sent == ["--stage-policy", "fresh", "--fuse", "on", "--array-size", "4"]
