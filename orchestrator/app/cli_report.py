@@ -44,10 +44,20 @@ def report(
 
 @app.command("ls")
 def list_command(
-    storage: Annotated[str, typer.Argument(help="Storage folder (a path or pyarrow.fs URI) whose sweeps to list.")],
+    folder: Annotated[str | None, typer.Argument(
+        metavar="STORAGE", help="Storage folder (a path or pyarrow.fs URI) whose sweeps to list (default: caviar-runs, "
+        "where caviar run writes without --storage).")] = None,
+    storage: Annotated[str | None, typer.Option(help="The same folder as an option, as status and top take it.")]
+    = None,
 ) -> None:
     """The sweeps in a storage folder: name, task, started, state, trials, best score, chosen ensemble."""
     import sys
+
+    from orchestrator.spec.settings import RunSettings
+
+    if folder is not None and storage is not None and folder != storage:
+        fail(f"storage: given twice, {folder!r} and --storage {storage!r}; give one")
+    storage = folder or storage or RunSettings.storage
 
     from rich.console import Console
     from rich.table import Table

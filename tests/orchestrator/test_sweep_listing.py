@@ -47,6 +47,25 @@ def test_ls_of_a_sweep_folder_says_it_is_a_sweep(tmp_path):
                                    "above lists it with the others")
 
 
+def test_ls_takes_the_storage_as_status_and_top_do_and_defaults_to_caviar_runs(tmp_path, monkeypatch):
+    # `caviar ls --storage runs` said "No such option: --storage", and a bare `caviar ls` wanted an argument, while
+    # `caviar run` writes to caviar-runs when given no --storage
+    from typer.testing import CliRunner
+
+    from orchestrator.app.cli import app
+
+    write_sweep(tmp_path / "caviar-runs" / "digits", "digits")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for args in (["ls"], ["ls", "--storage", "caviar-runs"], ["ls", "caviar-runs"]):
+        listed = runner.invoke(app, args, env={"COLUMNS": "200"})
+        assert listed.exit_code == 0 and "1 sweeps in caviar-runs" in listed.output and "digits" in listed.output
+    twice = runner.invoke(app, ["ls", "caviar-runs", "--storage", "elsewhere"])
+    assert twice.exit_code == 2
+    assert twice.stderr.strip() == ("caviar: error: storage: given twice, 'caviar-runs' and --storage 'elsewhere'; "
+                                    "give one")
+
+
 @pytest.mark.parametrize("folder", ["what?", "runs #2", "100% done", "my runs"])
 def test_a_storage_folder_with_url_special_characters_names_its_sweeps_where_they_are(tmp_path, folder):
     """A `?` in a local folder's name was taken for a URI's query: `runs?/digits` became `runs/digits?`, and status,
