@@ -297,10 +297,30 @@ def test_a_stage_policy_is_a_registered_name_a_class_or_an_object():
         controller_for(SPACE, settings(), PlugIns(stage_policy=7))  # type: ignore[arg-type]
 
 
+def whole_and_crashed(tmp_path, stored: RunSettings, plugins: PlugIns, crash_at_tick: int):
+    """The simulated sweep run whole, and the same sweep's storage after its master crashed at ``crash_at_tick``."""
+    from orchestrator.store.storage import Storage
+    from tests.orchestrator import test_resume as sim
+
+    whole_storage = Storage.from_uri(str(tmp_path / "whole"))
+    whole = drive(controller_for(sim.SPACE, stored, plugins), sim.PersistingBackend(whole_storage, 1),
+                  sim.start_sweep(whole_storage, stored))
+    storage = Storage.from_uri(str(tmp_path / "crashed"))
+    ticks = iter(range(1, 100))
+
+    def crash(controller):
+        if next(ticks) == crash_at_tick:
+            raise sim.Crash
+
+    with pytest.raises(sim.Crash):
+        drive(controller_for(sim.SPACE, stored, plugins), sim.PersistingBackend(storage, 1),
+              sim.start_sweep(storage, stored), on_tick=crash)
+    return whole, storage
+
+
 def test_a_resume_rebuilds_the_sweeps_own_stage_policy_and_without_it_says_so_in_one_line(tmp_path):
     """Crashed in stage 1, the resumed master judges stage 1 itself: with the policy passed again, as the first run."""
     from orchestrator.app.resume import read_record, rebuild_controller
-    from orchestrator.store.storage import Storage
     from tests.orchestrator import test_resume as sim
 
     plugins = PlugIns(stage_policy=RetrainTheBest())
@@ -309,19 +329,7 @@ def test_a_resume_rebuilds_the_sweeps_own_stage_policy_and_without_it_says_so_in
     def with_policy(space, settings):
         return controller_for(space, settings, plugins)
 
-    whole_storage = Storage.from_uri(str(tmp_path / "whole"))
-    whole = drive(with_policy(sim.SPACE, stored), sim.PersistingBackend(whole_storage, 1),
-                  sim.start_sweep(whole_storage, stored))
-    storage = Storage.from_uri(str(tmp_path / "crashed"))
-    ticks = iter(range(1, 100))
-
-    def crash_in_stage_1(controller):
-        if next(ticks) == 5:
-            raise sim.Crash
-
-    with pytest.raises(sim.Crash):
-        drive(with_policy(sim.SPACE, stored), sim.PersistingBackend(storage, 1), sim.start_sweep(storage, stored),
-              on_tick=crash_in_stage_1)
+    whole, storage = whole_and_crashed(tmp_path, stored, plugins, crash_at_tick=5)  # crashed in stage 1
     record = read_record(storage)
     assert record.settings.stage_policy == f"{__name__}.RetrainTheBest"
     with pytest.raises(ConfigError, match=r"uses the stage_policy '.*RetrainTheBest', which is not registered; "
@@ -637,20 +645,7 @@ def test_a_configured_registered_pruner_resumes_with_its_options_without_the_obj
     median = MedianStoppingPruner(min_trials=2, check_not_learning=False)
     stored = _settings_with({}, None, {"plan": "6x1,8x4,4x4", "seed": 7, "slots": 1, "pruner": median})
     assert (stored.pruner, stored.pruner_options) == ("median", {"min_trials": 2, "check_not_learning": False})
-    plugins = PlugIns(pruner=median)
-    whole_storage = Storage.from_uri(str(tmp_path / "whole"))
-    whole = drive(controller_for(sim.SPACE, stored, plugins), sim.PersistingBackend(whole_storage, 1),
-                  sim.start_sweep(whole_storage, stored))
-    storage = Storage.from_uri(str(tmp_path / "crashed"))
-    ticks = iter(range(1, 100))
-
-    def crash_in_stage_2(controller):
-        if next(ticks) == 9:
-            raise sim.Crash
-
-    with pytest.raises(sim.Crash):
-        drive(controller_for(sim.SPACE, stored, plugins), sim.PersistingBackend(storage, 1),
-              sim.start_sweep(storage, stored), on_tick=crash_in_stage_2)
+    whole, storage = whole_and_crashed(tmp_path, stored, PlugIns(pruner=median), crash_at_tick=9)  # in stage 2
     rebuilt = rebuild_controller(read_record(storage))  # no object: caviar resume on the command line
     assert rebuilt.controller.stage == 1
     drive(rebuilt.controller, sim.PersistingBackend(storage, 1))
