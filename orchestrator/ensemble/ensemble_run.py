@@ -415,9 +415,10 @@ def _warn_choice(records: Sequence[EnsembleRecord]) -> None:
 
 def write_ensembles(storage: Storage, records: Sequence[EnsembleRecord]) -> None:
     storage.write_table(schema.ENSEMBLES_PATH, schema.to_table([r.as_row() for r in records], schema.ENSEMBLES))
-    soup_weights = schema.ensemble_weights_path("soup")
-    if not any(r.weights_path == soup_weights for r in records):
-        storage.delete(soup_weights)  # a soup left out of this build: no row points at its weights any more
+    pointed_at = {r.weights_path for r in records}
+    for rel in storage.list_files(schema.ENSEMBLE_WEIGHTS_DIR, suffix=".safetensors"):
+        if rel not in pointed_at:  # an earlier build's soup, or one left out of this build: no row points at it
+            storage.delete(rel)
     legacy = schema.LEGACY_ENSEMBLE_WEIGHTS_DIR
     if not any((r.weights_path or "").startswith(legacy + "/") for r in records):
         storage.delete_dir(legacy)  # an older sweep rebuilt: its ensembles/ folder becomes a plain table again

@@ -347,10 +347,18 @@ INPUT_STATISTICS_PATH = "weights/input_statistics.safetensors"
 ENSEMBLES_PATH = "ensembles/ensembles.parquet"
 
 
+ENSEMBLE_WEIGHTS_DIR = "weights/ensembles"
+
+
 def ensemble_weights_path(name: str) -> str:
     """Outside ``ensembles/``: every table folder holds Parquet only, so any reader takes the folder as is.
     (Sweeps written before kept soups under ``ensembles/weights/``; their rows still point there.)"""
-    return f"weights/ensembles/{name}.safetensors"
+    return f"{ENSEMBLE_WEIGHTS_DIR}/{name}.safetensors"
+
+
+def soup_weights_path(sha256_hex: str) -> str:
+    """Named by its content: a rebuild killed before its table was written leaves the old row's file as it was."""
+    return ensemble_weights_path(f"soup-{sha256_hex[:16]}")
 
 
 LEGACY_ENSEMBLE_WEIGHTS_DIR = "ensembles/weights"

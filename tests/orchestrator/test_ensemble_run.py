@@ -172,7 +172,7 @@ def test_methods_filter_keeps_the_single_baseline(sweep):
 
 def soup_result(helped: bool, val_accuracy: float) -> SoupResult:
     members = (Member(CandidateKey(3, 2, "raw"), 0.5), Member(CandidateKey(3, 2, "ema"), 0.5))
-    return SoupResult(members, val_accuracy, 0.01, 0.5, 1.0, schema.ensemble_weights_path("soup"), "ab" * 32,
+    return SoupResult(members, val_accuracy, 0.01, 0.5, 1.0, schema.soup_weights_path("ab" * 32), "ab" * 32,
                       {"helped": helped, "note": "test"})
 
 
@@ -185,7 +185,7 @@ def test_a_soup_is_recorded_and_chosen_only_when_it_helped(sweep):
 
     records = build_and_write(sweep, soup=soup)
     row = records[-1]
-    assert row.method == "soup" and row.weights_path == "weights/ensembles/soup.safetensors"
+    assert row.method == "soup" and row.weights_path == "weights/ensembles/soup-abababababababab.safetensors"
     assert not row.chosen  # it did not help: the single best candidate stands for it
     assert len(seen["ranked"]) == 16 and seen["metric"] == "accuracy"
     single = next(r for r in records if r.method == "single")

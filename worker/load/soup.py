@@ -232,7 +232,8 @@ class Soup:
                 states, best, soup_state = candidate, scores, c_state
         test, _ = self.score(model, soup_state, fresh_bn=False, split="test", objective=objective)
         data = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in soup_state.items()})
-        rel = schema.ensemble_weights_path("soup")
+        digest = sha256(data)
+        rel = schema.soup_weights_path(digest)
         self.storage.write_bytes(rel, data)
         accepted_keys = [base] + [k for k, t in zip(peers, tried[1:]) if t["accepted"]]
         detail = {
@@ -242,7 +243,7 @@ class Soup:
             "note": _note(len(peers), len(accepted_keys)),
         }
         members = tuple(Member(k, 1.0 / len(accepted_keys)) for k in accepted_keys)
-        return SoupResult(members, best.accuracy, best.log_loss, test.accuracy, test.log_loss, rel, sha256(data),
+        return SoupResult(members, best.accuracy, best.log_loss, test.accuracy, test.log_loss, rel, digest,
                           detail, best.objective, test.objective)
 
 
