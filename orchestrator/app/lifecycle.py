@@ -33,7 +33,7 @@ from orchestrator.decide.pruning import (
     pruner_name,
     recorded_options,
 )
-from orchestrator.decide.status import TrialStatus
+from orchestrator.decide.status import SUCCEEDED, TrialStatus
 from orchestrator.decide.sweeplog import SweepLog
 from orchestrator.ensemble.ensemble_run import SoupResult, build_and_write
 from orchestrator.ensemble.ensembles import CandidateKey, Objective
@@ -403,7 +403,8 @@ def finish_sweep(
     # From stored predictions; a failure is a logged warning, never a lost sweep. A table that exists is rebuilt
     # even with ensembles off: one built on a stopped sweep (caviar ensemble) would otherwise stand as the resumed
     # sweep's answer, every trial trained since left out.
-    if settings.ensemble or sweep.exists(schema.ENSEMBLES_PATH):
+    scored = any(t.status in SUCCEEDED for t in controller.trials.values())  # none: nothing stored to average
+    if scored and (settings.ensemble or sweep.exists(schema.ENSEMBLES_PATH)):
         try:
             with interrupt.stop_on_signals():
                 ensemble = build_ensembles(sweep, task, device=settings.device,

@@ -382,7 +382,7 @@ def metrics(outputs, targets):
 """
 
 
-def test_a_nan_objective_with_finite_losses_fails_trials_by_name_and_never_calls_it_divergence(tmp_path):
+def test_a_nan_objective_with_finite_losses_fails_trials_by_name_and_never_calls_it_divergence(tmp_path, caplog):
     path = tmp_path / "nan_metric_task.py"
     path.write_text(NAN_METRIC_TASK)
     result = run_sweep(str(path), trials=3, epochs=2, stages=1, slots=2, storage=str(tmp_path), name="nan",
@@ -398,3 +398,5 @@ def test_a_nan_objective_with_finite_losses_fails_trials_by_name_and_never_calls
              and e["kind"] != "trial_started"]
     assert ended == [("trial_failed", "objective_nan")] * 3
     assert all(math.isfinite(loss) for loss in tables.metrics["val_loss"].to_pylist())
+    # no trial has a score: nothing to average, and no line about a missing dataset table to send the user after
+    assert "ensembles" not in caplog.text and result.ensemble is None
