@@ -229,6 +229,20 @@ CASES = [
         "the model's forward pass or loss_fn: the model has no trainable parameters (requires_grad is False on every "
         "one) (on each of the sweep's first 4 configs)",
     ),
+    BadTask(  # a typo in the task's own loop: every trial failed on it, after the workers (or nodes) started
+        "own_loop_typo",
+        TINY_DATA + TINY_MODEL + "\ndef train_epoch(model, optimizer, batches, config):\n"
+        "    for x, y in batches:\n        optimizer.zero_grad()\n"
+        "        loss = nn.functional.cross_entropy(model(x), y)\n        loss.backwards()\n",
+        "train_epoch raised AttributeError: 'Tensor' object has no attribute 'backwards' (bad_task.py:…)",
+    ),
+    BadTask(
+        "own_loop_returns_nothing",
+        TINY_DATA + TINY_MODEL + "\ndef train_epoch(model, optimizer, batches, config):\n"
+        "    for x, y in batches:\n        optimizer.zero_grad()\n"
+        "        nn.functional.cross_entropy(model(x), y).backward()\n        optimizer.step()\n",
+        "train_epoch must return a dict with 'train_loss' (the epoch's mean training loss)",
+    ),
     BadTask(
         "loss_raises",
         TINY_DATA + TINY_MODEL + "\ndef loss_fn(logits, y):\n    raise KeyError('weights')\n",

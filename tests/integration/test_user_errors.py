@@ -73,7 +73,8 @@ def test_a_raising_model_factory_fails_its_trial_with_the_traceback_and_the_swee
     assert f"stage 1: {said[0]['reason']} (value fails)" in collect_warnings(read_sweep(result.path))
 
 
-# tiny_task whose training loop raises: the contract check (one forward pass and loss) passes, every trial fails.
+# tiny_task whose training loop raises past its first batches: the contract check (one forward pass and loss, the
+# loop on two batches) passes, every trial fails.
 FAILING_LOOP_TASK = f"""
 import sys
 sys.path.insert(0, {ROOT + "/tests/tasks"!r})
@@ -81,7 +82,10 @@ from tiny_task import build_model, load_data, space  # noqa: F401
 
 
 def train_epoch(model, optimizer, batches, config):
-    raise ValueError(f"no layer of width {{config['hidden']}} in this zoo")
+    for i, _ in enumerate(batches):
+        if i == 3:
+            raise ValueError(f"no layer of width {{config['hidden']}} in this zoo")
+    return {{"train_loss": 1.0}}
 """
 
 # tiny_task whose data loads in the master (the contract check passes) but in no worker.

@@ -10,7 +10,8 @@ runs the pieces once:
    sweep will train, until one builds: a factory that raises only for some configs fails
    those trials later (their errors are summarised), one that raises for all is refused;
 3. one forward pass, the loss and its backward pass on one training batch, and the objective on
-   the validation split (worker/check/validate.py, shared with `caviar check`);
+   the validation split (worker/check/validate.py, shared with `caviar check`); a task's own ``train_epoch``
+   on two training batches, in a forked child (worker/check/own_loop.py);
 4. each searched parameter's ends and options with that config's other values (worker/check/edges.py):
    a value the model cannot take (a high end that pools 8x8 inputs down to nothing) is named in a
    warning line, as the trials that draw it will fail.
@@ -26,6 +27,7 @@ import os
 import time
 import traceback
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -36,6 +38,7 @@ from orchestrator.search.space import SearchSpace
 from orchestrator.spec.task import Task
 from worker.check.edges import SLOW_CHECK_SECONDS, failing_values
 from worker.check.overlap import warn_if_splits_share_examples
+from worker.check.own_loop import check_own_loop
 from worker.check.unread import unread_entries
 from worker.check.validate import (
     check_batches_fit_dropping_split,
@@ -220,6 +223,7 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
                 if notes is not None:
                     notes.extend(found)
                 warn_about_unread_entries(task, splits, space, configs)
+            check_own_loop(task, run, partial(_refuse, task, "train_epoch"))
             return splits
     finally:
         torch.set_num_threads(threads)

@@ -45,6 +45,7 @@ from orchestrator.decide.backend import (
 )
 from orchestrator.errors import ConfigError, TaskError, exception_line
 from worker.check.contract import describe
+from worker.train.forking import start_method
 from worker.train.session import (  # imported in the master: forked children inherit torch
     WorkerSession,
     what_workers_are_sent,
@@ -64,25 +65,6 @@ def local_cpus() -> int:
     from joblib import cpu_count  # here: only a sweep without --slots asks
 
     return max(1, int(cpu_count()))
-
-
-def start_method(threads: int, splits: Any) -> str:
-    """``fork`` on Linux for one-thread workers over the master's in-memory data; else ``spawn``.
-
-    A forked child has to stay on one torch thread (see above). Streamed data is read through the
-    task's own Datasets, whose open files (an HDF5 handle, a file offset) a fork would share with
-    the master, so those workers start fresh; so do a resumed sweep's, whose data the master has not loaded, and
-    those of a model built with ``torch.compile`` (:func:`compiled_here`).
-    """
-    forkable = sys.platform.startswith("linux")  # macOS frameworks are not fork-safe (Python spawns there too)
-    in_memory = splits is not None and not getattr(splits, "streams", False)
-    return "fork" if forkable and threads == 1 and in_memory and not compiled_here() else "spawn"
-
-
-def compiled_here() -> bool:
-    """Whether torch.compile has compiled code in this process (the contract check ran a compiled model): inductor's
-    compile workers do not survive a fork, and a forked child compiling its own model waited on them for ever."""
-    return "torch._inductor.async_compile" in sys.modules
 
 
 def serve(conn: Connection, master: int, task_ref: str, storage_uri: str, sweep: str, options: Mapping[str, Any],

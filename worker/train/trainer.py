@@ -7,6 +7,7 @@ decide after any epoch whether the trial goes on.
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -286,24 +287,7 @@ class TrialRun:
         lr = float(self.optimizer.param_groups[0]["lr"])
         custom = self.task.get("train_epoch")
         if custom:
-            counted = _CountedBatches(self._batches(), self._batch_count)
-            scheduled = [group["lr"] for group in self.optimizer.param_groups]
-            stats = dict(custom(self.model, self.optimizer, counted, dict(self.spec.config)) or {})
-            self._check_param_groups_kept(len(scheduled))
-            # A rate the task's loop set (a warm-up) holds for its own steps; the schedule goes on from its own value,
-            # as torch's chained schedules (exponential, cosine, plateau) would otherwise scale the one left behind.
-            if not self.loop_owns_rate:
-                for group, rate in zip(self.optimizer.param_groups, scheduled):  # ``lr`` stays the first group's
-                    group["lr"] = rate
-            if counted.exhausted and counted.count == 0:
-                raise self._no_batch_error()
-            if "train_loss" not in stats:
-                raise TaskError("train_epoch must return a dict with 'train_loss' (the epoch's mean training loss)")
-            for key in ("train_loss", "train_accuracy", "grad_norm", "update_ratio"):
-                if stats.get(key) is not None:
-                    stats[key] = _epoch_number(stats[key], key)
-            # The task's loop saw standardised targets: its loss in the original units is unknown, never rescaled.
-            stats["train_loss_original"] = None if self.kind.standardised else stats["train_loss"]
+            stats = self.own_epoch(_CountedBatches(self._batches(), self._batch_count))
         else:
             stats = self._standard_epoch()
             if stats["examples_trained"] == 0:  # a train_loss of 0.0 and weights that never moved, reported as such
@@ -347,6 +331,31 @@ class TrialRun:
         seen = s.n_train - self.skip_single if custom else stats["examples_trained"]
         row["samples_per_second"] = seen / seconds if seconds > 0 else None
         return row
+
+    def own_epoch(self, counted: _CountedBatches) -> dict[str, Any]:
+        """The task's ``train_epoch`` over ``counted``, what it returns checked: its epoch's training statistics."""
+        scheduled = [group["lr"] for group in self.optimizer.param_groups]
+        stats = dict(self.task.get("train_epoch")(self.model, self.optimizer, counted, dict(self.spec.config)) or {})
+        self._check_param_groups_kept(len(scheduled))
+        # A rate the task's loop set (a warm-up) holds for its own steps; the schedule goes on from its own value,
+        # as torch's chained schedules (exponential, cosine, plateau) would otherwise scale the one left behind.
+        if not self.loop_owns_rate:
+            for group, rate in zip(self.optimizer.param_groups, scheduled):  # ``lr`` stays the first group's
+                group["lr"] = rate
+        if counted.exhausted and counted.count == 0:
+            raise self._no_batch_error()
+        if "train_loss" not in stats:
+            raise TaskError("train_epoch must return a dict with 'train_loss' (the epoch's mean training loss)")
+        for key in ("train_loss", "train_accuracy", "grad_norm", "update_ratio"):
+            if stats.get(key) is not None:
+                stats[key] = _epoch_number(stats[key], key)
+        # The task's loop saw standardised targets: its loss in the original units is unknown, never rescaled.
+        stats["train_loss_original"] = None if self.kind.standardised else stats["train_loss"]
+        return stats
+
+    def first_batches(self, count: int) -> _CountedBatches:
+        """The epoch's first ``count`` training batches, as a task's ``train_epoch`` gets a whole epoch's."""
+        return _CountedBatches(itertools.islice(self._batches(), count), lambda: count)
 
     def _check_unfrozen_stepped(self) -> None:
         """A parameter frozen when the optimizer was built (a backbone) and unfrozen since (gradual unfreezing) gets
