@@ -229,6 +229,17 @@ CASES = [
         "the model's forward pass or loss_fn: the model has no trainable parameters (requires_grad is False on every "
         "one) (on each of the sweep's first 4 configs)",
     ),
+    BadTask(
+        "loss_raises",
+        TINY_DATA + TINY_MODEL + "\ndef loss_fn(logits, y):\n    raise KeyError('weights')\n",
+        "the model's forward pass or loss_fn raised KeyError: 'weights' (bad_task.py:{raise_line})"
+        " (on each of the sweep's first 4 configs)",
+    ),
+]
+
+# A task's own loop is checked in a child forked from the master, which a process that joined Ray (this test
+# session's) does not fork: these run as their own caviar process, as a user's do.
+OWN_LOOP_CASES = [
     BadTask(  # a typo in the task's own loop: every trial failed on it, after the workers (or nodes) started
         "own_loop_typo",
         TINY_DATA + TINY_MODEL + "\ndef train_epoch(model, optimizer, batches, config):\n"
@@ -242,12 +253,6 @@ CASES = [
         "    for x, y in batches:\n        optimizer.zero_grad()\n"
         "        nn.functional.cross_entropy(model(x), y).backward()\n        optimizer.step()\n",
         "train_epoch must return a dict with 'train_loss' (the epoch's mean training loss)",
-    ),
-    BadTask(
-        "loss_raises",
-        TINY_DATA + TINY_MODEL + "\ndef loss_fn(logits, y):\n    raise KeyError('weights')\n",
-        "the model's forward pass or loss_fn raised KeyError: 'weights' (bad_task.py:{raise_line})"
-        " (on each of the sweep's first 4 configs)",
     ),
 ]
 
@@ -318,3 +323,17 @@ def test_a_bad_task_starts_no_ray_and_the_corrected_one_runs_under_the_same_name
     result = run_sweep(task, storage=str(folder / "runs"), name="s", trials=2, epochs=1, stages=1,
                        slots=2, ensemble=False)
     assert result.counts == {"completed": 2}
+
+
+@pytest.mark.parametrize("case", OWN_LOOP_CASES, ids=[c.id for c in OWN_LOOP_CASES])
+def test_a_tasks_own_loop_that_fails_is_refused_before_any_worker(tmp_path, case):
+    folder = tmp_path / case.id
+    task, expected = write_task(folder, case)
+    out = subprocess.run([CAVIAR, "run", task, "--storage", str(folder / "runs"), "--name", "s", "--plain"],
+                         capture_output=True, text=True, cwd=folder, timeout=300,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.returncode == 2, out.stderr
+    assert [line for line in out.stderr.strip().splitlines() if line.startswith("caviar: error")] == \
+        out.stderr.strip().splitlines()[-1:]
+    assert matches(expected, out.stderr.strip().splitlines()[-1]), (out.stderr, expected)
+    assert not (folder / "runs" / "s").exists()

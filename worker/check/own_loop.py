@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 import torch
 
 from orchestrator.errors import TaskError
+from orchestrator.spec.settings import ray_joined
 from orchestrator.spec.task import Task
 from worker.train.forking import start_method
 from worker.train.trainer import TrialRun
@@ -31,11 +32,13 @@ def check_own_loop(task: Task, run: TrialRun, refusal: Callable[[BaseException],
     """Refuse a ``train_epoch`` that raises on two batches of ``run``'s config with ``refusal``'s line for its error.
 
     Only where the master may be forked as the process executor's workers are (Linux, data in memory, nothing
-    compiled, no CUDA in use); elsewhere the trials find such a loop's error, as before.
+    compiled, no CUDA in use, no Ray joined in this process); elsewhere the trials find such a loop's error.
     """
     if task.get("train_epoch") is None or start_method(1, run.splits) != "fork":
         return
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # a forked child cannot use the parent's CUDA
+        return
+    if ray_joined():  # a process that joined Ray holds gRPC threads, which a fork does not survive
         return
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
