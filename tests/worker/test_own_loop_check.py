@@ -44,7 +44,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 
 
 def checked(tmp_path, loop: str) -> dict:
-    path = tmp_path / "own_loop_task.py"
+    path = tmp_path / "cuda-device-runs" / "own_loop_task.py"  # words of device code in the path change nothing
+    path.parent.mkdir()
     path.write_text(HEADER + loop)
     out = subprocess.run([sys.executable, "-c", CHECK, str(path)], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": ROOT})

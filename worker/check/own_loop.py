@@ -65,7 +65,7 @@ def _run_in_child(run: TrialRun, send: Connection, refusal: Callable[[BaseExcept
     try:
         run.own_epoch(run.first_batches(CHECK_BATCHES))
     except Exception as exc:
-        line = str(refusal(exc))
-        said = None if any(word in line.lower() for word in _DEVICE_WORDS) else line
+        raised = f"{exc} {exc.__cause__ or ''}".lower()  # the error's words, not the task's path in the line
+        said = None if any(word in raised for word in _DEVICE_WORDS) else str(refusal(exc))
     send.send(said)
     send.close()
