@@ -546,6 +546,49 @@ def test_a_batch_norm_model_at_batch_size_1_fails_a_row_as_caviar_run_refuses_it
     assert batch.status == FAIL and "Expected more than 1 value per channel" in batch.detail, batch
 
 
+def pinball_90(outputs, y):
+    error = y - outputs.reshape(y.shape)
+    return torch.maximum(0.9 * error, -0.1 * error).mean()
+
+
+def poisson_on_log_rates(outputs, y):
+    return F.poisson_nll_loss(outputs.reshape(y.shape), y, log_input=True)
+
+
+def counts():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    y = rng.poisson(np.exp(1.0 + 0.8 * x[:, 0] - 0.5 * x[:, 1])).astype(np.float32)
+    return (x, y), (x[:30], y[:30]), (x[30:60], y[30:60])
+
+
+def spread_regression():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    y = (20 * x[:, 0] - 10 * x[:, 1] + rng.normal(size=300)).astype(np.float32)
+    return (x, y), (x[:30], y[:30]), (x[30:60], y[30:60])
+
+
+@pytest.mark.parametrize(("loss_fn", "load_data", "standardize"), [(pinball_90, spread_regression, False),
+                                                                   (pinball_90, spread_regression, True),
+                                                                   (poisson_on_log_rates, counts, False)])
+def test_a_regressions_own_loss_is_judged_in_its_own_units_by_the_overfit_check(loss_fn, load_data, standardize):
+    """The bar was 5% of the targets' variance, in squared units: a model ignoring its inputs passed in one step with a
+    90% pinball loss ("7.676 (1 steps)", "loss < 15.84") and with a Poisson loss on log-rates ("0.6472 (1 steps)",
+    "loss < 0.7374"). The loss must now close the gap from the best constant to an exact fit as MSE must."""
+    space = SearchSpace({"hidden": randint(12, 20)})
+
+    def task(build_model):
+        namespace = SimpleNamespace(space=space, load_data=load_data, loss_fn=loss_fn, build_model=build_model)
+        return Task("own-loss", namespace, space, kind="regression", standardize_targets=standardize)
+
+    blind = by_name(run_preflight(task(lambda c: IgnoresInputs(int(c["hidden"]))), dims_per_tensor=2))
+    assert blind["overfit tiny subset"].status == FAIL, blind["overfit tiny subset"]
+    working = lambda c: nn.Sequential(nn.Linear(4, int(c["hidden"])), nn.ReLU(), nn.Linear(int(c["hidden"]), 1))  # noqa: E731
+    seeing = by_name(run_preflight(task(working), dims_per_tensor=2))["overfit tiny subset"]
+    assert seeing.status == PASS, seeing
+
+
 def gaussian_nll(outputs, y):
     mean, log_var = outputs[:, 0], outputs[:, 1]
     return (0.5 * (log_var + (y - mean) ** 2 / log_var.exp())).mean()

@@ -247,6 +247,56 @@ def least_loss(loss_fn: Any, outputs: torch.Tensor, y: torch.Tensor, steps: int 
     return least
 
 
+def fitted_outputs(loss_fn: Any, y: torch.Tensor, start: torch.Tensor, shape: torch.Size, lr: float,
+                   steps: int = 300) -> tuple[float, torch.Tensor]:
+    """The least loss Adam finds for outputs of ``shape`` grown from ``start`` (one row for every example when
+    ``start`` has one row), and those outputs."""
+    free = start.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([free], lr=lr)
+    least, best = math.inf, free.detach().expand(shape).clone()
+    for _ in range(steps):
+        outputs = free.expand(shape)
+        loss = loss_fn(outputs, y)
+        value = float(loss.detach())
+        if math.isfinite(value) and value < least:
+            least, best = value, outputs.detach().clone()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return least, best
+
+
+def own_regression_span(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any,
+                        near_zero: float) -> tuple[float, float] | None:
+    """A regression's own loss judged in its own units, as ``(floor, scale)`` for the bar ``floor + near_zero * scale``.
+
+    ``floor`` is its least value on ``y`` (free outputs: an exact fit), ``gap`` how far above it the best constant
+    prediction stays. MSE must fall to ``near_zero`` of that gap (the targets' variance): outputs ``sqrt(near_zero)``
+    of the way from the fit to the constant. A loss growing as the residual's power ``p`` (1 for a pinball loss, in the
+    targets' units; between for a Poisson loss on log-rates) gets that closeness of fit, ``sqrt(near_zero) ** p`` of
+    its gap, ``p`` measured halfway between the two (and held to [1, 2]). The targets' variance, the bar before, said
+    nothing of such losses: a model ignoring its inputs passed. None when no span is found (targets one constant
+    fits)."""
+    with torch.no_grad():
+        outputs = model(x).detach()
+    starts = [(torch.zeros_like(outputs), 0.5)]  # outputs on another scale than the targets (log-rates): from 0
+    if y.numel() == outputs.numel() and y.is_floating_point():  # outputs in the targets' units: from the targets
+        values = y.detach().reshape(outputs.shape).to(outputs.dtype)
+        spread = float(values.std()) if values.numel() > 1 else 0.0
+        starts.append((values, max(0.05 * spread, 1e-6)))
+    floor, fit = min((fitted_outputs(loss_fn, y, s, outputs.shape, lr) for s, lr in starts), key=lambda r: r[0])
+    constant, flat = min((fitted_outputs(loss_fn, y, s.mean(dim=0, keepdim=True), outputs.shape, lr)
+                          for s, lr in starts), key=lambda r: r[0])
+    gap = constant - floor
+    if not (math.isfinite(floor) and math.isfinite(gap) and gap > 0):
+        return None
+    with torch.no_grad():
+        half = float(loss_fn(fit + 0.5 * (flat - fit), y)) - floor
+    power = math.log(half / gap) / math.log(0.5) if math.isfinite(half) and 0 < half < gap else 2.0
+    power = min(max(power, 1.0), 2.0)
+    return floor, gap * near_zero ** (power / 2) / near_zero
+
+
 def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, *, steps: int = 500,
                   lr: float = 1e-2, near_zero: float = NEAR_ZERO_LOSS, kind: TargetKind | None = None,
                   own_loss: bool = False) -> CheckResult:
@@ -254,7 +304,8 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
 
     The floor and scale follow the kind: class indices, loss < ``near_zero`` and 100% right; soft labels,
     loss within ``near_zero`` of the targets' entropy (the least cross-entropy possible); regression, loss
-    below ``near_zero`` x the targets' variance; custom, below ``near_zero`` x the first loss. Judged by loss alone but
+    below ``near_zero`` x the targets' variance (the task's own loss: the same closeness of fit in its own units,
+    :func:`own_regression_span`); custom, below ``near_zero`` x the first loss. Judged by loss alone but
     for class indices. ``own_loss``: the task's ``loss_fn`` on a classification kind, whose floor is
     :func:`least_loss` (label smoothing, a distillation temperature).
     """
@@ -268,6 +319,9 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
         floor = least if math.isfinite(least) else 0.0  # a loss without a least value: judged against 0
     elif kind.kind == "classification" and kind.soft:
         floor = float(-(y * torch.log(y.clamp_min(1e-12))).sum(dim=1).mean())
+    elif kind.kind == "regression" and own_loss and params and (
+            span := own_regression_span(model, x, y, loss_fn, near_zero)):
+        floor, scale = span
     elif kind.kind == "regression":
         # the loss of predicting the subset's mean: against mean(y^2), targets far from 0 (temperatures in kelvin)
         # pass while the model has learnt only their offset
