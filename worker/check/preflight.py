@@ -250,11 +250,13 @@ def least_loss(loss_fn: Any, outputs: torch.Tensor, y: torch.Tensor, steps: int 
 def fitted_outputs(loss_fn: Any, y: torch.Tensor, start: torch.Tensor, shape: torch.Size, lr: float,
                    steps: int = 300) -> tuple[float, torch.Tensor]:
     """The least loss Adam finds for outputs of ``shape`` grown from ``start`` (one row for every example when
-    ``start`` has one row), and those outputs."""
+    ``start`` has one row), and those outputs. The rate decays to 0, so a loss with kinks (a pinball loss) settles
+    instead of swinging about its least value by the step size."""
     free = start.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([free], lr=lr)
     least, best = math.inf, free.detach().expand(shape).clone()
-    for _ in range(steps):
+    for step in range(steps):
+        optimizer.param_groups[0]["lr"] = lr * (1 - step / steps)
         outputs = free.expand(shape)
         loss = loss_fn(outputs, y)
         value = float(loss.detach())
@@ -305,9 +307,10 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
     The floor and scale follow the kind: class indices, loss < ``near_zero`` and 100% right; soft labels,
     loss within ``near_zero`` of the targets' entropy (the least cross-entropy possible); regression, loss
     below ``near_zero`` x the targets' variance (the task's own loss: the same closeness of fit in its own units,
-    :func:`own_regression_span`); custom, below ``near_zero`` x the first loss. Judged by loss alone but
-    for class indices. ``own_loss``: the task's ``loss_fn`` on a classification kind, whose floor is
-    :func:`least_loss` (label smoothing, a distillation temperature).
+    :func:`own_regression_span`); custom, ``near_zero`` of the way from the first loss down to its least value (free
+    outputs; 0 for a loss that starts above 0 and never below it, twice the first for one that starts below 0).
+    Judged by loss alone but for class indices. ``own_loss``: the task's ``loss_fn`` on a classification kind, whose
+    floor is :func:`least_loss` (label smoothing, a distillation temperature).
     """
     kind = kind or TargetKind("classification")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -338,9 +341,13 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
         loss = loss_fn(logits, y)
         loss_value = float(loss.detach())
         if kind.kind == "custom" and taken == 1:
-            scale = abs(loss_value) if math.isfinite(loss_value) and loss_value != 0 else 1.0
-            # a loss that starts below 0 (a Gaussian NLL) must still fall by 95% of its size, not pass untrained
+            # a loss that starts below 0 (a Gaussian NLL) must still fall by 95% of its size, not pass untrained; one
+            # whose least value is above 0 (a negative binomial NLL of counts) falls 95% of the way down to it
             floor = min(0.0, 2 * loss_value) if math.isfinite(loss_value) else 0.0
+            least = fitted_outputs(loss_fn, y, torch.zeros_like(logits.detach()), logits.shape, 0.5)[0] \
+                if math.isfinite(loss_value) else math.nan
+            floor = least if math.isfinite(least) and floor < least < loss_value else floor
+            scale = loss_value - floor if math.isfinite(loss_value) and loss_value != floor else 1.0
             expected = f"loss < {floor + near_zero * scale:.4g} on {len(x)} examples"
         accuracy = float(right_rows(logits, class_labels(y, kind), kind).float().mean()) if by_accuracy else 1.0
         if loss_value - floor < near_zero * scale and accuracy == 1.0:
