@@ -70,6 +70,21 @@ def test_each_kind_refuses_what_does_not_fit_it():
         "'test': ()}); give every split the same form")
 
 
+def test_a_teachers_softmax_saved_in_bfloat16_is_taken_as_soft_labels():
+    """A bfloat16 probability is off by up to 2^-8 of itself, so a row of them sums to 1 within 2^-8, not 1e-3:
+    such a teacher's softmax was refused ("train probability targets must sum to 1 per row (row 84 sums to
+    0.996094)"). Rows off by more than the dtype rounds are still refused."""
+    logits = torch.from_numpy(np.random.default_rng(0).normal(size=(200, 3)) * 2)
+    teacher = torch.softmax(logits, dim=1).to(torch.bfloat16)
+    assert float((teacher.sum(dim=1).double() - 1).abs().max()) > 1e-3  # what bfloat16 does to such rows
+    kind = resolve_kind("classification", {"train": teacher[:120], "val": teacher[120:160], "test": teacher[160:]})
+    assert kind.soft and kind.num_classes == 3
+    off = teacher.clone()
+    off[5] = torch.tensor([0.5, 0.25, 0.234375], dtype=torch.bfloat16)  # sums to 0.984: not rounding
+    with pytest.raises(TaskError, match=r"must sum to 1 per row \(row 5 sums to 0.984"):
+        resolve_kind("classification", {"train": off[:120], "val": off[120:160], "test": off[160:]})
+
+
 def test_mixup_probabilities_in_training_with_class_indices_to_score_on_say_how_to_give_those():
     """Mixup or cutmix makes training targets probabilities while val and test stay class indices: the refusal
     says how to give them (one-hot rows), and those rows are taken, their log loss that of the indices."""

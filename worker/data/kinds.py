@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from orchestrator.errors import TaskError
 from orchestrator.store import schema
 
-SOFT_LABEL_TOLERANCE = 1e-3  # |row sum - 1| allowed for probability targets (float16 data rounds)
+SOFT_LABEL_TOLERANCE = 1e-3  # |row sum - 1| allowed for probability targets (float16 data rounds; bfloat16: its eps)
 IGNORE_INDEX = schema.IGNORE_INDEX  # -100, torch's cross-entropy default: a position without a label (padding)
 
 
@@ -263,8 +263,10 @@ def _classification(targets: Mapping[str, torch.Tensor]) -> TargetKind:
                 bad = y[(y < 0) | (y > 1)][0]
                 raise TaskError(f"load_data: {split} targets are not probabilities ({_value(bad)}); "
                                 'declare kind = "regression" for other float targets')
-            sums = y.sum(dim=1)
-            off = (sums - 1).abs() > SOFT_LABEL_TOLERANCE
+            # Summed in float64: each probability may be off by half its dtype's eps relative (bfloat16: 2^-8), so
+            # a row of them by as much, beyond SOFT_LABEL_TOLERANCE for bfloat16 (a teacher's softmax saved in it).
+            sums = y.double().sum(dim=1)
+            off = (sums - 1).abs() > max(SOFT_LABEL_TOLERANCE, torch.finfo(y.dtype).eps)
             if bool(off.any()):
                 raise TaskError(f"load_data: {split} probability targets must sum to 1 per row "
                                 f"(row {int(off.nonzero()[0])} sums to {_value(sums[off][0])})")
