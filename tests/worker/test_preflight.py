@@ -632,6 +632,44 @@ def test_a_custom_loss_that_starts_below_zero_must_still_fall_to_pass_the_overfi
     assert seeing.status == PASS, seeing
 
 
+def flat_pinball_90(outputs, y):
+    error = y.view(-1) - outputs.view(-1)  # view: a model's outputs are contiguous, and free ones must be too
+    return torch.maximum(0.9 * error, -0.1 * error).mean()
+
+
+def two_targets():
+    (x, y), _, _ = spread_regression()
+    y = np.stack([y, -0.5 * y + x[:, 2]], axis=1)
+    return (x, y), (x[:30], y[:30]), (x[30:60], y[30:60])
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self, hidden: int, blind: bool):
+        super().__init__()
+        self.blind = blind
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+    def forward(self, x):
+        return self.net(torch.zeros_like(x) if self.blind else x)
+
+
+def test_a_loss_that_views_its_outputs_is_judged_in_its_own_units_too():
+    """The best constant prediction was fitted as one row expanded over the examples, which a loss calling .view()
+    on two outputs per example could not take: the check then fell back to the targets' variance, and a model
+    ignoring its inputs passed."""
+    space = SearchSpace({"hidden": randint(12, 20)})
+
+    def task(blind):
+        namespace = SimpleNamespace(space=space, load_data=two_targets, loss_fn=flat_pinball_90,
+                                    build_model=lambda c: TwoOutputs(int(c["hidden"]), blind))
+        return Task("two", namespace, space, kind="regression", standardize_targets=False)
+
+    blind = by_name(run_preflight(task(True), dims_per_tensor=2))["overfit tiny subset"]
+    assert blind.status == FAIL and blind.detail.startswith("cannot fit 20 examples"), blind
+    seeing = by_name(run_preflight(task(False), dims_per_tensor=2))["overfit tiny subset"]
+    assert seeing.status == PASS, seeing
+
+
 def negative_binomial_nll(outputs, y):
     mean, dispersion = outputs[:, 0].exp(), outputs[:, 1].exp()
     log_likelihood = (torch.lgamma(y + dispersion) - torch.lgamma(dispersion) - torch.lgamma(y + 1)

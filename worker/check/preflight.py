@@ -257,7 +257,7 @@ def fitted_outputs(loss_fn: Any, y: torch.Tensor, start: torch.Tensor, shape: to
     least, best = math.inf, free.detach().expand(shape).clone()
     for step in range(steps):
         optimizer.param_groups[0]["lr"] = lr * (1 - step / steps)
-        outputs = free.expand(shape)
+        outputs = free.expand(shape).contiguous()  # a loss_fn may .view() its outputs, as a model's are contiguous
         loss = loss_fn(outputs, y)
         value = float(loss.detach())
         if math.isfinite(value) and value < least:
@@ -266,6 +266,15 @@ def fitted_outputs(loss_fn: Any, y: torch.Tensor, start: torch.Tensor, shape: to
         loss.backward()
         optimizer.step()
     return least, best
+
+
+def _or_none(compute: Any, *args: Any) -> Any:
+    """``compute(*args)``, or None where the loss fails on free outputs it takes from the model (it reads the model's
+    own attributes, or needs outputs the model alone gives): the bar then falls back to the kind's plain one."""
+    try:
+        return compute(*args)
+    except Exception:
+        return None
 
 
 def own_regression_span(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any,
@@ -323,7 +332,7 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
     elif kind.kind == "classification" and kind.soft:
         floor = float(-(y * torch.log(y.clamp_min(1e-12))).sum(dim=1).mean())
     elif kind.kind == "regression" and own_loss and params and (
-            span := own_regression_span(model, x, y, loss_fn, near_zero)):
+            span := _or_none(own_regression_span, model, x, y, loss_fn, near_zero)):
         floor, scale = span
     elif kind.kind == "regression":
         # the loss of predicting the subset's mean: against mean(y^2), targets far from 0 (temperatures in kelvin)
@@ -344,8 +353,9 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
             # a loss that starts below 0 (a Gaussian NLL) must still fall by 95% of its size, not pass untrained; one
             # whose least value is above 0 (a negative binomial NLL of counts) falls 95% of the way down to it
             floor = min(0.0, 2 * loss_value) if math.isfinite(loss_value) else 0.0
-            least = fitted_outputs(loss_fn, y, torch.zeros_like(logits.detach()), logits.shape, 0.5)[0] \
-                if math.isfinite(loss_value) else math.nan
+            fitted = _or_none(fitted_outputs, loss_fn, y, torch.zeros_like(logits.detach()), logits.shape, 0.5) \
+                if math.isfinite(loss_value) else None
+            least = math.nan if fitted is None else fitted[0]
             floor = least if math.isfinite(least) and floor < least < loss_value else floor
             scale = loss_value - floor if math.isfinite(loss_value) and loss_value != floor else 1.0
             expected = f"loss < {floor + near_zero * scale:.4g} on {len(x)} examples"
