@@ -186,6 +186,33 @@ FLOAT_TARGETS = textwrap.dedent("""
 """)
 
 
+CLASSES = textwrap.dedent("""
+    import torch
+    def load_data():
+        x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+        y = (x[:, 0] > 0).astype(np.int64)
+        return (x[:30], y[:30]), (x[30:45], y[30:45]), (x[45:], y[45:])
+""")
+
+
+@pytest.mark.parametrize(("head", "loss", "made"), [
+    ("nn.Sequential(nn.Linear(3, 1), nn.Sigmoid())",
+     "nn.functional.binary_cross_entropy(outputs[:, 0], targets.float())", "sigmoid"),
+    ("nn.Sequential(nn.Linear(3, 2), nn.Softmax(dim=1))",
+     "nn.functional.nll_loss(outputs.clamp_min(1e-9).log(), targets)", "softmax")])
+def test_a_classifier_ending_in_a_sigmoid_or_softmax_is_refused(tmp_path, head, loss, made):
+    """A one-logit head ending in nn.Sigmoid, trained with its own BCELoss (as tutorials write it), learned, but caviar
+    read its probabilities as logits: every trial's val accuracy was the share of class 1 (0.6167 on breast cancer,
+    with a BCE of 0.046), the ensembles and loaded predictions always class 1, and the sweep warned that nothing
+    learned. Now refused before any trial; LogSoftmax outputs, whose softmax is the same probabilities, are taken."""
+    body = CLASSES + f"def build_model(config):\n    return {head}\n" + \
+        f"def loss_fn(outputs, targets):\n    return {loss}\n"
+    with pytest.raises(TaskError, match=f"outputs come out of a {made} .*{made}\\({made}\\(z\\)\\); drop"):
+        validate_task(load_task(write_task(tmp_path, body)))
+    validate_task(load_task(write_task(tmp_path, CLASSES + "def build_model(config):\n"
+                                       "    return nn.Sequential(nn.Linear(3, 2), nn.LogSoftmax(dim=1))\n")))
+
+
 def test_validate_task_refuses_in_one_line(tmp_path):
     with pytest.raises(TaskError, match=r"^load_data: train targets are floats \(0\.0344828"):
         validate_task(load_task(write_task(tmp_path, FLOAT_TARGETS)))

@@ -109,6 +109,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
     if not isinstance(outputs, torch.Tensor):
         raise TaskError(f"the model must return a tensor, got {type(outputs).__name__}")
     check_outputs(kind, outputs, yb, task)
+    refuse_probability_outputs(kind, outputs)
     check_class_index_dtype(kind, yb, task)
     for split, targets in (("val", splits.y_val), ("test", splits.y_test)):  # test: measured only as trials end
         check_class_index_dtype(kind, targets, task, split)
@@ -513,6 +514,28 @@ def refuse_multilabel_shape(kind: Any, outputs: torch.Tensor, targets: torch.Ten
         raise TaskError(f"the model outputs shape {tuple(outputs.shape)} but the multi-label targets "
                         f"{tuple(targets.shape)}: give the model one logit per label, shape (batch, {kind.labels})"
                         f"{hint}")
+
+
+# The autograd nodes of a model whose last step makes probabilities (nn.Sigmoid, nn.Softmax, torch.sigmoid, ...).
+_PROBABILITY_NODES = {"SigmoidBackward0": ("sigmoid", "Sigmoid", "binary_cross_entropy_with_logits (the default loss)"),
+                      "SoftmaxBackward0": ("softmax", "Softmax", "cross-entropy on logits (the default loss), or end "
+                                           "in LogSoftmax")}
+
+
+def refuse_probability_outputs(kind: Any, outputs: torch.Tensor) -> None:
+    """A classifier whose outputs are a sigmoid's or softmax's (a head ending in nn.Sigmoid, trained with BCELoss):
+    caviar reads outputs as logits, so every accuracy, log loss, ensemble and loaded prediction would come from
+    sigmoid(sigmoid(z)) (P(class 1) between 0.5 and 0.73: always class 1), silently, however well the task's own loss
+    trained it. LogSoftmax is a logit (its softmax is the same probabilities) and passes."""
+    if kind.kind not in ("classification", "multilabel"):
+        return
+    node = type(outputs.grad_fn).__name__ if outputs.grad_fn is not None else ""
+    if node not in _PROBABILITY_NODES:
+        return
+    made, layer, instead = _PROBABILITY_NODES[node]
+    raise TaskError(f"the model's outputs come out of a {made} (probabilities), but caviar reads a classifier's "
+                    f"outputs as logits and applies the {made} itself, so its accuracy, log loss and ensembles would "
+                    f"be computed on {made}({made}(z)); drop the final {layer} and train with {instead}")
 
 
 def check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> None:
