@@ -185,7 +185,8 @@ def print_top(tables: Any, k: int) -> None:
     objective = sweep_objective(Storage.from_uri(tables.path))
     table = Table(title=f"top {len(best)} trials")
     score_column = f"best {shown_score(0.0, objective)[0]}"  # the objective, in its own units
-    for column in ("trial", "stage", "status", "epochs", score_column, "val loss", "config"):
+    # best_val_loss is the trial's lowest, from whichever epoch: not always the best score's epoch
+    for column in ("trial", "stage", "status", "epochs", score_column, "lowest val loss", "config"):
         table.add_column(column)
     for t in best:
         config = format_config(t["config"])  # active parameters only: no momentum=None

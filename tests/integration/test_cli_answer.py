@@ -84,6 +84,8 @@ def test_configs_print_only_active_parameters(answered):
         shown = caviar(*verb, "--storage", str(storage))
         assert shown.returncode == 0, shown.stderr
         assert "=None" not in shown.stdout and "optimizer=" in shown.stdout
+    # a trial's lowest val loss may come from another epoch than its best score: the header says which it is
+    assert "lowest val loss" in caviar("top", "answer", "--storage", str(storage)).stdout
 
 
 def test_names_relative_to_storage_and_ls(answered, tmp_path):
