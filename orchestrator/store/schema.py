@@ -29,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orchestrator.errors import StorageError
 from orchestrator.store.storage import Storage
 
 TIMESTAMP = pa.timestamp("ms", tz="UTC")
@@ -395,7 +396,7 @@ def events_part_path(first_seq: int) -> str:
 # -- reading tables --------------------------------------------------------------------
 
 
-READ_DIR_ATTEMPTS = 5  # listings read again while a compaction replaces a folder's files
+READ_DIR_ROUNDS = 100  # listings one folder read takes at most while other processes fold and delete its files
 
 
 def read_dir(storage: Storage, rel_dir: str, schema: pa.Schema | None = None) -> pa.Table | None:
@@ -404,30 +405,49 @@ def read_dir(storage: Storage, rel_dir: str, schema: pa.Schema | None = None) ->
     One dataset scan over the listed files (hidden temp files are never listed) reads them in
     parallel and in name order. With ``schema``, files lacking a column read it as nulls;
     without, the files' schemas are unified. A file that cannot be read is named.
+
+    A trial's end folds its parts into one file (written first), then deletes them, so a part listed a moment
+    ago may be gone when read. The folder is then read file by file and listed again until a listing shows
+    nothing the read missed: files gone since are dropped (their rows are in the folded file), new or rewritten
+    ones read. Only what changed is read again, so this settles while many trials end every second, where a
+    whole new scan (over thousands of files) met the next trial's fold each time.
     """
     import pyarrow.dataset as pads  # half a second to import: only readers pay it
 
     verified = pads.ParquetFileFormat(  # a flipped bit in a page fails the read, as in Storage.read_table
         default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True)
     )
-    for _ in range(READ_DIR_ATTEMPTS):
-        files = storage.list_files(rel_dir)
-        if not files:
-            return None if schema is None else schema.empty_table()
-        try:
-            factory = pads.FileSystemDatasetFactory(
-                storage.fs, [storage.path(f) for f in files], verified, pads.FileSystemFactoryOptions()
-            )
-            return factory.finish(schema or factory.inspect()).to_table()
-        except Exception:  # damaged bytes fail in many ways (ArrowInvalid, OSError, UnicodeDecodeError...)
-            # A trial's end folds its parts into one file, then deletes them: a part listed a moment ago may be gone.
-            # The folded file was written first, so the folder listed again holds every row: read that.
-            if storage.list_files(rel_dir) == files:
-                break
-            time.sleep(0.05)
-    # Name the culprit (a corrupt file) the way a single read does.
-    tables = [storage.read_table(f) for f in storage.list_files(rel_dir)]
-    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+    def scan(files: list[str]) -> pa.Table:
+        factory = pads.FileSystemDatasetFactory(
+            storage.fs, [storage.path(f) for f in files], verified, pads.FileSystemFactoryOptions()
+        )
+        return factory.finish(schema or factory.inspect()).to_table()
+
+    listed = storage.list_versions(rel_dir)
+    if not listed:
+        return None if schema is None else schema.empty_table()
+    try:
+        return scan(list(listed))
+    except Exception:  # damaged bytes fail in many ways (ArrowInvalid, OSError, UnicodeDecodeError...), as does a
+        pass  # file deleted since the listing: read file by file below, where each failure is told apart
+    held: dict[str, tuple[Any, pa.Table]] = {}  # file -> (its version when read, its rows)
+    for _ in range(READ_DIR_ROUNDS):
+        held = {f: read for f, read in held.items() if listed.get(f) == read[0]}  # gone or rewritten: dropped
+        unread = [f for f in listed if f not in held]
+        if not unread:
+            tables = [held[f][1] for f in listed]
+            return pa.concat_tables(tables, promote_options="default") if tables else (
+                None if schema is None else schema.empty_table())
+        for f in unread:
+            try:
+                held[f] = (listed[f], scan([f]))
+            except Exception:
+                if storage.exists(f):  # there, yet unreadable: named the way a single read names it
+                    held[f] = (listed[f], storage.read_table(f))
+        listed = storage.list_versions(rel_dir)
+    raise StorageError(f"{storage.path(rel_dir)}: its files changed between each of {READ_DIR_ROUNDS} listings; "
+                       "read it again")
 
 
 def effective_metrics(table: pa.Table) -> pa.Table:

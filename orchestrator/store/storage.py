@@ -331,16 +331,22 @@ class Storage:
 
     def list_files(self, rel_dir: str, suffix: str = ".parquet") -> list[str]:
         """Relative paths of visible files under ``rel_dir`` (hidden temp files skipped), sorted."""
+        return list(self.list_versions(rel_dir, suffix))
+
+    def list_versions(self, rel_dir: str, suffix: str = ".parquet") -> dict[str, tuple[int | None, int | None]]:
+        """:meth:`list_files`, each with its (mtime in ns, size): a file rewritten in place (a compaction's target)
+        shows a new version, so a reader knows what it read is stale."""
         selector = pafs.FileSelector(self.path(rel_dir), recursive=True, allow_not_found=True)
         infos = with_retries(lambda: self.fs.get_file_info(selector), what=f"listing {self.path(rel_dir)}")
-        out = []
+        out = {}
         prefix = self.root + "/"  # by string: relpath would consult the working directory, which may be gone
         for info in infos:
             base = posixpath.basename(info.path)
             if info.type == pafs.FileType.File and base.endswith(suffix) and not base.startswith((".", "_")):
-                out.append(info.path[len(prefix):] if info.path.startswith(prefix)
-                           else posixpath.relpath(info.path, self.root))
-        return sorted(out)
+                rel = (info.path[len(prefix):] if info.path.startswith(prefix)
+                       else posixpath.relpath(info.path, self.root))
+                out[rel] = (info.mtime_ns, info.size)
+        return dict(sorted(out.items()))
 
     def exists(self, rel: str) -> bool:
         info = with_retries(lambda: self.fs.get_file_info(self.path(rel)), what=f"checking {self.path(rel)}")

@@ -187,8 +187,8 @@ def test_a_folder_read_while_a_trial_end_folds_its_parts_reads_the_folded_file(t
     class EndsMeanwhile(Storage):
         steps = [fold_and_delete_the_first_part, delete_the_other_parts]
 
-        def list_files(self, rel_dir, suffix=".parquet"):
-            listed = super().list_files(rel_dir, suffix)
+        def list_versions(self, rel_dir, suffix=".parquet"):
+            listed = super().list_versions(rel_dir, suffix)
             if self.steps:
                 self.steps.pop(0)(self)  # the trial's end goes on after this listing, before its files are read
             return listed
@@ -199,3 +199,43 @@ def test_a_folder_read_while_a_trial_end_folds_its_parts_reads_the_folded_file(t
         storage.write_table(part, schema.to_table([metric_row(7, epoch)], schema.METRICS))
     table = schema.effective_metrics(schema.read_dir(storage, "metrics", schema.METRICS))
     assert [(r["trial_id"], r["epoch"]) for r in table.to_pylist()] == [(3, 1), (7, 1), (7, 2), (7, 3)]
+
+
+def test_a_folder_read_while_many_trials_end_one_after_another_reads_every_row(tmp_path):
+    """`caviar status` or `load()` on a sweep of many short trials, their ends folding metric parts every moment:
+    each of the read's five whole new scans met the next trial's fold, and the read failed with '...a0.p0000.parquet:
+    no such file' (4 of 36 loads during a real 300-trial sweep). Here a trial ends after every listing, 12 in a row,
+    more than any fixed number of whole re-reads outlasts."""
+    import pyarrow as pa
+
+    trials = list(range(100, 112))
+
+    def parts_of(trial):
+        return [schema.metrics_part_path(trial, 0, part) for part in range(2)]
+
+    def trial_end(trial):
+        def step(storage):
+            folded = pa.concat_tables([storage.read_table(p) for p in parts_of(trial)])
+            storage.write_table(schema.metrics_path(trial), folded)
+            for part in parts_of(trial):
+                storage.delete(part)
+        return step
+
+    class TrialsEndMeanwhile(Storage):
+        steps = [trial_end(trial) for trial in trials]
+
+        def list_versions(self, rel_dir, suffix=".parquet"):
+            listed = super().list_versions(rel_dir, suffix)
+            if self.steps:
+                self.steps.pop(0)(self)  # another trial's end runs after this listing, before the read's reads
+            return listed
+
+    storage = TrialsEndMeanwhile.from_uri(str(tmp_path))
+    storage.write_table(schema.metrics_path(3), schema.to_table([metric_row(3, 1)], schema.METRICS))
+    for trial in trials:
+        for epoch, part in enumerate(parts_of(trial), start=1):
+            storage.write_table(part, schema.to_table([metric_row(trial, epoch)], schema.METRICS))
+    table = schema.effective_metrics(schema.read_dir(storage, "metrics", schema.METRICS))
+    assert [(r["trial_id"], r["epoch"]) for r in table.to_pylist()] == (
+        [(3, 1)] + [(trial, epoch) for trial in trials for epoch in (1, 2)])
+    assert not TrialsEndMeanwhile.steps  # every end ran during the read
