@@ -215,3 +215,37 @@ def test_a_finished_sweep_resumes_from_pathlib_paths(regression_sweep):
     assert result.ensemble is not None and regression_sweep.ensemble is not None
     assert (result.ensemble.name, result.ensemble.members) == (regression_sweep.ensemble.name,
                                                                regression_sweep.ensemble.members)
+
+
+def test_an_ensemble_loads_reading_only_its_members_checkpoint_index_files(sweep, inputs):
+    """load_ensemble read the checkpoint index of every trial (one file each) to find its members' weights: 0.70 s
+    of its 0.86 s on a 1,240-trial sweep, and a GET per trial on an object store. It reads its members' trials'
+    index files only, and loads the same models."""
+    import torch
+
+    from orchestrator import load_ensemble
+
+    class Reads(Storage):
+        listed, read = [], []
+
+        def list_versions(self, rel_dir, suffix=".parquet"):
+            self.listed.append(rel_dir)
+            return super().list_versions(rel_dir, suffix)
+
+        def read_bytes(self, rel):
+            self.read.append(rel)
+            return super().read_bytes(rel)
+
+    rows = schema.read_dir(Storage.from_uri(sweep.path), "ensembles").to_pylist()
+    plain = [row for row in rows if not row["weights_path"]]  # a soup's candidates are every trial's: it reads all
+    assert plain
+    for row in plain:
+        Reads.listed.clear()
+        Reads.read.clear()
+        model = load_ensemble(Reads.from_uri(sweep.path), name=row["ensemble_id"], task=CNN_TASK)
+        members = {m["trial_id"] for m in row["members"]}
+        assert "checkpoints" not in Reads.listed
+        assert {r for r in Reads.read if r.startswith("checkpoints/")} == {
+            schema.checkpoint_index_path(t) for t in members}
+        same = load_ensemble(sweep.path, name=row["ensemble_id"], task=CNN_TASK)
+        assert torch.equal(model(inputs[:16]), same(inputs[:16]))
