@@ -88,20 +88,22 @@ def print_result(result: Any, *, report: bool = True, task_ref: str | None = Non
     ``helper``: a :class:`~orchestrator.app.report_helper.ReportHelper`, asked first so that it draws while
     this prints."""
     from orchestrator.app.answer import edge_lines, ensemble_lines
-    from orchestrator.app.api import load
+    from orchestrator.app.tables import open_sweep, read_trials
     from orchestrator.spec.settings import ray_joined
+    from orchestrator.store import schema
     from orchestrator.store.storage import redact_uri
 
     drawing = report and not result.aborted and helper is not None and helper.ask(result.path)
-    tables = load(result.path)
+    storage = open_sweep(result.path)  # the tables these lines need, not every trial's metrics and checkpoints
+    trials, events = read_trials(storage, result.path), schema.read_events(storage)
     shown = as_typed(result.path)
-    print_top(tables, 5)
-    for line in edge_lines(tables.events.to_pylist()):
+    print_top(result.path, trials, 5, events)
+    for line in edge_lines(events.to_pylist()):
         typer.echo(line)
     for warning in result.warnings:
         advice = edge_advice(warning)
         typer.secho(f"warning: {warning}" + (f": {advice}" if advice else ""), fg="yellow", err=True)
-    print_failures(tables.trials.to_pylist(), tables.sweep.to_pylist()[0])
+    print_failures(trials.to_pylist(), storage.read_table(schema.SWEEP_PATH).to_pylist()[0])
     if result.aborted:
         fail(f"sweep stopped early: {result.aborted}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
@@ -113,7 +115,7 @@ def print_result(result: Any, *, report: bool = True, task_ref: str | None = Non
             from cluster.runner import leave_ray
 
             leave_ray()
-        written = write_sweep_report(shown, tables, helper if drawing else None)
+        written = write_sweep_report(shown, None, helper if drawing else None)  # drawn here, it reads them
         if written:
             typer.echo(f"Report: {written}")
 
@@ -165,24 +167,30 @@ def print_failures(trials: list[dict[str, Any]], sweep_row: dict[str, Any] | Non
         typer.secho(line, fg="red")
 
 
-def print_top(tables: Any, k: int) -> None:
+def print_top(path: str, trials: Any, k: int, events: Any = None) -> None:
+    """The ``k`` best of ``trials`` (the sweep's trials table) as a table; ``events``, read here if not given, only
+    when none has a score. The trials table is all it reads: a sweep's metrics and checkpoints (a file per trial)
+    took 1.6 s of `caviar top`'s 2.4 s at 1,240 trials, and said nothing here."""
     from rich.console import Console
     from rich.table import Table
 
     from orchestrator.app.answer import format_config, shown_number, shown_score, sweep_objective
+    from orchestrator.app.tables import top_trials
+    from orchestrator.store import schema
     from orchestrator.store.storage import Storage
 
-    best = tables.top(k).to_pylist()
+    best = top_trials(trials, k).to_pylist()
     if not best:  # an empty table would say nothing of why: say where the trials are
         from collections import Counter
 
-        counts = Counter(tables.trials.column("status").to_pylist())
-        aborted = "sweep_aborted" in tables.events.column("kind").to_pylist()
+        counts = Counter(trials.column("status").to_pylist())
+        events = schema.read_events(Storage.from_uri(path)) if events is None else events
+        aborted = "sweep_aborted" in events.column("kind").to_pylist()
         waiting = not aborted and any(status in counts for status in ("pending", "running"))
         shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no trials"
         typer.echo(f"no trial has a score{' yet' if waiting else ''}: {shown}")
         return
-    objective = sweep_objective(Storage.from_uri(tables.path))
+    objective = sweep_objective(Storage.from_uri(path))
     table = Table(title=f"top {len(best)} trials")
     score_column = f"best {shown_score(0.0, objective)[0]}"  # the objective, in its own units
     # best_val_loss is the trial's lowest, from whichever epoch: not always the best score's epoch

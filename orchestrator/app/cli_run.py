@@ -234,9 +234,13 @@ def top(
     storage: StorageOption = None,
 ) -> None:
     """The best trials with their configs (later stages first: they trained longest)."""
-    from orchestrator.app.api import load
+    from orchestrator.app.tables import open_sweep, read_trials
+    from orchestrator.store import schema
     from orchestrator.store.sweeps import resolve_sweep
 
     if k < 1:
         fail("option '-k': expected a positive integer")
-    print_top(load(resolve_sweep(sweep, storage)), k)
+    path = resolve_sweep(sweep, storage)
+    opened = open_sweep(path)
+    opened.read_table(schema.SWEEP_PATH)  # a damaged sweep row is named, as every verb names it
+    print_top(path, read_trials(opened, path), k)

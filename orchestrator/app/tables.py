@@ -41,22 +41,27 @@ class SweepTables:
         return getattr(self, table).to_pandas()
 
     def top(self, k: int = 10) -> pa.Table:
-        """The ``k`` best trials by the sweep's own rule (``controller.best_trial_rank``), best first: of the stages
-        where a trial completed, the trials trained longest, then the best score, then the later stage; ties keep
-        trial order. A sweep stopped early in a stage holds only its pruned or unfinished trials there, after an
-        epoch or two: their scores are no match for the stage before, so that stage goes after it."""
-        from orchestrator.decide.controller import best_trial_rank, completed_stages
+        """The ``k`` best trials by the sweep's own rule (:func:`top_trials`), best first."""
+        return top_trials(self.trials, k)
 
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:  # top(-1) was every trial but the worst
-            raise ConfigError(f"top: k is how many trials, an integer >= 0, got {k!r}")
-        finished = self.trials.filter(pa.compute.is_valid(self.trials["best_score"]))
-        rows = finished.select([c for c in ("stage", "status", "max_epochs", "best_score")
-                                if c in finished.column_names]).to_pylist()
-        ended = completed_stages((t["stage"], t["status"]) for t in rows)
-        order = sorted(range(len(rows)), reverse=True, key=lambda i: best_trial_rank(
-            rows[i].get("max_epochs") or 0, _sortable(rows[i]["best_score"]), rows[i]["stage"],
-            rows[i]["stage"] in ended) + (-i,))
-        return finished.take(pa.array(order[:k], pa.int64()))
+
+def top_trials(trials: pa.Table, k: int = 10) -> pa.Table:
+    """The ``k`` best rows of a trials table by the sweep's own rule (``controller.best_trial_rank``), best first: of
+    the stages where a trial completed, the trials trained longest, then the best score, then the later stage; ties
+    keep trial order. A sweep stopped early in a stage holds only its pruned or unfinished trials there, after an
+    epoch or two: their scores are no match for the stage before, so that stage goes after it."""
+    from orchestrator.decide.controller import best_trial_rank, completed_stages
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:  # top(-1) was every trial but the worst
+        raise ConfigError(f"top: k is how many trials, an integer >= 0, got {k!r}")
+    finished = trials.filter(pa.compute.is_valid(trials["best_score"]))
+    rows = finished.select([c for c in ("stage", "status", "max_epochs", "best_score")
+                            if c in finished.column_names]).to_pylist()
+    ended = completed_stages((t["stage"], t["status"]) for t in rows)
+    order = sorted(range(len(rows)), reverse=True, key=lambda i: best_trial_rank(
+        rows[i].get("max_epochs") or 0, _sortable(rows[i]["best_score"]), rows[i]["stage"],
+        rows[i]["stage"] in ended) + (-i,))
+    return finished.take(pa.array(order[:k], pa.int64()))
 
 
 def _sortable(score: float) -> float:
@@ -77,9 +82,7 @@ def load(path: str | os.PathLike[str]) -> SweepTables:
     storage = open_sweep(path)
     metrics = schema.read_dir(storage, "metrics", schema.METRICS)
     assert metrics is not None
-    if not storage.exists(schema.TRIALS_PATH):  # one line naming it, never an empty table to trip over
-        raise StorageError(no_trials_yet(storage, path))
-    trials = storage.read_table(schema.TRIALS_PATH)
+    trials = read_trials(storage, path)
     return SweepTables(
         path=path,
         sweep=storage.read_table(schema.SWEEP_PATH),
@@ -89,6 +92,13 @@ def load(path: str | os.PathLike[str]) -> SweepTables:
         events=schema.read_events(storage),  # each event once, even after a compaction cut short
         stages=schema.read_dir(storage, "stages", schema.STAGES),
     )
+
+
+def read_trials(storage: Storage, path: str) -> pa.Table:
+    """The sweep's trials table; one line naming it, never an empty table to trip over, when it is not there yet."""
+    if not storage.exists(schema.TRIALS_PATH):
+        raise StorageError(no_trials_yet(storage, path))
+    return storage.read_table(schema.TRIALS_PATH)
 
 
 def no_trials_yet(storage: Storage, path: str) -> str:

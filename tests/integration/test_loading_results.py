@@ -249,3 +249,22 @@ def test_an_ensemble_loads_reading_only_its_members_checkpoint_index_files(sweep
             schema.checkpoint_index_path(t) for t in members}
         same = load_ensemble(sweep.path, name=row["ensemble_id"], task=CNN_TASK)
         assert torch.equal(model(inputs[:16]), same(inputs[:16]))
+
+
+def test_top_reads_the_trials_table_only(sweep, tmp_path):
+    """`caviar top` loaded every table, a metrics and a checkpoint file per trial, to print the trials table's best
+    rows: 1.6 s of its 2.4 s on a 1,240-trial sweep. It reads the trials table only: a metrics file it has no use for
+    (here damaged) no longer even matters."""
+    from typer.testing import CliRunner
+
+    from orchestrator.app.cli import app
+
+    copy = str(tmp_path / "cnn")
+    shutil.copytree(sweep.path, copy)
+    with open(os.path.join(copy, schema.metrics_path(0)), "r+b") as f:
+        f.write(b"not parquet")
+    shown = CliRunner().invoke(app, ["top", copy, "-k", "2"], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    expected = CliRunner().invoke(app, ["top", sweep.path, "-k", "2"], env={"COLUMNS": "250"})
+    assert [line for line in shown.output.splitlines() if "│" in line] == [
+        line for line in expected.output.splitlines() if "│" in line]
