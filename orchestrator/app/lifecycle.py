@@ -276,6 +276,17 @@ def drive_and_finish(
     before any trial ran removes a new sweep's folder, never a resumed one's. ``splits``: the data the
     contract check loaded, sent to the actors so they need not load it again (None: each actor loads it).
     """
+    try:
+        return _drive_and_finish(task, settings, root, sweep, name, controller, log, resumed=resumed,
+                                 first_writes=first_writes, on_tick=on_tick, splits=splits)
+    finally:  # whatever ended the run, no other thread of this process waits on its lease any more
+        if log.lease is not None:
+            log.lease.let_go_here()
+
+
+def _drive_and_finish(task: Task, settings: RunSettings, root: Storage, sweep: Storage, name: str,
+                      controller: Controller, log: SweepLog, *, resumed: bool, first_writes: Callable[[], None],
+                      on_tick: Callable[[Controller], None] | None, splits: Any) -> SweepResult:
     # The soup at the end needs the data here: the contract check's, else loaded while the trials train.
     prefetch = DataPrefetch(task) if settings.ensemble and splits is None else None
     with interrupt.stop_on_signals():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -36,6 +37,9 @@ LOCK_PATH = "_lease.lock"  # local disks: taking the lease over is one step unde
 HEARTBEAT_SECONDS = 20.0
 STALE_SECONDS = 90.0
 READ_BACK_PAUSE = 0.5  # object stores: time for a racing writer's PUT to land before the read-back
+# Leases this process holds, by owner id, with the thread whose run holds each: a second thread of one interpreter
+# (a notebook's background sweep) shares the process id, which alone cannot tell its live run from a dead one.
+_HELD_HERE: dict[str, threading.Thread] = {}
 
 
 @dataclass
@@ -132,7 +136,10 @@ def holder_alive(record: LeaseRecord, now_ms: int | None = None) -> bool:
     if record.released:
         return False
     if record.host == socket.gethostname():
-        if record.pid == os.getpid() or not _pid_alive(record.pid):
+        if record.pid == os.getpid():  # alive while another thread's run here holds it; a run of this thread ended
+            holder = _HELD_HERE.get(record.owner)
+            return holder is not None and holder.is_alive() and holder is not threading.current_thread()
+        if not _pid_alive(record.pid):
             return False
         # A restarted container keeps its host name and hands out the same small process ids again: a process with
         # the id that began at another tick than the master is another program, and the master is gone.
@@ -168,6 +175,7 @@ class Lease:
             raise StorageError(f"sweep {redact_uri(storage.uri)!r} {_taken_by(storage)}; pick another --name")
         lease = cls(storage, record)
         lease._confirm(wrote_in=time.monotonic() - began)
+        lease._hold_here()
         _fault_delay("HOLD")  # a test keeps the winner's lease held while the loser arrives
         return lease
 
@@ -187,6 +195,7 @@ class Lease:
                 _fault_delay("TAKE_OVER")  # a test widens the window between the check and the write
                 storage.write_bytes(LEASE_PATH, lease.record.encode())
         lease._confirm(wrote_in=time.monotonic() - began)
+        lease._hold_here()
         storage.remove_stale_temp_files(STALE_SECONDS)  # the gone master's writes that a kill cut short
         return lease
 
@@ -199,6 +208,13 @@ class Lease:
         if found is None or found.owner != self.record.owner:
             raise StorageError(f"sweep {redact_uri(self.storage.uri)!r} {_taken_by(self.storage)}")
 
+    def _hold_here(self) -> None:
+        _HELD_HERE[self.record.owner] = threading.current_thread()
+
+    def let_go_here(self) -> None:
+        """This process's run is over, released or not: the lease no longer stands for a live writer here."""
+        _HELD_HERE.pop(self.record.owner, None)
+
     def beat(self, force: bool = False) -> None:
         """Renew the heartbeat (throttled): a resume on another host sees this master is alive."""
         if not force and time.monotonic() - self._last_beat < HEARTBEAT_SECONDS:
@@ -209,7 +225,10 @@ class Lease:
 
     def release(self) -> None:
         self.record.released = True
-        self.beat(force=True)
+        try:
+            self.beat(force=True)
+        finally:
+            self.let_go_here()
         # A resume started right after a kill found the dead master's temp files too young to judge; by now most are.
         self.storage.remove_stale_temp_files(STALE_SECONDS)
 
@@ -218,10 +237,9 @@ def _refuse_a_live_holder(storage: Storage, then: str) -> LeaseRecord | None:
     """The sweep's lease, unless its owner may still be writing: then one line naming it."""
     current = read_lease(storage)
     if current is not None and holder_alive(current):
-        raise StorageError(
-            f"sweep {redact_uri(storage.uri)!r} is being written by process {current.pid} on "
-            f"{current.host}; stop it first ({then})"
-        )
+        here = current.pid == os.getpid() and current.host == socket.gethostname()
+        writer = "another thread of this process" if here else f"process {current.pid} on {current.host}"
+        raise StorageError(f"sweep {redact_uri(storage.uri)!r} is being written by {writer}; stop it first ({then})")
     return current
 
 

@@ -153,3 +153,39 @@ def test_a_lease_whose_write_fails_leaves_no_half_file_that_blocks_the_name(tmp_
     assert not (sweep / LEASE_PATH).exists() and not [p.name for p in sweep.iterdir()]  # no temp file either
     lease = Lease.create(Storage.from_uri(str(sweep)))  # the disk has room again: the name is free
     assert read_lease(lease.storage).owner == lease.record.owner
+
+
+def test_a_sweep_another_thread_of_this_process_writes_is_not_taken_over(tmp_path):
+    # A notebook's sweep in a background thread shares the process id with the notebook: its lease read as a dead
+    # master's, so run_sweep(..., overwrite=True) or resume_sweep in the main thread deleted and rewrote its tables
+    # while it still wrote them.
+    import threading
+
+    storage = Storage.from_uri(str(tmp_path / "sweep"))
+    held, done = threading.Event(), threading.Event()
+    leases: list[Lease] = []
+
+    def background_run() -> None:
+        leases.append(Lease.create(storage))
+        held.set()
+        done.wait(30)
+
+    thread = threading.Thread(target=background_run)
+    thread.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(StorageError, match="being written by another thread of this process"):
+            Lease.take_over(storage)
+        assert master_alive(storage)
+        leases[0].release()  # the run ended: the sweep is free at once
+        Lease.take_over(storage).release()
+    finally:
+        done.set()
+        thread.join()
+    leases.clear()
+    thread = threading.Thread(target=lambda: leases.append(Lease.create(Storage.from_uri(str(tmp_path / "b")))))
+    thread.start()
+    thread.join()  # a thread whose run ended without releasing (an error) holds nothing
+    assert not master_alive(Storage.from_uri(str(tmp_path / "b")))
+    Lease.create(storage.child("c"))  # this thread's own unreleased lease is a run of it that is over
+    assert not master_alive(storage.child("c"))
