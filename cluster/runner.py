@@ -67,7 +67,7 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
         try:
             # A wrong token: 20 s of Ray's C++ warnings, then caviar's one line below. Joining draws from Python's
             # global generator too, which is the caller's (as for a private Ray)
-            with stderr_to_ray_log(), python_random_kept():
+            with stderr_to_ray_log(), python_random_kept(), sigterm_stays_caviars():
                 ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level=logging.WARNING)
             _joined[:] = [ray.get_runtime_context().get_job_id()]
             return
@@ -193,9 +193,26 @@ def start_private_ray(runtime_env: dict[str, Any], *, dashboard: bool = False, d
                 "or --executor processes to train in child processes without Ray)")
     # A Ctrl-C waits the seconds Ray takes to start, then stops the sweep; ray.init draws from Python's global
     # generator, which is the caller's (a notebook's next random.random() would follow from Ray's draws)
-    with interrupt.deferred_stop(), python_random_kept():
+    with interrupt.deferred_stop(), python_random_kept(), sigterm_stays_caviars():
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
                  runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING, configure_logging=False)
+
+
+@contextmanager
+def sigterm_stays_caviars() -> Iterator[None]:
+    """Within a sweep, ``ray.init`` does not install its own SIGTERM handler (``sys.exit(15)``, set as it begins): a
+    SIGTERM while Ray starts exited 15 half-way through it, past caviar's held stop, with no resume line. Outside a
+    sweep (or in a Ray without that hook) nothing changes."""
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    original = getattr(utils, "set_sigterm_handler", None)
+    if not interrupt.handling() or original is None:
+        yield
+        return
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = original
 
 
 @contextmanager

@@ -30,6 +30,11 @@ def requested() -> bool:
     return _state["requested"]
 
 
+def handling() -> bool:
+    """Whether a sweep's handlers are in place in this thread (inside :func:`stop_on_signals`, main thread)."""
+    return _state["active"] and threading.current_thread() is threading.main_thread()
+
+
 def _handler(signum: int, frame: FrameType | None) -> None:
     if _state["requested"]:  # the second signal: no more writes, no more waiting
         os.write(2, b"caviar: interrupted again: exiting now\n")

@@ -218,6 +218,32 @@ def test_master_killed_mid_sweep_resumes_to_the_tables_of_an_uninterrupted_run(r
             assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-6)
 
 
+@pytest.mark.slow  # its own private Ray, sent SIGTERM as it starts
+def test_a_sigterm_while_the_private_ray_starts_ends_the_run_resumable_with_exit_130(tmp_path):
+    # ray.init sets its own SIGTERM handler (sys.exit(15)) as it begins: a scheduler's SIGTERM in those seconds
+    # exited 15 half-way through Ray's start, without the resume line, where caviar holds a stop until Ray is up.
+    task = os.path.join(ROOT, "tests", "tasks", "notebook43_regression_task.py")
+    storage = str(tmp_path / "runs")
+    run = [*CAVIAR, "run", task, "--executor", "ray", "--slots", "1", "--storage", storage, "--name", "stopped",
+           "--no-ensemble", "--plain"]
+    proc = subprocess.Popen(run, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline and "gcs_server" not in subprocess.run(
+                ["ps", "--ppid", str(proc.pid), "-o", "comm="], capture_output=True, text=True).stdout.split():
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)  # Ray's first process is up; its start goes on for seconds
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            kill_master(proc)
+    sweep = os.path.join(storage, "stopped")
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == f"interrupted: caviar resume {sweep} --task {task}", err[-3000:]
+    assert {t["status"] for t in load(sweep).trials.to_pylist()} <= {"pending", "interrupted"}
+
+
 @pytest.mark.slow  # real caviar processes killed and resumed: the second CI tier
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_a_stop_signal_ends_the_run_in_seconds_marks_trials_interrupted_and_resume_finishes(tmp_path, signum):
