@@ -35,6 +35,7 @@ import importlib.util
 import numbers
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -73,7 +74,17 @@ class Task:
         return os.path.splitext(base)[0]
 
 
+# Two sweeps of one task started at once from threads of one process: the second found the first's module in
+# sys.modules half-imported (no __caviar_sources__ yet, its functions maybe not yet defined).
+_loading = threading.RLock()
+
+
 def _load_file(path: str) -> ModuleType:
+    with _loading:
+        return _load_file_once(path)
+
+
+def _load_file_once(path: str) -> ModuleType:
     if not os.path.isfile(path):
         raise TaskError(f"task {path!r}: no such file")
     module_name = "caviar_task_" + hashlib.sha1(path.encode()).hexdigest()[:10]

@@ -52,3 +52,28 @@ def test_an_option_caviar_would_have_cast_is_refused_in_one_line(tmp_path, optio
                                     'fuse_per_member = ["a", "b"]', ""])
 def test_the_options_as_documented_load(tmp_path, option):
     task_with(tmp_path, option)
+
+
+def test_one_task_loaded_by_two_threads_at_once_is_whole_in_both(tmp_path):
+    # Two notebook threads starting sweeps of one task: the second found the first's module half-imported in
+    # sys.modules (AttributeError: ... has no attribute '__caviar_sources__', or no build_model yet).
+    import threading
+    import time
+
+    path = tmp_path / "slow_import_task.py"
+    path.write_text("import time\ntime.sleep(0.5)  # reads its data at import\n" + TASK.replace("OPTION", ""))
+    loaded: list[object] = []
+
+    def load() -> None:
+        try:
+            loaded.append(load_task(str(path)).get("build_model"))
+        except Exception as exc:
+            loaded.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join()
+    assert len(loaded) == 2 and all(callable(f) for f in loaded), loaded
