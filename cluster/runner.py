@@ -11,8 +11,9 @@ import os
 import posixpath
 import random
 import socket
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -194,8 +195,35 @@ def start_private_ray(runtime_env: dict[str, Any], *, dashboard: bool = False, d
     # A Ctrl-C waits the seconds Ray takes to start, then stops the sweep; ray.init draws from Python's global
     # generator, which is the caller's (a notebook's next random.random() would follow from Ray's draws)
     with interrupt.deferred_stop(), python_random_kept(), sigterm_stays_caviars():
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
-                 runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING, configure_logging=False)
+        on_a_lasting_thread(lambda: ray.init(
+            address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
+            runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING, configure_logging=False))
+
+
+def on_a_lasting_thread(start: Callable[[], Any]) -> None:
+    """``start()`` here on the main thread; from another thread, on a thread that lives as long as the process.
+
+    Ray ties its processes to the thread that starts them (Linux's parent-death signal fires when that thread
+    ends): a private Ray started by a sweep in a notebook's background thread died with the thread, and the next
+    sweep in the process waited 60 s on Ray's vanished GCS, then Ray ended the whole process.
+    """
+    if threading.current_thread() is threading.main_thread():
+        start()
+        return
+    done, failed = threading.Event(), []
+
+    def keeper() -> None:
+        try:
+            start()
+        except BaseException as exc:  # raised again in the caller's thread
+            failed.append(exc)
+        done.set()
+        threading.Event().wait()  # never set: Ray's processes live while this thread does
+
+    threading.Thread(target=keeper, name="caviar-ray-keeper", daemon=True).start()
+    done.wait()
+    if failed:
+        raise failed[0]
 
 
 @contextmanager

@@ -256,3 +256,37 @@ def test_an_on_tick_that_is_not_callable_is_one_line_before_anything_is_written(
                                           "step, got int$"):
         run_sweep(REGRESSION_TASK, storage=storage, name="ticks", executor="processes", on_tick=3)
     assert not os.path.exists(os.path.join(storage, "ticks"))
+
+
+BACKGROUND_RAY = textwrap.dedent("""
+    import sys, threading
+    from orchestrator.app.api import run_sweep
+
+    def sweep(name):
+        result = run_sweep(sys.argv[1], storage=sys.argv[2], name=name, executor="ray", slots=1, ensemble=False)
+        print(name, result.counts.get("completed", 0) + result.counts.get("pruned", 0), flush=True)
+
+    names = sys.argv[3].split(",")
+    threads = [threading.Thread(target=sweep, args=(name,)) for name in names]
+    [thread.start() for thread in threads]
+    [thread.join() for thread in threads]
+    sweep("after")  # in the main thread, once the threads that started Ray have ended
+""")
+
+
+def run_background_sweeps(tmp_path, names: str) -> list[str]:
+    script = tmp_path / "notebook.py"
+    script.write_text(BACKGROUND_RAY)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, TASKS])}
+    out = subprocess.run([sys.executable, str(script), REGRESSION_TASK, str(tmp_path / "runs"), names],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.splitlines()
+
+
+@pytest.mark.slow  # its own private Ray, started from a thread
+def test_a_private_ray_started_by_a_sweep_in_a_background_thread_outlives_the_thread(tmp_path):
+    # Ray ties its processes to the thread that starts them: they died with the sweep's thread, and the next sweep
+    # waited 60 s for Ray's vanished GCS, then Ray ended the whole process (a notebook's kernel)
+    assert run_background_sweeps(tmp_path, "background") == ["background 3", "after 3"]
+
