@@ -48,8 +48,18 @@ def connect(address: str | None, *, dashboard: bool = False, dashboard_host: str
 
     ``shipped``: runtime-environment fields (the task's folder as ``working_dir``: :func:`client_shipment`).
     """
-    if ray.is_initialized():
-        return
+    with _connecting:  # two sweeps started at once from threads of one process: one Ray, the second joins it
+        if ray.is_initialized():
+            return
+        _connect(address, dashboard=dashboard, dashboard_host=dashboard_host, num_cpus=num_cpus, shipped=shipped)
+
+
+# ray.init twice at once failed with "called ray.init twice by accident?" and took the process down with it
+_connecting = threading.RLock()
+
+
+def _connect(address: str | None, *, dashboard: bool, dashboard_host: str, num_cpus: int | None,
+             shipped: Mapping[str, Any] | None) -> None:
     apply_deferred()  # a CLI run named a log file for Ray's chatter: used from here on
     for warning in exposure_warnings(address, dashboard, dashboard_host):
         log.warning("warning: %s", warning)

@@ -273,5 +273,6 @@ def _is_class_path(value: Any) -> bool:
 
 def ray_joined() -> bool:
     """This process already runs or joined a Ray (``ray.init`` before the sweep); never imports Ray to find out."""
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
+    # Half-imported while another thread's sweep imports it: that Ray is not running yet.
+    is_initialized = getattr(sys.modules.get("ray"), "is_initialized", None)
+    return bool(is_initialized is not None and is_initialized())

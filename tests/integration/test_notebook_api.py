@@ -290,3 +290,9 @@ def test_a_private_ray_started_by_a_sweep_in_a_background_thread_outlives_the_th
     # waited 60 s for Ray's vanished GCS, then Ray ended the whole process (a notebook's kernel)
     assert run_background_sweeps(tmp_path, "background") == ["background 3", "after 3"]
 
+
+@pytest.mark.slow  # its own private Ray, started by two threads at once
+def test_two_sweeps_on_ray_started_at_once_from_two_threads_share_one_private_ray(tmp_path):
+    # One thread found the other's half-imported ray (AttributeError: ... has no attribute 'is_initialized'), or
+    # both called ray.init ("Perhaps you called ray.init twice by accident?")
+    assert sorted(run_background_sweeps(tmp_path, "one,two")) == ["after 3", "one 3", "two 3"]
