@@ -132,7 +132,12 @@ class RayBackend(Backend):
             try:
                 report: Report = ray.get(ref)
             except (RayActorError, RayTaskError) as exc:
-                reports.extend(self._on_actor_failure(call, failure_text(exc)))
+                error = failure_text(exc)
+                if call.kind == "node" and not error.startswith(START_FAILED):
+                    # Died before its first call of this sweep returned (a kept actor killed while idle): calls run
+                    # in order, so its slot's trial never began there and spends no attempt.
+                    error = START_FAILED + error
+                reports.extend(self._on_actor_failure(call, error))
                 continue
             if call.kind == "node":
                 if self.actors[call.slot] is call.actor:

@@ -170,3 +170,19 @@ def test_an_edited_module_in_a_sub_folder_of_the_task_starts_new_actors(ray_sess
     (tmp_path / "models" / "net.py").write_text(net.replace("8", "9"))
     run_sweep(str(task), trials=2, epochs=1, slots=2, storage=storage_dir, name="two", ensemble=False)
     assert not set(actor_ids()) & set(warm)  # the old code's actors were ended
+
+
+def test_a_kept_actor_that_died_while_idle_costs_its_first_trial_no_attempt(ray_session, task_file, storage_dir):
+    # A kept actor killed while it waited (the OOM killer, a kill) failed the next sweep's first trial on it as
+    # a lost attempt: with max_retries=0 that trial ended 'failed' though it never ran.
+    import ray
+
+    write_data(task_file.parent, seed=1)
+    run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="one", ensemble=False)
+    [killed, *_] = [a for actors in warm_pool._kept.values() for a in actors]
+    ray.kill(killed)
+    two = run_sweep(str(task_file), trials=2, epochs=1, slots=2, storage=storage_dir, name="two", ensemble=False,
+                    max_retries=0)
+    trials = Storage.from_uri(f"{storage_dir}/two").read_table(schema.TRIALS_PATH).to_pylist()
+    assert two.counts == {"completed": 2}, [(t["trial_id"], t["status"], t["error"]) for t in trials]
+    assert [t["attempt"] for t in trials] == [0, 0]
