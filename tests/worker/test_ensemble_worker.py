@@ -326,3 +326,22 @@ def test_a_device_this_machine_lacks_is_named_in_one_line_before_any_member_is_b
     with pytest.raises(ConfigError, match=r"^device 'gpu': not a torch device"):
         load_ensemble(done.path, device="gpu", trust_task_code=True)
     assert load_ensemble(done.path, device="cpu", trust_task_code=True).weights.device.type == "cpu"
+
+
+def test_predict_of_a_module_put_in_training_mode_runs_its_members_in_eval_mode():
+    # .train() on a model holding the ensemble (a notebook fine-tuning a head on top) put its members in training
+    # mode: predict drew dropout and its batch norm used, and overwrote with, each batch's statistics, silently.
+    from worker.load.ensemble_model import EnsembleModel
+
+    torch.manual_seed(0)
+    member = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 2))
+    member[1].running_mean.fill_(0.3)
+    model = EnsembleModel([member], [1.0], input_dtype=torch.float32, input_shape=(3,))
+    x = torch.randn(16, 3) * 5 + 2
+    expected = model.predict(x)
+    stats = member[1].running_mean.clone()
+    model.train()
+    member[3].eval()  # a mode the caller chose for one part stays as it was
+    assert torch.equal(model.predict(x), expected)
+    assert torch.equal(member[1].running_mean, stats)
+    assert model.training and member[1].training and not member[3].training

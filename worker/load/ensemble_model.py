@@ -342,7 +342,17 @@ class EnsembleModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> torch.Tensor:
-        """Most probable class per row (regression: the predicted values), in batches, without gradients."""
+        """Most probable class per row (regression: the predicted values), in batches, without gradients, with the
+        members in eval mode whatever mode the module is in (``.train()`` on a model holding it): in training mode
+        dropout would draw and batch norm would both use and overwrite its running statistics with the batch's."""
+        modes = [(module, module.training) for module in self.modules()]
+        if any(training for _, training in modes):
+            self.eval()
+            try:
+                return self.predict(x, batch_size)
+            finally:
+                for module, training in modes:  # as the caller left each one
+                    module.training = training
         x = self._as_batch(x)
         # An empty batch (or a scalar, which forward refuses) is one call: torch.cat takes no empty list.
         chunks = [x[i : i + batch_size] for i in range(0, len(x), batch_size)] if x.ndim and len(x) else [x]
