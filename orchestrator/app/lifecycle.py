@@ -401,30 +401,37 @@ def finish_sweep(
     prefetch: DataPrefetch | None = None,
     splits: Any = None,
 ) -> SweepResult:
-    """After the trials: edge warnings, the last writes, ensembles; the result (shared by run and resume)."""
+    """After the trials: edge warnings, the last writes, ensembles; the result (shared by run and resume).
+
+    A stop before the last flush is a stopped sweep (resume it); after it, the trials are whole and only the
+    ensembles are missing. Either way it is said, with the command that goes on.
+    """
     warnings = controller.final_edge_warnings()
-    nothing = nothing_learned(controller.trials.values(), schema.read_dataset_row(sweep),
-                              val_loss_is_log_loss=task is not None and task.get("loss_fn") is None)
-    if nothing:
-        controller.event("no_trial_learned", reason=nothing)
-        warnings.append(nothing)
-    log.flush(controller, force=True)
-    log.compact_events()
-    ensemble = None
-    # From stored predictions; a failure is a logged warning, never a lost sweep. A table that exists is rebuilt
-    # even with ensembles off: one built on a stopped sweep (caviar ensemble) would otherwise stand as the resumed
-    # sweep's answer, every trial trained since left out.
-    scored = any(t.status in SUCCEEDED for t in controller.trials.values())  # none: nothing stored to average
-    if scored and (settings.ensemble or sweep.exists(schema.ENSEMBLES_PATH)):
-        try:
-            with interrupt.stop_on_signals():
+    ensemble, flushed = None, False
+    try:
+        with interrupt.stop_on_signals():
+            nothing = nothing_learned(controller.trials.values(), schema.read_dataset_row(sweep),
+                                      val_loss_is_log_loss=task is not None and task.get("loss_fn") is None)
+            if nothing:
+                controller.event("no_trial_learned", reason=nothing)
+                warnings.append(nothing)
+            log.flush(controller, force=True)
+            flushed = True
+            log.compact_events()
+            # From stored predictions; a failure is a logged warning, never a lost sweep. A table that exists is
+            # rebuilt even with ensembles off: one built on a stopped sweep (caviar ensemble) would otherwise stand
+            # as the resumed sweep's answer, every trial trained since left out.
+            scored = any(t.status in SUCCEEDED for t in controller.trials.values())  # none: nothing to average
+            if scored and (settings.ensemble or sweep.exists(schema.ENSEMBLES_PATH)):
                 ensemble = build_ensembles(sweep, task, device=settings.device,
                                            load_data=prefetch and prefetch.result, splits=splits)
-        except KeyboardInterrupt as stop:  # the tables are whole: let the sweep go, and say how to finish
-            if log.lease is not None:
-                log.lease.release()
-            signum = stop.signum if isinstance(stop, SweepInterrupted) else signal.SIGINT
-            raise SweepInterrupted(signum, redact_uri(sweep.uri), during="ensembles") from None
+    except KeyboardInterrupt as stop:
+        if not flushed:
+            raise interrupt.write_interrupted(stop, controller, log, redact_uri(sweep.uri)) from None
+        if log.lease is not None:  # the tables are whole: let the sweep go, and say how to finish
+            log.lease.release()
+        signum = stop.signum if isinstance(stop, SweepInterrupted) else signal.SIGINT
+        raise SweepInterrupted(signum, redact_uri(sweep.uri), during="ensembles") from None
     if log.lease is not None:
         log.lease.release()  # the sweep is whole: a later resume may take it at once
     return result_of(controller, name, sweep.location, warnings, ensemble=ensemble)
