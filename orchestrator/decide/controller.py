@@ -24,10 +24,10 @@ from orchestrator.errors import ConfigError, StorageError, exception_line
 from orchestrator.search.narrowing import NarrowResult, edge_warnings, explored_space
 from orchestrator.search.registry import plugin_code
 from orchestrator.search.sampler import sampler_name, stage_configs, trial_seed
-from orchestrator.search.space import SearchSpace, shown_value
+from orchestrator.search.space import Choice, SearchSpace, shown_value
 from orchestrator.search.stage_policy import NarrowAndPromote, StagePolicy, stage_policy_name
 from orchestrator.search.stages import Stage
-from orchestrator.store.schema import TRIALS_PATH, now_ms
+from orchestrator.store.schema import TRIALS_PATH, now_ms, typed_config
 
 # What a trials-table row restores of a trial besides its config (orchestrator.decide.restore).
 RESTORED_FIELDS = ("reason", "attempt", "epochs_run", "best_score", "best_epoch", "best_val_loss",
@@ -417,7 +417,9 @@ class Controller:
         if trial.stage != row["stage"]:
             raise StorageError(f"{TRIALS_PATH}: trial {row['trial_id']} is in stage {row['stage'] + 1} "
                                f"but the stored plan puts it in stage {trial.stage + 1}")
-        trial.config = dict(row["config"])  # the stored config wins (a fused sweep shares shapes within blocks)
+        # The stored config wins (a fused sweep shares shapes within blocks), with each choice's own option types.
+        options = {name: dist.options for name, dist in self.space.searched.items() if isinstance(dist, Choice)}
+        trial.config = typed_config(row["config"], options)
         trial.status = stored_status(row["status"], TRIALS_PATH)  # as written, not a move
         for name in RESTORED_FIELDS:
             setattr(trial, name, row[name])

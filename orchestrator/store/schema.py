@@ -274,6 +274,25 @@ def config_type(space_values: Mapping[str, Sequence[Any]]) -> pa.StructType:
     return pa.struct(fields)
 
 
+def typed_config(config: Mapping[str, Any], options: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """A config read back from the trials table, each choice value as the option it equals (``options``: each
+    choice's options). :func:`config_type` stores a choice of ints and floats (``[0.5, 1, 2]``) in one float column,
+    where the option ``1`` reads back as ``1.0``: build_model is handed the option it was handed in the sweep."""
+    out = dict(config)
+    for name, listed in options.items():
+        value = out.get(name)
+        if isinstance(value, float):
+            out[name] = next((o for o in listed if o == value and not isinstance(o, bool)), value)
+    return out
+
+
+def stored_choice_options(space_json: str | None) -> dict[str, list[Any]]:
+    """Each choice's options in a sweep row's stored space (JSON, as ``SearchSpace.to_dict`` writes it)."""
+    space = json.loads(space_json) if space_json else {}
+    return {name: list(spec["options"]) for name, spec in space.items()
+            if isinstance(spec, dict) and spec.get("dist") == "choice" and isinstance(spec.get("options"), list)}
+
+
 def trials_schema(config: pa.StructType) -> pa.Schema:
     return pa.schema(_TRIAL_FIELDS[:3] + [("config", config)] + _TRIAL_FIELDS[3:])
 

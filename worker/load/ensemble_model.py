@@ -83,7 +83,9 @@ class SweepModels:
                         edited)
         self._set_task_globals(schema.read_dataset_row(storage))
         trials = storage.read_table(schema.TRIALS_PATH).to_pylist()
-        self.configs: dict[int, dict[str, Any]] = {t["trial_id"]: dict(t["config"] or {}) for t in trials}
+        options = schema.stored_choice_options(storage.read_table(schema.SWEEP_PATH).to_pylist()[0].get("space"))
+        self.configs: dict[int, dict[str, Any]] = {t["trial_id"]: schema.typed_config(t["config"] or {}, options)
+                                                   for t in trials}
         self._index: dict[CandidateKey, dict[str, Any]] | None = None  # every trial's, read when first asked for
         self._trial_index: dict[int, dict[CandidateKey, dict[str, Any]]] = {}  # one trial's index file each
 
