@@ -121,7 +121,9 @@ def narrow_space(
                     old_range,
                     new_range,
                     extended=not hard and moved,
-                    hard_limit=hard or _at_limit(new[name], side),
+                    # An extension its limits stopped short of one more value (an integer range limited at 4.5) or
+                    # float precision stopped (a beta a hair below 1) is a hard limit too, not extend_edges = false.
+                    hard_limit=hard or _at_limit(new[name], side) or (extend > 0 and not moved),
                     value=best[name],
                 )
             )

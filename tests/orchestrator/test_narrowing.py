@@ -6,6 +6,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.app.api import controller_for
+from orchestrator.decide.driver import drive
+from orchestrator.decide.simulate import SimulatedBackend
 from orchestrator.errors import ConfigError
 from orchestrator.search.narrowing import edge_warnings, narrow_choice, narrow_space, top_results
 from orchestrator.search.space import (
@@ -18,6 +21,7 @@ from orchestrator.search.space import (
     randint,
     uniform,
 )
+from orchestrator.spec.settings import RunSettings
 
 
 def results_for(
@@ -274,3 +278,24 @@ def test_a_best_value_on_an_edge_that_was_not_extended_is_not_called_extended():
     assert "extended" not in notice.message() and "the optimum may lie beyond" in notice.message()
     [moved] = narrow_space(space, res).edges  # with extension the low edge moves, and says so
     assert moved.extended and moved.new_range[0] < 1e-4
+
+
+@pytest.mark.parametrize("dist, best", [
+    (randint(1, 4, limits=(1, 4.5)), 4),  # 5 lies past the limit, 4 is the last integer inside it
+    (one_minus_loguniform(0.99, 0.9999999999999999), 0.9999999999999999),  # no float lies closer to 1
+])
+def test_an_extension_its_limits_or_float_precision_stop_is_a_hard_limit_not_extend_edges_off(dist, best):
+    space = SearchSpace({"p": dist})
+    notice = narrow_space(space, results_for("p", [best] * 3)).edges[0]
+    assert (notice.side, notice.extended, notice.hard_limit) == ("high", False, True)
+    assert "hard limit" in notice.message()
+
+
+def test_a_sweep_says_an_integer_range_stopped_by_its_limits_sits_at_a_hard_limit():
+    space = SearchSpace({"p": randint(1, 4, limits=(1, 4.5))})
+    settings = RunSettings().merged(dict(plan="9x1,4x2", pruner="none", seed=1, slots=1)).validate()
+    controller = drive(controller_for(space, settings),
+                       SimulatedBackend(lambda c: 0.5 + 0.4 * space["p"].to_unit(c["p"]), 1), None)
+    edges = [e for e in controller.events if e["kind"].startswith(("edge", "range_extended")) and e["stage"] == 0]
+    assert edges and all(e["kind"] == "edge_at_hard_limit" for e in edges), edges
+    assert not any("extend_edges = false" in (e["reason"] or "") for e in controller.events)
