@@ -395,6 +395,11 @@ def choice(options: Sequence[Any], *, when: Condition = None) -> Choice:
     """Options are never extended: a choice samples only what it lists (narrowing may drop some)."""
     if isinstance(options, (str, bytes)):  # iterating it would search its letters ("sgd": "s", "g", "d")
         raise SpaceError(f"choice: options must be a list, got the string {options!r}; write [{options!r}]")
+    if isinstance(options, (set, frozenset)):  # its order changes from process to process (Python's hash seed), and
+        # the order decides which option a draw picks: the same seed would sample other configs in each run
+        listed = sorted(options, key=repr)
+        raise SpaceError(f"choice: options must be a list, got a set, whose order (and so the configs a seed draws) "
+                         f"changes from run to run; write {listed!r}")
     return Choice(options=tuple(options), when=normalize_condition(when))
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -384,3 +387,16 @@ def test_a_sobol_stage_of_any_size_draws_without_scipys_power_of_two_warning():
         warnings.simplefilter("error")
         drawn = sample_configs(space, 24, seed=7, kind="sobol")
     assert len(drawn) == 24 and len({d["lr"] for d in drawn}) == 24
+
+
+def test_a_set_of_options_is_refused_since_its_order_and_so_a_seeds_configs_change_between_runs():
+    draw = ("from orchestrator.search.space import SearchSpace, choice\n"
+            "from orchestrator.search.sampler import sample_configs\n"
+            "try:\n"
+            "    print([c['act'] for c in sample_configs(SearchSpace({'act': choice(%s)}), 6, seed=0)])\n"
+            "except Exception as exc:\n"
+            "    print(type(exc).__name__, exc)\n")
+    runs = {subprocess.run([sys.executable, "-c", draw % "{'relu', 'tanh', 'gelu', 'elu'}"], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)}
+    assert runs == {"SpaceError choice: options must be a list, got a set, whose order (and so the configs a seed "
+                    "draws) changes from run to run; write ['elu', 'gelu', 'relu', 'tanh']\n"}
