@@ -225,6 +225,15 @@ class RandInt(Distribution):
     limits: tuple[float, float] = (1.0, _INF)
     kind: str = field(default="int", init=False)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # randint(1, 1e3): a whole float bound is that integer, so the range's own ends (the contract check's probes,
+        # the stored space) are ints like every value it draws, never a 1000.0 that nn.Linear refuses
+        for end in ("low", "high"):
+            value = getattr(self, end)
+            if isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, end, int(value))
+
     # Each integer owns an equal slice of the scale: [low - 0.5, high + 0.5].
     @property
     def scale_low(self) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.search.probes import MAX_OPTIONS, edge_probes
-from orchestrator.search.space import SearchSpace, choice, loguniform, randint, uniform
+from orchestrator.search.space import SearchSpace, choice, lograndint, loguniform, randint, uniform
 
 
 def test_each_range_gets_its_two_ends_and_each_choice_its_other_options_with_the_base_values_elsewhere():
@@ -44,3 +44,13 @@ def test_a_long_choice_is_probed_on_its_first_options_only():
     options = [f"act{i}" for i in range(40)]
     probes = edge_probes(SearchSpace({"act": choice(options)}), {"act": "act0"})
     assert [p.value for p in probes] == options[1:MAX_OPTIONS]
+
+
+def test_an_integer_range_with_whole_float_bounds_probes_and_stores_ints():
+    space = SearchSpace({"hidden": randint(1, 1e3), "width": lograndint(8.0, 64.0)})
+    probed = [(p.param, p.value) for p in edge_probes(space, {"hidden": 10, "width": 16})]
+    assert probed == [("hidden", 1), ("hidden", 1000), ("width", 8), ("width", 64)]
+    assert all(type(value) is int for _, value in probed)  # nn.Linear(4, 1000.0) raised in the probe, not in trials
+    stored = space.to_dict()
+    assert (stored["hidden"]["high"], stored["width"]["low"]) == (1000, 8)
+    assert type(stored["hidden"]["high"]) is int and type(stored["width"]["low"]) is int
