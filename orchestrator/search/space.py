@@ -547,13 +547,21 @@ class SearchSpace(Mapping[str, Any]):
             return spec
         kept = param_to_dict(declared)
         spec = {**spec, "when": kept["when"]} if "when" not in spec and "when" in kept else spec
-        if "limits" not in spec and "limits" in kept and spec.get("dist") == kept["dist"]:
+        if "limits" not in spec and "limits" in kept and spec.get("dist") == kept["dist"] and \
+                declared.limits != _default_limits(name, kept):
             spec = {**spec, "limits": kept["limits"]}
         return spec
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for events and the stages table): the inverse of :func:`parse_param`."""
         return {name: param_to_dict(value) for name, value in self._params.items()}
+
+
+def _default_limits(name: str, stored: Mapping[str, Any]) -> tuple[float, float]:
+    """The limits a stored range's kind gives its declared range when none are written: a ``uniform(-0.2, 0.2)``'s
+    open sides are no limits a new range of it should keep (``uniform(0, 0.3)`` keeps to 0 and up), but a dropout's
+    (0, 0.999) or a ``limits=`` the task wrote are."""
+    return parse_param(name, {key: stored[key] for key in ("dist", "low", "high")}).limits
 
 
 def _bad_fixed_value(name: str, value: Any) -> str:

@@ -400,3 +400,17 @@ def test_a_set_of_options_is_refused_since_its_order_and_so_a_seeds_configs_chan
                            text=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)}
     assert runs == {"SpaceError choice: options must be a list, got a set, whose order (and so the configs a seed "
                     "draws) changes from run to run; write ['elu', 'gelu', 'relu', 'tanh']\n"}
+
+
+def test_a_toml_range_keeps_the_limits_the_task_wrote_but_not_the_open_sides_of_its_declared_range():
+    task = SearchSpace({"smooth": uniform(-0.2, 0.2), "shift": uniform(0.0, 0.2), "drop": dropout(0.0, 0.5),
+                        "blocks": randint(1, 4, limits=(1, 8))})
+    toml = task.with_overrides({"smooth": {"dist": "uniform", "low": 0.0, "high": 0.3},
+                                "shift": {"dist": "uniform", "low": -0.5, "high": 0.5},
+                                "drop": {"dist": "uniform", "low": 0.1, "high": 0.6},
+                                "blocks": {"dist": "randint", "low": 2, "high": 3}})
+    # uniform(0, 0.3) stays at 0 and up, as in a task file: the task's (-0.2, 0.2) set no limit, and a stage that
+    # extended past 0 drew a negative label smoothing
+    assert toml["smooth"].limits == uniform(0.0, 0.3).limits == (0.0, math.inf)
+    assert toml["shift"].limits == (-math.inf, math.inf)  # was refused: "leaves its limits [0.0, inf]"
+    assert toml["drop"].limits == (0.0, 0.999) and toml["blocks"].limits == (1.0, 8.0)  # limits the task set
