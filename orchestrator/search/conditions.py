@@ -26,6 +26,8 @@ def normalize_condition(when: Condition) -> tuple[tuple[str, tuple[Any, ...]], .
     for parent, values in when.items():
         if not isinstance(parent, str):
             raise TypeError(f"when: parameter names must be strings, got {parent!r}")
+        if isinstance(values, (set, frozenset)):  # membership only; sorted, so the stored space reads the same each run
+            values = sorted(values, key=repr)
         values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
         pairs.append((parent, values))
     return tuple(pairs)

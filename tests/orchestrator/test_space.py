@@ -414,3 +414,11 @@ def test_a_toml_range_keeps_the_limits_the_task_wrote_but_not_the_open_sides_of_
     assert toml["smooth"].limits == uniform(0.0, 0.3).limits == (0.0, math.inf)
     assert toml["shift"].limits == (-math.inf, math.inf)  # was refused: "leaves its limits [0.0, inf]"
     assert toml["drop"].limits == (0.0, 0.999) and toml["blocks"].limits == (1.0, 8.0)  # limits the task set
+
+
+def test_a_condition_may_list_its_values_as_a_set():
+    space = SearchSpace({"opt": choice(["sgd", "adam", "adamw"]),
+                         "beta1": one_minus_loguniform(0.8, 0.99, when={"opt": {"adamw", "adam"}})})
+    assert space.to_dict()["beta1"]["when"] == {"opt": ["adam", "adamw"]}
+    assert space.deactivate({"opt": "adamw", "beta1": 0.9})["beta1"] == 0.9
+    assert space.deactivate({"opt": "sgd", "beta1": 0.9})["beta1"] is None
