@@ -121,7 +121,8 @@ def build_settings(
     if config_file:
         run_part, space_part = read_toml(config_file)
         settings = settings.merged(_named(run_part))
-        space = space.with_overrides(space_part)
+        before, space = space, space.with_overrides(space_part)
+        warn_conditions_emptied(before, space, config_file)
         layers.append(run_part)
     settings = settings.merged(_named(overrides)).validate()
     settings = check_plan_agrees(settings, [*layers, overrides])
@@ -129,6 +130,18 @@ def build_settings(
     own_optimizer = getattr(getattr(task, "namespace", None), "build_optimizer", None) is not None
     check_builtin_values(space, own_optimizer=own_optimizer)
     return settings, with_builtin_limits(space, own_optimizer=own_optimizer)
+
+
+def warn_conditions_emptied(before: SearchSpace, after: SearchSpace, config_file: str) -> None:
+    """A parent's options changed by the TOML file can leave none its child's condition names: the child is then never
+    drawn. Said, not refused: dropping those options may be the point (no beta1 without adam)."""
+    for name, condition in after.conditional.items():
+        for parent, values in condition.items():
+            if not values and before.conditional.get(name, {}).get(parent):
+                log.warning(
+                    "%s: parameter '%s' is never drawn: its condition %s in %s keeps none of %s's options there; give "
+                    "'%s' a 'when' of its own if it should be", config_file, name, parent,
+                    list(before.conditional[name][parent]), parent, name)
 
 
 def check_precision_reaches_the_loop(task: Task, precision: str) -> None:

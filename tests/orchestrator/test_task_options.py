@@ -77,3 +77,23 @@ def test_one_task_loaded_by_two_threads_at_once_is_whole_in_both(tmp_path):
     for thread in threads:
         thread.join()
     assert len(loaded) == 2 and all(callable(f) for f in loaded), loaded
+
+
+def test_a_toml_file_that_leaves_a_condition_no_options_says_the_child_is_never_drawn(tmp_path, caplog):
+    # opt's options changed to sgd and adamw: beta1 (when opt in [adam]) was never sampled, without a word
+    from orchestrator.app.lifecycle import build_settings
+    from orchestrator.search.space import SearchSpace, choice, uniform
+
+    class Task:
+        space = SearchSpace({"opt": choice(["sgd", "adam"]), "beta1": uniform(0.8, 0.95, when={"opt": ["adam"]})})
+        settings: dict = {}
+
+    config = tmp_path / "sweep.toml"
+    config.write_text('[space]\nopt = { dist = "choice", options = ["sgd", "adamw"] }\n')
+    build_settings(Task, str(config), {})  # type: ignore[arg-type]
+    assert (f"{config}: parameter 'beta1' is never drawn: its condition opt in ['adam'] keeps none of opt's options "
+            "there; give 'beta1' a 'when' of its own if it should be") in caplog.text
+    caplog.clear()
+    config.write_text('[space]\nopt = { dist = "choice", options = ["sgd", "adam", "adamw"] }\n')
+    build_settings(Task, str(config), {})  # type: ignore[arg-type]
+    assert "never drawn" not in caplog.text
