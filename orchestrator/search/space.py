@@ -546,6 +546,7 @@ class SearchSpace(Mapping[str, Any]):
         if not (isinstance(spec, Mapping) and isinstance(declared, Distribution)):
             return spec
         kept = param_to_dict(declared)
+        spec = spec if "dist" in spec else {"dist": kept["dist"], **spec}  # lr = { low = 1e-4, high = 1e-2 }: its kind
         spec = {**spec, "when": kept["when"]} if "when" not in spec and "when" in kept else spec
         if "limits" not in spec and "limits" in kept and spec.get("dist") == kept["dist"] and \
                 declared.limits != _default_limits(name, kept):
@@ -624,6 +625,9 @@ def parse_param(name: str, spec: Any) -> Any:
         return spec
     spec = dict(spec)
     kind = spec.pop("dist", None)
+    if kind is None:
+        raise SpaceError(f"parameter '{name}': a range needs its dist (one of {', '.join(_CONSTRUCTORS)}): "
+                         f"{name} = {{ dist = \"loguniform\", low = ..., high = ... }}")
     if kind not in _CONSTRUCTORS:
         raise SpaceError(f"parameter '{name}': unknown dist {kind!r} (one of {', '.join(_CONSTRUCTORS)})")
     fields = [p for p in inspect.signature(_CONSTRUCTORS[kind]).parameters]

@@ -422,3 +422,12 @@ def test_a_condition_may_list_its_values_as_a_set():
     assert space.to_dict()["beta1"]["when"] == {"opt": ["adam", "adamw"]}
     assert space.deactivate({"opt": "adamw", "beta1": 0.9})["beta1"] == 0.9
     assert space.deactivate({"opt": "sgd", "beta1": 0.9})["beta1"] is None
+
+
+def test_a_toml_range_without_a_dist_is_of_the_tasks_kind():
+    # lr = { low = 1e-4, high = 1e-2 } said "unknown dist None": the range's kind is the task's
+    space = SearchSpace({"lr": loguniform(1e-4, 1.0, limits=(1e-6, 10.0)), "opt": choice(["sgd", "adam"])})
+    narrowed = space.with_overrides({"lr": {"low": 1e-3, "high": 1e-2}})
+    assert narrowed.to_dict()["lr"] == SearchSpace({"lr": loguniform(1e-3, 1e-2, limits=(1e-6, 10.0))}).to_dict()["lr"]
+    with pytest.raises(SpaceError, match=r"^parameter 'wd': a range needs its dist \(one of uniform, loguniform"):
+        parse_param("wd", {"low": 1e-3, "high": 1e-2})
