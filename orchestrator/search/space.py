@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -635,9 +636,11 @@ def parse_param(name: str, spec: Any) -> Any:
     if unknown:  # say which field, and what the dist takes: not Python's "unexpected keyword argument"
         raise SpaceError(f"parameter '{name}': {kind} has no field {unknown[0]!r}{did_you_mean(unknown[0], fields)} "
                          f"(its fields: dist, {', '.join(fields)})")
-    bools = [key for key in ("low", "high") if isinstance(spec.get(key), bool)]
-    if bools:  # the constructors would read true as 1 (a bool is an int to Python): refuse, never cast
-        raise SpaceError(f"parameter '{name}': bounds must be numbers, got {bools[0]} = {spec[bools[0]]!r}")
+    # The constructors would read true as 1 (a bool is an int to Python) and "1e-3" as a number: refuse, never cast
+    bad = [key for key in ("low", "high") if key in spec and (isinstance(spec[key], bool)
+                                                              or not isinstance(spec[key], numbers.Real))]
+    if bad:
+        raise SpaceError(f"parameter '{name}': bounds must be numbers, got {bad[0]} = {spec[bad[0]]!r}")
     try:
         if "limits" in spec:
             spec["limits"] = _stored_limits(spec["limits"])
