@@ -38,7 +38,7 @@ from orchestrator.decide.sweeplog import SweepLog
 from orchestrator.ensemble.ensemble_run import SoupResult, build_and_write
 from orchestrator.ensemble.ensembles import CandidateKey, Objective
 from orchestrator.ensemble.records import EnsembleRecord
-from orchestrator.errors import CaviarError, ConfigError, SweepInterrupted
+from orchestrator.errors import CaviarError, ConfigError, SpaceError, SweepInterrupted
 from orchestrator.search.sampler import SAMPLERS, SamplerChoice, sampler_for, sampler_name
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.stage_policy import STAGE_POLICIES, StagePolicyChoice, stage_policy_for, stage_policy_name
@@ -121,7 +121,10 @@ def build_settings(
     if config_file:
         run_part, space_part = read_toml(config_file)
         settings = settings.merged(_named(run_part))
-        before, space = space, space.with_overrides(space_part)
+        try:
+            before, space = space, space.with_overrides(space_part)
+        except SpaceError as exc:  # the file's range: named with it
+            raise SpaceError(f"config {config_file!r}: [space] {exc}") from None
         warn_conditions_emptied(before, space, config_file)
         layers.append(run_part)
     settings = settings.merged(_named(overrides)).validate()

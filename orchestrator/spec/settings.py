@@ -261,7 +261,12 @@ def read_toml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     unknown = set(data) - {"run", "space"}
     if unknown:
         raise ConfigError(f"config {path!r}: unknown table(s) {', '.join(sorted(unknown))} (use [run] and [space])")
-    return dict(data.get("run", {})), dict(data.get("space", {}))
+    run = dict(data.get("run", {}))
+    try:  # a typo is the file's: named with it, whichever command read it
+        RunSettings().merged({key: None for key in run})
+    except ConfigError as exc:
+        raise ConfigError(f"config {path!r}: [run] {exc}") from None
+    return run, dict(data.get("space", {}))
 
 
 def _is_class_path(value: Any) -> bool:

@@ -120,22 +120,23 @@ CASES = [
     Case(
         "space_low_above_high",
         (*RUN, "--config", "{work}/low_above_high.toml"),
-        E + "parameter 'lr': low (1.0) must be below high (0.1)",
+        E + "config '{work}/low_above_high.toml': [space] parameter 'lr': low (1.0) must be below high (0.1)",
     ),
     Case(
         "space_loguniform_from_zero",
         (*RUN, "--config", "{work}/log_from_zero.toml"),
-        E + "parameter 'lr': log range must be positive, got [0.0, 0.1]",
+        E + "config '{work}/log_from_zero.toml': [space] parameter 'lr': log range must be positive, got [0.0, 0.1]",
     ),
     Case(
         "space_unknown_parameter",
         (*RUN, "--config", "{work}/unknown_parameter.toml"),
-        E + "parameter 'depth': not in the search space (known: lr, hidden)",
+        E + "config '{work}/unknown_parameter.toml': [space] parameter 'depth': not in the search space (known: lr, "
+        "hidden)",
     ),
     Case(
         "space_bound_not_a_number",
         (*RUN, "--config", "{work}/not_a_number.toml"),
-        E + "parameter 'lr': bad fields for loguniform: could not convert string to float: 'small'",
+        E + "config '{work}/not_a_number.toml': [space] parameter 'lr': bounds must be numbers, got low = 'small'",
     ),
     Case(
         "config_bad_setting",

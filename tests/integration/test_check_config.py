@@ -34,8 +34,8 @@ def test_the_same_bad_toml_is_refused_by_both_with_one_line(tmp_path):
             else caviar(verb, TINY_TASK, "--config", str(toml))
         assert refused.returncode == 2
         assert refused.stderr.strip().splitlines() == [
-            "caviar: error: parameter 'width': not in the search space (known: lr, optimizer, hidden, batch_size, "
-            "ema_decay)"]
+            f"caviar: error: config {str(toml)!r}: [space] parameter 'width': not in the search space (known: lr, "
+            "optimizer, hidden, batch_size, ema_decay)"]
 
 
 def test_params_keeps_the_old_choices(tmp_path):
