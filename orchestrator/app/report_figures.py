@@ -282,12 +282,16 @@ def plot_learning_curves(data: SweepData) -> Figure | None:
     left.set_ylabel(data.metric_name)
     left.set_title(f"{data.metric_name} per epoch")
     _status_legend(left, data, reasons)
-    _lines(right, data, lambda r: r["train_loss"], log=True)
+    # A log axis drops every loss at or below 0: a task's own loss (a Gaussian negative log-likelihood) can be.
+    log = not any(r["train_loss"] is not None and r["train_loss"] <= 0 for rows in data.curves.values() for r in rows)
+    _lines(right, data, lambda r: r["train_loss"], log=log)
     units = ", standardised targets" if data.targets_standardised else ""  # not the left panel's units
-    right.set_ylabel(f"training loss{units} (log)")
+    right.set_ylabel(f"training loss{units}" + (" (log)" if log else ""))
     right.set_title("training loss per epoch")
     caption = ("Completed trials in their stage's colour; pruned and failed trials grey, ending in a cross, with "
                "the pruner's reasons and counts in the legend.")
+    if not log:
+        caption += " Training losses on a linear axis: some are at or below 0, which a log axis cannot show."
     return Figure("fig-learning-curves", "Learning curves", caption, png_bytes(fig))
 
 

@@ -292,3 +292,23 @@ def test_ensembles_chosen_by_the_sweeps_own_metric_are_drawn_on_it(tmp_path):
     assert {json.loads(r["detail"])["chosen_by"] for r in data.ensembles.to_pylist()} == {"val_auc"}
     figure = plot_ensembles(data)
     assert figure is not None and "chosen on validation auc (the sweep's objective, higher is better)" in figure.caption
+
+
+def test_training_losses_at_or_below_zero_are_drawn_on_a_linear_axis(tmp_path):
+    # a Gaussian negative log-likelihood goes below 0: the log-scaled training-loss panel dropped every such epoch
+    # without a word (2 points of 16 left, on an axis from 0.945 to 1.05)
+    from orchestrator.app.report_data import read_sweep
+    from orchestrator.app.report_figures import plot_learning_curves
+
+    task = os.path.join(os.path.dirname(TINY_TASK), "gaussian_nll_task.py")
+    result = run_sweep(task, trials=2, epochs=4, stages=1, slots=1, storage=str(tmp_path), name="nll",
+                       executor="processes", pruner="none", seed=0)
+    data = read_sweep(result.path)
+    losses = [r["train_loss"] for rows in data.curves.values() for r in rows]
+    assert len(losses) == 8 and min(losses) < 0
+    figure = plot_learning_curves(data)
+    assert figure is not None and "Training losses on a linear axis: some are at or below 0" in figure.caption
+    tiny = run_sweep(TINY_TASK, trials=2, epochs=1, stages=1, slots=1, storage=str(tmp_path), name="tiny",
+                     ensemble=False, executor="processes")
+    figure = plot_learning_curves(read_sweep(tiny.path))
+    assert figure is not None and "linear axis" not in figure.caption  # positive losses keep their log axis
