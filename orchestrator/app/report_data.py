@@ -148,7 +148,11 @@ def diag_rows(data: SweepData, trial_id: int, kind: str) -> list[dict[str, Any]]
 
 
 def importance(data: SweepData, *, min_trials: int = 6, seed: int = 0) -> tuple[dict[str, float], int] | None:
-    """fANOVA-style main effects on a random forest; (importance by parameter, stage used) or None."""
+    """fANOVA-style main effects on a random forest; (importance by parameter, stage used) or None.
+
+    Only parameters that took two or more values in that stage's trials are scored: one held at a single value
+    there (a fused block's shared optimizer, a conditional parameter never active) has no measurable effect, and a
+    0 would read as "does not matter"."""
     params = data.space.searched
     by_stage: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for t in data.trials:
@@ -163,8 +167,9 @@ def importance(data: SweepData, *, min_trials: int = 6, seed: int = 0) -> tuple[
     # partial dependence below averages over the trials where it was active only.
     x = np.array([[_unit(dist, t["config"].get(name)) for name, dist in params.items()] for t in trials])
     y = np.array([t["best_score"] for t in trials])
-    if np.ptp(y) == 0:
-        return {name: 0.0 for name in params}, stage
+    varied = [len(np.unique(column[~np.isnan(column)])) >= 2 for column in x.T]
+    if np.ptp(y) == 0 or not any(varied):
+        return {name: 0.0 for name, v in zip(params, varied) if v}, stage
     from sklearn.ensemble import RandomForestRegressor
 
     forest = RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=seed).fit(x, y)
@@ -174,7 +179,7 @@ def importance(data: SweepData, *, min_trials: int = 6, seed: int = 0) -> tuple[
     probes: dict[str, tuple[int, np.ndarray]] = {}  # parameter -> (grid size, probe rows)
     for i, (name, dist) in enumerate(params.items()):
         active = x[~np.isnan(x[:, i])]
-        if len(active) < 2:
+        if not varied[i]:
             continue
         grid = (np.array([dist.to_unit(o) for o in dist.options]) if isinstance(dist, Choice)
                 else np.linspace(active[:, i].min(), active[:, i].max(), 16))
@@ -182,7 +187,7 @@ def importance(data: SweepData, *, min_trials: int = 6, seed: int = 0) -> tuple[
         probe[:, i] = np.repeat(grid, len(active))
         probes[name] = (len(grid), probe)
     predicted = forest.predict(np.concatenate([p for _, p in probes.values()])) if probes else np.array([])
-    out = {name: 0.0 for name in params}
+    out = {name: 0.0 for name in probes}
     start = 0
     for name, (points, probe) in probes.items():
         curve = predicted[start:start + len(probe)].reshape(points, -1).mean(axis=1)

@@ -437,6 +437,9 @@ def plot_importance(data: SweepData, result: tuple[dict[str, float], int] | None
     if result is None:
         return None, "too few finished trials in one stage to fit an importance model (6 needed)"
     scores, stage = result
+    fixed = [n for n in data.space.searched if n not in scores]  # one value in that stage: no effect to measure
+    if not scores:
+        return None, f"no searched parameter took two different values in stage {stage}'s trials"
     names = sorted(scores, key=scores.get)
     fig = new_figure(7, 0.32 * len(names) + 1.5)
     ax = fig.subplots()
@@ -451,6 +454,9 @@ def plot_importance(data: SweepData, result: tuple[dict[str, float], int] | None
                "curve over the variance of all predictions. Tune the long bars first; the rest of 1 is interaction.")
     if n < 2 * len(names):
         caption += f" Only {n} trials for {len(names)} parameters: read this as a rough hint."
+    if fixed:
+        caption += (f" Not scored, as each held one value in stage {stage}'s trials (or was never active there): "
+                    f"{', '.join(fixed)}.")
     return Figure("fig-importance", "Hyperparameter importance", caption, png_bytes(fig)), ""
 
 

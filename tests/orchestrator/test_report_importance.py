@@ -63,3 +63,27 @@ def test_the_parameter_that_drives_the_score_ranks_first():
     got, _ = importance(sweep(seed=3))
     assert max(got, key=got.get) == "lr"
     assert got["lr"] > 5 * max(got["dropout"], got["optimizer"])
+
+
+def test_a_parameter_held_at_one_value_in_the_stage_is_not_scored_as_unimportant():
+    # a fused sweep's blocks share their leader's optimizer: every stage-1 trial was "adam", so the momentum that
+    # only "sgd" reads was never active there; both got a 0.00 bar, read as "does not matter", though never varied
+    from orchestrator.app.report_figures import plot_importance
+
+    space = SearchSpace({**SPACE, "momentum": parse_param(
+        "momentum", {"dist": "uniform", "low": 0.5, "high": 0.95, "when": {"optimizer": ["sgd"]}})})
+    data = sweep()
+    for t in data.trials:
+        t["config"].update(optimizer="adam", momentum=None)
+    data.space = space
+    got, stage = importance(data)
+    assert set(got) == {"lr", "dropout"} and stage == 1
+    assert max(got, key=got.get) == "lr"
+    figure, _ = plot_importance(data, (got, stage))
+    assert "Not scored, as each held one value in stage 1's trials (or was never active there): optimizer, " \
+           "momentum." in figure.caption
+    for t in data.trials:
+        t["config"].update(lr=0.01, dropout=0.1)
+    assert importance(data) == ({}, 1)
+    assert plot_importance(data, ({}, 1)) == (None, "no searched parameter took two different values in stage 1's "
+                                                    "trials")
