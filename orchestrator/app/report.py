@@ -21,7 +21,7 @@ Plots, each with an ``id`` so tests and people can find it:
 - ``fig-ensembles``: the ensembles table, when the sweep has one.
 
 Warnings come from the events table (``edge_warning``, ``range_extended``,
-``edge_at_hard_limit``, ``sweep_aborted``) and from the diagnostics of the best trial.
+``edge_at_hard_limit``, ``sweep_aborted``), the failed trials' errors, and the diagnostics of the best trial.
 matplotlib (Agg, no pyplot) and scikit-learn load only when a report is built.
 """
 

@@ -216,6 +216,7 @@ def collect_warnings(data: SweepData) -> list[str]:
             named = e["stage"] is None or text.startswith(f"stage {e['stage']}")  # edge lines name their stage
             where = "" if named else f"stage {e['stage']}: "
             out.append(f"{where}{text} ({e['kind'].replace('_', ' ')})")
+    out += failure_warnings(data)
     best = data.best()
     if best is None:
         return out
@@ -236,3 +237,21 @@ def collect_warnings(data: SweepData) -> list[str]:
     return out
 
 
+
+
+def failure_warnings(data: SweepData) -> list[str]:
+    """The failed trials' most common errors, as the run's closing lines and ``caviar status`` give them: one item
+    per error, its "what to do" joined on, and where the tracebacks are on the last."""
+    from orchestrator.app.failures import error_summary
+
+    try:
+        declared = json.loads(data.tables.sweep.to_pylist()[0].get("space") or "{}")
+    except ValueError:
+        declared = {}
+    out: list[str] = []
+    for line in error_summary(data.trials, declared=declared if isinstance(declared, dict) else None):
+        if out and (line.startswith("  ") or line.startswith("(each failed")):
+            out[-1] += " " + line.strip()
+        else:
+            out.append(line)
+    return out

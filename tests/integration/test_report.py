@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -312,3 +313,24 @@ def test_training_losses_at_or_below_zero_are_drawn_on_a_linear_axis(tmp_path):
                      ensemble=False, executor="processes")
     figure = plot_learning_curves(read_sweep(tiny.path))
     assert figure is not None and "linear axis" not in figure.caption  # positive losses keep their log axis
+
+
+def test_failed_trials_are_listed_among_the_warnings(tmp_path):
+    # the run's closing lines said "3 failed: RuntimeError: ..." but the report's warnings had nothing on them, or
+    # said "None: ... the diagnostics look healthy" for a sweep whose trials crashed
+    from orchestrator.app.report_data import read_sweep
+
+    task = os.path.join(os.path.dirname(TINY_TASK), "second_epoch_failure_task.py")
+    result = run_sweep(task, trials=6, epochs=2, stages=1, slots=1, storage=str(tmp_path), name="fails",
+                       ensemble=False, executor="processes", pruner="none", seed=1)
+    trials = read_sweep(result.path).trials
+    failed = sorted(t["trial_id"] for t in trials if t["status"] == "failed")
+    assert failed and len(failed) < len(trials)
+    assert all(t["config"]["hidden"] >= 8 for t in trials if t["trial_id"] in failed)
+    built = build_report(result.path)
+    ids = ", ".join(map(str, failed))
+    line = (f"{len(failed)} failed: RuntimeError: wide model gave up in epoch 2 (second_epoch_failure_task.py:32) "
+            f"(trial{'s' if len(failed) > 1 else ''} {ids}) (each failed trial's traceback: the 'error' column of "
+            f"trials/trials.parquet)")
+    assert line in built.warnings
+    assert html.escape(line) in built.html

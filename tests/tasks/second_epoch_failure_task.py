@@ -1,0 +1,37 @@
+"""3-class blobs whose model raises in its second training epoch when the trial's hidden width is 8 or more: a sweep
+with some trials failed after one scored epoch, beside trials that completed."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from orchestrator.search.space import randint
+
+space = {"hidden": randint(4, 12), "lr": 0.05, "batch_size": 60}
+
+
+def load_data():
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0, 0, 0], [3, 3, 0, 0], [0, 3, 3, 0]], dtype=np.float32)
+    y = rng.integers(0, 3, size=300)
+    x = centers[y] + rng.normal(size=(300, 4)).astype(np.float32)
+    return (x[:180], y[:180]), (x[180:240], y[180:240]), (x[240:], y[240:])
+
+
+class FailsInEpochTwo(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+        self.fails, self.training_batches = hidden >= 8, 0
+
+    def forward(self, x):
+        if self.training and self.fails:
+            self.training_batches += 1
+            if self.training_batches > 3:  # 180 examples, batches of 60: the second epoch's first batch
+                raise RuntimeError("wide model gave up in epoch 2")
+        return self.net(x)
+
+
+def build_model(config):
+    return FailsInEpochTwo(int(config["hidden"]))
