@@ -216,7 +216,8 @@ def _jitter(trial_id: int) -> float:
 
 
 def _lines(ax: Any, data: SweepData, column: Any, *, log: bool = False) -> Counter[str]:
-    """One line per trial; completed ones coloured by stage, pruned and failed ones grey. Returns end reasons."""
+    """One line per trial; completed ones coloured by stage, pruned and failed ones grey. Returns end reasons, with
+    the trials that ended without one finite value to draw (diverged at their first epoch) counted apart."""
     from matplotlib.collections import LineCollection
 
     colors = stage_colors(len(data.stage_spaces))
@@ -227,9 +228,11 @@ def _lines(ax: Any, data: SweepData, column: Any, *, log: bool = False) -> Count
         rows = data.curves.get(t["trial_id"], [])
         points = [(r["epoch"], column(r)) for r in rows]
         points = [(x, y) for x, y in points if y is not None and math.isfinite(y) and (not log or y > 0)]
-        if not points:
-            continue
         live = t["status"] == "completed"
+        if not points:
+            if rows and not live:  # left out of the plot, not out of the legend's counts
+                reasons[f"{t['status']}: {t.get('reason') or '?'}, not drawn (no finite value)"] += 1
+            continue
         if not live:
             reasons[f"{t['status']}: {t.get('reason') or '?'}"] += 1
             ends.append(points[-1])

@@ -334,3 +334,19 @@ def test_failed_trials_are_listed_among_the_warnings(tmp_path):
             f"trials/trials.parquet)")
     assert line in built.warnings
     assert html.escape(line) in built.html
+
+
+def test_trials_without_a_finite_value_are_counted_in_the_legend(tmp_path):
+    # trials that diverged in their first epoch (every value NaN or inf) were left out of the curves and out of the
+    # legend's counts: a sweep with 5 of 10 trials diverged showed "pruned: not_learning (3)" and nothing else
+    from orchestrator.app.report_data import read_sweep
+    from orchestrator.app.report_figures import _lines, new_figure
+
+    config = tmp_path / "huge.toml"
+    config.write_text('[space]\nlr = 1e6\noptimizer = "sgd"\n')
+    result = run_sweep(TINY_TASK, config_file=str(config), trials=2, epochs=2, stages=1, slots=1,
+                       storage=str(tmp_path), name="huge", ensemble=False, executor="processes")
+    data = read_sweep(result.path)
+    assert [t["reason"] for t in data.trials] == ["diverged", "diverged"]
+    reasons = _lines(new_figure(4, 3).subplots(), data, lambda r: r["val_loss"])
+    assert reasons == {"pruned: diverged, not drawn (no finite value)": 2}
