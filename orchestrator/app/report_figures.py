@@ -260,7 +260,7 @@ def _epoch_axis(ax: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: tick 1, not 0.945 ... 1.05
 
 
 def _status_legend(ax: Any, data: SweepData, reasons: Counter[str]) -> None:

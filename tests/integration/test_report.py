@@ -350,3 +350,18 @@ def test_trials_without_a_finite_value_are_counted_in_the_legend(tmp_path):
     assert [t["reason"] for t in data.trials] == ["diverged", "diverged"]
     reasons = _lines(new_figure(4, 3).subplots(), data, lambda r: r["val_loss"])
     assert reasons == {"pruned: diverged, not drawn (no finite value)": 2}
+
+
+def test_a_one_epoch_sweeps_curves_tick_whole_epochs(sweep):
+    # every trial of one epoch: matplotlib's integer locator fell back to ticks at 0.945, 0.96, ... 1.05, epochs that
+    # do not exist
+    from orchestrator.app.report_data import read_sweep
+    from orchestrator.app.report_figures import _lines, new_figure
+
+    data = read_sweep(sweep.path)
+    data.curves = {t: rows[:1] for t, rows in data.curves.items()}
+    ax = new_figure(4, 3).subplots()
+    _lines(ax, data, data.epoch_value)
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert ticks == [1.0]
