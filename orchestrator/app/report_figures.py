@@ -184,7 +184,8 @@ def plot_hyperparameters(data: SweepData, order: Sequence[str] = ()) -> Figure |
     if unique:
         fig.legend(unique.values(), unique.keys(), loc="lower center", bbox_to_anchor=(0.5, 0.0),
                    ncols=min(len(unique), 5), fontsize=9)
-    caption = ("Each dot is a trial's best epoch, coloured by stage (grey: pruned). Shaded spans and the bars along "
+    caption = ("Each dot is a trial's best epoch, coloured by stage (grey: not completed: pruned, failed, or still "
+               "running in a sweep not yet done). Shaded spans and the bars along "
                "the bottom are each stage's sampling range: coarse to fine narrows them, a best value at an edge "
                "extends them. The star is the best trial.")
     return Figure("fig-hyperparameters", f"{data.metric_name} against each hyperparameter", caption, png_bytes(fig))
@@ -231,10 +232,10 @@ def _lines(ax: Any, data: SweepData, column: Any, *, log: bool = False) -> Count
         live = t["status"] == "completed"
         if not points:
             if rows and not live:  # left out of the plot, not out of the legend's counts
-                reasons[f"{t['status']}: {t.get('reason') or '?'}, not drawn (no finite value)"] += 1
+                reasons[f"{_ended(t)}, not drawn (no finite value)"] += 1
             continue
         if not live:
-            reasons[f"{t['status']}: {t.get('reason') or '?'}"] += 1
+            reasons[_ended(t)] += 1
             ends.append(points[-1])
         segs, cols = by_status[live]
         segs.append(points)
@@ -254,6 +255,12 @@ def _lines(ax: Any, data: SweepData, column: Any, *, log: bool = False) -> Count
     _epoch_axis(ax)
     ax.grid(alpha=0.25)
     return reasons
+
+
+def _ended(trial: Mapping[str, Any]) -> str:
+    """A grey line's legend entry: ``pruned: asha_rung_1``; a running trial (no reason yet) is ``running``."""
+    reason = trial.get("reason")
+    return f"{trial['status']}: {reason}" if reason and reason != trial["status"] else trial["status"]
 
 
 def _epoch_axis(ax: Any) -> None:
@@ -291,8 +298,8 @@ def plot_learning_curves(data: SweepData) -> Figure | None:
     units = ", standardised targets" if data.targets_standardised else ""  # not the left panel's units
     right.set_ylabel(f"training loss{units}" + (" (log)" if log else ""))
     right.set_title("training loss per epoch")
-    caption = ("Completed trials in their stage's colour; pruned and failed trials grey, ending in a cross, with "
-               "the pruner's reasons and counts in the legend.")
+    caption = ("Completed trials in their stage's colour; pruned, failed and unfinished trials grey, ending in a "
+               "cross, with the pruner's reasons and counts in the legend.")
     if not log:
         caption += " Training losses on a linear axis: some are at or below 0, which a log axis cannot show."
     return Figure("fig-learning-curves", "Learning curves", caption, png_bytes(fig))

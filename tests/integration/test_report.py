@@ -365,3 +365,17 @@ def test_a_one_epoch_sweeps_curves_tick_whole_epochs(sweep):
     low, high = ax.get_xlim()
     ticks = [t for t in ax.get_xticks() if low <= t <= high]
     assert ticks == [1.0]
+
+
+def test_a_running_sweeps_unfinished_trials_are_not_called_pruned(sweep):
+    # a report drawn while the sweep ran: running trials were grey under a caption saying "grey: pruned", and the
+    # curves' legend named them "running: ?"
+    from orchestrator.app.report_data import read_sweep
+    from orchestrator.app.report_figures import _lines, new_figure, plot_hyperparameters
+
+    data = read_sweep(sweep.path)
+    running = data.trials[0]
+    running.update(status="running", reason=None)
+    reasons = _lines(new_figure(4, 3).subplots(), data, data.epoch_value)
+    assert reasons["running"] == 1 and not any("?" in r for r in reasons)
+    assert "grey: not completed: pruned, failed, or still running" in plot_hyperparameters(data).caption
