@@ -329,9 +329,11 @@ def test_failed_trials_are_listed_among_the_warnings(tmp_path):
     assert all(t["config"]["hidden"] >= 8 for t in trials if t["trial_id"] in failed)
     built = build_report(result.path)
     ids = ", ".join(map(str, failed))
-    line = (f"{len(failed)} failed: RuntimeError: wide model gave up in epoch 2 (second_epoch_failure_task.py:32) "
-            f"(trial{'s' if len(failed) > 1 else ''} {ids}) (each failed trial's traceback: the 'error' column of "
-            f"trials/trials.parquet)")
+    with open(task) as f:
+        raised = next(i for i, text in enumerate(f, 1) if "raise RuntimeError" in text)
+    line = (f"{len(failed)} failed: RuntimeError: wide model gave up in epoch 2 "
+            f"(second_epoch_failure_task.py:{raised}) (trial{'s' if len(failed) > 1 else ''} {ids}) "
+            "(each failed trial's traceback: the 'error' column of trials/trials.parquet)")
     assert line in built.warnings
     assert html.escape(line) in built.html
 

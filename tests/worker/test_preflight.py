@@ -57,6 +57,11 @@ def by_name(report):
     return {c.name: c for c in report.checks}
 
 
+def overfit_row(task: Task):
+    """The "overfit tiny subset" row of ``task``'s checks (2 gradient-checked dimensions: fast)."""
+    return by_name(run_preflight(task, dims_per_tensor=2))["overfit tiny subset"]
+
+
 def test_a_correct_model_passes_every_check():
     report = run_preflight(make_task(), dims_per_tensor=6)
     assert report.passed, report.checks
@@ -526,7 +531,7 @@ def test_the_overfit_check_of_a_regression_is_judged_against_the_targets_spread_
     working = lambda c: nn.Sequential(nn.Linear(4, int(c["hidden"])), nn.Tanh(), nn.Linear(int(c["hidden"]), 1))  # noqa: E731
     standardized = by_name(run_preflight(task(working, True), dims_per_tensor=2))
     assert standardized["overfit tiny subset"].status == PASS, standardized["overfit tiny subset"]
-    raw = by_name(run_preflight(task(working, False), dims_per_tensor=2))["overfit tiny subset"]
+    raw = overfit_row(task(working, False))
     assert raw.status == FAIL and "set standardize_targets = True" in raw.detail, raw
 
 
@@ -585,7 +590,7 @@ def test_a_regressions_own_loss_is_judged_in_its_own_units_by_the_overfit_check(
     blind = by_name(run_preflight(task(lambda c: IgnoresInputs(int(c["hidden"]))), dims_per_tensor=2))
     assert blind["overfit tiny subset"].status == FAIL, blind["overfit tiny subset"]
     working = lambda c: nn.Sequential(nn.Linear(4, int(c["hidden"])), nn.ReLU(), nn.Linear(int(c["hidden"]), 1))  # noqa: E731
-    seeing = by_name(run_preflight(task(working), dims_per_tensor=2))["overfit tiny subset"]
+    seeing = overfit_row(task(working))
     assert seeing.status == PASS, seeing
 
 
@@ -626,9 +631,9 @@ def test_a_custom_loss_that_starts_below_zero_must_still_fall_to_pass_the_overfi
                                     build_model=lambda c: MeanAndLogVariance(int(c["hidden"]), blind))
         return Task("nll", namespace, space, kind="custom", objective="val_nll", mode="min")
 
-    blind = by_name(run_preflight(task(True), dims_per_tensor=2))["overfit tiny subset"]
+    blind = overfit_row(task(True))
     assert blind.status == FAIL, blind
-    seeing = by_name(run_preflight(task(False), dims_per_tensor=2))["overfit tiny subset"]
+    seeing = overfit_row(task(False))
     assert seeing.status == PASS, seeing
 
 
@@ -664,9 +669,9 @@ def test_a_loss_that_views_its_outputs_is_judged_in_its_own_units_too():
                                     build_model=lambda c: TwoOutputs(int(c["hidden"]), blind))
         return Task("two", namespace, space, kind="regression", standardize_targets=False)
 
-    blind = by_name(run_preflight(task(True), dims_per_tensor=2))["overfit tiny subset"]
+    blind = overfit_row(task(True))
     assert blind.status == FAIL and blind.detail.startswith("cannot fit 20 examples"), blind
-    seeing = by_name(run_preflight(task(False), dims_per_tensor=2))["overfit tiny subset"]
+    seeing = overfit_row(task(False))
     assert seeing.status == PASS, seeing
 
 
@@ -690,9 +695,9 @@ def test_a_custom_loss_whose_least_value_is_above_zero_is_judged_against_that_va
                                     build_model=lambda c: MeanAndLogVariance(int(c["hidden"]), blind))
         return Task("counts", namespace, space, kind="custom", objective="val_nll", mode="min")
 
-    seeing = by_name(run_preflight(task(False), dims_per_tensor=2))["overfit tiny subset"]
+    seeing = overfit_row(task(False))
     assert seeing.status == PASS, seeing
-    blind = by_name(run_preflight(task(True), dims_per_tensor=2))["overfit tiny subset"]
+    blind = overfit_row(task(True))
     assert blind.status == FAIL, blind
 
 
