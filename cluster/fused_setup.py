@@ -21,7 +21,7 @@ def choose_backend(
     storage_uri: str,
     name: str,
     stage_trials: Sequence[int],
-    first_pending: Mapping[str, Any] | None,
+    pending_configs: Sequence[Mapping[str, Any]],
     slots: int,
     worker_options: Mapping[str, Any],
     kept: Sequence[Any] = (),
@@ -30,16 +30,16 @@ def choose_backend(
 ) -> tuple[Backend, FusePlan | None]:
     """The backend this sweep runs on, and the fusing decision for the controller (None when fuse is off).
 
-    ``stage_trials``: the plan's trials per stage; ``first_pending``: the config of the first trial to start
-    (the probe trains it), None when no trial waits. ``kept`` (warm actors of an earlier sweep) serve the
-    plain backend only; ``splits`` (the master's data in the object store) reach both. ``task_ref``: the task as
-    the actors load it, when that differs from ``task.ref`` (a folder shipped over Ray Client).
+    ``stage_trials``: the plan's trials per stage; ``pending_configs``: the configs of the first trials to start
+    (the probe trains the first that builds), empty when no trial waits. ``kept`` (warm actors of an earlier sweep)
+    serve the plain backend only; ``splits`` (the master's data in the object store) reach both. ``task_ref``: the
+    task as the actors load it, when that differs from ``task.ref`` (a folder shipped over Ray Client).
     """
     ref = task_ref or task.ref
     resources = Resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.resources)
     blocker, per_member = fusing_limits(task, settings.precision)
     return setup_fusing(
-        settings.fuse, settings.array_size, blocker, per_member, stage_trials, first_pending, slots,
+        settings.fuse, settings.array_size, blocker, per_member, stage_trials, pending_configs, slots,
         open_fused=lambda k: FusedBackend(ref, storage_uri, name, slots, resources, worker_options,
                                           array_size=k, per_member=per_member, splits=splits),
         open_plain=lambda: RayBackend(ref, storage_uri, name, slots, resources, dict(worker_options), kept,

@@ -427,7 +427,7 @@ SHARE_LIMIT_BYTES = 512 * 2**20
 
 
 def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sweep: Storage,
-                 stage_trials: Sequence[int], first_pending: Mapping[str, Any] | None,
+                 stage_trials: Sequence[int], pending_configs: Sequence[Mapping[str, Any]],
                  resuming: bool = False, splits: Any = None) -> tuple[Backend, FusePlan | None]:
     """The backend the trials run on, and the fused set-up's decision for the controller to apply.
 
@@ -461,7 +461,7 @@ def open_backend(task: Task, settings: RunSettings, root: Storage, name: str, sw
 
             worker_options.update(what_workers_are_sent(splits))
         # fused arrays when the model allows (cluster/fused_setup.py), else one trial per actor
-        backend, plan = choose_backend(task, settings, where, name, stage_trials, first_pending, slots,
+        backend, plan = choose_backend(task, settings, where, name, stage_trials, pending_configs, slots,
                                        worker_options, kept[:slots], shared, task_ref=task_ref)
     except CaviarError:
         _end(kept)

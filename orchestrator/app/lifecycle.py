@@ -21,7 +21,7 @@ from orchestrator.decide import interrupt
 from orchestrator.decide.backend import Backend
 from orchestrator.decide.controller import Controller, ControllerOptions, decision_epoch
 from orchestrator.decide.driver import drive
-from orchestrator.decide.fusing import FusePlan, setup_fusing
+from orchestrator.decide.fusing import PROBED_CONFIGS, FusePlan, setup_fusing
 from orchestrator.decide.pruning import (
     PRUNERS,
     UNRECORDED,
@@ -352,10 +352,10 @@ def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, nam
     """
     executor, why = settings.executor_and_why(ray_running=ray_joined())
     controller.event("executor", reason=why, detail={"executor": executor})  # where this run's trials train
-    first_pending = controller.trials[controller.pending[0]].config if controller.pending else None
+    pending_configs = [controller.trials[t].config for t in list(controller.pending)[:PROBED_CONFIGS]]
     stage_trials = [stage.trials for stage in controller.plan]
     if executor == "processes":
-        backend, fusing = open_process_backend(task, settings, root, name, stage_trials, first_pending, splits)
+        backend, fusing = open_process_backend(task, settings, root, name, stage_trials, pending_configs, splits)
     else:
         from cluster.runner import open_backend  # Ray loads here, never at import time
         from worker.check.machine import check_local_devices
@@ -363,7 +363,7 @@ def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, nam
         if not ray_joined():  # a Ray this process joined itself may span machines: its nodes decide
             check_local_devices(settings)
 
-        backend, fusing = open_backend(task, settings, root, name, sweep, stage_trials, first_pending,
+        backend, fusing = open_backend(task, settings, root, name, sweep, stage_trials, pending_configs,
                                        resuming=resumed, splits=splits)
     finished = False
     try:
@@ -376,7 +376,7 @@ def _train(task: Task, settings: RunSettings, root: Storage, sweep: Storage, nam
 
 
 def open_process_backend(task: Task, settings: RunSettings, root: Storage, name: str, stage_trials: Sequence[int],
-                         first_pending: Mapping[str, Any] | None, splits: Any) -> tuple[Backend, FusePlan | None]:
+                         pending_configs: Sequence[Mapping[str, Any]], splits: Any) -> tuple[Backend, FusePlan | None]:
     """Trials in child processes of this one (``executor="processes"``): no Ray, this machine's CPUs; fused
     arrays there when ``fuse`` asks and the model allows (:func:`orchestrator.decide.fusing.setup_fusing`)."""
     from worker.pool.processes import ProcessBackend, local_cpus
@@ -393,7 +393,7 @@ def open_process_backend(task: Task, settings: RunSettings, root: Storage, name:
 
     blocker, per_member = fusing_limits(task, settings.precision)
     return setup_fusing(
-        settings.fuse, settings.array_size, blocker, per_member, stage_trials, first_pending, slots,
+        settings.fuse, settings.array_size, blocker, per_member, stage_trials, pending_configs, slots,
         open_fused=lambda k: FusedProcessBackend(task.ref, root.location, name, slots, options, array_size=k,
                                                  per_member=per_member, splits=splits),
         open_plain=plain,

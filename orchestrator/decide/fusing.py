@@ -186,13 +186,17 @@ def choose_array_size(rates: Mapping[int, float], *, keep: float = 0.9, limit: i
     return min(k for k, r in usable.items() if r >= keep * best)
 
 
+PROBED_CONFIGS = 4  # as the contract check's build_model tries: a config that fails alone passes the probe on
+BUILD_FAILED = "TaskError: build_model raised"  # the probe's error when the config itself cannot be built
+
+
 def setup_fusing(
     fuse: str,
     array_size: int | str,
     blocker: str | None,
     per_member: frozenset[str],
     stage_trials: Sequence[int],
-    first_pending: Mapping[str, Any] | None,
+    pending_configs: Sequence[Mapping[str, Any]],
     workers: int,
     open_fused: Callable[[int], Any],
     open_plain: Callable[[], Any],
@@ -202,7 +206,8 @@ def setup_fusing(
     ``fuse = "off"`` opens the plain backend. With ``auto`` or ``on``: ``blocker`` (the task's own
     training loop or optimizer, mixed precision, another kind: known before any model is built) comes
     first; then ``open_fused(k)``'s first worker, on its own device, trains two members of the first
-    trial's model (does it fuse at all?) and times a short epoch at a few array sizes, and
+    pending trial's model (does it fuse at all? a config whose build_model raises, which fails that trial alone,
+    passes the probe on to the next, up to ``PROBED_CONFIGS``) and times a short epoch at a few array sizes, and
     :func:`choose_array_size` picks K from those numbers. A model that cannot be fused: with ``auto``
     the plain backend, a log line and a ``fusing_off`` plan saying why; with ``on`` a one-line error
     naming the reason (the layer, where one failed). Whatever hosts the workers (Ray actors, child
@@ -232,12 +237,18 @@ def setup_fusing(
             if fixed == 1
             else f"no stage has more trials than workers ({workers}): nothing to put in one array"
         )
-    if blocker or first_pending is None:
+    if blocker or not pending_configs:
         return plain(blocker)
     backend = open_fused(fixed or 1)
     try:
         backend.wait_ready()  # the probe times one worker while the others are idle, not importing torch
-        result = backend.probe(first_pending, [] if fixed else probe_sizes(limit))
+        sizes = [] if fixed else probe_sizes(limit)
+        results = []
+        for config in pending_configs[:PROBED_CONFIGS]:
+            results.append(backend.probe(config, sizes))
+            if not str(results[-1]["error"] or "").startswith(BUILD_FAILED):
+                break
+        result = results[-1] if not results[-1]["error"] else results[0]  # every config failed: the first says why
         rates = result["trials_per_second"]
         if result["error"]:
             backend.close()

@@ -174,3 +174,45 @@ def test_the_set_ups_fuse_plan_is_applied_by_the_controller_with_its_event():
     assert [t.config for t in off.trials.values()] == configs and off.options.fuse_array_size == 0
     assert (off.events[-1]["kind"], off.events[-1]["reason"]) == ("fusing_off", "precision bf16: fused arrays "
                                                                               "train in fp32")
+
+
+class ProbedArrays:
+    """The fused backend's probe as setup_fusing sees it: a config whose build_model raises, or one that fuses."""
+
+    def __init__(self, failing_hidden: set[int]):
+        self.failing, self.probed, self.closed = failing_hidden, [], False
+
+    def wait_ready(self):
+        pass
+
+    def probe(self, config, sizes):
+        self.probed.append(config["hidden"])
+        if config["hidden"] in self.failing:
+            return {"error": f"TaskError: build_model raised ValueError: no layer of width {config['hidden']}",
+                    "trials_per_second": {}}
+        return {"error": None, "engine": "vmap", "device": "cpu", "trials_per_second": {2: 10.0, 4: 30.0},
+                "peak_bytes": None, "free_bytes": None}
+
+    def set_array_size(self, k):
+        self.k = k
+
+    def close(self, finished=False):
+        self.closed = True
+
+
+def test_a_first_trial_whose_model_cannot_be_built_passes_the_probe_on_to_the_next():
+    # fuse = "on" refused the whole sweep ("these trials cannot be fused: TaskError: build_model raised ...") and
+    # "auto" trained every trial unfused, for one config that fails alone, as it would unfused
+    from orchestrator.decide.fusing import setup_fusing
+
+    configs = [{**BASE, "hidden": h} for h in (13, 64, 32)]
+    arrays = ProbedArrays({13})
+    backend, plan = setup_fusing("on", "auto", None, frozenset(), [8, 8], configs, 2,
+                                 open_fused=lambda k: arrays, open_plain=lambda: "plain")
+    assert backend is arrays and plan.fused and arrays.probed == [13, 64]
+    every = ProbedArrays({13, 64, 32})  # every config fails: the first one's error is the reason
+    with pytest.raises(ConfigError, match=r"cannot be fused: TaskError: build_model raised ValueError: no layer of "
+                                          r"width 13$"):
+        setup_fusing("on", "auto", None, frozenset(), [8, 8], configs, 2, open_fused=lambda k: every,
+                     open_plain=lambda: "plain")
+    assert every.probed == [13, 64, 32] and every.closed
