@@ -30,6 +30,7 @@ from orchestrator.app.lifecycle import (
     drive_and_finish,
     result_of,
 )
+from orchestrator.app.lifecycle import log as caviar_log
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.pruning import chance_classes, chance_loss
 from orchestrator.decide.restore import Rebuilt, StoredRows, restore
@@ -223,12 +224,30 @@ def resume_sweep(path: str | os.PathLike[str], *, on_tick: Callable[[Controller]
     task = sweep_task(storage, task, trust_task_code=trust_task_code, purpose="to resume")
     log = SweepLog(storage, record.space, lease=Lease.take_over(storage))
     log.continue_after(record.stages, record.events, record.event_parts)
+    if (unknown_options := pruner_options_unrecorded(record, plugins, path)) is not None:
+        caviar_log.warning("%s", unknown_options)
 
     def first_writes() -> None:
         log.flush(controller, force=True)  # the resume is on disk before any trial runs again
 
     return drive_and_finish(task, settings, Storage.from_uri(root_uri), storage, name, controller, log, resumed=True,
                             first_writes=first_writes, on_tick=on_tick)
+
+
+def pruner_options_unrecorded(record: SweepRecord, plugins: PlugIns, path: str) -> str | None:
+    """What to say when a sweep row written before ``pruner_options`` existed is resumed without its pruner object: the
+    row names the pruner alone, so a run given MedianStoppingPruner(min_trials=2) resumes with its defaults
+    (min_trials=5) and keeps trials it would have pruned. Said, not refused: most such runs used the defaults."""
+    try:
+        stored = json.loads(record.sweep["settings"] or "{}")
+    except (TypeError, ValueError):
+        return None  # the settings property names the broken JSON
+    pruner = record.settings.pruner
+    if "pruner_options" in stored or plugins.pruner is not None or pruner == "none":
+        return None
+    return (f"caviar: this sweep was written by a caviar that did not record its pruner's options: it resumes with "
+            f"the {pruner!r} pruner's defaults. If the run was given a configured pruner object, pass the same to "
+            f"resume_sweep({path!r}, task=..., pruner=...) so that it prunes as the run did")
 
 
 def refuse_other_plugins(stored: RunSettings, plugins: PlugIns) -> None:

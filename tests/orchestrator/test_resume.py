@@ -335,3 +335,21 @@ def test_a_stopped_trial_whose_end_was_cut_short_trains_back_to_its_stop_and_is_
     assert [(a.trial_id, a.until_epoch, a.resume) for a in started] == [(victim.trial_id, victim.epochs_run, True)]
     assert backend.epochs_trained == victim.epochs_run  # back to its stop, not one epoch past it
     assert summary(rebuilt.controller) == summary(whole)
+
+
+def test_a_sweep_from_before_pruner_options_is_resumed_with_a_line_saying_the_pruner_has_its_defaults(tmp_path):
+    from orchestrator.app.lifecycle import PlugIns
+    from orchestrator.app.resume import pruner_options_unrecorded
+    from orchestrator.decide.pruning import MedianStoppingPruner
+
+    settings = settings_for(pruner="median", pruner_options={"min_trials": 2})
+    storage = crashed(tmp_path, settings, crash_at=4)
+    path = str(tmp_path / "crashed")
+    assert pruner_options_unrecorded(read_record(storage), PlugIns(), path) is None  # recorded: resumes as it ran
+    row = storage.read_table(schema.SWEEP_PATH).to_pylist()[0]
+    old = {k: v for k, v in json.loads(row["settings"]).items() if k != "pruner_options"}  # as caviar wrote it before
+    storage.write_table(schema.SWEEP_PATH, schema.to_table([{**row, "settings": json.dumps(old)}], schema.SWEEP))
+    line = pruner_options_unrecorded(read_record(storage), PlugIns(), path)
+    assert "'median' pruner's defaults" in line and f"resume_sweep({path!r}, task=..., pruner=...)" in line
+    given = PlugIns(MedianStoppingPruner(min_trials=2), None, None)
+    assert pruner_options_unrecorded(read_record(storage), given, path) is None
