@@ -245,7 +245,7 @@ def pruner_options_unrecorded(record: SweepRecord, plugins: PlugIns, path: str) 
     pruner = record.settings.pruner
     if "pruner_options" in stored or plugins.pruner is not None or pruner == "none":
         return None
-    return (f"caviar: this sweep was written by a caviar that did not record its pruner's options: it resumes with "
+    return (f"this sweep was written by a caviar that did not record its pruner's options: it resumes with "
             f"the {pruner!r} pruner's defaults. If the run was given a configured pruner object, pass the same to "
             f"resume_sweep({path!r}, task=..., pruner=...) so that it prunes as the run did")
 
