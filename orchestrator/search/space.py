@@ -538,15 +538,19 @@ class SearchSpace(Mapping[str, Any]):
 
         A new range of the same kind keeps the task's ``when`` and ``limits`` unless it gives its own (``when = {}``
         drops the condition): a range alone would quietly draw a momentum for the adam trials, then narrow and rank
-        on it, and extend ``lr`` past the limit the task set."""
+        on it, and extend ``lr`` past the limit the task set. A fixed value keeps the ``when`` too."""
         return self.replace(**{name: parse_param(name, self._inherited(name, spec))
                                for name, spec in overrides.items()})
 
     def _inherited(self, name: str, spec: Any) -> Any:
         declared = self._params.get(name)
-        if not (isinstance(spec, Mapping) and isinstance(declared, Distribution)):
+        if not isinstance(declared, Distribution):
             return spec
         kept = param_to_dict(declared)
+        if not isinstance(spec, Mapping):  # beta1 = 0.9 for a beta1 drawn only when optimizer = adam: a one-option
+            # choice keeps the condition (a fixed value cannot carry one, and 0.9 would reach the sgd trials too)
+            return {"dist": "choice", "options": [spec], "when": kept["when"]} if "when" in kept and \
+                not isinstance(spec, (list, tuple)) else spec
         spec = spec if "dist" in spec else {"dist": kept["dist"], **spec}  # lr = { low = 1e-4, high = 1e-2 }: its kind
         spec = {**spec, "when": kept["when"]} if "when" not in spec and "when" in kept else spec
         if "limits" not in spec and "limits" in kept and spec.get("dist") == kept["dist"] and \

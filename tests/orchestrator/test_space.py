@@ -433,3 +433,15 @@ def test_a_toml_range_without_a_dist_is_of_the_tasks_kind():
     assert narrowed.to_dict()["lr"] == SearchSpace({"lr": loguniform(1e-3, 1e-2, limits=(1e-6, 10.0))}).to_dict()["lr"]
     with pytest.raises(SpaceError, match=r"^parameter 'wd': a range needs its dist \(one of uniform, loguniform"):
         parse_param("wd", {"low": 1e-3, "high": 1e-2})
+
+
+def test_a_fixed_override_of_a_conditional_parameter_keeps_its_condition():
+    space = _optimizer_space().with_overrides({"beta1": 0.9, "schedule": "step", "fixed": 4})
+    configs = sample_configs(space, 60, seed=2)
+    assert {c["beta1"] for c in configs if c["optimizer"] == "adam"} == {0.9}
+    assert all(c["beta1"] is None for c in configs if c["optimizer"] != "adam")  # not 0.9 in the sgd trials
+    assert {c["schedule"] for c in configs if c["optimizer"] == "sgd"} == {None}
+    assert all(c["decay_rate"] is not None for c in configs if c["optimizer"] != "sgd")  # its child still drawn
+    assert space["fixed"] == 4 and space.to_dict()["beta1"]["when"] == {"optimizer": ["adam"]}
+    # the stored space reads back as it was written
+    assert SearchSpace({k: parse_param(k, v) for k, v in space.to_dict().items()}).to_dict() == space.to_dict()
