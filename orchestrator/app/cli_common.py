@@ -6,6 +6,7 @@ line on stderr and exit code 2.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,11 +65,15 @@ def fail(message: str) -> None:
 
 
 @contextmanager
-def exit_on_interrupt(task_ref: str | None = None) -> Iterator[None]:
-    """Ctrl-C or SIGTERM during a sweep: one line saying how to go on, exit 130 (orchestrator/decide/interrupt.py)."""
-    from orchestrator.decide.interrupt import EXIT_CODE, print_ensembles_hint, print_hint
+def exit_on_interrupt(task_ref: str | None = None, what: str = "sweep") -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a sweep: one line saying how to go on, exit 130 (orchestrator/decide/interrupt.py).
+
+    Before the sweep's own handlers are in place (loading the task, its data, the checks) Ctrl-C is a plain
+    KeyboardInterrupt, which typer would end with exit 130 and no word: said here too."""
+    from orchestrator.decide.interrupt import EXIT_CODE, print_ensembles_hint, print_hint, times_entered
     from orchestrator.errors import SweepInterrupted
 
+    entered = times_entered()
     try:
         yield
     except SweepInterrupted as stop:
@@ -79,6 +84,27 @@ def exit_on_interrupt(task_ref: str | None = None) -> Iterator[None]:
         else:
             typer.echo("interrupted before the sweep began: nothing was written", err=True)
         raise typer.Exit(EXIT_CODE) from None
+    except KeyboardInterrupt:
+        began = times_entered() != entered  # a moment between two of the sweep's steps: where it stands is unknown
+        typer.echo(f"interrupted; 'caviar status' on the {what} says where it stands" if began else
+                   f"interrupted before the {what} began (loading the task or its data, or checking them): "
+                   "no trial ran", err=True)
+        raise typer.Exit(EXIT_CODE) from None
+
+
+@contextmanager
+def said_if_interrupted(path: str) -> Iterator[None]:
+    """Ctrl-C while the answer prints or the report draws: the sweep itself is whole, so say that and how to draw it."""
+    from orchestrator.decide.interrupt import EXIT_CODE
+    from orchestrator.store.storage import redact_uri
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        shown = redact_uri(as_typed(path))
+        typer.echo(f"interrupted after the sweep ended: its tables are complete in {shown} (caviar report "
+                   f"{shlex.quote(shown)} draws its report)", err=True)
+        raise typer.Exit(EXIT_CODE) from None
 
 
 def print_result(result: Any, *, report: bool = True, task_ref: str | None = None, helper: Any = None) -> None:
@@ -87,6 +113,11 @@ def print_result(result: Any, *, report: bool = True, task_ref: str | None = Non
 
     ``helper``: a :class:`~orchestrator.app.report_helper.ReportHelper`, asked first so that it draws while
     this prints."""
+    with said_if_interrupted(result.path):
+        _print_result(result, report=report, task_ref=task_ref, helper=helper)
+
+
+def _print_result(result: Any, *, report: bool, task_ref: str | None, helper: Any) -> None:
     from orchestrator.app.answer import edge_lines, ensemble_lines
     from orchestrator.app.tables import open_sweep, read_trials
     from orchestrator.spec.settings import ray_joined

@@ -50,7 +50,7 @@ def resume(
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     helper = ReportHelper.start() if report else None  # as `caviar run`: before torch, Ray or any thread exists
     try:
-        with exit_on_interrupt(task_file_ref(task)), Progress(force_plain=plain) as progress:
+        with exit_on_interrupt(task_file_ref(task), what="resume"), Progress(force_plain=plain) as progress:
             # As `caviar run`; the sweep's stored executor decides whether Ray starts at all.
             quiet_ray(os.path.join(tempfile.gettempdir(), f"caviar-ray-{os.getpid()}.log"))
             result = resume_sweep(sweep, on_tick=progress, task=task, trust_task_code=trust_task_code, **overrides)

@@ -22,7 +22,7 @@ from typing import Any
 from orchestrator.errors import SweepInterrupted
 
 EXIT_CODE = 130  # 128 + SIGINT, what shells report for Ctrl-C
-_state: dict[str, Any] = {"requested": False, "active": False, "signum": 0}
+_state: dict[str, Any] = {"requested": False, "active": False, "signum": 0, "entered": 0}
 
 
 def requested() -> bool:
@@ -33,6 +33,12 @@ def requested() -> bool:
 def handling() -> bool:
     """Whether a sweep's handlers are in place in this thread (inside :func:`stop_on_signals`, main thread)."""
     return _state["active"] and threading.current_thread() is threading.main_thread()
+
+
+def times_entered() -> int:
+    """How often :func:`stop_on_signals` has begun in this process: a plain KeyboardInterrupt with the count unchanged
+    since a command began came before its sweep did (the checks first), when no trial had run."""
+    return _state["entered"]
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
@@ -52,6 +58,7 @@ def stop_on_signals() -> Iterator[None]:
     previous: dict[int, Any] = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     _state["requested"] = False
     _state["active"] = True
+    _state["entered"] += 1
     for signum in previous:
         signal.signal(signum, _handler)
     try:
