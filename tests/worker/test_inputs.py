@@ -6,6 +6,7 @@ In-process on plain data (no Ray): the real trainer, the real contract check, re
 from __future__ import annotations
 
 import os
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -257,3 +258,58 @@ def test_a_task_gives_its_own_statistics_and_gets_exactly_those():
         prepare(((x, y), (x, y), (x, y)), task_statistics=(mean, [1.0, 0.0, 1.0]))
     with pytest.raises(TaskError, match=r"normalize: mean of shape \(4,\) does not fit inputs of shape"):
         prepare(((x, y), (x, y), (x, y)), task_statistics=([0.0, 1.0, 2.0, 3.0], std))
+
+
+class _JoinedIds(nn.Module):
+    """Token ids and two float features joined in one float32 tensor, split again in forward (the ids cast back)."""
+
+    def __init__(self, length: int):
+        super().__init__()
+        self.length = length
+        self.embed = nn.EmbeddingBag(40, 4, mode="mean")
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids, features = x[:, :self.length].long(), x[:, self.length:]
+        return self.out(torch.cat([self.embed(ids), features], 1))
+
+
+def _joined_ids(ids: np.ndarray) -> tuple:
+    rng = np.random.default_rng(1)
+    x = np.concatenate([ids, rng.normal(size=(len(ids), 2))], axis=1).astype(np.float32)
+    y = (ids == 1).any(axis=1).astype(np.int64)
+    split = (x, y)
+    return split, split, split
+
+
+def test_token_ids_given_as_floats_to_a_model_with_an_embedding_are_named(caplog):
+    """Word ids skewed towards small values (as word frequencies are), joined with float features in one float32
+    tensor: caviar standardised them with the features and the embedding saw only rows 0 and 1, without a word (the
+    sweep trained and ranked such models). Ids spread evenly crashed with torch's range error, naming no cause."""
+    import logging
+
+    from worker.check.contract import validate_contract
+
+    rng = np.random.default_rng(0)
+    config = {"lr": 0.05, "batch_size": 16, "optimizer": "adam"}
+    skewed = np.minimum(rng.zipf(1.6, size=(120, 6)), 39)
+    task = plain_task(lambda config: _JoinedIds(6), lambda: _joined_ids(skewed))
+    said = (r"load_data: the inputs are float32 and 6 of their 8 positions hold only whole numbers from 1 to 39, "
+            r"beside a model with an embedding: if they are token ids, caviar standardises them .*; give the ids as "
+            r"int64 \(X.astype\('int64'\), never standardised\), or set normalize = False in the task")
+    with caplog.at_level(logging.WARNING, logger="caviar"):
+        validate_contract(task, [config])
+    assert [r.getMessage() for r in caplog.records if re.match(said, r.getMessage())]
+    even = rng.integers(1, 40, size=(120, 6))
+    task.namespace.load_data = lambda: _joined_ids(even)
+    with pytest.raises(TaskError, match=r"forward pass or loss_fn raised RuntimeError: .*not in the valid range.*; "
+                                        + said):
+        validate_contract(task, [config])
+    # Kept as given, the same ids say nothing; nor do whole-number floats beside a model without an embedding.
+    caplog.clear()
+    quiet = plain_task(lambda config: _JoinedIds(6), lambda: _joined_ids(skewed), normalize=False)
+    no_embedding = plain_task(lambda config: nn.Linear(8, 2), lambda: _joined_ids(even))
+    with caplog.at_level(logging.WARNING, logger="caviar"):
+        validate_contract(quiet, [config])
+        validate_contract(no_embedding, [config])
+    assert not [r for r in caplog.records if "whole numbers" in r.getMessage()]

@@ -37,6 +37,7 @@ from orchestrator.search.probes import Probe
 from orchestrator.search.space import SearchSpace
 from orchestrator.spec.task import Task
 from worker.check.edges import SLOW_CHECK_SECONDS, failing_values
+from worker.check.embedded_ids import standardised_ids_note
 from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.own_loop import check_own_loop
 from worker.check.unread import unread_entries
@@ -213,6 +214,8 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
                 if settings is not None:  # one line when the predictions stored for ensembles would be large
                     warn_if_large(splits, settings, ema=bool(config.get("ema_decay")))
                 warn_if_single_batches(run.model, splits, configs)
+                if (ids := standardised_ids_note(run.model, splits)) is not None:
+                    log.warning(ids)
                 warn_if_batch_of_one_is_searched(run.model, space)
                 warn_if_own_loss_changes_with_units(task, splits, run.model)
             except Exception as exc:  # user code: try the next config, report the first failure
@@ -236,8 +239,20 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
     tried = min(len(configs), CONFIGS_TRIED)
     error = _refuse(task, piece, first)
     about_data = isinstance(first, TaskError) and str(first).startswith("load_data:")  # holds for every config
-    raise TaskError(f"{error} (on each of the sweep's first {tried} configs)" if tried > 1 and not about_data
-                    else str(error)) from first
+    line = f"{error} (on each of the sweep's first {tried} configs)" if tried > 1 and not about_data else str(error)
+    ids = _standardised_ids(task, splits, configs[0]) if piece == "the model's forward pass or loss_fn" else None
+    raise TaskError(line if ids is None else f"{line}; {ids}") from first
+
+
+def _standardised_ids(task: Task, splits: Splits, config: Mapping[str, Any]) -> str | None:
+    """:func:`standardised_ids_note` for a config whose forward pass raised (torch's range error of an embedding fed
+    standardised ids names no cause); None when the model does not build again."""
+    try:
+        with preserved_randomness():
+            model = task.get("build_model")(dict(config))
+    except Exception:  # the refusal stands as it is
+        return None
+    return standardised_ids_note(model, splits) if isinstance(model, torch.nn.Module) else None
 
 
 def warn_about_failing_values(task: Task, splits: Splits, space: SearchSpace, config: Mapping[str, Any], *,
