@@ -313,3 +313,21 @@ def test_token_ids_given_as_floats_to_a_model_with_an_embedding_are_named(caplog
         validate_contract(quiet, [config])
         validate_contract(no_embedding, [config])
     assert not [r for r in caplog.records if "whole numbers" in r.getMessage()]
+
+
+def test_streamed_token_ids_given_as_floats_are_named_too():
+    from worker.check.embedded_ids import standardised_ids_note
+
+    class FloatIds(Dataset):
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return torch.tensor([i % 7, (i + 1) % 7, 0.5 * i], dtype=torch.float32), i % 2
+
+    splits = prepare((FloatIds(), FloatIds(), FloatIds()))
+    assert splits.mean is not None  # floats: standardised, by the load-time pass
+    note = standardised_ids_note(nn.Sequential(nn.EmbeddingBag(10, 4), nn.Linear(4, 2)), splits)
+    assert note is not None and note.startswith("load_data: the inputs are float32 and 2 of their 3 positions hold "
+                                                "only whole numbers from 0 to 6, beside a model with an embedding")
+    assert standardised_ids_note(nn.Linear(3, 2), splits) is None

@@ -19,14 +19,16 @@ SAMPLE = 2048  # rows read
 def standardised_ids_note(model: torch.nn.Module, splits: Splits) -> str | None:
     """One line when float inputs that caviar standardises hold only whole numbers >= 0 in some positions (in their
     first ``SAMPLE`` rows) and the model holds an ``nn.Embedding`` or ``nn.EmbeddingBag`` whose table they fit."""
-    x = splits.x_train
-    if x is None or not x.is_floating_point() or splits.mean is None or splits.std is None or len(x) < 2:
+    if not splits.input_dtype.is_floating_point or splits.mean is None or splits.std is None:
         return None
     sizes = [m.num_embeddings for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))]
     if not sizes:
         return None
+    x = splits.sample_inputs(SAMPLE)[:SAMPLE].cpu()  # standardised, in memory or streamed
+    if len(x) < 2:
+        return None
     # The inputs as load_data gave them, from the first rows: enough to tell ids, without a copy of large images.
-    raw = (x[:SAMPLE].double() * splits.std.double() + splits.mean.double()).flatten(1)
+    raw = (x.double() * splits.std.double().cpu() + splits.mean.double().cpu()).flatten(1)
     whole = (raw - raw.round()).abs() <= 1e-3 + 1e-6 * raw.abs()  # float32's rounding of the standardised values
     varied = raw.amax(dim=0) > raw.amin(dim=0)
     ids = whole.all(dim=0) & (raw.amin(dim=0) > -0.5) & varied & (raw.amax(dim=0) < max(sizes) - 0.5)
