@@ -274,6 +274,18 @@ class _JoinedIds(nn.Module):
         return self.out(torch.cat([self.embed(ids), features], 1))
 
 
+class _PositionEmbedded(nn.Module):
+    """Float features with a learned embedding of their positions (a transformer's), no ids among the inputs."""
+
+    def __init__(self, length: int):
+        super().__init__()
+        self.position = nn.Embedding(length, 1)
+        self.out = nn.Linear(length, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x + self.position(torch.arange(x.shape[1])).squeeze(1))
+
+
 def _joined_ids(ids: np.ndarray) -> tuple:
     rng = np.random.default_rng(1)
     x = np.concatenate([ids, rng.normal(size=(len(ids), 2))], axis=1).astype(np.float32)
@@ -309,9 +321,11 @@ def test_token_ids_given_as_floats_to_a_model_with_an_embedding_are_named(caplog
     caplog.clear()
     quiet = plain_task(lambda config: _JoinedIds(6), lambda: _joined_ids(skewed), normalize=False)
     no_embedding = plain_task(lambda config: nn.Linear(8, 2), lambda: _joined_ids(even))
+    indicators = plain_task(lambda config: _PositionEmbedded(8), lambda: _joined_ids(rng.integers(0, 2, size=(120, 6))))
     with caplog.at_level(logging.WARNING, logger="caviar"):
         validate_contract(quiet, [config])
         validate_contract(no_embedding, [config])
+        validate_contract(indicators, [config])  # 0/1 features: no vocabulary
     assert not [r for r in caplog.records if "whole numbers" in r.getMessage()]
 
 

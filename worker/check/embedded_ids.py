@@ -30,12 +30,13 @@ def standardised_ids_note(model: torch.nn.Module, splits: Splits) -> str | None:
     # The inputs as load_data gave them, from the first rows: enough to tell ids, without a copy of large images.
     raw = (x.double() * splits.std.double().cpu() + splits.mean.double().cpu()).flatten(1)
     whole = (raw - raw.round()).abs() <= 1e-3 + 1e-6 * raw.abs()  # float32's rounding of the standardised values
-    varied = raw.amax(dim=0) > raw.amin(dim=0)
-    ids = whole.all(dim=0) & (raw.amin(dim=0) > -0.5) & varied & (raw.amax(dim=0) < max(sizes) - 0.5)
+    low, high = raw.amin(dim=0), raw.amax(dim=0)
+    # 0/1 indicator features beside a position embedding are not ids: a vocabulary has more than two words
+    ids = whole.all(dim=0) & (low > -0.5) & (high > 1.5) & (high < max(sizes) - 0.5)
     if not bool(ids.any()):
         return None
     dtype = str(x.dtype).removeprefix("torch.")
-    low, high = round(float(raw[:, ids].amin())), round(float(raw[:, ids].amax()))
+    low, high = round(float(low[ids].min())), round(float(high[ids].max()))
     return (f"load_data: the inputs are {dtype} and {int(ids.sum())} of their {raw.shape[1]} positions hold only "
             f"whole numbers from {low} to {high}, beside a model with an embedding: if they are token ids, caviar "
             f"standardises them as it does every float input ((x - mean) / std), so an embedding indexed by them "
