@@ -166,6 +166,9 @@ def test_several_inputs_for_one_model_are_refused_with_what_to_give():
     with pytest.raises(TaskError, match=r"^load_data: train X must be a numpy array or tensor, got tuple; several "
                                         r"inputs \(2 arrays\) are not taken: .*np.concatenate along axis 1"):
         prepare((((x, ids), y), (x, y), (x, y)))
+    with pytest.raises(TaskError, match=r"^load_data: train X must be a numpy array or tensor, got dict; several "
+                                        r"inputs \(2 arrays\) are not taken: .*set normalize = False\)$"):
+        prepare((({"features": x, "ids": ids}, y), (x, y), (x, y)))
 
 
 def test_a_split_of_inputs_targets_and_sample_weights_is_refused_saying_how_long_it_is():

@@ -154,9 +154,11 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
     hint = ""
     if hasattr(value, "to_numpy"):  # pandas and the like: the user picks the dtype, caviar casts nothing
         hint = "; give .to_numpy() with the dtype you mean (float32 features, int64 class indices)"
-    elif isinstance(value, (list, tuple)) and value and all(hasattr(v, "shape") for v in value):
+    elif isinstance(value, (list, tuple, dict)) and value and all(hasattr(v, "shape") for v in (
+            value.values() if isinstance(value, dict) else value)):
         hint = (f"; several inputs ({len(value)} arrays) are not taken: the model gets one tensor, so join them into "
-                "one array (np.concatenate along axis 1) and split it again in forward")
+                "one array (np.concatenate along axis 1) and split it again in forward (float inputs are "
+                "standardised: with token ids among them, set normalize = False)")
     elif isinstance(value, (list, tuple)):
         hint = "; give np.asarray(...) with the dtype you mean"
     raise TaskError(f"load_data: {what} must be a numpy array or tensor, got {type(value).__name__}{hint}")
