@@ -37,6 +37,8 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any],
         labels, unit = [v for v in labels if v != schema.IGNORE_INDEX], "labelled val positions"
     elif labels and dataset.get("target_shape"):  # multi-label: (example, label) pairs, row-major
         return _multilabel_nothing_learned(trials, dataset, labels, val_loss_is_log_loss)
+    if labels and _finite(dataset.get("baseline_objective")):  # ranked by a metric of the task's own
+        return _own_metric_nothing_learned(trials, dataset)
     if labels:  # class indices: soft labels and regression have none here
         accuracies = [t.best_val_accuracy for t in trials if _finite(t.best_val_accuracy)]
         if not accuracies:
@@ -119,6 +121,26 @@ def _multilabel_nothing_learned(trials: list[Any], dataset: Mapping[str, Any], l
     return (f"no trial did clearly better than {answer} ({share:.3f} of {len(labels)} val example-label pairs right; "
             f"log loss {prior:.3f}): the best val accuracy is {best:.3f}; check the ranges (the learning rate first) "
             "and the data")
+
+
+def _own_metric_nothing_learned(trials: list[Any], dataset: Mapping[str, Any]) -> str | None:
+    """:func:`nothing_learned` for a classification ranked by a metric of the task's own: the best trial against the
+    best answer that ignores the inputs, as that metric scored it on validation (worker/train/do_nothing.py). A
+    recall or a calibration error can be won by such an answer, and the sweep then keeps and ensembles a model that
+    learned nothing; a metric it cannot score (a correlation: NaN) stores none and is not judged."""
+    objective, mode = dataset.get("objective"), dataset.get("mode")
+    scores = [t.best_score for t in trials if _finite(t.best_score)]
+    if not scores or mode not in ("min", "max"):
+        return None
+    value = float(dataset["baseline_objective"])
+    best = max(scores)  # scores are higher-is-better: the objective, negated when minimised
+    if best > (value if mode == "max" else -value):
+        return None
+    shown = best if mode == "max" else -best
+    return (f"no trial did better on {objective} than {dataset.get('baseline_answer')}, an answer that ignores the "
+            f"inputs ({objective} {value:.4g} on validation; the best trial {shown:.4g}): {objective} does not "
+            "require learning (a recall or a calibration error alone can be won so); rank by a metric that does, or "
+            "check the ranges (the learning rate first) and the data")
 
 
 def _log_loss_learned(trials: list[Any], labels: list[Any]) -> str | None:

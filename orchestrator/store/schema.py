@@ -180,6 +180,10 @@ DATASET = pa.schema(
         # val_loss is the task's own loss_fn's: no stored column stands for it (only the task's code scores it).
         # null: the kind's default loss, or a sweep from before.
         ("own_loss", pa.bool_()),
+        # A classification ranked by a metric of the task's own: that metric's best value among answers that ignore
+        # the inputs (worker/train/do_nothing.py), and which answer; null: none scores it, or a sweep from before.
+        ("baseline_objective", pa.float64()),
+        ("baseline_answer", pa.string()),
     ]
 )
 

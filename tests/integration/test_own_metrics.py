@@ -79,3 +79,26 @@ def test_a_minimised_metric_of_the_tasks_own_ranks_trials_checkpoints_and_ensemb
     assert single.detail["sweep_objective"] == f"{objective} (min)"
     assert single.detail["val_objective"] == pytest.approx(min(dict(c["metrics"])[objective] for c in kept), rel=1e-3)
     assert chosen.detail["val_objective"] == min(e.detail["val_objective"] for e in records)
+
+
+def test_a_sweep_ranked_by_a_metric_a_constant_answer_wins_says_that_nothing_learned(tmp_path):
+    """The recall of one class is 1.0 for a model that always predicts that class. A sweep ranked by it kept and
+    ensembled whatever reached 1.0 without a word, as caviar judged only its own columns against a do-nothing
+    answer. Now the task's metric scores the constant answers on validation, and a best trial no better than the best
+    of them ends the sweep with a warning and a no_trial_learned event; the mean recall over classes (1/3 for any
+    constant answer) does not."""
+    result = run_sweep(os.path.join(TASKS, "objective46_recall_task.py"), storage=str(tmp_path), name="recall",
+                       plan="2x2", slots=1, seed=0, pruner="none", executor="processes")
+    dataset = schema.read_dataset_row(Storage.from_uri(result.path))
+    assert (dataset["baseline_objective"], dataset["baseline_answer"]) == (1.0, "always predicting class 1")
+    said = [w for w in result.warnings if w.startswith("no trial did better on val_recall1")]
+    assert len(said) == 1 and "than always predicting class 1, an answer that ignores the inputs (val_recall1 1 on " \
+                               "validation; the best trial " in said[0]
+    events = load(result.path).to_pandas("events")
+    assert list(events[events.kind == "no_trial_learned"].reason) == said
+
+    learned = run_sweep(os.path.join(TASKS, "objective46_macro_recall_task.py"), storage=str(tmp_path),
+                        name="macro", plan="2x2", slots=1, seed=0, pruner="none", executor="processes")
+    row = schema.read_dataset_row(Storage.from_uri(learned.path))
+    assert row["baseline_objective"] == pytest.approx(1 / 3)
+    assert not [w for w in learned.warnings if "ignores the inputs" in w]

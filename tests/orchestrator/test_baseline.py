@@ -122,3 +122,23 @@ def test_a_task_with_its_own_loss_is_not_told_that_nothing_learned_by_accuracy_a
                            "aim at")
     multilabel = {"y_val": [0, 0, 0, 1] * 25, "target_shape": [2], "own_loss": True}
     assert "own loss_fn may not aim at" in nothing_learned(trials((0.70, 0.5)), multilabel)
+
+
+def test_a_metric_of_the_tasks_own_is_judged_against_the_best_answer_that_ignores_the_inputs():
+    """The dataset row holds the task metric's best value among constant answers (worker/train/do_nothing.py): a best
+    trial no better than it, in the objective's direction, is named; a better one, or a row without it, is not."""
+    def scored(*scores):
+        return [SimpleNamespace(best_score=s, best_val_accuracy=0.9, best_val_loss=0.3) for s in scores]
+    recall = {"y_val": [0, 1, 2] * 20, "objective": "val_recall1", "mode": "max", "baseline_objective": 1.0,
+              "baseline_answer": "always predicting class 1"}
+    assert nothing_learned(scored(0.95, 1.0, -math.inf), recall) == (
+        "no trial did better on val_recall1 than always predicting class 1, an answer that ignores the inputs "
+        "(val_recall1 1 on validation; the best trial 1): val_recall1 does not require learning (a recall or a "
+        "calibration error alone can be won so); rank by a metric that does, or check the ranges (the learning rate "
+        "first) and the data")
+    ece = {**recall, "objective": "val_ece", "mode": "min", "baseline_objective": 0.0,
+           "baseline_answer": "always predicting the validation class frequencies"}
+    assert "the best trial 0.0129" in nothing_learned(scored(-0.0129), ece)  # scores are the ECE negated
+    f1 = {**recall, "objective": "val_f1", "baseline_objective": 0.11}
+    assert nothing_learned(scored(0.12), f1) is None
+    assert nothing_learned(scored(0.12), {**f1, "baseline_objective": None}) is None  # accuracy 0.9 learned

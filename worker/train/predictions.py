@@ -25,6 +25,7 @@ from orchestrator.store.storage import Storage
 from worker.data import task_globals
 from worker.data.kinds import baseline_val_loss, class_labels, has_label
 from worker.data.splits import Splits
+from worker.train.do_nothing import do_nothing_objective
 from worker.train.trainer import TrialRun
 
 _dataset_written: set[str] = set()  # storage URIs this process has written dataset.parquet to
@@ -50,7 +51,7 @@ def _flat(t: torch.Tensor | None) -> list[float] | None:
 
 def dataset_row(splits: Splits, objective: str | None = None, mode: str | None = None,
                 baseline: float | None = None, output_shape: tuple[int, ...] | None = None,
-                own_loss: bool | None = None) -> dict[str, Any]:
+                own_loss: bool | None = None, do_nothing: tuple[float, str] | None = None) -> dict[str, Any]:
     kind = splits.target_kind
     row = {
         "num_classes": splits.num_classes,
@@ -65,6 +66,8 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
         "baseline_val_loss": baseline,
         "output_shape": None if output_shape is None else list(output_shape),
         "own_loss": own_loss or None,
+        "baseline_objective": None if do_nothing is None else do_nothing[0],
+        "baseline_answer": None if do_nothing is None else do_nothing[1],
     }
     row["task_globals"], row["task_globals_left_out"] = task_globals.encode(splits.task_globals)
     if kind.kind == "custom":  # the task's own targets: what a loaded model needs, and no labels
@@ -118,9 +121,9 @@ def write_dataset(storage: Storage, splits: Splits, objective: str | None = None
     check_stored_labels(storage, splits)  # a worker that loaded its own data, after another wrote the row
     baseline = None if task is None else baseline_val_loss(task, splits.target_kind, splits.y_train, splits.y_val)
     own_loss = task is not None and task.get("loss_fn") is not None
-    storage.write_table(schema.DATASET_PATH,
-                        schema.to_table([dataset_row(splits, objective, mode, baseline, output_shape, own_loss)],
-                                        schema.DATASET))
+    do_nothing = None if task is None else do_nothing_objective(task, splits, objective, mode, output_shape)
+    storage.write_table(schema.DATASET_PATH, schema.to_table(
+        [dataset_row(splits, objective, mode, baseline, output_shape, own_loss, do_nothing)], schema.DATASET))
     _dataset_written.add(storage.uri)
 
 
