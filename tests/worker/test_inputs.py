@@ -348,3 +348,28 @@ def test_streamed_token_ids_given_as_floats_are_named_too():
     assert note is not None and note.startswith("load_data: the inputs are float32 and 2 of their 3 positions hold "
                                                 "only whole numbers from 0 to 6, beside a model with an embedding")
     assert standardised_ids_note(nn.Linear(3, 2), splits) is None
+
+
+def test_an_objective_the_metrics_do_not_return_is_refused_naming_the_metrics_not_the_forward_pass():
+    """objective = "val_f1" beside metrics returning {"val_f1": ...} (caviar adds the prefix: val_val_f1), or metrics
+    that leave the key out where it is undefined, were refused as 'the model's forward pass or loss_fn: objective
+    'val_f1' is not a reported column', blaming code that was fine; a key left out later in the sweep failed trials
+    with those words. Now the line names the metrics and what to return."""
+    from worker.check.contract import validate_contract
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(90, 3)).astype("float32"), rng.integers(0, 2, size=90)
+    config = {"lr": 0.05, "batch_size": 16, "optimizer": "adam"}
+    prefixed = plain_task(lambda config: nn.Linear(3, 2), lambda: ((x, y), (x, y), (x, y)),
+                          metrics=lambda outputs, targets: {"val_f1": 0.5})
+    prefixed.objective, prefixed.mode = "val_f1", "max"
+    with pytest.raises(TaskError, match=r"^task 'inline': objective 'val_f1': metrics returns 'val_f1', which caviar "
+                                        r"reports as 'val_val_f1' \(it adds the split's prefix itself\); return 'f1'"):
+        validate_contract(prefixed, [config])
+    left_out = plain_task(lambda config: nn.Linear(3, 2), lambda: ((x, y), (x, y), (x, y)),
+                          metrics=lambda outputs, targets: {})
+    left_out.objective, left_out.mode = "val_prec1", "max"
+    with pytest.raises(TaskError, match=r"^task 'inline': objective 'val_prec1' is not a reported column \(reported: "
+                                        r"val_accuracy, val_log_loss, val_loss\): metrics must return 'prec1' at every "
+                                        r"evaluation \(NaN where it is undefined\)"):
+        validate_contract(left_out, [config])

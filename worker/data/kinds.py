@@ -578,10 +578,22 @@ def score_of(row: Mapping[str, Any], objective: str, mode: str) -> float:
     if value is None:
         value = (row.get("metrics") or {}).get(objective)
     if value is None:
-        raise TaskError(f"objective {objective!r} is not a reported column "
-                        f"(reported: {', '.join(sorted(reported_columns(row)))})")
+        raise TaskError(missing_objective(row, objective))
     value = float(value)
     return value if mode == "max" else -value
+
+
+def missing_objective(row: Mapping[str, Any], objective: str) -> str:
+    """Why ``objective`` is not in the row, in one line: a name the task's metrics gave with the prefix caviar adds
+    itself, or a metric not returned at this evaluation (it may have been at others: a key left out where the metric
+    is undefined)."""
+    reported = sorted(reported_columns(row))
+    name = objective.removeprefix("val_")
+    if f"val_{objective}" in reported:  # {"val_f1": ...}: caviar names it val_val_f1
+        return (f"objective {objective!r}: metrics returns {objective!r}, which caviar reports as 'val_{objective}' "
+                f"(it adds the split's prefix itself); return {name!r}")
+    return (f"objective {objective!r} is not a reported column (reported: {', '.join(reported)}): metrics must "
+            f"return {name!r} at every evaluation (NaN where it is undefined)")
 
 
 def reported_columns(row: Mapping[str, Any]) -> list[str]:
