@@ -38,10 +38,11 @@ def shown_score(score: float, objective: tuple[str, str] | None) -> tuple[str, f
 
 
 def sweep_objective(storage: Storage) -> tuple[str, str] | None:
-    """The sweep's objective and mode as its workers stored them (None: no trial stored predictions yet)."""
-    from orchestrator.store.sweeps import describe_objective
+    """The sweep's objective and mode (orchestrator.store.sweeps.sweep_objective); None: a sweep from before either
+    was stored, none of whose trials wrote yet."""
+    from orchestrator.store.sweeps import sweep_objective as stored
 
-    return describe_objective(schema.read_dataset_row(storage))
+    return stored(storage)
 
 
 def error_change(single_accuracy: float | None, accuracy: float | None) -> float | None:

@@ -136,7 +136,7 @@ def run_sweep(
 
         store_task_source(sweep, task, config_file)  # the sweep carries its task (orchestrator/spec/task_source.py)
         write_input_statistics(sweep, splits)  # what a resume's workers standardise with
-        log.write_sweep_row(sweep_row(task, settings, space, name))
+        log.write_sweep_row(sweep_row(task, settings, space, name, controller.objective))
 
     return drive_and_finish(task, settings, root, sweep, name, controller, log, resumed=False,
                             first_writes=first_writes, on_tick=on_tick, splits=splits)
@@ -175,8 +175,9 @@ def config_file_path(config_file: object) -> str | None:
     raise ConfigError(f"config_file: expected a TOML file's path, got {type(config_file).__name__}")
 
 
-def sweep_row(task: Task, settings: RunSettings, space: SearchSpace, name: str) -> dict[str, Any]:
-    """What the sweep row records: the task, the settings (plug-ins by name) and the initial space."""
+def sweep_row(task: Task, settings: RunSettings, space: SearchSpace, name: str,
+              objective: tuple[str, str] | None = None) -> dict[str, Any]:
+    """What the sweep row records: the task, the settings (plug-ins by name), the initial space and the objective."""
     return {
         "name": name,
         "task": portable_ref(task.ref),  # never a machine's (or a job's temporary) path
@@ -186,6 +187,8 @@ def sweep_row(task: Task, settings: RunSettings, space: SearchSpace, name: str) 
         "space": schema.json_dumps(space.to_dict(), sort_keys=False),  # order fixes sampling
         "caviar_version": __version__,
         "created": schema.now_ms(),
+        "objective": objective[0] if objective else None,
+        "mode": objective[1] if objective else None,
     }
 
 

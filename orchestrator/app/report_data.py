@@ -18,7 +18,7 @@ from orchestrator.decide.controller import best_trial_rank, completed_stages
 from orchestrator.search.space import Choice, Distribution, SearchSpace, parse_param
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
-from orchestrator.store.sweeps import describe_objective
+from orchestrator.store.sweeps import sweep_objective
 
 HEALTHY_UPDATE_RATIO = 1e-3
 UPDATE_RATIO_BAND = (1e-4, 1e-2)  # a best trial more than 10x away from 1e-3 earns a warning
@@ -112,7 +112,7 @@ def read_sweep(path: str, tables: SweepTables | None = None) -> SweepData:
         stage_spaces=[json.loads(s["space"]) for s in stages], trials=tables.trials.to_pylist(), curves=dict(curves),
         events=tables.events.to_pylist(), diagnostics=read_diagnostics(storage),
         ensembles=read_optional(storage, "ensembles"), tables=tables,
-        targets_standardised=dataset.get("target_std") is not None, objective=describe_objective(dataset),
+        targets_standardised=dataset.get("target_std") is not None, objective=sweep_objective(storage, sweep),
     )
 
 

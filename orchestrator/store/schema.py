@@ -233,6 +233,10 @@ SWEEP = pa.schema(
         ("space", pa.string()),  # JSON of the initial space
         ("caviar_version", pa.string()),
         ("created", TIMESTAMP),
+        # The objective that ranks trials and its mode, as the master found them before any trial: what a score
+        # stands for while no trial has stored the dataset row yet. null: a sweep from before.
+        ("objective", pa.string()),
+        ("mode", pa.string()),
     ]
 )
 

@@ -137,7 +137,7 @@ def describe_sweep(sweep: Storage) -> dict[str, Any]:
         "state": sweep_state(trials, planned, kinds, has_ensembles),
         "trials": len(trials),
         "best_score": max(scores) if scores else None,
-        "objective": describe_objective(schema.read_dataset_row(sweep)),
+        "objective": sweep_objective(sweep, row),
         "ensemble": chosen["name"] if chosen else None,
         "ensemble_test_accuracy": chosen["test_accuracy"] if chosen else None,
         "ensemble_test_mse": chosen.get("test_mse") if chosen else None,  # regression: in the targets' units
@@ -155,6 +155,17 @@ def chosen_objective(chosen: dict[str, Any] | None) -> tuple[str, float] | None:
     if not by or value is None or by in ("val_log_loss", "val_accuracy", "val_mse"):
         return None
     return "test_" + by.removeprefix("val_"), float(value)
+
+
+def sweep_objective(sweep: Storage, row: dict[str, Any] | None = None) -> tuple[str, str] | None:
+    """(objective, mode) of a sweep: as its workers stored them in the dataset row, else as the master recorded them
+    in the sweep row before any trial (a running sweep none of whose trials wrote yet: its scores are the objective,
+    negated when minimised, would read as a negative calibration error). ``row``: the sweep row, read."""
+    found = describe_objective(schema.read_dataset_row(sweep))
+    if found is None and (row is not None or sweep.exists(schema.SWEEP_PATH)):
+        row = row if row is not None else sweep.read_table(schema.SWEEP_PATH).to_pylist()[0]
+        found = describe_objective(row)
+    return found
 
 
 def describe_objective(dataset: dict[str, Any]) -> tuple[str, str] | None:

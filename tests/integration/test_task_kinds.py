@@ -449,6 +449,25 @@ def test_a_sweep_without_predictions_still_names_its_objective(storage_dir):
         load_ensemble(result.path, name="top_k", trust_task_code=True)
 
 
+def test_a_running_sweep_whose_trials_wrote_no_dataset_row_yet_names_its_objective(storage_dir):
+    """The dataset row comes with a trial's first stored checkpoint (every checkpoint_seconds, or its end): until
+    then `caviar status` said 'best: trial 1 (stage 1) score -0.0122' and `caviar top` and `caviar ls` showed the
+    negated score of a calibration error minimised at 0.0122. The master records the objective in the sweep row
+    before any trial; the sweep's folder without its dataset row stands for that moment."""
+    import shutil
+
+    result = sweep("custom_metric_task.py", storage_dir, plan="3x1", ensemble=False, executor="processes")
+    shutil.rmtree(os.path.join(result.path, "dataset"))
+    shown = f"{-result.best_score:.4f}"
+    top = CliRunner().invoke(app, ["top", result.path], env={"COLUMNS": "250"})
+    assert top.exit_code == 0 and "best val_brier" in top.output and shown in top.output
+    assert f"{result.best_score:.4f}" not in top.output
+    status = CliRunner().invoke(app, ["status", result.path], env={"COLUMNS": "250"})
+    assert f") val_brier {shown}:" in status.output
+    listed = CliRunner().invoke(app, ["ls", storage_dir], env={"COLUMNS": "250"})
+    assert f"{shown} (val_brier)" in listed.output
+
+
 def test_float64_regression_outputs_are_stored_and_ensembled_without_rounding_to_float32(tmp_path):
     """Targets near 1e7 with detail below float32's spacing there (a float64 model): every stored prediction read
     back as exactly 1e7, so the ensemble table gave the best single model a val MSE of 0.091 beside its trial's own
