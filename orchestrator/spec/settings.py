@@ -217,6 +217,10 @@ class RunSettings:
         """A copy with ``overrides`` applied; unknown fields are refused by name. ``None`` keeps the value."""
         known = {f.name for f in fields(self)}
         for key in overrides:
+            if key in TASK_FIELDS:  # settings = {"objective": "val_ece"}: say where it belongs
+                given = f"{key} = ..." if overrides[key] is None else f"{key} = {overrides[key]!r}"
+                raise ConfigError(f"setting '{key}': a field of the task, not a run setting: write {given} at the top "
+                                  "level of the task file, beside load_data")
             if key not in known:
                 raise ConfigError(f"setting '{key}': unknown{did_you_mean(key, known)} "
                                   f"(known: {', '.join(sorted(known))})")
@@ -225,6 +229,10 @@ class RunSettings:
         if isinstance(data["storage"], os.PathLike):  # storage=tmp_path: the sweep row and every message hold text
             data["storage"] = os.fspath(data["storage"])
         return RunSettings(**data)
+
+
+# What a task file declares at its top level (orchestrator/spec/task.py), sometimes written among its settings
+TASK_FIELDS = ("objective", "mode", "kind", "metric", "num_classes", "normalize", "standardize_targets")
 
 
 def _int(value: Any) -> bool:

@@ -256,6 +256,20 @@ def test_a_near_miss_of_a_setting_or_parameter_name_is_named():
         SearchSpace({"lr": loguniform(1e-3, 1e-1), "hidden": 8}).replace(depth=3)
 
 
+def test_a_task_field_written_among_the_settings_says_where_it_belongs():
+    """settings = {"objective": "val_ece", "mode": "min"} in a task (or objective under [run] in TOML) was refused as
+    an unknown setting with the list of the known ones, none of which is the objective: nothing said that it is a
+    field of the task itself."""
+    from orchestrator.spec.settings import RunSettings
+
+    with pytest.raises(ConfigError, match=r"^setting 'objective': a field of the task, not a run setting: write "
+                                          r"objective = 'val_ece' at the top level of the task file, beside "
+                                          r"load_data$"):
+        RunSettings().merged({"trials": 4, "objective": "val_ece", "mode": "min"})
+    with pytest.raises(ConfigError, match=r"^setting 'mode': .*: write mode = \.\.\. at the top level"):
+        RunSettings().merged({"mode": None})
+
+
 def test_numpy_options_bounds_and_fixed_values_become_python_values():
     # np.int64 is no int: the trials table would type the column as text and fail at its first write
     space = SearchSpace({"hidden": choice(np.array([8, 16, 32])), "wd": choice(np.logspace(-5, -3, 3)),
