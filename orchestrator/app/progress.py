@@ -314,11 +314,11 @@ def starting_line(address: str | None, slots: int | None, ray_log: str | None, e
     from orchestrator.store.storage import redact_uri
 
     if executor == "processes":
-        workers = f"{slots} worker processes" if slots else "one worker process per CPU"
+        workers = (f"{slots} worker process{'es' if slots > 1 else ''}" if slots else "one worker process per CPU")
         return f"caviar: no Ray; {workers} started by this one once the task's data is loaded and checked"
     where = (f"joining Ray cluster {redact_uri(address)}" if address
              else f"starting local Ray with {os.cpu_count()} CPUs")
-    workers = f"{slots} workers" if slots else "one worker per free CPU"
+    workers = f"{slots} worker{'s' if slots > 1 else ''}" if slots else "one worker per free CPU"
     logs = f"; Ray's own messages: {ray_log}" if ray_log else ""
     return f"caviar: {where}; {workers} will warm up (torch import, data load){logs}"
 
