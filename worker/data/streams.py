@@ -359,9 +359,11 @@ def usable_std(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
     A feature constant in training but not in validation (a rare flag, a border pixel) would otherwise be
     divided by a near-zero scale and reach the model a million times too large; scikit-learn's
-    StandardScaler leaves such features unscaled the same way.
+    StandardScaler leaves such features unscaled the same way. Constant is relative to the feature's own
+    magnitude (its rounding), as scikit-learn's test is: a feature that varies on a tiny scale (a wavelength in
+    metres, 5e-7 +- 1e-7) is scaled like any other, not passed on at 1e-7 where the model cannot see it.
     """
-    constant = std <= 1e-6 * mean.abs().clamp_min(1.0)
+    constant = std <= 1e-6 * mean.abs()
     return torch.where(constant, torch.ones_like(std), std)
 
 
