@@ -257,8 +257,14 @@ def test_a_task_gives_its_own_statistics_and_gets_exactly_those():
     tokens = np.zeros((2, 5), np.int64)
     with pytest.raises(TaskError, match=r"normalize: the task gives \(mean, std\) but the inputs are int64"):
         prepare(((tokens, y), (tokens, y), (tokens, y)), task_statistics=(0.0, 1.0))
-    with pytest.raises(TaskError, match=r"normalize: std must be positive, got 0"):
+    with pytest.raises(TaskError, match=r"normalize: std must be positive, got 0 at input position \(1, 0, 0\)"):
         prepare(((x, y), (x, y), (x, y)), task_statistics=(mean, [1.0, 0.0, 1.0]))
+    # Tabular data's std from x.std(0), with one constant column: which of its features, and what to give instead.
+    table = np.random.default_rng(0).normal(size=(10, 30)).astype(np.float32)
+    table[:, 3] = 1.0
+    with pytest.raises(TaskError, match=r"^normalize: std must be positive, got 0 at input position \(3,\); for a "
+                                        r"feature constant in your data give 1 there \(np.where\(std > 0, std, 1\)\)"):
+        prepare(((table, y.repeat(5)),) * 3, task_statistics=(table.mean(0), table.std(0)))
     with pytest.raises(TaskError, match=r"normalize: mean of shape \(4,\) does not fit inputs of shape"):
         prepare(((x, y), (x, y), (x, y)), task_statistics=([0.0, 1.0, 2.0, 3.0], std))
 

@@ -305,7 +305,10 @@ def task_input_statistics(statistics: Any, input_shape: tuple[int, ...], dtype: 
         out.append(t)
     mean, std = out
     if bool((std <= 0).any()):
-        raise TaskError(f"normalize: std must be positive, got {float(std[std <= 0][0]):g}")
+        where = tuple((std[0] <= 0).nonzero()[0].tolist())  # 30 features: which one is constant in the user's data
+        raise TaskError(f"normalize: std must be positive, got {float(std[0][where]):g} at input position {where}; "
+                        "for a feature constant in your data give 1 there (np.where(std > 0, std, 1)), which centres "
+                        "it as caviar's own statistics do")
     return mean.to(dtype).contiguous(), std.to(dtype).contiguous()
 
 
