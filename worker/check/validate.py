@@ -108,7 +108,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
                         f"{tuple(xb.shape)} ({str(xb.dtype).removeprefix('torch.')}): {_one_line(exc)}") from exc
     if not isinstance(outputs, torch.Tensor):
         raise TaskError(f"the model must return a tensor, got {type(outputs).__name__}")
-    check_outputs(kind, outputs, yb, task)
+    check_outputs(kind, outputs, yb, task, lowest=lowest_class(splits))
     refuse_probability_outputs(kind, outputs)
     check_class_index_dtype(kind, yb, task)
     for split, targets in (("val", splits.y_val), ("test", splits.y_test)):  # test: measured only as trials end
@@ -538,7 +538,18 @@ def refuse_probability_outputs(kind: Any, outputs: torch.Tensor) -> None:
                     f"be computed on {made}({made}(z)); drop the final {layer} and train with {instead}")
 
 
-def check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> None:
+def lowest_class(splits: Splits) -> int | None:
+    """The smallest class index in any split of hard labels, one per example; None for other targets."""
+    kind = splits.target_kind
+    if kind.kind != "classification" or kind.soft or kind.multilabel or kind.per_position:
+        return None
+    found = [int(y.min()) for y in (splits.y_train, splits.y_val, splits.y_test) if y is not None and len(y)]
+    return min(found) if found else None
+
+
+def check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task: Task,
+                  lowest: int | None = None) -> None:
+    """``lowest``: the data's smallest class (:func:`lowest_class`), to name labels counted from 1."""
     if kind.kind == "classification":
         if kind.multilabel:
             refuse_multilabel_shape(kind, outputs, targets)
@@ -562,6 +573,10 @@ def check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task:
                 raise TaskError(f"the model outputs {width} scores per position but the targets hold class 255, as "
                                 f"masks that mark void pixels 255 do: caviar's mark is {IGNORE_INDEX} (torch's "
                                 f"ignore_index): give y.astype('int64') with y[y == 255] = {IGNORE_INDEX}")
+            if lowest is not None and lowest > 0 and width == c - lowest:  # labels 1..K (R, UCI files), K outputs
+                raise TaskError(f"the model outputs {width} scores per {per} but the targets hold classes {lowest} to "
+                                f"{c - 1}, none of them 0: class indices start at 0, so give y - {lowest} (classes 0 "
+                                f"to {width - 1}, one per output)")
             # one output per example for integer targets: most likely a count or a score given as integers
             numbers = ('; if the targets are numbers (counts), give them as floats (y.astype("float32")) with '
                        'kind = "regression"') if width == 1 else ""
