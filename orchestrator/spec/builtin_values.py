@@ -21,6 +21,46 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adam
 SCHEDULES = ("constant", "step", "exponential", "inverse_time", "plateau", "cosine")
 
 
+# The keys each optimizer and schedule of caviar's loop reads (worker/train/optim.py): Adam takes no ``momentum`` (its
+# momentum is ``beta1``), cosine no ``decay_rate``. A key searched where nothing reads it is drawn, recorded, narrowed
+# and charted while every trial trains on without it.
+OPTIMIZER_READS: dict[str, tuple[str, ...]] = {
+    "sgd": (), "momentum": ("momentum",), "nesterov": ("momentum",), "adagrad": ("eps",), "rmsprop": ("rho", "eps"),
+    "adam": ("beta1", "beta2", "eps"), "adamw": ("beta1", "beta2", "eps"),
+}
+SCHEDULE_READS: dict[str, tuple[str, ...]] = {
+    "constant": (), "step": ("decay_rate", "step_epochs"), "exponential": ("decay_rate",),
+    "inverse_time": ("decay_rate",), "plateau": ("decay_rate", "patience"), "cosine": (),
+}
+ALWAYS_READ = ("optimizer", "lr", "weight_decay", "schedule", "batch_size", "ema_decay", "grad_clip")
+
+
+def loop_reads(config: Mapping[str, Any], *, own_optimizer: bool = False) -> set[str]:
+    """The config keys caviar's loop reads for ``config``, as worker/train/optim.py does (a missing or None
+    ``optimizer`` is Adam, a ``schedule`` constant); with the task's own ``build_optimizer``, none of the optimizer's
+    constants (the task reads those itself)."""
+    reads = set(ALWAYS_READ)
+    if not own_optimizer:
+        name = config.get("optimizer")
+        reads.update(OPTIMIZER_READS.get("adam" if name is None else name, OPTIMIZER_DECAYS + ("eps",)))
+    schedule = config.get("schedule")
+    reads.update(SCHEDULE_READS.get("constant" if schedule is None else schedule, ("decay_rate", "step_epochs",
+                                                                                  "patience")))
+    return reads
+
+
+def readers_of(key: str, *, own_optimizer: bool = False) -> str:
+    """Which optimizers or schedules of caviar's loop read ``key`` ('' for a key that is not one of theirs; with the
+    task's own ``build_optimizer``, for an optimizer's key)."""
+    tables = (("schedule", SCHEDULE_READS),) if own_optimizer else (("optimizer", OPTIMIZER_READS),
+                                                                     ("schedule", SCHEDULE_READS))
+    for what, table in tables:
+        names = [name for name, keys in table.items() if key in keys]
+        if names:
+            return f"{what} {' or '.join(names)}"
+    return ""
+
+
 def check_builtin_values(params: Mapping[str, Any], *, own_optimizer: bool = False) -> None:
     """Refuse, in one line naming the parameter, a value caviar's loop cannot use; ``params`` maps a name to a fixed
     value or a distribution (a search space, or one config). ``own_optimizer``: the task's ``build_optimizer`` reads

@@ -6,8 +6,10 @@ import dataclasses
 import json
 from types import SimpleNamespace
 
+import torch
+
 from orchestrator.search.sampler import sample_configs
-from orchestrator.search.space import SearchSpace
+from orchestrator.search.space import SearchSpace, choice
 from orchestrator.spec.task import load_task
 from tests.conftest import ROOT
 from worker.check.unread import KeyReads, unread_entries
@@ -88,3 +90,30 @@ def test_caviar_checks_table_has_a_row_for_the_entries_read():
                                                                           "space: 'batchsize' = 32"]
     tiny = run_preflight(load_task(f"{TASKS}/tiny_task.py"))
     assert next(c for c in tiny.checks if c.name == "space entries read").status == "pass"
+
+
+def test_an_optimizer_or_schedule_key_that_no_trials_optimizer_or_schedule_reads_is_named():
+    lines = entries(load_task(f"{TASKS}/unread_optimizer_keys_task.py"))
+    assert [line.split(" is read")[0] for line in lines] == [
+        "space: searched 'momentum'", "space: searched 'rho'", "space: searched 'decay_rate'"]  # beta2: Adam's
+    assert lines[0].endswith("caviar's loop reads it only with optimizer momentum or nesterov, which no trial here "
+                             "trains with (Adam's and AdamW's momentum is beta1); leave it out of the space")
+    assert "only with schedule step or exponential or inverse_time or plateau" in lines[2]
+
+
+def test_an_optimizer_key_read_by_one_option_of_a_choice_or_by_the_tasks_own_optimizer_is_read():
+    task = load_task(f"{TASKS}/unread_optimizer_keys_task.py")
+    space = dict(task.get("space"), optimizer=choice(["adam", "momentum", "rmsprop"]),
+                 schedule=choice(["cosine", "step"]))
+    assert entries(dataclasses.replace(task, namespace=SimpleNamespace(**{**vars(task.namespace), "space": space}))) \
+        == []  # the first configs may all be Adam: the options decide
+
+    def own(config, params):  # reads momentum itself; caviar's loop then reads none of the optimizer's constants
+        return torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"])
+
+    lines = entries(dataclasses.replace(task, namespace=SimpleNamespace(**{**vars(task.namespace),
+                                                                            "build_optimizer": own})))
+    assert [line.split(" is read")[0] for line in lines] == [
+        "space: searched 'rho'", "space: searched 'beta2'", "space: searched 'decay_rate'"]
+    assert lines[0].endswith("read it in build_model or build_optimizer, or leave it out of the space")
+    assert "caviar's loop reads it only with schedule step or exponential" in lines[2]

@@ -22,10 +22,13 @@ import torch
 
 from orchestrator.search.probes import LOOP_KEYS, edge_probes
 from orchestrator.search.space import Choice, SearchSpace
+from orchestrator.spec.builtin_values import loop_reads, readers_of
 from orchestrator.spec.task import Task
 from worker.data.splits import Splits
 
 log = logging.getLogger("caviar")
+# What a user searching a key for another optimizer likely meant (fastai and Keras call Adam's beta1 its momentum)
+_USED_INSTEAD = {"momentum": " (Adam's and AdamW's momentum is beta1)", "rho": " (Adam's second-moment decay is beta2)"}
 BUDGET_SECONDS = 1.0  # meta builds take milliseconds; a task slower than this is not followed further
 
 
@@ -119,6 +122,12 @@ def _configs_to_build(space: SearchSpace, configs: Sequence[Mapping[str, Any]]) 
     return base + options
 
 
+def _possible(space: SearchSpace, name: str) -> list[Any]:
+    """Every value ``name`` takes in a trial: a choice's options, the fixed value, or None (absent: the default)."""
+    value = space.get(name)
+    return list(value.options) if isinstance(value, Choice) else [value]
+
+
 def unread_entries(task: Task, splits: Splits, space: SearchSpace,
                    configs: Sequence[Mapping[str, Any]]) -> list[str]:
     """One warning line per entry of ``space`` that neither the task's builds nor caviar's loop read, on the
@@ -130,16 +139,26 @@ def unread_entries(task: Task, splits: Splits, space: SearchSpace,
     if asked is None:
         return []
     active = {k for config in built for k, v in config.items() if v is not None}
+    # caviar's loop reads a key only for the optimizer or schedule that takes it: momentum beside Adam is never used
+    own_optimizer = task.get("build_optimizer") is not None
+    loop_read = {k for optimizer in _possible(space, "optimizer") for schedule in _possible(space, "schedule")
+                 for k in loop_reads({"optimizer": optimizer, "schedule": schedule}, own_optimizer=own_optimizer)}
+    adam = not own_optimizer and bool({"adam", "adamw", None} & set(_possible(space, "optimizer")))
     names = list(space)
-    unread = [k for k in names if k in active and k not in asked and k not in LOOP_KEYS]
+    unread = [k for k in names if k in active and k not in asked and k not in loop_read]
     missing = sorted(k for k in asked if isinstance(k, str) and k not in active and k not in names)
     lines = []
     for name in unread:
         entry = f"searched '{name}'" if name in space.searched else f"'{name}' = {space[name]!r}"
-        close = difflib.get_close_matches(name, missing + sorted(LOOP_KEYS), n=1, cutoff=0.75)
-        hint = (f"build_model asks for '{close[0]}', which the space does not give: did you mean it?"
+        close = difflib.get_close_matches(name, [k for k in missing + sorted(LOOP_KEYS) if k != name], n=1, cutoff=0.75)
+        readers = readers_of(name, own_optimizer=own_optimizer)
+        hint = (f"caviar's loop reads it only with {readers}, which no trial here trains with"
+                f"{_USED_INSTEAD.get(name, '') if adam else ''}; leave it out of the space"
+                if readers
+                else f"build_model asks for '{close[0]}', which the space does not give: did you mean it?"
                 if close and close[0] in missing else f"did you mean '{close[0]}'?" if close
-                else "read it in build_model, or leave it out of the space")
+                else f"read it in build_model{' or build_optimizer' if own_optimizer else ''}, or leave it out "
+                     "of the space")
         lines.append(f"space: {entry} is read by neither build_model nor caviar's training loop, so every trial "
                      f"trains as if it were not there; {hint}")
     return lines
