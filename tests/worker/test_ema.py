@@ -196,3 +196,43 @@ def test_a_buffer_the_forward_pass_creates_or_resizes_is_taken_not_averaged():
     ema.update(model)
     assert ema.module.mask.shape == (5, 5) and torch.equal(ema.module.mask, model.mask)
     assert torch.isfinite(ema.module(torch.randn(1, 5, 2))).all()
+
+
+def test_ema_decays_above_what_the_warm_up_reaches_give_the_same_weights_and_are_named_before_the_sweep(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from orchestrator.search.space import SearchSpace, one_minus_loguniform
+    from orchestrator.spec.task import load_task
+    from tests.conftest import ROOT
+    from worker.check.contract import validate_contract
+    from worker.data.splits import prepare
+    from worker.train.trainer import TrialRun, TrialSpec
+
+    task = load_task(f"{ROOT}/tests/tasks/tiny_task.py")  # 180 examples at batch_size 32: 6 steps an epoch
+    splits = prepare(task.get("load_data")())
+
+    def ema_weights(decay: float) -> dict[str, torch.Tensor]:
+        config = {"lr": 0.05, "optimizer": "adam", "hidden": 8, "batch_size": 32, "ema_decay": decay}
+        run = TrialRun(task, splits, TrialSpec(0, 1, config, seed=3, max_epochs=2), torch.device("cpu"))
+        run.train_epoch(), run.train_epoch()
+        return run.weights_state("ema")
+
+    # 12 updates: the warm-up's last decay is 12 / 21 = 0.571, so 0.6 and 0.99 average the very same way
+    same, other = ema_weights(0.6), ema_weights(0.99)
+    assert all(torch.equal(same[k], other[k]) for k in same)
+    assert not all(torch.equal(same[k], v) for k, v in ema_weights(0.5).items())
+
+    space = SearchSpace(dict(task.get("space"), ema_decay=one_minus_loguniform(0.5, 0.99)))
+    config = {"lr": 0.05, "optimizer": "adam", "hidden": 8, "batch_size": 32, "ema_decay": 0.9}
+    with caplog.at_level(logging.WARNING, logger="caviar"):
+        validate_contract(task, [config], SimpleNamespace(epochs=2, trials=4), space)
+    said = [r.getMessage() for r in caplog.records if "ema_decay" in r.getMessage()]
+    assert said == ["space: ema_decay searched up to 0.99, but the EMA's warm-up, min(ema_decay, (1 + t) / (10 + t)) "
+                    "at its update t, reaches only 0.5714 by the end of the sweep's longest trials (12 optimizer "
+                    "steps: 2 epochs of 180 examples at batch_size 32): every ema_decay from 0.5714 up gives the same "
+                    "EMA weights; search ema_decay below it, or train for more steps"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="caviar"):  # 200 epochs: 1200 updates reach 0.99
+        validate_contract(task, [config], SimpleNamespace(epochs=200, trials=4), space)
+    assert not [r for r in caplog.records if "ema_decay" in r.getMessage()]

@@ -37,6 +37,7 @@ from orchestrator.search.probes import Probe
 from orchestrator.search.space import SearchSpace
 from orchestrator.spec.task import Task
 from worker.check.edges import SLOW_CHECK_SECONDS, failing_values
+from worker.check.ema_reach import warn_if_ema_decay_unreached
 from worker.check.embedded_ids import standardised_ids_note
 from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.own_loop import check_own_loop
@@ -216,6 +217,7 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
                 warn_if_single_batches(run.model, splits, configs)
                 if (ids := standardised_ids_note(run.model, splits)) is not None:
                     log.warning(ids)
+                warn_if_ema_decay_unreached(task, splits, space, settings)
                 warn_if_batch_of_one_is_searched(run.model, space)
                 warn_if_own_loss_changes_with_units(task, splits, run.model)
             except Exception as exc:  # user code: try the next config, report the first failure

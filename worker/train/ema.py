@@ -1,4 +1,5 @@
-"""Exponential moving average of a model's weights, with warm-up (as timm's ModelEmaV3).
+"""Exponential moving average of a model's weights, with warm-up (as TensorFlow's ExponentialMovingAverage with
+``num_updates``; the copy updated by lerp as timm's ModelEmaV3).
 
 Batch norm: the running mean and variance are averaged like the weights (floating-point
 buffers follow the same EMA, but entries that are not finite, a causal mask's -inf, are copied);
