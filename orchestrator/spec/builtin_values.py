@@ -32,15 +32,18 @@ SCHEDULE_READS: dict[str, tuple[str, ...]] = {
     "constant": (), "step": ("decay_rate", "step_epochs"), "exponential": ("decay_rate",),
     "inverse_time": ("decay_rate",), "plateau": ("decay_rate", "patience"), "cosine": (),
 }
-ALWAYS_READ = ("optimizer", "lr", "weight_decay", "schedule", "batch_size", "ema_decay", "grad_clip")
+ALWAYS_READ = ("schedule", "batch_size", "ema_decay", "grad_clip")
+BUILT_OPTIMIZER_READS = ("optimizer", "lr", "weight_decay")  # by caviar's own build_optimizer alone
 
 
 def loop_reads(config: Mapping[str, Any], *, own_optimizer: bool = False) -> set[str]:
     """The config keys caviar's loop reads for ``config``, as worker/train/optim.py does (a missing or None
-    ``optimizer`` is Adam, a ``schedule`` constant); with the task's own ``build_optimizer``, none of the optimizer's
-    constants (the task reads those itself)."""
+    ``optimizer`` is Adam, a ``schedule`` constant); with the task's own ``build_optimizer``, not the optimizer's
+    ``lr``, ``weight_decay`` or constants: the task's optimizer reads what it reads, and the schedule starts from
+    the rate it was built with."""
     reads = set(ALWAYS_READ)
     if not own_optimizer:
+        reads.update(BUILT_OPTIMIZER_READS)
         name = config.get("optimizer")
         reads.update(OPTIMIZER_READS.get("adam" if name is None else name, OPTIMIZER_DECAYS + ("eps",)))
     schedule = config.get("schedule")

@@ -15,8 +15,7 @@ from tiny_task import load_data  # noqa: E402, F401
 
 from orchestrator.search.space import choice, loguniform, randint, uniform  # noqa: E402
 
-space = {
-    "lr": loguniform(1e-2, 3e-1),
+space = {  # no 'lr': its own build_optimizer sets the rate from these two
     "head_lr": loguniform(1e-3, 1e-1),
     "arch": choice(["mlp", "conv"]),
     "kernel": choice([1, 3]),

@@ -113,7 +113,22 @@ def test_an_optimizer_key_read_by_one_option_of_a_choice_or_by_the_tasks_own_opt
 
     lines = entries(dataclasses.replace(task, namespace=SimpleNamespace(**{**vars(task.namespace),
                                                                             "build_optimizer": own})))
-    assert [line.split(" is read")[0] for line in lines] == [
-        "space: searched 'rho'", "space: searched 'beta2'", "space: searched 'decay_rate'"]
-    assert lines[0].endswith("read it in build_model or build_optimizer, or leave it out of the space")
-    assert "caviar's loop reads it only with schedule step or exponential" in lines[2]
+    assert [line.split(" is read")[0] for line in lines] == [  # its SGD is no Adam: 'optimizer' is not read either
+        "space: 'optimizer' = 'adam'", "space: searched 'rho'", "space: searched 'beta2'",
+        "space: searched 'decay_rate'"]
+    assert lines[1].endswith("read it in build_model or build_optimizer, or leave it out of the space")
+    assert "caviar's loop reads it only with schedule step or exponential" in lines[3]
+
+
+def test_a_searched_lr_or_weight_decay_the_tasks_own_optimizer_ignores_is_named():
+    task = load_task(f"{TASKS}/unread_optimizer_keys_task.py")
+    space = {"lr": task.get("space")["lr"], "weight_decay": 1e-4, "batch_size": 32}
+
+    def fixed_rate(config, params):  # the task's optimizer sets its own rate: the searched lr never reaches it
+        return torch.optim.Adam(params, lr=1e-3, weight_decay=config["weight_decay"])
+
+    lines = entries(dataclasses.replace(task, namespace=SimpleNamespace(
+        **{**vars(task.namespace), "space": space, "build_optimizer": fixed_rate})))
+    assert lines == ["space: searched 'lr' is read by neither build_model nor caviar's training loop, so every trial "
+                     "trains as if it were not there; read it in build_model or build_optimizer, or leave it out of "
+                     "the space"]
