@@ -132,3 +132,20 @@ def test_a_searched_lr_or_weight_decay_the_tasks_own_optimizer_ignores_is_named(
     assert lines == ["space: searched 'lr' is read by neither build_model nor caviar's training loop, so every trial "
                      "trains as if it were not there; read it in build_model or build_optimizer, or leave it out of "
                      "the space"]
+
+
+def test_builds_cut_short_by_the_time_budget_make_no_claim():
+    import time
+
+    task = load_task(f"{TASKS}/unread_branches_task.py")
+    plain = task.get("build_model")
+
+    def slow_mlp(config):  # a cold first build (the master's first meta tensors): the conv branch is never reached
+        if config["arch"] == "mlp":
+            time.sleep(0.6)
+        return plain(config)
+
+    space = SearchSpace(task.get("space"))
+    mlp_first = [dict(c, arch="mlp") for c in sample_configs(space, 4, seed=1)]  # then each option: conv reads kernel
+    slow = dataclasses.replace(task, namespace=SimpleNamespace(**{**vars(task.namespace), "build_model": slow_mlp}))
+    assert unread_entries(slow, prepare(task.get("load_data")()), space, mlp_first) == []
