@@ -856,3 +856,25 @@ def test_an_fp16_trial_resumes_with_its_loss_scale():
     resumed = make()
     resumed.load_resume_state(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     assert [resumed.train_epoch()["val_loss"] for _ in range(2)] == expected[3:]
+
+
+@pytest.mark.parametrize("values, said", [
+    ({"optimizer": "nesterov", "momentum": 0.0},
+     "optimizer 'nesterov' with lr 0.05, momentum 0.0: torch refused these config values (Nesterov momentum requires a "
+     "momentum and zero dampening); keep them in range in the space"),
+    ({"optimizer": "adam", "beta1": 1.0},
+     "optimizer 'adam' with lr 0.05, beta1 1.0: torch refused these config values (Invalid beta parameter at index 0: "
+     "1.0); keep them in range in the space"),
+    ({"optimizer": "adam", "schedule": "plateau", "decay_rate": 1.5},
+     "schedule 'plateau' with decay_rate 1.5: torch refused these config values (Factor should be < 1.0.); keep them "
+     "in range in the space"),
+])
+def test_config_values_torchs_optimizer_or_schedule_refuses_are_named_as_config_values_not_as_the_forward_pass(
+        values, said):
+    from orchestrator.errors import TaskError
+
+    task = load_task(TINY_TASK)
+    config = {"lr": 0.05, "hidden": 8, "batch_size": 32, **values}
+    with pytest.raises(TaskError) as refused:
+        validate_contract(task, [config])
+    assert str(refused.value) == f"task {task.ref!r}: {said}"

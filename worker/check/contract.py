@@ -98,7 +98,7 @@ def _refuse(task: Task, piece: str, exc: BaseException) -> TaskError:
         text = str(exc)  # caviar's own check: its message names what is wrong
         # e.g. inputs of another dtype than the model: the data; outputs that broadcast against targets: the loss
         named = text.startswith((piece, "load_data:", "loss_fn", "metrics", "the backward pass", "build_optimizer",
-                                 "mode = ", "objective "))
+                                 "mode = ", "objective ", "optimizer '", "schedule '"))
         return TaskError(f"task {task.ref!r}: {text if named else f'{piece}: {text}'}")
     return TaskError(f"task {task.ref!r}: {piece} raised {describe(exc)}")
 

@@ -10,13 +10,14 @@ inverse_time, plateau, cosine), ``decay_rate``, ``step_epochs``. A key whose val
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from orchestrator.errors import ConfigError
-from orchestrator.spec.builtin_values import OPTIMIZERS, SCHEDULES
+from orchestrator.errors import ConfigError, TaskError
+from orchestrator.spec.builtin_values import OPTIMIZER_READS, OPTIMIZERS, SCHEDULE_READS, SCHEDULES
 
 
 def setting(config: Mapping[str, Any], key: str, default: Any) -> Any:
@@ -27,6 +28,15 @@ def setting(config: Mapping[str, Any], key: str, default: Any) -> Any:
 
 def build_optimizer(config: Mapping[str, Any], params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     name = str(setting(config, "optimizer", "adam"))
+    params = list(params)
+    if not params:  # torch's own "empty parameter list": no config value is at fault
+        return _optimizer(name, config, params)
+    read = ("lr", "weight_decay", *OPTIMIZER_READS.get(name, ()))
+    with _refused_values(f"optimizer {name!r}", config, read):
+        return _optimizer(name, config, params)
+
+
+def _optimizer(name: str, config: Mapping[str, Any], params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     lr = float(setting(config, "lr", 1e-3))
     wd = float(setting(config, "weight_decay", 0.0))
     momentum = float(setting(config, "momentum", 0.9))
@@ -50,6 +60,23 @@ def build_optimizer(config: Mapping[str, Any], params: Iterable[torch.nn.Paramet
 def build_schedule(config: Mapping[str, Any], optimizer: torch.optim.Optimizer, epochs: int) -> Any:
     """A per-epoch scheduler (``step()`` once an epoch; ``plateau`` takes the validation loss)."""
     name = str(setting(config, "schedule", "constant"))
+    with _refused_values(f"schedule {name!r}", config, SCHEDULE_READS.get(name, ())):
+        return _schedule(name, config, optimizer, epochs)
+
+
+@contextmanager
+def _refused_values(what: str, config: Mapping[str, Any], keys: Iterable[str]) -> Iterator[None]:
+    """torch's refusal of a config's values (a nesterov momentum of 0, a plateau factor of 1.5) as one line naming
+    the config keys, not as an error of the model's forward pass."""
+    try:
+        yield
+    except ValueError as exc:
+        given = ", ".join(f"{k} {config[k]!r}" for k in keys if config.get(k) is not None)
+        raise TaskError(f"{what}{f' with {given}' if given else ''}: torch refused these config values "
+                        f"({exc}); keep them in range in the space") from None
+
+
+def _schedule(name: str, config: Mapping[str, Any], optimizer: torch.optim.Optimizer, epochs: int) -> Any:
     rate = float(setting(config, "decay_rate", 0.5))
     sched = torch.optim.lr_scheduler
     if name == "constant":
