@@ -74,12 +74,25 @@ def test_a_correct_model_passes_every_check():
     assert report.config["dropout"] == 0.0  # regularisation off
 
 
-def test_wrong_loss_scaling_fails_the_initial_loss():
-    report = run_preflight(make_task(loss_fn=lambda logits, y: 10 * F.cross_entropy(logits, y)), dims_per_tensor=3)
-    checks = by_name(report)
-    assert checks["initial loss"].status == FAIL
-    assert float(checks["initial loss"].value) > 5 * math.log(3)
-    assert not report.passed
+def test_a_loss_of_the_tasks_own_is_judged_at_its_own_value_for_uniform_outputs():
+    # A class-weighted, focal or scaled cross-entropy starts away from ln C on purpose: before, each FAILED the row
+    # ("off by 61%" for a pos_weight-like weighting), so a correct task failed `caviar check`.
+    weight = torch.tensor([1.0, 5.0, 0.2])
+    for loss_fn in (lambda logits, y: 10 * F.cross_entropy(logits, y),
+                    lambda logits, y: F.cross_entropy(logits, y, weight=weight),
+                    lambda logits, y: F.nll_loss(F.log_softmax(logits, 1), y, reduction="sum") / 7):
+        row = by_name(run_preflight(make_task(loss_fn=loss_fn), dims_per_tensor=2))["initial loss"]
+        assert row.status == PASS and row.expected.startswith("the task's loss_fn at uniform outputs = "), row
+    # What the row is for still holds: logits far from uniform at the start fail against the loss's own value.
+    def loud(config):
+        model = mlp(config)
+        with torch.no_grad():
+            model[-1].weight.mul_(40.0)
+        return model
+
+    report = run_preflight(make_task(build_model=loud, loss_fn=lambda o, y: 10 * F.cross_entropy(o, y)),
+                           dims_per_tensor=2)
+    assert by_name(report)["initial loss"].status == FAIL and not report.passed
 
 
 class BrokenSquare(torch.autograd.Function):

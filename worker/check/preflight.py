@@ -192,14 +192,24 @@ def l2_term(model: nn.Module) -> torch.Tensor:
 def check_initial_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, num_classes: int | None,
                        *, tolerance: float = INITIAL_LOSS_TOLERANCE, expected: float | None = None,
                        kind: TargetKind | None = None, own_loss: bool = False) -> CheckResult:
-    """Classification: ``ln C`` (near-uniform softmax). Regression with the MSE: ``mean(y^2)`` = variance +
-    mean^2 of the targets (an untrained model predicts near 0), a warning when off. Custom, or a regression
-    trained by its own ``loss_fn`` (``own_loss``: a Poisson or pinball loss is no MSE): only ``expected``."""
+    """Classification: ``ln C`` (near-uniform softmax); with the task's own ``loss_fn`` (``own_loss``: a focal, a
+    class-weighted or a label-smoothed loss is no plain cross-entropy), that loss at uniform outputs. Regression with
+    the MSE: ``mean(y^2)`` = variance + mean^2 of the targets (an untrained model predicts near 0), a warning when
+    off. Custom, or a regression trained by its own ``loss_fn`` (a Poisson or pinball loss is no MSE): only
+    ``expected``."""
     kind = kind or TargetKind("classification", num_classes=num_classes)
     with torch.no_grad():
-        loss = float(loss_fn(model(x), y))
+        outputs = model(x)
+        loss = float(loss_fn(outputs, y))
+        uniform = _loss_at_uniform(loss_fn, outputs, y, kind) if kind.kind == "classification" and own_loss else None
     if expected is not None:
         target, what, miss = expected, f"{expected:.4f}", FAIL
+    elif uniform is not None:
+        target, what, miss = uniform, f"the task's loss_fn at uniform outputs = {uniform:.4f}", FAIL
+    elif kind.kind == "classification" and own_loss:
+        return CheckResult("initial loss", WARN if not math.isfinite(loss) else PASS, f"{loss:.4f}", "-",
+                           "the task's own loss_fn gives no finite loss at uniform outputs: pass --expected-loss to "
+                           "judge the initial loss")
     elif kind.kind == "classification":
         target = math.log(kind.num_classes or 1)
         what, miss = f"ln {kind.num_classes} = {target:.4f}", FAIL
@@ -217,6 +227,19 @@ def check_initial_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_
     return CheckResult("initial loss", PASS if ok else (FAIL if not math.isfinite(loss) else miss), f"{loss:.4f}",
                        f"{what} (±{tolerance:.0%})",
                        "" if ok else f"off by {off:.0%}: check the loss scaling and the last layer's initialisation")
+
+
+def _loss_at_uniform(loss_fn: Any, outputs: torch.Tensor, y: torch.Tensor, kind: TargetKind) -> float | None:
+    """The task's loss for outputs that say nothing: every class equally likely. Scores of ``log(1/C)`` are uniform
+    both as logits and as log-probabilities (a LogSoftmax head); a sigmoid head (one logit, or multi-label) takes 0.
+    None when the loss raises on them or is not finite."""
+    one_logit = outputs.dim() == 2 and outputs.shape[1] == 1
+    fill = 0.0 if kind.multilabel or one_logit else -math.log(kind.num_classes or outputs.shape[1])
+    try:
+        value = float(loss_fn(torch.full_like(outputs, fill), y))
+    except Exception:  # user code that cannot take them: the row says to pass --expected-loss
+        return None
+    return value if math.isfinite(value) else None
 
 
 def check_regularisation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any,
