@@ -136,7 +136,8 @@ def run_sweep(
 
         store_task_source(sweep, task, config_file)  # the sweep carries its task (orchestrator/spec/task_source.py)
         write_input_statistics(sweep, splits)  # what a resume's workers standardise with
-        log.write_sweep_row(sweep_row(task, settings, space, name, controller.objective))
+        log.write_sweep_row({**sweep_row(task, settings, space, name, controller.objective),
+                             "feature_names": list(splits.feature_names) if splits.feature_names else None})
 
     return drive_and_finish(task, settings, root, sweep, name, controller, log, resumed=False,
                             first_writes=first_writes, on_tick=on_tick, splits=splits)

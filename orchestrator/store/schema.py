@@ -237,6 +237,8 @@ SWEEP = pa.schema(
         # stands for while no trial has stored the dataset row yet. null: a sweep from before.
         ("objective", pa.string()),
         ("mode", pa.string()),
+        # The training inputs' column names when load_data gave a DataFrame (load_ensemble matches by them); else null.
+        ("feature_names", pa.list_(pa.string())),
     ]
 )
 

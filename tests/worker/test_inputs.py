@@ -225,11 +225,12 @@ def test_a_feature_constant_in_training_is_left_unscaled_in_memory_and_streamed(
         assert 0.5 < float(splits.std.flatten()[0]) < 2.0  # other features keep their own scale
 
 
-def test_a_pandas_frame_is_refused_with_what_to_give():
+def test_pandas_targets_are_refused_with_what_to_give():
+    # Inputs may be a DataFrame of one dtype (tests/worker/test_tabular_inputs.py); targets are never guessed from one.
     pd = pytest.importorskip("pandas")
-    x = pd.DataFrame(np.zeros((60, 3), np.float32))
-    y = np.zeros(60, np.int64)
-    with pytest.raises(TaskError, match=r"^load_data: train X must be a numpy array or tensor, got DataFrame; give "
+    x = np.zeros((60, 3), np.float32)
+    y = pd.Series(np.zeros(60, np.int64))
+    with pytest.raises(TaskError, match=r"^load_data: train y must be a numpy array or tensor, got Series; give "
                                         r"\.to_numpy\(\) with the dtype you mean"):
         prepare(((x, y), (x, y), (x, y)))
 

@@ -58,3 +58,75 @@ def test_labels_counted_from_one_are_named_with_the_shift_to_give():
     y_test[0] = 0
     with pytest.raises(TaskError, match=r"the targets have 4 classes: give the model 4 outputs"):
         check_config(task, prepare(((x, y), (x, y), (x, y_test))), {"batch_size": 16})
+
+
+FRAME_TASK = '''
+import numpy as np
+import pandas as pd
+from torch import nn
+from orchestrator.search.space import loguniform
+
+space = {"lr": loguniform(1e-2, 1e-1)}
+settings = {"trials": 2, "epochs": 2}
+COLUMNS = ["age", "income", "score", "height"]
+
+
+def frame(rows, seed):
+    rng = np.random.default_rng(seed)
+    x = np.stack([rng.normal(40, 10, rows), rng.normal(5e4, 1e4, rows), rng.normal(0, 1, rows),
+                  rng.normal(170, 8, rows)], 1).astype("float32")
+    return pd.DataFrame(x, columns=COLUMNS), (x[:, 2] > 0).astype("int64")
+
+
+def load_data():
+    return {"train": frame(120, 0), "val": frame(40, 1), "test": frame(40, 2)}
+
+
+def build_model(config):
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+'''
+
+
+def test_a_dataframe_of_features_is_matched_by_its_column_names_when_loaded(tmp_path):
+    # Before: load_data refused DataFrames, and load_ensemble took one by position: the same columns in another order
+    # reached other inputs of the model, and its predictions were wrong without a word.
+    import pandas as pd
+
+    from orchestrator.app.api import run_sweep
+    from orchestrator.errors import ConfigError
+    from worker.load.ensemble_model import load_ensemble
+
+    task = tmp_path / "frame_task.py"
+    task.write_text(FRAME_TASK)
+    result = run_sweep(str(task), storage=str(tmp_path / "runs"), name="frame", executor="processes", slots=1)
+    model = load_ensemble(result.path, task=str(task))
+    namespace = {}
+    exec(compile(FRAME_TASK, "frame_task", "exec"), namespace)
+    test_x, _ = namespace["frame"](40, 2)
+    as_trained = model(test_x)
+    assert torch.equal(model(test_x[["height", "score", "income", "age"]]), as_trained)
+    assert torch.equal(model(test_x.to_numpy()), as_trained)  # arrays: the training order, as before
+    with pytest.raises(ConfigError, match=r"^inputs: the DataFrame lacks 'height'; give the training columns "
+                                          r"\(age, income, score, height\)$"):
+        model(test_x[["age", "income", "score"]])
+    with pytest.raises(ConfigError, match=r"has 'id', which the sweep did not train on"):
+        model(pd.concat([test_x, pd.DataFrame({"id": np.arange(40, dtype="float32")})], axis=1))
+
+
+def test_dataframes_load_data_cannot_hand_on_as_they_are_are_refused_in_one_line():
+    import pandas as pd
+
+    x = pd.DataFrame(np.zeros((60, 3), np.float32), columns=["a", "b", "c"])
+    y = np.zeros(60, np.int64)
+    splits = prepare(((x, y), (x, y), (x, y)))
+    assert splits.feature_names == ("a", "b", "c") and splits.x_train.dtype == torch.float32
+    with pytest.raises(TaskError, match=r"^load_data: val X's columns are in another order than train X's; give the "
+                                        r"same columns in train's order"):
+        prepare(((x, y), (x[["c", "b", "a"]], y), (x, y)))
+    mixed = x.astype({"a": "float64"})
+    with pytest.raises(TaskError, match=r"^load_data: train X is a DataFrame whose columns differ in dtype "
+                                        r"\(float32, float64\); caviar never casts inputs"):
+        prepare(((mixed, y), (x, y), (x, y)))
+    words = pd.DataFrame({"a": ["x"] * 60})
+    with pytest.raises(TaskError, match=r"^load_data: train X is a DataFrame of (object|str) columns; give numbers"):
+        prepare(((words, y), (x, y), (x, y)))

@@ -8,7 +8,7 @@ fed float64 is refused with one line by ``worker.check.validate``, never silentl
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,8 @@ class Splits:
     streams: dict[str, Stream] | None = None  # torch Datasets read through DataLoaders (worker/data/streams.py)
     # Task globals the master's load_data set (an input width, a vocabulary), for workers that never call it.
     task_globals: dict[str, Any] = field(default_factory=dict)
+    # The training inputs' column names when load_data gave a DataFrame: a loaded ensemble matches a DataFrame by them.
+    feature_names: tuple[str, ...] | None = None
 
     @property
     def n_train(self) -> int:
@@ -140,9 +142,40 @@ def _second_pass_empty() -> TaskError:
                      "one made once)")
 
 
-def _as_tensor(value: Any, what: str) -> torch.Tensor:
+def frame_columns(value: Any) -> tuple[str, ...] | None:
+    """A pandas or Polars DataFrame's column names, as strings; None for anything else."""
+    if not (hasattr(value, "columns") and hasattr(value, "to_numpy") and hasattr(value, "dtypes")):
+        return None
+    return tuple(str(c) for c in value.columns)
+
+
+def _frame_values(value: Any, what: str) -> np.ndarray:
+    """A DataFrame's values when its columns share one numeric dtype (to_numpy would otherwise cast: float32 beside
+    float64 becomes float64, ints beside floats become floats); else one line naming them."""
+    columns = frame_columns(value)
+    assert columns is not None
+    if len(set(columns)) != len(columns):
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        raise TaskError(f"load_data: {what} is a DataFrame with the column {twice[0]!r} twice; give each column once "
+                        "(a loaded ensemble matches a DataFrame's columns by name)")
+    dtypes = list(value.dtypes)
+    kinds = sorted({str(d) for d in dtypes})
+    if len(kinds) > 1:
+        raise TaskError(f"load_data: {what} is a DataFrame whose columns differ in dtype ({', '.join(kinds)}); caviar "
+                        "never casts inputs: give one dtype (df.astype('float32'), ids as a column of their own kind)")
+    values = np.asarray(value.to_numpy())
+    if values.dtype.kind not in "biuf":  # categories, strings, nullable columns with missing values (object)
+        raise TaskError(f"load_data: {what} is a DataFrame of {kinds[0] if kinds else 'no'} columns; give numbers "
+                        "(float32 features, or int64 category codes: df[col].cat.codes)")
+    return values
+
+
+def _as_tensor(value: Any, what: str, *, frame: bool = False) -> torch.Tensor:
+    """``frame``: a DataFrame of one numeric dtype is taken (inputs; its names are read by :func:`frame_columns`)."""
     if isinstance(value, torch.Tensor):
         return value
+    if frame and frame_columns(value) is not None:
+        value = _frame_values(value, what)
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "USO":  # text or Python objects: no tensor holds them, and caviar guesses no encoding
             sample = next(iter(value.flat), None)
@@ -167,7 +200,7 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
 def _materialise(split: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(X, y) pairs as tensors (torch Datasets stream instead: ``_prepare_streams``)."""
     if isinstance(split, (tuple, list)) and len(split) == 2:
-        return _as_tensor(split[0], f"{what} X"), _as_tensor(split[1], f"{what} y")
+        return _as_tensor(split[0], f"{what} X", frame=True), _as_tensor(split[1], f"{what} y")
     got = type(split).__name__
     if isinstance(split, (tuple, list)):  # "got tuple" for a tuple reads as a contradiction: say how long
         got = f"a {got} of {len(split)}" + ("; a third part (sample weights?) is not taken" if len(split) == 3 else "")
@@ -201,6 +234,7 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
                                 num_classes=num_classes, num_workers=num_workers, task_statistics=task_statistics,
                                 measured=measured)
     tensors = [_materialise(p, s) for p, s in zip(parts, SPLITS)]
+    feature_names = _feature_names(parts)
     for (x, y), name in zip(tensors, SPLITS):
         if len(x) != len(y):
             raise TaskError(f"load_data: {name} has {len(x)} inputs but {len(y)} labels")
@@ -219,7 +253,22 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
         # Statistics from the training split only; applying them to val/test is the point.
         xtr, xva, xte = (xtr - mean) / std, (xva - mean) / std, (xte - mean) / std
     return Splits(xtr.contiguous(), ytr, xva.contiguous(), yva, xte.contiguous(), yte, target_kind.num_classes, mean,
-                  std, target_kind)
+                  std, target_kind, feature_names=feature_names)
+
+
+def _feature_names(parts: Sequence[Any]) -> tuple[str, ...] | None:
+    """The training DataFrame's column names; val or test DataFrames with other columns, or in another order, are
+    refused (their values would reach other inputs of the model)."""
+    names = [frame_columns(p[0]) for p in parts]
+    if names[0] is None:
+        return None
+    for split, other in zip(SPLITS[1:], names[1:]):
+        if other is not None and other != names[0]:
+            detail = ("in another order" if sorted(other) == sorted(names[0]) else
+                      f"others ({', '.join(sorted(set(other) ^ set(names[0]))[:3])} in one of them only)")
+            raise TaskError(f"load_data: {split} X's columns are {detail} than train X's; give the same columns in "
+                            f"train's order ({split}_df[train_df.columns])")
+    return names[0]
 
 
 def ragged_inputs(split: str | None, shape: tuple[int, ...], other: tuple[int, ...]) -> TaskError:

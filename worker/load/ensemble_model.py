@@ -231,6 +231,7 @@ class EnsembleModel(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.record = record  # the ensembles-table row it came from (method, metrics, members)
+        self.feature_names: tuple[str, ...] | None = None  # the training DataFrame's columns (load_ensemble sets them)
         self.eval()
         # Each member's own class dimension: an architecture choice may give (n, C, T) in one trial, (n, T, C) in
         # another; one dimension for all softmaxed the others over their positions, or could not add them.
@@ -242,7 +243,7 @@ class EnsembleModel(nn.Module):
         if isinstance(x, torch.Tensor):
             return x
         if hasattr(x, "to_numpy") and not isinstance(x, np.ndarray):
-            x = x.to_numpy()
+            x = self._in_training_order(x).to_numpy()
         if isinstance(x, np.ndarray) and x.dtype == object:
             wanted = str(self.input_dtype).removeprefix("torch.") if self.input_dtype is not None else "one numeric"
             raise ConfigError(f"inputs hold Python objects (a DataFrame whose columns differ in dtype?); pass {wanted} "
@@ -252,6 +253,22 @@ class EnsembleModel(nn.Module):
         with warnings.catch_warnings():  # a read-only array (a DataFrame's values, a memmap): never written to here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             return torch.as_tensor(x)
+
+    def _in_training_order(self, frame: Any) -> Any:
+        """A DataFrame's columns in the order the sweep trained on (by name), when it trained on a DataFrame: the same
+        columns in another order would otherwise reach other inputs of the model without a word."""
+        given = [str(c) for c in getattr(frame, "columns", ())]
+        if self.feature_names is None or given == list(self.feature_names):
+            return frame
+        missing = [c for c in self.feature_names if c not in given]
+        unknown = [c for c in given if c not in self.feature_names]
+        if missing or unknown:
+            lacks = f"lacks {', '.join(map(repr, missing[:3]))}" if missing else ""
+            has = f"has {', '.join(map(repr, unknown[:3]))}, which the sweep did not train on" if unknown else ""
+            said = "; ".join(part for part in (lacks, has) if part)
+            raise ConfigError(f"inputs: the DataFrame {said}; give the training columns "
+                              f"({', '.join(self.feature_names[:5])}{', ...' if len(self.feature_names) > 5 else ''})")
+        return frame[list(self.feature_names)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._as_batch(x).to(self.weights.device)
@@ -390,9 +407,18 @@ def load_ensemble(sweep: str | os.PathLike[str] | Storage, name: str | int = "be
     or ``trust_task_code=True`` for the copy stored in the sweep (refused if its sha256 changed).
     Weights load with safetensors
     after their sha256 matches the checkpoint index; a mismatch raises ``StorageError``.
+    A sweep whose ``load_data`` gave DataFrames takes a DataFrame by its column names, in any order.
     """
-    device = checked_device(device)  # before any member is built: torch would say it only when they are moved
     storage = sweep if isinstance(sweep, Storage) else Storage.from_uri(sweep)
+    model = _load_ensemble(storage, name, device, task, trust_task_code)
+    names = storage.read_table(schema.SWEEP_PATH).to_pylist()[0].get("feature_names")
+    model.feature_names = tuple(names) if names else None
+    return model
+
+
+def _load_ensemble(storage: Storage, name: str | int, device: str | torch.device, task: Any,
+                   trust_task_code: bool) -> EnsembleModel:
+    device = checked_device(device)  # before any member is built: torch would say it only when they are moved
     task = os.fspath(task) if isinstance(task, os.PathLike) else task  # a pathlib.Path, as the sweep's path may be
     if not storage.exists(schema.SWEEP_PATH):  # a mistyped name: said as such, not as a sweep without ensembles
         raise not_a_sweep(storage, storage.uri)
