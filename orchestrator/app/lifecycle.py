@@ -494,9 +494,10 @@ def build_ensembles(storage: Storage, task: Any, device: str = "auto",
 
     build_soup = soup_builder(storage, task, device=device, load_data=load_data, splits=splits)
 
-    def guarded_soup(ranked: Sequence[CandidateKey], metric: str, objective: Objective | None) -> SoupResult | None:
+    def guarded_soup(ranked: Sequence[CandidateKey], metric: str, objective: Objective | None,
+                     eps: float) -> SoupResult | None:
         try:  # the soup runs user code (load_data, build_model) in this process: its failure costs only the soup
-            return build_soup(ranked, metric, objective)
+            return build_soup(ranked, metric, objective, eps)
         except Exception as exc:
             log.warning("ensembles: soup not built: %s: %s", type(exc).__name__, exc)
             return None

@@ -112,9 +112,9 @@ class SoupResult:
     test_objective: float | None = None
 
 
-# (candidate keys best first on validation, selection metric, the objective or None) -> a soup, or None when
-# there is nothing to soup
-SoupBuilder = Callable[[Sequence[CandidateKey], str, "Objective | None"], "SoupResult | None"]
+# (candidate keys best first on validation, selection metric, the objective or None, the log-loss floor the other
+# rows were scored with: ensembles.clip_of) -> a soup, or None when there is nothing to soup
+SoupBuilder = Callable[[Sequence[CandidateKey], str, "Objective | None", float], "SoupResult | None"]
 # The sweep's dataset row -> the objective that chooses, or None where the built-in metrics stand for it
 ObjectiveFor = Callable[["Dataset"], "Objective | None"]
 
@@ -170,10 +170,12 @@ def read_dataset(storage: Storage) -> Dataset:
                    **extra)
 
 
-def _probs_matrix(table: pa.Table, num_classes: int) -> np.ndarray:
-    """The fixed-size-list column as an (n, classes) array, float16 or float32 as stored."""
-    flat = table["probs"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(-1, num_classes)
+def _probs_matrix(table: pa.Table, num_classes: int) -> tuple[np.ndarray, bool]:
+    """The fixed-size-list column as an (n, classes) array, float16 or float32 as stored; and whether it holds
+    log-probabilities (``log_probs``, what workers write) rather than probabilities (``probs``, an earlier caviar)."""
+    log = schema.LOG_PROBS in table.column_names
+    column = table[schema.LOG_PROBS if log else "probs"]
+    return column.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, num_classes), log
 
 
 def candidates_from_table(table: pa.Table, dataset: Dataset) -> StoredPredictions:
@@ -181,6 +183,7 @@ def candidates_from_table(table: pa.Table, dataset: Dataset) -> StoredPrediction
 
     A candidate whose rows do not cover its split exactly (a partial file), or whose
     probabilities are not finite rows summing to one, is dropped and named in ``dropped``.
+    The table holds one format (``log_probs`` or ``probs``): :func:`read_predictions` reads each apart.
     """
     if table.num_rows == 0:
         return StoredPredictions([], [])
@@ -193,7 +196,7 @@ def candidates_from_table(table: pa.Table, dataset: Dataset) -> StoredPrediction
     # Two-valued string columns as booleans: no Python object per row (sweeps hold millions of rows).
     weights = pc.equal(table["weights"], "ema").to_numpy(zero_copy_only=False)
     split = pc.equal(table["split"], "test").to_numpy(zero_copy_only=False)
-    probs = _probs_matrix(table, dataset.num_classes)
+    probs, log = _probs_matrix(table, dataset.num_classes)
     # Group boundaries: a new (trial, epoch, weights, attempt, split) starts a block.
     change = np.ones(len(trial), dtype=bool)
     change[1:] = ((trial[1:] != trial[:-1]) | (epoch[1:] != epoch[:-1]) | (weights[1:] != weights[:-1])
@@ -210,21 +213,24 @@ def candidates_from_table(table: pa.Table, dataset: Dataset) -> StoredPrediction
     expected = {"val": len(dataset.y_val), "test": len(dataset.y_test)}
     candidates, dropped = [], []
     for key, by_split in blocks.items():
-        reason = _problem(by_split, expected)
+        reason = _problem(by_split, expected, log)
         if reason:
             dropped.append((key, reason))
             continue
-        candidates.append(Candidate(key, by_split["val"], by_split["test"]))
+        candidates.append(Candidate(key, by_split["val"], by_split["test"], log))
     return StoredPredictions(candidates, dropped)
 
 
-def _problem(by_split: dict[str, np.ndarray], expected: dict[str, int]) -> str | None:
+def _problem(by_split: dict[str, np.ndarray], expected: dict[str, int], log: bool = False) -> str | None:
     for split, n in expected.items():
         p = by_split.get(split)
         if p is None or len(p) != n:
             return f"{split}: {0 if p is None else len(p)} rows, expected {n}"
         p64 = p.astype(np.float64)
-        if not np.isfinite(p64).all() or (p64 < 0).any() or np.abs(p64.sum(axis=1) - 1).max() > 1e-2:
+        if log:  # log-probabilities: finite (the writer keeps them within the dtype's range), exp summing to 1
+            if not np.isfinite(p64).all() or np.abs(np.exp(p64).sum(axis=1) - 1).max() > 1e-2:
+                return f"{split}: log-probabilities are not finite rows whose exp sums to 1"
+        elif not np.isfinite(p64).all() or (p64 < 0).any() or np.abs(p64.sum(axis=1) - 1).max() > 1e-2:
             return f"{split}: probabilities are not finite rows summing to 1"
     return None
 
@@ -241,9 +247,16 @@ def prediction_files(storage: Storage) -> list[str]:
 def read_predictions(storage: Storage, dataset: Dataset | None = None) -> StoredPredictions:
     dataset = dataset or read_dataset(storage)
     files = prediction_files(storage)
-    tables = [storage.read_table(f) for f in files]
-    table = pa.concat_tables(tables, promote_options="permissive")
-    return candidates_from_table(table, dataset)
+    by_format: dict[bool, list[pa.Table]] = {}
+    for f in files:  # a sweep of an earlier caviar resumed: its files hold probabilities, newer ones log-probabilities
+        table = storage.read_table(f)
+        by_format.setdefault(schema.LOG_PROBS in table.column_names, []).append(table)
+    candidates, dropped = [], []
+    for tables in by_format.values():
+        stored = candidates_from_table(pa.concat_tables(tables, promote_options="permissive"), dataset)
+        candidates += stored.candidates
+        dropped += stored.dropped
+    return StoredPredictions(candidates, dropped)
 
 
 # -- building ------------------------------------------------------------------------------
@@ -300,7 +313,8 @@ def _single_ema(cands: Sequence[Candidate], y_val: np.ndarray, metric: str,
     ema = [c for c in cands if c.key.weights == "ema"]
     if not ema:
         return None
-    best = ensembles.best_single(ema, y_val, metric=metric, objective=objective)
+    pool = ensembles.ValPool.of(ema, y_val, ensembles.clip_of(cands))  # the floor every other row has
+    best = ensembles.best_single(pool, metric=metric, objective=objective)
     return replace(best, method="single_ema")
 
 
@@ -334,7 +348,8 @@ def build(cands: Sequence[Candidate], dataset: Dataset, *, methods: Sequence[str
         built.insert(1, single_ema)
     built = [e for e in built if e.method in wanted]
     # Selection is over; only now does test data enter.
-    built = [ensembles.with_test_metrics(e, cands, dataset.y_test, objective) for e in built]
+    eps = ensembles.clip_of(cands)
+    built = [ensembles.with_test_metrics(e, cands, dataset.y_test, objective, eps) for e in built]
     now = schema.now_ms()
     selection = metric if objective is None else objective.name
     records = [EnsembleRecord(i, e.method, e.method, e.members, selection, e.val_accuracy, e.val_log_loss,
@@ -342,7 +357,7 @@ def build(cands: Sequence[Candidate], dataset: Dataset, *, methods: Sequence[str
                               detail=objective_values(objective, e.val_objective, e.test_objective))
                for i, e in enumerate(built)]
     if "soup" in wanted and soup is not None:
-        result = soup(ranked_keys(cands, dataset.y_val, metric, objective), metric, objective)
+        result = soup(ranked_keys(cands, dataset.y_val, metric, objective), metric, objective, eps)
         if result is not None:
             records.append(EnsembleRecord(
                 len(records), "soup", "soup", result.members, selection, result.val_accuracy, result.val_log_loss,

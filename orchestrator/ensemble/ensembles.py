@@ -14,6 +14,11 @@ Rankings are lower-is-better tuples: ``metric="accuracy"`` ranks by accuracy, th
 Labels are class indices ``(n,)`` or, for soft labels, class probabilities ``(n, C)``: then
 accuracy compares the most probable class with the target's most probable class, and log loss
 is the cross-entropy against the target probabilities (what the workers report as ``val_log_loss``).
+
+The workers store log-probabilities (``Candidate.log``), and every mixture is formed in log space
+(``log(sum_i w_i p_i)`` by logaddexp), so a confidently wrong member's log loss is its own, not one
+clipped where float16 or float32 probabilities underflow. Sweeps stored as probabilities by an
+earlier caviar keep the clip they were scored with: log losses floored at ``CLIP`` (``eps``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ SELECTION_METRICS = ("accuracy", "log_loss")
 WEIGHTS = ("raw", "ema")
 _SUM_TOL = 1e-2  # catches logits and log-probs; float16 rows sum to 1 within ~1e-3
 _CHUNK_BYTES = 1 << 26  # greedy by accuracy: at most ~64 MiB of candidate mixtures at once
+CLIP = 1e-7  # the probability floor of log losses over predictions stored as probabilities (an earlier caviar)
 
 
 @dataclass(frozen=True, order=True)
@@ -50,11 +56,21 @@ class CandidateKey:
 
 @dataclass(frozen=True, eq=False)
 class Candidate:
-    """Class probabilities of one candidate on validation and (optionally) test."""
+    """Class probabilities of one candidate on validation and (optionally) test; ``log``: log-probabilities."""
 
     key: CandidateKey
     val_probs: np.ndarray  # (n_val, C)
     test_probs: np.ndarray | None = None  # (n_test, C)
+    log: bool = False  # the arrays hold log-probabilities (what workers store): no underflow to clip
+
+    def log_probs(self, split: str) -> np.ndarray:
+        """Log-probabilities of ``split`` as float32 (a stored probability of 0 gives -inf: ``CLIP`` floors it)."""
+        values = self.val_probs if split == "val" else self.test_probs
+        assert values is not None
+        if self.log:
+            return np.asarray(values, dtype=np.float32)
+        with np.errstate(divide="ignore"):
+            return np.log(np.asarray(values, dtype=np.float32))
 
     def __post_init__(self) -> None:
         if np.ndim(self.val_probs) != 2:
@@ -133,25 +149,38 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(probs, axis=-1) == hard_labels(y)))
 
 
-def log_loss(probs: np.ndarray, y: np.ndarray, eps: float = 1e-7) -> float:
+def log_loss(probs: np.ndarray, y: np.ndarray, eps: float = CLIP) -> float:
     """Mean negative log probability of the true class, clipped at ``eps`` so one zero is finite.
 
     Soft labels ``(n, C)``: the cross-entropy against the target probabilities, clipped alike.
     """
+    with np.errstate(divide="ignore"):
+        return nll(np.log(np.asarray(probs, dtype=np.float64)), y, eps)
+
+
+def nll(log_probs: np.ndarray, y: np.ndarray, eps: float = 0.0) -> float:
+    """Log loss from log-probabilities ``(n, C)``: exact, or floored at probability ``eps`` when it is above 0."""
     y = np.asarray(y)
+    log_probs = np.asarray(log_probs, dtype=np.float64)
     if y.ndim == 2:
-        return float(_soft_nll(np.asarray(probs, dtype=np.float64), y, eps))
-    return float(_nll(np.asarray(probs, dtype=np.float64)[np.arange(len(y)), y], eps))
+        return float(_soft_nll(log_probs, y, eps))
+    return float(_nll(log_probs[np.arange(len(y)), y], eps))
 
 
-def _nll(true_probs: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+def _floored(log_probs: np.ndarray, eps: float) -> np.ndarray:
+    """``log p`` within ``[log eps, 0]``: probabilities in ``[eps, 1]`` as the clip of stored probabilities had them."""
+    return np.clip(log_probs, math.log(eps) if eps > 0 else -np.inf, 0.0)
+
+
+def _nll(true_log_probs: np.ndarray, eps: float = 0.0) -> np.ndarray:
     # 0.0 - x, not -x: a perfect member's log loss is 0.0, which -x made -0.0 (the answer printed "-0.0000")
-    return 0.0 - np.log(np.clip(true_probs, eps, 1.0)).mean(axis=-1)
+    return 0.0 - _floored(true_log_probs, eps).mean(axis=-1)
 
 
-def _soft_nll(probs: np.ndarray, targets: np.ndarray, eps: float = 1e-7) -> np.ndarray:
-    """Soft-target cross-entropy of ``probs`` (..., n, C) against ``targets`` (n, C), mean over rows."""
-    return 0.0 - (targets * np.log(np.clip(probs, eps, 1.0))).sum(axis=-1).mean(axis=-1)
+def _soft_nll(log_probs: np.ndarray, targets: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """Soft-target cross-entropy of ``log_probs`` (..., n, C) against ``targets`` (n, C), mean over rows."""
+    terms = np.where(targets > 0, targets * _floored(log_probs, eps), 0.0)  # 0 * log 0 is 0, not NaN
+    return 0.0 - terms.sum(axis=-1).mean(axis=-1)
 
 
 def average(probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -169,11 +198,48 @@ def average(probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray
     return out
 
 
+def log_average(log_probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """``log`` of the weighted mean of ``exp(log_probs)``, in float64 and log space: no member underflows."""
+    w = np.asarray(weights, dtype=np.float64)
+    if len(log_probs) == 0 or w.shape != (len(log_probs),):
+        raise ConfigError(f"weights: need one weight per array, got {w.shape[0] if w.ndim else 0} for "
+                          f"{len(log_probs)}")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ConfigError("weights: must be non-negative with a positive sum")
+    out = np.full(np.shape(log_probs[0]), -np.inf)
+    with np.errstate(divide="ignore"):
+        for wi, lp in zip(np.log(w / w.sum()), log_probs, strict=True):
+            if np.shape(lp) != out.shape:
+                raise ConfigError(f"probs: shapes differ, {np.shape(lp)} vs {out.shape}")
+            np.logaddexp(out, wi + np.asarray(lp, dtype=np.float64), out=out)
+    return out
+
+
+def _mix(log_total: np.ndarray, log_probs: np.ndarray, count: int) -> np.ndarray:
+    """``log((exp(log_total) + exp(log_probs)) / (count + 1))``: one more member in a mixture of ``count``."""
+    return np.logaddexp(log_total, log_probs) - math.log(count + 1)
+
+
+def probabilities(log_probs: np.ndarray) -> np.ndarray:
+    """float64 probabilities (what an objective scores): ``exp`` of a mixture's log-probabilities."""
+    return np.exp(np.asarray(log_probs, dtype=np.float64))
+
+
+def clip_of(cands: Sequence[Candidate]) -> float:
+    """The log-loss floor of a set of candidates: ``CLIP`` when any was stored as probabilities (an earlier caviar's
+    sweep, resumed or not: one rule ranks them all, as before), else none."""
+    return 0.0 if all(c.log for c in cands) else CLIP
+
+
 # -- checks -----------------------------------------------------------------------------
 
 
-def _check_rows(name: str, probs: np.ndarray) -> None:
-    if not np.isfinite(probs).all() or (probs < 0).any():
+def _check_rows(name: str, probs: np.ndarray, log: bool = False) -> None:
+    if log:
+        if np.isnan(probs).any() or (probs == np.inf).any():
+            raise ConfigError(f"{name}: log-probabilities must not be NaN or +inf")
+        probs = np.exp(np.asarray(probs, dtype=np.float64))
+    elif not np.isfinite(probs).all() or (probs < 0).any():
         raise ConfigError(f"{name}: probabilities must be finite and non-negative")
     sums = probs.sum(axis=-1, dtype=np.float64)
     if np.abs(sums - 1).max(initial=0) > _SUM_TOL:
@@ -212,35 +278,38 @@ def _check_positive(name: str, value: int, low: int = 1) -> None:
 
 @dataclass(frozen=True, eq=False)
 class ValPool:
-    """What selection may see: keys (sorted), validation probabilities (M, n, C), labels (n,) or soft (n, C)."""
+    """What selection may see: keys (sorted), validation log-probabilities (M, n, C) float32, labels (n,) or soft
+    (n, C), and the log-loss floor ``eps`` (``clip_of`` the candidates: 0 for none)."""
 
     keys: tuple[CandidateKey, ...]
-    probs: np.ndarray
+    log_probs: np.ndarray
     labels: np.ndarray
+    eps: float = 0.0
     _objective_losses: dict[Objective, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.probs.ndim != 3 or len(self.keys) != self.probs.shape[0] or not self.keys:
-            raise ConfigError(f"val_probs: need one (n_val, classes) array per key, got {self.probs.shape}")
+        if self.log_probs.ndim != 3 or len(self.keys) != self.log_probs.shape[0] or not self.keys:
+            raise ConfigError(f"val_probs: need one (n_val, classes) array per key, got {self.log_probs.shape}")
         if len(set(self.keys)) != len(self.keys):
             raise ConfigError("cands: duplicate candidate keys")
-        _check_rows("val_probs", self.probs)
-        _check_labels("y_val", self.labels, self.probs.shape[1], self.probs.shape[2])
+        _check_labels("y_val", self.labels, self.log_probs.shape[1], self.log_probs.shape[2])
 
     @classmethod
-    def of(cls, cands: Sequence[Candidate], y_val: np.ndarray) -> ValPool:
-        """Stack the validation side of ``cands``; their test arrays are left behind."""
+    def of(cls, cands: Sequence[Candidate], y_val: np.ndarray, eps: float | None = None) -> ValPool:
+        """Stack the validation side of ``cands`` as log-probabilities; their test arrays are left behind.
+        ``eps`` None: ``clip_of(cands)``."""
         if len(cands) == 0:
             raise ConfigError("cands: empty candidate list")
         ordered = sorted(cands, key=lambda c: c.key)
         shape = np.shape(ordered[0].val_probs)
-        probs = np.empty((len(ordered), *shape), dtype=np.float32)
+        log_probs = np.empty((len(ordered), *shape), dtype=np.float32)
         for i, c in enumerate(ordered):
             if np.shape(c.val_probs) != shape:
                 raise ConfigError(f"val_probs: {c.key} has shape {np.shape(c.val_probs)}, expected {shape}")
-            probs[i] = c.val_probs
+            _check_rows("val_probs", np.asarray(c.val_probs), c.log)
+            log_probs[i] = c.log_probs("val")
         y = _check_labels("y_val", y_val, shape[0], shape[1])
-        return cls(tuple(c.key for c in ordered), probs, y)
+        return cls(tuple(c.key for c in ordered), log_probs, y, clip_of(cands) if eps is None else eps)
 
     @property
     def soft(self) -> bool:
@@ -251,24 +320,24 @@ class ValPool:
         return hard_labels(self.labels)
 
     @cached_property
-    def true_probs(self) -> np.ndarray:
-        """(M, n) probability each candidate gives the true class: all that log loss needs (class indices)."""
-        return self.probs[:, np.arange(len(self.labels)), self.labels].astype(np.float64)
+    def true_log_probs(self) -> np.ndarray:
+        """(M, n) log-probability each candidate gives the true class: all that log loss needs (class indices)."""
+        return self.log_probs[:, np.arange(len(self.labels)), self.labels].astype(np.float64)
 
     @cached_property
     def single_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """(accuracy, log loss) of each candidate alone."""
-        acc = (np.argmax(self.probs, axis=-1) == self.hard_labels).mean(axis=-1)
+        acc = (np.argmax(self.log_probs, axis=-1) == self.hard_labels).mean(axis=-1)
         if self.soft:
-            return acc, np.array([_soft_nll(p.astype(np.float64), self.labels) for p in self.probs])
-        return acc, _nll(self.true_probs)
+            return acc, np.array([_soft_nll(lp.astype(np.float64), self.labels, self.eps) for lp in self.log_probs])
+        return acc, _nll(self.true_log_probs, self.eps)
 
     def objective_losses(self, objective: Objective) -> np.ndarray:
         """(M,) the objective's lower-is-better value of each candidate alone, computed once per objective."""
         if objective not in self._objective_losses:
             self._objective_losses[objective] = np.array([
-                objective.loss(objective.value(p.astype(np.float64), "val", f"candidate {describe(key)}"))
-                for key, p in zip(self.keys, self.probs, strict=True)])
+                objective.loss(objective.value(probabilities(lp), "val", f"candidate {describe(key)}"))
+                for key, lp in zip(self.keys, self.log_probs, strict=True)])
         return self._objective_losses[objective]
 
 
@@ -325,9 +394,9 @@ def _ensemble(method: str, pool: ValPool, idx: Sequence[int], counts: Sequence[f
         (Member(pool.keys[i], float(c) / total) for i, c in zip(idx, counts, strict=True)),
         key=lambda m: (-m.weight, m.key),
     )
-    probs = average([pool.probs[i] for i in idx], counts)
-    value = None if objective is None else objective.value(probs, "val", f"the {method} ensemble")
-    return Ensemble(method, tuple(members), accuracy(probs, pool.labels), log_loss(probs, pool.labels),
+    mixture = log_average([pool.log_probs[i] for i in idx], counts)
+    value = None if objective is None else objective.value(probabilities(mixture), "val", f"the {method} ensemble")
+    return Ensemble(method, tuple(members), accuracy(mixture, pool.labels), nll(mixture, pool.labels, pool.eps),
                     val_objective=value)
 
 
@@ -435,23 +504,25 @@ def checkpoint_ensemble(
     return _ensemble("checkpoints", pool, chosen, [1] * len(chosen), objective)
 
 
-def _mixture_log_loss(probs: np.ndarray, total: np.ndarray, count: int, targets: np.ndarray) -> np.ndarray:
-    """Soft-label log loss of ``(total + probs[m]) / (count + 1)`` for every m, in bounded chunks."""
-    m, n, c = probs.shape
+def _mixture_log_loss(pool: ValPool, log_total: np.ndarray, count: int) -> np.ndarray:
+    """Soft-label log loss of the mixture of ``count`` members (log of their summed probabilities ``log_total``)
+    and ``pool`` candidate m, for every m, in bounded chunks."""
+    m, n, c = pool.log_probs.shape
     size = max(1, _CHUNK_BYTES // (8 * n * c))
     out = np.empty(m)
     for s in range(0, m, size):
-        out[s : s + size] = _soft_nll((total + probs[s : s + size]) / (count + 1), targets)
+        out[s : s + size] = _soft_nll(_mix(log_total, pool.log_probs[s : s + size], count), pool.labels, pool.eps)
     return out
 
 
-def _mixture_accuracy(probs: np.ndarray, total: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Accuracy of ``total + probs[m]`` for every m, in chunks so memory stays bounded."""
-    m, n, c = probs.shape
+def _mixture_accuracy(log_probs: np.ndarray, log_total: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Accuracy of the mixture of ``log_total``'s members and ``log_probs[m]`` for every m, in bounded chunks."""
+    m, n, c = log_probs.shape
     size = max(1, _CHUNK_BYTES // (8 * n * c))
     out = np.empty(m)
     for s in range(0, m, size):
-        out[s : s + size] = (np.argmax(total + probs[s : s + size], axis=-1) == labels).mean(axis=-1)
+        mixed = np.logaddexp(log_total, log_probs[s : s + size])
+        out[s : s + size] = (np.argmax(mixed, axis=-1) == labels).mean(axis=-1)
     return out
 
 
@@ -481,21 +552,22 @@ def greedy_selection(
     init = _order(*pool.single_scores, metric)[:init_size]
     counts = np.zeros(len(pool.keys), dtype=np.int64)
     counts[init] = 1
-    total = pool.probs[init].sum(axis=0, dtype=np.float64)  # running sum of the members' probabilities
+    total = _log_sum(pool.log_probs[init])  # log of the running sum of the members' probabilities
     t = int(counts.sum())
-    best, best_counts = _rank(accuracy(total, y), log_loss(total / t, y), metric), counts.copy()
+    best, best_counts = _rank(accuracy(total, y), nll(total - math.log(t), y, pool.eps), metric), counts.copy()
     for _ in range(steps):
         if pool.soft:
-            ll = _mixture_log_loss(pool.probs, total, t, y)
+            ll = _mixture_log_loss(pool, total, t)
         else:
-            ll = _nll((total[rows, y] + pool.true_probs) / (t + 1))
+            ll = _nll(_mix(total[rows, y], pool.true_log_probs, t), pool.eps)
         # By log loss (continuous) ties are vanishingly rare: skip the O(M n C) accuracy tie-break.
-        acc = _mixture_accuracy(pool.probs, total, pool.hard_labels) if metric == "accuracy" else np.zeros_like(ll)
+        acc = (_mixture_accuracy(pool.log_probs, total, pool.hard_labels) if metric == "accuracy"
+               else np.zeros_like(ll))
         i = int(_order(acc, ll, metric)[0])
         counts[i] += 1
-        total += pool.probs[i]
+        np.logaddexp(total, pool.log_probs[i], out=total)
         t += 1
-        rank = _rank(accuracy(total, y), log_loss(total / t, y), metric)
+        rank = _rank(accuracy(total, y), nll(total - math.log(t), y, pool.eps), metric)
         if rank < best:
             best, best_counts = rank, counts.copy()
     idx = np.flatnonzero(best_counts)
@@ -508,19 +580,19 @@ def _greedy_by_objective(pool: ValPool, steps: int, init_size: int, objective: O
     init = single_order(pool, "log_loss", objective)[:init_size]
     counts = np.zeros(len(pool.keys), dtype=np.int64)
     counts[init] = 1
-    total = pool.probs[init].sum(axis=0, dtype=np.float64)
+    total = _log_sum(pool.log_probs[init])
     t = int(counts.sum())
 
     def rank_of(mixture: np.ndarray, what: str) -> tuple[float, float]:
-        return objective.loss(objective.value(mixture, "val", what)), log_loss(mixture, y)
+        return objective.loss(objective.value(probabilities(mixture), "val", what)), nll(mixture, y, pool.eps)
 
-    best, best_counts = rank_of(total / t, "the greedy ensemble's start"), counts.copy()
+    best, best_counts = rank_of(total - math.log(t), "the greedy ensemble's start"), counts.copy()
     for step in range(1, steps + 1):
-        ranks = [rank_of((total + p) / (t + 1), f"greedy step {step} adding {describe(key)}")
-                 for key, p in zip(pool.keys, pool.probs, strict=True)]
+        ranks = [rank_of(_mix(total, lp, t), f"greedy step {step} adding {describe(key)}")
+                 for key, lp in zip(pool.keys, pool.log_probs, strict=True)]
         i = min(range(len(ranks)), key=lambda j: (ranks[j], j))  # ties: key order
         counts[i] += 1
-        total += pool.probs[i]
+        np.logaddexp(total, pool.log_probs[i], out=total)
         t += 1
         if ranks[i] < best:
             best, best_counts = ranks[i], counts.copy()
@@ -528,39 +600,47 @@ def _greedy_by_objective(pool: ValPool, steps: int, init_size: int, objective: O
     return _ensemble("greedy", pool, idx.tolist(), best_counts[idx].tolist(), objective)
 
 
+def _log_sum(log_probs: np.ndarray) -> np.ndarray:
+    """``log`` of the summed probabilities of ``log_probs`` (k, n, C), in float64."""
+    return np.logaddexp.reduce(log_probs.astype(np.float64), axis=0)
+
+
 # -- test metrics: only after the members are fixed -------------------------------------------
 
 
-def score_members(members: Sequence[Member], cands: Sequence[Candidate], y: np.ndarray) -> tuple[float, float]:
-    """(accuracy, log loss) of the weighted members on the candidates' test predictions."""
-    probs, y = _test_mixture(members, cands, y)
-    return accuracy(probs, y), log_loss(probs, y)
+def score_members(members: Sequence[Member], cands: Sequence[Candidate], y: np.ndarray,
+                  eps: float | None = None) -> tuple[float, float]:
+    """(accuracy, log loss) of the weighted members on the candidates' test predictions (``eps``: as ValPool.of)."""
+    mixture, y = _test_mixture(members, cands, y)
+    return accuracy(mixture, y), nll(mixture, y, clip_of(cands) if eps is None else eps)
 
 
 def _test_mixture(members: Sequence[Member], cands: Sequence[Candidate], y: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The weighted members' averaged test probabilities, and the checked test labels."""
+    """The weighted members' averaged test log-probabilities, and the checked test labels."""
     by_key = {c.key: c for c in cands}
     arrays = []
     for m in members:
         if m.key not in by_key:
             raise ConfigError(f"members: {m.key} is not among the candidates")
-        p = by_key[m.key].test_probs
-        if p is None:
+        c = by_key[m.key]
+        if c.test_probs is None:
             raise ConfigError(f"test_probs: missing for {m.key}")
-        _check_rows("test_probs", np.asarray(p))
-        arrays.append(p)
-    probs = average(arrays, [m.weight for m in members])
-    return probs, _check_labels("y_test", y, probs.shape[0], probs.shape[1])
+        _check_rows("test_probs", np.asarray(c.test_probs), c.log)
+        arrays.append(c.log_probs("test"))
+    mixture = log_average(arrays, [m.weight for m in members])
+    return mixture, _check_labels("y_test", y, mixture.shape[0], mixture.shape[1])
 
 
 def with_test_metrics(ensemble: Ensemble, cands: Sequence[Candidate], y_test: np.ndarray,
-                      objective: Objective | None = None) -> Ensemble:
-    """A copy of ``ensemble`` with test metrics (and the objective's test value) filled in; members untouched."""
-    probs, y = _test_mixture(ensemble.members, cands, y_test)
-    value = None if objective is None else objective.value(probs, "test", f"the {ensemble.method} ensemble")
-    return replace(ensemble, test_accuracy=accuracy(probs, y), test_log_loss=log_loss(probs, y),
-                   test_objective=value)
+                      objective: Objective | None = None, eps: float | None = None) -> Ensemble:
+    """A copy of ``ensemble`` with test metrics (and the objective's test value) filled in; members untouched.
+    ``eps``: the log-loss floor the validation side used (None: ``clip_of(cands)``)."""
+    mixture, y = _test_mixture(ensemble.members, cands, y_test)
+    value = (None if objective is None
+             else objective.value(probabilities(mixture), "test", f"the {ensemble.method} ensemble"))
+    return replace(ensemble, test_accuracy=accuracy(mixture, y),
+                   test_log_loss=nll(mixture, y, clip_of(cands) if eps is None else eps), test_objective=value)
 
 
 def build_all(
@@ -584,7 +664,7 @@ def build_all(
     for an ensemble with a member that has no test predictions. An ``objective`` ranks in every
     builder instead of ``metric`` and ``greedy_metric``.
     """
-    pool = ValPool.of(cands, y_val)
+    pool = ValPool.of(cands, y_val)  # the floor of log losses: clip_of(cands), on test as on validation
     ranking = {"metric": metric, "objective": objective}
     built = [best_single(pool, **ranking), top_k(pool, k=k, **ranking)]
     weights = {key.weights for key in pool.keys}
@@ -600,7 +680,8 @@ def build_all(
     if y_test is None:
         return built
     has_test = {c.key for c in cands if c.test_probs is not None}
-    return [with_test_metrics(e, cands, y_test, objective) if all(m.key in has_test for m in e.members) else e
+    return [with_test_metrics(e, cands, y_test, objective, pool.eps) if all(m.key in has_test for m in e.members)
+            else e
             for e in built]
 
 

@@ -9,7 +9,7 @@ Layout under ``<storage>/<sweep>/``::
     diagnostics/trial-000012.parquet  one row per (trial, attempt, epoch, parameter or layer); parts likewise
     checkpoints/trial-000012.parquet  the checkpoint index of one trial
     weights/trial-000012/...          safetensors files the index points to (not a table: no Parquet)
-    predictions/trial-000012.parquet  class probabilities of every kept checkpoint on val and test (ensembles)
+    predictions/trial-000012.parquet  class log-probabilities of every kept checkpoint on val and test (ensembles)
     dataset/dataset.parquet           one row: val/test labels and the input standardisation, per sweep
     ensembles/ensembles.parquet       one row per ensemble built; soup weights under weights/ensembles/
     events/part-....parquet           every decision the master takes, append-only
@@ -121,12 +121,17 @@ PREDICTION_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 _STORED_WIDTHS = {**PREDICTION_DTYPES, "float64": pa.float64()}
 
 
-def predictions_schema(num_classes: int, dtype: str = "float16", column: str = "probs") -> pa.Schema:
-    """One row per (checkpoint, split, example): its class probabilities as a fixed-size list.
+LOG_PROBS = "log_probs"  # the predictions column of class log-probabilities; "probs" (probabilities): earlier sweeps
+
+
+def predictions_schema(num_classes: int, dtype: str = "float16", column: str = LOG_PROBS) -> pa.Schema:
+    """One row per (checkpoint, split, example): its class log-probabilities as a fixed-size list.
 
     Written by the worker when a trial ends, for every kept checkpoint (raw and EMA), so
     ensembles are built from numbers on disk without running a model. float16 by default:
-    probabilities lose ~1e-3 relative, far below what separates two ensembles.
+    log-probabilities lose ~1e-3 relative and reach -65504, so a confidently wrong model's log loss is
+    its own (probabilities in float16 are 0 below ~6e-8). Sweeps of an earlier caviar hold ``probs``,
+    class probabilities; readers take either (``orchestrator.ensemble.ensemble_run``).
     """
     return pa.schema(
         [
@@ -136,7 +141,8 @@ def predictions_schema(num_classes: int, dtype: str = "float16", column: str = "
             ("weights", pa.string()),  # "raw" or "ema"
             ("split", pa.string()),  # "val" or "test"
             ("row", pa.int32()),  # index of the example within its split
-            # class probabilities; for regression ("values") the outputs in original units, flattened
+            # class log-probabilities (earlier sweeps: "probs", probabilities); for regression ("values") the
+            # outputs in original units, flattened
             (column, pa.list_(_STORED_WIDTHS[dtype], num_classes)),
         ]
     )

@@ -46,7 +46,7 @@ def noisy_probs(y: np.ndarray, skill: float, seed: int) -> np.ndarray:
 
 def pred_table(trial: int, epoch: int, weights: str, val: np.ndarray, test: np.ndarray, *, attempt: int = 0,
                dtype: str = "float16") -> pa.Table:
-    out = schema.predictions_schema(C, dtype)
+    out = schema.predictions_schema(C, dtype, "probs")  # as an earlier caviar wrote them
     np_dtype = np.float16 if dtype == "float16" else np.float32
     parts = []
     for split, probs in (("val", val), ("test", test)):
@@ -179,7 +179,7 @@ def soup_result(helped: bool, val_accuracy: float) -> SoupResult:
 def test_a_soup_is_recorded_and_chosen_only_when_it_helped(sweep):
     seen = {}
 
-    def soup(ranked, metric, objective):
+    def soup(ranked, metric, objective, eps):
         seen["ranked"], seen["metric"] = list(ranked), metric
         return soup_result(helped=False, val_accuracy=1.0)
 
@@ -190,7 +190,8 @@ def test_a_soup_is_recorded_and_chosen_only_when_it_helped(sweep):
     assert len(seen["ranked"]) == 16 and seen["metric"] == "accuracy"
     single = next(r for r in records if r.method == "single")
     assert seen["ranked"][0] == single.members[0].key  # ranked best first on validation
-    records = build_and_write(sweep, soup=lambda ranked, metric, objective: soup_result(helped=True, val_accuracy=1.0))
+    records = build_and_write(sweep, soup=lambda ranked, metric, objective, eps: soup_result(helped=True,
+                                                                                         val_accuracy=1.0))
     assert records[-1].chosen and pick(read_ensembles(sweep), "best").method == "soup"
 
 
@@ -261,7 +262,7 @@ def test_the_objective_passed_in_chooses_every_row_and_its_values_are_recorded(s
         seen["objective"] = dataset.objective
         return Objective("val_zero_error", "min", class_zero_error)
 
-    def soup(ranked, metric, objective):
+    def soup(ranked, metric, objective, eps):
         seen["soup_objective"] = objective
         return None
 
@@ -355,7 +356,7 @@ def test_a_multilabel_sweep_ranked_on_its_loss_ranks_candidates_by_log_loss(tmp_
     learned[1] = 0.55
     for trial, p1 in enumerate((flat, learned)):
         probs = np.stack([1 - p1, p1], axis=1)
-        out = schema.predictions_schema(2, "float32")
+        out = schema.predictions_schema(2, "float32", "probs")
         parts = [pa.table({
             "trial_id": pa.array([trial] * 200, pa.int32()), "attempt": pa.array([0] * 200, pa.int16()),
             "epoch": pa.array([1] * 200, pa.int32()), "weights": ["raw"] * 200, "split": [split] * 200,

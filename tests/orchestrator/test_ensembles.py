@@ -468,7 +468,7 @@ def test_an_objective_that_raises_names_itself_and_the_ensemble() -> None:
     singles = [c.val_probs.astype(np.float32).astype(np.float64) for c in cands]
 
     def fails_on_mixtures(outputs: np.ndarray, split: str) -> float:
-        if not any(np.array_equal(outputs, p) for p in singles):
+        if not any(np.allclose(outputs, p, rtol=1e-6, atol=0) for p in singles):  # exp(log p), rounded
             raise TaskError("metrics raised ZeroDivisionError on the val split: division by zero")
         return float(outputs.max())
 
@@ -485,3 +485,32 @@ def test_an_infinite_objective_ranks_last_in_either_direction():
         objective = Objective("val_mine", mode, lambda *_: {})
         assert objective.loss(good) < objective.loss(bad) == math.inf
         assert objective.loss(math.nan) == objective.loss(None) == math.inf
+
+
+def _log_rows(true_log_p: list[float]) -> np.ndarray:
+    """Two-class log-probabilities whose class 0 (the label) has ``true_log_p``, in float16 as workers store them."""
+    true = np.asarray(true_log_p, dtype=np.float64)
+    return np.stack([true, np.log(-np.expm1(true))], axis=1).astype(np.float16)
+
+
+def test_log_probability_candidates_score_exactly_where_probabilities_underflow():
+    y = np.zeros(2, dtype=np.int64)
+    wrong = _log_rows([-50.0, -1e-3])  # exp(-50) ~ 2e-22: 0 in float16, clipped at 1e-7 as a probability
+    worse = _log_rows([-1000.0, -2e-3])  # 0 even in float64's exp
+    cands = [Candidate(CandidateKey(0, 1), wrong, wrong, log=True),
+             Candidate(CandidateKey(1, 1), worse, worse, log=True)]
+    alone = with_test_metrics(best_single(cands[:1], y), cands, y)
+    assert alone.val_log_loss == pytest.approx((50 + 1e-3) / 2, rel=1e-3)
+    assert alone.test_log_loss == pytest.approx(alone.val_log_loss)
+    pair = top_k(cands, y, k=2)  # log(exp(-50) / 2 + exp(-1000) / 2) = -50 - log 2, found by logaddexp
+    assert pair.val_log_loss == pytest.approx((50 + math.log(2) + 1.5e-3) / 2, rel=1e-3)
+    greedy = greedy_selection(cands, y, steps=3, init_size=2)
+    assert greedy.val_log_loss <= pair.val_log_loss and math.isfinite(greedy.val_log_loss)
+    # The same numbers stored as probabilities (an earlier caviar's sweep): clipped at 1e-7, as they were.
+    as_probs = [Candidate(c.key, np.exp(c.val_probs.astype(np.float64)), np.exp(c.test_probs.astype(np.float64)))
+                for c in cands]
+    clipped = best_single(as_probs[:1], y)
+    assert clipped.val_log_loss == pytest.approx((-math.log(1e-7) + 1e-3) / 2, rel=1e-3)
+    # One pool, one rule: a probability candidate beside log ones puts the clip on every row.
+    assert best_single([cands[0], as_probs[1]], y, metric="log_loss").val_log_loss == pytest.approx(
+        clipped.val_log_loss, rel=1e-6)

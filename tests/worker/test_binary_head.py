@@ -35,7 +35,7 @@ def test_one_logit_is_binary_cross_entropy_and_sigmoid_exactly():
     y = torch.tensor([0, 1, 1, 0, 1])
     bce = F.binary_cross_entropy_with_logits(z.squeeze(1), y.double())
     assert float(class_cross_entropy(z, y)) == pytest.approx(float(bce), rel=1e-12)
-    probs = natural_outputs(TargetKind("classification", num_classes=2), z)
+    probs = natural_outputs(TargetKind("classification", num_classes=2), z).exp()  # stored as log-probabilities
     assert torch.allclose(probs[:, 1].double(), torch.sigmoid(z.squeeze(1)).float().double(), atol=1e-7)
     metrics = builtin_metrics(TargetKind("classification", num_classes=2), z, y)
     assert metrics["accuracy"] == pytest.approx(2 / 5)  # z > 0 is class 1: rows 2 (z = 0: class 0) and 3 are wrong
@@ -87,7 +87,7 @@ def test_a_trial_reports_binary_cross_entropy_and_a_fused_array_the_same(binary)
         for epoch in range(2):
             for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
                 assert math.isclose(fused_rows[epoch][i][key], rows[epoch][key], rel_tol=1e-4, abs_tol=1e-6), key
-        probs = run.predictions(run.weights_state())["val"]
+        probs = run.predictions(run.weights_state())["val"].exp()  # log-probabilities, as stored
         assert probs.shape == (len(splits.x_val), 2)
         assert torch.allclose(probs[:, 1], torch.sigmoid(z.squeeze(1)), atol=1e-6)
     assert fused.output_shape == (1,)

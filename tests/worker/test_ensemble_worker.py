@@ -105,7 +105,7 @@ def test_float16_by_default_and_diverged_checkpoints_are_left_out(tmp_path):
     run.epoch = 3
     recorder.finish(run)
     table = storage.read_table(schema.predictions_path(1))
-    assert table.schema.field("probs").type.value_type == "halffloat"
+    assert table.schema.field("log_probs").type.value_type == "halffloat"
     assert set(table["epoch"].to_pylist()) == {recorder.best[0].epoch}  # the NaN last epoch is not there
     with pytest.raises(ConfigError, match="prediction_dtype"):
         TrialRecorder(storage, 2, 0, prediction_dtype="int8")

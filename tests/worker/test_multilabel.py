@@ -60,7 +60,7 @@ def test_the_loss_is_binary_cross_entropy_per_label_and_the_metrics_count_pairs_
     assert metrics["accuracy"] == pytest.approx(float(right.float().mean()))  # 10 of 12 pairs
     assert metrics["exact_match"] == pytest.approx(0.5)  # rows 0 and 1 wholly right
     assert metrics["log_loss"] == pytest.approx(float(bce), rel=1e-6)
-    probs = natural_outputs(kind, z)  # stored for ensembles: one (1 - p, p) row per (example, label) pair
+    probs = natural_outputs(kind, z).exp()  # stored (as logs) for ensembles: one (1 - p, p) row per pair
     assert probs.shape == (12, 2) and torch.allclose(probs[:, 1], torch.sigmoid(z).reshape(-1))
 
 

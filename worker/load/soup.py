@@ -139,6 +139,7 @@ class Soup:
         self.storage, self.max_ingredients = storage, max_ingredients
         self.models = SweepModels(storage, task)
         self.device = pick_device(device)
+        self.eps = 0.0  # floor of log losses: 0 (exact), or ensembles.CLIP for a sweep stored as probabilities
         self.splits = self._checked_splits(storage, task, load_data, splits)
         self._arch: dict[int, tuple[Any, ...]] = {}
 
@@ -207,15 +208,18 @@ class Soup:
         scores, labels = class_scores(logits.float(), kind), class_labels(y, kind)
         if kind.per_position:  # the labelled positions, as the stored predictions hold them
             scores, labels = labelled(scores, labels)
-        probs, labels = torch.softmax(scores, dim=1).cpu().numpy(), labels.cpu().numpy()
-        value = None if objective is None else objective.value(probs.astype(np.float64), split, what)
-        return Scores(ensembles.accuracy(probs, labels), ensembles.log_loss(probs, labels), value), state
+        # log-probabilities, as the workers store them: a confident mistake's log loss is its own, not a clipped one
+        log_probs, labels = torch.log_softmax(scores, dim=1).cpu().double().numpy(), labels.cpu().numpy()
+        value = None if objective is None else objective.value(ensembles.probabilities(log_probs), split, what)
+        return Scores(ensembles.accuracy(log_probs, labels), ensembles.nll(log_probs, labels, self.eps), value), state
 
     def build(self, ranked: Sequence[CandidateKey], metric: str = "accuracy",
-              objective: Objective | None = None) -> SoupResult | None:
-        """Greedy soup around the best candidate; ``ranked`` is best first on validation (by ``objective`` if given)."""
+              objective: Objective | None = None, eps: float = 0.0) -> SoupResult | None:
+        """Greedy soup around the best candidate; ``ranked`` is best first on validation (by ``objective`` if given).
+        ``eps``: the floor of the other rows' log losses (``ensembles.clip_of``), so that all compare alike."""
         if not ranked:
             return None
+        self.eps = eps
         base, peers = ranked[0], self.peers(ranked)
         states = [self.models.state(base)]
         model = self.models.with_weights(base.trial_id, states[0]).to(self.device)  # weights that do not fit: named
@@ -285,10 +289,11 @@ def soup_builder(storage: Storage, task: Task, device: str = "auto", max_ingredi
     """A builder for ``ensemble_run.build``; ``splits`` when the sweep already prepared them, else the task's data
     loads (``load_data``, else the task's) only if a soup is asked for."""
 
-    def build(ranked: Sequence[CandidateKey], metric: str, objective: Objective | None = None) -> SoupResult | None:
+    def build(ranked: Sequence[CandidateKey], metric: str, objective: Objective | None = None,
+              eps: float = 0.0) -> SoupResult | None:
         # It runs in the caller's process (run_sweep in a notebook): each build_model draws its initial weights
         # from torch's global generator, which the caller's next draws would otherwise start from.
         with preserved_randomness(pick_device(device)):
-            return Soup(storage, task, device, max_ingredients, load_data, splits).build(ranked, metric, objective)
+            return Soup(storage, task, device, max_ingredients, load_data, splits).build(ranked, metric, objective, eps)
 
     return build

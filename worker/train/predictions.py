@@ -1,7 +1,7 @@
-"""What a trial leaves for ensembling: class probabilities of its kept checkpoints, and the sweep's labels.
+"""What a trial leaves for ensembling: class log-probabilities of its kept checkpoints, and the sweep's labels.
 
 When a trial ends, every checkpoint it keeps (raw and EMA, best and last) is run once on
-the validation and test splits and the probabilities go to ``predictions/trial-N.parquet``.
+the validation and test splits and the log-probabilities go to ``predictions/trial-N.parquet``.
 Ensembles are then built from these numbers alone (``orchestrator.ensemble.ensemble_run``), with no
 model run again. Storage stays bounded: only kept checkpoints, float16 by default.
 
@@ -128,8 +128,8 @@ def write_dataset(storage: Storage, splits: Splits, objective: str | None = None
 
 
 def predictions_table(rows: Sequence[tuple[Mapping[str, Any], Mapping[str, torch.Tensor]]], num_classes: int,
-                      dtype: str, column: str = "probs") -> pa.Table:
-    """``(index row, {"val": probs, "test": probs})`` pairs to one table in the predictions schema."""
+                      dtype: str, column: str = schema.LOG_PROBS) -> pa.Table:
+    """``(index row, {"val": outputs, "test": outputs})`` pairs to one table in the predictions schema."""
     out_schema = schema.predictions_schema(num_classes, dtype, column)
     np_dtype = np.dtype(dtype)
     columns: dict[str, list[np.ndarray]] = {name: [] for name in out_schema.names}
@@ -171,7 +171,8 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
                       results: Mapping[tuple[int, str], CheckpointResults], dtype: str = "float16") -> int:
     """The natural outputs of each checkpoint in ``index`` on val and test; returns rows written.
 
-    Class probabilities for classification (class indices or soft labels); regression values in
+    Class log-probabilities for classification (class indices or soft labels), kept within the dtype's finite
+    range (float16 reaches -65504: a log loss of that is no less wrong); regression values in
     the targets' original units, float32, or float64 where the outputs are (float16 keeps ~3 digits: 150.3 would
     read back as 150.25). Checkpoints whose outputs are not finite (a diverged last epoch) are left out: no
     ensemble could use them. Custom tasks store none (only their own metrics could score an
@@ -193,6 +194,8 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
     labelled = labelled_rows(run.splits)
     for index_row in index:
         by_split = {split: out for split, (out, _) in results[(index_row["epoch"], index_row["weights"])].items()}
+        if classification:  # log_softmax of huge logits reaches -inf; NaN (a diverged epoch) stays NaN, left out
+            by_split = {split: out.clamp(min=float(np.finfo(dtype).min)) for split, out in by_split.items()}
         if labelled is not None:  # one row per labelled position, as the ensembles score them
             by_split = {split: out[labelled[split]] for split, out in by_split.items()}
         if classification and any(p.ndim != 2 or p.shape[1] != width for p in by_split.values()):

@@ -90,9 +90,13 @@ def model_outputs(model: torch.nn.Module, x: torch.Tensor | Stream, batch_size: 
 
 
 def natural_outputs(kind: TargetKind, outputs: torch.Tensor) -> torch.Tensor:
-    """What a prediction means for the kind: class probabilities, or values in the targets' original units."""
+    """What a prediction means for the kind: class log-probabilities, or values in the targets' original units.
+
+    Log-probabilities, not probabilities: a confidently wrong model's probability of the true class underflows
+    (below ~6e-8 in float16, ~1e-45 in float32) where its log does not, and the ensembles' log losses are then
+    the ``val_log_loss`` the metrics report, not a clipped one."""
     if kind.kind == "classification":
-        return torch.softmax(class_scores(outputs.float(), kind), dim=1)  # a logit: both classes' probabilities
+        return torch.log_softmax(class_scores(outputs.float(), kind), dim=1)  # a logit: both classes' log-probs
     return kind.to_original(outputs)
 
 
