@@ -86,6 +86,21 @@ def check_builtin_values(params: Mapping[str, Any], *, own_optimizer: bool = Fal
                 hint = did_you_mean(value, OPTIMIZERS + SCHEDULES) if isinstance(value, str) else ""
                 raise SpaceError(f"parameter '{name}': {value!r} is not {wanted}, as caviar's training loop reads it"
                                  f"{hint}")
+    nesterov = not own_optimizer and "nesterov" in _values(params.get("optimizer"))
+    if nesterov and _zero_for_nesterov(params.get("momentum")):
+        raise SpaceError("parameter 'momentum': 0 beside optimizer 'nesterov': torch's SGD refuses Nesterov "
+                         "momentum without a momentum, so every nesterov trial drawing 0 fails; keep momentum above 0 "
+                         "(one_minus_loguniform(0.8, 0.999)), or draw it only for the momentum trials (when=...)")
+
+
+def _zero_for_nesterov(momentum: Any) -> bool:
+    """A fixed 0 or a choice with the option 0 that nesterov trials draw (a range draws exactly 0 with probability
+    0; a momentum drawn only when optimizer is "momentum" leaves nesterov at its default)."""
+    if isinstance(momentum, Distribution):
+        drawn_for = momentum.condition.get("optimizer")
+        if not isinstance(momentum, Choice) or (drawn_for is not None and "nesterov" not in drawn_for):
+            return False
+    return any(_number(v) and v == 0 for v in _values(momentum))
 
 
 # Decay rates caviar's loop reads, which must stay below 1: torch's Adam refuses a beta of 1 or more, the EMA weights

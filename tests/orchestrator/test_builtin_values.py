@@ -42,6 +42,18 @@ def test_every_option_and_bound_is_checked_before_a_trial_draws_it():
     assert "is not a number > 0" in refusal({"grad_clip": 0})
 
 
+def test_a_zero_momentum_that_nesterov_trials_draw_is_refused():
+    # Before: every nesterov trial that drew 0 failed mid-sweep (torch: "Nesterov momentum requires a momentum").
+    said = refusal({"optimizer": choice(["momentum", "nesterov"]), "momentum": choice([0.0, 0.9])})
+    assert said.startswith("parameter 'momentum': 0 beside optimizer 'nesterov': torch's SGD refuses")
+    assert refusal({"optimizer": "nesterov", "momentum": 0}) == said
+    check_builtin_values({"optimizer": choice(["momentum", "nesterov"]), "momentum": uniform(0.0, 0.9)})
+    check_builtin_values({"optimizer": choice(["momentum", "adam"]), "momentum": choice([0.0, 0.9])})
+    check_builtin_values(SearchSpace({"optimizer": choice(["momentum", "nesterov"]),
+                                      "momentum": choice([0.0, 0.9], when={"optimizer": ["momentum"]})}))
+    check_builtin_values({"optimizer": "nesterov", "momentum": 0}, own_optimizer=True)
+
+
 def test_a_task_with_its_own_build_optimizer_names_its_optimizers_as_it_likes():
     check_builtin_values({"optimizer": choice(["lion", "adam"])}, own_optimizer=True)
 
