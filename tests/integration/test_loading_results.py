@@ -268,3 +268,24 @@ def test_top_reads_the_trials_table_only(sweep, tmp_path):
     expected = CliRunner().invoke(app, ["top", sweep.path, "-k", "2"], env={"COLUMNS": "250"})
     assert [line for line in shown.output.splitlines() if "│" in line] == [
         line for line in expected.output.splitlines() if "│" in line]
+
+
+def test_a_dataset_a_loader_or_a_list_of_images_is_refused_saying_how_to_predict_on_it(sweep, inputs):
+    """A streamed sweep's user passed the test Dataset or its DataLoader: torch's 'only one element tensors can be
+    converted to Python scalars' and 'Could not infer dtype of DataLoader', naming neither the input nor a way on."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from orchestrator import load_ensemble
+    from orchestrator.errors import ConfigError
+
+    model = load_ensemble(sweep.path, task=CNN_TASK)
+    x = torch.from_numpy(inputs[:6])
+    dataset = TensorDataset(x, torch.zeros(6, dtype=torch.long))
+    for given, named in [(dataset, "TensorDataset"), (DataLoader(dataset, batch_size=4), "DataLoader"),
+                         (list(x), "list")]:
+        for call in (model, model.predict):
+            with pytest.raises(ConfigError, match=rf"^inputs are a {named}\b.*shape \(N, 1, 8, 8\): stack a "
+                                                  r"Dataset's inputs .*predict batch by batch"):
+                call(given)
+    assert torch.equal(torch.cat([model.predict(b) for b, _ in DataLoader(dataset, batch_size=4)]), model.predict(x))

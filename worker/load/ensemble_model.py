@@ -242,6 +242,8 @@ class EnsembleModel(nn.Module):
         take as they are (it indexed columns by row number: KeyError); a reversed view is copied."""
         if isinstance(x, torch.Tensor):
             return x
+        if isinstance(x, (torch.utils.data.Dataset, torch.utils.data.DataLoader)):
+            raise ConfigError(self._not_a_batch(x))
         if hasattr(x, "to_numpy") and not isinstance(x, np.ndarray):
             x = self._in_training_order(x).to_numpy()
         if isinstance(x, np.ndarray) and x.dtype == object:
@@ -252,7 +254,18 @@ class EnsembleModel(nn.Module):
             x = x.copy()  # np.flip(x, -1), a mirrored test-time view: torch takes no negative strides; values kept
         with warnings.catch_warnings():  # a read-only array (a DataFrame's values, a memmap): never written to here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return torch.as_tensor(x)
+            try:
+                return torch.as_tensor(x)
+            except (TypeError, ValueError, RuntimeError) as exc:  # a list of image tensors: "only one element ..."
+                raise ConfigError(self._not_a_batch(x, exc)) from None
+
+    def _not_a_batch(self, x: Any, exc: Exception | None = None) -> str:
+        """What to pass instead of a Dataset, a DataLoader or a list of tensors: one batch, or a loop of them."""
+        shape = f"(N, {', '.join(map(str, self.input_shape))})" if self.input_shape else "(N, ...)"
+        why = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        return (f"inputs are a {type(x).__name__}{why}; a loaded ensemble takes one batch, an array or tensor of "
+                f"shape {shape}: stack a Dataset's inputs (torch.stack([ds[i][0] for i in range(len(ds))])), or "
+                "predict batch by batch (torch.cat([model.predict(x) for x, _ in loader]))")
 
     def _in_training_order(self, frame: Any) -> Any:
         """A DataFrame's columns in the order the sweep trained on (by name), when it trained on a DataFrame: the same
