@@ -55,7 +55,7 @@ from worker.arrays.fused_diagnostics import (
 from worker.data.kinds import TargetKind, class_scores, loss_function, objective_and_mode, predicted_classes
 from worker.data.seeds import seed_trial
 from worker.data.splits import Splits, padding_rows, skips_single_batch
-from worker.data.streams import Stream
+from worker.data.streams import Stream, eval_rows
 from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
 from worker.train.ema import average_buffer, ema_decay_at
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
@@ -733,9 +733,10 @@ class FusedArray:
 
     @torch.no_grad()
     def logits(self, flat: torch.Tensor, buffers: Mapping[str, torch.Tensor], x: torch.Tensor,
-               batch_size: int = 4096) -> torch.Tensor:
+               batch_size: int | None = None) -> torch.Tensor:
         """Eval-mode outputs of every member on the same inputs: ``[K, N, classes]``."""
         k = flat.shape[0]
+        batch_size = batch_size or eval_rows(tuple(x.shape[1:]), copies=k)  # K members: K times one chunk's memory
         chunks = [self._forward(flat.detach(), buffers, {},  # dropout rates: read in training only
                                 x[i : i + batch_size].expand(k, -1, *x.shape[1:]), training=False)
                   for i in range(0, len(x), batch_size)]

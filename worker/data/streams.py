@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,9 +37,20 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from orchestrator.errors import TaskError
 
 EVAL_BATCH = 1024
+# Input numbers per evaluation chunk: 4096 rows of tabular features or 8x8 digits, 2730 CIFAR images, 55 of 3x224x224.
+# Evaluation runs without gradients but on far more rows than a training batch: 4096 large images made activations
+# that a GPU training a batch of 64 of them could not hold, and lowering batch_size did not help.
+EVAL_ELEMENTS = 2**23
 STATS_BATCH = 256
 SCAN_REPORT_SECONDS = 30.0  # the load-time pass says how far it got after this long, then at doubling intervals
 log = logging.getLogger("caviar")
+
+
+def eval_rows(example_shape: tuple[int, ...], most: int = 4096, copies: int = 1) -> int:
+    """Examples per evaluation chunk: ``most``, fewer where ``copies`` models (a fused array's members) each take a
+    chunk of examples this large, so that a chunk holds at most :data:`EVAL_ELEMENTS` input numbers."""
+    per_example = max(1, math.prod(example_shape)) * max(1, copies)
+    return max(1, min(most, EVAL_ELEMENTS // per_example))
 
 
 @dataclass(eq=False)
@@ -113,7 +125,7 @@ class Stream:
         a random transform (a training augmentation given to val) would score every epoch on other inputs.
         """
         if self._eval_loader is None:
-            self._eval_loader = self.loader(EVAL_BATCH, shuffle=False)
+            self._eval_loader = self.loader(eval_rows(self.input_shape, EVAL_BATCH), shuffle=False)
         seen = 0
         for batch in self._eval_loader:
             x, y = _pair(batch, self.name)

@@ -37,6 +37,7 @@ from orchestrator.store.storage import Storage, sha256
 from orchestrator.store.sweeps import not_a_sweep
 from worker.data import task_globals
 from worker.data.kinds import TargetKind, class_dim, class_scores
+from worker.data.streams import eval_rows
 from worker.load.objective import stored_class_dim
 from worker.train.recorder import load_safetensors
 from worker.train.trainer import pick_device
@@ -373,7 +374,7 @@ class EnsembleModel(nn.Module):
         return total
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> torch.Tensor:
+    def predict(self, x: torch.Tensor | np.ndarray, batch_size: int | None = None) -> torch.Tensor:
         """Most probable class per row (regression: the predicted values), in batches, without gradients, with the
         members in eval mode whatever mode the module is in (``.train()`` on a model holding it): in training mode
         dropout would draw and batch norm would both use and overwrite its running statistics with the batch's."""
@@ -386,6 +387,7 @@ class EnsembleModel(nn.Module):
                 for module, training in modes:  # as the caller left each one
                     module.training = training
         x = self._as_batch(x)
+        batch_size = batch_size or eval_rows(tuple(x.shape[1:]))  # members run one after another
         # An empty batch (or a scalar, which forward refuses) is one call: torch.cat takes no empty list.
         chunks = [x[i : i + batch_size] for i in range(0, len(x), batch_size)] if x.ndim and len(x) else [x]
         if self.target_shape is not None or self.outputs_as_given:

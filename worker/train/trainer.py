@@ -33,7 +33,7 @@ from worker.data.kinds import (
 )
 from worker.data.seeds import host_rng_state, seed_trial, set_host_rng_state
 from worker.data.splits import Splits, batches, skips_single_batch
-from worker.data.streams import Stream
+from worker.data.streams import Stream, eval_rows
 from worker.train.diagnostics import Diagnostics, DiagnosticsOptions, gradient_norm
 from worker.train.ema import EmaWeights
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
@@ -57,12 +57,13 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, batch_size: int = 4096
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, batch_size: int | None = None
 ) -> tuple[float, float, torch.Tensor]:
     """Mean loss, accuracy and the logits on one split, in eval mode (dropout off, BN frozen)."""
     was_training = model.training
     model.eval()
-    logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    rows = batch_size or eval_rows(tuple(x.shape[1:]))
+    logits = torch.cat([model(x[i : i + rows]) for i in range(0, len(x), rows)])
     model.train(was_training)
     loss = float(loss_fn(logits, y))
     labels = y.argmax(dim=1) if y.ndim == 2 else y  # soft labels: the most probable class
@@ -71,12 +72,13 @@ def evaluate(
 
 
 @torch.no_grad()
-def model_outputs(model: torch.nn.Module, x: torch.Tensor | Stream, batch_size: int = 4096,
+def model_outputs(model: torch.nn.Module, x: torch.Tensor | Stream, batch_size: int | None = None,
                   splits: Splits | None = None, device: torch.device | None = None) -> torch.Tensor:
     """The model's outputs on a whole split, in eval mode (dropout off, BN on running statistics).
 
     ``x`` is the split's inputs in memory, or its :class:`Stream` (read in order, batch by batch,
-    standardised as ``splits`` says): only the outputs are kept.
+    standardised as ``splits`` says): only the outputs are kept. In memory ``batch_size`` rows at a time, by default
+    fewer for large examples (:func:`~worker.data.streams.eval_rows`).
     """
     was_training = model.training
     model.eval()
@@ -84,7 +86,8 @@ def model_outputs(model: torch.nn.Module, x: torch.Tensor | Stream, batch_size: 
         assert splits is not None
         outputs = torch.cat([model(splits.normalise(xb.to(device, non_blocking=True))) for xb, _ in x.eval_batches()])
     else:
-        outputs = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        rows = batch_size or eval_rows(tuple(x.shape[1:]))
+        outputs = torch.cat([model(x[i : i + rows]) for i in range(0, len(x), rows)])
     model.train(was_training)
     return outputs
 
