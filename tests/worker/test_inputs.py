@@ -380,3 +380,18 @@ def test_an_objective_the_metrics_do_not_return_is_refused_naming_the_metrics_no
                                         r"val_accuracy, val_log_loss, val_loss\): metrics must return 'prec1' at every "
                                         r"evaluation \(NaN where it is undefined\)"):
         validate_contract(left_out, [config])
+
+
+def test_a_per_axis_statistic_that_fits_the_first_and_the_last_axis_is_refused_naming_both_shapes():
+    """Sequences of 6 steps of 6 sensor features standardised per feature with x.mean((0, 1)): the (6,) vector was
+    read as one value per time step (the channel rule for (C, H, W) images), in silence."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(40, 6, 6)) * np.arange(1, 7) + np.arange(6) * 10).astype(np.float32)
+    y = np.arange(40) % 2
+    mean, std = x.mean((0, 1)), x.std((0, 1))
+    with pytest.raises(TaskError, match=r"^normalize: mean of shape \(6,\) fits both the first axis \(channels, .*\) "
+                                        r"and the last \(features\) of inputs of shape \(6, 6\); give it the shape "
+                                        r"\(6, 1\) for the first or \(1, 6\) for the last$"):
+        prepare(((x, y),) * 3, task_statistics=(mean, std))
+    splits = prepare(((x, y),) * 3, task_statistics=(mean[None], std[None]))
+    np.testing.assert_allclose(splits.x_val.numpy(), (x - mean) / std, rtol=1e-5, atol=1e-5)

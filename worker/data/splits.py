@@ -343,6 +343,8 @@ def task_input_statistics(statistics: Any, input_shape: tuple[int, ...], dtype: 
     for name, value in zip(("mean", "std"), statistics):
         t = torch.as_tensor(np.array(value, dtype=np.float64))  # a copy: read-only arrays (Ray's) make torch warn
         if t.ndim == 1 and len(input_shape) > 1 and t.shape[0] == input_shape[0] and t.shape[0] > 1:
+            if t.shape[0] == input_shape[-1]:  # (T, F) with T == F: per time step or per feature, both broadcast
+                raise _ambiguous_statistics(name, len(t), input_shape)
             t = t.reshape(-1, *([1] * (len(input_shape) - 1)))  # per channel
         try:
             t = torch.broadcast_to(t, input_shape).unsqueeze(0)
@@ -359,6 +361,15 @@ def task_input_statistics(statistics: Any, input_shape: tuple[int, ...], dtype: 
                         "for a feature constant in your data give 1 there (np.where(std > 0, std, 1)), which centres "
                         "it as caviar's own statistics do")
     return mean.to(dtype).contiguous(), std.to(dtype).contiguous()
+
+
+def _ambiguous_statistics(name: str, length: int, input_shape: tuple[int, ...]) -> TaskError:
+    """A ``(C,)`` statistic that fits the inputs' first axis (channels) and their last (features) alike."""
+    ones = [1] * (len(input_shape) - 1)
+    first, last = (tuple(s) for s in ([length, *ones], [*ones, length]))
+    return TaskError(f"normalize: {name} of shape ({length},) fits both the first axis (channels, as torchvision's "
+                     f"Normalize reads it) and the last (features) of inputs of shape {input_shape}; give it the "
+                     f"shape {first} for the first or {last} for the last")
 
 
 def _prepare_streams(parts: list[Any], *, normalize: bool, kind: str | None, standardize_targets: bool,
