@@ -395,3 +395,25 @@ def test_a_per_axis_statistic_that_fits_the_first_and_the_last_axis_is_refused_n
         prepare(((x, y),) * 3, task_statistics=(mean, std))
     splits = prepare(((x, y),) * 3, task_statistics=(mean[None], std[None]))
     np.testing.assert_allclose(splits.x_val.numpy(), (x - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_images_for_a_convolution_are_refused_saying_how_to_transpose_them():
+    """Images as PIL and numpy give them, (N, H, W, C), scaled to float: the refusal was torch's 'expected
+    input[16, 6, 6, 3] to have 3 channels, but got 6 channels instead', naming neither the layout nor a fix."""
+    from worker.check.contract import validate_contract
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 6, 6, 3), dtype=np.float32), rng.integers(0, 2, size=40)
+    conv = lambda config: nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(32, 2))  # noqa: E731
+    streamed = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    for data in (((x, y),) * 3, (streamed,) * 3):
+        with pytest.raises(TaskError, match=r"to have 3 channels, but got 6 channels.*; the inputs are \(N, 6, 6, 3\), "
+                                            r"channels last .*: give np.ascontiguousarray\(x.transpose\(0, 3, 1, 2\)\) "
+                                            r"in load_data, or image.permute\(2, 0, 1\) in a Dataset's __getitem__$"):
+            validate_contract(plain_task(conv, lambda data=data: data), [{"lr": 0.05, "batch_size": 16}])
+    channels_first = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    assert validate_contract(plain_task(conv, lambda: ((channels_first, y),) * 3), [{"lr": 0.05, "batch_size": 16}])
+    # A convolution given too few channels for another reason keeps torch's words alone.
+    with pytest.raises(TaskError, match=r"to have 4 channels, but got 3 channels[^;]*$"):
+        four = plain_task(lambda config: nn.Sequential(nn.Conv2d(4, 2, 3)), lambda: ((channels_first, y),) * 3)
+        validate_contract(four, [{"lr": 0.05, "batch_size": 16}])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -243,7 +244,22 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
     about_data = isinstance(first, TaskError) and str(first).startswith("load_data:")  # holds for every config
     line = f"{error} (on each of the sweep's first {tried} configs)" if tried > 1 and not about_data else str(error)
     ids = _standardised_ids(task, splits, configs[0]) if piece == "the model's forward pass or loss_fn" else None
+    ids = ids or channels_last_note(first, splits.input_shape)
     raise TaskError(line if ids is None else f"{line}; {ids}") from first
+
+
+def channels_last_note(exc: BaseException, input_shape: tuple[int, ...]) -> str | None:
+    """Images given channels last, (N, H, W, C) as PIL and numpy hold them, to a convolution that takes (N, C, H, W):
+    torch's words ('expected input[32, 32, 32, 3] to have 3 channels, but got 32') name neither the layout nor a fix."""
+    found = re.search(r"to have (\d+) channels, but got (\d+) channels", str(exc))
+    if found is None or len(input_shape) < 2 or input_shape[-1] != int(found[1]) or input_shape[0] == input_shape[-1]:
+        return None
+    order = ", ".join(map(str, (0, len(input_shape), *range(1, len(input_shape)))))
+    one = ", ".join(map(str, (len(input_shape) - 1, *range(len(input_shape) - 1))))
+    shape = ", ".join(map(str, input_shape))
+    return (f"the inputs are (N, {shape}), channels last as PIL and numpy give images, but convolutions take them "
+            f"channels first: give np.ascontiguousarray(x.transpose({order})) in load_data, or image.permute({one}) "
+            "in a Dataset's __getitem__")
 
 
 def _standardised_ids(task: Task, splits: Splits, config: Mapping[str, Any]) -> str | None:
