@@ -417,3 +417,17 @@ def test_channels_last_images_for_a_convolution_are_refused_saying_how_to_transp
     with pytest.raises(TaskError, match=r"to have 4 channels, but got 3 channels[^;]*$"):
         four = plain_task(lambda config: nn.Sequential(nn.Conv2d(4, 2, 3)), lambda: ((channels_first, y),) * 3)
         validate_contract(four, [{"lr": 0.05, "batch_size": 16}])
+
+
+def test_statistics_kept_with_their_batch_axis_standardise_per_channel():
+    """normalize = (x.mean((0, 2, 3), keepdims=True), x.std(...)), shape (1, 3, 1, 1) as numpy and torch keep them,
+    was refused: 'normalize: mean of shape (1, 3, 1, 1) does not fit inputs of shape (3, 4, 4)'."""
+    scale = np.array([1, 5, 9], np.float32)[:, None, None]
+    x = np.random.default_rng(0).random((20, 3, 4, 4), dtype=np.float32) * scale
+    y = np.arange(20) % 2
+    mean, std = x.mean((0, 2, 3), keepdims=True), x.std((0, 2, 3), keepdims=True)
+    splits = prepare(((x, y),) * 3, task_statistics=(mean, std))
+    np.testing.assert_allclose(splits.x_val.numpy(), (x - mean) / std, rtol=1e-5, atol=1e-6)
+    assert torch.equal(prepare(((x, y),) * 3, task_statistics=(mean[0], std[0])).x_val, splits.x_val)
+    with pytest.raises(TaskError, match=r"normalize: mean of shape \(2, 3, 1, 1\) does not fit inputs of shape"):
+        prepare(((x, y),) * 3, task_statistics=(np.concatenate([mean, mean]), std))

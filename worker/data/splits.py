@@ -342,6 +342,8 @@ def task_input_statistics(statistics: Any, input_shape: tuple[int, ...], dtype: 
     out = []
     for name, value in zip(("mean", "std"), statistics):
         t = torch.as_tensor(np.array(value, dtype=np.float64))  # a copy: read-only arrays (Ray's) make torch warn
+        if t.ndim == len(input_shape) + 1 and t.shape[0] == 1:  # x.mean((0, 2, 3), keepdims=True): the batch axis
+            t = t[0]
         if t.ndim == 1 and len(input_shape) > 1 and t.shape[0] == input_shape[0] and t.shape[0] > 1:
             if t.shape[0] == input_shape[-1]:  # (T, F) with T == F: per time step or per feature, both broadcast
                 raise _ambiguous_statistics(name, len(t), input_shape)
