@@ -670,3 +670,32 @@ def test_a_batch_size_above_a_training_split_that_drops_its_last_batch_is_named_
     ranged = check_batches_fit_dropping_split(splits, {"batch_size": randint(16, 200)}, [])
     assert "batch_size range [16, 200] goes above 100" in ranged and "limits=(low, 100)" in ranged
     assert check_batches_fit_dropping_split(splits, {"batch_size": randint(16, 100)}, []) is None
+
+
+class _PilImages(torch.utils.data.Dataset):
+    """Images as a torchvision Dataset gives them without ToTensor: PIL images."""
+
+    def __init__(self, n: int):
+        self.pixels = np.random.default_rng(0).integers(0, 256, size=(n, 6, 6, 3), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return Image.fromarray(self.pixels[i]), i % 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_dataset_of_pil_images_is_refused_naming_the_split_and_the_conversion(workers):
+    """It was 'load_data raised TypeError: default_collate: batch must contain tensors, ...; found <class
+    'PIL.Image.Image'>': load_data had returned; caviar's own read of the split could not batch its items."""
+    pytest.importorskip("PIL")
+    from orchestrator.errors import TaskError
+    from worker.data.splits import prepare
+
+    with pytest.raises(TaskError, match=r"^load_data: the train Dataset yields items a DataLoader cannot batch "
+                                        r"\(default_collate: .*found <class 'PIL.Image.Image'>\); return tensors from "
+                                        r"__getitem__: for a PIL image torch.from_numpy\(np.asarray\(image\)\)"):
+        prepare((_PilImages(8), _PilImages(4), _PilImages(4)), num_workers=workers)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -239,6 +240,27 @@ def is_stream(split: Any) -> bool:
     return isinstance(split, Dataset) or callable(split)
 
 
+def collated(batches: Iterable[Any], name: str) -> Iterator[Any]:
+    """``batches`` as they come; items torch's default collate cannot batch (a PIL image, as a torchvision Dataset
+    gives it without ToTensor) are refused in one line naming the split, not as load_data's TypeError."""
+    items = iter(batches)
+    while True:
+        try:
+            batch = next(items)
+        except StopIteration:
+            return
+        except TypeError as exc:  # from a loader worker process too: torch's words are then one line of a traceback
+            found = re.search(r"default_collate: [^\n]*", str(exc))
+            if found is None:
+                raise
+            fix = ("return tensors from __getitem__: for a PIL image torch.from_numpy(np.asarray(image)).permute(2, 0, "
+                   "1).float() / 255, as torchvision's ToTensor gives it" if "PIL" in found[0] else
+                   "return tensors, numpy arrays or numbers from __getitem__")
+            raise TaskError(f"load_data: the {name} Dataset yields items a DataLoader cannot batch ({found[0]}); "
+                            f"{fix}") from None
+        yield batch
+
+
 def _pair(item: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         got = type(item).__name__
@@ -279,7 +301,7 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
     report_at = started + SCAN_REPORT_SECONDS
     batches = (stream.reading(STATS_BATCH) if stream.make_loader is not None else
                DataLoader(stream.dataset, batch_size=STATS_BATCH, shuffle=False, num_workers=stream._workers()))
-    for batch in batches:
+    for batch in collated(batches, stream.name):
         x, y = _pair(batch, stream.name)
         if count == 0:
             stream.input_shape, stream.input_dtype = tuple(x.shape[1:]), x.dtype
