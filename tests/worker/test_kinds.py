@@ -390,9 +390,10 @@ def test_a_custom_kind_takes_targets_as_they_are_missing_labels_booleans_and_com
     for y in (missing, torch.tensor([True, False]), torch.tensor([1 + 2j, 3j])):
         assert resolve_kind("custom", {"train": y, "val": y, "test": y}).kind == "custom"
     # elsewhere NaN is refused (the default losses and metrics would turn it into NaN), saying what takes it
-    assert refusal("regression", [[0.5, float("nan")]], [[1.5, 1.0]], [[2.0, 1.0]]).endswith(
-        "every target must be finite (for labels that are missing, declare kind = \"custom\" with a loss_fn and "
-        "metrics that skip them)")
+    said = refusal("regression", [[0.5, 1.0], [0.5, float("nan")]], [[1.5, 1.0]], [[2.0, 1.0]])
+    assert said.endswith("every target must be finite (for labels that are missing, declare kind = \"custom\" with a "
+                         "loss_fn and metrics that skip them)")
+    assert "train targets contain nan (at index (1, 1))" in said  # which row to fix, as the inputs' line says
 
 
 def test_a_nan_loss_without_a_loss_fn_names_the_default_loss_and_the_outputs(tmp_path):

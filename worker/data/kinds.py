@@ -128,8 +128,10 @@ def _first_non_integer(y: torch.Tensor) -> torch.Tensor | None:
 
 def _check_finite(y: torch.Tensor, split: str) -> None:
     if y.is_floating_point() and not bool(torch.isfinite(y).all()):
-        bad = _value(y[~torch.isfinite(y)][0])
-        raise TaskError(f"load_data: {split} targets contain {bad}; every target must be finite (for labels that are "
+        where = tuple((~torch.isfinite(y)).nonzero()[0].tolist())  # as the inputs' line names it: which row to fix
+        bad = _value(y[where])
+        raise TaskError(f"load_data: {split} targets contain {bad} (at index {where}); every target must be finite "
+                        "(for labels that are "
                         'missing, declare kind = "custom" with a loss_fn and metrics that skip them)')
 
 
