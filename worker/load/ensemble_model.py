@@ -272,7 +272,12 @@ class EnsembleModel(nn.Module):
         """A DataFrame's columns in the order the sweep trained on (by name), when it trained on a DataFrame: the same
         columns in another order would otherwise reach other inputs of the model without a word."""
         given = [str(c) for c in getattr(frame, "columns", ())]
-        if self.feature_names is None or given == list(self.feature_names):
+        if self.feature_names is None:  # trained on arrays: nothing to match names with (scikit-learn warns alike)
+            warnings.warn("the sweep trained on arrays, so the DataFrame's columns are taken in the order given, by "
+                          "position, not by name: give them in the training order (or give load_data a DataFrame, "
+                          "whose column names the sweep then keeps)", UserWarning, stacklevel=4)
+            return frame
+        if given == list(self.feature_names):
             return frame
         missing = [c for c in self.feature_names if c not in given]
         unknown = [c for c in given if c not in self.feature_names]
