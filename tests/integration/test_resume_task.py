@@ -160,3 +160,46 @@ def test_status_names_ensembles_a_stopped_master_did_not_build_and_resume_builds
                       storage=str(tmp_path / "runs"), name="plain", ensemble=False)
     shown = subprocess.run([*CAVIAR, "status", plain.path], env=ENV, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "ensembles" not in shown.stdout, shown.stdout
+
+
+DATAFRAME_TASK = '''
+import os
+import numpy as np
+import pandas as pd
+from torch import nn
+
+space = {"lr": 0.01, "batch_size": 16}
+settings = {"trials": 1, "epochs": 1, "stages": 1}
+
+
+def load_data():
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(60, 3)).astype("float32"), columns=["a", "b", "c"])
+    if os.environ.get("REORDERED"):  # the same table, its columns read in another order
+        x = x[["c", "b", "a"]]
+    y = (rng.random(60) < 0.5).astype("int64")
+    return {"train": (x.iloc[:40], y[:40]), "val": (x.iloc[40:50], y[40:50]), "test": (x.iloc[50:], y[50:])}
+
+
+def build_model(config):
+    return nn.Linear(3, 2)
+'''
+
+
+def test_a_worker_whose_load_data_gives_the_columns_in_another_order_than_the_sweep_is_refused(tmp_path, monkeypatch):
+    # A sweep stopped before its trials ran, resumed (on Ray) with load_data giving the DataFrame's columns in another
+    # order: its workers trained on them, standardised with the first order's statistics, and load_ensemble, which
+    # takes a DataFrame's columns by the stored names, predicted from the wrong inputs (test log loss 0.8192 against
+    # the stored 0.8152), in silence.
+    from orchestrator.errors import ConfigError
+    from worker.train.session import WorkerSession
+
+    task = tmp_path / "frame_task.py"
+    task.write_text(DATAFRAME_TASK)
+    done = run_sweep(str(task), storage=str(tmp_path), name="frame", slots=1, executor="processes", ensemble=False)
+    WorkerSession(str(task), str(tmp_path), "frame")  # the same columns again: nothing to refuse
+    monkeypatch.setenv("REORDERED", "1")
+    with pytest.raises(ConfigError, match=r"load_data: train X's columns are in another order than the sweep's "
+                                          r"\(a, b, c, in sweep/sweep.parquet\)"):
+        WorkerSession(str(task), str(tmp_path), "frame")
+    assert done.path.endswith("frame")

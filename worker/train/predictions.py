@@ -91,10 +91,29 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
 LABEL_COLUMNS = ("y_val", "y_test", "y_val_values", "y_test_values")
 
 
+def check_stored_feature_names(storage: Storage, splits: Splits) -> None:
+    """Refuse a DataFrame whose columns differ from those the sweep began with: the stored input statistics, the
+    trained weights and a loaded ensemble (which takes a DataFrame's columns by these names) all follow that order,
+    so columns reordered since would reach other inputs of the model, in silence."""
+    if not storage.exists(schema.SWEEP_PATH):
+        return
+    rows = storage.read_table(schema.SWEEP_PATH).to_pylist()
+    stored = rows[0].get("feature_names") if rows else None
+    given = list(splits.feature_names) if splits.feature_names else None
+    if stored is None or given is None or list(stored) == given:
+        return
+    detail = "in another order" if sorted(stored) == sorted(given) else \
+        f"others ({', '.join(sorted(set(stored) ^ set(given))[:3])} in one of them only)"
+    raise ConfigError(f"load_data: train X's columns are {detail} than the sweep's ({', '.join(list(stored)[:5])}"
+                      f"{', ...' if len(stored) > 5 else ''}, in {schema.SWEEP_PATH}); give them in the sweep's order "
+                      "(df[[...]]), or start a new sweep")
+
+
 def check_stored_labels(storage: Storage, splits: Splits) -> None:
     """Refuse data whose val or test labels differ from those the sweep stored: every stored prediction is scored
     against the stored labels row by row, so another split (drawn without a seed, or data edited since) would
     score them against the wrong examples, in silence."""
+    check_stored_feature_names(storage, splits)
     stored = schema.read_dataset_row(storage)
     if not stored:
         return
