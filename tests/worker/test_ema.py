@@ -236,3 +236,7 @@ def test_ema_decays_above_what_the_warm_up_reaches_give_the_same_weights_and_are
     with caplog.at_level(logging.WARNING, logger="caviar"):  # 200 epochs: 1200 updates reach 0.99
         validate_contract(task, [config], SimpleNamespace(epochs=200, trials=4), space)
     assert not [r for r in caplog.records if "ema_decay" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="caviar"):  # a fixed decay ranks nothing: no word (the task's 0.9)
+        validate_contract(task, [config], SimpleNamespace(epochs=2, trials=4), task.space)
+    assert not [r for r in caplog.records if "ema_decay" in r.getMessage()]

@@ -33,12 +33,15 @@ def _numbers(value: Any) -> list[float]:
 
 def warn_if_ema_decay_unreached(task: Task, splits: Splits, space: Mapping[str, Any] | None,
                                 settings: Any) -> str | None:
-    """One warning line when ``ema_decay`` can be higher than the warm-up reaches in the sweep's longest trials (its
-    ``epochs`` at the smallest declared ``batch_size``); returns it (for tests). A task's own ``train_epoch`` steps
-    the optimizer as often as it likes: nothing is said."""
+    """One warning line when a searched ``ema_decay`` can be higher than the warm-up reaches in the sweep's longest
+    trials (its ``epochs`` at the smallest declared ``batch_size``); returns it (for tests). A task's own
+    ``train_epoch`` steps the optimizer as often as it likes: nothing is said."""
     if space is None or settings is None or task.get("train_epoch") is not None:
         return None
-    decays = [d for d in _numbers(space.get("ema_decay")) if 0 < d < 1]
+    entry = space.get("ema_decay")
+    if not isinstance(entry, Distribution) or isinstance(entry, Choice) and len(entry.options) < 2:
+        return None  # a fixed decay ranks nothing: the warm-up simply holds it lower in short trials, by design
+    decays = [d for d in _numbers(entry) if 0 < d < 1]
     sizes = [b for b in _numbers(space.get("batch_size", 64)) if b >= 1]
     epochs = int(getattr(settings, "epochs", 0) or 0)
     if not decays or not sizes or epochs < 1 or not splits.n_train:
@@ -48,9 +51,8 @@ def warn_if_ema_decay_unreached(task: Task, splits: Splits, space: Mapping[str, 
     reach = ema_decay_at(steps - 1, 1.0)  # the warm-up's decay at the last update of the longest trial
     if max(decays) <= reach:
         return None
-    entry = space.get("ema_decay")
-    said = f"searched up to {max(decays):g}" if isinstance(entry, Distribution) else f"= {max(decays):g}"
-    message = (f"space: ema_decay {said}, but the EMA's warm-up, min(ema_decay, (1 + t) / (10 + t)) at its update t, "
+    message = (f"space: ema_decay searched up to {max(decays):g}, but the EMA's warm-up, min(ema_decay, (1 + t) / "
+               "(10 + t)) at its update t, "
                f"reaches only {reach:.4g} by the end of the sweep's longest trials ({steps} optimizer steps: {epochs} "
                f"epochs of {splits.n_train} examples at batch_size {batch}): every ema_decay from {reach:.4g} up "
                "gives the same EMA weights; search ema_decay below it, or train for more steps")
