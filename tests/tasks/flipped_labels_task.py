@@ -15,7 +15,7 @@ settings = {"trials": 2, "epochs": 3}
 
 
 class Scaled(nn.Module):
-    def __init__(self, scale: float):
+    def __init__(self, scale: float = 200.0):
         super().__init__()
         self.scale = scale
 
@@ -23,14 +23,18 @@ class Scaled(nn.Module):
         return x * self.scale
 
 
-def load_data():
+def points_and_flipped_labels(n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """Three 2-d blobs and their labels, 15% of them changed to another class."""
     rng = np.random.default_rng(5)
-    n = 300
     labels = rng.integers(0, 3, size=n)
     centers = np.array([[0, 0], [6, 0], [0, 6]], dtype=np.float32)
     x = (centers[labels] + rng.normal(size=(n, 2))).astype(np.float32)
     flip = rng.random(n) < 0.15
-    y = np.where(flip, (labels + rng.integers(1, 3, size=n)) % 3, labels).astype(np.int64)
+    return x, np.where(flip, (labels + rng.integers(1, 3, size=n)) % 3, labels).astype(np.int64)
+
+
+def load_data():
+    x, y = points_and_flipped_labels()
     return (x[:180], y[:180]), (x[180:240], y[180:240]), (x[240:], y[240:])
 
 
