@@ -42,6 +42,7 @@ from worker.check.ema_reach import warn_if_ema_decay_unreached
 from worker.check.embedded_ids import standardised_ids_note
 from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.own_loop import check_own_loop
+from worker.check.padded_steps import padded_steps_note
 from worker.check.unread import unread_entries
 from worker.check.validate import (
     check_batches_fit_dropping_split,
@@ -218,6 +219,8 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
                 warn_if_single_batches(run.model, splits, configs)
                 if (ids := standardised_ids_note(run.model, splits)) is not None:
                     log.warning(ids)
+                if (padding := padded_steps_note(run.model, splits)) is not None:
+                    log.warning(padding)
                 warn_if_ema_decay_unreached(task, splits, space, settings)
                 warn_if_batch_of_one_is_searched(run.model, space)
                 warn_if_own_loss_changes_with_units(task, splits, run.model)
