@@ -82,7 +82,8 @@ def list_command(
         started = r["started"].strftime("%Y-%m-%d %H:%M") if r["started"] is not None else "-"
         ensemble = r["ensemble"] or "-"
         if r.get("ensemble_test_objective") is not None:  # chosen by the task's own metric: that metric on test
-            ensemble += " ({} {:.4f})".format(*r["ensemble_test_objective"])
+            name, value = r["ensemble_test_objective"]
+            ensemble += f" ({name} {shown_number(value)})"
         elif r["ensemble_test_accuracy"] is not None:
             ensemble += f" (test accuracy {r['ensemble_test_accuracy']:.4f})"
         elif r.get("ensemble_test_mse") is not None:

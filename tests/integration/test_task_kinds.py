@@ -302,6 +302,17 @@ def test_a_regression_in_small_units_shows_its_numbers_not_zeros(storage_dir):
         assert out.exit_code == 0 and shown in out.output and "0.0000" not in out.output, (command, out.output)
 
 
+def test_a_regression_in_small_units_ranked_by_its_own_metric_lists_its_ensemble_not_zero(storage_dir):
+    # Minus the MAE in metres, about -1e-4: caviar ls printed the chosen ensemble as "greedy (test_neg_mae -0.0000)".
+    result = sweep("small_units_own_metric_task.py", storage_dir, plan="4x2", ensemble=True, executor="processes")
+    chosen = next(r for r in read_ensembles(Storage.from_uri(result.path)) if r.chosen)
+    test_value = chosen.detail["test_objective"]
+    assert -1e-2 < test_value < 0
+    out = CliRunner().invoke(app, ["ls", storage_dir], env={"COLUMNS": "250"})
+    assert out.exit_code == 0 and f"(test_neg_mae {test_value:.4g})" in out.output, out.output
+    assert "0.0000" not in out.output
+
+
 def test_a_streamed_sweep_trains_plain_and_says_why_it_did_not_fuse(ray_session, storage_dir):
     result = sweep("streamed_task.py", storage_dir, plan="2x1", slots=1, fuse="auto", ensemble=True)
     tables = load(result.path)
