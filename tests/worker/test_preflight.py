@@ -403,6 +403,16 @@ def test_a_regression_trained_by_its_own_loss_is_not_judged_against_the_mse_of_a
     assert initial.status == PASS and initial.expected == "-" and "--expected-loss" in initial.detail
 
 
+def test_a_regression_trained_by_huber_loss_on_float32_targets_passes_the_gradient_check(tmp_path):
+    # torch's huber_loss takes float64 outputs with float32 targets forward, but its backward raised "Found dtype
+    # Float but expected Double": caviar check failed the row of a task that trains as written.
+    huber = tmp_path / "huber.py"
+    huber.write_text(BROADCASTING_REGRESSION.replace("torch.nn.functional.mse_loss(outputs, y)",
+                                                     "torch.nn.functional.huber_loss(outputs.squeeze(1), y)"))
+    gradients = by_name(run_preflight(load_task(str(huber)), dims_per_tensor=3, overfit_steps=20))["gradient check"]
+    assert gradients.status == PASS, gradients
+
+
 class PaddedTagger(nn.Module):
     """A BiLSTM over token ids padded with 0 (``padding_idx=0``): the backward pass reads the padding, so the loss
     depends on the padding row, whose gradient torch zeroes on purpose."""
