@@ -224,6 +224,17 @@ CASES = [
         "gradient computation has been modified by an inplace operation: … (on each of the sweep's first 4 configs)",
     ),
     BadTask(
+        "huber_on_float64_targets",  # numpy's default float64 targets, a float32 model: huber_loss's backward raises
+        "\nkind = 'regression'\ndef load_data():\n"
+        "    return [(x, 2.0 * x[:, 0].astype(np.float64)) for x, _ in tiny_task.load_data()]\n"
+        "\ndef build_model(config):\n"
+        "    return nn.Sequential(nn.Linear(4, config['hidden']), nn.ReLU(), nn.Linear(config['hidden'], 1))\n"
+        "\ndef loss_fn(outputs, y):\n    return nn.functional.huber_loss(outputs.squeeze(1), y)\n",
+        "the backward pass (loss.backward()) raised RuntimeError on a training batch: Found dtype Double but expected "
+        "Float; the model's outputs are float32 and the targets float64: give the targets as float32 "
+        "(y.astype('float32')), or cast them in loss_fn (y.to(outputs.dtype)) (on each of the sweep's first 4 configs)",
+    ),
+    BadTask(
         "frozen_model",
         TINY_DATA + "\ndef build_model(config):\n    return nn.Linear(4, 3).requires_grad_(False)\n",
         "the model's forward pass or loss_fn: the model has no trainable parameters (requires_grad is False on every "

@@ -130,7 +130,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
         which = "loss_fn" if task.get("loss_fn") is not None else "the default loss"
         why = "" if bool(torch.isfinite(outputs.detach()).all()) else "; the model's outputs already hold it"
         raise TaskError(f"{which} gives {float(loss.detach())} on the first batch of an untrained model{why}")
-    _check_backward(model, loss)
+    _check_backward(model, loss, outputs, yb)
     _refuse_shape_dependent(task, outputs.detach(), yb)
     x_val = splits.streams["val"] if splits.streams else splits.x_val
     assert x_val is not None
@@ -163,7 +163,8 @@ def check_class_index_dtype(kind: Any, targets: torch.Tensor, task: Task, split:
                         f"cross-entropy) takes int64: give y.astype('int64') (caviar never casts a target)")
 
 
-def _check_backward(model: torch.nn.Module, loss: torch.Tensor) -> None:
+def _check_backward(model: torch.nn.Module, loss: torch.Tensor, outputs: torch.Tensor | None = None,
+                    targets: torch.Tensor | None = None) -> None:
     """The batch's backward pass, as every training step runs it: a loss with no gradient, or a backward that
     raises (an in-place change to a tensor autograd needs), would fail every trial once the workers run."""
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -177,11 +178,23 @@ def _check_backward(model: torch.nn.Module, loss: torch.Tensor) -> None:
     except Exception as exc:
         # from None: the message names the piece; the user's line would be torch's autograd engine anyway
         raise TaskError(f"the backward pass (loss.backward()) raised {type(exc).__name__} on a training batch: "
-                        f"{_one_line(exc)}") from None
+                        f"{_one_line(exc)}{_dtype_hint(outputs, targets)}") from None
     reached = any(p.grad is not None for p in trainable)
     model.zero_grad(set_to_none=True)
     if not reached:
         raise TaskError("the loss reaches no trainable parameter of the model (every gradient is None)")
+
+
+def _dtype_hint(outputs: torch.Tensor | None, targets: torch.Tensor | None) -> str:
+    """What to do when float outputs and targets differ in dtype: torch's huber_loss takes float32 outputs with
+    float64 targets (numpy's default) forward, and its backward raises; caviar never casts a target."""
+    if not isinstance(outputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        return ""
+    if not (outputs.is_floating_point() and targets.is_floating_point()) or outputs.dtype == targets.dtype:
+        return ""
+    out, tgt = (str(t.dtype).removeprefix("torch.") for t in (outputs, targets))
+    return (f"; the model's outputs are {out} and the targets {tgt}: give the targets as {out} "
+            f"(y.astype('{out}')), or cast them in loss_fn (y.to(outputs.dtype))")
 
 
 def _refuse_broadcast(caught: Sequence[warnings.WarningMessage], outputs: torch.Tensor, targets: torch.Tensor) -> None:
