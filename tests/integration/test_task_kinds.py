@@ -494,6 +494,30 @@ def test_float64_regression_outputs_are_stored_and_ensembled_without_rounding_to
     assert single.val_mse == pytest.approx(best, rel=1e-9)
 
 
+def test_a_loaded_regression_ensemble_predicts_the_average_its_row_scored(tmp_path):
+    """Three members at weight 1/3 each, float64 outputs near 1e7 (no standardize_targets): the loaded module
+    weighted them in float32 (1/3 is 0.33333334, the three sum to 1 + 1e-7), so its predictions were off by about 1
+    in 1e7 of the outputs, far beyond the detail the models learned, while its row scored the exact average."""
+    import pyarrow.compute as pc
+
+    result = sweep("float64_offset_regression_task.py", str(tmp_path), plan="3x2", ensemble=True)
+    storage = Storage.from_uri(result.path)
+    top_k = next(r for r in read_ensembles(storage) if r.method == "top_k")
+    assert len(top_k.members) == 3 and all(m.weight == pytest.approx(1 / 3) for m in top_k.members)
+    stored = []
+    for member in top_k.members:
+        table = storage.read_table(f"predictions/trial-{member.key.trial_id:06d}.parquet")
+        table = table.filter(pc.and_(pc.equal(table["epoch"], member.key.epoch), pc.equal(table["split"], "val")))
+        table = table.sort_by("row")
+        stored.append(np.array(table["values"].to_pylist(), dtype=np.float64))
+    average = sum(values * m.weight for values, m in zip(stored, top_k.members))
+    task_file = os.path.join(TASKS, "float64_offset_regression_task.py")
+    _, (x_val, y_val), _ = load_task(task_file).get("load_data")()
+    predicted = load_ensemble(result.path, name=top_k.ensemble_id, task=task_file).predict(x_val).numpy()
+    assert np.abs(predicted - average).max() < 1e-6
+    assert float(np.mean((predicted - y_val) ** 2)) == pytest.approx(top_k.val_mse, rel=1e-6)
+
+
 @pytest.mark.parametrize(("task_file", "options", "said"), [
     ("soft_label_task.py", ["-m", "ema"], "ema: no trial stored EMA weights"),
     ("soft_label_task.py", ["-m", "single_ema"], "single_ema: no trial stored EMA weights"),

@@ -10,6 +10,7 @@ in ``dataset/dataset.parquet``), so ``model(x_raw)`` sees what the members saw i
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -229,6 +230,10 @@ class EnsembleModel(nn.Module):
         self.members = nn.ModuleList(members)
         w = torch.as_tensor(list(weights), dtype=torch.float32)
         self.register_buffer("weights", w / w.sum())
+        # A regression's weights as Python floats (float64), as the ensembles table averaged the stored outputs:
+        # float32 weights (3/7 is off by 1e-8) that sum to 1 + 1e-7 moved a float64 model's outputs near 1e7 by 0.4.
+        total = math.fsum(float(v) for v in weights)
+        self.value_weights = tuple(float(v) / total for v in weights)
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.record = record  # the ensembles-table row it came from (method, metrics, members)
@@ -370,7 +375,7 @@ class EnsembleModel(nn.Module):
         """The weighted mean of the members' outputs, shaped as one target per row, in original units."""
         assert self.target_shape is not None
         total = None
-        for weight, member in zip(self.weights, self.members):
+        for weight, member in zip(self.value_weights, self.members):
             out = weight * member(x).double().reshape(len(x), *self.target_shape)
             total = out if total is None else total + out
         assert total is not None
