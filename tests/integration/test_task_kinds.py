@@ -518,6 +518,18 @@ def test_a_loaded_regression_ensemble_predicts_the_average_its_row_scored(tmp_pa
     assert float(np.mean((predicted - y_val) ** 2)) == pytest.approx(top_k.val_mse, rel=1e-6)
 
 
+def test_a_regression_in_huge_units_reports_its_mse_as_val_loss_and_no_trial_diverges(storage_dir):
+    """Targets near 1e20, trained standardised: the default loss was evaluated in float32, whose sum of squared errors
+    overflowed to inf, so both healthy trials were pruned as diverged; smaller sweeps showed a val loss 1338 off the
+    same checkpoint's val MSE (1.7e10, float32 rounding). The default MSE is now evaluated in float64, as val_mse."""
+    result = sweep("huge_units_regression_task.py", storage_dir, plan="2x2", executor="processes")
+    tables = load(result.path)
+    assert result.counts == {"completed": 2}, [t["reason"] for t in tables.trials.to_pylist()]
+    for row in tables.metrics.to_pylist():
+        assert math.isfinite(row["val_loss"]) and math.isfinite(row["train_loss_original"])
+        assert row["val_loss"] == pytest.approx(metric_map(row)["val_mse"], rel=1e-12)
+
+
 @pytest.mark.parametrize(("task_file", "options", "said"), [
     ("soft_label_task.py", ["-m", "ema"], "ema: no trial stored EMA weights"),
     ("soft_label_task.py", ["-m", "single_ema"], "single_ema: no trial stored EMA weights"),
