@@ -235,6 +235,16 @@ CASES = [
         "(y.astype('float32')), or cast them in loss_fn (y.to(outputs.dtype)) (on each of the sweep's first 4 configs)",
     ),
     BadTask(
+        "regression_targets_whose_squares_overflow",  # energies in erg near 1e20, trained as they are
+        "\nkind = 'regression'\ndef load_data():\n"
+        "    return [(x, (1e20 * (1 + 0.1 * x[:, 0])).astype(np.float32)) for x, _ in tiny_task.load_data()]\n"
+        "\ndef build_model(config):\n"
+        "    return nn.Sequential(nn.Linear(4, config['hidden']), nn.ReLU(), nn.Linear(config['hidden'], 1))\n",
+        "the model's forward pass or loss_fn: the default loss gives inf on the first batch of an untrained model; the "
+        "targets reach …, whose squared errors float32 cannot hold: set standardize_targets = True (on each of the "
+        "sweep's first 4 configs)",
+    ),
+    BadTask(
         "frozen_model",
         TINY_DATA + "\ndef build_model(config):\n    return nn.Linear(4, 3).requires_grad_(False)\n",
         "the model's forward pass or loss_fn: the model has no trainable parameters (requires_grad is False on every "

@@ -129,6 +129,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
         # Name what gave it: a task without a loss_fn has none to blame, and non-finite outputs are the model's.
         which = "loss_fn" if task.get("loss_fn") is not None else "the default loss"
         why = "" if bool(torch.isfinite(outputs.detach()).all()) else "; the model's outputs already hold it"
+        why = why or _overflow_hint(kind, yb, loss)
         raise TaskError(f"{which} gives {float(loss.detach())} on the first batch of an untrained model{why}")
     _check_backward(model, loss, outputs, yb)
     _refuse_shape_dependent(task, outputs.detach(), yb)
@@ -183,6 +184,19 @@ def _check_backward(model: torch.nn.Module, loss: torch.Tensor, outputs: torch.T
     model.zero_grad(set_to_none=True)
     if not reached:
         raise TaskError("the loss reaches no trainable parameter of the model (every gradient is None)")
+
+
+def _overflow_hint(kind: Any, targets: torch.Tensor, loss: torch.Tensor) -> str:
+    """Regression targets trained as they are whose squares the loss's dtype cannot hold (1e20 in float32): what to
+    set instead of a bare inf."""
+    if kind.kind != "regression" or kind.standardised or not targets.is_floating_point() or not len(targets):
+        return ""
+    top = float(targets.double().abs().max())
+    dtype = loss.dtype if loss.is_floating_point() else targets.dtype
+    if top * top < torch.finfo(dtype).max:
+        return ""
+    return (f"; the targets reach {top:.3g}, whose squared errors {str(dtype).removeprefix('torch.')} cannot hold: "
+            "set standardize_targets = True")
 
 
 def _dtype_hint(outputs: torch.Tensor | None, targets: torch.Tensor | None) -> str:
