@@ -61,7 +61,8 @@ def test_each_kind_refuses_what_does_not_fit_it():
     assert "shape (2, 2)" in refusal(None, [[0, 1], [1, 0]], [0], [1])
     assert refusal(None, [[0], [2], [1]], [0], [1]).endswith(  # a column of class indices, as a CSV reader gives
         "train targets have shape (3, 1); classification needs class indices of shape (N,) or probabilities of "
-        "shape (N, C): give y.reshape(-1)")
+        "shape (N, C): give y.reshape(-1) for class indices, or y.astype(\"float32\") with kind = \"regression\" if "
+        "they are numbers (counts)")  # counts in a column: reshaping them would only lead to the class-count refusal
     assert refusal("classification", [[[0.5, 0.5]]], [0], [1]).endswith(  # floats, not probabilities' shape
         "probabilities of shape (N, C): for other targets declare kind = \"regression\"")
     # a class per token or pixel in one split only: every split takes the same form

@@ -279,7 +279,8 @@ def _classification(targets: Mapping[str, torch.Tensor]) -> TargetKind:
     for split, y in targets.items():
         if y.ndim != 1:
             column = y.ndim == 2 and y.shape[1] == 1 and not y.is_floating_point()
-            advice = ("give y.reshape(-1)" if column  # a column of class indices, as pandas or a CSV reader gives it
+            advice = ('give y.reshape(-1) for class indices, or y.astype("float32") with kind = "regression" if they '
+                      "are numbers (counts)" if column  # a column of labels or counts, as pandas or a CSV reader gives
                       else 'for other targets declare kind = "regression"')
             raise TaskError(f"load_data: {split} targets have shape {tuple(y.shape)}; classification needs class "
                             f"indices of shape (N,) or probabilities of shape (N, C): {advice}")
