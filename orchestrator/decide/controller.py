@@ -616,8 +616,12 @@ def objective_nan_error(objective: tuple[str, str] | None, row: Mapping[str, Any
     value = "NaN" if math.isnan(score) else "infinite"
     facts = (f"epoch {int(row['epoch'])}: {name} {value} while train_loss {_g(float(row['train_loss']))} "
              f"and val_loss {_g(float(row['val_loss']))} are finite")
+    # A row without an accuracy is a regression's (or a custom kind's): no class goes unpredicted there, but an R²
+    # over validation targets that do not vary (a split of one row) divides by zero
+    cause = ("a precision or F1 over a class never predicted?" if row.get("val_accuracy") is not None
+             else "an R² or a correlation over validation targets that do not vary, as one row's?")
     return (f"{facts}\nobjective {name} was {value} while the losses were finite: the task's metrics returns "
-            f"{value} (a precision or F1 over a class never predicted?); make it return a number every epoch")
+            f"{value} ({cause}); make it return a number every epoch")
 
 
 def observation_of(trial_id: int, row: Mapping[str, Any]) -> Observation:

@@ -186,6 +186,20 @@ def test_a_nan_objective_with_finite_losses_fails_its_trial_naming_the_metric_no
     assert c.best().trial_id == 1  # its finite epochs stay on record (the metrics rows hold them)
 
 
+def test_an_infinite_objective_of_a_regression_is_not_blamed_on_a_class_never_predicted():
+    # An R² of the task's own over a validation split of one row is -inf: the line sent the user after a precision
+    # or F1 "over a class never predicted", which a regression has none of.
+    c = controller("2x3", pruner="asha", fail_fast=5)
+    c.objective = ("val_r2own", "max")
+    start_all(c)
+    regression_row = {**row(0, 1, -math.inf), "val_accuracy": None, "num_classes": None}
+    c.on_stopped(0, c.on_report(Report(0, [regression_row])).reason)
+    assert c.trials[0].error.endswith(
+        "objective val_r2own was infinite while the losses were finite: the task's metrics returns infinite (an R² "
+        "or a correlation over validation targets that do not vary, as one row's?); make it return a number every "
+        "epoch")
+
+
 def test_restore_closes_an_interrupted_trial_whose_stored_epoch_had_a_nan_objective_as_the_live_run_would():
     live = controller("2x3")
     start_all(live)
