@@ -76,12 +76,18 @@ def shown_number(value: float | None, spec: str = ".4f") -> str:
     """A table cell: ``-`` for no value, ``NaN`` for a task metric's NaN (never Python's ``nan``).
 
     Four decimals, or four significant digits where those would show less than two: a regression in metres has an
-    MSE of 3e-08, which four decimals print as 0.0000 for every trial and ensemble."""
+    MSE of 3e-08, which four decimals print as 0.0000 for every trial and ensemble. From 1e8 up, six significant
+    digits: an MSE of targets near 1e20 printed 40 digits, its magnitude uncountable at a glance."""
     if value is None:
         return "-"
     if math.isnan(value):
         return "NaN"
+    if spec == ".4f" and abs(value) >= LARGE:
+        return format(value, ".6g")
     return format(value, ".4g" if spec == ".4f" and 0 < abs(value) < 0.01 else spec)
+
+
+LARGE = 1e8  # where four decimals give 13 or more characters, most of them float rounding
 
 
 def nan_objective_note(name: str, val_nan: bool = True, test_nan: bool = False) -> str:

@@ -530,6 +530,25 @@ def test_a_regression_in_huge_units_reports_its_mse_as_val_loss_and_no_trial_div
         assert row["val_loss"] == pytest.approx(metric_map(row)["val_mse"], rel=1e-12)
 
 
+def test_a_regression_in_huge_units_shows_its_numbers_in_significant_digits(storage_dir):
+    # An MSE near 1e37 printed with four decimals: 40 digits in caviar top, status and the answer.
+    import re
+
+    from orchestrator.app.answer import ensemble_lines
+
+    result = sweep("huge_units_regression_task.py", storage_dir, plan="2x2", ensemble=True, executor="processes")
+    best = -load(result.path).top(1).to_pylist()[0]["best_score"]
+    assert best > 1e30
+    outputs = ["\n".join(ensemble_lines(result.path))]
+    for command in (["top", result.path], ["status", result.path], ["ls", storage_dir]):
+        out = CliRunner().invoke(app, command, env={"COLUMNS": "250"})
+        assert out.exit_code == 0, out.output
+        outputs.append(out.output)
+    for shown in outputs:
+        assert not re.search(r"[0-9]{12}", shown), shown
+    assert f"{best:.6g}" in outputs[1]
+
+
 @pytest.mark.parametrize(("task_file", "options", "said"), [
     ("soft_label_task.py", ["-m", "ema"], "ema: no trial stored EMA weights"),
     ("soft_label_task.py", ["-m", "single_ema"], "single_ema: no trial stored EMA weights"),
