@@ -699,3 +699,25 @@ def test_a_dataset_of_pil_images_is_refused_naming_the_split_and_the_conversion(
                                         r"\(default_collate: .*found <class 'PIL.Image.Image'>\); return tensors from "
                                         r"__getitem__: for a PIL image torch.from_numpy\(np.asarray\(image\)\)"):
         prepare((_PilImages(8), _PilImages(4), _PilImages(4)), num_workers=workers)
+
+
+DROPOUT_STREAMED = os.path.join(ROOT, "tests", "tasks", "streamed_dropout_task.py")
+
+
+def test_a_trial_with_dropout_and_loader_workers_trains_the_same_whatever_ran_before_it_in_its_process():
+    """The kept val loader drew its workers' seed from torch's global generator at its first pass in a process only:
+    the first trial a worker trained took other dropout masks than the same trial trained later in that worker
+    (--slots 1 and --slots 2 gave trial 1 other numbers)."""
+    task = load_task(DROPOUT_STREAMED)
+    splits = prepare_task_data(task)
+    assert splits.streams["val"].num_workers == 2
+    spec = TrialSpec(1, 0, {"lr": 0.02, "batch_size": 50, "optimizer": "adam", "dropout": 0.3}, 7, 2)
+
+    def val_losses():
+        run = TrialRun(task, splits, spec, torch.device("cpu"))
+        return [run.train_epoch()["val_loss"] for _ in range(2)]
+
+    splits.streams["val"].release_workers()  # a fresh worker process: its val loader not made yet
+    first = val_losses()
+    assert val_losses() == first  # a later trial of the same worker: its val loader kept
+

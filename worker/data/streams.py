@@ -103,6 +103,11 @@ class Stream:
         if self.make_loader is not None:
             return self._made(batch_size)
         workers = self._workers()
+        if generator is None:
+            # Each pass of a DataLoader without a generator draws its workers' seed from torch's global one, where a
+            # trial's dropout draws from; a kept loader (val, test) draws only at its first pass in the process, so
+            # a trial's masks depended on whether it was its worker's first trial (or a resumed one).
+            generator = torch.Generator().manual_seed(0)
         return DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle and not self.iterable,
                           generator=generator, num_workers=workers, pin_memory=self.pin_memory,
                           persistent_workers=workers > 0, drop_last=drop_last)
