@@ -721,3 +721,22 @@ def test_a_trial_with_dropout_and_loader_workers_trains_the_same_whatever_ran_be
     first = val_losses()
     assert val_losses() == first  # a later trial of the same worker: its val loader kept
 
+
+def test_augmentation_in_loader_workers_resumes_exactly():
+    """Kept training workers carried their numpy streams from epoch to epoch, which no resume state holds: a resumed
+    trial read other augmentation (and, its loader drawing a new seed, another order) than the run it continues."""
+    task = load_task(DROPOUT_STREAMED)
+    splits = prepare_task_data(task)
+    spec = TrialSpec(0, 0, {"lr": 0.02, "batch_size": 50, "optimizer": "adam", "dropout": 0.3}, 7, 3)
+
+    def losses(run, epochs):
+        return [run.train_epoch()["train_loss"] for _ in range(epochs)]
+
+    first = losses(TrialRun(task, splits, spec, torch.device("cpu")), 3)
+    interrupted = TrialRun(task, splits, spec, torch.device("cpu"))
+    losses(interrupted, 1)
+    saved = io.BytesIO()
+    torch.save(interrupted.resume_state(), saved)
+    resumed = TrialRun(task, splits, spec, torch.device("cpu"))
+    resumed.load_resume_state(torch.load(io.BytesIO(saved.getvalue()), weights_only=True))
+    assert losses(resumed, 2) == first[1:]

@@ -97,9 +97,14 @@ class Stream:
         return 0 if self.iterable else self.num_workers
 
     def loader(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
-               drop_last: bool = False) -> Iterable[Any]:
+               drop_last: bool = False, workers_per_epoch: bool = False) -> Iterable[Any]:
         """Batches of ``batch_size``: a DataLoader over the Dataset, or the task's own loader (which owns shuffling
-        and its last batch)."""
+        and its last batch).
+
+        ``workers_per_epoch``: start the loader's workers again at each pass instead of keeping them. Each pass then
+        seeds its workers (torch, numpy, ``random``) from ``generator``, so a training epoch's augmentation follows
+        from the generator's state at the epoch's start, which a resume restores; kept workers carry their streams
+        from epoch to epoch, which no resume state holds."""
         if self.make_loader is not None:
             return self._made(batch_size)
         workers = self._workers()
@@ -110,7 +115,7 @@ class Stream:
             generator = torch.Generator().manual_seed(0)
         return DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle and not self.iterable,
                           generator=generator, num_workers=workers, pin_memory=self.pin_memory,
-                          persistent_workers=workers > 0, drop_last=drop_last)
+                          persistent_workers=workers > 0 and not workers_per_epoch, drop_last=drop_last)
 
     def reading(self, batch_size: int) -> Iterable[Any]:
         """Batches for a pass that is no training epoch (samples for checks, a soup's batch-norm pass): every

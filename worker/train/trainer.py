@@ -436,16 +436,20 @@ class TrialRun:
                             "counted before they are read; give it __len__, or count them in train_epoch") from None
 
     def _train_loader(self) -> Any:
-        """This trial's DataLoader over the training Dataset, made on first use (its workers persist across epochs)."""
+        """This trial's DataLoader over the training Dataset, made on first use.
+
+        Its workers start again each epoch, seeded from the trial's generator: a resumed or retried trial then reads
+        the augmentation the uninterrupted run read (kept workers' streams went on from where they were)."""
         if self.train_loader is None:
             assert self.splits.streams is not None
             self.train_loader = self.splits.streams["train"].loader(self.batch_size, shuffle=True,
                                                                     generator=self.generator,
-                                                                    drop_last=self.skip_single)
+                                                                    drop_last=self.skip_single,
+                                                                    workers_per_epoch=True)
         return self.train_loader
 
     def _streamed_batches(self) -> Any:
-        """The training Dataset through this trial's DataLoader (its workers persist across epochs)."""
+        """The training Dataset through this trial's DataLoader."""
         s, device = self.splits, self.device
         for xb, yb in self._train_loader():
             yield s.normalise(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)
