@@ -38,6 +38,7 @@ from orchestrator.store.storage import Storage, sha256
 from orchestrator.store.sweeps import not_a_sweep
 from worker.data import task_globals
 from worker.data.kinds import TargetKind, class_dim, class_scores
+from worker.data.seeds import seeded_randomness
 from worker.data.streams import eval_rows
 from worker.load.objective import stored_class_dim
 from worker.train.recorder import load_safetensors
@@ -88,6 +89,7 @@ class SweepModels:
         options = schema.stored_choice_options(storage.read_table(schema.SWEEP_PATH).to_pylist()[0].get("space"))
         self.configs: dict[int, dict[str, Any]] = {t["trial_id"]: schema.typed_config(t["config"] or {}, options)
                                                    for t in trials}
+        self.seeds: dict[int, int | None] = {t["trial_id"]: t.get("seed") for t in trials}
         self._index: dict[CandidateKey, dict[str, Any]] | None = None  # every trial's, read when first asked for
         self._trial_index: dict[int, dict[CandidateKey, dict[str, Any]]] = {}  # one trial's index file each
 
@@ -125,8 +127,14 @@ class SweepModels:
     def build(self, trial_id: int) -> nn.Module:
         if trial_id not in self.configs:
             raise StorageError(f"{self.storage.path(schema.TRIALS_PATH)}: no trial {trial_id}")
+        seed = self.seeds.get(trial_id)
         try:
-            return self.task.get("build_model")(dict(self.configs[trial_id]))
+            if seed is None:
+                return self.task.get("build_model")(dict(self.configs[trial_id]))
+            # Seeded as the trial was: what build_model draws and no checkpoint holds (a non-persistent buffer of
+            # random features, a plain tensor attribute) is then the trial's own; the caller's generators are kept.
+            with seeded_randomness(int(seed), torch.device("cpu")):
+                return self.task.get("build_model")(dict(self.configs[trial_id]))
         except Exception as exc:
             raise TaskError(f"build_model raised {type(exc).__name__} for trial {trial_id}: {exc}") from exc
 
