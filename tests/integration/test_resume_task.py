@@ -203,3 +203,24 @@ def test_a_worker_whose_load_data_gives_the_columns_in_another_order_than_the_sw
                                           r"\(a, b, c, in sweep/sweep.parquet\)"):
         WorkerSession(str(task), str(tmp_path), "frame")
     assert done.path.endswith("frame")
+
+
+RESCALED_TASK = os.path.join(ROOT, "tests", "tasks", "rescaled_feature_task.py")
+
+
+def test_a_worker_whose_load_data_gives_other_inputs_with_the_same_labels_is_refused(tmp_path, monkeypatch):
+    # A user who edited the data a task reads (a feature rescaled, a .npy file regenerated) between a stopped run and
+    # its caviar resume: only val and test labels were compared, so the resume's trials trained on the new inputs,
+    # standardised with the old statistics, and its ensembles mixed models of both data sets, in silence.
+    from orchestrator.errors import ConfigError
+    from worker.train.session import WorkerSession
+
+    done = run_sweep(RESCALED_TASK, storage=str(tmp_path), name="rescaled", slots=1, executor="processes",
+                     ensemble=False)
+    WorkerSession(RESCALED_TASK, str(tmp_path), "rescaled")  # the same data again: nothing to refuse
+    monkeypatch.setenv("RESCALED_FEATURE", "-1")
+    with pytest.raises(ConfigError, match=r"load_data: its train split \(inputs or targets\) differs from the one the "
+                                          r"sweep began with \(sha256 \w{12} against \w{12}, in dataset/dataset.parquet"
+                                          r"\).*restore the data"):
+        WorkerSession(RESCALED_TASK, str(tmp_path), "rescaled")
+    assert done.path.endswith("rescaled")
