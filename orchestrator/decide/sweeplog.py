@@ -24,6 +24,15 @@ FAULT_EXIT_CODE = 97  # the process a fault test ends after a chosen write
 # Event parts written before they are folded into one: a flush every 2 s writes a part whenever a trial started or
 # ended, so a day's sweep left ~40,000 files for every reader (caviar status, load, resume) and for the end's fold.
 EVENT_PARTS = 64
+# Decisions taken once in a sweep's life. A master killed between its events and its trials table (or a stage row)
+# had logged some that its tables do not hold yet: the resume decides them again, the same way, and writes each once.
+DECIDED_ONCE = frozenset({"trial_completed", "trial_pruned", "trial_failed", "stage_started", "range_narrowed",
+                          "range_extended", "edge_warning", "edge_not_extended", "edge_at_hard_limit", "value_fails",
+                          "reseed", "reseed_skipped"})
+
+
+def _decision_key(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    return row["kind"], row["trial_id"], row["stage"], row["reason"], row["detail"]
 
 
 def possible_values(space: SearchSpace) -> dict[str, list[Any]]:
@@ -54,6 +63,7 @@ class SweepLog:
         self.event_parts: list[str] = []
         self.last_flush = 0.0
         self.stages_written = 0
+        self.stored_decisions: set[tuple[Any, ...]] = set()  # a resume's: the stored log's DECIDED_ONCE events
 
     def write_sweep_row(self, row: Mapping[str, Any]) -> None:
         self._write(schema.SWEEP_PATH, schema.to_table([row], schema.SWEEP))
@@ -75,6 +85,7 @@ class SweepLog:
         self.stages_written = len(stages)
         self.seq = max((int(e["seq"]) for e in events), default=-1) + 1
         self.event_parts = list(event_parts)
+        self.stored_decisions = {_decision_key(e) for e in events if e["kind"] in DECIDED_ONCE}
 
     def flush(self, controller: Controller, *, force: bool = False) -> None:
         """Write what changed, at most every ``flush_seconds`` unless forced."""
@@ -109,8 +120,14 @@ class SweepLog:
         rows = []
         for event in events:
             stage = None if event["stage"] is None else schema.stage_number(event["stage"])
-            rows.append({**event, "seq": self.seq, "stage": stage, "detail": schema.json_dumps(event["detail"])})
+            row = {**event, "seq": self.seq, "stage": stage, "detail": schema.json_dumps(event["detail"])}
+            if row["kind"] in DECIDED_ONCE and _decision_key(row) in self.stored_decisions:
+                continue  # written before the master died, ahead of the trials table: decided again the same way
+            rows.append(row)
             self.seq += 1
+        if not rows:
+            controller.drain_events()
+            return
         path = schema.events_part_path(rows[0]["seq"])
         self._write(path, schema.to_table(rows, schema.EVENTS))
         self.event_parts.append(path)

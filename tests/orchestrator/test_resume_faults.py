@@ -96,6 +96,16 @@ def kill_after_every_write(tmp_path, settings, most_event_files=None):
         assert summary(resumed) == summary(whole), f"killed after write {n}"
         seqs = read_events(storage)["seq"].to_pylist()
         assert seqs == sorted(set(seqs)), n
+        assert not twice_decided(storage), f"killed after write {n}"
     # On the finished sweep, a rebuild has nothing to do.
     again = rebuild_controller(read_record(storage))
     assert again.controller.finished and not again.resumed and not again.closed
+
+
+def twice_decided(storage: Storage) -> list[tuple]:
+    """Decisions the events table holds more than once: a trial's end, a stage's start, its ranges. A master killed
+    between its events and its trials table (or stage row) had written them, and the resume decided them again."""
+    events = read_events(storage).to_pylist()
+    keys = [(e["kind"], e["trial_id"], e["stage"]) for e in events
+            if e["kind"] in ("trial_completed", "trial_pruned", "trial_failed", "stage_started", "range_narrowed")]
+    return sorted({k for k in keys if keys.count(k) > 1})
