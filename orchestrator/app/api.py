@@ -65,8 +65,25 @@ def refuse_a_taken_name(sweep: Storage, overwrite: bool) -> None:
     if not overwrite and is_taken(sweep):
         raise StorageError(
             f"sweep {redact_uri(sweep.uri)!r} already exists (pass --overwrite to replace it, or another --name; "
-            "from Python: overwrite=True or name=...)"
+            f"from Python: overwrite=True or name=...){unfinished_note(sweep)}"
         )
+
+
+def unfinished_note(sweep: Storage) -> str:
+    """What a taken name holds when its sweep did not end: a rerun of the command of a sweep whose master was killed
+    (a reboot, a lost session) is told it can go on, not only that --overwrite would throw its trials away."""
+    from orchestrator.app.tables import resume_command
+    from orchestrator.store.sweeps import describe_sweep, unfinished_state
+
+    try:
+        if not sweep.exists(schema.SWEEP_PATH) or describe_sweep(sweep)["state"] != "unfinished":
+            return ""
+    except StorageError:  # damaged tables: caviar status names them
+        return ""
+    state = unfinished_state(sweep)
+    if not state.startswith("stopped"):
+        return f"; it is {state}" if state.startswith("running") else ""
+    return f"; it stopped before its end, and {resume_command(sweep, sweep.uri)} continues it"
 
 
 def claim_sweep(sweep: Storage, overwrite: bool) -> Lease:

@@ -75,6 +75,20 @@ def test_status_of_a_sweep_whose_master_died_says_it_is_stopped(tmp_path):
             f"caviar resume {sweep}") in shown.stdout
 
 
+def test_caviar_run_again_on_a_stopped_sweep_says_resume_continues_it(tmp_path):
+    # The same caviar run command again after its master was killed (a reboot, a lost session) was told only
+    # 'already exists (pass --overwrite to replace it ...)': the one way offered threw the stopped sweep's trials away
+    sweep = stopped_sweep(tmp_path)
+    again = subprocess.run([*CAVIAR, "run", TINY_TASK, "--storage", str(tmp_path / "runs"), "--name", "cut", "--plain"],
+                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2, again.stderr[-3000:]
+    [line] = again.stderr.strip().splitlines()
+    assert line.startswith(f"caviar: error: sweep '{sweep}' already exists (pass --overwrite to replace it, or another "
+                           "--name; from Python: overwrite=True or name=...); it stopped before its end, and "
+                           f"caviar resume {sweep} --task "), line
+    assert line.endswith(" continues it"), line
+
+
 UNSEEDED_TASK = os.path.join(ROOT, "tests", "tasks", "unseeded_split_task.py")
 
 
