@@ -238,3 +238,16 @@ def test_a_worker_whose_load_data_gives_other_inputs_with_the_same_labels_is_ref
                                           r"\).*restore the data"):
         WorkerSession(RESCALED_TASK, str(tmp_path), "rescaled")
     assert done.path.endswith("rescaled")
+
+
+def test_caviar_ensemble_with_other_inputs_than_the_sweeps_is_refused(tmp_path):
+    # The soup (weights averaged, scored on load_data's val split) compared only the val and test labels: with a
+    # feature rescaled since, it was scored on inputs its members never saw (val accuracy 0.73 where the sweep's data
+    # gives 0.93) and ranked in the ensembles table beside ensembles scored on the stored predictions, in silence.
+    done = run_sweep(RESCALED_TASK, storage=str(tmp_path), name="souped", slots=1, executor="processes")
+    built = subprocess.run([*CAVIAR, "ensemble", done.path, "--task", RESCALED_TASK], cwd=ROOT,
+                           env={**ENV, "RESCALED_FEATURE": "-1"}, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 2, built.stdout[-3000:] + built.stderr[-3000:]
+    [line] = built.stderr.strip().splitlines()
+    assert line.startswith("caviar: error: load_data: its train split (inputs or targets) differs from the one the "
+                           "sweep began with"), line

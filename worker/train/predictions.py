@@ -49,6 +49,11 @@ def _flat(t: torch.Tensor | None) -> list[float] | None:
     return None if t is None else t.detach().cpu().reshape(-1).tolist()
 
 
+def fingerprint_column(splits: Splits) -> list[str] | None:
+    """The dataset row's ``data_sha256``: train's, val's and test's; None for streamed data."""
+    return None if not splits.fingerprints else [splits.fingerprints[s] for s in SPLITS]
+
+
 def dataset_row(splits: Splits, objective: str | None = None, mode: str | None = None,
                 baseline: float | None = None, output_shape: tuple[int, ...] | None = None,
                 own_loss: bool | None = None, do_nothing: tuple[float, str] | None = None) -> dict[str, Any]:
@@ -68,7 +73,7 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
         "own_loss": own_loss or None,
         "baseline_objective": None if do_nothing is None else do_nothing[0],
         "baseline_answer": None if do_nothing is None else do_nothing[1],
-        "data_sha256": None if not splits.fingerprints else [splits.fingerprints[s] for s in SPLITS],
+        "data_sha256": fingerprint_column(splits),
     }
     row["task_globals"], row["task_globals_left_out"] = task_globals.encode(splits.task_globals)
     if kind.kind == "custom":  # the task's own targets: what a loaded model needs, and no labels
@@ -130,14 +135,14 @@ def check_stored_labels(storage: Storage, splits: Splits) -> None:
                           f"{where}): the data changed since the sweep began, or a split is drawn without a fixed "
                           "seed, so each process that loads the data draws another; seed the split "
                           "(np.random.default_rng(0)) and start a new sweep")
-    check_stored_fingerprints(stored, ours)
+    check_stored_fingerprints(stored, splits)
 
 
-def check_stored_fingerprints(stored: Mapping[str, Any], ours: Mapping[str, Any]) -> None:
+def check_stored_fingerprints(stored: Mapping[str, Any], splits: Splits) -> None:
     """Refuse inputs or targets other than those the sweep began with (the labels alike may hide them: a feature
     rescaled, training rows edited): the trials of a resume would train on other data than those before it, and its
-    ensembles mix models of both, in silence."""
-    old, new = stored.get("data_sha256"), ours.get("data_sha256")
+    ensembles mix models of both, in silence. ``stored``: the sweep's dataset row."""
+    old, new = stored.get("data_sha256"), fingerprint_column(splits)
     if not old or not new:
         return
     for split, before, now in zip(SPLITS, old, new):
