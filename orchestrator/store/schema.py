@@ -190,9 +190,10 @@ DATASET = pa.schema(
         # the inputs (worker/train/do_nothing.py), and which answer; null: none scores it, or a sweep from before.
         ("baseline_objective", pa.float64()),
         ("baseline_answer", pa.string()),
-        # sha256 of train's, val's and test's inputs and targets as load_data gave them (data in memory): a resume's
-        # workers, which load the data again, are refused other data. null: streamed data, or a sweep from before.
-        ("data_sha256", pa.list_(pa.string())),
+        # train's, val's and test's inputs and targets as load_data gave them (data in memory), 5 numbers each
+        # (worker/data/summary.py): a resume's workers, which load the data again, are refused other data. null:
+        # streamed data, or a sweep from before.
+        ("data_summary", pa.list_(pa.float64())),
     ]
 )
 

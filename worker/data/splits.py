@@ -8,7 +8,6 @@ fed float64 is refused with one line by ``worker.check.validate``, never silentl
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from worker.data.streams import (
     scan,
     usable_std,
 )
+from worker.data.summary import split_summary
 
 SPLITS = ("train", "val", "test")
 LOAD_PASS_SEED = 0  # the generators' seed while the load-time pass reads the splits
@@ -55,9 +55,9 @@ class Splits:
     task_globals: dict[str, Any] = field(default_factory=dict)
     # The training inputs' column names when load_data gave a DataFrame: a loaded ensemble matches a DataFrame by them.
     feature_names: tuple[str, ...] | None = None
-    # sha256 of each split's inputs and targets as load_data gave them (before standardisation), for data in memory:
-    # a resume's workers load the data again, and must train on what the sweep began with.
-    fingerprints: dict[str, str] | None = None
+    # Each split's inputs and targets as load_data gave them (before standardisation), in a few numbers, for data in
+    # memory (worker.data.summary): a resume's workers load the data again, and must train on what the sweep began with.
+    summaries: dict[str, list[float]] | None = None
 
     @property
     def n_train(self) -> int:
@@ -250,7 +250,7 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
     for (x, _), name in zip(tensors, SPLITS):
         check_finite_inputs(x, name)
     (xtr, ytr), (xva, yva), (xte, yte) = tensors  # inputs as given: never cast
-    fingerprints = {name: fingerprint(x, y) for (x, y), name in zip(tensors, SPLITS)}
+    summaries = {name: split_summary(x, y) for (x, y), name in zip(tensors, SPLITS)}
     target_kind = resolve_kind(kind, {"train": ytr, "val": yva, "test": yte}, standardize=standardize_targets,
                                classes=num_classes)
     mean, std = input_statistics(xtr, normalize, task_statistics)
@@ -258,17 +258,8 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
         # Statistics from the training split only; applying them to val/test is the point.
         xtr, xva, xte = (xtr - mean) / std, (xva - mean) / std, (xte - mean) / std
     return Splits(xtr.contiguous(), ytr, xva.contiguous(), yva, xte.contiguous(), yte, target_kind.num_classes, mean,
-                  std, target_kind, feature_names=feature_names, fingerprints=fingerprints)
+                  std, target_kind, feature_names=feature_names, summaries=summaries)
 
-
-def fingerprint(*tensors: torch.Tensor) -> str:
-    """sha256 of the tensors' dtypes, shapes and bytes: equal data, equal digest, in any process."""
-    digest = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        digest.update(f"{t.dtype}{tuple(t.shape)};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def _feature_names(parts: Sequence[Any]) -> tuple[str, ...] | None:

@@ -42,7 +42,7 @@ from worker.data.kinds import IGNORE_INDEX, class_labels, class_scores, labelled
 from worker.data.seeds import preserved_randomness, seeded_randomness
 from worker.data.splits import Splits, prepare
 from worker.load.ensemble_model import SweepModels
-from worker.train.predictions import check_stored_fingerprints
+from worker.train.predictions import check_stored_summary
 from worker.train.trainer import materialise_lazy, model_outputs, pick_device
 
 BN_BATCH = 512
@@ -165,7 +165,7 @@ class Soup:
                 and np.array_equal(rows(splits.y_test), stored.y_test)):
             raise TaskError("load_data: its val/test labels differ from the ones the sweep stored; a soup needs the "
                             "sweep's data")
-        check_stored_fingerprints(schema.read_dataset_row(storage), splits)  # inputs the members never saw, too
+        check_stored_summary(schema.read_dataset_row(storage), splits)  # inputs the members never saw, too
         return splits.to(self.device)
 
     def _train_inputs(self) -> torch.Tensor | Iterator[torch.Tensor]:

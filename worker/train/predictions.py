@@ -25,6 +25,7 @@ from orchestrator.store.storage import Storage
 from worker.data import task_globals
 from worker.data.kinds import baseline_val_loss, class_labels, has_label
 from worker.data.splits import SPLITS, Splits
+from worker.data.summary import first_difference
 from worker.train.do_nothing import do_nothing_objective
 from worker.train.trainer import TrialRun
 
@@ -49,9 +50,9 @@ def _flat(t: torch.Tensor | None) -> list[float] | None:
     return None if t is None else t.detach().cpu().reshape(-1).tolist()
 
 
-def fingerprint_column(splits: Splits) -> list[str] | None:
-    """The dataset row's ``data_sha256``: train's, val's and test's; None for streamed data."""
-    return None if not splits.fingerprints else [splits.fingerprints[s] for s in SPLITS]
+def summary_column(splits: Splits) -> list[float] | None:
+    """The dataset row's ``data_summary``: train's, val's and test's, inputs then targets; None for streamed data."""
+    return None if not splits.summaries else [v for s in SPLITS for v in splits.summaries[s]]
 
 
 def dataset_row(splits: Splits, objective: str | None = None, mode: str | None = None,
@@ -73,7 +74,7 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
         "own_loss": own_loss or None,
         "baseline_objective": None if do_nothing is None else do_nothing[0],
         "baseline_answer": None if do_nothing is None else do_nothing[1],
-        "data_sha256": fingerprint_column(splits),
+        "data_summary": summary_column(splits),
     }
     row["task_globals"], row["task_globals_left_out"] = task_globals.encode(splits.task_globals)
     if kind.kind == "custom":  # the task's own targets: what a loaded model needs, and no labels
@@ -135,22 +136,22 @@ def check_stored_labels(storage: Storage, splits: Splits) -> None:
                           f"{where}): the data changed since the sweep began, or a split is drawn without a fixed "
                           "seed, so each process that loads the data draws another; seed the split "
                           "(np.random.default_rng(0)) and start a new sweep")
-    check_stored_fingerprints(stored, splits)
+    check_stored_summary(stored, splits)
 
 
-def check_stored_fingerprints(stored: Mapping[str, Any], splits: Splits) -> None:
+def check_stored_summary(stored: Mapping[str, Any], splits: Splits) -> None:
     """Refuse inputs or targets other than those the sweep began with (the labels alike may hide them: a feature
     rescaled, training rows edited): the trials of a resume would train on other data than those before it, and its
     ensembles mix models of both, in silence. ``stored``: the sweep's dataset row."""
-    old, new = stored.get("data_sha256"), fingerprint_column(splits)
+    old, new = stored.get("data_summary"), summary_column(splits)
     if not old or not new:
         return
-    for split, before, now in zip(SPLITS, old, new):
-        if before != now:
-            raise ConfigError(f"load_data: its {split} split (inputs or targets) differs from the one the sweep began "
-                              f"with (sha256 {now[:12]} against {before[:12]}, in {schema.DATASET_PATH}): the data "
-                              "changed since the sweep began, or is drawn without a fixed seed; restore the data the "
-                              "sweep trained on (or seed its draw), or start a new sweep")
+    where = first_difference(old, new)
+    if where is not None:
+        split, part = SPLITS[where // 2], ("inputs", "targets")[where % 2]
+        raise ConfigError(f"load_data: its {split} {part} differ from those the sweep began with (their sums, in "
+                          f"{schema.DATASET_PATH}): the data changed since the sweep began, or are drawn without a "
+                          "fixed seed; restore the data the sweep trained on (or seed its draw), or start a new sweep")
 
 
 def write_dataset(storage: Storage, splits: Splits, objective: str | None = None, mode: str | None = None,
