@@ -11,7 +11,7 @@ from orchestrator.store import schema
 from orchestrator.store.storage import Storage
 from tests.conftest import TINY_TASK
 from worker.data.splits import prepare
-from worker.train.recorder import TrialRecorder, load_resume_state
+from worker.train.recorder import TrialRecorder, load_resume_state, load_safetensors
 from worker.train.trainer import TrialRun, TrialSpec
 
 CONFIG = {"lr": 0.03, "optimizer": "adam", "hidden": 8, "batch_size": 32, "ema_decay": 0.9}
@@ -94,6 +94,54 @@ def test_a_trial_retrained_after_its_end_was_cut_short_leaves_no_unindexed_weigh
     index = recorder.finish(run)
     on_disk = set(storage.list_files("weights/trial-000000", suffix=".safetensors"))
     assert on_disk == {row["path"] for row in index} | {"weights/trial-000000/notes.safetensors"}
+
+
+def record_nondeterministic(recorder: TrialRecorder, run: TrialRun, score: float) -> None:
+    """An epoch whose weights differ from run to run, as a GPU's nondeterministic kernels or an unseeded augmentation
+    make them: a re-run epoch is another model than the lost attempt's."""
+    row = run.train_epoch()
+    with torch.no_grad():
+        for p in run.model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    recorder.record(run, {**row, "score": score})
+
+
+@pytest.mark.parametrize("resume_state", ["older than the index", "none"])
+def test_an_epoch_a_resumed_attempt_trains_again_is_indexed_with_its_own_weights(tmp_path, resume_state):
+    """The lost attempt's index names epoch 2 (written just before its kill), its resume state is epoch 1's (the kill
+    came before the state's write) or missing: the new attempt trains epoch 2 again. Before, the index kept the lost
+    attempt's epoch-2 file and score under the new attempt's predictions and test numbers, so load_ensemble loaded
+    another model than the one the ensembles table scored."""
+    storage = Storage.from_uri(str(tmp_path))
+    lost_run = make_run(0)
+    lost = TrialRecorder(storage, 0, 0, keep_best=1, checkpoint_seconds=0.0)
+    record_nondeterministic(lost, lost_run, 0.5)  # epoch 1
+    state_after_epoch_1 = storage.read_bytes("weights/trial-000000/resume.pt")
+    record_nondeterministic(lost, lost_run, 0.9)  # epoch 2: the best; index written, then the kill
+    if resume_state == "none":
+        storage.delete("weights/trial-000000/resume.pt")
+    else:
+        storage.write_bytes("weights/trial-000000/resume.pt", state_after_epoch_1)
+
+    run = make_run(1)
+    state = load_resume_state(storage, 0)
+    if state is not None:
+        run.load_resume_state(state)
+    recorder = TrialRecorder(storage, 0, 1, keep_best=1, checkpoint_seconds=3600.0)  # its end is its first persist
+    recorder.adopt(run.epoch)
+    while run.epoch < 2:
+        record_nondeterministic(recorder, run, 0.7)
+    trained = {kind: run.weights_state(kind) for kind in ("raw", "ema")}
+    index = recorder.finish(run)
+
+    epoch_2 = {r["weights"]: r for r in index if r["epoch"] == 2}
+    assert {r["attempt"] for r in epoch_2.values()} == {1}
+    assert epoch_2["raw"]["score"] == 0.7
+    for kind, row in epoch_2.items():
+        stored = load_safetensors(storage.read_bytes(row["path"]), row["path"])
+        assert all(torch.equal(stored[k], trained[kind][k]) for k in trained[kind]), kind
+    on_disk = set(storage.list_files("weights/trial-000000", suffix=".safetensors"))
+    assert on_disk == {row["path"] for row in index}  # the lost attempt's epoch-2 files are gone
 
 
 def test_the_readmes_latest_attempt_filter_keeps_one_row_per_epoch_of_a_retrained_trial(tmp_path):

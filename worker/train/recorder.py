@@ -91,6 +91,7 @@ class TrialRecorder:
         self.earlier: dict[str, list[float]] = {"train_loss": [], "score": []}
         self.best: list[Kept] = []
         self.written: dict[tuple[int, str], dict[str, Any]] = {}  # (epoch, weights) -> index row
+        self.retrained: list[str] = []  # weight files of epochs this attempt trains again (adopt)
         self.parts = 0
         self.pending_diagnostics: list[dict[str, Any]] = []  # per-layer rows, written alongside the metrics
         self.diagnostic_parts = 0
@@ -110,18 +111,23 @@ class TrialRecorder:
 
         Best checkpoints up to the resume epoch stay kept (their weights read back, checksum checked);
         the rest (a lost attempt's "last", epochs it will re-run) are superseded, deleted at the next persist.
+        An epoch past the resume epoch (the index was written, the kill came before the resume state) is trained
+        again by this attempt: its stored files are never reused for the new weights, whose scores they are not.
         """
         rel = schema.checkpoint_index_path(self.trial_id)
         stored = self.storage.read_table(rel).to_pylist() if self.storage.exists(rel) else []
         self._remove_unindexed_weights({row["path"] for row in stored})
         by_epoch: dict[int, list[dict[str, Any]]] = {}
         for row in stored:
+            if row["epoch"] > resume_epoch:
+                self.retrained.append(row["path"])  # deleted once the next index no longer names it
+                continue
             key = (row["epoch"], row["weights"])
             data = self.storage.read_bytes(row["path"]) if self.storage.exists(row["path"]) else None
             if data is None or sha256(data) != row["sha256"]:
                 continue  # missing or damaged: never adopted, so never deleted either
             self.written[key] = {k: v for k, v in row.items() if k != "kept_as"}
-            if "best" in row["kept_as"].split(",") and row["epoch"] <= resume_epoch:
+            if "best" in row["kept_as"].split(","):
                 state = load_safetensors(data, self.storage.path(row["path"]))
                 by_epoch.setdefault(row["epoch"], []).append({**row, "state": state})
         for epoch, rows in by_epoch.items():
@@ -202,6 +208,8 @@ class TrialRecorder:
             self.written[(epoch, kind)] = row
             index.append(row)
         superseded = [self.written.pop(key)["path"] for key in [k for k in self.written if k not in wanted]]
+        superseded += self.retrained
+        self.retrained = []
         return index, superseded
 
     def _write_index(self, index: list[dict[str, Any]]) -> None:
