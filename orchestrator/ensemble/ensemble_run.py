@@ -455,17 +455,19 @@ def read_ensembles(storage: Storage) -> list[EnsembleRecord]:
             raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file: the sweep ran with "
                                "prediction_dtype = \"none\", so no trial stored the predictions ensembles average; "
                                "its answer is its best checkpoint (load_ensemble(SWEEP, name=\"best\") loads it)")
-        if not storage.exists(schema.DATASET_PATH) or not stored:  # `caviar ensemble` would refuse: say why, once
+        running = _still_running(storage)  # before its first trials end it has no predictions either
+        if running is None and (not storage.exists(schema.DATASET_PATH) or not stored):  # caviar ensemble would refuse
             raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file, and none can be built: no trial "
                                "stored predictions (the task's kind is \"custom\", prediction_dtype is \"none\", or "
                                "no trial finished); the sweep's answer is its best trial (caviar top SWEEP_DIR)")
-        raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file{_why_no_ensembles(storage)}")
+        raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file"
+                           f"{running or f' (build them: caviar ensemble {redact_uri(storage.uri)})'}")
     return [EnsembleRecord.from_row(r) for r in storage.read_table(schema.ENSEMBLES_PATH).to_pylist()]
 
 
-def _why_no_ensembles(storage: Storage) -> str:
-    """A sweep whose master still runs builds them at its end (``caviar ensemble`` refuses until then); otherwise
-    ``caviar ensemble`` builds them now."""
+def _still_running(storage: Storage) -> str | None:
+    """Why a sweep whose master still runs has no ensembles: its end builds them (``caviar ensemble`` refuses until
+    then); ``None`` when no live master holds it."""
     where = redact_uri(storage.uri)
     try:
         writer = read_lease(storage)
@@ -474,7 +476,7 @@ def _why_no_ensembles(storage: Storage) -> str:
     if writer is not None and holder_alive(writer):
         return (f": sweep {where!r} is still running (process {writer.pid} on {writer.host}), and its end builds the "
                 f"ensembles; load them once it has finished (caviar status {where})")
-    return f" (build them: caviar ensemble {where})"
+    return None
 
 
 def has_soup(storage: Storage) -> bool:

@@ -93,6 +93,29 @@ def test_loading_a_sweep_still_running_says_its_end_builds_the_ensembles(sweep, 
         load_ensemble(copy, task=CNN_TASK)  # its master gone: caviar ensemble builds them
 
 
+def test_loading_a_sweep_whose_first_trials_still_train_says_it_is_running(sweep, tmp_path):
+    """Before any trial stored predictions it said 'none can be built: no trial stored predictions (the task's kind is
+    "custom", prediction_dtype is "none", or no trial finished)', sending the user after settings the sweep lacks."""
+    from orchestrator import load_ensemble
+
+    copy = str(tmp_path / "cnn")
+    shutil.copytree(sweep.path, copy)
+    for folder in ("ensembles", "predictions", "dataset"):  # as while the first trials train
+        shutil.rmtree(os.path.join(copy, folder))
+    master = subprocess.Popen(["sleep", "60"])  # a live process on this host stands for the sweep's master
+    try:
+        Storage.from_uri(copy).write_bytes(LEASE_PATH,
+                                           LeaseRecord("x", socket.gethostname(), master.pid, 0, 0).encode())
+        with pytest.raises(StorageError, match=rf"still running \(process {master.pid} on .*\), and its end builds "
+                                               r"the ensembles; load them once it has finished"):
+            load_ensemble(copy, task=CNN_TASK)
+    finally:
+        master.kill()
+        master.wait()
+    with pytest.raises(StorageError, match="none can be built: no trial stored predictions"):
+        load_ensemble(copy, task=CNN_TASK)  # its master gone: nothing will build them
+
+
 def test_an_ensemble_loads_by_the_id_its_table_row_holds(sweep):
     """load_ensemble(SWEEP, name=3), the table's int ensemble_id, said 'ensemble 3: no such ensemble'."""
     import pyarrow.parquet as pq
