@@ -37,6 +37,7 @@ TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError)
 PERMANENT_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError)
 _URI_SECRETS = re.compile(r"((?:[?&])(?:secret_key|access_key|session_token)=)[^&]*", re.IGNORECASE)
 _URI_PASSWORD = re.compile(r"(://[^/:@]+:)[^/@]*@")
+_REDACTED_SECRET = re.compile(r"://[^/:@]+:\*\*\*@")  # user:***@, as redact_uri prints a URI
 
 
 def redact_uri(uri: str) -> str:
@@ -51,6 +52,10 @@ def _refuse_a_mistyped_uri(uri: str) -> None:
     """``s3:/bucket`` (one slash), or a query on a path without a scheme, would be taken for a local folder: a sweep
     trained and written to ``./s3:/...`` on this disk, the URI's secret in a folder name."""
     if "://" in uri:
+        if _REDACTED_SECRET.search(uri):  # a printed URI pasted back: the store would be asked with the secret '***'
+            raise StorageError(f"storage {uri!r}: '***' stands where the URI's secret goes, as caviar prints a URI (it "
+                               "never prints credentials); put the secret back, or leave the credentials out of the "
+                               "URI and set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         if "#" in uri:  # s3://b/a#b/p?endpoint_override=...: pyarrow drops the rest, query and all, as a fragment
             raise StorageError(f"storage {redact_uri(uri)!r}: a '#' in a URI starts a fragment and cuts off what "
                                "follows it (the rest of the path and the query); write a '#' in a name as %23")

@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.errors import StorageError
 from orchestrator.store import schema
-from orchestrator.store.storage import Storage
+from orchestrator.store.storage import Storage, redact_uri
 from orchestrator.store.sweeps import list_sweeps, resolve_sweep
 
 
@@ -87,6 +87,16 @@ def test_a_hash_in_an_object_store_uri_is_refused_before_it_cuts_off_the_query()
     to prefix `runs` on the default endpoint (AWS itself), not to the server the query names."""
     with pytest.raises(StorageError, match="'#' in a URI starts a fragment.*%23"):
         Storage.from_uri("s3://KEY:SECRET@bucket/runs#2/x?endpoint_override=127.0.0.1:9&scheme=http")
+
+
+def test_a_uri_as_caviar_prints_it_is_refused_naming_the_masked_secret():
+    """The resume and load lines caviar prints mask the secret as '***'; pasted back, the store was asked with the
+    secret '***' and answered with its own access error (a server that checks none took it)."""
+    printed = "s3://KEY:***@bucket/runs/x?endpoint_override=127.0.0.1:9&scheme=http"
+    with pytest.raises(StorageError, match=r"'\*\*\*' stands where the URI's secret goes.*put the secret back"):
+        Storage.from_uri(printed)
+    assert Storage.from_uri(printed.replace("***", "SECRET")).uri  # the real secret opens it
+    assert redact_uri(printed.replace("***", "SECRET")) == printed
 
 
 def test_a_question_mark_in_a_file_uri_is_refused_and_its_percent_encoding_names_the_folder(tmp_path):
