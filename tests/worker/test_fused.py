@@ -479,3 +479,29 @@ def test_a_loss_fn_torch_cannot_vmap_trains_fused_member_by_member_as_alone():
     specs = [TrialSpec(i, 0, {"lr": lr, "optimizer": "adam", "hidden": 8, "batch_size": 32}, 200 + i, 2)
              for i, lr in enumerate((0.01, 0.03))]
     assert_fused_trains_as_alone(task, splits, specs)
+
+
+def test_a_resumed_fused_trial_keeps_the_checkpoints_its_lost_attempt_kept(digits, tmp_path):
+    """keep_best = 4, a fused trial persisted after epoch 2, then its worker died: before, the resumed attempt's index
+    held epochs 3 and 4 only, the lost attempt's best checkpoints gone from it (and from the ensembles, whose
+    predictions follow the index) while their files stayed on disk, named by nothing; a plain trial keeps them."""
+    from orchestrator.decide.backend import Assignment
+    from orchestrator.store.storage import Storage
+    from worker.arrays.fused_session import FusedSession
+
+    spec = specs_for("adam", epochs=4)[0]
+    options = {"checkpoint_seconds": 0, "threads": 1, "keep_best": 4}
+    lost = FusedSession(DIGITS_TASK, str(tmp_path), "s", options)
+    lost.run(starts=[Assignment(spec.trial_id, 1, spec.config, spec.seed, 4, 2)])  # persisted at epochs 1, 2
+    again = FusedSession(DIGITS_TASK, str(tmp_path), "s", options)
+    reports = again.run(starts=[Assignment(spec.trial_id, 1, spec.config, spec.seed, 4, 4, attempt=1, resume=True)])
+    assert [(r.status, [row["epoch"] for row in r.rows]) for r in reports] == [("completed", [3, 4])]
+
+    storage = Storage.from_uri(str(tmp_path)).child("s")
+    index = storage.read_table(schema.checkpoint_index_path(0)).to_pylist()
+    assert sorted((r["epoch"], r["attempt"]) for r in index if r["weights"] == "raw") == [(1, 0), (2, 0), (3, 1),
+                                                                                          (4, 1)]
+    on_disk = set(storage.list_files("weights/trial-000000", suffix=".safetensors"))
+    assert on_disk == {r["path"] for r in index}
+    predicted = storage.read_table(schema.predictions_path(0))
+    assert set(predicted["epoch"].to_pylist()) == {1, 2, 3, 4}

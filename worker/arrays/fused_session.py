@@ -113,9 +113,19 @@ class FusedSession(WorkerSession):
         except Exception:
             return Report(a.trial_id, ended=True, status=TrialStatus.FAILED, reason="error",
                           error=traceback.format_exc(), node=self.node)
-        self.recorders[a.trial_id] = self._recorder(a)
+        recorder = self.recorders[a.trial_id] = self._recorder(a)
+        if a.resume:  # the checkpoints earlier attempts kept stay in the index, as a plain trial's do
+            try:
+                recorder.adopt(array.member(a.trial_id).epoch)
+            except Exception:  # an index it cannot read: the trial fails, as a plain one does, and leaves the array
+                del self.recorders[a.trial_id]
+                array.drop([a.trial_id])
+                if not len(array) and array in self.arrays:
+                    self.arrays.remove(array)
+                return Report(a.trial_id, ended=True, status=TrialStatus.FAILED, reason="error",
+                              error=traceback.format_exc(), node=self.node)
         if resume is not None:
-            self.recorders[a.trial_id].take_curve(resume)
+            recorder.take_curve(resume)
         self.array_of[a.trial_id] = array
         self.targets[a.trial_id] = a.until_epoch
         self.unreported[a.trial_id] = []
