@@ -47,11 +47,13 @@ def ensemble(
         refuse_custom_kind,
         refuse_methods_kind_lacks,
     )
+    from orchestrator.spec.settings import RunSettings
     from orchestrator.store import schema
     from orchestrator.store.lease import holder_alive, read_lease
     from orchestrator.store.sweeps import resolve_sweep
 
-    sweep = resolve_sweep(sweep, storage_folder)  # `caviar ensemble NAME --storage runs`, as status and top take it
+    # `caviar ensemble NAME --storage runs`, as status and top take it
+    sweep = resolve_sweep(sweep, storage_folder, RunSettings.storage)
 
     if k < 1:
         fail("option '-k': expected a positive integer")

@@ -31,9 +31,10 @@ def report(
 ) -> None:
     """Plots of a sweep in one HTML file: hyperparameters, learning curves, gap, update ratios, importance."""
     from orchestrator.app.report import build_report, write_report
+    from orchestrator.spec.settings import RunSettings
     from orchestrator.store.sweeps import resolve_sweep
 
-    built = build_report(resolve_sweep(sweep, storage))
+    built = build_report(resolve_sweep(sweep, storage, RunSettings.storage))
     paths = write_report(built, out or default_report_file(sweep), png_dir)
     for warning in built.warnings:
         typer.secho(f"warning: {warning}", fg="yellow", err=True)

@@ -42,9 +42,11 @@ def resume(
     from orchestrator.app.api import resume_sweep
     from orchestrator.app.progress import Progress, quiet_ray
     from orchestrator.app.report_helper import ReportHelper
+    from orchestrator.spec.settings import RunSettings
     from orchestrator.store.sweeps import resolve_sweep
 
-    sweep = resolve_sweep(sweep, storage)  # `caviar resume NAME --storage runs`, as status, top and report take it
+    # `caviar resume NAME --storage runs`, as status, top and report take it
+    sweep = resolve_sweep(sweep, storage, RunSettings.storage)
 
     given = dict(slots=slots, address=address, ensemble=ensemble, executor=executor)
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}

@@ -16,17 +16,23 @@ import pyarrow.fs as pafs
 from orchestrator.errors import StorageError
 from orchestrator.store import schema
 from orchestrator.store.lease import LEASE_PATH, holder_alive, read_lease
-from orchestrator.store.storage import Storage, redact_uri, split_query, with_retries
+from orchestrator.store.storage import Storage, check_name, redact_uri, split_query, with_retries
 
 
-def resolve_sweep(sweep: str, storage: str | None = None) -> str:
+def resolve_sweep(sweep: str, storage: str | None = None, default_storage: str | None = None) -> str:
     """``sweep`` itself when it is a sweep folder; else ``storage/sweep`` when that is one.
 
     ``caviar status NAME --storage runs`` and ``caviar status runs/NAME`` name the same sweep.
     A name that matches neither is left as given, so the caller's error names what the user typed; unless
     ``storage`` holds no such sweep while ``sweep`` is no folder at all: then the error names the storage, where the
     user meant it to be (a relative ``--storage`` from another working directory is another folder).
+    Without ``storage``, a plain name that is no sweep here is looked for in ``default_storage`` (where
+    ``caviar run`` writes without ``--storage``): ``caviar run task.py --name x``, then ``caviar status x``.
     """
+    if storage is None and default_storage is not None and _is_a_name(sweep) and not _holds_a_sweep(
+            Storage.from_uri(sweep)):
+        candidate = Storage.from_uri(default_storage).child(sweep)
+        return candidate.uri if _holds_a_sweep(candidate) else sweep
     if storage is None or "://" in sweep or sweep.startswith("/"):
         return sweep
     root = Storage.from_uri(storage)
@@ -36,6 +42,18 @@ def resolve_sweep(sweep: str, storage: str | None = None) -> str:
     if not Storage.from_uri(sweep).exists(""):
         raise no_such_sweep(root, storage, sweep)
     return sweep
+
+
+def _is_a_name(sweep: str) -> bool:
+    try:
+        check_name("sweep name", sweep)
+    except StorageError:
+        return False
+    return True
+
+
+def _holds_a_sweep(storage: Storage) -> bool:
+    return storage.exists(schema.SWEEP_PATH) or storage.exists(LEASE_PATH)  # a lease alone: a run not yet written
 
 
 def no_such_sweep(root: Storage, storage: str, name: str) -> StorageError:

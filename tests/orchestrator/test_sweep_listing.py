@@ -66,6 +66,25 @@ def test_ls_takes_the_storage_as_status_and_top_do_and_defaults_to_caviar_runs(t
                                     "give one")
 
 
+def test_a_sweep_name_without_storage_is_found_where_caviar_run_put_it(tmp_path, monkeypatch):
+    """`caviar run task.py --name digits` writes caviar-runs/digits; `caviar status digits` then said "'digits' is not
+    a caviar sweep directory", as did top, report, ensemble and resume. A sweep folder of that name here still wins."""
+    from typer.testing import CliRunner
+
+    from orchestrator.app.cli import app
+
+    write_sweep(tmp_path / "caviar-runs" / "digits", "digits")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_sweep("digits", None, "caviar-runs") == "caviar-runs/digits"
+    assert resolve_sweep("digits", None) == "digits"  # Python's load() takes paths only, as before
+    assert resolve_sweep("nothing", None, "caviar-runs") == "nothing"  # the caller's error names what was typed
+    assert resolve_sweep("../digits", None, "caviar-runs") == "../digits"  # a path, not a name
+    status = CliRunner().invoke(app, ["status", "digits"], env={"COLUMNS": "200"})
+    assert status.exit_code == 0 and status.output.startswith("sweep digits (task task.py, seed 0)")
+    write_sweep(tmp_path / "digits", "here")
+    assert resolve_sweep("digits", None, "caviar-runs") == "digits"
+
+
 @pytest.mark.parametrize("folder", ["what?", "runs #2", "100% done", "my runs"])
 def test_a_storage_folder_with_url_special_characters_names_its_sweeps_where_they_are(tmp_path, folder):
     """A `?` in a local folder's name was taken for a URI's query: `runs?/digits` became `runs/digits?`, and status,
