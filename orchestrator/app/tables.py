@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -14,7 +14,7 @@ from orchestrator.store import schema
 from orchestrator.store.storage import Storage, redact_uri
 from orchestrator.store.sweeps import not_a_sweep
 
-TABLE_NAMES = ("sweep", "trials", "metrics", "checkpoints", "events", "stages")
+TABLE_NAMES = ("sweep", "trials", "metrics", "checkpoints", "events", "stages", "ensembles")
 
 
 @dataclass
@@ -28,6 +28,8 @@ class SweepTables:
     checkpoints: pa.Table
     events: pa.Table
     stages: pa.Table
+    # one row per ensemble built (members, val and test scores, chosen); no rows until the sweep's end builds them
+    ensembles: pa.Table = field(default_factory=schema.ENSEMBLES.empty_table)
 
     def to_pandas(self, table: str) -> Any:
         """``table`` ("trials", "metrics", ...) as a pandas DataFrame (pandas is a dependency of caviar)."""
@@ -91,6 +93,8 @@ def load(path: str | os.PathLike[str]) -> SweepTables:
         checkpoints=schema.read_dir(storage, "checkpoints", schema.CHECKPOINTS),
         events=schema.read_events(storage),  # each event once, even after a compaction cut short
         stages=schema.read_dir(storage, "stages", schema.STAGES),
+        ensembles=(storage.read_table(schema.ENSEMBLES_PATH) if storage.exists(schema.ENSEMBLES_PATH)
+                   else schema.ENSEMBLES.empty_table()),
     )
 
 

@@ -40,6 +40,8 @@ def test_a_sweep_in_forked_processes_writes_the_same_tables_and_never_imports_ra
     assert tables.checkpoints.num_rows >= 6
     sweep = tmp_path / "p"
     assert len(os.listdir(sweep / "predictions")) == 6 and os.listdir(sweep / "ensembles")  # what ensembles read
+    ensembles = tables.to_pandas("ensembles")  # load() holds them too: was "table 'ensembles': unknown"
+    assert len(ensembles) >= 3 and ensembles["chosen"].sum() == 1 and set(ensembles["method"]) >= {"single", "top_k"}
 
 
 @pytest.mark.parametrize("task", ["regression_task", "soft_label_task", "custom_loss_task", "streamed_task",
