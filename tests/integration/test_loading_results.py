@@ -71,6 +71,21 @@ def test_loading_with_an_edited_task_file_that_still_fits_the_weights_says_so(sw
         [f"your task {edited}"]
     assert "trust_task_code=True" in caplog.records[0].getMessage()
 
+def _refused_while_a_master_runs(copy: str) -> None:
+    """A live process on this host holds the sweep's lease, standing for its master: load_ensemble says it runs."""
+    from orchestrator import load_ensemble
+
+    master = subprocess.Popen(["sleep", "60"])
+    try:
+        Storage.from_uri(copy).write_bytes(LEASE_PATH,
+                                           LeaseRecord("x", socket.gethostname(), master.pid, 0, 0).encode())
+        with pytest.raises(StorageError, match=rf"still running \(process {master.pid} on .*\), and its end builds "
+                                               r"the ensembles; load them once it has finished \(caviar status "):
+            load_ensemble(copy, task=CNN_TASK)
+    finally:
+        master.kill()
+        master.wait()
+
 
 def test_loading_a_sweep_still_running_says_its_end_builds_the_ensembles(sweep, tmp_path):
     """It said 'build them: caviar ensemble SWEEP_DIR', which refuses a sweep whose master still writes it."""
@@ -79,16 +94,7 @@ def test_loading_a_sweep_still_running_says_its_end_builds_the_ensembles(sweep, 
     copy = str(tmp_path / "cnn")
     shutil.copytree(sweep.path, copy)
     os.remove(os.path.join(copy, schema.ENSEMBLES_PATH))  # as before its end
-    master = subprocess.Popen(["sleep", "60"])  # a live process on this host stands for the sweep's master
-    try:
-        Storage.from_uri(copy).write_bytes(LEASE_PATH,
-                                           LeaseRecord("x", socket.gethostname(), master.pid, 0, 0).encode())
-        with pytest.raises(StorageError, match=rf"still running \(process {master.pid} on .*\), and its end builds "
-                                               rf"the ensembles; load them once it has finished \(caviar status "):
-            load_ensemble(copy, task=CNN_TASK)
-    finally:
-        master.kill()
-        master.wait()
+    _refused_while_a_master_runs(copy)
     with pytest.raises(StorageError, match=rf"no such file \(build them: caviar ensemble {re.escape(copy)}\)$"):
         load_ensemble(copy, task=CNN_TASK)  # its master gone: caviar ensemble builds them
 
@@ -102,16 +108,7 @@ def test_loading_a_sweep_whose_first_trials_still_train_says_it_is_running(sweep
     shutil.copytree(sweep.path, copy)
     for folder in ("ensembles", "predictions", "dataset"):  # as while the first trials train
         shutil.rmtree(os.path.join(copy, folder))
-    master = subprocess.Popen(["sleep", "60"])  # a live process on this host stands for the sweep's master
-    try:
-        Storage.from_uri(copy).write_bytes(LEASE_PATH,
-                                           LeaseRecord("x", socket.gethostname(), master.pid, 0, 0).encode())
-        with pytest.raises(StorageError, match=rf"still running \(process {master.pid} on .*\), and its end builds "
-                                               r"the ensembles; load them once it has finished"):
-            load_ensemble(copy, task=CNN_TASK)
-    finally:
-        master.kill()
-        master.wait()
+    _refused_while_a_master_runs(copy)
     with pytest.raises(StorageError, match="none can be built: no trial stored predictions"):
         load_ensemble(copy, task=CNN_TASK)  # its master gone: nothing will build them
 
