@@ -462,6 +462,33 @@ def test_a_float64_model_trains_fused_as_it_would_alone(optimizer):
     assert_fused_trains_as_alone(task, splits, specs, rel=1e-9)  # float64 both ways: no float32 rounding
 
 
+def test_a_sequential_with_a_frozen_layer_trains_fused_as_it_would_alone():
+    """An nn.Sequential MLP whose first Linear is frozen (requires_grad=False): the bmm engine read its weight from the
+    trained parameters and --fuse on stopped with "cannot be fused: KeyError: '0.weight'". Frozen weights now take the
+    vmap engine, which reads them with the buffers; the frozen layer stays as built."""
+    from types import SimpleNamespace
+
+    from orchestrator.spec.task import Task
+
+    tiny = load_task(TINY_TASK)
+    data = tiny.get("load_data")()
+
+    def frozen_first(config):
+        model = tiny.get("build_model")(config)
+        model[0].weight.requires_grad_(False)
+        return model
+
+    task = Task("inline", SimpleNamespace(load_data=lambda: data, build_model=frozen_first), tiny.space)
+    splits = prepare(data)
+    specs = [TrialSpec(i, 0, {"lr": lr, "optimizer": "adam", "hidden": 8, "batch_size": 32}, 100 + i, 2)
+             for i, lr in enumerate((0.01, 0.03))]
+    assert isinstance(frozen_first(specs[0].config), torch.nn.Sequential)
+    assert_fused_trains_as_alone(task, splits, specs)
+    array = FusedArray(task, splits, specs, CPU)
+    array.train_epoch()
+    assert torch.equal(array.state_dict(0)["0.weight"], alone(task, splits, specs[0], 1)[0].model[0].weight)
+
+
 def test_a_loss_fn_torch_cannot_vmap_trains_fused_member_by_member_as_alone():
     """A class-weighted cross-entropy with label smoothing (torch masks its targets: no vmap rule) made the array
     raise, and the sweep trained plain with torch's vmap error as its fusing_off reason."""

@@ -139,6 +139,8 @@ def non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
 def sequential_supported(model: nn.Module) -> bool:
     if not isinstance(model, nn.Sequential):
         return False
+    if not all(p.requires_grad for p in model.parameters()):
+        return False  # a frozen weight is stacked with the buffers, [out, in]: the vmap engine reads it there
     for m in model.children():
         if isinstance(m, nn.BatchNorm1d) and m.momentum is None:
             return False  # a cumulative average would depend on when each member joined
