@@ -20,7 +20,7 @@ class ResumeOptions(TypedDict, total=False):
     """How a resumed sweep runs; what it searches is fixed by its tables."""
 
     slots: int  # trials trained at once (default: as many as the cluster's CPUs allow / as started)
-    address: str  # Ray cluster: "auto", "HOST:PORT" or "ray://HOST:10001"; unset: a private Ray on this machine
+    address: str  # Ray cluster: "auto", "HOST:PORT" or "ray://HOST:10001"; unset: run on this machine (see executor)
     cpus_per_trial: float  # CPUs each trial holds (1.0)
     gpus_per_trial: float  # GPUs each trial holds; 0.25 packs four trials on a GPU (0.0)
     resources: dict[str, float]  # custom Ray resources each trial holds, e.g. {"accelerator_type_a100": 1}
@@ -31,7 +31,8 @@ class ResumeOptions(TypedDict, total=False):
     shared_storage: bool  # a local storage path that every node mounts (NFS); needed on multi-node clusters
     checkpoint_seconds: float  # at most this long between a trial's checkpoints (30.0)
     keep_workers: float  # seconds a clean sweep's actors stay warm for this process's next sweep of the task (120)
-    # where trials run: "ray" (actors; default) or "processes" (children of this process: no Ray, one machine, CPU)
+    # where trials run: "auto" (default: processes unless a setting needs Ray), "ray" (actors; a private Ray without
+    # an address) or "processes" (children of this process: no Ray, one machine, CPU)
     executor: str
 
 
