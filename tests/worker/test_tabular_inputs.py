@@ -130,3 +130,26 @@ def test_dataframes_load_data_cannot_hand_on_as_they_are_are_refused_in_one_line
     words = pd.DataFrame({"a": ["x"] * 60})
     with pytest.raises(TaskError, match=r"^load_data: train X is a DataFrame of (object|str) columns; give numbers"):
         prepare(((words, y), (x, y), (x, y)))
+
+
+def test_memory_mapped_arrays_load_without_torchs_not_writable_warning(tmp_path):
+    """np.load(..., mmap_mode="r") gives read-only arrays; caviar never writes to them, so torch's warning that
+    writing would be undefined (printed with a line of caviar's source) is noise the user cannot act on."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.normal(size=(40, 3)).astype(np.float32))
+    np.save(tmp_path / "y.npy", rng.integers(0, 2, 40))
+    code = f"""
+import numpy as np
+from worker.data.splits import prepare
+x = np.load({str(tmp_path / "x.npy")!r}, mmap_mode="r")
+y = np.load({str(tmp_path / "y.npy")!r}, mmap_mode="r")
+s = prepare({{"train": (x[:20], y[:20]), "val": (x[20:30], y[20:30]), "test": (x[30:], y[30:])}})
+assert np.allclose(s.y_val.numpy(), y[20:30]) and s.x_train.shape == (20, 3)
+"""
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "not writable" not in done.stderr

@@ -8,6 +8,7 @@ fed float64 is refused with one line by ``worker.check.validate``, never silentl
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,7 +188,9 @@ def _as_tensor(value: Any, what: str, *, frame: bool = False) -> torch.Tensor:
             held = "strings" if value.dtype.kind in "US" else "Python objects (dtype object)"
             raise TaskError(f"load_data: {what} holds {held} ({sample!r}); give numbers: integer class indices for "
                             "labels (np.unique(y, return_inverse=True)[1]), a numeric dtype for features")
-        return torch.from_numpy(np.ascontiguousarray(value))
+        with warnings.catch_warnings():  # a read-only array (np.load(..., mmap_mode="r")): caviar never writes to it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(np.ascontiguousarray(value))
     hint = ""
     if hasattr(value, "to_numpy"):  # pandas and the like: the user picks the dtype, caviar casts nothing
         hint = "; give .to_numpy() with the dtype you mean (float32 features, int64 class indices)"
