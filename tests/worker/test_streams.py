@@ -236,6 +236,31 @@ def test_the_load_time_pass_of_a_loader_that_drops_its_last_batch_keeps_its_work
     assert splits.n_train == 90 and sorted(splits.y_train.tolist()) == sorted(y.tolist())
 
 
+class _StreamedRows(torch.utils.data.IterableDataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y))
+
+
+def test_a_training_loader_over_an_iterable_dataset_that_drops_its_last_batch_is_read_whole_at_load():
+    """A train loader function ``DataLoader(IterableDataset, batch_size=b, drop_last=True)`` (a streamed shard
+    reader, batch norm): the load-time pass rebuilt it with its placeholder sampler, which torch refuses for an
+    IterableDataset, so every sweep stopped with "load_data raised ValueError: DataLoader with IterableDataset:
+    expected unspecified sampler option"."""
+    from torch.utils.data import DataLoader
+
+    from worker.data.splits import prepare
+
+    x, y = torch.randn(90, 4, dtype=torch.float64), torch.arange(90) % 3
+    rows = _StreamedRows(x, y)
+    splits = prepare((lambda size: DataLoader(rows, batch_size=size, drop_last=True), (x[:30], y[:30]),
+                      (x[:30], y[:30])))
+    assert splits.n_train == 90 and torch.equal(splits.y_train, y)
+    assert torch.allclose(splits.mean, x.mean(0, keepdim=True)) and torch.allclose(splits.std, x.std(0, keepdim=True))
+
+
 def test_a_val_loader_that_shuffles_is_refused_in_one_line():
     from orchestrator.errors import TaskError
     from worker.data.splits import prepare

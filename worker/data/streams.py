@@ -392,7 +392,9 @@ def every_example(loader: Iterable[Any], name: str) -> Iterable[Any]:
     if name != "train":
         raise TaskError(f"load_data: the {name} loader function's DataLoader has drop_last=True; validation and "
                         "test are measured on every example: leave drop_last off for them")
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler,
+    # An IterableDataset's loader holds torch's own placeholder sampler, which a DataLoader over one refuses.
+    sampler = None if isinstance(loader.dataset, IterableDataset) else loader.sampler
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn, drop_last=False,
                       worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
                       generator=loader.generator, timeout=loader.timeout)
