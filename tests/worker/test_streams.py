@@ -261,6 +261,40 @@ def test_a_training_loader_over_an_iterable_dataset_that_drops_its_last_batch_is
     assert torch.allclose(splits.mean, x.mean(0, keepdim=True)) and torch.allclose(splits.std, x.std(0, keepdim=True))
 
 
+class _Shards(torch.utils.data.IterableDataset):
+    """Rows split into one contiguous shard per DataLoader worker, as a streamed shard reader does."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        k, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        per = math.ceil(len(self.x) / workers)
+        return iter(zip(self.x[k * per:(k + 1) * per], self.y[k * per:(k + 1) * per]))
+
+
+def test_val_and_test_loaders_sharded_over_loader_workers_are_read_in_one_order_at_load_and_evaluation():
+    """``DataLoader(sharded IterableDataset, batch_size=b, num_workers=2)`` yields the workers' batches in turn, so
+    its order follows ``b``: the load-time pass read val at 256 (rows 0-255, 300-555, 256-299, ...), evaluation at
+    1024 (rows 0-299, then 300-599), and every sweep was refused with "the val split gave its examples in another
+    order than at load" although nothing shuffled. Both now ask for the evaluation's batch size."""
+    from torch.utils.data import DataLoader
+
+    from worker.data.splits import prepare
+    from worker.data.streams import check_first_batches_repeat
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(600, 4, generator=g), torch.randint(0, 3, (600,), generator=g)
+    val = _Shards(x, y)
+    splits = prepare(((x[:200], y[:200]), lambda size: DataLoader(val, batch_size=size, num_workers=2),
+                      (x[:200], y[:200])))
+    check_first_batches_repeat(splits.streams)  # the master's check: refused here before
+    seen = torch.cat([yb for _, yb in splits.streams["val"].eval_batches()])
+    assert torch.equal(seen, splits.y_val) and sorted(seen.tolist()) == sorted(y.tolist())
+    splits.streams["val"].release_workers()
+
+
 def test_a_val_loader_that_shuffles_is_refused_in_one_line():
     from orchestrator.errors import TaskError
     from worker.data.splits import prepare

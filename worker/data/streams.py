@@ -309,7 +309,7 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
     count = 0
     started = time.monotonic()
     report_at = started + SCAN_REPORT_SECONDS
-    batches = (stream.reading(STATS_BATCH) if stream.make_loader is not None else
+    batches = (stream.reading(_pass_batch(stream)) if stream.make_loader is not None else
                DataLoader(stream.dataset, batch_size=STATS_BATCH, shuffle=False, num_workers=stream._workers()))
     for batch in collated(batches, stream.name):
         x, y = _pair(batch, stream.name)
@@ -351,6 +351,19 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
     var = (total_sq - count * mean * mean) / max(count - 1, 1)
     std = usable_std(var.clamp_min(0).sqrt(), mean)
     return y_all, mean.to(stream.input_dtype), std.to(stream.input_dtype)
+
+
+def _pass_batch(stream: Stream) -> int:
+    """The batch size the load-time pass asks a task's loader function for: val's and test's at the size every
+    evaluation asks for (:meth:`Stream.eval_batches`), since a loader's order may follow its batch size (an
+    IterableDataset sharded over loader workers yields their batches in turn: at 256 rows 0-255 of one shard, then
+    of the next; at 1024 the whole first shard first), and every evaluation compares its order with this pass's."""
+    if stream.name == "train":
+        return STATS_BATCH
+    for batch in collated(stream.reading(FIRST_INPUTS), stream.name):
+        x, _ = _pair(batch, stream.name)
+        return eval_rows(tuple(x.shape[1:]), EVAL_BATCH)
+    return STATS_BATCH  # no batch: the pass says the split is empty
 
 
 def _report_progress(stream: Stream, count: int, seconds: float) -> float:
