@@ -133,6 +133,23 @@ def test_average_states_and_bn_recomputed_from_training_inputs():
     assert not recompute_bn(nn.Linear(3, 2), x)
 
 
+def test_recomputed_batch_norm_weighs_batches_by_their_examples():
+    """The soup's batch-norm pass weighed batches alike (momentum None): of 520 rows in batches of 512, the last 8
+    made half the running mean (50 where the rows' mean is 1.54); 513 rows raised on the last batch of one."""
+    model = nn.Sequential(nn.BatchNorm1d(2))
+    x = torch.cat([torch.zeros(512, 2), torch.full((8, 2), 100.0)])
+    assert recompute_bn(model, x, batch_size=512)
+    bn = model[0]
+    assert torch.allclose(bn.running_mean, x.mean(0))
+    expected_var = (512 * x[:512].var(0) + 8 * x[512:].var(0)) / 520  # the batches' variances, by their sizes
+    assert torch.allclose(bn.running_var, expected_var)
+    assert bn.momentum == 0.1  # the model's own momentum comes back
+    torch.manual_seed(0)
+    x = torch.randn(513, 2)
+    assert recompute_bn(model, x, batch_size=512)  # the last batch of one is left out, as training leaves it
+    assert torch.allclose(bn.running_mean, x[:512].mean(0), atol=1e-6)
+
+
 class FrozenBackbone(nn.Module):
     """Fine-tuning as usually written: the pretrained backbone's batch norm stays in eval mode while the head trains."""
 

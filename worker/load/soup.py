@@ -73,7 +73,9 @@ def has_batch_norm(model: nn.Module) -> bool:
 
 
 def recompute_bn(model: nn.Module, x_train: torch.Tensor | Iterable[torch.Tensor], batch_size: int = BN_BATCH) -> bool:
-    """Batch-norm statistics from one pass over the training inputs (equal-weight mean over batches).
+    """Batch-norm statistics from one pass over the training inputs: each batch's mean and variance weighted by its
+    number of examples, so a short last batch (1030 rows in batches of 512: 6 of them) counts as its rows do, not as a
+    full batch's equal; a last batch of one example is left out, as training leaves it (batch norm raises on it).
 
     ``x_train`` is the inputs in memory, or their batches (a streamed split). Returns whether there
     was any batch norm to recompute.
@@ -82,17 +84,23 @@ def recompute_bn(model: nn.Module, x_train: torch.Tensor | Iterable[torch.Tensor
         return False
     if isinstance(x_train, torch.Tensor):
         x_train = [x_train[i : i + batch_size] for i in range(0, len(x_train), batch_size)]
-    # As torch's update_bn (a cumulative mean over the batches), but a batch norm the model keeps in eval mode while
-    # training (a frozen backbone's, by a train() override) keeps its statistics: update_bn reset them for good.
+    # As torch's update_bn, but weighted by batch size (update_bn's momentum None weighs batches alike), and a batch
+    # norm the model keeps in eval mode while training (a frozen backbone's, by a train() override) keeps its
+    # statistics: update_bn reset them for good.
     was_training = model.training
     model.train()
     live = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
     momenta = {m: m.momentum for m in live}
     for m in live:
         m.reset_running_stats()
-        m.momentum = None
+    seen = 0
     with torch.no_grad():
         for x in x_train:
+            if len(x) == 1 and seen:
+                continue
+            seen += len(x)
+            for m in live:  # running = (1 - n/seen) * running + n/seen * batch: the size-weighted mean so far
+                m.momentum = len(x) / seen
             model(x)
     for m in live:
         m.momentum = momenta[m]
