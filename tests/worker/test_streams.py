@@ -799,3 +799,20 @@ def test_augmentation_in_loader_workers_resumes_exactly():
     resumed = TrialRun(task, splits, spec, torch.device("cpu"))
     resumed.load_resume_state(torch.load(io.BytesIO(saved.getvalue()), weights_only=True))
     assert losses(resumed, 2) == first[1:]
+
+
+def test_a_seeded_reading_mixes_a_dataset_and_a_plain_one_keeps_its_order():
+    """The soup's batch-norm pass over a streamed Dataset stored class by class read it in that order (batches of one
+    class, the within-class variance); it now asks for an order drawn from a seed, the same on every build."""
+    from torch.utils.data import TensorDataset
+
+    from worker.data.streams import Stream
+
+    x = torch.arange(1024, dtype=torch.float32).unsqueeze(1)
+    stream = Stream(TensorDataset(x, torch.zeros(1024, dtype=torch.long)), "train", length=1024)
+    plain = torch.cat([xb for xb, _ in stream.reading(512)])
+    assert torch.equal(plain, x)
+    first = torch.cat([xb for xb, _ in stream.reading(512, shuffle_seed=0)])
+    again = torch.cat([xb for xb, _ in stream.reading(512, shuffle_seed=0)])
+    assert torch.equal(first, again) and not torch.equal(first, x)
+    assert torch.equal(first.sort(0).values, x)  # every example, once

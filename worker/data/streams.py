@@ -117,10 +117,12 @@ class Stream:
                           generator=generator, num_workers=workers, pin_memory=self.pin_memory,
                           persistent_workers=workers > 0 and not workers_per_epoch, drop_last=drop_last)
 
-    def reading(self, batch_size: int) -> Iterable[Any]:
+    def reading(self, batch_size: int, shuffle_seed: int | None = None) -> Iterable[Any]:
         """Batches for a pass that is no training epoch (samples for checks, a soup's batch-norm pass): every
-        example, whatever the task's loader drops."""
-        loader = self.loader(batch_size, shuffle=False)
+        example, whatever the task's loader drops; in an order drawn from ``shuffle_seed`` if given (a Dataset's;
+        the task's own loader keeps its order)."""
+        generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+        loader = self.loader(batch_size, shuffle=shuffle_seed is not None, generator=generator)
         return every_example(loader, self.name) if self.make_loader is not None else loader
 
     def release_workers(self) -> None:

@@ -76,6 +76,9 @@ def recompute_bn(model: nn.Module, x_train: torch.Tensor | Iterable[torch.Tensor
     """Batch-norm statistics from one pass over the training inputs: each batch's mean and variance weighted by its
     number of examples, so a short last batch (1030 rows in batches of 512: 6 of them) counts as its rows do, not as a
     full batch's equal; a last batch of one example is left out, as training leaves it (batch norm raises on it).
+    Inputs in memory are read in an order drawn from ``BN_SEED``, as training shuffles them: in their stored order
+    (sorted by class, as files listed folder by folder are) each batch's variance would leave out the differences
+    between classes.
 
     ``x_train`` is the inputs in memory, or their batches (a streamed split). Returns whether there
     was any batch norm to recompute.
@@ -83,7 +86,9 @@ def recompute_bn(model: nn.Module, x_train: torch.Tensor | Iterable[torch.Tensor
     if not has_batch_norm(model):
         return False
     if isinstance(x_train, torch.Tensor):
-        x_train = [x_train[i : i + batch_size] for i in range(0, len(x_train), batch_size)]
+        inputs = x_train
+        order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(BN_SEED)).to(inputs.device)
+        x_train = (inputs[order[i : i + batch_size]] for i in range(0, len(inputs), batch_size))
     # As torch's update_bn, but weighted by batch size (update_bn's momentum None weighs batches alike), and a batch
     # norm the model keeps in eval mode while training (a frozen backbone's, by a train() override) keeps its
     # statistics: update_bn reset them for good.
@@ -181,7 +186,7 @@ class Soup:
         if not self.splits.streams:
             assert self.splits.x_train is not None
             return self.splits.x_train
-        loader = self.splits.streams["train"].reading(BN_BATCH)
+        loader = self.splits.streams["train"].reading(BN_BATCH, shuffle_seed=BN_SEED)  # batches as training mixes them
         return (self.splits.normalise(x.to(self.device, non_blocking=True)) for x, _ in loader)
 
     def arch_of(self, trial_id: int) -> tuple[Any, ...]:
