@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrizations
 
 from worker.train.ema import EmaWeights, ema_decay_at
 
@@ -240,3 +241,28 @@ def test_ema_decays_above_what_the_warm_up_reaches_give_the_same_weights_and_are
     with caplog.at_level(logging.WARNING, logger="caviar"):  # a fixed decay ranks nothing: no word (the task's 0.9)
         validate_contract(task, [config], SimpleNamespace(epochs=2, trials=4), task.space)
     assert not [r for r in caplog.records if "ema_decay" in r.getMessage()]
+
+
+@pytest.mark.parametrize("spectral_norm", [parametrizations.spectral_norm, torch.nn.utils.spectral_norm])
+def test_ema_of_a_spectral_norm_keeps_its_layer_at_spectral_norm_one(spectral_norm):
+    """The power-iteration vectors u and v were averaged like weights: rotating between steps, their averages
+    shrank (|u| 0.22 after 600 steps) and the EMA model's layer, u.W.v apart from W's norm, had spectral norm 20
+    (the older hook's 4.9)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(spectral_norm(nn.Linear(32, 32)), nn.ReLU(), spectral_norm(nn.Linear(32, 4)))
+    ema = EmaWeights(model, 0.99)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(2000, 32)
+    y = (x[:, :4] * 2).tanh()
+    for _ in range(600):
+        rows = torch.randint(0, 2000, (64,))
+        loss = ((model(x[rows]) - y[rows]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update(model)
+    layer = ema.module[0]
+    with torch.no_grad():
+        layer(torch.zeros(1, 32))  # the hook's weight is computed at a forward pass (eval: no power iteration)
+    sigma = torch.linalg.matrix_norm(layer.weight.detach(), 2).item()
+    assert sigma == pytest.approx(1.0, abs=0.05)  # one power iteration a step, as training takes
