@@ -489,6 +489,32 @@ def test_a_sequential_with_a_frozen_layer_trains_fused_as_it_would_alone():
     assert torch.equal(array.state_dict(0)["0.weight"], alone(task, splits, specs[0], 1)[0].model[0].weight)
 
 
+def test_a_sequential_with_weight_norm_trains_fused_as_it_would_alone():
+    """An nn.Sequential MLP whose first Linear is parametrized (torch.nn.utils.parametrizations.weight_norm): the bmm
+    engine took it for a plain Linear and --fuse on stopped with "cannot be fused: KeyError: '0.weight'" (a spectral
+    norm too). Parametrized layers now take the vmap engine, which reads the weight's parametrization."""
+    from types import SimpleNamespace
+
+    from torch.nn.utils import parametrizations
+
+    from orchestrator.spec.task import Task
+
+    tiny = load_task(TINY_TASK)
+    data = tiny.get("load_data")()
+
+    def weight_normed(config):
+        model = tiny.get("build_model")(config)
+        parametrizations.weight_norm(model[0])
+        return model
+
+    task = Task("inline", SimpleNamespace(load_data=lambda: data, build_model=weight_normed), tiny.space)
+    splits = prepare(data)
+    specs = [TrialSpec(i, 0, {"lr": lr, "optimizer": "adam", "hidden": 8, "batch_size": 32}, 100 + i, 2)
+             for i, lr in enumerate((0.01, 0.03))]
+    assert isinstance(weight_normed(specs[0].config), torch.nn.Sequential)
+    assert_fused_trains_as_alone(task, splits, specs)
+
+
 def test_a_loss_fn_torch_cannot_vmap_trains_fused_member_by_member_as_alone():
     """A class-weighted cross-entropy with label smoothing (torch masks its targets: no vmap rule) made the array
     raise, and the sweep trained plain with torch's vmap error as its fusing_off reason."""

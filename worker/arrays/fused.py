@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from orchestrator.errors import NotFusable, TaskError
 from orchestrator.spec.task import Task, unfusable_reason
@@ -141,6 +142,8 @@ def sequential_supported(model: nn.Module) -> bool:
         return False
     if not all(p.requires_grad for p in model.parameters()):
         return False  # a frozen weight is stacked with the buffers, [out, in]: the vmap engine reads it there
+    if any(parametrize.is_parametrized(m) for m in model.children()):
+        return False  # weight_norm, spectral_norm: the weight is computed from others the vmap engine reads
     for m in model.children():
         if isinstance(m, nn.BatchNorm1d) and m.momentum is None:
             return False  # a cumulative average would depend on when each member joined
