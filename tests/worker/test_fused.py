@@ -462,10 +462,8 @@ def test_a_float64_model_trains_fused_as_it_would_alone(optimizer):
     assert_fused_trains_as_alone(task, splits, specs, rel=1e-9)  # float64 both ways: no float32 rounding
 
 
-def test_a_sequential_with_a_frozen_layer_trains_fused_as_it_would_alone():
-    """An nn.Sequential MLP whose first Linear is frozen (requires_grad=False): the bmm engine read its weight from the
-    trained parameters and --fuse on stopped with "cannot be fused: KeyError: '0.weight'". Frozen weights now take the
-    vmap engine, which reads them with the buffers; the frozen layer stays as built."""
+def _tiny_with_first_layer(edit):
+    """The tiny task's nn.Sequential MLP with ``edit`` applied to its first Linear, and two trials of it."""
     from types import SimpleNamespace
 
     from orchestrator.spec.task import Task
@@ -473,16 +471,23 @@ def test_a_sequential_with_a_frozen_layer_trains_fused_as_it_would_alone():
     tiny = load_task(TINY_TASK)
     data = tiny.get("load_data")()
 
-    def frozen_first(config):
+    def build_model(config):
         model = tiny.get("build_model")(config)
-        model[0].weight.requires_grad_(False)
+        edit(model[0])
         return model
 
-    task = Task("inline", SimpleNamespace(load_data=lambda: data, build_model=frozen_first), tiny.space)
-    splits = prepare(data)
+    task = Task("inline", SimpleNamespace(load_data=lambda: data, build_model=build_model), tiny.space)
     specs = [TrialSpec(i, 0, {"lr": lr, "optimizer": "adam", "hidden": 8, "batch_size": 32}, 100 + i, 2)
              for i, lr in enumerate((0.01, 0.03))]
-    assert isinstance(frozen_first(specs[0].config), torch.nn.Sequential)
+    assert isinstance(build_model(specs[0].config), torch.nn.Sequential)
+    return task, prepare(data), specs
+
+
+def test_a_sequential_with_a_frozen_layer_trains_fused_as_it_would_alone():
+    """An nn.Sequential MLP whose first Linear is frozen (requires_grad=False): the bmm engine read its weight from the
+    trained parameters and --fuse on stopped with "cannot be fused: KeyError: '0.weight'". Frozen weights now take the
+    vmap engine, which reads them with the buffers; the frozen layer stays as built."""
+    task, splits, specs = _tiny_with_first_layer(lambda linear: linear.weight.requires_grad_(False))
     assert_fused_trains_as_alone(task, splits, specs)
     array = FusedArray(task, splits, specs, CPU)
     array.train_epoch()
@@ -493,25 +498,9 @@ def test_a_sequential_with_weight_norm_trains_fused_as_it_would_alone():
     """An nn.Sequential MLP whose first Linear is parametrized (torch.nn.utils.parametrizations.weight_norm): the bmm
     engine took it for a plain Linear and --fuse on stopped with "cannot be fused: KeyError: '0.weight'" (a spectral
     norm too). Parametrized layers now take the vmap engine, which reads the weight's parametrization."""
-    from types import SimpleNamespace
-
     from torch.nn.utils import parametrizations
 
-    from orchestrator.spec.task import Task
-
-    tiny = load_task(TINY_TASK)
-    data = tiny.get("load_data")()
-
-    def weight_normed(config):
-        model = tiny.get("build_model")(config)
-        parametrizations.weight_norm(model[0])
-        return model
-
-    task = Task("inline", SimpleNamespace(load_data=lambda: data, build_model=weight_normed), tiny.space)
-    splits = prepare(data)
-    specs = [TrialSpec(i, 0, {"lr": lr, "optimizer": "adam", "hidden": 8, "batch_size": 32}, 100 + i, 2)
-             for i, lr in enumerate((0.01, 0.03))]
-    assert isinstance(weight_normed(specs[0].config), torch.nn.Sequential)
+    task, splits, specs = _tiny_with_first_layer(parametrizations.weight_norm)
     assert_fused_trains_as_alone(task, splits, specs)
 
 
