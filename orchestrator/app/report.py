@@ -20,8 +20,8 @@ Plots, each with an ``id`` so tests and people can find it:
   predictions. What the main effects leave unexplained is interaction;
 - ``fig-ensembles``: the ensembles table, when the sweep has one.
 
-Warnings come from the events table (``edge_warning``, ``range_extended``,
-``edge_at_hard_limit``, ``sweep_aborted``), the failed trials' errors, and the diagnostics of the best trial.
+Warnings come from the events table (``report_data.EDGE_KINDS``: ``value_fails``, the edge events, ``sweep_aborted``,
+``no_trial_learned``), the failed trials' errors, and the diagnostics of the best trial.
 matplotlib (Agg, no pyplot) and scikit-learn load only when a report is built.
 """
 

@@ -34,7 +34,7 @@ class RunSettings:
     sampler: str = "tpe"  # random first stage, then a density ratio on finished trials (orchestrator/search/tpe.py)
     pruner: str = "asha"
     # The pruner's own options by name (TOML: pruner_options = {min_trials = 3}); a configured pruner passed to
-    # run_sweep (MedianStop(min_trials=3)) records its options here, so a resume prunes as the sweep began
+    # run_sweep (MedianStoppingPruner(min_trials=3)) records its options here, so a resume prunes as the sweep began
     pruner_options: dict[str, Any] = field(default_factory=dict)
     # How a stage leads to the next (orchestrator/search/stage_policy.py): narrow the ranges, retrain the best
     stage_policy: str = "narrow_and_promote"
