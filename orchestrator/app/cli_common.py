@@ -269,3 +269,12 @@ def edge_advice(warning: str) -> str:
     if warning.endswith("(a hard limit)"):
         return "the optimum may lie past the limit: widen limits= if values beyond it are valid"
     return "the next sweep should look beyond it"
+
+
+def find_sweep(sweep: str, storage: str | None) -> str:
+    """The sweep a verb names (``resolve_sweep``); a plain name is also looked for where ``caviar run`` writes
+    without ``--storage``: ``caviar run task.py --name x``, then ``caviar status x``."""
+    from orchestrator.spec.settings import RunSettings
+    from orchestrator.store.sweeps import resolve_sweep
+
+    return resolve_sweep(sweep, storage, RunSettings.storage)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.app.cli_common import STORAGE_HELP, SweepArg, app, fail
+from orchestrator.app.cli_common import STORAGE_HELP, SweepArg, app, fail, find_sweep
 from orchestrator.errors import CaviarError
 
 
@@ -47,13 +47,11 @@ def ensemble(
         refuse_custom_kind,
         refuse_methods_kind_lacks,
     )
-    from orchestrator.spec.settings import RunSettings
     from orchestrator.store import schema
     from orchestrator.store.lease import holder_alive, read_lease
-    from orchestrator.store.sweeps import resolve_sweep
 
     # `caviar ensemble NAME --storage runs`, as status and top take it
-    sweep = resolve_sweep(sweep, storage_folder, RunSettings.storage)
+    sweep = find_sweep(sweep, storage_folder)
 
     if k < 1:
         fail("option '-k': expected a positive integer")

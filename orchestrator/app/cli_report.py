@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.app.cli_common import StorageOption, SweepArg, app, fail
+from orchestrator.app.cli_common import StorageOption, SweepArg, app, fail, find_sweep
 
 
 def default_report_file(sweep: str) -> str:
@@ -31,10 +31,8 @@ def report(
 ) -> None:
     """Plots of a sweep in one HTML file: hyperparameters, learning curves, gap, update ratios, importance."""
     from orchestrator.app.report import build_report, write_report
-    from orchestrator.spec.settings import RunSettings
-    from orchestrator.store.sweeps import resolve_sweep
 
-    built = build_report(resolve_sweep(sweep, storage, RunSettings.storage))
+    built = build_report(find_sweep(sweep, storage))
     paths = write_report(built, out or default_report_file(sweep), png_dir)
     for warning in built.warnings:
         typer.secho(f"warning: {warning}", fg="yellow", err=True)

@@ -12,6 +12,7 @@ from orchestrator.app.cli_common import (
     SweepArg,
     app,
     exit_on_interrupt,
+    find_sweep,
     print_result,
     task_file_ref,
 )
@@ -42,11 +43,9 @@ def resume(
     from orchestrator.app.api import resume_sweep
     from orchestrator.app.progress import Progress, quiet_ray
     from orchestrator.app.report_helper import ReportHelper
-    from orchestrator.spec.settings import RunSettings
-    from orchestrator.store.sweeps import resolve_sweep
 
     # `caviar resume NAME --storage runs`, as status, top and report take it
-    sweep = resolve_sweep(sweep, storage, RunSettings.storage)
+    sweep = find_sweep(sweep, storage)
 
     given = dict(slots=slots, address=address, ensemble=ensemble, executor=executor)
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}

@@ -22,6 +22,7 @@ from orchestrator.app.cli_common import (
     array_size_setting,
     exit_on_interrupt,
     fail,
+    find_sweep,
     print_failures,
     print_result,
     print_top,
@@ -171,12 +172,11 @@ def status(sweep: SweepArg, storage: StorageOption = None) -> None:
     from orchestrator.app.tables import no_trials_yet, open_sweep, resume_command
     from orchestrator.decide.restore import last_detail
     from orchestrator.errors import StorageError
-    from orchestrator.spec.settings import RunSettings
     from orchestrator.store import schema
     from orchestrator.store.lease import master_alive
-    from orchestrator.store.sweeps import rerun_command, resolve_sweep
+    from orchestrator.store.sweeps import rerun_command
 
-    path = resolve_sweep(sweep, storage, RunSettings.storage)
+    path = find_sweep(sweep, storage)
     found = open_sweep(path)
     if not found.exists(schema.TRIALS_PATH) and not found.list_files("stages"):  # no first flush (yet): say why
         row = found.read_table(schema.SWEEP_PATH).to_pylist()[0]
@@ -236,13 +236,11 @@ def top(
 ) -> None:
     """The best trials with their configs (later stages first: they trained longest)."""
     from orchestrator.app.tables import open_sweep, read_trials
-    from orchestrator.spec.settings import RunSettings
     from orchestrator.store import schema
-    from orchestrator.store.sweeps import resolve_sweep
 
     if k < 1:
         fail("option '-k': expected a positive integer")
-    path = resolve_sweep(sweep, storage, RunSettings.storage)
+    path = find_sweep(sweep, storage)
     opened = open_sweep(path)
     opened.read_table(schema.SWEEP_PATH)  # a damaged sweep row is named, as every verb names it
     print_top(path, read_trials(opened, path), k)
