@@ -264,7 +264,6 @@ def prepare(raw: Any, *, normalize: bool = True, kind: str | None = None, standa
                   std, target_kind, feature_names=feature_names, summaries=summaries)
 
 
-
 def _feature_names(parts: Sequence[Any]) -> tuple[str, ...] | None:
     """The training DataFrame's column names; val or test DataFrames with other columns, or in another order, are
     refused (their values would reach other inputs of the model)."""
