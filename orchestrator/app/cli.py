@@ -11,7 +11,7 @@ import sys
 import typer
 
 # Each command module registers its verbs on `app` when imported (cli_common.VERBS orders the help).
-from orchestrator.app import cli_check, cli_cluster, cli_ensemble, cli_report, cli_resume, cli_run  # noqa: F401
+from orchestrator.app import cli_check, cli_cluster, cli_ensemble, cli_next, cli_report, cli_resume, cli_run  # noqa: F401
 from orchestrator.app.cli_common import app
 from orchestrator.errors import CaviarError
 from orchestrator.store.storage import redact_uri

@@ -37,7 +37,8 @@ EXECUTOR_HELP = ("Where trials run: auto (default: processes unless a setting ne
                  "Ray without --address) or processes (children of this process: no Ray, this machine's CPUs).")
 
 # The order `caviar --help` lists the verbs in: a sweep's life, then the cluster's.
-VERBS = ("run", "status", "top", "ls", "report", "ensemble", "resume", "check", "submit", "jobs", "logs", "stop")
+VERBS = ("run", "status", "top", "next", "ls", "report", "ensemble", "resume", "check", "submit", "jobs", "logs",
+         "stop")
 
 
 class VerbOrder(TyperGroup):
@@ -132,7 +133,7 @@ def _print_result(result: Any, *, report: bool, task_ref: str | None, helper: An
     for line in edge_lines(events.to_pylist()):
         typer.echo(line)
     for warning in result.warnings:
-        advice = edge_advice(warning)
+        advice = edge_advice(warning, redact_uri(shown))
         typer.secho(f"warning: {warning}" + (f": {advice}" if advice else ""), fg="yellow", err=True)
     print_failures(trials.to_pylist(), storage.read_table(schema.SWEEP_PATH).to_pylist()[0])
     if result.aborted:
@@ -262,13 +263,15 @@ def write_sweep_report(sweep_uri: str, tables: Any = None, helper: Any = None) -
     return report_location(sweep_uri)  # as the fallback would name it: relative stays relative
 
 
-def edge_advice(warning: str) -> str:
-    """What to do about a best value on an edge; a hard ``limits=`` edge cannot be looked past ("" for others)."""
+def edge_advice(warning: str, sweep: str | None = None) -> str:
+    """What to do about a best value on an edge; a hard ``limits=`` edge cannot be looked past ("" for others).
+    ``sweep``: the sweep's path, for the command that writes the next sweep's ranges."""
     if " sits at the " not in warning:
         return ""
     if warning.endswith("(a hard limit)"):
         return "the optimum may lie past the limit: widen limits= if values beyond it are valid"
-    return "the next sweep should look beyond it"
+    how = f" (caviar next {shlex.quote(sweep)} -o next.toml writes ranges that do)" if sweep else ""
+    return f"the next sweep should look beyond it{how}"
 
 
 def find_sweep(sweep: str, storage: str | None) -> str:

@@ -14,7 +14,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.decide.backend import START_FAILED, Assignment, Report
 from orchestrator.decide.fusing import PER_MEMBER, FusePlan, block_size, share_shapes
@@ -32,6 +32,7 @@ from orchestrator.store.schema import TRIALS_PATH, now_ms, typed_config
 # What a trials-table row restores of a trial besides its config (orchestrator.decide.restore).
 RESTORED_FIELDS = ("reason", "attempt", "epochs_run", "best_score", "best_epoch", "best_val_loss",
                    "best_val_accuracy", "train_seconds", "started", "finished", "node", "error")
+T = TypeVar("T")
 
 
 
@@ -95,6 +96,19 @@ def decision_epoch(pruner: Pruner, epoch: int, max_epochs: int) -> int:
         raise ConfigError(f"pruner {name!r}: next_decision_epoch({epoch}) returned {until!r}; return an epoch after "
                           f"{epoch} (max_epochs when no decision is ahead)")
     return min(int(until), max_epochs)
+
+
+def judged(trials: Sequence[T], facts: Callable[[T], tuple[str, str | None, float | None]]) -> list[T]:
+    """Of one stage's trials, those the next stage (or the next sweep) is decided on; ``facts`` gives a trial's
+    (status, reason, best score). Those that ended with a score, only the completed ones when there are three or more
+    (a trial pruned or diverged after fewer epochs is no peer of theirs). With fewer, a diverged trial is judged only
+    when every ended trial diverged: its best score came before the config blew up, and narrowing around it would
+    chase the config that cannot train."""
+    ended = [t for t in trials if (f := facts(t))[0] in SUCCEEDED and f[2] is not None and math.isfinite(f[2])]
+    completed = [t for t in ended if facts(t)[0] == TrialStatus.COMPLETED]
+    if len(completed) >= 3:
+        return completed
+    return [t for t in ended if facts(t)[1] != DIVERGED] or ended
 
 
 def next_space_of(policy: StagePolicy, space: SearchSpace, results: Sequence[tuple[dict[str, Any], float]],
@@ -289,19 +303,9 @@ class Controller:
         return [(t.config, t.best_score) for t in self.judged_trials(stage)]
 
     def judged_trials(self, stage: int) -> list[TrialState]:
-        """The trials the next stage is decided on: those that ended with a score, only the completed ones when there
-        are three or more (a trial pruned or diverged after fewer epochs is no peer of theirs). With fewer, a diverged
-        trial is judged only when every ended trial diverged: its best score came before the config blew up, and
-        narrowing around it would chase the config that cannot train."""
-        ended = [
-            t
-            for t in self.trials.values()
-            if t.stage == stage and t.status in SUCCEEDED and math.isfinite(t.best_score)
-        ]
-        completed = [t for t in ended if t.status == TrialStatus.COMPLETED]
-        if len(completed) >= 3:
-            return completed
-        return [t for t in ended if t.reason != DIVERGED] or ended
+        """The trials the next stage is decided on (:func:`judged`)."""
+        in_stage = [t for t in self.trials.values() if t.stage == stage]
+        return judged(in_stage, lambda t: (t.status, t.reason, t.best_score))
 
     # -- dispatch -------------------------------------------------------------------------
     @property

@@ -19,6 +19,7 @@ from orchestrator.search.space import Choice, Distribution, SearchSpace, shown_v
 
 Result = tuple[Mapping[str, Any], float]  # (config, score), higher is better
 _NUDGE = 1e-7  # of a scale width: how far inside an open limit a bound stays
+CHOICE_FLOOR = 3  # an option tried fewer times than this is too little seen to drop
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def narrow_space(
     top_fraction: float = 0.25,
     margin: float = 0.15,
     min_top: int = 3,
-    choice_floor: int = 3,
+    choice_floor: int = CHOICE_FLOOR,
     edge_tolerance: float = 0.05,
     extend: float = 0.5,
     min_width: float = 0.05,

@@ -131,7 +131,10 @@ def test_the_end_of_run_advice_never_says_to_look_past_a_hard_limit():
 
     soft = "stage 2's best trial 7: lr = 0.1 sits at the high edge of [0.001, 0.1]"
     assert edge_advice(soft) == "the next sweep should look beyond it"
-    assert "widen limits=" in edge_advice(soft + " (a hard limit)")
+    assert edge_advice(soft, "runs/my sweep") == ("the next sweep should look beyond it (caviar next 'runs/my sweep' "
+                                                  "-o next.toml writes ranges that do)")
+    assert "widen limits=" in edge_advice(soft + " (a hard limit)", "runs/x")
+    assert "caviar next" not in edge_advice(soft + " (a hard limit)", "runs/x")
 
 
 def test_an_edge_of_a_conditional_parameter_names_the_best_trial_that_uses_it():

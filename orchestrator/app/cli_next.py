@@ -1,0 +1,153 @@
+"""``caviar next SWEEP``: the next sweep's ranges, closed around this sweep's best trials, as a TOML file that
+``caviar run TASK --config FILE`` reads (coarse to fine across sweeps; orchestrator.search.next_sweep decides)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.app.cli_common import StorageOption, SweepArg, app, fail, find_sweep
+from orchestrator.search.next_sweep import NextSweep
+from orchestrator.search.space import Choice, Distribution, SearchSpace, param_to_dict, parse_param, shown_value
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@app.command("next")
+def next_sweep(
+    sweep: SweepArg,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write the TOML here (default: print it).")]
+    = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+    storage: StorageOption = None,
+) -> None:
+    """The next sweep's ranges, closed around this sweep's best trials (past an edge the best sits on), as TOML
+    for caviar run --config."""
+    from orchestrator.app.resume import read_record, space_from_json
+    from orchestrator.app.tables import open_sweep
+    from orchestrator.decide.controller import judged
+    from orchestrator.search.next_sweep import next_sweep_space
+
+    if output is not None and os.path.exists(output) and not overwrite:
+        fail(f"--output {output!r}: the file exists (pass --overwrite to replace it)")
+    path = find_sweep(sweep, storage)
+    record = read_record(open_sweep(path))
+    settings = record.settings
+    stage_spaces = [space_from_json(row["space"], f"stages (stage {row['stage'] + 1})") for row in record.stages]
+    results = [[(t["config"], t["best_score"]) for t in judged([t for t in record.trials if t["stage"] == stage],
+                                                               lambda t: (t["status"], t["reason"], t["best_score"]))]
+               for stage in range(len(stage_spaces))]
+    found = next_sweep_space(record.space, stage_spaces, results, top_fraction=settings.top_fraction,
+                             extend_edges=settings.extend_edges)
+    if found is None:
+        fail(f"sweep {record.sweep['name']!r}: no stage has three different configs that ended with a score yet, so "
+             "there is nothing to close the ranges around; let it run further (caviar status shows where it is)")
+    text = next_sweep_toml(found, record.space, record.sweep, record.trials)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    partial = f"{output}.partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(partial, output)  # whole or not at all: a config half written would run another sweep
+    typer.echo(f"wrote {output}: caviar run {record.sweep['task']} --config {output}")
+
+
+def next_sweep_toml(found: NextSweep, declared: SearchSpace, sweep: dict[str, Any],
+                    trials: list[dict[str, Any]]) -> str:
+    """The ``[space]`` table of searched parameters, each with a comment saying where its range came from."""
+    stage = found.stage
+    epochs = max((t["max_epochs"] for t in trials if t["stage"] == stage), default=0)
+    lines = [
+        f"# The next sweep after {sweep['name']} (task {sweep['task']}), by caviar next.",
+        f"# Each range closes around the best {found.top} of stage {stage + 1}'s {found.judged} scored trials (up to "
+        f"{epochs} epochs each),",
+        "# inside what the sweep's stages searched, and moves past an edge its best value sat on; an option no best",
+        "# trial used and that was tried 3 times or more is left out. Fixed values stay the task's.",
+        f"# Run it: caviar run {sweep['task']} --config THIS_FILE",
+        "[space]",
+    ]
+    edges = {(n.param, n.side): n for n in found.edges}
+    for name, dist in found.space.searched.items():
+        if any(not values for _, values in dist.when):
+            parent = next(p for p, values in dist.when if not values)
+            lines.append(f"# {name}: left out, as no trial of these ranges uses it ({parent} is one of "
+                         f"{list(found.space[parent].options)!r})")
+            continue
+        comment = origin(name, dist, declared, found.searched, edges, found.best)
+        lines.append(f"{name} = {toml_value(rounded_spec(name, dist))}  # {comment}")
+    text = "\n".join(lines) + "\n"
+    declared.with_overrides(tomllib.loads(text)["space"])  # it must load as caviar run will load it
+    return text
+
+
+def origin(name: str, dist: Distribution, declared: SearchSpace, searched: SearchSpace,
+           edges: dict[tuple[str, str], Any], best: Mapping[str, Any]) -> str:
+    """Where a parameter's next range came from, in a few words."""
+    before = declared[name]
+    if isinstance(before, Choice):
+        dropped = [repr(o) for o in before.options if o not in dist.options]
+        return _shown_best(name, best) + (f"; left out: {', '.join(dropped)}" if dropped else "")
+    hull = searched[name]
+    notes = [f"declared [{_shown(before.low)}, {_shown(before.high)}]"
+             + (f", searched [{_shown(hull.low)}, {_shown(hull.high)}]" if hull != before else "")]
+    for side in ("low", "high"):
+        notice = edges.get((name, side))
+        if notice is not None and notice.extended:
+            notes.append(f"moved past the {side} edge: the best trial's {_shown(notice.value)} sat on it")
+        elif notice is not None and notice.hard_limit:
+            notes.append(f"the best trial's {_shown(notice.value)} sits on the {side} edge, a hard limit (limits=)")
+    return "; ".join(notes if len(notes) > 1 else [*notes, _shown_best(name, best)])
+
+
+def _shown(value: Any) -> str:
+    return shown_value(value, 4) if isinstance(value, float) else repr(value)
+
+
+def _shown_best(name: str, best: Mapping[str, Any]) -> str:
+    value = best.get(name)
+    return f"best {_shown(value)}" if value is not None else "no best trial used it"
+
+
+def rounded_spec(name: str, dist: Distribution) -> dict[str, Any]:
+    """The range as plain data, bounds at 4 significant digits where that keeps it valid (else as they are)."""
+    spec = param_to_dict(dist)
+    if isinstance(dist, Choice) or not isinstance(spec.get("low"), float):
+        return spec
+    for digits in (4, 6):
+        short = {**spec, "low": float(f"{spec['low']:.{digits}g}"), "high": float(f"{spec['high']:.{digits}g}")}
+        try:
+            parse_param(name, short)
+        except Exception:  # rounding reached a limit (a beta next to 1): keep the exact bound
+            continue
+        return short
+    return spec
+
+
+def toml_value(value: Any) -> str:
+    """TOML for the plain data a range holds (bools, numbers, strings, lists, inline tables); null limits are open."""
+    if value is None:
+        return "inf"  # only an open side of limits is null (param_to_dict); its sign comes from the list below
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: the same escapes
+    if isinstance(value, (list, tuple)):
+        if len(value) == 2 and value[0] is None:  # limits = [null, 0.5]: open below
+            return f"[-inf, {toml_value(value[1])}]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        keys = [k if _BARE_KEY.fullmatch(k) else json.dumps(k) for k in value]
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in zip(keys, value.values())) + " }"
+    raise TypeError(f"no TOML for {type(value).__name__}")

@@ -1,0 +1,70 @@
+"""`caviar next SWEEP`: the next sweep's ranges as TOML, read back by `caviar run --config`.
+
+A regression ranked by its lowest val_mse (scores are negated errors): the ranges must close around the trials with
+the lowest errors, and the next sweep must sample inside them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from orchestrator.app.api import load
+from tests.conftest import ROOT
+from tests.integration.test_cli_answer import caviar
+
+TASK = f"{ROOT}/tests/tasks/linear_regression_task.py"
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("runs")
+    run = caviar("run", TASK, "--plan", "8x1,4x2", "--slots", "2", "--seed", "5", "--storage", str(storage),
+                 "--name", "first", "--plain", "--no-report")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return storage
+
+
+def test_next_prints_ranges_around_the_lowest_errors_and_a_run_samples_inside_them(first, tmp_path):
+    shown = caviar("next", "first", "--storage", str(first))
+    assert shown.returncode == 0, shown.stderr
+    toml = tomllib.loads(shown.stdout)["space"]
+    trials = load(first / "first").trials.to_pylist()
+    # The lowest validation errors of the last stage (its completed trials: pruned ones trained fewer epochs)
+    last = sorted((t for t in trials if t["stage"] == 2 and t["status"] == "completed"),
+                  key=lambda t: t["best_val_loss"])
+    assert "the best 3 of stage 2's" in shown.stdout
+    lr = toml["lr"]
+    best_lrs = [t["config"]["lr"] for t in last[:3]]
+    assert lr["dist"] == "loguniform"
+    assert lr["low"] <= min(best_lrs) * 1.001 and max(best_lrs) <= lr["high"] * 1.001
+    assert f"best {last[0]['config']['hidden']}" in next(line for line in shown.stdout.splitlines()
+                                                          if line.startswith("hidden ="))
+
+    out = tmp_path / "next.toml"
+    wrote = caviar("next", "first", "--storage", str(first), "-o", str(out))
+    assert wrote.returncode == 0, wrote.stderr
+    assert out.read_text() == shown.stdout
+    again = caviar("next", "first", "--storage", str(first), "-o", str(out))
+    assert again.returncode == 2 and "exists (pass --overwrite" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1 and out.read_text() == shown.stdout
+
+    run = caviar("run", TASK, "--config", str(out), "--plan", "4x1", "--seed", "6", "--storage", str(first),
+                 "--name", "second", "--plain", "--no-report")
+    assert run.returncode == 0, run.stderr[-3000:]
+    for t in load(first / "second").trials.to_pylist():
+        assert lr["low"] <= t["config"]["lr"] <= lr["high"]
+        assert toml["hidden"]["low"] <= t["config"]["hidden"] <= toml["hidden"]["high"]
+        assert t["config"]["optimizer"] in toml["optimizer"]["options"]
+
+
+def test_a_sweep_without_three_scored_configs_is_refused_in_one_line(tmp_path):
+    run = caviar("run", TASK, "--plan", "2x1", "--slots", "2", "--seed", "5", "--storage", str(tmp_path),
+                 "--name", "small", "--plain", "--no-report")
+    assert run.returncode == 0, run.stderr[-3000:]
+    shown = caviar("next", "small", "--storage", str(tmp_path))
+    assert shown.returncode == 2
+    assert shown.stderr.strip().splitlines() == [
+        "caviar: error: sweep 'small': no stage has three different configs that ended with a score yet, so there "
+        "is nothing to close the ranges around; let it run further (caviar status shows where it is)"]

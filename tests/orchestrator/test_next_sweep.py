@@ -1,0 +1,100 @@
+"""The next sweep's ranges (coarse to fine across sweeps), decided on plain configs and scores."""
+
+from __future__ import annotations
+
+import math
+
+from orchestrator.search.next_sweep import next_sweep_space
+from orchestrator.search.space import SearchSpace, choice, loguniform, one_minus_loguniform, randint
+
+DECLARED = SearchSpace({
+    "lr": loguniform(1e-4, 1.0),
+    "optimizer": choice(["adam", "momentum", "sgd"]),
+    "momentum": one_minus_loguniform(0.8, 0.99, when={"optimizer": ["momentum"]}),
+    "layers": randint(1, 4),
+    "batch_size": 64,
+})
+
+
+def config(lr, optimizer="adam", layers=2, momentum=None):
+    return {"lr": lr, "optimizer": optimizer, "momentum": momentum, "layers": layers, "batch_size": 64}
+
+
+def test_ranges_close_around_the_last_stages_best_inside_what_every_stage_searched():
+    narrowed = DECLARED.replace(lr=loguniform(1e-3, 1e-1))  # stage 2 sampled a narrower lr
+    last = [(config(0.01), 0.95), (config(0.012), 0.94), (config(0.008), 0.93), (config(0.09), 0.5),
+            (config(0.002), 0.4)]
+    found = next_sweep_space(DECLARED, [DECLARED, narrowed], [[(config(0.5), 0.1)] * 3, last])
+    assert (found.stage, found.top, found.judged) == (1, 3, 5)
+    lr = found.space["lr"]
+    # The box of the top three (1e-2.1 .. 1e-1.92) plus 15% of the hull's 4 decades each side: 10^-2.7 .. 10^-1.32
+    assert math.isclose(math.log10(lr.low), math.log10(0.008) - 0.6, abs_tol=1e-9)
+    assert math.isclose(math.log10(lr.high), math.log10(0.012) + 0.6, abs_tol=1e-9)
+    assert found.edges == []
+
+
+def test_a_best_value_on_the_hulls_edge_moves_past_it_and_a_hard_limit_holds():
+    space = DECLARED.replace(lr=loguniform(1e-4, 1e-2, limits=(1e-6, 1e-2)))
+    results = [(config(0.0099, layers=1), 0.9), (config(0.008, layers=1), 0.8), (config(0.005, layers=2), 0.7)]
+    found = next_sweep_space(space, [space], [results])
+    assert found.space["lr"].high == 1e-2  # the limit
+    assert found.space["layers"].low == 1
+    kinds = {(n.param, n.side): (n.extended, n.hard_limit) for n in found.edges}
+    assert kinds == {("lr", "high"): (False, True), ("layers", "low"): (False, True)}
+    free = next_sweep_space(DECLARED, [DECLARED], [[(config(0.99), 0.9), (config(0.5), 0.8), (config(0.2), 0.7)]])
+    assert free.space["lr"].high > 1.0  # no limit: the next sweep looks past the declared edge
+    assert any(n.param == "lr" and n.extended for n in free.edges)
+    held = next_sweep_space(DECLARED, [DECLARED], [[(config(0.99), 0.9), (config(0.5), 0.8), (config(0.2), 0.7)]],
+                            extend_edges=False)
+    assert held.space["lr"].high == 1.0
+
+
+def test_options_are_judged_on_every_stages_trials_and_a_dropped_parent_drops_its_child():
+    first = [(config(0.01, "sgd"), 0.2)] * 3 + [(config(0.01, "momentum", momentum=0.9), 0.3)] * 3
+    last = [(config(0.01), 0.9), (config(0.02), 0.8), (config(0.03), 0.7), (config(0.04), 0.6)]
+    found = next_sweep_space(DECLARED, [DECLARED, DECLARED], [first, last])
+    # sgd and momentum were tried 3 times each (in stage 1), never among the last stage's best
+    assert found.space["optimizer"].options == ("adam",)
+    assert found.space["momentum"].when == (("optimizer", ()),)
+    rarely = [(config(0.01, "sgd"), 0.2)] * 2
+    kept = next_sweep_space(DECLARED, [DECLARED, DECLARED], [rarely, last])
+    assert kept.space["optimizer"].options == ("adam", "momentum", "sgd")  # too little seen to drop
+
+
+def test_a_stage_that_trained_one_config_again_is_passed_over_and_too_few_configs_decide_nothing():
+    stage2 = [(config(0.01), 0.9), (config(0.02), 0.8), (config(0.03), 0.7)]
+    reseeded = [(config(0.01), 0.91), (config(0.01), 0.89), (config(0.01), 0.9)]
+    found = next_sweep_space(DECLARED, [DECLARED, DECLARED, DECLARED], [[], stage2, reseeded])
+    assert found.stage == 1
+    assert next_sweep_space(DECLARED, [DECLARED], [[(config(0.01), 0.9), (config(0.02), 0.8)]]) is None
+    assert next_sweep_space(DECLARED, [DECLARED], [reseeded]) is None
+
+
+def test_the_toml_loads_back_as_the_same_ranges_whatever_the_values_look_like():
+    import tomllib
+
+    from orchestrator.app.cli_next import next_sweep_toml
+    from orchestrator.search.space import uniform
+
+    space = SearchSpace({
+        "shift": uniform(-0.2, 0.2),  # open limits on both sides: [-inf, inf]
+        "beta": one_minus_loguniform(0.9, 0.99999),
+        "head": choice(['say "hi"', "plain"]),
+        "bn": choice([False, True]),
+        "optimizer": choice(["adam", "sgd"]),
+        "momentum": one_minus_loguniform(0.8, 0.99, when={"optimizer": ["sgd"]}),
+    })
+    configs = [{"shift": s, "beta": b, "head": 'say "hi"', "bn": True, "optimizer": "adam", "momentum": None}
+               for s, b in ((0.01, 0.999991), (0.02, 0.99998), (-0.03, 0.99997), (0.1, 0.95))]
+    tried = [({**configs[3], "optimizer": "sgd", "momentum": 0.9}, 0.0)] * 3
+    found = next_sweep_space(space, [space, space], [tried, [(c, 1.0 - i) for i, c in enumerate(configs)]])
+    text = next_sweep_toml(found, space, {"name": "s", "task": "t.py"}, [])
+    assert "# momentum: left out, as no trial of these ranges uses it (optimizer is one of ['adam'])" in text
+    loaded = space.with_overrides(tomllib.loads(text)["space"])
+    for name in ("shift", "beta"):
+        assert math.isclose(loaded[name].low, found.space[name].low, rel_tol=1e-3)
+        assert math.isclose(loaded[name].high, found.space[name].high, rel_tol=1e-3)
+        assert loaded[name].limits == found.space[name].limits
+    assert 0.99999 < loaded["beta"].high < 1.0  # moved past its edge; 4 or 6 digits would round it to 1
+    assert loaded["head"].options == ('say "hi"', "plain")  # never tried: kept
+    assert loaded["bn"].options == (False, True) and loaded["optimizer"].options == ("adam",)
