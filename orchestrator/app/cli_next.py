@@ -33,6 +33,7 @@ def next_sweep(
     from orchestrator.app.resume import read_record, space_from_json
     from orchestrator.app.tables import open_sweep
     from orchestrator.decide.controller import judged
+    from orchestrator.decide.status import SUCCEEDED
     from orchestrator.search.next_sweep import next_sweep_space
 
     if output is not None and os.path.exists(output) and not overwrite:
@@ -44,7 +45,8 @@ def next_sweep(
     results = [[(t["config"], t["best_score"]) for t in judged([t for t in record.trials if t["stage"] == stage],
                                                                lambda t: (t["status"], t["reason"], t["best_score"]))]
                for stage in range(len(stage_spaces))]
-    found = next_sweep_space(record.space, stage_spaces, results, top_fraction=settings.top_fraction,
+    tried = [t["config"] for t in record.trials if t["status"] in SUCCEEDED]  # pruned ones were tried too
+    found = next_sweep_space(record.space, stage_spaces, results, tried=tried, top_fraction=settings.top_fraction,
                              extend_edges=settings.extend_edges)
     if found is None:
         fail(f"sweep {record.sweep['name']!r}: no stage has three different configs that ended with a score yet, so "

@@ -37,14 +37,17 @@ class NextSweep:
 
 
 def next_sweep_space(declared: SearchSpace, stage_spaces: Sequence[SearchSpace],
-                     stage_results: Sequence[Sequence[Result]], *, top_fraction: float = 0.25,
-                     extend_edges: bool = True, min_top: int = 3) -> NextSweep | None:
+                     stage_results: Sequence[Sequence[Result]], *, tried: Sequence[Mapping[str, Any]] | None = None,
+                     top_fraction: float = 0.25, extend_edges: bool = True, min_top: int = 3) -> NextSweep | None:
     """The next sweep's space, or None when no stage ended with ``min_top`` different configs scored.
 
     ``stage_results[i]``: (config, best score) of stage ``i``'s judged trials, higher scores better. A stage that
     trained one config again (a reseed stage) compares no configs and is passed over. Numeric ranges start from the
     hull of every stage's range (a stage's narrowed range says nothing of what earlier stages saw outside it), so an
-    edge is one no stage looked past; choices keep the options that stage sampled.
+    edge is one no stage looked past; choices keep the options that stage sampled, less those ``tried`` (configs of
+    every trial that ended with a score, pruned ones too: default, the results' own) holds 3 times or more that no best
+    trial used. A stage's narrowing counts only its judged trials, so an option every trial of which was pruned
+    stays; across sweeps it goes.
     """
     for stage in reversed(range(min(len(stage_spaces), len(stage_results)))):
         results = stage_results[stage]
@@ -54,7 +57,7 @@ def next_sweep_space(declared: SearchSpace, stage_spaces: Sequence[SearchSpace],
         return None
     hull = explored_space(stage_spaces, declared)
     top = [config for config, _ in top_results(results, top_fraction, min_top)]
-    tried = [config for scored in stage_results for config, _ in scored]
+    tried = [config for scored in stage_results for config, _ in scored] if tried is None else tried
     options = {}
     for name, dist in stage_spaces[stage].searched.items():
         if isinstance(dist, Choice) and name in hull.searched:

@@ -59,6 +59,10 @@ def test_options_are_judged_on_every_stages_trials_and_a_dropped_parent_drops_it
     rarely = [(config(0.01, "sgd"), 0.2)] * 2
     kept = next_sweep_space(DECLARED, [DECLARED, DECLARED], [rarely, last])
     assert kept.space["optimizer"].options == ("adam", "momentum", "sgd")  # too little seen to drop
+    # Every sgd trial pruned (not judged, as three completed): still tried, and dropped across sweeps
+    pruned = [config(0.01, "sgd")] * 3
+    gone = next_sweep_space(DECLARED, [DECLARED, DECLARED], [[], last], tried=[c for c, _ in last] + pruned)
+    assert gone.space["optimizer"].options == ("adam", "momentum")
 
 
 def test_a_stage_that_trained_one_config_again_is_passed_over_and_too_few_configs_decide_nothing():
