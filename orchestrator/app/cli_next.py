@@ -115,7 +115,7 @@ def _shown(value: Any) -> str:
 
 def _shown_best(name: str, best: Mapping[str, Any]) -> str:
     value = best.get(name)
-    return f"best {_shown(value)}" if value is not None else "no best trial used it"
+    return f"best {_shown(value)}" if value is not None else "the best trial does not use it"
 
 
 def rounded_spec(name: str, dist: Distribution) -> dict[str, Any]:
