@@ -731,3 +731,38 @@ def test_caviar_check_names_splits_that_share_examples_as_caviar_run_does(caplog
     assert report.passed
     [line] = [r.getMessage() for r in caplog.records if "val and test" in r.getMessage()]
     assert line.startswith("load_data: val and test hold the same 30 examples")
+
+
+class _DoubledBackward(torch.autograd.Function):
+    """The identity whose backward doubles the gradient: a wrong gradient the check must still name."""
+
+    @staticmethod
+    def forward(ctx, v):
+        return v.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return 2 * g
+
+
+def test_a_right_gradient_on_targets_in_large_units_is_not_called_wrong():
+    # Before: targets trained as they are (a price near 1e4 beside a rate near 1e-3) give an MSE near 3e7, whose
+    # centred differences carry ~1e-3 of round-off, and `caviar check` failed a plain Linear-Tanh-Linear model with
+    # "wrong gradient in 2.weight" (rel. error 0.04 on the small output's row).
+    torch.manual_seed(0)
+    x = torch.randn(20, 4)
+    y = torch.stack([20 + torch.randn(20), 1e4 + 200 * torch.randn(20), 1e-3 + 1e-4 * torch.randn(20)], 1)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+    checks = gradient_check(model, x, y, F.mse_loss, dims_per_tensor=20)
+    assert all(t.level in ("good", "ok") for t in checks), checks
+
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 16), nn.Linear(16, 3)
+
+        def forward(self, v):
+            return self.b(_DoubledBackward.apply(torch.tanh(self.a(v))))
+
+    broken = {t.name: t for t in gradient_check(Broken(), x, y, F.mse_loss, dims_per_tensor=20)}
+    assert broken["a.weight"].level == "wrong" and broken["a.bias"].level == "wrong"
