@@ -766,3 +766,23 @@ def test_a_right_gradient_on_targets_in_large_units_is_not_called_wrong():
 
     broken = {t.name: t for t in gradient_check(Broken(), x, y, F.mse_loss, dims_per_tensor=20)}
     assert broken["a.weight"].level == "wrong" and broken["a.bias"].level == "wrong"
+
+
+def rate_and_price(n: int = 300):
+    """Two outputs in far-apart units: a rate near 1e-3 first, a price near 1e4 second."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = np.stack([1e-3 + 1e-4 * x[:, 0], 1e4 + 500 * x[:, 1]], 1).astype(np.float32)
+    return (x, y), (x[:30], y[:30]), (x[30:60], y[30:60])
+
+
+def test_the_overfit_hint_names_every_outputs_scale_not_only_the_first():
+    # Before: "the targets (mean 0.000951, sd 9.9e-05) are trained on as they are: set standardize_targets = True",
+    # the rate's scale, which asks for nothing; the price near 1e4 that the loss is made of went unnamed.
+    space = SearchSpace({"hidden": randint(12, 20)})
+    build = lambda c: nn.Sequential(nn.Linear(4, int(c["hidden"])), nn.Tanh(), nn.Linear(int(c["hidden"]), 2))  # noqa: E731
+    namespace = SimpleNamespace(space=space, load_data=rate_and_price, build_model=build)
+    raw = overfit_row(Task("units", namespace, space, kind="regression", standardize_targets=False))
+    assert raw.status == FAIL, raw
+    assert "(means 0.000984, 1.01e+04; sds 0.000127, 486)" in raw.detail, \
+        raw.detail

@@ -410,8 +410,13 @@ def unscaled_targets_hint(y: torch.Tensor, kind: TargetKind) -> str:
     mean, sd = flat.mean(dim=0), flat.std(dim=0)
     if float(torch.maximum(mean.abs(), sd).max()) < 10.0:
         return ""
-    return (f"; the targets (mean {float(mean[0]):.3g}, sd {float(sd[0]):.3g}) are trained on as they are: set "
-            "standardize_targets = True")
+    if len(mean) == 1:
+        described = f"mean {float(mean[0]):.3g}, sd {float(sd[0]):.3g}"
+    else:  # each output on its own, as the end of a sweep says it: the first alone hid a price beside a rate
+        more = ", ..." if len(mean) > 4 else ""
+        described = ("means " + ", ".join(f"{float(m):.3g}" for m in mean[:4]) + more
+                     + "; sds " + ", ".join(f"{float(v):.3g}" for v in sd[:4]) + more)
+    return f"; the targets ({described}) are trained on as they are: set standardize_targets = True"
 
 
 class _Optimizers:
