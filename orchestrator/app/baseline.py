@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from orchestrator.decide.pruning import chance_loss
+from orchestrator.spec.task import far_from_unit_scale
 from orchestrator.store import schema
 
 MARGIN = 0.02  # as the pruners' not-learning rule: accuracy points, or a share of the baseline loss
@@ -169,7 +170,7 @@ def _scale_hint(dataset: Mapping[str, Any]) -> str:
         mean = sum(values) / len(values)
         sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
         shown.append((mean, sd))
-    if max(max(abs(mean), sd) for mean, sd in shown) < 10.0:
+    if not far_from_unit_scale(max(max(abs(mean), sd) for mean, sd in shown)):
         return ""
     if len(shown) == 1:
         described = f"val mean {shown[0][0]:.3g}, sd {shown[0][1]:.3g}"

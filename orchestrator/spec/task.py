@@ -306,3 +306,15 @@ def unfusable_reason(task: Task) -> str | None:
         if getattr(task, name, None) or task.get(name):
             return f"the task defines {name}: fused arrays score on accuracy or loss only"
     return None
+
+
+# Regression targets trained as they are learn slowly when their scale is far from the unit one an untrained model's
+# outputs have: prices near 1e4, and as much rates or displacements near 1e-3 (every MSE near 1e-7).
+UNIT_SCALE_BAND = (0.1, 10.0)
+
+
+def far_from_unit_scale(spread: float) -> bool:
+    """Whether targets whose largest ``max(|mean|, sd)`` over the outputs is ``spread`` sit far from unit scale
+    (targets that are all 0 have no scale to change)."""
+    low, high = UNIT_SCALE_BAND
+    return 0 < spread and not low <= spread < high

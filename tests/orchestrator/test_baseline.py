@@ -142,3 +142,19 @@ def test_a_metric_of_the_tasks_own_is_judged_against_the_best_answer_that_ignore
     f1 = {**recall, "objective": "val_f1", "baseline_objective": 0.11}
     assert nothing_learned(scored(0.12), f1) is None
     assert nothing_learned(scored(0.12), {**f1, "baseline_objective": None}) is None  # accuracy 0.9 learned
+
+
+def test_a_regressor_on_targets_far_below_unit_scale_is_told_to_standardise_them():
+    # Before: displacements in metres (val mean -7.5e-05, sd 0.00088) trained as they are had every trial pruned as
+    # not learning, and the line ended at "check the ranges (the learning rate first) and the data": the cure that
+    # targets near 1e4 are told of was not named.
+    metres = {"baseline_val_loss": 7.9e-7, "y_val_values": [1e-3, -2e-4, 8e-4, -1.1e-3], "target_std": None}
+    assert nothing_learned(trials((None, 2.3e-3)), metres).endswith(
+        "and the data; the targets (val mean 0.000125, sd 0.000971) are trained on as they are: set "
+        "standardize_targets = True")
+    assert "standardize_targets" not in nothing_learned(trials((None, 2.3e-3)), {**metres, "target_std": [8e-4]})
+    # Unit-scale targets (pixels in [0, 1]) and targets that are all 0 get no such advice.
+    pixels = {"baseline_val_loss": 0.1, "y_val_values": [0.0, 0.9, 0.4, 1.0], "target_std": None}
+    zeros = {"baseline_val_loss": 0.1, "y_val_values": [0.0, 0.0, 0.0], "target_std": None}
+    assert "standardize_targets" not in nothing_learned(trials((None, 0.5)), pixels)
+    assert "standardize_targets" not in nothing_learned(trials((None, 0.5)), zeros)

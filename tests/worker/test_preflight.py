@@ -786,3 +786,24 @@ def test_the_overfit_hint_names_every_outputs_scale_not_only_the_first():
     assert raw.status == FAIL, raw
     assert "(means 0.000984, 1.01e+04; sds 0.000127, 486)" in raw.detail, \
         raw.detail
+
+
+def metres(n: int = 240):
+    """Displacements in metres: targets near 1e-3, every MSE near 1e-7."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = (1e-3 * (np.sin(x[:, 0]) + 0.5 * x[:, 1])).astype(np.float32)
+    return (x[:160], y[:160]), (x[160:200], y[160:200]), (x[200:], y[200:])
+
+
+def test_the_overfit_note_tells_targets_far_below_unit_scale_to_be_standardised():
+    # Before: "cannot fit 20 examples: the model or its loss cannot learn", and nothing more, for targets near 1e-3
+    # trained as they are; standardised, the same model passes.
+    space = SearchSpace({"hidden": randint(12, 20)})
+    build = lambda c: nn.Sequential(nn.Linear(4, int(c["hidden"])), nn.Tanh(), nn.Linear(int(c["hidden"]), 1))  # noqa: E731
+    namespace = SimpleNamespace(space=space, load_data=metres, build_model=build)
+    raw = overfit_row(Task("metres", namespace, space, kind="regression", standardize_targets=False))
+    assert raw.status == FAIL and raw.detail.endswith("are trained on as they are: set standardize_targets = True"), raw
+    assert "(mean 0.000" in raw.detail, raw.detail
+    standardised = overfit_row(Task("metres", namespace, space, kind="regression", standardize_targets=True))
+    assert standardised.status == PASS, standardised

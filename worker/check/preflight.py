@@ -37,7 +37,7 @@ from torch.overrides import TorchFunctionMode
 from orchestrator.errors import TaskError
 from orchestrator.search.probes import edge_probes
 from orchestrator.search.space import Distribution, SearchSpace
-from orchestrator.spec.task import Task
+from orchestrator.spec.task import Task, far_from_unit_scale
 from worker.check.contract import describe, refuse_as_run_would, value_failure_notes
 from worker.check.edges import config_error, failing_values
 from worker.check.overlap import row_hashes, warn_if_splits_share_examples
@@ -408,7 +408,7 @@ def unscaled_targets_hint(y: torch.Tensor, kind: TargetKind) -> str:
         return ""
     flat = y.double().reshape(len(y), -1)
     mean, sd = flat.mean(dim=0), flat.std(dim=0)
-    if float(torch.maximum(mean.abs(), sd).max()) < 10.0:
+    if not far_from_unit_scale(float(torch.maximum(mean.abs(), sd).max())):
         return ""
     if len(mean) == 1:
         described = f"mean {float(mean[0]):.3g}, sd {float(sd[0]):.3g}"
