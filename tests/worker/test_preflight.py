@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from types import SimpleNamespace
 
@@ -807,3 +808,16 @@ def test_the_overfit_note_tells_targets_far_below_unit_scale_to_be_standardised(
     assert "(mean 0.000" in raw.detail, raw.detail
     standardised = overfit_row(Task("metres", namespace, space, kind="regression", standardize_targets=True))
     assert standardised.status == PASS, standardised
+
+
+def test_the_initial_loss_of_targets_far_below_unit_scale_is_shown_in_digits_and_says_what_to_do():
+    # Before: "variance + mean² of the targets = 0.0000 (±50%)" and "off by 4800597%: check the loss scaling and the
+    # last layer's initialisation", for targets near 1e-3 trained as they are (an untrained model's outputs near 0.1).
+    space = SearchSpace({"hidden": randint(12, 20)})
+    build = lambda c: nn.Sequential(nn.Linear(4, int(c["hidden"])), nn.Tanh(), nn.Linear(int(c["hidden"]), 1))  # noqa: E731
+    namespace = SimpleNamespace(space=space, load_data=metres, build_model=build)
+    report = run_preflight(Task("metres", namespace, space, kind="regression"), dims_per_tensor=2, overfit_steps=5)
+    initial = by_name(report)["initial loss"]
+    assert initial.status == WARN and "0.0000" not in initial.expected, initial
+    assert re.search(r"targets = \d\.\d{3}e-0[67] ", initial.expected), initial.expected
+    assert initial.detail.endswith("are trained on as they are: set standardize_targets = True"), initial.detail

@@ -204,30 +204,38 @@ def check_initial_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_
         loss = float(loss_fn(outputs, y))
         uniform = _loss_at_uniform(loss_fn, outputs, y, kind) if kind.kind == "classification" and own_loss else None
     if expected is not None:
-        target, what, miss = expected, f"{expected:.4f}", FAIL
+        target, what, miss = expected, loss_text(expected), FAIL
     elif uniform is not None:
-        target, what, miss = uniform, f"the task's loss_fn at uniform outputs = {uniform:.4f}", FAIL
+        target, what, miss = uniform, f"the task's loss_fn at uniform outputs = {loss_text(uniform)}", FAIL
     elif kind.kind == "classification" and own_loss:
-        return CheckResult("initial loss", WARN if not math.isfinite(loss) else PASS, f"{loss:.4f}", "-",
+        return CheckResult("initial loss", WARN if not math.isfinite(loss) else PASS, loss_text(loss), "-",
                            "the task's own loss_fn gives no finite loss at uniform outputs: pass --expected-loss to "
                            "judge the initial loss")
     elif kind.kind == "classification":
         target = math.log(kind.num_classes or 1)
-        what, miss = f"ln {kind.num_classes} = {target:.4f}", FAIL
+        what, miss = f"ln {kind.num_classes} = {loss_text(target)}", FAIL
     elif kind.kind == "regression" and own_loss:
-        return CheckResult("initial loss", WARN if not math.isfinite(loss) else PASS, f"{loss:.4f}", "-",
+        return CheckResult("initial loss", WARN if not math.isfinite(loss) else PASS, loss_text(loss), "-",
                            "the task's own loss_fn: pass --expected-loss to judge the initial loss")
     elif kind.kind == "regression":
         target = float(y.double().pow(2).mean())
-        what, miss = f"variance + mean² of the targets = {target:.4f}", WARN
+        what, miss = f"variance + mean² of the targets = {loss_text(target)}", WARN
     else:
-        return CheckResult("initial loss", WARN if not math.isfinite(loss) else PASS, f"{loss:.4f}", "-",
+        return CheckResult("initial loss", WARN if not math.isfinite(loss) else PASS, loss_text(loss), "-",
                            "custom kind: pass --expected-loss to judge the initial loss")
     off = abs(loss - target) / max(abs(target), 1e-12)
     ok = math.isfinite(loss) and off <= tolerance
-    return CheckResult("initial loss", PASS if ok else (FAIL if not math.isfinite(loss) else miss), f"{loss:.4f}",
+    hint = unscaled_targets_hint(y, kind) if not ok and expected is None else ""
+    return CheckResult("initial loss", PASS if ok else (FAIL if not math.isfinite(loss) else miss), loss_text(loss),
                        f"{what} (±{tolerance:.0%})",
-                       "" if ok else f"off by {off:.0%}: check the loss scaling and the last layer's initialisation")
+                       "" if ok else f"off by {off:.0%}: check the loss scaling and the last layer's "
+                                     f"initialisation{hint}")
+
+
+def loss_text(value: float) -> str:
+    """Four decimals, or four significant digits below 0.01: targets in metres have losses near 1e-7, which four
+    decimals print as 0.0000."""
+    return format(value, ".4g") if 0 < abs(value) < 0.01 else f"{value:.4f}"
 
 
 def _loss_at_uniform(loss_fn: Any, outputs: torch.Tensor, y: torch.Tensor, kind: TargetKind) -> float | None:
@@ -250,7 +258,7 @@ def check_regularisation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, los
         penalty = float(l2_term(model))
     losses = [data_loss + s * penalty for s in strengths]
     rising = all(b > a for a, b in zip(losses, losses[1:])) and all(map(math.isfinite, losses))
-    value = " < ".join(f"{v:.4f}" for v in losses) if rising else ", ".join(f"{v:.4f}" for v in losses)
+    value = " < ".join(loss_text(v) for v in losses) if rising else ", ".join(loss_text(v) for v in losses)
     detail = "" if rising else ("no weight tensor reaches the loss" if penalty == 0 else "loss does not rise with L2")
     return CheckResult("L2 raises the loss", PASS if rising else FAIL, value,
                        f"rising over L2 strength {', '.join(f'{s:g}' for s in strengths)}", detail)
@@ -387,7 +395,7 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
         if loss_value - floor < near_zero * scale and accuracy == 1.0:
             break
         if not loss.requires_grad:
-            return CheckResult("overfit tiny subset", FAIL, f"{loss_value:.4f}", expected,
+            return CheckResult("overfit tiny subset", FAIL, loss_text(loss_value), expected,
                                "the loss does not depend on any parameter (detached output?)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -396,7 +404,7 @@ def check_overfit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: A
             break
     ok = loss_value - floor < near_zero * scale and accuracy == 1.0
     hint = unscaled_targets_hint(y, kind) if not ok else ""
-    value = f"{loss_value:.4f} ({accuracy:.0%} right, {taken} steps)" if by_accuracy else \
+    value = f"{loss_text(loss_value)} ({accuracy:.0%} right, {taken} steps)" if by_accuracy else \
         f"{loss_value:.4g} ({taken} steps)"
     return CheckResult("overfit tiny subset", PASS if ok else FAIL, value, expected,
                        "" if ok else f"cannot fit {len(x)} examples: the model or its loss cannot learn{hint}")
