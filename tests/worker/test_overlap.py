@@ -114,3 +114,34 @@ def test_tabular_data_with_few_distinct_rows_is_not_called_shared_unless_more_th
     wide[1000:1100] = wide[:100]  # half the test split copied from train
     splits = ((wide[:800], y[:800]), (wide[800:1000], y[800:1000]), (wide[1000:], y[1000:]))
     assert shared_examples(prepare(splits)) == ["100 of 200 test examples (50%) are also in train"]
+
+
+def test_classes_that_val_or_test_lacks_are_named_in_one_line_before_the_sweep(caplog):
+    """A fraud-like split, 1% positives: val drew none. Every metric of the positive class (AP, ROC AUC, F1) is then
+    0 or NaN for every trial and the sweep ranked on ties without a word; the line names the split and the class."""
+    from worker.check.absent_classes import warn_if_classes_absent
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(700, 5)).astype(np.float32)
+    y = (np.arange(700) % 100 == 0).astype(np.int64)  # one positive in a hundred
+    train, val, test = (x[:500], y[:500]), (x[501:600], y[501:600]), (x[600:], y[600:])
+    task = plain_task(lambda config: nn.Linear(5, 2), load_data=lambda: (train, val, test))
+    with caplog.at_level("WARNING", logger="caviar"):
+        validate_contract(task, [{"lr": 0.05, "batch_size": 16, "optimizer": "adam"}])
+    [line] = [r.getMessage() for r in caplog.records if "holds no example" in r.getMessage()]
+    assert line == ("load_data: val (99 examples) holds no example of class 1 (5 in train): a metric of such a class "
+                    "(its recall or precision, an F1, average precision, ROC AUC) is undefined or the same for every "
+                    "trial on val, so a sweep ranked by one ranks on ties; a stratified split keeps every class in "
+                    "each split")
+    # Labels 0, 3 and 7 (not contiguous): only classes train holds count, never the indices between them.
+    labels = np.array([0, 3, 7])[np.arange(700) % 3]
+    assert warn_if_classes_absent(prepare(((x[:500], labels[:500]), (x[500:600], np.where(labels[500:600] == 7, 0,
+                                           labels[500:600])), (x[600:], labels[600:])))) == [
+        "val (100 examples) holds no example of class 7 (166 in train)"]
+    assert warn_if_classes_absent(prepare(((x[:500], labels[:500]), (x[500:600], labels[500:600]),
+                                           (x[600:], labels[600:])))) == []
+    # A class per position (a mask) lacks classes in a split as a matter of course: not said.
+    tags = np.where(rng.random((120, 6)) < 0.2, -100, rng.integers(0, 3, (120, 6)))
+    tokens = rng.integers(0, 9, (120, 6))
+    assert warn_if_classes_absent(prepare(((tokens[:60], tags[:60]), (tokens[60:90], np.minimum(tags[60:90], 1)),
+                                           (tokens[90:], tags[90:])))) == []

@@ -37,6 +37,7 @@ from orchestrator.errors import TaskError
 from orchestrator.search.probes import Probe
 from orchestrator.search.space import SearchSpace
 from orchestrator.spec.task import Task
+from worker.check.absent_classes import warn_if_classes_absent
 from worker.check.edges import SLOW_CHECK_SECONDS, failing_values
 from worker.check.ema_reach import warn_if_ema_decay_unreached
 from worker.check.embedded_ids import standardised_ids_note
@@ -200,6 +201,7 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
         raise _refuse(task, "load_data", exc) from exc
     warn_if_splits_share_examples(splits)
     warn_if_classes_missing_from_train(splits)
+    warn_if_classes_absent(splits)
     warn_if_train_comes_grouped_by_class(splits)
     warn_if_loader_workers_unused(splits)
     try:

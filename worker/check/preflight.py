@@ -38,6 +38,7 @@ from orchestrator.errors import TaskError
 from orchestrator.search.probes import edge_probes
 from orchestrator.search.space import Distribution, SearchSpace
 from orchestrator.spec.task import Task, far_from_unit_scale
+from worker.check.absent_classes import warn_if_classes_absent
 from worker.check.contract import describe, refuse_as_run_would, value_failure_notes
 from worker.check.edges import config_error, failing_values
 from worker.check.overlap import row_hashes, warn_if_splits_share_examples
@@ -704,6 +705,7 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
     run_error = refuse_as_run_would(task, splits, config)  # "all checks passed" must not precede run's refusal
     warn_if_splits_share_examples(splits)  # the warning lines caviar run gives about the splits, before the table
     warn_if_classes_missing_from_train(splits)
+    warn_if_classes_absent(splits)
     dev = torch.device(device)
     fresh = model_builder(task, config, seed, dev)
     kind = splits.target_kind

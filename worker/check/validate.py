@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from orchestrator.errors import TaskError
 from orchestrator.search.space import Distribution
 from orchestrator.spec.task import Task
+from worker.check.absent_classes import warn_if_classes_absent
 from worker.check.overlap import warn_if_splits_share_examples
 from worker.data.kinds import (
     IGNORE_INDEX,
@@ -64,6 +65,7 @@ def validate_task(task: Task, config: Mapping[str, Any] | None = None, settings:
     check_first_batches_repeat(splits.streams)
     warn_if_splits_share_examples(splits)
     warn_if_classes_missing_from_train(splits)
+    warn_if_classes_absent(splits)
     warn_if_train_comes_grouped_by_class(splits)
     config = dict(config) if config is not None else sampled_config(task)
     model = check_config(task, splits, config)
