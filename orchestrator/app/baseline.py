@@ -134,6 +134,11 @@ def _own_metric_nothing_learned(trials: list[Any], dataset: Mapping[str, Any]) -
     if not scores or mode not in ("min", "max"):
         return None
     value = float(dataset["baseline_objective"])
+    labels = set(dataset.get("y_val") or [])
+    if len(labels) == 1:  # no metric tells a model from a constant answer on one class: the split is at fault
+        return (f"val holds only class {labels.pop()}: {objective} cannot tell a trial that learned from "
+                f"{dataset.get('baseline_answer')}, an answer that ignores the inputs ({objective} {value:.4g} on "
+                "validation); give the validation split examples of every class (a stratified split)")
     best = max(scores)  # scores are higher-is-better: the objective, negated when minimised
     if best > (value if mode == "max" else -value):
         return None

@@ -158,3 +158,17 @@ def test_a_regressor_on_targets_far_below_unit_scale_is_told_to_standardise_them
     zeros = {"baseline_val_loss": 0.1, "y_val_values": [0.0, 0.0, 0.0], "target_std": None}
     assert "standardize_targets" not in nothing_learned(trials((None, 0.5)), pixels)
     assert "standardize_targets" not in nothing_learned(trials((None, 0.5)), zeros)
+
+
+def test_a_val_split_of_one_class_is_named_as_the_cause_when_ranked_by_a_metric_of_the_task_s_own():
+    """A fraud-like task (1% positives) whose val split held no positive, ranked by its own average precision: every
+    trial scored 0, as the do-nothing answer does, and the end line blamed the metric ("val_ap does not require
+    learning"). It names the split instead: no metric tells a model from a constant answer on one class."""
+    ap = {"y_val": [0] * 300, "objective": "val_ap", "mode": "max", "baseline_objective": 0.0,
+          "baseline_answer": "always predicting the validation class frequencies"}
+    best = [SimpleNamespace(best_score=0.0, best_val_accuracy=0.92, best_val_loss=0.2)]
+    assert nothing_learned(best, ap) == (
+        "val holds only class 0: val_ap cannot tell a trial that learned from always predicting the validation class "
+        "frequencies, an answer that ignores the inputs (val_ap 0 on validation); give the validation split examples "
+        "of every class (a stratified split)")
+    assert "does not require learning" in nothing_learned(best, {**ap, "y_val": [0] * 299 + [1]})
