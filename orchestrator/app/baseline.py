@@ -48,10 +48,11 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any],
         share, best = count / len(labels), max(accuracies)
         # Two standard errors of an accuracy measured on this many examples: the best of several trials at chance
         # easily lands a few examples above it.
-        margin = max(MARGIN, 2.0 * math.sqrt(share * (1.0 - share) / len(labels)))
+        noise = 2.0 * math.sqrt(share * (1.0 - share) / len(labels))
+        margin = max(MARGIN, noise)
         if best > share + margin:
             return None
-        if share + margin >= 1.0:  # not even a perfect score would stand out: the split is the problem
+        if share + noise >= 1.0:  # not even a perfect score would stand out: the split is too small
             return (f"{len(labels)} {unit} cannot tell a trial that learned from always predicting class {label} "
                     f"({share:.3f} of them): give the validation split more examples")
         learned = _log_loss_learned(trials, labels) if val_loss_is_log_loss else None
@@ -60,6 +61,18 @@ def nothing_learned(trials: Iterable[Any], dataset: Mapping[str, Any],
             # ranked by another column: the log loss shows learning, or (a task's own loss_fn, an F1 of its own)
             # nothing here can compare that column with a do-nothing answer; accuracy alone would be a false alarm
             return None
+        if share + margin >= 1.0 and not learned:  # so imbalanced that even a perfect model gains under the margin
+            said = (f"accuracy cannot show learning on this split: class {label} is {share:.3f} of {len(labels)} "
+                    f"{unit}, so a perfect model gains {1.0 - share:.3f} over always predicting it (best val accuracy "
+                    f"{best:.3f})")
+            losses = [t.best_val_loss for t in trials if _finite(t.best_val_loss)]
+            if val_loss_is_log_loss and losses:  # the log loss can show it, and did not
+                prior = _prior_log_loss(labels)
+                return (f"{said}, and no trial's val log loss beat the class frequencies' ({prior:.3f}; best "
+                        f"{min(losses):.3f}): check the ranges (the learning rate first) and the data")
+            rank_by = ('objective = "val_loss" (mode = "min": your loss_fn)' if dataset.get("own_loss") else
+                       'objective = "val_log_loss" (mode = "min")')
+            return f"{said}; rank by {rank_by} or a metric of your own, such as average precision or balanced accuracy"
         if learned:
             return (f"no trial's val accuracy did clearly better than always predicting class {label} (the most "
                     f"frequent: {share:.3f} of {len(labels)} {unit}; best {best:.3f}), but their val log loss "
@@ -152,12 +165,16 @@ def _own_metric_nothing_learned(trials: list[Any], dataset: Mapping[str, Any]) -
 def _log_loss_learned(trials: list[Any], labels: list[Any]) -> str | None:
     """``"best 0.223, 0.260 for the class frequencies"`` when a trial's val log loss beat the best constant answer
     (the val split's own class frequencies, the lowest log loss any constant prediction gets) by ``MARGIN``."""
-    counts = Counter(labels).values()
-    prior = -sum(c / len(labels) * math.log(c / len(labels)) for c in counts)
+    prior = _prior_log_loss(labels)
     losses = [t.best_val_loss for t in trials if _finite(t.best_val_loss)]
     if not losses or prior <= 0 or min(losses) >= (1.0 - MARGIN) * prior:
         return None
     return f"best {min(losses):.3f}, {prior:.3f} for the class frequencies"
+
+
+def _prior_log_loss(labels: list[Any]) -> float:
+    """The val log loss of predicting the val split's own class frequencies: the lowest any constant answer gets."""
+    return -sum(c / len(labels) * math.log(c / len(labels)) for c in Counter(labels).values())
 
 
 def _scale_hint(dataset: Mapping[str, Any]) -> str:

@@ -172,3 +172,24 @@ def test_a_val_split_of_one_class_is_named_as_the_cause_when_ranked_by_a_metric_
         "frequencies, an answer that ignores the inputs (val_ap 0 on validation); give the validation split examples "
         "of every class (a stratified split)")
     assert "does not require learning" in nothing_learned(best, {**ap, "y_val": [0] * 299 + [1]})
+
+
+def test_a_split_too_imbalanced_for_accuracy_is_not_called_too_small():
+    """1% positives, 2000 val examples: a perfect model gains 0.008 accuracy over always predicting the majority, under
+    the 0.02 margin. The end line said '2000 val examples cannot tell ...: give the validation split more examples',
+    which no number of examples would fix, also when the log loss showed learning. It now says why accuracy cannot show
+    learning and what to rank by, and the log loss is heard."""
+    labels = [0] * 1983 + [1] * 17
+    weighted = nothing_learned(trials((0.884, 0.42)), {"y_val": labels, "objective": "val_accuracy", "own_loss": True})
+    assert weighted == (
+        "accuracy cannot show learning on this split: class 0 is 0.992 of 2000 val examples, so a perfect model gains "
+        "0.008 over always predicting it (best val accuracy 0.884); rank by objective = \"val_loss\" (mode = \"min\": "
+        "your loss_fn) or a metric of your own, such as average precision or balanced accuracy")
+    plain = {"y_val": labels, "objective": "val_accuracy"}
+    assert "but their val log loss learned (best 0.030, 0.049 for the class frequencies)" in nothing_learned(
+        trials((0.9915, 0.03)), plain, val_loss_is_log_loss=True)
+    assert "no trial's val log loss beat the class frequencies' (0.049; best 0.060)" in nothing_learned(
+        trials((0.9915, 0.06)), plain, val_loss_is_log_loss=True)
+    assert nothing_learned(trials((0.9915, 0.03)), {**plain, "objective": "val_log_loss"},
+                           val_loss_is_log_loss=True) is None  # ranked by the log loss, which learned
+    assert "give the validation split more examples" in nothing_learned(trials((1.0, 0.06)), {"y_val": [0] * 5 + [1]})
