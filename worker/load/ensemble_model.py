@@ -391,16 +391,33 @@ class EnsembleModel(nn.Module):
             total = total * self.target_std + self.target_mean  # the workers trained on standardised targets
         return total
 
-    @torch.no_grad()
     def predict(self, x: torch.Tensor | np.ndarray, batch_size: int | None = None) -> torch.Tensor:
         """Most probable class per row (regression: the predicted values), in batches, without gradients, with the
         members in eval mode whatever mode the module is in (``.train()`` on a model holding it): in training mode
         dropout would draw and batch norm would both use and overwrite its running statistics with the batch's."""
+        if self.target_shape is not None or self.outputs_as_given:
+            return self._in_batches(x, batch_size, lambda out: out)
+        if self.multilabel:
+            return self._in_batches(x, batch_size, lambda probs: (probs > 0.5).long())
+        if self.positions is not None:  # along the class dimension the members give
+            return self._in_batches(x, batch_size, lambda probs: probs.argmax(dim=self._class_dim(probs)))
+        return self._in_batches(x, batch_size, lambda probs: probs.argmax(dim=1))
+
+    def predict_proba(self, x: torch.Tensor | np.ndarray, batch_size: int | None = None) -> torch.Tensor:
+        """What ``forward`` returns (class probabilities; each label's for multi-label), batched and in eval mode as
+        ``predict`` runs: scikit-learn's name, which users of its classifiers call first."""
+        if self.target_shape is not None or self.outputs_as_given:
+            raise ConfigError("predict_proba: this sweep's model predicts values, not class probabilities: call "
+                              "predict(x)")
+        return self._in_batches(x, batch_size, lambda probs: probs)
+
+    @torch.no_grad()
+    def _in_batches(self, x: Any, batch_size: int | None, then: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         modes = [(module, module.training) for module in self.modules()]
         if any(training for _, training in modes):
             self.eval()
             try:
-                return self.predict(x, batch_size)
+                return self._in_batches(x, batch_size, then)
             finally:
                 for module, training in modes:  # as the caller left each one
                     module.training = training
@@ -408,14 +425,7 @@ class EnsembleModel(nn.Module):
         batch_size = batch_size or eval_rows(tuple(x.shape[1:]))  # members run one after another
         # An empty batch (or a scalar, which forward refuses) is one call: torch.cat takes no empty list.
         chunks = [x[i : i + batch_size] for i in range(0, len(x), batch_size)] if x.ndim and len(x) else [x]
-        if self.target_shape is not None or self.outputs_as_given:
-            return torch.cat([self(chunk) for chunk in chunks])
-        if self.multilabel:
-            return torch.cat([(self(chunk) > 0.5).long() for chunk in chunks])
-        if self.positions is not None:  # along the class dimension the members give
-            probs = (self(chunk) for chunk in chunks)
-            return torch.cat([p.argmax(dim=self._class_dim(p)) for p in probs])
-        return torch.cat([self(chunk).argmax(dim=1) for chunk in chunks])
+        return torch.cat([then(self(chunk)) for chunk in chunks])
 
 
 def _torch_dtype(name: str) -> torch.dtype:
