@@ -60,6 +60,21 @@ def test_labels_counted_from_one_are_named_with_the_shift_to_give():
         check_config(task, prepare(((x, y), (x, y), (x, y_test))), {"batch_size": 16})
 
 
+
+def test_labels_with_gaps_are_named_with_the_mapping_to_give():
+    # Three classes labelled 0, 3 and 7 (codes kept from a larger scheme) beside a 3-output head: the line said "the
+    # targets have 8 classes: give the model 8 outputs", of a data set with three.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)).astype(np.float32), np.array([0, 3, 7])[rng.integers(0, 3, 60)]
+    task = _task(lambda config: nn.Linear(4, 3))
+    with pytest.raises(TaskError, match=r"^the model outputs 3 scores per example but the targets' 3 classes are "
+                                        r"labelled 0, 3, 7, not 0 to 2: class indices count from 0 without gaps, so "
+                                        r"give y as np.searchsorted\(classes, y\) in every split, with classes = "
+                                        r"np.unique\(y_train\), or give the model 8 outputs, one per index up to 7$"):
+        check_config(task, prepare(((x, y), (x, y), (x, y))), {"batch_size": 16})
+    # Eight outputs take the labels as they are.
+    check_config(_task(lambda config: nn.Linear(4, 8)), prepare(((x, y), (x, y), (x, y))), {"batch_size": 16})
+
 FRAME_TASK = '''
 import numpy as np
 import pandas as pd

@@ -110,7 +110,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
                         f"{tuple(xb.shape)} ({str(xb.dtype).removeprefix('torch.')}): {_one_line(exc)}") from exc
     if not isinstance(outputs, torch.Tensor):
         raise TaskError(f"the model must return a tensor, got {type(outputs).__name__}")
-    check_outputs(kind, outputs, yb, task, lowest=lowest_class(splits))
+    check_outputs(kind, outputs, yb, task, lowest=lowest_class(splits), present=present_classes(splits))
     refuse_probability_outputs(kind, outputs)
     check_class_index_dtype(kind, yb, task)
     for split, targets in (("val", splits.y_val), ("test", splits.y_test)):  # test: measured only as trials end
@@ -576,9 +576,19 @@ def lowest_class(splits: Splits) -> int | None:
     return min(found) if found else None
 
 
+def present_classes(splits: Splits) -> list[int] | None:
+    """The class indices the splits hold, sorted; None for targets other than a hard label per example."""
+    kind = splits.target_kind
+    if kind.kind != "classification" or kind.soft or kind.multilabel or kind.per_position:
+        return None
+    held = [y for y in (splits.y_train, splits.y_val, splits.y_test) if y is not None and len(y)]
+    return torch.unique(torch.cat([y.reshape(-1) for y in held])).tolist() if held else None
+
+
 def check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task: Task,
-                  lowest: int | None = None) -> None:
-    """``lowest``: the data's smallest class (:func:`lowest_class`), to name labels counted from 1."""
+                  lowest: int | None = None, present: Sequence[int] | None = None) -> None:
+    """``lowest``: the data's smallest class (:func:`lowest_class`), to name labels counted from 1; ``present``: the
+    classes the data holds (:func:`present_classes`), to name labels with gaps (0, 3, 7)."""
     if kind.kind == "classification":
         if kind.multilabel:
             refuse_multilabel_shape(kind, outputs, targets)
@@ -606,6 +616,12 @@ def check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task:
                 raise TaskError(f"the model outputs {width} scores per {per} but the targets hold classes {lowest} to "
                                 f"{c - 1}, none of them 0: class indices start at 0, so give y - {lowest} (classes 0 "
                                 f"to {width - 1}, one per output)")
+            if present is not None and len(present) == width and width > 1:  # 0, 3, 7 with three outputs
+                shown = ", ".join(str(v) for v in present[:8]) + (", ..." if width > 8 else "")
+                raise TaskError(f"the model outputs {width} scores per {per} but the targets' {width} classes are "
+                                f"labelled {shown}, not 0 to {width - 1}: class indices count from 0 without gaps, so "
+                                f"give y as np.searchsorted(classes, y) in every split, with classes = "
+                                f"np.unique(y_train), or give the model {c} outputs, one per index up to {c - 1}")
             # one output per example for integer targets: most likely a count or a score given as integers
             numbers = ('; if the targets are numbers (counts), give them as floats (y.astype("float32")) with '
                        'kind = "regression"') if width == 1 else ""
