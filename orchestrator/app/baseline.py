@@ -109,11 +109,12 @@ def _multilabel_nothing_learned(trials: list[Any], dataset: Mapping[str, Any], l
         return None
     rates = [sum(labels[j::width]) / (len(labels) // width) for j in range(width)]
     share, best = sum(max(p, 1.0 - p) for p in rates) / width, max(accuracies)
-    margin = max(MARGIN, 2.0 * math.sqrt(share * (1.0 - share) / len(labels)))
+    noise = 2.0 * math.sqrt(share * (1.0 - share) / len(labels))
+    margin = max(MARGIN, noise)
     answer = "always predicting each label's more frequent value"
     if best > share + margin:
         return None
-    if share + margin >= 1.0:
+    if share + noise >= 1.0:  # the split is too small; rare labels (share + MARGIN above 1) are judged by log loss
         return (f"{len(labels)} val example-label pairs cannot tell a trial that learned from {answer} ({share:.3f} "
                 "of them): give the validation split more examples")
     prior = sum(-p * math.log(p) - (1.0 - p) * math.log(1.0 - p) for p in rates if 0.0 < p < 1.0) / width

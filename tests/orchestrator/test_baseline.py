@@ -193,3 +193,21 @@ def test_a_split_too_imbalanced_for_accuracy_is_not_called_too_small():
     assert nothing_learned(trials((0.9915, 0.03)), {**plain, "objective": "val_log_loss"},
                            val_loss_is_log_loss=True) is None  # ranked by the log loss, which learned
     assert "give the validation split more examples" in nothing_learned(trials((1.0, 0.06)), {"y_val": [0] * 5 + [1]})
+
+
+def test_rare_labels_of_a_multilabel_split_are_judged_by_their_log_loss_not_called_too_few():
+    """Two labels on 1% of 1000 examples each: a perfect model gains 0.01 over always answering 0, under the 0.02
+    margin. The line said '2000 val example-label pairs cannot tell ...: give the validation split more examples',
+    also when the log loss had learned; now the log loss is heard, and more examples are asked for only where the
+    split is too small for its own standard error."""
+    rows = [[int(i < 10), int(i >= 990)] for i in range(1000)]
+    dataset = {"y_val": [v for row in rows for v in row], "target_shape": [2], "objective": "val_accuracy"}
+    prior = -(0.01 * math.log(0.01) + 0.99 * math.log(0.99))  # 0.056 for each label
+    assert "but their val log loss learned (best 0.030, 0.056 for each label's frequency)" in nothing_learned(
+        trials((0.99, 0.03)), dataset, val_loss_is_log_loss=True)
+    assert "log loss 0.056): the best val accuracy is 0.990; check the ranges" in nothing_learned(
+        trials((0.99, prior)), dataset, val_loss_is_log_loss=True)
+    by_loss = {**dataset, "objective": "val_loss"}
+    assert nothing_learned(trials((0.99, 0.03)), by_loss, val_loss_is_log_loss=True) is None
+    few = {"y_val": [0, 0, 0, 1, 0, 0], "target_shape": [2]}
+    assert "give the validation split more examples" in nothing_learned(trials((1.0, 0.1)), few)
