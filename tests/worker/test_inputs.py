@@ -431,3 +431,34 @@ def test_statistics_kept_with_their_batch_axis_standardise_per_channel():
     assert torch.equal(prepare(((x, y),) * 3, task_statistics=(mean[0], std[0])).x_val, splits.x_val)
     with pytest.raises(TaskError, match=r"normalize: mean of shape \(2, 3, 1, 1\) does not fit inputs of shape"):
         prepare(((x, y),) * 3, task_statistics=(np.concatenate([mean, mean]), std))
+
+
+class _MeanOfEmbedded(nn.Module):
+    def __init__(self, vocabulary: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, 4, padding_idx=0)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.embed(x).mean(dim=1))
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_ids_beyond_the_embedding_in_val_or_test_alone_are_refused_naming_the_split(split):
+    """Token ids of a vocabulary of 20 in train, with one word beyond it in test only: the check passed, and every
+    trial then failed while writing its test predictions, as `failed (storage)` with torch's `index out of range in
+    self`, and no ensemble was built. In val only, the refusal named neither the split nor the ids."""
+    from worker.check.contract import validate_contract
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 20, size=(3, 60, 5))
+    x[["train", "val", "test"].index(split), 7, 2] = 23
+    y = rng.integers(0, 2, size=60)
+    task = plain_task(lambda config: _MeanOfEmbedded(20), lambda: tuple((ids, y) for ids in x))
+    said = (rf"load_data: the model's forward pass raised IndexError: index out of range in self \(.*\) on the {split} "
+            rf"rows holding each input position's largest and smallest values \(the inputs range: .*{split} 0 to 23.*"
+            r"\); the model's embeddings take ids 0 to num_embeddings - 1 \(num_embeddings 20\)")
+    with pytest.raises(TaskError, match=said):
+        validate_contract(task, [{"lr": 0.05, "batch_size": 16, "optimizer": "adam"}])
+    x[x > 19] = 19  # every split within the vocabulary: no word
+    validate_contract(task, [{"lr": 0.05, "batch_size": 16, "optimizer": "adam"}])

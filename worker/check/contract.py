@@ -41,6 +41,7 @@ from worker.check.absent_classes import warn_if_classes_absent
 from worker.check.edges import SLOW_CHECK_SECONDS, failing_values
 from worker.check.ema_reach import warn_if_ema_decay_unreached
 from worker.check.embedded_ids import standardised_ids_note
+from worker.check.extreme_ids import refuse_ids_the_model_cannot_take
 from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.own_loop import check_own_loop
 from worker.check.padded_steps import padded_steps_note
@@ -235,6 +236,7 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
                     notes.extend(found)
                 warn_about_unread_entries(task, splits, space, configs)
             check_own_loop(task, run, partial(_refuse, task, "train_epoch"))
+            _refuse_ids_beyond(task, run.model, splits)
             return splits
     finally:
         torch.set_num_threads(threads)
@@ -248,6 +250,8 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
     error = _refuse(task, piece, first)
     about_data = isinstance(first, TaskError) and str(first).startswith("load_data:")  # holds for every config
     line = f"{error} (on each of the sweep's first {tried} configs)" if tried > 1 and not about_data else str(error)
+    if piece == "the model's forward pass or loss_fn":
+        _refuse_ids_beyond_the_model(task, splits, configs[0])
     ids = _standardised_ids(task, splits, configs[0]) if piece == "the model's forward pass or loss_fn" else None
     ids = ids or channels_last_note(first, splits.input_shape)
     raise TaskError(line if ids is None else f"{line}; {ids}") from first
@@ -265,6 +269,26 @@ def channels_last_note(exc: BaseException, input_shape: tuple[int, ...]) -> str 
     return (f"the inputs are (N, {shape}), channels last as PIL and numpy give images, but convolutions take them "
             f"channels first: give np.ascontiguousarray(x.transpose({order})) in load_data, or image.permute({one}) "
             "in a Dataset's __getitem__")
+
+
+def _refuse_ids_beyond_the_model(task: Task, splits: Splits, config: Mapping[str, Any]) -> None:
+    """A forward pass that failed on validation's ids beyond the embeddings (torch's range error names neither):
+    refused naming the split, when the model takes training's first rows."""
+    try:
+        with preserved_randomness():
+            model = task.get("build_model")(dict(config)).eval()
+            with torch.no_grad():
+                model(splits.sample(8)[0])
+    except Exception:  # the model fails on ordinary training rows too: the refusal stands as it is
+        return
+    _refuse_ids_beyond(task, model, splits)
+
+
+def _refuse_ids_beyond(task: Task, model: torch.nn.Module, splits: Splits) -> None:
+    try:
+        refuse_ids_the_model_cannot_take(model, splits, describe)
+    except TaskError as exc:  # its words name the split and the ids; the line names the task as every refusal does
+        raise TaskError(f"task {task.ref!r}: {exc}") from exc.__cause__
 
 
 def _standardised_ids(task: Task, splits: Splits, config: Mapping[str, Any]) -> str | None:
