@@ -190,6 +190,32 @@ PROBED_CONFIGS = 4  # as the contract check's build_model tries: a config that f
 BUILD_FAILED = "TaskError: build_model raised"  # the probe's error when the config itself cannot be built
 
 
+MOST_STRUCTURES = 8  # further configs the probe tries, each of another structure than the first
+
+
+def other_structures(configs: Sequence[Mapping[str, Any]], probed: Mapping[str, Any],
+                     per_member: Iterable[str] = PER_MEMBER) -> list[tuple[Mapping[str, Any], str]]:
+    """The first config of each other structure than ``probed``'s, with the values that differ (``pool='gru'``).
+
+    A structure is a config's string and bool values (a choice of layer kind, batch norm on or off): a GRU may not
+    fuse where a mean over positions does, while widths and rates change no layer kind. Values each member holds
+    apart (a schedule) are no structure."""
+    free = frozenset(per_member)
+
+    def structure(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+        return tuple(sorted((n, v) for n, v in config.items() if isinstance(v, (str, bool)) and n not in free))
+
+    seen, out = {structure(probed)}, []
+    for config in configs:
+        key = structure(config)
+        if key in seen:
+            continue
+        seen.add(key)
+        differs = ", ".join(f"{n}={v!r}" for n, v in key if probed.get(n) != v)
+        out.append((config, differs))
+    return out[:MOST_STRUCTURES]
+
+
 def setup_fusing(
     fuse: str,
     array_size: int | str,
@@ -253,6 +279,13 @@ def setup_fusing(
         if result["error"]:
             backend.close()
             return plain(result["error"])
+        # the config that passed, against the first of each other layer kind or switch the sweep draws
+        for other, differs in other_structures(pending_configs, pending_configs[len(results) - 1],
+                                                per_member or PER_MEMBER):
+            error = backend.probe(other, [])["error"]
+            if error and not str(error).startswith(BUILD_FAILED):
+                backend.close()
+                return plain(f"{error} (the trials with {differs})")
         k = fixed or choose_array_size(
             rates, limit=limit, peak_bytes=result["peak_bytes"], free_bytes=result["free_bytes"], smallest=2
         )

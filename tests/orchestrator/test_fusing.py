@@ -216,3 +216,39 @@ def test_a_first_trial_whose_model_cannot_be_built_passes_the_probe_on_to_the_ne
         setup_fusing("on", "auto", None, frozenset(), [8, 8], configs, 2, open_fused=lambda k: every,
                      open_plain=lambda: "plain")
     assert every.probed == [13, 64, 32] and every.closed
+
+
+class ProbedLayerKinds(ProbedArrays):
+    """A probe on which a GRU's packed sequences cannot be batched across members, while a mean over positions can."""
+
+    def probe(self, config, sizes):
+        self.probed.append((config["pool"], list(sizes)))
+        if config["pool"] == "gru":
+            return {"error": "RuntimeError: stack expects each tensor to be equal size (task.py:36)",
+                    "trials_per_second": {}}
+        return {"error": None, "engine": "vmap", "device": "cpu", "trials_per_second": {2: 10.0, 4: 30.0},
+                "peak_bytes": None, "free_bytes": None}
+
+
+def test_a_layer_kind_the_first_config_lacks_is_probed_too():
+    # A text classifier with pool = choice(["mean", "gru"]): the probe trained the first config (mean) only, so
+    # --fuse on started, and every GRU trial then failed mid-sweep ('stack expects each tensor to be equal size').
+    from orchestrator.decide.fusing import setup_fusing
+
+    configs = [{**BASE, "hidden": h, "pool": p, "schedule": s}
+               for h, p, s in ((16, "mean", "step"), (32, "mean", "cosine"), (16, "gru", "step"))]
+    arrays = ProbedLayerKinds(set())
+    with pytest.raises(ConfigError, match=r"cannot be fused: RuntimeError: stack expects .* \(the trials with "
+                                          r"pool='gru'\)$"):
+        setup_fusing("on", "auto", None, frozenset(), [8, 8], configs, 2, open_fused=lambda k: arrays,
+                     open_plain=lambda: "plain")
+    # the first config timed at each size; the GRU's only trained (a schedule, held per member, is no structure)
+    assert [p for p, _ in arrays.probed] == ["mean", "gru"] and arrays.probed[1][1] == [] and arrays.closed
+    auto = ProbedLayerKinds(set())
+    backend, plan = setup_fusing("auto", "auto", None, frozenset(), [8, 8], configs, 2,
+                                 open_fused=lambda k: auto, open_plain=lambda: "plain")
+    assert backend == "plain" and not plan.fused and "pool='gru'" in plan.reason
+    means = [c for c in configs if c["pool"] == "mean"]
+    backend, plan = setup_fusing("on", "auto", None, frozenset(), [8, 8], means, 2,
+                                 open_fused=lambda k: ProbedLayerKinds(set()), open_plain=lambda: "plain")
+    assert plan.fused
