@@ -310,3 +310,35 @@ def test_members_of_both_layouts_are_each_read_along_their_own_class_dimension()
                 got = model(x)
                 assert got.shape == (2, 3, length) and torch.allclose(got, expected[..., :length], atol=1e-6)
                 assert torch.equal(model.predict(x), expected[..., :length].argmax(dim=1))
+
+
+class _CausalLM(nn.Module):
+    def __init__(self, vocabulary: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, 32, padding_idx=0)
+        self.gru = nn.GRU(32, 32, batch_first=True)
+        self.out = nn.Linear(32, vocabulary)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.gru(self.embed(x))[0])
+
+
+def test_the_overfit_check_asks_a_causal_language_model_only_what_its_prefixes_tell():
+    # Next-token targets of sequences that all start with one token (a beginning-of-sequence id, as real text has):
+    # a causal model cannot tell the first next tokens apart, so `caviar check` said of every such model "FAIL: cannot
+    # fit 20 examples: the model or its loss cannot learn". Now the bar is the most a prefix-reading model can fit.
+    torch.manual_seed(0)
+    seq = torch.cat([torch.ones(20, 1, dtype=torch.int64), torch.randint(2, 12, (20, 6))], dim=1)
+    x, y = seq[:, :-1], seq[:, 1:].clone()
+    y[:3, -1] = -100
+    kind = TargetKind("classification", num_classes=12, positions=(6,))
+    loss = lambda out, t: class_cross_entropy(out, t, kind)  # noqa: E731
+    result = check_overfit(_CausalLM(12), x, y, loss, kind=kind)
+    assert result.passed, result
+    assert "76.0% accuracy on 20 examples" in result.expected and "43 positions share a prefix" in result.expected
+    # a model that ignores its inputs still fails: the ceiling is about prefixes, not a pass for anything
+    constant = nn.Sequential(nn.Embedding(12, 4), nn.Linear(4, 12))
+    with torch.no_grad():
+        constant[0].weight.zero_()
+    constant[0].weight.requires_grad_(False)
+    assert not check_overfit(constant, x, y, loss, kind=kind).passed
