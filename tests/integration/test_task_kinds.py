@@ -353,6 +353,12 @@ def test_token_ids_sweep_as_integers_and_the_loaded_ensemble_takes_them(ray_sess
     assert float((ensemble.predict(torch.from_numpy(x_test)).numpy() == y_test).mean()) > 0.5
     with pytest.raises(ConfigError, match="inputs are float32 but the sweep's models trained on int64 inputs"):
         ensemble(torch.from_numpy(x_test).float())  # never cast: a float token id is a mistake worth naming
+    # a word beyond the vocabulary the models were built for: named, not torch's "index out of range in self" alone
+    unseen = torch.from_numpy(x_test).clone()
+    unseen[3, 2] = 31
+    with pytest.raises(ConfigError, match=r"inputs hold ids from 0 to 31, and the models raised RuntimeError: .*their "
+                                          r"embeddings take ids 0 to num_embeddings - 1 \(num_embeddings 30\)"):
+        ensemble.predict(unseen)
 
 
 def test_a_custom_kind_sweeps_answer_is_its_best_checkpoint_loaded_with_the_workers_standardisation(storage_dir):

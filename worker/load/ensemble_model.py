@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -309,6 +310,23 @@ class EnsembleModel(nn.Module):
             raise ConfigError(f"inputs are {given} but the sweep's models trained on {wanted} inputs; pass {wanted} "
                               "(caviar never casts inputs)")
         self._check_shape(x)
+        try:
+            return self._outputs(x)
+        except (IndexError, RuntimeError) as exc:  # torch's words name neither the ids nor the table
+            if (x.is_floating_point() or x.dtype == torch.bool or x.numel() == 0
+                    or not re.search(r"index out of range|not in the valid range", str(exc))):
+                raise
+            sizes = sorted({m.num_embeddings for member in self.members for m in member.modules()
+                            if isinstance(m, (nn.Embedding, nn.EmbeddingBag))})
+            if not sizes:
+                raise
+            raise ConfigError(f"inputs hold ids from {int(x.min())} to {int(x.max())}, and the models raised "
+                              f"{type(exc).__name__}: {' '.join(str(exc).split())}; their embeddings take ids 0 to "
+                              f"num_embeddings - 1 (num_embeddings {', '.join(map(str, sizes))}): give ids in that "
+                              "range (words the training data lacked as one unknown-token id)") from exc
+
+    def _outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The ensemble's answer for a checked batch ``x`` (in the sweep's dtype and shape)."""
         if self.mean is not None and self.std is not None and x.is_floating_point():
             # the workers' transform: train-split statistics (integer inputs have none)
             x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
