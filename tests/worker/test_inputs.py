@@ -456,9 +456,40 @@ def test_ids_beyond_the_embedding_in_val_or_test_alone_are_refused_naming_the_sp
     y = rng.integers(0, 2, size=60)
     task = plain_task(lambda config: _MeanOfEmbedded(20), lambda: tuple((ids, y) for ids in x))
     said = (rf"load_data: the model's forward pass raised IndexError: index out of range in self \(.*\) on the {split} "
-            rf"rows holding each input position's largest and smallest values \(the inputs range: .*{split} 0 to 23.*"
+            rf"examples holding its largest and smallest ids \(the inputs range: .*{split} 0 to 23.*"
             r"\); the model's embeddings take ids 0 to num_embeddings - 1 \(num_embeddings 20\)")
     with pytest.raises(TaskError, match=said):
         validate_contract(task, [{"lr": 0.05, "batch_size": 16, "optimizer": "adam"}])
     x[x > 19] = 19  # every split within the vocabulary: no word
     validate_contract(task, [{"lr": 0.05, "batch_size": 16, "optimizer": "adam"}])
+
+
+def test_ids_beyond_the_embedding_in_a_streamed_test_split_are_refused_naming_it():
+    """The same word beyond the vocabulary, in a test Dataset read by a loader function padding each batch to its
+    longest: every trial failed as `failed (storage)` after training."""
+    from torch.nn.utils.rnn import pad_sequence
+    from torch.utils.data import DataLoader
+
+    from worker.check.contract import validate_contract
+
+    rng = np.random.default_rng(0)
+
+    def examples(largest: int) -> list:
+        items = [(torch.as_tensor(rng.integers(1, 20, size=int(rng.integers(2, 6)))), int(rng.integers(0, 2)))
+                 for _ in range(40)]
+        items[9][0][0] = largest
+        return items
+
+    def padded(batch):
+        return pad_sequence([x for x, _ in batch], batch_first=True), torch.tensor([y for _, y in batch])
+
+    def loaders(test_largest: int):
+        splits = {"train": examples(19), "val": examples(19), "test": examples(test_largest)}
+        return lambda: {name: (lambda bs, items=items: DataLoader(items, batch_size=bs, collate_fn=padded))
+                        for name, items in splits.items()}
+
+    config = {"lr": 0.05, "batch_size": 16, "optimizer": "adam"}
+    with pytest.raises(TaskError, match=r"IndexError: .* on the test examples holding its largest and smallest ids "
+                                        r"\(the inputs range: train 0 to 19, val 0 to 19, test 0 to 23\)"):
+        validate_contract(plain_task(lambda config: _MeanOfEmbedded(20), loaders(23)), [config])
+    validate_contract(plain_task(lambda config: _MeanOfEmbedded(20), loaders(19)), [config])

@@ -73,6 +73,8 @@ class Stream:
     targets: torch.Tensor | None = field(default=None, repr=False)  # from the load-time pass: the order to keep
     # val and test: the first inputs the load-time pass read, which every evaluation must read again
     first_inputs: torch.Tensor | None = field(default=None, repr=False)
+    # integer inputs (ids): the load-time pass's smallest and largest value, each with one example holding it
+    extreme_ids: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict, repr=False)
     _eval_loader: Iterable[Any] | None = field(default=None, repr=False)
 
     @property
@@ -324,6 +326,7 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
         if tuple(x.shape[1:]) != stream.input_shape and stream.other_input_shape is None:
             stream.other_input_shape = tuple(x.shape[1:])  # a loader padding each batch to its longest
         check_finite_inputs(x, stream.name, first_row=count)
+        keep_extreme_ids(stream, x)
         if count == 0 and stream.name != "train":  # the training split may augment; val and test must not
             stream.first_inputs = x[:FIRST_INPUTS].clone()
         targets.append(y)
@@ -353,6 +356,19 @@ def scan(stream: Stream, *, statistics: bool) -> tuple[torch.Tensor, torch.Tenso
     var = (total_sq - count * mean * mean) / max(count - 1, 1)
     std = usable_std(var.clamp_min(0).sqrt(), mean)
     return y_all, mean.to(stream.input_dtype), std.to(stream.input_dtype)
+
+
+def keep_extreme_ids(stream: Stream, x: torch.Tensor) -> None:
+    """For integer inputs, the example holding the smallest and the one holding the largest id read so far
+    (worker/check/extreme_ids.py runs them through the model before any trial)."""
+    if x.is_floating_point() or x.dtype == torch.bool or x.numel() == 0:
+        return
+    flat = x.reshape(len(x), -1)
+    for end, values in (("min", flat.min(dim=1).values), ("max", flat.max(dim=1).values)):
+        row = int(values.argmin() if end == "min" else values.argmax())
+        value, kept = int(values[row]), stream.extreme_ids.get(end)
+        if kept is None or (value < kept[0] if end == "min" else value > kept[0]):
+            stream.extreme_ids[end] = (value, x[row : row + 1].clone())
 
 
 def _pass_batch(stream: Stream) -> int:
