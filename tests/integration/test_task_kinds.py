@@ -581,3 +581,12 @@ def test_a_named_method_the_stored_predictions_cannot_build_is_refused_and_its_t
     if soup_written is not None:  # refused before a soup was built: its weights file is the one the row describes
         assert os.stat(soup_file).st_mtime_ns == soup_written
         load_ensemble(result.path, name="soup", trust_task_code=True)
+
+
+def test_a_model_raising_on_test_inputs_at_a_trials_end_fails_it_as_an_error_not_storage(storage_dir):
+    # Each trial ran its epochs, then raised while its kept checkpoints were run on test: it was `failed (storage)`,
+    # sending the user to look at their disk for their model's ValueError.
+    result = sweep("failing_test_split_task.py", storage_dir, plan="2x1", executor="processes")
+    trials = load(result.path).to_pandas("trials")
+    assert set(trials["status"]) == {"failed"} and set(trials["reason"]) == {"error"}
+    assert all("an input the model cannot take" in e for e in trials["error"])

@@ -225,9 +225,14 @@ class WorkerSession:
         self, trial_id: int, rows: list[dict[str, Any]], status: str, reason: str, error: str | None = None
     ) -> Report:
         run, recorder = self.runs.pop(trial_id)
+        stage = "storage"
         try:
-            recorder.finish(run)
+            ending = recorder.begin_finish(run)
+            stage = "error"  # the kept checkpoints run on val and test: the model's own exception, not the disk's
+            results = {key: run.checkpoint_results(state, key[1], key[0]) for key, state in ending.states.items()}
+            stage = "storage"
+            recorder.end_finish(run, ending, results)
         except Exception:
             if error is None:
-                status, reason, error = TrialStatus.FAILED, "storage", traceback.format_exc()
+                status, reason, error = TrialStatus.FAILED, stage, traceback.format_exc()
         return Report(trial_id, rows, ended=True, status=status, reason=reason, error=error, node=self.node)
