@@ -36,6 +36,7 @@ from worker.data.splits import Splits, batches, skips_single_batch
 from worker.data.streams import Stream, eval_rows
 from worker.train.diagnostics import Diagnostics, DiagnosticsOptions, gradient_norm
 from worker.train.ema import EmaWeights
+from worker.train.loop_state import attribute_names, loop_state, restore_loop_state
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
 
 
@@ -241,6 +242,7 @@ class TrialRun:
                             "that re-evaluates the loss, and caviar's training loop calls step() without one; step "
                             "it with your closure in the task's own train_epoch(model, optimizer, batches, config)")
         self.scheduler = build_schedule(config, self.optimizer, spec.max_epochs)
+        self._optimizer_names = attribute_names(self.optimizer)  # what a task's loop adds later is its own state
         # A task's own loop under no schedule of caviar's owns the rate: a per-step decay or a OneCycleLR it keeps
         # across epochs goes on from where it left the rate (a constant schedule's step put the config's lr back).
         self.loop_owns_rate = bool(task.get("train_epoch")) and setting(config, "schedule", "constant") == "constant"
@@ -564,6 +566,8 @@ class TrialRun:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {},
+            # What a task's own loop keeps on the optimizer (a OneCycleLR, a second optimizer, a step counter)
+            "loop": loop_state(self.optimizer, self._optimizer_names) if self.task.get("train_epoch") else {},
             "scaler": self.scaler.state_dict(),  # fp16's loss scale ({} otherwise): a new one skips its first steps
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -580,6 +584,8 @@ class TrialRun:
             self.ema.load_state_dict(state["ema"])
         if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if state.get("loop"):
+            restore_loop_state(self.optimizer, state["loop"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         set_host_rng_state(state)
