@@ -6,11 +6,13 @@ import io
 import logging
 import math
 import os
+import re
 import warnings
 
 import pytest
 import safetensors.torch
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from orchestrator.decide.backend import Assignment
@@ -904,3 +906,32 @@ def test_a_resumed_own_loop_gets_back_the_state_it_kept_on_its_optimizer():
         assert [row[key] for row in resumed] == [row[key] for row in expected[2:]], key
     assert second.optimizer.steps_taken == straight.optimizer.steps_taken == 20
     assert type(second.optimizer) is torch.optim.Adam  # back to its own class once every object is restored
+
+
+@pytest.mark.parametrize("returns", ["tuple", "dict"])
+def test_a_model_returning_several_tensors_is_told_to_return_one(returns):
+    """A Gaussian NLL model returning (mean, log_var), or a dict of heads, on a kind = "custom" task whose loss_fn
+    reads them: the refusal said only "the model must return a tensor, got tuple", not what to do instead."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from orchestrator.errors import TaskError
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mean, self.log_var = nn.Linear(3, 1), nn.Linear(3, 1)
+
+        def forward(self, x):
+            mean, log_var = self.mean(x), self.log_var(x)
+            return (mean, log_var) if returns == "tuple" else {"mean": mean, "log_var": log_var}
+
+    base = load_task(os.path.join(ROOT, "tests", "tasks", "gaussian_nll_task.py"))
+    module = base.namespace
+    task = dataclasses.replace(base, namespace=SimpleNamespace(
+        kind="custom", space=module.space, load_data=module.load_data, build_model=lambda config: TwoHeads(),
+        loss_fn=module.loss_fn, metrics=module.metrics))
+    said = "(2 tensors)" if returns == "tuple" else "(keys mean, log_var)"
+    with pytest.raises(TaskError, match=rf"got {returns} {re.escape(said)}: .*return them as one, "
+                                        r"torch\.cat\(\[mean, log_var\], dim=1\), and split it in loss_fn and metrics"):
+        validate_contract(task, [{"lr": 0.01, "batch_size": 32, "optimizer": "adam"}])

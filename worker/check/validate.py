@@ -109,7 +109,7 @@ def check_config(task: Task, splits: Splits, config: Mapping[str, Any]) -> torch
         raise TaskError(f"the model's forward pass raised {type(exc).__name__} on a training batch of shape "
                         f"{tuple(xb.shape)} ({str(xb.dtype).removeprefix('torch.')}): {_one_line(exc)}") from exc
     if not isinstance(outputs, torch.Tensor):
-        raise TaskError(f"the model must return a tensor, got {type(outputs).__name__}")
+        raise TaskError(f"the model must return a tensor, got {type(outputs).__name__}{_several_outputs(outputs)}")
     check_outputs(kind, outputs, yb, task, lowest=lowest_class(splits), present=present_classes(splits))
     refuse_probability_outputs(kind, outputs)
     check_class_index_dtype(kind, yb, task)
@@ -639,3 +639,17 @@ def check_outputs(kind: Any, outputs: torch.Tensor, targets: torch.Tensor, task:
                             f"have {kind.num_classes} columns")
     elif kind.kind == "regression" and task.get("loss_fn") is None:
         match_targets(outputs, targets)
+
+
+def _several_outputs(outputs: Any) -> str:
+    """What to do with a model that returns several tensors ((mean, log_var), {"logit": ..., "value": ...}): caviar
+    concatenates a split's outputs batch by batch, stores them and hands them to loss_fn and metrics as one tensor."""
+    if isinstance(outputs, Mapping):
+        parts = "keys " + ", ".join(str(k) for k in list(outputs)[:4])
+    elif isinstance(outputs, (tuple, list)):
+        parts = f"{len(outputs)} tensors"
+    else:
+        return ""
+    return (f" ({parts}): caviar evaluates, stores and loads one tensor per batch; return them as one, "
+            "torch.cat([mean, log_var], dim=1), and split it in loss_fn and metrics (a head only training needs may "
+            "come in training mode from the task's own train_epoch: caviar evaluates in eval mode)")
