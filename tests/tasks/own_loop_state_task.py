@@ -1,5 +1,6 @@
 """A task's own train_epoch that keeps state on its optimizer across epochs, as loops do: a step counter, a
-OneCycleLR stepped every two batches (gradient accumulation) and a second optimizer for an adversary head."""
+OneCycleLR stepped every two batches (gradient accumulation), a smoothed loss as a tensor and a second optimizer
+for an adversary head."""
 
 import numpy as np
 import torch
@@ -63,6 +64,7 @@ def train_epoch(model, optimizer, batches, config):
             optimizer.zero_grad()
             optimizer.one_cycle.step()
             optimizer.steps_taken = getattr(optimizer, "steps_taken", 0) + 1
+            optimizer.smoothed = 0.9 * getattr(optimizer, "smoothed", torch.zeros(())) + 0.1 * loss.detach()
         total += float(loss.detach()) * len(x)
         n += len(x)
     return {"train_loss": total / n}

@@ -40,9 +40,11 @@ def loop_state(optimizer: torch.optim.Optimizer, built: frozenset[str]) -> dict[
 def restore_loop_state(optimizer: torch.optim.Optimizer, kept: Mapping[str, Mapping[str, Any]]) -> None:
     """Put plain values back now; load each stateful object's state when the loop assigns its new one."""
     pending = {}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    device = params[0].device if params else torch.device("cpu")  # resume states are read onto the CPU
     for name, entry in kept.items():
         if "value" in entry:
-            setattr(optimizer, name, entry["value"])
+            setattr(optimizer, name, _on(entry["value"], device))
         else:
             pending[name] = entry["state_dict"]
     if pending:
@@ -66,6 +68,16 @@ def _load_on_assignment(optimizer: torch.optim.Optimizer, pending: dict[str, Any
             object.__setattr__(self, "__class__", cls)
 
     optimizer.__class__ = type(cls.__name__, (cls,), {"__setattr__": assign, "__module__": cls.__module__})
+
+
+def _on(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _on(v, device) for k, v in value.items()}
+    return value
 
 
 def _plain(value: Any) -> bool:
