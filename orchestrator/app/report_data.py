@@ -42,6 +42,7 @@ class SweepData:
     tables: SweepTables
     targets_standardised: bool = False  # regression trained on standardised targets (the dataset table's statistics)
     objective: tuple[str, str] | None = None  # (name, mode) the sweep ranked by, as its dataset table stores it
+    loss_per_example: bool = True  # False: the task's loss_fn is not a mean over examples (the dataset table says)
 
     @property
     def by_objective(self) -> bool:
@@ -69,6 +70,8 @@ class SweepData:
         ``train_loss`` is what the optimizer minimised: on standardised targets it is not in ``val_loss``'s units,
         and no factor converts it (each target dimension has its own std).
         """
+        if not self.loss_per_example:  # a Cox or batch-hard triplet loss: batch means are not the split's value
+            return None
         if row.get("train_loss_original") is not None:
             return row["train_loss_original"]
         return None if self.targets_standardised else row.get("train_loss")
@@ -113,6 +116,7 @@ def read_sweep(path: str, tables: SweepTables | None = None) -> SweepData:
         events=tables.events.to_pylist(), diagnostics=read_diagnostics(storage),
         ensembles=read_optional(storage, "ensembles"), tables=tables,
         targets_standardised=dataset.get("target_std") is not None, objective=sweep_objective(storage, sweep),
+        loss_per_example=dataset.get("loss_per_example") is not False,
     )
 
 

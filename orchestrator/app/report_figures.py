@@ -332,6 +332,10 @@ def plot_gap(data: SweepData) -> Figure | None:
 
 def gap_missing_reason(data: SweepData) -> str:
     """Why ``fig-gap`` is not drawn."""
+    if not data.loss_per_example and not data.accuracy:
+        return ("the task's loss_fn is not a mean over examples (on the validation split whole it differs from the "
+                "mean of its values on the split's halves: a Cox, contrastive or batch-hard triplet loss, or a sum), "
+                "so the training loss averaged over batches is not in val_loss's units")
     if data.targets_standardised and not data.accuracy:
         return ("no training loss in the targets' original units recorded (train_loss_original: a task's own "
                 "train_epoch on standardised targets, or a sweep from before it, has none)")

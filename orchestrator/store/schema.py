@@ -186,6 +186,10 @@ DATASET = pa.schema(
         # val_loss is the task's own loss_fn's: no stored column stands for it (only the task's code scores it).
         # null: the kind's default loss, or a sweep from before.
         ("own_loss", pa.bool_()),
+        # False: the task's loss_fn is not a mean over examples (a Cox or batch-hard triplet loss, a sum): a training
+        # loss averaged over batches is not in val_loss's units, so no train/validation loss gap. null: it is, or
+        # the kind's default loss, or a sweep from before.
+        ("loss_per_example", pa.bool_()),
         # A classification ranked by a metric of the task's own: that metric's best value among answers that ignore
         # the inputs (worker/train/do_nothing.py), and which answer; null: none scores it, or a sweep from before.
         ("baseline_objective", pa.float64()),

@@ -57,7 +57,8 @@ def summary_column(splits: Splits) -> list[float] | None:
 
 def dataset_row(splits: Splits, objective: str | None = None, mode: str | None = None,
                 baseline: float | None = None, output_shape: tuple[int, ...] | None = None,
-                own_loss: bool | None = None, do_nothing: tuple[float, str] | None = None) -> dict[str, Any]:
+                own_loss: bool | None = None, do_nothing: tuple[float, str] | None = None,
+                loss_per_example: bool | None = None) -> dict[str, Any]:
     kind = splits.target_kind
     row = {
         "num_classes": splits.num_classes,
@@ -72,6 +73,7 @@ def dataset_row(splits: Splits, objective: str | None = None, mode: str | None =
         "baseline_val_loss": baseline,
         "output_shape": None if output_shape is None else list(output_shape),
         "own_loss": own_loss or None,
+        "loss_per_example": False if loss_per_example is False else None,
         "baseline_objective": None if do_nothing is None else do_nothing[0],
         "baseline_answer": None if do_nothing is None else do_nothing[1],
         "data_summary": summary_column(splits),
@@ -155,7 +157,8 @@ def check_stored_summary(stored: Mapping[str, Any], splits: Splits) -> None:
 
 
 def write_dataset(storage: Storage, splits: Splits, objective: str | None = None, mode: str | None = None,
-                  task: Any = None, output_shape: tuple[int, ...] | None = None) -> None:
+                  task: Any = None, output_shape: tuple[int, ...] | None = None,
+                  loss_per_example: bool | None = None) -> None:
     """The sweep's val/test labels, input standardisation, objective and (regression, ``task`` given) chance loss;
     once per process and storage."""
     if storage.uri in _dataset_written:
@@ -165,7 +168,8 @@ def write_dataset(storage: Storage, splits: Splits, objective: str | None = None
     own_loss = task is not None and task.get("loss_fn") is not None
     do_nothing = None if task is None else do_nothing_objective(task, splits, objective, mode, output_shape)
     storage.write_table(schema.DATASET_PATH, schema.to_table(
-        [dataset_row(splits, objective, mode, baseline, output_shape, own_loss, do_nothing)], schema.DATASET))
+        [dataset_row(splits, objective, mode, baseline, output_shape, own_loss, do_nothing, loss_per_example)],
+        schema.DATASET))
     _dataset_written.add(storage.uri)
 
 
@@ -227,7 +231,7 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
         # No predictions, but load_ensemble needs the input standardisation (custom), and top, status and the
         # report the objective and its mode: without them a minimised objective showed as a negative "score".
         write_dataset(storage, run.splits, run.objective, run.mode, None if kind.kind == "custom" else run.task,
-                      run.output_shape)
+                      run.output_shape, getattr(run, "loss_per_example", None))
         storage.delete(rel)
         return 0
     check_dtype(dtype)
@@ -247,7 +251,9 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
     if not rows:
         storage.delete(rel)  # a retried trial's earlier file would describe checkpoints that are gone
         return 0
-    write_dataset(storage, run.splits, run.objective, run.mode, run.task, run.output_shape)
+    # a fused array's member does not judge its loss (None: not judged)
+    write_dataset(storage, run.splits, run.objective, run.mode, run.task, run.output_shape,
+                  getattr(run, "loss_per_example", None))
     if classification:
         table = predictions_table(rows, width, dtype)
     else:  # in the outputs' own width: float64 outputs (a float64 model, or float64 targets near 1e7) rounded to
