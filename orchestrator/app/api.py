@@ -27,13 +27,13 @@ from orchestrator.app.tables import SweepTables, load, open_sweep  # noqa: F401 
 from orchestrator.decide.controller import Controller
 from orchestrator.decide.pruning import PrunerChoice
 from orchestrator.decide.sweeplog import SweepLog
-from orchestrator.errors import ConfigError, StorageError, TaskError
+from orchestrator.errors import ConfigError, StorageError
 from orchestrator.search.sampler import SamplerChoice
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.stage_policy import StagePolicyChoice
 from orchestrator.spec.options import ResumeOptions, RunOptions
 from orchestrator.spec.settings import RunSettings
-from orchestrator.spec.task import Task, load_task
+from orchestrator.spec.task import Task, load_task, task_ref_of
 from orchestrator.spec.task_source import portable_ref, store_task_source
 from orchestrator.store import schema
 from orchestrator.store.lease import LEASE_PATH, Lease
@@ -158,23 +158,6 @@ def run_sweep(
 
     return drive_and_finish(task, settings, root, sweep, name, controller, log, resumed=False,
                             first_writes=first_writes, on_tick=on_tick, splits=splits)
-
-
-def task_ref_of(task: object) -> str:
-    """A task file (a path, ``pathlib.Path`` too), ``module:attr``, or an imported module: the reference workers
-    load it by; anything else is refused in one line naming the argument."""
-    if isinstance(task, os.PathLike):
-        return os.fspath(task)  # type: ignore[return-value]
-    if isinstance(task, types.ModuleType):
-        path = getattr(task, "__file__", None)
-        if not path or not path.endswith(".py"):  # a notebook's __main__, or a module built in memory
-            raise TaskError(f"task: module {task.__name__!r} has no .py file that workers could import; write the "
-                            "task (space, load_data, build_model) to a .py file and pass its path")
-        return path
-    if not isinstance(task, str):
-        raise TaskError(f"task: expected a task file's path, 'module:attr', a module or a loaded Task, got "
-                        f"{type(task).__name__}")
-    return task
 
 
 def check_on_tick(on_tick: object) -> None:

@@ -177,6 +177,23 @@ def resolve_ref(ref: str) -> tuple[str, Any]:
     return canonical, namespace
 
 
+def task_ref_of(task: object) -> str:
+    """A task file (a path, ``pathlib.Path`` too), ``module:attr``, or an imported module: the reference workers
+    load it by; anything else is refused in one line naming the argument."""
+    if isinstance(task, os.PathLike):
+        return os.fspath(task)  # type: ignore[return-value]
+    if isinstance(task, ModuleType):
+        path = getattr(task, "__file__", None)
+        if not path or not path.endswith(".py"):  # a notebook's __main__, or a module built in memory
+            raise TaskError(f"task: module {task.__name__!r} has no .py file that workers could import; write the "
+                            "task (space, load_data, build_model) to a .py file and pass its path")
+        return path
+    if not isinstance(task, str):
+        raise TaskError(f"task: expected a task file's path, 'module:attr', a module or a loaded Task, got "
+                        f"{type(task).__name__}")
+    return task
+
+
 def load_task(ref: str) -> Task:
     """Load and check a task; errors name the missing or bad piece."""
     canonical, ns = resolve_ref(ref)

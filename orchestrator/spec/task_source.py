@@ -25,10 +25,11 @@ import posixpath
 import re
 import sys
 from dataclasses import asdict, dataclass
+from types import ModuleType
 
 from orchestrator.errors import StorageError, TaskError
 from orchestrator.spec.local_modules import local_modules, read_if_there
-from orchestrator.spec.task import Task, load_task
+from orchestrator.spec.task import Task, load_task, task_ref_of
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage, redact_uri, sha256
 
@@ -165,16 +166,17 @@ def _file_sha256(path: str) -> str:
         return sha256(f.read())
 
 
-def sweep_task(sweep: Storage, task: Task | str | None = None, *, trust_task_code: bool = False,
-               purpose: str = "to load its models") -> Task:
+def sweep_task(sweep: Storage, task: Task | str | os.PathLike[str] | ModuleType | None = None, *,
+               trust_task_code: bool = False, purpose: str = "to load its models") -> Task:
     """The task to run for a stored sweep: the caller's ``task``, else the sweep's own copy if trusted, else refuse.
 
     ``purpose`` ends the refusal's first clause: "sweep X runs task code (...) to load its models: ...".
     """
     if isinstance(task, Task):
         return task
-    if task:  # the caller's own choice: a path resolves against their working directory, as any argument does
-        return load_task(task)
+    if task:  # the caller's own choice: a path resolves against their working directory, as any argument does; a
+        return load_task(task_ref_of(task))  # pathlib.Path or an imported module too, as run_sweep takes them
+
     manifest = read_manifest(sweep)
     recorded = sweep.read_table(schema.SWEEP_PATH).to_pylist()[0]["task"]
     where = redact_uri(sweep.uri)

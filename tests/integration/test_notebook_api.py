@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from orchestrator.app.api import run_sweep
+from orchestrator.errors import TaskError
 from tests.conftest import ROOT
 
 TASKS = os.path.join(ROOT, "tests", "tasks")
@@ -151,10 +152,19 @@ def test_a_notebook_passes_pathlib_paths_and_an_imported_task_module(tmp_path, m
     monkeypatch.syspath_prepend(TASKS)
     module = importlib.import_module("notebook43_regression_task")
     monkeypatch.chdir(tmp_path)
-    result = run_sweep(module, storage="runs", name="module", executor="processes", ensemble=False, trials=2,
-                       epochs=1)
+    result = run_sweep(module, storage="runs", name="module", executor="processes", trials=2, epochs=1)
     monkeypatch.chdir(TASKS)  # a notebook that changes its directory: result.path was "runs/module", now absolute
     assert result.path == str(storage / "module") and load(result.path).trials.num_rows == 2
+    # the module that ran the sweep loads its answer too (before: AttributeError: module ... has no attribute
+    # 'partition'); so does a pathlib.Path, and anything else is one line naming the argument
+    from orchestrator import load_ensemble
+
+    x = module.load_data()[1][0][:4]
+    by_module = load_ensemble(result.path, name="best", task=module)
+    assert torch.equal(by_module(x), load_ensemble(result.path, name="best", task=Path(module.__file__))(x))
+    with pytest.raises(TaskError, match="^task: expected a task file's path, 'module:attr', a module or a loaded "
+                                        "Task, got dict$"):
+        load_ensemble(result.path, name="best", task={"space": {}})
 
 
 @pytest.mark.parametrize(("task", "config_file", "says"), [
@@ -173,8 +183,6 @@ def test_a_task_or_config_file_of_the_wrong_type_is_one_line_naming_it(tmp_path,
 
 def test_a_module_without_a_file_is_refused_naming_the_task(tmp_path):
     import types
-
-    from orchestrator.errors import TaskError
 
     in_memory = types.ModuleType("notebook_cell_task")
     with pytest.raises(TaskError, match="^task: module 'notebook_cell_task' has no .py file"):

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -458,13 +459,14 @@ def _stat(values: np.ndarray | None) -> torch.Tensor | None:
 
 
 def load_ensemble(sweep: str | os.PathLike[str] | Storage, name: str | int = "best", *,
-                  device: str | torch.device = "cpu", task: Task | str | os.PathLike[str] | None = None,
+                  device: str | torch.device = "cpu",
+                  task: Task | str | os.PathLike[str] | types.ModuleType | None = None,
                   trust_task_code: bool = False) -> EnsembleModel:
     """The ensemble ``name`` of a sweep (``best``: the one chosen on validation; or a row's ``ensemble_id``) as an
     eval-mode module.
 
     ``sweep`` is the sweep directory, a local path or a ``pyarrow.fs`` URI. Members are built by
-    task code, which runs only as the caller chooses: ``task`` (their own task file or ``Task``),
+    task code, which runs only as the caller chooses: ``task`` (their own task file, the imported module or ``Task``),
     or ``trust_task_code=True`` for the copy stored in the sweep (refused if its sha256 changed).
     Weights load with safetensors
     after their sha256 matches the checkpoint index; a mismatch raises ``StorageError``.
