@@ -600,6 +600,9 @@ class TrialRun:
             "ema": self.ema.state_dict() if self.ema is not None else {},
             # What a task's own loop keeps on the optimizer (a OneCycleLR, a second optimizer, a step counter)
             "loop": loop_state(self.optimizer, self._optimizer_names) if self.task.get("train_epoch") else {},
+            # and the gradients it left for its next step (accumulated over an odd epoch's last batch)
+            "grads": {name: p.grad.detach().to("cpu", copy=True) for name, p in self.model.named_parameters()
+                      if p.grad is not None} if self.task.get("train_epoch") else {},
             "scaler": self.scaler.state_dict(),  # fp16's loss scale ({} otherwise): a new one skips its first steps
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -618,6 +621,10 @@ class TrialRun:
             self.scaler.load_state_dict(state["scaler"])
         if state.get("loop"):
             restore_loop_state(self.optimizer, state["loop"])
+        grads = state.get("grads") or {}
+        for name, p in self.model.named_parameters():
+            if name in grads:
+                p.grad = grads[name].to(p.device)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         set_host_rng_state(state)
