@@ -36,8 +36,8 @@ def next_sweep(
     from orchestrator.decide.status import SUCCEEDED
     from orchestrator.search.next_sweep import next_sweep_space
 
-    if output is not None and os.path.exists(output) and not overwrite:
-        fail(f"--output {output!r}: the file exists (pass --overwrite to replace it)")
+    if output is not None:
+        refuse_output(output, overwrite)
     path = find_sweep(sweep, storage)
     record = read_record(open_sweep(path))
     settings = record.settings
@@ -60,6 +60,17 @@ def next_sweep(
         f.write(text)
     os.replace(partial, output)  # whole or not at all: a config half written would run another sweep
     typer.echo(f"wrote {output}: caviar run {record.sweep['task']} --config {output}")
+
+
+def refuse_output(output: str, overwrite: bool) -> None:
+    """One line, before any reading, for an --output that cannot be written as asked."""
+    folder = os.path.dirname(output) or "."
+    if os.path.isdir(output):
+        fail(f"--output {output!r}: is a folder; name the file to write (-o {os.path.join(output, 'next.toml')})")
+    if not os.path.isdir(folder):
+        fail(f"--output {output!r}: no folder {folder!r} (create it first, or write the file elsewhere)")
+    if os.path.exists(output) and not overwrite:
+        fail(f"--output {output!r}: the file exists (pass --overwrite to replace it)")
 
 
 def next_sweep_toml(found: NextSweep, declared: SearchSpace, sweep: dict[str, Any],

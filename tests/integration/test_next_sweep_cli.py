@@ -50,6 +50,12 @@ def test_next_prints_ranges_around_the_lowest_errors_and_a_run_samples_inside_th
     assert again.returncode == 2 and "exists (pass --overwrite" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1 and out.read_text() == shown.stdout
 
+    for where, said in ((tmp_path / "missing" / "next.toml", "no folder"), (tmp_path, "is a folder")):
+        refused = caviar("next", "first", "--storage", str(first), "-o", str(where))
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "missing").exists()
+
     run = caviar("run", TASK, "--config", str(out), "--plan", "4x1", "--seed", "6", "--storage", str(first),
                  "--name", "second", "--plain", "--no-report")
     assert run.returncode == 0, run.stderr[-3000:]
