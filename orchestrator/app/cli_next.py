@@ -88,17 +88,36 @@ def next_sweep_toml(found: NextSweep, declared: SearchSpace, sweep: dict[str, An
         "[space]",
     ]
     edges = {(n.param, n.side): n for n in found.edges}
+    left_out = never_drawn(found.space)
     for name, dist in found.space.searched.items():
-        if any(not values for _, values in dist.when):
-            parent = next(p for p, values in dist.when if not values)
-            lines.append(f"# {name}: left out, as no trial of these ranges uses it ({parent} is one of "
-                         f"{list(found.space[parent].options)!r})")
+        if name in left_out:
+            lines.append(f"# {name}: left out, as no trial of these ranges uses it ({left_out[name]})")
             continue
         comment = origin(name, dist, declared, found.searched, edges, found.best)
         lines.append(f"{name} = {toml_value(rounded_spec(name, dist))}  # {comment}")
     text = "\n".join(lines) + "\n"
     declared.with_overrides(tomllib.loads(text)["space"])  # it must load as caviar run will load it
     return text
+
+
+def never_drawn(space: SearchSpace) -> dict[str, str]:
+    """Parameters whose condition no kept option meets, each with why: a parent kept none of the options it names,
+    or a parent is never drawn itself (a condition chained two deep: its child's range would be written, unused)."""
+    why: dict[str, str] = {}
+    changed = True
+    while changed:  # parents may be declared after their children: until nothing more is left out
+        changed = False
+        for name, dist in space.searched.items():
+            for parent, values in dist.when if name not in why else ():
+                if not values:
+                    why[name] = f"{parent} is one of {list(space[parent].options)!r}"
+                elif parent in why:
+                    why[name] = f"{parent} is left out"
+                else:
+                    continue
+                changed = True
+                break
+    return why
 
 
 def origin(name: str, dist: Distribution, declared: SearchSpace, searched: SearchSpace,

@@ -102,3 +102,21 @@ def test_the_toml_loads_back_as_the_same_ranges_whatever_the_values_look_like():
     assert 0.99999 < loaded["beta"].high < 1.0  # moved past its edge; 4 or 6 digits would round it to 1
     assert loaded["head"].options == ('say "hi"', "plain")  # never tried: kept
     assert loaded["bn"].options == (False, True) and loaded["optimizer"].options == ("adam",)
+
+
+def test_a_child_of_a_left_out_parameter_is_left_out_too():
+    from orchestrator.app.cli_next import next_sweep_toml
+    from orchestrator.search.space import uniform
+
+    space = SearchSpace({"lr": loguniform(1e-3, 1e-1), "gate": choice(["none", "mul"]),
+                         "gate_kind": choice(["sig", "tanh"], when={"gate": ["mul"]}),
+                         "gate_temp": uniform(0.5, 2.0, when={"gate_kind": ["sig"]})})
+    results = [({"lr": 10 ** (-3 + i / 6), "gate": "none" if i < 6 else "mul",
+                 "gate_kind": None if i < 6 else "sig", "gate_temp": None if i < 6 else 1.0}, -i) for i in range(12)]
+    found = next_sweep_space(space, [space], [results])
+    assert found.space["gate"].options == ("none",)
+    text = next_sweep_toml(found, space, {"name": "s", "task": "t.py"}, [{"stage": 0, "max_epochs": 1}])
+    # gate_kind is never drawn with gate always 'none', so neither is gate_temp, drawn only when gate_kind is 'sig'
+    assert "# gate_kind: left out, as no trial of these ranges uses it (gate is one of ['none'])" in text
+    assert "# gate_temp: left out, as no trial of these ranges uses it (gate_kind is left out)" in text
+    assert "gate_temp =" not in text
