@@ -75,7 +75,8 @@ def refuse_output(output: str, overwrite: bool) -> None:
 
 def next_sweep_toml(found: NextSweep, declared: SearchSpace, sweep: dict[str, Any],
                     trials: list[dict[str, Any]]) -> str:
-    """The ``[space]`` table of searched parameters, each with a comment saying where its range came from."""
+    """The ``[space]`` table: searched parameters, each with a comment saying where its range came from, then the
+    sweep's fixed values."""
     stage = found.stage
     epochs = max((t["max_epochs"] for t in trials if t["stage"] == stage), default=0)
     lines = [
@@ -83,7 +84,7 @@ def next_sweep_toml(found: NextSweep, declared: SearchSpace, sweep: dict[str, An
         f"# Each range closes around the best {found.top} of stage {stage + 1}'s {found.judged} scored trials (up to "
         f"{epochs} epochs each),",
         "# inside what the sweep's stages searched, and moves past an edge its best value sat on; an option no best",
-        "# trial used and that was tried 3 times or more is left out. Fixed values stay the task's.",
+        "# trial used and that was tried 3 times or more is left out. Fixed values are the sweep's.",
         f"# Run it: caviar run {sweep['task']} --config THIS_FILE",
         "[space]",
     ]
@@ -95,6 +96,11 @@ def next_sweep_toml(found: NextSweep, declared: SearchSpace, sweep: dict[str, An
             continue
         comment = origin(name, dist, declared, found.searched, edges, found.best)
         lines.append(f"{name} = {toml_value(rounded_spec(name, dist))}  # {comment}")
+    for name, value in found.space.fixed.items():
+        # Written, not left to the task: a value the sweep's own --config fixed (hidden = 16 over the task's range)
+        # would otherwise be searched again over the task's range, outside anything this sweep tried.
+        lines.append(f"{name} = {toml_value(value)}  # fixed in {sweep['name']}" if value is not None else
+                     f"# {name}: fixed to None in {sweep['name']}, as the task's")
     text = "\n".join(lines) + "\n"
     declared.with_overrides(tomllib.loads(text)["space"])  # it must load as caviar run will load it
     return text

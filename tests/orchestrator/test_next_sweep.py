@@ -120,3 +120,20 @@ def test_a_child_of_a_left_out_parameter_is_left_out_too():
     assert "# gate_kind: left out, as no trial of these ranges uses it (gate is one of ['none'])" in text
     assert "# gate_temp: left out, as no trial of these ranges uses it (gate_kind is left out)" in text
     assert "gate_temp =" not in text
+
+
+def test_a_value_the_sweep_fixed_stays_fixed_in_the_next_sweep():
+    import tomllib
+
+    from orchestrator.app.cli_next import next_sweep_toml
+
+    task = SearchSpace({"lr": loguniform(1e-3, 1e-1), "hidden": randint(4, 64), "act": choice(["tanh", "relu"]),
+                        "batch_size": 32})
+    swept = task.with_overrides({"hidden": 16, "act": "relu"})  # the sweep's own --config fixed these
+    results = [({"lr": 10 ** (-3 + i / 6), "hidden": 16, "act": "relu", "batch_size": 32}, -i) for i in range(12)]
+    found = next_sweep_space(swept, [swept], [results])
+    text = next_sweep_toml(found, swept, {"name": "s", "task": "t.py"}, [{"stage": 0, "max_epochs": 1}])
+    written = tomllib.loads(text)["space"]
+    assert (written["hidden"], written["act"], written["batch_size"]) == (16, "relu", 32)
+    # Read over the task's space as caviar run --config reads it: only lr is searched, hidden is not searched again
+    assert list(task.with_overrides(written).searched) == ["lr"]
