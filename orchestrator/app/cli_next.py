@@ -39,7 +39,8 @@ def next_sweep(
     if output is not None:
         refuse_output(output, overwrite)
     path = find_sweep(sweep, storage)
-    record = read_record(open_sweep(path))
+    found_storage = open_sweep(path)
+    record = read_record(found_storage)
     settings = record.settings
     stage_spaces = [space_from_json(row["space"], f"stages (stage {row['stage'] + 1})") for row in record.stages]
     results = [[(t["config"], t["best_score"]) for t in judged([t for t in record.trials if t["stage"] == stage],
@@ -49,8 +50,8 @@ def next_sweep(
     found = next_sweep_space(record.space, stage_spaces, results, tried=tried, top_fraction=settings.top_fraction,
                              extend_edges=settings.extend_edges)
     if found is None:
-        fail(f"sweep {record.sweep['name']!r}: no stage has three different configs that ended with a score yet, so "
-             "there is nothing to close the ranges around; let it run further (caviar status shows where it is)")
+        fail(f"sweep {record.sweep['name']!r}: no stage has three different configs that ended with a score"
+             f"{nothing_yet(found_storage, path, record.trials)}")
     text = next_sweep_toml(found, record.space, record.sweep, record.trials)
     if output is None:
         typer.echo(text, nl=False)
@@ -60,6 +61,25 @@ def next_sweep(
         f.write(text)
     os.replace(partial, output)  # whole or not at all: a config half written would run another sweep
     typer.echo(f"wrote {output}: caviar run {record.sweep['task']} --config {output}")
+
+
+def nothing_yet(found: Any, path: str, trials: list[dict[str, Any]]) -> str:
+    """The rest of the refusal of a sweep with no ranges to close, by its state: a running sweep may get there, a
+    stopped one can be resumed, and an ended one never will (more trials, or trials that train, will)."""
+    from orchestrator.app.tables import resume_command
+    from orchestrator.store.sweeps import describe_sweep, unfinished_state
+
+    nothing = "so there is nothing to close the ranges around"
+    state = describe_sweep(found)["state"]
+    if state == "unfinished":
+        state = unfinished_state(found)
+        if not state.startswith("stopped"):
+            return f" yet, {nothing}; let it run further (caviar status shows where it is)"
+        return f", {nothing}; it stopped before its end, and {resume_command(found, path)} continues it"
+    failed = sum(t["status"] == "failed" for t in trials)
+    said = f"it ended ({state}) with {failed} of {len(trials)} trials failed, {nothing}; "
+    return ": " + said + ("caviar status shows why they failed" if failed else
+                          "a next sweep needs one whose stages score three configs or more")
 
 
 def refuse_output(output: str, overwrite: bool) -> None:

@@ -71,6 +71,28 @@ def test_a_sweep_without_three_scored_configs_is_refused_in_one_line(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     shown = caviar("next", "small", "--storage", str(tmp_path))
     assert shown.returncode == 2
+    # It ended: no "let it run further" (it never will), but what a next sweep needs
     assert shown.stderr.strip().splitlines() == [
-        "caviar: error: sweep 'small': no stage has three different configs that ended with a score yet, so there "
-        "is nothing to close the ranges around; let it run further (caviar status shows where it is)"]
+        "caviar: error: sweep 'small': no stage has three different configs that ended with a score: it ended "
+        "(finished) with 0 of 2 trials failed, so there is nothing to close the ranges around; a next sweep needs one "
+        "whose stages score three configs or more"]
+
+
+def test_a_sweep_whose_every_trial_failed_is_refused_with_where_to_look(tmp_path):
+    task = f"{ROOT}/tests/tasks/second_epoch_failure_task.py"  # hidden 8 or more fails in its second epoch
+    run = caviar("run", task, "--config", str(write_config(tmp_path)), "--plan", "5x2", "--slots", "2",
+                 "--pruner", "none", "--seed", "5", "--storage", str(tmp_path), "--name", "failing", "--plain",
+                 "--no-report")
+    assert run.returncode == 2, run.stderr[-3000:]  # stopped early: every trial failed
+    shown = caviar("next", "failing", "--storage", str(tmp_path))
+    assert shown.returncode == 2
+    assert shown.stderr.strip().splitlines() == [
+        "caviar: error: sweep 'failing': no stage has three different configs that ended with a score: it ended "
+        "(aborted) with 5 of 5 trials failed, so there is nothing to close the ranges around; caviar status shows "
+        "why they failed"]
+
+
+def write_config(folder):
+    config = folder / "wide.toml"
+    config.write_text('[space]\nhidden = { dist = "randint", low = 8, high = 12 }\n')
+    return config
