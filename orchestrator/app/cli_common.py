@@ -5,6 +5,7 @@ line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -132,10 +133,12 @@ def _print_result(result: Any, *, report: bool, task_ref: str | None, helper: An
     print_top(result.path, trials, 5, events)
     for line in edge_lines(events.to_pylist()):
         typer.echo(line)
+    sweep_row = storage.read_table(schema.SWEEP_PATH).to_pylist()[0]
+    extend_edges = json.loads(sweep_row["settings"]).get("extend_edges", True)
     for warning in result.warnings:
-        advice = edge_advice(warning, redact_uri(shown))
+        advice = edge_advice(warning, redact_uri(shown), extend_edges)
         typer.secho(f"warning: {warning}" + (f": {advice}" if advice else ""), fg="yellow", err=True)
-    print_failures(trials.to_pylist(), storage.read_table(schema.SWEEP_PATH).to_pylist()[0])
+    print_failures(trials.to_pylist(), sweep_row)
     if result.aborted:
         fail(f"sweep stopped early: {result.aborted}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
@@ -263,13 +266,17 @@ def write_sweep_report(sweep_uri: str, tables: Any = None, helper: Any = None) -
     return report_location(sweep_uri)  # as the fallback would name it: relative stays relative
 
 
-def edge_advice(warning: str, sweep: str | None = None) -> str:
+def edge_advice(warning: str, sweep: str | None = None, extend_edges: bool = True) -> str:
     """What to do about a best value on an edge; a hard ``limits=`` edge cannot be looked past ("" for others).
-    ``sweep``: the sweep's path, for the command that writes the next sweep's ranges."""
+    ``sweep``: the sweep's path, for the command that writes the next sweep's ranges. ``extend_edges``: the sweep's
+    setting, which caviar next keeps: with it off, its ranges stay inside these edges."""
     if " sits at the " not in warning:
         return ""
     if warning.endswith("(a hard limit)"):
         return "the optimum may lie past the limit: widen limits= if values beyond it are valid"
+    if not extend_edges:
+        return ("the next sweep should look beyond it (with extend_edges = false, caviar next keeps its ranges inside "
+                "this edge: widen the range in the task or a --config [space])")
     how = f" (caviar next {shlex.quote(sweep)} -o next.toml writes ranges that do)" if sweep else ""
     return f"the next sweep should look beyond it{how}"
 

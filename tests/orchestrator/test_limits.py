@@ -135,6 +135,9 @@ def test_the_end_of_run_advice_never_says_to_look_past_a_hard_limit():
                                                   "-o next.toml writes ranges that do)")
     assert "widen limits=" in edge_advice(soft + " (a hard limit)", "runs/x")
     assert "caviar next" not in edge_advice(soft + " (a hard limit)", "runs/x")
+    # A sweep run with extend_edges = false: caviar next keeps that setting, so it writes no ranges past the edge
+    kept = edge_advice(soft, "runs/x", extend_edges=False)
+    assert "writes ranges that do" not in kept and "extend_edges = false" in kept
 
 
 def test_an_edge_of_a_conditional_parameter_names_the_best_trial_that_uses_it():
