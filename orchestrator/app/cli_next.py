@@ -162,6 +162,9 @@ def origin(name: str, dist: Distribution, declared: SearchSpace, searched: Searc
             notes.append(f"moved past the {side} edge: the best trial's {_shown(notice.value)} sat on it")
         elif notice is not None and notice.hard_limit:
             notes.append(f"the best trial's {_shown(notice.value)} sits on the {side} edge, a hard limit (limits=)")
+        elif notice is not None:  # the sweep ran with extend_edges = false, which this range keeps
+            notes.append(f"the best trial's {_shown(notice.value)} sits on the {side} edge, not moved past "
+                         "(extend_edges = false)")
     return "; ".join(notes if len(notes) > 1 else [*notes, _shown_best(name, best)])
 
 

@@ -137,3 +137,15 @@ def test_a_value_the_sweep_fixed_stays_fixed_in_the_next_sweep():
     assert (written["hidden"], written["act"], written["batch_size"]) == (16, "relu", 32)
     # Read over the task's space as caviar run --config reads it: only lr is searched, hidden is not searched again
     assert list(task.with_overrides(written).searched) == ["lr"]
+
+
+def test_an_edge_kept_by_extend_edges_false_is_said_in_the_comment():
+    from orchestrator.app.cli_next import next_sweep_toml
+
+    results = [(config(0.95), 0.9), (config(0.9), 0.8), (config(0.7), 0.7), (config(0.01), 0.1)]
+    found = next_sweep_space(DECLARED, [DECLARED], [results], extend_edges=False)
+    assert found.space["lr"].high == 1.0
+    text = next_sweep_toml(found, DECLARED, {"name": "s", "task": "t.py"}, [{"stage": 0, "max_epochs": 1}])
+    line = next(line for line in text.splitlines() if line.startswith("lr ="))
+    assert line.endswith("# declared [0.0001, 1]; the best trial's 0.95 sits on the high edge, not moved past "
+                         "(extend_edges = false)")
