@@ -161,11 +161,18 @@ def origin(name: str, dist: Distribution, declared: SearchSpace, searched: Searc
         if notice is not None and notice.extended:
             notes.append(f"moved past the {side} edge: the best trial's {_shown(notice.value)} sat on it")
         elif notice is not None and notice.hard_limit:
-            notes.append(f"the best trial's {_shown(notice.value)} sits on the {side} edge, a hard limit (limits=)")
+            notes.append(f"the best trial's {_shown(notice.value)} sits on the {side} edge, a hard limit "
+                         + ("(limits=)" if _own_limits(name, before) else "(of its kind: no limits= was written)"))
         elif notice is not None:  # the sweep ran with extend_edges = false, which this range keeps
             notes.append(f"the best trial's {_shown(notice.value)} sits on the {side} edge, not moved past "
                          "(extend_edges = false)")
     return "; ".join(notes if len(notes) > 1 else [*notes, _shown_best(name, best)])
+
+
+def _own_limits(name: str, dist: Distribution) -> bool:
+    """Whether the task (or a --config) wrote ``limits=``, rather than the kind's own (integers >= 1, dropout < 1)."""
+    spec = param_to_dict(dist)
+    return dist.limits != parse_param(name, {key: spec[key] for key in ("dist", "low", "high")}).limits
 
 
 def _shown(value: Any) -> str:

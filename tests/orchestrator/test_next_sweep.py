@@ -149,3 +149,16 @@ def test_an_edge_kept_by_extend_edges_false_is_said_in_the_comment():
     line = next(line for line in text.splitlines() if line.startswith("lr ="))
     assert line.endswith("# declared [0.0001, 1]; the best trial's 0.95 sits on the high edge, not moved past "
                          "(extend_edges = false)")
+
+
+def test_a_hard_edge_says_whether_the_task_wrote_the_limit():
+    from orchestrator.app.cli_next import next_sweep_toml
+
+    results = [(config(0.01 * (i + 1), layers=1 if i < 3 else 3), -i) for i in range(6)]
+    for layers, said in ((randint(1, 4), "(of its kind: no limits= was written)"),
+                         (randint(1, 4, limits=(1, 4)), "(limits=)")):
+        space = DECLARED.replace(layers=layers)
+        found = next_sweep_space(space, [space], [results])
+        text = next_sweep_toml(found, space, {"name": "s", "task": "t.py"}, [{"stage": 0, "max_epochs": 1}])
+        line = next(line for line in text.splitlines() if line.startswith("layers ="))
+        assert line.endswith(f"the best trial's 1 sits on the low edge, a hard limit {said}"), line
