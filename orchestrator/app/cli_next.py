@@ -8,7 +8,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -114,7 +114,7 @@ def next_sweep_toml(found: NextSweep, declared: SearchSpace, sweep: dict[str, An
         if name in left_out:
             lines.append(f"# {name}: left out, as no trial of these ranges uses it ({left_out[name]})")
             continue
-        comment = origin(name, dist, declared, found.searched, edges, found.best)
+        comment = origin(name, dist, declared, found.searched, edges, found.top_configs)
         lines.append(f"{name} = {toml_value(rounded_spec(name, dist))}  # {comment}")
     for name, value in found.space.fixed.items():
         # Written, not left to the task: a value the sweep's own --config fixed (hidden = 16 over the task's range)
@@ -147,12 +147,12 @@ def never_drawn(space: SearchSpace) -> dict[str, str]:
 
 
 def origin(name: str, dist: Distribution, declared: SearchSpace, searched: SearchSpace,
-           edges: dict[tuple[str, str], Any], best: Mapping[str, Any]) -> str:
+           edges: dict[tuple[str, str], Any], top: Sequence[Mapping[str, Any]]) -> str:
     """Where a parameter's next range came from, in a few words."""
     before = declared[name]
     if isinstance(before, Choice):
         dropped = [repr(o) for o in before.options if o not in dist.options]
-        return _shown_best(name, best) + (f"; left out: {', '.join(dropped)}" if dropped else "")
+        return _shown_best(name, top) + (f"; left out: {', '.join(dropped)}" if dropped else "")
     hull = searched[name]
     notes = [f"declared [{_shown(before.low)}, {_shown(before.high)}]"
              + (f", searched [{_shown(hull.low)}, {_shown(hull.high)}]" if hull != before else "")]
@@ -166,7 +166,7 @@ def origin(name: str, dist: Distribution, declared: SearchSpace, searched: Searc
         elif notice is not None:  # the sweep ran with extend_edges = false, which this range keeps
             notes.append(f"the best trial's {_shown(notice.value)} sits on the {side} edge, not moved past "
                          "(extend_edges = false)")
-    return "; ".join(notes if len(notes) > 1 else [*notes, _shown_best(name, best)])
+    return "; ".join(notes if len(notes) > 1 else [*notes, _shown_best(name, top)])
 
 
 def _own_limits(name: str, dist: Distribution) -> bool:
@@ -179,9 +179,17 @@ def _shown(value: Any) -> str:
     return shown_value(value, 4) if isinstance(value, float) else repr(value)
 
 
-def _shown_best(name: str, best: Mapping[str, Any]) -> str:
-    value = best.get(name)
-    return f"best {_shown(value)}" if value is not None else "the best trial does not use it"
+def _shown_best(name: str, top: Sequence[Mapping[str, Any]]) -> str:
+    """The best trial's value; where it did not use the parameter (a condition), how many of the best did: with fewer
+    than three the range stays as searched."""
+    value = top[0].get(name) if top else None
+    if value is not None:
+        return f"best {_shown(value)}"
+    used = sum(config.get(name) is not None for config in top)
+    if not used:
+        return f"none of the best {len(top)} trials used it"
+    return (f"the best trial did not use it; {used} of the best {len(top)} did"
+            + (" (too few to close around: kept as searched)" if used < 3 else ""))
 
 
 def rounded_spec(name: str, dist: Distribution) -> dict[str, Any]:

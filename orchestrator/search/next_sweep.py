@@ -34,6 +34,7 @@ class NextSweep:
     top: int  # how many of its trials
     judged: int  # of how many that ended with a score
     best: Mapping[str, Any]  # the config of the best of them
+    top_configs: tuple[Mapping[str, Any], ...] = ()  # the configs of all ``top`` of them, best first
 
 
 def next_sweep_space(declared: SearchSpace, stage_spaces: Sequence[SearchSpace],
@@ -68,4 +69,4 @@ def next_sweep_space(declared: SearchSpace, stage_spaces: Sequence[SearchSpace],
     base = hull.replace(**options)
     narrowed = narrow_space(base, results, top_fraction=top_fraction, min_top=min_top,
                             **({} if extend_edges else {"extend": 0.0}))
-    return NextSweep(narrowed.space, hull, narrowed.edges, stage, len(top), len(results), top[0])
+    return NextSweep(narrowed.space, hull, narrowed.edges, stage, len(top), len(results), top[0], tuple(top))

@@ -162,3 +162,16 @@ def test_a_hard_edge_says_whether_the_task_wrote_the_limit():
         text = next_sweep_toml(found, space, {"name": "s", "task": "t.py"}, [{"stage": 0, "max_epochs": 1}])
         line = next(line for line in text.splitlines() if line.startswith("layers ="))
         assert line.endswith(f"the best trial's 1 sits on the low edge, a hard limit {said}"), line
+
+
+def test_a_conditional_parameter_the_best_trial_did_not_use_says_how_many_of_the_best_did():
+    from orchestrator.app.cli_next import next_sweep_toml
+
+    results = [(config(0.01), 0.9), (config(0.02, "momentum", momentum=0.95), 0.8), (config(0.03), 0.7),
+               (config(0.5, "sgd"), 0.1), (config(0.4, "sgd"), 0.1), (config(0.3, "sgd"), 0.1)]
+    found = next_sweep_space(DECLARED, [DECLARED], [results])
+    text = next_sweep_toml(found, DECLARED, {"name": "s", "task": "t.py"}, [{"stage": 0, "max_epochs": 1}])
+    line = next(line for line in text.splitlines() if line.startswith("momentum ="))
+    # The second best trial used momentum: "no best trial used it" would be false
+    assert line.endswith("# declared [0.8, 0.99]; the best trial did not use it; 1 of the best 3 did (too few to "
+                         "close around: kept as searched)"), line
