@@ -52,7 +52,11 @@ def next_sweep(
     if found is None:
         fail(f"sweep {record.sweep['name']!r}: no stage has three different configs that ended with a score"
              f"{nothing_yet(found_storage, path, record.trials)}")
-    text = next_sweep_toml(found, record.space, record.sweep, record.trials)
+    state = sweep_state(found_storage)
+    unended = None if not state.startswith(("running", "stopped")) else unended_note(state, found.stage, record.trials)
+    text = next_sweep_toml(found, record.space, record.sweep, record.trials, unended)
+    if unended is not None:
+        typer.secho(f"warning: sweep {record.sweep['name']!r} {unended}", fg="yellow", err=True)
     if output is None:
         typer.echo(text, nl=False)
         return
@@ -67,19 +71,33 @@ def nothing_yet(found: Any, path: str, trials: list[dict[str, Any]]) -> str:
     """The rest of the refusal of a sweep with no ranges to close, by its state: a running sweep may get there, a
     stopped one can be resumed, and an ended one never will (more trials, or trials that train, will)."""
     from orchestrator.app.tables import resume_command
-    from orchestrator.store.sweeps import describe_sweep, unfinished_state
 
     nothing = "so there is nothing to close the ranges around"
-    state = describe_sweep(found)["state"]
-    if state == "unfinished":
-        state = unfinished_state(found)
-        if not state.startswith("stopped"):
-            return f" yet, {nothing}; let it run further (caviar status shows where it is)"
+    state = sweep_state(found)
+    if state.startswith("running") or state == "unfinished":
+        return f" yet, {nothing}; let it run further (caviar status shows where it is)"
+    if state.startswith("stopped"):
         return f", {nothing}; it stopped before its end, and {resume_command(found, path)} continues it"
     failed = sum(t["status"] == "failed" for t in trials)
     said = f"it ended ({state}) with {failed} of {len(trials)} trials failed, {nothing}; "
     return ": " + said + ("caviar status shows why they failed" if failed else
                           "a next sweep needs one whose stages score three configs or more")
+
+
+def sweep_state(found: Any) -> str:
+    """finished, aborted, running (process ...), stopped (...), or unfinished (a damaged lease), as caviar ls says."""
+    from orchestrator.store.sweeps import describe_sweep, unfinished_state
+
+    state = describe_sweep(found)["state"]
+    return unfinished_state(found) if state == "unfinished" else state
+
+
+def unended_note(state: str, stage: int, trials: list[dict[str, Any]]) -> str:
+    """What a next sweep's ranges of a sweep that has not ended rest on: a stage's trials so far."""
+    in_stage = [t for t in trials if t["stage"] == stage]
+    ended = sum(t["status"] in ("completed", "pruned", "failed") for t in in_stage)
+    return (f"had not ended ({state.split(' (')[0]}): these ranges rest on stage {stage + 1}'s {ended} of "
+            f"{len(in_stage)} trials ended so far; caviar next after its end closes them around its last stage")
 
 
 def refuse_output(output: str, overwrite: bool) -> None:
@@ -94,7 +112,7 @@ def refuse_output(output: str, overwrite: bool) -> None:
 
 
 def next_sweep_toml(found: NextSweep, declared: SearchSpace, sweep: dict[str, Any],
-                    trials: list[dict[str, Any]]) -> str:
+                    trials: list[dict[str, Any]], unended: str | None = None) -> str:
     """The ``[space]`` table: searched parameters, each with a comment saying where its range came from, then the
     sweep's fixed values."""
     stage = found.stage
@@ -106,6 +124,7 @@ def next_sweep_toml(found: NextSweep, declared: SearchSpace, sweep: dict[str, An
         "# inside what the sweep's stages searched, and moves past an edge its best value sat on; an option no best",
         "# trial used and that was tried 3 times or more is left out. Fixed values are the sweep's.",
         f"# Run it: caviar run {sweep['task']} --config THIS_FILE",
+        *([f"# {sweep['name']} {unended}"] if unended else []),
         "[space]",
     ]
     edges = {(n.param, n.side): n for n in found.edges}

@@ -6,13 +6,18 @@ the lowest errors, and the next sweep must sample inside them.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 import tomllib
 
 import pytest
 
 from orchestrator.app.api import load
+from orchestrator.errors import StorageError
 from tests.conftest import ROOT
-from tests.integration.test_cli_answer import caviar
+from tests.integration.test_cli_answer import CLI, ENV, caviar
 
 TASK = f"{ROOT}/tests/tasks/linear_regression_task.py"
 
@@ -96,3 +101,42 @@ def write_config(folder):
     config = folder / "wide.toml"
     config.write_text('[space]\nhidden = { dist = "randint", low = 8, high = 12 }\n')
     return config
+
+
+def test_ranges_of_a_sweep_still_running_say_what_they_rest_on(tmp_path):
+    """slow_task's first trial to begin epoch 2 (stage 2's first: stage 1 trains one epoch) waits there: the sweep
+    runs on, its stage 1 ended. Before, the file read as a finished sweep's."""
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    config = tmp_path / "pause.toml"
+    config.write_text(f'[space]\npause_dir = "{pause}"\npause_epoch = 2\n')
+    master = subprocess.Popen([*CLI, "run", f"{ROOT}/tests/tasks/slow_task.py", "--config", str(config), "--plan",
+                               "5x1,2x2", "--slots", "1", "--seed", "5", "--storage", str(tmp_path), "--name", "live",
+                               "--executor", "processes", "--plain", "--no-report"], env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (pause / "paused").exists() and time.monotonic() < deadline and master.poll() is None:
+            time.sleep(0.5)
+        assert (pause / "paused").exists(), "stage 2's first trial never paused"
+        while time.monotonic() < deadline and stage_one_ended(tmp_path / "live") < 5:  # the next flush writes it
+            time.sleep(0.5)
+        shown = caviar("next", "live", "--storage", str(tmp_path))
+        assert shown.returncode == 0, shown.stderr
+        said = ("live had not ended (running): these ranges rest on stage 1's 5 of 5 trials ended so far; caviar "
+                "next after its end closes them around its last stage")
+        assert f"# {said}" in shown.stdout.splitlines()
+        assert shown.stderr.strip().splitlines() == [f"warning: sweep {said.replace('live', repr('live'), 1)}"]
+    finally:
+        paused = (pause / "paused").read_text().split() if (pause / "paused").exists() else []
+        if paused:  # the paused trial's process, a child of this test's master
+            os.kill(int(paused[0]), signal.SIGKILL)
+        master.kill()
+        master.wait(timeout=60)
+
+
+def stage_one_ended(sweep) -> int:
+    try:
+        return sum(t["stage"] == 1 and t["status"] == "completed" for t in load(sweep).trials.to_pylist())
+    except StorageError:  # no trials table yet
+        return 0
