@@ -134,11 +134,11 @@ def next_sweep_toml(found: NextSweep, declared: SearchSpace, sweep: dict[str, An
             lines.append(f"# {name}: left out, as no trial of these ranges uses it ({left_out[name]})")
             continue
         comment = origin(name, dist, declared, found.searched, edges, found.top_configs)
-        lines.append(f"{name} = {toml_value(rounded_spec(name, dist))}  # {comment}")
+        lines.append(f"{toml_key(name)} = {toml_value(rounded_spec(name, dist))}  # {comment}")
     for name, value in found.space.fixed.items():
         # Written, not left to the task: a value the sweep's own --config fixed (hidden = 16 over the task's range)
         # would otherwise be searched again over the task's range, outside anything this sweep tried.
-        lines.append(f"{name} = {toml_value(value)}  # fixed in {sweep['name']}" if value is not None else
+        lines.append(f"{toml_key(name)} = {toml_value(value)}  # fixed in {sweep['name']}" if value is not None else
                      f"# {name}: fixed to None in {sweep['name']}, as the task's")
     text = "\n".join(lines) + "\n"
     declared.with_overrides(tomllib.loads(text)["space"])  # it must load as caviar run will load it
@@ -226,6 +226,16 @@ def rounded_spec(name: str, dist: Distribution) -> dict[str, Any]:
     return spec
 
 
+def toml_key(name: str) -> str:
+    """A parameter's name as a TOML key: a Python identifier may hold letters TOML's bare keys do not (λ, β)."""
+    return name if _BARE_KEY.fullmatch(name) else toml_string(name)
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string: JSON's escapes, letters as they are (λ, not \\u03bb), and DEL escaped, as TOML asks."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def toml_value(value: Any) -> str:
     """TOML for the plain data a range holds (bools, numbers, strings, lists, inline tables); null limits are open."""
     if value is None:
@@ -237,12 +247,11 @@ def toml_value(value: Any) -> str:
     if isinstance(value, float):
         return ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string: the same escapes
+        return toml_string(value)
     if isinstance(value, (list, tuple)):
         if len(value) == 2 and value[0] is None:  # limits = [null, 0.5]: open below
             return f"[-inf, {toml_value(value[1])}]"
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        keys = [k if _BARE_KEY.fullmatch(k) else json.dumps(k) for k in value]
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in zip(keys, value.values())) + " }"
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"no TOML for {type(value).__name__}")

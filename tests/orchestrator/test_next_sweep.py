@@ -175,3 +175,19 @@ def test_a_conditional_parameter_the_best_trial_did_not_use_says_how_many_of_the
     # The second best trial used momentum: "no best trial used it" would be false
     assert line.endswith("# declared [0.8, 0.99]; the best trial did not use it; 1 of the best 3 did (too few to "
                          "close around: kept as searched)"), line
+
+
+def test_a_parameter_named_in_greek_is_written_as_a_quoted_key():
+    import tomllib
+
+    from orchestrator.app.cli_next import next_sweep_toml
+    from orchestrator.search.space import uniform
+
+    space = SearchSpace({"λ": loguniform(1e-3, 1e-1), "opt": choice(["a", "b"]),
+                         "β": uniform(0.1, 0.5, when={"opt": ["a"]}), "γ": 0.5})
+    results = [({"λ": 10 ** (-3 + i / 6), "opt": "a", "β": 0.1 + i / 40, "γ": 0.5}, -i) for i in range(12)]
+    found = next_sweep_space(space, [space], [results])
+    text = next_sweep_toml(found, space, {"name": "s", "task": "t.py"}, [{"stage": 0, "max_epochs": 1}])
+    written = tomllib.loads(text)["space"]  # before: a bare λ = ... line, invalid TOML, and a traceback
+    assert list(written) == ["λ", "opt", "β", "γ"] and written["γ"] == 0.5 and "\n\"λ\" = { dist" in text
+    assert space.with_overrides(written)["β"].when == (("opt", ("a",)),)
