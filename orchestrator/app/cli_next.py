@@ -9,6 +9,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Annotated, Any
 
 import typer
@@ -212,18 +213,34 @@ def _shown_best(name: str, top: Sequence[Mapping[str, Any]]) -> str:
 
 
 def rounded_spec(name: str, dist: Distribution) -> dict[str, Any]:
-    """The range as plain data, bounds at 4 significant digits where that keeps it valid (else as they are)."""
+    """The range as plain data, bounds at 4 significant digits where that keeps it valid (else as they are), rounded
+    outward: rounded to the nearest, a bound just past a best value (an edge kept by extend_edges = false or a limit)
+    could move inside it, and the next sweep could never draw the value it closed around."""
     spec = param_to_dict(dist)
     if isinstance(dist, Choice) or not isinstance(spec.get("low"), float):
         return spec
     for digits in (4, 6):
-        short = {**spec, "low": float(f"{spec['low']:.{digits}g}"), "high": float(f"{spec['high']:.{digits}g}")}
+        short = {**spec, "low": _outward(spec["low"], digits, ROUND_FLOOR),
+                 "high": _outward(spec["high"], digits, ROUND_CEILING)}
         try:
-            parse_param(name, short)
+            parsed = parse_param(name, short)
         except Exception:  # rounding reached a limit (a beta next to 1): keep the exact bound
             continue
-        return short
+        # In its sampling scale a digit of a beta near 1 is a decade (0.999987 down to 0.9999): keep such bounds
+        moved = max(abs(parsed.scale_low - dist.scale_low), abs(parsed.scale_high - dist.scale_high))
+        if moved <= 0.01 * (dist.scale_high - dist.scale_low):
+            return short
     return spec
+
+
+def _outward(value: float, digits: int, rounding: str) -> float:
+    """``value`` at ``digits`` significant digits, rounded down (ROUND_FLOOR) or up (ROUND_CEILING): the nearest where
+    that is on the right side (1e-06 is a hair above the float 1e-06, whose exact decimal is 9.99...e-07)."""
+    nearest = float(f"{value:.{digits}g}")
+    if value == 0 or not math.isfinite(value) or (nearest <= value if rounding == ROUND_FLOOR else nearest >= value):
+        return nearest
+    step = Decimal(1).scaleb(math.floor(math.log10(abs(value))) - digits + 1)
+    return float(Decimal(value).quantize(step, rounding=rounding))
 
 
 def toml_key(name: str) -> str:

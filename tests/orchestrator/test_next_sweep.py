@@ -191,3 +191,29 @@ def test_a_parameter_named_in_greek_is_written_as_a_quoted_key():
     written = tomllib.loads(text)["space"]  # before: a bare λ = ... line, invalid TOML, and a traceback
     assert list(written) == ["λ", "opt", "β", "γ"] and written["γ"] == 0.5 and "\n\"λ\" = { dist" in text
     assert space.with_overrides(written)["β"].when == (("opt", ("a",)),)
+
+
+def test_bounds_round_outward_so_a_best_value_by_an_edge_stays_inside():
+    import tomllib
+
+    from orchestrator.app.cli_next import next_sweep_toml
+    from orchestrator.search.space import uniform
+
+    declared = SearchSpace({"shift": uniform(-0.5, 0.5)})
+    moved = SearchSpace({"shift": uniform(-0.2, 1.0730497755)})  # stage 2 moved past the declared high edge
+    first = [({"shift": -0.4 + i * 0.1}, -i) for i in range(9)]
+    second = [({"shift": 1.07304}, 1.0), ({"shift": 1.0}, 0.9), ({"shift": 0.95}, 0.8), ({"shift": -0.1}, 0.1)]
+    found = next_sweep_space(declared, [declared, moved], [first, second], extend_edges=False)
+    text = next_sweep_toml(found, declared, {"name": "s", "task": "t.py"}, [{"stage": 1, "max_epochs": 1}])
+    shift = tomllib.loads(text)["space"]["shift"]
+    # Before: high = 1.073 (to the nearest), below the best trial's 1.07304, which the next sweep could never draw
+    assert shift["low"] <= 0.95 and 1.07304 <= shift["high"] == 1.074
+
+
+def test_a_beta_near_one_keeps_its_bounds_where_rounding_outward_would_widen_them_many_times():
+    from orchestrator.app.cli_next import rounded_spec
+
+    beta = one_minus_loguniform(0.99989, 0.9999)  # 0.04 decades wide: 0.9998 would be 0.3 decades
+    assert rounded_spec("beta", beta)["low"] == 0.99989
+    assert rounded_spec("beta", one_minus_loguniform(0.95123456, 0.99)) == {
+        "dist": "one_minus_loguniform", "low": 0.9512, "high": 0.99}
