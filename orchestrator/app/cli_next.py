@@ -121,7 +121,7 @@ def next_sweep_toml(found: NextSweep, declared: SearchSpace, sweep: dict[str, An
     lines = [
         f"# The next sweep after {sweep['name']} (task {sweep['task']}), by caviar next.",
         f"# Each range closes around the best {found.top} of stage {stage + 1}'s {found.judged} scored trials (up to "
-        f"{epochs} epochs each),",
+        f"{epochs} epoch{'s' if epochs != 1 else ''} each),",
         "# inside what the sweep's stages searched, and moves past an edge its best value sat on; an option no best",
         "# trial used and that was tried 3 times or more is left out. Fixed values are the sweep's.",
         f"# Run it: caviar run {sweep['task']} --config THIS_FILE",
