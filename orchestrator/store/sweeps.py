@@ -148,11 +148,12 @@ def describe_sweep(sweep: Storage) -> dict[str, Any]:
         ensembles = sweep.read_table(schema.ENSEMBLES_PATH).to_pylist()
         chosen = next((e for e in ensembles if e["chosen"]), None)
     scores = [t["best_score"] for t in trials if t.get("best_score") is not None]
+    state = sweep_state(trials, planned, kinds, has_ensembles)
     return {
         "name": posixpath.basename(sweep.root),
         "task": row["task"],
         "started": row["created"],
-        "state": sweep_state(trials, planned, kinds, has_ensembles),
+        "state": state if state != "finished" or not _lease_held(sweep) else "unfinished",
         "trials": len(trials),
         "best_score": max(scores) if scores else None,
         "objective": sweep_objective(sweep, row),
@@ -161,6 +162,17 @@ def describe_sweep(sweep: Storage) -> dict[str, Any]:
         "ensemble_test_mse": chosen.get("test_mse") if chosen else None,  # regression: in the targets' units
         "ensemble_test_objective": chosen_objective(chosen),
     }
+
+
+def _lease_held(sweep: Storage) -> bool:
+    """A lease not released: its master still runs, or died before the sweep's end (a master killed after its last
+    trials were written but before the next stage's row, or while it built the ensembles, left every trial it
+    wrote ended). A sweep's end releases it; a sweep from before leases, or a damaged one, is judged by its rows."""
+    try:
+        record = read_lease(sweep)
+    except StorageError:
+        return False
+    return record is not None and not record.released
 
 
 def chosen_objective(chosen: dict[str, Any] | None) -> tuple[str, float] | None:

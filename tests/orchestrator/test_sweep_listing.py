@@ -145,3 +145,34 @@ def test_a_real_run_into_a_folder_named_with_a_question_mark_reads_back_and_name
     status = subprocess.run([caviar, "status", "tiny", "--storage", storage], capture_output=True, text=True,
                             timeout=120, env=env)
     assert status.returncode == 0 and "sweep tiny" in status.stdout, status.stderr
+
+
+def test_a_sweep_whose_master_died_with_every_written_trial_ended_is_stopped_not_finished(tmp_path):
+    """A master killed after writing stage 1's ended trials but before stage 2's row (or while it built the
+    ensembles) left tables whose every trial ended and whose stage rows add up: `caviar ls` called the sweep
+    finished, so nothing said to resume it. Its lease, never released, says the master did not reach the end."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+
+    from orchestrator.store.lease import LEASE_PATH, LeaseRecord
+
+    folder = tmp_path / "runs" / "cut"
+    write_sweep(folder, "cut")
+    storage = Storage.from_uri(str(folder))
+    storage.write_table(schema.TRIALS_PATH, pa.table({"trial_id": [0, 1], "status": ["completed", "pruned"],
+                                                      "best_score": [0.9, 0.5]}))
+    stage = {"stage": 1, "trials": 2, "epochs": 1, "space": "{}", "first_trial_id": 0, "time": schema.now_ms()}
+    storage.write_table(schema.stage_path(1), schema.to_table([stage], schema.STAGES))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    record = LeaseRecord("owner", socket.gethostname(), int(gone.stdout), schema.now_ms(), schema.now_ms())
+    storage.write_bytes(LEASE_PATH, record.encode())
+    [row] = list_sweeps(str(tmp_path / "runs"))
+    assert row["state"] == "stopped (caviar resume continues it)"
+    storage.write_bytes(LEASE_PATH, dataclasses.replace(record, released=True).encode())
+    [row] = list_sweeps(str(tmp_path / "runs"))
+    assert row["state"] == "finished"
