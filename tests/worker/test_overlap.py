@@ -145,3 +145,15 @@ def test_classes_that_val_or_test_lacks_are_named_in_one_line_before_the_sweep(c
     tokens = rng.integers(0, 9, (120, 6))
     assert warn_if_classes_absent(prepare(((tokens[:60], tags[:60]), (tokens[60:90], np.minimum(tags[60:90], 1)),
                                            (tokens[90:], tags[90:])))) == []
+
+
+def test_bfloat16_inputs_of_a_bfloat16_model_are_compared_by_their_bytes(caplog):
+    # numpy has no bfloat16: a contract check that read the rows through .numpy() raised TypeError before any trial
+    train, held = blobs(300, 0), blobs(100, 1)
+    as_bf16 = [(torch.from_numpy(x).to(torch.bfloat16), torch.from_numpy(y)) for x, y in (train, held, held)]
+    task = plain_task(lambda config: nn.Linear(5, 2).to(torch.bfloat16), load_data=lambda: tuple(as_bf16))
+    with caplog.at_level("WARNING", logger="caviar"):
+        splits = validate_contract(task, [{"lr": 0.05, "batch_size": 16, "optimizer": "adam"}])
+    assert splits.x_train.dtype == torch.bfloat16
+    assert any("val and test hold the same 100 examples" in r.getMessage() for r in caplog.records)
+    assert np.array_equal(row_hashes(as_bf16[0][0]), row_hashes(as_bf16[0][0].view(torch.int16).numpy()))

@@ -28,8 +28,12 @@ _BLOCK_BYTES = 32 << 20
 
 def row_hashes(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """A uint64 per row of ``x``, equal for rows with equal bytes (same dtype and shape)."""
-    data = np.ascontiguousarray(x.numpy() if isinstance(x, torch.Tensor) else x)
-    rows = data.reshape(len(data), -1).view(np.uint8) if len(data) else np.zeros((0, 8), np.uint8)
+    if len(x) == 0:
+        rows = np.zeros((0, 8), np.uint8)
+    elif isinstance(x, torch.Tensor):  # by its bytes: bfloat16 has no numpy dtype for .numpy() to give
+        rows = x.detach().cpu().contiguous().reshape(len(x), -1).view(torch.uint8).numpy()
+    else:
+        rows = np.ascontiguousarray(x).reshape(len(x), -1).view(np.uint8)
     width = -(-rows.shape[1] // 8) * 8
     odd = np.random.default_rng(0).integers(1, 2**63, size=width // 8, dtype=np.uint64)
     weights = odd * np.uint64(2) + np.uint64(1)
