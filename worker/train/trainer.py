@@ -118,7 +118,11 @@ def evaluate_split(task: Task, kind: TargetKind, loss_fn: Any, model: torch.nn.M
 
 def split_values(task: Task, kind: TargetKind, loss_fn: Any, outputs: torch.Tensor, y: torch.Tensor,
                  split: str) -> dict[str, float]:
-    """``{split}_loss`` and every metric of one split from a model's raw outputs on it (see :func:`evaluate_split`)."""
+    """``{split}_loss`` and every metric of one split from a model's raw outputs on it (see :func:`evaluate_split`).
+
+    Half-precision outputs (a bfloat16 or float16 model) are measured in float32, as ``val_log_loss`` is: a bfloat16
+    cross-entropy over a split came out 0.4824 beside its float32 0.4863, and a metric's mean kept 3 digits."""
+    outputs = outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs
     reported = kind.to_original(outputs) if kind.kind == "regression" else outputs
     values = {f"{split}_loss": _split_loss(task, kind, loss_fn, reported, y)}
     values.update(split_metrics(task, kind, reported, y, split))

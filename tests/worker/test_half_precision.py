@@ -1,0 +1,50 @@
+"""Models whose weights are bfloat16 or float16: their val/test loss and metrics are measured in float32.
+
+In-process on plain data (no Ray): the real contract check, the real trainer, real torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from tests.worker.test_inputs import plain_task
+from worker.check.contract import validate_contract
+from worker.train.trainer import TrialRun, TrialSpec, model_outputs
+
+CONFIG = {"lr": 0.01, "batch_size": 32, "optimizer": "adam"}
+
+
+def half_digits(dtype: torch.dtype) -> tuple:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(10, 16))
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = rng.integers(0, 10, n)
+        return torch.tensor(centers[y] + rng.normal(size=(n, 16)), dtype=dtype), torch.from_numpy(y)
+
+    return draw(300), draw(200), draw(200)
+
+
+def test_a_bfloat16_models_val_loss_and_own_metrics_are_measured_in_float32():
+    # val_loss was a bfloat16 cross-entropy (0.4824 beside val_log_loss 0.4863 on digits) and a metric got bfloat16
+    seen: list[torch.dtype] = []
+
+    def metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        seen.append(outputs.dtype)
+        return {"mean_logit": float(outputs.mean())}
+
+    data = half_digits(torch.bfloat16)
+    task = plain_task(lambda config: nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)).to(torch.bfloat16),
+                      load_data=lambda: data, metrics=metrics)
+    splits = validate_contract(task, [CONFIG])
+    run = TrialRun(task, splits, TrialSpec(0, 0, CONFIG, 0, 2), torch.device("cpu"))
+    row = run.train_epoch()
+    logits = model_outputs(run.model, splits.x_val).double().numpy()  # bfloat16 outputs, exactly, in float64
+    y = splits.y_val.numpy()
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_loss = float(np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(y)), y]))
+    assert seen and set(seen) == {torch.float32}
+    assert abs(row["val_loss"] - log_loss) < 1e-5 and abs(row["metrics"]["val_log_loss"] - log_loss) < 1e-5
+    assert abs(row["metrics"]["val_mean_logit"] - logits.mean()) < 1e-5
