@@ -101,7 +101,14 @@ def natural_outputs(kind: TargetKind, outputs: torch.Tensor) -> torch.Tensor:
     the ``val_log_loss`` the metrics report, not a clipped one."""
     if kind.kind == "classification":
         return torch.log_softmax(class_scores(outputs.float(), kind), dim=1)  # a logit: both classes' log-probs
-    return kind.to_original(outputs)
+    return kind.to_original(measured_width(outputs))
+
+
+def measured_width(outputs: torch.Tensor) -> torch.Tensor:
+    """A bfloat16 or float16 model's outputs cast up to float32 (exactly), others as they are: what is measured and
+    stored. In bfloat16 a split's cross-entropy came out 0.4824 beside its float32 0.4863, a task's metric kept 3
+    digits, and a regression's stored predictions failed every trial (numpy has no bfloat16)."""
+    return outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs
 
 
 @torch.no_grad()
@@ -118,11 +125,9 @@ def evaluate_split(task: Task, kind: TargetKind, loss_fn: Any, model: torch.nn.M
 
 def split_values(task: Task, kind: TargetKind, loss_fn: Any, outputs: torch.Tensor, y: torch.Tensor,
                  split: str) -> dict[str, float]:
-    """``{split}_loss`` and every metric of one split from a model's raw outputs on it (see :func:`evaluate_split`).
-
-    Half-precision outputs (a bfloat16 or float16 model) are measured in float32, as ``val_log_loss`` is: a bfloat16
-    cross-entropy over a split came out 0.4824 beside its float32 0.4863, and a metric's mean kept 3 digits."""
-    outputs = outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs
+    """``{split}_loss`` and every metric of one split from a model's raw outputs on it (see :func:`evaluate_split`),
+    half-precision outputs in float32 (:func:`measured_width`)."""
+    outputs = measured_width(outputs)
     reported = kind.to_original(outputs) if kind.kind == "regression" else outputs
     values = {f"{split}_loss": _split_loss(task, kind, loss_fn, reported, y)}
     values.update(split_metrics(task, kind, reported, y, split))
