@@ -48,3 +48,21 @@ def test_a_bfloat16_models_val_loss_and_own_metrics_are_measured_in_float32():
     assert seen and set(seen) == {torch.float32}
     assert abs(row["val_loss"] - log_loss) < 1e-5 and abs(row["metrics"]["val_log_loss"] - log_loss) < 1e-5
     assert abs(row["metrics"]["val_mean_logit"] - logits.mean()) < 1e-5
+
+
+def test_a_float16_model_beside_adams_default_eps_is_named_in_one_warning_line_before_the_sweep(caplog):
+    # eps 1e-8 is 0 in float16, where Adam keeps its state: every trial ended as "diverged", nothing said why
+    data = half_digits(torch.float16)
+    task = plain_task(lambda config: nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)).half(),
+                      load_data=lambda: data)
+    with caplog.at_level("WARNING", logger="caviar"):
+        validate_contract(task, [CONFIG])
+    [line] = [r.getMessage() for r in caplog.records if "eps" in r.getMessage()]
+    assert line.startswith("the model's parameters are float16 and Adam's eps 1e-08 is 0 in float16")
+    assert "\n" not in line
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="caviar"):  # an eps float16 holds: it trains, and nothing is said
+        splits = validate_contract(task, [{**CONFIG, "eps": 1e-4}])
+    assert not [r for r in caplog.records if "eps" in r.getMessage()]
+    run = TrialRun(task, splits, TrialSpec(0, 0, {**CONFIG, "eps": 1e-4}, 0, 2), torch.device("cpu"))
+    assert np.isfinite(run.train_epoch()["val_loss"])

@@ -42,6 +42,7 @@ from worker.check.edges import SLOW_CHECK_SECONDS, failing_values
 from worker.check.ema_reach import warn_if_ema_decay_unreached
 from worker.check.embedded_ids import standardised_ids_note
 from worker.check.extreme_ids import refuse_ids_the_model_cannot_take
+from worker.check.half_params import warn_if_eps_vanishes_in_float16
 from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.own_loop import check_own_loop
 from worker.check.padded_steps import padded_steps_note
@@ -226,6 +227,7 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
                     log.warning(padding)
                 warn_if_ema_decay_unreached(task, splits, space, settings)
                 warn_if_batch_of_one_is_searched(run.model, space)
+                warn_if_eps_vanishes_in_float16(run.optimizer)
                 warn_if_own_loss_changes_with_units(task, splits, run.model)
             except Exception as exc:  # user code: try the next config, report the first failure
                 first = first or exc
