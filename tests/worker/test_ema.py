@@ -266,3 +266,31 @@ def test_ema_of_a_spectral_norm_keeps_its_layer_at_spectral_norm_one(spectral_no
         layer(torch.zeros(1, 32))  # the hook's weight is computed at a forward pass (eval: no power iteration)
     sigma = torch.linalg.matrix_norm(layer.weight.detach(), 2).item()
     assert sigma == pytest.approx(1.0, abs=0.05)  # one power iteration a step, as training takes
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_models_ema_follows_the_exact_average_and_resumes_with_it(dtype):
+    # in bfloat16 each update of (1 - 0.999) of a small step rounded away: the average froze 0.04 off the exact one
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.BatchNorm1d(32)).to(dtype)
+    ema = EmaWeights(model, 0.999)
+    exact = {k: v.double() for k, v in float_tensors(model).items()}
+    resumed = None
+    for t in range(1500):
+        with torch.no_grad():
+            for p in [*model.parameters(), model[1].running_mean]:
+                p.add_(1e-3 * torch.randn_like(p) + 4e-5)  # a drifting trajectory, steps below bfloat16's resolution
+        weight = 1 - ema_decay_at(t, 0.999)
+        for k, v in float_tensors(model).items():
+            exact[k].lerp_(v.double(), weight)
+        ema.update(model)
+        if t == 999:  # a resumed trial's EMA goes on from the same average
+            resumed = EmaWeights(model, 0.999)
+            resumed.load_state_dict(ema.state_dict())
+        elif resumed is not None:
+            resumed.update(model)
+    for averaged in (ema, resumed):
+        got = float_tensors(averaged.module)
+        for k, v in exact.items():
+            ulp = torch.finfo(dtype).eps * v.abs().max()
+            assert float((got[k].double() - v).abs().max()) <= ulp, k
