@@ -66,3 +66,17 @@ def test_a_float16_model_beside_adams_default_eps_is_named_in_one_warning_line_b
     assert not [r for r in caplog.records if "eps" in r.getMessage()]
     run = TrialRun(task, splits, TrialSpec(0, 0, {**CONFIG, "eps": 1e-4}, 0, 2), torch.device("cpu"))
     assert np.isfinite(run.train_epoch()["val_loss"])
+
+
+def test_a_fused_array_of_bfloat16_models_measures_val_loss_in_float32_as_a_plain_trial():
+    # the fused path's val_loss was its own bfloat16 cross-entropy (0.486328 beside the plain trial's 0.486302)
+    from worker.arrays.fused import FusedArray
+
+    data = half_digits(torch.bfloat16)
+    task = plain_task(lambda config: nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)).to(torch.bfloat16),
+                      load_data=lambda: data)
+    splits = validate_contract(task, [CONFIG])
+    array = FusedArray(task, splits, [TrialSpec(i, 0, {**CONFIG, "lr": lr}, 7 + i, 2)
+                                      for i, lr in enumerate((0.01, 0.003))], torch.device("cpu"))
+    for row in array.train_epoch():
+        assert abs(row["val_loss"] - row["metrics"]["val_log_loss"]) < 1e-6

@@ -60,7 +60,7 @@ from worker.data.streams import Stream, eval_rows
 from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
 from worker.train.ema import average_buffer, ema_decay_at
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
-from worker.train.trainer import TrialSpec, evaluate_split, natural_outputs, split_values
+from worker.train.trainer import TrialSpec, evaluate_split, measured_width, natural_outputs, split_values
 
 ENGINES = ("auto", "bmm", "vmap")
 # torch.optim state tensors, per optimizer kind, in the names torch's state_dict uses.
@@ -728,7 +728,7 @@ class FusedArray:
     def _evaluate(self, flat: torch.Tensor, buffers: Mapping[str, torch.Tensor], x: torch.Tensor,
                   y: torch.Tensor) -> tuple[list[float], list[float], list[float]]:
         """Per member: the loss, the accuracy and the log loss (the plain path's val_log_loss) on one split."""
-        logits = self.logits(flat, buffers, x)
+        logits = measured_width(self.logits(flat, buffers, x))  # a bfloat16 array: in float32, as the plain path
         self.output_shape = tuple(logits.shape[2:])
         losses = self._losses(logits, y.expand(logits.shape[0], -1))
         acc = (predicted_classes(logits) == y).float().mean(dim=1)
