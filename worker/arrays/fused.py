@@ -58,7 +58,7 @@ from worker.data.seeds import seed_trial
 from worker.data.splits import Splits, padding_rows, skips_single_batch
 from worker.data.streams import Stream, eval_rows
 from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
-from worker.train.ema import average_buffer, ema_decay_at
+from worker.train.ema import HALF, average_buffer, ema_decay_at
 from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
 from worker.train.trainer import TrialSpec, evaluate_split, measured_width, natural_outputs, split_values
 
@@ -460,7 +460,9 @@ class FusedArray:
                        if k not in trainable}
             rates = {name: torch.tensor([m.dropout[name] for m in members], device=self.device)
                      for name in members[0].dropout}
-            return Stack(flat.contiguous().requires_grad_(True), flat.clone(),
+            # A half-precision array's EMA in float32: in bfloat16 an update of (1 - ema_decay) of a step rounds away
+            ema = flat.to(torch.float32, copy=True) if flat.dtype in HALF else flat.clone()
+            return Stack(flat.contiguous().requires_grad_(True), ema,
                          {s: torch.zeros_like(flat) for s in OPT_STATE[optimizer_kind(members[0].spec.config)]},
                          buffers, {k: v.clone() for k, v in buffers.items()}, rates)
 
@@ -505,7 +507,7 @@ class FusedArray:
         val_loss, val_acc, val_log_loss = self._evaluate(st.flat, st.buffers, s.x_val, s.y_val)
         ema_loss = ema_acc = None
         if any(m.ema_decay for m in self.members):
-            ema_loss, ema_acc, _ = self._evaluate(st.ema, st.ema_buffers, s.x_val, s.y_val)
+            ema_loss, ema_acc, _ = self._evaluate(st.ema.to(st.flat.dtype), st.ema_buffers, s.x_val, s.y_val)
         for i, m in enumerate(self.members):
             step_schedule(m.scheduler, val_loss[i] if math.isfinite(val_loss[i]) else math.inf)
             m.epoch += 1
@@ -714,7 +716,7 @@ class FusedArray:
             return
         weights = [1.0 - ema_decay_at(m.ema_steps, m.ema_decay or 0.5) for m in self.members]
         w = torch.tensor(weights, dtype=st.ema.dtype, device=self.device)
-        st.ema.lerp_(st.flat.detach(), w.unsqueeze(1))
+        st.ema.lerp_(st.flat.detach().to(st.ema.dtype), w.unsqueeze(1))
         for k, v in st.ema_buffers.items():
             if v.is_floating_point():
                 average_buffer(v, st.buffers[k], w.view(-1, *([1] * (v.dim() - 1))).to(v.dtype))
@@ -757,7 +759,7 @@ class FusedArray:
         """Row ``i``'s plain state dict as views on the device (no copy)."""
         assert self.stack is not None
         use_ema = weights == "ema" and self.members[i].ema_decay is not None
-        flat = (self.stack.ema if use_ema else self.stack.flat.detach())[i]
+        flat = self.stack.ema[i].to(self.stack.flat.dtype) if use_ema else self.stack.flat.detach()[i]
         buffers = self.stack.ema_buffers if use_ema else self.stack.buffers
         params = {c.name: c.from_row(flat) for c in self.layout}
         return {key: params[key] if key in params else buffers[key][i] for key in self.keys}
