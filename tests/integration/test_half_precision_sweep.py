@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from orchestrator import load_ensemble
 from orchestrator.app.api import run_sweep
 from orchestrator.ensemble.ensemble_run import read_ensembles
+from orchestrator.errors import ConfigError
 from orchestrator.spec.task import load_task
 from orchestrator.store import schema
 from orchestrator.store.storage import Storage
@@ -38,3 +40,6 @@ def test_a_bfloat16_regression_model_sweeps_and_its_tables_hold_numpys_mse(ray_s
             mse = float(np.mean((model(x).double().numpy() - y.double().numpy()) ** 2))
         assert abs(checkpoint[f"{split}_mse"] - mse) < 1e-5 * mse
         assert abs(getattr(single, f"{split}_mse") - mse) < 1e-5 * mse
+    # numpy has no bfloat16: the refusal of numpy's float64 says how to give it
+    with pytest.raises(ConfigError, match=r"pass bfloat16 \(numpy has none: torch.tensor\(x, dtype=torch.bfloat16\)\)"):
+        model.predict(np.zeros((2, 8)))

@@ -308,8 +308,9 @@ class EnsembleModel(nn.Module):
         x = self._as_batch(x).to(self.weights.device)
         if self.input_dtype is not None and x.dtype != self.input_dtype:  # never cast: refuse, saying what to pass
             given, wanted = (str(d).removeprefix("torch.") for d in (x.dtype, self.input_dtype))
-            raise ConfigError(f"inputs are {given} but the sweep's models trained on {wanted} inputs; pass {wanted} "
-                              "(caviar never casts inputs)")
+            how = " (numpy has none: torch.tensor(x, dtype=torch.bfloat16))" if wanted == "bfloat16" else ""
+            raise ConfigError(f"inputs are {given} but the sweep's models trained on {wanted} inputs; pass {wanted}"
+                              f"{how} (caviar never casts inputs)")
         self._check_shape(x)
         try:
             return self._outputs(x)
