@@ -6,6 +6,7 @@ In-process on plain data (no Ray): the real contract check, the real trainer, re
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -101,3 +102,22 @@ def test_a_fused_bfloat16_arrays_ema_follows_as_a_plain_trials_does():
     assert abs(fused[-1]["ema_val_loss"] - plain[-1]["ema_val_loss"]) < 2e-3
     state = array.state_dict(0, "ema")
     assert all(v.dtype == torch.bfloat16 for v in state.values())  # checkpoints in the model's own dtype
+
+
+def test_a_precision_that_autocast_cannot_apply_to_the_models_dtype_is_refused_in_one_line():
+    # a float64 model under precision = "bf16" trained in float64 without a word (autocast leaves float64 alone)
+    from orchestrator.errors import ConfigError
+    from orchestrator.spec.settings import RunSettings
+
+    rng = np.random.default_rng(0)
+    data = tuple((rng.normal(size=(n, 4)), rng.integers(0, 2, n)) for n in (64, 32, 32))
+    task = plain_task(lambda config: nn.Linear(4, 2).double(), load_data=lambda: data)
+    with pytest.raises(ConfigError, match=r"^setting 'precision': bf16 autocasts a float32 model's operations, but "
+                                          r"the model's parameters are float64, which autocast leaves as they are"):
+        validate_contract(task, [CONFIG], RunSettings(precision="bf16"))
+    validate_contract(task, [CONFIG], RunSettings(precision="fp32"))  # its own dtype: trains
+    halves = half_digits(torch.bfloat16)
+    bf16 = plain_task(lambda config: nn.Linear(16, 10).to(torch.bfloat16), load_data=lambda: halves)
+    validate_contract(bf16, [CONFIG], RunSettings(precision="bf16"))  # what it does without autocast: allowed
+    with pytest.raises(ConfigError, match="parameters are bfloat16"):
+        validate_contract(bf16, [CONFIG], RunSettings(precision="fp16"))

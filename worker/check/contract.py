@@ -42,7 +42,7 @@ from worker.check.edges import SLOW_CHECK_SECONDS, failing_values
 from worker.check.ema_reach import warn_if_ema_decay_unreached
 from worker.check.embedded_ids import standardised_ids_note
 from worker.check.extreme_ids import refuse_ids_the_model_cannot_take
-from worker.check.half_params import warn_if_eps_vanishes_in_float16
+from worker.check.half_params import refuse_precision_autocast_skips, warn_if_eps_vanishes_in_float16
 from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.own_loop import check_own_loop
 from worker.check.padded_steps import padded_steps_note
@@ -239,6 +239,7 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
                 warn_about_unread_entries(task, splits, space, configs)
             check_own_loop(task, run, partial(_refuse, task, "train_epoch"))
             _refuse_ids_beyond(task, run.model, splits)
+            refuse_precision_autocast_skips(run.model, getattr(settings, "precision", "fp32"))
             return splits
     finally:
         torch.set_num_threads(threads)

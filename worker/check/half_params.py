@@ -6,6 +6,8 @@ import logging
 
 import torch
 
+from orchestrator.errors import ConfigError
+
 log = logging.getLogger("caviar")
 
 
@@ -26,3 +28,19 @@ def warn_if_eps_vanishes_in_float16(optimizer: torch.optim.Optimizer) -> str | N
             log.warning(message)
             return message
     return None
+
+
+def refuse_precision_autocast_skips(model: torch.nn.Module, precision: str) -> None:
+    """``precision`` bf16 or fp16 autocasts float32 operations only: a float64 model trained in float64, a bfloat16
+    one was cast to float16 under fp16, while the sweep recorded the precision it was given: refused in one line."""
+    if precision not in ("bf16", "fp16"):
+        return
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    # a bfloat16 model under bf16 trains as it would without (fp16's loss scaler refuses float16 gradients)
+    same = torch.bfloat16 if precision == "bf16" else torch.float32
+    other = sorted(str(d).removeprefix("torch.") for d in dtypes if d not in (torch.float32, same))
+    if other:
+        effect = "leaves as they are" if other == ["float64"] else "would cast or leave"
+        raise ConfigError(f"setting 'precision': {precision} autocasts a float32 model's operations, but the model's "
+                          f"parameters are {', '.join(other)}, which autocast {effect}: build a float32 model (inputs "
+                          "float32), or set precision = \"fp32\" to train the model in its own dtype")
