@@ -936,3 +936,36 @@ def test_a_model_returning_several_tensors_is_told_to_return_one(returns):
     with pytest.raises(TaskError, match=rf"got {returns} {re.escape(said)}: .*return them as one, "
                                         r"torch\.cat\(\[mean, log_var\], dim=1\), and split it in loss_fn and metrics"):
         validate_contract(task, [{"lr": 0.01, "batch_size": 32, "optimizer": "adam"}])
+
+
+def test_grad_clip_bounds_the_step_of_the_parameters_build_optimizer_was_given():
+    """A head-only fine-tune: build_optimizer steps the head and leaves the trainable backbone out. grad_clip clipped
+    the norm of every trainable gradient, the backbone's too, so the head's step was shrunk by gradients no step used
+    (0.5 * |g_head| / |g_all| instead of 0.5), and grad_norm reported that larger norm. Now clipping, grad_norm and
+    the update ratio are over the parameters the optimizer steps."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    base = load_task(TINY_TASK)
+    module = base.namespace
+
+    def head_only(config, params):
+        return torch.optim.SGD(list(params)[-2:], lr=1.0)
+
+    def big_loss(outputs, y):
+        return nn.functional.cross_entropy(outputs, y) * 1000.0  # gradients far past the clip
+
+    task = dataclasses.replace(base, namespace=SimpleNamespace(
+        load_data=module.load_data, build_model=module.build_model, build_optimizer=head_only, loss_fn=big_loss))
+    splits = prepare(module.load_data())
+    config = {"hidden": 8, "batch_size": 180, "grad_clip": 0.5}  # one batch: one step
+    run = TrialRun(task, splits, TrialSpec(0, 0, config, 3, 1), torch.device("cpu"))
+    head, backbone = run.model[2], run.model[0]
+    before = [t.detach().clone() for t in (*head.parameters(), *backbone.parameters())]
+    row = run.train_epoch()
+    after = [t.detach() for t in (*head.parameters(), *backbone.parameters())]
+    step = torch.linalg.vector_norm(torch.stack([(a - b).norm() for a, b in zip(after[:2], before[:2])]))
+    assert float(step) == pytest.approx(0.5, rel=1e-4)  # lr 1: the head moved by its clipped gradient
+    assert all(torch.equal(a, b) for a, b in zip(after[2:], before[2:]))
+    head_grad = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in head.parameters()]))
+    assert row["grad_norm"] > 0.5 and float(head_grad) == pytest.approx(0.5, rel=1e-4)

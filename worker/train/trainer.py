@@ -508,7 +508,10 @@ class TrialRun:
         # on its first.
         own_loader = bool(self.splits.streams) and self.splits.streams["train"].make_loader is not None
         measured = 0 if own_loader else n_batches - 1
-        params = [p for p in model.parameters() if p.requires_grad]
+        # What the optimizer steps: a task's build_optimizer may leave trainable parameters out (a head-only
+        # fine-tune); their gradients are no part of the step grad_clip bounds, grad_norm and the update ratio.
+        stepped = {id(p) for group in opt.param_groups for p in group["params"]}
+        params = [p for p in model.parameters() if p.requires_grad and id(p) in stepped]
         for i, (xb, y_original) in enumerate(self._original_batches()):
             yb = self.kind.to_training(y_original)
             with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
