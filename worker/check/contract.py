@@ -43,6 +43,7 @@ from worker.check.ema_reach import warn_if_ema_decay_unreached
 from worker.check.embedded_ids import standardised_ids_note
 from worker.check.extreme_ids import refuse_ids_the_model_cannot_take
 from worker.check.half_params import refuse_precision_autocast_skips, warn_if_eps_vanishes_in_float16
+from worker.check.left_out import warn_if_optimizer_leaves_out
 from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.own_loop import check_own_loop
 from worker.check.padded_steps import padded_steps_note
@@ -221,6 +222,7 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
                 if settings is not None:  # one line when the predictions stored for ensembles would be large
                     warn_if_large(splits, settings, ema=bool(config.get("ema_decay")))
                 warn_if_single_batches(run.model, splits, configs)
+                warn_if_optimizer_leaves_out(bool(task.get("build_optimizer")), run.model, run.optimizer)
                 if (ids := standardised_ids_note(run.model, splits)) is not None:
                     log.warning(ids)
                 if (padding := padded_steps_note(run.model, splits)) is not None:

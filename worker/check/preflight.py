@@ -41,6 +41,7 @@ from orchestrator.spec.task import Task, far_from_unit_scale
 from worker.check.absent_classes import warn_if_classes_absent
 from worker.check.contract import describe, refuse_as_run_would, value_failure_notes
 from worker.check.edges import config_error, failing_values
+from worker.check.left_out import left_out_note
 from worker.check.overlap import row_hashes, warn_if_splits_share_examples
 from worker.check.prefixes import prefix_ceiling
 from worker.check.unread import unread_entries
@@ -48,6 +49,7 @@ from worker.check.validate import check_class_index_dtype, refuse_multilabel_sha
 from worker.data.kinds import TargetKind, class_labels, loss_function, right_rows
 from worker.data.seeds import preserved_randomness, seed_trial
 from worker.data.splits import Splits, padding_rows, prepare_task_data
+from worker.train.trainer import own_optimizer
 
 # Relative-error bands from the CS231n notes (gradient check).
 WRONG, SUSPICIOUS, GOOD = 1e-2, 1e-4, 1e-7
@@ -772,6 +774,14 @@ def _run_checks(task: Task, splits: Splits, *, config: Mapping[str, Any] | None,
         return result
 
     report.checks.append(guarded("space entries read", entries_read))
+
+    def optimized() -> CheckResult:
+        result, lines = check_parameters_optimized(task, fresh, config)
+        report.space_notes = [*report.space_notes, *lines]
+        return result
+
+    if task.get("build_optimizer") is not None:  # caviar's own optimizer takes every trainable parameter
+        report.checks.append(guarded("parameters optimized", optimized))
     return report
 
 
@@ -798,6 +808,22 @@ def check_entries_read(task: Task, splits: Splits, config: Mapping[str, Any]) ->
     unread = ", ".join(line.split("'")[1] for line in lines)
     return CheckResult("space entries read", WARN, f"{names - len(lines)} of {names}", expected,
                        f"{unread} unread (below)"), lines
+
+
+def check_parameters_optimized(task: Task, fresh: Callable[[], nn.Module],
+                               config: Mapping[str, Any]) -> tuple[CheckResult, list[str]]:
+    """Whether the task's own ``build_optimizer`` gives every trainable parameter a group, as ``caviar run`` warns
+    before its workers start (worker/check/left_out.py); the line naming those it leaves out."""
+    expected = "every trainable parameter in a parameter group"
+    build = task.get("build_optimizer")
+    model = fresh()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    note = left_out_note(model, own_optimizer(build, dict(config), trainable))
+    if note is None:
+        return CheckResult("parameters optimized", PASS, f"{len(trainable)} of {len(trainable)}", expected), []
+    left = int(note.split("leaves ")[1].split(" ")[0])
+    return CheckResult("parameters optimized", WARN, f"{len(trainable) - left} of {len(trainable)}", expected,
+                       "build_optimizer leaves some out (below)"), [note]
 
 
 def check_space_ends(task: Task, splits: Splits, config: Mapping[str, Any]) -> tuple[CheckResult, list[str]]:
