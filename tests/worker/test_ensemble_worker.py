@@ -119,6 +119,10 @@ def test_average_states_and_bn_recomputed_from_training_inputs():
     # A float64 model's soup keeps float64 precision (averaged in float32 it was rounded to about 1e-7).
     fine = {"w": torch.tensor([1.0 + 1e-12], dtype=torch.float64)}
     assert average_states([fine, fine])["w"].item() == 1.0 + 1e-12
+    # A frozen backbone every member shares keeps its weights bit for bit: the mean of three equal float32 values
+    # was off by a rounding (2.9 came back as 2.9000003), and the soup's frozen weights differed from the file's.
+    frozen = {"w": torch.tensor([0.1, 0.7, 1.3, 2.9])}
+    assert torch.equal(average_states([frozen, frozen, frozen])["w"], frozen["w"])
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     x = torch.randn(1024, 3) * 3 + 2

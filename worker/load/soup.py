@@ -57,10 +57,11 @@ def architecture(model: nn.Module) -> tuple[Any, ...]:
 
 def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Uniform mean of floating-point tensors, in float32 or wider (a float64 model's weights keep their
-    precision); integer buffers (``num_batches_tracked``) from the first."""
+    precision); integer buffers (``num_batches_tracked``) from the first, as is a tensor every state holds alike (a
+    frozen backbone's weights: the mean of three equal float32 values is off by a rounding in one of five)."""
     out = {}
     for name, first in states[0].items():
-        if first.is_floating_point():
+        if first.is_floating_point() and not all(torch.equal(s[name], first) for s in states[1:]):
             wide = torch.promote_types(first.dtype, torch.float32)
             out[name] = torch.stack([s[name].to(wide) for s in states]).mean(dim=0).to(first.dtype)
         else:
