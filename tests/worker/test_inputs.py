@@ -397,6 +397,26 @@ def test_a_per_axis_statistic_that_fits_the_first_and_the_last_axis_is_refused_n
     np.testing.assert_allclose(splits.x_val.numpy(), (x - mean) / std, rtol=1e-5, atol=1e-5)
 
 
+def test_a_spectrogram_statistic_per_frequency_that_also_fits_the_time_axis_is_refused_naming_both_shapes():
+    """Spectrograms (N, 1, F, T) with F == T standardised per frequency bin with x.mean((0, 3)), shape (1, F):
+    broadcasting placed it on the last axes, one value per time step, in silence (with F != T it was refused)."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(40, 1, 8, 8)) * np.arange(1, 9)[:, None] + np.arange(8)[:, None] * 10).astype(np.float32)
+    y = np.arange(40) % 2
+    mean, std = x.mean((0, 3)), x.std((0, 3))
+    for given in ((mean, std), (mean[0], std[0])):
+        with pytest.raises(TaskError, match=r"^normalize: mean of shape \((1, )?8,?\) fits inputs of shape \(1, 8, 8\) "
+                                            r"on more than one axis: broadcasting reads it as \(1, 1, 8\) .* also fits "
+                                            r"as \(1, 8, 1\); give it one of the shapes \(1, 8, 1\) or \(1, 1, 8\)"):
+            prepare(((x, y),) * 3, task_statistics=given)
+    splits = prepare(((x, y),) * 3, task_statistics=(mean[..., None], std[..., None]))
+    np.testing.assert_allclose(splits.x_val.numpy(), (x - mean[..., None]) / std[..., None], rtol=1e-5, atol=1e-5)
+    # One value per channel of (C, T) sensor series, and an unambiguous per-time vector, read as before.
+    series = rng.normal(size=(40, 3, 5)).astype(np.float32)
+    for stat in (np.arange(3.0), np.arange(5.0)):
+        prepare(((series, y),) * 3, task_statistics=(stat, stat + 1))
+
+
 def test_channels_last_images_for_a_convolution_are_refused_saying_how_to_transpose_them():
     """Images as PIL and numpy give them, (N, H, W, C), scaled to float: the refusal was torch's 'expected
     input[16, 6, 6, 3] to have 3 channels, but got 6 channels instead', naming neither the layout nor a fix."""

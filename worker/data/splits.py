@@ -356,6 +356,8 @@ def task_input_statistics(statistics: Any, input_shape: tuple[int, ...], dtype: 
             if t.shape[0] == input_shape[-1]:  # (T, F) with T == F: per time step or per feature, both broadcast
                 raise _ambiguous_statistics(name, len(t), input_shape)
             t = t.reshape(-1, *([1] * (len(input_shape) - 1)))  # per channel
+        elif 0 < t.ndim < len(input_shape):
+            _refuse_other_placements(name, t, input_shape)
         try:
             t = torch.broadcast_to(t, input_shape).unsqueeze(0)
         except RuntimeError:
@@ -371,6 +373,29 @@ def task_input_statistics(statistics: Any, input_shape: tuple[int, ...], dtype: 
                         "for a feature constant in your data give 1 there (np.where(std > 0, std, 1)), which centres "
                         "it as caviar's own statistics do")
     return mean.to(dtype).contiguous(), std.to(dtype).contiguous()
+
+
+def _refuse_other_placements(name: str, t: torch.Tensor, input_shape: tuple[int, ...]) -> None:
+    """A statistic of fewer axes than the inputs that fits them elsewhere too, with other numbers.
+
+    Broadcasting places it on the last axes: a spectrogram's per-frequency ``x.mean((0, 3))``, ``(1, F)`` for
+    ``(1, F, T)``, would be read per time step when ``F == T``, in silence (it is refused when ``F != T``).
+    """
+    n, k = len(input_shape), t.ndim
+    readings = []
+    for offset in range(n - k + 1):
+        shape = (1,) * offset + tuple(t.shape) + (1,) * (n - k - offset)
+        if all(s in (1, d) for s, d in zip(shape, input_shape)):
+            readings.append((shape, torch.broadcast_to(t.reshape(shape), input_shape)))
+    if len(readings) < 2 or readings[-1][0] != (1,) * (n - k) + tuple(t.shape):
+        return  # one place fits, or broadcasting refuses it below
+    others = [shape for shape, r in readings[:-1] if not torch.equal(r, readings[-1][1])]
+    if others:
+        shapes = " or ".join(str(shape) for shape in [*others, readings[-1][0]])
+        raise TaskError(f"normalize: {name} of shape {tuple(t.shape)} fits inputs of shape {input_shape} on more than "
+                        f"one axis: broadcasting reads it as {readings[-1][0]} (the last axes), and it also fits as "
+                        f"{' or '.join(str(s) for s in others)}; give it one of the shapes {shapes}, with the axes it "
+                        "leaves out kept as 1")
 
 
 def _ambiguous_statistics(name: str, length: int, input_shape: tuple[int, ...]) -> TaskError:
