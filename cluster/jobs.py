@@ -42,6 +42,9 @@ CAVIAR_PACKAGES = ("orchestrator", "worker", "cluster")
 EXCLUDES = [".venv", "venv", "caviar-runs", ".git", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
             ".mypy_cache", ".ipynb_checkpoints"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# The dashboard refuses a request body over 100 MiB (Ray's DASHBOARD_CLIENT_MAX_SIZE) with a bare HTTP 413, after
+# the folder was zipped (uncompressed) on this machine: the working dir's upload is one such request.
+UPLOAD_LIMIT_BYTES = 100 * 1024**2
 STOP_GRACE_SECONDS = 30
 
 
@@ -192,12 +195,46 @@ def _runtime_env(folder: str, ship_caviar: bool, sweep_dir: str | None, shown_as
                                    # tables before Ray's SIGKILL (Ray's default is 3 s)
                                    "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_SECONDS),
                                                 SUBMITTED_FROM_ENV: shown_as}}
+    check_upload_size(folder, runtime_env["excludes"])
     requirements = _requirements(folder)
     if requirements:
         runtime_env["pip"] = requirements
     if ship_caviar:
         runtime_env["py_modules"] = _caviar_modules()
     return runtime_env
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024**2:.0f} MiB"
+
+
+def check_upload_size(folder: str, excludes: list[str]) -> None:
+    """Refuse, before anything is zipped or sent, a working dir the Job API would refuse, naming its largest files.
+
+    The files are those Ray's own packaging walks: ``excludes``, and the folder's ``.gitignore`` / ``.rayignore``.
+    """
+    from pathlib import Path
+
+    from ray._private.ray_constants import RAY_RUNTIME_ENV_IGNORE_GITIGNORE
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+
+    root = Path(folder).absolute()
+    sizes: list[tuple[int, str]] = []
+
+    def add(path: Path) -> None:
+        if path.is_file():
+            sizes.append((path.stat().st_size, str(path.relative_to(root))))
+
+    include_gitignore = os.environ.get(RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"  # as Ray's job client decides
+    _dir_travel(root, [_get_excludes(root, excludes)], add, include_gitignore=include_gitignore)
+    total = sum(size for size, _ in sizes)
+    if total <= UPLOAD_LIMIT_BYTES:
+        return
+    ranked = sorted(sizes, reverse=True)
+    largest = ", ".join(f"{name} ({_mib(size)})" for size, name in ranked[:3] if size >= 1024**2) or ranked[0][1]
+    raise ConfigError(f"working dir {folder!r}: {_mib(total)} would travel with the job, over the "
+                      f"{_mib(UPLOAD_LIMIT_BYTES)} Ray's Job API accepts (largest: {largest}): move data files out "
+                      "of the folder (load them from a shared path or s3://), or list them in a .rayignore there")
 
 
 def check_resume_target(sweep: str) -> None:

@@ -266,6 +266,25 @@ def test_a_local_storage_inside_the_task_folder_stays_behind(tmp_path):
         "runs/old/weights/t0.pt", "new/rows.parquet"}
 
 
+def test_a_task_folder_over_the_job_apis_upload_limit_is_refused_naming_its_largest_file(tmp_path):
+    """A 150 MiB data file beside the task: submit zipped it for half a minute, then printed Ray's bare
+    'status code 413: Maximum request body size 104857600 exceeded'; now it is refused before anything is zipped,
+    in one line naming the file and what to do, and a file listed in .rayignore (as Ray leaves it behind) passes."""
+    project = tmp_path / "project"
+    project.mkdir()
+    task = project / "task.py"
+    task.write_text("space = {}\n")
+    with open(project / "frames.npy", "wb") as f:
+        f.truncate(150 * 1024**2)  # sparse: no disk written
+    for plan in (lambda: plan_job(str(task), storage=str(tmp_path / "runs"), name="new"),
+                 lambda: plan_resume_job(str(tmp_path / "runs" / "old"), str(task))):
+        with pytest.raises(ConfigError, match=r"150 MiB would travel .* over the 100 MiB .*frames\.npy \(150 MiB\)"
+                                              r".*\.rayignore"):
+            plan()
+    (project / ".rayignore").write_text("frames.npy\n")
+    assert plan_job(str(task), storage=str(tmp_path / "runs"), name="new").runtime_env["working_dir"] == str(project)
+
+
 def test_a_percent_encoded_file_uri_storage_inside_the_task_folder_stays_behind(tmp_path):
     """--storage 'file:///work/my%20project%3F/runs' (a folder named 'my project?', as pyarrow reads the URI): the
     exclude was computed from the undecoded path, matched nothing, and every submit zipped the earlier sweeps'
