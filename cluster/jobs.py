@@ -23,12 +23,13 @@ install ``caviar-sweep``, which brings them (installing torch per job would take
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -290,6 +291,25 @@ def enable_token_auth() -> None:
         quiet.setLevel(level)
 
 
+# Ray's job client logs each package it zips and uploads, and the closing of a log stream, at INFO on stderr:
+# eight lines around submit's three. Its warnings still show.
+_CHATTY_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging",
+                   "ray.dashboard.modules.job.sdk")
+
+
+@contextlib.contextmanager
+def _ray_client_warnings_only() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
@@ -342,7 +362,8 @@ class Jobs:
 
     def _call(self, what: str, action: Callable[[], Any]) -> Any:
         try:
-            return action()
+            with _ray_client_warnings_only():
+                return action()
         except Exception as exc:
             reason = _first_line(exc)
             raise ClusterError(f"Ray cluster {self.address}: {what} failed ({reason}){_token_hint(reason)}") from None

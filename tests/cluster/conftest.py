@@ -34,7 +34,7 @@ def ray_cluster():
 def submitted_sweep(ray_cluster, tmp_path_factory):
     """One tiny sweep submitted as a Ray job to the two-node cluster, with (tmp, so shared) local storage.
 
-    ``(job id, sweep directory, submit's stdout)``; the job has not necessarily finished.
+    ``(job id, sweep directory, submit's stdout and stderr)``; the job has not necessarily finished.
     """
     storage = tmp_path_factory.mktemp("submitted")
     submitted = caviar("submit", TINY_TASK, "--address", ray_cluster.dashboard, "--storage", str(storage),
@@ -42,7 +42,7 @@ def submitted_sweep(ray_cluster, tmp_path_factory):
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     match = re.search(r"submitted job (\S+)", submitted.stdout)
     assert match, submitted.stdout
-    return match.group(1), str(storage / "submitted"), submitted.stdout
+    return match.group(1), str(storage / "submitted"), submitted.stdout + submitted.stderr
 
 
 def caviar(*args: str, timeout: float = 300, cwd: str = ROOT, env: dict[str, str] | None = None

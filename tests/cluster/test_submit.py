@@ -33,12 +33,15 @@ pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]  # own clusters end to
 def test_submit_follow_and_read_the_parquet_results(ray_cluster, submitted_sweep):
     job_id, sweep_dir, submit_output = submitted_sweep
     assert f"results (Parquet) will land in {sweep_dir}" in submit_output  # said up front
+    # Ray's job client logged each zipped and uploaded package at INFO, eight lines around submit's three
+    assert len(submit_output.splitlines()) == 3, submit_output
 
     followed = caviar("logs", job_id, "--address", ray_cluster.dashboard, "--follow")
     assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
     entry = "orchestrator.app.cli run tiny_task.py --address auto --executor ray --plain"  # the job's entrypoint
     assert entry in followed.stdout
     assert f"job {job_id} SUCCEEDED" in followed.stdout
+    assert "WebSocket closed" not in followed.stderr, followed.stderr  # Ray's INFO line after the job's last
 
     tables = load(sweep_dir)
     trials = tables.trials.to_pylist()
