@@ -969,3 +969,16 @@ def test_grad_clip_bounds_the_step_of_the_parameters_build_optimizer_was_given()
     assert all(torch.equal(a, b) for a, b in zip(after[2:], before[2:]))
     head_grad = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in head.parameters()]))
     assert row["grad_norm"] > 0.5 and float(head_grad) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_a_sparse_embedding_beside_a_built_in_optimizer_that_refuses_its_gradients_is_refused_before_any_trial():
+    """Before: Adam, or any optimizer with a weight decay, failed every trial at its first step with torch's
+    'Adam does not support sparse gradients', after the sweep had started; now one line before it."""
+    from orchestrator.errors import TaskError
+
+    task = sparse_task()
+    with pytest.raises(TaskError, match=r"embedding 'bag' has sparse=True.*optimizer 'adam' \(Adam does not support "
+                                        r"sparse gradients.*optimizer 'sgd' with weight_decay 0.01 .*SparseAdam"):
+        validate_contract(task, [{**CONFIG, "optimizer": "adam"}, {**CONFIG, "optimizer": "sgd", "weight_decay": 0.01},
+                                 {**CONFIG, "optimizer": "adagrad"}])
+    validate_contract(task, [{**CONFIG, "optimizer": "adagrad"}, {**CONFIG, "optimizer": "momentum"}])

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from orchestrator.errors import TaskError
+from orchestrator.errors import ConfigError, TaskError
 from orchestrator.search.probes import Probe
 from orchestrator.search.space import SearchSpace
 from orchestrator.spec.task import Task
@@ -47,6 +47,7 @@ from worker.check.left_out import warn_if_optimizer_leaves_out
 from worker.check.overlap import warn_if_splits_share_examples
 from worker.check.own_loop import check_own_loop
 from worker.check.padded_steps import padded_steps_note
+from worker.check.sparse_grads import refuse_optimizers_without_sparse_gradients
 from worker.check.unread import unread_entries
 from worker.check.validate import (
     check_batches_fit_dropping_split,
@@ -242,6 +243,8 @@ def _check_loaded(task: Task, splits: Splits, configs: Sequence[Mapping[str, Any
             check_own_loop(task, run, partial(_refuse, task, "train_epoch"))
             _refuse_ids_beyond(task, run.model, splits)
             refuse_precision_autocast_skips(run.model, getattr(settings, "precision", "fp32"))
+            if not task.get("build_optimizer") and not task.get("train_epoch"):
+                _refuse_sparse_gradients(task, run.model, configs)
             return splits
     finally:
         torch.set_num_threads(threads)
@@ -294,6 +297,13 @@ def _refuse_ids_beyond(task: Task, model: torch.nn.Module, splits: Splits) -> No
         refuse_ids_the_model_cannot_take(model, splits, describe)
     except TaskError as exc:  # its words name the split and the ids; the line names the task as every refusal does
         raise TaskError(f"task {task.ref!r}: {exc}") from exc.__cause__
+
+
+def _refuse_sparse_gradients(task: Task, model: torch.nn.Module, configs: Sequence[Mapping[str, Any]]) -> None:
+    try:
+        refuse_optimizers_without_sparse_gradients(model, configs)
+    except ConfigError as exc:  # its words name the optimizers and the embeddings; the line names the task too
+        raise TaskError(f"task {task.ref!r}: {exc}") from None
 
 
 def _standardised_ids(task: Task, splits: Splits, config: Mapping[str, Any]) -> str | None:
