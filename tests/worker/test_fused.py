@@ -547,3 +547,14 @@ def test_a_resumed_fused_trial_keeps_the_checkpoints_its_lost_attempt_kept(digit
     assert on_disk == {r["path"] for r in index}
     predicted = storage.read_table(schema.predictions_path(0))
     assert set(predicted["epoch"].to_pylist()) == {1, 2, 3, 4}
+
+
+def test_a_model_with_a_sparse_embedding_is_refused_naming_it():
+    # Before: fuse = "on" was refused with torch's "RuntimeError: reshape is not implemented for sparse tensors".
+    from tests.worker.test_trainer import sparse_task
+
+    task = sparse_task()
+    splits = prepare(task.get("load_data")())
+    with pytest.raises(NotFusable, match=r"^model: embedding 'bag' has sparse=True, .*set sparse=False"):
+        FusedArray(task, splits, [TrialSpec(i, 0, {"lr": 0.1, "batch_size": 32, "optimizer": "adagrad"}, i, 2)
+                                  for i in range(2)], CPU)

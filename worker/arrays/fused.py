@@ -59,7 +59,7 @@ from worker.data.splits import Splits, padding_rows, skips_single_batch
 from worker.data.streams import Stream, eval_rows
 from worker.train.diagnostics import SKIPPED_MODULES, DiagnosticsOptions
 from worker.train.ema import HALF, average_buffer, ema_decay_at
-from worker.train.optim import build_optimizer, build_schedule, setting, step_schedule
+from worker.train.optim import build_optimizer, build_schedule, setting, sparse_embeddings, step_schedule
 from worker.train.trainer import TrialSpec, evaluate_split, measured_width, natural_outputs, split_values
 
 ENGINES = ("auto", "bmm", "vmap")
@@ -421,6 +421,10 @@ class FusedArray:
         self.members.extend(members)
 
     def _check_structure(self, model: nn.Module, trial_id: int) -> None:
+        if sparse := sparse_embeddings(model):  # their gradients cannot be stacked: torch raised "reshape is not ..."
+            raise NotFusable(f"model: embedding {sparse[0]!r} has sparse=True, and a fused array trains dense "
+                             "gradients only: its trials train one at a time (fuse = \"auto\" or \"off\"), or set "
+                             "sparse=False")
         tied = tied_tensors(model)
         if tied:
             raise NotFusable(f"model: {tied}: tied weights would be stacked as two tensors and trained apart")

@@ -14,13 +14,7 @@ import torch
 from torch import nn
 
 from orchestrator.errors import ConfigError
-from worker.train.optim import build_optimizer, setting
-
-
-def sparse_embeddings(model: nn.Module) -> list[str]:
-    """The names of the model's trainable embeddings that give sparse gradients."""
-    return [name or type(m).__name__ for name, m in model.named_modules()
-            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad]
+from worker.train.optim import build_optimizer, setting, sparse_embeddings
 
 
 def refuse_optimizers_without_sparse_gradients(model: nn.Module, configs: Sequence[Mapping[str, Any]]) -> None:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import nn
 
 from orchestrator.errors import ConfigError, TaskError
 from orchestrator.spec.builtin_values import OPTIMIZER_READS, OPTIMIZERS, SCHEDULE_READS, SCHEDULES
@@ -24,6 +25,12 @@ def setting(config: Mapping[str, Any], key: str, default: Any) -> Any:
     """``config[key]``, or ``default`` where the key is missing or ``None`` (inactive)."""
     value = config.get(key)
     return default if value is None else value
+
+
+def sparse_embeddings(model: nn.Module) -> list[str]:
+    """The names of the model's trainable embeddings that give sparse gradients."""
+    return [name or type(m).__name__ for name, m in model.named_modules()
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad]
 
 
 def build_optimizer(config: Mapping[str, Any], params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
