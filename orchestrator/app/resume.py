@@ -42,7 +42,7 @@ from orchestrator.spec.settings import RunSettings
 from orchestrator.store import schema
 from orchestrator.store.lease import Lease
 from orchestrator.store.storage import Storage, redact_uri, split_query
-from orchestrator.store.sweeps import not_a_sweep, rerun_command
+from orchestrator.store.sweeps import lease_unreleased, not_a_sweep, rerun_command
 
 # What may change when a sweep resumes: where and how wide it runs, never what it searches.
 RESUMABLE_SETTINGS = frozenset(ResumeOptions.__annotations__)  # how it runs, never what it searches
@@ -266,7 +266,11 @@ def _nothing_to_do(record: SweepRecord, rebuilt: Rebuilt, storage: Storage, sett
     stored = {row["trial_id"]: row["status"] for row in record.trials}
     unchanged = stored == {tid: t.status for tid, t in controller.trials.items()}
     ensembles_done = not settings.ensemble or bool(controller.abort_reason) or _ensembles_current(storage, record)
-    return controller.finished and unchanged and not rebuilt.resumed and not rebuilt.closed and ensembles_done
+    # A lease its master never released: it died before its end (caviar ls says "stopped"), even where caviar
+    # ensemble has since built ensembles over its ended trials; the end (soup, report, release) is still to run.
+    ended = not lease_unreleased(storage)
+    return (controller.finished and unchanged and not rebuilt.resumed and not rebuilt.closed and ensembles_done
+            and ended)
 
 
 def _ensembles_current(storage: Storage, record: SweepRecord) -> bool:

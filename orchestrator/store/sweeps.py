@@ -153,7 +153,7 @@ def describe_sweep(sweep: Storage) -> dict[str, Any]:
         "name": posixpath.basename(sweep.root),
         "task": row["task"],
         "started": row["created"],
-        "state": state if state != "finished" or not _lease_held(sweep) else "unfinished",
+        "state": state if state != "finished" or not lease_unreleased(sweep) else "unfinished",
         "trials": len(trials),
         "best_score": max(scores) if scores else None,
         "objective": sweep_objective(sweep, row),
@@ -164,7 +164,7 @@ def describe_sweep(sweep: Storage) -> dict[str, Any]:
     }
 
 
-def _lease_held(sweep: Storage) -> bool:
+def lease_unreleased(sweep: Storage) -> bool:
     """A lease not released: its master still runs, or died before the sweep's end (a master killed after its last
     trials were written but before the next stage's row, or while it built the ensembles, left every trial it
     wrote ended). A sweep's end releases it; a sweep from before leases, or a damaged one, is judged by its rows."""

@@ -249,3 +249,34 @@ def test_caviar_ensemble_with_other_inputs_than_the_sweeps_is_refused(tmp_path):
     assert built.returncode == 2, built.stdout[-3000:] + built.stderr[-3000:]
     [line] = built.stderr.strip().splitlines()
     assert line.startswith("caviar: error: load_data: its train inputs differ from those the sweep began with"), line
+
+
+def test_a_stopped_sweep_caviar_ensemble_ran_on_is_finished_by_resume(tmp_path):
+    """A master killed after every trial ended but before its end, then `caviar ensemble` (no task: no soup): `caviar
+    ls` said "stopped (caviar resume continues it)" while `caviar resume` said "has finished: nothing to resume", so
+    the sweep never got its soup, report or end. Now the resume runs the end, and ls says finished."""
+    import socket
+
+    import pyarrow.parquet as pq
+
+    from orchestrator.store.lease import LEASE_PATH, LeaseRecord
+    from orchestrator.store.sweeps import list_sweeps
+
+    result = run_sweep(TINY_TASK, trials=2, epochs=1, stages=1, pruner="none", slots=1, executor="processes",
+                       storage=str(tmp_path / "runs"), name="cut")
+    os.remove(os.path.join(result.path, "ensembles", "ensembles.parquet"))  # killed while building them
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = LeaseRecord("owner", socket.gethostname(), int(gone.stdout), 0, 0)  # never released
+    with open(os.path.join(result.path, LEASE_PATH), "wb") as f:
+        f.write(killed.encode())
+    built = subprocess.run([*CAVIAR, "ensemble", result.path], env=ENV, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    [row] = list_sweeps(str(tmp_path / "runs"))
+    assert row["state"] == "stopped (caviar resume continues it)"
+
+    resumed = resume_sweep(result.path, task=TINY_TASK)
+    assert "nothing to resume" not in (resumed.note or "")
+    methods = pq.read_table(os.path.join(result.path, "ensembles", "ensembles.parquet"))["method"].to_pylist()
+    assert "soup" in methods  # built by the end the resume ran, with the task
+    [row] = list_sweeps(str(tmp_path / "runs"))
+    assert row["state"] == "finished"
