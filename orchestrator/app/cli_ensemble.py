@@ -61,6 +61,11 @@ def ensemble(
     if writer is not None and holder_alive(writer):  # its end rebuilds ensembles/ over whatever this one writes
         fail(f"sweep {sweep!r} is still being written by process {writer.pid} on {writer.host}, and its end builds "
              "the ensembles; run caviar ensemble once it has finished")
+    if not schema.read_dataset_row(storage):  # a stopped sweep has none yet: resume it, not a word about its kind
+        from orchestrator.app.api import unfinished_note
+
+        if note := unfinished_note(storage):
+            fail(f"sweep {sweep!r}: no trial has stored predictions yet{note}")
     refuse_custom_kind(storage, schema.read_dataset_row(storage).get("kind"))  # before any word about soups
     try:
         kind = read_dataset(storage).kind  # no trial stored predictions: that one line, not a word about soups first

@@ -33,6 +33,7 @@ from orchestrator.errors import ConfigError, StorageError
 from orchestrator.store import schema
 from orchestrator.store.lease import holder_alive, read_lease
 from orchestrator.store.storage import Storage, redact_uri
+from orchestrator.store.sweeps import lease_unreleased
 
 log = logging.getLogger("caviar")
 
@@ -456,6 +457,11 @@ def read_ensembles(storage: Storage) -> list[EnsembleRecord]:
                                "prediction_dtype = \"none\", so no trial stored the predictions ensembles average; "
                                "its answer is its best checkpoint (load_ensemble(SWEEP, name=\"best\") loads it)")
         running = _still_running(storage)  # before its first trials end it has no predictions either
+        if running is None and not storage.exists(schema.DATASET_PATH) and lease_unreleased(storage) and not any(
+                status in ("completed", "pruned") for status in _trial_statuses(storage)):  # trials still to end
+            raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file: the sweep stopped before any "
+                               f"trial stored predictions; caviar resume {redact_uri(storage.uri)} --task YOUR_TASK "
+                               "continues it, and its end builds them")
         if running is None and (not storage.exists(schema.DATASET_PATH) or not stored):  # caviar ensemble would refuse
             raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file, and none can be built: no trial "
                                "stored predictions (the task's kind is \"custom\", prediction_dtype is \"none\", or "
@@ -463,6 +469,12 @@ def read_ensembles(storage: Storage) -> list[EnsembleRecord]:
         raise StorageError(f"{storage.path(schema.ENSEMBLES_PATH)}: no such file"
                            f"{running or f' (build them: caviar ensemble {redact_uri(storage.uri)})'}")
     return [EnsembleRecord.from_row(r) for r in storage.read_table(schema.ENSEMBLES_PATH).to_pylist()]
+
+
+def _trial_statuses(storage: Storage) -> list[str]:
+    if not storage.exists(schema.TRIALS_PATH):
+        return []
+    return storage.read_table(schema.TRIALS_PATH).column("status").to_pylist()
 
 
 def _still_running(storage: Storage) -> str | None:

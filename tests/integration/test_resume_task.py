@@ -280,3 +280,19 @@ def test_a_stopped_sweep_caviar_ensemble_ran_on_is_finished_by_resume(tmp_path):
     assert "soup" in methods  # built by the end the resume ran, with the task
     [row] = list_sweeps(str(tmp_path / "runs"))
     assert row["state"] == "finished"
+
+
+def test_ensembles_of_a_sweep_stopped_before_any_prediction_say_to_resume_it(tmp_path):
+    """Killed before any trial ended: `caviar ensemble` blamed a custom kind or prediction_dtype, and load_ensemble
+    said "the sweep's answer is its best trial (caviar top SWEEP_DIR)", which has none. Both now say to resume it."""
+    from orchestrator import load_ensemble
+    from orchestrator.errors import StorageError
+
+    sweep = stopped_sweep(tmp_path)
+    built = subprocess.run([*CAVIAR, "ensemble", sweep], env=ENV, capture_output=True, text=True, timeout=120)
+    [line] = built.stderr.strip().splitlines()
+    assert built.returncode == 2 and "no trial has stored predictions yet; it stopped before its end" in line, line
+    assert f"caviar resume {sweep} --task" in line and "custom" not in line
+    with pytest.raises(StorageError, match=f"the sweep stopped before any trial stored predictions; caviar resume "
+                                           f"{sweep} --task YOUR_TASK continues it"):
+        load_ensemble(sweep, task=TINY_TASK)
