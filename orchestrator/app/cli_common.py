@@ -66,6 +66,17 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def has_sweep_row(path: str) -> bool:
+    """Whether the sweep at ``path`` wrote its sweep row (what caviar resume starts from); True when unreadable."""
+    from orchestrator.store import schema
+    from orchestrator.store.storage import Storage
+
+    try:
+        return Storage.from_uri(path).exists(schema.SWEEP_PATH)
+    except Exception:  # a URI shown redacted: say resume, as before
+        return True
+
+
 @contextmanager
 def exit_on_interrupt(task_ref: str | None = None, what: str = "sweep") -> Iterator[None]:
     """Ctrl-C or SIGTERM during a sweep: one line saying how to go on, exit 130 (orchestrator/decide/interrupt.py).
@@ -81,6 +92,11 @@ def exit_on_interrupt(task_ref: str | None = None, what: str = "sweep") -> Itera
     except SweepInterrupted as stop:
         if stop.path and stop.during == "ensembles":
             print_ensembles_hint(stop.path, task_ref)
+        elif stop.path and not has_sweep_row(stop.path):  # stopped while writing its task copy: resume would refuse
+            from orchestrator.store.sweeps import rerun_command
+
+            typer.echo("interrupted before the sweep's first write: nothing to resume; start it again with "
+                       f"{rerun_command(stop.path)}", err=True)
         elif stop.path:
             print_hint(stop.path, task_ref)
         else:

@@ -54,3 +54,23 @@ def test_ctrl_c_while_the_report_draws_says_the_sweep_is_complete(tmp_path, monk
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"interrupted after the sweep ended: its tables are complete in {result.path} "
         f"(caviar report {result.path} draws its report)")
+
+
+def test_ctrl_c_before_the_sweep_row_is_written_says_to_start_again_not_resume(tmp_path, capsys):
+    """Ctrl-C while the master wrote its task copy, before its sweep row: `caviar run` said `interrupted: caviar
+    resume SWEEP --task ...`, and that resume refused ('has no tables ... holds nothing to resume'). Now the line says
+    to start it again, with the command."""
+    import signal
+
+    from orchestrator.app.cli_common import exit_on_interrupt
+    from orchestrator.errors import SweepInterrupted
+
+    sweep = tmp_path / "runs" / "early"
+    (sweep / "task").mkdir(parents=True)  # its task copy begun, no sweep/ row
+    with pytest.raises(typer.Exit):
+        with exit_on_interrupt("tiny_task.py"):
+            raise SweepInterrupted(signal.SIGINT, path=str(sweep))
+    said = capsys.readouterr().err
+    assert "caviar resume" not in said
+    assert said.strip() == ("interrupted before the sweep's first write: nothing to resume; start it again with "
+                            f"caviar run TASK --storage {tmp_path / 'runs'} --name early --overwrite")
