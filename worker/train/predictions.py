@@ -201,11 +201,6 @@ def predictions_table(rows: Sequence[tuple[Mapping[str, Any], Mapping[str, torch
     return pa.Table.from_arrays(arrays, schema=out_schema)
 
 
-def changes_a_class(log_probs: torch.Tensor) -> bool:
-    """Whether float16 rounds some row's most probable class to a tie that ``argmax`` breaks towards an earlier one."""
-    return bool((log_probs.to(torch.float16).argmax(dim=1) != log_probs.argmax(dim=1)).any())
-
-
 def labelled_rows(splits: Splits) -> dict[str, torch.Tensor] | None:
     """Per split, which rows of a per-position kind's outputs have a label (None for other kinds: every row)."""
     kind = splits.target_kind
@@ -260,11 +255,7 @@ def write_predictions(storage: Storage, run: TrialRun, index: Sequence[Mapping[s
     write_dataset(storage, run.splits, run.objective, run.mode, run.task, run.output_shape,
                   getattr(run, "loss_per_example", None))
     if classification:
-        # float16 rounding that ties a row's most probable class with an earlier one changes the class argmax reads:
-        # 37 of 600 rows of a 1000-class model (log-probabilities near -6.9, 0.004 apart in float16), and the
-        # ensembles' accuracies were no longer the checkpoints'. Such a trial stores float32.
-        flips = dtype == "float16" and any(changes_a_class(out) for _, by_split in rows for out in by_split.values())
-        table = predictions_table(rows, width, "float32" if flips else dtype)
+        table = predictions_table(rows, width, dtype)
     else:  # in the outputs' own width: float64 outputs (a float64 model, or float64 targets near 1e7) rounded to
         # float32 lost what separated the models, and every ensemble's MSE was scored on the rounded numbers
         wide = any(out.dtype == torch.float64 for _, by_split in rows for out in by_split.values())
