@@ -87,10 +87,9 @@ def nothing_yet(found: Any, path: str, trials: list[dict[str, Any]]) -> str:
 
 def sweep_state(found: Any) -> str:
     """finished, aborted, running (process ...), stopped (...), or unfinished (a damaged lease), as caviar ls says."""
-    from orchestrator.store.sweeps import describe_sweep, unfinished_state
+    from orchestrator.store.sweeps import listed_sweep
 
-    state = describe_sweep(found)["state"]
-    return unfinished_state(found) if state == "unfinished" else state
+    return listed_sweep(found)["state"]
 
 
 def unended_note(state: str, stage: int, trials: list[dict[str, Any]]) -> str:

@@ -204,6 +204,14 @@ def describe_objective(dataset: dict[str, Any]) -> tuple[str, str] | None:
     return (objective, mode) if objective and mode in ("min", "max") else None
 
 
+def listed_sweep(sweep: Storage) -> dict[str, Any]:
+    """:func:`describe_sweep` with an unfinished state told apart as ``caviar ls`` shows it: running or stopped."""
+    row = describe_sweep(sweep)
+    if row["state"] == "unfinished":  # running now, or a master that died: the lease tells which
+        row["state"] = unfinished_state(sweep)
+    return row
+
+
 def unfinished_state(sweep: Storage) -> str:
     """An unfinished sweep's state in ``caviar ls``: running (its master's process) or stopped (resume it)."""
     try:
@@ -227,9 +235,7 @@ def list_sweeps(storage: str) -> list[dict[str, Any]]:
         sweep = root.child(name)
         try:
             if sweep.exists(schema.SWEEP_PATH):
-                rows.append(describe_sweep(sweep))
-                if rows[-1]["state"] == "unfinished":  # running now, or a master that died: the lease tells which
-                    rows[-1]["state"] = unfinished_state(sweep)
+                rows.append(listed_sweep(sweep))
             else:  # a run's lease, no sweep row yet: listed, as `caviar run` of the name says it exists
                 lease = read_lease(sweep)
                 started = datetime.fromtimestamp(lease.started / 1000, UTC) if lease else None
